@@ -1,0 +1,15 @@
+//! vigil-core: the decisions vigil makes, as plain data in and plain data out.
+//!
+//! Nothing in this crate does I/O, reads a clock or spawns a task: callers pass `now`, bytes and
+//! random numbers in, and get verdicts out. That is what lets the same code run inside Envoy as a
+//! proxy-wasm module (`vigil-filter`) and natively in the companion (`vigil`), and be tested with
+//! virtual time on the host.
+//!
+//! What lives where:
+//! - [`grpc_health`]: the `grpc.health.v1` Check/Watch messages and gRPC length-prefixed framing,
+//!   hand-written (two one-field messages do not justify a protobuf toolchain).
+//! - [`status`]: HTTP status ranges as Envoy writes them (`{start, end}`, half-open), used for
+//!   `expected_statuses` / `retriable_statuses`.
+
+pub mod grpc_health;
+pub mod status;
