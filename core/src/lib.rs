@@ -8,8 +8,14 @@
 //! What lives where:
 //! - [`grpc_health`]: the `grpc.health.v1` Check/Watch messages and gRPC length-prefixed framing,
 //!   hand-written (two one-field messages do not justify a protobuf toolchain).
+//! - [`health`]: Envoy's per-host active health-check state machine (flags, thresholds, the
+//!   first-check rule, event-log events, stat deltas).
+//! - [`schedule`]: when the next check runs (Envoy's interval choice, edge and no-traffic
+//!   intervals, jitter).
 //! - [`status`]: HTTP status ranges as Envoy writes them (`{start, end}`, half-open), used for
 //!   `expected_statuses` / `retriable_statuses`.
 
 pub mod grpc_health;
+pub mod health;
+pub mod schedule;
 pub mod status;

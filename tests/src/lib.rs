@@ -1,1 +1,49 @@
-//! placeholder
+//! vigil-tests: the process-level harness. It starts real `envoy`, `vigil` and `demoapp` processes
+//! on loopback, waits for them with deadlines, and tears them down on every exit path.
+//!
+//! What lives where:
+//! - [`paths`]: the workspace root, built binaries, Envoy from `.venv` (failing loudly with the
+//!   fix when it is missing), and per-run scratch directories.
+//! - [`net`]: a fresh 127.x.y.z address per simulated host and free ports on it, so concurrent
+//!   tests (nextest runs each in its own process) never collide and never use fixed ports.
+//! - [`process`]: [`process::Child`], a spawned process whose output goes to log files, that is
+//!   killed when dropped (also on panic, and when the harness itself dies: `PR_SET_PDEATHSIG`),
+//!   and whose logs are printed when a test fails.
+//! - [`names`]: a private hosts file and resolv.conf for processes that resolve names, mounted with
+//!   `unshare -m` so the machine's own files and DNS server are never touched.
+//! - [`template`]: fills `{{placeholders}}` in the configs under `envoy/templates/`.
+//! - [`http`]: a minimal HTTP/1.1 client (one connection per request) for driving the topology.
+//! - [`envoy`]: starting Envoy and reading its admin API (`/ready`, `/clusters`, `/stats`).
+//! - [`demoapp`]: starting the demo app and toggling it.
+//! - [`lab`]: the HTTP lab of LAB.md as a process twin, and its scenario; `./lab demo` and the
+//!   process-level tests run the same code.
+
+pub mod demoapp;
+pub mod envoy;
+pub mod http;
+pub mod lab;
+pub mod names;
+pub mod net;
+pub mod paths;
+pub mod process;
+pub mod template;
+
+use std::time::{Duration, Instant};
+
+/// Polls `probe` until it returns `Some`, or fails with `what` once `timeout` has passed.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("timed out after {timeout:?} waiting for {what}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,90 @@
+//! `vigil-lab`: the Rust side of the `./lab` script. It starts the process twin of LAB.md's
+//! topology, plays the scenario, prints a transcript, and stops everything it started, also on
+//! Ctrl-C or SIGTERM (each process is owned by a guard; see `vigil_tests::process`).
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+use vigil_tests::lab::{HttpLab, Layout, Timings, play_http_scenario};
+use vigil_tests::paths;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vigil-lab",
+    about = "Runs vigil's labs as processes on loopback"
+)]
+struct Options {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The HTTP lab of LAB.md: front Envoy with native /livez checks, blue and yellow behind
+    /// sidecars; blue's /livez is set to FAIL, then OK.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let options = Options::parse();
+    // Current-thread runtime: children are spawned from the main thread, which lives as long as
+    // they do (their PR_SET_PDEATHSIG is tied to the spawning thread).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("vigil-lab: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match options.command {
+            Command::Demo => demo().await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("vigil-lab: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn demo() -> Result<(), String> {
+    let layout = Layout::lab();
+    let timings = Timings::demo();
+    let dir = paths::scratch_dir("demo");
+    println!(
+        "HTTP lab (LAB.md) as processes on loopback; logs and configs in {}",
+        dir.display()
+    );
+    println!(
+        "  front-proxy  {}:{} (admin :{})   cluster web_cluster_01 = STRICT_DNS myservice:{} -> blue, yellow",
+        layout.front, layout.service_port, layout.admin_port, layout.service_port
+    );
+    for (name, ip) in [("blue", layout.blue), ("yellow", layout.yellow)] {
+        println!(
+            "  {name:<7} sidecar {ip}:{} (admin :{}) -> demoapp {ip}:{}",
+            layout.service_port, layout.admin_port, layout.app_port
+        );
+    }
+    let run = async {
+        let lab = HttpLab::start(layout, timings, &dir).await?;
+        println!("all processes up; playing the scenario\n");
+        let mut say = |line: &str| println!("{line}");
+        play_http_scenario(&lab, &mut say).await?;
+        Ok::<(), String>(())
+    };
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|err| format!("cannot watch SIGTERM: {err}"))?;
+    let outcome = tokio::select! {
+        outcome = run => outcome,
+        _ = tokio::signal::ctrl_c() => Err("interrupted; stopping everything the lab started".to_string()),
+        _ = terminate.recv() => Err("terminated; stopping everything the lab started".to_string()),
+    };
+    // Every process guard was dropped with the `run` future above: nothing is left running.
+    println!("\nlab stopped: every process it started has exited");
+    outcome
+}

@@ -1,0 +1,196 @@
+//! Starting real Envoy and reading its admin API.
+
+use crate::names::Names;
+use crate::process::Child;
+use crate::{http, paths, wait_until};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// How long Envoy gets to answer `/ready` with 200 after it starts.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running Envoy, stopped when dropped.
+pub struct Envoy {
+    pub child: Child,
+    pub admin: SocketAddr,
+}
+
+/// One host line group from `/clusters`: `cluster::ip:port::key::value`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostStats {
+    pub cluster: String,
+    pub address: String,
+    pub values: BTreeMap<String, String>,
+}
+
+impl HostStats {
+    /// The `health_flags` value, e.g. `healthy` or `/failed_active_hc`.
+    pub fn health_flags(&self) -> &str {
+        self.values
+            .get("health_flags")
+            .map(String::as_str)
+            .unwrap_or("")
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.health_flags() == "healthy"
+    }
+}
+
+impl Envoy {
+    /// Writes `config` to `<dir>/<name>.yaml` and starts Envoy on it with one worker, without hot
+    /// restart (several Envoys run at once), optionally with private name resolution. Waits until
+    /// the admin endpoint at `admin` reports ready.
+    pub async fn start(
+        name: &str,
+        config: &str,
+        admin: SocketAddr,
+        names: Option<&Names>,
+        dir: &Path,
+    ) -> Result<Envoy, String> {
+        let config_path = dir.join(format!("{name}.yaml"));
+        std::fs::write(&config_path, config)
+            .map_err(|err| format!("cannot write {}: {err}", config_path.display()))?;
+        let binary = paths::envoy_binary();
+        let mut command = match names {
+            Some(names) => names.command(&binary),
+            None => Command::new(&binary),
+        };
+        command
+            .arg("-c")
+            .arg(&config_path)
+            .args([
+                "--disable-hot-restart",
+                "--concurrency",
+                "1",
+                "--log-level",
+                "info",
+            ])
+            .args(["--drain-time-s", "1", "--parent-shutdown-time-s", "2"]);
+        let mut envoy = Envoy {
+            child: Child::spawn(name, command, dir),
+            admin,
+        };
+        envoy.wait_ready().await?;
+        Ok(envoy)
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), String> {
+        let admin = self.admin;
+        let label = format!("{} admin /ready", self.child.name());
+        let ready = wait_until(&label, READY_TIMEOUT, || async {
+            match http::get(admin, "/ready").await {
+                Ok(response) if response.status == 200 => Some(()),
+                _ => None,
+            }
+        });
+        let child = &mut self.child;
+        let exited = async {
+            loop {
+                if let Some(status) = child.try_exit_status() {
+                    return status;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let failure = tokio::select! {
+            ready = ready => match ready {
+                Ok(()) => return Ok(()),
+                Err(err) => err,
+            },
+            status = exited => format!("{label}: Envoy exited ({status}) before becoming ready"),
+        };
+        Err(format!("{failure}\n{}", self.child.log_tail(40)))
+    }
+
+    /// `GET /clusters` parsed into one entry per host.
+    pub async fn clusters(&self) -> Result<Vec<HostStats>, String> {
+        let response = http::get(self.admin, "/clusters").await?;
+        if response.status != 200 {
+            return Err(format!("/clusters answered {}", response.status));
+        }
+        Ok(parse_clusters(&response.body))
+    }
+
+    /// Health flags of every host of `cluster`, by `ip:port`.
+    pub async fn health_flags(&self, cluster: &str) -> Result<BTreeMap<String, String>, String> {
+        Ok(self
+            .clusters()
+            .await?
+            .into_iter()
+            .filter(|host| host.cluster == cluster)
+            .map(|host| (host.address.clone(), host.health_flags().to_string()))
+            .collect())
+    }
+
+    /// `GET /stats` as a name → value map (text values kept as text).
+    pub async fn stats(&self) -> Result<BTreeMap<String, String>, String> {
+        let response = http::get(self.admin, "/stats").await?;
+        Ok(response
+            .body
+            .lines()
+            .filter_map(|line| line.split_once(": "))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect())
+    }
+}
+
+/// Parses Envoy's `/clusters` text. Cluster-level lines (`cluster::key::value`) are skipped;
+/// host lines (`cluster::ip:port::key::value`) are grouped per host, in first-seen order.
+pub fn parse_clusters(text: &str) -> Vec<HostStats> {
+    let mut hosts: Vec<HostStats> = Vec::new();
+    for line in text.lines() {
+        let parts: Vec<&str> = line.splitn(4, "::").collect();
+        let [cluster, address, key, value] = parts[..] else {
+            continue;
+        };
+        // Host addresses contain a ':' (ip:port); cluster-level keys such as
+        // `default_priority::max_connections::1024` do not.
+        if !address.contains(':') {
+            continue;
+        }
+        let index = match hosts
+            .iter()
+            .position(|h| h.cluster == cluster && h.address == address)
+        {
+            Some(index) => index,
+            None => {
+                hosts.push(HostStats {
+                    cluster: cluster.to_string(),
+                    address: address.to_string(),
+                    values: BTreeMap::new(),
+                });
+                hosts.len() - 1
+            }
+        };
+        hosts[index]
+            .values
+            .insert(key.to_string(), value.to_string());
+    }
+    hosts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_host_lines_and_skips_cluster_lines() {
+        let text = "web_cluster_01::observability_name::web_cluster_01\n\
+            web_cluster_01::default_priority::max_connections::1024\n\
+            web_cluster_01::added_via_api::false\n\
+            web_cluster_01::127.29.1.3:80::cx_active::2\n\
+            web_cluster_01::127.29.1.3:80::hostname::myservice\n\
+            web_cluster_01::127.29.1.3:80::health_flags::/failed_active_hc\n\
+            web_cluster_01::127.29.1.4:80::health_flags::healthy\n";
+        let hosts = parse_clusters(text);
+        assert_eq!(hosts.len(), 2);
+        assert_eq!(hosts[0].address, "127.29.1.3:80");
+        assert_eq!(hosts[0].health_flags(), "/failed_active_hc");
+        assert_eq!(hosts[0].values["hostname"], "myservice");
+        assert!(hosts[1].is_healthy());
+    }
+}

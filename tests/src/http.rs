@@ -1,0 +1,120 @@
+//! A minimal HTTP/1.1 client for driving test topologies: one fresh connection per request, so
+//! every request is balanced independently by the proxy under test (no pooling surprises), and a
+//! deadline on every request.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// Default deadline for one request, connect to last body byte.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A response, fully read.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+/// Sends one request to `addr` and reads the whole response.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Response, String> {
+    tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        request_inner(addr, method, path, headers, body),
+    )
+    .await
+    .map_err(|_| format!("{method} http://{addr}{path}: no response within {REQUEST_TIMEOUT:?}"))?
+}
+
+async fn request_inner(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Response, String> {
+    let context = |err: &dyn std::fmt::Display| format!("{method} http://{addr}{path}: {err}");
+    let stream = TcpStream::connect(addr).await.map_err(|e| context(&e))?;
+    let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| context(&e))?;
+    tokio::spawn(connection);
+    let mut builder = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .header("user-agent", "vigil-tests");
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = builder
+        .body(Full::new(Bytes::from(body.to_string())))
+        .map_err(|e| context(&e))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| context(&e))?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| context(&e))?
+        .to_bytes();
+    Ok(Response {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    })
+}
+
+/// `GET path`.
+pub async fn get(addr: SocketAddr, path: &str) -> Result<Response, String> {
+    request(addr, "GET", path, &[], "").await
+}
+
+/// `POST path` with an `application/x-www-form-urlencoded` body (`fields` are encoded here).
+pub async fn post_form(
+    addr: SocketAddr,
+    path: &str,
+    fields: &[(&str, &str)],
+) -> Result<Response, String> {
+    let body = fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    request(
+        addr,
+        "POST",
+        path,
+        &[("content-type", "application/x-www-form-urlencoded")],
+        &body,
+    )
+    .await
+}
+
+/// Percent-encodes everything but unreserved characters.
+fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}

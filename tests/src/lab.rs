@@ -1,0 +1,621 @@
+//! The HTTP lab of LAB.md as a process twin, and its scenario.
+//!
+//! Topology (compose → twin): the front proxy 172.29.1.2 → 127.29.1.2, blue's sidecar 172.29.1.3 →
+//! 127.29.1.3, yellow's sidecar 172.29.1.4 → 127.29.1.4, each with its listener on :80 and admin
+//! on :9901; each demo app shares its sidecar's address, on :8080 (in compose it is 127.0.0.1:8080
+//! inside the sidecar's network namespace; here all share one loopback, so each app listens on its
+//! sidecar's own address). `myservice` resolves to both sidecars through a private hosts file
+//! mounted only for the front Envoy (see [`crate::names`]).
+//!
+//! `./lab demo` runs [`HttpLab::start`] with [`Layout::lab`] and the shortened [`Timings::demo`],
+//! then [`play_http_scenario`]; the process-level test runs the same with [`Layout::fresh`].
+
+use crate::demoapp::{DemoApp, expect_ok};
+use crate::envoy::Envoy;
+use crate::names::Names;
+use crate::{http, net, template};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The cluster of the front proxy, as LAB.md names it.
+pub const FRONT_CLUSTER: &str = "web_cluster_01";
+/// The DNS name that resolves to both sidecars.
+pub const SERVICE_NAME: &str = "myservice";
+
+/// Where every service of the lab listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    pub front: Ipv4Addr,
+    pub blue: Ipv4Addr,
+    pub yellow: Ipv4Addr,
+    /// The front listener's and both sidecars' listener port (80 in LAB.md).
+    pub service_port: u16,
+    /// Every Envoy's admin port (9901 in LAB.md).
+    pub admin_port: u16,
+    /// The demo apps' port (8080 in LAB.md).
+    pub app_port: u16,
+}
+
+impl Layout {
+    /// LAB.md's addresses mapped onto loopback (172.29.1.x → 127.29.1.x) with LAB.md's ports.
+    /// Binding port 80 needs root or CAP_NET_BIND_SERVICE.
+    pub fn lab() -> Layout {
+        Layout {
+            front: Ipv4Addr::new(127, 29, 1, 2),
+            blue: Ipv4Addr::new(127, 29, 1, 3),
+            yellow: Ipv4Addr::new(127, 29, 1, 4),
+            service_port: 80,
+            admin_port: 9901,
+            app_port: 8080,
+        }
+    }
+
+    /// Fresh random loopback addresses and ports free on all of them, for tests.
+    pub fn fresh() -> Layout {
+        let (front, blue, yellow) = (
+            net::fresh_loopback(),
+            net::fresh_loopback(),
+            net::fresh_loopback(),
+        );
+        let all = [front, blue, yellow];
+        let service_port = net::free_port_on(&all);
+        let mut admin_port = net::free_port_on(&all);
+        while admin_port == service_port {
+            admin_port = net::free_port_on(&all);
+        }
+        let mut app_port = net::free_port_on(&all);
+        while app_port == service_port || app_port == admin_port {
+            app_port = net::free_port_on(&all);
+        }
+        Layout {
+            front,
+            blue,
+            yellow,
+            service_port,
+            admin_port,
+            app_port,
+        }
+    }
+
+    fn socket(ip: Ipv4Addr, port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(ip), port)
+    }
+
+    /// Every address:port the lab will bind, labelled, for a busy-port check before starting.
+    pub fn bindings(&self) -> Vec<(String, SocketAddr)> {
+        let mut out = vec![
+            (
+                "front listener".to_string(),
+                Self::socket(self.front, self.service_port),
+            ),
+            (
+                "front admin".to_string(),
+                Self::socket(self.front, self.admin_port),
+            ),
+        ];
+        for (name, ip) in [("blue", self.blue), ("yellow", self.yellow)] {
+            out.push((
+                format!("{name} sidecar listener"),
+                Self::socket(ip, self.service_port),
+            ));
+            out.push((
+                format!("{name} sidecar admin"),
+                Self::socket(ip, self.admin_port),
+            ));
+            out.push((format!("{name} demo app"), Self::socket(ip, self.app_port)));
+        }
+        out
+    }
+}
+
+/// Health-check timings of the front proxy and the demo apps' first-probe delay.
+#[derive(Debug, Clone, Copy)]
+pub struct Timings {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub no_traffic_interval: Duration,
+    /// `--livez-delay` of the demo apps (the original sleeps 5 s on the first GET /livez).
+    pub livez_delay: Duration,
+}
+
+/// LAB.md's thresholds; the template writes them literally.
+pub const UNHEALTHY_THRESHOLD: u32 = 2;
+pub const HEALTHY_THRESHOLD: u32 = 2;
+
+impl Timings {
+    /// LAB.md's own timings (for the compose files): 10 s interval, 5 s timeout, Envoy's default
+    /// 60 s no-traffic interval, the original 5 s first-probe delay.
+    pub fn lab() -> Timings {
+        Timings {
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
+            no_traffic_interval: Duration::from_secs(60),
+            livez_delay: Duration::from_secs(5),
+        }
+    }
+
+    /// Shortened so the demo ends in well under a minute: 2 s interval, 1 s timeout, and
+    /// `no_traffic_interval` equal to the interval (Envoy's 60 s default would stall the first
+    /// checks before traffic flows). The 5 s first-probe delay is kept: the first probe times out
+    /// exactly as it does in the compose lab.
+    pub fn demo() -> Timings {
+        Timings {
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            no_traffic_interval: Duration::from_secs(2),
+            livez_delay: Duration::from_secs(5),
+        }
+    }
+
+    /// For tests: 1 s interval, 0.5 s timeout, no first-probe delay.
+    pub fn test() -> Timings {
+        Timings {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            no_traffic_interval: Duration::from_secs(1),
+            livez_delay: Duration::ZERO,
+        }
+    }
+
+    /// The latest a `livez=FAIL` can take to eject a host: a 506 is outside `expected_statuses`
+    /// and not retriable, so Envoy marks the host unhealthy on the first failing probe, which
+    /// starts at most one interval after the fault and takes at most one timeout.
+    pub fn ejection_bound(&self) -> Duration {
+        self.interval + self.timeout
+    }
+
+    /// The latest a `livez=OK` can take to readmit a host: `healthy_threshold` passing probes,
+    /// the first within one interval of the fix.
+    pub fn readmission_bound(&self) -> Duration {
+        self.interval * HEALTHY_THRESHOLD + self.timeout
+    }
+}
+
+/// Formats a duration as Envoy's YAML writes it (`0.5s`, `2s`).
+pub fn envoy_duration(d: Duration) -> String {
+    format!("{}s", d.as_secs_f64())
+}
+
+fn front_values(layout: &Layout, timings: &Timings) -> BTreeMap<&'static str, String> {
+    BTreeMap::from([
+        ("admin_address", layout.front.to_string()),
+        ("admin_port", layout.admin_port.to_string()),
+        ("listen_address", layout.front.to_string()),
+        ("listen_port", layout.service_port.to_string()),
+        ("service_name", SERVICE_NAME.to_string()),
+        ("service_port", layout.service_port.to_string()),
+        ("hc_timeout", envoy_duration(timings.timeout)),
+        ("hc_interval", envoy_duration(timings.interval)),
+        (
+            "hc_no_traffic_interval",
+            envoy_duration(timings.no_traffic_interval),
+        ),
+    ])
+}
+
+fn sidecar_values(layout: &Layout, ip: Ipv4Addr) -> BTreeMap<&'static str, String> {
+    BTreeMap::from([
+        ("admin_address", ip.to_string()),
+        ("admin_port", layout.admin_port.to_string()),
+        ("listen_address", ip.to_string()),
+        ("listen_port", layout.service_port.to_string()),
+        ("app_address", ip.to_string()),
+        ("app_port", layout.app_port.to_string()),
+    ])
+}
+
+/// Every template with a full set of values, so a test can check they render.
+pub fn template_values_for_check() -> Vec<(&'static str, BTreeMap<&'static str, String>)> {
+    let layout = Layout::lab();
+    vec![
+        ("http-front.yaml", front_values(&layout, &Timings::lab())),
+        ("sidecar.yaml", sidecar_values(&layout, layout.blue)),
+    ]
+}
+
+/// The running HTTP lab. Dropping it stops every process (front first, apps last).
+pub struct HttpLab {
+    pub front: Envoy,
+    pub blue_sidecar: Envoy,
+    pub yellow_sidecar: Envoy,
+    pub blue_app: DemoApp,
+    pub yellow_app: DemoApp,
+    pub names: Names,
+    pub layout: Layout,
+    pub timings: Timings,
+    pub dir: PathBuf,
+}
+
+impl HttpLab {
+    /// Starts both demo apps, both sidecars, then the front proxy, each waited for with a deadline.
+    pub async fn start(layout: Layout, timings: Timings, dir: &Path) -> Result<HttpLab, String> {
+        for (what, addr) in layout.bindings() {
+            if let Err(err) = std::net::TcpListener::bind(addr) {
+                return Err(format!(
+                    "{what} address {addr} is not available ({err}); is another lab or program \
+                     listening there? (`ss -ltnp` shows who)"
+                ));
+            }
+        }
+        let delay = format!("{}", timings.livez_delay.as_secs_f64());
+        let app_args = ["--livez-delay", delay.as_str()];
+        let blue_app = DemoApp::start(
+            "blue",
+            Layout::socket(layout.blue, layout.app_port),
+            &app_args,
+            dir,
+        )
+        .await?;
+        let yellow_app = DemoApp::start(
+            "yellow",
+            Layout::socket(layout.yellow, layout.app_port),
+            &app_args,
+            dir,
+        )
+        .await?;
+        let mut sidecars = Vec::new();
+        for (name, ip) in [("blue", layout.blue), ("yellow", layout.yellow)] {
+            let config = template::render_file("sidecar.yaml", &sidecar_values(&layout, ip))?;
+            let admin = Layout::socket(ip, layout.admin_port);
+            sidecars
+                .push(Envoy::start(&format!("{name}-sidecar"), &config, admin, None, dir).await?);
+        }
+        let names = Names::new(
+            dir,
+            &[(SERVICE_NAME, layout.blue), (SERVICE_NAME, layout.yellow)],
+        );
+        let config = template::render_file("http-front.yaml", &front_values(&layout, &timings))?;
+        let admin = Layout::socket(layout.front, layout.admin_port);
+        let front = Envoy::start("front-envoy", &config, admin, Some(&names), dir).await?;
+        let yellow_sidecar = sidecars.pop().ok_or("yellow sidecar missing")?;
+        let blue_sidecar = sidecars.pop().ok_or("blue sidecar missing")?;
+        Ok(HttpLab {
+            front,
+            blue_sidecar,
+            yellow_sidecar,
+            blue_app,
+            yellow_app,
+            names,
+            layout,
+            timings,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The front proxy's listener (`curl 172.29.1.2` in LAB.md).
+    pub fn front_addr(&self) -> SocketAddr {
+        Layout::socket(self.layout.front, self.layout.service_port)
+    }
+
+    /// A sidecar's listener (`http://172.29.1.3/livez` in LAB.md).
+    pub fn sidecar_addr(&self, backend: Backend) -> SocketAddr {
+        let ip = match backend {
+            Backend::Blue => self.layout.blue,
+            Backend::Yellow => self.layout.yellow,
+        };
+        Layout::socket(ip, self.layout.service_port)
+    }
+
+    /// The front cluster's host key (`ip:port` as `/clusters` prints it) of a backend.
+    pub fn host_key(&self, backend: Backend) -> String {
+        self.sidecar_addr(backend).to_string()
+    }
+
+    /// Posts `livez=<value>` through the backend's sidecar, as LAB.md's curl does.
+    pub async fn set_livez(&self, backend: Backend, value: &str) -> Result<(), String> {
+        let response =
+            http::post_form(self.sidecar_addr(backend), "/livez", &[("livez", value)]).await?;
+        expect_ok(response).map_err(|err| format!("POST livez={value} to {backend:?}: {err}"))
+    }
+
+    /// Health flags of blue and yellow as the front proxy sees them.
+    pub async fn front_flags(&self) -> Result<(String, String), String> {
+        let flags = self.front.health_flags(FRONT_CLUSTER).await?;
+        let get = |b: Backend| {
+            flags
+                .get(&self.host_key(b))
+                .cloned()
+                .unwrap_or_else(|| "(absent)".into())
+        };
+        Ok((get(Backend::Blue), get(Backend::Yellow)))
+    }
+}
+
+/// One of the two backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Blue,
+    Yellow,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Blue => "blue",
+            Backend::Yellow => "yellow",
+        }
+    }
+}
+
+/// What one request through the front proxy got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Served(Backend),
+    /// Not a demo app greeting: status and body (e.g. 503 `no healthy upstream`) or a transport error.
+    Error(String),
+}
+
+/// One request of the scenario's stream.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// When the request was sent, from the scenario's start.
+    pub at: Duration,
+    pub outcome: Outcome,
+}
+
+/// What the scenario measured; times are from the scenario's start.
+#[derive(Debug, Clone, Default)]
+pub struct ScenarioReport {
+    pub samples: Vec<Sample>,
+    pub fail_posted_at: Duration,
+    /// First `/clusters` poll that showed blue not healthy.
+    pub ejected_at: Duration,
+    pub ok_posted_at: Duration,
+    /// First `/clusters` poll that showed blue healthy again.
+    pub readmitted_at: Duration,
+}
+
+impl ScenarioReport {
+    pub fn detection_time(&self) -> Duration {
+        self.ejected_at.saturating_sub(self.fail_posted_at)
+    }
+
+    pub fn readmission_time(&self) -> Duration {
+        self.readmitted_at.saturating_sub(self.ok_posted_at)
+    }
+
+    /// Requests sent in `[from, to)` that reached `backend`.
+    pub fn served_by(&self, backend: Backend, from: Duration, to: Duration) -> usize {
+        self.samples
+            .iter()
+            .filter(|s| s.at >= from && s.at < to && s.outcome == Outcome::Served(backend))
+            .count()
+    }
+
+    pub fn errors(&self) -> usize {
+        self.samples
+            .iter()
+            .filter(|s| matches!(s.outcome, Outcome::Error(_)))
+            .count()
+    }
+}
+
+/// How often the scenario sends a request and polls `/clusters`.
+const TICK: Duration = Duration::from_millis(250);
+/// Requests shown in each steady phase (both backends, only yellow, both again).
+const STEADY_REQUESTS: usize = 8;
+
+/// Plays LAB.md's HTTP scenario against a running lab, telling `say` what happens as it goes.
+///
+/// Waits for both hosts to be healthy, streams requests (blue and yellow alternate), posts
+/// `livez=FAIL` to blue through its sidecar, streams until the front proxy ejects blue and then
+/// shows only yellow answering, posts `livez=OK`, streams until blue is healthy and answering again.
+pub async fn play_http_scenario(
+    lab: &HttpLab,
+    say: &mut dyn FnMut(&str),
+) -> Result<ScenarioReport, String> {
+    let start = Instant::now();
+    let mut report = ScenarioReport::default();
+    let mut line = |text: &str| say(&format!("[{:>6.2}s] {text}", start.elapsed().as_secs_f64()));
+
+    line(&format!(
+        "waiting for {FRONT_CLUSTER}'s first health checks (interval {}, timeout {}, first GET /livez delayed {})",
+        envoy_duration(lab.timings.interval),
+        envoy_duration(lab.timings.timeout),
+        envoy_duration(lab.timings.livez_delay),
+    ));
+    let warmup = lab.timings.livez_delay
+        + lab.timings.interval * 4
+        + lab.timings.timeout * 2
+        + Duration::from_secs(5);
+    let mut last_flags = wait_for_flags(lab, warmup, |blue, yellow| {
+        blue == "healthy" && yellow == "healthy"
+    })
+    .await?;
+    show_clusters(lab, &mut line, "front /clusters before").await?;
+
+    line(&format!(
+        "phase 1: curl {} in a loop — blue and yellow alternate",
+        lab.front_addr()
+    ));
+    for _ in 0..STEADY_REQUESTS {
+        send_one(lab, start, &mut report, &mut line).await;
+        tokio::time::sleep(TICK).await;
+    }
+
+    line(&format!(
+        "curl -X POST -d 'livez=FAIL' http://{}/livez   (through blue's sidecar)",
+        lab.sidecar_addr(Backend::Blue)
+    ));
+    lab.set_livez(Backend::Blue, "FAIL").await?;
+    report.fail_posted_at = start.elapsed();
+    let deadline = lab.timings.ejection_bound() * 3 + Duration::from_secs(5);
+    report.ejected_at = stream_until(
+        lab,
+        start,
+        &mut report,
+        &mut line,
+        &mut last_flags,
+        deadline,
+        |blue, _| blue != "healthy",
+    )
+    .await
+    .map_err(|err| format!("blue was not ejected: {err}"))?;
+    line(&format!(
+        "front proxy ejected blue {:.2}s after the FAIL (bound: {:.2}s)",
+        report.detection_time().as_secs_f64(),
+        lab.timings.ejection_bound().as_secs_f64()
+    ));
+    line("phase 2: only yellow answers");
+    for _ in 0..STEADY_REQUESTS {
+        send_one(lab, start, &mut report, &mut line).await;
+        tokio::time::sleep(TICK).await;
+    }
+    show_clusters(lab, &mut line, "front /clusters while blue fails").await?;
+
+    line(&format!(
+        "curl -X POST -d 'livez=OK' http://{}/livez",
+        lab.sidecar_addr(Backend::Blue)
+    ));
+    lab.set_livez(Backend::Blue, "OK").await?;
+    report.ok_posted_at = start.elapsed();
+    let deadline = lab.timings.readmission_bound() * 3 + Duration::from_secs(5);
+    report.readmitted_at = stream_until(
+        lab,
+        start,
+        &mut report,
+        &mut line,
+        &mut last_flags,
+        deadline,
+        |blue, _| blue == "healthy",
+    )
+    .await
+    .map_err(|err| format!("blue was not readmitted: {err}"))?;
+    line(&format!(
+        "front proxy readmitted blue {:.2}s after the OK (bound: {:.2}s, healthy_threshold {HEALTHY_THRESHOLD})",
+        report.readmission_time().as_secs_f64(),
+        lab.timings.readmission_bound().as_secs_f64()
+    ));
+    line("phase 3: blue and yellow alternate again");
+    for _ in 0..STEADY_REQUESTS {
+        send_one(lab, start, &mut report, &mut line).await;
+        tokio::time::sleep(TICK).await;
+    }
+    show_clusters(lab, &mut line, "front /clusters after").await?;
+    line(&format!(
+        "summary: {} requests, {} errors; blue ejected after {:.2}s, readmitted after {:.2}s",
+        report.samples.len(),
+        report.errors(),
+        report.detection_time().as_secs_f64(),
+        report.readmission_time().as_secs_f64()
+    ));
+    Ok(report)
+}
+
+async fn send_one(
+    lab: &HttpLab,
+    start: Instant,
+    report: &mut ScenarioReport,
+    line: &mut dyn FnMut(&str),
+) {
+    let at = start.elapsed();
+    let (outcome, text) = match http::get(lab.front_addr(), "/").await {
+        Ok(response) => {
+            let body = response.body.trim_end().to_string();
+            let outcome = if response.status != 200 {
+                Outcome::Error(format!("{} {body}", response.status))
+            } else if body.contains("ServerName: blue,") {
+                Outcome::Served(Backend::Blue)
+            } else if body.contains("ServerName: yellow,") {
+                Outcome::Served(Backend::Yellow)
+            } else {
+                Outcome::Error(format!("unexpected body: {body}"))
+            };
+            (outcome, format!("{} {body}", response.status))
+        }
+        Err(err) => (Outcome::Error(err.clone()), format!("error: {err}")),
+    };
+    line(&format!("GET / -> {text}"));
+    report.samples.push(Sample { at, outcome });
+}
+
+/// Streams requests and polls `/clusters` every tick until `done(blue, yellow)` holds; returns
+/// when the poll first saw it.
+#[allow(clippy::too_many_arguments)]
+async fn stream_until(
+    lab: &HttpLab,
+    start: Instant,
+    report: &mut ScenarioReport,
+    line: &mut dyn FnMut(&str),
+    last_flags: &mut (String, String),
+    timeout: Duration,
+    done: impl Fn(&str, &str) -> bool,
+) -> Result<Duration, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let polled_at = start.elapsed();
+        let flags = lab.front_flags().await?;
+        if flags != *last_flags {
+            line(&format!(
+                "front /clusters: blue {} -> {}, yellow {} -> {}",
+                last_flags.0, flags.0, last_flags.1, flags.1
+            ));
+            *last_flags = flags.clone();
+        }
+        if done(&flags.0, &flags.1) {
+            return Ok(polled_at);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "flags still blue={} yellow={} after {timeout:?}",
+                flags.0, flags.1
+            ));
+        }
+        send_one(lab, start, report, line).await;
+        tokio::time::sleep(TICK).await;
+    }
+}
+
+async fn wait_for_flags(
+    lab: &HttpLab,
+    timeout: Duration,
+    done: impl Fn(&str, &str) -> bool,
+) -> Result<(String, String), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let flags = lab.front_flags().await?;
+        if done(&flags.0, &flags.1) {
+            return Ok(flags);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "front proxy flags still blue={} yellow={} after {timeout:?}",
+                flags.0, flags.1
+            ));
+        }
+        tokio::time::sleep(TICK).await;
+    }
+}
+
+async fn show_clusters(
+    lab: &HttpLab,
+    line: &mut dyn FnMut(&str),
+    title: &str,
+) -> Result<(), String> {
+    let hosts = lab.front.clusters().await?;
+    let mut text = format!("{title}:");
+    for host in hosts.iter().filter(|h| h.cluster == FRONT_CLUSTER) {
+        let who = if host.address == lab.host_key(Backend::Blue) {
+            "blue"
+        } else if host.address == lab.host_key(Backend::Yellow) {
+            "yellow"
+        } else {
+            "?"
+        };
+        let _ = write!(
+            text,
+            "\n           {FRONT_CLUSTER}::{}::health_flags::{}   ({who}, hostname::{})",
+            host.address,
+            host.health_flags(),
+            host.values
+                .get("hostname")
+                .map(String::as_str)
+                .unwrap_or("")
+        );
+    }
+    line(&text);
+    Ok(())
+}
