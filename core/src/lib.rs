@@ -6,6 +6,8 @@
 //! virtual time on the host.
 //!
 //! What lives where:
+//! - [`check`]: one active health check as validated data (HTTP / TCP / gRPC parts) and the
+//!   verdict on what a host answered (status ranges, body payload match, degraded, service name).
 //! - [`grpc_health`]: the `grpc.health.v1` Check/Watch messages and gRPC length-prefixed framing,
 //!   hand-written (two one-field messages do not justify a protobuf toolchain).
 //! - [`health`]: Envoy's per-host active health-check state machine (flags, thresholds, the
@@ -15,6 +17,7 @@
 //! - [`status`]: HTTP status ranges as Envoy writes them (`{start, end}`, half-open), used for
 //!   `expected_statuses` / `retriable_statuses`.
 
+pub mod check;
 pub mod grpc_health;
 pub mod health;
 pub mod schedule;
