@@ -1,0 +1,450 @@
+//! The per-cluster health-check loop (one task per cluster, DESIGN.md principle 5).
+//!
+//! The task owns every host's session (`vigil_core::health::HostHealth`), sleeps until the
+//! earliest due check, starts due probes concurrently (a slow host never delays another host's
+//! schedule), applies each result through core, and publishes an immutable [`ClusterSnapshot`]
+//! with `arc-swap` whenever something changed. Readers (admin, proxy) only load the snapshot.
+//!
+//! Membership comes from discovery over a `watch` channel; host removal follows Envoy's
+//! STRICT_DNS rules: a host that left DNS but still passes checks stays, flagged
+//! `/pending_dynamic_removal`, until it fails or reappears, unless `ignore_health_on_host_removal`.
+//!
+//! Time is tokio's, so tests run the loop under `start_paused` with scripted probes.
+
+use crate::probe::{self, Connection, Finished, ProbeFuture, ProbeResult, Target};
+use arc_swap::ArcSwap;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use vigil_core::check::{HealthCheck, Protocol};
+use vigil_core::health::{FailureType, HealthFlags, HostHealth, Outcome, StatDelta, Transition};
+
+/// How many transitions per host `/hosts/history` keeps.
+pub const HISTORY_LEN: usize = 32;
+
+/// One host as discovery reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSpec {
+    pub address: SocketAddr,
+    /// The endpoint's hostname (`hostname::` in `/clusters`): the DNS name for DNS clusters.
+    pub hostname: String,
+    /// Where checks go (`health_check_config.port_value` changes the port).
+    pub check_address: SocketAddr,
+    /// `health_check_config.hostname`, the first choice for the check's `Host`.
+    pub check_hostname: Option<String>,
+    pub weight: u32,
+    pub priority: u32,
+    /// Added by DNS (or EDS) rather than listed statically.
+    pub dynamic: bool,
+}
+
+/// What the loop needs to know about its cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub name: String,
+    pub check: HealthCheck,
+    pub connect_timeout: Duration,
+    pub ignore_new_hosts_until_first_hc: bool,
+    pub ignore_health_on_host_removal: bool,
+}
+
+/// Counters and gauges of `cluster.<name>.health_check.*`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HealthCheckStats {
+    pub attempt: u64,
+    pub success: u64,
+    pub failure: u64,
+    pub network_failure: u64,
+    pub passive_failure: u64,
+    pub verify_cluster: u64,
+    pub healthy: i64,
+    pub degraded: i64,
+}
+
+impl HealthCheckStats {
+    fn apply(&mut self, delta: StatDelta) {
+        self.success += delta.success;
+        self.failure += delta.failure;
+        self.network_failure += delta.network_failure;
+        self.passive_failure += delta.passive_failure;
+        self.healthy += delta.healthy;
+        self.degraded += delta.degraded;
+    }
+}
+
+/// One recorded change of a host's flags, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub at: SystemTime,
+    pub from: HealthFlags,
+    pub to: HealthFlags,
+    pub reason: String,
+}
+
+/// One host as readers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSnapshot {
+    pub spec: HostSpec,
+    pub flags: HealthFlags,
+    pub history: Vec<HistoryEntry>,
+}
+
+/// An immutable view of a cluster, replaced as a whole on every change.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterSnapshot {
+    pub name: String,
+    pub hosts: Vec<HostSnapshot>,
+    pub stats: HealthCheckStats,
+}
+
+/// How a probe is run: the real network probe, or a scripted one in tests.
+pub type ProbeFn =
+    Arc<dyn Fn(&Protocol, Target, Option<Connection>, bool) -> ProbeFuture + Send + Sync>;
+
+/// The real probe.
+pub fn network_probe() -> ProbeFn {
+    Arc::new(probe::probe)
+}
+
+/// A handle readers keep: the latest snapshot and the cluster's traffic flag.
+#[derive(Clone)]
+pub struct ClusterHandle {
+    pub snapshot: Arc<ArcSwap<ClusterSnapshot>>,
+    /// Set once the cluster carried real traffic (Envoy's `upstream_cx_total` used): until then
+    /// checks follow `no_traffic_interval`.
+    pub has_traffic: Arc<AtomicBool>,
+}
+
+struct Session {
+    spec: HostSpec,
+    health: HostHealth,
+    /// `None` while a probe is in flight.
+    next_at: Option<Instant>,
+    conn: Option<Connection>,
+    /// Distinguishes a re-added host's probes from a removed one's.
+    generation: u64,
+    history: VecDeque<HistoryEntry>,
+}
+
+type ProbeDone = (SocketAddr, u64, Result<Finished, ()>);
+
+/// The per-cluster task. Build it with [`ClusterChecker::new`], run it with [`ClusterChecker::run`].
+pub struct ClusterChecker {
+    spec: ClusterSpec,
+    sessions: BTreeMap<SocketAddr, Session>,
+    stats: HealthCheckStats,
+    handle: ClusterHandle,
+    probe: ProbeFn,
+    rng: u64,
+    next_generation: u64,
+    inflight: JoinSet<ProbeDone>,
+    event_log: Option<crate::events::EventLog>,
+}
+
+impl ClusterChecker {
+    pub fn new(spec: ClusterSpec, probe: ProbeFn, seed: u64) -> (ClusterChecker, ClusterHandle) {
+        let handle = ClusterHandle {
+            snapshot: Arc::new(ArcSwap::from_pointee(ClusterSnapshot {
+                name: spec.name.clone(),
+                ..ClusterSnapshot::default()
+            })),
+            has_traffic: Arc::new(AtomicBool::new(false)),
+        };
+        let event_log = spec
+            .check
+            .event_log_path
+            .as_deref()
+            .map(crate::events::EventLog::open);
+        let checker = ClusterChecker {
+            spec,
+            sessions: BTreeMap::new(),
+            stats: HealthCheckStats::default(),
+            handle: handle.clone(),
+            probe,
+            rng: seed | 1,
+            next_generation: 0,
+            inflight: JoinSet::new(),
+            event_log,
+        };
+        (checker, handle)
+    }
+
+    /// Runs until `shutdown` resolves, following membership from `hosts`.
+    pub async fn run(
+        mut self,
+        mut hosts: watch::Receiver<Vec<HostSpec>>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let initial = hosts.borrow_and_update().clone();
+        self.set_hosts(initial, Instant::now());
+        self.publish();
+        let mut membership_open = true;
+        loop {
+            let next_due = self.sessions.values().filter_map(|s| s.next_at).min();
+            tokio::select! {
+                _ = &mut shutdown => break,
+                changed = hosts.changed(), if membership_open => {
+                    if changed.is_ok() {
+                        let update = hosts.borrow_and_update().clone();
+                        self.set_hosts(update, Instant::now());
+                    } else {
+                        membership_open = false;
+                    }
+                }
+                Some(joined) = self.inflight.join_next(), if !self.inflight.is_empty() => {
+                    if let Ok((address, generation, finished)) = joined {
+                        self.finish(address, generation, finished, Instant::now());
+                    }
+                }
+                _ = sleep_until_opt(next_due), if next_due.is_some() => {
+                    self.start_due(Instant::now());
+                }
+            }
+            self.publish();
+        }
+        self.inflight.abort_all();
+    }
+
+    /// Applies a new membership list (Envoy's `updateDynamicHostList` for the removal rules).
+    fn set_hosts(&mut self, hosts: Vec<HostSpec>, now: Instant) {
+        let wanted: BTreeMap<SocketAddr, HostSpec> =
+            hosts.into_iter().map(|h| (h.address, h)).collect();
+        let mut removed = Vec::new();
+        for (address, session) in self.sessions.iter_mut() {
+            if let Some(spec) = wanted.get(address) {
+                session.spec = spec.clone();
+                session
+                    .health
+                    .set_flag(HealthFlags::PENDING_DYNAMIC_REMOVAL, false);
+            } else if self.spec.ignore_health_on_host_removal || !session.health.is_active_healthy()
+            {
+                removed.push(*address);
+            } else {
+                session
+                    .health
+                    .set_flag(HealthFlags::PENDING_DYNAMIC_REMOVAL, true);
+            }
+        }
+        for address in removed {
+            if let Some(session) = self.sessions.remove(&address) {
+                self.stats.apply(session.health.gauges_at_removal());
+            }
+        }
+        for (address, spec) in wanted {
+            if self.sessions.contains_key(&address) {
+                continue;
+            }
+            let flags =
+                HostHealth::initial_flags(spec.dynamic, self.spec.ignore_new_hosts_until_first_hc);
+            let health = HostHealth::new(flags);
+            self.stats.apply(health.gauges_at_start());
+            let mut rng = || next_random(&mut self.rng);
+            let first = match self.spec.check.intervals.initial_delay_ms(&mut rng) {
+                None => now,
+                Some(ms) => now + Duration::from_millis(ms),
+            };
+            self.next_generation += 1;
+            self.sessions.insert(
+                address,
+                Session {
+                    spec,
+                    health,
+                    next_at: Some(first),
+                    conn: None,
+                    generation: self.next_generation,
+                    history: VecDeque::new(),
+                },
+            );
+        }
+    }
+
+    fn start_due(&mut self, now: Instant) {
+        let timeout = Duration::from_millis(self.spec.check.timeout_ms);
+        let reuse = self.spec.check.reuse_connection;
+        for (address, session) in self.sessions.iter_mut() {
+            if session.next_at.is_none_or(|at| at > now) {
+                continue;
+            }
+            session.next_at = None;
+            self.stats.attempt += 1;
+            let authority = match &self.spec.check.protocol {
+                Protocol::Http(http) => http
+                    .authority(session.spec.check_hostname.as_deref(), &self.spec.name)
+                    .to_string(),
+                Protocol::Grpc(grpc) => session
+                    .spec
+                    .check_hostname
+                    .clone()
+                    .filter(|h| !h.is_empty())
+                    .or_else(|| grpc.authority.clone().filter(|a| !a.is_empty()))
+                    .unwrap_or_else(|| self.spec.name.clone()),
+                Protocol::Tcp(_) => String::new(),
+            };
+            let target = Target {
+                address: session.spec.check_address,
+                authority,
+                connect_timeout: self.spec.connect_timeout,
+                timeout,
+            };
+            let probe = (self.probe)(
+                &self.spec.check.protocol,
+                target,
+                session.conn.take(),
+                reuse,
+            );
+            let (address, generation) = (*address, session.generation);
+            self.inflight.spawn(async move {
+                // A timed-out probe is dropped with its connection, as Envoy closes it.
+                let finished = tokio::time::timeout(timeout, probe).await.map_err(|_| ());
+                (address, generation, finished)
+            });
+        }
+    }
+
+    fn finish(
+        &mut self,
+        address: SocketAddr,
+        generation: u64,
+        finished: Result<Finished, ()>,
+        now: Instant,
+    ) {
+        let has_traffic = self.handle.has_traffic.load(Ordering::Relaxed);
+        let Some(session) = self.sessions.get_mut(&address) else {
+            return; // the host was removed while its probe ran
+        };
+        if session.generation != generation {
+            return;
+        }
+        let policy = self.spec.check.policy;
+        let before = session.health.flags();
+        let (outcome, reason): (Outcome, String) = match finished {
+            Err(()) => (
+                session
+                    .health
+                    .on_failure(&policy, FailureType::NetworkTimeout, false),
+                "timeout".to_string(),
+            ),
+            Ok(finished) => {
+                session.conn = finished.keep;
+                if finished.verify_cluster {
+                    self.stats.verify_cluster += 1;
+                }
+                match finished.result {
+                    ProbeResult::Healthy { degraded } => (
+                        session.health.on_success(&policy, degraded),
+                        if degraded {
+                            "passed (degraded)"
+                        } else {
+                            "passed"
+                        }
+                        .to_string(),
+                    ),
+                    ProbeResult::Failed {
+                        failure,
+                        retriable,
+                        exclude,
+                    } => {
+                        let outcome = session.health.on_failure(&policy, failure, retriable);
+                        if exclude {
+                            session.health.exclude_via_immediate_fail();
+                        }
+                        let kind = if retriable {
+                            "retriable failure"
+                        } else {
+                            "failure"
+                        };
+                        (outcome, format!("{kind} ({})", failure.name()))
+                    }
+                }
+            }
+        };
+        self.stats.apply(outcome.stats);
+        let after = session.health.flags();
+        if after != before {
+            session.history.push_back(HistoryEntry {
+                at: SystemTime::now(),
+                from: before,
+                to: after,
+                reason,
+            });
+            while session.history.len() > HISTORY_LEN {
+                session.history.pop_front();
+            }
+        }
+        if let Some(log) = &mut self.event_log {
+            for event in &outcome.events {
+                log.write(
+                    self.spec.check.protocol.type_name(),
+                    &self.spec.name,
+                    address,
+                    event,
+                );
+            }
+        }
+        // A host that failed while pending removal is dropped at the next membership update,
+        // as Envoy's STRICT_DNS does; until then it stays visible with its flags.
+        let mut rng = || next_random(&mut self.rng);
+        let delay = self.spec.check.intervals.next_delay_ms(
+            outcome.state,
+            outcome.transition,
+            has_traffic,
+            &mut rng,
+        );
+        session.next_at = Some(now + Duration::from_millis(delay));
+        log_transition(&self.spec.name, address, &outcome, before, after);
+    }
+
+    fn publish(&self) {
+        let hosts = self
+            .sessions
+            .values()
+            .map(|s| HostSnapshot {
+                spec: s.spec.clone(),
+                flags: s.health.flags(),
+                history: s.history.iter().cloned().collect(),
+            })
+            .collect();
+        let snapshot = ClusterSnapshot {
+            name: self.spec.name.clone(),
+            hosts,
+            stats: self.stats,
+        };
+        self.handle.snapshot.store(Arc::new(snapshot));
+    }
+}
+
+fn log_transition(
+    cluster: &str,
+    address: SocketAddr,
+    outcome: &Outcome,
+    before: HealthFlags,
+    after: HealthFlags,
+) {
+    if outcome.transition == Transition::Changed && before != after {
+        log::info!("{cluster} {address}: health_flags {before} -> {after}");
+    }
+    for event in &outcome.events {
+        log::debug!("{cluster} {address}: {event:?}");
+    }
+}
+
+/// xorshift64*: plenty for jitter, and deterministic from the seed in tests.
+fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,15 @@
+//! vigil, the companion: the native shell around `vigil-core` that reads users' Envoy YAML and
+//! does the whole job standalone.
+//!
+//! What lives where:
+//! - [`probe`]: one HTTP / TCP / gRPC health check against one host (the I/O; verdicts in core).
+//! - [`checker`]: the per-cluster loop that schedules probes, applies results through core's state
+//!   machine, and publishes immutable snapshots for readers.
+//! - [`events`]: the JSON-lines health-check event log (`event_log_path`) in Envoy's shape.
+//!
+//! Discovery, the admin API, the proxy and EDS arrive with their issues; `main.rs` holds the
+//! command line.
+
+pub mod checker;
+pub mod events;
+pub mod probe;

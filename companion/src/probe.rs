@@ -1,0 +1,426 @@
+//! Active probes: one HTTP, TCP or gRPC health check against one host, as Envoy performs it.
+//!
+//! A probe takes the host's kept-alive connection (if any), performs one check, and hands back the
+//! [`ProbeResult`] together with the connection to keep for the next check (`reuse_connection`).
+//! The verdict on what the host answered is decided in `vigil_core::check`; this module only does
+//! the I/O. Timeouts are applied by the caller around the whole probe (connect + request +
+//! response, as Envoy's timeout timer covers), and a timed-out probe's connection is dropped.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use vigil_core::check::{Codec, GrpcCheck, HttpAnswer, HttpCheck, Protocol, TcpCheck};
+use vigil_core::grpc_health::{self, ServingStatus};
+use vigil_core::health::FailureType;
+
+/// `User-Agent` of every check request, as Envoy sends it.
+pub const USER_AGENT: &str = "Envoy/HC";
+
+/// What one check concluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeResult {
+    Healthy {
+        degraded: bool,
+    },
+    Failed {
+        failure: FailureType,
+        retriable: bool,
+        /// The host asked to be excluded (`x-envoy-immediate-health-check-fail`).
+        exclude: bool,
+    },
+}
+
+impl ProbeResult {
+    fn network() -> ProbeResult {
+        ProbeResult::Failed {
+            failure: FailureType::Network,
+            retriable: false,
+            exclude: false,
+        }
+    }
+
+    fn active() -> ProbeResult {
+        ProbeResult::Failed {
+            failure: FailureType::Active,
+            retriable: false,
+            exclude: false,
+        }
+    }
+}
+
+/// Whom to probe and how to introduce ourselves.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The address checks go to (the endpoint, or its `health_check_config.port_value`).
+    pub address: SocketAddr,
+    /// `Host` / `:authority` of HTTP and gRPC checks.
+    pub authority: String,
+    pub connect_timeout: Duration,
+    /// The check's `timeout`, announced to gRPC servers as `grpc-timeout`.
+    pub timeout: Duration,
+}
+
+/// A connection kept between checks of one host.
+pub enum Connection {
+    Http1(http1::SendRequest<Full<Bytes>>),
+    Http2(http2::SendRequest<Full<Bytes>>),
+    Tcp(TcpStream),
+}
+
+/// One finished probe: the verdict, the connection to keep, and whether the check counted a
+/// `verify_cluster` (HTTP `service_name_matcher`).
+pub struct Finished {
+    pub result: ProbeResult,
+    pub keep: Option<Connection>,
+    pub verify_cluster: bool,
+}
+
+pub type ProbeFuture = Pin<Box<dyn Future<Output = Finished> + Send>>;
+
+/// Starts one check of `target` with `protocol`, reusing `conn` when it is still usable.
+pub fn probe(
+    protocol: &Protocol,
+    target: Target,
+    conn: Option<Connection>,
+    reuse: bool,
+) -> ProbeFuture {
+    match protocol {
+        Protocol::Http(check) => Box::pin(http_probe(check.clone(), target, conn, reuse)),
+        Protocol::Tcp(check) => Box::pin(tcp_probe(check.clone(), target, conn, reuse)),
+        Protocol::Grpc(check) => Box::pin(grpc_probe(check.clone(), target, conn, reuse)),
+    }
+}
+
+fn finished(result: ProbeResult, keep: Option<Connection>) -> Finished {
+    Finished {
+        result,
+        keep,
+        verify_cluster: false,
+    }
+}
+
+async fn connect(target: &Target) -> Result<TcpStream, ProbeResult> {
+    match tokio::time::timeout(target.connect_timeout, TcpStream::connect(target.address)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+        Ok(Err(_)) | Err(_) => Err(ProbeResult::network()),
+    }
+}
+
+async fn http1_connection(target: &Target) -> Result<http1::SendRequest<Full<Bytes>>, ProbeResult> {
+    let stream = connect(target).await?;
+    let (sender, connection) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|_| ProbeResult::network())?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+async fn http2_connection(target: &Target) -> Result<http2::SendRequest<Full<Bytes>>, ProbeResult> {
+    let stream = connect(target).await?;
+    let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .map_err(|_| ProbeResult::network())?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+/// The kept connection if it can take another request now; `None` if it closed meanwhile.
+async fn reusable(conn: Option<Connection>) -> Option<Connection> {
+    match conn? {
+        Connection::Http1(mut sender) => {
+            sender.ready().await.ok().map(|_| Connection::Http1(sender))
+        }
+        Connection::Http2(mut sender) => {
+            sender.ready().await.ok().map(|_| Connection::Http2(sender))
+        }
+        tcp @ Connection::Tcp(_) => Some(tcp),
+    }
+}
+
+fn build_http_request(
+    check: &HttpCheck,
+    target: &Target,
+    codec: Codec,
+) -> Result<http::Request<Full<Bytes>>, ProbeResult> {
+    let mut builder = http::Request::builder().method(check.method.as_str());
+    builder = match codec {
+        // HTTP/1 carries the authority in `Host`; HTTP/2 in `:authority` (from an absolute URI).
+        Codec::Http1 => builder
+            .uri(check.path.as_str())
+            .header(http::header::HOST, &target.authority),
+        Codec::Http2 => builder.uri(format!("http://{}{}", target.authority, check.path)),
+    };
+    let mut request = builder
+        .header(http::header::USER_AGENT, USER_AGENT)
+        .body(Full::new(Bytes::new()))
+        .map_err(|_| ProbeResult::active())?;
+    let headers = request.headers_mut();
+    for add in &check.request_headers_to_add {
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(add.name.as_bytes()),
+            http::HeaderValue::from_str(&add.value),
+        ) else {
+            continue; // validated at load time; a bad header here would be a config bug
+        };
+        if add.append {
+            headers.append(name, value);
+        } else {
+            headers.insert(name, value);
+        }
+    }
+    for name in &check.request_headers_to_remove {
+        headers.remove(name.as_str());
+    }
+    Ok(request)
+}
+
+async fn http_probe(
+    check: HttpCheck,
+    target: Target,
+    conn: Option<Connection>,
+    reuse: bool,
+) -> Finished {
+    let request = match build_http_request(&check, &target, check.codec) {
+        Ok(request) => request,
+        Err(result) => return finished(result, None),
+    };
+    let connection = match (check.codec, reusable(conn).await) {
+        (Codec::Http1, Some(connection @ Connection::Http1(_))) => connection,
+        (Codec::Http2, Some(connection @ Connection::Http2(_))) => connection,
+        (Codec::Http1, _) => match http1_connection(&target).await {
+            Ok(sender) => Connection::Http1(sender),
+            Err(result) => return finished(result, None),
+        },
+        (Codec::Http2, _) => match http2_connection(&target).await {
+            Ok(sender) => Connection::Http2(sender),
+            Err(result) => return finished(result, None),
+        },
+    };
+    let response = match connection {
+        Connection::Http1(mut sender) => sender
+            .send_request(request)
+            .await
+            .map(|r| (r, Connection::Http1(sender))),
+        Connection::Http2(mut sender) => sender
+            .send_request(request)
+            .await
+            .map(|r| (r, Connection::Http2(sender))),
+        Connection::Tcp(_) => return finished(ProbeResult::network(), None),
+    };
+    let (response, connection) = match response {
+        Ok(pair) => pair,
+        Err(_) => return finished(ProbeResult::network(), None),
+    };
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let close = wants_close(response.version(), &headers);
+    // The body is read to the end either way, so the connection can carry the next check;
+    // only the first `response_buffer_size` bytes are judged.
+    let mut body = Vec::new();
+    let mut stream = response.into_body();
+    let limit = if check.response_buffer_size == 0 {
+        usize::MAX
+    } else {
+        check.response_buffer_size
+    };
+    while let Some(frame) = stream.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    let room = limit.saturating_sub(body.len());
+                    if !check.receive.is_empty() && room > 0 {
+                        body.extend_from_slice(&data[..data.len().min(room)]);
+                    }
+                }
+            }
+            Err(_) => return finished(ProbeResult::network(), None),
+        }
+    }
+    let header_text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let answer = HttpAnswer {
+        status,
+        body: &body,
+        immediate_fail: headers.contains_key("x-envoy-immediate-health-check-fail"),
+        degraded: headers.contains_key("x-envoy-degraded"),
+        healthchecked_cluster: header_text("x-envoy-upstream-healthchecked-cluster"),
+    };
+    let (verdict, verify_cluster) = check.judge(&answer);
+    let result = match verdict.failure() {
+        None => ProbeResult::Healthy {
+            degraded: verdict == vigil_core::check::HttpVerdict::Degraded,
+        },
+        Some((failure, retriable)) => ProbeResult::Failed {
+            failure,
+            retriable,
+            exclude: verdict.exclude(),
+        },
+    };
+    let keep = (reuse && !close).then_some(connection);
+    Finished {
+        result,
+        keep,
+        verify_cluster,
+    }
+}
+
+/// Envoy's `shouldCloseConnection`: HTTP/1.1 `connection: close`, HTTP/1.0 without keep-alive,
+/// or `proxy-connection: close` below HTTP/2.
+fn wants_close(version: http::Version, headers: &http::HeaderMap) -> bool {
+    let has_token = |name: &str, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+                .unwrap_or(false)
+        })
+    };
+    match version {
+        http::Version::HTTP_10 => !has_token("connection", "keep-alive"),
+        http::Version::HTTP_11 => {
+            has_token("connection", "close") || has_token("proxy-connection", "close")
+        }
+        _ => false,
+    }
+}
+
+async fn tcp_probe(
+    check: TcpCheck,
+    target: Target,
+    conn: Option<Connection>,
+    reuse: bool,
+) -> Finished {
+    let mut stream = match conn {
+        Some(Connection::Tcp(stream)) => stream,
+        _ => match connect(&target).await {
+            Ok(stream) => stream,
+            Err(result) => return finished(result, None),
+        },
+    };
+    if check.receive.is_empty() {
+        // Connect-only: a completed connect is a success, and Envoy closes it at once.
+        return finished(ProbeResult::Healthy { degraded: false }, None);
+    }
+    if !check.send.is_empty() && stream.write_all(&check.send).await.is_err() {
+        return finished(ProbeResult::network(), None);
+    }
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk).await {
+            // A close before the blocks matched is a network failure; a mismatch alone is not a
+            // failure: Envoy keeps waiting, so the caller's timeout decides.
+            Ok(0) | Err(_) => return finished(ProbeResult::network(), None),
+            Ok(n) => {
+                received.extend_from_slice(&chunk[..n]);
+                if check.receive.matches(&received) {
+                    let keep = reuse.then_some(Connection::Tcp(stream));
+                    return finished(ProbeResult::Healthy { degraded: false }, keep);
+                }
+            }
+        }
+    }
+}
+
+async fn grpc_probe(
+    check: GrpcCheck,
+    target: Target,
+    conn: Option<Connection>,
+    reuse: bool,
+) -> Finished {
+    let message = grpc_health::encode_request(&check.service_name);
+    let body = match grpc_health::frame(&message) {
+        Ok(body) => body,
+        Err(_) => return finished(ProbeResult::active(), None),
+    };
+    let mut builder = http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://{}{}",
+            target.authority,
+            grpc_health::CHECK_PATH
+        ))
+        .header("te", "trailers")
+        .header("content-type", "application/grpc")
+        .header(http::header::USER_AGENT, USER_AGENT)
+        .header("grpc-timeout", format!("{}m", target.timeout.as_millis()));
+    for add in &check.initial_metadata {
+        builder = builder.header(add.name.as_str(), add.value.as_str());
+    }
+    let request = match builder.body(Full::new(Bytes::from(body))) {
+        Ok(request) => request,
+        Err(_) => return finished(ProbeResult::active(), None),
+    };
+    let mut sender = match reusable(conn).await {
+        Some(Connection::Http2(sender)) => sender,
+        _ => match http2_connection(&target).await {
+            Ok(sender) => sender,
+            Err(result) => return finished(result, None),
+        },
+    };
+    let response = match sender.send_request(request).await {
+        Ok(response) => response,
+        Err(_) => return finished(ProbeResult::network(), None),
+    };
+    match judge_grpc(response).await {
+        Ok(result) => finished(result, reuse.then_some(Connection::Http2(sender))),
+        // A stream or connection error leaves the connection in doubt: start afresh.
+        Err(()) => finished(ProbeResult::network(), None),
+    }
+}
+
+/// Envoy's gRPC verdict: HTTP 200, grpc-status 0, exactly one message, status SERVING.
+/// Anything else the host said is an active failure; `Err` is a transport failure.
+async fn judge_grpc(response: http::Response<hyper::body::Incoming>) -> Result<ProbeResult, ()> {
+    let status_ok = response.status() == http::StatusCode::OK;
+    let mut grpc_status = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut body = response.into_body();
+    let mut data = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ())?;
+        if let Some(chunk) = frame.data_ref() {
+            data.extend_from_slice(chunk);
+            if data.len() > grpc_health::MAX_MESSAGE_LEN + 5 {
+                return Ok(ProbeResult::active());
+            }
+        } else if let Some(trailers) = frame.trailers_ref() {
+            if let Some(value) = trailers.get("grpc-status").and_then(|v| v.to_str().ok()) {
+                grpc_status = Some(value.to_string());
+            }
+        }
+    }
+    if !status_ok || grpc_status.as_deref() != Some("0") {
+        return Ok(ProbeResult::active());
+    }
+    let mut messages = Vec::new();
+    let mut rest = &data[..];
+    while !rest.is_empty() {
+        match grpc_health::unframe(rest) {
+            Ok(Some((message, used))) => {
+                messages.push(grpc_health::decode_response(message));
+                rest = &rest[used..];
+            }
+            Ok(None) | Err(_) => return Ok(ProbeResult::active()),
+        }
+    }
+    match messages.as_slice() {
+        [Ok(ServingStatus::Serving)] => Ok(ProbeResult::Healthy { degraded: false }),
+        _ => Ok(ProbeResult::active()),
+    }
+}
