@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -47,7 +47,9 @@ pub struct HostSpec {
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
     pub name: String,
-    pub check: HealthCheck,
+    /// The cluster's active check; `None` for clusters without `health_checks`, whose hosts are
+    /// only mirrored from discovery.
+    pub check: Option<HealthCheck>,
     pub connect_timeout: Duration,
     pub ignore_new_hosts_until_first_hc: bool,
     pub ignore_health_on_host_removal: bool,
@@ -98,6 +100,9 @@ pub struct HostSnapshot {
 #[derive(Debug, Clone, Default)]
 pub struct ClusterSnapshot {
     pub name: String,
+    /// Every host present when checking started has had its first result (Envoy's cluster
+    /// initialisation, which `/ready` waits for).
+    pub initialized: bool,
     pub hosts: Vec<HostSnapshot>,
     pub stats: HealthCheckStats,
 }
@@ -118,6 +123,16 @@ pub struct ClusterHandle {
     /// Set once the cluster carried real traffic (Envoy's `upstream_cx_total` used): until then
     /// checks follow `no_traffic_interval`.
     pub has_traffic: Arc<AtomicBool>,
+    /// `update_{attempt,success,failure}`, counted by discovery.
+    pub discovery: Arc<DiscoveryCounters>,
+}
+
+/// Discovery's counters for one cluster.
+#[derive(Debug, Default)]
+pub struct DiscoveryCounters {
+    pub attempt: AtomicU64,
+    pub success: AtomicU64,
+    pub failure: AtomicU64,
 }
 
 struct Session {
@@ -143,6 +158,7 @@ pub struct ClusterChecker {
     rng: u64,
     next_generation: u64,
     inflight: JoinSet<ProbeDone>,
+    initialized: bool,
     event_log: Option<crate::events::EventLog>,
 }
 
@@ -154,11 +170,12 @@ impl ClusterChecker {
                 ..ClusterSnapshot::default()
             })),
             has_traffic: Arc::new(AtomicBool::new(false)),
+            discovery: Arc::default(),
         };
         let event_log = spec
             .check
-            .event_log_path
-            .as_deref()
+            .as_ref()
+            .and_then(|check| check.event_log_path.as_deref())
             .map(crate::events::EventLog::open);
         let checker = ClusterChecker {
             spec,
@@ -169,6 +186,7 @@ impl ClusterChecker {
             rng: seed | 1,
             next_generation: 0,
             inflight: JoinSet::new(),
+            initialized: false,
             event_log,
         };
         (checker, handle)
@@ -240,14 +258,22 @@ impl ClusterChecker {
             if self.sessions.contains_key(&address) {
                 continue;
             }
-            let flags =
-                HostHealth::initial_flags(spec.dynamic, self.spec.ignore_new_hosts_until_first_hc);
-            let health = HostHealth::new(flags);
-            self.stats.apply(health.gauges_at_start());
-            let mut rng = || next_random(&mut self.rng);
-            let first = match self.spec.check.intervals.initial_delay_ms(&mut rng) {
-                None => now,
-                Some(ms) => now + Duration::from_millis(ms),
+            let (health, first) = match &self.spec.check {
+                Some(check) => {
+                    let flags = HostHealth::initial_flags(
+                        spec.dynamic,
+                        self.spec.ignore_new_hosts_until_first_hc,
+                    );
+                    let health = HostHealth::new(flags);
+                    self.stats.apply(health.gauges_at_start());
+                    let mut rng = || next_random(&mut self.rng);
+                    let first = match check.intervals.initial_delay_ms(&mut rng) {
+                        None => now,
+                        Some(ms) => now + Duration::from_millis(ms),
+                    };
+                    (health, Some(first))
+                }
+                None => (HostHealth::new(HealthFlags::empty()), None),
             };
             self.next_generation += 1;
             self.sessions.insert(
@@ -255,7 +281,7 @@ impl ClusterChecker {
                 Session {
                     spec,
                     health,
-                    next_at: Some(first),
+                    next_at: first,
                     conn: None,
                     generation: self.next_generation,
                     history: VecDeque::new(),
@@ -265,15 +291,18 @@ impl ClusterChecker {
     }
 
     fn start_due(&mut self, now: Instant) {
-        let timeout = Duration::from_millis(self.spec.check.timeout_ms);
-        let reuse = self.spec.check.reuse_connection;
+        let Some(check) = &self.spec.check else {
+            return;
+        };
+        let timeout = Duration::from_millis(check.timeout_ms);
+        let reuse = check.reuse_connection;
         for (address, session) in self.sessions.iter_mut() {
             if session.next_at.is_none_or(|at| at > now) {
                 continue;
             }
             session.next_at = None;
             self.stats.attempt += 1;
-            let authority = match &self.spec.check.protocol {
+            let authority = match &check.protocol {
                 Protocol::Http(http) => http
                     .authority(session.spec.check_hostname.as_deref(), &self.spec.name)
                     .to_string(),
@@ -292,12 +321,7 @@ impl ClusterChecker {
                 connect_timeout: self.spec.connect_timeout,
                 timeout,
             };
-            let probe = (self.probe)(
-                &self.spec.check.protocol,
-                target,
-                session.conn.take(),
-                reuse,
-            );
+            let probe = (self.probe)(&check.protocol, target, session.conn.take(), reuse);
             let (address, generation) = (*address, session.generation);
             self.inflight.spawn(async move {
                 // A timed-out probe is dropped with its connection, as Envoy closes it.
@@ -321,7 +345,10 @@ impl ClusterChecker {
         if session.generation != generation {
             return;
         }
-        let policy = self.spec.check.policy;
+        let Some(check) = &self.spec.check else {
+            return;
+        };
+        let policy = check.policy;
         let before = session.health.flags();
         let (outcome, reason): (Outcome, String) = match finished {
             Err(()) => (
@@ -379,28 +406,25 @@ impl ClusterChecker {
         }
         if let Some(log) = &mut self.event_log {
             for event in &outcome.events {
-                log.write(
-                    self.spec.check.protocol.type_name(),
-                    &self.spec.name,
-                    address,
-                    event,
-                );
+                log.write(check.protocol.type_name(), &self.spec.name, address, event);
             }
         }
         // A host that failed while pending removal is dropped at the next membership update,
         // as Envoy's STRICT_DNS does; until then it stays visible with its flags.
         let mut rng = || next_random(&mut self.rng);
-        let delay = self.spec.check.intervals.next_delay_ms(
-            outcome.state,
-            outcome.transition,
-            has_traffic,
-            &mut rng,
-        );
+        let delay =
+            check
+                .intervals
+                .next_delay_ms(outcome.state, outcome.transition, has_traffic, &mut rng);
         session.next_at = Some(now + Duration::from_millis(delay));
         log_transition(&self.spec.name, address, &outcome, before, after);
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
+        // Latched: hosts added later do not make a running cluster uninitialised again.
+        self.initialized = self.initialized
+            || self.spec.check.is_none()
+            || self.sessions.values().all(|s| !s.health.first_check());
         let hosts = self
             .sessions
             .values()
@@ -412,6 +436,7 @@ impl ClusterChecker {
             .collect();
         let snapshot = ClusterSnapshot {
             name: self.spec.name.clone(),
+            initialized: self.initialized,
             hosts,
             stats: self.stats,
         };

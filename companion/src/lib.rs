@@ -5,11 +5,13 @@
 //! - [`probe`]: one HTTP / TCP / gRPC health check against one host (the I/O; verdicts in core).
 //! - [`checker`]: the per-cluster loop that schedules probes, applies results through core's state
 //!   machine, and publishes immutable snapshots for readers.
+//! - [`admin`]: the Envoy-compatible admin API over the clusters' snapshots.
 //! - [`events`]: the JSON-lines health-check event log (`event_log_path`) in Envoy's shape.
 //!
 //! Discovery, the admin API, the proxy and EDS arrive with their issues; `main.rs` holds the
 //! command line.
 
+pub mod admin;
 pub mod checker;
 pub mod events;
 pub mod probe;

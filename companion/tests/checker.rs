@@ -81,7 +81,7 @@ fn host(last: u8) -> HostSpec {
 fn spec(settings: IntervalSettings, policy: Policy, timeout_ms: u64) -> ClusterSpec {
     ClusterSpec {
         name: "web_cluster_01".into(),
-        check: HealthCheck {
+        check: Some(HealthCheck {
             timeout_ms,
             intervals: Intervals::from_settings(settings),
             policy,
@@ -91,7 +91,7 @@ fn spec(settings: IntervalSettings, policy: Policy, timeout_ms: u64) -> ClusterS
                 receive: Default::default(),
             }),
             event_log_path: None,
-        },
+        }),
         connect_timeout: Duration::from_millis(250),
         ignore_new_hosts_until_first_hc: false,
         ignore_health_on_host_removal: false,

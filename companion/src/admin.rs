@@ -1,0 +1,718 @@
+//! The admin API, shaped like Envoy's so existing scripts work unchanged.
+//!
+//! `GET /clusters` (text, and `?format=json`), `GET /stats` (`name: value`, `?filter=REGEX`),
+//! `GET /stats/prometheus`, `GET /ready`, `POST /healthcheck/fail` and `/healthcheck/ok`,
+//! `GET /help`, and beyond Envoy `GET /hosts/history` (the last transitions of every host, with
+//! the reason of each). Mutating endpoints answer 405 to anything but POST. The server takes a
+//! bound listener and a shutdown future; it reads only the clusters' published snapshots.
+
+use crate::checker::{ClusterHandle, ClusterSnapshot, HostSnapshot};
+use crate::events::rfc3339_millis;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::{Value, json};
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::net::TcpListener;
+use vigil_core::health::{CoarseHealth, HealthFlags};
+
+/// One cluster as the admin API shows it.
+#[derive(Clone)]
+pub struct AdminCluster {
+    pub name: String,
+    pub handle: ClusterHandle,
+    /// Whether the cluster has `health_checks` (its `health_check.*` stats exist only then).
+    pub health_checked: bool,
+    pub added_via_api: bool,
+}
+
+/// What the admin server reads.
+#[derive(Clone, Default)]
+pub struct AdminState {
+    pub clusters: Arc<Vec<AdminCluster>>,
+    /// Set by `POST /healthcheck/fail`, cleared by `POST /healthcheck/ok`.
+    pub failing: Arc<AtomicBool>,
+}
+
+type Body = Full<Bytes>;
+
+/// Serves the admin API on `listener` until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, state: AdminState, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else {
+            continue; // a failed accept (e.g. fd exhaustion) must not stop the admin server
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, request)) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Routes one admin request.
+pub fn handle(state: &AdminState, request: Request<Incoming>) -> Response<Body> {
+    let path = request.uri().path().to_string();
+    let query = request.uri().query().unwrap_or("").to_string();
+    route(state, request.method(), &path, &query)
+}
+
+/// The routing itself, separate from hyper so it can be tested directly.
+pub fn route(state: &AdminState, method: &Method, path: &str, query: &str) -> Response<Body> {
+    let params: Vec<(String, String)> = form_pairs(query);
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    match path {
+        "/clusters" | "/stats" | "/stats/prometheus" | "/ready" | "/help" | "/"
+        | "/hosts/history"
+            if method != Method::GET && method != Method::HEAD =>
+        {
+            method_not_allowed("GET")
+        }
+        "/healthcheck/fail" | "/healthcheck/ok" if method != Method::POST => {
+            method_not_allowed("POST")
+        }
+        "/clusters" => match param("format") {
+            Some("json") => json_response(clusters_json(state)),
+            None | Some("text") => text(StatusCode::OK, clusters_text(state)),
+            Some(other) => text(
+                StatusCode::BAD_REQUEST,
+                format!("invalid format '{other}': use format=json or format=text\n"),
+            ),
+        },
+        "/stats" => {
+            let filter = match param("filter").map(regex::Regex::new).transpose() {
+                Ok(filter) => filter,
+                Err(err) => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!("invalid regex in filter: {err}\n"),
+                    );
+                }
+            };
+            let mut out = String::new();
+            for (name, value, _) in stats(state) {
+                if filter.as_ref().is_none_or(|re| re.is_match(&name)) {
+                    let _ = writeln!(out, "{name}: {value}");
+                }
+            }
+            text(StatusCode::OK, out)
+        }
+        "/stats/prometheus" => text(StatusCode::OK, prometheus(state)),
+        "/ready" => {
+            if initialized(state) {
+                text(StatusCode::OK, "LIVE\n".into())
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "INITIALIZING\n".into())
+            }
+        }
+        "/healthcheck/fail" => {
+            state.failing.store(true, Ordering::Relaxed);
+            text(StatusCode::OK, "OK\n".into())
+        }
+        "/healthcheck/ok" => {
+            state.failing.store(false, Ordering::Relaxed);
+            text(StatusCode::OK, "OK\n".into())
+        }
+        "/hosts/history" => json_response(history_json(state)),
+        "/help" | "/" => text(StatusCode::OK, HELP.into()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            format!("invalid path: {path}\n{HELP}"),
+        ),
+    }
+}
+
+const HELP: &str = "admin commands are:
+  /: this text
+  /clusters: upstream cluster status (format=json for JSON)
+  /healthcheck/fail (POST): cause the server to fail health checks
+  /healthcheck/ok (POST): cause the server to pass health checks
+  /help: this text
+  /hosts/history: the last health transitions of every host, with their reasons (vigil)
+  /ready: print server state, return 200 if LIVE, otherwise 503
+  /stats: print server stats (filter=REGEX)
+  /stats/prometheus: print server stats in prometheus format
+";
+
+fn form_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(byte) => {
+                        out.push(byte);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            other => out.push(other),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=UTF-8"),
+    );
+    response
+}
+
+fn json_response(value: Value) -> Response<Body> {
+    let body = serde_json::to_string_pretty(&value).unwrap_or_else(|_| "{}".into());
+    let mut response = text(StatusCode::OK, body + "\n");
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn method_not_allowed(allowed: &'static str) -> Response<Body> {
+    let mut response = text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("This endpoint requires {allowed}.\n"),
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allowed));
+    response
+}
+
+fn snapshots(state: &AdminState) -> Vec<(AdminCluster, Arc<ClusterSnapshot>)> {
+    state
+        .clusters
+        .iter()
+        .map(|c| (c.clone(), c.handle.snapshot.load_full()))
+        .collect()
+}
+
+/// Every cluster's first round of checks is done (Envoy's cluster initialisation).
+fn initialized(state: &AdminState) -> bool {
+    snapshots(state).iter().all(|(_, snap)| snap.initialized)
+}
+
+/// Envoy's `/clusters` text.
+pub fn clusters_text(state: &AdminState) -> String {
+    let mut out = String::new();
+    for (cluster, snap) in snapshots(state) {
+        let name = &cluster.name;
+        let _ = writeln!(out, "{name}::observability_name::{name}");
+        for priority in ["default_priority", "high_priority"] {
+            for (key, value) in [
+                ("max_connections", 1024),
+                ("max_pending_requests", 1024),
+                ("max_requests", 1024),
+                ("max_retries", 3),
+            ] {
+                let _ = writeln!(out, "{name}::{priority}::{key}::{value}");
+            }
+        }
+        let _ = writeln!(out, "{name}::added_via_api::{}", cluster.added_via_api);
+        for host in &snap.hosts {
+            let address = host.spec.address;
+            // Counters are name-sorted, then the fixed attribute lines, as Envoy prints them.
+            for (key, value) in host_counters(host) {
+                let _ = writeln!(out, "{name}::{address}::{key}::{value}");
+            }
+            let _ = writeln!(out, "{name}::{address}::hostname::{}", host.spec.hostname);
+            let _ = writeln!(out, "{name}::{address}::health_flags::{}", host.flags);
+            let _ = writeln!(out, "{name}::{address}::weight::{}", host.spec.weight);
+            for key in ["region", "zone", "sub_zone"] {
+                let _ = writeln!(out, "{name}::{address}::{key}::");
+            }
+            let _ = writeln!(out, "{name}::{address}::canary::false");
+            let _ = writeln!(out, "{name}::{address}::priority::{}", host.spec.priority);
+            let _ = writeln!(out, "{name}::{address}::success_rate::-1");
+            let _ = writeln!(out, "{name}::{address}::local_origin_success_rate::-1");
+        }
+    }
+    out
+}
+
+/// Per-host request counters; the proxy fills them in, until then they are zero.
+fn host_counters(_host: &HostSnapshot) -> [(&'static str, u64); 8] {
+    [
+        ("cx_active", 0),
+        ("cx_connect_fail", 0),
+        ("cx_total", 0),
+        ("rq_active", 0),
+        ("rq_error", 0),
+        ("rq_success", 0),
+        ("rq_timeout", 0),
+        ("rq_total", 0),
+    ]
+}
+
+/// Envoy's `/clusters?format=json`: proto3 JSON, so false booleans are omitted.
+pub fn clusters_json(state: &AdminState) -> Value {
+    let statuses: Vec<Value> = snapshots(state)
+        .iter()
+        .map(|(cluster, snap)| {
+            let hosts: Vec<Value> = snap
+                .hosts
+                .iter()
+                .map(|host| {
+                    let mut health = serde_json::Map::new();
+                    for (flag, key) in [
+                        (HealthFlags::FAILED_ACTIVE_HC, "failed_active_health_check"),
+                        (HealthFlags::FAILED_OUTLIER_CHECK, "failed_outlier_check"),
+                        (HealthFlags::DEGRADED_ACTIVE_HC, "failed_active_degraded_check"),
+                        (HealthFlags::PENDING_DYNAMIC_REMOVAL, "pending_dynamic_removal"),
+                        (HealthFlags::PENDING_ACTIVE_HC, "pending_active_hc"),
+                        (HealthFlags::EXCLUDED_VIA_IMMEDIATE_HC_FAIL, "excluded_via_immediate_hc_fail"),
+                        (HealthFlags::ACTIVE_HC_TIMEOUT, "active_hc_timeout"),
+                    ] {
+                        if host.flags.contains(flag) {
+                            health.insert(key.into(), json!(true));
+                        }
+                    }
+                    health.insert("eds_health_status".into(), json!("HEALTHY"));
+                    let counters: Vec<Value> = host_counters(host)
+                        .iter()
+                        .map(|(name, value)| {
+                            let mut stat = serde_json::Map::new();
+                            if name.ends_with("_active") {
+                                stat.insert("type".into(), json!("GAUGE"));
+                            }
+                            stat.insert("name".into(), json!(name));
+                            if *value != 0 {
+                                stat.insert("value".into(), json!(value.to_string()));
+                            }
+                            Value::Object(stat)
+                        })
+                        .collect();
+                    let mut object = serde_json::Map::new();
+                    object.insert(
+                        "address".into(),
+                        json!({"socket_address": {
+                            "address": host.spec.address.ip().to_string(),
+                            "port_value": host.spec.address.port(),
+                        }}),
+                    );
+                    object.insert("stats".into(), Value::Array(counters));
+                    object.insert("health_status".into(), Value::Object(health));
+                    object.insert("weight".into(), json!(host.spec.weight));
+                    if !host.spec.hostname.is_empty() {
+                        object.insert("hostname".into(), json!(host.spec.hostname));
+                    }
+                    if host.spec.priority != 0 {
+                        object.insert("priority".into(), json!(host.spec.priority));
+                    }
+                    object.insert("locality".into(), json!({}));
+                    Value::Object(object)
+                })
+                .collect();
+            let thresholds = json!({"thresholds": [
+                {"max_connections": 1024, "max_pending_requests": 1024, "max_requests": 1024, "max_retries": 3},
+                {"priority": "HIGH", "max_connections": 1024, "max_pending_requests": 1024, "max_requests": 1024, "max_retries": 3}
+            ]});
+            let mut object = serde_json::Map::new();
+            object.insert("name".into(), json!(cluster.name));
+            if cluster.added_via_api {
+                object.insert("added_via_api".into(), json!(true));
+            }
+            object.insert("host_statuses".into(), Value::Array(hosts));
+            object.insert("circuit_breakers".into(), thresholds);
+            object.insert("observability_name".into(), json!(cluster.name));
+            Value::Object(object)
+        })
+        .collect();
+    json!({ "cluster_statuses": statuses })
+}
+
+/// Whether a stat is a counter (else a gauge), for the Prometheus `# TYPE` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatKind {
+    Counter,
+    Gauge,
+}
+
+/// Every stat as `(name, value, kind)`, sorted by name as Envoy's `/stats` prints them.
+pub fn stats(state: &AdminState) -> Vec<(String, i64, StatKind)> {
+    let mut out = Vec::new();
+    for (cluster, snap) in snapshots(state) {
+        let prefix = format!("cluster.{}", cluster.name);
+        if cluster.health_checked {
+            let s = snap.stats;
+            for (name, value, kind) in [
+                ("attempt", s.attempt as i64, StatKind::Counter),
+                ("degraded", s.degraded, StatKind::Gauge),
+                ("failure", s.failure as i64, StatKind::Counter),
+                ("healthy", s.healthy, StatKind::Gauge),
+                (
+                    "network_failure",
+                    s.network_failure as i64,
+                    StatKind::Counter,
+                ),
+                (
+                    "passive_failure",
+                    s.passive_failure as i64,
+                    StatKind::Counter,
+                ),
+                ("success", s.success as i64, StatKind::Counter),
+                ("verify_cluster", s.verify_cluster as i64, StatKind::Counter),
+            ] {
+                out.push((format!("{prefix}.health_check.{name}"), value, kind));
+            }
+        }
+        let count = |keep: &dyn Fn(HealthFlags) -> bool| {
+            snap.hosts.iter().filter(|h| keep(h.flags)).count() as i64
+        };
+        out.push((
+            format!("{prefix}.membership_degraded"),
+            count(&|f| f.coarse() == CoarseHealth::Degraded),
+            StatKind::Gauge,
+        ));
+        out.push((
+            format!("{prefix}.membership_excluded"),
+            count(&|f| f.excluded()),
+            StatKind::Gauge,
+        ));
+        out.push((
+            format!("{prefix}.membership_healthy"),
+            count(&|f| f.coarse() == CoarseHealth::Healthy),
+            StatKind::Gauge,
+        ));
+        out.push((
+            format!("{prefix}.membership_total"),
+            snap.hosts.len() as i64,
+            StatKind::Gauge,
+        ));
+        for (name, value) in [
+            ("update_attempt", &cluster.handle.discovery.attempt),
+            ("update_failure", &cluster.handle.discovery.failure),
+            ("update_success", &cluster.handle.discovery.success),
+        ] {
+            let value = value.load(Ordering::Relaxed) as i64;
+            out.push((format!("{prefix}.{name}"), value, StatKind::Counter));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Envoy's Prometheus output: `cluster.<name>.<stat>` becomes
+/// `envoy_cluster_<stat>{envoy_cluster_name="<name>"}`.
+pub fn prometheus(state: &AdminState) -> String {
+    let mut families: std::collections::BTreeMap<String, (StatKind, Vec<String>)> =
+        Default::default();
+    for cluster in state.clusters.iter() {
+        let prefix = format!("cluster.{}.", cluster.name);
+        for (name, value, kind) in stats(state) {
+            let Some(rest) = name.strip_prefix(&prefix) else {
+                continue;
+            };
+            let family = format!("envoy_cluster_{}", rest.replace('.', "_"));
+            let line = format!(
+                "{family}{{envoy_cluster_name=\"{}\"}} {value}",
+                cluster.name.replace('\\', "\\\\").replace('"', "\\\"")
+            );
+            families
+                .entry(family)
+                .or_insert((kind, Vec::new()))
+                .1
+                .push(line);
+        }
+    }
+    let mut out = String::new();
+    for (family, (kind, lines)) in families {
+        let kind = match kind {
+            StatKind::Counter => "counter",
+            StatKind::Gauge => "gauge",
+        };
+        let _ = writeln!(out, "# TYPE {family} {kind}");
+        for line in lines {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    out
+}
+
+fn history_json(state: &AdminState) -> Value {
+    let clusters: Vec<Value> = snapshots(state)
+        .iter()
+        .map(|(cluster, snap)| {
+            let hosts: Vec<Value> = snap
+                .hosts
+                .iter()
+                .map(|host| {
+                    let transitions: Vec<Value> = host
+                        .history
+                        .iter()
+                        .map(|entry| {
+                            json!({
+                                "at": rfc3339_millis(entry.at),
+                                "from": entry.from.to_string(),
+                                "to": entry.to.to_string(),
+                                "reason": entry.reason,
+                            })
+                        })
+                        .collect();
+                    json!({
+                        "address": host.spec.address.to_string(),
+                        "hostname": host.spec.hostname,
+                        "health_flags": host.flags.to_string(),
+                        "transitions": transitions,
+                    })
+                })
+                .collect();
+            json!({"name": cluster.name, "hosts": hosts})
+        })
+        .collect();
+    json!({ "clusters": clusters })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checker::{ClusterSnapshot, DiscoveryCounters, HealthCheckStats, HostSpec};
+    use arc_swap::ArcSwap;
+    use http_body_util::BodyExt;
+
+    fn state(initialized: bool) -> AdminState {
+        let host = |last: u8, flags| HostSnapshot {
+            spec: HostSpec {
+                address: format!("127.29.1.{last}:80").parse().unwrap(),
+                hostname: "myservice".into(),
+                check_address: format!("127.29.1.{last}:80").parse().unwrap(),
+                check_hostname: None,
+                weight: 1,
+                priority: 0,
+                dynamic: true,
+            },
+            flags,
+            history: vec![],
+        };
+        let snapshot = ClusterSnapshot {
+            name: "web_cluster_01".into(),
+            initialized,
+            hosts: vec![
+                host(3, HealthFlags::FAILED_ACTIVE_HC),
+                host(4, HealthFlags::empty()),
+            ],
+            stats: HealthCheckStats {
+                attempt: 7,
+                healthy: 1,
+                success: 6,
+                failure: 1,
+                ..Default::default()
+            },
+        };
+        let handle = ClusterHandle {
+            snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+            has_traffic: Arc::default(),
+            discovery: Arc::new(DiscoveryCounters::default()),
+        };
+        handle.discovery.attempt.store(3, Ordering::Relaxed);
+        AdminState {
+            clusters: Arc::new(vec![AdminCluster {
+                name: "web_cluster_01".into(),
+                handle,
+                health_checked: true,
+                added_via_api: false,
+            }]),
+            failing: Arc::default(),
+        }
+    }
+
+    fn body(response: Response<Body>) -> String {
+        let bytes = futures_body(response);
+        String::from_utf8(bytes).unwrap()
+    }
+
+    fn futures_body(response: Response<Body>) -> Vec<u8> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            response
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec()
+        })
+    }
+
+    #[test]
+    fn clusters_text_has_envoys_lines_in_envoys_order() {
+        let text = clusters_text(&state(true));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "web_cluster_01::observability_name::web_cluster_01"
+        );
+        assert_eq!(
+            lines[1],
+            "web_cluster_01::default_priority::max_connections::1024"
+        );
+        assert_eq!(lines[4], "web_cluster_01::default_priority::max_retries::3");
+        assert_eq!(lines[8], "web_cluster_01::high_priority::max_retries::3");
+        assert_eq!(lines[9], "web_cluster_01::added_via_api::false");
+        assert_eq!(lines[10], "web_cluster_01::127.29.1.3:80::cx_active::0");
+        assert_eq!(
+            lines[18],
+            "web_cluster_01::127.29.1.3:80::hostname::myservice"
+        );
+        assert_eq!(
+            lines[19],
+            "web_cluster_01::127.29.1.3:80::health_flags::/failed_active_hc"
+        );
+        assert_eq!(
+            lines[27],
+            "web_cluster_01::127.29.1.3:80::local_origin_success_rate::-1"
+        );
+        assert!(text.contains("web_cluster_01::127.29.1.4:80::health_flags::healthy\n"));
+    }
+
+    #[test]
+    fn clusters_json_omits_false_flags_like_proto3() {
+        let json = clusters_json(&state(true));
+        let hosts = &json["cluster_statuses"][0]["host_statuses"];
+        assert_eq!(
+            hosts[0]["health_status"]["failed_active_health_check"],
+            json!(true)
+        );
+        assert_eq!(
+            hosts[1]["health_status"],
+            json!({"eds_health_status": "HEALTHY"})
+        );
+        assert_eq!(
+            hosts[0]["address"]["socket_address"]["port_value"],
+            json!(80)
+        );
+    }
+
+    #[test]
+    fn stats_are_sorted_and_filterable() {
+        let s = state(true);
+        let all = body(route(&s, &Method::GET, "/stats", ""));
+        assert!(all.contains("cluster.web_cluster_01.health_check.attempt: 7\n"));
+        assert!(all.contains("cluster.web_cluster_01.membership_healthy: 1\n"));
+        assert!(all.contains("cluster.web_cluster_01.membership_total: 2\n"));
+        assert!(all.contains("cluster.web_cluster_01.update_attempt: 3\n"));
+        let names: Vec<&str> = all.lines().map(|l| l.split(':').next().unwrap()).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted);
+        let filtered = body(route(
+            &s,
+            &Method::GET,
+            "/stats",
+            "filter=health_check%5C.(failure%7Csuccess)",
+        ));
+        assert_eq!(
+            filtered,
+            "cluster.web_cluster_01.health_check.failure: 1\ncluster.web_cluster_01.health_check.success: 6\n"
+        );
+        let bad = route(&s, &Method::GET, "/stats", "filter=(");
+        assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+        assert!(body(bad).starts_with("invalid regex in filter"));
+    }
+
+    #[test]
+    fn prometheus_uses_envoys_names_and_labels() {
+        let text = prometheus(&state(true));
+        assert!(text.contains(
+            "# TYPE envoy_cluster_health_check_attempt counter\nenvoy_cluster_health_check_attempt{envoy_cluster_name=\"web_cluster_01\"} 7\n"
+        ));
+        assert!(text.contains("# TYPE envoy_cluster_health_check_healthy gauge\n"));
+    }
+
+    #[test]
+    fn mutating_endpoints_are_post_only() {
+        let s = state(true);
+        let get = route(&s, &Method::GET, "/healthcheck/fail", "");
+        assert_eq!(get.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(get.headers()[header::ALLOW], "POST");
+        assert!(!s.failing.load(Ordering::Relaxed));
+        assert_eq!(
+            route(&s, &Method::POST, "/healthcheck/fail", "").status(),
+            StatusCode::OK
+        );
+        assert!(s.failing.load(Ordering::Relaxed));
+        route(&s, &Method::POST, "/healthcheck/ok", "");
+        assert!(!s.failing.load(Ordering::Relaxed));
+        assert_eq!(
+            route(&s, &Method::POST, "/clusters", "").status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+
+    #[test]
+    fn ready_waits_for_the_first_round_of_checks() {
+        assert_eq!(
+            route(&state(false), &Method::GET, "/ready", "").status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let ready = route(&state(true), &Method::GET, "/ready", "");
+        assert_eq!(ready.status(), StatusCode::OK);
+        assert_eq!(body(ready), "LIVE\n");
+    }
+
+    #[test]
+    fn unknown_paths_and_formats_are_refused_with_help() {
+        let s = state(true);
+        let missing = route(&s, &Method::GET, "/nope", "");
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+        assert!(body(missing).contains("admin commands are:"));
+        assert_eq!(
+            route(&s, &Method::GET, "/clusters", "format=xml").status(),
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
+    fn percent_decoding_is_total() {
+        assert_eq!(percent_decode("a%2Eb+c"), "a.b c");
+        assert_eq!(percent_decode("%"), "%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(percent_decode("%4"), "%4");
+    }
+}
