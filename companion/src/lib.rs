@@ -6,6 +6,7 @@
 //! - [`checker`]: the per-cluster loop that schedules probes, applies results through core's state
 //!   machine, and publishes immutable snapshots for readers.
 //! - [`admin`]: the Envoy-compatible admin API over the clusters' snapshots.
+//! - [`discovery`]: STATIC, STRICT_DNS and LOGICAL_DNS membership, Envoy's failure rules.
 //! - [`events`]: the JSON-lines health-check event log (`event_log_path`) in Envoy's shape.
 //!
 //! Discovery, the admin API, the proxy and EDS arrive with their issues; `main.rs` holds the
@@ -13,5 +14,6 @@
 
 pub mod admin;
 pub mod checker;
+pub mod discovery;
 pub mod events;
 pub mod probe;

@@ -1,0 +1,384 @@
+//! Discovery: which hosts a cluster has. STATIC lists them; STRICT_DNS resolves every endpoint
+//! name every `dns_refresh_rate` and takes every address; LOGICAL_DNS takes the first address
+//! only. Results go to the cluster's check loop over a `watch` channel.
+//!
+//! Resolution uses the system resolver (`getaddrinfo`), so `/etc/hosts` works exactly as for
+//! Envoy; tests give the process a private hosts file (see the harness). Envoy's rules:
+//! - a failed resolution keeps the last known hosts and counts `update_failure`;
+//! - "no such name" / "no data" answers are a successful, empty resolution for STRICT_DNS (the
+//!   check loop then applies the host-removal rules) and a failure for LOGICAL_DNS;
+//! - `dns_lookup_family` filters and orders the answers (AUTO: IPv6 if any, else IPv4).
+
+use crate::checker::{DiscoveryCounters, HostSpec};
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How a cluster finds its hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiscoveryKind {
+    Static,
+    StrictDns,
+    LogicalDns,
+}
+
+/// Envoy's `dns_lookup_family`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LookupFamily {
+    #[default]
+    Auto,
+    V4Only,
+    V6Only,
+    V4Preferred,
+    All,
+}
+
+impl LookupFamily {
+    /// Keeps the addresses this family wants, in the order Envoy would use them.
+    pub fn select(self, addresses: &[IpAddr]) -> Vec<IpAddr> {
+        let v4: Vec<IpAddr> = addresses.iter().copied().filter(IpAddr::is_ipv4).collect();
+        let v6: Vec<IpAddr> = addresses.iter().copied().filter(IpAddr::is_ipv6).collect();
+        match self {
+            LookupFamily::V4Only => v4,
+            LookupFamily::V6Only => v6,
+            LookupFamily::Auto => {
+                if v6.is_empty() {
+                    v4
+                } else {
+                    v6
+                }
+            }
+            LookupFamily::V4Preferred => {
+                if v4.is_empty() {
+                    v6
+                } else {
+                    v4
+                }
+            }
+            LookupFamily::All => v4.into_iter().chain(v6).collect(),
+        }
+    }
+}
+
+/// One configured endpoint before resolution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSpec {
+    /// An IP address or, for DNS clusters, a name.
+    pub address: String,
+    pub port: u16,
+    /// `health_check_config.port_value` (0 = the endpoint's port).
+    pub check_port: u16,
+    pub check_hostname: Option<String>,
+    pub hostname: String,
+    pub weight: u32,
+    pub priority: u32,
+}
+
+/// What discovery needs about a cluster.
+#[derive(Debug, Clone)]
+pub struct DiscoverySpec {
+    pub kind: DiscoveryKind,
+    pub endpoints: Vec<EndpointSpec>,
+    pub refresh: Duration,
+    pub family: LookupFamily,
+}
+
+/// Why a name did not resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResolveError {
+    /// The name does not exist or has no address of the asked kind (NXDOMAIN / NODATA).
+    NoRecords,
+    /// Anything else (timeout, server failure, no resolver).
+    Failed(String),
+}
+
+/// The system resolver (`getaddrinfo` through tokio).
+pub async fn system_resolve(name: String) -> Result<Vec<IpAddr>, ResolveError> {
+    match tokio::net::lookup_host((name.as_str(), 0)).await {
+        Ok(addresses) => Ok(addresses.map(|a| a.ip()).collect()),
+        Err(err) => {
+            let text = err.to_string();
+            // glibc's EAI_NONAME and EAI_NODATA: the answer was "nothing", not a failure.
+            if text.contains("Name or service not known") || text.contains("No address associated")
+            {
+                Err(ResolveError::NoRecords)
+            } else {
+                Err(ResolveError::Failed(text))
+            }
+        }
+    }
+}
+
+fn host_for(endpoint: &EndpointSpec, ip: IpAddr, dynamic: bool) -> HostSpec {
+    let address = SocketAddr::new(ip, endpoint.port);
+    let check_port = if endpoint.check_port == 0 {
+        endpoint.port
+    } else {
+        endpoint.check_port
+    };
+    HostSpec {
+        address,
+        hostname: endpoint.hostname.clone(),
+        check_address: SocketAddr::new(ip, check_port),
+        check_hostname: endpoint.check_hostname.clone(),
+        weight: endpoint.weight,
+        priority: endpoint.priority,
+        dynamic,
+    }
+}
+
+/// The hosts of a STATIC cluster. Fails naming the endpoint whose address is not an IP.
+pub fn static_hosts(endpoints: &[EndpointSpec]) -> Result<Vec<HostSpec>, String> {
+    endpoints
+        .iter()
+        .map(|endpoint| {
+            endpoint
+                .address
+                .parse::<IpAddr>()
+                .map(|ip| host_for(endpoint, ip, false))
+                .map_err(|_| {
+                    format!(
+                        "STATIC cluster endpoint '{}' is not an IP address",
+                        endpoint.address
+                    )
+                })
+        })
+        .collect()
+}
+
+/// One resolution round: the new host list, or `None` when the round failed and the last known
+/// hosts must stay.
+pub async fn resolve_round<R, F>(spec: &DiscoverySpec, resolve: &R) -> Option<Vec<HostSpec>>
+where
+    R: Fn(String) -> F,
+    F: Future<Output = Result<Vec<IpAddr>, ResolveError>>,
+{
+    let mut hosts = Vec::new();
+    for endpoint in &spec.endpoints {
+        let addresses = match endpoint.address.parse::<IpAddr>() {
+            Ok(ip) => vec![ip],
+            Err(_) => match resolve(endpoint.address.clone()).await {
+                Ok(found) => spec.family.select(&found),
+                Err(ResolveError::NoRecords) => Vec::new(),
+                Err(ResolveError::Failed(reason)) => {
+                    log::warn!(
+                        "resolving {}: {reason}; keeping the last known hosts",
+                        endpoint.address
+                    );
+                    return None;
+                }
+            },
+        };
+        match spec.kind {
+            DiscoveryKind::LogicalDns => {
+                // One logical host: the first address; an empty answer is a failure.
+                let first = addresses.first()?;
+                hosts.push(host_for(endpoint, *first, true));
+            }
+            _ => hosts.extend(addresses.iter().map(|ip| host_for(endpoint, *ip, true))),
+        }
+    }
+    // Two names may resolve to one address: keep the first, as one host per address.
+    let mut seen = std::collections::HashSet::new();
+    hosts.retain(|h| seen.insert(h.address));
+    Some(hosts)
+}
+
+/// Keeps `hosts` current for a DNS cluster until `shutdown`, counting `update_*`.
+pub async fn run_dns<R, F>(
+    spec: DiscoverySpec,
+    resolve: R,
+    hosts: watch::Sender<Vec<HostSpec>>,
+    counters: std::sync::Arc<DiscoveryCounters>,
+    shutdown: impl Future<Output = ()>,
+) where
+    R: Fn(String) -> F,
+    F: Future<Output = Result<Vec<IpAddr>, ResolveError>>,
+{
+    tokio::pin!(shutdown);
+    loop {
+        counters.attempt.fetch_add(1, Ordering::Relaxed);
+        match resolve_round(&spec, &resolve).await {
+            Some(found) => {
+                counters.success.fetch_add(1, Ordering::Relaxed);
+                hosts.send_if_modified(|current| {
+                    let changed = *current != found;
+                    *current = found;
+                    changed
+                });
+            }
+            None => {
+                counters.failure.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(spec.refresh) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    fn endpoint(address: &str) -> EndpointSpec {
+        EndpointSpec {
+            address: address.into(),
+            port: 80,
+            check_port: 0,
+            check_hostname: None,
+            hostname: address.into(),
+            weight: 1,
+            priority: 0,
+        }
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    type Answers = Arc<Mutex<HashMap<String, Result<Vec<IpAddr>, ResolveError>>>>;
+
+    fn fake(
+        answers: Answers,
+    ) -> impl Fn(String) -> std::future::Ready<Result<Vec<IpAddr>, ResolveError>> {
+        move |name| {
+            let answer = answers.lock().unwrap().get(&name).cloned();
+            std::future::ready(answer.unwrap_or(Err(ResolveError::NoRecords)))
+        }
+    }
+
+    #[test]
+    fn lookup_families_follow_envoy() {
+        let both = [ip("127.0.0.1"), ip("::1"), ip("127.0.0.2")];
+        assert_eq!(LookupFamily::Auto.select(&both), vec![ip("::1")]);
+        assert_eq!(LookupFamily::Auto.select(&both[..1]), vec![ip("127.0.0.1")]);
+        assert_eq!(
+            LookupFamily::V4Only.select(&both),
+            vec![ip("127.0.0.1"), ip("127.0.0.2")]
+        );
+        assert_eq!(
+            LookupFamily::V6Only.select(&both[..1]),
+            Vec::<IpAddr>::new()
+        );
+        assert_eq!(
+            LookupFamily::V4Preferred.select(&both[1..2]),
+            vec![ip("::1")]
+        );
+        assert_eq!(LookupFamily::All.select(&both).len(), 3);
+    }
+
+    #[test]
+    fn static_hosts_need_ip_addresses() {
+        let hosts = static_hosts(&[endpoint("127.0.0.1")]).unwrap();
+        assert_eq!(hosts[0].address, "127.0.0.1:80".parse().unwrap());
+        assert!(!hosts[0].dynamic);
+        assert!(
+            static_hosts(&[endpoint("myservice")])
+                .unwrap_err()
+                .contains("'myservice'")
+        );
+    }
+
+    #[tokio::test]
+    async fn strict_dns_takes_every_address_logical_dns_the_first() {
+        let answers: Answers = Arc::default();
+        answers.lock().unwrap().insert(
+            "myservice".into(),
+            Ok(vec![ip("127.29.1.3"), ip("127.29.1.4")]),
+        );
+        let mut spec = DiscoverySpec {
+            kind: DiscoveryKind::StrictDns,
+            endpoints: vec![endpoint("myservice")],
+            refresh: Duration::from_secs(5),
+            family: LookupFamily::V4Only,
+        };
+        let hosts = resolve_round(&spec, &fake(answers.clone())).await.unwrap();
+        assert_eq!(hosts.len(), 2);
+        assert!(hosts.iter().all(|h| h.dynamic && h.hostname == "myservice"));
+        spec.kind = DiscoveryKind::LogicalDns;
+        let hosts = resolve_round(&spec, &fake(answers)).await.unwrap();
+        assert_eq!(hosts.len(), 1);
+        assert_eq!(hosts[0].address, "127.29.1.3:80".parse().unwrap());
+    }
+
+    #[tokio::test]
+    async fn failures_keep_hosts_and_nxdomain_empties_strict_dns() {
+        let answers: Answers = Arc::default();
+        let mut spec = DiscoverySpec {
+            kind: DiscoveryKind::StrictDns,
+            endpoints: vec![endpoint("myservice")],
+            refresh: Duration::from_secs(5),
+            family: LookupFamily::Auto,
+        };
+        answers.lock().unwrap().insert(
+            "myservice".into(),
+            Err(ResolveError::Failed("SERVFAIL".into())),
+        );
+        assert_eq!(resolve_round(&spec, &fake(answers.clone())).await, None);
+        answers
+            .lock()
+            .unwrap()
+            .insert("myservice".into(), Err(ResolveError::NoRecords));
+        assert_eq!(
+            resolve_round(&spec, &fake(answers.clone())).await,
+            Some(vec![])
+        );
+        spec.kind = DiscoveryKind::LogicalDns;
+        assert_eq!(
+            resolve_round(&spec, &fake(answers)).await,
+            None,
+            "empty is a failure for LOGICAL_DNS"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_loop_publishes_changes_and_counts_updates() {
+        let answers: Answers = Arc::default();
+        answers
+            .lock()
+            .unwrap()
+            .insert("myservice".into(), Ok(vec![ip("127.29.1.3")]));
+        let spec = DiscoverySpec {
+            kind: DiscoveryKind::StrictDns,
+            endpoints: vec![endpoint("myservice")],
+            refresh: Duration::from_secs(5),
+            family: LookupFamily::V4Only,
+        };
+        let (tx, mut rx) = watch::channel(vec![]);
+        let counters = Arc::new(DiscoveryCounters::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(run_dns(
+            spec,
+            fake(answers.clone()),
+            tx,
+            counters.clone(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        rx.changed().await.unwrap();
+        assert_eq!(rx.borrow_and_update().len(), 1);
+        answers.lock().unwrap().insert(
+            "myservice".into(),
+            Err(ResolveError::Failed("timeout".into())),
+        );
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(rx.borrow().len(), 1, "a failure keeps the hosts");
+        answers.lock().unwrap().insert(
+            "myservice".into(),
+            Ok(vec![ip("127.29.1.3"), ip("127.29.1.4")]),
+        );
+        rx.changed().await.unwrap();
+        assert_eq!(rx.borrow_and_update().len(), 2);
+        assert_eq!(counters.attempt.load(Ordering::Relaxed), 3);
+        assert_eq!(counters.success.load(Ordering::Relaxed), 2);
+        assert_eq!(counters.failure.load(Ordering::Relaxed), 1);
+        let _ = stop.send(());
+    }
+}
