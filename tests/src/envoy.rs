@@ -1,4 +1,5 @@
-//! Starting real Envoy and reading its admin API.
+//! Starting real Envoy or vigil, and reading their admin API (vigil's is Envoy-compatible, so
+//! one client serves both: that is what makes side-by-side comparisons cheap).
 
 use crate::names::Names;
 use crate::process::Child;
@@ -9,11 +10,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-/// How long Envoy gets to answer `/ready` with 200 after it starts.
+/// How long a proxy gets to answer `/ready` with 200 after it starts.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A running Envoy, stopped when dropped.
-pub struct Envoy {
+/// A running Envoy or vigil with an admin API, stopped when dropped.
+pub struct AdminProcess {
     pub child: Child,
     pub admin: SocketAddr,
 }
@@ -40,7 +41,10 @@ impl HostStats {
     }
 }
 
-impl Envoy {
+/// The name the lab code uses for its Envoys.
+pub type Envoy = AdminProcess;
+
+impl AdminProcess {
     /// Writes `config` to `<dir>/<name>.yaml` and starts Envoy on it with one worker, without hot
     /// restart (several Envoys run at once), optionally with private name resolution. Waits until
     /// the admin endpoint at `admin` reports ready.
@@ -50,32 +54,74 @@ impl Envoy {
         admin: SocketAddr,
         names: Option<&Names>,
         dir: &Path,
-    ) -> Result<Envoy, String> {
+    ) -> Result<AdminProcess, String> {
+        let args = [
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+            "--log-level",
+            "info",
+            "--drain-time-s",
+            "1",
+            "--parent-shutdown-time-s",
+            "2",
+        ];
+        Self::spawn(
+            name,
+            &paths::envoy_binary(),
+            &args,
+            config,
+            admin,
+            names,
+            dir,
+        )
+        .await
+    }
+
+    /// The same for vigil (`target/<profile>/vigil`), which reads the same YAML.
+    pub async fn start_vigil(
+        name: &str,
+        config: &str,
+        admin: SocketAddr,
+        names: Option<&Names>,
+        dir: &Path,
+    ) -> Result<AdminProcess, String> {
+        let binary = paths::workspace_binary("vigil");
+        Self::spawn(
+            name,
+            &binary,
+            &["--log-level", "info"],
+            config,
+            admin,
+            names,
+            dir,
+        )
+        .await
+    }
+
+    async fn spawn(
+        name: &str,
+        binary: &Path,
+        args: &[&str],
+        config: &str,
+        admin: SocketAddr,
+        names: Option<&Names>,
+        dir: &Path,
+    ) -> Result<AdminProcess, String> {
         let config_path = dir.join(format!("{name}.yaml"));
         std::fs::write(&config_path, config)
             .map_err(|err| format!("cannot write {}: {err}", config_path.display()))?;
-        let binary = paths::envoy_binary();
         let mut command = match names {
-            Some(names) => names.command(&binary),
-            None => Command::new(&binary),
+            Some(names) => names.command(binary),
+            None => Command::new(binary),
         };
-        command
-            .arg("-c")
-            .arg(&config_path)
-            .args([
-                "--disable-hot-restart",
-                "--concurrency",
-                "1",
-                "--log-level",
-                "info",
-            ])
-            .args(["--drain-time-s", "1", "--parent-shutdown-time-s", "2"]);
-        let mut envoy = Envoy {
+        command.arg("-c").arg(&config_path).args(args);
+        let mut process = AdminProcess {
             child: Child::spawn(name, command, dir),
             admin,
         };
-        envoy.wait_ready().await?;
-        Ok(envoy)
+        process.wait_ready().await?;
+        Ok(process)
     }
 
     async fn wait_ready(&mut self) -> Result<(), String> {
@@ -101,7 +147,7 @@ impl Envoy {
                 Ok(()) => return Ok(()),
                 Err(err) => err,
             },
-            status = exited => format!("{label}: Envoy exited ({status}) before becoming ready"),
+            status = exited => format!("{label}: the process exited ({status}) before becoming ready"),
         };
         Err(format!("{failure}\n{}", self.child.log_tail(40)))
     }

@@ -179,12 +179,17 @@ pub fn envoy_duration(d: Duration) -> String {
     format!("{}s", d.as_secs_f64())
 }
 
-fn front_values(layout: &Layout, timings: &Timings) -> BTreeMap<&'static str, String> {
+fn front_values(
+    layout: &Layout,
+    timings: &Timings,
+    listen: SocketAddr,
+    admin: SocketAddr,
+) -> BTreeMap<&'static str, String> {
     BTreeMap::from([
-        ("admin_address", layout.front.to_string()),
-        ("admin_port", layout.admin_port.to_string()),
-        ("listen_address", layout.front.to_string()),
-        ("listen_port", layout.service_port.to_string()),
+        ("admin_address", admin.ip().to_string()),
+        ("admin_port", admin.port().to_string()),
+        ("listen_address", listen.ip().to_string()),
+        ("listen_port", listen.port().to_string()),
         ("service_name", SERVICE_NAME.to_string()),
         ("service_port", layout.service_port.to_string()),
         ("hc_timeout", envoy_duration(timings.timeout)),
@@ -194,6 +199,20 @@ fn front_values(layout: &Layout, timings: &Timings) -> BTreeMap<&'static str, St
             envoy_duration(timings.no_traffic_interval),
         ),
     ])
+}
+
+/// The lab's front config with its listener and admin API at other addresses: the same file a
+/// user would copy to run vigil beside Envoy on one host.
+pub fn render_front(
+    layout: &Layout,
+    timings: &Timings,
+    listen: SocketAddr,
+    admin: SocketAddr,
+) -> Result<String, String> {
+    template::render_file(
+        "http-front.yaml",
+        &front_values(layout, timings, listen, admin),
+    )
 }
 
 fn sidecar_values(layout: &Layout, ip: Ipv4Addr) -> BTreeMap<&'static str, String> {
@@ -211,7 +230,15 @@ fn sidecar_values(layout: &Layout, ip: Ipv4Addr) -> BTreeMap<&'static str, Strin
 pub fn template_values_for_check() -> Vec<(&'static str, BTreeMap<&'static str, String>)> {
     let layout = Layout::lab();
     vec![
-        ("http-front.yaml", front_values(&layout, &Timings::lab())),
+        (
+            "http-front.yaml",
+            front_values(
+                &layout,
+                &Timings::lab(),
+                Layout::socket(layout.front, layout.service_port),
+                Layout::socket(layout.front, layout.admin_port),
+            ),
+        ),
         ("sidecar.yaml", sidecar_values(&layout, layout.blue)),
     ]
 }
@@ -267,8 +294,9 @@ impl HttpLab {
             dir,
             &[(SERVICE_NAME, layout.blue), (SERVICE_NAME, layout.yellow)],
         );
-        let config = template::render_file("http-front.yaml", &front_values(&layout, &timings))?;
         let admin = Layout::socket(layout.front, layout.admin_port);
+        let listen = Layout::socket(layout.front, layout.service_port);
+        let config = render_front(&layout, &timings, listen, admin)?;
         let front = Envoy::start("front-envoy", &config, admin, Some(&names), dir).await?;
         let yellow_sidecar = sidecars.pop().ok_or("yellow sidecar missing")?;
         let blue_sidecar = sidecars.pop().ok_or("blue sidecar missing")?;

@@ -15,6 +15,7 @@
 //! - [`http`]: a minimal HTTP/1.1 client (one connection per request) for driving the topology.
 //! - [`envoy`]: starting Envoy and reading its admin API (`/ready`, `/clusters`, `/stats`).
 //! - [`demoapp`]: starting the demo app and toggling it.
+//! - [`timeline`]: polling several admin APIs and recording health transitions to compare.
 //! - [`lab`]: the HTTP lab of LAB.md as a process twin, and its scenario; `./lab demo` and the
 //!   process-level tests run the same code.
 
@@ -27,6 +28,7 @@ pub mod net;
 pub mod paths;
 pub mod process;
 pub mod template;
+pub mod timeline;
 
 use std::time::{Duration, Instant};
 
