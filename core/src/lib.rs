@@ -6,8 +6,12 @@
 //! virtual time on the host.
 //!
 //! What lives where:
+//! - [`config`]: the Envoy v3 bootstrap YAML/JSON users already run, loaded and validated as Envoy
+//!   does (every error names its field path), into the typed structures below; the YAML front end
+//!   is behind the `yaml` feature.
 //! - [`check`]: one active health check as validated data (HTTP / TCP / gRPC parts) and the
 //!   verdict on what a host answered (status ranges, body payload match, degraded, service name).
+//! - [`dns`]: DNS query/response messages (RFC 1035) for STRICT_DNS / LOGICAL_DNS discovery.
 //! - [`grpc_health`]: the `grpc.health.v1` Check/Watch messages and gRPC length-prefixed framing,
 //!   hand-written (two one-field messages do not justify a protobuf toolchain).
 //! - [`health`]: Envoy's per-host active health-check state machine (flags, thresholds, the
@@ -18,6 +22,8 @@
 //!   `expected_statuses` / `retriable_statuses`.
 
 pub mod check;
+pub mod config;
+pub mod dns;
 pub mod grpc_health;
 pub mod health;
 pub mod schedule;

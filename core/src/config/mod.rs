@@ -1,0 +1,632 @@
+//! Loading the Envoy v3 bootstrap config users already run, validated as Envoy validates it.
+//!
+//! Entry points: `parse_yaml` and `load_file` (feature `yaml`), [`parse_json`] and
+//! [`from_value`] (always available, also on wasm32). Each returns a [`Loaded`] — the typed
+//! [`Bootstrap`] plus [`Warning`]s — or [`ConfigErrors`]: every problem found in one pass, each
+//! naming its field path and what is wrong, e.g.
+//!
+//! ```text
+//! static_resources.clusters[0].health_checks[0].http_health_check.expected_statuses[0]: invalid status range: expecting start < end, but found start=600 and end=200
+//! ```
+//!
+//! What is accepted follows Envoy 1.36.2 (`envoy --mode validate`), which the corpus in
+//! `core/tests/configs/` is checked against:
+//! - unknown fields are errors; proto names and lowerCamelCase JSON names are both accepted;
+//! - a single mapping is accepted where a list is expected (`expected_statuses: {start: 200,
+//!   end: 399}`), integers may be quoted, enums are case-insensitive, `null` means unset;
+//! - durations are `"10s"`, `"0.25s"` or `{seconds, nanos}`, stored as whole milliseconds;
+//! - Envoy's proto constraints (`interval > 0`, ports up to 65535, weights of at least 1, ...) and
+//!   the checks it makes while building clusters and health checkers (status ranges, hex payloads,
+//!   duplicate cluster names, one health check per cluster, HTTP/2 for gRPC checks, IP literals in
+//!   STATIC clusters, ...) are reproduced, with Envoy's wording where it has one.
+//!
+//! Known fields vigil does not act on are [`Warning`]s; where ignoring one would change what a
+//! check sends or how hosts are judged (TLS transport sockets, custom health checkers, regex
+//! matchers, HTTP/3, ...) it is an error of kind [`ErrorKind::Unsupported`] instead. Listeners are
+//! typed only down to their name and address; their filter chains are kept as written and not
+//! checked yet.
+//!
+//! Known differences from Envoy 1.36.2 (besides the [`ErrorKind::Unsupported`] refusals):
+//! - the YAML front end cannot tell quoted from plain scalars, so a quoted `"on"` / `"yes"` is
+//!   taken as a boolean (Envoy only takes them unquoted), a plain `on` in a string field stays a
+//!   string (Envoy refuses it), and `!!str 123` is a string (Envoy ignores the tag);
+//! - a field spelled both ways (`connect_timeout` and `connectTimeout`) is an error; Envoy keeps
+//!   one of them;
+//! - text that is not UTF-8 is an error (Envoy passes the bytes through);
+//! - raw parts (listener filter chains, `outlier_detection`, `circuit_breakers`, metadata, ...)
+//!   are only checked to be mappings: a typo inside them is caught by Envoy, not by vigil yet.
+//!
+//! Layout: `reader` (proto-JSON reading rules), `schema` (the Envoy messages and what vigil does
+//! with each field), `cluster`, `health_check`, `listener` (the typed readers), `types` (the
+//! result), `error`.
+
+mod cluster;
+mod error;
+mod health_check;
+mod listener;
+mod reader;
+mod schema;
+mod types;
+
+pub use error::{ConfigError, ConfigErrors, ErrorKind, FieldPath, Location, Warning};
+pub use types::*;
+
+use reader::{Ctx, IGNORED, Obj};
+use schema::{ADMIN, BOOTSTRAP, STATIC_RESOURCES, TYPED_EXTENSION_CONFIG};
+use serde_json::Value;
+
+const WASM_SERVICE_TYPE: &str = "envoy.extensions.wasm.v3.WasmService";
+
+/// A loaded config: what vigil acts on, and what it accepted without acting on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded {
+    pub bootstrap: Bootstrap,
+    pub warnings: Vec<Warning>,
+}
+
+/// Loads a bootstrap config from its JSON tree (Envoy's own YAML loader produces the same tree).
+pub fn from_value(value: &Value) -> Result<Loaded, ConfigErrors> {
+    let mut cx = Ctx::default();
+    let bootstrap = bootstrap(&mut cx, value);
+    if cx.errors.is_empty() {
+        Ok(Loaded {
+            bootstrap,
+            warnings: cx.warnings,
+        })
+    } else {
+        Err(ConfigErrors {
+            file: None,
+            errors: cx.errors,
+        })
+    }
+}
+
+/// Loads a bootstrap config written as JSON. Syntax errors carry their line and column.
+pub fn parse_json(text: &str) -> Result<Loaded, ConfigErrors> {
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        ConfigErrors::one(
+            ErrorKind::Syntax,
+            format!("JSON syntax error: {e}"),
+            Some(Location {
+                line: e.line(),
+                column: e.column(),
+            }),
+        )
+    })?;
+    from_value(&value)
+}
+
+/// Loads a bootstrap config written as YAML, as Envoy reads it: the first document only (later
+/// ones are ignored with a warning), anchors and aliases resolved, no merge keys (`<<` is an
+/// unknown field to Envoy too), a repeated key keeps its last value. Syntax errors carry their
+/// line and column.
+#[cfg(feature = "yaml")]
+pub fn parse_yaml(text: &str) -> Result<Loaded, ConfigErrors> {
+    use serde::Deserialize;
+    let syntax = |e: serde_yaml_ng::Error| {
+        ConfigErrors::one(
+            ErrorKind::Syntax,
+            format!("YAML syntax error: {e}"),
+            e.location().map(|l| Location {
+                line: l.line(),
+                column: l.column(),
+            }),
+        )
+    };
+    let mut documents = serde_yaml_ng::Deserializer::from_str(text);
+    let value = match documents.next() {
+        Some(document) => Value::deserialize(document).map_err(syntax)?,
+        None => Value::Null,
+    };
+    let more = documents.next().is_some();
+    let mut loaded = from_value(&value)?;
+    if more {
+        loaded.warnings.push(Warning {
+            path: FieldPath::root(),
+            message: "the file holds more than one YAML document: only the first is read, as \
+                      Envoy does"
+                .into(),
+        });
+    }
+    Ok(loaded)
+}
+
+/// Reads and loads a config file: `.json` files as JSON, anything else as YAML (as Envoy picks by
+/// extension). Every error is prefixed with the file name; unreadable files and invalid UTF-8 are
+/// errors too.
+#[cfg(feature = "yaml")]
+pub fn load_file(path: impl AsRef<std::path::Path>) -> Result<Loaded, ConfigErrors> {
+    let path = path.as_ref();
+    let name = path.display().to_string();
+    let with_file = |mut e: ConfigErrors| {
+        e.file = Some(name.clone());
+        e
+    };
+    let bytes = std::fs::read(path).map_err(|e| {
+        with_file(ConfigErrors::one(
+            ErrorKind::Io,
+            format!("cannot read the file: {e}"),
+            None,
+        ))
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let prefix = &e.as_bytes()[..at];
+        let line = prefix.iter().filter(|b| **b == b'\n').count() + 1;
+        let column = at
+            - prefix
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |i| i + 1)
+            + 1;
+        with_file(ConfigErrors::one(
+            ErrorKind::Syntax,
+            format!(
+                "not valid UTF-8: invalid byte at line {line}, column {column} (byte offset {at})"
+            ),
+            Some(Location { line, column }),
+        ))
+    })?;
+    let is_json = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    if is_json {
+        parse_json(&text)
+    } else {
+        parse_yaml(&text)
+    }
+    .map_err(with_file)
+}
+
+fn bootstrap(cx: &mut Ctx, value: &Value) -> Bootstrap {
+    let mut out = Bootstrap {
+        admin: None,
+        listeners: Vec::new(),
+        clusters: Vec::new(),
+    };
+    let root = FieldPath::root();
+    if value.is_null() {
+        cx.invalid(&root, "the config is empty");
+        return out;
+    }
+    let Some(mut o) = Obj::new(cx, root, value, &BOOTSTRAP) else {
+        return out;
+    };
+    out.admin = o.message(cx, "admin", &ADMIN).map(|a| admin(cx, a));
+    if let Some(mut sr) = o.message(cx, "static_resources", &STATIC_RESOURCES) {
+        if let Some((p, v)) = sr.take("listeners") {
+            out.listeners = listener::listeners(cx, &p, v);
+        }
+        if let Some((p, v)) = sr.take("clusters") {
+            out.clusters = cluster::clusters(cx, &p, v);
+        }
+        sr.finish(cx);
+    }
+    for (p, v) in o.list("bootstrap_extensions") {
+        bootstrap_extension(cx, &p, v);
+    }
+    o.finish(cx);
+    out
+}
+
+fn admin(cx: &mut Ctx, mut o: Obj) -> Admin {
+    let access_log_path = o.nonempty_string(cx, "access_log_path");
+    let profile_path = o.nonempty_string(cx, "profile_path");
+    let address = o
+        .take("address")
+        .and_then(|(p, v)| cluster::address(cx, &p, v));
+    o.finish(cx);
+    Admin {
+        address,
+        access_log_path,
+        profile_path,
+    }
+}
+
+fn bootstrap_extension(cx: &mut Ctx, path: &FieldPath, value: &Value) {
+    let Some(mut ext) = Obj::new(cx, path.clone(), value, &TYPED_EXTENSION_CONFIG) else {
+        return;
+    };
+    let _name = ext.required_string(cx, "name", "required: must not be empty");
+    let has_typed = ext.has("typed_config");
+    let typed = ext.any(cx, "typed_config");
+    ext.finish(cx);
+    if !has_typed {
+        cx.invalid(&path.field("typed_config"), "required");
+        return;
+    }
+    match typed {
+        Some(t) if t.is(WASM_SERVICE_TYPE) => cx.warn(
+            path,
+            "a wasm service (such as vigil's probing singleton) runs inside Envoy; the companion \
+             does this work natively and does not load wasm",
+        ),
+        Some(_) => cx.warn(path, IGNORED),
+        None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::Protocol;
+    use serde_json::json;
+
+    fn lab() -> Value {
+        json!({
+            "admin": {"profile_path": "/tmp/envoy.prof", "access_log_path": "/dev/null",
+                      "address": {"socket_address": {"address": "0.0.0.0", "port_value": 9901}}},
+            "static_resources": {
+                "listeners": [{"name": "listener_0",
+                    "address": {"socket_address": {"address": "0.0.0.0", "port_value": 80}},
+                    "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager"}]}]}],
+                "clusters": [{"name": "web_cluster_01", "connect_timeout": "0.25s", "type": "STRICT_DNS",
+                    "lb_policy": "ROUND_ROBIN",
+                    "load_assignment": {"cluster_name": "web_cluster_01", "endpoints": [{"lb_endpoints": [
+                        {"endpoint": {"address": {"socket_address": {"address": "myservice", "port_value": 80}}}}]}]},
+                    "health_checks": [{"timeout": "5s", "interval": "10s", "unhealthy_threshold": 2,
+                        "healthy_threshold": 2,
+                        "http_health_check": {"path": "/livez", "expected_statuses": {"start": 200, "end": 399}}}]}]
+            }
+        })
+    }
+
+    fn errors(v: &Value) -> Vec<String> {
+        from_value(v)
+            .unwrap_err()
+            .errors
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn the_lab_front_config_loads_with_defaults() {
+        let loaded = from_value(&lab()).unwrap();
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let b = loaded.bootstrap;
+        let admin = b.admin.clone().unwrap();
+        assert_eq!(admin.profile_path.as_deref(), Some("/tmp/envoy.prof"));
+        assert_eq!(admin.address.unwrap().socket().unwrap().port_value, 9901);
+        assert_eq!(b.listeners[0].name, "listener_0");
+        assert!(b.listeners[0].rest.contains_key("filter_chains"));
+        let c = b.cluster("web_cluster_01").unwrap();
+        assert_eq!(c.discovery, Discovery::StrictDns);
+        assert_eq!(c.connect_timeout_ms, 250);
+        assert_eq!(c.lb_policy, LbPolicy::RoundRobin);
+        assert_eq!(c.dns, DnsSettings::default());
+        assert_eq!(c.common_lb_config, CommonLbConfig::default());
+        assert_eq!(c.common_lb_config.healthy_panic_threshold, 50);
+        assert_eq!(c.upstream_protocol, UpstreamProtocol::Http1);
+        assert_eq!(c.cleanup_interval_ms, 5_000);
+        let ep = &c.load_assignment.endpoints[0];
+        assert_eq!(ep.priority, 0);
+        assert_eq!(ep.lb_endpoints[0].address.address, "myservice");
+        assert_eq!(ep.lb_endpoints[0].load_balancing_weight, 1);
+        assert_eq!(ep.lb_endpoints[0].health_status, HealthStatus::Unknown);
+        let hc = c.health_check.as_ref().unwrap();
+        assert!(matches!(hc.protocol, Protocol::Http(_)));
+    }
+
+    #[test]
+    fn cluster_defaults_when_fields_are_absent() {
+        let c = from_value(&json!({"static_resources": {"clusters": {"name": "c"}}}))
+            .unwrap()
+            .bootstrap
+            .clusters
+            .remove(0);
+        assert_eq!(c.discovery, Discovery::Static, "absent type is STATIC");
+        assert_eq!(c.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS);
+        assert_eq!(c.health_check, None);
+        assert_eq!(c.load_assignment, LoadAssignment::default());
+    }
+
+    #[test]
+    fn camel_case_keys_are_accepted_at_field_level_only() {
+        let v = json!({"staticResources": {"clusters": [{"name": "c", "connectTimeout": "1s",
+            "commonLbConfig": {"healthyPanicThreshold": {"value": 33.9}},
+            "metadata": {"filter_metadata": {"x": {"someKey": 1}}}}]}});
+        let loaded = from_value(&v).unwrap();
+        let c = &loaded.bootstrap.clusters[0];
+        assert_eq!(c.connect_timeout_ms, 1_000);
+        assert_eq!(c.common_lb_config.healthy_panic_threshold, 33, "truncated");
+        assert_eq!(
+            c.metadata.as_ref().unwrap()["filter_metadata"]["x"]["someKey"],
+            1
+        );
+    }
+
+    #[test]
+    fn unknown_and_unsupported_fields() {
+        let mut v = lab();
+        v["static_resources"]["clusters"][0]["health_checks"][0]["intervall"] = json!("1s");
+        v["bogus"] = json!(1);
+        v["static_resources"]["clusters"][0]["transport_socket"] = json!({"name": "tls",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"}});
+        let e = from_value(&v).unwrap_err();
+        let text: Vec<String> = e.errors.iter().map(ToString::to_string).collect();
+        assert!(
+            text.contains(
+                &"unknown field \"bogus\" (not a field of envoy.config.bootstrap.v3.Bootstrap)"
+                    .to_string()
+            ),
+            "{text:?}"
+        );
+        assert!(text.contains(&"static_resources.clusters[0].health_checks[0]: unknown field \"intervall\" (did you mean \"interval\"?)".to_string()), "{text:?}");
+        let tls = e
+            .errors
+            .iter()
+            .find(|e| e.path.as_str().ends_with("transport_socket"))
+            .unwrap();
+        assert_eq!(tls.kind, ErrorKind::Unsupported);
+    }
+
+    #[test]
+    fn warnings_name_known_fields_vigil_does_not_act_on() {
+        let mut v = lab();
+        v["node"] = json!({"id": "front"});
+        v["static_resources"]["clusters"][0]["outlier_detection"] = json!({"consecutive_5xx": 3});
+        v["static_resources"]["clusters"][0]["max_requests_per_connection"] = json!(1);
+        v["bootstrap_extensions"] = json!([{"name": "envoy.bootstrap.wasm", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.wasm.v3.WasmService", "singleton": true}}]);
+        let loaded = from_value(&v).unwrap();
+        let paths: Vec<&str> = loaded.warnings.iter().map(|w| w.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "static_resources.clusters[0].outlier_detection",
+                "static_resources.clusters[0].max_requests_per_connection",
+                "bootstrap_extensions[0]",
+                "node",
+            ]
+        );
+        assert!(loaded.warnings[2].message.contains("natively"));
+        let c = &loaded.bootstrap.clusters[0];
+        assert_eq!(c.outlier_detection, Some(json!({"consecutive_5xx": 3})));
+    }
+
+    #[test]
+    fn duplicate_names_and_multiple_checks() {
+        let mut v = lab();
+        let c = v["static_resources"]["clusters"][0].clone();
+        v["static_resources"]["clusters"] = json!([c.clone(), c.clone()]);
+        assert_eq!(
+            errors(&v),
+            vec![
+                "static_resources.clusters[1].name: duplicate cluster name \"web_cluster_01\" (already used by static_resources.clusters[0])"
+            ]
+        );
+        let mut v = lab();
+        let hc = v["static_resources"]["clusters"][0]["health_checks"][0].clone();
+        v["static_resources"]["clusters"][0]["health_checks"] = json!([hc.clone(), hc]);
+        assert!(errors(&v)[0].contains("multiple health checks not supported"));
+    }
+
+    #[test]
+    fn dns_cluster_extension_maps_to_strict_or_logical() {
+        let cluster = |typed: Value| {
+            json!({"static_resources": {"clusters": [{"name": "c", "cluster_type": {
+                "name": "envoy.clusters.dns", "typed_config": typed},
+                "dns_refresh_rate": "9s",
+                "load_assignment": {"cluster_name": "c", "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {"address": "svc", "port_value": 80}}}}]}]}}]}})
+        };
+        let typed = json!({"@type": "type.googleapis.com/envoy.extensions.clusters.dns.v3.DnsCluster",
+            "dns_refresh_rate": "2s", "dns_lookup_family": "V4_ONLY", "respect_dns_ttl": true,
+            "dns_failure_refresh_rate": {"base_interval": "1s"},
+            "typed_dns_resolver_config": {"name": "envoy.network.dns_resolver.cares", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig",
+                "resolvers": [{"socket_address": {"address": "127.0.0.1", "port_value": 53}}]}}});
+        let loaded = from_value(&cluster(typed.clone())).unwrap();
+        let c = &loaded.bootstrap.clusters[0];
+        assert_eq!(c.discovery, Discovery::StrictDns);
+        assert_eq!(c.dns.refresh_rate_ms, 2_000, "the typed config wins");
+        assert_eq!(c.dns.lookup_family, DnsLookupFamily::V4Only);
+        assert!(c.dns.respect_dns_ttl);
+        assert_eq!(
+            c.dns.failure_refresh_rate,
+            Some(RefreshRate {
+                base_interval_ms: 1_000,
+                max_interval_ms: 10_000
+            })
+        );
+        assert_eq!(c.dns.resolvers[0].port_value, 53);
+        assert_eq!(
+            loaded.warnings.len(),
+            1,
+            "cluster-level dns_refresh_rate is ignored"
+        );
+        assert_eq!(
+            loaded.warnings[0].path.as_str(),
+            "static_resources.clusters[0].dns_refresh_rate"
+        );
+
+        let mut logical = typed;
+        logical["all_addresses_in_single_endpoint"] = json!(true);
+        let c = from_value(&cluster(logical))
+            .unwrap()
+            .bootstrap
+            .clusters
+            .remove(0);
+        assert_eq!(c.discovery, Discovery::LogicalDns);
+    }
+
+    #[test]
+    fn unsupported_discovery_is_a_warning() {
+        let v = json!({"static_resources": {"clusters": [
+            {"name": "probe", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
+             "original_dst_lb_config": {"use_http_header": true}},
+            {"name": "agg", "cluster_type": {"name": "envoy.clusters.aggregate", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig",
+                "clusters": ["a"]}}, "lb_policy": "CLUSTER_PROVIDED"}]}});
+        let loaded = from_value(&v).unwrap();
+        assert_eq!(
+            loaded.bootstrap.clusters[0].discovery,
+            Discovery::Unsupported("ORIGINAL_DST".into())
+        );
+        assert_eq!(
+            loaded.bootstrap.clusters[1].discovery,
+            Discovery::Unsupported("envoy.extensions.clusters.aggregate.v3.ClusterConfig".into())
+        );
+        assert!(
+            loaded
+                .warnings
+                .iter()
+                .any(|w| w.path.as_str() == "static_resources.clusters[0].type")
+        );
+
+        let v =
+            json!({"static_resources": {"clusters": [{"name": "probe", "type": "ORIGINAL_DST"}]}});
+        assert!(errors(&v)[0].contains("Only 'CLUSTER_PROVIDED' is allowed"));
+    }
+
+    #[test]
+    fn grpc_check_needs_http2_declared_the_v3_way() {
+        let mut v = lab();
+        let c = &mut v["static_resources"]["clusters"][0];
+        c["health_checks"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("http_health_check");
+        c["health_checks"][0]["grpc_health_check"] = json!({"service_name": "my_service"});
+        assert_eq!(
+            errors(&v),
+            vec![
+                "static_resources.clusters[0].health_checks[0].grpc_health_check: web_cluster_01 cluster must support HTTP/2 for gRPC healthchecking"
+            ]
+        );
+        v["static_resources"]["clusters"][0]["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}}});
+        let c = from_value(&v).unwrap().bootstrap.clusters.remove(0);
+        assert_eq!(c.upstream_protocol, UpstreamProtocol::Http2);
+    }
+
+    #[test]
+    fn endpoint_rules() {
+        let cluster = |kind: &str, endpoint: Value| {
+            json!({"static_resources": {"clusters": [{"name": "c", "type": kind,
+                "load_assignment": {"cluster_name": "c", "endpoints": [{"lb_endpoints": [endpoint]}]}}]}})
+        };
+        let ep = |addr: &str, port: Value| json!({"endpoint": {"address": {"socket_address": {"address": addr, "port_value": port}}}});
+        assert!(
+            errors(&cluster("STATIC", ep("myservice", json!(80))))[0]
+                .contains("malformed IP address: myservice")
+        );
+        assert!(from_value(&cluster("STATIC", ep("::1", json!("80")))).is_ok());
+        assert!(
+            errors(&cluster("STATIC", ep("1.2.3.4", json!(70000))))[0]
+                .contains("port_value: a port must be at most 65535, found 70000")
+        );
+        let mut weighted = ep("1.2.3.4", json!(1));
+        weighted["load_balancing_weight"] = json!(0);
+        assert!(
+            errors(&cluster("STATIC", weighted))[0]
+                .contains("load_balancing_weight: must be greater than or equal to 1")
+        );
+        let full = json!({"endpoint": {"address": {"socket_address": {"address": "svc", "port_value": 80}},
+            "hostname": "blue", "health_check_config": {"port_value": 8080, "hostname": "hc.local",
+            "disable_active_health_check": true}},
+            "health_status": "DRAINING", "load_balancing_weight": 3, "metadata": {"filter_metadata": {}}});
+        let c = from_value(&cluster("STRICT_DNS", full))
+            .unwrap()
+            .bootstrap
+            .clusters
+            .remove(0);
+        let e = &c.load_assignment.endpoints[0].lb_endpoints[0];
+        assert_eq!(e.hostname.as_deref(), Some("blue"));
+        assert_eq!(e.health_check.port_value, Some(8080));
+        assert_eq!(e.health_check.hostname.as_deref(), Some("hc.local"));
+        assert!(e.health_check.disable_active_health_check);
+        assert_eq!(e.health_status, HealthStatus::Draining);
+        assert_eq!(e.load_balancing_weight, 3);
+        let two = json!({"static_resources": {"clusters": [{"name": "c", "type": "LOGICAL_DNS",
+            "load_assignment": {"cluster_name": "c", "endpoints": [{"lb_endpoints": [ep("a", json!(1)), ep("b", json!(1))]}]}}]}});
+        assert!(errors(&two)[0].contains("LOGICAL_DNS clusters must have a single"));
+    }
+
+    #[test]
+    fn listeners_keep_everything_but_check_their_top_level() {
+        let wasm = json!({"name": "envoy.filters.http.wasm", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {"vm_config": {"runtime": "envoy.wasm.runtime.v8"}}}});
+        let v = json!({"static_resources": {"listeners": [
+            {"name": "l", "address": {"socket_address": {"address": "::", "port_value": "8080",
+                "ipv4_compat": true}},
+             "perConnectionBufferLimitBytes": 1024,
+             "filter_chains": {"filters": [{"name": "hcm", "typed_config": {"http_filters": [wasm]}}]}}]}});
+        let loaded = from_value(&v).unwrap();
+        let l = &loaded.bootstrap.listeners[0];
+        let addr = l.address.as_ref().unwrap().socket().unwrap();
+        assert_eq!(
+            (addr.address.as_str(), addr.port_value, addr.ipv4_compat),
+            ("::", 8080, true)
+        );
+        assert_eq!(l.rest.len(), 2, "{:?}", l.rest.keys());
+        assert_eq!(l.rest["perConnectionBufferLimitBytes"], 1024);
+        assert_eq!(loaded.warnings.len(), 1);
+        assert_eq!(
+            loaded.warnings[0].path.as_str(),
+            "static_resources.listeners[0].filter_chains.filters[0].typed_config.http_filters[0].typed_config"
+        );
+        assert!(loaded.warnings[0].message.contains("natively"));
+
+        let v = json!({"static_resources": {"listeners": [{"name": "l", "bogus": 1,
+            "address": {"pipe": {"path": "/tmp/l.sock"}}}]}});
+        assert_eq!(
+            errors(&v),
+            vec![
+                "static_resources.listeners[0]: unknown field \"bogus\" (not a field of envoy.config.listener.v3.Listener)",
+                "static_resources.listeners[0]: no filter chains specified",
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_and_non_mapping_documents() {
+        assert_eq!(errors(&Value::Null), vec!["the config is empty"]);
+        assert!(errors(&json!([1]))[0].starts_with("expected a mapping"));
+        assert!(from_value(&json!({})).is_ok());
+    }
+
+    #[test]
+    fn json_syntax_errors_have_a_location() {
+        let e = parse_json("{\"admin\": }").unwrap_err();
+        assert_eq!(e.errors[0].kind, ErrorKind::Syntax);
+        assert_eq!(
+            e.errors[0].location,
+            Some(Location {
+                line: 1,
+                column: 11
+            })
+        );
+        assert!(parse_json("{}").is_ok());
+    }
+
+    #[cfg(feature = "yaml")]
+    #[test]
+    fn yaml_front_end() {
+        let e = parse_yaml("a: [1\n").unwrap_err();
+        assert_eq!(e.errors[0].kind, ErrorKind::Syntax);
+        assert!(e.errors[0].message.starts_with("YAML syntax error"));
+        assert_eq!(e.errors[0].location.map(|l| l.line), Some(2));
+        let loaded = parse_yaml("static_resources: {}\n---\nadmin: {}\n").unwrap();
+        assert_eq!(loaded.warnings.len(), 1);
+        assert_eq!(
+            parse_yaml("").unwrap_err().to_string(),
+            "the config is empty"
+        );
+        let e = parse_yaml("x: &a {p: 1}\ny:\n  <<: *a\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field \"x\""));
+        let loaded = parse_yaml(
+            "static_resources:\n  clusters:\n  - name: a\n    name: b\n    respect_dns_ttl: on\n",
+        )
+        .unwrap();
+        assert_eq!(
+            loaded.bootstrap.clusters[0].name, "b",
+            "a repeated key keeps its last value"
+        );
+        assert!(loaded.bootstrap.clusters[0].dns.respect_dns_ttl);
+    }
+}
