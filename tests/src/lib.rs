@@ -9,6 +9,8 @@
 //! - [`process`]: [`process::Child`], a spawned process whose output goes to log files, that is
 //!   killed when dropped (also on panic, and when the harness itself dies: `PR_SET_PDEATHSIG`),
 //!   and whose logs are printed when a test fails.
+//! - [`dns`]: a UDP DNS server on loopback answering from a table the test changes at run time,
+//!   counting queries; resolv.conf text pointing at it.
 //! - [`names`]: a private hosts file and resolv.conf for processes that resolve names, mounted with
 //!   `unshare -m` so the machine's own files and DNS server are never touched.
 //! - [`template`]: fills `{{placeholders}}` in the configs under `envoy/templates/`.
@@ -20,6 +22,7 @@
 //!   process-level tests run the same code.
 
 pub mod demoapp;
+pub mod dns;
 pub mod envoy;
 pub mod http;
 pub mod lab;
