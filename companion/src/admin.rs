@@ -8,6 +8,7 @@
 
 use crate::checker::{ClusterHandle, ClusterSnapshot, HostSnapshot};
 use crate::events::rfc3339_millis;
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -22,6 +23,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
 use vigil_core::health::{CoarseHealth, HealthFlags};
 
 /// One cluster as the admin API shows it.
@@ -34,12 +36,18 @@ pub struct AdminCluster {
     pub added_via_api: bool,
 }
 
+/// A reload request: the reply says what happened (`Ok(summary)` or `Err(reason)`).
+pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
+
 /// What the admin server reads.
 #[derive(Clone, Default)]
 pub struct AdminState {
-    pub clusters: Arc<Vec<AdminCluster>>,
+    /// The running clusters, replaced as a whole on reload.
+    pub clusters: Arc<ArcSwap<Vec<AdminCluster>>>,
     /// Set by `POST /healthcheck/fail`, cleared by `POST /healthcheck/ok`.
     pub failing: Arc<AtomicBool>,
+    /// Where `POST /reload` sends its request; `None` when reloading is not offered.
+    pub reload: Option<mpsc::Sender<ReloadRequest>>,
 }
 
 type Body = Full<Bytes>;
@@ -59,7 +67,7 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: impl Futu
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, request)) }
+                async move { Ok::<_, Infallible>(handle(&state, request).await) }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
@@ -69,10 +77,39 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: impl Futu
 }
 
 /// Routes one admin request.
-pub fn handle(state: &AdminState, request: Request<Incoming>) -> Response<Body> {
+pub async fn handle(state: &AdminState, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path().to_string();
     let query = request.uri().query().unwrap_or("").to_string();
+    if path == "/reload" {
+        return reload(state, request.method()).await;
+    }
     route(state, request.method(), &path, &query)
+}
+
+/// `POST /reload`: asks the main loop to re-read the config file; a bad file is refused and the
+/// running config stays.
+pub async fn reload(state: &AdminState, method: &Method) -> Response<Body> {
+    if method != Method::POST {
+        return method_not_allowed("POST");
+    }
+    let Some(requests) = &state.reload else {
+        return text(
+            StatusCode::NOT_IMPLEMENTED,
+            "reload is not available\n".into(),
+        );
+    };
+    let (reply, answer) = oneshot::channel();
+    if requests.send(reply).await.is_err() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
+    }
+    match answer.await {
+        Ok(Ok(summary)) => text(StatusCode::OK, format!("{summary}\n")),
+        Ok(Err(reason)) => text(
+            StatusCode::BAD_REQUEST,
+            format!("reload rejected, the previous config keeps running:\n{reason}\n"),
+        ),
+        Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into()),
+    }
 }
 
 /// The routing itself, separate from hyper so it can be tested directly.
@@ -147,6 +184,7 @@ pub fn route(state: &AdminState, method: &Method, path: &str, query: &str) -> Re
 
 const HELP: &str = "admin commands are:
   /: this text
+  /reload (POST): re-read the config file; a bad file is refused and the running config stays (vigil)
   /clusters: upstream cluster status (format=json for JSON)
   /healthcheck/fail (POST): cause the server to fail health checks
   /healthcheck/ok (POST): cause the server to pass health checks
@@ -226,6 +264,7 @@ fn method_not_allowed(allowed: &'static str) -> Response<Body> {
 fn snapshots(state: &AdminState) -> Vec<(AdminCluster, Arc<ClusterSnapshot>)> {
     state
         .clusters
+        .load()
         .iter()
         .map(|c| (c.clone(), c.handle.snapshot.load_full()))
         .collect()
@@ -441,7 +480,7 @@ pub fn stats(state: &AdminState) -> Vec<(String, i64, StatKind)> {
 pub fn prometheus(state: &AdminState) -> String {
     let mut families: std::collections::BTreeMap<String, (StatKind, Vec<String>)> =
         Default::default();
-    for cluster in state.clusters.iter() {
+    for cluster in state.clusters.load().iter() {
         let prefix = format!("cluster.{}.", cluster.name);
         for (name, value, kind) in stats(state) {
             let Some(rest) = name.strip_prefix(&prefix) else {
@@ -511,7 +550,6 @@ fn history_json(state: &AdminState) -> Value {
 mod tests {
     use super::*;
     use crate::checker::{ClusterSnapshot, DiscoveryCounters, HealthCheckStats, HostSpec};
-    use arc_swap::ArcSwap;
     use http_body_util::BodyExt;
 
     fn state(initialized: bool) -> AdminState {
@@ -550,13 +588,14 @@ mod tests {
         };
         handle.discovery.attempt.store(3, Ordering::Relaxed);
         AdminState {
-            clusters: Arc::new(vec![AdminCluster {
+            clusters: Arc::new(ArcSwap::from_pointee(vec![AdminCluster {
                 name: "web_cluster_01".into(),
                 handle,
                 health_checked: true,
                 added_via_api: false,
-            }]),
+            }])),
             failing: Arc::default(),
+            reload: None,
         }
     }
 

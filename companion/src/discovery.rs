@@ -15,6 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::watch;
+pub use vigil_core::config::DnsLookupFamily;
 
 /// How a cluster finds its hosts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,44 +23,6 @@ pub enum DiscoveryKind {
     Static,
     StrictDns,
     LogicalDns,
-}
-
-/// Envoy's `dns_lookup_family`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LookupFamily {
-    #[default]
-    Auto,
-    V4Only,
-    V6Only,
-    V4Preferred,
-    All,
-}
-
-impl LookupFamily {
-    /// Keeps the addresses this family wants, in the order Envoy would use them.
-    pub fn select(self, addresses: &[IpAddr]) -> Vec<IpAddr> {
-        let v4: Vec<IpAddr> = addresses.iter().copied().filter(IpAddr::is_ipv4).collect();
-        let v6: Vec<IpAddr> = addresses.iter().copied().filter(IpAddr::is_ipv6).collect();
-        match self {
-            LookupFamily::V4Only => v4,
-            LookupFamily::V6Only => v6,
-            LookupFamily::Auto => {
-                if v6.is_empty() {
-                    v4
-                } else {
-                    v6
-                }
-            }
-            LookupFamily::V4Preferred => {
-                if v4.is_empty() {
-                    v6
-                } else {
-                    v4
-                }
-            }
-            LookupFamily::All => v4.into_iter().chain(v6).collect(),
-        }
-    }
 }
 
 /// One configured endpoint before resolution.
@@ -82,7 +45,7 @@ pub struct DiscoverySpec {
     pub kind: DiscoveryKind,
     pub endpoints: Vec<EndpointSpec>,
     pub refresh: Duration,
-    pub family: LookupFamily,
+    pub family: DnsLookupFamily,
 }
 
 /// Why a name did not resolve.
@@ -203,11 +166,9 @@ pub async fn run_dns<R, F>(
         match resolve_round(&spec, &resolve).await {
             Some(found) => {
                 counters.success.fetch_add(1, Ordering::Relaxed);
-                hosts.send_if_modified(|current| {
-                    let changed = *current != found;
-                    *current = found;
-                    changed
-                });
+                // Every successful round is delivered, changed or not: a host kept while pending
+                // removal is dropped at the next resolution that still omits it once it failed.
+                hosts.send_replace(found);
             }
             None => {
                 counters.failure.fetch_add(1, Ordering::Relaxed);
@@ -256,21 +217,24 @@ mod tests {
     #[test]
     fn lookup_families_follow_envoy() {
         let both = [ip("127.0.0.1"), ip("::1"), ip("127.0.0.2")];
-        assert_eq!(LookupFamily::Auto.select(&both), vec![ip("::1")]);
-        assert_eq!(LookupFamily::Auto.select(&both[..1]), vec![ip("127.0.0.1")]);
+        assert_eq!(DnsLookupFamily::Auto.select(&both), vec![ip("::1")]);
         assert_eq!(
-            LookupFamily::V4Only.select(&both),
+            DnsLookupFamily::Auto.select(&both[..1]),
+            vec![ip("127.0.0.1")]
+        );
+        assert_eq!(
+            DnsLookupFamily::V4Only.select(&both),
             vec![ip("127.0.0.1"), ip("127.0.0.2")]
         );
         assert_eq!(
-            LookupFamily::V6Only.select(&both[..1]),
+            DnsLookupFamily::V6Only.select(&both[..1]),
             Vec::<IpAddr>::new()
         );
         assert_eq!(
-            LookupFamily::V4Preferred.select(&both[1..2]),
+            DnsLookupFamily::V4Preferred.select(&both[1..2]),
             vec![ip("::1")]
         );
-        assert_eq!(LookupFamily::All.select(&both).len(), 3);
+        assert_eq!(DnsLookupFamily::All.select(&both).len(), 3);
     }
 
     #[test]
@@ -296,7 +260,7 @@ mod tests {
             kind: DiscoveryKind::StrictDns,
             endpoints: vec![endpoint("myservice")],
             refresh: Duration::from_secs(5),
-            family: LookupFamily::V4Only,
+            family: DnsLookupFamily::V4Only,
         };
         let hosts = resolve_round(&spec, &fake(answers.clone())).await.unwrap();
         assert_eq!(hosts.len(), 2);
@@ -314,7 +278,7 @@ mod tests {
             kind: DiscoveryKind::StrictDns,
             endpoints: vec![endpoint("myservice")],
             refresh: Duration::from_secs(5),
-            family: LookupFamily::Auto,
+            family: DnsLookupFamily::Auto,
         };
         answers.lock().unwrap().insert(
             "myservice".into(),
@@ -348,7 +312,7 @@ mod tests {
             kind: DiscoveryKind::StrictDns,
             endpoints: vec![endpoint("myservice")],
             refresh: Duration::from_secs(5),
-            family: LookupFamily::V4Only,
+            family: DnsLookupFamily::V4Only,
         };
         let (tx, mut rx) = watch::channel(vec![]);
         let counters = Arc::new(DiscoveryCounters::default());

@@ -7,6 +7,9 @@
 //!   machine, and publishes immutable snapshots for readers.
 //! - [`admin`]: the Envoy-compatible admin API over the clusters' snapshots.
 //! - [`discovery`]: STATIC, STRICT_DNS and LOGICAL_DNS membership, Envoy's failure rules.
+//! - [`runtime`]: config to running tasks (discovery + check loop per cluster), swapped on reload.
+//! - [`dns_client`]: a UDP DNS client for configured servers (Envoy's `dns_resolvers`), mapped
+//!   onto discovery's resolver shape.
 //! - [`events`]: the JSON-lines health-check event log (`event_log_path`) in Envoy's shape.
 //!
 //! Discovery, the admin API, the proxy and EDS arrive with their issues; `main.rs` holds the
@@ -15,5 +18,7 @@
 pub mod admin;
 pub mod checker;
 pub mod discovery;
+pub mod dns_client;
 pub mod events;
 pub mod probe;
+pub mod runtime;

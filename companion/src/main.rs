@@ -1,36 +1,204 @@
-//! `vigil`, the companion binary. It will read the same Envoy v3 YAML users already run and do the
-//! whole job natively: discovery, active health checking with Envoy's semantics, a load-balancing
-//! proxy and an Envoy-compatible admin API (tracked in the companion issues).
+//! `vigil`, the companion binary: reads the Envoy v3 YAML users already run, discovers and
+//! health-checks its clusters with Envoy's semantics, and serves an Envoy-compatible admin API.
 //!
-//! Today it only parses its command line; running it with a config says plainly that the
-//! companion is not built yet and exits non-zero, so nobody mistakes it for a working proxy.
+//! `vigil -c FILE` runs; `vigil --mode validate -c FILE` checks the file and exits 0 or 1, as
+//! `envoy --mode validate` does. SIGHUP or `POST /reload` re-reads the file: a bad new file is
+//! rejected with its errors logged, and the running config keeps going. SIGTERM / SIGINT stop.
 
-use clap::Parser;
-use std::path::PathBuf;
+use clap::{Parser, ValueEnum};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use vigil::admin::{self, AdminState};
+use vigil::checker::network_probe;
+use vigil::runtime::{self, ClusterPlan, Runtime};
+use vigil_core::config::{self, Address, Bootstrap};
 
-/// Command-line options, shaped like Envoy's (`-c FILE`, `--mode serve|validate`).
+/// The admin address when the config has no `admin` block: loopback, Envoy's usual port.
+const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// Run (the default).
+    Serve,
+    /// Check the config and exit: 0 when valid, 1 with the errors otherwise.
+    Validate,
+}
+
+/// Command-line options, shaped like Envoy's.
 #[derive(Debug, Parser)]
-#[command(name = "vigil", version, about)]
+#[command(
+    name = "vigil",
+    version,
+    about = "Envoy-exact health checking, standalone"
+)]
 struct Options {
     /// Envoy v3 bootstrap YAML to run.
-    #[arg(short = 'c', long = "config-path")]
-    config_path: Option<PathBuf>,
+    #[arg(short = 'c', long = "config-path", value_name = "FILE")]
+    config_path: PathBuf,
+
+    #[arg(long, value_enum, default_value = "serve")]
+    mode: Mode,
+
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(short = 'l', long = "log-level", default_value = "info")]
+    log_level: String,
+
+    /// Serve the admin API here instead of the config's `admin.address`.
+    #[arg(long, value_name = "IP:PORT")]
+    admin_address: Option<SocketAddr>,
 }
 
 fn main() -> ExitCode {
     let options = Options::parse();
-    match options.config_path {
-        Some(path) => {
-            eprintln!(
-                "vigil: cannot run {}: the companion's health checking is not implemented in this build",
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(&options.log_level))
+        .init();
+    let loaded = match load(&options.config_path) {
+        Ok(loaded) => loaded,
+        Err(report) => {
+            eprintln!("{report}");
+            return ExitCode::from(1);
+        }
+    };
+    if options.mode == Mode::Validate {
+        println!("configuration '{}' OK", options.config_path.display());
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("vigil: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve(options, loaded)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("vigil: {err}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// A config that loaded: the bootstrap and the cluster plans.
+struct Loaded {
+    bootstrap: Bootstrap,
+    plans: Vec<ClusterPlan>,
+}
+
+/// Loads, validates and plans `path`, logging warnings; the error is the full report to print.
+fn load(path: &Path) -> Result<Loaded, String> {
+    let loaded = config::load_file(path).map_err(|errors| format!("{errors}"))?;
+    for warning in &loaded.warnings {
+        log::warn!("{}: {warning}", path.display());
+    }
+    let (plans, notes) =
+        runtime::plan(&loaded.bootstrap).map_err(|err| format!("{}: {err}", path.display()))?;
+    for note in notes {
+        log::warn!("{}: {note}", path.display());
+    }
+    Ok(Loaded {
+        bootstrap: loaded.bootstrap,
+        plans,
+    })
+}
+
+fn admin_address(options: &Options, bootstrap: &Bootstrap) -> Result<SocketAddr, String> {
+    if let Some(address) = options.admin_address {
+        return Ok(address);
+    }
+    match bootstrap
+        .admin
+        .as_ref()
+        .and_then(|admin| admin.address.as_ref())
+    {
+        Some(Address::Socket(socket)) => {
+            let ip = socket.address.parse().map_err(|_| {
+                format!(
+                    "admin.address.socket_address.address '{}' is not an IP address",
+                    socket.address
+                )
+            })?;
+            Ok(SocketAddr::new(ip, socket.port_value))
+        }
+        Some(_) => Err("admin.address: only socket addresses are supported".to_string()),
+        None => DEFAULT_ADMIN
+            .parse()
+            .map_err(|_| "bad default admin address".to_string()),
+    }
+}
+
+async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
+    let admin_at = admin_address(&options, &loaded.bootstrap)?;
+    let listener = TcpListener::bind(admin_at)
+        .await
+        .map_err(|err| format!("cannot listen on admin address {admin_at}: {err}"))?;
+    let mut clusters = Runtime::new(network_probe());
+    let (started, _) = clusters.apply(loaded.plans);
+    let (reload_tx, mut reload_rx) = mpsc::channel(4);
+    let state = AdminState {
+        clusters: clusters.admin_clusters.clone(),
+        failing: Arc::default(),
+        reload: Some(reload_tx),
+    };
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin_task = tokio::spawn(admin::serve(listener, state, async {
+        let _ = admin_stopped.await;
+    }));
+    log::info!(
+        "vigil {} running {}: {started} cluster(s), admin on http://{admin_at}",
+        env!("CARGO_PKG_VERSION"),
+        options.config_path.display()
+    );
+    println!("vigil ready admin={admin_at} clusters={started}");
+
+    let mut hangup =
+        signal(SignalKind::hangup()).map_err(|err| format!("cannot watch SIGHUP: {err}"))?;
+    let mut terminate =
+        signal(SignalKind::terminate()).map_err(|err| format!("cannot watch SIGTERM: {err}"))?;
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(|err| format!("cannot watch SIGINT: {err}"))?;
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = hangup.recv() => {
+                let _ = reload(&options.config_path, &mut clusters);
+            }
+            Some(reply) = reload_rx.recv() => {
+                let _ = reply.send(reload(&options.config_path, &mut clusters));
+            }
+        }
+    }
+    log::info!("shutting down");
+    clusters.stop_all();
+    let _ = stop_admin.send(());
+    let _ = admin_task.await;
+    Ok(())
+}
+
+/// Re-reads the config; on any error the running clusters stay as they are.
+fn reload(path: &Path, clusters: &mut Runtime) -> Result<String, String> {
+    match load(path) {
+        Ok(loaded) => {
+            let (started, stopped) = clusters.apply(loaded.plans);
+            let summary = format!(
+                "reloaded {}: {started} cluster(s) started, {stopped} stopped, the rest unchanged",
                 path.display()
             );
-            ExitCode::from(2)
+            log::info!("{summary}");
+            Ok(summary)
         }
-        None => {
-            eprintln!("vigil: no config given (use -c FILE); see --help");
-            ExitCode::from(1)
+        Err(report) => {
+            log::error!("reload rejected, the previous config keeps running:\n{report}");
+            Err(report)
         }
     }
 }

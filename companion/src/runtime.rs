@@ -1,0 +1,290 @@
+//! Turning a loaded config into running tasks, and swapping them on reload.
+//!
+//! [`plan`] maps the typed bootstrap (`vigil_core::config`) to one [`ClusterPlan`] per cluster
+//! vigil can act on. [`Runtime`] runs each plan as a discovery task plus a check loop, and on a
+//! reload keeps every cluster whose plan did not change (its hosts keep their health and their
+//! schedule, as Envoy keeps an unchanged cluster), stops removed or changed ones, and starts new
+//! ones. The admin API sees the current set through an `ArcSwap`.
+
+use crate::admin::AdminCluster;
+use crate::checker::{ClusterChecker, ClusterHandle, ClusterSpec, HostSpec, ProbeFn};
+use crate::discovery::{self, DiscoveryKind, DiscoverySpec, EndpointSpec};
+use arc_swap::ArcSwap;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+use vigil_core::config::{Bootstrap, Cluster, Discovery};
+
+/// How long one query to a configured DNS server may take (c-ares' default is 5 s per try).
+const DNS_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where a cluster's hosts come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// A fixed list (STATIC).
+    Fixed(Vec<HostSpec>),
+    /// Names resolved on a schedule; `resolvers` empty means the system resolver.
+    Dns {
+        spec: DiscoverySpecEq,
+        resolvers: Vec<SocketAddr>,
+    },
+}
+
+/// [`DiscoverySpec`] with equality, so a reload can tell whether a cluster changed.
+#[derive(Debug, Clone)]
+pub struct DiscoverySpecEq(pub DiscoverySpec);
+
+impl PartialEq for DiscoverySpecEq {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (&self.0, &other.0);
+        a.kind == b.kind
+            && a.endpoints == b.endpoints
+            && a.refresh == b.refresh
+            && a.family == b.family
+    }
+}
+
+/// Everything needed to run one cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterPlan {
+    pub spec: ClusterSpec,
+    pub source: Source,
+}
+
+impl PartialEq for ClusterPlan {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (&self.spec, &other.spec);
+        a.name == b.name
+            && a.check == b.check
+            && a.connect_timeout == b.connect_timeout
+            && a.ignore_new_hosts_until_first_hc == b.ignore_new_hosts_until_first_hc
+            && a.ignore_health_on_host_removal == b.ignore_health_on_host_removal
+            && self.source == other.source
+    }
+}
+
+fn endpoints(cluster: &Cluster) -> Vec<EndpointSpec> {
+    let mut out = Vec::new();
+    for locality in &cluster.load_assignment.endpoints {
+        for endpoint in &locality.lb_endpoints {
+            out.push(EndpointSpec {
+                address: endpoint.address.address.clone(),
+                port: endpoint.address.port_value,
+                check_port: endpoint.health_check.port_value.unwrap_or(0),
+                check_hostname: endpoint.health_check.hostname.clone(),
+                // Envoy shows the endpoint's `hostname`, else for DNS clusters the name it
+                // resolved; static hosts without one show an empty hostname.
+                hostname: endpoint.hostname.clone().unwrap_or_else(|| {
+                    if cluster.discovery.is_dns() {
+                        endpoint.address.address.clone()
+                    } else {
+                        String::new()
+                    }
+                }),
+                weight: endpoint.load_balancing_weight,
+                priority: locality.priority,
+            });
+        }
+    }
+    out
+}
+
+/// One plan per cluster vigil can run; clusters it cannot (EDS, ORIGINAL_DST) are skipped with
+/// a reason in the returned notes.
+pub fn plan(bootstrap: &Bootstrap) -> Result<(Vec<ClusterPlan>, Vec<String>), String> {
+    let mut plans = Vec::new();
+    let mut notes = Vec::new();
+    for cluster in &bootstrap.clusters {
+        let kind = match &cluster.discovery {
+            Discovery::Static => DiscoveryKind::Static,
+            Discovery::StrictDns => DiscoveryKind::StrictDns,
+            Discovery::LogicalDns => DiscoveryKind::LogicalDns,
+            Discovery::Unsupported(what) => {
+                notes.push(format!(
+                    "cluster '{}': {what} discovery is not run by vigil; skipped",
+                    cluster.name
+                ));
+                continue;
+            }
+        };
+        let endpoints = endpoints(cluster);
+        let source = match kind {
+            DiscoveryKind::Static => Source::Fixed(
+                discovery::static_hosts(&endpoints)
+                    .map_err(|err| format!("cluster '{}': {err}", cluster.name))?,
+            ),
+            _ => {
+                let mut resolvers = Vec::new();
+                for resolver in &cluster.dns.resolvers {
+                    let ip = resolver.address.parse().map_err(|_| {
+                        format!(
+                            "cluster '{}': DNS resolver '{}' is not an IP address",
+                            cluster.name, resolver.address
+                        )
+                    })?;
+                    resolvers.push(SocketAddr::new(ip, resolver.port_value));
+                }
+                Source::Dns {
+                    spec: DiscoverySpecEq(DiscoverySpec {
+                        kind,
+                        endpoints,
+                        refresh: Duration::from_millis(cluster.dns.refresh_rate_ms),
+                        family: cluster.dns.lookup_family,
+                    }),
+                    resolvers,
+                }
+            }
+        };
+        plans.push(ClusterPlan {
+            spec: ClusterSpec {
+                name: cluster.name.clone(),
+                check: cluster.health_check.clone(),
+                connect_timeout: Duration::from_millis(cluster.connect_timeout_ms),
+                ignore_new_hosts_until_first_hc: cluster
+                    .common_lb_config
+                    .ignore_new_hosts_until_first_hc,
+                ignore_health_on_host_removal: cluster.ignore_health_on_host_removal,
+            },
+            source,
+        });
+    }
+    Ok((plans, notes))
+}
+
+struct RunningCluster {
+    plan: ClusterPlan,
+    handle: ClusterHandle,
+    stop: Vec<oneshot::Sender<()>>,
+}
+
+/// The running clusters.
+pub struct Runtime {
+    clusters: BTreeMap<String, RunningCluster>,
+    /// What the admin API shows, in config order.
+    pub admin_clusters: Arc<ArcSwap<Vec<AdminCluster>>>,
+    probe: ProbeFn,
+    order: Vec<String>,
+    seed: u64,
+}
+
+impl Runtime {
+    pub fn new(probe: ProbeFn) -> Runtime {
+        Runtime {
+            clusters: BTreeMap::new(),
+            admin_clusters: Arc::new(ArcSwap::from_pointee(Vec::new())),
+            probe,
+            order: Vec::new(),
+            seed: 0x5eed,
+        }
+    }
+
+    /// Makes `plans` the running set: unchanged clusters keep running untouched.
+    /// Returns how many clusters were (re)started and stopped.
+    pub fn apply(&mut self, plans: Vec<ClusterPlan>) -> (usize, usize) {
+        let wanted: BTreeMap<String, ClusterPlan> = plans
+            .iter()
+            .map(|p| (p.spec.name.clone(), p.clone()))
+            .collect();
+        let mut stopped = 0;
+        let names: Vec<String> = self.clusters.keys().cloned().collect();
+        for name in names {
+            let keep = wanted
+                .get(&name)
+                .is_some_and(|p| self.clusters.get(&name).is_some_and(|r| r.plan == *p));
+            if !keep {
+                if let Some(running) = self.clusters.remove(&name) {
+                    for stop in running.stop {
+                        let _ = stop.send(());
+                    }
+                    stopped += 1;
+                }
+            }
+        }
+        let mut started = 0;
+        for plan in plans.iter() {
+            if !self.clusters.contains_key(&plan.spec.name) {
+                let running = self.start(plan.clone());
+                self.clusters.insert(plan.spec.name.clone(), running);
+                started += 1;
+            }
+        }
+        self.order = plans.iter().map(|p| p.spec.name.clone()).collect();
+        let admin: Vec<AdminCluster> = self
+            .order
+            .iter()
+            .filter_map(|name| self.clusters.get(name))
+            .map(|running| AdminCluster {
+                name: running.plan.spec.name.clone(),
+                handle: running.handle.clone(),
+                health_checked: running.plan.spec.check.is_some(),
+                added_via_api: false,
+            })
+            .collect();
+        self.admin_clusters.store(Arc::new(admin));
+        (started, stopped)
+    }
+
+    fn start(&mut self, plan: ClusterPlan) -> RunningCluster {
+        self.seed = self
+            .seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let (checker, handle) =
+            ClusterChecker::new(plan.spec.clone(), self.probe.clone(), self.seed);
+        let mut stop = Vec::new();
+        let initial = match &plan.source {
+            Source::Fixed(hosts) => hosts.clone(),
+            Source::Dns { .. } => Vec::new(),
+        };
+        let (hosts_tx, hosts_rx) = watch::channel(initial);
+        if let Source::Dns { spec, resolvers } = &plan.source {
+            let (tx, rx) = oneshot::channel::<()>();
+            stop.push(tx);
+            let counters = handle.discovery.clone();
+            let spec = spec.0.clone();
+            let stop_signal = async {
+                let _ = rx.await;
+            };
+            if resolvers.is_empty() {
+                tokio::spawn(discovery::run_dns(
+                    spec,
+                    discovery::system_resolve,
+                    hosts_tx,
+                    counters,
+                    stop_signal,
+                ));
+            } else {
+                let resolve =
+                    crate::dns_client::resolver(resolvers.clone(), spec.family, DNS_QUERY_TIMEOUT);
+                tokio::spawn(discovery::run_dns(
+                    spec,
+                    resolve,
+                    hosts_tx,
+                    counters,
+                    stop_signal,
+                ));
+            }
+        } else {
+            // STATIC: the list never changes; keep the sender alive with the task.
+            let (tx, rx) = oneshot::channel::<()>();
+            stop.push(tx);
+            tokio::spawn(async move {
+                let _keep = hosts_tx;
+                let _ = rx.await;
+            });
+        }
+        let (tx, rx) = oneshot::channel::<()>();
+        stop.push(tx);
+        tokio::spawn(checker.run(hosts_rx, async {
+            let _ = rx.await;
+        }));
+        RunningCluster { plan, handle, stop }
+    }
+
+    /// Stops every cluster.
+    pub fn stop_all(&mut self) {
+        self.apply(Vec::new());
+    }
+}
