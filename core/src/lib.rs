@@ -6,6 +6,8 @@
 //! virtual time on the host.
 //!
 //! What lives where:
+//! - [`balance`]: Envoy's load balancing (host sets, priority and panic, round robin, least
+//!   request, random, ring hash, maglev, the request hash of `hash_policy`), random draws as inputs.
 //! - [`config`]: the Envoy v3 bootstrap YAML/JSON users already run, loaded and validated as Envoy
 //!   does (every error names its field path), into the typed structures below; the YAML front end
 //!   is behind the `yaml` feature.
@@ -21,6 +23,7 @@
 //! - [`status`]: HTTP status ranges as Envoy writes them (`{start, end}`, half-open), used for
 //!   `expected_statuses` / `retriable_statuses`.
 
+pub mod balance;
 pub mod check;
 pub mod config;
 pub mod dns;

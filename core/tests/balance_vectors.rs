@@ -32,7 +32,10 @@ fn constant(v: u64) -> impl FnMut() -> u64 {
 /// A random source that returns the values in order (Envoy's `WillOnce(...)` chains).
 fn sequence(values: &[u64]) -> impl FnMut() -> u64 + '_ {
     let mut it = values.iter();
-    move || *it.next().expect("more random draws than the Envoy test allows")
+    move || {
+        *it.next()
+            .expect("more random draws than the Envoy test allows")
+    }
 }
 
 fn port_of(set: &PrioritySet, host: Option<usize>) -> u16 {
@@ -77,8 +80,7 @@ fn header_fold_and_combining_vectors() {
 
     // header x-user: alice, then source_ip 127.0.0.1.
     let headers = [("x-user", "alice")];
-    let request =
-        RequestView::new(&headers).with_source_ip(IpAddr::from([127, 0, 0, 1]));
+    let request = RequestView::new(&headers).with_source_ip(IpAddr::from([127, 0, 0, 1]));
     let alice = generate_hash(&[HashPolicy::header("x-user")], &request);
     assert_eq!(alice.hash, Some(0x73A3_EA48_5F2E_6049));
     let ip = generate_hash(&[HashPolicy::source_ip()], &request);
@@ -374,7 +376,9 @@ fn maglev_weighted() {
     let lb = maglev(&s, 17, false);
     assert_eq!(
         table_ports(&s, &lb),
-        [91, 90, 90, 91, 90, 91, 91, 90, 91, 91, 91, 91, 91, 90, 91, 90, 91]
+        [
+            91, 90, 90, 91, 90, 91, 91, 90, 91, 91, 91, 91, 91, 90, 91, 90, 91
+        ]
     );
     let t = lb.table(0).unwrap();
     assert_eq!((t.min_entries_per_host, t.max_entries_per_host), (6, 11));
@@ -391,7 +395,10 @@ fn maglev_rejects_non_prime_sizes() {
         },
     )
     .unwrap_err();
-    assert_eq!(err.to_string(), "The table size of maglev must be prime number");
+    assert_eq!(
+        err.to_string(),
+        "The table size of maglev must be prime number"
+    );
     assert!(
         Maglev::new(
             &s,
@@ -429,9 +436,15 @@ fn lab_tables() {
     let mag = Maglev::new(&s, MaglevConfig::default()).unwrap();
     let t = mag.table(0).unwrap();
     assert_eq!(t.len(), 65537);
-    assert_eq!((t.min_entries_per_host, t.max_entries_per_host), (32768, 32769));
+    assert_eq!(
+        (t.min_entries_per_host, t.max_entries_per_host),
+        (32768, 32769)
+    );
 
-    for (key, offset, skip) in [("127.29.1.3:80", 6396, 7834), ("127.29.1.4:80", 3354, 29452)] {
+    for (key, offset, skip) in [
+        ("127.29.1.3:80", 6396, 7834),
+        ("127.29.1.4:80", 3354, 29452),
+    ] {
         assert_eq!(xxhash64(key.as_bytes(), 0) % 65537, offset, "{key}");
         assert_eq!(xxhash64(key.as_bytes(), 1) % 65536 + 1, skip, "{key}");
     }
@@ -444,10 +457,30 @@ fn lab_header_affinity() {
     let mag = Maglev::new(&s, MaglevConfig::default()).unwrap();
     let policy = [HashPolicy::header("x-user")];
     let cases = [
-        ("alice", Some(0x73A3_EA48_5F2E_6049), "127.29.1.3", "127.29.1.4"),
-        ("bob", Some(0x9287_8A3B_42BA_D03B), "127.29.1.4", "127.29.1.4"),
-        ("carol", Some(0xC1CE_B4E6_54B4_CC38), "127.29.1.4", "127.29.1.4"),
-        ("dave", Some(0x2857_ED86_53E4_FB22), "127.29.1.4", "127.29.1.3"),
+        (
+            "alice",
+            Some(0x73A3_EA48_5F2E_6049),
+            "127.29.1.3",
+            "127.29.1.4",
+        ),
+        (
+            "bob",
+            Some(0x9287_8A3B_42BA_D03B),
+            "127.29.1.4",
+            "127.29.1.4",
+        ),
+        (
+            "carol",
+            Some(0xC1CE_B4E6_54B4_CC38),
+            "127.29.1.4",
+            "127.29.1.4",
+        ),
+        (
+            "dave",
+            Some(0x2857_ED86_53E4_FB22),
+            "127.29.1.4",
+            "127.29.1.3",
+        ),
         ("", None, "127.29.1.4", "127.29.1.3"),
     ];
     for (user, expected_hash, ring_host, maglev_host) in cases {
@@ -460,8 +493,16 @@ fn lab_header_affinity() {
             assert_eq!(h, Some(0xEF46_DB37_51D8_E999));
         }
         let mut no_draw = sequence(&[]);
-        assert_eq!(lab_host(&s, ring.choose(h, &mut no_draw).host), ring_host, "{user}");
-        assert_eq!(lab_host(&s, mag.choose(h, &mut no_draw).host), maglev_host, "{user}");
+        assert_eq!(
+            lab_host(&s, ring.choose(h, &mut no_draw).host),
+            ring_host,
+            "{user}"
+        );
+        assert_eq!(
+            lab_host(&s, mag.choose(h, &mut no_draw).host),
+            maglev_host,
+            "{user}"
+        );
     }
 }
 
@@ -476,7 +517,12 @@ fn healthy_set(weights: &[u32]) -> PrioritySet {
         .collect())
 }
 
-fn rr_picks(lb: &mut RoundRobin, s: &PrioritySet, rng: &mut dyn FnMut() -> u64, n: usize) -> Vec<usize> {
+fn rr_picks(
+    lb: &mut RoundRobin,
+    s: &PrioritySet,
+    rng: &mut dyn FnMut() -> u64,
+    n: usize,
+) -> Vec<usize> {
     (0..n).map(|_| lb.choose(s, rng).host.unwrap()).collect()
 }
 
@@ -494,7 +540,10 @@ fn rr_weighted_seed() {
 fn rr_weighted_derived_seeds() {
     let s = healthy_set(&[1, 2]);
     let mut lb = RoundRobin::new(&s, 0);
-    assert_eq!(rr_picks(&mut lb, &s, &mut constant(0), 6), [1, 0, 1, 1, 0, 1]);
+    assert_eq!(
+        rr_picks(&mut lb, &s, &mut constant(0), 6),
+        [1, 0, 1, 1, 0, 1]
+    );
     let s = healthy_set(&[1, 1, 2]);
     let expected: [[usize; 8]; 4] = [
         [2, 0, 1, 2, 2, 0, 1, 2],
@@ -504,7 +553,11 @@ fn rr_weighted_derived_seeds() {
     ];
     for (seed, want) in expected.iter().enumerate() {
         let mut lb = RoundRobin::new(&s, seed as u64);
-        assert_eq!(rr_picks(&mut lb, &s, &mut constant(seed as u64), 8), want, "seed {seed}");
+        assert_eq!(
+            rr_picks(&mut lb, &s, &mut constant(seed as u64), 8),
+            want,
+            "seed {seed}"
+        );
     }
 }
 
@@ -518,7 +571,10 @@ fn rr_weighted_with_changes() {
 
     // Weights change in place without a refresh: picks re-add with the new weights.
     let s2 = healthy_set(&[2, 1]);
-    assert_eq!(rr_picks(&mut lb, &s2, &mut rng, 8), [1, 0, 0, 1, 0, 0, 1, 0]);
+    assert_eq!(
+        rr_picks(&mut lb, &s2, &mut rng, 8),
+        [1, 0, 0, 1, 0, 0, 1, 0]
+    );
 
     // A host of weight 3 is added (refresh: the EDF is rebuilt from the same seed).
     let s3 = s2.update(
@@ -718,10 +774,16 @@ fn lr_normal() {
     let counts = [1u64, 2];
     let active = |i: usize| counts[i];
     let mut lb = LeastRequest::new(&s, LeastRequestConfig::default(), 0, &active);
-    assert_eq!(lb.choose(&s, &active, &mut sequence(&[0, 2, 3])).host, Some(0));
+    assert_eq!(
+        lb.choose(&s, &active, &mut sequence(&[0, 2, 3])).host,
+        Some(0)
+    );
     let counts = [2u64, 1];
     let active = |i: usize| counts[i];
-    assert_eq!(lb.choose(&s, &active, &mut sequence(&[0, 2, 3])).host, Some(1));
+    assert_eq!(
+        lb.choose(&s, &active, &mut sequence(&[0, 2, 3])).host,
+        Some(1)
+    );
 }
 
 // LeastRequestLoadBalancerTest.PNC
@@ -736,10 +798,17 @@ fn lr_n_choices() {
     };
     let mut lb2 = LeastRequest::new(&s, config(2), 0, &active);
     let mut lb5 = LeastRequest::new(&s, config(5), 0, &active);
-    assert_eq!(lb2.choose(&s, &active, &mut sequence(&[0; 3])).host, Some(0));
-    assert_eq!(lb5.choose(&s, &active, &mut sequence(&[0; 6])).host, Some(0));
     assert_eq!(
-        lb5.choose(&s, &active, &mut sequence(&[0, 3, 0, 3, 2, 1])).host,
+        lb2.choose(&s, &active, &mut sequence(&[0; 3])).host,
+        Some(0)
+    );
+    assert_eq!(
+        lb5.choose(&s, &active, &mut sequence(&[0; 6])).host,
+        Some(0)
+    );
+    assert_eq!(
+        lb5.choose(&s, &active, &mut sequence(&[0, 3, 0, 3, 2, 1]))
+            .host,
         Some(3)
     );
 }
@@ -778,10 +847,7 @@ fn lr_weight_imbalance() {
     counts[1] = 1;
     assert_eq!(picks(counts, 5, &mut rng), [1, 0, 1, 0, 1]);
     counts = [1, 0];
-    assert_eq!(
-        picks(counts, 10, &mut rng),
-        [0, 1, 1, 1, 0, 1, 1, 1, 1, 0]
-    );
+    assert_eq!(picks(counts, 10, &mut rng), [0, 1, 1, 1, 0, 1, 1, 1, 1, 0]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -792,11 +858,17 @@ fn single_priority_worked_examples() {
     let failed = HealthFlags::FAILED_ACTIVE_HC;
     let degraded = HealthFlags::DEGRADED_ACTIVE_HC;
 
-    let s = set(vec![Host::new(local(1)), Host::new(local(2)).with_flags(failed)]);
+    let s = set(vec![
+        Host::new(local(1)),
+        Host::new(local(2)).with_flags(failed),
+    ]);
     assert_eq!(s.health(), [70]);
     assert_eq!(s.panic(), [false]);
     assert_eq!(s.healthy_load(), [100]);
-    assert_eq!(s.host_source(7).source.unwrap().kind, SourceKind::HealthyHosts);
+    assert_eq!(
+        s.host_source(7).source.unwrap().kind,
+        SourceKind::HealthyHosts
+    );
 
     let s = set(vec![
         Host::new(local(1)).with_flags(degraded),
@@ -806,7 +878,10 @@ fn single_priority_worked_examples() {
     assert_eq!(s.panic(), [false]);
     assert_eq!(s.degraded_load(), [100]);
     assert_eq!(s.choose_priority(7), (0, Availability::Degraded));
-    assert_eq!(s.host_source(7).source.unwrap().kind, SourceKind::DegradedHosts);
+    assert_eq!(
+        s.host_source(7).source.unwrap().kind,
+        SourceKind::DegradedHosts
+    );
 
     let s = set(vec![
         Host::new(local(1)),
@@ -835,6 +910,10 @@ fn normalized_weights_follow_host_order() {
     let n = NormalizedHosts::for_priority(&s, 0);
     assert_eq!(n.hosts, [(0, 0.25), (1, 0.75)]);
     assert_eq!((n.min, n.max), (0.25, 0.75));
+    // Maglev gives the 1:3 hosts a slot every third round and every round respectively.
     let t = MaglevTable::build(&s, &n, &MaglevConfig::default());
-    assert_eq!(t.choose(0, 0).is_some(), true);
+    let small = t.entries().iter().filter(|&&h| h == 0).count() as i64;
+    assert_eq!(small as u64, t.min_entries_per_host);
+    assert!((t.max_entries_per_host as i64 - 3 * small).abs() <= 3);
+    assert_eq!(t.choose(0, 0), Some(t.entries()[0] as usize));
 }
