@@ -48,6 +48,15 @@ pub struct AdminState {
     pub failing: Arc<AtomicBool>,
     /// Where `POST /reload` sends its request; `None` when reloading is not offered.
     pub reload: Option<mpsc::Sender<ReloadRequest>>,
+    /// The running config as read, for `/config_dump`.
+    pub config: Arc<ArcSwap<ConfigDump>>,
+}
+
+/// The config document in force and when it was loaded.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigDump {
+    pub source: Value,
+    pub loaded_at: Option<std::time::SystemTime>,
 }
 
 type Body = Full<Bytes>;
@@ -174,6 +183,19 @@ pub fn route(state: &AdminState, method: &Method, path: &str, query: &str) -> Re
             text(StatusCode::OK, "OK\n".into())
         }
         "/hosts/history" => json_response(history_json(state)),
+        "/config_dump" => {
+            let dump = state.config.load();
+            let mut entry = serde_json::Map::new();
+            entry.insert(
+                "@type".into(),
+                json!("type.googleapis.com/envoy.admin.v3.BootstrapConfigDump"),
+            );
+            entry.insert("bootstrap".into(), dump.source.clone());
+            if let Some(at) = dump.loaded_at {
+                entry.insert("last_updated".into(), json!(rfc3339_millis(at)));
+            }
+            json_response(json!({ "configs": [Value::Object(entry)] }))
+        }
         "/help" | "/" => text(StatusCode::OK, HELP.into()),
         _ => text(
             StatusCode::NOT_FOUND,
@@ -186,6 +208,7 @@ const HELP: &str = "admin commands are:
   /: this text
   /reload (POST): re-read the config file; a bad file is refused and the running config stays (vigil)
   /clusters: upstream cluster status (format=json for JSON)
+  /config_dump: the running config as read (BootstrapConfigDump)
   /healthcheck/fail (POST): cause the server to fail health checks
   /healthcheck/ok (POST): cause the server to pass health checks
   /help: this text
@@ -596,6 +619,10 @@ mod tests {
             }])),
             failing: Arc::default(),
             reload: None,
+            config: Arc::new(ArcSwap::from_pointee(ConfigDump {
+                source: json!({"static_resources": {}}),
+                loaded_at: None,
+            })),
         }
     }
 
@@ -744,6 +771,20 @@ mod tests {
         assert_eq!(
             route(&s, &Method::GET, "/clusters", "format=xml").status(),
             StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
+    fn config_dump_serves_the_document_in_envoys_envelope() {
+        let dump = body(route(&state(true), &Method::GET, "/config_dump", ""));
+        let value: Value = serde_json::from_str(&dump).unwrap();
+        assert_eq!(
+            value["configs"][0]["@type"],
+            json!("type.googleapis.com/envoy.admin.v3.BootstrapConfigDump")
+        );
+        assert_eq!(
+            value["configs"][0]["bootstrap"],
+            json!({"static_resources": {}})
         );
     }
 

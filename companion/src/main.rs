@@ -5,15 +5,17 @@
 //! `envoy --mode validate` does. SIGHUP or `POST /reload` re-reads the file: a bad new file is
 //! rejected with its errors logged, and the running config keeps going. SIGTERM / SIGINT stop.
 
+use arc_swap::ArcSwap;
 use clap::{Parser, ValueEnum};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::SystemTime;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
-use vigil::admin::{self, AdminState};
+use vigil::admin::{self, AdminState, ConfigDump};
 use vigil::checker::network_probe;
 use vigil::runtime::{self, ClusterPlan, Runtime};
 use vigil_core::config::{self, Address, Bootstrap};
@@ -91,6 +93,8 @@ fn main() -> ExitCode {
 struct Loaded {
     bootstrap: Bootstrap,
     plans: Vec<ClusterPlan>,
+    /// The document as read, served by `/config_dump`.
+    source: serde_json::Value,
 }
 
 /// Loads, validates and plans `path`, logging warnings; the error is the full report to print.
@@ -107,6 +111,7 @@ fn load(path: &Path) -> Result<Loaded, String> {
     Ok(Loaded {
         bootstrap: loaded.bootstrap,
         plans,
+        source: loaded.source,
     })
 }
 
@@ -143,10 +148,15 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
     let mut clusters = Runtime::new(network_probe());
     let (started, _) = clusters.apply(loaded.plans);
     let (reload_tx, mut reload_rx) = mpsc::channel(4);
+    let config = Arc::new(ArcSwap::from_pointee(ConfigDump {
+        source: loaded.source,
+        loaded_at: Some(SystemTime::now()),
+    }));
     let state = AdminState {
         clusters: clusters.admin_clusters.clone(),
         failing: Arc::default(),
         reload: Some(reload_tx),
+        config: config.clone(),
     };
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin_task = tokio::spawn(admin::serve(listener, state, async {
@@ -170,10 +180,10 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = hangup.recv() => {
-                let _ = reload(&options.config_path, &mut clusters);
+                let _ = reload(&options.config_path, &mut clusters, &config);
             }
             Some(reply) = reload_rx.recv() => {
-                let _ = reply.send(reload(&options.config_path, &mut clusters));
+                let _ = reply.send(reload(&options.config_path, &mut clusters, &config));
             }
         }
     }
@@ -185,10 +195,18 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
 }
 
 /// Re-reads the config; on any error the running clusters stay as they are.
-fn reload(path: &Path, clusters: &mut Runtime) -> Result<String, String> {
+fn reload(
+    path: &Path,
+    clusters: &mut Runtime,
+    config: &ArcSwap<ConfigDump>,
+) -> Result<String, String> {
     match load(path) {
         Ok(loaded) => {
             let (started, stopped) = clusters.apply(loaded.plans);
+            config.store(Arc::new(ConfigDump {
+                source: loaded.source,
+                loaded_at: Some(SystemTime::now()),
+            }));
             let summary = format!(
                 "reloaded {}: {started} cluster(s) started, {stopped} stopped, the rest unchanged",
                 path.display()

@@ -357,6 +357,13 @@ async fn validate_mode_and_reloads_keep_the_last_good_config() {
         .unwrap();
     assert_eq!(accepted.status, 200, "{}", accepted.body);
     wait_flags(&vigil, second, "healthy").await;
+    let dump = http::get(admin, "/config_dump").await.unwrap();
+    assert!(
+        dump.body
+            .contains(&format!("\"port_value\": {}", second.port())),
+        "{}",
+        dump.body
+    );
     let get = http::get(admin, "/reload").await.unwrap();
     assert_eq!(get.status, 405);
 }

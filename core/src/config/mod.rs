@@ -62,6 +62,8 @@ const WASM_SERVICE_TYPE: &str = "envoy.extensions.wasm.v3.WasmService";
 pub struct Loaded {
     pub bootstrap: Bootstrap,
     pub warnings: Vec<Warning>,
+    /// The document as read (its JSON tree), for `/config_dump`.
+    pub source: Value,
 }
 
 /// Loads a bootstrap config from its JSON tree (Envoy's own YAML loader produces the same tree).
@@ -72,6 +74,7 @@ pub fn from_value(value: &Value) -> Result<Loaded, ConfigErrors> {
         Ok(Loaded {
             bootstrap,
             warnings: cx.warnings,
+            source: value.clone(),
         })
     } else {
         Err(ConfigErrors {
