@@ -585,6 +585,8 @@ mod tests {
                 weight: 1,
                 priority: 0,
                 dynamic: true,
+                eds_flags: HealthFlags::empty(),
+                active_check_disabled: false,
             },
             flags,
             history: vec![],

@@ -41,7 +41,17 @@ pub struct HostSpec {
     pub priority: u32,
     /// Added by DNS (or EDS) rather than listed statically.
     pub dynamic: bool,
+    /// Flags from the endpoint's configured `health_status` (`/failed_eds_health`,
+    /// `/degraded_eds_health`, `/eds_status_draining`).
+    pub eds_flags: HealthFlags,
+    /// `health_check_config.disable_active_health_check`: never probed, no active-check flags.
+    pub active_check_disabled: bool,
 }
+
+/// The flags bits that come from the endpoint's configured health, not from checking.
+const EDS_FLAGS: HealthFlags = HealthFlags::FAILED_EDS_HEALTH
+    .union(HealthFlags::DEGRADED_EDS_HEALTH)
+    .union(HealthFlags::EDS_STATUS_DRAINING);
 
 /// What the loop needs to know about its cluster.
 #[derive(Debug, Clone)]
@@ -240,6 +250,8 @@ impl ClusterChecker {
                 session
                     .health
                     .set_flag(HealthFlags::PENDING_DYNAMIC_REMOVAL, false);
+                session.health.set_flag(EDS_FLAGS, false);
+                session.health.set_flag(spec.eds_flags, true);
             } else if self.spec.ignore_health_on_host_removal || !session.health.is_active_healthy()
             {
                 removed.push(*address);
@@ -258,8 +270,8 @@ impl ClusterChecker {
             if self.sessions.contains_key(&address) {
                 continue;
             }
-            let (health, first) = match &self.spec.check {
-                Some(check) => {
+            let (mut health, first) = match &self.spec.check {
+                Some(check) if !spec.active_check_disabled => {
                     let flags = HostHealth::initial_flags(
                         spec.dynamic,
                         self.spec.ignore_new_hosts_until_first_hc,
@@ -273,8 +285,9 @@ impl ClusterChecker {
                     };
                     (health, Some(first))
                 }
-                None => (HostHealth::new(HealthFlags::empty()), None),
+                _ => (HostHealth::new(HealthFlags::empty()), None),
             };
+            health.set_flag(spec.eds_flags, true);
             self.next_generation += 1;
             self.sessions.insert(
                 address,

@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::watch;
 pub use vigil_core::config::DnsLookupFamily;
+use vigil_core::health::HealthFlags;
 
 /// How a cluster finds its hosts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +38,10 @@ pub struct EndpointSpec {
     pub hostname: String,
     pub weight: u32,
     pub priority: u32,
+    /// Flags from the configured `health_status`.
+    pub eds_flags: HealthFlags,
+    /// `health_check_config.disable_active_health_check`.
+    pub active_check_disabled: bool,
 }
 
 /// What discovery needs about a cluster.
@@ -44,8 +49,48 @@ pub struct EndpointSpec {
 pub struct DiscoverySpec {
     pub kind: DiscoveryKind,
     pub endpoints: Vec<EndpointSpec>,
+    /// `dns_refresh_rate`: the wait after a successful resolution.
     pub refresh: Duration,
     pub family: DnsLookupFamily,
+    /// `dns_failure_refresh_rate` as `(base, max)`: after failures, a jittered exponential
+    /// backoff; `None` retries after `refresh`, as Envoy's fixed backoff does.
+    pub failure_refresh: Option<(Duration, Duration)>,
+    /// `dns_jitter`: up to this much is added to `refresh` after a success.
+    pub jitter: Duration,
+}
+
+/// Envoy's `JitteredExponentialBackOffStrategy`: each wait is `random % current`, capped at
+/// `max`; `current` starts at `base` and doubles up to `max`; a success resets it.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base_ms: u64,
+    max_ms: u64,
+    next_ms: u64,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, max: Duration) -> Backoff {
+        let base_ms = (base.as_millis() as u64).max(1);
+        Backoff {
+            base_ms,
+            max_ms: (max.as_millis() as u64).max(base_ms),
+            next_ms: base_ms,
+        }
+    }
+
+    pub fn next(&mut self, random: u64) -> Duration {
+        let current = self.next_ms;
+        self.next_ms = if self.next_ms > self.max_ms / 2 {
+            self.max_ms
+        } else {
+            self.next_ms * 2
+        };
+        Duration::from_millis((random % current).min(self.max_ms))
+    }
+
+    pub fn reset(&mut self) {
+        self.next_ms = self.base_ms;
+    }
 }
 
 /// Why a name did not resolve.
@@ -89,6 +134,8 @@ fn host_for(endpoint: &EndpointSpec, ip: IpAddr, dynamic: bool) -> HostSpec {
         weight: endpoint.weight,
         priority: endpoint.priority,
         dynamic,
+        eds_flags: endpoint.eds_flags,
+        active_check_disabled: endpoint.active_check_disabled,
     }
 }
 
@@ -161,23 +208,56 @@ pub async fn run_dns<R, F>(
     F: Future<Output = Result<Vec<IpAddr>, ResolveError>>,
 {
     tokio::pin!(shutdown);
+    let mut backoff = spec
+        .failure_refresh
+        .map(|(base, max)| Backoff::new(base, max));
+    let mut random = random_source();
     loop {
         counters.attempt.fetch_add(1, Ordering::Relaxed);
-        match resolve_round(&spec, &resolve).await {
+        let wait = match resolve_round(&spec, &resolve).await {
             Some(found) => {
                 counters.success.fetch_add(1, Ordering::Relaxed);
                 // Every successful round is delivered, changed or not: a host kept while pending
                 // removal is dropped at the next resolution that still omits it once it failed.
                 hosts.send_replace(found);
+                if let Some(backoff) = &mut backoff {
+                    backoff.reset();
+                }
+                let jitter_ms = spec.jitter.as_millis() as u64;
+                let extra = if jitter_ms > 0 {
+                    random() % jitter_ms
+                } else {
+                    0
+                };
+                spec.refresh + Duration::from_millis(extra)
             }
             None => {
                 counters.failure.fetch_add(1, Ordering::Relaxed);
+                match &mut backoff {
+                    Some(backoff) => backoff.next(random()),
+                    None => spec.refresh,
+                }
             }
-        }
+        };
         tokio::select! {
             _ = &mut shutdown => return,
-            _ = tokio::time::sleep(spec.refresh) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+/// A small random source for jitter, seeded from the clock (jitter needs spread, not secrecy).
+fn random_source() -> impl FnMut() -> u64 {
+    let mut state = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0x9e37_79b9)
+        | 1;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
     }
 }
 
@@ -196,6 +276,8 @@ mod tests {
             hostname: address.into(),
             weight: 1,
             priority: 0,
+            eds_flags: HealthFlags::empty(),
+            active_check_disabled: false,
         }
     }
 
@@ -261,6 +343,8 @@ mod tests {
             endpoints: vec![endpoint("myservice")],
             refresh: Duration::from_secs(5),
             family: DnsLookupFamily::V4Only,
+            failure_refresh: None,
+            jitter: Duration::ZERO,
         };
         let hosts = resolve_round(&spec, &fake(answers.clone())).await.unwrap();
         assert_eq!(hosts.len(), 2);
@@ -279,6 +363,8 @@ mod tests {
             endpoints: vec![endpoint("myservice")],
             refresh: Duration::from_secs(5),
             family: DnsLookupFamily::Auto,
+            failure_refresh: None,
+            jitter: Duration::ZERO,
         };
         answers.lock().unwrap().insert(
             "myservice".into(),
@@ -301,6 +387,27 @@ mod tests {
         );
     }
 
+    #[test]
+    fn failure_backoff_doubles_to_the_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(1_000), Duration::from_millis(5_000));
+        let waits: Vec<u64> = (0..5)
+            .map(|_| b.next(u64::MAX).as_millis() as u64)
+            .collect();
+        // random % current with current 1000, 2000, 4000, 5000, 5000
+        assert_eq!(
+            waits,
+            vec![
+                u64::MAX % 1_000,
+                u64::MAX % 2_000,
+                u64::MAX % 4_000,
+                u64::MAX % 5_000,
+                u64::MAX % 5_000
+            ]
+        );
+        b.reset();
+        assert_eq!(b.next(1_500).as_millis(), 500);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_loop_publishes_changes_and_counts_updates() {
         let answers: Answers = Arc::default();
@@ -313,6 +420,8 @@ mod tests {
             endpoints: vec![endpoint("myservice")],
             refresh: Duration::from_secs(5),
             family: DnsLookupFamily::V4Only,
+            failure_refresh: None,
+            jitter: Duration::ZERO,
         };
         let (tx, mut rx) = watch::channel(vec![]);
         let counters = Arc::new(DiscoveryCounters::default());

@@ -15,7 +15,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
-use vigil_core::config::{Bootstrap, Cluster, Discovery};
+use vigil_core::config::{Bootstrap, Cluster, Discovery, HealthStatus};
+use vigil_core::health::HealthFlags;
 
 /// How long one query to a configured DNS server may take (c-ares' default is 5 s per try).
 const DNS_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -65,6 +66,17 @@ impl PartialEq for ClusterPlan {
     }
 }
 
+/// The flags Envoy gives an endpoint for its configured `health_status` (checked against Envoy
+/// 1.36: UNHEALTHY and TIMEOUT fail it, DRAINING drains it, DEGRADED degrades it).
+fn eds_flags(status: HealthStatus) -> HealthFlags {
+    match status {
+        HealthStatus::Unhealthy | HealthStatus::Timeout => HealthFlags::FAILED_EDS_HEALTH,
+        HealthStatus::Draining => HealthFlags::EDS_STATUS_DRAINING,
+        HealthStatus::Degraded => HealthFlags::DEGRADED_EDS_HEALTH,
+        HealthStatus::Unknown | HealthStatus::Healthy => HealthFlags::empty(),
+    }
+}
+
 fn endpoints(cluster: &Cluster) -> Vec<EndpointSpec> {
     let mut out = Vec::new();
     for locality in &cluster.load_assignment.endpoints {
@@ -85,6 +97,8 @@ fn endpoints(cluster: &Cluster) -> Vec<EndpointSpec> {
                 }),
                 weight: endpoint.load_balancing_weight,
                 priority: locality.priority,
+                eds_flags: eds_flags(endpoint.health_status),
+                active_check_disabled: endpoint.health_check.disable_active_health_check,
             });
         }
     }
@@ -110,6 +124,13 @@ pub fn plan(bootstrap: &Bootstrap) -> Result<(Vec<ClusterPlan>, Vec<String>), St
             }
         };
         let endpoints = endpoints(cluster);
+        if cluster.dns.respect_dns_ttl && cluster.discovery.is_dns() {
+            notes.push(format!(
+                "cluster '{}': respect_dns_ttl is not applied yet; names are re-resolved every \
+                 dns_refresh_rate",
+                cluster.name
+            ));
+        }
         let source = match kind {
             DiscoveryKind::Static => Source::Fixed(
                 discovery::static_hosts(&endpoints)
@@ -132,6 +153,13 @@ pub fn plan(bootstrap: &Bootstrap) -> Result<(Vec<ClusterPlan>, Vec<String>), St
                         endpoints,
                         refresh: Duration::from_millis(cluster.dns.refresh_rate_ms),
                         family: cluster.dns.lookup_family,
+                        failure_refresh: cluster.dns.failure_refresh_rate.map(|rate| {
+                            (
+                                Duration::from_millis(rate.base_interval_ms),
+                                Duration::from_millis(rate.max_interval_ms),
+                            )
+                        }),
+                        jitter: Duration::from_millis(cluster.dns.jitter_ms),
                     }),
                     resolvers,
                 }

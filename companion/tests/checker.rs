@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use vigil::checker::{ClusterChecker, ClusterHandle, ClusterSpec, HostSpec, ProbeFn};
 use vigil::probe::{Finished, ProbeResult};
 use vigil_core::check::{HealthCheck, Protocol, TcpCheck};
-use vigil_core::health::{FailureType, Policy};
+use vigil_core::health::{FailureType, HealthFlags, Policy};
 use vigil_core::schedule::{IntervalSettings, Intervals};
 
 /// What a scripted host does on its n-th check: answer after a delay, or hang.
@@ -75,6 +75,8 @@ fn host(last: u8) -> HostSpec {
         weight: 1,
         priority: 0,
         dynamic: true,
+        eds_flags: HealthFlags::empty(),
+        active_check_disabled: false,
     }
 }
 
@@ -360,4 +362,34 @@ async fn hosts_leaving_dns_stay_while_healthy_and_go_once_failed() {
         "healthy",
         "a re-added host is a new session with a first check"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn configured_health_status_and_disabled_checks_are_kept_apart() {
+    let start = Instant::now();
+    let mut draining = host(3);
+    draining.eds_flags = HealthFlags::EDS_STATUS_DRAINING;
+    let mut unchecked = host(4);
+    unchecked.active_check_disabled = true;
+    let lab = Running::start(
+        spec(lab_settings(), Policy::new(2, 2), 5_000),
+        vec![draining, unchecked],
+        vec![],
+        true,
+    );
+    advance_to(start, 100).await;
+    assert_eq!(
+        lab.flags(3),
+        "/eds_status_draining",
+        "active check passed, EDS status stays"
+    );
+    assert_eq!(lab.flags(4), "healthy", "never failed: it is never checked");
+    advance_to(start, 25_000).await;
+    assert!(lab.check_times(4).is_empty());
+    // A membership update with another status replaces the EDS bits only.
+    let mut degraded = host(3);
+    degraded.eds_flags = HealthFlags::DEGRADED_EDS_HEALTH;
+    lab.hosts.send_replace(vec![degraded, host(4)]);
+    advance_to(start, 25_100).await;
+    assert_eq!(lab.flags(3), "/degraded_eds_health");
 }

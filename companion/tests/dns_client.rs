@@ -240,6 +240,8 @@ fn endpoint(address: &str) -> EndpointSpec {
         hostname: address.into(),
         weight: 1,
         priority: 0,
+        eds_flags: vigil_core::health::HealthFlags::empty(),
+        active_check_disabled: false,
     }
 }
 
@@ -253,6 +255,8 @@ async fn discovery_re_resolves_every_refresh_through_the_client() {
         endpoints: vec![endpoint("myservice")],
         refresh,
         family: DnsLookupFamily::V4Only,
+        failure_refresh: None,
+        jitter: Duration::ZERO,
     };
     let resolve = dns_client::resolver(vec![dns.addr()], DnsLookupFamily::V4Only, TIMEOUT);
     let (tx, mut rx) = watch::channel(vec![]);

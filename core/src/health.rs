@@ -56,6 +56,11 @@ impl HealthFlags {
         HealthFlags(0)
     }
 
+    /// Both sets of flags (usable in constants).
+    pub const fn union(self, other: HealthFlags) -> HealthFlags {
+        HealthFlags(self.0 | other.0)
+    }
+
     pub fn contains(self, other: HealthFlags) -> bool {
         self.0 & other.0 == other.0 && other.0 != 0
     }
