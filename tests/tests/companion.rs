@@ -82,7 +82,12 @@ async fn http_check_ejects_after_exactly_the_probes_the_thresholds_say() {
         .unwrap();
     let admin = socket(ip, net::free_port_on(&[ip]));
     // 506 is retriable here, so it counts toward unhealthy_threshold 3 instead of ejecting at once.
-    let check = "      unhealthy_threshold: 3\n      healthy_threshold: 2\n      http_health_check:\n        path: /livez\n        expected_statuses: {start: 200, end: 399}\n        retriable_statuses: [{start: 500, end: 510}]";
+    let events = dir.join("events.log");
+    let check = format!(
+        "      unhealthy_threshold: 3\n      healthy_threshold: 2\n      event_log_path: {}\n      http_health_check:\n        path: /livez\n        expected_statuses: {{start: 200, end: 399}}\n        retriable_statuses: [{{start: 500, end: 510}}]",
+        events.display()
+    );
+    let check = check.as_str();
     let yaml = config(
         admin,
         "    type: STATIC",
