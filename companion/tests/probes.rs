@@ -226,3 +226,53 @@ async fn grpc_serving_not_serving_and_unknown_service() {
     );
     assert_eq!(run(&check(""), app.grpc, None).await.0, HEALTHY);
 }
+
+#[tokio::test]
+async fn http2_codec_checks_over_h2c_and_reuses_the_connection() {
+    let app = demoapp().await;
+    let Protocol::Http(mut check) = livez_check() else {
+        unreachable!()
+    };
+    check.codec = Codec::Http2;
+    let check = Protocol::Http(check);
+    let (result, conn) = run(&check, app.http, None).await;
+    assert_eq!(result, HEALTHY);
+    assert!(
+        matches!(conn, Some(Connection::Http2(_))),
+        "an h2c connection is kept"
+    );
+    post(&app, "/livez", "livez=FAIL").await;
+    let (result, _) = run(&check, app.http, conn).await;
+    assert_eq!(result, failed(FailureType::Active));
+}
+
+#[tokio::test]
+async fn immediate_fail_and_degraded_headers_are_reported() {
+    // A tiny HTTP/1.1 server that answers with the headers Envoy's checker looks for.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let answers = [
+            "HTTP/1.1 503 Service Unavailable\r\nx-envoy-immediate-health-check-fail: true\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nx-envoy-degraded: true\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        ];
+        for answer in answers {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            stream.write_all(answer.as_bytes()).await.unwrap();
+        }
+    });
+    let (result, conn) = run(&livez_check(), address, None).await;
+    assert_eq!(
+        result,
+        ProbeResult::Failed {
+            failure: FailureType::Active,
+            retriable: false,
+            exclude: true
+        }
+    );
+    assert!(conn.is_none(), "connection: close is honoured");
+    let (result, _) = run(&livez_check(), address, None).await;
+    assert_eq!(result, ProbeResult::Healthy { degraded: true });
+}
