@@ -594,6 +594,7 @@ mod tests {
         let snapshot = ClusterSnapshot {
             name: "web_cluster_01".into(),
             initialized,
+            hosts_version: 1,
             hosts: vec![
                 host(3, HealthFlags::FAILED_ACTIVE_HC),
                 host(4, HealthFlags::empty()),

@@ -113,6 +113,9 @@ pub struct ClusterSnapshot {
     /// Every host present when checking started has had its first result (Envoy's cluster
     /// initialisation, which `/ready` waits for).
     pub initialized: bool,
+    /// Changes whenever the host list, a host's flags, weight or priority change: what a load
+    /// balancer must be refreshed for (check counters alone do not change it).
+    pub hosts_version: u64,
     pub hosts: Vec<HostSnapshot>,
     pub stats: HealthCheckStats,
 }
@@ -169,6 +172,9 @@ pub struct ClusterChecker {
     next_generation: u64,
     inflight: JoinSet<ProbeDone>,
     initialized: bool,
+    hosts_version: u64,
+    /// What `hosts_version` was computed from.
+    balancing_view: Vec<(SocketAddr, HealthFlags, u32, u32)>,
     event_log: Option<crate::events::EventLog>,
 }
 
@@ -197,6 +203,8 @@ impl ClusterChecker {
             next_generation: 0,
             inflight: JoinSet::new(),
             initialized: false,
+            hosts_version: 0,
+            balancing_view: Vec::new(),
             event_log,
         };
         (checker, handle)
@@ -438,6 +446,22 @@ impl ClusterChecker {
         self.initialized = self.initialized
             || self.spec.check.is_none()
             || self.sessions.values().all(|s| !s.health.first_check());
+        let view: Vec<(SocketAddr, HealthFlags, u32, u32)> = self
+            .sessions
+            .values()
+            .map(|s| {
+                (
+                    s.spec.address,
+                    s.health.flags(),
+                    s.spec.weight,
+                    s.spec.priority,
+                )
+            })
+            .collect();
+        if view != self.balancing_view {
+            self.balancing_view = view;
+            self.hosts_version += 1;
+        }
         let hosts = self
             .sessions
             .values()
@@ -450,6 +474,7 @@ impl ClusterChecker {
         let snapshot = ClusterSnapshot {
             name: self.spec.name.clone(),
             initialized: self.initialized,
+            hosts_version: self.hosts_version,
             hosts,
             stats: self.stats,
         };

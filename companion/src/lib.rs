@@ -10,6 +10,7 @@
 //! - [`runtime`]: config to running tasks (discovery + check loop per cluster), swapped on reload.
 //! - [`dns_client`]: a UDP DNS client for configured servers (Envoy's `dns_resolvers`), mapped
 //!   onto discovery's resolver shape.
+//! - [`upstream`]: host choice per request (core's balancers over the check snapshot).
 //! - [`events`]: the JSON-lines health-check event log (`event_log_path`) in Envoy's shape.
 //!
 //! Discovery, the admin API, the proxy and EDS arrive with their issues; `main.rs` holds the
@@ -22,3 +23,4 @@ pub mod dns_client;
 pub mod events;
 pub mod probe;
 pub mod runtime;
+pub mod upstream;

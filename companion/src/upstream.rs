@@ -1,0 +1,317 @@
+//! Choosing the upstream host of a request: `vigil_core::balance` over the check loop's snapshot.
+//!
+//! A [`HostPicker`] belongs to one cluster. It keeps one balancer (Envoy runs one per worker; vigil
+//! keeps one per cluster, which is Envoy's `--concurrency 1` behaviour) and refreshes it only when
+//! the snapshot's `hosts_version` moves, that is when hosts, flags, weights or priorities change,
+//! as Envoy refreshes its load balancers on host-set updates. Picks are cheap: a mutex held for one
+//! choice, no allocation on the hot path unless the host set changed.
+
+use crate::checker::{ClusterHandle, ClusterSnapshot};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use vigil_core::balance::{
+    Balancer, Host, LeastRequest, LeastRequestConfig, Maglev, MaglevConfig, PriorityConfig,
+    PrioritySet, Random, RingHash, RingHashConfig, RoundRobin,
+};
+use vigil_core::config::LbPolicy;
+
+/// The load-balancing settings of a cluster.
+#[derive(Debug, Clone)]
+pub struct LbSettings {
+    pub policy: LbPolicy,
+    pub priority: PriorityConfig,
+    pub least_request: LeastRequestConfig,
+    pub ring_hash: RingHashConfig,
+    pub maglev: MaglevConfig,
+}
+
+impl LbSettings {
+    /// Envoy's defaults for `policy`.
+    pub fn new(policy: LbPolicy) -> LbSettings {
+        LbSettings {
+            policy,
+            priority: PriorityConfig::default(),
+            least_request: LeastRequestConfig::default(),
+            ring_hash: RingHashConfig::default(),
+            maglev: MaglevConfig::default(),
+        }
+    }
+}
+
+/// What one pick gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Picked {
+    /// `None`: no host can take the request (Envoy's 503 `no healthy upstream`).
+    pub host: Option<SocketAddr>,
+    /// The chosen priority was in panic (Envoy counts `lb_healthy_panic`).
+    pub panic: bool,
+}
+
+struct State {
+    version: u64,
+    set: PrioritySet,
+    balancer: Balancer,
+    rng: u64,
+}
+
+/// Picks hosts for one cluster.
+pub struct HostPicker {
+    handle: ClusterHandle,
+    settings: LbSettings,
+    state: Mutex<State>,
+}
+
+fn hosts_of(snapshot: &ClusterSnapshot) -> Vec<Host> {
+    snapshot
+        .hosts
+        .iter()
+        .map(|h| {
+            Host::new(h.spec.address)
+                .with_weight(h.spec.weight)
+                .with_flags(h.flags)
+                .with_priority(h.spec.priority)
+                .with_hostname(h.spec.hostname.clone())
+        })
+        .collect()
+}
+
+fn build(settings: &LbSettings, set: &PrioritySet, seed: u64) -> Result<Balancer, String> {
+    let idle = |_: usize| 0;
+    Ok(match settings.policy {
+        LbPolicy::RoundRobin => Balancer::RoundRobin(RoundRobin::new(set, seed)),
+        LbPolicy::LeastRequest => {
+            Balancer::LeastRequest(LeastRequest::new(set, settings.least_request, seed, &idle))
+        }
+        LbPolicy::Random => Balancer::Random(Random::new()),
+        LbPolicy::RingHash => Balancer::RingHash(
+            RingHash::new(set, settings.ring_hash).map_err(|err| err.to_string())?,
+        ),
+        LbPolicy::Maglev => {
+            Balancer::Maglev(Maglev::new(set, settings.maglev).map_err(|err| err.to_string())?)
+        }
+        other => {
+            return Err(format!(
+                "lb_policy {} is not supported by vigil's proxy",
+                other.name()
+            ));
+        }
+    })
+}
+
+impl HostPicker {
+    /// A picker for the cluster behind `handle`. `seed` is the balancer's `seed_` (Envoy draws it
+    /// at random; tests pass a fixed one).
+    pub fn new(
+        handle: ClusterHandle,
+        settings: LbSettings,
+        seed: u64,
+    ) -> Result<HostPicker, String> {
+        let snapshot = handle.snapshot.load_full();
+        let set = PrioritySet::new(hosts_of(&snapshot), settings.priority);
+        let balancer = build(&settings, &set, seed)?;
+        Ok(HostPicker {
+            handle,
+            settings,
+            state: Mutex::new(State {
+                version: snapshot.hosts_version,
+                set,
+                balancer,
+                rng: seed | 1,
+            }),
+        })
+    }
+
+    /// One pick. `hash` is the request hash (ring hash and maglev); `active` the active requests
+    /// of a host (least request).
+    pub fn pick(&self, hash: Option<u64>, active: &dyn Fn(SocketAddr) -> u64) -> Picked {
+        let snapshot = self.handle.snapshot.load();
+        // A poisoned lock only means another request panicked mid-pick; the state is still a
+        // valid balancer, so keep serving.
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let state = &mut *state;
+        if state.version != snapshot.hosts_version {
+            state.set = state.set.update(hosts_of(&snapshot));
+            let set = &state.set;
+            let active_by_index = |i: usize| active(set.hosts()[i].address);
+            state.balancer.refresh(set, &active_by_index);
+            state.version = snapshot.hosts_version;
+        }
+        let set = &state.set;
+        let active_by_index = |i: usize| active(set.hosts()[i].address);
+        let rng_state = &mut state.rng;
+        let mut rng = || {
+            *rng_state ^= *rng_state << 13;
+            *rng_state ^= *rng_state >> 7;
+            *rng_state ^= *rng_state << 17;
+            *rng_state
+        };
+        let pick = state.balancer.choose(set, hash, &active_by_index, &mut rng);
+        Picked {
+            host: pick.host.map(|i| set.hosts()[i].address),
+            panic: pick.panic,
+        }
+    }
+
+    pub fn settings(&self) -> &LbSettings {
+        &self.settings
+    }
+}
+
+/// Shared handle for request tasks.
+pub type SharedPicker = Arc<HostPicker>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checker::{DiscoveryCounters, HealthCheckStats, HostSnapshot, HostSpec};
+    use arc_swap::ArcSwap;
+    use vigil_core::health::HealthFlags;
+
+    fn host(last: u8, flags: HealthFlags) -> HostSnapshot {
+        let address: SocketAddr = format!("127.29.1.{last}:80").parse().unwrap();
+        HostSnapshot {
+            spec: HostSpec {
+                address,
+                hostname: "myservice".into(),
+                check_address: address,
+                check_hostname: None,
+                weight: 1,
+                priority: 0,
+                dynamic: true,
+                eds_flags: HealthFlags::empty(),
+                active_check_disabled: false,
+            },
+            flags,
+            history: vec![],
+        }
+    }
+
+    fn handle(hosts: Vec<HostSnapshot>) -> ClusterHandle {
+        ClusterHandle {
+            snapshot: Arc::new(ArcSwap::from_pointee(ClusterSnapshot {
+                name: "web_cluster_01".into(),
+                initialized: true,
+                hosts_version: 1,
+                hosts,
+                stats: HealthCheckStats::default(),
+            })),
+            has_traffic: Arc::default(),
+            discovery: Arc::new(DiscoveryCounters::default()),
+        }
+    }
+
+    fn set_hosts(handle: &ClusterHandle, hosts: Vec<HostSnapshot>) {
+        let old = handle.snapshot.load_full();
+        handle.snapshot.store(Arc::new(ClusterSnapshot {
+            hosts,
+            hosts_version: old.hosts_version + 1,
+            ..(*old).clone()
+        }));
+    }
+
+    fn last_octet(picked: Picked) -> u8 {
+        match picked.host.map(|a| a.ip()) {
+            Some(std::net::IpAddr::V4(ip)) => ip.octets()[3],
+            _ => 0,
+        }
+    }
+
+    #[test]
+    fn round_robin_alternates_and_skips_an_ejected_host() {
+        let h = handle(vec![
+            host(3, HealthFlags::empty()),
+            host(4, HealthFlags::empty()),
+        ]);
+        let picker = HostPicker::new(h.clone(), LbSettings::new(LbPolicy::RoundRobin), 0).unwrap();
+        let idle = |_: SocketAddr| 0;
+        let seq: Vec<u8> = (0..4)
+            .map(|_| last_octet(picker.pick(None, &idle)))
+            .collect();
+        assert_eq!(seq, vec![3, 4, 3, 4], "seed 0 starts at the first host");
+        set_hosts(
+            &h,
+            vec![
+                host(3, HealthFlags::FAILED_ACTIVE_HC),
+                host(4, HealthFlags::empty()),
+            ],
+        );
+        let seq: Vec<u8> = (0..3)
+            .map(|_| last_octet(picker.pick(None, &idle)))
+            .collect();
+        assert_eq!(
+            seq,
+            vec![4, 4, 4],
+            "1 of 2 healthy is 50 %: no panic, only yellow"
+        );
+    }
+
+    #[test]
+    fn panic_mode_uses_every_host_and_an_empty_cluster_has_none() {
+        let failed = HealthFlags::FAILED_ACTIVE_HC;
+        let h = handle(vec![host(3, failed), host(4, failed)]);
+        let picker = HostPicker::new(h.clone(), LbSettings::new(LbPolicy::RoundRobin), 0).unwrap();
+        let idle = |_: SocketAddr| 0;
+        let picks: Vec<Picked> = (0..2).map(|_| picker.pick(None, &idle)).collect();
+        assert!(picks.iter().all(|p| p.panic && p.host.is_some()));
+        let mut no_panic = LbSettings::new(LbPolicy::RoundRobin);
+        no_panic.priority.healthy_panic_threshold = 0;
+        let strict = HostPicker::new(h.clone(), no_panic, 0).unwrap();
+        assert_eq!(
+            strict.pick(None, &idle).host,
+            None,
+            "threshold 0: no healthy upstream"
+        );
+        set_hosts(&h, vec![]);
+        assert_eq!(picker.pick(None, &idle).host, None);
+    }
+
+    #[test]
+    fn ring_hash_is_sticky_per_key() {
+        let h = handle(vec![
+            host(3, HealthFlags::empty()),
+            host(4, HealthFlags::empty()),
+        ]);
+        let picker = HostPicker::new(h, LbSettings::new(LbPolicy::RingHash), 0).unwrap();
+        let idle = |_: SocketAddr| 0;
+        for key in [1u64, 42, 0xdead_beef, u64::MAX] {
+            let first = picker.pick(Some(key), &idle).host;
+            assert!(first.is_some());
+            for _ in 0..5 {
+                assert_eq!(picker.pick(Some(key), &idle).host, first);
+            }
+        }
+    }
+
+    #[test]
+    fn least_request_prefers_the_idle_host() {
+        let h = handle(vec![
+            host(3, HealthFlags::empty()),
+            host(4, HealthFlags::empty()),
+        ]);
+        let picker = HostPicker::new(h, LbSettings::new(LbPolicy::LeastRequest), 7).unwrap();
+        let busy_blue = |a: SocketAddr| {
+            if a.port() == 80 && a.ip().to_string().ends_with(".3") {
+                10
+            } else {
+                0
+            }
+        };
+        let blue = (0..200)
+            .filter(|_| last_octet(picker.pick(None, &busy_blue)) == 3)
+            .count();
+        // P2C with two hosts: the busy one wins only when both samples hit it (~25 %).
+        assert!(
+            (20..=80).contains(&blue),
+            "busy host chosen {blue} of 200 times"
+        );
+    }
+
+    #[test]
+    fn unsupported_policies_are_refused() {
+        let h = handle(vec![]);
+        assert!(HostPicker::new(h, LbSettings::new(LbPolicy::ClusterProvided), 0).is_err());
+    }
+}
