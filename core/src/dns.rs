@@ -915,6 +915,9 @@ pub fn parse_response(msg: &[u8]) -> Result<Response, DnsError> {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
 
     fn name(text: &str) -> Name {

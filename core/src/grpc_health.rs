@@ -277,6 +277,9 @@ pub fn unframe(buf: &[u8]) -> Result<Option<(&[u8], usize)>, DecodeError> {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
 
     #[test]

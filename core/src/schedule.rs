@@ -148,6 +148,9 @@ impl Intervals {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
     use CheckState::*;
     use Transition::*;

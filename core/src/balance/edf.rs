@@ -154,6 +154,9 @@ pub fn picks_from_seed(seed: u64) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
 
     fn sequence(weights: &[f64], seed: u64, n: usize) -> Vec<usize> {

@@ -388,6 +388,9 @@ pub fn query_parameter_first<'p>(path: &'p [u8], name: &[u8]) -> Option<&'p [u8]
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
 
     #[test]

@@ -572,6 +572,9 @@ pub fn choose_priority(hash: u64, healthy: &[u32], degraded: &[u32]) -> (u32, Av
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
 
     fn addr(port: u16) -> SocketAddr {

@@ -518,6 +518,9 @@ fn string_matcher(cx: &mut Ctx, mut o: Obj) -> Option<StringMatcher> {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
     use serde_json::json;
 

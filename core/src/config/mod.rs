@@ -251,6 +251,9 @@ fn bootstrap_extension(cx: &mut Ctx, path: &FieldPath, value: &Value) {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
     use crate::check::Protocol;
     use serde_json::json;
