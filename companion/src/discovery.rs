@@ -15,6 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::watch;
+use vigil_core::backoff::Backoff;
 pub use vigil_core::config::DnsLookupFamily;
 use vigil_core::health::HealthFlags;
 
@@ -57,40 +58,6 @@ pub struct DiscoverySpec {
     pub failure_refresh: Option<(Duration, Duration)>,
     /// `dns_jitter`: up to this much is added to `refresh` after a success.
     pub jitter: Duration,
-}
-
-/// Envoy's `JitteredExponentialBackOffStrategy`: each wait is `random % current`, capped at
-/// `max`; `current` starts at `base` and doubles up to `max`; a success resets it.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    base_ms: u64,
-    max_ms: u64,
-    next_ms: u64,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, max: Duration) -> Backoff {
-        let base_ms = (base.as_millis() as u64).max(1);
-        Backoff {
-            base_ms,
-            max_ms: (max.as_millis() as u64).max(base_ms),
-            next_ms: base_ms,
-        }
-    }
-
-    pub fn next(&mut self, random: u64) -> Duration {
-        let current = self.next_ms;
-        self.next_ms = if self.next_ms > self.max_ms / 2 {
-            self.max_ms
-        } else {
-            self.next_ms * 2
-        };
-        Duration::from_millis((random % current).min(self.max_ms))
-    }
-
-    pub fn reset(&mut self) {
-        self.next_ms = self.base_ms;
-    }
 }
 
 /// Why a name did not resolve.
@@ -385,27 +352,6 @@ mod tests {
             None,
             "empty is a failure for LOGICAL_DNS"
         );
-    }
-
-    #[test]
-    fn failure_backoff_doubles_to_the_cap_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(1_000), Duration::from_millis(5_000));
-        let waits: Vec<u64> = (0..5)
-            .map(|_| b.next(u64::MAX).as_millis() as u64)
-            .collect();
-        // random % current with current 1000, 2000, 4000, 5000, 5000
-        assert_eq!(
-            waits,
-            vec![
-                u64::MAX % 1_000,
-                u64::MAX % 2_000,
-                u64::MAX % 4_000,
-                u64::MAX % 5_000,
-                u64::MAX % 5_000
-            ]
-        );
-        b.reset();
-        assert_eq!(b.next(1_500).as_millis(), 500);
     }
 
     #[tokio::test(start_paused = true)]

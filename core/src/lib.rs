@@ -6,6 +6,7 @@
 //! virtual time on the host.
 //!
 //! What lives where:
+//! - [`backoff`]: Envoy's jittered exponential backoff (DNS failure refresh, retries).
 //! - [`balance`]: Envoy's load balancing (host sets, priority and panic, round robin, least
 //!   request, random, ring hash, maglev, the request hash of `hash_policy`), random draws as inputs.
 //! - [`config`]: the Envoy v3 bootstrap YAML/JSON users already run, loaded and validated as Envoy
@@ -23,6 +24,7 @@
 //! - [`status`]: HTTP status ranges as Envoy writes them (`{start, end}`, half-open), used for
 //!   `expected_statuses` / `retriable_statuses`.
 
+pub mod backoff;
 pub mod balance;
 pub mod check;
 pub mod config;
