@@ -21,6 +21,7 @@ pub mod checker;
 pub mod discovery;
 pub mod dns_client;
 pub mod events;
+pub mod forward;
 pub mod probe;
 pub mod runtime;
 pub mod upstream;

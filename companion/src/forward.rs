@@ -1,0 +1,562 @@
+//! Forwarding one request to a cluster, as Envoy's router does: pick a host (see
+//! [`crate::upstream`]), send over a pooled connection, and retry per the route's retry policy
+//! (`retry_on`, `num_retries`, `per_try_timeout`, previous-hosts avoidance, jittered backoff of
+//! 25 ms doubling to 250 ms), all within the route timeout (default 15 s).
+//!
+//! Counters follow Envoy's names: per host `rq_total`, `rq_success`, `rq_error`, `rq_timeout`,
+//! `rq_active`, `cx_total`, `cx_active`, `cx_connect_fail` (shown by `/clusters`), per cluster
+//! `upstream_rq_total`, `upstream_rq_<code class>`, `upstream_rq_retry`, `upstream_rq_timeout`,
+//! `upstream_cx_total`, `upstream_cx_connect_fail`, `upstream_cx_none_healthy`,
+//! `lb_healthy_panic`. Connections are counted by a connector wrapper, so pooled connections are
+//! counted once, when made.
+
+use crate::upstream::HostPicker;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use vigil_core::backoff::Backoff;
+
+/// Envoy's default route timeout.
+pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The body type the proxy sends and returns.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Which outcomes a retry policy retries (`retry_on`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    /// `5xx`: any 5xx, and resets, connect failures and per-try timeouts.
+    pub five_xx: bool,
+    /// `gateway-error`: 502, 503, 504, and resets, connect failures and per-try timeouts.
+    pub gateway_error: bool,
+    /// `reset`: no response at all (disconnect, reset, per-try timeout).
+    pub reset: bool,
+    /// `connect-failure`.
+    pub connect_failure: bool,
+    /// `retriable-4xx`: 409.
+    pub retriable_4xx: bool,
+    /// `retriable-status-codes`: the codes in [`RetryPolicy::retriable_status_codes`].
+    pub retriable_status_codes: bool,
+}
+
+impl RetryOn {
+    /// Parses Envoy's comma-separated `retry_on`; unknown conditions are an error naming them.
+    pub fn parse(text: &str) -> Result<RetryOn, String> {
+        let mut on = RetryOn::default();
+        for condition in text.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            match condition {
+                "5xx" => on.five_xx = true,
+                "gateway-error" => on.gateway_error = true,
+                "reset" | "reset-before-request" => on.reset = true,
+                "connect-failure" => on.connect_failure = true,
+                "retriable-4xx" => on.retriable_4xx = true,
+                "retriable-status-codes" => on.retriable_status_codes = true,
+                // HTTP/2 refused streams and gRPC conditions: not produced by vigil's upstreams.
+                "refused-stream"
+                | "http3-post-connect-failure"
+                | "cancelled"
+                | "deadline-exceeded"
+                | "internal"
+                | "resource-exhausted"
+                | "unavailable"
+                | "retriable-headers" => {}
+                other => return Err(format!("unknown retry_on condition '{other}'")),
+            }
+        }
+        Ok(on)
+    }
+}
+
+/// A route's retry policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub on: RetryOn,
+    /// `num_retries` (Envoy's default 1 when a policy is given).
+    pub num_retries: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub retriable_status_codes: Vec<u16>,
+    /// `retry_host_predicate: envoy.retry_host_predicates.previous_hosts`.
+    pub avoid_previous_hosts: bool,
+    /// `host_selection_retry_max_attempts` (default 1).
+    pub host_selection_attempts: u32,
+}
+
+impl RetryPolicy {
+    /// No retries: what a route without `retry_policy` does.
+    pub fn none() -> RetryPolicy {
+        RetryPolicy {
+            on: RetryOn::default(),
+            num_retries: 0,
+            per_try_timeout: None,
+            retriable_status_codes: Vec::new(),
+            avoid_previous_hosts: false,
+            host_selection_attempts: 1,
+        }
+    }
+
+    fn retries_status(&self, status: u16) -> bool {
+        (self.on.five_xx && status >= 500)
+            || (self.on.gateway_error && matches!(status, 502..=504))
+            || (self.on.retriable_4xx && status == 409)
+            || (self.on.retriable_status_codes && self.retriable_status_codes.contains(&status))
+    }
+
+    fn retries_failure(&self, failure: &Failure) -> bool {
+        let any_reset = self.on.five_xx || self.on.gateway_error || self.on.reset;
+        match failure {
+            Failure::Connect(_) => any_reset || self.on.connect_failure,
+            Failure::Reset(_) | Failure::PerTryTimeout => any_reset,
+        }
+    }
+}
+
+/// Counters of one upstream host.
+#[derive(Debug, Default)]
+pub struct HostTraffic {
+    pub rq_total: AtomicU64,
+    pub rq_success: AtomicU64,
+    pub rq_error: AtomicU64,
+    pub rq_timeout: AtomicU64,
+    pub rq_active: AtomicU64,
+    pub cx_total: AtomicU64,
+    pub cx_active: AtomicU64,
+    pub cx_connect_fail: AtomicU64,
+}
+
+/// Counters of one cluster.
+#[derive(Debug, Default)]
+pub struct ClusterTraffic {
+    pub upstream_rq_total: AtomicU64,
+    pub upstream_rq_2xx: AtomicU64,
+    pub upstream_rq_3xx: AtomicU64,
+    pub upstream_rq_4xx: AtomicU64,
+    pub upstream_rq_5xx: AtomicU64,
+    pub upstream_rq_retry: AtomicU64,
+    pub upstream_rq_timeout: AtomicU64,
+    pub upstream_rq_per_try_timeout: AtomicU64,
+    pub upstream_cx_total: AtomicU64,
+    pub upstream_cx_connect_fail: AtomicU64,
+    pub upstream_cx_none_healthy: AtomicU64,
+    pub lb_healthy_panic: AtomicU64,
+}
+
+/// The traffic side of a cluster: host choice, connection pool, counters.
+pub struct Upstream {
+    pub name: String,
+    pub picker: HostPicker,
+    pub traffic: Arc<ClusterTraffic>,
+    hosts: Arc<Mutex<HashMap<SocketAddr, Arc<HostTraffic>>>>,
+    /// Set on the first upstream connection: the check loop leaves no-traffic mode.
+    has_traffic: Arc<AtomicBool>,
+    client: Client<CountingConnector, ProxyBody>,
+}
+
+impl Upstream {
+    /// `http2`: speak h2c to the hosts (the cluster's HTTP/2 protocol options).
+    pub fn new(
+        name: &str,
+        picker: HostPicker,
+        has_traffic: Arc<AtomicBool>,
+        connect_timeout: Duration,
+        http2: bool,
+    ) -> Upstream {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(connect_timeout));
+        http.set_nodelay(true);
+        let traffic = Arc::new(ClusterTraffic::default());
+        let hosts: Arc<Mutex<HashMap<SocketAddr, Arc<HostTraffic>>>> = Arc::default();
+        let connector = CountingConnector {
+            inner: http,
+            traffic: traffic.clone(),
+            hosts: hosts.clone(),
+            has_traffic: has_traffic.clone(),
+        };
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder.pool_idle_timeout(Duration::from_secs(60));
+        if http2 {
+            builder.http2_only(true);
+        }
+        Upstream {
+            name: name.to_string(),
+            picker,
+            traffic,
+            hosts,
+            has_traffic,
+            client: builder.build(connector),
+        }
+    }
+
+    /// The counters of `host` (created on first use).
+    pub fn host(&self, host: SocketAddr) -> Arc<HostTraffic> {
+        host_traffic(&self.hosts, host)
+    }
+
+    fn active(&self, host: SocketAddr) -> u64 {
+        let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        hosts
+            .get(&host)
+            .map(|t| t.rq_active.load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
+    pub fn has_traffic(&self) -> bool {
+        self.has_traffic.load(Ordering::Relaxed)
+    }
+}
+
+fn host_traffic(
+    hosts: &Mutex<HashMap<SocketAddr, Arc<HostTraffic>>>,
+    host: SocketAddr,
+) -> Arc<HostTraffic> {
+    let mut hosts = hosts.lock().unwrap_or_else(|p| p.into_inner());
+    hosts.entry(host).or_default().clone()
+}
+
+/// Why an attempt got no response.
+#[derive(Debug, Clone)]
+enum Failure {
+    Connect(String),
+    Reset(String),
+    PerTryTimeout,
+}
+
+/// A request ready to forward: its head and fully read body (kept for retries).
+pub struct Outgoing {
+    pub method: Method,
+    /// Path and query, already rewritten by the route.
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// What the router decided about the request.
+pub struct Forwarding<'a> {
+    pub retry: &'a RetryPolicy,
+    pub timeout: Duration,
+    pub hash: Option<u64>,
+}
+
+/// Forwards `request` to `upstream`. Always returns a response: upstream failures become
+/// Envoy's local replies (503 `no healthy upstream`, 503 connect/reset errors, 504 timeout).
+pub async fn forward(
+    upstream: &Upstream,
+    request: Outgoing,
+    how: Forwarding<'_>,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let deadline = started + how.timeout;
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut backoff = Backoff::new(Duration::from_millis(25), Duration::from_millis(250));
+    let mut attempt = 0u32;
+    upstream
+        .traffic
+        .upstream_rq_total
+        .fetch_add(1, Ordering::Relaxed);
+    loop {
+        let Some(host) = choose_host(upstream, &how, &tried) else {
+            upstream
+                .traffic
+                .upstream_cx_none_healthy
+                .fetch_add(1, Ordering::Relaxed);
+            return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+        };
+        tried.push(host);
+        let traffic = upstream.host(host);
+        traffic.rq_total.fetch_add(1, Ordering::Relaxed);
+        traffic.rq_active.fetch_add(1, Ordering::Relaxed);
+        let attempt_started = Instant::now();
+        let remaining = deadline.saturating_duration_since(attempt_started);
+        let per_try = how
+            .retry
+            .per_try_timeout
+            .map_or(remaining, |t| t.min(remaining));
+        let send = upstream
+            .client
+            .request(build_request(&request, host, how.timeout));
+        let result = tokio::time::timeout(per_try, send).await;
+        traffic.rq_active.fetch_sub(1, Ordering::Relaxed);
+        let outcome = match result {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(err)) => Err(if err.is_connect() {
+                Failure::Connect(err.to_string())
+            } else {
+                Failure::Reset(err.to_string())
+            }),
+            Err(_) if per_try < remaining => {
+                upstream
+                    .traffic
+                    .upstream_rq_per_try_timeout
+                    .fetch_add(1, Ordering::Relaxed);
+                traffic.rq_timeout.fetch_add(1, Ordering::Relaxed);
+                Err(Failure::PerTryTimeout)
+            }
+            Err(_) => {
+                traffic.rq_timeout.fetch_add(1, Ordering::Relaxed);
+                upstream
+                    .traffic
+                    .upstream_rq_timeout
+                    .fetch_add(1, Ordering::Relaxed);
+                return local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
+            }
+        };
+        let retriable = match &outcome {
+            Ok(response) => how.retry.retries_status(response.status().as_u16()),
+            Err(failure) => how.retry.retries_failure(failure),
+        };
+        if let Ok(response) = &outcome {
+            let status = response.status().as_u16();
+            count_status(&upstream.traffic, status);
+            if status >= 500 {
+                traffic.rq_error.fetch_add(1, Ordering::Relaxed);
+            } else {
+                traffic.rq_success.fetch_add(1, Ordering::Relaxed);
+            }
+        } else {
+            traffic.rq_error.fetch_add(1, Ordering::Relaxed);
+        }
+        let wait = backoff.next(rand_u64());
+        let can_retry =
+            retriable && attempt < how.retry.num_retries && Instant::now() + wait < deadline;
+        if !can_retry {
+            return match outcome {
+                Ok(response) => finish(response, attempt_started.elapsed()),
+                Err(Failure::Connect(reason)) => local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!(
+                        "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: {reason}"
+                    ),
+                ),
+                Err(Failure::Reset(reason)) => local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!(
+                        "upstream connect error or disconnect/reset before headers. reset reason: connection termination ({reason})"
+                    ),
+                ),
+                Err(Failure::PerTryTimeout) => {
+                    local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
+                }
+            };
+        }
+        attempt += 1;
+        upstream
+            .traffic
+            .upstream_rq_retry
+            .fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Picks a host, re-picking up to `host_selection_attempts` times to avoid previous hosts when
+/// the retry policy asks for it (Envoy keeps the last pick if all attempts hit tried hosts).
+fn choose_host(
+    upstream: &Upstream,
+    how: &Forwarding<'_>,
+    tried: &[SocketAddr],
+) -> Option<SocketAddr> {
+    let active = |host: SocketAddr| upstream.active(host);
+    let attempts = if how.retry.avoid_previous_hosts && !tried.is_empty() {
+        how.retry.host_selection_attempts.max(1) + 1
+    } else {
+        1
+    };
+    let mut picked = None;
+    for _ in 0..attempts {
+        let pick = upstream.picker.pick(how.hash, &active);
+        if pick.panic {
+            upstream
+                .traffic
+                .lb_healthy_panic
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        picked = pick.host;
+        match pick.host {
+            Some(host) if tried.contains(&host) && how.retry.avoid_previous_hosts => continue,
+            _ => break,
+        }
+    }
+    picked
+}
+
+fn count_status(traffic: &ClusterTraffic, status: u16) {
+    let class = match status {
+        200..=299 => &traffic.upstream_rq_2xx,
+        300..=399 => &traffic.upstream_rq_3xx,
+        400..=499 => &traffic.upstream_rq_4xx,
+        500..=599 => &traffic.upstream_rq_5xx,
+        _ => return,
+    };
+    class.fetch_add(1, Ordering::Relaxed);
+}
+
+fn build_request(request: &Outgoing, host: SocketAddr, timeout: Duration) -> Request<ProxyBody> {
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(host.to_string())
+        .path_and_query(request.path_and_query.as_str())
+        .build()
+        .unwrap_or_else(|_| Uri::from_static("/"));
+    let mut upstream = Request::new(
+        Full::new(request.body.clone())
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *upstream.method_mut() = request.method.clone();
+    *upstream.uri_mut() = uri;
+    *upstream.version_mut() = Version::HTTP_11;
+    *upstream.headers_mut() = request.headers.clone();
+    if let Ok(value) = HeaderValue::from_str(&timeout.as_millis().to_string()) {
+        upstream
+            .headers_mut()
+            .insert("x-envoy-expected-rq-timeout-ms", value);
+    }
+    upstream
+}
+
+/// The upstream response, with Envoy's `x-envoy-upstream-service-time`.
+fn finish(response: Response<Incoming>, service_time: Duration) -> Response<ProxyBody> {
+    let (mut parts, body) = response.into_parts();
+    if let Ok(value) = HeaderValue::from_str(&service_time.as_millis().to_string()) {
+        parts.headers.insert("x-envoy-upstream-service-time", value);
+    }
+    Response::from_parts(parts, body.boxed())
+}
+
+/// A reply the proxy makes itself, as Envoy does: plain text, `content-length`.
+pub fn local_reply(status: StatusCode, text: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(text.to_string()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    response
+}
+
+/// A random draw for retry backoff jitter (spread, not secrecy).
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(Instant::now().elapsed().as_nanos());
+    hasher.finish()
+}
+
+/// `HttpConnector` that counts connections per host and per cluster.
+#[derive(Clone)]
+struct CountingConnector {
+    inner: HttpConnector,
+    traffic: Arc<ClusterTraffic>,
+    hosts: Arc<Mutex<HashMap<SocketAddr, Arc<HostTraffic>>>>,
+    has_traffic: Arc<AtomicBool>,
+}
+
+impl tower_service::Service<Uri> for CountingConnector {
+    type Response = Counted;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = Pin<Box<dyn Future<Output = Result<Counted, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let host = uri
+            .authority()
+            .and_then(|a| a.as_str().parse::<SocketAddr>().ok());
+        let connecting = self.inner.call(uri);
+        let traffic = self.traffic.clone();
+        let hosts = self.hosts.clone();
+        let has_traffic = self.has_traffic.clone();
+        Box::pin(async move {
+            let counters = host.map(|h| host_traffic(&hosts, h));
+            traffic.upstream_cx_total.fetch_add(1, Ordering::Relaxed);
+            has_traffic.store(true, Ordering::Relaxed);
+            match connecting.await {
+                Ok(stream) => {
+                    if let Some(c) = &counters {
+                        c.cx_total.fetch_add(1, Ordering::Relaxed);
+                        c.cx_active.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Counted {
+                        inner: stream,
+                        counters,
+                    })
+                }
+                Err(err) => {
+                    traffic
+                        .upstream_cx_connect_fail
+                        .fetch_add(1, Ordering::Relaxed);
+                    if let Some(c) = &counters {
+                        c.cx_total.fetch_add(1, Ordering::Relaxed);
+                        c.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(err.into())
+                }
+            }
+        })
+    }
+}
+
+/// A connection that lowers its host's `cx_active` when it closes.
+struct Counted {
+    inner: TokioIo<TcpStream>,
+    counters: Option<Arc<HostTraffic>>,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(c) = &self.counters {
+            c.cx_active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Connection for Counted {
+    fn connected(&self) -> Connected {
+        self.inner.connected()
+    }
+}
+
+impl hyper::rt::Read for Counted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for Counted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
