@@ -19,6 +19,9 @@
 //!   hand-written (two one-field messages do not justify a protobuf toolchain).
 //! - [`health`]: Envoy's per-host active health-check state machine (flags, thresholds, the
 //!   first-check rule, event-log events, stat deltas).
+//! - [`outlier`]: Envoy's outlier detection (consecutive 5xx / gateway / local-origin failures,
+//!   success rate, failure percentage, ejection backoff, `outlier_detection.*` stats) and its
+//!   `OutlierDetection` config, with virtual time and random draws as inputs.
 //! - [`schedule`]: when the next check runs (Envoy's interval choice, edge and no-traffic
 //!   intervals, jitter).
 //! - [`status`]: HTTP status ranges as Envoy writes them (`{start, end}`, half-open), used for
@@ -31,5 +34,6 @@ pub mod config;
 pub mod dns;
 pub mod grpc_health;
 pub mod health;
+pub mod outlier;
 pub mod schedule;
 pub mod status;
