@@ -22,6 +22,9 @@
 //! - [`outlier`]: Envoy's outlier detection (consecutive 5xx / gateway / local-origin failures,
 //!   success rate, failure percentage, ejection backoff, `outlier_detection.*` stats) and its
 //!   `OutlierDetection` config, with virtual time and random draws as inputs.
+//! - [`route`]: Envoy's HTTP route selection over a loaded route configuration (virtual host by
+//!   authority, first matching route, weighted cluster pick, path rewrites), for the companion's
+//!   proxy and the wasm filter alike.
 //! - [`schedule`]: when the next check runs (Envoy's interval choice, edge and no-traffic
 //!   intervals, jitter).
 //! - [`status`]: HTTP status ranges as Envoy writes them (`{start, end}`, half-open), used for
@@ -35,5 +38,6 @@ pub mod dns;
 pub mod grpc_health;
 pub mod health;
 pub mod outlier;
+pub mod route;
 pub mod schedule;
 pub mod status;

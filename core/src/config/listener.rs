@@ -1,36 +1,100 @@
-//! `static_resources.listeners[]`: name and address typed, the rest kept as written.
+//! `static_resources.listeners[]`: name and address, and the HTTP connection manager of each
+//! filter chain with its inline route configuration, validated as Envoy 1.36 validates them
+//! (proto constraints, `RouteMatcher`'s domain rules, `HeaderParser`, weighted cluster sums,
+//! terminal filter order, clusters named by routes). Everything else of a listener is kept as
+//! written in [`Listener::rest`].
 
 use super::cluster::address;
 use super::error::FieldPath;
-use super::reader::{Ctx, Obj, items};
-use super::schema::LISTENER;
-use super::types::Listener;
+use super::reader::{Any, Ctx, Obj, ProtoDuration, base64, items, string};
+use super::schema::*;
+use super::types::{
+    Address, ClusterSpecifier, ClusterWeight, CodecType, FilterChainRef, ForwardAction,
+    HeaderAppendAction, HeaderMatch, HeaderMatcher, HeaderMutations, HeaderOption, HostRewrite,
+    HttpConnectionManager, HttpFilter, HttpFilterKind, HttpProtocolOptions, Listener, PathMatch,
+    QueryMatch, QueryParameterMatcher, Regex, RegexRewrite, RetryHostPredicate, RetryOn,
+    RetryPolicy, Route, RouteAction, RouteConfiguration, RouteHashKind, RouteHashPolicy,
+    RouteMatch, ServerHeaderTransformation, SocketProtocol, StringMatch, StringMatchKind,
+    StripPort, VirtualHost, WeightedClusters, WeightedTarget,
+};
+use super::types::{
+    DEFAULT_MAX_DIRECT_RESPONSE_BODY_SIZE_BYTES, DEFAULT_MAX_REQUEST_HEADERS_KB,
+    DEFAULT_ROUTE_TIMEOUT_MS, DEFAULT_STREAM_IDLE_TIMEOUT_MS,
+};
+use crate::balance::hash_policy::{CookieAttribute, CookiePolicy};
 use serde_json::{Map, Value};
 
-const WASM_FILTER_TYPES: [&str; 2] = [
-    "envoy.extensions.filters.http.wasm.v3.Wasm",
-    "envoy.extensions.filters.network.wasm.v3.Wasm",
-];
+const HCM_TYPE: &str =
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+const HCM_FACTORY: &str = "envoy.filters.network.http_connection_manager";
+const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";
+const HTTP_WASM_TYPE: &str = "envoy.extensions.filters.http.wasm.v3.Wasm";
+const NETWORK_WASM_TYPE: &str = "envoy.extensions.filters.network.wasm.v3.Wasm";
+const PREVIOUS_HOSTS_TYPE: &str =
+    "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate";
 
-pub(crate) fn listeners(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Vec<Listener> {
+const WASM_NOTE: &str = "the vigil wasm filter (or another wasm module) runs inside Envoy; the \
+                         companion does this work natively and does not load wasm";
+const MIN_LEN_1: &str = "value length must be at least 1 characters";
+const FORMATTERS: &str = "header value formatters (%...%) are not supported by vigil: write %% \
+                          for a literal %";
+
+/// Reads the listeners. `clusters` is `static_resources.clusters` as written: the names routes
+/// may refer to.
+pub(crate) fn listeners(
+    cx: &mut Ctx,
+    path: &FieldPath,
+    value: &Value,
+    clusters: Option<&Value>,
+) -> Vec<Listener> {
+    let names: Vec<&str> = clusters
+        .map(|v| {
+            items(v)
+                .into_iter()
+                .filter_map(|c| c.get("name").and_then(Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default();
     items(value)
         .into_iter()
         .enumerate()
-        .filter_map(|(i, item)| listener(cx, &path.index(i), item))
+        .filter_map(|(i, item)| listener(cx, &path.index(i), item, &names))
         .collect()
 }
 
-fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Listener> {
+fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) -> Option<Listener> {
     let mut o = Obj::new(cx, path.clone(), value, &LISTENER)?;
     let name = o.string(cx, "name").unwrap_or_default();
     let address = o.take("address").and_then(|(p, v)| address(cx, &p, v));
-    let has_chains = !items(value.get("filter_chains").unwrap_or(&Value::Null)).is_empty()
-        || ["default_filter_chain", "defaultFilterChain"]
-            .iter()
-            .any(|k| value.get(k).is_some_and(|v| !v.is_null()));
     let special = ["api_listener", "udp_listener_config", "internal_listener"]
         .iter()
         .any(|f| o.has(f));
+    let udp = matches!(&address, Some(Address::Socket(s)) if s.protocol == SocketProtocol::Udp);
+    let mut http = Vec::new();
+    let mut matchers: Vec<(FieldPath, String, Value)> = Vec::new();
+    let chains = o.list("filter_chains");
+    let has_chains = !chains.is_empty() || o.has("default_filter_chain");
+    for (i, (p, v)) in chains.into_iter().enumerate() {
+        let which = FilterChainRef::Index(i);
+        if let Some((chain_name, chain_match)) =
+            filter_chain(cx, &p, v, which, udp, clusters, &mut http)
+        {
+            let key = chain_match.unwrap_or_else(|| Value::Object(Map::new()));
+            if let Some((_, first, _)) = matchers.iter().find(|(_, _, m)| *m == key) {
+                cx.invalid(
+                    &p,
+                    format!(
+                        "filter chain '{chain_name}' has the same matching rules defined as \
+                         '{first}' (duplicate filter_chain_match)"
+                    ),
+                );
+            }
+            matchers.push((p, chain_name, key));
+        }
+    }
+    if let Some((p, v)) = o.take("default_filter_chain") {
+        filter_chain(cx, &p, v, FilterChainRef::Default, udp, clusters, &mut http);
+    }
     o.finish(cx);
     if address.is_none() && !special && !cx.errors.iter().any(|e| e.path == path.field("address")) {
         cx.invalid(
@@ -44,39 +108,1757 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Listener> {
     let mut rest: Map<String, Value> = value.as_object().cloned().unwrap_or_default();
     rest.remove("name");
     rest.remove("address");
-    scan_wasm(cx, path, value);
     Some(Listener {
         name,
         address,
+        http,
         rest,
     })
 }
 
-/// The wasm filter in a listener's filter chains: accepted, with a note that the companion does
-/// that work natively.
-fn scan_wasm(cx: &mut Ctx, path: &FieldPath, value: &Value) {
-    match value {
-        Value::Object(map) => {
-            if let Some(Value::String(url)) = map.get("@type") {
-                let name = url.rsplit('/').next().unwrap_or_default();
-                if WASM_FILTER_TYPES.contains(&name) {
-                    cx.warn(
-                        path,
-                        "the vigil wasm filter (or another wasm module) runs inside Envoy; the \
-                         companion does this work natively and does not load wasm",
+/// One filter chain: its HTTP connection manager goes to `out`. Returns the chain's name and
+/// `filter_chain_match` (for the duplicate check).
+fn filter_chain(
+    cx: &mut Ctx,
+    path: &FieldPath,
+    value: &Value,
+    which: FilterChainRef,
+    udp: bool,
+    clusters: &[&str],
+    out: &mut Vec<HttpConnectionManager>,
+) -> Option<(String, Option<Value>)> {
+    let mut o = Obj::new(cx, path.clone(), value, &FILTER_CHAIN)?;
+    let chain_match = o.raw_message(cx, "filter_chain_match");
+    let name = o.string(cx, "name").unwrap_or_default();
+    let filters = o.list("filters");
+    o.finish(cx);
+    let count = filters.len();
+    for (k, (p, v)) in filters.into_iter().enumerate() {
+        let Some(mut f) = Obj::new(cx, p.clone(), v, &NETWORK_FILTER) else {
+            continue;
+        };
+        let filter_name = f.required_string(cx, "name", MIN_LEN_1);
+        let has_typed = f.has("typed_config");
+        let typed = f.any(cx, "typed_config");
+        let discovery = f.has("config_discovery");
+        f.finish(cx);
+        let Some(filter_name) = filter_name else {
+            continue;
+        };
+        let typed_path = p.field("typed_config");
+        let typed = match typed {
+            Some(t) if !t.is_empty() => t,
+            None if has_typed || discovery => continue,
+            _ => {
+                cx.invalid(
+                    &typed_path,
+                    format!(
+                        "Didn't find a registered implementation for '{filter_name}' with type \
+                         URL: ''"
+                    ),
+                );
+                continue;
+            }
+        };
+        if typed.is(HCM_TYPE) {
+            if k + 1 != count {
+                cx.invalid(
+                    &p,
+                    format!(
+                        "terminal filter named {filter_name} of type {HCM_FACTORY} must be the \
+                         last filter in a network filter chain"
+                    ),
+                );
+            }
+            let matcher = chain_match.clone();
+            if let Some(hcm) = connection_manager(cx, typed, which, matcher, udp, clusters) {
+                out.push(hcm);
+            }
+        } else if typed.is(NETWORK_WASM_TYPE) {
+            cx.warn(&typed_path, WASM_NOTE);
+        } else {
+            cx.warn(
+                &typed_path,
+                format!(
+                    "{}: network filters other than the HTTP connection manager are not run by \
+                     vigil; ignored",
+                    typed.type_name
+                ),
+            );
+        }
+    }
+    Some((name, chain_match))
+}
+
+fn millis(d: Option<ProtoDuration>, default: u64) -> u64 {
+    d.map_or(default, ProtoDuration::millis)
+}
+
+fn connection_manager(
+    cx: &mut Ctx,
+    typed: Any,
+    filter_chain: FilterChainRef,
+    filter_chain_match: Option<Value>,
+    udp: bool,
+    clusters: &[&str],
+) -> Option<HttpConnectionManager> {
+    let mut o = typed.obj(cx, &HTTP_CONNECTION_MANAGER);
+    let path = o.path.clone();
+    let codec_type = match o.enumeration(cx, "codec_type", &HCM_CODEC_TYPE) {
+        None | Some(0) => CodecType::Auto,
+        Some(1) => CodecType::Http1,
+        Some(2) => CodecType::Http2,
+        Some(_) => {
+            let p = path.field("codec_type");
+            if udp {
+                cx.unsupported(&p, "HTTP/3 (QUIC) listeners are not supported by vigil");
+            } else {
+                cx.invalid(&p, "HTTP/3 codec configured on non-QUIC listener");
+            }
+            CodecType::Auto
+        }
+    };
+    let stat_prefix = o
+        .required_string(cx, "stat_prefix", MIN_LEN_1)
+        .unwrap_or_default();
+    let has_route_specifier = ["route_config", "rds", "scoped_routes"]
+        .iter()
+        .any(|f| o.has(f));
+    let route_config = o
+        .message(cx, "route_config", &ROUTE_CONFIGURATION)
+        .map(|rc| route_configuration(cx, rc, clusters));
+    if !has_route_specifier {
+        cx.invalid(
+            &path,
+            "route_specifier is required: give the routes in route_config",
+        );
+    }
+    let http_filters = http_filters(cx, o.list("http_filters"));
+    let access_log: Vec<Value> = o
+        .list("access_log")
+        .into_iter()
+        .map(|(_, v)| v.clone())
+        .collect();
+    if !access_log.is_empty() {
+        cx.warn(
+            &path.field("access_log"),
+            "kept as written; vigil's proxy does not write access logs yet",
+        );
+    }
+    let request_timeout_ms = millis(o.duration(cx, "request_timeout"), 0);
+    let request_headers_timeout_ms = millis(o.duration(cx, "request_headers_timeout"), 0);
+    let stream_idle_timeout_ms = millis(
+        o.duration(cx, "stream_idle_timeout"),
+        DEFAULT_STREAM_IDLE_TIMEOUT_MS,
+    );
+    let drain_timeout_ms = millis(o.duration(cx, "drain_timeout"), 5_000);
+    let delayed_close_timeout_ms = millis(o.duration(cx, "delayed_close_timeout"), 1_000);
+    let common_http_protocol_options = o
+        .message(cx, "common_http_protocol_options", &HTTP_PROTOCOL_OPTIONS)
+        .map(|p| protocol_options(cx, p))
+        .unwrap_or_default();
+    let max_request_headers_kb = match o.u32(cx, "max_request_headers_kb") {
+        None => DEFAULT_MAX_REQUEST_HEADERS_KB,
+        Some(kb) if (1..=8192).contains(&kb) => kb,
+        Some(kb) => {
+            cx.invalid(
+                &path.field("max_request_headers_kb"),
+                format!("value must be inside range (0, 8192], found {kb}"),
+            );
+            DEFAULT_MAX_REQUEST_HEADERS_KB
+        }
+    };
+    let use_remote_address = o.bool(cx, "use_remote_address").unwrap_or(false);
+    let xff_num_trusted_hops = o.u32(cx, "xff_num_trusted_hops").unwrap_or(0);
+    let skip_xff_append = o.bool(cx, "skip_xff_append").unwrap_or(false);
+    let via = header_text(cx, &mut o, "via").unwrap_or_default();
+    let generate_request_id = o.bool(cx, "generate_request_id").unwrap_or(true);
+    let preserve_external_request_id = o.bool(cx, "preserve_external_request_id").unwrap_or(false);
+    let always_set_request_id_in_response = o
+        .bool(cx, "always_set_request_id_in_response")
+        .unwrap_or(false);
+    let server_name = header_text(cx, &mut o, "server_name")
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "envoy".to_string());
+    let server_header_transformation = match o.enumeration(
+        cx,
+        "server_header_transformation",
+        &SERVER_HEADER_TRANSFORMATION,
+    ) {
+        Some(1) => ServerHeaderTransformation::AppendIfAbsent,
+        Some(2) => ServerHeaderTransformation::PassThrough,
+        _ => ServerHeaderTransformation::Overwrite,
+    };
+    let strip_matching = o.bool(cx, "strip_matching_host_port").unwrap_or(false);
+    let strip_any = o.bool(cx, "strip_any_host_port").unwrap_or(false);
+    if strip_matching && strip_any {
+        cx.invalid(
+            &path,
+            "Only one of `strip_matching_host_port` or `strip_any_host_port` can be set.",
+        );
+    }
+    let strip_port = if strip_any {
+        StripPort::Any
+    } else if strip_matching {
+        StripPort::Matching
+    } else {
+        StripPort::None
+    };
+    let strip_trailing_host_dot = o.bool(cx, "strip_trailing_host_dot").unwrap_or(false);
+    let merge_slashes = o.bool(cx, "merge_slashes").unwrap_or(false);
+    if o.bool(cx, "normalize_path") == Some(true) {
+        cx.unsupported(
+            &path.field("normalize_path"),
+            "path normalization (RFC 3986) is not implemented by vigil: requests would be \
+             routed on the path as sent",
+        );
+    }
+    let escaped = o.enumeration(
+        cx,
+        "path_with_escaped_slashes_action",
+        &PATH_WITH_ESCAPED_SLASHES_ACTION,
+    );
+    if matches!(escaped, Some(2..)) {
+        cx.unsupported(
+            &path.field("path_with_escaped_slashes_action"),
+            "only KEEP_UNCHANGED is supported by vigil: escaped slashes are routed as sent",
+        );
+    }
+    o.finish(cx);
+    Some(HttpConnectionManager {
+        filter_chain,
+        filter_chain_match,
+        stat_prefix,
+        codec_type,
+        route_config: route_config?,
+        http_filters,
+        access_log,
+        request_timeout_ms,
+        request_headers_timeout_ms,
+        stream_idle_timeout_ms,
+        drain_timeout_ms,
+        delayed_close_timeout_ms,
+        common_http_protocol_options,
+        max_request_headers_kb,
+        use_remote_address,
+        xff_num_trusted_hops,
+        skip_xff_append,
+        via,
+        generate_request_id,
+        preserve_external_request_id,
+        always_set_request_id_in_response,
+        server_name,
+        server_header_transformation,
+        strip_port,
+        strip_trailing_host_dot,
+        merge_slashes,
+    })
+}
+
+/// A string field Envoy constrains to header-value characters (no NUL, CR or LF).
+fn header_text(cx: &mut Ctx, o: &mut Obj, field: &str) -> Option<String> {
+    let path = o.path.field(field);
+    let s = o.string(cx, field)?;
+    if !lax_header_ok(&s) {
+        cx.invalid(&path, "value must not contain NUL, CR or LF");
+        return None;
+    }
+    Some(s)
+}
+
+fn protocol_options(cx: &mut Ctx, mut o: Obj) -> HttpProtocolOptions {
+    let mut out = HttpProtocolOptions::default();
+    if let Some(d) = o.duration(cx, "idle_timeout") {
+        out.idle_timeout_ms = d.millis();
+    }
+    out.max_connection_duration_ms = o
+        .duration(cx, "max_connection_duration")
+        .map(ProtoDuration::millis);
+    out.max_stream_duration_ms = o
+        .duration(cx, "max_stream_duration")
+        .map(ProtoDuration::millis);
+    if let Some(n) = o.u32(cx, "max_headers_count") {
+        if n == 0 {
+            cx.invalid(
+                &o.path.field("max_headers_count"),
+                "value must be greater than or equal to 1",
+            );
+        } else {
+            out.max_headers_count = n;
+        }
+    }
+    out.max_requests_per_connection = o.u32(cx, "max_requests_per_connection");
+    o.finish(cx);
+    out
+}
+
+fn http_filters(cx: &mut Ctx, list: Vec<(FieldPath, &Value)>) -> Vec<HttpFilter> {
+    let count = list.len();
+    let mut out = Vec::new();
+    for (i, (p, v)) in list.into_iter().enumerate() {
+        let Some(mut f) = Obj::new(cx, p.clone(), v, &HTTP_FILTER) else {
+            continue;
+        };
+        let name = f.required_string(cx, "name", MIN_LEN_1);
+        let has_typed = f.has("typed_config");
+        let typed = f.any(cx, "typed_config");
+        let discovery = f.has("config_discovery");
+        let is_optional = f.bool(cx, "is_optional").unwrap_or(false);
+        let disabled = f.bool(cx, "disabled").unwrap_or(false);
+        f.finish(cx);
+        let Some(name) = name else { continue };
+        let typed_path = p.field("typed_config");
+        let typed = match typed {
+            Some(t) if !t.is_empty() => t,
+            None if has_typed || discovery => continue,
+            _ => {
+                cx.invalid(
+                    &typed_path,
+                    format!(
+                        "Didn't find a registered implementation for '{name}' with type URL: ''"
+                    ),
+                );
+                continue;
+            }
+        };
+        let last = i + 1 == count;
+        let kind = if typed.is(ROUTER_TYPE) {
+            typed.obj(cx, &ROUTER).finish(cx);
+            if !last {
+                cx.invalid(
+                    &p,
+                    format!(
+                        "terminal filter named {name} of type envoy.filters.http.router must be \
+                         the last filter in a http filter chain"
+                    ),
+                );
+            } else if disabled {
+                cx.invalid(
+                    &p,
+                    format!(
+                        "the last (terminal) filter ({name}) in the chain cannot be disabled by \
+                         default"
+                    ),
+                );
+            }
+            HttpFilterKind::Router
+        } else if typed.is(HTTP_WASM_TYPE) {
+            cx.warn(&typed_path, WASM_NOTE);
+            if last {
+                cx.invalid(
+                    &p,
+                    format!(
+                        "non-terminal filter named {name} of type envoy.filters.http.wasm is the \
+                         last filter in a http filter chain"
+                    ),
+                );
+            }
+            HttpFilterKind::Wasm
+        } else {
+            cx.warn(
+                &typed_path,
+                format!(
+                    "{}: HTTP filters other than the router are not run by vigil's proxy; \
+                     ignored",
+                    typed.type_name
+                ),
+            );
+            // Envoy's own HTTP filters are all non-terminal but the router (and the upstream
+            // codec, which belongs to clusters).
+            let factory = typed
+                .type_name
+                .strip_prefix("envoy.extensions.filters.http.")
+                .and_then(|rest| rest.split('.').next())
+                .filter(|f| *f != "upstream_codec");
+            if let (true, Some(factory)) = (last, factory) {
+                cx.invalid(
+                    &p,
+                    format!(
+                        "non-terminal filter named {name} of type envoy.filters.http.{factory} is \
+                         the last filter in a http filter chain"
+                    ),
+                );
+            }
+            HttpFilterKind::Other(typed.type_name.clone())
+        };
+        out.push(HttpFilter {
+            name,
+            kind,
+            is_optional,
+            disabled,
+        });
+    }
+    out
+}
+
+/// What the routes of one route configuration refer to, checked once it is read.
+struct RouteCx<'c> {
+    clusters: &'c [&'c str],
+    max_body: u32,
+    /// (path, cluster name, from weighted_clusters)
+    refs: Vec<(FieldPath, String, bool)>,
+}
+
+fn route_configuration(cx: &mut Ctx, mut o: Obj, clusters: &[&str]) -> RouteConfiguration {
+    let name = o.string(cx, "name").unwrap_or_default();
+    let validate_clusters = o.bool(cx, "validate_clusters");
+    let max_direct_response_body_size_bytes = o
+        .u32(cx, "max_direct_response_body_size_bytes")
+        .unwrap_or(DEFAULT_MAX_DIRECT_RESPONSE_BODY_SIZE_BYTES);
+    let ignore_port_in_host_matching = o.bool(cx, "ignore_port_in_host_matching").unwrap_or(false);
+    let ignore_path_parameters_in_path_matching = o
+        .bool(cx, "ignore_path_parameters_in_path_matching")
+        .unwrap_or(false);
+    let most_specific_header_mutations_wins = o
+        .bool(cx, "most_specific_header_mutations_wins")
+        .unwrap_or(false);
+    let headers = header_mutations(cx, &mut o, false);
+    let mut rcx = RouteCx {
+        clusters,
+        max_body: max_direct_response_body_size_bytes,
+        refs: Vec::new(),
+    };
+    let mut virtual_hosts = Vec::new();
+    // Envoy's RouteMatcher: domains are unique (lowercased) across the configuration, `*` once.
+    let mut seen: Vec<(String, FieldPath)> = Vec::new();
+    let mut star: Option<FieldPath> = None;
+    for (p, v) in o.list("virtual_hosts") {
+        let Some(vh) = virtual_host(cx, &p, v, &mut rcx) else {
+            continue;
+        };
+        for (i, domain) in vh.domains.iter().enumerate() {
+            let dp = p.field("domains").index(i);
+            let lower = domain.to_ascii_lowercase();
+            if lower == "*" {
+                if star.is_some() {
+                    cx.invalid(
+                        &dp,
+                        format!("Only a single wildcard domain is permitted in route {name}"),
                     );
-                    return;
+                }
+                star = Some(dp);
+                continue;
+            }
+            // Envoy keys the three tables by the text without its `*`; a duplicate in any one
+            // of them is an error.
+            let key = if let Some(suffix) = lower.strip_prefix('*') {
+                format!("suffix:{suffix}")
+            } else if lower.ends_with('*') {
+                format!("prefix:{}", &lower[..lower.len() - 1])
+            } else {
+                format!("exact:{lower}")
+            };
+            if seen.iter().any(|(k, _)| *k == key) {
+                cx.invalid(
+                    &dp,
+                    format!(
+                        "Only unique values for domains are permitted. Duplicate entry of domain \
+                         {lower} in route {name}"
+                    ),
+                );
+            }
+            seen.push((key, dp));
+        }
+        virtual_hosts.push(vh);
+    }
+    o.finish(cx);
+    if validate_clusters.unwrap_or(true) {
+        for (p, cluster, weighted) in &rcx.refs {
+            if !rcx.clusters.contains(&cluster.as_str()) {
+                let kind = if *weighted {
+                    "weighted cluster"
+                } else {
+                    "cluster"
+                };
+                cx.invalid(
+                    p,
+                    format!(
+                        "route: unknown {kind} '{cluster}' (not in static_resources.clusters; \
+                         set validate_clusters: false to allow it)"
+                    ),
+                );
+            }
+        }
+    }
+    RouteConfiguration {
+        name,
+        virtual_hosts,
+        headers,
+        most_specific_header_mutations_wins,
+        validate_clusters,
+        max_direct_response_body_size_bytes,
+        ignore_port_in_host_matching,
+        ignore_path_parameters_in_path_matching,
+    }
+}
+
+fn virtual_host(
+    cx: &mut Ctx,
+    path: &FieldPath,
+    value: &Value,
+    rcx: &mut RouteCx,
+) -> Option<VirtualHost> {
+    let mut o = Obj::new(cx, path.clone(), value, &VIRTUAL_HOST)?;
+    let name = o.required_string(cx, "name", MIN_LEN_1);
+    let mut domains = Vec::new();
+    let domain_list = o.list("domains");
+    if domain_list.is_empty() {
+        cx.invalid(
+            &path.field("domains"),
+            "value must contain at least 1 item(s)",
+        );
+    }
+    for (p, v) in domain_list {
+        if let Some(d) = string(cx, &p, v) {
+            if lax_header_ok(&d) {
+                domains.push(d);
+            } else {
+                cx.invalid(&p, "a domain must not contain NUL, CR or LF");
+            }
+        }
+    }
+    if let Some(tls) = o.enumeration(cx, "require_tls", &TLS_REQUIREMENT_TYPE) {
+        if tls != 0 {
+            cx.unsupported(
+                &path.field("require_tls"),
+                "require_tls redirects plain-text requests to https; vigil's proxy does not \
+                 serve TLS",
+            );
+        }
+    }
+    let retry_policy = o
+        .message(cx, "retry_policy", &RETRY_POLICY)
+        .and_then(|r| retry_policy(cx, r));
+    let headers = header_mutations(cx, &mut o, true);
+    let mut routes = Vec::new();
+    for (p, v) in o.list("routes") {
+        if let Some(r) = route(cx, &p, v, retry_policy.as_ref(), rcx) {
+            routes.push(r);
+        }
+    }
+    o.finish(cx);
+    Some(VirtualHost {
+        name: name?,
+        domains,
+        routes,
+        retry_policy,
+        headers,
+    })
+}
+
+fn route(
+    cx: &mut Ctx,
+    path: &FieldPath,
+    value: &Value,
+    vhost_retry: Option<&RetryPolicy>,
+    rcx: &mut RouteCx,
+) -> Option<Route> {
+    let mut o = Obj::new(cx, path.clone(), value, &ROUTE)?;
+    let name = o.string(cx, "name").unwrap_or_default();
+    let has_match = o.has("match");
+    let matcher = o
+        .message(cx, "match", &ROUTE_MATCH)
+        .and_then(|m| route_match(cx, m));
+    if !has_match {
+        cx.invalid(&path.field("match"), "value is required");
+    }
+    let has_action = [
+        "route",
+        "redirect",
+        "direct_response",
+        "filter_action",
+        "non_forwarding_action",
+    ]
+    .iter()
+    .any(|f| o.has(f));
+    let action = if let Some(r) = o.message(cx, "route", &ROUTE_ACTION) {
+        route_action(cx, r, &name, vhost_retry, rcx).map(|f| RouteAction::Forward(Box::new(f)))
+    } else if let Some(d) = o.message(cx, "direct_response", &DIRECT_RESPONSE_ACTION) {
+        direct_response(cx, d, rcx.max_body)
+    } else {
+        None
+    };
+    if !has_action {
+        cx.invalid(
+            path,
+            "action is required: one of route, direct_response (redirect, filter_action and \
+             non_forwarding_action are not supported by vigil)",
+        );
+    }
+    let headers = header_mutations(cx, &mut o, true);
+    o.finish(cx);
+    Some(Route {
+        name,
+        matcher: matcher?,
+        action: action?,
+        headers,
+    })
+}
+
+fn route_match(cx: &mut Ctx, mut o: Obj) -> Option<RouteMatch> {
+    let path = o.path.clone();
+    let specified = [
+        "prefix",
+        "path",
+        "safe_regex",
+        "connect_matcher",
+        "path_separated_prefix",
+        "path_match_policy",
+    ]
+    .iter()
+    .any(|f| o.has(f));
+    let path_match = if let Some(p) = o.string(cx, "prefix") {
+        Some(PathMatch::Prefix(p))
+    } else if let Some(p) = o.string(cx, "path") {
+        Some(PathMatch::Path(p))
+    } else if let Some(r) = o.message(cx, "safe_regex", &REGEX_MATCHER) {
+        regex_matcher(cx, r).map(PathMatch::Regex)
+    } else if let Some(p) = o.string(cx, "path_separated_prefix") {
+        // Envoy's pattern `^[^?#]+[^?#/]$`: non-empty, no `?` or `#`, not ending in `/`.
+        if p.is_empty() || p.contains(['?', '#']) || p.ends_with('/') {
+            cx.invalid(
+                &path.field("path_separated_prefix"),
+                "value does not match regex pattern \"^[^?#]+[^?#/]$\" (no ? or #, and no \
+                 trailing /)",
+            );
+            None
+        } else {
+            Some(PathMatch::PathSeparatedPrefix(p))
+        }
+    } else {
+        None
+    };
+    if !specified {
+        cx.invalid(
+            &path,
+            "path_specifier is required: one of prefix, path, safe_regex or \
+             path_separated_prefix",
+        );
+    }
+    let case_sensitive = o.bool(cx, "case_sensitive").unwrap_or(true);
+    let runtime_fraction = o
+        .message(cx, "runtime_fraction", &RUNTIME_FRACTIONAL_PERCENT)
+        .and_then(|r| runtime_fraction(cx, r));
+    let mut headers = Vec::new();
+    for (p, v) in o.list("headers") {
+        if let Some(h) = Obj::new(cx, p, v, &HEADER_MATCHER).and_then(|h| header_matcher(cx, h)) {
+            headers.push(h);
+        }
+    }
+    let mut query_parameters = Vec::new();
+    for (p, v) in o.list("query_parameters") {
+        if let Some(q) =
+            Obj::new(cx, p, v, &QUERY_PARAMETER_MATCHER).and_then(|q| query_matcher(cx, q))
+        {
+            query_parameters.push(q);
+        }
+    }
+    let grpc = match o.message(cx, "grpc", &GRPC_ROUTE_MATCH_OPTIONS) {
+        Some(g) => {
+            g.finish(cx);
+            true
+        }
+        None => false,
+    };
+    o.finish(cx);
+    Some(RouteMatch {
+        path: path_match?,
+        case_sensitive,
+        headers,
+        query_parameters,
+        grpc,
+        runtime_fraction,
+    })
+}
+
+fn runtime_fraction(cx: &mut Ctx, mut o: Obj) -> Option<(u32, u32)> {
+    let path = o.path.clone();
+    let _key = o.string(cx, "runtime_key");
+    let default = o.message(cx, "default_value", &FRACTIONAL_PERCENT);
+    o.finish(cx);
+    let Some(mut d) = default else {
+        cx.invalid(&path.field("default_value"), "value is required");
+        return None;
+    };
+    let numerator = d.u32(cx, "numerator").unwrap_or(0);
+    let denominator = match d.enumeration(cx, "denominator", &FRACTIONAL_PERCENT_DENOMINATOR) {
+        Some(1) => 10_000,
+        Some(2) => 1_000_000,
+        _ => 100,
+    };
+    d.finish(cx);
+    Some((numerator, denominator))
+}
+
+/// A `RegexMatcher`: `regex` (non-empty), compiled.
+fn regex_matcher(cx: &mut Ctx, mut o: Obj) -> Option<Regex> {
+    let path = o.path.field("regex");
+    let pattern = o.required_string(cx, "regex", MIN_LEN_1);
+    o.finish(cx);
+    compile(cx, &path, &pattern?)
+}
+
+/// Compiles an RE2 pattern with regex-lite. Constructs RE2 has and regex-lite lacks are
+/// [`super::ErrorKind::Unsupported`]; anything else regex-lite refuses is taken as invalid (RE2
+/// refuses backreferences and lookaround too).
+fn compile(cx: &mut Ctx, path: &FieldPath, pattern: &str) -> Option<Regex> {
+    let size = re2_program_size_estimate(pattern);
+    if size > RE2_MAX_PROGRAM_SIZE {
+        cx.invalid(
+            path,
+            format!(
+                "regex {pattern:?}: RE2 program size of about {size} > max program size of \
+                 {RE2_MAX_PROGRAM_SIZE} (Envoy's default limit)"
+            ),
+        );
+        return None;
+    }
+    let unsupported_construct = ["\\p", "\\P", "\\C", "\\Q"]
+        .iter()
+        .find(|c| pattern.contains(*c))
+        .copied();
+    let unsupported = |cx: &mut Ctx, what: &str| {
+        cx.unsupported(
+            path,
+            format!(
+                "regex {pattern:?}: {what} is valid RE2 but not supported by vigil's regex engine \
+                 (regex-lite)"
+            ),
+        );
+    };
+    if let Some(construct) = unsupported_construct {
+        unsupported(cx, construct);
+        return None;
+    }
+    match Regex::new(pattern) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            let last = e.lines().rfind(|l| !l.trim().is_empty()).unwrap_or(&e);
+            let last = last.trim().trim_start_matches("error: ");
+            if last.contains("Unicode") {
+                unsupported(cx, last);
+            } else {
+                cx.invalid(path, format!("invalid regex {pattern:?}: {last}"));
+            }
+            None
+        }
+    }
+}
+
+/// Envoy's default `re2.max_program_size.error_level`.
+const RE2_MAX_PROGRAM_SIZE: usize = 100;
+
+/// RE2's program size for a pattern, estimated from below so that a regex Envoy accepts is never
+/// refused: one instruction per literal byte and per character class, 8 per `.` (RE2's UTF-8
+/// any-character), 2 per capturing group, one more per `*`, `+`, `?`, counted repetitions
+/// expanded (`x{n,m}`: m copies and m - n alternations), the longest branch of an alternation
+/// (RE2 factors common prefixes), nothing for anchors, adjacent repeats of the same atom merged
+/// (RE2 turns `a*a*` into `a*`), and 4 for the unanchored search loop and match (1 when the
+/// pattern starts with `^`). Calibrated against Envoy 1.36.2's messages.
+fn re2_program_size_estimate(pattern: &str) -> usize {
+    let chars: Vec<char> = pattern.chars().collect();
+    let dotall = pattern.contains("(?s");
+    let mut at = 0;
+    let body = re2_alternation(&chars, &mut at, dotall);
+    body + if pattern.starts_with('^') { 1 } else { 4 }
+}
+
+fn re2_alternation(c: &[char], at: &mut usize, dotall: bool) -> usize {
+    let mut best = re2_concat(c, at, dotall);
+    while *at < c.len() && c[*at] == '|' {
+        *at += 1;
+        best = best.max(re2_concat(c, at, dotall));
+    }
+    best
+}
+
+fn re2_concat(c: &[char], at: &mut usize, dotall: bool) -> usize {
+    let mut total = 0;
+    let mut previous: Option<(String, bool)> = None;
+    while *at < c.len() && c[*at] != '|' && c[*at] != ')' {
+        let start = *at;
+        let size = re2_atom(c, at, dotall);
+        *at = (*at).min(c.len());
+        let text: String = c[start..*at].iter().collect();
+        let (size, quantified) = re2_quantifier(c, at, size);
+        let merged = previous
+            .as_ref()
+            .is_some_and(|(t, q)| *t == text && (*q || quantified));
+        if !merged {
+            total += size;
+        }
+        previous = Some((text, quantified));
+    }
+    total
+}
+
+/// One atom: its size, `at` moved past it.
+fn re2_atom(c: &[char], at: &mut usize, dotall: bool) -> usize {
+    let ch = c[*at];
+    *at += 1;
+    match ch {
+        '(' => {
+            let mut capturing = true;
+            if c.get(*at) == Some(&'?') {
+                capturing = matches!(c.get(*at + 1), Some('P' | '<'));
+                // Skip the group's header: `?:`, `?flags:`, `?flags)`, `?P<name>`, `?<name>`.
+                while *at < c.len() && !matches!(c[*at], ':' | ')' | '>') {
+                    *at += 1;
+                }
+                if c.get(*at) == Some(&')') {
+                    *at += 1;
+                    return 0; // a flags group
+                }
+                *at += 1;
+            }
+            let inner = re2_alternation(c, at, dotall);
+            if c.get(*at) == Some(&')') {
+                *at += 1;
+            }
+            inner + if capturing { 2 } else { 0 }
+        }
+        '[' => {
+            // `[]a]` and `[^]a]` start with a literal `]`.
+            if c.get(*at) == Some(&'^') {
+                *at += 1;
+            }
+            if c.get(*at) == Some(&']') {
+                *at += 1;
+            }
+            while *at < c.len() && c[*at] != ']' {
+                if c[*at] == '\\' {
+                    *at += 1;
+                } else if c[*at] == '[' && c.get(*at + 1) == Some(&':') {
+                    while *at < c.len() && !(c[*at] == ':' && c.get(*at + 1) == Some(&']')) {
+                        *at += 1;
+                    }
+                    *at += 1;
+                }
+                *at += 1;
+            }
+            *at += 1;
+            1
+        }
+        '.' => {
+            if dotall {
+                1
+            } else {
+                8
+            }
+        }
+        '^' | '$' => 0,
+        '\\' => {
+            let Some(&e) = c.get(*at) else { return 0 };
+            *at += 1;
+            match e {
+                'Q' => {
+                    let mut n = 0;
+                    while *at < c.len() && !(c[*at] == '\\' && c.get(*at + 1) == Some(&'E')) {
+                        n += c[*at].len_utf8();
+                        *at += 1;
+                    }
+                    *at = (*at + 2).min(c.len());
+                    n
+                }
+                'p' | 'P' | 'x' if c.get(*at) == Some(&'{') => {
+                    while *at < c.len() && c[*at] != '}' {
+                        *at += 1;
+                    }
+                    *at += 1;
+                    1
+                }
+                'p' | 'P' => {
+                    *at += 1;
+                    1
+                }
+                'x' => {
+                    *at = (*at + 2).min(c.len());
+                    1
+                }
+                'A' | 'z' | 'b' | 'B' => 0,
+                _ => 1,
+            }
+        }
+        other => other.len_utf8(),
+    }
+}
+
+/// A quantifier after an atom of `size`: the quantified size and whether there was one.
+fn re2_quantifier(c: &[char], at: &mut usize, size: usize) -> (usize, bool) {
+    let result = match c.get(*at) {
+        Some('*' | '+' | '?') => {
+            *at += 1;
+            (size + usize::from(size > 0), true)
+        }
+        Some('{') => {
+            let close = c[*at..].iter().position(|&x| x == '}');
+            let body: Option<String> = close.map(|n| c[*at + 1..*at + n].iter().collect());
+            let bounds = body.as_deref().and_then(|b| {
+                let (lo, hi) = match b.split_once(',') {
+                    Some((lo, "")) => (lo.parse::<usize>().ok()?, None),
+                    Some((lo, hi)) => (lo.parse::<usize>().ok()?, Some(hi.parse::<usize>().ok()?)),
+                    None => {
+                        let n = b.parse::<usize>().ok()?;
+                        (n, Some(n))
+                    }
+                };
+                Some((lo, hi))
+            });
+            match (bounds, close) {
+                (Some((lo, hi)), Some(n)) => {
+                    *at += n + 1;
+                    let sized = match hi {
+                        Some(hi) => {
+                            hi.saturating_mul(size)
+                                + if size > 0 { hi.saturating_sub(lo) } else { 0 }
+                        }
+                        None => lo.max(1).saturating_mul(size) + usize::from(size > 0),
+                    };
+                    (sized, true)
+                }
+                _ => return (size, false), // a literal `{`
+            }
+        }
+        _ => return (size, false),
+    };
+    // A lazy `?` or possessive `+` after the quantifier.
+    if matches!(c.get(*at), Some('?' | '+')) {
+        *at += 1;
+    }
+    result
+}
+
+fn regex_rewrite(cx: &mut Ctx, mut o: Obj) -> Option<RegexRewrite> {
+    let path = o.path.clone();
+    let pattern = o
+        .message(cx, "pattern", &REGEX_MATCHER)
+        .and_then(|r| regex_matcher(cx, r));
+    let has_pattern = o.has("pattern");
+    let substitution = header_text(cx, &mut o, "substitution").unwrap_or_default();
+    o.finish(cx);
+    if !has_pattern {
+        cx.invalid(&path.field("pattern"), "value is required");
+    }
+    Some(RegexRewrite {
+        pattern: pattern?,
+        substitution,
+    })
+}
+
+/// A header name Envoy constrains with `HTTP_HEADER_NAME` (not strict) and `min_len: 1`.
+fn header_name(cx: &mut Ctx, o: &mut Obj, field: &str) -> Option<String> {
+    let path = o.path.field(field);
+    let name = o.required_string(cx, field, MIN_LEN_1)?;
+    if !lax_header_ok(&name) {
+        cx.invalid(&path, "a header name must not contain NUL, CR or LF");
+        return None;
+    }
+    Some(name.to_ascii_lowercase())
+}
+
+fn header_matcher(cx: &mut Ctx, mut o: Obj) -> Option<HeaderMatcher> {
+    let path = o.path.clone();
+    let name = header_name(cx, &mut o, "name");
+    let invert = o.bool(cx, "invert_match").unwrap_or(false);
+    let treat_missing_as_empty = o.bool(cx, "treat_missing_header_as_empty").unwrap_or(false);
+    let nonempty = |cx: &mut Ctx, o: &mut Obj, field: &str| -> Option<String> {
+        let s = o.string(cx, field)?;
+        if s.is_empty() {
+            cx.invalid(&path.field(field), MIN_LEN_1);
+            return None;
+        }
+        Some(s)
+    };
+    let kind = if let Some(v) = o.string(cx, "exact_match") {
+        Some(HeaderMatch::Exact(v))
+    } else if o.has("prefix_match") {
+        nonempty(cx, &mut o, "prefix_match").map(HeaderMatch::Prefix)
+    } else if o.has("suffix_match") {
+        nonempty(cx, &mut o, "suffix_match").map(HeaderMatch::Suffix)
+    } else if o.has("contains_match") {
+        nonempty(cx, &mut o, "contains_match").map(HeaderMatch::Contains)
+    } else if let Some(r) = o.message(cx, "safe_regex_match", &REGEX_MATCHER) {
+        regex_matcher(cx, r).map(HeaderMatch::Regex)
+    } else if let Some(mut r) = o.message(cx, "range_match", &INT64_RANGE) {
+        let start = r.i64(cx, "start").unwrap_or(0);
+        let end = r.i64(cx, "end").unwrap_or(0);
+        r.finish(cx);
+        Some(HeaderMatch::Range { start, end })
+    } else if let Some(b) = o.bool(cx, "present_match") {
+        Some(HeaderMatch::Present(b))
+    } else if let Some(s) = o.message(cx, "string_match", &ROUTE_STRING_MATCHER) {
+        string_match(cx, s).map(HeaderMatch::String)
+    } else if o.has("present_match") || o.has("exact_match") {
+        None // a value of the wrong type, already reported
+    } else {
+        Some(HeaderMatch::Present(true))
+    };
+    o.finish(cx);
+    Some(HeaderMatcher {
+        name: name?,
+        kind: kind?,
+        invert,
+        treat_missing_as_empty,
+    })
+}
+
+fn string_match(cx: &mut Ctx, mut o: Obj) -> Option<StringMatch> {
+    let path = o.path.clone();
+    let ignore_case = o.bool(cx, "ignore_case").unwrap_or(false);
+    let mut kind = None;
+    for field in ["exact", "prefix", "suffix", "contains"] {
+        if let Some(v) = o.string(cx, field) {
+            if v.is_empty() && field != "exact" {
+                cx.invalid(&path.field(field), MIN_LEN_1);
+                continue;
+            }
+            kind = Some(match field {
+                "exact" => StringMatchKind::Exact(v),
+                "prefix" => StringMatchKind::Prefix(v),
+                "suffix" => StringMatchKind::Suffix(v),
+                _ => StringMatchKind::Contains(v),
+            });
+        }
+    }
+    let has_regex = o.has("safe_regex");
+    if let Some(r) = o.message(cx, "safe_regex", &REGEX_MATCHER) {
+        kind = regex_matcher(cx, r).map(StringMatchKind::Regex);
+    }
+    let specified = ["exact", "prefix", "suffix", "contains", "custom"]
+        .iter()
+        .any(|f| o.has(f))
+        || has_regex;
+    o.finish(cx);
+    if !specified {
+        cx.invalid(
+            &path,
+            "match_pattern is required: one of exact, prefix, suffix, contains or safe_regex",
+        );
+    }
+    Some(StringMatch {
+        kind: kind?,
+        ignore_case,
+    })
+}
+
+fn query_matcher(cx: &mut Ctx, mut o: Obj) -> Option<QueryParameterMatcher> {
+    let path = o.path.clone();
+    let name = o.required_string(cx, "name", MIN_LEN_1);
+    if name.as_ref().is_some_and(|n| n.len() > 1024) {
+        cx.invalid(
+            &path.field("name"),
+            "value length must be at most 1024 bytes",
+        );
+    }
+    let kind = match o.message(cx, "string_match", &ROUTE_STRING_MATCHER) {
+        Some(s) => QueryMatch::String(string_match(cx, s)?),
+        None => QueryMatch::Present(o.bool(cx, "present_match").unwrap_or(true)),
+    };
+    o.finish(cx);
+    Some(QueryParameterMatcher { name: name?, kind })
+}
+
+fn route_action(
+    cx: &mut Ctx,
+    mut o: Obj,
+    route_name: &str,
+    vhost_retry: Option<&RetryPolicy>,
+    rcx: &mut RouteCx,
+) -> Option<ForwardAction> {
+    let path = o.path.clone();
+    let specified = [
+        "cluster",
+        "cluster_header",
+        "weighted_clusters",
+        "cluster_specifier_plugin",
+        "inline_cluster_specifier_plugin",
+    ]
+    .iter()
+    .any(|f| o.has(f));
+    let cluster = if o.has("cluster") {
+        o.required_string(cx, "cluster", MIN_LEN_1).map(|c| {
+            rcx.refs.push((path.field("cluster"), c.clone(), false));
+            ClusterSpecifier::Cluster(c)
+        })
+    } else if o.has("cluster_header") {
+        header_name(cx, &mut o, "cluster_header").map(ClusterSpecifier::Header)
+    } else if let Some(w) = o.message(cx, "weighted_clusters", &WEIGHTED_CLUSTER) {
+        weighted_clusters(cx, w, route_name, rcx).map(ClusterSpecifier::Weighted)
+    } else {
+        None
+    };
+    if !specified {
+        cx.invalid(
+            &path,
+            "cluster_specifier is required: one of cluster, cluster_header or weighted_clusters",
+        );
+    }
+    let cluster_not_found_status = match o.enumeration(
+        cx,
+        "cluster_not_found_response_code",
+        &CLUSTER_NOT_FOUND_RESPONSE_CODE,
+    ) {
+        Some(1) => 404,
+        Some(2) => 500,
+        _ => 503,
+    };
+    let prefix_rewrite = header_text(cx, &mut o, "prefix_rewrite").filter(|s| !s.is_empty());
+    let regex_rewrite = o
+        .message(cx, "regex_rewrite", &REGEX_MATCH_AND_SUBSTITUTE)
+        .and_then(|r| regex_rewrite(cx, r));
+    let rewrites = usize::from(prefix_rewrite.is_some())
+        + usize::from(o.has("regex_rewrite"))
+        + usize::from(o.has("path_rewrite_policy"));
+    if rewrites > 1 {
+        cx.invalid(
+            &path,
+            "Specify only one of prefix_rewrite, regex_rewrite or path_rewrite_policy",
+        );
+    }
+    let host_rewrite = if let Some(h) = header_text(cx, &mut o, "host_rewrite_literal") {
+        if h.is_empty() {
+            HostRewrite::None
+        } else {
+            HostRewrite::Literal(h)
+        }
+    } else if let Some(auto) = o.bool(cx, "auto_host_rewrite") {
+        if auto {
+            HostRewrite::Auto
+        } else {
+            HostRewrite::None
+        }
+    } else if o.has("host_rewrite_header") {
+        match o.string(cx, "host_rewrite_header") {
+            Some(h) if h.is_empty() => HostRewrite::None,
+            Some(h) if lax_header_ok(&h) => HostRewrite::Header(h.to_ascii_lowercase()),
+            Some(_) => {
+                cx.invalid(
+                    &path.field("host_rewrite_header"),
+                    "a header name must not contain NUL, CR or LF",
+                );
+                HostRewrite::None
+            }
+            None => HostRewrite::None,
+        }
+    } else {
+        HostRewrite::None
+    };
+    let append_x_forwarded_host = o.bool(cx, "append_x_forwarded_host").unwrap_or(false);
+    let timeout_ms = millis(o.duration(cx, "timeout"), DEFAULT_ROUTE_TIMEOUT_MS);
+    let idle_timeout_ms = o.duration(cx, "idle_timeout").map(ProtoDuration::millis);
+    let retry_policy = match o.message(cx, "retry_policy", &RETRY_POLICY) {
+        Some(r) => retry_policy(cx, r),
+        None => vhost_retry.cloned(),
+    };
+    let mut hash_policy = Vec::new();
+    for (p, v) in o.list("hash_policy") {
+        if let Some(h) = Obj::new(cx, p, v, &HASH_POLICY).and_then(|h| hash_policy_entry(cx, h)) {
+            hash_policy.push(h);
+        }
+    }
+    o.finish(cx);
+    Some(ForwardAction {
+        cluster: cluster?,
+        cluster_not_found_status,
+        prefix_rewrite,
+        regex_rewrite,
+        host_rewrite,
+        append_x_forwarded_host,
+        timeout_ms,
+        idle_timeout_ms,
+        retry_policy,
+        hash_policy,
+    })
+}
+
+fn weighted_clusters(
+    cx: &mut Ctx,
+    mut o: Obj,
+    route_name: &str,
+    rcx: &mut RouteCx,
+) -> Option<WeightedClusters> {
+    let path = o.path.clone();
+    let list = o.list("clusters");
+    if list.is_empty() {
+        cx.invalid(
+            &path.field("clusters"),
+            "value must contain at least 1 item(s)",
+        );
+    }
+    let mut clusters = Vec::new();
+    let mut total: u64 = 0;
+    let mut ok = true;
+    for (p, v) in list {
+        let Some(mut c) = Obj::new(cx, p.clone(), v, &CLUSTER_WEIGHT) else {
+            ok = false;
+            continue;
+        };
+        let name = c.string(cx, "name").unwrap_or_default();
+        let header = c.string(cx, "cluster_header").unwrap_or_default();
+        let weight = c.u32(cx, "weight");
+        let has_weight = c.has("weight");
+        let host_rewrite_literal =
+            header_text(cx, &mut c, "host_rewrite_literal").filter(|s| !s.is_empty());
+        let headers = header_mutations(cx, &mut c, false);
+        c.finish(cx);
+        let target = match (name.is_empty(), header.is_empty()) {
+            (false, true) => {
+                rcx.refs.push((p.field("name"), name.clone(), true));
+                WeightedTarget::Name(name)
+            }
+            (true, false) if lax_header_ok(&header) => {
+                WeightedTarget::Header(header.to_ascii_lowercase())
+            }
+            (true, false) => {
+                cx.invalid(
+                    &p.field("cluster_header"),
+                    "a header name must not contain NUL, CR or LF",
+                );
+                ok = false;
+                continue;
+            }
+            (true, true) => {
+                cx.invalid(
+                    &p,
+                    "At least one of name or cluster_header need to be specified",
+                );
+                ok = false;
+                continue;
+            }
+            (false, false) => {
+                cx.invalid(&p, "Only one of name or cluster_header can be specified");
+                ok = false;
+                continue;
+            }
+        };
+        let Some(weight) = weight else {
+            if !has_weight {
+                cx.invalid(
+                    &p.field("weight"),
+                    "Field 'weight' is missing: every weighted cluster needs a weight",
+                );
+            }
+            ok = false;
+            continue;
+        };
+        total += u64::from(weight);
+        clusters.push(ClusterWeight {
+            target,
+            weight,
+            host_rewrite_literal,
+            headers,
+        });
+    }
+    if o.u32(cx, "total_weight").is_some() {
+        cx.warn(
+            &path.field("total_weight"),
+            "deprecated and not checked by Envoy 1.36; the sum of the weights is used",
+        );
+    }
+    let random_value_header = if o.has("header_name") {
+        match o.string(cx, "header_name") {
+            Some(h) if h.is_empty() => None,
+            Some(h) if lax_header_ok(&h) => Some(h.to_ascii_lowercase()),
+            Some(_) => {
+                cx.invalid(
+                    &path.field("header_name"),
+                    "a header name must not contain NUL, CR or LF",
+                );
+                None
+            }
+            None => None,
+        }
+    } else {
+        None
+    };
+    let use_hash_policy = o.bool(cx, "use_hash_policy").unwrap_or(false);
+    o.finish(cx);
+    if !ok {
+        return None;
+    }
+    if total > u64::from(u32::MAX) {
+        cx.invalid(
+            &path,
+            format!(
+                "The sum of weights of all weighted clusters of route {route_name} exceeds {}",
+                u32::MAX
+            ),
+        );
+        return None;
+    }
+    if total == 0 && !clusters.is_empty() {
+        cx.invalid(
+            &path,
+            "Sum of weights in the weighted_cluster must be greater than 0.",
+        );
+        return None;
+    }
+    Some(WeightedClusters {
+        clusters,
+        total_weight: total,
+        random_value_header,
+        use_hash_policy,
+    })
+}
+
+fn retry_policy(cx: &mut Ctx, mut o: Obj) -> Option<RetryPolicy> {
+    let path = o.path.clone();
+    let mut retry_on = Vec::new();
+    if let Some(text) = o.string(cx, "retry_on") {
+        for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            match RetryOn::ALL.iter().find(|(name, _)| *name == word) {
+                Some((_, r)) if !retry_on.contains(r) => retry_on.push(*r),
+                Some(_) => {}
+                None => cx.warn(
+                    &path.field("retry_on"),
+                    format!("unknown retry condition {word:?}: ignored, as Envoy ignores it"),
+                ),
+            }
+        }
+    }
+    let num_retries = o.u32(cx, "num_retries").unwrap_or(1);
+    let per_try_timeout_ms = millis(o.duration(cx, "per_try_timeout"), 0);
+    let per_try_idle_timeout_ms = millis(o.duration(cx, "per_try_idle_timeout"), 0);
+    let mut retry_host_predicates = Vec::new();
+    for (p, v) in o.list("retry_host_predicate") {
+        let Some(mut pr) = Obj::new(cx, p.clone(), v, &RETRY_HOST_PREDICATE) else {
+            continue;
+        };
+        let name = pr.required_string(cx, "name", MIN_LEN_1);
+        let has_typed = pr.has("typed_config");
+        let typed = pr.any(cx, "typed_config");
+        pr.finish(cx);
+        let Some(name) = name else { continue };
+        match typed {
+            Some(t) if t.is(PREVIOUS_HOSTS_TYPE) => {
+                t.obj(cx, &EMPTY_PREDICATE).finish(cx);
+                retry_host_predicates.push(RetryHostPredicate::PreviousHosts);
+            }
+            Some(t) if !t.is_empty() => cx.unsupported(
+                &p.field("typed_config"),
+                format!(
+                    "{}: only the previous_hosts retry host predicate is supported by vigil",
+                    t.type_name
+                ),
+            ),
+            None if has_typed => {}
+            _ => cx.invalid(
+                &p.field("typed_config"),
+                format!("Didn't find a registered implementation for '{name}' with type URL: ''"),
+            ),
+        }
+    }
+    let host_selection_retry_max_attempts = match o.i64(cx, "host_selection_retry_max_attempts") {
+        None | Some(0) => 1,
+        Some(n) => n,
+    };
+    let retriable_status_codes: Vec<u32> = o
+        .list("retriable_status_codes")
+        .into_iter()
+        .filter_map(|(p, v)| {
+            super::reader::integer(cx, &p, v, "uint32", 0, u32::MAX.into()).map(|n| n as u32)
+        })
+        .collect();
+    let retry_back_off_ms = match o.message(cx, "retry_back_off", &RETRY_BACK_OFF) {
+        Some(mut b) => {
+            let bp = b.path.clone();
+            let base = b.duration(cx, "base_interval");
+            let max = b.duration(cx, "max_interval");
+            b.finish(cx);
+            match base {
+                None => {
+                    cx.invalid(&bp.field("base_interval"), "value is required");
+                    None
+                }
+                Some(d) if d.is_zero() => {
+                    cx.invalid(&bp.field("base_interval"), "value must be greater than 0s");
+                    None
+                }
+                Some(base) => {
+                    // Envoy rounds both up to at least 1 ms.
+                    let base = base.millis().max(1);
+                    let max = match max {
+                        Some(d) if d.is_zero() => {
+                            cx.invalid(&bp.field("max_interval"), "value must be greater than 0s");
+                            None
+                        }
+                        Some(d) => Some(d.millis().max(1)),
+                        None => None,
+                    };
+                    if max.is_some_and(|m| m < base) {
+                        cx.invalid(
+                            &bp,
+                            "retry_policy.max_interval must greater than or equal to the \
+                             base_interval",
+                        );
+                    }
+                    Some((base, max))
                 }
             }
-            for (key, child) in map {
-                scan_wasm(cx, &path.field(key), child);
+        }
+        None => None,
+    };
+    o.finish(cx);
+    Some(RetryPolicy {
+        retry_on,
+        num_retries,
+        per_try_timeout_ms,
+        per_try_idle_timeout_ms,
+        retry_host_predicates,
+        host_selection_retry_max_attempts,
+        retriable_status_codes,
+        retry_back_off_ms,
+    })
+}
+
+/// One `hash_policy` entry; `None` for entries Envoy skips (`source_ip: false`) or errors.
+fn hash_policy_entry(cx: &mut Ctx, mut o: Obj) -> Option<RouteHashPolicy> {
+    let path = o.path.clone();
+    let terminal = o.bool(cx, "terminal").unwrap_or(false);
+    let specified = [
+        "header",
+        "cookie",
+        "connection_properties",
+        "query_parameter",
+        "filter_state",
+    ]
+    .iter()
+    .any(|f| o.has(f));
+    let kind = if let Some(mut h) = o.message(cx, "header", &HASH_POLICY_HEADER) {
+        let name = header_name(cx, &mut h, "header_name");
+        let rewrite = match h.message(cx, "regex_rewrite", &REGEX_MATCH_AND_SUBSTITUTE) {
+            Some(r) => Some(regex_rewrite(cx, r)?),
+            None => None,
+        };
+        h.finish(cx);
+        name.map(|name| RouteHashKind::Header { name, rewrite })
+    } else if let Some(mut c) = o.message(cx, "cookie", &HASH_POLICY_COOKIE) {
+        let name = c.required_string(cx, "name", MIN_LEN_1);
+        let ttl = c.duration(cx, "ttl").map(|d| d.seconds as u64);
+        let cookie_path = c.string(cx, "path").unwrap_or_default();
+        let mut attributes = Vec::new();
+        for (p, v) in c.list("attributes") {
+            let Some(mut a) = Obj::new(cx, p, v, &HASH_POLICY_COOKIE_ATTRIBUTE) else {
+                continue;
+            };
+            let attr_name = header_name(cx, &mut a, "name");
+            let value = header_text(cx, &mut a, "value").unwrap_or_default();
+            a.finish(cx);
+            if let Some(attr_name) = attr_name {
+                attributes.push(CookieAttribute {
+                    name: attr_name,
+                    value,
+                });
             }
         }
-        Value::Array(list) => {
-            for (i, child) in list.iter().enumerate() {
-                scan_wasm(cx, &path.index(i), child);
-            }
+        c.finish(cx);
+        name.map(|name| {
+            RouteHashKind::Cookie(CookiePolicy {
+                name,
+                ttl,
+                path: cookie_path,
+                attributes,
+            })
+        })
+    } else if let Some(mut c) = o.message(
+        cx,
+        "connection_properties",
+        &HASH_POLICY_CONNECTION_PROPERTIES,
+    ) {
+        let source_ip = c.bool(cx, "source_ip").unwrap_or(false);
+        c.finish(cx);
+        if !source_ip {
+            o.finish(cx);
+            return None; // Envoy creates no policy for it
         }
-        _ => {}
+        Some(RouteHashKind::SourceIp)
+    } else if let Some(mut q) = o.message(cx, "query_parameter", &HASH_POLICY_QUERY_PARAMETER) {
+        let name = q.required_string(cx, "name", MIN_LEN_1);
+        q.finish(cx);
+        name.map(|name| RouteHashKind::QueryParameter { name })
+    } else if let Some(mut f) = o.message(cx, "filter_state", &HASH_POLICY_FILTER_STATE) {
+        let key = f.required_string(cx, "key", MIN_LEN_1);
+        f.finish(cx);
+        key.map(|key| RouteHashKind::FilterState { key })
+    } else {
+        None
+    };
+    o.finish(cx);
+    if !specified {
+        cx.invalid(
+            &path,
+            "policy_specifier is required: one of header, cookie, connection_properties, \
+             query_parameter or filter_state",
+        );
+    }
+    Some(RouteHashPolicy {
+        kind: kind?,
+        terminal,
+    })
+}
+
+fn direct_response(cx: &mut Ctx, mut o: Obj, max_body: u32) -> Option<RouteAction> {
+    let path = o.path.clone();
+    let status = o.u32(cx, "status");
+    let body = match o.message(cx, "body", &DATA_SOURCE) {
+        Some(mut b) => {
+            let bp = b.path.clone();
+            let bytes = if let Some(s) = b.string(cx, "inline_string") {
+                Some(s.into_bytes())
+            } else if let Some((p, v)) = b.take("inline_bytes") {
+                string(cx, &p, v).and_then(|s| {
+                    let decoded = base64(&s);
+                    if decoded.is_none() {
+                        cx.invalid(&p, "invalid base64 in inline_bytes");
+                    }
+                    decoded
+                })
+            } else {
+                None
+            };
+            b.finish(cx);
+            if let Some(bytes) = &bytes {
+                if bytes.len() > max_body as usize {
+                    cx.invalid(
+                        &bp,
+                        format!(
+                            "response body size is {} bytes; maximum is {max_body} \
+                             (max_direct_response_body_size_bytes)",
+                            bytes.len()
+                        ),
+                    );
+                }
+            }
+            bytes
+        }
+        None => None,
+    };
+    o.finish(cx);
+    match status {
+        Some(s) if (200..600).contains(&s) => Some(RouteAction::DirectResponse {
+            status: s as u16,
+            body,
+        }),
+        Some(s) => {
+            cx.invalid(
+                &path.field("status"),
+                format!("value must be inside range [200, 600), found {s}"),
+            );
+            None
+        }
+        None => {
+            cx.invalid(
+                &path.field("status"),
+                "value must be inside range [200, 600) (status is required)",
+            );
+            None
+        }
+    }
+}
+
+/// Envoy's non-strict header patterns: no NUL, CR or LF.
+fn lax_header_ok(s: &str) -> bool {
+    !s.bytes().any(|b| matches!(b, 0 | b'\r' | b'\n'))
+}
+
+/// `request_headers_to_add` / `_to_remove` and the response pair, as Envoy's
+/// `HeaderParser::configure` checks them. `nonempty_removals`: the removal names have
+/// `min_len: 1` (virtual hosts and routes).
+fn header_mutations(cx: &mut Ctx, o: &mut Obj, nonempty_removals: bool) -> HeaderMutations {
+    HeaderMutations {
+        request_headers_to_add: headers_to_add(cx, o.list("request_headers_to_add")),
+        request_headers_to_remove: headers_to_remove(
+            cx,
+            o.list("request_headers_to_remove"),
+            nonempty_removals,
+        ),
+        response_headers_to_add: headers_to_add(cx, o.list("response_headers_to_add")),
+        response_headers_to_remove: headers_to_remove(
+            cx,
+            o.list("response_headers_to_remove"),
+            nonempty_removals,
+        ),
+    }
+}
+
+fn headers_to_add(cx: &mut Ctx, list: Vec<(FieldPath, &Value)>) -> Vec<HeaderOption> {
+    if list.len() > 1000 {
+        cx.invalid(
+            &list[0].0,
+            format!(
+                "value must contain no more than 1000 item(s), found {}",
+                list.len()
+            ),
+        );
+    }
+    let mut out = Vec::new();
+    for (p, v) in list {
+        let Some(mut option) = Obj::new(cx, p.clone(), v, &HEADER_VALUE_OPTION) else {
+            continue;
+        };
+        let header = option.message(cx, "header", &HEADER_VALUE);
+        let append = option.bool(cx, "append");
+        let action = option.enumeration(cx, "append_action", &HEADER_APPEND_ACTION);
+        let keep_empty_value = option.bool(cx, "keep_empty_value").unwrap_or(false);
+        option.finish(cx);
+        let Some(mut header) = header else {
+            cx.invalid(&p.field("header"), "value is required");
+            continue;
+        };
+        let key_path = header.path.field("key");
+        let value_path = header.path.field("value");
+        let key = header.required_string(cx, "key", MIN_LEN_1);
+        let value = header.string(cx, "value").unwrap_or_default();
+        header.finish(cx);
+        let Some(key) = key else { continue };
+        if !lax_header_ok(&key) || key.len() > 16384 {
+            cx.invalid(
+                &key_path,
+                "a header name must not contain NUL, CR or LF (and be at most 16384 bytes)",
+            );
+            continue;
+        }
+        if !lax_header_ok(&value) || value.len() > 16384 {
+            cx.invalid(
+                &value_path,
+                "a header value must not contain NUL, CR or LF (and be at most 16384 bytes)",
+            );
+            continue;
+        }
+        if key.starts_with(':') || key.eq_ignore_ascii_case("host") {
+            cx.invalid(&key_path, ":-prefixed or host headers may not be modified");
+            continue;
+        }
+        // Envoy: `append` may only be combined with the default action.
+        let action = match (append, action) {
+            (Some(_), Some(a)) if a != 0 => {
+                cx.invalid(
+                    &p,
+                    "Both append and append_action are set and it's not allowed",
+                );
+                continue;
+            }
+            (Some(true), _) => HeaderAppendAction::AppendIfExistsOrAdd,
+            (Some(false), _) => HeaderAppendAction::OverwriteIfExistsOrAdd,
+            (None, Some(1)) => HeaderAppendAction::AddIfAbsent,
+            (None, Some(2)) => HeaderAppendAction::OverwriteIfExistsOrAdd,
+            (None, Some(3)) => HeaderAppendAction::OverwriteIfExists,
+            (None, _) => HeaderAppendAction::AppendIfExistsOrAdd,
+        };
+        let unescaped = value.replace("%%", "");
+        if unescaped.matches('%').count() % 2 == 1 {
+            cx.invalid(
+                &value_path,
+                format!(
+                    "Incorrect configuration: {value}. Couldn't find valid command (a lone %; \
+                     write %% for a literal %)"
+                ),
+            );
+            continue;
+        }
+        if unescaped.contains('%') {
+            cx.unsupported(&value_path, FORMATTERS);
+            continue;
+        }
+        out.push(HeaderOption {
+            name: key.to_ascii_lowercase(),
+            value: value.replace("%%", "%"),
+            action,
+            keep_empty_value,
+        });
+    }
+    out
+}
+
+fn headers_to_remove(cx: &mut Ctx, list: Vec<(FieldPath, &Value)>, nonempty: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    for (p, v) in list {
+        let Some(name) = string(cx, &p, v) else {
+            continue;
+        };
+        if name.is_empty() && nonempty {
+            cx.invalid(&p, MIN_LEN_1);
+            continue;
+        }
+        if !lax_header_ok(&name) {
+            cx.invalid(&p, "a header name must not contain NUL, CR or LF");
+            continue;
+        }
+        if name.starts_with(':') || name.eq_ignore_ascii_case("host") {
+            cx.invalid(&p, ":-prefixed or host headers may not be removed");
+            continue;
+        }
+        out.push(name.to_ascii_lowercase());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    #[test]
+    fn re2_program_size_estimates_match_envoys_verdicts() {
+        // Sizes Envoy 1.36.2 reported (or accepted) for these patterns.
+        let size = re2_program_size_estimate;
+        assert_eq!(size(&format!("/{}", "a".repeat(96))), 101);
+        assert_eq!(size(&format!("/{}", "a".repeat(95))), 100);
+        assert_eq!(size(&format!("/({})", "a".repeat(94))), 101);
+        assert_eq!(size("[a-z]{1,49}"), 101);
+        assert_eq!(size("[a-z]{1,48}"), 99);
+        assert_eq!(size("/[a-z]{1,200}"), 404);
+        assert_eq!(size(&".".repeat(15)), 124);
+        assert!(size(&format!("/{}", "a*".repeat(49))) <= 100, "a*a* is a*");
+        assert!(size(&format!("^/{}$", "a".repeat(95))) <= 100);
+        assert!(size(&format!("(?i)/{}", "a".repeat(96))) > 100);
+        let alternatives: Vec<String> = (0..20)
+            .map(|i| format!("ab{}", (b'a' + i) as char))
+            .collect();
+        assert!(
+            size(&alternatives.join("|")) <= 100,
+            "RE2 factors alternations"
+        );
+        assert!(size("/\\p{Greek}") <= 100);
+        assert_eq!(size("a{"), 6, "a lone brace is a literal");
+        assert_eq!(size("(?:ab)|c"), 6);
+        assert_eq!(size("(?P<id>[0-9]+)"), 8);
+    }
+
+    #[test]
+    fn the_size_estimate_survives_malformed_patterns() {
+        for p in [
+            "[",
+            "(",
+            ")",
+            "\\",
+            "[a",
+            "[[:",
+            "(?",
+            "(?P<",
+            "a{",
+            "a{1,",
+            "a{1,2",
+            "\\Q",
+            "\\p{",
+            "\\x",
+            "\\x{",
+            "*",
+            "a**",
+            "[]",
+            "[^]",
+            "(|)",
+            "{}",
+            "a{99999999999999999999}",
+            "é{3}",
+            "(?i",
+            "[\\",
+        ] {
+            let _ = re2_program_size_estimate(p);
+            let mut cx = Ctx::default();
+            let _ = compile(&mut cx, &FieldPath::root(), p);
+        }
     }
 }

@@ -23,8 +23,11 @@
 //! Known fields vigil does not act on are [`Warning`]s; where ignoring one would change what a
 //! check sends or how hosts are judged (TLS transport sockets, custom health checkers, regex
 //! matchers, HTTP/3, ...) it is an error of kind [`ErrorKind::Unsupported`] instead. Listeners are
-//! typed only down to their name and address; their filter chains are kept as written and not
-//! checked yet.
+//! typed down to the HTTP connection manager of each filter chain and its inline route
+//! configuration ([`HttpConnectionManager`], [`RouteConfiguration`]), checked as Envoy checks them
+//! (domains, regexes, weighted clusters, filter order, clusters named by routes, ...); where
+//! ignoring a field would change which route or cluster a request goes to (RDS, redirects,
+//! metadata matches, ...) it is [`ErrorKind::Unsupported`].
 //!
 //! Known differences from Envoy 1.36.2 (besides the [`ErrorKind::Unsupported`] refusals):
 //! - the YAML front end cannot tell quoted from plain scalars, so a quoted `"on"` / `"yes"` is
@@ -33,8 +36,11 @@
 //! - a field spelled both ways (`connect_timeout` and `connectTimeout`) is an error; Envoy keeps
 //!   one of them;
 //! - text that is not UTF-8 is an error (Envoy passes the bytes through);
-//! - raw parts (listener filter chains, `outlier_detection`, `circuit_breakers`, metadata, ...)
-//!   are only checked to be mappings: a typo inside them is caught by Envoy, not by vigil yet.
+//! - raw parts (listener filters, network filters other than the HTTP connection manager,
+//!   `outlier_detection`, `circuit_breakers`, metadata, ...) are only checked to be mappings: a
+//!   typo inside them is caught by Envoy, not by vigil yet;
+//! - route regexes are compiled with regex-lite, not RE2 (see [`Regex`]); RE2's program-size
+//!   limit is estimated, from below.
 //!
 //! Layout: `reader` (proto-JSON reading rules), `schema` (the Envoy messages and what vigil does
 //! with each field), `cluster`, `health_check`, `listener` (the typed readers), `types` (the
@@ -197,10 +203,12 @@ fn bootstrap(cx: &mut Ctx, value: &Value) -> Bootstrap {
     };
     out.admin = o.message(cx, "admin", &ADMIN).map(|a| admin(cx, a));
     if let Some(mut sr) = o.message(cx, "static_resources", &STATIC_RESOURCES) {
+        // Routes name clusters: the listeners see the clusters as written.
+        let clusters = sr.take("clusters");
         if let Some((p, v)) = sr.take("listeners") {
-            out.listeners = listener::listeners(cx, &p, v);
+            out.listeners = listener::listeners(cx, &p, v, clusters.as_ref().map(|(_, v)| *v));
         }
-        if let Some((p, v)) = sr.take("clusters") {
+        if let Some((p, v)) = clusters {
             out.clusters = cluster::clusters(cx, &p, v);
         }
         sr.finish(cx);
@@ -265,7 +273,14 @@ mod tests {
             "static_resources": {
                 "listeners": [{"name": "listener_0",
                     "address": {"socket_address": {"address": "0.0.0.0", "port_value": 80}},
-                    "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager"}]}]}],
+                    "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                            "stat_prefix": "ingress_http",
+                            "route_config": {"name": "local_route", "virtual_hosts": [{"name": "web", "domains": ["*"],
+                                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "web_cluster_01"}}]}]},
+                            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]}],
                 "clusters": [{"name": "web_cluster_01", "connect_timeout": "0.25s", "type": "STRICT_DNS",
                     "lb_policy": "ROUND_ROBIN",
                     "load_assignment": {"cluster_name": "web_cluster_01", "endpoints": [{"lb_endpoints": [
@@ -557,11 +572,18 @@ mod tests {
         let wasm = json!({"name": "envoy.filters.http.wasm", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
             "config": {"vm_config": {"runtime": "envoy.wasm.runtime.v8"}}}});
+        let router = json!({"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}});
         let v = json!({"static_resources": {"listeners": [
             {"name": "l", "address": {"socket_address": {"address": "::", "port_value": "8080",
                 "ipv4_compat": true}},
              "perConnectionBufferLimitBytes": 1024,
-             "filter_chains": {"filters": [{"name": "hcm", "typed_config": {"http_filters": [wasm]}}]}}]}});
+             "filter_chains": {"filters": [{"name": "hcm", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "in",
+                "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]},
+                "http_filters": [wasm, router]}}]}}]}});
         let loaded = from_value(&v).unwrap();
         let l = &loaded.bootstrap.listeners[0];
         let addr = l.address.as_ref().unwrap().socket().unwrap();
@@ -574,8 +596,10 @@ mod tests {
         assert_eq!(loaded.warnings.len(), 1);
         assert_eq!(
             loaded.warnings[0].path.as_str(),
-            "static_resources.listeners[0].filter_chains.filters[0].typed_config.http_filters[0].typed_config"
+            "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0].typed_config"
         );
+        assert_eq!(l.http.len(), 1, "the connection manager is typed");
+        assert_eq!(l.http[0].http_filters.len(), 2);
         assert!(loaded.warnings[0].message.contains("natively"));
 
         let v = json!({"static_resources": {"listeners": [{"name": "l", "bogus": 1,

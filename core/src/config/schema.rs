@@ -147,11 +147,11 @@ pub(crate) static LISTENER: Message = Message {
         read("address"),
         keep("additional_addresses"),
         keep("stat_prefix"),
-        keep("filter_chains"),
+        read("filter_chains"),
         keep("fcds_config"),
         keep("filter_chain_matcher"),
         keep("use_original_dst"),
-        keep("default_filter_chain"),
+        read("default_filter_chain"),
         keep("per_connection_buffer_limit_bytes"),
         keep("metadata"),
         keep("deprecated_v1"),
@@ -711,5 +711,645 @@ pub(crate) static REQUEST_METHOD: Enum = Enum {
 pub(crate) static HEALTH_CHECK_EVENT_FILE_SINK: Message = Message {
     name: "envoy.extensions.health_check.event_sinks.file.v3.HealthCheckEventFileSink",
     fields: &[read("event_log_path")],
+    removed: &[],
+};
+
+// ---------------------------------------------------------------------------------------------
+// Listener filter chains, the HTTP connection manager, route configurations.
+// ---------------------------------------------------------------------------------------------
+
+/// Warning text for a known HTTP field vigil carries for the proxy but does not apply yet.
+const NOT_PROXIED: &str = "not implemented by vigil's proxy; ignored";
+const ROUTING: &str = "changes which route or cluster a request goes to; not supported by vigil";
+
+pub(crate) static FILTER_CHAIN: Message = Message {
+    name: "envoy.config.listener.v3.FilterChain",
+    fields: &[
+        read("filter_chain_match"),
+        read("filters"),
+        warn("use_proxy_proto", IGNORED),
+        keep("metadata"),
+        reject("transport_socket", TLS),
+        warn("transport_socket_connect_timeout", IGNORED),
+        read("name"),
+    ],
+    removed: &[
+        (
+            "tls_context",
+            "removed from Envoy's v3 API; use transport_socket",
+        ),
+        ("on_demand_configuration", "removed from Envoy's v3 API"),
+    ],
+};
+
+pub(crate) static NETWORK_FILTER: Message = Message {
+    name: "envoy.config.listener.v3.Filter",
+    fields: &[
+        read("name"),
+        read("typed_config").oneof("config_type"),
+        reject(
+            "config_discovery",
+            "filter config discovery (ECDS) is not supported by vigil",
+        )
+        .oneof("config_type"),
+    ],
+    removed: &[("config", "removed from Envoy's v3 API; use typed_config")],
+};
+
+pub(crate) static HTTP_CONNECTION_MANAGER: Message = Message {
+    name: "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+    fields: &[
+        read("codec_type"),
+        read("stat_prefix"),
+        reject(
+            "rds",
+            "RDS is not supported by vigil: give the routes inline in route_config",
+        )
+        .oneof("route_specifier"),
+        read("route_config").oneof("route_specifier"),
+        reject(
+            "scoped_routes",
+            "scoped routes are not supported by vigil: give the routes inline in route_config",
+        )
+        .oneof("route_specifier"),
+        read("http_filters"),
+        warn("add_user_agent", NOT_PROXIED),
+        warn("tracing", NOT_PROXIED),
+        read("common_http_protocol_options"),
+        warn("http1_safe_max_connection_duration", NOT_PROXIED),
+        warn("http_protocol_options", NOT_PROXIED),
+        warn("http2_protocol_options", NOT_PROXIED),
+        warn("http3_protocol_options", NOT_PROXIED),
+        read("server_name"),
+        read("server_header_transformation"),
+        warn("scheme_header_transformation", NOT_PROXIED),
+        read("max_request_headers_kb"),
+        read("stream_idle_timeout"),
+        warn("stream_flush_timeout", NOT_PROXIED),
+        read("request_timeout"),
+        read("request_headers_timeout"),
+        read("drain_timeout"),
+        read("delayed_close_timeout"),
+        read("access_log"),
+        warn("access_log_flush_interval", NOT_PROXIED),
+        warn("flush_access_log_on_new_request", NOT_PROXIED),
+        warn("access_log_options", NOT_PROXIED),
+        read("use_remote_address"),
+        read("xff_num_trusted_hops"),
+        warn("original_ip_detection_extensions", NOT_PROXIED),
+        warn("early_header_mutation_extensions", NOT_PROXIED),
+        warn("internal_address_config", NOT_PROXIED),
+        read("skip_xff_append"),
+        read("via"),
+        read("generate_request_id"),
+        read("preserve_external_request_id"),
+        read("always_set_request_id_in_response"),
+        warn("forward_client_cert_details", NOT_PROXIED),
+        warn("set_current_client_cert_details", NOT_PROXIED),
+        warn("proxy_100_continue", NOT_PROXIED),
+        warn(
+            "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
+            NOT_PROXIED,
+        ),
+        warn("upgrade_configs", NOT_PROXIED),
+        read("normalize_path"),
+        read("merge_slashes"),
+        read("path_with_escaped_slashes_action"),
+        warn("request_id_extension", NOT_PROXIED),
+        warn("local_reply_config", NOT_PROXIED),
+        read("strip_matching_host_port"),
+        read("strip_any_host_port").oneof("strip_port_mode"),
+        warn("stream_error_on_invalid_http_message", NOT_PROXIED),
+        reject("path_normalization_options", ROUTING),
+        read("strip_trailing_host_dot"),
+        warn("proxy_status_config", NOT_PROXIED),
+        warn("typed_header_validation_config", NOT_PROXIED),
+        warn("append_x_forwarded_port", NOT_PROXIED),
+        warn("append_local_overload", NOT_PROXIED),
+        warn("add_proxy_protocol_connection_state", NOT_PROXIED),
+    ],
+    removed: &[(
+        "idle_timeout",
+        "removed from Envoy's v3 API; use common_http_protocol_options.idle_timeout",
+    )],
+};
+
+pub(crate) static HCM_CODEC_TYPE: Enum = Enum {
+    name: "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.CodecType",
+    values: &[("AUTO", 0), ("HTTP1", 1), ("HTTP2", 2), ("HTTP3", 3)],
+};
+
+pub(crate) static SERVER_HEADER_TRANSFORMATION: Enum = Enum {
+    name: "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.ServerHeaderTransformation",
+    values: &[
+        ("OVERWRITE", 0),
+        ("APPEND_IF_ABSENT", 1),
+        ("PASS_THROUGH", 2),
+    ],
+};
+
+pub(crate) static PATH_WITH_ESCAPED_SLASHES_ACTION: Enum = Enum {
+    name: "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.PathWithEscapedSlashesAction",
+    values: &[
+        ("IMPLEMENTATION_SPECIFIC_DEFAULT", 0),
+        ("KEEP_UNCHANGED", 1),
+        ("REJECT_REQUEST", 2),
+        ("UNESCAPE_AND_REDIRECT", 3),
+        ("UNESCAPE_AND_FORWARD", 4),
+    ],
+};
+
+pub(crate) static HTTP_PROTOCOL_OPTIONS: Message = Message {
+    name: "envoy.config.core.v3.HttpProtocolOptions",
+    fields: &[
+        read("idle_timeout"),
+        read("max_connection_duration"),
+        read("max_headers_count"),
+        warn("max_response_headers_kb", NOT_PROXIED),
+        read("max_stream_duration"),
+        warn("headers_with_underscores_action", NOT_PROXIED),
+        read("max_requests_per_connection"),
+    ],
+    removed: &[],
+};
+
+pub(crate) static HTTP_FILTER: Message = Message {
+    name: "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter",
+    fields: &[
+        read("name"),
+        read("typed_config").oneof("config_type"),
+        reject(
+            "config_discovery",
+            "filter config discovery (ECDS) is not supported by vigil",
+        )
+        .oneof("config_type"),
+        read("is_optional"),
+        read("disabled"),
+    ],
+    removed: &[("config", "removed from Envoy's v3 API; use typed_config")],
+};
+
+pub(crate) static ROUTER: Message = Message {
+    name: "envoy.extensions.filters.http.router.v3.Router",
+    fields: &[
+        warn("dynamic_stats", NOT_PROXIED),
+        warn("start_child_span", NOT_PROXIED),
+        warn("upstream_log", NOT_PROXIED),
+        warn("upstream_log_options", NOT_PROXIED),
+        warn("suppress_envoy_headers", NOT_PROXIED),
+        warn("strict_check_headers", NOT_PROXIED),
+        warn("respect_expected_rq_timeout", NOT_PROXIED),
+        warn("suppress_grpc_request_failure_code_stats", NOT_PROXIED),
+        warn("upstream_http_filters", NOT_PROXIED),
+    ],
+    removed: &[],
+};
+
+pub(crate) static ROUTE_CONFIGURATION: Message = Message {
+    name: "envoy.config.route.v3.RouteConfiguration",
+    fields: &[
+        read("name"),
+        read("virtual_hosts"),
+        reject(
+            "vhds",
+            "VHDS is not supported by vigil: list the virtual hosts inline",
+        ),
+        warn("internal_only_headers", NOT_PROXIED),
+        read("response_headers_to_add"),
+        read("response_headers_to_remove"),
+        read("request_headers_to_add"),
+        read("request_headers_to_remove"),
+        read("most_specific_header_mutations_wins"),
+        read("validate_clusters"),
+        read("max_direct_response_body_size_bytes"),
+        warn("cluster_specifier_plugins", NOT_PROXIED),
+        warn("request_mirror_policies", NOT_PROXIED),
+        read("ignore_port_in_host_matching"),
+        read("ignore_path_parameters_in_path_matching"),
+        warn("typed_per_filter_config", NOT_PROXIED),
+        keep("metadata"),
+    ],
+    removed: &[],
+};
+
+pub(crate) static VIRTUAL_HOST: Message = Message {
+    name: "envoy.config.route.v3.VirtualHost",
+    fields: &[
+        read("name"),
+        read("domains"),
+        read("routes"),
+        reject(
+            "matcher",
+            "route matcher trees are not supported by vigil: list the routes",
+        ),
+        read("require_tls"),
+        warn("virtual_clusters", NOT_PROXIED),
+        warn("rate_limits", NOT_PROXIED),
+        read("request_headers_to_add"),
+        read("request_headers_to_remove"),
+        read("response_headers_to_add"),
+        read("response_headers_to_remove"),
+        warn("cors", NOT_PROXIED),
+        warn("typed_per_filter_config", NOT_PROXIED),
+        warn("include_request_attempt_count", NOT_PROXIED),
+        warn("include_attempt_count_in_response", NOT_PROXIED),
+        read("retry_policy"),
+        reject(
+            "retry_policy_typed_config",
+            "retry policy extensions are not supported by vigil: use retry_policy",
+        ),
+        warn("hedge_policy", NOT_PROXIED),
+        warn("include_is_timeout_retry_header", NOT_PROXIED),
+        warn("per_request_buffer_limit_bytes", NOT_PROXIED),
+        warn("request_body_buffer_limit", NOT_PROXIED),
+        warn("request_mirror_policies", NOT_PROXIED),
+        keep("metadata"),
+    ],
+    removed: &[(
+        "per_filter_config",
+        "removed from Envoy's v3 API; use typed_per_filter_config",
+    )],
+};
+
+pub(crate) static TLS_REQUIREMENT_TYPE: Enum = Enum {
+    name: "envoy.config.route.v3.VirtualHost.TlsRequirementType",
+    values: &[("NONE", 0), ("EXTERNAL_ONLY", 1), ("ALL", 2)],
+};
+
+pub(crate) static ROUTE: Message = Message {
+    name: "envoy.config.route.v3.Route",
+    fields: &[
+        read("name"),
+        read("match"),
+        read("route").oneof("action"),
+        reject("redirect", "redirect routes are not supported by vigil yet").oneof("action"),
+        read("direct_response").oneof("action"),
+        reject("filter_action", "filter actions are not supported by vigil").oneof("action"),
+        reject(
+            "non_forwarding_action",
+            "non-forwarding actions are not supported by vigil",
+        )
+        .oneof("action"),
+        keep("metadata"),
+        warn("decorator", NOT_PROXIED),
+        warn("typed_per_filter_config", NOT_PROXIED),
+        read("request_headers_to_add"),
+        read("request_headers_to_remove"),
+        read("response_headers_to_add"),
+        read("response_headers_to_remove"),
+        warn("tracing", NOT_PROXIED),
+        warn("per_request_buffer_limit_bytes", NOT_PROXIED),
+        warn("stat_prefix", NOT_PROXIED),
+        warn("request_body_buffer_limit", NOT_PROXIED),
+    ],
+    removed: &[(
+        "per_filter_config",
+        "removed from Envoy's v3 API; use typed_per_filter_config",
+    )],
+};
+
+pub(crate) static ROUTE_MATCH: Message = Message {
+    name: "envoy.config.route.v3.RouteMatch",
+    fields: &[
+        read("prefix").oneof("path_specifier"),
+        read("path").oneof("path_specifier"),
+        read("safe_regex").oneof("path_specifier"),
+        reject(
+            "connect_matcher",
+            "CONNECT requests are not supported by vigil",
+        )
+        .oneof("path_specifier"),
+        read("path_separated_prefix").oneof("path_specifier"),
+        reject(
+            "path_match_policy",
+            "path match extensions (URI templates) are not supported by vigil",
+        )
+        .oneof("path_specifier"),
+        read("case_sensitive"),
+        read("runtime_fraction"),
+        read("headers"),
+        read("query_parameters"),
+        read("grpc"),
+        reject("tls_context", ROUTING),
+        reject("dynamic_metadata", ROUTING),
+        reject("filter_state", ROUTING),
+    ],
+    removed: &[("regex", "removed from Envoy's v3 API; use safe_regex")],
+};
+
+pub(crate) static GRPC_ROUTE_MATCH_OPTIONS: Message = Message {
+    name: "envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions",
+    fields: &[],
+    removed: &[],
+};
+
+pub(crate) static RUNTIME_FRACTIONAL_PERCENT: Message = Message {
+    name: "envoy.config.core.v3.RuntimeFractionalPercent",
+    fields: &[read("default_value"), read("runtime_key")],
+    removed: &[],
+};
+
+pub(crate) static FRACTIONAL_PERCENT: Message = Message {
+    name: "envoy.type.v3.FractionalPercent",
+    fields: &[read("numerator"), read("denominator")],
+    removed: &[],
+};
+
+pub(crate) static FRACTIONAL_PERCENT_DENOMINATOR: Enum = Enum {
+    name: "envoy.type.v3.FractionalPercent.DenominatorType",
+    values: &[("HUNDRED", 0), ("TEN_THOUSAND", 1), ("MILLION", 2)],
+};
+
+pub(crate) static HEADER_MATCHER: Message = Message {
+    name: "envoy.config.route.v3.HeaderMatcher",
+    fields: &[
+        read("name"),
+        read("exact_match").oneof("header_match_specifier"),
+        read("safe_regex_match").oneof("header_match_specifier"),
+        read("range_match").oneof("header_match_specifier"),
+        read("present_match").oneof("header_match_specifier"),
+        read("prefix_match").oneof("header_match_specifier"),
+        read("suffix_match").oneof("header_match_specifier"),
+        read("contains_match").oneof("header_match_specifier"),
+        read("string_match").oneof("header_match_specifier"),
+        read("invert_match"),
+        read("treat_missing_header_as_empty"),
+    ],
+    removed: &[(
+        "regex_match",
+        "removed from Envoy's v3 API; use safe_regex_match",
+    )],
+};
+
+pub(crate) static QUERY_PARAMETER_MATCHER: Message = Message {
+    name: "envoy.config.route.v3.QueryParameterMatcher",
+    fields: &[
+        read("name"),
+        read("string_match").oneof("query_parameter_match_specifier"),
+        read("present_match").oneof("query_parameter_match_specifier"),
+    ],
+    removed: &[
+        ("value", "removed from Envoy's v3 API; use string_match"),
+        ("regex", "removed from Envoy's v3 API; use string_match"),
+    ],
+};
+
+/// `StringMatcher` where vigil evaluates every kind (routes).
+pub(crate) static ROUTE_STRING_MATCHER: Message = Message {
+    name: "envoy.type.matcher.v3.StringMatcher",
+    fields: &[
+        read("exact").oneof("match_pattern"),
+        read("prefix").oneof("match_pattern"),
+        read("suffix").oneof("match_pattern"),
+        read("safe_regex").oneof("match_pattern"),
+        read("contains").oneof("match_pattern"),
+        reject(
+            "custom",
+            "custom string matchers are not supported by vigil",
+        )
+        .oneof("match_pattern"),
+        read("ignore_case"),
+    ],
+    removed: &[("regex", "removed from Envoy's v3 API; use safe_regex")],
+};
+
+pub(crate) static REGEX_MATCHER: Message = Message {
+    name: "envoy.type.matcher.v3.RegexMatcher",
+    fields: &[
+        warn("google_re2", "deprecated; ignored (Envoy ignores it too)").oneof("engine_type"),
+        read("regex"),
+    ],
+    removed: &[],
+};
+
+pub(crate) static REGEX_MATCH_AND_SUBSTITUTE: Message = Message {
+    name: "envoy.type.matcher.v3.RegexMatchAndSubstitute",
+    fields: &[read("pattern"), read("substitution")],
+    removed: &[],
+};
+
+pub(crate) static ROUTE_ACTION: Message = Message {
+    name: "envoy.config.route.v3.RouteAction",
+    fields: &[
+        read("cluster").oneof("cluster_specifier"),
+        read("cluster_header").oneof("cluster_specifier"),
+        read("weighted_clusters").oneof("cluster_specifier"),
+        reject(
+            "cluster_specifier_plugin",
+            "cluster specifier plugins are not supported by vigil",
+        )
+        .oneof("cluster_specifier"),
+        reject(
+            "inline_cluster_specifier_plugin",
+            "cluster specifier plugins are not supported by vigil",
+        )
+        .oneof("cluster_specifier"),
+        read("cluster_not_found_response_code"),
+        reject(
+            "metadata_match",
+            "subset load balancing (metadata_match) is not supported by vigil",
+        ),
+        read("prefix_rewrite"),
+        read("regex_rewrite"),
+        reject(
+            "path_rewrite_policy",
+            "path rewrite extensions are not supported by vigil",
+        ),
+        read("host_rewrite_literal").oneof("host_rewrite_specifier"),
+        read("auto_host_rewrite").oneof("host_rewrite_specifier"),
+        read("host_rewrite_header").oneof("host_rewrite_specifier"),
+        reject(
+            "host_rewrite_path_regex",
+            "host_rewrite_path_regex is not supported by vigil",
+        )
+        .oneof("host_rewrite_specifier"),
+        read("append_x_forwarded_host"),
+        read("timeout"),
+        read("idle_timeout"),
+        warn("flush_timeout", NOT_PROXIED),
+        warn("early_data_policy", NOT_PROXIED),
+        read("retry_policy"),
+        reject(
+            "retry_policy_typed_config",
+            "retry policy extensions are not supported by vigil: use retry_policy",
+        ),
+        warn("request_mirror_policies", NOT_PROXIED),
+        warn("priority", NOT_PROXIED),
+        warn("rate_limits", NOT_PROXIED),
+        warn("include_vh_rate_limits", NOT_PROXIED),
+        read("hash_policy"),
+        warn("cors", NOT_PROXIED),
+        warn("max_grpc_timeout", NOT_PROXIED),
+        warn("grpc_timeout_offset", NOT_PROXIED),
+        warn("upgrade_configs", NOT_PROXIED),
+        warn("internal_redirect_policy", NOT_PROXIED),
+        warn("internal_redirect_action", NOT_PROXIED),
+        warn("max_internal_redirects", NOT_PROXIED),
+        warn("hedge_policy", NOT_PROXIED),
+        warn("max_stream_duration", NOT_PROXIED),
+    ],
+    removed: &[(
+        "request_mirror_policy",
+        "removed from Envoy's v3 API; use request_mirror_policies",
+    )],
+};
+
+pub(crate) static CLUSTER_NOT_FOUND_RESPONSE_CODE: Enum = Enum {
+    name: "envoy.config.route.v3.RouteAction.ClusterNotFoundResponseCode",
+    values: &[
+        ("SERVICE_UNAVAILABLE", 0),
+        ("NOT_FOUND", 1),
+        ("INTERNAL_SERVER_ERROR", 2),
+    ],
+};
+
+pub(crate) static WEIGHTED_CLUSTER: Message = Message {
+    name: "envoy.config.route.v3.WeightedCluster",
+    fields: &[
+        read("clusters"),
+        read("total_weight"),
+        warn(
+            "runtime_key_prefix",
+            "runtime overrides are not applied by vigil: the configured weights are used",
+        ),
+        read("header_name").oneof("random_value_specifier"),
+        read("use_hash_policy").oneof("random_value_specifier"),
+    ],
+    removed: &[],
+};
+
+pub(crate) static CLUSTER_WEIGHT: Message = Message {
+    name: "envoy.config.route.v3.WeightedCluster.ClusterWeight",
+    fields: &[
+        read("name"),
+        read("cluster_header"),
+        read("weight"),
+        reject(
+            "metadata_match",
+            "subset load balancing (metadata_match) is not supported by vigil",
+        ),
+        read("request_headers_to_add"),
+        read("request_headers_to_remove"),
+        read("response_headers_to_add"),
+        read("response_headers_to_remove"),
+        warn("typed_per_filter_config", NOT_PROXIED),
+        read("host_rewrite_literal").oneof("host_rewrite_specifier"),
+    ],
+    removed: &[(
+        "per_filter_config",
+        "removed from Envoy's v3 API; use typed_per_filter_config",
+    )],
+};
+
+pub(crate) static RETRY_POLICY: Message = Message {
+    name: "envoy.config.route.v3.RetryPolicy",
+    fields: &[
+        read("retry_on"),
+        read("num_retries"),
+        read("per_try_timeout"),
+        read("per_try_idle_timeout"),
+        warn("retry_priority", NOT_PROXIED),
+        read("retry_host_predicate"),
+        warn("retry_options_predicates", NOT_PROXIED),
+        read("host_selection_retry_max_attempts"),
+        read("retriable_status_codes"),
+        read("retry_back_off"),
+        warn("rate_limited_retry_back_off", NOT_PROXIED),
+        warn("retriable_headers", NOT_PROXIED),
+        warn("retriable_request_headers", NOT_PROXIED),
+    ],
+    removed: &[],
+};
+
+pub(crate) static RETRY_HOST_PREDICATE: Message = Message {
+    name: "envoy.config.route.v3.RetryPolicy.RetryHostPredicate",
+    fields: &[read("name"), read("typed_config").oneof("config_type")],
+    removed: &[("config", "removed from Envoy's v3 API; use typed_config")],
+};
+
+pub(crate) static RETRY_BACK_OFF: Message = Message {
+    name: "envoy.config.route.v3.RetryPolicy.RetryBackOff",
+    fields: &[read("base_interval"), read("max_interval")],
+    removed: &[],
+};
+
+pub(crate) static EMPTY_PREDICATE: Message = Message {
+    name: "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate",
+    fields: &[],
+    removed: &[],
+};
+
+pub(crate) static HASH_POLICY: Message = Message {
+    name: "envoy.config.route.v3.RouteAction.HashPolicy",
+    fields: &[
+        read("header").oneof("policy_specifier"),
+        read("cookie").oneof("policy_specifier"),
+        read("connection_properties").oneof("policy_specifier"),
+        read("query_parameter").oneof("policy_specifier"),
+        read("filter_state").oneof("policy_specifier"),
+        read("terminal"),
+    ],
+    removed: &[],
+};
+
+pub(crate) static HASH_POLICY_HEADER: Message = Message {
+    name: "envoy.config.route.v3.RouteAction.HashPolicy.Header",
+    fields: &[read("header_name"), read("regex_rewrite")],
+    removed: &[],
+};
+
+pub(crate) static HASH_POLICY_COOKIE: Message = Message {
+    name: "envoy.config.route.v3.RouteAction.HashPolicy.Cookie",
+    fields: &[read("name"), read("ttl"), read("path"), read("attributes")],
+    removed: &[],
+};
+
+pub(crate) static HASH_POLICY_COOKIE_ATTRIBUTE: Message = Message {
+    name: "envoy.config.route.v3.RouteAction.HashPolicy.CookieAttribute",
+    fields: &[read("name"), read("value")],
+    removed: &[],
+};
+
+pub(crate) static HASH_POLICY_CONNECTION_PROPERTIES: Message = Message {
+    name: "envoy.config.route.v3.RouteAction.HashPolicy.ConnectionProperties",
+    fields: &[read("source_ip")],
+    removed: &[],
+};
+
+pub(crate) static HASH_POLICY_QUERY_PARAMETER: Message = Message {
+    name: "envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter",
+    fields: &[read("name")],
+    removed: &[],
+};
+
+pub(crate) static HASH_POLICY_FILTER_STATE: Message = Message {
+    name: "envoy.config.route.v3.RouteAction.HashPolicy.FilterState",
+    fields: &[read("key")],
+    removed: &[],
+};
+
+pub(crate) static DIRECT_RESPONSE_ACTION: Message = Message {
+    name: "envoy.config.route.v3.DirectResponseAction",
+    fields: &[read("status"), read("body")],
+    removed: &[],
+};
+
+pub(crate) static DATA_SOURCE: Message = Message {
+    name: "envoy.config.core.v3.DataSource",
+    fields: &[
+        reject(
+            "filename",
+            "bodies read from files are not supported by vigil: use inline_string",
+        )
+        .oneof("specifier"),
+        read("inline_bytes").oneof("specifier"),
+        read("inline_string").oneof("specifier"),
+        reject(
+            "environment_variable",
+            "bodies read from environment variables are not supported by vigil: use inline_string",
+        )
+        .oneof("specifier"),
+        warn("watched_directory", IGNORED),
+    ],
     removed: &[],
 };

@@ -79,14 +79,18 @@ pub enum SocketProtocol {
     Udp,
 }
 
-/// One of `static_resources.listeners`. Only the name and address are typed so far; everything
-/// else (filter chains, the HTTP connection manager, ...) is kept as written for a later issue.
+/// One of `static_resources.listeners`: its name and address, and the HTTP connection manager of
+/// each filter chain that has one (see [`HttpConnectionManager`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listener {
     /// `name` (may be empty: Envoy then names the listener itself).
     pub name: String,
     pub address: Option<Address>,
-    /// Every other top-level field, as written (all keys are known Envoy `Listener` fields).
+    /// The `envoy.filters.network.http_connection_manager` filters of `filter_chains` (in order)
+    /// and of `default_filter_chain` (last), one per chain that has one.
+    pub http: Vec<HttpConnectionManager>,
+    /// Every other top-level field, as written (all keys are known Envoy `Listener` fields);
+    /// `filter_chains` and `default_filter_chain` stay here too, raw.
     pub rest: Map<String, Value>,
 }
 
@@ -391,4 +395,731 @@ pub struct Cluster {
     pub track_cluster_stats: Option<Value>,
     /// `metadata`, as written.
     pub metadata: Option<Value>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP: the connection manager of a listener's filter chain, its route table and routes.
+// ---------------------------------------------------------------------------------------------
+
+/// Which filter chain of a listener an [`HttpConnectionManager`] belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterChainRef {
+    /// `filter_chains[i]`.
+    Index(usize),
+    /// `default_filter_chain`.
+    Default,
+}
+
+/// `HttpConnectionManager.codec_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CodecType {
+    /// HTTP/1.1 or HTTP/2 (prior knowledge), told apart by the connection preface.
+    #[default]
+    Auto,
+    Http1,
+    Http2,
+}
+
+/// Which port the connection manager strips from `Host` / `:authority` before routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StripPort {
+    /// Keep the authority as sent (Envoy's default).
+    #[default]
+    None,
+    /// `strip_matching_host_port`: only when the port is the listener's own port.
+    Matching,
+    /// `strip_any_host_port`: any port.
+    Any,
+}
+
+/// `server_header_transformation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServerHeaderTransformation {
+    /// Replace the upstream's `server` header with `server_name` (Envoy's default).
+    #[default]
+    Overwrite,
+    AppendIfAbsent,
+    PassThrough,
+}
+
+/// `config.core.v3.HttpProtocolOptions` (`common_http_protocol_options`), downstream side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpProtocolOptions {
+    /// `idle_timeout`: a connection with no active stream for this long is closed (Envoy's
+    /// downstream default: 1 hour; `0` disables it).
+    pub idle_timeout_ms: u64,
+    /// `max_headers_count` (default 100, at least 1).
+    pub max_headers_count: u32,
+    /// `max_connection_duration`; `None`: unlimited.
+    pub max_connection_duration_ms: Option<u64>,
+    /// `max_stream_duration`; `None`: unlimited.
+    pub max_stream_duration_ms: Option<u64>,
+    /// `max_requests_per_connection`; `None`: unlimited.
+    pub max_requests_per_connection: Option<u32>,
+}
+
+/// Envoy's downstream `idle_timeout` default.
+pub const DEFAULT_DOWNSTREAM_IDLE_TIMEOUT_MS: u64 = 3_600_000;
+/// Envoy's `max_headers_count` default.
+pub const DEFAULT_MAX_HEADERS_COUNT: u32 = 100;
+/// Envoy's `max_request_headers_kb` default.
+pub const DEFAULT_MAX_REQUEST_HEADERS_KB: u32 = 60;
+/// Envoy's `stream_idle_timeout` default.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT_MS: u64 = 300_000;
+/// Envoy's route `timeout` default.
+pub const DEFAULT_ROUTE_TIMEOUT_MS: u64 = 15_000;
+/// Envoy's `max_direct_response_body_size_bytes` default.
+pub const DEFAULT_MAX_DIRECT_RESPONSE_BODY_SIZE_BYTES: u32 = 4_096;
+
+impl Default for HttpProtocolOptions {
+    fn default() -> Self {
+        HttpProtocolOptions {
+            idle_timeout_ms: DEFAULT_DOWNSTREAM_IDLE_TIMEOUT_MS,
+            max_headers_count: DEFAULT_MAX_HEADERS_COUNT,
+            max_connection_duration_ms: None,
+            max_stream_duration_ms: None,
+            max_requests_per_connection: None,
+        }
+    }
+}
+
+/// `envoy.filters.network.http_connection_manager`
+/// (`envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager`), the
+/// parts vigil reads, defaults applied. Durations are milliseconds; `0` disables a timeout where
+/// Envoy says so.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConnectionManager {
+    /// The filter chain it sits in.
+    pub filter_chain: FilterChainRef,
+    /// That chain's `filter_chain_match`, as written (`None`: matches everything).
+    pub filter_chain_match: Option<Value>,
+    /// `stat_prefix` (required, non-empty).
+    pub stat_prefix: String,
+    /// `codec_type` (default AUTO).
+    pub codec_type: CodecType,
+    /// `route_config` (inline; `rds` and `scoped_routes` are refused).
+    pub route_config: RouteConfiguration,
+    /// `http_filters`, in order. Envoy accepts an empty list, and then never answers a request
+    /// (it waits for `stream_idle_timeout`).
+    pub http_filters: Vec<HttpFilter>,
+    /// `access_log`, as written (not applied yet: a warning says so).
+    pub access_log: Vec<Value>,
+    /// `request_timeout` (default 0: none).
+    pub request_timeout_ms: u64,
+    /// `request_headers_timeout` (default 0: none).
+    pub request_headers_timeout_ms: u64,
+    /// `stream_idle_timeout` (default 5 minutes; 0 disables it).
+    pub stream_idle_timeout_ms: u64,
+    /// `drain_timeout` (default 5 s).
+    pub drain_timeout_ms: u64,
+    /// `delayed_close_timeout` (default 1 s).
+    pub delayed_close_timeout_ms: u64,
+    pub common_http_protocol_options: HttpProtocolOptions,
+    /// `max_request_headers_kb` (default 60, 1 to 8192).
+    pub max_request_headers_kb: u32,
+    /// `use_remote_address` (default false).
+    pub use_remote_address: bool,
+    /// `xff_num_trusted_hops` (default 0).
+    pub xff_num_trusted_hops: u32,
+    /// `skip_xff_append` (default false).
+    pub skip_xff_append: bool,
+    /// `via`: the value appended to `via` headers (empty: none).
+    pub via: String,
+    /// `generate_request_id` (default true).
+    pub generate_request_id: bool,
+    /// `preserve_external_request_id` (default false).
+    pub preserve_external_request_id: bool,
+    /// `always_set_request_id_in_response` (default false).
+    pub always_set_request_id_in_response: bool,
+    /// `server_name` (default `envoy`).
+    pub server_name: String,
+    pub server_header_transformation: ServerHeaderTransformation,
+    /// `strip_matching_host_port` / `strip_any_host_port`.
+    pub strip_port: StripPort,
+    /// `strip_trailing_host_dot` (default false).
+    pub strip_trailing_host_dot: bool,
+    /// `merge_slashes` (default false): `//` runs in the path become `/` before routing.
+    pub merge_slashes: bool,
+}
+
+/// One of `http_filters`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpFilter {
+    /// `name` (non-empty; names need not be unique).
+    pub name: String,
+    pub kind: HttpFilterKind,
+    /// `is_optional`.
+    pub is_optional: bool,
+    /// `disabled`: off unless a route enables it (per-filter config is not read by vigil).
+    pub disabled: bool,
+}
+
+/// What an HTTP filter is, by its `typed_config` `@type` (as Envoy picks the factory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpFilterKind {
+    /// `envoy.extensions.filters.http.router.v3.Router`: the terminal filter that forwards.
+    Router,
+    /// `envoy.extensions.filters.http.wasm.v3.Wasm`: a wasm module (such as vigil's own filter),
+    /// which the companion does not load.
+    Wasm,
+    /// Any other filter, by message name: not implemented by vigil (a warning says so).
+    Other(String),
+}
+
+/// `config.route.v3.RouteConfiguration`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfiguration {
+    /// `name` (may be empty).
+    pub name: String,
+    pub virtual_hosts: Vec<VirtualHost>,
+    /// Header changes for every request and response (`request_headers_to_add`, ...).
+    pub headers: HeaderMutations,
+    /// `most_specific_header_mutations_wins` (default false: route-config level wins over
+    /// virtual host over route).
+    pub most_specific_header_mutations_wins: bool,
+    /// `validate_clusters`; `None`: unset (Envoy then checks inline route tables' clusters).
+    pub validate_clusters: Option<bool>,
+    /// `max_direct_response_body_size_bytes` (default 4096).
+    pub max_direct_response_body_size_bytes: u32,
+    /// `ignore_port_in_host_matching` (default false).
+    pub ignore_port_in_host_matching: bool,
+    /// `ignore_path_parameters_in_path_matching` (default false): `;params` are cut off the path
+    /// before path matching.
+    pub ignore_path_parameters_in_path_matching: bool,
+}
+
+/// `request_headers_to_add` / `_to_remove`, `response_headers_to_add` / `_to_remove` at one
+/// level (route configuration, virtual host, route or weighted cluster).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeaderMutations {
+    pub request_headers_to_add: Vec<HeaderOption>,
+    /// Lowercased header names.
+    pub request_headers_to_remove: Vec<String>,
+    pub response_headers_to_add: Vec<HeaderOption>,
+    /// Lowercased header names.
+    pub response_headers_to_remove: Vec<String>,
+}
+
+impl HeaderMutations {
+    pub fn is_empty(&self) -> bool {
+        self.request_headers_to_add.is_empty()
+            && self.request_headers_to_remove.is_empty()
+            && self.response_headers_to_add.is_empty()
+            && self.response_headers_to_remove.is_empty()
+    }
+}
+
+/// One `config.core.v3.HeaderValueOption` of a route table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderOption {
+    /// Lowercased header name (never a pseudo-header or `host`).
+    pub name: String,
+    /// The value, `%%` already turned into `%` (values with other `%` formatters are refused).
+    pub value: String,
+    pub action: HeaderAppendAction,
+    /// `keep_empty_value` (default false: an empty value adds nothing).
+    pub keep_empty_value: bool,
+}
+
+/// `HeaderValueOption.append_action` (the deprecated `append: true / false` maps to
+/// `AppendIfExistsOrAdd` / `OverwriteIfExistsOrAdd`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeaderAppendAction {
+    #[default]
+    AppendIfExistsOrAdd,
+    AddIfAbsent,
+    OverwriteIfExistsOrAdd,
+    OverwriteIfExists,
+}
+
+/// `config.route.v3.VirtualHost`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VirtualHost {
+    /// `name` (non-empty; need not be unique).
+    pub name: String,
+    /// `domains` as written (at least one; unique across the route configuration ignoring case;
+    /// `*` at most once).
+    pub domains: Vec<String>,
+    pub routes: Vec<Route>,
+    /// `retry_policy`: used by routes that have none.
+    pub retry_policy: Option<RetryPolicy>,
+    pub headers: HeaderMutations,
+}
+
+/// `config.route.v3.Route`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    /// `name` (may be empty).
+    pub name: String,
+    pub matcher: RouteMatch,
+    pub action: RouteAction,
+    pub headers: HeaderMutations,
+}
+
+/// `config.route.v3.RouteMatch`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteMatch {
+    pub path: PathMatch,
+    /// `case_sensitive` (default true; does not apply to `safe_regex`).
+    pub case_sensitive: bool,
+    /// `headers`: every one must match.
+    pub headers: Vec<HeaderMatcher>,
+    /// `query_parameters`: every one must match.
+    pub query_parameters: Vec<QueryParameterMatcher>,
+    /// `grpc: {}`: only gRPC requests (`content-type: application/grpc[+...|;...]`).
+    pub grpc: bool,
+    /// `runtime_fraction.default_value` as (numerator, denominator): the route matches when the
+    /// request's random value `% denominator < numerator` (runtime overrides are not applied).
+    pub runtime_fraction: Option<(u32, u32)>,
+}
+
+/// The `path_specifier` of a route match.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PathMatch {
+    /// `prefix` (may be empty: matches everything).
+    Prefix(String),
+    /// `path`: the whole path (without query).
+    Path(String),
+    /// `safe_regex`: must match the whole path (without query).
+    Regex(Regex),
+    /// `path_separated_prefix`: the prefix, followed by the end of the path or `/`.
+    PathSeparatedPrefix(String),
+}
+
+/// `config.route.v3.HeaderMatcher`. The deprecated `exact_match`, `prefix_match`, ... forms are
+/// read into the same [`HeaderMatch`] kinds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeaderMatcher {
+    /// Lowercased header name (pseudo-headers such as `:authority` allowed).
+    pub name: String,
+    pub kind: HeaderMatch,
+    /// `invert_match`.
+    pub invert: bool,
+    /// `treat_missing_header_as_empty`.
+    pub treat_missing_as_empty: bool,
+}
+
+/// The `header_match_specifier` of a header matcher.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeaderMatch {
+    /// `exact_match` (deprecated; an empty value matches any value).
+    Exact(String),
+    /// `prefix_match` (deprecated).
+    Prefix(String),
+    /// `suffix_match` (deprecated).
+    Suffix(String),
+    /// `contains_match` (deprecated).
+    Contains(String),
+    /// `safe_regex_match` (deprecated): a full match.
+    Regex(Regex),
+    /// `range_match` `[start, end)`, on the value read as a signed integer.
+    Range { start: i64, end: i64 },
+    /// `present_match`, or no specifier at all (`Present(true)`).
+    Present(bool),
+    /// `string_match`.
+    String(StringMatch),
+}
+
+/// `type.matcher.v3.StringMatcher` with regexes (routes use every kind).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StringMatch {
+    pub kind: StringMatchKind,
+    /// `ignore_case` (ASCII; does not apply to `safe_regex`).
+    pub ignore_case: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StringMatchKind {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Contains(String),
+    /// A full match.
+    Regex(Regex),
+}
+
+impl StringMatch {
+    /// Envoy's `StringMatcherImpl::match`.
+    pub fn matches(&self, value: &str) -> bool {
+        let fold = self.ignore_case;
+        let eq = |a: &str, b: &str| {
+            if fold {
+                a.eq_ignore_ascii_case(b)
+            } else {
+                a == b
+            }
+        };
+        match &self.kind {
+            StringMatchKind::Exact(x) => eq(value, x),
+            StringMatchKind::Prefix(x) => {
+                value.len() >= x.len()
+                    && value.is_char_boundary(x.len())
+                    && eq(&value[..x.len()], x)
+            }
+            StringMatchKind::Suffix(x) => {
+                value.len() >= x.len()
+                    && value.is_char_boundary(value.len() - x.len())
+                    && eq(&value[value.len() - x.len()..], x)
+            }
+            StringMatchKind::Contains(x) => {
+                if fold {
+                    value.to_ascii_lowercase().contains(&x.to_ascii_lowercase())
+                } else {
+                    value.contains(x.as_str())
+                }
+            }
+            StringMatchKind::Regex(r) => r.full_match(value),
+        }
+    }
+}
+
+/// `config.route.v3.QueryParameterMatcher`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryParameterMatcher {
+    /// The parameter name, compared exactly (no percent-decoding, as Envoy).
+    pub name: String,
+    pub kind: QueryMatch,
+}
+
+/// What a query parameter matcher checks, on the first value of the name.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueryMatch {
+    /// `present_match` (`false`: the parameter must be absent), or no specifier (`true`).
+    Present(bool),
+    /// `string_match` (an absent parameter does not match).
+    String(StringMatch),
+}
+
+/// What a route does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RouteAction {
+    /// `route`: forward upstream.
+    Forward(Box<ForwardAction>),
+    /// `direct_response`: answer with this status (200 to 599) and body.
+    DirectResponse { status: u16, body: Option<Vec<u8>> },
+}
+
+/// `config.route.v3.RouteAction`, the parts vigil reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForwardAction {
+    pub cluster: ClusterSpecifier,
+    /// `cluster_not_found_response_code` as a status: 503 (default), 404 or 500.
+    pub cluster_not_found_status: u16,
+    /// `prefix_rewrite`: replaces the matched prefix (or the whole matched path).
+    pub prefix_rewrite: Option<String>,
+    /// `regex_rewrite`: replaces every match in the path (without query).
+    pub regex_rewrite: Option<RegexRewrite>,
+    pub host_rewrite: HostRewrite,
+    /// `append_x_forwarded_host` (default false).
+    pub append_x_forwarded_host: bool,
+    /// `timeout` (default 15 s; 0 disables it).
+    pub timeout_ms: u64,
+    /// `idle_timeout` (`None`: the connection manager's `stream_idle_timeout`; 0 disables).
+    pub idle_timeout_ms: Option<u64>,
+    /// `retry_policy`, or else the virtual host's.
+    pub retry_policy: Option<RetryPolicy>,
+    /// `hash_policy`, in order (entries that produce nothing in Envoy, such as
+    /// `connection_properties: {source_ip: false}`, are left out).
+    pub hash_policy: Vec<RouteHashPolicy>,
+}
+
+/// The `cluster_specifier` of a route action.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClusterSpecifier {
+    /// `cluster`.
+    Cluster(String),
+    /// `cluster_header`: the cluster named by the first value of this (lowercased) header.
+    Header(String),
+    /// `weighted_clusters`.
+    Weighted(WeightedClusters),
+}
+
+/// `config.route.v3.WeightedCluster`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightedClusters {
+    pub clusters: Vec<ClusterWeight>,
+    /// The sum of the weights (more than 0, at most `u32::MAX`). The deprecated
+    /// `total_weight` is not checked by Envoy 1.36 and is ignored.
+    pub total_weight: u64,
+    /// `header_name`: take the random value from this (lowercased) request header when it has
+    /// exactly one value that parses as a `u64`.
+    pub random_value_header: Option<String>,
+    /// `use_hash_policy`: pick with the route's request hash when there is one.
+    pub use_hash_policy: bool,
+}
+
+/// One of `weighted_clusters.clusters`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterWeight {
+    pub target: WeightedTarget,
+    /// `weight` (required; may be 0).
+    pub weight: u32,
+    /// `host_rewrite_literal`.
+    pub host_rewrite_literal: Option<String>,
+    pub headers: HeaderMutations,
+}
+
+/// A weighted cluster's `name` or `cluster_header`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WeightedTarget {
+    Name(String),
+    /// Lowercased header name.
+    Header(String),
+}
+
+/// The `host_rewrite_specifier` of a route action.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum HostRewrite {
+    /// Keep the request's authority.
+    #[default]
+    None,
+    /// `host_rewrite_literal`.
+    Literal(String),
+    /// `auto_host_rewrite: true`: the chosen upstream host's hostname (DNS clusters).
+    Auto,
+    /// `host_rewrite_header`: the first value of this (lowercased) request header, if any.
+    Header(String),
+}
+
+/// `config.route.v3.RetryPolicy`, defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// `retry_on`, the conditions Envoy knows (unknown words are ignored, as Envoy does, with a
+    /// warning).
+    pub retry_on: Vec<RetryOn>,
+    /// `num_retries` (default 1).
+    pub num_retries: u32,
+    /// `per_try_timeout` (default 0: the route timeout only).
+    pub per_try_timeout_ms: u64,
+    /// `per_try_idle_timeout` (default 0: none).
+    pub per_try_idle_timeout_ms: u64,
+    /// `retry_host_predicate`: only `previous_hosts` is supported.
+    pub retry_host_predicates: Vec<RetryHostPredicate>,
+    /// `host_selection_retry_max_attempts` (default 1; Envoy keeps 1 for 0).
+    pub host_selection_retry_max_attempts: i64,
+    /// `retriable_status_codes`.
+    pub retriable_status_codes: Vec<u32>,
+    /// `retry_back_off` `(base_interval, max_interval)`; `None`: Envoy's 25 ms base and 10 x
+    /// base maximum.
+    pub retry_back_off_ms: Option<(u64, Option<u64>)>,
+}
+
+/// A `retry_on` condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOn {
+    FiveXx,
+    GatewayError,
+    Reset,
+    ResetBeforeRequest,
+    ConnectFailure,
+    EnvoyRateLimited,
+    Retriable4xx,
+    RefusedStream,
+    RetriableStatusCodes,
+    RetriableHeaders,
+    Http3PostConnectFailure,
+    GrpcCancelled,
+    GrpcDeadlineExceeded,
+    GrpcInternal,
+    GrpcResourceExhausted,
+    GrpcUnavailable,
+}
+
+impl RetryOn {
+    /// Every condition with its `retry_on` word.
+    pub const ALL: [(&'static str, RetryOn); 16] = [
+        ("5xx", RetryOn::FiveXx),
+        ("gateway-error", RetryOn::GatewayError),
+        ("reset", RetryOn::Reset),
+        ("reset-before-request", RetryOn::ResetBeforeRequest),
+        ("connect-failure", RetryOn::ConnectFailure),
+        ("envoy-ratelimited", RetryOn::EnvoyRateLimited),
+        ("retriable-4xx", RetryOn::Retriable4xx),
+        ("refused-stream", RetryOn::RefusedStream),
+        ("retriable-status-codes", RetryOn::RetriableStatusCodes),
+        ("retriable-headers", RetryOn::RetriableHeaders),
+        (
+            "http3-post-connect-failure",
+            RetryOn::Http3PostConnectFailure,
+        ),
+        ("cancelled", RetryOn::GrpcCancelled),
+        ("deadline-exceeded", RetryOn::GrpcDeadlineExceeded),
+        ("internal", RetryOn::GrpcInternal),
+        ("resource-exhausted", RetryOn::GrpcResourceExhausted),
+        ("unavailable", RetryOn::GrpcUnavailable),
+    ];
+
+    /// The `retry_on` word.
+    pub fn name(self) -> &'static str {
+        RetryOn::ALL
+            .iter()
+            .find(|(_, r)| *r == self)
+            .map_or("", |(n, _)| n)
+    }
+}
+
+/// One of `retry_host_predicate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryHostPredicate {
+    /// `envoy.retry_host_predicates.previous_hosts`: avoid hosts already tried.
+    PreviousHosts,
+}
+
+/// One of `hash_policy` (`config.route.v3.RouteAction.HashPolicy`). [`RouteHashPolicy::to_balance`]
+/// gives the [`crate::balance::hash_policy::HashPolicy`] that computes the request hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteHashPolicy {
+    pub kind: RouteHashKind,
+    /// `terminal`.
+    pub terminal: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RouteHashKind {
+    Header {
+        /// Lowercased.
+        name: String,
+        rewrite: Option<RegexRewrite>,
+    },
+    Cookie(crate::balance::hash_policy::CookiePolicy),
+    /// `connection_properties: {source_ip: true}`.
+    SourceIp,
+    QueryParameter {
+        name: String,
+    },
+    FilterState {
+        key: String,
+    },
+}
+
+impl RouteHashPolicy {
+    /// The balancer's form of this policy.
+    pub fn to_balance(&self) -> crate::balance::hash_policy::HashPolicy {
+        use crate::balance::hash_policy::HashPolicy;
+        let policy = match &self.kind {
+            RouteHashKind::Header {
+                name,
+                rewrite: None,
+            } => HashPolicy::header(name),
+            RouteHashKind::Header {
+                name,
+                rewrite: Some(r),
+            } => HashPolicy::header_with_rewrite(name, std::sync::Arc::new(r.clone())),
+            RouteHashKind::Cookie(c) => HashPolicy::cookie(c.clone()),
+            RouteHashKind::SourceIp => HashPolicy::source_ip(),
+            RouteHashKind::QueryParameter { name } => HashPolicy::query_parameter(name),
+            RouteHashKind::FilterState { key } => HashPolicy::filter_state(key),
+        };
+        if self.terminal {
+            policy.terminal()
+        } else {
+            policy
+        }
+    }
+}
+
+/// A regex written in Envoy's RE2 syntax (`safe_regex`), compiled with `regex-lite` when the
+/// config is loaded. Matching is RE2's `FullMatch` (the whole input), as Envoy's
+/// `CompiledGoogleReMatcher::match`.
+///
+/// Differences from RE2 (regex-lite's): `\d`, `\w`, `\s`, `\b` are ASCII (as in RE2),
+/// case-insensitive matching folds ASCII only (RE2 folds Unicode), `\p{..}` / `\P{..}` Unicode
+/// classes and `\C` are refused at load time, and RE2's program-size limit (Envoy rejects
+/// regexes above 100 by default) is not enforced.
+#[derive(Clone)]
+pub struct Regex {
+    pattern: String,
+    /// `^(?:pattern)$`.
+    full: regex_lite::Regex,
+    /// The pattern as written, for searches and replacements.
+    search: regex_lite::Regex,
+}
+
+impl Regex {
+    /// Compiles `pattern`; the error is regex-lite's message.
+    pub fn new(pattern: &str) -> Result<Regex, String> {
+        let search = regex_lite::Regex::new(pattern).map_err(|e| e.to_string())?;
+        let full =
+            regex_lite::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| e.to_string())?;
+        Ok(Regex {
+            pattern: pattern.to_string(),
+            full,
+            search,
+        })
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.pattern
+    }
+
+    /// Whether the whole of `input` matches (RE2 `FullMatch`).
+    pub fn full_match(&self, input: &str) -> bool {
+        self.full.is_match(input)
+    }
+
+    /// RE2's `GlobalReplace`: every non-overlapping match replaced by `substitution`, where `\0`
+    /// to `\9` insert capture groups and `\\` is a backslash.
+    pub fn replace_all(&self, input: &str, substitution: &str) -> String {
+        let mut out = String::with_capacity(input.len());
+        let mut last = 0;
+        for caps in self.search.captures_iter(input) {
+            let Some(m) = caps.get(0) else { continue };
+            out.push_str(&input[last..m.start()]);
+            let mut chars = substitution.chars();
+            while let Some(c) = chars.next() {
+                if c != '\\' {
+                    out.push(c);
+                    continue;
+                }
+                match chars.next() {
+                    Some(d @ '0'..='9') => {
+                        let group = d as usize - '0' as usize;
+                        if let Some(g) = caps.get(group) {
+                            out.push_str(g.as_str());
+                        }
+                    }
+                    Some(other) => out.push(other),
+                    None => {}
+                }
+            }
+            last = m.end();
+        }
+        out.push_str(&input[last..]);
+        out
+    }
+}
+
+impl PartialEq for Regex {
+    fn eq(&self, other: &Regex) -> bool {
+        self.pattern == other.pattern
+    }
+}
+
+impl Eq for Regex {}
+
+impl std::fmt::Debug for Regex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Regex({:?})", self.pattern)
+    }
+}
+
+/// `type.matcher.v3.RegexMatchAndSubstitute` (`regex_rewrite`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegexRewrite {
+    pub pattern: Regex,
+    /// RE2 rewrite string: `\1` inserts a capture group.
+    pub substitution: String,
+}
+
+impl RegexRewrite {
+    pub fn apply(&self, input: &str) -> String {
+        self.pattern.replace_all(input, &self.substitution)
+    }
+}
+
+impl crate::balance::hash_policy::HeaderRewrite for RegexRewrite {
+    fn rewrite(&self, value: &[u8]) -> Vec<u8> {
+        self.apply(&String::from_utf8_lossy(value)).into_bytes()
+    }
 }
