@@ -34,6 +34,8 @@ pub struct AdminCluster {
     /// Whether the cluster has `health_checks` (its `health_check.*` stats exist only then).
     pub health_checked: bool,
     pub added_via_api: bool,
+    /// The proxy's traffic counters for this cluster, when it serves it.
+    pub upstream: Option<Arc<crate::forward::Upstream>>,
 }
 
 /// A reload request: the reply says what happened (`Ok(summary)` or `Err(reason)`).
@@ -318,7 +320,7 @@ pub fn clusters_text(state: &AdminState) -> String {
         for host in &snap.hosts {
             let address = host.spec.address;
             // Counters are name-sorted, then the fixed attribute lines, as Envoy prints them.
-            for (key, value) in host_counters(host) {
+            for (key, value) in host_counters(&cluster, host) {
                 let _ = writeln!(out, "{name}::{address}::{key}::{value}");
             }
             let _ = writeln!(out, "{name}::{address}::hostname::{}", host.spec.hostname);
@@ -336,17 +338,31 @@ pub fn clusters_text(state: &AdminState) -> String {
     out
 }
 
-/// Per-host request counters; the proxy fills them in, until then they are zero.
-fn host_counters(_host: &HostSnapshot) -> [(&'static str, u64); 8] {
+/// Per-host request counters, as the proxy counted them (zero for clusters it does not serve).
+fn host_counters(cluster: &AdminCluster, host: &HostSnapshot) -> [(&'static str, u64); 8] {
+    let Some(upstream) = &cluster.upstream else {
+        return [
+            ("cx_active", 0),
+            ("cx_connect_fail", 0),
+            ("cx_total", 0),
+            ("rq_active", 0),
+            ("rq_error", 0),
+            ("rq_success", 0),
+            ("rq_timeout", 0),
+            ("rq_total", 0),
+        ];
+    };
+    let t = upstream.host(host.spec.address);
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     [
-        ("cx_active", 0),
-        ("cx_connect_fail", 0),
-        ("cx_total", 0),
-        ("rq_active", 0),
-        ("rq_error", 0),
-        ("rq_success", 0),
-        ("rq_timeout", 0),
-        ("rq_total", 0),
+        ("cx_active", get(&t.cx_active)),
+        ("cx_connect_fail", get(&t.cx_connect_fail)),
+        ("cx_total", get(&t.cx_total)),
+        ("rq_active", get(&t.rq_active)),
+        ("rq_error", get(&t.rq_error)),
+        ("rq_success", get(&t.rq_success)),
+        ("rq_timeout", get(&t.rq_timeout)),
+        ("rq_total", get(&t.rq_total)),
     ]
 }
 
@@ -374,7 +390,7 @@ pub fn clusters_json(state: &AdminState) -> Value {
                         }
                     }
                     health.insert("eds_health_status".into(), json!("HEALTHY"));
-                    let counters: Vec<Value> = host_counters(host)
+                    let counters: Vec<Value> = host_counters(cluster, host)
                         .iter()
                         .map(|(name, value)| {
                             let mut stat = serde_json::Map::new();
@@ -485,6 +501,29 @@ pub fn stats(state: &AdminState) -> Vec<(String, i64, StatKind)> {
             snap.hosts.len() as i64,
             StatKind::Gauge,
         ));
+        if let Some(upstream) = &cluster.upstream {
+            let t = &upstream.traffic;
+            for (name, value) in [
+                ("lb_healthy_panic", &t.lb_healthy_panic),
+                ("upstream_cx_connect_fail", &t.upstream_cx_connect_fail),
+                ("upstream_cx_none_healthy", &t.upstream_cx_none_healthy),
+                ("upstream_cx_total", &t.upstream_cx_total),
+                ("upstream_rq_2xx", &t.upstream_rq_2xx),
+                ("upstream_rq_3xx", &t.upstream_rq_3xx),
+                ("upstream_rq_4xx", &t.upstream_rq_4xx),
+                ("upstream_rq_5xx", &t.upstream_rq_5xx),
+                (
+                    "upstream_rq_per_try_timeout",
+                    &t.upstream_rq_per_try_timeout,
+                ),
+                ("upstream_rq_retry", &t.upstream_rq_retry),
+                ("upstream_rq_timeout", &t.upstream_rq_timeout),
+                ("upstream_rq_total", &t.upstream_rq_total),
+            ] {
+                let value = value.load(Ordering::Relaxed) as i64;
+                out.push((format!("{prefix}.{name}"), value, StatKind::Counter));
+            }
+        }
         for (name, value) in [
             ("update_attempt", &cluster.handle.discovery.attempt),
             ("update_failure", &cluster.handle.discovery.failure),
@@ -619,6 +658,7 @@ mod tests {
                 handle,
                 health_checked: true,
                 added_via_api: false,
+                upstream: None,
             }])),
             failing: Arc::default(),
             reload: None,

@@ -10,6 +10,8 @@
 //! - [`runtime`]: config to running tasks (discovery + check loop per cluster), swapped on reload.
 //! - [`dns_client`]: a UDP DNS client for configured servers (Envoy's `dns_resolvers`), mapped
 //!   onto discovery's resolver shape.
+//! - [`proxy`]: the listeners' HTTP servers: route selection, then [`forward`].
+//! - [`forward`]: one request to a cluster: retries, timeouts, counters.
 //! - [`upstream`]: host choice per request (core's balancers over the check snapshot).
 //! - [`events`]: the JSON-lines health-check event log (`event_log_path`) in Envoy's shape.
 //!
@@ -23,5 +25,6 @@ pub mod dns_client;
 pub mod events;
 pub mod forward;
 pub mod probe;
+pub mod proxy;
 pub mod runtime;
 pub mod upstream;

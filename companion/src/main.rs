@@ -17,6 +17,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use vigil::admin::{self, AdminState, ConfigDump};
 use vigil::checker::network_probe;
+use vigil::proxy::ListenerSet;
 use vigil::runtime::{self, ClusterPlan, Runtime};
 use vigil_core::config::{self, Address, Bootstrap};
 
@@ -147,6 +148,17 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
         .map_err(|err| format!("cannot listen on admin address {admin_at}: {err}"))?;
     let mut clusters = Runtime::new(network_probe());
     let (started, _) = clusters.apply(loaded.plans);
+    let mut listeners = ListenerSet::default();
+    let problems = listeners
+        .apply(&loaded.bootstrap, &clusters.upstreams())
+        .await;
+    if problems.iter().any(|p| p.starts_with("cannot listen")) {
+        clusters.stop_all();
+        return Err(problems.join("\n"));
+    }
+    for problem in problems {
+        log::warn!("{problem}");
+    }
     let (reload_tx, mut reload_rx) = mpsc::channel(4);
     let config = Arc::new(ArcSwap::from_pointee(ConfigDump {
         source: loaded.source,
@@ -167,7 +179,19 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
         env!("CARGO_PKG_VERSION"),
         options.config_path.display()
     );
-    println!("vigil ready admin={admin_at} clusters={started}");
+    let served: Vec<String> = listeners
+        .addresses()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    println!(
+        "vigil ready admin={admin_at} clusters={started} listeners={}",
+        if served.is_empty() {
+            "-".to_string()
+        } else {
+            served.join(",")
+        }
+    );
 
     let mut hangup =
         signal(SignalKind::hangup()).map_err(|err| format!("cannot watch SIGHUP: {err}"))?;
@@ -180,14 +204,15 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = hangup.recv() => {
-                let _ = reload(&options.config_path, &mut clusters, &config);
+                let _ = reload(&options.config_path, &mut clusters, &mut listeners, &config).await;
             }
             Some(reply) = reload_rx.recv() => {
-                let _ = reply.send(reload(&options.config_path, &mut clusters, &config));
+                let _ = reply.send(reload(&options.config_path, &mut clusters, &mut listeners, &config).await);
             }
         }
     }
     log::info!("shutting down");
+    listeners.stop_all();
     clusters.stop_all();
     let _ = stop_admin.send(());
     let _ = admin_task.await;
@@ -195,14 +220,21 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
 }
 
 /// Re-reads the config; on any error the running clusters stay as they are.
-fn reload(
+async fn reload(
     path: &Path,
     clusters: &mut Runtime,
+    listeners: &mut ListenerSet,
     config: &ArcSwap<ConfigDump>,
 ) -> Result<String, String> {
     match load(path) {
         Ok(loaded) => {
             let (started, stopped) = clusters.apply(loaded.plans);
+            for problem in listeners
+                .apply(&loaded.bootstrap, &clusters.upstreams())
+                .await
+            {
+                log::warn!("{problem}");
+            }
             config.store(Arc::new(ConfigDump {
                 source: loaded.source,
                 loaded_at: Some(SystemTime::now()),

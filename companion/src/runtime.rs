@@ -9,13 +9,15 @@
 use crate::admin::AdminCluster;
 use crate::checker::{ClusterChecker, ClusterHandle, ClusterSpec, HostSpec, ProbeFn};
 use crate::discovery::{self, DiscoveryKind, DiscoverySpec, EndpointSpec};
+use crate::forward::Upstream;
+use crate::upstream::{HostPicker, LbSettings};
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
-use vigil_core::config::{Bootstrap, Cluster, Discovery, HealthStatus};
+use vigil_core::config::{Bootstrap, Cluster, Discovery, HealthStatus, LbPolicy, UpstreamProtocol};
 use vigil_core::health::HealthFlags;
 
 /// How long one query to a configured DNS server may take (c-ares' default is 5 s per try).
@@ -52,6 +54,11 @@ impl PartialEq for DiscoverySpecEq {
 pub struct ClusterPlan {
     pub spec: ClusterSpec,
     pub source: Source,
+    /// `lb_policy` and the panic threshold, for the proxy's host picker.
+    pub lb_policy: LbPolicy,
+    pub healthy_panic_threshold: u32,
+    /// Speak h2c to the hosts.
+    pub http2: bool,
 }
 
 impl PartialEq for ClusterPlan {
@@ -63,6 +70,9 @@ impl PartialEq for ClusterPlan {
             && a.ignore_new_hosts_until_first_hc == b.ignore_new_hosts_until_first_hc
             && a.ignore_health_on_host_removal == b.ignore_health_on_host_removal
             && self.source == other.source
+            && self.lb_policy == other.lb_policy
+            && self.healthy_panic_threshold == other.healthy_panic_threshold
+            && self.http2 == other.http2
     }
 }
 
@@ -176,6 +186,9 @@ pub fn plan(bootstrap: &Bootstrap) -> Result<(Vec<ClusterPlan>, Vec<String>), St
                 ignore_health_on_host_removal: cluster.ignore_health_on_host_removal,
             },
             source,
+            lb_policy: cluster.lb_policy,
+            healthy_panic_threshold: cluster.common_lb_config.healthy_panic_threshold,
+            http2: matches!(cluster.upstream_protocol, UpstreamProtocol::Http2),
         });
     }
     Ok((plans, notes))
@@ -184,6 +197,8 @@ pub fn plan(bootstrap: &Bootstrap) -> Result<(Vec<ClusterPlan>, Vec<String>), St
 struct RunningCluster {
     plan: ClusterPlan,
     handle: ClusterHandle,
+    /// The traffic side; `None` when the cluster's `lb_policy` cannot be served by the proxy.
+    upstream: Option<Arc<Upstream>>,
     stop: Vec<oneshot::Sender<()>>,
 }
 
@@ -248,6 +263,7 @@ impl Runtime {
                 handle: running.handle.clone(),
                 health_checked: running.plan.spec.check.is_some(),
                 added_via_api: false,
+                upstream: running.upstream.clone(),
             })
             .collect();
         self.admin_clusters.store(Arc::new(admin));
@@ -308,7 +324,38 @@ impl Runtime {
         tokio::spawn(checker.run(hosts_rx, async {
             let _ = rx.await;
         }));
-        RunningCluster { plan, handle, stop }
+        let mut settings = LbSettings::new(plan.lb_policy);
+        settings.priority.healthy_panic_threshold = plan.healthy_panic_threshold;
+        let upstream = match HostPicker::new(handle.clone(), settings, self.seed) {
+            Ok(picker) => Some(Arc::new(Upstream::new(
+                &plan.spec.name,
+                picker,
+                handle.has_traffic.clone(),
+                plan.spec.connect_timeout,
+                plan.http2,
+            ))),
+            Err(reason) => {
+                log::warn!(
+                    "cluster '{}': not served by the proxy: {reason}",
+                    plan.spec.name
+                );
+                None
+            }
+        };
+        RunningCluster {
+            plan,
+            handle,
+            upstream,
+            stop,
+        }
+    }
+
+    /// The traffic sides of the running clusters, by name, for the proxy.
+    pub fn upstreams(&self) -> BTreeMap<String, Arc<Upstream>> {
+        self.clusters
+            .iter()
+            .filter_map(|(name, running)| running.upstream.clone().map(|u| (name.clone(), u)))
+            .collect()
     }
 
     /// Stops every cluster.

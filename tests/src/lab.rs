@@ -11,7 +11,7 @@
 //! then [`play_http_scenario`]; the process-level test runs the same with [`Layout::fresh`].
 
 use crate::demoapp::{DemoApp, expect_ok};
-use crate::envoy::Envoy;
+use crate::envoy::{AdminProcess, Envoy};
 use crate::names::Names;
 use crate::{http, net, template};
 use std::collections::BTreeMap;
@@ -243,6 +243,15 @@ pub fn template_values_for_check() -> Vec<(&'static str, BTreeMap<&'static str, 
     ]
 }
 
+/// Which program runs the front proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Front {
+    /// Envoy with its native active health checks (the lab as users run it).
+    Envoy,
+    /// vigil, reading the same front config.
+    Vigil,
+}
+
 /// The running HTTP lab. Dropping it stops every process (front first, apps last).
 pub struct HttpLab {
     pub front: Envoy,
@@ -259,6 +268,16 @@ pub struct HttpLab {
 impl HttpLab {
     /// Starts both demo apps, both sidecars, then the front proxy, each waited for with a deadline.
     pub async fn start(layout: Layout, timings: Timings, dir: &Path) -> Result<HttpLab, String> {
+        Self::start_with(layout, timings, dir, Front::Envoy).await
+    }
+
+    /// The same topology with `front` as the front proxy, on the same front config.
+    pub async fn start_with(
+        layout: Layout,
+        timings: Timings,
+        dir: &Path,
+        front: Front,
+    ) -> Result<HttpLab, String> {
         for (what, addr) in layout.bindings() {
             if let Err(err) = std::net::TcpListener::bind(addr) {
                 return Err(format!(
@@ -297,7 +316,12 @@ impl HttpLab {
         let admin = Layout::socket(layout.front, layout.admin_port);
         let listen = Layout::socket(layout.front, layout.service_port);
         let config = render_front(&layout, &timings, listen, admin)?;
-        let front = Envoy::start("front-envoy", &config, admin, Some(&names), dir).await?;
+        let front = match front {
+            Front::Envoy => Envoy::start("front-envoy", &config, admin, Some(&names), dir).await?,
+            Front::Vigil => {
+                AdminProcess::start_vigil("front-vigil", &config, admin, Some(&names), dir).await?
+            }
+        };
         let yellow_sidecar = sidecars.pop().ok_or("yellow sidecar missing")?;
         let blue_sidecar = sidecars.pop().ok_or("blue sidecar missing")?;
         Ok(HttpLab {

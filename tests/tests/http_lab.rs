@@ -3,14 +3,25 @@
 //! bounds its configuration implies, while clients never see an error.
 
 use std::time::Duration;
-use vigil_tests::lab::{Backend, HttpLab, Layout, Timings, play_http_scenario};
+use vigil_tests::lab::{Backend, Front, HttpLab, Layout, Timings, play_http_scenario};
 use vigil_tests::paths;
 
 #[tokio::test]
 async fn front_envoy_ejects_blue_on_livez_fail_and_readmits_it_on_ok() {
+    scenario(Front::Envoy).await;
+}
+
+/// The same scenario with vigil as the front proxy (same YAML): its checks eject blue, its proxy
+/// stops sending to it, and clients never see an error.
+#[tokio::test]
+async fn front_vigil_ejects_blue_on_livez_fail_and_readmits_it_on_ok() {
+    scenario(Front::Vigil).await;
+}
+
+async fn scenario(front: Front) {
     let timings = Timings::test();
     let dir = paths::scratch_dir("http-lab");
-    let lab = HttpLab::start(Layout::fresh(), timings, &dir)
+    let lab = HttpLab::start_with(Layout::fresh(), timings, &dir, front)
         .await
         .unwrap_or_else(|err| panic!("lab did not start: {err}"));
     let mut transcript = String::new();

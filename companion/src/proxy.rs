@@ -1,0 +1,466 @@
+//! The HTTP proxy: one server per listener with an HTTP connection manager, routing each request
+//! with `vigil_core::route` (virtual host, first matching route) and forwarding it with
+//! [`crate::forward`] to the chosen cluster's healthy hosts.
+//!
+//! What Envoy does and vigil does too: 404 without a matching route, `direct_response`,
+//! `cluster_header` / weighted clusters, `cluster_not_found_response_code`, `prefix_rewrite` and
+//! `regex_rewrite`, `host_rewrite_literal`, the route's (else the virtual host's) retry policy,
+//! the route timeout, hash policies for ring hash / maglev, `x-request-id` generation,
+//! `x-forwarded-proto`, `x-forwarded-for` appending under `use_remote_address`, hop-by-hop header
+//! removal, and the `server` header. Request bodies are read whole (up to 1 MiB, Envoy's default
+//! buffer limit) so that retries can resend them; larger bodies get 413.
+
+use crate::forward::{
+    self, Forwarding, Outgoing, ProxyBody, RetryOn as ForwardRetryOn, RetryPolicy, Upstream,
+    local_reply,
+};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use vigil_core::balance::hash_policy::{self, RequestView as HashView};
+use vigil_core::config::{
+    HostRewrite, HttpConnectionManager, RetryHostPredicate, RetryOn,
+    RetryPolicy as ConfigRetryPolicy, RouteAction,
+};
+use vigil_core::route::{RequestView, RouteTable};
+
+/// Envoy's default per-connection buffer limit: the largest request body vigil buffers.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// Hop-by-hop headers, removed in both directions (hyper frames the body itself).
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+];
+
+/// Everything one listener needs, swapped whole on reload.
+pub struct ListenerState {
+    pub routes: RouteTable,
+    pub hcm: HttpConnectionManager,
+    /// The running clusters' traffic sides, by name.
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+}
+
+/// Serves HTTP on `listener` until `shutdown`; `state` is read per request (so a reload takes
+/// effect on the next request).
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<arc_swap::ArcSwap<ListenerState>>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, peer)) = accepted else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let state = state.load_full();
+                async move { Ok::<_, Infallible>(handle(&state, peer, request).await) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// One request, start to finish.
+pub async fn handle(
+    state: &ListenerState,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return with_server(
+                state,
+                local_reply(StatusCode::PAYLOAD_TOO_LARGE, "payload too large"),
+            );
+        }
+    };
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let header_pairs: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .filter_map(|(n, v)| {
+            v.to_str()
+                .ok()
+                .map(|v| (n.as_str().to_string(), v.to_string()))
+        })
+        .collect();
+    let borrowed: Vec<(&str, &str)> = header_pairs
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let view = RequestView::new(
+        authority.as_deref(),
+        &path,
+        parts.method.as_str(),
+        &borrowed,
+    )
+    .with_random(random());
+    let Some(selected) = state.routes.select(&view) else {
+        return with_server(state, empty(StatusCode::NOT_FOUND));
+    };
+    let action = match &selected.route.action {
+        RouteAction::DirectResponse { status, body } => {
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+            let mut response = local_reply(status, "");
+            *response.body_mut() = Full::new(Bytes::from(body.clone().unwrap_or_default()))
+                .map_err(|never| match never {})
+                .boxed();
+            if body.is_none() {
+                response.headers_mut().remove(header::CONTENT_TYPE);
+            }
+            return with_server(state, response);
+        }
+        RouteAction::Forward(action) => action,
+    };
+    // Scoped: the hash view holds a non-`Sync` lookup and must not live across an await.
+    let hash = {
+        let hash_view = HashView::new(&borrowed).with_source_ip(peer.ip());
+        hash_policy::generate_hash(selected.hash_policies, &hash_view).hash
+    };
+    let cluster = selected.cluster(&view, hash);
+    let Some(upstream) = cluster.as_ref().and_then(|c| state.upstreams.get(&c.name)) else {
+        let status = StatusCode::from_u16(action.cluster_not_found_status)
+            .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return with_server(state, empty(status));
+    };
+    let upstream_path = selected
+        .rewritten_path(&path)
+        .unwrap_or_else(|| path.clone());
+    let mut headers = parts.headers.clone();
+    strip_hop_by_hop(&mut headers);
+    let literal = cluster
+        .as_ref()
+        .and_then(|c| c.weighted)
+        .and_then(|w| w.host_rewrite_literal.clone());
+    let host = match (&action.host_rewrite, literal) {
+        (_, Some(literal)) => Some(literal),
+        (HostRewrite::Literal(literal), None) => Some(literal.clone()),
+        (HostRewrite::Header(name), None) => view.first(name).map(str::to_string),
+        _ => authority.clone(),
+    };
+    if let Some(value) = host.and_then(|h| HeaderValue::from_str(&h).ok()) {
+        headers.insert(header::HOST, value);
+    }
+    if state.hcm.generate_request_id && !headers.contains_key("x-request-id") {
+        if let Ok(value) = HeaderValue::from_str(&request_id()) {
+            headers.insert("x-request-id", value);
+        }
+    }
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if state.hcm.use_remote_address && !state.hcm.skip_xff_append {
+        append_xff(&mut headers, peer);
+    }
+    let retry = action
+        .retry_policy
+        .as_ref()
+        .or(selected.virtual_host.retry_policy.as_ref())
+        .map(retry_policy)
+        .unwrap_or_else(RetryPolicy::none);
+    let timeout = if action.timeout_ms == 0 {
+        Duration::from_secs(24 * 3600)
+    } else {
+        Duration::from_millis(action.timeout_ms)
+    };
+    let outgoing = Outgoing {
+        method: parts.method.clone(),
+        path_and_query: upstream_path,
+        headers,
+        body,
+    };
+    let mut response = forward::forward(
+        upstream,
+        outgoing,
+        Forwarding {
+            retry: &retry,
+            timeout,
+            hash,
+        },
+    )
+    .await;
+    strip_hop_by_hop(response.headers_mut());
+    with_server(state, response)
+}
+
+/// Maps the route's retry policy onto the forwarder's.
+fn retry_policy(policy: &ConfigRetryPolicy) -> RetryPolicy {
+    let mut on = ForwardRetryOn::default();
+    for condition in &policy.retry_on {
+        match condition {
+            RetryOn::FiveXx => on.five_xx = true,
+            RetryOn::GatewayError => on.gateway_error = true,
+            RetryOn::Reset | RetryOn::ResetBeforeRequest => on.reset = true,
+            RetryOn::ConnectFailure => on.connect_failure = true,
+            RetryOn::Retriable4xx => on.retriable_4xx = true,
+            RetryOn::RetriableStatusCodes => on.retriable_status_codes = true,
+            // gRPC statuses, refused streams, rate limiting and headers: not produced here.
+            _ => {}
+        }
+    }
+    RetryPolicy {
+        on,
+        num_retries: policy.num_retries,
+        per_try_timeout: (policy.per_try_timeout_ms > 0)
+            .then(|| Duration::from_millis(policy.per_try_timeout_ms)),
+        retriable_status_codes: policy
+            .retriable_status_codes
+            .iter()
+            .filter_map(|c| u16::try_from(*c).ok())
+            .collect(),
+        avoid_previous_hosts: policy
+            .retry_host_predicates
+            .contains(&RetryHostPredicate::PreviousHosts),
+        host_selection_attempts: policy.host_selection_retry_max_attempts.clamp(1, 16) as u32,
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in `connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn append_xff(headers: &mut HeaderMap, peer: SocketAddr) {
+    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(existing) => format!("{existing},{}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert("x-forwarded-for", value);
+    }
+}
+
+fn with_server(state: &ListenerState, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+    if let Ok(value) = HeaderValue::from_str(&state.hcm.server_name) {
+        response.headers_mut().insert(header::SERVER, value);
+    }
+    response
+}
+
+fn empty(status: StatusCode) -> Response<ProxyBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response
+}
+
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(0);
+    hasher.finish()
+}
+
+/// A version-4 UUID, as Envoy generates for `x-request-id`.
+fn request_id() -> String {
+    let (a, b) = (random(), random());
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&a.to_be_bytes());
+    bytes[8..].copy_from_slice(&b.to_be_bytes());
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_v4_uuids() {
+        let id = request_id();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"));
+        assert_ne!(request_id(), request_id());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_including_those_named_in_connection() {
+        let mut headers = HeaderMap::new();
+        headers.insert("connection", HeaderValue::from_static("close, x-secret"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn xff_is_appended() {
+        let mut headers = HeaderMap::new();
+        append_xff(&mut headers, "127.0.0.9:5".parse().unwrap());
+        append_xff(&mut headers, "127.0.0.1:6".parse().unwrap());
+        assert_eq!(headers["x-forwarded-for"], "127.0.0.9,127.0.0.1");
+    }
+}
+
+/// The running listeners, by address: a reload swaps each one's state in place, binds new
+/// addresses and stops listeners that are gone.
+#[derive(Default)]
+pub struct ListenerSet {
+    running: BTreeMap<
+        SocketAddr,
+        (
+            Arc<arc_swap::ArcSwap<ListenerState>>,
+            tokio::sync::oneshot::Sender<()>,
+        ),
+    >,
+}
+
+impl ListenerSet {
+    /// Serves every listener of `bootstrap` that has an HTTP connection manager, with the
+    /// clusters' traffic sides `upstreams`. Returns what could not be served (bind failures,
+    /// listeners without an IP address or HTTP connection manager), one line each.
+    pub async fn apply(
+        &mut self,
+        bootstrap: &vigil_core::config::Bootstrap,
+        upstreams: &BTreeMap<String, Arc<Upstream>>,
+    ) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut wanted: BTreeMap<SocketAddr, ListenerState> = BTreeMap::new();
+        for listener in &bootstrap.listeners {
+            let label = if listener.name.is_empty() {
+                "(unnamed)"
+            } else {
+                listener.name.as_str()
+            };
+            let Some(socket) = listener.address.as_ref().and_then(|a| a.socket()) else {
+                problems.push(format!(
+                    "listener {label}: only socket addresses are served"
+                ));
+                continue;
+            };
+            let Ok(ip) = socket.address.parse::<std::net::IpAddr>() else {
+                problems.push(format!(
+                    "listener {label}: address '{}' is not an IP address",
+                    socket.address
+                ));
+                continue;
+            };
+            let Some(hcm) = listener.http.first() else {
+                problems.push(format!(
+                    "listener {label}: no HTTP connection manager; not served"
+                ));
+                continue;
+            };
+            wanted.insert(
+                SocketAddr::new(ip, socket.port_value),
+                ListenerState {
+                    routes: RouteTable::new(hcm.route_config.clone()),
+                    hcm: hcm.clone(),
+                    upstreams: upstreams.clone(),
+                },
+            );
+        }
+        let gone: Vec<SocketAddr> = self
+            .running
+            .keys()
+            .filter(|a| !wanted.contains_key(a))
+            .copied()
+            .collect();
+        for address in gone {
+            if let Some((_, stop)) = self.running.remove(&address) {
+                let _ = stop.send(());
+            }
+        }
+        for (address, state) in wanted {
+            if let Some((current, _)) = self.running.get(&address) {
+                current.store(Arc::new(state));
+                continue;
+            }
+            match TcpListener::bind(address).await {
+                Ok(listener) => {
+                    let shared = Arc::new(arc_swap::ArcSwap::from_pointee(state));
+                    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                    tokio::spawn(serve(listener, shared.clone(), async {
+                        let _ = stopped.await;
+                    }));
+                    log::info!("listener on {address}");
+                    self.running.insert(address, (shared, stop));
+                }
+                Err(err) => problems.push(format!("cannot listen on {address}: {err}")),
+            }
+        }
+        problems
+    }
+
+    /// The addresses being served.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.running.keys().copied().collect()
+    }
+
+    pub fn stop_all(&mut self) {
+        for (_, (_, stop)) in std::mem::take(&mut self.running) {
+            let _ = stop.send(());
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The proxy end to end in process: a listener from Envoy YAML (routes, header matchers, direct
+//! responses, rewrites, retries) in front of two demo apps.
+
+use arc_swap::ArcSwap;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use vigil::checker::{
+    ClusterHandle, ClusterSnapshot, DiscoveryCounters, HealthCheckStats, HostSnapshot, HostSpec,
+};
+use vigil::forward::Upstream;
+use vigil::proxy::{ListenerState, serve};
+use vigil::upstream::{HostPicker, LbSettings};
+use vigil_core::config::{self, LbPolicy};
+use vigil_core::health::HealthFlags;
+use vigil_core::route::RouteTable;
+
+struct App {
+    http: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn demoapp(name: &str) -> App {
+    let listeners = demoapp::Listeners {
+        http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        grpc: None,
+        tcp: None,
+    };
+    let http = listeners.local_addrs().unwrap().http;
+    let config = demoapp::Config {
+        name: name.into(),
+        livez_delay: Duration::ZERO,
+        ..demoapp::Config::default()
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(demoapp::run(config, listeners, async {
+        let _ = stopped.await;
+    }));
+    App { http, _stop: stop }
+}
+
+/// A raw HTTP/1.1 exchange on a fresh connection: (status, headers text, body).
+async fn request(proxy: SocketAddr, head: &str) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+async fn get(proxy: SocketAddr, path: &str, extra: &str) -> (u16, String, String) {
+    request(
+        proxy,
+        &format!("GET {path} HTTP/1.1\r\nhost: web\r\n{extra}connection: close\r\n\r\n"),
+    )
+    .await
+}
+
+fn upstream(name: &str, hosts: &[SocketAddr]) -> Arc<Upstream> {
+    let snapshot = ClusterSnapshot {
+        name: name.into(),
+        initialized: true,
+        hosts_version: 1,
+        hosts: hosts
+            .iter()
+            .map(|a| HostSnapshot {
+                spec: HostSpec {
+                    address: *a,
+                    hostname: String::new(),
+                    check_address: *a,
+                    check_hostname: None,
+                    weight: 1,
+                    priority: 0,
+                    dynamic: false,
+                    eds_flags: HealthFlags::empty(),
+                    active_check_disabled: false,
+                },
+                flags: HealthFlags::empty(),
+                history: vec![],
+            })
+            .collect(),
+        stats: HealthCheckStats::default(),
+    };
+    let handle = ClusterHandle {
+        snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+        has_traffic: Arc::default(),
+        discovery: Arc::new(DiscoveryCounters::default()),
+    };
+    let picker = HostPicker::new(handle.clone(), LbSettings::new(LbPolicy::RoundRobin), 0).unwrap();
+    Arc::new(Upstream::new(
+        name,
+        picker,
+        handle.has_traffic.clone(),
+        Duration::from_millis(250),
+        false,
+    ))
+}
+
+const YAML: &str = r#"
+static_resources:
+  listeners:
+  - name: listener_0
+    address: {socket_address: {address: 127.0.0.1, port_value: 10000}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress_http
+          route_config:
+            name: local_route
+            virtual_hosts:
+            - name: webservice
+              domains: ["*"]
+              routes:
+              - match: {prefix: "/status"}
+                direct_response: {status: 200, body: {inline_string: "up\n"}}
+              - match:
+                  prefix: "/"
+                  headers: [{name: x-canary, string_match: {exact: "1"}}]
+                route: {cluster: yellow_only}
+              - match: {prefix: "/api/"}
+                route: {cluster: web_cluster_01, prefix_rewrite: "/"}
+              - match: {prefix: "/"}
+                route:
+                  cluster: web_cluster_01
+                  retry_policy:
+                    retry_on: 5xx
+                    num_retries: 1
+                    retry_host_predicate:
+                    - name: envoy.retry_host_predicates.previous_hosts
+                      typed_config: {"@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+  clusters:
+  - name: web_cluster_01
+    connect_timeout: 0.25s
+    load_assignment: {cluster_name: web_cluster_01, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 1}}}}]}]}
+  - name: yellow_only
+    connect_timeout: 0.25s
+    load_assignment: {cluster_name: yellow_only, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 2}}}}]}]}
+"#;
+
+async fn proxy(blue: &App, yellow: &App) -> (SocketAddr, oneshot::Sender<()>) {
+    let loaded = config::parse_yaml(YAML).unwrap_or_else(|e| panic!("{e}"));
+    let hcm = loaded.bootstrap.listeners[0].http[0].clone();
+    let upstreams = BTreeMap::from([
+        (
+            "web_cluster_01".to_string(),
+            upstream("web_cluster_01", &[blue.http, yellow.http]),
+        ),
+        (
+            "yellow_only".to_string(),
+            upstream("yellow_only", &[yellow.http]),
+        ),
+    ]);
+    let state = ListenerState {
+        routes: RouteTable::new(hcm.route_config.clone()),
+        hcm,
+        upstreams,
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(serve(
+        listener,
+        Arc::new(ArcSwap::from_pointee(state)),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    (at, stop)
+}
+
+fn who(body: &str) -> &str {
+    if body.contains("ServerName: blue") {
+        "blue"
+    } else if body.contains("ServerName: yellow") {
+        "yellow"
+    } else {
+        "?"
+    }
+}
+
+#[tokio::test]
+async fn routes_balance_rewrite_and_answer_directly() {
+    let (blue, yellow) = (demoapp("blue").await, demoapp("yellow").await);
+    let (at, _stop) = proxy(&blue, &yellow).await;
+
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let (status, head, body) = get(at, "/", "").await;
+        assert_eq!(status, 200, "{head}");
+        assert!(head.contains("x-envoy-upstream-service-time:"), "{head}");
+        assert!(head.contains("server: envoy"), "{head}");
+        seen.push(who(&body).to_string());
+    }
+    assert_eq!(seen, ["blue", "yellow", "blue", "yellow"]);
+
+    for _ in 0..3 {
+        let (_, _, body) = get(at, "/", "x-canary: 1\r\n").await;
+        assert_eq!(who(&body), "yellow", "the header route goes to yellow_only");
+    }
+
+    let (status, _, body) = get(at, "/status", "").await;
+    assert_eq!((status, body.as_str()), (200, "up\n"));
+
+    let (status, _, body) = get(at, "/api/hostname", "").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.starts_with("ServerName: "),
+        "/api/hostname was rewritten to /hostname: {body}"
+    );
+
+    let (_, _, body) = get(at, "/user-agent", "user-agent: probe\r\n").await;
+    assert_eq!(body, "User-Agent: probe\n", "headers pass through");
+}
+
+#[tokio::test]
+async fn a_failing_backend_is_hidden_by_the_retry_policy() {
+    let (blue, yellow) = (demoapp("blue").await, demoapp("yellow").await);
+    let mut stream = TcpStream::connect(blue.http).await.unwrap();
+    let body = "status=503";
+    let post = format!(
+        "POST /faults HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(post.as_bytes()).await.unwrap();
+    let mut ignored = Vec::new();
+    let _ = stream.read_to_end(&mut ignored).await;
+    let (at, _stop) = proxy(&blue, &yellow).await;
+    for _ in 0..6 {
+        let (status, _, body) = get(at, "/", "").await;
+        assert_eq!((status, who(&body)), (200, "yellow"));
+    }
+    // The /api/ route has no retry policy: blue's 503 reaches the client.
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        statuses.push(get(at, "/api/", "").await.0);
+    }
+    assert!(statuses.contains(&503), "{statuses:?}");
+}
