@@ -617,15 +617,9 @@ mod tests {
     fn state(initialized: bool) -> AdminState {
         let host = |last: u8, flags| HostSnapshot {
             spec: HostSpec {
-                address: format!("127.29.1.{last}:80").parse().unwrap(),
                 hostname: "myservice".into(),
-                check_address: format!("127.29.1.{last}:80").parse().unwrap(),
-                check_hostname: None,
-                weight: 1,
-                priority: 0,
                 dynamic: true,
-                eds_flags: HealthFlags::empty(),
-                active_check_disabled: false,
+                ..HostSpec::new(format!("127.29.1.{last}:80").parse().unwrap())
             },
             flags,
             history: vec![],

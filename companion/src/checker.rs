@@ -48,6 +48,24 @@ pub struct HostSpec {
     pub active_check_disabled: bool,
 }
 
+impl HostSpec {
+    /// A host at `address`, checked there, weight 1, priority 0, listed statically, with no
+    /// hostname and no configured health.
+    pub fn new(address: SocketAddr) -> HostSpec {
+        HostSpec {
+            address,
+            hostname: String::new(),
+            check_address: address,
+            check_hostname: None,
+            weight: 1,
+            priority: 0,
+            dynamic: false,
+            eds_flags: HealthFlags::empty(),
+            active_check_disabled: false,
+        }
+    }
+}
+
 /// The flags bits that come from the endpoint's configured health, not from checking.
 const EDS_FLAGS: HealthFlags = HealthFlags::FAILED_EDS_HEALTH
     .union(HealthFlags::DEGRADED_EDS_HEALTH)

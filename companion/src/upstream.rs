@@ -174,15 +174,9 @@ mod tests {
         let address: SocketAddr = format!("127.29.1.{last}:80").parse().unwrap();
         HostSnapshot {
             spec: HostSpec {
-                address,
                 hostname: "myservice".into(),
-                check_address: address,
-                check_hostname: None,
-                weight: 1,
-                priority: 0,
                 dynamic: true,
-                eds_flags: HealthFlags::empty(),
-                active_check_disabled: false,
+                ..HostSpec::new(address)
             },
             flags,
             history: vec![],

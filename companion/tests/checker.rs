@@ -68,15 +68,9 @@ fn scripted(script: Script, calls: Calls, start: Instant) -> ProbeFn {
 fn host(last: u8) -> HostSpec {
     let address: SocketAddr = format!("127.0.0.{last}:80").parse().unwrap();
     HostSpec {
-        address,
         hostname: "myservice".into(),
-        check_address: address,
-        check_hostname: None,
-        weight: 1,
-        priority: 0,
         dynamic: true,
-        eds_flags: HealthFlags::empty(),
-        active_check_disabled: false,
+        ..HostSpec::new(address)
     }
 }
 

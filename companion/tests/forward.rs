@@ -58,17 +58,7 @@ async fn post(app: SocketAddr, path: &str, body: &str) {
 
 fn snapshot_host(address: SocketAddr, flags: HealthFlags) -> HostSnapshot {
     HostSnapshot {
-        spec: HostSpec {
-            address,
-            hostname: String::new(),
-            check_address: address,
-            check_hostname: None,
-            weight: 1,
-            priority: 0,
-            dynamic: false,
-            eds_flags: HealthFlags::empty(),
-            active_check_disabled: false,
-        },
+        spec: HostSpec::new(address),
         flags,
         history: vec![],
     }

@@ -78,17 +78,7 @@ fn upstream(name: &str, hosts: &[SocketAddr]) -> Arc<Upstream> {
         hosts: hosts
             .iter()
             .map(|a| HostSnapshot {
-                spec: HostSpec {
-                    address: *a,
-                    hostname: String::new(),
-                    check_address: *a,
-                    check_hostname: None,
-                    weight: 1,
-                    priority: 0,
-                    dynamic: false,
-                    eds_flags: HealthFlags::empty(),
-                    active_check_disabled: false,
-                },
+                spec: HostSpec::new(*a),
                 flags: HealthFlags::empty(),
                 history: vec![],
             })
