@@ -1,6 +1,9 @@
 //! Forwarding to real demo apps on 127.0.0.1: balancing, retries (5xx, connect failure,
 //! per-try timeout, previous hosts), the route timeout, `no healthy upstream`, and counters.
 
+mod common;
+use common::{demoapp, post};
+
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
@@ -9,9 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::net::TcpListener;
 use vigil::checker::{
     ClusterHandle, ClusterSnapshot, DiscoveryCounters, HealthCheckStats, HostSnapshot, HostSpec,
 };
@@ -19,42 +20,6 @@ use vigil::forward::{Forwarding, Outgoing, RetryOn, RetryPolicy, Upstream, forwa
 use vigil::upstream::{HostPicker, LbSettings};
 use vigil_core::config::LbPolicy;
 use vigil_core::health::HealthFlags;
-
-struct App {
-    http: SocketAddr,
-    _stop: oneshot::Sender<()>,
-}
-
-async fn demoapp(name: &str) -> App {
-    let listeners = demoapp::Listeners {
-        http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        grpc: None,
-        tcp: None,
-    };
-    let http = listeners.local_addrs().unwrap().http;
-    let config = demoapp::Config {
-        name: name.into(),
-        livez_delay: Duration::ZERO,
-        ..demoapp::Config::default()
-    };
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(demoapp::run(config, listeners, async {
-        let _ = stopped.await;
-    }));
-    App { http, _stop: stop }
-}
-
-async fn post(app: SocketAddr, path: &str, body: &str) {
-    let mut stream = TcpStream::connect(app).await.unwrap();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-}
 
 fn snapshot_host(address: SocketAddr, flags: HealthFlags) -> HostSnapshot {
     HostSnapshot {

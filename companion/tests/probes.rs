@@ -1,10 +1,12 @@
 //! Real HTTP, TCP and gRPC probes against an in-process demo app on 127.0.0.1.
 
+mod common;
+use common::{demoapp, post};
+
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::net::TcpListener;
 use vigil::probe::{self, Connection, ProbeResult, Target};
 use vigil_core::check::{
     Codec, DEFAULT_RESPONSE_BUFFER_SIZE, GrpcCheck, HttpCheck, PayloadMatcher, Protocol, TcpCheck,
@@ -13,56 +15,6 @@ use vigil_core::health::FailureType;
 use vigil_core::status::{StatusRange, StatusRanges};
 
 const DEADLINE: Duration = Duration::from_secs(5);
-
-struct App {
-    http: SocketAddr,
-    grpc: SocketAddr,
-    tcp: SocketAddr,
-    _stop: oneshot::Sender<()>,
-}
-
-async fn demoapp() -> App {
-    let bind = || TcpListener::bind("127.0.0.1:0");
-    let listeners = demoapp::Listeners {
-        http: bind().await.unwrap(),
-        grpc: Some(bind().await.unwrap()),
-        tcp: Some(bind().await.unwrap()),
-    };
-    let addrs = listeners.local_addrs().unwrap();
-    let config = demoapp::Config {
-        name: "blue".into(),
-        livez_delay: Duration::ZERO,
-        readyz_delay: Duration::ZERO,
-        grpc_services: vec!["my_service".into()],
-        ..demoapp::Config::default()
-    };
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(demoapp::run(config, listeners, async {
-        let _ = stopped.await;
-    }));
-    App {
-        http: addrs.http,
-        grpc: addrs.grpc.unwrap(),
-        tcp: addrs.tcp.unwrap(),
-        _stop: stop,
-    }
-}
-
-/// Posts a form to the demo app's control endpoint over a raw HTTP/1.1 connection.
-async fn post(app: &App, path: &str, body: &str) {
-    let mut stream = TcpStream::connect(app.http).await.unwrap();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    assert!(
-        response.starts_with("HTTP/1.1 200"),
-        "{path} {body}: {response}"
-    );
-}
 
 fn target(address: SocketAddr) -> Target {
     Target {
@@ -115,26 +67,26 @@ fn failed(failure: FailureType) -> ProbeResult {
 
 #[tokio::test]
 async fn http_livez_pass_fail_and_connection_reuse() {
-    let app = demoapp().await;
+    let app = demoapp("blue").await;
     let check = livez_check();
     let (result, conn) = run(&check, app.http, None).await;
     assert_eq!(result, HEALTHY);
     assert!(conn.is_some(), "kept alive for the next check");
-    post(&app, "/livez", "livez=FAIL").await;
+    post(app.http, "/livez", "livez=FAIL").await;
     let (result, conn) = run(&check, app.http, conn).await;
     assert_eq!(
         result,
         failed(FailureType::Active),
         "506 is outside 200-399: an active failure"
     );
-    post(&app, "/livez", "livez=OK").await;
+    post(app.http, "/livez", "livez=OK").await;
     let (result, _) = run(&check, app.http, conn).await;
     assert_eq!(result, HEALTHY);
 }
 
 #[tokio::test]
 async fn http_body_match_catches_what_the_status_does_not() {
-    let app = demoapp().await;
+    let app = demoapp("blue").await;
     let Protocol::Http(mut check) = livez_check() else {
         unreachable!()
     };
@@ -142,7 +94,7 @@ async fn http_body_match_catches_what_the_status_does_not() {
     check.receive = PayloadMatcher::new(vec![b"ServerName: blue".to_vec()]);
     let check = Protocol::Http(check);
     assert_eq!(run(&check, app.http, None).await.0, HEALTHY);
-    post(&app, "/faults", "body=ServerName%3A+broken").await;
+    post(app.http, "/faults", "body=ServerName%3A+broken").await;
     assert_eq!(
         run(&check, app.http, None).await.0,
         failed(FailureType::Active)
@@ -162,7 +114,7 @@ async fn refused_connection_is_a_network_failure() {
 
 #[tokio::test]
 async fn tcp_connect_only_and_send_receive() {
-    let app = demoapp().await;
+    let app = demoapp("blue").await;
     let connect_only = Protocol::Tcp(TcpCheck {
         send: vec![],
         receive: PayloadMatcher::default(),
@@ -178,7 +130,7 @@ async fn tcp_connect_only_and_send_receive() {
     let (result, _) = run(&ping, app.tcp, conn).await;
     assert_eq!(result, HEALTHY, "the same connection answers again");
 
-    post(&app, "/tcp", "mode=silent").await;
+    post(app.http, "/tcp", "mode=silent").await;
     let silent = tokio::time::timeout(
         Duration::from_millis(300),
         probe::probe(&ping, target(app.tcp), None, true),
@@ -189,18 +141,18 @@ async fn tcp_connect_only_and_send_receive() {
         "a mismatch waits for the timeout, as Envoy does"
     );
 
-    post(&app, "/tcp", "mode=refuse").await;
+    post(app.http, "/tcp", "mode=refuse").await;
     assert_eq!(
         run(&connect_only, app.tcp, None).await.0,
         failed(FailureType::Network)
     );
-    post(&app, "/tcp", "mode=serve").await;
+    post(app.http, "/tcp", "mode=serve").await;
     assert_eq!(run(&connect_only, app.tcp, None).await.0, HEALTHY);
 }
 
 #[tokio::test]
 async fn grpc_serving_not_serving_and_unknown_service() {
-    let app = demoapp().await;
+    let app = demoapp("blue").await;
     let check = |service: &str| {
         Protocol::Grpc(GrpcCheck {
             service_name: service.into(),
@@ -211,7 +163,7 @@ async fn grpc_serving_not_serving_and_unknown_service() {
     let (result, conn) = run(&check("my_service"), app.grpc, None).await;
     assert_eq!(result, HEALTHY);
     post(
-        &app,
+        app.http,
         "/grpc-health",
         "service=my_service&status=NOT_SERVING",
     )
@@ -229,7 +181,7 @@ async fn grpc_serving_not_serving_and_unknown_service() {
 
 #[tokio::test]
 async fn http2_codec_checks_over_h2c_and_reuses_the_connection() {
-    let app = demoapp().await;
+    let app = demoapp("blue").await;
     let Protocol::Http(mut check) = livez_check() else {
         unreachable!()
     };
@@ -241,7 +193,7 @@ async fn http2_codec_checks_over_h2c_and_reuses_the_connection() {
         matches!(conn, Some(Connection::Http2(_))),
         "an h2c connection is kept"
     );
-    post(&app, "/livez", "livez=FAIL").await;
+    post(app.http, "/livez", "livez=FAIL").await;
     let (result, _) = run(&check, app.http, conn).await;
     assert_eq!(result, failed(FailureType::Active));
 }

@@ -1,6 +1,9 @@
 //! The proxy end to end in process: a listener from Envoy YAML (routes, header matchers, direct
 //! responses, rewrites, retries) in front of two demo apps.
 
+mod common;
+use common::{App, demoapp, post};
+
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,30 +21,6 @@ use vigil::upstream::{HostPicker, LbSettings};
 use vigil_core::config::{self, LbPolicy};
 use vigil_core::health::HealthFlags;
 use vigil_core::route::RouteTable;
-
-struct App {
-    http: SocketAddr,
-    _stop: oneshot::Sender<()>,
-}
-
-async fn demoapp(name: &str) -> App {
-    let listeners = demoapp::Listeners {
-        http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        grpc: None,
-        tcp: None,
-    };
-    let http = listeners.local_addrs().unwrap().http;
-    let config = demoapp::Config {
-        name: name.into(),
-        livez_delay: Duration::ZERO,
-        ..demoapp::Config::default()
-    };
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(demoapp::run(config, listeners, async {
-        let _ = stopped.await;
-    }));
-    App { http, _stop: stop }
-}
 
 /// A raw HTTP/1.1 exchange on a fresh connection: (status, headers text, body).
 async fn request(proxy: SocketAddr, head: &str) -> (u16, String, String) {
@@ -224,15 +203,7 @@ async fn routes_balance_rewrite_and_answer_directly() {
 #[tokio::test]
 async fn a_failing_backend_is_hidden_by_the_retry_policy() {
     let (blue, yellow) = (demoapp("blue").await, demoapp("yellow").await);
-    let mut stream = TcpStream::connect(blue.http).await.unwrap();
-    let body = "status=503";
-    let post = format!(
-        "POST /faults HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(post.as_bytes()).await.unwrap();
-    let mut ignored = Vec::new();
-    let _ = stream.read_to_end(&mut ignored).await;
+    post(blue.http, "/faults", "status=503").await;
     let (at, _stop) = proxy(&blue, &yellow).await;
     for _ in 0..6 {
         let (status, _, body) = get(at, "/", "").await;

@@ -1,0 +1,63 @@
+//! Fixtures shared by the companion's in-process tests: a demo app on 127.0.0.1 (HTTP, gRPC health
+//! with `my_service`, TCP ping/pong) and a form POST to its control endpoints.
+
+// Each test binary uses a part of these fixtures.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// A running demo app; it stops when this is dropped.
+pub struct App {
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub tcp: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+/// Starts a demo app named `name` with no first-probe delays.
+pub async fn demoapp(name: &str) -> App {
+    let bind = || TcpListener::bind("127.0.0.1:0");
+    let listeners = demoapp::Listeners {
+        http: bind().await.unwrap(),
+        grpc: Some(bind().await.unwrap()),
+        tcp: Some(bind().await.unwrap()),
+    };
+    let addrs = listeners.local_addrs().unwrap();
+    let config = demoapp::Config {
+        name: name.into(),
+        livez_delay: Duration::ZERO,
+        readyz_delay: Duration::ZERO,
+        grpc_services: vec!["my_service".into()],
+        ..demoapp::Config::default()
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(demoapp::run(config, listeners, async {
+        let _ = stopped.await;
+    }));
+    App {
+        http: addrs.http,
+        grpc: addrs.grpc.unwrap(),
+        tcp: addrs.tcp.unwrap(),
+        _stop: stop,
+    }
+}
+
+/// Posts a form to a demo app's control endpoint and expects 200.
+pub async fn post(app: SocketAddr, path: &str, body: &str) {
+    let mut stream = TcpStream::connect(app).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 200"),
+        "{path} {body}: {response}"
+    );
+}
