@@ -153,6 +153,7 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
         .apply(&loaded.bootstrap, &clusters.upstreams())
         .await;
     if problems.iter().any(|p| p.starts_with("cannot listen")) {
+        listeners.stop_all().await;
         clusters.stop_all();
         return Err(problems.join("\n"));
     }
@@ -212,7 +213,7 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
         }
     }
     log::info!("shutting down");
-    listeners.stop_all();
+    listeners.stop_all().await;
     clusters.stop_all();
     let _ = stop_admin.send(());
     let _ = admin_task.await;

@@ -57,17 +57,19 @@ pub struct ListenerState {
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
 }
 
-/// Serves HTTP on `listener` until `shutdown`; `state` is read per request (so a reload takes
-/// effect on the next request).
+/// Serves HTTP on `listener` until `shutdown`, then drains (bounded by `drain_timeout`); `state`
+/// is read per request, so a reload takes effect on the next request.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<arc_swap::ArcSwap<ListenerState>>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let accepted = tokio::select! {
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => break,
             accepted = listener.accept() => accepted,
         };
         let Ok((stream, peer)) = accepted else {
@@ -75,15 +77,27 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let state = state.load_full();
-                async move { Ok::<_, Infallible>(handle(&state, peer, request).await) }
-            });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+        let service = service_fn(move |request| {
+            let state = state.load_full();
+            async move { Ok::<_, Infallible>(handle(&state, peer, request).await) }
         });
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+    // Drain: stop accepting (the listener is dropped here), let requests in flight finish and
+    // close idle connections, for at most the connection manager's drain timeout.
+    drop(listener);
+    let drain = Duration::from_millis(state.load().hcm.drain_timeout_ms.max(1));
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        log::warn!("drain timeout ({drain:?}) reached with requests still in flight");
     }
 }
 
@@ -367,13 +381,13 @@ mod tests {
 /// addresses and stops listeners that are gone.
 #[derive(Default)]
 pub struct ListenerSet {
-    running: BTreeMap<
-        SocketAddr,
-        (
-            Arc<arc_swap::ArcSwap<ListenerState>>,
-            tokio::sync::oneshot::Sender<()>,
-        ),
-    >,
+    running: BTreeMap<SocketAddr, RunningListener>,
+}
+
+struct RunningListener {
+    state: Arc<arc_swap::ArcSwap<ListenerState>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl ListenerSet {
@@ -428,24 +442,32 @@ impl ListenerSet {
             .copied()
             .collect();
         for address in gone {
-            if let Some((_, stop)) = self.running.remove(&address) {
-                let _ = stop.send(());
+            if let Some(running) = self.running.remove(&address) {
+                // It drains in the background; nothing waits for it on a reload.
+                let _ = running.stop.send(());
             }
         }
         for (address, state) in wanted {
-            if let Some((current, _)) = self.running.get(&address) {
-                current.store(Arc::new(state));
+            if let Some(running) = self.running.get(&address) {
+                running.state.store(Arc::new(state));
                 continue;
             }
             match TcpListener::bind(address).await {
                 Ok(listener) => {
                     let shared = Arc::new(arc_swap::ArcSwap::from_pointee(state));
                     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                    tokio::spawn(serve(listener, shared.clone(), async {
+                    let task = tokio::spawn(serve(listener, shared.clone(), async {
                         let _ = stopped.await;
                     }));
                     log::info!("listener on {address}");
-                    self.running.insert(address, (shared, stop));
+                    self.running.insert(
+                        address,
+                        RunningListener {
+                            state: shared,
+                            stop,
+                            task,
+                        },
+                    );
                 }
                 Err(err) => problems.push(format!("cannot listen on {address}: {err}")),
             }
@@ -458,9 +480,16 @@ impl ListenerSet {
         self.running.keys().copied().collect()
     }
 
-    pub fn stop_all(&mut self) {
-        for (_, (_, stop)) in std::mem::take(&mut self.running) {
-            let _ = stop.send(());
+    /// Stops every listener and waits for each to drain (each bounded by its drain timeout).
+    pub async fn stop_all(&mut self) {
+        let running = std::mem::take(&mut self.running);
+        let mut tasks = Vec::new();
+        for (_, listener) in running {
+            let _ = listener.stop.send(());
+            tasks.push(listener.task);
+        }
+        for task in tasks {
+            let _ = task.await;
         }
     }
 }

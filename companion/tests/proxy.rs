@@ -216,3 +216,21 @@ async fn a_failing_backend_is_hidden_by_the_retry_policy() {
     }
     assert!(statuses.contains(&503), "{statuses:?}");
 }
+
+#[tokio::test]
+async fn shutdown_drains_requests_in_flight() {
+    let (blue, yellow) = (demoapp("blue").await, demoapp("yellow").await);
+    post(blue.http, "/faults", "delay_ms=400").await;
+    post(yellow.http, "/faults", "delay_ms=400").await;
+    let (at, stop) = proxy(&blue, &yellow).await;
+    let in_flight = tokio::spawn(async move { get(at, "/", "").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _ = stop.send(());
+    let (status, _, body) = in_flight.await.unwrap();
+    assert_eq!(status, 200, "the request in flight finished: {body}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        TcpStream::connect(at).await.is_err(),
+        "no new connections after shutdown"
+    );
+}
