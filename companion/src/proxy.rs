@@ -66,7 +66,7 @@ pub async fn serve(
 ) {
     tokio::pin!(shutdown);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let builder = connection_builder(&state.load().hcm);
     loop {
         let accepted = tokio::select! {
             _ = &mut shutdown => break,
@@ -101,6 +101,24 @@ pub async fn serve(
     }
 }
 
+/// The parser limits of the connection manager, taken when the listener starts: the header
+/// count (`max_headers_count`, default 100) and buffer sizes from `max_request_headers_kb`
+/// (default 60 KiB). [`handle`] also checks both per request, so a reload applies them too and
+/// the answer is Envoy's 431 whatever the parser's buffering.
+fn connection_builder(hcm: &HttpConnectionManager) -> auto::Builder<TokioExecutor> {
+    let header_bytes = (hcm.max_request_headers_kb as usize).saturating_mul(1024);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        // hyper requires at least 8 KiB of read buffer.
+        .max_buf_size(header_bytes.max(8192))
+        .max_headers(hcm.common_http_protocol_options.max_headers_count.max(1) as usize);
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
 /// One request, start to finish.
 pub async fn handle(
     state: &ListenerState,
@@ -108,6 +126,23 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let (parts, body) = request.into_parts();
+    // Envoy's limits on the request head, counted as it does (names and values).
+    let header_bytes: usize = parts
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len())
+        .sum();
+    let max_bytes = (state.hcm.max_request_headers_kb as usize).saturating_mul(1024);
+    let max_count = state.hcm.common_http_protocol_options.max_headers_count as usize;
+    if header_bytes > max_bytes || parts.headers.len() > max_count {
+        return with_server(
+            state,
+            local_reply(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "Request Header Fields Too Large",
+            ),
+        );
+    }
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {

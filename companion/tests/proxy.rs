@@ -234,3 +234,17 @@ async fn shutdown_drains_requests_in_flight() {
         "no new connections after shutdown"
     );
 }
+
+#[tokio::test]
+async fn oversized_or_too_many_headers_are_refused() {
+    let (blue, yellow) = (demoapp("blue").await, demoapp("yellow").await);
+    let (at, _stop) = proxy(&blue, &yellow).await;
+    let big = format!("x-big: {}\r\n", "a".repeat(61 * 1024));
+    let (status, _, _) = get(at, "/", &big).await;
+    assert_eq!(status, 431, "headers over Envoy's 60 KiB default");
+    let many: String = (0..101).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let (status, _, _) = get(at, "/", &many).await;
+    assert_eq!(status, 431, "more than max_headers_count (100)");
+    let (status, _, _) = get(at, "/", "x-ok: 1\r\n").await;
+    assert_eq!(status, 200, "the proxy keeps serving");
+}
