@@ -58,6 +58,9 @@ pub struct DiscoverySpec {
     pub failure_refresh: Option<(Duration, Duration)>,
     /// `dns_jitter`: up to this much is added to `refresh` after a success.
     pub jitter: Duration,
+    /// `respect_dns_ttl`: wait the answers' smallest TTL instead of `refresh` (when the resolver
+    /// reports TTLs: the configured-server client does, the system resolver does not).
+    pub respect_ttl: bool,
 }
 
 /// Why a name did not resolve.
@@ -125,19 +128,66 @@ pub fn static_hosts(endpoints: &[EndpointSpec]) -> Result<Vec<HostSpec>, String>
         .collect()
 }
 
+/// What a resolver answers: addresses, and the smallest TTL when it knows one (the system
+/// resolver does not; vigil's DNS client does).
+pub trait Answer {
+    fn addresses(&self) -> &[IpAddr];
+    fn ttl_seconds(&self) -> Option<u32> {
+        None
+    }
+}
+
+impl Answer for Vec<IpAddr> {
+    fn addresses(&self) -> &[IpAddr] {
+        self
+    }
+}
+
+impl Answer for crate::dns_client::Resolved {
+    fn addresses(&self) -> &[IpAddr] {
+        &self.addresses
+    }
+
+    fn ttl_seconds(&self) -> Option<u32> {
+        self.min_ttl
+    }
+}
+
 /// One resolution round: the new host list, or `None` when the round failed and the last known
 /// hosts must stay.
-pub async fn resolve_round<R, F>(spec: &DiscoverySpec, resolve: &R) -> Option<Vec<HostSpec>>
+pub async fn resolve_round<R, F, A>(spec: &DiscoverySpec, resolve: &R) -> Option<Vec<HostSpec>>
 where
     R: Fn(String) -> F,
-    F: Future<Output = Result<Vec<IpAddr>, ResolveError>>,
+    F: Future<Output = Result<A, ResolveError>>,
+    A: Answer,
+{
+    resolve_round_with_ttl(spec, resolve)
+        .await
+        .map(|(hosts, _)| hosts)
+}
+
+/// [`resolve_round`], also giving the smallest TTL of the answers (for `respect_dns_ttl`).
+pub async fn resolve_round_with_ttl<R, F, A>(
+    spec: &DiscoverySpec,
+    resolve: &R,
+) -> Option<(Vec<HostSpec>, Option<u32>)>
+where
+    R: Fn(String) -> F,
+    F: Future<Output = Result<A, ResolveError>>,
+    A: Answer,
 {
     let mut hosts = Vec::new();
+    let mut ttl: Option<u32> = None;
     for endpoint in &spec.endpoints {
         let addresses = match endpoint.address.parse::<IpAddr>() {
             Ok(ip) => vec![ip],
             Err(_) => match resolve(endpoint.address.clone()).await {
-                Ok(found) => spec.family.select(&found),
+                Ok(found) => {
+                    if let Some(t) = found.ttl_seconds() {
+                        ttl = Some(ttl.map_or(t, |m| m.min(t)));
+                    }
+                    spec.family.select(found.addresses())
+                }
                 Err(ResolveError::NoRecords) => Vec::new(),
                 Err(ResolveError::Failed(reason)) => {
                     log::warn!(
@@ -160,11 +210,11 @@ where
     // Two names may resolve to one address: keep the first, as one host per address.
     let mut seen = std::collections::HashSet::new();
     hosts.retain(|h| seen.insert(h.address));
-    Some(hosts)
+    Some((hosts, ttl))
 }
 
 /// Keeps `hosts` current for a DNS cluster until `shutdown`, counting `update_*`.
-pub async fn run_dns<R, F>(
+pub async fn run_dns<R, F, A>(
     spec: DiscoverySpec,
     resolve: R,
     hosts: watch::Sender<Vec<HostSpec>>,
@@ -172,7 +222,8 @@ pub async fn run_dns<R, F>(
     shutdown: impl Future<Output = ()>,
 ) where
     R: Fn(String) -> F,
-    F: Future<Output = Result<Vec<IpAddr>, ResolveError>>,
+    F: Future<Output = Result<A, ResolveError>>,
+    A: Answer,
 {
     tokio::pin!(shutdown);
     let mut backoff = spec
@@ -181,8 +232,8 @@ pub async fn run_dns<R, F>(
     let mut random = random_source();
     loop {
         counters.attempt.fetch_add(1, Ordering::Relaxed);
-        let wait = match resolve_round(&spec, &resolve).await {
-            Some(found) => {
+        let wait = match resolve_round_with_ttl(&spec, &resolve).await {
+            Some((found, ttl)) => {
                 counters.success.fetch_add(1, Ordering::Relaxed);
                 // Every successful round is delivered, changed or not: a host kept while pending
                 // removal is dropped at the next resolution that still omits it once it failed.
@@ -196,7 +247,14 @@ pub async fn run_dns<R, F>(
                 } else {
                     0
                 };
-                spec.refresh + Duration::from_millis(extra)
+                // `respect_dns_ttl`: a non-zero TTL replaces dns_refresh_rate, as in Envoy.
+                let base = match ttl {
+                    Some(seconds) if spec.respect_ttl && seconds > 0 => {
+                        Duration::from_secs(u64::from(seconds))
+                    }
+                    _ => spec.refresh,
+                };
+                base + Duration::from_millis(extra)
             }
             None => {
                 counters.failure.fetch_add(1, Ordering::Relaxed);
@@ -312,6 +370,7 @@ mod tests {
             family: DnsLookupFamily::V4Only,
             failure_refresh: None,
             jitter: Duration::ZERO,
+            respect_ttl: false,
         };
         let hosts = resolve_round(&spec, &fake(answers.clone())).await.unwrap();
         assert_eq!(hosts.len(), 2);
@@ -332,6 +391,7 @@ mod tests {
             family: DnsLookupFamily::Auto,
             failure_refresh: None,
             jitter: Duration::ZERO,
+            respect_ttl: false,
         };
         answers.lock().unwrap().insert(
             "myservice".into(),
@@ -355,6 +415,58 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn respect_dns_ttl_waits_the_smallest_ttl() {
+        use crate::dns_client::Resolved;
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let start = tokio::time::Instant::now();
+        let seen = calls.clone();
+        let resolve = move |_name: String| {
+            seen.lock().unwrap().push(start.elapsed().as_secs());
+            std::future::ready(Ok::<_, ResolveError>(Resolved {
+                addresses: vec![ip("127.29.1.3")],
+                min_ttl: Some(30),
+            }))
+        };
+        let mut spec = DiscoverySpec {
+            kind: DiscoveryKind::StrictDns,
+            endpoints: vec![endpoint("myservice")],
+            refresh: Duration::from_secs(5),
+            family: DnsLookupFamily::V4Only,
+            failure_refresh: None,
+            jitter: Duration::ZERO,
+            respect_ttl: true,
+        };
+        for (respect, expected) in [
+            (true, vec![0, 30, 60]),
+            (
+                false,
+                vec![0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60],
+            ),
+        ] {
+            spec.respect_ttl = respect;
+            calls.lock().unwrap().clear();
+            let (tx, _rx) = watch::channel(vec![]);
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let begin = tokio::time::Instant::now();
+            let offset = begin.duration_since(start).as_secs();
+            let task = tokio::spawn(run_dns(
+                spec.clone(),
+                resolve.clone(),
+                tx,
+                Arc::default(),
+                async {
+                    let _ = stopped.await;
+                },
+            ));
+            tokio::time::sleep(Duration::from_millis(60_500)).await;
+            let _ = stop.send(());
+            let _ = task.await;
+            let times: Vec<u64> = calls.lock().unwrap().iter().map(|t| t - offset).collect();
+            assert_eq!(times, expected, "respect_ttl {respect}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_loop_publishes_changes_and_counts_updates() {
         let answers: Answers = Arc::default();
         answers
@@ -368,6 +480,7 @@ mod tests {
             family: DnsLookupFamily::V4Only,
             failure_refresh: None,
             jitter: Duration::ZERO,
+            respect_ttl: false,
         };
         let (tx, mut rx) = watch::channel(vec![]);
         let counters = Arc::new(DiscoveryCounters::default());

@@ -134,10 +134,14 @@ pub fn plan(bootstrap: &Bootstrap) -> Result<(Vec<ClusterPlan>, Vec<String>), St
             }
         };
         let endpoints = endpoints(cluster);
-        if cluster.dns.respect_dns_ttl && cluster.discovery.is_dns() {
+        if cluster.dns.respect_dns_ttl
+            && cluster.discovery.is_dns()
+            && cluster.dns.resolvers.is_empty()
+        {
             notes.push(format!(
-                "cluster '{}': respect_dns_ttl is not applied yet; names are re-resolved every \
-                 dns_refresh_rate",
+                "cluster '{}': respect_dns_ttl needs TTLs, which the system resolver does not \
+                 report; names are re-resolved every dns_refresh_rate (configure DNS resolvers \
+                 to use TTLs)",
                 cluster.name
             ));
         }
@@ -170,6 +174,7 @@ pub fn plan(bootstrap: &Bootstrap) -> Result<(Vec<ClusterPlan>, Vec<String>), St
                             )
                         }),
                         jitter: Duration::from_millis(cluster.dns.jitter_ms),
+                        respect_ttl: cluster.dns.respect_dns_ttl,
                     }),
                     resolvers,
                 }
@@ -300,8 +305,12 @@ impl Runtime {
                     stop_signal,
                 ));
             } else {
-                let resolve =
-                    crate::dns_client::resolver(resolvers.clone(), spec.family, DNS_QUERY_TIMEOUT);
+                let resolve = crate::dns_client::DnsClient::new(crate::dns_client::DnsConfig::new(
+                    resolvers.clone(),
+                    spec.family,
+                    DNS_QUERY_TIMEOUT,
+                ))
+                .resolver_with_ttl();
                 tokio::spawn(discovery::run_dns(
                     spec,
                     resolve,

@@ -257,6 +257,7 @@ async fn discovery_re_resolves_every_refresh_through_the_client() {
         family: DnsLookupFamily::V4Only,
         failure_refresh: None,
         jitter: Duration::ZERO,
+        respect_ttl: false,
     };
     let resolve = dns_client::resolver(vec![dns.addr()], DnsLookupFamily::V4Only, TIMEOUT);
     let (tx, mut rx) = watch::channel(vec![]);
