@@ -50,7 +50,7 @@ mod cluster;
 mod error;
 mod health_check;
 mod listener;
-mod reader;
+pub(crate) mod reader;
 mod schema;
 mod types;
 

@@ -177,7 +177,7 @@ pub(crate) fn items(value: &Value) -> Vec<&Value> {
 }
 
 /// Edit distance, for "did you mean" hints.
-fn distance(a: &str, b: &str) -> usize {
+pub(crate) fn distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
@@ -746,9 +746,9 @@ impl ProtoDuration {
 const MAX_DURATION_SECONDS: i64 = 315_576_000_000;
 /// Envoy's limit for durations it turns into milliseconds (`validateDurationAsMilliseconds`:
 /// `INT64_MAX / 1e9`).
-const MAX_MILLIS_SECONDS: i64 = 9_223_372_036;
+pub(crate) const MAX_MILLIS_SECONDS: i64 = 9_223_372_036;
 
-const DURATION_FORM: &str =
+pub(crate) const DURATION_FORM: &str =
     "an Envoy duration is a string of seconds ending in \"s\", such as \"10s\" or \"0.25s\"";
 
 pub(crate) fn duration(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<ProtoDuration> {
@@ -816,7 +816,7 @@ fn duration_object(
 }
 
 /// protobuf's JSON duration form: `-?\d+(\.\d{1,9})?s`.
-fn parse_duration(text: &str) -> Result<ProtoDuration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<ProtoDuration, String> {
     let Some(body) = text.strip_suffix('s') else {
         return Err(format!("must end with \"s\" ({DURATION_FORM})"));
     };

@@ -5,6 +5,9 @@
 //! the proto's PGV rules (outlier_detection.proto) plus `DetectorImpl::create`'s check that
 //! `max_ejection_time` is not below `base_ejection_time`. See `docs/envoy-outlier-semantics.md` §1.
 
+use crate::config::reader::{
+    DURATION_FORM, MAX_MILLIS_SECONDS, describe, distance, json_name, parse_duration,
+};
 use serde_json::Value;
 
 /// Field errors: `(path relative to outlier_detection, message)`.
@@ -354,49 +357,6 @@ fn lte_100(n: u64) -> String {
     format!("value must be less than or equal to 100, found {n}")
 }
 
-/// protobuf's JSON name of a field: underscores removed, the next letter upper-cased.
-fn json_name(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    let mut upper = false;
-    for c in name.chars() {
-        if c == '_' {
-            upper = true;
-        } else if upper {
-            out.push(c.to_ascii_uppercase());
-            upper = false;
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-fn describe(value: &Value) -> String {
-    match value {
-        Value::Null => "null".into(),
-        Value::Bool(b) => format!("a boolean ({b})"),
-        Value::Number(n) => format!("a number ({n})"),
-        Value::String(s) => format!("a string ({s:?})"),
-        Value::Array(_) => "a list".into(),
-        Value::Object(_) => "a mapping".into(),
-    }
-}
-
-/// Edit distance, for "did you mean" hints.
-fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 fn unknown_field(key: &str) -> String {
     if key == "detect_degraded_hosts" || key == "detectDegradedHosts" {
         return format!("unknown field \"{key}\" (added in Envoy 1.38; vigil follows 1.30-1.36)");
@@ -454,20 +414,13 @@ fn boolean(value: &Value) -> Result<bool, String> {
     }
 }
 
-/// protobuf's Duration limit.
-const MAX_DURATION_SECONDS: i64 = 315_576_000_000;
-/// Envoy's limit for durations it turns into milliseconds (`INT64_MAX / 1e9` seconds).
-const MAX_MILLIS_SECONDS: i64 = 9_223_372_036;
-
-const DURATION_FORM: &str =
-    "an Envoy duration is a string of seconds ending in \"s\", such as \"10s\" or \"0.25s\"";
-
 /// A Duration as `(whole milliseconds, is zero)`; Envoy truncates sub-millisecond parts.
 /// An error names the sub-field (`seconds`, `nanos`) when it is about one.
 fn duration_ms(value: &Value) -> Result<(u64, bool), (Option<&'static str>, String)> {
     let plain = |message: String| (None, message);
     let (seconds, nanos) = match value {
         Value::String(text) => parse_duration(text)
+            .map(|d| (d.seconds, i64::from(d.nanos)))
             .map_err(|why| plain(format!("invalid duration {text:?}: {why}")))?,
         Value::Object(map) => {
             let mut seconds: i64 = 0;
@@ -542,47 +495,5 @@ fn signed(value: &Value, min: i128, max: i128) -> Result<i128, String> {
         Some(n) if (min..=max).contains(&n) => Ok(n),
         Some(n) => Err(format!("{n} is out of range (expected {min} to {max})")),
         None => Err(format!("expected an integer, found {}", describe(value))),
-    }
-}
-
-/// protobuf's JSON duration form: `-?\d+(\.\d{1,9})?s`, as `(seconds, nanos)`.
-fn parse_duration(text: &str) -> Result<(i64, i64), String> {
-    let Some(body) = text.strip_suffix('s') else {
-        return Err(format!("must end with \"s\" ({DURATION_FORM})"));
-    };
-    let (negative, body) = match body.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, body),
-    };
-    let (whole, fraction) = match body.split_once('.') {
-        Some((w, f)) => (w, Some(f)),
-        None => (body, None),
-    };
-    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!(
-            "must start with a whole number of seconds ({DURATION_FORM})"
-        ));
-    }
-    let mut nanos: i64 = 0;
-    if let Some(fraction) = fraction {
-        if fraction.is_empty()
-            || fraction.len() > 9
-            || !fraction.bytes().all(|b| b.is_ascii_digit())
-        {
-            return Err("the fraction must have 1 to 9 digits".into());
-        }
-        nanos = format!("{fraction:0<9}")
-            .parse()
-            .map_err(|_| "bad fraction".to_string())?;
-    }
-    let seconds: i64 = whole
-        .parse()
-        .ok()
-        .filter(|s| *s <= MAX_DURATION_SECONDS)
-        .ok_or_else(|| "out of range".to_string())?;
-    if negative {
-        Ok((-seconds, -nanos))
-    } else {
-        Ok((seconds, nanos))
     }
 }
