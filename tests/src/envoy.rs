@@ -7,8 +7,8 @@ use crate::{http, paths, wait_until};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// How long a proxy gets to answer `/ready` with 200 after it starts.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -239,4 +239,59 @@ mod tests {
         assert_eq!(hosts[0].values["hostname"], "myservice");
         assert!(hosts[1].is_healthy());
     }
+}
+
+/// A validate run that takes longer than this is a hang, not a verdict.
+pub const VALIDATE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs `envoy --mode validate -c path` (vigil's `--mode validate` takes the same arguments):
+/// whether it accepted, and the line that says why not. Its output goes to a log in `scratch`.
+/// Validate mode binds no port and resolves no name. A run past [`VALIDATE_TIMEOUT`] is a hang.
+pub fn validate(envoy: &Path, path: &Path, scratch: &Path) -> (bool, String) {
+    let log = scratch.join(format!(
+        "{}.log",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let log_file = std::fs::File::create(&log).expect("log file");
+    let mut child = Command::new(envoy)
+        .args(["--mode", "validate", "--log-level", "critical", "-c"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().expect("log file"))
+        .stderr(log_file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", envoy.display()));
+    let deadline = Instant::now() + VALIDATE_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for envoy") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("envoy --mode validate hung on {}", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = std::fs::read_to_string(&log).unwrap_or_default();
+    (status.success(), envoy_reason(&output))
+}
+
+/// The gist of Envoy's complaint: the constraint that failed, without the config dump.
+fn envoy_reason(output: &str) -> String {
+    const MARK: &str = "error initializing configuration '";
+    let Some(start) = output.find(MARK) else {
+        return output.lines().last().unwrap_or("").to_string();
+    };
+    let rest = &output[start + MARK.len()..];
+    let rest = rest.split_once("': ").map_or(rest, |(_, r)| r);
+    let gist = if let Some(at) = rest.find("Proto constraint validation failed") {
+        let chain = &rest[at..];
+        let last = chain.rsplit("caused by ").next().unwrap_or(chain);
+        format!("proto constraint: {}", last.trim_end_matches([')', '\n']))
+    } else {
+        let line = rest.lines().next().unwrap_or("");
+        line.split("): {").next().unwrap_or(line).to_string()
+    };
+    gist.split_whitespace().collect::<Vec<_>>().join(" ")
 }

@@ -37,6 +37,10 @@ pub struct Layout {
     pub admin_port: u16,
     /// The demo apps' port (8080 in LAB.md).
     pub app_port: u16,
+    /// The sidecars' gRPC listener (50051, as LAB.md's gRPC check uses).
+    pub grpc_port: u16,
+    /// The demo apps' `grpc.health.v1` server behind it (50052).
+    pub app_grpc_port: u16,
 }
 
 impl Layout {
@@ -50,6 +54,8 @@ impl Layout {
             service_port: 80,
             admin_port: 9901,
             app_port: 8080,
+            grpc_port: 50051,
+            app_grpc_port: 50052,
         }
     }
 
@@ -61,22 +67,22 @@ impl Layout {
             net::fresh_loopback(),
         );
         let all = [front, blue, yellow];
-        let service_port = net::free_port_on(&all);
-        let mut admin_port = net::free_port_on(&all);
-        while admin_port == service_port {
-            admin_port = net::free_port_on(&all);
-        }
-        let mut app_port = net::free_port_on(&all);
-        while app_port == service_port || app_port == admin_port {
-            app_port = net::free_port_on(&all);
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < 5 {
+            let port = net::free_port_on(&all);
+            if !ports.contains(&port) {
+                ports.push(port);
+            }
         }
         Layout {
             front,
             blue,
             yellow,
-            service_port,
-            admin_port,
-            app_port,
+            service_port: ports[0],
+            admin_port: ports[1],
+            app_port: ports[2],
+            grpc_port: ports[3],
+            app_grpc_port: ports[4],
         }
     }
 
@@ -105,7 +111,15 @@ impl Layout {
                 format!("{name} sidecar admin"),
                 Self::socket(ip, self.admin_port),
             ));
+            out.push((
+                format!("{name} sidecar gRPC listener"),
+                Self::socket(ip, self.grpc_port),
+            ));
             out.push((format!("{name} demo app"), Self::socket(ip, self.app_port)));
+            out.push((
+                format!("{name} demo app gRPC"),
+                Self::socket(ip, self.app_grpc_port),
+            ));
         }
         out
     }
@@ -179,13 +193,81 @@ pub fn envoy_duration(d: Duration) -> String {
     format!("{}s", d.as_secs_f64())
 }
 
+/// The three labs of LAB.md: they differ only in the front proxy's health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabKind {
+    /// HTTP check on `/livez`, expected 200-399; the fault is `livez=FAIL` on blue.
+    Http,
+    /// TCP connect check; the fault is blue's sidecar stopped.
+    Tcp,
+    /// grpc.health.v1 check of `my_service` on the sidecars' gRPC port, HTTP/2 to the sidecars;
+    /// the fault is blue's `my_service` set NOT_SERVING.
+    Grpc,
+}
+
+/// The gRPC service the gRPC lab checks (LAB.md: `service_name: "my_service"`).
+pub const GRPC_SERVICE: &str = "my_service";
+
+impl LabKind {
+    pub const ALL: [LabKind; 3] = [LabKind::Http, LabKind::Tcp, LabKind::Grpc];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LabKind::Http => "http",
+            LabKind::Tcp => "tcp",
+            LabKind::Grpc => "grpc",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<LabKind, String> {
+        LabKind::ALL
+            .into_iter()
+            .find(|kind| kind.name() == text)
+            .ok_or_else(|| format!("unknown lab `{text}`: expected http, tcp or grpc"))
+    }
+
+    /// The values of the front template's lab-specific placeholders. Each is YAML text placed
+    /// at the end of a line of the template (so an empty value adds nothing).
+    fn front_blocks(self, layout: &Layout) -> [(&'static str, String); 3] {
+        let (health_check, cluster_protocol, endpoint_health_check) = match self {
+            LabKind::Http => (
+                "http_health_check: { path: /livez, expected_statuses: { start: 200, end: 399 } }"
+                    .to_string(),
+                String::new(),
+                String::new(),
+            ),
+            LabKind::Tcp => ("tcp_health_check: {}".to_string(), String::new(), String::new()),
+            LabKind::Grpc => (
+                format!("grpc_health_check: {{ service_name: {GRPC_SERVICE} }}"),
+                // Envoy requires HTTP/2 on a cluster it checks with gRPC; the sidecars' HTTP
+                // listener (codec AUTO) takes h2c as well.
+                "\n    typed_extension_protocol_options:\n      \
+                 envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \
+                 \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        \
+                 explicit_http_config: { http2_protocol_options: {} }"
+                    .to_string(),
+                format!(
+                    "\n            health_check_config: {{ port_value: {} }}",
+                    layout.grpc_port
+                ),
+            ),
+        };
+        [
+            ("health_check", health_check),
+            ("cluster_protocol", cluster_protocol),
+            ("endpoint_health_check", endpoint_health_check),
+        ]
+    }
+}
+
 fn front_values(
+    kind: LabKind,
     layout: &Layout,
     timings: &Timings,
     listen: SocketAddr,
     admin: SocketAddr,
 ) -> BTreeMap<&'static str, String> {
-    BTreeMap::from([
+    let mut values = BTreeMap::from([
         ("admin_address", admin.ip().to_string()),
         ("admin_port", admin.port().to_string()),
         ("listen_address", listen.ip().to_string()),
@@ -198,7 +280,9 @@ fn front_values(
             "hc_no_traffic_interval",
             envoy_duration(timings.no_traffic_interval),
         ),
-    ])
+    ]);
+    values.extend(kind.front_blocks(layout));
+    values
 }
 
 /// The lab's front config with its listener and admin API at other addresses: the same file a
@@ -209,9 +293,20 @@ pub fn render_front(
     listen: SocketAddr,
     admin: SocketAddr,
 ) -> Result<String, String> {
+    render_lab_front(LabKind::Http, layout, timings, listen, admin)
+}
+
+/// The front config of lab `kind`.
+pub fn render_lab_front(
+    kind: LabKind,
+    layout: &Layout,
+    timings: &Timings,
+    listen: SocketAddr,
+    admin: SocketAddr,
+) -> Result<String, String> {
     template::render_file(
-        "http-front.yaml",
-        &front_values(layout, timings, listen, admin),
+        "front.yaml",
+        &front_values(kind, layout, timings, listen, admin),
     )
 }
 
@@ -223,24 +318,69 @@ fn sidecar_values(layout: &Layout, ip: Ipv4Addr) -> BTreeMap<&'static str, Strin
         ("listen_port", layout.service_port.to_string()),
         ("app_address", ip.to_string()),
         ("app_port", layout.app_port.to_string()),
+        ("grpc_port", layout.grpc_port.to_string()),
+        ("app_grpc_port", layout.app_grpc_port.to_string()),
     ])
+}
+
+/// The configs `docker-compose.yaml` mounts, rendered from the same templates as the process
+/// twin with the compose topology's values (LAB.md: every proxy listens on 0.0.0.0, the apps on
+/// 127.0.0.1 inside their sidecar's network namespace, LAB.md's timings). Returned as (path
+/// relative to the workspace root, content); `vigil-lab render-compose` writes them and a test
+/// checks the files in the repository are current.
+pub fn compose_configs() -> Result<Vec<(String, String)>, String> {
+    let layout = Layout::lab();
+    let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    let mut out = Vec::new();
+    for kind in LabKind::ALL {
+        let mut values = front_values(
+            kind,
+            &layout,
+            &Timings::lab(),
+            SocketAddr::new(any, layout.service_port),
+            SocketAddr::new(any, layout.admin_port),
+        );
+        values.insert("service_name", SERVICE_NAME.to_string());
+        out.push((
+            format!("envoy/compose/{}-front.yaml", kind.name()),
+            compose_header(&template::render_file("front.yaml", &values)?),
+        ));
+    }
+    let mut sidecar = sidecar_values(&layout, Ipv4Addr::UNSPECIFIED);
+    sidecar.insert("app_address", Ipv4Addr::LOCALHOST.to_string());
+    out.push((
+        "envoy/compose/sidecar.yaml".to_string(),
+        compose_header(&template::render_file("sidecar.yaml", &sidecar)?),
+    ));
+    Ok(out)
+}
+
+fn compose_header(config: &str) -> String {
+    format!(
+        "# GENERATED from envoy/templates by `./lab render-compose`; edit the template, not this file.\n{config}"
+    )
 }
 
 /// Every template with a full set of values, so a test can check they render.
 pub fn template_values_for_check() -> Vec<(&'static str, BTreeMap<&'static str, String>)> {
     let layout = Layout::lab();
-    vec![
-        (
-            "http-front.yaml",
-            front_values(
-                &layout,
-                &Timings::lab(),
-                Layout::socket(layout.front, layout.service_port),
-                Layout::socket(layout.front, layout.admin_port),
-            ),
-        ),
-        ("sidecar.yaml", sidecar_values(&layout, layout.blue)),
-    ]
+    let mut all: Vec<_> = LabKind::ALL
+        .into_iter()
+        .map(|kind| {
+            (
+                "front.yaml",
+                front_values(
+                    kind,
+                    &layout,
+                    &Timings::lab(),
+                    Layout::socket(layout.front, layout.service_port),
+                    Layout::socket(layout.front, layout.admin_port),
+                ),
+            )
+        })
+        .collect();
+    all.push(("sidecar.yaml", sidecar_values(&layout, layout.blue)));
+    all
 }
 
 /// Which program runs the front proxy.
@@ -287,21 +427,21 @@ impl HttpLab {
             }
         }
         let delay = format!("{}", timings.livez_delay.as_secs_f64());
-        let app_args = ["--livez-delay", delay.as_str()];
-        let blue_app = DemoApp::start(
-            "blue",
-            Layout::socket(layout.blue, layout.app_port),
-            &app_args,
-            dir,
-        )
-        .await?;
-        let yellow_app = DemoApp::start(
-            "yellow",
-            Layout::socket(layout.yellow, layout.app_port),
-            &app_args,
-            dir,
-        )
-        .await?;
+        let mut apps = Vec::new();
+        for (name, ip) in [("blue", layout.blue), ("yellow", layout.yellow)] {
+            let grpc = Layout::socket(ip, layout.app_grpc_port).to_string();
+            let args = [
+                "--livez-delay",
+                delay.as_str(),
+                "--grpc-listen",
+                grpc.as_str(),
+                "--grpc-service",
+                GRPC_SERVICE,
+            ];
+            apps.push(DemoApp::start(name, Layout::socket(ip, layout.app_port), &args, dir).await?);
+        }
+        let yellow_app = apps.pop().ok_or("yellow app missing")?;
+        let blue_app = apps.pop().ok_or("blue app missing")?;
         let mut sidecars = Vec::new();
         for (name, ip) in [("blue", layout.blue), ("yellow", layout.yellow)] {
             let config = template::render_file("sidecar.yaml", &sidecar_values(&layout, ip))?;

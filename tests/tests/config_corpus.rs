@@ -8,12 +8,8 @@
 //! and resolves no name, so this needs no network. Files run one at a time (~0.15 s each).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use vigil_tests::envoy::validate;
 use vigil_tests::paths;
-
-/// A validate run that takes longer than this is a hang, not a verdict.
-const VALIDATE_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn corpus(kind: &str) -> Vec<PathBuf> {
     let dir = paths::workspace_root()
@@ -39,56 +35,6 @@ fn envoy_accepts(path: &Path) -> Option<String> {
             l.strip_prefix("# envoy: accepts")
                 .map(|r| r.trim().to_string())
         })
-}
-
-/// Runs `envoy --mode validate -c path`: whether it accepted, and the line that says why not.
-fn validate(envoy: &Path, path: &Path, scratch: &Path) -> (bool, String) {
-    let log = scratch.join(format!(
-        "{}.log",
-        path.file_name().unwrap_or_default().to_string_lossy()
-    ));
-    let log_file = std::fs::File::create(&log).expect("log file");
-    let mut child = Command::new(envoy)
-        .args(["--mode", "validate", "--log-level", "critical", "-c"])
-        .arg(path)
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().expect("log file"))
-        .stderr(log_file)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", envoy.display()));
-    let deadline = Instant::now() + VALIDATE_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for envoy") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("envoy --mode validate hung on {}", path.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let output = std::fs::read_to_string(&log).unwrap_or_default();
-    (status.success(), envoy_reason(&output))
-}
-
-/// The gist of Envoy's complaint: the constraint that failed, without the config dump.
-fn envoy_reason(output: &str) -> String {
-    const MARK: &str = "error initializing configuration '";
-    let Some(start) = output.find(MARK) else {
-        return output.lines().last().unwrap_or("").to_string();
-    };
-    let rest = &output[start + MARK.len()..];
-    let rest = rest.split_once("': ").map_or(rest, |(_, r)| r);
-    let gist = if let Some(at) = rest.find("Proto constraint validation failed") {
-        let chain = &rest[at..];
-        let last = chain.rsplit("caused by ").next().unwrap_or(chain);
-        format!("proto constraint: {}", last.trim_end_matches([')', '\n']))
-    } else {
-        let line = rest.lines().next().unwrap_or("");
-        line.split("): {").next().unwrap_or(line).to_string()
-    };
-    gist.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[test]

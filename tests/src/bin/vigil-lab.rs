@@ -22,6 +22,8 @@ enum Command {
     /// The HTTP lab of LAB.md: front Envoy with native /livez checks, blue and yellow behind
     /// sidecars; blue's /livez is set to FAIL, then OK.
     Demo,
+    /// Writes the configs docker-compose.yaml mounts (envoy/compose/) from envoy/templates.
+    RenderCompose,
 }
 
 fn main() -> ExitCode {
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match options.command {
             Command::Demo => demo().await,
+            Command::RenderCompose => render_compose(),
         }
     });
     match result {
@@ -87,4 +90,19 @@ async fn demo() -> Result<(), String> {
     // Every process guard was dropped with the `run` future above: nothing is left running.
     println!("\nlab stopped: every process it started has exited");
     outcome
+}
+
+fn render_compose() -> Result<(), String> {
+    let root = paths::workspace_root();
+    for (relative, content) in vigil_tests::lab::compose_configs()? {
+        let path = root.join(&relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|err| format!("cannot create {}: {err}", parent.display()))?;
+        }
+        std::fs::write(&path, content)
+            .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
+        println!("wrote {relative}");
+    }
+    Ok(())
 }

@@ -1,0 +1,136 @@
+//! The lab's configs for Docker users: `envoy/compose/` must be exactly what the templates render
+//! (the process twin renders the same templates), every file must pass `envoy --mode validate`
+//! (the front configs also `vigil --mode validate`: the companion runs the same file), the twin's
+//! configs must have the same shape as the compose ones (only addresses, ports and timings differ),
+//! and `docker-compose.yaml` must pass `docker-compose config` for every lab.
+
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::process::Command;
+use vigil_tests::envoy::validate;
+use vigil_tests::lab::{self, LabKind, Layout, Timings};
+use vigil_tests::paths;
+
+#[test]
+fn compose_configs_are_rendered_from_the_templates() {
+    let root = paths::workspace_root();
+    let mut stale = Vec::new();
+    for (relative, expected) in lab::compose_configs().unwrap() {
+        let actual = std::fs::read_to_string(root.join(&relative)).unwrap_or_default();
+        if actual != expected {
+            stale.push(relative);
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "out of date with envoy/templates (run `./lab render-compose` and commit): {stale:?}"
+    );
+}
+
+#[test]
+fn every_compose_config_passes_envoy_and_vigil_validation() {
+    let envoy = paths::envoy_binary();
+    let vigil = paths::workspace_binary("vigil");
+    let scratch = paths::scratch_dir("lab-configs");
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for (relative, _) in lab::compose_configs().unwrap() {
+        let path = paths::workspace_root().join(&relative);
+        let (accepted, reason) = validate(&envoy, &path, &scratch);
+        if !accepted {
+            failures.push(format!("envoy rejects {relative}: {reason}"));
+        }
+        if relative.ends_with("-front.yaml") {
+            let (accepted, reason) = validate(&vigil, &path, &scratch);
+            if !accepted {
+                failures.push(format!("vigil rejects {relative}: {reason}"));
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 4, "expected the three fronts and the sidecar");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Every path to a scalar in a YAML document (list indexes included), as `a.b[0].c`.
+fn shape(yaml: &str) -> BTreeSet<String> {
+    fn walk(value: &Value, path: String, out: &mut BTreeSet<String>) {
+        match value {
+            Value::Object(map) => {
+                for (key, child) in map {
+                    walk(child, format!("{path}.{key}"), out);
+                }
+            }
+            Value::Array(items) => {
+                for (index, child) in items.iter().enumerate() {
+                    walk(child, format!("{path}[{index}]"), out);
+                }
+            }
+            _ => {
+                out.insert(path);
+            }
+        }
+    }
+    let value: Value = serde_yaml_ng::from_str(yaml).expect("rendered config is YAML");
+    let mut out = BTreeSet::new();
+    walk(&value, String::new(), &mut out);
+    out
+}
+
+#[test]
+fn the_process_twin_renders_the_same_shape_as_compose() {
+    let compose = lab::compose_configs().unwrap();
+    let layout = Layout::fresh();
+    for kind in LabKind::ALL {
+        let twin = lab::render_lab_front(
+            kind,
+            &layout,
+            &Timings::test(),
+            SocketAddr::from((layout.front, layout.service_port)),
+            SocketAddr::from((layout.front, layout.admin_port)),
+        )
+        .unwrap();
+        let name = format!("envoy/compose/{}-front.yaml", kind.name());
+        let (_, composed) = compose.iter().find(|(path, _)| *path == name).unwrap();
+        assert_eq!(shape(&twin), shape(composed), "{name}");
+    }
+}
+
+#[test]
+fn docker_compose_file_is_valid_for_every_lab() {
+    let root = paths::workspace_root();
+    for (lab, net) in [
+        ("http", "172.29.1"),
+        ("tcp", "172.30.1"),
+        ("grpc", "172.29.1"),
+    ] {
+        let output = Command::new("docker-compose")
+            .current_dir(&root)
+            .args(["-f", "docker-compose.yaml", "config"])
+            .env("LAB", lab)
+            .env("LAB_NET", net)
+            .output()
+            .unwrap_or_else(|err| {
+                panic!("cannot run docker-compose ({err}); `./lab setup` installs it")
+            });
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "docker-compose config failed for LAB={lab}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        for expected in [
+            format!("envoy/compose/{lab}-front.yaml:/etc/envoy/envoy.yaml"),
+            format!("envoy/compose/{lab}-front.yaml:/etc/vigil/envoy.yaml"),
+            format!("subnet: {net}.0/24"),
+            "image: envoyproxy/envoy:v1.30.1".to_string(),
+            "network_mode: service:webserver01-sidecar".to_string(),
+        ] {
+            assert!(
+                text.contains(&expected),
+                "LAB={lab}: `{expected}` missing in:\n{text}"
+            );
+        }
+    }
+}
