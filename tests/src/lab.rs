@@ -226,6 +226,17 @@ impl LabKind {
             .ok_or_else(|| format!("unknown lab `{text}`: expected http, tcp or grpc"))
     }
 
+    /// The latest the lab's fault can take to eject blue. HTTP (`livez=FAIL`: a 506, not
+    /// retriable) and gRPC (NOT_SERVING) fail a probe outright: one probe, as
+    /// [`Timings::ejection_bound`]. A stopped sidecar refuses connections, a network failure that
+    /// needs `unhealthy_threshold` probes in a row.
+    pub fn ejection_bound(self, timings: &Timings) -> Duration {
+        match self {
+            LabKind::Http | LabKind::Grpc => timings.ejection_bound(),
+            LabKind::Tcp => timings.interval * UNHEALTHY_THRESHOLD + timings.timeout,
+        }
+    }
+
     /// The values of the front template's lab-specific placeholders. Each is YAML text placed
     /// at the end of a line of the template (so an empty value adds nothing).
     fn front_blocks(self, layout: &Layout) -> [(&'static str, String); 3] {
@@ -308,6 +319,11 @@ pub fn render_lab_front(
         "front.yaml",
         &front_values(kind, layout, timings, listen, admin),
     )
+}
+
+/// The sidecar config of the backend at `ip` in the process twin.
+pub fn sidecar_config(layout: &Layout, ip: Ipv4Addr) -> Result<String, String> {
+    template::render_file("sidecar.yaml", &sidecar_values(layout, ip))
 }
 
 fn sidecar_values(layout: &Layout, ip: Ipv4Addr) -> BTreeMap<&'static str, String> {
@@ -444,7 +460,7 @@ impl HttpLab {
         let blue_app = apps.pop().ok_or("blue app missing")?;
         let mut sidecars = Vec::new();
         for (name, ip) in [("blue", layout.blue), ("yellow", layout.yellow)] {
-            let config = template::render_file("sidecar.yaml", &sidecar_values(&layout, ip))?;
+            let config = sidecar_config(&layout, ip)?;
             let admin = Layout::socket(ip, layout.admin_port);
             sidecars
                 .push(Envoy::start(&format!("{name}-sidecar"), &config, admin, None, dir).await?);

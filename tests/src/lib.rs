@@ -18,9 +18,12 @@
 //! - [`envoy`]: starting Envoy and reading its admin API (`/ready`, `/clusters`, `/stats`).
 //! - [`demoapp`]: starting the demo app and toggling it.
 //! - [`timeline`]: polling several admin APIs and recording health transitions to compare.
+//! - [`compare`]: `./lab compare`: each lab with every path (native Envoy, the companion) side by
+//!   side on the same demo apps, the lab's fault applied and removed, and a table of reactions.
 //! - [`lab`]: the HTTP lab of LAB.md as a process twin, and its scenario; `./lab demo` and the
 //!   process-level tests run the same code.
 
+pub mod compare;
 pub mod demoapp;
 pub mod dns;
 pub mod envoy;
@@ -32,6 +35,7 @@ pub mod paths;
 pub mod process;
 pub mod template;
 pub mod timeline;
+pub mod wasm;
 
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,8 @@
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
-use vigil_tests::lab::{HttpLab, Layout, Timings, play_http_scenario};
+use vigil_tests::compare::{self, CompareLayout, Topology};
+use vigil_tests::lab::{HttpLab, LabKind, Layout, Timings, play_http_scenario};
 use vigil_tests::paths;
 
 #[derive(Debug, Parser)]
@@ -22,6 +23,13 @@ enum Command {
     /// The HTTP lab of LAB.md: front Envoy with native /livez checks, blue and yellow behind
     /// sidecars; blue's /livez is set to FAIL, then OK.
     Demo,
+    /// Each lab (or one: --lab http|tcp|grpc) with every path side by side — the front Envoy's
+    /// native checks and the companion on the same file — its fault applied to blue and removed,
+    /// and a table of when each path ejected and readmitted blue.
+    Compare {
+        #[arg(long, value_parser = LabKind::parse)]
+        lab: Option<LabKind>,
+    },
     /// Writes the configs docker-compose.yaml mounts (envoy/compose/) from envoy/templates.
     RenderCompose,
 }
@@ -44,6 +52,7 @@ fn main() -> ExitCode {
         match options.command {
             Command::Demo => demo().await,
             Command::RenderCompose => render_compose(),
+            Command::Compare { lab } => compare(lab).await,
         }
     });
     match result {
@@ -105,4 +114,41 @@ fn render_compose() -> Result<(), String> {
         println!("wrote {relative}");
     }
     Ok(())
+}
+
+async fn compare(only: Option<LabKind>) -> Result<(), String> {
+    let kinds: Vec<LabKind> = only.map_or(LabKind::ALL.to_vec(), |kind| vec![kind]);
+    let timings = Timings::demo();
+    let run = async {
+        let mut tables = Vec::new();
+        for kind in kinds {
+            let dir = paths::scratch_dir(&format!("compare-{}", kind.name()));
+            println!(
+                "== {} lab: starting demo apps, sidecars, the front Envoy and the companion",
+                kind.name()
+            );
+            let mut topology = Topology::start(kind, CompareLayout::lab(), timings, &dir).await?;
+            println!("{}", topology.describe());
+            println!("every path sees blue and yellow healthy; playing the scenario");
+            let mut say = |line: &str| println!("{line}");
+            let result = compare::play(&mut topology, &mut say).await?;
+            println!(
+                "health transitions (from each admin /clusters):\n{}",
+                result.timeline
+            );
+            let table = compare::render(&result, &timings);
+            println!("{table}");
+            tables.push(table);
+            drop(topology);
+        }
+        println!("== summary\n{}", tables.join("\n"));
+        Ok::<(), String>(())
+    };
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|err| format!("cannot watch SIGTERM: {err}"))?;
+    tokio::select! {
+        outcome = run => outcome,
+        _ = tokio::signal::ctrl_c() => Err("interrupted; stopping everything the lab started".to_string()),
+        _ = terminate.recv() => Err("terminated; stopping everything the lab started".to_string()),
+    }
 }
