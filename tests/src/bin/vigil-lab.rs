@@ -30,6 +30,12 @@ enum Command {
         #[arg(long, value_parser = LabKind::parse)]
         lab: Option<LabKind>,
     },
+    /// Starts one lab's topology with every path (as `compare` does) and keeps it running until
+    /// SIGTERM or Ctrl-C (`./lab up` runs this in the background, `./lab down` stops it).
+    Up {
+        #[arg(long, value_parser = LabKind::parse, default_value = "http")]
+        lab: LabKind,
+    },
     /// Writes the configs docker-compose.yaml mounts (envoy/compose/) from envoy/templates.
     RenderCompose,
 }
@@ -53,6 +59,7 @@ fn main() -> ExitCode {
             Command::Demo => demo().await,
             Command::RenderCompose => render_compose(),
             Command::Compare { lab } => compare(lab).await,
+            Command::Up { lab } => up(lab).await,
         }
     });
     match result {
@@ -151,4 +158,29 @@ async fn compare(only: Option<LabKind>) -> Result<(), String> {
         _ = tokio::signal::ctrl_c() => Err("interrupted; stopping everything the lab started".to_string()),
         _ = terminate.recv() => Err("terminated; stopping everything the lab started".to_string()),
     }
+}
+
+async fn up(kind: LabKind) -> Result<(), String> {
+    let dir = paths::scratch_dir(&format!("up-{}", kind.name()));
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|err| format!("cannot watch SIGTERM: {err}"))?;
+    let start = Topology::start(kind, CompareLayout::lab(), Timings::demo(), &dir);
+    let topology = tokio::select! {
+        topology = start => topology?,
+        _ = tokio::signal::ctrl_c() => return Err("interrupted while starting".to_string()),
+        _ = terminate.recv() => return Err("terminated while starting".to_string()),
+    };
+    println!(
+        "{} lab up; every path sees blue and yellow healthy",
+        kind.name()
+    );
+    println!("{}", topology.describe());
+    println!("lab ready");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    drop(topology);
+    println!("lab stopped: every process it started has exited");
+    Ok(())
 }
