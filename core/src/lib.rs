@@ -25,6 +25,9 @@
 //! - [`route`]: Envoy's HTTP route selection over a loaded route configuration (virtual host by
 //!   authority, first matching route, weighted cluster pick, path rewrites), for the companion's
 //!   proxy and the wasm filter alike.
+//! - [`rules`]: vigil's own header-based routing rules (match headers and path, then pick a
+//!   healthy cluster, a healthy host through an ORIGINAL_DST cluster, sticky by a header, or
+//!   answer locally, with fallbacks), over a health view the shell provides.
 //! - [`schedule`]: when the next check runs (Envoy's interval choice, edge and no-traffic
 //!   intervals, jitter).
 //! - [`status`]: HTTP status ranges as Envoy writes them (`{start, end}`, half-open), used for
@@ -39,5 +42,6 @@ pub mod grpc_health;
 pub mod health;
 pub mod outlier;
 pub mod route;
+pub mod rules;
 pub mod schedule;
 pub mod status;

@@ -98,24 +98,27 @@ impl<'a> RequestView<'a> {
     }
 
     /// Every value of a header, in order; `:authority`, `:path` and `:method` are the request's.
-    pub fn header_values(&self, name: &str) -> Vec<&'a str> {
-        match name {
-            // Envoy stores an HTTP/1 `Host` as `:authority`, and looks either name up there.
-            ":authority" | "host" => self.authority.into_iter().collect(),
-            ":path" => vec![self.path],
-            ":method" => vec![self.method],
-            _ => self
-                .headers
+    /// Allocation-free: this runs for every header matcher of every request.
+    pub fn header_values<'n>(&self, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
+        // Envoy stores an HTTP/1 `Host` as `:authority`, and looks either name up there.
+        let pseudo = match name {
+            ":authority" | "host" => Some(self.authority),
+            ":path" => Some(Some(self.path)),
+            ":method" => Some(Some(self.method)),
+            _ => None,
+        };
+        let others: &'a [(&'a str, &'a str)] = if pseudo.is_some() { &[] } else { self.headers };
+        pseudo.flatten().into_iter().chain(
+            others
                 .iter()
-                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| *v)
-                .collect(),
-        }
+                .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| *v),
+        )
     }
 
     /// The first value of a header.
     pub fn first(&self, name: &str) -> Option<&'a str> {
-        self.header_values(name).into_iter().next()
+        self.header_values(name).next()
     }
 }
 
@@ -393,7 +396,8 @@ pub fn rewrite_prefix(path: &str, matched_len: usize, rewrite: &str) -> String {
 /// that parses as a `u64`, else `hash` when `use_hash_policy`, else the request's random value.
 pub fn weighted_value(w: &WeightedClusters, request: &RequestView<'_>, hash: Option<u64>) -> u64 {
     if let Some(header) = &w.random_value_header {
-        if let [one] = request.header_values(header).as_slice() {
+        let mut values = request.header_values(header);
+        if let (Some(one), None) = (values.next(), values.next()) {
             if let Some(v) = parse_u64(one) {
                 return v;
             }
@@ -466,24 +470,30 @@ fn is_grpc(content_type: Option<&str>) -> bool {
     }
 }
 
-/// `HeaderUtility::matchHeaders` for one matcher.
+/// `HeaderUtility::matchHeaders` for one matcher. Several values of the header are joined with
+/// `,` (the only allocation, and only then); a missing header fails every value matcher, even an
+/// inverted one, unless `treat_missing_header_as_empty`.
 pub fn header_matches(h: &HeaderMatcher, request: &RequestView<'_>) -> bool {
-    let values = request.header_values(&h.name);
-    if let HeaderMatch::Present(present) = h.kind {
-        let is_present = !values.is_empty() || h.treat_missing_as_empty;
-        return (is_present == present) != h.invert;
-    }
+    let mut values = request.header_values(&h.name);
+    let (first, second) = (values.next(), values.next());
+    let is_present = first.is_some() || h.treat_missing_as_empty;
     let joined;
-    let value: &str = match values.as_slice() {
-        [] if !h.treat_missing_as_empty => return false,
-        [] => "",
-        [one] => one,
-        many => {
-            joined = many.join(",");
+    let value: &str = match (first, second) {
+        (None, _) => "",
+        (Some(one), None) => one,
+        (Some(first), Some(second)) => {
+            let mut all = format!("{first},{second}");
+            for more in values {
+                all.push(',');
+                all.push_str(more);
+            }
+            joined = all;
             &joined
         }
     };
     let matched = match &h.kind {
+        HeaderMatch::Present(present) => return (is_present == *present) != h.invert,
+        _ if !is_present => return false,
         HeaderMatch::Exact(x) => x.is_empty() || value == x,
         HeaderMatch::Prefix(x) => value.starts_with(x.as_str()),
         HeaderMatch::Suffix(x) => value.ends_with(x.as_str()),
@@ -492,7 +502,6 @@ pub fn header_matches(h: &HeaderMatcher, request: &RequestView<'_>) -> bool {
         HeaderMatch::Range { start, end } => {
             parse_i64(value).is_some_and(|v| v >= *start && v < *end)
         }
-        HeaderMatch::Present(_) => unreachable!("handled above"),
         HeaderMatch::String(sm) => sm.matches(value),
     };
     matched != h.invert

@@ -111,6 +111,13 @@ fn cluster(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Cluster> {
         o.has("load_balancing_policy"),
     );
 
+    let is_original_dst = discovery == Discovery::Unsupported("ORIGINAL_DST".into());
+    if is_original_dst && o.has("load_assignment") {
+        cx.invalid(
+            &path.field("load_assignment"),
+            "ORIGINAL_DST clusters must have no load assignment configured",
+        );
+    }
     let load_assignment = match o.message(cx, "load_assignment", &LOAD_ASSIGNMENT) {
         Some(la) => load_assignment(cx, la, &discovery),
         None => LoadAssignment::default(),
@@ -156,6 +163,7 @@ fn cluster(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Cluster> {
     let lb_subset_config = kept(&mut o, cx, "lb_subset_config");
     let upstream_connection_options = kept(&mut o, cx, "upstream_connection_options");
     let track_cluster_stats = kept(&mut o, cx, "track_cluster_stats");
+    let original_dst = is_original_dst.then(|| original_dst(cx, &mut o)).flatten();
     let mut lb_config = None;
     for field in [
         "ring_hash_lb_config",
@@ -164,6 +172,9 @@ fn cluster(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Cluster> {
         "least_request_lb_config",
         "round_robin_lb_config",
     ] {
+        if is_original_dst && field == "original_dst_lb_config" {
+            continue; // read typed above
+        }
         if let Some(value) = kept(&mut o, cx, field) {
             lb_config = Some((field.to_string(), value));
         }
@@ -186,12 +197,74 @@ fn cluster(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Cluster> {
         per_connection_buffer_limit_bytes,
         cleanup_interval_ms,
         lb_config,
+        original_dst,
         outlier_detection,
         circuit_breakers,
         lb_subset_config,
         upstream_connection_options,
         track_cluster_stats,
         metadata,
+    })
+}
+
+/// `original_dst_lb_config` of an ORIGINAL_DST cluster: Envoy's checks
+/// (`OriginalDstClusterFactory::createClusterImpl`, the proto's `lte: 65535`), then vigil's
+/// own: only a host named by a request header can be honoured.
+fn original_dst(cx: &mut Ctx, o: &mut Obj) -> Option<OriginalDst> {
+    let config_path = o.path.field("original_dst_lb_config");
+    let (use_http_header, header_name, port_override) =
+        match o.message(cx, "original_dst_lb_config", &ORIGINAL_DST_LB_CONFIG) {
+            Some(mut c) => {
+                let use_http_header = c.bool(cx, "use_http_header").unwrap_or(false);
+                let header_name = c.string(cx, "http_header_name").unwrap_or_default();
+                let port = c.u32(cx, "upstream_port_override");
+                let port = port.and_then(|p| match u16::try_from(p) {
+                    Ok(p) => Some(p),
+                    Err(_) => {
+                        cx.invalid(
+                            &c.path.field("upstream_port_override"),
+                            format!("value must be less than or equal to 65535, found {p}"),
+                        );
+                        None
+                    }
+                });
+                c.finish(cx);
+                (use_http_header, header_name, port)
+            }
+            None => (false, String::new(), None),
+        };
+    if !use_http_header && !header_name.is_empty() {
+        cx.invalid(
+            &config_path.field("http_header_name"),
+            format!(
+                "ORIGINAL_DST cluster: invalid config http_header_name={header_name} and \
+                 use_http_header is false. Set use_http_header to true if http_header_name is \
+                 desired."
+            ),
+        );
+        return None;
+    }
+    if !use_http_header {
+        if cx.errors.iter().any(|e| e.path == config_path) {
+            return None; // not a mapping, or a typo in it: that error says enough
+        }
+        cx.unsupported(
+            &config_path.field("use_http_header"),
+            "an ORIGINAL_DST cluster without use_http_header: true sends each request to the \
+             original destination of its downstream connection (or to a filter-state or \
+             metadata override), which vigil cannot see; vigil needs the host in a request \
+             header: set original_dst_lb_config.use_http_header: true",
+        );
+        return None;
+    }
+    let http_header_name = if header_name.is_empty() {
+        DEFAULT_ORIGINAL_DST_HEADER.to_string()
+    } else {
+        header_name.to_ascii_lowercase()
+    };
+    Some(OriginalDst {
+        http_header_name,
+        upstream_port_override: port_override,
     })
 }
 

@@ -472,6 +472,142 @@ mod tests {
         assert_eq!(c.discovery, Discovery::LogicalDns);
     }
 
+    fn original_dst(extra: Value) -> Value {
+        let mut c =
+            json!({"name": "probe", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED"});
+        if let (Some(c), Value::Object(extra)) = (c.as_object_mut(), extra) {
+            c.extend(extra);
+        }
+        json!({"static_resources": {"clusters": [c]}})
+    }
+
+    #[test]
+    fn original_dst_clusters_are_typed() {
+        let loaded = from_value(&original_dst(json!({
+            "cleanup_interval": "2s",
+            "original_dst_lb_config": {"use_http_header": true, "http_header_name": "X-Pin",
+                                       "upstream_port_override": 8080}})))
+        .unwrap();
+        let c = &loaded.bootstrap.clusters[0];
+        assert_eq!(
+            c.original_dst,
+            Some(OriginalDst {
+                http_header_name: "x-pin".into(),
+                upstream_port_override: Some(8080)
+            })
+        );
+        assert_eq!(c.cleanup_interval_ms, 2_000);
+        assert_eq!(c.lb_config, None, "read typed, not kept raw");
+        assert!(
+            loaded
+                .warnings
+                .iter()
+                .all(|w| !w.message.contains("kept as written"))
+        );
+
+        let c = from_value(&original_dst(
+            json!({"originalDstLbConfig": {"useHttpHeader": true}}),
+        ))
+        .unwrap()
+        .bootstrap
+        .clusters
+        .remove(0);
+        let od = c.original_dst.unwrap();
+        assert_eq!(od.http_header_name, DEFAULT_ORIGINAL_DST_HEADER);
+        assert_eq!(od.upstream_port_override, None);
+        assert_eq!(c.cleanup_interval_ms, DEFAULT_CLEANUP_INTERVAL_MS);
+
+        let by_name = json!({"static_resources": {"clusters": [{"name": "probe",
+            "cluster_type": {"name": "envoy.cluster.original_dst"}, "lb_policy": "CLUSTER_PROVIDED",
+            "original_dst_lb_config": {"use_http_header": true}}]}});
+        let c = from_value(&by_name).unwrap().bootstrap.clusters.remove(0);
+        assert!(
+            c.original_dst.is_some(),
+            "the cluster_type form is the same cluster"
+        );
+
+        let loaded = from_value(&original_dst(json!({"original_dst_lb_config": {
+            "use_http_header": true, "metadata_key": {"key": "k", "path": [{"key": "p"}]}}})))
+        .unwrap();
+        assert!(loaded.warnings.iter().any(|w| w.path.as_str()
+            == "static_resources.clusters[0].original_dst_lb_config.metadata_key"));
+
+        // Other clusters keep the field as written, and have no original_dst.
+        let mut v = lab();
+        v["static_resources"]["clusters"][0]["original_dst_lb_config"] =
+            json!({"use_http_header": true});
+        let c = from_value(&v).unwrap().bootstrap.clusters.remove(0);
+        assert_eq!(c.original_dst, None);
+        assert_eq!(
+            c.lb_config.map(|(f, _)| f).as_deref(),
+            Some("original_dst_lb_config")
+        );
+    }
+
+    #[test]
+    fn original_dst_clusters_are_checked_as_envoy_checks_them() {
+        let e = errors(&original_dst(
+            json!({"original_dst_lb_config": {"use_http_header": true},
+            "load_assignment": {"cluster_name": "probe"}}),
+        ));
+        assert_eq!(
+            e,
+            [
+                "static_resources.clusters[0].load_assignment: ORIGINAL_DST clusters must have no \
+              load assignment configured"
+            ]
+        );
+        let e = errors(&original_dst(
+            json!({"original_dst_lb_config": {"http_header_name": "x-h"}}),
+        ));
+        assert_eq!(
+            e,
+            [
+                "static_resources.clusters[0].original_dst_lb_config.http_header_name: ORIGINAL_DST \
+              cluster: invalid config http_header_name=x-h and use_http_header is false. Set \
+              use_http_header to true if http_header_name is desired."
+            ]
+        );
+        let e = errors(&original_dst(
+            json!({"original_dst_lb_config": {"use_http_header": true,
+            "upstream_port_override": 70000}}),
+        ));
+        assert_eq!(
+            e,
+            [
+                "static_resources.clusters[0].original_dst_lb_config.upstream_port_override: value \
+              must be less than or equal to 65535, found 70000"
+            ]
+        );
+        let e = errors(&original_dst(
+            json!({"original_dst_lb_config": {"use_http_header": true,
+            "use_http_headr": true}}),
+        ));
+        assert!(e[0].contains("did you mean \"use_http_header\""), "{e:?}");
+    }
+
+    #[test]
+    fn original_dst_without_a_request_header_is_refused() {
+        for lb_config in [
+            json!({}),
+            json!({"original_dst_lb_config": {}}),
+            json!({"original_dst_lb_config": {"use_http_header": false}}),
+        ] {
+            let err = from_value(&original_dst(lb_config)).unwrap_err();
+            assert!(err.all_unsupported(), "{err}");
+            assert_eq!(err.errors.len(), 1, "{err}");
+            assert_eq!(
+                err.errors[0].path.as_str(),
+                "static_resources.clusters[0].original_dst_lb_config.use_http_header"
+            );
+            assert!(
+                err.errors[0]
+                    .message
+                    .contains("set original_dst_lb_config.use_http_header: true")
+            );
+        }
+    }
+
     #[test]
     fn unsupported_discovery_is_a_warning() {
         let v = json!({"static_resources": {"clusters": [

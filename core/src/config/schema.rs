@@ -383,6 +383,20 @@ pub(crate) static COMMON_LB_CONFIG: Message = Message {
     removed: &[],
 };
 
+pub(crate) static ORIGINAL_DST_LB_CONFIG: Message = Message {
+    name: "envoy.config.cluster.v3.Cluster.OriginalDstLbConfig",
+    fields: &[
+        read("use_http_header"),
+        read("http_header_name"),
+        read("upstream_port_override"),
+        warn(
+            "metadata_key",
+            "ignored: vigil has no dynamic metadata, so the host always comes from the HTTP header",
+        ),
+    ],
+    removed: &[],
+};
+
 pub(crate) static PERCENT: Message = Message {
     name: "envoy.type.v3.Percent",
     fields: &[read("value")],

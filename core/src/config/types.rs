@@ -110,7 +110,11 @@ pub struct Listener {
 ///   cluster-level `dns_*` fields), `envoy.cluster.static` static.
 /// - `type: EDS | ORIGINAL_DST`, and any other `cluster_type`, are [`Discovery::Unsupported`]
 ///   with a warning: such clusters are valid Envoy config (the filter's probe cluster is an
-///   ORIGINAL_DST one) but vigil cannot discover their hosts; the companion skips them.
+///   ORIGINAL_DST one) but vigil cannot discover their hosts; the companion skips them. An
+///   ORIGINAL_DST cluster (`type: ORIGINAL_DST` or `cluster_type` `envoy.cluster.original_dst`)
+///   also has its [`Cluster::original_dst`] settings: Envoy's checks are made (CLUSTER_PROVIDED
+///   only, no `load_assignment`, no `http_header_name` without `use_http_header`), and one that
+///   does not take its host from a request header is refused ([`super::ErrorKind::Unsupported`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Discovery {
     Static,
@@ -220,6 +224,22 @@ pub struct DnsSettings {
 pub const DEFAULT_DNS_REFRESH_RATE_MS: u64 = 5_000;
 /// Envoy's default `connect_timeout`.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Envoy's default `original_dst_lb_config.http_header_name`.
+pub const DEFAULT_ORIGINAL_DST_HEADER: &str = "x-envoy-original-dst-host";
+
+/// How an ORIGINAL_DST cluster (`lb_policy: CLUSTER_PROVIDED`) picks its host, from
+/// `original_dst_lb_config` with `use_http_header: true` (the only form vigil accepts): the
+/// first value of a request header, an `IP:port` literal (Envoy creates the host on first use
+/// and drops it after `cleanup_interval` unused). A value that is not an `IP:port` literal, or
+/// a missing header, gives no host (Envoy answers 503 and counts `original_dst_host_invalid`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginalDst {
+    /// `http_header_name`, lowercased (default `x-envoy-original-dst-host`).
+    pub http_header_name: String,
+    /// `upstream_port_override`: replaces the header's port.
+    pub upstream_port_override: Option<u16>,
+}
+
 /// Envoy's default `cleanup_interval` (ORIGINAL_DST clusters).
 pub const DEFAULT_CLEANUP_INTERVAL_MS: u64 = 5_000;
 /// Envoy's default `common_lb_config.healthy_panic_threshold`.
@@ -380,9 +400,12 @@ pub struct Cluster {
     /// `cleanup_interval` (ORIGINAL_DST clusters; default 5000 ms).
     pub cleanup_interval_ms: u64,
     /// `ring_hash_lb_config`, `maglev_lb_config`, `least_request_lb_config`,
-    /// `round_robin_lb_config` or `original_dst_lb_config` (one at most): the field name and its
-    /// value as written.
+    /// `round_robin_lb_config` or (outside ORIGINAL_DST clusters) `original_dst_lb_config` (one
+    /// at most): the field name and its value as written.
     pub lb_config: Option<(String, Value)>,
+    /// An ORIGINAL_DST cluster's host selection (`original_dst_lb_config`, typed); `None` for
+    /// every other discovery type.
+    pub original_dst: Option<OriginalDst>,
     /// `outlier_detection`, as written (not applied yet).
     pub outlier_detection: Option<Value>,
     /// `circuit_breakers`, as written (not applied yet).
