@@ -5,9 +5,15 @@
 //! `GET /help`, and beyond Envoy `GET /hosts/history` (the last transitions of every host, with
 //! the reason of each). Mutating endpoints answer 405 to anything but POST. The server takes a
 //! bound listener and a shutdown future; it reads only the clusters' published snapshots.
+//!
+//! Clusters with outlier detection show what Envoy shows: `/failed_outlier_check` in the host's
+//! flags (and in the `membership_*` gauges), the `outlier::` cluster lines and per-host success
+//! rates in `/clusters` (`success_rate` objects in the JSON form, only when computed), and every
+//! `cluster.<name>.outlier_detection.*` stat.
 
 use crate::checker::{ClusterHandle, ClusterSnapshot, HostSnapshot};
 use crate::events::rfc3339_millis;
+use crate::outlier::ClusterOutlier;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -25,6 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use vigil_core::health::{CoarseHealth, HealthFlags};
+use vigil_core::outlier::Origin;
 
 /// One cluster as the admin API shows it.
 #[derive(Clone)]
@@ -36,6 +43,8 @@ pub struct AdminCluster {
     pub added_via_api: bool,
     /// The proxy's traffic counters for this cluster, when it serves it.
     pub upstream: Option<Arc<crate::forward::Upstream>>,
+    /// The cluster's outlier detector, when it has `outlier_detection`.
+    pub outlier: Option<Arc<ClusterOutlier>>,
 }
 
 /// A reload request: the reply says what happened (`Ok(summary)` or `Err(reason)`).
@@ -295,6 +304,73 @@ fn snapshots(state: &AdminState) -> Vec<(AdminCluster, Arc<ClusterSnapshot>)> {
         .collect()
 }
 
+/// The cluster's outlier detector, when it has one.
+fn outlier_of(cluster: &AdminCluster) -> Option<&Arc<ClusterOutlier>> {
+    cluster.outlier.as_ref()
+}
+
+/// The host's flags with `/failed_outlier_check` when its cluster's detector ejected it.
+fn host_flags(outlier: Option<&Arc<ClusterOutlier>>, host: &HostSnapshot) -> HealthFlags {
+    match outlier {
+        Some(outlier) => outlier.flags(host.spec.address, host.flags),
+        None => host.flags,
+    }
+}
+
+/// A host's `/clusters` success rate: -1 without a detector or when the last sweep did not
+/// compute it.
+fn host_success_rate(
+    outlier: Option<&Arc<ClusterOutlier>>,
+    host: &HostSnapshot,
+    origin: Origin,
+) -> f64 {
+    outlier.map_or(-1.0, |o| o.success_rate(host.spec.address, origin))
+}
+
+/// C's `%g` (fmt's `{:g}`): six significant digits, trailing zeros dropped, scientific notation
+/// outside `1e-4 <= |x| < 1e6`.
+pub fn format_g(value: f64) -> String {
+    if value == 0.0 || !value.is_finite() {
+        return if value.is_nan() {
+            "nan".into()
+        } else if value.is_infinite() {
+            if value > 0.0 { "inf" } else { "-inf" }.into()
+        } else {
+            "0".into()
+        };
+    }
+    let sci = format!("{value:.5e}");
+    let (mantissa, exponent) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exponent: i32 = exponent.parse().unwrap_or(0);
+    let trim = |text: String| {
+        if text.contains('.') {
+            text.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            text
+        }
+    };
+    if (-4..6).contains(&exponent) {
+        let decimals = usize::try_from(5 - exponent).unwrap_or(0);
+        trim(format!("{value:.decimals$}"))
+    } else {
+        let sign = if exponent < 0 { '-' } else { '+' };
+        format!(
+            "{}e{sign}{:02}",
+            trim(mantissa.to_string()),
+            exponent.unsigned_abs()
+        )
+    }
+}
+
+/// A `/clusters?format=json` number as protobuf prints a double: integral values without `.0`.
+fn proto_double(value: f64) -> Value {
+    if value.fract() == 0.0 && value.abs() < 1e15 {
+        json!(value as i64)
+    } else {
+        json!(value)
+    }
+}
+
 /// Every cluster's first round of checks is done (Envoy's cluster initialisation).
 fn initialized(state: &AdminState) -> bool {
     snapshots(state).iter().all(|(_, snap)| snap.initialized)
@@ -305,7 +381,23 @@ pub fn clusters_text(state: &AdminState) -> String {
     let mut out = String::new();
     for (cluster, snap) in snapshots(state) {
         let name = &cluster.name;
+        let outlier = outlier_of(&cluster);
         let _ = writeln!(out, "{name}::observability_name::{name}");
+        if let Some(outlier) = outlier {
+            let (average, threshold) = outlier.success_rate_numbers(Origin::External);
+            let (local_average, local_threshold) = outlier.success_rate_numbers(Origin::Local);
+            for (key, value) in [
+                ("success_rate_average", average),
+                ("success_rate_ejection_threshold", threshold),
+                ("local_origin_success_rate_average", local_average),
+                (
+                    "local_origin_success_rate_ejection_threshold",
+                    local_threshold,
+                ),
+            ] {
+                let _ = writeln!(out, "{name}::outlier::{key}::{}", format_g(value));
+            }
+        }
         for priority in ["default_priority", "high_priority"] {
             for (key, value) in [
                 ("max_connections", 1024),
@@ -324,15 +416,18 @@ pub fn clusters_text(state: &AdminState) -> String {
                 let _ = writeln!(out, "{name}::{address}::{key}::{value}");
             }
             let _ = writeln!(out, "{name}::{address}::hostname::{}", host.spec.hostname);
-            let _ = writeln!(out, "{name}::{address}::health_flags::{}", host.flags);
+            let flags = host_flags(outlier, host);
+            let _ = writeln!(out, "{name}::{address}::health_flags::{flags}");
             let _ = writeln!(out, "{name}::{address}::weight::{}", host.spec.weight);
             for key in ["region", "zone", "sub_zone"] {
                 let _ = writeln!(out, "{name}::{address}::{key}::");
             }
             let _ = writeln!(out, "{name}::{address}::canary::false");
             let _ = writeln!(out, "{name}::{address}::priority::{}", host.spec.priority);
-            let _ = writeln!(out, "{name}::{address}::success_rate::-1");
-            let _ = writeln!(out, "{name}::{address}::local_origin_success_rate::-1");
+            let rate = host_success_rate(outlier, host, Origin::External);
+            let _ = writeln!(out, "{name}::{address}::success_rate::{rate}");
+            let rate = host_success_rate(outlier, host, Origin::Local);
+            let _ = writeln!(out, "{name}::{address}::local_origin_success_rate::{rate}");
         }
     }
     out
@@ -371,10 +466,12 @@ pub fn clusters_json(state: &AdminState) -> Value {
     let statuses: Vec<Value> = snapshots(state)
         .iter()
         .map(|(cluster, snap)| {
+            let outlier = outlier_of(cluster);
             let hosts: Vec<Value> = snap
                 .hosts
                 .iter()
                 .map(|host| {
+                    let flags = host_flags(outlier, host);
                     let mut health = serde_json::Map::new();
                     for (flag, key) in [
                         (HealthFlags::FAILED_ACTIVE_HC, "failed_active_health_check"),
@@ -385,7 +482,7 @@ pub fn clusters_json(state: &AdminState) -> Value {
                         (HealthFlags::EXCLUDED_VIA_IMMEDIATE_HC_FAIL, "excluded_via_immediate_hc_fail"),
                         (HealthFlags::ACTIVE_HC_TIMEOUT, "active_hc_timeout"),
                     ] {
-                        if host.flags.contains(flag) {
+                        if flags.contains(flag) {
                             health.insert(key.into(), json!(true));
                         }
                     }
@@ -414,12 +511,25 @@ pub fn clusters_json(state: &AdminState) -> Value {
                     );
                     object.insert("stats".into(), Value::Array(counters));
                     object.insert("health_status".into(), Value::Object(health));
+                    // Proto field order: success_rate (4) between health_status and weight,
+                    // local_origin_success_rate (8) after priority; both only when computed.
+                    let rate = host_success_rate(outlier, host, Origin::External);
+                    if rate >= 0.0 {
+                        object.insert("success_rate".into(), json!({"value": proto_double(rate)}));
+                    }
                     object.insert("weight".into(), json!(host.spec.weight));
                     if !host.spec.hostname.is_empty() {
                         object.insert("hostname".into(), json!(host.spec.hostname));
                     }
                     if host.spec.priority != 0 {
                         object.insert("priority".into(), json!(host.spec.priority));
+                    }
+                    let rate = host_success_rate(outlier, host, Origin::Local);
+                    if rate >= 0.0 {
+                        object.insert(
+                            "local_origin_success_rate".into(),
+                            json!({"value": proto_double(rate)}),
+                        );
                     }
                     object.insert("locality".into(), json!({}));
                     Value::Object(object)
@@ -434,7 +544,25 @@ pub fn clusters_json(state: &AdminState) -> Value {
             if cluster.added_via_api {
                 object.insert("added_via_api".into(), json!(true));
             }
+            // Envoy prints a threshold only when positive.
+            let thresholds_of = |origin| {
+                outlier
+                    .map(|o| o.success_rate_numbers(origin).1)
+                    .filter(|t| *t > 0.0)
+            };
+            if let Some(threshold) = thresholds_of(Origin::External) {
+                object.insert(
+                    "success_rate_ejection_threshold".into(),
+                    json!({"value": proto_double(threshold)}),
+                );
+            }
             object.insert("host_statuses".into(), Value::Array(hosts));
+            if let Some(threshold) = thresholds_of(Origin::Local) {
+                object.insert(
+                    "local_origin_success_rate_ejection_threshold".into(),
+                    json!({"value": proto_double(threshold)}),
+                );
+            }
             object.insert("circuit_breakers".into(), thresholds);
             object.insert("observability_name".into(), json!(cluster.name));
             Value::Object(object)
@@ -478,9 +606,24 @@ pub fn stats(state: &AdminState) -> Vec<(String, i64, StatKind)> {
                 out.push((format!("{prefix}.health_check.{name}"), value, kind));
             }
         }
+        let outlier = outlier_of(&cluster);
         let count = |keep: &dyn Fn(HealthFlags) -> bool| {
-            snap.hosts.iter().filter(|h| keep(h.flags)).count() as i64
+            snap.hosts
+                .iter()
+                .filter(|h| keep(host_flags(outlier, h)))
+                .count() as i64
         };
+        if let Some(outlier) = outlier {
+            for (name, value) in outlier.stats().entries() {
+                let kind = if name == "outlier_detection.ejections_active" {
+                    StatKind::Gauge
+                } else {
+                    StatKind::Counter
+                };
+                let value = i64::try_from(value).unwrap_or(i64::MAX);
+                out.push((format!("{prefix}.{name}"), value, kind));
+            }
+        }
         out.push((
             format!("{prefix}.membership_degraded"),
             count(&|f| f.coarse() == CoarseHealth::Degraded),
@@ -578,6 +721,7 @@ fn history_json(state: &AdminState) -> Value {
     let clusters: Vec<Value> = snapshots(state)
         .iter()
         .map(|(cluster, snap)| {
+            let outlier = outlier_of(cluster);
             let hosts: Vec<Value> = snap
                 .hosts
                 .iter()
@@ -597,7 +741,7 @@ fn history_json(state: &AdminState) -> Value {
                     json!({
                         "address": host.spec.address.to_string(),
                         "hostname": host.spec.hostname,
-                        "health_flags": host.flags.to_string(),
+                        "health_flags": host_flags(outlier, host).to_string(),
                         "transitions": transitions,
                     })
                 })
@@ -653,6 +797,7 @@ mod tests {
                 health_checked: true,
                 added_via_api: false,
                 upstream: None,
+                outlier: None,
             }])),
             failing: Arc::default(),
             reload: None,
@@ -823,6 +968,25 @@ mod tests {
             value["configs"][0]["bootstrap"],
             json!({"static_resources": {}})
         );
+    }
+
+    #[test]
+    fn format_g_is_cs_percent_g() {
+        for (value, text) in [
+            (90.0, "90"),
+            (-1.0, "-1"),
+            (52.0, "52"),
+            (0.0, "0"),
+            (66.666_666_666, "66.6667"),
+            (99.999_999, "100"),
+            (1_234_567.0, "1.23457e+06"),
+            (999_999.5, "1e+06"),
+            (0.0001, "0.0001"),
+            (0.000_012_34, "1.234e-05"),
+            (-3.5, "-3.5"),
+        ] {
+            assert_eq!(format_g(value), text, "{value}");
+        }
     }
 
     #[test]

@@ -9,8 +9,13 @@
 //! STRICT_DNS rules: a host that left DNS but still passes checks stays, flagged
 //! `/pending_dynamic_removal`, until it fails or reappears, unless `ignore_health_on_host_removal`.
 //!
+//! With outlier detection ([`ClusterChecker::with_outlier`]) the loop keeps the detector's host
+//! list equal to the cluster's, and reports every passing check to it, which un-ejects an
+//! outlier-ejected host (`successful_active_health_check_uneject_host`).
+//!
 //! Time is tokio's, so tests run the loop under `start_paused` with scripted probes.
 
+use crate::outlier::ClusterOutlier;
 use crate::probe::{self, Connection, Finished, ProbeFuture, ProbeResult, Target};
 use arc_swap::ArcSwap;
 use std::collections::{BTreeMap, VecDeque};
@@ -194,6 +199,7 @@ pub struct ClusterChecker {
     /// What `hosts_version` was computed from.
     balancing_view: Vec<(SocketAddr, HealthFlags, u32, u32)>,
     event_log: Option<crate::events::EventLog>,
+    outlier: Option<Arc<ClusterOutlier>>,
 }
 
 impl ClusterChecker {
@@ -224,8 +230,15 @@ impl ClusterChecker {
             hosts_version: 0,
             balancing_view: Vec::new(),
             event_log,
+            outlier: None,
         };
         (checker, handle)
+    }
+
+    /// Keeps `outlier`'s hosts in step with the cluster's and reports passing checks to it.
+    pub fn with_outlier(mut self, outlier: Arc<ClusterOutlier>) -> ClusterChecker {
+        self.outlier = Some(outlier);
+        self
     }
 
     /// Runs until `shutdown` resolves, following membership from `hosts`.
@@ -327,6 +340,9 @@ impl ClusterChecker {
                 },
             );
         }
+        if let Some(outlier) = &self.outlier {
+            outlier.set_hosts(self.sessions.keys().copied());
+        }
     }
 
     fn start_due(&mut self, now: Instant) {
@@ -389,6 +405,7 @@ impl ClusterChecker {
         };
         let policy = check.policy;
         let before = session.health.flags();
+        let mut passed = false;
         let (outcome, reason): (Outcome, String) = match finished {
             Err(()) => (
                 session
@@ -402,15 +419,18 @@ impl ClusterChecker {
                     self.stats.verify_cluster += 1;
                 }
                 match finished.result {
-                    ProbeResult::Healthy { degraded } => (
-                        session.health.on_success(&policy, degraded),
-                        if degraded {
-                            "passed (degraded)"
-                        } else {
-                            "passed"
-                        }
-                        .to_string(),
-                    ),
+                    ProbeResult::Healthy { degraded } => {
+                        passed = true;
+                        (
+                            session.health.on_success(&policy, degraded),
+                            if degraded {
+                                "passed (degraded)"
+                            } else {
+                                "passed"
+                            }
+                            .to_string(),
+                        )
+                    }
                     ProbeResult::Failed {
                         failure,
                         retriable,
@@ -432,6 +452,9 @@ impl ClusterChecker {
         };
         self.stats.apply(outcome.stats);
         let after = session.health.flags();
+        if passed && let Some(outlier) = &self.outlier {
+            outlier.on_active_health_check_success(address, after);
+        }
         if after != before {
             session.history.push_back(HistoryEntry {
                 at: SystemTime::now(),

@@ -9,6 +9,13 @@
 //! `upstream_cx_total`, `upstream_cx_connect_fail`, `upstream_cx_none_healthy`,
 //! `lb_healthy_panic`. Connections are counted by a connector wrapper, so pooled connections are
 //! counted once, when made.
+//!
+//! With outlier detection every attempt reports to the cluster's detector what Envoy's router
+//! reports: a response is a connection success followed by its status; a connect failure or a
+//! reset is `LocalOriginConnectFailed` (a reset after the connection was made is preceded by the
+//! connection success, as the pool reported it ready); a per-try or route timeout is
+//! `LocalOriginTimeout` with the 504 the router answers. Whether local-origin events count as
+//! 5xx (`split_external_local_origin_errors`) is the detector's business.
 
 use crate::upstream::HostPicker;
 use bytes::Bytes;
@@ -28,6 +35,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use vigil_core::backoff::Backoff;
+use vigil_core::outlier::Outcome;
 
 /// Envoy's default route timeout.
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -215,6 +223,19 @@ impl Upstream {
     pub fn has_traffic(&self) -> bool {
         self.has_traffic.load(Ordering::Relaxed)
     }
+
+    /// The cluster's outlier detector, when it has one (see [`HostPicker::with_outlier`]).
+    pub fn outlier(&self) -> Option<&Arc<crate::outlier::ClusterOutlier>> {
+        self.picker.outlier()
+    }
+
+    fn report(&self, host: SocketAddr, outcomes: &[Outcome]) {
+        if let Some(outlier) = self.outlier() {
+            for outcome in outcomes {
+                outlier.record(host, *outcome);
+            }
+        }
+    }
 }
 
 fn host_traffic(
@@ -309,9 +330,24 @@ pub async fn forward(
                     .traffic
                     .upstream_rq_timeout
                     .fetch_add(1, Ordering::Relaxed);
+                upstream.report(host, &[Outcome::TIMEOUT]);
                 return local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
             }
         };
+        match &outcome {
+            Ok(response) => upstream.report(
+                host,
+                &[
+                    Outcome::CONNECT_SUCCESS,
+                    Outcome::HttpStatus(u64::from(response.status().as_u16())),
+                ],
+            ),
+            Err(Failure::Connect(_)) => upstream.report(host, &[Outcome::CONNECT_FAILED]),
+            Err(Failure::Reset(_)) => {
+                upstream.report(host, &[Outcome::CONNECT_SUCCESS, Outcome::RESET])
+            }
+            Err(Failure::PerTryTimeout) => upstream.report(host, &[Outcome::TIMEOUT]),
+        }
         let retriable = match &outcome {
             Ok(response) => how.retry.retries_status(response.status().as_u16()),
             Err(failure) => how.retry.retries_failure(failure),

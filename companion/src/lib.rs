@@ -13,6 +13,7 @@
 //! - [`proxy`]: the listeners' HTTP servers: route selection, then [`forward`].
 //! - [`forward`]: one request to a cluster: retries, timeouts, counters.
 //! - [`upstream`]: host choice per request (core's balancers over the check snapshot).
+//! - [`outlier`]: a cluster's outlier detector (core's) fed by the proxy, swept on its interval.
 //! - [`events`]: the JSON-lines health-check event log (`event_log_path`) in Envoy's shape.
 //!
 //! Discovery, the admin API, the proxy and EDS arrive with their issues; `main.rs` holds the
@@ -24,6 +25,7 @@ pub mod discovery;
 pub mod dns_client;
 pub mod events;
 pub mod forward;
+pub mod outlier;
 pub mod probe;
 pub mod proxy;
 pub mod runtime;

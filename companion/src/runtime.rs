@@ -5,11 +5,18 @@
 //! reload keeps every cluster whose plan did not change (its hosts keep their health and their
 //! schedule, as Envoy keeps an unchanged cluster), stops removed or changed ones, and starts new
 //! ones. The admin API sees the current set through an `ArcSwap`.
+//!
+//! A cluster with `outlier_detection` also gets a [`ClusterOutlier`], shared by its check loop,
+//! its host picker and the proxy, with its own sweep task. It lives as long as the running
+//! cluster, so a reload that leaves the cluster unchanged (outlier settings included) keeps every
+//! ejection, counter and multiplier, as Envoy keeps an unchanged cluster.
 
 use crate::admin::AdminCluster;
 use crate::checker::{ClusterChecker, ClusterHandle, ClusterSpec, HostSpec, ProbeFn};
 use crate::discovery::{self, DiscoveryKind, DiscoverySpec, EndpointSpec};
+use crate::events::OutlierEventLog;
 use crate::forward::Upstream;
+use crate::outlier::ClusterOutlier;
 use crate::upstream::{HostPicker, LbSettings};
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
@@ -19,6 +26,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use vigil_core::config::{Bootstrap, Cluster, Discovery, HealthStatus, LbPolicy, UpstreamProtocol};
 use vigil_core::health::HealthFlags;
+use vigil_core::outlier::OutlierConfig;
 
 /// How long one query to a configured DNS server may take (c-ares' default is 5 s per try).
 const DNS_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -59,6 +67,8 @@ pub struct ClusterPlan {
     pub healthy_panic_threshold: u32,
     /// Speak h2c to the hosts.
     pub http2: bool,
+    /// `outlier_detection`, when the cluster has it.
+    pub outlier: Option<OutlierConfig>,
 }
 
 impl PartialEq for ClusterPlan {
@@ -73,6 +83,7 @@ impl PartialEq for ClusterPlan {
             && self.lb_policy == other.lb_policy
             && self.healthy_panic_threshold == other.healthy_panic_threshold
             && self.http2 == other.http2
+            && self.outlier == other.outlier
     }
 }
 
@@ -120,7 +131,8 @@ fn endpoints(cluster: &Cluster) -> Vec<EndpointSpec> {
 pub fn plan(bootstrap: &Bootstrap) -> Result<(Vec<ClusterPlan>, Vec<String>), String> {
     let mut plans = Vec::new();
     let mut notes = Vec::new();
-    for cluster in &bootstrap.clusters {
+    for (index, cluster) in bootstrap.clusters.iter().enumerate() {
+        let outlier = cluster.outlier_detection.clone();
         let kind = match &cluster.discovery {
             Discovery::Static => DiscoveryKind::Static,
             Discovery::StrictDns => DiscoveryKind::StrictDns,
@@ -194,6 +206,7 @@ pub fn plan(bootstrap: &Bootstrap) -> Result<(Vec<ClusterPlan>, Vec<String>), St
             lb_policy: cluster.lb_policy,
             healthy_panic_threshold: cluster.common_lb_config.healthy_panic_threshold,
             http2: matches!(cluster.upstream_protocol, UpstreamProtocol::Http2),
+            outlier,
         });
     }
     Ok((plans, notes))
@@ -204,6 +217,7 @@ struct RunningCluster {
     handle: ClusterHandle,
     /// The traffic side; `None` when the cluster's `lb_policy` cannot be served by the proxy.
     upstream: Option<Arc<Upstream>>,
+    outlier: Option<Arc<ClusterOutlier>>,
     stop: Vec<oneshot::Sender<()>>,
 }
 
@@ -215,6 +229,7 @@ pub struct Runtime {
     probe: ProbeFn,
     order: Vec<String>,
     seed: u64,
+    outlier_event_log: Option<Arc<OutlierEventLog>>,
 }
 
 impl Runtime {
@@ -225,6 +240,21 @@ impl Runtime {
             probe,
             order: Vec::new(),
             seed: 0x5eed,
+            outlier_event_log: None,
+        }
+    }
+
+    /// Where clusters started from now on write their outlier detection events (the bootstrap's
+    /// `outlier_event_log_path`); `None` logs them only as log lines. Running clusters keep
+    /// the log they started with.
+    pub fn set_outlier_event_log(&mut self, path: Option<&str>) {
+        let same = match (&self.outlier_event_log, path) {
+            (Some(log), Some(path)) => log.path() == path,
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            self.outlier_event_log = path.map(|p| Arc::new(OutlierEventLog::open(p)));
         }
     }
 
@@ -269,6 +299,7 @@ impl Runtime {
                 health_checked: running.plan.spec.check.is_some(),
                 added_via_api: false,
                 upstream: running.upstream.clone(),
+                outlier: running.outlier.clone(),
             })
             .collect();
         self.admin_clusters.store(Arc::new(admin));
@@ -280,9 +311,26 @@ impl Runtime {
             .seed
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
-        let (checker, handle) =
+        let (mut checker, handle) =
             ClusterChecker::new(plan.spec.clone(), self.probe.clone(), self.seed);
         let mut stop = Vec::new();
+        let outlier = plan.outlier.clone().map(|config| {
+            let outlier = ClusterOutlier::new(
+                &plan.spec.name,
+                config,
+                self.seed.rotate_left(17),
+                self.outlier_event_log.clone(),
+            );
+            let (tx, rx) = oneshot::channel::<()>();
+            stop.push(tx);
+            tokio::spawn(outlier.clone().run(async {
+                let _ = rx.await;
+            }));
+            outlier
+        });
+        if let Some(outlier) = &outlier {
+            checker = checker.with_outlier(outlier.clone());
+        }
         let initial = match &plan.source {
             Source::Fixed(hosts) => hosts.clone(),
             Source::Dns { .. } => Vec::new(),
@@ -335,7 +383,12 @@ impl Runtime {
         }));
         let mut settings = LbSettings::new(plan.lb_policy);
         settings.priority.healthy_panic_threshold = plan.healthy_panic_threshold;
-        let upstream = match HostPicker::new(handle.clone(), settings, self.seed) {
+        let picker =
+            HostPicker::new(handle.clone(), settings, self.seed).map(|picker| match &outlier {
+                Some(outlier) => picker.with_outlier(outlier.clone()),
+                None => picker,
+            });
+        let upstream = match picker {
             Ok(picker) => Some(Arc::new(Upstream::new(
                 &plan.spec.name,
                 picker,
@@ -355,6 +408,7 @@ impl Runtime {
             plan,
             handle,
             upstream,
+            outlier,
             stop,
         }
     }

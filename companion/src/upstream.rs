@@ -5,8 +5,15 @@
 //! the snapshot's `hosts_version` moves, that is when hosts, flags, weights or priorities change,
 //! as Envoy refreshes its load balancers on host-set updates. Picks are cheap: a mutex held for one
 //! choice, no allocation on the hot path unless the host set changed.
+//!
+//! With outlier detection ([`HostPicker::with_outlier`]) the picker also compares the detector's
+//! version on every pick and rebuilds when it moved, giving ejected hosts
+//! `/failed_outlier_check`: they leave the healthy lists and count as unhealthy for the panic
+//! threshold, as in Envoy, from the first pick after the ejection.
 
 use crate::checker::{ClusterHandle, ClusterSnapshot};
+use crate::outlier::ClusterOutlier;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use vigil_core::balance::{
@@ -14,6 +21,7 @@ use vigil_core::balance::{
     PrioritySet, Random, RingHash, RingHashConfig, RoundRobin,
 };
 use vigil_core::config::LbPolicy;
+use vigil_core::health::HealthFlags;
 
 /// The load-balancing settings of a cluster.
 #[derive(Debug, Clone)]
@@ -49,6 +57,8 @@ pub struct Picked {
 
 struct State {
     version: u64,
+    /// The outlier detector's version the set was built with.
+    outlier_version: u64,
     set: PrioritySet,
     balancer: Balancer,
     rng: u64,
@@ -59,16 +69,21 @@ pub struct HostPicker {
     handle: ClusterHandle,
     settings: LbSettings,
     state: Mutex<State>,
+    outlier: Option<Arc<ClusterOutlier>>,
 }
 
-fn hosts_of(snapshot: &ClusterSnapshot) -> Vec<Host> {
+fn hosts_of(snapshot: &ClusterSnapshot, ejected: &BTreeSet<SocketAddr>) -> Vec<Host> {
     snapshot
         .hosts
         .iter()
         .map(|h| {
+            let mut flags = h.flags;
+            if ejected.contains(&h.spec.address) {
+                flags = flags | HealthFlags::FAILED_OUTLIER_CHECK;
+            }
             Host::new(h.spec.address)
                 .with_weight(h.spec.weight)
-                .with_flags(h.flags)
+                .with_flags(flags)
                 .with_priority(h.spec.priority)
                 .with_hostname(h.spec.hostname.clone())
         })
@@ -107,18 +122,35 @@ impl HostPicker {
         seed: u64,
     ) -> Result<HostPicker, String> {
         let snapshot = handle.snapshot.load_full();
-        let set = PrioritySet::new(hosts_of(&snapshot), settings.priority);
+        let set = PrioritySet::new(hosts_of(&snapshot, &BTreeSet::new()), settings.priority);
         let balancer = build(&settings, &set, seed)?;
         Ok(HostPicker {
             handle,
             settings,
             state: Mutex::new(State {
                 version: snapshot.hosts_version,
+                outlier_version: 0,
                 set,
                 balancer,
                 rng: seed | 1,
             }),
+            outlier: None,
         })
+    }
+
+    /// Takes the cluster's outlier detector into account: its ejected hosts are picked only as
+    /// unhealthy hosts are (in panic).
+    pub fn with_outlier(mut self, outlier: Arc<ClusterOutlier>) -> HostPicker {
+        // Force a rebuild on the next pick whatever the detector's version is.
+        let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        state.outlier_version = u64::MAX;
+        self.outlier = Some(outlier);
+        self
+    }
+
+    /// The cluster's outlier detector, when it has one.
+    pub fn outlier(&self) -> Option<&Arc<ClusterOutlier>> {
+        self.outlier.as_ref()
     }
 
     /// One pick. `hash` is the request hash (ring hash and maglev); `active` the active requests
@@ -132,12 +164,20 @@ impl HostPicker {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let state = &mut *state;
-        if state.version != snapshot.hosts_version {
-            state.set = state.set.update(hosts_of(&snapshot));
+        // Read the version before the set: an ejection racing with this pick is then seen by
+        // the next one at the latest.
+        let outlier_version = self.outlier.as_ref().map_or(0, |o| o.version());
+        if state.version != snapshot.hosts_version || state.outlier_version != outlier_version {
+            let ejected = match &self.outlier {
+                Some(outlier) => outlier.ejected(),
+                None => Arc::new(BTreeSet::new()),
+            };
+            state.set = state.set.update(hosts_of(&snapshot, &ejected));
             let set = &state.set;
             let active_by_index = |i: usize| active(set.hosts()[i].address);
             state.balancer.refresh(set, &active_by_index);
             state.version = snapshot.hosts_version;
+            state.outlier_version = outlier_version;
         }
         let set = &state.set;
         let active_by_index = |i: usize| active(set.hosts()[i].address);
@@ -168,7 +208,6 @@ mod tests {
     use super::*;
     use crate::checker::{DiscoveryCounters, HealthCheckStats, HostSnapshot, HostSpec};
     use arc_swap::ArcSwap;
-    use vigil_core::health::HealthFlags;
 
     fn host(last: u8, flags: HealthFlags) -> HostSnapshot {
         let address: SocketAddr = format!("127.29.1.{last}:80").parse().unwrap();

@@ -324,12 +324,15 @@ pub struct LabResult {
     pub timeline: String,
 }
 
+/// One request of the scenario: the path it went through, when it was sent, what it reached.
+type TrafficSample = (&'static str, Duration, Reached);
+
 /// Plays the lab's scenario on a running topology: traffic on every path, the fault on blue,
 /// wait until every path ejected it (or the bound passed), the fix, wait until every path
 /// readmitted it.
 pub async fn play(topology: &mut Topology, say: &mut dyn FnMut(&str)) -> Result<LabResult, String> {
     let start = Instant::now();
-    let samples: Arc<Mutex<Vec<(&'static str, Duration, Reached)>>> = Arc::default();
+    let samples: Arc<Mutex<Vec<TrafficSample>>> = Arc::default();
     let (stop_traffic, stopped) = tokio::sync::watch::channel(false);
     let mut drivers = Vec::new();
     for path in topology.paths.clone() {

@@ -219,28 +219,6 @@ pub fn parse_clusters(text: &str) -> Vec<HostStats> {
     hosts
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_host_lines_and_skips_cluster_lines() {
-        let text = "web_cluster_01::observability_name::web_cluster_01\n\
-            web_cluster_01::default_priority::max_connections::1024\n\
-            web_cluster_01::added_via_api::false\n\
-            web_cluster_01::127.29.1.3:80::cx_active::2\n\
-            web_cluster_01::127.29.1.3:80::hostname::myservice\n\
-            web_cluster_01::127.29.1.3:80::health_flags::/failed_active_hc\n\
-            web_cluster_01::127.29.1.4:80::health_flags::healthy\n";
-        let hosts = parse_clusters(text);
-        assert_eq!(hosts.len(), 2);
-        assert_eq!(hosts[0].address, "127.29.1.3:80");
-        assert_eq!(hosts[0].health_flags(), "/failed_active_hc");
-        assert_eq!(hosts[0].values["hostname"], "myservice");
-        assert!(hosts[1].is_healthy());
-    }
-}
-
 /// A validate run that takes longer than this is a hang, not a verdict.
 pub const VALIDATE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -294,4 +272,26 @@ fn envoy_reason(output: &str) -> String {
         line.split("): {").next().unwrap_or(line).to_string()
     };
     gist.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_host_lines_and_skips_cluster_lines() {
+        let text = "web_cluster_01::observability_name::web_cluster_01\n\
+            web_cluster_01::default_priority::max_connections::1024\n\
+            web_cluster_01::added_via_api::false\n\
+            web_cluster_01::127.29.1.3:80::cx_active::2\n\
+            web_cluster_01::127.29.1.3:80::hostname::myservice\n\
+            web_cluster_01::127.29.1.3:80::health_flags::/failed_active_hc\n\
+            web_cluster_01::127.29.1.4:80::health_flags::healthy\n";
+        let hosts = parse_clusters(text);
+        assert_eq!(hosts.len(), 2);
+        assert_eq!(hosts[0].address, "127.29.1.3:80");
+        assert_eq!(hosts[0].health_flags(), "/failed_active_hc");
+        assert_eq!(hosts[0].values["hostname"], "myservice");
+        assert!(hosts[1].is_healthy());
+    }
 }

@@ -158,7 +158,9 @@ fn cluster(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Cluster> {
         }
         value
     };
-    let outlier_detection = kept(&mut o, cx, "outlier_detection");
+    let outlier_detection = o
+        .raw_message(cx, "outlier_detection")
+        .and_then(|value| outlier_detection(cx, &path.field("outlier_detection"), &value));
     let circuit_breakers = kept(&mut o, cx, "circuit_breakers");
     let lb_subset_config = kept(&mut o, cx, "lb_subset_config");
     let upstream_connection_options = kept(&mut o, cx, "upstream_connection_options");
@@ -973,4 +975,26 @@ pub(crate) fn socket_address(
         protocol,
         ipv4_compat,
     })
+}
+
+/// `outlier_detection`, read by core's outlier module (its own field list, Envoy's defaults and
+/// ranges); its errors are reported under the cluster's path like every other field's.
+fn outlier_detection(
+    cx: &mut Ctx,
+    path: &FieldPath,
+    value: &Value,
+) -> Option<crate::outlier::OutlierConfig> {
+    match crate::outlier::OutlierConfig::from_json(value) {
+        Ok(config) => Some(config),
+        Err(errors) => {
+            for (relative, message) in errors {
+                let at = relative
+                    .split('.')
+                    .filter(|segment| !segment.is_empty())
+                    .fold(path.clone(), |at, segment| at.field(segment));
+                cx.invalid(&at, message);
+            }
+            None
+        }
+    }
 }

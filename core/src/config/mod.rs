@@ -58,7 +58,10 @@ pub use error::{ConfigError, ConfigErrors, ErrorKind, FieldPath, Location, Warni
 pub use types::*;
 
 use reader::{Ctx, IGNORED, Obj};
-use schema::{ADMIN, BOOTSTRAP, STATIC_RESOURCES, TYPED_EXTENSION_CONFIG};
+use schema::{
+    ADMIN, BOOTSTRAP, CLUSTER_MANAGER, CLUSTER_MANAGER_OUTLIER_DETECTION, STATIC_RESOURCES,
+    TYPED_EXTENSION_CONFIG,
+};
 use serde_json::Value;
 
 const WASM_SERVICE_TYPE: &str = "envoy.extensions.wasm.v3.WasmService";
@@ -192,6 +195,7 @@ fn bootstrap(cx: &mut Ctx, value: &Value) -> Bootstrap {
         admin: None,
         listeners: Vec::new(),
         clusters: Vec::new(),
+        outlier_event_log_path: None,
     };
     let root = FieldPath::root();
     if value.is_null() {
@@ -202,6 +206,15 @@ fn bootstrap(cx: &mut Ctx, value: &Value) -> Bootstrap {
         return out;
     };
     out.admin = o.message(cx, "admin", &ADMIN).map(|a| admin(cx, a));
+    if let Some(mut cm) = o.message(cx, "cluster_manager", &CLUSTER_MANAGER) {
+        if let Some(mut od) =
+            cm.message(cx, "outlier_detection", &CLUSTER_MANAGER_OUTLIER_DETECTION)
+        {
+            out.outlier_event_log_path = od.nonempty_string(cx, "event_log_path");
+            od.finish(cx);
+        }
+        cm.finish(cx);
+    }
     if let Some(mut sr) = o.message(cx, "static_resources", &STATIC_RESOURCES) {
         // Routes name clusters: the listeners see the clusters as written.
         let clusters = sr.take("clusters");
@@ -387,6 +400,8 @@ mod tests {
         let mut v = lab();
         v["node"] = json!({"id": "front"});
         v["static_resources"]["clusters"][0]["outlier_detection"] = json!({"consecutive_5xx": 3});
+        v["cluster_manager"] = json!({"outlier_detection": {"event_log_path": "/dev/null"},
+                                      "local_cluster_name": "x"});
         v["static_resources"]["clusters"][0]["max_requests_per_connection"] = json!(1);
         v["bootstrap_extensions"] = json!([{"name": "envoy.bootstrap.wasm", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.wasm.v3.WasmService", "singleton": true}}]);
@@ -395,7 +410,7 @@ mod tests {
         assert_eq!(
             paths,
             vec![
-                "static_resources.clusters[0].outlier_detection",
+                "cluster_manager.local_cluster_name",
                 "static_resources.clusters[0].max_requests_per_connection",
                 "bootstrap_extensions[0]",
                 "node",
@@ -403,7 +418,23 @@ mod tests {
         );
         assert!(loaded.warnings[2].message.contains("natively"));
         let c = &loaded.bootstrap.clusters[0];
-        assert_eq!(c.outlier_detection, Some(json!({"consecutive_5xx": 3})));
+        let outlier = c.outlier_detection.as_ref().unwrap();
+        assert_eq!(outlier.consecutive_5xx, 3);
+        assert_eq!(
+            loaded.bootstrap.outlier_event_log_path.as_deref(),
+            Some("/dev/null")
+        );
+        v["static_resources"]["clusters"][0]["outlier_detection"] =
+            json!({"max_ejection_percent": 101, "intervall": "1s"});
+        let errors = from_value(&v).unwrap_err().to_string();
+        assert!(
+            errors.contains("static_resources.clusters[0].outlier_detection.max_ejection_percent"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("static_resources.clusters[0].outlier_detection.intervall"),
+            "{errors}"
+        );
     }
 
     #[test]

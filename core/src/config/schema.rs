@@ -20,7 +20,7 @@ pub(crate) static BOOTSTRAP: Message = Message {
             "dynamic_resources",
             "not implemented by vigil: clusters and listeners from xDS are not seen",
         ),
-        warn("cluster_manager", IGNORED),
+        read("cluster_manager"),
         warn("hds_config", IGNORED),
         warn("flags_path", IGNORED),
         warn("stats_sinks", IGNORED),
@@ -407,6 +407,24 @@ pub(crate) static TRANSPORT_SOCKET: Message = Message {
     name: "envoy.config.core.v3.TransportSocket",
     fields: &[read("name"), read("typed_config").oneof("config_type")],
     removed: &[("config", "removed from Envoy's v3 API; use typed_config")],
+};
+
+pub(crate) static CLUSTER_MANAGER: Message = Message {
+    name: "envoy.config.bootstrap.v3.ClusterManager",
+    fields: &[
+        warn("local_cluster_name", IGNORED),
+        read("outlier_detection"),
+        warn("upstream_bind_config", IGNORED),
+        warn("load_stats_config", IGNORED),
+        warn("enable_deferred_cluster_creation", IGNORED),
+    ],
+    removed: &[],
+};
+
+pub(crate) static CLUSTER_MANAGER_OUTLIER_DETECTION: Message = Message {
+    name: "envoy.config.bootstrap.v3.ClusterManager.OutlierDetection",
+    fields: &[read("event_log_path"), warn("event_service", IGNORED)],
+    removed: &[],
 };
 
 pub(crate) static TYPED_EXTENSION_PROTOCOL_OPTIONS: Message = Message {

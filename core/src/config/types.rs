@@ -16,6 +16,9 @@ pub struct Bootstrap {
     pub listeners: Vec<Listener>,
     /// `static_resources.clusters`, in order; names are unique.
     pub clusters: Vec<Cluster>,
+    /// `cluster_manager.outlier_detection.event_log_path`: where ejection events are written
+    /// (one JSON object per line, as Envoy writes them); `None` when unset.
+    pub outlier_event_log_path: Option<String>,
 }
 
 impl Bootstrap {
@@ -406,8 +409,8 @@ pub struct Cluster {
     /// An ORIGINAL_DST cluster's host selection (`original_dst_lb_config`, typed); `None` for
     /// every other discovery type.
     pub original_dst: Option<OriginalDst>,
-    /// `outlier_detection`, as written (not applied yet).
-    pub outlier_detection: Option<Value>,
+    /// `outlier_detection`, validated with Envoy's defaults and ranges; `None` when absent.
+    pub outlier_detection: Option<crate::outlier::OutlierConfig>,
     /// `circuit_breakers`, as written (not applied yet).
     pub circuit_breakers: Option<Value>,
     /// `lb_subset_config`, as written (not applied yet).
