@@ -22,6 +22,9 @@
 //! - [`outlier`]: Envoy's outlier detection (consecutive 5xx / gateway / local-origin failures,
 //!   success rate, failure percentage, ejection backoff, `outlier_detection.*` stats) and its
 //!   `OutlierDetection` config, with virtual time and random draws as inputs.
+//! - [`plugin`]: the wasm filter's health evaluation (plugin configuration, probe verdicts with
+//!   body / JSON / latency checks, the singleton's supervisor, the shared-data verdict table and
+//!   the observation batches workers queue to the singleton).
 //! - [`route`]: Envoy's HTTP route selection over a loaded route configuration (virtual host by
 //!   authority, first matching route, weighted cluster pick, path rewrites), for the companion's
 //!   proxy and the wasm filter alike.
@@ -41,6 +44,7 @@ pub mod dns;
 pub mod grpc_health;
 pub mod health;
 pub mod outlier;
+pub mod plugin;
 pub mod route;
 pub mod rules;
 pub mod schedule;

@@ -1,72 +1,116 @@
 //! vigil-filter: the proxy-wasm module (`vigil_filter.wasm`, wasm32-wasip1, ABI 0.2.1) that stock
-//! Envoy loads.
+//! Envoy loads, twice, with the same `vm_id` and the same JSON configuration:
 //!
-//! This crate is a thin shell: proxy-wasm trait impls gather inputs from the host, hand them to
-//! `vigil-core`, and apply the result. Nothing here may panic inside the VM, and no host call is
-//! unwrapped.
+//! - as a singleton `envoy.bootstrap.wasm` WasmService whose plugin `root_id` is
+//!   [`SERVICE_ROOT_ID`] (`vigil_service`): it probes every host of the configured clusters, learns
+//!   membership from Envoy's admin API, runs outlier detection over what the workers observed, and
+//!   publishes verdicts in shared data ([`service`]);
+//! - as the HTTP filter (any other `root_id`): each request's real upstream answer is observed
+//!   and queued to the singleton, and the published verdicts are cached per worker, re-read on
+//!   the worker's tick only when their generation moved ([`http`]).
+//!
+//! This crate is a thin shell: the decisions live in `vigil_core::plugin`. Nothing here may panic
+//! inside the VM, and host calls go through `proxy_wasm::hostcalls` (which return errors) rather
+//! than the SDK's trait helpers (several unwrap).
 //!
 //! Build it with the size-tuned profile:
 //! `cargo build -p vigil-filter --target wasm32-wasip1 --profile wasm`
 //! (output: `target/wasm32-wasip1/wasm/vigil_filter.wasm`).
-//!
-//! Current state: the module loads, accepts an empty plugin configuration, refuses a non-empty one
-//! (so `envoy --mode validate` fails loudly rather than silently ignoring settings it does not
-//! act on yet), and passes traffic through untouched. Health evaluation and header routing are
-//! tracked in the filter issue.
 
-use log::{info, warn};
-use proxy_wasm::traits::{Context, RootContext};
-use proxy_wasm::types::LogLevel;
+pub mod host;
+pub mod http;
+pub mod service;
+
+use log::warn;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{ContextType, LogLevel};
+use vigil_core::plugin::PluginConfig;
+
+/// The plugin `root_id` that makes a root context the singleton service.
+pub const SERVICE_ROOT_ID: &str = "vigil_service";
+/// Shared-data key of the encoded verdict table.
+pub const VERDICTS_KEY: &str = "vigil.verdicts";
+/// Shared-data key of the verdict table's generation (8 bytes).
+pub const GENERATION_KEY: &str = "vigil.verdicts.generation";
+/// Shared queue the workers send observation batches on.
+pub const QUEUE_NAME: &str = "vigil.observations";
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(VigilRoot) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::Unconfigured) });
 }}
 
-/// The plugin's root context: validates the configuration.
-struct VigilRoot;
+/// A root context becomes the service or the filter's per-VM root when configured.
+enum Root {
+    Unconfigured,
+    Service(Box<service::Service>),
+    Filter(http::FilterRoot),
+}
 
-impl Context for VigilRoot {}
-
-impl RootContext for VigilRoot {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let config = self.get_plugin_configuration().unwrap_or_default();
-        match accept_configuration(&config) {
-            Ok(()) => {
-                info!("vigil-filter {} configured", env!("CARGO_PKG_VERSION"));
-                true
-            }
-            Err(reason) => {
-                warn!("vigil-filter: rejecting plugin configuration: {reason}");
-                false
-            }
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        if let Root::Service(s) = self {
+            s.on_http_call_response(token_id, num_headers, body_size);
         }
     }
 }
 
-/// Accepts only an empty configuration (nothing, whitespace, or `{}`) until the settings exist.
-pub fn accept_configuration(raw: &[u8]) -> Result<(), String> {
-    let text = std::str::from_utf8(raw).map_err(|_| "configuration is not UTF-8".to_string())?;
-    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-    if compact.is_empty() || compact == "{}" {
-        Ok(())
-    } else {
-        Err(format!(
-            "this build of vigil-filter takes no settings yet, got {} bytes",
-            raw.len()
-        ))
+impl RootContext for Root {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let raw = host::plugin_configuration();
+        let config = match std::str::from_utf8(&raw)
+            .map_err(|_| "the plugin configuration is not UTF-8".to_string())
+            .and_then(|text| PluginConfig::from_json(text).map_err(|e| e.to_string()))
+        {
+            Ok(config) => config,
+            Err(reason) => {
+                warn!("vigil-filter: rejecting plugin configuration: {reason}");
+                return false;
+            }
+        };
+        let root_id = host::property_string(&["plugin_root_id"]).unwrap_or_default();
+        *self = if root_id == SERVICE_ROOT_ID {
+            match service::Service::start(config) {
+                Ok(s) => Root::Service(Box::new(s)),
+                Err(reason) => {
+                    warn!("vigil-filter service: cannot start: {reason}");
+                    return false;
+                }
+            }
+        } else {
+            Root::Filter(http::FilterRoot::new(&config))
+        };
+        true
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::accept_configuration;
+    fn on_tick(&mut self) {
+        match self {
+            Root::Service(s) => s.on_tick(),
+            Root::Filter(f) => f.on_tick(),
+            Root::Unconfigured => {}
+        }
+    }
 
-    #[test]
-    fn empty_configurations_are_accepted_and_others_refused() {
-        assert!(accept_configuration(b"").is_ok());
-        assert!(accept_configuration(b" { } \n").is_ok());
-        assert!(accept_configuration(b"{\"rules\": []}").is_err());
-        assert!(accept_configuration(&[0xff]).is_err());
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        if let Root::Service(s) = self {
+            s.on_queue_ready(queue_id);
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        match self {
+            Root::Filter(f) => Some(f.http_context()),
+            _ => Some(Box::new(http::PassThrough)),
+        }
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
     }
 }

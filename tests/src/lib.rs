@@ -20,6 +20,8 @@
 //! - [`timeline`]: polling several admin APIs and recording health transitions to compare.
 //! - [`compare`]: `./lab compare`: each lab with every path (native Envoy, the companion) side by
 //!   side on the same demo apps, the lab's fault applied and removed, and a table of reactions.
+//! - [`wasm`]: the filter under test: locating vigil_filter.wasm, Envoy with a chosen
+//!   `--concurrency`, the filter's metrics, validate with plugin logs.
 //! - [`lab`]: the HTTP lab of LAB.md as a process twin, and its scenario; `./lab demo` and the
 //!   process-level tests run the same code.
 

@@ -1,0 +1,24 @@
+//! The wasm filter's health evaluation as pure logic: its plugin configuration, the verdict on
+//! each active probe (body and JSON matches, latency ceiling), the singleton's supervisor (hosts,
+//! probe schedule, outlier detection on observed traffic), and the two wire formats the filter's
+//! contexts share through Envoy (the verdict table in shared data, observation batches on the
+//! shared queue).
+//!
+//! What lives where:
+//! - [`config`]: [`PluginConfig::from_json`], strict, every error with its field path.
+//! - [`probe`]: [`probe::judge`] and [`probe::BodyMatch`].
+//! - [`supervisor`]: [`supervisor::Supervisor`], driven by the singleton service.
+//! - [`verdict`]: [`verdict::VerdictTable`] and its versioned text encoding.
+//! - [`observe`]: classifying a real response ([`observe::classify`]) and observation batches.
+//! - [`vec_map`]: the small sorted-vector map used instead of `BTreeMap` (code size in wasm).
+//! - [`membership`]: hosts per cluster from Envoy's admin `/clusters?format=json`.
+
+pub mod config;
+pub mod membership;
+pub mod observe;
+pub mod probe;
+pub mod supervisor;
+pub mod vec_map;
+pub mod verdict;
+
+pub use config::{PluginConfig, PluginError};

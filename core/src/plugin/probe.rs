@@ -1,0 +1,309 @@
+//! The verdict on one active probe sent by the filter: the checks Envoy 1.30's native HTTP checker
+//! cannot make (a body substring, a JSON field's value, a latency ceiling that marks a host
+//! degraded), on top of Envoy's status rules (`expected_statuses`, `retriable_statuses`,
+//! `x-envoy-immediate-health-check-fail`, `x-envoy-degraded`).
+//!
+//! Probes travel through an ORIGINAL_DST cluster, so a host that cannot be reached does not fail
+//! the call: Envoy answers it locally (503 "upstream connect error ...", 504 "upstream request
+//! timeout"). Those local answers are recognised and judged as network failures, as Envoy's own
+//! checker judges a connect failure or a timeout (they count toward `unhealthy_threshold`).
+
+use super::config::ProbeConfig;
+use crate::health::FailureType;
+use serde_json::Value;
+
+/// What a probe's body must contain.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BodyMatch {
+    /// `{"contains": "text"}`: the text appears somewhere in the body (bytes, case-sensitive).
+    Contains(String),
+    /// `{"json": {"field": "a.b", "equals": value}}`: the body is a JSON object whose field at
+    /// this path (object keys) equals `value` exactly (type included: `"1"` is not `1`).
+    JsonField { field: Vec<String>, equals: Value },
+}
+
+impl BodyMatch {
+    /// Whether `body` (already cut to `max_body_bytes`) satisfies the match. A body cut in the
+    /// middle of a JSON document does not parse, so it fails a `json` match.
+    pub fn matches(&self, body: &[u8]) -> bool {
+        match self {
+            BodyMatch::Contains(text) => {
+                let needle = text.as_bytes();
+                !needle.is_empty() && body.windows(needle.len()).any(|w| w == needle)
+            }
+            BodyMatch::JsonField { field, equals } => {
+                let Ok(document) = serde_json::from_slice::<Value>(body) else {
+                    return false;
+                };
+                let mut at = &document;
+                for key in field {
+                    match at.get(key.as_str()) {
+                        Some(next) => at = next,
+                        None => return false,
+                    }
+                }
+                at == equals
+            }
+        }
+    }
+}
+
+/// What came back from one probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeAnswer<'a> {
+    /// A response (possibly Envoy's own local reply for an unreachable host).
+    Response {
+        status: u16,
+        /// The first `max_body_bytes` of the body.
+        body: &'a [u8],
+        /// From dispatch to the response callback.
+        latency_ms: u64,
+        /// `x-envoy-immediate-health-check-fail` present.
+        immediate_fail: bool,
+        /// `x-envoy-degraded` present.
+        degraded: bool,
+    },
+    /// The call failed without a response (Envoy reports timeouts and resets this way), after
+    /// `elapsed_ms`.
+    NoResponse { elapsed_ms: u64 },
+    /// The call could not be dispatched (unknown cluster, missing header): a local failure.
+    NotSent,
+}
+
+/// The verdict on one probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeVerdict {
+    Healthy,
+    /// Passing, but slower than `degraded_latency` or flagged `x-envoy-degraded`.
+    Degraded,
+    /// `retriable` as [`crate::health::HostHealth::on_failure`] takes it; `exclude` when the host
+    /// answered `x-envoy-immediate-health-check-fail`.
+    Failed {
+        failure: FailureType,
+        retriable: bool,
+        exclude: bool,
+    },
+}
+
+/// The start of Envoy's local reply when the upstream connection fails or resets.
+const LOCAL_CONNECT_FAILURE: &[u8] = b"upstream connect error or disconnect/reset before headers";
+/// Envoy's local reply when the upstream does not answer in time.
+const LOCAL_TIMEOUT: &[u8] = b"upstream request timeout";
+
+/// Judges one probe, in Envoy's order (body, then status, then degraded), with the latency
+/// ceiling checked last: a slow but correct answer is degraded, not failed.
+pub fn judge(config: &ProbeConfig, answer: &ProbeAnswer<'_>) -> ProbeVerdict {
+    let network = |failure| ProbeVerdict::Failed {
+        failure,
+        retriable: false,
+        exclude: false,
+    };
+    match *answer {
+        ProbeAnswer::NotSent => network(FailureType::Network),
+        ProbeAnswer::NoResponse { elapsed_ms } => {
+            if elapsed_ms >= config.timeout_ms {
+                network(FailureType::NetworkTimeout)
+            } else {
+                network(FailureType::Network)
+            }
+        }
+        ProbeAnswer::Response {
+            status,
+            body,
+            latency_ms,
+            immediate_fail,
+            degraded,
+        } => {
+            if status == 503 && body.starts_with(LOCAL_CONNECT_FAILURE) {
+                return network(FailureType::Network);
+            }
+            if status == 504 && body.starts_with(LOCAL_TIMEOUT) {
+                return network(FailureType::NetworkTimeout);
+            }
+            let failed = |retriable| ProbeVerdict::Failed {
+                failure: FailureType::Active,
+                retriable,
+                exclude: immediate_fail,
+            };
+            if let Some(matcher) = &config.body
+                && !matcher.matches(&body[..body.len().min(config.max_body_bytes)])
+            {
+                return failed(false);
+            }
+            if !config.expected_statuses.contains(status) {
+                return failed(config.retriable_statuses.contains(status));
+            }
+            let slow = config
+                .degraded_latency_ms
+                .is_some_and(|ceiling| latency_ms > ceiling);
+            if degraded || slow {
+                ProbeVerdict::Degraded
+            } else {
+                ProbeVerdict::Healthy
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::plugin::config::PluginConfig;
+    use serde_json::json;
+
+    fn probe(extra: &str) -> ProbeConfig {
+        let text = format!(
+            r#"{{"clusters": {{"c": {{"endpoints": [], "health_check": {{"path": "/h", "timeout": "1s"{extra}}}}}}}}}"#
+        );
+        PluginConfig::from_json(&text).unwrap().clusters["c"]
+            .health_check
+            .clone()
+            .unwrap()
+    }
+
+    fn ok(body: &[u8], latency_ms: u64) -> ProbeAnswer<'_> {
+        ProbeAnswer::Response {
+            status: 200,
+            body,
+            latency_ms,
+            immediate_fail: false,
+            degraded: false,
+        }
+    }
+
+    fn failed(failure: FailureType, retriable: bool) -> ProbeVerdict {
+        ProbeVerdict::Failed {
+            failure,
+            retriable,
+            exclude: false,
+        }
+    }
+
+    #[test]
+    fn contains_matches_bytes_anywhere() {
+        let m = BodyMatch::Contains("UP".into());
+        assert!(m.matches(b"status: UP\n"));
+        assert!(!m.matches(b"status: up"));
+        assert!(!m.matches(b""));
+    }
+
+    #[test]
+    fn json_field_compares_value_and_type_along_the_path() {
+        let m = BodyMatch::JsonField {
+            field: vec!["db".into(), "status".into()],
+            equals: json!("UP"),
+        };
+        assert!(m.matches(br#"{"db": {"status": "UP"}, "x": 1}"#));
+        assert!(!m.matches(br#"{"db": {"status": "DOWN"}}"#));
+        assert!(!m.matches(br#"{"db": {"state": "UP"}}"#));
+        assert!(!m.matches(br#"{"db": "UP"}"#));
+        assert!(!m.matches(br#"{"db": {"status": "UP""#), "truncated JSON");
+        assert!(!m.matches(b"UP"));
+        let n = BodyMatch::JsonField {
+            field: vec!["n".into()],
+            equals: json!(1),
+        };
+        assert!(n.matches(br#"{"n": 1}"#));
+        assert!(!n.matches(br#"{"n": "1"}"#));
+    }
+
+    #[test]
+    fn status_rules_follow_envoy() {
+        let c = probe(r#", "retriable_statuses": {"start": 500, "end": 501}"#);
+        assert_eq!(judge(&c, &ok(b"", 1)), ProbeVerdict::Healthy);
+        let answer = |status| ProbeAnswer::Response {
+            status,
+            body: b"",
+            latency_ms: 1,
+            immediate_fail: false,
+            degraded: false,
+        };
+        assert_eq!(judge(&c, &answer(500)), failed(FailureType::Active, true));
+        assert_eq!(judge(&c, &answer(404)), failed(FailureType::Active, false));
+        let excluded = ProbeAnswer::Response {
+            status: 503,
+            body: b"going away",
+            latency_ms: 1,
+            immediate_fail: true,
+            degraded: false,
+        };
+        assert_eq!(
+            judge(&c, &excluded),
+            ProbeVerdict::Failed {
+                failure: FailureType::Active,
+                retriable: false,
+                exclude: true
+            }
+        );
+    }
+
+    #[test]
+    fn envoy_local_replies_are_network_failures() {
+        let c = probe("");
+        let local = |status, body| ProbeAnswer::Response {
+            status,
+            body,
+            latency_ms: 3,
+            immediate_fail: false,
+            degraded: false,
+        };
+        assert_eq!(
+            judge(&c, &local(503, b"upstream connect error or disconnect/reset before headers. reset reason: connection failure")),
+            failed(FailureType::Network, false)
+        );
+        assert_eq!(
+            judge(&c, &local(504, b"upstream request timeout")),
+            failed(FailureType::NetworkTimeout, false)
+        );
+        assert_eq!(
+            judge(&c, &ProbeAnswer::NoResponse { elapsed_ms: 1000 }),
+            failed(FailureType::NetworkTimeout, false)
+        );
+        assert_eq!(
+            judge(&c, &ProbeAnswer::NoResponse { elapsed_ms: 10 }),
+            failed(FailureType::Network, false)
+        );
+        assert_eq!(
+            judge(&c, &ProbeAnswer::NotSent),
+            failed(FailureType::Network, false)
+        );
+    }
+
+    #[test]
+    fn body_mismatch_fails_even_with_a_good_status() {
+        let c = probe(r#", "body": {"contains": "demoapp"}"#);
+        assert_eq!(judge(&c, &ok(b"demoapp v1.0", 1)), ProbeVerdict::Healthy);
+        assert_eq!(
+            judge(&c, &ok(b"maintenance", 1)),
+            failed(FailureType::Active, false)
+        );
+    }
+
+    #[test]
+    fn only_max_body_bytes_are_searched() {
+        let c = probe(r#", "body": {"contains": "tail"}, "max_body_bytes": 8"#);
+        assert_eq!(judge(&c, &ok(b"0123tail", 1)), ProbeVerdict::Healthy);
+        assert_eq!(
+            judge(&c, &ok(b"01234567tail", 1)),
+            failed(FailureType::Active, false)
+        );
+    }
+
+    #[test]
+    fn latency_ceiling_degrades_but_does_not_fail() {
+        let c = probe(r#", "degraded_latency": "0.2s""#);
+        assert_eq!(judge(&c, &ok(b"", 200)), ProbeVerdict::Healthy);
+        assert_eq!(judge(&c, &ok(b"", 201)), ProbeVerdict::Degraded);
+        let flagged = ProbeAnswer::Response {
+            status: 200,
+            body: b"",
+            latency_ms: 1,
+            immediate_fail: false,
+            degraded: true,
+        };
+        assert_eq!(judge(&c, &flagged), ProbeVerdict::Degraded);
+    }
+}

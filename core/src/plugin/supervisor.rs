@@ -1,0 +1,561 @@
+//! The singleton's whole health evaluation as plain data: which hosts exist, when each is probed,
+//! what each probe and each observed request does to it, and the verdict table to publish.
+//!
+//! The proxy-wasm singleton (`vigil-filter`'s service) only moves data in and out: it asks
+//! [`Supervisor::due_probes`] on every tick and dispatches them, hands each response to
+//! [`Supervisor::on_probe`], feeds the workers' observation batches to [`Supervisor::observe`],
+//! runs [`Supervisor::sweep`] for outlier detection's interval, and publishes
+//! [`Supervisor::take_changed`] when it returns a new table.
+//!
+//! Rules:
+//! - active health follows Envoy's checker ([`HostHealth`]): thresholds, the first-check rule,
+//!   immediate failure on a non-retriable answer, intervals and jitter from [`crate::schedule`]
+//!   (the filter always uses the traffic intervals);
+//! - at most one probe per host is in flight: a host is not due again until its answer (or
+//!   Envoy's timeout) came back;
+//! - a new host's first probe is spread over `initial_jitter` when set, else over
+//!   `min(interval, 1 s)`, so a start with many hosts does not send them all at once;
+//! - passive health is Envoy's outlier detection ([`OutlierDetector`]), one per cluster, swept
+//!   every `outlier_detection.interval`; a passing probe un-ejects as in Envoy 1.31+
+//!   (`successful_active_health_check_uneject_host`).
+
+use super::config::{PluginConfig, ProbeConfig};
+use super::observe::Observation;
+use super::probe::{ProbeAnswer, ProbeVerdict, judge};
+use super::vec_map::VecMap;
+use super::verdict::{Verdict, VerdictTable};
+use crate::health::{CheckState, HealthFlags, HostHealth};
+use crate::outlier::{OutlierDetector, OutlierEvent};
+
+/// Counters the shell exports as metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SupervisorStats {
+    pub probes_sent: u64,
+    /// Probes judged failed (any failure type).
+    pub probes_failed: u64,
+    /// Enforced outlier ejections.
+    pub ejections: u64,
+    /// Observations recorded (for hosts the supervisor knows).
+    pub observations: u64,
+}
+
+/// One probe to dispatch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeRequest {
+    pub cluster: String,
+    /// `IP:port`: goes into the ORIGINAL_DST header.
+    pub host: String,
+    pub path: String,
+    pub authority: String,
+    pub timeout_ms: u64,
+    /// How much of the body the verdict looks at: read no more.
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug)]
+struct HostState {
+    health: HostHealth,
+    next_probe_ms: u64,
+    in_flight: bool,
+}
+
+#[derive(Debug)]
+struct ClusterState {
+    probe: Option<ProbeConfig>,
+    outlier: Option<OutlierDetector<String>>,
+    next_sweep_ms: u64,
+    /// Hosts are learned from the admin API rather than listed.
+    discovered: bool,
+    hosts: VecMap<String, HostState>,
+}
+
+/// All supervised clusters.
+#[derive(Debug)]
+pub struct Supervisor {
+    clusters: VecMap<String, ClusterState>,
+    published: Option<VerdictTable>,
+    generation: u64,
+    pub stats: SupervisorStats,
+}
+
+impl Supervisor {
+    /// Starts supervising `config`'s clusters; listed endpoints are known at once.
+    pub fn new(config: &PluginConfig, now_ms: u64, rng: &mut dyn FnMut() -> u64) -> Supervisor {
+        let mut clusters = VecMap::new();
+        for (name, c) in &config.clusters {
+            let outlier = c.outlier_detection.clone().map(OutlierDetector::new);
+            let next_sweep_ms = outlier
+                .as_ref()
+                .map_or(u64::MAX, |o| now_ms.saturating_add(o.config().interval_ms));
+            clusters.insert(
+                name.clone(),
+                ClusterState {
+                    probe: c.health_check.clone(),
+                    outlier,
+                    next_sweep_ms,
+                    discovered: c.endpoints.is_none(),
+                    hosts: VecMap::new(),
+                },
+            );
+        }
+        let mut s = Supervisor {
+            clusters,
+            published: None,
+            generation: 0,
+            stats: SupervisorStats::default(),
+        };
+        for (name, c) in &config.clusters {
+            if let Some(endpoints) = &c.endpoints {
+                s.set_members(name, endpoints, now_ms, rng);
+            }
+        }
+        s
+    }
+
+    /// Clusters whose hosts come from the admin API.
+    pub fn discovered_clusters(&self) -> Vec<&str> {
+        self.clusters
+            .iter()
+            .filter(|(_, c)| c.discovered)
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+
+    /// Replaces `cluster`'s host set. New hosts start as Envoy starts a dynamic host (failed until
+    /// their first probe passes, when probed); removed hosts are forgotten, including a probe in
+    /// flight. Returns whether anything changed.
+    pub fn set_members(
+        &mut self,
+        cluster: &str,
+        hosts: &[String],
+        now_ms: u64,
+        rng: &mut dyn FnMut() -> u64,
+    ) -> bool {
+        let Some(c) = self.clusters.get_mut(cluster) else {
+            return false;
+        };
+        let before = c.hosts.len();
+        c.hosts.retain(|h, _| hosts.contains(h));
+        let mut changed = c.hosts.len() != before;
+        if let Some(o) = c.outlier.as_mut() {
+            let gone: Vec<String> = o.hosts().filter(|h| !hosts.contains(h)).cloned().collect();
+            for h in &gone {
+                o.remove_host(h);
+            }
+        }
+        for host in hosts {
+            if c.hosts.contains_key(host) {
+                continue;
+            }
+            changed = true;
+            let (flags, first) = match &c.probe {
+                Some(p) => {
+                    let first = p.intervals.initial_delay_ms(rng).unwrap_or_else(|| {
+                        let span = p.intervals.interval_ms.clamp(1, 1000);
+                        rng() % span
+                    });
+                    (HostHealth::initial_flags(false, false), first)
+                }
+                None => (HealthFlags::empty(), u64::MAX),
+            };
+            c.hosts.insert(
+                host.clone(),
+                HostState {
+                    health: HostHealth::new(flags),
+                    next_probe_ms: now_ms.saturating_add(first),
+                    in_flight: false,
+                },
+            );
+            if let Some(o) = c.outlier.as_mut() {
+                o.add_host(host.clone());
+            }
+        }
+        changed
+    }
+
+    /// The probes due at `now_ms`, each marked in flight.
+    pub fn due_probes(&mut self, now_ms: u64) -> Vec<ProbeRequest> {
+        let mut out = Vec::new();
+        for (name, c) in &mut self.clusters {
+            let Some(p) = &c.probe else { continue };
+            for (host, h) in &mut c.hosts {
+                if h.in_flight || h.next_probe_ms > now_ms {
+                    continue;
+                }
+                h.in_flight = true;
+                out.push(ProbeRequest {
+                    cluster: name.clone(),
+                    host: host.clone(),
+                    path: p.path_for(host).to_string(),
+                    authority: p.authority.clone().unwrap_or_else(|| name.clone()),
+                    timeout_ms: p.timeout_ms,
+                    max_body_bytes: p.max_body_bytes,
+                });
+            }
+        }
+        self.stats.probes_sent += out.len() as u64;
+        out
+    }
+
+    /// The earliest time something is due (a probe or a sweep), for the shell's timer.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        self.clusters
+            .values()
+            .flat_map(|c| {
+                let sweep = c.outlier.as_ref().map(|_| c.next_sweep_ms);
+                let probes = c
+                    .hosts
+                    .values()
+                    .filter(|h| c.probe.is_some() && !h.in_flight)
+                    .map(|h| h.next_probe_ms);
+                sweep.into_iter().chain(probes)
+            })
+            .min()
+    }
+
+    /// One probe's answer. Returns the verdict, or `None` when the host is no longer known (it
+    /// left the cluster while the probe was in flight).
+    pub fn on_probe(
+        &mut self,
+        cluster: &str,
+        host: &str,
+        answer: &ProbeAnswer<'_>,
+        now_ms: u64,
+        rng: &mut dyn FnMut() -> u64,
+    ) -> Option<ProbeVerdict> {
+        let c = self.clusters.get_mut(cluster)?;
+        let p = c.probe.as_ref()?;
+        let h = c.hosts.get_mut(host)?;
+        h.in_flight = false;
+        let verdict = judge(p, answer);
+        let outcome = match verdict {
+            ProbeVerdict::Healthy | ProbeVerdict::Degraded => h
+                .health
+                .on_success(&p.policy, verdict == ProbeVerdict::Degraded),
+            ProbeVerdict::Failed {
+                failure,
+                retriable,
+                exclude,
+            } => {
+                self.stats.probes_failed += 1;
+                let outcome = h.health.on_failure(&p.policy, failure, retriable);
+                if exclude {
+                    h.health.exclude_via_immediate_fail();
+                }
+                outcome
+            }
+        };
+        let delay = p
+            .intervals
+            .next_delay_ms(outcome.state, outcome.transition, true, rng);
+        h.next_probe_ms = now_ms.saturating_add(delay);
+        if outcome.state == CheckState::Healthy
+            && let Some(o) = c.outlier.as_mut()
+        {
+            let flags = h.health.flags();
+            o.on_active_health_check_success(&host.to_string(), flags, now_ms);
+        }
+        Some(verdict)
+    }
+
+    /// Real-traffic observations from the workers.
+    pub fn observe(
+        &mut self,
+        observations: &[Observation],
+        now_ms: u64,
+        rng: &mut dyn FnMut() -> u64,
+    ) {
+        for obs in observations {
+            let Some(o) = self
+                .clusters
+                .get_mut(&obs.cluster)
+                .and_then(|c| c.outlier.as_mut())
+            else {
+                continue;
+            };
+            if !o.hosts().any(|h| *h == obs.host) {
+                continue;
+            }
+            self.stats.observations += 1;
+            let events = o.record(&obs.host, obs.outcome, now_ms, rng);
+            self.stats.ejections += enforced(&events);
+        }
+    }
+
+    /// Runs each cluster's outlier sweep when its interval has passed.
+    pub fn sweep(&mut self, now_ms: u64, rng: &mut dyn FnMut() -> u64) {
+        for c in self.clusters.values_mut() {
+            let Some(o) = c.outlier.as_mut() else {
+                continue;
+            };
+            if now_ms < c.next_sweep_ms {
+                continue;
+            }
+            let events = o.tick(now_ms, rng);
+            self.stats.ejections += enforced(&events);
+            c.next_sweep_ms = now_ms.saturating_add(o.config().interval_ms.max(1));
+        }
+    }
+
+    /// Every host's current verdict (generation: the last published one).
+    pub fn verdicts(&self) -> VerdictTable {
+        let mut hosts = VecMap::new();
+        for (name, c) in &self.clusters {
+            for (host, h) in &c.hosts {
+                let flags = h.health.flags();
+                let probed = c.probe.is_some();
+                hosts.insert(
+                    (name.clone(), host.clone()),
+                    Verdict {
+                        failed_active: probed && flags.contains(HealthFlags::FAILED_ACTIVE_HC),
+                        degraded: flags.contains(HealthFlags::DEGRADED_ACTIVE_HC),
+                        ejected: c.outlier.as_ref().is_some_and(|o| o.ejected(host)),
+                        pending: probed && h.health.first_check(),
+                    },
+                );
+            }
+        }
+        VerdictTable {
+            generation: self.generation,
+            hosts,
+        }
+    }
+
+    /// A new table to publish, with the next generation, when any verdict changed since the
+    /// last one (the first call always returns one).
+    pub fn take_changed(&mut self) -> Option<VerdictTable> {
+        let mut table = self.verdicts();
+        if let Some(published) = &self.published
+            && published.hosts == table.hosts
+        {
+            return None;
+        }
+        self.generation += 1;
+        table.generation = self.generation;
+        self.published = Some(table.clone());
+        Some(table)
+    }
+
+    /// Per cluster: (usable hosts, all hosts).
+    pub fn host_counts(&self) -> Vec<(&str, usize, usize)> {
+        let table = self.verdicts();
+        self.clusters
+            .iter()
+            .map(|(name, c)| {
+                let usable = table.usable_hosts(name).count();
+                (name.as_str(), usable, c.hosts.len())
+            })
+            .collect()
+    }
+}
+
+fn enforced(events: &[OutlierEvent<String>]) -> u64 {
+    events
+        .iter()
+        .filter(|e| matches!(e, OutlierEvent::Eject { enforced: true, .. }))
+        .count() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::outlier::Outcome;
+
+    fn config(extra: &str) -> PluginConfig {
+        PluginConfig::from_json(&format!(
+            r#"{{"clusters": {{"web": {{"endpoints": ["127.0.0.1:80", "127.0.0.2:80"],
+                 "health_check": {{"path": "/livez", "interval": "2s", "timeout": "1s"{extra}}},
+                 "outlier_detection": {{"consecutive_5xx": 3, "interval": "1s",
+                                        "base_ejection_time": "10s", "max_ejection_percent": 50}}}}}}}}"#
+        ))
+        .unwrap()
+    }
+
+    fn zero() -> impl FnMut() -> u64 {
+        || 0
+    }
+
+    const OK: ProbeAnswer<'static> = ProbeAnswer::Response {
+        status: 200,
+        body: b"OK",
+        latency_ms: 5,
+        immediate_fail: false,
+        degraded: false,
+    };
+    const FAIL: ProbeAnswer<'static> = ProbeAnswer::Response {
+        status: 503,
+        body: b"FAIL",
+        latency_ms: 5,
+        immediate_fail: false,
+        degraded: false,
+    };
+
+    fn answer_all(s: &mut Supervisor, answer: ProbeAnswer<'_>, now: u64) -> usize {
+        let due = s.due_probes(now);
+        for p in &due {
+            s.on_probe(&p.cluster, &p.host, &answer, now, &mut zero());
+        }
+        due.len()
+    }
+
+    #[test]
+    fn hosts_start_failed_and_pending_and_the_first_pass_admits_them() {
+        let mut s = Supervisor::new(&config(""), 0, &mut zero());
+        let t = s.take_changed().unwrap();
+        assert_eq!(t.generation, 1);
+        assert!(t.hosts.values().all(|v| v.failed_active && v.pending));
+        assert_eq!(answer_all(&mut s, OK, 0), 2);
+        let t = s.take_changed().unwrap();
+        assert_eq!(t.generation, 2);
+        assert!(t.hosts.values().all(|v| v.usable() && !v.pending));
+        assert_eq!(s.take_changed(), None, "nothing changed");
+    }
+
+    #[test]
+    fn one_probe_in_flight_per_host_and_the_next_after_the_interval() {
+        let mut s = Supervisor::new(&config(""), 0, &mut zero());
+        let first = s.due_probes(0);
+        assert_eq!(first.len(), 2);
+        assert_eq!(first[0].path, "/livez");
+        assert_eq!(first[0].authority, "web");
+        assert!(s.due_probes(5000).is_empty(), "still in flight");
+        s.on_probe("web", "127.0.0.1:80", &OK, 100, &mut zero());
+        assert!(s.due_probes(2099).is_empty());
+        let next = s.due_probes(2100);
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].host, "127.0.0.1:80");
+        assert_eq!(s.stats.probes_sent, 3);
+        assert_eq!(s.next_deadline_ms(), Some(1000), "the outlier sweep");
+    }
+
+    #[test]
+    fn start_up_is_spread_over_the_interval() {
+        let mut n = 0u64;
+        let mut rng = move || {
+            n += 700;
+            n
+        };
+        let mut s = Supervisor::new(&config(""), 0, &mut rng);
+        // Draws 700 and 1400 over a 1 s span: 700 ms and 400 ms.
+        assert!(s.due_probes(399).is_empty());
+        assert_eq!(s.due_probes(400).len(), 1);
+        assert_eq!(s.due_probes(700).len(), 1);
+    }
+
+    #[test]
+    fn failures_eject_after_the_threshold_and_recovery_needs_healthy_threshold() {
+        let mut s = Supervisor::new(
+            &config(r#", "retriable_statuses": {"start": 503, "end": 504}"#),
+            0,
+            &mut zero(),
+        );
+        answer_all(&mut s, OK, 0);
+        s.take_changed();
+        answer_all(&mut s, FAIL, 2000);
+        assert_eq!(s.take_changed(), None, "one retriable failure of two");
+        answer_all(&mut s, FAIL, 4000);
+        let t = s.take_changed().unwrap();
+        assert!(t.hosts.values().all(|v| v.failed_active));
+        assert_eq!(s.stats.probes_failed, 4);
+        answer_all(&mut s, OK, 6000);
+        assert_eq!(s.take_changed(), None);
+        answer_all(&mut s, OK, 8000);
+        assert!(
+            s.take_changed()
+                .unwrap()
+                .hosts
+                .values()
+                .all(Verdict::usable)
+        );
+    }
+
+    #[test]
+    fn a_slow_probe_degrades_the_host() {
+        let mut s = Supervisor::new(&config(r#", "degraded_latency": "0.1s""#), 0, &mut zero());
+        let slow = ProbeAnswer::Response {
+            status: 200,
+            body: b"",
+            latency_ms: 150,
+            immediate_fail: false,
+            degraded: false,
+        };
+        s.due_probes(0);
+        assert_eq!(
+            s.on_probe("web", "127.0.0.1:80", &slow, 150, &mut zero()),
+            Some(ProbeVerdict::Degraded)
+        );
+        let v = s.verdicts().get("web", "127.0.0.1:80").unwrap();
+        assert!(v.degraded && v.usable());
+    }
+
+    #[test]
+    fn consecutive_5xx_on_real_traffic_ejects_and_the_sweep_returns_the_host() {
+        let mut s = Supervisor::new(&config(""), 0, &mut zero());
+        answer_all(&mut s, OK, 0);
+        s.take_changed();
+        let obs = |code| Observation {
+            cluster: "web".into(),
+            host: "127.0.0.2:80".into(),
+            outcome: Outcome::HttpStatus(code),
+        };
+        s.observe(
+            &[obs(503), obs(503), obs(200), obs(503), obs(503)],
+            100,
+            &mut zero(),
+        );
+        assert_eq!(
+            s.take_changed(),
+            None,
+            "a success in between resets the count"
+        );
+        s.observe(&[obs(503)], 200, &mut zero());
+        let t = s.take_changed().unwrap();
+        assert!(t.get("web", "127.0.0.2:80").unwrap().ejected);
+        assert!(!t.get("web", "127.0.0.1:80").unwrap().ejected);
+        assert_eq!(s.stats.ejections, 1);
+        assert_eq!(s.host_counts(), vec![("web", 1, 2)]);
+        // Unknown hosts and clusters are ignored.
+        s.observe(
+            &[Observation {
+                cluster: "nope".into(),
+                host: "127.0.0.2:80".into(),
+                outcome: Outcome::HttpStatus(503),
+            }],
+            300,
+            &mut zero(),
+        );
+        assert_eq!(s.stats.observations, 6);
+        // Base ejection time 10 s: the sweep after it brings the host back.
+        s.sweep(9_000, &mut zero());
+        assert!(s.verdicts().get("web", "127.0.0.2:80").unwrap().ejected);
+        s.sweep(10_300, &mut zero());
+        assert!(!s.verdicts().get("web", "127.0.0.2:80").unwrap().ejected);
+    }
+
+    #[test]
+    fn membership_changes_add_and_forget_hosts() {
+        let c = PluginConfig::from_json(
+            r#"{"admin": {"cluster": "admin"}, "clusters": {"web": {
+                "health_check": {"path": "/h"}, "outlier_detection": {}}}}"#,
+        )
+        .unwrap();
+        let mut s = Supervisor::new(&c, 0, &mut zero());
+        assert_eq!(s.discovered_clusters(), vec!["web"]);
+        assert!(s.due_probes(0).is_empty());
+        let hosts = vec!["127.0.0.1:80".to_string(), "127.0.0.2:80".to_string()];
+        assert!(s.set_members("web", &hosts, 0, &mut zero()));
+        assert!(!s.set_members("web", &hosts, 0, &mut zero()));
+        assert_eq!(s.due_probes(0).len(), 2);
+        assert!(s.set_members("web", &hosts[..1], 10, &mut zero()));
+        assert_eq!(
+            s.on_probe("web", "127.0.0.2:80", &OK, 20, &mut zero()),
+            None,
+            "the answer of a host that left is dropped"
+        );
+        assert_eq!(s.verdicts().hosts.len(), 1);
+        assert!(!s.set_members("unknown", &hosts, 0, &mut zero()));
+    }
+}
