@@ -131,7 +131,7 @@ fn endpoints(cluster: &Cluster) -> Vec<EndpointSpec> {
 pub fn plan(bootstrap: &Bootstrap) -> Result<(Vec<ClusterPlan>, Vec<String>), String> {
     let mut plans = Vec::new();
     let mut notes = Vec::new();
-    for (index, cluster) in bootstrap.clusters.iter().enumerate() {
+    for cluster in &bootstrap.clusters {
         let outlier = cluster.outlier_detection.clone();
         let kind = match &cluster.discovery {
             Discovery::Static => DiscoveryKind::Static,
