@@ -270,3 +270,67 @@ fn unreadable_files_name_the_file() {
     assert!(text.starts_with(&missing.display().to_string()), "{text}");
     assert!(text.contains("cannot read the file"), "{text}");
 }
+
+/// Hostile documents, generated here rather than stored (some are megabytes): each must be
+/// rejected with a message, quickly, without a panic, a stack overflow or unbounded memory.
+/// Envoy is not asked about these (its YAML parser would expand the alias bomb for a long time).
+#[test]
+fn hostile_documents_are_rejected_cleanly_and_quickly() {
+    let cluster = |body: &str| {
+        format!(
+            "static_resources:\n  clusters:\n  - name: c\n    connect_timeout: 1s\n    type: STATIC\n{body}"
+        )
+    };
+    let mut laughs = String::from(
+        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
+    for (name, prev) in ["b", "c", "d", "e", "f", "g", "h", "i"]
+        .iter()
+        .zip(["a", "b", "c", "d", "e", "f", "g", "h"])
+    {
+        laughs.push_str(&format!(
+            "{name}: &{name} [{}]\n",
+            vec![format!("*{prev}"); 9].join(",")
+        ));
+    }
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("nested 100k deep", format!("a: {}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes(), "nested more than 128"),
+        ("nested 100k deep (mappings)", "{a: ".repeat(100_000).into_bytes(), "YAML syntax error"),
+        ("alias bomb", laughs.into_bytes(), "repetition limit"),
+        ("huge port", cluster("    load_assignment: {cluster_name: c, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 18446744073709551616}}}}]}]}\n").into_bytes(), "port_value"),
+        ("huge duration", cluster("    dns_refresh_rate: 99999999999999999999s\n").into_bytes(), "dns_refresh_rate"),
+        ("weight overflow", cluster("    load_assignment: {cluster_name: c, endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 80}}}, load_balancing_weight: 4294967296}]}]}\n").into_bytes(), "load_balancing_weight"),
+        ("a 4 MiB cluster name", format!("static_resources:\n  clusters:\n  - name: {}\n    connect_timeout: 1s\n    lb_policy: NOPE\n", "x".repeat(4 << 20)).into_bytes(), "lb_policy"),
+        ("NUL bytes", b"static_resources:\n  clusters: [\0\0\0]\n".to_vec(), "YAML syntax error"),
+        ("a binary blob", (0u8..=255).cycle().take(1 << 16).collect(), "not valid UTF-8"),
+        ("2,000 unknown fields", (0..2_000).map(|i| format!("unknown_{i}: 1\n")).collect::<String>().into_bytes(), "unknown field"),
+    ];
+    let dir = std::env::temp_dir().join(format!("vigil-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, bytes, expected) in cases {
+        let path = dir.join(format!("{}.yaml", name.replace(' ', "-")));
+        std::fs::write(&path, &bytes).unwrap();
+        let started = std::time::Instant::now();
+        let errors = match load(&path) {
+            Ok(_) => panic!("{name}: accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            errors.contains(expected),
+            "{name}: expected {expected:?} in:\n{}",
+            &errors[..errors.len().min(2000)]
+        );
+        // The 2,000-field file reports every field; the others one line or a few.
+        assert!(
+            errors.len() < (4 << 20) + 2_000 * 200,
+            "{name}: {} bytes of errors",
+            errors.len()
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{name}: took {:?}",
+            started.elapsed()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -125,6 +125,16 @@ pub fn parse_yaml(text: &str) -> Result<Loaded, ConfigErrors> {
             }),
         )
     };
+    if let Some(location) = too_deeply_nested(text) {
+        return Err(ConfigErrors::one(
+            ErrorKind::Syntax,
+            format!(
+                "YAML syntax error: brackets nested more than {MAX_FLOW_DEPTH} levels deep; \
+                 no Envoy config needs that (refused before parsing, which would take minutes)"
+            ),
+            Some(location),
+        ));
+    }
     let mut documents = serde_yaml_ng::Deserializer::from_str(text);
     let value = match documents.next() {
         Some(document) => Value::deserialize(document).map_err(syntax)?,
@@ -141,6 +151,59 @@ pub fn parse_yaml(text: &str) -> Result<Loaded, ConfigErrors> {
         });
     }
     Ok(loaded)
+}
+
+/// The YAML parser's own recursion limit: deeper documents fail anyway, but only after the
+/// scanner has spent time quadratic in the depth (100,000 `[` took minutes), so they are refused
+/// by a linear pre-scan first.
+#[cfg(feature = "yaml")]
+const MAX_FLOW_DEPTH: usize = 128;
+
+/// Where flow brackets (`[`, `{`) first nest deeper than [`MAX_FLOW_DEPTH`], skipping quoted
+/// scalars and comments. A bracket inside a plain scalar (`regex: ^a[0-9]$`) is counted too,
+/// which can only over-count by a few; a real config stays far below the limit.
+#[cfg(feature = "yaml")]
+fn too_deeply_nested(text: &str) -> Option<Location> {
+    let (mut depth, mut line, mut column) = (0usize, 1usize, 0usize);
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    let mut in_comment = false;
+    let mut previous = '\n';
+    for c in text.chars() {
+        column += 1;
+        if c == '\n' {
+            line += 1;
+            column = 0;
+            in_comment = false;
+            previous = c;
+            continue;
+        }
+        if in_comment {
+            continue;
+        }
+        match quote {
+            Some('"') if escaped => escaped = false,
+            Some('"') if c == '\\' => escaped = true,
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None => match c {
+                '#' if previous.is_whitespace() => in_comment = true,
+                '\'' | '"' if previous.is_whitespace() || "[{,:".contains(previous) => {
+                    quote = Some(c)
+                }
+                '[' | '{' => {
+                    depth += 1;
+                    if depth > MAX_FLOW_DEPTH {
+                        return Some(Location { line, column });
+                    }
+                }
+                ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            },
+        }
+        previous = c;
+    }
+    None
 }
 
 /// Reads and loads a config file: `.json` files as JSON, anything else as YAML (as Envoy picks by
@@ -825,5 +888,25 @@ mod tests {
             "a repeated key keeps its last value"
         );
         assert!(loaded.bootstrap.clusters[0].dns.respect_dns_ttl);
+    }
+
+    #[cfg(feature = "yaml")]
+    #[test]
+    fn deep_flow_nesting_is_refused_before_parsing() {
+        let deep = format!("a: {}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let err = parse_yaml(&deep).unwrap_err();
+        assert!(err.to_string().contains("nested more than 128"), "{err}");
+        assert_eq!(
+            err.first().and_then(|e| e.location).map(|l| l.column),
+            Some(132)
+        );
+        // Brackets in quoted scalars and comments do not count; a few levels are fine.
+        let quoted = format!(
+            "a: '{0}'\nb: \"{0}\\\" {0}\"\n# {0}\nc: [[{{d: [1]}}]]\n",
+            "[".repeat(500)
+        );
+        assert!(too_deeply_nested(&quoted).is_none());
+        assert!(too_deeply_nested(&"[".repeat(128)).is_none());
+        assert!(too_deeply_nested(&"{".repeat(129)).is_some());
     }
 }
