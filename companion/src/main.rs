@@ -4,6 +4,11 @@
 //! `vigil -c FILE` runs; `vigil --mode validate -c FILE` checks the file and exits 0 or 1, as
 //! `envoy --mode validate` does. SIGHUP or `POST /reload` re-reads the file: a bad new file is
 //! rejected with its errors logged, and the running config keeps going. SIGTERM / SIGINT stop.
+//!
+//! `--concurrency N` sets the number of tokio worker threads, like Envoy's flag of the same name
+//! (default: the cores available to the process, which honours a `taskset` mask). `1` runs
+//! everything, proxy and health checks, on one current-thread runtime: one thread does all the
+//! work, as one Envoy worker does, without the hand-offs of a one-worker thread pool.
 
 use arc_swap::ArcSwap;
 use clap::{Parser, ValueEnum};
@@ -47,13 +52,19 @@ struct Options {
     #[arg(long, value_enum, default_value = "serve")]
     mode: Mode,
 
-    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(short = 'l', long = "log-level", default_value = "info")]
+    /// Log level, with Envoy's names: trace, debug, info, warning (warn), error, critical, off;
+    /// RUST_LOG overrides it.
+    #[arg(short = 'l', long = "log-level", default_value = "info", value_parser = envoy_log_level)]
     log_level: String,
 
     /// Serve the admin API here instead of the config's `admin.address`.
     #[arg(long, value_name = "IP:PORT")]
     admin_address: Option<SocketAddr>,
+
+    /// Worker threads (Envoy's `--concurrency`); default: the cores available to the process.
+    /// 1 runs on a single current-thread runtime.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: Option<u16>,
 }
 
 fn main() -> ExitCode {
@@ -71,10 +82,7 @@ fn main() -> ExitCode {
         println!("configuration '{}' OK", options.config_path.display());
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match build_runtime(options.concurrency) {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("vigil: cannot start the async runtime: {err}");
@@ -87,6 +95,44 @@ fn main() -> ExitCode {
             eprintln!("vigil: {err}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Envoy's `--log-level` names as env_logger filters (`critical` has no own level: errors only).
+fn envoy_log_level(name: &str) -> Result<String, String> {
+    let filter = match name.to_ascii_lowercase().as_str() {
+        "trace" => "trace",
+        "debug" => "debug",
+        "info" => "info",
+        "warning" | "warn" => "warn",
+        "error" | "critical" => "error",
+        "off" => "off",
+        _ => {
+            return Err(format!(
+                "unknown log level {name:?}: expected trace, debug, info, warning, error, \
+                 critical or off"
+            ));
+        }
+    };
+    Ok(filter.to_string())
+}
+
+/// The async runtime for `--concurrency`: one current-thread runtime for 1, else a pool of that
+/// many workers (default: the available cores, at least 1).
+fn build_runtime(concurrency: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = concurrency.map_or_else(
+        || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        usize::from,
+    );
+    if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
     }
 }
 
@@ -147,6 +193,7 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
         .await
         .map_err(|err| format!("cannot listen on admin address {admin_at}: {err}"))?;
     let mut clusters = Runtime::new(network_probe());
+    clusters.set_outlier_event_log(loaded.bootstrap.outlier_event_log_path.as_deref());
     let (started, _) = clusters.apply(loaded.plans);
     let mut listeners = ListenerSet::default();
     let problems = listeners
@@ -229,6 +276,7 @@ async fn reload(
 ) -> Result<String, String> {
     match load(path) {
         Ok(loaded) => {
+            clusters.set_outlier_event_log(loaded.bootstrap.outlier_event_log_path.as_deref());
             let (started, stopped) = clusters.apply(loaded.plans);
             for problem in listeners
                 .apply(&loaded.bootstrap, &clusters.upstreams())
@@ -251,5 +299,47 @@ async fn reload(
             log::error!("reload rejected, the previous config keeps running:\n{report}");
             Err(report)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::runtime::RuntimeFlavor;
+
+    #[test]
+    fn envoy_log_level_names_are_accepted_and_others_refused() {
+        assert_eq!(envoy_log_level("critical").unwrap(), "error");
+        assert_eq!(envoy_log_level("warning").unwrap(), "warn");
+        assert_eq!(envoy_log_level("Debug").unwrap(), "debug");
+        assert!(envoy_log_level("verbose").unwrap_err().contains("critical"));
+    }
+
+    #[test]
+    fn concurrency_one_is_a_current_thread_runtime() {
+        let runtime = build_runtime(Some(1)).unwrap();
+        assert_eq!(
+            runtime.handle().runtime_flavor(),
+            RuntimeFlavor::CurrentThread
+        );
+    }
+
+    #[test]
+    fn concurrency_above_one_is_a_pool_of_that_many_workers() {
+        let runtime = build_runtime(Some(3)).unwrap();
+        assert_eq!(
+            runtime.handle().runtime_flavor(),
+            RuntimeFlavor::MultiThread
+        );
+        assert_eq!(runtime.metrics().num_workers(), 3);
+    }
+
+    #[test]
+    fn concurrency_zero_is_refused() {
+        let parsed = Options::try_parse_from(["vigil", "-c", "x.yaml", "--concurrency", "0"]);
+        assert!(parsed.is_err());
+        let parsed =
+            Options::try_parse_from(["vigil", "-c", "x.yaml", "--concurrency", "2"]).unwrap();
+        assert_eq!(parsed.concurrency, Some(2));
     }
 }

@@ -24,7 +24,10 @@
 //!   `--concurrency`, the filter's metrics, validate with plugin logs.
 //! - [`lab`]: the HTTP lab of LAB.md as a process twin, and its scenario; `./lab demo` and the
 //!   process-level tests run the same code.
+//! - [`bench`]: `vigil-bench` (`./lab bench`), vigil's proxy and health checker measured against
+//!   Envoy, HAProxy and nginx; see `docs/bench.md`.
 
+pub mod bench;
 pub mod compare;
 pub mod demoapp;
 pub mod dns;

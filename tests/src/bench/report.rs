@@ -1,0 +1,422 @@
+//! The benchmark's results and their markdown report: medians over rounds, ratios against Envoy
+//! and HAProxy, flags on runs with errors, and the exact commands.
+
+use super::wrk::WrkResult;
+use super::{Cpus, Options};
+use std::fmt::Write as _;
+
+/// One measured wrk run of one proxy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Measured {
+    pub wrk: WrkResult,
+    /// The proxy's resident memory right after the run.
+    pub rss_kib: u64,
+}
+
+/// All rounds of one proxy at one connection count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyRow {
+    pub proxy: String,
+    pub connections: u32,
+    pub rounds: Vec<Measured>,
+}
+
+impl ProxyRow {
+    pub fn median_rps(&self) -> f64 {
+        median(self.rounds.iter().map(|m| m.wrk.requests_per_second))
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.rounds.iter().map(|m| m.wrk.errors()).sum()
+    }
+}
+
+/// One prober's measurement window in the health-check benchmark.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HealthRun {
+    pub hosts: usize,
+    pub window_seconds: f64,
+    /// Check requests the responders served in the window.
+    pub probes: u64,
+    /// The prober's utime + stime over the window.
+    pub cpu_seconds: f64,
+    pub rss_kib: u64,
+    pub fds: usize,
+    /// Connections open at the responders at the end of the window.
+    pub responder_connections: u64,
+    /// Hosts the prober's `/clusters` calls healthy at the end (`None`: it did not answer).
+    pub healthy: Option<usize>,
+    /// Seconds from start to `/ready` answering 200 (`None`: not within the timeout).
+    pub ready_after: Option<f64>,
+}
+
+impl HealthRun {
+    pub fn probes_per_second(&self) -> f64 {
+        self.probes as f64 / self.window_seconds.max(f64::EPSILON)
+    }
+
+    pub fn cpu_us_per_probe(&self) -> f64 {
+        if self.probes == 0 {
+            return f64::NAN;
+        }
+        self.cpu_seconds * 1e6 / self.probes as f64
+    }
+}
+
+/// Everything one `vigil-bench` run found.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub options: Options,
+    pub cores: usize,
+    pub cpus: Cpus,
+    /// `(what, command)`, in the order first seen; one entry per `what`.
+    pub commands: Vec<(String, String)>,
+    pub proxy_rows: Vec<ProxyRow>,
+    /// `(prober, runs)`, in the order first seen.
+    pub health: Vec<(String, Vec<HealthRun>)>,
+    /// The run's scratch directory relative to the checkout, shown as `$RUN` in commands.
+    pub run_dir: String,
+    /// Load averages when the run started and ended.
+    pub load_before: String,
+    pub load_after: String,
+}
+
+impl Report {
+    pub fn new(options: Options, cores: usize, cpus: Cpus) -> Report {
+        Report {
+            options,
+            cores,
+            cpus,
+            commands: Vec::new(),
+            proxy_rows: Vec::new(),
+            health: Vec::new(),
+            run_dir: String::new(),
+            load_before: String::new(),
+            load_after: String::new(),
+        }
+    }
+
+    /// Records the command that ran `what` (the first one wins: rounds repeat it).
+    pub fn note_command(&mut self, what: &str, command: &str) {
+        if !self.commands.iter().any(|(w, _)| w == what) {
+            self.commands.push((what.to_string(), command.to_string()));
+        }
+    }
+
+    pub fn add_proxy_round(&mut self, proxy: &str, connections: u32, measured: Measured) {
+        match self
+            .proxy_rows
+            .iter_mut()
+            .find(|r| r.proxy == proxy && r.connections == connections)
+        {
+            Some(row) => row.rounds.push(measured),
+            None => self.proxy_rows.push(ProxyRow {
+                proxy: proxy.to_string(),
+                connections,
+                rounds: vec![measured],
+            }),
+        }
+    }
+
+    pub fn add_health_run(&mut self, prober: &str, run: HealthRun) {
+        match self.health.iter_mut().find(|(p, _)| p == prober) {
+            Some((_, runs)) => runs.push(run),
+            None => self.health.push((prober.to_string(), vec![run])),
+        }
+    }
+
+    /// Proxies whose runs had errors (non-2xx/3xx or socket errors), with the count.
+    pub fn flagged(&self) -> Vec<(String, u32, u64)> {
+        self.proxy_rows
+            .iter()
+            .filter(|r| r.errors() > 0)
+            .map(|r| (r.proxy.clone(), r.connections, r.errors()))
+            .collect()
+    }
+
+    fn rps_of(&self, proxy: &str, connections: u32) -> Option<f64> {
+        self.proxy_rows
+            .iter()
+            .find(|r| r.proxy == proxy && r.connections == connections)
+            .map(ProxyRow::median_rps)
+    }
+
+    /// The report as markdown. `title` names the run (date, commit).
+    pub fn markdown(&self, title: &str, ran_at: &str) -> String {
+        let mut out = String::new();
+        let o = &self.options;
+        let _ = writeln!(out, "# vigil bench: {title}\n");
+        let _ = writeln!(
+            out,
+            "Ran {ran_at} on {} core(s); proxies pinned to cpu{}, wrk / upstream / responders to cpu{}.{}",
+            self.cores,
+            self.cpus.proxy,
+            self.cpus.load,
+            if self.cpus.proxy == self.cpus.load {
+                " One core only: load and proxy share it, so the numbers mean little."
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            out,
+            "Mode: {}; {} round(s); open-file limit {}. Load average (1, 5, 15 min) {} at the start, {} at the end: \
+             anything well above 0 means other work shared the cores and the numbers are noisy.\n",
+            if o.quick { "--quick (smoke)" } else { "full" },
+            o.rounds,
+            super::fd_limit(),
+            self.load_before,
+            self.load_after
+        );
+        if o.run_throughput {
+            self.throughput_table(&mut out);
+        }
+        if o.run_health {
+            self.health_table(&mut out);
+        }
+        let _ = writeln!(out, "## Commands\n");
+        if !self.run_dir.is_empty() {
+            let _ = writeln!(
+                out,
+                "`$RUN` is this run's directory of configs and logs, `{}`.\n",
+                self.run_dir
+            );
+        }
+        for (what, command) in &self.commands {
+            let command = if self.run_dir.is_empty() {
+                command.clone()
+            } else {
+                command.replace(&self.run_dir, "$RUN")
+            };
+            let _ = writeln!(out, "- {what}: `{command}`");
+        }
+        let _ = writeln!(
+            out,
+            "\nConfigs: `bench/templates/` (vigil and Envoy run the same Envoy YAML)."
+        );
+        out
+    }
+
+    fn throughput_table(&self, out: &mut String) {
+        let o = &self.options;
+        let _ = writeln!(
+            out,
+            "## Proxy throughput\n\nwrk -t1 for {} s after a {} s warm-up, rounds alternating between proxies; \
+             median of {} round(s) per cell; RSS of the proxy after the run \
+             (proxies stay up across rounds, so from the first -c256 run on it includes what that left behind).\n",
+            o.seconds, o.warmup_seconds, o.rounds
+        );
+        let _ = writeln!(
+            out,
+            "| proxy | conns | req/s | p50 | p99 | RSS | errors | vs Envoy | vs HAProxy | req/s per round |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        for row in &self.proxy_rows {
+            let rps = row.median_rps();
+            let ratio = |other: &str| {
+                self.rps_of(other, row.connections)
+                    .filter(|r| *r > 0.0)
+                    .map_or("-".to_string(), |r| format!("{:.2}x", rps / r))
+            };
+            let errors = row.errors();
+            let rounds: Vec<String> = row
+                .rounds
+                .iter()
+                .map(|m| thousands(m.wrk.requests_per_second))
+                .collect();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                row.proxy,
+                row.connections,
+                thousands(rps),
+                latency(median(row.rounds.iter().map(|m| m.wrk.p50_us))),
+                latency(median(row.rounds.iter().map(|m| m.wrk.p99_us))),
+                megabytes(median(row.rounds.iter().map(|m| m.rss_kib as f64))),
+                if errors == 0 {
+                    "0".to_string()
+                } else {
+                    format!("**{errors} FLAGGED**")
+                },
+                ratio("envoy"),
+                ratio("haproxy"),
+                rounds.join(" / ")
+            );
+        }
+        let flagged = self.flagged();
+        if flagged.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nNo proxy had errors (non-2xx/3xx responses or socket errors).\n"
+            );
+        } else {
+            let _ = writeln!(out);
+            for (proxy, connections, errors) in flagged {
+                let _ = writeln!(
+                    out,
+                    "**FLAGGED: {proxy} at -c{connections} had {errors} errors; its req/s is not comparable.**"
+                );
+            }
+            let _ = writeln!(out);
+        }
+    }
+
+    fn health_table(&self, out: &mut String) {
+        let o = &self.options;
+        let _ = writeln!(
+            out,
+            "## Health checking at scale\n\n{} endpoints in one cluster, HTTP check every 1 s (so about {} probes/s when the prober keeps up), \
+             one worker; measured over {} s after a {} s warm-up; median of {} round(s), probers alternating.\n",
+            o.hosts, o.hosts, o.hc_window_seconds, o.hc_warmup_seconds, o.rounds
+        );
+        let _ = writeln!(
+            out,
+            "| prober | ready after | probes/s | CPU per probe | CPU share | RSS | RSS per host | fds | responder conns | healthy |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let mut late = Vec::new();
+        for (prober, runs) in &self.health {
+            let hosts = runs.first().map_or(1, |r| r.hosts.max(1)) as f64;
+            let rss = median(runs.iter().map(|r| r.rss_kib as f64));
+            let cpu_share = median(
+                runs.iter()
+                    .map(|r| r.cpu_seconds / r.window_seconds.max(f64::EPSILON)),
+            );
+            let not_ready = runs.iter().filter(|r| r.ready_after.is_none()).count();
+            let ready = if not_ready > 0 {
+                late.push((prober.clone(), not_ready, runs.len()));
+                format!("**not ready in {not_ready} of {}**", runs.len())
+            } else {
+                format!("{:.1} s", median(runs.iter().filter_map(|r| r.ready_after)))
+            };
+            let healthy: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| r.healthy.map(|h| h as f64))
+                .collect();
+            let healthy = if healthy.is_empty() {
+                "/clusters did not answer".to_string()
+            } else {
+                format!("{} / {hosts}", median(healthy.into_iter()))
+            };
+            let _ = writeln!(
+                out,
+                "| {prober} | {ready} | {} | {:.1} us | {:.0} % | {} | {:.1} KiB | {} | {} | {healthy} |",
+                thousands(median(runs.iter().map(HealthRun::probes_per_second))),
+                median(runs.iter().map(HealthRun::cpu_us_per_probe)),
+                cpu_share * 100.0,
+                megabytes(rss),
+                rss / hosts,
+                median(runs.iter().map(|r| r.fds as f64)),
+                median(runs.iter().map(|r| r.responder_connections as f64)),
+            );
+        }
+        let _ = writeln!(out);
+        for (prober, not_ready, rounds) in late {
+            let _ = writeln!(
+                out,
+                "**FLAGGED: {prober} did not report /ready within {} s in {not_ready} of {rounds} round(s)** \
+                 (its first round of checks did not finish); it was measured anyway.\n",
+                super::health::READY_TIMEOUT.as_secs()
+            );
+        }
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count); NaN when empty.
+pub fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut sorted: Vec<f64> = values.collect();
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    }
+}
+
+fn thousands(value: f64) -> String {
+    if value >= 1000.0 {
+        format!("{:.1}k", value / 1000.0)
+    } else {
+        format!("{value:.0}")
+    }
+}
+
+fn latency(us: f64) -> String {
+    if us >= 1000.0 {
+        format!("{:.2} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} us")
+    }
+}
+
+fn megabytes(kib: f64) -> String {
+    format!("{:.1} MB", kib / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measured(rps: f64, errors: u64) -> Measured {
+        Measured {
+            wrk: WrkResult {
+                requests_per_second: rps,
+                p50_us: 300.0,
+                p99_us: 1500.0,
+                non_2xx: errors,
+                socket_errors: 0,
+            },
+            rss_kib: 20 * 1024,
+        }
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), 2.0);
+        assert_eq!(median([4.0, 1.0, 2.0, 3.0].into_iter()), 2.5);
+        assert!(median(std::iter::empty()).is_nan());
+    }
+
+    #[test]
+    fn table_has_ratios_and_flags() {
+        let mut report = Report::new(Options::quick(), 2, Cpus::for_cores(2));
+        report.options.run_health = false;
+        report.add_proxy_round("vigil", 32, measured(50_000.0, 0));
+        report.add_proxy_round("envoy", 32, measured(25_000.0, 0));
+        report.add_proxy_round("haproxy", 32, measured(100_000.0, 7));
+        let text = report.markdown("test", "now");
+        assert!(
+            text.contains(
+                "| vigil | 32 | 50.0k | 300 us | 1.50 ms | 20.0 MB | 0 | 2.00x | 0.50x |"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("**7 FLAGGED**"), "{text}");
+        assert!(
+            text.contains("FLAGGED: haproxy at -c32 had 7 errors"),
+            "{text}"
+        );
+        assert_eq!(report.flagged().len(), 1);
+    }
+
+    #[test]
+    fn health_figures() {
+        let run = HealthRun {
+            hosts: 10_000,
+            window_seconds: 10.0,
+            probes: 100_000,
+            cpu_seconds: 2.5,
+            rss_kib: 200_000,
+            fds: 10_010,
+            responder_connections: 10_000,
+            healthy: Some(10_000),
+            ready_after: Some(2.0),
+        };
+        assert_eq!(run.probes_per_second(), 10_000.0);
+        assert_eq!(run.cpu_us_per_probe(), 25.0);
+    }
+}

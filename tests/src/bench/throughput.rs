@@ -1,0 +1,126 @@
+//! The proxy benchmark: an nginx upstream on the load core, every proxy under test in front of
+//! it on the proxy core, and `wrk` on the load core. Each round runs every proxy once per
+//! connection count, in turn (A B C D, A B C D, ...), so slow drifts of the machine spread over
+//! all proxies instead of landing on one.
+
+use super::proxies::{self, ProxyUnderTest, Responder, Started};
+use super::report::{Measured, Report};
+use super::sys::{self, Tools};
+use super::wrk::{self, Load};
+use super::{Cpus, Options};
+use crate::net;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// A proxy started for the whole benchmark.
+struct Running {
+    proxy: ProxyUnderTest,
+    started: Started,
+    listen: SocketAddr,
+}
+
+pub async fn run(
+    tools: &Tools,
+    cpus: Cpus,
+    options: &Options,
+    dir: &Path,
+    report: &mut Report,
+) -> Result<(), String> {
+    let upstream_at = proxies::endpoints(1);
+    let mut upstream = Responder::start(tools, cpus.load, "upstream", &upstream_at, dir).await?;
+    let upstream_at = upstream_at[0];
+    report.note_command("upstream", &upstream.started.command);
+    proxies::wait_serving(&mut upstream.started.child, upstream_at).await?;
+
+    let mut running = Vec::new();
+    for proxy in proxies::all() {
+        let started = start(tools, cpus, &proxy, upstream_at, dir).await?;
+        report.note_command(proxy.name, &started.0.command);
+        running.push(Running {
+            proxy,
+            started: started.0,
+            listen: started.1,
+        });
+    }
+    let connections: Vec<String> = options.connections.iter().map(u32::to_string).collect();
+    report.note_command(
+        "wrk",
+        &format!(
+            "taskset -c {} wrk -t1 -c{{{}}} -d{}s --latency http://<proxy>/ (after the same for {}s, unmeasured)",
+            cpus.load,
+            connections.join(","),
+            options.seconds,
+            options.warmup_seconds
+        ),
+    );
+    for round in 1..=options.rounds {
+        for &connections in &options.connections {
+            for proxy in &mut running {
+                let label = format!("{}-c{connections}-r{round}", proxy.proxy.name);
+                eprintln!("bench: {label}");
+                let mut load = Load {
+                    target: proxy.listen,
+                    connections,
+                    seconds: options.warmup_seconds,
+                    cpu: cpus.load,
+                };
+                if options.warmup_seconds > 0 {
+                    wrk::run(tools, &load, &format!("{label}-warmup"), dir).await?;
+                }
+                load.seconds = options.seconds;
+                let result = wrk::run(tools, &load, &label, dir).await?;
+                if let Some(status) = proxy.started.child.try_exit_status() {
+                    return Err(format!(
+                        "{} exited ({status}) during {label}\n{}",
+                        proxy.proxy.name,
+                        proxy.started.child.log_tail(30)
+                    ));
+                }
+                let rss_kib = sys::rss_kib(proxy.started.child.pid()).unwrap_or(0);
+                report.add_proxy_round(
+                    proxy.proxy.name,
+                    connections,
+                    Measured {
+                        wrk: result,
+                        rss_kib,
+                    },
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Renders `proxy`'s config in front of `upstream`, starts it pinned and waits until a request
+/// through it answers 200.
+async fn start(
+    tools: &Tools,
+    cpus: Cpus,
+    proxy: &ProxyUnderTest,
+    upstream: SocketAddr,
+    dir: &Path,
+) -> Result<(Started, SocketAddr), String> {
+    let listen = net::fresh_socket();
+    let admin = net::fresh_socket();
+    let mut values = BTreeMap::new();
+    values.insert("admin_address", admin.ip().to_string());
+    values.insert("admin_port", admin.port().to_string());
+    values.insert("listen_address", listen.ip().to_string());
+    values.insert("listen_port", listen.port().to_string());
+    values.insert("upstream_address", upstream.ip().to_string());
+    values.insert("upstream_port", upstream.port().to_string());
+    values.insert("dir", dir.display().to_string());
+    let config = proxies::render(proxy.template, &values)?;
+    let extension = Path::new(proxy.template)
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("conf");
+    let path = dir.join(format!("{}.{extension}", proxy.name));
+    std::fs::write(&path, config)
+        .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
+    let (program, args) = (proxy.command)(tools, &path);
+    let mut started = proxies::spawn_pinned(tools, cpus.proxy, proxy.name, &program, &args, dir);
+    proxies::wait_serving(&mut started.child, listen).await?;
+    Ok((started, listen))
+}

@@ -1,0 +1,177 @@
+//! `vigil-bench`: the Rust side of `./lab bench`. It measures vigil's proxy against Envoy,
+//! HAProxy and nginx, and its health checker against Envoy's at scale, prints a markdown report
+//! and writes it to `bench/results/<date>-<commit>.md` (see `docs/bench.md`). Every process it
+//! starts is owned by a guard and stopped by PID, also on Ctrl-C or SIGTERM.
+
+use clap::{Parser, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vigil_tests::bench::{self, Options, sys};
+use vigil_tests::paths;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Only {
+    /// The proxy benchmark only.
+    Proxy,
+    /// The health-check benchmark only.
+    Health,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vigil-bench",
+    about = "Benchmarks vigil against Envoy, HAProxy and nginx on loopback"
+)]
+struct Args {
+    /// Smoke preset: 1 round of 3 s at -c32 only, 500 hosts (other flags still override it).
+    #[arg(long)]
+    quick: bool,
+    /// Rounds per benchmark; cells are the median over rounds [default: 3, quick 1].
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Length of each measured wrk run, whole seconds (`10s` or `10`) [default: 10s, quick 3s].
+    #[arg(long, value_parser = seconds)]
+    duration: Option<u64>,
+    /// Unmeasured wrk run before each measured one [default: 2s, quick 1s; 0 for none].
+    #[arg(long, value_parser = seconds_or_zero)]
+    warmup: Option<u64>,
+    /// wrk connection counts, comma-separated [default: 32,256, quick 32].
+    #[arg(long, value_delimiter = ',')]
+    connections: Option<Vec<u32>>,
+    /// Endpoints in the health-check cluster [default: 10000, quick 500].
+    #[arg(long)]
+    hosts: Option<usize>,
+    /// Health-check measurement window [default: 10s, quick 3s].
+    #[arg(long, value_parser = seconds)]
+    hc_window: Option<u64>,
+    /// Wait between a prober becoming ready and its window [default: 5s, quick 2s].
+    #[arg(long, value_parser = seconds_or_zero)]
+    hc_warmup: Option<u64>,
+    /// Run one benchmark only.
+    #[arg(long, value_enum)]
+    only: Option<Only>,
+    /// Write the report here [default: bench/results/<date>-<commit>.md; with --quick, nowhere].
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn seconds_or_zero(text: &str) -> Result<u64, String> {
+    text.strip_suffix('s')
+        .unwrap_or(text)
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number of seconds (like 10s)"))
+}
+
+fn seconds(text: &str) -> Result<u64, String> {
+    match seconds_or_zero(text)? {
+        0 => Err("must be at least 1s (wrk runs whole seconds)".into()),
+        n => Ok(n),
+    }
+}
+
+impl Args {
+    fn options(&self) -> Result<Options, String> {
+        let mut o = if self.quick {
+            Options::quick()
+        } else {
+            Options::full()
+        };
+        o.rounds = self.rounds.unwrap_or(o.rounds);
+        o.seconds = self.duration.unwrap_or(o.seconds);
+        o.warmup_seconds = self.warmup.unwrap_or(o.warmup_seconds);
+        o.connections = self.connections.clone().unwrap_or(o.connections);
+        o.hosts = self.hosts.unwrap_or(o.hosts);
+        o.hc_window_seconds = self.hc_window.unwrap_or(o.hc_window_seconds);
+        o.hc_warmup_seconds = self.hc_warmup.unwrap_or(o.hc_warmup_seconds);
+        o.run_throughput = self.only != Some(Only::Health);
+        o.run_health = self.only != Some(Only::Proxy);
+        if o.rounds == 0 {
+            return Err("--rounds must be at least 1".into());
+        }
+        if o.connections.is_empty() || o.connections.contains(&0) {
+            return Err("--connections needs one or more counts above 0".into());
+        }
+        if o.hosts == 0 {
+            return Err("--hosts must be at least 1".into());
+        }
+        Ok(o)
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let options = match args.options() {
+        Ok(options) => options,
+        Err(err) => {
+            eprintln!("vigil-bench: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Current-thread runtime: children are spawned from the main thread, which lives as long as
+    // they do (their PR_SET_PDEATHSIG is tied to the spawning thread).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("vigil-bench: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .map_err(|err| format!("cannot watch SIGTERM: {err}"))?;
+        // Returning drops every guard, which stops the processes started so far.
+        tokio::select! {
+            report = bench::run(&options) => report,
+            _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
+            _ = terminate.recv() => Err("terminated".to_string()),
+        }
+    });
+    let report = match result {
+        Ok(report) => report,
+        Err(err) => {
+            eprintln!("vigil-bench: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let date =
+        sys::command_output("date", &["-u", "+%Y-%m-%d"]).unwrap_or_else(|| "undated".into());
+    let ran_at =
+        sys::command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_else(|| date.clone());
+    let root = paths::workspace_root();
+    let root_text = root.display().to_string();
+    let git = |args: &[&str]| {
+        let mut full = vec!["-C", root_text.as_str()];
+        full.extend_from_slice(args);
+        sys::command_output("git", &full)
+    };
+    let sha = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "nocommit".into());
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+        .is_some_and(|status| !status.is_empty());
+    let title = format!(
+        "{date}, commit {sha}{}",
+        if dirty {
+            " (with uncommitted changes)"
+        } else {
+            ""
+        }
+    );
+    let text = report.markdown(&title, &ran_at);
+    println!("{text}");
+    let out = match (&args.out, options.quick) {
+        (Some(path), _) => Some(path.clone()),
+        (None, true) => None,
+        (None, false) => Some(root.join("bench/results").join(format!("{date}-{sha}.md"))),
+    };
+    if let Some(path) = out {
+        if let Err(err) = std::fs::write(&path, &text) {
+            eprintln!("vigil-bench: cannot write {}: {err}", path.display());
+            return ExitCode::FAILURE;
+        }
+        eprintln!("vigil-bench: report written to {}", path.display());
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,73 @@
+//! A smoke run of `vigil-bench`: every proxy under test must serve through a real wrk run with
+//! nonzero throughput and no errors, and both probers must check every host of a small cluster.
+//! It fails (never skips) when wrk, haproxy or nginx are missing: `./lab setup` installs them.
+
+use std::process::Command;
+
+#[test]
+fn quick_bench_reports_every_proxy_and_prober() {
+    let output = Command::new(env!("CARGO_BIN_EXE_vigil-bench"))
+        .args([
+            "--quick",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0",
+            "--hosts",
+            "20",
+            "--hc-warmup",
+            "2s",
+            "--hc-window",
+            "2s",
+        ])
+        .output()
+        .expect("vigil-bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "vigil-bench failed ({})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+    let cells = |row: &str| -> Vec<String> {
+        row.trim_matches('|')
+            .split('|')
+            .map(|c| c.trim().to_string())
+            .collect()
+    };
+    for proxy in ["vigil", "envoy", "haproxy", "nginx"] {
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {proxy} | 32 |")))
+            .unwrap_or_else(|| panic!("no -c32 row for {proxy}\n{stdout}"));
+        let cells = cells(row);
+        let rps: f64 = cells[2]
+            .trim_end_matches('k')
+            .parse()
+            .unwrap_or_else(|_| panic!("bad req/s in `{row}`"));
+        assert!(rps > 0.0, "{proxy} served nothing: `{row}`");
+        assert_eq!(cells[6], "0", "{proxy} had errors: `{row}`");
+    }
+    let health = stdout
+        .split("## Health checking at scale")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no health-check section\n{stdout}"));
+    for prober in ["vigil", "envoy"] {
+        let row = health
+            .lines()
+            .find(|l| l.starts_with(&format!("| {prober} |")))
+            .unwrap_or_else(|| panic!("no health-check row for {prober}\n{stdout}"));
+        let cells = cells(row);
+        assert!(
+            cells[1].ends_with(" s"),
+            "{prober} was not ready in time: `{row}`"
+        );
+        assert_eq!(
+            cells[9], "20 / 20",
+            "{prober} did not find every host healthy: `{row}`"
+        );
+        let probes: f64 = cells[2].parse().unwrap_or(0.0);
+        // 20 hosts at 1 s: about 20 probes/s; a prober that stopped checking shows far fewer.
+        assert!(probes >= 10.0, "{prober} probed too little: `{row}`");
+    }
+}
