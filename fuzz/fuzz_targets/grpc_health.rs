@@ -12,7 +12,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(decode_response(&encode_response(status)).ok(), Some(status));
     }
     if let Ok(service) = decode_request(data) {
-        assert_eq!(decode_request(&encode_request(&service)).ok(), Some(service));
+        assert_eq!(
+            decode_request(&encode_request(&service)).ok(),
+            Some(service)
+        );
     }
     if let Ok(Some((message, used))) = unframe(data) {
         assert!(used <= data.len());

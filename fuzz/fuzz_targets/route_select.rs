@@ -57,13 +57,23 @@ fn table() -> &'static RouteTable {
     })
 }
 
-fuzz_target!(|input: (Option<String>, String, Vec<(String, String)>, u64, bool)| {
-    let (authority, path, headers, random, strip_any) = input;
-    let strip = if strip_any { StripPort::Any } else { StripPort::Matching };
-    let authority = authority.map(|a| normalize_authority(&a, strip, true, Some(10000)));
-    let pairs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-    let request = RequestView::new(authority.as_deref(), &path, "GET", &pairs).with_random(random);
-    if let Some(selected) = table().select(&request) {
-        let _ = selected.rewritten_path(&path);
+fuzz_target!(
+    |input: (Option<String>, String, Vec<(String, String)>, u64, bool)| {
+        let (authority, path, headers, random, strip_any) = input;
+        let strip = if strip_any {
+            StripPort::Any
+        } else {
+            StripPort::Matching
+        };
+        let authority = authority.map(|a| normalize_authority(&a, strip, true, Some(10000)));
+        let pairs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let request =
+            RequestView::new(authority.as_deref(), &path, "GET", &pairs).with_random(random);
+        if let Some(selected) = table().select(&request) {
+            let _ = selected.rewritten_path(&path);
+        }
     }
-});
+);

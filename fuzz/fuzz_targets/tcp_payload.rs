@@ -10,7 +10,9 @@ fn naive(blocks: &[Vec<u8>], data: &[u8]) -> bool {
     for block in blocks.iter().filter(|b| !b.is_empty()) {
         let mut found = None;
         for start in 0..=rest.len() {
-            if rest.len() - start >= block.len() && &rest[start..start + block.len()] == block.as_slice() {
+            if rest.len() - start >= block.len()
+                && &rest[start..start + block.len()] == block.as_slice()
+            {
                 found = Some(start + block.len());
                 break;
             }
