@@ -17,7 +17,7 @@ use crate::demoapp::{DemoApp, expect_ok};
 use crate::envoy::{AdminProcess, Envoy};
 use crate::lab::{
     Backend, FRONT_CLUSTER, GRPC_SERVICE, LabKind, Layout, SERVICE_NAME, Timings, render_lab_front,
-    sidecar_config,
+    sidecar_config, start_apps,
 };
 use crate::names::Names;
 use crate::timeline::{Change, Recorder, table};
@@ -100,20 +100,7 @@ impl Topology {
         dir: &Path,
     ) -> Result<Topology, String> {
         let lab = layout.lab;
-        let delay = format!("{}", timings.livez_delay.as_secs_f64());
-        let mut apps = Vec::new();
-        for (backend, ip) in [(Backend::Blue, lab.blue), (Backend::Yellow, lab.yellow)] {
-            let grpc = socket(ip, lab.app_grpc_port).to_string();
-            let args = [
-                "--livez-delay",
-                delay.as_str(),
-                "--grpc-listen",
-                grpc.as_str(),
-                "--grpc-service",
-                GRPC_SERVICE,
-            ];
-            apps.push(DemoApp::start(backend.name(), socket(ip, lab.app_port), &args, dir).await?);
-        }
+        let apps = start_apps(&lab, &timings, dir).await?;
         let mut sidecars = BTreeMap::new();
         for backend in [Backend::Blue, Backend::Yellow] {
             sidecars.insert(

@@ -321,6 +321,30 @@ pub fn render_lab_front(
     )
 }
 
+/// Starts blue's and yellow's demo apps (in that order): HTTP on the app port, grpc.health.v1
+/// (`my_service` registered) on the app gRPC port, `--livez-delay` from `timings`.
+pub async fn start_apps(
+    layout: &Layout,
+    timings: &Timings,
+    dir: &Path,
+) -> Result<Vec<DemoApp>, String> {
+    let delay = format!("{}", timings.livez_delay.as_secs_f64());
+    let mut apps = Vec::new();
+    for (name, ip) in [("blue", layout.blue), ("yellow", layout.yellow)] {
+        let grpc = Layout::socket(ip, layout.app_grpc_port).to_string();
+        let args = [
+            "--livez-delay",
+            delay.as_str(),
+            "--grpc-listen",
+            grpc.as_str(),
+            "--grpc-service",
+            GRPC_SERVICE,
+        ];
+        apps.push(DemoApp::start(name, Layout::socket(ip, layout.app_port), &args, dir).await?);
+    }
+    Ok(apps)
+}
+
 /// The sidecar config of the backend at `ip` in the process twin.
 pub fn sidecar_config(layout: &Layout, ip: Ipv4Addr) -> Result<String, String> {
     template::render_file("sidecar.yaml", &sidecar_values(layout, ip))
@@ -442,20 +466,7 @@ impl HttpLab {
                 ));
             }
         }
-        let delay = format!("{}", timings.livez_delay.as_secs_f64());
-        let mut apps = Vec::new();
-        for (name, ip) in [("blue", layout.blue), ("yellow", layout.yellow)] {
-            let grpc = Layout::socket(ip, layout.app_grpc_port).to_string();
-            let args = [
-                "--livez-delay",
-                delay.as_str(),
-                "--grpc-listen",
-                grpc.as_str(),
-                "--grpc-service",
-                GRPC_SERVICE,
-            ];
-            apps.push(DemoApp::start(name, Layout::socket(ip, layout.app_port), &args, dir).await?);
-        }
+        let mut apps = start_apps(&layout, &timings, dir).await?;
         let yellow_app = apps.pop().ok_or("yellow app missing")?;
         let blue_app = apps.pop().ok_or("blue app missing")?;
         let mut sidecars = Vec::new();
