@@ -61,6 +61,8 @@ pub struct AdminState {
     pub reload: Option<mpsc::Sender<ReloadRequest>>,
     /// The running config as read, for `/config_dump`.
     pub config: Arc<ArcSwap<ConfigDump>>,
+    /// The EDS server's view for `/xds`; `None` when vigil runs without `--xds-address`.
+    pub xds: Option<Arc<crate::xds::Registry>>,
 }
 
 /// The config document in force and when it was loaded.
@@ -143,7 +145,7 @@ pub fn route(state: &AdminState, method: &Method, path: &str, query: &str) -> Re
     };
     match path {
         "/clusters" | "/stats" | "/stats/prometheus" | "/ready" | "/help" | "/"
-        | "/hosts/history"
+        | "/hosts/history" | "/xds"
             if method != Method::GET && method != Method::HEAD =>
         {
             method_not_allowed("GET")
@@ -194,6 +196,13 @@ pub fn route(state: &AdminState, method: &Method, path: &str, query: &str) -> Re
             text(StatusCode::OK, "OK\n".into())
         }
         "/hosts/history" => json_response(history_json(state)),
+        "/xds" => match &state.xds {
+            Some(registry) => json_response(registry.to_json()),
+            None => text(
+                StatusCode::NOT_FOUND,
+                "the xDS server is not running: start vigil with --xds-address\n".into(),
+            ),
+        },
         "/config_dump" => {
             let dump = state.config.load();
             let mut entry = serde_json::Map::new();
@@ -227,6 +236,7 @@ const HELP: &str = "admin commands are:
   /ready: print server state, return 200 if LIVE, otherwise 503
   /stats: print server stats (filter=REGEX)
   /stats/prometheus: print server stats in prometheus format
+  /xds: the EDS server's connected Envoys, their node ids, and per cluster the versions sent, ACKed and NACKed (vigil, with --xds-address)
 ";
 
 fn form_pairs(query: &str) -> Vec<(String, String)> {
@@ -805,6 +815,7 @@ mod tests {
                 source: json!({"static_resources": {}}),
                 loaded_at: None,
             })),
+            xds: None,
         }
     }
 
@@ -942,6 +953,24 @@ mod tests {
         let ready = route(&state(true), &Method::GET, "/ready", "");
         assert_eq!(ready.status(), StatusCode::OK);
         assert_eq!(body(ready), "LIVE\n");
+    }
+
+    #[test]
+    fn xds_shows_the_eds_servers_view_when_it_runs() {
+        assert_eq!(
+            route(&state(true), &Method::GET, "/xds", "").status(),
+            StatusCode::NOT_FOUND
+        );
+        let registry = Arc::new(crate::xds::Registry::new());
+        registry.open("EDS", None);
+        let with_xds = AdminState {
+            xds: Some(registry),
+            ..state(true)
+        };
+        let answer = route(&with_xds, &Method::GET, "/xds", "");
+        assert_eq!(answer.status(), StatusCode::OK);
+        let view: Value = serde_json::from_str(&body(answer)).unwrap();
+        assert_eq!(view["envoys"][0]["api"], "EDS");
     }
 
     #[test]

@@ -16,8 +16,9 @@
 //! - [`outlier`]: a cluster's outlier detector (core's) fed by the proxy, swept on its interval.
 //! - [`events`]: the JSON-lines health-check event log (`event_log_path`) in Envoy's shape.
 //!
-//! Discovery, the admin API, the proxy and EDS arrive with their issues; `main.rs` holds the
-//! command line.
+//! - [`xds`]: EDS (xDS v3, gRPC and REST-JSON) serving the checks' verdicts to Envoy fleets.
+//!
+//! `main.rs` holds the command line.
 
 pub mod admin;
 pub mod checker;
@@ -30,3 +31,4 @@ pub mod probe;
 pub mod proxy;
 pub mod runtime;
 pub mod upstream;
+pub mod xds;

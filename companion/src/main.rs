@@ -9,6 +9,9 @@
 //! (default: the cores available to the process, which honours a `taskset` mask). `1` runs
 //! everything, proxy and health checks, on one current-thread runtime: one thread does all the
 //! work, as one Envoy worker does, without the hand-offs of a one-worker thread pool.
+//!
+//! `--xds-address IP:PORT` also serves the clusters' endpoints and vigil's verdicts to Envoy
+//! fleets over EDS (docs/eds.md); loopback only unless `--xds-allow-remote`.
 
 use arc_swap::ArcSwap;
 use clap::{Parser, ValueEnum};
@@ -24,6 +27,7 @@ use vigil::admin::{self, AdminState, ConfigDump};
 use vigil::checker::network_probe;
 use vigil::proxy::ListenerSet;
 use vigil::runtime::{self, ClusterPlan, Runtime};
+use vigil::xds;
 use vigil_core::config::{self, Address, Bootstrap};
 
 /// The admin address when the config has no `admin` block: loopback, Envoy's usual port.
@@ -65,6 +69,15 @@ struct Options {
     /// 1 runs on a single current-thread runtime.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     concurrency: Option<u16>,
+
+    /// Serve the clusters' endpoints and health to Envoy fleets over xDS v3 (EDS: gRPC, ADS,
+    /// REST-JSON) on this address; loopback only unless --xds-allow-remote. See docs/eds.md.
+    #[arg(long, value_name = "IP:PORT")]
+    xds_address: Option<SocketAddr>,
+
+    /// Let --xds-address be a non-loopback address (the xDS server has no authentication or TLS).
+    #[arg(long)]
+    xds_allow_remote: bool,
 }
 
 fn main() -> ExitCode {
@@ -189,6 +202,9 @@ fn admin_address(options: &Options, bootstrap: &Bootstrap) -> Result<SocketAddr,
 
 async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
     let admin_at = admin_address(&options, &loaded.bootstrap)?;
+    if let Some(at) = options.xds_address {
+        xds::run::check_address(at, options.xds_allow_remote)?;
+    }
     let listener = TcpListener::bind(admin_at)
         .await
         .map_err(|err| format!("cannot listen on admin address {admin_at}: {err}"))?;
@@ -207,6 +223,25 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
     for problem in problems {
         log::warn!("{problem}");
     }
+    let eds = match options.xds_address {
+        None => None,
+        Some(at) => {
+            match xds::run::start(
+                at,
+                options.xds_allow_remote,
+                clusters.admin_clusters.clone(),
+            )
+            .await
+            {
+                Ok(eds) => Some(eds),
+                Err(err) => {
+                    listeners.stop_all().await;
+                    clusters.stop_all();
+                    return Err(err);
+                }
+            }
+        }
+    };
     let (reload_tx, mut reload_rx) = mpsc::channel(4);
     let config = Arc::new(ArcSwap::from_pointee(ConfigDump {
         source: loaded.source,
@@ -217,6 +252,7 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
         failing: Arc::default(),
         reload: Some(reload_tx),
         config: config.clone(),
+        xds: eds.as_ref().map(xds::run::Running::registry),
     };
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin_task = tokio::spawn(admin::serve(listener, state, async {
@@ -260,6 +296,9 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
         }
     }
     log::info!("shutting down");
+    if let Some(eds) = eds {
+        eds.stop().await;
+    }
     listeners.stop_all().await;
     clusters.stop_all();
     let _ = stop_admin.send(());

@@ -1,0 +1,29 @@
+//! EDS for fleets of stock Envoys: vigil checks each host once and serves its verdicts as
+//! `ClusterLoadAssignment`s over xDS v3, so N Envoys need no health checks of their own.
+//!
+//! What lives where:
+//! - [`protocol`]: the state-of-the-world protocol of one stream (versions, nonces, ACK / NACK,
+//!   subscriptions), sans I/O.
+//! - [`assignment`]: a cluster as vigil sees it to a `ClusterLoadAssignment` (health mapping,
+//!   weights, priorities).
+//! - [`source`]: the inputs: the running clusters' snapshots, and the warm-start rule that
+//!   withholds a cluster until its first round of checks is done.
+//! - [`registry`]: connected Envoys and what each ACKed or NACKed, for the admin API.
+//! - [`server`]: the tonic services (EDS, ADS) and the publisher that feeds the streams.
+//! - [`run`]: starting and stopping it for the binary (`--xds-address`, loopback by default).
+//! - [`rest`]: the REST-JSON variant (`POST /v3/discovery:endpoints`), served on the same port.
+//!
+//! See docs/eds.md for the Envoy side.
+
+pub mod assignment;
+pub mod protocol;
+pub mod registry;
+pub mod rest;
+pub mod run;
+pub mod server;
+pub mod source;
+
+pub use assignment::{ClusterInput, EndpointInput};
+pub use registry::Registry;
+pub use server::{EdsServer, Transform};
+pub use source::{ClusterSource, ManualSource, RuntimeSource};

@@ -1,0 +1,575 @@
+//! The xDS state-of-the-world protocol for one stream and one resource type, without I/O.
+//!
+//! [`StreamState`] takes each `DiscoveryRequest` ([`StreamState::on_request`]) and, given the
+//! resources currently ready to serve, decides whether a `DiscoveryResponse` is due
+//! ([`StreamState::next_response`]). It follows the xDS protocol's rules for versions and
+//! nonces:
+//! - a request carrying the nonce of the last response is that response's ACK, or its NACK when
+//!   it has `error_detail`; a request with any other non-empty nonce is stale and ignored
+//!   (Envoy always answers the latest nonce it has seen, so nothing is lost), except on a
+//!   stream that has sent nothing yet, where it can only come from an earlier stream and is
+//!   read as a subscription;
+//! - the resource names of each request replace the subscription; an empty list on the first
+//!   request, or `*`, subscribes to every resource (legacy and explicit wildcard);
+//! - a response is sent whenever the subscribed, ready resources differ from what was last sent
+//!   (its version is a digest of the resources' own versions), and never again for the same
+//!   content: a NACKed version is not retried, the next change of content is sent instead.
+//!
+//! Resources not ready (a cluster whose first round of checks has not finished) are simply not
+//! sent: Envoy keeps what it had, or keeps waiting for its first assignment.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// `type_url` of EDS resources.
+pub const EDS_TYPE_URL: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+/// One resource ready to be served: its name, the version of its content, and its bytes
+/// (the encoded message, opaque here).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    pub name: String,
+    pub version: String,
+    pub body: Vec<u8>,
+}
+
+/// The resources ready to be served, by name.
+pub type Resources = BTreeMap<String, Resource>;
+
+/// What the state machine needs from one `DiscoveryRequest`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Request {
+    pub node_id: Option<String>,
+    pub node_cluster: Option<String>,
+    /// The last version the client accepted ("" before any).
+    pub version_info: String,
+    pub resource_names: Vec<String>,
+    pub response_nonce: String,
+    /// `error_detail`: `(grpc code, message)` when the client rejects the response.
+    pub error: Option<(i32, String)>,
+}
+
+/// A response to send: the set version, its nonce and the resources, in name order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub version_info: String,
+    pub nonce: String,
+    pub resources: Vec<Resource>,
+}
+
+/// What a request meant, for logs and the admin view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The subscription changed to these names (`None`: every resource).
+    Subscribed(Option<BTreeSet<String>>),
+    /// The client accepted the response with this nonce.
+    Acked { version: String, nonce: String },
+    /// The client rejected the response with this nonce.
+    Nacked {
+        version: String,
+        nonce: String,
+        detail: String,
+    },
+    /// The request answered a response that is no longer the latest; ignored.
+    Stale { nonce: String },
+}
+
+/// What the client did with one resource (one cluster), for the admin view. Versions are the
+/// `version_info` of the responses that carried the resource (what Envoy's config dump shows).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResourceStatus {
+    /// The version last sent on this stream.
+    pub sent: Option<String>,
+    /// The version the client last accepted.
+    pub acked: Option<String>,
+    /// The last rejected version and the client's error detail.
+    pub nacked: Option<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+enum Subscription {
+    Wildcard,
+    Names(BTreeSet<String>),
+}
+
+#[derive(Debug, Clone)]
+struct Sent {
+    version: String,
+    nonce: String,
+    /// Resource name to resource version, as sent.
+    resources: BTreeMap<String, String>,
+}
+
+/// One stream's protocol state for one resource type.
+#[derive(Debug, Clone)]
+pub struct StreamState {
+    nonce_prefix: String,
+    next_nonce: u64,
+    node_id: Option<String>,
+    node_cluster: Option<String>,
+    subscription: Option<Subscription>,
+    /// The client's version when the stream opened (a client resuming after a restart).
+    initial_version: Option<String>,
+    sent: Option<Sent>,
+    status: BTreeMap<String, ResourceStatus>,
+}
+
+impl StreamState {
+    /// A new stream. `nonce_prefix` must differ between streams and between server runs, so a
+    /// nonce from another stream or an earlier run never matches.
+    pub fn new(nonce_prefix: impl Into<String>) -> StreamState {
+        StreamState {
+            nonce_prefix: nonce_prefix.into(),
+            next_nonce: 0,
+            node_id: None,
+            node_cluster: None,
+            subscription: None,
+            initial_version: None,
+            sent: None,
+            status: BTreeMap::new(),
+        }
+    }
+
+    /// The node id from the stream's first request that had one.
+    pub fn node_id(&self) -> Option<&str> {
+        self.node_id.as_deref()
+    }
+
+    /// The node's `cluster` (the service it belongs to).
+    pub fn node_cluster(&self) -> Option<&str> {
+        self.node_cluster.as_deref()
+    }
+
+    /// The version the client reported when it (re)connected, if any.
+    pub fn initial_version(&self) -> Option<&str> {
+        self.initial_version.as_deref()
+    }
+
+    /// The subscribed names; `None` for a wildcard or before the first request.
+    pub fn subscribed(&self) -> Option<&BTreeSet<String>> {
+        match &self.subscription {
+            Some(Subscription::Names(names)) => Some(names),
+            _ => None,
+        }
+    }
+
+    /// Whether the stream subscribes to every resource.
+    pub fn is_wildcard(&self) -> bool {
+        matches!(self.subscription, Some(Subscription::Wildcard))
+    }
+
+    /// Per resource: what was sent, accepted and rejected.
+    pub fn status(&self) -> &BTreeMap<String, ResourceStatus> {
+        &self.status
+    }
+
+    /// The nonce of the response the client has not answered yet, if any.
+    pub fn outstanding_nonce(&self) -> Option<&str> {
+        self.sent.as_ref().map(|s| s.nonce.as_str())
+    }
+
+    /// Applies one request.
+    pub fn on_request(&mut self, request: &Request) -> Vec<Event> {
+        let first = self.subscription.is_none();
+        if self.node_id.is_none() {
+            self.node_id = request.node_id.clone().filter(|id| !id.is_empty());
+            self.node_cluster = request.node_cluster.clone().filter(|c| !c.is_empty());
+        }
+        if first && !request.version_info.is_empty() {
+            self.initial_version = Some(request.version_info.clone());
+        }
+        let mut events = Vec::new();
+        // A nonce on a stream that has sent nothing answers an earlier stream (a client
+        // resuming after a restart): it still carries the subscription.
+        if !request.response_nonce.is_empty() && self.sent.is_some() {
+            let Some(sent) = self
+                .sent
+                .as_ref()
+                .filter(|sent| sent.nonce == request.response_nonce)
+            else {
+                return vec![Event::Stale {
+                    nonce: request.response_nonce.clone(),
+                }];
+            };
+            match &request.error {
+                Some((_, detail)) => {
+                    for name in sent.resources.keys() {
+                        self.status.entry(name.clone()).or_default().nacked =
+                            Some((sent.version.clone(), detail.clone()));
+                    }
+                    events.push(Event::Nacked {
+                        version: sent.version.clone(),
+                        nonce: sent.nonce.clone(),
+                        detail: detail.clone(),
+                    });
+                }
+                None => {
+                    for name in sent.resources.keys() {
+                        self.status.entry(name.clone()).or_default().acked =
+                            Some(sent.version.clone());
+                    }
+                    events.push(Event::Acked {
+                        version: sent.version.clone(),
+                        nonce: sent.nonce.clone(),
+                    });
+                }
+            }
+        }
+        let wildcard = request.resource_names.iter().any(|n| n == "*")
+            || (first && request.resource_names.is_empty());
+        let subscription = if wildcard {
+            Subscription::Wildcard
+        } else {
+            Subscription::Names(request.resource_names.iter().cloned().collect())
+        };
+        let changed = match (&self.subscription, &subscription) {
+            (Some(Subscription::Wildcard), Subscription::Wildcard) => false,
+            (Some(Subscription::Names(old)), Subscription::Names(new)) => old != new,
+            _ => true,
+        };
+        if changed {
+            events.push(Event::Subscribed(match &subscription {
+                Subscription::Wildcard => None,
+                Subscription::Names(names) => Some(names.clone()),
+            }));
+            if let Subscription::Names(names) = &subscription {
+                self.status.retain(|name, _| names.contains(name));
+            }
+            self.subscription = Some(subscription);
+        }
+        events
+    }
+
+    /// The response due now, if the subscribed, ready resources differ from the last response.
+    /// Records it as sent: call it only when the response will be sent.
+    pub fn next_response(&mut self, resources: &Resources) -> Option<Response> {
+        let subscription = self.subscription.as_ref()?;
+        let selected: Vec<&Resource> = match subscription {
+            Subscription::Wildcard => resources.values().collect(),
+            Subscription::Names(names) => names.iter().filter_map(|n| resources.get(n)).collect(),
+        };
+        if selected.is_empty() {
+            return None;
+        }
+        let version = set_version(&selected);
+        if self
+            .sent
+            .as_ref()
+            .is_some_and(|sent| sent.version == version)
+        {
+            return None;
+        }
+        self.next_nonce += 1;
+        let nonce = format!("{}-{}", self.nonce_prefix, self.next_nonce);
+        let sent_resources: BTreeMap<String, String> = selected
+            .iter()
+            .map(|r| (r.name.clone(), r.version.clone()))
+            .collect();
+        for name in sent_resources.keys() {
+            self.status.entry(name.clone()).or_default().sent = Some(version.clone());
+        }
+        self.sent = Some(Sent {
+            version: version.clone(),
+            nonce: nonce.clone(),
+            resources: sent_resources,
+        });
+        Some(Response {
+            version_info: version,
+            nonce,
+            resources: selected.into_iter().cloned().collect(),
+        })
+    }
+}
+
+/// FNV-1a, 64 bits: a stable digest (the same content gives the same version in every run,
+/// so a client resuming after a server restart sees unchanged versions for unchanged content).
+pub fn digest(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// A resource's version: the digest of its bytes.
+pub fn resource_version(body: &[u8]) -> String {
+    format!("{:016x}", digest(body))
+}
+
+/// A response's version: the digest of its resources' names and versions.
+fn set_version(resources: &[&Resource]) -> String {
+    let mut text = String::new();
+    for resource in resources {
+        text.push_str(&resource.name);
+        text.push('=');
+        text.push_str(&resource.version);
+        text.push(';');
+    }
+    format!("{:016x}", digest(text.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resource(name: &str, content: &str) -> Resource {
+        Resource {
+            name: name.to_string(),
+            version: resource_version(content.as_bytes()),
+            body: content.as_bytes().to_vec(),
+        }
+    }
+
+    fn resources(list: &[(&str, &str)]) -> Resources {
+        list.iter()
+            .map(|(n, c)| (n.to_string(), resource(n, c)))
+            .collect()
+    }
+
+    fn subscribe(names: &[&str], nonce: &str) -> Request {
+        Request {
+            node_id: Some("front-1".into()),
+            resource_names: names.iter().map(|n| n.to_string()).collect(),
+            response_nonce: nonce.into(),
+            ..Request::default()
+        }
+    }
+
+    fn nack(names: &[&str], nonce: &str, detail: &str) -> Request {
+        Request {
+            error: Some((3, detail.into())),
+            ..subscribe(names, nonce)
+        }
+    }
+
+    fn names(response: &Response) -> Vec<&str> {
+        response.resources.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    #[test]
+    fn nothing_is_sent_before_the_first_request() {
+        let mut stream = StreamState::new("s1");
+        assert_eq!(stream.next_response(&resources(&[("a", "1")])), None);
+    }
+
+    #[test]
+    fn first_request_gets_the_subscribed_resources_only() {
+        let mut stream = StreamState::new("s1");
+        let events = stream.on_request(&subscribe(&["a"], ""));
+        assert_eq!(
+            events,
+            vec![Event::Subscribed(Some(BTreeSet::from(["a".to_string()])))]
+        );
+        assert_eq!(stream.node_id(), Some("front-1"));
+        let response = stream
+            .next_response(&resources(&[("a", "1"), ("b", "2")]))
+            .unwrap();
+        assert_eq!(names(&response), ["a"]);
+        assert_eq!(response.nonce, "s1-1");
+        // Nothing changed: nothing more to send.
+        assert_eq!(
+            stream.next_response(&resources(&[("a", "1"), ("b", "2")])),
+            None
+        );
+        // A change to an unsubscribed resource does not concern this stream.
+        assert_eq!(
+            stream.next_response(&resources(&[("a", "1"), ("b", "3")])),
+            None
+        );
+    }
+
+    #[test]
+    fn versions_follow_content_and_nonces_are_unique() {
+        let mut stream = StreamState::new("s1");
+        stream.on_request(&subscribe(&["a"], ""));
+        let first = stream.next_response(&resources(&[("a", "1")])).unwrap();
+        let second = stream.next_response(&resources(&[("a", "2")])).unwrap();
+        assert_ne!(first.version_info, second.version_info);
+        assert_ne!(first.nonce, second.nonce);
+        // Back to the first content: the first version again (versions are content digests).
+        let third = stream.next_response(&resources(&[("a", "1")])).unwrap();
+        assert_eq!(third.version_info, first.version_info);
+        assert_ne!(third.nonce, first.nonce);
+        // Another stream with the same content computes the same version.
+        let mut other = StreamState::new("s2");
+        other.on_request(&subscribe(&["a"], ""));
+        let again = other.next_response(&resources(&[("a", "1")])).unwrap();
+        assert_eq!(again.version_info, first.version_info);
+        assert_ne!(again.nonce, first.nonce);
+    }
+
+    #[test]
+    fn ack_records_the_resource_versions() {
+        let mut stream = StreamState::new("s1");
+        stream.on_request(&subscribe(&["a", "b"], ""));
+        let set = resources(&[("a", "1"), ("b", "2")]);
+        let response = stream.next_response(&set).unwrap();
+        assert_eq!(stream.status()["a"].acked, None);
+        let events = stream.on_request(&subscribe(&["a", "b"], &response.nonce));
+        assert_eq!(
+            events,
+            vec![Event::Acked {
+                version: response.version_info.clone(),
+                nonce: response.nonce.clone()
+            }]
+        );
+        assert_eq!(
+            stream.status()["a"].acked,
+            Some(response.version_info.clone())
+        );
+        assert_eq!(
+            stream.status()["b"].acked,
+            Some(response.version_info.clone())
+        );
+        // The ACK is not a new subscription and asks for nothing new.
+        assert_eq!(stream.next_response(&set), None);
+    }
+
+    #[test]
+    fn a_nack_is_recorded_and_the_rejected_content_is_not_resent() {
+        let mut stream = StreamState::new("s1");
+        stream.on_request(&subscribe(&["a"], ""));
+        let good = resources(&[("a", "good")]);
+        let accepted = stream.next_response(&good).unwrap();
+        stream.on_request(&subscribe(&["a"], &accepted.nonce));
+        let bad = resources(&[("a", "bad")]);
+        let rejected = stream.next_response(&bad).unwrap();
+        let events = stream.on_request(&nack(&["a"], &rejected.nonce, "malformed IP address"));
+        assert_eq!(
+            events,
+            vec![Event::Nacked {
+                version: rejected.version_info.clone(),
+                nonce: rejected.nonce.clone(),
+                detail: "malformed IP address".into()
+            }]
+        );
+        let status = &stream.status()["a"];
+        assert_eq!(status.acked, Some(accepted.version_info.clone()));
+        assert_eq!(
+            status.nacked,
+            Some((rejected.version_info.clone(), "malformed IP address".into()))
+        );
+        // Not retried, however often the server looks again.
+        for _ in 0..10 {
+            assert_eq!(stream.next_response(&bad), None);
+        }
+        // The next change of content is sent.
+        let fixed = stream.next_response(&resources(&[("a", "fixed")])).unwrap();
+        assert_eq!(names(&fixed), ["a"]);
+        stream.on_request(&subscribe(&["a"], &fixed.nonce));
+        assert_eq!(stream.status()["a"].acked, Some(fixed.version_info.clone()));
+    }
+
+    #[test]
+    fn stale_nonces_are_ignored() {
+        let mut stream = StreamState::new("s1");
+        stream.on_request(&subscribe(&["a"], ""));
+        let first = stream.next_response(&resources(&[("a", "1")])).unwrap();
+        let second = stream.next_response(&resources(&[("a", "2")])).unwrap();
+        // The ACK of the first arrives after the second was sent: stale, changes nothing.
+        let events = stream.on_request(&subscribe(&["a", "b"], &first.nonce));
+        assert_eq!(
+            events,
+            vec![Event::Stale {
+                nonce: first.nonce.clone()
+            }]
+        );
+        assert_eq!(stream.status()["a"].acked, None);
+        assert_eq!(
+            stream.subscribed(),
+            Some(&BTreeSet::from(["a".to_string()]))
+        );
+        // A NACK with a nonce from another run of the server is stale too.
+        let events = stream.on_request(&nack(&["a"], "old-run-7", "whatever"));
+        assert!(matches!(events[..], [Event::Stale { .. }]));
+        assert_eq!(stream.status()["a"].nacked, None);
+        stream.on_request(&subscribe(&["a"], &second.nonce));
+        assert_eq!(
+            stream.status()["a"].acked,
+            Some(second.version_info.clone())
+        );
+    }
+
+    #[test]
+    fn a_new_subscription_is_answered_at_once() {
+        let mut stream = StreamState::new("s1");
+        let set = resources(&[("a", "1"), ("b", "2")]);
+        stream.on_request(&subscribe(&["a"], ""));
+        let first = stream.next_response(&set).unwrap();
+        let events = stream.on_request(&subscribe(&["a", "b"], &first.nonce));
+        assert_eq!(events.len(), 2);
+        assert!(matches!(events[0], Event::Acked { .. }));
+        assert_eq!(
+            events[1],
+            Event::Subscribed(Some(BTreeSet::from(["a".into(), "b".into()])))
+        );
+        let second = stream.next_response(&set).unwrap();
+        assert_eq!(names(&second), ["a", "b"]);
+        // Dropping "a" forgets its status.
+        stream.on_request(&subscribe(&["b"], &second.nonce));
+        assert!(!stream.status().contains_key("a"));
+        assert!(stream.status()["b"].acked.is_some());
+    }
+
+    #[test]
+    fn unready_resources_are_withheld_until_ready() {
+        let mut stream = StreamState::new("s1");
+        stream.on_request(&subscribe(&["a", "b"], ""));
+        // Neither is ready (warm start): the client keeps waiting.
+        assert_eq!(stream.next_response(&Resources::new()), None);
+        let only_a = stream.next_response(&resources(&[("a", "1")])).unwrap();
+        assert_eq!(names(&only_a), ["a"]);
+        let both = stream
+            .next_response(&resources(&[("a", "1"), ("b", "1")]))
+            .unwrap();
+        assert_eq!(names(&both), ["a", "b"]);
+    }
+
+    #[test]
+    fn wildcard_subscriptions() {
+        let set = resources(&[("a", "1"), ("b", "2")]);
+        let mut legacy = StreamState::new("s1");
+        legacy.on_request(&subscribe(&[], ""));
+        assert!(legacy.is_wildcard());
+        assert_eq!(names(&legacy.next_response(&set).unwrap()), ["a", "b"]);
+        let mut explicit = StreamState::new("s2");
+        explicit.on_request(&subscribe(&["*"], ""));
+        assert!(explicit.is_wildcard());
+        assert_eq!(names(&explicit.next_response(&set).unwrap()), ["a", "b"]);
+        // After explicit names, an empty list unsubscribes from everything.
+        let mut named = StreamState::new("s3");
+        named.on_request(&subscribe(&["a"], ""));
+        let response = named.next_response(&set).unwrap();
+        named.on_request(&subscribe(&[], &response.nonce));
+        assert_eq!(named.subscribed(), Some(&BTreeSet::new()));
+        assert_eq!(named.next_response(&set), None);
+    }
+
+    #[test]
+    fn a_reconnecting_client_is_resent_its_resources() {
+        let set = resources(&[("a", "1")]);
+        let mut before = StreamState::new("run1-s1");
+        before.on_request(&subscribe(&["a"], ""));
+        let accepted = before.next_response(&set).unwrap();
+        before.on_request(&subscribe(&["a"], &accepted.nonce));
+        // The client reconnects (to a restarted server): its first request carries the version
+        // it holds and the nonce of the old stream.
+        let mut after = StreamState::new("run2-s1");
+        let resume = Request {
+            version_info: accepted.version_info.clone(),
+            ..subscribe(&["a"], &accepted.nonce)
+        };
+        let events = after.on_request(&resume);
+        assert_eq!(
+            events,
+            vec![Event::Subscribed(Some(BTreeSet::from(["a".to_string()])))]
+        );
+        assert_eq!(
+            after.initial_version(),
+            Some(accepted.version_info.as_str())
+        );
+        let response = after.next_response(&set).unwrap();
+        assert_eq!(response.version_info, accepted.version_info);
+        assert_eq!(response.nonce, "run2-s1-1");
+    }
+}

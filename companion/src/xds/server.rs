@@ -1,0 +1,459 @@
+//! The gRPC shell: tonic services for EDS (`EndpointDiscoveryService.StreamEndpoints`) and ADS
+//! (`AggregatedDiscoveryService.StreamAggregatedResources`, EDS resources only), the REST-JSON
+//! path ([`rest`]) on the same port, and the publisher that turns the [`ClusterSource`] into
+//! encoded resources.
+//!
+//! The publisher looks at the source's fingerprint every [`POLL`] (a few atomic loads: the
+//! snapshots are `arc-swap`ed by the check loops) and republishes the ready clusters' encoded
+//! assignments on a `watch` channel when they changed. Every stream task waits on that channel
+//! and on its Envoy's requests, feeds both to its [`StreamState`], and sends what it decides;
+//! so a health transition reaches every connected Envoy within one `POLL` of the snapshot.
+
+use super::assignment::{ClusterInput, assignment};
+use super::protocol::{self, EDS_TYPE_URL, Event, Resource, Resources, StreamState};
+use super::registry::Registry;
+use super::rest;
+use super::source::ClusterSource;
+use envoy_types::pb::envoy::config::core::v3::ControlPlane;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::envoy::service::endpoint::v3::endpoint_discovery_service_server::{
+    EndpointDiscoveryService, EndpointDiscoveryServiceServer,
+};
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+
+/// How often the publisher looks for changes.
+pub const POLL: Duration = Duration::from_millis(10);
+
+/// A test-only hook: rewrites each assignment after vigil built it, to send what vigil itself
+/// would never build (an update Envoy must reject, for NACK tests).
+pub type Transform = Arc<dyn Fn(&mut ClusterLoadAssignment) + Send + Sync>;
+
+/// The encoded resources of the ready clusters, with what the admin view shows about them.
+pub fn build_resources(
+    clusters: &[ClusterInput],
+    transform: Option<&Transform>,
+) -> (Resources, Vec<String>) {
+    let mut resources = Resources::new();
+    let mut withheld = Vec::new();
+    for cluster in clusters {
+        if !cluster.ready {
+            withheld.push(cluster.name.clone());
+            continue;
+        }
+        let mut cla = assignment(cluster);
+        if let Some(transform) = transform {
+            transform(&mut cla);
+        }
+        let body = cla.encode_to_vec();
+        resources.insert(
+            cluster.name.clone(),
+            Resource {
+                name: cluster.name.clone(),
+                version: protocol::resource_version(&body),
+                body,
+            },
+        );
+    }
+    (resources, withheld)
+}
+
+/// The EDS server: a publisher task over a source, and the gRPC services over its output.
+#[derive(Clone)]
+pub struct EdsServer {
+    resources: watch::Receiver<Arc<Resources>>,
+    registry: Arc<Registry>,
+    /// Makes nonces unique across runs of the server.
+    run: String,
+}
+
+impl EdsServer {
+    /// Starts publishing `source` (until `shutdown`); serve it with [`EdsServer::serve`].
+    pub fn spawn(
+        source: Arc<dyn ClusterSource>,
+        transform: Option<Transform>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> EdsServer {
+        let registry = Arc::new(Registry::new());
+        let (tx, rx) = watch::channel(Arc::new(Resources::new()));
+        tokio::spawn(publish(source, transform, tx, registry.clone(), shutdown));
+        let run = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        EdsServer {
+            resources: rx,
+            registry,
+            run: format!("{:x}", run as u64 ^ u64::from(std::process::id())),
+        }
+    }
+
+    /// The admin view.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
+    /// The resources served now.
+    pub fn resources(&self) -> Arc<Resources> {
+        self.resources.borrow().clone()
+    }
+
+    /// Serves EDS and ADS on `listener` until `shutdown`.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error> {
+        tonic::transport::Server::builder()
+            // Envoy keeps one long-lived stream per management server: keep it alive through
+            // idle NATs and notice dead peers.
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            // REST-JSON clients (and curl) may speak HTTP/1.1.
+            .accept_http1(true)
+            .serve_with_incoming_shutdown(
+                Router {
+                    eds: EndpointDiscoveryServiceServer::new(self.clone()),
+                    rest_resources: self.resources.clone(),
+                    run: self.run.clone(),
+                    ads: AggregatedDiscoveryServiceServer::new(self),
+                },
+                tonic::transport::server::TcpIncoming::from(listener),
+                shutdown,
+            )
+            .await
+    }
+
+    fn open(
+        &self,
+        api: &'static str,
+        request: tonic::Request<Streaming<DiscoveryRequest>>,
+    ) -> ReceiverStream<Result<DiscoveryResponse, Status>> {
+        let remote = request.remote_addr();
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(8);
+        let stream = self.registry.open(api, remote);
+        let state = StreamState::new(format!("{}-{stream}", self.run));
+        tokio::spawn(run_stream(
+            api,
+            stream,
+            state,
+            inbound,
+            tx,
+            self.resources.clone(),
+            self.registry.clone(),
+        ));
+        ReceiverStream::new(rx)
+    }
+}
+
+/// Dispatches by gRPC service name (tonic's own router needs its `router` feature, i.e. axum).
+#[derive(Clone)]
+struct Router {
+    eds: EndpointDiscoveryServiceServer<EdsServer>,
+    ads: AggregatedDiscoveryServiceServer<EdsServer>,
+    rest_resources: watch::Receiver<Arc<Resources>>,
+    run: String,
+}
+
+const ADS_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/";
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for Router {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // Both generated servers are always ready.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        if request.uri().path() == rest::PATH {
+            let resources = self.rest_resources.borrow().clone();
+            let prefix = format!("{}-rest", self.run);
+            return Box::pin(async move {
+                let answer = if request.method() == http::Method::POST {
+                    match http_body_util::BodyExt::collect(request.into_body()).await {
+                        Ok(body) => rest::answer(&body.to_bytes(), &resources, &prefix),
+                        Err(err) => rest::RestAnswer {
+                            status: 400,
+                            body: format!("{{\"error\":\"cannot read the body: {err}\"}}"),
+                        },
+                    }
+                } else {
+                    rest::RestAnswer {
+                        status: 405,
+                        body: "{\"error\":\"POST a DiscoveryRequest\"}".to_string(),
+                    }
+                };
+                let mut response = http::Response::new(tonic::body::Body::new(
+                    http_body_util::Full::new(bytes::Bytes::from(answer.body)),
+                ));
+                *response.status_mut() =
+                    http::StatusCode::from_u16(answer.status).unwrap_or(http::StatusCode::OK);
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                Ok(response)
+            });
+        }
+        if request.uri().path().starts_with(ADS_PATH) {
+            self.ads.call(request)
+        } else {
+            // EndpointDiscoveryService, and UNIMPLEMENTED for any other path.
+            self.eds.call(request)
+        }
+    }
+}
+
+async fn publish(
+    source: Arc<dyn ClusterSource>,
+    transform: Option<Transform>,
+    tx: watch::Sender<Arc<Resources>>,
+    registry: Arc<Registry>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut seen = None;
+    let mut tick = tokio::time::interval(POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tick.tick() => {}
+        }
+        let fingerprint = source.fingerprint();
+        if seen == Some(fingerprint) {
+            continue;
+        }
+        seen = Some(fingerprint);
+        let clusters = source.clusters();
+        let (resources, withheld) = build_resources(&clusters, transform.as_ref());
+        let counts: BTreeMap<&str, usize> = clusters
+            .iter()
+            .map(|c| (c.name.as_str(), c.endpoints.len()))
+            .collect();
+        registry.set_published(
+            resources
+                .values()
+                .map(|r| {
+                    let count = counts.get(r.name.as_str()).copied().unwrap_or(0);
+                    (r.name.clone(), (r.version.clone(), count))
+                })
+                .collect(),
+            withheld,
+        );
+        tx.send_if_modified(|current| {
+            if **current == resources {
+                false
+            } else {
+                *current = Arc::new(resources);
+                true
+            }
+        });
+    }
+}
+
+fn to_request(request: &DiscoveryRequest) -> protocol::Request {
+    protocol::Request {
+        node_id: request.node.as_ref().map(|n| n.id.clone()),
+        node_cluster: request.node.as_ref().map(|n| n.cluster.clone()),
+        version_info: request.version_info.clone(),
+        resource_names: request.resource_names.clone(),
+        response_nonce: request.response_nonce.clone(),
+        error: request
+            .error_detail
+            .as_ref()
+            .map(|s| (s.code, s.message.clone())),
+    }
+}
+
+fn to_response(response: protocol::Response) -> DiscoveryResponse {
+    DiscoveryResponse {
+        version_info: response.version_info,
+        resources: response
+            .resources
+            .into_iter()
+            .map(|r| Any {
+                type_url: EDS_TYPE_URL.to_string(),
+                value: r.body,
+            })
+            .collect(),
+        type_url: EDS_TYPE_URL.to_string(),
+        nonce: response.nonce,
+        control_plane: Some(ControlPlane {
+            identifier: "vigil".to_string(),
+        }),
+        ..DiscoveryResponse::default()
+    }
+}
+
+/// One Envoy's stream: its requests and the published resources in, responses out.
+async fn run_stream(
+    api: &'static str,
+    stream: u64,
+    mut state: StreamState,
+    mut inbound: Streaming<DiscoveryRequest>,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    mut resources: watch::Receiver<Arc<Resources>>,
+    registry: Arc<Registry>,
+) {
+    let mut ignored_types = BTreeSet::new();
+    loop {
+        tokio::select! {
+            message = inbound.message() => match message {
+                Ok(Some(request)) => {
+                    if !request.type_url.is_empty() && request.type_url != EDS_TYPE_URL {
+                        if ignored_types.insert(request.type_url.clone()) {
+                            log::warn!(
+                                "xds {api} stream {stream}: {} is not served (EDS only); \
+                                 requests for it are ignored",
+                                request.type_url
+                            );
+                        }
+                        continue;
+                    }
+                    let events = state.on_request(&to_request(&request));
+                    let (mut acked, mut nacked) = (0, 0);
+                    let node = state.node_id().unwrap_or("(no node id)").to_string();
+                    for event in events {
+                        match event {
+                            Event::Subscribed(names) => log::info!(
+                                "xds {api} stream {stream}: node '{node}' subscribes to {}",
+                                match names {
+                                    None => "every cluster".to_string(),
+                                    Some(names) => format!("{names:?}"),
+                                }
+                            ),
+                            Event::Acked { version, nonce } => {
+                                acked += 1;
+                                log::debug!(
+                                    "xds {api} stream {stream}: node '{node}' ACKed version \
+                                     {version} (nonce {nonce})"
+                                );
+                            }
+                            Event::Nacked { version, nonce, detail } => {
+                                nacked += 1;
+                                log::warn!(
+                                    "xds {api} stream {stream}: node '{node}' rejected version \
+                                     {version} (nonce {nonce}): {detail}; it keeps its previous \
+                                     assignment, and this version is not sent again"
+                                );
+                            }
+                            Event::Stale { nonce } => log::debug!(
+                                "xds {api} stream {stream}: node '{node}' answered stale nonce \
+                                 {nonce}; ignored"
+                            ),
+                        }
+                    }
+                    registry.update(stream, &state, acked, nacked);
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    log::debug!("xds {api} stream {stream}: closed: {status}");
+                    break;
+                }
+            },
+            changed = resources.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+        }
+        let current = resources.borrow_and_update().clone();
+        if let Some(response) = state.next_response(&current) {
+            registry.update(stream, &state, 0, 0);
+            if tx.send(Ok(to_response(response))).await.is_err() {
+                break;
+            }
+        }
+    }
+    if let Some(node) = state.node_id() {
+        log::info!("xds {api} stream {stream}: node '{node}' disconnected");
+    }
+    registry.close(stream);
+}
+
+#[tonic::async_trait]
+impl EndpointDiscoveryService for EdsServer {
+    type StreamEndpointsStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaEndpointsStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_endpoints(
+        &self,
+        request: tonic::Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<tonic::Response<Self::StreamEndpointsStream>, Status> {
+        Ok(tonic::Response::new(self.open("EDS", request)))
+    }
+
+    async fn delta_endpoints(
+        &self,
+        _request: tonic::Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<tonic::Response<Self::DeltaEndpointsStream>, Status> {
+        Err(Status::unimplemented(
+            "vigil serves EDS state-of-the-world only: use api_type GRPC (StreamEndpoints) or ADS",
+        ))
+    }
+
+    async fn fetch_endpoints(
+        &self,
+        request: tonic::Request<DiscoveryRequest>,
+    ) -> Result<tonic::Response<DiscoveryResponse>, Status> {
+        // Unary fetch (what REST polling does over gRPC): the current subscribed resources, or
+        // NOT_FOUND-free empty answer while they are withheld.
+        let mut state = StreamState::new(format!("{}-fetch", self.run));
+        state.on_request(&protocol::Request {
+            response_nonce: String::new(),
+            ..to_request(request.get_ref())
+        });
+        let current = self.resources.borrow().clone();
+        match state.next_response(&current) {
+            Some(response) => Ok(tonic::Response::new(to_response(response))),
+            None => Err(Status::unavailable(
+                "no subscribed cluster is ready yet (first round of checks pending)",
+            )),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for EdsServer {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: tonic::Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, Status> {
+        Ok(tonic::Response::new(self.open("ADS", request)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        _request: tonic::Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Err(Status::unimplemented(
+            "vigil serves EDS state-of-the-world only: use StreamAggregatedResources",
+        ))
+    }
+}

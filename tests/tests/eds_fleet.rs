@@ -1,0 +1,298 @@
+//! Three real Envoys (1.36.2) on EDS from one `vigil --xds-address` (docs/eds.md), against two
+//! demo apps: blue's `/livez` fails and all three stop sending to it within vigil's detection
+//! time + 1 s, then readmit it after it recovers; the apps see one prober (vigil's) whatever the
+//! number of Envoys; vigil restarted mid-test leaves the Envoys serving their last endpoints
+//! (no outage), and they resync with the new vigil.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use vigil_tests::demoapp::DemoApp;
+use vigil_tests::envoy::{AdminProcess, READY_TIMEOUT};
+use vigil_tests::process::Child;
+use vigil_tests::{http, net, paths, template, wait_until};
+
+const CLUSTER: &str = "web_cluster_01";
+const INTERVAL: Duration = Duration::from_millis(500);
+const STEP: Duration = Duration::from_secs(10);
+
+fn fresh_socket() -> SocketAddr {
+    let ip = net::fresh_loopback();
+    SocketAddr::new(IpAddr::V4(ip), net::free_port_on(&[ip]))
+}
+
+/// vigil's config: the two demo apps, checked on `/livez` every 0.5 s (a bad status ejects at
+/// once; two passes readmit).
+fn vigil_config(admin: SocketAddr, apps: &[SocketAddr]) -> String {
+    let endpoints: String = apps
+        .iter()
+        .map(|a| {
+            format!(
+                "        - endpoint:\n            address:\n              socket_address: {{ address: {}, port_value: {} }}\n",
+                a.ip(),
+                a.port()
+            )
+        })
+        .collect();
+    format!(
+        r#"admin:
+  address:
+    socket_address: {{ address: {}, port_value: {} }}
+static_resources:
+  clusters:
+  - name: {CLUSTER}
+    connect_timeout: 0.25s
+    type: STATIC
+    load_assignment:
+      cluster_name: {CLUSTER}
+      endpoints:
+      - lb_endpoints:
+{endpoints}
+    health_checks:
+    - timeout: 0.5s
+      interval: 0.5s
+      no_traffic_interval: 0.5s
+      unhealthy_threshold: 2
+      healthy_threshold: 2
+      http_health_check:
+        path: /livez
+"#,
+        admin.ip(),
+        admin.port()
+    )
+}
+
+/// Starts `vigil -c <config> --xds-address <xds>` and waits for its `/ready`.
+async fn start_vigil(name: &str, config: &str, admin: SocketAddr, xds: SocketAddr) -> AdminProcess {
+    let dir = paths::scratch_dir(name);
+    let path = dir.join("vigil.yaml");
+    std::fs::write(&path, config).unwrap();
+    let mut command = Command::new(paths::workspace_binary("vigil"));
+    command
+        .arg("-c")
+        .arg(&path)
+        .args(["--log-level", "info", "--xds-address"])
+        .arg(xds.to_string());
+    let vigil = AdminProcess {
+        child: Child::spawn(name, command, &dir),
+        admin,
+    };
+    wait_until("vigil /ready", READY_TIMEOUT, || async {
+        let response = http::get(admin, "/ready").await.ok()?;
+        (response.status == 200).then_some(())
+    })
+    .await
+    .unwrap_or_else(|err| panic!("{err}\n{}", vigil.child.log_tail(30)));
+    vigil
+}
+
+async fn flags(process: &AdminProcess, host: SocketAddr) -> String {
+    process
+        .health_flags(CLUSTER)
+        .await
+        .ok()
+        .and_then(|f| f.get(&host.to_string()).cloned())
+        .unwrap_or_else(|| "(absent)".into())
+}
+
+/// The `ServerName` of the app that answered `GET /` through `listen`.
+async fn served_by(listen: SocketAddr) -> Result<String, String> {
+    let response = http::get(listen, "/").await?;
+    if response.status != 200 {
+        return Err(format!("GET / answered {}", response.status));
+    }
+    response
+        .body
+        .split("ServerName: ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .map(str::to_string)
+        .ok_or_else(|| format!("no ServerName in {:?}", response.body))
+}
+
+/// Every `/livez` request the app received, by any agent.
+async fn livez_hits(app: &DemoApp) -> u64 {
+    let hits = app.hits().await.unwrap_or_default();
+    hits["paths"]["/livez"]
+        .as_object()
+        .map(|agents| agents.values().filter_map(|v| v.as_u64()).sum())
+        .unwrap_or(0)
+}
+
+/// vigil's `/xds` admin document.
+async fn xds_view(vigil: &AdminProcess) -> serde_json::Value {
+    let response = http::get(vigil.admin, "/xds")
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(response.status, 200, "/xds: {}", response.body);
+    serde_json::from_str(&response.body).unwrap()
+}
+
+/// Waits until all three Envoys are connected to `vigil` and have ACKed the cluster.
+async fn wait_synced(vigil: &AdminProcess) {
+    wait_until(
+        "three Envoys connected, each having ACKed",
+        STEP,
+        || async {
+            let view = xds_view(vigil).await;
+            let envoys = view["envoys"].as_array()?;
+            let nodes: BTreeSet<&str> = envoys
+                .iter()
+                .filter_map(|e| e["node_id"].as_str())
+                .collect();
+            (nodes.len() == 3
+                && envoys
+                    .iter()
+                    .all(|e| e["clusters"][0]["acked_version"].is_string()))
+            .then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|err| panic!("{err}\n{}", vigil.child.log_tail(30)));
+}
+
+#[tokio::test]
+async fn three_envoys_on_vigils_eds_follow_a_fault_and_survive_a_vigil_restart() {
+    let dir = paths::scratch_dir("eds-fleet");
+    let blue_at = fresh_socket();
+    let yellow_at = fresh_socket();
+    let blue = DemoApp::start("blue", blue_at, &["--livez-delay", "0"], &dir)
+        .await
+        .unwrap();
+    let yellow = DemoApp::start("yellow", yellow_at, &["--livez-delay", "0"], &dir)
+        .await
+        .unwrap();
+    let vigil_admin = fresh_socket();
+    let xds = fresh_socket();
+    let config = vigil_config(vigil_admin, &[blue_at, yellow_at]);
+    let mut vigil = start_vigil("vigil", &config, vigil_admin, xds).await;
+
+    let mut envoys = Vec::new();
+    for index in 0..3 {
+        let admin = fresh_socket();
+        let listen = fresh_socket();
+        let values = BTreeMap::from([
+            ("node_id", format!("front-{index}")),
+            ("node_cluster", "fleet".to_string()),
+            ("admin_address", admin.ip().to_string()),
+            ("admin_port", admin.port().to_string()),
+            ("listen_address", listen.ip().to_string()),
+            ("listen_port", listen.port().to_string()),
+            ("initial_fetch_timeout", "5s".to_string()),
+            ("xds_address", xds.ip().to_string()),
+            ("xds_port", xds.port().to_string()),
+        ]);
+        let yaml = template::render_file("eds-front.yaml", &values).unwrap();
+        let envoy = AdminProcess::start(&format!("envoy-{index}"), &yaml, admin, None, &dir)
+            .await
+            .unwrap();
+        envoys.push((envoy, listen));
+    }
+    for (envoy, _) in &envoys {
+        for host in [blue_at, yellow_at] {
+            wait_until("both hosts healthy on every Envoy", STEP, || async {
+                (flags(envoy, host).await == "healthy").then_some(())
+            })
+            .await
+            .unwrap();
+        }
+    }
+    wait_synced(&vigil).await;
+
+    // One prober, however many Envoys: over a window, the apps see vigil's probes only.
+    let window = Duration::from_secs(3);
+    let (blue_before, yellow_before) = (livez_hits(&blue).await, livez_hits(&yellow).await);
+    tokio::time::sleep(window).await;
+    let per_prober = window.as_millis() / INTERVAL.as_millis();
+    for (app, before) in [(&blue, blue_before), (&yellow, yellow_before)] {
+        let probes = u128::from(livez_hits(app).await - before);
+        assert!(
+            probes + 2 >= per_prober && probes <= per_prober + 2,
+            "{}: {probes} /livez requests in {window:?}; one prober every {INTERVAL:?} sends \
+             {per_prober}, each extra prober as many again",
+            app.name
+        );
+    }
+
+    // blue fails: all three Envoys stop sending to it within vigil's detection time + 1 s.
+    blue.set_livez("FAIL").await.unwrap();
+    let failed_at = Instant::now();
+    wait_until("vigil to eject blue", STEP, || async {
+        flags(&vigil, blue_at)
+            .await
+            .contains("failed_active_hc")
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let detected = failed_at.elapsed();
+    for (envoy, listen) in &envoys {
+        wait_until("an Envoy to mark blue failed", STEP, || async {
+            (flags(envoy, blue_at).await == "/failed_eds_health").then_some(())
+        })
+        .await
+        .unwrap();
+        let lag = failed_at.elapsed().saturating_sub(detected);
+        assert!(
+            lag <= Duration::from_secs(1),
+            "{}: blue left {lag:?} after vigil's verdict ({detected:?} after the FAIL)",
+            envoy.child.name()
+        );
+        for _ in 0..4 {
+            assert_eq!(served_by(*listen).await.unwrap(), "yellow");
+        }
+    }
+
+    // blue recovers: all three readmit it within vigil's readmission + 1 s.
+    blue.set_livez("OK").await.unwrap();
+    wait_until("vigil to readmit blue", STEP, || async {
+        (flags(&vigil, blue_at).await == "healthy").then_some(())
+    })
+    .await
+    .unwrap();
+    let readmitted = Instant::now();
+    for (envoy, _) in &envoys {
+        wait_until("an Envoy to readmit blue", STEP, || async {
+            (flags(envoy, blue_at).await == "healthy").then_some(())
+        })
+        .await
+        .unwrap();
+        assert!(readmitted.elapsed() <= Duration::from_secs(1));
+    }
+
+    // vigil goes away: the Envoys keep their last endpoints, and serve from both.
+    vigil.child.stop();
+    // Long enough for the Envoys to notice and fail a reconnect or two.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (envoy, listen) in &envoys {
+        let mut seen = BTreeSet::new();
+        for _ in 0..6 {
+            seen.insert(served_by(*listen).await.unwrap_or_else(|err| {
+                panic!(
+                    "{}: no outage expected while vigil is down: {err}",
+                    envoy.child.name()
+                )
+            }));
+        }
+        assert_eq!(seen.len(), 2, "both hosts still served: {seen:?}");
+        assert_eq!(flags(envoy, blue_at).await, "healthy");
+    }
+
+    // vigil is back: every Envoy reconnects and resyncs; a new fault reaches all of them.
+    vigil = start_vigil("vigil-restarted", &config, vigil_admin, xds).await;
+    wait_synced(&vigil).await;
+    yellow.set_livez("FAIL").await.unwrap();
+    for (envoy, listen) in &envoys {
+        wait_until(
+            "an Envoy to mark yellow failed after the restart",
+            STEP,
+            || async { (flags(envoy, yellow_at).await == "/failed_eds_health").then_some(()) },
+        )
+        .await
+        .unwrap();
+        assert_eq!(served_by(*listen).await.unwrap(), "blue");
+    }
+    let view = xds_view(&vigil).await;
+    assert_eq!(view["withheld"], serde_json::json!([]), "{view}");
+}
