@@ -10,6 +10,14 @@
 //! `lb_healthy_panic`. Connections are counted by a connector wrapper, so pooled connections are
 //! counted once, when made.
 //!
+//! An ORIGINAL_DST cluster ([`Upstream::original_dst`]) has no hosts of its own: the proxy
+//! hands [`forward_with_info`] the one address vigil's routing rules chose, and connections are
+//! pooled per address and closed after `cleanup_interval` idle (Envoy drops an unused
+//! original-dst host after the same interval).
+//!
+//! [`forward_with_info`] also reports what the access log needs: the host, the attempts, Envoy's
+//! response flags and response code details.
+//!
 //! With outlier detection every attempt reports to the cluster's detector what Envoy's router
 //! reports: a response is a connection success followed by its status; a connect failure or a
 //! reset is `LocalOriginConnectFailed` (a reset after the connection was made is preceded by the
@@ -159,6 +167,30 @@ pub struct ClusterTraffic {
     pub upstream_cx_connect_fail: AtomicU64,
     pub upstream_cx_none_healthy: AtomicU64,
     pub lb_healthy_panic: AtomicU64,
+    /// ORIGINAL_DST clusters: requests whose host header was missing, not set by vigil's rules,
+    /// not an `IP:port`, or not a member of a running cluster (Envoy's counter of the name).
+    pub original_dst_host_invalid: AtomicU64,
+}
+
+/// The host selection of an ORIGINAL_DST cluster (`use_http_header: true`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginalDstSettings {
+    /// The request header holding `IP:port` (lowercase).
+    pub header: String,
+    /// `upstream_port_override`: replaces the header's port.
+    pub port_override: Option<u16>,
+}
+
+impl OriginalDstSettings {
+    /// The address a header value names, with the port override applied; `None` when the value
+    /// is not an `IP:port` literal (Envoy's rule: no name resolution).
+    pub fn target(&self, value: &str) -> Option<SocketAddr> {
+        let mut address: SocketAddr = value.trim().parse().ok()?;
+        if let Some(port) = self.port_override {
+            address.set_port(port);
+        }
+        Some(address)
+    }
 }
 
 /// The traffic side of a cluster: host choice, connection pool, counters.
@@ -170,6 +202,7 @@ pub struct Upstream {
     /// Set on the first upstream connection: the check loop leaves no-traffic mode.
     has_traffic: Arc<AtomicBool>,
     client: Client<CountingConnector, ProxyBody>,
+    original_dst: Option<OriginalDstSettings>,
 }
 
 impl Upstream {
@@ -180,6 +213,57 @@ impl Upstream {
         has_traffic: Arc<AtomicBool>,
         connect_timeout: Duration,
         http2: bool,
+    ) -> Upstream {
+        Self::build(
+            name,
+            picker,
+            has_traffic,
+            connect_timeout,
+            http2,
+            Duration::from_secs(60),
+            None,
+        )
+    }
+
+    /// The traffic side of an ORIGINAL_DST cluster: no hosts of its own (requests come with
+    /// their address, see [`forward_with_info`]); idle connections close after
+    /// `cleanup_interval`.
+    pub fn original_dst(
+        name: &str,
+        settings: OriginalDstSettings,
+        connect_timeout: Duration,
+        cleanup_interval: Duration,
+        http2: bool,
+    ) -> Result<Upstream, String> {
+        let handle = crate::checker::ClusterHandle {
+            snapshot: Arc::default(),
+            has_traffic: Arc::default(),
+            discovery: Arc::default(),
+        };
+        let picker = HostPicker::new(
+            handle.clone(),
+            crate::upstream::LbSettings::new(vigil_core::config::LbPolicy::RoundRobin),
+            0,
+        )?;
+        Ok(Self::build(
+            name,
+            picker,
+            handle.has_traffic,
+            connect_timeout,
+            http2,
+            cleanup_interval.max(Duration::from_millis(1)),
+            Some(settings),
+        ))
+    }
+
+    fn build(
+        name: &str,
+        picker: HostPicker,
+        has_traffic: Arc<AtomicBool>,
+        connect_timeout: Duration,
+        http2: bool,
+        idle: Duration,
+        original_dst: Option<OriginalDstSettings>,
     ) -> Upstream {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(connect_timeout));
@@ -193,7 +277,7 @@ impl Upstream {
             has_traffic: has_traffic.clone(),
         };
         let mut builder = Client::builder(TokioExecutor::new());
-        builder.pool_idle_timeout(Duration::from_secs(60));
+        builder.pool_idle_timeout(idle);
         if http2 {
             builder.http2_only(true);
         }
@@ -204,7 +288,13 @@ impl Upstream {
             hosts,
             has_traffic,
             client: builder.build(connector),
+            original_dst,
         }
+    }
+
+    /// The host selection settings when this is an ORIGINAL_DST cluster.
+    pub fn original_dst_settings(&self) -> Option<&OriginalDstSettings> {
+        self.original_dst.as_ref()
     }
 
     /// The counters of `host` (created on first use).
@@ -270,6 +360,21 @@ pub struct Forwarding<'a> {
     pub hash: Option<u64>,
 }
 
+/// What happened to a forwarded request, for the access log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForwardInfo {
+    /// The host of the last attempt.
+    pub host: Option<SocketAddr>,
+    /// Attempts made (0 when no host could be chosen).
+    pub attempts: u32,
+    /// Envoy's short response flags (`UH`, `UF`, `UC`, `UT`, `URX`), empty when none.
+    pub flags: &'static str,
+    /// Envoy's response code details (`via_upstream`, `no_healthy_upstream`, ...).
+    pub details: String,
+    /// Why the connection failed (`%UPSTREAM_TRANSPORT_FAILURE_REASON%`).
+    pub transport_failure: Option<String>,
+}
+
 /// Forwards `request` to `upstream`. Always returns a response: upstream failures become
 /// Envoy's local replies (503 `no healthy upstream`, 503 connect/reset errors, 504 timeout).
 pub async fn forward(
@@ -277,6 +382,18 @@ pub async fn forward(
     request: Outgoing,
     how: Forwarding<'_>,
 ) -> Response<ProxyBody> {
+    forward_with_info(upstream, request, how, None).await.0
+}
+
+/// [`forward`], with what happened. `fixed`: send every attempt to this host instead of
+/// picking one (an ORIGINAL_DST cluster's target).
+pub async fn forward_with_info(
+    upstream: &Upstream,
+    request: Outgoing,
+    how: Forwarding<'_>,
+    fixed: Option<SocketAddr>,
+) -> (Response<ProxyBody>, ForwardInfo) {
+    let mut info = ForwardInfo::default();
     let started = Instant::now();
     let deadline = started + how.timeout;
     let mut tried: Vec<SocketAddr> = Vec::new();
@@ -287,14 +404,21 @@ pub async fn forward(
         .upstream_rq_total
         .fetch_add(1, Ordering::Relaxed);
     loop {
-        let Some(host) = choose_host(upstream, &how, &tried) else {
+        let Some(host) = fixed.or_else(|| choose_host(upstream, &how, &tried)) else {
             upstream
                 .traffic
                 .upstream_cx_none_healthy
                 .fetch_add(1, Ordering::Relaxed);
-            return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+            info.flags = "UH";
+            info.details = "no_healthy_upstream".into();
+            return (
+                local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+                info,
+            );
         };
         tried.push(host);
+        info.host = Some(host);
+        info.attempts = attempt + 1;
         let traffic = upstream.host(host);
         traffic.rq_total.fetch_add(1, Ordering::Relaxed);
         traffic.rq_active.fetch_add(1, Ordering::Relaxed);
@@ -331,7 +455,12 @@ pub async fn forward(
                     .upstream_rq_timeout
                     .fetch_add(1, Ordering::Relaxed);
                 upstream.report(host, &[Outcome::TIMEOUT]);
-                return local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout");
+                info.flags = "UT";
+                info.details = "upstream_response_timeout".into();
+                return (
+                    local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+                    info,
+                );
             }
         };
         match &outcome {
@@ -367,24 +496,43 @@ pub async fn forward(
         let can_retry =
             retriable && attempt < how.retry.num_retries && Instant::now() + wait < deadline;
         if !can_retry {
-            return match outcome {
-                Ok(response) => finish(response, attempt_started.elapsed()),
-                Err(Failure::Connect(reason)) => local_reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!(
-                        "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: {reason}"
-                    ),
-                ),
-                Err(Failure::Reset(reason)) => local_reply(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!(
-                        "upstream connect error or disconnect/reset before headers. reset reason: connection termination ({reason})"
-                    ),
-                ),
+            let exhausted = retriable && attempt > 0;
+            let response = match outcome {
+                Ok(response) => {
+                    info.flags = if exhausted { "URX" } else { "" };
+                    info.details = "via_upstream".into();
+                    finish(response, attempt_started.elapsed())
+                }
+                Err(Failure::Connect(reason)) => {
+                    info.flags = if exhausted { "URX,UF" } else { "UF" };
+                    info.details =
+                        "upstream_reset_before_response_started{connection_failure}".into();
+                    info.transport_failure = Some(reason.clone());
+                    local_reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!(
+                            "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: {reason}"
+                        ),
+                    )
+                }
+                Err(Failure::Reset(reason)) => {
+                    info.flags = if exhausted { "URX,UC" } else { "UC" };
+                    info.details =
+                        "upstream_reset_before_response_started{connection_termination}".into();
+                    local_reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!(
+                            "upstream connect error or disconnect/reset before headers. reset reason: connection termination ({reason})"
+                        ),
+                    )
+                }
                 Err(Failure::PerTryTimeout) => {
+                    info.flags = if exhausted { "URX,UT" } else { "UT" };
+                    info.details = "upstream_per_try_timeout".into();
                     local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
                 }
             };
+            return (response, info);
         }
         attempt += 1;
         upstream

@@ -20,6 +20,7 @@
 //!
 //! `main.rs` holds the command line.
 
+pub mod access_log;
 pub mod admin;
 pub mod checker;
 pub mod discovery;
@@ -29,6 +30,7 @@ pub mod forward;
 pub mod outlier;
 pub mod probe;
 pub mod proxy;
+pub mod routing;
 pub mod runtime;
 pub mod upstream;
 pub mod xds;

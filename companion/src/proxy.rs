@@ -9,11 +9,24 @@
 //! `x-forwarded-proto`, `x-forwarded-for` appending under `use_remote_address`, hop-by-hop header
 //! removal, and the `server` header. Request bodies are read whole (up to 1 MiB, Envoy's default
 //! buffer limit) so that retries can resend them; larger bodies get 413.
+//!
+//! Before route selection, as vigil's wasm filter does in Envoy (see [`crate::routing`] and
+//! `docs/rules.md`): the headers vigil owns are removed from the client's request, the routing
+//! rules of vigil's filter in the YAML decide over the running clusters' health, and the decision
+//! is applied (request headers set, or a local reply). A route to an ORIGINAL_DST cluster then
+//! goes to the `IP:port` in that cluster's header only when vigil's rules wrote it for this
+//! request and it is a host of a running cluster; otherwise Envoy's answer for an original-dst
+//! cluster without a valid host (503 `no healthy upstream`) and `original_dst_host_invalid`.
+//!
+//! Access logs ([`crate::access_log`]) are written when the connection manager has them, one line
+//! per request when its response body is done.
 
+use crate::access_log::{AccessLogs, LogRecord, logged_body};
 use crate::forward::{
-    self, Forwarding, Outgoing, ProxyBody, RetryOn as ForwardRetryOn, RetryPolicy, Upstream,
-    local_reply,
+    self, ForwardInfo, Forwarding, OriginalDstSettings, Outgoing, ProxyBody,
+    RetryOn as ForwardRetryOn, RetryPolicy, Upstream, local_reply,
 };
+use crate::routing::ListenerRouting;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
@@ -25,8 +38,9 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::net::TcpListener;
 use vigil_core::balance::hash_policy::{self, RequestView as HashView};
 use vigil_core::config::{
@@ -34,6 +48,7 @@ use vigil_core::config::{
     RetryPolicy as ConfigRetryPolicy, RouteAction,
 };
 use vigil_core::route::{RequestView, RouteTable};
+use vigil_core::rules::Decision;
 
 /// Envoy's default per-connection buffer limit: the largest request body vigil buffers.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -67,6 +82,7 @@ pub async fn serve(
     tokio::pin!(shutdown);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = connection_builder(&state.load().hcm);
+    let derived = Arc::new(DerivedCache::default());
     loop {
         let accepted = tokio::select! {
             _ = &mut shutdown => break,
@@ -76,10 +92,13 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().ok();
         let state = state.clone();
+        let derived = derived.clone();
         let service = service_fn(move |request| {
             let state = state.load_full();
-            async move { Ok::<_, Infallible>(handle(&state, peer, request).await) }
+            let derived = derived.get(&state);
+            async move { Ok::<_, Infallible>(handle(&state, &derived, peer, local, request).await) }
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
@@ -101,6 +120,65 @@ pub async fn serve(
     }
 }
 
+/// What a listener builds from its state when the state first serves a request, and keeps while
+/// the state is the same (a reload stores a new state, so a new one is built): the routing
+/// rules' router, the access log writers, and the request headers vigil owns.
+pub struct Derived {
+    routing: Option<ListenerRouting>,
+    access_logs: Arc<AccessLogs>,
+    /// Removed from every client request: the rules' `cluster_header` and `host_header`, and
+    /// every ORIGINAL_DST cluster's header.
+    owned: Vec<HeaderName>,
+}
+
+impl Derived {
+    /// Builds the derived parts of `state` (starts the access log writer threads).
+    pub fn new(state: &ListenerState) -> Derived {
+        let routing = state.hcm.vigil_routing.clone().map(ListenerRouting::new);
+        let mut owned = routing
+            .as_ref()
+            .map(ListenerRouting::owned_headers)
+            .unwrap_or_default();
+        for upstream in state.upstreams.values() {
+            if let Some(settings) = upstream.original_dst_settings() {
+                if let Ok(name) = HeaderName::from_bytes(settings.header.as_bytes()) {
+                    owned.push(name);
+                }
+            }
+        }
+        owned.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        owned.dedup();
+        Derived {
+            routing,
+            access_logs: Arc::new(AccessLogs::start(&state.hcm.access_log)),
+            owned,
+        }
+    }
+
+    /// Access log lines dropped because a writer fell behind.
+    pub fn access_log_dropped(&self) -> u64 {
+        self.access_logs.dropped()
+    }
+}
+
+/// The [`Derived`] of the current state, rebuilt when the state changes.
+#[derive(Default)]
+struct DerivedCache(Mutex<Option<(Arc<ListenerState>, Arc<Derived>)>>);
+
+impl DerivedCache {
+    fn get(&self, state: &Arc<ListenerState>) -> Arc<Derived> {
+        let mut cached = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match cached.as_ref() {
+            Some((current, derived)) if Arc::ptr_eq(current, state) => derived.clone(),
+            _ => {
+                let derived = Arc::new(Derived::new(state));
+                *cached = Some((state.clone(), derived.clone()));
+                derived
+            }
+        }
+    }
+}
+
 /// The parser limits of the connection manager, taken when the listener starts: the header
 /// count (`max_headers_count`, default 100) and buffer sizes from `max_request_headers_kb`
 /// (default 60 KiB). [`handle`] also checks both per request, so a reload applies them too and
@@ -119,13 +197,130 @@ fn connection_builder(hcm: &HttpConnectionManager) -> auto::Builder<TokioExecuto
     builder
 }
 
-/// One request, start to finish.
+/// What happened to a request besides its response: for the access log and vigil's decision
+/// headers.
+#[derive(Default)]
+struct Outcome {
+    flags: &'static str,
+    details: &'static str,
+    forward: Option<ForwardInfo>,
+    upstream_cluster: Option<String>,
+    route_name: Option<String>,
+    /// The request headers at the end (generated request id, vigil's headers).
+    request_headers: Option<HeaderMap>,
+    bytes_received: u64,
+    request_read: Option<Duration>,
+    /// `x-vigil-upstream` and `x-vigil-decision`, when `decision_headers` is on.
+    vigil_upstream: Option<String>,
+    vigil_decision: Option<String>,
+}
+
+impl Outcome {
+    fn local(flags: &'static str, details: &'static str) -> Outcome {
+        Outcome {
+            flags,
+            details,
+            ..Outcome::default()
+        }
+    }
+}
+
+/// One request, start to finish: answered, then (when the listener has access logs) logged
+/// once its body is done.
 pub async fn handle(
     state: &ListenerState,
+    derived: &Derived,
     peer: SocketAddr,
+    local: Option<SocketAddr>,
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let (parts, body) = request.into_parts();
+    let start = SystemTime::now();
+    let started = Instant::now();
+    let logging = !derived.access_logs.is_empty();
+    let mut record = logging.then(|| {
+        let mut record = LogRecord::new(start, peer);
+        record.method = request.method().as_str().to_string();
+        record.path = request
+            .uri()
+            .path_and_query()
+            .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+        record.authority = authority_of(request.uri(), request.headers());
+        record.protocol = request.version();
+        record.downstream_local = local;
+        record
+    });
+    let (response, outcome) = respond(state, derived, peer, request, started).await;
+    let mut response = with_server(state, response);
+    strip_hop_by_hop(response.headers_mut());
+    for (name, value) in [
+        ("x-vigil-upstream", &outcome.vigil_upstream),
+        ("x-vigil-decision", &outcome.vigil_decision),
+    ] {
+        if let Some(value) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    let Some(mut record) = record.take() else {
+        return response;
+    };
+    record.response_code = response.status().as_u16();
+    record.response_headers = response.headers().clone();
+    record.response_duration = Some(started.elapsed());
+    record.request_duration = outcome.request_read;
+    record.bytes_received = outcome.bytes_received;
+    record.request_headers = outcome.request_headers.unwrap_or_default();
+    record.upstream_cluster = outcome.upstream_cluster;
+    record.route_name = outcome.route_name.filter(|n| !n.is_empty());
+    let mut flags = outcome.flags.to_string();
+    let mut details = outcome.details.to_string();
+    if let Some(info) = outcome.forward {
+        flags = info.flags.to_string();
+        details = info.details;
+        record.upstream_host = info.host;
+        record.attempts = info.attempts;
+        record.transport_failure = info.transport_failure;
+    }
+    record.response_flags = flags;
+    record.details = details;
+    let (parts, body) = response.into_parts();
+    let logs = derived.access_logs.clone();
+    let body = logged_body(body, move |sent| {
+        record.bytes_sent = sent;
+        record.duration = started.elapsed();
+        logs.log(&record);
+    });
+    Response::from_parts(parts, body)
+}
+
+fn authority_of(uri: &http::Uri, headers: &HeaderMap) -> Option<String> {
+    uri.authority().map(|a| a.as_str().to_string()).or_else(|| {
+        headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+    })
+}
+
+fn pairs(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter_map(|(n, v)| {
+            v.to_str()
+                .ok()
+                .map(|v| (n.as_str().to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// Routes and forwards one request: vigil's rules, then Envoy's route table, then the cluster.
+async fn respond(
+    state: &ListenerState,
+    derived: &Derived,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+    started: Instant,
+) -> (Response<ProxyBody>, Outcome) {
+    let (mut parts, body) = request.into_parts();
     // Envoy's limits on the request head, counted as it does (names and values).
     let header_bytes: usize = parts
         .headers
@@ -135,48 +330,86 @@ pub async fn handle(
     let max_bytes = (state.hcm.max_request_headers_kb as usize).saturating_mul(1024);
     let max_count = state.hcm.common_http_protocol_options.max_headers_count as usize;
     if header_bytes > max_bytes || parts.headers.len() > max_count {
-        return with_server(
-            state,
+        return (
             local_reply(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "Request Header Fields Too Large",
             ),
+            Outcome::local("", "request_headers_too_large"),
         );
     }
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
-            return with_server(
-                state,
+            return (
                 local_reply(StatusCode::PAYLOAD_TOO_LARGE, "payload too large"),
+                Outcome::local("", "request_payload_too_large"),
             );
         }
     };
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        });
+    let mut outcome = Outcome {
+        bytes_received: body.len() as u64,
+        request_read: Some(started.elapsed()),
+        ..Outcome::default()
+    };
+    let authority = authority_of(&parts.uri, &parts.headers);
     let path = parts
         .uri
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
-    let header_pairs: Vec<(String, String)> = parts
-        .headers
-        .iter()
-        .filter_map(|(n, v)| {
-            v.to_str()
-                .ok()
-                .map(|v| (n.as_str().to_string(), v.to_string()))
-        })
-        .collect();
+    // As Envoy's connection manager, before any filter or route sees the request.
+    if state.hcm.generate_request_id && !parts.headers.contains_key("x-request-id") {
+        if let Ok(value) = HeaderValue::from_str(&request_id()) {
+            parts.headers.insert("x-request-id", value);
+        }
+    }
+    // No client picks a cluster or a host: the headers vigil owns only ever come from its rules.
+    for name in &derived.owned {
+        parts.headers.remove(name);
+    }
+    let mut vigil_set: Vec<(String, String)> = Vec::new();
+    if let Some(routing) = &derived.routing {
+        let header_pairs = pairs(&parts.headers);
+        let borrowed: Vec<(&str, &str)> = header_pairs
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let view = RequestView::new(
+            authority.as_deref(),
+            &path,
+            parts.method.as_str(),
+            &borrowed,
+        );
+        let applied = routing.decide(&view, &routing.health(&state.upstreams));
+        if routing.decision_headers {
+            outcome.vigil_decision = applied.label;
+        }
+        match applied.decision {
+            Decision::Route { set, upstream, .. } => {
+                for (name, value) in &set {
+                    if let (Ok(name), Ok(value)) = (
+                        HeaderName::from_bytes(name.as_bytes()),
+                        HeaderValue::from_str(value),
+                    ) {
+                        parts.headers.insert(name, value);
+                    }
+                }
+                vigil_set = set;
+                if routing.decision_headers {
+                    outcome.vigil_upstream = Some(upstream);
+                }
+            }
+            Decision::LocalReply { status, body, .. } => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+                outcome.request_headers = Some(parts.headers);
+                outcome.details = "vigil_local_reply";
+                return (local_reply(status, &body), outcome);
+            }
+            Decision::NoMatch | Decision::Envoy { .. } => {}
+        }
+    }
+    let header_pairs = pairs(&parts.headers);
     let borrowed: Vec<(&str, &str)> = header_pairs
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_str()))
@@ -189,8 +422,12 @@ pub async fn handle(
     )
     .with_random(random());
     let Some(selected) = state.routes.select(&view) else {
-        return with_server(state, empty(StatusCode::NOT_FOUND));
+        outcome.request_headers = Some(parts.headers);
+        outcome.flags = "NR";
+        outcome.details = "route_not_found";
+        return (empty(StatusCode::NOT_FOUND), outcome);
     };
+    outcome.route_name = Some(selected.route.name.clone());
     let action = match &selected.route.action {
         RouteAction::DirectResponse { status, body } => {
             let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
@@ -201,7 +438,9 @@ pub async fn handle(
             if body.is_none() {
                 response.headers_mut().remove(header::CONTENT_TYPE);
             }
-            return with_server(state, response);
+            outcome.request_headers = Some(parts.headers);
+            outcome.details = "direct_response";
+            return (response, outcome);
         }
         RouteAction::Forward(action) => action,
     };
@@ -211,10 +450,14 @@ pub async fn handle(
         hash_policy::generate_hash(selected.hash_policies, &hash_view).hash
     };
     let cluster = selected.cluster(&view, hash);
+    outcome.upstream_cluster = cluster.as_ref().map(|c| c.name.clone());
     let Some(upstream) = cluster.as_ref().and_then(|c| state.upstreams.get(&c.name)) else {
         let status = StatusCode::from_u16(action.cluster_not_found_status)
             .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        return with_server(state, empty(status));
+        outcome.request_headers = Some(parts.headers);
+        outcome.flags = "NC";
+        outcome.details = "cluster_not_found";
+        return (empty(status), outcome);
     };
     let upstream_path = selected
         .rewritten_path(&path)
@@ -234,11 +477,6 @@ pub async fn handle(
     if let Some(value) = host.and_then(|h| HeaderValue::from_str(&h).ok()) {
         headers.insert(header::HOST, value);
     }
-    if state.hcm.generate_request_id && !headers.contains_key("x-request-id") {
-        if let Ok(value) = HeaderValue::from_str(&request_id()) {
-            headers.insert("x-request-id", value);
-        }
-    }
     if !headers.contains_key("x-forwarded-proto") {
         headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
     }
@@ -256,24 +494,58 @@ pub async fn handle(
     } else {
         Duration::from_millis(action.timeout_ms)
     };
+    outcome.request_headers = Some(parts.headers);
+    // An ORIGINAL_DST cluster goes to the host vigil's rules chose for this very request, and
+    // only to a host of a running cluster: never to an address a client wrote.
+    let target = match upstream.original_dst_settings() {
+        None => None,
+        Some(settings) => {
+            let target = vigil_set
+                .iter()
+                .find(|(name, _)| *name == settings.header)
+                .and_then(|(_, value)| settings.target(value))
+                .filter(|address| is_member(&state.upstreams, *address));
+            if target.is_none() {
+                let traffic = &upstream.traffic;
+                traffic.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
+                traffic
+                    .original_dst_host_invalid
+                    .fetch_add(1, Ordering::Relaxed);
+                traffic
+                    .upstream_cx_none_healthy
+                    .fetch_add(1, Ordering::Relaxed);
+                outcome.flags = "UH";
+                outcome.details = "no_healthy_upstream";
+                return (
+                    local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+                    outcome,
+                );
+            }
+            target
+        }
+    };
     let outgoing = Outgoing {
         method: parts.method.clone(),
         path_and_query: upstream_path,
         headers,
         body,
     };
-    let mut response = forward::forward(
-        upstream,
-        outgoing,
-        Forwarding {
-            retry: &retry,
-            timeout,
-            hash,
-        },
-    )
-    .await;
-    strip_hop_by_hop(response.headers_mut());
-    with_server(state, response)
+    let how = Forwarding {
+        retry: &retry,
+        timeout,
+        hash,
+    };
+    let (response, info) = forward::forward_with_info(upstream, outgoing, how, target).await;
+    outcome.forward = Some(info);
+    (response, outcome)
+}
+
+/// Whether `address` is a host of one of the running (non-ORIGINAL_DST) clusters.
+fn is_member(upstreams: &BTreeMap<String, Arc<Upstream>>, address: SocketAddr) -> bool {
+    upstreams
+        .values()
+        .filter(|u| u.original_dst_settings().is_none())
+        .any(|u| u.picker.has_host(address))
 }
 
 /// Maps the route's retry policy onto the forwarder's.
@@ -417,6 +689,18 @@ mod tests {
 #[derive(Default)]
 pub struct ListenerSet {
     running: BTreeMap<SocketAddr, RunningListener>,
+    /// The ORIGINAL_DST clusters' traffic sides, kept across reloads while their settings stay
+    /// the same (so their pooled connections and counters do).
+    original_dst: BTreeMap<String, (OriginalDstPlan, Arc<Upstream>)>,
+}
+
+/// What an ORIGINAL_DST cluster's traffic side is built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OriginalDstPlan {
+    settings: OriginalDstSettings,
+    connect_timeout: Duration,
+    cleanup_interval: Duration,
+    http2: bool,
 }
 
 struct RunningListener {
@@ -435,6 +719,8 @@ impl ListenerSet {
         upstreams: &BTreeMap<String, Arc<Upstream>>,
     ) -> Vec<String> {
         let mut problems = Vec::new();
+        let upstreams = self.with_original_dst(bootstrap, upstreams, &mut problems);
+        let upstreams = &upstreams;
         let mut wanted: BTreeMap<SocketAddr, ListenerState> = BTreeMap::new();
         for listener in &bootstrap.listeners {
             let label = if listener.name.is_empty() {
@@ -508,6 +794,55 @@ impl ListenerSet {
             }
         }
         problems
+    }
+
+    /// `upstreams` plus the traffic sides of the bootstrap's ORIGINAL_DST clusters (those that
+    /// take their host from a request header; the config loader refuses the others).
+    fn with_original_dst(
+        &mut self,
+        bootstrap: &vigil_core::config::Bootstrap,
+        upstreams: &BTreeMap<String, Arc<Upstream>>,
+        problems: &mut Vec<String>,
+    ) -> BTreeMap<String, Arc<Upstream>> {
+        let mut all = upstreams.clone();
+        let mut kept = BTreeMap::new();
+        for cluster in &bootstrap.clusters {
+            let Some(original_dst) = &cluster.original_dst else {
+                continue;
+            };
+            let plan = OriginalDstPlan {
+                settings: OriginalDstSettings {
+                    header: original_dst.http_header_name.clone(),
+                    port_override: original_dst.upstream_port_override,
+                },
+                connect_timeout: Duration::from_millis(cluster.connect_timeout_ms),
+                cleanup_interval: Duration::from_millis(cluster.cleanup_interval_ms),
+                http2: matches!(
+                    cluster.upstream_protocol,
+                    vigil_core::config::UpstreamProtocol::Http2
+                ),
+            };
+            let upstream = match self.original_dst.remove(&cluster.name) {
+                Some((running, upstream)) if running == plan => upstream,
+                _ => match Upstream::original_dst(
+                    &cluster.name,
+                    plan.settings.clone(),
+                    plan.connect_timeout,
+                    plan.cleanup_interval,
+                    plan.http2,
+                ) {
+                    Ok(upstream) => Arc::new(upstream),
+                    Err(err) => {
+                        problems.push(format!("cluster '{}': {err}", cluster.name));
+                        continue;
+                    }
+                },
+            };
+            all.insert(cluster.name.clone(), upstream.clone());
+            kept.insert(cluster.name.clone(), (plan, upstream));
+        }
+        self.original_dst = kept;
+        all
     }
 
     /// The addresses being served.

@@ -17,7 +17,7 @@ use crate::discovery::{self, DiscoveryKind, DiscoverySpec, EndpointSpec};
 use crate::events::OutlierEventLog;
 use crate::forward::Upstream;
 use crate::outlier::ClusterOutlier;
-use crate::upstream::{HostPicker, LbSettings};
+use crate::upstream::{EndpointMetadata, HostPicker, LbSettings};
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -69,6 +69,8 @@ pub struct ClusterPlan {
     pub http2: bool,
     /// `outlier_detection`, when the cluster has it.
     pub outlier: Option<OutlierConfig>,
+    /// The endpoints' metadata, for routing rules' `subset.metadata`.
+    pub metadata: EndpointMetadata,
 }
 
 impl PartialEq for ClusterPlan {
@@ -84,6 +86,7 @@ impl PartialEq for ClusterPlan {
             && self.healthy_panic_threshold == other.healthy_panic_threshold
             && self.http2 == other.http2
             && self.outlier == other.outlier
+            && self.metadata == other.metadata
     }
 }
 
@@ -126,8 +129,9 @@ fn endpoints(cluster: &Cluster) -> Vec<EndpointSpec> {
     out
 }
 
-/// One plan per cluster vigil can run; clusters it cannot (EDS, ORIGINAL_DST) are skipped with
-/// a reason in the returned notes.
+/// One plan per cluster vigil can run; clusters it cannot (EDS) are skipped with a reason in
+/// the returned notes. ORIGINAL_DST clusters have no plan either (nothing to discover or check):
+/// the proxy serves them (`proxy::ListenerSet`), and a note says so.
 pub fn plan(bootstrap: &Bootstrap) -> Result<(Vec<ClusterPlan>, Vec<String>), String> {
     let mut plans = Vec::new();
     let mut notes = Vec::new();
@@ -137,6 +141,20 @@ pub fn plan(bootstrap: &Bootstrap) -> Result<(Vec<ClusterPlan>, Vec<String>), St
             Discovery::Static => DiscoveryKind::Static,
             Discovery::StrictDns => DiscoveryKind::StrictDns,
             Discovery::LogicalDns => DiscoveryKind::LogicalDns,
+            Discovery::Unsupported(_) if cluster.original_dst.is_some() => {
+                // Served by the proxy (`proxy::ListenerSet`): no discovery, no checks.
+                let header = cluster
+                    .original_dst
+                    .as_ref()
+                    .map_or("", |o| o.http_header_name.as_str());
+                notes.push(format!(
+                    "cluster '{}': ORIGINAL_DST: not health-checked; the proxy sends its requests \
+                     to the host vigil's routing rules write into {header}, when that host \
+                     belongs to a running cluster",
+                    cluster.name
+                ));
+                continue;
+            }
             Discovery::Unsupported(what) => {
                 notes.push(format!(
                     "cluster '{}': {what} discovery is not run by vigil; skipped",
@@ -192,6 +210,18 @@ pub fn plan(bootstrap: &Bootstrap) -> Result<(Vec<ClusterPlan>, Vec<String>), St
                 }
             }
         };
+        let mut metadata = EndpointMetadata::default();
+        for locality in &cluster.load_assignment.endpoints {
+            for endpoint in &locality.lb_endpoints {
+                if let Some(value) = &endpoint.metadata {
+                    metadata.insert(
+                        &endpoint.address.address,
+                        endpoint.address.port_value,
+                        value,
+                    );
+                }
+            }
+        }
         plans.push(ClusterPlan {
             spec: ClusterSpec {
                 name: cluster.name.clone(),
@@ -207,6 +237,7 @@ pub fn plan(bootstrap: &Bootstrap) -> Result<(Vec<ClusterPlan>, Vec<String>), St
             healthy_panic_threshold: cluster.common_lb_config.healthy_panic_threshold,
             http2: matches!(cluster.upstream_protocol, UpstreamProtocol::Http2),
             outlier,
+            metadata,
         });
     }
     Ok((plans, notes))
@@ -383,8 +414,9 @@ impl Runtime {
         }));
         let mut settings = LbSettings::new(plan.lb_policy);
         settings.priority.healthy_panic_threshold = plan.healthy_panic_threshold;
-        let picker =
-            HostPicker::new(handle.clone(), settings, self.seed).map(|picker| match &outlier {
+        let picker = HostPicker::new(handle.clone(), settings, self.seed)
+            .map(|picker| picker.with_metadata(plan.metadata.clone()))
+            .map(|picker| match &outlier {
                 Some(outlier) => picker.with_outlier(outlier.clone()),
                 None => picker,
             });

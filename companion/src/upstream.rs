@@ -6,6 +6,10 @@
 //! as Envoy refreshes its load balancers on host-set updates. Picks are cheap: a mutex held for one
 //! choice, no allocation on the hot path unless the host set changed.
 //!
+//! [`HostPicker::members`] gives the same hosts as vigil's routing rules see them
+//! (`vigil_core::rules::Member`): healthy, degraded, or unhealthy (failed checks, EDS health,
+//! draining, excluded, outlier-ejected), rebuilt only when the snapshot or the ejections change.
+//!
 //! With outlier detection ([`HostPicker::with_outlier`]) the picker also compares the detector's
 //! version on every pick and rebuilds when it moved, giving ejected hosts
 //! `/failed_outlier_check`: they leave the healthy lists and count as unhealthy for the panic
@@ -13,7 +17,8 @@
 
 use crate::checker::{ClusterHandle, ClusterSnapshot};
 use crate::outlier::ClusterOutlier;
-use std::collections::BTreeSet;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use vigil_core::balance::{
@@ -21,7 +26,8 @@ use vigil_core::balance::{
     PrioritySet, Random, RingHash, RingHashConfig, RoundRobin,
 };
 use vigil_core::config::LbPolicy;
-use vigil_core::health::HealthFlags;
+use vigil_core::health::{CoarseHealth, HealthFlags};
+use vigil_core::rules::{Member, MemberHealth};
 
 /// The load-balancing settings of a cluster.
 #[derive(Debug, Clone)]
@@ -70,7 +76,62 @@ pub struct HostPicker {
     settings: LbSettings,
     state: Mutex<State>,
     outlier: Option<Arc<ClusterOutlier>>,
+    members: Mutex<Option<CachedMembers>>,
+    /// Endpoint metadata for the rules' `subset.metadata` (see [`EndpointMetadata`]).
+    metadata: Arc<EndpointMetadata>,
 }
+
+/// The string metadata of a cluster's endpoints, as routing rules match it: every
+/// `filter_metadata` namespace flattened into one map (`{"envoy.lb": {"version": "v2"}}` gives
+/// `version = v2`; numbers and booleans as their JSON text; when two namespaces share a key, the
+/// first namespace in name order wins). Endpoints are keyed by their configured address and
+/// port: an IP for static hosts, the DNS name for DNS hosts (matched on the host's hostname).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointMetadata {
+    by_endpoint: BTreeMap<(String, u16), BTreeMap<String, String>>,
+}
+
+impl EndpointMetadata {
+    /// Records the `metadata` (as written in the YAML) of the endpoint `address:port`.
+    pub fn insert(&mut self, address: &str, port: u16, metadata: &Value) {
+        let mut flat = BTreeMap::new();
+        let namespaces = metadata
+            .get("filter_metadata")
+            .or_else(|| metadata.get("filterMetadata"))
+            .and_then(Value::as_object);
+        let mut names: Vec<_> = namespaces.map(|n| n.iter().collect()).unwrap_or_default();
+        names.sort_by(|a, b| a.0.cmp(b.0));
+        for (_, values) in names {
+            for (key, value) in values.as_object().into_iter().flatten() {
+                let text = match value {
+                    Value::String(s) => s.clone(),
+                    Value::Number(_) | Value::Bool(_) => value.to_string(),
+                    _ => continue,
+                };
+                flat.entry(key.clone()).or_insert(text);
+            }
+        }
+        if !flat.is_empty() {
+            self.by_endpoint.insert((address.to_string(), port), flat);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_endpoint.is_empty()
+    }
+
+    fn of(&self, address: SocketAddr, hostname: &str) -> Option<&BTreeMap<String, String>> {
+        self.by_endpoint
+            .get(&(address.ip().to_string(), address.port()))
+            .or_else(|| {
+                self.by_endpoint
+                    .get(&(hostname.to_string(), address.port()))
+            })
+    }
+}
+
+/// The last [`HostPicker::members`]: `(hosts_version, outlier version, members)`.
+type CachedMembers = (u64, u64, Arc<Vec<Member>>);
 
 fn hosts_of(snapshot: &ClusterSnapshot, ejected: &BTreeSet<SocketAddr>) -> Vec<Host> {
     snapshot
@@ -135,7 +196,67 @@ impl HostPicker {
                 rng: seed | 1,
             }),
             outlier: None,
+            members: Mutex::new(None),
+            metadata: Arc::default(),
         })
+    }
+
+    /// Gives [`HostPicker::members`] the endpoints' metadata.
+    pub fn with_metadata(mut self, metadata: EndpointMetadata) -> HostPicker {
+        self.metadata = Arc::new(metadata);
+        self
+    }
+
+    /// The cluster's hosts for routing rules, in snapshot order, as `IP:port` with their coarse
+    /// health (outlier-ejected and excluded hosts are unhealthy). Cached until the snapshot or
+    /// the ejections change, so a request costs one lock and an `Arc` clone.
+    pub fn members(&self) -> Arc<Vec<Member>> {
+        let snapshot = self.handle.snapshot.load();
+        let outlier_version = self.outlier.as_ref().map_or(0, |o| o.version());
+        let mut cached = self.members.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((version, outliers, members)) = cached.as_ref() {
+            if *version == snapshot.hosts_version && *outliers == outlier_version {
+                return members.clone();
+            }
+        }
+        let ejected = match &self.outlier {
+            Some(outlier) => outlier.ejected(),
+            None => Arc::new(BTreeSet::new()),
+        };
+        let members: Arc<Vec<Member>> = Arc::new(
+            snapshot
+                .hosts
+                .iter()
+                .map(|h| {
+                    let health = if ejected.contains(&h.spec.address) || h.flags.excluded() {
+                        MemberHealth::Unhealthy
+                    } else {
+                        match h.flags.coarse() {
+                            CoarseHealth::Healthy => MemberHealth::Healthy,
+                            CoarseHealth::Degraded => MemberHealth::Degraded,
+                            CoarseHealth::Unhealthy => MemberHealth::Unhealthy,
+                        }
+                    };
+                    let mut member = Member::new(h.spec.address.to_string(), health);
+                    if let Some(metadata) = self.metadata.of(h.spec.address, &h.spec.hostname) {
+                        member.metadata = metadata.clone();
+                    }
+                    member
+                })
+                .collect(),
+        );
+        *cached = Some((snapshot.hosts_version, outlier_version, members.clone()));
+        members
+    }
+
+    /// Whether `address` is one of the cluster's hosts now.
+    pub fn has_host(&self, address: SocketAddr) -> bool {
+        self.handle
+            .snapshot
+            .load()
+            .hosts
+            .iter()
+            .any(|h| h.spec.address == address)
     }
 
     /// Takes the cluster's outlier detector into account: its ejected hosts are picked only as
@@ -346,5 +467,34 @@ mod tests {
     fn unsupported_policies_are_refused() {
         let h = handle(vec![]);
         assert!(HostPicker::new(h, LbSettings::new(LbPolicy::ClusterProvided), 0).is_err());
+    }
+
+    #[test]
+    fn endpoint_metadata_is_flattened_first_namespace_wins() {
+        let mut metadata = EndpointMetadata::default();
+        let value = serde_json::json!({"filter_metadata": {
+            "z.other": {"version": "v9", "zone": "b"},
+            "envoy.lb": {"version": "v2", "weight": 3, "canary": true, "nested": {"x": 1}}}});
+        metadata.insert("127.0.0.1", 80, &value);
+        metadata.insert("web.internal", 81, &value);
+        metadata.insert("127.0.0.2", 80, &serde_json::json!({"filter_metadata": {}}));
+        let flat = metadata.of("127.0.0.1:80".parse().unwrap(), "").unwrap();
+        let pairs: Vec<(&str, &str)> = flat.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            pairs,
+            [
+                ("canary", "true"),
+                ("version", "v2"),
+                ("weight", "3"),
+                ("zone", "b")
+            ]
+        );
+        assert!(
+            metadata
+                .of("10.0.0.1:81".parse().unwrap(), "web.internal")
+                .is_some()
+        );
+        assert!(metadata.of("127.0.0.2:80".parse().unwrap(), "").is_none());
+        assert!(metadata.of("127.0.0.1:81".parse().unwrap(), "").is_none());
     }
 }

@@ -340,12 +340,7 @@ fn discovery(cx: &mut Ctx, o: &mut Obj) -> (Discovery, Option<DnsSettings>) {
             "" => return (Discovery::Unsupported(String::new()), None), // error recorded
             other => return not_found(cx, format!("name: '{other}'")),
         };
-        if let Discovery::Unsupported(what) = &discovery {
-            cx.warn(
-                &ct_path,
-                format!("{what} clusters are not supported by vigil: the cluster is skipped"),
-            );
-        }
+        warn_unsupported(cx, &ct_path, &discovery);
         return (discovery, None);
     }
     let discovery = match o.enumeration(cx, "type", &DISCOVERY_TYPE) {
@@ -355,13 +350,22 @@ fn discovery(cx: &mut Ctx, o: &mut Obj) -> (Discovery, Option<DnsSettings>) {
         Some(3) => Discovery::Unsupported("EDS".into()),
         Some(_) => Discovery::Unsupported("ORIGINAL_DST".into()),
     };
-    if let Discovery::Unsupported(what) = &discovery {
-        cx.warn(
-            &path.field("type"),
-            format!("{what} clusters are not supported by vigil: the cluster is skipped"),
-        );
-    }
+    warn_unsupported(cx, &path.field("type"), &discovery);
     (discovery, None)
+}
+
+/// EDS clusters are skipped with a warning. ORIGINAL_DST clusters are not discovered or checked
+/// (they have no hosts of their own), but the proxy serves them for the hosts vigil's routing
+/// rules pick (`use_http_header`, required at load), so they get no warning.
+fn warn_unsupported(cx: &mut Ctx, path: &FieldPath, discovery: &Discovery) {
+    if let Discovery::Unsupported(what) = discovery {
+        if what != "ORIGINAL_DST" {
+            cx.warn(
+                path,
+                format!("{what} clusters are not supported by vigil: the cluster is skipped"),
+            );
+        }
+    }
 }
 
 fn dns_extension(cx: &mut Ctx, mut o: Obj) -> (Discovery, Option<DnsSettings>) {

@@ -6,8 +6,14 @@
 
 use super::cluster::address;
 use super::error::FieldPath;
-use super::reader::{Any, Ctx, Obj, ProtoDuration, base64, items, string};
+use super::reader::{
+    Any, Ctx, Obj, ProtoDuration, any as read_any, base64, describe, items, json_name, string,
+};
 use super::schema::*;
+use super::types::{
+    AccessLog, AccessLogSink, DEFAULT_ACCESS_LOG_FORMAT, FormatOperator, FormatPiece,
+    JsonFormatValue, LogFormat, LogFormatKind, VIGIL_ROOT_IDS, VIGIL_WASM_FILE,
+};
 use super::types::{
     Address, ClusterSpecifier, ClusterWeight, CodecType, FilterChainRef, ForwardAction,
     HeaderAppendAction, HeaderMatch, HeaderMatcher, HeaderMutations, HeaderOption, HostRewrite,
@@ -22,6 +28,7 @@ use super::types::{
     DEFAULT_ROUTE_TIMEOUT_MS, DEFAULT_STREAM_IDLE_TIMEOUT_MS,
 };
 use crate::balance::hash_policy::{CookieAttribute, CookiePolicy};
+use crate::rules::RoutingConfig;
 use serde_json::{Map, Value};
 
 const HCM_TYPE: &str =
@@ -233,18 +240,12 @@ fn connection_manager(
             "route_specifier is required: give the routes in route_config",
         );
     }
-    let http_filters = http_filters(cx, o.list("http_filters"));
-    let access_log: Vec<Value> = o
+    let (http_filters, vigil_routing) = http_filters(cx, o.list("http_filters"));
+    let access_log: Vec<AccessLog> = o
         .list("access_log")
         .into_iter()
-        .map(|(_, v)| v.clone())
+        .filter_map(|(p, v)| access_log(cx, p, v))
         .collect();
-    if !access_log.is_empty() {
-        cx.warn(
-            &path.field("access_log"),
-            "kept as written; vigil's proxy does not write access logs yet",
-        );
-    }
     let request_timeout_ms = millis(o.duration(cx, "request_timeout"), 0);
     let request_headers_timeout_ms = millis(o.duration(cx, "request_headers_timeout"), 0);
     let stream_idle_timeout_ms = millis(
@@ -333,6 +334,7 @@ fn connection_manager(
         route_config: route_config?,
         http_filters,
         access_log,
+        vigil_routing,
         request_timeout_ms,
         request_headers_timeout_ms,
         stream_idle_timeout_ms,
@@ -392,16 +394,25 @@ fn protocol_options(cx: &mut Ctx, mut o: Obj) -> HttpProtocolOptions {
     out
 }
 
-fn http_filters(cx: &mut Ctx, list: Vec<(FieldPath, &Value)>) -> Vec<HttpFilter> {
+/// The filters, and the routing rules of vigil's own wasm filter when the chain has one (the
+/// first, should there be several: Envoy would run them in turn, and the first decides).
+fn http_filters(
+    cx: &mut Ctx,
+    list: Vec<(FieldPath, &Value)>,
+) -> (Vec<HttpFilter>, Option<RoutingConfig>) {
     let count = list.len();
     let mut out = Vec::new();
+    let mut routing = None;
     for (i, (p, v)) in list.into_iter().enumerate() {
         let Some(mut f) = Obj::new(cx, p.clone(), v, &HTTP_FILTER) else {
             continue;
         };
         let name = f.required_string(cx, "name", MIN_LEN_1);
         let has_typed = f.has("typed_config");
-        let typed = f.any(cx, "typed_config");
+        let raw_typed = f.take("typed_config");
+        let typed = raw_typed
+            .as_ref()
+            .and_then(|(path, value)| read_any(cx, path, value));
         let discovery = f.has("config_discovery");
         let is_optional = f.bool(cx, "is_optional").unwrap_or(false);
         let disabled = f.bool(cx, "disabled").unwrap_or(false);
@@ -443,7 +454,22 @@ fn http_filters(cx: &mut Ctx, list: Vec<(FieldPath, &Value)>) -> Vec<HttpFilter>
             }
             HttpFilterKind::Router
         } else if typed.is(HTTP_WASM_TYPE) {
-            cx.warn(&typed_path, WASM_NOTE);
+            let raw = raw_typed.map(|(_, v)| {
+                if typed.via_typed_struct {
+                    v.get("value").unwrap_or(&Value::Null)
+                } else {
+                    v
+                }
+            });
+            match raw.filter(|wasm| is_vigil_plugin(wasm)) {
+                Some(wasm) => {
+                    let found = vigil_plugin_routing(cx, &typed.path, wasm);
+                    if routing.is_none() {
+                        routing = found;
+                    }
+                }
+                None => cx.warn(&typed_path, WASM_NOTE),
+            }
             if last {
                 cx.invalid(
                     &p,
@@ -488,7 +514,518 @@ fn http_filters(cx: &mut Ctx, list: Vec<(FieldPath, &Value)>) -> Vec<HttpFilter>
             disabled,
         });
     }
-    out
+    (out, routing)
+}
+
+/// The field `name` of a proto-JSON mapping, in either spelling.
+fn field<'v>(value: &'v Value, name: &str) -> Option<&'v Value> {
+    value
+        .get(name)
+        .or_else(|| value.get(json_name(name)))
+        .filter(|v| !v.is_null())
+}
+
+/// Whether a `envoy.extensions.filters.http.wasm.v3.Wasm` is vigil's filter: its plugin
+/// `root_id` is one of [`VIGIL_ROOT_IDS`], or its module is a local file named
+/// [`VIGIL_WASM_FILE`].
+fn is_vigil_plugin(wasm: &Value) -> bool {
+    let Some(plugin) = field(wasm, "config") else {
+        return false;
+    };
+    let root_id = field(plugin, "root_id").and_then(Value::as_str);
+    let filename = field(plugin, "vm_config")
+        .and_then(|vm| field(vm, "code"))
+        .and_then(|code| field(code, "local"))
+        .and_then(|local| field(local, "filename"))
+        .and_then(Value::as_str);
+    root_id.is_some_and(|id| VIGIL_ROOT_IDS.contains(&id))
+        || filename.is_some_and(|f| f.rsplit(['/', '\\']).next() == Some(VIGIL_WASM_FILE))
+}
+
+/// The `routing` object of vigil's plugin configuration (`config.configuration`), read as the
+/// filter reads it. Envoy hands the plugin a `StringValue`'s or `BytesValue`'s content, or the
+/// JSON of a `Struct` / `TypedStruct`; any other type reaches the plugin as serialized protobuf,
+/// which vigil's filter refuses, so it is an error here too. The rest of the plugin
+/// configuration belongs to the filter's own health checking, which the companion does not run
+/// (a warning names the keys present).
+fn vigil_plugin_routing(cx: &mut Ctx, path: &FieldPath, wasm: &Value) -> Option<RoutingConfig> {
+    let plugin = field(wasm, "config")?;
+    let config_path = path.field("config").field("configuration");
+    let configuration = field(plugin, "configuration")?;
+    let type_url = field(configuration, "@type")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let type_name = type_url.rsplit('/').next().unwrap_or("");
+    let value_path = config_path.field("value");
+    let value = field(configuration, "value");
+    let json: Value = match type_name {
+        "google.protobuf.StringValue" | "google.protobuf.BytesValue" => {
+            let text = match value {
+                None => String::new(),
+                Some(Value::String(s)) if type_name == "google.protobuf.StringValue" => s.clone(),
+                Some(Value::String(s)) => {
+                    match base64(s).and_then(|bytes| String::from_utf8(bytes).ok()) {
+                        Some(text) => text,
+                        None => {
+                            cx.invalid(&value_path, "expected base64 of UTF-8 JSON");
+                            return None;
+                        }
+                    }
+                }
+                Some(other) => {
+                    cx.invalid(
+                        &value_path,
+                        format!("expected a string, found {}", describe(other)),
+                    );
+                    return None;
+                }
+            };
+            if text.trim().is_empty() {
+                return None;
+            }
+            match serde_json::from_str(&text) {
+                Ok(json) => json,
+                Err(err) => {
+                    cx.invalid(
+                        &value_path,
+                        format!("vigil's plugin configuration is not valid JSON: {err}"),
+                    );
+                    return None;
+                }
+            }
+        }
+        "google.protobuf.Struct" | "xds.type.v3.TypedStruct" | "udpa.type.v1.TypedStruct" => {
+            value.cloned().unwrap_or_else(|| Value::Object(Map::new()))
+        }
+        other => {
+            cx.invalid(
+                &config_path,
+                format!(
+                    "vigil's plugin configuration must be a google.protobuf.StringValue holding \
+                     JSON (BytesValue and Struct also work), found \"{other}\": Envoy would \
+                     hand the filter serialized protobuf"
+                ),
+            );
+            return None;
+        }
+    };
+    let Value::Object(map) = &json else {
+        cx.invalid(
+            &value_path,
+            format!(
+                "vigil's plugin configuration must be a JSON object, found {}",
+                describe(&json)
+            ),
+        );
+        return None;
+    };
+    let mut others: Vec<&str> = map
+        .keys()
+        .map(String::as_str)
+        .filter(|k| *k != "routing")
+        .collect();
+    others.sort_unstable();
+    if !others.is_empty() {
+        cx.warn(
+            &value_path,
+            format!(
+                "the companion does not run the filter's supplementary health checks ({}: \
+                 active probes and outlier detection of the plugin's clusters); the Envoy \
+                 clusters' own health_checks and outlier_detection apply",
+                others.join(", ")
+            ),
+        );
+    }
+    let routing = map.get("routing").filter(|v| !v.is_null())?;
+    let routing_path = value_path.field("routing");
+    match RoutingConfig::from_json(routing, routing_path.as_str()) {
+        Ok(config) => Some(config),
+        Err(errors) => {
+            cx.errors.extend(errors.errors);
+            None
+        }
+    }
+}
+
+const FILE_ACCESS_LOG_TYPE: &str = "envoy.extensions.access_loggers.file.v3.FileAccessLog";
+const STDOUT_ACCESS_LOG_TYPE: &str = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";
+const STDERR_ACCESS_LOG_TYPE: &str = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
+
+/// One `access_log` entry: file, stdout and stderr loggers are read (format parsed); other
+/// loggers (gRPC, OpenTelemetry, ...) are skipped with a warning.
+fn access_log(cx: &mut Ctx, path: FieldPath, value: &Value) -> Option<AccessLog> {
+    let mut o = Obj::new(cx, path.clone(), value, &ACCESS_LOG)?;
+    let name = o.string(cx, "name").unwrap_or_default();
+    let typed = o.any(cx, "typed_config");
+    o.finish(cx);
+    let Some(typed) = typed.filter(|t| !t.is_empty()) else {
+        cx.invalid(
+            &path.field("typed_config"),
+            format!("Didn't find a registered implementation for '{name}' with type URL: ''"),
+        );
+        return None;
+    };
+    let (sink, format) = if typed.is(FILE_ACCESS_LOG_TYPE) {
+        let mut f = typed.obj(cx, &FILE_ACCESS_LOG);
+        let file = f.required_string(cx, "path", MIN_LEN_1);
+        let format = if let Some((p, v)) = f.take("format") {
+            string(cx, &p, v).and_then(|text| text_format(cx, &p, &text, false))
+        } else if let Some((p, v)) = f
+            .take("json_format")
+            .or_else(|| f.take("typed_json_format"))
+        {
+            json_format(cx, &p, v, false, false)
+        } else {
+            f.message(cx, "log_format", &SUBSTITUTION_FORMAT_STRING)
+                .map(|lf| substitution_format(cx, lf))
+                .unwrap_or_else(|| Some(default_format()))
+        };
+        f.finish(cx);
+        (AccessLogSink::File(file?), format?)
+    } else if typed.is(STDOUT_ACCESS_LOG_TYPE) || typed.is(STDERR_ACCESS_LOG_TYPE) {
+        let mut f = typed.obj(cx, &STREAM_ACCESS_LOG);
+        let format = f
+            .message(cx, "log_format", &SUBSTITUTION_FORMAT_STRING)
+            .map(|lf| substitution_format(cx, lf))
+            .unwrap_or_else(|| Some(default_format()));
+        f.finish(cx);
+        let sink = if typed.is(STDOUT_ACCESS_LOG_TYPE) {
+            AccessLogSink::Stdout
+        } else {
+            AccessLogSink::Stderr
+        };
+        (sink, format?)
+    } else {
+        cx.warn(
+            &typed.path,
+            format!(
+                "{}: only file, stdout and stderr access logs are written by vigil; ignored",
+                typed.type_name
+            ),
+        );
+        return None;
+    };
+    Some(AccessLog { name, sink, format })
+}
+
+fn default_format() -> LogFormat {
+    let mut cx = Ctx::default();
+    let pieces =
+        parse_format(&mut cx, &FieldPath::root(), DEFAULT_ACCESS_LOG_FORMAT).unwrap_or_default();
+    LogFormat {
+        kind: LogFormatKind::Text(pieces),
+        omit_empty_values: false,
+    }
+}
+
+/// A `SubstitutionFormatString`.
+fn substitution_format(cx: &mut Ctx, mut o: Obj) -> Option<LogFormat> {
+    let omit = o.bool(cx, "omit_empty_values").unwrap_or(false);
+    let sort = o
+        .message(cx, "json_format_options", &JSON_FORMAT_OPTIONS)
+        .map(|mut j| {
+            let sort = j.bool(cx, "sort_properties").unwrap_or(false);
+            j.finish(cx);
+            sort
+        })
+        .unwrap_or(false);
+    let format = if let Some((p, v)) = o.take("text_format") {
+        string(cx, &p, v).and_then(|text| text_format(cx, &p, &text, omit))
+    } else if let Some((p, v)) = o.take("json_format") {
+        json_format(cx, &p, v, omit, sort)
+    } else if let Some(mut source) = o.message(cx, "text_format_source", &FORMAT_SOURCE) {
+        let p = source.path.clone();
+        let text = if let Some(text) = source.string(cx, "inline_string") {
+            Some(text)
+        } else if let Some((bp, v)) = source.take("inline_bytes") {
+            let decoded = string(cx, &bp, v)
+                .and_then(|b| base64(&b))
+                .and_then(|b| String::from_utf8(b).ok());
+            if decoded.is_none() {
+                cx.invalid(&bp, "expected base64 of UTF-8 text");
+            }
+            decoded
+        } else {
+            None
+        };
+        source.finish(cx);
+        text.and_then(|text| text_format(cx, &p, &text, omit))
+    } else {
+        // Envoy: a SubstitutionFormatString without a format is the default text format.
+        Some(LogFormat {
+            omit_empty_values: omit,
+            ..default_format()
+        })
+    };
+    o.finish(cx);
+    format
+}
+
+fn text_format(cx: &mut Ctx, path: &FieldPath, text: &str, omit: bool) -> Option<LogFormat> {
+    Some(LogFormat {
+        kind: LogFormatKind::Text(parse_format(cx, path, text)?),
+        omit_empty_values: omit,
+    })
+}
+
+fn json_format(
+    cx: &mut Ctx,
+    path: &FieldPath,
+    value: &Value,
+    omit: bool,
+    sort: bool,
+) -> Option<LogFormat> {
+    let Value::Object(map) = value else {
+        cx.invalid(
+            path,
+            format!(
+                "expected a mapping (google.protobuf.Struct), found {}",
+                describe(value)
+            ),
+        );
+        return None;
+    };
+    Some(LogFormat {
+        kind: LogFormatKind::Json(json_entries(cx, path, map, sort)?),
+        omit_empty_values: omit,
+    })
+}
+
+fn json_entries(
+    cx: &mut Ctx,
+    path: &FieldPath,
+    map: &Map<String, Value>,
+    sort: bool,
+) -> Option<Vec<(String, JsonFormatValue)>> {
+    let errors = cx.errors.len();
+    let mut out = Vec::new();
+    for (key, value) in map {
+        let p = path.field(key);
+        let entry = match value {
+            Value::String(text) => parse_format(cx, &p, text).map(JsonFormatValue::Format),
+            Value::Object(inner) => json_entries(cx, &p, inner, sort).map(JsonFormatValue::Object),
+            Value::Array(_) => {
+                cx.invalid(
+                    &p,
+                    "Only string values, nested structs, list values and number values are \
+                     supported in structured access log format: lists are not supported by vigil",
+                );
+                None
+            }
+            literal => Some(JsonFormatValue::Literal(literal.clone())),
+        };
+        if let Some(entry) = entry {
+            out.push((key.clone(), entry));
+        }
+    }
+    if sort {
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    (cx.errors.len() == errors).then_some(out)
+}
+
+/// Envoy's command operators vigil does not evaluate (accepted by Envoy, refused here with
+/// their name so nothing is silently logged as `-`).
+const UNSUPPORTED_OPERATORS: [&str; 40] = [
+    "REQUEST_TX_DURATION",
+    "RESPONSE_TX_DURATION",
+    "DOWNSTREAM_HANDSHAKE_DURATION",
+    "ROUNDTRIP_DURATION",
+    "BYTES_RETRANSMITTED",
+    "PACKETS_RETRANSMITTED",
+    "UPSTREAM_WIRE_BYTES_SENT",
+    "UPSTREAM_WIRE_BYTES_RECEIVED",
+    "UPSTREAM_HEADER_BYTES_SENT",
+    "UPSTREAM_HEADER_BYTES_RECEIVED",
+    "DOWNSTREAM_WIRE_BYTES_SENT",
+    "DOWNSTREAM_WIRE_BYTES_RECEIVED",
+    "DOWNSTREAM_HEADER_BYTES_SENT",
+    "DOWNSTREAM_HEADER_BYTES_RECEIVED",
+    "UPSTREAM_LOCAL_ADDRESS",
+    "UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT",
+    "UPSTREAM_LOCAL_PORT",
+    "UPSTREAM_REMOTE_ADDRESS",
+    "UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT",
+    "UPSTREAM_REMOTE_PORT",
+    "DOWNSTREAM_REMOTE_PORT",
+    "DOWNSTREAM_LOCAL_PORT",
+    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS",
+    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT",
+    "CONNECTION_ID",
+    "UPSTREAM_CONNECTION_ID",
+    "REQUESTED_SERVER_NAME",
+    "DYNAMIC_METADATA",
+    "CLUSTER_METADATA",
+    "UPSTREAM_METADATA",
+    "FILTER_STATE",
+    "UPSTREAM_FILTER_STATE",
+    "DOWNSTREAM_PEER_SUBJECT",
+    "DOWNSTREAM_TLS_VERSION",
+    "GRPC_STATUS",
+    "STREAM_ID",
+    "LOCAL_REPLY_BODY",
+    "ACCESS_LOG_TYPE",
+    "CONNECTION_TERMINATION_DETAILS",
+    "VIRTUAL_CLUSTER_NAME",
+];
+
+/// Parses an access log format string with Envoy's grammar: `%NAME%`, `%NAME(args)%`, either
+/// with `:max_length`; `%%` is a literal `%`. Every problem is recorded at `path`.
+fn parse_format(cx: &mut Ctx, path: &FieldPath, text: &str) -> Option<Vec<FormatPiece>> {
+    let bytes = text.as_bytes();
+    let mut pieces = Vec::new();
+    let mut literal = String::new();
+    let mut ok = true;
+    let mut pos = 0;
+    while pos < text.len() {
+        let Some(offset) = text[pos..].find('%') else {
+            literal.push_str(&text[pos..]);
+            break;
+        };
+        literal.push_str(&text[pos..pos + offset]);
+        pos += offset;
+        if bytes.get(pos + 1) == Some(&b'%') {
+            literal.push('%');
+            pos += 2;
+            continue;
+        }
+        let Some((name, args, max_length, end)) = command_at(text, pos) else {
+            cx.invalid(
+                path,
+                // Escaped: a format's newline would split the message.
+                format!(
+                    "Incorrect configuration: {}. Couldn't find valid command at position {pos}",
+                    text.escape_debug()
+                ),
+            );
+            return None;
+        };
+        pos = end;
+        match operator(name, args) {
+            Ok(operator) => {
+                if !literal.is_empty() {
+                    pieces.push(FormatPiece::Literal(std::mem::take(&mut literal)));
+                }
+                pieces.push(FormatPiece::Command {
+                    operator,
+                    max_length,
+                });
+            }
+            Err(OperatorError::Unknown) => {
+                cx.invalid(path, format!("Not supported field in StreamInfo: {name}"));
+                ok = false;
+            }
+            Err(OperatorError::Unsupported) => {
+                cx.unsupported(
+                    path,
+                    format!("command operator %{name}% is not implemented by vigil's access log"),
+                );
+                ok = false;
+            }
+            Err(OperatorError::Invalid(message)) => {
+                cx.invalid(path, message);
+                ok = false;
+            }
+        }
+    }
+    if !literal.is_empty() {
+        pieces.push(FormatPiece::Literal(literal));
+    }
+    ok.then_some(pieces)
+}
+
+/// The command starting with the `%` at `start`: its name, arguments, max length and the
+/// position after its closing `%`.
+fn command_at(text: &str, start: usize) -> Option<(&str, Option<&str>, Option<usize>, usize)> {
+    let rest = &text[start + 1..];
+    let name_len = rest
+        .bytes()
+        .take_while(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'_')
+        .count();
+    if name_len == 0 {
+        return None;
+    }
+    let name = &rest[..name_len];
+    let mut at = name_len;
+    let mut args = None;
+    if rest[at..].starts_with('(') {
+        let close = rest[at..].find(')')?;
+        args = Some(&rest[at + 1..at + close]);
+        at += close + 1;
+    }
+    let mut max_length = None;
+    if rest[at..].starts_with(':') {
+        let digits = rest[at + 1..]
+            .bytes()
+            .take_while(u8::is_ascii_digit)
+            .count();
+        max_length = Some(rest[at + 1..at + 1 + digits].parse().ok()?);
+        at += 1 + digits;
+    }
+    rest[at..]
+        .starts_with('%')
+        .then_some((name, args, max_length, start + 1 + at + 1))
+}
+
+enum OperatorError {
+    Unknown,
+    Unsupported,
+    Invalid(String),
+}
+
+fn operator(name: &str, args: Option<&str>) -> Result<FormatOperator, OperatorError> {
+    use FormatOperator as F;
+    let header = |args: Option<&str>| -> Result<(String, Option<String>), OperatorError> {
+        let args = args
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| OperatorError::Invalid(format!("{name} requires parameters")))?;
+        let mut parts = args.split('?');
+        let main = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let alternative = parts.next().map(str::to_ascii_lowercase);
+        if parts.next().is_some() {
+            return Err(OperatorError::Invalid(format!(
+                "More than 1 alternative header specified in token: {args}"
+            )));
+        }
+        Ok((main, alternative))
+    };
+    Ok(match name {
+        "START_TIME" => F::StartTime(args.filter(|a| !a.is_empty()).map(str::to_string)),
+        "REQ" | "REQUEST_HEADER" => {
+            let (name, alternative) = header(args)?;
+            F::RequestHeader { name, alternative }
+        }
+        "RESP" | "RESPONSE_HEADER" => {
+            let (name, alternative) = header(args)?;
+            F::ResponseHeader { name, alternative }
+        }
+        "TRAILER" | "RESPONSE_TRAILER" => {
+            header(args)?;
+            F::ResponseTrailer
+        }
+        "PROTOCOL" => F::Protocol,
+        "RESPONSE_CODE" => F::ResponseCode,
+        "RESPONSE_CODE_DETAILS" => F::ResponseCodeDetails,
+        "RESPONSE_FLAGS" => F::ResponseFlags,
+        "RESPONSE_FLAGS_LONG" => F::ResponseFlagsLong,
+        "BYTES_RECEIVED" => F::BytesReceived,
+        "BYTES_SENT" => F::BytesSent,
+        "DURATION" => F::Duration,
+        "REQUEST_DURATION" => F::RequestDuration,
+        "RESPONSE_DURATION" => F::ResponseDuration,
+        "UPSTREAM_HOST" => F::UpstreamHost,
+        "UPSTREAM_CLUSTER" => F::UpstreamCluster,
+        "UPSTREAM_TRANSPORT_FAILURE_REASON" => F::UpstreamTransportFailureReason,
+        "UPSTREAM_REQUEST_ATTEMPT_COUNT" => F::UpstreamRequestAttemptCount,
+        "DOWNSTREAM_REMOTE_ADDRESS" => F::DownstreamRemoteAddress,
+        "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT" => F::DownstreamRemoteAddressWithoutPort,
+        "DOWNSTREAM_LOCAL_ADDRESS" => F::DownstreamLocalAddress,
+        "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT" => F::DownstreamLocalAddressWithoutPort,
+        "ROUTE_NAME" => F::RouteName,
+        "HOSTNAME" => F::Hostname,
+        other if UNSUPPORTED_OPERATORS.contains(&other) => return Err(OperatorError::Unsupported),
+        _ => return Err(OperatorError::Unknown),
+    })
 }
 
 /// What the routes of one route configuration refer to, checked once it is read.
@@ -1799,6 +2336,297 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+    use crate::config::{ErrorKind, from_value};
+    use serde_json::json;
+
+    const HCM: &str = concat!(
+        "type.googleapis.com/envoy.extensions.filters.network.",
+        "http_connection_manager.v3.HttpConnectionManager"
+    );
+    const FILTER_AT: &str =
+        "static_resources.listeners[0].filter_chains[0].filters[0].typed_config";
+
+    /// A bootstrap with one listener whose connection manager has `extra` fields and the
+    /// filters `filters` before the router.
+    fn bootstrap(extra: Value, filters: Vec<Value>) -> Value {
+        let mut hcm = json!({"@type": HCM, "stat_prefix": "in",
+            "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]}});
+        let mut all = filters;
+        all.push(
+            json!({"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}),
+        );
+        hcm["http_filters"] = Value::Array(all);
+        if let (Value::Object(hcm), Value::Object(extra)) = (&mut hcm, extra) {
+            hcm.extend(extra);
+        }
+        json!({"static_resources": {"listeners": [{"name": "l",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 8080}},
+            "filter_chains": [{"filters": [{"name": "hcm", "typed_config": hcm}]}]}]}})
+    }
+
+    fn wasm(root_id: &str, filename: &str, configuration: Value) -> Value {
+        json!({"name": "envoy.filters.http.wasm", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {"root_id": root_id, "configuration": configuration,
+                "vm_config": {"vm_id": "vigil", "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": filename}}}}}})
+    }
+
+    fn string_value(text: &str) -> Value {
+        json!({"@type": "type.googleapis.com/google.protobuf.StringValue", "value": text})
+    }
+
+    fn errors(v: &Value) -> Vec<(ErrorKind, String)> {
+        from_value(v)
+            .unwrap_err()
+            .errors
+            .into_iter()
+            .map(|e| (e.kind, format!("{}: {}", e.path, e.message)))
+            .collect()
+    }
+
+    const RULES: &str = r#"{"clusters": {"web": {"endpoints": ["127.0.0.1:8080"]}},
+        "routing": {"decision_headers": true, "rules": [{"name": "canary",
+            "match": {"headers": [{"name": "x-canary", "exact": "1"}]},
+            "action": {"cluster": "yellow"}}]}}"#;
+
+    #[test]
+    fn vigils_filter_exposes_its_routing_rules() {
+        for (root_id, file) in [
+            ("vigil_filter", "filter.wasm"),
+            ("vigil", "x.wasm"),
+            ("other", "/opt/vigil_filter.wasm"),
+        ] {
+            let v = bootstrap(json!({}), vec![wasm(root_id, file, string_value(RULES))]);
+            let loaded = from_value(&v).unwrap();
+            let hcm = &loaded.bootstrap.listeners[0].http[0];
+            let routing = hcm.vigil_routing.as_ref().expect(root_id);
+            assert!(routing.decision_headers);
+            assert_eq!(routing.rules[0].name, "canary");
+            let warnings: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
+            assert_eq!(warnings.len(), 1, "{warnings:?}");
+            assert!(
+                warnings[0].contains("supplementary health checks (clusters:"),
+                "{warnings:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_wasm_filters_only_warn_and_routing_is_absent() {
+        let v = bootstrap(
+            json!({}),
+            vec![wasm("someone", "else.wasm", string_value(RULES))],
+        );
+        let loaded = from_value(&v).unwrap();
+        assert!(
+            loaded.bootstrap.listeners[0].http[0]
+                .vigil_routing
+                .is_none()
+        );
+        assert!(loaded.warnings[0].message.contains("natively"));
+        // vigil's filter without routing (health only) or without any configuration.
+        for configuration in [string_value(r#"{"clusters": {}}"#), json!(null)] {
+            let v = bootstrap(
+                json!({}),
+                vec![wasm("vigil_filter", "f.wasm", configuration)],
+            );
+            let loaded = from_value(&v).unwrap();
+            assert!(
+                loaded.bootstrap.listeners[0].http[0]
+                    .vigil_routing
+                    .is_none()
+            );
+        }
+    }
+
+    #[test]
+    fn struct_and_bytes_configurations_are_read_like_strings() {
+        let as_struct = json!({"@type": "type.googleapis.com/google.protobuf.Struct",
+            "value": {"routing": {"rules": [{"name": "r", "action": {"cluster": "c"}}]}}});
+        let bytes = json!({"@type": "type.googleapis.com/google.protobuf.BytesValue",
+            // {"routing":{"rules":[]}}
+            "value": "eyJyb3V0aW5nIjp7InJ1bGVzIjpbXX19"});
+        for (configuration, rules) in [(as_struct, 1), (bytes, 0)] {
+            let v = bootstrap(
+                json!({}),
+                vec![wasm("vigil_filter", "f.wasm", configuration)],
+            );
+            let loaded = from_value(&v).unwrap();
+            let routing = loaded.bootstrap.listeners[0].http[0].vigil_routing.clone();
+            assert_eq!(routing.unwrap().rules.len(), rules);
+        }
+    }
+
+    #[test]
+    fn routing_errors_name_the_yaml_and_the_json_path() {
+        let bad = r#"{"routing": {"rules": [{"name": "r", "action": {"cluster": "c"},
+            "match": {"headers": [{"name": "x", "regex": "v[0-9+"}]}}, {"namee": "x"}]}}"#;
+        let v = bootstrap(
+            json!({}),
+            vec![wasm("vigil_filter", "f.wasm", string_value(bad))],
+        );
+        let found = errors(&v);
+        let at = format!("{FILTER_AT}.http_filters[0].typed_config.config.configuration.value");
+        assert!(
+            found[0]
+                .1
+                .starts_with(&format!("{at}.routing.rules[0].match.headers[0].regex: ")),
+            "{found:?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|(_, e)| e.starts_with(&format!("{at}.routing.rules[1]"))
+                    && e.contains("did you mean \"name\"")),
+            "{found:?}"
+        );
+        let v = bootstrap(
+            json!({}),
+            vec![wasm("vigil", "f.wasm", string_value("{not json"))],
+        );
+        assert!(
+            errors(&v)[0].1.contains("not valid JSON"),
+            "{:?}",
+            errors(&v)
+        );
+        let other = json!({"@type": "type.googleapis.com/google.protobuf.Duration", "value": "1s"});
+        let v = bootstrap(json!({}), vec![wasm("vigil", "f.wasm", other)]);
+        assert!(
+            errors(&v)[0]
+                .1
+                .contains("found \"google.protobuf.Duration\"")
+        );
+    }
+
+    fn file_log(log_format: Value) -> Value {
+        let mut typed = json!({"@type":
+            "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": "/dev/null"});
+        if !log_format.is_null() {
+            typed["log_format"] = log_format;
+        }
+        json!({"access_log": [{"name": "envoy.access_loggers.file", "typed_config": typed}]})
+    }
+
+    fn access_logs(v: &Value) -> Vec<AccessLog> {
+        from_value(v).unwrap().bootstrap.listeners[0].http[0]
+            .access_log
+            .clone()
+    }
+
+    #[test]
+    fn access_logs_default_to_envoys_format() {
+        let logs = access_logs(&bootstrap(file_log(Value::Null), vec![]));
+        assert_eq!(logs[0].sink, AccessLogSink::File("/dev/null".into()));
+        let LogFormatKind::Text(pieces) = &logs[0].format.kind else {
+            panic!("text expected");
+        };
+        assert_eq!(pieces[0], FormatPiece::Literal("[".into()));
+        assert_eq!(
+            pieces[3],
+            FormatPiece::Command {
+                operator: FormatOperator::RequestHeader {
+                    name: ":method".into(),
+                    alternative: None
+                },
+                max_length: None
+            }
+        );
+        assert_eq!(
+            pieces[5],
+            FormatPiece::Command {
+                operator: FormatOperator::RequestHeader {
+                    name: "x-envoy-original-path".into(),
+                    alternative: Some(":path".into())
+                },
+                max_length: None
+            }
+        );
+        assert_eq!(pieces.last(), Some(&FormatPiece::Literal("\"\n".into())));
+        let count = pieces
+            .iter()
+            .filter(|p| matches!(p, FormatPiece::Command { .. }))
+            .count();
+        assert_eq!(count, 15);
+    }
+
+    #[test]
+    fn access_log_formats_parse_with_envoys_grammar() {
+        let text = json!({"text_format_source": {"inline_string":
+            "%REQ(X-A?X-B):3% 100%% %START_TIME(%s)% %RESPONSE_CODE%\n"}});
+        let logs = access_logs(&bootstrap(file_log(text), vec![]));
+        let LogFormatKind::Text(pieces) = &logs[0].format.kind else {
+            panic!("text expected");
+        };
+        assert_eq!(
+            pieces,
+            &vec![
+                FormatPiece::Command {
+                    operator: FormatOperator::RequestHeader {
+                        name: "x-a".into(),
+                        alternative: Some("x-b".into())
+                    },
+                    max_length: Some(3)
+                },
+                FormatPiece::Literal(" 100% ".into()),
+                FormatPiece::Command {
+                    operator: FormatOperator::StartTime(Some("%s".into())),
+                    max_length: None
+                },
+                FormatPiece::Literal(" ".into()),
+                FormatPiece::Command {
+                    operator: FormatOperator::ResponseCode,
+                    max_length: None
+                },
+                FormatPiece::Literal("\n".into()),
+            ]
+        );
+        let json = json!({"json_format": {"code": "%RESPONSE_CODE%", "n": 1,
+            "nested": {"up": "%UPSTREAM_HOST%"}}, "omit_empty_values": true});
+        let logs = access_logs(&bootstrap(file_log(json), vec![]));
+        assert!(logs[0].format.omit_empty_values);
+        let LogFormatKind::Json(entries) = &logs[0].format.kind else {
+            panic!("json expected");
+        };
+        assert_eq!(entries.len(), 3);
+        assert!(matches!(&entries[2].1, JsonFormatValue::Object(inner) if inner.len() == 1));
+    }
+
+    #[test]
+    fn bad_access_log_formats_name_the_operator() {
+        let cases = [
+            (
+                "%NOT_AN_OPERATOR%",
+                ErrorKind::Invalid,
+                "Not supported field in StreamInfo: NOT_AN_OPERATOR",
+            ),
+            (
+                "%CONNECTION_ID%",
+                ErrorKind::Unsupported,
+                "%CONNECTION_ID% is not implemented",
+            ),
+            (
+                "50 % off",
+                ErrorKind::Invalid,
+                "Couldn't find valid command at position 3",
+            ),
+            ("%REQ%", ErrorKind::Invalid, "REQ requires parameters"),
+        ];
+        for (format, kind, message) in cases {
+            let v = bootstrap(file_log(json!({"text_format": format})), vec![]);
+            let errors = errors(&v);
+            assert_eq!(errors[0].0, kind, "{format}: {errors:?}");
+            assert!(errors[0].1.contains(message), "{format}: {errors:?}");
+            assert!(
+                errors[0]
+                    .1
+                    .contains("access_log[0].typed_config.log_format.text_format")
+            );
+        }
+    }
 
     #[test]
     fn re2_program_size_estimates_match_envoys_verdicts() {

@@ -719,11 +719,18 @@ mod tests {
             loaded.bootstrap.clusters[1].discovery,
             Discovery::Unsupported("envoy.extensions.clusters.aggregate.v3.ClusterConfig".into())
         );
+        // ORIGINAL_DST is served by the proxy (for hosts vigil's rules pick): no warning.
+        assert!(
+            !loaded
+                .warnings
+                .iter()
+                .any(|w| w.path.as_str() == "static_resources.clusters[0].type")
+        );
         assert!(
             loaded
                 .warnings
                 .iter()
-                .any(|w| w.path.as_str() == "static_resources.clusters[0].type")
+                .any(|w| w.path.as_str().starts_with("static_resources.clusters[1]"))
         );
 
         let v =

@@ -1385,3 +1385,81 @@ pub(crate) static DATA_SOURCE: Message = Message {
     ],
     removed: &[],
 };
+
+pub(crate) static ACCESS_LOG: Message = Message {
+    name: "envoy.config.accesslog.v3.AccessLog",
+    fields: &[
+        read("name"),
+        reject(
+            "filter",
+            "access log filters are not implemented by vigil: every request would be logged",
+        ),
+        read("typed_config").oneof("config_type"),
+    ],
+    removed: &[("config", "removed from Envoy's v3 API: use typed_config")],
+};
+
+pub(crate) static FILE_ACCESS_LOG: Message = Message {
+    name: "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+    fields: &[
+        read("path"),
+        read("format").oneof("access_log_format"),
+        read("json_format").oneof("access_log_format"),
+        read("typed_json_format").oneof("access_log_format"),
+        read("log_format").oneof("access_log_format"),
+    ],
+    removed: &[],
+};
+
+pub(crate) static STREAM_ACCESS_LOG: Message = Message {
+    name: "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+    fields: &[read("log_format").oneof("access_log_format")],
+    removed: &[],
+};
+
+pub(crate) static SUBSTITUTION_FORMAT_STRING: Message = Message {
+    name: "envoy.config.core.v3.SubstitutionFormatString",
+    fields: &[
+        read("text_format").oneof("format"),
+        read("json_format").oneof("format"),
+        read("text_format_source").oneof("format"),
+        read("omit_empty_values"),
+        warn(
+            "content_type",
+            "used by local reply formatting, not by access logs; ignored",
+        ),
+        reject(
+            "formatters",
+            "formatter extensions (%CEL%, %METADATA%, ...) are not implemented by vigil",
+        ),
+        read("json_format_options"),
+    ],
+    removed: &[],
+};
+
+pub(crate) static JSON_FORMAT_OPTIONS: Message = Message {
+    name: "envoy.config.core.v3.JsonFormatOptions",
+    fields: &[read("sort_properties")],
+    removed: &[],
+};
+
+pub(crate) static FORMAT_SOURCE: Message = Message {
+    name: "envoy.config.core.v3.DataSource",
+    fields: &[
+        reject(
+            "filename",
+            "formats read from files are not supported by vigil: use inline_string",
+        )
+        .oneof("specifier"),
+        read("inline_bytes").oneof("specifier"),
+        read("inline_string").oneof("specifier"),
+        reject(
+            "environment_variable",
+            "formats read from environment variables are not supported by vigil: use \
+             inline_string",
+        )
+        .oneof("specifier"),
+        warn("watched_directory", IGNORED),
+    ],
+    removed: &[],
+};

@@ -528,8 +528,15 @@ pub struct HttpConnectionManager {
     /// `http_filters`, in order. Envoy accepts an empty list, and then never answers a request
     /// (it waits for `stream_idle_timeout`).
     pub http_filters: Vec<HttpFilter>,
-    /// `access_log`, as written (not applied yet: a warning says so).
-    pub access_log: Vec<Value>,
+    /// `access_log`: the file / stdout / stderr loggers, formats parsed (Envoy's command
+    /// operators; an unknown operator is a load error). Off when empty, as in Envoy.
+    pub access_log: Vec<AccessLog>,
+    /// The `routing` object of vigil's own wasm filter in `http_filters` (see
+    /// [`VIGIL_ROOT_IDS`]), read with
+    /// [`RoutingConfig::from_json`](crate::rules::RoutingConfig::from_json); `None` when the
+    /// chain has no vigil filter or its configuration has no `routing`. The companion applies it
+    /// before route selection, as the filter does in Envoy.
+    pub vigil_routing: Option<crate::rules::RoutingConfig>,
     /// `request_timeout` (default 0: none).
     pub request_timeout_ms: u64,
     /// `request_headers_timeout` (default 0: none).
@@ -566,6 +573,135 @@ pub struct HttpConnectionManager {
     pub strip_trailing_host_dot: bool,
     /// `merge_slashes` (default false): `//` runs in the path become `/` before routing.
     pub merge_slashes: bool,
+}
+
+/// The plugin `root_id`s that mark an `envoy.filters.http.wasm` filter as vigil's own (the
+/// filter's docs and templates use `vigil_filter`); a plugin whose `vm_config.code.local.filename`
+/// ends in [`VIGIL_WASM_FILE`] is vigil's too, whatever its `root_id`.
+pub const VIGIL_ROOT_IDS: [&str; 2] = ["vigil_filter", "vigil"];
+/// The file name of vigil's wasm module.
+pub const VIGIL_WASM_FILE: &str = "vigil_filter.wasm";
+
+/// One `access_log` entry of a connection manager (`config.accesslog.v3.AccessLog`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLog {
+    /// `name` (may be empty).
+    pub name: String,
+    pub sink: AccessLogSink,
+    pub format: LogFormat,
+}
+
+/// Where an access log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogSink {
+    /// `envoy.extensions.access_loggers.file.v3.FileAccessLog`: appended to `path`.
+    File(String),
+    /// `envoy.extensions.access_loggers.stream.v3.StdoutAccessLog`.
+    Stdout,
+    /// `envoy.extensions.access_loggers.stream.v3.StderrAccessLog`.
+    Stderr,
+}
+
+/// A parsed `log_format` (`config.core.v3.SubstitutionFormatString`); Envoy's default text
+/// format ([`DEFAULT_ACCESS_LOG_FORMAT`]) when none is given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogFormat {
+    pub kind: LogFormatKind,
+    /// `omit_empty_values`: a missing value is written as nothing (text) or its key is left out
+    /// (JSON), instead of `-` / `null`.
+    pub omit_empty_values: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogFormatKind {
+    /// `text_format` / `text_format_source` (one line per request; the text carries its own
+    /// newline, as in Envoy).
+    Text(Vec<FormatPiece>),
+    /// `json_format`: one JSON object per line, keys in the order written (or sorted with
+    /// `json_format_options.sort_properties`).
+    Json(Vec<(String, JsonFormatValue)>),
+}
+
+/// One value of a `json_format` dictionary.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JsonFormatValue {
+    /// A string with command operators. A string that is exactly one operator keeps the
+    /// operator's type (numbers stay numbers, a missing value is `null`), as Envoy does.
+    Format(Vec<FormatPiece>),
+    /// Numbers, booleans and `null`: written as given.
+    Literal(Value),
+    /// A nested dictionary.
+    Object(Vec<(String, JsonFormatValue)>),
+}
+
+/// Envoy's access log format when `log_format` is not given (`DEFAULT_FORMAT` in Envoy's
+/// `substitution_format_string.cc`).
+pub const DEFAULT_ACCESS_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% \
+     %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% \
+     %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \
+     \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \
+     \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\"\n";
+
+/// A piece of a format string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FormatPiece {
+    Literal(String),
+    /// `%OPERATOR%`, `%OPERATOR(args)%`, with an optional `:max_length`.
+    Command {
+        operator: FormatOperator,
+        max_length: Option<usize>,
+    },
+}
+
+/// The command operators vigil evaluates. Envoy knows more; those are refused at load time
+/// (named), unknown names too (Envoy refuses those as well).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FormatOperator {
+    /// `%START_TIME%` (`%Y-%m-%dT%H:%M:%E3SZ`, UTC) or `%START_TIME(strftime)%`.
+    StartTime(Option<String>),
+    /// `%REQ(H?ALT)%` / `%REQUEST_HEADER(...)%`: lowercased names; `:method`, `:path`,
+    /// `:authority`, `:scheme` are the request's own.
+    RequestHeader {
+        name: String,
+        alternative: Option<String>,
+    },
+    /// `%RESP(H?ALT)%` / `%RESPONSE_HEADER(...)%`.
+    ResponseHeader {
+        name: String,
+        alternative: Option<String>,
+    },
+    /// `%TRAILER(...)%` / `%RESPONSE_TRAILER(...)%`: vigil's proxy does not forward trailers,
+    /// so always missing.
+    ResponseTrailer,
+    /// `%PROTOCOL%`: `HTTP/1.1`, `HTTP/2`.
+    Protocol,
+    ResponseCode,
+    ResponseCodeDetails,
+    /// `%RESPONSE_FLAGS%` (short: `UH`, `UF`, `UT`, `NR`, ...).
+    ResponseFlags,
+    /// `%RESPONSE_FLAGS_LONG%` (`NoHealthyUpstream`, ...).
+    ResponseFlagsLong,
+    BytesReceived,
+    BytesSent,
+    /// `%DURATION%`: milliseconds from the first request byte to the last response byte.
+    Duration,
+    /// `%REQUEST_DURATION%`: until the whole request was read.
+    RequestDuration,
+    /// `%RESPONSE_DURATION%`: until the response headers.
+    ResponseDuration,
+    UpstreamHost,
+    UpstreamCluster,
+    /// `%UPSTREAM_TRANSPORT_FAILURE_REASON%`.
+    UpstreamTransportFailureReason,
+    /// `%UPSTREAM_REQUEST_ATTEMPT_COUNT%`.
+    UpstreamRequestAttemptCount,
+    DownstreamRemoteAddress,
+    DownstreamRemoteAddressWithoutPort,
+    DownstreamLocalAddress,
+    DownstreamLocalAddressWithoutPort,
+    RouteName,
+    /// `%HOSTNAME%`: the machine's host name.
+    Hostname,
 }
 
 /// One of `http_filters`.

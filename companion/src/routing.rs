@@ -1,0 +1,109 @@
+//! vigil's header-based routing rules in the companion's proxy: the same engine
+//! (`vigil_core::rules`) and the same configuration (the `routing` object of vigil's wasm filter
+//! in the connection manager's `http_filters`) as the filter in Envoy, applied the same way
+//! before route selection.
+//!
+//! [`ListenerRouting`] holds one listener's [`Router`] (behind a mutex: round-robin counters and
+//! cached rings are per router, as they are per worker in Envoy) and the request headers vigil
+//! owns: the rules' `cluster_header` and `host_header`, and the header of every ORIGINAL_DST
+//! cluster, all removed from every client request so that no client can pick a cluster or a
+//! host itself. [`ClusterHealth`] is the health view the rules decide on: the running clusters'
+//! hosts from their check snapshots and outlier detectors
+//! ([`crate::upstream::HostPicker::members`]), with endpoint metadata. ORIGINAL_DST clusters have
+//! no members and are absent from it.
+
+use crate::forward::Upstream;
+use http::HeaderName;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use vigil_core::route::RequestView;
+use vigil_core::rules::{Action, Decision, HealthView, Member, Router, RoutingConfig};
+
+/// The routing rules of one listener, ready for requests.
+pub struct ListenerRouting {
+    router: Mutex<Router>,
+    /// The clusters the rules' actions look up, for the health view.
+    clusters: Vec<String>,
+    /// `decision_headers`.
+    pub decision_headers: bool,
+}
+
+/// What a decision did to the request, once applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub decision: Decision,
+    /// `x-vigil-decision` (`Router::label`), when a rule matched.
+    pub label: Option<String>,
+}
+
+impl ListenerRouting {
+    pub fn new(config: RoutingConfig) -> ListenerRouting {
+        let mut clusters: Vec<String> = config
+            .rules
+            .iter()
+            .filter_map(|rule| match &rule.action {
+                Action::Cluster(name) => Some(name.clone()),
+                Action::Host(host) => Some(host.cluster.clone()),
+                Action::LocalReply(_) => None,
+            })
+            .collect();
+        clusters.sort();
+        clusters.dedup();
+        ListenerRouting {
+            decision_headers: config.decision_headers,
+            router: Mutex::new(Router::new(config)),
+            clusters,
+        }
+    }
+
+    /// The request headers the rules own (`cluster_header`, `host_header`).
+    pub fn owned_headers(&self) -> Vec<HeaderName> {
+        let router = self.router.lock().unwrap_or_else(|p| p.into_inner());
+        router
+            .config()
+            .owned_headers()
+            .iter()
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .collect()
+    }
+
+    /// The health of the clusters the rules name, from the running `upstreams`.
+    pub fn health(&self, upstreams: &BTreeMap<String, Arc<Upstream>>) -> ClusterHealth {
+        ClusterHealth {
+            clusters: self
+                .clusters
+                .iter()
+                .filter_map(|name| {
+                    let upstream = upstreams.get(name)?;
+                    if upstream.original_dst_settings().is_some() {
+                        return None;
+                    }
+                    Some((name.clone(), upstream.picker.members()))
+                })
+                .collect(),
+        }
+    }
+
+    /// Decides for a request whose owned headers were already removed.
+    pub fn decide(&self, request: &RequestView<'_>, health: &ClusterHealth) -> Applied {
+        let mut router = self.router.lock().unwrap_or_else(|p| p.into_inner());
+        let decision = router.decide(request, health);
+        let label = router.label(&decision).map(str::to_string);
+        Applied { decision, label }
+    }
+}
+
+/// The health view of one request: the members of the clusters the rules name.
+#[derive(Debug, Default)]
+pub struct ClusterHealth {
+    clusters: Vec<(String, Arc<Vec<Member>>)>,
+}
+
+impl HealthView for ClusterHealth {
+    fn members(&self, cluster: &str) -> Option<&[Member]> {
+        self.clusters
+            .iter()
+            .find(|(name, _)| name == cluster)
+            .map(|(_, members)| members.as_slice())
+    }
+}
