@@ -1,51 +1,59 @@
-//! The HTTP filter side, one [`FilterRoot`] per worker VM.
+//! The HTTP filter side, one [`FilterRoot`] per worker VM: header routing decisions on the
+//! request path, passive observation in the log phase.
 //!
 //! The worker's copy of the verdict table is refreshed on the worker's tick (100 ms): one small
-//! shared-data read of the generation, and the table itself read and decoded only when the
-//! generation moved. Requests make no host call for it.
+//! shared-data read of the generation, and the table itself read and decoded (into the health
+//! view the rules decide against) only when the generation moved. Requests make no host call
+//! for it. Each worker counts the tables it decoded in `vigil.verdict_refreshes`.
 //!
-//! Per request, at most these host calls:
-//! - log phase: `xds.cluster_name`, and only for a supervised cluster with outlier detection,
-//!   `upstream.address` and `response.code` (plus `response.flags` for a 5xx, to tell Envoy's
-//!   local connect-failure / reset / timeout replies from the upstream's own 5xx).
+//! Per request, at most these host calls (docs/filter.md has the table per mode):
+//! - request headers, only with `routing`: one read of every request header; one removal per
+//!   owned header the client actually sent (none normally); then one `set` per header the
+//!   decision writes (1 for a cluster, 2 for a host) or one local reply. Nothing for no match.
+//! - response headers, only with `decision_headers` and a matched rule: 1 or 2 `set`s.
+//! - log phase: `xds.cluster_name` (skipped when the decision already named the cluster, and
+//!   the whole phase skipped after a local reply), and only for a supervised cluster with
+//!   outlier detection, `upstream.address` and `response.code` (plus `response.flags` for a 5xx,
+//!   to tell Envoy's local connect-failure / reset / timeout replies from the upstream's own 5xx).
 //!
-//! Each worker counts the tables it decoded in `vigil.verdict_refreshes`.
+//! Decision counters are summed per worker and added to Envoy's counters on the tick, so they
+//! cost no host call per request (and lag by at most one tick).
 //!
 //! Observations are appended to a per-worker batch and sent to the singleton on the shared queue
 //! on the next tick (100 ms) or when the batch is full, so the queue costs one host call per batch,
 //! not per request. The queue is resolved by `vm_id` (the `plugin_vm_id` property): the filter
 //! and the service must share one `vm_id`.
 
+use crate::QUEUE_NAME;
 use crate::host;
-use crate::{GENERATION_KEY, QUEUE_NAME, VERDICTS_KEY};
+use crate::verdicts::VerdictCache;
 use log::warn;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::MetricType;
+use proxy_wasm::types::{Action, MapType, MetricType};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 use vigil_core::plugin::PluginConfig;
 use vigil_core::plugin::observe;
-use vigil_core::plugin::verdict::{VerdictTable, decode_generation};
+use vigil_core::plugin::routing::{
+    DecisionCounters, NO_MATCH_METRIC, Outcome, RequestHeaders, VerdictHealth, metric_name, spoofed,
+};
+use vigil_core::rules::{Action as RuleAction, Decision, Router};
 
 /// Flush a batch at this many observations without waiting for the tick.
 const BATCH_LINES: usize = 64;
 const TICK: Duration = Duration::from_millis(100);
 
 /// What the worker's contexts share.
-#[derive(Default)]
 struct Shared {
     batch: String,
     lines: usize,
     queue: Option<u32>,
     vm_id: String,
-    /// The last verdict table read, for the routing decisions of the next wave.
-    verdicts: VerdictTable,
-    generation: Option<u64>,
+    verdicts: VerdictCache,
+    routing: Option<Routing>,
     warned_no_queue: bool,
-    /// `vigil.verdict_refreshes`: tables a worker read and decoded (one per generation seen).
-    refreshes: Option<u32>,
 }
 
 impl Shared {
@@ -78,33 +86,49 @@ impl Shared {
         self.batch.clear();
         self.lines = 0;
     }
+}
 
-    fn refresh_verdicts(&mut self) {
-        let Some(generation) = hostcalls::get_shared_data(GENERATION_KEY)
-            .ok()
-            .and_then(|(bytes, _)| bytes)
-            .and_then(|b| decode_generation(&b))
-        else {
-            return;
-        };
-        if self.generation == Some(generation) {
-            return;
-        }
-        let Some(bytes) = hostcalls::get_shared_data(VERDICTS_KEY)
-            .ok()
-            .and_then(|(b, _)| b)
-        else {
-            return;
-        };
-        match VerdictTable::decode(&bytes) {
-            Ok(table) => {
-                self.generation = Some(generation);
-                self.verdicts = table;
-                if let Some(id) = self.refreshes {
-                    let _ = hostcalls::increment_metric(id, 1);
-                }
+/// Response headers added with `decision_headers`.
+const UPSTREAM_HEADER: &str = "x-vigil-upstream";
+const DECISION_HEADER: &str = "x-vigil-decision";
+
+/// A worker's routing state: the router (its round-robin counters and rings are per worker),
+/// and the decision counters not yet added to Envoy's.
+struct Routing {
+    router: Router,
+    counters: DecisionCounters,
+    /// Envoy's counter per counter slot (`None` when the host refused to define it).
+    metrics: Vec<Option<u32>>,
+    owned: [String; 2],
+    decision_headers: bool,
+}
+
+impl Routing {
+    fn new(router: Router) -> Routing {
+        let config = router.config();
+        let counters = DecisionCounters::new(config.rules.len());
+        let mut metrics = Vec::with_capacity(counters.slots());
+        for rule in &config.rules {
+            for outcome in Outcome::ALL {
+                let name = metric_name(&rule.name, outcome);
+                metrics.push(hostcalls::define_metric(MetricType::Counter, &name).ok());
             }
-            Err(e) => warn!("vigil-filter: ignoring the published verdicts: {e}"),
+        }
+        metrics.push(hostcalls::define_metric(MetricType::Counter, NO_MATCH_METRIC).ok());
+        Routing {
+            owned: [config.cluster_header.clone(), config.host_header.clone()],
+            decision_headers: config.decision_headers,
+            counters,
+            metrics,
+            router,
+        }
+    }
+
+    fn flush_counters(&mut self) {
+        for (slot, n) in self.counters.drain() {
+            if let Some(Some(id)) = self.metrics.get(slot) {
+                let _ = hostcalls::increment_metric(*id, i64::try_from(n).unwrap_or(i64::MAX));
+            }
         }
     }
 }
@@ -114,7 +138,7 @@ pub struct FilterRoot {
     shared: Rc<RefCell<Shared>>,
     /// Clusters whose real responses are observed (those with `outlier_detection`).
     observed: Rc<Vec<String>>,
-    /// Whether any cluster is configured (an empty config makes the filter a pass-through).
+    /// Whether any cluster or routing is configured (else the filter is a pass-through).
     active: bool,
 }
 
@@ -126,30 +150,41 @@ impl FilterRoot {
             .filter(|(_, c)| c.outlier_detection.is_some())
             .map(|(name, _)| name.clone())
             .collect();
-        if !config.clusters.is_empty() && hostcalls::set_tick_period(TICK).is_err() {
+        let active = !config.clusters.is_empty() || config.routing.is_some();
+        if active && hostcalls::set_tick_period(TICK).is_err() {
             warn!(
-                "vigil-filter: cannot set the tick period: verdicts are not refreshed and \
-                 observations flush only when a batch is full"
+                "vigil-filter: cannot set the tick period: verdicts are not refreshed, \
+                 observations flush only when a batch is full, decision counters stay at 0"
             );
         }
         let shared = Shared {
+            batch: String::new(),
+            lines: 0,
+            queue: None,
             vm_id: host::property_string(&["plugin_vm_id"]).unwrap_or_default(),
-            refreshes: hostcalls::define_metric(MetricType::Counter, "vigil.verdict_refreshes")
-                .ok(),
-            ..Shared::default()
+            verdicts: VerdictCache::new(config.clusters.keys().cloned().collect()),
+            routing: config
+                .routing
+                .as_ref()
+                .map(|r| Routing::new(Router::new(r.clone()))),
+            warned_no_queue: false,
         };
         FilterRoot {
             shared: Rc::new(RefCell::new(shared)),
             observed: Rc::new(observed),
-            active: !config.clusters.is_empty(),
+            active,
         }
     }
 
-    /// The worker's tick: send the pending observations, pick up a new verdict table.
+    /// The worker's tick: send the pending observations, pick up a new verdict table, add the
+    /// decisions counted since the last tick to Envoy's counters.
     pub fn on_tick(&self) {
         if let Ok(mut shared) = self.shared.try_borrow_mut() {
             shared.flush();
-            shared.refresh_verdicts();
+            shared.verdicts.refresh();
+            if let Some(routing) = &mut shared.routing {
+                routing.flush_counters();
+            }
         }
     }
 
@@ -157,33 +192,174 @@ impl FilterRoot {
         if !self.active {
             return Box::new(PassThrough);
         }
-        Box::new(Observer {
+        Box::new(Stream {
             shared: Rc::clone(&self.shared),
             observed: Rc::clone(&self.observed),
+            tell: None,
+            routed_to: None,
+            replied: false,
         })
     }
 }
 
-/// An HTTP context that does nothing (no clusters configured, or the service's root).
+/// An HTTP context that does nothing (nothing configured, or the service's root).
 pub struct PassThrough;
 
 impl Context for PassThrough {}
 impl HttpContext for PassThrough {}
 
-struct Observer {
+/// One request.
+struct Stream {
     shared: Rc<RefCell<Shared>>,
     observed: Rc<Vec<String>>,
+    /// With `decision_headers`: (`x-vigil-upstream`, `x-vigil-decision`) for the response.
+    tell: Option<(Option<String>, String)>,
+    /// The cluster the decision sent the request to (the host action's cluster for a host), so
+    /// the log phase observes it without asking Envoy, and attributes a host routed through the
+    /// ORIGINAL_DST cluster to the cluster it is a member of.
+    routed_to: Option<String>,
+    /// The filter answered locally: nothing reached an upstream.
+    replied: bool,
 }
 
-impl Context for Observer {}
+impl Context for Stream {}
 
-impl HttpContext for Observer {
+impl Stream {
+    /// Removes the owned headers the client sent, decides, applies. Every failure below picks
+    /// explicitly whether the request goes on.
+    fn route(&mut self, routing: &mut Routing, health: &VerdictHealth) -> Action {
+        let owned = [routing.owned[0].as_str(), routing.owned[1].as_str()];
+        let Some(headers) = host::header_map(MapType::HttpRequestHeaders) else {
+            // Cannot read the request: no decision, but the owned headers are removed blindly
+            // so a client still cannot pick a host; then Envoy's routes decide (traffic passes).
+            for name in owned {
+                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+            }
+            return Action::Continue;
+        };
+        let sent = spoofed(&headers, &owned);
+        for name in &sent {
+            if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None).is_err() {
+                // A client-chosen upstream must never pass: refuse the request.
+                warn!("vigil-filter: cannot remove the client's {name} header: refusing");
+                return self.reply(503, "vigil: cannot sanitize the request", None);
+            }
+        }
+        let mut request = RequestHeaders::new(&headers);
+        if !sent.is_empty() {
+            request.remove(&sent);
+        }
+        let decision = routing.router.decide(&request.view(), health);
+        routing.counters.count(&decision);
+        let label = if routing.decision_headers {
+            routing.router.label(&decision).map(str::to_string)
+        } else {
+            None
+        };
+        match decision {
+            Decision::NoMatch => Action::Continue,
+            Decision::Envoy { .. } => {
+                self.tell = label.map(|l| (None, l));
+                Action::Continue
+            }
+            Decision::LocalReply { status, body, .. } => self.reply(status, &body, label),
+            Decision::Route {
+                rule,
+                set,
+                upstream,
+                fell_back,
+            } => {
+                // The host header first: if a later set fails, the cluster header was not
+                // written and Envoy's own routes decide (traffic passes, as without vigil).
+                for (name, value) in set.iter().rev() {
+                    if let Err(status) =
+                        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
+                    {
+                        warn!("vigil-filter: cannot set {name}: {status:?}; Envoy's routes decide");
+                        for (name, _) in &set {
+                            let _ =
+                                hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+                        }
+                        return Action::Continue;
+                    }
+                }
+                // No `clear_route_cache` call: for an ABI 0.2.1 module (this SDK) Envoy clears
+                // the route cache itself on every request-header mutation, on 1.30 as on 1.36
+                // (only modules of a later ABI must ask); the routing process test checks it.
+                let config = routing.router.config();
+                self.routed_to = match config.rules.get(rule).map(|r| &r.action) {
+                    Some(RuleAction::Host(host)) if !fell_back => Some(host.cluster.clone()),
+                    _ => Some(upstream.clone()),
+                };
+                self.tell = label.map(|l| (Some(upstream), l));
+                Action::Continue
+            }
+        }
+    }
+
+    /// A local reply; if Envoy refuses it, the request goes on to Envoy's routes.
+    fn reply(&mut self, status: u16, body: &str, label: Option<String>) -> Action {
+        let headers: Vec<(&str, &str)> = match &label {
+            Some(label) => vec![(DECISION_HEADER, label.as_str())],
+            None => Vec::new(),
+        };
+        match hostcalls::send_http_response(u32::from(status), headers, Some(body.as_bytes())) {
+            Ok(()) => {
+                self.replied = true;
+                Action::Pause
+            }
+            Err(status) => {
+                warn!("vigil-filter: local reply refused ({status:?}); Envoy's routes decide");
+                Action::Continue
+            }
+        }
+    }
+}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let shared = Rc::clone(&self.shared);
+        let Ok(mut shared) = shared.try_borrow_mut() else {
+            return Action::Continue;
+        };
+        let shared = &mut *shared;
+        match &mut shared.routing {
+            Some(routing) => self.route(routing, &shared.verdicts.health),
+            None => Action::Continue,
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.replied {
+            return Action::Continue;
+        }
+        if let Some((upstream, label)) = self.tell.take() {
+            if let Some(upstream) = upstream {
+                let _ = hostcalls::set_map_value(
+                    MapType::HttpResponseHeaders,
+                    UPSTREAM_HEADER,
+                    Some(&upstream),
+                );
+            }
+            let _ = hostcalls::set_map_value(
+                MapType::HttpResponseHeaders,
+                DECISION_HEADER,
+                Some(&label),
+            );
+        }
+        Action::Continue
+    }
+
     fn on_log(&mut self) {
-        if self.observed.is_empty() {
+        if self.observed.is_empty() || self.replied {
             return;
         }
-        let Some(cluster) = host::property_string(&["xds", "cluster_name"]) else {
-            return;
+        let cluster = match self.routed_to.take() {
+            Some(cluster) => cluster,
+            None => match host::property_string(&["xds", "cluster_name"]) {
+                Some(cluster) => cluster,
+                None => return,
+            },
         };
         if !self.observed.contains(&cluster) {
             return;

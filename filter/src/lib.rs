@@ -7,7 +7,10 @@
 //!   publishes verdicts in shared data ([`service`]);
 //! - as the HTTP filter (any other `root_id`): each request's real upstream answer is observed
 //!   and queued to the singleton, and the published verdicts are cached per worker, re-read on
-//!   the worker's tick only when their generation moved ([`http`]).
+//!   the worker's tick only when their generation moved; with `routing`, each request is routed
+//!   by the rules against those verdicts ([`http`]);
+//! - as a network filter whose `root_id` is [`TCP_ROOT_ID`] (`vigil_tcp`): each connection gets
+//!   a cluster chosen by health, handed to `tcp_proxy` through filter state ([`tcp`]).
 //!
 //! This crate is a thin shell: the decisions live in `vigil_core::plugin`. Nothing here may panic
 //! inside the VM, and host calls go through `proxy_wasm::hostcalls` (which return errors) rather
@@ -20,14 +23,18 @@
 pub mod host;
 pub mod http;
 pub mod service;
+pub mod tcp;
+pub mod verdicts;
 
 use log::warn;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 use vigil_core::plugin::PluginConfig;
 
 /// The plugin `root_id` that makes a root context the singleton service.
 pub const SERVICE_ROOT_ID: &str = "vigil_service";
+/// The plugin `root_id` that makes a root context the network filter.
+pub const TCP_ROOT_ID: &str = "vigil_tcp";
 /// Shared-data key of the encoded verdict table.
 pub const VERDICTS_KEY: &str = "vigil.verdicts";
 /// Shared-data key of the verdict table's generation (8 bytes).
@@ -45,6 +52,7 @@ enum Root {
     Unconfigured,
     Service(Box<service::Service>),
     Filter(http::FilterRoot),
+    Tcp(tcp::TcpRoot),
 }
 
 impl Context for Root {
@@ -83,6 +91,12 @@ impl RootContext for Root {
                     return false;
                 }
             }
+        } else if root_id == TCP_ROOT_ID {
+            let Some(tcp) = &config.tcp else {
+                warn!("vigil-filter: root_id {TCP_ROOT_ID} needs a \"tcp\" section");
+                return false;
+            };
+            Root::Tcp(tcp::TcpRoot::new(&config, tcp))
         } else {
             Root::Filter(http::FilterRoot::new(&config))
         };
@@ -93,6 +107,7 @@ impl RootContext for Root {
         match self {
             Root::Service(s) => s.on_tick(),
             Root::Filter(f) => f.on_tick(),
+            Root::Tcp(t) => t.on_tick(),
             Root::Unconfigured => {}
         }
     }
@@ -110,7 +125,21 @@ impl RootContext for Root {
         }
     }
 
+    fn create_stream_context(&self, _context_id: u32) -> Option<Box<dyn StreamContext>> {
+        match self {
+            Root::Tcp(t) => Some(t.stream_context()),
+            // Never asked (these roots say HttpContext), but None would trap in the SDK.
+            _ => Some(Box::new(tcp::PassThrough)),
+        }
+    }
+
+    /// The SDK creates contexts of this type: a plugin's `root_id` must match the filter it is
+    /// configured on (`vigil_tcp` on `envoy.filters.network.wasm`, any other on
+    /// `envoy.filters.http.wasm`), since the SDK traps on callbacks for the other kind.
     fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        Some(match self {
+            Root::Tcp(_) => ContextType::StreamContext,
+            _ => ContextType::HttpContext,
+        })
     }
 }

@@ -5,127 +5,12 @@
 //!
 //! Every verdict is read from the filter's own metrics in Envoy's `/stats`.
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::time::Duration;
 use vigil_tests::demoapp::{DemoApp, expect_ok};
-use vigil_tests::envoy::AdminProcess;
-use vigil_tests::wasm::{
-    VERDICT_TIMEOUT, filter_wasm, host_gauge, start_envoy, validate_logged, vigil_stats,
-};
-use vigil_tests::{http, net, paths, template, wait_until};
+use vigil_tests::wasm::{FilterAddresses, FilterTopology, validate_logged};
+use vigil_tests::{http, paths};
 
-struct Topology {
-    front: SocketAddr,
-    blue: DemoApp,
-    yellow: DemoApp,
-    envoy: AdminProcess,
-    _dir: PathBuf,
-}
-
-struct Addresses {
-    blue: SocketAddr,
-    yellow: SocketAddr,
-    front: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Addresses {
-    fn fresh() -> Addresses {
-        let (b, y, f) = (
-            net::fresh_loopback(),
-            net::fresh_loopback(),
-            net::fresh_loopback(),
-        );
-        let app_port = net::free_port_on(&[b, y]);
-        let front_port = net::free_port_on(&[f]);
-        let mut admin_port = net::free_port_on(&[f]);
-        while admin_port == front_port {
-            admin_port = net::free_port_on(&[f]);
-        }
-        Addresses {
-            blue: SocketAddr::new(IpAddr::V4(b), app_port),
-            yellow: SocketAddr::new(IpAddr::V4(y), app_port),
-            front: SocketAddr::new(IpAddr::V4(f), front_port),
-            admin: SocketAddr::new(IpAddr::V4(f), admin_port),
-        }
-    }
-}
-
-fn render(a: &Addresses, native_hc_path: &str, plugin_config: &str) -> String {
-    let values: BTreeMap<&str, String> = [
-        ("admin_address", a.admin.ip().to_string()),
-        ("admin_port", a.admin.port().to_string()),
-        ("listen_address", a.front.ip().to_string()),
-        ("listen_port", a.front.port().to_string()),
-        ("blue_address", a.blue.ip().to_string()),
-        ("yellow_address", a.yellow.ip().to_string()),
-        ("app_port", a.blue.port().to_string()),
-        ("native_hc_path", native_hc_path.to_string()),
-        ("plugin_config", plugin_config.to_string()),
-        ("wasm_path", filter_wasm().display().to_string()),
-    ]
-    .into_iter()
-    .collect();
-    template::render_file("filter-front.yaml", &values).unwrap_or_else(|e| panic!("{e}"))
-}
-
-impl Topology {
-    async fn start(
-        label: &str,
-        workers: u32,
-        native_hc_path: &str,
-        plugin_config: impl Fn(&Addresses) -> String,
-    ) -> Topology {
-        let dir = paths::scratch_dir(label);
-        let a = Addresses::fresh();
-        let blue = DemoApp::start("blue", a.blue, &["--livez-delay", "0"], &dir)
-            .await
-            .unwrap_or_else(|e| panic!("blue: {e}"));
-        let yellow = DemoApp::start("yellow", a.yellow, &["--livez-delay", "0"], &dir)
-            .await
-            .unwrap_or_else(|e| panic!("yellow: {e}"));
-        let config = render(&a, native_hc_path, &plugin_config(&a));
-        let envoy = start_envoy("front-envoy", &config, a.admin, workers, &dir)
-            .await
-            .unwrap_or_else(|e| panic!("front envoy: {e}"));
-        Topology {
-            front: a.front,
-            blue,
-            yellow,
-            envoy,
-            _dir: dir,
-        }
-    }
-
-    async fn stats(&self) -> BTreeMap<String, u64> {
-        vigil_stats(&self.envoy)
-            .await
-            .unwrap_or_else(|e| panic!("/stats: {e}"))
-    }
-
-    /// Waits until the filter's metric `name` satisfies `ok`; panics with the metrics and
-    /// Envoy's log otherwise.
-    async fn wait_metric(&self, what: &str, name: &str, ok: impl Fn(u64) -> bool) {
-        let result = wait_until(what, VERDICT_TIMEOUT, || async {
-            let stats = vigil_stats(&self.envoy).await.ok()?;
-            stats.get(name).copied().filter(|v| ok(*v))
-        })
-        .await;
-        if let Err(e) = result {
-            panic!(
-                "{e}\nmetrics: {:#?}\n{}",
-                self.stats().await,
-                self.envoy.child.log_tail(40)
-            );
-        }
-    }
-
-    fn gauge(&self, app: &DemoApp) -> String {
-        host_gauge("web", app.http)
-    }
-}
+type Topology = FilterTopology;
 
 /// Probes of `path` the app counted from the filter (user agent `vigil-probe`).
 async fn probe_hits(app: &DemoApp, path: &str) -> u64 {
@@ -277,19 +162,19 @@ async fn passive_detection_ejects_a_host_answering_5xx_to_real_traffic() {
 #[test]
 fn envoy_validate_rejects_a_bad_plugin_configuration_naming_the_field() {
     let dir = paths::scratch_dir("filter-validate");
-    let a = Addresses::fresh();
+    let a = FilterAddresses::fresh();
     let good = format!(
         r#"{{"clusters": {{"web": {{"endpoints": ["{}"], "health_check": {{"path": "/livez"}}}}}}}}"#,
         a.blue
     );
-    let (ok, output) = validate_logged(&render(&a, "/livez", &good), &dir);
+    let (ok, output) = validate_logged(&a.render("/livez", &good), &dir);
     assert!(ok, "a good configuration must validate:\n{output}");
 
     let bad = format!(
         r#"{{"clusters": {{"web": {{"endpoints": ["{}"], "health_check": {{"path": "/livez", "intervall": "2s"}}}}}}}}"#,
         a.blue
     );
-    let (ok, output) = validate_logged(&render(&a, "/livez", &bad), &dir);
+    let (ok, output) = validate_logged(&a.render("/livez", &bad), &dir);
     assert!(!ok, "a bad configuration must fail validation:\n{output}");
     assert!(
         output.contains(r#"clusters[\"web\"].health_check: unknown field \"intervall\" (did you mean \"interval\"?)"#)

@@ -20,8 +20,9 @@
 //! }
 //! ```
 //!
-//! `routing` belongs to the header routing engine: it is kept as written (a mapping, or absent)
-//! and not interpreted here.
+//! `routing` is the header routing engine's configuration, read here with
+//! [`RoutingConfig::from_json`] so its errors (`routing.rules[0].action: ...`) reject the plugin
+//! configuration like any other field.
 
 use super::probe::BodyMatch;
 use super::vec_map::VecMap;
@@ -29,6 +30,7 @@ use crate::config::reader::{Ctx, Message, Obj, describe, read};
 use crate::config::{ConfigError, FieldPath};
 use crate::health::Policy;
 use crate::outlier::OutlierConfig;
+use crate::rules::RoutingConfig;
 use crate::schedule::{IntervalSettings, Intervals};
 use crate::status::{StatusRange, StatusRanges};
 use serde_json::Value;
@@ -54,8 +56,20 @@ pub struct PluginConfig {
     pub probe_cluster: String,
     /// `admin`: where clusters without `endpoints` learn their hosts.
     pub admin: Option<AdminSource>,
-    /// `routing`, kept as written for the routing engine (a mapping when present).
-    pub routing: Option<Value>,
+    /// `routing`: the header routing rules; `None` when absent (the filter then makes no
+    /// routing decision and only evaluates health).
+    pub routing: Option<RoutingConfig>,
+    /// `tcp`: the network filter's per-connection cluster choice; `None` when absent.
+    pub tcp: Option<TcpConfig>,
+}
+
+/// `tcp`: for a TCP listener, the network filter picks one of `clusters` per connection,
+/// round robin over those with a usable host, and hands the name to `tcp_proxy` through
+/// filter state (docs/filter.md, "TCP listeners").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpConfig {
+    /// `clusters`: the candidates, in order (non-empty, no duplicates).
+    pub clusters: Vec<String>,
 }
 
 /// Membership from Envoy's own admin API (`GET /clusters?format=json`), fetched through a static
@@ -143,7 +157,14 @@ static TOP: Message = Message {
         read("probe_cluster"),
         read("admin"),
         read("routing"),
+        read("tcp"),
     ],
+    removed: &[],
+};
+
+static TCP: Message = Message {
+    name: "vigil tcp cluster choice",
+    fields: &[read("clusters")],
     removed: &[],
 };
 
@@ -241,6 +262,7 @@ impl PluginConfig {
             probe_cluster: DEFAULT_PROBE_CLUSTER.to_string(),
             admin: None,
             routing: None,
+            tcp: None,
         }
     }
 
@@ -274,13 +296,37 @@ fn read_top(cx: &mut Ctx, value: &Value) -> Option<PluginConfig> {
     }
     if let Some((path, routing)) = o.take("routing") {
         if routing.is_object() {
-            config.routing = Some(routing.clone());
+            match RoutingConfig::from_json(routing, "routing") {
+                Ok(routing) => config.routing = Some(routing),
+                Err(errors) => cx.errors.extend(errors.errors),
+            }
         } else {
             cx.invalid(
                 &path,
                 format!("expected a mapping, found {}", describe(routing)),
             );
         }
+    }
+    if let Some(mut t) = o.message(cx, "tcp", &TCP) {
+        let mut clusters: Vec<String> = Vec::new();
+        for (path, value) in t.list("clusters") {
+            match value.as_str() {
+                Some("") => cx.invalid(&path, "must not be empty"),
+                Some(name) if clusters.iter().any(|c| c == name) => {
+                    cx.invalid(&path, format!("{name:?} is listed twice"))
+                }
+                Some(name) => clusters.push(name.to_string()),
+                None => cx.invalid(
+                    &path,
+                    format!("expected a cluster name, found {}", describe(value)),
+                ),
+            }
+        }
+        if clusters.is_empty() {
+            cx.invalid(&t.path.field("clusters"), "required: at least one cluster");
+        }
+        t.finish(cx);
+        config.tcp = Some(TcpConfig { clusters });
     }
     if let Some((path, clusters)) = o.take("clusters") {
         match clusters {
@@ -623,7 +669,9 @@ mod tests {
                                    "body": {"json": {"field": "a.status", "equals": "UP"}},
                                    "degraded_latency": "0.2s"},
                   "outlier_detection": {"consecutive_5xx": 3}}},
-                "routing": {"anything": [1, 2]}}"#,
+                "routing": {"decision_headers": true, "rules": [
+                  {"name": "canary", "match": {"headers": [{"name": "x-canary", "exact": "1"}]},
+                   "action": {"cluster": "yellow"}}]}}"#,
         )
         .unwrap();
         assert_eq!(c.probe_cluster, DEFAULT_PROBE_CLUSTER);
@@ -653,7 +701,18 @@ mod tests {
             })
         );
         assert_eq!(web.outlier_detection.as_ref().unwrap().consecutive_5xx, 3);
-        assert_eq!(c.routing, Some(serde_json::json!({"anything": [1, 2]})));
+        let routing = c.routing.as_ref().unwrap();
+        assert!(routing.decision_headers);
+        assert_eq!(routing.rules.len(), 1);
+        assert_eq!(routing.rules[0].name, "canary");
+        assert_eq!(c.tcp, None);
+        let tcp = PluginConfig::from_json(r#"{"tcp": {"clusters": ["b", "a"]}}"#).unwrap();
+        assert_eq!(
+            tcp.tcp,
+            Some(TcpConfig {
+                clusters: vec!["b".into(), "a".into()]
+            })
+        );
         assert!(c.probes_anything());
     }
 
@@ -729,6 +788,23 @@ mod tests {
             (
                 r#"{"routing": [1]}"#,
                 "routing: expected a mapping, found a list",
+            ),
+            (r#"{"tcp": {}}"#, "tcp.clusters: required"),
+            (
+                r#"{"tcp": {"clusters": ["a", "a"]}}"#,
+                r#"tcp.clusters[1]: "a" is listed twice"#,
+            ),
+            (
+                r#"{"tcp": {"clusterz": ["a"]}}"#,
+                r#"tcp: unknown field "clusterz" (did you mean "clusters"?)"#,
+            ),
+            (
+                r#"{"routing": {"rules": [{"namee": "a", "action": {"cluster": "c"}}]}}"#,
+                r#"routing.rules[0]: unknown field "namee" (did you mean "name"?)"#,
+            ),
+            (
+                r#"{"routing": {"rules": [{"name": "a", "action": {"local_reply": {"status": 99}}}]}}"#,
+                "routing.rules[0].action.local_reply.status",
             ),
             (r#"{"admin": {}}"#, "admin.cluster: required"),
             ("{", "not JSON"),

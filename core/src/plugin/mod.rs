@@ -11,14 +11,17 @@
 //! - [`verdict`]: [`verdict::VerdictTable`] and its versioned text encoding.
 //! - [`observe`]: classifying a real response ([`observe::classify`]) and observation batches.
 //! - [`vec_map`]: the small sorted-vector map used instead of `BTreeMap` (code size in wasm).
+//! - [`routing`]: the worker's health view over the verdict table, the request read from one
+//!   header map, and per-rule decision counters, for `vigil_core::rules` in the filter.
 //! - [`membership`]: hosts per cluster from Envoy's admin `/clusters?format=json`.
 
 pub mod config;
 pub mod membership;
 pub mod observe;
 pub mod probe;
+pub mod routing;
 pub mod supervisor;
 pub mod vec_map;
 pub mod verdict;
 
-pub use config::{PluginConfig, PluginError};
+pub use config::{PluginConfig, PluginError, TcpConfig};
