@@ -20,7 +20,7 @@ use crate::lab::{
     sidecar_config, start_apps,
 };
 use crate::names::Names;
-use crate::timeline::{Change, Recorder, table};
+use crate::timeline::{Change, HealthSource, Recorder, table};
 use crate::{http, wait_until};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -36,12 +36,12 @@ const POLL: Duration = Duration::from_millis(100);
 /// A request through a path that takes longer than this counts as an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// One way to the backends: a listener that proxies to them and an admin API that shows health.
+/// One way to the backends: a listener that proxies to them and where its verdicts are read.
 #[derive(Debug, Clone)]
 pub struct PathUnderTest {
     pub name: &'static str,
     pub listener: SocketAddr,
-    pub admin: SocketAddr,
+    pub health: HealthSource,
 }
 
 /// Addresses of the paths beside the lab's own layout (the companion runs on its own address).
@@ -76,8 +76,9 @@ pub struct Topology {
     pub layout: CompareLayout,
     pub timings: Timings,
     pub paths: Vec<PathUnderTest>,
-    front: Envoy,
-    companion: AdminProcess,
+    /// Owned so they live (and stop) with the topology; read through `paths`.
+    _front: Envoy,
+    _companion: AdminProcess,
     sidecars: BTreeMap<&'static str, Option<Envoy>>,
     /// Owned so they live (and stop) with the topology.
     _apps: Vec<DemoApp>,
@@ -118,16 +119,33 @@ impl Topology {
         let config = render_lab_front(kind, &lab, &timings, companion_listen, companion_admin)?;
         let companion =
             AdminProcess::start_vigil("vigil", &config, companion_admin, Some(&names), dir).await?;
+        let backends = vec![
+            socket(lab.blue, lab.service_port),
+            socket(lab.yellow, lab.service_port),
+        ];
         let paths = vec![
             PathUnderTest {
                 name: "envoy",
                 listener: front_listen,
-                admin: front_admin,
+                health: HealthSource::Clusters(front_admin),
+            },
+            PathUnderTest {
+                name: "filter",
+                listener: socket(lab.front, lab.filter_port),
+                health: HealthSource::FilterGauges {
+                    admin: front_admin,
+                    hosts: backends,
+                },
             },
             PathUnderTest {
                 name: "vigil",
                 listener: companion_listen,
-                admin: companion_admin,
+                health: HealthSource::Clusters(companion_admin),
+            },
+            PathUnderTest {
+                name: "vigil+rules",
+                listener: socket(layout.companion, lab.filter_port),
+                health: HealthSource::Clusters(companion_admin),
             },
         ];
         let topology = Topology {
@@ -135,8 +153,8 @@ impl Topology {
             layout,
             timings,
             paths,
-            front,
-            companion,
+            _front: front,
+            _companion: companion,
             sidecars,
             _apps: apps,
             _names: names,
@@ -147,26 +165,17 @@ impl Topology {
             + timings.timeout * 2
             + Duration::from_secs(5);
         for path in &topology.paths {
-            let process = topology.process(path.name);
             wait_until(
                 &format!("{}: blue and yellow healthy", path.name),
                 warmup,
                 || async {
-                    let flags = process.health_flags(FRONT_CLUSTER).await.ok()?;
-                    (flags.len() == 2 && flags.values().all(|f| f == "healthy")).then_some(())
+                    let flags = path.health.flags(FRONT_CLUSTER).await.ok()?;
+                    (flags.len() == 2 && flags.iter().all(|(_, f)| f == "healthy")).then_some(())
                 },
             )
             .await?;
         }
         Ok(topology)
-    }
-
-    fn process(&self, path: &str) -> &AdminProcess {
-        if path == "envoy" {
-            &self.front
-        } else {
-            &self.companion
-        }
     }
 
     /// The front cluster's host key of a backend (`ip:port` as `/clusters` prints it).
@@ -186,10 +195,16 @@ impl Topology {
         let lab = &self.layout.lab;
         let mut out = String::new();
         for path in &self.paths {
+            let health = match &path.health {
+                HealthSource::Clusters(admin) => format!("admin {admin} /clusters"),
+                HealthSource::FilterGauges { admin, .. } => {
+                    format!("admin {admin} /stats (the filter's gauges)")
+                }
+            };
             let _ = writeln!(
                 out,
-                "  {:<7} listener {}  admin {}",
-                path.name, path.listener, path.admin
+                "  {:<11} listener {:<21} {health}",
+                path.name, path.listener
             );
         }
         for backend in [Backend::Blue, Backend::Yellow] {
@@ -339,11 +354,11 @@ pub async fn play(topology: &mut Topology, say: &mut dyn FnMut(&str)) -> Result<
             }
         }));
     }
-    let recorder = Recorder::start(
+    let recorder = Recorder::start_sources(
         topology
             .paths
             .iter()
-            .map(|p| (p.name.to_string(), p.admin))
+            .map(|p| (p.name.to_string(), p.health.clone()))
             .collect(),
         FRONT_CLUSTER,
         POLL,
@@ -479,13 +494,13 @@ pub fn render(result: &LabResult, timings: &Timings) -> String {
     );
     let _ = writeln!(
         out,
-        "  {:<8} {:>10} {:>11} {:>22} {:>8} {:>9}",
+        "  {:<11} {:>10} {:>11} {:>22} {:>8} {:>9}",
         "path", "ejected", "readmitted", "to blue while ejected", "errors", "requests"
     );
     for path in &result.paths {
         let _ = writeln!(
             out,
-            "  {:<8} {:>10} {:>11} {:>22} {:>8} {:>9}",
+            "  {:<11} {:>10} {:>11} {:>22} {:>8} {:>9}",
             path.name,
             seconds(path.ejected_after),
             seconds(path.readmitted_after),

@@ -41,6 +41,8 @@ pub struct Layout {
     pub grpc_port: u16,
     /// The demo apps' `grpc.health.v1` server behind it (50052).
     pub app_grpc_port: u16,
+    /// The front's listener with vigil's wasm filter (`listener_vigil`, 10000).
+    pub filter_port: u16,
 }
 
 impl Layout {
@@ -56,6 +58,7 @@ impl Layout {
             app_port: 8080,
             grpc_port: 50051,
             app_grpc_port: 50052,
+            filter_port: 10000,
         }
     }
 
@@ -68,7 +71,7 @@ impl Layout {
         );
         let all = [front, blue, yellow];
         let mut ports: Vec<u16> = Vec::new();
-        while ports.len() < 5 {
+        while ports.len() < 6 {
             let port = net::free_port_on(&all);
             if !ports.contains(&port) {
                 ports.push(port);
@@ -83,6 +86,7 @@ impl Layout {
             app_port: ports[2],
             grpc_port: ports[3],
             app_grpc_port: ports[4],
+            filter_port: ports[5],
         }
     }
 
@@ -100,6 +104,10 @@ impl Layout {
             (
                 "front admin".to_string(),
                 Self::socket(self.front, self.admin_port),
+            ),
+            (
+                "front filter listener".to_string(),
+                Self::socket(self.front, self.filter_port),
             ),
         ];
         for (name, ip) in [("blue", self.blue), ("yellow", self.yellow)] {
@@ -293,7 +301,49 @@ fn front_values(
         ),
     ]);
     values.extend(kind.front_blocks(layout));
+    values.insert("filter_port", layout.filter_port.to_string());
+    values.insert("plugin_config", plugin_config(timings));
+    values.insert("wasm_path", local_wasm_path());
+    values.insert("admin_connect_address", admin.ip().to_string());
     values
+}
+
+/// Where `./lab build` / `./lab test` put the filter (the process twin loads it from there).
+pub fn local_wasm_path() -> String {
+    crate::paths::workspace_root()
+        .join("target/wasm32-wasip1/wasm/vigil_filter.wasm")
+        .display()
+        .to_string()
+}
+
+/// Where the compose files mount the filter.
+pub const COMPOSE_WASM_PATH: &str = "/etc/envoy/vigil_filter.wasm";
+
+/// The base ejection time of the filter's passive outlier detection in the labs.
+pub const FILTER_BASE_EJECTION: Duration = Duration::from_secs(30);
+
+/// vigil's plugin configuration for the labs' front (one JSON for the filter and its singleton
+/// service, docs/filter.md): the same `/livez` check as the native one with the same timings and
+/// thresholds, passive outlier detection (3 consecutive 5xx), membership of web_cluster_01 from
+/// the front's own admin API, and one routing rule: every request to a healthy host of
+/// web_cluster_01, round robin, through `vigil_original_dst` (503 `no healthy upstream` when none
+/// is). Written out by hand, so its text does not depend on serde_json's map order.
+pub fn plugin_config(timings: &Timings) -> String {
+    format!(
+        concat!(
+            r#"{{"probe_cluster": "vigil_original_dst", "admin": {{"cluster": "vigil_admin", "refresh_interval": "1s"}}, "#,
+            r#""clusters": {{"{cluster}": {{"health_check": {{"path": "/livez", "expected_statuses": [{{"start": 200, "end": 399}}], "#,
+            r#""interval": "{interval}", "timeout": "{timeout}", "healthy_threshold": {healthy}, "unhealthy_threshold": {unhealthy}}}, "#,
+            r#""outlier_detection": {{"consecutive_5xx": 3, "interval": "1s", "base_ejection_time": "{ejection}"}}}}}}, "#,
+            r#""routing": {{"rules": [{{"name": "lab", "action": {{"host": {{"cluster": "{cluster}", "via": "vigil_original_dst"}}}}}}]}}}}"#
+        ),
+        cluster = FRONT_CLUSTER,
+        interval = envoy_duration(timings.interval),
+        timeout = envoy_duration(timings.timeout),
+        healthy = HEALTHY_THRESHOLD,
+        unhealthy = UNHEALTHY_THRESHOLD,
+        ejection = envoy_duration(FILTER_BASE_EJECTION),
+    )
 }
 
 /// The lab's front config with its listener and admin API at other addresses: the same file a
@@ -381,6 +431,9 @@ pub fn compose_configs() -> Result<Vec<(String, String)>, String> {
             SocketAddr::new(any, layout.admin_port),
         );
         values.insert("service_name", SERVICE_NAME.to_string());
+        values.insert("wasm_path", COMPOSE_WASM_PATH.to_string());
+        // The admin listens on 0.0.0.0; the filter reaches it inside the container.
+        values.insert("admin_connect_address", Ipv4Addr::LOCALHOST.to_string());
         out.push((
             format!("envoy/compose/{}-front.yaml", kind.name()),
             compose_header(&template::render_file("front.yaml", &values)?),

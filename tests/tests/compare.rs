@@ -1,8 +1,14 @@
-//! `./lab compare` as a test: each lab (HTTP, TCP, gRPC) with the front Envoy's native checks and
-//! the companion side by side on the same demo apps. Every path must eject blue within the lab's
-//! bound after the fault and readmit it within the readmission bound after the fix, send nothing
-//! to blue and fail nothing while it has blue ejected, and (HTTP, gRPC: the app still answers
-//! traffic) fail no request at all.
+//! `./lab compare` as a test: each lab (HTTP, TCP, gRPC) with every path side by side on the same
+//! demo apps: the front Envoy's native checks, the front Envoy's listener with vigil's wasm filter,
+//! and the companion on the same file (its plain listener and the one where it applies the
+//! filter's routing rules). Every path must eject blue within the lab's bound after the fault and
+//! readmit it within the readmission bound after the fix, send nothing to blue and fail nothing
+//! while it has blue ejected, and (HTTP, gRPC: the app still answers traffic) fail no request at
+//! all. Two measured exceptions, asserted so they cannot change unnoticed:
+//! - Envoy's native path keeps reaching blue for up to `update_merge_window` (1 s by default)
+//!   after its `/clusters` shows the ejection: its workers get health-only host updates merged.
+//! - The filter probes over HTTP (`/livez`): it cannot see a gRPC NOT_SERVING, so in the gRPC lab
+//!   it never ejects blue (and blue keeps serving HTTP, so its clients see no error).
 
 use std::time::Duration;
 use vigil_tests::compare::{self, CompareLayout, Topology};
@@ -27,8 +33,13 @@ async fn compare_lab(kind: LabKind) {
         result.timeline
     );
     println!("{report}");
-    assert_eq!(result.paths.len(), 2, "{report}");
+    assert_eq!(result.paths.len(), 4, "{report}");
     for path in &result.paths {
+        if path.name == "filter" && kind == LabKind::Grpc {
+            assert_eq!(path.ejected_after, None, "{report}");
+            assert_eq!(path.errors, 0, "{report}");
+            continue;
+        }
         let ejected = path
             .ejected_after
             .unwrap_or_else(|| panic!("{} never ejected blue\n{report}", path.name));
@@ -45,8 +56,24 @@ async fn compare_lab(kind: LabKind) {
             "{} readmitted blue late\n{report}",
             path.name
         );
-        assert_eq!(path.to_blue_while_ejected, 0, "{}\n{report}", path.name);
-        assert_eq!(path.errors_while_ejected, 0, "{}\n{report}", path.name);
+        // Envoy's workers see a health-only change up to update_merge_window (1 s) later.
+        let merge_window = if path.name == "envoy" {
+            (Duration::from_secs(1).as_millis() / compare::TRAFFIC_PERIOD.as_millis()) as usize + 2
+        } else {
+            0
+        };
+        assert!(
+            path.to_blue_while_ejected <= merge_window,
+            "{}: {} requests reached blue while ejected\n{report}",
+            path.name,
+            path.to_blue_while_ejected
+        );
+        assert!(
+            path.errors_while_ejected <= merge_window,
+            "{}: {} errors while blue was ejected\n{report}",
+            path.name,
+            path.errors_while_ejected
+        );
         assert!(
             path.requests > 50,
             "{} carried too little traffic\n{report}",
@@ -59,16 +86,16 @@ async fn compare_lab(kind: LabKind) {
 }
 
 #[tokio::test]
-async fn http_lab_native_envoy_and_companion_side_by_side() {
+async fn http_lab_every_path_side_by_side() {
     compare_lab(LabKind::Http).await;
 }
 
 #[tokio::test]
-async fn tcp_lab_native_envoy_and_companion_side_by_side() {
+async fn tcp_lab_every_path_side_by_side() {
     compare_lab(LabKind::Tcp).await;
 }
 
 #[tokio::test]
-async fn grpc_lab_native_envoy_and_companion_side_by_side() {
+async fn grpc_lab_every_path_side_by_side() {
     compare_lab(LabKind::Grpc).await;
 }

@@ -35,8 +35,12 @@ fn every_compose_config_passes_envoy_and_vigil_validation() {
     let scratch = paths::scratch_dir("lab-configs");
     let mut failures = Vec::new();
     let mut checked = 0;
-    for (relative, _) in lab::compose_configs().unwrap() {
-        let path = paths::workspace_root().join(&relative);
+    for (relative, content) in lab::compose_configs().unwrap() {
+        // The container mounts the filter at /etc/envoy; here it is the local build (validate
+        // loads the module and runs its on_configure).
+        let local = content.replace(lab::COMPOSE_WASM_PATH, &lab::local_wasm_path());
+        let path = scratch.join(relative.replace('/', "_"));
+        std::fs::write(&path, local).unwrap();
         let (accepted, reason) = validate(&envoy, &path, &scratch);
         if !accepted {
             failures.push(format!("envoy rejects {relative}: {reason}"));
