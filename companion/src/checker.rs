@@ -14,11 +14,21 @@
 //! outlier-ejected host (`successful_active_health_check_uneject_host`).
 //!
 //! Time is tokio's, so tests run the loop under `start_paused` with scripted probes.
+//!
+//! The loop is built to stay cheap at 10,000 hosts per cluster: due checks come from a timer
+//! queue (a binary heap of `(due, address, generation)`, stale entries skipped when they surface),
+//! so a completion costs O(log N), and snapshots are coalesced. A snapshot copies every host, so
+//! publishing after every completion would make one interval O(N²); instead a change marks the
+//! snapshot dirty and the loop publishes at most once per gap proportional to the host count
+//! ([`OBSERVABLE_GAP_PER_HOST`] for flags, membership and readiness, which the proxy's picker
+//! follows; [`COUNTERS_GAP_PER_HOST`] for counters alone). Publishing thus takes a bounded share
+//! of the task's time whatever N is, and a small cluster still publishes at once.
 
 use crate::outlier::ClusterOutlier;
 use crate::probe::{self, Connection, Finished, ProbeFuture, ProbeResult, Target};
 use arc_swap::ArcSwap;
-use std::collections::{BTreeMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,6 +41,16 @@ use vigil_core::health::{FailureType, HealthFlags, HostHealth, Outcome, StatDelt
 
 /// How many transitions per host `/hosts/history` keeps.
 pub const HISTORY_LEN: usize = 32;
+
+/// The least time between two publishes that carry a flags, membership or readiness change, per
+/// host in the cluster: 5 ms at 10,000 hosts, nothing worth mentioning for small clusters.
+/// Copying one host into a snapshot (and freeing the previous copy) costs roughly a tenth of this,
+/// so even with flags changing continuously publishing stays a small share of the loop.
+pub const OBSERVABLE_GAP_PER_HOST: Duration = Duration::from_nanos(500);
+
+/// The least time between two publishes that only move counters, per host (100 ms at 10,000
+/// hosts); counters may lag, Envoy's own stats flush is coarser.
+pub const COUNTERS_GAP_PER_HOST: Duration = Duration::from_micros(10);
 
 /// One host as discovery reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,6 +191,37 @@ pub struct DiscoveryCounters {
     pub failure: AtomicU64,
 }
 
+/// How much work the loop did, counted so tests can assert it stays O(log N) per completion
+/// rather than O(N) (timing alone would be flaky); cheap relaxed atomics otherwise unused.
+#[derive(Debug, Default)]
+pub struct CheckerWork {
+    /// Probe results applied.
+    pub completions: AtomicU64,
+    /// Snapshots stored.
+    pub publishes: AtomicU64,
+    /// Host entries written into stored snapshots: all of them when a snapshot is built afresh,
+    /// only the changed ones when a released snapshot is rewritten in place.
+    pub hosts_published: AtomicU64,
+    /// Sessions examined to find due checks (timer-queue entries popped or peeked past).
+    pub sessions_examined: AtomicU64,
+}
+
+impl CheckerWork {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// What changed since the last publish; ordered by urgency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Dirty {
+    Clean,
+    /// Only counters moved.
+    Counters,
+    /// Something the proxy, `/ready` or admin's host views follow.
+    Observable,
+}
+
 struct Session {
     spec: HostSpec,
     health: HostHealth,
@@ -180,6 +231,25 @@ struct Session {
     /// Distinguishes a re-added host's probes from a removed one's.
     generation: u64,
     history: VecDeque<HistoryEntry>,
+    /// The number of the first publish that must show this session's current flags and history.
+    changed: u64,
+}
+
+/// A snapshot the readers have let go of, kept to be rewritten in place by the next publish.
+struct Spare {
+    snapshot: ClusterSnapshot,
+    /// The publish whose state it holds.
+    publish: u64,
+}
+
+impl Session {
+    fn snapshot(&self) -> HostSnapshot {
+        HostSnapshot {
+            spec: self.spec.clone(),
+            flags: self.health.flags(),
+            history: self.history.iter().cloned().collect(),
+        }
+    }
 }
 
 type ProbeDone = (SocketAddr, u64, Result<Finished, ()>);
@@ -196,10 +266,23 @@ pub struct ClusterChecker {
     inflight: JoinSet<ProbeDone>,
     initialized: bool,
     hosts_version: u64,
-    /// What `hosts_version` was computed from.
-    balancing_view: Vec<(SocketAddr, HealthFlags, u32, u32)>,
+    /// The balancing view changed since the last publish (so `hosts_version` must move).
+    balancing_changed: bool,
     event_log: Option<crate::events::EventLog>,
     outlier: Option<Arc<ClusterOutlier>>,
+    /// Due checks; an entry is live while its session has that generation and `next_at`.
+    due: BinaryHeap<Reverse<(Instant, SocketAddr, u64)>>,
+    dirty: Dirty,
+    last_publish: Option<Instant>,
+    /// Publishes so far.
+    publishes: u64,
+    /// The first publish that must rebuild the host list (membership or specs changed).
+    membership_changed: u64,
+    /// The address of the last snapshot stored, to recognise it when it comes back from the swap
+    /// (only compared: nothing else stores into a running checker's handle).
+    stored: Option<usize>,
+    spare: Option<Spare>,
+    work: Arc<CheckerWork>,
 }
 
 impl ClusterChecker {
@@ -228,9 +311,17 @@ impl ClusterChecker {
             inflight: JoinSet::new(),
             initialized: false,
             hosts_version: 0,
-            balancing_view: Vec::new(),
+            balancing_changed: false,
             event_log,
             outlier: None,
+            due: BinaryHeap::new(),
+            dirty: Dirty::Clean,
+            last_publish: None,
+            publishes: 0,
+            membership_changed: 1,
+            stored: None,
+            spare: None,
+            work: Arc::default(),
         };
         (checker, handle)
     }
@@ -241,6 +332,11 @@ impl ClusterChecker {
         self
     }
 
+    /// The loop's work counters, shared with the running task.
+    pub fn work(&self) -> Arc<CheckerWork> {
+        self.work.clone()
+    }
+
     /// Runs until `shutdown` resolves, following membership from `hosts`.
     pub async fn run(
         mut self,
@@ -249,11 +345,13 @@ impl ClusterChecker {
     ) {
         tokio::pin!(shutdown);
         let initial = hosts.borrow_and_update().clone();
-        self.set_hosts(initial, Instant::now());
-        self.publish();
+        let now = Instant::now();
+        self.set_hosts(initial, now);
+        self.publish(now);
         let mut membership_open = true;
         loop {
-            let next_due = self.sessions.values().filter_map(|s| s.next_at).min();
+            let next_due = self.next_due();
+            let publish_at = self.publish_at();
             tokio::select! {
                 _ = &mut shutdown => break,
                 changed = hosts.changed(), if membership_open => {
@@ -272,14 +370,19 @@ impl ClusterChecker {
                 _ = sleep_until_opt(next_due), if next_due.is_some() => {
                     self.start_due(Instant::now());
                 }
+                _ = sleep_until_opt(publish_at), if publish_at.is_some() => {}
             }
-            self.publish();
+            let now = Instant::now();
+            if self.publish_at().is_some_and(|at| at <= now) {
+                self.publish(now);
+            }
         }
         self.inflight.abort_all();
     }
 
     /// Applies a new membership list (Envoy's `updateDynamicHostList` for the removal rules).
     fn set_hosts(&mut self, hosts: Vec<HostSpec>, now: Instant) {
+        let view_before = self.balancing_view();
         let wanted: BTreeMap<SocketAddr, HostSpec> =
             hosts.into_iter().map(|h| (h.address, h)).collect();
         let mut removed = Vec::new();
@@ -328,6 +431,10 @@ impl ClusterChecker {
             };
             health.set_flag(spec.eds_flags, true);
             self.next_generation += 1;
+            if let Some(first) = first {
+                self.due
+                    .push(Reverse((first, address, self.next_generation)));
+            }
             self.sessions.insert(
                 address,
                 Session {
@@ -337,12 +444,68 @@ impl ClusterChecker {
                     conn: None,
                     generation: self.next_generation,
                     history: VecDeque::new(),
+                    changed: self.publishes + 1,
                 },
             );
         }
         if let Some(outlier) = &self.outlier {
             outlier.set_hosts(self.sessions.keys().copied());
         }
+        // Membership updates are rare (DNS refresh, EDS push), so comparing whole views is fine;
+        // an unchanged list must not move `hosts_version`, which readers rebuild on.
+        if self.balancing_view() != view_before {
+            self.balancing_changed = true;
+        }
+        self.membership_changed = self.publishes + 1;
+        self.dirty = Dirty::Observable;
+    }
+
+    /// What a load balancer is built from; `hosts_version` moves when it changes.
+    fn balancing_view(&self) -> Vec<(SocketAddr, HealthFlags, u32, u32)> {
+        self.sessions
+            .values()
+            .map(|s| {
+                (
+                    s.spec.address,
+                    s.health.flags(),
+                    s.spec.weight,
+                    s.spec.priority,
+                )
+            })
+            .collect()
+    }
+
+    /// The earliest live due check, dropping stale queue entries on the way.
+    fn next_due(&mut self) -> Option<Instant> {
+        while let Some(&Reverse((due, address, generation))) = self.due.peek() {
+            if self.is_live(due, address, generation) {
+                return Some(due);
+            }
+            self.due.pop();
+            CheckerWork::add(&self.work.sessions_examined, 1);
+        }
+        None
+    }
+
+    fn is_live(&self, due: Instant, address: SocketAddr, generation: u64) -> bool {
+        self.sessions
+            .get(&address)
+            .is_some_and(|s| s.generation == generation && s.next_at == Some(due))
+    }
+
+    /// When the pending changes must be published, if any.
+    fn publish_at(&self) -> Option<Instant> {
+        let per_host = match self.dirty {
+            Dirty::Clean => return None,
+            Dirty::Counters => COUNTERS_GAP_PER_HOST,
+            Dirty::Observable => OBSERVABLE_GAP_PER_HOST,
+        };
+        let hosts = u32::try_from(self.sessions.len()).unwrap_or(u32::MAX);
+        let gap = per_host.saturating_mul(hosts);
+        Some(
+            self.last_publish
+                .map_or_else(Instant::now, |last| last + gap),
+        )
     }
 
     fn start_due(&mut self, now: Instant) {
@@ -351,11 +514,29 @@ impl ClusterChecker {
         };
         let timeout = Duration::from_millis(check.timeout_ms);
         let reuse = check.reuse_connection;
-        for (address, session) in self.sessions.iter_mut() {
-            if session.next_at.is_none_or(|at| at > now) {
-                continue;
+        let mut ready = Vec::new();
+        while let Some(&Reverse((due, address, generation))) = self.due.peek() {
+            if due > now {
+                break;
             }
+            self.due.pop();
+            CheckerWork::add(&self.work.sessions_examined, 1);
+            if self
+                .sessions
+                .get(&address)
+                .is_some_and(|s| s.generation == generation && s.next_at == Some(due))
+            {
+                ready.push(address);
+            }
+        }
+        // Started in address order, as a scan of the sessions would.
+        ready.sort_unstable();
+        for address in ready {
+            let Some(session) = self.sessions.get_mut(&address) else {
+                continue;
+            };
             session.next_at = None;
+            self.dirty = self.dirty.max(Dirty::Counters);
             self.stats.attempt += 1;
             let authority = match &check.protocol {
                 Protocol::Http(http) => http
@@ -377,7 +558,7 @@ impl ClusterChecker {
                 timeout,
             };
             let probe = (self.probe)(&check.protocol, target, session.conn.take(), reuse);
-            let (address, generation) = (*address, session.generation);
+            let generation = session.generation;
             self.inflight.spawn(async move {
                 // A timed-out probe is dropped with its connection, as Envoy closes it.
                 let finished = tokio::time::timeout(timeout, probe).await.map_err(|_| ());
@@ -403,6 +584,7 @@ impl ClusterChecker {
         let Some(check) = &self.spec.check else {
             return;
         };
+        CheckerWork::add(&self.work.completions, 1);
         let policy = check.policy;
         let before = session.health.flags();
         let mut passed = false;
@@ -455,7 +637,15 @@ impl ClusterChecker {
         if passed && let Some(outlier) = &self.outlier {
             outlier.on_active_health_check_success(address, after);
         }
+        // Until the cluster is initialised any first result may complete it (`/ready`).
+        self.dirty = self.dirty.max(if after != before || !self.initialized {
+            Dirty::Observable
+        } else {
+            Dirty::Counters
+        });
         if after != before {
+            self.balancing_changed = true;
+            session.changed = self.publishes + 1;
             session.history.push_back(HistoryEntry {
                 at: SystemTime::now(),
                 from: before,
@@ -478,48 +668,73 @@ impl ClusterChecker {
             check
                 .intervals
                 .next_delay_ms(outcome.state, outcome.transition, has_traffic, &mut rng);
-        session.next_at = Some(now + Duration::from_millis(delay));
+        let next_at = now + Duration::from_millis(delay);
+        session.next_at = Some(next_at);
+        self.due.push(Reverse((next_at, address, generation)));
         log_transition(&self.spec.name, address, &outcome, before, after);
     }
 
-    fn publish(&mut self) {
+    /// Stores a new snapshot: O(N), so only called when [`Self::publish_at`] says so.
+    fn publish(&mut self, now: Instant) {
         // Latched: hosts added later do not make a running cluster uninitialised again.
         self.initialized = self.initialized
             || self.spec.check.is_none()
             || self.sessions.values().all(|s| !s.health.first_check());
-        let view: Vec<(SocketAddr, HealthFlags, u32, u32)> = self
-            .sessions
-            .values()
-            .map(|s| {
-                (
-                    s.spec.address,
-                    s.health.flags(),
-                    s.spec.weight,
-                    s.spec.priority,
-                )
-            })
-            .collect();
-        if view != self.balancing_view {
-            self.balancing_view = view;
+        if self.balancing_changed {
+            self.balancing_changed = false;
             self.hosts_version += 1;
         }
-        let hosts = self
-            .sessions
-            .values()
-            .map(|s| HostSnapshot {
-                spec: s.spec.clone(),
-                flags: s.health.flags(),
-                history: s.history.iter().cloned().collect(),
-            })
-            .collect();
-        let snapshot = ClusterSnapshot {
-            name: self.spec.name.clone(),
-            initialized: self.initialized,
-            hosts_version: self.hosts_version,
-            hosts,
-            stats: self.stats,
+        self.publishes += 1;
+        let mut written = 0;
+        let snapshot = match self.spare.take() {
+            // Only the hosts changed since the spare's publish are rewritten: a publish costs a
+            // walk over the sessions plus the changes, not a copy of every host and history.
+            Some(Spare {
+                mut snapshot,
+                publish,
+            }) if publish >= self.membership_changed => {
+                for (host, session) in snapshot.hosts.iter_mut().zip(self.sessions.values()) {
+                    if session.changed > publish {
+                        host.flags = session.health.flags();
+                        host.history.clear();
+                        host.history.extend(session.history.iter().cloned());
+                        written += 1;
+                    }
+                }
+                snapshot.initialized = self.initialized;
+                snapshot.hosts_version = self.hosts_version;
+                snapshot.stats = self.stats;
+                snapshot
+            }
+            _ => {
+                written = self.sessions.len();
+                ClusterSnapshot {
+                    name: self.spec.name.clone(),
+                    initialized: self.initialized,
+                    hosts_version: self.hosts_version,
+                    hosts: self.sessions.values().map(Session::snapshot).collect(),
+                    stats: self.stats,
+                }
+            }
         };
-        self.handle.snapshot.store(Arc::new(snapshot));
+        CheckerWork::add(&self.work.publishes, 1);
+        CheckerWork::add(&self.work.hosts_published, written as u64);
+        let snapshot = Arc::new(snapshot);
+        let stored = Arc::as_ptr(&snapshot) as usize;
+        let previous = self.handle.snapshot.swap(snapshot);
+        // Reused only if it is the one this loop stored last and no reader still holds it;
+        // otherwise it is freed as before, by its last holder.
+        if self.stored == Some(Arc::as_ptr(&previous) as usize)
+            && let Ok(snapshot) = Arc::try_unwrap(previous)
+        {
+            self.spare = Some(Spare {
+                snapshot,
+                publish: self.publishes - 1,
+            });
+        }
+        self.stored = Some(stored);
+        self.dirty = Dirty::Clean;
+        self.last_publish = Some(now);
     }
 }
 
