@@ -129,6 +129,18 @@ fn endpoints(cluster: &Cluster) -> Vec<EndpointSpec> {
     out
 }
 
+/// The `outlier_detection` vigil's wasm filter applies to `cluster` (the first HCM whose vigil
+/// filter configuration lists the cluster with one), so the companion running the same YAML
+/// ejects on real traffic as the filter would.
+fn plugin_outlier(bootstrap: &Bootstrap, cluster: &str) -> Option<OutlierConfig> {
+    bootstrap
+        .listeners
+        .iter()
+        .flat_map(|listener| &listener.http)
+        .filter_map(|hcm| hcm.vigil_plugin.as_ref())
+        .find_map(|plugin| plugin.clusters.get(cluster)?.outlier_detection.clone())
+}
+
 /// One plan per cluster vigil can run; clusters it cannot (EDS) are skipped with a reason in
 /// the returned notes. ORIGINAL_DST clusters have no plan either (nothing to discover or check):
 /// the proxy serves them (`proxy::ListenerSet`), and a note says so.
@@ -136,7 +148,22 @@ pub fn plan(bootstrap: &Bootstrap) -> Result<(Vec<ClusterPlan>, Vec<String>), St
     let mut plans = Vec::new();
     let mut notes = Vec::new();
     for cluster in &bootstrap.clusters {
-        let outlier = cluster.outlier_detection.clone();
+        let outlier = match (
+            &cluster.outlier_detection,
+            plugin_outlier(bootstrap, &cluster.name),
+        ) {
+            (Some(own), _) => Some(own.clone()),
+            (None, Some(plugin)) => {
+                notes.push(format!(
+                    "cluster '{}': outlier_detection from vigil's filter configuration (the \
+                     cluster has none of its own): the companion ejects on real traffic as the \
+                     filter does in Envoy",
+                    cluster.name
+                ));
+                Some(plugin)
+            }
+            (None, None) => None,
+        };
         let kind = match &cluster.discovery {
             Discovery::Static => DiscoveryKind::Static,
             Discovery::StrictDns => DiscoveryKind::StrictDns,

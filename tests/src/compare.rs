@@ -36,6 +36,18 @@ const POLL: Duration = Duration::from_millis(100);
 /// A request through a path that takes longer than this counts as an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Which fault a comparison applies to blue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The lab's own fault, which its native check sees (`livez=FAIL`, sidecar stopped,
+    /// NOT_SERVING).
+    Lab,
+    /// Blue's `/` answers 503 while its `/livez` stays OK: Envoy's native active check cannot
+    /// see it; passive evaluation of real responses (the filter's outlier detection, and the
+    /// companion running the filter's `outlier_detection`) can. HTTP lab topology.
+    ServerErrors,
+}
+
 /// One way to the backends: a listener that proxies to them and where its verdicts are read.
 #[derive(Debug, Clone)]
 pub struct PathUnderTest {
@@ -226,10 +238,29 @@ impl Topology {
         out
     }
 
-    /// Applies the lab's fault to `backend` (`broken`) or removes it.
-    pub async fn set_fault(&mut self, backend: Backend, broken: bool) -> Result<String, String> {
+    /// Applies `fault` to `backend` (`broken`) or removes it.
+    pub async fn set_fault(
+        &mut self,
+        fault: Fault,
+        backend: Backend,
+        broken: bool,
+    ) -> Result<String, String> {
         let lab = self.layout.lab;
         let ip = self.backend_ip(backend);
+        if fault == Fault::ServerErrors {
+            let app = socket(ip, lab.app_port);
+            let form: &[(&str, &str)] = if broken {
+                &[("status", "503")]
+            } else {
+                &[("reset", "1")]
+            };
+            expect_ok(http::post_form(app, "/faults", form).await?)?;
+            return Ok(if broken {
+                format!("curl -X POST -d status=503 http://{app}/faults   (/livez stays OK)")
+            } else {
+                format!("curl -X POST -d reset=1 http://{app}/faults")
+            });
+        }
         match self.kind {
             LabKind::Http => {
                 let value = if broken { "FAIL" } else { "OK" };
@@ -319,6 +350,7 @@ pub struct PathResult {
 #[derive(Debug, Clone)]
 pub struct LabResult {
     pub kind: LabKind,
+    pub which: Fault,
     pub fault: String,
     pub fix: String,
     pub paths: Vec<PathResult>,
@@ -332,7 +364,11 @@ type TrafficSample = (&'static str, Duration, Reached);
 /// Plays the lab's scenario on a running topology: traffic on every path, the fault on blue,
 /// wait until every path ejected it (or the bound passed), the fix, wait until every path
 /// readmitted it.
-pub async fn play(topology: &mut Topology, say: &mut dyn FnMut(&str)) -> Result<LabResult, String> {
+pub async fn play(
+    topology: &mut Topology,
+    which: Fault,
+    say: &mut dyn FnMut(&str),
+) -> Result<LabResult, String> {
     let start = Instant::now();
     let samples: Arc<Mutex<Vec<TrafficSample>>> = Arc::default();
     let (stop_traffic, stopped) = tokio::sync::watch::channel(false);
@@ -368,7 +404,7 @@ pub async fn play(topology: &mut Topology, say: &mut dyn FnMut(&str)) -> Result<
     let since = |instant: Instant| instant.saturating_duration_since(recorder_start);
 
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let fault = topology.set_fault(Backend::Blue, true).await?;
+    let fault = topology.set_fault(which, Backend::Blue, true).await?;
     let fault_at = since(Instant::now());
     say(&format!(
         "[{:>6.2}s] fault: {fault}",
@@ -376,7 +412,7 @@ pub async fn play(topology: &mut Topology, say: &mut dyn FnMut(&str)) -> Result<
     ));
     let bound = topology.kind.ejection_bound(&topology.timings) * 2 + Duration::from_secs(2);
     tokio::time::sleep(bound).await;
-    let fix = topology.set_fault(Backend::Blue, false).await?;
+    let fix = topology.set_fault(which, Backend::Blue, false).await?;
     let fix_at = since(Instant::now());
     say(&format!("[{:>6.2}s] fix:   {fix}", fix_at.as_secs_f64()));
     let bound = topology.timings.readmission_bound() * 2 + Duration::from_secs(2);
@@ -447,6 +483,7 @@ pub async fn play(topology: &mut Topology, say: &mut dyn FnMut(&str)) -> Result<
     }
     Ok(LabResult {
         kind: topology.kind,
+        which,
         fault,
         fix,
         paths,
@@ -485,8 +522,13 @@ pub fn render(result: &LabResult, timings: &Timings) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} lab: fault `{}`, fix `{}` (bounds: ejection {:.2}s, readmission {:.2}s)",
+        "{} lab{}: fault `{}`, fix `{}` (bounds: ejection {:.2}s, readmission {:.2}s)",
         result.kind.name().to_uppercase(),
+        if result.which == Fault::ServerErrors {
+            ", server errors only"
+        } else {
+            ""
+        },
         result.fault,
         result.fix,
         result.kind.ejection_bound(timings).as_secs_f64(),

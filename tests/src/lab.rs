@@ -319,12 +319,15 @@ pub fn local_wasm_path() -> String {
 /// Where the compose files mount the filter.
 pub const COMPOSE_WASM_PATH: &str = "/etc/envoy/vigil_filter.wasm";
 
-/// The base ejection time of the filter's passive outlier detection in the labs.
-pub const FILTER_BASE_EJECTION: Duration = Duration::from_secs(30);
+/// The base ejection time of the filter's passive outlier detection in the labs, in check
+/// intervals. A passing active check does not end an ejection (`/livez` keeps passing while `/`
+/// fails, so it would readmit the host at every probe); the ejection runs its time.
+pub const FILTER_EJECTION_INTERVALS: u32 = 5;
 
 /// vigil's plugin configuration for the labs' front (one JSON for the filter and its singleton
 /// service, docs/filter.md): the same `/livez` check as the native one with the same timings and
-/// thresholds, passive outlier detection (3 consecutive 5xx), membership of web_cluster_01 from
+/// thresholds, passive outlier detection (3 consecutive 5xx; at most one of the two hosts
+/// ejected: Envoy's default max_ejection_percent of 10 % would eject neither), membership of web_cluster_01 from
 /// the front's own admin API, and one routing rule: every request to a healthy host of
 /// web_cluster_01, round robin, through `vigil_original_dst` (503 `no healthy upstream` when none
 /// is). Written out by hand, so its text does not depend on serde_json's map order.
@@ -334,7 +337,8 @@ pub fn plugin_config(timings: &Timings) -> String {
             r#"{{"probe_cluster": "vigil_original_dst", "admin": {{"cluster": "vigil_admin", "refresh_interval": "1s"}}, "#,
             r#""clusters": {{"{cluster}": {{"health_check": {{"path": "/livez", "expected_statuses": [{{"start": 200, "end": 399}}], "#,
             r#""interval": "{interval}", "timeout": "{timeout}", "healthy_threshold": {healthy}, "unhealthy_threshold": {unhealthy}}}, "#,
-            r#""outlier_detection": {{"consecutive_5xx": 3, "interval": "1s", "base_ejection_time": "{ejection}"}}}}}}, "#,
+            r#""outlier_detection": {{"consecutive_5xx": 3, "interval": "1s", "base_ejection_time": "{ejection}", "max_ejection_percent": 50, "#,
+            r#""successful_active_health_check_uneject_host": false}}}}}}, "#,
             r#""routing": {{"rules": [{{"name": "lab", "action": {{"host": {{"cluster": "{cluster}", "via": "vigil_original_dst"}}}}}}]}}}}"#
         ),
         cluster = FRONT_CLUSTER,
@@ -342,7 +346,7 @@ pub fn plugin_config(timings: &Timings) -> String {
         timeout = envoy_duration(timings.timeout),
         healthy = HEALTHY_THRESHOLD,
         unhealthy = UNHEALTHY_THRESHOLD,
-        ejection = envoy_duration(FILTER_BASE_EJECTION),
+        ejection = envoy_duration(timings.interval * FILTER_EJECTION_INTERVALS),
     )
 }
 

@@ -11,7 +11,7 @@
 //!   it never ejects blue (and blue keeps serving HTTP, so its clients see no error).
 
 use std::time::Duration;
-use vigil_tests::compare::{self, CompareLayout, Topology};
+use vigil_tests::compare::{self, CompareLayout, Fault, Topology};
 use vigil_tests::lab::{LabKind, Timings};
 use vigil_tests::paths;
 
@@ -24,7 +24,7 @@ async fn compare_lab(kind: LabKind) {
     let mut topology = Topology::start(kind, CompareLayout::fresh(), timings, &dir)
         .await
         .unwrap_or_else(|err| panic!("{} lab did not start: {err}", kind.name()));
-    let result = compare::play(&mut topology, &mut |line| println!("{line}"))
+    let result = compare::play(&mut topology, Fault::Lab, &mut |line| println!("{line}"))
         .await
         .unwrap_or_else(|err| panic!("{} scenario failed: {err}", kind.name()));
     let report = format!(
@@ -98,4 +98,58 @@ async fn tcp_lab_every_path_side_by_side() {
 #[tokio::test]
 async fn grpc_lab_every_path_side_by_side() {
     compare_lab(LabKind::Grpc).await;
+}
+
+/// The fault Envoy's native check cannot see: blue's `/` answers 503 while `/livez` stays OK.
+/// Native Envoy never ejects blue and its clients keep getting 503s; the filter (passive outlier
+/// detection on real responses) and the companion (running the filter's `outlier_detection`) eject
+/// blue after three 503s. A passing active check un-ejects (Envoy's default), so blue comes back
+/// at every probe and costs a few more 503s each time: far fewer errors, not zero.
+#[tokio::test]
+async fn server_errors_only_the_filter_and_the_companion_see() {
+    let timings = Timings::test();
+    let dir = paths::scratch_dir("compare-5xx");
+    let mut topology = Topology::start(LabKind::Http, CompareLayout::fresh(), timings, &dir)
+        .await
+        .unwrap_or_else(|err| panic!("lab did not start: {err}"));
+    let result = compare::play(&mut topology, Fault::ServerErrors, &mut |line| {
+        println!("{line}")
+    })
+    .await
+    .unwrap_or_else(|err| panic!("scenario failed: {err}"));
+    let report = format!(
+        "{}\n{}",
+        compare::render(&result, &timings),
+        result.timeline
+    );
+    println!("{report}");
+    let path = |name: &str| {
+        result
+            .paths
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no path {name}\n{report}"))
+    };
+    let native = path("envoy");
+    assert_eq!(
+        native.ejected_after, None,
+        "native checks cannot see it\n{report}"
+    );
+    assert!(
+        native.errors >= 20,
+        "native clients keep getting 503s\n{report}"
+    );
+    for name in ["filter", "vigil", "vigil+rules"] {
+        let p = path(name);
+        assert!(
+            p.ejected_after.is_some(),
+            "{name} never ejected blue\n{report}"
+        );
+        assert!(
+            p.errors * 3 <= native.errors,
+            "{name}: {} errors against native Envoy's {}\n{report}",
+            p.errors,
+            native.errors
+        );
+    }
 }

@@ -32,6 +32,18 @@ impl FieldPath {
         FieldPath(format!("{}[{key:?}]", self.0))
     }
 
+    /// `relative` (a path from some nested document's root) appended to this path.
+    pub fn join(&self, relative: &FieldPath) -> FieldPath {
+        match (self.0.is_empty(), relative.0.is_empty()) {
+            (_, true) => self.clone(),
+            (true, false) => relative.clone(),
+            (false, false) if relative.0.starts_with('[') => {
+                FieldPath(format!("{}{}", self.0, relative.0))
+            }
+            (false, false) => FieldPath(format!("{}.{}", self.0, relative.0)),
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

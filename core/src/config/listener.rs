@@ -28,7 +28,6 @@ use super::types::{
     DEFAULT_ROUTE_TIMEOUT_MS, DEFAULT_STREAM_IDLE_TIMEOUT_MS,
 };
 use crate::balance::hash_policy::{CookieAttribute, CookiePolicy};
-use crate::rules::RoutingConfig;
 use serde_json::{Map, Value};
 
 const HCM_TYPE: &str =
@@ -240,7 +239,8 @@ fn connection_manager(
             "route_specifier is required: give the routes in route_config",
         );
     }
-    let (http_filters, vigil_routing) = http_filters(cx, o.list("http_filters"));
+    let (http_filters, vigil_plugin) = http_filters(cx, o.list("http_filters"));
+    let vigil_routing = vigil_plugin.as_ref().and_then(|p| p.routing.clone());
     let access_log: Vec<AccessLog> = o
         .list("access_log")
         .into_iter()
@@ -335,6 +335,7 @@ fn connection_manager(
         http_filters,
         access_log,
         vigil_routing,
+        vigil_plugin,
         request_timeout_ms,
         request_headers_timeout_ms,
         stream_idle_timeout_ms,
@@ -399,7 +400,7 @@ fn protocol_options(cx: &mut Ctx, mut o: Obj) -> HttpProtocolOptions {
 fn http_filters(
     cx: &mut Ctx,
     list: Vec<(FieldPath, &Value)>,
-) -> (Vec<HttpFilter>, Option<RoutingConfig>) {
+) -> (Vec<HttpFilter>, Option<crate::plugin::PluginConfig>) {
     let count = list.len();
     let mut out = Vec::new();
     let mut routing = None;
@@ -463,7 +464,7 @@ fn http_filters(
             });
             match raw.filter(|wasm| is_vigil_plugin(wasm)) {
                 Some(wasm) => {
-                    let found = vigil_plugin_routing(cx, &typed.path, wasm);
+                    let found = vigil_plugin(cx, &typed.path, wasm);
                     if routing.is_none() {
                         routing = found;
                     }
@@ -548,7 +549,11 @@ fn is_vigil_plugin(wasm: &Value) -> bool {
 /// which vigil's filter refuses, so it is an error here too. The rest of the plugin
 /// configuration belongs to the filter's own health checking, which the companion does not run
 /// (a warning names the keys present).
-fn vigil_plugin_routing(cx: &mut Ctx, path: &FieldPath, wasm: &Value) -> Option<RoutingConfig> {
+fn vigil_plugin(
+    cx: &mut Ctx,
+    path: &FieldPath,
+    wasm: &Value,
+) -> Option<crate::plugin::PluginConfig> {
     let plugin = field(wasm, "config")?;
     let config_path = path.field("config").field("configuration");
     let configuration = field(plugin, "configuration")?;
@@ -609,7 +614,7 @@ fn vigil_plugin_routing(cx: &mut Ctx, path: &FieldPath, wasm: &Value) -> Option<
             return None;
         }
     };
-    let Value::Object(map) = &json else {
+    let Value::Object(_) = &json else {
         cx.invalid(
             &value_path,
             format!(
@@ -619,32 +624,36 @@ fn vigil_plugin_routing(cx: &mut Ctx, path: &FieldPath, wasm: &Value) -> Option<
         );
         return None;
     };
-    let mut others: Vec<&str> = map
-        .keys()
-        .map(String::as_str)
-        .filter(|k| *k != "routing")
+    // The whole plugin configuration, read by the filter's own reader (the same code the wasm
+    // module runs in on_configure), so the companion rejects exactly what Envoy would.
+    let plugin = match crate::plugin::PluginConfig::from_value(&json) {
+        Ok(plugin) => plugin,
+        Err(errors) => {
+            for mut error in errors.errors {
+                error.path = value_path.join(&error.path);
+                cx.errors.push(error);
+            }
+            return None;
+        }
+    };
+    let probed: Vec<&str> = plugin
+        .clusters
+        .iter()
+        .filter(|(_, c)| c.health_check.is_some())
+        .map(|(name, _)| name.as_str())
         .collect();
-    others.sort_unstable();
-    if !others.is_empty() {
+    if !probed.is_empty() {
         cx.warn(
             &value_path,
             format!(
-                "the companion does not run the filter's supplementary health checks ({}: \
-                 active probes and outlier detection of the plugin's clusters); the Envoy \
-                 clusters' own health_checks and outlier_detection apply",
-                others.join(", ")
+                "the companion does not run the filter's active probes (health_check of {}): \
+                 those clusters' own health_checks apply; the plugin's outlier_detection is \
+                 applied to clusters that have none of their own",
+                probed.join(", ")
             ),
         );
     }
-    let routing = map.get("routing").filter(|v| !v.is_null())?;
-    let routing_path = value_path.field("routing");
-    match RoutingConfig::from_json(routing, routing_path.as_str()) {
-        Ok(config) => Some(config),
-        Err(errors) => {
-            cx.errors.extend(errors.errors);
-            None
-        }
-    }
+    Some(plugin)
 }
 
 const FILE_ACCESS_LOG_TYPE: &str = "envoy.extensions.access_loggers.file.v3.FileAccessLog";
@@ -2387,7 +2396,8 @@ mod tests {
             .collect()
     }
 
-    const RULES: &str = r#"{"clusters": {"web": {"endpoints": ["127.0.0.1:8080"]}},
+    const RULES: &str = r#"{"clusters": {"web": {"endpoints": ["127.0.0.1:8080"],
+            "health_check": {"path": "/livez"}, "outlier_detection": {"consecutive_5xx": 3}}},
         "routing": {"decision_headers": true, "rules": [{"name": "canary",
             "match": {"headers": [{"name": "x-canary", "exact": "1"}]},
             "action": {"cluster": "yellow"}}]}}"#;
@@ -2408,10 +2418,31 @@ mod tests {
             let warnings: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
             assert_eq!(warnings.len(), 1, "{warnings:?}");
             assert!(
-                warnings[0].contains("supplementary health checks (clusters:"),
+                warnings[0].contains("active probes (health_check of web)"),
                 "{warnings:?}"
             );
+            let plugin = hcm.vigil_plugin.as_ref().expect(root_id);
+            let web = plugin.clusters.get("web").expect("web");
+            assert_eq!(
+                web.outlier_detection.as_ref().map(|o| o.consecutive_5xx),
+                Some(3)
+            );
         }
+        // The filter's own reader judges the whole document: a typo anywhere in it is an error
+        // at its YAML + JSON path, as `envoy --mode validate` (on_configure) would refuse it.
+        let typo =
+            r#"{"clusters": {"web": {"health_check": {"path": "/livez", "intervall": "1s"}}}}"#;
+        let v = bootstrap(
+            json!({}),
+            vec![wasm("vigil_filter", "f.wasm", string_value(typo))],
+        );
+        let errors = errors(&v);
+        assert!(
+            errors.iter().any(|(_, e)| e.contains(
+                "configuration.value.clusters[\"web\"].health_check: unknown field \"intervall\""
+            )),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -537,6 +537,10 @@ pub struct HttpConnectionManager {
     /// chain has no vigil filter or its configuration has no `routing`. The companion applies it
     /// before route selection, as the filter does in Envoy.
     pub vigil_routing: Option<crate::rules::RoutingConfig>,
+    /// The whole configuration of vigil's wasm filter in `http_filters`, read by the filter's
+    /// own reader; the companion applies its `routing` (above) and, for clusters without an
+    /// `outlier_detection` of their own, its clusters' `outlier_detection`.
+    pub vigil_plugin: Option<crate::plugin::PluginConfig>,
     /// `request_timeout` (default 0: none).
     pub request_timeout_ms: u64,
     /// `request_headers_timeout` (default 0: none).

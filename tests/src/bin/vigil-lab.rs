@@ -4,7 +4,7 @@
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
-use vigil_tests::compare::{self, CompareLayout, Topology};
+use vigil_tests::compare::{self, CompareLayout, Fault, Topology};
 use vigil_tests::lab::{HttpLab, LabKind, Layout, Timings, play_http_scenario};
 use vigil_tests::paths;
 
@@ -124,23 +124,38 @@ fn render_compose() -> Result<(), String> {
 }
 
 async fn compare(only: Option<LabKind>) -> Result<(), String> {
-    let kinds: Vec<LabKind> = only.map_or(LabKind::ALL.to_vec(), |kind| vec![kind]);
+    // Each lab with its own fault, then the HTTP lab once more with a fault its native check
+    // cannot see (blue's `/` answers 503 while `/livez` stays OK).
+    let mut runs: Vec<(LabKind, Fault)> = only
+        .map_or(LabKind::ALL.to_vec(), |kind| vec![kind])
+        .into_iter()
+        .map(|kind| (kind, Fault::Lab))
+        .collect();
+    if only.is_none() || only == Some(LabKind::Http) {
+        runs.push((LabKind::Http, Fault::ServerErrors));
+    }
     let timings = Timings::demo();
     let run = async {
         let mut tables = Vec::new();
-        for kind in kinds {
+        for (kind, fault) in runs {
             let dir = paths::scratch_dir(&format!("compare-{}", kind.name()));
             println!(
-                "== {} lab: starting demo apps, sidecars, the front Envoy and the companion",
-                kind.name()
+                "== {} lab{}: starting demo apps, sidecars, the front Envoy (native + filter \
+                 listeners) and the companion",
+                kind.name(),
+                if fault == Fault::ServerErrors {
+                    " (server errors)"
+                } else {
+                    ""
+                }
             );
             let mut topology = Topology::start(kind, CompareLayout::lab(), timings, &dir).await?;
             println!("{}", topology.describe());
             println!("every path sees blue and yellow healthy; playing the scenario");
             let mut say = |line: &str| println!("{line}");
-            let result = compare::play(&mut topology, &mut say).await?;
+            let result = compare::play(&mut topology, fault, &mut say).await?;
             println!(
-                "health transitions (from each admin /clusters):\n{}",
+                "health transitions (from each path's verdicts):\n{}",
                 result.timeline
             );
             let table = compare::render(&result, &timings);
