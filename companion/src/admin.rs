@@ -10,6 +10,15 @@
 //! flags (and in the `membership_*` gauges), the `outlier::` cluster lines and per-host success
 //! rates in `/clusters` (`success_rate` objects in the JSON form, only when computed), and every
 //! `cluster.<name>.outlier_detection.*` stat.
+//!
+//! ORIGINAL_DST clusters are served by the proxy's listener set, not the check runtime
+//! ([`crate::proxy::published_stats`]): they appear in `/clusters` (no hosts) and in `/stats` under
+//! `cluster.<name>.*` with the proxy's counters, `original_dst_host_invalid` included, as in
+//! Envoy. The routing rules' decisions of each listener with vigil's rules appear as
+//! `vigil.routing.<listener>.rule.<rule>.{routed,fell_back,local_reply}` and
+//! `vigil.routing.<listener>.rule_no_match` (Prometheus:
+//! `vigil_routing_rule_<outcome>{listener="..",rule=".."}` and
+//! `vigil_routing_rule_no_match{listener=".."}`).
 
 use crate::checker::{ClusterHandle, ClusterSnapshot, HostSnapshot};
 use crate::events::rfc3339_millis;
@@ -305,12 +314,52 @@ fn method_not_allowed(allowed: &'static str) -> Response<Body> {
     response
 }
 
+/// The running clusters, then the proxy's ORIGINAL_DST clusters.
 fn snapshots(state: &AdminState) -> Vec<(AdminCluster, Arc<ClusterSnapshot>)> {
+    let mut all = running_snapshots(state);
+    let original_dst = original_dst_clusters(&all);
+    all.extend(original_dst);
+    all
+}
+
+/// The clusters of the check runtime (what `/ready` waits for).
+fn running_snapshots(state: &AdminState) -> Vec<(AdminCluster, Arc<ClusterSnapshot>)> {
     state
         .clusters
         .load()
         .iter()
         .map(|c| (c.clone(), c.handle.snapshot.load_full()))
+        .collect()
+}
+
+/// The ORIGINAL_DST clusters the proxy serves, as clusters without hosts of their own.
+fn original_dst_clusters(
+    known: &[(AdminCluster, Arc<ClusterSnapshot>)],
+) -> Vec<(AdminCluster, Arc<ClusterSnapshot>)> {
+    crate::proxy::published_stats()
+        .original_dst
+        .iter()
+        .filter(|upstream| !known.iter().any(|(c, _)| c.name == upstream.name))
+        .map(|upstream| {
+            let snapshot = ClusterSnapshot {
+                name: upstream.name.clone(),
+                initialized: true,
+                ..ClusterSnapshot::default()
+            };
+            let cluster = AdminCluster {
+                name: upstream.name.clone(),
+                handle: ClusterHandle {
+                    snapshot: Arc::new(ArcSwap::from_pointee(snapshot.clone())),
+                    has_traffic: Arc::default(),
+                    discovery: Arc::default(),
+                },
+                health_checked: false,
+                added_via_api: false,
+                upstream: Some(upstream.clone()),
+                outlier: None,
+            };
+            (cluster, Arc::new(snapshot))
+        })
         .collect()
 }
 
@@ -383,7 +432,9 @@ fn proto_double(value: f64) -> Value {
 
 /// Every cluster's first round of checks is done (Envoy's cluster initialisation).
 fn initialized(state: &AdminState) -> bool {
-    snapshots(state).iter().all(|(_, snap)| snap.initialized)
+    running_snapshots(state)
+        .iter()
+        .all(|(_, snap)| snap.initialized)
 }
 
 /// Envoy's `/clusters` text.
@@ -676,6 +727,14 @@ pub fn stats(state: &AdminState) -> Vec<(String, i64, StatKind)> {
                 let value = value.load(Ordering::Relaxed) as i64;
                 out.push((format!("{prefix}.{name}"), value, StatKind::Counter));
             }
+            if upstream.original_dst_settings().is_some() {
+                let value = t.original_dst_host_invalid.load(Ordering::Relaxed) as i64;
+                out.push((
+                    format!("{prefix}.original_dst_host_invalid"),
+                    value,
+                    StatKind::Counter,
+                ));
+            }
         }
         for (name, value) in [
             ("update_attempt", &cluster.handle.discovery.attempt),
@@ -686,8 +745,40 @@ pub fn stats(state: &AdminState) -> Vec<(String, i64, StatKind)> {
             out.push((format!("{prefix}.{name}"), value, StatKind::Counter));
         }
     }
+    for (listener, name, value) in routing_counters() {
+        let value = i64::try_from(value).unwrap_or(i64::MAX);
+        out.push((
+            format!("vigil.routing.{listener}.{name}"),
+            value,
+            StatKind::Counter,
+        ));
+    }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
+}
+
+/// Every listener's routing decision counters: `(listener, stat, value)` with stat
+/// `rule_no_match` or `rule.<rule>.<outcome>`.
+fn routing_counters() -> Vec<(String, String, u64)> {
+    let mut out = Vec::new();
+    for (listener, routing) in &crate::proxy::published_stats().routing {
+        out.push((
+            listener.clone(),
+            "rule_no_match".to_string(),
+            routing.no_match.load(Ordering::Relaxed),
+        ));
+        for (rule, counters) in routing.rules() {
+            for (outcome, value) in counters.entries() {
+                out.push((listener.clone(), format!("rule.{rule}.{outcome}"), value));
+            }
+        }
+    }
+    out
+}
+
+/// A Prometheus label value, escaped.
+fn label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
 /// Envoy's Prometheus output: `cluster.<name>.<stat>` becomes
@@ -695,23 +786,50 @@ pub fn stats(state: &AdminState) -> Vec<(String, i64, StatKind)> {
 pub fn prometheus(state: &AdminState) -> String {
     let mut families: std::collections::BTreeMap<String, (StatKind, Vec<String>)> =
         Default::default();
-    for cluster in state.clusters.load().iter() {
+    let all = stats(state);
+    for (cluster, _) in snapshots(state) {
         let prefix = format!("cluster.{}.", cluster.name);
-        for (name, value, kind) in stats(state) {
+        for (name, value, kind) in &all {
             let Some(rest) = name.strip_prefix(&prefix) else {
                 continue;
             };
             let family = format!("envoy_cluster_{}", rest.replace('.', "_"));
             let line = format!(
                 "{family}{{envoy_cluster_name=\"{}\"}} {value}",
-                cluster.name.replace('\\', "\\\\").replace('"', "\\\"")
+                label(&cluster.name)
             );
             families
                 .entry(family)
-                .or_insert((kind, Vec::new()))
+                .or_insert((*kind, Vec::new()))
                 .1
                 .push(line);
         }
+    }
+    for (listener, name, value) in routing_counters() {
+        let (family, line) = match name.strip_prefix("rule.") {
+            Some(rest) => {
+                let Some((rule, outcome)) = rest.rsplit_once('.') else {
+                    continue;
+                };
+                let family = format!("vigil_routing_rule_{outcome}");
+                let line = format!(
+                    "{family}{{listener=\"{}\",rule=\"{}\"}} {value}",
+                    label(&listener),
+                    label(rule)
+                );
+                (family, line)
+            }
+            None => {
+                let family = format!("vigil_routing_{name}");
+                let line = format!("{family}{{listener=\"{}\"}} {value}", label(&listener));
+                (family, line)
+            }
+        };
+        families
+            .entry(family)
+            .or_insert((StatKind::Counter, Vec::new()))
+            .1
+            .push(line);
     }
     let mut out = String::new();
     for (family, (kind, lines)) in families {

@@ -134,7 +134,7 @@ impl RetryPolicy {
         let any_reset = self.on.five_xx || self.on.gateway_error || self.on.reset;
         match failure {
             Failure::Connect(_) => any_reset || self.on.connect_failure,
-            Failure::Reset(_) | Failure::PerTryTimeout => any_reset,
+            Failure::Reset(_) | Failure::Protocol(_) | Failure::PerTryTimeout => any_reset,
         }
     }
 }
@@ -341,7 +341,38 @@ fn host_traffic(
 enum Failure {
     Connect(String),
     Reset(String),
+    /// The upstream answered something that is not HTTP (Envoy: a codec protocol error).
+    Protocol(String),
     PerTryTimeout,
+}
+
+/// Envoy's transport failure reason for a failed connect: `delayed connect error: <strerror>`
+/// (e.g. `Connection refused`), from the OS error under the client's error.
+fn connect_failure_reason(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut source = Some(err);
+    while let Some(current) = source {
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            let text = io.to_string();
+            let text = text.split(" (os error").next().unwrap_or(&text);
+            return format!("delayed connect error: {text}");
+        }
+        source = current.source();
+    }
+    err.to_string()
+}
+
+/// Whether a client error comes from hyper failing to parse what the upstream sent.
+fn is_protocol_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(current) = source {
+        if let Some(hyper_error) = current.downcast_ref::<hyper::Error>() {
+            if hyper_error.is_parse() || hyper_error.is_parse_status() {
+                return true;
+            }
+        }
+        source = current.source();
+    }
+    false
 }
 
 /// A request ready to forward: its head and fully read body (kept for retries).
@@ -389,7 +420,7 @@ pub async fn forward(
 /// picking one (an ORIGINAL_DST cluster's target).
 pub async fn forward_with_info(
     upstream: &Upstream,
-    request: Outgoing,
+    mut request: Outgoing,
     how: Forwarding<'_>,
     fixed: Option<SocketAddr>,
 ) -> (Response<ProxyBody>, ForwardInfo) {
@@ -428,15 +459,18 @@ pub async fn forward_with_info(
             .retry
             .per_try_timeout
             .map_or(remaining, |t| t.min(remaining));
+        let last = attempt >= how.retry.num_retries;
         let send = upstream
             .client
-            .request(build_request(&request, host, how.timeout));
+            .request(build_request(&mut request, host, how.timeout, last));
         let result = tokio::time::timeout(per_try, send).await;
         traffic.rq_active.fetch_sub(1, Ordering::Relaxed);
         let outcome = match result {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(err)) => Err(if err.is_connect() {
-                Failure::Connect(err.to_string())
+                Failure::Connect(connect_failure_reason(&err))
+            } else if is_protocol_error(&err) {
+                Failure::Protocol(err.to_string())
             } else {
                 Failure::Reset(err.to_string())
             }),
@@ -472,7 +506,7 @@ pub async fn forward_with_info(
                 ],
             ),
             Err(Failure::Connect(_)) => upstream.report(host, &[Outcome::CONNECT_FAILED]),
-            Err(Failure::Reset(_)) => {
+            Err(Failure::Reset(_)) | Err(Failure::Protocol(_)) => {
                 upstream.report(host, &[Outcome::CONNECT_SUCCESS, Outcome::RESET])
             }
             Err(Failure::PerTryTimeout) => upstream.report(host, &[Outcome::TIMEOUT]),
@@ -511,7 +545,7 @@ pub async fn forward_with_info(
                     local_reply(
                         StatusCode::SERVICE_UNAVAILABLE,
                         &format!(
-                            "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure reason: {reason}"
+                            "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: {reason}"
                         ),
                     )
                 }
@@ -519,11 +553,20 @@ pub async fn forward_with_info(
                     info.flags = if exhausted { "URX,UC" } else { "UC" };
                     info.details =
                         "upstream_reset_before_response_started{connection_termination}".into();
+                    log::debug!("upstream {host} reset: {reason}");
                     local_reply(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        &format!(
-                            "upstream connect error or disconnect/reset before headers. reset reason: connection termination ({reason})"
-                        ),
+                        "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+                    )
+                }
+                // Envoy answers a response its codec cannot parse with 502 and this text.
+                Err(Failure::Protocol(reason)) => {
+                    info.flags = if exhausted { "URX,UPE" } else { "UPE" };
+                    info.details = "upstream_reset_before_response_started{protocol_error}".into();
+                    log::debug!("upstream {host} sent no valid HTTP: {reason}");
+                    local_reply(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream connect error or disconnect/reset before headers. reset reason: protocol error",
                     )
                 }
                 Err(Failure::PerTryTimeout) => {
@@ -585,7 +628,14 @@ fn count_status(traffic: &ClusterTraffic, status: u16) {
     class.fetch_add(1, Ordering::Relaxed);
 }
 
-fn build_request(request: &Outgoing, host: SocketAddr, timeout: Duration) -> Request<ProxyBody> {
+/// The request of one attempt. `last`: no attempt can follow this one, so the headers are moved
+/// out of `request` rather than copied (the copy is only for a retry to resend).
+fn build_request(
+    request: &mut Outgoing,
+    host: SocketAddr,
+    timeout: Duration,
+    last: bool,
+) -> Request<ProxyBody> {
     let uri = Uri::builder()
         .scheme("http")
         .authority(host.to_string())
@@ -600,21 +650,25 @@ fn build_request(request: &Outgoing, host: SocketAddr, timeout: Duration) -> Req
     *upstream.method_mut() = request.method.clone();
     *upstream.uri_mut() = uri;
     *upstream.version_mut() = Version::HTTP_11;
-    *upstream.headers_mut() = request.headers.clone();
-    if let Ok(value) = HeaderValue::from_str(&timeout.as_millis().to_string()) {
-        upstream
-            .headers_mut()
-            .insert("x-envoy-expected-rq-timeout-ms", value);
-    }
+    *upstream.headers_mut() = if last {
+        std::mem::take(&mut request.headers)
+    } else {
+        request.headers.clone()
+    };
+    let millis = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    upstream
+        .headers_mut()
+        .insert("x-envoy-expected-rq-timeout-ms", HeaderValue::from(millis));
     upstream
 }
 
 /// The upstream response, with Envoy's `x-envoy-upstream-service-time`.
 fn finish(response: Response<Incoming>, service_time: Duration) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
-    if let Ok(value) = HeaderValue::from_str(&service_time.as_millis().to_string()) {
-        parts.headers.insert("x-envoy-upstream-service-time", value);
-    }
+    let millis = u64::try_from(service_time.as_millis()).unwrap_or(u64::MAX);
+    parts
+        .headers
+        .insert("x-envoy-upstream-service-time", HeaderValue::from(millis));
     Response::from_parts(parts, body.boxed())
 }
 

@@ -26,11 +26,11 @@ use crate::forward::{
     self, ForwardInfo, Forwarding, OriginalDstSettings, Outgoing, ProxyBody,
     RetryOn as ForwardRetryOn, RetryPolicy, Upstream, local_reply,
 };
-use crate::routing::ListenerRouting;
+use crate::routing::{ListenerRouting, RoutingStats};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -39,7 +39,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::net::TcpListener;
 use vigil_core::balance::hash_policy::{self, RequestView as HashView};
@@ -79,10 +79,23 @@ pub async fn serve(
     state: Arc<arc_swap::ArcSwap<ListenerState>>,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_counted(listener, state, Arc::default(), shutdown).await;
+}
+
+/// [`serve`], counting the routing rules' decisions into `routing_stats`.
+pub async fn serve_counted(
+    listener: TcpListener,
+    state: Arc<arc_swap::ArcSwap<ListenerState>>,
+    routing_stats: Arc<RoutingStats>,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = connection_builder(&state.load().hcm);
-    let derived = Arc::new(DerivedCache::default());
+    let derived = Arc::new(DerivedCache {
+        current: Mutex::default(),
+        routing_stats,
+    });
     loop {
         let accepted = tokio::select! {
             _ = &mut shutdown => break,
@@ -129,12 +142,23 @@ pub struct Derived {
     /// Removed from every client request: the rules' `cluster_header` and `host_header`, and
     /// every ORIGINAL_DST cluster's header.
     owned: Vec<HeaderName>,
+    /// The `server` response header, built once per state rather than per response.
+    server: Option<HeaderValue>,
 }
 
 impl Derived {
     /// Builds the derived parts of `state` (starts the access log writer threads).
     pub fn new(state: &ListenerState) -> Derived {
-        let routing = state.hcm.vigil_routing.clone().map(ListenerRouting::new);
+        Self::counted(state, Arc::default())
+    }
+
+    /// [`Derived::new`], counting the routing rules' decisions into `routing_stats`.
+    pub fn counted(state: &ListenerState, routing_stats: Arc<RoutingStats>) -> Derived {
+        let routing = state
+            .hcm
+            .vigil_routing
+            .clone()
+            .map(|config| ListenerRouting::with_stats(config, routing_stats));
         let mut owned = routing
             .as_ref()
             .map(ListenerRouting::owned_headers)
@@ -152,6 +176,7 @@ impl Derived {
             routing,
             access_logs: Arc::new(AccessLogs::start(&state.hcm.access_log)),
             owned,
+            server: HeaderValue::from_str(&state.hcm.server_name).ok(),
         }
     }
 
@@ -162,16 +187,19 @@ impl Derived {
 }
 
 /// The [`Derived`] of the current state, rebuilt when the state changes.
-#[derive(Default)]
-struct DerivedCache(Mutex<Option<(Arc<ListenerState>, Arc<Derived>)>>);
+struct DerivedCache {
+    current: Mutex<Option<(Arc<ListenerState>, Arc<Derived>)>>,
+    /// The listener's rule counters, which outlive each state.
+    routing_stats: Arc<RoutingStats>,
+}
 
 impl DerivedCache {
     fn get(&self, state: &Arc<ListenerState>) -> Arc<Derived> {
-        let mut cached = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cached = self.current.lock().unwrap_or_else(|p| p.into_inner());
         match cached.as_ref() {
             Some((current, derived)) if Arc::ptr_eq(current, state) => derived.clone(),
             _ => {
-                let derived = Arc::new(Derived::new(state));
+                let derived = Arc::new(Derived::counted(state, self.routing_stats.clone()));
                 *cached = Some((state.clone(), derived.clone()));
                 derived
             }
@@ -249,8 +277,13 @@ pub async fn handle(
         record.downstream_local = local;
         record
     });
-    let (response, outcome) = respond(state, derived, peer, request, started).await;
-    let mut response = with_server(state, response);
+    let (response, outcome) = respond(state, derived, peer, request, started, logging).await;
+    let mut response = response;
+    if let Some(server) = &derived.server {
+        response
+            .headers_mut()
+            .insert(header::SERVER, server.clone());
+    }
     strip_hop_by_hop(response.headers_mut());
     for (name, value) in [
         ("x-vigil-upstream", &outcome.vigil_upstream),
@@ -301,14 +334,12 @@ fn authority_of(uri: &http::Uri, headers: &HeaderMap) -> Option<String> {
     })
 }
 
-fn pairs(headers: &HeaderMap) -> Vec<(String, String)> {
+/// The request's headers as the route and rule engines read them, borrowed (values that are not
+/// visible ASCII are left out, as before).
+fn pairs(headers: &HeaderMap) -> Vec<(&str, &str)> {
     headers
         .iter()
-        .filter_map(|(n, v)| {
-            v.to_str()
-                .ok()
-                .map(|v| (n.as_str().to_string(), v.to_string()))
-        })
+        .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str(), v)))
         .collect()
 }
 
@@ -319,6 +350,7 @@ async fn respond(
     peer: SocketAddr,
     request: Request<Incoming>,
     started: Instant,
+    logging: bool,
 ) -> (Response<ProxyBody>, Outcome) {
     let (mut parts, body) = request.into_parts();
     // Envoy's limits on the request head, counted as it does (names and values).
@@ -338,13 +370,18 @@ async fn respond(
             Outcome::local("", "request_headers_too_large"),
         );
     }
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => {
-            return (
-                local_reply(StatusCode::PAYLOAD_TOO_LARGE, "payload too large"),
-                Outcome::local("", "request_payload_too_large"),
-            );
+    // Most requests have no body: nothing to wait for or collect then.
+    let body = if body.is_end_stream() {
+        Bytes::new()
+    } else {
+        match Limited::new(body, MAX_BODY).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => {
+                return (
+                    local_reply(StatusCode::PAYLOAD_TOO_LARGE, "payload too large"),
+                    Outcome::local("", "request_payload_too_large"),
+                );
+            }
         }
     };
     let mut outcome = Outcome {
@@ -360,9 +397,7 @@ async fn respond(
         .unwrap_or_else(|| "/".into());
     // As Envoy's connection manager, before any filter or route sees the request.
     if state.hcm.generate_request_id && !parts.headers.contains_key("x-request-id") {
-        if let Ok(value) = HeaderValue::from_str(&request_id()) {
-            parts.headers.insert("x-request-id", value);
-        }
+        parts.headers.insert("x-request-id", request_id());
     }
     // No client picks a cluster or a host: the headers vigil owns only ever come from its rules.
     for name in &derived.owned {
@@ -370,11 +405,7 @@ async fn respond(
     }
     let mut vigil_set: Vec<(String, String)> = Vec::new();
     if let Some(routing) = &derived.routing {
-        let header_pairs = pairs(&parts.headers);
-        let borrowed: Vec<(&str, &str)> = header_pairs
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
-            .collect();
+        let borrowed = pairs(&parts.headers);
         let view = RequestView::new(
             authority.as_deref(),
             &path,
@@ -409,11 +440,7 @@ async fn respond(
             Decision::NoMatch | Decision::Envoy { .. } => {}
         }
     }
-    let header_pairs = pairs(&parts.headers);
-    let borrowed: Vec<(&str, &str)> = header_pairs
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_str()))
-        .collect();
+    let borrowed = pairs(&parts.headers);
     let view = RequestView::new(
         authority.as_deref(),
         &path,
@@ -462,8 +489,6 @@ async fn respond(
     let upstream_path = selected
         .rewritten_path(&path)
         .unwrap_or_else(|| path.clone());
-    let mut headers = parts.headers.clone();
-    strip_hop_by_hop(&mut headers);
     let literal = cluster
         .as_ref()
         .and_then(|c| c.weighted)
@@ -474,6 +499,13 @@ async fn respond(
         (HostRewrite::Header(name), None) => view.first(name).map(str::to_string),
         _ => authority.clone(),
     };
+    // The request's headers are copied only when the access log needs them as received.
+    let mut headers = if logging {
+        parts.headers.clone()
+    } else {
+        std::mem::take(&mut parts.headers)
+    };
+    strip_hop_by_hop(&mut headers);
     if let Some(value) = host.and_then(|h| HeaderValue::from_str(&h).ok()) {
         headers.insert(header::HOST, value);
     }
@@ -494,7 +526,9 @@ async fn respond(
     } else {
         Duration::from_millis(action.timeout_ms)
     };
-    outcome.request_headers = Some(parts.headers);
+    if logging {
+        outcome.request_headers = Some(parts.headers);
+    }
     // An ORIGINAL_DST cluster goes to the host vigil's rules chose for this very request, and
     // only to a host of a running cluster: never to an address a client wrote.
     let target = match upstream.original_dst_settings() {
@@ -607,13 +641,6 @@ fn append_xff(headers: &mut HeaderMap, peer: SocketAddr) {
     }
 }
 
-fn with_server(state: &ListenerState, mut response: Response<ProxyBody>) -> Response<ProxyBody> {
-    if let Ok(value) = HeaderValue::from_str(&state.hcm.server_name) {
-        response.headers_mut().insert(header::SERVER, value);
-    }
-    response
-}
-
 fn empty(status: StatusCode) -> Response<ProxyBody> {
     let mut response = Response::new(
         Full::new(Bytes::new())
@@ -632,22 +659,27 @@ fn random() -> u64 {
 }
 
 /// A version-4 UUID, as Envoy generates for `x-request-id`.
-fn request_id() -> String {
+fn request_id() -> HeaderValue {
     let (a, b) = (random(), random());
     let mut bytes = [0u8; 16];
     bytes[..8].copy_from_slice(&a.to_be_bytes());
     bytes[8..].copy_from_slice(&b.to_be_bytes());
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
+    // Hex-encoded into one stack buffer: this runs on every request without an `x-request-id`.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [0u8; 36];
+    let mut at = 0;
+    for (i, byte) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            text[at] = b'-';
+            at += 1;
+        }
+        text[at] = HEX[usize::from(byte >> 4)];
+        text[at + 1] = HEX[usize::from(byte & 0x0f)];
+        at += 2;
+    }
+    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 #[cfg(test)]
@@ -657,7 +689,13 @@ mod tests {
     #[test]
     fn request_ids_are_v4_uuids() {
         let id = request_id();
+        let id = id.to_str().unwrap();
         assert_eq!(id.len(), 36);
+        assert!(id.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()));
+        assert_eq!(
+            id.match_indices('-').map(|(i, _)| i).collect::<Vec<_>>(),
+            [8, 13, 18, 23]
+        );
         assert_eq!(&id[14..15], "4");
         assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"));
         assert_ne!(request_id(), request_id());
@@ -692,6 +730,30 @@ pub struct ListenerSet {
     /// The ORIGINAL_DST clusters' traffic sides, kept across reloads while their settings stay
     /// the same (so their pooled connections and counters do).
     original_dst: BTreeMap<String, (OriginalDstPlan, Arc<Upstream>)>,
+    /// Each listener's name, whether it has vigil's routing rules, and its rule counters, by
+    /// address: a listener's serving task keeps its counters across reloads.
+    routing_stats: BTreeMap<SocketAddr, (String, bool, Arc<RoutingStats>)>,
+}
+
+/// What the running listeners count that the admin API shows besides the running clusters:
+/// the ORIGINAL_DST clusters' traffic sides (they live here, not in the check runtime) and the
+/// routing rules' decision counters by listener name.
+#[derive(Default)]
+pub struct ProxyStats {
+    pub original_dst: Vec<Arc<Upstream>>,
+    /// `(listener name, counters)` of the listeners with vigil's routing rules.
+    pub routing: Vec<(String, Arc<RoutingStats>)>,
+}
+
+/// The process's [`ProxyStats`], published by [`ListenerSet::apply`]. Process-wide because the
+/// admin server and the listener set are wired separately by the binary, which runs one
+/// listener set; the admin API reads it with [`published_stats`].
+static PUBLISHED: RwLock<Option<Arc<ProxyStats>>> = RwLock::new(None);
+
+/// The counters the running listener set last published (empty before any).
+pub fn published_stats() -> Arc<ProxyStats> {
+    let published = PUBLISHED.read().unwrap_or_else(|p| p.into_inner());
+    published.clone().unwrap_or_default()
 }
 
 /// What an ORIGINAL_DST cluster's traffic side is built from.
@@ -722,6 +784,7 @@ impl ListenerSet {
         let upstreams = self.with_original_dst(bootstrap, upstreams, &mut problems);
         let upstreams = &upstreams;
         let mut wanted: BTreeMap<SocketAddr, ListenerState> = BTreeMap::new();
+        let mut names: BTreeMap<SocketAddr, String> = BTreeMap::new();
         for listener in &bootstrap.listeners {
             let label = if listener.name.is_empty() {
                 "(unnamed)"
@@ -747,6 +810,7 @@ impl ListenerSet {
                 ));
                 continue;
             };
+            names.insert(SocketAddr::new(ip, socket.port_value), label.to_string());
             wanted.insert(
                 SocketAddr::new(ip, socket.port_value),
                 ListenerState {
@@ -763,12 +827,21 @@ impl ListenerSet {
             .copied()
             .collect();
         for address in gone {
+            self.routing_stats.remove(&address);
             if let Some(running) = self.running.remove(&address) {
                 // It drains in the background; nothing waits for it on a reload.
                 let _ = running.stop.send(());
             }
         }
         for (address, state) in wanted {
+            let name = names.remove(&address).unwrap_or_default();
+            let routed = state.hcm.vigil_routing.is_some();
+            let stats = match self.routing_stats.remove(&address) {
+                Some((_, _, stats)) => stats,
+                None => Arc::default(),
+            };
+            self.routing_stats
+                .insert(address, (name, routed, stats.clone()));
             if let Some(running) = self.running.get(&address) {
                 running.state.store(Arc::new(state));
                 continue;
@@ -777,9 +850,10 @@ impl ListenerSet {
                 Ok(listener) => {
                     let shared = Arc::new(arc_swap::ArcSwap::from_pointee(state));
                     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                    let task = tokio::spawn(serve(listener, shared.clone(), async {
-                        let _ = stopped.await;
-                    }));
+                    let task =
+                        tokio::spawn(serve_counted(listener, shared.clone(), stats, async {
+                            let _ = stopped.await;
+                        }));
                     log::info!("listener on {address}");
                     self.running.insert(
                         address,
@@ -790,10 +864,33 @@ impl ListenerSet {
                         },
                     );
                 }
-                Err(err) => problems.push(format!("cannot listen on {address}: {err}")),
+                Err(err) => {
+                    self.routing_stats.remove(&address);
+                    problems.push(format!("cannot listen on {address}: {err}"));
+                }
             }
         }
+        self.publish();
         problems
+    }
+
+    /// Makes the current counters what [`published_stats`] returns.
+    fn publish(&self) {
+        let stats = ProxyStats {
+            original_dst: self
+                .original_dst
+                .values()
+                .map(|(_, upstream)| upstream.clone())
+                .collect(),
+            routing: self
+                .routing_stats
+                .values()
+                .filter(|(_, routed, _)| *routed)
+                .map(|(name, _, stats)| (name.clone(), stats.clone()))
+                .collect(),
+        };
+        let mut published = PUBLISHED.write().unwrap_or_else(|p| p.into_inner());
+        *published = Some(Arc::new(stats));
     }
 
     /// `upstreams` plus the traffic sides of the bootstrap's ORIGINAL_DST clusters (those that
