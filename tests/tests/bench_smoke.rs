@@ -1,5 +1,6 @@
 //! A smoke run of `vigil-bench`: every proxy under test must serve through a real wrk run with
-//! nonzero throughput and no errors, and both probers must check every host of a small cluster.
+//! nonzero throughput and no errors, both probers must check every host of a small cluster, and
+//! a one-Envoy fleet must stop reaching a failed app in both EDS setups (own checks, vigil's EDS).
 //! It fails (never skips) when wrk, haproxy or nginx are missing: `./lab setup` installs them.
 
 use std::process::Command;
@@ -18,6 +19,12 @@ fn quick_bench_reports_every_proxy_and_prober() {
             "--hc-warmup",
             "2s",
             "--hc-window",
+            "2s",
+            "--eds-fleets",
+            "1",
+            "--eds-warmup",
+            "0",
+            "--eds-window",
             "2s",
         ])
         .output()
@@ -69,5 +76,35 @@ fn quick_bench_reports_every_proxy_and_prober() {
         let probes: f64 = cells[2].parse().unwrap_or(0.0);
         // 20 hosts at 1 s: about 20 probes/s; a prober that stopped checking shows far fewer.
         assert!(probes >= 10.0, "{prober} probed too little: `{row}`");
+    }
+    let eds = stdout
+        .split("## Central health for Envoy fleets (EDS)")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no EDS section\n{stdout}"));
+    for setup in ["(a) own checks", "(b) EDS from vigil"] {
+        let row = eds
+            .lines()
+            .find(|l| l.starts_with(&format!("| 1 | {setup} |")))
+            .unwrap_or_else(|| panic!("no EDS row for one Envoy, {setup}\n{stdout}"));
+        let cells = cells(row);
+        // One prober checking two apps every second: 2 probes/s, give or take a check at either
+        // end of the 2 s window.
+        let probes: f64 = cells[2].parse().unwrap_or(-1.0);
+        assert!(
+            (1.0..=3.0).contains(&probes),
+            "{setup}: the apps saw the wrong probe rate: `{row}`"
+        );
+        assert_eq!(cells[3], "2", "{setup}: `{row}`");
+        // A failed check ejects at once: one 1 s interval plus the round trip, with slack for a
+        // busy machine.
+        let last: f64 = cells[5]
+            .trim_end_matches(" s")
+            .parse()
+            .unwrap_or_else(|_| panic!("bad fault time in `{row}`"));
+        assert!(
+            (0.0..5.0).contains(&last),
+            "{setup}: the Envoy kept reaching the failed app: `{row}`"
+        );
+        assert_eq!(cells[6], "0.00 s", "one Envoy has no spread: `{row}`");
     }
 }

@@ -10,8 +10,10 @@
 //! - [`wrk`]: running `wrk` and parsing its report.
 //! - [`throughput`]: the proxy benchmark (rounds alternating between proxies, median of rounds).
 //! - [`health`]: health checking at scale (CPU per probe, RSS per host, fds, probes/s).
+//! - [`eds`]: central health for Envoy fleets (each Envoy checking vs EDS from one vigil).
 //! - [`report`]: medians, ratios and the markdown report.
 
+pub mod eds;
 pub mod health;
 pub mod proxies;
 pub mod report;
@@ -36,14 +38,22 @@ pub struct Options {
     pub hc_warmup_seconds: u64,
     /// Seconds of the health-check measurement window.
     pub hc_window_seconds: u64,
+    /// Fleet sizes of the EDS benchmark, each measured with both setups.
+    pub eds_fleets: Vec<usize>,
+    /// Seconds between a fleet seeing every app healthy and its probe-counting window.
+    pub eds_warmup_seconds: u64,
+    /// Seconds of the EDS probe-counting window.
+    pub eds_window_seconds: u64,
     pub run_throughput: bool,
     pub run_health: bool,
+    pub run_eds: bool,
     /// The `--quick` smoke preset.
     pub quick: bool,
 }
 
 impl Options {
-    /// The full benchmark: 3 rounds of 10 s (2 s warm-up) at -c32 and -c256, 10,000 hosts.
+    /// The full benchmark: 3 rounds of 10 s (2 s warm-up) at -c32 and -c256, 10,000 hosts,
+    /// fleets of 1, 3 and 10 Envoys with a 10 s probe window.
     pub fn full() -> Options {
         Options {
             rounds: 3,
@@ -53,13 +63,18 @@ impl Options {
             hosts: 10_000,
             hc_warmup_seconds: 5,
             hc_window_seconds: 10,
+            eds_fleets: vec![1, 3, 10],
+            eds_warmup_seconds: 2,
+            eds_window_seconds: 10,
             run_throughput: true,
             run_health: true,
+            run_eds: true,
             quick: false,
         }
     }
 
-    /// A smoke run: 1 round of 3 s (1 s warm-up) at -c32 only, 500 hosts, 3 s window.
+    /// A smoke run: 1 round of 3 s (1 s warm-up) at -c32 only, 500 hosts, 3 s window, fleets of
+    /// 1 and 3 Envoys with a 3 s probe window.
     pub fn quick() -> Options {
         Options {
             rounds: 1,
@@ -69,6 +84,9 @@ impl Options {
             hosts: 500,
             hc_warmup_seconds: 2,
             hc_window_seconds: 3,
+            eds_fleets: vec![1, 3],
+            eds_warmup_seconds: 1,
+            eds_window_seconds: 3,
             quick: true,
             ..Options::full()
         }
@@ -95,6 +113,11 @@ impl Cpus {
 /// Runs what `options` asks for and returns the report (not yet written anywhere).
 pub async fn run(options: &Options) -> Result<report::Report, String> {
     let tools = sys::Tools::find()?;
+    if options.run_eds {
+        // Panics with the fix when missing, like vigil's lookup: before anything runs, not after
+        // the other benchmarks have.
+        crate::paths::workspace_binary("demoapp");
+    }
     let cores = sys::cores();
     let cpus = Cpus::for_cores(cores);
     raise_fd_limit();
@@ -108,6 +131,9 @@ pub async fn run(options: &Options) -> Result<report::Report, String> {
     }
     if options.run_health {
         health::run(&tools, cpus, options, &dir, &mut report).await?;
+    }
+    if options.run_eds {
+        eds::run(&tools, options, &dir, &mut report).await?;
     }
     report.load_after = sys::load_average();
     Ok(report)

@@ -1,6 +1,7 @@
 //! The benchmark's results and their markdown report: medians over rounds, ratios against Envoy
 //! and HAProxy, flags on runs with errors, and the exact commands.
 
+use super::eds::Setup;
 use super::wrk::WrkResult;
 use super::{Cpus, Options};
 use std::fmt::Write as _;
@@ -63,6 +64,50 @@ impl HealthRun {
     }
 }
 
+/// One fleet's run in the EDS benchmark.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdsRun {
+    /// How the fleet learns about health.
+    pub setup: Setup,
+    pub envoys: usize,
+    pub apps: usize,
+    pub window_seconds: f64,
+    /// `/livez` requests the apps received in the window, from every prober.
+    pub probes: u64,
+    /// Per Envoy, seconds from the fault to its stopping reaching the failed app.
+    pub stopped: Vec<f64>,
+    /// Mean milliseconds of one sweep of requests over the fleet: the resolution of `stopped`.
+    pub sweep_ms: f64,
+}
+
+impl EdsRun {
+    pub fn probes_per_second(&self) -> f64 {
+        self.probes as f64 / self.window_seconds.max(f64::EPSILON)
+    }
+
+    /// When the first Envoy stopped reaching the failed app (NaN for an empty fleet).
+    pub fn first(&self) -> f64 {
+        self.stopped
+            .iter()
+            .copied()
+            .reduce(f64::min)
+            .unwrap_or(f64::NAN)
+    }
+
+    /// When the last Envoy stopped: the fleet's time to stop routing to a failed host.
+    pub fn last(&self) -> f64 {
+        self.stopped
+            .iter()
+            .copied()
+            .reduce(f64::max)
+            .unwrap_or(f64::NAN)
+    }
+
+    pub fn spread(&self) -> f64 {
+        self.last() - self.first()
+    }
+}
+
 /// Everything one `vigil-bench` run found.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -74,6 +119,8 @@ pub struct Report {
     pub proxy_rows: Vec<ProxyRow>,
     /// `(prober, runs)`, in the order first seen.
     pub health: Vec<(String, Vec<HealthRun>)>,
+    /// EDS benchmark runs, in the order measured.
+    pub eds: Vec<EdsRun>,
     /// The run's scratch directory relative to the checkout, shown as `$RUN` in commands.
     pub run_dir: String,
     /// Load averages when the run started and ended.
@@ -90,6 +137,7 @@ impl Report {
             commands: Vec::new(),
             proxy_rows: Vec::new(),
             health: Vec::new(),
+            eds: Vec::new(),
             run_dir: String::new(),
             load_before: String::new(),
             load_after: String::new(),
@@ -123,6 +171,10 @@ impl Report {
             Some((_, runs)) => runs.push(run),
             None => self.health.push((prober.to_string(), vec![run])),
         }
+    }
+
+    pub fn add_eds_run(&mut self, run: EdsRun) {
+        self.eds.push(run);
     }
 
     /// Proxies whose runs had errors (non-2xx/3xx or socket errors), with the count.
@@ -174,6 +226,9 @@ impl Report {
         if o.run_health {
             self.health_table(&mut out);
         }
+        if o.run_eds {
+            self.eds_table(&mut out);
+        }
         let _ = writeln!(out, "## Commands\n");
         if !self.run_dir.is_empty() {
             let _ = writeln!(
@@ -194,6 +249,13 @@ impl Report {
             out,
             "\nConfigs: `bench/templates/` (vigil and Envoy run the same Envoy YAML)."
         );
+        if o.run_eds {
+            let _ = writeln!(
+                out,
+                "EDS fleets: (a) Envoys and (b)'s vigil run `bench/templates/eds-checked.yaml`; \
+                 (b)'s Envoys run `envoy/templates/eds-front.yaml`."
+            );
+        }
         out
     }
 
@@ -320,6 +382,66 @@ impl Report {
             );
         }
     }
+
+    fn eds_table(&self, out: &mut String) {
+        let o = &self.options;
+        let apps = self.eds.first().map_or(2, |r| r.apps);
+        let _ = writeln!(
+            out,
+            "## Central health for Envoy fleets (EDS)\n\n\
+             N Envoys in front of the same {apps} demo apps, either (a) each with its own HTTP checks on `/livez` \
+             every 1 s, or (b) with none, on EDS from one vigil that runs the same checks. \
+             **probes/s**: `/livez` requests arriving at the apps (their `/hits` counters) over {} s, \
+             {} s after every Envoy saw every app healthy. **fault → first / last**: from blue's `/livez` \
+             answering FAIL to the first / the last Envoy of the fleet no longer routing to blue, seen in \
+             traffic sent through every Envoy in turn (an Envoy has stopped at the first of {} requests \
+             in a row that did not reach blue); **spread** is last − first. Median of {} round(s), \
+             setups alternating; the stop times' resolution is one sweep over the fleet.\n",
+            o.eds_window_seconds,
+            o.eds_warmup_seconds,
+            super::eds::STREAK,
+            o.rounds
+        );
+        let _ = writeln!(
+            out,
+            "| Envoys | setup | probes/s at the apps | expected | fault → first | fault → last | spread | last per round | sweep |"
+        );
+        let _ = writeln!(out, "|---:|---|---:|---:|---:|---:|---:|---|---:|");
+        let mut cells: Vec<(usize, Setup)> = Vec::new();
+        for run in &self.eds {
+            if !cells.contains(&(run.envoys, run.setup)) {
+                cells.push((run.envoys, run.setup));
+            }
+        }
+        for (envoys, setup) in cells {
+            let runs: Vec<&EdsRun> = self
+                .eds
+                .iter()
+                .filter(|r| r.envoys == envoys && r.setup == setup)
+                .collect();
+            // One prober per Envoy in (a), one vigil in (b), each checking every app once a second.
+            let probers = if setup == Setup::OwnChecks { envoys } else { 1 };
+            let apps = runs.first().map_or(0, |r| r.apps);
+            let lasts: Vec<String> = runs.iter().map(|r| seconds(r.last())).collect();
+            let _ = writeln!(
+                out,
+                "| {envoys} | {} | {:.1} | {} | {} | {} | {} | {} | {:.1} ms |",
+                setup.label(),
+                median(runs.iter().map(|r| r.probes_per_second())),
+                probers * apps,
+                seconds(median(runs.iter().map(|r| r.first()))),
+                seconds(median(runs.iter().map(|r| r.last()))),
+                seconds(median(runs.iter().map(|r| r.spread()))),
+                lasts.join(" / "),
+                median(runs.iter().map(|r| r.sweep_ms)),
+            );
+        }
+        let _ = writeln!(out);
+    }
+}
+
+fn seconds(value: f64) -> String {
+    format!("{value:.2} s")
 }
 
 /// The median of `values` (the mean of the middle two for an even count); NaN when empty.
@@ -401,6 +523,40 @@ mod tests {
             "{text}"
         );
         assert_eq!(report.flagged().len(), 1);
+    }
+
+    #[test]
+    fn eds_rows_take_medians_per_fleet_and_setup() {
+        let mut report = Report::new(Options::quick(), 2, Cpus::for_cores(2));
+        report.options.run_throughput = false;
+        report.options.run_health = false;
+        let run = |setup, envoys, probes, stopped: &[f64]| EdsRun {
+            setup,
+            envoys,
+            apps: 2,
+            window_seconds: 10.0,
+            probes,
+            stopped: stopped.to_vec(),
+            sweep_ms: 4.0,
+        };
+        report.add_eds_run(run(Setup::OwnChecks, 3, 60, &[0.2, 0.9, 0.5]));
+        report.add_eds_run(run(Setup::Eds, 3, 20, &[0.6, 0.61, 0.62]));
+        report.add_eds_run(run(Setup::OwnChecks, 3, 62, &[0.1, 1.0, 0.4]));
+        report.add_eds_run(run(Setup::Eds, 3, 20, &[0.5, 0.52, 0.51]));
+        let (own, eds) = (Setup::OwnChecks.label(), Setup::Eds.label());
+        let text = report.markdown("test", "now");
+        assert!(
+            text.contains(&format!(
+                "| 3 | {own} | 6.1 | 6 | 0.15 s | 0.95 s | 0.80 s | 0.90 s / 1.00 s | 4.0 ms |"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "| 3 | {eds} | 2.0 | 2 | 0.55 s | 0.57 s | 0.02 s | 0.62 s / 0.52 s | 4.0 ms |"
+            )),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `vigil-bench`: the Rust side of `./lab bench`. It measures vigil's proxy against Envoy,
-//! HAProxy and nginx, and its health checker against Envoy's at scale, prints a markdown report
+//! HAProxy and nginx, its health checker against Envoy's at scale, and Envoy fleets checking
+//! on their own against fleets on EDS from one vigil, prints a markdown report
 //! and writes it to `bench/results/<date>-<commit>.md` (see `docs/bench.md`). Every process it
 //! starts is owned by a guard and stopped by PID, also on Ctrl-C or SIGTERM.
 
@@ -15,6 +16,8 @@ enum Only {
     Proxy,
     /// The health-check benchmark only.
     Health,
+    /// The Envoy-fleet benchmark only (own checks vs EDS from vigil).
+    Eds,
 }
 
 #[derive(Debug, Parser)]
@@ -23,7 +26,8 @@ enum Only {
     about = "Benchmarks vigil against Envoy, HAProxy and nginx on loopback"
 )]
 struct Args {
-    /// Smoke preset: 1 round of 3 s at -c32 only, 500 hosts (other flags still override it).
+    /// Smoke preset: 1 round of 3 s at -c32 only, 500 hosts, fleets of 1 and 3 Envoys (other
+    /// flags still override it).
     #[arg(long)]
     quick: bool,
     /// Rounds per benchmark; cells are the median over rounds [default: 3, quick 1].
@@ -47,6 +51,15 @@ struct Args {
     /// Wait between a prober becoming ready and its window [default: 5s, quick 2s].
     #[arg(long, value_parser = seconds_or_zero)]
     hc_warmup: Option<u64>,
+    /// EDS benchmark fleet sizes, comma-separated [default: 1,3,10, quick 1,3].
+    #[arg(long, value_delimiter = ',')]
+    eds_fleets: Option<Vec<usize>>,
+    /// EDS benchmark probe-counting window [default: 10s, quick 3s].
+    #[arg(long, value_parser = seconds)]
+    eds_window: Option<u64>,
+    /// Wait between a fleet seeing every app healthy and its window [default: 2s, quick 1s].
+    #[arg(long, value_parser = seconds_or_zero)]
+    eds_warmup: Option<u64>,
     /// Run one benchmark only.
     #[arg(long, value_enum)]
     only: Option<Only>,
@@ -83,8 +96,12 @@ impl Args {
         o.hosts = self.hosts.unwrap_or(o.hosts);
         o.hc_window_seconds = self.hc_window.unwrap_or(o.hc_window_seconds);
         o.hc_warmup_seconds = self.hc_warmup.unwrap_or(o.hc_warmup_seconds);
-        o.run_throughput = self.only != Some(Only::Health);
-        o.run_health = self.only != Some(Only::Proxy);
+        o.eds_fleets = self.eds_fleets.clone().unwrap_or(o.eds_fleets);
+        o.eds_window_seconds = self.eds_window.unwrap_or(o.eds_window_seconds);
+        o.eds_warmup_seconds = self.eds_warmup.unwrap_or(o.eds_warmup_seconds);
+        o.run_throughput = self.only.is_none_or(|only| only == Only::Proxy);
+        o.run_health = self.only.is_none_or(|only| only == Only::Health);
+        o.run_eds = self.only.is_none_or(|only| only == Only::Eds);
         if o.rounds == 0 {
             return Err("--rounds must be at least 1".into());
         }
@@ -93,6 +110,9 @@ impl Args {
         }
         if o.hosts == 0 {
             return Err("--hosts must be at least 1".into());
+        }
+        if o.eds_fleets.is_empty() || o.eds_fleets.contains(&0) {
+            return Err("--eds-fleets needs one or more fleet sizes above 0".into());
         }
         Ok(o)
     }
