@@ -356,7 +356,11 @@ impl HttpContext for Stream {
         }
         let cluster = match self.routed_to.take() {
             Some(cluster) => cluster,
-            None => match host::property_string(&["xds", "cluster_name"]) {
+            // `xds.cluster_name` (Envoy 1.2x and later); the bare `cluster_name` of older
+            // Envoys as a fallback (removed in 1.33, present in 1.30).
+            None => match host::property_string(&["xds", "cluster_name"])
+                .or_else(|| host::property_string(&["cluster_name"]))
+            {
                 Some(cluster) => cluster,
                 None => return,
             },
