@@ -722,6 +722,7 @@ impl ClusterChecker {
         let snapshot = Arc::new(snapshot);
         let stored = Arc::as_ptr(&snapshot) as usize;
         let previous = self.handle.snapshot.swap(snapshot);
+        crate::changes::announce();
         // Reused only if it is the one this loop stored last and no reader still holds it;
         // otherwise it is freed as before, by its last holder.
         if self.stored == Some(Arc::as_ptr(&previous) as usize)

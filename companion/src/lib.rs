@@ -16,12 +16,14 @@
 //! - [`outlier`]: a cluster's outlier detector (core's) fed by the proxy, swept on its interval.
 //! - [`events`]: the JSON-lines health-check event log (`event_log_path`) in Envoy's shape.
 //!
+//! - [`changes`]: the process-wide "a cluster's health changed" signal the EDS publisher waits on.
 //! - [`xds`]: EDS (xDS v3, gRPC and REST-JSON) serving the checks' verdicts to Envoy fleets.
 //!
 //! `main.rs` holds the command line.
 
 pub mod access_log;
 pub mod admin;
+pub mod changes;
 pub mod checker;
 pub mod discovery;
 pub mod dns_client;

@@ -215,6 +215,7 @@ impl ClusterOutlier {
             .collect();
         self.ejected.store(Arc::new(ejected));
         self.version.fetch_add(1, Ordering::AcqRel);
+        crate::changes::announce();
     }
 
     /// Publishes the ejected set when it changed, and logs the events.

@@ -3,11 +3,13 @@
 //! path ([`rest`]) on the same port, and the publisher that turns the [`ClusterSource`] into
 //! encoded resources.
 //!
-//! The publisher looks at the source's fingerprint every [`POLL`] (a few atomic loads: the
-//! snapshots are `arc-swap`ed by the check loops) and republishes the ready clusters' encoded
-//! assignments on a `watch` channel when they changed. Every stream task waits on that channel
-//! and on its Envoy's requests, feeds both to its [`StreamState`], and sends what it decides;
-//! so a health transition reaches every connected Envoy within one `POLL` of the snapshot.
+//! The publisher wakes when a check loop or an outlier detector announces a change
+//! ([`crate::changes`]), and at least every [`POLL`] (for discovery counters), looks at the
+//! source's fingerprint (a few atomic loads: the snapshots are `arc-swap`ed by the check loops)
+//! and republishes the ready clusters' encoded assignments on a `watch` channel when they
+//! changed. Every stream task waits on that channel and on its Envoy's requests, feeds both to
+//! its [`StreamState`], and sends what it decides; so a health transition reaches every connected
+//! Envoy as soon as its snapshot is stored, with no polling delay.
 
 use super::assignment::{ClusterInput, assignment};
 use super::protocol::{self, EDS_TYPE_URL, Event, Resource, Resources, StreamState};
@@ -36,8 +38,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
-/// How often the publisher looks for changes.
-pub const POLL: Duration = Duration::from_millis(10);
+/// How often the publisher looks for changes when nothing announced one (discovery counters and
+/// warm-start readiness of clusters that publish nothing else).
+pub const POLL: Duration = Duration::from_secs(1);
 
 /// A test-only hook: rewrites each assignment after vigil built it, to send what vigil itself
 /// would never build (an update Envoy must reject, for NACK tests).
@@ -235,13 +238,18 @@ async fn publish(
 ) {
     tokio::pin!(shutdown);
     let mut seen = None;
-    let mut tick = tokio::time::interval(POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut generation = crate::changes::generation();
+    let mut first = true;
     loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            _ = tick.tick() => {}
+        if !first {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = crate::changes::wait_past(generation) => {}
+                _ = tokio::time::sleep(POLL) => {}
+            }
         }
+        first = false;
+        generation = crate::changes::generation();
         let fingerprint = source.fingerprint();
         if seen == Some(fingerprint) {
             continue;

@@ -49,6 +49,8 @@ impl ManualSource {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.0 += 1;
         state.1 = clusters;
+        drop(state);
+        crate::changes::announce();
     }
 }
 
