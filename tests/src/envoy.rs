@@ -274,6 +274,73 @@ fn envoy_reason(output: &str) -> String {
     gist.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// A bootstrap with one HTTP listener named `name` at `listen` (one virtual host for every
+/// domain, `routes` and `clusters` as YAML list items indented for their place), the router
+/// filter, and the admin API at `admin`: the shape the differential tests give Envoy and vigil.
+pub fn single_listener_config(
+    name: &str,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    routes: &str,
+    clusters: &str,
+) -> String {
+    format!(
+        "admin:
+  address: {{ socket_address: {{ address: {}, port_value: {} }} }}
+static_resources:
+  listeners:
+  - name: {name}
+    address: {{ socket_address: {{ address: {}, port_value: {} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          route_config:
+            virtual_hosts:
+            - name: {name}
+              domains: [\"*\"]
+              routes:{routes}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:{clusters}
+",
+        admin.ip(),
+        admin.port(),
+        listen.ip(),
+        listen.port(),
+    )
+}
+
+/// Real Envoy and vigil, each on a fresh loopback address with its own listener and admin
+/// ports, on the config `config(listen, admin)` renders: (name, listener, process), Envoy first.
+pub async fn start_envoy_and_vigil(
+    dir: &Path,
+    config: impl Fn(SocketAddr, SocketAddr) -> String,
+) -> Result<Vec<(&'static str, SocketAddr, AdminProcess)>, String> {
+    let mut out = Vec::new();
+    for name in ["envoy", "vigil"] {
+        let ip = crate::net::fresh_loopback();
+        let port = || crate::net::free_port_on(&[ip]);
+        let listen = SocketAddr::from((ip, port()));
+        let mut admin = SocketAddr::from((ip, port()));
+        while admin.port() == listen.port() {
+            admin = SocketAddr::from((ip, port()));
+        }
+        let yaml = config(listen, admin);
+        let process = if name == "envoy" {
+            AdminProcess::start(name, &yaml, admin, None, dir).await
+        } else {
+            AdminProcess::start_vigil(name, &yaml, admin, None, dir).await
+        }
+        .map_err(|err| format!("{name} did not start: {err}"))?;
+        out.push((name, listen, process));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

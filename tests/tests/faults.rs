@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use vigil_tests::envoy::AdminProcess;
+use vigil_tests::envoy::{single_listener_config, start_envoy_and_vigil};
 use vigil_tests::{http, net, paths};
 
 /// How a fake upstream treats each connection.
@@ -129,34 +129,7 @@ fn config(listen: SocketAddr, admin: SocketAddr, clusters: &[(&str, Vec<SocketAd
             "\n  - name: {name}\n    connect_timeout: 0.25s\n    type: STATIC\n    lb_policy: ROUND_ROBIN\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:{endpoints}"
         ));
     }
-    format!(
-        "admin:
-  address: {{ socket_address: {{ address: {}, port_value: {} }} }}
-static_resources:
-  listeners:
-  - name: faults
-    address: {{ socket_address: {{ address: {}, port_value: {} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: faults
-          route_config:
-            virtual_hosts:
-            - name: faults
-              domains: [\"*\"]
-              routes:{routes}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-  clusters:{defs}
-",
-        admin.ip(),
-        admin.port(),
-        listen.ip(),
-        listen.port(),
-    )
+    single_listener_config("faults", listen, admin, &routes, &defs)
 }
 
 /// What a client got: the status and the body's first line, or the transport error's kind.
@@ -205,23 +178,9 @@ async fn misbehaving_upstreams_get_the_same_answers_from_vigil_as_from_envoy() {
             ],
         ),
     ];
-    let mut proxies = Vec::new();
-    for name in ["envoy", "vigil"] {
-        let ip = net::fresh_loopback();
-        let listen = SocketAddr::new(IpAddr::V4(ip), net::free_port_on(&[ip]));
-        let mut admin = SocketAddr::new(IpAddr::V4(ip), net::free_port_on(&[ip]));
-        while admin.port() == listen.port() {
-            admin = SocketAddr::new(IpAddr::V4(ip), net::free_port_on(&[ip]));
-        }
-        let yaml = config(listen, admin, &clusters);
-        let process = if name == "envoy" {
-            AdminProcess::start(name, &yaml, admin, None, &dir).await
-        } else {
-            AdminProcess::start_vigil(name, &yaml, admin, None, &dir).await
-        }
-        .unwrap_or_else(|err| panic!("{name} did not start: {err}"));
-        proxies.push((name, listen, process));
-    }
+    let proxies = start_envoy_and_vigil(&dir, |listen, admin| config(listen, admin, &clusters))
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
 
     let mut table = String::new();
     let mut differences = Vec::new();

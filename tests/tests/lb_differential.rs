@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use vigil_tests::demoapp::DemoApp;
-use vigil_tests::envoy::AdminProcess;
+use vigil_tests::envoy::{AdminProcess, single_listener_config, start_envoy_and_vigil};
 use vigil_tests::{http, net, paths};
 
 const APPS: [&str; 3] = ["a", "b", "c"];
@@ -57,42 +57,21 @@ fn config(listen: SocketAddr, admin: SocketAddr, apps: &[SocketAddr]) -> String 
                 route: {{ cluster: {cluster}, prefix_rewrite: \"/\"{hash} }}"
         )
     };
-    format!(
-        "admin:
-  address: {{ socket_address: {{ address: {}, port_value: {} }} }}
-static_resources:
-  listeners:
-  - name: lb
-    address: {{ socket_address: {{ address: {}, port_value: {} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: lb
-          route_config:
-            virtual_hosts:
-            - name: lb
-              domains: [\"*\"]
-              routes:{}{}{}{}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-  clusters:{}{}{}{}
-",
-        admin.ip(),
-        admin.port(),
-        listen.ip(),
-        listen.port(),
+    let routes = [
         route("/rr", "rr", false),
         route("/weighted", "weighted", false),
         route("/ring", "ring", true),
         route("/maglev", "maglev", true),
+    ]
+    .concat();
+    let clusters = [
         cluster("rr", "ROUND_ROBIN", [1, 1, 1]),
         cluster("weighted", "ROUND_ROBIN", [1, 2, 3]),
         cluster("ring", "RING_HASH", [1, 1, 1]),
         cluster("maglev", "MAGLEV", [1, 1, 1]),
-    )
+    ]
+    .concat();
+    single_listener_config("lb", listen, admin, &routes, &clusters)
 }
 
 /// Which demo app answered `path` (with `x-user: user` when given).
@@ -141,27 +120,17 @@ async fn envoy_and_vigil_balance_identically() {
         );
         addresses.push(address);
     }
-    let mut proxies = Vec::new();
-    for name in ["envoy", "vigil"] {
-        let ip = net::fresh_loopback();
-        let listener = SocketAddr::new(IpAddr::V4(ip), net::free_port_on(&[ip]));
-        let mut admin = SocketAddr::new(IpAddr::V4(ip), net::free_port_on(&[ip]));
-        while admin.port() == listener.port() {
-            admin = SocketAddr::new(IpAddr::V4(ip), net::free_port_on(&[ip]));
-        }
-        let yaml = config(listener, admin, &addresses);
-        let process = if name == "envoy" {
-            AdminProcess::start(name, &yaml, admin, None, &dir).await
-        } else {
-            AdminProcess::start_vigil(name, &yaml, admin, None, &dir).await
-        }
-        .unwrap_or_else(|err| panic!("{name} did not start: {err}"));
-        proxies.push(Proxy {
-            name,
-            listener,
-            _process: process,
-        });
-    }
+    let proxies: Vec<Proxy> =
+        start_envoy_and_vigil(&dir, |listen, admin| config(listen, admin, &addresses))
+            .await
+            .unwrap_or_else(|err| panic!("{err}"))
+            .into_iter()
+            .map(|(name, listener, process)| Proxy {
+                name,
+                listener,
+                _process: process,
+            })
+            .collect();
 
     let mut rotations = BTreeMap::new();
     let mut weighted = BTreeMap::new();
