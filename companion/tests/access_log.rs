@@ -3,7 +3,7 @@
 //! request's lines are read back from the files.
 
 mod common;
-use common::demoapp;
+use common::{demoapp, exchange};
 
 use arc_swap::ArcSwap;
 use serde_json::Value;
@@ -12,8 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use vigil::checker::{
     ClusterHandle, ClusterSnapshot, DiscoveryCounters, HealthCheckStats, HostSnapshot, HostSpec,
@@ -26,23 +25,7 @@ use vigil_core::health::HealthFlags;
 use vigil_core::route::RouteTable;
 
 async fn send(proxy: SocketAddr, head: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(proxy).await.unwrap();
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
+    let (status, _, body) = exchange(proxy, head).await;
     (status, body)
 }
 

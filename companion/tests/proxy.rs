@@ -2,14 +2,13 @@
 //! responses, rewrites, retries) in front of two demo apps.
 
 mod common;
-use common::{App, demoapp, post};
+use common::{App, demoapp, exchange, post};
 
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use vigil::checker::{
@@ -22,27 +21,8 @@ use vigil_core::config::{self, LbPolicy};
 use vigil_core::health::HealthFlags;
 use vigil_core::route::RouteTable;
 
-/// A raw HTTP/1.1 exchange on a fresh connection: (status, headers text, body).
-async fn request(proxy: SocketAddr, head: &str) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(proxy).await.unwrap();
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_ascii_lowercase(), body.to_string())
-}
-
 async fn get(proxy: SocketAddr, path: &str, extra: &str) -> (u16, String, String) {
-    request(
+    exchange(
         proxy,
         &format!("GET {path} HTTP/1.1\r\nhost: web\r\n{extra}connection: close\r\n\r\n"),
     )

@@ -4,7 +4,7 @@
 //! ORIGINAL_DST cluster for host decisions. Two demo apps, blue and yellow, answer.
 
 mod common;
-use common::{App, demoapp};
+use common::{App, demoapp, exchange};
 
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
@@ -12,8 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use vigil::checker::{
     ClusterHandle, ClusterSnapshot, DiscoveryCounters, HealthCheckStats, HostSnapshot, HostSpec,
@@ -25,24 +24,13 @@ use vigil_core::config::{self, LbPolicy};
 use vigil_core::health::HealthFlags;
 use vigil_core::route::RouteTable;
 
-/// (status, lowercased head, body) of one HTTP/1.1 exchange on a fresh connection.
+/// (status, lowercased head, body) of one GET on a fresh connection.
 async fn get(proxy: SocketAddr, path: &str, extra: &str) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(proxy).await.unwrap();
-    let head = format!("GET {path} HTTP/1.1\r\nhost: web\r\n{extra}connection: close\r\n\r\n");
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_ascii_lowercase(), body.to_string())
+    exchange(
+        proxy,
+        &format!("GET {path} HTTP/1.1\r\nhost: web\r\n{extra}connection: close\r\n\r\n"),
+    )
+    .await
 }
 
 fn header<'h>(head: &'h str, name: &str) -> Option<&'h str> {

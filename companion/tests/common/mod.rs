@@ -61,3 +61,28 @@ pub async fn post(app: SocketAddr, path: &str, body: &str) {
         "{path} {body}: {response}"
     );
 }
+
+/// A raw HTTP/1.1 exchange on a fresh connection (`head` is sent as written; say
+/// `connection: close`): (status, lowercased head, body).
+#[allow(dead_code)] // not every test binary that includes this module sends raw requests
+pub async fn exchange(proxy: SocketAddr, head: &str) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut response),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
