@@ -3,60 +3,20 @@
 //! request's lines are read back from the files.
 
 mod common;
-use common::{demoapp, exchange};
+use common::{all_healthy, demoapp, exchange, serve_state, upstream};
 
-use arc_swap::ArcSwap;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use vigil::checker::{
-    ClusterHandle, ClusterSnapshot, DiscoveryCounters, HealthCheckStats, HostSnapshot, HostSpec,
-};
-use vigil::forward::Upstream;
-use vigil::proxy::{ListenerState, serve};
-use vigil::upstream::{HostPicker, LbSettings};
-use vigil_core::config::{self, LbPolicy};
-use vigil_core::health::HealthFlags;
+use vigil::proxy::ListenerState;
+use vigil_core::config;
 use vigil_core::route::RouteTable;
 
 async fn send(proxy: SocketAddr, head: &str) -> (u16, String) {
     let (status, _, body) = exchange(proxy, head).await;
     (status, body)
-}
-
-fn upstream(name: &str, hosts: &[SocketAddr]) -> Arc<Upstream> {
-    let snapshot = ClusterSnapshot {
-        name: name.into(),
-        initialized: true,
-        hosts_version: 1,
-        hosts: hosts
-            .iter()
-            .map(|a| HostSnapshot {
-                spec: HostSpec::new(*a),
-                flags: HealthFlags::empty(),
-                history: vec![],
-            })
-            .collect(),
-        stats: HealthCheckStats::default(),
-    };
-    let handle = ClusterHandle {
-        snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
-        has_traffic: Arc::default(),
-        discovery: Arc::new(DiscoveryCounters::default()),
-    };
-    let picker = HostPicker::new(handle.clone(), LbSettings::new(LbPolicy::RoundRobin), 0).unwrap();
-    Arc::new(Upstream::new(
-        name,
-        picker,
-        handle.has_traffic.clone(),
-        Duration::from_millis(250),
-        false,
-    ))
 }
 
 const YAML: &str = r#"
@@ -159,18 +119,12 @@ async fn requests_are_logged_in_envoys_formats() {
     let state = ListenerState {
         routes: RouteTable::new(hcm.route_config.clone()),
         hcm,
-        upstreams: BTreeMap::from([("web".to_string(), upstream("web", &[blue.http]))]),
+        upstreams: BTreeMap::from([(
+            "web".to_string(),
+            upstream("web", &all_healthy(&[blue.http])),
+        )]),
     };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let at = listener.local_addr().unwrap();
-    let (_stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(serve(
-        listener,
-        Arc::new(ArcSwap::from_pointee(state)),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (at, _stop) = serve_state(state).await;
 
     let (status, body) = send(
         at,

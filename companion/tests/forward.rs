@@ -2,53 +2,24 @@
 //! per-try timeout, previous hosts), the route timeout, `no healthy upstream`, and counters.
 
 mod common;
-use common::{demoapp, post};
+use common::{demoapp, handle, post, snapshot, upstream_with};
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::BodyExt;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use vigil::checker::{
-    ClusterHandle, ClusterSnapshot, DiscoveryCounters, HealthCheckStats, HostSnapshot, HostSpec,
-};
 use vigil::forward::{Forwarding, Outgoing, RetryOn, RetryPolicy, Upstream, forward};
 use vigil::upstream::{HostPicker, LbSettings};
 use vigil_core::config::LbPolicy;
 use vigil_core::health::HealthFlags;
 
-fn snapshot_host(address: SocketAddr, flags: HealthFlags) -> HostSnapshot {
-    HostSnapshot {
-        spec: HostSpec::new(address),
-        flags,
-        history: vec![],
-    }
-}
-
 fn upstream(hosts: &[(SocketAddr, HealthFlags)], settings: LbSettings) -> Upstream {
-    let handle = ClusterHandle {
-        snapshot: Arc::new(ArcSwap::from_pointee(ClusterSnapshot {
-            name: "svc".into(),
-            initialized: true,
-            hosts_version: 1,
-            hosts: hosts.iter().map(|(a, f)| snapshot_host(*a, *f)).collect(),
-            stats: HealthCheckStats::default(),
-        })),
-        has_traffic: Arc::default(),
-        discovery: Arc::new(DiscoveryCounters::default()),
-    };
+    let handle = handle(snapshot("svc", hosts, 1));
     let picker = HostPicker::new(handle.clone(), settings, 0).unwrap();
-    Upstream::new(
-        "svc",
-        picker,
-        handle.has_traffic.clone(),
-        Duration::from_millis(250),
-        false,
-    )
+    upstream_with("svc", &handle, picker)
 }
 
 fn get(path: &str) -> Outgoing {

@@ -2,23 +2,15 @@
 //! responses, rewrites, retries) in front of two demo apps.
 
 mod common;
-use common::{App, demoapp, exchange, post};
+use common::{App, all_healthy, demoapp, exchange, post, serve_state, upstream};
 
-use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
-use vigil::checker::{
-    ClusterHandle, ClusterSnapshot, DiscoveryCounters, HealthCheckStats, HostSnapshot, HostSpec,
-};
-use vigil::forward::Upstream;
-use vigil::proxy::{ListenerState, serve};
-use vigil::upstream::{HostPicker, LbSettings};
-use vigil_core::config::{self, LbPolicy};
-use vigil_core::health::HealthFlags;
+use vigil::proxy::ListenerState;
+use vigil_core::config;
 use vigil_core::route::RouteTable;
 
 async fn get(proxy: SocketAddr, path: &str, extra: &str) -> (u16, String, String) {
@@ -27,36 +19,6 @@ async fn get(proxy: SocketAddr, path: &str, extra: &str) -> (u16, String, String
         &format!("GET {path} HTTP/1.1\r\nhost: web\r\n{extra}connection: close\r\n\r\n"),
     )
     .await
-}
-
-fn upstream(name: &str, hosts: &[SocketAddr]) -> Arc<Upstream> {
-    let snapshot = ClusterSnapshot {
-        name: name.into(),
-        initialized: true,
-        hosts_version: 1,
-        hosts: hosts
-            .iter()
-            .map(|a| HostSnapshot {
-                spec: HostSpec::new(*a),
-                flags: HealthFlags::empty(),
-                history: vec![],
-            })
-            .collect(),
-        stats: HealthCheckStats::default(),
-    };
-    let handle = ClusterHandle {
-        snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
-        has_traffic: Arc::default(),
-        discovery: Arc::new(DiscoveryCounters::default()),
-    };
-    let picker = HostPicker::new(handle.clone(), LbSettings::new(LbPolicy::RoundRobin), 0).unwrap();
-    Arc::new(Upstream::new(
-        name,
-        picker,
-        handle.has_traffic.clone(),
-        Duration::from_millis(250),
-        false,
-    ))
 }
 
 const YAML: &str = r#"
@@ -111,11 +73,11 @@ async fn proxy(blue: &App, yellow: &App) -> (SocketAddr, oneshot::Sender<()>) {
     let upstreams = BTreeMap::from([
         (
             "web_cluster_01".to_string(),
-            upstream("web_cluster_01", &[blue.http, yellow.http]),
+            upstream("web_cluster_01", &all_healthy(&[blue.http, yellow.http])),
         ),
         (
             "yellow_only".to_string(),
-            upstream("yellow_only", &[yellow.http]),
+            upstream("yellow_only", &all_healthy(&[yellow.http])),
         ),
     ]);
     let state = ListenerState {
@@ -123,17 +85,7 @@ async fn proxy(blue: &App, yellow: &App) -> (SocketAddr, oneshot::Sender<()>) {
         hcm,
         upstreams,
     };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let at = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(serve(
-        listener,
-        Arc::new(ArcSwap::from_pointee(state)),
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    (at, stop)
+    serve_state(state).await
 }
 
 fn who(body: &str) -> &str {

@@ -5,9 +5,8 @@
 //! its counters process-wide.
 
 mod common;
-use common::demoapp;
+use common::{demoapp, upstream};
 
-use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,13 +14,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use vigil::admin::{self, AdminState};
-use vigil::checker::{
-    ClusterHandle, ClusterSnapshot, DiscoveryCounters, HealthCheckStats, HostSnapshot, HostSpec,
-};
 use vigil::forward::Upstream;
 use vigil::proxy::ListenerSet;
-use vigil::upstream::{HostPicker, LbSettings};
-use vigil_core::config::{self, LbPolicy};
+use vigil_core::config;
 use vigil_core::health::HealthFlags;
 
 const YAML: &str = r#"
@@ -99,32 +94,12 @@ async fn get(proxy: SocketAddr, path: &str, extra: &str) -> u16 {
 
 /// A cluster's traffic side with its one `host` healthy or failing active checks.
 fn cluster(name: &str, host: SocketAddr, healthy: bool) -> Arc<Upstream> {
-    let handle = ClusterHandle {
-        snapshot: Arc::new(ArcSwap::from_pointee(ClusterSnapshot {
-            name: name.into(),
-            initialized: true,
-            hosts_version: 1,
-            hosts: vec![HostSnapshot {
-                spec: HostSpec::new(host),
-                flags: if healthy {
-                    HealthFlags::empty()
-                } else {
-                    HealthFlags::FAILED_ACTIVE_HC
-                },
-                history: vec![],
-            }],
-            stats: HealthCheckStats::default(),
-        })),
-        has_traffic: Arc::default(),
-        discovery: Arc::new(DiscoveryCounters::default()),
+    let flags = if healthy {
+        HealthFlags::empty()
+    } else {
+        HealthFlags::FAILED_ACTIVE_HC
     };
-    Arc::new(Upstream::new(
-        name,
-        HostPicker::new(handle.clone(), LbSettings::new(LbPolicy::RoundRobin), 0).unwrap(),
-        handle.has_traffic,
-        Duration::from_millis(250),
-        false,
-    ))
+    upstream(name, &[(host, flags)])
 }
 
 fn stat(stats: &[(String, i64, admin::StatKind)], name: &str) -> Option<i64> {

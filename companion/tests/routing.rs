@@ -4,23 +4,19 @@
 //! ORIGINAL_DST cluster for host decisions. Two demo apps, blue and yellow, answer.
 
 mod common;
-use common::{App, demoapp, exchange};
+use common::{App, demoapp, exchange, handle, round_robin, serve_state, snapshot, upstream_with};
 
-use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use vigil::checker::{
-    ClusterHandle, ClusterSnapshot, DiscoveryCounters, HealthCheckStats, HostSnapshot, HostSpec,
-};
+use vigil::checker::{ClusterHandle, ClusterSnapshot};
 use vigil::forward::{OriginalDstSettings, Upstream};
-use vigil::proxy::{ListenerState, serve};
-use vigil::upstream::{EndpointMetadata, HostPicker, LbSettings};
-use vigil_core::config::{self, LbPolicy};
+use vigil::proxy::ListenerState;
+use vigil::upstream::EndpointMetadata;
+use vigil_core::config;
 use vigil_core::health::HealthFlags;
 use vigil_core::route::RouteTable;
 
@@ -62,21 +58,10 @@ impl Cluster {
     }
 
     fn with_metadata(name: &str, hosts: &[SocketAddr], metadata: EndpointMetadata) -> Cluster {
-        let handle = ClusterHandle {
-            snapshot: Arc::new(ArcSwap::from_pointee(ClusterSnapshot::default())),
-            has_traffic: Arc::default(),
-            discovery: Arc::new(DiscoveryCounters::default()),
-        };
+        let handle = handle(ClusterSnapshot::default());
+        let picker = round_robin(&handle).with_metadata(metadata);
         let cluster = Cluster {
-            upstream: Arc::new(Upstream::new(
-                name,
-                HostPicker::new(handle.clone(), LbSettings::new(LbPolicy::RoundRobin), 0)
-                    .unwrap()
-                    .with_metadata(metadata),
-                handle.has_traffic.clone(),
-                Duration::from_millis(250),
-                false,
-            )),
+            upstream: Arc::new(upstream_with(name, &handle, picker)),
             handle,
             hosts: hosts.to_vec(),
         };
@@ -87,25 +72,21 @@ impl Cluster {
     /// Marks `failed` as failing active checks, every other host healthy.
     fn set_failed(&self, failed: &[SocketAddr]) {
         let version = self.handle.snapshot.load().hosts_version + 1;
-        self.handle.snapshot.store(Arc::new(ClusterSnapshot {
-            name: self.upstream.name.clone(),
-            initialized: true,
-            hosts_version: version,
-            hosts: self
-                .hosts
-                .iter()
-                .map(|a| HostSnapshot {
-                    spec: HostSpec::new(*a),
-                    flags: if failed.contains(a) {
-                        HealthFlags::FAILED_ACTIVE_HC
-                    } else {
-                        HealthFlags::empty()
-                    },
-                    history: vec![],
-                })
-                .collect(),
-            stats: HealthCheckStats::default(),
-        }));
+        let hosts: Vec<_> = self
+            .hosts
+            .iter()
+            .map(|a| {
+                let flags = if failed.contains(a) {
+                    HealthFlags::FAILED_ACTIVE_HC
+                } else {
+                    HealthFlags::empty()
+                };
+                (*a, flags)
+            })
+            .collect();
+        self.handle
+            .snapshot
+            .store(Arc::new(snapshot(&self.upstream.name, &hosts, version)));
     }
 }
 
@@ -232,16 +213,7 @@ async fn proxy(blue: &App, yellow: &App) -> Proxy {
         hcm,
         upstreams,
     };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let at = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(serve(
-        listener,
-        Arc::new(ArcSwap::from_pointee(state)),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (at, stop) = serve_state(state).await;
     Proxy {
         at,
         web,

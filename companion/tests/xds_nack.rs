@@ -6,7 +6,7 @@
 use envoy_types::pb::envoy::config::core::v3::{address, socket_address};
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -18,11 +18,6 @@ use vigil_tests::{net, paths, template, wait_until};
 
 const CLUSTER: &str = "web_cluster_01";
 const STEP: Duration = Duration::from_secs(10);
-
-fn fresh_socket() -> SocketAddr {
-    let ip = net::fresh_loopback();
-    SocketAddr::new(IpAddr::V4(ip), net::free_port_on(&[ip]))
-}
 
 fn cluster(hosts: &[(SocketAddr, HealthFlags)]) -> Vec<ClusterInput> {
     vec![ClusterInput {
@@ -60,8 +55,8 @@ fn poison(cla: &mut ClusterLoadAssignment) {
 #[tokio::test]
 async fn a_rejected_update_is_reported_not_retried_and_the_previous_one_stays() {
     let dir = paths::scratch_dir("xds-nack");
-    let a = fresh_socket();
-    let b = fresh_socket();
+    let a = net::fresh_socket();
+    let b = net::fresh_socket();
     let source = Arc::new(ManualSource::new(cluster(&[(a, HealthFlags::empty())])));
     let poisoned = Arc::new(AtomicBool::new(false));
     let switch = poisoned.clone();
@@ -74,15 +69,15 @@ async fn a_rejected_update_is_reported_not_retried_and_the_previous_one_stays() 
     let eds = EdsServer::spawn(source.clone(), Some(transform), async {
         let _ = publisher_stopped.await;
     });
-    let xds = fresh_socket();
+    let xds = net::fresh_socket();
     let listener = tokio::net::TcpListener::bind(xds).await.unwrap();
     let (stop_server, server_stopped) = oneshot::channel::<()>();
     tokio::spawn(eds.clone().serve(listener, async {
         let _ = server_stopped.await;
     }));
 
-    let admin = fresh_socket();
-    let listen = fresh_socket();
+    let admin = net::fresh_socket();
+    let listen = net::fresh_socket();
     let values = BTreeMap::from([
         ("node_id", "front-nack".to_string()),
         ("node_cluster", "fleet".to_string()),

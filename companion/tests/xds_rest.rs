@@ -3,7 +3,7 @@
 //! `DiscoveryResponse`, then `304` for the version it holds.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -15,11 +15,6 @@ use vigil_tests::{http, net, paths, template, wait_until};
 
 const CLUSTER: &str = "web_cluster_01";
 const STEP: Duration = Duration::from_secs(10);
-
-fn fresh_socket() -> SocketAddr {
-    let ip = net::fresh_loopback();
-    SocketAddr::new(IpAddr::V4(ip), net::free_port_on(&[ip]))
-}
 
 fn cluster(host: SocketAddr, flags: HealthFlags) -> Vec<ClusterInput> {
     vec![ClusterInput {
@@ -38,13 +33,13 @@ fn cluster(host: SocketAddr, flags: HealthFlags) -> Vec<ClusterInput> {
 #[tokio::test]
 async fn envoy_polls_rest_eds_and_http1_clients_get_json() {
     let dir = paths::scratch_dir("xds-rest");
-    let host = fresh_socket();
+    let host = net::fresh_socket();
     let source = Arc::new(ManualSource::new(cluster(host, HealthFlags::empty())));
     let (stop_publisher, publisher_stopped) = oneshot::channel::<()>();
     let eds = EdsServer::spawn(source.clone(), None, async {
         let _ = publisher_stopped.await;
     });
-    let xds = fresh_socket();
+    let xds = net::fresh_socket();
     let listener = tokio::net::TcpListener::bind(xds).await.unwrap();
     let (stop_server, server_stopped) = oneshot::channel::<()>();
     tokio::spawn(eds.clone().serve(listener, async {
@@ -95,8 +90,8 @@ async fn envoy_polls_rest_eds_and_http1_clients_get_json() {
     assert_eq!(again.status, 304);
 
     // A real Envoy polling every 0.2 s.
-    let admin = fresh_socket();
-    let listen = fresh_socket();
+    let admin = net::fresh_socket();
+    let listen = net::fresh_socket();
     let values = BTreeMap::from([
         ("node_id", "front-rest".to_string()),
         ("node_cluster", "fleet".to_string()),

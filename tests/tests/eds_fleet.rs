@@ -5,7 +5,7 @@
 //! (no outage), and they resync with the new vigil.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use vigil_tests::demoapp::DemoApp;
@@ -16,11 +16,6 @@ use vigil_tests::{http, net, paths, template, wait_until};
 const CLUSTER: &str = "web_cluster_01";
 const INTERVAL: Duration = Duration::from_millis(500);
 const STEP: Duration = Duration::from_secs(10);
-
-fn fresh_socket() -> SocketAddr {
-    let ip = net::fresh_loopback();
-    SocketAddr::new(IpAddr::V4(ip), net::free_port_on(&[ip]))
-}
 
 /// vigil's config: the two demo apps, checked on `/livez` every 0.5 s (a bad status ejects at
 /// once; two passes readmit).
@@ -155,23 +150,23 @@ async fn wait_synced(vigil: &AdminProcess) {
 #[tokio::test]
 async fn three_envoys_on_vigils_eds_follow_a_fault_and_survive_a_vigil_restart() {
     let dir = paths::scratch_dir("eds-fleet");
-    let blue_at = fresh_socket();
-    let yellow_at = fresh_socket();
+    let blue_at = net::fresh_socket();
+    let yellow_at = net::fresh_socket();
     let blue = DemoApp::start("blue", blue_at, &["--livez-delay", "0"], &dir)
         .await
         .unwrap();
     let yellow = DemoApp::start("yellow", yellow_at, &["--livez-delay", "0"], &dir)
         .await
         .unwrap();
-    let vigil_admin = fresh_socket();
-    let xds = fresh_socket();
+    let vigil_admin = net::fresh_socket();
+    let xds = net::fresh_socket();
     let config = vigil_config(vigil_admin, &[blue_at, yellow_at]);
     let mut vigil = start_vigil("vigil", &config, vigil_admin, xds).await;
 
     let mut envoys = Vec::new();
     for index in 0..3 {
-        let admin = fresh_socket();
-        let listen = fresh_socket();
+        let admin = net::fresh_socket();
+        let listen = net::fresh_socket();
         let values = BTreeMap::from([
             ("node_id", format!("front-{index}")),
             ("node_cluster", "fleet".to_string()),

@@ -5,7 +5,7 @@
 //! assignment, with the host healthy.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 use vigil_tests::demoapp::DemoApp;
@@ -15,11 +15,6 @@ use vigil_tests::{http, net, paths, template, wait_until};
 
 const CLUSTER: &str = "web_cluster_01";
 
-fn fresh_socket() -> SocketAddr {
-    let ip = net::fresh_loopback();
-    SocketAddr::new(IpAddr::V4(ip), net::free_port_on(&[ip]))
-}
-
 async fn xds_view(admin: SocketAddr) -> Option<serde_json::Value> {
     let response = http::get(admin, "/xds").await.ok()?;
     serde_json::from_str(&response.body).ok()
@@ -28,12 +23,12 @@ async fn xds_view(admin: SocketAddr) -> Option<serde_json::Value> {
 #[tokio::test]
 async fn the_first_assignment_waits_for_the_first_round_of_checks() {
     let dir = paths::scratch_dir("eds-warm");
-    let app_at = fresh_socket();
+    let app_at = net::fresh_socket();
     let _app = DemoApp::start("blue", app_at, &["--livez-delay", "2"], &dir)
         .await
         .unwrap();
-    let vigil_admin = fresh_socket();
-    let xds = fresh_socket();
+    let vigil_admin = net::fresh_socket();
+    let xds = net::fresh_socket();
     let config = format!(
         r#"admin:
   address:
@@ -85,8 +80,8 @@ static_resources:
     .await
     .unwrap();
 
-    let admin = fresh_socket();
-    let listen = fresh_socket();
+    let admin = net::fresh_socket();
+    let listen = net::fresh_socket();
     let values = BTreeMap::from([
         ("node_id", "front-warm".to_string()),
         ("node_cluster", "fleet".to_string()),

@@ -1,14 +1,29 @@
 //! Fixtures shared by the companion's in-process tests: a demo app on 127.0.0.1 (HTTP, gRPC health
-//! with `my_service`, TCP ping/pong) and a form POST to its control endpoints.
+//! with `my_service`, TCP ping/pong), a form POST to its control endpoints, a raw HTTP/1.1
+//! exchange, and the traffic side of a cluster (health snapshot, handle, balanced upstream) plus a
+//! listener serving a `ListenerState`, built the way the runtime builds them.
 
 // Each test binary uses a part of these fixtures.
 #![allow(dead_code)]
 
+use arc_swap::ArcSwap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
+use vigil::checker::{
+    ClusterHandle, ClusterSnapshot, DiscoveryCounters, HealthCheckStats, HostSnapshot, HostSpec,
+};
+use vigil::forward::Upstream;
+use vigil::proxy::{ListenerState, serve};
+use vigil::upstream::{HostPicker, LbSettings};
+use vigil_core::config::LbPolicy;
+use vigil_core::health::HealthFlags;
+
+/// The connect timeout of every test upstream.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// A running demo app; it stops when this is dropped.
 pub struct App {
@@ -85,4 +100,73 @@ pub async fn exchange(proxy: SocketAddr, head: &str) -> (u16, String, String) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// An initialized health snapshot of cluster `name` with `hosts` and their flags.
+pub fn snapshot(name: &str, hosts: &[(SocketAddr, HealthFlags)], version: u64) -> ClusterSnapshot {
+    ClusterSnapshot {
+        name: name.into(),
+        initialized: true,
+        hosts_version: version,
+        hosts: hosts
+            .iter()
+            .map(|(address, flags)| HostSnapshot {
+                spec: HostSpec::new(*address),
+                flags: *flags,
+                history: vec![],
+            })
+            .collect(),
+        stats: HealthCheckStats::default(),
+    }
+}
+
+/// Every host of `hosts` healthy.
+pub fn all_healthy(hosts: &[SocketAddr]) -> Vec<(SocketAddr, HealthFlags)> {
+    hosts.iter().map(|a| (*a, HealthFlags::empty())).collect()
+}
+
+/// A cluster handle holding `snapshot`, as the checker publishes it.
+pub fn handle(snapshot: ClusterSnapshot) -> ClusterHandle {
+    ClusterHandle {
+        snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+        has_traffic: Arc::default(),
+        discovery: Arc::new(DiscoveryCounters::default()),
+    }
+}
+
+/// The traffic side of `handle`: its hosts balanced with `picker`'s settings.
+pub fn upstream_with(name: &str, handle: &ClusterHandle, picker: HostPicker) -> Upstream {
+    Upstream::new(
+        name,
+        picker,
+        handle.has_traffic.clone(),
+        CONNECT_TIMEOUT,
+        false,
+    )
+}
+
+/// A round-robin picker over `handle`.
+pub fn round_robin(handle: &ClusterHandle) -> HostPicker {
+    HostPicker::new(handle.clone(), LbSettings::new(LbPolicy::RoundRobin), 0).unwrap()
+}
+
+/// Cluster `name` with `hosts` (and their flags) behind round robin.
+pub fn upstream(name: &str, hosts: &[(SocketAddr, HealthFlags)]) -> Arc<Upstream> {
+    let handle = handle(snapshot(name, hosts, 1));
+    Arc::new(upstream_with(name, &handle, round_robin(&handle)))
+}
+
+/// Serves `state` on a fresh 127.0.0.1 port until the returned sender is dropped or fired.
+pub async fn serve_state(state: ListenerState) -> (SocketAddr, oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(serve(
+        listener,
+        Arc::new(ArcSwap::from_pointee(state)),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    (at, stop)
 }
