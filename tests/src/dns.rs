@@ -46,6 +46,9 @@ pub enum Behaviour {
     NoData,
     /// No answer at all: the client times out.
     Drop,
+    /// NOERROR with the next address set of the list at each query of the same type (the first
+    /// query gets the first set, then round and round): an answer that changes at every refresh.
+    Cycle(Vec<Vec<IpAddr>>, u32),
 }
 
 /// One query the server received (well-formed ones only).
@@ -339,11 +342,27 @@ fn answer(state: &Mutex<State>, packet: &[u8], from: SocketAddr) -> Option<Vec<u
         .query_type()
         .filter(|_| question.qclass == dns::CLASS_IN);
     let mut records = Vec::new();
+    let asked_so_far = state
+        .counts
+        .get(&(question.name.clone(), question.qtype))
+        .copied()
+        .unwrap_or(1);
     let rcode = match state.table.get(&question.name) {
         None | Some(Behaviour::NxDomain) => Rcode::NxDomain,
         Some(Behaviour::ServFail) => Rcode::ServFail,
         Some(Behaviour::NoData) => Rcode::NoError,
         Some(Behaviour::Drop) => return None,
+        Some(Behaviour::Cycle(sets, ttl)) => {
+            if let (Some(qtype), false) = (asked, sets.is_empty()) {
+                let set = &sets[(asked_so_far - 1) as usize % sets.len()];
+                records.extend(
+                    set.iter()
+                        .filter(|ip| qtype.matches(ip))
+                        .map(|ip| Record::address(question.name.clone(), *ip, *ttl)),
+                );
+            }
+            Rcode::NoError
+        }
         Some(Behaviour::Answer(..)) | Some(Behaviour::Alias(..)) => {
             // Follow aliases through the table, as a recursive server would.
             let mut owner = question.name.clone();

@@ -207,3 +207,161 @@ async fn envoy_and_vigil_follow_the_same_dns_answers() {
         "both proxies re-resolve every 0.5 s"
     );
 }
+
+/// A STRICT_DNS cluster behind a listener, re-resolved every 0.3 s and checked every 0.3 s.
+fn churn_config(listen: SocketAddr, admin: SocketAddr, dns: SocketAddr, port: u16) -> String {
+    let clusters = format!(
+        r#"
+  - name: svc
+    connect_timeout: 0.25s
+    type: STRICT_DNS
+    dns_refresh_rate: 0.3s
+    dns_lookup_family: V4_ONLY
+    typed_dns_resolver_config:
+      name: envoy.network.dns_resolver.cares
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig
+        resolvers:
+        - socket_address: {{ address: {dns_ip}, port_value: {dns_port} }}
+    load_assignment:
+      cluster_name: svc
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: myservice, port_value: {port} }}
+    health_checks:
+    - timeout: 0.3s
+      interval: 0.3s
+      no_traffic_interval: 0.3s
+      unhealthy_threshold: 1
+      healthy_threshold: 1
+      http_health_check: {{ path: /livez }}"#,
+        dns_ip = dns.ip(),
+        dns_port = dns.port(),
+    );
+    let routes = "\n              - match: { prefix: / }\n                route: { cluster: svc }";
+    vigil_tests::envoy::single_listener_config("front", listen, admin, routes, &clusters)
+}
+
+/// Status and body of one GET through a proxy (0 when the exchange failed).
+async fn through(listen: SocketAddr) -> (u16, String) {
+    match vigil_tests::http::get(listen, "/hostname").await {
+        Ok(response) => (response.status, response.body),
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// An answer that changes at every refresh, then a cluster that loses every host and gets them
+/// back: Envoy and vigil (each with its own DNS server, so each sees the whole cycle) serve every
+/// request while all three apps are healthy, answer the same 503 while the cluster is empty, and
+/// recover the same way.
+#[tokio::test]
+async fn a_churning_answer_and_a_cluster_that_loses_and_regains_every_host() {
+    let dir = paths::scratch_dir("dns-churn");
+    let (a, b, c) = (
+        net::fresh_loopback(),
+        net::fresh_loopback(),
+        net::fresh_loopback(),
+    );
+    let port = net::free_port_on(&[a, b, c]);
+    let mut apps = Vec::new();
+    for (name, ip) in [("a", a), ("b", b), ("c", c)] {
+        apps.push(
+            DemoApp::start(name, socket(ip, port), &["--livez-delay", "0"], &dir)
+                .await
+                .unwrap(),
+        );
+    }
+    let v4 = |ips: &[Ipv4Addr]| ips.iter().map(|ip| IpAddr::V4(*ip)).collect::<Vec<_>>();
+    let cycle = Behaviour::Cycle(vec![v4(&[a, b]), v4(&[b, c]), v4(&[c, a])], 1);
+    let servers: Vec<DnsServer> = (0..2)
+        .map(|_| DnsServer::start(SocketAddr::new(IpAddr::V4(net::fresh_loopback()), 0)).unwrap())
+        .collect();
+    for dns in &servers {
+        dns.set("myservice", cycle.clone());
+    }
+    let dns_for: Vec<SocketAddr> = servers.iter().map(DnsServer::addr).collect();
+    let index = std::sync::atomic::AtomicUsize::new(0);
+    let proxies = vigil_tests::envoy::start_envoy_and_vigil(&dir, |listen, admin| {
+        let i = index.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        churn_config(listen, admin, dns_for[i], port)
+    })
+    .await
+    .unwrap_or_else(|err| panic!("{err}"));
+
+    // Wait until each proxy serves, then send traffic for 4 s of churn (over ten answers each).
+    for (name, listen, _) in &proxies {
+        wait_until(&format!("{name} serves"), DEADLINE, || async {
+            (through(*listen).await.0 == 200).then_some(())
+        })
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+    }
+    let queries_before: Vec<u64> = servers.iter().map(|d| d.queries_for("myservice")).collect();
+    let churn_until = std::time::Instant::now() + Duration::from_secs(4);
+    let mut served: BTreeMap<&str, BTreeMap<String, u32>> = BTreeMap::new();
+    while std::time::Instant::now() < churn_until {
+        for (name, listen, process) in &proxies {
+            let (status, body) = through(*listen).await;
+            assert_eq!(
+                status,
+                200,
+                "{name} failed a request during DNS churn: {body}\n{}",
+                process.child.log_tail(20)
+            );
+            *served.entry(name).or_default().entry(body).or_default() += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (dns, before) in servers.iter().zip(&queries_before) {
+        let during = dns.queries_for("myservice") - before;
+        assert!(
+            during >= 10,
+            "each proxy re-resolves every 0.3 s: {during} queries in 4 s"
+        );
+    }
+    for (name, by_host) in &served {
+        assert!(
+            by_host.len() >= 2,
+            "{name} spread traffic over the churning hosts: {by_host:?}"
+        );
+    }
+
+    // Every app fails its check and the name has no address any more: the cluster empties and
+    // both answer Envoy's 503.
+    for app in &apps {
+        app.set_livez("FAIL").await.unwrap();
+    }
+    for dns in &servers {
+        dns.set("myservice", Behaviour::NoData);
+    }
+    let procs: Vec<(&str, &AdminProcess)> = proxies.iter().map(|(n, _, p)| (*n, p)).collect();
+    both_show(&procs, &BTreeMap::new(), "every host gone").await;
+    for (name, listen, _) in &proxies {
+        let (status, body) = through(*listen).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (503, "no healthy upstream"),
+            "{name}"
+        );
+    }
+
+    // The name and the apps come back: both find a and c again and serve.
+    for app in &apps {
+        app.set_livez("OK").await.unwrap();
+    }
+    for dns in &servers {
+        dns.set("myservice", Behaviour::Answer(v4(&[a, c]), 1));
+    }
+    let (sa, sc) = (socket(a, port), socket(c, port));
+    both_show(
+        &procs,
+        &want(&[(sa, "healthy"), (sc, "healthy")]),
+        "hosts regained",
+    )
+    .await;
+    for (name, listen, _) in &proxies {
+        assert_eq!(through(*listen).await.0, 200, "{name} serves again");
+    }
+}

@@ -79,6 +79,32 @@ fn every_behaviour_answers_as_documented() {
 }
 
 #[test]
+fn a_cycle_answers_the_next_set_at_each_query_of_a_type() {
+    let dns = server();
+    let sets = vec![
+        vec![ip("127.0.0.1"), ip("127.0.0.2")],
+        vec![ip("127.0.0.3")],
+        vec![],
+    ];
+    dns.set("churn", Behaviour::Cycle(sets, 5));
+    let answers: Vec<Vec<(IpAddr, u32)>> = (0..4)
+        .map(|id| ask(&dns, id, "churn", QueryType::A).unwrap().answers)
+        .collect();
+    assert_eq!(
+        answers,
+        vec![
+            vec![(ip("127.0.0.1"), 5), (ip("127.0.0.2"), 5)],
+            vec![(ip("127.0.0.3"), 5)],
+            vec![],
+            vec![(ip("127.0.0.1"), 5), (ip("127.0.0.2"), 5)],
+        ]
+    );
+    // Another query type keeps its own place in the cycle (and finds no IPv6 address).
+    let aaaa = ask(&dns, 9, "churn", QueryType::Aaaa).unwrap();
+    assert_eq!((aaaa.rcode, aaaa.answers), (Rcode::NoError, vec![]));
+}
+
+#[test]
 fn behaviours_change_while_running_and_counts_reset() {
     let dns = server();
     dns.set_addresses("myservice", &[ip("127.29.1.3")], 10);
