@@ -4,7 +4,9 @@
 //! - as a singleton `envoy.bootstrap.wasm` WasmService whose plugin `root_id` is
 //!   [`SERVICE_ROOT_ID`] (`vigil_service`): it probes every host of the configured clusters, learns
 //!   membership from Envoy's admin API, runs outlier detection over what the workers observed, and
-//!   publishes verdicts in shared data ([`service`]);
+//!   publishes verdicts in shared data ([`service`]); its probes are HTTP (`dispatch_http_call`)
+//!   or gRPC health checks (`dispatch_grpc_call`, answered in `on_grpc_call_response`), both in
+//!   ABI 0.2.1;
 //! - as the HTTP filter (any other `root_id`): each request's real upstream answer is observed
 //!   and queued to the singleton, and the published verdicts are cached per worker, re-read on
 //!   the worker's tick only when their generation moved; with `routing`, each request is routed
@@ -65,6 +67,12 @@ impl Context for Root {
     ) {
         if let Root::Service(s) = self {
             s.on_http_call_response(token_id, num_headers, body_size);
+        }
+    }
+
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        if let Root::Service(s) = self {
+            s.on_grpc_call_response(token_id, status_code, response_size);
         }
     }
 }

@@ -1,10 +1,12 @@
 //! `./lab compare`: each lab of LAB.md played once with every path to the backends running side
 //! by side on the same demo apps, and a table of how each path reacted.
 //!
-//! Paths today: **envoy** (the front Envoy with its native active checks, LAB.md's config) and
-//! **vigil** (the companion running the very same front file on its own address). Both are fed
-//! the same traffic (a request through each path every [`TRAFFIC_PERIOD`]) while the lab's fault
-//! is applied to blue and then removed:
+//! Paths: **envoy** (the front Envoy with its native active checks, LAB.md's config), **filter**
+//! (the same Envoy's `listener_vigil`, where vigil's wasm filter routes by its own verdicts: it
+//! probes as the lab's native check does, `/livez` or `grpc.health.v1` for `my_service`), and
+//! **vigil** / **vigil+rules** (the companion running the very same front file on its own
+//! address). All are fed the same traffic (a request through each path every [`TRAFFIC_PERIOD`])
+//! while the lab's fault is applied to blue and then removed:
 //! - HTTP: `livez=FAIL` posted through blue's sidecar, then `livez=OK`;
 //! - TCP: blue's sidecar stopped, then started again on the same config;
 //! - gRPC: blue's `my_service` set NOT_SERVING, then SERVING.

@@ -302,7 +302,7 @@ fn front_values(
     ]);
     values.extend(kind.front_blocks(layout));
     values.insert("filter_port", layout.filter_port.to_string());
-    values.insert("plugin_config", plugin_config(timings));
+    values.insert("plugin_config", plugin_config(kind, layout, timings));
     values.insert("wasm_path", local_wasm_path());
     values.insert("admin_connect_address", admin.ip().to_string());
     values
@@ -325,23 +325,36 @@ pub const COMPOSE_WASM_PATH: &str = "/etc/envoy/vigil_filter.wasm";
 pub const FILTER_EJECTION_INTERVALS: u32 = 5;
 
 /// vigil's plugin configuration for the labs' front (one JSON for the filter and its singleton
-/// service, docs/filter.md): the same `/livez` check as the native one with the same timings and
-/// thresholds, passive outlier detection (3 consecutive 5xx; at most one of the two hosts
-/// ejected: Envoy's default max_ejection_percent of 10 % would eject neither), membership of web_cluster_01 from
-/// the front's own admin API, and one routing rule: every request to a healthy host of
+/// service, docs/filter.md): the lab's native check with the same timings and thresholds (the
+/// HTTP and TCP labs: `/livez`, expected 200-399; the gRPC lab: `grpc_health_check` for
+/// `my_service` on the sidecars' gRPC port, through `vigil_grpc_probe`), passive outlier
+/// detection (3 consecutive 5xx; at most one of the two hosts ejected: Envoy's default
+/// max_ejection_percent of 10 % would eject neither), membership of web_cluster_01 from the
+/// front's own admin API, and one routing rule: every request to a healthy host of
 /// web_cluster_01, round robin, through `vigil_original_dst` (503 `no healthy upstream` when none
 /// is). Written out by hand, so its text does not depend on serde_json's map order.
-pub fn plugin_config(timings: &Timings) -> String {
+pub fn plugin_config(kind: LabKind, layout: &Layout, timings: &Timings) -> String {
+    let check = match kind {
+        LabKind::Http | LabKind::Tcp => {
+            r#""path": "/livez", "expected_statuses": [{"start": 200, "end": 399}]"#.to_string()
+        }
+        LabKind::Grpc => format!(
+            r#""grpc_health_check": {{"service_name": "{GRPC_SERVICE}"}}, "port": {}"#,
+            layout.grpc_port
+        ),
+    };
     format!(
         concat!(
-            r#"{{"probe_cluster": "vigil_original_dst", "admin": {{"cluster": "vigil_admin", "refresh_interval": "1s"}}, "#,
-            r#""clusters": {{"{cluster}": {{"health_check": {{"path": "/livez", "expected_statuses": [{{"start": 200, "end": 399}}], "#,
+            r#"{{"probe_cluster": "vigil_original_dst", "grpc_probe_cluster": "vigil_grpc_probe", "#,
+            r#""admin": {{"cluster": "vigil_admin", "refresh_interval": "1s"}}, "#,
+            r#""clusters": {{"{cluster}": {{"health_check": {{{check}, "#,
             r#""interval": "{interval}", "timeout": "{timeout}", "healthy_threshold": {healthy}, "unhealthy_threshold": {unhealthy}}}, "#,
             r#""outlier_detection": {{"consecutive_5xx": 3, "interval": "1s", "base_ejection_time": "{ejection}", "max_ejection_percent": 50, "#,
             r#""successful_active_health_check_uneject_host": false}}}}}}, "#,
             r#""routing": {{"rules": [{{"name": "lab", "action": {{"host": {{"cluster": "{cluster}", "via": "vigil_original_dst"}}}}}}]}}}}"#
         ),
         cluster = FRONT_CLUSTER,
+        check = check,
         interval = envoy_duration(timings.interval),
         timeout = envoy_duration(timings.timeout),
         healthy = HEALTHY_THRESHOLD,

@@ -4,11 +4,12 @@
 //! filter's routing rules). Every path must eject blue within the lab's bound after the fault and
 //! readmit it within the readmission bound after the fix, send nothing to blue and fail nothing
 //! while it has blue ejected, and (HTTP, gRPC: the app still answers traffic) fail no request at
-//! all. Two measured exceptions, asserted so they cannot change unnoticed:
-//! - Envoy's native path keeps reaching blue for up to `update_merge_window` (1 s by default)
-//!   after its `/clusters` shows the ejection: its workers get health-only host updates merged.
-//! - The filter probes over HTTP (`/livez`): it cannot see a gRPC NOT_SERVING, so in the gRPC lab
-//!   it never ejects blue (and blue keeps serving HTTP, so its clients see no error).
+//! all. The filter probes as the lab's native check does: `/livez` over HTTP in the HTTP and TCP
+//! labs, `grpc.health.v1` for `my_service` on the sidecars' gRPC port (`dispatch_grpc_call`) in
+//! the gRPC lab, so it ejects blue on NOT_SERVING like the others. One measured exception,
+//! asserted so it cannot change unnoticed: Envoy's native path keeps reaching blue for up to
+//! `update_merge_window` (1 s by default) after its `/clusters` shows the ejection: its workers
+//! get health-only host updates merged.
 
 use std::time::Duration;
 use vigil_tests::compare::{self, CompareLayout, Fault, Topology};
@@ -35,11 +36,6 @@ async fn compare_lab(kind: LabKind) {
     println!("{report}");
     assert_eq!(result.paths.len(), 4, "{report}");
     for path in &result.paths {
-        if path.name == "filter" && kind == LabKind::Grpc {
-            assert_eq!(path.ejected_after, None, "{report}");
-            assert_eq!(path.errors, 0, "{report}");
-            continue;
-        }
         let ejected = path
             .ejected_after
             .unwrap_or_else(|| panic!("{} never ejected blue\n{report}", path.name));

@@ -2,12 +2,16 @@
 //! (the process twin renders the same templates), every file must pass `envoy --mode validate`
 //! (the front configs also `vigil --mode validate`: the companion runs the same file), the twin's
 //! configs must have the same shape as the compose ones (only addresses, ports and timings differ),
-//! and `docker-compose.yaml` must pass `docker-compose config` for every lab.
+//! the filter must check each lab's hosts as the native check does (the same probe, port,
+//! timings and thresholds; gRPC through an ORIGINAL_DST HTTP/2 cluster), and
+//! `docker-compose.yaml` must pass `docker-compose config` for every lab.
 
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::process::Command;
+use vigil_core::plugin::PluginConfig;
+use vigil_core::plugin::config::ProbeKind;
 use vigil_tests::envoy::validate;
 use vigil_tests::lab::{self, LabKind, Layout, Timings};
 use vigil_tests::paths;
@@ -98,6 +102,83 @@ fn the_process_twin_renders_the_same_shape_as_compose() {
         let name = format!("envoy/compose/{}-front.yaml", kind.name());
         let (_, composed) = compose.iter().find(|(path, _)| *path == name).unwrap();
         assert_eq!(shape(&twin), shape(composed), "{name}");
+    }
+}
+
+#[test]
+fn the_filter_probes_each_lab_as_its_native_check_does() {
+    for (relative, content) in lab::compose_configs().unwrap() {
+        let Some(kind) = LabKind::ALL
+            .into_iter()
+            .find(|k| relative == format!("envoy/compose/{}-front.yaml", k.name()))
+        else {
+            continue;
+        };
+        let doc: Value = serde_yaml_ng::from_str(&content).unwrap();
+        let plugin =
+            doc["bootstrap_extensions"][0]["typed_config"]["config"]["configuration"]["value"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{relative}: no plugin configuration"));
+        let plugin = PluginConfig::from_json(plugin).unwrap_or_else(|e| panic!("{relative}: {e}"));
+        let clusters = doc["static_resources"]["clusters"].as_array().unwrap();
+        let cluster = |name: &str| {
+            clusters
+                .iter()
+                .find(|c| c["name"] == name)
+                .unwrap_or_else(|| panic!("{relative}: no cluster {name}"))
+        };
+        let web = cluster(lab::FRONT_CLUSTER);
+        let native = &web["health_checks"][0];
+        let probe = plugin.clusters[lab::FRONT_CLUSTER]
+            .health_check
+            .as_ref()
+            .unwrap_or_else(|| panic!("{relative}: the filter does not probe"));
+        let seconds = |v: &Value| {
+            v.as_str()
+                .unwrap()
+                .trim_end_matches('s')
+                .parse::<f64>()
+                .unwrap()
+        };
+        assert_eq!(
+            probe.intervals.interval_ms as f64,
+            seconds(&native["interval"]) * 1000.0,
+            "{relative}"
+        );
+        assert_eq!(
+            probe.timeout_ms as f64,
+            seconds(&native["timeout"]) * 1000.0,
+            "{relative}"
+        );
+        let native_port = web["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+            ["health_check_config"]["port_value"]
+            .as_u64();
+        assert_eq!(probe.port.map(u64::from), native_port, "{relative}");
+        match (&probe.kind, kind) {
+            (ProbeKind::Http(http), LabKind::Http | LabKind::Tcp) => {
+                assert_eq!(http.path, "/livez", "{relative}");
+            }
+            (ProbeKind::Grpc(grpc), LabKind::Grpc) => {
+                assert_eq!(
+                    native["grpc_health_check"]["service_name"], grpc.service_name,
+                    "{relative}"
+                );
+                let via = cluster(&plugin.grpc_probe_cluster);
+                assert_eq!(via["type"], "ORIGINAL_DST", "{relative}");
+                assert_eq!(
+                    via["original_dst_lb_config"]["use_http_header"], true,
+                    "{relative}"
+                );
+                assert!(
+                    via["typed_extension_protocol_options"]
+                        ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+                        ["explicit_http_config"]["http2_protocol_options"]
+                        .is_object(),
+                    "{relative}: gRPC probes need HTTP/2"
+                );
+            }
+            (other, kind) => panic!("{relative}: the {kind:?} lab's filter probes with {other:?}"),
+        }
     }
 }
 

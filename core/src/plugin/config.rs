@@ -20,6 +20,19 @@
 //! }
 //! ```
 //!
+//! A gRPC probe (`grpc.health.v1.Health/Check`, as Envoy's `grpc_health_check`) replaces the
+//! HTTP fields (`path`, `host_paths`, `authority`, `expected_statuses`, `retriable_statuses`,
+//! `body`, `max_body_bytes`: each is an error next to it) and goes through `grpc_probe_cluster`;
+//! `port` (either kind) probes each host's IP at another port, as Envoy's endpoint
+//! `health_check_config.port_value`:
+//!
+//! ```json
+//! {"grpc_probe_cluster": "vigil_grpc_probe",
+//!  "clusters": {"web": {"endpoints": ["127.0.0.1:80"],
+//!    "health_check": {"grpc_health_check": {"service_name": "my_service"}, "port": 50051,
+//!                     "interval": "2s", "timeout": "1s"}}}}
+//! ```
+//!
 //! `routing` is the header routing engine's configuration, read here with
 //! [`RoutingConfig::from_json`] so its errors (`routing.rules[0].action: ...`) reject the plugin
 //! configuration like any other field.
@@ -38,6 +51,8 @@ use std::fmt;
 
 /// The default name of the ORIGINAL_DST cluster probes are sent through.
 pub const DEFAULT_PROBE_CLUSTER: &str = "vigil_probe";
+/// The default name of the ORIGINAL_DST, HTTP/2 cluster gRPC probes are sent through.
+pub const DEFAULT_GRPC_PROBE_CLUSTER: &str = "vigil_grpc_probe";
 /// The default period between two membership fetches from Envoy's admin API (5 s).
 pub const DEFAULT_REFRESH_MS: u64 = 5_000;
 /// The default bound on how much of a probe's body is read for `body` matching (4 KiB).
@@ -54,6 +69,9 @@ pub struct PluginConfig {
     /// `probe_cluster`: the ORIGINAL_DST cluster (`use_http_header: true`) probes go through.
     /// Default [`DEFAULT_PROBE_CLUSTER`].
     pub probe_cluster: String,
+    /// `grpc_probe_cluster`: the ORIGINAL_DST cluster (`use_http_header: true`, HTTP/2) gRPC
+    /// probes go through. Default [`DEFAULT_GRPC_PROBE_CLUSTER`].
+    pub grpc_probe_cluster: String,
     /// `admin`: where clusters without `endpoints` learn their hosts.
     pub admin: Option<AdminSource>,
     /// `routing`: the header routing rules; `None` when absent (the filter then makes no
@@ -94,15 +112,15 @@ pub struct ClusterConfig {
     pub outlier_detection: Option<OutlierConfig>,
 }
 
-/// Active probing of one cluster's hosts.
+/// Active probing of one cluster's hosts: what is asked ([`ProbeKind`]) and the schedule and
+/// thresholds shared by every kind.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbeConfig {
-    /// `path`: the probe's `:path`. Required.
-    pub path: String,
-    /// `host_paths`: per-host overrides of `path`, keyed by `"IP:port"`.
-    pub host_paths: VecMap<String, String>,
-    /// `authority`: the probe's `:authority`. Default: the cluster name (as Envoy's checker).
-    pub authority: Option<String>,
+    /// An HTTP request (`path` ...) or a gRPC health check (`grpc_health_check`).
+    pub kind: ProbeKind,
+    /// `port`: probe each host's IP at this port instead of its serving port, as Envoy's
+    /// endpoint `health_check_config.port_value`. Verdicts stay keyed by the serving address.
+    pub port: Option<u16>,
     /// `timeout`. Default [`DEFAULT_TIMEOUT_MS`]; must be > 0.
     pub timeout_ms: u64,
     /// `interval`, `unhealthy_interval`, `unhealthy_edge_interval`, `healthy_edge_interval`,
@@ -111,6 +129,28 @@ pub struct ProbeConfig {
     pub intervals: Intervals,
     /// `healthy_threshold` / `unhealthy_threshold`. Defaults 2 / 2.
     pub policy: Policy,
+    /// `degraded_latency`: a passing probe slower than this marks the host degraded.
+    pub degraded_latency_ms: Option<u64>,
+}
+
+/// What one probe asks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProbeKind {
+    /// An HTTP `GET` through `probe_cluster`.
+    Http(HttpProbe),
+    /// `grpc_health_check`: `grpc.health.v1.Health/Check` through `grpc_probe_cluster`.
+    Grpc(GrpcProbe),
+}
+
+/// The HTTP probe's fields (exclusive with `grpc_health_check`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpProbe {
+    /// `path`: the probe's `:path`. Required.
+    pub path: String,
+    /// `host_paths`: per-host overrides of `path`, keyed by `"IP:port"`.
+    pub host_paths: VecMap<String, String>,
+    /// `authority`: the probe's `:authority`. Default: the cluster name (as Envoy's checker).
+    pub authority: Option<String>,
     /// `expected_statuses`. Default `[200, 201)`.
     pub expected_statuses: StatusRanges,
     /// `retriable_statuses`. Default none.
@@ -119,14 +159,44 @@ pub struct ProbeConfig {
     pub body: Option<BodyMatch>,
     /// `max_body_bytes`: how much of the body is searched. Default [`DEFAULT_MAX_BODY_BYTES`].
     pub max_body_bytes: usize,
-    /// `degraded_latency`: a passing probe slower than this marks the host degraded.
-    pub degraded_latency_ms: Option<u64>,
 }
 
-impl ProbeConfig {
+/// `grpc_health_check`, as Envoy's `HealthCheck.GrpcHealthCheck`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcProbe {
+    /// `service_name`: the `service` of the `HealthCheckRequest`. Default empty (the whole
+    /// server).
+    pub service_name: String,
+    /// `authority`: the call's `:authority`. Default: the cluster name (as Envoy's checker).
+    pub authority: Option<String>,
+}
+
+impl HttpProbe {
     /// The path to probe `host` with.
     pub fn path_for(&self, host: &str) -> &str {
         self.host_paths.get(host).map_or(&self.path, String::as_str)
+    }
+}
+
+impl ProbeConfig {
+    /// The HTTP probe's settings, when this is one.
+    pub fn http(&self) -> Option<&HttpProbe> {
+        match &self.kind {
+            ProbeKind::Http(http) => Some(http),
+            ProbeKind::Grpc(_) => None,
+        }
+    }
+
+    /// The address a probe of `host` (`IP:port`) is sent to: `host` itself, or its IP at
+    /// `port` when set.
+    pub fn target_for(&self, host: &str) -> String {
+        match (self.port, host.parse::<std::net::SocketAddr>()) {
+            (Some(port), Ok(mut address)) => {
+                address.set_port(port);
+                address.to_string()
+            }
+            _ => host.to_string(),
+        }
     }
 }
 
@@ -155,6 +225,7 @@ static TOP: Message = Message {
     fields: &[
         read("clusters"),
         read("probe_cluster"),
+        read("grpc_probe_cluster"),
         read("admin"),
         read("routing"),
         read("tcp"),
@@ -205,7 +276,26 @@ static PROBE: Message = Message {
         read("body"),
         read("max_body_bytes"),
         read("degraded_latency"),
+        read("grpc_health_check"),
+        read("port"),
     ],
+    removed: &[],
+};
+
+/// The fields of `health_check` that only an HTTP probe has.
+const HTTP_ONLY: [&str; 7] = [
+    "path",
+    "host_paths",
+    "authority",
+    "expected_statuses",
+    "retriable_statuses",
+    "body",
+    "max_body_bytes",
+];
+
+static GRPC: Message = Message {
+    name: "vigil grpc_health_check",
+    fields: &[read("service_name"), read("authority")],
     removed: &[],
 };
 
@@ -260,6 +350,7 @@ impl PluginConfig {
         PluginConfig {
             clusters: VecMap::new(),
             probe_cluster: DEFAULT_PROBE_CLUSTER.to_string(),
+            grpc_probe_cluster: DEFAULT_GRPC_PROBE_CLUSTER.to_string(),
             admin: None,
             routing: None,
             tcp: None,
@@ -280,6 +371,12 @@ fn read_top(cx: &mut Ctx, value: &Value) -> Option<PluginConfig> {
             cx.invalid(&o.path.field("probe_cluster"), "must not be empty");
         }
         config.probe_cluster = name;
+    }
+    if let Some(name) = o.string(cx, "grpc_probe_cluster") {
+        if name.is_empty() {
+            cx.invalid(&o.path.field("grpc_probe_cluster"), "must not be empty");
+        }
+        config.grpc_probe_cluster = name;
     }
     if let Some(mut a) = o.message(cx, "admin", &ADMIN) {
         let cluster = a.required_string(
@@ -443,10 +540,92 @@ fn read_cluster(cx: &mut Ctx, path: FieldPath, value: &Value) -> Option<ClusterC
 }
 
 fn read_probe(cx: &mut Ctx, mut o: Obj<'_>) -> Option<ProbeConfig> {
+    let kind = if o.has("grpc_health_check") {
+        for name in HTTP_ONLY {
+            if o.take(name).is_some() {
+                cx.invalid(
+                    &o.path.field(name),
+                    "an HTTP probe field: not allowed with \"grpc_health_check\" (a probe is \
+                     either HTTP or gRPC)",
+                );
+            }
+        }
+        o.message(cx, "grpc_health_check", &GRPC)
+            .map(|g| ProbeKind::Grpc(read_grpc(cx, g)))
+    } else {
+        read_http(cx, &mut o).map(ProbeKind::Http)
+    };
+    let port = o.take("port").and_then(|(p, v)| match v.as_u64() {
+        Some(n @ 1..=65535) => u16::try_from(n).ok(),
+        _ => {
+            cx.invalid(
+                &p,
+                format!("expected a port number 1-65535, found {}", describe(v)),
+            );
+            None
+        }
+    });
+    let timeout_ms = positive_ms(cx, &mut o, "timeout").unwrap_or(DEFAULT_TIMEOUT_MS);
+    let interval_ms = positive_ms(cx, &mut o, "interval").unwrap_or(DEFAULT_INTERVAL_MS);
+    let unhealthy_interval_ms = positive_ms(cx, &mut o, "unhealthy_interval");
+    let unhealthy_edge_interval_ms = positive_ms(cx, &mut o, "unhealthy_edge_interval");
+    let healthy_edge_interval_ms = positive_ms(cx, &mut o, "healthy_edge_interval");
+    let initial_jitter_ms = o.duration(cx, "initial_jitter").map(|d| d.millis());
+    let interval_jitter_ms = o.duration(cx, "interval_jitter").map(|d| d.millis());
+    let interval_jitter_percent = o.u32(cx, "interval_jitter_percent").unwrap_or(0);
+    let healthy_threshold = at_least_one(cx, &mut o, "healthy_threshold").unwrap_or(2);
+    let unhealthy_threshold = at_least_one(cx, &mut o, "unhealthy_threshold").unwrap_or(2);
+    let degraded_latency_ms = positive_ms(cx, &mut o, "degraded_latency");
+    if let Some(ceiling) = degraded_latency_ms
+        && ceiling >= timeout_ms
+    {
+        cx.invalid(
+            &o.path.field("degraded_latency"),
+            format!(
+                "{ceiling} ms is not below the timeout ({timeout_ms} ms): no probe could be \
+                 degraded"
+            ),
+        );
+    }
+    o.finish(cx);
+    Some(ProbeConfig {
+        kind: kind?,
+        port,
+        timeout_ms,
+        intervals: Intervals::from_settings(IntervalSettings {
+            interval_ms,
+            // The filter cannot see whether a cluster carries traffic: it always probes at the
+            // traffic intervals.
+            no_traffic_interval_ms: Some(interval_ms),
+            no_traffic_healthy_interval_ms: Some(interval_ms),
+            unhealthy_interval_ms,
+            unhealthy_edge_interval_ms,
+            healthy_edge_interval_ms,
+            initial_jitter_ms,
+            interval_jitter_ms,
+            interval_jitter_percent,
+        }),
+        policy: Policy::new(healthy_threshold, unhealthy_threshold),
+        degraded_latency_ms,
+    })
+}
+
+fn read_grpc(cx: &mut Ctx, mut g: Obj<'_>) -> GrpcProbe {
+    let service_name = g.string(cx, "service_name").unwrap_or_default();
+    let authority = g.nonempty_string(cx, "authority");
+    g.finish(cx);
+    GrpcProbe {
+        service_name,
+        authority,
+    }
+}
+
+fn read_http(cx: &mut Ctx, o: &mut Obj<'_>) -> Option<HttpProbe> {
     let path = o.required_string(
         cx,
         "path",
-        "required: the path to probe, such as \"/livez\"",
+        "required: the path to probe, such as \"/livez\" (or \"grpc_health_check\" for a gRPC \
+         probe)",
     );
     if let Some(p) = &path
         && !p.starts_with('/')
@@ -489,16 +668,6 @@ fn read_probe(cx: &mut Ctx, mut o: Obj<'_>) -> Option<ProbeConfig> {
         }
     }
     let authority = o.nonempty_string(cx, "authority");
-    let timeout_ms = positive_ms(cx, &mut o, "timeout").unwrap_or(DEFAULT_TIMEOUT_MS);
-    let interval_ms = positive_ms(cx, &mut o, "interval").unwrap_or(DEFAULT_INTERVAL_MS);
-    let unhealthy_interval_ms = positive_ms(cx, &mut o, "unhealthy_interval");
-    let unhealthy_edge_interval_ms = positive_ms(cx, &mut o, "unhealthy_edge_interval");
-    let healthy_edge_interval_ms = positive_ms(cx, &mut o, "healthy_edge_interval");
-    let initial_jitter_ms = o.duration(cx, "initial_jitter").map(|d| d.millis());
-    let interval_jitter_ms = o.duration(cx, "interval_jitter").map(|d| d.millis());
-    let interval_jitter_percent = o.u32(cx, "interval_jitter_percent").unwrap_or(0);
-    let healthy_threshold = at_least_one(cx, &mut o, "healthy_threshold").unwrap_or(2);
-    let unhealthy_threshold = at_least_one(cx, &mut o, "unhealthy_threshold").unwrap_or(2);
     let expected = ranges(cx, o.list("expected_statuses"));
     let retriable = ranges(cx, o.list("retriable_statuses")).unwrap_or_default();
     let body = o.take("body").and_then(|(p, v)| read_body(cx, p, v));
@@ -515,43 +684,14 @@ fn read_probe(cx: &mut Ctx, mut o: Obj<'_>) -> Option<ProbeConfig> {
         },
         None => DEFAULT_MAX_BODY_BYTES,
     };
-    let degraded_latency_ms = positive_ms(cx, &mut o, "degraded_latency");
-    if let Some(ceiling) = degraded_latency_ms
-        && ceiling >= timeout_ms
-    {
-        cx.invalid(
-            &o.path.field("degraded_latency"),
-            format!(
-                "{ceiling} ms is not below the timeout ({timeout_ms} ms): no probe could be \
-                 degraded"
-            ),
-        );
-    }
-    o.finish(cx);
-    Some(ProbeConfig {
+    Some(HttpProbe {
         path: path?,
         host_paths,
         authority,
-        timeout_ms,
-        intervals: Intervals::from_settings(IntervalSettings {
-            interval_ms,
-            // The filter cannot see whether a cluster carries traffic: it always probes at the
-            // traffic intervals.
-            no_traffic_interval_ms: Some(interval_ms),
-            no_traffic_healthy_interval_ms: Some(interval_ms),
-            unhealthy_interval_ms,
-            unhealthy_edge_interval_ms,
-            healthy_edge_interval_ms,
-            initial_jitter_ms,
-            interval_jitter_ms,
-            interval_jitter_percent,
-        }),
-        policy: Policy::new(healthy_threshold, unhealthy_threshold),
         expected_statuses: expected.unwrap_or_else(StatusRanges::default_expected),
         retriable_statuses: retriable,
         body,
         max_body_bytes,
-        degraded_latency_ms,
     })
 }
 
@@ -675,6 +815,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.probe_cluster, DEFAULT_PROBE_CLUSTER);
+        assert_eq!(c.grpc_probe_cluster, DEFAULT_GRPC_PROBE_CLUSTER);
         assert_eq!(
             c.admin,
             Some(AdminSource {
@@ -685,16 +826,19 @@ mod tests {
         let web = &c.clusters["web"];
         assert_eq!(web.endpoints, None);
         let hc = web.health_check.as_ref().unwrap();
+        let http = hc.http().unwrap();
         assert_eq!(hc.timeout_ms, 500);
         assert_eq!(hc.intervals.interval_ms, 2000);
         assert_eq!(hc.intervals.unhealthy_interval_ms, 2000);
         assert_eq!(hc.policy, Policy::new(2, 2));
-        assert!(hc.expected_statuses.contains(398) && !hc.expected_statuses.contains(399));
-        assert_eq!(hc.path_for("127.0.0.1:81"), "/other");
-        assert_eq!(hc.path_for("127.0.0.1:82"), "/livez");
+        assert!(http.expected_statuses.contains(398) && !http.expected_statuses.contains(399));
+        assert_eq!(http.path_for("127.0.0.1:81"), "/other");
+        assert_eq!(http.path_for("127.0.0.1:82"), "/livez");
+        assert_eq!(hc.port, None);
+        assert_eq!(hc.target_for("127.0.0.1:81"), "127.0.0.1:81");
         assert_eq!(hc.degraded_latency_ms, Some(200));
         assert_eq!(
-            hc.body,
+            http.body,
             Some(BodyMatch::JsonField {
                 field: vec!["a".into(), "status".into()],
                 equals: Value::String("UP".into())
@@ -714,6 +858,88 @@ mod tests {
             })
         );
         assert!(c.probes_anything());
+    }
+
+    #[test]
+    fn a_grpc_health_check_loads_with_envoys_defaults() {
+        let c = PluginConfig::from_json(
+            r#"{"grpc_probe_cluster": "grpc_probes", "clusters": {"web": {
+                "endpoints": ["127.0.0.1:80", "[::1]:80"],
+                "health_check": {"grpc_health_check": {"service_name": "my_service",
+                                                       "authority": "web.internal"},
+                                 "port": 50051, "interval": "2s", "unhealthy_threshold": 3}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.grpc_probe_cluster, "grpc_probes");
+        let hc = c.clusters["web"].health_check.as_ref().unwrap();
+        assert_eq!(
+            hc.kind,
+            ProbeKind::Grpc(GrpcProbe {
+                service_name: "my_service".into(),
+                authority: Some("web.internal".into())
+            })
+        );
+        assert_eq!(hc.http(), None);
+        assert_eq!(hc.port, Some(50051));
+        assert_eq!(hc.target_for("127.0.0.1:80"), "127.0.0.1:50051");
+        assert_eq!(hc.target_for("[::1]:80"), "[::1]:50051");
+        assert_eq!(hc.intervals.interval_ms, 2000);
+        assert_eq!(hc.timeout_ms, DEFAULT_TIMEOUT_MS);
+        assert_eq!(hc.policy, Policy::new(2, 3));
+        // An empty service name checks the whole server, as in Envoy.
+        let c = PluginConfig::from_json(
+            r#"{"clusters": {"web": {"endpoints": [], "health_check": {"grpc_health_check": {}}}}}"#,
+        )
+        .unwrap();
+        let hc = c.clusters["web"].health_check.as_ref().unwrap();
+        assert_eq!(
+            hc.kind,
+            ProbeKind::Grpc(GrpcProbe {
+                service_name: String::new(),
+                authority: None
+            })
+        );
+        assert_eq!(c.grpc_probe_cluster, DEFAULT_GRPC_PROBE_CLUSTER);
+    }
+
+    #[test]
+    fn a_grpc_health_check_rejects_every_http_field_by_its_path() {
+        let e = errors(
+            r#"{"clusters": {"w": {"endpoints": [], "health_check": {
+                "grpc_health_check": {"service_name": "s"}, "path": "/livez",
+                "expected_statuses": [{"start": 200, "end": 399}], "body": {"contains": "x"}}}}}"#,
+        );
+        for field in ["path", "expected_statuses", "body"] {
+            let want = format!(
+                r#"clusters["w"].health_check.{field}: an HTTP probe field: not allowed with "grpc_health_check""#
+            );
+            assert!(e.contains(&want), "{e}\n  want: {want}");
+        }
+        for (text, want) in [
+            (
+                r#"{"clusters": {"w": {"endpoints": [], "health_check": {"grpc_health_check": {"servce_name": "s"}}}}}"#,
+                r#"clusters["w"].health_check.grpc_health_check: unknown field "servce_name" (did you mean "service_name"?)"#,
+            ),
+            (
+                r#"{"clusters": {"w": {"endpoints": [], "health_check": {"grpc_health_check": [1]}}}}"#,
+                r#"clusters["w"].health_check.grpc_health_check"#,
+            ),
+            (
+                r#"{"clusters": {"w": {"endpoints": [], "health_check": {"grpc_health_check": {}, "port": 0}}}}"#,
+                r#"clusters["w"].health_check.port: expected a port number 1-65535, found"#,
+            ),
+            (
+                r#"{"clusters": {"w": {"endpoints": [], "health_check": {"path": "/", "port": 70000}}}}"#,
+                r#"clusters["w"].health_check.port: expected a port number 1-65535"#,
+            ),
+            (
+                r#"{"grpc_probe_cluster": "", "clusters": {}}"#,
+                "grpc_probe_cluster: must not be empty",
+            ),
+        ] {
+            let e = errors(text);
+            assert!(e.contains(want), "{text}\n  got: {e}\n  want: {want}");
+        }
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! The wasm filter's health evaluation as pure logic: its plugin configuration, the verdict on
-//! each active probe (body and JSON matches, latency ceiling), the singleton's supervisor (hosts,
+//! each active probe (HTTP: body and JSON matches, latency ceiling; gRPC: `grpc.health.v1`), the singleton's supervisor (hosts,
 //! probe schedule, outlier detection on observed traffic), and the two wire formats the filter's
 //! contexts share through Envoy (the verdict table in shared data, observation batches on the
 //! shared queue).
 //!
 //! What lives where:
 //! - [`config`]: [`PluginConfig::from_json`], strict, every error with its field path.
-//! - [`probe`]: [`probe::judge`] and [`probe::BodyMatch`].
+//! - [`probe`]: [`probe::judge`] (HTTP and gRPC health answers), [`probe::BodyMatch`], and
+//!   [`probe::grpc_upstream`] (the `GrpcService` a gRPC probe is dispatched with).
 //! - [`supervisor`]: [`supervisor::Supervisor`], driven by the singleton service.
 //! - [`verdict`]: [`verdict::VerdictTable`] and its versioned text encoding.
 //! - [`observe`]: classifying a real response ([`observe::classify`]) and observation batches.

@@ -1,14 +1,24 @@
-//! The verdict on one active probe sent by the filter: the checks Envoy 1.30's native HTTP checker
-//! cannot make (a body substring, a JSON field's value, a latency ceiling that marks a host
-//! degraded), on top of Envoy's status rules (`expected_statuses`, `retriable_statuses`,
-//! `x-envoy-immediate-health-check-fail`, `x-envoy-degraded`).
+//! The verdict on one active probe sent by the filter.
+//!
+//! - HTTP probes: the checks Envoy 1.30's native HTTP checker cannot make (a body substring, a
+//!   JSON field's value, a latency ceiling that marks a host degraded), on top of Envoy's status
+//!   rules (`expected_statuses`, `retriable_statuses`, `x-envoy-immediate-health-check-fail`,
+//!   `x-envoy-degraded`).
+//! - gRPC probes (`grpc.health.v1.Health/Check`), as Envoy's gRPC checker: only grpc-status OK
+//!   with a response that decodes to `SERVING` passes; NOT_SERVING, UNKNOWN, SERVICE_UNKNOWN, an
+//!   undecodable message or any other grpc-status is an immediate (non-retriable) active failure.
 //!
 //! Probes travel through an ORIGINAL_DST cluster, so a host that cannot be reached does not fail
 //! the call: Envoy answers it locally (503 "upstream connect error ...", 504 "upstream request
-//! timeout"). Those local answers are recognised and judged as network failures, as Envoy's own
-//! checker judges a connect failure or a timeout (they count toward `unhealthy_threshold`).
+//! timeout"; for a gRPC call the same text arrives as the grpc-message of an UNAVAILABLE status).
+//! Those local answers are recognised and judged as network failures, as Envoy's own checker
+//! judges a connect failure, a reset or a timeout (they count toward `unhealthy_threshold`).
+//!
+//! [`grpc_upstream`] encodes the `envoy.config.core.v3.GrpcService` the filter hands to
+//! `proxy_dispatch_grpc_call`, so the call carries the probe's `:authority`.
 
-use super::config::ProbeConfig;
+use super::config::{ProbeConfig, ProbeKind};
+use crate::grpc_health::{ServingStatus, decode_response};
 use crate::health::FailureType;
 use serde_json::Value;
 
@@ -63,6 +73,17 @@ pub enum ProbeAnswer<'a> {
         /// `x-envoy-degraded` present.
         degraded: bool,
     },
+    /// A gRPC call's outcome (`on_grpc_call_response`).
+    Grpc {
+        /// The call's grpc-status (0 = OK).
+        status: u32,
+        /// Its grpc-message (Envoy's local reply text when the host was not reached).
+        message: &'a str,
+        /// The response message, unframed (empty unless `status` is 0).
+        body: &'a [u8],
+        /// From dispatch to the callback.
+        latency_ms: u64,
+    },
     /// The call failed without a response (Envoy reports timeouts and resets this way), after
     /// `elapsed_ms`.
     NoResponse { elapsed_ms: u64 },
@@ -98,6 +119,16 @@ pub fn judge(config: &ProbeConfig, answer: &ProbeAnswer<'_>) -> ProbeVerdict {
         retriable: false,
         exclude: false,
     };
+    let passed = |latency_ms: u64, degraded: bool| {
+        let slow = config
+            .degraded_latency_ms
+            .is_some_and(|ceiling| latency_ms > ceiling);
+        if degraded || slow {
+            ProbeVerdict::Degraded
+        } else {
+            ProbeVerdict::Healthy
+        }
+    };
     match *answer {
         ProbeAnswer::NotSent => network(FailureType::Network),
         ProbeAnswer::NoResponse { elapsed_ms } => {
@@ -105,6 +136,27 @@ pub fn judge(config: &ProbeConfig, answer: &ProbeAnswer<'_>) -> ProbeVerdict {
                 network(FailureType::NetworkTimeout)
             } else {
                 network(FailureType::Network)
+            }
+        }
+        ProbeAnswer::Grpc {
+            status,
+            message,
+            body,
+            latency_ms,
+        } => {
+            if status != GRPC_OK {
+                let message = message.as_bytes();
+                if message.starts_with(LOCAL_CONNECT_FAILURE) {
+                    return network(FailureType::Network);
+                }
+                if message.starts_with(LOCAL_TIMEOUT) || latency_ms >= config.timeout_ms {
+                    return network(FailureType::NetworkTimeout);
+                }
+                return active_failure(false, false);
+            }
+            match decode_response(body) {
+                Ok(ServingStatus::Serving) => passed(latency_ms, false),
+                _ => active_failure(false, false),
             }
         }
         ProbeAnswer::Response {
@@ -120,29 +172,61 @@ pub fn judge(config: &ProbeConfig, answer: &ProbeAnswer<'_>) -> ProbeVerdict {
             if status == 504 && body.starts_with(LOCAL_TIMEOUT) {
                 return network(FailureType::NetworkTimeout);
             }
-            let failed = |retriable| ProbeVerdict::Failed {
-                failure: FailureType::Active,
-                retriable,
-                exclude: immediate_fail,
+            // A gRPC probe is never answered as HTTP; should the shell mix them up, fail closed.
+            let ProbeKind::Http(http) = &config.kind else {
+                return active_failure(false, immediate_fail);
             };
-            if let Some(matcher) = &config.body
-                && !matcher.matches(&body[..body.len().min(config.max_body_bytes)])
+            if let Some(matcher) = &http.body
+                && !matcher.matches(&body[..body.len().min(http.max_body_bytes)])
             {
-                return failed(false);
+                return active_failure(false, immediate_fail);
             }
-            if !config.expected_statuses.contains(status) {
-                return failed(config.retriable_statuses.contains(status));
+            if !http.expected_statuses.contains(status) {
+                return active_failure(http.retriable_statuses.contains(status), immediate_fail);
             }
-            let slow = config
-                .degraded_latency_ms
-                .is_some_and(|ceiling| latency_ms > ceiling);
-            if degraded || slow {
-                ProbeVerdict::Degraded
-            } else {
-                ProbeVerdict::Healthy
-            }
+            passed(latency_ms, degraded)
         }
     }
+}
+
+/// The grpc-status of a successful call.
+const GRPC_OK: u32 = 0;
+
+fn active_failure(retriable: bool, exclude: bool) -> ProbeVerdict {
+    ProbeVerdict::Failed {
+        failure: FailureType::Active,
+        retriable,
+        exclude,
+    }
+}
+
+/// The serialized `envoy.config.core.v3.GrpcService{envoy_grpc: {cluster_name, authority}}` that
+/// `proxy_dispatch_grpc_call` takes as its upstream (Envoy falls back to reading the bytes as a
+/// bare cluster name only when they do not parse as this message).
+pub fn grpc_upstream(cluster: &str, authority: &str) -> Vec<u8> {
+    let mut envoy_grpc = Vec::with_capacity(cluster.len() + authority.len() + 6);
+    put_bytes(&mut envoy_grpc, 1, cluster.as_bytes());
+    if !authority.is_empty() {
+        put_bytes(&mut envoy_grpc, 2, authority.as_bytes());
+    }
+    let mut out = Vec::with_capacity(envoy_grpc.len() + 3);
+    put_bytes(&mut out, 1, &envoy_grpc);
+    out
+}
+
+/// One length-delimited protobuf field.
+fn put_bytes(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
+    put_varint(out, (field << 3) | 2);
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
 }
 
 #[cfg(test)]
@@ -155,8 +239,12 @@ mod tests {
     use serde_json::json;
 
     fn probe(extra: &str) -> ProbeConfig {
+        probe_with(&format!(r#""path": "/h", "timeout": "1s"{extra}"#))
+    }
+
+    fn probe_with(fields: &str) -> ProbeConfig {
         let text = format!(
-            r#"{{"clusters": {{"c": {{"endpoints": [], "health_check": {{"path": "/h", "timeout": "1s"{extra}}}}}}}}}"#
+            r#"{{"clusters": {{"c": {{"endpoints": [], "health_check": {{{fields}}}}}}}}}"#
         );
         PluginConfig::from_json(&text).unwrap().clusters["c"]
             .health_check
@@ -305,5 +393,115 @@ mod tests {
             degraded: true,
         };
         assert_eq!(judge(&c, &flagged), ProbeVerdict::Degraded);
+    }
+
+    fn grpc_probe() -> ProbeConfig {
+        probe_with(
+            r#""grpc_health_check": {"service_name": "my_service"}, "timeout": "1s",
+               "degraded_latency": "0.2s""#,
+        )
+    }
+
+    fn grpc(
+        status: u32,
+        message: &'static str,
+        body: &'static [u8],
+        latency_ms: u64,
+    ) -> ProbeAnswer<'static> {
+        ProbeAnswer::Grpc {
+            status,
+            message,
+            body,
+            latency_ms,
+        }
+    }
+
+    #[test]
+    fn grpc_only_serving_with_status_ok_passes() {
+        use crate::grpc_health::encode_response;
+        let c = grpc_probe();
+        let serving = encode_response(ServingStatus::Serving);
+        let answer = |body: &[u8], latency_ms| {
+            judge(
+                &c,
+                &ProbeAnswer::Grpc {
+                    status: 0,
+                    message: "",
+                    body,
+                    latency_ms,
+                },
+            )
+        };
+        assert_eq!(answer(&serving, 5), ProbeVerdict::Healthy);
+        assert_eq!(answer(&serving, 201), ProbeVerdict::Degraded, "slow");
+        for status in [
+            ServingStatus::NotServing,
+            ServingStatus::ServiceUnknown,
+            ServingStatus::Unknown,
+            ServingStatus::Other(7),
+        ] {
+            assert_eq!(
+                answer(&encode_response(status), 5),
+                failed(FailureType::Active, false),
+                "{status:?} fails at once, as in Envoy"
+            );
+        }
+        assert_eq!(
+            answer(b"\x08", 5),
+            failed(FailureType::Active, false),
+            "a truncated message"
+        );
+    }
+
+    #[test]
+    fn grpc_errors_are_active_and_envoys_local_replies_are_network_failures() {
+        let c = grpc_probe();
+        // NOT_FOUND: what grpc.health.v1 servers answer for an unknown service.
+        assert_eq!(
+            judge(&c, &grpc(5, "unknown service", b"", 3)),
+            failed(FailureType::Active, false)
+        );
+        assert_eq!(
+            judge(&c, &grpc(14, "", b"", 3)),
+            failed(FailureType::Active, false),
+            "UNAVAILABLE from the server itself"
+        );
+        assert_eq!(
+            judge(
+                &c,
+                &grpc(
+                    14,
+                    "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure",
+                    b"",
+                    3
+                )
+            ),
+            failed(FailureType::Network, false)
+        );
+        assert_eq!(
+            judge(&c, &grpc(14, "upstream request timeout", b"", 1000)),
+            failed(FailureType::NetworkTimeout, false)
+        );
+        assert_eq!(
+            judge(&c, &grpc(4, "", b"", 1000)),
+            failed(FailureType::NetworkTimeout, false),
+            "no answer within the timeout"
+        );
+        // An HTTP answer to a gRPC probe fails closed.
+        assert_eq!(judge(&c, &ok(b"", 1)), failed(FailureType::Active, false));
+    }
+
+    #[test]
+    fn grpc_upstream_is_an_envoy_grpc_service_message() {
+        assert_eq!(
+            grpc_upstream("p", "web"),
+            b"\x0a\x08\x0a\x01p\x12\x03web".to_vec()
+        );
+        assert_eq!(grpc_upstream("p", ""), b"\x0a\x03\x0a\x01p".to_vec());
+        // Long names take multi-byte lengths.
+        let long = "a".repeat(200);
+        let bytes = grpc_upstream(&long, "");
+        assert_eq!(&bytes[..5], b"\x0a\xcb\x01\x0a\xc8");
+        assert_eq!(bytes.len(), 5 + 1 + 200);
     }
 }

@@ -19,7 +19,7 @@
 //!   every `outlier_detection.interval`; a passing probe un-ejects as in Envoy 1.31+
 //!   (`successful_active_health_check_uneject_host`).
 
-use super::config::{PluginConfig, ProbeConfig};
+use super::config::{PluginConfig, ProbeConfig, ProbeKind};
 use super::observe::Observation;
 use super::probe::{ProbeAnswer, ProbeVerdict, judge};
 use super::vec_map::VecMap;
@@ -43,13 +43,28 @@ pub struct SupervisorStats {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeRequest {
     pub cluster: String,
-    /// `IP:port`: goes into the ORIGINAL_DST header.
+    /// The host's `IP:port` in the cluster: its verdict's key, and what [`Supervisor::on_probe`]
+    /// takes back.
     pub host: String,
-    pub path: String,
+    /// `IP:port` the probe is sent to (goes into the ORIGINAL_DST header): `host`, or its IP at
+    /// the configured `port`.
+    pub target: String,
     pub authority: String,
     pub timeout_ms: u64,
-    /// How much of the body the verdict looks at: read no more.
-    pub max_body_bytes: usize,
+    pub kind: ProbeRequestKind,
+}
+
+/// What to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeRequestKind {
+    /// `GET path` through `probe_cluster`.
+    Http {
+        path: String,
+        /// How much of the body the verdict looks at: read no more.
+        max_body_bytes: usize,
+    },
+    /// `grpc.health.v1.Health/Check{service: service_name}` through `grpc_probe_cluster`.
+    Grpc { service_name: String },
 }
 
 #[derive(Debug)]
@@ -183,13 +198,29 @@ impl Supervisor {
                     continue;
                 }
                 h.in_flight = true;
+                let (authority, kind) = match &p.kind {
+                    ProbeKind::Http(http) => (
+                        &http.authority,
+                        ProbeRequestKind::Http {
+                            path: http.path_for(host).to_string(),
+                            max_body_bytes: http.max_body_bytes,
+                        },
+                    ),
+                    ProbeKind::Grpc(grpc) => (
+                        &grpc.authority,
+                        ProbeRequestKind::Grpc {
+                            service_name: grpc.service_name.clone(),
+                        },
+                    ),
+                };
                 out.push(ProbeRequest {
                     cluster: name.clone(),
                     host: host.clone(),
-                    path: p.path_for(host).to_string(),
-                    authority: p.authority.clone().unwrap_or_else(|| name.clone()),
+                    target: p.target_for(host),
+                    // Envoy's checkers default `:authority` to the checked cluster's name.
+                    authority: authority.clone().unwrap_or_else(|| name.clone()),
                     timeout_ms: p.timeout_ms,
-                    max_body_bytes: p.max_body_bytes,
+                    kind,
                 });
             }
         }
@@ -419,8 +450,15 @@ mod tests {
         let mut s = Supervisor::new(&config(""), 0, &mut zero());
         let first = s.due_probes(0);
         assert_eq!(first.len(), 2);
-        assert_eq!(first[0].path, "/livez");
+        assert_eq!(
+            first[0].kind,
+            ProbeRequestKind::Http {
+                path: "/livez".into(),
+                max_body_bytes: crate::plugin::config::DEFAULT_MAX_BODY_BYTES
+            }
+        );
         assert_eq!(first[0].authority, "web");
+        assert_eq!(first[0].target, first[0].host);
         assert!(s.due_probes(5000).is_empty(), "still in flight");
         s.on_probe("web", "127.0.0.1:80", &OK, 100, &mut zero());
         assert!(s.due_probes(2099).is_empty());
@@ -557,5 +595,114 @@ mod tests {
         );
         assert_eq!(s.verdicts().hosts.len(), 1);
         assert!(!s.set_members("unknown", &hosts, 0, &mut zero()));
+    }
+
+    fn grpc_config() -> PluginConfig {
+        PluginConfig::from_json(
+            r#"{"clusters": {"web": {"endpoints": ["127.0.0.1:80", "127.0.0.2:80"],
+                 "health_check": {"grpc_health_check": {"service_name": "my_service"},
+                                  "port": 50051, "interval": "2s", "timeout": "1s",
+                                  "interval_jitter": "0.5s"}}}}"#,
+        )
+        .unwrap()
+    }
+
+    fn grpc_answer(s: &mut Supervisor, body: &[u8], now: u64, rng: &mut dyn FnMut() -> u64) {
+        for p in s.due_probes(now) {
+            let answer = ProbeAnswer::Grpc {
+                status: 0,
+                message: "",
+                body,
+                latency_ms: 4,
+            };
+            s.on_probe(&p.cluster, &p.host, &answer, now, rng);
+        }
+    }
+
+    #[test]
+    fn grpc_probes_target_the_check_port_and_not_serving_ejects_at_once() {
+        use crate::grpc_health::{ServingStatus, encode_response};
+        let serving = encode_response(ServingStatus::Serving);
+        let not_serving = encode_response(ServingStatus::NotServing);
+        let mut s = Supervisor::new(&grpc_config(), 0, &mut zero());
+        let due = s.due_probes(0);
+        assert_eq!(due.len(), 2);
+        assert_eq!(due[0].host, "127.0.0.1:80");
+        assert_eq!(due[0].target, "127.0.0.1:50051");
+        assert_eq!(due[0].authority, "web");
+        assert_eq!(
+            due[0].kind,
+            ProbeRequestKind::Grpc {
+                service_name: "my_service".into()
+            }
+        );
+        for p in &due {
+            let answer = ProbeAnswer::Grpc {
+                status: 0,
+                message: "",
+                body: &serving,
+                latency_ms: 4,
+            };
+            s.on_probe(&p.cluster, &p.host, &answer, 0, &mut || 300);
+        }
+        assert!(
+            s.take_changed()
+                .unwrap()
+                .hosts
+                .values()
+                .all(Verdict::usable)
+        );
+        // The jitter draw (rng) spreads the next probe over interval + [0, 0.5 s).
+        let mut rng = || 300;
+        assert!(s.due_probes(2299).is_empty());
+        grpc_answer(&mut s, &not_serving, 2300, &mut rng);
+        let t = s.take_changed().unwrap();
+        assert!(
+            t.hosts.values().all(|v| v.failed_active),
+            "one NOT_SERVING ejects (non-retriable active failure)"
+        );
+        assert_eq!(s.stats.probes_failed, 2);
+        // Unhealthy: the next probe after `interval` (no unhealthy_interval set) plus jitter.
+        assert!(s.due_probes(4599).is_empty());
+        grpc_answer(&mut s, &serving, 4600, &mut rng);
+        assert_eq!(s.take_changed(), None, "healthy_threshold is 2");
+        grpc_answer(&mut s, &serving, 6900, &mut rng);
+        assert!(
+            s.take_changed()
+                .unwrap()
+                .hosts
+                .values()
+                .all(Verdict::usable)
+        );
+    }
+
+    #[test]
+    fn grpc_network_failures_need_the_unhealthy_threshold() {
+        let mut s = Supervisor::new(&grpc_config(), 0, &mut zero());
+        let serving =
+            crate::grpc_health::encode_response(crate::grpc_health::ServingStatus::Serving);
+        grpc_answer(&mut s, &serving, 0, &mut zero());
+        s.take_changed();
+        let refused = ProbeAnswer::Grpc {
+            status: 14,
+            message: "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure",
+            body: b"",
+            latency_ms: 2,
+        };
+        for now in [2000, 4000] {
+            for p in s.due_probes(now) {
+                s.on_probe(&p.cluster, &p.host, &refused, now, &mut zero());
+            }
+            if now == 2000 {
+                assert_eq!(s.take_changed(), None, "one network failure of two");
+            }
+        }
+        assert!(
+            s.take_changed()
+                .unwrap()
+                .hosts
+                .values()
+                .all(|v| v.failed_active)
+        );
     }
 }
