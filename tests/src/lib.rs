@@ -26,6 +26,10 @@
 //!   process-level tests run the same code.
 //! - [`bench`]: `vigil-bench` (`./lab bench`), vigil's proxy and health checker measured against
 //!   Envoy, HAProxy and nginx; see `docs/bench.md`.
+//! - [`load`]: a load generator: N keep-alive HTTP/1.1 clients for a bounded time, each
+//!   request's outcome (connect error, reset, 5xx, timeout), status, latency and start time.
+//! - [`soak`]: `vigil-lab soak` (`./lab soak`): long load through vigil and Envoy with livez
+//!   toggles, RSS sampled, a verdict on growth; and the YAML helpers the load tests share.
 
 pub mod bench;
 pub mod compare;
@@ -34,10 +38,12 @@ pub mod dns;
 pub mod envoy;
 pub mod http;
 pub mod lab;
+pub mod load;
 pub mod names;
 pub mod net;
 pub mod paths;
 pub mod process;
+pub mod soak;
 pub mod template;
 pub mod timeline;
 pub mod wasm;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use vigil_tests::compare::{self, CompareLayout, Fault, Topology};
 use vigil_tests::lab::{HttpLab, LabKind, Layout, Timings, play_http_scenario};
 use vigil_tests::paths;
+use vigil_tests::soak::{self, SoakOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,6 +39,17 @@ enum Command {
     },
     /// Writes the configs docker-compose.yaml mounts (envoy/compose/) from envoy/templates.
     RenderCompose,
+    /// Long steady load through vigil and Envoy on the same YAML (blue and green with active
+    /// checks, blue's /livez toggled now and then), RSS sampled every 5 s; fails when vigil's
+    /// clients saw errors or its RSS grew more than 10 % and 8 MiB (first vs last minute).
+    Soak {
+        /// How long to load, in seconds.
+        #[arg(long, default_value_t = 300)]
+        duration: u64,
+        /// Keep-alive connections per proxy (each sends a request every 10 ms).
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -60,6 +72,10 @@ fn main() -> ExitCode {
             Command::RenderCompose => render_compose(),
             Command::Compare { lab } => compare(lab).await,
             Command::Up { lab } => up(lab).await,
+            Command::Soak {
+                duration,
+                connections,
+            } => soak(duration, connections).await,
         }
     });
     match result {
@@ -198,4 +214,37 @@ async fn up(kind: LabKind) -> Result<(), String> {
     drop(topology);
     println!("lab stopped: every process it started has exited");
     Ok(())
+}
+
+async fn soak(duration: u64, connections: usize) -> Result<(), String> {
+    if duration < 3 || connections == 0 {
+        return Err(format!(
+            "soak: --duration must be at least 3 s and --connections at least 1 \
+             (got {duration} s, {connections})"
+        ));
+    }
+    let options = SoakOptions::new(std::time::Duration::from_secs(duration), connections);
+    let dir = paths::scratch_dir("soak");
+    println!(
+        "soak: blue, green, Envoy and vigil on loopback; logs and configs in {}",
+        dir.display()
+    );
+    let run = async {
+        let mut say = |line: &str| println!("{line}");
+        soak::run(&options, &dir, &mut say).await
+    };
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|err| format!("cannot watch SIGTERM: {err}"))?;
+    let report = tokio::select! {
+        report = run => report?,
+        _ = tokio::signal::ctrl_c() => return Err("interrupted; stopping everything the soak started".to_string()),
+        _ = terminate.recv() => return Err("terminated; stopping everything the soak started".to_string()),
+    };
+    println!("\n{}", report.render());
+    let verdict = report.verdict();
+    if verdict.pass {
+        Ok(())
+    } else {
+        Err(format!("soak failed: {}", verdict.reason))
+    }
 }
