@@ -933,6 +933,20 @@ mod tests {
     }
 
     /// A hand-written response header + question for `myservice` A, id 7.
+    /// A response for `www.example` A: a CNAME to `web.example` and its address.
+    fn cname_then_address() -> Vec<u8> {
+        let q = query("www.example", QueryType::A);
+        let records = [
+            Record {
+                name: name("www.example"),
+                ttl: 300,
+                data: RecordData::Cname(name("web.example")),
+            },
+            Record::address(name("web.example"), ip("127.1.1.1"), 60),
+        ];
+        build_response(&q, Rcode::NoError, &records).unwrap()
+    }
+
     fn raw_response_head(ancount: u16) -> Vec<u8> {
         let mut msg = vec![0, 7, 0x81, 0x80, 0, 1];
         msg.extend_from_slice(&ancount.to_be_bytes());
@@ -1184,16 +1198,7 @@ mod tests {
 
     #[test]
     fn every_truncation_of_a_response_is_an_error() {
-        let q = query("www.example", QueryType::A);
-        let records = [
-            Record {
-                name: name("www.example"),
-                ttl: 300,
-                data: RecordData::Cname(name("web.example")),
-            },
-            Record::address(name("web.example"), ip("127.1.1.1"), 60),
-        ];
-        let bytes = build_response(&q, Rcode::NoError, &records).unwrap();
+        let bytes = cname_then_address();
         assert!(parse_response(&bytes).is_ok());
         for len in 0..bytes.len() {
             assert!(parse_response(&bytes[..len]).is_err(), "length {len}");
@@ -1318,16 +1323,7 @@ mod tests {
     fn arbitrary_bytes_never_panic() {
         // A cheap deterministic sweep until the fuzzer arrives: mutate a valid response byte by
         // byte and parse every variant.
-        let q = query("www.example", QueryType::A);
-        let records = [
-            Record {
-                name: name("www.example"),
-                ttl: 300,
-                data: RecordData::Cname(name("web.example")),
-            },
-            Record::address(name("web.example"), ip("127.1.1.1"), 60),
-        ];
-        let bytes = build_response(&q, Rcode::NoError, &records).unwrap();
+        let bytes = cname_then_address();
         for i in 0..bytes.len() {
             for value in [0x00, 0x01, 0x3f, 0x40, 0x80, 0xc0, 0xc1, 0xff] {
                 let mut mutated = bytes.clone();

@@ -707,42 +707,25 @@ mod tests {
 
     #[test]
     fn authority_normalization() {
-        assert_eq!(
-            normalize_authority("a.com:80", StripPort::None, false, Some(80)),
-            "a.com:80"
-        );
-        assert_eq!(
-            normalize_authority("a.com:80", StripPort::Any, false, None),
-            "a.com"
-        );
-        assert_eq!(
-            normalize_authority("a.com:81", StripPort::Matching, false, Some(80)),
-            "a.com:81"
-        );
-        assert_eq!(
-            normalize_authority("a.com:80", StripPort::Matching, false, Some(80)),
-            "a.com"
-        );
-        assert_eq!(
-            normalize_authority("a.com:x", StripPort::Any, false, None),
-            "a.com:x"
-        );
-        assert_eq!(
-            normalize_authority("[::1]:80", StripPort::Any, false, None),
-            "[::1]"
-        );
-        assert_eq!(
-            normalize_authority("[::1]", StripPort::Any, false, None),
-            "[::1]"
-        );
-        assert_eq!(
-            normalize_authority("a.com.", StripPort::None, true, None),
-            "a.com"
-        );
-        assert_eq!(
-            normalize_authority("a.com.:80", StripPort::Any, true, None),
-            "a.com"
-        );
+        // (authority, strip_port, strip_trailing_dot, listener port, normalized)
+        let cases = [
+            ("a.com:80", StripPort::None, false, Some(80), "a.com:80"),
+            ("a.com:80", StripPort::Any, false, None, "a.com"),
+            ("a.com:81", StripPort::Matching, false, Some(80), "a.com:81"),
+            ("a.com:80", StripPort::Matching, false, Some(80), "a.com"),
+            ("a.com:x", StripPort::Any, false, None, "a.com:x"),
+            ("[::1]:80", StripPort::Any, false, None, "[::1]"),
+            ("[::1]", StripPort::Any, false, None, "[::1]"),
+            ("a.com.", StripPort::None, true, None, "a.com"),
+            ("a.com.:80", StripPort::Any, true, None, "a.com"),
+        ];
+        for (authority, strip, dot, port, want) in cases {
+            assert_eq!(
+                normalize_authority(authority, strip, dot, port),
+                want,
+                "{authority} with {strip:?}, dot {dot}, port {port:?}"
+            );
+        }
         assert_eq!(port_start("a:1"), Some(1));
         assert_eq!(port_start("[::1]"), None);
     }

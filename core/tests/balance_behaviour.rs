@@ -268,6 +268,24 @@ fn maglev_owner(set: &PrioritySet, lb: &Maglev, h: u64) -> SocketAddr {
     set.hosts()[lb.choose_hashed(h, 0).host.unwrap()].address
 }
 
+/// Given each key's `(owner before, owner after)` the host `gone` left: every key `gone` owned
+/// must move, and the result is the share of the other keys whose owner changed.
+fn share_of_others_moved(
+    gone: SocketAddr,
+    owners: impl Iterator<Item = (SocketAddr, SocketAddr)>,
+) -> f64 {
+    let (mut others, mut others_moved) = (0u32, 0u32);
+    for (a, b) in owners {
+        if a == gone {
+            assert_ne!(b, gone);
+        } else {
+            others += 1;
+            others_moved += u32::from(a != b);
+        }
+    }
+    f64::from(others_moved) / f64::from(others)
+}
+
 #[test]
 fn ring_hash_is_sticky_per_key() {
     let s = set(hosts(5));
@@ -328,17 +346,10 @@ fn ring_hash_with_default_sizes_rescales_and_moves_some_other_keys_too() {
     let gone = four.remove(2).address;
     let s2 = s.update(four);
     let after = RingHash::new(&s2, RingHashConfig::default()).unwrap();
-    let (mut others, mut others_moved) = (0u32, 0u32);
-    for h in keys() {
-        let (a, b) = (ring_owner(&s, &before, h), ring_owner(&s2, &after, h));
-        if a == gone {
-            assert_ne!(b, gone);
-        } else {
-            others += 1;
-            others_moved += u32::from(a != b);
-        }
-    }
-    let share = f64::from(others_moved) / f64::from(others);
+    let share = share_of_others_moved(
+        gone,
+        keys().map(|h| (ring_owner(&s, &before, h), ring_owner(&s2, &after, h))),
+    );
     assert!(
         (0.05..0.20).contains(&share),
         "share of other keys moved: {share}"
@@ -354,19 +365,14 @@ fn maglev_is_sticky_and_remaps_little_beyond_the_leaving_host() {
     let gone = four.remove(2).address;
     let s2 = s.update(four);
     let after = Maglev::new(&s2, MaglevConfig::default()).unwrap();
-    let (mut others, mut others_moved) = (0u32, 0u32);
-    for h in keys() {
-        let a = maglev_owner(&s, &before, h);
-        assert_eq!(a, maglev_owner(&s, &again, h));
-        let b = maglev_owner(&s2, &after, h);
-        if a == gone {
-            assert_ne!(b, gone);
-        } else {
-            others += 1;
-            others_moved += u32::from(a != b);
-        }
-    }
-    let share = f64::from(others_moved) / f64::from(others);
+    let share = share_of_others_moved(
+        gone,
+        keys().map(|h| {
+            let a = maglev_owner(&s, &before, h);
+            assert_eq!(a, maglev_owner(&s, &again, h));
+            (a, maglev_owner(&s2, &after, h))
+        }),
+    );
     assert!(share < 0.01, "share of other keys moved: {share}");
 }
 

@@ -2,7 +2,7 @@
 //! the health checker (status ranges, payloads, headers, HTTP/2 for gRPC).
 
 use super::error::FieldPath;
-use super::reader::{Ctx, IGNORED, Obj, ProtoDuration, base64, hex};
+use super::reader::{Ctx, IGNORED, Obj, ProtoDuration, base64, hex, status_ranges};
 use super::schema::*;
 use super::types::UpstreamProtocol;
 use crate::check::{
@@ -11,7 +11,7 @@ use crate::check::{
 };
 use crate::health::Policy;
 use crate::schedule::{IntervalSettings, Intervals};
-use crate::status::{StatusRange, StatusRanges};
+use crate::status::StatusRanges;
 use serde_json::Value;
 
 const FILE_SINK_TYPE: &str =
@@ -269,8 +269,8 @@ fn http_check(cx: &mut Ctx, mut o: Obj) -> Option<HttpCheck> {
         .collect();
     let request_headers_to_add = headers_to_add(cx, o.list("request_headers_to_add"), &existing);
 
-    let expected_statuses = ranges(cx, o.list("expected_statuses"));
-    let retriable_statuses = ranges(cx, o.list("retriable_statuses"));
+    let expected_statuses = status_ranges(cx, o.list("expected_statuses"), &INT64_RANGE);
+    let retriable_statuses = status_ranges(cx, o.list("retriable_statuses"), &INT64_RANGE);
 
     let codec = match o.enumeration(cx, "codec_client_type", &CODEC_CLIENT_TYPE) {
         None | Some(0) => Codec::Http1,
@@ -303,28 +303,6 @@ fn http_check(cx: &mut Ctx, mut o: Obj) -> Option<HttpCheck> {
             usize::try_from(s).unwrap_or(usize::MAX)
         }),
     })
-}
-
-/// `expected_statuses` / `retriable_statuses`; `None` when not given (the caller's default).
-fn ranges(cx: &mut Ctx, list: Vec<(FieldPath, &Value)>) -> Option<StatusRanges> {
-    if list.is_empty() {
-        return None;
-    }
-    let mut out = Vec::new();
-    for (p, v) in list {
-        let Some(mut r) = Obj::new(cx, p.clone(), v, &INT64_RANGE) else {
-            continue;
-        };
-        // Unset bounds are 0, as in the proto; the range check then reports them.
-        let start = r.i64(cx, "start").unwrap_or(0);
-        let end = r.i64(cx, "end").unwrap_or(0);
-        r.finish(cx);
-        match StatusRange::new(start, end) {
-            Ok(range) => out.push(range),
-            Err(e) => cx.invalid(&p, e.to_string()),
-        }
-    }
-    Some(StatusRanges(out))
 }
 
 fn payload(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Vec<u8>> {
@@ -444,7 +422,9 @@ fn headers_to_add(
             cx.invalid(&key_path, ":-prefixed or host headers may not be modified");
             continue;
         }
-        if append.is_some() && action.is_some() {
+        // Envoy's `HeaderParser`: `append` may only be combined with the default action, and
+        // then `append` decides.
+        if append.is_some() && action.is_some_and(|a| a != 0) {
             cx.invalid(
                 &p,
                 "Both append and append_action are set and it's not allowed",
@@ -455,11 +435,11 @@ fn headers_to_add(
         let exists = present.contains(&lower);
         // (append, add at all)
         let (append, add) = match action {
-            None => (append.unwrap_or(true), true),
-            Some(1) => (true, !exists), // ADD_IF_ABSENT
-            Some(2) => (false, true),   // OVERWRITE_IF_EXISTS_OR_ADD
-            Some(3) => (false, exists), // OVERWRITE_IF_EXISTS
-            Some(_) => (true, true),    // APPEND_IF_EXISTS_OR_ADD
+            None | Some(0) => (append.unwrap_or(true), true), // APPEND_IF_EXISTS_OR_ADD
+            Some(1) => (true, !exists),                       // ADD_IF_ABSENT
+            Some(2) => (false, true),                         // OVERWRITE_IF_EXISTS_OR_ADD
+            Some(3) => (false, exists),                       // OVERWRITE_IF_EXISTS
+            Some(_) => (true, true), // no other value passes the enum check
         };
         // Envoy's header values are format strings: `%%` is a literal `%`; anything else between
         // percent signs is a command vigil cannot evaluate.
@@ -522,6 +502,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+    use crate::status::StatusRange;
     use serde_json::json;
 
     fn read(v: Value) -> Result<HealthCheck, Vec<String>> {
@@ -709,6 +690,8 @@ mod tests {
                 "request_headers_to_add": [
                     {"header": {"key": "x-a", "value": "1"}},
                     {"header": {"key": "x-b", "value": "50%%"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"},
+                    {"header": {"key": "x-c", "value": "1"}, "append": false, "append_action": "APPEND_IF_EXISTS_OR_ADD"},
+                    {"header": {"key": "x-d", "value": "1"}, "append": true, "append_action": "APPEND_IF_EXISTS_OR_ADD"},
                     {"header": {"key": "x-empty", "value": ""}},
                     {"header": {"key": "x-kept", "value": ""}, "keep_empty_value": true, "append": false},
                     {"header": {"key": "user-agent", "value": "vigil"}, "append_action": "ADD_IF_ABSENT"},
@@ -740,11 +723,14 @@ mod tests {
             vec![
                 ("x-a", "1", true),
                 ("x-b", "50%", false),
+                ("x-c", "1", false),
+                ("x-d", "1", true),
                 ("x-kept", "", false),
                 ("x-new", "1", true),
                 ("x-a", "3", false),
             ],
-            "user-agent exists (no ADD_IF_ABSENT), x-new only once, x-none never existed"
+            "append decides beside the default action; user-agent exists (no ADD_IF_ABSENT), \
+             x-new only once, x-none never existed"
         );
         assert_eq!(http.request_headers_to_remove, vec!["x-remove"]);
         assert_eq!(

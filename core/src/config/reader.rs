@@ -17,6 +17,7 @@
 //!   and `udpa.type.v1.TypedStruct` wrappers are unwrapped.
 
 use super::error::{ConfigError, ErrorKind, FieldPath, Warning};
+use crate::status::{StatusRange, StatusRanges};
 use serde_json::{Map, Value};
 
 /// Errors and warnings collected during one load.
@@ -174,6 +175,32 @@ pub(crate) fn items(value: &Value) -> Vec<&Value> {
     let mut out = Vec::new();
     flatten(value, &mut out);
     out
+}
+
+/// The field name an unknown `key` most likely meant, for a "did you mean" hint: `key` is
+/// compared in snake case (so a misspelt JSON name finds its field too), and a name counts only
+/// within `max_distance` edits and less than half its length away.
+pub(crate) fn closest_field<'n>(
+    key: &str,
+    names: impl IntoIterator<Item = &'n str>,
+    max_distance: usize,
+) -> Option<&'n str> {
+    let snake: String = key
+        .chars()
+        .flat_map(|c| {
+            if c.is_ascii_uppercase() {
+                vec!['_', c.to_ascii_lowercase()]
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    names
+        .into_iter()
+        .map(|name| (distance(&snake, name), name))
+        .min()
+        .filter(|(d, name)| *d <= max_distance && *d < name.len() / 2)
+        .map(|(_, name)| name)
 }
 
 /// Edit distance, for "did you mean" hints.
@@ -430,26 +457,9 @@ fn unknown_field_message(key: &str, message: &Message) -> String {
     if let Some((_, hint)) = message.removed.iter().find(|(name, _)| *name == key) {
         return format!("unknown field \"{key}\" ({hint})");
     }
-    let snake: String = key
-        .chars()
-        .flat_map(|c| {
-            if c.is_ascii_uppercase() {
-                vec!['_', c.to_ascii_lowercase()]
-            } else {
-                vec![c]
-            }
-        })
-        .collect();
-    let best = message
-        .fields
-        .iter()
-        .map(|f| (distance(&snake, f.name), f.name))
-        .min();
-    match best {
-        Some((d, name)) if d <= 2 && d < name.len() / 2 => {
-            format!("unknown field \"{key}\" (did you mean \"{name}\"?)")
-        }
-        _ => format!("unknown field \"{key}\" (not a field of {})", message.name),
+    match closest_field(key, message.fields.iter().map(|f| f.name), 2) {
+        Some(name) => format!("unknown field \"{key}\" (did you mean \"{name}\"?)"),
+        None => format!("unknown field \"{key}\" (not a field of {})", message.name),
     }
 }
 
@@ -611,31 +621,31 @@ const YAML_FALSE: [&str; 11] = [
     "false", "False", "FALSE", "n", "N", "no", "No", "NO", "off", "Off", "OFF",
 ];
 
-pub(crate) fn boolean(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<bool> {
+/// A JSON boolean or one of the YAML 1.1 boolean words; `None` for anything else.
+pub(crate) fn boolean_value(value: &Value) -> Option<bool> {
     match value {
         Value::Bool(b) => Some(*b),
         Value::String(s) if YAML_TRUE.contains(&s.as_str()) => Some(true),
         Value::String(s) if YAML_FALSE.contains(&s.as_str()) => Some(false),
-        other => {
-            cx.invalid(
-                path,
-                format!("expected true or false, found {}", describe(other)),
-            );
-            None
-        }
+        _ => None,
     }
 }
 
-/// An integer in `[min, max]`, as a JSON number or a string of digits.
-pub(crate) fn integer(
-    cx: &mut Ctx,
-    path: &FieldPath,
-    value: &Value,
-    kind: &str,
-    min: i128,
-    max: i128,
-) -> Option<i128> {
-    let parsed: Option<i128> = match value {
+pub(crate) fn boolean(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<bool> {
+    let parsed = boolean_value(value);
+    if parsed.is_none() {
+        cx.invalid(
+            path,
+            format!("expected true or false, found {}", describe(value)),
+        );
+    }
+    parsed
+}
+
+/// A proto-JSON integer: a JSON number without a fraction or a string of digits (protobuf's
+/// JSON form quotes 64-bit integers). `None` when the value is neither.
+pub(crate) fn integer_value(value: &Value) -> Option<i128> {
+    match value {
         Value::Number(n) => n
             .as_i64()
             .map(i128::from)
@@ -649,8 +659,19 @@ pub(crate) fn integer(
             }
         }
         _ => None,
-    };
-    match parsed {
+    }
+}
+
+/// An integer in `[min, max]`, as a JSON number or a string of digits.
+pub(crate) fn integer(
+    cx: &mut Ctx,
+    path: &FieldPath,
+    value: &Value,
+    kind: &str,
+    min: i128,
+    max: i128,
+) -> Option<i128> {
+    match integer_value(value) {
         Some(n) if (min..=max).contains(&n) => Some(n),
         Some(n) => {
             cx.invalid(
@@ -667,6 +688,35 @@ pub(crate) fn integer(
             None
         }
     }
+}
+
+/// HTTP status ranges (`expected_statuses`, `retriable_statuses`): each `{start, end}` read as
+/// `schema` (whose name unknown-field errors show), with `Int64Range`'s half-open `[start, end)`
+/// and the bounds [`StatusRange::new`] checks. `None` when the list is empty, so the caller's
+/// default applies; a bad range is recorded against its own path and left out.
+pub(crate) fn status_ranges(
+    cx: &mut Ctx,
+    list: Vec<(FieldPath, &Value)>,
+    schema: &'static Message,
+) -> Option<StatusRanges> {
+    if list.is_empty() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for (p, v) in list {
+        let Some(mut r) = Obj::new(cx, p.clone(), v, schema) else {
+            continue;
+        };
+        // Unset bounds are 0, as in the proto; the range check then reports them.
+        let start = r.i64(cx, "start").unwrap_or(0);
+        let end = r.i64(cx, "end").unwrap_or(0);
+        r.finish(cx);
+        match StatusRange::new(start, end) {
+            Ok(range) => out.push(range),
+            Err(e) => cx.invalid(&p, e.to_string()),
+        }
+    }
+    Some(StatusRanges(out))
 }
 
 pub(crate) fn double(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<f64> {
@@ -752,11 +802,30 @@ pub(crate) const DURATION_FORM: &str =
     "an Envoy duration is a string of seconds ending in \"s\", such as \"10s\" or \"0.25s\"";
 
 pub(crate) fn duration(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<ProtoDuration> {
-    let parsed = match value {
+    let checked = match value {
+        Value::Object(map) => duration_object(cx, path, map),
+        other => duration_text(other),
+    }
+    .and_then(|d| millis_duration(d).map_err(str::to_string));
+    match checked {
+        Ok(d) => Some(d),
+        Err(message) => {
+            if !message.is_empty() {
+                cx.invalid(path, message);
+            }
+            None
+        }
+    }
+}
+
+/// A Duration in its JSON string form (`"10s"`). Callers read the `{seconds, nanos}` object
+/// form themselves (how they report its sub-fields differs); any other value is an error that
+/// shows the string form.
+pub(crate) fn duration_text(value: &Value) -> Result<ProtoDuration, String> {
+    match value {
         Value::String(text) => {
             parse_duration(text).map_err(|why| format!("invalid duration {text:?}: {why}"))
         }
-        Value::Object(map) => duration_object(cx, path, map),
         Value::Number(n) => Err(format!(
             "invalid duration {n}: a number needs the \"s\" suffix ({DURATION_FORM})"
         )),
@@ -764,25 +833,20 @@ pub(crate) fn duration(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<
             "invalid duration: expected a string, found {} ({DURATION_FORM})",
             describe(other)
         )),
-    };
-    let d = match parsed {
-        Ok(d) => d,
-        Err(message) => {
-            if !message.is_empty() {
-                cx.invalid(path, message);
-            }
-            return None;
-        }
-    };
+    }
+}
+
+/// Envoy's checks before it turns a Duration into milliseconds (`validateDuration` and
+/// `validateDurationAsMilliseconds`): not negative, nanos below a second, and seconds that fit
+/// in int64 nanoseconds.
+pub(crate) fn millis_duration(d: ProtoDuration) -> Result<ProtoDuration, &'static str> {
     if d.seconds < 0 || d.nanos < 0 {
-        cx.invalid(path, "invalid duration: must not be negative");
-        return None;
+        return Err("invalid duration: must not be negative");
     }
     if d.nanos > 999_999_999 || d.seconds > MAX_MILLIS_SECONDS {
-        cx.invalid(path, "invalid duration: out of range");
-        return None;
+        return Err("invalid duration: out of range");
     }
-    Some(d)
+    Ok(d)
 }
 
 /// `{seconds, nanos}`; an `Err("")` means the error is already recorded.

@@ -6,7 +6,8 @@
 //! `max_ejection_time` is not below `base_ejection_time`. See `docs/envoy-outlier-semantics.md` §1.
 
 use crate::config::reader::{
-    DURATION_FORM, MAX_MILLIS_SECONDS, describe, distance, json_name, parse_duration,
+    ProtoDuration, boolean_value, closest_field, describe, duration_text, integer_value, json_name,
+    millis_duration,
 };
 use serde_json::Value;
 
@@ -361,25 +362,9 @@ fn unknown_field(key: &str) -> String {
     if key == "detect_degraded_hosts" || key == "detectDegradedHosts" {
         return format!("unknown field \"{key}\" (added in Envoy 1.38; vigil follows 1.30-1.36)");
     }
-    let snake: String = key
-        .chars()
-        .flat_map(|c| {
-            if c.is_ascii_uppercase() {
-                vec!['_', c.to_ascii_lowercase()]
-            } else {
-                vec![c]
-            }
-        })
-        .collect();
-    let best = FIELDS
-        .iter()
-        .map(|(name, _)| (distance(&snake, name), *name))
-        .min();
-    match best {
-        Some((d, name)) if d <= 3 && d < name.len() / 2 => {
-            format!("unknown field \"{key}\" (did you mean \"{name}\"?)")
-        }
-        _ => format!(
+    match closest_field(key, FIELDS.iter().map(|(name, _)| *name), 3) {
+        Some(name) => format!("unknown field \"{key}\" (did you mean \"{name}\"?)"),
+        None => format!(
             "unknown field \"{key}\" (not a field of envoy.config.cluster.v3.OutlierDetection)"
         ),
     }
@@ -387,44 +372,28 @@ fn unknown_field(key: &str) -> String {
 
 /// A `uint32`, as a JSON number or a quoted string of digits.
 fn uint32(value: &Value) -> Result<u32, String> {
-    match signed(value, i128::MIN, i128::MAX) {
-        Ok(n) => u32::try_from(n)
+    match integer_value(value) {
+        Some(n) => u32::try_from(n)
             .map_err(|_| format!("{n} is out of range for uint32 (expected 0 to 4294967295)")),
-        Err(_) => Err(format!(
+        None => Err(format!(
             "expected an integer (uint32), found {}",
             describe(value)
         )),
     }
 }
 
-/// YAML 1.1 words Envoy's YAML parser reads as booleans when unquoted (as `config::reader`).
-const YAML_TRUE: [&str; 11] = [
-    "true", "True", "TRUE", "y", "Y", "yes", "Yes", "YES", "on", "On", "ON",
-];
-const YAML_FALSE: [&str; 11] = [
-    "false", "False", "FALSE", "n", "N", "no", "No", "NO", "off", "Off", "OFF",
-];
-
 fn boolean(value: &Value) -> Result<bool, String> {
-    match value {
-        Value::Bool(b) => Ok(*b),
-        Value::String(s) if YAML_TRUE.contains(&s.as_str()) => Ok(true),
-        Value::String(s) if YAML_FALSE.contains(&s.as_str()) => Ok(false),
-        other => Err(format!("expected true or false, found {}", describe(other))),
-    }
+    boolean_value(value).ok_or_else(|| format!("expected true or false, found {}", describe(value)))
 }
 
 /// A Duration as `(whole milliseconds, is zero)`; Envoy truncates sub-millisecond parts.
 /// An error names the sub-field (`seconds`, `nanos`) when it is about one.
 fn duration_ms(value: &Value) -> Result<(u64, bool), (Option<&'static str>, String)> {
     let plain = |message: String| (None, message);
-    let (seconds, nanos) = match value {
-        Value::String(text) => parse_duration(text)
-            .map(|d| (d.seconds, i64::from(d.nanos)))
-            .map_err(|why| plain(format!("invalid duration {text:?}: {why}")))?,
+    let d = match value {
         Value::Object(map) => {
             let mut seconds: i64 = 0;
-            let mut nanos: i64 = 0;
+            let mut nanos: i32 = 0;
             let mut keys: Vec<&String> = map.keys().collect();
             keys.sort();
             for key in keys {
@@ -437,7 +406,7 @@ fn duration_ms(value: &Value) -> Result<(u64, bool), (Option<&'static str>, Stri
                     }
                     "nanos" => {
                         nanos = signed(v, i32::MIN.into(), i32::MAX.into())
-                            .map_err(|m| (Some("nanos"), m))? as i64
+                            .map_err(|m| (Some("nanos"), m))? as i32
                     }
                     other => {
                         return Err(plain(format!(
@@ -451,47 +420,16 @@ fn duration_ms(value: &Value) -> Result<(u64, bool), (Option<&'static str>, Stri
                     "invalid duration: seconds and nanos have different signs".into(),
                 ));
             }
-            (seconds, nanos)
+            ProtoDuration { seconds, nanos }
         }
-        Value::Number(n) => {
-            return Err(plain(format!(
-                "invalid duration {n}: a number needs the \"s\" suffix ({DURATION_FORM})"
-            )));
-        }
-        other => {
-            return Err(plain(format!(
-                "invalid duration: expected a string, found {} ({DURATION_FORM})",
-                describe(other)
-            )));
-        }
+        other => duration_text(other).map_err(plain)?,
     };
-    if seconds < 0 || nanos < 0 {
-        return Err(plain("invalid duration: must not be negative".into()));
-    }
-    if nanos > 999_999_999 || seconds > MAX_MILLIS_SECONDS {
-        return Err(plain("invalid duration: out of range".into()));
-    }
-    let ms = seconds as u64 * 1000 + nanos as u64 / 1_000_000;
-    Ok((ms, seconds == 0 && nanos == 0))
+    let d = millis_duration(d).map_err(|m| plain(m.to_string()))?;
+    Ok((d.millis(), d.is_zero()))
 }
 
 fn signed(value: &Value, min: i128, max: i128) -> Result<i128, String> {
-    let parsed: Option<i128> = match value {
-        Value::Number(n) => n
-            .as_i64()
-            .map(i128::from)
-            .or_else(|| n.as_u64().map(i128::from)),
-        Value::String(s) => {
-            let digits = s.strip_prefix('-').unwrap_or(s);
-            if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-                s.parse::<i128>().ok()
-            } else {
-                None
-            }
-        }
-        _ => None,
-    };
-    match parsed {
+    match integer_value(value) {
         Some(n) if (min..=max).contains(&n) => Ok(n),
         Some(n) => Err(format!("{n} is out of range (expected {min} to {max})")),
         None => Err(format!("expected an integer, found {}", describe(value))),

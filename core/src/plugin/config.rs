@@ -39,13 +39,13 @@
 
 use super::probe::BodyMatch;
 use super::vec_map::VecMap;
-use crate::config::reader::{Ctx, Message, Obj, describe, read};
+use crate::config::reader::{Ctx, Message, Obj, describe, read, status_ranges};
 use crate::config::{ConfigError, FieldPath};
 use crate::health::Policy;
 use crate::outlier::OutlierConfig;
 use crate::rules::RoutingConfig;
 use crate::schedule::{IntervalSettings, Intervals};
-use crate::status::{StatusRange, StatusRanges};
+use crate::status::StatusRanges;
 use serde_json::Value;
 use std::fmt;
 
@@ -668,8 +668,8 @@ fn read_http(cx: &mut Ctx, o: &mut Obj<'_>) -> Option<HttpProbe> {
         }
     }
     let authority = o.nonempty_string(cx, "authority");
-    let expected = ranges(cx, o.list("expected_statuses"));
-    let retriable = ranges(cx, o.list("retriable_statuses")).unwrap_or_default();
+    let expected = status_ranges(cx, o.list("expected_statuses"), &RANGE);
+    let retriable = status_ranges(cx, o.list("retriable_statuses"), &RANGE).unwrap_or_default();
     let body = o.take("body").and_then(|(p, v)| read_body(cx, p, v));
     let max_body_bytes = match o.take("max_body_bytes") {
         Some((p, v)) => match v.as_u64() {
@@ -740,26 +740,6 @@ fn read_body(cx: &mut Ctx, path: FieldPath, value: &Value) -> Option<BodyMatch> 
             None
         }
     }
-}
-
-fn ranges(cx: &mut Ctx, list: Vec<(FieldPath, &Value)>) -> Option<StatusRanges> {
-    if list.is_empty() {
-        return None;
-    }
-    let mut out = Vec::new();
-    for (p, v) in list {
-        let Some(mut r) = Obj::new(cx, p.clone(), v, &RANGE) else {
-            continue;
-        };
-        let start = r.i64(cx, "start").unwrap_or(0);
-        let end = r.i64(cx, "end").unwrap_or(0);
-        r.finish(cx);
-        match StatusRange::new(start, end) {
-            Ok(range) => out.push(range),
-            Err(e) => cx.invalid(&p, e.to_string()),
-        }
-    }
-    Some(StatusRanges(out))
 }
 
 /// A duration that must be more than zero, in whole milliseconds (at least 1).

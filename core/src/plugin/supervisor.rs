@@ -424,6 +424,12 @@ mod tests {
         degraded: false,
     };
 
+    /// Whether the supervisor has a change to report and `holds` is true of every host in it.
+    fn changed_and_all(s: &mut Supervisor, holds: impl FnMut(&Verdict) -> bool) -> bool {
+        s.take_changed()
+            .is_some_and(|t| t.hosts.values().all(holds))
+    }
+
     fn answer_all(s: &mut Supervisor, answer: ProbeAnswer<'_>, now: u64) -> usize {
         let due = s.due_probes(now);
         for p in &due {
@@ -501,13 +507,7 @@ mod tests {
         answer_all(&mut s, OK, 6000);
         assert_eq!(s.take_changed(), None);
         answer_all(&mut s, OK, 8000);
-        assert!(
-            s.take_changed()
-                .unwrap()
-                .hosts
-                .values()
-                .all(Verdict::usable)
-        );
+        assert!(changed_and_all(&mut s, Verdict::usable));
     }
 
     #[test]
@@ -645,13 +645,7 @@ mod tests {
             };
             s.on_probe(&p.cluster, &p.host, &answer, 0, &mut || 300);
         }
-        assert!(
-            s.take_changed()
-                .unwrap()
-                .hosts
-                .values()
-                .all(Verdict::usable)
-        );
+        assert!(changed_and_all(&mut s, Verdict::usable));
         // The jitter draw (rng) spreads the next probe over interval + [0, 0.5 s).
         let mut rng = || 300;
         assert!(s.due_probes(2299).is_empty());
@@ -667,13 +661,7 @@ mod tests {
         grpc_answer(&mut s, &serving, 4600, &mut rng);
         assert_eq!(s.take_changed(), None, "healthy_threshold is 2");
         grpc_answer(&mut s, &serving, 6900, &mut rng);
-        assert!(
-            s.take_changed()
-                .unwrap()
-                .hosts
-                .values()
-                .all(Verdict::usable)
-        );
+        assert!(changed_and_all(&mut s, Verdict::usable));
     }
 
     #[test]
@@ -697,12 +685,6 @@ mod tests {
                 assert_eq!(s.take_changed(), None, "one network failure of two");
             }
         }
-        assert!(
-            s.take_changed()
-                .unwrap()
-                .hosts
-                .values()
-                .all(|v| v.failed_active)
-        );
+        assert!(changed_and_all(&mut s, |v| v.failed_active));
     }
 }
