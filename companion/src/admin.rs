@@ -19,8 +19,23 @@
 //! `vigil.routing.<listener>.rule_no_match` (Prometheus:
 //! `vigil_routing_rule_<outcome>{listener="..",rule=".."}` and
 //! `vigil_routing_rule_no_match{listener=".."}`).
+//!
+//! Each proxy listener's connection counters appear under Envoy's names:
+//! `listener.<ip>_<port>.downstream_cx_total`, `downstream_cx_active` and
+//! `downstream_global_cx_overflow` (connections closed at once beyond the global limit), and
+//! `http.<stat_prefix>.downstream_cx_protocol_error` / `downstream_rq_header_timeout` (heads the
+//! HTTP/1 guard refused, or that did not arrive in time).
+//!
+//! **Admin token.** With an [`AdminToken`] (`--admin-token-file`, or `VIGIL_ADMIN_TOKEN`), every
+//! request that can change something — any method but GET and HEAD: `POST /reload`,
+//! `/healthcheck/fail`, `/healthcheck/ok`, and whatever else is not a read — needs
+//! `Authorization: Bearer <token>`, compared in constant time; without it the answer is 401 with
+//! `www-authenticate: Bearer realm="vigil admin"`, and nothing is done. Reads stay open (they
+//! are Envoy's read-only admin API). Envoy's own admin API has no authentication.
+//! A failed `accept` (descriptors exhausted) backs off instead of spinning.
 
 use crate::checker::{ClusterHandle, ClusterSnapshot, HostSnapshot};
+use crate::conn_limit::AcceptBackoff;
 use crate::events::rfc3339_millis;
 use crate::outlier::ClusterOutlier;
 use arc_swap::ArcSwap;
@@ -72,6 +87,80 @@ pub struct AdminState {
     pub config: Arc<ArcSwap<ConfigDump>>,
     /// The EDS server's view for `/xds`; `None` when vigil runs without `--xds-address`.
     pub xds: Option<Arc<crate::xds::Registry>>,
+    /// When set, every request but GET and HEAD must carry it as a bearer token.
+    pub token: Option<AdminToken>,
+}
+
+/// The admin API's bearer token. Its `Debug` form does not show it.
+#[derive(Clone)]
+pub struct AdminToken(Arc<[u8]>);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+impl AdminToken {
+    /// A token from its text, without surrounding whitespace (a file's final newline); it must
+    /// be non-empty and printable ASCII without spaces (it travels in a header). `source` names
+    /// where it came from, for the error.
+    pub fn new(text: &str, source: &str) -> Result<AdminToken, String> {
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(format!("{source}: the admin token is empty"));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "{source}: the admin token must be printable ASCII without spaces or control \
+                 characters (one line)"
+            ));
+        }
+        Ok(AdminToken(Arc::from(token.as_bytes())))
+    }
+
+    /// The token in the file at `path`.
+    pub fn from_file(path: &std::path::Path) -> Result<AdminToken, String> {
+        let source = format!("--admin-token-file {}", path.display());
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| format!("{source}: cannot read the admin token: {err}"))?;
+        AdminToken::new(&text, &source)
+    }
+
+    /// Whether `authorization` is `Bearer <this token>` (the scheme in any case).
+    pub fn admits(&self, authorization: Option<&header::HeaderValue>) -> bool {
+        let Some(value) = authorization.map(header::HeaderValue::as_bytes) else {
+            return false;
+        };
+        let Some((scheme, credentials)) = value.split_at_checked(7) else {
+            return false;
+        };
+        scheme.eq_ignore_ascii_case(b"bearer ") && constant_time_eq(credentials, &self.0)
+    }
+}
+
+/// Compares without stopping at the first difference, so the time taken does not tell an
+/// attacker how much of a guess was right (only whether its length was).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut difference = u8::from(a.len() != b.len());
+    for (x, y) in a.iter().zip(b.iter()) {
+        difference |= x ^ y;
+    }
+    std::hint::black_box(difference) == 0
+}
+
+/// 401 for a changing request without the admin token.
+fn unauthorized() -> Response<Body> {
+    let mut response = text(
+        StatusCode::UNAUTHORIZED,
+        "this admin endpoint requires `Authorization: Bearer <token>` (vigil's admin token)\n"
+            .into(),
+    );
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer realm=\"vigil admin\""),
+    );
+    response
 }
 
 /// The config document in force and when it was loaded.
@@ -86,13 +175,24 @@ type Body = Full<Bytes>;
 /// Serves the admin API on `listener` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, state: AdminState, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
+    let mut backoff = AcceptBackoff::default();
     loop {
         let accepted = tokio::select! {
             _ = &mut shutdown => return,
             accepted = listener.accept() => accepted,
         };
-        let Ok((stream, _)) = accepted else {
-            continue; // a failed accept (e.g. fd exhaustion) must not stop the admin server
+        // A failed accept (e.g. descriptors exhausted) must not stop the admin server, nor spin.
+        let stream = match accepted {
+            Ok((stream, _)) => {
+                backoff.succeeded();
+                stream
+            }
+            Err(err) => {
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = backoff.wait("admin", &err) => continue,
+                }
+            }
         };
         let state = state.clone();
         tokio::spawn(async move {
@@ -109,12 +209,25 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: impl Futu
 
 /// Routes one admin request.
 pub async fn handle(state: &AdminState, request: Request<Incoming>) -> Response<Body> {
+    if !authorized(state, request.method(), request.headers()) {
+        return unauthorized();
+    }
     let path = request.uri().path().to_string();
     let query = request.uri().query().unwrap_or("").to_string();
     if path == "/reload" {
         return reload(state, request.method()).await;
     }
     route(state, request.method(), &path, &query)
+}
+
+/// Whether a request may proceed: reads always, anything else only with the admin token when
+/// one is set.
+pub fn authorized(state: &AdminState, method: &Method, headers: &http::HeaderMap) -> bool {
+    match &state.token {
+        None => true,
+        Some(_) if method == Method::GET || method == Method::HEAD => true,
+        Some(token) => token.admits(headers.get(header::AUTHORIZATION)),
+    }
 }
 
 /// `POST /reload`: asks the main loop to re-read the config file; a bad file is refused and the
@@ -753,8 +866,59 @@ pub fn stats(state: &AdminState) -> Vec<(String, i64, StatKind)> {
             StatKind::Counter,
         ));
     }
+    out.extend(listener_stats(&crate::proxy::published_stats()));
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
+}
+
+/// Every proxy listener's connection counters under Envoy's names.
+fn listener_stats(published: &crate::proxy::ProxyStats) -> Vec<(String, i64, StatKind)> {
+    // Listeners sharing a stat_prefix share its `http.` stats, as in Envoy.
+    let mut out: std::collections::BTreeMap<String, (i64, StatKind)> = Default::default();
+    let get = |c: &std::sync::atomic::AtomicU64| {
+        i64::try_from(c.load(Ordering::Relaxed)).unwrap_or(i64::MAX)
+    };
+    for (address, stat_prefix, c) in &published.listeners {
+        // Envoy's listener stat prefix: the address with `_` before the port.
+        let prefix = format!("listener.{}_{}", address.ip(), address.port());
+        for (name, value, kind) in [
+            (
+                "downstream_cx_active",
+                get(&c.downstream_cx_active),
+                StatKind::Gauge,
+            ),
+            (
+                "downstream_cx_total",
+                get(&c.downstream_cx_total),
+                StatKind::Counter,
+            ),
+            (
+                "downstream_global_cx_overflow",
+                get(&c.downstream_global_cx_overflow),
+                StatKind::Counter,
+            ),
+        ] {
+            out.insert(format!("{prefix}.{name}"), (value, kind));
+        }
+        for (name, value) in [
+            (
+                "downstream_cx_protocol_error",
+                get(&c.downstream_cx_protocol_error),
+            ),
+            (
+                "downstream_rq_header_timeout",
+                get(&c.downstream_rq_header_timeout),
+            ),
+        ] {
+            let entry = out
+                .entry(format!("http.{stat_prefix}.{name}"))
+                .or_insert((0, StatKind::Counter));
+            entry.0 = entry.0.saturating_add(value);
+        }
+    }
+    out.into_iter()
+        .map(|(name, (value, kind))| (name, value, kind))
+        .collect()
 }
 
 /// Every listener's routing decision counters: `(listener, stat, value)` with stat
@@ -803,6 +967,39 @@ pub fn prometheus(state: &AdminState) -> String {
                 .or_insert((*kind, Vec::new()))
                 .1
                 .push(line);
+        }
+    }
+    for (address, stat_prefix, _) in &crate::proxy::published_stats().listeners {
+        let listener = format!("listener.{}_{}.", address.ip(), address.port());
+        let http = format!("http.{stat_prefix}.");
+        for (name, value, kind) in &all {
+            let (family, label_name, label_value, rest) =
+                if let Some(rest) = name.strip_prefix(&listener) {
+                    (
+                        "listener",
+                        "envoy_listener_address",
+                        &listener[9..listener.len() - 1],
+                        rest,
+                    )
+                } else if let Some(rest) = name.strip_prefix(&http) {
+                    (
+                        "http",
+                        "envoy_http_conn_manager_prefix",
+                        stat_prefix.as_str(),
+                        rest,
+                    )
+                } else {
+                    continue;
+                };
+            let family = format!("envoy_{family}_{}", rest.replace('.', "_"));
+            let line = format!(
+                "{family}{{{label_name}=\"{}\"}} {value}",
+                label(label_value)
+            );
+            let lines = &mut families.entry(family).or_insert((*kind, Vec::new())).1;
+            if !lines.contains(&line) {
+                lines.push(line);
+            }
         }
     }
     for (listener, name, value) in routing_counters() {
@@ -934,6 +1131,7 @@ mod tests {
                 loaded_at: None,
             })),
             xds: None,
+            token: None,
         }
     }
 
@@ -1060,6 +1258,99 @@ mod tests {
             route(&s, &Method::POST, "/clusters", "").status(),
             StatusCode::METHOD_NOT_ALLOWED
         );
+    }
+
+    fn request(method: Method, authorization: Option<&str>) -> (Method, http::HeaderMap) {
+        let mut headers = http::HeaderMap::new();
+        if let Some(value) = authorization {
+            headers.insert(
+                header::AUTHORIZATION,
+                header::HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        (method, headers)
+    }
+
+    #[test]
+    fn with_a_token_only_reads_are_open() {
+        let s = AdminState {
+            token: Some(AdminToken::new("s3cret-token\n", "test").unwrap()),
+            ..state(true)
+        };
+        for (method, authorization, allowed) in [
+            (Method::GET, None, true),
+            (Method::HEAD, None, true),
+            (Method::POST, None, false),
+            (Method::PUT, None, false),
+            (Method::DELETE, None, false),
+            (Method::POST, Some("Bearer s3cret-token"), true),
+            (Method::POST, Some("bearer s3cret-token"), true),
+            (Method::POST, Some("Bearer s3cret-toke"), false),
+            (Method::POST, Some("Bearer s3cret-token2"), false),
+            (Method::POST, Some("Basic s3cret-token"), false),
+            (Method::POST, Some("Bearer  s3cret-token"), false),
+            (Method::POST, Some("s3cret-token"), false),
+            (Method::POST, Some("Bearer "), false),
+        ] {
+            let (method, headers) = request(method, authorization);
+            assert_eq!(
+                authorized(&s, &method, &headers),
+                allowed,
+                "{method} with {authorization:?}"
+            );
+        }
+        let open = AdminState {
+            token: None,
+            ..state(true)
+        };
+        let (method, headers) = request(Method::POST, None);
+        assert!(authorized(&open, &method, &headers), "no token: no check");
+    }
+
+    #[test]
+    fn the_refusal_is_401_with_a_bearer_challenge() {
+        let refused = unauthorized();
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            refused.headers()[header::WWW_AUTHENTICATE],
+            "Bearer realm=\"vigil admin\""
+        );
+    }
+
+    #[test]
+    fn tokens_must_be_one_printable_word_and_never_print() {
+        assert!(AdminToken::new("", "f").unwrap_err().contains("empty"));
+        assert!(AdminToken::new(" \n\t", "f").unwrap_err().contains("empty"));
+        assert!(AdminToken::new("two words", "f").is_err());
+        assert!(AdminToken::new("tab\there", "f").is_err());
+        assert!(AdminToken::new("caf\u{e9}", "f").is_err());
+        let token = AdminToken::new("  abc  \n", "f").unwrap();
+        assert_eq!(format!("{token:?}"), "AdminToken(..)");
+        let dir = std::env::temp_dir().join(format!("vigil-admin-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let err = AdminToken::from_file(&empty).unwrap_err();
+        assert!(
+            err.starts_with("--admin-token-file ") && err.ends_with("the admin token is empty"),
+            "{err}"
+        );
+        let missing = AdminToken::from_file(&dir.join("missing")).unwrap_err();
+        assert!(missing.contains("cannot read the admin token"), "{missing}");
+        let good = dir.join("good");
+        std::fs::write(&good, "tok\n").unwrap();
+        let token = AdminToken::from_file(&good).unwrap();
+        assert!(token.admits(Some(&header::HeaderValue::from_static("Bearer tok"))));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn constant_time_eq_is_equality() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(!constant_time_eq(b"", b"a"));
+        assert!(constant_time_eq(b"", b""));
     }
 
     #[test]

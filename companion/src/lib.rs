@@ -11,6 +11,10 @@
 //! - [`dns_client`]: a UDP DNS client for configured servers (Envoy's `dns_resolvers`), mapped
 //!   onto discovery's resolver shape.
 //! - [`proxy`]: the listeners' HTTP servers: route selection, then [`forward`].
+//! - [`h1_guard`]: what every downstream HTTP/1 connection's bytes pass through first: Envoy's
+//!   answers to request smuggling and malformed heads, the header (slowloris) timeout.
+//! - [`conn_limit`]: the process-wide downstream connection limit (`--max-connections`, Envoy's
+//!   global connection limit monitor, or from the open-file limit) and accept back-off.
 //! - [`forward`]: one request to a cluster: retries, timeouts, counters.
 //! - [`upstream`]: host choice per request (core's balancers over the check snapshot).
 //! - [`outlier`]: a cluster's outlier detector (core's) fed by the proxy, swept on its interval.
@@ -25,10 +29,12 @@ pub mod access_log;
 pub mod admin;
 pub mod changes;
 pub mod checker;
+pub mod conn_limit;
 pub mod discovery;
 pub mod dns_client;
 pub mod events;
 pub mod forward;
+pub mod h1_guard;
 pub mod outlier;
 pub mod probe;
 pub mod proxy;

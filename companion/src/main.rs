@@ -12,6 +12,14 @@
 //!
 //! `--xds-address IP:PORT` also serves the clusters' endpoints and vigil's verdicts to Envoy
 //! fleets over EDS (docs/eds.md); loopback only unless `--xds-allow-remote`.
+//!
+//! `--max-connections N` caps active downstream connections over all proxy listeners; without
+//! it the bootstrap's `overload_manager` global connection limit
+//! (`envoy.resource_monitors.global_downstream_max_connections`) applies, else half the
+//! open-file limit less a reserve ([`vigil::conn_limit`]). `--admin-token-file PATH` (or the
+//! `VIGIL_ADMIN_TOKEN` environment variable; the file wins) makes every admin request but GET
+//! and HEAD require `Authorization: Bearer <token>`; an empty or unreadable token refuses to
+//! start. A file keeps the token out of the command line (and `ps`).
 
 use arc_swap::ArcSwap;
 use clap::{Parser, ValueEnum};
@@ -23,8 +31,9 @@ use std::time::SystemTime;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
-use vigil::admin::{self, AdminState, ConfigDump};
+use vigil::admin::{self, AdminState, AdminToken, ConfigDump};
 use vigil::checker::network_probe;
+use vigil::conn_limit::{self, ConnectionLimit};
 use vigil::proxy::ListenerSet;
 use vigil::runtime::{self, ClusterPlan, Runtime};
 use vigil::xds;
@@ -32,6 +41,9 @@ use vigil_core::config::{self, Address, Bootstrap};
 
 /// The admin address when the config has no `admin` block: loopback, Envoy's usual port.
 const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
+
+/// The environment variable that may hold the admin token (`--admin-token-file` wins).
+const TOKEN_ENV: &str = "VIGIL_ADMIN_TOKEN";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -78,6 +90,59 @@ struct Options {
     /// Let --xds-address be a non-loopback address (the xDS server has no authentication or TLS).
     #[arg(long)]
     xds_allow_remote: bool,
+
+    /// Most downstream connections at once over all listeners; more are accepted and closed at
+    /// once (listener.<ip>_<port>.downstream_global_cx_overflow). Default: the overload
+    /// manager's global_downstream_max_connections in the file, else half the open-file limit
+    /// less 64.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
+
+    /// File holding the admin API's bearer token: then every admin request but GET/HEAD needs
+    /// `Authorization: Bearer <token>`. Alternative: the VIGIL_ADMIN_TOKEN environment variable.
+    #[arg(long, value_name = "PATH")]
+    admin_token_file: Option<PathBuf>,
+}
+
+/// The admin token from `--admin-token-file`, else from `env_token` (the environment
+/// variable's value, when set); an empty or unreadable one is an error.
+fn admin_token(
+    file: Option<&Path>,
+    env_token: Option<std::ffi::OsString>,
+) -> Result<Option<AdminToken>, String> {
+    match (file, env_token) {
+        (Some(path), env_token) => {
+            if env_token.is_some() {
+                log::warn!("both --admin-token-file and {TOKEN_ENV} are set: using the file");
+            }
+            AdminToken::from_file(path).map(Some)
+        }
+        (None, Some(value)) => {
+            let value = value
+                .into_string()
+                .map_err(|_| format!("{TOKEN_ENV}: the admin token is not valid UTF-8"))?;
+            AdminToken::new(&value, TOKEN_ENV).map(Some)
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// The downstream connection limit and where it comes from: the flag, the bootstrap's
+/// overload manager, or the open-file limit.
+fn connection_limit(
+    flag: Option<u64>,
+    source: &serde_json::Value,
+) -> Result<(Option<u64>, &'static str), String> {
+    if let Some(max) = flag {
+        return Ok((Some(max), "--max-connections"));
+    }
+    if let Some(max) = conn_limit::overload_max_connections(source)? {
+        return Ok((Some(max), "overload_manager"));
+    }
+    Ok((
+        conn_limit::default_max_connections().map(|max| max as u64),
+        "open-file limit",
+    ))
 }
 
 fn main() -> ExitCode {
@@ -202,6 +267,13 @@ fn admin_address(options: &Options, bootstrap: &Bootstrap) -> Result<SocketAddr,
 
 async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
     let admin_at = admin_address(&options, &loaded.bootstrap)?;
+    let token = admin_token(
+        options.admin_token_file.as_deref(),
+        std::env::var_os(TOKEN_ENV),
+    )?;
+    let (max_connections, limit_from) =
+        connection_limit(options.max_connections, &loaded.source)
+            .map_err(|err| format!("{}: {err}", options.config_path.display()))?;
     if let Some(at) = options.xds_address {
         xds::run::check_address(at, options.xds_allow_remote)?;
     }
@@ -212,6 +284,11 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
     clusters.set_outlier_event_log(loaded.bootstrap.outlier_event_log_path.as_deref());
     let (started, _) = clusters.apply(loaded.plans);
     let mut listeners = ListenerSet::default();
+    if let Some(max) = max_connections {
+        log::info!("at most {max} downstream connections ({limit_from})");
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        listeners.set_connection_limit(Arc::new(ConnectionLimit::new(max)));
+    }
     let problems = listeners
         .apply(&loaded.bootstrap, &clusters.upstreams())
         .await;
@@ -253,6 +330,7 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
         reload: Some(reload_tx),
         config: config.clone(),
         xds: eds.as_ref().map(xds::run::Running::registry),
+        token,
     };
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let admin_task = tokio::spawn(admin::serve(listener, state, async {
@@ -371,6 +449,47 @@ mod tests {
             RuntimeFlavor::MultiThread
         );
         assert_eq!(runtime.metrics().num_workers(), 3);
+    }
+
+    #[test]
+    fn the_admin_token_comes_from_the_file_else_the_environment() {
+        let dir = std::env::temp_dir().join(format!("vigil-main-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let bearer = |t: &str| http::HeaderValue::from_str(&format!("Bearer {t}")).unwrap();
+        let token = admin_token(Some(&file), Some("from-env".into()))
+            .unwrap()
+            .unwrap();
+        assert!(token.admits(Some(&bearer("from-file"))));
+        assert!(!token.admits(Some(&bearer("from-env"))));
+        let token = admin_token(None, Some("from-env".into())).unwrap().unwrap();
+        assert!(token.admits(Some(&bearer("from-env"))));
+        assert!(admin_token(None, None).unwrap().is_none());
+        let err = admin_token(None, Some("".into())).unwrap_err();
+        assert_eq!(err, "VIGIL_ADMIN_TOKEN: the admin token is empty");
+        let err = admin_token(Some(&dir.join("absent")), None).unwrap_err();
+        assert!(err.contains("cannot read the admin token"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_connection_limit_flag_wins_over_the_overload_manager() {
+        let source = serde_json::json!({"overload_manager": {"resource_monitors": [
+            {"name": conn_limit::GLOBAL_CX_MONITOR,
+             "typed_config": {"max_active_downstream_connections": 50}}]}});
+        assert_eq!(
+            connection_limit(Some(5), &source).unwrap(),
+            (Some(5), "--max-connections")
+        );
+        assert_eq!(
+            connection_limit(None, &source).unwrap(),
+            (Some(50), "overload_manager")
+        );
+        let (max, from) = connection_limit(None, &serde_json::json!({})).unwrap();
+        assert_eq!(from, "open-file limit");
+        assert!(max.is_some_and(|m| m >= 1));
+        assert!(Options::try_parse_from(["vigil", "-c", "x", "--max-connections", "0"]).is_err());
     }
 
     #[test]

@@ -20,12 +20,24 @@
 //!
 //! Access logs ([`crate::access_log`]) are written when the connection manager has them, one line
 //! per request when its response body is done.
+//!
+//! Hostile traffic: every accepted connection first takes a slot of the process's
+//! [`ConnectionLimit`] (beyond it, it is closed at once and counted in
+//! `listener.<ip>_<port>.downstream_global_cx_overflow`); failed accepts back off instead of
+//! spinning ([`AcceptBackoff`]); and its bytes go through the HTTP/1 guard
+//! ([`crate::h1_guard`]), which refuses smuggling-prone and malformed heads with Envoy's answers
+//! and enforces the header timeout: the connection manager's `request_headers_timeout`, or
+//! [`DEFAULT_REQUEST_HEADERS_TIMEOUT`] when the file does not set one (Envoy has none then,
+//! which leaves it open to slowloris; an explicit `0s` turns it off, as in Envoy). A request
+//! body that is not valid chunked encoding gets 400, as from Envoy.
 
 use crate::access_log::{AccessLogs, LogRecord, logged_body};
+use crate::conn_limit::{AcceptBackoff, ConnectionLimit, ListenerCounters};
 use crate::forward::{
     self, ForwardInfo, Forwarding, OriginalDstSettings, Outgoing, ProxyBody,
     RetryOn as ForwardRetryOn, RetryPolicy, Upstream, local_reply,
 };
+use crate::h1_guard::{GuardLimits, Guarded, Rejection};
 use crate::routing::{ListenerRouting, RoutingStats};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
@@ -38,7 +50,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::net::TcpListener;
@@ -52,6 +64,11 @@ use vigil_core::rules::Decision;
 
 /// Envoy's default per-connection buffer limit: the largest request body vigil buffers.
 pub const MAX_BODY: usize = 1024 * 1024;
+
+/// The header timeout when the connection manager sets no `request_headers_timeout` (Envoy
+/// then waits forever): long enough for any real client, short enough that a slowloris
+/// client holding a connection open byte by byte is cut off.
+pub const DEFAULT_REQUEST_HEADERS_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Hop-by-hop headers, removed in both directions (hyper frames the body itself).
 const HOP_BY_HOP: [&str; 7] = [
@@ -89,36 +106,119 @@ pub async fn serve_counted(
     routing_stats: Arc<RoutingStats>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let options = ServeOptions {
+        routing_stats,
+        ..ServeOptions::default()
+    };
+    serve_with(listener, state, options, shutdown).await;
+}
+
+/// What a listener shares with the rest of the process.
+#[derive(Clone, Default)]
+pub struct ServeOptions {
+    /// The routing rules' decision counters.
+    pub routing_stats: Arc<RoutingStats>,
+    /// The process-wide downstream connection limit (default: none).
+    pub limit: Arc<ConnectionLimit>,
+    /// The listener's connection counters.
+    pub counters: Arc<ListenerCounters>,
+}
+
+/// The guard's settings from the connection manager.
+fn guard_limits(hcm: &HttpConnectionManager) -> GuardLimits {
+    GuardLimits {
+        max_head_bytes: (hcm.max_request_headers_kb as usize).saturating_mul(1024),
+        header_timeout: match hcm.request_headers_timeout_ms {
+            None => Some(DEFAULT_REQUEST_HEADERS_TIMEOUT),
+            Some(0) => None,
+            Some(ms) => Some(Duration::from_millis(ms)),
+        },
+        delayed_close: Duration::from_millis(hcm.delayed_close_timeout_ms),
+    }
+}
+
+/// [`serve`] with the process's connection limit and the listener's counters.
+pub async fn serve_with(
+    listener: TcpListener,
+    state: Arc<arc_swap::ArcSwap<ListenerState>>,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let builder = connection_builder(&state.load().hcm);
     let derived = Arc::new(DerivedCache {
         current: Mutex::default(),
-        routing_stats,
+        routing_stats: options.routing_stats.clone(),
     });
+    let counters = options.counters.clone();
+    let what = listener
+        .local_addr()
+        .map_or_else(|_| "listener".to_string(), |a| format!("listener {a}"));
+    let mut backoff = AcceptBackoff::default();
     loop {
         let accepted = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => accepted,
         };
-        let Ok((stream, peer)) = accepted else {
+        let (stream, peer) = match accepted {
+            Ok(accepted) => {
+                backoff.succeeded();
+                accepted
+            }
+            Err(err) => {
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = backoff.wait(&what, &err) => continue,
+                }
+            }
+        };
+        counters.downstream_cx_total.fetch_add(1, Ordering::Relaxed);
+        let Some(permit) = options.limit.try_acquire() else {
+            // Envoy's answer to a connection beyond the global limit: accepted, then closed.
+            counters
+                .downstream_global_cx_overflow
+                .fetch_add(1, Ordering::Relaxed);
+            drop(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().ok();
+        let limits = guard_limits(&state.load().hcm);
+        let refused = counters.clone();
+        let guarded = Guarded::new(stream, limits, move |why| {
+            let counter = match why {
+                Rejection::HeaderTimeout => &refused.downstream_rq_header_timeout,
+                _ => &refused.downstream_cx_protocol_error,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+        let verdict = guarded.verdict();
+        let requests = Arc::new(AtomicU64::new(0));
         let state = state.clone();
         let derived = derived.clone();
         let service = service_fn(move |request| {
             let state = state.load_full();
             let derived = derived.get(&state);
-            async move { Ok::<_, Infallible>(handle(&state, &derived, peer, local, request).await) }
+            // hyper serves HTTP/1 requests in order: the guard's stand-in is known by index.
+            let refusal = verdict.refusal(requests.fetch_add(1, Ordering::Relaxed));
+            async move {
+                if let Some(why) = refusal {
+                    return Ok::<_, Infallible>(refusal_response(why, derived.server.as_ref()));
+                }
+                Ok::<_, Infallible>(handle(&state, &derived, peer, local, request).await)
+            }
         });
         let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection(TokioIo::new(guarded), service)
             .into_owned();
         let connection = graceful.watch(connection);
+        let active = counters.clone();
+        active.downstream_cx_active.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let _ = connection.await;
+            active.downstream_cx_active.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
         });
     }
     // Drain: stop accepting (the listener is dropped here), let requests in flight finish and
@@ -223,6 +323,21 @@ fn connection_builder(hcm: &HttpConnectionManager) -> auto::Builder<TokioExecuto
         .http2()
         .max_header_list_size(u32::try_from(header_bytes).unwrap_or(u32::MAX));
     builder
+}
+
+/// Envoy's local reply to a refused request head, which closes the connection.
+fn refusal_response(why: Rejection, server: Option<&HeaderValue>) -> Response<ProxyBody> {
+    let mut response = if why.body().is_empty() {
+        empty(why.status())
+    } else {
+        local_reply(why.status(), why.body())
+    };
+    let headers = response.headers_mut();
+    if let Some(server) = server {
+        headers.insert(header::SERVER, server.clone());
+    }
+    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// What happened to a request besides its response: for the access log and vigil's decision
@@ -376,10 +491,17 @@ async fn respond(
     } else {
         match Limited::new(body, MAX_BODY).collect().await {
             Ok(collected) => collected.to_bytes(),
-            Err(_) => {
+            Err(err) if err.is::<http_body_util::LengthLimitError>() => {
                 return (
                     local_reply(StatusCode::PAYLOAD_TOO_LARGE, "payload too large"),
                     Outcome::local("", "request_payload_too_large"),
+                );
+            }
+            // A body that breaks its framing (bad chunk sizes): Envoy's codec error answer.
+            Err(_) => {
+                return (
+                    local_reply(StatusCode::BAD_REQUEST, "Bad Request"),
+                    Outcome::local("DPE", "http1.codec_error"),
                 );
             }
         }
@@ -714,6 +836,41 @@ mod tests {
     }
 
     #[test]
+    fn the_header_timeout_is_bounded_unless_explicitly_off() {
+        let loaded = vigil_core::config::parse_yaml(
+            r#"
+static_resources:
+  listeners:
+  - name: l
+    address: {socket_address: {address: 127.0.0.1, port_value: 1}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: l
+          route_config: {virtual_hosts: [{name: v, domains: ["*"], routes: []}]}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+"#,
+        )
+        .unwrap();
+        let mut hcm = loaded.bootstrap.listeners[0].http[0].clone();
+        let limits = guard_limits(&hcm);
+        assert_eq!(limits.header_timeout, Some(DEFAULT_REQUEST_HEADERS_TIMEOUT));
+        assert_eq!(limits.max_head_bytes, 60 * 1024);
+        assert_eq!(limits.delayed_close, Duration::from_secs(1));
+        hcm.request_headers_timeout_ms = Some(0);
+        assert_eq!(guard_limits(&hcm).header_timeout, None, "explicit 0s: off");
+        hcm.request_headers_timeout_ms = Some(250);
+        assert_eq!(
+            guard_limits(&hcm).header_timeout,
+            Some(Duration::from_millis(250))
+        );
+    }
+
+    #[test]
     fn xff_is_appended() {
         let mut headers = HeaderMap::new();
         append_xff(&mut headers, "127.0.0.9:5".parse().unwrap());
@@ -733,6 +890,11 @@ pub struct ListenerSet {
     /// Each listener's name, whether it has vigil's routing rules, and its rule counters, by
     /// address: a listener's serving task keeps its counters across reloads.
     routing_stats: BTreeMap<SocketAddr, (String, bool, Arc<RoutingStats>)>,
+    /// Each listener's connection counters and its connection manager's `stat_prefix`, by
+    /// address (kept across reloads, like the rule counters).
+    counters: BTreeMap<SocketAddr, (String, Arc<ListenerCounters>)>,
+    /// The process-wide downstream connection limit every listener shares.
+    limit: Arc<ConnectionLimit>,
 }
 
 /// What the running listeners count that the admin API shows besides the running clusters:
@@ -743,6 +905,8 @@ pub struct ProxyStats {
     pub original_dst: Vec<Arc<Upstream>>,
     /// `(listener name, counters)` of the listeners with vigil's routing rules.
     pub routing: Vec<(String, Arc<RoutingStats>)>,
+    /// `(address, connection manager stat_prefix, counters)` of every listener.
+    pub listeners: Vec<(SocketAddr, String, Arc<ListenerCounters>)>,
 }
 
 /// The process's [`ProxyStats`], published by [`ListenerSet::apply`]. Process-wide because the
@@ -772,6 +936,12 @@ struct RunningListener {
 }
 
 impl ListenerSet {
+    /// Shares `limit` among the listeners started from now on (call it before the first
+    /// [`ListenerSet::apply`]; without it there is no limit).
+    pub fn set_connection_limit(&mut self, limit: Arc<ConnectionLimit>) {
+        self.limit = limit;
+    }
+
     /// Serves every listener of `bootstrap` that has an HTTP connection manager, with the
     /// clusters' traffic sides `upstreams`. Returns what could not be served (bind failures,
     /// listeners without an IP address or HTTP connection manager), one line each.
@@ -828,6 +998,7 @@ impl ListenerSet {
             .collect();
         for address in gone {
             self.routing_stats.remove(&address);
+            self.counters.remove(&address);
             if let Some(running) = self.running.remove(&address) {
                 // It drains in the background; nothing waits for it on a reload.
                 let _ = running.stop.send(());
@@ -842,6 +1013,12 @@ impl ListenerSet {
             };
             self.routing_stats
                 .insert(address, (name, routed, stats.clone()));
+            let counters = match self.counters.remove(&address) {
+                Some((_, counters)) => counters,
+                None => Arc::default(),
+            };
+            self.counters
+                .insert(address, (state.hcm.stat_prefix.clone(), counters.clone()));
             if let Some(running) = self.running.get(&address) {
                 running.state.store(Arc::new(state));
                 continue;
@@ -850,10 +1027,14 @@ impl ListenerSet {
                 Ok(listener) => {
                     let shared = Arc::new(arc_swap::ArcSwap::from_pointee(state));
                     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                    let task =
-                        tokio::spawn(serve_counted(listener, shared.clone(), stats, async {
-                            let _ = stopped.await;
-                        }));
+                    let options = ServeOptions {
+                        routing_stats: stats,
+                        limit: self.limit.clone(),
+                        counters,
+                    };
+                    let task = tokio::spawn(serve_with(listener, shared.clone(), options, async {
+                        let _ = stopped.await;
+                    }));
                     log::info!("listener on {address}");
                     self.running.insert(
                         address,
@@ -866,6 +1047,7 @@ impl ListenerSet {
                 }
                 Err(err) => {
                     self.routing_stats.remove(&address);
+                    self.counters.remove(&address);
                     problems.push(format!("cannot listen on {address}: {err}"));
                 }
             }
@@ -887,6 +1069,11 @@ impl ListenerSet {
                 .values()
                 .filter(|(_, routed, _)| *routed)
                 .map(|(name, _, stats)| (name.clone(), stats.clone()))
+                .collect(),
+            listeners: self
+                .counters
+                .iter()
+                .map(|(address, (prefix, counters))| (*address, prefix.clone(), counters.clone()))
                 .collect(),
         };
         let mut published = PUBLISHED.write().unwrap_or_else(|p| p.into_inner());

@@ -247,7 +247,9 @@ fn connection_manager(
         .filter_map(|(p, v)| access_log(cx, p, v))
         .collect();
     let request_timeout_ms = millis(o.duration(cx, "request_timeout"), 0);
-    let request_headers_timeout_ms = millis(o.duration(cx, "request_headers_timeout"), 0);
+    let request_headers_timeout_ms = o
+        .duration(cx, "request_headers_timeout")
+        .map(ProtoDuration::millis);
     let stream_idle_timeout_ms = millis(
         o.duration(cx, "stream_idle_timeout"),
         DEFAULT_STREAM_IDLE_TIMEOUT_MS,
@@ -2401,6 +2403,20 @@ mod tests {
         "routing": {"decision_headers": true, "rules": [{"name": "canary",
             "match": {"headers": [{"name": "x-canary", "exact": "1"}]},
             "action": {"cluster": "yellow"}}]}}"#;
+
+    #[test]
+    fn request_headers_timeout_tells_unset_from_zero() {
+        let timeout = |extra: Value| {
+            let loaded = from_value(&bootstrap(extra, vec![])).unwrap();
+            loaded.bootstrap.listeners[0].http[0].request_headers_timeout_ms
+        };
+        assert_eq!(timeout(json!({})), None);
+        assert_eq!(timeout(json!({"request_headers_timeout": "0s"})), Some(0));
+        assert_eq!(
+            timeout(json!({"request_headers_timeout": "1.5s"})),
+            Some(1500)
+        );
+    }
 
     #[test]
     fn vigils_filter_exposes_its_routing_rules() {

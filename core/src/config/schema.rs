@@ -37,7 +37,12 @@ pub(crate) static BOOTSTRAP: Message = Message {
             "not implemented by vigil: runtime overrides (e.g. health_check.min_interval) are not applied",
         ),
         read("admin"),
-        warn("overload_manager", IGNORED),
+        warn(
+            "overload_manager",
+            "vigil applies only envoy.resource_monitors.global_downstream_max_connections \
+             (max_active_downstream_connections, the companion's connection limit unless \
+             --max-connections is given); other monitors and actions are ignored",
+        ),
         warn("enable_dispatcher_stats", IGNORED),
         warn("header_prefix", IGNORED),
         warn("stats_server_version_override", IGNORED),
@@ -84,7 +89,10 @@ pub(crate) static ADMIN: Message = Message {
         read("profile_path"),
         read("address"),
         warn("socket_options", IGNORED),
-        warn("ignore_global_conn_limit", IGNORED),
+        warn(
+            "ignore_global_conn_limit",
+            "vigil's admin connections never count toward the downstream connection limit",
+        ),
     ],
     removed: &[],
 };

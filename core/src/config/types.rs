@@ -543,8 +543,9 @@ pub struct HttpConnectionManager {
     pub vigil_plugin: Option<crate::plugin::PluginConfig>,
     /// `request_timeout` (default 0: none).
     pub request_timeout_ms: u64,
-    /// `request_headers_timeout` (default 0: none).
-    pub request_headers_timeout_ms: u64,
+    /// `request_headers_timeout`: `None` when the file does not set it (Envoy then has no
+    /// limit; the companion applies its own bounded default), `Some(0)` when set to 0 (no limit).
+    pub request_headers_timeout_ms: Option<u64>,
     /// `stream_idle_timeout` (default 5 minutes; 0 disables it).
     pub stream_idle_timeout_ms: u64,
     /// `drain_timeout` (default 5 s).
