@@ -4,7 +4,7 @@
 use super::error::FieldPath;
 use super::reader::{Ctx, IGNORED, Obj, ProtoDuration, base64, hex, status_ranges};
 use super::schema::*;
-use super::types::UpstreamProtocol;
+use super::types::{HeaderAppendAction, UpstreamProtocol};
 use crate::check::{
     Codec, DEFAULT_RESPONSE_BUFFER_SIZE, GrpcCheck, HeaderToAdd, HealthCheck, HttpCheck, MatchKind,
     PayloadMatcher, Protocol, StringMatcher, TcpCheck,
@@ -373,91 +373,33 @@ fn grpc_check(cx: &mut Ctx, mut o: Obj) -> Option<GrpcCheck> {
     })
 }
 
-/// `HeaderValueOption`s, as Envoy's `HeaderParser` applies them to a health check request that
-/// already holds the (non-pseudo) headers `existing`. `ADD_IF_ABSENT` and `OVERWRITE_IF_EXISTS`
-/// are resolved here, since what exists is known: the result only appends or overwrites.
+/// `HeaderValueOption`s (read as a route table's are), as Envoy's `HeaderParser` applies them to
+/// a health check request that already holds the (non-pseudo) headers `existing`.
+/// `ADD_IF_ABSENT` and `OVERWRITE_IF_EXISTS` are resolved here, since what exists is known: the
+/// result only appends or overwrites.
 fn headers_to_add(
     cx: &mut Ctx,
     list: Vec<(FieldPath, &Value)>,
     existing: &[&str],
 ) -> Vec<HeaderToAdd> {
-    let mut present: Vec<String> = existing.iter().map(|h| h.to_string()).collect();
-    if list.len() > 1000 {
-        cx.invalid(
-            &list[0].0,
-            format!("at most 1000 headers may be added, found {}", list.len()),
-        );
-    }
+    let mut present: Vec<String> = existing.iter().map(|h| h.to_ascii_lowercase()).collect();
     let mut out = Vec::new();
-    for (p, v) in list {
-        let Some(mut option) = Obj::new(cx, p.clone(), v, &HEADER_VALUE_OPTION) else {
-            continue;
+    for option in super::listener::headers_to_add(cx, list) {
+        let exists = present.contains(&option.name);
+        let (append, add) = match option.action {
+            HeaderAppendAction::AppendIfExistsOrAdd => (true, true),
+            HeaderAppendAction::AddIfAbsent => (true, !exists),
+            HeaderAppendAction::OverwriteIfExistsOrAdd => (false, true),
+            HeaderAppendAction::OverwriteIfExists => (false, exists),
         };
-        let header = option.message(cx, "header", &HEADER_VALUE);
-        let append = option.bool(cx, "append");
-        let action = option.enumeration(cx, "append_action", &HEADER_APPEND_ACTION);
-        let keep_empty_value = option.bool(cx, "keep_empty_value").unwrap_or(false);
-        option.finish(cx);
-        let Some(mut header) = header else {
-            cx.invalid(&p.field("header"), "required");
-            continue;
-        };
-        let key_path = header.path.field("key");
-        let value_path = header.path.field("value");
-        let key = header.required_string(cx, "key", "required: a header needs a non-empty key");
-        let value = header.string(cx, "value").unwrap_or_default();
-        header.finish(cx);
-        let Some(key) = key else {
-            continue;
-        };
-        if !lax_header_ok(&key) || key.len() > 16384 {
-            cx.invalid(&key_path, "a header name must not contain NUL, CR or LF");
+        // Envoy skips empty values unless keep_empty_value is set.
+        if (option.value.is_empty() && !option.keep_empty_value) || !add {
             continue;
         }
-        if !lax_header_ok(&value) || value.len() > 16384 {
-            cx.invalid(&value_path, "a header value must not contain NUL, CR or LF");
-            continue;
-        }
-        if key.starts_with(':') || key.eq_ignore_ascii_case("host") {
-            cx.invalid(&key_path, ":-prefixed or host headers may not be modified");
-            continue;
-        }
-        // Envoy's `HeaderParser`: `append` may only be combined with the default action, and
-        // then `append` decides.
-        if append.is_some() && action.is_some_and(|a| a != 0) {
-            cx.invalid(
-                &p,
-                "Both append and append_action are set and it's not allowed",
-            );
-            continue;
-        }
-        let lower = key.to_ascii_lowercase();
-        let exists = present.contains(&lower);
-        // (append, add at all)
-        let (append, add) = match action {
-            None | Some(0) => (append.unwrap_or(true), true), // APPEND_IF_EXISTS_OR_ADD
-            Some(1) => (true, !exists),                       // ADD_IF_ABSENT
-            Some(2) => (false, true),                         // OVERWRITE_IF_EXISTS_OR_ADD
-            Some(3) => (false, exists),                       // OVERWRITE_IF_EXISTS
-            Some(_) => (true, true), // no other value passes the enum check
-        };
-        // Envoy's header values are format strings: `%%` is a literal `%`; anything else between
-        // percent signs is a command vigil cannot evaluate.
-        if value.replace("%%", "").contains('%') {
-            cx.unsupported(
-                &value_path,
-                "header value formatters (%...%) are not supported by vigil: write %% for a literal %",
-            );
-            continue;
-        }
-        let value = value.replace("%%", "%");
-        if (value.is_empty() && !keep_empty_value) || !add {
-            continue; // Envoy skips empty values unless keep_empty_value is set
-        }
-        present.push(lower);
+        present.push(option.name.clone());
         out.push(HeaderToAdd {
-            name: key,
-            value,
+            name: option.name,
+            value: option.value,
             append,
         });
     }

@@ -2229,7 +2229,9 @@ fn header_mutations(cx: &mut Ctx, o: &mut Obj, nonempty_removals: bool) -> Heade
     }
 }
 
-fn headers_to_add(cx: &mut Ctx, list: Vec<(FieldPath, &Value)>) -> Vec<HeaderOption> {
+/// `HeaderValueOption`s of a route table (and of a health check's request, which resolves the
+/// actions against its own headers).
+pub(super) fn headers_to_add(cx: &mut Ctx, list: Vec<(FieldPath, &Value)>) -> Vec<HeaderOption> {
     if list.len() > 1000 {
         cx.invalid(
             &list[0].0,
