@@ -10,6 +10,11 @@
 //! - request headers, only with `routing`: one read of every request header; one removal per
 //!   owned header the client actually sent (none normally); then one `set` per header the
 //!   decision writes (1 for a cluster, 2 for a host) or one local reply. Nothing for no match.
+//!   When the first rule accepts every request and reads nothing from it (no `match`, no
+//!   `hash_header`: the labs' "every request to a healthy host"), the request is not read: the
+//!   decision's `set`s replace whatever a client sent, and each owned header the decision does
+//!   not set is removed blindly (a host decision: 2 calls in all; a cluster decision: 2; a local
+//!   reply: 1; an `envoy` fallback: 2).
 //! - response headers, only with `decision_headers` and a matched rule: 1 or 2 `set`s.
 //! - log phase: `xds.cluster_name` (skipped when the decision already named the cluster, and
 //!   the whole phase skipped after a local reply), and only for a supervised cluster with
@@ -39,7 +44,9 @@ use vigil_core::plugin::observe;
 use vigil_core::plugin::routing::{
     DecisionCounters, NO_MATCH_METRIC, Outcome, RequestHeaders, VerdictHealth, metric_name, spoofed,
 };
-use vigil_core::rules::{Action as RuleAction, Decision, Router};
+use vigil_core::rules::{
+    Action as RuleAction, Balance, Decision, Router, RoutingConfig, RuleMatch,
+};
 
 /// Flush a batch at this many observations without waiting for the tick.
 const BATCH_LINES: usize = 64;
@@ -101,6 +108,11 @@ struct Routing {
     metrics: Vec<Option<u32>>,
     owned: [String; 2],
     decision_headers: bool,
+    /// The first rule accepts every request and reads nothing from it (no `match`, no
+    /// `hash_header`), so no request header can change a decision: the request is not read at
+    /// all. The decision's own `set` replaces an owned header a client sent, and the owned
+    /// headers it does not set are removed blindly instead.
+    blind: bool,
 }
 
 impl Routing {
@@ -116,6 +128,7 @@ impl Routing {
         }
         metrics.push(hostcalls::define_metric(MetricType::Counter, NO_MATCH_METRIC).ok());
         Routing {
+            blind: decides_blind(config),
             owned: [config.cluster_header.clone(), config.host_header.clone()],
             decision_headers: config.decision_headers,
             counters,
@@ -131,6 +144,19 @@ impl Routing {
             }
         }
     }
+}
+
+/// Whether no request header can change `config`'s decisions: its first rule accepts every
+/// request (no `match`) and reads nothing from it (no `hash_header`), so the later rules never
+/// run and the request need not be read.
+fn decides_blind(config: &RoutingConfig) -> bool {
+    config.rules.first().is_some_and(|rule| {
+        rule.matcher == RuleMatch::default()
+            && !matches!(
+                &rule.action,
+                RuleAction::Host(host) if matches!(host.balance, Balance::HashHeader(_))
+            )
+    })
 }
 
 /// A worker's root context for the HTTP filter.
@@ -228,6 +254,12 @@ impl Stream {
     /// Removes the owned headers the client sent, decides, applies. Every failure below picks
     /// explicitly whether the request goes on.
     fn route(&mut self, routing: &mut Routing, health: &VerdictHealth) -> Action {
+        if routing.blind {
+            let decision = routing
+                .router
+                .decide(&RequestHeaders::default().view(), health);
+            return self.apply(routing, decision);
+        }
         let owned = [routing.owned[0].as_str(), routing.owned[1].as_str()];
         let Some(headers) = host::header_map(MapType::HttpRequestHeaders) else {
             // Cannot read the request: no decision, but the owned headers are removed blindly
@@ -250,13 +282,38 @@ impl Stream {
             request.remove(&sent);
         }
         let decision = routing.router.decide(&request.view(), health);
+        self.apply(routing, decision)
+    }
+
+    /// Removes the owned headers not in `keep` without knowing whether the client sent them
+    /// (the blind path's stand-in for reading the request); `false` when one could not be
+    /// removed, and the request must then be refused.
+    fn strip_blindly(routing: &Routing, keep: &[(String, String)]) -> bool {
+        routing
+            .owned
+            .iter()
+            .filter(|name| !keep.iter().any(|(set, _)| set.eq_ignore_ascii_case(name)))
+            .all(|name| hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None).is_ok())
+    }
+
+    /// Counts `decision` and carries it out.
+    fn apply(&mut self, routing: &mut Routing, decision: Decision) -> Action {
         routing.counters.count(&decision);
         let label = if routing.decision_headers {
             routing.router.label(&decision).map(str::to_string)
         } else {
             None
         };
+        let refuse = |stream: &mut Stream| {
+            warn!("vigil-filter: cannot remove an owned routing header: refusing");
+            stream.reply(503, "vigil: cannot sanitize the request", None)
+        };
         match decision {
+            Decision::NoMatch | Decision::Envoy { .. }
+                if routing.blind && !Self::strip_blindly(routing, &[]) =>
+            {
+                refuse(self)
+            }
             Decision::NoMatch => Action::Continue,
             Decision::Envoy { .. } => {
                 self.tell = label.map(|l| (None, l));
@@ -280,8 +337,16 @@ impl Stream {
                             let _ =
                                 hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
                         }
+                        // Blind, a client's owned header may still be there (the set that
+                        // would have replaced it failed): it must go, or the request with it.
+                        if routing.blind && !Self::strip_blindly(routing, &[]) {
+                            return refuse(self);
+                        }
                         return Action::Continue;
                     }
+                }
+                if routing.blind && !Self::strip_blindly(routing, &set) {
+                    return refuse(self);
                 }
                 // No `clear_route_cache` call: for an ABI 0.2.1 module (this SDK) Envoy clears
                 // the route cache itself on every request-header mutation, on 1.30 as on 1.36
@@ -390,6 +455,73 @@ impl HttpContext for Stream {
         shared.lines += 1;
         if shared.lines >= BATCH_LINES {
             shared.flush();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decides_blind;
+    use vigil_core::plugin::PluginConfig;
+    use vigil_core::rules::RoutingConfig;
+
+    fn config(rules: &str) -> RoutingConfig {
+        let text = format!(r#"{{"routing": {{"rules": {rules}}}}}"#);
+        PluginConfig::from_json(&text)
+            .unwrap_or_else(|e| panic!("{text}: {e}"))
+            .routing
+            .unwrap()
+    }
+
+    #[test]
+    fn only_a_first_rule_that_matches_everything_and_reads_nothing_decides_blind() {
+        let host = r#"{"host": {"cluster": "web"}}"#;
+        for (rules, blind) in [
+            (format!(r#"[{{"name": "a", "action": {host}}}]"#), true),
+            (
+                r#"[{"name": "a", "action": {"cluster": "web"}}]"#.to_string(),
+                true,
+            ),
+            (
+                r#"[{"name": "a", "action": {"local_reply": {"status": 418, "body": "x"}}}]"#
+                    .to_string(),
+                true,
+            ),
+            // Later rules never run when the first matches everything.
+            (
+                format!(
+                    r#"[{{"name": "a", "action": {host}}},
+                        {{"name": "b", "match": {{"path_prefix": "/x"}}, "action": {host}}}]"#
+                ),
+                true,
+            ),
+            ("[]".to_string(), false),
+            (
+                format!(r#"[{{"name": "a", "match": {{"path_prefix": "/"}}, "action": {host}}}]"#),
+                false,
+            ),
+            (
+                format!(
+                    r#"[{{"name": "a", "match": {{"headers": [{{"name": "x-a", "present": true}}]}},
+                        "action": {host}}}]"#
+                ),
+                false,
+            ),
+            (
+                r#"[{"name": "a", "action": {"host": {"cluster": "web",
+                    "balance": {"hash_header": "x-user"}}}}]"#
+                    .to_string(),
+                false,
+            ),
+            (
+                format!(
+                    r#"[{{"name": "a", "match": {{"path_prefix": "/x"}}, "action": {host}}},
+                        {{"name": "b", "action": {host}}}]"#
+                ),
+                false,
+            ),
+        ] {
+            assert_eq!(decides_blind(&config(&rules)), blind, "{rules}");
         }
     }
 }

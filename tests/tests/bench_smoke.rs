@@ -1,7 +1,9 @@
 //! A smoke run of `vigil-bench`: every proxy under test must serve through a real wrk run with
-//! nonzero throughput and no errors, both probers must check every host of a small cluster, and
-//! a one-Envoy fleet must stop reaching a failed app in both EDS setups (own checks, vigil's EDS).
-//! It fails (never skips) when wrk, haproxy or nginx are missing: `./lab setup` installs them.
+//! nonzero throughput and no errors, every mode of the wasm filter's benchmark must serve with
+//! the filter actually routing and observing, both probers must check every host of a small
+//! cluster, and a one-Envoy fleet must stop reaching a failed app in both EDS setups (own checks,
+//! vigil's EDS). It fails (never skips) when wrk, haproxy or nginx are missing (`./lab setup`
+//! installs them) or the filter is not built (`./lab build`).
 
 use std::process::Command;
 
@@ -55,6 +57,53 @@ fn quick_bench_reports_every_proxy_and_prober() {
         assert!(rps > 0.0, "{proxy} served nothing: `{row}`");
         assert_eq!(cells[6], "0", "{proxy} had errors: `{row}`");
     }
+    let filter = stdout
+        .split("## The wasm filter's cost")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .unwrap_or_else(|| panic!("no filter section\n{stdout}"));
+    for (mode, host_calls) in [
+        ("no filter", "0"),
+        ("idle filter", "0"),
+        ("observe", "3"),
+        ("route", "2"),
+        ("route (cluster rule)", "2"),
+        ("observe+route", "4"),
+    ] {
+        let row = filter
+            .lines()
+            .find(|l| l.starts_with(&format!("| {mode} | 32 |")))
+            .unwrap_or_else(|| panic!("no -c32 row for the filter mode {mode}\n{stdout}"));
+        let cells = cells(row);
+        assert_eq!(cells[2], host_calls, "{mode}: `{row}`");
+        let rps: f64 = cells[3]
+            .trim_end_matches('k')
+            .parse()
+            .unwrap_or_else(|_| panic!("bad req/s in `{row}`"));
+        assert!(rps > 0.0, "{mode} served nothing: `{row}`");
+        assert!(
+            cells[6].ends_with(" us"),
+            "{mode}: no CPU per request: `{row}`"
+        );
+        assert_eq!(cells[7], "0", "{mode} had errors: `{row}`");
+        let compared = mode != "no filter";
+        assert_eq!(cells[8].ends_with(" %"), compared, "{mode}: `{row}`");
+        assert_eq!(cells[10].ends_with(" ms"), compared, "{mode}: `{row}`");
+    }
+    // The filter did its work on the measured requests: its rule routed them (no fallback: the
+    // singleton had found the upstream healthy) and it observed them.
+    let activity = filter
+        .lines()
+        .find(|l| l.starts_with("The filter's own counters"))
+        .unwrap_or_else(|| panic!("no filter activity line\n{stdout}"));
+    let numbers: Vec<u64> = activity
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert!(
+        matches!(numbers[..], [routed, 0, observed, _] if routed > 0 && observed > 0),
+        "`{activity}`"
+    );
     let health = stdout
         .split("## Health checking at scale")
         .nth(1)

@@ -9,11 +9,14 @@
 //!   upstream / responder, and template rendering from `bench/templates/`.
 //! - [`wrk`]: running `wrk` and parsing its report.
 //! - [`throughput`]: the proxy benchmark (rounds alternating between proxies, median of rounds).
+//! - [`filter`]: vigil's wasm filter against the same Envoy without it, per mode (observation,
+//!   routing, both), rounds alternating between modes.
 //! - [`health`]: health checking at scale (CPU per probe, RSS per host, fds, probes/s).
 //! - [`eds`]: central health for Envoy fleets (each Envoy checking vs EDS from one vigil).
 //! - [`report`]: medians, ratios and the markdown report.
 
 pub mod eds;
+pub mod filter;
 pub mod health;
 pub mod proxies;
 pub mod report;
@@ -45,6 +48,7 @@ pub struct Options {
     /// Seconds of the EDS probe-counting window.
     pub eds_window_seconds: u64,
     pub run_throughput: bool,
+    pub run_filter: bool,
     pub run_health: bool,
     pub run_eds: bool,
     /// The `--quick` smoke preset.
@@ -67,6 +71,7 @@ impl Options {
             eds_warmup_seconds: 2,
             eds_window_seconds: 10,
             run_throughput: true,
+            run_filter: true,
             run_health: true,
             run_eds: true,
             quick: false,
@@ -128,6 +133,9 @@ pub async fn run(options: &Options) -> Result<report::Report, String> {
     report.load_before = sys::load_average();
     if options.run_throughput {
         throughput::run(&tools, cpus, options, &dir, &mut report).await?;
+    }
+    if options.run_filter {
+        filter::run(&tools, cpus, options, &dir, &mut report).await?;
     }
     if options.run_health {
         health::run(&tools, cpus, options, &dir, &mut report).await?;

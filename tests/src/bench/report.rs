@@ -1,5 +1,6 @@
 //! The benchmark's results and their markdown report: medians over rounds, ratios against Envoy
-//! and HAProxy, flags on runs with errors, and the exact commands.
+//! and HAProxy, the wasm filter's cost against the same Envoy without it, flags on runs with
+//! errors, and the exact commands.
 
 use super::eds::Setup;
 use super::wrk::WrkResult;
@@ -31,6 +32,53 @@ impl ProxyRow {
         self.rounds.iter().map(|m| m.wrk.errors()).sum()
     }
 }
+
+/// One measured wrk run of one listener of the filter benchmark's Envoy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FilterMeasured {
+    pub wrk: WrkResult,
+    /// Envoy's resident memory right after the run (one process serves every mode).
+    pub rss_kib: u64,
+    /// Envoy's CPU time (all threads) over the run per request served, in microseconds.
+    pub cpu_us_per_request: f64,
+}
+
+/// All rounds of one filter mode at one connection count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilterRow {
+    pub mode: String,
+    /// Host calls per request, counted from the filter's code.
+    pub host_calls: u32,
+    pub connections: u32,
+    pub rounds: Vec<FilterMeasured>,
+}
+
+impl FilterRow {
+    pub fn median_rps(&self) -> f64 {
+        median(self.rounds.iter().map(|m| m.wrk.requests_per_second))
+    }
+
+    pub fn median_p99(&self) -> f64 {
+        median(self.rounds.iter().map(|m| m.wrk.p99_us))
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.rounds.iter().map(|m| m.wrk.errors()).sum()
+    }
+}
+
+/// What the filter did over the whole filter benchmark, from its own counters: proof that the
+/// measured modes routed and observed rather than fell through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FilterActivity {
+    pub routed: u64,
+    pub fell_back: u64,
+    pub observations: u64,
+    pub ejections: u64,
+}
+
+/// The filter benchmark's baseline row label.
+pub const NO_FILTER: &str = "no filter";
 
 /// One prober's measurement window in the health-check benchmark.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -117,6 +165,9 @@ pub struct Report {
     /// `(what, command)`, in the order first seen; one entry per `what`.
     pub commands: Vec<(String, String)>,
     pub proxy_rows: Vec<ProxyRow>,
+    /// The filter benchmark's rows, the baseline (`NO_FILTER`) among them.
+    pub filter_rows: Vec<FilterRow>,
+    pub filter_activity: Option<FilterActivity>,
     /// `(prober, runs)`, in the order first seen.
     pub health: Vec<(String, Vec<HealthRun>)>,
     /// EDS benchmark runs, in the order measured.
@@ -136,6 +187,8 @@ impl Report {
             cpus,
             commands: Vec::new(),
             proxy_rows: Vec::new(),
+            filter_rows: Vec::new(),
+            filter_activity: None,
             health: Vec::new(),
             eds: Vec::new(),
             run_dir: String::new(),
@@ -160,6 +213,28 @@ impl Report {
             Some(row) => row.rounds.push(measured),
             None => self.proxy_rows.push(ProxyRow {
                 proxy: proxy.to_string(),
+                connections,
+                rounds: vec![measured],
+            }),
+        }
+    }
+
+    pub fn add_filter_round(
+        &mut self,
+        mode: &str,
+        host_calls: u32,
+        connections: u32,
+        measured: FilterMeasured,
+    ) {
+        match self
+            .filter_rows
+            .iter_mut()
+            .find(|r| r.mode == mode && r.connections == connections)
+        {
+            Some(row) => row.rounds.push(measured),
+            None => self.filter_rows.push(FilterRow {
+                mode: mode.to_string(),
+                host_calls,
                 connections,
                 rounds: vec![measured],
             }),
@@ -223,6 +298,9 @@ impl Report {
         if o.run_throughput {
             self.throughput_table(&mut out);
         }
+        if o.run_filter {
+            self.filter_table(&mut out);
+        }
         if o.run_health {
             self.health_table(&mut out);
         }
@@ -249,6 +327,13 @@ impl Report {
             out,
             "\nConfigs: `bench/templates/` (vigil and Envoy run the same Envoy YAML)."
         );
+        if o.run_filter {
+            let _ = writeln!(
+                out,
+                "Filter benchmark: one Envoy config with every mode's listener, rendered by \
+                 `tests/src/bench/filter.rs` into `$RUN/envoy-filter.yaml`."
+            );
+        }
         if o.run_eds {
             let _ = writeln!(
                 out,
@@ -317,6 +402,114 @@ impl Report {
                 let _ = writeln!(
                     out,
                     "**FLAGGED: {proxy} at -c{connections} had {errors} errors; its req/s is not comparable.**"
+                );
+            }
+            let _ = writeln!(out);
+        }
+    }
+
+    fn filter_table(&self, out: &mut String) {
+        let o = &self.options;
+        let _ = writeln!(
+            out,
+            "## The wasm filter's cost\n\n\
+             One Envoy (`--concurrency 1`) with six listeners in front of one nginx upstream: no filter, \
+             vigil's filter loaded with an empty configuration (**idle**: no host call, the cost of the \
+             proxy-wasm machinery alone), and the filter with passive observation only, with header routing only (one rule sends every \
+             request to a healthy host through ORIGINAL_DST; **cluster rule**: to the cluster instead, without \
+             ORIGINAL_DST), and with both (the `host` rule); the singleton WasmService probes \
+             the upstream every 1 s throughout. wrk -t1 for {} s after a {} s warm-up, modes alternating \
+             within each round; median of {} round(s) per cell. **req/s vs none** is the ratio of medians; \
+             **paired** is the median over rounds of each round's ratio to that round's no-filter run \
+             (less sensitive to drifts of the machine); **added p99** is the median p99 minus the \
+             no-filter median p99. **CPU/req** is Envoy's CPU time (all threads) over the run per request. \
+             **host calls** per request are counted from `filter/src/http.rs` (docs/bench.md).\n",
+            o.seconds, o.warmup_seconds, o.rounds
+        );
+        let _ = writeln!(
+            out,
+            "| mode | conns | host calls | req/s | p50 | p99 | CPU/req | errors | req/s vs none | paired | added p99 | req/s per round |"
+        );
+        let _ = writeln!(
+            out,
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        );
+        for row in &self.filter_rows {
+            let base = self
+                .filter_rows
+                .iter()
+                .find(|r| r.mode == NO_FILTER && r.connections == row.connections);
+            let (ratio, paired, added) =
+                match base {
+                    Some(base) if row.mode != NO_FILTER => {
+                        let ratio = row.median_rps() / base.median_rps();
+                        let paired =
+                            median(row.rounds.iter().zip(&base.rounds).map(|(m, b)| {
+                                m.wrk.requests_per_second / b.wrk.requests_per_second
+                            }));
+                        let added = row.median_p99() - base.median_p99();
+                        (
+                            percent_change(ratio),
+                            percent_change(paired),
+                            format!("{:+.2} ms", added / 1000.0),
+                        )
+                    }
+                    _ => ("-".to_string(), "-".to_string(), "-".to_string()),
+                };
+            let errors = row.errors();
+            let rounds: Vec<String> = row
+                .rounds
+                .iter()
+                .map(|m| thousands(m.wrk.requests_per_second))
+                .collect();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {:.1} us | {} | {ratio} | {paired} | {added} | {} |",
+                row.mode,
+                row.connections,
+                row.host_calls,
+                thousands(row.median_rps()),
+                latency(median(row.rounds.iter().map(|m| m.wrk.p50_us))),
+                latency(row.median_p99()),
+                median(row.rounds.iter().map(|m| m.cpu_us_per_request)),
+                if errors == 0 {
+                    "0".to_string()
+                } else {
+                    format!("**{errors} FLAGGED**")
+                },
+                rounds.join(" / ")
+            );
+        }
+        let rss = median(
+            self.filter_rows
+                .iter()
+                .flat_map(|r| r.rounds.iter().map(|m| m.rss_kib as f64)),
+        );
+        let _ = writeln!(
+            out,
+            "\nEnvoy's RSS (one process, every mode): {}.",
+            megabytes(rss)
+        );
+        if let Some(a) = self.filter_activity {
+            let _ = writeln!(
+                out,
+                "The filter's own counters over the benchmark: {} requests routed by the rule, {} fallbacks, \
+                 {} observations, {} ejections.",
+                a.routed, a.fell_back, a.observations, a.ejections
+            );
+        }
+        let flagged: Vec<&FilterRow> = self.filter_rows.iter().filter(|r| r.errors() > 0).collect();
+        if flagged.is_empty() {
+            let _ = writeln!(out, "No mode had errors.\n");
+        } else {
+            let _ = writeln!(out);
+            for row in flagged {
+                let _ = writeln!(
+                    out,
+                    "**FLAGGED: {} at -c{} had {} errors; its req/s is not comparable.**",
+                    row.mode,
+                    row.connections,
+                    row.errors()
                 );
             }
             let _ = writeln!(out);
@@ -459,6 +652,11 @@ pub fn median(values: impl Iterator<Item = f64>) -> f64 {
     }
 }
 
+/// `ratio` as a signed percent change (`0.93` → `-7.0 %`).
+fn percent_change(ratio: f64) -> String {
+    format!("{:+.1} %", (ratio - 1.0) * 100.0)
+}
+
 fn thousands(value: f64) -> String {
     if value >= 1000.0 {
         format!("{:.1}k", value / 1000.0)
@@ -523,6 +721,58 @@ mod tests {
             "{text}"
         );
         assert_eq!(report.flagged().len(), 1);
+    }
+
+    #[test]
+    fn filter_rows_compare_with_the_no_filter_row_of_their_connection_count() {
+        let mut report = Report::new(Options::quick(), 2, Cpus::for_cores(2));
+        report.options.run_throughput = false;
+        report.options.run_health = false;
+        report.options.run_eds = false;
+        let run = |rps: f64, p99: f64| FilterMeasured {
+            wrk: WrkResult {
+                requests_per_second: rps,
+                p50_us: 500.0,
+                p99_us: p99,
+                non_2xx: 0,
+                socket_errors: 0,
+            },
+            rss_kib: 80 * 1024,
+            cpu_us_per_request: 40.0,
+        };
+        // Round 2 is a slow round for both: the paired ratio stays at -10 %.
+        for (none, both) in [
+            (20_000.0, 18_000.0),
+            (10_000.0, 9_000.0),
+            (22_000.0, 19_800.0),
+        ] {
+            report.add_filter_round(NO_FILTER, 0, 32, run(none, 2000.0));
+            report.add_filter_round("observe+route", 5, 32, run(both, 2250.0));
+        }
+        report.filter_activity = Some(FilterActivity {
+            routed: 7,
+            fell_back: 0,
+            observations: 9,
+            ejections: 0,
+        });
+        let text = report.markdown("test", "now");
+        assert!(
+            text.contains(
+                "| no filter | 32 | 0 | 20.0k | 500 us | 2.00 ms | 40.0 us | 0 | - | - | - |"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "| observe+route | 32 | 5 | 18.0k | 500 us | 2.25 ms | 40.0 us | 0 | -10.0 % | -10.0 % | +0.25 ms | 18.0k / 9.0k / 19.8k |"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("7 requests routed by the rule"), "{text}");
+        assert!(
+            text.contains("RSS (one process, every mode): 80.0 MB"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! `vigil-bench`: the Rust side of `./lab bench`. It measures vigil's proxy against Envoy,
-//! HAProxy and nginx, its health checker against Envoy's at scale, and Envoy fleets checking
+//! HAProxy and nginx, what vigil's wasm filter costs Envoy, its health checker against Envoy's at scale, and Envoy fleets checking
 //! on their own against fleets on EDS from one vigil, prints a markdown report
 //! and writes it to `bench/results/<date>-<commit>.md` (see `docs/bench.md`). Every process it
 //! starts is owned by a guard and stopped by PID, also on Ctrl-C or SIGTERM.
@@ -14,6 +14,8 @@ use vigil_tests::paths;
 enum Only {
     /// The proxy benchmark only.
     Proxy,
+    /// vigil's wasm filter against the same Envoy without it only.
+    Filter,
     /// The health-check benchmark only.
     Health,
     /// The Envoy-fleet benchmark only (own checks vs EDS from vigil).
@@ -100,6 +102,7 @@ impl Args {
         o.eds_window_seconds = self.eds_window.unwrap_or(o.eds_window_seconds);
         o.eds_warmup_seconds = self.eds_warmup.unwrap_or(o.eds_warmup_seconds);
         o.run_throughput = self.only.is_none_or(|only| only == Only::Proxy);
+        o.run_filter = self.only.is_none_or(|only| only == Only::Filter);
         o.run_health = self.only.is_none_or(|only| only == Only::Health);
         o.run_eds = self.only.is_none_or(|only| only == Only::Eds);
         if o.rounds == 0 {

@@ -1,0 +1,527 @@
+//! The filter benchmark: what vigil's wasm filter costs a stock Envoy. One Envoy
+//! (`--concurrency 1`, pinned to the proxy core) serves six listeners in front of the same nginx
+//! upstream on the load core: no filter, the filter loaded with nothing to do (the cost of the
+//! proxy-wasm machinery alone), with passive observation only, with header routing only (a `host`
+//! rule, and for comparison a `cluster` rule), and with both. Every mode runs in the same process, on the same worker, with the
+//! same singleton WasmService probing in the background, so a mode's difference to the no-filter
+//! listener is the filter's per-request cost and nothing else. Rounds alternate between the modes
+//! (none, idle, observe, route, route with a cluster rule, both, none, ...) as the proxy benchmark does between proxies.
+//!
+//! The plugin configurations follow the labs' (`tests/src/lab.rs`): a `/livez` check every second
+//! and `consecutive_5xx` outlier detection on the upstream's cluster, and one rule sending every
+//! request to a healthy host of it through the ORIGINAL_DST cluster `vigil_original_dst`.
+
+use super::proxies::{self, Responder, Started};
+use super::report::{FilterMeasured, Report};
+use super::sys::{self, Tools};
+use super::wrk::{self, Load};
+use super::{Cpus, Options};
+use crate::{http, net, paths, template};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// One listener of the benchmark's Envoy: what the filter on it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// No wasm filter: the baseline.
+    None,
+    /// The filter loaded with nothing to do (an empty configuration): its contexts pass every
+    /// callback through without a host call, so this is what the proxy-wasm machinery alone
+    /// costs per request, the floor no cut of host calls goes below.
+    Idle,
+    /// Passive observation only (the cluster has `outlier_detection`, no `routing`).
+    Observe,
+    /// Header routing only (a rule on every request, no `outlier_detection`).
+    Route,
+    /// Header routing only, with a `cluster` rule instead of the `host` rule: the same filter
+    /// work (two header mutations) without Envoy's ORIGINAL_DST cluster, so the difference to
+    /// `Route` is Envoy's cost of host picks, not the filter's.
+    RouteCluster,
+    /// Both.
+    Both,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 6] = [
+        Mode::None,
+        Mode::Idle,
+        Mode::Observe,
+        Mode::Route,
+        Mode::RouteCluster,
+        Mode::Both,
+    ];
+
+    /// The row label in the report.
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::None => super::report::NO_FILTER,
+            Mode::Idle => "idle filter",
+            Mode::Observe => "observe",
+            Mode::Route => "route",
+            Mode::RouteCluster => "route (cluster rule)",
+            Mode::Both => "observe+route",
+        }
+    }
+
+    /// Host calls the filter makes per request in this mode on the benchmark's path (a GET
+    /// answered 200, no owned header sent, no decision headers), counted from
+    /// `filter/src/http.rs` (docs/bench.md lists them).
+    pub fn host_calls(self) -> u32 {
+        match self {
+            Mode::None | Mode::Idle => 0,
+            // xds.cluster_name, upstream.address, response.code.
+            Mode::Observe => 3,
+            // The host and the cluster header set; the request is not read (the rule matches
+            // every request and reads no header).
+            Mode::Route => 2,
+            // The cluster header set, the host header removed blindly.
+            Mode::RouteCluster => 2,
+            // Both of the above, less xds.cluster_name: the decision named the cluster.
+            Mode::Both => 4,
+        }
+    }
+
+    /// Names the listener, its filter's `root_id` and the wrk logs.
+    fn slug(self) -> &'static str {
+        match self {
+            Mode::None => "none",
+            Mode::Idle => "idle",
+            Mode::Observe => "observe",
+            Mode::Route => "route",
+            Mode::RouteCluster => "route_cluster",
+            Mode::Both => "both",
+        }
+    }
+
+    fn observes(self) -> bool {
+        matches!(self, Mode::Observe | Mode::Both)
+    }
+
+    fn routes(self) -> bool {
+        matches!(self, Mode::Route | Mode::RouteCluster | Mode::Both)
+    }
+}
+
+/// The upstream's cluster in the benchmark's Envoy.
+const CLUSTER: &str = "bench_upstream";
+/// The routing rule's name (its counters are `vigil.rule.bench.*`).
+const RULE: &str = "bench";
+/// How long the singleton gets to find the upstream healthy.
+const HEALTHY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Every worker picks up a new verdict table within a tick (100 ms).
+const WORKER_LAG: Duration = Duration::from_millis(400);
+
+/// vigil's plugin configuration for `mode` (`None` gives the singleton's: checks and outlier
+/// detection, no routing). Written out by hand so the text does not depend on map order.
+pub fn plugin_config(mode: Mode, upstream: SocketAddr) -> String {
+    if mode == Mode::Idle {
+        return "{}".to_string();
+    }
+    let outlier = if mode == Mode::None || mode.observes() {
+        r#", "outlier_detection": {"consecutive_5xx": 3, "interval": "1s"}"#
+    } else {
+        ""
+    };
+    let routing = match mode {
+        Mode::RouteCluster => format!(
+            r#", "routing": {{"rules": [{{"name": "{RULE}", "action": {{"cluster": "{CLUSTER}"}}}}]}}"#
+        ),
+        _ if mode.routes() => format!(
+            r#", "routing": {{"rules": [{{"name": "{RULE}", "action": {{"host": {{"cluster": "{CLUSTER}", "via": "vigil_original_dst"}}}}}}]}}"#
+        ),
+        _ => String::new(),
+    };
+    format!(
+        concat!(
+            r#"{{"probe_cluster": "vigil_probe", "clusters": {{"{cluster}": {{"endpoints": ["{upstream}"], "#,
+            r#""health_check": {{"path": "/livez", "interval": "1s", "timeout": "0.5s"}}{outlier}}}}}{routing}}}"#
+        ),
+        cluster = CLUSTER,
+        upstream = upstream,
+        outlier = outlier,
+        routing = routing,
+    )
+}
+
+/// The benchmark's Envoy: the singleton service, one listener per mode, the upstream's cluster,
+/// the ORIGINAL_DST clusters for host decisions and probes.
+const CONFIG: &str = r#"# vigil-bench's filter benchmark (tests/src/bench/filter.rs), rendered per run.
+admin:
+  address:
+    socket_address: { address: {{admin_address}}, port_value: {{admin_port}} }
+
+bootstrap_extensions:
+- name: envoy.bootstrap.wasm
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.wasm.v3.WasmService
+    singleton: true
+    config:
+      name: vigil_service
+      root_id: vigil_service
+      configuration:
+        "@type": type.googleapis.com/google.protobuf.StringValue
+        value: '{{service_config}}'
+      vm_config:
+        vm_id: vigil
+        runtime: envoy.wasm.runtime.v8
+        code: { local: { filename: "{{wasm_path}}" } }
+
+static_resources:
+  listeners:
+{{listeners}}
+  clusters:
+  - name: bench_upstream
+    connect_timeout: 1s
+    type: STATIC
+    lb_policy: ROUND_ROBIN
+    load_assignment:
+      cluster_name: bench_upstream
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: { address: {{upstream_address}}, port_value: {{upstream_port}} }
+  - name: vigil_original_dst
+    connect_timeout: 1s
+    type: ORIGINAL_DST
+    lb_policy: CLUSTER_PROVIDED
+    original_dst_lb_config: { use_http_header: true }
+  - name: vigil_probe
+    connect_timeout: 1s
+    type: ORIGINAL_DST
+    lb_policy: CLUSTER_PROVIDED
+    original_dst_lb_config: { use_http_header: true }
+"#;
+
+/// One listener; `{{filter}}` is empty for the baseline.
+const LISTENER: &str = r#"  - name: {{name}}
+    address:
+      socket_address: { address: {{listen_address}}, port_value: {{listen_port}} }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {{name}}
+          codec_type: AUTO
+          route_config:
+            name: {{name}}
+            virtual_hosts:
+            - name: bench
+              domains: ["*"]
+              routes:
+              - match: { prefix: "/", headers: [{ name: x-vigil-cluster, present_match: true }] }
+                route: { cluster_header: x-vigil-cluster }
+              - match: { prefix: "/" }
+                route: { cluster: bench_upstream }
+          http_filters:
+{{filter}}          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"#;
+
+const FILTER: &str = r#"          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: {{root_id}}
+                root_id: {{root_id}}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{{plugin_config}}'
+                vm_config:
+                  vm_id: vigil
+                  runtime: envoy.wasm.runtime.v8
+                  code: { local: { filename: "{{wasm_path}}" } }
+"#;
+
+/// The Envoy config with one listener per `(mode, address)`.
+pub fn render_config(
+    listeners: &[(Mode, SocketAddr)],
+    admin: SocketAddr,
+    upstream: SocketAddr,
+    wasm: &Path,
+) -> Result<String, String> {
+    let wasm_path = wasm.display().to_string();
+    let mut blocks = String::new();
+    for &(mode, listen) in listeners {
+        let filter = if mode == Mode::None {
+            String::new()
+        } else {
+            template::render(
+                FILTER,
+                &BTreeMap::from([
+                    ("root_id", format!("vigil_{}", mode.slug())),
+                    ("plugin_config", plugin_config(mode, upstream)),
+                    ("wasm_path", wasm_path.clone()),
+                ]),
+            )?
+        };
+        let name = format!("bench_{}", mode.slug());
+        blocks.push_str(&template::render(
+            LISTENER,
+            &BTreeMap::from([
+                ("name", name),
+                ("listen_address", listen.ip().to_string()),
+                ("listen_port", listen.port().to_string()),
+                ("filter", filter),
+            ]),
+        )?);
+    }
+    template::render(
+        CONFIG,
+        &BTreeMap::from([
+            ("admin_address", admin.ip().to_string()),
+            ("admin_port", admin.port().to_string()),
+            ("service_config", plugin_config(Mode::None, upstream)),
+            ("wasm_path", wasm_path),
+            ("listeners", blocks),
+            ("upstream_address", upstream.ip().to_string()),
+            ("upstream_port", upstream.port().to_string()),
+        ]),
+    )
+}
+
+/// The filter `./lab build` makes, or `$VIGIL_FILTER_WASM`; an error naming the build command
+/// when it is missing.
+fn wasm_file() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("VIGIL_FILTER_WASM") {
+        return Ok(PathBuf::from(path));
+    }
+    let path = paths::workspace_root().join("target/wasm32-wasip1/wasm/vigil_filter.wasm");
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} is missing: build it with `cargo build -p vigil-filter --target wasm32-wasip1 \
+             --profile wasm` (or set VIGIL_FILTER_WASM)",
+            path.display()
+        ))
+    }
+}
+
+/// The filter's counters from Envoy's `/stats` (`wasmcustom.vigil.*`, prefix removed).
+async fn vigil_counters(admin: SocketAddr) -> Result<BTreeMap<String, u64>, String> {
+    let response = http::get(admin, "/stats").await?;
+    Ok(response
+        .body
+        .lines()
+        .filter_map(|line| line.split_once(": "))
+        .filter_map(|(name, value)| {
+            let name = name.strip_prefix("wasmcustom.")?;
+            Some((name.to_string(), value.trim().parse().ok()?))
+        })
+        .collect())
+}
+
+pub async fn run(
+    tools: &Tools,
+    cpus: Cpus,
+    options: &Options,
+    dir: &Path,
+    report: &mut Report,
+) -> Result<(), String> {
+    let wasm = wasm_file()?;
+    let upstream_at = proxies::endpoints(1)[0];
+    let mut upstream =
+        Responder::start(tools, cpus.load, "filter-upstream", &[upstream_at], dir).await?;
+    report.note_command("filter upstream", &upstream.started.command);
+    proxies::wait_serving(&mut upstream.started.child, upstream_at).await?;
+
+    let listeners: Vec<(Mode, SocketAddr)> = Mode::ALL
+        .iter()
+        .map(|&m| (m, net::fresh_socket()))
+        .collect();
+    let admin = net::fresh_socket();
+    let config = render_config(&listeners, admin, upstream_at, &wasm)?;
+    let path = dir.join("envoy-filter.yaml");
+    std::fs::write(&path, config)
+        .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
+    let args: Vec<String> = [
+        "--concurrency",
+        "1",
+        "--disable-hot-restart",
+        "--log-level",
+        "warn",
+        "-c",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .chain([path.display().to_string()])
+    .collect();
+    let mut envoy: Started =
+        proxies::spawn_pinned(tools, cpus.proxy, "envoy-filter", &tools.envoy, &args, dir);
+    report.note_command("envoy (filter benchmark)", &envoy.command);
+    for &(_, listen) in &listeners {
+        proxies::wait_serving(&mut envoy.child, listen).await?;
+    }
+    // Until the singleton's first verdict, the rule has no healthy host and answers 503.
+    wait_healthy(&mut envoy, admin).await?;
+    tokio::time::sleep(WORKER_LAG).await;
+    let before = vigil_counters(admin).await?;
+
+    let connections: Vec<String> = options.connections.iter().map(u32::to_string).collect();
+    report.note_command(
+        "wrk (filter benchmark)",
+        &format!(
+            "taskset -c {} wrk -t1 -c{{{}}} -d{}s --latency http://<listener>/ (after the same for {}s, unmeasured)",
+            cpus.load,
+            connections.join(","),
+            options.seconds,
+            options.warmup_seconds
+        ),
+    );
+    for round in 1..=options.rounds {
+        for &connections in &options.connections {
+            for &(mode, listen) in &listeners {
+                let label = format!("filter-{}-c{connections}-r{round}", mode.slug());
+                eprintln!("bench: {label}");
+                let mut load = Load {
+                    target: listen,
+                    connections,
+                    seconds: options.warmup_seconds,
+                    cpu: cpus.load,
+                };
+                if options.warmup_seconds > 0 {
+                    wrk::run(tools, &load, &format!("{label}-warmup"), dir).await?;
+                }
+                load.seconds = options.seconds;
+                let cpu_before = sys::cpu_seconds(envoy.child.pid());
+                let result = wrk::run(tools, &load, &label, dir).await?;
+                let cpu_after = sys::cpu_seconds(envoy.child.pid());
+                if let Some(status) = envoy.child.try_exit_status() {
+                    return Err(format!(
+                        "the filter benchmark's Envoy exited ({status}) during {label}\n{}",
+                        envoy.child.log_tail(30)
+                    ));
+                }
+                // Envoy's CPU over wrk's whole run (its start and stop add a few ms of idle).
+                let requests = result.requests_per_second * options.seconds as f64;
+                let cpu_us_per_request = match (cpu_before, cpu_after) {
+                    (Some(a), Some(b)) if requests > 0.0 => (b - a) * 1e6 / requests,
+                    _ => f64::NAN,
+                };
+                report.add_filter_round(
+                    mode.label(),
+                    mode.host_calls(),
+                    connections,
+                    FilterMeasured {
+                        wrk: result,
+                        rss_kib: sys::rss_kib(envoy.child.pid()).unwrap_or(0),
+                        cpu_us_per_request,
+                    },
+                );
+            }
+        }
+    }
+    let after = vigil_counters(admin).await?;
+    let delta = |name: &str| {
+        after
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(before.get(name).copied().unwrap_or(0))
+    };
+    report.filter_activity = Some(super::report::FilterActivity {
+        routed: delta(&format!("vigil.rule.{RULE}.routed")),
+        fell_back: delta(&format!("vigil.rule.{RULE}.fell_back")),
+        observations: delta("vigil.observations"),
+        ejections: delta("vigil.ejections"),
+    });
+    Ok(())
+}
+
+/// Waits until the singleton reports the upstream healthy (`vigil.cluster.<c>.healthy_hosts`).
+async fn wait_healthy(envoy: &mut Started, admin: SocketAddr) -> Result<(), String> {
+    let gauge = format!("vigil.cluster.{CLUSTER}.healthy_hosts");
+    let deadline = Instant::now() + HEALTHY_TIMEOUT;
+    loop {
+        if let Some(status) = envoy.child.try_exit_status() {
+            return Err(format!(
+                "the filter benchmark's Envoy exited ({status})\n{}",
+                envoy.child.log_tail(30)
+            ));
+        }
+        if let Ok(counters) = vigil_counters(admin).await
+            && counters.get(&gauge).copied().unwrap_or(0) >= 1
+        {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the filter's singleton did not find the upstream healthy ({gauge}) within \
+                 {HEALTHY_TIMEOUT:?}\n{}",
+                envoy.child.log_tail(30)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vigil_core::plugin::PluginConfig;
+
+    #[test]
+    fn every_mode_has_a_valid_plugin_config_with_what_it_measures() {
+        let upstream: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        for mode in Mode::ALL {
+            let text = plugin_config(mode, upstream);
+            let config = PluginConfig::from_json(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            if mode == Mode::Idle {
+                assert!(config.clusters.is_empty() && config.routing.is_none());
+                continue;
+            }
+            let cluster = &config.clusters[CLUSTER];
+            assert_eq!(
+                cluster.outlier_detection.is_some(),
+                mode == Mode::None || mode.observes(),
+                "{text}"
+            );
+            assert_eq!(config.routing.is_some(), mode.routes(), "{text}");
+            if let Some(routing) = &config.routing {
+                assert_eq!(
+                    routing.rules[0].action.kind(),
+                    if mode == Mode::RouteCluster {
+                        "cluster"
+                    } else {
+                        "host"
+                    }
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn config_has_one_listener_per_mode_and_the_filter_on_all_but_the_baseline() {
+        let at = |p| SocketAddr::from(([127, 0, 0, 1], p));
+        let listeners: Vec<_> = Mode::ALL
+            .iter()
+            .zip(1..)
+            .map(|(&m, p)| (m, at(p)))
+            .collect();
+        let text = render_config(&listeners, at(9901), at(8080), Path::new("f.wasm")).unwrap();
+        assert_eq!(text.matches("http_connection_manager.v3").count(), 6);
+        assert_eq!(text.matches("envoy.filters.http.wasm").count(), 5);
+        for root in [
+            "vigil_idle",
+            "vigil_observe",
+            "vigil_route",
+            "vigil_route_cluster",
+            "vigil_both",
+            "vigil_service",
+        ] {
+            assert!(text.contains(&format!("root_id: {root}")), "{root}");
+        }
+        let parsed: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+        assert_eq!(
+            parsed["static_resources"]["listeners"]
+                .as_sequence()
+                .map(Vec::len),
+            Some(6)
+        );
+    }
+}
