@@ -396,3 +396,68 @@ async fn requests_routed_to_a_host_feed_passive_detection_of_that_host() {
     let stats = topo.stats().await;
     assert_eq!(stats["vigil.ejections"], 1, "{stats:#?}");
 }
+
+#[tokio::test]
+async fn a_rule_that_reads_nothing_still_overrides_the_clients_routing_headers() {
+    // The first rule matches every request and reads no header, so the filter does not read the
+    // request at all: its own header writes must still replace whatever the client sent.
+    let topo = FilterTopology::start("filter-routing-blind", 2, "/livez", |a| {
+        format!(
+            r#"{{"clusters": {{"web": {{"endpoints": ["{}", "{}"],
+                  "health_check": {{"path": "/livez", "interval": "1s", "timeout": "0.5s"}}}}}},
+                "routing": {{"decision_headers": true, "rules": [
+                  {{"name": "all", "action": {{"host": {{"cluster": "web"}}}}}}]}}}}"#,
+            a.blue, a.yellow
+        )
+    })
+    .await;
+    topo.wait_metric(
+        "both hosts healthy",
+        "vigil.cluster.web.healthy_hosts",
+        |n| n == 2,
+    )
+    .await;
+    tokio::time::sleep(WORKER_LAG).await;
+    let blue = topo.blue.http.to_string();
+    let spoofed = [
+        ("x-envoy-original-dst-host", blue.as_str()),
+        ("x-vigil-cluster", "web"),
+    ];
+    let mut seen = BTreeMap::new();
+    for _ in 0..8 {
+        let r = get(&topo, "/", &spoofed).await;
+        let answered = server(&r);
+        let expected_address = if answered == "blue" {
+            topo.blue.http
+        } else {
+            topo.yellow.http
+        };
+        assert_eq!(
+            header(&r, "x-vigil-upstream"),
+            Some(expected_address.to_string().as_str()),
+            "the host the filter chose answered"
+        );
+        *seen.entry(answered).or_insert(0) += 1;
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "round robin over both hosts despite the spoofed host: {seen:?}"
+    );
+
+    // Blue fails: every request goes to yellow, whatever host the client asks for.
+    topo.blue.set_livez("FAIL").await.unwrap();
+    topo.wait_metric("blue failed", "vigil.cluster.web.healthy_hosts", |n| n == 1)
+        .await;
+    tokio::time::sleep(WORKER_LAG).await;
+    reset_hits(&topo.blue).await;
+    for _ in 0..8 {
+        let r = get(&topo, "/", &spoofed).await;
+        assert_eq!((r.status, server(&r)), (200, "yellow"));
+    }
+    assert_eq!(
+        client_hits(&topo.blue, "/").await,
+        0,
+        "nothing reached blue"
+    );
+}
