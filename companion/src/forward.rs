@@ -18,6 +18,15 @@
 //! [`forward_with_info`] also reports what the access log needs: the host, the attempts, Envoy's
 //! response flags and response code details.
 //!
+//! Circuit breakers ([`crate::upstream::Breakers`], the cluster's `circuit_breakers` with
+//! Envoy's defaults) are applied per routing priority as Envoy's router and pool apply them:
+//! an attempt needs a `max_requests` slot, else the request ends with Envoy's overflow reply
+//! (503 `upstream connect error or disconnect/reset before headers. reset reason: overflow`,
+//! `x-envoy-overloaded: true`, flag `UO`, `upstream_rq_pending_overflow`) and is not retried;
+//! a retry needs a retry slot (`max_retries` or the retry budget), else the last response or
+//! failure goes to the client with flag `UO` and `upstream_rq_retry_overflow` counts. A retry
+//! holds its slot from being scheduled until its attempt is judged, as Envoy's retry state does.
+//!
 //! With outlier detection every attempt reports to the cluster's detector what Envoy's router
 //! reports: a response is a connection success followed by its status; a connect failure or a
 //! reset is `LocalOriginConnectFailed` (a reset after the connection was made is preceded by the
@@ -25,7 +34,7 @@
 //! `LocalOriginTimeout` with the 504 the router answers. Whether local-origin events count as
 //! 5xx (`split_external_local_origin_errors`) is the detector's business.
 
-use crate::upstream::HostPicker;
+use crate::upstream::{BreakerGauges, Breakers, HostPicker, Slot};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
@@ -43,6 +52,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use vigil_core::backoff::Backoff;
+use vigil_core::config::{CircuitBreakers, RoutingPriority};
 use vigil_core::outlier::Outcome;
 
 /// Envoy's default route timeout.
@@ -161,6 +171,15 @@ pub struct ClusterTraffic {
     pub upstream_rq_4xx: AtomicU64,
     pub upstream_rq_5xx: AtomicU64,
     pub upstream_rq_retry: AtomicU64,
+    /// A retry refused because the retry circuit breaker was open.
+    pub upstream_rq_retry_overflow: AtomicU64,
+    /// A retriable outcome after the policy's last retry.
+    pub upstream_rq_retry_limit_exceeded: AtomicU64,
+    /// A retried attempt whose outcome needed no further retry.
+    pub upstream_rq_retry_success: AtomicU64,
+    /// A request refused because `max_requests` upstream requests were active (Envoy's pool
+    /// counts both its overflows under this name).
+    pub upstream_rq_pending_overflow: AtomicU64,
     pub upstream_rq_timeout: AtomicU64,
     pub upstream_rq_per_try_timeout: AtomicU64,
     pub upstream_cx_total: AtomicU64,
@@ -203,6 +222,7 @@ pub struct Upstream {
     has_traffic: Arc<AtomicBool>,
     client: Client<CountingConnector, ProxyBody>,
     original_dst: Option<OriginalDstSettings>,
+    breakers: Breakers,
 }
 
 impl Upstream {
@@ -289,7 +309,30 @@ impl Upstream {
             has_traffic,
             client: builder.build(connector),
             original_dst,
+            breakers: Breakers::default(),
         }
+    }
+
+    /// Applies the cluster's `circuit_breakers` (Envoy's defaults until this is called).
+    pub fn with_circuit_breakers(mut self, config: CircuitBreakers) -> Upstream {
+        self.breakers = Breakers::new(config);
+        self
+    }
+
+    /// The cluster's circuit breakers: thresholds in force and current counts.
+    pub fn breakers(&self) -> &Breakers {
+        &self.breakers
+    }
+
+    /// Envoy's `circuit_breakers.<priority>.*` gauges of this cluster.
+    pub fn breaker_gauges(&self, priority: RoutingPriority) -> BreakerGauges {
+        let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        let connections = hosts
+            .values()
+            .map(|t| t.cx_active.load(Ordering::Relaxed))
+            .sum();
+        drop(hosts);
+        self.breakers.gauges(priority, connections)
     }
 
     /// The host selection settings when this is an ORIGINAL_DST cluster.
@@ -417,13 +460,26 @@ pub async fn forward(
 }
 
 /// [`forward`], with what happened. `fixed`: send every attempt to this host instead of
-/// picking one (an ORIGINAL_DST cluster's target).
+/// picking one (an ORIGINAL_DST cluster's target). The request has the DEFAULT priority.
 pub async fn forward_with_info(
+    upstream: &Upstream,
+    request: Outgoing,
+    how: Forwarding<'_>,
+    fixed: Option<SocketAddr>,
+) -> (Response<ProxyBody>, ForwardInfo) {
+    forward_at_priority(upstream, request, how, fixed, RoutingPriority::Default).await
+}
+
+/// [`forward_with_info`] at the route's `priority`: which circuit-breaker thresholds apply.
+pub async fn forward_at_priority(
     upstream: &Upstream,
     mut request: Outgoing,
     how: Forwarding<'_>,
     fixed: Option<SocketAddr>,
+    priority: RoutingPriority,
 ) -> (Response<ProxyBody>, ForwardInfo) {
+    // The retry slot of the attempt in flight, if it is a retry (Envoy's armed retry callback).
+    let mut retry_slot: Option<Slot> = None;
     let mut info = ForwardInfo::default();
     let started = Instant::now();
     let deadline = started + how.timeout;
@@ -450,6 +506,24 @@ pub async fn forward_with_info(
         tried.push(host);
         info.host = Some(host);
         info.attempts = attempt + 1;
+        // Envoy's HTTP/1.1 pool checks `max_requests` when it attaches the stream, before the
+        // request counts anywhere; an overflow is never retried, and its router then judges
+        // the armed retry a success.
+        let Some(request_slot) = upstream.breakers.request(priority) else {
+            upstream
+                .traffic
+                .upstream_rq_pending_overflow
+                .fetch_add(1, Ordering::Relaxed);
+            if retry_slot.take().is_some() {
+                upstream
+                    .traffic
+                    .upstream_rq_retry_success
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            info.flags = "UO";
+            info.details = "upstream_reset_before_response_started{overflow}".into();
+            return (overflow_reply(), info);
+        };
         let traffic = upstream.host(host);
         traffic.rq_total.fetch_add(1, Ordering::Relaxed);
         traffic.rq_active.fetch_add(1, Ordering::Relaxed);
@@ -527,18 +601,60 @@ pub async fn forward_with_info(
             traffic.rq_error.fetch_add(1, Ordering::Relaxed);
         }
         let wait = backoff.next(rand_u64());
-        let can_retry =
-            retriable && attempt < how.retry.num_retries && Instant::now() + wait < deadline;
+        // Envoy's `RetryStateImpl::shouldRetry`: free the previous retry's slot, then the
+        // policy's limit, then the retry breaker.
+        if retry_slot.take().is_some() && !retriable {
+            upstream
+                .traffic
+                .upstream_rq_retry_success
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let mut overflowed = false;
+        let can_retry = if !retriable {
+            false
+        } else if attempt >= how.retry.num_retries {
+            upstream
+                .traffic
+                .upstream_rq_retry_limit_exceeded
+                .fetch_add(1, Ordering::Relaxed);
+            false
+        } else if Instant::now() + wait >= deadline {
+            false
+        } else {
+            match upstream.breakers.retry(priority) {
+                Some(slot) => {
+                    retry_slot = Some(slot);
+                    true
+                }
+                None => {
+                    upstream
+                        .traffic
+                        .upstream_rq_retry_overflow
+                        .fetch_add(1, Ordering::Relaxed);
+                    overflowed = true;
+                    false
+                }
+            }
+        };
         if !can_retry {
-            let exhausted = retriable && attempt > 0;
+            let exhausted = retriable && attempt > 0 && !overflowed;
             let response = match outcome {
                 Ok(response) => {
-                    info.flags = if exhausted { "URX" } else { "" };
+                    info.flags = match (exhausted, overflowed) {
+                        (true, _) => "URX",
+                        (_, true) => "UO",
+                        _ => "",
+                    };
                     info.details = "via_upstream".into();
-                    finish(response, attempt_started.elapsed())
+                    // Envoy's pool holds the request's slot until the response is complete.
+                    finish(response, attempt_started.elapsed(), request_slot)
                 }
                 Err(Failure::Connect(reason)) => {
-                    info.flags = if exhausted { "URX,UF" } else { "UF" };
+                    info.flags = match (exhausted, overflowed) {
+                        (true, _) => "URX,UF",
+                        (_, true) => "UF,UO",
+                        _ => "UF",
+                    };
                     info.details =
                         "upstream_reset_before_response_started{connection_failure}".into();
                     info.transport_failure = Some(reason.clone());
@@ -550,7 +666,11 @@ pub async fn forward_with_info(
                     )
                 }
                 Err(Failure::Reset(reason)) => {
-                    info.flags = if exhausted { "URX,UC" } else { "UC" };
+                    info.flags = match (exhausted, overflowed) {
+                        (true, _) => "URX,UC",
+                        (_, true) => "UC,UO",
+                        _ => "UC",
+                    };
                     info.details =
                         "upstream_reset_before_response_started{connection_termination}".into();
                     log::debug!("upstream {host} reset: {reason}");
@@ -561,7 +681,11 @@ pub async fn forward_with_info(
                 }
                 // Envoy answers a response its codec cannot parse with 502 and this text.
                 Err(Failure::Protocol(reason)) => {
-                    info.flags = if exhausted { "URX,UPE" } else { "UPE" };
+                    info.flags = match (exhausted, overflowed) {
+                        (true, _) => "URX,UPE",
+                        (_, true) => "UO,UPE",
+                        _ => "UPE",
+                    };
                     info.details = "upstream_reset_before_response_started{protocol_error}".into();
                     log::debug!("upstream {host} sent no valid HTTP: {reason}");
                     local_reply(
@@ -570,7 +694,11 @@ pub async fn forward_with_info(
                     )
                 }
                 Err(Failure::PerTryTimeout) => {
-                    info.flags = if exhausted { "URX,UT" } else { "UT" };
+                    info.flags = match (exhausted, overflowed) {
+                        (true, _) => "URX,UT",
+                        (_, true) => "UT,UO",
+                        _ => "UT",
+                    };
                     info.details = "upstream_per_try_timeout".into();
                     local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
                 }
@@ -582,6 +710,10 @@ pub async fn forward_with_info(
             .traffic
             .upstream_rq_retry
             .fetch_add(1, Ordering::Relaxed);
+        // The failed attempt is over: its connection and its request slot go before the
+        // backoff (the retry keeps its own slot).
+        drop(outcome);
+        drop(request_slot);
         tokio::time::sleep(wait).await;
     }
 }
@@ -662,14 +794,31 @@ fn build_request(
     upstream
 }
 
-/// The upstream response, with Envoy's `x-envoy-upstream-service-time`.
-fn finish(response: Response<Incoming>, service_time: Duration) -> Response<ProxyBody> {
+/// The upstream response, with Envoy's `x-envoy-upstream-service-time`. `slot` (the request's
+/// `max_requests` slot) is freed when the body is done or dropped.
+fn finish(response: Response<Incoming>, service_time: Duration, slot: Slot) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
     let millis = u64::try_from(service_time.as_millis()).unwrap_or(u64::MAX);
     parts
         .headers
         .insert("x-envoy-upstream-service-time", HeaderValue::from(millis));
+    let body = body.map_frame(move |frame| {
+        let _held = &slot;
+        frame
+    });
     Response::from_parts(parts, body.boxed())
+}
+
+/// Envoy's reply when a circuit breaker refuses the upstream request (`max_requests`).
+fn overflow_reply() -> Response<ProxyBody> {
+    let mut response = local_reply(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+    );
+    response
+        .headers_mut()
+        .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+    response
 }
 
 /// A reply the proxy makes itself, as Envoy does: plain text, `content-length`.

@@ -10,6 +10,9 @@
 //! its host picker and the proxy, with its own sweep task. It lives as long as the running
 //! cluster, so a reload that leaves the cluster unchanged (outlier settings included) keeps every
 //! ejection, counter and multiplier, as Envoy keeps an unchanged cluster.
+//!
+//! A plan carries the cluster's `circuit_breakers` (typed again from the mapping the loaded
+//! cluster keeps); changing them restarts the cluster, as any other change of its plan does.
 
 use crate::admin::AdminCluster;
 use crate::checker::{ClusterChecker, ClusterHandle, ClusterSpec, HostSpec, ProbeFn};
@@ -24,7 +27,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
-use vigil_core::config::{Bootstrap, Cluster, Discovery, HealthStatus, LbPolicy, UpstreamProtocol};
+use vigil_core::config::{
+    Bootstrap, CircuitBreakers, Cluster, Discovery, HealthStatus, LbPolicy, UpstreamProtocol,
+};
 use vigil_core::health::HealthFlags;
 use vigil_core::outlier::OutlierConfig;
 
@@ -71,6 +76,8 @@ pub struct ClusterPlan {
     pub outlier: Option<OutlierConfig>,
     /// The endpoints' metadata, for routing rules' `subset.metadata`.
     pub metadata: EndpointMetadata,
+    /// `circuit_breakers`, Envoy's defaults where not given.
+    pub circuit_breakers: CircuitBreakers,
 }
 
 impl PartialEq for ClusterPlan {
@@ -87,6 +94,7 @@ impl PartialEq for ClusterPlan {
             && self.http2 == other.http2
             && self.outlier == other.outlier
             && self.metadata == other.metadata
+            && self.circuit_breakers == other.circuit_breakers
     }
 }
 
@@ -190,6 +198,7 @@ pub fn plan(bootstrap: &Bootstrap) -> Result<(Vec<ClusterPlan>, Vec<String>), St
                 continue;
             }
         };
+        let circuit_breakers = circuit_breakers(cluster)?;
         let endpoints = endpoints(cluster);
         if cluster.dns.respect_dns_ttl
             && cluster.discovery.is_dns()
@@ -265,9 +274,24 @@ pub fn plan(bootstrap: &Bootstrap) -> Result<(Vec<ClusterPlan>, Vec<String>), St
             http2: matches!(cluster.upstream_protocol, UpstreamProtocol::Http2),
             outlier,
             metadata,
+            circuit_breakers,
         });
     }
     Ok((plans, notes))
+}
+
+/// The typed `circuit_breakers` of `cluster`. The loader has already refused a bad mapping, so
+/// an error here means the loaded config was built some other way; it names the field anyway.
+pub fn circuit_breakers(cluster: &Cluster) -> Result<CircuitBreakers, String> {
+    CircuitBreakers::from_json(cluster.circuit_breakers.as_ref()).map_err(|errors| {
+        let first = errors.errors.first();
+        format!(
+            "cluster '{}': circuit_breakers.{}: {}",
+            cluster.name,
+            first.map_or("", |e| e.path.as_str()),
+            first.map_or("invalid", |e| e.message.as_str())
+        )
+    })
 }
 
 struct RunningCluster {
@@ -448,13 +472,16 @@ impl Runtime {
                 None => picker,
             });
         let upstream = match picker {
-            Ok(picker) => Some(Arc::new(Upstream::new(
-                &plan.spec.name,
-                picker,
-                handle.has_traffic.clone(),
-                plan.spec.connect_timeout,
-                plan.http2,
-            ))),
+            Ok(picker) => Some(Arc::new(
+                Upstream::new(
+                    &plan.spec.name,
+                    picker,
+                    handle.has_traffic.clone(),
+                    plan.spec.connect_timeout,
+                    plan.http2,
+                )
+                .with_circuit_breakers(plan.circuit_breakers.clone()),
+            )),
             Err(reason) => {
                 log::warn!(
                     "cluster '{}': not served by the proxy: {reason}",

@@ -37,8 +37,8 @@
 //!   one of them;
 //! - text that is not UTF-8 is an error (Envoy passes the bytes through);
 //! - raw parts (listener filters, network filters other than the HTTP connection manager,
-//!   `outlier_detection`, `circuit_breakers`, metadata, ...) are only checked to be mappings: a
-//!   typo inside them is caught by Envoy, not by vigil yet;
+//!   metadata, ...) are only checked to be mappings: a typo inside them is caught by Envoy, not
+//!   by vigil yet (`outlier_detection` and `circuit_breakers` are typed at load);
 //! - route regexes are compiled with regex-lite, not RE2 (see [`Regex`]); RE2's program-size
 //!   limit is estimated, from below.
 //!
@@ -46,6 +46,7 @@
 //! with each field), `cluster`, `health_check`, `listener` (the typed readers), `types` (the
 //! result), `error`.
 
+mod circuit_breakers;
 mod cluster;
 mod error;
 mod health_check;
@@ -54,6 +55,7 @@ pub(crate) mod reader;
 mod schema;
 mod types;
 
+pub use circuit_breakers::{CircuitBreakers, RetryBudget, RoutingPriority, Thresholds};
 pub use error::{ConfigError, ConfigErrors, ErrorKind, FieldPath, Location, Warning};
 pub use types::*;
 
