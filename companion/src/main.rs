@@ -3,7 +3,12 @@
 //!
 //! `vigil -c FILE` runs; `vigil --mode validate -c FILE` checks the file and exits 0 or 1, as
 //! `envoy --mode validate` does. SIGHUP or `POST /reload` re-reads the file: a bad new file is
-//! rejected with its errors logged, and the running config keeps going. SIGTERM / SIGINT stop.
+//! rejected with its errors logged, and the running config keeps going. SIGTERM / SIGINT stop:
+//! the proxy listeners close at once and drain their connections within each connection
+//! manager's `drain_timeout` (a second signal exits without waiting); the admin API serves until
+//! the drain is over. Proxy listeners bind with `SO_REUSEPORT`, so a new vigil on the same file
+//! can take over before the old one stops (README: "Restarting without dropping connections");
+//! the admin and xDS listeners do not, so the new process needs its own `--admin-address`.
 //!
 //! `--concurrency N` sets the number of tokio worker threads, like Envoy's flag of the same name
 //! (default: the cores available to the process, which honours a `taskset` mask). `1` runs
@@ -373,11 +378,16 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
             }
         }
     }
-    log::info!("shutting down");
+    log::info!("shutting down: closing the listeners, draining requests in flight");
     if let Some(eds) = eds {
         eds.stop().await;
     }
-    listeners.stop_all().await;
+    // A second SIGTERM / SIGINT cuts the drain short, as a second Ctrl-C is expected to.
+    tokio::select! {
+        () = listeners.stop_all() => {}
+        _ = terminate.recv() => log::warn!("second signal: exiting without finishing the drain"),
+        _ = interrupt.recv() => log::warn!("second signal: exiting without finishing the drain"),
+    }
     clusters.stop_all();
     let _ = stop_admin.send(());
     let _ = admin_task.await;

@@ -137,7 +137,39 @@ fn guard_limits(hcm: &HttpConnectionManager) -> GuardLimits {
     }
 }
 
+/// How many not-yet-accepted connections the kernel queues per listener (tokio's and Envoy's
+/// default backlog).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds a proxy listener with `SO_REUSEPORT` (as Envoy's listeners do by default on Linux,
+/// `enable_reuse_port: true`): a second vigil started on the same file binds the same address
+/// while this one still serves, which is what a restart without refused connections needs
+/// (README: "Restarting without dropping connections"). The kernel spreads new connections over
+/// the processes bound; it allows this only between processes of the same user.
+pub fn bind_reusable(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// [`serve`] with the process's connection limit and the listener's counters.
+///
+/// On `shutdown` it drains as Envoy's listener drain does for HTTP/1:
+/// 1. it accepts what the kernel has already queued on the socket, then closes the socket at
+///    once, so that another process bound with [`bind_reusable`] gets every new connection (a
+///    connection still queued when a listening socket closes is reset by the kernel; taking the
+///    queue first leaves only the microseconds between the last accept and the close);
+/// 2. for up to half the connection manager's `drain_timeout`, every HTTP/1 response carries
+///    `connection: close`, so a kept-alive client closes after its next answer and reconnects
+///    elsewhere, without racing a request against a server-side close;
+/// 3. then hyper's graceful shutdown closes the connections still idle (HTTP/2 ones get a
+///    GOAWAY) and waits for requests in flight, for the rest of the `drain_timeout`.
 pub async fn serve_with(
     listener: TcpListener,
     state: Arc<arc_swap::ArcSwap<ListenerState>>,
@@ -145,26 +177,20 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = connection_builder(&state.load().hcm);
-    let derived = Arc::new(DerivedCache {
-        current: Mutex::default(),
-        routing_stats: options.routing_stats.clone(),
-    });
-    let counters = options.counters.clone();
     let what = listener
         .local_addr()
         .map_or_else(|_| "listener".to_string(), |a| format!("listener {a}"));
+    let mut connections = Connections::new(state.clone(), options);
     let mut backoff = AcceptBackoff::default();
     loop {
         let accepted = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => accepted,
         };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => {
+        match accepted {
+            Ok((stream, peer)) => {
                 backoff.succeeded();
-                accepted
+                connections.serve(stream, peer);
             }
             Err(err) => {
                 tokio::select! {
@@ -172,19 +198,102 @@ pub async fn serve_with(
                     _ = backoff.wait(&what, &err) => continue,
                 }
             }
-        };
+        }
+    }
+    // Take what the kernel already queued, then close right away (see above).
+    let queued = std::future::poll_fn(|cx| {
+        let mut queued = Vec::new();
+        while let std::task::Poll::Ready(Ok(accepted)) = listener.poll_accept(cx) {
+            queued.push(accepted);
+        }
+        std::task::Poll::Ready(queued)
+    })
+    .await;
+    drop(listener);
+    let started = Instant::now();
+    let drain = Duration::from_millis(state.load().hcm.drain_timeout_ms.max(1));
+    log::info!(
+        "{what}: closed; draining {} connection(s) for up to {drain:?}",
+        connections.open() + queued.len()
+    );
+    for (stream, peer) in queued {
+        connections.serve(stream, peer);
+    }
+    connections.draining.store(true, Ordering::Relaxed);
+    let Connections {
+        graceful,
+        open,
+        mut closed,
+        ..
+    } = connections;
+    drop(open);
+    // `recv` ends (None) once every connection task has dropped its sender.
+    let _ = tokio::time::timeout(drain / 2, closed.recv()).await;
+    let rest = drain.saturating_sub(started.elapsed());
+    if tokio::time::timeout(rest, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        log::warn!("{what}: drain timeout ({drain:?}) reached with requests still in flight");
+    }
+}
+
+/// The connections one listener serves, and what it needs to drain them.
+struct Connections {
+    state: Arc<arc_swap::ArcSwap<ListenerState>>,
+    options: ServeOptions,
+    builder: auto::Builder<TokioExecutor>,
+    derived: Arc<DerivedCache>,
+    graceful: hyper_util::server::graceful::GracefulShutdown,
+    /// Set when the listener drains: HTTP/1 responses then carry `connection: close`.
+    draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Each connection's task holds a clone until the connection ends.
+    open: tokio::sync::mpsc::Sender<()>,
+    closed: tokio::sync::mpsc::Receiver<()>,
+}
+
+impl Connections {
+    fn new(state: Arc<arc_swap::ArcSwap<ListenerState>>, options: ServeOptions) -> Connections {
+        let builder = connection_builder(&state.load().hcm);
+        let derived = Arc::new(DerivedCache {
+            current: Mutex::default(),
+            routing_stats: options.routing_stats.clone(),
+        });
+        let (open, closed) = tokio::sync::mpsc::channel(1);
+        Connections {
+            state,
+            options,
+            builder,
+            derived,
+            graceful: hyper_util::server::graceful::GracefulShutdown::new(),
+            draining: Arc::default(),
+            open,
+            closed,
+        }
+    }
+
+    /// Connections being served.
+    fn open(&self) -> usize {
+        // The senders are this struct's own plus one per connection task.
+        self.open.strong_count().saturating_sub(1)
+    }
+
+    /// Serves one accepted connection in its own task (or closes it at once beyond the
+    /// process's connection limit).
+    fn serve(&mut self, stream: tokio::net::TcpStream, peer: SocketAddr) {
+        let counters = &self.options.counters;
         counters.downstream_cx_total.fetch_add(1, Ordering::Relaxed);
-        let Some(permit) = options.limit.try_acquire() else {
+        let Some(permit) = self.options.limit.try_acquire() else {
             // Envoy's answer to a connection beyond the global limit: accepted, then closed.
             counters
                 .downstream_global_cx_overflow
                 .fetch_add(1, Ordering::Relaxed);
             drop(stream);
-            continue;
+            return;
         };
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().ok();
-        let limits = guard_limits(&state.load().hcm);
+        let limits = guard_limits(&self.state.load().hcm);
         let refused = counters.clone();
         let guarded = Guarded::new(stream, limits, move |why| {
             let counter = match why {
@@ -195,41 +304,45 @@ pub async fn serve_with(
         });
         let verdict = guarded.verdict();
         let requests = Arc::new(AtomicU64::new(0));
-        let state = state.clone();
-        let derived = derived.clone();
-        let service = service_fn(move |request| {
+        let state = self.state.clone();
+        let derived = self.derived.clone();
+        let draining = self.draining.clone();
+        let service = service_fn(move |request: Request<Incoming>| {
             let state = state.load_full();
             let derived = derived.get(&state);
             // hyper serves HTTP/1 requests in order: the guard's stand-in is known by index.
             let refusal = verdict.refusal(requests.fetch_add(1, Ordering::Relaxed));
+            let draining = draining.clone();
             async move {
                 if let Some(why) = refusal {
                     return Ok::<_, Infallible>(refusal_response(why, derived.server.as_ref()));
                 }
-                Ok::<_, Infallible>(handle(&state, &derived, peer, local, request).await)
+                let http1 = request.version() < http::Version::HTTP_2;
+                let mut response = handle(&state, &derived, peer, local, request).await;
+                // Read after the answer is ready, so a request that was in flight when the
+                // drain began closes its connection too.
+                if http1 && draining.load(Ordering::Relaxed) {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(response)
             }
         });
-        let connection = builder
+        let connection = self
+            .builder
             .serve_connection(TokioIo::new(guarded), service)
             .into_owned();
-        let connection = graceful.watch(connection);
+        let connection = self.graceful.watch(connection);
         let active = counters.clone();
+        let open = self.open.clone();
         active.downstream_cx_active.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let _ = connection.await;
             active.downstream_cx_active.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
+            drop(open);
         });
-    }
-    // Drain: stop accepting (the listener is dropped here), let requests in flight finish and
-    // close idle connections, for at most the connection manager's drain timeout.
-    drop(listener);
-    let drain = Duration::from_millis(state.load().hcm.drain_timeout_ms.max(1));
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        log::warn!("drain timeout ({drain:?}) reached with requests still in flight");
     }
 }
 
@@ -870,6 +983,138 @@ static_resources:
         );
     }
 
+    /// A listener answering every request with a direct 200 and `drain_timeout`.
+    fn direct_state(drain_timeout: &str) -> Arc<arc_swap::ArcSwap<ListenerState>> {
+        let yaml = format!(
+            r#"
+static_resources:
+  listeners:
+  - name: l
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: l
+          drain_timeout: {drain_timeout}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                direct_response: {{status: 200, body: {{inline_string: "up"}}}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+"#
+        );
+        let loaded = vigil_core::config::parse_yaml(&yaml).unwrap_or_else(|e| panic!("{e}"));
+        let hcm = loaded.bootstrap.listeners[0].http[0].clone();
+        Arc::new(arc_swap::ArcSwap::from_pointee(ListenerState {
+            routes: RouteTable::new(hcm.route_config.clone()),
+            hcm,
+            upstreams: BTreeMap::new(),
+        }))
+    }
+
+    /// Sends one kept-alive request on `stream` and returns the response head.
+    async fn kept_alive_request(stream: &mut tokio::net::TcpStream) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !got.ends_with(b"up") {
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(
+                n > 0,
+                "closed before the answer: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8_lossy(&got).to_ascii_lowercase()
+    }
+
+    #[tokio::test]
+    async fn two_listeners_share_an_address_and_a_draining_one_closes_after_its_next_answer() {
+        use tokio::io::AsyncReadExt;
+        let first = bind_reusable("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = first.local_addr().unwrap();
+        // What a second vigil on the same file does while the first still serves.
+        let second = bind_reusable(address).expect("SO_REUSEPORT lets a second listener bind");
+        drop(second);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(serve_with(
+            first,
+            direct_state("2s"),
+            ServeOptions::default(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let mut client = tokio::net::TcpStream::connect(address).await.unwrap();
+        let head = kept_alive_request(&mut client).await;
+        assert!(!head.contains("connection: close"), "{head}");
+
+        let drain_began = Instant::now();
+        stop.send(()).unwrap();
+        // The listening socket closes at once...
+        let refused = async {
+            while tokio::net::TcpStream::connect(address).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(1), refused)
+            .await
+            .expect("the listener still accepts after the stop");
+        // ...while the kept-alive connection stays open for its next request, whose answer
+        // tells the client to go (rather than closing under a request already sent).
+        let head = kept_alive_request(&mut client).await;
+        assert!(head.contains("connection: close"), "{head}");
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
+        tokio::time::timeout(Duration::from_secs(1), served)
+            .await
+            .expect("the drain ends when its last connection does")
+            .unwrap();
+        assert!(drain_began.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_closed_within_the_drain_timeout() {
+        use tokio::io::AsyncReadExt;
+        let listener = bind_reusable("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(serve_with(
+            listener,
+            direct_state("0.4s"),
+            ServeOptions::default(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let mut client = tokio::net::TcpStream::connect(address).await.unwrap();
+        kept_alive_request(&mut client).await;
+        let drain_began = Instant::now();
+        stop.send(()).unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        let closed_after = drain_began.elapsed();
+        // Half the drain timeout for a last request, then closed.
+        assert!(
+            closed_after >= Duration::from_millis(150) && closed_after < Duration::from_millis(400),
+            "{closed_after:?}"
+        );
+        served.await.unwrap();
+    }
+
     #[test]
     fn xff_is_appended() {
         let mut headers = HeaderMap::new();
@@ -1023,7 +1268,7 @@ impl ListenerSet {
                 running.state.store(Arc::new(state));
                 continue;
             }
-            match TcpListener::bind(address).await {
+            match bind_reusable(address) {
                 Ok(listener) => {
                     let shared = Arc::new(arc_swap::ArcSwap::from_pointee(state));
                     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

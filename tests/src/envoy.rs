@@ -86,17 +86,24 @@ impl AdminProcess {
         names: Option<&Names>,
         dir: &Path,
     ) -> Result<AdminProcess, String> {
+        Self::start_vigil_with_args(name, config, admin, names, dir, &[]).await
+    }
+
+    /// [`AdminProcess::start_vigil`] with `extra` arguments after the usual ones (e.g.
+    /// `--admin-address IP:PORT` for a second vigil on the same file; `admin` must then be that
+    /// address).
+    pub async fn start_vigil_with_args(
+        name: &str,
+        config: &str,
+        admin: SocketAddr,
+        names: Option<&Names>,
+        dir: &Path,
+        extra: &[&str],
+    ) -> Result<AdminProcess, String> {
         let binary = paths::workspace_binary("vigil");
-        Self::spawn(
-            name,
-            &binary,
-            &["--log-level", "info"],
-            config,
-            admin,
-            names,
-            dir,
-        )
-        .await
+        let mut args = vec!["--log-level", "info"];
+        args.extend_from_slice(extra);
+        Self::spawn(name, &binary, &args, config, admin, names, dir).await
     }
 
     async fn spawn(
