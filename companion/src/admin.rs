@@ -54,6 +54,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
+use vigil_core::config::{RoutingPriority, Thresholds};
 use vigil_core::health::{CoarseHealth, HealthFlags};
 use vigil_core::outlier::Origin;
 
@@ -572,14 +573,9 @@ pub fn clusters_text(state: &AdminState) -> String {
                 let _ = writeln!(out, "{name}::outlier::{key}::{}", format_g(value));
             }
         }
-        for priority in ["default_priority", "high_priority"] {
-            for (key, value) in [
-                ("max_connections", 1024),
-                ("max_pending_requests", 1024),
-                ("max_requests", 1024),
-                ("max_retries", 3),
-            ] {
-                let _ = writeln!(out, "{name}::{priority}::{key}::{value}");
+        for (priority, label) in PRIORITIES {
+            for (key, value) in breaker_limits(&cluster, priority) {
+                let _ = writeln!(out, "{name}::{label}::{key}::{value}");
             }
         }
         let _ = writeln!(out, "{name}::added_via_api::{}", cluster.added_via_api);
@@ -608,6 +604,37 @@ pub fn clusters_text(state: &AdminState) -> String {
 }
 
 /// Per-host request counters, as the proxy counted them (zero for clusters it does not serve).
+/// Envoy's routing priorities with their `/clusters` labels.
+const PRIORITIES: [(RoutingPriority, &str); 2] = [
+    (RoutingPriority::Default, "default_priority"),
+    (RoutingPriority::High, "high_priority"),
+];
+
+/// A cluster's circuit-breaker limits at `priority` as `/clusters` prints them (`max_retries`
+/// is what a retry budget allows right now); Envoy's defaults for a cluster vigil does not proxy.
+fn breaker_limits(cluster: &AdminCluster, priority: RoutingPriority) -> [(&'static str, u64); 4] {
+    let (limits, max_retries) = match &cluster.upstream {
+        Some(upstream) => (
+            upstream.breakers().config().thresholds(priority).clone(),
+            upstream.breakers().max_retries_now(priority),
+        ),
+        None => {
+            let limits = Thresholds::default();
+            let max_retries = u64::from(limits.max_retries);
+            (limits, max_retries)
+        }
+    };
+    [
+        ("max_connections", u64::from(limits.max_connections)),
+        (
+            "max_pending_requests",
+            u64::from(limits.max_pending_requests),
+        ),
+        ("max_requests", u64::from(limits.max_requests)),
+        ("max_retries", max_retries),
+    ]
+}
+
 fn host_counters(cluster: &AdminCluster, host: &HostSnapshot) -> [(&'static str, u64); 8] {
     let Some(upstream) = &cluster.upstream else {
         return [
@@ -650,10 +677,19 @@ pub fn clusters_json(state: &AdminState) -> Value {
                     for (flag, key) in [
                         (HealthFlags::FAILED_ACTIVE_HC, "failed_active_health_check"),
                         (HealthFlags::FAILED_OUTLIER_CHECK, "failed_outlier_check"),
-                        (HealthFlags::DEGRADED_ACTIVE_HC, "failed_active_degraded_check"),
-                        (HealthFlags::PENDING_DYNAMIC_REMOVAL, "pending_dynamic_removal"),
+                        (
+                            HealthFlags::DEGRADED_ACTIVE_HC,
+                            "failed_active_degraded_check",
+                        ),
+                        (
+                            HealthFlags::PENDING_DYNAMIC_REMOVAL,
+                            "pending_dynamic_removal",
+                        ),
                         (HealthFlags::PENDING_ACTIVE_HC, "pending_active_hc"),
-                        (HealthFlags::EXCLUDED_VIA_IMMEDIATE_HC_FAIL, "excluded_via_immediate_hc_fail"),
+                        (
+                            HealthFlags::EXCLUDED_VIA_IMMEDIATE_HC_FAIL,
+                            "excluded_via_immediate_hc_fail",
+                        ),
                         (HealthFlags::ACTIVE_HC_TIMEOUT, "active_hc_timeout"),
                     ] {
                         if flags.contains(flag) {
@@ -709,10 +745,20 @@ pub fn clusters_json(state: &AdminState) -> Value {
                     Value::Object(object)
                 })
                 .collect();
-            let thresholds = json!({"thresholds": [
-                {"max_connections": 1024, "max_pending_requests": 1024, "max_requests": 1024, "max_retries": 3},
-                {"priority": "HIGH", "max_connections": 1024, "max_pending_requests": 1024, "max_requests": 1024, "max_retries": 3}
-            ]});
+            let thresholds: Vec<Value> = PRIORITIES
+                .iter()
+                .map(|(priority, _)| {
+                    let mut entry = serde_json::Map::new();
+                    if *priority == RoutingPriority::High {
+                        entry.insert("priority".into(), json!("HIGH"));
+                    }
+                    for (key, value) in breaker_limits(cluster, *priority) {
+                        entry.insert(key.into(), json!(value));
+                    }
+                    Value::Object(entry)
+                })
+                .collect();
+            let thresholds = json!({ "thresholds": thresholds });
             let mut object = serde_json::Map::new();
             object.insert("name".into(), json!(cluster.name));
             if cluster.added_via_api {
@@ -830,15 +876,34 @@ pub fn stats(state: &AdminState) -> Vec<(String, i64, StatKind)> {
                 ("upstream_rq_4xx", &t.upstream_rq_4xx),
                 ("upstream_rq_5xx", &t.upstream_rq_5xx),
                 (
+                    "upstream_rq_pending_overflow",
+                    &t.upstream_rq_pending_overflow,
+                ),
+                (
                     "upstream_rq_per_try_timeout",
                     &t.upstream_rq_per_try_timeout,
                 ),
                 ("upstream_rq_retry", &t.upstream_rq_retry),
+                (
+                    "upstream_rq_retry_limit_exceeded",
+                    &t.upstream_rq_retry_limit_exceeded,
+                ),
+                ("upstream_rq_retry_overflow", &t.upstream_rq_retry_overflow),
+                ("upstream_rq_retry_success", &t.upstream_rq_retry_success),
                 ("upstream_rq_timeout", &t.upstream_rq_timeout),
                 ("upstream_rq_total", &t.upstream_rq_total),
             ] {
                 let value = value.load(Ordering::Relaxed) as i64;
                 out.push((format!("{prefix}.{name}"), value, StatKind::Counter));
+            }
+            for (priority, _) in PRIORITIES {
+                for (key, value) in upstream.breaker_gauges(priority).stats() {
+                    out.push((
+                        format!("{prefix}.circuit_breakers.{}.{key}", priority.stat_name()),
+                        value as i64,
+                        StatKind::Gauge,
+                    ));
+                }
             }
             if upstream.original_dst_settings().is_some() {
                 let value = t.original_dst_host_invalid.load(Ordering::Relaxed) as i64;

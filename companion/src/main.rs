@@ -32,7 +32,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
@@ -394,6 +394,11 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
     Ok(())
 }
 
+/// How long a reload waits for a changed cluster's first round of checks before switching the
+/// listeners to it anyway (Envoy waits for its initial health checks too; a probe is bounded by
+/// its timeout, a resolution by the resolver's).
+const WARMING_LIMIT: Duration = Duration::from_secs(10);
+
 /// Re-reads the config; on any error the running clusters stay as they are.
 async fn reload(
     path: &Path,
@@ -405,6 +410,13 @@ async fn reload(
         Ok(loaded) => {
             clusters.set_outlier_event_log(loaded.bootstrap.outlier_event_log_path.as_deref());
             let (started, stopped) = clusters.apply(loaded.plans);
+            // As Envoy warms a changed cluster: the listeners keep the replaced cluster until
+            // its successor has checked its hosts once.
+            if !clusters.warmed_up(WARMING_LIMIT).await {
+                log::warn!(
+                    "a changed cluster is not warmed up after {WARMING_LIMIT:?}; switching to it anyway"
+                );
+            }
             for problem in listeners
                 .apply(&loaded.bootstrap, &clusters.upstreams())
                 .await
@@ -415,6 +427,7 @@ async fn reload(
                 source: loaded.source,
                 loaded_at: Some(SystemTime::now()),
             }));
+            clusters.retire_replaced();
             let summary = format!(
                 "reloaded {}: {started} cluster(s) started, {stopped} stopped, the rest unchanged",
                 path.display()

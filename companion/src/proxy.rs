@@ -1166,12 +1166,13 @@ pub fn published_stats() -> Arc<ProxyStats> {
 }
 
 /// What an ORIGINAL_DST cluster's traffic side is built from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 struct OriginalDstPlan {
     settings: OriginalDstSettings,
     connect_timeout: Duration,
     cleanup_interval: Duration,
     http2: bool,
+    breakers: vigil_core::config::CircuitBreakers,
 }
 
 struct RunningListener {
@@ -1339,6 +1340,13 @@ impl ListenerSet {
             let Some(original_dst) = &cluster.original_dst else {
                 continue;
             };
+            let breakers = match crate::runtime::circuit_breakers(cluster) {
+                Ok(breakers) => breakers,
+                Err(err) => {
+                    problems.push(err);
+                    continue;
+                }
+            };
             let plan = OriginalDstPlan {
                 settings: OriginalDstSettings {
                     header: original_dst.http_header_name.clone(),
@@ -1350,6 +1358,7 @@ impl ListenerSet {
                     cluster.upstream_protocol,
                     vigil_core::config::UpstreamProtocol::Http2
                 ),
+                breakers,
             };
             let upstream = match self.original_dst.remove(&cluster.name) {
                 Some((running, upstream)) if running == plan => upstream,
@@ -1360,7 +1369,7 @@ impl ListenerSet {
                     plan.cleanup_interval,
                     plan.http2,
                 ) {
-                    Ok(upstream) => Arc::new(upstream),
+                    Ok(upstream) => Arc::new(upstream.with_circuit_breakers(plan.breakers.clone())),
                     Err(err) => {
                         problems.push(format!("cluster '{}': {err}", cluster.name));
                         continue;

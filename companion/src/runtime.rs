@@ -306,6 +306,12 @@ struct RunningCluster {
 /// The running clusters.
 pub struct Runtime {
     clusters: BTreeMap<String, RunningCluster>,
+    /// Clusters replaced by a changed plan, still running (and still what the listeners send
+    /// to) until their successors have warmed up: Envoy's cluster warming, so a reload never
+    /// leaves a cluster with no checked host. Stopped by [`Runtime::retire_replaced`].
+    replaced: Vec<RunningCluster>,
+    /// The clusters started by the last `apply` that replaced a running one.
+    warming: Vec<ClusterHandle>,
     /// What the admin API shows, in config order.
     pub admin_clusters: Arc<ArcSwap<Vec<AdminCluster>>>,
     probe: ProbeFn,
@@ -318,6 +324,8 @@ impl Runtime {
     pub fn new(probe: ProbeFn) -> Runtime {
         Runtime {
             clusters: BTreeMap::new(),
+            replaced: Vec::new(),
+            warming: Vec::new(),
             admin_clusters: Arc::new(ArcSwap::from_pointee(Vec::new())),
             probe,
             order: Vec::new(),
@@ -340,8 +348,10 @@ impl Runtime {
         }
     }
 
-    /// Makes `plans` the running set: unchanged clusters keep running untouched.
-    /// Returns how many clusters were (re)started and stopped.
+    /// Makes `plans` the running set: unchanged clusters keep running untouched, removed ones
+    /// stop, and a changed one starts anew while the one it replaces keeps running until
+    /// [`Runtime::retire_replaced`] (wait for [`Runtime::warmed_up`] first).
+    /// Returns how many clusters were (re)started and stopped (replaced ones included).
     pub fn apply(&mut self, plans: Vec<ClusterPlan>) -> (usize, usize) {
         let wanted: BTreeMap<String, ClusterPlan> = plans
             .iter()
@@ -353,19 +363,29 @@ impl Runtime {
             let keep = wanted
                 .get(&name)
                 .is_some_and(|p| self.clusters.get(&name).is_some_and(|r| r.plan == *p));
-            if !keep {
-                if let Some(running) = self.clusters.remove(&name) {
+            if !keep && let Some(running) = self.clusters.remove(&name) {
+                if wanted.contains_key(&name) {
+                    self.replaced.push(running);
+                } else {
                     for stop in running.stop {
                         let _ = stop.send(());
                     }
-                    stopped += 1;
                 }
+                stopped += 1;
             }
         }
         let mut started = 0;
+        self.warming.clear();
         for plan in plans.iter() {
             if !self.clusters.contains_key(&plan.spec.name) {
                 let running = self.start(plan.clone());
+                if self
+                    .replaced
+                    .iter()
+                    .any(|r| r.plan.spec.name == plan.spec.name)
+                {
+                    self.warming.push(running.handle.clone());
+                }
                 self.clusters.insert(plan.spec.name.clone(), running);
                 started += 1;
             }
@@ -507,8 +527,35 @@ impl Runtime {
             .collect()
     }
 
+    /// Waits until every cluster the last `apply` started in place of a running one has had its
+    /// first round of checks (or its first resolution), at most `limit`; false when the limit
+    /// was reached.
+    pub async fn warmed_up(&self, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.warming.iter().all(|h| h.snapshot.load().initialized) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops the clusters replaced by the last `apply` (once the listeners use their successors).
+    pub fn retire_replaced(&mut self) {
+        for running in self.replaced.drain(..) {
+            for stop in running.stop {
+                let _ = stop.send(());
+            }
+        }
+        self.warming.clear();
+    }
+
     /// Stops every cluster.
     pub fn stop_all(&mut self) {
         self.apply(Vec::new());
+        self.retire_replaced();
     }
 }
