@@ -147,15 +147,34 @@ const LISTEN_BACKLOG: u32 = 1024;
 /// (README: "Restarting without dropping connections"). The kernel spreads new connections over
 /// the processes bound; it allows this only between processes of the same user.
 pub fn bind_reusable(address: SocketAddr) -> std::io::Result<TcpListener> {
+    bind_listener(address, true)
+}
+
+/// Binds a proxy listener, with `SO_REUSEPORT` unless the listener says
+/// `enable_reuse_port: false` (then a second process cannot bind it, as in Envoy).
+fn bind_listener(address: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     let socket = if address.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
+    socket.set_reuseport(reuse_port)?;
     socket.bind(address)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+/// The listener's `enable_reuse_port` (a `BoolValue`: a bare boolean or `{value: ...}`; Envoy's
+/// default on Linux is true).
+fn enable_reuse_port(listener: &vigil_core::config::Listener) -> bool {
+    match listener.rest.get("enable_reuse_port") {
+        Some(serde_json::Value::Bool(reuse)) => *reuse,
+        Some(serde_json::Value::Object(wrapper)) => wrapper
+            .get("value")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(true),
+        _ => true,
+    }
 }
 
 /// [`serve`] with the process's connection limit and the listener's counters.
@@ -1047,6 +1066,12 @@ static_resources:
         let address = first.local_addr().unwrap();
         // What a second vigil on the same file does while the first still serves.
         let second = bind_reusable(address).expect("SO_REUSEPORT lets a second listener bind");
+        let private = bind_listener("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let taken = private.local_addr().unwrap();
+        assert!(
+            bind_reusable(taken).is_err(),
+            "enable_reuse_port: false keeps the address to one listener"
+        );
         drop(second);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let served = tokio::spawn(serve_with(
@@ -1201,6 +1226,7 @@ impl ListenerSet {
         let upstreams = &upstreams;
         let mut wanted: BTreeMap<SocketAddr, ListenerState> = BTreeMap::new();
         let mut names: BTreeMap<SocketAddr, String> = BTreeMap::new();
+        let mut reuse_ports: BTreeMap<SocketAddr, bool> = BTreeMap::new();
         for listener in &bootstrap.listeners {
             let label = if listener.name.is_empty() {
                 "(unnamed)"
@@ -1227,6 +1253,10 @@ impl ListenerSet {
                 continue;
             };
             names.insert(SocketAddr::new(ip, socket.port_value), label.to_string());
+            reuse_ports.insert(
+                SocketAddr::new(ip, socket.port_value),
+                enable_reuse_port(listener),
+            );
             wanted.insert(
                 SocketAddr::new(ip, socket.port_value),
                 ListenerState {
@@ -1269,7 +1299,8 @@ impl ListenerSet {
                 running.state.store(Arc::new(state));
                 continue;
             }
-            match bind_reusable(address) {
+            let reuse_port = reuse_ports.get(&address).copied().unwrap_or(true);
+            match bind_listener(address, reuse_port) {
                 Ok(listener) => {
                     let shared = Arc::new(arc_swap::ArcSwap::from_pointee(state));
                     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
