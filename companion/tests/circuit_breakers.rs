@@ -9,12 +9,10 @@ use common::{handle, snapshot, upstream_with};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Response, StatusCode};
 use http_body_util::BodyExt;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use vigil::forward::{
     ForwardInfo, Forwarding, Outgoing, ProxyBody, RetryOn, RetryPolicy, Upstream,
     forward_at_priority,
@@ -22,45 +20,10 @@ use vigil::forward::{
 use vigil::upstream::{HostPicker, LbSettings};
 use vigil_core::config::{CircuitBreakers, LbPolicy, RoutingPriority};
 use vigil_core::health::HealthFlags;
+use vigil_tests::raw_upstream::CountingUpstream;
 
 const OVERFLOW: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: overflow";
-
-async fn read_head(stream: &mut TcpStream) -> bool {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    true
-}
-
-/// An upstream answering `status` after `delay`, counting requests.
-async fn counting(status: &'static str, delay: Duration) -> (SocketAddr, Arc<AtomicU64>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let hits = Arc::new(AtomicU64::new(0));
-    let counter = hits.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                while read_head(&mut stream).await {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(delay).await;
-                    let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 4\r\n\r\nbody");
-                    if stream.write_all(answer.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (address, hits)
-}
 
 fn upstream(host: SocketAddr, breakers: serde_json::Value) -> Arc<Upstream> {
     let handle = handle(snapshot("svc", &[(host, HealthFlags::empty())], 1));
@@ -100,7 +63,13 @@ async fn body(response: Response<ProxyBody>) -> String {
 
 #[tokio::test]
 async fn max_requests_overflow_per_priority_until_the_body_is_done() {
-    let (host, hits) = counting("200 OK", Duration::from_millis(300)).await;
+    let counting = CountingUpstream::start(
+        Ipv4Addr::LOCALHOST.into(),
+        "200 OK",
+        Duration::from_millis(300),
+    )
+    .await;
+    let host = counting.address;
     let up = upstream(
         host,
         serde_json::json!({"thresholds": [{"max_requests": 1}, {"priority": "HIGH", "max_requests": 1}]}),
@@ -150,7 +119,7 @@ async fn max_requests_overflow_per_priority_until_the_body_is_done() {
     let (again, _) = send(&up, &none, RoutingPriority::Default).await;
     assert_eq!(again.status(), StatusCode::OK);
     drop(again);
-    assert_eq!(hits.load(Ordering::SeqCst), 3);
+    assert_eq!(counting.hits(), 3);
     assert_eq!(
         up.traffic
             .upstream_rq_pending_overflow
@@ -170,7 +139,13 @@ fn retry_5xx(num_retries: u32) -> RetryPolicy {
 
 #[tokio::test]
 async fn an_open_retry_breaker_passes_the_failed_answer_through() {
-    let (host, hits) = counting("503 Service Unavailable", Duration::ZERO).await;
+    let counting = CountingUpstream::start(
+        Ipv4Addr::LOCALHOST.into(),
+        "503 Service Unavailable",
+        Duration::ZERO,
+    )
+    .await;
+    let host = counting.address;
     let up = upstream(
         host,
         serde_json::json!({"thresholds": [{"max_retries": 0}]}),
@@ -180,7 +155,7 @@ async fn an_open_retry_breaker_passes_the_failed_answer_through() {
     assert_eq!(info.flags, "UO");
     assert_eq!(info.attempts, 1);
     assert_eq!(body(response).await, "body", "the upstream's own answer");
-    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    assert_eq!(counting.hits(), 1);
     let t = &up.traffic;
     assert_eq!(t.upstream_rq_retry_overflow.load(Ordering::Relaxed), 1);
     assert_eq!(t.upstream_rq_retry.load(Ordering::Relaxed), 0);
@@ -192,7 +167,7 @@ async fn an_open_retry_breaker_passes_the_failed_answer_through() {
     assert_eq!(info.flags, "URX");
     assert_eq!(info.attempts, 3);
     drop(response);
-    assert_eq!(hits.load(Ordering::SeqCst), 4);
+    assert_eq!(counting.hits(), 4);
     assert_eq!(t.upstream_rq_retry.load(Ordering::Relaxed), 2);
     assert_eq!(
         t.upstream_rq_retry_limit_exceeded.load(Ordering::Relaxed),
@@ -206,7 +181,13 @@ async fn an_open_retry_breaker_passes_the_failed_answer_through() {
 async fn a_retry_holds_its_slot_through_the_retried_attempt() {
     // 503 after 200 ms; one retry slot: of two requests failing together, one retries and the
     // other overflows, since the retry holds the slot until its own attempt is judged.
-    let (host, hits) = counting("503 Service Unavailable", Duration::from_millis(200)).await;
+    let counting = CountingUpstream::start(
+        Ipv4Addr::LOCALHOST.into(),
+        "503 Service Unavailable",
+        Duration::from_millis(200),
+    )
+    .await;
+    let host = counting.address;
     let up = upstream(host, serde_json::json!({"thresholds": {"max_retries": 1}}));
     let tasks: Vec<_> = (0..2)
         .map(|_| {
@@ -224,7 +205,7 @@ async fn a_retry_holds_its_slot_through_the_retried_attempt() {
     }
     flags.sort_unstable();
     assert_eq!(flags, ["UO", "URX"]);
-    assert_eq!(hits.load(Ordering::SeqCst), 3);
+    assert_eq!(counting.hits(), 3);
     let t = &up.traffic;
     assert_eq!(t.upstream_rq_retry.load(Ordering::Relaxed), 1);
     assert_eq!(t.upstream_rq_retry_overflow.load(Ordering::Relaxed), 1);

@@ -22,6 +22,18 @@ impl DemoApp {
         extra: &[&str],
         dir: &Path,
     ) -> Result<DemoApp, String> {
+        DemoApp::start_logged(name, &format!("demoapp-{name}"), http, extra, dir).await
+    }
+
+    /// [`DemoApp::start`] with its logs in `dir/<log_name>.*` (a restarted app keeps the first
+    /// run's logs by taking another name).
+    pub async fn start_logged(
+        name: &str,
+        log_name: &str,
+        http: SocketAddr,
+        extra: &[&str],
+        dir: &Path,
+    ) -> Result<DemoApp, String> {
         let mut command = Command::new(paths::workspace_binary("demoapp"));
         command
             .arg("--listen")
@@ -29,7 +41,7 @@ impl DemoApp {
             .arg("--name")
             .arg(name)
             .args(extra);
-        let mut child = Child::spawn(&format!("demoapp-{name}"), command, dir);
+        let mut child = Child::spawn(log_name, command, dir);
         child
             .wait_for_stdout("demoapp listening", Duration::from_secs(10))
             .await?;

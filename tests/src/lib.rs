@@ -28,6 +28,8 @@
 //!   Envoy, HAProxy and nginx; see `docs/bench.md`.
 //! - [`load`]: a load generator: N keep-alive HTTP/1.1 clients for a bounded time, each
 //!   request's outcome (connect error, reset, 5xx, timeout), status, latency and start time.
+//! - [`raw_upstream`]: hand-written HTTP/1.1 upstreams (read a request head; answer a fixed
+//!   status after a delay and count).
 //! - [`soak`]: `vigil-lab soak` (`./lab soak`): long load through vigil and Envoy with livez
 //!   toggles, RSS sampled, a verdict on growth; and the YAML helpers the load tests share.
 
@@ -43,6 +45,7 @@ pub mod names;
 pub mod net;
 pub mod paths;
 pub mod process;
+pub mod raw_upstream;
 pub mod soak;
 pub mod template;
 pub mod timeline;

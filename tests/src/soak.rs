@@ -17,13 +17,11 @@
 use crate::demoapp::DemoApp;
 use crate::envoy::{AdminProcess, single_listener_config, start_envoy_and_vigil};
 use crate::load::{self, Load, LoadReport, Progress};
-use crate::process::Child;
 use crate::timeline::{Change, Recorder};
-use crate::{net, paths, wait_until};
+use crate::{net, wait_until};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -146,22 +144,8 @@ pub async fn restart_demoapp(
     generation: u32,
     dir: &Path,
 ) -> Result<DemoApp, String> {
-    let mut command = Command::new(paths::workspace_binary("demoapp"));
-    command
-        .arg("--listen")
-        .arg(address.to_string())
-        .arg("--name")
-        .arg(name)
-        .args(["--livez-delay", "0"]);
-    let mut child = Child::spawn(&format!("demoapp-{name}-{generation}"), command, dir);
-    child
-        .wait_for_stdout("demoapp listening", Duration::from_secs(10))
-        .await?;
-    Ok(DemoApp {
-        child,
-        name: name.to_string(),
-        http: address,
-    })
+    let log_name = format!("demoapp-{name}-{generation}");
+    DemoApp::start_logged(name, &log_name, address, &["--livez-delay", "0"], dir).await
 }
 
 /// Starts demo apps `names`, each on a fresh loopback address, without the first-`/livez` delay.

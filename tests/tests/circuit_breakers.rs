@@ -14,62 +14,11 @@
 //! The proxies run one after the other against the same upstream, its counter read between.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use vigil_tests::envoy::{AdminProcess, single_listener_config, start_envoy_and_vigil};
+use vigil_tests::raw_upstream::CountingUpstream;
 use vigil_tests::soak::{cluster_yaml, route_yaml};
 use vigil_tests::{http, net, paths};
-
-/// An upstream that answers every request with `status` after `delay` and counts the requests.
-struct CountingUpstream {
-    address: SocketAddr,
-    hits: Arc<AtomicU64>,
-}
-
-async fn read_head(stream: &mut TcpStream) -> bool {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    true
-}
-
-impl CountingUpstream {
-    async fn start(status: &'static str, delay: Duration) -> CountingUpstream {
-        let ip = net::fresh_loopback();
-        let listener = TcpListener::bind((ip, 0)).await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let hits = Arc::new(AtomicU64::new(0));
-        let counter = hits.clone();
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let counter = counter.clone();
-                tokio::spawn(async move {
-                    while read_head(&mut stream).await {
-                        counter.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(delay).await;
-                        let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 4\r\n\r\nbody");
-                        if stream.write_all(answer.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        CountingUpstream { address, hits }
-    }
-
-    fn take_hits(&self) -> u64 {
-        self.hits.swap(0, Ordering::SeqCst)
-    }
-}
 
 /// `count` requests to `path` at once; each answer as `status body-first-line overloaded`.
 async fn burst(listener: SocketAddr, path: &str, count: usize) -> Vec<String> {
@@ -120,9 +69,18 @@ async fn counter(process: &AdminProcess, name: &str) -> Option<u64> {
 #[tokio::test]
 async fn retry_and_request_breakers_overflow_as_in_envoy() {
     let dir = paths::scratch_dir("circuit-breakers");
-    let failing =
-        CountingUpstream::start("503 Service Unavailable", Duration::from_millis(200)).await;
-    let slow = CountingUpstream::start("200 OK", Duration::from_millis(600)).await;
+    let failing = CountingUpstream::start(
+        net::fresh_loopback().into(),
+        "503 Service Unavailable",
+        Duration::from_millis(200),
+    )
+    .await;
+    let slow = CountingUpstream::start(
+        net::fresh_loopback().into(),
+        "200 OK",
+        Duration::from_millis(600),
+    )
+    .await;
     let routes = route_yaml(
         "/retry",
         "retrying",

@@ -16,17 +16,15 @@ fn socket(ip: Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(ip), port)
 }
 
-fn config(admin: SocketAddr, dns: SocketAddr, port: u16) -> String {
+/// Cluster `svc`: STRICT_DNS `myservice:<port>` through the server at `dns`, re-resolved and
+/// checked on `/livez` every `period` (thresholds 1/1), as a YAML list item under `clusters:`.
+fn dns_cluster(dns: SocketAddr, port: u16, period: &str) -> String {
     format!(
-        r#"admin:
-  address:
-    socket_address: {{ address: {admin_ip}, port_value: {admin_port} }}
-static_resources:
-  clusters:
+        r#"
   - name: svc
     connect_timeout: 0.25s
     type: STRICT_DNS
-    dns_refresh_rate: 0.5s
+    dns_refresh_rate: {period}
     dns_lookup_family: V4_ONLY
     typed_dns_resolver_config:
       name: envoy.network.dns_resolver.cares
@@ -42,17 +40,23 @@ static_resources:
             address:
               socket_address: {{ address: myservice, port_value: {port} }}
     health_checks:
-    - timeout: 0.5s
-      interval: 0.5s
-      no_traffic_interval: 0.5s
+    - timeout: {period}
+      interval: {period}
+      no_traffic_interval: {period}
       unhealthy_threshold: 1
       healthy_threshold: 1
-      http_health_check: {{ path: /livez }}
-"#,
-        admin_ip = admin.ip(),
-        admin_port = admin.port(),
+      http_health_check: {{ path: /livez }}"#,
         dns_ip = dns.ip(),
         dns_port = dns.port(),
+    )
+}
+
+fn config(admin: SocketAddr, dns: SocketAddr, port: u16) -> String {
+    format!(
+        "admin:\n  address:\n    socket_address: {{ address: {}, port_value: {} }}\nstatic_resources:\n  clusters:{}\n",
+        admin.ip(),
+        admin.port(),
+        dns_cluster(dns, port, "0.5s")
     )
 }
 
@@ -208,39 +212,10 @@ async fn envoy_and_vigil_follow_the_same_dns_answers() {
     );
 }
 
-/// A STRICT_DNS cluster behind a listener, re-resolved every 0.3 s and checked every 0.3 s.
+/// [`dns_cluster`] behind a listener, re-resolved every 0.3 s and checked every 0.3 s.
 fn churn_config(listen: SocketAddr, admin: SocketAddr, dns: SocketAddr, port: u16) -> String {
-    let clusters = format!(
-        r#"
-  - name: svc
-    connect_timeout: 0.25s
-    type: STRICT_DNS
-    dns_refresh_rate: 0.3s
-    dns_lookup_family: V4_ONLY
-    typed_dns_resolver_config:
-      name: envoy.network.dns_resolver.cares
-      typed_config:
-        "@type": type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig
-        resolvers:
-        - socket_address: {{ address: {dns_ip}, port_value: {dns_port} }}
-    load_assignment:
-      cluster_name: svc
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{ address: myservice, port_value: {port} }}
-    health_checks:
-    - timeout: 0.3s
-      interval: 0.3s
-      no_traffic_interval: 0.3s
-      unhealthy_threshold: 1
-      healthy_threshold: 1
-      http_health_check: {{ path: /livez }}"#,
-        dns_ip = dns.ip(),
-        dns_port = dns.port(),
-    );
     let routes = "\n              - match: { prefix: / }\n                route: { cluster: svc }";
+    let clusters = dns_cluster(dns, port, "0.3s");
     vigil_tests::envoy::single_listener_config("front", listen, admin, routes, &clusters)
 }
 

@@ -10,9 +10,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use vigil_tests::envoy::{single_listener_config, start_envoy_and_vigil};
+use vigil_tests::raw_upstream::read_request_head;
 use vigil_tests::{http, net, paths};
 
 /// How a fake upstream treats each connection.
@@ -32,21 +33,9 @@ enum Misbehaviour {
     Good,
 }
 
-async fn read_head(stream: &mut TcpStream) -> bool {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    true
-}
-
 async fn serve_one(mut stream: TcpStream, how: Misbehaviour) {
     // Keep-alive: answer request after request on the connection until it closes.
-    while read_head(&mut stream).await {
+    while read_request_head(&mut stream).await {
         match how {
             Misbehaviour::Reset => {
                 // SO_LINGER 0 turns the close into a RST; with a zero timeout, dropping the
