@@ -162,6 +162,24 @@ pub struct HostTraffic {
     pub cx_connect_fail: AtomicU64,
 }
 
+/// One attempt counted in its host's `rq_active` until dropped: a request whose client goes away
+/// mid-attempt (hyper drops its future) must not leave the count high, since least-request
+/// balancing reads it.
+struct ActiveAttempt(Arc<HostTraffic>);
+
+impl ActiveAttempt {
+    fn start(traffic: &Arc<HostTraffic>) -> ActiveAttempt {
+        traffic.rq_active.fetch_add(1, Ordering::Relaxed);
+        ActiveAttempt(traffic.clone())
+    }
+}
+
+impl Drop for ActiveAttempt {
+    fn drop(&mut self) {
+        self.0.rq_active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Counters of one cluster.
 #[derive(Debug, Default)]
 pub struct ClusterTraffic {
@@ -526,7 +544,7 @@ pub async fn forward_at_priority(
         };
         let traffic = upstream.host(host);
         traffic.rq_total.fetch_add(1, Ordering::Relaxed);
-        traffic.rq_active.fetch_add(1, Ordering::Relaxed);
+        let active = ActiveAttempt::start(&traffic);
         let attempt_started = Instant::now();
         let remaining = deadline.saturating_duration_since(attempt_started);
         let per_try = how
@@ -538,7 +556,7 @@ pub async fn forward_at_priority(
             .client
             .request(build_request(&mut request, host, how.timeout, last));
         let result = tokio::time::timeout(per_try, send).await;
-        traffic.rq_active.fetch_sub(1, Ordering::Relaxed);
+        drop(active);
         let outcome = match result {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(err)) => Err(if err.is_connect() {

@@ -223,3 +223,28 @@ fn retry_on_rejects_unknown_conditions() {
         "unknown retry_on condition 'bogus'"
     );
 }
+
+#[tokio::test]
+async fn an_abandoned_attempt_leaves_no_active_request_behind() {
+    let blue = demoapp("blue").await;
+    post(blue.http, "/faults", "delay_ms=2000").await;
+    let up = upstream(&[(blue.http, OK)], LbSettings::new(LbPolicy::RoundRobin));
+    let policy = RetryPolicy::none();
+    let forwarding = forward(
+        &up,
+        get("/"),
+        Forwarding {
+            retry: &policy,
+            timeout: Duration::from_secs(10),
+            hash: None,
+        },
+    );
+    // The client goes away while the attempt waits for blue: hyper drops the future.
+    let abandoned = tokio::time::timeout(Duration::from_millis(200), forwarding).await;
+    assert!(abandoned.is_err(), "blue answers after 2 s");
+    assert_eq!(
+        up.host(blue.http).rq_active.load(Ordering::Relaxed),
+        0,
+        "the abandoned attempt still counts as active"
+    );
+}
