@@ -107,12 +107,19 @@ const WIRE_FIXED64: u8 = 1;
 const WIRE_LEN: u8 = 2;
 const WIRE_FIXED32: u8 = 5;
 
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push((value as u8) | 0x80);
         value >>= 7;
     }
     out.push(value as u8);
+}
+
+/// One length-delimited protobuf field (`field` number, wire type 2).
+pub(crate) fn put_bytes(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
+    put_varint(out, (field << 3) | u64::from(WIRE_LEN));
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
 }
 
 fn get_varint(buf: &[u8], pos: &mut usize) -> Result<u64, DecodeError> {
@@ -181,9 +188,7 @@ fn for_each_field<'a>(
 pub fn encode_request(service: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(service.len() + 2);
     if !service.is_empty() {
-        put_varint(&mut out, (1 << 3) | u64::from(WIRE_LEN));
-        put_varint(&mut out, service.len() as u64);
-        out.extend_from_slice(service.as_bytes());
+        put_bytes(&mut out, 1, service.as_bytes());
     }
     out
 }

@@ -18,7 +18,7 @@
 //! `proxy_dispatch_grpc_call`, so the call carries the probe's `:authority`.
 
 use super::config::{ProbeConfig, ProbeKind};
-use crate::grpc_health::{ServingStatus, decode_response};
+use crate::grpc_health::{ServingStatus, decode_response, put_bytes};
 use crate::health::FailureType;
 use serde_json::Value;
 
@@ -212,21 +212,6 @@ pub fn grpc_upstream(cluster: &str, authority: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(envoy_grpc.len() + 3);
     put_bytes(&mut out, 1, &envoy_grpc);
     out
-}
-
-/// One length-delimited protobuf field.
-fn put_bytes(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
-    put_varint(out, (field << 3) | 2);
-    put_varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
-}
-
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
 }
 
 #[cfg(test)]
