@@ -1371,13 +1371,7 @@ impl ListenerSet {
             let Some(original_dst) = &cluster.original_dst else {
                 continue;
             };
-            let breakers = match crate::runtime::circuit_breakers(cluster) {
-                Ok(breakers) => breakers,
-                Err(err) => {
-                    problems.push(err);
-                    continue;
-                }
-            };
+            let breakers = cluster.circuit_breakers.clone();
             let plan = OriginalDstPlan {
                 settings: OriginalDstSettings {
                     header: original_dst.http_header_name.clone(),

@@ -11,8 +11,8 @@
 //! cluster, so a reload that leaves the cluster unchanged (outlier settings included) keeps every
 //! ejection, counter and multiplier, as Envoy keeps an unchanged cluster.
 //!
-//! A plan carries the cluster's `circuit_breakers` (typed again from the mapping the loaded
-//! cluster keeps); changing them restarts the cluster, as any other change of its plan does.
+//! A plan carries the cluster's `circuit_breakers` (typed at load); changing them restarts the
+//! cluster, as any other change of its plan does.
 
 use crate::admin::AdminCluster;
 use crate::checker::{ClusterChecker, ClusterHandle, ClusterSpec, HostSpec, ProbeFn};
@@ -198,7 +198,7 @@ pub fn plan(bootstrap: &Bootstrap) -> Result<(Vec<ClusterPlan>, Vec<String>), St
                 continue;
             }
         };
-        let circuit_breakers = circuit_breakers(cluster)?;
+        let circuit_breakers = cluster.circuit_breakers.clone();
         let endpoints = endpoints(cluster);
         if cluster.dns.respect_dns_ttl
             && cluster.discovery.is_dns()
@@ -278,20 +278,6 @@ pub fn plan(bootstrap: &Bootstrap) -> Result<(Vec<ClusterPlan>, Vec<String>), St
         });
     }
     Ok((plans, notes))
-}
-
-/// The typed `circuit_breakers` of `cluster`. The loader has already refused a bad mapping, so
-/// an error here means the loaded config was built some other way; it names the field anyway.
-pub fn circuit_breakers(cluster: &Cluster) -> Result<CircuitBreakers, String> {
-    CircuitBreakers::from_json(cluster.circuit_breakers.as_ref()).map_err(|errors| {
-        let first = errors.errors.first();
-        format!(
-            "cluster '{}': circuit_breakers.{}: {}",
-            cluster.name,
-            first.map_or("", |e| e.path.as_str()),
-            first.map_or("invalid", |e| e.message.as_str())
-        )
-    })
 }
 
 struct RunningCluster {

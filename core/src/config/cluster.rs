@@ -162,12 +162,10 @@ fn cluster(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Cluster> {
     let outlier_detection = o
         .raw_message(cx, "outlier_detection")
         .and_then(|value| outlier_detection(cx, &path.field("outlier_detection"), &value));
-    // Read typed here so a bad value is refused at its path; the cluster keeps the mapping as
-    // written and the companion reads it again with `CircuitBreakers::from_json`.
-    let circuit_breakers = o.raw_message(cx, "circuit_breakers");
-    if let Some(value) = &circuit_breakers {
-        read_circuit_breakers(cx, &path.field("circuit_breakers"), value);
-    }
+    let circuit_breakers = o
+        .raw_message(cx, "circuit_breakers")
+        .and_then(|value| read_circuit_breakers(cx, &path.field("circuit_breakers"), &value))
+        .unwrap_or_default();
     let lb_subset_config = kept(&mut o, cx, "lb_subset_config");
     let upstream_connection_options = kept(&mut o, cx, "upstream_connection_options");
     let track_cluster_stats = kept(&mut o, cx, "track_cluster_stats");

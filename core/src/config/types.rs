@@ -411,8 +411,8 @@ pub struct Cluster {
     pub original_dst: Option<OriginalDst>,
     /// `outlier_detection`, validated with Envoy's defaults and ranges; `None` when absent.
     pub outlier_detection: Option<crate::outlier::OutlierConfig>,
-    /// `circuit_breakers`, as written (not applied yet).
-    pub circuit_breakers: Option<Value>,
+    /// `circuit_breakers`, Envoy's defaults where not given.
+    pub circuit_breakers: super::CircuitBreakers,
     /// `lb_subset_config`, as written (not applied yet).
     pub lb_subset_config: Option<Value>,
     /// `upstream_connection_options`, as written (not applied yet).
