@@ -554,6 +554,9 @@ pub struct Guarded {
     timed_head: u64,
     /// Called once when a head is refused (for the listener's counters).
     on_refusal: Option<Box<dyn FnOnce(Rejection) + Send>>,
+    /// Released when the socket is really closed, after a delayed close too (the connection's
+    /// slot under the process's connection limit).
+    held: Option<Box<dyn Send>>,
 }
 
 impl Guarded {
@@ -573,7 +576,15 @@ impl Guarded {
             deadline: None,
             timed_head: 0,
             on_refusal: Some(Box::new(on_refusal)),
+            held: None,
         }
+    }
+
+    /// Keeps `token` until the socket is closed: when the connection's service is done, or at
+    /// the end of a delayed close, which outlives it.
+    pub fn hold_until_closed(mut self, token: impl Send + 'static) -> Guarded {
+        self.held = Some(Box::new(token));
+        self
     }
 
     /// The verdict the connection's service consults.
@@ -724,7 +735,11 @@ impl Drop for Guarded {
         else {
             return;
         };
-        runtime.spawn(delayed_close(stream, self.limits.delayed_close));
+        let (delay, held) = (self.limits.delayed_close, self.held.take());
+        runtime.spawn(async move {
+            delayed_close(stream, delay).await;
+            drop(held);
+        });
     }
 }
 

@@ -320,7 +320,8 @@ impl Connections {
                 _ => &refused.downstream_cx_protocol_error,
             };
             counter.fetch_add(1, Ordering::Relaxed);
-        });
+        })
+        .hold_until_closed(permit);
         let verdict = guarded.verdict();
         let requests = Arc::new(AtomicU64::new(0));
         let state = self.state.clone();
@@ -359,7 +360,6 @@ impl Connections {
         tokio::spawn(async move {
             let _ = connection.await;
             active.downstream_cx_active.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
             drop(open);
         });
     }

@@ -457,6 +457,41 @@ async fn connections_beyond_the_limit_are_closed_at_once_and_counted() {
 }
 
 #[tokio::test]
+async fn a_refused_connection_keeps_its_slot_through_the_delayed_close() {
+    let (up, _) = recording_upstream().await;
+    let limit = Arc::new(ConnectionLimit::new(1));
+    let (at, _counters, _stop) = proxy(up, "delayed_close_timeout: 0.5s", limit.clone()).await;
+    // A refused head: the socket stays open (and counted) for the delayed close.
+    let mut refused = TcpStream::connect(at).await.unwrap();
+    refused
+        .write_all(
+            b"GET / HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = refused.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 400"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(limit.active(), 1, "the delayed close still holds its slot");
+    // Once the delayed close has ended, the slot is free again.
+    let read = tokio::time::timeout(Duration::from_secs(2), refused.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while limit.active() != 0 {
+        assert!(Instant::now() < deadline, "the slot was never released");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, _, body) =
+        exchange(at, "GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+}
+
+#[tokio::test]
 async fn with_an_admin_token_changes_need_it_and_reads_do_not() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let at = listener.local_addr().unwrap();
