@@ -210,6 +210,9 @@ pub struct Inspector {
     at_start: bool,
     /// Request heads passed on so far.
     heads: u64,
+    /// Empty lines were skipped before the head now awaited: the head has begun, so its header
+    /// timer runs (otherwise a client could hold the connection by sending a CRLF now and then).
+    blank_lines_seen: bool,
 }
 
 impl Inspector {
@@ -223,6 +226,7 @@ impl Inspector {
             max_head: max_head_bytes,
             at_start: true,
             heads: 0,
+            blank_lines_seen: false,
         }
     }
 
@@ -233,7 +237,7 @@ impl Inspector {
 
     /// Whether part of a head has arrived and the rest has not (the header timer runs).
     pub fn head_in_progress(&self) -> bool {
-        self.state == State::Head && !self.head.is_empty()
+        self.state == State::Head && (!self.head.is_empty() || self.blank_lines_seen)
     }
 
     /// Whether a head was refused (nothing more is passed on).
@@ -337,6 +341,7 @@ impl Inspector {
                 // Empty lines before a request line are skipped (RFC 9112 §2.2), as Envoy does.
                 self.head.drain(..=end);
                 self.scanned = 0;
+                self.blank_lines_seen = true;
                 continue;
             }
             if end >= self.max_head {
@@ -355,6 +360,7 @@ impl Inspector {
                 self.head = Vec::new();
             }
             self.heads += 1;
+            self.blank_lines_seen = false;
             self.state = framing;
             return Ok(());
         }
@@ -965,6 +971,13 @@ mod tests {
         assert!(!inspector.head_in_progress(), "in the body");
         inspector.feed(b"c", &mut out).unwrap();
         assert!(!inspector.head_in_progress(), "between requests");
+        // An empty line starts the next head: sending CRLFs now and then does not dodge the timer.
+        inspector.feed(b"\r\n", &mut out).unwrap();
+        assert!(inspector.head_in_progress(), "after a skipped empty line");
+        inspector
+            .feed(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n", &mut out)
+            .unwrap();
+        assert!(!inspector.head_in_progress(), "the head is done");
     }
 
     #[test]
