@@ -258,6 +258,9 @@ type ProbeDone = (SocketAddr, u64, Result<Finished, ()>);
 pub struct ClusterChecker {
     spec: ClusterSpec,
     sessions: BTreeMap<SocketAddr, Session>,
+    /// The hosts in membership order, as Envoy keeps them (the order round robin walks): the
+    /// list's order, then the hosts kept only because they are pending removal.
+    order: Vec<SocketAddr>,
     stats: HealthCheckStats,
     handle: ClusterHandle,
     probe: ProbeFn,
@@ -303,6 +306,7 @@ impl ClusterChecker {
         let checker = ClusterChecker {
             spec,
             sessions: BTreeMap::new(),
+            order: Vec::new(),
             stats: HealthCheckStats::default(),
             handle: handle.clone(),
             probe,
@@ -383,6 +387,12 @@ impl ClusterChecker {
     /// Applies a new membership list (Envoy's `updateDynamicHostList` for the removal rules).
     fn set_hosts(&mut self, hosts: Vec<HostSpec>, now: Instant) {
         let view_before = self.balancing_view();
+        let mut listed_set = std::collections::BTreeSet::new();
+        let mut listed: Vec<SocketAddr> = hosts
+            .iter()
+            .map(|h| h.address)
+            .filter(|a| listed_set.insert(*a))
+            .collect();
         let wanted: BTreeMap<SocketAddr, HostSpec> =
             hosts.into_iter().map(|h| (h.address, h)).collect();
         let mut removed = Vec::new();
@@ -448,6 +458,16 @@ impl ClusterChecker {
                 },
             );
         }
+        // Envoy's updateDynamicHostList: the new list in its order, then the hosts it keeps
+        // (pending removal) in their previous order.
+        let kept = self
+            .order
+            .iter()
+            .filter(|a| !listed_set.contains(*a) && self.sessions.contains_key(*a))
+            .copied()
+            .collect::<Vec<_>>();
+        listed.extend(kept);
+        self.order = listed;
         if let Some(outlier) = &self.outlier {
             outlier.set_hosts(self.sessions.keys().copied());
         }
@@ -462,8 +482,7 @@ impl ClusterChecker {
 
     /// What a load balancer is built from; `hosts_version` moves when it changes.
     fn balancing_view(&self) -> Vec<(SocketAddr, HealthFlags, u32, u32)> {
-        self.sessions
-            .values()
+        self.in_order()
             .map(|s| {
                 (
                     s.spec.address,
@@ -485,6 +504,11 @@ impl ClusterChecker {
             CheckerWork::add(&self.work.sessions_examined, 1);
         }
         None
+    }
+
+    /// The sessions in membership order.
+    fn in_order(&self) -> impl Iterator<Item = &Session> {
+        self.order.iter().filter_map(|a| self.sessions.get(a))
     }
 
     fn is_live(&self, due: Instant, address: SocketAddr, generation: u64) -> bool {
@@ -693,7 +717,7 @@ impl ClusterChecker {
                 mut snapshot,
                 publish,
             }) if publish >= self.membership_changed => {
-                for (host, session) in snapshot.hosts.iter_mut().zip(self.sessions.values()) {
+                for (host, session) in snapshot.hosts.iter_mut().zip(self.in_order()) {
                     if session.changed > publish {
                         host.flags = session.health.flags();
                         host.history.clear();
@@ -712,7 +736,7 @@ impl ClusterChecker {
                     name: self.spec.name.clone(),
                     initialized: self.initialized,
                     hosts_version: self.hosts_version,
-                    hosts: self.sessions.values().map(Session::snapshot).collect(),
+                    hosts: self.in_order().map(Session::snapshot).collect(),
                     stats: self.stats,
                 }
             }

@@ -387,3 +387,41 @@ async fn configured_health_status_and_disabled_checks_are_kept_apart() {
     advance_to(start, 25_100).await;
     assert_eq!(lab.flags(3), "/degraded_eds_health");
 }
+
+#[tokio::test(start_paused = true)]
+async fn hosts_keep_the_membership_order_not_the_address_order() {
+    let start = Instant::now();
+    let lab = Running::start(
+        spec(lab_settings(), Policy::new(2, 2), 5_000),
+        vec![host(9), host(3), host(5)],
+        vec![],
+        false,
+    );
+    advance_to(start, 20).await;
+    let order = |lab: &Running| -> Vec<SocketAddr> {
+        lab.handle
+            .snapshot
+            .load()
+            .hosts
+            .iter()
+            .map(|h| h.spec.address)
+            .collect()
+    };
+    assert_eq!(
+        order(&lab),
+        vec![host(9).address, host(3).address, host(5).address],
+        "Envoy's round robin walks the hosts in the list's order"
+    );
+    // A new list: its order, then a healthy host kept only because it is pending removal.
+    lab.hosts.send(vec![host(5), host(4)]).unwrap();
+    advance_to(start, 40).await;
+    assert_eq!(
+        order(&lab),
+        vec![
+            host(5).address,
+            host(4).address,
+            host(9).address,
+            host(3).address
+        ]
+    );
+}
