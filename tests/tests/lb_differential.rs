@@ -110,8 +110,11 @@ async fn envoy_and_vigil_balance_identically() {
     let dir = paths::scratch_dir("lb-differential");
     let mut apps = Vec::new();
     let mut addresses = Vec::new();
-    for name in APPS {
-        let ip = net::fresh_loopback();
+    // Addresses in descending order, so that a proxy walking its hosts in address order rather
+    // than the list's order cannot pass the round-robin comparison by luck.
+    let mut ips: Vec<_> = APPS.iter().map(|_| net::fresh_loopback()).collect();
+    ips.sort_unstable_by(|a, b| b.cmp(a));
+    for (name, ip) in APPS.into_iter().zip(ips) {
         let address = SocketAddr::new(IpAddr::V4(ip), net::free_port_on(&[ip]));
         apps.push(
             DemoApp::start(name, address, &["--livez-delay", "0"], &dir)
