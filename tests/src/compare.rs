@@ -35,6 +35,8 @@ use std::time::{Duration, Instant};
 pub const TRAFFIC_PERIOD: Duration = Duration::from_millis(100);
 /// How often the admin APIs are polled for health transitions.
 const POLL: Duration = Duration::from_millis(100);
+/// Longer than the filter workers' verdict refresh tick (100 ms), with room for a loaded machine.
+const WORKER_REFRESH: Duration = Duration::from_millis(500);
 /// A request through a path that takes longer than this counts as an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -189,6 +191,11 @@ impl Topology {
             )
             .await?;
         }
+        // The filter's path reads as healthy from the singleton's gauges; each worker picks the
+        // verdicts up on its own 100 ms tick, so traffic starts once every worker has ticked
+        // (earlier, a worker still on the table of the first probes answers `no healthy
+        // upstream`, which a run under load caught).
+        tokio::time::sleep(WORKER_REFRESH).await;
         Ok(topology)
     }
 
