@@ -85,6 +85,26 @@ fn want(entries: &[(SocketAddr, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Demo apps `a`, `b` and `c`, each on a fresh loopback address, all on one port (so one DNS
+/// name can answer any of them): their addresses, the port, and the apps.
+async fn three_apps(dir: &std::path::Path) -> ([Ipv4Addr; 3], u16, Vec<DemoApp>) {
+    let ips = [
+        net::fresh_loopback(),
+        net::fresh_loopback(),
+        net::fresh_loopback(),
+    ];
+    let port = net::free_port_on(&ips);
+    let mut apps = Vec::new();
+    for (name, ip) in ["a", "b", "c"].into_iter().zip(ips) {
+        apps.push(
+            DemoApp::start(name, socket(ip, port), &["--livez-delay", "0"], dir)
+                .await
+                .unwrap(),
+        );
+    }
+    (ips, port, apps)
+}
+
 fn stat(stats: &BTreeMap<String, String>, name: &str) -> u64 {
     stats.get(name).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
@@ -92,20 +112,7 @@ fn stat(stats: &BTreeMap<String, String>, name: &str) -> u64 {
 #[tokio::test]
 async fn envoy_and_vigil_follow_the_same_dns_answers() {
     let dir = paths::scratch_dir("dns-discovery");
-    let (a, b, c) = (
-        net::fresh_loopback(),
-        net::fresh_loopback(),
-        net::fresh_loopback(),
-    );
-    let port = net::free_port_on(&[a, b, c]);
-    let mut apps = Vec::new();
-    for (name, ip) in [("a", a), ("b", b), ("c", c)] {
-        apps.push(
-            DemoApp::start(name, socket(ip, port), &["--livez-delay", "0"], &dir)
-                .await
-                .unwrap(),
-        );
-    }
+    let ([a, b, c], port, apps) = three_apps(&dir).await;
     let dns_ip = net::fresh_loopback();
     let dns = DnsServer::start(SocketAddr::new(IpAddr::V4(dns_ip), 0)).unwrap();
     dns.set(
@@ -234,20 +241,7 @@ async fn through(listen: SocketAddr) -> (u16, String) {
 #[tokio::test]
 async fn a_churning_answer_and_a_cluster_that_loses_and_regains_every_host() {
     let dir = paths::scratch_dir("dns-churn");
-    let (a, b, c) = (
-        net::fresh_loopback(),
-        net::fresh_loopback(),
-        net::fresh_loopback(),
-    );
-    let port = net::free_port_on(&[a, b, c]);
-    let mut apps = Vec::new();
-    for (name, ip) in [("a", a), ("b", b), ("c", c)] {
-        apps.push(
-            DemoApp::start(name, socket(ip, port), &["--livez-delay", "0"], &dir)
-                .await
-                .unwrap(),
-        );
-    }
+    let ([a, b, c], port, apps) = three_apps(&dir).await;
     let v4 = |ips: &[Ipv4Addr]| ips.iter().map(|ip| IpAddr::V4(*ip)).collect::<Vec<_>>();
     let cycle = Behaviour::Cycle(vec![v4(&[a, b]), v4(&[b, c]), v4(&[c, a])], 1);
     let servers: Vec<DnsServer> = (0..2)
