@@ -1339,7 +1339,7 @@ fn runtime_fraction(cx: &mut Ctx, mut o: Obj) -> Option<(u32, u32)> {
 }
 
 /// A `RegexMatcher`: `regex` (non-empty), compiled.
-fn regex_matcher(cx: &mut Ctx, mut o: Obj) -> Option<Regex> {
+pub(crate) fn regex_matcher(cx: &mut Ctx, mut o: Obj) -> Option<Regex> {
     let path = o.path.field("regex");
     let pattern = o.required_string(cx, "regex", MIN_LEN_1);
     o.finish(cx);
@@ -1604,7 +1604,7 @@ fn header_name(cx: &mut Ctx, o: &mut Obj, field: &str) -> Option<String> {
     Some(name.to_ascii_lowercase())
 }
 
-fn header_matcher(cx: &mut Ctx, mut o: Obj) -> Option<HeaderMatcher> {
+pub(crate) fn header_matcher(cx: &mut Ctx, mut o: Obj) -> Option<HeaderMatcher> {
     let path = o.path.clone();
     let name = header_name(cx, &mut o, "name");
     let invert = o.bool(cx, "invert_match").unwrap_or(false);
@@ -1650,7 +1650,7 @@ fn header_matcher(cx: &mut Ctx, mut o: Obj) -> Option<HeaderMatcher> {
     })
 }
 
-fn string_match(cx: &mut Ctx, mut o: Obj) -> Option<StringMatch> {
+pub(crate) fn string_match(cx: &mut Ctx, mut o: Obj) -> Option<StringMatch> {
     let path = o.path.clone();
     let ignore_case = o.bool(cx, "ignore_case").unwrap_or(false);
     let mut kind = None;
