@@ -962,6 +962,11 @@ fn listener_stats(published: &crate::proxy::ProxyStats) -> Vec<(String, i64, Sta
                 get(&c.downstream_global_cx_overflow),
                 StatKind::Counter,
             ),
+            (
+                "no_filter_chain_match",
+                get(&c.no_filter_chain_match),
+                StatKind::Counter,
+            ),
         ] {
             out.insert(format!("{prefix}.{name}"), (value, kind));
         }

@@ -95,6 +95,9 @@ pub struct ListenerCounters {
     pub downstream_cx_active: AtomicU64,
     /// `downstream_global_cx_overflow`: closed at once because the global limit was reached.
     pub downstream_global_cx_overflow: AtomicU64,
+    /// `no_filter_chain_match`: closed at once because the listener's filter chain does not
+    /// match the connection.
+    pub no_filter_chain_match: AtomicU64,
     /// `http.<stat_prefix>.downstream_cx_protocol_error`: heads refused by the HTTP/1 guard.
     pub downstream_cx_protocol_error: AtomicU64,
     /// `http.<stat_prefix>.downstream_rq_header_timeout`: heads not complete in time.

@@ -312,7 +312,19 @@ impl Connections {
         };
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().ok();
-        let limits = guard_limits(&self.state.load().hcm);
+        let state = self.state.load();
+        // Envoy closes a connection its listener's filter chain does not match.
+        if let Some(local) = local
+            && !state.hcm.connection_match.matches(local, peer)
+        {
+            counters
+                .no_filter_chain_match
+                .fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+            return;
+        }
+        let limits = guard_limits(&state.hcm);
+        drop(state);
         let refused = counters.clone();
         let guarded = Guarded::new(stream, limits, move |why| {
             let counter = match why {
@@ -1252,6 +1264,13 @@ impl ListenerSet {
                 ));
                 continue;
             };
+            if !listener.bind_to_port {
+                problems.push(format!(
+                    "listener {label}: bind_to_port is false; not served (Envoy accepts no \
+                     connection on it either)"
+                ));
+                continue;
+            }
             names.insert(SocketAddr::new(ip, socket.port_value), label.to_string());
             reuse_ports.insert(
                 SocketAddr::new(ip, socket.port_value),

@@ -10,7 +10,7 @@ use vigil_core::balance::hash_policy::{self, HashPolicyKind};
 use vigil_core::config::{
     self, ClusterSpecifier, CodecType, FilterChainRef, ForwardAction, HeaderAppendAction,
     HeaderMatch, HostRewrite, HttpConnectionManager, HttpFilterKind, PathMatch, QueryMatch,
-    RetryHostPredicate, RetryOn, RouteAction, RouteHashKind, StripPort, WeightedTarget,
+    RetryHostPredicate, RetryOn, RouteAction, RouteHashKind, SourceType, StripPort, WeightedTarget,
 };
 use vigil_core::route::{RequestView, RouteTable, normalize_authority};
 
@@ -290,26 +290,20 @@ fn the_full_front_config_routes_as_envoy_does() {
 
 #[test]
 fn chains_canary_matchers_and_direct_responses() {
-    let hcms = load("hcm-filter-chains-and-default.yaml");
-    assert_eq!(
-        hcms.len(),
-        2,
-        "the TCP proxy chain has no connection manager"
-    );
+    let hcms = load("filter-chain-match-single.yaml");
+    assert_eq!(hcms.len(), 1);
     assert_eq!(hcms[0].filter_chain, FilterChainRef::Index(0));
-    assert_eq!(
-        hcms[0].filter_chain_match,
-        Some(serde_json::json!({"destination_port": 80}))
-    );
     assert_eq!(hcms[0].codec_type, CodecType::Http2);
     assert_eq!(hcms[0].strip_port, StripPort::Matching);
-    assert_eq!(
-        hcms[0].http_filters[0].kind,
-        HttpFilterKind::Other("envoy.extensions.filters.http.cors.v3.Cors".into())
-    );
-    assert_eq!(hcms[1].filter_chain, FilterChainRef::Default);
-    let t = RouteTable::new(hcms[1].route_config.clone());
-    assert_eq!(route(&t, "any", "/", &[], 0), "direct:421");
+    let m = &hcms[0].connection_match;
+    assert_eq!(m.destination_port, Some(10000));
+    assert_eq!(m.source_type, SourceType::SameIpOrLoopback);
+    assert_eq!(m.source_prefix_ranges.len(), 2);
+    assert!(!m.needs_tls, "raw_buffer is what a plain connection is");
+    let sock = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+    assert!(m.matches(sock("127.0.0.1:10000"), sock("127.0.0.3:40000")));
+    assert!(m.matches(sock("[::1]:10000"), sock("[::1]:40000")));
+    assert!(!m.matches(sock("127.0.0.1:10001"), sock("127.0.0.3:40000")));
 
     let canary = load("hcm-canary-weighted.json").remove(0);
     let t = RouteTable::new(canary.route_config.clone());

@@ -6,6 +6,7 @@
 
 use super::cluster::address;
 use super::error::FieldPath;
+use super::filters::{self, Treatment};
 use super::reader::{
     Any, Ctx, Obj, ProtoDuration, any as read_any, base64, describe, items, json_name, string,
 };
@@ -76,10 +77,17 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
         .iter()
         .any(|f| o.has(f));
     let udp = matches!(&address, Some(Address::Socket(s)) if s.protocol == SocketProtocol::Udp);
+    let listener_filters = o.list("listener_filters");
+    let use_original_dst = o
+        .bool(cx, "use_original_dst")
+        .filter(|on| *on)
+        .map(|_| path.field("use_original_dst"));
+    let bind_to_port = o.bool(cx, "bind_to_port").unwrap_or(true);
     let mut http = Vec::new();
     let mut matchers: Vec<(FieldPath, String, Value)> = Vec::new();
     let chains = o.list("filter_chains");
-    let has_chains = !chains.is_empty() || o.has("default_filter_chain");
+    let chain_count = chains.len() + usize::from(o.has("default_filter_chain"));
+    let has_chains = chain_count > 0;
     for (i, (p, v)) in chains.into_iter().enumerate() {
         let which = FilterChainRef::Index(i);
         if let Some((chain_name, chain_match)) =
@@ -111,6 +119,30 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
     if !has_chains && !special {
         cx.invalid(path, "no filter chains specified");
     }
+    // What follows only matters for a listener vigil serves: one with an HTTP connection
+    // manager. The others are not served at all, so nothing of theirs can let traffic through.
+    let served = !http.is_empty();
+    if served && chain_count > 1 {
+        cx.unsupported(
+            &path.field("filter_chains"),
+            format!(
+                "this listener has {chain_count} filter chains (default_filter_chain included) \
+                 and one of them is an HTTP connection manager: vigil serves a listener with a \
+                 single filter chain only, as it does not choose between chains per connection \
+                 the way Envoy does"
+            ),
+        );
+    }
+    if let Some(p) = use_original_dst.filter(|_| served) {
+        cx.unsupported(
+            &p,
+            "use_original_dst hands connections to the listener of their original destination; \
+             not supported by vigil",
+        );
+    }
+    for (p, v) in listener_filters {
+        listener_filter(cx, &p, v, served);
+    }
     let mut rest: Map<String, Value> = value.as_object().cloned().unwrap_or_default();
     rest.remove("name");
     rest.remove("address");
@@ -118,8 +150,41 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
         name,
         address,
         http,
+        bind_to_port,
         rest,
     })
+}
+
+/// One of `listener_filters`: refused when it could close or redirect a connection of a
+/// listener vigil serves ([`filters::listener_filter`]).
+fn listener_filter(cx: &mut Ctx, path: &FieldPath, value: &Value, served: bool) {
+    let Some(mut f) = Obj::new(cx, path.clone(), value, &LISTENER_FILTER) else {
+        return;
+    };
+    let name = f.required_string(cx, "name", MIN_LEN_1).unwrap_or_default();
+    let typed = f.any(cx, "typed_config");
+    f.finish(cx);
+    let typed_path = path.field("typed_config");
+    let Some(typed) = typed.filter(|t| !t.is_empty()) else {
+        return;
+    };
+    match filters::listener_filter(&typed.type_name) {
+        _ if !served => cx.warn(
+            &typed_path,
+            format!(
+                "{}: this listener is not served by vigil (no HTTP connection manager); ignored",
+                typed.type_name
+            ),
+        ),
+        Treatment::Enforced => {}
+        Treatment::Ignorable(why) => {
+            cx.warn(&typed_path, format!("{}: ignored: {why}", typed.type_name))
+        }
+        Treatment::Refused(why) => cx.unsupported(
+            &typed_path,
+            filters::refused_message("listener", &name, &typed.type_name, why),
+        ),
+    }
 }
 
 /// One filter chain: its HTTP connection manager goes to `out`. Returns the chain's name and
@@ -135,11 +200,20 @@ fn filter_chain(
 ) -> Option<(String, Option<Value>)> {
     let mut o = Obj::new(cx, path.clone(), value, &FILTER_CHAIN)?;
     let chain_match = o.raw_message(cx, "filter_chain_match");
+    let connection_match = chain_match
+        .as_ref()
+        .and_then(|m| filters::filter_chain_match(cx, &path.field("filter_chain_match"), m))
+        .unwrap_or_default();
     let name = o.string(cx, "name").unwrap_or_default();
-    let filters = o.list("filters");
+    let proxy_protocol = o.bool(cx, "use_proxy_proto") == Some(true);
+    let chain_filters = o.list("filters");
     o.finish(cx);
-    let count = filters.len();
-    for (k, (p, v)) in filters.into_iter().enumerate() {
+    let count = chain_filters.len();
+    // The filters before the connection manager, judged once we know whether the chain has
+    // one (a chain without it is not served by vigil at all).
+    let mut before: Vec<(FieldPath, String, String)> = Vec::new();
+    let mut served = false;
+    for (k, (p, v)) in chain_filters.into_iter().enumerate() {
         let Some(mut f) = Obj::new(cx, p.clone(), v, &NETWORK_FILTER) else {
             continue;
         };
@@ -176,22 +250,46 @@ fn filter_chain(
                     ),
                 );
             }
+            served = true;
             let matcher = chain_match.clone();
-            if let Some(hcm) = connection_manager(cx, typed, which, matcher, udp, clusters) {
+            if let Some(mut hcm) = connection_manager(cx, typed, which, matcher, udp, clusters) {
+                hcm.connection_match = connection_match.clone();
                 out.push(hcm);
             }
-        } else if typed.is(NETWORK_WASM_TYPE) {
-            cx.warn(&typed_path, WASM_NOTE);
         } else {
-            cx.warn(
-                &typed_path,
-                format!(
-                    "{}: network filters other than the HTTP connection manager are not run by \
-                     vigil; ignored",
-                    typed.type_name
-                ),
-            );
+            before.push((typed_path, filter_name, typed.type_name.clone()));
         }
+    }
+    for (typed_path, filter_name, type_name) in before {
+        if !served {
+            let note = if type_name == NETWORK_WASM_TYPE {
+                WASM_NOTE
+            } else {
+                "this chain has no HTTP connection manager, so vigil does not serve it"
+            };
+            cx.warn(&typed_path, format!("{type_name}: {note}; ignored"));
+            continue;
+        }
+        match filters::network_filter(&type_name) {
+            Treatment::Enforced => cx.unsupported(
+                &typed_path,
+                format!("{type_name} ({filter_name}): not enforced by vigil yet"),
+            ),
+            Treatment::Ignorable(why) => {
+                cx.warn(&typed_path, format!("{type_name}: ignored: {why}"))
+            }
+            Treatment::Refused(why) => cx.unsupported(
+                &typed_path,
+                filters::refused_message("network", &filter_name, &type_name, why),
+            ),
+        }
+    }
+    if served && proxy_protocol {
+        cx.unsupported(
+            &path.field("use_proxy_proto"),
+            "the PROXY protocol is not supported by vigil: Envoy would close connections that \
+             do not start with a PROXY header",
+        );
     }
     Some((name, chain_match))
 }
@@ -230,6 +328,10 @@ fn connection_manager(
     let has_route_specifier = ["route_config", "rds", "scoped_routes"]
         .iter()
         .any(|f| o.has(f));
+    let per_route = o
+        .peek("route_config")
+        .map(|(p, v)| filters::per_filter_configs(&p, v))
+        .unwrap_or_default();
     let route_config = o
         .message(cx, "route_config", &ROUTE_CONFIGURATION)
         .map(|rc| route_configuration(cx, rc, clusters));
@@ -239,7 +341,7 @@ fn connection_manager(
             "route_specifier is required: give the routes in route_config",
         );
     }
-    let (http_filters, vigil_plugin) = http_filters(cx, o.list("http_filters"));
+    let (http_filters, vigil_plugin) = http_filters(cx, o.list("http_filters"), &per_route);
     let vigil_routing = vigil_plugin.as_ref().and_then(|p| p.routing.clone());
     let access_log: Vec<AccessLog> = o
         .list("access_log")
@@ -357,6 +459,7 @@ fn connection_manager(
         strip_port,
         strip_trailing_host_dot,
         merge_slashes,
+        connection_match: Default::default(),
     })
 }
 
@@ -399,13 +502,18 @@ fn protocol_options(cx: &mut Ctx, mut o: Obj) -> HttpProtocolOptions {
 
 /// The filters, and the routing rules of vigil's own wasm filter when the chain has one (the
 /// first, should there be several: Envoy would run them in turn, and the first decides).
+/// `per_route` names the filters the route configuration's `typed_per_filter_config` maps
+/// configure: a route must not re-enable or reconfigure a filter behind vigil's back.
 fn http_filters(
     cx: &mut Ctx,
     list: Vec<(FieldPath, &Value)>,
+    per_route: &[(FieldPath, String)],
 ) -> (Vec<HttpFilter>, Option<crate::plugin::PluginConfig>) {
     let count = list.len();
     let mut out = Vec::new();
     let mut routing = None;
+    // (filter name, what a route's configuration of it means for vigil)
+    let mut judged: Vec<(String, Option<String>)> = Vec::new();
     for (i, (p, v)) in list.into_iter().enumerate() {
         let Some(mut f) = Obj::new(cx, p.clone(), v, &HTTP_FILTER) else {
             continue;
@@ -436,6 +544,7 @@ fn http_filters(
             }
         };
         let last = i + 1 == count;
+        let configured_per_route = per_route.iter().any(|(_, n)| *n == name);
         let kind = if typed.is(ROUTER_TYPE) {
             typed.obj(cx, &ROUTER).finish(cx);
             if !last {
@@ -455,6 +564,7 @@ fn http_filters(
                     ),
                 );
             }
+            judged.push((name.clone(), None));
             HttpFilterKind::Router
         } else if typed.is(HTTP_WASM_TYPE) {
             let raw = raw_typed.map(|(_, v)| {
@@ -470,8 +580,26 @@ fn http_filters(
                     if routing.is_none() {
                         routing = found;
                     }
+                    judged.push((
+                        name.clone(),
+                        Some(
+                            "turning vigil's own filter off or reconfiguring it per route is not \
+                             supported"
+                                .to_string(),
+                        ),
+                    ));
                 }
-                None => cx.warn(&typed_path, WASM_NOTE),
+                None => {
+                    let why = "run a wasm module (not vigil's) that can change or answer any \
+                               request";
+                    let refusal = Refusal {
+                        name: &name,
+                        type_name: &typed.type_name,
+                        why,
+                    };
+                    refusal.report(cx, &typed_path, disabled, configured_per_route);
+                    judged.push((name.clone(), None));
+                }
             }
             if last {
                 cx.invalid(
@@ -484,14 +612,28 @@ fn http_filters(
             }
             HttpFilterKind::Wasm
         } else {
-            cx.warn(
-                &typed_path,
-                format!(
-                    "{}: HTTP filters other than the router are not run by vigil's proxy; \
-                     ignored",
-                    typed.type_name
-                ),
-            );
+            match filters::http_filter(&typed.type_name) {
+                Treatment::Enforced => {
+                    cx.unsupported(
+                        &typed_path,
+                        format!("{} ({name}): not enforced by vigil yet", typed.type_name),
+                    );
+                    judged.push((name.clone(), None));
+                }
+                Treatment::Ignorable(why) => {
+                    cx.warn(&typed_path, format!("{}: ignored: {why}", typed.type_name));
+                    judged.push((name.clone(), Some(String::new())));
+                }
+                Treatment::Refused(why) => {
+                    let refusal = Refusal {
+                        name: &name,
+                        type_name: &typed.type_name,
+                        why,
+                    };
+                    refusal.report(cx, &typed_path, disabled, configured_per_route);
+                    judged.push((name.clone(), None));
+                }
+            }
             // Envoy's own HTTP filters are all non-terminal but the router (and the upstream
             // codec, which belongs to clusters).
             let factory = typed
@@ -517,7 +659,61 @@ fn http_filters(
             disabled,
         });
     }
+    for (path, name) in per_route {
+        match judged.iter().find(|(n, _)| n == name) {
+            None => cx.warn(
+                path,
+                format!("names no HTTP filter of this connection manager ('{name}'); ignored"),
+            ),
+            Some((_, Some(refusal))) if !refusal.is_empty() => {
+                cx.unsupported(path, refusal.clone())
+            }
+            Some((_, Some(_))) => cx.warn(
+                path,
+                format!("per-route configuration of '{name}', a filter vigil ignores; ignored"),
+            ),
+            // Refused filters are reported where they are declared.
+            Some((_, None)) => {}
+        }
+    }
     (out, routing)
+}
+
+/// An HTTP filter vigil does not run and that could stop or change requests.
+struct Refusal<'a> {
+    name: &'a str,
+    type_name: &'a str,
+    /// What Envoy uses the filter for.
+    why: &'a str,
+}
+
+impl Refusal<'_> {
+    /// An error, unless the filter is disabled by default and no route turns it on (Envoy
+    /// never runs it then).
+    fn report(&self, cx: &mut Ctx, path: &FieldPath, disabled: bool, configured_per_route: bool) {
+        let Refusal {
+            name,
+            type_name,
+            why,
+        } = self;
+        if disabled && !configured_per_route {
+            cx.warn(
+                path,
+                format!(
+                    "{type_name} ({name}): disabled, and no route's typed_per_filter_config \
+                     turns it on, so Envoy never runs it; ignored"
+                ),
+            );
+            return;
+        }
+        let mut message = filters::refused_message("HTTP", name, type_name, why);
+        if disabled {
+            message.push_str(
+                " (it is disabled by default, but a route's typed_per_filter_config configures it)",
+            );
+        }
+        cx.unsupported(path, message);
+    }
 }
 
 /// The field `name` of a proto-JSON mapping, in either spelling.
@@ -2464,18 +2660,22 @@ mod tests {
     }
 
     #[test]
-    fn other_wasm_filters_only_warn_and_routing_is_absent() {
+    fn other_wasm_filters_are_refused_and_routing_is_absent() {
+        // Someone else's wasm module can answer or change any request: vigil cannot run it, so
+        // it refuses the file rather than serve what the module might stop.
         let v = bootstrap(
             json!({}),
             vec![wasm("someone", "else.wasm", string_value(RULES))],
         );
-        let loaded = from_value(&v).unwrap();
+        let errors = errors(&v);
+        assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(
-            loaded.bootstrap.listeners[0].http[0]
-                .vigil_routing
-                .is_none()
+            errors[0]
+                .1
+                .contains("HTTP filter 'envoy.filters.http.wasm'")
+                && errors[0].1.contains("not run by vigil"),
+            "{errors:?}"
         );
-        assert!(loaded.warnings[0].message.contains("natively"));
         // vigil's filter without routing (health only) or without any configuration.
         for configuration in [string_value(r#"{"clusters": {}}"#), json!(null)] {
             let v = bootstrap(

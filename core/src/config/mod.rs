@@ -36,19 +36,21 @@
 //! - a field spelled both ways (`connect_timeout` and `connectTimeout`) is an error; Envoy keeps
 //!   one of them;
 //! - text that is not UTF-8 is an error (Envoy passes the bytes through);
-//! - raw parts (listener filters, network filters other than the HTTP connection manager,
-//!   metadata, ...) are only checked to be mappings: a typo inside them is caught by Envoy, not
-//!   by vigil yet (`outlier_detection` and `circuit_breakers` are typed at load);
+//! - the `typed_config` of filters vigil does not run (and metadata, ...) is only checked to be
+//!   a mapping: a typo inside it is caught by Envoy, not by vigil yet (`outlier_detection` and
+//!   `circuit_breakers` are typed at load). Which filters vigil enforces, ignores or refuses is
+//!   `filters` (vigil fails closed: a filter that could stop a request is refused by name);
 //! - route regexes are compiled with regex-lite, not RE2 (see [`Regex`]); RE2's program-size
 //!   limit is estimated, from below.
 //!
 //! Layout: `reader` (proto-JSON reading rules), `schema` (the Envoy messages and what vigil does
-//! with each field), `cluster`, `health_check`, `listener` (the typed readers), `types` (the
-//! result), `error`.
+//! with each field), `cluster`, `health_check`, `listener` (the typed readers), `filters` (which
+//! filters are enforced, ignored or refused; `filter_chain_match`), `types` (the result), `error`.
 
 mod circuit_breakers;
 mod cluster;
 mod error;
+mod filters;
 mod health_check;
 mod listener;
 pub(crate) mod reader;
@@ -57,6 +59,7 @@ mod types;
 
 pub use circuit_breakers::{CircuitBreakers, RetryBudget, RoutingPriority, Thresholds};
 pub use error::{ConfigError, ConfigErrors, ErrorKind, FieldPath, Location, Warning};
+pub use filters::{Cidr, FilterChainMatch, SourceType};
 pub use types::*;
 
 use reader::{Ctx, IGNORED, Obj};
@@ -808,7 +811,8 @@ mod tests {
 
     #[test]
     fn listeners_keep_everything_but_check_their_top_level() {
-        let wasm = json!({"name": "envoy.filters.http.wasm", "typed_config": {
+        // A foreign wasm filter, disabled and turned on by no route: Envoy never runs it.
+        let wasm = json!({"name": "envoy.filters.http.wasm", "disabled": true, "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
             "config": {"vm_config": {"runtime": "envoy.wasm.runtime.v8"}}}});
         let router = json!({"name": "envoy.filters.http.router", "typed_config": {
@@ -839,7 +843,7 @@ mod tests {
         );
         assert_eq!(l.http.len(), 1, "the connection manager is typed");
         assert_eq!(l.http[0].http_filters.len(), 2);
-        assert!(loaded.warnings[0].message.contains("natively"));
+        assert!(loaded.warnings[0].message.contains("Envoy never runs it"));
 
         let v = json!({"static_resources": {"listeners": [{"name": "l", "bogus": 1,
             "address": {"pipe": {"path": "/tmp/l.sock"}}}]}});

@@ -325,6 +325,12 @@ impl<'a> Obj<'a> {
         self.entries.iter().any(|e| e.field.name == name)
     }
 
+    /// `name`'s value, if set, with its path, left for a typed reader to take.
+    pub fn peek(&self, name: &str) -> Option<(FieldPath, &'a Value)> {
+        let entry = self.entries.iter().find(|e| e.field.name == name)?;
+        Some((self.path.field(name), entry.value))
+    }
+
     /// Takes `name`'s value, if set, with its path.
     pub fn take(&mut self, name: &str) -> Option<(FieldPath, &'a Value)> {
         let entry = self.entries.iter_mut().find(|e| e.field.name == name)?;

@@ -156,15 +156,22 @@ pub(crate) static LISTENER: Message = Message {
         keep("additional_addresses"),
         keep("stat_prefix"),
         read("filter_chains"),
-        keep("fcds_config"),
-        keep("filter_chain_matcher"),
-        keep("use_original_dst"),
+        reject(
+            "fcds_config",
+            "filter chain discovery (FCDS) is not supported by vigil: list the filter chains",
+        ),
+        reject(
+            "filter_chain_matcher",
+            "choosing filter chains with the matcher API is not supported by vigil: it cannot \
+             tell which connections Envoy would serve with which chain",
+        ),
+        read("use_original_dst"),
         read("default_filter_chain"),
         keep("per_connection_buffer_limit_bytes"),
         keep("metadata"),
         keep("deprecated_v1"),
         keep("drain_type"),
-        keep("listener_filters"),
+        read("listener_filters"),
         keep("listener_filters_timeout"),
         keep("continue_on_listener_filters_timeout"),
         keep("transparent"),
@@ -180,7 +187,7 @@ pub(crate) static LISTENER: Message = Message {
         keep("access_log"),
         keep("tcp_backlog_size"),
         keep("max_connections_to_accept_per_socket_event"),
-        keep("bind_to_port"),
+        read("bind_to_port"),
         keep("internal_listener").oneof("listener_specifier"),
         keep("enable_mptcp"),
         keep("ignore_global_conn_limit"),
@@ -767,7 +774,7 @@ pub(crate) static FILTER_CHAIN: Message = Message {
     fields: &[
         read("filter_chain_match"),
         read("filters"),
-        warn("use_proxy_proto", IGNORED),
+        read("use_proxy_proto"),
         keep("metadata"),
         reject("transport_socket", TLS),
         warn("transport_socket_connect_timeout", IGNORED),
@@ -966,7 +973,7 @@ pub(crate) static ROUTE_CONFIGURATION: Message = Message {
         warn("request_mirror_policies", NOT_PROXIED),
         read("ignore_port_in_host_matching"),
         read("ignore_path_parameters_in_path_matching"),
-        warn("typed_per_filter_config", NOT_PROXIED),
+        keep("typed_per_filter_config"),
         keep("metadata"),
     ],
     removed: &[],
@@ -990,7 +997,7 @@ pub(crate) static VIRTUAL_HOST: Message = Message {
         read("response_headers_to_add"),
         read("response_headers_to_remove"),
         warn("cors", NOT_PROXIED),
-        warn("typed_per_filter_config", NOT_PROXIED),
+        keep("typed_per_filter_config"),
         warn("include_request_attempt_count", NOT_PROXIED),
         warn("include_attempt_count_in_response", NOT_PROXIED),
         read("retry_policy"),
@@ -1032,7 +1039,7 @@ pub(crate) static ROUTE: Message = Message {
         .oneof("action"),
         keep("metadata"),
         warn("decorator", NOT_PROXIED),
-        warn("typed_per_filter_config", NOT_PROXIED),
+        keep("typed_per_filter_config"),
         read("request_headers_to_add"),
         read("request_headers_to_remove"),
         read("response_headers_to_add"),
@@ -1272,7 +1279,7 @@ pub(crate) static CLUSTER_WEIGHT: Message = Message {
         read("request_headers_to_remove"),
         read("response_headers_to_add"),
         read("response_headers_to_remove"),
-        warn("typed_per_filter_config", NOT_PROXIED),
+        keep("typed_per_filter_config"),
         read("host_rewrite_literal").oneof("host_rewrite_specifier"),
     ],
     removed: &[(
@@ -1470,4 +1477,58 @@ pub(crate) static FORMAT_SOURCE: Message = Message {
         warn("watched_directory", IGNORED),
     ],
     removed: &[],
+};
+
+pub(crate) static FILTER_CHAIN_MATCH: Message = Message {
+    name: "envoy.config.listener.v3.FilterChainMatch",
+    fields: &[
+        read("destination_port"),
+        read("prefix_ranges"),
+        warn(
+            "address_suffix",
+            "not implemented by Envoy either (it ignores it); ignored",
+        ),
+        warn(
+            "suffix_len",
+            "not implemented by Envoy either (it ignores it); ignored",
+        ),
+        read("direct_source_prefix_ranges"),
+        read("source_type"),
+        read("source_prefix_ranges"),
+        read("source_ports"),
+        read("server_names"),
+        read("transport_protocol"),
+        read("application_protocols"),
+    ],
+    removed: &[],
+};
+
+pub(crate) static SOURCE_TYPE: Enum = Enum {
+    name: "envoy.config.listener.v3.FilterChainMatch.ConnectionSourceType",
+    values: &[("ANY", 0), ("SAME_IP_OR_LOOPBACK", 1), ("EXTERNAL", 2)],
+};
+
+pub(crate) static CIDR_RANGE: Message = Message {
+    name: "envoy.config.core.v3.CidrRange",
+    fields: &[read("address_prefix"), read("prefix_len")],
+    removed: &[],
+};
+
+pub(crate) static LISTENER_FILTER: Message = Message {
+    name: "envoy.config.listener.v3.ListenerFilter",
+    fields: &[
+        read("name"),
+        read("typed_config").oneof("config_type"),
+        reject(
+            "config_discovery",
+            "filter config discovery (ECDS) is not supported by vigil: it cannot know what the \
+             filter would be",
+        )
+        .oneof("config_type"),
+        reject(
+            "filter_disabled",
+            "turning listener filters off per connection is not supported by vigil",
+        ),
+    ],
+    removed: &[("config", "removed from Envoy's v3 API; use typed_config")],
 };

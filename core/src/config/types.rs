@@ -90,8 +90,12 @@ pub struct Listener {
     pub name: String,
     pub address: Option<Address>,
     /// The `envoy.filters.network.http_connection_manager` filters of `filter_chains` (in order)
-    /// and of `default_filter_chain` (last), one per chain that has one.
+    /// and of `default_filter_chain` (last), one per chain that has one. A listener that has one
+    /// has exactly one filter chain (vigil refuses the others).
     pub http: Vec<HttpConnectionManager>,
+    /// `bind_to_port` (default true): when false, Envoy accepts no connection on the address
+    /// itself, and neither does vigil.
+    pub bind_to_port: bool,
     /// Every other top-level field, as written (all keys are known Envoy `Listener` fields);
     /// `filter_chains` and `default_filter_chain` stay here too, raw.
     pub rest: Map<String, Value>,
@@ -519,6 +523,9 @@ pub struct HttpConnectionManager {
     pub filter_chain: FilterChainRef,
     /// That chain's `filter_chain_match`, as written (`None`: matches everything).
     pub filter_chain_match: Option<Value>,
+    /// The same, typed: connections it does not match are closed, as Envoy closes a
+    /// connection no filter chain matches.
+    pub connection_match: crate::config::FilterChainMatch,
     /// `stat_prefix` (required, non-empty).
     pub stat_prefix: String,
     /// `codec_type` (default AUTO).

@@ -1,0 +1,515 @@
+//! Which of a listener's filters vigil enforces, which it may ignore, and which make it refuse
+//! the file: vigil never serves a request or a connection that Envoy, running the same file,
+//! would stop.
+//!
+//! - [`http_filter`], [`network_filter`], [`listener_filter`]: the verdict on one filter by its
+//!   `typed_config` type. A filter is *enforced* (vigil runs its semantics natively), *ignorable*
+//!   (provably unable to stop, answer or redirect a request or a connection, and it encrypts
+//!   nothing: a warning), or *refused* (an error naming the filter and what Envoy uses it for).
+//!   The README's "Filters" section is the same list with the reasoning for every ignorable one.
+//! - [`per_filter_configs`]: the filter names a route configuration's `typed_per_filter_config`
+//!   maps refer to (at every level), so that a route that would change or re-enable a filter is
+//!   seen.
+//! - [`FilterChainMatch`]: a chain's `filter_chain_match`, evaluated for every plain-text
+//!   connection the way Envoy matches its one chain.
+
+use super::error::FieldPath;
+use super::reader::{Ctx, Obj, items, json_name};
+use super::schema::{CIDR_RANGE, FILTER_CHAIN_MATCH, SOURCE_TYPE};
+use serde_json::Value;
+use std::net::{IpAddr, SocketAddr};
+
+/// What vigil does with a filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Treatment {
+    /// vigil runs the filter's semantics itself.
+    Enforced,
+    /// Ignoring it cannot let through what Envoy would stop: a warning with this reason.
+    Ignorable(&'static str),
+    /// Envoy uses it to do this; without it vigil would serve what Envoy stops.
+    Refused(&'static str),
+}
+
+const HTTP: &str = "envoy.extensions.filters.http.";
+const NETWORK: &str = "envoy.extensions.filters.network.";
+const LISTENER: &str = "envoy.extensions.filters.listener.";
+
+/// The filter's short family name (`rbac` for `envoy.extensions.filters.http.rbac.v3.RBAC`),
+/// or the whole type when it is not one of Envoy's own.
+fn family<'t>(type_name: &'t str, prefix: &str) -> &'t str {
+    type_name
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.split('.').next())
+        .unwrap_or(type_name)
+}
+
+/// An HTTP filter other than the router and vigil's own wasm filter (the connection manager
+/// reader handles those two).
+pub(crate) fn http_filter(type_name: &str) -> Treatment {
+    use Treatment::*;
+    match family(type_name, HTTP) {
+        "rbac" => Enforced,
+        "compressor" => Ignorable(
+            "it only compresses response bodies; vigil sends them uncompressed (no request is \
+             stopped or changed)",
+        ),
+        "grpc_stats" => Ignorable("it only counts gRPC messages; vigil does not emit those stats"),
+        "jwt_authn" => Refused("verify JWTs and answer 401 / 403 to requests without a valid one"),
+        "ext_authz" => Refused(
+            "ask an authorization service about every request and answer 403 (or fail closed) \
+             when it says no",
+        ),
+        "basic_auth" => Refused("answer 401 to requests without valid credentials"),
+        "api_key_auth" => Refused("answer 401 / 403 to requests without a valid API key"),
+        "oauth2" => Refused("send requests without a session to the identity provider"),
+        "csrf" => Refused("answer 403 to cross-site state-changing requests"),
+        "gcp_authn" | "credential_injector" | "aws_request_signing" => {
+            Refused("add credentials to upstream requests")
+        }
+        "ext_proc" => Refused("let an external service change or answer any request"),
+        "lua" => Refused("run a script that can change or answer any request"),
+        "wasm" => Refused("run a wasm module (not vigil's) that can change or answer any request"),
+        "local_ratelimit" | "ratelimit" | "rate_limit_quota" => {
+            Refused("answer 429 to requests over the rate limit")
+        }
+        "admission_control" | "adaptive_concurrency" => {
+            Refused("answer 503 to requests when the upstream is overloaded")
+        }
+        "bandwidth_limit" => Refused("limit request and response bandwidth"),
+        "fault" => Refused("inject aborts and delays into requests"),
+        "buffer" | "file_system_buffer" => Refused("answer 413 to request bodies above its limit"),
+        "health_check" => {
+            Refused("answer health-check requests itself (they would reach the upstream instead)")
+        }
+        "cors" => Refused("answer CORS preflight requests itself and add CORS response headers"),
+        "kill_request" => Refused("abort the process on marked requests"),
+        "ip_tagging" | "geoip" | "header_to_metadata" | "json_to_metadata" | "set_metadata"
+        | "header_mutation" | "set_filter_state" => {
+            Refused("change request headers or the metadata other filters and routes decide on")
+        }
+        "grpc_web"
+        | "grpc_json_transcoder"
+        | "grpc_http1_bridge"
+        | "grpc_http1_reverse_bridge"
+        | "connect_grpc_bridge"
+        | "grpc_field_extraction"
+        | "proto_message_extraction" => {
+            Refused("translate requests into another protocol before they are routed")
+        }
+        "decompressor" => Refused("decompress request bodies before they reach the upstream"),
+        "custom_response" => Refused("replace upstream responses with configured ones"),
+        "dynamic_forward_proxy" | "on_demand" => Refused("resolve hosts and clusters per request"),
+        "cache" => Refused("answer requests from a response cache"),
+        "stateful_session" => Refused("pin requests to hosts named by cookies or headers"),
+        "tap" => Refused("copy traffic to a tap sink"),
+        "composite" => Refused("run other filters chosen per request"),
+        _ => Refused("run a filter vigil does not implement, which may stop or change requests"),
+    }
+}
+
+/// A network filter before the HTTP connection manager in a chain vigil serves.
+pub(crate) fn network_filter(type_name: &str) -> Treatment {
+    use Treatment::*;
+    match family(type_name, NETWORK) {
+        "rbac" => Enforced,
+        "ext_authz" => Refused(
+            "ask an authorization service about every connection and close it when it says no",
+        ),
+        "client_ssl_auth" => Refused("close connections without an authorized client certificate"),
+        "local_ratelimit" | "ratelimit" => Refused("close connections over the rate limit"),
+        "connection_limit" => Refused("close connections over its limit"),
+        "wasm" => Refused("run a wasm module that can close any connection"),
+        "set_filter_state" => Refused("set state that other filters decide on"),
+        _ => Refused("run a network filter vigil does not implement, which may close connections"),
+    }
+}
+
+/// A listener filter of a listener vigil serves.
+pub(crate) fn listener_filter(type_name: &str) -> Treatment {
+    use Treatment::*;
+    match family(type_name, LISTENER) {
+        "tls_inspector" => Ignorable(
+            "it only detects TLS and SNI for filter_chain_match; vigil serves plain text and \
+             matches such a connection as Envoy does (transport protocol raw_buffer, no server \
+             name)",
+        ),
+        "http_inspector" => Ignorable(
+            "it only detects the HTTP version for filter_chain_match; vigil refuses chains that \
+             match on application_protocols",
+        ),
+        "proxy_protocol" => Refused(
+            "read the PROXY protocol header (the client address rules and logs see) and close \
+             connections without one",
+        ),
+        "original_dst" => Refused("match filter chains on the connection's original destination"),
+        "original_src" => Refused("connect upstream from the client's own address"),
+        "local_ratelimit" => Refused("close connections over the rate limit"),
+        _ => Refused("run a listener filter vigil does not implement, which may close connections"),
+    }
+}
+
+/// The error text for a refused filter.
+pub(crate) fn refused_message(kind: &str, name: &str, type_name: &str, why: &str) -> String {
+    format!(
+        "{kind} filter '{name}' ({type_name}) is not run by vigil, and Envoy uses it to {why}: \
+         serving without it would let through what Envoy stops, so vigil refuses the file \
+         (remove the filter from the file vigil reads, or leave this listener to Envoy)"
+    )
+}
+
+/// The keys of every `typed_per_filter_config` in a route configuration as written: the route
+/// configuration's, each virtual host's, each route's and each weighted cluster's.
+pub(crate) fn per_filter_configs(
+    path: &FieldPath,
+    route_config: &Value,
+) -> Vec<(FieldPath, String)> {
+    let mut out = Vec::new();
+    collect(path, route_config, &mut out);
+    for (i, vh) in list(route_config, "virtual_hosts").into_iter().enumerate() {
+        let vp = path.field("virtual_hosts").index(i);
+        collect(&vp, vh, &mut out);
+        for (j, route) in list(vh, "routes").into_iter().enumerate() {
+            let rp = vp.field("routes").index(j);
+            collect(&rp, route, &mut out);
+            let Some(action) = get(route, "route") else {
+                continue;
+            };
+            let Some(weighted) = get(action, "weighted_clusters") else {
+                continue;
+            };
+            let wp = rp
+                .field("route")
+                .field("weighted_clusters")
+                .field("clusters");
+            for (k, cluster) in list(weighted, "clusters").into_iter().enumerate() {
+                collect(&wp.index(k), cluster, &mut out);
+            }
+        }
+    }
+    out
+}
+
+fn get<'v>(value: &'v Value, name: &str) -> Option<&'v Value> {
+    value
+        .get(name)
+        .or_else(|| value.get(json_name(name)))
+        .filter(|v| !v.is_null())
+}
+
+fn list<'v>(value: &'v Value, name: &str) -> Vec<&'v Value> {
+    get(value, name).map(items).unwrap_or_default()
+}
+
+fn collect(path: &FieldPath, value: &Value, out: &mut Vec<(FieldPath, String)>) {
+    let Some(Value::Object(map)) = get(value, "typed_per_filter_config") else {
+        return;
+    };
+    let here = path.field("typed_per_filter_config");
+    for key in map.keys() {
+        out.push((here.key(key), key.clone()));
+    }
+}
+
+/// `envoy.config.listener.v3.FilterChainMatch`, as Envoy applies it to a listener's only chain:
+/// every criterion that is set must hold. vigil serves plain text only, so the transport
+/// protocol is `raw_buffer` and there is no server name; a chain that needs `tls` or a server
+/// name matches no connection (Envoy closes those, and so does vigil).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FilterChainMatch {
+    /// `destination_port`.
+    pub destination_port: Option<u16>,
+    /// `prefix_ranges`: the connection's local address.
+    pub prefix_ranges: Vec<Cidr>,
+    /// `direct_source_prefix_ranges`: the peer's address.
+    pub direct_source_prefix_ranges: Vec<Cidr>,
+    /// `source_type`.
+    pub source_type: SourceType,
+    /// `source_prefix_ranges`: the peer's address (no PROXY protocol in vigil, so the same as
+    /// the direct source).
+    pub source_prefix_ranges: Vec<Cidr>,
+    /// `source_ports`.
+    pub source_ports: Vec<u16>,
+    /// `server_names` or `transport_protocol` other than `raw_buffer` is set: no plain-text
+    /// connection matches.
+    pub needs_tls: bool,
+}
+
+/// `FilterChainMatch.ConnectionSourceType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SourceType {
+    #[default]
+    Any,
+    /// `SAME_IP_OR_LOOPBACK`: the peer is a loopback address or the local address itself.
+    SameIpOrLoopback,
+    /// `EXTERNAL`: anything else.
+    External,
+}
+
+/// `envoy.config.core.v3.CidrRange`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub address: IpAddr,
+    pub prefix_len: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` lies in the range. An IPv4 range never holds an IPv6 address, nor the other
+    /// way round (Envoy compares the families first).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.address, ip) {
+            (IpAddr::V4(range), IpAddr::V4(ip)) => {
+                let bits = u32::from(self.prefix_len.min(32));
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - bits)
+                };
+                u32::from(range) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(range), IpAddr::V6(ip)) => {
+                let bits = u32::from(self.prefix_len.min(128));
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - bits)
+                };
+                u128::from(range) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FilterChainMatch {
+    /// Whether a plain-text connection from `peer` to `local` is served by this chain.
+    pub fn matches(&self, local: SocketAddr, peer: SocketAddr) -> bool {
+        let in_any = |ranges: &[Cidr], ip: IpAddr| {
+            ranges.is_empty() || ranges.iter().any(|r| r.contains(ip))
+        };
+        !self.needs_tls
+            && self.destination_port.is_none_or(|p| p == local.port())
+            && in_any(&self.prefix_ranges, local.ip())
+            && in_any(&self.direct_source_prefix_ranges, peer.ip())
+            && in_any(&self.source_prefix_ranges, peer.ip())
+            && (self.source_ports.is_empty() || self.source_ports.contains(&peer.port()))
+            && match self.source_type {
+                SourceType::Any => true,
+                SourceType::SameIpOrLoopback => peer.ip().is_loopback() || peer.ip() == local.ip(),
+                SourceType::External => !(peer.ip().is_loopback() || peer.ip() == local.ip()),
+            }
+    }
+
+    /// Whether every connection matches (nothing is set).
+    pub fn is_any(&self) -> bool {
+        *self == FilterChainMatch::default()
+    }
+}
+
+/// Reads a `filter_chain_match`.
+pub(crate) fn filter_chain_match(
+    cx: &mut Ctx,
+    path: &FieldPath,
+    value: &Value,
+) -> Option<FilterChainMatch> {
+    let mut o = Obj::new(cx, path.clone(), value, &FILTER_CHAIN_MATCH)?;
+    let mut out = FilterChainMatch::default();
+    if let Some(port) = o.u32(cx, "destination_port") {
+        match u16::try_from(port) {
+            Ok(p) if p >= 1 => out.destination_port = Some(p),
+            _ => cx.invalid(
+                &path.field("destination_port"),
+                format!("value must be inside range [1, 65535], found {port}"),
+            ),
+        }
+    }
+    out.prefix_ranges = cidrs(cx, &mut o, "prefix_ranges");
+    out.direct_source_prefix_ranges = cidrs(cx, &mut o, "direct_source_prefix_ranges");
+    out.source_prefix_ranges = cidrs(cx, &mut o, "source_prefix_ranges");
+    out.source_type = match o.enumeration(cx, "source_type", &SOURCE_TYPE) {
+        Some(1) => SourceType::SameIpOrLoopback,
+        Some(2) => SourceType::External,
+        _ => SourceType::Any,
+    };
+    for (p, v) in o.list("source_ports") {
+        let port = super::reader::integer(cx, &p, v, "uint32", 0, u32::MAX.into());
+        match port.map(u16::try_from) {
+            Some(Ok(port)) if port >= 1 => out.source_ports.push(port),
+            Some(_) => cx.invalid(&p, "value must be inside range [1, 65535]"),
+            None => {}
+        }
+    }
+    let server_names: Vec<_> = o.list("server_names");
+    let transport = o.string(cx, "transport_protocol").unwrap_or_default();
+    out.needs_tls =
+        !server_names.is_empty() || !(transport.is_empty() || transport == "raw_buffer");
+    if o.has("application_protocols") {
+        let p = path.field("application_protocols");
+        o.take("application_protocols");
+        cx.unsupported(
+            &p,
+            "matching filter chains on application_protocols is not implemented by vigil: it \
+             cannot tell which connections Envoy would serve with this chain",
+        );
+    }
+    o.finish(cx);
+    Some(out)
+}
+
+fn cidrs(cx: &mut Ctx, o: &mut Obj, field: &str) -> Vec<Cidr> {
+    o.list(field)
+        .into_iter()
+        .filter_map(|(p, v)| cidr(cx, &p, v))
+        .collect()
+}
+
+/// Reads a `CidrRange`: the address must be an IP literal, the prefix at most its bit length.
+pub(crate) fn cidr(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Cidr> {
+    let mut o = Obj::new(cx, path.clone(), value, &CIDR_RANGE)?;
+    let address = o.required_string(
+        cx,
+        "address_prefix",
+        "value length must be at least 1 characters",
+    );
+    let prefix_len = o.u32(cx, "prefix_len").unwrap_or(0);
+    o.finish(cx);
+    let address = address?;
+    let Ok(ip) = address.parse::<IpAddr>() else {
+        cx.invalid(
+            &path.field("address_prefix"),
+            format!("malformed IP address: {address}"),
+        );
+        return None;
+    };
+    if prefix_len > 128 {
+        cx.invalid(
+            &path.field("prefix_len"),
+            format!("value must be less than or equal to 128, found {prefix_len}"),
+        );
+        return None;
+    }
+    // Envoy's CidrRange takes a longer prefix than the address has as the whole address.
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    Some(Cidr {
+        address: ip,
+        prefix_len: prefix_len.min(max) as u8,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cidr(text: &str, len: u8) -> Cidr {
+        Cidr {
+            address: text.parse().unwrap(),
+            prefix_len: len,
+        }
+    }
+
+    fn sock(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn cidr_ranges_match_within_their_family_only() {
+        assert!(cidr("10.0.0.0", 8).contains("10.1.2.3".parse().unwrap()));
+        assert!(!cidr("10.0.0.0", 8).contains("11.0.0.1".parse().unwrap()));
+        assert!(cidr("0.0.0.0", 0).contains("192.0.2.1".parse().unwrap()));
+        assert!(!cidr("0.0.0.0", 0).contains("::1".parse().unwrap()));
+        assert!(cidr("127.0.0.1", 32).contains("127.0.0.1".parse().unwrap()));
+        assert!(!cidr("127.0.0.1", 32).contains("127.0.0.2".parse().unwrap()));
+        assert!(cidr("2001:db8::", 32).contains("2001:db8::1".parse().unwrap()));
+        assert!(!cidr("::", 0).contains("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_chain_match_holds_only_when_every_set_criterion_does() {
+        let m = FilterChainMatch {
+            destination_port: Some(8080),
+            source_prefix_ranges: vec![cidr("127.0.0.0", 24)],
+            ..FilterChainMatch::default()
+        };
+        assert!(m.matches(sock("127.0.0.1:8080"), sock("127.0.0.9:5000")));
+        assert!(!m.matches(sock("127.0.0.1:8081"), sock("127.0.0.9:5000")));
+        assert!(!m.matches(sock("127.0.0.1:8080"), sock("127.0.1.9:5000")));
+        let tls = FilterChainMatch {
+            needs_tls: true,
+            ..FilterChainMatch::default()
+        };
+        assert!(!tls.matches(sock("127.0.0.1:1"), sock("127.0.0.1:2")));
+        let external = FilterChainMatch {
+            source_type: SourceType::External,
+            ..FilterChainMatch::default()
+        };
+        assert!(!external.matches(sock("127.0.0.1:1"), sock("127.0.0.5:2")));
+        assert!(external.matches(sock("192.0.2.1:1"), sock("192.0.2.7:2")));
+        let ports = FilterChainMatch {
+            source_ports: vec![4000],
+            ..FilterChainMatch::default()
+        };
+        assert!(ports.matches(sock("127.0.0.1:1"), sock("127.0.0.1:4000")));
+        assert!(!ports.matches(sock("127.0.0.1:1"), sock("127.0.0.1:4001")));
+        assert!(FilterChainMatch::default().is_any());
+    }
+
+    #[test]
+    fn filters_are_classified_by_their_type() {
+        assert_eq!(
+            http_filter("envoy.extensions.filters.http.rbac.v3.RBAC"),
+            Treatment::Enforced
+        );
+        assert!(matches!(
+            http_filter("envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"),
+            Treatment::Refused(_)
+        ));
+        assert!(matches!(
+            http_filter("envoy.extensions.filters.http.compressor.v3.Compressor"),
+            Treatment::Ignorable(_)
+        ));
+        assert!(matches!(
+            http_filter("acme.filters.Custom"),
+            Treatment::Refused(_)
+        ));
+        assert_eq!(
+            network_filter("envoy.extensions.filters.network.rbac.v3.RBAC"),
+            Treatment::Enforced
+        );
+        assert!(matches!(
+            listener_filter("envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol"),
+            Treatment::Refused(_)
+        ));
+        assert!(matches!(
+            listener_filter("envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"),
+            Treatment::Ignorable(_)
+        ));
+    }
+
+    #[test]
+    fn per_filter_configs_are_found_at_every_level() {
+        let rc: Value = serde_json::json!({
+            "typed_per_filter_config": {"a": {}},
+            "virtualHosts": [{
+                "typed_per_filter_config": {"b": {}},
+                "routes": [{
+                    "typedPerFilterConfig": {"c": {}},
+                    "route": {"weighted_clusters": {"clusters": [
+                        {"name": "x", "typed_per_filter_config": {"d": {}}}
+                    ]}}
+                }]
+            }]
+        });
+        let found: Vec<String> = per_filter_configs(&FieldPath::root().field("rc"), &rc)
+            .into_iter()
+            .map(|(p, name)| format!("{p} {name}"))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "rc.typed_per_filter_config[\"a\"] a",
+                "rc.virtual_hosts[0].typed_per_filter_config[\"b\"] b",
+                "rc.virtual_hosts[0].routes[0].typed_per_filter_config[\"c\"] c",
+                "rc.virtual_hosts[0].routes[0].route.weighted_clusters.clusters[0].typed_per_filter_config[\"d\"] d",
+            ]
+        );
+    }
+}
