@@ -665,6 +665,11 @@ async fn respond(
     if state.hcm.generate_request_id && !parts.headers.contains_key("x-request-id") {
         parts.headers.insert("x-request-id", request_id());
     }
+    // Envoy's connection manager drops a client's certificate claims unless told to forward
+    // them always: no request vigil serves came over mutual TLS.
+    if !state.hcm.always_forward_client_cert {
+        parts.headers.remove("x-forwarded-client-cert");
+    }
     // No client picks a cluster or a host: the headers vigil owns only ever come from its rules.
     for name in &derived.owned {
         parts.headers.remove(name);

@@ -291,34 +291,86 @@ pub fn single_listener_config(
     routes: &str,
     clusters: &str,
 ) -> String {
-    format!(
-        "admin:
+    ListenerSpec::new(name, routes, clusters).render(listen, admin)
+}
+
+/// [`single_listener_config`] with more in it: a `filter_chain_match`, network filters before
+/// the connection manager, connection-manager fields, HTTP filters before the router.
+#[derive(Debug, Clone, Default)]
+pub struct ListenerSpec {
+    pub name: String,
+    /// YAML list items for `routes`, indented for their place (see `soak::route_yaml`).
+    pub routes: String,
+    /// YAML list items for `clusters` (see `soak::cluster_yaml`).
+    pub clusters: String,
+    /// The chain's `filter_chain_match` as a flow mapping (`{ destination_port: 80 }`).
+    pub chain_match: Option<String>,
+    /// Network filters before the connection manager, as YAML list items indented by 6.
+    pub network_filters: String,
+    /// Connection-manager fields, one per line, indented by 10 (`          normalize_path: true`).
+    pub hcm_fields: String,
+    /// HTTP filters before the router, as YAML list items indented by 10.
+    pub http_filters: String,
+}
+
+impl ListenerSpec {
+    pub fn new(name: &str, routes: &str, clusters: &str) -> ListenerSpec {
+        ListenerSpec {
+            name: name.to_string(),
+            routes: routes.to_string(),
+            clusters: clusters.to_string(),
+            ..ListenerSpec::default()
+        }
+    }
+
+    pub fn render(&self, listen: SocketAddr, admin: SocketAddr) -> String {
+        let ListenerSpec {
+            name,
+            routes,
+            clusters,
+            chain_match,
+            network_filters,
+            hcm_fields,
+            http_filters,
+        } = self;
+        let chain_match = chain_match
+            .as_ref()
+            .map(|m| format!("\n      filter_chain_match: {m}"))
+            .unwrap_or_default();
+        let hcm_fields = if hcm_fields.is_empty() {
+            String::new()
+        } else {
+            format!("\n{}", hcm_fields.trim_end())
+        };
+        format!(
+            "admin:
   address: {{ socket_address: {{ address: {}, port_value: {} }} }}
 static_resources:
   listeners:
   - name: {name}
     address: {{ socket_address: {{ address: {}, port_value: {} }} }}
     filter_chains:
-    - filters:
+    - filters:{network_filters}
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: {name}
+          stat_prefix: {name}{hcm_fields}
           route_config:
             virtual_hosts:
             - name: {name}
               domains: [\"*\"]
               routes:{routes}
-          http_filters:
+          http_filters:{http_filters}
           - name: envoy.filters.http.router
-            typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+            typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}{chain_match}
   clusters:{clusters}
 ",
-        admin.ip(),
-        admin.port(),
-        listen.ip(),
-        listen.port(),
-    )
+            admin.ip(),
+            admin.port(),
+            listen.ip(),
+            listen.port(),
+        )
+    }
 }
 
 /// Real Envoy and vigil, each on a fresh loopback address with its own listener and admin

@@ -376,6 +376,11 @@ fn connection_manager(
     let use_remote_address = o.bool(cx, "use_remote_address").unwrap_or(false);
     let xff_num_trusted_hops = o.u32(cx, "xff_num_trusted_hops").unwrap_or(0);
     let skip_xff_append = o.bool(cx, "skip_xff_append").unwrap_or(false);
+    let always_forward_client_cert = o.enumeration(
+        cx,
+        "forward_client_cert_details",
+        &FORWARD_CLIENT_CERT_DETAILS,
+    ) == Some(4);
     let via = header_text(cx, &mut o, "via").unwrap_or_default();
     let generate_request_id = o.bool(cx, "generate_request_id").unwrap_or(true);
     let preserve_external_request_id = o.bool(cx, "preserve_external_request_id").unwrap_or(false);
@@ -450,6 +455,7 @@ fn connection_manager(
         use_remote_address,
         xff_num_trusted_hops,
         skip_xff_append,
+        always_forward_client_cert,
         via,
         generate_request_id,
         preserve_external_request_id,

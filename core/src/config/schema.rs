@@ -843,7 +843,11 @@ pub(crate) static HTTP_CONNECTION_MANAGER: Message = Message {
         warn("access_log_options", NOT_PROXIED),
         read("use_remote_address"),
         read("xff_num_trusted_hops"),
-        warn("original_ip_detection_extensions", NOT_PROXIED),
+        reject(
+            "original_ip_detection_extensions",
+            "changes the client address that access rules (rbac remote_ip), logs and \
+             x-forwarded-for use; not supported by vigil",
+        ),
         warn("early_header_mutation_extensions", NOT_PROXIED),
         warn("internal_address_config", NOT_PROXIED),
         read("skip_xff_append"),
@@ -851,7 +855,7 @@ pub(crate) static HTTP_CONNECTION_MANAGER: Message = Message {
         read("generate_request_id"),
         read("preserve_external_request_id"),
         read("always_set_request_id_in_response"),
-        warn("forward_client_cert_details", NOT_PROXIED),
+        read("forward_client_cert_details"),
         warn("set_current_client_cert_details", NOT_PROXIED),
         warn("proxy_100_continue", NOT_PROXIED),
         warn(
@@ -1531,4 +1535,15 @@ pub(crate) static LISTENER_FILTER: Message = Message {
         ),
     ],
     removed: &[("config", "removed from Envoy's v3 API; use typed_config")],
+};
+
+pub(crate) static FORWARD_CLIENT_CERT_DETAILS: Enum = Enum {
+    name: "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.ForwardClientCertDetails",
+    values: &[
+        ("SANITIZE", 0),
+        ("FORWARD_ONLY", 1),
+        ("APPEND_FORWARD", 2),
+        ("SANITIZE_SET", 3),
+        ("ALWAYS_FORWARD_ONLY", 4),
+    ],
 };

@@ -568,6 +568,11 @@ pub struct HttpConnectionManager {
     pub xff_num_trusted_hops: u32,
     /// `skip_xff_append` (default false).
     pub skip_xff_append: bool,
+    /// `forward_client_cert_details` is `ALWAYS_FORWARD_ONLY`: a client's
+    /// `x-forwarded-client-cert` goes upstream as sent. Otherwise (SANITIZE by default) Envoy
+    /// removes it from every request that did not come over mutual TLS, which is every request
+    /// vigil serves.
+    pub always_forward_client_cert: bool,
     /// `via`: the value appended to `via` headers (empty: none).
     pub via: String,
     /// `generate_request_id` (default true).
