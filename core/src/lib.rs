@@ -35,6 +35,8 @@
 //!   intervals, jitter).
 //! - [`status`]: HTTP status ranges as Envoy writes them (`{start, end}`, half-open), used for
 //!   `expected_statuses` / `retriable_statuses`.
+//! - [`xff`]: the client address the connection manager trusts, from the peer and
+//!   `x-forwarded-for` (`use_remote_address`, `xff_num_trusted_hops`).
 
 pub mod backoff;
 pub mod balance;
@@ -49,3 +51,4 @@ pub mod route;
 pub mod rules;
 pub mod schedule;
 pub mod status;
+pub mod xff;
