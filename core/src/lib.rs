@@ -25,6 +25,7 @@
 //! - [`plugin`]: the wasm filter's health evaluation (plugin configuration, probe verdicts with
 //!   body / JSON / latency checks, the singleton's supervisor, the shared-data verdict table and
 //!   the observation batches workers queue to the singleton).
+//! - [`rbac`]: Envoy's RBAC filters (HTTP and network): policies, the engine, stats, denials.
 //! - [`route`]: Envoy's HTTP route selection over a loaded route configuration (virtual host by
 //!   authority, first matching route, weighted cluster pick, path rewrites), for the companion's
 //!   proxy and the wasm filter alike.
@@ -47,6 +48,7 @@ pub mod grpc_health;
 pub mod health;
 pub mod outlier;
 pub mod plugin;
+pub mod rbac;
 pub mod route;
 pub mod rules;
 pub mod schedule;
