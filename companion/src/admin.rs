@@ -985,6 +985,10 @@ fn listener_stats(published: &crate::proxy::ProxyStats) -> Vec<(String, i64, Sta
                 .or_insert((0, StatKind::Counter));
             entry.0 = entry.0.saturating_add(value);
         }
+        for (name, value) in c.named() {
+            let entry = out.entry(name).or_insert((0, StatKind::Counter));
+            entry.0 = entry.0.saturating_add(i64::try_from(value).unwrap_or(i64::MAX));
+        }
     }
     out.into_iter()
         .map(|(name, (value, kind))| (name, value, kind))

@@ -102,6 +102,33 @@ pub struct ListenerCounters {
     pub downstream_cx_protocol_error: AtomicU64,
     /// `http.<stat_prefix>.downstream_rq_header_timeout`: heads not complete in time.
     pub downstream_rq_header_timeout: AtomicU64,
+    /// Counters the listener's filters name as they run (RBAC's `http.<stat_prefix>.rbac.*`
+    /// and `<stat_prefix>.rbac.*`), full names from the root scope.
+    named: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl ListenerCounters {
+    /// Adds one to each counter `names` lists (a name counts from 0 the first time).
+    pub fn bump(&self, names: impl IntoIterator<Item = String>) {
+        let mut named = self.named.lock().unwrap_or_else(|p| p.into_inner());
+        for name in names {
+            *named.entry(name).or_default() += 1;
+        }
+    }
+
+    /// Makes each of `names` show (at 0) before anything counts it, as Envoy's stats do.
+    pub fn declare(&self, names: impl IntoIterator<Item = String>) {
+        let mut named = self.named.lock().unwrap_or_else(|p| p.into_inner());
+        for name in names {
+            named.entry(name).or_default();
+        }
+    }
+
+    /// The named counters and their values.
+    pub fn named(&self) -> Vec<(String, u64)> {
+        let named = self.named.lock().unwrap_or_else(|p| p.into_inner());
+        named.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
 }
 
 /// The default downstream limit: half the open-file limit (each proxied connection may hold an

@@ -59,6 +59,8 @@ use vigil_core::config::{
     HostRewrite, HttpConnectionManager, RetryHostPredicate, RetryOn,
     RetryPolicy as ConfigRetryPolicy, RouteAction,
 };
+use vigil_core::config::HttpFilterKind;
+use vigil_core::rbac::{self, RbacRequest};
 use vigil_core::route::{RequestView, RouteTable};
 use vigil_core::rules::Decision;
 
@@ -277,6 +279,7 @@ impl Connections {
         let derived = Arc::new(DerivedCache {
             current: Mutex::default(),
             routing_stats: options.routing_stats.clone(),
+            counters: options.counters.clone(),
         });
         let (open, closed) = tokio::sync::mpsc::channel(1);
         Connections {
@@ -388,6 +391,8 @@ pub struct Derived {
     owned: Vec<HeaderName>,
     /// The `server` response header, built once per state rather than per response.
     server: Option<HeaderValue>,
+    /// The listener's counters (the filters' named counters go here).
+    counters: Arc<ListenerCounters>,
 }
 
 impl Derived {
@@ -421,6 +426,7 @@ impl Derived {
             access_logs: Arc::new(AccessLogs::start(&state.hcm.access_log)),
             owned,
             server: HeaderValue::from_str(&state.hcm.server_name).ok(),
+            counters: Arc::default(),
         }
     }
 
@@ -435,6 +441,8 @@ struct DerivedCache {
     current: Mutex<Option<(Arc<ListenerState>, Arc<Derived>)>>,
     /// The listener's rule counters, which outlive each state.
     routing_stats: Arc<RoutingStats>,
+    /// The listener's counters, which outlive each state too.
+    counters: Arc<ListenerCounters>,
 }
 
 impl DerivedCache {
@@ -443,7 +451,9 @@ impl DerivedCache {
         match cached.as_ref() {
             Some((current, derived)) if Arc::ptr_eq(current, state) => derived.clone(),
             _ => {
-                let derived = Arc::new(Derived::counted(state, self.routing_stats.clone()));
+                let mut derived = Derived::counted(state, self.routing_stats.clone());
+                derived.counters = self.counters.clone();
+                let derived = Arc::new(derived);
                 *cached = Some((state.clone(), derived.clone()));
                 derived
             }
@@ -489,7 +499,8 @@ fn refusal_response(why: Rejection, server: Option<&HeaderValue>) -> Response<Pr
 #[derive(Default)]
 struct Outcome {
     flags: &'static str,
-    details: &'static str,
+    /// Envoy's response code details (`%RESPONSE_CODE_DETAILS%`).
+    details: std::borrow::Cow<'static, str>,
     forward: Option<ForwardInfo>,
     upstream_cluster: Option<String>,
     route_name: Option<String>,
@@ -506,7 +517,7 @@ impl Outcome {
     fn local(flags: &'static str, details: &'static str) -> Outcome {
         Outcome {
             flags,
-            details,
+            details: details.into(),
             ..Outcome::default()
         }
     }
@@ -536,7 +547,7 @@ pub async fn handle(
         record.downstream_local = local;
         record
     });
-    let (response, outcome) = respond(state, derived, peer, request, started, logging).await;
+    let (response, outcome) = respond(state, derived, peer, local, request, started, logging).await;
     let mut response = response;
     if let Some(server) = &derived.server {
         response
@@ -607,6 +618,7 @@ async fn respond(
     state: &ListenerState,
     derived: &Derived,
     peer: SocketAddr,
+    local: Option<SocketAddr>,
     request: Request<Incoming>,
     started: Instant,
     logging: bool,
@@ -629,6 +641,123 @@ async fn respond(
             Outcome::local("", "request_headers_too_large"),
         );
     }
+    let mut outcome = Outcome::default();
+    let authority = authority_of(&parts.uri, &parts.headers);
+    let mut path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    // As Envoy's connection manager, before any filter or route sees the request.
+    if state.hcm.merge_slashes {
+        path = vigil_core::route::merge_slashes(&path);
+    }
+    if state.hcm.generate_request_id && !parts.headers.contains_key("x-request-id") {
+        parts.headers.insert("x-request-id", request_id());
+    }
+    // Envoy's connection manager drops a client's certificate claims unless told to forward
+    // them always: no request vigil serves came over mutual TLS.
+    if !state.hcm.always_forward_client_cert {
+        parts.headers.remove("x-forwarded-client-cert");
+    }
+    // No client picks a cluster or a host: the headers vigil owns only ever come from its rules.
+    for name in &derived.owned {
+        parts.headers.remove(name);
+    }
+    // The HTTP filters, in the chain's order, each on the request head (as their decodeHeaders
+    // run in Envoy, before the body is read); a disabled filter does not run.
+    let mut vigil_set: Vec<(String, String)> = Vec::new();
+    let mut routed = false;
+    for filter in state.hcm.http_filters.iter().filter(|f| !f.disabled) {
+        match &filter.kind {
+            HttpFilterKind::Rbac(rbac) => {
+                let borrowed = pairs(&parts.headers);
+                let view = RequestView::new(
+                    authority.as_deref(),
+                    &path,
+                    parts.method.as_str(),
+                    &borrowed,
+                );
+                let remote = vigil_core::xff::trusted_client_address(
+                    peer,
+                    parts
+                        .headers
+                        .get("x-forwarded-for")
+                        .and_then(|v| v.to_str().ok()),
+                    state.hcm.use_remote_address,
+                    state.hcm.xff_num_trusted_hops,
+                );
+                let local = local.unwrap_or(peer);
+                let request = RbacRequest {
+                    headers: Some(&view),
+                    direct_remote: rbac::envoy_socket_address(peer),
+                    remote: rbac::envoy_socket_address(remote),
+                    local: rbac::envoy_socket_address(local),
+                    server_name: "",
+                    tls_peer: None,
+                };
+                let decided = rbac.decide(&request);
+                derived.counters.bump(
+                    decided
+                        .stats
+                        .iter()
+                        .map(|name| format!("http.{}.{name}", state.hcm.stat_prefix)),
+                );
+                if !decided.allowed() {
+                    let details = decided.response_code_details().unwrap_or_default();
+                    drop(borrowed);
+                    outcome.request_headers = Some(parts.headers);
+                    outcome.details = details.into();
+                    return (
+                        local_reply(StatusCode::FORBIDDEN, rbac::DENIED_BODY),
+                        outcome,
+                    );
+                }
+            }
+            HttpFilterKind::Wasm if !routed => {
+                routed = true;
+                let Some(routing) = &derived.routing else {
+                    continue;
+                };
+                let borrowed = pairs(&parts.headers);
+                let view = RequestView::new(
+                    authority.as_deref(),
+                    &path,
+                    parts.method.as_str(),
+                    &borrowed,
+                );
+                let applied = routing.decide(&view, &routing.health(&state.upstreams));
+                drop(borrowed);
+                if routing.decision_headers {
+                    outcome.vigil_decision = applied.label;
+                }
+                match applied.decision {
+                    Decision::Route { set, upstream, .. } => {
+                        for (name, value) in &set {
+                            if let (Ok(name), Ok(value)) = (
+                                HeaderName::from_bytes(name.as_bytes()),
+                                HeaderValue::from_str(value),
+                            ) {
+                                parts.headers.insert(name, value);
+                            }
+                        }
+                        vigil_set = set;
+                        if routing.decision_headers {
+                            outcome.vigil_upstream = Some(upstream);
+                        }
+                    }
+                    Decision::LocalReply { status, body, .. } => {
+                        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+                        outcome.request_headers = Some(parts.headers);
+                        outcome.details = "vigil_local_reply".into();
+                        return (local_reply(status, &body), outcome);
+                    }
+                    Decision::NoMatch | Decision::Envoy { .. } => {}
+                }
+            }
+            _ => {}
+        }
+    }
     // Most requests have no body: nothing to wait for or collect then.
     let body = if body.is_end_stream() {
         Bytes::new()
@@ -650,67 +779,8 @@ async fn respond(
             }
         }
     };
-    let mut outcome = Outcome {
-        bytes_received: body.len() as u64,
-        request_read: Some(started.elapsed()),
-        ..Outcome::default()
-    };
-    let authority = authority_of(&parts.uri, &parts.headers);
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    // As Envoy's connection manager, before any filter or route sees the request.
-    if state.hcm.generate_request_id && !parts.headers.contains_key("x-request-id") {
-        parts.headers.insert("x-request-id", request_id());
-    }
-    // Envoy's connection manager drops a client's certificate claims unless told to forward
-    // them always: no request vigil serves came over mutual TLS.
-    if !state.hcm.always_forward_client_cert {
-        parts.headers.remove("x-forwarded-client-cert");
-    }
-    // No client picks a cluster or a host: the headers vigil owns only ever come from its rules.
-    for name in &derived.owned {
-        parts.headers.remove(name);
-    }
-    let mut vigil_set: Vec<(String, String)> = Vec::new();
-    if let Some(routing) = &derived.routing {
-        let borrowed = pairs(&parts.headers);
-        let view = RequestView::new(
-            authority.as_deref(),
-            &path,
-            parts.method.as_str(),
-            &borrowed,
-        );
-        let applied = routing.decide(&view, &routing.health(&state.upstreams));
-        if routing.decision_headers {
-            outcome.vigil_decision = applied.label;
-        }
-        match applied.decision {
-            Decision::Route { set, upstream, .. } => {
-                for (name, value) in &set {
-                    if let (Ok(name), Ok(value)) = (
-                        HeaderName::from_bytes(name.as_bytes()),
-                        HeaderValue::from_str(value),
-                    ) {
-                        parts.headers.insert(name, value);
-                    }
-                }
-                vigil_set = set;
-                if routing.decision_headers {
-                    outcome.vigil_upstream = Some(upstream);
-                }
-            }
-            Decision::LocalReply { status, body, .. } => {
-                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-                outcome.request_headers = Some(parts.headers);
-                outcome.details = "vigil_local_reply";
-                return (local_reply(status, &body), outcome);
-            }
-            Decision::NoMatch | Decision::Envoy { .. } => {}
-        }
-    }
+    outcome.bytes_received = body.len() as u64;
+    outcome.request_read = Some(started.elapsed());
     let borrowed = pairs(&parts.headers);
     let view = RequestView::new(
         authority.as_deref(),
@@ -722,7 +792,7 @@ async fn respond(
     let Some(selected) = state.routes.select(&view) else {
         outcome.request_headers = Some(parts.headers);
         outcome.flags = "NR";
-        outcome.details = "route_not_found";
+        outcome.details = "route_not_found".into();
         return (empty(StatusCode::NOT_FOUND), outcome);
     };
     outcome.route_name = Some(selected.route.name.clone());
@@ -737,7 +807,7 @@ async fn respond(
                 response.headers_mut().remove(header::CONTENT_TYPE);
             }
             outcome.request_headers = Some(parts.headers);
-            outcome.details = "direct_response";
+            outcome.details = "direct_response".into();
             return (response, outcome);
         }
         RouteAction::Forward(action) => action,
@@ -754,7 +824,7 @@ async fn respond(
             .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
         outcome.request_headers = Some(parts.headers);
         outcome.flags = "NC";
-        outcome.details = "cluster_not_found";
+        outcome.details = "cluster_not_found".into();
         return (empty(status), outcome);
     };
     let upstream_path = selected
@@ -820,7 +890,7 @@ async fn respond(
                     .upstream_cx_none_healthy
                     .fetch_add(1, Ordering::Relaxed);
                 outcome.flags = "UH";
-                outcome.details = "no_healthy_upstream";
+                outcome.details = "no_healthy_upstream".into();
                 return (
                     local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
                     outcome,

@@ -466,6 +466,7 @@ fn connection_manager(
         strip_trailing_host_dot,
         merge_slashes,
         connection_match: Default::default(),
+        network_rbac: Vec::new(),
     })
 }
 

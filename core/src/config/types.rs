@@ -526,6 +526,9 @@ pub struct HttpConnectionManager {
     /// The same, typed: connections it does not match are closed, as Envoy closes a
     /// connection no filter chain matches.
     pub connection_match: crate::config::FilterChainMatch,
+    /// The chain's `envoy.filters.network.rbac` filters (before the connection manager), in
+    /// order: a connection any of them denies is closed.
+    pub network_rbac: Vec<crate::rbac::NetworkRbac>,
     /// `stat_prefix` (required, non-empty).
     pub stat_prefix: String,
     /// `codec_type` (default AUTO).
@@ -734,14 +737,17 @@ pub struct HttpFilter {
 }
 
 /// What an HTTP filter is, by its `typed_config` `@type` (as Envoy picks the factory).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum HttpFilterKind {
     /// `envoy.extensions.filters.http.router.v3.Router`: the terminal filter that forwards.
     Router,
+    /// `envoy.extensions.filters.http.rbac.v3.RBAC`: enforced by the companion's proxy.
+    Rbac(Box<crate::rbac::HttpRbac>),
     /// `envoy.extensions.filters.http.wasm.v3.Wasm`: a wasm module (such as vigil's own filter),
     /// which the companion does not load.
     Wasm,
-    /// Any other filter, by message name: not implemented by vigil (a warning says so).
+    /// Any other filter, by message name: one vigil may ignore (a warning says so), or one
+    /// disabled that no route turns on.
     Other(String),
 }
 
