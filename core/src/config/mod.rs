@@ -51,6 +51,7 @@ mod cluster;
 mod error;
 mod health_check;
 mod listener;
+mod rbac;
 pub(crate) mod reader;
 mod schema;
 mod types;
