@@ -53,6 +53,7 @@ mod error;
 mod filters;
 mod health_check;
 mod listener;
+mod rbac;
 pub(crate) mod reader;
 mod schema;
 mod types;
