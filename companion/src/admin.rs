@@ -987,7 +987,9 @@ fn listener_stats(published: &crate::proxy::ProxyStats) -> Vec<(String, i64, Sta
         }
         for (name, value) in c.named() {
             let entry = out.entry(name).or_insert((0, StatKind::Counter));
-            entry.0 = entry.0.saturating_add(i64::try_from(value).unwrap_or(i64::MAX));
+            entry.0 = entry
+                .0
+                .saturating_add(i64::try_from(value).unwrap_or(i64::MAX));
         }
     }
     out.into_iter()

@@ -55,11 +55,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::net::TcpListener;
 use vigil_core::balance::hash_policy::{self, RequestView as HashView};
+use vigil_core::config::HttpFilterKind;
 use vigil_core::config::{
     HostRewrite, HttpConnectionManager, RetryHostPredicate, RetryOn,
     RetryPolicy as ConfigRetryPolicy, RouteAction,
 };
-use vigil_core::config::HttpFilterKind;
 use vigil_core::rbac::{self, RbacRequest};
 use vigil_core::route::{RequestView, RouteTable};
 use vigil_core::rules::Decision;
@@ -326,6 +326,19 @@ impl Connections {
             drop(stream);
             return;
         }
+        if let Some(delay) = network_rbac_denies(&state.hcm, peer, local, counters) {
+            // Envoy's network RBAC judges a connection on its first bytes, then closes it
+            // (after `delay_deny`, if set); nothing of it reaches the connection manager.
+            tokio::spawn(async move {
+                let _ = stream.readable().await;
+                if let Some(delay) = delay {
+                    tokio::time::sleep(delay).await;
+                }
+                drop(stream);
+                drop(permit);
+            });
+            return;
+        }
         let limits = guard_limits(&state.hcm);
         drop(state);
         let refused = counters.clone();
@@ -378,6 +391,36 @@ impl Connections {
             drop(open);
         });
     }
+}
+
+/// The chain's network RBAC filters on a new connection, in order, counting their stats: `None`
+/// when every one allows it, else `Some(delay before closing)`.
+fn network_rbac_denies(
+    hcm: &HttpConnectionManager,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    counters: &ListenerCounters,
+) -> Option<Option<Duration>> {
+    if hcm.network_rbac.is_empty() {
+        return None;
+    }
+    let peer = rbac::envoy_socket_address(peer);
+    let request = RbacRequest {
+        headers: None,
+        direct_remote: peer,
+        remote: peer,
+        local: rbac::envoy_socket_address(local.unwrap_or(peer)),
+        server_name: "",
+        tls_peer: None,
+    };
+    for filter in &hcm.network_rbac {
+        let decided = filter.decide(&request);
+        counters.bump(decided.stats.iter().cloned());
+        if !decided.allowed() {
+            return Some(filter.delay_deny_ms.map(Duration::from_millis));
+        }
+    }
+    None
 }
 
 /// What a listener builds from its state when the state first serves a request, and keeps while

@@ -150,3 +150,284 @@ async fn client_cert_headers_go_through_with_always_forward_only() {
         );
     }
 }
+
+/// Two HTTP RBAC filters (DENY, then ALLOW with shadow rules) and a network RBAC filter, with a
+/// policy for every permission and principal kind, rendered for the proxy's own listener
+/// address (destination_ip / destination_port rules name it).
+struct RbacLab {
+    trusted: IpAddr,
+    client: IpAddr,
+    blocked: IpAddr,
+    closed: IpAddr,
+    echo: EchoUpstream,
+}
+
+impl RbacLab {
+    async fn start() -> RbacLab {
+        RbacLab {
+            trusted: net::fresh_loopback().into(),
+            client: net::fresh_loopback().into(),
+            blocked: net::fresh_loopback().into(),
+            closed: net::fresh_loopback().into(),
+            echo: EchoUpstream::start(net::fresh_loopback().into()).await,
+        }
+    }
+
+    fn spec(&self, listen: SocketAddr, hcm_fields: &str) -> ListenerSpec {
+        let RbacLab {
+            trusted,
+            blocked,
+            closed,
+            client,
+            echo,
+        } = self;
+        let (ip, port) = (listen.ip(), listen.port());
+        let routes = "
+              - match: { prefix: \"/\" }
+                route: { cluster: echo }";
+        let mut spec = ListenerSpec::new(
+            "rbac",
+            routes,
+            &cluster_yaml("echo", &[echo.address], "", None),
+        );
+        spec.hcm_fields = hcm_fields.to_string();
+        spec.network_filters = format!(
+            "
+      - name: envoy.filters.network.rbac
+        typed_config:
+          \"@type\": type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC
+          stat_prefix: tcp_rbac.
+          rules:
+            action: DENY
+            policies:
+              closed-client:
+                permissions: [{{ any: true }}]
+                principals: [{{ direct_remote_ip: {{ address_prefix: \"{closed}\", prefix_len: 32 }} }}]
+          shadow_rules:
+            action: ALLOW
+            policies:
+              only-client:
+                permissions: [{{ destination_port: {port} }}]
+                principals: [{{ source_ip: {{ address_prefix: \"{client}\", prefix_len: 32 }} }}]"
+        );
+        spec.http_filters = format!(
+            "
+          - name: deny
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules_stat_prefix: deny_
+              rules:
+                action: DENY
+                policies:
+                  blocked-client:
+                    permissions: [{{ any: true }}]
+                    principals: [{{ direct_remote_ip: {{ address_prefix: \"{blocked}\", prefix_len: 32 }} }}]
+                  no-delete:
+                    permissions:
+                    - and_rules:
+                        rules:
+                        - header: {{ name: \":method\", string_match: {{ exact: DELETE }} }}
+                        - not_rule: {{ url_path: {{ path: {{ exact: /public/delete }} }} }}
+                    principals: [{{ any: true }}]
+                  tls-only:
+                    permissions: [{{ requested_server_name: {{ exact: evil.example }} }}]
+                    principals: [{{ any: true }}]
+                  mtls-peer:
+                    permissions: [{{ url_path: {{ path: {{ prefix: /public/mtls }} }} }}]
+                    principals: [{{ authenticated: {{ principal_name: {{ exact: \"spiffe://evil\" }} }} }}]
+          - name: allow
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules_stat_prefix: allow_
+              shadow_rules_stat_prefix: audit_
+              rules:
+                action: ALLOW
+                policies:
+                  admin:
+                    permissions: [{{ url_path: {{ path: {{ prefix: /admin }} }} }}]
+                    principals:
+                    - remote_ip: {{ address_prefix: \"{trusted}\", prefix_len: 32 }}
+                    - header: {{ name: x-admin-token, string_match: {{ exact: s3cret }} }}
+                  everything-else:
+                    permissions:
+                    - and_rules:
+                        rules:
+                        - not_rule: {{ url_path: {{ path: {{ prefix: /admin }} }} }}
+                        - not_rule: {{ url_path: {{ path: {{ prefix: /only }} }} }}
+                    principals: [{{ any: true }}]
+                  local-port:
+                    permissions:
+                    - and_rules:
+                        rules:
+                        - destination_ip: {{ address_prefix: \"{ip}\", prefix_len: 32 }}
+                        - destination_port: {port}
+                        - url_path: {{ path: {{ exact: /only/port, ignore_case: true }} }}
+                    principals: [{{ any: true }}]
+                  port-range:
+                    permissions:
+                    - and_rules:
+                        rules:
+                        - destination_port_range: {{ start: {port}, end: {} }}
+                        - url_path: {{ path: {{ exact: /only/range }} }}
+                    principals:
+                    - or_ids:
+                        ids:
+                        - not_id: {{ direct_remote_ip: {{ address_prefix: \"{client}\", prefix_len: 32 }} }}
+                        - header: {{ name: x-range, present_match: true }}
+                  source:
+                    permissions:
+                    - or_rules:
+                        rules:
+                        - url_path: {{ path: {{ exact: /only/source }} }}
+                        - header: {{ name: \":path\", string_match: {{ prefix: \"/only/query?\" }} }}
+                    principals:
+                    - and_ids:
+                        ids:
+                        - direct_remote_ip: {{ address_prefix: \"{client}\", prefix_len: 24 }}
+                        - url_path: {{ path: {{ safe_regex: {{ regex: \"/only/[a-z]+\" }} }} }}
+              shadow_rules:
+                action: DENY
+                policies:
+                  audit-public:
+                    permissions: [{{ url_path: {{ path: {{ prefix: /public/audit }} }} }}]
+                    principals: [{{ any: true }}]",
+            port + 1
+        );
+        spec
+    }
+
+    /// Every request of the lab, from each source: (label, source, raw request).
+    fn requests(&self) -> Vec<(String, IpAddr, String)> {
+        let mut out = Vec::new();
+        let paths = [
+            "/public/a",
+            "/public/audit/x",
+            "/admin",
+            "/admin/x?y=1",
+            "//admin",
+            "/Admin",
+            "/%61dmin",
+            "/a/../admin",
+            "/./admin",
+            "/admin%2Fx",
+            "/only/port",
+            "/ONLY/PORT",
+            "/only/range",
+            "/only/source",
+            "/only/query?x=1",
+            "/only/other",
+            "/public/mtls",
+        ];
+        for (who, ip) in [
+            ("client", self.client),
+            ("trusted", self.trusted),
+            ("blocked", self.blocked),
+        ] {
+            for path in paths {
+                out.push((format!("{who} GET {path}"), ip, get(path, "")));
+            }
+        }
+        let c = self.client;
+        let spoof = format!("x-forwarded-for: {}\r\n", self.trusted);
+        let spoof_two = format!("x-forwarded-for: {}, {}\r\n", self.trusted, self.client);
+        for (label, request) in [
+            ("admin token", get("/admin", "x-admin-token: s3cret\r\n")),
+            ("wrong token", get("/admin", "x-admin-token: nope\r\n")),
+            (
+                "two tokens",
+                get(
+                    "/admin",
+                    "x-admin-token: s3cret\r\nx-admin-token: s3cret\r\n",
+                ),
+            ),
+            ("xff trusted", get("/admin", &spoof)),
+            ("xff trusted then client", get("/admin", &spoof_two)),
+            ("range header", get("/only/range", "x-range: 1\r\n")),
+            (
+                "delete",
+                "DELETE /public/x HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n".to_string(),
+            ),
+            (
+                "delete allowed",
+                "DELETE /public/delete HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n"
+                    .to_string(),
+            ),
+        ] {
+            out.push((format!("client {label}"), c, request));
+        }
+        out.push((
+            "closed GET /public/a".to_string(),
+            self.closed,
+            get("/public/a", ""),
+        ));
+        out
+    }
+}
+
+/// The same requests through Envoy and vigil under one connection-manager setting: every
+/// answer and every RBAC counter agree.
+async fn rbac_agrees_with_envoy(dir_name: &str, hcm_fields: &str) {
+    let dir = paths::scratch_dir(dir_name);
+    let lab = RbacLab::start().await;
+    let proxies = start_envoy_and_vigil(&dir, |listen, admin| {
+        lab.spec(listen, hcm_fields).render(listen, admin)
+    })
+    .await
+    .unwrap_or_else(|err| panic!("{err}"));
+    let requests = lab.requests();
+    let mut answers: Vec<Vec<String>> = Vec::new();
+    let mut stats: Vec<Vec<(String, String)>> = Vec::new();
+    for (_, listener, process) in &proxies {
+        let mut mine = Vec::new();
+        for (_, from, request) in &requests {
+            mine.push(exchange(*from, *listener, request, &[]).await);
+        }
+        answers.push(mine);
+        let all = process.stats().await.unwrap_or_else(|err| panic!("{err}"));
+        stats.push(
+            all.into_iter()
+                .filter(|(name, _)| name.contains("rbac."))
+                .collect(),
+        );
+    }
+    let mut differences = Vec::new();
+    let mut report = String::new();
+    for (i, (label, _, _)) in requests.iter().enumerate() {
+        let (envoy, vigil) = (&answers[0][i], &answers[1][i]);
+        report.push_str(&format!("{label:32} envoy: {envoy:40} vigil: {vigil}\n"));
+        if envoy != vigil {
+            differences.push(label.clone());
+        }
+    }
+    report.push_str(&format!(
+        "stats envoy: {:#?}\nstats vigil: {:#?}\n",
+        stats[0], stats[1]
+    ));
+    assert!(
+        differences.is_empty(),
+        "answers differ for {differences:?}:\n{report}"
+    );
+    assert_eq!(stats[0], stats[1], "RBAC counters differ:\n{report}");
+    // The lab is only a test if both refuse something and let something through.
+    let denied = answers[0]
+        .iter()
+        .filter(|a| a.starts_with("403 RBAC: access denied"))
+        .count();
+    let closed = answers[0].iter().filter(|a| *a == "closed").count();
+    let served = answers[0].iter().filter(|a| a.starts_with("200 ")).count();
+    assert!(denied >= 10 && closed >= 1 && served >= 10, "{report}");
+}
+
+#[tokio::test]
+async fn rbac_as_in_envoy_with_the_connection_managers_defaults() {
+    rbac_agrees_with_envoy("access-control-rbac-defaults", "").await;
+}
+
+#[tokio::test]
+async fn rbac_as_in_envoy_with_remote_address_trusted_hops_and_merged_slashes() {
+    rbac_agrees_with_envoy(
+        "access-control-rbac-remote",
+        "          use_remote_address: true\n          xff_num_trusted_hops: 1\n          merge_slashes: true",
+    )
+    .await;
+}

@@ -212,6 +212,7 @@ fn filter_chain(
     // The filters before the connection manager, judged once we know whether the chain has
     // one (a chain without it is not served by vigil at all).
     let mut before: Vec<(FieldPath, String, String)> = Vec::new();
+    let mut network_rbac = Vec::new();
     let mut served = false;
     for (k, (p, v)) in chain_filters.into_iter().enumerate() {
         let Some(mut f) = Obj::new(cx, p.clone(), v, &NETWORK_FILTER) else {
@@ -257,7 +258,15 @@ fn filter_chain(
                 out.push(hcm);
             }
         } else {
+            if typed.is(super::rbac::NETWORK_RBAC_TYPE) {
+                network_rbac.extend(super::rbac::network_rbac(cx, &typed));
+            }
             before.push((typed_path, filter_name, typed.type_name.clone()));
+        }
+    }
+    if served {
+        if let Some(hcm) = out.last_mut() {
+            hcm.network_rbac = network_rbac;
         }
     }
     for (typed_path, filter_name, type_name) in before {
@@ -271,10 +280,7 @@ fn filter_chain(
             continue;
         }
         match filters::network_filter(&type_name) {
-            Treatment::Enforced => cx.unsupported(
-                &typed_path,
-                format!("{type_name} ({filter_name}): not enforced by vigil yet"),
-            ),
+            Treatment::Enforced => {}
             Treatment::Ignorable(why) => {
                 cx.warn(&typed_path, format!("{type_name}: ignored: {why}"))
             }
@@ -620,6 +626,35 @@ fn http_filters(
             HttpFilterKind::Wasm
         } else {
             match filters::http_filter(&typed.type_name) {
+                Treatment::Enforced if typed.is(super::rbac::HTTP_RBAC_TYPE) => {
+                    judged.push((
+                        name.clone(),
+                        Some(
+                            "per-route RBAC (RBACPerRoute, or turning the filter off on a \
+                             route) is not implemented by vigil: the route would be judged by \
+                             the listener's rules"
+                                .to_string(),
+                        ),
+                    ));
+                    if last {
+                        cx.invalid(
+                            &p,
+                            format!(
+                                "non-terminal filter named {name} of type envoy.filters.http.rbac \
+                                 is the last filter in a http filter chain"
+                            ),
+                        );
+                    }
+                    if let Some(rbac) = super::rbac::http_rbac(cx, &typed) {
+                        out.push(HttpFilter {
+                            name,
+                            kind: HttpFilterKind::Rbac(Box::new(rbac)),
+                            is_optional,
+                            disabled,
+                        });
+                    }
+                    continue;
+                }
                 Treatment::Enforced => {
                     cx.unsupported(
                         &typed_path,

@@ -264,13 +264,6 @@ enum Filter {
 }
 
 /// `envoy.extensions.filters.http.rbac.v3.RBAC`; `None` when anything in it is in error.
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the listener reader calls it once the filter is wired in"
-    )
-)]
 pub(crate) fn http_rbac(cx: &mut Ctx, typed: &Any) -> Option<HttpRbac> {
     let errors = cx.errors.len();
     let mut o = typed.obj(cx, &HTTP_RBAC);
@@ -295,13 +288,6 @@ pub(crate) fn http_rbac(cx: &mut Ctx, typed: &Any) -> Option<HttpRbac> {
 }
 
 /// `envoy.extensions.filters.network.rbac.v3.RBAC`; `None` when anything in it is in error.
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the listener reader calls it once the filter is wired in"
-    )
-)]
 pub(crate) fn network_rbac(cx: &mut Ctx, typed: &Any) -> Option<NetworkRbac> {
     let errors = cx.errors.len();
     let mut o = typed.obj(cx, &NETWORK_RBAC);
