@@ -926,6 +926,29 @@ mod tests {
     }
 
     #[test]
+    fn rules_with_a_policy_in_error_are_not_returned() {
+        // A later reader of the same message (RBACPerRoute) must not get the other policies.
+        let mut cx = Ctx::default();
+        let v = json!({"policies": {
+            "bad": {"permissions": [], "principals": [{"any": true}]},
+            "ok": {"permissions": [{"any": true}], "principals": [{"any": true}]}}});
+        let o = Obj::new(&mut cx, FieldPath::root().field("rules"), &v, &RBAC).expect("mapping");
+        assert!(read_rules(&mut cx, o, Filter::Http).is_none());
+        assert_eq!(cx.errors.len(), 1, "{:?}", cx.errors);
+        assert_eq!(
+            cx.errors[0].path.as_str(),
+            "rules.policies[\"bad\"].permissions"
+        );
+        // A misspelt key inside url_path is one error, not also "rule is required".
+        assert_eq!(
+            policy_errors(json!({"url_path": {"paht": {}}}), json!({"any": true})),
+            [format!(
+                "{P}.permissions[0].url_path: unknown field \"paht\" (not a field of envoy.type.matcher.v3.PathMatcher)"
+            )]
+        );
+    }
+
+    #[test]
     fn cidr_and_port_range_checks() {
         let any = json!({"any": true});
         let ip = |range: Value| policy_errors(any.clone(), json!({"remote_ip": range}));
