@@ -393,6 +393,23 @@ impl Connections {
     }
 }
 
+/// The counters the chain's filters have from the start, shown at 0 as Envoy shows them.
+fn declare_filter_stats(counters: &ListenerCounters, hcm: &HttpConnectionManager) {
+    for filter in &hcm.network_rbac {
+        counters.declare(filter.declared_stats());
+    }
+    for filter in &hcm.http_filters {
+        if let HttpFilterKind::Rbac(rbac) = &filter.kind {
+            let prefix = &hcm.stat_prefix;
+            counters.declare(
+                rbac.declared_stats()
+                    .into_iter()
+                    .map(|name| format!("http.{prefix}.{name}")),
+            );
+        }
+    }
+}
+
 /// The chain's network RBAC filters on a new connection, in order, counting their stats: `None`
 /// when every one allows it, else `Some(delay before closing)`.
 fn network_rbac_denies(
@@ -1432,6 +1449,7 @@ impl ListenerSet {
             };
             self.counters
                 .insert(address, (state.hcm.stat_prefix.clone(), counters.clone()));
+            declare_filter_stats(&counters, &state.hcm);
             if let Some(running) = self.running.get(&address) {
                 running.state.store(Arc::new(state));
                 continue;

@@ -608,7 +608,29 @@ fn engine_result(verdict: &Verdict<'_>) -> &'static str {
     if verdict.allowed { "allowed" } else { "denied" }
 }
 
+impl StatNames {
+    /// The four counters Envoy creates (at 0) when it loads the filter, shadow ones included
+    /// whether or not there are shadow rules.
+    fn declared(&self) -> Vec<String> {
+        [
+            Counter::Allowed,
+            Counter::Denied,
+            Counter::ShadowAllowed,
+            Counter::ShadowDenied,
+        ]
+        .into_iter()
+        .map(|c| self.counter(c))
+        .collect()
+    }
+}
+
 impl HttpRbac {
+    /// The counters the filter has from the start (relative to `http.<stat_prefix>.`), as
+    /// Envoy shows them at 0 before any request.
+    pub fn declared_stats(&self) -> Vec<String> {
+        StatNames::new("", &self.rules_stat_prefix, &self.shadow_rules_stat_prefix).declared()
+    }
+
     /// What Envoy's HTTP filter does in `decodeHeaders`: the shadow rules first, then the
     /// enforced ones; counters (per policy too with `track_per_rule_stats`, only when a policy
     /// matched), and the `envoy.filters.http.rbac` fields, named with the stat prefixes in
@@ -665,6 +687,11 @@ impl HttpRbac {
 }
 
 impl NetworkRbac {
+    /// The counters the filter has from the start (full names), at 0 before any connection.
+    pub fn declared_stats(&self) -> Vec<String> {
+        StatNames::new(&self.stat_prefix, "", &self.shadow_rules_stat_prefix).declared()
+    }
+
     /// What Envoy's network filter does when it decides (on the first read, or on every read
     /// with [`Enforcement::Continuous`]): shadow rules, then enforced rules, evaluated without
     /// headers whatever `request.headers` holds. Aggregate counters only (the network filter
