@@ -14,8 +14,10 @@
 //!   connection the way Envoy matches its one chain.
 
 use super::error::FieldPath;
+use super::rbac::cidr_range;
 use super::reader::{Ctx, Obj, items, json_name};
-use super::schema::{CIDR_RANGE, FILTER_CHAIN_MATCH, SOURCE_TYPE};
+use super::schema::{FILTER_CHAIN_MATCH, SOURCE_TYPE};
+use crate::rbac::CidrRange;
 use serde_json::Value;
 use std::net::{IpAddr, SocketAddr};
 
@@ -219,14 +221,14 @@ pub struct FilterChainMatch {
     /// `destination_port`.
     pub destination_port: Option<u16>,
     /// `prefix_ranges`: the connection's local address.
-    pub prefix_ranges: Vec<Cidr>,
+    pub prefix_ranges: Vec<CidrRange>,
     /// `direct_source_prefix_ranges`: the peer's address.
-    pub direct_source_prefix_ranges: Vec<Cidr>,
+    pub direct_source_prefix_ranges: Vec<CidrRange>,
     /// `source_type`.
     pub source_type: SourceType,
     /// `source_prefix_ranges`: the peer's address (no PROXY protocol in vigil, so the same as
     /// the direct source).
-    pub source_prefix_ranges: Vec<Cidr>,
+    pub source_prefix_ranges: Vec<CidrRange>,
     /// `source_ports`.
     pub source_ports: Vec<u16>,
     /// `server_names` or `transport_protocol` other than `raw_buffer` is set: no plain-text
@@ -245,45 +247,10 @@ pub enum SourceType {
     External,
 }
 
-/// `envoy.config.core.v3.CidrRange`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    pub address: IpAddr,
-    pub prefix_len: u8,
-}
-
-impl Cidr {
-    /// Whether `ip` lies in the range. An IPv4 range never holds an IPv6 address, nor the other
-    /// way round (Envoy compares the families first).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.address, ip) {
-            (IpAddr::V4(range), IpAddr::V4(ip)) => {
-                let bits = u32::from(self.prefix_len.min(32));
-                let mask = if bits == 0 {
-                    0
-                } else {
-                    u32::MAX << (32 - bits)
-                };
-                u32::from(range) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(range), IpAddr::V6(ip)) => {
-                let bits = u32::from(self.prefix_len.min(128));
-                let mask = if bits == 0 {
-                    0
-                } else {
-                    u128::MAX << (128 - bits)
-                };
-                u128::from(range) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
 impl FilterChainMatch {
     /// Whether a plain-text connection from `peer` to `local` is served by this chain.
     pub fn matches(&self, local: SocketAddr, peer: SocketAddr) -> bool {
-        let in_any = |ranges: &[Cidr], ip: IpAddr| {
+        let in_any = |ranges: &[CidrRange], ip: IpAddr| {
             ranges.is_empty() || ranges.iter().any(|r| r.contains(ip))
         };
         !self.needs_tls
@@ -355,55 +322,19 @@ pub(crate) fn filter_chain_match(
     Some(out)
 }
 
-fn cidrs(cx: &mut Ctx, o: &mut Obj, field: &str) -> Vec<Cidr> {
+fn cidrs(cx: &mut Ctx, o: &mut Obj, field: &str) -> Vec<CidrRange> {
     o.list(field)
         .into_iter()
-        .filter_map(|(p, v)| cidr(cx, &p, v))
+        .filter_map(|(p, v)| cidr_range(cx, &p, v))
         .collect()
-}
-
-/// Reads a `CidrRange`: the address must be an IP literal, the prefix at most its bit length.
-pub(crate) fn cidr(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Cidr> {
-    let mut o = Obj::new(cx, path.clone(), value, &CIDR_RANGE)?;
-    let address = o.required_string(
-        cx,
-        "address_prefix",
-        "value length must be at least 1 characters",
-    );
-    let prefix_len = o.u32(cx, "prefix_len").unwrap_or(0);
-    o.finish(cx);
-    let address = address?;
-    let Ok(ip) = address.parse::<IpAddr>() else {
-        cx.invalid(
-            &path.field("address_prefix"),
-            format!("malformed IP address: {address}"),
-        );
-        return None;
-    };
-    if prefix_len > 128 {
-        cx.invalid(
-            &path.field("prefix_len"),
-            format!("value must be less than or equal to 128, found {prefix_len}"),
-        );
-        return None;
-    }
-    // Envoy's CidrRange takes a longer prefix than the address has as the whole address.
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    Some(Cidr {
-        address: ip,
-        prefix_len: prefix_len.min(max) as u8,
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn cidr(text: &str, len: u8) -> Cidr {
-        Cidr {
-            address: text.parse().unwrap(),
-            prefix_len: len,
-        }
+    fn cidr(text: &str, len: u32) -> CidrRange {
+        CidrRange::new(text.parse().unwrap(), len)
     }
 
     fn sock(text: &str) -> SocketAddr {

@@ -60,7 +60,7 @@ mod types;
 
 pub use circuit_breakers::{CircuitBreakers, RetryBudget, RoutingPriority, Thresholds};
 pub use error::{ConfigError, ConfigErrors, ErrorKind, FieldPath, Location, Warning};
-pub use filters::{Cidr, FilterChainMatch, SourceType};
+pub use filters::{FilterChainMatch, SourceType};
 pub use types::*;
 
 use reader::{Ctx, IGNORED, Obj};

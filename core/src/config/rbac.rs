@@ -17,7 +17,7 @@ use super::listener::{header_matcher, string_match};
 use super::reader::{
     Any, Ctx, Enum, Message, Obj, boolean, describe, enumeration, integer, read, reject,
 };
-use super::schema::{HEADER_MATCHER, ROUTE_STRING_MATCHER, TYPED_EXTENSION_CONFIG};
+use super::schema::{CIDR_RANGE, HEADER_MATCHER, ROUTE_STRING_MATCHER, TYPED_EXTENSION_CONFIG};
 use crate::config::{HeaderMatcher, StringMatch};
 use crate::rbac::{
     Action, CidrRange, Enforcement, HttpRbac, NetworkRbac, Permission, Policy, Principal, Rules,
@@ -235,12 +235,6 @@ static PRINCIPAL_SET: Message = Message {
 static AUTHENTICATED: Message = Message {
     name: "envoy.config.rbac.v3.Principal.Authenticated",
     fields: &[read("principal_name")],
-    removed: &[],
-};
-
-static CIDR_RANGE: Message = Message {
-    name: "envoy.config.core.v3.CidrRange",
-    fields: &[read("address_prefix"), read("prefix_len")],
     removed: &[],
 };
 
@@ -582,7 +576,13 @@ fn url_path(cx: &mut Ctx, o: &mut Obj) -> Option<StringMatch> {
 
 /// A `config.core.v3.CidrRange` field, built as Envoy's `CidrRange::create` builds it.
 fn cidr(cx: &mut Ctx, o: &mut Obj, field: &str) -> Option<CidrRange> {
-    let mut c = o.message(cx, field, &CIDR_RANGE)?;
+    let (path, value) = o.take(field)?;
+    cidr_range(cx, &path, value)
+}
+
+/// An `envoy.config.core.v3.CidrRange` as Envoy builds it (also for `filter_chain_match`).
+pub(crate) fn cidr_range(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<CidrRange> {
+    let mut c = Obj::new(cx, path.clone(), value, &CIDR_RANGE)?;
     let prefix_path = c.path.field("address_prefix");
     let prefix = c.required_string(cx, "address_prefix", MIN_LEN_1);
     // A UInt32Value: unset is 0.
