@@ -22,6 +22,9 @@
 //! - [`outlier`]: Envoy's outlier detection (consecutive 5xx / gateway / local-origin failures,
 //!   success rate, failure percentage, ejection backoff, `outlier_detection.*` stats) and its
 //!   `OutlierDetection` config, with virtual time and random draws as inputs.
+//! - [`path_normalize`]: the HTTP connection manager's request path normalization
+//!   (`normalize_path`, `merge_slashes`, `path_with_escaped_slashes_action`) as Envoy 1.36.2 does
+//!   it, with the local reply (400 / 404 / 307) it answers instead when it does.
 //! - [`plugin`]: the wasm filter's health evaluation (plugin configuration, probe verdicts with
 //!   body / JSON / latency checks, the singleton's supervisor, the shared-data verdict table and
 //!   the observation batches workers queue to the singleton).
@@ -47,6 +50,7 @@ pub mod dns;
 pub mod grpc_health;
 pub mod health;
 pub mod outlier;
+pub mod path_normalize;
 pub mod plugin;
 pub mod rbac;
 pub mod route;

@@ -556,21 +556,9 @@ pub fn normalize_authority(
     host
 }
 
-/// `merge_slashes` (`PathUtil::mergeSlashes`): runs of `/` in the path part (before `?`)
-/// become one; a leading and a trailing `/` are kept.
-pub fn merge_slashes(path: &str) -> String {
-    let (just_path, query) = match path.find('?') {
-        Some(at) => path.split_at(at),
-        None => (path, ""),
-    };
-    if !just_path.contains("//") {
-        return path.to_string();
-    }
-    let prefix = if just_path.starts_with('/') { "/" } else { "" };
-    let suffix = if just_path.ends_with('/') { "/" } else { "" };
-    let joined: Vec<&str> = just_path.split('/').filter(|s| !s.is_empty()).collect();
-    format!("{prefix}{}{suffix}{query}", joined.join("/"))
-}
+/// `merge_slashes` now lives with the rest of the connection manager's path normalization; this
+/// name keeps working.
+pub use crate::path_normalize::merge_slashes;
 
 #[cfg(test)]
 mod tests {
