@@ -60,6 +60,7 @@ use vigil_core::config::{
     HostRewrite, HttpConnectionManager, RetryHostPredicate, RetryOn,
     RetryPolicy as ConfigRetryPolicy, RouteAction,
 };
+use vigil_core::path_normalize::{NormalizedPath, PATH_NORMALIZATION_FAILED};
 use vigil_core::rbac::{self, RbacRequest};
 use vigil_core::route::{RequestView, RouteTable};
 use vigil_core::rules::Decision;
@@ -708,9 +709,46 @@ async fn respond(
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
-    // As Envoy's connection manager, before any filter or route sees the request.
-    if state.hcm.merge_slashes {
-        path = vigil_core::route::merge_slashes(&path);
+    // As Envoy's connection manager, before any filter or route sees the request: the path
+    // filters, routes and the upstream see is the normalized one.
+    let normalized = state.hcm.path_normalization.apply(&path);
+    let grpc = vigil_core::route::is_grpc(
+        parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    );
+    match if grpc {
+        normalized.for_grpc()
+    } else {
+        normalized
+    } {
+        NormalizedPath::Forward(normalized) => path = normalized,
+        NormalizedPath::Redirect(location) => {
+            derived.counters.bump([format!(
+                "http.{}.downstream_rq_redirected_with_normalized_path",
+                state.hcm.stat_prefix
+            )]);
+            let mut response = empty(StatusCode::TEMPORARY_REDIRECT);
+            if let Ok(location) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            outcome.request_headers = Some(parts.headers);
+            outcome.details = PATH_NORMALIZATION_FAILED.into();
+            return (response, outcome);
+        }
+        NormalizedPath::Reject(why) => {
+            if why.counts_as_failed_normalization() {
+                derived.counters.bump([format!(
+                    "http.{}.downstream_rq_failed_path_normalization",
+                    state.hcm.stat_prefix
+                )]);
+            }
+            let status = StatusCode::from_u16(why.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            outcome.request_headers = Some(parts.headers);
+            outcome.details = why.details().into();
+            return (empty(status), outcome);
+        }
     }
     if state.hcm.generate_request_id && !parts.headers.contains_key("x-request-id") {
         parts.headers.insert("x-request-id", request_id());

@@ -461,7 +461,7 @@ pub fn strip_query(path: &str) -> &str {
 }
 
 /// `Grpc::Common::hasGrpcContentType`.
-fn is_grpc(content_type: Option<&str>) -> bool {
+pub fn is_grpc(content_type: Option<&str>) -> bool {
     let Some(ct) = content_type else { return false };
     match ct.strip_prefix("application/grpc") {
         Some("") => true,

@@ -44,7 +44,15 @@ async fn exchange(from: IpAddr, to: SocketAddr, request: &str, show: &[&str]) ->
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.split_whitespace().nth(1).unwrap_or("?").to_string();
     if status != "200" {
-        return format!("{status} {}", body.trim());
+        let location = head
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("location: ")
+                    .or(l.strip_prefix("Location: "))
+            })
+            .map(|l| format!("location={l} "))
+            .unwrap_or_default();
+        return format!("{status} {location}{}", body.trim());
     }
     let mut lines = body.split("\r\n");
     let request_line = lines.next().unwrap_or("");
@@ -337,6 +345,11 @@ impl RbacLab {
             "/a/../admin",
             "/./admin",
             "/admin%2Fx",
+            "/public/..%2Fadmin",
+            "/public/%2e%2e/admin",
+            "/public\\..\\admin",
+            "/%2fadmin",
+            "/admin;x",
             "/only/port",
             "/ONLY/PORT",
             "/only/range",
@@ -434,6 +447,9 @@ async fn rbac_agrees_with_envoy(dir_name: &str, hcm_fields: &str) {
         differences.is_empty(),
         "answers differ for {differences:?}:\n{report}"
     );
+    if std::env::var_os("VIGIL_SHOW_REPORT").is_some() {
+        println!("{report}");
+    }
     assert_eq!(stats[0], stats[1], "RBAC counters differ:\n{report}");
     // The lab is only a test if both refuse something and let something through.
     let denied = answers[0]
@@ -455,6 +471,29 @@ async fn rbac_as_in_envoy_with_remote_address_trusted_hops_and_merged_slashes() 
     rbac_agrees_with_envoy(
         "access-control-rbac-remote",
         "          use_remote_address: true\n          xff_num_trusted_hops: 1\n          merge_slashes: true",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn rbac_as_in_envoy_with_normalized_paths_and_escaped_slashes_redirected() {
+    rbac_agrees_with_envoy(
+        "access-control-rbac-normalized",
+        "          normalize_path: true\n          path_with_escaped_slashes_action: UNESCAPE_AND_REDIRECT",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn rbac_as_in_envoy_with_escaped_slashes_rejected_or_forwarded() {
+    rbac_agrees_with_envoy(
+        "access-control-rbac-escaped-rejected",
+        "          normalize_path: true\n          merge_slashes: true\n          path_with_escaped_slashes_action: REJECT_REQUEST",
+    )
+    .await;
+    rbac_agrees_with_envoy(
+        "access-control-rbac-escaped-forwarded",
+        "          path_with_escaped_slashes_action: UNESCAPE_AND_FORWARD",
     )
     .await;
 }

@@ -421,25 +421,18 @@ fn connection_manager(
         StripPort::None
     };
     let strip_trailing_host_dot = o.bool(cx, "strip_trailing_host_dot").unwrap_or(false);
-    let merge_slashes = o.bool(cx, "merge_slashes").unwrap_or(false);
-    if o.bool(cx, "normalize_path") == Some(true) {
-        cx.unsupported(
-            &path.field("normalize_path"),
-            "path normalization (RFC 3986) is not implemented by vigil: requests would be \
-             routed on the path as sent",
-        );
-    }
-    let escaped = o.enumeration(
-        cx,
-        "path_with_escaped_slashes_action",
-        &PATH_WITH_ESCAPED_SLASHES_ACTION,
-    );
-    if matches!(escaped, Some(2..)) {
-        cx.unsupported(
-            &path.field("path_with_escaped_slashes_action"),
-            "only KEEP_UNCHANGED is supported by vigil: escaped slashes are routed as sent",
-        );
-    }
+    let path_normalization = crate::path_normalize::PathNormalization {
+        merge_slashes: o.bool(cx, "merge_slashes").unwrap_or(false),
+        normalize_path: o.bool(cx, "normalize_path").unwrap_or(false),
+        escaped_slashes: o
+            .enumeration(
+                cx,
+                "path_with_escaped_slashes_action",
+                &PATH_WITH_ESCAPED_SLASHES_ACTION,
+            )
+            .and_then(crate::path_normalize::EscapedSlashesAction::from_number)
+            .unwrap_or_default(),
+    };
     o.finish(cx);
     Some(HttpConnectionManager {
         filter_chain,
@@ -470,7 +463,7 @@ fn connection_manager(
         server_header_transformation,
         strip_port,
         strip_trailing_host_dot,
-        merge_slashes,
+        path_normalization,
         connection_match: Default::default(),
         network_rbac: Vec::new(),
     })

@@ -591,8 +591,9 @@ pub struct HttpConnectionManager {
     pub strip_port: StripPort,
     /// `strip_trailing_host_dot` (default false).
     pub strip_trailing_host_dot: bool,
-    /// `merge_slashes` (default false): `//` runs in the path become `/` before routing.
-    pub merge_slashes: bool,
+    /// `normalize_path`, `merge_slashes` and `path_with_escaped_slashes_action` (all off by
+    /// default): what the path becomes before filters, routes and the upstream see it.
+    pub path_normalization: crate::path_normalize::PathNormalization,
 }
 
 /// The plugin `root_id`s that mark an `envoy.filters.http.wasm` filter as vigil's own (the
