@@ -231,9 +231,14 @@ pub struct FilterChainMatch {
     pub source_prefix_ranges: Vec<CidrRange>,
     /// `source_ports`.
     pub source_ports: Vec<u16>,
-    /// `server_names` or `transport_protocol` other than `raw_buffer` is set: no plain-text
-    /// connection matches.
-    pub needs_tls: bool,
+    /// `server_names` (lowercased): the TLS inspector's SNI must be one of them, or fall under a
+    /// `*.` wildcard.
+    pub server_names: Vec<String>,
+    /// `transport_protocol` (empty: any).
+    pub transport_protocol: String,
+    /// The listener has the TLS inspector (`envoy.filters.listener.tls_inspector`): only then
+    /// are the transport protocol (`tls` or `raw_buffer`) and the SNI known when chains match.
+    pub tls_inspector: bool,
 }
 
 /// `FilterChainMatch.ConnectionSourceType`.
@@ -250,11 +255,31 @@ pub enum SourceType {
 impl FilterChainMatch {
     /// Whether a plain-text connection from `peer` to `local` is served by this chain.
     pub fn matches(&self, local: SocketAddr, peer: SocketAddr) -> bool {
+        self.matches_addresses(local, peer)
+            && self.server_names.is_empty()
+            && (self.transport_protocol.is_empty() || self.transport_protocol == "raw_buffer")
+    }
+
+    /// Whether a TLS connection (whose ClientHello named `sni`) matches the transport protocol
+    /// and server names, as the TLS inspector lets Envoy match them: without the inspector
+    /// nothing was detected, so only `raw_buffer` (or nothing) and no server names match.
+    pub fn matches_tls(&self, sni: Option<&str>) -> bool {
+        if !self.tls_inspector {
+            return self.server_names.is_empty()
+                && (self.transport_protocol.is_empty() || self.transport_protocol == "raw_buffer");
+        }
+        let transport = self.transport_protocol.is_empty() || self.transport_protocol == "tls";
+        transport
+            && (self.server_names.is_empty()
+                || sni.is_some_and(|sni| server_name_matches(&self.server_names, sni)))
+    }
+
+    /// The address and port criteria alone (what is known when the connection is accepted).
+    pub fn matches_addresses(&self, local: SocketAddr, peer: SocketAddr) -> bool {
         let in_any = |ranges: &[CidrRange], ip: IpAddr| {
             ranges.is_empty() || ranges.iter().any(|r| r.contains(ip))
         };
-        !self.needs_tls
-            && self.destination_port.is_none_or(|p| p == local.port())
+        self.destination_port.is_none_or(|p| p == local.port())
             && in_any(&self.prefix_ranges, local.ip())
             && in_any(&self.direct_source_prefix_ranges, peer.ip())
             && in_any(&self.source_prefix_ranges, peer.ip())
@@ -305,10 +330,13 @@ pub(crate) fn filter_chain_match(
             None => {}
         }
     }
-    let server_names: Vec<_> = o.list("server_names");
-    let transport = o.string(cx, "transport_protocol").unwrap_or_default();
-    out.needs_tls =
-        !server_names.is_empty() || !(transport.is_empty() || transport == "raw_buffer");
+    out.server_names = o
+        .list("server_names")
+        .into_iter()
+        .filter_map(|(p, v)| super::reader::string(cx, &p, v))
+        .map(|name| name.to_ascii_lowercase())
+        .collect();
+    out.transport_protocol = o.string(cx, "transport_protocol").unwrap_or_default();
     if o.has("application_protocols") {
         let p = path.field("application_protocols");
         o.take("application_protocols");
@@ -320,6 +348,25 @@ pub(crate) fn filter_chain_match(
     }
     o.finish(cx);
     Some(out)
+}
+
+/// Envoy's server-name match: the name itself, else each wildcard suffix from the longest
+/// (`a.b.example.com` tries `*.b.example.com`, then `*.example.com`, then `*.com`).
+fn server_name_matches(names: &[String], sni: &str) -> bool {
+    let sni = sni.to_ascii_lowercase();
+    if names.iter().any(|n| *n == sni) {
+        return true;
+    }
+    let mut rest = sni.as_str();
+    while let Some(dot) = rest.find('.') {
+        rest = &rest[dot..];
+        let wildcard = format!("*{rest}");
+        if names.iter().any(|n| *n == wildcard) {
+            return true;
+        }
+        rest = &rest[1..];
+    }
+    false
 }
 
 fn cidrs(cx: &mut Ctx, o: &mut Obj, field: &str) -> Vec<CidrRange> {
@@ -364,10 +411,22 @@ mod tests {
         assert!(!m.matches(sock("127.0.0.1:8081"), sock("127.0.0.9:5000")));
         assert!(!m.matches(sock("127.0.0.1:8080"), sock("127.0.1.9:5000")));
         let tls = FilterChainMatch {
-            needs_tls: true,
+            transport_protocol: "tls".into(),
             ..FilterChainMatch::default()
         };
         assert!(!tls.matches(sock("127.0.0.1:1"), sock("127.0.0.1:2")));
+        assert!(!tls.matches_tls(Some("a.example")), "no inspector: nothing detected");
+        let sni = FilterChainMatch {
+            server_names: vec!["app.example".into(), "*.svc.example".into()],
+            tls_inspector: true,
+            ..FilterChainMatch::default()
+        };
+        assert!(sni.matches_tls(Some("App.Example")));
+        assert!(sni.matches_tls(Some("a.b.svc.example")));
+        assert!(!sni.matches_tls(Some("svc.example")));
+        assert!(!sni.matches_tls(Some("other.example")));
+        assert!(!sni.matches_tls(None));
+        assert!(!sni.matches(sock("127.0.0.1:1"), sock("127.0.0.1:2")));
         let external = FilterChainMatch {
             source_type: SourceType::External,
             ..FilterChainMatch::default()

@@ -140,8 +140,12 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
              not supported by vigil",
         );
     }
+    let mut tls_inspector = false;
     for (p, v) in listener_filters {
-        listener_filter(cx, &p, v, served);
+        tls_inspector |= listener_filter(cx, &p, v, served);
+    }
+    for hcm in &mut http {
+        hcm.connection_match.tls_inspector = tls_inspector;
     }
     let mut rest: Map<String, Value> = value.as_object().cloned().unwrap_or_default();
     rest.remove("name");
@@ -156,18 +160,19 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
 }
 
 /// One of `listener_filters`: refused when it could close or redirect a connection of a
-/// listener vigil serves ([`filters::listener_filter`]).
-fn listener_filter(cx: &mut Ctx, path: &FieldPath, value: &Value, served: bool) {
+/// listener vigil serves ([`filters::listener_filter`]). True for the TLS inspector.
+fn listener_filter(cx: &mut Ctx, path: &FieldPath, value: &Value, served: bool) -> bool {
     let Some(mut f) = Obj::new(cx, path.clone(), value, &LISTENER_FILTER) else {
-        return;
+        return false;
     };
     let name = f.required_string(cx, "name", MIN_LEN_1).unwrap_or_default();
     let typed = f.any(cx, "typed_config");
     f.finish(cx);
     let typed_path = path.field("typed_config");
     let Some(typed) = typed.filter(|t| !t.is_empty()) else {
-        return;
+        return false;
     };
+    let inspector = typed.is("envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector");
     match filters::listener_filter(&typed.type_name) {
         _ if !served => cx.warn(
             &typed_path,
@@ -185,6 +190,7 @@ fn listener_filter(cx: &mut Ctx, path: &FieldPath, value: &Value, served: bool) 
             filters::refused_message("listener", &name, &typed.type_name, why),
         ),
     }
+    inspector
 }
 
 /// One filter chain: its HTTP connection manager goes to `out`. Returns the chain's name and
@@ -206,6 +212,9 @@ fn filter_chain(
         .unwrap_or_default();
     let name = o.string(cx, "name").unwrap_or_default();
     let proxy_protocol = o.bool(cx, "use_proxy_proto") == Some(true);
+    let tls = o
+        .take("transport_socket")
+        .and_then(|(p, v)| super::tls::downstream(cx, &p, v));
     let chain_filters = o.list("filters");
     o.finish(cx);
     let count = chain_filters.len();
@@ -267,6 +276,7 @@ fn filter_chain(
     if served {
         if let Some(hcm) = out.last_mut() {
             hcm.network_rbac = network_rbac;
+            hcm.tls = tls;
         }
     }
     for (typed_path, filter_name, type_name) in before {
@@ -466,6 +476,7 @@ fn connection_manager(
         path_normalization,
         connection_match: Default::default(),
         network_rbac: Vec::new(),
+        tls: None,
     })
 }
 

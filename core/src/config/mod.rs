@@ -54,6 +54,7 @@ mod filters;
 mod health_check;
 mod listener;
 mod rbac;
+mod tls;
 pub(crate) mod reader;
 mod schema;
 mod types;
@@ -61,6 +62,7 @@ mod types;
 pub use circuit_breakers::{CircuitBreakers, RetryBudget, RoutingPriority, Thresholds};
 pub use error::{ConfigError, ConfigErrors, ErrorKind, FieldPath, Location, Warning};
 pub use filters::{FilterChainMatch, SourceType};
+pub use tls::{DataSource, DownstreamTls, Sourced, TlsVersion};
 pub use types::*;
 
 use reader::{Ctx, IGNORED, Obj};

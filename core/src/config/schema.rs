@@ -776,7 +776,7 @@ pub(crate) static FILTER_CHAIN: Message = Message {
         read("filters"),
         read("use_proxy_proto"),
         keep("metadata"),
-        reject("transport_socket", TLS),
+        read("transport_socket"),
         warn("transport_socket_connect_timeout", IGNORED),
         read("name"),
     ],

@@ -526,6 +526,9 @@ pub struct HttpConnectionManager {
     /// The same, typed: connections it does not match are closed, as Envoy closes a
     /// connection no filter chain matches.
     pub connection_match: crate::config::FilterChainMatch,
+    /// The chain's `transport_socket` when it is TLS (`DownstreamTlsContext`); `None`: plain
+    /// text.
+    pub tls: Option<crate::config::DownstreamTls>,
     /// The chain's `envoy.filters.network.rbac` filters (before the connection manager), in
     /// order: a connection any of them denies is closed.
     pub network_rbac: Vec<crate::rbac::NetworkRbac>,
