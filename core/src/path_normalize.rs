@@ -26,8 +26,13 @@
 //! 6. The result is forwarded, or, when step 3 unescaped something under `UNESCAPE_AND_REDIRECT`,
 //!    Envoy answers 307 with `Location:` set to the final path (query included, no scheme or host)
 //!    and details `path_normalization_failed`; a gRPC request (`content-type: application/grpc…`)
-//!    gets 400 `path_normalization_failed` instead, since gRPC clients do not follow redirects (see
-//!    [`NormalizedPath::for_grpc`]).
+//!    is rejected as a 400 `path_normalization_failed` instead, since gRPC clients do not follow
+//!    redirects (see [`NormalizedPath::for_grpc`]).
+//!
+//! Like every local reply of Envoy's to a gRPC request, those are sent the gRPC way: HTTP 200,
+//! `content-type: application/grpc`, and a `grpc-status` mapped from the HTTP status (measured: a
+//! redirect owed to a gRPC request, and a fragment, came back as 200 with `grpc-status: 13`,
+//! INTERNAL, the mapping of 400). That shaping is the caller's local-reply code, not this module's.
 //!
 //! The canonicalizer (step 4), byte by byte over the path part:
 //! - `.` and `..` segments are removed, also when written `%2e`/`%2E`, and also when the segment
@@ -40,8 +45,8 @@
 //! - A `%` that does not start a valid escape is kept; if decoding a later escape would make it
 //!   start one (`%%30%30` → `%00`), that `%` is written `%25` (`/%%30%30` → `/%2500`).
 //! - Raw characters outside the URL path set (controls, space, `"`, `<`, `>`, `^`, `` ` ``, `{`,
-//!   `|`, `}`, DEL and every non-ASCII byte) are percent-encoded with upper-case hex; `!$&'()*+,;=:@[]`
-//!   stay as they are. The output is therefore always ASCII.
+//!   `|`, `}`, DEL and every non-ASCII byte) are percent-encoded with upper-case hex;
+//!   `!$&'()*+,;=:@[]` stay as they are. The output is therefore always ASCII.
 //! - `;` has no special meaning: `/a/..;/b` keeps its `..;` segment (Envoy 1.36.2 has no
 //!   `strip_dotdot_segments_with_parameters`).
 //!
@@ -173,7 +178,7 @@ pub enum Rejection {
     /// `path_normalization_failed`.
     Invalid,
     /// A redirect ([`NormalizedPath::Redirect`]) owed to a gRPC request: 400
-    /// `path_normalization_failed`.
+    /// `path_normalization_failed` (sent as gRPC: HTTP 200, `grpc-status: 13`).
     GrpcRedirect,
 }
 
