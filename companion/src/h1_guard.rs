@@ -547,8 +547,8 @@ impl Verdict {
 
 /// A downstream connection as hyper sees it: the client's bytes after the [`Inspector`], the
 /// header timer, and Envoy's delayed close after a refusal.
-pub struct Guarded {
-    inner: Option<TcpStream>,
+pub struct Guarded<S: Stream = TcpStream> {
+    inner: Option<S>,
     inspector: Inspector,
     limits: GuardLimits,
     verdict: Arc<Verdict>,
@@ -565,13 +565,18 @@ pub struct Guarded {
     held: Option<Box<dyn Send>>,
 }
 
-impl Guarded {
+/// What the guard can sit on: a TCP connection, or a TLS stream over one.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
+
+impl<S: Stream> Guarded<S> {
     /// Guards `stream` with `limits`; `on_refusal` is told why, when a head is refused.
     pub fn new(
-        stream: TcpStream,
+        stream: S,
         limits: GuardLimits,
         on_refusal: impl FnOnce(Rejection) + Send + 'static,
-    ) -> Guarded {
+    ) -> Guarded<S> {
         Guarded {
             inner: Some(stream),
             inspector: Inspector::new(limits.max_head_bytes),
@@ -588,7 +593,7 @@ impl Guarded {
 
     /// Keeps `token` until the socket is closed: when the connection's service is done, or at
     /// the end of a delayed close, which outlives it.
-    pub fn hold_until_closed(mut self, token: impl Send + 'static) -> Guarded {
+    pub fn hold_until_closed(mut self, token: impl Send + 'static) -> Guarded<S> {
         self.held = Some(Box::new(token));
         self
     }
@@ -609,7 +614,7 @@ impl Guarded {
     }
 }
 
-impl AsyncRead for Guarded {
+impl<S: Stream> AsyncRead for Guarded<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -684,7 +689,7 @@ impl AsyncRead for Guarded {
     }
 }
 
-impl AsyncWrite for Guarded {
+impl<S: Stream> AsyncWrite for Guarded<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -731,7 +736,7 @@ impl AsyncWrite for Guarded {
     }
 }
 
-impl Drop for Guarded {
+impl<S: Stream> Drop for Guarded<S> {
     fn drop(&mut self) {
         if !self.inspector.refused() || self.limits.delayed_close.is_zero() {
             return;
@@ -752,7 +757,7 @@ impl Drop for Guarded {
 /// Envoy's delayed close: reads and drops what the client still sends until it closes or
 /// `delay` passes, then closes (a FIN: unread bytes at close would make it a reset, which can
 /// destroy the answer before the client reads it).
-async fn delayed_close(mut stream: TcpStream, delay: Duration) {
+async fn delayed_close<S: Stream>(mut stream: S, delay: Duration) {
     use tokio::io::AsyncReadExt;
     let mut sink = [0u8; 4096];
     let _ = tokio::time::timeout(delay, async {

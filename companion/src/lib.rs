@@ -13,6 +13,8 @@
 //! - [`proxy`]: the listeners' HTTP servers: route selection, then [`forward`].
 //! - [`h1_guard`]: what every downstream HTTP/1 connection's bytes pass through first: Envoy's
 //!   answers to request smuggling and malformed heads, the header (slowloris) timeout.
+//! - [`tls`]: TLS on listeners (a chain's `DownstreamTlsContext`): certificates loaded, rustls
+//!   configured, the ClientHello matched against the chain.
 //! - [`conn_limit`]: the process-wide downstream connection limit (`--max-connections`, Envoy's
 //!   global connection limit monitor, or from the open-file limit) and accept back-off.
 //! - [`forward`]: one request to a cluster: retries, timeouts, counters.
@@ -40,5 +42,6 @@ pub mod probe;
 pub mod proxy;
 pub mod routing;
 pub mod runtime;
+pub mod tls;
 pub mod upstream;
 pub mod xds;

@@ -233,6 +233,13 @@ fn load(path: &Path) -> Result<Loaded, String> {
     for warning in &loaded.warnings {
         log::warn!("{}: {warning}", path.display());
     }
+    // Certificates and keys are read now, so a missing file, a malformed PEM or a key that does
+    // not match refuses the file (at start, or a reload keeps the running config).
+    for hcm in loaded.bootstrap.listeners.iter().flat_map(|l| &l.http) {
+        if let Some(tls) = &hcm.tls {
+            vigil::tls::server_config(tls).map_err(|err| format!("{}: {err}", path.display()))?;
+        }
+    }
     let (plans, notes) =
         runtime::plan(&loaded.bootstrap).map_err(|err| format!("{}: {err}", path.display()))?;
     for note in notes {

@@ -84,10 +84,19 @@ const HOP_BY_HOP: [&str; 7] = [
     "trailer",
 ];
 
+/// What RBAC sees of a TLS client: vigil asks for no client certificate yet.
+static NO_CLIENT_CERTIFICATE: rbac::TlsPeer = rbac::TlsPeer {
+    uri_sans: Vec::new(),
+    dns_sans: Vec::new(),
+    subject: String::new(),
+};
+
 /// Everything one listener needs, swapped whole on reload.
 pub struct ListenerState {
     pub routes: RouteTable,
     pub hcm: HttpConnectionManager,
+    /// The chain's TLS, loaded (`None`: plain text).
+    pub tls: Option<Arc<crate::tls::ListenerTls>>,
     /// The running clusters' traffic sides, by name.
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
 }
@@ -318,9 +327,13 @@ impl Connections {
         let local = stream.local_addr().ok();
         let state = self.state.load();
         // Envoy closes a connection its listener's filter chain does not match.
-        if let Some(local) = local
-            && !state.hcm.connection_match.matches(local, peer)
-        {
+        let chain = &state.hcm.connection_match;
+        let matched = match &state.tls {
+            // The server names and transport protocol are known after the ClientHello.
+            Some(_) => local.is_none_or(|local| chain.matches_addresses(local, peer)),
+            None => local.is_none_or(|local| chain.matches(local, peer)),
+        };
+        if !matched {
             counters
                 .no_filter_chain_match
                 .fetch_add(1, Ordering::Relaxed);
@@ -340,8 +353,106 @@ impl Connections {
             });
             return;
         }
-        let limits = guard_limits(&state.hcm);
+        let serving = HttpServing {
+            state: self.state.clone(),
+            derived: self.derived.clone(),
+            draining: self.draining.clone(),
+            builder: self.builder.clone(),
+            counters: counters.clone(),
+            watcher: self.graceful.watcher(),
+            open: self.open.clone(),
+        };
+        let Some(tls) = state.tls.clone() else {
+            drop(state);
+            let downstream = Downstream {
+                peer,
+                local,
+                tls: None,
+            };
+            serving.run(stream, downstream, Box::new(permit));
+            return;
+        };
+        let chain = state.hcm.connection_match.clone();
         drop(state);
+        // The handshake runs in the connection's own task; the connection counts as open (for
+        // the drain) from now on.
+        let counters = counters.clone();
+        tokio::spawn(async move {
+            match crate::tls::accept(stream, &tls, &chain).await {
+                Ok((stream, sni)) => {
+                    let downstream = Downstream {
+                        peer,
+                        local,
+                        tls: Some(DownstreamTls { sni }),
+                    };
+                    serving.run(stream, downstream, Box::new(permit));
+                }
+                Err(crate::tls::Refused::NoChainMatch) => {
+                    counters
+                        .no_filter_chain_match
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Err(crate::tls::Refused::Handshake) => {
+                    counters.bump([format!(
+                        "listener.{}.ssl.connection_error",
+                        stat_address(local)
+                    )]);
+                }
+            }
+        });
+    }
+}
+
+/// `listener.<ip>_<port>`'s address part, as Envoy names a listener's stats.
+fn stat_address(local: Option<SocketAddr>) -> String {
+    local.map_or_else(String::new, |a| format!("{}_{}", a.ip(), a.port()))
+}
+
+/// Who is at the other end of a downstream connection.
+#[derive(Debug, Clone)]
+pub struct Downstream {
+    pub peer: SocketAddr,
+    pub local: Option<SocketAddr>,
+    /// Set when the connection is TLS.
+    pub tls: Option<DownstreamTls>,
+}
+
+/// What a TLS handshake told about the client.
+#[derive(Debug, Clone)]
+pub struct DownstreamTls {
+    /// The ClientHello's server name (SNI).
+    pub sni: Option<String>,
+}
+
+/// What serving HTTP on one accepted (and, for TLS, handshaken) connection needs.
+struct HttpServing {
+    state: Arc<arc_swap::ArcSwap<ListenerState>>,
+    derived: Arc<DerivedCache>,
+    draining: Arc<std::sync::atomic::AtomicBool>,
+    builder: auto::Builder<TokioExecutor>,
+    counters: Arc<ListenerCounters>,
+    watcher: hyper_util::server::graceful::Watcher,
+    /// Held until the connection ends (see [`Connections::open`]).
+    open: tokio::sync::mpsc::Sender<()>,
+}
+
+impl HttpServing {
+    /// Serves HTTP on `stream` in its own task, through the HTTP/1 guard; `permit` (the
+    /// connection's slot under the process limit) is released when the socket is closed.
+    fn run<S>(self, stream: S, downstream: Downstream, permit: Box<dyn Send>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let HttpServing {
+            state,
+            derived,
+            draining,
+            builder,
+            counters,
+            watcher,
+            open,
+        } = self;
+        let limits = guard_limits(&state.load().hcm);
         let refused = counters.clone();
         let guarded = Guarded::new(stream, limits, move |why| {
             let counter = match why {
@@ -353,21 +464,20 @@ impl Connections {
         .hold_until_closed(permit);
         let verdict = guarded.verdict();
         let requests = Arc::new(AtomicU64::new(0));
-        let state = self.state.clone();
-        let derived = self.derived.clone();
-        let draining = self.draining.clone();
+        let downstream = Arc::new(downstream);
         let service = service_fn(move |request: Request<Incoming>| {
             let state = state.load_full();
             let derived = derived.get(&state);
             // hyper serves HTTP/1 requests in order: the guard's stand-in is known by index.
             let refusal = verdict.refusal(requests.fetch_add(1, Ordering::Relaxed));
             let draining = draining.clone();
+            let downstream = downstream.clone();
             async move {
                 if let Some(why) = refusal {
                     return Ok::<_, Infallible>(refusal_response(why, derived.server.as_ref()));
                 }
                 let http1 = request.version() < http::Version::HTTP_2;
-                let mut response = handle(&state, &derived, peer, local, request).await;
+                let mut response = handle(&state, &derived, &downstream, request).await;
                 // Read after the answer is ready, so a request that was in flight when the
                 // drain began closes its connection too.
                 if http1 && draining.load(Ordering::Relaxed) {
@@ -378,17 +488,18 @@ impl Connections {
                 Ok::<_, Infallible>(response)
             }
         });
-        let connection = self
-            .builder
+        let connection = builder
             .serve_connection(TokioIo::new(guarded), service)
             .into_owned();
-        let connection = self.graceful.watch(connection);
-        let active = counters.clone();
-        let open = self.open.clone();
-        active.downstream_cx_active.fetch_add(1, Ordering::Relaxed);
+        let connection = watcher.watch(connection);
+        counters
+            .downstream_cx_active
+            .fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let _ = connection.await;
-            active.downstream_cx_active.fetch_sub(1, Ordering::Relaxed);
+            counters
+                .downstream_cx_active
+                .fetch_sub(1, Ordering::Relaxed);
             drop(open);
         });
     }
@@ -589,10 +700,10 @@ impl Outcome {
 pub async fn handle(
     state: &ListenerState,
     derived: &Derived,
-    peer: SocketAddr,
-    local: Option<SocketAddr>,
+    downstream: &Downstream,
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    let (peer, local) = (downstream.peer, downstream.local);
     let start = SystemTime::now();
     let started = Instant::now();
     let logging = !derived.access_logs.is_empty();
@@ -608,7 +719,7 @@ pub async fn handle(
         record.downstream_local = local;
         record
     });
-    let (response, outcome) = respond(state, derived, peer, local, request, started, logging).await;
+    let (response, outcome) = respond(state, derived, downstream, request, started, logging).await;
     let mut response = response;
     if let Some(server) = &derived.server {
         response
@@ -678,12 +789,12 @@ fn pairs(headers: &HeaderMap) -> Vec<(&str, &str)> {
 async fn respond(
     state: &ListenerState,
     derived: &Derived,
-    peer: SocketAddr,
-    local: Option<SocketAddr>,
+    downstream: &Downstream,
     request: Request<Incoming>,
     started: Instant,
     logging: bool,
 ) -> (Response<ProxyBody>, Outcome) {
+    let (peer, local) = (downstream.peer, downstream.local);
     let (mut parts, body) = request.into_parts();
     // Envoy's limits on the request head, counted as it does (names and values).
     let header_bytes: usize = parts
@@ -791,8 +902,14 @@ async fn respond(
                     direct_remote: rbac::envoy_socket_address(peer),
                     remote: rbac::envoy_socket_address(remote),
                     local: rbac::envoy_socket_address(local),
-                    server_name: "",
-                    tls_peer: None,
+                    server_name: downstream
+                        .tls
+                        .as_ref()
+                        .and_then(|tls| tls.sni.as_deref())
+                        .unwrap_or(""),
+                    // A TLS connection without a client certificate: `authenticated` with no
+                    // principal name matches it, as in Envoy.
+                    tls_peer: downstream.tls.as_ref().map(|_| &NO_CLIENT_CERTIFICATE),
                 };
                 let decided = rbac.decide(&request);
                 derived.counters.bump(
@@ -949,7 +1066,12 @@ async fn respond(
         headers.insert(header::HOST, value);
     }
     if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        let scheme = if downstream.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
     }
     if state.hcm.use_remote_address && !state.hcm.skip_xff_append {
         append_xff(&mut headers, peer);
@@ -1217,6 +1339,7 @@ static_resources:
         let loaded = vigil_core::config::parse_yaml(&yaml).unwrap_or_else(|e| panic!("{e}"));
         let hcm = loaded.bootstrap.listeners[0].http[0].clone();
         Arc::new(arc_swap::ArcSwap::from_pointee(ListenerState {
+            tls: None,
             routes: RouteTable::new(hcm.route_config.clone()),
             hcm,
             upstreams: BTreeMap::new(),
@@ -1444,6 +1567,15 @@ impl ListenerSet {
                 ));
                 continue;
             }
+            // A listener whose TLS cannot be loaded is not served at all (never in plain text);
+            // `vigil -c` and reloads check this first (`load` in main.rs).
+            let tls = match hcm.tls.as_ref().map(crate::tls::server_config).transpose() {
+                Ok(tls) => tls.map(Arc::new),
+                Err(err) => {
+                    problems.push(format!("listener {label}: not served: {err}"));
+                    continue;
+                }
+            };
             names.insert(SocketAddr::new(ip, socket.port_value), label.to_string());
             reuse_ports.insert(
                 SocketAddr::new(ip, socket.port_value),
@@ -1454,6 +1586,7 @@ impl ListenerSet {
                 ListenerState {
                     routes: RouteTable::new(hcm.route_config.clone()),
                     hcm: hcm.clone(),
+                    tls,
                     upstreams: upstreams.clone(),
                 },
             );

@@ -117,6 +117,7 @@ async fn requests_are_logged_in_envoys_formats() {
     let hcm = loaded.bootstrap.listeners[0].http[0].clone();
     assert_eq!(hcm.access_log.len(), 3);
     let state = ListenerState {
+        tls: None,
         routes: RouteTable::new(hcm.route_config.clone()),
         hcm,
         upstreams: BTreeMap::from([(

@@ -105,6 +105,7 @@ static_resources:
     let loaded = config::parse_yaml(&yaml).unwrap_or_else(|e| panic!("{e}"));
     let hcm = loaded.bootstrap.listeners[0].http[0].clone();
     let state = ListenerState {
+        tls: None,
         routes: RouteTable::new(hcm.route_config.clone()),
         hcm,
         upstreams: BTreeMap::from([(

@@ -81,6 +81,7 @@ async fn proxy(blue: &App, yellow: &App) -> (SocketAddr, oneshot::Sender<()>) {
         ),
     ]);
     let state = ListenerState {
+        tls: None,
         routes: RouteTable::new(hcm.route_config.clone()),
         hcm,
         upstreams,

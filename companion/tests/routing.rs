@@ -209,6 +209,7 @@ async fn proxy(blue: &App, yellow: &App) -> Proxy {
         ("port_override".to_string(), port_override.clone()),
     ]);
     let state = ListenerState {
+        tls: None,
         routes: RouteTable::new(hcm.route_config.clone()),
         hcm,
         upstreams,

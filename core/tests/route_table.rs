@@ -299,7 +299,10 @@ fn chains_canary_matchers_and_direct_responses() {
     assert_eq!(m.destination_port, Some(10000));
     assert_eq!(m.source_type, SourceType::SameIpOrLoopback);
     assert_eq!(m.source_prefix_ranges.len(), 2);
-    assert_eq!(m.transport_protocol, "raw_buffer", "what a plain connection is");
+    assert_eq!(
+        m.transport_protocol, "raw_buffer",
+        "what a plain connection is"
+    );
     let sock = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
     assert!(m.matches(sock("127.0.0.1:10000"), sock("127.0.0.3:40000")));
     assert!(m.matches(sock("[::1]:10000"), sock("[::1]:40000")));

@@ -311,6 +311,10 @@ pub struct ListenerSpec {
     pub hcm_fields: String,
     /// HTTP filters before the router, as YAML list items indented by 10.
     pub http_filters: String,
+    /// The chain's `transport_socket` as a flow mapping.
+    pub transport_socket: Option<String>,
+    /// The listener's `listener_filters` as YAML list items indented by 4.
+    pub listener_filters: String,
 }
 
 impl ListenerSpec {
@@ -332,7 +336,18 @@ impl ListenerSpec {
             network_filters,
             hcm_fields,
             http_filters,
+            transport_socket,
+            listener_filters,
         } = self;
+        let transport_socket = transport_socket
+            .as_ref()
+            .map(|t| format!("\n      transport_socket: {t}"))
+            .unwrap_or_default();
+        let listener_filters = if listener_filters.is_empty() {
+            String::new()
+        } else {
+            format!("\n    listener_filters:{listener_filters}")
+        };
         let chain_match = chain_match
             .as_ref()
             .map(|m| format!("\n      filter_chain_match: {m}"))
@@ -348,7 +363,7 @@ impl ListenerSpec {
 static_resources:
   listeners:
   - name: {name}
-    address: {{ socket_address: {{ address: {}, port_value: {} }} }}
+    address: {{ socket_address: {{ address: {}, port_value: {} }} }}{listener_filters}
     filter_chains:
     - filters:{network_filters}
       - name: envoy.filters.network.http_connection_manager
@@ -362,7 +377,7 @@ static_resources:
               routes:{routes}
           http_filters:{http_filters}
           - name: envoy.filters.http.router
-            typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}{chain_match}
+            typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}{chain_match}{transport_socket}
   clusters:{clusters}
 ",
             admin.ip(),

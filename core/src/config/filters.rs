@@ -354,14 +354,14 @@ pub(crate) fn filter_chain_match(
 /// (`a.b.example.com` tries `*.b.example.com`, then `*.example.com`, then `*.com`).
 fn server_name_matches(names: &[String], sni: &str) -> bool {
     let sni = sni.to_ascii_lowercase();
-    if names.iter().any(|n| *n == sni) {
+    if names.contains(&sni) {
         return true;
     }
     let mut rest = sni.as_str();
     while let Some(dot) = rest.find('.') {
         rest = &rest[dot..];
         let wildcard = format!("*{rest}");
-        if names.iter().any(|n| *n == wildcard) {
+        if names.contains(&wildcard) {
             return true;
         }
         rest = &rest[1..];
@@ -415,7 +415,10 @@ mod tests {
             ..FilterChainMatch::default()
         };
         assert!(!tls.matches(sock("127.0.0.1:1"), sock("127.0.0.1:2")));
-        assert!(!tls.matches_tls(Some("a.example")), "no inspector: nothing detected");
+        assert!(
+            !tls.matches_tls(Some("a.example")),
+            "no inspector: nothing detected"
+        );
         let sni = FilterChainMatch {
             server_names: vec!["app.example".into(), "*.svc.example".into()],
             tls_inspector: true,

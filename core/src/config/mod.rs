@@ -54,9 +54,9 @@ mod filters;
 mod health_check;
 mod listener;
 mod rbac;
-mod tls;
 pub(crate) mod reader;
 mod schema;
+mod tls;
 mod types;
 
 pub use circuit_breakers::{CircuitBreakers, RetryBudget, RoutingPriority, Thresholds};

@@ -142,8 +142,11 @@ static COMMON_TLS_CONTEXT: Message = Message {
         reject("combined_validation_context", NO_CLIENT_CERTS).oneof("validation_context_type"),
         reject("validation_context_certificate_provider", NO_CLIENT_CERTS)
             .oneof("validation_context_type"),
-        reject("validation_context_certificate_provider_instance", NO_CLIENT_CERTS)
-            .oneof("validation_context_type"),
+        reject(
+            "validation_context_certificate_provider_instance",
+            NO_CLIENT_CERTS,
+        )
+        .oneof("validation_context_type"),
         read("alpn_protocols"),
         reject("custom_handshaker", NOT_SERVED),
         reject(
@@ -388,14 +391,20 @@ fn tls_certificate(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<(Sou
     let chain = match chain {
         Some((p, v)) => data_source(cx, &p, v),
         None => {
-            cx.invalid(&path.field("certificate_chain"), "a certificate needs its chain");
+            cx.invalid(
+                &path.field("certificate_chain"),
+                "a certificate needs its chain",
+            );
             None
         }
     };
     let key = match key {
         Some((p, v)) => data_source(cx, &p, v),
         None => {
-            cx.invalid(&path.field("private_key"), "a certificate needs its private key");
+            cx.invalid(
+                &path.field("private_key"),
+                "a certificate needs its private key",
+            );
             None
         }
     };
@@ -429,10 +438,7 @@ pub(crate) fn data_source(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Opti
         match v.as_str().map(|s| (s, base64(s))) {
             Some((_, Some(bytes))) => Some(DataSource::Inline(bytes)),
             _ => {
-                cx.invalid(
-                    &p,
-                    format!("expected base64 bytes, found {}", describe(v)),
-                );
+                cx.invalid(&p, format!("expected base64 bytes, found {}", describe(v)));
                 None
             }
         }
