@@ -1025,6 +1025,43 @@ async fn respond(
             outcome.details = "direct_response".into();
             return (response, outcome);
         }
+        RouteAction::Redirect(redirect) => {
+            let connection_scheme = if downstream.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let forwarded_proto = parts
+                .headers
+                .get("x-forwarded-proto")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(connection_scheme);
+            // Envoy's `:scheme` of an HTTP/1 request: a valid x-forwarded-proto, else the
+            // connection's.
+            let scheme = if forwarded_proto.eq_ignore_ascii_case("http")
+                || forwarded_proto.eq_ignore_ascii_case("https")
+            {
+                forwarded_proto
+            } else {
+                connection_scheme
+            };
+            let location = selected.redirect_location(
+                redirect,
+                &path,
+                authority.as_deref().unwrap_or(""),
+                scheme,
+                forwarded_proto,
+            );
+            let status =
+                StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+            let mut response = empty(status);
+            if let Ok(location) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            outcome.request_headers = Some(parts.headers);
+            outcome.details = "direct_response".into();
+            return (response, outcome);
+        }
         RouteAction::Forward(action) => action,
     };
     // Scoped: the hash view holds a non-`Sync` lookup and must not live across an await.

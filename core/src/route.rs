@@ -52,9 +52,9 @@
 
 use crate::balance::hash_policy::{HashPolicy, query_parameter_first};
 use crate::config::{
-    ClusterSpecifier, ClusterWeight, HeaderMatch, HeaderMatcher, PathMatch, QueryMatch, Route,
-    RouteAction, RouteConfiguration, RouteMatch, StripPort, VirtualHost, WeightedClusters,
-    WeightedTarget,
+    ClusterSpecifier, ClusterWeight, HeaderMatch, HeaderMatcher, PathMatch, QueryMatch, Redirect,
+    RedirectPath, Route, RouteAction, RouteConfiguration, RouteMatch, StripPort, VirtualHost,
+    WeightedClusters, WeightedTarget,
 };
 use std::collections::BTreeMap;
 
@@ -174,7 +174,7 @@ impl RouteTable {
                         RouteAction::Forward(f) => {
                             f.hash_policy.iter().map(|h| h.to_balance()).collect()
                         }
-                        RouteAction::DirectResponse { .. } => Vec::new(),
+                        RouteAction::DirectResponse { .. } | RouteAction::Redirect(_) => Vec::new(),
                     })
                     .collect()
             })
@@ -378,6 +378,82 @@ impl<'t> Selected<'t> {
             &path[just_path.len()..]
         ))
     }
+}
+
+impl Selected<'_> {
+    /// The `Location` of a redirect route, as Envoy builds it (`Utility::newUri`, after the
+    /// route's path rewrite): the new scheme (else the request's), the new host (else the
+    /// request's, its port dropped when a port is given, or when the scheme changes from the
+    /// one `x-forwarded-proto` names and the port was that scheme's default), the new port, and
+    /// the path (a `path_redirect` keeps the request's query unless it has its own;
+    /// `strip_query` drops it otherwise).
+    pub fn redirect_location(
+        &self,
+        redirect: &Redirect,
+        path: &str,
+        host: &str,
+        scheme: &str,
+        forwarded_proto: &str,
+    ) -> String {
+        let scheme = redirect.scheme.as_deref().unwrap_or(scheme);
+        let port = redirect.port.map(|p| format!(":{p}")).unwrap_or_default();
+        let host = match &redirect.host {
+            Some(host) => host.clone(),
+            None => redirect_host(host, scheme, &port, forwarded_proto).to_string(),
+        };
+        let mut own_query = false;
+        let mut path = match &redirect.path {
+            RedirectPath::Unchanged => path.to_string(),
+            RedirectPath::Prefix(rewrite) => rewrite_prefix(path, self.matched_len, rewrite),
+            RedirectPath::Regex(rewrite) => {
+                let just_path = strip_query(path);
+                format!("{}{}", rewrite.apply(just_path), &path[just_path.len()..])
+            }
+            RedirectPath::Path(new) if new.contains('?') => {
+                own_query = true;
+                new.clone()
+            }
+            RedirectPath::Path(new) => match path.find('?') {
+                Some(at) => format!("{new}{}", &path[at..]),
+                None => new.clone(),
+            },
+        };
+        if !path.starts_with('/') {
+            path.insert(0, '/');
+        }
+        if redirect.strip_query && !own_query {
+            if let Some(at) = path.find('?') {
+                path.truncate(at);
+            }
+        }
+        format!("{scheme}://{host}{port}{path}")
+    }
+}
+
+/// Envoy's `processRequestHost`: the request's host, without its port when a new port is given,
+/// or when the scheme changes and the port is the default one of the scheme
+/// `x-forwarded-proto` names.
+fn redirect_host<'h>(
+    host: &'h str,
+    new_scheme: &str,
+    new_port: &str,
+    forwarded_proto: &str,
+) -> &'h str {
+    let port_at = if host.starts_with('[') {
+        host.rfind("]:").map(|at| at + 1)
+    } else {
+        host.rfind(':')
+    };
+    let Some(at) = port_at else {
+        return host;
+    };
+    let port = &host[at..];
+    let mut remove = !new_port.is_empty();
+    if new_scheme != forwarded_proto {
+        remove |= forwarded_proto == "https" && port == ":443";
+        remove |= forwarded_proto == "http" && port == ":80";
+    }
+    if remove { &host[..at] } else { host }
 }
 
 /// `prefix_rewrite`: the first `matched_len` bytes of `path` (the matched prefix) replaced by

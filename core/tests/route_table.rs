@@ -42,6 +42,11 @@ fn route(t: &RouteTable, host: &str, path: &str, headers: &[(&str, &str)], rando
     };
     match &s.route.action {
         RouteAction::DirectResponse { status, .. } => format!("direct:{status}"),
+        RouteAction::Redirect(r) => format!(
+            "redirect:{} {}",
+            r.status,
+            s.redirect_location(r, path, host, "http", "http")
+        ),
         RouteAction::Forward(_) => s.cluster(&req, None).unwrap().name,
     }
 }

@@ -19,10 +19,10 @@ use super::types::{
     Address, ClusterSpecifier, ClusterWeight, CodecType, FilterChainRef, ForwardAction,
     HeaderAppendAction, HeaderMatch, HeaderMatcher, HeaderMutations, HeaderOption, HostRewrite,
     HttpConnectionManager, HttpFilter, HttpFilterKind, HttpProtocolOptions, Listener, PathMatch,
-    QueryMatch, QueryParameterMatcher, Regex, RegexRewrite, RetryHostPredicate, RetryOn,
-    RetryPolicy, Route, RouteAction, RouteConfiguration, RouteHashKind, RouteHashPolicy,
-    RouteMatch, ServerHeaderTransformation, SocketProtocol, StringMatch, StringMatchKind,
-    StripPort, VirtualHost, WeightedClusters, WeightedTarget,
+    QueryMatch, QueryParameterMatcher, Redirect, RedirectPath, Regex, RegexRewrite,
+    RetryHostPredicate, RetryOn, RetryPolicy, Route, RouteAction, RouteConfiguration,
+    RouteHashKind, RouteHashPolicy, RouteMatch, ServerHeaderTransformation, SocketProtocol,
+    StringMatch, StringMatchKind, StripPort, VirtualHost, WeightedClusters, WeightedTarget,
 };
 use super::types::{
     DEFAULT_MAX_DIRECT_RESPONSE_BODY_SIZE_BYTES, DEFAULT_MAX_REQUEST_HEADERS_KB,
@@ -1465,13 +1465,15 @@ fn route(
         route_action(cx, r, &name, vhost_retry, rcx).map(|f| RouteAction::Forward(Box::new(f)))
     } else if let Some(d) = o.message(cx, "direct_response", &DIRECT_RESPONSE_ACTION) {
         direct_response(cx, d, rcx.max_body)
+    } else if let Some(r) = o.message(cx, "redirect", &REDIRECT_ACTION) {
+        redirect(cx, r)
     } else {
         None
     };
     if !has_action {
         cx.invalid(
             path,
-            "action is required: one of route, direct_response (redirect, filter_action and \
+            "action is required: one of route, redirect, direct_response (filter_action and \
              non_forwarding_action are not supported by vigil)",
         );
     }
@@ -2385,6 +2387,42 @@ fn hash_policy_entry(cx: &mut Ctx, mut o: Obj) -> Option<RouteHashPolicy> {
         kind: kind?,
         terminal,
     })
+}
+
+/// A route's `redirect`.
+fn redirect(cx: &mut Ctx, mut o: Obj) -> Option<RouteAction> {
+    let https = o.bool(cx, "https_redirect").unwrap_or(false);
+    let scheme = header_text(cx, &mut o, "scheme_redirect")
+        .filter(|s| !s.is_empty())
+        .or_else(|| https.then(|| "https".to_string()));
+    let host = header_text(cx, &mut o, "host_redirect").filter(|s| !s.is_empty());
+    let port = o.u32(cx, "port_redirect").filter(|p| *p != 0);
+    let path = if o.has("path_redirect") {
+        header_text(cx, &mut o, "path_redirect").map(RedirectPath::Path)
+    } else if o.has("prefix_rewrite") {
+        header_text(cx, &mut o, "prefix_rewrite").map(RedirectPath::Prefix)
+    } else if let Some(r) = o.message(cx, "regex_rewrite", &REGEX_MATCH_AND_SUBSTITUTE) {
+        regex_rewrite(cx, r).map(RedirectPath::Regex)
+    } else {
+        Some(RedirectPath::Unchanged)
+    };
+    let status = match o.enumeration(cx, "response_code", &REDIRECT_RESPONSE_CODE) {
+        Some(1) => 302,
+        Some(2) => 303,
+        Some(3) => 307,
+        Some(4) => 308,
+        _ => 301,
+    };
+    let strip_query = o.bool(cx, "strip_query").unwrap_or(false);
+    o.finish(cx);
+    Some(RouteAction::Redirect(Box::new(Redirect {
+        scheme,
+        host,
+        port,
+        path: path?,
+        status,
+        strip_query,
+    })))
 }
 
 fn direct_response(cx: &mut Ctx, mut o: Obj, max_body: u32) -> Option<RouteAction> {

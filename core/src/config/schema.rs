@@ -1033,7 +1033,7 @@ pub(crate) static ROUTE: Message = Message {
         read("name"),
         read("match"),
         read("route").oneof("action"),
-        reject("redirect", "redirect routes are not supported by vigil yet").oneof("action"),
+        read("redirect").oneof("action"),
         read("direct_response").oneof("action"),
         reject("filter_action", "filter actions are not supported by vigil").oneof("action"),
         reject(
@@ -1545,5 +1545,32 @@ pub(crate) static FORWARD_CLIENT_CERT_DETAILS: Enum = Enum {
         ("APPEND_FORWARD", 2),
         ("SANITIZE_SET", 3),
         ("ALWAYS_FORWARD_ONLY", 4),
+    ],
+};
+
+pub(crate) static REDIRECT_ACTION: Message = Message {
+    name: "envoy.config.route.v3.RedirectAction",
+    fields: &[
+        read("https_redirect").oneof("scheme_rewrite_specifier"),
+        read("scheme_redirect").oneof("scheme_rewrite_specifier"),
+        read("host_redirect"),
+        read("port_redirect"),
+        read("path_redirect").oneof("path_rewrite_specifier"),
+        read("prefix_rewrite").oneof("path_rewrite_specifier"),
+        read("regex_rewrite").oneof("path_rewrite_specifier"),
+        read("response_code"),
+        read("strip_query"),
+    ],
+    removed: &[],
+};
+
+pub(crate) static REDIRECT_RESPONSE_CODE: Enum = Enum {
+    name: "envoy.config.route.v3.RedirectAction.RedirectResponseCode",
+    values: &[
+        ("MOVED_PERMANENTLY", 0),
+        ("FOUND", 1),
+        ("SEE_OTHER", 2),
+        ("TEMPORARY_REDIRECT", 3),
+        ("PERMANENT_REDIRECT", 4),
     ],
 };

@@ -986,6 +986,37 @@ pub enum RouteAction {
     Forward(Box<ForwardAction>),
     /// `direct_response`: answer with this status (200 to 599) and body.
     DirectResponse { status: u16, body: Option<Vec<u8>> },
+    /// `redirect`: answer with a redirect to a URL built from the request.
+    Redirect(Box<Redirect>),
+}
+
+/// `config.route.v3.RedirectAction`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Redirect {
+    /// `scheme_redirect`, or `https` for `https_redirect`; `None`: the request's scheme.
+    pub scheme: Option<String>,
+    /// `host_redirect` (`None`: the request's host, its port dropped as Envoy drops it).
+    pub host: Option<String>,
+    /// `port_redirect` (`None` or 0: unchanged).
+    pub port: Option<u32>,
+    pub path: RedirectPath,
+    /// `response_code` as a status: 301 (default), 302, 303, 307 or 308.
+    pub status: u16,
+    /// `strip_query`.
+    pub strip_query: bool,
+}
+
+/// `path_rewrite_specifier` of a redirect.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RedirectPath {
+    /// The request's path.
+    Unchanged,
+    /// `path_redirect`: this path (and the request's query unless it has its own).
+    Path(String),
+    /// `prefix_rewrite`: the matched prefix replaced.
+    Prefix(String),
+    /// `regex_rewrite`: the path part rewritten, the query kept.
+    Regex(RegexRewrite),
 }
 
 /// `config.route.v3.RouteAction`, the parts vigil reads.
