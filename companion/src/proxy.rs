@@ -1021,6 +1021,13 @@ async fn respond(
             if body.is_none() {
                 response.headers_mut().remove(header::CONTENT_TYPE);
             }
+            for level in selected.header_mutations(state.routes.config(), None) {
+                mutate(
+                    response.headers_mut(),
+                    &level.response_headers_to_remove,
+                    &level.response_headers_to_add,
+                );
+            }
             outcome.request_headers = Some(parts.headers);
             outcome.details = "direct_response".into();
             return (response, outcome);
@@ -1057,6 +1064,13 @@ async fn respond(
             let mut response = empty(status);
             if let Ok(location) = HeaderValue::from_str(&location) {
                 response.headers_mut().insert(header::LOCATION, location);
+            }
+            for level in selected.header_mutations(state.routes.config(), None) {
+                mutate(
+                    response.headers_mut(),
+                    &level.response_headers_to_remove,
+                    &level.response_headers_to_add,
+                );
             }
             outcome.request_headers = Some(parts.headers);
             outcome.details = "direct_response".into();
@@ -1109,6 +1123,15 @@ async fn respond(
             "http"
         };
         headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+    }
+    let weighted = cluster.as_ref().and_then(|c| c.weighted);
+    // The route's request header changes (the router's finalizeRequestHeaders).
+    for level in selected.header_mutations(state.routes.config(), weighted) {
+        mutate(
+            &mut headers,
+            &level.request_headers_to_remove,
+            &level.request_headers_to_add,
+        );
     }
     if state.hcm.use_remote_address && !state.hcm.skip_xff_append {
         append_xff(&mut headers, peer);
@@ -1167,9 +1190,57 @@ async fn respond(
         timeout,
         hash,
     };
-    let (response, info) = forward::forward_with_info(upstream, outgoing, how, target).await;
+    let (mut response, info) = forward::forward_with_info(upstream, outgoing, how, target).await;
+    // The route's response header changes apply to the upstream's answer and to the router's
+    // own replies (Envoy's router finalizes the headers of its local replies too).
+    for level in selected.header_mutations(state.routes.config(), weighted) {
+        mutate(
+            response.headers_mut(),
+            &level.response_headers_to_remove,
+            &level.response_headers_to_add,
+        );
+    }
     outcome.forward = Some(info);
     (response, outcome)
+}
+
+/// One level's header changes, as Envoy's `HeaderParser::evaluateHeaders`: removals first, then
+/// each addition by its append action (an empty value adds nothing unless
+/// `keep_empty_value`).
+fn mutate(headers: &mut HeaderMap, remove: &[String], add: &[vigil_core::config::HeaderOption]) {
+    use vigil_core::config::HeaderAppendAction as Action;
+    for name in remove {
+        headers.remove(name.as_str());
+    }
+    for option in add {
+        if option.value.is_empty() && !option.keep_empty_value {
+            continue;
+        }
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(option.name.as_bytes()),
+            HeaderValue::from_str(&option.value),
+        ) else {
+            continue;
+        };
+        match option.action {
+            Action::AppendIfExistsOrAdd => {
+                headers.append(name, value);
+            }
+            Action::AddIfAbsent => {
+                if !headers.contains_key(&name) {
+                    headers.insert(name, value);
+                }
+            }
+            Action::OverwriteIfExists => {
+                if headers.contains_key(&name) {
+                    headers.insert(name, value);
+                }
+            }
+            Action::OverwriteIfExistsOrAdd => {
+                headers.insert(name, value);
+            }
+        }
+    }
 }
 
 /// Whether `address` is a host of one of the running (non-ORIGINAL_DST) clusters.

@@ -52,9 +52,9 @@
 
 use crate::balance::hash_policy::{HashPolicy, query_parameter_first};
 use crate::config::{
-    ClusterSpecifier, ClusterWeight, HeaderMatch, HeaderMatcher, PathMatch, QueryMatch, Redirect,
-    RedirectPath, Route, RouteAction, RouteConfiguration, RouteMatch, StripPort, VirtualHost,
-    WeightedClusters, WeightedTarget,
+    ClusterSpecifier, ClusterWeight, HeaderMatch, HeaderMatcher, HeaderMutations, PathMatch,
+    QueryMatch, Redirect, RedirectPath, Route, RouteAction, RouteConfiguration, RouteMatch,
+    StripPort, VirtualHost, WeightedClusters, WeightedTarget,
 };
 use std::collections::BTreeMap;
 
@@ -380,7 +380,34 @@ impl<'t> Selected<'t> {
     }
 }
 
-impl Selected<'_> {
+impl<'t> Selected<'t> {
+    /// The header changes of this route's levels, in the order Envoy applies them (each level's
+    /// removals, then its additions, before the next level): the weighted cluster's first, then
+    /// route, virtual host and route configuration — or, with
+    /// `most_specific_header_mutations_wins`, route configuration, virtual host, route, so the
+    /// most specific level has the last word.
+    pub fn header_mutations(
+        &self,
+        config: &'t RouteConfiguration,
+        weighted: Option<&'t ClusterWeight>,
+    ) -> impl Iterator<Item = &'t HeaderMutations> {
+        let levels = [
+            &self.route.headers,
+            &self.virtual_host.headers,
+            &config.headers,
+        ];
+        let ordered: [&'t HeaderMutations; 3] = if config.most_specific_header_mutations_wins {
+            [levels[2], levels[1], levels[0]]
+        } else {
+            levels
+        };
+        weighted
+            .map(|w| &w.headers)
+            .into_iter()
+            .chain(ordered)
+            .filter(|m| !m.is_empty())
+    }
+
     /// The `Location` of a redirect route, as Envoy builds it (`Utility::newUri`, after the
     /// route's path rewrite): the new scheme (else the request's), the new host (else the
     /// request's, its port dropped when a port is given, or when the scheme changes from the
