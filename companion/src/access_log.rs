@@ -230,6 +230,13 @@ fn truncate(mut text: String, max: Option<usize>) -> String {
     text
 }
 
+/// A header value with command operators (`request_headers_to_add`, ...), made from what is
+/// known of the request so far: an operator with no value adds nothing, as Envoy's header
+/// formatter does.
+pub fn header_value(pieces: &[FormatPiece], record: &LogRecord) -> String {
+    render_text(pieces, record, true)
+}
+
 fn render_text(pieces: &[FormatPiece], record: &LogRecord, omit_empty: bool) -> String {
     let mut out = String::new();
     for piece in pieces {

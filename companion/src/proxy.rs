@@ -1021,11 +1021,22 @@ async fn respond(
             if body.is_none() {
                 response.headers_mut().remove(header::CONTENT_TYPE);
             }
+            let context = FormatContext {
+                start: started,
+                downstream,
+                method: &parts.method,
+                path: &path,
+                authority: authority.as_deref(),
+                version: parts.version,
+                route_name: &selected.route.name,
+                cluster: None,
+            };
             for level in selected.header_mutations(state.routes.config(), None) {
                 mutate(
                     response.headers_mut(),
                     &level.response_headers_to_remove,
                     &level.response_headers_to_add,
+                    &mut || context.record(&parts.headers, Some(status.as_u16()), None),
                 );
             }
             outcome.request_headers = Some(parts.headers);
@@ -1065,11 +1076,22 @@ async fn respond(
             if let Ok(location) = HeaderValue::from_str(&location) {
                 response.headers_mut().insert(header::LOCATION, location);
             }
+            let context = FormatContext {
+                start: started,
+                downstream,
+                method: &parts.method,
+                path: &path,
+                authority: authority.as_deref(),
+                version: parts.version,
+                route_name: &selected.route.name,
+                cluster: None,
+            };
             for level in selected.header_mutations(state.routes.config(), None) {
                 mutate(
                     response.headers_mut(),
                     &level.response_headers_to_remove,
                     &level.response_headers_to_add,
+                    &mut || context.record(&parts.headers, Some(status.as_u16()), None),
                 );
             }
             outcome.request_headers = Some(parts.headers);
@@ -1125,12 +1147,33 @@ async fn respond(
         headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
     }
     let weighted = cluster.as_ref().and_then(|c| c.weighted);
-    // The route's request header changes (the router's finalizeRequestHeaders).
+    // The route's request header changes (the router's finalizeRequestHeaders). What formatted
+    // values read of the request is its headers before the changes.
+    let formatted = selected
+        .header_mutations(state.routes.config(), weighted)
+        .flat_map(|l| {
+            l.request_headers_to_add
+                .iter()
+                .chain(&l.response_headers_to_add)
+        })
+        .any(|o| o.format.is_some());
+    let request_before = formatted.then(|| headers.clone()).unwrap_or_default();
+    let context = FormatContext {
+        start: started,
+        downstream,
+        method: &parts.method,
+        path: &path,
+        authority: authority.as_deref(),
+        version: parts.version,
+        route_name: &selected.route.name,
+        cluster: cluster.as_ref().map(|c| c.name.as_str()),
+    };
     for level in selected.header_mutations(state.routes.config(), weighted) {
         mutate(
             &mut headers,
             &level.request_headers_to_remove,
             &level.request_headers_to_add,
+            &mut || context.record(&request_before, None, None),
         );
     }
     if state.hcm.use_remote_address && !state.hcm.skip_xff_append {
@@ -1193,32 +1236,86 @@ async fn respond(
     let (mut response, info) = forward::forward_with_info(upstream, outgoing, how, target).await;
     // The route's response header changes apply to the upstream's answer and to the router's
     // own replies (Envoy's router finalizes the headers of its local replies too).
+    let status = response.status().as_u16();
     for level in selected.header_mutations(state.routes.config(), weighted) {
         mutate(
             response.headers_mut(),
             &level.response_headers_to_remove,
             &level.response_headers_to_add,
+            &mut || context.record(&request_before, Some(status), info.host),
         );
     }
     outcome.forward = Some(info);
     (response, outcome)
 }
 
+/// What a route's formatted header values read: the request as known when they are made.
+struct FormatContext<'a> {
+    start: Instant,
+    downstream: &'a Downstream,
+    method: &'a http::Method,
+    path: &'a str,
+    authority: Option<&'a str>,
+    version: http::Version,
+    route_name: &'a str,
+    cluster: Option<&'a str>,
+}
+
+impl FormatContext<'_> {
+    fn record(
+        &self,
+        request_headers: &HeaderMap,
+        response_code: Option<u16>,
+        upstream_host: Option<SocketAddr>,
+    ) -> LogRecord {
+        let start = SystemTime::now()
+            .checked_sub(self.start.elapsed())
+            .unwrap_or_else(SystemTime::now);
+        let mut record = LogRecord::new(start, self.downstream.peer);
+        record.method = self.method.as_str().to_string();
+        record.path = self.path.to_string();
+        record.authority = self.authority.map(str::to_string);
+        record.protocol = self.version;
+        record.request_headers = request_headers.clone();
+        record.downstream_local = self.downstream.local;
+        record.route_name = Some(self.route_name.to_string()).filter(|n| !n.is_empty());
+        record.upstream_cluster = self.cluster.map(str::to_string);
+        record.response_code = response_code.unwrap_or(0);
+        record.upstream_host = upstream_host;
+        record
+    }
+}
+
 /// One level's header changes, as Envoy's `HeaderParser::evaluateHeaders`: removals first, then
 /// each addition by its append action (an empty value adds nothing unless
-/// `keep_empty_value`).
-fn mutate(headers: &mut HeaderMap, remove: &[String], add: &[vigil_core::config::HeaderOption]) {
+/// `keep_empty_value`). A value with command operators is made from `record`.
+fn mutate(
+    headers: &mut HeaderMap,
+    remove: &[String],
+    add: &[vigil_core::config::HeaderOption],
+    record: &mut dyn FnMut() -> LogRecord,
+) {
     use vigil_core::config::HeaderAppendAction as Action;
     for name in remove {
         headers.remove(name.as_str());
     }
+    let mut made: Option<LogRecord> = None;
     for option in add {
-        if option.value.is_empty() && !option.keep_empty_value {
+        let formatted;
+        let value = match &option.format {
+            None => option.value.as_str(),
+            Some(pieces) => {
+                let record = made.get_or_insert_with(&mut *record);
+                formatted = crate::access_log::header_value(pieces, record);
+                formatted.as_str()
+            }
+        };
+        if value.is_empty() && !option.keep_empty_value {
             continue;
         }
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(option.name.as_bytes()),
-            HeaderValue::from_str(&option.value),
+            HeaderValue::from_str(value),
         ) else {
             continue;
         };

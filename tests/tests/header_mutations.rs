@@ -67,6 +67,18 @@ fn spec(echo: SocketAddr) -> ListenerSpec {
               - match: { prefix: /direct }
                 direct_response: { status: 200 }
                 response_headers_to_add: [{ header: { key: x-t-resp-level, value: route } }]
+              - match: { prefix: /formatted }
+                name: formatted
+                route: { cluster: echo }
+                request_headers_to_add:
+                - { header: { key: x-t-client, value: \"%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%\" } }
+                - { header: { key: x-t-copy, value: \"copied %REQ(x-t-in)% 100%%\" } }
+                - { header: { key: x-t-missing, value: \"[%REQ(x-t-none)%]\" } }
+                - { header: { key: x-t-only-missing, value: \"%REQ(x-t-none)%\" } }
+                - { header: { key: x-t-proto, value: \"%PROTOCOL% %REQ(:METHOD)% %ROUTE_NAME%\" } }
+                response_headers_to_add:
+                - { header: { key: x-t-code, value: \"%RESPONSE_CODE%\" } }
+                - { header: { key: x-t-upstream, value: \"%UPSTREAM_HOST% %UPSTREAM_CLUSTER%\" } }
               - match: { prefix: /down }
                 route: { cluster: down }
                 response_headers_to_add: [{ header: { key: x-t-resp-level, value: route } }]
@@ -107,6 +119,7 @@ async fn route_header_changes_as_in_envoy() {
                 "x-t-secret: forged\r\nx-t-level: client\r\nx-t-append: client\r\nx-t-absent: client\r\nx-t-exists: client\r\n",
             ),
             ("/weighted", "x-t-level: client\r\n"),
+            ("/formatted", "x-t-in: from-client\r\n"),
             ("/direct", ""),
             ("/down", ""),
         ];

@@ -43,9 +43,6 @@ const PREVIOUS_HOSTS_TYPE: &str =
 const WASM_NOTE: &str = "the vigil wasm filter (or another wasm module) runs inside Envoy; the \
                          companion does this work natively and does not load wasm";
 const MIN_LEN_1: &str = "value length must be at least 1 characters";
-const FORMATTERS: &str = "header value formatters (%...%) are not supported by vigil: write %% \
-                          for a literal %";
-
 /// Reads the listeners. `clusters` is `static_resources.clusters` as written: the names routes
 /// may refer to.
 pub(crate) fn listeners(
@@ -2586,13 +2583,18 @@ pub(super) fn headers_to_add(cx: &mut Ctx, list: Vec<(FieldPath, &Value)>) -> Ve
             );
             continue;
         }
-        if unescaped.contains('%') {
-            cx.unsupported(&value_path, FORMATTERS);
-            continue;
-        }
+        let format = if unescaped.contains('%') {
+            match parse_format(cx, &value_path, &value) {
+                Some(pieces) => Some(pieces),
+                None => continue,
+            }
+        } else {
+            None
+        };
         out.push(HeaderOption {
             name: key.to_ascii_lowercase(),
             value: value.replace("%%", "%"),
+            format,
             action,
             keep_empty_value,
         });

@@ -803,8 +803,11 @@ impl HeaderMutations {
 pub struct HeaderOption {
     /// Lowercased header name (never a pseudo-header or `host`).
     pub name: String,
-    /// The value, `%%` already turned into `%` (values with other `%` formatters are refused).
+    /// The value, `%%` already turned into `%`, when it has no command; see `format`.
     pub value: String,
+    /// The value's command operators (`%REQ(x-user)%`, `%DOWNSTREAM_REMOTE_ADDRESS%`, ...), when
+    /// it has any: the value is made per request, as an access log line is.
+    pub format: Option<Vec<FormatPiece>>,
     pub action: HeaderAppendAction,
     /// `keep_empty_value` (default false: an empty value adds nothing).
     pub keep_empty_value: bool,
