@@ -1157,7 +1157,11 @@ async fn respond(
                 .chain(&l.response_headers_to_add)
         })
         .any(|o| o.format.is_some());
-    let request_before = formatted.then(|| headers.clone()).unwrap_or_default();
+    let request_before = if formatted {
+        headers.clone()
+    } else {
+        HeaderMap::new()
+    };
     let context = FormatContext {
         start: started,
         downstream,
