@@ -107,14 +107,24 @@ pub fn server_config(tls: &DownstreamTls) -> Result<ListenerTls, String> {
         .load_private_key(key)
         .map_err(|e| at(&tls.private_key, format!("unsupported private key: {e}")))?;
     let certified = CertifiedKey::new(chain, signing_key);
-    certified.keys_match().map_err(|e| {
-        at(
-            &tls.private_key,
-            format!(
-                "the private key does not match the certificate chain's first certificate ({e})"
-            ),
-        )
-    })?;
+    match certified.keys_match() {
+        Ok(()) => {}
+        Err(e @ rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            return Err(at(
+                &tls.private_key,
+                format!(
+                    "the private key does not match the certificate chain's first certificate \
+                     ({e})"
+                ),
+            ));
+        }
+        // webpki cannot read some certificates Envoy serves (X.509 v1 ones): the match cannot be
+        // checked here, and a mismatch would only fail every handshake.
+        Err(e) => log::warn!(
+            "{}: cannot check that the private key matches the certificate ({e}); serving it",
+            tls.certificate_chain.path
+        ),
+    }
     let versions: Vec<&'static SupportedProtocolVersion> = [
         (TlsVersion::V1_2, &rustls::version::TLS12),
         (TlsVersion::V1_3, &rustls::version::TLS13),
