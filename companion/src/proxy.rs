@@ -60,6 +60,7 @@ use vigil_core::config::{
     HostRewrite, HttpConnectionManager, RetryHostPredicate, RetryOn,
     RetryPolicy as ConfigRetryPolicy, RouteAction,
 };
+use vigil_core::cors;
 use vigil_core::path_normalize::{NormalizedPath, PATH_NORMALIZATION_FAILED};
 use vigil_core::rbac::{self, RbacRequest};
 use vigil_core::route::{RequestView, RouteTable};
@@ -510,14 +511,18 @@ fn declare_filter_stats(counters: &ListenerCounters, hcm: &HttpConnectionManager
     for filter in &hcm.network_rbac {
         counters.declare(filter.declared_stats());
     }
+    let prefix = &hcm.stat_prefix;
     for filter in &hcm.http_filters {
-        if let HttpFilterKind::Rbac(rbac) = &filter.kind {
-            let prefix = &hcm.stat_prefix;
-            counters.declare(
+        match &filter.kind {
+            HttpFilterKind::Rbac(rbac) => counters.declare(
                 rbac.declared_stats()
                     .into_iter()
                     .map(|name| format!("http.{prefix}.{name}")),
-            );
+            ),
+            HttpFilterKind::Cors => counters.declare(
+                ["origin_valid", "origin_invalid"].map(|c| format!("http.{prefix}.cors.{c}")),
+            ),
+            _ => {}
         }
     }
 }
@@ -680,6 +685,9 @@ struct Outcome {
     request_headers: Option<HeaderMap>,
     bytes_received: u64,
     request_read: Option<Duration>,
+    /// The CORS filter's response headers for an allowed origin (set on whatever answer the
+    /// filters after it and the router make).
+    cors: Vec<(&'static str, String)>,
     /// `x-vigil-upstream` and `x-vigil-decision`, when `decision_headers` is on.
     vigil_upstream: Option<String>,
     vigil_decision: Option<String>,
@@ -721,6 +729,11 @@ pub async fn handle(
     });
     let (response, outcome) = respond(state, derived, downstream, request, started, logging).await;
     let mut response = response;
+    for (name, value) in &outcome.cors {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            response.headers_mut().insert(*name, value);
+        }
+    }
     if let Some(server) = &derived.server {
         response
             .headers_mut()
@@ -927,6 +940,68 @@ async fn respond(
                         local_reply(StatusCode::FORBIDDEN, rbac::DENIED_BODY),
                         outcome,
                     );
+                }
+            }
+            HttpFilterKind::Cors => {
+                let borrowed = pairs(&parts.headers);
+                let view = RequestView::new(
+                    authority.as_deref(),
+                    &path,
+                    parts.method.as_str(),
+                    &borrowed,
+                );
+                // Envoy's CORS filter acts only on a request that has a route.
+                let Some(selected) = state.routes.select(&view) else {
+                    continue;
+                };
+                let list = selected.cors_policies(state.routes.config(), &filter.name);
+                let policies = cors::Policies::new(&list);
+                let get = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+                let request = cors::Request {
+                    method: parts.method.as_str(),
+                    origin: get("origin"),
+                    access_control_request_method: get("access-control-request-method"),
+                    access_control_request_headers: get("access-control-request-headers"),
+                    access_control_request_private_network: get(
+                        "access-control-request-private-network",
+                    ),
+                    random: random(),
+                };
+                let checked = policies.origin_check(&request);
+                if let Some(valid) = checked {
+                    let counter = if valid {
+                        "origin_valid"
+                    } else {
+                        "origin_invalid"
+                    };
+                    derived
+                        .counters
+                        .bump([format!("http.{}.cors.{counter}", state.hcm.stat_prefix)]);
+                }
+                match policies.decide(&request) {
+                    cors::Decision::Pass
+                    | cors::Decision::Forward {
+                        allowed_origin: None,
+                    } => {}
+                    cors::Decision::Forward {
+                        allowed_origin: Some(origin),
+                    } => outcome.cors = policies.response_headers(&origin),
+                    cors::Decision::Preflight(headers) => {
+                        // The preflight answer passes the filter's own response step too.
+                        if let (Some(true), Some(origin)) = (checked, request.origin) {
+                            outcome.cors = policies.response_headers(origin);
+                        }
+                        let mut response = empty(StatusCode::OK);
+                        for (name, value) in headers {
+                            if let Ok(value) = HeaderValue::from_str(&value) {
+                                response.headers_mut().insert(name, value);
+                            }
+                        }
+                        drop(borrowed);
+                        outcome.request_headers = Some(parts.headers);
+                        outcome.details = "cors_response".into();
+                        return (response, outcome);
+                    }
                 }
             }
             HttpFilterKind::Wasm if !routed => {

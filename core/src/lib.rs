@@ -12,6 +12,8 @@
 //! - [`config`]: the Envoy v3 bootstrap YAML/JSON users already run, loaded and validated as Envoy
 //!   does (every error names its field path), into the typed structures below; the YAML front end
 //!   is behind the `yaml` feature.
+//! - [`cors`]: Envoy's CORS filter: which policies apply, the preflight answer, the response
+//!   headers of an allowed origin.
 //! - [`check`]: one active health check as validated data (HTTP / TCP / gRPC parts) and the
 //!   verdict on what a host answered (status ranges, body payload match, degraded, service name).
 //! - [`dns`]: DNS query/response messages (RFC 1035) for STRICT_DNS / LOGICAL_DNS discovery.
@@ -46,6 +48,7 @@ pub mod backoff;
 pub mod balance;
 pub mod check;
 pub mod config;
+pub mod cors;
 pub mod dns;
 pub mod grpc_health;
 pub mod health;

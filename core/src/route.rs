@@ -408,6 +408,30 @@ impl<'t> Selected<'t> {
             .filter(|m| !m.is_empty())
     }
 
+    /// The CORS policies for this route, most specific first, as Envoy's CORS filter named
+    /// `filter` collects them: the `typed_per_filter_config` entries for that name (route,
+    /// virtual host, route configuration), or, when there are none, the legacy `cors` of the
+    /// route and of the virtual host.
+    pub fn cors_policies(
+        &self,
+        config: &'t RouteConfiguration,
+        filter: &str,
+    ) -> Vec<&'t crate::cors::CorsPolicy> {
+        let levels = [&self.route.cors, &self.virtual_host.cors, &config.cors];
+        let per_filter: Vec<_> = levels
+            .iter()
+            .flat_map(|l| l.per_filter.iter().filter(|(n, _)| n == filter))
+            .map(|(_, p)| p)
+            .collect();
+        if !per_filter.is_empty() {
+            return per_filter;
+        }
+        levels[..2]
+            .iter()
+            .filter_map(|l| l.legacy.as_ref())
+            .collect()
+    }
+
     /// The `Location` of a redirect route, as Envoy builds it (`Utility::newUri`, after the
     /// route's path rewrite): the new scheme (else the request's), the new host (else the
     /// request's, its port dropped when a port is given, or when the scheme changes from the

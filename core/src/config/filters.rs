@@ -83,7 +83,7 @@ pub(crate) fn http_filter(type_name: &str) -> Treatment {
         "health_check" => {
             Refused("answer health-check requests itself (they would reach the upstream instead)")
         }
-        "cors" => Refused("answer CORS preflight requests itself and add CORS response headers"),
+        "cors" => Enforced,
         "kill_request" => Refused("abort the process on marked requests"),
         "ip_tagging" | "geoip" | "header_to_metadata" | "json_to_metadata" | "set_metadata"
         | "header_mutation" | "set_filter_state" => {
@@ -164,7 +164,7 @@ pub(crate) fn refused_message(kind: &str, name: &str, type_name: &str, why: &str
 pub(crate) fn per_filter_configs(
     path: &FieldPath,
     route_config: &Value,
-) -> Vec<(FieldPath, String)> {
+) -> Vec<(FieldPath, String, Value)> {
     let mut out = Vec::new();
     collect(path, route_config, &mut out);
     for (i, vh) in list(route_config, "virtual_hosts").into_iter().enumerate() {
@@ -202,13 +202,13 @@ fn list<'v>(value: &'v Value, name: &str) -> Vec<&'v Value> {
     get(value, name).map(items).unwrap_or_default()
 }
 
-fn collect(path: &FieldPath, value: &Value, out: &mut Vec<(FieldPath, String)>) {
+fn collect(path: &FieldPath, value: &Value, out: &mut Vec<(FieldPath, String, Value)>) {
     let Some(Value::Object(map)) = get(value, "typed_per_filter_config") else {
         return;
     };
     let here = path.field("typed_per_filter_config");
-    for key in map.keys() {
-        out.push((here.key(key), key.clone()));
+    for (key, config) in map {
+        out.push((here.key(key), key.clone(), config.clone()));
     }
 }
 
@@ -493,7 +493,7 @@ mod tests {
         });
         let found: Vec<String> = per_filter_configs(&FieldPath::root().field("rc"), &rc)
             .into_iter()
-            .map(|(p, name)| format!("{p} {name}"))
+            .map(|(p, name, _)| format!("{p} {name}"))
             .collect();
         assert_eq!(
             found,

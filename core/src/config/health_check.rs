@@ -384,26 +384,27 @@ fn headers_to_add(
 ) -> Vec<HeaderToAdd> {
     let mut present: Vec<String> = existing.iter().map(|h| h.to_ascii_lowercase()).collect();
     let mut out = Vec::new();
-    let paths: Vec<FieldPath> = list.iter().map(|(p, _)| p.clone()).collect();
-    let errors = cx.errors.len();
-    let options = super::listener::headers_to_add(cx, list);
-    // With no new error every item was read, so the paths line up.
-    let aligned = cx.errors.len() == errors;
-    for (i, option) in options.into_iter().enumerate() {
-        if option.format.is_some() {
-            let path = paths
-                .get(i)
-                .filter(|_| aligned)
-                .map(|p| p.field("header").field("value"));
-            if let Some(path) = path {
+    // A value with command operators: Envoy makes it per check; vigil does not.
+    let list: Vec<(FieldPath, &Value)> = list
+        .into_iter()
+        .filter(|(p, v)| {
+            let value = v
+                .get("header")
+                .and_then(|h| h.get("value"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let formatted = value.replace("%%", "").contains('%');
+            if formatted {
                 cx.unsupported(
-                    &path,
+                    &p.field("header").field("value"),
                     "header value formatters (%...%) in a health check's request_headers_to_add \
                      are not supported by vigil: write %% for a literal %",
                 );
             }
-            continue;
-        }
+            !formatted
+        })
+        .collect();
+    for option in super::listener::headers_to_add(cx, list) {
         let exists = present.contains(&option.name);
         let (append, add) = match option.action {
             HeaderAppendAction::AppendIfExistsOrAdd => (true, true),

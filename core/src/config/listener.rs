@@ -16,10 +16,10 @@ use super::types::{
     JsonFormatValue, LogFormat, LogFormatKind, VIGIL_ROOT_IDS, VIGIL_WASM_FILE,
 };
 use super::types::{
-    Address, ClusterSpecifier, ClusterWeight, CodecType, FilterChainRef, ForwardAction,
-    HeaderAppendAction, HeaderMatch, HeaderMatcher, HeaderMutations, HeaderOption, HostRewrite,
-    HttpConnectionManager, HttpFilter, HttpFilterKind, HttpProtocolOptions, Listener, PathMatch,
-    QueryMatch, QueryParameterMatcher, Redirect, RedirectPath, Regex, RegexRewrite,
+    Address, ClusterSpecifier, ClusterWeight, CodecType, CorsPolicies, FilterChainRef,
+    ForwardAction, HeaderAppendAction, HeaderMatch, HeaderMatcher, HeaderMutations, HeaderOption,
+    HostRewrite, HttpConnectionManager, HttpFilter, HttpFilterKind, HttpProtocolOptions, Listener,
+    PathMatch, QueryMatch, QueryParameterMatcher, Redirect, RedirectPath, Regex, RegexRewrite,
     RetryHostPredicate, RetryOn, RetryPolicy, Route, RouteAction, RouteConfiguration,
     RouteHashKind, RouteHashPolicy, RouteMatch, ServerHeaderTransformation, SocketProtocol,
     StringMatch, StringMatchKind, StripPort, VirtualHost, WeightedClusters, WeightedTarget,
@@ -29,6 +29,7 @@ use super::types::{
     DEFAULT_ROUTE_TIMEOUT_MS, DEFAULT_STREAM_IDLE_TIMEOUT_MS,
 };
 use crate::balance::hash_policy::{CookieAttribute, CookiePolicy};
+use crate::cors::CorsPolicy;
 use serde_json::{Map, Value};
 
 const HCM_TYPE: &str =
@@ -521,7 +522,7 @@ fn protocol_options(cx: &mut Ctx, mut o: Obj) -> HttpProtocolOptions {
 fn http_filters(
     cx: &mut Ctx,
     list: Vec<(FieldPath, &Value)>,
-    per_route: &[(FieldPath, String)],
+    per_route: &[(FieldPath, String, Value)],
 ) -> (Vec<HttpFilter>, Option<crate::plugin::PluginConfig>) {
     let count = list.len();
     let mut out = Vec::new();
@@ -558,7 +559,7 @@ fn http_filters(
             }
         };
         let last = i + 1 == count;
-        let configured_per_route = per_route.iter().any(|(_, n)| *n == name);
+        let configured_per_route = per_route.iter().any(|(_, n, _)| *n == name);
         let kind = if typed.is(ROUTER_TYPE) {
             typed.obj(cx, &ROUTER).finish(cx);
             if !last {
@@ -627,6 +628,26 @@ fn http_filters(
             HttpFilterKind::Wasm
         } else {
             match filters::http_filter(&typed.type_name) {
+                Treatment::Enforced if typed.is(CORS_FILTER_TYPE) => {
+                    typed.obj(cx, &CORS_FILTER).finish(cx);
+                    judged.push((name.clone(), Some(CORS_PER_ROUTE.to_string())));
+                    if last {
+                        cx.invalid(
+                            &p,
+                            format!(
+                                "non-terminal filter named {name} of type envoy.filters.http.cors \
+                                 is the last filter in a http filter chain"
+                            ),
+                        );
+                    }
+                    out.push(HttpFilter {
+                        name,
+                        kind: HttpFilterKind::Cors,
+                        is_optional,
+                        disabled,
+                    });
+                    continue;
+                }
                 Treatment::Enforced if typed.is(super::rbac::HTTP_RBAC_TYPE) => {
                     judged.push((
                         name.clone(),
@@ -702,12 +723,22 @@ fn http_filters(
             disabled,
         });
     }
-    for (path, name) in per_route {
+    for (path, name, config) in per_route {
         match judged.iter().find(|(n, _)| n == name) {
             None => cx.warn(
                 path,
                 format!("names no HTTP filter of this connection manager ('{name}'); ignored"),
             ),
+            // A route's CORS policy is applied; turning the filter off per route is not.
+            Some((_, Some(marker))) if marker == CORS_PER_ROUTE => {
+                if !is_cors_policy(config) {
+                    cx.unsupported(
+                        path,
+                        "only a CorsPolicy is supported per route for the CORS filter (turning it \
+                         off per route is not implemented by vigil)",
+                    );
+                }
+            }
             Some((_, Some(refusal))) if !refusal.is_empty() => {
                 cx.unsupported(path, refusal.clone())
             }
@@ -720,6 +751,109 @@ fn http_filters(
         }
     }
     (out, routing)
+}
+
+const CORS_FILTER_TYPE: &str = "envoy.extensions.filters.http.cors.v3.Cors";
+const CORS_POLICY_TYPE: &str = "envoy.extensions.filters.http.cors.v3.CorsPolicy";
+const ROUTE_FILTER_CONFIG_TYPE: &str = "envoy.config.route.v3.FilterConfig";
+/// What a route's configuration of the CORS filter is judged by (see `http_filters`).
+const CORS_PER_ROUTE: &str = "\0cors";
+
+/// The type name of a `google.protobuf.Any` as written (after the last `/`).
+fn type_name_of(value: &Value) -> &str {
+    field(value, "@type")
+        .and_then(Value::as_str)
+        .and_then(|t| t.rsplit('/').next())
+        .unwrap_or("")
+}
+
+/// Whether a `typed_per_filter_config` value is a CORS policy vigil applies: a `CorsPolicy`, or
+/// a `FilterConfig` holding one that does not turn the filter off.
+fn is_cors_policy(value: &Value) -> bool {
+    match type_name_of(value) {
+        CORS_POLICY_TYPE => true,
+        ROUTE_FILTER_CONFIG_TYPE => {
+            let disabled = field(value, "disabled").and_then(super::reader::boolean_value);
+            disabled != Some(true)
+                && field(value, "config").is_some_and(|c| type_name_of(c) == CORS_POLICY_TYPE)
+        }
+        _ => false,
+    }
+}
+
+/// The CORS policies of a route configuration level's `typed_per_filter_config`, by filter name.
+fn cors_per_filter(cx: &mut Ctx, o: &mut Obj) -> Vec<(String, CorsPolicy)> {
+    let Some((path, value)) = o.take("typed_per_filter_config") else {
+        return Vec::new();
+    };
+    let Value::Object(map) = value else {
+        cx.invalid(
+            &path,
+            format!("expected a mapping, found {}", describe(value)),
+        );
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (key, config) in map {
+        if !is_cors_policy(config) {
+            continue;
+        }
+        let entry = path.key(key);
+        let (policy_path, policy) = if type_name_of(config) == ROUTE_FILTER_CONFIG_TYPE {
+            let Some(wrapper) = read_any(cx, &entry, config) else {
+                continue;
+            };
+            let mut f = wrapper.obj(cx, &ROUTE_FILTER_CONFIG);
+            let inner = f.take("config");
+            f.bool(cx, "is_optional");
+            f.bool(cx, "disabled");
+            f.finish(cx);
+            match inner {
+                Some((p, v)) => (p, v),
+                None => continue,
+            }
+        } else {
+            (entry, config)
+        };
+        let Some(typed) = read_any(cx, &policy_path, policy) else {
+            continue;
+        };
+        let policy = typed.obj(cx, &CORS_POLICY);
+        if let Some(policy) = cors_policy(cx, policy) {
+            out.push((key.clone(), policy));
+        }
+    }
+    out
+}
+
+/// A `CorsPolicy` (the filter's, or the legacy route one: the same fields).
+fn cors_policy(cx: &mut Ctx, mut o: Obj) -> Option<CorsPolicy> {
+    let allow_origins = o
+        .list("allow_origin_string_match")
+        .into_iter()
+        .filter_map(|(p, v)| {
+            Obj::new(cx, p, v, &ROUTE_STRING_MATCHER).and_then(|m| string_match(cx, m))
+        })
+        .collect();
+    let mut policy = CorsPolicy {
+        allow_origins,
+        allow_methods: o.string(cx, "allow_methods").unwrap_or_default(),
+        allow_headers: o.string(cx, "allow_headers").unwrap_or_default(),
+        expose_headers: o.string(cx, "expose_headers").unwrap_or_default(),
+        max_age: o.string(cx, "max_age").unwrap_or_default(),
+        allow_credentials: o.bool(cx, "allow_credentials"),
+        allow_private_network_access: o.bool(cx, "allow_private_network_access"),
+        forward_not_matching_preflights: o.bool(cx, "forward_not_matching_preflights"),
+        ..CorsPolicy::default()
+    };
+    if let Some(f) = o.message(cx, "filter_enabled", &RUNTIME_FRACTIONAL_PERCENT) {
+        policy.filter_enabled = runtime_fraction(cx, f);
+    }
+    if let Some(f) = o.message(cx, "shadow_enabled", &RUNTIME_FRACTIONAL_PERCENT) {
+        policy.shadow_enabled = runtime_fraction(cx, f);
+    }
+    o.finish(cx);
+    Some(policy)
 }
 
 /// An HTTP filter vigil does not run and that could stop or change requests.
@@ -1300,6 +1434,10 @@ fn route_configuration(cx: &mut Ctx, mut o: Obj, clusters: &[&str]) -> RouteConf
         .bool(cx, "most_specific_header_mutations_wins")
         .unwrap_or(false);
     let headers = header_mutations(cx, &mut o, false);
+    let cors = CorsPolicies {
+        per_filter: cors_per_filter(cx, &mut o),
+        legacy: None,
+    };
     let mut rcx = RouteCx {
         clusters,
         max_body: max_direct_response_body_size_bytes,
@@ -1368,6 +1506,7 @@ fn route_configuration(cx: &mut Ctx, mut o: Obj, clusters: &[&str]) -> RouteConf
         }
     }
     RouteConfiguration {
+        cors,
         name,
         virtual_hosts,
         headers,
@@ -1417,6 +1556,12 @@ fn virtual_host(
         .message(cx, "retry_policy", &RETRY_POLICY)
         .and_then(|r| retry_policy(cx, r));
     let headers = header_mutations(cx, &mut o, true);
+    let cors = CorsPolicies {
+        per_filter: cors_per_filter(cx, &mut o),
+        legacy: o
+            .message(cx, "cors", &CORS_POLICY)
+            .and_then(|c| cors_policy(cx, c)),
+    };
     let mut routes = Vec::new();
     for (p, v) in o.list("routes") {
         if let Some(r) = route(cx, &p, v, retry_policy.as_ref(), rcx) {
@@ -1425,6 +1570,7 @@ fn virtual_host(
     }
     o.finish(cx);
     Some(VirtualHost {
+        cors,
         name: name?,
         domains,
         routes,
@@ -1458,6 +1604,12 @@ fn route(
     ]
     .iter()
     .any(|f| o.has(f));
+    // The legacy `cors` of a route sits in its route action.
+    let legacy_cors = o
+        .peek("route")
+        .and_then(|(p, v)| field(v, "cors").map(|c| (p.field("cors"), c)))
+        .and_then(|(p, c)| Obj::new(cx, p, c, &CORS_POLICY))
+        .and_then(|c| cors_policy(cx, c));
     let action = if let Some(r) = o.message(cx, "route", &ROUTE_ACTION) {
         route_action(cx, r, &name, vhost_retry, rcx).map(|f| RouteAction::Forward(Box::new(f)))
     } else if let Some(d) = o.message(cx, "direct_response", &DIRECT_RESPONSE_ACTION) {
@@ -1475,12 +1627,17 @@ fn route(
         );
     }
     let headers = header_mutations(cx, &mut o, true);
+    let cors = CorsPolicies {
+        per_filter: cors_per_filter(cx, &mut o),
+        legacy: legacy_cors,
+    };
     o.finish(cx);
     Some(Route {
         name,
         matcher: matcher?,
         action: action?,
         headers,
+        cors,
     })
 }
 

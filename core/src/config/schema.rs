@@ -1000,7 +1000,7 @@ pub(crate) static VIRTUAL_HOST: Message = Message {
         read("request_headers_to_remove"),
         read("response_headers_to_add"),
         read("response_headers_to_remove"),
-        warn("cors", NOT_PROXIED),
+        read("cors"),
         keep("typed_per_filter_config"),
         warn("include_request_attempt_count", NOT_PROXIED),
         warn("include_attempt_count_in_response", NOT_PROXIED),
@@ -1229,7 +1229,7 @@ pub(crate) static ROUTE_ACTION: Message = Message {
         warn("rate_limits", NOT_PROXIED),
         warn("include_vh_rate_limits", NOT_PROXIED),
         read("hash_policy"),
-        warn("cors", NOT_PROXIED),
+        read("cors"),
         warn("max_grpc_timeout", NOT_PROXIED),
         warn("grpc_timeout_offset", NOT_PROXIED),
         warn("upgrade_configs", NOT_PROXIED),
@@ -1573,4 +1573,43 @@ pub(crate) static REDIRECT_RESPONSE_CODE: Enum = Enum {
         ("TEMPORARY_REDIRECT", 3),
         ("PERMANENT_REDIRECT", 4),
     ],
+};
+
+pub(crate) static CORS_POLICY: Message = Message {
+    name: "envoy.extensions.filters.http.cors.v3.CorsPolicy",
+    fields: &[
+        read("allow_origin_string_match"),
+        read("allow_methods"),
+        read("allow_headers"),
+        read("expose_headers"),
+        read("max_age"),
+        read("allow_credentials"),
+        read("filter_enabled").oneof("enabled_specifier"),
+        read("shadow_enabled"),
+        read("allow_private_network_access"),
+        read("forward_not_matching_preflights"),
+    ],
+    removed: &[
+        (
+            "allow_origin",
+            "removed from Envoy's v3 API; use allow_origin_string_match",
+        ),
+        (
+            "allow_origin_regex",
+            "removed from Envoy's v3 API; use allow_origin_string_match",
+        ),
+        ("enabled", "removed from Envoy's v3 API; use filter_enabled"),
+    ],
+};
+
+pub(crate) static CORS_FILTER: Message = Message {
+    name: "envoy.extensions.filters.http.cors.v3.Cors",
+    fields: &[],
+    removed: &[],
+};
+
+pub(crate) static ROUTE_FILTER_CONFIG: Message = Message {
+    name: "envoy.config.route.v3.FilterConfig",
+    fields: &[read("config"), read("is_optional"), read("disabled")],
+    removed: &[],
 };

@@ -747,6 +747,9 @@ pub enum HttpFilterKind {
     Router,
     /// `envoy.extensions.filters.http.rbac.v3.RBAC`: enforced by the companion's proxy.
     Rbac(Box<crate::rbac::HttpRbac>),
+    /// `envoy.extensions.filters.http.cors.v3.Cors`: run by the companion's proxy with the
+    /// routes' CORS policies.
+    Cors,
     /// `envoy.extensions.filters.http.wasm.v3.Wasm`: a wasm module (such as vigil's own filter),
     /// which the companion does not load.
     Wasm,
@@ -775,6 +778,8 @@ pub struct RouteConfiguration {
     /// `ignore_path_parameters_in_path_matching` (default false): `;params` are cut off the path
     /// before path matching.
     pub ignore_path_parameters_in_path_matching: bool,
+    /// CORS policies per filter name (`typed_per_filter_config`).
+    pub cors: CorsPolicies,
 }
 
 /// `request_headers_to_add` / `_to_remove`, `response_headers_to_add` / `_to_remove` at one
@@ -836,6 +841,9 @@ pub struct VirtualHost {
     /// `retry_policy`: used by routes that have none.
     pub retry_policy: Option<RetryPolicy>,
     pub headers: HeaderMutations,
+    /// CORS policies of this virtual host: per filter name (`typed_per_filter_config`), and the
+    /// legacy `cors` field.
+    pub cors: CorsPolicies,
 }
 
 /// `config.route.v3.Route`.
@@ -846,6 +854,8 @@ pub struct Route {
     pub matcher: RouteMatch,
     pub action: RouteAction,
     pub headers: HeaderMutations,
+    /// CORS policies of this route: per filter name, and the route action's legacy `cors`.
+    pub cors: CorsPolicies,
 }
 
 /// `config.route.v3.RouteMatch`.
@@ -1345,4 +1355,13 @@ impl crate::balance::hash_policy::HeaderRewrite for RegexRewrite {
     fn rewrite(&self, value: &[u8]) -> Vec<u8> {
         self.apply(&String::from_utf8_lossy(value)).into_bytes()
     }
+}
+
+/// The CORS policies one level of a route configuration gives.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CorsPolicies {
+    /// `typed_per_filter_config` entries holding a `CorsPolicy`, by filter name.
+    pub per_filter: Vec<(String, crate::cors::CorsPolicy)>,
+    /// The legacy `cors` field (virtual host, route action).
+    pub legacy: Option<crate::cors::CorsPolicy>,
 }
