@@ -49,6 +49,8 @@
 
 mod circuit_breakers;
 mod cluster;
+#[cfg(feature = "envoy-schema")]
+mod envoy_schema;
 mod error;
 mod filters;
 mod health_check;
@@ -57,6 +59,8 @@ mod rbac;
 pub(crate) mod reader;
 mod schema;
 mod types;
+#[cfg(feature = "envoy-schema")]
+mod validate;
 
 pub use circuit_breakers::{CircuitBreakers, RetryBudget, RoutingPriority, Thresholds};
 pub use error::{ConfigError, ConfigErrors, ErrorKind, FieldPath, Location, Warning};
@@ -85,6 +89,7 @@ pub struct Loaded {
 pub fn from_value(value: &Value) -> Result<Loaded, ConfigErrors> {
     let mut cx = Ctx::default();
     let bootstrap = bootstrap(&mut cx, value);
+    cx.settle();
     if cx.errors.is_empty() {
         Ok(Loaded {
             bootstrap,

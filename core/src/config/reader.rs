@@ -25,9 +25,25 @@ use serde_json::{Map, Value};
 pub(crate) struct Ctx {
     pub errors: Vec<ConfigError>,
     pub warnings: Vec<Warning>,
+    /// What Envoy's schema found in the content of each `Any` (by the content's path), held
+    /// back until the end of the load ([`Ctx::settle`]): a typed reader that reads the content
+    /// itself ([`Any::obj`]) withdraws them and reports what it reads in its own words.
+    deferred: Vec<(FieldPath, Vec<ConfigError>)>,
 }
 
 impl Ctx {
+    /// Moves the schema findings no typed reader withdrew into `errors` (once per error, in
+    /// document order of their `Any`). Call once the whole document is read.
+    pub fn settle(&mut self) {
+        for (_, errors) in std::mem::take(&mut self.deferred) {
+            for error in errors {
+                if !self.errors.contains(&error) {
+                    self.errors.push(error);
+                }
+            }
+        }
+    }
+
     pub fn invalid(&mut self, path: &FieldPath, message: impl Into<String>) {
         self.push(ErrorKind::Invalid, path, message.into());
     }
@@ -229,6 +245,7 @@ struct Entry<'a> {
 /// each remaining field's [`Treat`].
 pub(crate) struct Obj<'a> {
     pub path: FieldPath,
+    message: &'static Message,
     entries: Vec<Entry<'a>>,
 }
 
@@ -317,7 +334,11 @@ impl<'a> Obj<'a> {
                 );
             }
         }
-        Obj { path, entries }
+        Obj {
+            path,
+            message,
+            entries,
+        }
     }
 
     /// Whether `name` is set (not null).
@@ -338,10 +359,13 @@ impl<'a> Obj<'a> {
         Some((self.path.field(name), entry.value))
     }
 
-    /// A message-typed field kept as written: it must at least be a mapping.
+    /// A message-typed field kept as written: it must at least be a mapping, and (with the
+    /// `envoy-schema` feature) what it holds must be valid for Envoy.
     pub fn raw_message(&mut self, cx: &mut Ctx, name: &str) -> Option<Value> {
         let (path, value) = self.take(name)?;
         if value.is_object() {
+            #[cfg(feature = "envoy-schema")]
+            super::validate::field(cx, &path, self.message.name, name, value);
             Some(value.clone())
         } else {
             cx.invalid(
@@ -446,10 +470,16 @@ impl<'a> Obj<'a> {
         any(cx, &path, value)
     }
 
-    /// Applies [`Treat`] to every set field the typed reader did not take.
+    /// Applies [`Treat`] to every set field the typed reader did not take. With the
+    /// `envoy-schema` feature, kept and ignored fields are checked against Envoy's schema, so a
+    /// file Envoy refuses is refused here too.
     pub fn finish(self, cx: &mut Ctx) {
         for entry in self.entries.iter().filter(|e| !e.taken) {
             let path = self.path.field(entry.field.name);
+            #[cfg(feature = "envoy-schema")]
+            if matches!(entry.field.treat, Treat::Keep | Treat::Warn(_)) {
+                super::validate::field(cx, &path, self.message.name, entry.field.name, entry.value);
+            }
             match entry.field.treat {
                 Treat::Read | Treat::Keep => {}
                 Treat::Warn(why) => cx.warn(&path, why),
@@ -495,12 +525,15 @@ impl<'a> Any<'a> {
         self.type_name == name
     }
 
-    /// The fields of the typed message.
+    /// The fields of the typed message, for a typed reader: the schema check's findings in them
+    /// are withdrawn (the reader reports what it reads, [`Obj::finish`] checks the rest).
     pub fn obj(&self, cx: &mut Ctx, message: &'static Message) -> Obj<'a> {
+        cx.deferred.retain(|(path, _)| *path != self.path);
         match self.map {
             Some(map) => Obj::from_map(cx, self.path.clone(), map, message, self.skip_type),
             None => Obj {
                 path: self.path.clone(),
+                message,
                 entries: Vec::new(),
             },
         }
@@ -569,6 +602,7 @@ pub(crate) fn any<'a>(cx: &mut Ctx, path: &FieldPath, value: &'a Value) -> Optio
         {
             cx.invalid(path, format!("unknown field \"{extra}\" in a TypedStruct"));
         }
+        check_any(cx, &path.field("type_url"), &value_path, &inner_url, inner);
         return Some(Any {
             type_url: inner_url,
             type_name: inner_name,
@@ -578,6 +612,7 @@ pub(crate) fn any<'a>(cx: &mut Ctx, path: &FieldPath, value: &'a Value) -> Optio
             via_typed_struct: true,
         });
     }
+    check_any(cx, &path.field("@type"), path, &type_url, Some(map));
     Some(Any {
         type_url,
         type_name,
@@ -586,6 +621,26 @@ pub(crate) fn any<'a>(cx: &mut Ctx, path: &FieldPath, value: &'a Value) -> Optio
         skip_type: true,
         via_typed_struct: false,
     })
+}
+
+/// Checks an `Any`'s content (`map`, at `path`) against Envoy's schema for `type_url`, and
+/// defers what it finds (see [`Ctx::settle`]). Without the `envoy-schema` feature, nothing.
+#[cfg_attr(not(feature = "envoy-schema"), allow(unused_variables))]
+fn check_any(
+    cx: &mut Ctx,
+    type_path: &FieldPath,
+    path: &FieldPath,
+    type_url: &str,
+    map: Option<&Map<String, Value>>,
+) {
+    #[cfg(feature = "envoy-schema")]
+    {
+        let mut found = Ctx::default();
+        super::validate::any_body(&mut found, type_path, path, type_url, map);
+        if !found.errors.is_empty() {
+            cx.deferred.push((path.clone(), found.errors));
+        }
+    }
 }
 
 fn parse_type_url(cx: &mut Ctx, path: &FieldPath, url: &str) -> Option<String> {
