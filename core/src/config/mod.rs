@@ -90,6 +90,12 @@ pub fn from_value(value: &Value) -> Result<Loaded, ConfigErrors> {
     let mut cx = Ctx::default();
     let bootstrap = bootstrap(&mut cx, value);
     cx.settle();
+    // Parts the typed readers take without reading all of them: checked as a whole against
+    // Envoy's schema once the readers are content (an error there would repeat theirs).
+    #[cfg(feature = "envoy-schema")]
+    if cx.errors.is_empty() {
+        validate::bootstrap(&mut cx, value);
+    }
     if cx.errors.is_empty() {
         Ok(Loaded {
             bootstrap,
