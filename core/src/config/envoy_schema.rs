@@ -41,8 +41,18 @@ pub(crate) struct FieldDesc {
     pub ty: Ty,
     pub repeated: bool,
     pub oneof: Option<usize>,
-    /// `(validate.rules)` as JSON (validate.proto's field names), parsed when used.
+    /// `(validate.rules)` as JSON (validate.proto's field names), parsed when first used.
     pub rules: Option<&'static str>,
+    parsed: OnceLock<Option<serde_json::Value>>,
+}
+
+impl FieldDesc {
+    /// The field's `(validate.rules)`, parsed.
+    pub fn parsed_rules(&self) -> Option<&serde_json::Value> {
+        self.parsed
+            .get_or_init(|| self.rules.and_then(|r| serde_json::from_str(r).ok()))
+            .as_ref()
+    }
 }
 
 #[derive(Debug)]
@@ -172,6 +182,7 @@ fn parse(text: &'static str) -> Schema {
                         repeated: cols[4] == "3",
                         oneof: cols[5].parse().ok(),
                         rules: (cols[6] != "-").then_some(cols[6]),
+                        parsed: OnceLock::new(),
                     });
                 }
             }

@@ -98,17 +98,31 @@ fn check_message(
     if well_known(cx, path, type_name, value, walk) {
         return;
     }
-    let Some(m) = schema().message(type_name) else {
+    let Value::Object(map) = value else {
+        if schema().message(type_name).is_some() {
+            cx.invalid(
+                path,
+                format!(
+                    "expected a mapping ({type_name}), found {}",
+                    describe(value)
+                ),
+            );
+        }
         return;
     };
-    let Value::Object(map) = value else {
-        cx.invalid(
-            path,
-            format!(
-                "expected a mapping ({type_name}), found {}",
-                describe(value)
-            ),
-        );
+    check_object(cx, path, type_name, map, skip_type, walk);
+}
+
+/// The fields of a mapping read as the message `type_name`.
+fn check_object(
+    cx: &mut Ctx,
+    path: &FieldPath,
+    type_name: &str,
+    map: &Map<String, Value>,
+    skip_type: bool,
+    walk: Walk,
+) {
+    let Some(m) = schema().message(type_name) else {
         return;
     };
     let mut set: Vec<(&FieldDesc, &str, &Value)> = Vec::new();
@@ -205,8 +219,8 @@ fn absent_field_rules(cx: &mut Ctx, path: &FieldPath, f: &FieldDesc) {
     }
 }
 
-fn parse_rules(f: &FieldDesc) -> Option<Value> {
-    serde_json::from_str(f.rules?).ok()
+fn parse_rules(f: &FieldDesc) -> Option<&Value> {
+    f.parsed_rules()
 }
 
 fn check_field(
@@ -290,7 +304,7 @@ fn check_field(
         }
         return;
     }
-    check_singular(cx, path, f, value, rules.as_ref(), walk);
+    check_singular(cx, path, f, value, rules, walk);
 }
 
 fn count_rules(
@@ -536,14 +550,7 @@ pub(crate) fn any_body(
     if map.contains_key("@type") {
         any_content(cx, path, type_url, map, Walk { pgv: true });
     } else {
-        check_message(
-            cx,
-            path,
-            name,
-            &Value::Object(map.clone()),
-            false,
-            Walk { pgv: true },
-        );
+        check_object(cx, path, name, map, false, Walk { pgv: true });
     }
 }
 
@@ -617,7 +624,7 @@ fn any_content(
         }
         return;
     }
-    check_message(cx, path, name, &Value::Object(map.clone()), true, walk);
+    check_object(cx, path, name, map, true, walk);
 }
 
 /// Applies one field's PGV rules (`rules`: a `validate.FieldRules` as JSON) to a value that is
