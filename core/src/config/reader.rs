@@ -245,6 +245,8 @@ struct Entry<'a> {
 /// each remaining field's [`Treat`].
 pub(crate) struct Obj<'a> {
     pub path: FieldPath,
+    /// The message read (its Envoy name finds the schema of what the reader leaves).
+    #[cfg_attr(not(feature = "envoy-schema"), allow(dead_code))]
     message: &'static Message,
     entries: Vec<Entry<'a>>,
 }

@@ -666,7 +666,7 @@ fn apply_rules(cx: &mut Ctx, path: &FieldPath, f: &FieldDesc, value: &Value, rul
         "int32" | "int64" | "uint32" | "uint64" | "sint32" | "sint64" | "fixed32" | "fixed64"
         | "sfixed32" | "sfixed64" => {
             if let Some(v) = integer_value(value) {
-                number_rules(cx, path, v, r, |x| integer_value(x));
+                number_rules(cx, path, v, r, integer_value);
             }
         }
         "bool" => {
@@ -682,7 +682,7 @@ fn apply_rules(cx: &mut Ctx, path: &FieldPath, f: &FieldDesc, value: &Value, rul
             if let Ty::Enum(name) = f.ty
                 && let Some(n) = enum_number(name, value)
             {
-                number_rules(cx, path, i128::from(n), r, |x| integer_value(x));
+                number_rules(cx, path, i128::from(n), r, integer_value);
             }
         }
         "duration" => {
@@ -759,40 +759,18 @@ fn number_rules<T: PartialOrd + Copy + std::fmt::Display>(
             format!("less than or equal to {b}")
         }
     };
-    match (lower, upper) {
-        (Some(lo), Some(hi)) if hi.0 >= lo.0 => {
-            if !(above(lo) && below(hi)) {
-                pgv_error(
-                    cx,
-                    path,
-                    format!(
-                        "value must be {} and {}",
-                        describe_lower(lo),
-                        describe_upper(hi)
-                    ),
-                );
-            }
-        }
-        (Some(lo), Some(hi)) => {
-            if !(above(lo) || below(hi)) {
-                pgv_error(
-                    cx,
-                    path,
-                    format!(
-                        "value must be {} or {}",
-                        describe_lower(lo),
-                        describe_upper(hi)
-                    ),
-                );
-            }
-        }
-        (Some(lo), None) if !above(lo) => {
-            pgv_error(cx, path, format!("value must be {}", describe_lower(lo)));
-        }
-        (None, Some(hi)) if !below(hi) => {
-            pgv_error(cx, path, format!("value must be {}", describe_upper(hi)));
-        }
-        _ => {}
+    let violation = match (lower, upper) {
+        (Some(lo), Some(hi)) if hi.0 >= lo.0 => (!(above(lo) && below(hi)))
+            .then(|| format!("{} and {}", describe_lower(lo), describe_upper(hi))),
+        // An upper bound below the lower one: outside the range.
+        (Some(lo), Some(hi)) => (!(above(lo) || below(hi)))
+            .then(|| format!("{} or {}", describe_lower(lo), describe_upper(hi))),
+        (Some(lo), None) => (!above(lo)).then(|| describe_lower(lo)),
+        (None, Some(hi)) => (!below(hi)).then(|| describe_upper(hi)),
+        (None, None) => None,
+    };
+    if let Some(bounds) = violation {
+        pgv_error(cx, path, format!("value must be {bounds}"));
     }
 }
 
