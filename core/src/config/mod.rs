@@ -61,6 +61,8 @@ mod schema;
 mod types;
 #[cfg(feature = "envoy-schema")]
 mod validate;
+#[cfg(feature = "envoy-schema")]
+pub use validate::schema_errors;
 
 pub use circuit_breakers::{CircuitBreakers, RetryBudget, RoutingPriority, Thresholds};
 pub use error::{ConfigError, ConfigErrors, ErrorKind, FieldPath, Location, Warning};

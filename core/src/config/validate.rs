@@ -16,7 +16,7 @@
 //! Pure: no I/O. Compiled with the `envoy-schema` feature (the companion's), not in the filter.
 
 use super::envoy_schema::{FieldDesc, MessageDesc, Scalar, Ty, schema};
-use super::error::FieldPath;
+use super::error::{ConfigError, FieldPath};
 use super::reader::{
     Ctx, ProtoDuration, base64, boolean, closest_field, describe, double, duration, integer,
     integer_value, items, string,
@@ -65,6 +65,14 @@ pub(crate) fn bootstrap(cx: &mut Ctx, value: &Value) {
         false,
         Walk { pgv: true },
     );
+}
+
+/// A whole bootstrap (its JSON tree) checked against Envoy 1.36.2's schema alone, without
+/// vigil's typed readers: what Envoy's JSON parser and PGV validation would refuse in it.
+pub fn schema_errors(value: &Value) -> Vec<ConfigError> {
+    let mut cx = Ctx::default();
+    bootstrap(&mut cx, value);
+    cx.errors
 }
 
 /// Whether Envoy 1.36.2 knows the message `type_name`.
@@ -371,7 +379,20 @@ fn check_singular(
     }
 }
 
+/// A quoted integer with a `+` sign (`"+9"`), which Envoy's parser takes, without it.
+fn unsigned_plus(value: &Value) -> std::borrow::Cow<'_, Value> {
+    match value {
+        Value::String(s)
+            if s.len() > 1 && s.starts_with('+') && s[1..].bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            std::borrow::Cow::Owned(Value::String(s[1..].to_string()))
+        }
+        other => std::borrow::Cow::Borrowed(other),
+    }
+}
+
 fn scalar(cx: &mut Ctx, path: &FieldPath, s: Scalar, value: &Value) {
+    let value = &*unsigned_plus(value);
     match s {
         Scalar::String => {
             string(cx, path, value);
@@ -412,7 +433,12 @@ fn enum_value(cx: &mut Ctx, path: &FieldPath, name: &str, value: &Value) {
         return;
     };
     let found = match value {
-        Value::String(s) => e.values.iter().any(|(n, _)| n.eq_ignore_ascii_case(s)),
+        // A name in any case, or a defined number, also quoted.
+        Value::String(s) => {
+            e.values.iter().any(|(n, _)| n.eq_ignore_ascii_case(s))
+                || integer_value(value)
+                    .is_some_and(|n| e.values.iter().any(|(_, v)| i128::from(*v) == n))
+        }
         Value::Number(n) => n
             .as_i64()
             .is_some_and(|n| e.values.iter().any(|(_, v)| *v == n)),
@@ -442,7 +468,8 @@ fn enum_number(name: &str, value: &Value) -> Option<i64> {
             .values
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(s))
-            .map(|(_, v)| *v),
+            .map(|(_, v)| *v)
+            .or_else(|| integer_value(value).and_then(|n| i64::try_from(n).ok())),
         other => other.as_i64(),
     }
 }
@@ -462,7 +489,21 @@ const WRAPPERS: [(&str, Scalar); 9] = [
 /// The well-known types with their own JSON forms; `true` when `type_name` is one.
 fn well_known(cx: &mut Ctx, path: &FieldPath, type_name: &str, value: &Value, walk: Walk) -> bool {
     if let Some((_, s)) = WRAPPERS.iter().find(|(n, _)| *n == type_name) {
-        scalar(cx, path, *s, value);
+        match value {
+            // The message form, `{value: 9}`, which Envoy's parser also takes.
+            Value::Object(map) => {
+                for key in map.keys().filter(|k| *k != "value") {
+                    cx.invalid(
+                        path,
+                        format!("unknown field \"{key}\" (not a field of {type_name})"),
+                    );
+                }
+                if let Some(inner) = map.get("value").filter(|v| !v.is_null()) {
+                    scalar(cx, &path.field("value"), *s, inner);
+                }
+            }
+            other => scalar(cx, path, *s, other),
+        }
         return true;
     }
     match type_name {
@@ -630,6 +671,13 @@ fn any_content(
 /// Applies one field's PGV rules (`rules`: a `validate.FieldRules` as JSON) to a value that is
 /// already known to have the field's type.
 fn apply_rules(cx: &mut Ctx, path: &FieldPath, f: &FieldDesc, value: &Value, rules: &Value) {
+    // A wrapper written as `{value: 9}`: the rules are the wrapped value's.
+    let value = match (value, f.ty) {
+        (Value::Object(map), Ty::Message(name)) if WRAPPERS.iter().any(|(n, _)| *n == name) => {
+            map.get("value").unwrap_or(value)
+        }
+        _ => value,
+    };
     let Some((kind, r)) = rules.as_object().and_then(|o| o.iter().next()) else {
         return;
     };
@@ -998,6 +1046,36 @@ mod tests {
                 hcm,
                 json!({"stat_prefix": "s", "http_filters": {"name": "r"}})
             )
+        );
+    }
+
+    #[test]
+    fn accepts_what_envoys_parser_also_takes() {
+        // Each checked against Envoy 1.36.2 (`--mode validate`): a quoted enum number, a wrapper
+        // as `{value: n}`, a `+` before a quoted integer, "Infinity" for a double.
+        let gzip = "envoy.extensions.compression.gzip.compressor.v3.Gzip";
+        assert!(
+            check(
+                gzip,
+                json!({"compression_strategy": "1", "memory_level": {"value": 9}})
+            )
+            .is_empty()
+        );
+        let e = check(gzip, json!({"memory_level": {"value": 10}}));
+        assert!(e[0].contains("less than or equal to 9"), "{e:?}");
+        let e = check(gzip, json!({"memory_level": {"valu": 1}}));
+        assert!(e[0].contains("unknown field \"valu\""), "{e:?}");
+        let e = check(gzip, json!({"compression_strategy": "7"}));
+        assert!(e[0].contains("unknown enum value \"7\""), "{e:?}");
+        let sock = "envoy.config.core.v3.SocketOption";
+        assert!(check(sock, json!({"name": "+9", "int_value": 1})).is_empty());
+        let hist = "envoy.config.metrics.v3.HistogramBucketSettings";
+        assert!(
+            check(
+                hist,
+                json!({"match": {"prefix": "a"}, "buckets": [1, "Infinity"]})
+            )
+            .is_empty()
         );
     }
 
