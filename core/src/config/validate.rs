@@ -678,10 +678,17 @@ fn apply_rules(cx: &mut Ctx, path: &FieldPath, f: &FieldDesc, value: &Value, rul
         }
         _ => value,
     };
-    let Some((kind, r)) = rules.as_object().and_then(|o| o.iter().next()) else {
+    let Some(rules) = rules.as_object() else {
         return;
     };
-    match kind.as_str() {
+    // `message` (required/skip) sits beside the type's rules (`uint32` for a UInt32Value).
+    for (kind, r) in rules {
+        type_rules(cx, path, f, value, kind, r);
+    }
+}
+
+fn type_rules(cx: &mut Ctx, path: &FieldPath, f: &FieldDesc, value: &Value, kind: &str, r: &Value) {
+    match kind {
         "string" => {
             if let Value::String(s) = value {
                 string_rules(cx, path, s, r);
@@ -1220,6 +1227,22 @@ mod tests {
             json!({"key": "bad\nheader", "value": "v"}),
         );
         assert!(e[0].contains("HTTP header name"), "{e:?}");
+        // a wrapper's own rules beside message.required
+        let e = check(
+            "envoy.extensions.filters.http.buffer.v3.Buffer",
+            json!({"max_request_bytes": 0}),
+        );
+        assert_eq!(
+            e,
+            vec![
+                "x.max_request_bytes: proto constraint validation failed: value must be greater than 0"
+            ]
+        );
+        let e = check("envoy.extensions.filters.http.buffer.v3.Buffer", json!({}));
+        assert_eq!(
+            e,
+            vec!["x.max_request_bytes: proto constraint validation failed: value is required"]
+        );
         // PGV does not apply inside typed metadata
         assert!(
             check(
