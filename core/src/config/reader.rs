@@ -15,6 +15,11 @@
 //! - at most one field of a `oneof` may be set;
 //! - `typed_config` (`google.protobuf.Any`) is judged by its `@type`; `xds.type.v3.TypedStruct`
 //!   and `udpa.type.v1.TypedStruct` wrappers are unwrapped.
+//!
+//! With the `envoy-schema` feature (the companion's), what the typed readers leave is checked
+//! against Envoy 1.36.2's schema ([`super::validate`]) by the same rules: kept and ignored fields
+//! in [`Obj::finish`], [`Obj::raw_message`], and the content of every `Any` ([`any`]; withdrawn
+//! when a typed reader reads it with [`Any::obj`], reported by [`Ctx::settle`] otherwise).
 
 use super::error::{ConfigError, ErrorKind, FieldPath, Warning};
 use crate::status::{StatusRange, StatusRanges};
@@ -1290,6 +1295,49 @@ mod tests {
         assert!(any(&mut cx, &p, &json!("x")).is_none());
         assert_eq!(cx.errors.len(), 3);
         assert!(cx.errors[0].message.contains("missing \"@type\""));
+    }
+
+    #[cfg(feature = "envoy-schema")]
+    #[test]
+    fn schema_findings_in_an_any_are_withdrawn_when_a_reader_reads_it() {
+        let v = json!({"@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
+                       "collector_clusterr": "c"});
+        let p = FieldPath::root().field("typed_config");
+        // Not read: reported once the document is read.
+        let mut cx = Ctx::default();
+        any(&mut cx, &p, &v).unwrap();
+        assert!(cx.errors.is_empty());
+        cx.settle();
+        assert_eq!(
+            cx.errors[0].to_string(),
+            "typed_config: unknown field \"collector_clusterr\" (did you mean \"collector_cluster\"?)"
+        );
+        // Read by a typed reader: its own findings only.
+        let mut cx = Ctx::default();
+        let a = any(&mut cx, &p, &v).unwrap();
+        a.obj(&mut cx, &M).finish(&mut cx);
+        cx.settle();
+        assert_eq!(cx.errors.len(), 1, "{:?}", cx.errors);
+        assert!(cx.errors[0].message.contains("(not a field of test.M)"));
+        // Kept fields are checked at finish.
+        let mut cx = Ctx::default();
+        static KEEPS: Message = Message {
+            name: "envoy.config.core.v3.SocketOption",
+            fields: &[
+                keep("level"),
+                keep("state"),
+                keep("int_value").oneof("value"),
+            ],
+            removed: &[],
+        };
+        let v = json!({"level": 1.5, "state": "STATE_BOUNDD", "int_value": 1});
+        Obj::new(&mut cx, p.clone(), &v, &KEEPS)
+            .unwrap()
+            .finish(&mut cx);
+        let errors: Vec<String> = cx.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with("typed_config.level: expected an integer"));
+        assert!(errors[1].starts_with("typed_config.state: unknown enum value \"STATE_BOUNDD\""));
     }
 
     #[test]
