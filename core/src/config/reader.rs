@@ -33,6 +33,7 @@ pub(crate) struct Ctx {
     /// What Envoy's schema found in the content of each `Any` (by the content's path), held
     /// back until the end of the load ([`Ctx::settle`]): a typed reader that reads the content
     /// itself ([`Any::obj`]) withdraws them and reports what it reads in its own words.
+    #[cfg(feature = "envoy-schema")]
     deferred: Vec<(FieldPath, Vec<ConfigError>)>,
 }
 
@@ -40,6 +41,7 @@ impl Ctx {
     /// Moves the schema findings no typed reader withdrew into `errors` (once per error, in
     /// document order of their `Any`). Call once the whole document is read.
     pub fn settle(&mut self) {
+        #[cfg(feature = "envoy-schema")]
         for (_, errors) in std::mem::take(&mut self.deferred) {
             for error in errors {
                 if !self.errors.contains(&error) {
@@ -535,6 +537,7 @@ impl<'a> Any<'a> {
     /// The fields of the typed message, for a typed reader: the schema check's findings in them
     /// are withdrawn (the reader reports what it reads, [`Obj::finish`] checks the rest).
     pub fn obj(&self, cx: &mut Ctx, message: &'static Message) -> Obj<'a> {
+        #[cfg(feature = "envoy-schema")]
         cx.deferred.retain(|(path, _)| *path != self.path);
         match self.map {
             Some(map) => Obj::from_map(cx, self.path.clone(), map, message, self.skip_type),
