@@ -563,6 +563,14 @@ fn any(cx: &mut Ctx, path: &FieldPath, value: &Value, walk: Walk) {
                 path,
                 "missing \"@type\": a typed_config must say which message it holds",
             );
+        } else if walk.pgv {
+            // Envoy parses `{}`, then finds no extension for it (each place checked: filters,
+            // listener filters, access loggers, tracers, per-route configs).
+            cx.invalid(
+                path,
+                "Didn't find a registered implementation with type URL: '' (an empty \
+                 typed_config names no extension)",
+            );
         }
         return;
     };
@@ -1158,6 +1166,13 @@ mod tests {
         );
         assert!(
             e[0].starts_with("x.typed_config.value: unknown field \"collector_clusterr\""),
+            "{e:?}"
+        );
+        let e = check(tracing, json!({"name": "z", "typed_config": {}}));
+        assert!(
+            e[0].starts_with(
+                "x.typed_config: Didn't find a registered implementation with type URL: ''"
+            ),
             "{e:?}"
         );
         // Struct, Value and wrapped well-known types
