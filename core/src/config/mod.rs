@@ -49,6 +49,8 @@
 
 mod circuit_breakers;
 mod cluster;
+#[cfg(feature = "envoy-schema")]
+mod envoy_schema;
 mod error;
 mod filters;
 mod health_check;
@@ -58,6 +60,10 @@ pub(crate) mod reader;
 mod schema;
 mod tls;
 mod types;
+#[cfg(feature = "envoy-schema")]
+mod validate;
+#[cfg(feature = "envoy-schema")]
+pub use validate::schema_errors;
 
 pub use circuit_breakers::{CircuitBreakers, RetryBudget, RoutingPriority, Thresholds};
 pub use error::{ConfigError, ConfigErrors, ErrorKind, FieldPath, Location, Warning};
@@ -87,6 +93,13 @@ pub struct Loaded {
 pub fn from_value(value: &Value) -> Result<Loaded, ConfigErrors> {
     let mut cx = Ctx::default();
     let bootstrap = bootstrap(&mut cx, value);
+    cx.settle();
+    // Parts the typed readers take without reading all of them: checked as a whole against
+    // Envoy's schema once the readers are content (an error there would repeat theirs).
+    #[cfg(feature = "envoy-schema")]
+    if cx.errors.is_empty() {
+        validate::bootstrap(&mut cx, value);
+    }
     if cx.errors.is_empty() {
         Ok(Loaded {
             bootstrap,

@@ -15,6 +15,11 @@
 //! - at most one field of a `oneof` may be set;
 //! - `typed_config` (`google.protobuf.Any`) is judged by its `@type`; `xds.type.v3.TypedStruct`
 //!   and `udpa.type.v1.TypedStruct` wrappers are unwrapped.
+//!
+//! With the `envoy-schema` feature (the companion's), what the typed readers leave is checked
+//! against Envoy 1.36.2's schema ([`super::validate`]) by the same rules: kept and ignored fields
+//! in [`Obj::finish`], [`Obj::raw_message`], and the content of every `Any` ([`any`]; withdrawn
+//! when a typed reader reads it with [`Any::obj`], reported by [`Ctx::settle`] otherwise).
 
 use super::error::{ConfigError, ErrorKind, FieldPath, Warning};
 use crate::status::{StatusRange, StatusRanges};
@@ -25,9 +30,27 @@ use serde_json::{Map, Value};
 pub(crate) struct Ctx {
     pub errors: Vec<ConfigError>,
     pub warnings: Vec<Warning>,
+    /// What Envoy's schema found in the content of each `Any` (by the content's path), held
+    /// back until the end of the load ([`Ctx::settle`]): a typed reader that reads the content
+    /// itself ([`Any::obj`]) withdraws them and reports what it reads in its own words.
+    #[cfg(feature = "envoy-schema")]
+    deferred: Vec<(FieldPath, Vec<ConfigError>)>,
 }
 
 impl Ctx {
+    /// Moves the schema findings no typed reader withdrew into `errors` (once per error, in
+    /// document order of their `Any`). Call once the whole document is read.
+    pub fn settle(&mut self) {
+        #[cfg(feature = "envoy-schema")]
+        for (_, errors) in std::mem::take(&mut self.deferred) {
+            for error in errors {
+                if !self.errors.contains(&error) {
+                    self.errors.push(error);
+                }
+            }
+        }
+    }
+
     pub fn invalid(&mut self, path: &FieldPath, message: impl Into<String>) {
         self.push(ErrorKind::Invalid, path, message.into());
     }
@@ -229,6 +252,9 @@ struct Entry<'a> {
 /// each remaining field's [`Treat`].
 pub(crate) struct Obj<'a> {
     pub path: FieldPath,
+    /// The message read (its Envoy name finds the schema of what the reader leaves).
+    #[cfg_attr(not(feature = "envoy-schema"), allow(dead_code))]
+    message: &'static Message,
     entries: Vec<Entry<'a>>,
 }
 
@@ -317,7 +343,11 @@ impl<'a> Obj<'a> {
                 );
             }
         }
-        Obj { path, entries }
+        Obj {
+            path,
+            message,
+            entries,
+        }
     }
 
     /// Whether `name` is set (not null).
@@ -338,10 +368,13 @@ impl<'a> Obj<'a> {
         Some((self.path.field(name), entry.value))
     }
 
-    /// A message-typed field kept as written: it must at least be a mapping.
+    /// A message-typed field kept as written: it must at least be a mapping, and (with the
+    /// `envoy-schema` feature) what it holds must be valid for Envoy.
     pub fn raw_message(&mut self, cx: &mut Ctx, name: &str) -> Option<Value> {
         let (path, value) = self.take(name)?;
         if value.is_object() {
+            #[cfg(feature = "envoy-schema")]
+            super::validate::field(cx, &path, self.message.name, name, value);
             Some(value.clone())
         } else {
             cx.invalid(
@@ -446,10 +479,16 @@ impl<'a> Obj<'a> {
         any(cx, &path, value)
     }
 
-    /// Applies [`Treat`] to every set field the typed reader did not take.
+    /// Applies [`Treat`] to every set field the typed reader did not take. With the
+    /// `envoy-schema` feature, kept and ignored fields are checked against Envoy's schema, so a
+    /// file Envoy refuses is refused here too.
     pub fn finish(self, cx: &mut Ctx) {
         for entry in self.entries.iter().filter(|e| !e.taken) {
             let path = self.path.field(entry.field.name);
+            #[cfg(feature = "envoy-schema")]
+            if matches!(entry.field.treat, Treat::Keep | Treat::Warn(_)) {
+                super::validate::field(cx, &path, self.message.name, entry.field.name, entry.value);
+            }
             match entry.field.treat {
                 Treat::Read | Treat::Keep => {}
                 Treat::Warn(why) => cx.warn(&path, why),
@@ -495,12 +534,16 @@ impl<'a> Any<'a> {
         self.type_name == name
     }
 
-    /// The fields of the typed message.
+    /// The fields of the typed message, for a typed reader: the schema check's findings in them
+    /// are withdrawn (the reader reports what it reads, [`Obj::finish`] checks the rest).
     pub fn obj(&self, cx: &mut Ctx, message: &'static Message) -> Obj<'a> {
+        #[cfg(feature = "envoy-schema")]
+        cx.deferred.retain(|(path, _)| *path != self.path);
         match self.map {
             Some(map) => Obj::from_map(cx, self.path.clone(), map, message, self.skip_type),
             None => Obj {
                 path: self.path.clone(),
+                message,
                 entries: Vec::new(),
             },
         }
@@ -569,6 +612,7 @@ pub(crate) fn any<'a>(cx: &mut Ctx, path: &FieldPath, value: &'a Value) -> Optio
         {
             cx.invalid(path, format!("unknown field \"{extra}\" in a TypedStruct"));
         }
+        check_any(cx, &path.field("type_url"), &value_path, &inner_url, inner);
         return Some(Any {
             type_url: inner_url,
             type_name: inner_name,
@@ -578,6 +622,7 @@ pub(crate) fn any<'a>(cx: &mut Ctx, path: &FieldPath, value: &'a Value) -> Optio
             via_typed_struct: true,
         });
     }
+    check_any(cx, &path.field("@type"), path, &type_url, Some(map));
     Some(Any {
         type_url,
         type_name,
@@ -586,6 +631,26 @@ pub(crate) fn any<'a>(cx: &mut Ctx, path: &FieldPath, value: &'a Value) -> Optio
         skip_type: true,
         via_typed_struct: false,
     })
+}
+
+/// Checks an `Any`'s content (`map`, at `path`) against Envoy's schema for `type_url`, and
+/// defers what it finds (see [`Ctx::settle`]). Without the `envoy-schema` feature, nothing.
+#[cfg_attr(not(feature = "envoy-schema"), allow(unused_variables))]
+fn check_any(
+    cx: &mut Ctx,
+    type_path: &FieldPath,
+    path: &FieldPath,
+    type_url: &str,
+    map: Option<&Map<String, Value>>,
+) {
+    #[cfg(feature = "envoy-schema")]
+    {
+        let mut found = Ctx::default();
+        super::validate::any_body(&mut found, type_path, path, type_url, map);
+        if !found.errors.is_empty() {
+            cx.deferred.push((path.clone(), found.errors));
+        }
+    }
 }
 
 fn parse_type_url(cx: &mut Ctx, path: &FieldPath, url: &str) -> Option<String> {
@@ -1233,6 +1298,49 @@ mod tests {
         assert!(any(&mut cx, &p, &json!("x")).is_none());
         assert_eq!(cx.errors.len(), 3);
         assert!(cx.errors[0].message.contains("missing \"@type\""));
+    }
+
+    #[cfg(feature = "envoy-schema")]
+    #[test]
+    fn schema_findings_in_an_any_are_withdrawn_when_a_reader_reads_it() {
+        let v = json!({"@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
+                       "collector_clusterr": "c"});
+        let p = FieldPath::root().field("typed_config");
+        // Not read: reported once the document is read.
+        let mut cx = Ctx::default();
+        any(&mut cx, &p, &v).unwrap();
+        assert!(cx.errors.is_empty());
+        cx.settle();
+        assert_eq!(
+            cx.errors[0].to_string(),
+            "typed_config: unknown field \"collector_clusterr\" (did you mean \"collector_cluster\"?)"
+        );
+        // Read by a typed reader: its own findings only.
+        let mut cx = Ctx::default();
+        let a = any(&mut cx, &p, &v).unwrap();
+        a.obj(&mut cx, &M).finish(&mut cx);
+        cx.settle();
+        assert_eq!(cx.errors.len(), 1, "{:?}", cx.errors);
+        assert!(cx.errors[0].message.contains("(not a field of test.M)"));
+        // Kept fields are checked at finish.
+        let mut cx = Ctx::default();
+        static KEEPS: Message = Message {
+            name: "envoy.config.core.v3.SocketOption",
+            fields: &[
+                keep("level"),
+                keep("state"),
+                keep("int_value").oneof("value"),
+            ],
+            removed: &[],
+        };
+        let v = json!({"level": 1.5, "state": "STATE_BOUNDD", "int_value": 1});
+        Obj::new(&mut cx, p.clone(), &v, &KEEPS)
+            .unwrap()
+            .finish(&mut cx);
+        let errors: Vec<String> = cx.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with("typed_config.level: expected an integer"));
+        assert!(errors[1].starts_with("typed_config.state: unknown enum value \"STATE_BOUNDD\""));
     }
 
     #[test]
