@@ -249,10 +249,11 @@ mod tests {
 mod agreement {
     use super::schema;
 
-    const SOURCES: [(&str, &str); 3] = [
+    const SOURCES: [(&str, &str); 4] = [
         ("schema.rs", include_str!("schema.rs")),
         ("rbac.rs", include_str!("rbac.rs")),
         ("circuit_breakers.rs", include_str!("circuit_breakers.rs")),
+        ("tls.rs", include_str!("tls.rs")),
     ];
 
     /// (file, message name, field names) of each `Message { name: "...", fields: &[...] }`.

@@ -193,6 +193,11 @@ static TLS_CERTIFICATE: Message = Message {
             "watched_directory",
             "rotating certificates from a watched directory is not implemented by vigil yet",
         ),
+        reject(
+            "pkcs12",
+            "PKCS#12 certificate bundles are not supported by vigil: give certificate_chain and \
+             private_key in PEM",
+        ),
         reject("private_key_provider", NOT_SERVED),
         reject(
             "password",
