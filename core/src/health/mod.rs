@@ -19,6 +19,12 @@
 
 use std::fmt;
 
+pub mod cluster;
+mod verdict;
+
+pub use cluster::{ClusterHealth, ClusterSettings, HealthCheckStats, ProbeToken, RemovalRule};
+pub use verdict::Verdict;
+
 /// Host health flags, with the names and the print order of Envoy's `HEALTH_FLAG_ENUM_VALUES`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct HealthFlags(u16);
