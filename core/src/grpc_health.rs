@@ -305,6 +305,16 @@ pub fn judge(http_status: u16, grpc_status: Option<&str>, data: &[u8]) -> Verdic
     }
 }
 
+/// The verdict on one unframed `HealthCheckResponse` of a call that ended with grpc-status 0
+/// (the filter gets the message from Envoy already unframed): passing only when it decodes to
+/// `SERVING`.
+pub fn judge_message(message: &[u8]) -> Verdict {
+    match decode_response(message) {
+        Ok(ServingStatus::Serving) => Verdict::HEALTHY,
+        _ => Verdict::active(false, false),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[cfg(target_arch = "wasm32")]

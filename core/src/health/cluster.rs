@@ -29,7 +29,7 @@ use super::{FailureType, HealthFlags, HostHealth, Outcome, Policy, StatDelta, Ve
 use crate::outlier::{Outcome as Observed, OutlierConfig, OutlierDetector, OutlierEvent};
 use crate::schedule::Intervals;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BinaryHeap;
 
 /// What a cluster does with a host that left its membership.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,7 +222,9 @@ pub struct ClusterHealth<K: Ord + Clone, S, X: Default = ()> {
     settings: ClusterSettings,
     slots: Vec<Option<Entry<K, S, X>>>,
     free: Vec<u32>,
-    index: BTreeMap<K, u32>,
+    /// Key -> slot, sorted by key (a sorted vector rather than a `BTreeMap`: far less code in
+    /// the wasm filter; membership updates re-sort once per update, not once per host).
+    index: Vec<(K, u32)>,
     /// Slots in membership order (the listed order, then hosts pending removal).
     order: Vec<u32>,
     due: BinaryHeap<Reverse<(u64, u32, u32)>>,
@@ -244,7 +246,7 @@ impl<K: Ord + Clone, S: PartialEq, X: Default> ClusterHealth<K, S, X> {
             settings,
             slots: Vec::new(),
             free: Vec::new(),
-            index: BTreeMap::new(),
+            index: Vec::new(),
             order: Vec::new(),
             due: BinaryHeap::new(),
             outlier,
@@ -282,7 +284,7 @@ impl<K: Ord + Clone, S: PartialEq, X: Default> ClusterHealth<K, S, X> {
     }
 
     pub fn contains(&self, key: &K) -> bool {
-        self.index.contains_key(key)
+        self.slot_of(key).is_some()
     }
 
     /// The owned outlier detector, if any.
@@ -302,6 +304,10 @@ impl<K: Ord + Clone, S: PartialEq, X: Default> ClusterHealth<K, S, X> {
                     .all(|e| !e.checked || !e.health.first_check());
         }
         self.initialized
+    }
+
+    fn slot_of(&self, key: &K) -> Option<u32> {
+        lookup(&self.index, key)
     }
 
     fn entry(&self, slot: u32) -> Option<&Entry<K, S, X>> {
@@ -331,11 +337,12 @@ impl<K: Ord + Clone, S: PartialEq, X: Default> ClusterHealth<K, S, X> {
         rng: &mut dyn FnMut() -> u64,
     ) -> MembershipChange {
         let mut change = MembershipChange::default();
+        let sorted = self.index.len();
         let old_order = std::mem::take(&mut self.order);
         let mut listed: Vec<u32> = Vec::new();
         let mut seen = vec![false; self.slots.len()];
         for (key, info, spec) in members {
-            if let Some(&slot) = self.index.get(&key) {
+            if let Some(slot) = lookup(&self.index[..sorted], &key) {
                 if seen.get(slot as usize).copied().unwrap_or(true) {
                     continue;
                 }
@@ -394,6 +401,29 @@ impl<K: Ord + Clone, S: PartialEq, X: Default> ClusterHealth<K, S, X> {
                 change.removed += 1;
             }
         }
+        // New keys were appended: sort once, forget the second session of a key listed twice,
+        // then drop the removed hosts' entries.
+        self.index.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut duplicates = Vec::new();
+        for pair in self.index.windows(2) {
+            if pair[0].0 == pair[1].0 {
+                duplicates.push(pair[1].1);
+            }
+        }
+        for &slot in &duplicates {
+            // The first copy keeps the key's outlier state.
+            if let Some(e) = self.slots.get_mut(slot as usize).and_then(Option::take) {
+                if e.checked {
+                    self.stats.apply(e.health.gauges_at_removal());
+                }
+                self.free.push(slot);
+            }
+            change.added -= 1;
+            listed.retain(|&s| s != slot);
+        }
+        let slots = &self.slots;
+        self.index
+            .retain(|(_, slot)| slots.get(*slot as usize).is_some_and(Option::is_some));
         if change.added + change.removed > 0 {
             change.changed = true;
         }
@@ -461,7 +491,7 @@ impl<K: Ord + Clone, S: PartialEq, X: Default> ClusterHealth<K, S, X> {
         if let Some(due) = next_due {
             self.due.push(Reverse((due, slot, generation)));
         }
-        self.index.insert(key, slot);
+        self.index.push((key, slot));
         slot
     }
 
@@ -475,7 +505,6 @@ impl<K: Ord + Clone, S: PartialEq, X: Default> ClusterHealth<K, S, X> {
         if let Some(o) = self.outlier.as_mut() {
             o.remove_host(&e.key);
         }
-        self.index.remove(&e.key);
         self.free.push(slot);
     }
 
@@ -535,7 +564,7 @@ impl<K: Ord + Clone, S: PartialEq, X: Default> ClusterHealth<K, S, X> {
 
     /// The token of `key`'s check in flight, if one is.
     pub fn in_flight(&self, key: &K) -> Option<ProbeToken> {
-        let &slot = self.index.get(key)?;
+        let slot = self.slot_of(key)?;
         let e = self.entry(slot)?;
         (e.checked && e.next_due.is_none()).then_some(ProbeToken {
             slot,
@@ -551,7 +580,7 @@ impl<K: Ord + Clone, S: PartialEq, X: Default> ClusterHealth<K, S, X> {
 
     /// The current token of `key` (in flight or not): what [`Self::extra_mut`] takes.
     pub fn token(&self, key: &K) -> Option<ProbeToken> {
-        let &slot = self.index.get(key)?;
+        let slot = self.slot_of(key)?;
         let e = self.entry(slot)?;
         Some(ProbeToken {
             slot,
@@ -632,7 +661,7 @@ impl<K: Ord + Clone, S: PartialEq, X: Default> ClusterHealth<K, S, X> {
     /// the host is unknown or not actively checked (Envoy's null health-check monitor).
     pub fn passive_immediate_fail(&mut self, key: &K) -> Option<Applied> {
         let check = self.settings.check?;
-        let &slot = self.index.get(key)?;
+        let slot = self.slot_of(key)?;
         let e = self.entry(slot)?;
         if !e.checked {
             return None;
@@ -663,10 +692,8 @@ impl<K: Ord + Clone, S: PartialEq, X: Default> ClusterHealth<K, S, X> {
         now_ms: u64,
         rng: &mut dyn FnMut() -> u64,
     ) -> Option<Vec<OutlierEvent<K>>> {
+        self.slot_of(key)?;
         let o = self.outlier.as_mut()?;
-        if !self.index.contains_key(key) {
-            return None;
-        }
         Some(o.record(key, observed, now_ms, rng))
     }
 
@@ -700,7 +727,7 @@ impl<K: Ord + Clone, S: PartialEq, X: Default> ClusterHealth<K, S, X> {
 
     /// One host's view.
     pub fn host(&self, key: &K) -> Option<HostView<'_, K, S, X>> {
-        let e = self.entry(*self.index.get(key)?)?;
+        let e = self.entry(self.slot_of(key)?)?;
         Some(HostView {
             key: &e.key,
             spec: &e.spec,
@@ -718,4 +745,11 @@ impl<K: Ord + Clone, S: PartialEq, X: Default> ClusterHealth<K, S, X> {
             .flatten()
             .map(|e| (&e.key, &mut e.extra))
     }
+}
+
+fn lookup<K: Ord>(index: &[(K, u32)], key: &K) -> Option<u32> {
+    index
+        .binary_search_by(|(k, _)| k.cmp(key))
+        .ok()
+        .map(|i| index[i].1)
 }
