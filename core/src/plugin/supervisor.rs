@@ -247,6 +247,12 @@ impl Supervisor {
         }
     }
 
+    /// A host's final flags (active checking and outlier detection), as core's engine keeps them.
+    pub fn host_flags(&self, cluster: &str, host: &str) -> Option<HealthFlags> {
+        let c = self.clusters.get(cluster)?;
+        c.health.host(&host.to_string()).map(|view| view.flags)
+    }
+
     /// Every host's current verdict (generation: the last published one).
     pub fn verdicts(&self) -> VerdictTable {
         let mut hosts = VecMap::new();
