@@ -223,7 +223,7 @@ pub struct ClusterHealth<K: Ord + Clone, S, X: Default = ()> {
     slots: Vec<Option<Entry<K, S, X>>>,
     free: Vec<u32>,
     /// Key -> slot, sorted by key (a sorted vector rather than a `BTreeMap`: far less code in
-    /// the wasm filter; membership updates re-sort once per update, not once per host).
+    /// the wasm filter; lookups are binary searches, removals one `retain` per update).
     index: Vec<(K, u32)>,
     /// Slots in membership order (the listed order, then hosts pending removal).
     order: Vec<u32>,
@@ -337,12 +337,11 @@ impl<K: Ord + Clone, S: PartialEq, X: Default> ClusterHealth<K, S, X> {
         rng: &mut dyn FnMut() -> u64,
     ) -> MembershipChange {
         let mut change = MembershipChange::default();
-        let sorted = self.index.len();
         let old_order = std::mem::take(&mut self.order);
         let mut listed: Vec<u32> = Vec::new();
         let mut seen = vec![false; self.slots.len()];
         for (key, info, spec) in members {
-            if let Some(slot) = lookup(&self.index[..sorted], &key) {
+            if let Some(slot) = self.slot_of(&key) {
                 if seen.get(slot as usize).copied().unwrap_or(true) {
                     continue;
                 }
@@ -400,26 +399,6 @@ impl<K: Ord + Clone, S: PartialEq, X: Default> ClusterHealth<K, S, X> {
                 self.remove(slot);
                 change.removed += 1;
             }
-        }
-        // New keys were appended: sort once, forget the second session of a key listed twice,
-        // then drop the removed hosts' entries.
-        self.index.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut duplicates = Vec::new();
-        for pair in self.index.windows(2) {
-            if pair[0].0 == pair[1].0 {
-                duplicates.push(pair[1].1);
-            }
-        }
-        for &slot in &duplicates {
-            // The first copy keeps the key's outlier state.
-            if let Some(e) = self.slots.get_mut(slot as usize).and_then(Option::take) {
-                if e.checked {
-                    self.stats.apply(e.health.gauges_at_removal());
-                }
-                self.free.push(slot);
-            }
-            change.added -= 1;
-            listed.retain(|&s| s != slot);
         }
         let slots = &self.slots;
         self.index
@@ -491,7 +470,13 @@ impl<K: Ord + Clone, S: PartialEq, X: Default> ClusterHealth<K, S, X> {
         if let Some(due) = next_due {
             self.due.push(Reverse((due, slot, generation)));
         }
-        self.index.push((key, slot));
+        // Kept sorted by inserting in place: one binary search and one shift per new host
+        // (membership changes are rare; this keeps a sort routine out of the wasm filter).
+        let at = self
+            .index
+            .binary_search_by(|(k, _)| k.cmp(&key))
+            .unwrap_or_else(|at| at);
+        self.index.insert(at, (key, slot));
         slot
     }
 
