@@ -103,8 +103,10 @@ fn hosts_start_failed_and_the_first_pass_admits_them() {
     assert_eq!(e.stats().healthy, 2);
     assert_eq!(e.next_deadline(), Some(INTERVAL));
     assert_eq!(run(&mut e, INTERVAL - 1, |_| Verdict::HEALTHY), 0);
-    // An unchanged list changes nothing.
+    // An unchanged list changes nothing; the same hosts in another order do.
     assert!(!e.set_members(members(&[1, 2]), 5, &mut rng()).changed);
+    assert!(e.set_members(members(&[2, 1]), 6, &mut rng()).changed);
+    assert_eq!(e.hosts().map(|h| *h.key).collect::<Vec<_>>(), vec![2, 1]);
 }
 
 #[test]

@@ -338,6 +338,7 @@ impl<K: Ord + Clone, S: PartialEq, X: Default> ClusterHealth<K, S, X> {
     ) -> MembershipChange {
         let mut change = MembershipChange::default();
         let old_order = std::mem::take(&mut self.order);
+        let previous_order = old_order.clone();
         let mut listed: Vec<u32> = Vec::new();
         let mut seen = vec![false; self.slots.len()];
         for (key, info, spec) in members {
@@ -403,7 +404,8 @@ impl<K: Ord + Clone, S: PartialEq, X: Default> ClusterHealth<K, S, X> {
         let slots = &self.slots;
         self.index
             .retain(|(_, slot)| slots.get(*slot as usize).is_some_and(Option::is_some));
-        if change.added + change.removed > 0 {
+        // A new order alone is a change too (round robin walks the hosts in this order).
+        if change.added + change.removed > 0 || listed != previous_order {
             change.changed = true;
         }
         self.order = listed;
