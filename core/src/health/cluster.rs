@@ -28,6 +28,7 @@
 use super::{FailureType, HealthFlags, HostHealth, Outcome, Policy, StatDelta, Verdict};
 use crate::outlier::{Outcome as Observed, OutlierConfig, OutlierDetector, OutlierEvent};
 use crate::schedule::Intervals;
+use std::borrow::Borrow;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
@@ -283,7 +284,10 @@ impl<K: Ord + Clone, S: PartialEq, X: Default> ClusterHealth<K, S, X> {
         self.index.is_empty()
     }
 
-    pub fn contains(&self, key: &K) -> bool {
+    pub fn contains<Q: Ord + ?Sized>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+    {
         self.slot_of(key).is_some()
     }
 
@@ -306,7 +310,10 @@ impl<K: Ord + Clone, S: PartialEq, X: Default> ClusterHealth<K, S, X> {
         self.initialized
     }
 
-    fn slot_of(&self, key: &K) -> Option<u32> {
+    fn slot_of<Q: Ord + ?Sized>(&self, key: &Q) -> Option<u32>
+    where
+        K: Borrow<Q>,
+    {
         lookup(&self.index, key)
     }
 
@@ -550,7 +557,10 @@ impl<K: Ord + Clone, S: PartialEq, X: Default> ClusterHealth<K, S, X> {
     }
 
     /// The token of `key`'s check in flight, if one is.
-    pub fn in_flight(&self, key: &K) -> Option<ProbeToken> {
+    pub fn in_flight<Q: Ord + ?Sized>(&self, key: &Q) -> Option<ProbeToken>
+    where
+        K: Borrow<Q>,
+    {
         let slot = self.slot_of(key)?;
         let e = self.entry(slot)?;
         (e.checked && e.next_due.is_none()).then_some(ProbeToken {
@@ -566,7 +576,10 @@ impl<K: Ord + Clone, S: PartialEq, X: Default> ClusterHealth<K, S, X> {
     }
 
     /// The current token of `key` (in flight or not): what [`Self::extra_mut`] takes.
-    pub fn token(&self, key: &K) -> Option<ProbeToken> {
+    pub fn token<Q: Ord + ?Sized>(&self, key: &Q) -> Option<ProbeToken>
+    where
+        K: Borrow<Q>,
+    {
         let slot = self.slot_of(key)?;
         let e = self.entry(slot)?;
         Some(ProbeToken {
@@ -646,7 +659,10 @@ impl<K: Ord + Clone, S: PartialEq, X: Default> ClusterHealth<K, S, X> {
     /// resets the success count, counts `failure` and `passive_failure`), then
     /// `/excluded_via_immediate_hc_fail`. The host's next check stays where it was. `None` when
     /// the host is unknown or not actively checked (Envoy's null health-check monitor).
-    pub fn passive_immediate_fail(&mut self, key: &K) -> Option<Applied> {
+    pub fn passive_immediate_fail<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<Applied>
+    where
+        K: Borrow<Q>,
+    {
         let check = self.settings.check?;
         let slot = self.slot_of(key)?;
         let e = self.entry(slot)?;
@@ -713,7 +729,10 @@ impl<K: Ord + Clone, S: PartialEq, X: Default> ClusterHealth<K, S, X> {
     }
 
     /// One host's view.
-    pub fn host(&self, key: &K) -> Option<HostView<'_, K, S, X>> {
+    pub fn host<Q: Ord + ?Sized>(&self, key: &Q) -> Option<HostView<'_, K, S, X>>
+    where
+        K: Borrow<Q>,
+    {
         let e = self.entry(self.slot_of(key)?)?;
         Some(HostView {
             key: &e.key,
@@ -734,9 +753,9 @@ impl<K: Ord + Clone, S: PartialEq, X: Default> ClusterHealth<K, S, X> {
     }
 }
 
-fn lookup<K: Ord>(index: &[(K, u32)], key: &K) -> Option<u32> {
+fn lookup<K: Borrow<Q>, Q: Ord + ?Sized>(index: &[(K, u32)], key: &Q) -> Option<u32> {
     index
-        .binary_search_by(|(k, _)| k.cmp(key))
+        .binary_search_by(|(k, _)| k.borrow().cmp(key))
         .ok()
         .map(|i| index[i].1)
 }

@@ -211,7 +211,7 @@ impl Supervisor {
     ) -> Option<ProbeVerdict> {
         let c = self.clusters.get_mut(cluster)?;
         let p = c.probe.as_ref()?;
-        let token = c.health.in_flight(&host.to_string())?;
+        let token = c.health.in_flight(host)?;
         let verdict = judge(p, answer);
         c.health.on_result(token, verdict, now_ms, true, rng)?;
         if !verdict.passed() {
@@ -250,7 +250,7 @@ impl Supervisor {
     /// A host's final flags (active checking and outlier detection), as core's engine keeps them.
     pub fn host_flags(&self, cluster: &str, host: &str) -> Option<HealthFlags> {
         let c = self.clusters.get(cluster)?;
-        c.health.host(&host.to_string()).map(|view| view.flags)
+        c.health.host(host).map(|view| view.flags)
     }
 
     /// Every host's current verdict (generation: the last published one).
