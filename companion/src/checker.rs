@@ -1,23 +1,28 @@
-//! The per-cluster health-check loop (one task per cluster, DESIGN.md principle 5).
+//! The per-cluster health-check loop (one task per cluster, DESIGN.md principle 5): a tokio
+//! driver of core's [`vigil_core::health::ClusterHealth`].
 //!
-//! The task owns every host's session (`vigil_core::health::HostHealth`), sleeps until the
-//! earliest due check, starts due probes concurrently (a slow host never delays another host's
-//! schedule), applies each result through core, and publishes an immutable [`ClusterSnapshot`]
-//! with `arc-swap` whenever something changed. Readers (admin, proxy) only load the snapshot.
+//! Core decides everything: membership and Envoy's host-removal rule (a host that left DNS but
+//! still passes checks stays, flagged `/pending_dynamic_removal`, unless
+//! `ignore_health_on_host_removal`), which checks are due, what a result or a passive immediate
+//! fail does to a host, and the next delay. This task only sleeps until core's next deadline,
+//! runs due probes concurrently (a slow host never delays another host's schedule), hands each
+//! result back, and publishes an immutable [`ClusterSnapshot`] with `arc-swap` whenever
+//! something changed. Readers (admin, proxy, EDS) only load the snapshot.
 //!
-//! Membership comes from discovery over a `watch` channel; host removal follows Envoy's
-//! STRICT_DNS rules: a host that left DNS but still passes checks stays, flagged
-//! `/pending_dynamic_removal`, until it fails or reappears, unless `ignore_health_on_host_removal`.
+//! The proxy reports `x-envoy-immediate-health-check-fail` on real responses through
+//! [`HealthReports`] ([`ClusterChecker::health_reports`]); the loop applies each report as
+//! Envoy's `setUnhealthyCrossThread` does.
 //!
 //! With outlier detection ([`ClusterChecker::with_outlier`]) the loop keeps the detector's host
 //! list equal to the cluster's, and reports every passing check to it, which un-ejects an
-//! outlier-ejected host (`successful_active_health_check_uneject_host`).
+//! outlier-ejected host (`successful_active_health_check_uneject_host`). The detector itself
+//! stays shared with the request path, which records every attempt synchronously.
 //!
-//! Time is tokio's, so tests run the loop under `start_paused` with scripted probes.
+//! Time is tokio's (milliseconds since the loop was built, core's clock), so tests run the loop
+//! under `start_paused` with scripted probes.
 //!
-//! The loop is built to stay cheap at 10,000 hosts per cluster: due checks come from a timer
-//! queue (a binary heap of `(due, address, generation)`, stale entries skipped when they surface),
-//! so a completion costs O(log N), and snapshots are coalesced. A snapshot copies every host, so
+//! The loop is built to stay cheap at 10,000 hosts per cluster: core's due queue makes a
+//! completion O(log N), and snapshots are coalesced. A snapshot copies every host, so
 //! publishing after every completion would make one interval O(N²); instead a change marks the
 //! snapshot dirty and the loop publishes at most once per gap proportional to the host count
 //! ([`OBSERVABLE_GAP_PER_HOST`] for flags, membership and readiness, which the proxy's picker
@@ -25,19 +30,24 @@
 //! of the task's time whatever N is, and a small cluster still publishes at once.
 
 use crate::outlier::ClusterOutlier;
-use crate::probe::{self, Connection, Finished, ProbeFuture, ProbeResult, Target};
+use crate::probe::{self, Connection, Finished, ProbeFuture, Target};
 use arc_swap::ArcSwap;
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use vigil_core::check::{HealthCheck, Protocol};
-use vigil_core::health::{FailureType, HealthFlags, HostHealth, Outcome, StatDelta, Transition};
+use vigil_core::health::cluster::{
+    Applied, CheckSettings, ClusterHealth, ClusterSettings, FirstCheck, HostInfo, ProbeToken,
+    RemovalRule,
+};
+use vigil_core::health::{HealthFlags, Transition, Verdict};
+
+pub use vigil_core::health::HealthCheckStats;
 
 /// How many transitions per host `/hosts/history` keeps.
 pub const HISTORY_LEN: usize = 32;
@@ -91,11 +101,6 @@ impl HostSpec {
     }
 }
 
-/// The flags bits that come from the endpoint's configured health, not from checking.
-const EDS_FLAGS: HealthFlags = HealthFlags::FAILED_EDS_HEALTH
-    .union(HealthFlags::DEGRADED_EDS_HEALTH)
-    .union(HealthFlags::EDS_STATUS_DRAINING);
-
 /// What the loop needs to know about its cluster.
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
@@ -108,27 +113,35 @@ pub struct ClusterSpec {
     pub ignore_health_on_host_removal: bool,
 }
 
-/// Counters and gauges of `cluster.<name>.health_check.*`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct HealthCheckStats {
-    pub attempt: u64,
-    pub success: u64,
-    pub failure: u64,
-    pub network_failure: u64,
-    pub passive_failure: u64,
-    pub verify_cluster: u64,
-    pub healthy: i64,
-    pub degraded: i64,
+impl ClusterSpec {
+    /// The core engine's parameters for this cluster: Envoy's removal rule (forget at once under
+    /// `ignore_health_on_host_removal`), Envoy's first check.
+    pub fn engine_settings(&self) -> ClusterSettings {
+        ClusterSettings {
+            check: self.check.as_ref().map(|check| CheckSettings {
+                policy: check.policy,
+                intervals: check.intervals,
+            }),
+            removal: if self.ignore_health_on_host_removal {
+                RemovalRule::Forget
+            } else {
+                RemovalRule::KeepWhileHealthy
+            },
+            first_check: FirstCheck::Envoy,
+            ignore_new_hosts_until_first_hc: self.ignore_new_hosts_until_first_hc,
+            outlier: None,
+        }
+    }
 }
 
-impl HealthCheckStats {
-    fn apply(&mut self, delta: StatDelta) {
-        self.success += delta.success;
-        self.failure += delta.failure;
-        self.network_failure += delta.network_failure;
-        self.passive_failure += delta.passive_failure;
-        self.healthy += delta.healthy;
-        self.degraded += delta.degraded;
+impl HostSpec {
+    /// What core's membership needs to know about the host.
+    pub fn info(&self) -> HostInfo {
+        HostInfo {
+            dynamic: self.dynamic,
+            eds_flags: self.eds_flags,
+            active_check_disabled: self.active_check_disabled,
+        }
     }
 }
 
@@ -191,6 +204,34 @@ pub struct DiscoveryCounters {
     pub failure: AtomicU64,
 }
 
+/// What the data path reports to the check loop: hosts whose real responses carried
+/// `x-envoy-immediate-health-check-fail` (Envoy's router calls `setUnhealthy` on the host's
+/// health-check monitor; the session applies it on the main thread).
+#[derive(Debug, Default)]
+pub struct HealthReports {
+    immediate_fail: Mutex<Vec<SocketAddr>>,
+    wake: tokio::sync::Notify,
+}
+
+impl HealthReports {
+    /// `host` answered a proxied request with `x-envoy-immediate-health-check-fail`.
+    pub fn immediate_fail(&self, host: SocketAddr) {
+        self.immediate_fail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(host);
+        self.wake.notify_one();
+    }
+
+    fn take(&self, into: &mut Vec<SocketAddr>) {
+        let mut queue = self
+            .immediate_fail
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        into.append(&mut queue);
+    }
+}
+
 /// How much work the loop did, counted so tests can assert it stays O(log N) per completion
 /// rather than O(N) (timing alone would be flaky); cheap relaxed atomics otherwise unused.
 #[derive(Debug, Default)]
@@ -202,7 +243,7 @@ pub struct CheckerWork {
     /// Host entries written into stored snapshots: all of them when a snapshot is built afresh,
     /// only the changed ones when a released snapshot is rewritten in place.
     pub hosts_published: AtomicU64,
-    /// Sessions examined to find due checks (timer-queue entries popped or peeked past).
+    /// Sessions examined to find due checks (core's due-queue entries popped or peeked past).
     pub sessions_examined: AtomicU64,
 }
 
@@ -222,18 +263,25 @@ enum Dirty {
     Observable,
 }
 
-struct Session {
-    spec: HostSpec,
-    health: HostHealth,
-    /// `None` while a probe is in flight.
-    next_at: Option<Instant>,
+/// The shell's own state of one host, kept by core beside the session and dropped with it.
+#[derive(Default)]
+struct HostState {
     conn: Option<Connection>,
-    /// Distinguishes a re-added host's probes from a removed one's.
-    generation: u64,
     history: VecDeque<HistoryEntry>,
-    /// The number of the first publish that must show this session's current flags and history.
+    /// The number of the first publish that must show this host's current flags and history.
     changed: u64,
 }
+
+impl std::fmt::Debug for HostState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostState")
+            .field("history", &self.history.len())
+            .field("changed", &self.changed)
+            .finish()
+    }
+}
+
+type Engine = ClusterHealth<SocketAddr, HostSpec, HostState>;
 
 /// A snapshot the readers have let go of, kept to be rewritten in place by the next publish.
 struct Spare {
@@ -242,39 +290,24 @@ struct Spare {
     publish: u64,
 }
 
-impl Session {
-    fn snapshot(&self) -> HostSnapshot {
-        HostSnapshot {
-            spec: self.spec.clone(),
-            flags: self.health.flags(),
-            history: self.history.iter().cloned().collect(),
-        }
-    }
-}
-
-type ProbeDone = (SocketAddr, u64, Result<Finished, ()>);
+type ProbeDone = (ProbeToken, Result<Finished, ()>);
 
 /// The per-cluster task. Build it with [`ClusterChecker::new`], run it with [`ClusterChecker::run`].
 pub struct ClusterChecker {
     spec: ClusterSpec,
-    sessions: BTreeMap<SocketAddr, Session>,
-    /// The hosts in membership order, as Envoy keeps them (the order round robin walks): the
-    /// list's order, then the hosts kept only because they are pending removal.
-    order: Vec<SocketAddr>,
-    stats: HealthCheckStats,
+    engine: Engine,
+    /// Core's clock: milliseconds since this instant.
+    epoch: Instant,
     handle: ClusterHandle,
+    reports: Arc<HealthReports>,
     probe: ProbeFn,
     rng: u64,
-    next_generation: u64,
     inflight: JoinSet<ProbeDone>,
-    initialized: bool,
     hosts_version: u64,
     /// The balancing view changed since the last publish (so `hosts_version` must move).
     balancing_changed: bool,
     event_log: Option<crate::events::EventLog>,
     outlier: Option<Arc<ClusterOutlier>>,
-    /// Due checks; an entry is live while its session has that generation and `next_at`.
-    due: BinaryHeap<Reverse<(Instant, SocketAddr, u64)>>,
     dirty: Dirty,
     last_publish: Option<Instant>,
     /// Publishes so far.
@@ -286,6 +319,9 @@ pub struct ClusterChecker {
     stored: Option<usize>,
     spare: Option<Spare>,
     work: Arc<CheckerWork>,
+    /// Reused buffers: due checks of one wake-up, passive reports of one wake-up.
+    ready: Vec<(SocketAddr, ProbeToken)>,
+    reported: Vec<SocketAddr>,
 }
 
 impl ClusterChecker {
@@ -304,21 +340,18 @@ impl ClusterChecker {
             .and_then(|check| check.event_log_path.as_deref())
             .map(crate::events::EventLog::open);
         let checker = ClusterChecker {
+            engine: ClusterHealth::new(spec.engine_settings(), 0),
             spec,
-            sessions: BTreeMap::new(),
-            order: Vec::new(),
-            stats: HealthCheckStats::default(),
+            epoch: Instant::now(),
             handle: handle.clone(),
+            reports: Arc::default(),
             probe,
             rng: seed | 1,
-            next_generation: 0,
             inflight: JoinSet::new(),
-            initialized: false,
             hosts_version: 0,
             balancing_changed: false,
             event_log,
             outlier: None,
-            due: BinaryHeap::new(),
             dirty: Dirty::Clean,
             last_publish: None,
             publishes: 0,
@@ -326,6 +359,8 @@ impl ClusterChecker {
             stored: None,
             spare: None,
             work: Arc::default(),
+            ready: Vec::new(),
+            reported: Vec::new(),
         };
         (checker, handle)
     }
@@ -341,6 +376,19 @@ impl ClusterChecker {
         self.work.clone()
     }
 
+    /// Where the data path reports hosts to this loop (passive immediate fail).
+    pub fn health_reports(&self) -> Arc<HealthReports> {
+        self.reports.clone()
+    }
+
+    fn now_ms(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn instant(&self, ms: u64) -> Instant {
+        self.epoch + Duration::from_millis(ms)
+    }
+
     /// Runs until `shutdown` resolves, following membership from `hosts`.
     pub async fn run(
         mut self,
@@ -353,8 +401,10 @@ impl ClusterChecker {
         self.set_hosts(initial, now);
         self.publish(now);
         let mut membership_open = true;
+        let reports = self.reports.clone();
         loop {
-            let next_due = self.next_due();
+            let next_due = self.engine.next_check_due().map(|ms| self.instant(ms));
+            self.sync_examined();
             let publish_at = self.publish_at();
             tokio::select! {
                 _ = &mut shutdown => break,
@@ -367,9 +417,12 @@ impl ClusterChecker {
                     }
                 }
                 Some(joined) = self.inflight.join_next(), if !self.inflight.is_empty() => {
-                    if let Ok((address, generation, finished)) = joined {
-                        self.finish(address, generation, finished, Instant::now());
+                    if let Ok((token, finished)) = joined {
+                        self.finish(token, finished, Instant::now());
                     }
+                }
+                _ = reports.wake.notified() => {
+                    self.passive_reports();
                 }
                 _ = sleep_until_opt(next_due), if next_due.is_some() => {
                     self.start_due(Instant::now());
@@ -384,137 +437,30 @@ impl ClusterChecker {
         self.inflight.abort_all();
     }
 
-    /// Applies a new membership list (Envoy's `updateDynamicHostList` for the removal rules).
+    fn sync_examined(&self) {
+        self.work
+            .sessions_examined
+            .store(self.engine.work().examined, Ordering::Relaxed);
+    }
+
+    /// Applies a new membership list through core (Envoy's `updateDynamicHostList`).
     fn set_hosts(&mut self, hosts: Vec<HostSpec>, now: Instant) {
-        let view_before = self.balancing_view();
-        let mut listed_set = std::collections::BTreeSet::new();
-        let mut listed: Vec<SocketAddr> = hosts
-            .iter()
-            .map(|h| h.address)
-            .filter(|a| listed_set.insert(*a))
-            .collect();
-        let wanted: BTreeMap<SocketAddr, HostSpec> =
-            hosts.into_iter().map(|h| (h.address, h)).collect();
-        let mut removed = Vec::new();
-        for (address, session) in self.sessions.iter_mut() {
-            if let Some(spec) = wanted.get(address) {
-                session.spec = spec.clone();
-                session
-                    .health
-                    .set_flag(HealthFlags::PENDING_DYNAMIC_REMOVAL, false);
-                session.health.set_flag(EDS_FLAGS, false);
-                session.health.set_flag(spec.eds_flags, true);
-            } else if self.spec.ignore_health_on_host_removal || !session.health.is_active_healthy()
-            {
-                removed.push(*address);
-            } else {
-                session
-                    .health
-                    .set_flag(HealthFlags::PENDING_DYNAMIC_REMOVAL, true);
-            }
-        }
-        for address in removed {
-            if let Some(session) = self.sessions.remove(&address) {
-                self.stats.apply(session.health.gauges_at_removal());
-            }
-        }
-        for (address, spec) in wanted {
-            if self.sessions.contains_key(&address) {
-                continue;
-            }
-            let (mut health, first) = match &self.spec.check {
-                Some(check) if !spec.active_check_disabled => {
-                    let flags = HostHealth::initial_flags(
-                        spec.dynamic,
-                        self.spec.ignore_new_hosts_until_first_hc,
-                    );
-                    let health = HostHealth::new(flags);
-                    self.stats.apply(health.gauges_at_start());
-                    let mut rng = || next_random(&mut self.rng);
-                    let first = match check.intervals.initial_delay_ms(&mut rng) {
-                        None => now,
-                        Some(ms) => now + Duration::from_millis(ms),
-                    };
-                    (health, Some(first))
-                }
-                _ => (HostHealth::new(HealthFlags::empty()), None),
-            };
-            health.set_flag(spec.eds_flags, true);
-            self.next_generation += 1;
-            if let Some(first) = first {
-                self.due
-                    .push(Reverse((first, address, self.next_generation)));
-            }
-            self.sessions.insert(
-                address,
-                Session {
-                    spec,
-                    health,
-                    next_at: first,
-                    conn: None,
-                    generation: self.next_generation,
-                    history: VecDeque::new(),
-                    changed: self.publishes + 1,
-                },
-            );
-        }
-        // Envoy's updateDynamicHostList: the new list in its order, then the hosts it keeps
-        // (pending removal) in their previous order.
-        let kept = self
-            .order
-            .iter()
-            .filter(|a| !listed_set.contains(*a) && self.sessions.contains_key(*a))
-            .copied()
-            .collect::<Vec<_>>();
-        listed.extend(kept);
-        self.order = listed;
+        let now_ms = self.now_ms(now);
+        let rng = &mut self.rng;
+        let change = self.engine.set_members(
+            hosts.into_iter().map(|h| (h.address, h.info(), h)),
+            now_ms,
+            &mut || next_random(rng),
+        );
         if let Some(outlier) = &self.outlier {
-            outlier.set_hosts(self.sessions.keys().copied());
+            outlier.set_hosts(self.engine.hosts().map(|h| *h.key));
         }
-        // Membership updates are rare (DNS refresh, EDS push), so comparing whole views is fine;
-        // an unchanged list must not move `hosts_version`, which readers rebuild on.
-        if self.balancing_view() != view_before {
+        // An unchanged list must not move `hosts_version`, which readers rebuild on.
+        if change.changed {
             self.balancing_changed = true;
         }
         self.membership_changed = self.publishes + 1;
         self.dirty = Dirty::Observable;
-    }
-
-    /// What a load balancer is built from; `hosts_version` moves when it changes.
-    fn balancing_view(&self) -> Vec<(SocketAddr, HealthFlags, u32, u32)> {
-        self.in_order()
-            .map(|s| {
-                (
-                    s.spec.address,
-                    s.health.flags(),
-                    s.spec.weight,
-                    s.spec.priority,
-                )
-            })
-            .collect()
-    }
-
-    /// The earliest live due check, dropping stale queue entries on the way.
-    fn next_due(&mut self) -> Option<Instant> {
-        while let Some(&Reverse((due, address, generation))) = self.due.peek() {
-            if self.is_live(due, address, generation) {
-                return Some(due);
-            }
-            self.due.pop();
-            CheckerWork::add(&self.work.sessions_examined, 1);
-        }
-        None
-    }
-
-    /// The sessions in membership order.
-    fn in_order(&self) -> impl Iterator<Item = &Session> {
-        self.order.iter().filter_map(|a| self.sessions.get(a))
-    }
-
-    fn is_live(&self, due: Instant, address: SocketAddr, generation: u64) -> bool {
-        self.sessions
-            .get(&address)
-            .is_some_and(|s| s.generation == generation && s.next_at == Some(due))
     }
 
     /// When the pending changes must be published, if any.
@@ -524,7 +470,7 @@ impl ClusterChecker {
             Dirty::Counters => COUNTERS_GAP_PER_HOST,
             Dirty::Observable => OBSERVABLE_GAP_PER_HOST,
         };
-        let hosts = u32::try_from(self.sessions.len()).unwrap_or(u32::MAX);
+        let hosts = u32::try_from(self.engine.len()).unwrap_or(u32::MAX);
         let gap = per_host.saturating_mul(hosts);
         Some(
             self.last_publish
@@ -536,38 +482,27 @@ impl ClusterChecker {
         let Some(check) = &self.spec.check else {
             return;
         };
+        let now_ms = self.now_ms(now);
         let timeout = Duration::from_millis(check.timeout_ms);
         let reuse = check.reuse_connection;
-        let mut ready = Vec::new();
-        while let Some(&Reverse((due, address, generation))) = self.due.peek() {
-            if due > now {
-                break;
-            }
-            self.due.pop();
-            CheckerWork::add(&self.work.sessions_examined, 1);
-            if self
-                .sessions
-                .get(&address)
-                .is_some_and(|s| s.generation == generation && s.next_at == Some(due))
-            {
-                ready.push(address);
-            }
+        self.ready.clear();
+        while let Some(due) = self.engine.pop_due(now_ms) {
+            self.ready.push((*due.key, due.token));
         }
+        self.sync_examined();
         // Started in address order, as a scan of the sessions would.
-        ready.sort_unstable();
-        for address in ready {
-            let Some(session) = self.sessions.get_mut(&address) else {
+        self.ready.sort_unstable_by_key(|(address, _)| *address);
+        for &(address, token) in &self.ready {
+            let Some(session) = self.engine.host(&address) else {
                 continue;
             };
-            session.next_at = None;
+            let spec = session.spec;
             self.dirty = self.dirty.max(Dirty::Counters);
-            self.stats.attempt += 1;
             let authority = match &check.protocol {
                 Protocol::Http(http) => http
-                    .authority(session.spec.check_hostname.as_deref(), &self.spec.name)
+                    .authority(spec.check_hostname.as_deref(), &self.spec.name)
                     .to_string(),
-                Protocol::Grpc(grpc) => session
-                    .spec
+                Protocol::Grpc(grpc) => spec
                     .check_hostname
                     .clone()
                     .filter(|h| !h.is_empty())
@@ -576,168 +511,158 @@ impl ClusterChecker {
                 Protocol::Tcp(_) => String::new(),
             };
             let target = Target {
-                address: session.spec.check_address,
+                address: spec.check_address,
                 authority,
                 connect_timeout: self.spec.connect_timeout,
                 timeout,
             };
-            let probe = (self.probe)(&check.protocol, target, session.conn.take(), reuse);
-            let generation = session.generation;
+            let conn = self.engine.extra_mut(token).and_then(|s| s.conn.take());
+            let probe = (self.probe)(&check.protocol, target, conn, reuse);
             self.inflight.spawn(async move {
                 // A timed-out probe is dropped with its connection, as Envoy closes it.
                 let finished = tokio::time::timeout(timeout, probe).await.map_err(|_| ());
-                (address, generation, finished)
+                (token, finished)
             });
         }
     }
 
-    fn finish(
-        &mut self,
-        address: SocketAddr,
-        generation: u64,
-        finished: Result<Finished, ()>,
-        now: Instant,
-    ) {
+    fn finish(&mut self, token: ProbeToken, finished: Result<Finished, ()>, now: Instant) {
         let has_traffic = self.handle.has_traffic.load(Ordering::Relaxed);
-        let Some(session) = self.sessions.get_mut(&address) else {
-            return; // the host was removed while its probe ran
-        };
-        if session.generation != generation {
-            return;
-        }
-        let Some(check) = &self.spec.check else {
-            return;
-        };
-        CheckerWork::add(&self.work.completions, 1);
-        let policy = check.policy;
-        let before = session.health.flags();
-        let mut passed = false;
-        let (outcome, reason): (Outcome, String) = match finished {
-            Err(()) => (
-                session
-                    .health
-                    .on_failure(&policy, FailureType::NetworkTimeout, false),
-                "timeout".to_string(),
-            ),
+        let now_ms = self.now_ms(now);
+        let verdict = match finished {
+            Err(()) => Verdict::timeout(),
             Ok(finished) => {
-                session.conn = finished.keep;
+                // A removed host's connection is dropped with its stale token.
+                if let Some(state) = self.engine.extra_mut(token) {
+                    state.conn = finished.keep;
+                }
                 if finished.verify_cluster {
-                    self.stats.verify_cluster += 1;
+                    self.engine.count_verify_cluster();
                 }
-                match finished.result {
-                    ProbeResult::Healthy { degraded } => {
-                        passed = true;
-                        (
-                            session.health.on_success(&policy, degraded),
-                            if degraded {
-                                "passed (degraded)"
-                            } else {
-                                "passed"
-                            }
-                            .to_string(),
-                        )
-                    }
-                    ProbeResult::Failed {
-                        failure,
-                        retriable,
-                        exclude,
-                    } => {
-                        let outcome = session.health.on_failure(&policy, failure, retriable);
-                        if exclude {
-                            session.health.exclude_via_immediate_fail();
-                        }
-                        let kind = if retriable {
-                            "retriable failure"
-                        } else {
-                            "failure"
-                        };
-                        (outcome, format!("{kind} ({})", failure.name()))
-                    }
-                }
+                finished.result
             }
         };
-        self.stats.apply(outcome.stats);
-        let after = session.health.flags();
-        if passed && let Some(outlier) = &self.outlier {
-            outlier.on_active_health_check_success(address, after);
+        let rng = &mut self.rng;
+        let Some(applied) = self
+            .engine
+            .on_result(token, verdict, now_ms, has_traffic, &mut || {
+                next_random(rng)
+            })
+        else {
+            return; // the host was removed while its probe ran
+        };
+        CheckerWork::add(&self.work.completions, 1);
+        let address = self.engine.key_of(token).copied();
+        if verdict.passed()
+            && let (Some(outlier), Some(address)) = (&self.outlier, address)
+        {
+            outlier.on_active_health_check_success(address, applied.after);
         }
+        if let Some(address) = address {
+            self.record(token, address, &applied, verdict.reason());
+        }
+    }
+
+    /// Applies the data path's passive immediate-fail reports.
+    fn passive_reports(&mut self) {
+        let mut reported = std::mem::take(&mut self.reported);
+        self.reports.take(&mut reported);
+        for address in reported.drain(..) {
+            let Some(applied) = self.engine.passive_immediate_fail(&address) else {
+                continue;
+            };
+            let Some(token) = self.engine.token(&address) else {
+                continue;
+            };
+            self.record(
+                token,
+                address,
+                &applied,
+                "immediate health check fail (PASSIVE)",
+            );
+        }
+        self.reported = reported;
+    }
+
+    /// Publishes, logs and records what a result did.
+    fn record(&mut self, token: ProbeToken, address: SocketAddr, applied: &Applied, reason: &str) {
+        let initialized = self.engine.initialized();
         // Until the cluster is initialised any first result may complete it (`/ready`).
-        self.dirty = self.dirty.max(if after != before || !self.initialized {
+        self.dirty = self.dirty.max(if applied.changed() || !initialized {
             Dirty::Observable
         } else {
             Dirty::Counters
         });
-        if after != before {
+        if applied.changed() {
             self.balancing_changed = true;
-            session.changed = self.publishes + 1;
-            session.history.push_back(HistoryEntry {
-                at: SystemTime::now(),
-                from: before,
-                to: after,
-                reason,
-            });
-            while session.history.len() > HISTORY_LEN {
-                session.history.pop_front();
+            let publish = self.publishes + 1;
+            if let Some(state) = self.engine.extra_mut(token) {
+                state.changed = publish;
+                state.history.push_back(HistoryEntry {
+                    at: SystemTime::now(),
+                    from: applied.before,
+                    to: applied.after,
+                    reason: reason.to_string(),
+                });
+                while state.history.len() > HISTORY_LEN {
+                    state.history.pop_front();
+                }
             }
         }
-        if let Some(log) = &mut self.event_log {
-            for event in &outcome.events {
+        if let (Some(log), Some(check)) = (&mut self.event_log, &self.spec.check) {
+            for event in &applied.outcome.events {
                 log.write(check.protocol.type_name(), &self.spec.name, address, event);
             }
         }
-        // A host that failed while pending removal is dropped at the next membership update,
-        // as Envoy's STRICT_DNS does; until then it stays visible with its flags.
-        let mut rng = || next_random(&mut self.rng);
-        let delay =
-            check
-                .intervals
-                .next_delay_ms(outcome.state, outcome.transition, has_traffic, &mut rng);
-        let next_at = now + Duration::from_millis(delay);
-        session.next_at = Some(next_at);
-        self.due.push(Reverse((next_at, address, generation)));
-        log_transition(&self.spec.name, address, &outcome, before, after);
+        log_transition(&self.spec.name, address, applied);
     }
 
     /// Stores a new snapshot: O(N), so only called when [`Self::publish_at`] says so.
     fn publish(&mut self, now: Instant) {
-        // Latched: hosts added later do not make a running cluster uninitialised again.
-        self.initialized = self.initialized
-            || self.spec.check.is_none()
-            || self.sessions.values().all(|s| !s.health.first_check());
+        let initialized = self.engine.initialized();
         if self.balancing_changed {
             self.balancing_changed = false;
             self.hosts_version += 1;
         }
         self.publishes += 1;
+        let stats = *self.engine.stats();
         let mut written = 0;
         let snapshot = match self.spare.take() {
             // Only the hosts changed since the spare's publish are rewritten: a publish costs a
-            // walk over the sessions plus the changes, not a copy of every host and history.
+            // walk over the hosts plus the changes, not a copy of every host and history.
             Some(Spare {
                 mut snapshot,
                 publish,
             }) if publish >= self.membership_changed => {
-                for (host, session) in snapshot.hosts.iter_mut().zip(self.in_order()) {
-                    if session.changed > publish {
-                        host.flags = session.health.flags();
+                for (host, view) in snapshot.hosts.iter_mut().zip(self.engine.hosts()) {
+                    if view.extra.changed > publish {
+                        host.flags = view.flags;
                         host.history.clear();
-                        host.history.extend(session.history.iter().cloned());
+                        host.history.extend(view.extra.history.iter().cloned());
                         written += 1;
                     }
                 }
-                snapshot.initialized = self.initialized;
+                snapshot.initialized = initialized;
                 snapshot.hosts_version = self.hosts_version;
-                snapshot.stats = self.stats;
+                snapshot.stats = stats;
                 snapshot
             }
             _ => {
-                written = self.sessions.len();
+                written = self.engine.len();
                 ClusterSnapshot {
                     name: self.spec.name.clone(),
-                    initialized: self.initialized,
+                    initialized,
                     hosts_version: self.hosts_version,
-                    hosts: self.in_order().map(Session::snapshot).collect(),
-                    stats: self.stats,
+                    hosts: self
+                        .engine
+                        .hosts()
+                        .map(|view| HostSnapshot {
+                            spec: view.spec.clone(),
+                            flags: view.flags,
+                            history: view.extra.history.iter().cloned().collect(),
+                        })
+                        .collect(),
+                    stats,
                 }
             }
         };
@@ -763,17 +688,15 @@ impl ClusterChecker {
     }
 }
 
-fn log_transition(
-    cluster: &str,
-    address: SocketAddr,
-    outcome: &Outcome,
-    before: HealthFlags,
-    after: HealthFlags,
-) {
-    if outcome.transition == Transition::Changed && before != after {
-        log::info!("{cluster} {address}: health_flags {before} -> {after}");
+fn log_transition(cluster: &str, address: SocketAddr, applied: &Applied) {
+    if applied.outcome.transition == Transition::Changed && applied.changed() {
+        log::info!(
+            "{cluster} {address}: health_flags {} -> {}",
+            applied.before,
+            applied.after
+        );
     }
-    for event in &outcome.events {
+    for event in &applied.outcome.events {
         log::debug!("{cluster} {address}: {event:?}");
     }
 }

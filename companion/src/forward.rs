@@ -27,6 +27,10 @@
 //! failure goes to the client with flag `UO` and `upstream_rq_retry_overflow` counts. A retry
 //! holds its slot from being scheduled until its attempt is judged, as Envoy's retry state does.
 //!
+//! A response carrying `x-envoy-immediate-health-check-fail` is reported to the cluster's check
+//! loop ([`Upstream::with_health_reports`]), which fails and excludes the host at once, as
+//! Envoy's router does (`onUpstreamHeaders` -> `setUnhealthyCrossThread`).
+//!
 //! With outlier detection every attempt reports to the cluster's detector what Envoy's router
 //! reports: a response is a connection success followed by its status; a connect failure or a
 //! reset is `LocalOriginConnectFailed` (a reset after the connection was made is preceded by the
@@ -241,6 +245,9 @@ pub struct Upstream {
     client: Client<CountingConnector, ProxyBody>,
     original_dst: Option<OriginalDstSettings>,
     breakers: Breakers,
+    /// Where `x-envoy-immediate-health-check-fail` on a real response is reported (the
+    /// cluster's check loop), when the cluster is health checked.
+    health_reports: Option<Arc<crate::checker::HealthReports>>,
 }
 
 impl Upstream {
@@ -328,7 +335,15 @@ impl Upstream {
             client: builder.build(connector),
             original_dst,
             breakers: Breakers::default(),
+            health_reports: None,
         }
+    }
+
+    /// Reports `x-envoy-immediate-health-check-fail` on real responses to the cluster's check
+    /// loop, as Envoy's router tells the host's health checker (`onUpstreamHeaders`).
+    pub fn with_health_reports(mut self, reports: Arc<crate::checker::HealthReports>) -> Upstream {
+        self.health_reports = Some(reports);
+        self
     }
 
     /// Applies the cluster's `circuit_breakers` (Envoy's defaults until this is called).
@@ -589,6 +604,14 @@ pub async fn forward_at_priority(
                 );
             }
         };
+        if let (Ok(response), Some(reports)) = (&outcome, &upstream.health_reports)
+            && response
+                .headers()
+                .contains_key("x-envoy-immediate-health-check-fail")
+        {
+            // Whatever the status: Envoy marks the host at once (`setUnhealthyCrossThread`).
+            reports.immediate_fail(host);
+        }
         match &outcome {
             Ok(response) => upstream.report(
                 host,

@@ -17,43 +17,13 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use vigil_core::check::{Codec, GrpcCheck, HttpAnswer, HttpCheck, Protocol, TcpCheck};
-use vigil_core::grpc_health::{self, ServingStatus};
-use vigil_core::health::FailureType;
+use vigil_core::grpc_health;
 
 /// `User-Agent` of every check request, as Envoy sends it.
 pub const USER_AGENT: &str = "Envoy/HC";
 
-/// What one check concluded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProbeResult {
-    Healthy {
-        degraded: bool,
-    },
-    Failed {
-        failure: FailureType,
-        retriable: bool,
-        /// The host asked to be excluded (`x-envoy-immediate-health-check-fail`).
-        exclude: bool,
-    },
-}
-
-impl ProbeResult {
-    fn network() -> ProbeResult {
-        ProbeResult::Failed {
-            failure: FailureType::Network,
-            retriable: false,
-            exclude: false,
-        }
-    }
-
-    fn active() -> ProbeResult {
-        ProbeResult::Failed {
-            failure: FailureType::Active,
-            retriable: false,
-            exclude: false,
-        }
-    }
-}
+/// What one check concluded: core's one verdict type.
+pub use vigil_core::health::Verdict as ProbeResult;
 
 /// Whom to probe and how to introduce ourselves.
 #[derive(Debug, Clone)]
@@ -167,7 +137,7 @@ fn build_http_request(
     let mut request = builder
         .header(http::header::USER_AGENT, USER_AGENT)
         .body(Full::new(Bytes::new()))
-        .map_err(|_| ProbeResult::active())?;
+        .map_err(|_| ProbeResult::active(false, false))?;
     let headers = request.headers_mut();
     for add in &check.request_headers_to_add {
         let (Ok(name), Ok(value)) = (
@@ -258,17 +228,7 @@ async fn http_probe(
         degraded: headers.contains_key("x-envoy-degraded"),
         healthchecked_cluster: header_text("x-envoy-upstream-healthchecked-cluster"),
     };
-    let (verdict, verify_cluster) = check.judge(&answer);
-    let result = match verdict.failure() {
-        None => ProbeResult::Healthy {
-            degraded: verdict == vigil_core::check::HttpVerdict::Degraded,
-        },
-        Some((failure, retriable)) => ProbeResult::Failed {
-            failure,
-            retriable,
-            exclude: verdict.exclude(),
-        },
-    };
+    let (result, verify_cluster) = check.judge(&answer);
     let keep = (reuse && !close).then_some(connection);
     Finished {
         result,
@@ -343,7 +303,7 @@ async fn grpc_probe(
     let message = grpc_health::encode_request(&check.service_name);
     let body = match grpc_health::frame(&message) {
         Ok(body) => body,
-        Err(_) => return finished(ProbeResult::active(), None),
+        Err(_) => return finished(ProbeResult::active(false, false), None),
     };
     let mut builder = http::Request::builder()
         .method("POST")
@@ -361,7 +321,7 @@ async fn grpc_probe(
     }
     let request = match builder.body(Full::new(Bytes::from(body))) {
         Ok(request) => request,
-        Err(_) => return finished(ProbeResult::active(), None),
+        Err(_) => return finished(ProbeResult::active(false, false), None),
     };
     let mut sender = match reusable(conn).await {
         Some(Connection::Http2(sender)) => sender,
@@ -381,10 +341,10 @@ async fn grpc_probe(
     }
 }
 
-/// Envoy's gRPC verdict: HTTP 200, grpc-status 0, exactly one message, status SERVING.
-/// Anything else the host said is an active failure; `Err` is a transport failure.
+/// Reads a gRPC answer to the end (trailers included) and hands it to core's verdict
+/// ([`grpc_health::judge`]); `Err` is a transport failure.
 async fn judge_grpc(response: http::Response<hyper::body::Incoming>) -> Result<ProbeResult, ()> {
-    let status_ok = response.status() == http::StatusCode::OK;
+    let status = response.status().as_u16();
     let mut grpc_status = response
         .headers()
         .get("grpc-status")
@@ -397,30 +357,13 @@ async fn judge_grpc(response: http::Response<hyper::body::Incoming>) -> Result<P
         if let Some(chunk) = frame.data_ref() {
             data.extend_from_slice(chunk);
             if data.len() > grpc_health::MAX_MESSAGE_LEN + 5 {
-                return Ok(ProbeResult::active());
+                return Ok(ProbeResult::active(false, false));
             }
-        } else if let Some(trailers) = frame.trailers_ref() {
-            if let Some(value) = trailers.get("grpc-status").and_then(|v| v.to_str().ok()) {
-                grpc_status = Some(value.to_string());
-            }
+        } else if let Some(trailers) = frame.trailers_ref()
+            && let Some(value) = trailers.get("grpc-status").and_then(|v| v.to_str().ok())
+        {
+            grpc_status = Some(value.to_string());
         }
     }
-    if !status_ok || grpc_status.as_deref() != Some("0") {
-        return Ok(ProbeResult::active());
-    }
-    let mut messages = Vec::new();
-    let mut rest = &data[..];
-    while !rest.is_empty() {
-        match grpc_health::unframe(rest) {
-            Ok(Some((message, used))) => {
-                messages.push(grpc_health::decode_response(message));
-                rest = &rest[used..];
-            }
-            Ok(None) | Err(_) => return Ok(ProbeResult::active()),
-        }
-    }
-    match messages.as_slice() {
-        [Ok(ServingStatus::Serving)] => Ok(ProbeResult::Healthy { degraded: false }),
-        _ => Ok(ProbeResult::active()),
-    }
+    Ok(grpc_health::judge(status, grpc_status.as_deref(), &data))
 }

@@ -464,6 +464,7 @@ impl Runtime {
                 let _ = rx.await;
             });
         }
+        let health_reports = checker.health_reports();
         let (tx, rx) = oneshot::channel::<()>();
         stop.push(tx);
         tokio::spawn(checker.run(hosts_rx, async {
@@ -486,7 +487,8 @@ impl Runtime {
                     plan.spec.connect_timeout,
                     plan.http2,
                 )
-                .with_circuit_breakers(plan.circuit_breakers.clone()),
+                .with_circuit_breakers(plan.circuit_breakers.clone())
+                .with_health_reports(health_reports),
             )),
             Err(reason) => {
                 log::warn!(

@@ -3,9 +3,9 @@
 //! [`HealthCheck`] is one `health_checks[]` entry after parsing and validation (see
 //! [`crate::config`]): timings, thresholds and the protocol-specific part. The shells (companion,
 //! filter) perform the I/O; the verdict on what came back is decided here, so both judge alike:
-//! [`HttpCheck::judge`] for an HTTP response, [`PayloadMatcher`] for TCP (and HTTP body) payloads.
+//! [`HttpCheck::judge`] for an HTTP response (a [`Verdict`], core's one verdict type), [`PayloadMatcher`] for TCP (and HTTP body) payloads.
 
-use crate::health::{FailureType, Policy};
+use crate::health::{Policy, Verdict};
 use crate::schedule::Intervals;
 use crate::status::StatusRanges;
 
@@ -98,40 +98,6 @@ pub struct HttpAnswer<'a> {
     pub healthchecked_cluster: Option<&'a str>,
 }
 
-/// The verdict on one HTTP answer, in Envoy's terms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HttpVerdict {
-    Healthy,
-    Degraded,
-    /// Fails the host at once (`ACTIVE`, not retriable).
-    Failed {
-        exclude: bool,
-    },
-    /// Counts toward `unhealthy_threshold` (`ACTIVE`, retriable).
-    Retriable {
-        exclude: bool,
-    },
-}
-
-impl HttpVerdict {
-    /// `Some((type, retriable))` for failures, as [`crate::health::HostHealth::on_failure`] takes.
-    pub fn failure(self) -> Option<(FailureType, bool)> {
-        match self {
-            HttpVerdict::Failed { .. } => Some((FailureType::Active, false)),
-            HttpVerdict::Retriable { .. } => Some((FailureType::Active, true)),
-            _ => None,
-        }
-    }
-
-    /// Whether the host asked to be excluded (`x-envoy-immediate-health-check-fail` on a failure).
-    pub fn exclude(self) -> bool {
-        matches!(
-            self,
-            HttpVerdict::Failed { exclude: true } | HttpVerdict::Retriable { exclude: true }
-        )
-    }
-}
-
 impl HttpCheck {
     /// The check's `Host`: the endpoint's `health_check_config.hostname`, else `host`, else the
     /// cluster name (never the endpoint's DNS name), as Envoy's `getHostname`.
@@ -148,36 +114,25 @@ impl HttpCheck {
 
     /// Envoy's `healthCheckResult`: body first, then status, then degraded, then the service name.
     /// Returns the verdict and whether `verify_cluster` was counted.
-    pub fn judge(&self, answer: &HttpAnswer<'_>) -> (HttpVerdict, bool) {
+    pub fn judge(&self, answer: &HttpAnswer<'_>) -> (Verdict, bool) {
         let exclude = answer.immediate_fail;
         if !self.receive.is_empty() && !self.receive.matches(answer.body) {
-            return (HttpVerdict::Failed { exclude }, false);
+            return (Verdict::active(false, exclude), false);
         }
         if !self.expected_statuses.contains(answer.status) {
-            let verdict = if self.retriable_statuses.contains(answer.status) {
-                HttpVerdict::Retriable { exclude }
-            } else {
-                HttpVerdict::Failed { exclude }
-            };
-            return (verdict, false);
+            let retriable = self.retriable_statuses.contains(answer.status);
+            return (Verdict::active(retriable, exclude), false);
         }
-        if let Some(matcher) = &self.service_name_matcher {
-            if !matcher.matches(answer.healthchecked_cluster.unwrap_or("")) {
-                return (HttpVerdict::Failed { exclude: false }, true);
-            }
-            let verdict = if answer.degraded {
-                HttpVerdict::Degraded
-            } else {
-                HttpVerdict::Healthy
-            };
-            return (verdict, true);
-        }
-        let verdict = if answer.degraded {
-            HttpVerdict::Degraded
-        } else {
-            HttpVerdict::Healthy
+        let passed = Verdict::Healthy {
+            degraded: answer.degraded,
         };
-        (verdict, false)
+        match &self.service_name_matcher {
+            Some(matcher) if !matcher.matches(answer.healthchecked_cluster.unwrap_or("")) => {
+                (Verdict::active(false, false), true)
+            }
+            Some(_) => (passed, true),
+            None => (passed, false),
+        }
     }
 }
 
@@ -282,6 +237,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+    use crate::health::FailureType;
     use crate::status::StatusRange;
 
     fn lab_http() -> HttpCheck {
@@ -334,24 +290,18 @@ mod tests {
     #[test]
     fn http_status_outside_expected_fails_at_once_unless_retriable() {
         let mut check = lab_http();
-        assert_eq!(check.judge(&answer(200)).0, HttpVerdict::Healthy);
-        assert_eq!(check.judge(&answer(398)).0, HttpVerdict::Healthy);
-        assert_eq!(
-            check.judge(&answer(506)).0,
-            HttpVerdict::Failed { exclude: false }
-        );
+        assert_eq!(check.judge(&answer(200)).0, Verdict::HEALTHY);
+        assert_eq!(check.judge(&answer(398)).0, Verdict::HEALTHY);
+        assert_eq!(check.judge(&answer(506)).0, Verdict::active(false, false));
         assert_eq!(
             check.judge(&answer(399)).0.failure(),
             Some((FailureType::Active, false))
         );
         check.retriable_statuses = StatusRanges(vec![StatusRange::new(500, 510).unwrap()]);
-        assert_eq!(
-            check.judge(&answer(506)).0,
-            HttpVerdict::Retriable { exclude: false }
-        );
+        assert_eq!(check.judge(&answer(506)).0, Verdict::active(true, false));
         // expected wins over an overlapping retriable range
         check.retriable_statuses = StatusRanges(vec![StatusRange::new(200, 600).unwrap()]);
-        assert_eq!(check.judge(&answer(200)).0, HttpVerdict::Healthy);
+        assert_eq!(check.judge(&answer(200)).0, Verdict::HEALTHY);
     }
 
     #[test]
@@ -360,13 +310,13 @@ mod tests {
         check.receive = PayloadMatcher::new(vec![b"UP".to_vec()]);
         let mut a = answer(200);
         a.body = b"{\"status\":\"DOWN\"}";
-        assert_eq!(check.judge(&a).0, HttpVerdict::Failed { exclude: false });
+        assert_eq!(check.judge(&a).0, Verdict::active(false, false));
         a.status = 503;
         a.body = b"{\"status\":\"UP\"}";
-        assert_eq!(check.judge(&a).0, HttpVerdict::Failed { exclude: false });
+        assert_eq!(check.judge(&a).0, Verdict::active(false, false));
         a.status = 200;
         a.degraded = true;
-        assert_eq!(check.judge(&a).0, HttpVerdict::Degraded);
+        assert_eq!(check.judge(&a).0, Verdict::DEGRADED);
         a.immediate_fail = true;
         a.status = 500;
         assert!(check.judge(&a).0.exclude());
@@ -381,17 +331,11 @@ mod tests {
             ignore_case: false,
         });
         let mut a = answer(200);
-        assert_eq!(
-            check.judge(&a),
-            (HttpVerdict::Failed { exclude: false }, true)
-        );
+        assert_eq!(check.judge(&a), (Verdict::active(false, false), true));
         a.healthchecked_cluster = Some("web_cluster_01");
-        assert_eq!(check.judge(&a), (HttpVerdict::Healthy, true));
+        assert_eq!(check.judge(&a), (Verdict::HEALTHY, true));
         a.status = 500;
-        assert_eq!(
-            check.judge(&a),
-            (HttpVerdict::Failed { exclude: false }, false)
-        );
+        assert_eq!(check.judge(&a), (Verdict::active(false, false), false));
     }
 
     #[test]

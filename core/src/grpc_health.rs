@@ -11,6 +11,7 @@
 //! (proto3 enums are open). Anything truncated or malformed is a [`DecodeError`], never a panic:
 //! these bytes come from the network.
 
+use crate::health::Verdict;
 use thiserror::Error;
 
 /// The full path of the unary health check method, as sent in `:path`.
@@ -278,6 +279,40 @@ pub fn unframe(buf: &[u8]) -> Result<Option<(&[u8], usize)>, DecodeError> {
         return Ok(None);
     }
     Ok(Some((&buf[5..5 + len], 5 + len)))
+}
+
+/// Envoy's gRPC checker verdict on a complete answer: HTTP status 200, grpc-status 0 (from the
+/// headers or the trailers), exactly one framed message, and that message `SERVING`. Anything
+/// else the host said is an immediate active failure (not retriable).
+pub fn judge(http_status: u16, grpc_status: Option<&str>, data: &[u8]) -> Verdict {
+    if http_status != 200 || grpc_status != Some("0") || data.len() > MAX_MESSAGE_LEN + 5 {
+        return Verdict::active(false, false);
+    }
+    let mut rest = data;
+    let mut status = None;
+    while !rest.is_empty() {
+        match unframe(rest) {
+            Ok(Some((message, used))) if status.is_none() => {
+                status = Some(decode_response(message));
+                rest = &rest[used..];
+            }
+            _ => return Verdict::active(false, false),
+        }
+    }
+    match status {
+        Some(Ok(ServingStatus::Serving)) => Verdict::HEALTHY,
+        _ => Verdict::active(false, false),
+    }
+}
+
+/// The verdict on one unframed `HealthCheckResponse` of a call that ended with grpc-status 0
+/// (the filter gets the message from Envoy already unframed): passing only when it decodes to
+/// `SERVING`.
+pub fn judge_message(message: &[u8]) -> Verdict {
+    match decode_response(message) {
+        Ok(ServingStatus::Serving) => Verdict::HEALTHY,
+        _ => Verdict::active(false, false),
+    }
 }
 
 #[cfg(test)]

@@ -17,10 +17,14 @@
 //! - [`check`]: one active health check as validated data (HTTP / TCP / gRPC parts) and the
 //!   verdict on what a host answered (status ranges, body payload match, degraded, service name).
 //! - [`dns`]: DNS query/response messages (RFC 1035) for STRICT_DNS / LOGICAL_DNS discovery.
-//! - [`grpc_health`]: the `grpc.health.v1` Check/Watch messages and gRPC length-prefixed framing,
+//! - [`grpc_health`]: the `grpc.health.v1` Check/Watch messages, gRPC length-prefixed framing and
+//!   the gRPC checker's verdict ([`grpc_health::judge`]),
 //!   hand-written (two one-field messages do not justify a protobuf toolchain).
 //! - [`health`]: Envoy's per-host active health-check state machine (flags, thresholds, the
-//!   first-check rule, event-log events, stat deltas).
+//!   first-check rule, event-log events, stat deltas), the one check [`health::Verdict`], and
+//!   [`health::ClusterHealth`], the one cluster-health engine both shells drive (membership with
+//!   the removal rule as a parameter, due-check queue, results, passive immediate fail, outlier
+//!   feed and sweep, a view with the final flags).
 //! - [`outlier`]: Envoy's outlier detection (consecutive 5xx / gateway / local-origin failures,
 //!   success rate, failure percentage, ejection backoff, `outlier_detection.*` stats) and its
 //!   `OutlierDetection` config, with virtual time and random draws as inputs.

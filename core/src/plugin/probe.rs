@@ -18,7 +18,7 @@
 //! `proxy_dispatch_grpc_call`, so the call carries the probe's `:authority`.
 
 use super::config::{ProbeConfig, ProbeKind};
-use crate::grpc_health::{ServingStatus, decode_response, put_bytes};
+use crate::grpc_health::{judge_message, put_bytes};
 use crate::health::FailureType;
 use serde_json::Value;
 
@@ -91,20 +91,8 @@ pub enum ProbeAnswer<'a> {
     NotSent,
 }
 
-/// The verdict on one probe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProbeVerdict {
-    Healthy,
-    /// Passing, but slower than `degraded_latency` or flagged `x-envoy-degraded`.
-    Degraded,
-    /// `retriable` as [`crate::health::HostHealth::on_failure`] takes it; `exclude` when the host
-    /// answered `x-envoy-immediate-health-check-fail`.
-    Failed {
-        failure: FailureType,
-        retriable: bool,
-        exclude: bool,
-    },
-}
+/// The verdict on one probe: core's one verdict type.
+pub use crate::health::Verdict as ProbeVerdict;
 
 /// The start of Envoy's local reply when the upstream connection fails or resets.
 const LOCAL_CONNECT_FAILURE: &[u8] = b"upstream connect error or disconnect/reset before headers";
@@ -123,10 +111,8 @@ pub fn judge(config: &ProbeConfig, answer: &ProbeAnswer<'_>) -> ProbeVerdict {
         let slow = config
             .degraded_latency_ms
             .is_some_and(|ceiling| latency_ms > ceiling);
-        if degraded || slow {
-            ProbeVerdict::Degraded
-        } else {
-            ProbeVerdict::Healthy
+        ProbeVerdict::Healthy {
+            degraded: degraded || slow,
         }
     };
     match *answer {
@@ -154,9 +140,9 @@ pub fn judge(config: &ProbeConfig, answer: &ProbeAnswer<'_>) -> ProbeVerdict {
                 }
                 return active_failure(false, false);
             }
-            match decode_response(body) {
-                Ok(ServingStatus::Serving) => passed(latency_ms, false),
-                _ => active_failure(false, false),
+            match judge_message(body) {
+                ProbeVerdict::Healthy { .. } => passed(latency_ms, false),
+                failed => failed,
             }
         }
         ProbeAnswer::Response {
@@ -286,7 +272,7 @@ mod tests {
     #[test]
     fn status_rules_follow_envoy() {
         let c = probe(r#", "retriable_statuses": {"start": 500, "end": 501}"#);
-        assert_eq!(judge(&c, &ok(b"", 1)), ProbeVerdict::Healthy);
+        assert_eq!(judge(&c, &ok(b"", 1)), ProbeVerdict::HEALTHY);
         let answer = |status| ProbeAnswer::Response {
             status,
             body: b"",
@@ -348,7 +334,7 @@ mod tests {
     #[test]
     fn body_mismatch_fails_even_with_a_good_status() {
         let c = probe(r#", "body": {"contains": "demoapp"}"#);
-        assert_eq!(judge(&c, &ok(b"demoapp v1.0", 1)), ProbeVerdict::Healthy);
+        assert_eq!(judge(&c, &ok(b"demoapp v1.0", 1)), ProbeVerdict::HEALTHY);
         assert_eq!(
             judge(&c, &ok(b"maintenance", 1)),
             failed(FailureType::Active, false)
@@ -358,7 +344,7 @@ mod tests {
     #[test]
     fn only_max_body_bytes_are_searched() {
         let c = probe(r#", "body": {"contains": "tail"}, "max_body_bytes": 8"#);
-        assert_eq!(judge(&c, &ok(b"0123tail", 1)), ProbeVerdict::Healthy);
+        assert_eq!(judge(&c, &ok(b"0123tail", 1)), ProbeVerdict::HEALTHY);
         assert_eq!(
             judge(&c, &ok(b"01234567tail", 1)),
             failed(FailureType::Active, false)
@@ -368,8 +354,8 @@ mod tests {
     #[test]
     fn latency_ceiling_degrades_but_does_not_fail() {
         let c = probe(r#", "degraded_latency": "0.2s""#);
-        assert_eq!(judge(&c, &ok(b"", 200)), ProbeVerdict::Healthy);
-        assert_eq!(judge(&c, &ok(b"", 201)), ProbeVerdict::Degraded);
+        assert_eq!(judge(&c, &ok(b"", 200)), ProbeVerdict::HEALTHY);
+        assert_eq!(judge(&c, &ok(b"", 201)), ProbeVerdict::DEGRADED);
         let flagged = ProbeAnswer::Response {
             status: 200,
             body: b"",
@@ -377,7 +363,7 @@ mod tests {
             immediate_fail: false,
             degraded: true,
         };
-        assert_eq!(judge(&c, &flagged), ProbeVerdict::Degraded);
+        assert_eq!(judge(&c, &flagged), ProbeVerdict::DEGRADED);
     }
 
     fn grpc_probe() -> ProbeConfig {
@@ -403,7 +389,7 @@ mod tests {
 
     #[test]
     fn grpc_only_serving_with_status_ok_passes() {
-        use crate::grpc_health::encode_response;
+        use crate::grpc_health::{ServingStatus, encode_response};
         let c = grpc_probe();
         let serving = encode_response(ServingStatus::Serving);
         let answer = |body: &[u8], latency_ms| {
@@ -417,8 +403,8 @@ mod tests {
                 },
             )
         };
-        assert_eq!(answer(&serving, 5), ProbeVerdict::Healthy);
-        assert_eq!(answer(&serving, 201), ProbeVerdict::Degraded, "slow");
+        assert_eq!(answer(&serving, 5), ProbeVerdict::HEALTHY);
+        assert_eq!(answer(&serving, 201), ProbeVerdict::DEGRADED, "slow");
         for status in [
             ServingStatus::NotServing,
             ServingStatus::ServiceUnknown,

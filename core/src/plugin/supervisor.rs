@@ -1,31 +1,37 @@
 //! The singleton's whole health evaluation as plain data: which hosts exist, when each is probed,
 //! what each probe and each observed request does to it, and the verdict table to publish.
 //!
-//! The proxy-wasm singleton (`vigil-filter`'s service) only moves data in and out: it asks
-//! [`Supervisor::due_probes`] on every tick and dispatches them, hands each response to
-//! [`Supervisor::on_probe`], feeds the workers' observation batches to [`Supervisor::observe`],
-//! runs [`Supervisor::sweep`] for outlier detection's interval, and publishes
-//! [`Supervisor::take_changed`] when it returns a new table.
+//! Every cluster is one [`ClusterHealth`], core's cluster-health engine, the same the companion's
+//! check loop drives; this module only maps the plugin's configuration onto the engine's
+//! parameters and the engine's view onto the verdict table. The proxy-wasm singleton
+//! (`vigil-filter`'s service) only moves data in and out: it asks [`Supervisor::due_probes`] on
+//! every tick and dispatches them, hands each response to [`Supervisor::on_probe`], feeds the
+//! workers' observation batches to [`Supervisor::observe`], runs [`Supervisor::sweep`] for
+//! outlier detection's interval, and publishes [`Supervisor::take_changed`] when it returns a new
+//! table.
 //!
-//! Rules:
-//! - active health follows Envoy's checker ([`HostHealth`]): thresholds, the first-check rule,
-//!   immediate failure on a non-retriable answer, intervals and jitter from [`crate::schedule`]
-//!   (the filter always uses the traffic intervals);
-//! - at most one probe per host is in flight: a host is not due again until its answer (or
-//!   Envoy's timeout) came back;
+//! The filter's parameters of the engine:
+//! - membership is Envoy's own (read from its admin API, or listed), so a host that leaves is
+//!   forgotten at once, with its probe in flight ([`RemovalRule::Forget`]): Envoy already applied
+//!   its removal rule to the list;
 //! - a new host's first probe is spread over `initial_jitter` when set, else over
-//!   `min(interval, 1 s)`, so a start with many hosts does not send them all at once;
-//! - passive health is Envoy's outlier detection ([`OutlierDetector`]), one per cluster, swept
-//!   every `outlier_detection.interval`; a passing probe un-ejects as in Envoy 1.31+
+//!   `min(interval, 1 s)` ([`FirstCheck::Spread`]), so a start with many hosts does not send them
+//!   all at once; hosts start as Envoy starts a dynamic host, failed until their first probe;
+//! - the filter always uses the traffic intervals;
+//! - passive health is Envoy's outlier detection, owned by the engine, swept every
+//!   `outlier_detection.interval`; a passing probe un-ejects as in Envoy 1.31+
 //!   (`successful_active_health_check_uneject_host`).
 
-use super::config::{PluginConfig, ProbeConfig, ProbeKind};
+use super::config::{PluginConfig, ProbeKind};
 use super::observe::Observation;
 use super::probe::{ProbeAnswer, ProbeVerdict, judge};
 use super::vec_map::VecMap;
 use super::verdict::{Verdict, VerdictTable};
-use crate::health::{CheckState, HealthFlags, HostHealth};
-use crate::outlier::{OutlierDetector, OutlierEvent};
+use crate::health::HealthFlags;
+use crate::health::cluster::{
+    CheckSettings, ClusterHealth, ClusterSettings, FirstCheck, HostInfo, RemovalRule,
+};
+use crate::outlier::OutlierEvent;
 
 /// Counters the shell exports as metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -68,20 +74,11 @@ pub enum ProbeRequestKind {
 }
 
 #[derive(Debug)]
-struct HostState {
-    health: HostHealth,
-    next_probe_ms: u64,
-    in_flight: bool,
-}
-
-#[derive(Debug)]
 struct ClusterState {
-    probe: Option<ProbeConfig>,
-    outlier: Option<OutlierDetector<String>>,
-    next_sweep_ms: u64,
+    probe: Option<super::config::ProbeConfig>,
     /// Hosts are learned from the admin API rather than listed.
     discovered: bool,
-    hosts: VecMap<String, HostState>,
+    health: ClusterHealth<String, ()>,
 }
 
 /// All supervised clusters.
@@ -98,18 +95,22 @@ impl Supervisor {
     pub fn new(config: &PluginConfig, now_ms: u64, rng: &mut dyn FnMut() -> u64) -> Supervisor {
         let mut clusters = VecMap::new();
         for (name, c) in &config.clusters {
-            let outlier = c.outlier_detection.clone().map(OutlierDetector::new);
-            let next_sweep_ms = outlier
-                .as_ref()
-                .map_or(u64::MAX, |o| now_ms.saturating_add(o.config().interval_ms));
+            let settings = ClusterSettings {
+                check: c.health_check.as_ref().map(|p| CheckSettings {
+                    policy: p.policy,
+                    intervals: p.intervals,
+                }),
+                removal: RemovalRule::Forget,
+                first_check: FirstCheck::Spread,
+                ignore_new_hosts_until_first_hc: false,
+                outlier: c.outlier_detection.clone(),
+            };
             clusters.insert(
                 name.clone(),
                 ClusterState {
                     probe: c.health_check.clone(),
-                    outlier,
-                    next_sweep_ms,
                     discovered: c.endpoints.is_none(),
-                    hosts: VecMap::new(),
+                    health: ClusterHealth::new(settings, now_ms),
                 },
             );
         }
@@ -149,43 +150,8 @@ impl Supervisor {
         let Some(c) = self.clusters.get_mut(cluster) else {
             return false;
         };
-        let before = c.hosts.len();
-        c.hosts.retain(|h, _| hosts.contains(h));
-        let mut changed = c.hosts.len() != before;
-        if let Some(o) = c.outlier.as_mut() {
-            let gone: Vec<String> = o.hosts().filter(|h| !hosts.contains(h)).cloned().collect();
-            for h in &gone {
-                o.remove_host(h);
-            }
-        }
-        for host in hosts {
-            if c.hosts.contains_key(host) {
-                continue;
-            }
-            changed = true;
-            let (flags, first) = match &c.probe {
-                Some(p) => {
-                    let first = p.intervals.initial_delay_ms(rng).unwrap_or_else(|| {
-                        let span = p.intervals.interval_ms.clamp(1, 1000);
-                        rng() % span
-                    });
-                    (HostHealth::initial_flags(false, false), first)
-                }
-                None => (HealthFlags::empty(), u64::MAX),
-            };
-            c.hosts.insert(
-                host.clone(),
-                HostState {
-                    health: HostHealth::new(flags),
-                    next_probe_ms: now_ms.saturating_add(first),
-                    in_flight: false,
-                },
-            );
-            if let Some(o) = c.outlier.as_mut() {
-                o.add_host(host.clone());
-            }
-        }
-        changed
+        let members = hosts.iter().map(|h| (h.clone(), HostInfo::default(), ()));
+        c.health.set_members(members, now_ms, rng).changed
     }
 
     /// The probes due at `now_ms`, each marked in flight.
@@ -193,11 +159,8 @@ impl Supervisor {
         let mut out = Vec::new();
         for (name, c) in &mut self.clusters {
             let Some(p) = &c.probe else { continue };
-            for (host, h) in &mut c.hosts {
-                if h.in_flight || h.next_probe_ms > now_ms {
-                    continue;
-                }
-                h.in_flight = true;
+            while let Some(due) = c.health.pop_due(now_ms) {
+                let host = due.key;
                 let (authority, kind) = match &p.kind {
                     ProbeKind::Http(http) => (
                         &http.authority,
@@ -229,18 +192,10 @@ impl Supervisor {
     }
 
     /// The earliest time something is due (a probe or a sweep), for the shell's timer.
-    pub fn next_deadline_ms(&self) -> Option<u64> {
+    pub fn next_deadline_ms(&mut self) -> Option<u64> {
         self.clusters
-            .values()
-            .flat_map(|c| {
-                let sweep = c.outlier.as_ref().map(|_| c.next_sweep_ms);
-                let probes = c
-                    .hosts
-                    .values()
-                    .filter(|h| c.probe.is_some() && !h.in_flight)
-                    .map(|h| h.next_probe_ms);
-                sweep.into_iter().chain(probes)
-            })
+            .values_mut()
+            .filter_map(|c| c.health.next_deadline())
             .min()
     }
 
@@ -256,35 +211,11 @@ impl Supervisor {
     ) -> Option<ProbeVerdict> {
         let c = self.clusters.get_mut(cluster)?;
         let p = c.probe.as_ref()?;
-        let h = c.hosts.get_mut(host)?;
-        h.in_flight = false;
+        let token = c.health.in_flight(host)?;
         let verdict = judge(p, answer);
-        let outcome = match verdict {
-            ProbeVerdict::Healthy | ProbeVerdict::Degraded => h
-                .health
-                .on_success(&p.policy, verdict == ProbeVerdict::Degraded),
-            ProbeVerdict::Failed {
-                failure,
-                retriable,
-                exclude,
-            } => {
-                self.stats.probes_failed += 1;
-                let outcome = h.health.on_failure(&p.policy, failure, retriable);
-                if exclude {
-                    h.health.exclude_via_immediate_fail();
-                }
-                outcome
-            }
-        };
-        let delay = p
-            .intervals
-            .next_delay_ms(outcome.state, outcome.transition, true, rng);
-        h.next_probe_ms = now_ms.saturating_add(delay);
-        if outcome.state == CheckState::Healthy
-            && let Some(o) = c.outlier.as_mut()
-        {
-            let flags = h.health.flags();
-            o.on_active_health_check_success(&host.to_string(), flags, now_ms);
+        c.health.on_result(token, verdict, now_ms, true, rng)?;
+        if !verdict.passed() {
+            self.stats.probes_failed += 1;
         }
         Some(verdict)
     }
@@ -297,18 +228,13 @@ impl Supervisor {
         rng: &mut dyn FnMut() -> u64,
     ) {
         for obs in observations {
-            let Some(o) = self
-                .clusters
-                .get_mut(&obs.cluster)
-                .and_then(|c| c.outlier.as_mut())
-            else {
+            let Some(c) = self.clusters.get_mut(&obs.cluster) else {
                 continue;
             };
-            if !o.hosts().any(|h| *h == obs.host) {
+            let Some(events) = c.health.observe(&obs.host, obs.outcome, now_ms, rng) else {
                 continue;
-            }
+            };
             self.stats.observations += 1;
-            let events = o.record(&obs.host, obs.outcome, now_ms, rng);
             self.stats.ejections += enforced(&events);
         }
     }
@@ -316,32 +242,31 @@ impl Supervisor {
     /// Runs each cluster's outlier sweep when its interval has passed.
     pub fn sweep(&mut self, now_ms: u64, rng: &mut dyn FnMut() -> u64) {
         for c in self.clusters.values_mut() {
-            let Some(o) = c.outlier.as_mut() else {
-                continue;
-            };
-            if now_ms < c.next_sweep_ms {
-                continue;
-            }
-            let events = o.tick(now_ms, rng);
+            let events = c.health.sweep(now_ms, rng);
             self.stats.ejections += enforced(&events);
-            c.next_sweep_ms = now_ms.saturating_add(o.config().interval_ms.max(1));
         }
+    }
+
+    /// A host's final flags (active checking and outlier detection), as core's engine keeps them.
+    pub fn host_flags(&self, cluster: &str, host: &str) -> Option<HealthFlags> {
+        let c = self.clusters.get(cluster)?;
+        c.health.host(host).map(|view| view.flags)
     }
 
     /// Every host's current verdict (generation: the last published one).
     pub fn verdicts(&self) -> VerdictTable {
         let mut hosts = VecMap::new();
         for (name, c) in &self.clusters {
-            for (host, h) in &c.hosts {
-                let flags = h.health.flags();
-                let probed = c.probe.is_some();
+            for view in c.health.hosts() {
+                let flags = view.flags;
                 hosts.insert(
-                    (name.clone(), host.clone()),
+                    (name.clone(), view.key.clone()),
                     Verdict {
-                        failed_active: probed && flags.contains(HealthFlags::FAILED_ACTIVE_HC),
+                        failed_active: view.checked
+                            && flags.contains(HealthFlags::FAILED_ACTIVE_HC),
                         degraded: flags.contains(HealthFlags::DEGRADED_ACTIVE_HC),
-                        ejected: c.outlier.as_ref().is_some_and(|o| o.ejected(host)),
-                        pending: probed && h.health.first_check(),
+                        ejected: flags.contains(HealthFlags::FAILED_OUTLIER_CHECK),
+                        pending: view.awaiting_first_check,
                     },
                 );
             }
@@ -374,7 +299,7 @@ impl Supervisor {
             .iter()
             .map(|(name, c)| {
                 let usable = table.usable_hosts(name).count();
-                (name.as_str(), usable, c.hosts.len())
+                (name.as_str(), usable, c.health.len())
             })
             .collect()
     }
@@ -523,7 +448,7 @@ mod tests {
         s.due_probes(0);
         assert_eq!(
             s.on_probe("web", "127.0.0.1:80", &slow, 150, &mut zero()),
-            Some(ProbeVerdict::Degraded)
+            Some(ProbeVerdict::DEGRADED)
         );
         let v = s.verdicts().get("web", "127.0.0.1:80").unwrap();
         assert!(v.degraded && v.usable());

@@ -1,4 +1,15 @@
-//! Envoy's per-host active health-check state machine, as plain data.
+//! Health, as plain data: one host's active health-check session, one cluster's engine, and the
+//! one verdict type every checker produces.
+//!
+//! What lives where:
+//! - this module: [`HostHealth`], Envoy's per-host session, with [`HealthFlags`] (which also map
+//!   themselves to routing health, [`HealthFlags::coarse`] / [`HealthFlags::excluded`], and to
+//!   the EDS status, [`HealthFlags::eds_status`]);
+//! - [`cluster`]: [`ClusterHealth`], one cluster's engine (membership with the removal rule as a
+//!   parameter, the due-check queue, results, passive immediate fail, outlier feed and sweep, the
+//!   final-flags view), driven by the companion's check loop and the filter's supervisor alike;
+//! - [`Verdict`]: what one check concluded (HTTP: [`crate::check::HttpCheck::judge`]; gRPC:
+//!   [`crate::grpc_health::judge`]; the filter's probes: [`crate::plugin::probe::judge`]).
 //!
 //! [`HostHealth`] is one host's health-check session: its [`HealthFlags`] and the counters Envoy
 //! keeps (`num_healthy_`, `num_unhealthy_`, `first_check_`). Each check result goes in
@@ -14,10 +25,19 @@
 //!   `healthy_threshold` says; otherwise `healthy_threshold` consecutive successes are needed;
 //! - a non-network, non-retriable failure (an unexpected HTTP status, any gRPC failure) ejects at
 //!   once; network failures, timeouts and retriable statuses count toward `unhealthy_threshold`;
+//! - a passive failure (`x-envoy-immediate-health-check-fail` on real traffic, Envoy's
+//!   `setUnhealthyCrossThread`) is such an immediate failure, counted in `passive_failure`, and
+//!   also excludes the host ([`cluster::ClusterHealth::passive_immediate_fail`]);
 //! - thresholds are compared with `==` after incrementing, so a threshold of 0 is never reached,
 //!   exactly as in Envoy (which accepts 0).
 
 use std::fmt;
+
+pub mod cluster;
+mod verdict;
+
+pub use cluster::{ClusterHealth, ClusterSettings, HealthCheckStats, ProbeToken, RemovalRule};
+pub use verdict::Verdict;
 
 /// Host health flags, with the names and the print order of Envoy's `HEALTH_FLAG_ENUM_VALUES`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -100,6 +120,31 @@ impl HealthFlags {
             | Self::EDS_STATUS_DRAINING.0;
         self.0 & excluded != 0
     }
+}
+
+impl HealthFlags {
+    /// The EDS status that gives a stock Envoy this view of the host (what the companion's EDS
+    /// server sends): excluded and pending-removal hosts are `Draining`, the one EDS status
+    /// Envoy excludes from balancing; otherwise the coarse health.
+    pub fn eds_status(self) -> EdsStatus {
+        if self.excluded() || self.contains(Self::PENDING_DYNAMIC_REMOVAL) {
+            return EdsStatus::Draining;
+        }
+        match self.coarse() {
+            CoarseHealth::Unhealthy => EdsStatus::Unhealthy,
+            CoarseHealth::Degraded => EdsStatus::Degraded,
+            CoarseHealth::Healthy => EdsStatus::Healthy,
+        }
+    }
+}
+
+/// `envoy.config.core.v3.HealthStatus`, as far as an EDS server sends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdsStatus {
+    Healthy,
+    Degraded,
+    Unhealthy,
+    Draining,
 }
 
 impl std::ops::BitOr for HealthFlags {
@@ -486,6 +531,29 @@ mod tests {
              degraded_eds_health/pending_dynamic_removal/pending_active_hc/\
              excluded_via_immediate_hc_fail/active_hc_timeout/eds_status_draining"
         );
+    }
+
+    #[test]
+    fn flags_map_to_one_eds_status() {
+        use EdsStatus::*;
+        for (flags, status) in [
+            (HealthFlags::empty(), Healthy),
+            (HealthFlags::FAILED_ACTIVE_HC, Unhealthy),
+            (HealthFlags::FAILED_OUTLIER_CHECK, Unhealthy),
+            (HealthFlags::DEGRADED_ACTIVE_HC, Degraded),
+            (HealthFlags::PENDING_DYNAMIC_REMOVAL, Draining),
+            (HealthFlags::EDS_STATUS_DRAINING, Draining),
+            (
+                HealthFlags::FAILED_ACTIVE_HC | HealthFlags::EXCLUDED_VIA_IMMEDIATE_HC_FAIL,
+                Draining,
+            ),
+            (
+                HealthFlags::FAILED_ACTIVE_HC | HealthFlags::PENDING_ACTIVE_HC,
+                Draining,
+            ),
+        ] {
+            assert_eq!(flags.eds_status(), status, "{flags}");
+        }
     }
 
     #[test]
