@@ -21,7 +21,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 use envoy_types::pb::google::protobuf::UInt32Value;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use vigil_core::health::HealthFlags;
+use vigil_core::health::{EdsStatus, HealthFlags};
 
 /// One host of a cluster as vigil sees it now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,15 +44,14 @@ pub struct ClusterInput {
     pub endpoints: Vec<EndpointInput>,
 }
 
-/// The EDS status that gives a stock Envoy vigil's view of a host with `flags`.
+/// The EDS status that gives a stock Envoy vigil's view of a host with `flags`: core's one
+/// mapping ([`HealthFlags::eds_status`]) as the proto enum.
 pub fn health_status(flags: HealthFlags) -> HealthStatus {
-    if flags.excluded() || flags.contains(HealthFlags::PENDING_DYNAMIC_REMOVAL) {
-        return HealthStatus::Draining;
-    }
-    match flags.coarse() {
-        vigil_core::health::CoarseHealth::Unhealthy => HealthStatus::Unhealthy,
-        vigil_core::health::CoarseHealth::Degraded => HealthStatus::Degraded,
-        vigil_core::health::CoarseHealth::Healthy => HealthStatus::Healthy,
+    match flags.eds_status() {
+        EdsStatus::Healthy => HealthStatus::Healthy,
+        EdsStatus::Degraded => HealthStatus::Degraded,
+        EdsStatus::Unhealthy => HealthStatus::Unhealthy,
+        EdsStatus::Draining => HealthStatus::Draining,
     }
 }
 
