@@ -296,6 +296,10 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
     clusters.set_outlier_event_log(loaded.bootstrap.outlier_event_log_path.as_deref());
     let (started, _) = clusters.apply(loaded.plans);
     let mut listeners = ListenerSet::default();
+    // As Envoy: the listeners are bound now but accept only once every cluster is initialized
+    // (its hosts resolved and checked once), bounded by WARMING_LIMIT.
+    let (initialized, initialized_rx) = tokio::sync::watch::channel(false);
+    listeners.wait_for_initialization(initialized_rx);
     if let Some(max) = max_connections {
         log::info!("at most {max} downstream connections ({limit_from})");
         let max = usize::try_from(max).unwrap_or(usize::MAX);
@@ -312,6 +316,15 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
     for problem in problems {
         log::warn!("{problem}");
     }
+    let initialization = clusters.initialization(WARMING_LIMIT);
+    tokio::spawn(async move {
+        if !initialization.await {
+            log::warn!(
+                "clusters not initialized after {WARMING_LIMIT:?}; the listeners accept anyway"
+            );
+        }
+        let _ = initialized.send(true);
+    });
     let eds = match options.xds_address {
         None => None,
         Some(at) => {

@@ -135,6 +135,10 @@ pub struct ServeOptions {
     pub limit: Arc<ConnectionLimit>,
     /// The listener's connection counters.
     pub counters: Arc<ListenerCounters>,
+    /// Accepting waits until this is true: Envoy accepts nothing until its clusters are
+    /// initialized (the socket is bound, so early clients wait in the accept queue). `None`:
+    /// accept at once.
+    pub initialized: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// The guard's settings from the connection manager.
@@ -212,6 +216,12 @@ pub async fn serve_with(
     let what = listener
         .local_addr()
         .map_or_else(|_| "listener".to_string(), |a| format!("listener {a}"));
+    if let Some(mut initialized) = options.initialized.clone() {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = initialized.wait_for(|ready| *ready) => {}
+        }
+    }
     let mut connections = Connections::new(state.clone(), options);
     let mut backoff = AcceptBackoff::default();
     loop {
@@ -1757,6 +1767,9 @@ pub struct ListenerSet {
     counters: BTreeMap<SocketAddr, (String, Arc<ListenerCounters>)>,
     /// The process-wide downstream connection limit every listener shares.
     limit: Arc<ConnectionLimit>,
+    /// Whether the clusters are initialized (see [`ServeOptions::initialized`]); listeners
+    /// started before it is true wait for it.
+    initialized: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// What the running listeners count that the admin API shows besides the running clusters:
@@ -1801,6 +1814,11 @@ struct RunningListener {
 impl ListenerSet {
     /// Shares `limit` among the listeners started from now on (call it before the first
     /// [`ListenerSet::apply`]; without it there is no limit).
+    /// Listeners bound from now on accept only once `initialized` is true.
+    pub fn wait_for_initialization(&mut self, initialized: tokio::sync::watch::Receiver<bool>) {
+        self.initialized = Some(initialized);
+    }
+
     pub fn set_connection_limit(&mut self, limit: Arc<ConnectionLimit>) {
         self.limit = limit;
     }
@@ -1918,6 +1936,7 @@ impl ListenerSet {
                         routing_stats: stats,
                         limit: self.limit.clone(),
                         counters,
+                        initialized: self.initialized.clone(),
                     };
                     let task = tokio::spawn(serve_with(listener, shared.clone(), options, async {
                         let _ = stopped.await;

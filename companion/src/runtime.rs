@@ -519,16 +519,18 @@ impl Runtime {
     /// first round of checks (or its first resolution), at most `limit`; false when the limit
     /// was reached.
     pub async fn warmed_up(&self, limit: std::time::Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            if self.warming.iter().all(|h| h.snapshot.load().initialized) {
-                return true;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        all_initialized(self.warming.clone(), limit).await
+    }
+
+    /// Whether every running cluster is initialized (its hosts found and checked once), waiting
+    /// up to `limit`, as a future that owns what it watches, for a task of its own: what Envoy
+    /// waits for before its listeners accept.
+    pub fn initialization(
+        &self,
+        limit: std::time::Duration,
+    ) -> impl std::future::Future<Output = bool> + Send + 'static {
+        let handles = self.clusters.values().map(|c| c.handle.clone()).collect();
+        all_initialized(handles, limit)
     }
 
     /// Stops the clusters replaced by the last `apply` (once the listeners use their successors).
@@ -545,5 +547,19 @@ impl Runtime {
     pub fn stop_all(&mut self) {
         self.apply(Vec::new());
         self.retire_replaced();
+    }
+}
+
+/// Whether every cluster of `handles` is initialized, waiting up to `limit`.
+async fn all_initialized(handles: Vec<ClusterHandle>, limit: std::time::Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if handles.iter().all(|h| h.snapshot.load().initialized) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
