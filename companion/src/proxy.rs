@@ -351,17 +351,18 @@ impl Connections {
             drop(stream);
             return;
         }
-        if let Some(delay) = network_rbac_denies(&state.hcm, peer, local, counters) {
+        // A TLS connection is judged once its ClientHello named the server (below).
+        let plain = Downstream {
+            peer,
+            local,
+            tls: None,
+        };
+        if state.tls.is_none()
+            && let Some(delay) = network_rbac_denies(&state.hcm, &plain, counters)
+        {
             // Envoy's network RBAC judges a connection on its first bytes, then closes it
             // (after `delay_deny`, if set); nothing of it reaches the connection manager.
-            tokio::spawn(async move {
-                let _ = stream.readable().await;
-                if let Some(delay) = delay {
-                    tokio::time::sleep(delay).await;
-                }
-                drop(stream);
-                drop(permit);
-            });
+            tokio::spawn(close_when_readable(stream, delay, permit));
             return;
         }
         let serving = HttpServing {
@@ -384,6 +385,7 @@ impl Connections {
             return;
         };
         let chain = state.hcm.connection_match.clone();
+        let judged = self.state.load_full();
         drop(state);
         // The handshake runs in the connection's own task; the connection counts as open (for
         // the drain) from now on.
@@ -396,6 +398,10 @@ impl Connections {
                         local,
                         tls: Some(DownstreamTls { sni }),
                     };
+                    if let Some(delay) = network_rbac_denies(&judged.hcm, &downstream, &counters) {
+                        close_when_readable(stream, delay, permit).await;
+                        return;
+                    }
                     serving.run(stream, downstream, Box::new(permit));
                 }
                 Err(crate::tls::Refused::NoChainMatch) => {
@@ -412,6 +418,22 @@ impl Connections {
             }
         });
     }
+}
+
+/// A connection the network RBAC denied: closed once the client sends something (Envoy judges
+/// on the first bytes), after `delay`.
+async fn close_when_readable<S>(mut stream: S, delay: Option<Duration>, permit: impl Send)
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut first = [0u8; 1];
+    let _ = stream.read(&mut first).await;
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    drop(stream);
+    drop(permit);
 }
 
 /// `listener.<ip>_<port>`'s address part, as Envoy names a listener's stats.
@@ -541,21 +563,24 @@ fn declare_filter_stats(counters: &ListenerCounters, hcm: &HttpConnectionManager
 /// when every one allows it, else `Some(delay before closing)`.
 fn network_rbac_denies(
     hcm: &HttpConnectionManager,
-    peer: SocketAddr,
-    local: Option<SocketAddr>,
+    downstream: &Downstream,
     counters: &ListenerCounters,
 ) -> Option<Option<Duration>> {
     if hcm.network_rbac.is_empty() {
         return None;
     }
-    let peer = rbac::envoy_socket_address(peer);
+    let peer = rbac::envoy_socket_address(downstream.peer);
     let request = RbacRequest {
         headers: None,
         direct_remote: peer,
         remote: peer,
-        local: rbac::envoy_socket_address(local.unwrap_or(peer)),
-        server_name: "",
-        tls_peer: None,
+        local: rbac::envoy_socket_address(downstream.local.unwrap_or(peer)),
+        server_name: downstream
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.sni.as_deref())
+            .unwrap_or(""),
+        tls_peer: downstream.tls.as_ref().map(|_| &NO_CLIENT_CERTIFICATE),
     };
     for filter in &hcm.network_rbac {
         let decided = filter.decide(&request);

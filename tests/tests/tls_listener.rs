@@ -410,3 +410,43 @@ fn client_certificates_are_refused_where_envoy_would_check_them() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn network_rbac_sees_the_server_name_as_in_envoy() {
+    let dir = paths::scratch_dir("tls-listener-network-rbac");
+    let pki = pki(&dir, &["app.example", "closed.example"]);
+    let echo = EchoUpstream::start(IpAddr::from(net::fresh_loopback())).await;
+    let mut spec = ListenerSpec::new(
+        "tlsnet",
+        echo_routes(),
+        &cluster_yaml("echo", &[echo.address], "", None),
+    );
+    spec.listener_filters = TLS_INSPECTOR.to_string();
+    spec.transport_socket = Some(transport_socket(&pki, ""));
+    spec.network_filters = "
+      - name: envoy.filters.network.rbac
+        typed_config:
+          \"@type\": type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC
+          stat_prefix: tls_net.
+          rules:
+            action: DENY
+            policies:
+              closed-name:
+                permissions: [{ requested_server_name: { exact: closed.example } }]
+                principals: [{ authenticated: {} }]"
+        .to_string();
+    let proxies = start_envoy_and_vigil(&dir, |listen, admin| spec.render(listen, admin))
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+    let mut answers = Vec::new();
+    for (_, listener, _) in &proxies {
+        let config = client_config(&pki, &[]);
+        answers.push(vec![
+            get_over_tls(*listener, config.clone(), "app.example", "/open").await,
+            get_over_tls(*listener, config, "closed.example", "/closed").await,
+        ]);
+    }
+    assert_eq!(answers[0], answers[1], "{answers:#?}");
+    assert!(answers[0][0].starts_with("200"), "{answers:#?}");
+    assert!(answers[0][1].starts_with("closed"), "{answers:#?}");
+}
