@@ -300,6 +300,8 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
     // (its hosts resolved and checked once), bounded by WARMING_LIMIT.
     let (initialized, initialized_rx) = tokio::sync::watch::channel(false);
     listeners.wait_for_initialization(initialized_rx);
+    let health_check_failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    listeners.set_health_check_failing(health_check_failing.clone());
     if let Some(max) = max_connections {
         log::info!("at most {max} downstream connections ({limit_from})");
         let max = usize::try_from(max).unwrap_or(usize::MAX);
@@ -351,7 +353,7 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
     }));
     let state = AdminState {
         clusters: clusters.admin_clusters.clone(),
-        failing: Arc::default(),
+        failing: health_check_failing,
         reload: Some(reload_tx),
         config: config.clone(),
         xds: eds.as_ref().map(xds::run::Running::registry),

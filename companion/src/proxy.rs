@@ -135,6 +135,9 @@ pub struct ServeOptions {
     pub limit: Arc<ConnectionLimit>,
     /// The listener's connection counters.
     pub counters: Arc<ListenerCounters>,
+    /// Set while the admin API's `POST /healthcheck/fail` is in effect: the health check filter
+    /// answers 503.
+    pub health_check_failing: Arc<std::sync::atomic::AtomicBool>,
     /// Accepting waits until this is true: Envoy accepts nothing until its clusters are
     /// initialized (the socket is bound, so early clients wait in the accept queue). `None`:
     /// accept at once.
@@ -301,6 +304,7 @@ impl Connections {
             current: Mutex::default(),
             routing_stats: options.routing_stats.clone(),
             counters: options.counters.clone(),
+            health_check_failing: options.health_check_failing.clone(),
         });
         let (open, closed) = tokio::sync::mpsc::channel(1);
         Connections {
@@ -605,6 +609,8 @@ pub struct Derived {
     server: Option<HeaderValue>,
     /// The listener's counters (the filters' named counters go here).
     counters: Arc<ListenerCounters>,
+    /// See [`ServeOptions::health_check_failing`].
+    health_check_failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Derived {
@@ -639,6 +645,7 @@ impl Derived {
             owned,
             server: HeaderValue::from_str(&state.hcm.server_name).ok(),
             counters: Arc::default(),
+            health_check_failing: Arc::default(),
         }
     }
 
@@ -655,6 +662,7 @@ struct DerivedCache {
     routing_stats: Arc<RoutingStats>,
     /// The listener's counters, which outlive each state too.
     counters: Arc<ListenerCounters>,
+    health_check_failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl DerivedCache {
@@ -665,6 +673,7 @@ impl DerivedCache {
             _ => {
                 let mut derived = Derived::counted(state, self.routing_stats.clone());
                 derived.counters = self.counters.clone();
+                derived.health_check_failing = self.health_check_failing.clone();
                 let derived = Arc::new(derived);
                 *cached = Some((state.clone(), derived.clone()));
                 derived
@@ -720,9 +729,9 @@ struct Outcome {
     request_headers: Option<HeaderMap>,
     bytes_received: u64,
     request_read: Option<Duration>,
-    /// The CORS filter's response headers for an allowed origin (set on whatever answer the
-    /// filters after it and the router make).
-    cors: Vec<(&'static str, String)>,
+    /// Response headers the filters set on whatever answer the filters after them and the
+    /// router make (CORS for an allowed origin, the health check filter while failing).
+    filter_headers: Vec<(&'static str, String)>,
     /// `x-vigil-upstream` and `x-vigil-decision`, when `decision_headers` is on.
     vigil_upstream: Option<String>,
     vigil_decision: Option<String>,
@@ -764,7 +773,7 @@ pub async fn handle(
     });
     let (response, outcome) = respond(state, derived, downstream, request, started, logging).await;
     let mut response = response;
-    for (name, value) in &outcome.cors {
+    for (name, value) in &outcome.filter_headers {
         if let Ok(value) = HeaderValue::from_str(value) {
             response.headers_mut().insert(*name, value);
         }
@@ -977,6 +986,56 @@ async fn respond(
                     );
                 }
             }
+            HttpFilterKind::HealthCheck { headers } => {
+                let borrowed = pairs(&parts.headers);
+                let view = RequestView::new(
+                    authority.as_deref(),
+                    &path,
+                    parts.method.as_str(),
+                    &borrowed,
+                );
+                let failing = derived.health_check_failing.load(Ordering::Relaxed);
+                if !headers
+                    .iter()
+                    .all(|h| vigil_core::route::header_matches(h, &view))
+                {
+                    // While failing, every answer passing the filter says so.
+                    if failing {
+                        outcome
+                            .filter_headers
+                            .push(("x-envoy-immediate-health-check-fail", "true".to_string()));
+                    }
+                    continue;
+                }
+                drop(borrowed);
+                // Envoy's health check filter answers the check itself.
+                let status = if failing {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::OK
+                };
+                let mut response = empty(status);
+                if failing {
+                    response.headers_mut().insert(
+                        "x-envoy-immediate-health-check-fail",
+                        HeaderValue::from_static("true"),
+                    );
+                }
+                // Envoy names its node's cluster here; vigil reads no `node`, so the value
+                // is the one Envoy sends without `node.cluster`.
+                response.headers_mut().insert(
+                    "x-envoy-upstream-healthchecked-cluster",
+                    HeaderValue::from_static(""),
+                );
+                outcome.request_headers = Some(parts.headers);
+                outcome.details = if failing {
+                    "health_check_failed"
+                } else {
+                    "health_check_ok"
+                }
+                .into();
+                return (response, outcome);
+            }
             HttpFilterKind::Cors => {
                 let borrowed = pairs(&parts.headers);
                 let view = RequestView::new(
@@ -1020,11 +1079,15 @@ async fn respond(
                     } => {}
                     cors::Decision::Forward {
                         allowed_origin: Some(origin),
-                    } => outcome.cors = policies.response_headers(&origin),
+                    } => outcome
+                        .filter_headers
+                        .extend(policies.response_headers(&origin)),
                     cors::Decision::Preflight(headers) => {
                         // The preflight answer passes the filter's own response step too.
                         if let (Some(true), Some(origin)) = (checked, request.origin) {
-                            outcome.cors = policies.response_headers(origin);
+                            outcome
+                                .filter_headers
+                                .extend(policies.response_headers(origin));
                         }
                         let mut response = empty(StatusCode::OK);
                         for (name, value) in headers {
@@ -1795,6 +1858,8 @@ pub struct ListenerSet {
     /// Whether the clusters are initialized (see [`ServeOptions::initialized`]); listeners
     /// started before it is true wait for it.
     initialized: Option<tokio::sync::watch::Receiver<bool>>,
+    /// The admin API's `/healthcheck/fail` state (see [`ServeOptions::health_check_failing`]).
+    health_check_failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What the running listeners count that the admin API shows besides the running clusters:
@@ -1839,6 +1904,11 @@ struct RunningListener {
 impl ListenerSet {
     /// Shares `limit` among the listeners started from now on (call it before the first
     /// [`ListenerSet::apply`]; without it there is no limit).
+    /// The flag the admin API's `/healthcheck/fail` sets, read by the health check filter.
+    pub fn set_health_check_failing(&mut self, failing: Arc<std::sync::atomic::AtomicBool>) {
+        self.health_check_failing = failing;
+    }
+
     /// Listeners bound from now on accept only once `initialized` is true.
     pub fn wait_for_initialization(&mut self, initialized: tokio::sync::watch::Receiver<bool>) {
         self.initialized = Some(initialized);
@@ -1962,6 +2032,7 @@ impl ListenerSet {
                         limit: self.limit.clone(),
                         counters,
                         initialized: self.initialized.clone(),
+                        health_check_failing: self.health_check_failing.clone(),
                     };
                     let task = tokio::spawn(serve_with(listener, shared.clone(), options, async {
                         let _ = stopped.await;

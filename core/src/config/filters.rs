@@ -80,9 +80,7 @@ pub(crate) fn http_filter(type_name: &str) -> Treatment {
         "bandwidth_limit" => Refused("limit request and response bandwidth"),
         "fault" => Refused("inject aborts and delays into requests"),
         "buffer" | "file_system_buffer" => Refused("answer 413 to request bodies above its limit"),
-        "health_check" => {
-            Refused("answer health-check requests itself (they would reach the upstream instead)")
-        }
+        "health_check" => Enforced,
         "cors" => Enforced,
         "kill_request" => Refused("abort the process on marked requests"),
         "ip_tagging" | "geoip" | "header_to_metadata" | "json_to_metadata" | "set_metadata"

@@ -648,6 +648,54 @@ fn http_filters(
                     });
                     continue;
                 }
+                Treatment::Enforced if typed.is(HEALTH_CHECK_FILTER_TYPE) => {
+                    let mut h = typed.obj(cx, &HEALTH_CHECK_FILTER);
+                    let hpath = h.path.clone();
+                    let pass_through = h.bool(cx, "pass_through_mode");
+                    let headers: Vec<HeaderMatcher> = h
+                        .list("headers")
+                        .into_iter()
+                        .filter_map(|(hp, hv)| {
+                            Obj::new(cx, hp, hv, &HEADER_MATCHER)
+                                .and_then(|m| header_matcher(cx, m))
+                        })
+                        .collect();
+                    h.finish(cx);
+                    judged.push((
+                        name.clone(),
+                        Some(
+                            "per-route configuration of the health check filter is not \
+                             implemented by vigil"
+                                .to_string(),
+                        ),
+                    ));
+                    match pass_through {
+                        None => cx.invalid(&hpath.field("pass_through_mode"), "value is required"),
+                        Some(true) => cx.unsupported(
+                            &hpath.field("pass_through_mode"),
+                            "the health check filter's pass-through mode is not implemented by \
+                             vigil (Envoy still answers checks itself while /healthcheck/fail is \
+                             in effect)",
+                        ),
+                        Some(false) => out.push(HttpFilter {
+                            name: name.clone(),
+                            kind: HttpFilterKind::HealthCheck { headers },
+                            is_optional,
+                            disabled,
+                        }),
+                    }
+                    if last {
+                        cx.invalid(
+                            &p,
+                            format!(
+                                "non-terminal filter named {name} of type \
+                                 envoy.filters.http.health_check is the last filter in a http \
+                                 filter chain"
+                            ),
+                        );
+                    }
+                    continue;
+                }
                 Treatment::Enforced if typed.is(super::rbac::HTTP_RBAC_TYPE) => {
                     judged.push((
                         name.clone(),
@@ -754,6 +802,7 @@ fn http_filters(
 }
 
 const CORS_FILTER_TYPE: &str = "envoy.extensions.filters.http.cors.v3.Cors";
+const HEALTH_CHECK_FILTER_TYPE: &str = "envoy.extensions.filters.http.health_check.v3.HealthCheck";
 const CORS_POLICY_TYPE: &str = "envoy.extensions.filters.http.cors.v3.CorsPolicy";
 const ROUTE_FILTER_CONFIG_TYPE: &str = "envoy.config.route.v3.FilterConfig";
 /// What a route's configuration of the CORS filter is judged by (see `http_filters`).

@@ -1613,3 +1613,21 @@ pub(crate) static ROUTE_FILTER_CONFIG: Message = Message {
     fields: &[read("config"), read("is_optional"), read("disabled")],
     removed: &[],
 };
+
+pub(crate) static HEALTH_CHECK_FILTER: Message = Message {
+    name: "envoy.extensions.filters.http.health_check.v3.HealthCheck",
+    fields: &[
+        read("pass_through_mode"),
+        reject(
+            "cache_time",
+            "caching health check answers (pass-through mode) is not implemented by vigil",
+        ),
+        reject(
+            "cluster_min_healthy_percentages",
+            "answering health checks by the clusters' healthy percentage is not implemented by \
+             vigil yet",
+        ),
+        read("headers"),
+    ],
+    removed: &[],
+};

@@ -750,6 +750,10 @@ pub enum HttpFilterKind {
     /// `envoy.extensions.filters.http.cors.v3.Cors`: run by the companion's proxy with the
     /// routes' CORS policies.
     Cors,
+    /// `envoy.extensions.filters.http.health_check.v3.HealthCheck` without pass-through: a
+    /// request whose headers match is answered by the proxy itself (200, or 503 while the admin
+    /// API's `/healthcheck/fail` is in effect).
+    HealthCheck { headers: Vec<HeaderMatcher> },
     /// `envoy.extensions.filters.http.wasm.v3.Wasm`: a wasm module (such as vigil's own filter),
     /// which the companion does not load.
     Wasm,
