@@ -133,11 +133,20 @@ pub fn server_config(tls: &DownstreamTls) -> Result<ListenerTls, String> {
     .filter(|(v, _)| (tls.min_version..=tls.max_version).contains(v))
     .map(|(_, version)| version)
     .collect();
-    let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
+    let provider = Arc::new(provider);
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions)
-        .map_err(|e| format!("{}: {e}", tls.path))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
+        .map_err(|e| format!("{}: {e}", tls.path))?;
+    let builder = match &tls.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => builder.with_client_cert_verifier(client_verifier(
+            ca,
+            tls.require_client_certificate,
+            provider,
+        )?),
+    };
+    let mut config =
+        builder.with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
     config.alpn_protocols = tls
         .alpn_protocols
         .iter()
@@ -156,6 +165,37 @@ pub fn server_config(tls: &DownstreamTls) -> Result<ListenerTls, String> {
         config: Arc::new(config),
         require_sni: tls.require_sni,
     })
+}
+
+/// Client certificates must chain to the `trusted_ca` certificates; without
+/// `require_client_certificate`, a client may present none.
+fn client_verifier(
+    ca: &Sourced,
+    required: bool,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+    let pem = load(ca)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| at(ca, format!("malformed PEM certificate: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| at(ca, format!("unusable CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(at(
+            ca,
+            "no PEM certificate (-----BEGIN CERTIFICATE-----) found",
+        ));
+    }
+    let builder =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let builder = if required {
+        builder
+    } else {
+        builder.allow_unauthenticated()
+    };
+    builder.build().map_err(|e| at(ca, e))
 }
 
 /// Envoy's BoringSSL cipher names vigil can offer, with rustls's suites (TLS 1.2 only: TLS 1.3

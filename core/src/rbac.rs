@@ -399,7 +399,27 @@ fn mask128(len: u32) -> u128 {
     u128::MAX.checked_shl(128 - len).unwrap_or(0)
 }
 
+impl Principal {
+    /// Whether it (or a principal inside it) names the TLS peer (`authenticated` with a
+    /// `principal_name`): judging that needs the client certificate's names.
+    pub fn names_the_peer(&self) -> bool {
+        match self {
+            Principal::Authenticated(name) => name.is_some(),
+            Principal::AndIds(ids) | Principal::OrIds(ids) => ids.iter().any(Self::names_the_peer),
+            Principal::NotId(id) => id.names_the_peer(),
+            _ => false,
+        }
+    }
+}
+
 impl Rules {
+    /// Whether a policy names the TLS peer (see [`Principal::names_the_peer`]).
+    pub fn names_the_peer(&self) -> bool {
+        self.policies
+            .iter()
+            .any(|(_, p)| p.principals.iter().any(Principal::names_the_peer))
+    }
+
     /// Rules with `policies` put in Envoy's evaluation order (by name); of two policies with
     /// the same name the last is kept, as a proto map keeps the last entry.
     pub fn new(action: Action, policies: impl IntoIterator<Item = (String, Policy)>) -> Rules {

@@ -26,6 +26,8 @@ use vigil_tests::{net, paths};
 /// A CA, and a server certificate it signed for `names`, as PEM files in `dir`.
 struct Pki {
     ca: CertificateDer<'static>,
+    /// A client certificate the CA signed, and its key (DER), for mutual TLS.
+    client: (CertificateDer<'static>, Vec<u8>),
     ca_file: String,
     cert_file: String,
     key_file: String,
@@ -45,6 +47,11 @@ fn pki(dir: &Path, names: &[&str]) -> Pki {
         rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
             .expect("server params");
     let cert = params.signed_by(&key, &issuer).expect("server certificate");
+    let client_key = rcgen::KeyPair::generate().expect("client key");
+    let client_cert = rcgen::CertificateParams::new(vec!["client.example".to_string()])
+        .expect("client params")
+        .signed_by(&client_key, &issuer)
+        .expect("client certificate");
     let ca_file = dir.join("ca.pem");
     std::fs::write(&ca_file, ca.pem()).expect("write CA");
     let cert_file = dir.join("server.pem");
@@ -53,6 +60,7 @@ fn pki(dir: &Path, names: &[&str]) -> Pki {
     std::fs::write(&key_file, key.serialize_pem()).expect("write key");
     Pki {
         ca: ca.der().clone(),
+        client: (client_cert.der().clone(), client_key.serialize_der()),
         ca_file: ca_file.display().to_string(),
         cert_file: cert_file.display().to_string(),
         key_file: key_file.display().to_string(),
@@ -71,15 +79,28 @@ const TLS_INSPECTOR: &str = "
       typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector }";
 
 fn client_config(pki: &Pki, alpn: &[&str]) -> Arc<rustls::ClientConfig> {
+    client_config_as(pki, alpn, None)
+}
+
+/// A client trusting `pki`'s CA, presenting `identity` (certificate and key) when given.
+fn client_config_as(pki: &Pki, alpn: &[&str], identity: Option<&Pki>) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.ca.clone()).expect("CA into the root store");
     #[expect(deprecated, reason = "ring offers no post-quantum key exchange")]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(id) => builder
+            .with_client_auth_cert(
+                vec![id.client.0.clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(id.client.1.clone().into()),
+            )
+            .expect("client identity"),
+    };
     config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     Arc::new(config)
 }
@@ -363,36 +384,91 @@ fn bad_certificates_refuse_the_file_naming_the_field() {
 fn pki_clone(pki: &Pki) -> Pki {
     Pki {
         ca: pki.ca.clone(),
+        client: pki.client.clone(),
         ca_file: pki.ca_file.clone(),
         cert_file: pki.cert_file.clone(),
         key_file: pki.key_file.clone(),
     }
 }
 
-#[test]
-fn client_certificates_are_refused_where_envoy_would_check_them() {
+#[tokio::test]
+async fn client_certificates_are_checked_as_in_envoy() {
     let dir = paths::scratch_dir("tls-listener-mtls");
     let pki = pki(&dir, &["app.example"]);
-    let listen: SocketAddr = "127.0.0.1:1".parse().expect("address");
+    let stranger_dir = dir.join("stranger");
+    std::fs::create_dir_all(&stranger_dir).expect("dir");
+    let stranger = self::pki(&stranger_dir, &["app.example"]);
+    let echo = EchoUpstream::start(IpAddr::from(net::fresh_loopback())).await;
     let mut spec = ListenerSpec::new(
         "mtls",
         echo_routes(),
-        &cluster_yaml("echo", &[listen], "", None),
+        &cluster_yaml("echo", &[echo.address], "", None),
     );
-    let mut socket = transport_socket(
+    let socket = transport_socket(
         &pki,
         &format!(
             ", validation_context: {{ trusted_ca: {{ filename: \"{}\" }} }}",
             pki.ca_file
         ),
     );
-    socket = socket.replacen(
+    spec.transport_socket = Some(socket.replacen(
         "common_tls_context:",
         "require_client_certificate: true, common_tls_context:",
         1,
+    ));
+    let proxies = start_envoy_and_vigil(&dir, |listen, admin| spec.render(listen, admin))
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+    let mut answers = Vec::new();
+    for (_, listener, _) in &proxies {
+        answers.push(vec![
+            get_over_tls(
+                *listener,
+                client_config_as(&pki, &[], Some(&pki)),
+                "app.example",
+                "/a",
+            )
+            .await,
+            get_over_tls(
+                *listener,
+                client_config_as(&pki, &[], None),
+                "app.example",
+                "/b",
+            )
+            .await,
+            get_over_tls(
+                *listener,
+                client_config_as(&pki, &[], Some(&stranger)),
+                "app.example",
+                "/c",
+            )
+            .await,
+        ]);
+    }
+    assert_eq!(answers[0], answers[1], "{answers:#?}");
+    assert!(answers[0][0].starts_with("200"), "{answers:#?}");
+    assert!(!answers[0][1].starts_with("200"), "{answers:#?}");
+    assert!(!answers[0][2].starts_with("200"), "{answers:#?}");
+}
+
+#[test]
+fn client_certificate_names_are_refused_where_envoy_would_match_them() {
+    let dir = paths::scratch_dir("tls-listener-mtls-san");
+    let pki = pki(&dir, &["app.example"]);
+    let listen: SocketAddr = "127.0.0.1:1".parse().expect("address");
+    let mut spec = ListenerSpec::new(
+        "mtlssan",
+        echo_routes(),
+        &cluster_yaml("echo", &[listen], "", None),
     );
-    spec.transport_socket = Some(socket);
-    let file = dir.join("mtls.yaml");
+    spec.transport_socket = Some(transport_socket(
+        &pki,
+        &format!(
+            ", validation_context: {{ trusted_ca: {{ filename: \"{}\" }}, match_typed_subject_alt_names: [{{ san_type: DNS, matcher: {{ exact: client.example }} }}] }}",
+            pki.ca_file
+        ),
+    ));
+    let file = dir.join("mtls-san.yaml");
     std::fs::write(
         &file,
         spec.render(listen, "127.0.0.1:2".parse().expect("address")),
@@ -403,10 +479,10 @@ fn client_certificates_are_refused_where_envoy_would_check_them() {
     let (ok, text) = vigil_validate(&file);
     assert!(
         !ok,
-        "vigil accepted a listener that checks client certificates: {text}"
+        "vigil accepted a listener that matches client certificate names: {text}"
     );
     assert!(
-        text.contains("require_client_certificate: client certificates (mutual TLS) are not implemented by vigil yet"),
+        text.contains("match_typed_subject_alt_names: matching the client certificate's subject alternative names is not implemented"),
         "{text}"
     );
 }

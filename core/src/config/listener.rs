@@ -275,6 +275,34 @@ fn filter_chain(
         if let Some(hcm) = out.last_mut() {
             hcm.network_rbac = network_rbac;
             hcm.tls = tls;
+            let mutual = hcm.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+            let ts_path = path.field("transport_socket");
+            if mutual && hcm.writes_client_cert_details {
+                cx.unsupported(
+                    &ts_path,
+                    "forward_client_cert_details APPEND_FORWARD / SANITIZE_SET with client \
+                     certificates: vigil does not write the certificate's details into \
+                     x-forwarded-client-cert yet",
+                );
+            }
+            let rules_name_peers = |rules: [&Option<crate::rbac::Rules>; 2]| {
+                rules.into_iter().flatten().any(|r| r.names_the_peer())
+            };
+            let names_peers = hcm
+                .network_rbac
+                .iter()
+                .any(|r| rules_name_peers([&r.rules, &r.shadow_rules]))
+                || hcm.http_filters.iter().any(|f| match &f.kind {
+                    HttpFilterKind::Rbac(r) => rules_name_peers([&r.rules, &r.shadow_rules]),
+                    _ => false,
+                });
+            if mutual && names_peers {
+                cx.unsupported(
+                    &ts_path,
+                    "RBAC principals with an authenticated principal_name on a listener with \
+                     client certificates: vigil does not read the certificate's names yet",
+                );
+            }
         }
     }
     for (typed_path, filter_name, type_name) in before {
@@ -390,11 +418,13 @@ fn connection_manager(
     let use_remote_address = o.bool(cx, "use_remote_address").unwrap_or(false);
     let xff_num_trusted_hops = o.u32(cx, "xff_num_trusted_hops").unwrap_or(0);
     let skip_xff_append = o.bool(cx, "skip_xff_append").unwrap_or(false);
-    let always_forward_client_cert = o.enumeration(
+    let client_cert_details = o.enumeration(
         cx,
         "forward_client_cert_details",
         &FORWARD_CLIENT_CERT_DETAILS,
-    ) == Some(4);
+    );
+    let always_forward_client_cert = client_cert_details == Some(4);
+    let writes_client_cert_details = matches!(client_cert_details, Some(2 | 3));
     let via = header_text(cx, &mut o, "via").unwrap_or_default();
     let generate_request_id = o.bool(cx, "generate_request_id").unwrap_or(true);
     let preserve_external_request_id = o.bool(cx, "preserve_external_request_id").unwrap_or(false);
@@ -463,6 +493,7 @@ fn connection_manager(
         xff_num_trusted_hops,
         skip_xff_append,
         always_forward_client_cert,
+        writes_client_cert_details,
         via,
         generate_request_id,
         preserve_external_request_id,

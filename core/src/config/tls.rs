@@ -73,12 +73,20 @@ pub struct DownstreamTls {
     pub stateful_resumption: bool,
     /// `prefer_client_ciphers` (default false: the server's order wins).
     pub prefer_client_ciphers: bool,
+    /// `validation_context.trusted_ca`: client certificates must chain to it (mutual TLS).
+    pub client_ca: Option<Sourced>,
+    /// `require_client_certificate`: a client without a certificate is refused (else a
+    /// certificate is checked when the client presents one).
+    pub require_client_certificate: bool,
     /// Where the context is in the file.
     pub path: FieldPath,
 }
 
-const NO_CLIENT_CERTS: &str = "client certificates (mutual TLS) are not implemented by vigil yet: \
-     serving without checking them would let in peers Envoy refuses";
+const NO_CLIENT_CERTS: &str = "client certificates (mutual TLS) are implemented by vigil only with \
+     a validation_context's trusted_ca: serving without checking them as Envoy would let in peers \
+     Envoy refuses";
+const PEER_CHECK: &str = "not implemented by vigil's client certificate check: it would let in \
+     peers Envoy refuses";
 const NO_SDS: &str = "certificates from SDS are not implemented by vigil yet";
 const NOT_SERVED: &str = "not implemented by vigil's TLS: it would serve something else than Envoy";
 
@@ -117,6 +125,47 @@ static DOWNSTREAM_TLS_CONTEXT: Message = Message {
     removed: &[],
 };
 
+static CERTIFICATE_VALIDATION_CONTEXT: Message = Message {
+    name: "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext",
+    fields: &[
+        read("trusted_ca"),
+        reject("ca_certificate_provider_instance", PEER_CHECK),
+        reject("system_root_certs", PEER_CHECK),
+        reject("watched_directory", PEER_CHECK),
+        reject("verify_certificate_spki", PEER_CHECK),
+        reject("verify_certificate_hash", PEER_CHECK),
+        reject(
+            "match_typed_subject_alt_names",
+            "matching the client certificate's subject alternative names is not implemented by \
+             vigil yet: it would let in peers Envoy refuses",
+        ),
+        reject(
+            "match_subject_alt_names",
+            "matching the client certificate's subject alternative names is not implemented by \
+             vigil yet: it would let in peers Envoy refuses",
+        ),
+        read("require_signed_certificate_timestamp"),
+        reject(
+            "crl",
+            "certificate revocation lists are not implemented by vigil yet",
+        ),
+        read("allow_expired_certificate"),
+        read("trust_chain_verification"),
+        reject("custom_validator_config", PEER_CHECK),
+        warn(
+            "only_verify_leaf_cert_crl",
+            "only used with a crl, which vigil refuses; ignored",
+        ),
+        reject("max_verify_depth", PEER_CHECK),
+    ],
+    removed: &[],
+};
+
+static TRUST_CHAIN_VERIFICATION: Enum = Enum {
+    name: "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext.TrustChainVerification",
+    values: &[("VERIFY_TRUST_CHAIN", 0), ("ACCEPT_UNTRUSTED", 1)],
+};
+
 static OCSP_STAPLE_POLICY: Enum = Enum {
     name: "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext.OcspStaplePolicy",
     values: &[
@@ -136,7 +185,7 @@ static COMMON_TLS_CONTEXT: Message = Message {
         reject("custom_tls_certificate_selector", NOT_SERVED),
         reject("tls_certificate_certificate_provider", NOT_SERVED),
         reject("tls_certificate_certificate_provider_instance", NOT_SERVED),
-        reject("validation_context", NO_CLIENT_CERTS).oneof("validation_context_type"),
+        read("validation_context").oneof("validation_context_type"),
         reject("validation_context_sds_secret_config", NO_CLIENT_CERTS)
             .oneof("validation_context_type"),
         reject("combined_validation_context", NO_CLIENT_CERTS).oneof("validation_context_type"),
@@ -261,9 +310,7 @@ fn downstream_tls(cx: &mut Ctx, typed: &Any) -> Option<DownstreamTls> {
     let errors = cx.errors.len();
     let mut o = typed.obj(cx, &DOWNSTREAM_TLS_CONTEXT);
     let path = o.path.clone();
-    if o.bool(cx, "require_client_certificate") == Some(true) {
-        cx.unsupported(&path.field("require_client_certificate"), NO_CLIENT_CERTS);
-    }
+    let require_client_certificate = o.bool(cx, "require_client_certificate") == Some(true);
     let require_sni = o.bool(cx, "require_sni").unwrap_or(false);
     let stateless_resumption = !o
         .bool(cx, "disable_stateless_session_resumption")
@@ -290,6 +337,12 @@ fn downstream_tls(cx: &mut Ctx, typed: &Any) -> Option<DownstreamTls> {
         return None;
     };
     let common_path = common.path.clone();
+    let client_ca = common
+        .message(cx, "validation_context", &CERTIFICATE_VALIDATION_CONTEXT)
+        .and_then(|v| validation_context(cx, v));
+    if require_client_certificate && client_ca.is_none() {
+        cx.unsupported(&path.field("require_client_certificate"), NO_CLIENT_CERTS);
+    }
     let alpn_protocols: Vec<String> = common
         .list("alpn_protocols")
         .into_iter()
@@ -384,8 +437,45 @@ fn downstream_tls(cx: &mut Ctx, typed: &Any) -> Option<DownstreamTls> {
         stateless_resumption,
         stateful_resumption,
         prefer_client_ciphers,
+        client_ca,
+        require_client_certificate,
         path,
     })
+}
+
+/// A listener's `validation_context`: its `trusted_ca`, the part vigil checks client
+/// certificates against; anything that would loosen or narrow the check is refused.
+fn validation_context(cx: &mut Ctx, mut o: Obj) -> Option<Sourced> {
+    let path = o.path.clone();
+    let trusted_ca = o
+        .take("trusted_ca")
+        .and_then(|(p, v)| data_source(cx, &p, v));
+    if o.bool(cx, "allow_expired_certificate") == Some(true) {
+        cx.unsupported(
+            &path.field("allow_expired_certificate"),
+            "accepting expired client certificates is not implemented by vigil",
+        );
+    }
+    if o.enumeration(cx, "trust_chain_verification", &TRUST_CHAIN_VERIFICATION) == Some(1) {
+        cx.unsupported(
+            &path.field("trust_chain_verification"),
+            "ACCEPT_UNTRUSTED is not implemented by vigil",
+        );
+    }
+    if o.bool(cx, "require_signed_certificate_timestamp") == Some(true) {
+        cx.unsupported(
+            &path.field("require_signed_certificate_timestamp"),
+            "signed certificate timestamps are not checked by vigil",
+        );
+    }
+    o.finish(cx);
+    if trusted_ca.is_none() {
+        cx.unsupported(
+            &path,
+            "a validation context without trusted_ca is not implemented by vigil",
+        );
+    }
+    trusted_ca
 }
 
 fn tls_certificate(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<(Sourced, Sourced)> {

@@ -579,6 +579,9 @@ pub struct HttpConnectionManager {
     /// removes it from every request that did not come over mutual TLS, which is every request
     /// vigil serves.
     pub always_forward_client_cert: bool,
+    /// `forward_client_cert_details` is `APPEND_FORWARD` or `SANITIZE_SET`: the proxy writes
+    /// the client certificate's details (vigil refuses that with mutual TLS).
+    pub writes_client_cert_details: bool,
     /// `via`: the value appended to `via` headers (empty: none).
     pub via: String,
     /// `generate_request_id` (default true).
