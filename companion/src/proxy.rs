@@ -454,6 +454,27 @@ pub struct Downstream {
     pub tls: Option<DownstreamTls>,
 }
 
+impl Downstream {
+    /// The connection's scheme: `https` over TLS.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// The SNI RBAC's `requested_server_name` sees: `""` without TLS or without SNI.
+    fn server_name(&self) -> &str {
+        self.tls
+            .as_ref()
+            .and_then(|tls| tls.sni.as_deref())
+            .unwrap_or("")
+    }
+
+    /// What RBAC's `authenticated` sees of the peer: a TLS connection matches `authenticated`
+    /// without a principal name, as in Envoy (vigil reads no names from client certificates).
+    fn tls_peer(&self) -> Option<&'static rbac::TlsPeer> {
+        self.tls.as_ref().map(|_| &NO_CLIENT_CERTIFICATE)
+    }
+}
+
 /// What a TLS handshake told about the client.
 #[derive(Debug, Clone)]
 pub struct DownstreamTls {
@@ -579,12 +600,8 @@ fn network_rbac_denies(
         direct_remote: peer,
         remote: peer,
         local: rbac::envoy_socket_address(downstream.local.unwrap_or(peer)),
-        server_name: downstream
-            .tls
-            .as_ref()
-            .and_then(|tls| tls.sni.as_deref())
-            .unwrap_or(""),
-        tls_peer: downstream.tls.as_ref().map(|_| &NO_CLIENT_CERTIFICATE),
+        server_name: downstream.server_name(),
+        tls_peer: downstream.tls_peer(),
     };
     for filter in &hcm.network_rbac {
         let decided = filter.decide(&request);
@@ -959,14 +976,8 @@ async fn respond(
                     direct_remote: rbac::envoy_socket_address(peer),
                     remote: rbac::envoy_socket_address(remote),
                     local: rbac::envoy_socket_address(local),
-                    server_name: downstream
-                        .tls
-                        .as_ref()
-                        .and_then(|tls| tls.sni.as_deref())
-                        .unwrap_or(""),
-                    // A TLS connection without a client certificate: `authenticated` with no
-                    // principal name matches it, as in Envoy.
-                    tls_peer: downstream.tls.as_ref().map(|_| &NO_CLIENT_CERTIFICATE),
+                    server_name: downstream.server_name(),
+                    tls_peer: downstream.tls_peer(),
                 };
                 let decided = rbac.decide(&request);
                 derived.counters.bump(
@@ -976,7 +987,7 @@ async fn respond(
                         .map(|name| format!("http.{}.{name}", state.hcm.stat_prefix)),
                 );
                 if !decided.allowed() {
-                    let details = decided.response_code_details().unwrap_or_default();
+                    let details = decided.denial_details().unwrap_or_default();
                     drop(borrowed);
                     outcome.request_headers = Some(parts.headers);
                     outcome.details = details.into();
@@ -1184,6 +1195,16 @@ async fn respond(
         return (empty(StatusCode::NOT_FOUND), outcome);
     };
     outcome.route_name = Some(selected.route.name.clone());
+    let context = FormatContext {
+        start: started,
+        downstream,
+        method: &parts.method,
+        path: &path,
+        authority: authority.as_deref(),
+        version: parts.version,
+        route_name: &selected.route.name,
+        cluster: None,
+    };
     let action = match &selected.route.action {
         RouteAction::DirectResponse { status, body } => {
             let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
@@ -1194,34 +1215,17 @@ async fn respond(
             if body.is_none() {
                 response.headers_mut().remove(header::CONTENT_TYPE);
             }
-            let context = FormatContext {
-                start: started,
-                downstream,
-                method: &parts.method,
-                path: &path,
-                authority: authority.as_deref(),
-                version: parts.version,
-                route_name: &selected.route.name,
-                cluster: None,
-            };
-            for level in selected.header_mutations(state.routes.config(), None) {
-                mutate(
-                    response.headers_mut(),
-                    &level.response_headers_to_remove,
-                    &level.response_headers_to_add,
-                    &mut || context.record(&parts.headers, Some(status.as_u16()), None),
-                );
-            }
+            finalize_response(
+                selected.header_mutations(state.routes.config(), None),
+                &mut response,
+                &mut || context.record(&parts.headers, Some(status.as_u16()), None),
+            );
             outcome.request_headers = Some(parts.headers);
             outcome.details = "direct_response".into();
             return (response, outcome);
         }
         RouteAction::Redirect(redirect) => {
-            let connection_scheme = if downstream.tls.is_some() {
-                "https"
-            } else {
-                "http"
-            };
+            let connection_scheme = downstream.scheme();
             let forwarded_proto = parts
                 .headers
                 .get("x-forwarded-proto")
@@ -1249,24 +1253,11 @@ async fn respond(
             if let Ok(location) = HeaderValue::from_str(&location) {
                 response.headers_mut().insert(header::LOCATION, location);
             }
-            let context = FormatContext {
-                start: started,
-                downstream,
-                method: &parts.method,
-                path: &path,
-                authority: authority.as_deref(),
-                version: parts.version,
-                route_name: &selected.route.name,
-                cluster: None,
-            };
-            for level in selected.header_mutations(state.routes.config(), None) {
-                mutate(
-                    response.headers_mut(),
-                    &level.response_headers_to_remove,
-                    &level.response_headers_to_add,
-                    &mut || context.record(&parts.headers, Some(status.as_u16()), None),
-                );
-            }
+            finalize_response(
+                selected.header_mutations(state.routes.config(), None),
+                &mut response,
+                &mut || context.record(&parts.headers, Some(status.as_u16()), None),
+            );
             outcome.request_headers = Some(parts.headers);
             outcome.details = "direct_response".into();
             return (response, outcome);
@@ -1312,12 +1303,10 @@ async fn respond(
         headers.insert(header::HOST, value);
     }
     if !headers.contains_key("x-forwarded-proto") {
-        let scheme = if downstream.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+        headers.insert(
+            "x-forwarded-proto",
+            HeaderValue::from_static(downstream.scheme()),
+        );
     }
     let weighted = cluster.as_ref().and_then(|c| c.weighted);
     // The route's request header changes (the router's finalizeRequestHeaders). What formatted
@@ -1336,14 +1325,8 @@ async fn respond(
         HeaderMap::new()
     };
     let context = FormatContext {
-        start: started,
-        downstream,
-        method: &parts.method,
-        path: &path,
-        authority: authority.as_deref(),
-        version: parts.version,
-        route_name: &selected.route.name,
         cluster: cluster.as_ref().map(|c| c.name.as_str()),
+        ..context
     };
     for level in selected.header_mutations(state.routes.config(), weighted) {
         mutate(
@@ -1414,16 +1397,30 @@ async fn respond(
     // The route's response header changes apply to the upstream's answer and to the router's
     // own replies (Envoy's router finalizes the headers of its local replies too).
     let status = response.status().as_u16();
-    for level in selected.header_mutations(state.routes.config(), weighted) {
+    finalize_response(
+        selected.header_mutations(state.routes.config(), weighted),
+        &mut response,
+        &mut || context.record(&request_before, Some(status), info.host),
+    );
+    outcome.forward = Some(info);
+    (response, outcome)
+}
+
+/// The route's response header changes, level by level (the router's finalizeResponseHeaders):
+/// on upstream answers, direct responses, redirects and the router's own replies alike.
+fn finalize_response<'m>(
+    levels: impl Iterator<Item = &'m vigil_core::config::HeaderMutations>,
+    response: &mut Response<ProxyBody>,
+    record: &mut dyn FnMut() -> LogRecord,
+) {
+    for level in levels {
         mutate(
             response.headers_mut(),
             &level.response_headers_to_remove,
             &level.response_headers_to_add,
-            &mut || context.record(&request_before, Some(status), info.host),
+            record,
         );
     }
-    outcome.forward = Some(info);
-    (response, outcome)
 }
 
 /// What a route's formatted header values read: the request as known when they are made.

@@ -232,69 +232,41 @@ impl Verdict<'_> {
     }
 }
 
-/// What the HTTP filter does with one request ([`HttpRbac::decide`]).
+/// What a filter does with one request ([`HttpRbac::decide`]) or connection
+/// ([`NetworkRbac::decide`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpRbacOutcome<'r> {
+pub struct RbacOutcome<'r> {
     /// The enforced verdict; `None` without `rules` (allowed).
     pub enforced: Option<Verdict<'r>>,
     /// The shadow verdict; `None` without `shadow_rules`.
     pub shadow: Option<Verdict<'r>>,
-    /// Counters to increment, named relative to the connection manager's scope
-    /// (`http.<stat_prefix>.` + name, e.g. `rbac.allowed`), in the order Envoy bumps them.
+    /// Counters to increment, in the order Envoy bumps them: for the HTTP filter named relative
+    /// to the connection manager's scope (`http.<stat_prefix>.` + name, e.g. `rbac.allowed`),
+    /// for the network filter full names from the root scope (`<stat_prefix>.rbac.allowed`).
     pub stats: Vec<String>,
-    /// Fields Envoy writes (as strings) to the [`HTTP_METADATA_NAMESPACE`] dynamic metadata;
-    /// empty when it writes none.
+    /// Fields Envoy writes (as strings) to the filter's dynamic metadata
+    /// ([`HTTP_METADATA_NAMESPACE`], or [`NETWORK_METADATA_NAMESPACE`] with the shadow result
+    /// only); empty when it writes none.
     pub metadata: Vec<(String, String)>,
     /// The [`ACCESS_LOG_HINT`] Envoy writes to [`COMMON_METADATA_NAMESPACE`] (enforced `LOG`
     /// rules only).
     pub access_log_hint: Option<bool>,
 }
 
-impl HttpRbacOutcome<'_> {
-    /// Whether the request goes on; otherwise answer [`DENIED_STATUS`] with [`DENIED_BODY`].
+impl RbacOutcome<'_> {
+    /// Whether the request or connection goes on; otherwise answer [`DENIED_STATUS`] with
+    /// [`DENIED_BODY`] (HTTP), or close the connection (after `delay_deny_ms`, if set).
     pub fn allowed(&self) -> bool {
         self.enforced.is_none_or(|v| v.allowed)
     }
 
-    /// The response code details of a denial
-    /// (`rbac_access_denied_matched_policy[<policy or none>]`); `None` when allowed.
-    pub fn response_code_details(&self) -> Option<String> {
-        denial_details(self.enforced)
+    /// The response code details (HTTP) or connection termination details (network) of a
+    /// denial (`rbac_access_denied_matched_policy[<policy or none>]`); `None` when allowed.
+    pub fn denial_details(&self) -> Option<String> {
+        self.enforced
+            .filter(|v| !v.allowed)
+            .map(|v| response_detail(v.policy_id()))
     }
-}
-
-/// What the network filter does on a read ([`NetworkRbac::decide`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetworkRbacOutcome<'r> {
-    /// The enforced verdict; `None` without `rules` (allowed).
-    pub enforced: Option<Verdict<'r>>,
-    /// The shadow verdict; `None` without `shadow_rules`.
-    pub shadow: Option<Verdict<'r>>,
-    /// Counters to increment, full names from the root scope (`<stat_prefix>.rbac.allowed`).
-    pub stats: Vec<String>,
-    /// Fields Envoy writes to the [`NETWORK_METADATA_NAMESPACE`] dynamic metadata (the shadow
-    /// result only); empty without shadow rules.
-    pub metadata: Vec<(String, String)>,
-    /// The [`ACCESS_LOG_HINT`] of enforced `LOG` rules.
-    pub access_log_hint: Option<bool>,
-}
-
-impl NetworkRbacOutcome<'_> {
-    /// Whether the connection goes on; otherwise close it (after `delay_deny_ms`, if set).
-    pub fn allowed(&self) -> bool {
-        self.enforced.is_none_or(|v| v.allowed)
-    }
-
-    /// The connection termination details of a denial; `None` when allowed.
-    pub fn termination_details(&self) -> Option<String> {
-        denial_details(self.enforced)
-    }
-}
-
-fn denial_details(enforced: Option<Verdict<'_>>) -> Option<String> {
-    enforced
-        .filter(|v| !v.allowed)
-        .map(|v| response_detail(v.policy_id()))
 }
 
 /// Envoy's `responseDetail`: `rbac_access_denied_matched_policy[<policy>]`, `none` without a
@@ -623,9 +595,17 @@ impl StatNames {
     }
 }
 
-/// Envoy's result strings in dynamic metadata.
-fn engine_result(verdict: &Verdict<'_>) -> &'static str {
-    if verdict.allowed { "allowed" } else { "denied" }
+/// The dynamic metadata Envoy writes for one verdict (`kind` is `shadow` or `enforced`):
+/// `<prefix><kind>_effective_policy_id` when a policy matched, and `<prefix><kind>_engine_result`.
+fn push_result(metadata: &mut Vec<(String, String)>, prefix: &str, kind: &str, v: &Verdict<'_>) {
+    if let Some(policy) = v.policy_id() {
+        metadata.push((
+            format!("{prefix}{kind}_effective_policy_id"),
+            policy.to_string(),
+        ));
+    }
+    let result = if v.allowed { "allowed" } else { "denied" };
+    metadata.push((format!("{prefix}{kind}_engine_result"), result.to_string()));
 }
 
 impl StatNames {
@@ -655,7 +635,7 @@ impl HttpRbac {
     /// enforced ones; counters (per policy too with `track_per_rule_stats`, only when a policy
     /// matched), and the `envoy.filters.http.rbac` fields, named with the stat prefixes in
     /// front (`<shadow_rules_stat_prefix>shadow_engine_result`, ...).
-    pub fn decide<'r>(&'r self, request: &RbacRequest<'_>) -> HttpRbacOutcome<'r> {
+    pub fn decide<'r>(&'r self, request: &RbacRequest<'_>) -> RbacOutcome<'r> {
         let names = StatNames::new("", &self.rules_stat_prefix, &self.shadow_rules_stat_prefix);
         let mut stats = Vec::new();
         let mut metadata = Vec::new();
@@ -669,34 +649,14 @@ impl HttpRbac {
         let shadow = self.shadow_rules.as_ref().map(|r| r.evaluate(request));
         if let Some(v) = &shadow {
             count(v, true, &mut stats);
-            let prefix = &self.shadow_rules_stat_prefix;
-            if let Some(policy) = v.policy_id() {
-                metadata.push((
-                    format!("{prefix}shadow_effective_policy_id"),
-                    policy.to_string(),
-                ));
-            }
-            metadata.push((
-                format!("{prefix}shadow_engine_result"),
-                engine_result(v).to_string(),
-            ));
+            push_result(&mut metadata, &self.shadow_rules_stat_prefix, "shadow", v);
         }
         let enforced = self.rules.as_ref().map(|r| r.evaluate(request));
         if let Some(v) = &enforced {
             count(v, false, &mut stats);
-            let prefix = &self.rules_stat_prefix;
-            if let Some(policy) = v.policy_id() {
-                metadata.push((
-                    format!("{prefix}enforced_effective_policy_id"),
-                    policy.to_string(),
-                ));
-            }
-            metadata.push((
-                format!("{prefix}enforced_engine_result"),
-                engine_result(v).to_string(),
-            ));
+            push_result(&mut metadata, &self.rules_stat_prefix, "enforced", v);
         }
-        HttpRbacOutcome {
+        RbacOutcome {
             enforced,
             shadow,
             stats,
@@ -716,7 +676,7 @@ impl NetworkRbac {
     /// with [`Enforcement::Continuous`]): shadow rules, then enforced rules, evaluated without
     /// headers whatever `request.headers` holds. Aggregate counters only (the network filter
     /// has no per-policy stats); metadata for the shadow result only.
-    pub fn decide<'r>(&'r self, request: &RbacRequest<'_>) -> NetworkRbacOutcome<'r> {
+    pub fn decide<'r>(&'r self, request: &RbacRequest<'_>) -> RbacOutcome<'r> {
         let request = RbacRequest {
             headers: None,
             ..*request
@@ -727,23 +687,13 @@ impl NetworkRbac {
         let shadow = self.shadow_rules.as_ref().map(|r| r.evaluate(&request));
         if let Some(v) = &shadow {
             stats.push(names.counter(Counter::of(v, true)));
-            let prefix = &self.shadow_rules_stat_prefix;
-            if let Some(policy) = v.policy_id() {
-                metadata.push((
-                    format!("{prefix}shadow_effective_policy_id"),
-                    policy.to_string(),
-                ));
-            }
-            metadata.push((
-                format!("{prefix}shadow_engine_result"),
-                engine_result(v).to_string(),
-            ));
+            push_result(&mut metadata, &self.shadow_rules_stat_prefix, "shadow", v);
         }
         let enforced = self.rules.as_ref().map(|r| r.evaluate(&request));
         if let Some(v) = &enforced {
             stats.push(names.counter(Counter::of(v, false)));
         }
-        NetworkRbacOutcome {
+        RbacOutcome {
             enforced,
             shadow,
             stats,
@@ -1181,7 +1131,7 @@ mod tests {
         let cfg = HttpRbac::default();
         let out = cfg.decide(&request(None));
         assert!(out.allowed());
-        assert_eq!(out.response_code_details(), None);
+        assert_eq!(out.denial_details(), None);
         assert!(out.stats.is_empty() && out.metadata.is_empty());
         assert_eq!(out.access_log_hint, None);
     }
@@ -1273,13 +1223,13 @@ mod tests {
         let out = cfg.decide(&r);
         assert!(!out.allowed());
         assert_eq!(
-            out.response_code_details().as_deref(),
+            out.denial_details().as_deref(),
             Some("rbac_access_denied_matched_policy[block_me]")
         );
         // ALLOW without a match: "none".
         let cfg = http(Some(rules(Action::Allow, vec![])), None);
         assert_eq!(
-            cfg.decide(&r).response_code_details().as_deref(),
+            cfg.decide(&r).denial_details().as_deref(),
             Some("rbac_access_denied_matched_policy[none]")
         );
         // A policy named "" is Envoy's empty effective policy id: "none", no metadata field.
@@ -1287,7 +1237,7 @@ mod tests {
         let out = cfg.decide(&r);
         assert_eq!(out.enforced.and_then(|v| v.policy), Some(""));
         assert_eq!(
-            out.response_code_details().as_deref(),
+            out.denial_details().as_deref(),
             Some("rbac_access_denied_matched_policy[none]")
         );
         assert_eq!(out.metadata.len(), 1);
@@ -1360,7 +1310,7 @@ mod tests {
             ["tcpr.rbac.sh.shadow_allowed", "tcpr.rbac.denied"]
         );
         assert_eq!(
-            out.termination_details().as_deref(),
+            out.denial_details().as_deref(),
             Some("rbac_access_denied_matched_policy[none]")
         );
 
@@ -1384,7 +1334,7 @@ mod tests {
         assert_eq!(out.stats, ["n.rbac.denied"]);
         assert!(out.metadata.is_empty());
         assert_eq!(
-            out.termination_details().as_deref(),
+            out.denial_details().as_deref(),
             Some("rbac_access_denied_matched_policy[all]")
         );
         let cfg = network(None, None);

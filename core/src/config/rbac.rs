@@ -1251,7 +1251,7 @@ mod tests {
                     tls_peer: peer,
                 };
                 let out = cfg.decide(&request);
-                (out.allowed(), out.response_code_details(), out.stats)
+                (out.allowed(), out.denial_details(), out.stats)
             };
         let (allowed, _, stats) = decide("/healthz?full=1", &[], "198.51.100.1:0", None);
         assert!(allowed);
