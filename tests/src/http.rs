@@ -118,3 +118,31 @@ fn encode(text: &str) -> String {
     }
     out
 }
+
+/// Reads one response off a raw connection into `answer`: its head and `content-length` bytes
+/// of body, or to the end of the stream (a proxy that closes without answering leaves `answer`
+/// empty). Not waiting for the close keeps Envoy's delayed close (1 s after a local reply) out
+/// of the tests' time.
+pub async fn read_response<S>(stream: &mut S, answer: &mut Vec<u8>)
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if length.is_some_and(|n| answer.len() >= end + 4 + n) {
+                return;
+            }
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+        }
+    }
+}

@@ -8,12 +8,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpSocket;
 use vigil_tests::envoy::{AdminProcess, ListenerSpec, start_envoy_and_vigil};
 use vigil_tests::raw_upstream::EchoUpstream;
 use vigil_tests::soak::cluster_yaml;
-use vigil_tests::{net, paths};
+use vigil_tests::{http, net, paths};
 
 /// What a proxy made of one raw request: `closed` when it closed without answering, else the
 /// status code, then (for the echo upstream's 200) the request line it forwarded and the
@@ -31,7 +31,7 @@ async fn exchange(from: IpAddr, to: SocketAddr, request: &str, show: &[&str]) ->
     let mut answer = Vec::new();
     let read = tokio::time::timeout(
         Duration::from_secs(5),
-        read_response(&mut stream, &mut answer),
+        http::read_response(&mut stream, &mut answer),
     )
     .await;
     if read.is_err() {
@@ -68,29 +68,6 @@ async fn exchange(from: IpAddr, to: SocketAddr, request: &str, show: &[&str]) ->
         out.push_str(&format!(" {name}={values:?}"));
     }
     out
-}
-
-/// Reads one response: its head and `content-length` bytes of body, or to the end of the
-/// stream (a proxy that closes without answering leaves `answer` empty). Not waiting for the
-/// close keeps Envoy's delayed close (1 s after a local reply) out of the test's time.
-async fn read_response(stream: &mut tokio::net::TcpStream, answer: &mut Vec<u8>) {
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
-            let length = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok());
-            if length.is_some_and(|n| answer.len() >= end + 4 + n) {
-                return;
-            }
-        }
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => answer.extend_from_slice(&chunk[..n]),
-        }
-    }
 }
 
 fn get(path: &str, extra: &str) -> String {

@@ -6,12 +6,12 @@
 
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use vigil_tests::envoy::{AdminProcess, ListenerSpec, start_envoy_and_vigil};
 use vigil_tests::raw_upstream::EchoUpstream;
 use vigil_tests::soak::cluster_yaml;
-use vigil_tests::{net, paths};
+use vigil_tests::{http, net, paths};
 
 const CORS_FILTER: &str = "
           - name: envoy.filters.http.cors
@@ -64,7 +64,7 @@ async fn ask(to: SocketAddr, method: &str, path: &str, extra: &str) -> String {
             .await
             .map_err(|e| e.to_string())?;
         let mut answer = Vec::new();
-        let _ = tcp.read_to_end(&mut answer).await;
+        http::read_response(&mut tcp, &mut answer).await;
         let text = String::from_utf8_lossy(&answer).into_owned();
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
         let status = head

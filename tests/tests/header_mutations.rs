@@ -6,12 +6,12 @@
 
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use vigil_tests::envoy::{ListenerSpec, start_envoy_and_vigil};
 use vigil_tests::raw_upstream::EchoUpstream;
 use vigil_tests::soak::cluster_yaml;
-use vigil_tests::{net, paths};
+use vigil_tests::{http, net, paths};
 
 /// The headers named `x-*` (sorted, one per line) that the upstream received and that the
 /// client got back, and the status.
@@ -24,7 +24,7 @@ async fn exchange(to: SocketAddr, path: &str, extra: &str) -> String {
             .await
             .map_err(|e| e.to_string())?;
         let mut answer = Vec::new();
-        let _ = tcp.read_to_end(&mut answer).await;
+        http::read_response(&mut tcp, &mut answer).await;
         let text = String::from_utf8_lossy(&answer).into_owned();
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
         let status = head

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use vigil_tests::envoy::{ListenerSpec, start_envoy_and_vigil};
 use vigil_tests::raw_upstream::EchoUpstream;
@@ -29,25 +29,7 @@ async fn ask(to: SocketAddr, path: &str, extra: &str) -> String {
             .await
             .map_err(|e| e.to_string())?;
         let mut answer = Vec::new();
-        let mut chunk = [0u8; 4096];
-        // Up to the end of the body (content-length), without waiting for the close.
-        loop {
-            if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
-                let length = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse::<usize>().ok())
-                    .unwrap_or(0);
-                if answer.len() >= end + 4 + length {
-                    break;
-                }
-            }
-            match tcp.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => answer.extend_from_slice(&chunk[..n]),
-            }
-        }
+        http::read_response(&mut tcp, &mut answer).await;
         let text = String::from_utf8_lossy(&answer).into_owned();
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
         let status = head
