@@ -2,6 +2,7 @@
 //! published snapshot says, for Envoy's rules (first check, thresholds, immediate failures,
 //! timeouts, edge and no-traffic intervals, concurrency, host removal).
 
+mod common;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -11,9 +12,8 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use vigil::checker::{ClusterChecker, ClusterHandle, ClusterSpec, HostSpec, ProbeFn};
 use vigil::probe::{Finished, ProbeResult};
-use vigil_core::check::{HealthCheck, Protocol, TcpCheck};
 use vigil_core::health::{FailureType, HealthFlags, Policy};
-use vigil_core::schedule::{IntervalSettings, Intervals};
+use vigil_core::schedule::IntervalSettings;
 
 /// What a scripted host does on its n-th check: answer after a delay, or hang.
 #[derive(Clone, Copy)]
@@ -75,23 +75,7 @@ fn host(last: u8) -> HostSpec {
 }
 
 fn spec(settings: IntervalSettings, policy: Policy, timeout_ms: u64) -> ClusterSpec {
-    ClusterSpec {
-        name: "web_cluster_01".into(),
-        check: Some(HealthCheck {
-            timeout_ms,
-            intervals: Intervals::from_settings(settings),
-            policy,
-            reuse_connection: true,
-            protocol: Protocol::Tcp(TcpCheck {
-                send: vec![],
-                receive: Default::default(),
-            }),
-            event_log_path: None,
-        }),
-        connect_timeout: Duration::from_millis(250),
-        ignore_new_hosts_until_first_hc: false,
-        ignore_health_on_host_removal: false,
-    }
+    common::tcp_check_spec("web_cluster_01", settings, policy, timeout_ms)
 }
 
 struct Running {

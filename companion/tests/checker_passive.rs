@@ -3,6 +3,7 @@
 //! `passive_failure`, leaves the probe schedule alone, and two passing probes
 //! (`healthy_threshold`) bring the host back; a report for an unknown host changes nothing.
 
+mod common;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,32 +11,16 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use vigil::checker::{ClusterChecker, ClusterSpec, HostSpec, ProbeFn};
 use vigil::probe::{Finished, ProbeResult};
-use vigil_core::check::{HealthCheck, Protocol, TcpCheck};
 use vigil_core::health::Policy;
-use vigil_core::schedule::{IntervalSettings, Intervals};
+use vigil_core::schedule::IntervalSettings;
 
 fn spec() -> ClusterSpec {
-    ClusterSpec {
-        name: "web".into(),
-        check: Some(HealthCheck {
-            timeout_ms: 250,
-            intervals: Intervals::from_settings(IntervalSettings {
-                interval_ms: 500,
-                no_traffic_interval_ms: Some(500),
-                ..IntervalSettings::default()
-            }),
-            policy: Policy::new(2, 2),
-            reuse_connection: true,
-            protocol: Protocol::Tcp(TcpCheck {
-                send: vec![],
-                receive: Default::default(),
-            }),
-            event_log_path: None,
-        }),
-        connect_timeout: Duration::from_millis(250),
-        ignore_new_hosts_until_first_hc: false,
-        ignore_health_on_host_removal: false,
-    }
+    let settings = IntervalSettings {
+        interval_ms: 500,
+        no_traffic_interval_ms: Some(500),
+        ..IntervalSettings::default()
+    };
+    common::tcp_check_spec("web", settings, Policy::new(2, 2), 250)
 }
 
 #[tokio::test(start_paused = true)]

@@ -6,6 +6,7 @@
 //! (`/pending_dynamic_removal`, Envoy's `updateDynamicHostList`) and is gone from the filter
 //! (Envoy, whose list the filter reads, already applied that rule).
 
+mod common;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -13,12 +14,11 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use vigil::checker::{ClusterChecker, ClusterSpec, HostSpec, ProbeFn};
 use vigil::probe::Finished;
-use vigil_core::check::{HealthCheck, Protocol, TcpCheck};
 use vigil_core::health::{HealthFlags, Policy, Verdict};
 use vigil_core::plugin::PluginConfig;
 use vigil_core::plugin::probe::ProbeAnswer;
 use vigil_core::plugin::supervisor::Supervisor;
-use vigil_core::schedule::{IntervalSettings, Intervals};
+use vigil_core::schedule::IntervalSettings;
 
 #[derive(Clone, Copy, Debug)]
 enum Step {
@@ -130,27 +130,12 @@ fn filter_transitions() -> (HashMap<String, Vec<HealthFlags>>, Supervisor) {
 }
 
 fn companion_spec() -> ClusterSpec {
-    ClusterSpec {
-        name: "web".into(),
-        check: Some(HealthCheck {
-            timeout_ms: 500,
-            intervals: Intervals::from_settings(IntervalSettings {
-                interval_ms: 1000,
-                no_traffic_interval_ms: Some(1000),
-                ..IntervalSettings::default()
-            }),
-            policy: Policy::new(2, 2),
-            reuse_connection: true,
-            protocol: Protocol::Tcp(TcpCheck {
-                send: vec![],
-                receive: Default::default(),
-            }),
-            event_log_path: None,
-        }),
-        connect_timeout: Duration::from_millis(250),
-        ignore_new_hosts_until_first_hc: false,
-        ignore_health_on_host_removal: false,
-    }
+    let settings = IntervalSettings {
+        interval_ms: 1000,
+        no_traffic_interval_ms: Some(1000),
+        ..IntervalSettings::default()
+    };
+    common::tcp_check_spec("web", settings, Policy::new(2, 2), 500)
 }
 
 fn scripted_probe() -> ProbeFn {

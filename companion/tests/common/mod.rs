@@ -22,6 +22,34 @@ use vigil::upstream::{HostPicker, LbSettings};
 use vigil_core::config::LbPolicy;
 use vigil_core::health::HealthFlags;
 
+/// A cluster checked over TCP (connect only, connections kept) with `settings`, `policy` and a
+/// `timeout_ms` check timeout: what the checker tests drive.
+pub fn tcp_check_spec(
+    name: &str,
+    settings: vigil_core::schedule::IntervalSettings,
+    policy: vigil_core::health::Policy,
+    timeout_ms: u64,
+) -> vigil::checker::ClusterSpec {
+    use vigil_core::check::{HealthCheck, Protocol, TcpCheck};
+    vigil::checker::ClusterSpec {
+        name: name.into(),
+        check: Some(HealthCheck {
+            timeout_ms,
+            intervals: vigil_core::schedule::Intervals::from_settings(settings),
+            policy,
+            reuse_connection: true,
+            protocol: Protocol::Tcp(TcpCheck {
+                send: vec![],
+                receive: Default::default(),
+            }),
+            event_log_path: None,
+        }),
+        connect_timeout: CONNECT_TIMEOUT,
+        ignore_new_hosts_until_first_hc: false,
+        ignore_health_on_host_removal: false,
+    }
+}
+
 /// The connect timeout of every test upstream.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
 
