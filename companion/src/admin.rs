@@ -905,6 +905,15 @@ pub fn stats(state: &AdminState) -> Vec<(String, i64, StatKind)> {
                     ));
                 }
             }
+            if let Some(ssl) = upstream.ssl_stats() {
+                for (name, value) in ssl.entries() {
+                    out.push((
+                        format!("{prefix}.ssl.{name}"),
+                        i64::try_from(value).unwrap_or(i64::MAX),
+                        StatKind::Counter,
+                    ));
+                }
+            }
             if upstream.original_dst_settings().is_some() {
                 let value = t.original_dst_host_invalid.load(Ordering::Relaxed) as i64;
                 out.push((

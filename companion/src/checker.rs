@@ -109,6 +109,8 @@ pub struct ClusterSpec {
     /// only mirrored from discovery.
     pub check: Option<HealthCheck>,
     pub connect_timeout: Duration,
+    /// The cluster's TLS client, when its hosts speak TLS: checks go through it too.
+    pub tls: Option<Arc<crate::tls::UpstreamConnector>>,
     pub ignore_new_hosts_until_first_hc: bool,
     pub ignore_health_on_host_removal: bool,
 }
@@ -515,6 +517,7 @@ impl ClusterChecker {
                 authority,
                 connect_timeout: self.spec.connect_timeout,
                 timeout,
+                tls: self.spec.tls.clone(),
             };
             let conn = self.engine.extra_mut(token).and_then(|s| s.conn.take());
             let probe = (self.probe)(&check.protocol, target, conn, reuse);

@@ -38,13 +38,16 @@
 //! `LocalOriginTimeout` with the 504 the router answers. Whether local-origin events count as
 //! 5xx (`split_external_local_origin_errors`) is the detector's business.
 
+use crate::tls::{
+    ConnectFailure, TlsConnectError, UpstreamConnector, UpstreamStream, connect_upstream,
+};
 use crate::upstream::{BreakerGauges, Breakers, HostPicker, Slot};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::collections::HashMap;
 use std::future::Future;
@@ -54,7 +57,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 use vigil_core::backoff::Backoff;
 use vigil_core::config::{CircuitBreakers, RoutingPriority};
 use vigil_core::outlier::Outcome;
@@ -234,6 +236,17 @@ impl OriginalDstSettings {
     }
 }
 
+/// How a cluster's connections are made.
+#[derive(Debug, Clone)]
+pub struct ConnectSettings {
+    /// `connect_timeout` (it covers the TLS handshake too, as in Envoy).
+    pub timeout: Duration,
+    /// Speak HTTP/2 (the cluster's HTTP/2 protocol options; h2c in plain text).
+    pub http2: bool,
+    /// The cluster's TLS client, when its hosts speak TLS.
+    pub tls: Option<Arc<UpstreamConnector>>,
+}
+
 /// The traffic side of a cluster: host choice, connection pool, counters.
 pub struct Upstream {
     pub name: String,
@@ -243,6 +256,10 @@ pub struct Upstream {
     /// Set on the first upstream connection: the check loop leaves no-traffic mode.
     has_traffic: Arc<AtomicBool>,
     client: Client<CountingConnector, ProxyBody>,
+    /// `https` when the hosts speak TLS (HTTP/2's `:scheme`), else `http`.
+    scheme: http::uri::Scheme,
+    /// The cluster's TLS client (shared with the connector), for its counters.
+    client_tls: Option<Arc<UpstreamConnector>>,
     original_dst: Option<OriginalDstSettings>,
     breakers: Breakers,
     /// Where `x-envoy-immediate-health-check-fail` on a real response is reported (the
@@ -251,20 +268,19 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// `http2`: speak h2c to the hosts (the cluster's HTTP/2 protocol options).
+    /// `http2`: speak HTTP/2 to the hosts (the cluster's HTTP/2 protocol options; h2c in plain
+    /// text). `tls`: the cluster's TLS client, when its hosts speak TLS.
     pub fn new(
         name: &str,
         picker: HostPicker,
         has_traffic: Arc<AtomicBool>,
-        connect_timeout: Duration,
-        http2: bool,
+        connect: ConnectSettings,
     ) -> Upstream {
         Self::build(
             name,
             picker,
             has_traffic,
-            connect_timeout,
-            http2,
+            connect,
             Duration::from_secs(60),
             None,
         )
@@ -276,9 +292,8 @@ impl Upstream {
     pub fn original_dst(
         name: &str,
         settings: OriginalDstSettings,
-        connect_timeout: Duration,
+        connect: ConnectSettings,
         cleanup_interval: Duration,
-        http2: bool,
     ) -> Result<Upstream, String> {
         let handle = crate::checker::ClusterHandle {
             snapshot: Arc::default(),
@@ -294,8 +309,7 @@ impl Upstream {
             name,
             picker,
             handle.has_traffic,
-            connect_timeout,
-            http2,
+            connect,
             cleanup_interval.max(Duration::from_millis(1)),
             Some(settings),
         ))
@@ -305,18 +319,23 @@ impl Upstream {
         name: &str,
         picker: HostPicker,
         has_traffic: Arc<AtomicBool>,
-        connect_timeout: Duration,
-        http2: bool,
+        connect: ConnectSettings,
         idle: Duration,
         original_dst: Option<OriginalDstSettings>,
     ) -> Upstream {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(connect_timeout));
-        http.set_nodelay(true);
+        let http2 = connect.http2;
+        let mut connect = connect;
+        connect.tls = connect.tls.map(|tls| tls.for_http_pool(http2));
+        let client_tls = connect.tls.clone();
+        let scheme = if connect.tls.is_some() {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        };
         let traffic = Arc::new(ClusterTraffic::default());
         let hosts: Arc<Mutex<HashMap<SocketAddr, Arc<HostTraffic>>>> = Arc::default();
         let connector = CountingConnector {
-            inner: http,
+            connect: Arc::new(connect),
             traffic: traffic.clone(),
             hosts: hosts.clone(),
             has_traffic: has_traffic.clone(),
@@ -333,6 +352,8 @@ impl Upstream {
             hosts,
             has_traffic,
             client: builder.build(connector),
+            scheme,
+            client_tls,
             original_dst,
             breakers: Breakers::default(),
             health_reports: None,
@@ -366,6 +387,11 @@ impl Upstream {
             .sum();
         drop(hosts);
         self.breakers.gauges(priority, connections)
+    }
+
+    /// Envoy's `ssl.*` counters of the cluster's TLS connections, when its hosts speak TLS.
+    pub fn ssl_stats(&self) -> Option<&crate::tls::SslStats> {
+        self.client_tls.as_deref().map(|tls| tls.stats.as_ref())
     }
 
     /// The host selection settings when this is an ORIGINAL_DST cluster.
@@ -427,6 +453,9 @@ enum Failure {
 fn connect_failure_reason(err: &(dyn std::error::Error + 'static)) -> String {
     let mut source = Some(err);
     while let Some(current) = source {
+        if let Some(tls) = current.downcast_ref::<TlsConnectError>() {
+            return tls.0.clone();
+        }
         if let Some(io) = current.downcast_ref::<std::io::Error>() {
             let text = io.to_string();
             let text = text.split(" (os error").next().unwrap_or(&text);
@@ -567,9 +596,13 @@ pub async fn forward_at_priority(
             .per_try_timeout
             .map_or(remaining, |t| t.min(remaining));
         let last = attempt >= how.retry.num_retries;
-        let send = upstream
-            .client
-            .request(build_request(&mut request, host, how.timeout, last));
+        let send = upstream.client.request(build_request(
+            &mut request,
+            &upstream.scheme,
+            host,
+            how.timeout,
+            last,
+        ));
         let result = tokio::time::timeout(per_try, send).await;
         drop(active);
         let outcome = match result {
@@ -805,12 +838,13 @@ fn count_status(traffic: &ClusterTraffic, status: u16) {
 /// out of `request` rather than copied (the copy is only for a retry to resend).
 fn build_request(
     request: &mut Outgoing,
+    scheme: &http::uri::Scheme,
     host: SocketAddr,
     timeout: Duration,
     last: bool,
 ) -> Request<ProxyBody> {
     let uri = Uri::builder()
-        .scheme("http")
+        .scheme(scheme.clone())
         .authority(host.to_string())
         .path_and_query(request.path_and_query.as_str())
         .build()
@@ -885,10 +919,11 @@ fn rand_u64() -> u64 {
     hasher.finish()
 }
 
-/// `HttpConnector` that counts connections per host and per cluster.
+/// The cluster's connector (TCP, then TLS when the cluster has it), counting connections per
+/// host and per cluster.
 #[derive(Clone)]
 struct CountingConnector {
-    inner: HttpConnector,
+    connect: Arc<ConnectSettings>,
     traffic: Arc<ClusterTraffic>,
     hosts: Arc<Mutex<HashMap<SocketAddr, Arc<HostTraffic>>>>,
     has_traffic: Arc<AtomicBool>,
@@ -899,15 +934,24 @@ impl tower_service::Service<Uri> for CountingConnector {
     type Error = Box<dyn std::error::Error + Send + Sync>;
     type Future = Pin<Box<dyn Future<Output = Result<Counted, Self::Error>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let host = uri
             .authority()
             .and_then(|a| a.as_str().parse::<SocketAddr>().ok());
-        let connecting = self.inner.call(uri);
+        let connect = self.connect.clone();
+        let connecting = async move {
+            let Some(address) = host else {
+                return Err(ConnectFailure::Tcp(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "upstream address is not IP:port",
+                )));
+            };
+            connect_upstream(address, connect.timeout, connect.tls.as_deref()).await
+        };
         let traffic = self.traffic.clone();
         let hosts = self.hosts.clone();
         let has_traffic = self.has_traffic.clone();
@@ -922,7 +966,7 @@ impl tower_service::Service<Uri> for CountingConnector {
                         c.cx_active.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(Counted {
-                        inner: stream,
+                        inner: TokioIo::new(stream),
                         counters,
                     })
                 }
@@ -943,7 +987,7 @@ impl tower_service::Service<Uri> for CountingConnector {
 
 /// A connection that lowers its host's `cx_active` when it closes.
 struct Counted {
-    inner: TokioIo<TcpStream>,
+    inner: TokioIo<UpstreamStream>,
     counters: Option<Arc<HostTraffic>>,
 }
 
@@ -957,7 +1001,9 @@ impl Drop for Counted {
 
 impl Connection for Counted {
     fn connected(&self) -> Connected {
-        self.inner.connected()
+        // The cluster's configured protocol is spoken whatever ALPN said, as Envoy's explicit
+        // HTTP/1 and HTTP/2 configurations do.
+        Connected::new()
     }
 }
 

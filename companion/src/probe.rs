@@ -6,6 +6,7 @@
 //! the I/O. Timeouts are applied by the caller around the whole probe (connect + request +
 //! response, as Envoy's timeout timer covers), and a timed-out probe's connection is dropped.
 
+use crate::tls::{UpstreamConnector, UpstreamStream, connect_upstream};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::{http1, http2};
@@ -13,9 +14,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use vigil_core::check::{Codec, GrpcCheck, HttpAnswer, HttpCheck, Protocol, TcpCheck};
 use vigil_core::grpc_health;
 
@@ -35,13 +36,16 @@ pub struct Target {
     pub connect_timeout: Duration,
     /// The check's `timeout`, announced to gRPC servers as `grpc-timeout`.
     pub timeout: Duration,
+    /// The cluster's TLS client, when its hosts speak TLS (Envoy checks through the cluster's
+    /// transport socket: a failed handshake is a network failure).
+    pub tls: Option<Arc<UpstreamConnector>>,
 }
 
 /// A connection kept between checks of one host.
 pub enum Connection {
     Http1(http1::SendRequest<Full<Bytes>>),
     Http2(http2::SendRequest<Full<Bytes>>),
-    Tcp(TcpStream),
+    Tcp(UpstreamStream),
 }
 
 /// One finished probe: the verdict, the connection to keep, and whether the check counted a
@@ -76,14 +80,14 @@ fn finished(result: ProbeResult, keep: Option<Connection>) -> Finished {
     }
 }
 
-async fn connect(target: &Target) -> Result<TcpStream, ProbeResult> {
-    match tokio::time::timeout(target.connect_timeout, TcpStream::connect(target.address)).await {
-        Ok(Ok(stream)) => {
-            let _ = stream.set_nodelay(true);
-            Ok(stream)
-        }
-        Ok(Err(_)) | Err(_) => Err(ProbeResult::network()),
-    }
+async fn connect(target: &Target) -> Result<UpstreamStream, ProbeResult> {
+    connect_upstream(
+        target.address,
+        target.connect_timeout,
+        target.tls.as_deref(),
+    )
+    .await
+    .map_err(|_| ProbeResult::network())
 }
 
 async fn http1_connection(target: &Target) -> Result<http1::SendRequest<Full<Bytes>>, ProbeResult> {

@@ -1890,6 +1890,7 @@ struct OriginalDstPlan {
     cleanup_interval: Duration,
     http2: bool,
     breakers: vigil_core::config::CircuitBreakers,
+    tls: Option<vigil_core::config::UpstreamTls>,
 }
 
 struct RunningListener {
@@ -2106,15 +2107,28 @@ impl ListenerSet {
                     vigil_core::config::UpstreamProtocol::Http2
                 ),
                 breakers,
+                tls: cluster.tls.clone(),
             };
             let upstream = match self.original_dst.remove(&cluster.name) {
                 Some((running, upstream)) if running == plan => upstream,
                 _ => match Upstream::original_dst(
                     &cluster.name,
                     plan.settings.clone(),
-                    plan.connect_timeout,
+                    crate::forward::ConnectSettings {
+                        timeout: plan.connect_timeout,
+                        http2: plan.http2,
+                        tls: match &plan.tls {
+                            None => None,
+                            Some(tls) => match crate::tls::UpstreamConnector::new(tls) {
+                                Ok(connector) => Some(Arc::new(connector)),
+                                Err(err) => {
+                                    problems.push(format!("cluster '{}': {err}", cluster.name));
+                                    continue;
+                                }
+                            },
+                        },
+                    },
                     plan.cleanup_interval,
-                    plan.http2,
                 ) {
                     Ok(upstream) => Arc::new(upstream.with_circuit_breakers(plan.breakers.clone())),
                     Err(err) => {

@@ -78,6 +78,8 @@ pub struct ClusterPlan {
     pub metadata: EndpointMetadata,
     /// `circuit_breakers`, Envoy's defaults where not given.
     pub circuit_breakers: CircuitBreakers,
+    /// The cluster's TLS context as configured (its client is [`ClusterSpec::tls`]).
+    pub tls: Option<vigil_core::config::UpstreamTls>,
 }
 
 impl PartialEq for ClusterPlan {
@@ -95,6 +97,7 @@ impl PartialEq for ClusterPlan {
             && self.outlier == other.outlier
             && self.metadata == other.metadata
             && self.circuit_breakers == other.circuit_breakers
+            && self.tls == other.tls
     }
 }
 
@@ -258,11 +261,17 @@ pub fn plan(bootstrap: &Bootstrap) -> Result<(Vec<ClusterPlan>, Vec<String>), St
                 }
             }
         }
+        // Certificates and keys are read now: a missing file or a bad PEM refuses the file.
+        let tls = match &cluster.tls {
+            None => None,
+            Some(tls) => Some(Arc::new(crate::tls::UpstreamConnector::new(tls)?)),
+        };
         plans.push(ClusterPlan {
             spec: ClusterSpec {
                 name: cluster.name.clone(),
                 check: cluster.health_check.clone(),
                 connect_timeout: Duration::from_millis(cluster.connect_timeout_ms),
+                tls,
                 ignore_new_hosts_until_first_hc: cluster
                     .common_lb_config
                     .ignore_new_hosts_until_first_hc,
@@ -275,6 +284,7 @@ pub fn plan(bootstrap: &Bootstrap) -> Result<(Vec<ClusterPlan>, Vec<String>), St
             outlier,
             metadata,
             circuit_breakers,
+            tls: cluster.tls.clone(),
         });
     }
     Ok((plans, notes))
@@ -484,8 +494,11 @@ impl Runtime {
                     &plan.spec.name,
                     picker,
                     handle.has_traffic.clone(),
-                    plan.spec.connect_timeout,
-                    plan.http2,
+                    crate::forward::ConnectSettings {
+                        timeout: plan.spec.connect_timeout,
+                        http2: plan.http2,
+                        tls: plan.spec.tls.clone(),
+                    },
                 )
                 .with_circuit_breakers(plan.circuit_breakers.clone())
                 .with_health_reports(health_reports),

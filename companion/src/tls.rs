@@ -13,13 +13,17 @@ use rustls::server::{Acceptor, NoServerSessionStorage, ServerSessionMemoryCache}
 use rustls::sign::CertifiedKey;
 use rustls::{SupportedCipherSuite, SupportedProtocolVersion};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
-use vigil_core::config::{DataSource, DownstreamTls, FilterChainMatch, Sourced, TlsVersion};
+use vigil_core::config::{
+    DataSource, DownstreamTls, FieldPath, FilterChainMatch, PeerValidation, SanType, Sourced,
+    SubjectAltName, TlsParams, TlsVersion, UpstreamTls,
+};
 
 /// How long a client has for its handshake (Envoy's listener default `transport_socket_connect
 /// _timeout` is unset, but a connection that never completes a handshake must not hold a slot
@@ -101,7 +105,7 @@ pub fn server_config(tls: &DownstreamTls) -> Result<ListenerTls, String> {
     let key_pem = load(&tls.private_key)?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| at(&tls.private_key, format!("no usable PEM private key: {e}")))?;
-    let provider = provider(tls)?;
+    let provider = provider(&tls.params, &tls.path)?;
     let signing_key = provider
         .key_provider
         .load_private_key(key)
@@ -130,7 +134,7 @@ pub fn server_config(tls: &DownstreamTls) -> Result<ListenerTls, String> {
         (TlsVersion::V1_3, &rustls::version::TLS13),
     ]
     .into_iter()
-    .filter(|(v, _)| (tls.min_version..=tls.max_version).contains(v))
+    .filter(|(v, _)| (tls.params.min_version..=tls.params.max_version).contains(v))
     .map(|(_, version)| version)
     .collect();
     let provider = Arc::new(provider);
@@ -229,7 +233,7 @@ const CIPHERS: [(&str, SupportedCipherSuite); 6] = [
 
 /// ring's provider, narrowed to the context's cipher suites and curves. A list none of whose
 /// entries vigil has is an error; missing entries are logged.
-fn provider(tls: &DownstreamTls) -> Result<CryptoProvider, String> {
+fn provider(tls: &TlsParams, path: &FieldPath) -> Result<CryptoProvider, String> {
     // Deprecated for lacking post-quantum key exchange; Envoy 1.36's default curves (X25519,
     // P-256) are all there, and ring needs no build tools beyond a C compiler.
     #[expect(deprecated, reason = "ring offers no post-quantum key exchange")]
@@ -248,7 +252,7 @@ fn provider(tls: &DownstreamTls) -> Result<CryptoProvider, String> {
                 Some(_) => {}
                 None => log::warn!(
                     "{}: cipher suite {name} is not offered by vigil (rustls offers {})",
-                    tls.path,
+                    path,
                     CIPHERS.map(|(n, _)| n).join(", ")
                 ),
             }
@@ -258,7 +262,7 @@ fn provider(tls: &DownstreamTls) -> Result<CryptoProvider, String> {
             return Err(format!(
                 "{}.common_tls_context.tls_params.cipher_suites: none of these cipher suites is \
                  available in vigil ({}); it offers {}",
-                tls.path,
+                path,
                 names.join(", "),
                 CIPHERS.map(|(n, _)| n).join(", ")
             ));
@@ -281,14 +285,14 @@ fn provider(tls: &DownstreamTls) -> Result<CryptoProvider, String> {
         for name in &tls.ecdh_curves {
             match curves.iter().find(|(n, _)| n == name) {
                 Some((_, group)) => wanted.push(*group),
-                None => log::warn!("{}: ECDH curve {name} is not offered by vigil", tls.path),
+                None => log::warn!("{}: ECDH curve {name} is not offered by vigil", path),
             }
         }
         if wanted.is_empty() {
             return Err(format!(
                 "{}.common_tls_context.tls_params.ecdh_curves: none of these curves is available \
                  in vigil ({}); it offers X25519, P-256, P-384",
-                tls.path,
+                path,
                 tls.ecdh_curves.join(", ")
             ));
         }
@@ -312,4 +316,632 @@ fn load(sourced: &Sourced) -> Result<Vec<u8>, String> {
 
 fn at(sourced: &Sourced, message: impl std::fmt::Display) -> String {
     format!("{}: {message}", sourced.path)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream: connecting to a cluster's hosts with its `UpstreamTlsContext`.
+// ---------------------------------------------------------------------------------------------
+
+/// Envoy's `cluster.<name>.ssl.*` counters of a cluster's TLS connections (proxied and health
+/// checks alike, as both use the cluster's transport socket).
+#[derive(Debug, Default)]
+pub struct SslStats {
+    pub handshake: AtomicU64,
+    pub connection_error: AtomicU64,
+    pub session_reused: AtomicU64,
+    pub fail_verify_error: AtomicU64,
+    pub fail_verify_san: AtomicU64,
+    pub fail_verify_cert_hash: AtomicU64,
+}
+
+impl SslStats {
+    /// `(name, value)` pairs under `ssl.`, in Envoy's names.
+    pub fn entries(&self) -> [(&'static str, u64); 6] {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("connection_error", get(&self.connection_error)),
+            ("fail_verify_cert_hash", get(&self.fail_verify_cert_hash)),
+            ("fail_verify_error", get(&self.fail_verify_error)),
+            ("fail_verify_san", get(&self.fail_verify_san)),
+            ("handshake", get(&self.handshake)),
+            ("session_reused", get(&self.session_reused)),
+        ]
+    }
+}
+
+/// A cluster's TLS client: the rustls configuration, the server name to send, the counters.
+pub struct UpstreamConnector {
+    config: Arc<rustls::ClientConfig>,
+    sni: Option<ServerName<'static>>,
+    pub stats: Arc<SslStats>,
+}
+
+/// Why a TLS connection to an upstream failed, as Envoy's transport failure reason
+/// (`%UPSTREAM_TRANSPORT_FAILURE_REASON%` and the local reply): BoringSSL's error name where
+/// one corresponds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConnectError(pub String);
+
+impl std::fmt::Display for TlsConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TlsConnectError {}
+
+impl std::fmt::Debug for UpstreamConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConnector")
+            .field("sni", &self.sni)
+            .field("alpn", &self.config.alpn_protocols)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamConnector {
+    /// The cluster's TLS client from its context: certificates read and checked, the error
+    /// naming the field.
+    pub fn new(tls: &UpstreamTls) -> Result<UpstreamConnector, String> {
+        let provider = Arc::new(provider(&tls.params, &tls.path)?);
+        let versions: Vec<&'static SupportedProtocolVersion> = [
+            (TlsVersion::V1_2, &rustls::version::TLS12),
+            (TlsVersion::V1_3, &rustls::version::TLS13),
+        ]
+        .into_iter()
+        .filter(|(v, _)| (tls.params.min_version..=tls.params.max_version).contains(v))
+        .map(|(_, version)| version)
+        .collect();
+        let stats = Arc::new(SslStats::default());
+        let verifier = Arc::new(EnvoyServerVerifier::new(
+            &tls.peer,
+            provider.clone(),
+            stats.clone(),
+        )?);
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&versions)
+            .map_err(|e| format!("{}: {e}", tls.path))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        let mut config = match &tls.client_certificate {
+            None => builder.with_no_client_auth(),
+            Some((chain, key)) => {
+                let (chain, key) = certificate_and_key(chain, key, &provider)?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| format!("{}: {e}", tls.path))?
+            }
+        };
+        config.alpn_protocols = tls
+            .alpn_protocols
+            .iter()
+            .map(|p| p.as_bytes().to_vec())
+            .collect();
+        // Envoy sends no SNI unless `sni` is set.
+        config.enable_sni = tls.sni.is_some();
+        config.resumption = if tls.max_session_keys == 0 {
+            rustls::client::Resumption::disabled()
+        } else {
+            rustls::client::Resumption::in_memory_sessions(tls.max_session_keys as usize)
+        };
+        let sni = match &tls.sni {
+            None => None,
+            Some(name) => Some(ServerName::try_from(name.clone()).map_err(|e| {
+                format!(
+                    "{}.sni: {name:?} cannot be sent as a server name: {e}",
+                    tls.path
+                )
+            })?),
+        };
+        Ok(UpstreamConnector {
+            config: Arc::new(config),
+            sni,
+            stats,
+        })
+    }
+
+    /// The connector the HTTP connection pool uses: when the context names no ALPN protocol,
+    /// Envoy's pool offers the one it speaks (`http/1.1` or `h2`). Counters are shared.
+    pub fn for_http_pool(self: &Arc<Self>, http2: bool) -> Arc<UpstreamConnector> {
+        if !self.config.alpn_protocols.is_empty() {
+            return self.clone();
+        }
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = vec![if http2 {
+            b"h2".to_vec()
+        } else {
+            b"http/1.1".to_vec()
+        }];
+        Arc::new(UpstreamConnector {
+            config: Arc::new(config),
+            sni: self.sni.clone(),
+            stats: self.stats.clone(),
+        })
+    }
+
+    /// The TLS handshake over a connected socket to `address`.
+    pub async fn handshake(
+        &self,
+        tcp: TcpStream,
+        address: std::net::SocketAddr,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, TlsConnectError> {
+        // Without `sni` the name is the address: rustls sends no SNI for it, and the verifier
+        // ignores names (Envoy checks none unless matchers are configured).
+        let name = self
+            .sni
+            .clone()
+            .unwrap_or_else(|| ServerName::IpAddress(address.ip().into()));
+        let connector = tokio_rustls::TlsConnector::from(self.config.clone());
+        match connector.connect(name, tcp).await {
+            Ok(stream) => {
+                self.stats.handshake.fetch_add(1, Ordering::Relaxed);
+                if stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                    self.stats.session_reused.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(stream)
+            }
+            Err(e) => {
+                self.stats.connection_error.fetch_add(1, Ordering::Relaxed);
+                Err(TlsConnectError(failure_reason(&e)))
+            }
+        }
+    }
+}
+
+/// A certificate chain and its key from their sources, checked to belong together.
+fn certificate_and_key(
+    chain: &Sourced,
+    key: &Sourced,
+    provider: &CryptoProvider,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    let chain_pem = load(chain)?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&chain_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| at(chain, format!("malformed PEM certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(at(
+            chain,
+            "no PEM certificate (-----BEGIN CERTIFICATE-----) found",
+        ));
+    }
+    let key_pem = load(key)?;
+    let private_key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| at(key, format!("no usable PEM private key: {e}")))?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(private_key.clone_key())
+        .map_err(|e| at(key, format!("unsupported private key: {e}")))?;
+    if let Err(e @ rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) =
+        CertifiedKey::new(certs.clone(), signing_key).keys_match()
+    {
+        return Err(at(
+            key,
+            format!(
+                "the private key does not match the certificate chain's first certificate ({e})"
+            ),
+        ));
+    }
+    Ok((certs, private_key))
+}
+
+/// BoringSSL's packed error for an SSL-library reason, as Envoy prints it in
+/// `TLS_error:|<code>:SSL routines:OPENSSL_internal:<NAME>:TLS_error_end`.
+fn boringssl_reason(reason: u32, name: &str) -> String {
+    const ERR_LIB_SSL: u32 = 16;
+    format!(
+        "TLS_error:|{}:SSL routines:OPENSSL_internal:{name}:TLS_error_end",
+        (ERR_LIB_SSL << 24) | reason
+    )
+}
+
+/// Envoy's transport failure reason for a failed client handshake.
+fn failure_reason(err: &std::io::Error) -> String {
+    let Some(tls) = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    else {
+        // The peer closed or reset the connection during the handshake.
+        return "TLS_error:|33554536:system library:OPENSSL_internal:Connection reset by \
+                peer:TLS_error_end"
+            .to_string();
+    };
+    use rustls::AlertDescription as A;
+    match tls {
+        rustls::Error::InvalidCertificate(_) => boringssl_reason(125, "CERTIFICATE_VERIFY_FAILED"),
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
+            boringssl_reason(247, "WRONG_VERSION_NUMBER")
+        }
+        rustls::Error::AlertReceived(alert) => {
+            let (reason, name) = match alert {
+                A::HandshakeFailure => (1040, "SSLV3_ALERT_HANDSHAKE_FAILURE"),
+                A::BadCertificate => (1042, "SSLV3_ALERT_BAD_CERTIFICATE"),
+                A::CertificateExpired => (1045, "SSLV3_ALERT_CERTIFICATE_EXPIRED"),
+                A::CertificateUnknown => (1046, "SSLV3_ALERT_CERTIFICATE_UNKNOWN"),
+                A::UnknownCA => (1048, "TLSV1_ALERT_UNKNOWN_CA"),
+                A::AccessDenied => (1049, "TLSV1_ALERT_ACCESS_DENIED"),
+                A::DecryptError => (1051, "TLSV1_ALERT_DECRYPT_ERROR"),
+                A::ProtocolVersion => (1070, "TLSV1_ALERT_PROTOCOL_VERSION"),
+                A::InternalError => (1080, "TLSV1_ALERT_INTERNAL_ERROR"),
+                A::UnrecognisedName => (1112, "TLSV1_UNRECOGNIZED_NAME"),
+                A::CertificateRequired => (1116, "TLSV1_CERTIFICATE_REQUIRED"),
+                A::NoApplicationProtocol => (1120, "TLSV1_ALERT_NO_APPLICATION_PROTOCOL"),
+                other => return format!("TLS_error:alert {other:?}:TLS_error_end"),
+            };
+            boringssl_reason(reason, name)
+        }
+        rustls::Error::PeerIncompatible(_) => boringssl_reason(184, "NO_SHARED_CIPHER"),
+        other => format!("TLS_error:{other}:TLS_error_end"),
+    }
+}
+
+/// Envoy's default certificate validator on the client side (`DefaultCertValidator`): the
+/// chain against `trusted_ca` when given (no name check: Envoy checks names only through
+/// matchers), then the subject alternative name matchers and the pins. With nothing configured
+/// any certificate is accepted, as Envoy's `SSL_VERIFY_NONE`; the handshake signature is always
+/// verified.
+#[derive(Debug)]
+struct EnvoyServerVerifier {
+    roots: Option<Arc<rustls::RootCertStore>>,
+    peer: PeerValidation,
+    provider: Arc<CryptoProvider>,
+    stats: Arc<SslStats>,
+}
+
+impl EnvoyServerVerifier {
+    fn new(
+        peer: &PeerValidation,
+        provider: Arc<CryptoProvider>,
+        stats: Arc<SslStats>,
+    ) -> Result<EnvoyServerVerifier, String> {
+        let roots = match &peer.trusted_ca {
+            None => None,
+            Some(ca) => Some(Arc::new(root_store(ca)?)),
+        };
+        Ok(EnvoyServerVerifier {
+            roots,
+            peer: peer.clone(),
+            provider,
+            stats,
+        })
+    }
+
+    /// Envoy's verdict on the end-entity certificate, `Err` naming the failed check.
+    fn judge(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<(), rustls::Error> {
+        if let Some(roots) = &self.roots {
+            let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+            let algorithms = self.provider.signature_verification_algorithms.all;
+            let verify = |now| {
+                rustls::client::verify_server_cert_signed_by_trust_anchor(
+                    &cert,
+                    roots,
+                    intermediates,
+                    now,
+                    algorithms,
+                )
+            };
+            let mut verdict = verify(now);
+            if self.peer.allow_expired
+                && matches!(&verdict, Err(rustls::Error::InvalidCertificate(e)) if is_time_error(e))
+            {
+                // Envoy turns the time check off (`X509_V_FLAG_NO_CHECK_TIME`): judge the chain
+                // at a moment inside the leaf's validity.
+                if let Some(inside) = validity_start(end_entity) {
+                    verdict = verify(inside);
+                }
+            }
+            if let Err(e) = verdict {
+                self.stats.fail_verify_error.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+        if !self.peer.san_matchers.is_empty() {
+            let names = subject_alt_names(end_entity);
+            let matched = self
+                .peer
+                .san_matchers
+                .iter()
+                .any(|m| names.iter().any(|n| m.matches(n)));
+            if !matched {
+                self.stats.fail_verify_san.fetch_add(1, Ordering::Relaxed);
+                return Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForName,
+                ));
+            }
+        }
+        if !self.peer.certificate_hashes.is_empty() || !self.peer.spki_hashes.is_empty() {
+            let certificate_pinned = self
+                .peer
+                .certificate_hashes
+                .iter()
+                .any(|h| sha256(end_entity.as_ref()) == *h);
+            let spki_pinned = !self.peer.spki_hashes.is_empty()
+                && spki(end_entity)
+                    .map(|key| sha256(&key))
+                    .is_some_and(|hash| self.peer.spki_hashes.contains(&hash));
+            if !certificate_pinned && !spki_pinned {
+                self.stats
+                    .fail_verify_cert_hash
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure,
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for EnvoyServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        match self.judge(end_entity, intermediates, now) {
+            Ok(()) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            // ACCEPT_UNTRUSTED: the failure is counted, the connection goes on.
+            Err(_) if self.peer.accept_untrusted => {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+fn is_time_error(e: &rustls::CertificateError) -> bool {
+    use rustls::CertificateError as E;
+    matches!(
+        e,
+        E::Expired | E::ExpiredContext { .. } | E::NotValidYet | E::NotValidYetContext { .. }
+    )
+}
+
+/// The trust anchors a `trusted_ca` names.
+fn root_store(ca: &Sourced) -> Result<rustls::RootCertStore, String> {
+    let pem = load(ca)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| at(ca, format!("malformed PEM certificate: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| at(ca, format!("unusable CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(at(
+            ca,
+            "Failed to load trusted CA certificates: no PEM certificate found",
+        ));
+    }
+    Ok(roots)
+}
+
+/// A certificate's subject alternative names, in the kinds Envoy matches (nothing when the
+/// certificate cannot be read).
+pub fn subject_alt_names(cert: &CertificateDer<'_>) -> Vec<SubjectAltName> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+        return Vec::new();
+    };
+    let Ok(Some(extension)) = parsed.subject_alternative_name() else {
+        return Vec::new();
+    };
+    extension
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| {
+            let (kind, value) = match name {
+                GeneralName::DNSName(v) => (SanType::Dns, v.to_string()),
+                GeneralName::RFC822Name(v) => (SanType::Email, v.to_string()),
+                GeneralName::URI(v) => (SanType::Uri, v.to_string()),
+                GeneralName::IPAddress(bytes) => (SanType::IpAddress, ip_text(bytes)?),
+                _ => return None,
+            };
+            Some(SubjectAltName { kind, value })
+        })
+        .collect()
+}
+
+fn ip_text(bytes: &[u8]) -> Option<String> {
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes)
+            .ok()
+            .map(|b| std::net::Ipv4Addr::from(b).to_string()),
+        16 => <[u8; 16]>::try_from(bytes)
+            .ok()
+            .map(|b| std::net::Ipv6Addr::from(b).to_string()),
+        _ => None,
+    }
+}
+
+/// The DER of a certificate's SubjectPublicKeyInfo.
+fn spki(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    Some(parsed.tbs_certificate.subject_pki.raw.to_vec())
+}
+
+/// The start of a certificate's validity, as a time to judge its chain at.
+fn validity_start(cert: &CertificateDer<'_>) -> Option<rustls_pki_types::UnixTime> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let seconds = u64::try_from(parsed.validity().not_before.timestamp()).ok()?;
+    Some(rustls_pki_types::UnixTime::since_unix_epoch(
+        Duration::from_secs(seconds),
+    ))
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = ::ring::digest::digest(&::ring::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// A connection to an upstream host: plain TCP, or TLS over it when the cluster has a TLS
+/// context. Proxied requests and health checks both connect through [`connect_upstream`].
+pub enum UpstreamStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Why a connection to an upstream host could not be made.
+#[derive(Debug)]
+pub enum ConnectFailure {
+    /// The TCP connect failed (the OS error) or did not finish within the connect timeout.
+    Tcp(std::io::Error),
+    /// The TLS handshake failed.
+    Tls(TlsConnectError),
+}
+
+impl std::fmt::Display for ConnectFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectFailure::Tcp(e) => e.fmt(f),
+            ConnectFailure::Tls(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ConnectFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConnectFailure::Tcp(e) => Some(e),
+            ConnectFailure::Tls(e) => Some(e),
+        }
+    }
+}
+
+/// Connects to `address` within `timeout` (TCP and, as in Envoy, the TLS handshake: Envoy's
+/// connect timeout covers the transport socket's handshake too) with `TCP_NODELAY`.
+pub async fn connect_upstream(
+    address: std::net::SocketAddr,
+    timeout: Duration,
+    tls: Option<&UpstreamConnector>,
+) -> Result<UpstreamStream, ConnectFailure> {
+    let connecting = async {
+        let tcp = TcpStream::connect(address)
+            .await
+            .map_err(ConnectFailure::Tcp)?;
+        let _ = tcp.set_nodelay(true);
+        match tls {
+            None => Ok(UpstreamStream::Plain(tcp)),
+            Some(connector) => connector
+                .handshake(tcp, address)
+                .await
+                .map(|s| UpstreamStream::Tls(Box::new(s)))
+                .map_err(ConnectFailure::Tls),
+        }
+    };
+    match tokio::time::timeout(timeout, connecting).await {
+        Ok(result) => result,
+        Err(_) => Err(ConnectFailure::Tcp(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "Connection timed out",
+        ))),
+    }
+}
+
+impl tokio::io::AsyncRead for UpstreamStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            UpstreamStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for UpstreamStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            UpstreamStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            UpstreamStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            UpstreamStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamStream::Plain(s) => s.is_write_vectored(),
+            UpstreamStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
 }

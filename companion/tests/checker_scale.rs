@@ -74,6 +74,7 @@ fn spec() -> ClusterSpec {
             event_log_path: None,
         }),
         connect_timeout: Duration::from_millis(250),
+        tls: None,
         ignore_new_hosts_until_first_hc: false,
         ignore_health_on_host_removal: false,
     }

@@ -21,6 +21,7 @@ fn target(address: SocketAddr) -> Target {
         address,
         authority: "web_cluster_01".into(),
         connect_timeout: Duration::from_millis(250),
+        tls: None,
         timeout: Duration::from_secs(1),
     }
 }

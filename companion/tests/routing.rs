@@ -193,9 +193,12 @@ async fn proxy(blue: &App, yellow: &App) -> Proxy {
                     header: "x-envoy-original-dst-host".into(),
                     port_override,
                 },
-                Duration::from_millis(250),
+                vigil::forward::ConnectSettings {
+                    timeout: Duration::from_millis(250),
+                    http2: false,
+                    tls: None,
+                },
                 Duration::from_secs(5),
-                false,
             )
             .unwrap(),
         )

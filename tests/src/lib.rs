@@ -49,6 +49,7 @@ pub mod raw_upstream;
 pub mod soak;
 pub mod template;
 pub mod timeline;
+pub mod tls_upstream;
 pub mod wasm;
 
 use std::time::{Duration, Instant};

@@ -45,6 +45,7 @@ pub fn tcp_check_spec(
             event_log_path: None,
         }),
         connect_timeout: CONNECT_TIMEOUT,
+        tls: None,
         ignore_new_hosts_until_first_hc: false,
         ignore_health_on_host_removal: false,
     }
@@ -168,8 +169,11 @@ pub fn upstream_with(name: &str, handle: &ClusterHandle, picker: HostPicker) -> 
         name,
         picker,
         handle.has_traffic.clone(),
-        CONNECT_TIMEOUT,
-        false,
+        vigil::forward::ConnectSettings {
+            timeout: CONNECT_TIMEOUT,
+            http2: false,
+            tls: None,
+        },
     )
 }
 

@@ -17,7 +17,6 @@ const HTTP_PROTOCOL_OPTIONS_KEYS: [&str; 2] = [
     "envoy.upstreams.http.http_protocol_options",
 ];
 const CARES_TYPE: &str = "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig";
-const RAW_BUFFER_TYPE: &str = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
 
 /// The cluster-level DNS fields Envoy ignores when `cluster_type` is the DNS extension.
 const LEGACY_DNS_FIELDS: [&str; 8] = [
@@ -124,7 +123,8 @@ fn cluster(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Cluster> {
         None => LoadAssignment::default(),
     };
 
-    let upstream_protocol = upstream_protocol(cx, &mut o);
+    let mut per_request_sni = Vec::new();
+    let upstream_protocol = upstream_protocol(cx, &mut o, &mut per_request_sni);
     let common_lb_config = match o.message(cx, "common_lb_config", &COMMON_LB_CONFIG) {
         Some(c) => common_lb_config(cx, c),
         None => CommonLbConfig::default(),
@@ -134,8 +134,18 @@ fn cluster(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Cluster> {
     let cleanup_interval_ms =
         positive_ms(cx, &mut o, "cleanup_interval", 0).unwrap_or(DEFAULT_CLEANUP_INTERVAL_MS);
 
-    if let Some((ts_path, ts)) = o.take("transport_socket") {
-        transport_socket(cx, &ts_path, ts);
+    let tls = o
+        .take("transport_socket")
+        .and_then(|(ts_path, ts)| super::tls::upstream(cx, &ts_path, ts));
+    if tls.is_some() {
+        for p in per_request_sni {
+            cx.unsupported(
+                &p,
+                "a server name (and its certificate check) taken from each request's host is not \
+                 implemented by vigil yet: it would send another SNI than Envoy and accept servers \
+                 Envoy refuses",
+            );
+        }
     }
 
     let checks = o.list("health_checks");
@@ -200,6 +210,7 @@ fn cluster(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Cluster> {
         ignore_health_on_host_removal,
         health_check,
         upstream_protocol,
+        tls,
         per_connection_buffer_limit_bytes,
         cleanup_interval_ms,
         lb_config,
@@ -555,7 +566,27 @@ fn check_lb_policy(
     }
 }
 
-fn upstream_protocol(cx: &mut Ctx, o: &mut Obj) -> UpstreamProtocol {
+/// `upstream_http_protocol_options`: the paths of `auto_sni` / `auto_san_validation` when set
+/// (they matter only over TLS).
+fn per_request_sni(cx: &mut Ctx, o: &mut Obj, found: &mut Vec<FieldPath>) {
+    let Some(mut options) = o.message(
+        cx,
+        "upstream_http_protocol_options",
+        &UPSTREAM_HTTP_PROTOCOL_OPTIONS,
+    ) else {
+        return;
+    };
+    for field in ["auto_sni", "auto_san_validation"] {
+        if options.bool(cx, field) == Some(true) {
+            found.push(options.path.field(field));
+        }
+    }
+    options.string(cx, "override_auto_sni_header");
+    options.finish(cx);
+}
+
+fn upstream_protocol(cx: &mut Ctx, o: &mut Obj, sni: &mut Vec<FieldPath>) -> UpstreamProtocol {
+    per_request_sni(cx, o, sni);
     let mut http2 = false;
     if let Some((p, v)) = o.take("http2_protocol_options") {
         if v.is_object() {
@@ -595,7 +626,8 @@ fn upstream_protocol(cx: &mut Ctx, o: &mut Obj) -> UpstreamProtocol {
             if HTTP_PROTOCOL_OPTIONS_KEYS.contains(&key.as_str())
                 && typed.is(HTTP_PROTOCOL_OPTIONS_TYPE)
             {
-                let options = typed.obj(cx, &TYPED_EXTENSION_PROTOCOL_OPTIONS);
+                let mut options = typed.obj(cx, &TYPED_EXTENSION_PROTOCOL_OPTIONS);
+                per_request_sni(cx, &mut options, sni);
                 if let Some(p) = http_protocol_options(cx, options) {
                     protocol = p;
                 }
@@ -675,25 +707,6 @@ fn common_lb_config(cx: &mut Ctx, mut o: Obj) -> CommonLbConfig {
         .unwrap_or(false);
     o.finish(cx);
     out
-}
-
-fn transport_socket(cx: &mut Ctx, path: &FieldPath, value: &Value) {
-    let Some(mut ts) = Obj::new(cx, path.clone(), value, &TRANSPORT_SOCKET) else {
-        return;
-    };
-    let name = ts.string(cx, "name").unwrap_or_default();
-    let typed = ts.any(cx, "typed_config");
-    ts.finish(cx);
-    if typed.is_some_and(|t| t.is(RAW_BUFFER_TYPE)) {
-        return; // plain text: what vigil does anyway
-    }
-    cx.unsupported(
-        path,
-        format!(
-            "transport socket {name:?} is not supported by vigil: TLS and other transport sockets \
-             are not implemented, and checks in plain text would be judged differently"
-        ),
-    );
 }
 
 fn load_assignment(cx: &mut Ctx, mut o: Obj, discovery: &Discovery) -> LoadAssignment {

@@ -68,7 +68,10 @@ pub use validate::schema_errors;
 pub use circuit_breakers::{CircuitBreakers, RetryBudget, RoutingPriority, Thresholds};
 pub use error::{ConfigError, ConfigErrors, ErrorKind, FieldPath, Location, Warning};
 pub use filters::{FilterChainMatch, SourceType};
-pub use tls::{DataSource, DownstreamTls, Sourced, TlsVersion};
+pub use tls::{
+    DataSource, DownstreamTls, PeerValidation, SanMatcher, SanType, Sourced, SubjectAltName,
+    TlsParams, TlsVersion, UpstreamTls, dns_name_match,
+};
 pub use types::*;
 
 use reader::{Ctx, IGNORED, Obj};
@@ -460,7 +463,8 @@ mod tests {
         v["static_resources"]["clusters"][0]["health_checks"][0]["intervall"] = json!("1s");
         v["bogus"] = json!(1);
         v["static_resources"]["clusters"][0]["transport_socket"] = json!({"name": "tls",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"}});
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "auto_host_sni": true}});
         let e = from_value(&v).unwrap_err();
         let text: Vec<String> = e.errors.iter().map(ToString::to_string).collect();
         assert!(
@@ -474,7 +478,7 @@ mod tests {
         let tls = e
             .errors
             .iter()
-            .find(|e| e.path.as_str().ends_with("transport_socket"))
+            .find(|e| e.path.as_str().ends_with("auto_host_sni"))
             .unwrap();
         assert_eq!(tls.kind, ErrorKind::Unsupported);
     }

@@ -215,7 +215,7 @@ pub(crate) static CLUSTER: Message = Message {
         read("health_checks"),
         warn("max_requests_per_connection", IGNORED),
         read("circuit_breakers"),
-        warn("upstream_http_protocol_options", IGNORED),
+        read("upstream_http_protocol_options"),
         warn("common_http_protocol_options", IGNORED),
         warn("http_protocol_options", IGNORED),
         read("http2_protocol_options"),
@@ -418,12 +418,6 @@ pub(crate) static PERCENT: Message = Message {
     removed: &[],
 };
 
-pub(crate) static TRANSPORT_SOCKET: Message = Message {
-    name: "envoy.config.core.v3.TransportSocket",
-    fields: &[read("name"), read("typed_config").oneof("config_type")],
-    removed: &[("config", "removed from Envoy's v3 API; use typed_config")],
-};
-
 pub(crate) static CLUSTER_MANAGER: Message = Message {
     name: "envoy.config.bootstrap.v3.ClusterManager",
     fields: &[
@@ -442,11 +436,21 @@ pub(crate) static CLUSTER_MANAGER_OUTLIER_DETECTION: Message = Message {
     removed: &[],
 };
 
+pub(crate) static UPSTREAM_HTTP_PROTOCOL_OPTIONS: Message = Message {
+    name: "envoy.config.core.v3.UpstreamHttpProtocolOptions",
+    fields: &[
+        read("auto_sni"),
+        read("auto_san_validation"),
+        read("override_auto_sni_header"),
+    ],
+    removed: &[],
+};
+
 pub(crate) static TYPED_EXTENSION_PROTOCOL_OPTIONS: Message = Message {
     name: "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
     fields: &[
         warn("common_http_protocol_options", IGNORED),
-        warn("upstream_http_protocol_options", IGNORED),
+        read("upstream_http_protocol_options"),
         read("explicit_http_config").oneof("upstream_protocol_options"),
         read("use_downstream_protocol_config").oneof("upstream_protocol_options"),
         read("auto_config").oneof("upstream_protocol_options"),

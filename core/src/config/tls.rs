@@ -1,16 +1,23 @@
-//! A listener filter chain's `transport_socket`: Envoy's `DownstreamTlsContext`
-//! (`envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext`), read into
-//! [`DownstreamTls`]. The companion loads the certificates it names and serves TLS with them.
+//! TLS contexts as vigil reads them: a listener filter chain's `transport_socket`
+//! (`DownstreamTlsContext`, read into [`DownstreamTls`]) and a cluster's (`UpstreamTlsContext`,
+//! read into [`UpstreamTls`]). They share the certificate sources, the protocol parameters
+//! ([`TlsParams`]) and the peer check ([`PeerValidation`], Envoy's default certificate
+//! validator: trusted CA, subject alternative name matchers, certificate and SPKI pins, expired
+//! or untrusted certificates allowed). The companion loads the certificates they name and
+//! serves or connects with them.
 //!
-//! What vigil serves: one certificate chain and key (from a file, inline, or an environment
-//! variable), ALPN, the protocol version range, TLS 1.2 cipher suites and ECDH curves (mapped to
-//! what rustls offers: a list with none of them is refused, missing ones are warned), `require_sni`,
-//! and session resumption on or off. What it refuses by name, since serving without it would
-//! let a peer through that Envoy stops or serve something else than Envoy would: client
-//! certificates (`require_client_certificate`, a `validation_context`), SDS, rotation from
-//! watched directories, several certificates, encrypted keys, OCSP stapling, private key
-//! providers, custom handshakers and certificate selectors, signature algorithm lists and
-//! compliance policies, session ticket keys.
+//! What vigil serves on a listener: one certificate chain and key (from a file, inline, or an
+//! environment variable), ALPN, the protocol version range, TLS 1.2 cipher suites and ECDH
+//! curves (mapped to what rustls offers: a list with none of them is refused, missing ones are
+//! warned), `require_sni`, session resumption on or off, and client certificates checked against
+//! a `trusted_ca`. Upstream, every part of the peer check is applied, the client certificate is
+//! presented, and `sni`, ALPN and session resumption (`max_session_keys`) follow Envoy.
+//!
+//! What is refused by name, since acting without it would let a peer through that Envoy stops
+//! or send or serve something else than Envoy would: SDS, rotation from watched directories,
+//! several certificates, encrypted keys, OCSP stapling, private key providers, custom
+//! handshakers and certificate selectors, signature algorithm lists and compliance policies,
+//! session ticket keys, certificate revocation lists, other-name SAN matchers.
 
 use super::error::FieldPath;
 use super::reader::{Any, Ctx, Obj, base64, describe, read, reject, warn};
@@ -19,6 +26,8 @@ use serde_json::Value;
 
 pub(crate) const DOWNSTREAM_TLS_TYPE: &str =
     "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
+pub(crate) const UPSTREAM_TLS_TYPE: &str =
+    "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
 pub(crate) const RAW_BUFFER_TYPE: &str =
     "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
 
@@ -49,6 +58,20 @@ pub enum TlsVersion {
     V1_3,
 }
 
+/// The protocol parameters of a context (`common_tls_context.tls_params`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsParams {
+    /// `tls_minimum_protocol_version` (Envoy's default: TLS 1.2).
+    pub min_version: TlsVersion,
+    /// `tls_maximum_protocol_version` (Envoy's default: TLS 1.3 on listeners, TLS 1.2 to
+    /// upstreams).
+    pub max_version: TlsVersion,
+    /// `cipher_suites` (BoringSSL names; empty: Envoy's defaults). TLS 1.2 only, as in Envoy.
+    pub cipher_suites: Vec<String>,
+    /// `ecdh_curves` (empty: Envoy's defaults).
+    pub ecdh_curves: Vec<String>,
+}
+
 /// A listener's TLS, as vigil serves it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DownstreamTls {
@@ -57,14 +80,7 @@ pub struct DownstreamTls {
     pub private_key: Sourced,
     /// `alpn_protocols`, in the server's order of preference (empty: no ALPN).
     pub alpn_protocols: Vec<String>,
-    /// `tls_minimum_protocol_version` (Envoy's server default: TLS 1.2).
-    pub min_version: TlsVersion,
-    /// `tls_maximum_protocol_version` (default: TLS 1.3).
-    pub max_version: TlsVersion,
-    /// `cipher_suites` (BoringSSL names; empty: Envoy's defaults). TLS 1.2 only, as in Envoy.
-    pub cipher_suites: Vec<String>,
-    /// `ecdh_curves` (empty: Envoy's defaults).
-    pub ecdh_curves: Vec<String>,
+    pub params: TlsParams,
     /// `require_sni`: a ClientHello without a server name is refused.
     pub require_sni: bool,
     /// Not `disable_stateless_session_resumption`: session tickets.
@@ -82,11 +98,140 @@ pub struct DownstreamTls {
     pub path: FieldPath,
 }
 
+/// A cluster's TLS (`UpstreamTlsContext`), as vigil connects with it to the cluster's hosts,
+/// for proxied requests and health checks alike.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamTls {
+    /// `sni`: the server name sent (none when empty, as in Envoy).
+    pub sni: Option<String>,
+    /// `common_tls_context.tls_certificates[0]`: the client certificate and key presented.
+    pub client_certificate: Option<(Sourced, Sourced)>,
+    /// `alpn_protocols`, offered in order (empty: no ALPN).
+    pub alpn_protocols: Vec<String>,
+    pub params: TlsParams,
+    /// How the server's certificate is judged.
+    pub peer: PeerValidation,
+    /// `max_session_keys` (default 1; 0 turns resumption off).
+    pub max_session_keys: u32,
+    /// Where the context is in the file.
+    pub path: FieldPath,
+}
+
+/// Envoy's default certificate validator (`CertificateValidationContext`): what a peer's
+/// certificate must satisfy. With nothing set, any certificate is accepted (Envoy's upstream
+/// default: `SSL_VERIFY_NONE`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PeerValidation {
+    /// `trusted_ca`: the chain must lead to one of these (an intermediate listed here is an
+    /// anchor too: Envoy sets `X509_V_FLAG_PARTIAL_CHAIN`).
+    pub trusted_ca: Option<Sourced>,
+    /// `match_typed_subject_alt_names`, or the deprecated `match_subject_alt_names` (each
+    /// applied to DNS, email, URI and IP names): one of the certificate's names must match one.
+    pub san_matchers: Vec<SanMatcher>,
+    /// `verify_certificate_hash`: SHA-256 of the certificate's DER (pinning).
+    pub certificate_hashes: Vec<[u8; 32]>,
+    /// `verify_certificate_spki`: SHA-256 of its SubjectPublicKeyInfo. With hashes too,
+    /// matching either list is enough.
+    pub spki_hashes: Vec<[u8; 32]>,
+    /// `allow_expired_certificate`: the chain's validity periods are not checked.
+    pub allow_expired: bool,
+    /// `trust_chain_verification: ACCEPT_UNTRUSTED`: a failed check is counted, not enforced.
+    pub accept_untrusted: bool,
+    /// Where the validation context is in the file (for load errors).
+    pub path: Option<FieldPath>,
+}
+
+impl PeerValidation {
+    /// Whether the peer's certificate is checked at all (Envoy's verify mode is not NONE).
+    pub fn checks_anything(&self) -> bool {
+        self.trusted_ca.is_some()
+            || !self.san_matchers.is_empty()
+            || !self.certificate_hashes.is_empty()
+            || !self.spki_hashes.is_empty()
+    }
+}
+
+/// The kind of a subject alternative name (`SubjectAltNameMatcher.SanType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SanType {
+    Dns,
+    Email,
+    Uri,
+    IpAddress,
+}
+
+/// One name of a certificate's subject alternative names, as Envoy prints it (an IP address in
+/// its usual text form).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectAltName {
+    pub kind: SanType,
+    pub value: String,
+}
+
+/// `SubjectAltNameMatcher`: a name of one kind matched by a string matcher; an `exact` matcher
+/// on a DNS name follows DNS rules (case-insensitive, one wildcard label in the certificate).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SanMatcher {
+    pub kind: SanType,
+    pub matcher: super::StringMatch,
+}
+
+impl SanMatcher {
+    /// Envoy's `StringSanMatcher::match`.
+    pub fn matches(&self, san: &SubjectAltName) -> bool {
+        if san.kind != self.kind {
+            return false;
+        }
+        match (&self.matcher.kind, self.kind) {
+            (super::StringMatchKind::Exact(name), SanType::Dns) => dns_name_match(name, &san.value),
+            _ => self.matcher.matches(&san.value),
+        }
+    }
+}
+
+/// Envoy's `Utility::dnsNameMatch(dns_name, pattern)`: equal ignoring ASCII case, or `pattern`
+/// (the certificate's name) has a wildcard in its first label only (not an `xn--` label) and the
+/// rest is equal.
+pub fn dns_name_match(dns_name: &str, pattern: &str) -> bool {
+    let name = dns_name.to_ascii_lowercase();
+    let pattern = pattern.to_ascii_lowercase();
+    if name == pattern {
+        return true;
+    }
+    let (Some((pattern_label, pattern_rest)), Some((name_label, name_rest))) =
+        (pattern.split_once('.'), name.split_once('.'))
+    else {
+        return false;
+    };
+    if !pattern_label.contains('*')
+        || pattern_rest.contains('*')
+        || pattern_label.starts_with("xn--")
+    {
+        return false;
+    }
+    name_rest == pattern_rest && label_wildcard_match(name_label, pattern_label)
+}
+
+/// Envoy's `Utility::labelWildcardMatch`: `*` alone matches any label; otherwise the one `*`
+/// stands for any run of characters (none included) between the pattern's prefix and suffix.
+fn label_wildcard_match(label: &str, pattern: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    if pattern.matches('*').count() != 1 {
+        return false;
+    }
+    let Some((prefix, suffix)) = pattern.split_once('*') else {
+        return false;
+    };
+    pattern.len() <= label.len() + 1 && label.starts_with(prefix) && label.ends_with(suffix)
+}
+
+const NO_SDS_VALIDATION: &str = "validation contexts from SDS or certificate providers are not \
+     implemented by vigil yet";
 const NO_CLIENT_CERTS: &str = "client certificates (mutual TLS) are implemented by vigil only with \
      a validation_context's trusted_ca: serving without checking them as Envoy would let in peers \
      Envoy refuses";
-const PEER_CHECK: &str = "not implemented by vigil's client certificate check: it would let in \
-     peers Envoy refuses";
 const NO_SDS: &str = "certificates from SDS are not implemented by vigil yet";
 const NOT_SERVED: &str = "not implemented by vigil's TLS: it would serve something else than Envoy";
 
@@ -129,21 +274,22 @@ static CERTIFICATE_VALIDATION_CONTEXT: Message = Message {
     name: "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext",
     fields: &[
         read("trusted_ca"),
-        reject("ca_certificate_provider_instance", PEER_CHECK),
-        reject("system_root_certs", PEER_CHECK),
-        reject("watched_directory", PEER_CHECK),
-        reject("verify_certificate_spki", PEER_CHECK),
-        reject("verify_certificate_hash", PEER_CHECK),
         reject(
-            "match_typed_subject_alt_names",
-            "matching the client certificate's subject alternative names is not implemented by \
-             vigil yet: it would let in peers Envoy refuses",
+            "ca_certificate_provider_instance",
+            "certificate provider plugins are not implemented by vigil",
         ),
         reject(
-            "match_subject_alt_names",
-            "matching the client certificate's subject alternative names is not implemented by \
-             vigil yet: it would let in peers Envoy refuses",
+            "system_root_certs",
+            "the system's root certificates are not used by vigil: give trusted_ca",
         ),
+        reject(
+            "watched_directory",
+            "rotating the trusted CA from a watched directory is not implemented by vigil yet",
+        ),
+        read("verify_certificate_spki"),
+        read("verify_certificate_hash"),
+        read("match_typed_subject_alt_names"),
+        read("match_subject_alt_names"),
         read("require_signed_certificate_timestamp"),
         reject(
             "crl",
@@ -151,12 +297,54 @@ static CERTIFICATE_VALIDATION_CONTEXT: Message = Message {
         ),
         read("allow_expired_certificate"),
         read("trust_chain_verification"),
-        reject("custom_validator_config", PEER_CHECK),
+        reject(
+            "custom_validator_config",
+            "custom certificate validators (SPIFFE and others) are not implemented by vigil",
+        ),
         warn(
             "only_verify_leaf_cert_crl",
             "only used with a crl, which vigil refuses; ignored",
         ),
-        reject("max_verify_depth", PEER_CHECK),
+        reject(
+            "max_verify_depth",
+            "limiting the verification depth is not implemented by vigil: it would accept \
+             chains Envoy refuses",
+        ),
+    ],
+    removed: &[],
+};
+
+static SUBJECT_ALT_NAME_MATCHER: Message = Message {
+    name: "envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher",
+    fields: &[read("san_type"), read("matcher"), read("oid")],
+    removed: &[],
+};
+
+static SAN_TYPE: Enum = Enum {
+    name: "envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher.SanType",
+    values: &[
+        ("SAN_TYPE_UNSPECIFIED", 0),
+        ("EMAIL", 1),
+        ("DNS", 2),
+        ("URI", 3),
+        ("IP_ADDRESS", 4),
+        ("OTHER_NAME", 5),
+    ],
+};
+
+static UPSTREAM_TLS_CONTEXT: Message = Message {
+    name: "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+    fields: &[
+        read("common_tls_context"),
+        read("sni"),
+        read("auto_host_sni"),
+        read("auto_sni_san_validation"),
+        warn(
+            "allow_renegotiation",
+            "vigil (rustls) never renegotiates: a server that asks for it is disconnected",
+        ),
+        read("max_session_keys"),
+        read("enforce_rsa_key_usage"),
     ],
     removed: &[],
 };
@@ -186,14 +374,14 @@ static COMMON_TLS_CONTEXT: Message = Message {
         reject("tls_certificate_certificate_provider", NOT_SERVED),
         reject("tls_certificate_certificate_provider_instance", NOT_SERVED),
         read("validation_context").oneof("validation_context_type"),
-        reject("validation_context_sds_secret_config", NO_CLIENT_CERTS)
+        reject("validation_context_sds_secret_config", NO_SDS_VALIDATION)
             .oneof("validation_context_type"),
-        reject("combined_validation_context", NO_CLIENT_CERTS).oneof("validation_context_type"),
-        reject("validation_context_certificate_provider", NO_CLIENT_CERTS)
+        reject("combined_validation_context", NO_SDS_VALIDATION).oneof("validation_context_type"),
+        reject("validation_context_certificate_provider", NO_SDS_VALIDATION)
             .oneof("validation_context_type"),
         reject(
             "validation_context_certificate_provider_instance",
-            NO_CLIENT_CERTS,
+            NO_SDS_VALIDATION,
         )
         .oneof("validation_context_type"),
         read("alpn_protocols"),
@@ -339,70 +527,12 @@ fn downstream_tls(cx: &mut Ctx, typed: &Any) -> Option<DownstreamTls> {
     let common_path = common.path.clone();
     let client_ca = common
         .message(cx, "validation_context", &CERTIFICATE_VALIDATION_CONTEXT)
-        .and_then(|v| validation_context(cx, v));
+        .and_then(|v| client_validation(cx, v));
     if require_client_certificate && client_ca.is_none() {
         cx.unsupported(&path.field("require_client_certificate"), NO_CLIENT_CERTS);
     }
-    let alpn_protocols: Vec<String> = common
-        .list("alpn_protocols")
-        .into_iter()
-        .filter_map(|(p, v)| super::reader::string(cx, &p, v))
-        .collect();
-    let (mut min_version, mut max_version) = (TlsVersion::V1_2, TlsVersion::V1_3);
-    let mut cipher_suites = Vec::new();
-    let mut ecdh_curves = Vec::new();
-    if let Some(mut params) = common.message(cx, "tls_params", &TLS_PARAMETERS) {
-        let version = |n: i64| match n {
-            1 => Some(TlsVersion::V1_0),
-            2 => Some(TlsVersion::V1_1),
-            3 => Some(TlsVersion::V1_2),
-            4 => Some(TlsVersion::V1_3),
-            _ => None,
-        };
-        if let Some(v) = params
-            .enumeration(cx, "tls_minimum_protocol_version", &TLS_PROTOCOL)
-            .and_then(version)
-        {
-            min_version = v;
-        }
-        if let Some(v) = params
-            .enumeration(cx, "tls_maximum_protocol_version", &TLS_PROTOCOL)
-            .and_then(version)
-        {
-            max_version = v;
-        }
-        let strings = |cx: &mut Ctx, params: &mut Obj, field: &str| -> Vec<String> {
-            params
-                .list(field)
-                .into_iter()
-                .filter_map(|(p, v)| super::reader::string(cx, &p, v))
-                .collect()
-        };
-        cipher_suites = strings(cx, &mut params, "cipher_suites");
-        ecdh_curves = strings(cx, &mut params, "ecdh_curves");
-        let params_path = params.path.clone();
-        params.finish(cx);
-        if max_version < TlsVersion::V1_2 {
-            cx.unsupported(
-                &params_path.field("tls_maximum_protocol_version"),
-                "TLS 1.0 and 1.1 are not offered by vigil (rustls): it would refuse every \
-                 client Envoy serves",
-            );
-        } else if min_version < TlsVersion::V1_2 {
-            cx.warn(
-                &params_path.field("tls_minimum_protocol_version"),
-                "vigil (rustls) offers TLS 1.2 and 1.3 only: clients that can only speak TLS \
-                 1.0 or 1.1 are refused",
-            );
-            min_version = TlsVersion::V1_2;
-        }
-        if min_version > max_version {
-            cx.invalid(
-                &params_path,
-                "tls_minimum_protocol_version is above tls_maximum_protocol_version",
-            );
-        }
-    }
+    let alpn_protocols = alpn_protocols(cx, &mut common);
+    let params = tls_params(cx, &mut common, TlsVersion::V1_3);
     let certificates = common.list("tls_certificates");
     let certificate = match certificates.as_slice() {
         [] => {
@@ -429,10 +559,7 @@ fn downstream_tls(cx: &mut Ctx, typed: &Any) -> Option<DownstreamTls> {
         certificate_chain,
         private_key,
         alpn_protocols,
-        min_version,
-        max_version,
-        cipher_suites,
-        ecdh_curves,
+        params,
         require_sni,
         stateless_resumption,
         stateful_resumption,
@@ -443,39 +570,321 @@ fn downstream_tls(cx: &mut Ctx, typed: &Any) -> Option<DownstreamTls> {
     })
 }
 
+/// A cluster's `transport_socket`: `None` for plain text (`raw_buffer`), the TLS context
+/// otherwise; any other transport socket is refused.
+pub(crate) fn upstream(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<UpstreamTls> {
+    let mut ts = Obj::new(cx, path.clone(), value, &TRANSPORT_SOCKET)?;
+    let name = ts.string(cx, "name").unwrap_or_default();
+    let typed = ts.any(cx, "typed_config");
+    ts.finish(cx);
+    let typed = typed?;
+    if typed.is(RAW_BUFFER_TYPE) {
+        return None;
+    }
+    if !typed.is(UPSTREAM_TLS_TYPE) {
+        cx.unsupported(
+            &typed.path,
+            format!(
+                "transport socket {name:?} ({}) is not supported by vigil on a cluster",
+                typed.type_name
+            ),
+        );
+        return None;
+    }
+    let errors = cx.errors.len();
+    let mut o = typed.obj(cx, &UPSTREAM_TLS_CONTEXT);
+    let path = o.path.clone();
+    let sni = o.string(cx, "sni").filter(|s| !s.is_empty());
+    if sni.as_ref().is_some_and(|s| s.len() > 255) {
+        cx.invalid(&path.field("sni"), "value length must be at most 255 bytes");
+    }
+    if o.bool(cx, "auto_host_sni") == Some(true) {
+        cx.unsupported(
+            &path.field("auto_host_sni"),
+            "setting the SNI from each request's host is not implemented by vigil yet: it would \
+             send another server name than Envoy",
+        );
+    }
+    if o.bool(cx, "auto_sni_san_validation") == Some(true) {
+        cx.unsupported(
+            &path.field("auto_sni_san_validation"),
+            "checking the upstream certificate against each request's SNI is not implemented by \
+             vigil yet: it would accept servers Envoy refuses",
+        );
+    }
+    if o.bool(cx, "enforce_rsa_key_usage") == Some(true) {
+        cx.unsupported(
+            &path.field("enforce_rsa_key_usage"),
+            "checking an RSA server certificate's key usage is not implemented by vigil: it \
+             would accept servers Envoy refuses",
+        );
+    }
+    let max_session_keys = o.u32(cx, "max_session_keys").unwrap_or(1);
+    let common = o.message(cx, "common_tls_context", &COMMON_TLS_CONTEXT);
+    o.finish(cx);
+    let mut out = UpstreamTls {
+        sni,
+        client_certificate: None,
+        alpn_protocols: Vec::new(),
+        params: TlsParams {
+            min_version: TlsVersion::V1_2,
+            max_version: TlsVersion::V1_2,
+            cipher_suites: Vec::new(),
+            ecdh_curves: Vec::new(),
+        },
+        peer: PeerValidation::default(),
+        max_session_keys,
+        path,
+    };
+    if let Some(mut common) = common {
+        if let Some(v) = common.message(cx, "validation_context", &CERTIFICATE_VALIDATION_CONTEXT) {
+            out.peer = peer_validation(cx, v);
+        }
+        out.alpn_protocols = alpn_protocols(cx, &mut common);
+        out.params = tls_params(cx, &mut common, TlsVersion::V1_2);
+        let certificates = common.list("tls_certificates");
+        match certificates.as_slice() {
+            [] => {}
+            [(p, v)] => out.client_certificate = tls_certificate(cx, p, v),
+            [_, (p, _), ..] => cx.unsupported(
+                p,
+                "several client certificates are not implemented by vigil: give one",
+            ),
+        }
+        common.finish(cx);
+    }
+    (cx.errors.len() == errors).then_some(out)
+}
+
+/// `common_tls_context.alpn_protocols`.
+fn alpn_protocols(cx: &mut Ctx, common: &mut Obj) -> Vec<String> {
+    common
+        .list("alpn_protocols")
+        .into_iter()
+        .filter_map(|(p, v)| super::reader::string(cx, &p, v))
+        .collect()
+}
+
+/// `common_tls_context.tls_params`, with Envoy's defaults (the maximum version differs between
+/// listeners and clusters).
+fn tls_params(cx: &mut Ctx, common: &mut Obj, default_max: TlsVersion) -> TlsParams {
+    let mut out = TlsParams {
+        min_version: TlsVersion::V1_2,
+        max_version: default_max,
+        cipher_suites: Vec::new(),
+        ecdh_curves: Vec::new(),
+    };
+    let Some(mut params) = common.message(cx, "tls_params", &TLS_PARAMETERS) else {
+        return out;
+    };
+    let version = |n: i64| match n {
+        1 => Some(TlsVersion::V1_0),
+        2 => Some(TlsVersion::V1_1),
+        3 => Some(TlsVersion::V1_2),
+        4 => Some(TlsVersion::V1_3),
+        _ => None,
+    };
+    if let Some(v) = params
+        .enumeration(cx, "tls_minimum_protocol_version", &TLS_PROTOCOL)
+        .and_then(version)
+    {
+        out.min_version = v;
+    }
+    if let Some(v) = params
+        .enumeration(cx, "tls_maximum_protocol_version", &TLS_PROTOCOL)
+        .and_then(version)
+    {
+        out.max_version = v;
+    }
+    let strings = |cx: &mut Ctx, params: &mut Obj, field: &str| -> Vec<String> {
+        params
+            .list(field)
+            .into_iter()
+            .filter_map(|(p, v)| super::reader::string(cx, &p, v))
+            .collect()
+    };
+    out.cipher_suites = strings(cx, &mut params, "cipher_suites");
+    out.ecdh_curves = strings(cx, &mut params, "ecdh_curves");
+    let params_path = params.path.clone();
+    params.finish(cx);
+    if out.max_version < TlsVersion::V1_2 {
+        cx.unsupported(
+            &params_path.field("tls_maximum_protocol_version"),
+            "TLS 1.0 and 1.1 are not offered by vigil (rustls): it would refuse every peer \
+             Envoy talks to",
+        );
+    } else if out.min_version < TlsVersion::V1_2 {
+        cx.warn(
+            &params_path.field("tls_minimum_protocol_version"),
+            "vigil (rustls) speaks TLS 1.2 and 1.3 only: peers that can only speak TLS 1.0 or \
+             1.1 are refused",
+        );
+        out.min_version = TlsVersion::V1_2;
+    }
+    if out.min_version > out.max_version {
+        cx.invalid(
+            &params_path,
+            "tls_minimum_protocol_version is above tls_maximum_protocol_version",
+        );
+    }
+    out
+}
+
 /// A listener's `validation_context`: its `trusted_ca`, the part vigil checks client
 /// certificates against; anything that would loosen or narrow the check is refused.
-fn validation_context(cx: &mut Ctx, mut o: Obj) -> Option<Sourced> {
+fn client_validation(cx: &mut Ctx, o: Obj) -> Option<Sourced> {
     let path = o.path.clone();
-    let trusted_ca = o
+    let peer = peer_validation(cx, o);
+    let refuse = |cx: &mut Ctx, field: &str, what: &str| {
+        cx.unsupported(
+            &path.field(field),
+            format!("{what} is not implemented by vigil's client certificate check yet: it would let in peers Envoy refuses"),
+        )
+    };
+    if !peer.san_matchers.is_empty() {
+        refuse(
+            cx,
+            "match_typed_subject_alt_names",
+            "matching the client certificate's subject alternative names",
+        );
+    }
+    if !peer.certificate_hashes.is_empty() || !peer.spki_hashes.is_empty() {
+        refuse(cx, "verify_certificate_hash", "pinning client certificates");
+    }
+    if peer.allow_expired {
+        refuse(
+            cx,
+            "allow_expired_certificate",
+            "accepting expired client certificates",
+        );
+    }
+    if peer.accept_untrusted {
+        refuse(cx, "trust_chain_verification", "ACCEPT_UNTRUSTED");
+    }
+    if peer.trusted_ca.is_none() {
+        cx.unsupported(
+            &path,
+            "a validation context without trusted_ca is not implemented by vigil",
+        );
+    }
+    peer.trusted_ca
+}
+
+/// A `CertificateValidationContext`, as Envoy's default validator applies it.
+fn peer_validation(cx: &mut Ctx, mut o: Obj) -> PeerValidation {
+    let path = o.path.clone();
+    let mut out = PeerValidation {
+        path: Some(path.clone()),
+        ..PeerValidation::default()
+    };
+    out.trusted_ca = o
         .take("trusted_ca")
         .and_then(|(p, v)| data_source(cx, &p, v));
-    if o.bool(cx, "allow_expired_certificate") == Some(true) {
-        cx.unsupported(
-            &path.field("allow_expired_certificate"),
-            "accepting expired client certificates is not implemented by vigil",
-        );
-    }
-    if o.enumeration(cx, "trust_chain_verification", &TRUST_CHAIN_VERIFICATION) == Some(1) {
-        cx.unsupported(
-            &path.field("trust_chain_verification"),
-            "ACCEPT_UNTRUSTED is not implemented by vigil",
-        );
-    }
+    out.allow_expired = o.bool(cx, "allow_expired_certificate") == Some(true);
+    out.accept_untrusted =
+        o.enumeration(cx, "trust_chain_verification", &TRUST_CHAIN_VERIFICATION) == Some(1);
     if o.bool(cx, "require_signed_certificate_timestamp") == Some(true) {
         cx.unsupported(
             &path.field("require_signed_certificate_timestamp"),
             "signed certificate timestamps are not checked by vigil",
         );
     }
+    for (p, v) in o.list("verify_certificate_hash") {
+        let Some(text) = super::reader::string(cx, &p, v) else {
+            continue;
+        };
+        let hex: String = if text.len() == 95 {
+            text.chars().filter(|c| *c != ':').collect()
+        } else {
+            text.clone()
+        };
+        match decode_hex_32(&hex) {
+            Some(hash) if (64..=95).contains(&text.len()) => out.certificate_hashes.push(hash),
+            _ => cx.invalid(&p, format!("Invalid hex-encoded SHA-256 {hex}")),
+        }
+    }
+    for (p, v) in o.list("verify_certificate_spki") {
+        let Some(text) = super::reader::string(cx, &p, v) else {
+            continue;
+        };
+        match base64(&text).and_then(|b| <[u8; 32]>::try_from(b).ok()) {
+            Some(hash) if text.len() == 44 => out.spki_hashes.push(hash),
+            _ => cx.invalid(&p, format!("Invalid base64-encoded SHA-256 {text}")),
+        }
+    }
+    for (p, v) in o.list("match_typed_subject_alt_names") {
+        let Some(mut m) = Obj::new(cx, p.clone(), v, &SUBJECT_ALT_NAME_MATCHER) else {
+            continue;
+        };
+        let kind = match m.enumeration(cx, "san_type", &SAN_TYPE) {
+            Some(1) => Some(SanType::Email),
+            Some(2) => Some(SanType::Dns),
+            Some(3) => Some(SanType::Uri),
+            Some(4) => Some(SanType::IpAddress),
+            Some(5) => {
+                cx.unsupported(
+                    &p.field("san_type"),
+                    "OTHER_NAME subject alternative names are not matched by vigil yet",
+                );
+                None
+            }
+            _ => {
+                cx.invalid(&p.field("san_type"), "value must not be in list [0]");
+                None
+            }
+        };
+        m.string(cx, "oid");
+        let matcher = match m.message(cx, "matcher", &super::schema::ROUTE_STRING_MATCHER) {
+            Some(sm) => super::listener::string_match(cx, sm),
+            None => {
+                cx.invalid(&p.field("matcher"), "value is required");
+                None
+            }
+        };
+        m.finish(cx);
+        if let (Some(kind), Some(matcher)) = (kind, matcher) {
+            out.san_matchers.push(SanMatcher { kind, matcher });
+        }
+    }
+    for (p, v) in o.list("match_subject_alt_names") {
+        let Some(sm) = Obj::new(cx, p, v, &super::schema::ROUTE_STRING_MATCHER) else {
+            continue;
+        };
+        // Envoy applies a deprecated matcher to each of these kinds.
+        if let Some(matcher) = super::listener::string_match(cx, sm) {
+            for kind in [
+                SanType::Dns,
+                SanType::Uri,
+                SanType::Email,
+                SanType::IpAddress,
+            ] {
+                out.san_matchers.push(SanMatcher {
+                    kind,
+                    matcher: matcher.clone(),
+                });
+            }
+        }
+    }
     o.finish(cx);
-    if trusted_ca.is_none() {
-        cx.unsupported(
+    if !out.san_matchers.is_empty() && out.trusted_ca.is_none() {
+        cx.invalid(
             &path,
-            "a validation context without trusted_ca is not implemented by vigil",
+            "SAN-based verification of peer certificates without trusted CA is insecure and not \
+             allowed",
         );
     }
-    trusted_ca
+    out
+}
+
+fn decode_hex_32(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
 }
 
 fn tls_certificate(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<(Sourced, Sourced)> {
@@ -550,4 +959,138 @@ pub(crate) fn data_source(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Opti
         source: source?,
         path: path.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::from_value;
+    use serde_json::json;
+
+    #[test]
+    fn dns_names_match_as_envoy_matches_them() {
+        for (name, pattern, matches) in [
+            ("backend.example", "backend.example", true),
+            ("Backend.Example", "backend.EXAMPLE", true),
+            ("a.backend.example", "*.backend.example", true),
+            ("backend.example", "*.backend.example", false),
+            ("a.b.backend.example", "*.backend.example", false),
+            ("api.example", "a*.example", true),
+            ("a.example", "a*.example", true),
+            ("xapi.example", "a*.example", false),
+            ("api.example", "a*i.example", true),
+            ("a.example", "*.*.example", false),
+            ("xn--a.example", "xn--*.example", false),
+            ("a.example", "*", false),
+            ("example", "*", false),
+        ] {
+            assert_eq!(
+                dns_name_match(name, pattern),
+                matches,
+                "{name} vs {pattern}"
+            );
+        }
+    }
+
+    fn cluster_with(context: serde_json::Value) -> Result<UpstreamTls, Vec<String>> {
+        let mut typed = json!({
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+        });
+        if let (Some(t), Some(c)) = (typed.as_object_mut(), context.as_object()) {
+            t.extend(c.clone());
+        }
+        let v = json!({"static_resources": {"clusters": [{
+            "name": "c", "connect_timeout": "1s", "type": "STATIC",
+            "load_assignment": {"cluster_name": "c", "endpoints": [{"lb_endpoints": [{"endpoint":
+                {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 443}}}}]}]},
+            "transport_socket": {"name": "tls", "typed_config": typed}
+        }]}});
+        match from_value(&v) {
+            Ok(b) => Ok(b.bootstrap.clusters[0].tls.clone().expect("a TLS cluster")),
+            Err(e) => Err(e.errors.iter().map(ToString::to_string).collect()),
+        }
+    }
+
+    #[test]
+    fn an_upstream_context_reads_with_envoys_client_defaults() {
+        let tls = cluster_with(json!({})).expect("valid");
+        assert_eq!(tls.sni, None);
+        assert_eq!(tls.params.min_version, TlsVersion::V1_2);
+        assert_eq!(tls.params.max_version, TlsVersion::V1_2);
+        assert_eq!(tls.max_session_keys, 1);
+        assert!(!tls.peer.checks_anything());
+
+        let tls = cluster_with(json!({
+            "sni": "backend.example",
+            "max_session_keys": 0,
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_params": {"tls_maximum_protocol_version": "TLSv1_3"},
+                "validation_context": {
+                    "trusted_ca": {"inline_string": "pem"},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "URI", "matcher": {"prefix": "spiffe://"}}],
+                    "match_subject_alt_names": [{"exact": "x.example"}],
+                    "verify_certificate_hash": ["AB:".repeat(31) + "AB"],
+                    "verify_certificate_spki": ["NvqYIYSbgK2vCJpQhObf77vv+bQWtc5ek5RIOwPiC9A="]
+                }
+            }
+        }))
+        .expect("valid");
+        assert_eq!(tls.sni.as_deref(), Some("backend.example"));
+        assert_eq!(tls.max_session_keys, 0);
+        assert_eq!(tls.alpn_protocols, ["h2"]);
+        assert_eq!(tls.params.max_version, TlsVersion::V1_3);
+        // One typed matcher, and the deprecated one for each of four kinds.
+        assert_eq!(tls.peer.san_matchers.len(), 5);
+        assert_eq!(tls.peer.certificate_hashes, vec![[0xab; 32]]);
+        assert_eq!(tls.peer.spki_hashes.len(), 1);
+        let uri = SubjectAltName {
+            kind: SanType::Uri,
+            value: "spiffe://cluster.local/ns/a".into(),
+        };
+        assert!(tls.peer.san_matchers[0].matches(&uri));
+        let dns = SubjectAltName {
+            kind: SanType::Dns,
+            value: "spiffe://cluster.local/ns/a".into(),
+        };
+        assert!(!tls.peer.san_matchers[0].matches(&dns), "kinds must agree");
+    }
+
+    #[test]
+    fn upstream_errors_name_their_field() {
+        for (context, wanted) in [
+            (
+                json!({"common_tls_context": {"validation_context": {"verify_certificate_hash": ["zz"]}}}),
+                "verify_certificate_hash[0]: Invalid hex-encoded SHA-256 zz",
+            ),
+            (
+                json!({"common_tls_context": {"validation_context": {"verify_certificate_spki": ["abc"]}}}),
+                "verify_certificate_spki[0]: Invalid base64-encoded SHA-256 abc",
+            ),
+            (
+                json!({"common_tls_context": {"validation_context": {"trusted_ca": {"filename": "/x"},
+                    "match_typed_subject_alt_names": [{"san_type": "OTHER_NAME", "matcher": {"exact": "a"}}]}}}),
+                "OTHER_NAME subject alternative names are not matched by vigil yet",
+            ),
+            (
+                json!({"common_tls_context": {"validation_context": {"crl": {"filename": "/x"}}}}),
+                "certificate revocation lists are not implemented by vigil yet",
+            ),
+            (
+                json!({"enforce_rsa_key_usage": true}),
+                "enforce_rsa_key_usage: checking an RSA server certificate's key usage",
+            ),
+            (
+                json!({"common_tls_context": {"tls_params": {"tls_maximum_protocol_version": "TLSv1_1"}}}),
+                "TLS 1.0 and 1.1 are not offered by vigil",
+            ),
+        ] {
+            let errors = cluster_with(context.clone()).expect_err("refused");
+            assert!(
+                errors.iter().any(|e| e.contains(wanted)),
+                "{context}: {errors:?}"
+            );
+        }
+    }
 }

@@ -402,6 +402,9 @@ pub struct Cluster {
     /// supported").
     pub health_check: Option<HealthCheck>,
     pub upstream_protocol: UpstreamProtocol,
+    /// `transport_socket` when it is TLS (`UpstreamTlsContext`): proxied requests and health
+    /// checks alike go over TLS. `None`: plain text.
+    pub tls: Option<crate::config::UpstreamTls>,
     /// `per_connection_buffer_limit_bytes` (Envoy's default when `None`: 1 MiB).
     pub per_connection_buffer_limit_bytes: Option<u32>,
     /// `cleanup_interval` (ORIGINAL_DST clusters; default 5000 ms).
