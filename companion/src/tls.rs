@@ -141,13 +141,14 @@ pub fn server_config(tls: &DownstreamTls) -> Result<ListenerTls, String> {
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions)
         .map_err(|e| format!("{}: {e}", tls.path))?;
-    let builder = match &tls.client_ca {
-        None => builder.with_no_client_auth(),
-        Some(ca) => builder.with_client_cert_verifier(client_verifier(
-            ca,
-            tls.require_client_certificate,
-            provider,
-        )?),
+    let builder = match &tls.client_validation {
+        Some(peer) if peer.checks_anything() || peer.accept_untrusted => builder
+            .with_client_cert_verifier(Arc::new(EnvoyClientVerifier::new(
+                peer,
+                tls.require_client_certificate,
+                provider,
+            )?)),
+        _ => builder.with_no_client_auth(),
     };
     let mut config =
         builder.with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
@@ -169,37 +170,6 @@ pub fn server_config(tls: &DownstreamTls) -> Result<ListenerTls, String> {
         config: Arc::new(config),
         require_sni: tls.require_sni,
     })
-}
-
-/// Client certificates must chain to the `trusted_ca` certificates; without
-/// `require_client_certificate`, a client may present none.
-fn client_verifier(
-    ca: &Sourced,
-    required: bool,
-    provider: Arc<CryptoProvider>,
-) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
-    let pem = load(ca)?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| at(ca, format!("malformed PEM certificate: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| at(ca, format!("unusable CA certificate: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(at(
-            ca,
-            "no PEM certificate (-----BEGIN CERTIFICATE-----) found",
-        ));
-    }
-    let builder =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-    let builder = if required {
-        builder
-    } else {
-        builder.allow_unauthenticated()
-    };
-    builder.build().map_err(|e| at(ca, e))
 }
 
 /// Envoy's BoringSSL cipher names vigil can offer, with rustls's suites (TLS 1.2 only: TLS 1.3
@@ -574,56 +544,40 @@ fn failure_reason(err: &std::io::Error) -> String {
     }
 }
 
-/// Envoy's default certificate validator on the client side (`DefaultCertValidator`): the
+/// Envoy's default certificate validator (`DefaultCertValidator`), shared by both sides: the
 /// chain against `trusted_ca` when given (no name check: Envoy checks names only through
 /// matchers), then the subject alternative name matchers and the pins. With nothing configured
-/// any certificate is accepted, as Envoy's `SSL_VERIFY_NONE`; the handshake signature is always
-/// verified.
+/// any certificate is accepted, as Envoy's `SSL_VERIFY_NONE`.
 #[derive(Debug)]
-struct EnvoyServerVerifier {
-    roots: Option<Arc<rustls::RootCertStore>>,
+struct PeerJudge {
     peer: PeerValidation,
-    provider: Arc<CryptoProvider>,
     stats: Arc<SslStats>,
 }
 
-impl EnvoyServerVerifier {
-    fn new(
-        peer: &PeerValidation,
-        provider: Arc<CryptoProvider>,
-        stats: Arc<SslStats>,
-    ) -> Result<EnvoyServerVerifier, String> {
-        let roots = match &peer.trusted_ca {
-            None => None,
-            Some(ca) => Some(Arc::new(root_store(ca)?)),
-        };
-        Ok(EnvoyServerVerifier {
-            roots,
-            peer: peer.clone(),
-            provider,
-            stats,
-        })
-    }
-
-    /// Envoy's verdict on the end-entity certificate, `Err` naming the failed check.
+impl PeerJudge {
+    /// Envoy's verdict on a peer's end-entity certificate, `Err` naming the failed check;
+    /// `chain` verifies the chain at a given time (present when `trusted_ca` is).
     fn judge(
         &self,
         end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
+        chain: Option<&dyn Fn(rustls_pki_types::UnixTime) -> Result<(), rustls::Error>>,
         now: rustls_pki_types::UnixTime,
     ) -> Result<(), rustls::Error> {
-        if let Some(roots) = &self.roots {
-            let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-            let algorithms = self.provider.signature_verification_algorithms.all;
-            let verify = |now| {
-                rustls::client::verify_server_cert_signed_by_trust_anchor(
-                    &cert,
-                    roots,
-                    intermediates,
-                    now,
-                    algorithms,
-                )
-            };
+        let verdict = self.checks(end_entity, chain, now);
+        // ACCEPT_UNTRUSTED: the failure is counted, the connection goes on.
+        if self.peer.accept_untrusted {
+            return Ok(());
+        }
+        verdict
+    }
+
+    fn checks(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        chain: Option<&dyn Fn(rustls_pki_types::UnixTime) -> Result<(), rustls::Error>>,
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<(), rustls::Error> {
+        if let Some(verify) = chain {
             let mut verdict = verify(now);
             if self.peer.allow_expired
                 && matches!(&verdict, Err(rustls::Error::InvalidCertificate(e)) if is_time_error(e))
@@ -676,6 +630,155 @@ impl EnvoyServerVerifier {
     }
 }
 
+/// The client side of [`PeerJudge`]: how an upstream's certificate is judged. The handshake
+/// signature is always verified.
+#[derive(Debug)]
+struct EnvoyServerVerifier {
+    roots: Option<Arc<rustls::RootCertStore>>,
+    judge: PeerJudge,
+    provider: Arc<CryptoProvider>,
+}
+
+impl EnvoyServerVerifier {
+    fn new(
+        peer: &PeerValidation,
+        provider: Arc<CryptoProvider>,
+        stats: Arc<SslStats>,
+    ) -> Result<EnvoyServerVerifier, String> {
+        let roots = match &peer.trusted_ca {
+            None => None,
+            Some(ca) => Some(Arc::new(root_store(ca)?)),
+        };
+        Ok(EnvoyServerVerifier {
+            roots,
+            judge: PeerJudge {
+                peer: peer.clone(),
+                stats,
+            },
+            provider,
+        })
+    }
+}
+
+/// The server side of [`PeerJudge`]: how a client's certificate is judged on a listener. A
+/// certificate is asked for whenever the context checks one; it is required under
+/// `require_client_certificate`, and also when names or pins are configured (Envoy's
+/// `SSL_VERIFY_FAIL_IF_NO_PEER_CERT` for such contexts) unless untrusted ones are accepted.
+#[derive(Debug)]
+struct EnvoyClientVerifier {
+    /// The chain check against `trusted_ca` (webpki's, client certificates optional: whether
+    /// one is required is decided here).
+    chain: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    judge: PeerJudge,
+    mandatory: bool,
+    provider: Arc<CryptoProvider>,
+}
+
+impl EnvoyClientVerifier {
+    fn new(
+        peer: &PeerValidation,
+        require_client_certificate: bool,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<EnvoyClientVerifier, String> {
+        let chain = match &peer.trusted_ca {
+            None => None,
+            Some(ca) => Some(
+                rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(root_store(ca)?),
+                    provider.clone(),
+                )
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| at(ca, e))?,
+            ),
+        };
+        let names_or_pins = !peer.san_matchers.is_empty()
+            || !peer.certificate_hashes.is_empty()
+            || !peer.spki_hashes.is_empty();
+        Ok(EnvoyClientVerifier {
+            chain,
+            judge: PeerJudge {
+                peer: peer.clone(),
+                stats: Arc::default(),
+            },
+            mandatory: require_client_certificate || (names_or_pins && !peer.accept_untrusted),
+            provider,
+        })
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for EnvoyClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.chain
+            .as_ref()
+            .map(|c| c.root_hint_subjects())
+            .unwrap_or(&[])
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let verify = |at| {
+            self.chain
+                .as_ref()
+                .map(|c| {
+                    c.verify_client_cert(end_entity, intermediates, at)
+                        .map(|_| ())
+                })
+                .unwrap_or(Ok(()))
+        };
+        let chain: Option<&dyn Fn(rustls_pki_types::UnixTime) -> Result<(), rustls::Error>> =
+            self.chain.is_some().then_some(&verify);
+        self.judge.judge(end_entity, chain, now)?;
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 impl rustls::client::danger::ServerCertVerifier for EnvoyServerVerifier {
     fn verify_server_cert(
         &self,
@@ -685,14 +788,23 @@ impl rustls::client::danger::ServerCertVerifier for EnvoyServerVerifier {
         _ocsp_response: &[u8],
         now: rustls_pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        match self.judge(end_entity, intermediates, now) {
-            Ok(()) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
-            // ACCEPT_UNTRUSTED: the failure is counted, the connection goes on.
-            Err(_) if self.peer.accept_untrusted => {
-                Ok(rustls::client::danger::ServerCertVerified::assertion())
+        let verify = |at| {
+            let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+            match &self.roots {
+                Some(roots) => rustls::client::verify_server_cert_signed_by_trust_anchor(
+                    &cert,
+                    roots,
+                    intermediates,
+                    at,
+                    self.provider.signature_verification_algorithms.all,
+                ),
+                None => Ok(()),
             }
-            Err(e) => Err(e),
-        }
+        };
+        let chain: Option<&dyn Fn(rustls_pki_types::UnixTime) -> Result<(), rustls::Error>> =
+            self.roots.is_some().then_some(&verify);
+        self.judge.judge(end_entity, chain, now)?;
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(

@@ -451,40 +451,74 @@ async fn client_certificates_are_checked_as_in_envoy() {
     assert!(!answers[0][2].starts_with("200"), "{answers:#?}");
 }
 
-#[test]
-fn client_certificate_names_are_refused_where_envoy_would_match_them() {
+/// Client certificates judged by name and by pin, as Envoy's default validator judges them: a
+/// matching name or pin is served; another name, another pin, or no certificate at all (names
+/// and pins make one required, even without `require_client_certificate`) is refused.
+#[tokio::test]
+async fn client_certificate_names_and_pins_are_checked_as_in_envoy() {
     let dir = paths::scratch_dir("tls-listener-mtls-san");
     let pki = pki(&dir, &["app.example"]);
-    let listen: SocketAddr = "127.0.0.1:1".parse().expect("address");
-    let mut spec = ListenerSpec::new(
-        "mtlssan",
-        echo_routes(),
-        &cluster_yaml("echo", &[listen], "", None),
-    );
-    spec.transport_socket = Some(transport_socket(
-        &pki,
-        &format!(
-            ", validation_context: {{ trusted_ca: {{ filename: \"{}\" }}, match_typed_subject_alt_names: [{{ san_type: DNS, matcher: {{ exact: client.example }} }}] }}",
-            pki.ca_file
-        ),
-    ));
-    let file = dir.join("mtls-san.yaml");
-    std::fs::write(
-        &file,
-        spec.render(listen, "127.0.0.1:2".parse().expect("address")),
-    )
-    .expect("write");
-    let (accepted, reason) = vigil_tests::envoy::validate(&paths::envoy_binary(), &file, &dir);
-    assert!(accepted, "Envoy must accept it: {reason}");
-    let (ok, text) = vigil_validate(&file);
-    assert!(
-        !ok,
-        "vigil accepted a listener that matches client certificate names: {text}"
-    );
-    assert!(
-        text.contains("match_typed_subject_alt_names: matching the client certificate's subject alternative names is not implemented"),
-        "{text}"
-    );
+    let echo = EchoUpstream::start(IpAddr::from(net::fresh_loopback())).await;
+    let client_hash: String = ring::digest::digest(&ring::digest::SHA256, pki.client.0.as_ref())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let cases = [
+        ("right-name", "match_typed_subject_alt_names: [{ san_type: DNS, matcher: { exact: CLIENT.example } }]".to_string(), true),
+        ("wrong-name", "match_typed_subject_alt_names: [{ san_type: DNS, matcher: { exact: other.example } }]".to_string(), false),
+        ("right-pin", format!("verify_certificate_hash: [\"{client_hash}\"]"), true),
+        ("wrong-pin", format!("verify_certificate_hash: [\"{}\"]", "AB:".repeat(31) + "AB"), false),
+    ];
+    for (name, check, served) in cases {
+        let mut spec = ListenerSpec::new(
+            name,
+            echo_routes(),
+            &cluster_yaml("echo", &[echo.address], "", None),
+        );
+        spec.transport_socket = Some(transport_socket(
+            &pki,
+            &format!(
+                ", validation_context: {{ trusted_ca: {{ filename: \"{}\" }}, {check} }}",
+                pki.ca_file
+            ),
+        ));
+        let case_dir = dir.join(name);
+        std::fs::create_dir_all(&case_dir).expect("dir");
+        let proxies = start_envoy_and_vigil(&case_dir, |listen, admin| spec.render(listen, admin))
+            .await
+            .unwrap_or_else(|err| panic!("{name}: {err}"));
+        let mut answers = Vec::new();
+        for (_, listener, _) in &proxies {
+            answers.push(vec![
+                get_over_tls(
+                    *listener,
+                    client_config_as(&pki, &[], Some(&pki)),
+                    "app.example",
+                    "/a",
+                )
+                .await,
+                get_over_tls(
+                    *listener,
+                    client_config_as(&pki, &[], None),
+                    "app.example",
+                    "/b",
+                )
+                .await,
+            ]);
+        }
+        assert_eq!(answers[0], answers[1], "{name}: {answers:#?}");
+        assert_eq!(
+            answers[0][0].starts_with("200"),
+            served,
+            "{name}: {answers:#?}"
+        );
+        assert!(
+            !answers[0][1].starts_with("200"),
+            "{name}: a client without a certificate: {answers:#?}"
+        );
+    }
 }
 
 #[tokio::test]

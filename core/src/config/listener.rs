@@ -275,7 +275,11 @@ fn filter_chain(
         if let Some(hcm) = out.last_mut() {
             hcm.network_rbac = network_rbac;
             hcm.tls = tls;
-            let mutual = hcm.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+            let mutual = hcm
+                .tls
+                .as_ref()
+                .and_then(|t| t.client_validation.as_ref())
+                .is_some_and(|p| p.checks_anything() || p.accept_untrusted);
             let ts_path = path.field("transport_socket");
             if mutual && hcm.writes_client_cert_details {
                 cx.unsupported(

@@ -73,7 +73,7 @@ pub struct TlsParams {
 }
 
 /// A listener's TLS, as vigil serves it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DownstreamTls {
     /// `common_tls_context.tls_certificates[0]`: the chain and its key.
     pub certificate_chain: Sourced,
@@ -89,8 +89,9 @@ pub struct DownstreamTls {
     pub stateful_resumption: bool,
     /// `prefer_client_ciphers` (default false: the server's order wins).
     pub prefer_client_ciphers: bool,
-    /// `validation_context.trusted_ca`: client certificates must chain to it (mutual TLS).
-    pub client_ca: Option<Sourced>,
+    /// `validation_context`: how a client's certificate is judged (mutual TLS), as upstream
+    /// certificates are.
+    pub client_validation: Option<PeerValidation>,
     /// `require_client_certificate`: a client without a certificate is refused (else a
     /// certificate is checked when the client presents one).
     pub require_client_certificate: bool,
@@ -525,10 +526,14 @@ fn downstream_tls(cx: &mut Ctx, typed: &Any) -> Option<DownstreamTls> {
         return None;
     };
     let common_path = common.path.clone();
-    let client_ca = common
+    let client_validation = common
         .message(cx, "validation_context", &CERTIFICATE_VALIDATION_CONTEXT)
-        .and_then(|v| client_validation(cx, v));
-    if require_client_certificate && client_ca.is_none() {
+        .map(|v| peer_validation(cx, v));
+    if require_client_certificate
+        && !client_validation
+            .as_ref()
+            .is_some_and(|p| p.checks_anything() || p.accept_untrusted)
+    {
         cx.unsupported(&path.field("require_client_certificate"), NO_CLIENT_CERTS);
     }
     let alpn_protocols = alpn_protocols(cx, &mut common);
@@ -564,7 +569,7 @@ fn downstream_tls(cx: &mut Ctx, typed: &Any) -> Option<DownstreamTls> {
         stateless_resumption,
         stateful_resumption,
         prefer_client_ciphers,
-        client_ca,
+        client_validation,
         require_client_certificate,
         path,
     })
@@ -728,46 +733,6 @@ fn tls_params(cx: &mut Ctx, common: &mut Obj, default_max: TlsVersion) -> TlsPar
         );
     }
     out
-}
-
-/// A listener's `validation_context`: its `trusted_ca`, the part vigil checks client
-/// certificates against; anything that would loosen or narrow the check is refused.
-fn client_validation(cx: &mut Ctx, o: Obj) -> Option<Sourced> {
-    let path = o.path.clone();
-    let peer = peer_validation(cx, o);
-    let refuse = |cx: &mut Ctx, field: &str, what: &str| {
-        cx.unsupported(
-            &path.field(field),
-            format!("{what} is not implemented by vigil's client certificate check yet: it would let in peers Envoy refuses"),
-        )
-    };
-    if !peer.san_matchers.is_empty() {
-        refuse(
-            cx,
-            "match_typed_subject_alt_names",
-            "matching the client certificate's subject alternative names",
-        );
-    }
-    if !peer.certificate_hashes.is_empty() || !peer.spki_hashes.is_empty() {
-        refuse(cx, "verify_certificate_hash", "pinning client certificates");
-    }
-    if peer.allow_expired {
-        refuse(
-            cx,
-            "allow_expired_certificate",
-            "accepting expired client certificates",
-        );
-    }
-    if peer.accept_untrusted {
-        refuse(cx, "trust_chain_verification", "ACCEPT_UNTRUSTED");
-    }
-    if peer.trusted_ca.is_none() {
-        cx.unsupported(
-            &path,
-            "a validation context without trusted_ca is not implemented by vigil",
-        );
-    }
-    peer.trusted_ca
 }
 
 /// A `CertificateValidationContext`, as Envoy's default validator applies it.
