@@ -272,9 +272,12 @@ async fn stat(process: &AdminProcess, name: &str) -> u64 {
 }
 
 async fn wait_flags(process: &AdminProcess, who: &str, cluster: &str, want: &[(SocketAddr, &str)]) {
+    // In the admin's order (by address text).
     let want: Vec<(String, String)> = want
         .iter()
         .map(|(a, f)| (a.to_string(), f.to_string()))
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into_iter()
         .collect();
     let now = || async {
         process
