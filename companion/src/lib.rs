@@ -35,6 +35,7 @@ pub mod conn_limit;
 pub mod discovery;
 pub mod dns_client;
 pub mod events;
+pub mod ext_authz;
 pub mod forward;
 pub mod h1_guard;
 pub mod outlier;

@@ -579,8 +579,33 @@ fn declare_filter_stats(counters: &ListenerCounters, hcm: &HttpConnectionManager
             HttpFilterKind::Cors => counters.declare(
                 ["origin_valid", "origin_invalid"].map(|c| format!("http.{prefix}.cors.{c}")),
             ),
+            HttpFilterKind::ExtAuthz(config) => {
+                let middle = ext_authz_stat_middle(config);
+                counters.declare(
+                    [
+                        "ok",
+                        "denied",
+                        "error",
+                        "disabled",
+                        "failure_mode_allowed",
+                        "invalid",
+                        "ignored_dynamic_metadata",
+                        "filter_state_name_collision",
+                    ]
+                    .map(|c| format!("http.{prefix}.ext_authz.{middle}{c}")),
+                )
+            }
             _ => {}
         }
+    }
+}
+
+/// The part of an ext_authz filter's counter names its own `stat_prefix` adds.
+fn ext_authz_stat_middle(config: &vigil_core::config::ExtAuthz) -> String {
+    if config.stat_prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{}.", config.stat_prefix)
     }
 }
 
@@ -749,6 +774,9 @@ struct Outcome {
     /// Response headers the filters set on whatever answer the filters after them and the
     /// router make (CORS for an allowed origin, the health check filter while failing).
     filter_headers: Vec<(&'static str, String)>,
+    /// Response headers the filters add (appended) to whatever answer comes (ext_authz's
+    /// `allowed_client_headers_on_success`).
+    appended_headers: Vec<(String, String)>,
     /// `x-vigil-upstream` and `x-vigil-decision`, when `decision_headers` is on.
     vigil_upstream: Option<String>,
     vigil_decision: Option<String>,
@@ -793,6 +821,14 @@ pub async fn handle(
     for (name, value) in &outcome.filter_headers {
         if let Ok(value) = HeaderValue::from_str(value) {
             response.headers_mut().insert(*name, value);
+        }
+    }
+    for (name, value) in &outcome.appended_headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            response.headers_mut().append(name, value);
         }
     }
     if let Some(server) = &derived.server {
@@ -870,6 +906,9 @@ async fn respond(
 ) -> (Response<ProxyBody>, Outcome) {
     let (peer, local) = (downstream.peer, downstream.local);
     let (mut parts, body) = request.into_parts();
+    // The body, once a filter (ext_authz with `with_request_body`) had to read it early.
+    let mut early_body: Option<Bytes> = None;
+    let mut body = Some(body);
     // Envoy's limits on the request head, counted as it does (names and values).
     let header_bytes: usize = parts
         .headers
@@ -1113,6 +1152,153 @@ async fn respond(
                     }
                 }
             }
+            HttpFilterKind::ExtAuthz(config) => {
+                // Envoy counts under the connection manager and under the cluster the request's
+                // route targets (when it has one).
+                let target = {
+                    let borrowed = pairs(&parts.headers);
+                    let view = RequestView::new(
+                        authority.as_deref(),
+                        &path,
+                        parts.method.as_str(),
+                        &borrowed,
+                    );
+                    state
+                        .routes
+                        .select(&view)
+                        .and_then(|selected| selected.cluster(&view, None))
+                        .map(|c| c.name)
+                };
+                let middle = ext_authz_stat_middle(config);
+                let counter = |name: &str| {
+                    let mut names = vec![format!(
+                        "http.{}.ext_authz.{middle}{name}",
+                        state.hcm.stat_prefix
+                    )];
+                    if let Some(cluster) = &target
+                        && ["ok", "denied", "error", "failure_mode_allowed"].contains(&name)
+                    {
+                        names.push(format!("cluster.{cluster}.ext_authz.{name}"));
+                    }
+                    names
+                };
+                let check_body = match config.with_request_body {
+                    None => Bytes::new(),
+                    Some(settings) => {
+                        let read = match early_body.take() {
+                            Some(read) => read,
+                            None => match read_body(body.take()).await {
+                                Ok(read) => read,
+                                Err(refusal) => return refusal,
+                            },
+                        };
+                        early_body = Some(read.clone());
+                        let max = settings.max_request_bytes as usize;
+                        if read.len() > max && !settings.allow_partial_message {
+                            outcome.request_headers = Some(parts.headers);
+                            outcome.details = "request_payload_too_large".into();
+                            return (
+                                local_reply(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large"),
+                                outcome,
+                            );
+                        }
+                        read.slice(..read.len().min(max))
+                    }
+                };
+                let request = crate::ext_authz::CheckedRequest {
+                    method: &parts.method,
+                    path: &path,
+                    headers: &parts.headers,
+                    body: check_body,
+                    peer,
+                    local: local.unwrap_or(peer),
+                    scheme: downstream.scheme(),
+                    protocol: if parts.version == http::Version::HTTP_2 {
+                        "HTTP/2"
+                    } else {
+                        "HTTP/1.1"
+                    },
+                };
+                let context = FormatContext {
+                    start: started,
+                    downstream,
+                    method: &parts.method,
+                    path: &path,
+                    authority: authority.as_deref(),
+                    version: parts.version,
+                    route_name: "",
+                    cluster: None,
+                };
+                let to_add = match &config.service {
+                    vigil_core::config::AuthzService::Http(http) => http.headers_to_add.as_slice(),
+                    vigil_core::config::AuthzService::Grpc(_) => &[],
+                };
+                let decision = crate::ext_authz::check(
+                    config,
+                    state
+                        .upstreams
+                        .get(config.service.cluster())
+                        .map(Arc::as_ref),
+                    &request,
+                    |check_headers| {
+                        mutate(check_headers, &[], to_add, &mut || {
+                            context.record(&parts.headers, None, None)
+                        })
+                    },
+                )
+                .await;
+                match decision {
+                    crate::ext_authz::Decision::Allow(allowed) => {
+                        derived.counters.bump(counter("ok"));
+                        apply_authz_changes(&mut parts.headers, &allowed);
+                        outcome.appended_headers.extend(allowed.response_add);
+                    }
+                    crate::ext_authz::Decision::Deny {
+                        status,
+                        headers,
+                        body,
+                    } => {
+                        derived.counters.bump(counter("denied"));
+                        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+                        let mut response = local_reply(status, "");
+                        for (name, value) in headers {
+                            if let (Ok(name), Ok(value)) = (
+                                HeaderName::from_bytes(name.as_bytes()),
+                                HeaderValue::from_str(&value),
+                            ) {
+                                response.headers_mut().insert(name, value);
+                            }
+                        }
+                        response
+                            .headers_mut()
+                            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+                        *response.body_mut() =
+                            Full::new(body).map_err(|never| match never {}).boxed();
+                        outcome.request_headers = Some(parts.headers);
+                        outcome.flags = "UAEX";
+                        outcome.details = "ext_authz_denied".into();
+                        return (response, outcome);
+                    }
+                    crate::ext_authz::Decision::Error => {
+                        derived.counters.bump(counter("error"));
+                        if !config.failure_mode_allow {
+                            let status = StatusCode::from_u16(config.status_on_error)
+                                .unwrap_or(StatusCode::FORBIDDEN);
+                            outcome.request_headers = Some(parts.headers);
+                            outcome.flags = "UAEX";
+                            outcome.details = "ext_authz_error".into();
+                            return (empty(status), outcome);
+                        }
+                        derived.counters.bump(counter("failure_mode_allowed"));
+                        if config.failure_mode_allow_header_add {
+                            parts.headers.insert(
+                                "x-envoy-auth-failure-mode-allowed",
+                                HeaderValue::from_static("true"),
+                            );
+                        }
+                    }
+                }
+            }
             HttpFilterKind::Wasm if !routed => {
                 routed = true;
                 let Some(routing) = &derived.routing else {
@@ -1157,26 +1343,12 @@ async fn respond(
             _ => {}
         }
     }
-    // Most requests have no body: nothing to wait for or collect then.
-    let body = if body.is_end_stream() {
-        Bytes::new()
-    } else {
-        match Limited::new(body, MAX_BODY).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(err) if err.is::<http_body_util::LengthLimitError>() => {
-                return (
-                    local_reply(StatusCode::PAYLOAD_TOO_LARGE, "payload too large"),
-                    Outcome::local("", "request_payload_too_large"),
-                );
-            }
-            // A body that breaks its framing (bad chunk sizes): Envoy's codec error answer.
-            Err(_) => {
-                return (
-                    local_reply(StatusCode::BAD_REQUEST, "Bad Request"),
-                    Outcome::local("DPE", "http1.codec_error"),
-                );
-            }
-        }
+    let body = match early_body {
+        Some(read) => read,
+        None => match read_body(body.take()).await {
+            Ok(read) => read,
+            Err(refusal) => return refusal,
+        },
     };
     outcome.bytes_received = body.len() as u64;
     outcome.request_read = Some(started.elapsed());
@@ -1408,6 +1580,54 @@ async fn respond(
 
 /// The route's response header changes, level by level (the router's finalizeResponseHeaders):
 /// on upstream answers, direct responses, redirects and the router's own replies alike.
+/// The request body, whole (most requests have none: nothing to wait for then); a refusal is
+/// Envoy's answer to a body over the limit or one that breaks its framing.
+async fn read_body(body: Option<Incoming>) -> Result<Bytes, (Response<ProxyBody>, Outcome)> {
+    let Some(body) = body.filter(|b| !b.is_end_stream()) else {
+        return Ok(Bytes::new());
+    };
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err((
+            local_reply(StatusCode::PAYLOAD_TOO_LARGE, "payload too large"),
+            Outcome::local("", "request_payload_too_large"),
+        )),
+        // A body that breaks its framing (bad chunk sizes): Envoy's codec error answer.
+        Err(_) => Err((
+            local_reply(StatusCode::BAD_REQUEST, "Bad Request"),
+            Outcome::local("DPE", "http1.codec_error"),
+        )),
+    }
+}
+
+/// An allowing authorization answer's changes to the request: removals (never of pseudo
+/// headers or `host`), then headers set, then appended.
+fn apply_authz_changes(headers: &mut HeaderMap, allowed: &crate::ext_authz::Allowed) {
+    for name in &allowed.remove {
+        if name != "host" && !name.starts_with(':') {
+            headers.remove(name.as_str());
+        }
+    }
+    for (name, value, append) in allowed
+        .set
+        .iter()
+        .map(|(n, v)| (n, v, false))
+        .chain(allowed.append.iter().map(|(n, v)| (n, v, true)))
+    {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) else {
+            continue;
+        };
+        if append {
+            headers.append(name, value);
+        } else {
+            headers.insert(name, value);
+        }
+    }
+}
+
 fn finalize_response<'m>(
     levels: impl Iterator<Item = &'m vigil_core::config::HeaderMutations>,
     response: &mut Response<ProxyBody>,

@@ -249,11 +249,12 @@ mod tests {
 mod agreement {
     use super::schema;
 
-    const SOURCES: [(&str, &str); 4] = [
+    const SOURCES: [(&str, &str); 5] = [
         ("schema.rs", include_str!("schema.rs")),
         ("rbac.rs", include_str!("rbac.rs")),
         ("circuit_breakers.rs", include_str!("circuit_breakers.rs")),
         ("tls.rs", include_str!("tls.rs")),
+        ("ext_authz.rs", include_str!("ext_authz.rs")),
     ];
 
     /// (file, message name, field names) of each `Message { name: "...", fields: &[...] }`.

@@ -57,10 +57,7 @@ pub(crate) fn http_filter(type_name: &str) -> Treatment {
         ),
         "grpc_stats" => Ignorable("it only counts gRPC messages; vigil does not emit those stats"),
         "jwt_authn" => Refused("verify JWTs and answer 401 / 403 to requests without a valid one"),
-        "ext_authz" => Refused(
-            "ask an authorization service about every request and answer 403 (or fail closed) \
-             when it says no",
-        ),
+        "ext_authz" => Enforced,
         "basic_auth" => Refused("answer 401 to requests without valid credentials"),
         "api_key_auth" => Refused("answer 401 / 403 to requests without a valid API key"),
         "oauth2" => Refused("send requests without a session to the identity provider"),

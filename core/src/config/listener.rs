@@ -760,6 +760,36 @@ fn http_filters(
                     }
                     continue;
                 }
+                Treatment::Enforced if typed.is(super::ext_authz::EXT_AUTHZ_TYPE) => {
+                    judged.push((
+                        name.clone(),
+                        Some(
+                            "per-route ext_authz settings (ExtAuthzPerRoute: turning the check \
+                             off or changing what it sends on a route) are not implemented by \
+                             vigil: the route would be checked as the listener says"
+                                .to_string(),
+                        ),
+                    ));
+                    if last {
+                        cx.invalid(
+                            &p,
+                            format!(
+                                "non-terminal filter named {name} of type \
+                                 envoy.filters.http.ext_authz is the last filter in a http \
+                                 filter chain"
+                            ),
+                        );
+                    }
+                    if let Some(config) = super::ext_authz::ext_authz(cx, &typed) {
+                        out.push(HttpFilter {
+                            name,
+                            kind: HttpFilterKind::ExtAuthz(Box::new(config)),
+                            is_optional,
+                            disabled,
+                        });
+                    }
+                    continue;
+                }
                 Treatment::Enforced => {
                     cx.unsupported(
                         &typed_path,

@@ -52,6 +52,7 @@ mod cluster;
 #[cfg(feature = "envoy-schema")]
 mod envoy_schema;
 mod error;
+mod ext_authz;
 mod filters;
 mod health_check;
 mod listener;
@@ -67,6 +68,7 @@ pub use validate::schema_errors;
 
 pub use circuit_breakers::{CircuitBreakers, RetryBudget, RoutingPriority, Thresholds};
 pub use error::{ConfigError, ConfigErrors, ErrorKind, FieldPath, Location, Warning};
+pub use ext_authz::{AuthzService, BufferSettings, ExtAuthz, GrpcService, HttpService};
 pub use filters::{FilterChainMatch, SourceType};
 pub use tls::{
     DataSource, DownstreamTls, PeerValidation, SanMatcher, SanType, Sourced, SubjectAltName,

@@ -760,6 +760,9 @@ pub enum HttpFilterKind {
     /// request whose headers match is answered by the proxy itself (200, or 503 while the admin
     /// API's `/healthcheck/fail` is in effect).
     HealthCheck { headers: Vec<HeaderMatcher> },
+    /// `envoy.extensions.filters.http.ext_authz.v3.ExtAuthz`: the proxy asks the authorization
+    /// service about every request.
+    ExtAuthz(Box<crate::config::ExtAuthz>),
     /// `envoy.extensions.filters.http.wasm.v3.Wasm`: a wasm module (such as vigil's own filter),
     /// which the companion does not load.
     Wasm,

@@ -1,0 +1,535 @@
+//! The external authorization HTTP filter (`envoy.filters.http.ext_authz`,
+//! `envoy.extensions.filters.http.ext_authz.v3.ExtAuthz`), read into [`ExtAuthz`]: which service
+//! is asked (an HTTP service on a cluster, or the `envoy.service.auth.v3.Authorization` gRPC
+//! service on a cluster), which request headers it sees, which of its answer's headers reach the
+//! upstream request or the client, and what happens when it cannot be asked (403, or
+//! `failure_mode_allow`). The companion's proxy asks the service; this module only reads and
+//! validates, naming the field of every error.
+//!
+//! Refused by name, since ignoring them would let through a request Envoy stops or change what
+//! the service decides on: runtime-gated or metadata-gated enabling (`filter_enabled`,
+//! `filter_enabled_metadata`, `deny_at_disable`), metadata context namespaces, header mutation
+//! rules, Google gRPC clients (vigil speaks gRPC to clusters only), request bodies packed as
+//! bytes, peer certificates and TLS sessions in the check.
+
+use super::error::FieldPath;
+use super::reader::{Any, Ctx, Enum, Message, Obj, read, reject, warn};
+use super::types::{HeaderAppendAction, HeaderOption, StringMatch};
+use serde_json::Value;
+
+pub(crate) const EXT_AUTHZ_TYPE: &str = "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
+
+/// Envoy's default gRPC timeout for the check (`ext_authz` without `grpc_service.timeout`).
+const DEFAULT_GRPC_TIMEOUT_MS: u64 = 200;
+
+/// The filter's configuration, as the proxy applies it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExtAuthz {
+    pub service: AuthzService,
+    /// `failure_mode_allow`: a service that cannot answer lets the request through.
+    pub failure_mode_allow: bool,
+    /// `failure_mode_allow_header_add`: such a request carries
+    /// `x-envoy-auth-failure-mode-allowed: true`.
+    pub failure_mode_allow_header_add: bool,
+    /// `status_on_error.code` (default 403): the answer when the service cannot answer.
+    pub status_on_error: u16,
+    /// `with_request_body`: the request body is read and sent with the check.
+    pub with_request_body: Option<BufferSettings>,
+    /// `clear_route_cache`: the route is chosen again after the service changed headers.
+    pub clear_route_cache: bool,
+    /// `stat_prefix`: counters are `http.<hcm>.ext_authz.<stat_prefix>.ok` and so on (no
+    /// middle part when empty).
+    pub stat_prefix: String,
+    /// `allowed_headers`: when set, only these request headers go into the check.
+    pub allowed_headers: Vec<StringMatch>,
+    /// `disallowed_headers`: these request headers never go into the check.
+    pub disallowed_headers: Vec<StringMatch>,
+    /// `max_denied_response_body_bytes` (0: no limit).
+    pub max_denied_response_body_bytes: u32,
+    /// Where the filter's `typed_config` is in the file.
+    pub path: FieldPath,
+}
+
+/// The authorization service.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AuthzService {
+    Http(HttpService),
+    Grpc(GrpcService),
+}
+
+impl AuthzService {
+    /// The cluster the check goes to.
+    pub fn cluster(&self) -> &str {
+        match self {
+            AuthzService::Http(h) => &h.cluster,
+            AuthzService::Grpc(g) => &g.cluster,
+        }
+    }
+}
+
+/// `http_service`: the check is the request's head (the allowed headers, the path behind
+/// `path_prefix`) sent to a cluster; 200 allows, 5xx is an error, anything else denies with the
+/// service's status, body and headers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpService {
+    /// `server_uri.cluster`.
+    pub cluster: String,
+    /// `server_uri.uri` (informational: Envoy sends to the cluster's hosts).
+    pub uri: String,
+    /// `server_uri.timeout`.
+    pub timeout_ms: u64,
+    /// `path_prefix`, put before the request's path.
+    pub path_prefix: String,
+    /// `authorization_request.allowed_headers` (deprecated): headers sent besides
+    /// `authorization`, `:method`, `:path` and `:authority`.
+    pub request_allowed: Vec<StringMatch>,
+    /// `authorization_request.headers_to_add`: set on the check request.
+    pub headers_to_add: Vec<HeaderOption>,
+    /// `authorization_response.allowed_upstream_headers`: set on the request when allowed.
+    pub allowed_upstream: Vec<StringMatch>,
+    /// `authorization_response.allowed_upstream_headers_to_append`: appended when allowed.
+    pub allowed_upstream_to_append: Vec<StringMatch>,
+    /// `authorization_response.allowed_client_headers`: sent to the client when denied (empty:
+    /// every header but `host`).
+    pub allowed_client: Vec<StringMatch>,
+    /// `authorization_response.allowed_client_headers_on_success`: added to the response when
+    /// allowed.
+    pub allowed_client_on_success: Vec<StringMatch>,
+}
+
+/// `grpc_service` with `envoy_grpc`: `envoy.service.auth.v3.Authorization/Check` on a cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrpcService {
+    pub cluster: String,
+    /// `envoy_grpc.authority` (empty: the cluster's name).
+    pub authority: String,
+    /// `timeout` (default 200 ms).
+    pub timeout_ms: u64,
+    /// `initial_metadata`: sent with every check.
+    pub initial_metadata: Vec<(String, String)>,
+}
+
+/// `with_request_body`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferSettings {
+    /// `max_request_bytes`: a longer body is answered 413 unless partial messages are allowed.
+    pub max_request_bytes: u32,
+    /// `allow_partial_message`: the first `max_request_bytes` are sent instead.
+    pub allow_partial_message: bool,
+}
+
+const NO_METADATA: &str = "vigil keeps no dynamic metadata: the check would miss what Envoy sends";
+const NO_RUNTIME: &str = "vigil has no runtime or metadata to turn the filter on or off by: it \
+     would check requests Envoy lets through, or let through requests Envoy checks";
+
+static EXT_AUTHZ: Message = Message {
+    name: "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+    fields: &[
+        read("grpc_service").oneof("services"),
+        read("http_service").oneof("services"),
+        read("transport_api_version"),
+        read("failure_mode_allow"),
+        read("failure_mode_allow_header_add"),
+        read("with_request_body"),
+        read("clear_route_cache"),
+        read("status_on_error"),
+        warn(
+            "validate_mutations",
+            "vigil applies only well-formed header changes from the service anyway",
+        ),
+        reject("metadata_context_namespaces", NO_METADATA),
+        reject("typed_metadata_context_namespaces", NO_METADATA),
+        reject("route_metadata_context_namespaces", NO_METADATA),
+        reject("route_typed_metadata_context_namespaces", NO_METADATA),
+        reject("filter_enabled", NO_RUNTIME),
+        reject("filter_enabled_metadata", NO_RUNTIME),
+        reject("deny_at_disable", NO_RUNTIME),
+        reject(
+            "include_peer_certificate",
+            "the peer certificate is not sent to the service by vigil",
+        ),
+        read("stat_prefix"),
+        reject("bootstrap_metadata_labels_key", NO_METADATA),
+        read("allowed_headers"),
+        read("disallowed_headers"),
+        reject(
+            "include_tls_session",
+            "the TLS session is not sent to the service by vigil",
+        ),
+        warn(
+            "charge_cluster_response_stats",
+            "vigil does not count the check's answers in the cluster's stats",
+        ),
+        reject(
+            "encode_raw_headers",
+            "headers sent as raw bytes are not implemented by vigil",
+        ),
+        reject(
+            "decoder_header_mutation_rules",
+            "header mutation rules are not implemented by vigil: the service could change \
+             headers Envoy would not let it change",
+        ),
+        warn(
+            "enable_dynamic_metadata_ingestion",
+            "vigil keeps no dynamic metadata; the service's metadata is dropped",
+        ),
+        warn(
+            "filter_metadata",
+            "vigil keeps no dynamic metadata; ignored",
+        ),
+        warn(
+            "emit_filter_state_stats",
+            "vigil keeps no filter state; ignored",
+        ),
+        read("max_denied_response_body_bytes"),
+    ],
+    removed: &[],
+};
+
+static HTTP_SERVICE: Message = Message {
+    name: "envoy.extensions.filters.http.ext_authz.v3.HttpService",
+    fields: &[
+        read("server_uri"),
+        read("path_prefix"),
+        read("authorization_request"),
+        read("authorization_response"),
+        reject(
+            "retry_policy",
+            "retrying the check is not implemented by vigil",
+        ),
+    ],
+    removed: &[],
+};
+
+static HTTP_URI: Message = Message {
+    name: "envoy.config.core.v3.HttpUri",
+    fields: &[
+        read("uri"),
+        read("cluster").oneof("http_upstream_type"),
+        read("timeout"),
+    ],
+    removed: &[],
+};
+
+static AUTHORIZATION_REQUEST: Message = Message {
+    name: "envoy.extensions.filters.http.ext_authz.v3.AuthorizationRequest",
+    fields: &[read("allowed_headers"), read("headers_to_add")],
+    removed: &[],
+};
+
+static AUTHORIZATION_RESPONSE: Message = Message {
+    name: "envoy.extensions.filters.http.ext_authz.v3.AuthorizationResponse",
+    fields: &[
+        read("allowed_upstream_headers"),
+        read("allowed_upstream_headers_to_append"),
+        read("allowed_client_headers"),
+        read("allowed_client_headers_on_success"),
+        warn(
+            "dynamic_metadata_from_headers",
+            "vigil keeps no dynamic metadata; ignored",
+        ),
+    ],
+    removed: &[],
+};
+
+static LIST_STRING_MATCHER: Message = Message {
+    name: "envoy.type.matcher.v3.ListStringMatcher",
+    fields: &[read("patterns")],
+    removed: &[],
+};
+
+static BUFFER_SETTINGS: Message = Message {
+    name: "envoy.extensions.filters.http.ext_authz.v3.BufferSettings",
+    fields: &[
+        read("max_request_bytes"),
+        read("allow_partial_message"),
+        reject(
+            "pack_as_bytes",
+            "a body packed as bytes is not implemented by vigil",
+        ),
+    ],
+    removed: &[],
+};
+
+static GRPC_SERVICE: Message = Message {
+    name: "envoy.config.core.v3.GrpcService",
+    fields: &[
+        read("envoy_grpc").oneof("target_specifier"),
+        reject(
+            "google_grpc",
+            "the Google gRPC client is not implemented by vigil: name a cluster with envoy_grpc",
+        )
+        .oneof("target_specifier"),
+        read("timeout"),
+        read("initial_metadata"),
+        reject(
+            "retry_policy",
+            "retrying the check is not implemented by vigil",
+        ),
+    ],
+    removed: &[],
+};
+
+static ENVOY_GRPC: Message = Message {
+    name: "envoy.config.core.v3.GrpcService.EnvoyGrpc",
+    fields: &[
+        read("cluster_name"),
+        read("authority"),
+        reject(
+            "retry_policy",
+            "retrying the check is not implemented by vigil",
+        ),
+        warn(
+            "max_receive_message_length",
+            "vigil reads check answers of any size",
+        ),
+        warn(
+            "skip_envoy_headers",
+            "vigil sends no x-envoy- headers with the check anyway",
+        ),
+    ],
+    removed: &[],
+};
+
+static HTTP_STATUS: Message = Message {
+    name: "envoy.type.v3.HttpStatus",
+    fields: &[read("code")],
+    removed: &[],
+};
+
+static API_VERSION: Enum = Enum {
+    name: "envoy.config.core.v3.ApiVersion",
+    values: &[("AUTO", 0), ("V2", 1), ("V3", 2)],
+};
+
+/// The filter's `typed_config`.
+pub(crate) fn ext_authz(cx: &mut Ctx, typed: &Any) -> Option<ExtAuthz> {
+    let errors = cx.errors.len();
+    let mut o = typed.obj(cx, &EXT_AUTHZ);
+    let path = o.path.clone();
+    if let Some(version) = o.enumeration(cx, "transport_api_version", &API_VERSION)
+        && version != 2
+    {
+        cx.invalid(
+            &path.field("transport_api_version"),
+            "V2 API is no longer supported: set transport_api_version to V3",
+        );
+    }
+    let failure_mode_allow = o.bool(cx, "failure_mode_allow").unwrap_or(false);
+    let failure_mode_allow_header_add =
+        o.bool(cx, "failure_mode_allow_header_add").unwrap_or(false);
+    let clear_route_cache = o.bool(cx, "clear_route_cache").unwrap_or(false);
+    let stat_prefix = o.string(cx, "stat_prefix").unwrap_or_default();
+    let max_denied_response_body_bytes = o.u32(cx, "max_denied_response_body_bytes").unwrap_or(0);
+    let mut status_on_error = 403;
+    if let Some(mut status) = o.message(cx, "status_on_error", &HTTP_STATUS) {
+        // `envoy.type.v3.StatusCode`: any defined HTTP status; 0 (Empty) means the default.
+        match status.u32(cx, "code") {
+            Some(0) | None => {}
+            Some(code) if (100..=599).contains(&code) => status_on_error = code as u16,
+            Some(code) => cx.invalid(
+                &status.path.field("code"),
+                format!("{code} is not an HTTP status code"),
+            ),
+        }
+        status.finish(cx);
+    }
+    let with_request_body = o
+        .message(cx, "with_request_body", &BUFFER_SETTINGS)
+        .and_then(|b| buffer_settings(cx, b));
+    let allowed_headers = list_string_matcher(cx, &mut o, "allowed_headers");
+    let disallowed_headers = list_string_matcher(cx, &mut o, "disallowed_headers");
+    let http = o.message(cx, "http_service", &HTTP_SERVICE);
+    let grpc = o.message(cx, "grpc_service", &GRPC_SERVICE);
+    o.finish(cx);
+    let service = match (http, grpc) {
+        (Some(http), _) => http_service(cx, http).map(AuthzService::Http),
+        (None, Some(grpc)) => grpc_service(cx, grpc).map(AuthzService::Grpc),
+        (None, None) => {
+            // Envoy builds an HTTP client with no cluster; every check then fails.
+            cx.unsupported(
+                &path,
+                "an ext_authz filter without grpc_service or http_service is not served by vigil",
+            );
+            None
+        }
+    };
+    let service = service?;
+    (cx.errors.len() == errors).then_some(ExtAuthz {
+        service,
+        failure_mode_allow,
+        failure_mode_allow_header_add,
+        status_on_error,
+        with_request_body,
+        clear_route_cache,
+        stat_prefix,
+        allowed_headers,
+        disallowed_headers,
+        max_denied_response_body_bytes,
+        path,
+    })
+}
+
+fn buffer_settings(cx: &mut Ctx, mut o: Obj) -> Option<BufferSettings> {
+    let path = o.path.clone();
+    let max = o.u32(cx, "max_request_bytes");
+    let allow_partial_message = o.bool(cx, "allow_partial_message").unwrap_or(false);
+    o.finish(cx);
+    match max {
+        Some(max) if max > 0 => Some(BufferSettings {
+            max_request_bytes: max,
+            allow_partial_message,
+        }),
+        _ => {
+            cx.invalid(
+                &path.field("max_request_bytes"),
+                "value must be greater than 0",
+            );
+            None
+        }
+    }
+}
+
+/// A `ListStringMatcher` field: its patterns.
+fn list_string_matcher(cx: &mut Ctx, o: &mut Obj, field: &str) -> Vec<StringMatch> {
+    let Some(mut list) = o.message(cx, field, &LIST_STRING_MATCHER) else {
+        return Vec::new();
+    };
+    let patterns = list
+        .list("patterns")
+        .into_iter()
+        .filter_map(|(p, v)| {
+            Obj::new(cx, p, v, &super::schema::ROUTE_STRING_MATCHER)
+                .and_then(|m| super::listener::string_match(cx, m))
+        })
+        .collect();
+    list.finish(cx);
+    patterns
+}
+
+fn http_service(cx: &mut Ctx, mut o: Obj) -> Option<HttpService> {
+    let path = o.path.clone();
+    let path_prefix = o.string(cx, "path_prefix").unwrap_or_default();
+    if !path_prefix.is_empty() && !path_prefix.starts_with('/') {
+        cx.invalid(
+            &path.field("path_prefix"),
+            "path_prefix should start with \"/\".",
+        );
+    }
+    let server_uri = o.message(cx, "server_uri", &HTTP_URI);
+    let mut request_allowed = Vec::new();
+    let mut headers_to_add = Vec::new();
+    if let Some(mut request) = o.message(cx, "authorization_request", &AUTHORIZATION_REQUEST) {
+        request_allowed = list_string_matcher(cx, &mut request, "allowed_headers");
+        for (p, v) in request.list("headers_to_add") {
+            if let Some(header) = header_value(cx, p, v) {
+                headers_to_add.push(header);
+            }
+        }
+        request.finish(cx);
+    }
+    let mut out = HttpService {
+        cluster: String::new(),
+        uri: String::new(),
+        timeout_ms: 0,
+        path_prefix,
+        request_allowed,
+        headers_to_add,
+        allowed_upstream: Vec::new(),
+        allowed_upstream_to_append: Vec::new(),
+        allowed_client: Vec::new(),
+        allowed_client_on_success: Vec::new(),
+    };
+    if let Some(mut response) = o.message(cx, "authorization_response", &AUTHORIZATION_RESPONSE) {
+        out.allowed_upstream = list_string_matcher(cx, &mut response, "allowed_upstream_headers");
+        out.allowed_upstream_to_append =
+            list_string_matcher(cx, &mut response, "allowed_upstream_headers_to_append");
+        out.allowed_client = list_string_matcher(cx, &mut response, "allowed_client_headers");
+        out.allowed_client_on_success =
+            list_string_matcher(cx, &mut response, "allowed_client_headers_on_success");
+        response.finish(cx);
+    }
+    o.finish(cx);
+    let Some(mut uri) = server_uri else {
+        cx.invalid(
+            &path.field("server_uri"),
+            "an HTTP authorization service needs server_uri (its cluster and timeout)",
+        );
+        return None;
+    };
+    let uri_path = uri.path.clone();
+    out.uri = uri
+        .required_string(cx, "uri", "value length must be at least 1 characters")
+        .unwrap_or_default();
+    let cluster = uri.required_string(cx, "cluster", "value length must be at least 1 characters");
+    let timeout = uri.duration(cx, "timeout");
+    uri.finish(cx);
+    match timeout {
+        Some(t) => out.timeout_ms = t.millis(),
+        None => cx.invalid(&uri_path.field("timeout"), "value is required"),
+    }
+    out.cluster = cluster?;
+    Some(out)
+}
+
+/// An `authorization_request.headers_to_add` entry (`HeaderValue`): set on the check request,
+/// with the formatters routes' header values have.
+fn header_value(cx: &mut Ctx, path: FieldPath, value: &Value) -> Option<HeaderOption> {
+    let wrapped = serde_json::json!({
+        "header": value,
+        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+    });
+    let mut read = super::listener::headers_to_add(cx, vec![(path, &wrapped)]);
+    let mut header = read.pop()?;
+    header.action = HeaderAppendAction::OverwriteIfExistsOrAdd;
+    header.keep_empty_value = true;
+    Some(header)
+}
+
+fn grpc_service(cx: &mut Ctx, mut o: Obj) -> Option<GrpcService> {
+    let path = o.path.clone();
+    let timeout_ms = o
+        .duration(cx, "timeout")
+        .map(|t| t.millis())
+        .unwrap_or(DEFAULT_GRPC_TIMEOUT_MS);
+    let mut initial_metadata = Vec::new();
+    for (p, v) in o.list("initial_metadata") {
+        let Some(mut header) = Obj::new(cx, p, v, &super::schema::HEADER_VALUE) else {
+            continue;
+        };
+        let key = header.required_string(cx, "key", "value length must be at least 1 characters");
+        let value = header.string(cx, "value").unwrap_or_default();
+        header.finish(cx);
+        if let Some(key) = key {
+            initial_metadata.push((key.to_ascii_lowercase(), value));
+        }
+    }
+    let envoy = o.message(cx, "envoy_grpc", &ENVOY_GRPC);
+    o.finish(cx);
+    let Some(mut envoy) = envoy else {
+        if !cx
+            .errors
+            .iter()
+            .any(|e| e.path.as_str().starts_with(path.as_str()))
+        {
+            cx.invalid(
+                &path,
+                "target_specifier is required: envoy_grpc or google_grpc",
+            );
+        }
+        return None;
+    };
+    let cluster = envoy.required_string(
+        cx,
+        "cluster_name",
+        "value length must be at least 1 characters",
+    );
+    let authority = envoy.string(cx, "authority").unwrap_or_default();
+    envoy.finish(cx);
+    Some(GrpcService {
+        cluster: cluster?,
+        authority,
+        timeout_ms,
+        initial_metadata,
+    })
+}

@@ -1,0 +1,273 @@
+//! External authorization (`envoy.filters.http.ext_authz`), vigil against real Envoy 1.36.2 on
+//! the same YAML, with an HTTP authorization service written here that decides by path and
+//! records every check it gets:
+//! - allowed (200): the request reaches the upstream with the service's allowed headers set
+//!   (`allowed_upstream_headers`), appended (`_to_append`) and removed
+//!   (`x-envoy-auth-headers-to-remove`); the client's answer carries
+//!   `allowed_client_headers_on_success`;
+//! - denied (401 with a body and headers): the client gets the service's status, body and
+//!   headers, the upstream nothing;
+//! - failed (500, or no answer within the timeout): 403 with no body, or, under
+//!   `failure_mode_allow`, the request goes on marked `x-envoy-auth-failure-mode-allowed`;
+//! - what the service saw of each request (method, path behind `path_prefix`, which headers) is
+//!   the same from both proxies, and so are the `ext_authz` counters.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use vigil_tests::envoy::{AdminProcess, ListenerSpec, start_envoy_and_vigil};
+use vigil_tests::raw_upstream::{EchoUpstream, read_head};
+use vigil_tests::soak::cluster_yaml;
+use vigil_tests::{http, net, paths};
+
+/// The authorization service: answers by the check's path, records each check's head.
+struct AuthzService {
+    address: SocketAddr,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl AuthzService {
+    async fn start(ip: IpAddr) -> AuthzService {
+        let listener = TcpListener::bind((ip, 0)).await.expect("bind authz");
+        let address = listener.local_addr().expect("authz address");
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    while let Some(head) = read_head(&mut stream).await {
+                        let head = String::from_utf8_lossy(&head).into_owned();
+                        let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                        log.lock().unwrap_or_else(|p| p.into_inner()).push(head);
+                        let answer = if path.contains("/allow") {
+                            "HTTP/1.1 200 OK\r\nx-current-user: alice\r\nx-appended: from-authz\r\n\
+                             x-on-success: yes\r\nx-not-allowed: no\r\n\
+                             x-envoy-auth-headers-to-remove: x-remove-me\r\ncontent-length: 0\r\n\r\n"
+                                .to_string()
+                        } else if path.contains("/deny") {
+                            let body = "denied by policy";
+                            format!(
+                                "HTTP/1.1 401 Unauthorized\r\nwww-authenticate: Bearer realm=\"x\"\r\n\
+                                 x-deny-reason: nope\r\ncontent-type: text/plain\r\n\
+                                 content-length: {}\r\n\r\n{body}",
+                                body.len()
+                            )
+                        } else if path.contains("/slow") {
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                            "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".to_string()
+                        } else {
+                            "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n"
+                                .to_string()
+                        };
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        AuthzService { address, seen }
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.seen.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+fn config(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    authz: SocketAddr,
+    echo: SocketAddr,
+    extra: &str,
+) -> String {
+    let filter = format!(
+        "
+          - name: envoy.filters.http.ext_authz
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3{extra}
+              http_service:
+                server_uri: {{ uri: http://authz, cluster: authz, timeout: 0.5s }}
+                path_prefix: /check
+                authorization_request:
+                  allowed_headers: {{ patterns: [{{ exact: x-keep }}] }}
+                  headers_to_add: [{{ key: x-added-by-proxy, value: static }}]
+                authorization_response:
+                  allowed_upstream_headers: {{ patterns: [{{ exact: x-current-user }}] }}
+                  allowed_upstream_headers_to_append: {{ patterns: [{{ exact: x-appended }}] }}
+                  allowed_client_headers: {{ patterns: [{{ exact: x-deny-reason }}] }}
+                  allowed_client_headers_on_success: {{ patterns: [{{ exact: x-on-success }}] }}"
+    );
+    let routes = "
+              - match: { prefix: \"/\" }
+                route: { cluster: echo }";
+    let clusters = format!(
+        "{}{}",
+        cluster_yaml("echo", &[echo], "", None),
+        cluster_yaml("authz", &[authz], "", None)
+    );
+    let mut spec = ListenerSpec::new("authz_lab", routes, &clusters);
+    spec.http_filters = filter;
+    spec.render(listen, admin)
+}
+
+/// What one request did: the client's status, the headers that matter, the body, and which
+/// headers the upstream got.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    status: u16,
+    headers: BTreeMap<String, Vec<String>>,
+    body: String,
+}
+
+const SHOWN: [&str; 6] = [
+    "www-authenticate",
+    "x-deny-reason",
+    "x-on-success",
+    "x-not-allowed",
+    "content-type",
+    "content-length",
+];
+
+/// Lines of the upstream's echo that the authorization changed.
+fn upstream_lines(body: &str) -> String {
+    body.lines()
+        .filter(|l| {
+            let name = l.split(':').next().unwrap_or("").to_ascii_lowercase();
+            [
+                "x-current-user",
+                "x-appended",
+                "x-remove-me",
+                "x-not-allowed",
+                "x-envoy-auth-failure-mode-allowed",
+                "x-keep",
+            ]
+            .contains(&name.as_str())
+        })
+        .map(|l| l.to_ascii_lowercase())
+        // Sorted: the multi-valued header's position differs (Envoy's header map appends a
+        // second `x-appended` at the end, vigil's keeps a name's values together), its values'
+        // order does not.
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+async fn hit(listen: SocketAddr, path: &str) -> Seen {
+    let response = http::request(
+        listen,
+        "GET",
+        path,
+        &[
+            ("authorization", "Bearer t"),
+            ("x-keep", "1"),
+            ("x-drop", "2"),
+            ("x-remove-me", "3"),
+            ("x-appended", "original"),
+        ],
+        "",
+    )
+    .await
+    .unwrap_or_else(|err| panic!("GET {path}: {err}"));
+    let mut headers = BTreeMap::new();
+    for name in SHOWN {
+        let values: Vec<String> = response
+            .headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_string))
+            .collect();
+        if !values.is_empty() {
+            headers.insert(name.to_string(), values);
+        }
+    }
+    let body = if response.status == 200 {
+        // The echo's length depends on headers that differ per proxy (request ids).
+        headers.remove("content-length");
+        upstream_lines(&response.body)
+    } else {
+        response.body
+    };
+    Seen {
+        status: response.status,
+        headers,
+        body,
+    }
+}
+
+/// A check's head, reduced to what both proxies must agree on: the request line and the header
+/// names with their values (those that vary per proxy or per request shown by name only).
+fn check_shape(head: &str) -> String {
+    let mut lines = head.lines();
+    let request_line = lines.next().unwrap_or("").to_string();
+    let mut headers: Vec<String> = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (name, value) = l.split_once(':').unwrap_or((l, ""));
+            let name = name.to_ascii_lowercase();
+            match name.as_str() {
+                "host" | "x-request-id" | "x-forwarded-for" | "x-envoy-expected-rq-timeout-ms" => {
+                    name
+                }
+                _ => format!("{name}:{}", value.trim()),
+            }
+        })
+        .collect();
+    headers.sort();
+    format!("{request_line} [{}]", headers.join(", "))
+}
+
+async fn counters(process: &AdminProcess) -> BTreeMap<String, String> {
+    process
+        .stats()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| k.contains(".ext_authz."))
+        .collect()
+}
+
+#[tokio::test]
+async fn ext_authz_http_service_decides_as_in_envoy() {
+    let dir = paths::scratch_dir("ext_authz");
+    let authz = AuthzService::start(IpAddr::V4(net::fresh_loopback())).await;
+    let echo = EchoUpstream::start(IpAddr::V4(net::fresh_loopback())).await;
+    let (authz_address, echo_address) = (authz.address, echo.address);
+    for extra in [
+        "",
+        "\n              failure_mode_allow: true\n              failure_mode_allow_header_add: true",
+    ] {
+        let case_dir = dir.join(if extra.is_empty() { "closed" } else { "open" });
+        std::fs::create_dir_all(&case_dir).expect("dir");
+        let procs = start_envoy_and_vigil(&case_dir, |listen, admin| {
+            config(listen, admin, authz_address, echo_address, extra)
+        })
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+        let mut results = Vec::new();
+        for (who, listen, process) in &procs {
+            authz.take();
+            let mut seen = Vec::new();
+            for path in ["/allow/a?x=1", "/deny/b", "/fail/c", "/slow/d"] {
+                seen.push((path, hit(*listen, path).await));
+            }
+            let checks: Vec<String> = authz.take().iter().map(|h| check_shape(h)).collect();
+            results.push((who, seen, checks, counters(process).await));
+        }
+        let (envoy, vigil) = (&results[0], &results[1]);
+        for ((path, e), (_, v)) in envoy.1.iter().zip(&vigil.1) {
+            assert_eq!(e, v, "{extra:?} {path}: Envoy's answer, then vigil's");
+        }
+        assert_eq!(envoy.2, vigil.2, "{extra:?}: the checks the service saw");
+        assert_eq!(envoy.3, vigil.3, "{extra:?}: the ext_authz counters");
+        // The cases are what they claim to be.
+        assert_eq!(envoy.1[0].1.status, 200, "{:?}", envoy.1[0]);
+        assert_eq!(envoy.1[1].1.status, 401, "{:?}", envoy.1[1]);
+    }
+}
