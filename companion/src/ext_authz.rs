@@ -441,12 +441,23 @@ fn attributes(
             headers.insert(name.to_string(), value);
         }
     }
-    let size = request
+    // The content length when known: from the header, or none at all for a request without a
+    // body; a chunked body of unknown length is -1.
+    let size = match request
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i64>().ok())
-        .unwrap_or(-1);
+    {
+        Some(length) => length,
+        None if request
+            .headers
+            .contains_key(http::header::TRANSFER_ENCODING) =>
+        {
+            -1
+        }
+        None => 0,
+    };
     let http = HttpRequest {
         id: header("x-request-id"),
         method: request.method.as_str().to_string(),

@@ -977,6 +977,14 @@ async fn respond(
     if state.hcm.generate_request_id && !parts.headers.contains_key("x-request-id") {
         parts.headers.insert("x-request-id", request_id());
     }
+    // Envoy's connection manager names the scheme before any filter sees the request (ext_authz
+    // sends it to the service, RBAC may match on it).
+    if !parts.headers.contains_key("x-forwarded-proto") {
+        parts.headers.insert(
+            "x-forwarded-proto",
+            HeaderValue::from_static(downstream.scheme()),
+        );
+    }
     // Envoy's connection manager drops a client's certificate claims unless told to forward
     // them always: no request vigil serves came over mutual TLS.
     if !state.hcm.always_forward_client_cert {
@@ -1261,6 +1269,10 @@ async fn respond(
                         derived.counters.bump(counter("denied"));
                         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
                         let mut response = local_reply(status, "");
+                        if body.is_empty() {
+                            // Envoy's local reply names a content type only for a body.
+                            response.headers_mut().remove(header::CONTENT_TYPE);
+                        }
                         for (name, value) in headers {
                             if let (Ok(name), Ok(value)) = (
                                 HeaderName::from_bytes(name.as_bytes()),

@@ -271,3 +271,256 @@ async fn ext_authz_http_service_decides_as_in_envoy() {
         assert_eq!(envoy.1[1].1.status, 401, "{:?}", envoy.1[1]);
     }
 }
+
+/// The gRPC authorization service (`envoy.service.auth.v3.Authorization/Check` over h2c):
+/// answers by the request's path, records what each check carried.
+struct GrpcAuthz {
+    address: SocketAddr,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl GrpcAuthz {
+    async fn start(ip: IpAddr) -> GrpcAuthz {
+        use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+        use http_body_util::BodyExt;
+        use prost::Message;
+        let listener = TcpListener::bind((ip, 0)).await.expect("bind grpc authz");
+        let address = listener.local_addr().expect("grpc authz address");
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let log = log.clone();
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let log = log.clone();
+                        async move {
+                            let path = request.uri().path().to_string();
+                            let body = request
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let check = body
+                                .get(5..)
+                                .and_then(|m| CheckRequest::decode(m).ok())
+                                .unwrap_or_default();
+                            log.lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(format!("{path} {}", describe_check(&check)));
+                            Ok::<_, std::convert::Infallible>(grpc_answer(&check))
+                        }
+                    },
+                );
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+                });
+            }
+        });
+        GrpcAuthz { address, seen }
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.seen.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// What both proxies must send alike: the request's attributes (header names with their values,
+/// those that vary per proxy by name only), and whether the peers are there.
+fn describe_check(check: &envoy_types::pb::envoy::service::auth::v3::CheckRequest) -> String {
+    let Some(attributes) = &check.attributes else {
+        return "no attributes".into();
+    };
+    let http = attributes
+        .request
+        .as_ref()
+        .and_then(|r| r.http.clone())
+        .unwrap_or_default();
+    let mut headers: Vec<String> = http
+        .headers
+        .iter()
+        .map(|(k, v)| match k.as_str() {
+            ":authority" | "x-request-id" | "x-forwarded-for" => k.clone(),
+            _ => format!("{k}={v}"),
+        })
+        .collect();
+    headers.sort();
+    format!(
+        "method={} path={} scheme={} protocol={} size={} body={:?} id_set={} host_set={} source={} destination={} headers=[{}]",
+        http.method,
+        http.path,
+        http.scheme,
+        http.protocol,
+        http.size,
+        http.body,
+        !http.id.is_empty(),
+        !http.host.is_empty(),
+        attributes.source.is_some(),
+        attributes.destination.is_some(),
+        headers.join(", ")
+    )
+}
+
+fn grpc_answer(
+    check: &envoy_types::pb::envoy::service::auth::v3::CheckRequest,
+) -> hyper::Response<
+    http_body_util::combinators::WithTrailers<
+        http_body_util::Full<bytes::Bytes>,
+        std::future::Ready<Option<Result<::http::HeaderMap, std::convert::Infallible>>>,
+    >,
+> {
+    use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+    use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+    use envoy_types::pb::envoy::service::auth::v3::{
+        CheckResponse, DeniedHttpResponse, OkHttpResponse,
+    };
+    use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+    use envoy_types::pb::google::rpc::Status;
+    use http_body_util::BodyExt;
+    use prost::Message;
+    let path = check
+        .attributes
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref())
+        .map(|h| h.path.clone())
+        .unwrap_or_default();
+    let option = |key: &str, value: &str| HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.into(),
+            value: value.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let (grpc_status, answer) = if path.starts_with("/allow") {
+        (
+            0,
+            Some(CheckResponse {
+                status: Some(Status::default()),
+                http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                    headers: vec![option("x-current-user", "bob")],
+                    headers_to_remove: vec!["x-remove-me".into()],
+                    response_headers_to_add: vec![option("x-on-success", "grpc")],
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }),
+        )
+    } else if path.starts_with("/deny-plain") {
+        (
+            0,
+            Some(CheckResponse {
+                status: Some(Status {
+                    code: 7,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        )
+    } else if path.starts_with("/deny") {
+        (
+            0,
+            Some(CheckResponse {
+                status: Some(Status {
+                    code: 7,
+                    ..Default::default()
+                }),
+                http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                    status: Some(HttpStatus { code: 401 }),
+                    headers: vec![option("x-deny-reason", "grpc-nope")],
+                    body: "grpc denied".into(),
+                })),
+                ..Default::default()
+            }),
+        )
+    } else {
+        (13, None)
+    };
+    let mut frame = Vec::new();
+    if let Some(answer) = answer {
+        let encoded = answer.encode_to_vec();
+        frame.push(0);
+        frame.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&encoded);
+    }
+    let mut trailers = ::http::HeaderMap::new();
+    trailers.insert(
+        "grpc-status",
+        ::http::HeaderValue::from_str(&grpc_status.to_string()).expect("status"),
+    );
+    hyper::Response::builder()
+        .header("content-type", "application/grpc")
+        .body(
+            http_body_util::Full::new(bytes::Bytes::from(frame))
+                .with_trailers(std::future::ready(Some(Ok(trailers)))),
+        )
+        .expect("grpc answer")
+}
+
+fn grpc_config(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    authz: SocketAddr,
+    echo: SocketAddr,
+) -> String {
+    let filter = "
+          - name: envoy.filters.http.ext_authz
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              grpc_service:
+                envoy_grpc: { cluster_name: grpc_authz }
+                timeout: 0.5s";
+    let routes = "
+              - match: { prefix: \"/\" }
+                route: { cluster: echo }";
+    let h2 = "
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: { http2_protocol_options: {} }";
+    let clusters = format!(
+        "{}{}",
+        cluster_yaml("echo", &[echo], "", None),
+        cluster_yaml("grpc_authz", &[authz], h2, None)
+    );
+    let mut spec = ListenerSpec::new("authz_lab", routes, &clusters);
+    spec.http_filters = filter.to_string();
+    spec.render(listen, admin)
+}
+
+#[tokio::test]
+async fn ext_authz_grpc_service_decides_as_in_envoy() {
+    let dir = paths::scratch_dir("ext_authz_grpc");
+    let authz = GrpcAuthz::start(IpAddr::V4(net::fresh_loopback())).await;
+    let echo = EchoUpstream::start(IpAddr::V4(net::fresh_loopback())).await;
+    let (authz_address, echo_address) = (authz.address, echo.address);
+    let procs = start_envoy_and_vigil(&dir, |listen, admin| {
+        grpc_config(listen, admin, authz_address, echo_address)
+    })
+    .await
+    .unwrap_or_else(|err| panic!("{err}"));
+    let mut results = Vec::new();
+    for (who, listen, process) in &procs {
+        authz.take();
+        let mut seen = Vec::new();
+        for path in ["/allow/a?x=1", "/deny/b", "/deny-plain/c", "/fail/d"] {
+            seen.push((path, hit(*listen, path).await));
+        }
+        results.push((who, seen, authz.take(), counters(process).await));
+    }
+    let (envoy, vigil) = (&results[0], &results[1]);
+    for ((path, e), (_, v)) in envoy.1.iter().zip(&vigil.1) {
+        assert_eq!(e, v, "{path}: Envoy's answer, then vigil's");
+    }
+    assert_eq!(envoy.2, vigil.2, "the checks the service saw");
+    assert_eq!(envoy.3, vigil.3, "the ext_authz counters");
+    assert_eq!(envoy.1[0].1.status, 200, "{:?}", envoy.1[0]);
+    assert_eq!(envoy.1[1].1.status, 401, "{:?}", envoy.1[1]);
+}
