@@ -366,14 +366,15 @@ fn describe_check(check: &envoy_types::pb::envoy::service::auth::v3::CheckReques
     )
 }
 
+/// A gRPC answer's body: the message, then the trailers with `grpc-status`.
+type GrpcBody = http_body_util::combinators::WithTrailers<
+    http_body_util::Full<bytes::Bytes>,
+    std::future::Ready<Option<Result<::http::HeaderMap, std::convert::Infallible>>>,
+>;
+
 fn grpc_answer(
     check: &envoy_types::pb::envoy::service::auth::v3::CheckRequest,
-) -> hyper::Response<
-    http_body_util::combinators::WithTrailers<
-        http_body_util::Full<bytes::Bytes>,
-        std::future::Ready<Option<Result<::http::HeaderMap, std::convert::Infallible>>>,
-    >,
-> {
+) -> hyper::Response<GrpcBody> {
     use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
     use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
     use envoy_types::pb::envoy::service::auth::v3::{
