@@ -54,6 +54,7 @@ mod envoy_schema;
 mod error;
 mod filters;
 mod health_check;
+mod jwt_authn;
 mod listener;
 mod rbac;
 pub(crate) mod reader;
@@ -62,6 +63,7 @@ mod tls;
 mod types;
 #[cfg(feature = "envoy-schema")]
 mod validate;
+pub(crate) use reader::base64url;
 #[cfg(feature = "envoy-schema")]
 pub use validate::schema_errors;
 
