@@ -225,8 +225,8 @@ pub(crate) fn jwt_authn(cx: &mut Ctx, typed: &Any) -> Option<JwtAuthn> {
             Value::Object(map) => {
                 for (name, value) in map {
                     let pp = p.key(name);
-                    if let Some(provider) =
-                        Obj::new(cx, pp.clone(), value, &JWT_PROVIDER).and_then(|o| provider(cx, o))
+                    if let Some(provider) = Obj::new(cx, pp.clone(), value, &JWT_PROVIDER)
+                        .and_then(|o| provider(cx, name, o))
                     {
                         providers.insert(name.clone(), provider);
                     }
@@ -369,7 +369,7 @@ fn nonempty_list(cx: &mut Ctx, o: &mut Obj, field: &str) -> Vec<String> {
         .collect()
 }
 
-fn provider(cx: &mut Ctx, mut o: Obj) -> Option<Provider> {
+fn provider(cx: &mut Ctx, name: &str, mut o: Obj) -> Option<Provider> {
     let path = o.path.clone();
     let issuer = o.string(cx, "issuer").unwrap_or_default();
     let audiences = nonempty_list(cx, &mut o, "audiences");
@@ -386,7 +386,7 @@ fn provider(cx: &mut Ctx, mut o: Obj) -> Option<Provider> {
     let jwks = if let Some(r) = o.message(cx, "remote_jwks", &REMOTE_JWKS) {
         remote_jwks(cx, r).map(JwksSource::Remote)
     } else if let Some((p, v)) = o.take("local_jwks") {
-        local_jwks(cx, &p, v).map(JwksSource::Local)
+        local_jwks(cx, name, &p, v).map(JwksSource::Local)
     } else {
         cx.invalid(
             &path,
@@ -498,7 +498,7 @@ fn nanos(d: ProtoDuration) -> u128 {
     u128::try_from(n).unwrap_or(0)
 }
 
-fn local_jwks(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<LocalJwks> {
+fn local_jwks(cx: &mut Ctx, name: &str, path: &FieldPath, value: &Value) -> Option<LocalJwks> {
     let sourced = super::tls::data_source(cx, path, value)?;
     match sourced.source {
         super::tls::DataSource::Inline(bytes) => {
@@ -515,15 +515,14 @@ fn local_jwks(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<LocalJwks
             }
             if !text.is_empty() {
                 if let Err(status) = crate::jwt_authn::jwks::parse_jwks(&text) {
-                    // Envoy logs "Invalid inline jwks" and keeps no keys for the provider.
-                    cx.warn(
+                    cx.invalid(
                         path,
                         format!(
-                            "invalid JWKS ({}): Envoy keeps no keys for this provider, so its \
-                             tokens fail with \"Jwks doesn't have any valid public key\"",
+                            "Provider '{name}' in jwt_authn config has invalid local jwks: {}",
                             status.text()
                         ),
                     );
+                    return None;
                 }
             }
             Some(LocalJwks::Inline(text))
@@ -902,6 +901,16 @@ mod tests {
     }
 
     #[test]
+    fn an_invalid_local_jwks_is_refused_as_envoy_does() {
+        let (_, errors, _) =
+            load(json!({"providers": {"p": {"local_jwks": {"inline_string": "{\"keys\": []}"}}}}));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].1.ends_with(
+            "Provider 'p' in jwt_authn config has invalid local jwks: Jwks doesn't have any valid public key"
+        ));
+    }
+
+    #[test]
     fn shared_issuers_are_refused_only_when_picked_by_issuer() {
         let providers = json!({
             "a": {"issuer": "i", "local_jwks": {"inline_string": JWKS}},
@@ -938,5 +947,134 @@ mod tests {
         );
         assert_eq!(read(json!({"disabled": false})).0, None);
         assert_eq!(read(json!({})).0, None);
+    }
+}
+
+/// Replays the requests recorded against Envoy 1.36.2 (`core/tests/data/jwt_authn/gen.py`)
+/// through the reader and the engine: every status, body, `www-authenticate`, forwarded header
+/// and path, and the filter's counters, must be Envoy's.
+#[cfg(all(test, feature = "jwt"))]
+mod vectors {
+    use super::*;
+    use crate::jwt_authn::{Decision, Request};
+    use serde_json::json;
+
+    const VECTORS: &str = include_str!("../../tests/data/jwt_authn/vectors.json");
+
+    /// Headers the filter may read, add or remove (the upstream also sees Envoy's own).
+    fn watched(name: &str) -> bool {
+        name == "authorization"
+            || name == "cookie"
+            || name.starts_with("x-jwt-")
+            || name.starts_with("x-ec-")
+            || name.starts_with("x-ed-")
+            || name.starts_with("x-life-")
+            || name == "x-other"
+    }
+
+    fn pairs(v: &Value) -> Vec<(String, String)> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                (
+                    p[0].as_str().unwrap_or_default().to_string(),
+                    p[1].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_engine_answers_every_recorded_request_as_envoy_did() {
+        let data: Value = serde_json::from_str(VECTORS).expect("vectors.json");
+        let mut filter = data["filter"].clone();
+        filter["@type"] = json!(format!("type.googleapis.com/{JWT_AUTHN_TYPE}"));
+        let mut cx = Ctx::default();
+        let typed = super::super::reader::any(&mut cx, &FieldPath::root(), &filter).expect("any");
+        let config = jwt_authn(&mut cx, &typed).expect("the recorded config loads");
+        assert!(cx.errors.is_empty(), "{:?}", cx.errors);
+        let jwks = config.local_jwks(|_| None);
+        let now = data["now"].as_u64().expect("now");
+        let mut counters: BTreeMap<String, u64> = BTreeMap::new();
+        let mut failures = Vec::new();
+        let cases = data["cases"].as_array().expect("cases");
+        for case in cases {
+            let name = case["name"].as_str().unwrap_or_default();
+            let mut headers = pairs(&case["headers"]);
+            // The connection manager sets x-forwarded-proto before the filter runs.
+            headers.push(("x-forwarded-proto".into(), "http".into()));
+            let request = Request {
+                method: case["method"].as_str().unwrap_or_default().into(),
+                authority: Some("example.com".into()),
+                path: case["path"].as_str().unwrap_or_default().into(),
+                headers,
+            };
+            let per_route = match &case["per_route"] {
+                Value::Null => None,
+                v if v["disabled"] == json!(true) => Some(PerRoute::Disabled),
+                v => Some(PerRoute::RequirementName(
+                    v["requirement_name"].as_str().unwrap_or_default().into(),
+                )),
+            };
+            let envoy = &case["envoy"];
+            let decision = config.decide(&request, per_route.as_ref(), &jwks, now);
+            let got = match decision {
+                Decision::Allow {
+                    headers,
+                    path,
+                    counters: c,
+                } => {
+                    for c in c {
+                        *counters.entry(c.to_string()).or_default() += 1;
+                    }
+                    let headers: Vec<_> = headers.into_iter().filter(|(n, _)| watched(n)).collect();
+                    json!({"status": 200, "path": path, "headers": headers})
+                }
+                Decision::Deny { reply, counters: c } => {
+                    for c in c {
+                        *counters.entry(c.to_string()).or_default() += 1;
+                    }
+                    json!({"status": reply.status, "body": reply.body,
+                           "www_authenticate": reply.www_authenticate})
+                }
+                Decision::FetchJwks { provider } => json!({"fetch": provider}),
+            };
+            let want = if envoy["status"] == json!(200) {
+                let headers: Vec<_> = pairs(&envoy["upstream_headers"])
+                    .into_iter()
+                    .filter(|(n, _)| watched(n))
+                    .collect();
+                json!({"status": 200, "path": envoy["upstream_path"], "headers": headers})
+            } else {
+                json!({"status": envoy["status"], "body": envoy["body"],
+                       "www_authenticate": envoy["www_authenticate"]})
+            };
+            if got != want {
+                failures.push(format!("{name}:\n  envoy: {want}\n  vigil: {got}"));
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} of {} cases differ:\n{}",
+            failures.len(),
+            cases.len(),
+            failures.join("\n")
+        );
+        for counter in [
+            "allowed",
+            "denied",
+            "cors_preflight_bypassed",
+            "jwt_cache_miss",
+        ] {
+            let envoy = data["stats"][config.counter_name("ingress", counter)]
+                .as_str()
+                .and_then(|s| s.parse::<u64>().ok());
+            assert_eq!(
+                envoy,
+                Some(counters.get(counter).copied().unwrap_or(0)),
+                "{counter}"
+            );
+        }
     }
 }

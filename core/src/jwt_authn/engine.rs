@@ -606,7 +606,9 @@ impl Run<'_> {
             let allowed = jwt.exp != 0
                 && (jwt.exp <= self.now || u128::from(jwt.exp - self.now) * 1_000_000_000 < max);
             if !allowed {
-                return Ok(Status::JwtExpired);
+                // Envoy answers a lifetime over `max_lifetime` (or a missing `exp` with
+                // `require_expiration`) with the generic failure, not "Jwt is expired".
+                return Ok(Status::JwtVerificationFail);
             }
         }
         let status = match self.jwks.get(name.as_str()) {

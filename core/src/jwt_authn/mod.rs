@@ -84,8 +84,8 @@ pub struct Locations {
 /// Where a provider's keys come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JwksSource {
-    /// `local_jwks`: its text when inline (read at load; `None` when it is empty or does not
-    /// parse, and Envoy then has no keys for the provider), or the file / variable to read.
+    /// `local_jwks`: its text when inline (checked at load: Envoy refuses a JWKS without a valid
+    /// key), or the file / variable to read (the shell must refuse those the same way).
     Local(LocalJwks),
     /// `remote_jwks`: fetched by the shell.
     Remote(RemoteJwks),
