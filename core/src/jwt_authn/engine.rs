@@ -811,3 +811,89 @@ mod tests {
         assert_eq!(claim_number(-3.0), "-3.000000");
     }
 }
+
+#[cfg(test)]
+mod remote_tests {
+    use super::*;
+    use crate::config::{PathMatch, RouteMatch};
+    use crate::jwt_authn::{RemoteJwks, Rule};
+
+    fn config() -> JwtAuthn {
+        let provider = Provider {
+            issuer: "i".into(),
+            audiences: Vec::new(),
+            subjects: None,
+            max_lifetime_nanos: None,
+            clock_skew_seconds: 0,
+            jwks: JwksSource::Remote(RemoteJwks {
+                uri: "https://idp/jwks".into(),
+                cluster: "idp".into(),
+                timeout_ms: 1000,
+                cache_duration_ms: 600_000,
+                async_fetch: None,
+                retry: None,
+            }),
+            forward: false,
+            locations: Locations::default(),
+            forward_payload_header: String::new(),
+            pad_forward_payload_header: false,
+            claim_to_headers: Vec::new(),
+        };
+        JwtAuthn {
+            providers: [("p".to_string(), provider)].into(),
+            rules: vec![Rule {
+                matcher: RouteMatch {
+                    path: PathMatch::Prefix("/".into()),
+                    case_sensitive: true,
+                    headers: Vec::new(),
+                    query_parameters: Vec::new(),
+                    grpc: false,
+                    runtime_fraction: None,
+                },
+                requirement: Some(Requirement::Provider {
+                    name: "p".into(),
+                    audiences: None,
+                }),
+            }],
+            requirement_map: BTreeMap::new(),
+            bypass_cors_preflight: false,
+            stat_prefix: String::new(),
+            strip_failure_response: false,
+        }
+    }
+
+    #[test]
+    fn a_remote_jwks_is_asked_for_then_its_fetch_failure_denies() {
+        let config = config();
+        // {"alg":"HS256"} . {"iss":"i"} . "sig"
+        let request = Request {
+            method: "GET".into(),
+            authority: Some("h".into()),
+            path: "/x".into(),
+            headers: vec![(
+                "authorization".into(),
+                "Bearer eyJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJpIn0.c2ln".into(),
+            )],
+        };
+        let mut store = JwksStore::new();
+        assert_eq!(
+            config.decide(&request, None, &store, 0),
+            Decision::FetchJwks {
+                provider: "p".into()
+            }
+        );
+        store.insert("p".into(), JwksState::FetchFailed);
+        let Decision::Deny { reply, .. } = config.decide(&request, None, &store, 0) else {
+            panic!("denied")
+        };
+        assert_eq!(reply.body, "Jwks remote fetch is failed");
+        assert_eq!(
+            reply.details,
+            "jwt_authn_access_denied{Jwks_remote_fetch_is_failed}"
+        );
+        assert_eq!(
+            config.counter_name("ingress", "denied"),
+            "http.ingress.jwt_authn.denied"
+        );
+    }
+}

@@ -154,7 +154,7 @@ fn jwk(obj: &Map<String, Value>) -> Result<Jwk, Status> {
 }
 
 fn rsa(obj: &Map<String, Value>, alg: &str) -> Result<KeyMaterial, Status> {
-    if !alg.is_empty() && !(alg.starts_with("RS") || alg.starts_with("PS")) {
+    if !(alg.is_empty() || alg.starts_with("RS") || alg.starts_with("PS")) {
         return Err(Status::JwksRsaKeyBadAlg);
     }
     let n = required(obj, "n", Status::JwksRsaKeyMissingN, Status::JwksRsaKeyBadN)?;
@@ -405,5 +405,69 @@ impl Jwt {
             value = value.as_object()?.get(part)?;
         }
         Some(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwks_errors_are_jwt_verify_libs() {
+        assert_eq!(parse_jwks("nope"), Err(Status::JwksParseError));
+        assert_eq!(parse_jwks("[]"), Err(Status::JwksParseError));
+        assert_eq!(parse_jwks("{}"), Err(Status::JwksNoKeys));
+        assert_eq!(parse_jwks(r#"{"keys": 1}"#), Err(Status::JwksBadKeys));
+        assert_eq!(parse_jwks(r#"{"keys": [1]}"#), Err(Status::JwksNoValidKeys));
+        assert_eq!(
+            parse_jwks(r#"{"keys": [{"kty": "RSA", "n": "AQAA", "e": "Aw"}, {"kty": "x"}]}"#),
+            Err(Status::JwksRsaParseError),
+            "the first bad key's reason (an even modulus)"
+        );
+        assert_eq!(
+            parse_jwks(r#"{"keys": [{"kty": "EC", "alg": "ES256", "crv": "P-384"}]}"#),
+            Err(Status::JwksEcKeyAlgNotCompatibleWithCrv)
+        );
+        assert_eq!(
+            parse_jwks(r#"{"keys": [{"kty": "oct", "k": ""}]}"#),
+            Err(Status::JwksOctBadBase64)
+        );
+        assert_eq!(
+            parse_jwks(
+                r#"{"kid": "-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----\n"}"#
+            ),
+            Err(Status::JwksX509ParseError)
+        );
+        let ok =
+            parse_jwks(r#"{"keys": [{"kty": "bad"}, {"kty": "oct", "k": "c2VjcmV0", "kid": 5}]}"#);
+        assert_eq!(
+            ok.map(|j| j.keys),
+            Ok(vec![Jwk {
+                kid: String::new(),
+                alg: String::new(),
+                key: KeyMaterial::Oct(b"secret".to_vec()),
+            }])
+        );
+    }
+
+    #[test]
+    fn jwts_parse_as_jwt_verify_lib_parses_them() {
+        assert_eq!(parse_jwt("a.b"), Err(Status::JwtBadFormat));
+        assert_eq!(parse_jwt("a..b"), Err(Status::JwtBadFormat));
+        assert_eq!(parse_jwt("a.b.c.d"), Err(Status::JwtBadFormat));
+        // {"alg":"HS256"} . {"iss":"i","exp":1e3,"aud":["x"]} . "sig"
+        let jwt =
+            parse_jwt("eyJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJpIiwiZXhwIjoxZTMsImF1ZCI6WyJ4Il19.c2ln")
+                .expect("parses");
+        assert_eq!(
+            (jwt.iss.as_str(), jwt.exp, jwt.audiences.len()),
+            ("i", 1000, 1)
+        );
+        assert_eq!(jwt.verify_time(1000 + 60, 60), Status::Ok);
+        assert_eq!(jwt.verify_time(1000 + 61, 60), Status::JwtExpired);
+        assert_eq!(
+            parse_jwt("eyJhbGciOiJub25lIn0.e30.c2ln"),
+            Err(Status::JwtHeaderNotImplementedAlg)
+        );
     }
 }
