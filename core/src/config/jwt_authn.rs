@@ -790,6 +790,9 @@ fn rule(
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
     use crate::config::ErrorKind;
     use serde_json::json;
