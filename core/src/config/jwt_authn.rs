@@ -15,7 +15,7 @@
 use super::error::FieldPath;
 use super::listener::{route_match, string_match};
 use super::reader::{Any, Ctx, Message, Obj, ProtoDuration, describe, read, string, warn};
-use super::schema::{ROUTE_MATCH, STRING_MATCHER};
+use super::schema::{ROUTE_MATCH, ROUTE_STRING_MATCHER};
 use crate::jwt_authn::{
     AsyncFetch, JwksRetry, JwksSource, JwtAuthn, LocalJwks, Locations, PerRoute, Provider,
     RemoteJwks, Requirement, Rule,
@@ -374,7 +374,7 @@ fn provider(cx: &mut Ctx, name: &str, mut o: Obj) -> Option<Provider> {
     let issuer = o.string(cx, "issuer").unwrap_or_default();
     let audiences = nonempty_list(cx, &mut o, "audiences");
     let subjects = o
-        .message(cx, "subjects", &STRING_MATCHER)
+        .message(cx, "subjects", &ROUTE_STRING_MATCHER)
         .and_then(|m| string_match(cx, m));
     let require_expiration = o.bool(cx, "require_expiration").unwrap_or(false);
     let max_lifetime = o.duration(cx, "max_lifetime");
@@ -911,6 +911,16 @@ mod tests {
         assert!(errors[0].1.ends_with(
             "Provider 'p' in jwt_authn config has invalid local jwks: Jwks doesn't have any valid public key"
         ));
+    }
+
+    #[test]
+    fn subjects_take_every_string_matcher_envoy_does() {
+        let (config, errors, _) = load(json!({"providers": {"p": {
+            "local_jwks": {"inline_string": JWKS},
+            "subjects": {"safe_regex": {"regex": "user-[0-9]+"}}}}}));
+        assert!(errors.is_empty(), "{errors:?}");
+        let subjects = config.unwrap().providers["p"].subjects.clone().unwrap();
+        assert!(subjects.matches("user-12") && !subjects.matches("admin"));
     }
 
     #[test]
