@@ -25,6 +25,9 @@
 //!   [`health::ClusterHealth`], the one cluster-health engine both shells drive (membership with
 //!   the removal rule as a parameter, due-check queue, results, passive immediate fail, outlier
 //!   feed and sweep, a view with the final flags).
+//! - [`jwt_authn`]: Envoy's JWT authentication filter: its configuration, JWKS and JWT parsing,
+//!   and (with the `jwt` feature, which adds `ring`) the decision on a request: the token's
+//!   checks, the header changes, the 401 / 403 local reply, the stats.
 //! - [`outlier`]: Envoy's outlier detection (consecutive 5xx / gateway / local-origin failures,
 //!   success rate, failure percentage, ejection backoff, `outlier_detection.*` stats) and its
 //!   `OutlierDetection` config, with virtual time and random draws as inputs.
@@ -56,6 +59,7 @@ pub mod cors;
 pub mod dns;
 pub mod grpc_health;
 pub mod health;
+pub mod jwt_authn;
 pub mod outlier;
 pub mod path_normalize;
 pub mod plugin;

@@ -251,6 +251,7 @@ mod agreement {
 
     const SOURCES: [(&str, &str); 5] = [
         ("schema.rs", include_str!("schema.rs")),
+        ("jwt_authn.rs", include_str!("jwt_authn.rs")),
         ("rbac.rs", include_str!("rbac.rs")),
         ("circuit_breakers.rs", include_str!("circuit_breakers.rs")),
         ("tls.rs", include_str!("tls.rs")),

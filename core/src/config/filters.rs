@@ -145,6 +145,34 @@ pub(crate) fn listener_filter(type_name: &str) -> Treatment {
     }
 }
 
+/// The JWT authentication filter's `typed_config`, read by [`super::jwt_authn`] (the hook for
+/// enforcing it: [`http_filter`] still refuses `jwt_authn` until the proxy runs
+/// [`crate::jwt_authn::JwtAuthn::decide`]; wiring it is a `Treatment::Enforced` arm in
+/// `listener.rs` that calls this, like RBAC's).
+#[allow(dead_code)]
+pub(crate) fn read_jwt_authn(
+    cx: &mut Ctx,
+    typed: &super::reader::Any,
+) -> Option<crate::jwt_authn::JwtAuthn> {
+    if !typed.is(super::jwt_authn::JWT_AUTHN_TYPE) {
+        return None;
+    }
+    super::jwt_authn::jwt_authn(cx, typed)
+}
+
+/// A route's `typed_per_filter_config` entry for the JWT authentication filter
+/// (`PerRouteConfig`).
+#[allow(dead_code)]
+pub(crate) fn read_jwt_per_route(
+    cx: &mut Ctx,
+    typed: &super::reader::Any,
+) -> Option<crate::jwt_authn::PerRoute> {
+    if !typed.is(super::jwt_authn::JWT_PER_ROUTE_TYPE) {
+        return None;
+    }
+    super::jwt_authn::jwt_per_route(cx, typed)
+}
+
 /// The error text for a refused filter.
 pub(crate) fn refused_message(kind: &str, name: &str, type_name: &str, why: &str) -> String {
     format!(

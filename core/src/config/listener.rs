@@ -1755,7 +1755,7 @@ fn route(
     })
 }
 
-fn route_match(cx: &mut Ctx, mut o: Obj) -> Option<RouteMatch> {
+pub(crate) fn route_match(cx: &mut Ctx, mut o: Obj) -> Option<RouteMatch> {
     let path = o.path.clone();
     let specified = [
         "prefix",

@@ -55,6 +55,7 @@ mod error;
 mod ext_authz;
 mod filters;
 mod health_check;
+mod jwt_authn;
 mod listener;
 mod rbac;
 pub(crate) mod reader;
@@ -63,6 +64,7 @@ mod tls;
 mod types;
 #[cfg(feature = "envoy-schema")]
 mod validate;
+pub(crate) use reader::base64url;
 #[cfg(feature = "envoy-schema")]
 pub use validate::schema_errors;
 

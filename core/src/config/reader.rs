@@ -1038,6 +1038,23 @@ pub(crate) fn base64(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// abseil's `WebSafeBase64Unescape`, as jwt_verify_lib decodes JWT sections and JWK fields:
+/// the URL-safe alphabet only (`-`, `_`), padding optional; a lone trailing character (a length
+/// of 1 mod 4) is refused.
+pub(crate) fn base64url(text: &str) -> Option<Vec<u8>> {
+    let trimmed = text
+        .strip_suffix("==")
+        .or_else(|| text.strip_suffix('='))
+        .unwrap_or(text);
+    if trimmed.contains('=') || trimmed.len() % 4 == 1 {
+        return None;
+    }
+    if trimmed.bytes().any(|c| c == b'+' || c == b'/') {
+        return None;
+    }
+    base64(trimmed)
+}
+
 #[cfg(test)]
 mod tests {
     #[cfg(target_arch = "wasm32")]
