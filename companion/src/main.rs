@@ -239,6 +239,13 @@ fn load(path: &Path) -> Result<Loaded, String> {
         if let Some(tls) = &hcm.tls {
             vigil::tls::server_config(tls).map_err(|err| format!("{}: {err}", path.display()))?;
         }
+        // So are JWT filters' local JWKS files.
+        for filter in &hcm.http_filters {
+            if let vigil_core::config::HttpFilterKind::JwtAuthn(config) = &filter.kind {
+                vigil::jwt_authn::check_local_jwks(config)
+                    .map_err(|err| format!("{}: {err}", path.display()))?;
+            }
+        }
     }
     let (plans, notes) =
         runtime::plan(&loaded.bootstrap).map_err(|err| format!("{}: {err}", path.display()))?;

@@ -579,6 +579,18 @@ fn declare_filter_stats(counters: &ListenerCounters, hcm: &HttpConnectionManager
             HttpFilterKind::Cors => counters.declare(
                 ["origin_valid", "origin_invalid"].map(|c| format!("http.{prefix}.cors.{c}")),
             ),
+            HttpFilterKind::JwtAuthn(config) => counters.declare(
+                [
+                    "allowed",
+                    "cors_preflight_bypassed",
+                    "denied",
+                    "jwks_fetch_failed",
+                    "jwks_fetch_success",
+                    "jwt_cache_hit",
+                    "jwt_cache_miss",
+                ]
+                .map(|c| config.counter_name(prefix, c)),
+            ),
             HttpFilterKind::ExtAuthz(config) => {
                 let middle = ext_authz_stat_middle(config);
                 counters.declare(
@@ -653,6 +665,8 @@ pub struct Derived {
     counters: Arc<ListenerCounters>,
     /// See [`ServeOptions::health_check_failing`].
     health_check_failing: Arc<std::sync::atomic::AtomicBool>,
+    /// The JWT filters' keys, by the filter's position in the chain.
+    jwt: BTreeMap<usize, Arc<crate::jwt_authn::JwtFilter>>,
 }
 
 impl Derived {
@@ -688,6 +702,18 @@ impl Derived {
             server: HeaderValue::from_str(&state.hcm.server_name).ok(),
             counters: Arc::default(),
             health_check_failing: Arc::default(),
+            jwt: state
+                .hcm
+                .http_filters
+                .iter()
+                .enumerate()
+                .filter_map(|(index, filter)| match &filter.kind {
+                    HttpFilterKind::JwtAuthn(config) => {
+                        Some((index, Arc::new(crate::jwt_authn::JwtFilter::new(config))))
+                    }
+                    _ => None,
+                })
+                .collect(),
         }
     }
 
@@ -998,7 +1024,13 @@ async fn respond(
     // run in Envoy, before the body is read); a disabled filter does not run.
     let mut vigil_set: Vec<(String, String)> = Vec::new();
     let mut routed = false;
-    for filter in state.hcm.http_filters.iter().filter(|f| !f.disabled) {
+    for (index, filter) in state
+        .hcm
+        .http_filters
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| !f.disabled)
+    {
         match &filter.kind {
             HttpFilterKind::Rbac(rbac) => {
                 let borrowed = pairs(&parts.headers);
@@ -1158,6 +1190,91 @@ async fn respond(
                         outcome.details = "cors_response".into();
                         return (response, outcome);
                     }
+                }
+            }
+            HttpFilterKind::JwtAuthn(_) => {
+                let Some(jwt) = derived.jwt.get(&index) else {
+                    continue;
+                };
+                let request = vigil_core::jwt_authn::Request {
+                    method: parts.method.as_str().to_string(),
+                    authority: authority.clone(),
+                    path: path.clone(),
+                    headers: parts
+                        .headers
+                        .iter()
+                        .filter(|(name, _)| *name != header::HOST)
+                        .map(|(name, value)| {
+                            (
+                                name.as_str().to_string(),
+                                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                            )
+                        })
+                        .collect(),
+                };
+                let unix_now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let mut counted: Vec<&'static str> = Vec::new();
+                let decision = jwt
+                    .decide(&request, &state.upstreams, unix_now, &mut |c| {
+                        counted.push(c)
+                    })
+                    .await;
+                let bump = |counters: &[&'static str]| {
+                    derived.counters.bump(
+                        counters
+                            .iter()
+                            .map(|c| jwt.config().counter_name(&state.hcm.stat_prefix, c)),
+                    )
+                };
+                bump(&counted);
+                match decision {
+                    vigil_core::jwt_authn::Decision::Allow {
+                        headers,
+                        path: new_path,
+                        counters,
+                    } => {
+                        bump(&counters);
+                        let host = parts.headers.get(header::HOST).cloned();
+                        parts.headers.clear();
+                        if let Some(host) = host {
+                            parts.headers.insert(header::HOST, host);
+                        }
+                        for (name, value) in headers {
+                            if let (Ok(name), Ok(value)) = (
+                                HeaderName::from_bytes(name.as_bytes()),
+                                HeaderValue::from_str(&value),
+                            ) {
+                                parts.headers.append(name, value);
+                            }
+                        }
+                        path = new_path;
+                    }
+                    vigil_core::jwt_authn::Decision::Deny { reply, counters } => {
+                        bump(&counters);
+                        let status =
+                            StatusCode::from_u16(reply.status).unwrap_or(StatusCode::UNAUTHORIZED);
+                        let mut response = local_reply(status, &reply.body);
+                        if reply.body.is_empty() {
+                            response.headers_mut().remove(header::CONTENT_TYPE);
+                        }
+                        if let Some(value) = reply
+                            .www_authenticate
+                            .as_deref()
+                            .and_then(|v| HeaderValue::from_str(v).ok())
+                        {
+                            response
+                                .headers_mut()
+                                .insert(header::WWW_AUTHENTICATE, value);
+                        }
+                        outcome.request_headers = Some(parts.headers);
+                        outcome.details = reply.details.into();
+                        return (response, outcome);
+                    }
+                    // Fetched before deciding: a provider that never gets keys is a failure.
+                    vigil_core::jwt_authn::Decision::FetchJwks { .. } => {}
                 }
             }
             HttpFilterKind::ExtAuthz(config) => {

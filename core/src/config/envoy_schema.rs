@@ -249,7 +249,7 @@ mod tests {
 mod agreement {
     use super::schema;
 
-    const SOURCES: [(&str, &str); 5] = [
+    const SOURCES: [(&str, &str); 6] = [
         ("schema.rs", include_str!("schema.rs")),
         ("jwt_authn.rs", include_str!("jwt_authn.rs")),
         ("rbac.rs", include_str!("rbac.rs")),

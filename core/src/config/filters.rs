@@ -56,7 +56,7 @@ pub(crate) fn http_filter(type_name: &str) -> Treatment {
              stopped or changed)",
         ),
         "grpc_stats" => Ignorable("it only counts gRPC messages; vigil does not emit those stats"),
-        "jwt_authn" => Refused("verify JWTs and answer 401 / 403 to requests without a valid one"),
+        "jwt_authn" => Enforced,
         "ext_authz" => Enforced,
         "basic_auth" => Refused("answer 401 to requests without valid credentials"),
         "api_key_auth" => Refused("answer 401 / 403 to requests without a valid API key"),
@@ -145,11 +145,8 @@ pub(crate) fn listener_filter(type_name: &str) -> Treatment {
     }
 }
 
-/// The JWT authentication filter's `typed_config`, read by [`super::jwt_authn`] (the hook for
-/// enforcing it: [`http_filter`] still refuses `jwt_authn` until the proxy runs
-/// [`crate::jwt_authn::JwtAuthn::decide`]; wiring it is a `Treatment::Enforced` arm in
-/// `listener.rs` that calls this, like RBAC's).
-#[allow(dead_code)]
+/// The JWT authentication filter's `typed_config`, read by [`super::jwt_authn`]; the proxy runs
+/// [`crate::jwt_authn::JwtAuthn::decide`].
 pub(crate) fn read_jwt_authn(
     cx: &mut Ctx,
     typed: &super::reader::Any,
@@ -476,7 +473,7 @@ mod tests {
         );
         assert!(matches!(
             http_filter("envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"),
-            Treatment::Refused(_)
+            Treatment::Enforced
         ));
         assert!(matches!(
             http_filter("envoy.extensions.filters.http.compressor.v3.Compressor"),

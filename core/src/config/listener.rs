@@ -760,6 +760,36 @@ fn http_filters(
                     }
                     continue;
                 }
+                Treatment::Enforced if typed.is(super::jwt_authn::JWT_AUTHN_TYPE) => {
+                    judged.push((
+                        name.clone(),
+                        Some(
+                            "per-route JWT settings (PerRouteConfig: turning the check off or \
+                             naming another requirement on a route) are not implemented by vigil \
+                             yet: the route would be checked by the filter's rules"
+                                .to_string(),
+                        ),
+                    ));
+                    if last {
+                        cx.invalid(
+                            &p,
+                            format!(
+                                "non-terminal filter named {name} of type \
+                                 envoy.filters.http.jwt_authn is the last filter in a http filter \
+                                 chain"
+                            ),
+                        );
+                    }
+                    if let Some(config) = filters::read_jwt_authn(cx, &typed) {
+                        out.push(HttpFilter {
+                            name,
+                            kind: HttpFilterKind::JwtAuthn(Box::new(config)),
+                            is_optional,
+                            disabled,
+                        });
+                    }
+                    continue;
+                }
                 Treatment::Enforced if typed.is(super::ext_authz::EXT_AUTHZ_TYPE) => {
                     judged.push((
                         name.clone(),

@@ -763,6 +763,9 @@ pub enum HttpFilterKind {
     /// `envoy.extensions.filters.http.ext_authz.v3.ExtAuthz`: the proxy asks the authorization
     /// service about every request.
     ExtAuthz(Box<crate::config::ExtAuthz>),
+    /// `envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication`: the proxy verifies the
+    /// request's JWTs (`crate::jwt_authn`).
+    JwtAuthn(Box<crate::jwt_authn::JwtAuthn>),
     /// `envoy.extensions.filters.http.wasm.v3.Wasm`: a wasm module (such as vigil's own filter),
     /// which the companion does not load.
     Wasm,
