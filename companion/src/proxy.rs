@@ -92,7 +92,8 @@ static NO_CLIENT_CERTIFICATE: rbac::TlsPeer = rbac::TlsPeer {
     subject: String::new(),
 };
 
-/// Everything one listener needs, swapped whole on reload.
+/// Everything one listener needs, swapped whole on reload: its first filter chain's connection
+/// manager, routes and TLS, and the listener's other chains (each a state of its own).
 pub struct ListenerState {
     pub routes: RouteTable,
     pub hcm: HttpConnectionManager,
@@ -100,6 +101,46 @@ pub struct ListenerState {
     pub tls: Option<Arc<crate::tls::ListenerTls>>,
     /// The running clusters' traffic sides, by name.
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// The listener's other filter chains (`default_filter_chain` last), in the file's order.
+    pub other_chains: Vec<Arc<ListenerState>>,
+}
+
+impl ListenerState {
+    /// One chain of the listener's: this state's own (0) or one of `other_chains`.
+    pub fn chain(top: &Arc<ListenerState>, index: usize) -> Option<Arc<ListenerState>> {
+        match index {
+            0 => Some(top.clone()),
+            i => top.other_chains.get(i - 1).cloned(),
+        }
+    }
+
+    fn chains(&self) -> impl Iterator<Item = &ListenerState> {
+        std::iter::once(self).chain(self.other_chains.iter().map(|c| c.as_ref()))
+    }
+
+    /// Envoy's choice of filter chain for a connection (an index for [`ListenerState::chain`]):
+    /// the most specific `filter_chain_match`, else the `default_filter_chain`, else none.
+    fn select_chain(&self, facts: &vigil_core::config::ChainFacts) -> Option<usize> {
+        let matched: Vec<(usize, &vigil_core::config::FilterChainMatch)> = self
+            .chains()
+            .enumerate()
+            .filter(|(_, c)| c.hcm.filter_chain != vigil_core::config::FilterChainRef::Default)
+            .map(|(i, c)| (i, &c.hcm.connection_match))
+            .collect();
+        let matches: Vec<&vigil_core::config::FilterChainMatch> =
+            matched.iter().map(|(_, m)| *m).collect();
+        match vigil_core::config::select_filter_chain(&matches, facts) {
+            Some(i) => matched.get(i).map(|(index, _)| *index),
+            None => self
+                .chains()
+                .position(|c| c.hcm.filter_chain == vigil_core::config::FilterChainRef::Default),
+        }
+    }
+
+    /// Whether the listener has Envoy's TLS inspector (what lets chains match on the SNI).
+    fn tls_inspector(&self) -> bool {
+        self.hcm.connection_match.tls_inspector
+    }
 }
 
 /// Serves HTTP on `listener` until `shutdown`, then drains (bounded by `drain_timeout`); `state`
@@ -340,37 +381,10 @@ impl Connections {
         };
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().ok();
-        let state = self.state.load();
-        // Envoy closes a connection its listener's filter chain does not match.
-        let chain = &state.hcm.connection_match;
-        let matched = match &state.tls {
-            // The server names and transport protocol are known after the ClientHello.
-            Some(_) => local.is_none_or(|local| chain.matches_addresses(local, peer)),
-            None => local.is_none_or(|local| chain.matches(local, peer)),
-        };
-        if !matched {
-            counters
-                .no_filter_chain_match
-                .fetch_add(1, Ordering::Relaxed);
-            drop(stream);
-            return;
-        }
-        // A TLS connection is judged once its ClientHello named the server (below).
-        let plain = Downstream {
-            peer,
-            local,
-            tls: None,
-        };
-        if state.tls.is_none()
-            && let Some(delay) = network_rbac_denies(&state.hcm, &plain, counters)
-        {
-            // Envoy's network RBAC judges a connection on its first bytes, then closes it
-            // (after `delay_deny`, if set); nothing of it reaches the connection manager.
-            tokio::spawn(close_when_readable(stream, delay, permit));
-            return;
-        }
-        let serving = HttpServing {
+        let top = self.state.load_full();
+        let mut serving = HttpServing {
             state: self.state.clone(),
+            chain: 0,
             derived: self.derived.clone(),
             draining: self.draining.clone(),
             builder: self.builder.clone(),
@@ -378,47 +392,133 @@ impl Connections {
             watcher: self.graceful.watcher(),
             open: self.open.clone(),
         };
-        let Some(tls) = state.tls.clone() else {
-            drop(state);
-            let downstream = Downstream {
+        let plain_facts = move |local: SocketAddr| vigil_core::config::ChainFacts {
+            local,
+            peer,
+            transport_protocol: "raw_buffer",
+            server_name: "",
+            application_protocols: &[],
+        };
+        if !top.tls_inspector() {
+            // Nothing is learnt from the first bytes: the chain is chosen now.
+            let chain = match local {
+                Some(local) => top.select_chain(&plain_facts(local)),
+                None => Some(0),
+            };
+            let Some((index, state)) =
+                chain.and_then(|i| ListenerState::chain(&top, i).map(|s| (i, s)))
+            else {
+                counters
+                    .no_filter_chain_match
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            serving.chain = index;
+            let plain = Downstream {
                 peer,
                 local,
                 tls: None,
             };
-            serving.run(stream, downstream, Box::new(permit));
-            return;
-        };
-        let chain = state.hcm.connection_match.clone();
-        let judged = self.state.load_full();
-        drop(state);
-        // The handshake runs in the connection's own task; the connection counts as open (for
-        // the drain) from now on.
+            if state.tls.is_none() {
+                if let Some(delay) = network_rbac_denies(&state.hcm, &plain, counters) {
+                    // Envoy's network RBAC judges a connection on its first bytes, then closes
+                    // it (after `delay_deny`, if set); nothing of it reaches the connection
+                    // manager.
+                    tokio::spawn(close_when_readable(stream, delay, permit));
+                    return;
+                }
+                serving.run(stream, plain, Box::new(permit));
+                return;
+            }
+        }
+        // The TLS inspector's view (or a TLS chain's handshake) needs the first bytes: the rest
+        // runs in the connection's own task, which counts as open (for the drain) from now on.
         let counters = counters.clone();
         tokio::spawn(async move {
-            match crate::tls::accept(stream, &tls, &chain).await {
-                Ok((stream, sni)) => {
-                    let downstream = Downstream {
-                        peer,
-                        local,
-                        tls: Some(DownstreamTls { sni }),
-                    };
-                    if let Some(delay) = network_rbac_denies(&judged.hcm, &downstream, &counters) {
-                        close_when_readable(stream, delay, permit).await;
-                        return;
-                    }
-                    serving.run(stream, downstream, Box::new(permit));
-                }
-                Err(crate::tls::Refused::NoChainMatch) => {
+            let Some(local_address) = local else {
+                return;
+            };
+            let refused = |why: crate::tls::Refused| match why {
+                crate::tls::Refused::NoChainMatch => {
                     counters
                         .no_filter_chain_match
                         .fetch_add(1, Ordering::Relaxed);
                 }
-                Err(crate::tls::Refused::Handshake) => {
+                crate::tls::Refused::Handshake => {
                     counters.bump([format!(
                         "listener.{}.ssl.connection_error",
                         stat_address(local)
                     )]);
                 }
+            };
+            let tls_seen = top.tls_inspector() && crate::tls::looks_like_tls(&stream).await;
+            let (index, hello, stream) = if tls_seen {
+                let hello = match crate::tls::client_hello(stream).await {
+                    Ok(hello) => hello,
+                    Err(why) => return refused(why),
+                };
+                let facts = vigil_core::config::ChainFacts {
+                    local: local_address,
+                    peer,
+                    transport_protocol: "tls",
+                    server_name: hello.sni.as_deref().unwrap_or(""),
+                    application_protocols: &hello.alpn,
+                };
+                let Some(index) = top.select_chain(&facts) else {
+                    return refused(crate::tls::Refused::NoChainMatch);
+                };
+                (index, Some(hello), None)
+            } else {
+                let Some(index) = top.select_chain(&plain_facts(local_address)) else {
+                    return refused(crate::tls::Refused::NoChainMatch);
+                };
+                (index, None, Some(stream))
+            };
+            let Some(state) = ListenerState::chain(&top, index) else {
+                return refused(crate::tls::Refused::NoChainMatch);
+            };
+            serving.chain = index;
+            match (&state.tls, hello, stream) {
+                (None, None, Some(stream)) => {
+                    let plain = Downstream {
+                        peer,
+                        local,
+                        tls: None,
+                    };
+                    if let Some(delay) = network_rbac_denies(&state.hcm, &plain, &counters) {
+                        close_when_readable(stream, delay, permit).await;
+                        return;
+                    }
+                    serving.run(stream, plain, Box::new(permit));
+                }
+                (Some(tls), hello, stream) => {
+                    let hello = match (hello, stream) {
+                        (Some(hello), _) => hello,
+                        (None, Some(stream)) => match crate::tls::client_hello(stream).await {
+                            Ok(hello) => hello,
+                            Err(why) => return refused(why),
+                        },
+                        (None, None) => return,
+                    };
+                    let sni = hello.sni.clone();
+                    let stream = match crate::tls::finish(hello, tls).await {
+                        Ok(stream) => stream,
+                        Err(why) => return refused(why),
+                    };
+                    let downstream = Downstream {
+                        peer,
+                        local,
+                        tls: Some(DownstreamTls { sni }),
+                    };
+                    if let Some(delay) = network_rbac_denies(&state.hcm, &downstream, &counters) {
+                        close_when_readable(stream, delay, permit).await;
+                        return;
+                    }
+                    serving.run(stream, downstream, Box::new(permit));
+                }
+                // A TLS ClientHello for a plain-text chain: Envoy's connection manager would
+                // read it as a broken HTTP request; closed.
+                (None, _, _) => refused(crate::tls::Refused::Handshake),
             }
         });
     }
@@ -485,6 +585,8 @@ pub struct DownstreamTls {
 /// What serving HTTP on one accepted (and, for TLS, handshaken) connection needs.
 struct HttpServing {
     state: Arc<arc_swap::ArcSwap<ListenerState>>,
+    /// The listener's filter chain serving this connection (see [`ListenerState::chain`]).
+    chain: usize,
     derived: Arc<DerivedCache>,
     draining: Arc<std::sync::atomic::AtomicBool>,
     builder: auto::Builder<TokioExecutor>,
@@ -503,6 +605,7 @@ impl HttpServing {
     {
         let HttpServing {
             state,
+            chain,
             derived,
             draining,
             builder,
@@ -510,7 +613,10 @@ impl HttpServing {
             watcher,
             open,
         } = self;
-        let limits = guard_limits(&state.load().hcm);
+        let limits = match ListenerState::chain(&state.load_full(), chain) {
+            Some(current) => guard_limits(&current.hcm),
+            None => guard_limits(&state.load().hcm),
+        };
         let refused = counters.clone();
         let guarded = Guarded::new(stream, limits, move |why| {
             let counter = match why {
@@ -524,7 +630,10 @@ impl HttpServing {
         let requests = Arc::new(AtomicU64::new(0));
         let downstream = Arc::new(downstream);
         let service = service_fn(move |request: Request<Incoming>| {
-            let state = state.load_full();
+            // A reload that left the listener without this chain: the first chain's state
+            // answers, as the connection would now be new to it.
+            let top = state.load_full();
+            let state = ListenerState::chain(&top, chain).unwrap_or(top);
             let derived = derived.get(&state);
             // hyper serves HTTP/1 requests in order: the guard's stand-in is known by index.
             let refusal = verdict.refusal(requests.fetch_add(1, Ordering::Relaxed));
@@ -725,7 +834,8 @@ impl Derived {
 
 /// The [`Derived`] of the current state, rebuilt when the state changes.
 struct DerivedCache {
-    current: Mutex<Option<(Arc<ListenerState>, Arc<Derived>)>>,
+    /// One entry per filter chain in use (states are compared by pointer).
+    current: Mutex<Vec<(Arc<ListenerState>, Arc<Derived>)>>,
     /// The listener's rule counters, which outlive each state.
     routing_stats: Arc<RoutingStats>,
     /// The listener's counters, which outlive each state too.
@@ -736,19 +846,26 @@ struct DerivedCache {
 impl DerivedCache {
     fn get(&self, state: &Arc<ListenerState>) -> Arc<Derived> {
         let mut cached = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        match cached.as_ref() {
-            Some((current, derived)) if Arc::ptr_eq(current, state) => derived.clone(),
-            _ => {
-                let mut derived = Derived::counted(state, self.routing_stats.clone());
-                derived.counters = self.counters.clone();
-                derived.health_check_failing = self.health_check_failing.clone();
-                let derived = Arc::new(derived);
-                *cached = Some((state.clone(), derived.clone()));
-                derived
-            }
+        if let Some((_, derived)) = cached.iter().find(|(s, _)| Arc::ptr_eq(s, state)) {
+            return derived.clone();
         }
+        let mut derived = Derived::counted(state, self.routing_stats.clone());
+        derived.counters = self.counters.clone();
+        derived.health_check_failing = self.health_check_failing.clone();
+        let derived = Arc::new(derived);
+        // States replaced by a reload are dropped with their derived parts (a listener has a
+        // few chains; a reload makes new states for all of them).
+        let chains = 1 + state.other_chains.len();
+        if cached.len() >= chains.max(MAX_CACHED_CHAINS) {
+            cached.remove(0);
+        }
+        cached.push((state.clone(), derived.clone()));
+        derived
     }
 }
+
+/// How many filter chains' derived parts a listener keeps at least.
+const MAX_CACHED_CHAINS: usize = 8;
 
 /// The parser limits of the connection manager, taken when the listener starts: the header
 /// count (`max_headers_count`, default 100) and buffer sizes from `max_request_headers_kb`
@@ -2071,6 +2188,7 @@ static_resources:
             routes: RouteTable::new(hcm.route_config.clone()),
             hcm,
             upstreams: BTreeMap::new(),
+            other_chains: Vec::new(),
         }))
     }
 
@@ -2298,12 +2416,12 @@ impl ListenerSet {
                 ));
                 continue;
             };
-            let Some(hcm) = listener.http.first() else {
+            if listener.http.is_empty() {
                 problems.push(format!(
                     "listener {label}: no HTTP connection manager; not served"
                 ));
                 continue;
-            };
+            }
             if !listener.bind_to_port {
                 problems.push(format!(
                     "listener {label}: bind_to_port is false; not served (Envoy accepts no \
@@ -2313,27 +2431,35 @@ impl ListenerSet {
             }
             // A listener whose TLS cannot be loaded is not served at all (never in plain text);
             // `vigil -c` and reloads check this first (`load` in main.rs).
-            let tls = match hcm.tls.as_ref().map(crate::tls::server_config).transpose() {
-                Ok(tls) => tls.map(Arc::new),
-                Err(err) => {
-                    problems.push(format!("listener {label}: not served: {err}"));
-                    continue;
+            let mut chains = Vec::new();
+            let mut failed = None;
+            for hcm in &listener.http {
+                match hcm.tls.as_ref().map(crate::tls::server_config).transpose() {
+                    Ok(tls) => chains.push(ListenerState {
+                        routes: RouteTable::new(hcm.route_config.clone()),
+                        hcm: hcm.clone(),
+                        tls: tls.map(Arc::new),
+                        upstreams: upstreams.clone(),
+                        other_chains: Vec::new(),
+                    }),
+                    Err(err) => failed = Some(err),
                 }
+            }
+            if let Some(err) = failed {
+                problems.push(format!("listener {label}: not served: {err}"));
+                continue;
+            }
+            let mut chains = chains.into_iter();
+            let Some(mut state) = chains.next() else {
+                continue;
             };
+            state.other_chains = chains.map(Arc::new).collect();
             names.insert(SocketAddr::new(ip, socket.port_value), label.to_string());
             reuse_ports.insert(
                 SocketAddr::new(ip, socket.port_value),
                 enable_reuse_port(listener),
             );
-            wanted.insert(
-                SocketAddr::new(ip, socket.port_value),
-                ListenerState {
-                    routes: RouteTable::new(hcm.route_config.clone()),
-                    hcm: hcm.clone(),
-                    tls,
-                    upstreams: upstreams.clone(),
-                },
-            );
+            wanted.insert(SocketAddr::new(ip, socket.port_value), state);
         }
         let gone: Vec<SocketAddr> = self
             .running
@@ -2364,7 +2490,9 @@ impl ListenerSet {
             };
             self.counters
                 .insert(address, (state.hcm.stat_prefix.clone(), counters.clone()));
-            declare_filter_stats(&counters, &state.hcm);
+            for chain in state.chains() {
+                declare_filter_stats(&counters, &chain.hcm);
+            }
             if let Some(running) = self.running.get(&address) {
                 running.state.store(Arc::new(state));
                 continue;

@@ -3,9 +3,13 @@
 //! rustls configuration (protocol versions, TLS 1.2 cipher suites and ECDH curves mapped from
 //! Envoy's BoringSSL names, ALPN, session resumption); every problem is an error naming the
 //! field, so a bad certificate refuses the file at start and on reload instead of serving in
-//! plain text. [`accept`] reads the ClientHello, applies the chain's server names and transport
-//! protocol (what Envoy's TLS inspector lets it match on) and `require_sni`, then completes the
-//! handshake.
+//! plain text. [`client_hello`] reads the ClientHello (what Envoy's TLS inspector learns: the
+//! server name and ALPN protocols the listener's chains are chosen by) and [`finish`] completes
+//! the handshake with the chosen chain's TLS, `require_sni` applied.
+//!
+//! Upstream, [`UpstreamConnector`] is a cluster's TLS client (`UpstreamTlsContext`) and
+//! [`connect_upstream`] the one way proxied requests and health checks reach a host, over TCP
+//! or TLS; the peer's certificate is judged by Envoy's default validator on both sides.
 
 use rustls::ServerConfig;
 use rustls::crypto::{CryptoProvider, SupportedKxGroup, ring};
@@ -21,8 +25,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 use vigil_core::config::{
-    DataSource, DownstreamTls, FieldPath, FilterChainMatch, PeerValidation, SanType, Sourced,
-    SubjectAltName, TlsParams, TlsVersion, UpstreamTls,
+    DataSource, DownstreamTls, FieldPath, PeerValidation, SanType, Sourced, SubjectAltName,
+    TlsParams, TlsVersion, UpstreamTls,
 };
 
 /// How long a client has for its handshake (Envoy's listener default `transport_socket_connect
@@ -48,40 +52,60 @@ pub enum Refused {
     NoChainMatch,
 }
 
-/// Reads the ClientHello, matches it against the chain, and completes the handshake.
-pub async fn accept(
-    stream: TcpStream,
-    tls: &ListenerTls,
-    chain: &FilterChainMatch,
-) -> Result<(TlsStream<TcpStream>, Option<String>), Refused> {
-    let handshake = async {
-        // What the TLS inspector looks at first: a TLS handshake record. Anything else is plain
-        // text, which no TLS chain serves; it is closed without a TLS alert, as Envoy closes it.
-        let mut first = [0u8; 1];
-        match stream.peek(&mut first).await {
-            Ok(1) if first[0] == TLS_HANDSHAKE_RECORD => {}
-            _ if chain.tls_inspector => return Err(Refused::NoChainMatch),
-            _ => return Err(Refused::Handshake),
-        }
-        let start = LazyConfigAcceptor::new(Acceptor::default(), stream)
-            .await
-            .map_err(|_| Refused::Handshake)?;
-        let sni = start.client_hello().server_name().map(str::to_string);
-        if tls.require_sni && sni.is_none() {
-            return Err(Refused::Handshake);
-        }
-        if !chain.matches_tls(sni.as_deref()) {
-            return Err(Refused::NoChainMatch);
-        }
-        let stream = start
-            .into_stream(tls.config.clone())
-            .await
-            .map_err(|_| Refused::Handshake)?;
-        Ok((stream, sni))
-    };
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
-        .await
-        .unwrap_or(Err(Refused::Handshake))
+/// A connection whose ClientHello has been read: what the TLS inspector learnt of it, and the
+/// handshake to complete with the chain chosen from that.
+pub struct Hello {
+    pub start: tokio_rustls::StartHandshake<TcpStream>,
+    /// The server name (lowercased), if the client sent one.
+    pub sni: Option<String>,
+    /// The client's ALPN protocols, in its order.
+    pub alpn: Vec<String>,
+}
+
+/// Whether the connection's first byte starts a TLS handshake record (what the TLS inspector
+/// looks at first); `false` for anything else, or a peer that sends nothing in time.
+pub async fn looks_like_tls(stream: &TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    matches!(
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await,
+        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE_RECORD
+    )
+}
+
+/// Reads the ClientHello (within the handshake timeout).
+pub async fn client_hello(stream: TcpStream) -> Result<Hello, Refused> {
+    let start = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        LazyConfigAcceptor::new(Acceptor::default(), stream),
+    )
+    .await
+    .map_err(|_| Refused::Handshake)?
+    .map_err(|_| Refused::Handshake)?;
+    let hello = start.client_hello();
+    let sni = hello.server_name().map(|s| s.to_ascii_lowercase());
+    let alpn = hello
+        .alpn()
+        .map(|protocols| {
+            protocols
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Hello { start, sni, alpn })
+}
+
+/// Completes the handshake with the chosen chain's TLS (its `require_sni` applied).
+pub async fn finish(hello: Hello, tls: &ListenerTls) -> Result<TlsStream<TcpStream>, Refused> {
+    if tls.require_sni && hello.sni.is_none() {
+        return Err(Refused::Handshake);
+    }
+    tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        hello.start.into_stream(tls.config.clone()),
+    )
+    .await
+    .map_err(|_| Refused::Handshake)?
+    .map_err(|_| Refused::Handshake)
 }
 
 /// The listener's TLS from its context: every file read, every PEM parsed, the key checked

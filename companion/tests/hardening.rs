@@ -112,6 +112,7 @@ static_resources:
             "up".to_string(),
             upstream("up", &all_healthy(&[upstream_at])),
         )]),
+        other_chains: Vec::new(),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let at = listener.local_addr().unwrap();

@@ -85,6 +85,7 @@ async fn proxy(blue: &App, yellow: &App) -> (SocketAddr, oneshot::Sender<()>) {
         routes: RouteTable::new(hcm.route_config.clone()),
         hcm,
         upstreams,
+        other_chains: Vec::new(),
     };
     serve_state(state).await
 }

@@ -216,6 +216,7 @@ async fn proxy(blue: &App, yellow: &App) -> Proxy {
         routes: RouteTable::new(hcm.route_config.clone()),
         hcm,
         upstreams,
+        other_chains: Vec::new(),
     };
     let (at, stop) = serve_state(state).await;
     Proxy {

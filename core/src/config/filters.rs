@@ -254,6 +254,8 @@ pub struct FilterChainMatch {
     /// `server_names` (lowercased): the TLS inspector's SNI must be one of them, or fall under a
     /// `*.` wildcard.
     pub server_names: Vec<String>,
+    /// `application_protocols`: one of the ALPN protocols the client offers must be one of them.
+    pub application_protocols: Vec<String>,
     /// `transport_protocol` (empty: any).
     pub transport_protocol: String,
     /// The listener has the TLS inspector (`envoy.filters.listener.tls_inspector`): only then
@@ -317,6 +319,209 @@ impl FilterChainMatch {
     }
 }
 
+/// What Envoy knows of a connection when it picks its filter chain.
+#[derive(Debug, Clone, Copy)]
+pub struct ChainFacts<'a> {
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+    /// `tls` when the TLS inspector saw a ClientHello, else `raw_buffer`.
+    pub transport_protocol: &'a str,
+    /// The ClientHello's server name, lowercased (empty: none).
+    pub server_name: &'a str,
+    /// The ClientHello's ALPN protocols, in the client's order.
+    pub application_protocols: &'a [String],
+}
+
+/// Envoy's `FilterChainManagerImpl::findFilterChain`: the chain (an index into `chains`) for a
+/// connection, or `None` (then the listener's `default_filter_chain`, if any, serves it).
+///
+/// Criteria are looked at in Envoy's order (destination port, destination IP, server name,
+/// transport protocol, application protocols, direct source IP, source type, source IP and
+/// port); at each one only the most specific entry that matches is kept (an exact port, the
+/// longest prefix, an exact name before the longest `*.` suffix, an exact protocol, before the
+/// chains that leave the criterion unset), and there is no going back: if nothing under the most
+/// specific entry matches, no chain does, as in Envoy.
+pub fn select_filter_chain(chains: &[&FilterChainMatch], facts: &ChainFacts) -> Option<usize> {
+    let mut candidates: Vec<usize> = (0..chains.len()).collect();
+    // Each step keeps the candidates whose key for the criterion is the best key present.
+    fn narrow<K: PartialEq + Clone>(
+        candidates: &mut Vec<usize>,
+        keys: impl Fn(usize) -> Vec<K>,
+        best: impl Fn(&[K]) -> Option<K>,
+    ) -> bool {
+        let all: Vec<K> = candidates.iter().flat_map(|&i| keys(i)).collect();
+        let Some(best) = best(&all) else {
+            candidates.clear();
+            return false;
+        };
+        candidates.retain(|&i| keys(i).contains(&best));
+        !candidates.is_empty()
+    }
+    // Destination port: an exact port, else the chains without one.
+    let port = facts.local.port();
+    if !narrow(
+        &mut candidates,
+        |i| vec![chains[i].destination_port.unwrap_or(0)],
+        |keys| {
+            if keys.contains(&port) {
+                Some(port)
+            } else if keys.contains(&0) {
+                Some(0)
+            } else {
+                None
+            }
+        },
+    ) {
+        return None;
+    }
+    let longest_prefix = |ip: IpAddr| {
+        move |keys: &[Option<CidrRange>]| -> Option<Option<CidrRange>> {
+            let best = keys
+                .iter()
+                .flatten()
+                .filter(|r| r.contains(ip))
+                .max_by_key(|r| r.prefix_len())
+                .copied();
+            match best {
+                Some(range) => Some(Some(range)),
+                None if keys.contains(&None) => Some(None),
+                None => None,
+            }
+        }
+    };
+    let ranges = |list: &[CidrRange]| -> Vec<Option<CidrRange>> {
+        if list.is_empty() {
+            vec![None]
+        } else {
+            list.iter().copied().map(Some).collect()
+        }
+    };
+    if !narrow(
+        &mut candidates,
+        |i| ranges(&chains[i].prefix_ranges),
+        longest_prefix(facts.local.ip()),
+    ) {
+        return None;
+    }
+    // Server name: exact, then `*.` suffixes from the longest, then the chains without names.
+    let name = facts.server_name.to_ascii_lowercase();
+    let names = |i: usize| -> Vec<String> {
+        if chains[i].server_names.is_empty() {
+            vec![String::new()]
+        } else {
+            chains[i].server_names.clone()
+        }
+    };
+    if !narrow(&mut candidates, names, |keys| {
+        if !name.is_empty() && keys.contains(&name) {
+            return Some(name.clone());
+        }
+        let mut pos = name.get(1..).and_then(|rest| rest.find('.')).map(|p| p + 1);
+        while let Some(at) = pos.filter(|&p| p < name.len().saturating_sub(1)) {
+            let wildcard = format!("*{}", &name[at..]);
+            if keys.contains(&wildcard) {
+                return Some(wildcard);
+            }
+            pos = name[at + 1..].find('.').map(|p| p + at + 1);
+        }
+        keys.contains(&String::new()).then(String::new)
+    }) {
+        return None;
+    }
+    // Transport protocol: exact, else unset.
+    if !narrow(
+        &mut candidates,
+        |i| vec![chains[i].transport_protocol.clone()],
+        |keys| {
+            let detected = facts.transport_protocol.to_string();
+            if keys.contains(&detected) {
+                Some(detected)
+            } else {
+                keys.contains(&String::new()).then(String::new)
+            }
+        },
+    ) {
+        return None;
+    }
+    // Application protocols: the client's first offered one that a chain names, else unset.
+    if !narrow(
+        &mut candidates,
+        |i| {
+            if chains[i].application_protocols.is_empty() {
+                vec![String::new()]
+            } else {
+                chains[i].application_protocols.clone()
+            }
+        },
+        |keys| {
+            facts
+                .application_protocols
+                .iter()
+                .find(|p| keys.contains(p))
+                .cloned()
+                .or_else(|| keys.contains(&String::new()).then(String::new))
+        },
+    ) {
+        return None;
+    }
+    if !narrow(
+        &mut candidates,
+        |i| ranges(&chains[i].direct_source_prefix_ranges),
+        longest_prefix(facts.peer.ip()),
+    ) {
+        return None;
+    }
+    // Source type: the connection's own kind when a chain names it, else ANY.
+    let local_connection = facts.peer.ip().is_loopback() || facts.peer.ip() == facts.local.ip();
+    if !narrow(
+        &mut candidates,
+        |i| vec![chains[i].source_type],
+        |keys| {
+            let own = if local_connection {
+                SourceType::SameIpOrLoopback
+            } else {
+                SourceType::External
+            };
+            if keys.contains(&own) {
+                Some(own)
+            } else {
+                keys.contains(&SourceType::Any).then_some(SourceType::Any)
+            }
+        },
+    ) {
+        return None;
+    }
+    if !narrow(
+        &mut candidates,
+        |i| ranges(&chains[i].source_prefix_ranges),
+        longest_prefix(facts.peer.ip()),
+    ) {
+        return None;
+    }
+    let peer_port = facts.peer.port();
+    if !narrow(
+        &mut candidates,
+        |i| {
+            if chains[i].source_ports.is_empty() {
+                vec![0]
+            } else {
+                chains[i].source_ports.clone()
+            }
+        },
+        |keys| {
+            if keys.contains(&peer_port) {
+                Some(peer_port)
+            } else {
+                keys.contains(&0).then_some(0)
+            }
+        },
+    ) {
+        return None;
+    }
+    // Envoy refuses chains with the same criteria, so one is left.
+    candidates.first().copied()
+}
+
 /// Reads a `filter_chain_match`.
 pub(crate) fn filter_chain_match(
     cx: &mut Ctx,
@@ -357,15 +562,11 @@ pub(crate) fn filter_chain_match(
         .map(|name| name.to_ascii_lowercase())
         .collect();
     out.transport_protocol = o.string(cx, "transport_protocol").unwrap_or_default();
-    if o.has("application_protocols") {
-        let p = path.field("application_protocols");
-        o.take("application_protocols");
-        cx.unsupported(
-            &p,
-            "matching filter chains on application_protocols is not implemented by vigil: it \
-             cannot tell which connections Envoy would serve with this chain",
-        );
-    }
+    out.application_protocols = o
+        .list("application_protocols")
+        .into_iter()
+        .filter_map(|(p, v)| super::reader::string(cx, &p, v))
+        .collect();
     o.finish(cx);
     Some(out)
 }
@@ -402,6 +603,125 @@ mod tests {
 
     fn cidr(text: &str, len: u32) -> CidrRange {
         CidrRange::new(text.parse().unwrap(), len)
+    }
+
+    fn facts<'a>(
+        local: &str,
+        peer: &str,
+        transport: &'a str,
+        sni: &'a str,
+        alpn: &'a [String],
+    ) -> ChainFacts<'a> {
+        ChainFacts {
+            local: local.parse().unwrap(),
+            peer: peer.parse().unwrap(),
+            transport_protocol: transport,
+            server_name: sni,
+            application_protocols: alpn,
+        }
+    }
+
+    #[test]
+    fn the_most_specific_chain_wins_without_going_back() {
+        let names = |n: &[&str]| FilterChainMatch {
+            server_names: n.iter().map(|s| s.to_string()).collect(),
+            ..FilterChainMatch::default()
+        };
+        let exact = names(&["api.example.com"]);
+        let wildcard = names(&["*.example.com"]);
+        let shallow = names(&["*.com"]);
+        let tls_any = FilterChainMatch {
+            transport_protocol: "tls".into(),
+            ..FilterChainMatch::default()
+        };
+        let plain = FilterChainMatch::default();
+        let chains = [&exact, &wildcard, &shallow, &tls_any, &plain];
+        let pick = |sni: &str, transport: &str| {
+            select_filter_chain(
+                &chains,
+                &facts("10.0.0.1:443", "10.0.0.9:5000", transport, sni, &[]),
+            )
+        };
+        assert_eq!(pick("api.example.com", "tls"), Some(0));
+        assert_eq!(pick("www.example.com", "tls"), Some(1));
+        assert_eq!(
+            pick("a.b.example.com", "tls"),
+            Some(1),
+            "the longest suffix"
+        );
+        assert_eq!(pick("other.com", "tls"), Some(2));
+        assert_eq!(pick("other.org", "tls"), Some(3));
+        assert_eq!(pick("", "tls"), Some(3));
+        assert_eq!(pick("", "raw_buffer"), Some(4));
+        // A name's chains win over the unnamed ones even when they fail deeper: no going back.
+        let named_plain_only = FilterChainMatch {
+            server_names: vec!["a.example".into()],
+            transport_protocol: "raw_buffer".into(),
+            ..FilterChainMatch::default()
+        };
+        let chains = [&named_plain_only, &tls_any];
+        let picked = select_filter_chain(
+            &chains,
+            &facts("10.0.0.1:443", "10.0.0.9:5000", "tls", "a.example", &[]),
+        );
+        assert_eq!(picked, None);
+    }
+
+    #[test]
+    fn ports_prefixes_sources_and_protocols_narrow_in_envoys_order() {
+        let port_443 = FilterChainMatch {
+            destination_port: Some(443),
+            source_prefix_ranges: vec![cidr("10.1.0.0", 16)],
+            ..FilterChainMatch::default()
+        };
+        let any_port = FilterChainMatch::default();
+        let chains = [&port_443, &any_port];
+        let pick = |local: &str, peer: &str| {
+            select_filter_chain(&chains, &facts(local, peer, "raw_buffer", "", &[]))
+        };
+        assert_eq!(pick("10.0.0.1:443", "10.1.2.3:1"), Some(0));
+        // Port 443 has its own chains: the catch-all port is not tried when they fail.
+        assert_eq!(pick("10.0.0.1:443", "10.2.2.3:1"), None);
+        assert_eq!(pick("10.0.0.1:80", "10.2.2.3:1"), Some(1));
+
+        let wide = FilterChainMatch {
+            prefix_ranges: vec![cidr("10.0.0.0", 8)],
+            ..FilterChainMatch::default()
+        };
+        let narrow = FilterChainMatch {
+            prefix_ranges: vec![cidr("10.0.0.0", 24)],
+            ..FilterChainMatch::default()
+        };
+        let chains = [&wide, &narrow, &any_port];
+        let pick = |local: &str| {
+            select_filter_chain(&chains, &facts(local, "1.1.1.1:1", "raw_buffer", "", &[]))
+        };
+        assert_eq!(pick("10.0.0.7:80"), Some(1));
+        assert_eq!(pick("10.9.0.7:80"), Some(0));
+        assert_eq!(pick("192.168.0.7:80"), Some(2));
+
+        let h2 = FilterChainMatch {
+            application_protocols: vec!["h2".into()],
+            ..FilterChainMatch::default()
+        };
+        let local = FilterChainMatch {
+            source_type: SourceType::SameIpOrLoopback,
+            ..FilterChainMatch::default()
+        };
+        let port = FilterChainMatch {
+            source_type: SourceType::External,
+            source_ports: vec![5000],
+            ..FilterChainMatch::default()
+        };
+        let chains = [&h2, &local, &port];
+        let alpn = ["http/1.1".to_string(), "h2".to_string()];
+        let pick = |peer: &str, alpn: &[String]| {
+            select_filter_chain(&chains, &facts("10.0.0.1:80", peer, "tls", "", alpn))
+        };
+        assert_eq!(pick("10.9.9.9:5000", &alpn), Some(0));
+        assert_eq!(pick("127.0.0.1:4000", &[]), Some(1));
+        assert_eq!(pick("10.9.9.9:5000", &[]), Some(2));
+        assert_eq!(pick("10.9.9.9:5001", &[]), None);
     }
 
     fn sock(text: &str) -> SocketAddr {

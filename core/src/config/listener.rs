@@ -120,14 +120,14 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
     // What follows only matters for a listener vigil serves: one with an HTTP connection
     // manager. The others are not served at all, so nothing of theirs can let traffic through.
     let served = !http.is_empty();
-    if served && chain_count > 1 {
+    if served && http.len() < chain_count {
         cx.unsupported(
             &path.field("filter_chains"),
             format!(
                 "this listener has {chain_count} filter chains (default_filter_chain included) \
-                 and one of them is an HTTP connection manager: vigil serves a listener with a \
-                 single filter chain only, as it does not choose between chains per connection \
-                 the way Envoy does"
+                 and only {} of them run an HTTP connection manager: vigil serves HTTP chains \
+                 only, and would close the connections Envoy hands to the others",
+                http.len()
             ),
         );
     }
@@ -139,8 +139,38 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
         );
     }
     let mut tls_inspector = false;
+    // The HTTP inspector gives plain-text connections an application protocol (`http/1.1`,
+    // `h2c`) that chains may match on; vigil does not sniff it.
+    let http_inspector = listener_filters.iter().any(|(_, v)| {
+        let type_name = v
+            .get("typed_config")
+            .and_then(|t| t.get("@type"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        type_name.contains(".http_inspector.")
+            || v.get("name").and_then(Value::as_str)
+                == Some("envoy.filters.listener.http_inspector")
+    });
     for (p, v) in listener_filters {
         tls_inspector |= listener_filter(cx, &p, v, served);
+    }
+    if http_inspector {
+        for hcm in http
+            .iter()
+            .filter(|h| !h.connection_match.application_protocols.is_empty())
+        {
+            let at = match hcm.filter_chain {
+                FilterChainRef::Index(i) => path.field("filter_chains").index(i),
+                FilterChainRef::Default => path.field("default_filter_chain"),
+            };
+            cx.unsupported(
+                &at.field("filter_chain_match")
+                    .field("application_protocols"),
+                "matching filter chains on application_protocols is not implemented by vigil \
+                 with the HTTP inspector: vigil does not detect the HTTP version of plain-text \
+                 connections, so it cannot tell which of them Envoy would serve with this chain",
+            );
+        }
     }
     for hcm in &mut http {
         hcm.connection_match.tls_inspector = tls_inspector;

@@ -71,7 +71,7 @@ pub use validate::schema_errors;
 pub use circuit_breakers::{CircuitBreakers, RetryBudget, RoutingPriority, Thresholds};
 pub use error::{ConfigError, ConfigErrors, ErrorKind, FieldPath, Location, Warning};
 pub use ext_authz::{AuthzService, BufferSettings, ExtAuthz, GrpcService, HttpService};
-pub use filters::{FilterChainMatch, SourceType};
+pub use filters::{ChainFacts, FilterChainMatch, SourceType, select_filter_chain};
 pub use tls::{
     DataSource, DownstreamTls, PeerValidation, SanMatcher, SanType, Sourced, SubjectAltName,
     TlsParams, TlsVersion, UpstreamTls, dns_name_match,

@@ -1,0 +1,287 @@
+//! Several filter chains on one listener, vigil against real Envoy 1.36.2 on the same YAML: each
+//! connection is served by the chain Envoy picks (the TLS inspector's server name and ALPN, the
+//! transport protocol, the client's address), each chain with its own certificate and routes.
+//!
+//! Chains: `a.example` (TLS), `*.b.example` (TLS), `h2` offered over TLS, any TLS, plain text
+//! from one client address, and a plain `default_filter_chain`; every chain answers with a
+//! direct response naming it. Clients: the SNIs `a.example`, `x.b.example`, `y.x.b.example`,
+//! `c.example` with and without `h2`, no SNI, plain text from the named address and from another.
+//! Both proxies answer every client from the same chain (and present that chain's certificate).
+
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpSocket;
+use vigil_tests::envoy::AdminProcess;
+use vigil_tests::tls_upstream::{Authority, Validity};
+use vigil_tests::{net, paths};
+
+/// Accepts any server certificate and reports which one it saw (the test checks chains, not
+/// trust).
+#[derive(Debug)]
+struct SeeAny(std::sync::Mutex<Option<String>>);
+
+impl rustls::client::danger::ServerCertVerifier for SeeAny {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let names = x509_first_dns(end_entity.as_ref());
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(names);
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        #[expect(deprecated, reason = "ring offers no post-quantum key exchange")]
+        let provider = rustls::crypto::ring::default_provider();
+        provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The certificate's marker: the test gives each chain's certificate a distinct DNS name, found
+/// here as plain bytes (enough to tell four certificates apart).
+fn x509_first_dns(der: &[u8]) -> String {
+    for marker in ["cert-any", "cert-h2", "cert-b", "cert-a"] {
+        if der.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+            return marker.to_string();
+        }
+    }
+    "unknown".into()
+}
+
+fn config(dir: &Path, listen: SocketAddr, admin: SocketAddr, plain_client: IpAddr) -> String {
+    let ca = Authority::new("chains CA");
+    let cert = |name: &str, marker: &str| {
+        let (c, k) = ca
+            .issue(&[name, &format!("{marker}.test")], Validity::Current)
+            .write(dir, marker);
+        format!(
+            "
+        transport_socket:
+          name: envoy.transport_sockets.tls
+          typed_config:
+            \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+            common_tls_context:
+              alpn_protocols: [h2, http/1.1]
+              tls_certificates: [{{ certificate_chain: {{ filename: \"{c}\" }}, private_key: {{ filename: \"{k}\" }} }}]"
+        )
+    };
+    let hcm = |name: &str| {
+        format!(
+            "
+        filters:
+        - name: envoy.filters.network.http_connection_manager
+          typed_config:
+            \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+            stat_prefix: {name}
+            route_config:
+              virtual_hosts:
+              - name: all
+                domains: [\"*\"]
+                routes:
+                - match: {{ prefix: \"/\" }}
+                  direct_response: {{ status: 200, body: {{ inline_string: \"chain {name}\" }} }}
+            http_filters:
+            - name: envoy.filters.http.router
+              typed_config:
+                \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+        )
+    };
+    // The chains' parts are written 8 deep; a chain's keys sit 6 deep.
+    let hcm = |name: &str| hcm(name).replace("\n  ", "\n");
+    let cert = |name: &str, marker: &str| cert(name, marker).replace("\n  ", "\n");
+    format!(
+        "admin:
+  address: {{ socket_address: {{ address: {}, port_value: {} }} }}
+static_resources:
+  listeners:
+  - name: chains
+    address: {{ socket_address: {{ address: {}, port_value: {} }} }}
+    listener_filters:
+    - name: envoy.filters.listener.tls_inspector
+      typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector }}
+    filter_chains:
+    - filter_chain_match: {{ server_names: [a.example] }}{}{}
+    - filter_chain_match: {{ server_names: [\"*.b.example\"] }}{}{}
+    - filter_chain_match: {{ transport_protocol: tls, application_protocols: [h2] }}{}{}
+    - filter_chain_match: {{ transport_protocol: tls }}{}{}
+    - filter_chain_match: {{ transport_protocol: raw_buffer, direct_source_prefix_ranges: [{{ address_prefix: {plain_client}, prefix_len: 32 }}] }}{}
+    default_filter_chain:{}
+",
+        admin.ip(),
+        admin.port(),
+        listen.ip(),
+        listen.port(),
+        hcm("a"),
+        cert("a.example", "cert-a"),
+        hcm("b"),
+        cert("wild.b.example", "cert-b"),
+        hcm("h2"),
+        cert("h2.example", "cert-h2"),
+        hcm("tls"),
+        cert("any.example", "cert-any"),
+        hcm("plain_from_client"),
+        hcm("default"),
+    )
+}
+
+/// One request from `from`: over TLS with `sni` (none when empty) and `alpn`, or in plain text.
+/// The answer's body and the certificate the server presented, or why there was none.
+async fn ask(to: SocketAddr, from: IpAddr, tls: Option<(&str, &[&str])>) -> String {
+    let exchange = async {
+        let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+        socket
+            .bind(SocketAddr::new(from, 0))
+            .map_err(|e| e.to_string())?;
+        let tcp = socket.connect(to).await.map_err(|e| e.to_string())?;
+        let request = b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+        let mut answer = Vec::new();
+        let Some((sni, alpn)) = tls else {
+            let mut tcp = tcp;
+            tcp.write_all(request).await.map_err(|e| e.to_string())?;
+            let _ = tcp.read_to_end(&mut answer).await;
+            return Ok::<_, String>(body(&answer));
+        };
+        let seen = Arc::new(SeeAny(std::sync::Mutex::new(None)));
+        #[expect(deprecated, reason = "ring offers no post-quantum key exchange")]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(seen.clone())
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        let name = if sni.is_empty() {
+            // rustls sends no server name for an address.
+            ServerName::IpAddress(to.ip().into())
+        } else {
+            ServerName::try_from(sni.to_string()).map_err(|e| e.to_string())?
+        };
+        let mut stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|_| "handshake failed".to_string())?;
+        let negotiated = stream
+            .get_ref()
+            .1
+            .alpn_protocol()
+            .map(|p| String::from_utf8_lossy(p).into_owned());
+        if negotiated.as_deref() == Some("h2") {
+            // The chain answers over HTTP/2 here; the certificate and ALPN say enough.
+            let cert = seen.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            return Ok(format!("h2 negotiated, {}", cert.unwrap_or_default()));
+        }
+        stream.write_all(request).await.map_err(|e| e.to_string())?;
+        let _ = stream.read_to_end(&mut answer).await;
+        let cert = seen.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Ok(format!("{}, {}", body(&answer), cert.unwrap_or_default()))
+    };
+    match tokio::time::timeout(Duration::from_secs(5), exchange).await {
+        Ok(Ok(text)) => text,
+        Ok(Err(why)) => why,
+        Err(_) => "no answer within 5 s".into(),
+    }
+}
+
+fn body(answer: &[u8]) -> String {
+    let text = String::from_utf8_lossy(answer);
+    match text.split_once("\r\n\r\n") {
+        Some((_, body)) => body.to_string(),
+        None if text.is_empty() => "closed".to_string(),
+        None => text.into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn each_connection_is_served_by_the_chain_envoy_picks() {
+    let dir = paths::scratch_dir("filter_chains");
+    let plain_client = IpAddr::V4(net::fresh_loopback());
+    let other_client = IpAddr::V4(net::fresh_loopback());
+    let mut answers = Vec::new();
+    for name in ["envoy", "vigil"] {
+        let ip = net::fresh_loopback();
+        let listen = SocketAddr::from((ip, net::free_port_on(&[ip])));
+        let admin = SocketAddr::from((ip, net::free_port_on(&[ip])));
+        let case = dir.join(name);
+        std::fs::create_dir_all(&case).expect("dir");
+        let yaml = config(&case, listen, admin, plain_client);
+        let process = if name == "envoy" {
+            AdminProcess::start(name, &yaml, admin, None, &case).await
+        } else {
+            AdminProcess::start_vigil(name, &yaml, admin, None, &case).await
+        }
+        .unwrap_or_else(|err| panic!("{name}: {err}"));
+        let mut seen = Vec::new();
+        for (label, from, tls) in [
+            ("sni a.example", other_client, Some(("a.example", &[][..]))),
+            (
+                "sni x.b.example",
+                other_client,
+                Some(("x.b.example", &[][..])),
+            ),
+            (
+                "sni y.x.b.example",
+                other_client,
+                Some(("y.x.b.example", &[][..])),
+            ),
+            ("sni c.example", other_client, Some(("c.example", &[][..]))),
+            (
+                "sni c.example, h2",
+                other_client,
+                Some(("c.example", &["h2", "http/1.1"][..])),
+            ),
+            ("no sni", other_client, Some(("", &[][..]))),
+            ("plain, named client", plain_client, None),
+            ("plain, other client", other_client, None),
+        ] {
+            seen.push(format!("{label}: {}", ask(listen, from, tls).await));
+        }
+        let stats = process.stats().await.unwrap_or_default();
+        seen.push(format!(
+            "no_filter_chain_match: {:?}",
+            stats
+                .iter()
+                .find(|(k, _)| k.ends_with(".no_filter_chain_match") && k.starts_with("listener."))
+                .map(|(_, v)| v.clone())
+        ));
+        answers.push(seen);
+    }
+    assert_eq!(answers[0], answers[1], "Envoy's chains, then vigil's");
+    let envoy = answers[0].join("\n");
+    for wanted in [
+        "sni a.example: chain a, cert-a",
+        "sni x.b.example: chain b, cert-b",
+        "sni y.x.b.example: chain b, cert-b",
+        "sni c.example: chain tls, cert-any",
+        "sni c.example, h2: h2 negotiated, cert-h2",
+        "plain, named client: chain plain_from_client",
+        "plain, other client: chain default",
+    ] {
+        assert!(envoy.contains(wanted), "{wanted} in:\n{envoy}");
+    }
+}
