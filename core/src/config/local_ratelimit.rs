@@ -682,6 +682,9 @@ mod tests {
 /// header, configured response header, header added upstream, and the counters, must be Envoy's.
 #[cfg(test)]
 mod vectors {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
     use crate::local_ratelimit::{
         BucketUsed, ConnectionLimiter, Decision, Draws, RateLimitState, decide, response_headers,
