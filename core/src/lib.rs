@@ -28,6 +28,9 @@
 //! - [`jwt_authn`]: Envoy's JWT authentication filter: its configuration, JWKS and JWT parsing,
 //!   and (with the `jwt` feature, which adds `ring`) the decision on a request: the token's
 //!   checks, the header changes, the 401 / 403 local reply, the stats.
+//! - [`local_ratelimit`]: Envoy's HTTP local rate limit filter: the continuously refilled token
+//!   bucket, the decision on a request (enabled, limited, enforced), its local reply, the
+//!   `x-ratelimit-*` headers and the counters, with time and random draws as inputs.
 //! - [`outlier`]: Envoy's outlier detection (consecutive 5xx / gateway / local-origin failures,
 //!   success rate, failure percentage, ejection backoff, `outlier_detection.*` stats) and its
 //!   `OutlierDetection` config, with virtual time and random draws as inputs.
@@ -60,6 +63,7 @@ pub mod dns;
 pub mod grpc_health;
 pub mod health;
 pub mod jwt_authn;
+pub mod local_ratelimit;
 pub mod outlier;
 pub mod path_normalize;
 pub mod plugin;

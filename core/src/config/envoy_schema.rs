@@ -249,13 +249,14 @@ mod tests {
 mod agreement {
     use super::schema;
 
-    const SOURCES: [(&str, &str); 6] = [
+    const SOURCES: [(&str, &str); 7] = [
         ("schema.rs", include_str!("schema.rs")),
         ("jwt_authn.rs", include_str!("jwt_authn.rs")),
         ("rbac.rs", include_str!("rbac.rs")),
         ("circuit_breakers.rs", include_str!("circuit_breakers.rs")),
         ("tls.rs", include_str!("tls.rs")),
         ("ext_authz.rs", include_str!("ext_authz.rs")),
+        ("local_ratelimit.rs", include_str!("local_ratelimit.rs")),
     ];
 
     /// (file, message name, field names) of each `Message { name: "...", fields: &[...] }`.

@@ -57,6 +57,7 @@ mod filters;
 mod health_check;
 mod jwt_authn;
 mod listener;
+mod local_ratelimit;
 mod rbac;
 pub(crate) mod reader;
 mod schema;
@@ -72,6 +73,7 @@ pub use circuit_breakers::{CircuitBreakers, RetryBudget, RoutingPriority, Thresh
 pub use error::{ConfigError, ConfigErrors, ErrorKind, FieldPath, Location, Warning};
 pub use ext_authz::{AuthzService, BufferSettings, ExtAuthz, GrpcService, HttpService};
 pub use filters::{ChainFacts, FilterChainMatch, SourceType, select_filter_chain};
+pub use local_ratelimit::{LocalRateLimit, RuntimeFraction, TokenBucketSpec, VhRateLimits};
 pub use tls::{
     DataSource, DownstreamTls, PeerValidation, SanMatcher, SanType, Sourced, SubjectAltName,
     TlsParams, TlsVersion, UpstreamTls, dns_name_match,

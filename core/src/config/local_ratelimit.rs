@@ -1,0 +1,863 @@
+//! The HTTP local rate limit filter (`envoy.filters.http.local_ratelimit`,
+//! `envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit`), read into
+//! [`LocalRateLimit`], at the listener level (the filter's `typed_config`) and per route (the same
+//! message in `typed_per_filter_config`, where a token bucket is required). The engine that
+//! applies it is [`crate::local_ratelimit`].
+//!
+//! Envoy 1.36.2's load-time rules are kept: `stat_prefix` is required; a `status` below 400 becomes
+//! 429; the token bucket's `fill_interval` must be at least 50 ms once truncated to milliseconds,
+//! and one that truncates to 0 ms leaves the filter without a bucket (Envoy then lets every request
+//! through); `filter_enabled` / `filter_enforced` absent mean 0 %.
+//!
+//! vigil has no runtime, so a `RuntimeFractionalPercent` is its `default_value`: what Envoy uses
+//! while the runtime key is unset. The key is kept ([`RuntimeFraction::runtime_key`]) so the shell
+//! can refuse a bootstrap whose runtime layers set it.
+//!
+//! Refused by name, since ignoring them would let through requests Envoy limits: `descriptors`
+//! (descriptor-based buckets, fed by `rate_limits` actions or the route's rate limit actions, are
+//! not implemented by vigil) and `local_cluster_rate_limit` (the share of the local cluster needs
+//! its membership). Without `descriptors`, Envoy builds no descriptor, so `rate_limits`, `stage`,
+//! `vh_rate_limits`, `max_dynamic_descriptors` and `always_consume_default_token_bucket` change
+//! nothing: they are read and checked, and kept for when descriptors are.
+
+use super::error::FieldPath;
+use super::reader::{Any, Ctx, Enum, Message, Obj, read, reject};
+use super::schema::{
+    FRACTIONAL_PERCENT, FRACTIONAL_PERCENT_DENOMINATOR, RUNTIME_FRACTIONAL_PERCENT,
+};
+use super::types::HeaderOption;
+
+/// The filter's `@type` (used by the connection manager's filter reader once it is wired).
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) const LOCAL_RATELIMIT_TYPE: &str =
+    "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
+
+/// Envoy's answer to a limited request when `status` is unset or below 400.
+const TOO_MANY_REQUESTS: u16 = 429;
+
+/// The filter's configuration (one listener-level or one per-route config).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalRateLimit {
+    /// `stat_prefix`: the counters are `<stat_prefix>.http_local_rate_limit.<name>`, at the root
+    /// of the stats (not under the connection manager's prefix).
+    pub stat_prefix: String,
+    /// The status of the local reply (`status.code`; 429 when unset or below 400).
+    pub status: u16,
+    /// The token bucket; `None` when the listener-level config has none, or its `fill_interval`
+    /// truncates to 0 ms: every request is then allowed (and still counted).
+    pub token_bucket: Option<TokenBucketSpec>,
+    /// `filter_enabled`; `None` (absent) means never enabled: nothing is counted or limited.
+    pub filter_enabled: Option<RuntimeFraction>,
+    /// `filter_enforced`; `None` (absent) means never enforced.
+    pub filter_enforced: Option<RuntimeFraction>,
+    /// `request_headers_to_add_when_not_enforced`: applied to a limited request that goes on.
+    pub request_headers_to_add_when_not_enforced: Vec<HeaderOption>,
+    /// `response_headers_to_add`: applied to the local reply only.
+    pub response_headers_to_add: Vec<HeaderOption>,
+    /// `enable_x_ratelimit_headers: DRAFT_VERSION_03`: `x-ratelimit-limit`, `-remaining` and
+    /// `-reset` on every response of a request the filter checked against a bucket.
+    pub x_ratelimit_headers: bool,
+    /// `local_rate_limit_per_downstream_connection`: a bucket per connection instead of the
+    /// config's shared one.
+    pub per_connection: bool,
+    /// `rate_limited_as_resource_exhausted`: a gRPC request is answered with grpc-status 8
+    /// (RESOURCE_EXHAUSTED) instead of the one mapped from the HTTP status (14 for 429).
+    pub rate_limited_as_resource_exhausted: bool,
+    /// `stage` (0 to 10): which `rate_limits` make descriptors (no effect without them).
+    pub stage: u32,
+    /// `vh_rate_limits` (no effect without descriptors).
+    pub vh_rate_limits: VhRateLimits,
+    /// `always_consume_default_token_bucket` (default true; no effect without descriptors).
+    pub always_consume_default_token_bucket: bool,
+    /// `max_dynamic_descriptors` (default 20; no effect without descriptors).
+    pub max_dynamic_descriptors: u32,
+    /// Where the config is in the file.
+    pub path: FieldPath,
+}
+
+/// `envoy.type.v3.TokenBucket`, as the filter uses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenBucketSpec {
+    /// `max_tokens` (> 0): the bucket's size, and what it holds when made.
+    pub max_tokens: u32,
+    /// `tokens_per_fill` (default 1, > 0).
+    pub tokens_per_fill: u32,
+    /// `fill_interval`, truncated to milliseconds (>= 50). Envoy 1.36 refills continuously at
+    /// `tokens_per_fill / fill_interval` tokens per second; no timer ticks.
+    pub fill_interval_ms: u64,
+}
+
+/// A `RuntimeFractionalPercent` without a runtime: its `default_value`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeFraction {
+    pub numerator: u32,
+    /// 100, 10 000 or 1 000 000.
+    pub denominator: u32,
+    /// `runtime_key` as written (may be empty): Envoy reads the fraction from the runtime under
+    /// this key when a runtime layer sets it.
+    pub runtime_key: String,
+}
+
+impl RuntimeFraction {
+    /// Envoy's `featureEnabled` with the key unset: `random % denominator < numerator`.
+    pub fn enabled(&self, random: u64) -> bool {
+        random % u64::from(self.denominator) < u64::from(self.numerator)
+    }
+}
+
+/// `envoy.extensions.common.ratelimit.v3.VhRateLimitsOptions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VhRateLimits {
+    #[default]
+    Override,
+    Include,
+    Ignore,
+}
+
+const NO_DESCRIPTORS: &str = "descriptor-based local rate limits are not implemented by vigil: \
+     it would let through requests Envoy limits by descriptor";
+const NO_LOCAL_CLUSTER: &str = "sharing the limit across the local cluster needs its membership, \
+     which vigil does not track: each instance would allow the whole limit";
+
+static LOCAL_RATE_LIMIT: Message = Message {
+    name: "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+    fields: &[
+        read("stat_prefix"),
+        read("status"),
+        read("token_bucket"),
+        read("filter_enabled"),
+        read("filter_enforced"),
+        read("request_headers_to_add_when_not_enforced"),
+        read("response_headers_to_add"),
+        reject("descriptors", NO_DESCRIPTORS),
+        read("stage"),
+        read("local_rate_limit_per_downstream_connection"),
+        reject("local_cluster_rate_limit", NO_LOCAL_CLUSTER),
+        read("enable_x_ratelimit_headers"),
+        read("vh_rate_limits"),
+        read("always_consume_default_token_bucket"),
+        read("rate_limited_as_resource_exhausted"),
+        read("rate_limits"),
+        read("max_dynamic_descriptors"),
+    ],
+    removed: &[],
+};
+
+static TOKEN_BUCKET: Message = Message {
+    name: "envoy.type.v3.TokenBucket",
+    fields: &[
+        read("max_tokens"),
+        read("tokens_per_fill"),
+        read("fill_interval"),
+    ],
+    removed: &[],
+};
+
+static HTTP_STATUS: Message = Message {
+    name: "envoy.type.v3.HttpStatus",
+    fields: &[read("code")],
+    removed: &[],
+};
+
+static STATUS_CODE: Enum = Enum {
+    name: "envoy.type.v3.StatusCode",
+    values: &[
+        ("Empty", 0),
+        ("Continue", 100),
+        ("OK", 200),
+        ("Created", 201),
+        ("Accepted", 202),
+        ("NonAuthoritativeInformation", 203),
+        ("NoContent", 204),
+        ("ResetContent", 205),
+        ("PartialContent", 206),
+        ("MultiStatus", 207),
+        ("AlreadyReported", 208),
+        ("IMUsed", 226),
+        ("MultipleChoices", 300),
+        ("MovedPermanently", 301),
+        ("Found", 302),
+        ("SeeOther", 303),
+        ("NotModified", 304),
+        ("UseProxy", 305),
+        ("TemporaryRedirect", 307),
+        ("PermanentRedirect", 308),
+        ("BadRequest", 400),
+        ("Unauthorized", 401),
+        ("PaymentRequired", 402),
+        ("Forbidden", 403),
+        ("NotFound", 404),
+        ("MethodNotAllowed", 405),
+        ("NotAcceptable", 406),
+        ("ProxyAuthenticationRequired", 407),
+        ("RequestTimeout", 408),
+        ("Conflict", 409),
+        ("Gone", 410),
+        ("LengthRequired", 411),
+        ("PreconditionFailed", 412),
+        ("PayloadTooLarge", 413),
+        ("URITooLong", 414),
+        ("UnsupportedMediaType", 415),
+        ("RangeNotSatisfiable", 416),
+        ("ExpectationFailed", 417),
+        ("MisdirectedRequest", 421),
+        ("UnprocessableEntity", 422),
+        ("Locked", 423),
+        ("FailedDependency", 424),
+        ("UpgradeRequired", 426),
+        ("PreconditionRequired", 428),
+        ("TooManyRequests", 429),
+        ("RequestHeaderFieldsTooLarge", 431),
+        ("InternalServerError", 500),
+        ("NotImplemented", 501),
+        ("BadGateway", 502),
+        ("ServiceUnavailable", 503),
+        ("GatewayTimeout", 504),
+        ("HTTPVersionNotSupported", 505),
+        ("VariantAlsoNegotiates", 506),
+        ("InsufficientStorage", 507),
+        ("LoopDetected", 508),
+        ("NotExtended", 510),
+        ("NetworkAuthenticationRequired", 511),
+    ],
+};
+
+static X_RATELIMIT_HEADERS: Enum = Enum {
+    name: "envoy.extensions.common.ratelimit.v3.XRateLimitHeadersRFCVersion",
+    values: &[("OFF", 0), ("DRAFT_VERSION_03", 1)],
+};
+
+static VH_RATE_LIMITS: Enum = Enum {
+    name: "envoy.extensions.common.ratelimit.v3.VhRateLimitsOptions",
+    values: &[("OVERRIDE", 0), ("INCLUDE", 1), ("IGNORE", 2)],
+};
+
+/// The listener-level config (the filter's `typed_config`).
+// Called by the connection manager's filter reader once the proxy runs the engine.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) fn local_ratelimit(cx: &mut Ctx, typed: &Any) -> Option<LocalRateLimit> {
+    read_config(cx, typed, false)
+}
+
+/// A route's, virtual host's or route table's config (`typed_per_filter_config`): the same
+/// message, with a token bucket required.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) fn local_ratelimit_per_route(cx: &mut Ctx, typed: &Any) -> Option<LocalRateLimit> {
+    read_config(cx, typed, true)
+}
+
+fn read_config(cx: &mut Ctx, typed: &Any, per_route: bool) -> Option<LocalRateLimit> {
+    let errors = cx.errors.len();
+    let mut o = typed.obj(cx, &LOCAL_RATE_LIMIT);
+    let path = o.path.clone();
+    let stat_prefix = o
+        .required_string(
+            cx,
+            "stat_prefix",
+            "value length must be at least 1 characters",
+        )
+        .unwrap_or_default();
+    let status = o
+        .message(cx, "status", &HTTP_STATUS)
+        .and_then(|s| http_status(cx, s))
+        .unwrap_or(TOO_MANY_REQUESTS);
+    let has_bucket = o.has("token_bucket");
+    let token_bucket = o
+        .message(cx, "token_bucket", &TOKEN_BUCKET)
+        .and_then(|b| token_bucket(cx, b));
+    if per_route && !has_bucket {
+        cx.invalid(
+            &path.field("token_bucket"),
+            "local rate limit token bucket must be set for per filter configs",
+        );
+    }
+    let filter_enabled = o
+        .message(cx, "filter_enabled", &RUNTIME_FRACTIONAL_PERCENT)
+        .and_then(|f| runtime_fraction(cx, f));
+    let filter_enforced = o
+        .message(cx, "filter_enforced", &RUNTIME_FRACTIONAL_PERCENT)
+        .and_then(|f| runtime_fraction(cx, f));
+    let request_headers_to_add_when_not_enforced =
+        headers(cx, &mut o, "request_headers_to_add_when_not_enforced");
+    let response_headers_to_add = headers(cx, &mut o, "response_headers_to_add");
+    let stage = o.u32(cx, "stage").unwrap_or(0);
+    if stage > 10 {
+        cx.invalid(
+            &path.field("stage"),
+            "value must be less than or equal to 10",
+        );
+    }
+    let per_connection = o
+        .bool(cx, "local_rate_limit_per_downstream_connection")
+        .unwrap_or(false);
+    let x_ratelimit_headers =
+        o.enumeration(cx, "enable_x_ratelimit_headers", &X_RATELIMIT_HEADERS) == Some(1);
+    let vh_rate_limits = match o.enumeration(cx, "vh_rate_limits", &VH_RATE_LIMITS) {
+        Some(1) => VhRateLimits::Include,
+        Some(2) => VhRateLimits::Ignore,
+        _ => VhRateLimits::Override,
+    };
+    let always_consume_default_token_bucket = o
+        .bool(cx, "always_consume_default_token_bucket")
+        .unwrap_or(true);
+    let rate_limited_as_resource_exhausted = o
+        .bool(cx, "rate_limited_as_resource_exhausted")
+        .unwrap_or(false);
+    let max_dynamic_descriptors = match o.u32(cx, "max_dynamic_descriptors") {
+        Some(0) => {
+            cx.invalid(
+                &path.field("max_dynamic_descriptors"),
+                "value must be greater than or equal to 1",
+            );
+            0
+        }
+        Some(n) => n,
+        None => 20,
+    };
+    // Without descriptors Envoy never evaluates these actions; with the envoy-schema feature
+    // they are still checked against Envoy's schema, so a file Envoy refuses is refused.
+    let rate_limits = o.take("rate_limits");
+    #[cfg(feature = "envoy-schema")]
+    if let Some((p, v)) = rate_limits {
+        super::validate::field(cx, &p, LOCAL_RATE_LIMIT.name, "rate_limits", v);
+    }
+    #[cfg(not(feature = "envoy-schema"))]
+    let _ = rate_limits;
+    o.finish(cx);
+    (cx.errors.len() == errors).then_some(LocalRateLimit {
+        stat_prefix,
+        status,
+        token_bucket,
+        filter_enabled,
+        filter_enforced,
+        request_headers_to_add_when_not_enforced,
+        response_headers_to_add,
+        x_ratelimit_headers,
+        per_connection,
+        rate_limited_as_resource_exhausted,
+        stage,
+        vh_rate_limits,
+        always_consume_default_token_bucket,
+        max_dynamic_descriptors,
+        path,
+    })
+}
+
+/// `status.code`: a defined `StatusCode` other than `Empty`; Envoy answers 429 for one below 400.
+fn http_status(cx: &mut Ctx, mut o: Obj) -> Option<u16> {
+    let path = o.path.field("code");
+    let code = o.enumeration(cx, "code", &STATUS_CODE);
+    let set = o.has("code");
+    o.finish(cx);
+    match code {
+        Some(0) => {
+            cx.invalid(&path, "value must not be in list [0]");
+            None
+        }
+        None if !set => {
+            cx.invalid(&path, "value must not be in list [0]");
+            None
+        }
+        None => None,
+        // Envoy's `toErrorCode`: a limited request is never answered with a success.
+        Some(code) if code < 400 => Some(TOO_MANY_REQUESTS),
+        Some(code) => u16::try_from(code).ok(),
+    }
+}
+
+/// `token_bucket`, with the filter's own rules on top of the message's.
+fn token_bucket(cx: &mut Ctx, mut o: Obj) -> Option<TokenBucketSpec> {
+    let path = o.path.clone();
+    let max_tokens = o.u32(cx, "max_tokens").unwrap_or(0);
+    let tokens_per_fill = o.u32(cx, "tokens_per_fill");
+    let fill_interval = o.duration(cx, "fill_interval");
+    let fill_set = o.has("fill_interval");
+    o.finish(cx);
+    let mut ok = true;
+    if max_tokens == 0 {
+        cx.invalid(&path.field("max_tokens"), "value must be greater than 0");
+        ok = false;
+    }
+    if tokens_per_fill == Some(0) {
+        cx.invalid(
+            &path.field("tokens_per_fill"),
+            "value must be greater than 0",
+        );
+        ok = false;
+    }
+    let fill_interval_ms = match fill_interval {
+        Some(d) if d.is_zero() => {
+            cx.invalid(
+                &path.field("fill_interval"),
+                "value must be greater than 0s",
+            );
+            return None;
+        }
+        Some(d) => d.millis(),
+        None => {
+            if !fill_set {
+                cx.invalid(&path.field("fill_interval"), "value is required");
+            }
+            return None;
+        }
+    };
+    // Envoy truncates to milliseconds; 0 ms leaves the filter without a bucket.
+    if fill_interval_ms == 0 {
+        return None;
+    }
+    if fill_interval_ms < 50 {
+        cx.invalid(
+            &path.field("fill_interval"),
+            "local rate limit token bucket fill timer must be >= 50ms",
+        );
+        return None;
+    }
+    ok.then_some(TokenBucketSpec {
+        max_tokens,
+        tokens_per_fill: tokens_per_fill.unwrap_or(1),
+        fill_interval_ms,
+    })
+}
+
+fn runtime_fraction(cx: &mut Ctx, mut o: Obj) -> Option<RuntimeFraction> {
+    let path = o.path.clone();
+    let runtime_key = o.string(cx, "runtime_key").unwrap_or_default();
+    let default = o.message(cx, "default_value", &FRACTIONAL_PERCENT);
+    o.finish(cx);
+    let Some(mut d) = default else {
+        cx.invalid(&path.field("default_value"), "value is required");
+        return None;
+    };
+    let numerator = d.u32(cx, "numerator").unwrap_or(0);
+    let denominator = match d.enumeration(cx, "denominator", &FRACTIONAL_PERCENT_DENOMINATOR) {
+        Some(1) => 10_000,
+        Some(2) => 1_000_000,
+        _ => 100,
+    };
+    d.finish(cx);
+    Some(RuntimeFraction {
+        numerator,
+        denominator,
+        runtime_key,
+    })
+}
+
+/// A `HeaderValueOption` list of at most 10 items.
+fn headers(cx: &mut Ctx, o: &mut Obj, field: &str) -> Vec<HeaderOption> {
+    let list = o.list(field);
+    if list.len() > 10 {
+        cx.invalid(
+            &o.path.field(field),
+            format!(
+                "value must contain no more than 10 item(s), found {}",
+                list.len()
+            ),
+        );
+    }
+    super::listener::headers_to_add(cx, list)
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn load(v: Value, per_route: bool) -> (Option<LocalRateLimit>, Vec<String>, Vec<String>) {
+        let mut v = v;
+        v["@type"] = json!(format!("type.googleapis.com/{LOCAL_RATELIMIT_TYPE}"));
+        let mut cx = Ctx::default();
+        let path = FieldPath::root().field("typed_config");
+        let typed = super::super::reader::any(&mut cx, &path, &v).expect("any");
+        let out = if per_route {
+            local_ratelimit_per_route(&mut cx, &typed)
+        } else {
+            local_ratelimit(&mut cx, &typed)
+        };
+        cx.settle();
+        let errors = cx.errors.iter().map(ToString::to_string).collect();
+        let warnings = cx.warnings.iter().map(ToString::to_string).collect();
+        (out, errors, warnings)
+    }
+
+    fn error(v: Value, per_route: bool) -> String {
+        let (out, errors, _) = load(v, per_route);
+        assert!(out.is_none());
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        errors[0].clone()
+    }
+
+    #[test]
+    fn defaults_are_envoys() {
+        let (c, errors, warnings) = load(json!({"stat_prefix": "rl"}), false);
+        assert!(
+            errors.is_empty() && warnings.is_empty(),
+            "{errors:?} {warnings:?}"
+        );
+        let c = c.expect("loads");
+        assert_eq!(c.status, 429);
+        assert_eq!(c.token_bucket, None);
+        assert_eq!((c.filter_enabled, c.filter_enforced), (None, None));
+        assert!(!c.x_ratelimit_headers && !c.per_connection);
+        assert!(c.always_consume_default_token_bucket);
+        assert_eq!(c.max_dynamic_descriptors, 20);
+    }
+
+    #[test]
+    fn every_field_is_read() {
+        let (c, errors, _) = load(
+            json!({
+                "stat_prefix": "rl",
+                "status": {"code": "ServiceUnavailable"},
+                "token_bucket": {"max_tokens": 5, "tokens_per_fill": 2, "fill_interval": "0.25s"},
+                "filter_enabled": {"default_value": {"numerator": 5, "denominator": "TEN_THOUSAND"},
+                                   "runtime_key": "k"},
+                "filter_enforced": {"default_value": {"numerator": 100}},
+                "request_headers_to_add_when_not_enforced": [{"header": {"key": "X-A", "value": "1"}}],
+                "response_headers_to_add": {"header": {"key": "x-b", "value": "2"}},
+                "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
+                "local_rate_limit_per_downstream_connection": true,
+                "rate_limited_as_resource_exhausted": true,
+                "stage": 3,
+                "vh_rate_limits": "IGNORE",
+                "always_consume_default_token_bucket": false,
+                "max_dynamic_descriptors": 7,
+                "rate_limits": [{"actions": [{"generic_key": {"descriptor_value": "x"}}]}],
+            }),
+            false,
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let c = c.expect("loads");
+        assert_eq!(c.status, 503);
+        assert_eq!(
+            c.token_bucket,
+            Some(TokenBucketSpec {
+                max_tokens: 5,
+                tokens_per_fill: 2,
+                fill_interval_ms: 250
+            })
+        );
+        let enabled = c.filter_enabled.expect("enabled");
+        assert_eq!((enabled.numerator, enabled.denominator), (5, 10_000));
+        assert_eq!(enabled.runtime_key, "k");
+        assert_eq!(c.filter_enforced.map(|f| f.denominator), Some(100));
+        assert_eq!(c.request_headers_to_add_when_not_enforced[0].name, "x-a");
+        assert_eq!(c.response_headers_to_add[0].value, "2");
+        assert!(c.x_ratelimit_headers && c.per_connection && c.rate_limited_as_resource_exhausted);
+        assert_eq!((c.stage, c.vh_rate_limits), (3, VhRateLimits::Ignore));
+        assert!(!c.always_consume_default_token_bucket);
+        assert_eq!(c.max_dynamic_descriptors, 7);
+    }
+
+    #[test]
+    fn a_status_below_400_is_answered_429() {
+        for code in [json!(200), json!("OK"), json!("Found")] {
+            let (c, errors, _) = load(json!({"stat_prefix": "a", "status": {"code": code}}), false);
+            assert!(errors.is_empty(), "{errors:?}");
+            assert_eq!(c.map(|c| c.status), Some(429));
+        }
+        assert_eq!(
+            error(json!({"stat_prefix": "a", "status": {}}), false),
+            "typed_config.status.code: value must not be in list [0]"
+        );
+        assert!(
+            error(json!({"stat_prefix": "a", "status": {"code": 399}}), false)
+                .starts_with("typed_config.status.code: unknown enum value")
+        );
+    }
+
+    #[test]
+    fn token_bucket_rules_are_envoys() {
+        let bucket = |b: Value| json!({"stat_prefix": "a", "token_bucket": b});
+        assert_eq!(
+            error(
+                bucket(json!({"max_tokens": 1, "fill_interval": "0.049s"})),
+                false
+            ),
+            "typed_config.token_bucket.fill_interval: local rate limit token bucket fill timer must be >= 50ms"
+        );
+        // Truncated to 0 ms: Envoy makes no bucket and limits nothing.
+        let (c, errors, _) = load(
+            bucket(json!({"max_tokens": 1, "fill_interval": "0.0005s"})),
+            false,
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(c.and_then(|c| c.token_bucket), None);
+        assert_eq!(
+            error(
+                bucket(json!({"max_tokens": 0, "fill_interval": "1s"})),
+                false
+            ),
+            "typed_config.token_bucket.max_tokens: value must be greater than 0"
+        );
+        assert_eq!(
+            error(bucket(json!({"max_tokens": 1})), false),
+            "typed_config.token_bucket.fill_interval: value is required"
+        );
+        assert_eq!(
+            error(
+                bucket(json!({"max_tokens": 1, "fill_interval": "0s"})),
+                false
+            ),
+            "typed_config.token_bucket.fill_interval: value must be greater than 0s"
+        );
+        assert_eq!(
+            error(
+                bucket(json!({"max_tokens": 1, "tokens_per_fill": 0, "fill_interval": "1s"})),
+                false
+            ),
+            "typed_config.token_bucket.tokens_per_fill: value must be greater than 0"
+        );
+        assert_eq!(
+            error(json!({"stat_prefix": "a"}), true),
+            "typed_config.token_bucket: local rate limit token bucket must be set for per filter configs"
+        );
+    }
+
+    #[test]
+    fn other_envoy_rules_name_the_field() {
+        assert_eq!(
+            error(
+                json!({"token_bucket": {"max_tokens": 1, "fill_interval": "1s"}}),
+                false
+            ),
+            "typed_config.stat_prefix: value length must be at least 1 characters"
+        );
+        assert_eq!(
+            error(json!({"stat_prefix": "a", "stage": 11}), false),
+            "typed_config.stage: value must be less than or equal to 10"
+        );
+        assert_eq!(
+            error(
+                json!({"stat_prefix": "a", "filter_enabled": {"runtime_key": "x"}}),
+                false
+            ),
+            "typed_config.filter_enabled.default_value: value is required"
+        );
+        let eleven: Vec<Value> = (0..11)
+            .map(|i| json!({"header": {"key": format!("x-{i}"), "value": "v"}}))
+            .collect();
+        assert_eq!(
+            error(
+                json!({"stat_prefix": "a", "response_headers_to_add": eleven}),
+                false
+            ),
+            "typed_config.response_headers_to_add: value must contain no more than 10 item(s), found 11"
+        );
+        assert_eq!(
+            error(
+                json!({"stat_prefix": "a", "max_dynamic_descriptors": 0}),
+                false
+            ),
+            "typed_config.max_dynamic_descriptors: value must be greater than or equal to 1"
+        );
+    }
+
+    #[test]
+    fn descriptors_and_the_local_cluster_share_are_refused_by_name() {
+        let e = error(
+            json!({"stat_prefix": "a", "descriptors": [{"entries": [{"key": "k", "value": "v"}],
+                   "token_bucket": {"max_tokens": 1, "fill_interval": "1s"}}]}),
+            false,
+        );
+        assert!(
+            e.starts_with("typed_config.descriptors: descriptor-based"),
+            "{e}"
+        );
+        let e = error(
+            json!({"stat_prefix": "a", "local_cluster_rate_limit": {}}),
+            false,
+        );
+        assert!(
+            e.starts_with("typed_config.local_cluster_rate_limit: sharing"),
+            "{e}"
+        );
+    }
+}
+
+/// Replays the requests recorded against Envoy 1.36.2 (`core/tests/data/local_ratelimit/gen.py`)
+/// through the reader and the engine, at the recorded times: every status, body, x-ratelimit
+/// header, configured response header, header added upstream, and the counters, must be Envoy's.
+#[cfg(test)]
+mod vectors {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::local_ratelimit::{
+        BucketUsed, ConnectionLimiter, Decision, Draws, RateLimitState, decide, response_headers,
+    };
+    use serde_json::{Value, json};
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    const VECTORS: &str = include_str!("../../tests/data/local_ratelimit/vectors.json");
+
+    type Headers = Vec<(String, String)>;
+    type Answer = (u16, Headers, Option<String>, Headers, Option<BucketUsed>);
+
+    fn read(v: &Value, per_route: bool) -> LocalRateLimit {
+        let mut v = v.clone();
+        v["@type"] = json!(format!("type.googleapis.com/{LOCAL_RATELIMIT_TYPE}"));
+        let mut cx = Ctx::default();
+        let typed = super::super::reader::any(&mut cx, &FieldPath::root(), &v).expect("any");
+        let config = if per_route {
+            local_ratelimit_per_route(&mut cx, &typed)
+        } else {
+            local_ratelimit(&mut cx, &typed)
+        };
+        assert!(cx.errors.is_empty(), "{:?}", cx.errors);
+        config.expect("the recorded config loads")
+    }
+
+    /// Applies a header option list to a header list as a plain value (no formatters in the
+    /// recorded configs).
+    fn apply(headers: &mut Vec<(String, String)>, options: &[HeaderOption]) {
+        for h in options {
+            headers.push((h.name.clone(), h.value.clone()));
+        }
+    }
+
+    #[test]
+    fn the_engine_answers_every_recorded_request_as_envoy_did() {
+        let data: Value = serde_json::from_str(VECTORS).expect("vectors.json");
+        let listener = read(&data["filter"], false);
+        let mut routes: BTreeMap<String, LocalRateLimit> = BTreeMap::new();
+        for (path, cfg) in data["per_route"].as_object().expect("per_route") {
+            routes.insert(path.clone(), read(cfg, true));
+        }
+        // Every bucket is made (full) before the first request.
+        let start = Duration::from_secs(1000);
+        let mut states: BTreeMap<String, RateLimitState> = routes
+            .iter()
+            .map(|(p, c)| (p.clone(), RateLimitState::new(c, start)))
+            .collect();
+        let mut listener_state = RateLimitState::new(&listener, start);
+        let mut connections: BTreeMap<String, ConnectionLimiter> = BTreeMap::new();
+        let mut counters: BTreeMap<String, u64> = BTreeMap::new();
+        for c in std::iter::once(&listener).chain(routes.values()) {
+            for name in crate::local_ratelimit::COUNTERS {
+                counters.insert(c.counter_name(name), 0);
+            }
+        }
+        let mut failures = Vec::new();
+        let requests = data["requests"].as_array().expect("requests");
+        for r in requests {
+            let path = r["path"].as_str().unwrap_or_default();
+            let at_us = (r["at_ms"].as_f64().unwrap_or_default() * 1000.0) as u64;
+            let now = start + Duration::from_secs(1) + Duration::from_micros(at_us);
+            let grpc = r["headers"].to_string().contains("application/grpc");
+            let (config, state) = match routes.get(path) {
+                Some(c) => (c, states.get_mut(path).expect("state")),
+                None => (&listener, &mut listener_state),
+            };
+            let connection = connections
+                .entry(r["connection"].as_str().unwrap_or_default().to_string())
+                .or_default();
+            // Every recorded fraction is 0 % or 100 %: any draw gives Envoy's answer.
+            let decision = decide(config, state, connection, Draws::default(), now);
+            // (status, response headers, body of a local reply, headers added upstream, bucket)
+            let answer: Answer = match decision {
+                Decision::Disabled => (200, Vec::new(), None, Vec::new(), None),
+                Decision::Allow {
+                    request_headers_to_add,
+                    counters: c,
+                    bucket,
+                } => {
+                    for name in c {
+                        *counters.entry(config.counter_name(name)).or_default() += 1;
+                    }
+                    let mut upstream = Vec::new();
+                    apply(&mut upstream, request_headers_to_add);
+                    (200, Vec::new(), None, upstream, bucket)
+                }
+                Decision::Deny {
+                    reply,
+                    counters: c,
+                    bucket,
+                } => {
+                    for name in c {
+                        *counters.entry(config.counter_name(name)).or_default() += 1;
+                    }
+                    let mut headers = Vec::new();
+                    apply(&mut headers, reply.headers_to_add);
+                    if grpc {
+                        // The connection manager's gRPC local reply: 429 maps to UNAVAILABLE.
+                        let code = reply.grpc_status.unwrap_or(14);
+                        headers.push(("grpc-status".into(), code.to_string()));
+                        headers.push(("grpc-message".into(), reply.body.to_string()));
+                        (200, headers, Some(String::new()), Vec::new(), bucket)
+                    } else {
+                        (
+                            reply.status,
+                            headers,
+                            Some(reply.body.to_string()),
+                            Vec::new(),
+                            bucket,
+                        )
+                    }
+                }
+            };
+            let (status, mut headers, body, upstream, bucket) = answer;
+            // Envoy reads the bucket for these headers when the response comes through, which
+            // the client saw at `done_ms`.
+            let done_us = (r["done_ms"].as_f64().unwrap_or_default() * 1000.0) as u64;
+            let done = start + Duration::from_secs(1) + Duration::from_micros(done_us);
+            for (name, value) in response_headers(config, state, connection, bucket, done) {
+                headers.push((name.to_string(), value));
+            }
+            let envoy = &r["envoy"];
+            let pairs = |v: &Value| -> Vec<(String, String)> {
+                v.as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| {
+                        (
+                            p[0].as_str().unwrap_or_default().to_string(),
+                            p[1].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .filter(|(n, _)| !matches!(n.as_str(), "content-type"))
+                    .collect()
+            };
+            let mut want_headers = pairs(&envoy["headers"]);
+            want_headers.sort();
+            headers.sort();
+            let want = json!({
+                "status": envoy["status"],
+                "headers": want_headers,
+                "body": envoy.get("body").filter(|_| envoy["upstream_headers"].is_null()),
+                "upstream": pairs(&envoy["upstream_headers"]),
+            });
+            let body = match body {
+                Some(b) => json!(b),
+                // Allowed: the upstream's or the direct response's body, not the filter's.
+                None => envoy.get("body").cloned().unwrap_or(Value::Null),
+            };
+            let got = json!({"status": status, "headers": headers, "body": body,
+                             "upstream": upstream});
+            if got != want {
+                failures.push(format!(
+                    "{} {path} on {}: vigil {got}, envoy {want}",
+                    r["at_ms"], r["connection"]
+                ));
+            }
+        }
+        assert!(failures.is_empty(), "{failures:#?}");
+        let want: BTreeMap<String, u64> = data["stats"]
+            .as_object()
+            .expect("stats")
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_str().and_then(|s| s.parse().ok()).unwrap_or(0),
+                )
+            })
+            .collect();
+        assert_eq!(counters, want);
+        assert!(requests.len() >= 50, "{}", requests.len());
+    }
+}
