@@ -688,6 +688,8 @@ fn declare_filter_stats(counters: &ListenerCounters, hcm: &HttpConnectionManager
             HttpFilterKind::Cors => counters.declare(
                 ["origin_valid", "origin_invalid"].map(|c| format!("http.{prefix}.cors.{c}")),
             ),
+            HttpFilterKind::LocalRateLimit(config) => counters
+                .declare(vigil_core::local_ratelimit::COUNTERS.map(|c| config.counter_name(c))),
             HttpFilterKind::JwtAuthn(config) => counters.declare(
                 [
                     "allowed",
@@ -776,6 +778,9 @@ pub struct Derived {
     health_check_failing: Arc<std::sync::atomic::AtomicBool>,
     /// The JWT filters' keys, by the filter's position in the chain.
     jwt: BTreeMap<usize, Arc<crate::jwt_authn::JwtFilter>>,
+    /// The local rate limit filters' buckets, by the filter's position in the chain (made full
+    /// with the state, as Envoy makes them with the listener).
+    rate_limits: BTreeMap<usize, Mutex<vigil_core::local_ratelimit::RateLimitState>>,
 }
 
 impl Derived {
@@ -820,6 +825,22 @@ impl Derived {
                     HttpFilterKind::JwtAuthn(config) => {
                         Some((index, Arc::new(crate::jwt_authn::JwtFilter::new(config))))
                     }
+                    _ => None,
+                })
+                .collect(),
+            rate_limits: state
+                .hcm
+                .http_filters
+                .iter()
+                .enumerate()
+                .filter_map(|(index, filter)| match &filter.kind {
+                    HttpFilterKind::LocalRateLimit(config) => Some((
+                        index,
+                        Mutex::new(vigil_core::local_ratelimit::RateLimitState::new(
+                            config,
+                            monotonic_now(),
+                        )),
+                    )),
                     _ => None,
                 })
                 .collect(),
@@ -1305,6 +1326,98 @@ async fn respond(
                         drop(borrowed);
                         outcome.request_headers = Some(parts.headers);
                         outcome.details = "cors_response".into();
+                        return (response, outcome);
+                    }
+                }
+            }
+            HttpFilterKind::LocalRateLimit(config) => {
+                use vigil_core::local_ratelimit::{ConnectionLimiter, Decision as Limited, Draws};
+                let Some(state_lock) = derived.rate_limits.get(&index) else {
+                    continue;
+                };
+                let now = monotonic_now();
+                let draws = Draws {
+                    enabled: random(),
+                    enforced: random(),
+                };
+                // Buckets per connection are refused at load: this one is never used.
+                let mut connection = ConnectionLimiter::default();
+                let (decision, ratelimit_headers) = {
+                    let mut limiter = state_lock.lock().unwrap_or_else(|p| p.into_inner());
+                    let decision = vigil_core::local_ratelimit::decide(
+                        config,
+                        &mut limiter,
+                        &mut connection,
+                        draws,
+                        now,
+                    );
+                    let bucket = match &decision {
+                        Limited::Disabled => None,
+                        Limited::Allow { bucket, .. } | Limited::Deny { bucket, .. } => *bucket,
+                    };
+                    let headers = vigil_core::local_ratelimit::response_headers(
+                        config,
+                        &limiter,
+                        &connection,
+                        bucket,
+                        now,
+                    );
+                    (decision, headers)
+                };
+                outcome.appended_headers.extend(
+                    ratelimit_headers
+                        .into_iter()
+                        .map(|(name, value)| (name.to_string(), value)),
+                );
+                let context = FormatContext {
+                    start: started,
+                    downstream,
+                    method: &parts.method,
+                    path: &path,
+                    authority: authority.as_deref(),
+                    version: parts.version,
+                    route_name: "",
+                    cluster: None,
+                };
+                match decision {
+                    Limited::Disabled => {}
+                    Limited::Allow {
+                        request_headers_to_add,
+                        counters,
+                        ..
+                    } => {
+                        derived
+                            .counters
+                            .bump(counters.iter().map(|c| config.counter_name(c)));
+                        let before = parts.headers.clone();
+                        mutate(&mut parts.headers, &[], request_headers_to_add, &mut || {
+                            context.record(&before, None, None)
+                        });
+                    }
+                    Limited::Deny {
+                        reply, counters, ..
+                    } => {
+                        derived
+                            .counters
+                            .bump(counters.iter().map(|c| config.counter_name(c)));
+                        let mut response = if grpc {
+                            grpc_local_reply(reply.status, reply.grpc_status, reply.body)
+                        } else {
+                            local_reply(
+                                StatusCode::from_u16(reply.status)
+                                    .unwrap_or(StatusCode::TOO_MANY_REQUESTS),
+                                reply.body,
+                            )
+                        };
+                        mutate(
+                            response.headers_mut(),
+                            &[],
+                            reply.headers_to_add,
+                            &mut || context.record(&parts.headers, Some(reply.status), None),
+                        );
+                        outcome.request_headers = Some(parts.headers);
+                        outcome.flags = "RL";
+                        outcome.details = reply.details.into();
                         return (response, outcome);
                     }
                 }
@@ -1826,6 +1939,40 @@ async fn respond(
 
 /// The route's response header changes, level by level (the router's finalizeResponseHeaders):
 /// on upstream answers, direct responses, redirects and the router's own replies alike.
+/// A monotonic clock for the filters' token buckets (any fixed origin: only differences count).
+fn monotonic_now() -> Duration {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed()
+}
+
+/// Envoy's local reply to a gRPC request: HTTP 200 with the gRPC status (`grpc_status`, else the
+/// one Envoy maps from the HTTP status) and the message in `grpc-message`, no body.
+fn grpc_local_reply(
+    http_status: u16,
+    grpc_status: Option<u32>,
+    message: &str,
+) -> Response<ProxyBody> {
+    let status = grpc_status.unwrap_or(match http_status {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    });
+    let mut response = empty(StatusCode::OK);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from(status));
+    if let Ok(message) = HeaderValue::from_str(message) {
+        headers.insert("grpc-message", message);
+    }
+    response
+}
+
 /// The request body, whole (most requests have none: nothing to wait for then); a refusal is
 /// Envoy's answer to a body over the limit or one that breaks its framing.
 async fn read_body(body: Option<Incoming>) -> Result<Bytes, (Response<ProxyBody>, Outcome)> {

@@ -68,9 +68,8 @@ pub(crate) fn http_filter(type_name: &str) -> Treatment {
         "ext_proc" => Refused("let an external service change or answer any request"),
         "lua" => Refused("run a script that can change or answer any request"),
         "wasm" => Refused("run a wasm module (not vigil's) that can change or answer any request"),
-        "local_ratelimit" | "ratelimit" | "rate_limit_quota" => {
-            Refused("answer 429 to requests over the rate limit")
-        }
+        "local_ratelimit" => Enforced,
+        "ratelimit" | "rate_limit_quota" => Refused("answer 429 to requests over the rate limit"),
         "admission_control" | "adaptive_concurrency" => {
             Refused("answer 503 to requests when the upstream is overloaded")
         }

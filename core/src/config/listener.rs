@@ -790,6 +790,43 @@ fn http_filters(
                     }
                     continue;
                 }
+                Treatment::Enforced if typed.is(super::local_ratelimit::LOCAL_RATELIMIT_TYPE) => {
+                    judged.push((
+                        name.clone(),
+                        Some(
+                            "per-route local rate limits (a route's, virtual host's or route \
+                             table's LocalRateLimit) are not implemented by vigil yet: the route \
+                             would be limited by the listener's bucket"
+                                .to_string(),
+                        ),
+                    ));
+                    if last {
+                        cx.invalid(
+                            &p,
+                            format!(
+                                "non-terminal filter named {name} of type \
+                                 envoy.filters.http.local_ratelimit is the last filter in a http \
+                                 filter chain"
+                            ),
+                        );
+                    }
+                    if let Some(config) = super::local_ratelimit::local_ratelimit(cx, &typed) {
+                        if config.per_connection {
+                            cx.unsupported(
+                                &typed_path.field("local_rate_limit_per_downstream_connection"),
+                                "a bucket per downstream connection is not implemented by vigil \
+                                 yet: it would limit connections differently than Envoy",
+                            );
+                        }
+                        out.push(HttpFilter {
+                            name,
+                            kind: HttpFilterKind::LocalRateLimit(Box::new(config)),
+                            is_optional,
+                            disabled,
+                        });
+                    }
+                    continue;
+                }
                 Treatment::Enforced if typed.is(super::jwt_authn::JWT_AUTHN_TYPE) => {
                     judged.push((
                         name.clone(),

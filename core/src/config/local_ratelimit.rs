@@ -27,8 +27,7 @@ use super::schema::{
 };
 use super::types::HeaderOption;
 
-/// The filter's `@type` (used by the connection manager's filter reader once it is wired).
-#[cfg_attr(not(test), allow(dead_code))]
+/// The filter's `@type`.
 pub(crate) const LOCAL_RATELIMIT_TYPE: &str =
     "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit";
 
@@ -233,14 +232,13 @@ static VH_RATE_LIMITS: Enum = Enum {
 };
 
 /// The listener-level config (the filter's `typed_config`).
-// Called by the connection manager's filter reader once the proxy runs the engine.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn local_ratelimit(cx: &mut Ctx, typed: &Any) -> Option<LocalRateLimit> {
     read_config(cx, typed, false)
 }
 
 /// A route's, virtual host's or route table's config (`typed_per_filter_config`): the same
-/// message, with a token bucket required.
+/// message, with a token bucket required. Not read by the connection manager yet: vigil refuses
+/// per-route local rate limits.
 #[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn local_ratelimit_per_route(cx: &mut Ctx, typed: &Any) -> Option<LocalRateLimit> {
     read_config(cx, typed, true)

@@ -766,6 +766,9 @@ pub enum HttpFilterKind {
     /// `envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication`: the proxy verifies the
     /// request's JWTs (`crate::jwt_authn`).
     JwtAuthn(Box<crate::jwt_authn::JwtAuthn>),
+    /// `envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit`: the proxy's token
+    /// bucket (`crate::local_ratelimit`).
+    LocalRateLimit(Box<crate::config::LocalRateLimit>),
     /// `envoy.extensions.filters.http.wasm.v3.Wasm`: a wasm module (such as vigil's own filter),
     /// which the companion does not load.
     Wasm,
