@@ -309,9 +309,19 @@ fn chains_canary_matchers_and_direct_responses() {
         "what a plain connection is"
     );
     let sock = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
-    assert!(m.matches(sock("127.0.0.1:10000"), sock("127.0.0.3:40000")));
-    assert!(m.matches(sock("[::1]:10000"), sock("[::1]:40000")));
-    assert!(!m.matches(sock("127.0.0.1:10001"), sock("127.0.0.3:40000")));
+    let served = |local: &str, peer: &str| {
+        let facts = vigil_core::config::ChainFacts {
+            local: sock(local),
+            peer: sock(peer),
+            transport_protocol: "raw_buffer",
+            server_name: "",
+            application_protocols: &[],
+        };
+        vigil_core::config::select_filter_chain(&[m], &facts) == Some(0)
+    };
+    assert!(served("127.0.0.1:10000", "127.0.0.3:40000"));
+    assert!(served("[::1]:10000", "[::1]:40000"));
+    assert!(!served("127.0.0.1:10001", "127.0.0.3:40000"));
 
     let canary = load("hcm-canary-weighted.json").remove(0);
     let t = RouteTable::new(canary.route_config.clone());

@@ -274,44 +274,6 @@ pub enum SourceType {
 }
 
 impl FilterChainMatch {
-    /// Whether a plain-text connection from `peer` to `local` is served by this chain.
-    pub fn matches(&self, local: SocketAddr, peer: SocketAddr) -> bool {
-        self.matches_addresses(local, peer)
-            && self.server_names.is_empty()
-            && (self.transport_protocol.is_empty() || self.transport_protocol == "raw_buffer")
-    }
-
-    /// Whether a TLS connection (whose ClientHello named `sni`) matches the transport protocol
-    /// and server names, as the TLS inspector lets Envoy match them: without the inspector
-    /// nothing was detected, so only `raw_buffer` (or nothing) and no server names match.
-    pub fn matches_tls(&self, sni: Option<&str>) -> bool {
-        if !self.tls_inspector {
-            return self.server_names.is_empty()
-                && (self.transport_protocol.is_empty() || self.transport_protocol == "raw_buffer");
-        }
-        let transport = self.transport_protocol.is_empty() || self.transport_protocol == "tls";
-        transport
-            && (self.server_names.is_empty()
-                || sni.is_some_and(|sni| server_name_matches(&self.server_names, sni)))
-    }
-
-    /// The address and port criteria alone (what is known when the connection is accepted).
-    pub fn matches_addresses(&self, local: SocketAddr, peer: SocketAddr) -> bool {
-        let in_any = |ranges: &[CidrRange], ip: IpAddr| {
-            ranges.is_empty() || ranges.iter().any(|r| r.contains(ip))
-        };
-        self.destination_port.is_none_or(|p| p == local.port())
-            && in_any(&self.prefix_ranges, local.ip())
-            && in_any(&self.direct_source_prefix_ranges, peer.ip())
-            && in_any(&self.source_prefix_ranges, peer.ip())
-            && (self.source_ports.is_empty() || self.source_ports.contains(&peer.port()))
-            && match self.source_type {
-                SourceType::Any => true,
-                SourceType::SameIpOrLoopback => peer.ip().is_loopback() || peer.ip() == local.ip(),
-                SourceType::External => !(peer.ip().is_loopback() || peer.ip() == local.ip()),
-            }
-    }
-
     /// Whether every connection matches (nothing is set).
     pub fn is_any(&self) -> bool {
         *self == FilterChainMatch::default()
@@ -572,23 +534,6 @@ pub(crate) fn filter_chain_match(
 
 /// Envoy's server-name match: the name itself, else each wildcard suffix from the longest
 /// (`a.b.example.com` tries `*.b.example.com`, then `*.example.com`, then `*.com`).
-fn server_name_matches(names: &[String], sni: &str) -> bool {
-    let sni = sni.to_ascii_lowercase();
-    if names.contains(&sni) {
-        return true;
-    }
-    let mut rest = sni.as_str();
-    while let Some(dot) = rest.find('.') {
-        rest = &rest[dot..];
-        let wildcard = format!("*{rest}");
-        if names.contains(&wildcard) {
-            return true;
-        }
-        rest = &rest[1..];
-    }
-    false
-}
-
 fn cidrs(cx: &mut Ctx, o: &mut Obj, field: &str) -> Vec<CidrRange> {
     o.list(field)
         .into_iter()
@@ -723,10 +668,6 @@ mod tests {
         assert_eq!(pick("10.9.9.9:5001", &[]), None);
     }
 
-    fn sock(text: &str) -> SocketAddr {
-        text.parse().unwrap()
-    }
-
     #[test]
     fn cidr_ranges_match_within_their_family_only() {
         assert!(cidr("10.0.0.0", 8).contains("10.1.2.3".parse().unwrap()));
@@ -740,47 +681,45 @@ mod tests {
     }
 
     #[test]
-    fn a_chain_match_holds_only_when_every_set_criterion_does() {
+    fn a_lone_chain_serves_only_connections_meeting_every_set_criterion() {
+        let alone = |m: &FilterChainMatch, local: &str, peer: &str, transport: &str, sni: &str| {
+            select_filter_chain(&[m], &facts(local, peer, transport, sni, &[])) == Some(0)
+        };
         let m = FilterChainMatch {
             destination_port: Some(8080),
             source_prefix_ranges: vec![cidr("127.0.0.0", 24)],
             ..FilterChainMatch::default()
         };
-        assert!(m.matches(sock("127.0.0.1:8080"), sock("127.0.0.9:5000")));
-        assert!(!m.matches(sock("127.0.0.1:8081"), sock("127.0.0.9:5000")));
-        assert!(!m.matches(sock("127.0.0.1:8080"), sock("127.0.1.9:5000")));
+        assert!(alone(&m, "127.0.0.1:8080", "127.0.0.9:5000", "raw_buffer", ""));
+        assert!(!alone(&m, "127.0.0.1:8081", "127.0.0.9:5000", "raw_buffer", ""));
+        assert!(!alone(&m, "127.0.0.1:8080", "127.0.1.9:5000", "raw_buffer", ""));
         let tls = FilterChainMatch {
             transport_protocol: "tls".into(),
             ..FilterChainMatch::default()
         };
-        assert!(!tls.matches(sock("127.0.0.1:1"), sock("127.0.0.1:2")));
-        assert!(
-            !tls.matches_tls(Some("a.example")),
-            "no inspector: nothing detected"
-        );
+        assert!(!alone(&tls, "127.0.0.1:1", "127.0.0.1:2", "raw_buffer", ""));
+        assert!(alone(&tls, "127.0.0.1:1", "127.0.0.1:2", "tls", "a.example"));
         let sni = FilterChainMatch {
             server_names: vec!["app.example".into(), "*.svc.example".into()],
-            tls_inspector: true,
             ..FilterChainMatch::default()
         };
-        assert!(sni.matches_tls(Some("App.Example")));
-        assert!(sni.matches_tls(Some("a.b.svc.example")));
-        assert!(!sni.matches_tls(Some("svc.example")));
-        assert!(!sni.matches_tls(Some("other.example")));
-        assert!(!sni.matches_tls(None));
-        assert!(!sni.matches(sock("127.0.0.1:1"), sock("127.0.0.1:2")));
+        assert!(alone(&sni, "127.0.0.1:1", "127.0.0.1:2", "tls", "App.Example"));
+        assert!(alone(&sni, "127.0.0.1:1", "127.0.0.1:2", "tls", "a.b.svc.example"));
+        assert!(!alone(&sni, "127.0.0.1:1", "127.0.0.1:2", "tls", "svc.example"));
+        assert!(!alone(&sni, "127.0.0.1:1", "127.0.0.1:2", "tls", "other.example"));
+        assert!(!alone(&sni, "127.0.0.1:1", "127.0.0.1:2", "tls", ""));
         let external = FilterChainMatch {
             source_type: SourceType::External,
             ..FilterChainMatch::default()
         };
-        assert!(!external.matches(sock("127.0.0.1:1"), sock("127.0.0.5:2")));
-        assert!(external.matches(sock("192.0.2.1:1"), sock("192.0.2.7:2")));
+        assert!(!alone(&external, "127.0.0.1:1", "127.0.0.5:2", "raw_buffer", ""));
+        assert!(alone(&external, "192.0.2.1:1", "192.0.2.7:2", "raw_buffer", ""));
         let ports = FilterChainMatch {
             source_ports: vec![4000],
             ..FilterChainMatch::default()
         };
-        assert!(ports.matches(sock("127.0.0.1:1"), sock("127.0.0.1:4000")));
-        assert!(!ports.matches(sock("127.0.0.1:1"), sock("127.0.0.1:4001")));
+        assert!(alone(&ports, "127.0.0.1:1", "127.0.0.1:4000", "raw_buffer", ""));
+        assert!(!alone(&ports, "127.0.0.1:1", "127.0.0.1:4001", "raw_buffer", ""));
         assert!(FilterChainMatch::default().is_any());
     }
 
