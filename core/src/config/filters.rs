@@ -690,36 +690,108 @@ mod tests {
             source_prefix_ranges: vec![cidr("127.0.0.0", 24)],
             ..FilterChainMatch::default()
         };
-        assert!(alone(&m, "127.0.0.1:8080", "127.0.0.9:5000", "raw_buffer", ""));
-        assert!(!alone(&m, "127.0.0.1:8081", "127.0.0.9:5000", "raw_buffer", ""));
-        assert!(!alone(&m, "127.0.0.1:8080", "127.0.1.9:5000", "raw_buffer", ""));
+        assert!(alone(
+            &m,
+            "127.0.0.1:8080",
+            "127.0.0.9:5000",
+            "raw_buffer",
+            ""
+        ));
+        assert!(!alone(
+            &m,
+            "127.0.0.1:8081",
+            "127.0.0.9:5000",
+            "raw_buffer",
+            ""
+        ));
+        assert!(!alone(
+            &m,
+            "127.0.0.1:8080",
+            "127.0.1.9:5000",
+            "raw_buffer",
+            ""
+        ));
         let tls = FilterChainMatch {
             transport_protocol: "tls".into(),
             ..FilterChainMatch::default()
         };
         assert!(!alone(&tls, "127.0.0.1:1", "127.0.0.1:2", "raw_buffer", ""));
-        assert!(alone(&tls, "127.0.0.1:1", "127.0.0.1:2", "tls", "a.example"));
+        assert!(alone(
+            &tls,
+            "127.0.0.1:1",
+            "127.0.0.1:2",
+            "tls",
+            "a.example"
+        ));
         let sni = FilterChainMatch {
             server_names: vec!["app.example".into(), "*.svc.example".into()],
             ..FilterChainMatch::default()
         };
-        assert!(alone(&sni, "127.0.0.1:1", "127.0.0.1:2", "tls", "App.Example"));
-        assert!(alone(&sni, "127.0.0.1:1", "127.0.0.1:2", "tls", "a.b.svc.example"));
-        assert!(!alone(&sni, "127.0.0.1:1", "127.0.0.1:2", "tls", "svc.example"));
-        assert!(!alone(&sni, "127.0.0.1:1", "127.0.0.1:2", "tls", "other.example"));
+        assert!(alone(
+            &sni,
+            "127.0.0.1:1",
+            "127.0.0.1:2",
+            "tls",
+            "App.Example"
+        ));
+        assert!(alone(
+            &sni,
+            "127.0.0.1:1",
+            "127.0.0.1:2",
+            "tls",
+            "a.b.svc.example"
+        ));
+        assert!(!alone(
+            &sni,
+            "127.0.0.1:1",
+            "127.0.0.1:2",
+            "tls",
+            "svc.example"
+        ));
+        assert!(!alone(
+            &sni,
+            "127.0.0.1:1",
+            "127.0.0.1:2",
+            "tls",
+            "other.example"
+        ));
         assert!(!alone(&sni, "127.0.0.1:1", "127.0.0.1:2", "tls", ""));
         let external = FilterChainMatch {
             source_type: SourceType::External,
             ..FilterChainMatch::default()
         };
-        assert!(!alone(&external, "127.0.0.1:1", "127.0.0.5:2", "raw_buffer", ""));
-        assert!(alone(&external, "192.0.2.1:1", "192.0.2.7:2", "raw_buffer", ""));
+        assert!(!alone(
+            &external,
+            "127.0.0.1:1",
+            "127.0.0.5:2",
+            "raw_buffer",
+            ""
+        ));
+        assert!(alone(
+            &external,
+            "192.0.2.1:1",
+            "192.0.2.7:2",
+            "raw_buffer",
+            ""
+        ));
         let ports = FilterChainMatch {
             source_ports: vec![4000],
             ..FilterChainMatch::default()
         };
-        assert!(alone(&ports, "127.0.0.1:1", "127.0.0.1:4000", "raw_buffer", ""));
-        assert!(!alone(&ports, "127.0.0.1:1", "127.0.0.1:4001", "raw_buffer", ""));
+        assert!(alone(
+            &ports,
+            "127.0.0.1:1",
+            "127.0.0.1:4000",
+            "raw_buffer",
+            ""
+        ));
+        assert!(!alone(
+            &ports,
+            "127.0.0.1:1",
+            "127.0.0.1:4001",
+            "raw_buffer",
+            ""
+        ));
         assert!(FilterChainMatch::default().is_any());
     }
 
