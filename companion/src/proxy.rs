@@ -809,6 +809,27 @@ impl Derived {
         }
         owned.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         owned.dedup();
+        // The filters that keep state across requests: JWT keys, rate limit buckets (made full
+        // with the state, as Envoy makes them with the listener).
+        let mut jwt = BTreeMap::new();
+        let mut rate_limits = BTreeMap::new();
+        for (index, filter) in state.hcm.http_filters.iter().enumerate() {
+            match &filter.kind {
+                HttpFilterKind::JwtAuthn(config) => {
+                    jwt.insert(index, Arc::new(crate::jwt_authn::JwtFilter::new(config)));
+                }
+                HttpFilterKind::LocalRateLimit(config) => {
+                    rate_limits.insert(
+                        index,
+                        Mutex::new(vigil_core::local_ratelimit::RateLimitState::new(
+                            config,
+                            monotonic_now(),
+                        )),
+                    );
+                }
+                _ => {}
+            }
+        }
         Derived {
             routing,
             access_logs: Arc::new(AccessLogs::start(&state.hcm.access_log)),
@@ -816,34 +837,8 @@ impl Derived {
             server: HeaderValue::from_str(&state.hcm.server_name).ok(),
             counters: Arc::default(),
             health_check_failing: Arc::default(),
-            jwt: state
-                .hcm
-                .http_filters
-                .iter()
-                .enumerate()
-                .filter_map(|(index, filter)| match &filter.kind {
-                    HttpFilterKind::JwtAuthn(config) => {
-                        Some((index, Arc::new(crate::jwt_authn::JwtFilter::new(config))))
-                    }
-                    _ => None,
-                })
-                .collect(),
-            rate_limits: state
-                .hcm
-                .http_filters
-                .iter()
-                .enumerate()
-                .filter_map(|(index, filter)| match &filter.kind {
-                    HttpFilterKind::LocalRateLimit(config) => Some((
-                        index,
-                        Mutex::new(vigil_core::local_ratelimit::RateLimitState::new(
-                            config,
-                            monotonic_now(),
-                        )),
-                    )),
-                    _ => None,
-                })
-                .collect(),
+            jwt,
+            rate_limits,
         }
     }
 

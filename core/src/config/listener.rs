@@ -790,97 +790,43 @@ fn http_filters(
                     }
                     continue;
                 }
-                Treatment::Enforced if typed.is(super::local_ratelimit::LOCAL_RATELIMIT_TYPE) => {
-                    judged.push((
-                        name.clone(),
-                        Some(
-                            "per-route local rate limits (a route's, virtual host's or route \
-                             table's LocalRateLimit) are not implemented by vigil yet: the route \
-                             would be limited by the listener's bucket"
-                                .to_string(),
-                        ),
-                    ));
+                Treatment::Enforced if natively_run(&typed.type_name).is_some() => {
+                    let Some((factory, per_route)) = natively_run(&typed.type_name) else {
+                        continue;
+                    };
+                    judged.push((name.clone(), Some(per_route.to_string())));
                     if last {
                         cx.invalid(
                             &p,
                             format!(
-                                "non-terminal filter named {name} of type \
-                                 envoy.filters.http.local_ratelimit is the last filter in a http \
-                                 filter chain"
+                                "non-terminal filter named {name} of type envoy.filters.http.\
+                                 {factory} is the last filter in a http filter chain"
                             ),
                         );
                     }
-                    if let Some(config) = super::local_ratelimit::local_ratelimit(cx, &typed) {
-                        if config.per_connection {
-                            cx.unsupported(
-                                &typed_path.field("local_rate_limit_per_downstream_connection"),
-                                "a bucket per downstream connection is not implemented by vigil \
-                                 yet: it would limit connections differently than Envoy",
-                            );
-                        }
+                    let kind = match factory {
+                        "local_ratelimit" => super::local_ratelimit::local_ratelimit(cx, &typed)
+                            .map(|config| {
+                                if config.per_connection {
+                                    cx.unsupported(
+                                        &typed_path
+                                            .field("local_rate_limit_per_downstream_connection"),
+                                        "a bucket per downstream connection is not implemented \
+                                         by vigil yet: it would limit connections differently \
+                                         than Envoy",
+                                    );
+                                }
+                                HttpFilterKind::LocalRateLimit(Box::new(config))
+                            }),
+                        "jwt_authn" => filters::read_jwt_authn(cx, &typed)
+                            .map(|config| HttpFilterKind::JwtAuthn(Box::new(config))),
+                        _ => super::ext_authz::ext_authz(cx, &typed)
+                            .map(|config| HttpFilterKind::ExtAuthz(Box::new(config))),
+                    };
+                    if let Some(kind) = kind {
                         out.push(HttpFilter {
                             name,
-                            kind: HttpFilterKind::LocalRateLimit(Box::new(config)),
-                            is_optional,
-                            disabled,
-                        });
-                    }
-                    continue;
-                }
-                Treatment::Enforced if typed.is(super::jwt_authn::JWT_AUTHN_TYPE) => {
-                    judged.push((
-                        name.clone(),
-                        Some(
-                            "per-route JWT settings (PerRouteConfig: turning the check off or \
-                             naming another requirement on a route) are not implemented by vigil \
-                             yet: the route would be checked by the filter's rules"
-                                .to_string(),
-                        ),
-                    ));
-                    if last {
-                        cx.invalid(
-                            &p,
-                            format!(
-                                "non-terminal filter named {name} of type \
-                                 envoy.filters.http.jwt_authn is the last filter in a http filter \
-                                 chain"
-                            ),
-                        );
-                    }
-                    if let Some(config) = filters::read_jwt_authn(cx, &typed) {
-                        out.push(HttpFilter {
-                            name,
-                            kind: HttpFilterKind::JwtAuthn(Box::new(config)),
-                            is_optional,
-                            disabled,
-                        });
-                    }
-                    continue;
-                }
-                Treatment::Enforced if typed.is(super::ext_authz::EXT_AUTHZ_TYPE) => {
-                    judged.push((
-                        name.clone(),
-                        Some(
-                            "per-route ext_authz settings (ExtAuthzPerRoute: turning the check \
-                             off or changing what it sends on a route) are not implemented by \
-                             vigil: the route would be checked as the listener says"
-                                .to_string(),
-                        ),
-                    ));
-                    if last {
-                        cx.invalid(
-                            &p,
-                            format!(
-                                "non-terminal filter named {name} of type \
-                                 envoy.filters.http.ext_authz is the last filter in a http \
-                                 filter chain"
-                            ),
-                        );
-                    }
-                    if let Some(config) = super::ext_authz::ext_authz(cx, &typed) {
-                        out.push(HttpFilter {
-                            name,
-                            kind: HttpFilterKind::ExtAuthz(Box::new(config)),
+                            kind,
                             is_optional,
                             disabled,
                         });
@@ -2257,6 +2203,36 @@ pub(crate) fn header_matcher(cx: &mut Ctx, mut o: Obj) -> Option<HeaderMatcher> 
         invert,
         treat_missing_as_empty,
     })
+}
+
+/// The HTTP filters the proxy runs natively through a config of their own (besides the router,
+/// RBAC, CORS and the health check filter): the factory's short name and why a route's
+/// per-filter config for it is refused.
+fn natively_run(type_name: &str) -> Option<(&'static str, &'static str)> {
+    if type_name == super::local_ratelimit::LOCAL_RATELIMIT_TYPE {
+        Some((
+            "local_ratelimit",
+            "per-route local rate limits (a route's, virtual host's or route table's \
+             LocalRateLimit) are not implemented by vigil yet: the route would be limited by the \
+             listener's bucket",
+        ))
+    } else if type_name == super::jwt_authn::JWT_AUTHN_TYPE {
+        Some((
+            "jwt_authn",
+            "per-route JWT settings (PerRouteConfig: turning the check off or naming another \
+             requirement on a route) are not implemented by vigil yet: the route would be \
+             checked by the filter's rules",
+        ))
+    } else if type_name == super::ext_authz::EXT_AUTHZ_TYPE {
+        Some((
+            "ext_authz",
+            "per-route ext_authz settings (ExtAuthzPerRoute: turning the check off or changing \
+             what it sends on a route) are not implemented by vigil: the route would be checked \
+             as the listener says",
+        ))
+    } else {
+        None
+    }
 }
 
 pub(crate) fn string_match(cx: &mut Ctx, mut o: Obj) -> Option<StringMatch> {
