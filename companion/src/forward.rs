@@ -260,6 +260,8 @@ pub struct Upstream {
     scheme: http::uri::Scheme,
     /// The cluster's TLS client (shared with the connector), for its counters.
     client_tls: Option<Arc<UpstreamConnector>>,
+    /// How connections are made (tunnels connect with it too).
+    connect: Arc<ConnectSettings>,
     original_dst: Option<OriginalDstSettings>,
     breakers: Breakers,
     /// Where `x-envoy-immediate-health-check-fail` on a real response is reported (the
@@ -334,8 +336,9 @@ impl Upstream {
         };
         let traffic = Arc::new(ClusterTraffic::default());
         let hosts: Arc<Mutex<HashMap<SocketAddr, Arc<HostTraffic>>>> = Arc::default();
+        let connect = Arc::new(connect);
         let connector = CountingConnector {
-            connect: Arc::new(connect),
+            connect: connect.clone(),
             traffic: traffic.clone(),
             hosts: hosts.clone(),
             has_traffic: has_traffic.clone(),
@@ -354,6 +357,7 @@ impl Upstream {
             client: builder.build(connector),
             scheme,
             client_tls,
+            connect,
             original_dst,
             breakers: Breakers::default(),
             health_reports: None,
@@ -387,6 +391,41 @@ impl Upstream {
             .sum();
         drop(hosts);
         self.breakers.gauges(priority, connections)
+    }
+
+    /// A host for a tunnel (a terminated CONNECT): picked as a request's would be, counted as a
+    /// connection of the cluster's.
+    pub async fn open_tunnel(
+        &self,
+        hash: Option<u64>,
+    ) -> Result<(SocketAddr, UpstreamStream), Option<String>> {
+        let how = Forwarding {
+            retry: &RetryPolicy::none(),
+            timeout: self.connect.timeout,
+            hash,
+        };
+        let Some(host) = choose_host(self, &how, &[]) else {
+            self.traffic
+                .upstream_cx_none_healthy
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(None);
+        };
+        self.traffic
+            .upstream_cx_total
+            .fetch_add(1, Ordering::Relaxed);
+        self.has_traffic.store(true, Ordering::Relaxed);
+        let counters = self.host(host);
+        counters.cx_total.fetch_add(1, Ordering::Relaxed);
+        match connect_upstream(host, self.connect.timeout, self.connect.tls.as_deref()).await {
+            Ok(stream) => Ok((host, stream)),
+            Err(err) => {
+                self.traffic
+                    .upstream_cx_connect_fail
+                    .fetch_add(1, Ordering::Relaxed);
+                counters.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+                Err(Some(connect_failure_reason(&err)))
+            }
+        }
     }
 
     /// Envoy's `ssl.*` counters of the cluster's TLS connections, when its hosts speak TLS.

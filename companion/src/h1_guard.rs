@@ -495,6 +495,9 @@ fn check_head(head: &[u8]) -> Result<(State, Option<Vec<u8>>), Rejection> {
         return Err(Rejection::MissingHost);
     }
     let state = match (chunked, length) {
+        // What follows a CONNECT head is the tunnel's bytes, not HTTP: passed on untouched
+        // (the connection is answered and then either tunnels or closes).
+        _ if method == b"CONNECT" => State::Opaque,
         (true, _) => State::Chunked(Chunk::Start),
         (false, Some(0) | None) => State::Head,
         (false, Some(length)) => State::Fixed(length),

@@ -655,8 +655,9 @@ impl HttpServing {
                 Ok::<_, Infallible>(response)
             }
         });
+        // With upgrades: a terminated CONNECT hands its connection over to the tunnel.
         let connection = builder
-            .serve_connection(TokioIo::new(guarded), service)
+            .serve_connection_with_upgrades(TokioIo::new(guarded), service)
             .into_owned();
         let connection = watcher.watch(connection);
         counters
@@ -1087,14 +1088,31 @@ async fn respond(
     }
     let mut outcome = Outcome::default();
     let authority = authority_of(&parts.uri, &parts.headers);
-    let mut path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+    // A CONNECT request names an authority and no path; only `connect_matcher` routes take it.
+    let connect = parts.method == http::Method::CONNECT;
+    if connect && parts.version == http::Version::HTTP_2 {
+        // CONNECT over HTTP/2 (Envoy's `allow_connect`) is not tunnelled by vigil: refused,
+        // never carried where Envoy would not carry it.
+        outcome.request_headers = Some(parts.headers);
+        outcome.details = "upgrade_failed".into();
+        return (empty(StatusCode::FORBIDDEN), outcome);
+    }
+    let mut path = if connect {
+        String::new()
+    } else {
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into())
+    };
     // As Envoy's connection manager, before any filter or route sees the request: the path
     // filters, routes and the upstream see is the normalized one.
-    let normalized = state.hcm.path_normalization.apply(&path);
+    let normalized = if connect {
+        NormalizedPath::Forward(String::new())
+    } else {
+        state.hcm.path_normalization.apply(&path)
+    };
     let grpc = vigil_core::route::is_grpc(
         parts
             .headers
@@ -1805,6 +1823,10 @@ async fn respond(
         outcome.details = "cluster_not_found".into();
         return (empty(status), outcome);
     };
+    if connect {
+        drop(borrowed);
+        return connect_tunnel(upstream, action.terminate_connect, hash, parts, outcome).await;
+    }
     let upstream_path = selected
         .rewritten_path(&path)
         .unwrap_or_else(|| path.clone());
@@ -1934,6 +1956,69 @@ async fn respond(
 
 /// The route's response header changes, level by level (the router's finalizeResponseHeaders):
 /// on upstream answers, direct responses, redirects and the router's own replies alike.
+/// A CONNECT request on a route that terminates it (`upgrade_configs` with `connect_config`):
+/// a host of the cluster is connected over TCP (TLS when the cluster has it), the client gets
+/// 200, and the tunnel's bytes are carried both ways until either side closes, as Envoy's
+/// TCP-proxying router does. A route that would forward CONNECT upstream is refused at load.
+async fn connect_tunnel(
+    upstream: &Upstream,
+    terminate: bool,
+    hash: Option<u64>,
+    mut parts: http::request::Parts,
+    mut outcome: Outcome,
+) -> (Response<ProxyBody>, Outcome) {
+    let upgrade = parts
+        .extensions
+        .remove::<hyper::upgrade::OnUpgrade>()
+        .filter(|_| terminate);
+    outcome.request_headers = Some(parts.headers);
+    let Some(upgrade) = upgrade else {
+        outcome.details = "upgrade_failed".into();
+        return (empty(StatusCode::FORBIDDEN), outcome);
+    };
+    match upstream.open_tunnel(hash).await {
+        Ok((host, mut stream)) => {
+            tokio::spawn(async move {
+                if let Ok(upgraded) = upgrade.await {
+                    let mut client = TokioIo::new(upgraded);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut stream).await;
+                }
+            });
+            outcome.forward = Some(ForwardInfo {
+                host: Some(host),
+                attempts: 1,
+                details: "via_upstream".into(),
+                ..ForwardInfo::default()
+            });
+            outcome.details = "via_upstream".into();
+            (empty(StatusCode::OK), outcome)
+        }
+        Err(None) => {
+            outcome.flags = "UH";
+            outcome.details = "no_healthy_upstream".into();
+            (
+                local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+                outcome,
+            )
+        }
+        Err(Some(reason)) => {
+            outcome.flags = "UF";
+            outcome.details =
+                "upstream_reset_before_response_started{remote_connection_failure}".into();
+            (
+                local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!(
+                        "upstream connect error or disconnect/reset before headers. reset \
+                         reason: remote connection failure, transport failure reason: {reason}"
+                    ),
+                ),
+                outcome,
+            )
+        }
+    }
+}
+
 /// A monotonic clock for the filters' token buckets (any fixed origin: only differences count).
 fn monotonic_now() -> Duration {
     static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();

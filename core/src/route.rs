@@ -299,6 +299,7 @@ impl RouteTable {
                 let ok = starts(p) && (path.len() == p.len() || path.as_bytes()[p.len()] == b'/');
                 ok.then_some(p.len())
             }
+            PathMatch::Connect => (request.method == "CONNECT").then_some(0),
         }
     }
 }

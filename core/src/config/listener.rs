@@ -505,6 +505,7 @@ fn connection_manager(
             .and_then(crate::path_normalize::EscapedSlashesAction::from_number)
             .unwrap_or_default(),
     };
+    hcm_upgrades(cx, &mut o);
     o.finish(cx);
     Some(HttpConnectionManager {
         filter_chain,
@@ -541,6 +542,88 @@ fn connection_manager(
         network_rbac: Vec::new(),
         tls: None,
     })
+}
+
+/// The connection manager's `upgrade_configs`. CONNECT needs nothing here (a route that
+/// terminates it enables it, as in Envoy); other upgrades (WebSocket, ...) are not carried by
+/// vigil: such a request reaches the upstream without its upgrade, which then refuses it (a
+/// warning says so).
+fn hcm_upgrades(cx: &mut Ctx, o: &mut Obj) {
+    for (p, v) in o.list("upgrade_configs") {
+        let Some(mut u) = Obj::new(cx, p.clone(), v, &HCM_UPGRADE_CONFIG) else {
+            continue;
+        };
+        let kind = u
+            .required_string(cx, "upgrade_type", MIN_LEN_1)
+            .unwrap_or_default();
+        let enabled = u.bool(cx, "enabled").unwrap_or(true);
+        u.finish(cx);
+        if kind.eq_ignore_ascii_case("connect") {
+            // Routed per route (see `route_upgrades`).
+        } else if kind.eq_ignore_ascii_case("connect-udp") && enabled {
+            cx.unsupported(
+                &p.field("upgrade_type"),
+                "CONNECT-UDP tunnels are not implemented by vigil",
+            );
+        } else if enabled {
+            cx.warn(
+                &p.field("upgrade_type"),
+                format!(
+                    "{kind} upgrades are not carried by vigil: such requests reach the upstream \
+                     without their upgrade"
+                ),
+            );
+        }
+    }
+}
+
+/// A route action's `upgrade_configs`: whether an enabled CONNECT is terminated here (it has a
+/// `connect_config`). Forwarding CONNECT to an upstream proxy is refused; other upgrades warn.
+fn route_upgrades(cx: &mut Ctx, o: &mut Obj) -> bool {
+    let mut terminate = false;
+    for (p, v) in o.list("upgrade_configs") {
+        let Some(mut u) = Obj::new(cx, p.clone(), v, &ROUTE_UPGRADE_CONFIG) else {
+            continue;
+        };
+        let kind = u
+            .required_string(cx, "upgrade_type", MIN_LEN_1)
+            .unwrap_or_default();
+        let enabled = u.bool(cx, "enabled").unwrap_or(true);
+        let connect_config = u.message(cx, "connect_config", &CONNECT_CONFIG);
+        let has_connect_config = connect_config.is_some();
+        if let Some(c) = connect_config {
+            c.finish(cx);
+        }
+        u.finish(cx);
+        if !enabled {
+            continue;
+        }
+        if kind.eq_ignore_ascii_case("connect") {
+            if has_connect_config {
+                terminate = true;
+            } else {
+                cx.unsupported(
+                    &p,
+                    "forwarding CONNECT requests to an upstream proxy is not implemented by \
+                     vigil (only tunnels it terminates, with connect_config)",
+                );
+            }
+        } else if kind.eq_ignore_ascii_case("connect-udp") {
+            cx.unsupported(
+                &p.field("upgrade_type"),
+                "CONNECT-UDP tunnels are not implemented by vigil",
+            );
+        } else {
+            cx.warn(
+                &p.field("upgrade_type"),
+                format!(
+                    "{kind} upgrades are not carried by vigil: such requests reach the upstream \
+                     without their upgrade"
+                ),
+            );
+        }
+    }
+    terminate
 }
 
 /// A string field Envoy constrains to header-value characters (no NUL, CR or LF).
@@ -1789,6 +1872,17 @@ fn route(
         legacy: legacy_cors,
     };
     o.finish(cx);
+    let connect_route = matcher
+        .as_ref()
+        .is_some_and(|m| m.path == PathMatch::Connect);
+    let terminates = matches!(&action, Some(RouteAction::Forward(f)) if f.terminate_connect);
+    if connect_route && matches!(&action, Some(RouteAction::Forward(_))) && !terminates {
+        cx.unsupported(
+            &path.field("route"),
+            "a CONNECT route without upgrade_configs: CONNECT and connect_config would have \
+             Envoy forward the CONNECT request upstream, which vigil does not implement",
+        );
+    }
     Some(Route {
         name,
         matcher: matcher?,
@@ -1816,6 +1910,9 @@ pub(crate) fn route_match(cx: &mut Ctx, mut o: Obj) -> Option<RouteMatch> {
         Some(PathMatch::Path(p))
     } else if let Some(r) = o.message(cx, "safe_regex", &REGEX_MATCHER) {
         regex_matcher(cx, r).map(PathMatch::Regex)
+    } else if let Some(m) = o.message(cx, "connect_matcher", &CONNECT_MATCHER) {
+        m.finish(cx);
+        Some(PathMatch::Connect)
     } else if let Some(p) = o.string(cx, "path_separated_prefix") {
         // Envoy's pattern `^[^?#]+[^?#/]$`: non-empty, no `?` or `#`, not ending in `/`.
         if p.is_empty() || p.contains(['?', '#']) || p.ends_with('/') {
@@ -2389,8 +2486,10 @@ fn route_action(
             hash_policy.push(h);
         }
     }
+    let terminate_connect = route_upgrades(cx, &mut o);
     o.finish(cx);
     Some(ForwardAction {
+        terminate_connect,
         cluster: cluster?,
         cluster_not_found_status,
         prefix_rewrite,

@@ -866,7 +866,7 @@ pub(crate) static HTTP_CONNECTION_MANAGER: Message = Message {
             "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
             NOT_PROXIED,
         ),
-        warn("upgrade_configs", NOT_PROXIED),
+        read("upgrade_configs"),
         read("normalize_path"),
         read("merge_slashes"),
         read("path_with_escaped_slashes_action"),
@@ -1063,17 +1063,58 @@ pub(crate) static ROUTE: Message = Message {
     )],
 };
 
+pub(crate) static HCM_UPGRADE_CONFIG: Message = Message {
+    name: "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig",
+    fields: &[
+        read("upgrade_type"),
+        reject(
+            "filters",
+            "a filter chain of its own for upgraded requests is not implemented by vigil",
+        ),
+        read("enabled"),
+    ],
+    removed: &[],
+};
+
+pub(crate) static ROUTE_UPGRADE_CONFIG: Message = Message {
+    name: "envoy.config.route.v3.RouteAction.UpgradeConfig",
+    fields: &[
+        read("upgrade_type"),
+        read("enabled"),
+        read("connect_config"),
+    ],
+    removed: &[],
+};
+
+pub(crate) static CONNECT_CONFIG: Message = Message {
+    name: "envoy.config.route.v3.RouteAction.UpgradeConfig.ConnectConfig",
+    fields: &[
+        reject(
+            "proxy_protocol_config",
+            "sending a PROXY protocol header on terminated CONNECT tunnels is not implemented by \
+             vigil",
+        ),
+        reject(
+            "allow_post",
+            "terminating POST requests as tunnels is not implemented by vigil",
+        ),
+    ],
+    removed: &[],
+};
+
+pub(crate) static CONNECT_MATCHER: Message = Message {
+    name: "envoy.config.route.v3.RouteMatch.ConnectMatcher",
+    fields: &[],
+    removed: &[],
+};
+
 pub(crate) static ROUTE_MATCH: Message = Message {
     name: "envoy.config.route.v3.RouteMatch",
     fields: &[
         read("prefix").oneof("path_specifier"),
         read("path").oneof("path_specifier"),
         read("safe_regex").oneof("path_specifier"),
-        reject(
-            "connect_matcher",
-            "CONNECT requests are not supported by vigil",
-        )
-        .oneof("path_specifier"),
+        read("connect_matcher").oneof("path_specifier"),
         read("path_separated_prefix").oneof("path_specifier"),
         reject(
             "path_match_policy",
@@ -1236,7 +1277,7 @@ pub(crate) static ROUTE_ACTION: Message = Message {
         read("cors"),
         warn("max_grpc_timeout", NOT_PROXIED),
         warn("grpc_timeout_offset", NOT_PROXIED),
-        warn("upgrade_configs", NOT_PROXIED),
+        read("upgrade_configs"),
         warn("internal_redirect_policy", NOT_PROXIED),
         warn("internal_redirect_action", NOT_PROXIED),
         warn("max_internal_redirects", NOT_PROXIED),

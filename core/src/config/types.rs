@@ -905,6 +905,8 @@ pub enum PathMatch {
     Regex(Regex),
     /// `path_separated_prefix`: the prefix, followed by the end of the path or `/`.
     PathSeparatedPrefix(String),
+    /// `connect_matcher`: CONNECT requests (which no other path matcher matches).
+    Connect,
 }
 
 /// `config.route.v3.HeaderMatcher`. The deprecated `exact_match`, `prefix_match`, ... forms are
@@ -1073,6 +1075,9 @@ pub struct ForwardAction {
     /// `hash_policy`, in order (entries that produce nothing in Envoy, such as
     /// `connection_properties: {source_ip: false}`, are left out).
     pub hash_policy: Vec<RouteHashPolicy>,
+    /// `upgrade_configs` with an enabled `CONNECT` and a `connect_config`: a CONNECT request
+    /// is terminated here, its tunnel's bytes carried to a host of the cluster over TCP.
+    pub terminate_connect: bool,
 }
 
 /// The `cluster_specifier` of a route action.

@@ -300,6 +300,8 @@ fn rule_matches(m: &RouteMatch, request: &Request) -> bool {
         PathMatch::PathSeparatedPrefix(p) => {
             starts(p) && (path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
         }
+        // Envoy's `ConnectMatcherImpl`: CONNECT requests only.
+        PathMatch::Connect => request.method == "CONNECT",
     }
 }
 
