@@ -73,6 +73,8 @@ pub struct CheckedRequest<'a> {
     pub scheme: &'static str,
     /// `HTTP/1.1` or `HTTP/2`.
     pub protocol: &'static str,
+    /// The route's `check_settings.context_extensions` (sent with a gRPC check).
+    pub context_extensions: &'a [(String, String)],
 }
 
 fn matches_any(list: &[StringMatch], name: &str) -> bool {
@@ -477,6 +479,7 @@ fn attributes(
             http: Some(http),
             ..Default::default()
         }),
+        context_extensions: request.context_extensions.iter().cloned().collect(),
         ..Default::default()
     }
 }

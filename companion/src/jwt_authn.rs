@@ -115,11 +115,12 @@ impl JwtFilter {
         }
     }
 
-    /// The filter's decision on `request` (never [`Decision::FetchJwks`]: keys a request needs
-    /// are fetched first). `count` gets the names of the filter's counters to add one to.
+    /// The filter's decision on `request` under its route's `per_route` setting (never
+    /// [`Decision::FetchJwks`]: keys a request needs are fetched first). `count` gets the names of the filter's counters to add one to.
     pub async fn decide(
         &self,
         request: &Request,
+        per_route: Option<&vigil_core::jwt_authn::PerRoute>,
         upstreams: &BTreeMap<String, Arc<Upstream>>,
         unix_now: u64,
         count: &mut (dyn FnMut(&'static str) + Send),
@@ -127,7 +128,7 @@ impl JwtFilter {
         let mut fetched = 0;
         loop {
             let keys = self.keys();
-            match self.config.decide(request, None, &keys, unix_now) {
+            match self.config.decide(request, per_route, &keys, unix_now) {
                 Decision::FetchJwks { provider } if fetched < MAX_FETCHES_PER_REQUEST => {
                     fetched += 1;
                     let state = self.fetch(&provider, upstreams).await;

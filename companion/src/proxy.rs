@@ -46,7 +46,7 @@ use hyper::body::{Body as _, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -57,8 +57,8 @@ use tokio::net::TcpListener;
 use vigil_core::balance::hash_policy::{self, RequestView as HashView};
 use vigil_core::config::HttpFilterKind;
 use vigil_core::config::{
-    HostRewrite, HttpConnectionManager, RetryHostPredicate, RetryOn,
-    RetryPolicy as ConfigRetryPolicy, RouteAction,
+    ExtAuthzPerRoute, FilterOverride, HostRewrite, HttpConnectionManager, RetryHostPredicate,
+    RetryOn, RetryPolicy as ConfigRetryPolicy, RouteAction,
 };
 use vigil_core::cors;
 use vigil_core::path_normalize::{NormalizedPath, PATH_NORMALIZATION_FAILED};
@@ -781,7 +781,10 @@ pub struct Derived {
     jwt: BTreeMap<usize, Arc<crate::jwt_authn::JwtFilter>>,
     /// The local rate limit filters' buckets, by the filter's position in the chain (made full
     /// with the state, as Envoy makes them with the listener).
-    rate_limits: BTreeMap<usize, Mutex<vigil_core::local_ratelimit::RateLimitState>>,
+    rate_limits: BTreeMap<usize, Arc<Mutex<vigil_core::local_ratelimit::RateLimitState>>>,
+    /// The buckets of routes' own local rate limits, by the config's address in the state's
+    /// route table (made on first use, full).
+    route_buckets: Mutex<HashMap<usize, Arc<Mutex<vigil_core::local_ratelimit::RateLimitState>>>>,
 }
 
 impl Derived {
@@ -822,9 +825,11 @@ impl Derived {
                 HttpFilterKind::LocalRateLimit(config) => {
                     rate_limits.insert(
                         index,
-                        Mutex::new(vigil_core::local_ratelimit::RateLimitState::new(
-                            config,
-                            monotonic_now(),
+                        Arc::new(Mutex::new(
+                            vigil_core::local_ratelimit::RateLimitState::new(
+                                config,
+                                monotonic_now(),
+                            ),
                         )),
                     );
                 }
@@ -840,7 +845,25 @@ impl Derived {
             health_check_failing: Arc::default(),
             jwt,
             rate_limits,
+            route_buckets: Mutex::default(),
         }
+    }
+
+    /// The bucket of a route's own local rate limit config.
+    fn route_bucket(
+        &self,
+        config: &vigil_core::config::LocalRateLimit,
+    ) -> Arc<Mutex<vigil_core::local_ratelimit::RateLimitState>> {
+        let key = config as *const vigil_core::config::LocalRateLimit as usize;
+        let mut buckets = self.route_buckets.lock().unwrap_or_else(|p| p.into_inner());
+        buckets
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(Mutex::new(
+                    vigil_core::local_ratelimit::RateLimitState::new(config, monotonic_now()),
+                ))
+            })
+            .clone()
     }
 
     /// Access log lines dropped because a writer fell behind.
@@ -1343,11 +1366,21 @@ async fn respond(
                     }
                 }
             }
-            HttpFilterKind::LocalRateLimit(config) => {
+            HttpFilterKind::LocalRateLimit(listener_config) => {
                 use vigil_core::local_ratelimit::{ConnectionLimiter, Decision as Limited, Draws};
-                let Some(state_lock) = derived.rate_limits.get(&index) else {
-                    continue;
-                };
+                // A route's own LocalRateLimit replaces the listener's, with its own bucket.
+                let (config, state_lock) =
+                    match filter_override(state, &parts, authority.as_deref(), &path, &filter.name)
+                    {
+                        Some(FilterOverride::Disabled) => continue,
+                        Some(FilterOverride::LocalRateLimit(route_config)) => {
+                            (route_config.as_ref(), derived.route_bucket(route_config))
+                        }
+                        _ => match derived.rate_limits.get(&index) {
+                            Some(bucket) => (listener_config.as_ref(), bucket.clone()),
+                            None => continue,
+                        },
+                    };
                 let now = monotonic_now();
                 let draws = Draws {
                     enabled: random(),
@@ -1439,6 +1472,13 @@ async fn respond(
                 let Some(jwt) = derived.jwt.get(&index) else {
                     continue;
                 };
+                let per_route =
+                    match filter_override(state, &parts, authority.as_deref(), &path, &filter.name)
+                    {
+                        Some(FilterOverride::Disabled) => continue,
+                        Some(FilterOverride::JwtAuthn(per_route)) => Some(per_route),
+                        _ => None,
+                    };
                 let request = vigil_core::jwt_authn::Request {
                     method: parts.method.as_str().to_string(),
                     authority: authority.clone(),
@@ -1461,7 +1501,7 @@ async fn respond(
                     .unwrap_or(0);
                 let mut counted: Vec<&'static str> = Vec::new();
                 let decision = jwt
-                    .decide(&request, &state.upstreams, unix_now, &mut |c| {
+                    .decide(&request, per_route, &state.upstreams, unix_now, &mut |c| {
                         counted.push(c)
                     })
                     .await;
@@ -1550,7 +1590,30 @@ async fn respond(
                     }
                     names
                 };
-                let check_body = match config.with_request_body {
+                let setting =
+                    filter_override(state, &parts, authority.as_deref(), &path, &filter.name);
+                let (context_extensions, body_settings) = match setting {
+                    Some(
+                        FilterOverride::Disabled
+                        | FilterOverride::ExtAuthz(ExtAuthzPerRoute::Disabled),
+                    ) => {
+                        continue;
+                    }
+                    Some(FilterOverride::ExtAuthz(ExtAuthzPerRoute::Check {
+                        context_extensions,
+                        disable_request_body_buffering,
+                        with_request_body,
+                    })) => (
+                        context_extensions.as_slice(),
+                        if *disable_request_body_buffering {
+                            None
+                        } else {
+                            with_request_body.or(config.with_request_body)
+                        },
+                    ),
+                    _ => (&[][..], config.with_request_body),
+                };
+                let check_body = match body_settings {
                     None => Bytes::new(),
                     Some(settings) => {
                         let read = match early_body.take() {
@@ -1586,6 +1649,7 @@ async fn respond(
                     } else {
                         "HTTP/1.1"
                     },
+                    context_extensions,
                 };
                 let context = FormatContext {
                     start: started,
@@ -2017,6 +2081,21 @@ async fn connect_tunnel(
             )
         }
     }
+}
+
+/// The setting the request's route gives the filter named `filter` (the most specific level's),
+/// if any: the route is chosen on the request as it is now.
+fn filter_override<'s>(
+    state: &'s ListenerState,
+    parts: &http::request::Parts,
+    authority: Option<&str>,
+    path: &str,
+    filter: &str,
+) -> Option<&'s vigil_core::config::FilterOverride> {
+    let borrowed = pairs(&parts.headers);
+    let view = RequestView::new(authority, path, parts.method.as_str(), &borrowed);
+    let selected = state.routes.select(&view)?;
+    selected.filter_override(state.routes.config(), filter)
 }
 
 /// A monotonic clock for the filters' token buckets (any fixed origin: only differences count).

@@ -418,10 +418,14 @@ impl<'t> Selected<'t> {
         config: &'t RouteConfiguration,
         filter: &str,
     ) -> Vec<&'t crate::cors::CorsPolicy> {
-        let levels = [&self.route.cors, &self.virtual_host.cors, &config.cors];
+        let levels = [
+            &self.route.filters,
+            &self.virtual_host.filters,
+            &config.filters,
+        ];
         let per_filter: Vec<_> = levels
             .iter()
-            .flat_map(|l| l.per_filter.iter().filter(|(n, _)| n == filter))
+            .flat_map(|l| l.cors.iter().filter(|(n, _)| n == filter))
             .map(|(_, p)| p)
             .collect();
         if !per_filter.is_empty() {
@@ -429,8 +433,29 @@ impl<'t> Selected<'t> {
         }
         levels[..2]
             .iter()
-            .filter_map(|l| l.legacy.as_ref())
+            .filter_map(|l| l.legacy_cors.as_ref())
             .collect()
+    }
+
+    /// The most specific setting a route level gives the filter named `filter` (route, then
+    /// virtual host, then route configuration), as Envoy's `mostSpecificPerFilterConfig`.
+    pub fn filter_override(
+        &self,
+        config: &'t RouteConfiguration,
+        filter: &str,
+    ) -> Option<&'t crate::config::FilterOverride> {
+        [
+            &self.route.filters,
+            &self.virtual_host.filters,
+            &config.filters,
+        ]
+        .into_iter()
+        .find_map(|l| {
+            l.overrides
+                .iter()
+                .find(|(n, _)| n == filter)
+                .map(|(_, o)| o)
+        })
     }
 
     /// The `Location` of a redirect route, as Envoy builds it (`Utility::newUri`, after the

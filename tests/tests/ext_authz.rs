@@ -104,6 +104,12 @@ fn config(
                   allowed_client_headers_on_success: {{ patterns: [{{ exact: x-on-success }}] }}"
     );
     let routes = "
+              - match: { prefix: \"/skip\" }
+                route: { cluster: echo }
+                typed_per_filter_config:
+                  envoy.filters.http.ext_authz:
+                    \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
+                    disabled: true
               - match: { prefix: \"/\" }
                 route: { cluster: echo }";
     let clusters = format!(
@@ -254,7 +260,7 @@ async fn ext_authz_http_service_decides_as_in_envoy() {
         for (who, listen, process) in &procs {
             authz.take();
             let mut seen = Vec::new();
-            for path in ["/allow/a?x=1", "/deny/b", "/fail/c", "/slow/d"] {
+            for path in ["/allow/a?x=1", "/deny/b", "/fail/c", "/slow/d", "/skip/e"] {
                 seen.push((path, hit(*listen, path).await));
             }
             let checks: Vec<String> = authz.take().iter().map(|h| check_shape(h)).collect();
@@ -350,8 +356,14 @@ fn describe_check(check: &envoy_types::pb::envoy::service::auth::v3::CheckReques
         })
         .collect();
     headers.sort();
+    let mut extensions: Vec<String> = attributes
+        .context_extensions
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    extensions.sort();
     format!(
-        "method={} path={} scheme={} protocol={} size={} body={:?} id_set={} host_set={} source={} destination={} headers=[{}]",
+        "method={} path={} scheme={} protocol={} size={} body={:?} id_set={} host_set={} source={} destination={} context=[{}] headers=[{}]",
         http.method,
         http.path,
         http.scheme,
@@ -362,6 +374,7 @@ fn describe_check(check: &envoy_types::pb::envoy::service::auth::v3::CheckReques
         !http.host.is_empty(),
         attributes.source.is_some(),
         attributes.destination.is_some(),
+        extensions.join(", "),
         headers.join(", ")
     )
 }
@@ -399,7 +412,7 @@ fn grpc_answer(
         }),
         ..Default::default()
     };
-    let (grpc_status, answer) = if path.starts_with("/allow") {
+    let (grpc_status, answer) = if path.starts_with("/allow") || path.starts_with("/ctx") {
         (
             0,
             Some(CheckResponse {
@@ -479,6 +492,12 @@ fn grpc_config(
                 envoy_grpc: { cluster_name: grpc_authz }
                 timeout: 0.5s";
     let routes = "
+              - match: { prefix: \"/ctx\" }
+                route: { cluster: echo }
+                typed_per_filter_config:
+                  envoy.filters.http.ext_authz:
+                    \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
+                    check_settings: { context_extensions: { team: blue, tier: gold } }
               - match: { prefix: \"/\" }
                 route: { cluster: echo }";
     let h2 = "
@@ -511,7 +530,13 @@ async fn ext_authz_grpc_service_decides_as_in_envoy() {
     for (who, listen, process) in &procs {
         authz.take();
         let mut seen = Vec::new();
-        for path in ["/allow/a?x=1", "/deny/b", "/deny-plain/c", "/fail/d"] {
+        for path in [
+            "/allow/a?x=1",
+            "/deny/b",
+            "/deny-plain/c",
+            "/fail/d",
+            "/ctx/allow",
+        ] {
             seen.push((path, hit(*listen, path).await));
         }
         results.push((who, seen, authz.take(), counters(process).await));

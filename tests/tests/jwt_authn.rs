@@ -103,6 +103,8 @@ fn config(listen: SocketAddr, admin: SocketAddr, echo: SocketAddr, jwks_at: Sock
                     cache_duration: 300s
                   from_headers: [{{ name: x-token }}]
                   forward: true
+              requirement_map:
+                remote_only: {{ provider_name: remote }}
               rules:
               - match: {{ prefix: /public }}
               - match: {{ prefix: /remote }}
@@ -111,6 +113,18 @@ fn config(listen: SocketAddr, admin: SocketAddr, echo: SocketAddr, jwks_at: Sock
                 requires: {{ provider_name: local }}"
     );
     let routes = "
+              - match: { prefix: \"/open\" }
+                route: { cluster: echo }
+                typed_per_filter_config:
+                  envoy.filters.http.jwt_authn:
+                    \"@type\": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig
+                    disabled: true
+              - match: { prefix: \"/named\" }
+                route: { cluster: echo }
+                typed_per_filter_config:
+                  envoy.filters.http.jwt_authn:
+                    \"@type\": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig
+                    requirement_name: remote_only
               - match: { prefix: \"/\" }
                 route: { cluster: echo }";
     let clusters = format!(
@@ -246,6 +260,17 @@ async fn jwt_authn_decides_as_in_envoy() {
             "/remote/b",
             vec![("x-token", remote_wrong_key.clone())],
         ),
+        ("route off", "/open/a", vec![]),
+        (
+            "route requirement, local token",
+            "/named/a",
+            vec![("authorization", bearer(&good))],
+        ),
+        (
+            "route requirement, remote token",
+            "/named/b",
+            vec![("x-token", remote_good.clone())],
+        ),
     ];
     let query_path = format!("/api/q?access_token={good}&x=1");
     let mut results = Vec::new();
@@ -280,6 +305,9 @@ async fn jwt_authn_decides_as_in_envoy() {
     assert_eq!(status("expired"), Some(401));
     assert_eq!(status("audience"), Some(403));
     assert_eq!(status("remote good"), Some(200));
+    assert_eq!(status("route off"), Some(200));
+    assert_eq!(status("route requirement, local token"), Some(401));
+    assert_eq!(status("route requirement, remote token"), Some(200));
     assert_eq!(
         fetches.load(Ordering::SeqCst),
         2,

@@ -33,6 +33,15 @@ fn config(listen: SocketAddr, admin: SocketAddr, echo: SocketAddr, enforced: u32
               - header: {{ key: x-would-be-limited, value: \"yes\" }}"
     );
     let routes = "
+              - match: { prefix: \"/own\" }
+                route: { cluster: echo }
+                typed_per_filter_config:
+                  envoy.filters.http.local_ratelimit:
+                    \"@type\": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+                    stat_prefix: route_limit
+                    token_bucket: { max_tokens: 1, tokens_per_fill: 1, fill_interval: 10s }
+                    filter_enabled: { runtime_key: r_on, default_value: { numerator: 100, denominator: HUNDRED } }
+                    filter_enforced: { runtime_key: r_enf, default_value: { numerator: 100, denominator: HUNDRED } }
               - match: { prefix: \"/\" }
                 route: { cluster: echo }";
     let mut spec = ListenerSpec::new("rl_lab", routes, &cluster_yaml("echo", &[echo], "", None));
@@ -50,10 +59,12 @@ const SHOWN: [&str; 5] = [
 
 async fn burst(listen: SocketAddr) -> Vec<String> {
     let mut out = Vec::new();
-    for i in 0..5 {
-        let response = http::get(listen, &format!("/r{i}"))
+    // Five on the listener's bucket, then two on a route's own.
+    let paths = ["/r0", "/r1", "/r2", "/r3", "/r4", "/own/a", "/own/b"];
+    for (i, path) in paths.iter().enumerate() {
+        let response = http::get(listen, path)
             .await
-            .unwrap_or_else(|err| panic!("GET /r{i}: {err}"));
+            .unwrap_or_else(|err| panic!("GET {path} ({i}): {err}"));
         let headers: Vec<String> = SHOWN
             .iter()
             .filter_map(|name| {
@@ -121,7 +132,8 @@ async fn local_rate_limits_as_in_envoy() {
         let limited = results[0].0.iter().filter(|a| a.starts_with("429")).count();
         assert_eq!(
             limited,
-            if enforced == 100 { 2 } else { 0 },
+            // The route's own bucket (one token, always enforced) limits its second request.
+            if enforced == 100 { 3 } else { 1 },
             "{:?}",
             results[0].0
         );

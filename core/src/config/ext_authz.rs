@@ -18,6 +18,8 @@ use super::types::{HeaderAppendAction, HeaderOption, StringMatch};
 use serde_json::Value;
 
 pub(crate) const EXT_AUTHZ_TYPE: &str = "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
+pub(crate) const EXT_AUTHZ_PER_ROUTE_TYPE: &str =
+    "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute";
 
 /// Envoy's default gRPC timeout for the check (`ext_authz` without `grpc_service.timeout`).
 const DEFAULT_GRPC_TIMEOUT_MS: u64 = 200;
@@ -107,6 +109,22 @@ pub struct GrpcService {
     pub timeout_ms: u64,
     /// `initial_metadata`: sent with every check.
     pub initial_metadata: Vec<(String, String)>,
+}
+
+/// `ExtAuthzPerRoute`: a route's setting for the filter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExtAuthzPerRoute {
+    /// `disabled: true`: no check for the route.
+    Disabled,
+    /// `check_settings`.
+    Check {
+        /// `context_extensions`: sent in the gRPC check's attributes (sorted by key).
+        context_extensions: Vec<(String, String)>,
+        /// `disable_request_body_buffering`: the body is not sent with the check.
+        disable_request_body_buffering: bool,
+        /// `with_request_body`: replaces the filter's.
+        with_request_body: Option<BufferSettings>,
+    },
 }
 
 /// `with_request_body`.
@@ -297,6 +315,35 @@ static HTTP_STATUS: Message = Message {
     removed: &[],
 };
 
+static EXT_AUTHZ_PER_ROUTE: Message = Message {
+    name: "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+    fields: &[
+        read("disabled").oneof("override"),
+        read("check_settings").oneof("override"),
+    ],
+    removed: &[],
+};
+
+static CHECK_SETTINGS: Message = Message {
+    name: "envoy.extensions.filters.http.ext_authz.v3.CheckSettings",
+    fields: &[
+        read("context_extensions"),
+        read("disable_request_body_buffering"),
+        read("with_request_body"),
+        reject(
+            "grpc_service",
+            "a route's own authorization service is not implemented by vigil",
+        )
+        .oneof("service_override"),
+        reject(
+            "http_service",
+            "a route's own authorization service is not implemented by vigil",
+        )
+        .oneof("service_override"),
+    ],
+    removed: &[],
+};
+
 static API_VERSION: Enum = Enum {
     name: "envoy.config.core.v3.ApiVersion",
     values: &[("AUTO", 0), ("V2", 1), ("V3", 2)],
@@ -368,6 +415,56 @@ pub(crate) fn ext_authz(cx: &mut Ctx, typed: &Any) -> Option<ExtAuthz> {
         max_denied_response_body_bytes,
         path,
     })
+}
+
+/// A route's `ExtAuthzPerRoute`.
+pub(crate) fn ext_authz_per_route(cx: &mut Ctx, typed: &Any) -> Option<ExtAuthzPerRoute> {
+    let errors = cx.errors.len();
+    let mut o = typed.obj(cx, &EXT_AUTHZ_PER_ROUTE);
+    let path = o.path.clone();
+    let disabled = o.bool(cx, "disabled");
+    let settings = o.message(cx, "check_settings", &CHECK_SETTINGS);
+    o.finish(cx);
+    let out = match (disabled, settings) {
+        (Some(true), _) => ExtAuthzPerRoute::Disabled,
+        (Some(false), _) => {
+            cx.invalid(&path.field("disabled"), "value must equal true");
+            return None;
+        }
+        (None, Some(mut c)) => {
+            let mut context_extensions: Vec<(String, String)> = Vec::new();
+            if let Some((p, v)) = c.take("context_extensions") {
+                match v.as_object() {
+                    Some(map) => {
+                        for (key, value) in map {
+                            if let Some(text) = super::reader::string(cx, &p.key(key), value) {
+                                context_extensions.push((key.clone(), text));
+                            }
+                        }
+                    }
+                    None => cx.invalid(&p, "expected a mapping of strings"),
+                }
+            }
+            context_extensions.sort();
+            let disable_request_body_buffering = c
+                .bool(cx, "disable_request_body_buffering")
+                .unwrap_or(false);
+            let with_request_body = c
+                .message(cx, "with_request_body", &BUFFER_SETTINGS)
+                .and_then(|b| buffer_settings(cx, b));
+            c.finish(cx);
+            ExtAuthzPerRoute::Check {
+                context_extensions,
+                disable_request_body_buffering,
+                with_request_body,
+            }
+        }
+        (None, None) => {
+            cx.invalid(&path, "override is required: disabled or check_settings");
+            return None;
+        }
+    };
+    (cx.errors.len() == errors).then_some(out)
 }
 
 fn buffer_settings(cx: &mut Ctx, mut o: Obj) -> Option<BufferSettings> {

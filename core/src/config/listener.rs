@@ -16,13 +16,14 @@ use super::types::{
     JsonFormatValue, LogFormat, LogFormatKind, VIGIL_ROOT_IDS, VIGIL_WASM_FILE,
 };
 use super::types::{
-    Address, ClusterSpecifier, ClusterWeight, CodecType, CorsPolicies, FilterChainRef,
-    ForwardAction, HeaderAppendAction, HeaderMatch, HeaderMatcher, HeaderMutations, HeaderOption,
-    HostRewrite, HttpConnectionManager, HttpFilter, HttpFilterKind, HttpProtocolOptions, Listener,
-    PathMatch, QueryMatch, QueryParameterMatcher, Redirect, RedirectPath, Regex, RegexRewrite,
-    RetryHostPredicate, RetryOn, RetryPolicy, Route, RouteAction, RouteConfiguration,
-    RouteHashKind, RouteHashPolicy, RouteMatch, ServerHeaderTransformation, SocketProtocol,
-    StringMatch, StringMatchKind, StripPort, VirtualHost, WeightedClusters, WeightedTarget,
+    Address, ClusterSpecifier, ClusterWeight, CodecType, FilterChainRef, FilterOverride,
+    FilterSettings, ForwardAction, HeaderAppendAction, HeaderMatch, HeaderMatcher, HeaderMutations,
+    HeaderOption, HostRewrite, HttpConnectionManager, HttpFilter, HttpFilterKind,
+    HttpProtocolOptions, Listener, PathMatch, QueryMatch, QueryParameterMatcher, Redirect,
+    RedirectPath, Regex, RegexRewrite, RetryHostPredicate, RetryOn, RetryPolicy, Route,
+    RouteAction, RouteConfiguration, RouteHashKind, RouteHashPolicy, RouteMatch,
+    ServerHeaderTransformation, SocketProtocol, StringMatch, StringMatchKind, StripPort,
+    VirtualHost, WeightedClusters, WeightedTarget,
 };
 use super::types::{
     DEFAULT_MAX_DIRECT_RESPONSE_BODY_SIZE_BYTES, DEFAULT_MAX_REQUEST_HEADERS_KB,
@@ -877,7 +878,7 @@ fn http_filters(
                     let Some((factory, per_route)) = natively_run(&typed.type_name) else {
                         continue;
                     };
-                    judged.push((name.clone(), Some(per_route.to_string())));
+                    judged.push((name.clone(), Some(format!("{NATIVE_PER_ROUTE}{per_route}"))));
                     if last {
                         cx.invalid(
                             &p,
@@ -978,6 +979,21 @@ fn http_filters(
                     );
                 }
             }
+            // A filter vigil runs per route: its own per-route type (read with the route), or a
+            // FilterConfig turning it off.
+            Some((_, Some(marker))) if marker.starts_with(NATIVE_PER_ROUTE) => {
+                let expected = &marker[NATIVE_PER_ROUTE.len()..];
+                let (found, disables) = per_route_type(config);
+                if !disables && found != expected {
+                    cx.unsupported(
+                        path,
+                        format!(
+                            "per-route configuration of '{name}' is read by vigil as a \
+                             {expected} (or a FilterConfig that disables the filter), not {found}"
+                        ),
+                    );
+                }
+            }
             Some((_, Some(refusal))) if !refusal.is_empty() => {
                 cx.unsupported(path, refusal.clone())
             }
@@ -998,6 +1014,9 @@ const CORS_POLICY_TYPE: &str = "envoy.extensions.filters.http.cors.v3.CorsPolicy
 const ROUTE_FILTER_CONFIG_TYPE: &str = "envoy.config.route.v3.FilterConfig";
 /// What a route's configuration of the CORS filter is judged by (see `http_filters`).
 const CORS_PER_ROUTE: &str = "\0cors";
+/// The start of what a route's configuration of a natively run filter is judged by, followed
+/// by the per-route type it must have.
+const NATIVE_PER_ROUTE: &str = "\0native:";
 
 /// The type name of a `google.protobuf.Any` as written (after the last `/`).
 fn type_name_of(value: &Value) -> &str {
@@ -1022,45 +1041,81 @@ fn is_cors_policy(value: &Value) -> bool {
 }
 
 /// The CORS policies of a route configuration level's `typed_per_filter_config`, by filter name.
-fn cors_per_filter(cx: &mut Ctx, o: &mut Obj) -> Vec<(String, CorsPolicy)> {
+/// A level's `typed_per_filter_config`: the CORS policies and the settings of the filters vigil
+/// runs per route (each read as that filter reads it), by filter name. Entries for other filters
+/// are judged by `http_filters` (refused, or ignored with a warning).
+fn filter_settings(cx: &mut Ctx, o: &mut Obj, legacy_cors: Option<CorsPolicy>) -> FilterSettings {
+    let mut out = FilterSettings {
+        legacy_cors,
+        ..FilterSettings::default()
+    };
     let Some((path, value)) = o.take("typed_per_filter_config") else {
-        return Vec::new();
+        return out;
     };
     let Value::Object(map) = value else {
         cx.invalid(
             &path,
             format!("expected a mapping, found {}", describe(value)),
         );
-        return Vec::new();
+        return out;
     };
-    let mut out = Vec::new();
     for (key, config) in map {
-        if !is_cors_policy(config) {
-            continue;
-        }
         let entry = path.key(key);
-        let (policy_path, policy) = if type_name_of(config) == ROUTE_FILTER_CONFIG_TYPE {
+        let (inner_path, inner, disabled) = if type_name_of(config) == ROUTE_FILTER_CONFIG_TYPE {
             let Some(wrapper) = read_any(cx, &entry, config) else {
                 continue;
             };
             let mut f = wrapper.obj(cx, &ROUTE_FILTER_CONFIG);
             let inner = f.take("config");
             f.bool(cx, "is_optional");
-            f.bool(cx, "disabled");
+            let disabled = f.bool(cx, "disabled").unwrap_or(false);
             f.finish(cx);
             match inner {
-                Some((p, v)) => (p, v),
-                None => continue,
+                Some((p, v)) => (p, Some(v), disabled),
+                None => (entry.clone(), None, disabled),
             }
         } else {
-            (entry, config)
+            (entry, Some(config), false)
         };
-        let Some(typed) = read_any(cx, &policy_path, policy) else {
+        if disabled {
+            out.overrides.push((key.clone(), FilterOverride::Disabled));
+            continue;
+        }
+        let Some(inner) = inner else {
             continue;
         };
-        let policy = typed.obj(cx, &CORS_POLICY);
-        if let Some(policy) = cors_policy(cx, policy) {
-            out.push((key.clone(), policy));
+        let type_name = type_name_of(inner);
+        if type_name == CORS_POLICY_TYPE {
+            let Some(typed) = read_any(cx, &inner_path, inner) else {
+                continue;
+            };
+            let policy = typed.obj(cx, &CORS_POLICY);
+            if let Some(policy) = cors_policy(cx, policy) {
+                out.cors.push((key.clone(), policy));
+            }
+            continue;
+        }
+        let native = [
+            super::ext_authz::EXT_AUTHZ_PER_ROUTE_TYPE,
+            super::jwt_authn::JWT_PER_ROUTE_TYPE,
+            super::local_ratelimit::LOCAL_RATELIMIT_TYPE,
+        ];
+        if !native.contains(&type_name) {
+            continue;
+        }
+        let Some(typed) = read_any(cx, &inner_path, inner) else {
+            continue;
+        };
+        let setting = if type_name == super::ext_authz::EXT_AUTHZ_PER_ROUTE_TYPE {
+            super::ext_authz::ext_authz_per_route(cx, &typed).map(FilterOverride::ExtAuthz)
+        } else if type_name == super::jwt_authn::JWT_PER_ROUTE_TYPE {
+            filters::read_jwt_per_route(cx, &typed).map(FilterOverride::JwtAuthn)
+        } else {
+            super::local_ratelimit::local_ratelimit_per_route(cx, &typed)
+                .map(|c| FilterOverride::LocalRateLimit(Box::new(c)))
+        };
+        if let Some(setting) = setting {
+            out.overrides.push((key.clone(), setting));
         }
     }
     out
@@ -1674,10 +1729,7 @@ fn route_configuration(cx: &mut Ctx, mut o: Obj, clusters: &[&str]) -> RouteConf
         .bool(cx, "most_specific_header_mutations_wins")
         .unwrap_or(false);
     let headers = header_mutations(cx, &mut o, false);
-    let cors = CorsPolicies {
-        per_filter: cors_per_filter(cx, &mut o),
-        legacy: None,
-    };
+    let filters = filter_settings(cx, &mut o, None);
     let mut rcx = RouteCx {
         clusters,
         max_body: max_direct_response_body_size_bytes,
@@ -1746,7 +1798,7 @@ fn route_configuration(cx: &mut Ctx, mut o: Obj, clusters: &[&str]) -> RouteConf
         }
     }
     RouteConfiguration {
-        cors,
+        filters,
         name,
         virtual_hosts,
         headers,
@@ -1796,12 +1848,10 @@ fn virtual_host(
         .message(cx, "retry_policy", &RETRY_POLICY)
         .and_then(|r| retry_policy(cx, r));
     let headers = header_mutations(cx, &mut o, true);
-    let cors = CorsPolicies {
-        per_filter: cors_per_filter(cx, &mut o),
-        legacy: o
-            .message(cx, "cors", &CORS_POLICY)
-            .and_then(|c| cors_policy(cx, c)),
-    };
+    let legacy_cors = o
+        .message(cx, "cors", &CORS_POLICY)
+        .and_then(|c| cors_policy(cx, c));
+    let filters = filter_settings(cx, &mut o, legacy_cors);
     let mut routes = Vec::new();
     for (p, v) in o.list("routes") {
         if let Some(r) = route(cx, &p, v, retry_policy.as_ref(), rcx) {
@@ -1810,7 +1860,7 @@ fn virtual_host(
     }
     o.finish(cx);
     Some(VirtualHost {
-        cors,
+        filters,
         name: name?,
         domains,
         routes,
@@ -1867,10 +1917,7 @@ fn route(
         );
     }
     let headers = header_mutations(cx, &mut o, true);
-    let cors = CorsPolicies {
-        per_filter: cors_per_filter(cx, &mut o),
-        legacy: legacy_cors,
-    };
+    let filters = filter_settings(cx, &mut o, legacy_cors);
     o.finish(cx);
     let connect_route = matcher
         .as_ref()
@@ -1888,7 +1935,7 @@ fn route(
         matcher: matcher?,
         action: action?,
         headers,
-        cors,
+        filters,
     })
 }
 
@@ -2303,33 +2350,32 @@ pub(crate) fn header_matcher(cx: &mut Ctx, mut o: Obj) -> Option<HeaderMatcher> 
 }
 
 /// The HTTP filters the proxy runs natively through a config of their own (besides the router,
-/// RBAC, CORS and the health check filter): the factory's short name and why a route's
-/// per-filter config for it is refused.
+/// RBAC, CORS and the health check filter): the factory's short name and the type of the
+/// per-route config a route may give it.
 fn natively_run(type_name: &str) -> Option<(&'static str, &'static str)> {
     if type_name == super::local_ratelimit::LOCAL_RATELIMIT_TYPE {
         Some((
             "local_ratelimit",
-            "per-route local rate limits (a route's, virtual host's or route table's \
-             LocalRateLimit) are not implemented by vigil yet: the route would be limited by the \
-             listener's bucket",
+            super::local_ratelimit::LOCAL_RATELIMIT_TYPE,
         ))
     } else if type_name == super::jwt_authn::JWT_AUTHN_TYPE {
-        Some((
-            "jwt_authn",
-            "per-route JWT settings (PerRouteConfig: turning the check off or naming another \
-             requirement on a route) are not implemented by vigil yet: the route would be \
-             checked by the filter's rules",
-        ))
+        Some(("jwt_authn", super::jwt_authn::JWT_PER_ROUTE_TYPE))
     } else if type_name == super::ext_authz::EXT_AUTHZ_TYPE {
-        Some((
-            "ext_authz",
-            "per-route ext_authz settings (ExtAuthzPerRoute: turning the check off or changing \
-             what it sends on a route) are not implemented by vigil: the route would be checked \
-             as the listener says",
-        ))
+        Some(("ext_authz", super::ext_authz::EXT_AUTHZ_PER_ROUTE_TYPE))
     } else {
         None
     }
+}
+
+/// A `typed_per_filter_config` entry's own type and whether it only disables the filter
+/// (`FilterConfig { disabled: true }`), unwrapping `FilterConfig`.
+fn per_route_type(config: &Value) -> (&str, bool) {
+    if type_name_of(config) != ROUTE_FILTER_CONFIG_TYPE {
+        return (type_name_of(config), false);
+    }
+    let disabled = field(config, "disabled").and_then(super::reader::boolean_value) == Some(true);
+    let inner = field(config, "config").map(type_name_of).unwrap_or("");
+    (inner, disabled)
 }
 
 pub(crate) fn string_match(cx: &mut Ctx, mut o: Obj) -> Option<StringMatch> {

@@ -71,7 +71,9 @@ pub use validate::schema_errors;
 
 pub use circuit_breakers::{CircuitBreakers, RetryBudget, RoutingPriority, Thresholds};
 pub use error::{ConfigError, ConfigErrors, ErrorKind, FieldPath, Location, Warning};
-pub use ext_authz::{AuthzService, BufferSettings, ExtAuthz, GrpcService, HttpService};
+pub use ext_authz::{
+    AuthzService, BufferSettings, ExtAuthz, ExtAuthzPerRoute, GrpcService, HttpService,
+};
 pub use filters::{ChainFacts, FilterChainMatch, SourceType, select_filter_chain};
 pub use local_ratelimit::{LocalRateLimit, RuntimeFraction, TokenBucketSpec, VhRateLimits};
 pub use tls::{

@@ -797,8 +797,8 @@ pub struct RouteConfiguration {
     /// `ignore_path_parameters_in_path_matching` (default false): `;params` are cut off the path
     /// before path matching.
     pub ignore_path_parameters_in_path_matching: bool,
-    /// CORS policies per filter name (`typed_per_filter_config`).
-    pub cors: CorsPolicies,
+    /// What `typed_per_filter_config` says to the filters.
+    pub filters: FilterSettings,
 }
 
 /// `request_headers_to_add` / `_to_remove`, `response_headers_to_add` / `_to_remove` at one
@@ -862,7 +862,7 @@ pub struct VirtualHost {
     pub headers: HeaderMutations,
     /// CORS policies of this virtual host: per filter name (`typed_per_filter_config`), and the
     /// legacy `cors` field.
-    pub cors: CorsPolicies,
+    pub filters: FilterSettings,
 }
 
 /// `config.route.v3.Route`.
@@ -874,7 +874,7 @@ pub struct Route {
     pub action: RouteAction,
     pub headers: HeaderMutations,
     /// CORS policies of this route: per filter name, and the route action's legacy `cors`.
-    pub cors: CorsPolicies,
+    pub filters: FilterSettings,
 }
 
 /// `config.route.v3.RouteMatch`.
@@ -1381,11 +1381,29 @@ impl crate::balance::hash_policy::HeaderRewrite for RegexRewrite {
     }
 }
 
-/// The CORS policies one level of a route configuration gives.
+/// What one level of a route configuration (route, virtual host, route configuration) says
+/// to the HTTP filters: its `typed_per_filter_config` and the legacy `cors` field.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct CorsPolicies {
+pub struct FilterSettings {
     /// `typed_per_filter_config` entries holding a `CorsPolicy`, by filter name.
-    pub per_filter: Vec<(String, crate::cors::CorsPolicy)>,
+    pub cors: Vec<(String, crate::cors::CorsPolicy)>,
     /// The legacy `cors` field (virtual host, route action).
-    pub legacy: Option<crate::cors::CorsPolicy>,
+    pub legacy_cors: Option<crate::cors::CorsPolicy>,
+    /// `typed_per_filter_config` entries for the filters vigil runs with per-route settings
+    /// (ext_authz, jwt_authn, local_ratelimit), and `FilterConfig { disabled: true }` for any, by
+    /// filter name.
+    pub overrides: Vec<(String, FilterOverride)>,
+}
+
+/// A route level's setting for one HTTP filter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FilterOverride {
+    /// `envoy.config.route.v3.FilterConfig` with `disabled: true`: the filter does not run.
+    Disabled,
+    /// `ExtAuthzPerRoute`.
+    ExtAuthz(crate::config::ExtAuthzPerRoute),
+    /// jwt_authn's `PerRouteConfig`.
+    JwtAuthn(crate::jwt_authn::PerRoute),
+    /// A `LocalRateLimit` of the route's own (its own bucket).
+    LocalRateLimit(Box<crate::config::LocalRateLimit>),
 }
