@@ -689,6 +689,8 @@ fn declare_filter_stats(counters: &ListenerCounters, hcm: &HttpConnectionManager
             HttpFilterKind::Cors => counters.declare(
                 ["origin_valid", "origin_invalid"].map(|c| format!("http.{prefix}.cors.{c}")),
             ),
+            HttpFilterKind::Csrf(_) => counters
+                .declare(vigil_core::csrf::COUNTERS.map(|c| format!("http.{prefix}.csrf.{c}"))),
             HttpFilterKind::LocalRateLimit(config) => counters
                 .declare(vigil_core::local_ratelimit::COUNTERS.map(|c| config.counter_name(c))),
             HttpFilterKind::JwtAuthn(config) => counters.declare(
@@ -1364,6 +1366,38 @@ async fn respond(
                         outcome.details = "cors_response".into();
                         return (response, outcome);
                     }
+                }
+            }
+            HttpFilterKind::Csrf(listener_policy) => {
+                let policy =
+                    match filter_override(state, &parts, authority.as_deref(), &path, &filter.name)
+                    {
+                        Some(FilterOverride::Disabled) => continue,
+                        Some(FilterOverride::Csrf(route_policy)) => route_policy.as_ref(),
+                        _ => listener_policy.as_ref(),
+                    };
+                let get = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+                let request = vigil_core::csrf::CsrfRequest {
+                    method: parts.method.as_str(),
+                    origin: get("origin"),
+                    referer: get("referer"),
+                    host: authority.as_deref(),
+                    scheme: downstream.scheme(),
+                };
+                let verdict = vigil_core::csrf::judge(policy, &request, random(), random());
+                derived.counters.bump(
+                    verdict
+                        .counters
+                        .iter()
+                        .map(|c| format!("http.{}.csrf.{c}", state.hcm.stat_prefix)),
+                );
+                if verdict.deny {
+                    outcome.request_headers = Some(parts.headers);
+                    outcome.details = vigil_core::csrf::ORIGIN_MISMATCH.into();
+                    return (
+                        local_reply(StatusCode::FORBIDDEN, vigil_core::csrf::INVALID_ORIGIN),
+                        outcome,
+                    );
                 }
             }
             HttpFilterKind::LocalRateLimit(listener_config) => {

@@ -12,6 +12,7 @@
 //! - [`config`]: the Envoy v3 bootstrap YAML/JSON users already run, loaded and validated as Envoy
 //!   does (every error names its field path), into the typed structures below; the YAML front end
 //!   is behind the `yaml` feature.
+//! - [`csrf`]: Envoy's CSRF filter: the origin check of state-changing requests.
 //! - [`cors`]: Envoy's CORS filter: which policies apply, the preflight answer, the response
 //!   headers of an allowed origin.
 //! - [`check`]: one active health check as validated data (HTTP / TCP / gRPC parts) and the
@@ -59,6 +60,7 @@ pub mod balance;
 pub mod check;
 pub mod config;
 pub mod cors;
+pub mod csrf;
 pub mod dns;
 pub mod grpc_health;
 pub mod health;

@@ -249,7 +249,7 @@ mod tests {
 mod agreement {
     use super::schema;
 
-    const SOURCES: [(&str, &str); 7] = [
+    const SOURCES: [(&str, &str); 8] = [
         ("schema.rs", include_str!("schema.rs")),
         ("jwt_authn.rs", include_str!("jwt_authn.rs")),
         ("rbac.rs", include_str!("rbac.rs")),
@@ -257,6 +257,7 @@ mod agreement {
         ("tls.rs", include_str!("tls.rs")),
         ("ext_authz.rs", include_str!("ext_authz.rs")),
         ("local_ratelimit.rs", include_str!("local_ratelimit.rs")),
+        ("csrf.rs", include_str!("csrf.rs")),
     ];
 
     /// (file, message name, field names) of each `Message { name: "...", fields: &[...] }`.

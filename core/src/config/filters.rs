@@ -61,7 +61,7 @@ pub(crate) fn http_filter(type_name: &str) -> Treatment {
         "basic_auth" => Refused("answer 401 to requests without valid credentials"),
         "api_key_auth" => Refused("answer 401 / 403 to requests without a valid API key"),
         "oauth2" => Refused("send requests without a session to the identity provider"),
-        "csrf" => Refused("answer 403 to cross-site state-changing requests"),
+        "csrf" => Enforced,
         "gcp_authn" | "credential_injector" | "aws_request_signing" => {
             Refused("add credentials to upstream requests")
         }

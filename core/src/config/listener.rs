@@ -904,6 +904,8 @@ fn http_filters(
                             }),
                         "jwt_authn" => filters::read_jwt_authn(cx, &typed)
                             .map(|config| HttpFilterKind::JwtAuthn(Box::new(config))),
+                        "csrf" => super::csrf::csrf_policy(cx, &typed)
+                            .map(|policy| HttpFilterKind::Csrf(Box::new(policy))),
                         _ => super::ext_authz::ext_authz(cx, &typed)
                             .map(|config| HttpFilterKind::ExtAuthz(Box::new(config))),
                     };
@@ -1099,6 +1101,7 @@ fn filter_settings(cx: &mut Ctx, o: &mut Obj, legacy_cors: Option<CorsPolicy>) -
             super::ext_authz::EXT_AUTHZ_PER_ROUTE_TYPE,
             super::jwt_authn::JWT_PER_ROUTE_TYPE,
             super::local_ratelimit::LOCAL_RATELIMIT_TYPE,
+            super::csrf::CSRF_POLICY_TYPE,
         ];
         if !native.contains(&type_name) {
             continue;
@@ -1110,6 +1113,8 @@ fn filter_settings(cx: &mut Ctx, o: &mut Obj, legacy_cors: Option<CorsPolicy>) -
             super::ext_authz::ext_authz_per_route(cx, &typed).map(FilterOverride::ExtAuthz)
         } else if type_name == super::jwt_authn::JWT_PER_ROUTE_TYPE {
             filters::read_jwt_per_route(cx, &typed).map(FilterOverride::JwtAuthn)
+        } else if type_name == super::csrf::CSRF_POLICY_TYPE {
+            super::csrf::csrf_policy(cx, &typed).map(|p| FilterOverride::Csrf(Box::new(p)))
         } else {
             super::local_ratelimit::local_ratelimit_per_route(cx, &typed)
                 .map(|c| FilterOverride::LocalRateLimit(Box::new(c)))
@@ -2362,6 +2367,8 @@ fn natively_run(type_name: &str) -> Option<(&'static str, &'static str)> {
         Some(("jwt_authn", super::jwt_authn::JWT_PER_ROUTE_TYPE))
     } else if type_name == super::ext_authz::EXT_AUTHZ_TYPE {
         Some(("ext_authz", super::ext_authz::EXT_AUTHZ_PER_ROUTE_TYPE))
+    } else if type_name == super::csrf::CSRF_POLICY_TYPE {
+        Some(("csrf", super::csrf::CSRF_POLICY_TYPE))
     } else {
         None
     }

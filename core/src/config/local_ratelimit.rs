@@ -417,7 +417,7 @@ fn token_bucket(cx: &mut Ctx, mut o: Obj) -> Option<TokenBucketSpec> {
     })
 }
 
-fn runtime_fraction(cx: &mut Ctx, mut o: Obj) -> Option<RuntimeFraction> {
+pub(crate) fn runtime_fraction(cx: &mut Ctx, mut o: Obj) -> Option<RuntimeFraction> {
     let path = o.path.clone();
     let runtime_key = o.string(cx, "runtime_key").unwrap_or_default();
     let default = o.message(cx, "default_value", &FRACTIONAL_PERCENT);

@@ -49,6 +49,7 @@
 
 mod circuit_breakers;
 mod cluster;
+mod csrf;
 #[cfg(feature = "envoy-schema")]
 mod envoy_schema;
 mod error;

@@ -769,6 +769,9 @@ pub enum HttpFilterKind {
     /// `envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit`: the proxy's token
     /// bucket (`crate::local_ratelimit`).
     LocalRateLimit(Box<crate::config::LocalRateLimit>),
+    /// `envoy.extensions.filters.http.csrf.v3.CsrfPolicy`: the origin check of state-changing
+    /// requests (`crate::csrf`).
+    Csrf(Box<crate::csrf::CsrfPolicy>),
     /// `envoy.extensions.filters.http.wasm.v3.Wasm`: a wasm module (such as vigil's own filter),
     /// which the companion does not load.
     Wasm,
@@ -1406,4 +1409,6 @@ pub enum FilterOverride {
     JwtAuthn(crate::jwt_authn::PerRoute),
     /// A `LocalRateLimit` of the route's own (its own bucket).
     LocalRateLimit(Box<crate::config::LocalRateLimit>),
+    /// A `CsrfPolicy` replacing the filter's.
+    Csrf(Box<crate::csrf::CsrfPolicy>),
 }
