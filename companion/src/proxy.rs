@@ -103,6 +103,12 @@ pub struct ListenerState {
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     /// The listener's other filter chains (`default_filter_chain` last), in the file's order.
     pub other_chains: Vec<Arc<ListenerState>>,
+    /// The listener's chains without an HTTP connection manager (on the first chain's state
+    /// only): connections Envoy hands to them are closed.
+    pub unserved_chains: Vec<(
+        vigil_core::config::FilterChainRef,
+        vigil_core::config::FilterChainMatch,
+    )>,
 }
 
 impl ListenerState {
@@ -119,21 +125,37 @@ impl ListenerState {
     }
 
     /// Envoy's choice of filter chain for a connection (an index for [`ListenerState::chain`]):
-    /// the most specific `filter_chain_match`, else the `default_filter_chain`, else none.
-    fn select_chain(&self, facts: &vigil_core::config::ChainFacts) -> Option<usize> {
-        let matched: Vec<(usize, &vigil_core::config::FilterChainMatch)> = self
+    /// the most specific `filter_chain_match`, else the `default_filter_chain`, else none. A
+    /// connection Envoy would hand to a chain vigil does not serve gets none too.
+    fn select_chain(
+        &self,
+        facts: &vigil_core::config::ChainFacts,
+    ) -> Result<usize, crate::tls::Refused> {
+        use vigil_core::config::FilterChainRef;
+        // (served chain index or None for an unserved one, its match)
+        let mut candidates: Vec<(Option<usize>, &vigil_core::config::FilterChainMatch)> = self
             .chains()
             .enumerate()
-            .filter(|(_, c)| c.hcm.filter_chain != vigil_core::config::FilterChainRef::Default)
-            .map(|(i, c)| (i, &c.hcm.connection_match))
+            .filter(|(_, c)| c.hcm.filter_chain != FilterChainRef::Default)
+            .map(|(i, c)| (Some(i), &c.hcm.connection_match))
             .collect();
+        candidates.extend(
+            self.unserved_chains
+                .iter()
+                .filter(|(which, _)| *which != FilterChainRef::Default)
+                .map(|(_, m)| (None, m)),
+        );
         let matches: Vec<&vigil_core::config::FilterChainMatch> =
-            matched.iter().map(|(_, m)| *m).collect();
+            candidates.iter().map(|(_, m)| *m).collect();
         match vigil_core::config::select_filter_chain(&matches, facts) {
-            Some(i) => matched.get(i).map(|(index, _)| *index),
+            Some(i) => candidates
+                .get(i)
+                .and_then(|(served, _)| *served)
+                .ok_or(crate::tls::Refused::Unserved),
             None => self
                 .chains()
-                .position(|c| c.hcm.filter_chain == vigil_core::config::FilterChainRef::Default),
+                .position(|c| c.hcm.filter_chain == FilterChainRef::Default)
+                .ok_or(crate::tls::Refused::NoChainMatch),
         }
     }
 
@@ -403,14 +425,13 @@ impl Connections {
             // Nothing is learnt from the first bytes: the chain is chosen now.
             let chain = match local {
                 Some(local) => top.select_chain(&plain_facts(local)),
-                None => Some(0),
+                None => Ok(0),
             };
-            let Some((index, state)) =
-                chain.and_then(|i| ListenerState::chain(&top, i).map(|s| (i, s)))
+            let Some((index, state)) = chain
+                .ok()
+                .and_then(|i| ListenerState::chain(&top, i).map(|s| (i, s)))
             else {
-                counters
-                    .no_filter_chain_match
-                    .fetch_add(1, Ordering::Relaxed);
+                count_unserved(counters, local, chain.err());
                 return;
             };
             serving.chain = index;
@@ -439,10 +460,8 @@ impl Connections {
                 return;
             };
             let refused = |why: crate::tls::Refused| match why {
-                crate::tls::Refused::NoChainMatch => {
-                    counters
-                        .no_filter_chain_match
-                        .fetch_add(1, Ordering::Relaxed);
+                crate::tls::Refused::NoChainMatch | crate::tls::Refused::Unserved => {
+                    count_unserved(&counters, local, Some(why));
                 }
                 crate::tls::Refused::Handshake => {
                     counters.bump([format!(
@@ -464,13 +483,15 @@ impl Connections {
                     server_name: hello.sni.as_deref().unwrap_or(""),
                     application_protocols: &hello.alpn,
                 };
-                let Some(index) = top.select_chain(&facts) else {
-                    return refused(crate::tls::Refused::NoChainMatch);
+                let index = match top.select_chain(&facts) {
+                    Ok(index) => index,
+                    Err(why) => return refused(why),
                 };
                 (index, Some(hello), None)
             } else {
-                let Some(index) = top.select_chain(&plain_facts(local_address)) else {
-                    return refused(crate::tls::Refused::NoChainMatch);
+                let index = match top.select_chain(&plain_facts(local_address)) {
+                    Ok(index) => index,
+                    Err(why) => return refused(why),
                 };
                 (index, None, Some(stream))
             };
@@ -521,6 +542,25 @@ impl Connections {
                 (None, _, _) => refused(crate::tls::Refused::Handshake),
             }
         });
+    }
+}
+
+/// A connection no served filter chain takes: Envoy's `no_filter_chain_match` when no chain
+/// matched, vigil's own counter when Envoy would hand it to a chain vigil does not serve.
+fn count_unserved(
+    counters: &ListenerCounters,
+    local: Option<SocketAddr>,
+    why: Option<crate::tls::Refused>,
+) {
+    if why == Some(crate::tls::Refused::Unserved) {
+        counters.bump([format!(
+            "listener.{}.vigil.unserved_filter_chain",
+            stat_address(local)
+        )]);
+    } else {
+        counters
+            .no_filter_chain_match
+            .fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -2529,6 +2569,7 @@ static_resources:
             hcm,
             upstreams: BTreeMap::new(),
             other_chains: Vec::new(),
+            unserved_chains: Vec::new(),
         }))
     }
 
@@ -2781,6 +2822,7 @@ impl ListenerSet {
                         tls: tls.map(Arc::new),
                         upstreams: upstreams.clone(),
                         other_chains: Vec::new(),
+                        unserved_chains: Vec::new(),
                     }),
                     Err(err) => failed = Some(err),
                 }
@@ -2794,6 +2836,7 @@ impl ListenerSet {
                 continue;
             };
             state.other_chains = chains.map(Arc::new).collect();
+            state.unserved_chains = listener.unserved_chains.clone();
             names.insert(SocketAddr::new(ip, socket.port_value), label.to_string());
             reuse_ports.insert(
                 SocketAddr::new(ip, socket.port_value),

@@ -50,6 +50,8 @@ pub enum Refused {
     Handshake,
     /// The ClientHello matched no filter chain (`no_filter_chain_match`).
     NoChainMatch,
+    /// The connection chose a filter chain vigil does not serve (no HTTP connection manager).
+    Unserved,
 }
 
 /// A connection whose ClientHello has been read: what the TLS inspector learnt of it, and the

@@ -125,6 +125,7 @@ async fn requests_are_logged_in_envoys_formats() {
             upstream("web", &all_healthy(&[blue.http])),
         )]),
         other_chains: Vec::new(),
+        unserved_chains: Vec::new(),
     };
     let (at, _stop) = serve_state(state).await;
 

@@ -113,6 +113,7 @@ static_resources:
             upstream("up", &all_healthy(&[upstream_at])),
         )]),
         other_chains: Vec::new(),
+        unserved_chains: Vec::new(),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let at = listener.local_addr().unwrap();

@@ -86,6 +86,7 @@ async fn proxy(blue: &App, yellow: &App) -> (SocketAddr, oneshot::Sender<()>) {
         hcm,
         upstreams,
         other_chains: Vec::new(),
+        unserved_chains: Vec::new(),
     };
     serve_state(state).await
 }

@@ -217,6 +217,7 @@ async fn proxy(blue: &App, yellow: &App) -> Proxy {
         hcm,
         upstreams,
         other_chains: Vec::new(),
+        unserved_chains: Vec::new(),
     };
     let (at, stop) = serve_state(state).await;
     Proxy {

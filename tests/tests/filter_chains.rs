@@ -7,6 +7,8 @@
 //! direct response naming it. Clients: the SNIs `a.example`, `x.b.example`, `y.x.b.example`,
 //! `c.example` with and without `h2`, no SNI, plain text from the named address and from another.
 //! Both proxies answer every client from the same chain (and present that chain's certificate).
+//! A seventh chain proxies TCP (`tcp.example`): its presence changes no other client's chain, and
+//! vigil, which does not serve it, closes the connections Envoy hands to it.
 
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use std::net::{IpAddr, SocketAddr};
@@ -130,7 +132,23 @@ static_resources:
     - filter_chain_match: {{ transport_protocol: tls, application_protocols: [h2] }}{}{}
     - filter_chain_match: {{ transport_protocol: tls }}{}{}
     - filter_chain_match: {{ transport_protocol: raw_buffer, direct_source_prefix_ranges: [{{ address_prefix: {plain_client}, prefix_len: 32 }}] }}{}
+    - filter_chain_match: {{ server_names: [tcp.example] }}
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          \"@type\": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: raw
+          cluster: tcp_backend
     default_filter_chain:{}
+  clusters:
+  - name: tcp_backend
+    connect_timeout: 0.25s
+    type: STATIC
+    load_assignment:
+      cluster_name: tcp_backend
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 1 }} }} }}
 ",
         admin.ip(),
         admin.port(),
@@ -260,6 +278,13 @@ async fn each_connection_is_served_by_the_chain_envoy_picks() {
             ("plain, other client", other_client, None),
         ] {
             seen.push(format!("{label}: {}", ask(listen, from, tls).await));
+        }
+        if name == "vigil" {
+            let tcp = ask(listen, other_client, Some(("tcp.example", &[][..]))).await;
+            assert_eq!(
+                tcp, "handshake failed",
+                "vigil closes the tcp_proxy chain's connections"
+            );
         }
         let stats = process.stats().await.unwrap_or_default();
         seen.push(format!(

@@ -6,7 +6,7 @@
 
 use super::cluster::address;
 use super::error::FieldPath;
-use super::filters::{self, Treatment};
+use super::filters::{self, FilterChainMatch, Treatment};
 use super::reader::{
     Any, Ctx, Obj, ProtoDuration, any as read_any, base64, describe, items, json_name, string,
 };
@@ -83,15 +83,25 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
         .map(|_| path.field("use_original_dst"));
     let bind_to_port = o.bool(cx, "bind_to_port").unwrap_or(true);
     let mut http = Vec::new();
+    let mut unserved = Vec::new();
     let mut matchers: Vec<(FieldPath, String, Value)> = Vec::new();
     let chains = o.list("filter_chains");
     let chain_count = chains.len() + usize::from(o.has("default_filter_chain"));
     let has_chains = chain_count > 0;
     for (i, (p, v)) in chains.into_iter().enumerate() {
         let which = FilterChainRef::Index(i);
-        if let Some((chain_name, chain_match)) =
-            filter_chain(cx, &p, v, which, udp, clusters, &mut http)
-        {
+        if let Some((chain_name, chain_match)) = filter_chain(
+            cx,
+            &p,
+            v,
+            which,
+            udp,
+            clusters,
+            ChainSinks {
+                http: &mut http,
+                unserved: &mut unserved,
+            },
+        ) {
             let key = chain_match.unwrap_or_else(|| Value::Object(Map::new()));
             if let Some((_, first, _)) = matchers.iter().find(|(_, _, m)| *m == key) {
                 cx.invalid(
@@ -106,7 +116,18 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
         }
     }
     if let Some((p, v)) = o.take("default_filter_chain") {
-        filter_chain(cx, &p, v, FilterChainRef::Default, udp, clusters, &mut http);
+        filter_chain(
+            cx,
+            &p,
+            v,
+            FilterChainRef::Default,
+            udp,
+            clusters,
+            ChainSinks {
+                http: &mut http,
+                unserved: &mut unserved,
+            },
+        );
     }
     o.finish(cx);
     if address.is_none() && !special && !cx.errors.iter().any(|e| e.path == path.field("address")) {
@@ -121,14 +142,14 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
     // What follows only matters for a listener vigil serves: one with an HTTP connection
     // manager. The others are not served at all, so nothing of theirs can let traffic through.
     let served = !http.is_empty();
-    if served && http.len() < chain_count {
-        cx.unsupported(
+    if served && !unserved.is_empty() {
+        cx.warn(
             &path.field("filter_chains"),
             format!(
-                "this listener has {chain_count} filter chains (default_filter_chain included) \
-                 and only {} of them run an HTTP connection manager: vigil serves HTTP chains \
-                 only, and would close the connections Envoy hands to the others",
-                http.len()
+                "{} of this listener's filter chains run no HTTP connection manager (a \
+                 tcp_proxy, ...): vigil serves the HTTP chains and closes the connections Envoy \
+                 would hand to the others",
+                unserved.len()
             ),
         );
     }
@@ -183,6 +204,7 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
         name,
         address,
         http,
+        unserved_chains: if served { unserved } else { Vec::new() },
         bind_to_port,
         rest,
     })
@@ -224,6 +246,13 @@ fn listener_filter(cx: &mut Ctx, path: &FieldPath, value: &Value, served: bool) 
 
 /// One filter chain: its HTTP connection manager goes to `out`. Returns the chain's name and
 /// `filter_chain_match` (for the duplicate check).
+/// Where a filter chain's reading goes: its connection manager (an HTTP chain), or its match (a
+/// chain vigil does not serve).
+struct ChainSinks<'a> {
+    http: &'a mut Vec<HttpConnectionManager>,
+    unserved: &'a mut Vec<(FilterChainRef, FilterChainMatch)>,
+}
+
 fn filter_chain(
     cx: &mut Ctx,
     path: &FieldPath,
@@ -231,8 +260,12 @@ fn filter_chain(
     which: FilterChainRef,
     udp: bool,
     clusters: &[&str],
-    out: &mut Vec<HttpConnectionManager>,
+    out: ChainSinks<'_>,
 ) -> Option<(String, Option<Value>)> {
+    let ChainSinks {
+        http: out,
+        unserved,
+    } = out;
     let mut o = Obj::new(cx, path.clone(), value, &FILTER_CHAIN)?;
     let chain_match = o.raw_message(cx, "filter_chain_match");
     let connection_match = chain_match
@@ -339,6 +372,9 @@ fn filter_chain(
                 );
             }
         }
+    }
+    if !served {
+        unserved.push((which, connection_match.clone()));
     }
     for (typed_path, filter_name, type_name) in before {
         if !served {

@@ -93,6 +93,9 @@ pub struct Listener {
     /// and of `default_filter_chain` (last), one per chain that has one. A listener that has one
     /// has exactly one filter chain (vigil refuses the others).
     pub http: Vec<HttpConnectionManager>,
+    /// The matches of the chains without an HTTP connection manager, on a listener that has
+    /// HTTP chains too: a connection Envoy would hand to one of them is closed by vigil.
+    pub unserved_chains: Vec<(FilterChainRef, crate::config::FilterChainMatch)>,
     /// `bind_to_port` (default true): when false, Envoy accepts no connection on the address
     /// itself, and neither does vigil.
     pub bind_to_port: bool,
