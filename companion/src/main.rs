@@ -225,6 +225,27 @@ struct Loaded {
     plans: Vec<ClusterPlan>,
     /// The document as read, served by `/config_dump`.
     source: serde_json::Value,
+    /// The SDS files its secrets came from: a change in one reloads (certificate rotation).
+    sds_files: Vec<String>,
+}
+
+/// The SDS files and when each last changed, to notice a rotation.
+#[derive(Default)]
+struct SdsWatch(Vec<(String, Option<SystemTime>)>);
+
+impl SdsWatch {
+    fn new(files: &[String]) -> SdsWatch {
+        SdsWatch(files.iter().map(|f| (f.clone(), modified(f))).collect())
+    }
+
+    /// Whether a file changed (or appeared, or went) since the last look.
+    fn changed(&self) -> bool {
+        self.0.iter().any(|(file, seen)| modified(file) != *seen)
+    }
+}
+
+fn modified(file: &str) -> Option<SystemTime> {
+    std::fs::metadata(file).and_then(|m| m.modified()).ok()
 }
 
 /// Loads, validates and plans `path`, logging warnings; the error is the full report to print.
@@ -256,6 +277,7 @@ fn load(path: &Path) -> Result<Loaded, String> {
         bootstrap: loaded.bootstrap,
         plans,
         source: loaded.source,
+        sds_files: loaded.sds_files,
     })
 }
 
@@ -354,6 +376,10 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
         }
     };
     let (reload_tx, mut reload_rx) = mpsc::channel(4);
+    // SDS files are looked at every second, as Envoy watches them: a rotated certificate is
+    // loaded (through a reload, so a bad one keeps the running config) for new connections.
+    let mut sds = SdsWatch::new(&loaded.sds_files);
+    let mut sds_tick = tokio::time::interval(Duration::from_secs(1));
     let config = Arc::new(ArcSwap::from_pointee(ConfigDump {
         source: loaded.source,
         loaded_at: Some(SystemTime::now()),
@@ -400,10 +426,20 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = hangup.recv() => {
-                let _ = reload(&options.config_path, &mut clusters, &mut listeners, &config).await;
+                let _ = reload(&options.config_path, &mut clusters, &mut listeners, &config, &mut sds).await;
             }
             Some(reply) = reload_rx.recv() => {
-                let _ = reply.send(reload(&options.config_path, &mut clusters, &mut listeners, &config).await);
+                let _ = reply.send(reload(&options.config_path, &mut clusters, &mut listeners, &config, &mut sds).await);
+            }
+            _ = sds_tick.tick() => {
+                if sds.changed() {
+                    log::info!("an SDS file changed: reloading");
+                    let reloaded = reload(&options.config_path, &mut clusters, &mut listeners, &config, &mut sds).await;
+                    if reloaded.is_err() {
+                        // A bad file is not tried again until it changes once more.
+                        sds = SdsWatch(sds.0.iter().map(|(f, _)| (f.clone(), modified(f))).collect());
+                    }
+                }
             }
         }
     }
@@ -434,9 +470,11 @@ async fn reload(
     clusters: &mut Runtime,
     listeners: &mut ListenerSet,
     config: &ArcSwap<ConfigDump>,
+    sds: &mut SdsWatch,
 ) -> Result<String, String> {
     match load(path) {
         Ok(loaded) => {
+            *sds = SdsWatch::new(&loaded.sds_files);
             clusters.set_outlier_event_log(loaded.bootstrap.outlier_event_log_path.as_deref());
             let (started, stopped) = clusters.apply(loaded.plans);
             // As Envoy warms a changed cluster: the listeners keep the replaced cluster until

@@ -256,3 +256,78 @@ async fn serve_connection(
         .serve_connection(TokioIo::new(tls), service)
         .await;
 }
+
+/// A client-side certificate check that accepts any server certificate and remembers which of
+/// the given markers (text the tests put in a certificate's names) the last one carried: the
+/// tests check which certificate a proxy presented, not whether it is trusted.
+#[derive(Debug)]
+pub struct SeeAny {
+    /// Longest first, so that a marker containing another is found first.
+    markers: Vec<String>,
+    seen: Mutex<Option<String>>,
+}
+
+impl SeeAny {
+    pub fn new(markers: &[&str]) -> SeeAny {
+        let mut markers: Vec<String> = markers.iter().map(|m| m.to_string()).collect();
+        markers.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        SeeAny {
+            markers,
+            seen: Mutex::new(None),
+        }
+    }
+
+    /// The marker of the last certificate seen (`unknown` for none of them, empty for none).
+    pub fn seen(&self) -> String {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_default()
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for SeeAny {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let der = end_entity.as_ref();
+        let marker = self
+            .markers
+            .iter()
+            .find(|m| der.windows(m.len()).any(|w| w == m.as_bytes()))
+            .cloned()
+            .unwrap_or_else(|| "unknown".into());
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(marker);
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

@@ -10,7 +10,7 @@
 //! A seventh chain proxies TCP (`tcp.example`): its presence changes no other client's chain, and
 //! vigil, which does not serve it, closes the connections Envoy hands to it.
 
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::ServerName;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
@@ -18,62 +18,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 use vigil_tests::envoy::AdminProcess;
-use vigil_tests::tls_upstream::{Authority, Validity};
+use vigil_tests::tls_upstream::{Authority, SeeAny, Validity};
 use vigil_tests::{net, paths};
-
-/// Accepts any server certificate and reports which one it saw (the test checks chains, not
-/// trust).
-#[derive(Debug)]
-struct SeeAny(std::sync::Mutex<Option<String>>);
-
-impl rustls::client::danger::ServerCertVerifier for SeeAny {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        let names = x509_first_dns(end_entity.as_ref());
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(names);
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        #[expect(deprecated, reason = "ring offers no post-quantum key exchange")]
-        let provider = rustls::crypto::ring::default_provider();
-        provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// The certificate's marker: the test gives each chain's certificate a distinct DNS name, found
-/// here as plain bytes (enough to tell four certificates apart).
-fn x509_first_dns(der: &[u8]) -> String {
-    for marker in ["cert-any", "cert-h2", "cert-b", "cert-a"] {
-        if der.windows(marker.len()).any(|w| w == marker.as_bytes()) {
-            return marker.to_string();
-        }
-    }
-    "unknown".into()
-}
 
 fn config(dir: &Path, listen: SocketAddr, admin: SocketAddr, plain_client: IpAddr) -> String {
     let ca = Authority::new("chains CA");
@@ -184,7 +130,7 @@ async fn ask(to: SocketAddr, from: IpAddr, tls: Option<(&str, &[&str])>) -> Stri
             let _ = tcp.read_to_end(&mut answer).await;
             return Ok::<_, String>(body(&answer));
         };
-        let seen = Arc::new(SeeAny(std::sync::Mutex::new(None)));
+        let seen = Arc::new(SeeAny::new(&["cert-any", "cert-h2", "cert-b", "cert-a"]));
         #[expect(deprecated, reason = "ring offers no post-quantum key exchange")]
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
@@ -211,13 +157,11 @@ async fn ask(to: SocketAddr, from: IpAddr, tls: Option<(&str, &[&str])>) -> Stri
             .map(|p| String::from_utf8_lossy(p).into_owned());
         if negotiated.as_deref() == Some("h2") {
             // The chain answers over HTTP/2 here; the certificate and ALPN say enough.
-            let cert = seen.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            return Ok(format!("h2 negotiated, {}", cert.unwrap_or_default()));
+            return Ok(format!("h2 negotiated, {}", seen.seen()));
         }
         stream.write_all(request).await.map_err(|e| e.to_string())?;
         let _ = stream.read_to_end(&mut answer).await;
-        let cert = seen.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        Ok(format!("{}, {}", body(&answer), cert.unwrap_or_default()))
+        Ok(format!("{}, {}", body(&answer), seen.seen()))
     };
     match tokio::time::timeout(Duration::from_secs(5), exchange).await {
         Ok(Ok(text)) => text,

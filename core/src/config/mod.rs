@@ -62,6 +62,7 @@ mod local_ratelimit;
 mod rbac;
 pub(crate) mod reader;
 mod schema;
+mod sds;
 mod tls;
 mod types;
 #[cfg(feature = "envoy-schema")]
@@ -99,11 +100,40 @@ pub struct Loaded {
     pub warnings: Vec<Warning>,
     /// The document as read (its JSON tree), for `/config_dump`.
     pub source: Value,
+    /// The SDS files its TLS contexts' secrets came from (a change in one is a reload).
+    pub sds_files: Vec<String>,
 }
 
 /// Loads a bootstrap config from its JSON tree (Envoy's own YAML loader produces the same tree).
+/// Secrets come from `static_resources.secrets` only: SDS files are read by [`load_file`].
 pub fn from_value(value: &Value) -> Result<Loaded, ConfigErrors> {
+    let no_files = |file: &str| -> Result<String, String> {
+        Err(format!(
+            "{file}: SDS files are read when the config is loaded from a file"
+        ))
+    };
+    from_value_reading(value, &no_files, &|text| {
+        serde_json::from_str(text).map_err(|e| e.to_string())
+    })
+}
+
+/// [`from_value`], reading SDS files with `read` and parsing them with `parse`.
+fn from_value_reading(
+    value: &Value,
+    read: &dyn Fn(&str) -> Result<String, String>,
+    parse: &dyn Fn(&str) -> Result<Value, String>,
+) -> Result<Loaded, ConfigErrors> {
+    let written = value;
+    let mut resolved_value = value.clone();
+    let resolved = sds::inline_secrets(&mut resolved_value, read, parse);
+    let value = &resolved_value;
     let mut cx = Ctx::default();
+    for (path, kind, message) in resolved.errors {
+        match kind {
+            ErrorKind::Unsupported => cx.unsupported(&path, message),
+            _ => cx.invalid(&path, message),
+        }
+    }
     let bootstrap = bootstrap(&mut cx, value);
     cx.settle();
     // Parts the typed readers take without reading all of them: checked as a whole against
@@ -116,7 +146,8 @@ pub fn from_value(value: &Value) -> Result<Loaded, ConfigErrors> {
         Ok(Loaded {
             bootstrap,
             warnings: cx.warnings,
-            source: value.clone(),
+            source: written.clone(),
+            sds_files: resolved.files,
         })
     } else {
         Err(ConfigErrors {
@@ -128,6 +159,10 @@ pub fn from_value(value: &Value) -> Result<Loaded, ConfigErrors> {
 
 /// Loads a bootstrap config written as JSON. Syntax errors carry their line and column.
 pub fn parse_json(text: &str) -> Result<Loaded, ConfigErrors> {
+    parse_json_value(text).and_then(|value| from_value(&value))
+}
+
+fn parse_json_value(text: &str) -> Result<Value, ConfigErrors> {
     let value: Value = serde_json::from_str(text).map_err(|e| {
         ConfigErrors::one(
             ErrorKind::Syntax,
@@ -138,7 +173,7 @@ pub fn parse_json(text: &str) -> Result<Loaded, ConfigErrors> {
             }),
         )
     })?;
-    from_value(&value)
+    Ok(value)
 }
 
 /// Loads a bootstrap config written as YAML, as Envoy reads it: the first document only (later
@@ -147,6 +182,27 @@ pub fn parse_json(text: &str) -> Result<Loaded, ConfigErrors> {
 /// line and column.
 #[cfg(feature = "yaml")]
 pub fn parse_yaml(text: &str) -> Result<Loaded, ConfigErrors> {
+    let (value, more) = parse_yaml_value(text)?;
+    let loaded = from_value(&value)?;
+    Ok(with_more_documents(loaded, more))
+}
+
+#[cfg(feature = "yaml")]
+fn with_more_documents(mut loaded: Loaded, more: bool) -> Loaded {
+    if more {
+        loaded.warnings.push(Warning {
+            path: FieldPath::root(),
+            message: "the file holds more than one YAML document: only the first is read, as \
+                      Envoy does"
+                .into(),
+        });
+    }
+    loaded
+}
+
+/// The first YAML document's tree, and whether more documents follow.
+#[cfg(feature = "yaml")]
+fn parse_yaml_value(text: &str) -> Result<(Value, bool), ConfigErrors> {
     use serde::Deserialize;
     let syntax = |e: serde_yaml_ng::Error| {
         ConfigErrors::one(
@@ -174,16 +230,7 @@ pub fn parse_yaml(text: &str) -> Result<Loaded, ConfigErrors> {
         None => Value::Null,
     };
     let more = documents.next().is_some();
-    let mut loaded = from_value(&value)?;
-    if more {
-        loaded.warnings.push(Warning {
-            path: FieldPath::root(),
-            message: "the file holds more than one YAML document: only the first is read, as \
-                      Envoy does"
-                .into(),
-        });
-    }
-    Ok(loaded)
+    Ok((value, more))
 }
 
 /// The YAML parser's own recursion limit: deeper documents fail anyway, but only after the
@@ -278,12 +325,22 @@ pub fn load_file(path: impl AsRef<std::path::Path>) -> Result<Loaded, ConfigErro
     let is_json = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"));
-    if is_json {
-        parse_json(&text)
+    let (value, more) = if is_json {
+        (parse_json_value(&text).map_err(with_file)?, false)
     } else {
-        parse_yaml(&text)
-    }
-    .map_err(with_file)
+        parse_yaml_value(&text).map_err(with_file)?
+    };
+    // SDS files named by relative paths are found as Envoy finds them: from its working
+    // directory.
+    let read = |file: &str| std::fs::read_to_string(file).map_err(|e| e.to_string());
+    let parse = |text: &str| {
+        parse_yaml_value(text)
+            .map(|(value, _)| value)
+            .map_err(|e| e.to_string())
+    };
+    from_value_reading(&value, &read, &parse)
+        .map(|loaded| with_more_documents(loaded, more))
+        .map_err(with_file)
 }
 
 fn bootstrap(cx: &mut Ctx, value: &Value) -> Bootstrap {

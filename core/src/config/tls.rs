@@ -228,12 +228,13 @@ fn label_wildcard_match(label: &str, pattern: &str) -> bool {
     pattern.len() <= label.len() + 1 && label.starts_with(prefix) && label.ends_with(suffix)
 }
 
-const NO_SDS_VALIDATION: &str = "validation contexts from SDS or certificate providers are not \
-     implemented by vigil yet";
+const NO_SDS_VALIDATION: &str = "validation contexts from an SDS server (gRPC, ADS) or \
+     certificate providers are not implemented by vigil yet: static secrets and SDS files are";
 const NO_CLIENT_CERTS: &str = "client certificates (mutual TLS) are implemented by vigil only with \
      a validation_context's trusted_ca: serving without checking them as Envoy would let in peers \
      Envoy refuses";
-const NO_SDS: &str = "certificates from SDS are not implemented by vigil yet";
+const NO_SDS: &str = "certificates from an SDS server (gRPC, ADS) are not implemented by vigil \
+     yet: static secrets and SDS files are";
 const NOT_SERVED: &str = "not implemented by vigil's TLS: it would serve something else than Envoy";
 
 static TRANSPORT_SOCKET: Message = Message {
@@ -543,8 +544,8 @@ fn downstream_tls(cx: &mut Ctx, typed: &Any) -> Option<DownstreamTls> {
         [] => {
             cx.invalid(
                 &common_path.field("tls_certificates"),
-                "a listener's TLS context needs one certificate (and SDS is not supported by \
-                 vigil)",
+                "a listener's TLS context needs one certificate (tls_certificates, or a secret \
+                 named by tls_certificate_sds_secret_configs)",
             );
             None
         }
