@@ -943,12 +943,20 @@ pub fn local_reply(status: StatusCode, text: &str) -> Response<ProxyBody> {
             .boxed(),
     );
     *response.status_mut() = status;
+    response
+        .extensions_mut()
+        .insert(LocalReplyText(text.to_string()));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain"),
     );
     response
 }
+
+/// Marks a response vigil made itself (Envoy's `sendLocalReply`), with its body's text: a gRPC
+/// request gets it in gRPC's form instead (see `proxy::grpc_form`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReplyText(pub String);
 
 /// A random draw for retry backoff jitter (spread, not secrecy).
 fn rand_u64() -> u64 {

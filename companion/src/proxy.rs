@@ -1041,8 +1041,21 @@ pub async fn handle(
         record.downstream_local = local;
         record
     });
+    let grpc = vigil_core::route::is_grpc(
+        request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    );
     let (response, outcome) = respond(state, derived, downstream, request, started, logging).await;
-    let mut response = response;
+    let mut response = match response
+        .extensions()
+        .get::<crate::forward::LocalReplyText>()
+        .cloned()
+    {
+        Some(crate::forward::LocalReplyText(text)) if grpc => grpc_form(response, &text),
+        _ => response,
+    };
     for (name, value) in &outcome.filter_headers {
         if let Ok(value) = HeaderValue::from_str(value) {
             response.headers_mut().insert(*name, value);
@@ -1520,15 +1533,17 @@ async fn respond(
                         derived
                             .counters
                             .bump(counters.iter().map(|c| config.counter_name(c)));
-                        let mut response = if grpc {
-                            grpc_local_reply(reply.status, reply.grpc_status, reply.body)
-                        } else {
-                            local_reply(
-                                StatusCode::from_u16(reply.status)
-                                    .unwrap_or(StatusCode::TOO_MANY_REQUESTS),
-                                reply.body,
-                            )
-                        };
+                        let mut response = local_reply(
+                            StatusCode::from_u16(reply.status)
+                                .unwrap_or(StatusCode::TOO_MANY_REQUESTS),
+                            reply.body,
+                        );
+                        if let Some(code) = reply.grpc_status.filter(|_| grpc) {
+                            // `rate_limited_as_resource_exhausted`: the gRPC status to answer.
+                            response
+                                .headers_mut()
+                                .insert("grpc-status", HeaderValue::from(code));
+                        }
                         mutate(
                             response.headers_mut(),
                             &[],
@@ -1782,6 +1797,11 @@ async fn respond(
                         response
                             .headers_mut()
                             .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+                        response
+                            .extensions_mut()
+                            .insert(crate::forward::LocalReplyText(
+                                String::from_utf8_lossy(&body).into_owned(),
+                            ));
                         *response.body_mut() =
                             Full::new(body).map_err(|never| match never {}).boxed();
                         outcome.request_headers = Some(parts.headers);
@@ -1890,7 +1910,11 @@ async fn respond(
     let action = match &selected.route.action {
         RouteAction::DirectResponse { status, body } => {
             let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+            let text = String::from_utf8_lossy(body.as_deref().unwrap_or_default()).into_owned();
             let mut response = local_reply(status, "");
+            response
+                .extensions_mut()
+                .insert(crate::forward::LocalReplyText(text));
             *response.body_mut() = Full::new(Bytes::from(body.clone().unwrap_or_default()))
                 .map_err(|never| match never {})
                 .boxed();
@@ -2178,34 +2202,6 @@ fn monotonic_now() -> Duration {
     ORIGIN.get_or_init(Instant::now).elapsed()
 }
 
-/// Envoy's local reply to a gRPC request: HTTP 200 with the gRPC status (`grpc_status`, else the
-/// one Envoy maps from the HTTP status) and the message in `grpc-message`, no body.
-fn grpc_local_reply(
-    http_status: u16,
-    grpc_status: Option<u32>,
-    message: &str,
-) -> Response<ProxyBody> {
-    let status = grpc_status.unwrap_or(match http_status {
-        400 => 13,
-        401 => 16,
-        403 => 7,
-        404 => 12,
-        429 | 502 | 503 | 504 => 14,
-        _ => 2,
-    });
-    let mut response = empty(StatusCode::OK);
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    headers.insert("grpc-status", HeaderValue::from(status));
-    if let Ok(message) = HeaderValue::from_str(message) {
-        headers.insert("grpc-message", message);
-    }
-    response
-}
-
 /// The request body, whole (most requests have none: nothing to wait for then); a refusal is
 /// Envoy's answer to a body over the limit or one that breaks its framing.
 async fn read_body(body: Option<Incoming>) -> Result<Bytes, (Response<ProxyBody>, Outcome)> {
@@ -2434,6 +2430,51 @@ fn empty(status: StatusCode) -> Response<ProxyBody> {
             .boxed(),
     );
     *response.status_mut() = status;
+    response
+        .extensions_mut()
+        .insert(crate::forward::LocalReplyText(String::new()));
+    response
+}
+
+/// A local reply to a gRPC request in gRPC's form, as Envoy's `sendLocalReply` makes it: HTTP
+/// 200, `content-type: application/grpc`, a `grpc-status` (the one already set, else mapped from
+/// the HTTP status), the body's text percent-encoded in `grpc-message`, and no body.
+fn grpc_form(mut response: Response<ProxyBody>, text: &str) -> Response<ProxyBody> {
+    let status = response.status().as_u16();
+    let headers = response.headers_mut();
+    if !headers.contains_key("grpc-status") {
+        let code: u16 = match status {
+            400 => 13,
+            401 => 16,
+            403 => 7,
+            404 => 12,
+            429 | 502 | 503 | 504 => 14,
+            _ => 2,
+        };
+        headers.insert("grpc-status", HeaderValue::from(code));
+    }
+    if !text.is_empty() {
+        let mut encoded = String::with_capacity(text.len());
+        for byte in text.bytes() {
+            if !(b' '..=b'~').contains(&byte) || byte == b'%' {
+                encoded.push_str(&format!("%{byte:02X}"));
+            } else {
+                encoded.push(byte as char);
+            }
+        }
+        if let Ok(value) = HeaderValue::from_str(&encoded) {
+            headers.insert("grpc-message", value);
+        }
+    }
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.remove(header::CONTENT_LENGTH);
+    *response.status_mut() = StatusCode::OK;
+    *response.body_mut() = Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed();
     response
 }
 
