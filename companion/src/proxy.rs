@@ -86,12 +86,6 @@ const HOP_BY_HOP: [&str; 7] = [
 ];
 
 /// What RBAC sees of a TLS client: vigil asks for no client certificate yet.
-static NO_CLIENT_CERTIFICATE: rbac::TlsPeer = rbac::TlsPeer {
-    uri_sans: Vec::new(),
-    dns_sans: Vec::new(),
-    subject: String::new(),
-};
-
 /// Everything one listener needs, swapped whole on reload: its first filter chain's connection
 /// manager, routes and TLS, and the listener's other chains (each a state of its own).
 pub struct ListenerState {
@@ -526,10 +520,20 @@ impl Connections {
                         Ok(stream) => stream,
                         Err(why) => return refused(why),
                     };
+                    let identity = crate::tls::peer_identity(
+                        stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|certs| certs.first()),
+                    );
                     let downstream = Downstream {
                         peer,
                         local,
-                        tls: Some(DownstreamTls { sni }),
+                        tls: Some(DownstreamTls {
+                            sni,
+                            peer: identity,
+                        }),
                     };
                     if let Some(delay) = network_rbac_denies(&state.hcm, &downstream, &counters) {
                         close_when_readable(stream, delay, permit).await;
@@ -610,8 +614,8 @@ impl Downstream {
 
     /// What RBAC's `authenticated` sees of the peer: a TLS connection matches `authenticated`
     /// without a principal name, as in Envoy (vigil reads no names from client certificates).
-    fn tls_peer(&self) -> Option<&'static rbac::TlsPeer> {
-        self.tls.as_ref().map(|_| &NO_CLIENT_CERTIFICATE)
+    fn tls_peer(&self) -> Option<&rbac::TlsPeer> {
+        self.tls.as_ref().map(|tls| &tls.peer)
     }
 }
 
@@ -620,6 +624,8 @@ impl Downstream {
 pub struct DownstreamTls {
     /// The ClientHello's server name (SNI).
     pub sni: Option<String>,
+    /// The client certificate's names (empty without one), for RBAC's `principal_name`.
+    pub peer: rbac::TlsPeer,
 }
 
 /// What serving HTTP on one accepted (and, for TLS, handshaken) connection needs.

@@ -1079,3 +1079,83 @@ impl tokio::io::AsyncWrite for UpstreamStream {
         }
     }
 }
+
+/// What RBAC's `authenticated.principal_name` looks at in a client certificate, as Envoy reads
+/// it: the URI names, the DNS names, then the subject in RFC 2253 form (nothing for a client
+/// without a certificate, or one that cannot be read).
+pub fn peer_identity(cert: Option<&CertificateDer<'_>>) -> vigil_core::rbac::TlsPeer {
+    let mut peer = vigil_core::rbac::TlsPeer::default();
+    let Some(cert) = cert else {
+        return peer;
+    };
+    for name in subject_alt_names(cert) {
+        match name.kind {
+            SanType::Uri => peer.uri_sans.push(name.value),
+            SanType::Dns => peer.dns_sans.push(name.value),
+            _ => {}
+        }
+    }
+    if let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) {
+        peer.subject = rfc2253(parsed.subject());
+    }
+    peer
+}
+
+/// A distinguished name as OpenSSL prints it with `XN_FLAG_RFC2253` (what Envoy's
+/// `subjectPeerCertificate` gives): the last RDN first, `,` between RDNs, `+` inside one, short
+/// names for the usual attributes, special characters escaped.
+fn rfc2253(name: &x509_parser::x509::X509Name<'_>) -> String {
+    let short = |oid: &str| -> Option<&'static str> {
+        Some(match oid {
+            "2.5.4.3" => "CN",
+            "2.5.4.6" => "C",
+            "2.5.4.7" => "L",
+            "2.5.4.8" => "ST",
+            "2.5.4.9" => "STREET",
+            "2.5.4.10" => "O",
+            "2.5.4.11" => "OU",
+            "0.9.2342.19200300.100.1.1" => "UID",
+            "0.9.2342.19200300.100.1.25" => "DC",
+            "1.2.840.113549.1.9.1" => "emailAddress",
+            _ => return None,
+        })
+    };
+    let escape = |value: &str| {
+        let mut out = String::with_capacity(value.len());
+        let last = value.chars().count().saturating_sub(1);
+        for (i, c) in value.chars().enumerate() {
+            let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
+                || (i == 0 && (c == '#' || c == ' '))
+                || (i == last && c == ' ');
+            if special {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out
+    };
+    let rdns: Vec<String> = name
+        .iter_rdn()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|attr| {
+                    let oid = attr.attr_type().to_id_string();
+                    match (short(&oid), attr.as_str()) {
+                        (Some(key), Ok(value)) => format!("{key}={}", escape(value)),
+                        _ => {
+                            let der: String = attr
+                                .attr_value()
+                                .as_bytes()
+                                .iter()
+                                .map(|b| format!("{b:02X}"))
+                                .collect();
+                            format!("{oid}=#{der}")
+                        }
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect();
+    rdns.into_iter().rev().collect::<Vec<_>>().join(",")
+}

@@ -560,3 +560,69 @@ async fn network_rbac_sees_the_server_name_as_in_envoy() {
     assert!(answers[0][0].starts_with("200"), "{answers:#?}");
     assert!(answers[0][1].starts_with("closed"), "{answers:#?}");
 }
+
+/// RBAC's `authenticated.principal_name` on a mutual-TLS listener: the client certificate's URI
+/// names, then DNS names, then subject, as Envoy reads them. A policy naming the client's DNS name
+/// allows it; one naming another name, or a subject it does not have, denies it; by both.
+#[tokio::test]
+async fn rbac_principal_names_read_the_client_certificate_as_in_envoy() {
+    let dir = paths::scratch_dir("tls-listener-principal");
+    let pki = pki(&dir, &["app.example"]);
+    let echo = EchoUpstream::start(IpAddr::from(net::fresh_loopback())).await;
+    let mut answers = Vec::new();
+    for (case, principal) in [
+        ("dns-name", "{ exact: client.example }"),
+        ("other-name", "{ exact: other.example }"),
+        ("subject-prefix", "{ prefix: \"CN=\" }"),
+    ] {
+        let mut spec = ListenerSpec::new(
+            case,
+            echo_routes(),
+            &cluster_yaml("echo", &[echo.address], "", None),
+        );
+        let socket = transport_socket(
+            &pki,
+            &format!(
+                ", validation_context: {{ trusted_ca: {{ filename: \"{}\" }} }}",
+                pki.ca_file
+            ),
+        );
+        spec.transport_socket = Some(socket.replacen(
+            "common_tls_context:",
+            "require_client_certificate: true, common_tls_context:",
+            1,
+        ));
+        spec.http_filters = format!(
+            "
+          - name: envoy.filters.http.rbac
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules:
+                action: ALLOW
+                policies:
+                  by-name:
+                    permissions: [{{ any: true }}]
+                    principals: [{{ authenticated: {{ principal_name: {principal} }} }}]"
+        );
+        let case_dir = dir.join(case);
+        std::fs::create_dir_all(&case_dir).expect("dir");
+        let proxies = start_envoy_and_vigil(&case_dir, |listen, admin| spec.render(listen, admin))
+            .await
+            .unwrap_or_else(|err| panic!("{case}: {err}"));
+        let mut seen = Vec::new();
+        for (_, listener, _) in &proxies {
+            let answer = get_over_tls(
+                *listener,
+                client_config_as(&pki, &[], Some(&pki)),
+                "app.example",
+                "/p",
+            )
+            .await;
+            seen.push(answer.lines().next().unwrap_or("").to_string());
+        }
+        assert_eq!(seen[0], seen[1], "{case}: Envoy, then vigil");
+        answers.push((case, seen[0].clone()));
+    }
+    assert!(answers[0].1.starts_with("200"), "{answers:?}");
+    assert!(answers[1].1.starts_with("403"), "{answers:?}");
+}

@@ -353,24 +353,6 @@ fn filter_chain(
                      x-forwarded-client-cert yet",
                 );
             }
-            let rules_name_peers = |rules: [&Option<crate::rbac::Rules>; 2]| {
-                rules.into_iter().flatten().any(|r| r.names_the_peer())
-            };
-            let names_peers = hcm
-                .network_rbac
-                .iter()
-                .any(|r| rules_name_peers([&r.rules, &r.shadow_rules]))
-                || hcm.http_filters.iter().any(|f| match &f.kind {
-                    HttpFilterKind::Rbac(r) => rules_name_peers([&r.rules, &r.shadow_rules]),
-                    _ => false,
-                });
-            if mutual && names_peers {
-                cx.unsupported(
-                    &ts_path,
-                    "RBAC principals with an authenticated principal_name on a listener with \
-                     client certificates: vigil does not read the certificate's names yet",
-                );
-            }
         }
     }
     if !served {
