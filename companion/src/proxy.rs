@@ -57,8 +57,8 @@ use tokio::net::TcpListener;
 use vigil_core::balance::hash_policy::{self, RequestView as HashView};
 use vigil_core::config::HttpFilterKind;
 use vigil_core::config::{
-    ExtAuthzPerRoute, FilterOverride, HostRewrite, HttpConnectionManager, RetryHostPredicate,
-    RetryOn, RetryPolicy as ConfigRetryPolicy, RouteAction,
+    ExtAuthzPerRoute, FilterOverride, ForwardClientCert, HostRewrite, HttpConnectionManager,
+    RetryHostPredicate, RetryOn, RetryPolicy as ConfigRetryPolicy, RouteAction,
 };
 use vigil_core::cors;
 use vigil_core::path_normalize::{NormalizedPath, PATH_NORMALIZATION_FAILED};
@@ -520,19 +520,19 @@ impl Connections {
                         Ok(stream) => stream,
                         Err(why) => return refused(why),
                     };
-                    let identity = crate::tls::peer_identity(
-                        stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|certs| certs.first()),
-                    );
+                    let peer_cert = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|certs| certs.first());
                     let downstream = Downstream {
                         peer,
                         local,
                         tls: Some(DownstreamTls {
                             sni,
-                            peer: identity,
+                            peer: crate::tls::peer_identity(peer_cert),
+                            peer_cert_sha256: peer_cert.map(crate::tls::sha256_hex),
+                            local_uri_sans: tls.local_uri_sans.clone(),
                         }),
                     };
                     if let Some(delay) = network_rbac_denies(&state.hcm, &downstream, &counters) {
@@ -619,6 +619,76 @@ impl Downstream {
     }
 }
 
+/// Envoy's `mutateXfccRequestHeader`: what `forward_client_cert_details` does to a request's
+/// `x-forwarded-client-cert`, given the connection's client certificate.
+fn forward_client_cert(
+    hcm: &HttpConnectionManager,
+    downstream: &Downstream,
+    headers: &mut HeaderMap,
+) {
+    const XFCC: &str = "x-forwarded-client-cert";
+    let mode = hcm.forward_client_cert;
+    if mode == ForwardClientCert::AlwaysForwardOnly {
+        return;
+    }
+    let tls = downstream.tls.as_ref();
+    let Some((tls, hash)) = tls.and_then(|tls| Some((tls, tls.peer_cert_sha256.as_ref()?))) else {
+        headers.remove(XFCC);
+        return;
+    };
+    if mode == ForwardClientCert::Sanitize {
+        headers.remove(XFCC);
+        return;
+    }
+    if mode == ForwardClientCert::ForwardOnly {
+        return;
+    }
+    let mut details: Vec<String> = tls
+        .local_uri_sans
+        .iter()
+        .map(|uri| format!("By={uri}"))
+        .collect();
+    details.push(format!("Hash={hash}"));
+    let wanted = hcm.client_cert_details;
+    if wanted.subject {
+        // Envoy writes the key even for an empty subject.
+        details.push(format!("Subject=\"{}\"", tls.peer.subject));
+    }
+    if wanted.uri {
+        if tls.peer.uri_sans.is_empty() {
+            details.push("URI=".to_string());
+        }
+        details.extend(tls.peer.uri_sans.iter().map(|uri| format!("URI={uri}")));
+    }
+    if wanted.dns {
+        details.extend(tls.peer.dns_sans.iter().map(|dns| format!("DNS={dns}")));
+    }
+    // Envoy joins repeated x-forwarded-client-cert lines with `,` when it reads them.
+    let mut joined: Vec<u8> = Vec::new();
+    if mode == ForwardClientCert::AppendForward {
+        for sent in headers.get_all(XFCC) {
+            if !joined.is_empty() && !sent.is_empty() {
+                joined.push(b',');
+            }
+            joined.extend_from_slice(sent.as_bytes());
+        }
+    }
+    if !joined.is_empty() {
+        joined.push(b',');
+    }
+    joined.extend_from_slice(details.join(";").as_bytes());
+    let value = HeaderValue::from_bytes(&joined);
+    match value {
+        Ok(value) => {
+            headers.insert(XFCC, value);
+        }
+        // A name that cannot be a header value: no claim at all rather than a partial one.
+        Err(_) => {
+            headers.remove(XFCC);
+        }
+    }
+}
+
 /// What a TLS handshake told about the client.
 #[derive(Debug, Clone)]
 pub struct DownstreamTls {
@@ -626,6 +696,10 @@ pub struct DownstreamTls {
     pub sni: Option<String>,
     /// The client certificate's names (empty without one), for RBAC's `principal_name`.
     pub peer: rbac::TlsPeer,
+    /// The client certificate's SHA-256 digest (hex); `None` when the client sent none.
+    pub peer_cert_sha256: Option<String>,
+    /// The served certificate's URI names.
+    pub local_uri_sans: Arc<[String]>,
 }
 
 /// What serving HTTP on one accepted (and, for TLS, handshaken) connection needs.
@@ -1246,11 +1320,7 @@ async fn respond(
             HeaderValue::from_static(downstream.scheme()),
         );
     }
-    // Envoy's connection manager drops a client's certificate claims unless told to forward
-    // them always: no request vigil serves came over mutual TLS.
-    if !state.hcm.always_forward_client_cert {
-        parts.headers.remove("x-forwarded-client-cert");
-    }
+    forward_client_cert(&state.hcm, downstream, &mut parts.headers);
     // No client picks a cluster or a host: the headers vigil owns only ever come from its rules.
     for name in &derived.owned {
         parts.headers.remove(name);

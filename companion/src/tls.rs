@@ -41,6 +41,9 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 pub struct ListenerTls {
     pub config: Arc<ServerConfig>,
     pub require_sni: bool,
+    /// The served certificate's URI names: the `By` of the x-forwarded-client-cert vigil
+    /// writes, as Envoy's `uriSanLocalCertificate`.
+    pub local_uri_sans: Arc<[String]>,
 }
 
 /// Why a TLS connection was not served (for the listener's counters).
@@ -136,6 +139,11 @@ pub fn server_config(tls: &DownstreamTls) -> Result<ListenerTls, String> {
         .key_provider
         .load_private_key(key)
         .map_err(|e| at(&tls.private_key, format!("unsupported private key: {e}")))?;
+    let local_uri_sans: Arc<[String]> = subject_alt_names(&chain[0])
+        .into_iter()
+        .filter(|name| name.kind == SanType::Uri)
+        .map(|name| name.value)
+        .collect();
     let certified = CertifiedKey::new(chain, signing_key);
     match certified.keys_match() {
         Ok(()) => {}
@@ -195,6 +203,7 @@ pub fn server_config(tls: &DownstreamTls) -> Result<ListenerTls, String> {
     Ok(ListenerTls {
         config: Arc::new(config),
         require_sni: tls.require_sni,
+        local_uri_sans,
     })
 }
 
@@ -943,6 +952,14 @@ fn validity_start(cert: &CertificateDer<'_>) -> Option<rustls_pki_types::UnixTim
     Some(rustls_pki_types::UnixTime::since_unix_epoch(
         Duration::from_secs(seconds),
     ))
+}
+
+/// A certificate's SHA-256 digest in lower-case hex, as Envoy's `sha256PeerCertificateDigest`.
+pub fn sha256_hex(cert: &CertificateDer<'_>) -> String {
+    sha256(cert.as_ref())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {

@@ -7,6 +7,8 @@
 //! - ALPN: both negotiate `h2` when the client offers it and `http/1.1` otherwise, and serve
 //!   HTTP/2 over TLS;
 //! - TLS 1.2 with one cipher suite: both negotiate that version and suite;
+//! - `x-forwarded-client-cert` under every `forward_client_cert_details` mode with a client
+//!   certificate, with and without one, byte for byte;
 //! - bad input: a missing certificate file, a malformed PEM and a key that is not the
 //!   certificate's each refuse the file in `vigil --mode validate`, naming the field.
 
@@ -625,4 +627,171 @@ async fn rbac_principal_names_read_the_client_certificate_as_in_envoy() {
     }
     assert!(answers[0].1.starts_with("200"), "{answers:?}");
     assert!(answers[1].1.starts_with("403"), "{answers:?}");
+}
+
+/// `x-forwarded-client-cert` under each `forward_client_cert_details` mode, on a listener whose
+/// certificate has a URI name (Envoy's `By`) and a client whose certificate has a subject, a URI
+/// and a DNS name, with `set_current_client_cert_details` asking for all three: the header the
+/// upstream sees is byte for byte Envoy's, for a client sending one and sending none, and for a
+/// client without a certificate (removed, except ALWAYS_FORWARD_ONLY).
+#[tokio::test]
+async fn forwarded_client_cert_details_as_in_envoy() {
+    let dir = paths::scratch_dir("tls-listener-xfcc");
+    let uri = |text: &str| rcgen::SanType::URI(text.try_into().expect("URI name"));
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "vigil test CA");
+    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = rcgen::KeyPair::generate().expect("server key");
+    let mut server_params =
+        rcgen::CertificateParams::new(vec!["app.example".to_string()]).expect("server params");
+    server_params
+        .subject_alt_names
+        .push(uri("spiffe://vigil.test/server"));
+    let server = server_params
+        .signed_by(&server_key, &issuer)
+        .expect("server certificate");
+    let client_key = rcgen::KeyPair::generate().expect("client key");
+    let mut client_params =
+        rcgen::CertificateParams::new(vec!["client.example".to_string()]).expect("client params");
+    client_params
+        .subject_alt_names
+        .push(uri("spiffe://vigil.test/client"));
+    client_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "client, one");
+    client_params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "vigil");
+    let client = client_params
+        .signed_by(&client_key, &issuer)
+        .expect("client certificate");
+    let pki = Pki {
+        ca: ca.der().clone(),
+        client: (client.der().clone(), client_key.serialize_der()),
+        ca_file: dir.join("ca.pem").display().to_string(),
+        cert_file: dir.join("server.pem").display().to_string(),
+        key_file: dir.join("server.key").display().to_string(),
+    };
+    std::fs::write(&pki.ca_file, ca.pem()).expect("write CA");
+    std::fs::write(&pki.cert_file, server.pem()).expect("write certificate");
+    std::fs::write(&pki.key_file, server_key.serialize_pem()).expect("write key");
+
+    let echo = EchoUpstream::start(IpAddr::from(net::fresh_loopback())).await;
+    let mut rows = Vec::new();
+    for (mode, details) in [
+        ("SANITIZE", ""),
+        ("FORWARD_ONLY", ""),
+        ("APPEND_FORWARD", ""),
+        (
+            "APPEND_FORWARD",
+            "set_current_client_cert_details: { subject: true, uri: true, dns: true }",
+        ),
+        (
+            "SANITIZE_SET",
+            "set_current_client_cert_details: { subject: true, uri: true }",
+        ),
+        ("ALWAYS_FORWARD_ONLY", ""),
+    ] {
+        let case = format!("{}-{}", mode.to_lowercase(), details.len());
+        let mut spec = ListenerSpec::new(
+            &case,
+            echo_routes(),
+            &cluster_yaml("echo", &[echo.address], "", None),
+        );
+        // The client certificate is asked for, not required: a client without one is served.
+        spec.transport_socket = Some(transport_socket(
+            &pki,
+            &format!(
+                ", validation_context: {{ trusted_ca: {{ filename: \"{}\" }} }}",
+                pki.ca_file
+            ),
+        ));
+        spec.hcm_fields =
+            format!("          forward_client_cert_details: {mode}\n          {details}");
+        let case_dir = dir.join(&case);
+        std::fs::create_dir_all(&case_dir).expect("dir");
+        let proxies = start_envoy_and_vigil(&case_dir, |listen, admin| spec.render(listen, admin))
+            .await
+            .unwrap_or_else(|err| panic!("{case}: {err}"));
+        let mut seen = Vec::new();
+        for (_, listener, _) in &proxies {
+            let mut answers = Vec::new();
+            for (identity, sent) in [
+                (Some(&pki), Some("By=spiffe://front;Hash=00")),
+                (Some(&pki), None),
+                (None, Some("By=spiffe://front;Hash=00")),
+            ] {
+                answers.push(
+                    xfcc_seen_upstream(*listener, client_config_as(&pki, &[], identity), sent)
+                        .await,
+                );
+            }
+            seen.push(answers);
+        }
+        assert_eq!(seen[0], seen[1], "{case}: Envoy, then vigil");
+        rows.push((case, seen.swap_remove(0)));
+    }
+    let hash: String = ring::digest::digest(&ring::digest::SHA256, pki.client.0.as_ref())
+        .as_ref()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    let by_hash = format!("By=spiffe://vigil.test/server;Hash={hash}");
+    assert_eq!(rows[0].1, vec!["-", "-", "-"], "{rows:#?}");
+    assert_eq!(
+        rows[3].1[1],
+        format!(
+            "{by_hash};Subject=\"O=vigil,CN=client\\, one\";URI=spiffe://vigil.test/client;\
+             DNS=client.example"
+        ),
+        "{rows:#?}"
+    );
+}
+
+/// One GET over TLS sending `sent` as `x-forwarded-client-cert`: the value the upstream saw
+/// (`-` for none), or why there was no answer.
+async fn xfcc_seen_upstream(
+    to: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    sent: Option<&str>,
+) -> String {
+    let exchange = async {
+        let tcp = TcpStream::connect(to)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let name = ServerName::try_from("app.example").map_err(|e| e.to_string())?;
+        let mut tls = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|_| "handshake failed".to_string())?;
+        let header = sent.map_or(String::new(), |v| {
+            format!("x-forwarded-client-cert: {v}\r\n")
+        });
+        let request =
+            format!("GET /p HTTP/1.1\r\nhost: app.example\r\n{header}connection: close\r\n\r\n");
+        tls.write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut answer = Vec::new();
+        let _ = tls.read_to_end(&mut answer).await;
+        let text = String::from_utf8_lossy(&answer);
+        if !text.starts_with("HTTP/1.1 200") {
+            return Err(text.lines().next().unwrap_or("closed").to_string());
+        }
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        Ok(body
+            .lines()
+            .find_map(|l| l.strip_prefix("x-forwarded-client-cert: "))
+            .unwrap_or("-")
+            .to_string())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), exchange).await {
+        Ok(Ok(text)) | Ok(Err(text)) => text,
+        Err(_) => "no answer within 5 s".to_string(),
+    }
 }

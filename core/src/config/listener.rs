@@ -16,14 +16,14 @@ use super::types::{
     JsonFormatValue, LogFormat, LogFormatKind, VIGIL_ROOT_IDS, VIGIL_WASM_FILE,
 };
 use super::types::{
-    Address, ClusterSpecifier, ClusterWeight, CodecType, FilterChainRef, FilterOverride,
-    FilterSettings, ForwardAction, HeaderAppendAction, HeaderMatch, HeaderMatcher, HeaderMutations,
-    HeaderOption, HostRewrite, HttpConnectionManager, HttpFilter, HttpFilterKind,
-    HttpProtocolOptions, Listener, PathMatch, QueryMatch, QueryParameterMatcher, Redirect,
-    RedirectPath, Regex, RegexRewrite, RetryHostPredicate, RetryOn, RetryPolicy, Route,
-    RouteAction, RouteConfiguration, RouteHashKind, RouteHashPolicy, RouteMatch,
-    ServerHeaderTransformation, SocketProtocol, StringMatch, StringMatchKind, StripPort,
-    VirtualHost, WeightedClusters, WeightedTarget,
+    Address, ClientCertDetails, ClusterSpecifier, ClusterWeight, CodecType, FilterChainRef,
+    FilterOverride, FilterSettings, ForwardAction, ForwardClientCert, HeaderAppendAction,
+    HeaderMatch, HeaderMatcher, HeaderMutations, HeaderOption, HostRewrite, HttpConnectionManager,
+    HttpFilter, HttpFilterKind, HttpProtocolOptions, Listener, PathMatch, QueryMatch,
+    QueryParameterMatcher, Redirect, RedirectPath, Regex, RegexRewrite, RetryHostPredicate,
+    RetryOn, RetryPolicy, Route, RouteAction, RouteConfiguration, RouteHashKind, RouteHashPolicy,
+    RouteMatch, ServerHeaderTransformation, SocketProtocol, StringMatch, StringMatchKind,
+    StripPort, VirtualHost, WeightedClusters, WeightedTarget,
 };
 use super::types::{
     DEFAULT_MAX_DIRECT_RESPONSE_BODY_SIZE_BYTES, DEFAULT_MAX_REQUEST_HEADERS_KB,
@@ -339,20 +339,6 @@ fn filter_chain(
         if let Some(hcm) = out.last_mut() {
             hcm.network_rbac = network_rbac;
             hcm.tls = tls;
-            let mutual = hcm
-                .tls
-                .as_ref()
-                .and_then(|t| t.client_validation.as_ref())
-                .is_some_and(|p| p.checks_anything() || p.accept_untrusted);
-            let ts_path = path.field("transport_socket");
-            if mutual && hcm.writes_client_cert_details {
-                cx.unsupported(
-                    &ts_path,
-                    "forward_client_cert_details APPEND_FORWARD / SANITIZE_SET with client \
-                     certificates: vigil does not write the certificate's details into \
-                     x-forwarded-client-cert yet",
-                );
-            }
         }
     }
     if !served {
@@ -471,13 +457,44 @@ fn connection_manager(
     let use_remote_address = o.bool(cx, "use_remote_address").unwrap_or(false);
     let xff_num_trusted_hops = o.u32(cx, "xff_num_trusted_hops").unwrap_or(0);
     let skip_xff_append = o.bool(cx, "skip_xff_append").unwrap_or(false);
-    let client_cert_details = o.enumeration(
+    let forward_client_cert = match o.enumeration(
         cx,
         "forward_client_cert_details",
         &FORWARD_CLIENT_CERT_DETAILS,
-    );
-    let always_forward_client_cert = client_cert_details == Some(4);
-    let writes_client_cert_details = matches!(client_cert_details, Some(2 | 3));
+    ) {
+        Some(1) => ForwardClientCert::ForwardOnly,
+        Some(2) => ForwardClientCert::AppendForward,
+        Some(3) => ForwardClientCert::SanitizeSet,
+        Some(4) => ForwardClientCert::AlwaysForwardOnly,
+        _ => ForwardClientCert::Sanitize,
+    };
+    let client_cert_details = match o.message(
+        cx,
+        "set_current_client_cert_details",
+        &SET_CURRENT_CLIENT_CERT_DETAILS,
+    ) {
+        Some(mut details) => {
+            let read = ClientCertDetails {
+                subject: details.bool(cx, "subject").unwrap_or(false),
+                uri: details.bool(cx, "uri").unwrap_or(false),
+                dns: details.bool(cx, "dns").unwrap_or(false),
+            };
+            for field in ["cert", "chain"] {
+                if let Some((field_path, _)) = details.peek(field) {
+                    if details.bool(cx, field) == Some(true) {
+                        cx.unsupported(
+                            &field_path,
+                            "the client certificate itself in x-forwarded-client-cert: vigil \
+                             writes its subject, URI and DNS names and hash only",
+                        );
+                    }
+                }
+            }
+            details.finish(cx);
+            read
+        }
+        None => ClientCertDetails::default(),
+    };
     let via = header_text(cx, &mut o, "via").unwrap_or_default();
     let generate_request_id = o.bool(cx, "generate_request_id").unwrap_or(true);
     let preserve_external_request_id = o.bool(cx, "preserve_external_request_id").unwrap_or(false);
@@ -546,8 +563,8 @@ fn connection_manager(
         use_remote_address,
         xff_num_trusted_hops,
         skip_xff_append,
-        always_forward_client_cert,
-        writes_client_cert_details,
+        forward_client_cert,
+        client_cert_details,
         via,
         generate_request_id,
         preserve_external_request_id,
@@ -3257,6 +3274,44 @@ mod tests {
             )),
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn client_cert_details_are_read_and_the_certificate_itself_refused() {
+        let v = bootstrap(
+            json!({"forward_client_cert_details": "SANITIZE_SET",
+                "set_current_client_cert_details": {"subject": true, "dns": true}}),
+            vec![],
+        );
+        let hcm = &from_value(&v).unwrap().bootstrap.listeners[0].http[0];
+        assert_eq!(hcm.forward_client_cert, ForwardClientCert::SanitizeSet);
+        assert_eq!(
+            hcm.client_cert_details,
+            ClientCertDetails {
+                subject: true,
+                uri: false,
+                dns: true
+            }
+        );
+        let v = bootstrap(
+            json!({"forward_client_cert_details": "APPEND_FORWARD",
+                "set_current_client_cert_details": {"uri": true, "chain": true}}),
+            vec![],
+        );
+        let found = errors(&v);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, ErrorKind::Unsupported, "{found:?}");
+        assert!(
+            found[0].1.starts_with(&format!(
+                "{FILTER_AT}.set_current_client_cert_details.chain: the client certificate"
+            )),
+            "{found:?}"
+        );
+        let v = bootstrap(
+            json!({"set_current_client_cert_details": {"dnss": true}}),
+            vec![],
+        );
+        assert!(errors(&v)[0].1.contains("unknown field \"dnss\""));
     }
 
     #[test]

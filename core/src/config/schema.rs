@@ -861,7 +861,7 @@ pub(crate) static HTTP_CONNECTION_MANAGER: Message = Message {
         read("preserve_external_request_id"),
         read("always_set_request_id_in_response"),
         read("forward_client_cert_details"),
-        warn("set_current_client_cert_details", NOT_PROXIED),
+        read("set_current_client_cert_details"),
         warn("proxy_100_continue", NOT_PROXIED),
         warn(
             "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
@@ -1099,6 +1099,18 @@ pub(crate) static CONNECT_CONFIG: Message = Message {
             "allow_post",
             "terminating POST requests as tunnels is not implemented by vigil",
         ),
+    ],
+    removed: &[],
+};
+
+pub(crate) static SET_CURRENT_CLIENT_CERT_DETAILS: Message = Message {
+    name: "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.SetCurrentClientCertDetails",
+    fields: &[
+        read("subject"),
+        read("cert"),
+        read("chain"),
+        read("dns"),
+        read("uri"),
     ],
     removed: &[],
 };

@@ -446,6 +446,32 @@ pub enum FilterChainRef {
     Default,
 }
 
+/// `HttpConnectionManager.forward_client_cert_details`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardClientCert {
+    /// Removed from every request (Envoy's default).
+    #[default]
+    Sanitize,
+    /// Kept as sent on mutual-TLS connections, removed otherwise.
+    ForwardOnly,
+    /// On mutual-TLS connections, the client certificate's details appended; removed otherwise.
+    AppendForward,
+    /// On mutual-TLS connections, replaced by the client certificate's details; removed
+    /// otherwise.
+    SanitizeSet,
+    /// Kept as sent, whatever the connection.
+    AlwaysForwardOnly,
+}
+
+/// `HttpConnectionManager.set_current_client_cert_details` (the certificate and chain themselves
+/// are refused by vigil).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClientCertDetails {
+    pub subject: bool,
+    pub uri: bool,
+    pub dns: bool,
+}
+
 /// `HttpConnectionManager.codec_type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CodecType {
@@ -580,14 +606,11 @@ pub struct HttpConnectionManager {
     pub xff_num_trusted_hops: u32,
     /// `skip_xff_append` (default false).
     pub skip_xff_append: bool,
-    /// `forward_client_cert_details` is `ALWAYS_FORWARD_ONLY`: a client's
-    /// `x-forwarded-client-cert` goes upstream as sent. Otherwise (SANITIZE by default) Envoy
-    /// removes it from every request that did not come over mutual TLS, which is every request
-    /// vigil serves.
-    pub always_forward_client_cert: bool,
-    /// `forward_client_cert_details` is `APPEND_FORWARD` or `SANITIZE_SET`: the proxy writes
-    /// the client certificate's details (vigil refuses that with mutual TLS).
-    pub writes_client_cert_details: bool,
+    /// `forward_client_cert_details`: what happens to `x-forwarded-client-cert`.
+    pub forward_client_cert: ForwardClientCert,
+    /// `set_current_client_cert_details`: what APPEND_FORWARD / SANITIZE_SET write besides the
+    /// hash (and `By`).
+    pub client_cert_details: ClientCertDetails,
     /// `via`: the value appended to `via` headers (empty: none).
     pub via: String,
     /// `generate_request_id` (default true).
