@@ -243,6 +243,9 @@ pub struct ConnectSettings {
     pub timeout: Duration,
     /// Speak HTTP/2 (the cluster's HTTP/2 protocol options; h2c in plain text).
     pub http2: bool,
+    /// `auto_config`: each TLS connection speaks HTTP/2 when ALPN chose `h2`, HTTP/1.1
+    /// otherwise (`http2` is false then).
+    pub alpn_auto: bool,
     /// The cluster's TLS client, when its hosts speak TLS.
     pub tls: Option<Arc<UpstreamConnector>>,
 }
@@ -327,7 +330,14 @@ impl Upstream {
     ) -> Upstream {
         let http2 = connect.http2;
         let mut connect = connect;
-        connect.tls = connect.tls.map(|tls| tls.for_http_pool(http2));
+        let offered: &[&[u8]] = if connect.alpn_auto {
+            &[b"h2", b"http/1.1"]
+        } else if http2 {
+            &[b"h2"]
+        } else {
+            &[b"http/1.1"]
+        };
+        connect.tls = connect.tls.map(|tls| tls.for_http_pool(offered));
         let client_tls = connect.tls.clone();
         let scheme = if connect.tls.is_some() {
             http::uri::Scheme::HTTPS
@@ -1002,6 +1012,7 @@ impl tower_service::Service<Uri> for CountingConnector {
         let traffic = self.traffic.clone();
         let hosts = self.hosts.clone();
         let has_traffic = self.has_traffic.clone();
+        let alpn_auto = self.connect.alpn_auto;
         Box::pin(async move {
             let counters = host.map(|h| host_traffic(&hosts, h));
             traffic.upstream_cx_total.fetch_add(1, Ordering::Relaxed);
@@ -1012,9 +1023,11 @@ impl tower_service::Service<Uri> for CountingConnector {
                         c.cx_total.fetch_add(1, Ordering::Relaxed);
                         c.cx_active.fetch_add(1, Ordering::Relaxed);
                     }
+                    let negotiated_h2 = alpn_auto && stream.alpn() == Some(b"h2".as_slice());
                     Ok(Counted {
                         inner: TokioIo::new(stream),
                         counters,
+                        negotiated_h2,
                     })
                 }
                 Err(err) => {
@@ -1036,6 +1049,8 @@ impl tower_service::Service<Uri> for CountingConnector {
 struct Counted {
     inner: TokioIo<UpstreamStream>,
     counters: Option<Arc<HostTraffic>>,
+    /// The cluster negotiates its protocol (`auto_config`) and ALPN chose HTTP/2.
+    negotiated_h2: bool,
 }
 
 impl Drop for Counted {
@@ -1048,9 +1063,13 @@ impl Drop for Counted {
 
 impl Connection for Counted {
     fn connected(&self) -> Connected {
-        // The cluster's configured protocol is spoken whatever ALPN said, as Envoy's explicit
-        // HTTP/1 and HTTP/2 configurations do.
-        Connected::new()
+        // An explicit HTTP/1 or HTTP/2 configuration is spoken whatever ALPN said, as in Envoy;
+        // only `auto_config` follows ALPN (hyper's pool then speaks HTTP/2 on this connection).
+        if self.negotiated_h2 {
+            Connected::new().negotiated_h2()
+        } else {
+            Connected::new()
+        }
     }
 }
 

@@ -2854,6 +2854,7 @@ struct OriginalDstPlan {
     connect_timeout: Duration,
     cleanup_interval: Duration,
     http2: bool,
+    alpn_auto: bool,
     breakers: vigil_core::config::CircuitBreakers,
     tls: Option<vigil_core::config::UpstreamTls>,
 }
@@ -3083,6 +3084,10 @@ impl ListenerSet {
                     cluster.upstream_protocol,
                     vigil_core::config::UpstreamProtocol::Http2
                 ),
+                alpn_auto: matches!(
+                    cluster.upstream_protocol,
+                    vigil_core::config::UpstreamProtocol::Auto
+                ),
                 breakers,
                 tls: cluster.tls.clone(),
             };
@@ -3094,6 +3099,7 @@ impl ListenerSet {
                     crate::forward::ConnectSettings {
                         timeout: plan.connect_timeout,
                         http2: plan.http2,
+                        alpn_auto: plan.alpn_auto,
                         tls: match &plan.tls {
                             None => None,
                             Some(tls) => match crate::tls::UpstreamConnector::new(tls) {

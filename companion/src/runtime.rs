@@ -70,8 +70,10 @@ pub struct ClusterPlan {
     /// `lb_policy` and the panic threshold, for the proxy's host picker.
     pub lb_policy: LbPolicy,
     pub healthy_panic_threshold: u32,
-    /// Speak h2c to the hosts.
+    /// Speak HTTP/2 to the hosts (h2c in plain text).
     pub http2: bool,
+    /// `auto_config`: HTTP/2 or HTTP/1.1 per connection, as ALPN decides.
+    pub alpn_auto: bool,
     /// `outlier_detection`, when the cluster has it.
     pub outlier: Option<OutlierConfig>,
     /// The endpoints' metadata, for routing rules' `subset.metadata`.
@@ -94,6 +96,7 @@ impl PartialEq for ClusterPlan {
             && self.lb_policy == other.lb_policy
             && self.healthy_panic_threshold == other.healthy_panic_threshold
             && self.http2 == other.http2
+            && self.alpn_auto == other.alpn_auto
             && self.outlier == other.outlier
             && self.metadata == other.metadata
             && self.circuit_breakers == other.circuit_breakers
@@ -281,6 +284,7 @@ pub fn plan(bootstrap: &Bootstrap) -> Result<(Vec<ClusterPlan>, Vec<String>), St
             lb_policy: cluster.lb_policy,
             healthy_panic_threshold: cluster.common_lb_config.healthy_panic_threshold,
             http2: matches!(cluster.upstream_protocol, UpstreamProtocol::Http2),
+            alpn_auto: matches!(cluster.upstream_protocol, UpstreamProtocol::Auto),
             outlier,
             metadata,
             circuit_breakers,
@@ -497,6 +501,7 @@ impl Runtime {
                     crate::forward::ConnectSettings {
                         timeout: plan.spec.connect_timeout,
                         http2: plan.http2,
+                        alpn_auto: plan.alpn_auto,
                         tls: plan.spec.tls.clone(),
                     },
                 )

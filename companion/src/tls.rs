@@ -446,17 +446,14 @@ impl UpstreamConnector {
     }
 
     /// The connector the HTTP connection pool uses: when the context names no ALPN protocol,
-    /// Envoy's pool offers the one it speaks (`http/1.1` or `h2`). Counters are shared.
-    pub fn for_http_pool(self: &Arc<Self>, http2: bool) -> Arc<UpstreamConnector> {
+    /// Envoy's pool offers the ones it speaks (`http/1.1`, `h2`, or both for `auto_config`).
+    /// Counters are shared.
+    pub fn for_http_pool(self: &Arc<Self>, offered: &[&[u8]]) -> Arc<UpstreamConnector> {
         if !self.config.alpn_protocols.is_empty() {
             return self.clone();
         }
         let mut config = (*self.config).clone();
-        config.alpn_protocols = vec![if http2 {
-            b"h2".to_vec()
-        } else {
-            b"http/1.1".to_vec()
-        }];
+        config.alpn_protocols = offered.iter().map(|p| p.to_vec()).collect();
         Arc::new(UpstreamConnector {
             config: Arc::new(config),
             sni: self.sni.clone(),
@@ -974,6 +971,16 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 pub enum UpstreamStream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl UpstreamStream {
+    /// The protocol ALPN chose (`None` in plain text or when the server chose none).
+    pub fn alpn(&self) -> Option<&[u8]> {
+        match self {
+            UpstreamStream::Plain(_) => None,
+            UpstreamStream::Tls(s) => s.get_ref().1.alpn_protocol(),
+        }
+    }
 }
 
 /// Why a connection to an upstream host could not be made.

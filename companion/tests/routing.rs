@@ -196,6 +196,7 @@ async fn proxy(blue: &App, yellow: &App) -> Proxy {
                 vigil::forward::ConnectSettings {
                     timeout: Duration::from_millis(250),
                     http2: false,
+                    alpn_auto: false,
                     tls: None,
                 },
                 Duration::from_secs(5),

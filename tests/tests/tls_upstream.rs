@@ -12,6 +12,8 @@
 //! - `mtls` / `mtls_missing`: an upstream that requires a client certificate: served with the
 //!   cluster's certificate, refused without;
 //! - `h2`: HTTP/2 over TLS with ALPN `h2`;
+//! - `auto` / `auto_h1`: `auto_config` speaks HTTP/2 to a server whose ALPN chose `h2` and
+//!   HTTP/1.1 to one that chose none;
 //! - `checked`: HTTP health checks over TLS on two hosts: the one with a trusted certificate is
 //!   healthy, the other failed; when its certificate becomes trusted both proxies readmit it,
 //!   and when it expires both fail it again;
@@ -152,6 +154,11 @@ fn config(lab: &Lab, listen: SocketAddr, admin: SocketAddr) -> String {
       envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
         \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
         explicit_http_config: { http2_protocol_options: {} }";
+    let auto_options = "
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        auto_config: { http2_protocol_options: {} }";
     let tcp_check = "
     health_checks:
     - timeout: 0.25s
@@ -216,6 +223,16 @@ fn config(lab: &Lab, listen: SocketAddr, admin: SocketAddr) -> String {
             "h2_default",
             vec![lab.good.address],
             format!("{h2_options}{}", tls_socket(&context(&trusted, ""))),
+        ),
+        (
+            "auto",
+            vec![lab.good.address],
+            format!("{auto_options}{}", tls_socket(&context(&trusted, ""))),
+        ),
+        (
+            "auto_h1",
+            vec![lab.mtls.address],
+            format!("{auto_options}{}", tls_socket(&context(&client_cert, ""))),
         ),
     ];
     let mut yaml = String::new();
@@ -339,6 +356,15 @@ async fn upstream_tls_is_checked_and_spoken_as_envoy_does() {
                 "sni=- alpn=h2 client_cert=no version=HTTP/2.0 path=/v".into(),
             ),
         ),
+        (
+            // auto_config: HTTP/2 where ALPN chose h2, HTTP/1.1 where the server chose none.
+            "auto",
+            (
+                200,
+                "sni=- alpn=h2 client_cert=no version=HTTP/2.0 path=/v".into(),
+            ),
+        ),
+        ("auto_h1", ok("v", "sni=- alpn=- client_cert=yes")),
     ];
     let mut wrong = Vec::new();
     for (who, listen, _) in &procs {

@@ -172,6 +172,7 @@ pub fn upstream_with(name: &str, handle: &ClusterHandle, picker: HostPicker) -> 
         vigil::forward::ConnectSettings {
             timeout: CONNECT_TIMEOUT,
             http2: false,
+            alpn_auto: false,
             tls: None,
         },
     )

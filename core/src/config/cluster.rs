@@ -134,9 +134,19 @@ fn cluster(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Cluster> {
     let cleanup_interval_ms =
         positive_ms(cx, &mut o, "cleanup_interval", 0).unwrap_or(DEFAULT_CLEANUP_INTERVAL_MS);
 
+    let has_transport_socket = o.has("transport_socket");
     let tls = o
         .take("transport_socket")
         .and_then(|(ts_path, ts)| super::tls::upstream(cx, &ts_path, ts));
+    if upstream_protocol == UpstreamProtocol::Auto && !has_transport_socket {
+        cx.invalid(
+            &path.field("typed_extension_protocol_options"),
+            format!(
+                "ALPN configured for cluster {name} which has a non-ALPN transport socket \
+                 (auto_config needs TLS)"
+            ),
+        );
+    }
     if tls.is_some() {
         for p in per_request_sni {
             cx.unsupported(
@@ -671,11 +681,11 @@ fn http_protocol_options(cx: &mut Ctx, mut o: Obj) -> Option<UpstreamProtocol> {
         }
         downstream.finish(cx);
         result = Some(UpstreamProtocol::UseDownstream { http2 });
-    } else if let Some((p, _)) = o.take("auto_config") {
-        cx.unsupported(
-            &p,
-            "auto_config picks the protocol by ALPN over TLS, which vigil does not implement",
-        );
+    } else if let Some(mut auto) = o.message(cx, "auto_config", &AUTO_HTTP_CONFIG) {
+        auto.take("http_protocol_options");
+        auto.take("http2_protocol_options");
+        auto.finish(cx);
+        result = Some(UpstreamProtocol::Auto);
     } else {
         cx.invalid(
             &path,

@@ -853,6 +853,33 @@ mod tests {
     }
 
     #[test]
+    fn auto_config_needs_tls_as_in_envoy() {
+        let mut v = lab();
+        v["static_resources"]["clusters"][0]["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "auto_config": {"http2_protocol_options": {}}}});
+        let found = errors(&v);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with(
+                "static_resources.clusters[0].typed_extension_protocol_options: ALPN configured \
+                 for cluster web_cluster_01 which has a non-ALPN transport socket"
+            ),
+            "{found:?}"
+        );
+        v["static_resources"]["clusters"][0]["transport_socket"] = json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"}});
+        let c = from_value(&v).unwrap().bootstrap.clusters.remove(0);
+        assert_eq!(c.upstream_protocol, UpstreamProtocol::Auto);
+        assert!(c.upstream_protocol.supports_http2());
+        v["static_resources"]["clusters"][0]["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+            ["auto_config"]["http3_protocol_options"] = json!({});
+        assert!(errors(&v)[0].contains("auto_config.http3_protocol_options: HTTP/3 upstreams"));
+    }
+
+    #[test]
     fn endpoint_rules() {
         let cluster = |kind: &str, endpoint: Value| {
             json!({"static_resources": {"clusters": [{"name": "c", "type": kind,

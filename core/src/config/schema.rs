@@ -482,6 +482,23 @@ pub(crate) static USE_DOWNSTREAM_HTTP_CONFIG: Message = Message {
     removed: &[],
 };
 
+pub(crate) static AUTO_HTTP_CONFIG: Message = Message {
+    name: "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.AutoHttpConfig",
+    fields: &[
+        read("http_protocol_options"),
+        read("http2_protocol_options"),
+        reject(
+            "http3_protocol_options",
+            "HTTP/3 upstreams are not supported by vigil",
+        ),
+        reject(
+            "alternate_protocols_cache_options",
+            "HTTP/3 upstreams are not supported by vigil",
+        ),
+    ],
+    removed: &[],
+};
+
 pub(crate) static LOAD_ASSIGNMENT: Message = Message {
     name: "envoy.config.endpoint.v3.ClusterLoadAssignment",
     fields: &[

@@ -280,6 +280,9 @@ pub enum UpstreamProtocol {
     Http2,
     /// The downstream request's protocol; `http2` when HTTP/2 options are configured.
     UseDownstream { http2: bool },
+    /// `auto_config`: HTTP/2 when the TLS handshake's ALPN says `h2`, HTTP/1.1 otherwise (Envoy
+    /// offers both unless the TLS context names its own list).
+    Auto,
 }
 
 impl UpstreamProtocol {
@@ -287,7 +290,9 @@ impl UpstreamProtocol {
     pub fn supports_http2(self) -> bool {
         matches!(
             self,
-            UpstreamProtocol::Http2 | UpstreamProtocol::UseDownstream { http2: true }
+            UpstreamProtocol::Http2
+                | UpstreamProtocol::UseDownstream { http2: true }
+                | UpstreamProtocol::Auto
         )
     }
 }
