@@ -666,7 +666,7 @@ impl PeerJudge {
 /// signature is always verified.
 #[derive(Debug)]
 struct EnvoyServerVerifier {
-    roots: Option<Arc<rustls::RootCertStore>>,
+    trust: Option<Trust>,
     judge: PeerJudge,
     provider: Arc<CryptoProvider>,
 }
@@ -677,12 +677,8 @@ impl EnvoyServerVerifier {
         provider: Arc<CryptoProvider>,
         stats: Arc<SslStats>,
     ) -> Result<EnvoyServerVerifier, String> {
-        let roots = match &peer.trusted_ca {
-            None => None,
-            Some(ca) => Some(Arc::new(root_store(ca)?)),
-        };
         Ok(EnvoyServerVerifier {
-            roots,
+            trust: Trust::load(peer)?,
             judge: PeerJudge {
                 peer: peer.clone(),
                 stats,
@@ -712,17 +708,25 @@ impl EnvoyClientVerifier {
         require_client_certificate: bool,
         provider: Arc<CryptoProvider>,
     ) -> Result<EnvoyClientVerifier, String> {
-        let chain = match &peer.trusted_ca {
-            None => None,
-            Some(ca) => Some(
-                rustls::server::WebPkiClientVerifier::builder_with_provider(
-                    Arc::new(root_store(ca)?),
+        let chain = match (Trust::load(peer)?, &peer.trusted_ca) {
+            (Some(trust), Some(ca)) => {
+                let mut builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    trust.roots.clone(),
                     provider.clone(),
                 )
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| at(ca, e))?,
-            ),
+                .allow_unauthenticated();
+                if !trust.crls.is_empty() {
+                    builder = builder.with_crls(trust.crl_ders.iter().cloned());
+                    if trust.leaf_only {
+                        builder = builder.only_check_end_entity_revocation();
+                    }
+                    if !peer.allow_expired {
+                        builder = builder.enforce_revocation_expiration();
+                    }
+                }
+                Some(builder.build().map_err(|e| at(ca, e))?)
+            }
+            _ => None,
         };
         let names_or_pins = !peer.san_matchers.is_empty()
             || !peer.certificate_hashes.is_empty()
@@ -810,21 +814,26 @@ impl rustls::client::danger::ServerCertVerifier for EnvoyServerVerifier {
         _ocsp_response: &[u8],
         now: rustls_pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        let verify = |at| {
-            let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-            match &self.roots {
-                Some(roots) => rustls::client::verify_server_cert_signed_by_trust_anchor(
-                    &cert,
-                    roots,
-                    intermediates,
-                    at,
-                    self.provider.signature_verification_algorithms.all,
-                ),
-                None => Ok(()),
-            }
+        let algorithms = self.provider.signature_verification_algorithms.all;
+        let verify = |at| match &self.trust {
+            Some(trust) if !trust.crls.is_empty() => trust.verify_with_crls(
+                end_entity,
+                intermediates,
+                at,
+                algorithms,
+                self.judge.peer.allow_expired,
+            ),
+            Some(trust) => rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &rustls::server::ParsedCertificate::try_from(end_entity)?,
+                &trust.roots,
+                intermediates,
+                at,
+                algorithms,
+            ),
+            None => Ok(()),
         };
         let chain: Option<&dyn Fn(rustls_pki_types::UnixTime) -> Result<(), rustls::Error>> =
-            self.roots.is_some().then_some(&verify);
+            self.trust.is_some().then_some(&verify);
         self.judge.judge(end_entity, chain, now)?;
         Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
@@ -878,11 +887,139 @@ fn is_time_error(e: &rustls::CertificateError) -> bool {
     )
 }
 
+/// What the chain check needs: the anchors of `trusted_ca`, and the revocation lists of `crl`
+/// and of `trusted_ca` itself (Envoy reads CRLs from both files).
+#[derive(Debug)]
+struct Trust {
+    roots: Arc<rustls::RootCertStore>,
+    crls: Vec<webpki::CertRevocationList<'static>>,
+    crl_ders: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
+    /// `only_verify_leaf_cert_crl`.
+    leaf_only: bool,
+}
+
+impl Trust {
+    /// `None` without `trusted_ca` (Envoy then checks no chain, and no CRL either).
+    fn load(peer: &PeerValidation) -> Result<Option<Trust>, String> {
+        let mut crl_ders = Vec::new();
+        if let Some(crl) = &peer.crl {
+            let pem = load(crl)?;
+            for der in rustls_pki_types::CertificateRevocationListDer::pem_slice_iter(&pem) {
+                crl_ders.push(der.map_err(|e| at(crl, format!("Failed to load CRL: {e}")))?);
+            }
+            if crl_ders.is_empty() {
+                // Envoy loads such a file and then refuses every peer (no list covers any
+                // certificate); refusing the file says why.
+                return Err(at(
+                    crl,
+                    "Failed to load CRL: no PEM CRL (-----BEGIN X509 CRL-----) found",
+                ));
+            }
+        }
+        let Some(ca) = &peer.trusted_ca else {
+            return Ok(None);
+        };
+        let pem = load(ca)?;
+        let roots = root_store(ca, &pem)?;
+        for der in rustls_pki_types::CertificateRevocationListDer::pem_slice_iter(&pem) {
+            crl_ders.push(der.map_err(|e| at(ca, format!("Failed to load CRL: {e}")))?);
+        }
+        let mut crls = Vec::with_capacity(crl_ders.len());
+        for der in &crl_ders {
+            let parsed = webpki::OwnedCertRevocationList::from_der(der.as_ref()).map_err(|e| {
+                at(
+                    peer.crl.as_ref().unwrap_or(ca),
+                    format!("unusable CRL: {e}"),
+                )
+            })?;
+            crls.push(webpki::CertRevocationList::from(parsed));
+        }
+        if !crls.is_empty() && !peer.crl_leaf_only {
+            // BoringSSL checks the revocation of the certificate the chain ends at too; for an
+            // intermediate listed as an anchor that needs its issuer's list, which the path
+            // builder here would not ask for: refused rather than accept a revoked
+            // intermediate.
+            for cert in CertificateDer::pem_slice_iter(&pem).flatten() {
+                if let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) {
+                    if parsed.issuer().as_raw() != parsed.subject().as_raw() {
+                        return Err(at(
+                            ca,
+                            "a CRL with an intermediate certificate in trusted_ca (Envoy also \
+                             checks that certificate's revocation) is not supported by vigil: \
+                             list only root certificates, or set only_verify_leaf_cert_crl",
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(Some(Trust {
+            roots: Arc::new(roots),
+            crls,
+            crl_ders,
+            leaf_only: peer.crl_leaf_only,
+        }))
+    }
+
+    /// The chain of a server certificate with the revocation lists applied, as BoringSSL's
+    /// `X509_V_FLAG_CRL_CHECK(_ALL)`: a certificate no list covers fails, and so does an expired
+    /// list unless `allow_expired` (Envoy's `X509_V_FLAG_NO_CHECK_TIME`).
+    fn verify_with_crls(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        at: rustls_pki_types::UnixTime,
+        algorithms: &[&dyn rustls_pki_types::SignatureVerificationAlgorithm],
+        allow_expired: bool,
+    ) -> Result<(), rustls::Error> {
+        let crls: Vec<&webpki::CertRevocationList<'_>> = self.crls.iter().collect();
+        let revocation = webpki::RevocationOptionsBuilder::new(&crls)
+            .map_err(|_| rustls::Error::General("no revocation list".into()))?
+            .with_depth(if self.leaf_only {
+                webpki::RevocationCheckDepth::EndEntity
+            } else {
+                webpki::RevocationCheckDepth::Chain
+            })
+            .with_status_policy(webpki::UnknownStatusPolicy::Deny)
+            .with_expiration_policy(if allow_expired {
+                webpki::ExpirationPolicy::Ignore
+            } else {
+                webpki::ExpirationPolicy::Enforce
+            })
+            .build();
+        let cert = webpki::EndEntityCert::try_from(end_entity).map_err(webpki_error)?;
+        cert.verify_for_usage(
+            algorithms,
+            &self.roots.roots,
+            intermediates,
+            at,
+            webpki::KeyUsage::server_auth(),
+            Some(revocation),
+            None,
+        )
+        .map(|_| ())
+        .map_err(webpki_error)
+    }
+}
+
+/// webpki's verdict in rustls's terms (what the handshake error and the time retry look at).
+fn webpki_error(e: webpki::Error) -> rustls::Error {
+    use rustls::CertificateError as C;
+    rustls::Error::InvalidCertificate(match e {
+        webpki::Error::CertExpired { .. } => C::Expired,
+        webpki::Error::CertNotValidYet { .. } => C::NotValidYet,
+        webpki::Error::CertRevoked => C::Revoked,
+        webpki::Error::UnknownRevocationStatus => C::UnknownRevocationStatus,
+        webpki::Error::CrlExpired { .. } => C::ExpiredRevocationList,
+        webpki::Error::UnknownIssuer => C::UnknownIssuer,
+        webpki::Error::InvalidSignatureForPublicKey => C::BadSignature,
+        other => C::Other(rustls::OtherError(Arc::new(other))),
+    })
+}
+
 /// The trust anchors a `trusted_ca` names.
-fn root_store(ca: &Sourced) -> Result<rustls::RootCertStore, String> {
-    let pem = load(ca)?;
+fn root_store(ca: &Sourced, pem: &[u8]) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
+    for cert in CertificateDer::pem_slice_iter(pem) {
         let cert = cert.map_err(|e| at(ca, format!("malformed PEM certificate: {e}")))?;
         roots
             .add(cert)

@@ -77,10 +77,21 @@ impl Authority {
 
     /// A certificate for `names` (DNS names, or IP addresses when they parse as one).
     pub fn issue(&self, names: &[&str], validity: Validity) -> Identity {
+        self.issue_numbered(names, validity, None)
+    }
+
+    /// [`Authority::issue`] with a chosen serial number (for revocation lists).
+    pub fn issue_numbered(
+        &self,
+        names: &[&str],
+        validity: Validity,
+        serial: Option<u64>,
+    ) -> Identity {
         let key = rcgen::KeyPair::generate().expect("key");
         let mut params =
             rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .expect("params");
+        params.serial_number = serial.map(rcgen::SerialNumber::from);
         let (before, after) = match validity {
             Validity::Current => ((2025, 1, 1), (2035, 1, 1)),
             Validity::Expired => ((2020, 1, 1), (2021, 1, 1)),
@@ -94,6 +105,34 @@ impl Authority {
             cert_der: cert.der().clone(),
             key_der: key.serialize_der(),
         }
+    }
+}
+
+impl Authority {
+    /// A revocation list (PEM) signed by this authority, revoking `serials`, valid until
+    /// `next_update` (year, month, day).
+    pub fn crl(&self, serials: &[u64], next_update: (i32, u8, u8)) -> String {
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2025, 1, 1),
+            next_update: rcgen::date_time_ymd(next_update.0, next_update.1, next_update.2),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|serial| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(*serial),
+                    revocation_time: rcgen::date_time_ymd(2025, 6, 1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params
+            .signed_by(&self.issuer)
+            .expect("revocation list")
+            .pem()
+            .expect("revocation list PEM")
     }
 }
 

@@ -10,14 +10,14 @@
 //! environment variable), ALPN, the protocol version range, TLS 1.2 cipher suites and ECDH
 //! curves (mapped to what rustls offers: a list with none of them is refused, missing ones are
 //! warned), `require_sni`, session resumption on or off, and client certificates checked against
-//! a `trusted_ca`. Upstream, every part of the peer check is applied, the client certificate is
+//! a `trusted_ca` (with revocation lists). Upstream, every part of the peer check is applied, the client certificate is
 //! presented, and `sni`, ALPN and session resumption (`max_session_keys`) follow Envoy.
 //!
 //! What is refused by name, since acting without it would let a peer through that Envoy stops
-//! or send or serve something else than Envoy would: SDS, rotation from watched directories,
+//! or send or serve something else than Envoy would: SDS over gRPC, rotation from watched directories,
 //! several certificates, encrypted keys, OCSP stapling, private key providers, custom
 //! handshakers and certificate selectors, signature algorithm lists and compliance policies,
-//! session ticket keys, certificate revocation lists, other-name SAN matchers.
+//! session ticket keys, other-name SAN matchers.
 
 use super::error::FieldPath;
 use super::reader::{Any, Ctx, Obj, base64, describe, read, reject, warn};
@@ -134,8 +134,15 @@ pub struct PeerValidation {
     /// `verify_certificate_spki`: SHA-256 of its SubjectPublicKeyInfo. With hashes too,
     /// matching either list is enough.
     pub spki_hashes: Vec<[u8; 32]>,
-    /// `allow_expired_certificate`: the chain's validity periods are not checked.
+    /// `allow_expired_certificate`: the chain's validity periods are not checked (nor the
+    /// revocation lists': Envoy sets `X509_V_FLAG_NO_CHECK_TIME`).
     pub allow_expired: bool,
+    /// `crl`: revocation lists (PEM). CRLs inside `trusted_ca` count too. With any, every
+    /// certificate of the chain must be covered by a list from its issuer and not be on it
+    /// (BoringSSL's `X509_V_FLAG_CRL_CHECK_ALL`), or only the leaf with `only_verify_leaf_cert_crl`.
+    pub crl: Option<Sourced>,
+    /// `only_verify_leaf_cert_crl`.
+    pub crl_leaf_only: bool,
     /// `trust_chain_verification: ACCEPT_UNTRUSTED`: a failed check is counted, not enforced.
     pub accept_untrusted: bool,
     /// Where the validation context is in the file (for load errors).
@@ -293,20 +300,14 @@ static CERTIFICATE_VALIDATION_CONTEXT: Message = Message {
         read("match_typed_subject_alt_names"),
         read("match_subject_alt_names"),
         read("require_signed_certificate_timestamp"),
-        reject(
-            "crl",
-            "certificate revocation lists are not implemented by vigil yet",
-        ),
+        read("crl"),
         read("allow_expired_certificate"),
         read("trust_chain_verification"),
         reject(
             "custom_validator_config",
             "custom certificate validators (SPIFFE and others) are not implemented by vigil",
         ),
-        warn(
-            "only_verify_leaf_cert_crl",
-            "only used with a crl, which vigil refuses; ignored",
-        ),
+        read("only_verify_leaf_cert_crl"),
         reject(
             "max_verify_depth",
             "limiting the verification depth is not implemented by vigil: it would accept \
@@ -747,6 +748,8 @@ fn peer_validation(cx: &mut Ctx, mut o: Obj) -> PeerValidation {
         .take("trusted_ca")
         .and_then(|(p, v)| data_source(cx, &p, v));
     out.allow_expired = o.bool(cx, "allow_expired_certificate") == Some(true);
+    out.crl = o.take("crl").and_then(|(p, v)| data_source(cx, &p, v));
+    out.crl_leaf_only = o.bool(cx, "only_verify_leaf_cert_crl") == Some(true);
     out.accept_untrusted =
         o.enumeration(cx, "trust_chain_verification", &TRUST_CHAIN_VERIFICATION) == Some(1);
     if o.bool(cx, "require_signed_certificate_timestamp") == Some(true) {
@@ -1038,10 +1041,6 @@ mod tests {
                 json!({"common_tls_context": {"validation_context": {"trusted_ca": {"filename": "/x"},
                     "match_typed_subject_alt_names": [{"san_type": "OTHER_NAME", "matcher": {"exact": "a"}}]}}}),
                 "OTHER_NAME subject alternative names are not matched by vigil yet",
-            ),
-            (
-                json!({"common_tls_context": {"validation_context": {"crl": {"filename": "/x"}}}}),
-                "certificate revocation lists are not implemented by vigil yet",
             ),
             (
                 json!({"enforce_rsa_key_usage": true}),
