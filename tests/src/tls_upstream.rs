@@ -136,6 +136,34 @@ impl Authority {
     }
 }
 
+/// A TLS client for the tests' own requests: trusting `ca`, presenting `identity` (a
+/// certificate and its PKCS#8 key) when given, offering `alpn`.
+pub fn tls_client(
+    ca: &CertificateDer<'static>,
+    identity: Option<(&CertificateDer<'static>, &[u8])>,
+    alpn: &[&str],
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).expect("CA into the root store");
+    #[expect(deprecated, reason = "ring offers no post-quantum key exchange")]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![cert.clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.to_vec().into()),
+            )
+            .expect("client identity"),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Arc::new(config)
+}
+
 /// What an upstream's TLS requires of its clients.
 #[derive(Clone, Default)]
 pub struct ServerOptions {

@@ -19,24 +19,17 @@ use tokio::net::TcpStream;
 use vigil_tests::envoy::{ListenerSpec, start_envoy_and_vigil};
 use vigil_tests::raw_upstream::EchoUpstream;
 use vigil_tests::soak::{cluster_yaml, route_yaml};
-use vigil_tests::tls_upstream::{Authority, Identity, ServerOptions, TlsUpstream, Validity};
+use vigil_tests::tls_upstream::{
+    Authority, Identity, ServerOptions, TlsUpstream, Validity, tls_client,
+};
 use vigil_tests::{http, net, paths};
 
 fn client_config(ca: &Authority, identity: &Identity) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.der.clone()).expect("CA into the root store");
-    #[expect(deprecated, reason = "ring offers no post-quantum key exchange")]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_client_auth_cert(
-            vec![identity.cert_der.clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(identity.key_der.clone().into()),
-        )
-        .expect("client identity");
-    Arc::new(config)
+    tls_client(
+        &ca.der,
+        Some((&identity.cert_der, identity.key_der.as_slice())),
+        &[],
+    )
 }
 
 /// One GET over TLS presenting `identity`: the status, or `closed` when the connection ended

@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use vigil_tests::envoy::{ListenerSpec, start_envoy_and_vigil};
 use vigil_tests::raw_upstream::EchoUpstream;
 use vigil_tests::soak::cluster_yaml;
+use vigil_tests::tls_upstream::tls_client;
 use vigil_tests::{net, paths};
 
 /// A CA, and a server certificate it signed for `names`, as PEM files in `dir`.
@@ -84,27 +85,13 @@ fn client_config(pki: &Pki, alpn: &[&str]) -> Arc<rustls::ClientConfig> {
     client_config_as(pki, alpn, None)
 }
 
-/// A client trusting `pki`'s CA, presenting `identity` (certificate and key) when given.
+/// A client trusting `pki`'s CA, presenting `identity`'s client certificate when given.
 fn client_config_as(pki: &Pki, alpn: &[&str], identity: Option<&Pki>) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki.ca.clone()).expect("CA into the root store");
-    #[expect(deprecated, reason = "ring offers no post-quantum key exchange")]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots);
-    let mut config = match identity {
-        None => builder.with_no_client_auth(),
-        Some(id) => builder
-            .with_client_auth_cert(
-                vec![id.client.0.clone()],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(id.client.1.clone().into()),
-            )
-            .expect("client identity"),
-    };
-    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    Arc::new(config)
+    tls_client(
+        &pki.ca,
+        identity.map(|id| (&id.client.0, id.client.1.as_slice())),
+        alpn,
+    )
 }
 
 /// One HTTP/1.1 GET over TLS with `sni`: the status and the request line and
