@@ -823,8 +823,15 @@ fn number_rules<T: PartialOrd + Copy + std::fmt::Display>(
         }
     };
     let violation = match (lower, upper) {
-        (Some(lo), Some(hi)) if hi.0 >= lo.0 => (!(above(lo) && below(hi)))
-            .then(|| format!("{} and {}", describe_lower(lo), describe_upper(hi))),
+        (Some(lo), Some(hi)) if hi.0 >= lo.0 => (!(above(lo) && below(hi))).then(|| {
+            format!(
+                "inside range {}{}, {}{}",
+                if lo.1 { "(" } else { "[" },
+                lo.0,
+                hi.0,
+                if hi.1 { ")" } else { "]" }
+            )
+        }),
         // An upper bound below the lower one: outside the range.
         (Some(lo), Some(hi)) => (!(above(lo) || below(hi)))
             .then(|| format!("{} or {}", describe_lower(lo), describe_upper(hi))),
@@ -848,18 +855,45 @@ fn bound_nanos(v: &Value) -> Option<i128> {
     Some(seconds * 1_000_000_000 + nanos)
 }
 
-/// A nanosecond count as Envoy prints durations in these messages (`0.001s`).
+/// A nanosecond count as Envoy prints durations in these messages: Go's `Duration.String`
+/// (`1ms`, `1.5s`, `5m0s`, `1h0m0s`), which PGV used when it generated them.
 struct Seconds(i128);
 
 impl std::fmt::Display for Seconds {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let whole = self.0 / 1_000_000_000;
-        let frac = (self.0 % 1_000_000_000).abs();
-        if frac == 0 {
-            write!(f, "{whole}s")
+        // `whole` units, then the fraction's significant digits.
+        fn decimal(nanos: u128, unit: u128) -> String {
+            let (whole, frac) = (nanos / unit, nanos % unit);
+            if frac == 0 {
+                return whole.to_string();
+            }
+            let width = unit.ilog10() as usize;
+            let digits = format!("{frac:0width$}");
+            format!("{whole}.{}", digits.trim_end_matches('0'))
+        }
+        if self.0 == 0 {
+            return write!(f, "0s");
+        }
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let n = self.0.unsigned_abs();
+        const SECOND: u128 = 1_000_000_000;
+        if n < SECOND {
+            let (unit, name) = match n {
+                0..1_000 => (1, "ns"),
+                1_000..1_000_000 => (1_000, "µs"),
+                _ => (1_000_000, "ms"),
+            };
+            return write!(f, "{sign}{}{name}", decimal(n, unit));
+        }
+        let (hours, rest) = (n / (3600 * SECOND), n % (3600 * SECOND));
+        let (minutes, rest) = (rest / (60 * SECOND), rest % (60 * SECOND));
+        let seconds = decimal(rest, SECOND);
+        if hours > 0 {
+            write!(f, "{sign}{hours}h{minutes}m{seconds}s")
+        } else if minutes > 0 {
+            write!(f, "{sign}{minutes}m{seconds}s")
         } else {
-            let digits = format!("{frac:09}");
-            write!(f, "{whole}.{}s", digits.trim_end_matches('0'))
+            write!(f, "{sign}{seconds}s")
         }
     }
 }
@@ -1065,6 +1099,22 @@ mod tests {
     }
 
     #[test]
+    fn durations_print_as_go_prints_them() {
+        for (nanos, text) in [
+            (0, "0s"),
+            (1, "1ns"),
+            (1_500, "1.5µs"),
+            (1_000_000, "1ms"),
+            (1_500_000_000, "1.5s"),
+            (300_000_000_000, "5m0s"),
+            (3_661_000_000_000, "1h1m1s"),
+            (-2_000_000, "-2ms"),
+        ] {
+            assert_eq!(Seconds(nanos).to_string(), text);
+        }
+    }
+
+    #[test]
     fn accepts_what_envoys_parser_also_takes() {
         // Each checked against Envoy 1.36.2 (`--mode validate`): a quoted enum number, a wrapper
         // as `{value: n}`, a `+` before a quoted integer, "Infinity" for a double.
@@ -1077,7 +1127,7 @@ mod tests {
             .is_empty()
         );
         let e = check(gzip, json!({"memory_level": {"value": 10}}));
-        assert!(e[0].contains("less than or equal to 9"), "{e:?}");
+        assert!(e[0].contains("value must be inside range [1, 9]"), "{e:?}");
         let e = check(gzip, json!({"memory_level": {"valu": 1}}));
         assert!(e[0].contains("unknown field \"valu\""), "{e:?}");
         let e = check(gzip, json!({"compression_strategy": "7"}));
@@ -1204,7 +1254,7 @@ mod tests {
         assert_eq!(
             e,
             vec![
-                "x.stats_flush_interval: proto constraint validation failed: value must be greater than or equal to 0.001s and less than 300s"
+                "x.stats_flush_interval: proto constraint validation failed: value must be inside range [1ms, 5m0s)"
             ]
         );
         let e = check(b, json!({"stats_flush_on_admin": false}));
@@ -1233,7 +1283,7 @@ mod tests {
             "envoy.config.cluster.v3.Cluster.CommonLbConfig",
             json!({"healthy_panic_threshold": {"value": 101}}),
         );
-        assert!(e[0].contains("less than or equal to 100"), "{e:?}");
+        assert!(e[0].contains("value must be inside range [0, 100]"), "{e:?}");
         let e = check("envoy.config.route.v3.RateLimit", json!({"actions": []}));
         assert!(e[0].contains("x.actions: proto constraint validation failed: value must contain at least 1 item(s)"), "{e:?}");
         // well-known header names
