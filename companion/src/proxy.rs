@@ -1326,16 +1326,18 @@ async fn respond(
         parts.headers.remove(name);
     }
     // The HTTP filters, in the chain's order, each on the request head (as their decodeHeaders
-    // run in Envoy, before the body is read); a disabled filter does not run.
+    // run in Envoy, before the body is read). A filter disabled by default runs where the route
+    // configures it: any `typed_per_filter_config` entry but `disabled: true` turns it on, as in
+    // Envoy.
     let mut vigil_set: Vec<(String, String)> = Vec::new();
     let mut routed = false;
-    for (index, filter) in state
-        .hcm
-        .http_filters
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| !f.disabled)
-    {
+    for (index, filter) in state.hcm.http_filters.iter().enumerate() {
+        if filter.disabled
+            && !filter_override(state, &parts, authority.as_deref(), &path, &filter.name)
+                .is_some_and(|setting| *setting != FilterOverride::Disabled)
+        {
+            continue;
+        }
         match &filter.kind {
             HttpFilterKind::Rbac(rbac) => {
                 let borrowed = pairs(&parts.headers);
@@ -1904,6 +1906,52 @@ async fn respond(
                         }
                     }
                 }
+            }
+            HttpFilterKind::Buffer(listener_limit) => {
+                let limit =
+                    match filter_override(state, &parts, authority.as_deref(), &path, &filter.name)
+                    {
+                        Some(FilterOverride::Disabled) => continue,
+                        Some(FilterOverride::Buffer(route_limit)) => *route_limit,
+                        _ => *listener_limit,
+                    };
+                let read = match early_body.take() {
+                    Some(read) => read,
+                    None => {
+                        // A request without a body goes on at once, as Envoy's filter continues
+                        // on a header-only request.
+                        let Some(incoming) = body.take() else {
+                            continue;
+                        };
+                        if incoming.is_end_stream() {
+                            body = Some(incoming);
+                            continue;
+                        }
+                        match read_body(Some(incoming)).await {
+                            Ok(read) => read,
+                            Err(refusal) => return refusal,
+                        }
+                    }
+                };
+                if read.len() > limit as usize {
+                    outcome.request_headers = Some(parts.headers);
+                    outcome.details = "request_payload_too_large".into();
+                    return (
+                        local_reply(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large"),
+                        outcome,
+                    );
+                }
+                // The whole body is known: Envoy's filter states its length when the client did
+                // not (a chunked request goes upstream with a content-length).
+                let had_body =
+                    !read.is_empty() || parts.headers.contains_key(http::header::TRANSFER_ENCODING);
+                if had_body && !parts.headers.contains_key(http::header::CONTENT_LENGTH) {
+                    parts.headers.remove(http::header::TRANSFER_ENCODING);
+                    parts
+                        .headers
+                        .insert(http::header::CONTENT_LENGTH, HeaderValue::from(read.len()));
+                }
+                early_body = Some(read);
             }
             HttpFilterKind::Wasm if !routed => {
                 routed = true;

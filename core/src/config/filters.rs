@@ -75,7 +75,8 @@ pub(crate) fn http_filter(type_name: &str) -> Treatment {
         }
         "bandwidth_limit" => Refused("limit request and response bandwidth"),
         "fault" => Refused("inject aborts and delays into requests"),
-        "buffer" | "file_system_buffer" => Refused("answer 413 to request bodies above its limit"),
+        "buffer" => Enforced,
+        "file_system_buffer" => Refused("answer 413 to request bodies above its limit"),
         "health_check" => Enforced,
         "cors" => Enforced,
         "kill_request" => Refused("abort the process on marked requests"),

@@ -941,6 +941,7 @@ fn http_filters(
                             .map(|config| HttpFilterKind::JwtAuthn(Box::new(config))),
                         "csrf" => super::csrf::csrf_policy(cx, &typed)
                             .map(|policy| HttpFilterKind::Csrf(Box::new(policy))),
+                        "buffer" => super::buffer::buffer(cx, &typed).map(HttpFilterKind::Buffer),
                         _ => super::ext_authz::ext_authz(cx, &typed)
                             .map(|config| HttpFilterKind::ExtAuthz(Box::new(config))),
                     };
@@ -1137,6 +1138,7 @@ fn filter_settings(cx: &mut Ctx, o: &mut Obj, legacy_cors: Option<CorsPolicy>) -
             super::jwt_authn::JWT_PER_ROUTE_TYPE,
             super::local_ratelimit::LOCAL_RATELIMIT_TYPE,
             super::csrf::CSRF_POLICY_TYPE,
+            super::buffer::BUFFER_PER_ROUTE_TYPE,
         ];
         if !native.contains(&type_name) {
             continue;
@@ -1150,6 +1152,8 @@ fn filter_settings(cx: &mut Ctx, o: &mut Obj, legacy_cors: Option<CorsPolicy>) -
             filters::read_jwt_per_route(cx, &typed).map(FilterOverride::JwtAuthn)
         } else if type_name == super::csrf::CSRF_POLICY_TYPE {
             super::csrf::csrf_policy(cx, &typed).map(|p| FilterOverride::Csrf(Box::new(p)))
+        } else if type_name == super::buffer::BUFFER_PER_ROUTE_TYPE {
+            super::buffer::buffer_per_route(cx, &typed)
         } else {
             super::local_ratelimit::local_ratelimit_per_route(cx, &typed)
                 .map(|c| FilterOverride::LocalRateLimit(Box::new(c)))
@@ -2404,6 +2408,8 @@ fn natively_run(type_name: &str) -> Option<(&'static str, &'static str)> {
         Some(("ext_authz", super::ext_authz::EXT_AUTHZ_PER_ROUTE_TYPE))
     } else if type_name == super::csrf::CSRF_POLICY_TYPE {
         Some(("csrf", super::csrf::CSRF_POLICY_TYPE))
+    } else if type_name == super::buffer::BUFFER_TYPE {
+        Some(("buffer", super::buffer::BUFFER_PER_ROUTE_TYPE))
     } else {
         None
     }
@@ -3273,6 +3279,43 @@ mod tests {
                 "configuration.value.clusters[\"web\"].health_check: unknown field \"intervall\""
             )),
             "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn buffer_filter_limits_are_read_and_checked() {
+        let buffer = |config: Value| {
+            let mut typed = json!({"@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer"});
+            if let (Value::Object(t), Value::Object(c)) = (&mut typed, config) {
+                t.extend(c);
+            }
+            json!({"name": "envoy.filters.http.buffer", "typed_config": typed})
+        };
+        let v = bootstrap(json!({}), vec![buffer(json!({"max_request_bytes": 4096}))]);
+        let hcm = &from_value(&v).unwrap().bootstrap.listeners[0].http[0];
+        assert_eq!(hcm.http_filters[0].kind, HttpFilterKind::Buffer(4096));
+        for (config, wanted) in [
+            (json!({}), "max_request_bytes: value is required"),
+            (
+                json!({"max_request_bytes": 0}),
+                "max_request_bytes: value must be greater than 0",
+            ),
+        ] {
+            let found = errors(&bootstrap(json!({}), vec![buffer(config)]));
+            assert!(found.iter().any(|(_, e)| e.contains(wanted)), "{found:?}");
+        }
+        let mut v = bootstrap(json!({}), vec![buffer(json!({"max_request_bytes": 10}))]);
+        v["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+            ["virtual_hosts"][0]["routes"][0]["typed_per_filter_config"] = json!({
+            "envoy.filters.http.buffer": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.BufferPerRoute",
+                "disabled": false}});
+        let found = errors(&v);
+        assert!(
+            found
+                .iter()
+                .any(|(_, e)| e.contains("disabled: value must equal true")),
+            "{found:?}"
         );
     }
 

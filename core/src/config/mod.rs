@@ -47,6 +47,7 @@
 //! with each field), `cluster`, `health_check`, `listener` (the typed readers), `filters` (which
 //! filters are enforced, ignored or refused; `filter_chain_match`), `types` (the result), `error`.
 
+mod buffer;
 mod circuit_breakers;
 mod cluster;
 mod csrf;

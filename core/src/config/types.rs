@@ -803,6 +803,9 @@ pub enum HttpFilterKind {
     /// `envoy.extensions.filters.http.csrf.v3.CsrfPolicy`: the origin check of state-changing
     /// requests (`crate::csrf`).
     Csrf(Box<crate::csrf::CsrfPolicy>),
+    /// `envoy.extensions.filters.http.buffer.v3.Buffer`: the whole request body is read before
+    /// the request goes on; above `max_request_bytes` it is answered 413.
+    Buffer(u32),
     /// `envoy.extensions.filters.http.wasm.v3.Wasm`: a wasm module (such as vigil's own filter),
     /// which the companion does not load.
     Wasm,
@@ -1442,4 +1445,6 @@ pub enum FilterOverride {
     LocalRateLimit(Box<crate::config::LocalRateLimit>),
     /// A `CsrfPolicy` replacing the filter's.
     Csrf(Box<crate::csrf::CsrfPolicy>),
+    /// A `BufferPerRoute`'s own `max_request_bytes`.
+    Buffer(u32),
 }
