@@ -67,6 +67,11 @@ pub struct CheckedRequest<'a> {
     pub headers: &'a HeaderMap,
     /// The body, when `with_request_body` asks for it (cut to `max_request_bytes`).
     pub body: Bytes,
+    /// `pack_as_bytes`: a gRPC check sends the body as bytes (`raw_body`).
+    pub pack_as_bytes: bool,
+    /// Whether the body sent was cut to `max_request_bytes`; `None` when no body was read for
+    /// the check (Envoy's `x-envoy-auth-partial-body` in the gRPC check's headers).
+    pub partial_body: Option<bool>,
     pub peer: SocketAddr,
     pub local: SocketAddr,
     /// `http` or `https`.
@@ -443,6 +448,9 @@ fn attributes(
             headers.insert(name.to_string(), value);
         }
     }
+    if let Some(partial) = request.partial_body {
+        headers.insert("x-envoy-auth-partial-body".to_string(), partial.to_string());
+    }
     // The content length when known: from the header, or none at all for a request without a
     // body; a chunked body of unknown length is -1.
     let size = match request
@@ -469,7 +477,16 @@ fn attributes(
         scheme: request.scheme.to_string(),
         protocol: request.protocol.to_string(),
         size,
-        body: String::from_utf8_lossy(&request.body).into_owned(),
+        body: if request.pack_as_bytes {
+            String::new()
+        } else {
+            String::from_utf8_lossy(&request.body).into_owned()
+        },
+        raw_body: if request.pack_as_bytes {
+            request.body.to_vec()
+        } else {
+            Vec::new()
+        },
         ..Default::default()
     };
     envoy_types::pb::envoy::service::auth::v3::AttributeContext {

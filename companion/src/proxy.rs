@@ -1780,6 +1780,8 @@ async fn respond(
                     ),
                     _ => (&[][..], config.with_request_body),
                 };
+                let pack_as_bytes = body_settings.is_some_and(|s| s.pack_as_bytes);
+                let mut partial_body = None;
                 let check_body = match body_settings {
                     None => Bytes::new(),
                     Some(settings) => {
@@ -1800,6 +1802,9 @@ async fn respond(
                                 outcome,
                             );
                         }
+                        if !read.is_empty() {
+                            partial_body = Some(read.len() > max);
+                        }
                         read.slice(..read.len().min(max))
                     }
                 };
@@ -1808,6 +1813,8 @@ async fn respond(
                     path: &path,
                     headers: &parts.headers,
                     body: check_body,
+                    pack_as_bytes,
+                    partial_body,
                     peer,
                     local: local.unwrap_or(peer),
                     scheme: downstream.scheme(),

@@ -166,9 +166,13 @@ fn upstream_lines(body: &str) -> String {
 }
 
 async fn hit(listen: SocketAddr, path: &str) -> Seen {
+    send(listen, "GET", path, "").await
+}
+
+async fn send(listen: SocketAddr, method: &str, path: &str, body: &str) -> Seen {
     let response = http::request(
         listen,
-        "GET",
+        method,
         path,
         &[
             ("authorization", "Bearer t"),
@@ -177,10 +181,10 @@ async fn hit(listen: SocketAddr, path: &str) -> Seen {
             ("x-remove-me", "3"),
             ("x-appended", "original"),
         ],
-        "",
+        body,
     )
     .await
-    .unwrap_or_else(|err| panic!("GET {path}: {err}"));
+    .unwrap_or_else(|err| panic!("{method} {path}: {err}"));
     let mut headers = BTreeMap::new();
     for name in SHOWN {
         let values: Vec<String> = response
@@ -363,13 +367,14 @@ fn describe_check(check: &envoy_types::pb::envoy::service::auth::v3::CheckReques
         .collect();
     extensions.sort();
     format!(
-        "method={} path={} scheme={} protocol={} size={} body={:?} id_set={} host_set={} source={} destination={} context=[{}] headers=[{}]",
+        "method={} path={} scheme={} protocol={} size={} body={:?} raw_body={:?} id_set={} host_set={} source={} destination={} context=[{}] headers=[{}]",
         http.method,
         http.path,
         http.scheme,
         http.protocol,
         http.size,
         http.body,
+        String::from_utf8_lossy(&http.raw_body),
         !http.id.is_empty(),
         !http.host.is_empty(),
         attributes.source.is_some(),
@@ -490,7 +495,8 @@ fn grpc_config(
               transport_api_version: V3
               grpc_service:
                 envoy_grpc: { cluster_name: grpc_authz }
-                timeout: 0.5s";
+                timeout: 0.5s
+              with_request_body: { max_request_bytes: 100, allow_partial_message: true, pack_as_bytes: true }";
     let routes = "
               - match: { prefix: \"/ctx\" }
                 route: { cluster: echo }
@@ -538,6 +544,11 @@ async fn ext_authz_grpc_service_decides_as_in_envoy() {
             "/ctx/allow",
         ] {
             seen.push((path, hit(*listen, path).await));
+        }
+        // A body: packed as bytes, cut to max_request_bytes (partial messages allowed).
+        let long = "b".repeat(150);
+        for (path, body) in [("/allow/body", "hello"), ("/allow/long", long.as_str())] {
+            seen.push((path, send(*listen, "POST", path, body).await));
         }
         results.push((who, seen, authz.take(), counters(process).await));
     }

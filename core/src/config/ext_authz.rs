@@ -134,6 +134,9 @@ pub struct BufferSettings {
     pub max_request_bytes: u32,
     /// `allow_partial_message`: the first `max_request_bytes` are sent instead.
     pub allow_partial_message: bool,
+    /// `pack_as_bytes`: a gRPC check carries the body in `raw_body` (bytes) instead of `body`
+    /// (a UTF-8 string).
+    pub pack_as_bytes: bool,
 }
 
 const NO_METADATA: &str = "vigil keeps no dynamic metadata: the check would miss what Envoy sends";
@@ -261,10 +264,7 @@ static BUFFER_SETTINGS: Message = Message {
     fields: &[
         read("max_request_bytes"),
         read("allow_partial_message"),
-        reject(
-            "pack_as_bytes",
-            "a body packed as bytes is not implemented by vigil",
-        ),
+        read("pack_as_bytes"),
     ],
     removed: &[],
 };
@@ -471,11 +471,13 @@ fn buffer_settings(cx: &mut Ctx, mut o: Obj) -> Option<BufferSettings> {
     let path = o.path.clone();
     let max = o.u32(cx, "max_request_bytes");
     let allow_partial_message = o.bool(cx, "allow_partial_message").unwrap_or(false);
+    let pack_as_bytes = o.bool(cx, "pack_as_bytes").unwrap_or(false);
     o.finish(cx);
     match max {
         Some(max) if max > 0 => Some(BufferSettings {
             max_request_bytes: max,
             allow_partial_message,
+            pack_as_bytes,
         }),
         _ => {
             cx.invalid(

@@ -1283,7 +1283,10 @@ mod tests {
             "envoy.config.cluster.v3.Cluster.CommonLbConfig",
             json!({"healthy_panic_threshold": {"value": 101}}),
         );
-        assert!(e[0].contains("value must be inside range [0, 100]"), "{e:?}");
+        assert!(
+            e[0].contains("value must be inside range [0, 100]"),
+            "{e:?}"
+        );
         let e = check("envoy.config.route.v3.RateLimit", json!({"actions": []}));
         assert!(e[0].contains("x.actions: proto constraint validation failed: value must contain at least 1 item(s)"), "{e:?}");
         // well-known header names
