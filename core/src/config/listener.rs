@@ -2064,7 +2064,9 @@ pub(crate) fn route_match(cx: &mut Ctx, mut o: Obj) -> Option<RouteMatch> {
 
 fn runtime_fraction(cx: &mut Ctx, mut o: Obj) -> Option<(u32, u32)> {
     let path = o.path.clone();
-    let _key = o.string(cx, "runtime_key");
+    if let Some(key) = o.nonempty_string(cx, "runtime_key") {
+        cx.runtime_keys.push((path.field("runtime_key"), key));
+    }
     let default = o.message(cx, "default_value", &FRACTIONAL_PERCENT);
     o.finish(cx);
     let Some(mut d) = default else {

@@ -420,6 +420,10 @@ fn token_bucket(cx: &mut Ctx, mut o: Obj) -> Option<TokenBucketSpec> {
 pub(crate) fn runtime_fraction(cx: &mut Ctx, mut o: Obj) -> Option<RuntimeFraction> {
     let path = o.path.clone();
     let runtime_key = o.string(cx, "runtime_key").unwrap_or_default();
+    if !runtime_key.is_empty() {
+        cx.runtime_keys
+            .push((path.field("runtime_key"), runtime_key.clone()));
+    }
     let default = o.message(cx, "default_value", &FRACTIONAL_PERCENT);
     o.finish(cx);
     let Some(mut d) = default else {

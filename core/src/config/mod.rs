@@ -383,8 +383,75 @@ fn bootstrap(cx: &mut Ctx, value: &Value) -> Bootstrap {
     for (p, v) in o.list("bootstrap_extensions") {
         bootstrap_extension(cx, &p, v);
     }
+    if let Some((path, layered)) = o.peek("layered_runtime") {
+        runtime_layers_against_keys(cx, &path, layered);
+    }
     o.finish(cx);
     out
+}
+
+/// vigil applies no runtime layers: it uses each `runtime_key`'s default. That is Envoy's
+/// behaviour only while no layer sets the key, so a static layer that sets one, or a layer whose
+/// values come later (disk, RTDS), refuses the file at the key. The admin layer starts empty and
+/// only Envoy's own admin API fills it.
+fn runtime_layers_against_keys(cx: &mut Ctx, path: &FieldPath, layered: &Value) {
+    fn flatten(prefix: &str, value: &Value, out: &mut Vec<String>) {
+        if let Value::Object(map) = value {
+            for (key, inner) in map {
+                let name = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                out.push(name.clone());
+                flatten(&name, inner, out);
+            }
+        }
+    }
+    if cx.runtime_keys.is_empty() {
+        return;
+    }
+    let layers = layered
+        .get("layers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let keys = std::mem::take(&mut cx.runtime_keys);
+    for (index, layer) in layers.iter().enumerate() {
+        let name = layer.get("name").and_then(Value::as_str).unwrap_or("");
+        let layer_path = path.field("layers").index(index);
+        if let Some(static_layer) = layer.get("static_layer") {
+            let mut set = Vec::new();
+            flatten("", static_layer, &mut set);
+            for (key_path, key) in &keys {
+                if set.contains(key) {
+                    cx.unsupported(
+                        key_path,
+                        format!(
+                            "runtime key {key} is set by the static runtime layer '{name}' \
+                             ({layer_path}); vigil applies no runtime layers and would use the \
+                             default instead"
+                        ),
+                    );
+                }
+            }
+        }
+        for kind in ["disk_layer", "rtds_layer"] {
+            if layer.get(kind).is_some() {
+                for (key_path, key) in &keys {
+                    cx.unsupported(
+                        key_path,
+                        format!(
+                            "runtime key {key} can be set at any time by the {kind} '{name}' \
+                             ({layer_path}); vigil applies no runtime layers and would use the \
+                             default instead"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    cx.runtime_keys = keys;
 }
 
 fn admin(cx: &mut Ctx, mut o: Obj) -> Admin {
@@ -851,6 +918,55 @@ mod tests {
                 "explicit_http_config": {"http2_protocol_options": {}}}});
         let c = from_value(&v).unwrap().bootstrap.clusters.remove(0);
         assert_eq!(c.upstream_protocol, UpstreamProtocol::Http2);
+    }
+
+    #[test]
+    fn runtime_layers_that_can_set_a_read_key_refuse_the_file() {
+        let with_layers = |layers: Value| {
+            json!({
+                "layered_runtime": {"layers": layers},
+                "static_resources": {"listeners": [{"name": "l",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": 8080}},
+                    "filter_chains": [{"filters": [{"name": "hcm", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "in",
+                        "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"],
+                            "routes": [{"match": {"prefix": "/", "runtime_fraction": {
+                                "default_value": {"numerator": 50}, "runtime_key": "routing.canary"}},
+                                "direct_response": {"status": 200}}]}]},
+                        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]}]}
+            })
+        };
+        // Layers that cannot set the key: served (with the usual warning).
+        for layers in [
+            json!([{"name": "base", "static_layer": {"routing": {"other": 1}}}]),
+            json!([{"name": "admin", "admin_layer": {}}]),
+        ] {
+            assert!(from_value(&with_layers(layers.clone())).is_ok(), "{layers}");
+        }
+        for (layers, wanted) in [
+            (
+                json!([{"name": "base", "static_layer": {"routing": {"canary": 100}}}]),
+                "runtime key routing.canary is set by the static runtime layer 'base'",
+            ),
+            (
+                json!([{"name": "base", "static_layer": {"routing.canary": 100}}]),
+                "runtime key routing.canary is set by the static runtime layer 'base'",
+            ),
+            (
+                json!([{"name": "disk", "disk_layer": {"symlink_root": "/srv/runtime"}}]),
+                "runtime key routing.canary can be set at any time by the disk_layer 'disk'",
+            ),
+        ] {
+            let found = errors(&with_layers(layers));
+            assert!(
+                found
+                    .iter()
+                    .any(|e| e.contains("runtime_fraction.runtime_key: ") && e.contains(wanted)),
+                "{found:?}"
+            );
+        }
     }
 
     #[test]

@@ -30,6 +30,9 @@ use serde_json::{Map, Value};
 pub(crate) struct Ctx {
     pub errors: Vec<ConfigError>,
     pub warnings: Vec<Warning>,
+    /// Every `runtime_key` vigil reads a default for, where it is written: a runtime layer that
+    /// can set one refuses the file (vigil applies no runtime layers).
+    pub runtime_keys: Vec<(FieldPath, String)>,
     /// What Envoy's schema found in the content of each `Any` (by the content's path), held
     /// back until the end of the load ([`Ctx::settle`]): a typed reader that reads the content
     /// itself ([`Any::obj`]) withdraws them and reports what it reads in its own words.
