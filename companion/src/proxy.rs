@@ -2139,7 +2139,19 @@ async fn respond(
     } else {
         std::mem::take(&mut parts.headers)
     };
+    // A chunked request goes on chunked, as Envoy streams it (vigil has read it whole, which
+    // would otherwise give it a content-length); the buffer filter gives it one, as Envoy's.
+    let chunked = !headers.contains_key(header::CONTENT_LENGTH)
+        && headers
+            .get(header::TRANSFER_ENCODING)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
     strip_hop_by_hop(&mut headers);
+    if chunked {
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
     if let Some(value) = host.and_then(|h| HeaderValue::from_str(&h).ok()) {
         headers.insert(header::HOST, value);
     }
