@@ -259,6 +259,11 @@ pub struct Upstream {
     /// Set on the first upstream connection: the check loop leaves no-traffic mode.
     has_traffic: Arc<AtomicBool>,
     client: Client<CountingConnector, ProxyBody>,
+    /// How `client` was built: the pools of request server names are built alike.
+    client_builder: hyper_util::client::legacy::Builder,
+    /// `auto_sni` / `auto_san_validation`: a pool per (SNI, name to verify), as Envoy keys its
+    /// pools by the transport socket options. Bounded: the names come from clients.
+    named_clients: Mutex<HashMap<RequestName, PoolClient>>,
     /// `https` when the hosts speak TLS (HTTP/2's `:scheme`), else `http`.
     scheme: http::uri::Scheme,
     /// The cluster's TLS client (shared with the connector), for its counters.
@@ -365,6 +370,8 @@ impl Upstream {
             hosts,
             has_traffic,
             client: builder.build(connector),
+            client_builder: builder,
+            named_clients: Mutex::default(),
             scheme,
             client_tls,
             connect,
@@ -538,6 +545,93 @@ pub struct Outgoing {
     pub body: Bytes,
 }
 
+/// A connection pool of a cluster.
+type PoolClient = Client<CountingConnector, ProxyBody>;
+
+/// A request's server name and the name its server's certificate must carry.
+type RequestName = (Option<String>, Option<String>);
+
+/// At most this many request server names keep a pool of their own; then all are dropped.
+const MAX_NAMED_POOLS: usize = 1024;
+
+impl Upstream {
+    /// The pool a request goes through: the cluster's, or under `auto_sni` /
+    /// `auto_san_validation` the one of the request's server name, taken as Envoy's router
+    /// takes it (the host after the route's rewrite, or `override_auto_sni_header`'s values
+    /// when it has any; no SNI for an IP address).
+    fn client_for(&self, headers: &HeaderMap) -> PoolClient {
+        let Some((tls, rule)) = self
+            .connect
+            .tls
+            .as_ref()
+            .and_then(|tls| Some((tls, tls.request_name.as_ref()?)))
+        else {
+            return self.client.clone();
+        };
+        let mut value = headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        if let Some(header) = &rule.header {
+            let joined: Vec<&str> = headers
+                .get_all(header.as_str())
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            let joined = joined.join(",");
+            if !joined.is_empty() {
+                value = joined;
+            }
+        }
+        let (host, is_ip) = authority_host(&value);
+        let sni = (rule.sni && !is_ip).then(|| host.to_string());
+        let san = rule.san_validation.then(|| host.to_string());
+        if sni.is_none() && san.is_none() {
+            return self.client.clone();
+        }
+        let mut named = self.named_clients.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (sni, san);
+        if let Some(client) = named.get(&key) {
+            return client.clone();
+        }
+        if named.len() >= MAX_NAMED_POOLS {
+            named.clear();
+        }
+        let connect = ConnectSettings {
+            tls: Some(Arc::new(
+                tls.for_request_name(key.0.as_deref(), key.1.as_deref()),
+            )),
+            ..(*self.connect).clone()
+        };
+        let client = self.client_builder.build(CountingConnector {
+            connect: Arc::new(connect),
+            traffic: self.traffic.clone(),
+            hosts: self.hosts.clone(),
+            has_traffic: self.has_traffic.clone(),
+        });
+        named.insert(key, client.clone());
+        client
+    }
+}
+
+/// Envoy's `parseAuthority`: the host part of `host[:port]` or `[v6][:port]`, and whether it is
+/// an IP address.
+fn authority_host(authority: &str) -> (&str, bool) {
+    if let Some(rest) = authority.strip_prefix('[') {
+        if let Some((inside, _)) = rest.split_once(']') {
+            return (inside, inside.parse::<std::net::Ipv6Addr>().is_ok());
+        }
+    }
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            host
+        }
+        _ => authority,
+    };
+    (host, host.parse::<std::net::IpAddr>().is_ok())
+}
+
 /// What the router decided about the request.
 pub struct Forwarding<'a> {
     pub retry: &'a RetryPolicy,
@@ -645,7 +739,7 @@ pub async fn forward_at_priority(
             .per_try_timeout
             .map_or(remaining, |t| t.min(remaining));
         let last = attempt >= how.retry.num_retries;
-        let send = upstream.client.request(build_request(
+        let send = upstream.client_for(&request.headers).request(build_request(
             &mut request,
             &upstream.scheme,
             host,
@@ -1098,5 +1192,25 @@ impl hyper::rt::Write for Counted {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::authority_host;
+
+    #[test]
+    fn the_host_of_an_authority_as_envoy_parses_it() {
+        for (authority, host, is_ip) in [
+            ("a.example", "a.example", false),
+            ("a.example:8443", "a.example", false),
+            ("127.0.0.1:80", "127.0.0.1", true),
+            ("[::1]:80", "::1", true),
+            ("[::1]", "::1", true),
+            ("::1", "::1", true),
+            ("", "", false),
+        ] {
+            assert_eq!(authority_host(authority), (host, is_ip), "{authority}");
+        }
     }
 }

@@ -359,6 +359,15 @@ pub struct UpstreamConnector {
     config: Arc<rustls::ClientConfig>,
     sni: Option<ServerName<'static>>,
     pub stats: Arc<SslStats>,
+    /// `auto_sni` / `auto_san_validation`: the server name comes from each request.
+    pub request_name: Option<vigil_core::config::RequestServerName>,
+    /// Names the server's certificate must carry (`auto_san_validation`, one connector per
+    /// request name); checked only when the validation context checks anything, as in Envoy.
+    verify_sans: Vec<String>,
+    /// The validation context checks the peer (Envoy's verify mode is not NONE).
+    checks_peer: bool,
+    /// `ACCEPT_UNTRUSTED`: a failed check is counted, not enforced.
+    accept_untrusted: bool,
 }
 
 /// Why a TLS connection to an upstream failed, as Envoy's transport failure reason
@@ -442,7 +451,33 @@ impl UpstreamConnector {
             config: Arc::new(config),
             sni,
             stats,
+            request_name: tls.request_name.clone(),
+            verify_sans: Vec::new(),
+            checks_peer: tls.peer.checks_anything(),
+            accept_untrusted: tls.peer.accept_untrusted,
         })
+    }
+
+    /// The connector for one request's server name (Envoy's `auto_sni`: sent as SNI unless an
+    /// IP address; `auto_san_validation`: the certificate must carry it). Counters are shared.
+    pub fn for_request_name(&self, sni: Option<&str>, san: Option<&str>) -> UpstreamConnector {
+        let mut config = (*self.config).clone();
+        let sni = match sni.and_then(|name| ServerName::try_from(name.to_string()).ok()) {
+            Some(name) => {
+                config.enable_sni = true;
+                Some(name)
+            }
+            None => self.sni.clone(),
+        };
+        UpstreamConnector {
+            config: Arc::new(config),
+            sni,
+            stats: self.stats.clone(),
+            request_name: None,
+            verify_sans: san.map(|s| vec![s.to_string()]).unwrap_or_default(),
+            checks_peer: self.checks_peer,
+            accept_untrusted: self.accept_untrusted,
+        }
     }
 
     /// The connector the HTTP connection pool uses: when the context names no ALPN protocol,
@@ -458,6 +493,10 @@ impl UpstreamConnector {
             config: Arc::new(config),
             sni: self.sni.clone(),
             stats: self.stats.clone(),
+            request_name: self.request_name.clone(),
+            verify_sans: self.verify_sans.clone(),
+            checks_peer: self.checks_peer,
+            accept_untrusted: self.accept_untrusted,
         })
     }
 
@@ -476,6 +515,16 @@ impl UpstreamConnector {
         let connector = tokio_rustls::TlsConnector::from(self.config.clone());
         match connector.connect(name, tcp).await {
             Ok(stream) => {
+                if !self.names_verified(stream.get_ref().1.peer_certificates()) {
+                    self.stats.fail_verify_san.fetch_add(1, Ordering::Relaxed);
+                    if !self.accept_untrusted {
+                        self.stats.connection_error.fetch_add(1, Ordering::Relaxed);
+                        return Err(TlsConnectError(boringssl_reason(
+                            125,
+                            "CERTIFICATE_VERIFY_FAILED",
+                        )));
+                    }
+                }
                 self.stats.handshake.fetch_add(1, Ordering::Relaxed);
                 if stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
                     self.stats.session_reused.fetch_add(1, Ordering::Relaxed);
@@ -487,6 +536,26 @@ impl UpstreamConnector {
                 Err(TlsConnectError(failure_reason(&e)))
             }
         }
+    }
+}
+
+impl UpstreamConnector {
+    /// Envoy's `verifySubjectAltName` against the request's names: a DNS name of the
+    /// certificate matches by Envoy's wildcard rule, any other kind exactly.
+    fn names_verified(&self, certificates: Option<&[CertificateDer<'_>]>) -> bool {
+        if self.verify_sans.is_empty() || !self.checks_peer {
+            return true;
+        }
+        let Some(leaf) = certificates.and_then(|c| c.first()) else {
+            return false;
+        };
+        let names = subject_alt_names(leaf);
+        self.verify_sans.iter().any(|wanted| {
+            names.iter().any(|name| match name.kind {
+                SanType::Dns => vigil_core::config::dns_name_match(wanted, &name.value),
+                _ => *wanted == name.value,
+            })
+        })
     }
 }
 

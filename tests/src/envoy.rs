@@ -388,6 +388,19 @@ static_resources:
     }
 }
 
+/// Asserts that Envoy's answers (`seen[0]`) and vigil's (`seen[1]`) are the same, listing every
+/// pair that differs.
+pub fn assert_same_answers(seen: &[Vec<String>]) {
+    let differ: Vec<String> = seen[0]
+        .iter()
+        .zip(&seen[1])
+        .filter(|(envoy, vigil)| envoy != vigil)
+        .map(|(envoy, vigil)| format!("envoy: {envoy}\nvigil: {vigil}"))
+        .collect();
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+    assert_eq!(seen[0].len(), seen[1].len(), "as many answers from each");
+}
+
 /// Real Envoy and vigil, each on a fresh loopback address with its own listener and admin
 /// ports, on the config `config(listen, admin)` renders: (name, listener, process), Envoy first.
 pub async fn start_envoy_and_vigil(

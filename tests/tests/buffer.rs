@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use vigil_tests::envoy::{ListenerSpec, start_envoy_and_vigil};
+use vigil_tests::envoy::{ListenerSpec, assert_same_answers, start_envoy_and_vigil};
 use vigil_tests::soak::cluster_yaml;
 use vigil_tests::{net, paths};
 
@@ -219,13 +219,7 @@ async fn request_bodies_are_buffered_and_limited_as_in_envoy() {
         }
         seen.push(answers);
     }
-    let differ: Vec<String> = seen[0]
-        .iter()
-        .zip(&seen[1])
-        .filter(|(envoy, vigil)| envoy != vigil)
-        .map(|(envoy, vigil)| format!("envoy: {envoy}\nvigil: {vigil}"))
-        .collect();
-    assert!(differ.is_empty(), "{}", differ.join("\n"));
+    assert_same_answers(&seen);
     let envoy = &seen[0];
     assert!(
         envoy[2].contains("413 Payload Too Large | Payload Too Large"),

@@ -6,6 +6,7 @@ use super::error::FieldPath;
 use super::health_check;
 use super::reader::{Ctx, KEPT, Obj, ProtoDuration, any, describe, items};
 use super::schema::*;
+use super::tls::RequestServerName;
 use super::types::*;
 use serde_json::Value;
 use std::net::IpAddr;
@@ -123,8 +124,8 @@ fn cluster(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Cluster> {
         None => LoadAssignment::default(),
     };
 
-    let mut per_request_sni = Vec::new();
-    let upstream_protocol = upstream_protocol(cx, &mut o, &mut per_request_sni);
+    let mut request_name = None;
+    let upstream_protocol = upstream_protocol(cx, &mut o, &mut request_name);
     let common_lb_config = match o.message(cx, "common_lb_config", &COMMON_LB_CONFIG) {
         Some(c) => common_lb_config(cx, c),
         None => CommonLbConfig::default(),
@@ -135,7 +136,7 @@ fn cluster(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Cluster> {
         positive_ms(cx, &mut o, "cleanup_interval", 0).unwrap_or(DEFAULT_CLEANUP_INTERVAL_MS);
 
     let has_transport_socket = o.has("transport_socket");
-    let tls = o
+    let mut tls = o
         .take("transport_socket")
         .and_then(|(ts_path, ts)| super::tls::upstream(cx, &ts_path, ts));
     if upstream_protocol == UpstreamProtocol::Auto && !has_transport_socket {
@@ -147,15 +148,9 @@ fn cluster(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Cluster> {
             ),
         );
     }
-    if tls.is_some() {
-        for p in per_request_sni {
-            cx.unsupported(
-                &p,
-                "a server name (and its certificate check) taken from each request's host is not \
-                 implemented by vigil yet: it would send another SNI than Envoy and accept servers \
-                 Envoy refuses",
-            );
-        }
+    // Without TLS the request's name has nothing to go into, as in Envoy.
+    if let Some(tls) = &mut tls {
+        tls.request_name = request_name;
     }
 
     let checks = o.list("health_checks");
@@ -576,9 +571,9 @@ fn check_lb_policy(
     }
 }
 
-/// `upstream_http_protocol_options`: the paths of `auto_sni` / `auto_san_validation` when set
-/// (they matter only over TLS).
-fn per_request_sni(cx: &mut Ctx, o: &mut Obj, found: &mut Vec<FieldPath>) {
+/// `upstream_http_protocol_options`: `auto_sni` / `auto_san_validation` (they matter only over
+/// TLS).
+fn per_request_sni(cx: &mut Ctx, o: &mut Obj, found: &mut Option<RequestServerName>) {
     let Some(mut options) = o.message(
         cx,
         "upstream_http_protocol_options",
@@ -586,16 +581,24 @@ fn per_request_sni(cx: &mut Ctx, o: &mut Obj, found: &mut Vec<FieldPath>) {
     ) else {
         return;
     };
-    for field in ["auto_sni", "auto_san_validation"] {
-        if options.bool(cx, field) == Some(true) {
-            found.push(options.path.field(field));
-        }
-    }
-    options.string(cx, "override_auto_sni_header");
+    let name = RequestServerName {
+        sni: options.bool(cx, "auto_sni") == Some(true),
+        san_validation: options.bool(cx, "auto_san_validation") == Some(true),
+        header: options
+            .nonempty_string(cx, "override_auto_sni_header")
+            .map(|h| h.to_ascii_lowercase()),
+    };
     options.finish(cx);
+    if name.sni || name.san_validation {
+        *found = Some(name);
+    }
 }
 
-fn upstream_protocol(cx: &mut Ctx, o: &mut Obj, sni: &mut Vec<FieldPath>) -> UpstreamProtocol {
+fn upstream_protocol(
+    cx: &mut Ctx,
+    o: &mut Obj,
+    sni: &mut Option<RequestServerName>,
+) -> UpstreamProtocol {
     per_request_sni(cx, o, sni);
     let mut http2 = false;
     if let Some((p, v)) = o.take("http2_protocol_options") {

@@ -80,8 +80,8 @@ pub use ext_authz::{
 pub use filters::{ChainFacts, FilterChainMatch, SourceType, select_filter_chain};
 pub use local_ratelimit::{LocalRateLimit, RuntimeFraction, TokenBucketSpec, VhRateLimits};
 pub use tls::{
-    DataSource, DownstreamTls, PeerValidation, SanMatcher, SanType, Sourced, SubjectAltName,
-    TlsParams, TlsVersion, UpstreamTls, dns_name_match,
+    DataSource, DownstreamTls, PeerValidation, RequestServerName, SanMatcher, SanType, Sourced,
+    SubjectAltName, TlsParams, TlsVersion, UpstreamTls, dns_name_match,
 };
 pub use types::*;
 

@@ -114,8 +114,23 @@ pub struct UpstreamTls {
     pub peer: PeerValidation,
     /// `max_session_keys` (default 1; 0 turns resumption off).
     pub max_session_keys: u32,
+    /// The cluster's `upstream_http_protocol_options` that take the server name from each
+    /// request (`auto_sni`, `auto_san_validation`); `None` when neither is set.
+    pub request_name: Option<RequestServerName>,
     /// Where the context is in the file.
     pub path: FieldPath,
+}
+
+/// `UpstreamHttpProtocolOptions`: the server name, and the name the certificate must carry, taken
+/// from each request's host (or `override_auto_sni_header`), as Envoy's router does.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RequestServerName {
+    /// `auto_sni`: the host (not an IP address) is sent as SNI.
+    pub sni: bool,
+    /// `auto_san_validation`: the certificate must name the host.
+    pub san_validation: bool,
+    /// `override_auto_sni_header`: the header read instead of the host when it has a value.
+    pub header: Option<String>,
 }
 
 /// Envoy's default certificate validator (`CertificateValidationContext`): what a peer's
@@ -641,6 +656,7 @@ pub(crate) fn upstream(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<
         },
         peer: PeerValidation::default(),
         max_session_keys,
+        request_name: None,
         path,
     };
     if let Some(mut common) = common {
