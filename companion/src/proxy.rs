@@ -1224,9 +1224,7 @@ async fn respond(
 ) -> (Response<ProxyBody>, Outcome) {
     let (peer, local) = (downstream.peer, downstream.local);
     let (mut parts, body) = request.into_parts();
-    // The body, once a filter (ext_authz with `with_request_body`) had to read it early.
-    let mut early_body: Option<Bytes> = None;
-    let mut body = Some(body);
+    let mut body = RequestBody::Unread(body);
     // Envoy's limits on the request head, counted as it does (names and values).
     let header_bytes: usize = parts
         .headers
@@ -1785,14 +1783,10 @@ async fn respond(
                 let check_body = match body_settings {
                     None => Bytes::new(),
                     Some(settings) => {
-                        let read = match early_body.take() {
-                            Some(read) => read,
-                            None => match read_body(body.take()).await {
-                                Ok(read) => read,
-                                Err(refusal) => return refusal,
-                            },
+                        let read = match body.whole().await {
+                            Ok(read) => read,
+                            Err(refusal) => return refusal,
                         };
-                        early_body = Some(read.clone());
                         let max = settings.max_request_bytes as usize;
                         if read.len() > max && !settings.allow_partial_message {
                             outcome.request_headers = Some(parts.headers);
@@ -1922,23 +1916,10 @@ async fn respond(
                         Some(FilterOverride::Buffer(route_limit)) => *route_limit,
                         _ => *listener_limit,
                     };
-                let read = match early_body.take() {
-                    Some(read) => read,
-                    None => {
-                        // A request without a body goes on at once, as Envoy's filter continues
-                        // on a header-only request.
-                        let Some(incoming) = body.take() else {
-                            continue;
-                        };
-                        if incoming.is_end_stream() {
-                            body = Some(incoming);
-                            continue;
-                        }
-                        match read_body(Some(incoming)).await {
-                            Ok(read) => read,
-                            Err(refusal) => return refusal,
-                        }
-                    }
+                // A header-only request reads as empty at once, as Envoy's filter continues on it.
+                let read = match body.whole().await {
+                    Ok(read) => read,
+                    Err(refusal) => return refusal,
                 };
                 if read.len() > limit as usize {
                     outcome.request_headers = Some(parts.headers);
@@ -1958,7 +1939,6 @@ async fn respond(
                         .headers
                         .insert(http::header::CONTENT_LENGTH, HeaderValue::from(read.len()));
                 }
-                early_body = Some(read);
             }
             HttpFilterKind::Wasm if !routed => {
                 routed = true;
@@ -2004,12 +1984,9 @@ async fn respond(
             _ => {}
         }
     }
-    let body = match early_body {
-        Some(read) => read,
-        None => match read_body(body.take()).await {
-            Ok(read) => read,
-            Err(refusal) => return refusal,
-        },
+    let body = match body.whole().await {
+        Ok(read) => read,
+        Err(refusal) => return refusal,
     };
     outcome.bytes_received = body.len() as u64;
     outcome.request_read = Some(started.elapsed());
@@ -2345,12 +2322,31 @@ fn monotonic_now() -> Duration {
     ORIGIN.get_or_init(Instant::now).elapsed()
 }
 
+/// A request's body: unread until a filter (ext_authz's `with_request_body`, the buffer filter)
+/// or the forwarding needs it whole, then kept for the others.
+enum RequestBody {
+    Unread(Incoming),
+    Read(Bytes),
+}
+
+impl RequestBody {
+    /// The whole body, read the first time it is asked for.
+    async fn whole(&mut self) -> Result<Bytes, (Response<ProxyBody>, Outcome)> {
+        let read = match std::mem::replace(self, RequestBody::Read(Bytes::new())) {
+            RequestBody::Read(read) => read,
+            RequestBody::Unread(incoming) => read_body(incoming).await?,
+        };
+        *self = RequestBody::Read(read.clone());
+        Ok(read)
+    }
+}
+
 /// The request body, whole (most requests have none: nothing to wait for then); a refusal is
 /// Envoy's answer to a body over the limit or one that breaks its framing.
-async fn read_body(body: Option<Incoming>) -> Result<Bytes, (Response<ProxyBody>, Outcome)> {
-    let Some(body) = body.filter(|b| !b.is_end_stream()) else {
+async fn read_body(body: Incoming) -> Result<Bytes, (Response<ProxyBody>, Outcome)> {
+    if body.is_end_stream() {
         return Ok(Bytes::new());
-    };
+    }
     match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => Err((
