@@ -355,6 +355,7 @@ impl SslStats {
 }
 
 /// A cluster's TLS client: the rustls configuration, the server name to send, the counters.
+#[derive(Clone)]
 pub struct UpstreamConnector {
     config: Arc<rustls::ClientConfig>,
     sni: Option<ServerName<'static>>,
@@ -472,11 +473,9 @@ impl UpstreamConnector {
         UpstreamConnector {
             config: Arc::new(config),
             sni,
-            stats: self.stats.clone(),
             request_name: None,
             verify_sans: san.map(|s| vec![s.to_string()]).unwrap_or_default(),
-            checks_peer: self.checks_peer,
-            accept_untrusted: self.accept_untrusted,
+            ..self.clone()
         }
     }
 
@@ -491,12 +490,7 @@ impl UpstreamConnector {
         config.alpn_protocols = offered.iter().map(|p| p.to_vec()).collect();
         Arc::new(UpstreamConnector {
             config: Arc::new(config),
-            sni: self.sni.clone(),
-            stats: self.stats.clone(),
-            request_name: self.request_name.clone(),
-            verify_sans: self.verify_sans.clone(),
-            checks_peer: self.checks_peer,
-            accept_untrusted: self.accept_untrusted,
+            ..(**self).clone()
         })
     }
 
