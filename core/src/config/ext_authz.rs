@@ -222,16 +222,6 @@ static HTTP_SERVICE: Message = Message {
     removed: &[],
 };
 
-static HTTP_URI: Message = Message {
-    name: "envoy.config.core.v3.HttpUri",
-    fields: &[
-        read("uri"),
-        read("cluster").oneof("http_upstream_type"),
-        read("timeout"),
-    ],
-    removed: &[],
-};
-
 static AUTHORIZATION_REQUEST: Message = Message {
     name: "envoy.extensions.filters.http.ext_authz.v3.AuthorizationRequest",
     fields: &[read("allowed_headers"), read("headers_to_add")],
@@ -515,7 +505,7 @@ fn http_service(cx: &mut Ctx, mut o: Obj) -> Option<HttpService> {
             "path_prefix should start with \"/\".",
         );
     }
-    let server_uri = o.message(cx, "server_uri", &HTTP_URI);
+    let server_uri = o.message(cx, "server_uri", &super::schema::HTTP_URI);
     let mut request_allowed = Vec::new();
     let mut headers_to_add = Vec::new();
     if let Some(mut request) = o.message(cx, "authorization_request", &AUTHORIZATION_REQUEST) {

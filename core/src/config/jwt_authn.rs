@@ -104,16 +104,6 @@ static JWKS_ASYNC_FETCH: Message = Message {
     removed: &[],
 };
 
-static HTTP_URI: Message = Message {
-    name: "envoy.config.core.v3.HttpUri",
-    fields: &[
-        read("uri"),
-        read("cluster").oneof("http_upstream_type"),
-        read("timeout"),
-    ],
-    removed: &[],
-};
-
 static CORE_RETRY_POLICY: Message = Message {
     name: "envoy.config.core.v3.RetryPolicy",
     fields: &[
@@ -533,7 +523,7 @@ fn local_jwks(cx: &mut Ctx, name: &str, path: &FieldPath, value: &Value) -> Opti
 
 fn remote_jwks(cx: &mut Ctx, mut o: Obj) -> Option<RemoteJwks> {
     let path = o.path.clone();
-    let uri = o.message(cx, "http_uri", &HTTP_URI);
+    let uri = o.message(cx, "http_uri", &super::schema::HTTP_URI);
     let http = match uri {
         Some(u) => http_uri(cx, u),
         None => {

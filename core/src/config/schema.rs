@@ -482,6 +482,17 @@ pub(crate) static USE_DOWNSTREAM_HTTP_CONFIG: Message = Message {
     removed: &[],
 };
 
+/// `envoy.config.core.v3.HttpUri` (ext_authz's `server_uri`, jwt_authn's remote JWKS).
+pub(crate) static HTTP_URI: Message = Message {
+    name: "envoy.config.core.v3.HttpUri",
+    fields: &[
+        read("uri"),
+        read("cluster").oneof("http_upstream_type"),
+        read("timeout"),
+    ],
+    removed: &[],
+};
+
 pub(crate) static AUTO_HTTP_CONFIG: Message = Message {
     name: "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.AutoHttpConfig",
     fields: &[
