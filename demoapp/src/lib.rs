@@ -21,6 +21,7 @@
 pub mod hex;
 
 mod grpc;
+mod hits;
 mod http;
 mod serve;
 mod state;
@@ -190,7 +191,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let (trigger, shutdown_signal) = serve::shutdown_channel();
-    let hits = Arc::new(state::Hits::default());
+    let hits = Arc::new(hits::Hits::default());
 
     let (tcp_responder, tcp_control) = match listeners.tcp {
         Some(listener) => {

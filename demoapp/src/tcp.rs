@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::hex;
+use crate::hits::Hits;
 use crate::serve::{ACCEPT_BACKOFF, Shutdown};
-use crate::state::Hits;
 
 /// Most bytes kept while waiting for the request payload; a peer sending more without ever
 /// sending the payload is disconnected.

@@ -9,10 +9,10 @@
 //! blue: the first and the last Envoy of the fleet, and the spread between them. blue is restored
 //! and every Envoy sees it healthy again before the fleet is stopped.
 
-use super::Options;
 use super::proxies;
-use super::report::{EdsRun, Report};
+use super::report::{EdsRun, Report, Setup};
 use super::sys::Tools;
+use super::{EDS_STOP_STREAK, Options};
 use crate::demoapp::DemoApp;
 use crate::envoy::AdminProcess;
 use crate::process::Child;
@@ -23,25 +23,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// The two ways a fleet learns about its upstreams' health.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Setup {
-    /// (a) Every Envoy runs its own active checks.
-    OwnChecks,
-    /// (b) No checks in the Envoys: one vigil checks and serves its verdicts over EDS.
-    Eds,
-}
-
-impl Setup {
-    /// The row label in the report.
-    pub fn label(self) -> &'static str {
-        match self {
-            Setup::OwnChecks => "(a) own checks",
-            Setup::Eds => "(b) EDS from vigil",
-        }
-    }
-}
-
 /// The setups in the order each round runs them.
 pub const SETUPS: [Setup; 2] = [Setup::OwnChecks, Setup::Eds];
 
@@ -50,10 +31,6 @@ const APPS: [&str; 2] = ["blue", "yellow"];
 
 /// The cluster in both templates.
 const CLUSTER: &str = "web_cluster_01";
-
-/// An Envoy has stopped reaching blue once this many requests in a row did not reach it: with
-/// round robin over two healthy hosts, two in a row already cannot both miss blue.
-pub const STREAK: u32 = 8;
 
 /// Longest wait for the whole fleet to stop reaching blue (detection is about 1 s).
 pub const FAULT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -308,20 +285,20 @@ fn random_below(limit: Duration) -> Duration {
 }
 
 /// Sends `GET /` through every Envoy in turn, from the fault on, until each has missed `blue`
-/// [`STREAK`] times in a row. An Envoy's stop time is when the first request of that final
+/// [`EDS_STOP_STREAK`] times in a row. An Envoy's stop time is when the first request of that final
 /// streak was sent, measured from the fault. Also returns the mean time of one sweep over the
 /// fleet: the stop times' resolution.
 async fn stop_times(fleet: &Fleet, blue: &str) -> Result<(Vec<Duration>, Duration), String> {
     let fault = Instant::now();
     let mut streaks = vec![(0u32, Duration::ZERO); fleet.envoys.len()];
     let mut sweeps = 0u32;
-    while streaks.iter().any(|(streak, _)| *streak < STREAK) {
+    while streaks.iter().any(|(streak, _)| *streak < EDS_STOP_STREAK) {
         if fault.elapsed() > FAULT_TIMEOUT {
             let still: Vec<&str> = fleet
                 .envoys
                 .iter()
                 .zip(&streaks)
-                .filter(|(_, (streak, _))| *streak < STREAK)
+                .filter(|(_, (streak, _))| *streak < EDS_STOP_STREAK)
                 .map(|((envoy, _), _)| envoy.child.name())
                 .collect();
             return Err(format!(
@@ -330,7 +307,7 @@ async fn stop_times(fleet: &Fleet, blue: &str) -> Result<(Vec<Duration>, Duratio
             ));
         }
         for ((_, listen), (streak, since)) in fleet.envoys.iter().zip(streaks.iter_mut()) {
-            if *streak >= STREAK {
+            if *streak >= EDS_STOP_STREAK {
                 continue;
             }
             let sent = fault.elapsed();

@@ -12,7 +12,7 @@
 use super::proxies::{self, Responder, Started};
 use super::report::{HealthRun, Report};
 use super::sys::{self, Tools};
-use super::{Cpus, Options};
+use super::{Cpus, HEALTH_READY_TIMEOUT, Options};
 use crate::{envoy, http, net, wait_until};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -25,10 +25,6 @@ pub const PROBERS: [&str; 2] = ["vigil", "envoy"];
 /// Endpoints per responder process: its listening sockets plus one kept-alive connection from
 /// the prober per endpoint stay well below the 20,000 open-file limit.
 const ENDPOINTS_PER_RESPONDER: usize = 4_000;
-
-/// How long a prober with thousands of hosts gets to report ready (Envoy waits for the first
-/// round of checks before it is ready).
-pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub async fn run(
     tools: &Tools,
@@ -98,12 +94,16 @@ async fn measure(
     let spawned = Instant::now();
     // A prober that is not ready in time is measured anyway and flagged: how far it got under
     // load is the finding.
-    let ready_after = wait_until("the prober's admin /ready", READY_TIMEOUT, || async {
-        match http::get(admin, "/ready").await {
-            Ok(response) if response.status == 200 => Some(()),
-            _ => None,
-        }
-    })
+    let ready_after = wait_until(
+        "the prober's admin /ready",
+        HEALTH_READY_TIMEOUT,
+        || async {
+            match http::get(admin, "/ready").await {
+                Ok(response) if response.status == 200 => Some(()),
+                _ => None,
+            }
+        },
+    )
     .await
     .ok()
     .map(|()| spawned.elapsed().as_secs_f64());

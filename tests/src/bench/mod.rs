@@ -24,6 +24,16 @@ pub mod sys;
 pub mod throughput;
 pub mod wrk;
 
+use std::time::Duration;
+
+/// An Envoy has stopped reaching blue once this many requests in a row did not reach it: with
+/// round robin over two healthy hosts, two in a row already cannot both miss blue.
+pub const EDS_STOP_STREAK: u32 = 8;
+
+/// How long a prober with thousands of hosts gets to report ready (Envoy waits for the first
+/// round of checks before it is ready).
+pub const HEALTH_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// What to run and for how long.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {

@@ -2,7 +2,6 @@
 //! and HAProxy, the wasm filter's cost against the same Envoy without it, flags on runs with
 //! errors, and the exact commands.
 
-use super::eds::Setup;
 use super::wrk::WrkResult;
 use super::{Cpus, Options};
 use std::fmt::Write as _;
@@ -109,6 +108,25 @@ impl HealthRun {
             return f64::NAN;
         }
         self.cpu_seconds * 1e6 / self.probes as f64
+    }
+}
+
+/// The two ways a fleet learns about its upstreams' health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setup {
+    /// (a) Every Envoy runs its own active checks.
+    OwnChecks,
+    /// (b) No checks in the Envoys: one vigil checks and serves its verdicts over EDS.
+    Eds,
+}
+
+impl Setup {
+    /// The row label in the report.
+    pub fn label(self) -> &'static str {
+        match self {
+            Setup::OwnChecks => "(a) own checks",
+            Setup::Eds => "(b) EDS from vigil",
+        }
     }
 }
 
@@ -571,7 +589,7 @@ impl Report {
                 out,
                 "**FLAGGED: {prober} did not report /ready within {} s in {not_ready} of {rounds} round(s)** \
                  (its first round of checks did not finish); it was measured anyway.\n",
-                super::health::READY_TIMEOUT.as_secs()
+                super::HEALTH_READY_TIMEOUT.as_secs()
             );
         }
     }
@@ -592,7 +610,7 @@ impl Report {
              setups alternating; the stop times' resolution is one sweep over the fleet.\n",
             o.eds_window_seconds,
             o.eds_warmup_seconds,
-            super::eds::STREAK,
+            super::EDS_STOP_STREAK,
             o.rounds
         );
         let _ = writeln!(
