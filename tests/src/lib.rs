@@ -13,6 +13,8 @@
 //!   counting queries; resolv.conf text pointing at it.
 //! - [`names`]: a private hosts file and resolv.conf for processes that resolve names, mounted with
 //!   `unshare -m` so the machine's own files and DNS server are never touched.
+//! - [`bootstrap`]: the one builder of the tests' Envoy / vigil bootstraps (listener, clusters,
+//!   health checks, routes).
 //! - [`template`]: fills `{{placeholders}}` in the configs under `envoy/templates/`.
 //! - [`http`]: a minimal HTTP/1.1 client (one connection per request) for driving the topology.
 //! - [`envoy`]: starting Envoy and reading its admin API (`/ready`, `/clusters`, `/stats`).
@@ -31,9 +33,10 @@
 //! - [`raw_upstream`]: hand-written HTTP/1.1 upstreams (read a request head; answer a fixed
 //!   status after a delay and count).
 //! - [`soak`]: `vigil-lab soak` (`./lab soak`): long load through vigil and Envoy with livez
-//!   toggles, RSS sampled, a verdict on growth; and the YAML helpers the load tests share.
+//!   toggles, RSS sampled, a verdict on growth.
 
 pub mod bench;
+pub mod bootstrap;
 pub mod compare;
 pub mod demoapp;
 pub mod dns;

@@ -11,11 +11,13 @@
 //! to the last's (the window is the first / last minute, or a third of a shorter run). Envoy's
 //! numbers are printed beside vigil's as the reference.
 //!
-//! The YAML helpers ([`cluster_yaml`], [`route_yaml`], [`HealthCheck`]) and
-//! [`restart_demoapp`] are shared with `tests/tests/load_faults.rs` and `flapping.rs`.
+//! [`restart_demoapp`] is shared with `tests/tests/load_faults.rs` and `flapping.rs`.
 
+use crate::bootstrap::{
+    HealthCheck, cluster_yaml, retry_policy, route_yaml, single_listener_config,
+};
 use crate::demoapp::DemoApp;
-use crate::envoy::{AdminProcess, single_listener_config, start_envoy_and_vigil};
+use crate::envoy::{AdminProcess, start_envoy_and_vigil};
 use crate::load::{self, Load, LoadReport, Progress};
 use crate::timeline::{Change, Recorder};
 use crate::{net, wait_until};
@@ -31,110 +33,6 @@ use std::time::{Duration, Instant};
 pub const GROWTH_PERCENT: f64 = 10.0;
 /// RSS growth in MiB above which the soak fails, if it is also above [`GROWTH_PERCENT`].
 pub const GROWTH_MIB: f64 = 8.0;
-
-/// An active HTTP check on `/livez` (`unhealthy_threshold` / `healthy_threshold` as given,
-/// `no_traffic_interval` equal to the interval so an idle cluster is probed as often).
-#[derive(Debug, Clone)]
-pub struct HealthCheck {
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub unhealthy_threshold: u32,
-    pub healthy_threshold: u32,
-    /// Extra keys for `http_health_check` (e.g. `retriable_statuses`), flow style, with a
-    /// leading comma.
-    pub http_extra: String,
-}
-
-impl HealthCheck {
-    pub fn new(interval: Duration, timeout: Duration) -> HealthCheck {
-        HealthCheck {
-            interval,
-            timeout,
-            unhealthy_threshold: 2,
-            healthy_threshold: 2,
-            http_extra: String::new(),
-        }
-    }
-
-    fn yaml(&self) -> String {
-        let secs = |d: Duration| format!("{}s", d.as_secs_f64());
-        format!(
-            "
-    health_checks:
-    - timeout: {}
-      interval: {}
-      no_traffic_interval: {}
-      unhealthy_threshold: {}
-      healthy_threshold: {}
-      http_health_check: {{ path: /livez{} }}",
-            secs(self.timeout),
-            secs(self.interval),
-            secs(self.interval),
-            self.unhealthy_threshold,
-            self.healthy_threshold,
-            self.http_extra
-        )
-    }
-}
-
-/// One STATIC, ROUND_ROBIN cluster item for [`single_listener_config`]'s `clusters`, with
-/// `extra` cluster keys (indented four spaces, each line starting with a newline) and an
-/// optional health check.
-pub fn cluster_yaml(
-    name: &str,
-    hosts: &[SocketAddr],
-    extra: &str,
-    check: Option<&HealthCheck>,
-) -> String {
-    let endpoints: String = hosts
-        .iter()
-        .map(|h| {
-            format!(
-                "\n        - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }}",
-                h.ip(),
-                h.port()
-            )
-        })
-        .collect();
-    format!(
-        "
-  - name: {name}
-    connect_timeout: 0.25s
-    type: STATIC
-    lb_policy: ROUND_ROBIN{extra}
-    load_assignment:
-      cluster_name: {name}
-      endpoints:
-      - lb_endpoints:{endpoints}{}",
-        check.map(HealthCheck::yaml).unwrap_or_default()
-    )
-}
-
-/// A retry policy for [`route_yaml`]: connect failures, resets and 5xx, `retries` times, never
-/// the same host twice in a request (`previous_hosts`).
-pub fn retry_policy(retries: u32) -> String {
-    format!(
-        "retry_policy: {{ retry_on: \"connect-failure,reset,5xx\", num_retries: {retries}, \
-         host_selection_retry_max_attempts: 3, \
-         retry_host_predicate: [{{ name: envoy.retry_host_predicates.previous_hosts, \
-         typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate }} }}] }}"
-    )
-}
-
-/// One route item for [`single_listener_config`]'s `routes`: `prefix` to `cluster`, rewritten to
-/// `/` (the demo app's greeting), with `extra` route keys (e.g. [`retry_policy`]), flow style.
-pub fn route_yaml(prefix: &str, cluster: &str, extra: &str) -> String {
-    let extra = if extra.is_empty() {
-        String::new()
-    } else {
-        format!(", {extra}")
-    };
-    format!(
-        "
-              - match: {{ prefix: \"{prefix}\" }}
-                route: {{ cluster: {cluster}, prefix_rewrite: \"/\"{extra} }}"
-    )
-}
 
 /// Starts a demo app again on `address` after it was killed (same name in its answers; its
 /// logs go to `demoapp-<name>-<generation>.*`, so the first run's logs stay).

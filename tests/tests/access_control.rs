@@ -10,9 +10,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpSocket;
-use vigil_tests::envoy::{AdminProcess, ListenerSpec, start_envoy_and_vigil};
+use vigil_tests::bootstrap::{ListenerSpec, cluster_yaml};
+use vigil_tests::envoy::{AdminProcess, start_envoy_and_vigil};
 use vigil_tests::raw_upstream::EchoUpstream;
-use vigil_tests::soak::cluster_yaml;
+
 use vigil_tests::{http, net, paths};
 
 /// What a proxy made of one raw request: `closed` when it closed without answering, else the

@@ -11,8 +11,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use vigil_tests::envoy::{ListenerSpec, assert_same_answers, start_envoy_and_vigil};
-use vigil_tests::soak::cluster_yaml;
+use vigil_tests::bootstrap::{ListenerSpec, cluster_yaml};
+use vigil_tests::envoy::{assert_same_answers, start_envoy_and_vigil};
+
 use vigil_tests::{net, paths};
 
 /// An upstream answering with how the request's body was framed and how long it was.

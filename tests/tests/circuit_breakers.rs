@@ -15,9 +15,10 @@
 
 use std::net::SocketAddr;
 use std::time::Duration;
-use vigil_tests::envoy::{AdminProcess, single_listener_config, start_envoy_and_vigil};
+use vigil_tests::bootstrap::{cluster_yaml, route_yaml, single_listener_config};
+use vigil_tests::envoy::{AdminProcess, start_envoy_and_vigil};
 use vigil_tests::raw_upstream::CountingUpstream;
-use vigil_tests::soak::{cluster_yaml, route_yaml};
+
 use vigil_tests::{http, net, paths};
 
 /// `count` requests to `path` at once; each answer as `status body-first-line overloaded`.

@@ -8,8 +8,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use vigil_tests::envoy::{ListenerSpec, start_envoy_and_vigil};
-use vigil_tests::soak::cluster_yaml;
+use vigil_tests::bootstrap::{ListenerSpec, cluster_yaml};
+use vigil_tests::envoy::start_envoy_and_vigil;
+
 use vigil_tests::{net, paths};
 
 /// A TCP upstream echoing every chunk back behind its tag.

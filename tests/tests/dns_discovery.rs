@@ -223,7 +223,7 @@ async fn envoy_and_vigil_follow_the_same_dns_answers() {
 fn churn_config(listen: SocketAddr, admin: SocketAddr, dns: SocketAddr, port: u16) -> String {
     let routes = "\n              - match: { prefix: / }\n                route: { cluster: svc }";
     let clusters = dns_cluster(dns, port, "0.3s");
-    vigil_tests::envoy::single_listener_config("front", listen, admin, routes, &clusters)
+    vigil_tests::bootstrap::single_listener_config("front", listen, admin, routes, &clusters)
 }
 
 /// Status and body of one GET through a proxy (0 when the exchange failed).

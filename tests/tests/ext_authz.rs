@@ -18,9 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use vigil_tests::envoy::{AdminProcess, ListenerSpec, start_envoy_and_vigil};
+use vigil_tests::bootstrap::{ListenerSpec, cluster_yaml};
+use vigil_tests::envoy::{AdminProcess, start_envoy_and_vigil};
 use vigil_tests::raw_upstream::{EchoUpstream, read_head};
-use vigil_tests::soak::cluster_yaml;
+
 use vigil_tests::{http, net, paths};
 
 /// The authorization service: answers by the check's path, records each check's head.

@@ -12,7 +12,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use vigil_tests::envoy::{single_listener_config, start_envoy_and_vigil};
+use vigil_tests::bootstrap::single_listener_config;
+use vigil_tests::envoy::start_envoy_and_vigil;
 use vigil_tests::raw_upstream::read_request_head;
 use vigil_tests::{http, net, paths};
 

@@ -20,11 +20,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use vigil_tests::bootstrap::{HealthCheck, cluster_yaml, route_yaml, single_listener_config};
 use vigil_tests::demoapp::DemoApp;
-use vigil_tests::envoy::{AdminProcess, single_listener_config, start_envoy_and_vigil};
-use vigil_tests::soak::{
-    HealthCheck, cluster_yaml, ejections, route_yaml, start_demoapps, wait_all_healthy,
-};
+use vigil_tests::envoy::{AdminProcess, start_envoy_and_vigil};
+use vigil_tests::soak::{ejections, start_demoapps, wait_all_healthy};
 use vigil_tests::timeline::{self, Recorder};
 use vigil_tests::{http, net, wait_until};
 

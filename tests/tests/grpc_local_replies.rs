@@ -6,7 +6,8 @@
 //! answers, from both alike.
 
 use std::net::SocketAddr;
-use vigil_tests::envoy::{ListenerSpec, start_envoy_and_vigil};
+use vigil_tests::bootstrap::ListenerSpec;
+use vigil_tests::envoy::start_envoy_and_vigil;
 use vigil_tests::{http, paths};
 
 fn config(listen: SocketAddr, admin: SocketAddr) -> String {

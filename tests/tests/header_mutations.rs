@@ -8,9 +8,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use vigil_tests::envoy::{ListenerSpec, start_envoy_and_vigil};
+use vigil_tests::bootstrap::{ListenerSpec, cluster_yaml};
+use vigil_tests::envoy::start_envoy_and_vigil;
 use vigil_tests::raw_upstream::EchoUpstream;
-use vigil_tests::soak::cluster_yaml;
+
 use vigil_tests::{http, net, paths};
 
 /// The headers named `x-*` (sorted, one per line) that the upstream received and that the

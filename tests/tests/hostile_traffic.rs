@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use vigil_tests::envoy::{AdminProcess, READY_TIMEOUT, single_listener_config};
+use vigil_tests::bootstrap::single_listener_config;
+use vigil_tests::envoy::{AdminProcess, READY_TIMEOUT};
 use vigil_tests::process::Child;
 use vigil_tests::{http, net, paths, wait_until};
 

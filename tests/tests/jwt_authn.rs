@@ -14,9 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use vigil_tests::envoy::{AdminProcess, ListenerSpec, start_envoy_and_vigil};
+use vigil_tests::bootstrap::{ListenerSpec, cluster_yaml};
+use vigil_tests::envoy::{AdminProcess, start_envoy_and_vigil};
 use vigil_tests::raw_upstream::{EchoUpstream, read_head};
-use vigil_tests::soak::cluster_yaml;
+
 use vigil_tests::{http, net, paths};
 
 const LOCAL_KEY: &[u8] = b"local-secret-of-thirty-two-bytes";

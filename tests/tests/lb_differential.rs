@@ -11,8 +11,9 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use vigil_tests::bootstrap::single_listener_config;
 use vigil_tests::demoapp::DemoApp;
-use vigil_tests::envoy::{AdminProcess, single_listener_config, start_envoy_and_vigil};
+use vigil_tests::envoy::{AdminProcess, start_envoy_and_vigil};
 use vigil_tests::{http, net, paths};
 
 const APPS: [&str; 3] = ["a", "b", "c"];

@@ -23,12 +23,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
-use vigil_tests::envoy::{AdminProcess, single_listener_config, start_envoy_and_vigil};
-use vigil_tests::load::{self, Load, LoadReport, Sample};
-use vigil_tests::soak::{
-    HealthCheck, cluster_yaml, restart_demoapp, retry_policy, route_yaml, start_demoapps,
-    wait_all_healthy,
+use vigil_tests::bootstrap::{
+    HealthCheck, cluster_yaml, retry_policy, route_yaml, single_listener_config,
 };
+use vigil_tests::envoy::{AdminProcess, start_envoy_and_vigil};
+use vigil_tests::load::{self, Load, LoadReport, Sample};
+use vigil_tests::soak::{restart_demoapp, start_demoapps, wait_all_healthy};
 use vigil_tests::timeline::{Change, Recorder};
 use vigil_tests::{http, net, paths, wait_until};
 

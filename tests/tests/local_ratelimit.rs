@@ -7,9 +7,10 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use vigil_tests::envoy::{AdminProcess, ListenerSpec, start_envoy_and_vigil};
+use vigil_tests::bootstrap::{ListenerSpec, cluster_yaml};
+use vigil_tests::envoy::{AdminProcess, start_envoy_and_vigil};
 use vigil_tests::raw_upstream::EchoUpstream;
-use vigil_tests::soak::cluster_yaml;
+
 use vigil_tests::{http, net, paths};
 
 fn config(listen: SocketAddr, admin: SocketAddr, echo: SocketAddr, enforced: u32) -> String {

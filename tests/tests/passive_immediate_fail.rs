@@ -22,9 +22,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use vigil_tests::envoy::{AdminProcess, ListenerSpec};
+use vigil_tests::bootstrap::{HealthCheck, ListenerSpec, cluster_yaml, route_yaml};
+use vigil_tests::envoy::AdminProcess;
 use vigil_tests::raw_upstream::read_head;
-use vigil_tests::soak::{HealthCheck, cluster_yaml, route_yaml};
+
 use vigil_tests::{envoy, http, net, paths, wait_until};
 
 const INTERVAL: Duration = Duration::from_millis(500);

@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use vigil_tests::envoy::{ListenerSpec, start_envoy_and_vigil};
+use vigil_tests::bootstrap::{ListenerSpec, cluster_yaml};
+use vigil_tests::envoy::start_envoy_and_vigil;
 use vigil_tests::paths;
-use vigil_tests::soak::cluster_yaml;
 
 const ROUTES: &str = "
               - match: { prefix: /https }

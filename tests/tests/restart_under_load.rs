@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use vigil_tests::bootstrap::single_listener_config;
 use vigil_tests::demoapp::DemoApp;
-use vigil_tests::envoy::{AdminProcess, single_listener_config};
+use vigil_tests::envoy::AdminProcess;
 use vigil_tests::load::{self, Load};
 use vigil_tests::{net, paths};
 

@@ -15,9 +15,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use vigil_tests::envoy::{ListenerSpec, assert_same_answers, start_envoy_and_vigil};
+use vigil_tests::bootstrap::{ListenerSpec, cluster_yaml};
+use vigil_tests::envoy::{assert_same_answers, start_envoy_and_vigil};
 use vigil_tests::paths;
-use vigil_tests::soak::cluster_yaml;
+
 use vigil_tests::tls_upstream::{Authority, ServerOptions, TlsUpstream, Validity};
 
 fn config(ca_file: &str, upstream: SocketAddr, listen: SocketAddr, admin: SocketAddr) -> String {

@@ -20,9 +20,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use vigil_tests::envoy::{ListenerSpec, start_envoy_and_vigil};
+use vigil_tests::bootstrap::{ListenerSpec, cluster_yaml};
+use vigil_tests::envoy::start_envoy_and_vigil;
 use vigil_tests::raw_upstream::EchoUpstream;
-use vigil_tests::soak::cluster_yaml;
+
 use vigil_tests::tls_upstream::tls_client;
 use vigil_tests::{net, paths};
 

@@ -26,8 +26,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-use vigil_tests::envoy::{AdminProcess, ListenerSpec, start_envoy_and_vigil};
-use vigil_tests::soak::{HealthCheck, cluster_yaml, route_yaml};
+use vigil_tests::bootstrap::{HealthCheck, ListenerSpec, cluster_yaml, route_yaml};
+use vigil_tests::envoy::{AdminProcess, start_envoy_and_vigil};
+
 use vigil_tests::tls_upstream::{Authority, Identity, ServerOptions, TlsUpstream, Validity};
 use vigil_tests::{http, paths, wait_until};
 
