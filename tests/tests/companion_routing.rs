@@ -6,20 +6,13 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use vigil_tests::bootstrap::{ListenerSpec, cluster_yaml};
 use vigil_tests::demoapp::DemoApp;
 use vigil_tests::envoy::AdminProcess;
 use vigil_tests::{http, net, paths};
 
 fn socket(ip: Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(ip), port)
-}
-
-fn endpoint(at: SocketAddr) -> String {
-    format!(
-        "        - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }}\n",
-        at.ip(),
-        at.port()
-    )
 }
 
 /// The access log formats both proxies write: Envoy's default, and a text format of the fields
@@ -43,8 +36,9 @@ fn access_logs(dir: &Path, name: &str) -> String {
     )
 }
 
-/// One listener in front of cluster `web` (`blue` only), with `filters` before the router and
-/// `extra_clusters` after `web`.
+/// One listener in front of cluster `web`, with `logs` among the connection manager's fields,
+/// `filters` before the router (YAML list items indented by 10, each line ending with a
+/// newline) and `extra_clusters` (items of [`cluster_yaml`]) after `web`.
 fn config(
     listen: SocketAddr,
     admin: SocketAddr,
@@ -53,53 +47,31 @@ fn config(
     web: &[SocketAddr],
     extra_clusters: &str,
 ) -> String {
-    let endpoints: String = web.iter().map(|a| endpoint(*a)).collect();
-    format!(
-        r#"admin:
-  address:
-    socket_address: {{ address: {admin_ip}, port_value: {admin_port} }}
-static_resources:
-  listeners:
-  - name: front
-    address:
-      socket_address: {{ address: {ip}, port_value: {port} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: front
-{logs}          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
+    let routes = "
               - name: status
-                match: {{ prefix: /status }}
-                direct_response: {{ status: 200, body: {{ inline_string: "up" }} }}
+                match: { prefix: /status }
+                direct_response: { status: 200, body: { inline_string: \"up\" } }
               - name: by_vigil
-                match: {{ prefix: /, headers: [{{ name: x-vigil-cluster, present_match: true }}] }}
-                route: {{ cluster_header: x-vigil-cluster }}
+                match: { prefix: /, headers: [{ name: x-vigil-cluster, present_match: true }] }
+                route: { cluster_header: x-vigil-cluster }
               - name: app
-                match: {{ prefix: /app/ }}
-                route: {{ cluster: web, prefix_rewrite: / }}
-          http_filters:
-{filters}          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: web
-    connect_timeout: 0.25s
-    load_assignment:
-      cluster_name: web
-      endpoints:
-      - lb_endpoints:
-{endpoints}{extra_clusters}"#,
-        admin_ip = admin.ip(),
-        admin_port = admin.port(),
-        ip = listen.ip(),
-        port = listen.port(),
-    )
+                match: { prefix: /app/ }
+                route: { cluster: web, prefix_rewrite: / }";
+    let filters = if filters.is_empty() {
+        String::new()
+    } else {
+        format!("\n{}", filters.trim_end())
+    };
+    ListenerSpec {
+        hcm_fields: logs.to_string(),
+        http_filters: filters,
+        ..ListenerSpec::new(
+            "front",
+            routes,
+            &(cluster_yaml("web", web, "", None) + extra_clusters),
+        )
+    }
+    .render(listen, admin)
 }
 
 const VIGIL_FILTER: &str = r#"          - name: envoy.filters.http.wasm
@@ -122,21 +94,13 @@ const VIGIL_FILTER: &str = r#"          - name: envoy.filters.http.wasm
 "#;
 
 fn original_dst_and_yellow(yellow: SocketAddr) -> String {
-    format!(
-        r#"  - name: yellow
-    connect_timeout: 0.25s
-    load_assignment:
-      cluster_name: yellow
-      endpoints:
-      - lb_endpoints:
-{}  - name: vigil_original_dst
+    cluster_yaml("yellow", &[yellow], "", None)
+        + "
+  - name: vigil_original_dst
     connect_timeout: 0.25s
     type: ORIGINAL_DST
     lb_policy: CLUSTER_PROVIDED
-    original_dst_lb_config: {{ use_http_header: true }}
-"#,
-        endpoint(yellow)
-    )
+    original_dst_lb_config: { use_http_header: true }"
 }
 
 /// The file's lines once it has `count` (polled). Envoy flushes access log files every 10 s

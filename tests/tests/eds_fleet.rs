@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use vigil_tests::bootstrap::{HealthCheck, cluster_yaml, clusters_only_config};
 use vigil_tests::demoapp::DemoApp;
 use vigil_tests::envoy::{AdminProcess, READY_TIMEOUT};
 use vigil_tests::process::Child;
@@ -20,42 +21,8 @@ const STEP: Duration = Duration::from_secs(10);
 /// vigil's config: the two demo apps, checked on `/livez` every 0.5 s (a bad status ejects at
 /// once; two passes readmit).
 fn vigil_config(admin: SocketAddr, apps: &[SocketAddr]) -> String {
-    let endpoints: String = apps
-        .iter()
-        .map(|a| {
-            format!(
-                "        - endpoint:\n            address:\n              socket_address: {{ address: {}, port_value: {} }}\n",
-                a.ip(),
-                a.port()
-            )
-        })
-        .collect();
-    format!(
-        r#"admin:
-  address:
-    socket_address: {{ address: {}, port_value: {} }}
-static_resources:
-  clusters:
-  - name: {CLUSTER}
-    connect_timeout: 0.25s
-    type: STATIC
-    load_assignment:
-      cluster_name: {CLUSTER}
-      endpoints:
-      - lb_endpoints:
-{endpoints}
-    health_checks:
-    - timeout: 0.5s
-      interval: 0.5s
-      no_traffic_interval: 0.5s
-      unhealthy_threshold: 2
-      healthy_threshold: 2
-      http_health_check:
-        path: /livez
-"#,
-        admin.ip(),
-        admin.port()
-    )
+    let check = HealthCheck::new(INTERVAL, Duration::from_millis(500));
+    clusters_only_config(admin, &cluster_yaml(CLUSTER, apps, "", Some(&check)))
 }
 
 /// Starts `vigil -c <config> --xds-address <xds>` and waits for its `/ready`.

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
+use vigil_tests::bootstrap::{HealthCheck, cluster_yaml, clusters_only_config};
 use vigil_tests::demoapp::DemoApp;
 use vigil_tests::envoy::AdminProcess;
 use vigil_tests::process::Child;
@@ -29,35 +30,10 @@ async fn the_first_assignment_waits_for_the_first_round_of_checks() {
         .unwrap();
     let vigil_admin = net::fresh_socket();
     let xds = net::fresh_socket();
-    let config = format!(
-        r#"admin:
-  address:
-    socket_address: {{ address: {}, port_value: {} }}
-static_resources:
-  clusters:
-  - name: {CLUSTER}
-    connect_timeout: 0.25s
-    type: STATIC
-    load_assignment:
-      cluster_name: {CLUSTER}
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{ address: {}, port_value: {} }}
-    health_checks:
-    - timeout: 3s
-      interval: 0.5s
-      no_traffic_interval: 0.5s
-      unhealthy_threshold: 2
-      healthy_threshold: 2
-      http_health_check:
-        path: /livez
-"#,
-        vigil_admin.ip(),
-        vigil_admin.port(),
-        app_at.ip(),
-        app_at.port()
+    let check = HealthCheck::new(Duration::from_millis(500), Duration::from_secs(3));
+    let config = clusters_only_config(
+        vigil_admin,
+        &cluster_yaml(CLUSTER, &[app_at], "", Some(&check)),
     );
     let path = dir.join("vigil.yaml");
     std::fs::write(&path, config).unwrap();

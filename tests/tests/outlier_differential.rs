@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use vigil_tests::bootstrap::{ListenerSpec, cluster_yaml, route_yaml};
 use vigil_tests::demoapp::{DemoApp, expect_ok};
 use vigil_tests::envoy::AdminProcess;
 use vigil_tests::{http, net, paths, wait_until};
@@ -23,7 +24,8 @@ const INTERVAL: Duration = Duration::from_secs(1);
 /// Time between two requests through one proxy.
 const PACE: Duration = Duration::from_millis(40);
 
-/// The front YAML; `cluster_extra` is the cluster's `outlier_detection` block and anything else.
+/// The front YAML; `cluster_extra` is the cluster's `outlier_detection` block and anything else,
+/// as lines indented by four, each ending with a newline.
 fn front(
     listen: SocketAddr,
     admin: SocketAddr,
@@ -31,60 +33,19 @@ fn front(
     event_log: &Path,
     cluster_extra: &str,
 ) -> String {
-    let endpoint = |a: SocketAddr| {
-        format!(
-            "        - endpoint:\n            address:\n              socket_address: {{ address: {}, port_value: {} }}\n",
-            a.ip(),
-            a.port()
+    let extra = format!("\n{}", cluster_extra.trim_end_matches('\n'));
+    ListenerSpec {
+        bootstrap_fields: format!(
+            "\ncluster_manager:\n  outlier_detection:\n    event_log_path: {}",
+            event_log.display()
+        ),
+        ..ListenerSpec::new(
+            "listener_0",
+            &route_yaml("/", CLUSTER, ""),
+            &cluster_yaml(CLUSTER, &hosts, &extra, None),
         )
-    };
-    format!(
-        r#"admin:
-  address:
-    socket_address: {{ address: {admin_ip}, port_value: {admin_port} }}
-cluster_manager:
-  outlier_detection:
-    event_log_path: {event_log}
-static_resources:
-  listeners:
-  - name: listener_0
-    address:
-      socket_address: {{ address: {listen_ip}, port_value: {listen_port} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress_http
-          route_config:
-            name: local_route
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: "/" }}
-                route: {{ cluster: {CLUSTER} }}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: {CLUSTER}
-    connect_timeout: 0.25s
-    type: STATIC
-    lb_policy: ROUND_ROBIN
-{cluster_extra}    load_assignment:
-      cluster_name: {CLUSTER}
-      endpoints:
-      - lb_endpoints:
-{endpoints}"#,
-        admin_ip = admin.ip(),
-        admin_port = admin.port(),
-        listen_ip = listen.ip(),
-        listen_port = listen.port(),
-        event_log = event_log.display(),
-        endpoints = endpoint(hosts[0]) + &endpoint(hosts[1]),
-    )
+    }
+    .render(listen, admin)
 }
 
 /// What one proxy did, seen from its client and its admin API.

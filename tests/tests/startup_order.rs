@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use vigil_tests::bootstrap::{HealthCheck, cluster_yaml, route_yaml, single_listener_config};
 use vigil_tests::process::Child;
 use vigil_tests::raw_upstream::{CountingUpstream, EchoUpstream};
 use vigil_tests::{net, paths};
@@ -15,52 +16,19 @@ use vigil_tests::{net, paths};
 const CHECK_DELAY: Duration = Duration::from_secs(2);
 
 fn config(listen: SocketAddr, admin: SocketAddr, app: SocketAddr, check_port: u16) -> String {
-    format!(
-        "admin:
-  address: {{ socket_address: {{ address: {}, port_value: {} }} }}
-static_resources:
-  listeners:
-  - name: early
-    address: {{ socket_address: {{ address: {}, port_value: {} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: early
-          route_config:
-            virtual_hosts:
-            - name: early
-              domains: [\"*\"]
-              routes: [{{ match: {{ prefix: / }}, route: {{ cluster: app }} }}]
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-  clusters:
-  - name: app
-    connect_timeout: 0.25s
-    type: STATIC
-    load_assignment:
-      cluster_name: app
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address: {{ socket_address: {{ address: {}, port_value: {} }} }}
-            health_check_config: {{ port_value: {check_port} }}
-    health_checks:
-    - timeout: 5s
-      interval: 10s
-      no_traffic_interval: 10s
-      unhealthy_threshold: 1
-      healthy_threshold: 1
-      http_health_check: {{ path: /healthz }}
-",
-        admin.ip(),
-        admin.port(),
-        listen.ip(),
-        listen.port(),
-        app.ip(),
-        app.port()
+    let check = HealthCheck {
+        unhealthy_threshold: 1,
+        healthy_threshold: 1,
+        path: "/healthz".to_string(),
+        port: Some(check_port),
+        ..HealthCheck::new(Duration::from_secs(10), Duration::from_secs(5))
+    };
+    single_listener_config(
+        "early",
+        listen,
+        admin,
+        &route_yaml("/", "app", ""),
+        &cluster_yaml("app", &[app], "", Some(&check)),
     )
 }
 
