@@ -13,7 +13,8 @@
 //!
 //! For each path the report gives when blue was ejected and readmitted (first `/clusters` poll
 //! showing it, measured from the fault and from the fix), how many requests still reached blue
-//! while the path had it ejected (must be 0), and the errors its clients saw.
+//! while the path had it ejected (must be 0), and the errors its clients saw; and the same run
+//! as a picture ([`crate::picture`]: [`write_lab_report`], [`write_index`]).
 
 use crate::demoapp::{DemoApp, expect_ok};
 use crate::envoy::{AdminProcess, Envoy};
@@ -22,6 +23,7 @@ use crate::lab::{
     sidecar_config, start_apps,
 };
 use crate::names::Names;
+use crate::picture::{self, Host, PathTrace, Recording, Tick};
 use crate::timeline::{Change, HealthSource, Recorder, table};
 use crate::{http, wait_until};
 use std::collections::BTreeMap;
@@ -365,6 +367,31 @@ pub struct LabResult {
     pub paths: Vec<PathResult>,
     /// Every path's health transitions, as a readable table.
     pub timeline: String,
+    /// Everything the run saw, for the picture.
+    pub recording: Recording,
+}
+
+impl LabResult {
+    /// `HTTP lab`, `HTTP lab, server errors only`.
+    pub fn title(&self) -> String {
+        format!(
+            "{} lab{}",
+            self.kind.name().to_uppercase(),
+            if self.which == Fault::ServerErrors {
+                ", server errors only"
+            } else {
+                ""
+            }
+        )
+    }
+
+    /// The directory name of this lab's run: `http`, `http-server-errors`.
+    pub fn slug(&self) -> String {
+        match self.which {
+            Fault::Lab => self.kind.name().to_string(),
+            Fault::ServerErrors => format!("{}-server-errors", self.kind.name()),
+        }
+    }
 }
 
 /// One request of the scenario: the path it went through, when it was sent, what it reached.
@@ -431,6 +458,7 @@ pub async fn play(
     for driver in drivers {
         let _ = driver.await;
     }
+    let end = since(Instant::now());
     let timelines = recorder.finish().await;
     let samples = samples.lock().map(|s| s.clone()).unwrap_or_default();
     // Traffic samples are timed from `start`, transitions from the recorder's start.
@@ -490,14 +518,51 @@ pub async fn play(
             error_samples,
         });
     }
-    Ok(LabResult {
+    let recording = Recording {
+        title: String::new(),
+        fault_at,
+        fault: fault.clone(),
+        fix_at,
+        fix: fix.clone(),
+        end,
+        hosts: [Backend::Blue, Backend::Yellow]
+            .into_iter()
+            .map(|backend| Host {
+                label: backend.name().to_string(),
+                key: topology.host_key(backend),
+            })
+            .collect(),
+        paths: topology
+            .paths
+            .iter()
+            .map(|path| PathTrace {
+                name: path.name.to_string(),
+                changes: timelines.get(path.name).cloned().unwrap_or_default(),
+                requests: samples
+                    .iter()
+                    .filter(|(name, _, _)| *name == path.name)
+                    .map(|(_, at, reached)| {
+                        let tick = match reached {
+                            Reached::Backend(backend) => Tick::Served(backend.name().to_string()),
+                            Reached::Error(error) => Tick::Error(error.clone()),
+                        };
+                        (at.saturating_sub(offset), tick)
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    let mut result = LabResult {
         kind: topology.kind,
         which,
         fault,
         fix,
         paths,
         timeline: table(&timelines),
-    })
+        recording,
+    };
+    result.recording.title = result.title();
+    Ok(result)
 }
 
 async fn send(listener: SocketAddr) -> Reached {
@@ -531,13 +596,8 @@ pub fn render(result: &LabResult, timings: &Timings) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} lab{}: fault `{}`, fix `{}` (bounds: ejection {:.2}s, readmission {:.2}s)",
-        result.kind.name().to_uppercase(),
-        if result.which == Fault::ServerErrors {
-            ", server errors only"
-        } else {
-            ""
-        },
+        "{}: fault `{}`, fix `{}` (bounds: ejection {:.2}s, readmission {:.2}s)",
+        result.title(),
         result.fault,
         result.fix,
         result.kind.ejection_bound(timings).as_secs_f64(),
@@ -564,4 +624,36 @@ pub fn render(result: &LabResult, timings: &Timings) -> String {
         }
     }
     out
+}
+
+/// Writes one lab's picture into `dir` (its logs' directory): `timeline.svg` and `report.html`
+/// (the picture, `summary` and the transitions). Returns the page's path.
+pub fn write_lab_report(dir: &Path, result: &LabResult, summary: &str) -> Result<PathBuf, String> {
+    let write = |name: &str, content: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, content)
+            .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
+        Ok::<PathBuf, String>(path)
+    };
+    write("timeline.svg", picture::timeline_svg(&result.recording))?;
+    write(
+        "report.html",
+        picture::report_html(&result.recording, summary, &result.timeline),
+    )
+}
+
+/// Writes `index.html` into `run_dir`, linking each lab's page (`(title, page, summary)`, pages
+/// under `run_dir`). Returns its path.
+pub fn write_index(run_dir: &Path, labs: &[(String, PathBuf, String)]) -> Result<PathBuf, String> {
+    let entries: Vec<(String, String, String)> = labs
+        .iter()
+        .map(|(title, page, summary)| {
+            let link = page.strip_prefix(run_dir).unwrap_or(page);
+            (title.clone(), link.display().to_string(), summary.clone())
+        })
+        .collect();
+    let path = run_dir.join("index.html");
+    std::fs::write(&path, picture::index_html(&entries))
+        .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
+    Ok(path)
 }

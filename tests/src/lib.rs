@@ -22,6 +22,7 @@
 //! - [`timeline`]: polling several admin APIs and recording health transitions to compare.
 //! - [`compare`]: `./lab compare`: each lab with every path (native Envoy, the companion) side by
 //!   side on the same demo apps, the lab's fault applied and removed, and a table of reactions.
+//! - [`picture`]: a comparison as an SVG timeline and self-contained HTML pages.
 //! - [`wasm`]: the filter under test: locating vigil_filter.wasm, Envoy with a chosen
 //!   `--concurrency`, the filter's metrics, validate with plugin logs.
 //! - [`lab`]: the HTTP lab of LAB.md as a process twin, and its scenario; `./lab demo` and the
@@ -47,6 +48,7 @@ pub mod load;
 pub mod names;
 pub mod net;
 pub mod paths;
+pub mod picture;
 pub mod process;
 pub mod raw_upstream;
 pub mod soak;

@@ -35,6 +35,7 @@ async fn compare_lab(kind: LabKind) {
     );
     println!("{report}");
     assert_eq!(result.paths.len(), 4, "{report}");
+    check_pictures(&dir, &result, &report);
     for path in &result.paths {
         let ejected = path
             .ejected_after
@@ -81,6 +82,39 @@ async fn compare_lab(kind: LabKind) {
     }
 }
 
+/// The run's picture exists beside its logs and draws every path: a lane per host and a lane of
+/// requests, the fault and the fix.
+fn check_pictures(dir: &std::path::Path, result: &compare::LabResult, report: &str) {
+    let page = compare::write_lab_report(dir, result, report)
+        .unwrap_or_else(|err| panic!("cannot write the picture: {err}"));
+    let svg = std::fs::read_to_string(dir.join("timeline.svg")).unwrap_or_default();
+    let html = std::fs::read_to_string(&page).unwrap_or_default();
+    assert!(
+        html.contains("<svg xmlns="),
+        "{} has no picture",
+        page.display()
+    );
+    for path in &result.paths {
+        for host in ["blue", "yellow"] {
+            let lane = format!("data-path=\"{}\" data-host=\"{host}\"", path.name);
+            assert!(svg.contains(&lane), "no {host} lane for {}", path.name);
+        }
+        let requests = format!("<g class=\"requests\" data-path=\"{}\">", path.name);
+        assert!(svg.contains(&requests), "no request lane for {}", path.name);
+    }
+    for marker in ["marker fault", "marker fix"] {
+        assert!(svg.contains(marker), "no {marker}");
+    }
+    assert!(svg.contains("class=\"band state-healthy\""));
+    let index = compare::write_index(dir, &[(result.title(), page, report.to_string())])
+        .unwrap_or_else(|err| panic!("cannot write the index: {err}"));
+    assert!(
+        std::fs::read_to_string(index)
+            .unwrap_or_default()
+            .contains("href=\"report.html\"")
+    );
+}
+
 #[tokio::test]
 async fn http_lab_every_path_side_by_side() {
     compare_lab(LabKind::Http).await;
@@ -119,6 +153,7 @@ async fn server_errors_only_the_filter_and_the_companion_see() {
         result.timeline
     );
     println!("{report}");
+    check_pictures(&dir, &result, &report);
     let path = |name: &str| {
         result
             .paths

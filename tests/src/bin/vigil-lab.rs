@@ -152,9 +152,16 @@ async fn compare(only: Option<LabKind>) -> Result<(), String> {
     }
     let timings = Timings::demo();
     let run = async {
+        let run_dir = paths::scratch_dir("compare");
         let mut tables = Vec::new();
+        let mut pages = Vec::new();
         for (kind, fault) in runs {
-            let dir = paths::scratch_dir(&format!("compare-{}", kind.name()));
+            let dir = run_dir.join(match fault {
+                Fault::Lab => kind.name().to_string(),
+                Fault::ServerErrors => format!("{}-server-errors", kind.name()),
+            });
+            std::fs::create_dir_all(&dir)
+                .map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
             println!(
                 "== {} lab{}: starting demo apps, sidecars, the front Envoy (native + filter \
                  listeners) and the companion",
@@ -176,10 +183,18 @@ async fn compare(only: Option<LabKind>) -> Result<(), String> {
             );
             let table = compare::render(&result, &timings);
             println!("{table}");
+            let page = compare::write_lab_report(&dir, &result, &table)?;
+            pages.push((result.title(), page, table.clone()));
             tables.push(table);
             drop(topology);
         }
         println!("== summary\n{}", tables.join("\n"));
+        let index = compare::write_index(&run_dir, &pages)?;
+        println!("== pictures");
+        for (title, page, _) in &pages {
+            println!("  {title}: {} (and timeline.svg beside it)", page.display());
+        }
+        println!("  all labs: {}", index.display());
         Ok::<(), String>(())
     };
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
