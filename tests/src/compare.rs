@@ -397,6 +397,24 @@ impl LabResult {
 /// One request of the scenario: the path it went through, when it was sent, what it reached.
 type TrafficSample = (&'static str, Duration, Reached);
 
+/// Traffic before the fault.
+const BEFORE_FAULT: Duration = Duration::from_secs(1);
+
+/// How long the scenario lets every path eject blue: twice the lab's bound, and 2 s.
+fn ejection_wait(kind: LabKind, timings: &Timings) -> Duration {
+    kind.ejection_bound(timings) * 2 + Duration::from_secs(2)
+}
+
+/// How long the scenario lets every path readmit blue.
+fn readmission_wait(timings: &Timings) -> Duration {
+    timings.readmission_bound() * 2 + Duration::from_secs(2)
+}
+
+/// How long [`play`] takes (its waits are fixed, not until-seen).
+pub fn scenario_length(kind: LabKind, timings: &Timings) -> Duration {
+    BEFORE_FAULT + ejection_wait(kind, timings) + readmission_wait(timings)
+}
+
 /// Plays the lab's scenario on a running topology: traffic on every path, the fault on blue,
 /// wait until every path ejected it (or the bound passed), the fix, wait until every path
 /// readmitted it.
@@ -439,20 +457,18 @@ pub async fn play(
     let recorder_start = recorder.start;
     let since = |instant: Instant| instant.saturating_duration_since(recorder_start);
 
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(BEFORE_FAULT).await;
     let fault = topology.set_fault(which, Backend::Blue, true).await?;
     let fault_at = since(Instant::now());
     say(&format!(
         "[{:>6.2}s] fault: {fault}",
         fault_at.as_secs_f64()
     ));
-    let bound = topology.kind.ejection_bound(&topology.timings) * 2 + Duration::from_secs(2);
-    tokio::time::sleep(bound).await;
+    tokio::time::sleep(ejection_wait(topology.kind, &topology.timings)).await;
     let fix = topology.set_fault(which, Backend::Blue, false).await?;
     let fix_at = since(Instant::now());
     say(&format!("[{:>6.2}s] fix:   {fix}", fix_at.as_secs_f64()));
-    let bound = topology.timings.readmission_bound() * 2 + Duration::from_secs(2);
-    tokio::time::sleep(bound).await;
+    tokio::time::sleep(readmission_wait(&topology.timings)).await;
 
     let _ = stop_traffic.send(true);
     for driver in drivers {

@@ -31,6 +31,8 @@
 //!   Envoy, HAProxy and nginx; see `docs/bench.md`.
 //! - [`load`]: a load generator: N keep-alive HTTP/1.1 clients for a bounded time, each
 //!   request's outcome (connect error, reset, 5xx, timeout), status, latency and start time.
+//! - [`progress`]: long runs (compare, bench, soak) say which step of how many and the time
+//!   left: a redrawn status line on a terminal, one line per step elsewhere.
 //! - [`raw_upstream`]: hand-written HTTP/1.1 upstreams (read a request head; answer a fixed
 //!   status after a delay and count).
 //! - [`soak`]: `vigil-lab soak` (`./lab soak`): long load through vigil and Envoy with livez
@@ -50,6 +52,7 @@ pub mod net;
 pub mod paths;
 pub mod picture;
 pub mod process;
+pub mod progress;
 pub mod raw_upstream;
 pub mod soak;
 pub mod template;

@@ -18,7 +18,8 @@ use crate::bootstrap::{
 };
 use crate::demoapp::DemoApp;
 use crate::envoy::{AdminProcess, start_envoy_and_vigil};
-use crate::load::{self, Load, LoadReport, Progress};
+use crate::load::{self, Load, LoadReport};
+use crate::progress::Progress;
 use crate::timeline::{Change, Recorder};
 use crate::{net, wait_until};
 use std::collections::BTreeMap;
@@ -265,11 +266,12 @@ impl SoakReport {
 const CLUSTER: &str = "svc";
 
 /// Runs the soak: starts blue, green, Envoy and vigil in `dir`, loads both proxies for
-/// `options.duration`, and reports. `say` gets the start-up lines and progress.
+/// `options.duration`, and reports. `progress` gets the start-up lines, the periodic totals, and a
+/// step when the load starts (the caller stepped into the start-up).
 pub async fn run(
     options: &SoakOptions,
     dir: &Path,
-    say: &mut dyn FnMut(&str),
+    progress: &Progress,
 ) -> Result<SoakReport, String> {
     let apps = start_demoapps(&["blue", "green"], dir).await?;
     let hosts: Vec<SocketAddr> = apps.iter().map(|a| a.http).collect();
@@ -291,17 +293,18 @@ pub async fn run(
     let mut order: Vec<&(&str, SocketAddr, AdminProcess)> = proxies.iter().collect();
     order.sort_by_key(|(name, _, _)| *name != "vigil");
     for (name, listen, proxy) in &order {
-        say(&format!(
+        progress.say(&format!(
             "  {name:<6} listener {listen}  admin {}  pid {}",
             proxy.admin,
             proxy.child.pid()
         ));
     }
-    say(&format!(
+    progress.say(&format!(
         "  blue {} and green {} (demo apps), active /livez checks every 1 s, thresholds 2/2",
         hosts[0], hosts[1]
     ));
-    say(&format!(
+    progress.step("soaking: load through both proxies, blue's /livez toggled");
+    progress.say(&format!(
         "soaking for {} s: {} keep-alive connections per proxy, a request every {:?} on each; \
          blue's /livez FAIL for {} s of every {} s; RSS every {} s",
         options.duration.as_secs(),
@@ -323,16 +326,16 @@ pub async fn run(
     let start = Instant::now();
     let mut runs = Vec::new();
     for (name, listen, _) in &order {
-        let progress = Arc::new(Progress::default());
+        let counters = Arc::new(load::Progress::default());
         let mut load = Load::new(*listen, "/", options.connections, options.duration);
         load.pace = Some(options.pace);
         load.keep_samples = false;
         load.user_agent = format!("vigil-soak-{name}");
         let task = {
-            let progress = progress.clone();
-            tokio::spawn(async move { load::run_with_progress(&load, progress).await })
+            let counters = counters.clone();
+            tokio::spawn(async move { load::run_with_progress(&load, counters).await })
         };
-        runs.push((name.to_string(), task, progress));
+        runs.push((name.to_string(), task, counters));
     }
 
     let blue = &apps[0];
@@ -367,20 +370,20 @@ pub async fn run(
         if now >= next_report {
             let line: Vec<String> = runs
                 .iter()
-                .map(|(name, _, progress)| {
+                .map(|(name, _, counters)| {
                     let kib = rss
                         .get(name)
                         .and_then(|s| s.last())
                         .map_or(0, |(_, kib)| *kib);
                     format!(
                         "{name} {} req {} err {:.1} MiB",
-                        progress.requests.load(Ordering::Relaxed),
-                        progress.errors.load(Ordering::Relaxed),
+                        counters.requests.load(Ordering::Relaxed),
+                        counters.errors.load(Ordering::Relaxed),
                         mib(kib)
                     )
                 })
                 .collect();
-            say(&format!("  [{:>5}s] {}", now.as_secs(), line.join(" | ")));
+            progress.say(&format!("  [{:>5}s] {}", now.as_secs(), line.join(" | ")));
             next_report += options.report_every;
         }
         for (name, _, proxy) in &order {

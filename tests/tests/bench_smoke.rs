@@ -38,6 +38,27 @@ fn quick_bench_reports_every_proxy_and_prober() {
         "vigil-bench failed ({})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
         output.status
     );
+    // Off a terminal, progress is one line per measured run on stderr, the last one [n/n].
+    let steps: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("bench ["))
+        .collect();
+    let last = steps
+        .last()
+        .and_then(|l| l.strip_prefix("bench ["))
+        .and_then(|l| l.split(']').next())
+        .and_then(|l| l.split_once('/'))
+        .unwrap_or_else(|| panic!("no progress lines\n{stderr}"));
+    assert_eq!(last.0, last.1, "the last step is not the total\n{stderr}");
+    assert_eq!(
+        steps.len().to_string(),
+        last.1,
+        "one line per step\n{stderr}"
+    );
+    assert!(
+        !stderr.contains('\r'),
+        "no redrawn status line off a terminal\n{stderr}"
+    );
     let cells = |row: &str| -> Vec<String> {
         row.trim_matches('|')
             .split('|')

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 use vigil_tests::paths;
+use vigil_tests::progress::Progress;
 use vigil_tests::soak::{self, SoakOptions};
 
 #[tokio::test]
@@ -15,8 +16,9 @@ async fn a_short_soak_reports_sanely() {
     options.sample_every = Duration::from_secs(2);
     options.toggle_every = Duration::from_secs(6);
     options.report_every = Duration::from_secs(5);
-    let mut say = |line: &str| println!("{line}");
-    let report = soak::run(&options, &dir, &mut say)
+    let progress = Progress::new("soak", 2, Some(options.duration));
+    progress.step("starting");
+    let report = soak::run(&options, &dir, &progress)
         .await
         .unwrap_or_else(|err| panic!("{err}"));
     let rendered = report.render();

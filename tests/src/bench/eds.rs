@@ -16,6 +16,7 @@ use super::{EDS_STOP_STREAK, Options};
 use crate::demoapp::DemoApp;
 use crate::envoy::AdminProcess;
 use crate::process::Child;
+use crate::progress::Progress;
 use crate::{http, net, template, wait_until};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -43,6 +44,7 @@ pub async fn run(
     options: &Options,
     dir: &Path,
     report: &mut Report,
+    progress: &Progress,
 ) -> Result<(), String> {
     let mut apps = Vec::new();
     for name in APPS {
@@ -59,10 +61,10 @@ pub async fn run(
     for &envoys in &options.eds_fleets {
         for round in 1..=options.rounds {
             for setup in SETUPS {
-                eprintln!(
-                    "bench: eds, {envoys} Envoy(s), {}, round {round}",
+                progress.step(&format!(
+                    "eds, {envoys} Envoy(s), {}, round {round}",
                     setup.label()
-                );
+                ));
                 let label = format!("eds-n{envoys}-r{round}-{}", setup_tag(setup));
                 let mut fleet =
                     Fleet::start(tools, setup, envoys, &apps, &label, dir, report).await?;

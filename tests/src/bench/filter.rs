@@ -16,6 +16,7 @@ use super::report::{FilterMeasured, Report};
 use super::sys::{self, Tools};
 use super::wrk::{self, Load};
 use super::{Cpus, Options};
+use crate::progress::Progress;
 use crate::{http, net, paths, template};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -322,6 +323,7 @@ pub async fn run(
     options: &Options,
     dir: &Path,
     report: &mut Report,
+    progress: &Progress,
 ) -> Result<(), String> {
     let wasm = wasm_file()?;
     let upstream_at = proxies::endpoints(1)[0];
@@ -377,7 +379,7 @@ pub async fn run(
         for &connections in &options.connections {
             for &(mode, listen) in &listeners {
                 let label = format!("filter-{}-c{connections}-r{round}", mode.slug());
-                eprintln!("bench: {label}");
+                progress.step(&label);
                 let mut load = Load {
                     target: listen,
                     connections,

@@ -13,6 +13,7 @@ use super::proxies::{self, Responder, Started};
 use super::report::{HealthRun, Report};
 use super::sys::{self, Tools};
 use super::{Cpus, HEALTH_READY_TIMEOUT, Options};
+use crate::progress::Progress;
 use crate::{envoy, http, net, wait_until};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -32,6 +33,7 @@ pub async fn run(
     options: &Options,
     dir: &Path,
     report: &mut Report,
+    progress: &Progress,
 ) -> Result<(), String> {
     let endpoints = proxies::endpoints(options.hosts);
     let mut responders = Vec::new();
@@ -59,7 +61,7 @@ pub async fn run(
         .collect();
     for round in 1..=options.rounds {
         for prober in &probers {
-            eprintln!("bench: health check, {}, round {round}", prober.name);
+            progress.step(&format!("health check, {}, round {round}", prober.name));
             let admin = net::fresh_socket();
             let mut values = BTreeMap::new();
             values.insert("admin_address", admin.ip().to_string());

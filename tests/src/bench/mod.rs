@@ -24,6 +24,8 @@ pub mod sys;
 pub mod throughput;
 pub mod wrk;
 
+use crate::progress::Progress;
+
 use std::time::Duration;
 
 /// An Envoy has stopped reaching blue once this many requests in a row did not reach it: with
@@ -141,20 +143,41 @@ pub async fn run(options: &Options) -> Result<report::Report, String> {
     let mut report = report::Report::new(options.clone(), cores, cpus);
     report.run_dir = proxies::display_command(&dir, &[]);
     report.load_before = sys::load_average();
+    let progress = Progress::new("bench", steps(options), None);
     if options.run_throughput {
-        throughput::run(&tools, cpus, options, &dir, &mut report).await?;
+        throughput::run(&tools, cpus, options, &dir, &mut report, &progress).await?;
     }
     if options.run_filter {
-        filter::run(&tools, cpus, options, &dir, &mut report).await?;
+        filter::run(&tools, cpus, options, &dir, &mut report, &progress).await?;
     }
     if options.run_health {
-        health::run(&tools, cpus, options, &dir, &mut report).await?;
+        health::run(&tools, cpus, options, &dir, &mut report, &progress).await?;
     }
     if options.run_eds {
-        eds::run(&tools, options, &dir, &mut report).await?;
+        eds::run(&tools, options, &dir, &mut report, &progress).await?;
     }
+    progress.finish();
     report.load_after = sys::load_average();
     Ok(report)
+}
+
+/// The measured runs `options` asks for: each is one progress step.
+pub fn steps(options: &Options) -> usize {
+    let per_round = |parts: usize| options.rounds * parts;
+    let mut steps = 0;
+    if options.run_throughput {
+        steps += per_round(options.connections.len() * proxies::all().len());
+    }
+    if options.run_filter {
+        steps += per_round(options.connections.len() * filter::Mode::ALL.len());
+    }
+    if options.run_health {
+        steps += per_round(health::PROBERS.len());
+    }
+    if options.run_eds {
+        steps += per_round(options.eds_fleets.len() * eds::SETUPS.len());
+    }
+    steps
 }
 
 /// Raises the soft open-file limit to the hard one (children inherit it): 10,000 health-checked

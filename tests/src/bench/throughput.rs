@@ -9,6 +9,7 @@ use super::sys::{self, Tools};
 use super::wrk::{self, Load};
 use super::{Cpus, Options};
 use crate::net;
+use crate::progress::Progress;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -26,6 +27,7 @@ pub async fn run(
     options: &Options,
     dir: &Path,
     report: &mut Report,
+    progress: &Progress,
 ) -> Result<(), String> {
     let upstream_at = proxies::endpoints(1);
     let mut upstream = Responder::start(tools, cpus.load, "upstream", &upstream_at, dir).await?;
@@ -58,7 +60,7 @@ pub async fn run(
         for &connections in &options.connections {
             for proxy in &mut running {
                 let label = format!("{}-c{connections}-r{round}", proxy.proxy.name);
-                eprintln!("bench: {label}");
+                progress.step(&label);
                 let mut load = Load {
                     target: proxy.listen,
                     connections,

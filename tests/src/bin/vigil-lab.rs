@@ -4,9 +4,11 @@
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
+use std::time::Duration;
 use vigil_tests::compare::{self, CompareLayout, Fault, Topology};
 use vigil_tests::lab::{HttpLab, LabKind, Layout, Timings, play_http_scenario};
 use vigil_tests::paths;
+use vigil_tests::progress::Progress;
 use vigil_tests::soak::{self, SoakOptions};
 
 #[derive(Debug, Parser)]
@@ -151,6 +153,13 @@ async fn compare(only: Option<LabKind>) -> Result<(), String> {
         runs.push((LabKind::Http, Fault::ServerErrors));
     }
     let timings = Timings::demo();
+    // Starting a lab (apps, sidecars, front Envoy, companion, first checks) takes about this.
+    let start_estimate = Duration::from_secs(8);
+    let expected = runs
+        .iter()
+        .map(|(kind, _)| start_estimate + compare::scenario_length(*kind, &timings))
+        .sum();
+    let progress = Progress::new("compare", runs.len() * 2, Some(expected));
     let run = async {
         let run_dir = paths::scratch_dir("compare");
         let mut tables = Vec::new();
@@ -162,9 +171,8 @@ async fn compare(only: Option<LabKind>) -> Result<(), String> {
             });
             std::fs::create_dir_all(&dir)
                 .map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
-            println!(
-                "== {} lab{}: starting demo apps, sidecars, the front Envoy (native + filter \
-                 listeners) and the companion",
+            let lab = format!(
+                "{} lab{}",
                 kind.name(),
                 if fault == Fault::ServerErrors {
                     " (server errors)"
@@ -172,22 +180,29 @@ async fn compare(only: Option<LabKind>) -> Result<(), String> {
                     ""
                 }
             );
+            progress.step(&format!("{lab}: starting"));
+            progress.say(&format!(
+                "== {lab}: starting demo apps, sidecars, the front Envoy (native + filter \
+                 listeners) and the companion"
+            ));
             let mut topology = Topology::start(kind, CompareLayout::lab(), timings, &dir).await?;
-            println!("{}", topology.describe());
-            println!("every path sees blue and yellow healthy; playing the scenario");
-            let mut say = |line: &str| println!("{line}");
+            progress.say(&topology.describe());
+            progress.say("every path sees blue and yellow healthy; playing the scenario");
+            progress.step(&format!("{lab}: fault on blue, then the fix"));
+            let mut say = |line: &str| progress.say(line);
             let result = compare::play(&mut topology, fault, &mut say).await?;
-            println!(
+            progress.say(&format!(
                 "health transitions (from each path's verdicts):\n{}",
                 result.timeline
-            );
+            ));
             let table = compare::render(&result, &timings);
-            println!("{table}");
+            progress.say(&table);
             let page = compare::write_lab_report(&dir, &result, &table)?;
             pages.push((result.title(), page, table.clone()));
             tables.push(table);
             drop(topology);
         }
+        progress.finish();
         println!("== summary\n{}", tables.join("\n"));
         let index = compare::write_index(&run_dir, &pages)?;
         println!("== pictures");
@@ -244,9 +259,13 @@ async fn soak(duration: u64, connections: usize) -> Result<(), String> {
         "soak: blue, green, Envoy and vigil on loopback; logs and configs in {}",
         dir.display()
     );
+    // Start-up (apps, proxies, first checks) and the load: the load's length is known.
+    let progress = Progress::new("soak", 2, Some(options.duration + Duration::from_secs(5)));
     let run = async {
-        let mut say = |line: &str| println!("{line}");
-        soak::run(&options, &dir, &mut say).await
+        progress.step("starting demo apps, Envoy and vigil");
+        let report = soak::run(&options, &dir, &progress).await;
+        progress.finish();
+        report
     };
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|err| format!("cannot watch SIGTERM: {err}"))?;
