@@ -205,11 +205,19 @@ async fn compare(only: Option<LabKind>) -> Result<(), String> {
         progress.finish();
         println!("== summary\n{}", tables.join("\n"));
         let index = compare::write_index(&run_dir, &pages)?;
-        println!("== pictures");
+        // Relative to the checkout, where `./lab` runs.
+        let root = paths::workspace_root();
+        let shown = |path: &std::path::Path| {
+            path.strip_prefix(&root)
+                .unwrap_or(path)
+                .display()
+                .to_string()
+        };
+        println!("== pictures (open in a browser; `./lab picture` renders the HTTP lab's as PNG)");
         for (title, page, _) in &pages {
-            println!("  {title}: {} (and timeline.svg beside it)", page.display());
+            println!("  {title}: {} (and timeline.svg beside it)", shown(page));
         }
-        println!("  all labs: {}", index.display());
+        println!("  all labs: {}", shown(&index));
         Ok::<(), String>(())
     };
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
