@@ -34,10 +34,12 @@
 //! are Envoy's read-only admin API). Envoy's own admin API has no authentication.
 //! A failed `accept` (descriptors exhausted) backs off instead of spinning.
 
-use crate::checker::{ClusterHandle, ClusterSnapshot, HostSnapshot};
+use crate::checker::{ClusterHandle, ClusterSnapshot};
+use crate::cluster::{ClusterRecord, Hosts};
 use crate::conn_limit::AcceptBackoff;
 use crate::events::rfc3339_millis;
 use crate::outlier::ClusterOutlier;
+use crate::registry::{ClusterRegistry, RegisteredCluster};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -50,6 +52,7 @@ use serde_json::{Value, json};
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
@@ -58,20 +61,6 @@ use vigil_core::config::{RoutingPriority, Thresholds};
 use vigil_core::health::{CoarseHealth, HealthFlags};
 use vigil_core::outlier::Origin;
 
-/// One cluster as the admin API shows it.
-#[derive(Clone)]
-pub struct AdminCluster {
-    pub name: String,
-    pub handle: ClusterHandle,
-    /// Whether the cluster has `health_checks` (its `health_check.*` stats exist only then).
-    pub health_checked: bool,
-    pub added_via_api: bool,
-    /// The proxy's traffic counters for this cluster, when it serves it.
-    pub upstream: Option<Arc<crate::forward::Upstream>>,
-    /// The cluster's outlier detector, when it has `outlier_detection`.
-    pub outlier: Option<Arc<ClusterOutlier>>,
-}
-
 /// A reload request: the reply says what happened (`Ok(summary)` or `Err(reason)`).
 pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
 
@@ -79,7 +68,7 @@ pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
 #[derive(Clone, Default)]
 pub struct AdminState {
     /// The running clusters, replaced as a whole on reload.
-    pub clusters: Arc<ArcSwap<Vec<AdminCluster>>>,
+    pub clusters: ClusterRegistry,
     /// Set by `POST /healthcheck/fail`, cleared by `POST /healthcheck/ok`.
     pub failing: Arc<AtomicBool>,
     /// Where `POST /reload` sends its request; `None` when reloading is not offered.
@@ -428,8 +417,9 @@ fn method_not_allowed(allowed: &'static str) -> Response<Body> {
     response
 }
 
-/// The running clusters, then the proxy's ORIGINAL_DST clusters.
-fn snapshots(state: &AdminState) -> Vec<(AdminCluster, Arc<ClusterSnapshot>)> {
+/// The running clusters, then the proxy's ORIGINAL_DST clusters, each with its hosts' final
+/// flags read once, so one response shows one generation of each cluster.
+fn snapshots(state: &AdminState) -> Vec<(RegisteredCluster, Hosts)> {
     let mut all = running_snapshots(state);
     let original_dst = original_dst_clusters(&all);
     all.extend(original_dst);
@@ -437,19 +427,17 @@ fn snapshots(state: &AdminState) -> Vec<(AdminCluster, Arc<ClusterSnapshot>)> {
 }
 
 /// The clusters of the check runtime (what `/ready` waits for).
-fn running_snapshots(state: &AdminState) -> Vec<(AdminCluster, Arc<ClusterSnapshot>)> {
+fn running_snapshots(state: &AdminState) -> Vec<(RegisteredCluster, Hosts)> {
     state
         .clusters
         .load()
         .iter()
-        .map(|c| (c.clone(), c.handle.snapshot.load_full()))
+        .map(|c| (c.clone(), c.record.hosts()))
         .collect()
 }
 
 /// The ORIGINAL_DST clusters the proxy serves, as clusters without hosts of their own.
-fn original_dst_clusters(
-    known: &[(AdminCluster, Arc<ClusterSnapshot>)],
-) -> Vec<(AdminCluster, Arc<ClusterSnapshot>)> {
+fn original_dst_clusters(known: &[(RegisteredCluster, Hosts)]) -> Vec<(RegisteredCluster, Hosts)> {
     crate::proxy::published_stats()
         .original_dst
         .iter()
@@ -460,44 +448,37 @@ fn original_dst_clusters(
                 initialized: true,
                 ..ClusterSnapshot::default()
             };
-            let cluster = AdminCluster {
+            let record = ClusterRecord::from(ClusterHandle {
+                snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+                has_traffic: Arc::default(),
+                discovery: Arc::default(),
+            });
+            let hosts = record.hosts();
+            let cluster = RegisteredCluster {
                 name: upstream.name.clone(),
-                handle: ClusterHandle {
-                    snapshot: Arc::new(ArcSwap::from_pointee(snapshot.clone())),
-                    has_traffic: Arc::default(),
-                    discovery: Arc::default(),
-                },
+                record,
                 health_checked: false,
                 added_via_api: false,
                 upstream: Some(upstream.clone()),
-                outlier: None,
             };
-            (cluster, Arc::new(snapshot))
+            (cluster, hosts)
         })
         .collect()
 }
 
 /// The cluster's outlier detector, when it has one.
-fn outlier_of(cluster: &AdminCluster) -> Option<&Arc<ClusterOutlier>> {
-    cluster.outlier.as_ref()
-}
-
-/// The host's flags with `/failed_outlier_check` when its cluster's detector ejected it.
-fn host_flags(outlier: Option<&Arc<ClusterOutlier>>, host: &HostSnapshot) -> HealthFlags {
-    match outlier {
-        Some(outlier) => outlier.flags(host.spec.address, host.flags),
-        None => host.flags,
-    }
+fn outlier_of(cluster: &RegisteredCluster) -> Option<&Arc<ClusterOutlier>> {
+    cluster.record.outlier()
 }
 
 /// A host's `/clusters` success rate: -1 without a detector or when the last sweep did not
 /// compute it.
 fn host_success_rate(
     outlier: Option<&Arc<ClusterOutlier>>,
-    host: &HostSnapshot,
+    address: SocketAddr,
     origin: Origin,
 ) -> f64 {
-    outlier.map_or(-1.0, |o| o.success_rate(host.spec.address, origin))
+    outlier.map_or(-1.0, |o| o.success_rate(address, origin))
 }
 
 /// C's `%g` (fmt's `{:g}`): six significant digits, trailing zeros dropped, scientific notation
@@ -548,7 +529,7 @@ fn proto_double(value: f64) -> Value {
 fn initialized(state: &AdminState) -> bool {
     running_snapshots(state)
         .iter()
-        .all(|(_, snap)| snap.initialized)
+        .all(|(_, hosts)| hosts.initialized())
 }
 
 /// Envoy's `/clusters` text.
@@ -579,24 +560,23 @@ pub fn clusters_text(state: &AdminState) -> String {
             }
         }
         let _ = writeln!(out, "{name}::added_via_api::{}", cluster.added_via_api);
-        for host in &snap.hosts {
+        for host in snap.iter() {
             let address = host.spec.address;
             // Counters are name-sorted, then the fixed attribute lines, as Envoy prints them.
-            for (key, value) in host_counters(&cluster, host) {
+            for (key, value) in host_counters(&cluster, address) {
                 let _ = writeln!(out, "{name}::{address}::{key}::{value}");
             }
             let _ = writeln!(out, "{name}::{address}::hostname::{}", host.spec.hostname);
-            let flags = host_flags(outlier, host);
-            let _ = writeln!(out, "{name}::{address}::health_flags::{flags}");
+            let _ = writeln!(out, "{name}::{address}::health_flags::{}", host.flags);
             let _ = writeln!(out, "{name}::{address}::weight::{}", host.spec.weight);
             for key in ["region", "zone", "sub_zone"] {
                 let _ = writeln!(out, "{name}::{address}::{key}::");
             }
             let _ = writeln!(out, "{name}::{address}::canary::false");
             let _ = writeln!(out, "{name}::{address}::priority::{}", host.spec.priority);
-            let rate = host_success_rate(outlier, host, Origin::External);
+            let rate = host_success_rate(outlier, address, Origin::External);
             let _ = writeln!(out, "{name}::{address}::success_rate::{rate}");
-            let rate = host_success_rate(outlier, host, Origin::Local);
+            let rate = host_success_rate(outlier, address, Origin::Local);
             let _ = writeln!(out, "{name}::{address}::local_origin_success_rate::{rate}");
         }
     }
@@ -612,7 +592,10 @@ const PRIORITIES: [(RoutingPriority, &str); 2] = [
 
 /// A cluster's circuit-breaker limits at `priority` as `/clusters` prints them (`max_retries`
 /// is what a retry budget allows right now); Envoy's defaults for a cluster vigil does not proxy.
-fn breaker_limits(cluster: &AdminCluster, priority: RoutingPriority) -> [(&'static str, u64); 4] {
+fn breaker_limits(
+    cluster: &RegisteredCluster,
+    priority: RoutingPriority,
+) -> [(&'static str, u64); 4] {
     let (limits, max_retries) = match &cluster.upstream {
         Some(upstream) => (
             upstream.breakers().config().thresholds(priority).clone(),
@@ -635,7 +618,7 @@ fn breaker_limits(cluster: &AdminCluster, priority: RoutingPriority) -> [(&'stat
     ]
 }
 
-fn host_counters(cluster: &AdminCluster, host: &HostSnapshot) -> [(&'static str, u64); 8] {
+fn host_counters(cluster: &RegisteredCluster, address: SocketAddr) -> [(&'static str, u64); 8] {
     let Some(upstream) = &cluster.upstream else {
         return [
             ("cx_active", 0),
@@ -648,7 +631,7 @@ fn host_counters(cluster: &AdminCluster, host: &HostSnapshot) -> [(&'static str,
             ("rq_total", 0),
         ];
     };
-    let t = upstream.host(host.spec.address);
+    let t = upstream.host(address);
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     [
         ("cx_active", get(&t.cx_active)),
@@ -669,10 +652,9 @@ pub fn clusters_json(state: &AdminState) -> Value {
         .map(|(cluster, snap)| {
             let outlier = outlier_of(cluster);
             let hosts: Vec<Value> = snap
-                .hosts
                 .iter()
                 .map(|host| {
-                    let flags = host_flags(outlier, host);
+                    let flags = host.flags;
                     let mut health = serde_json::Map::new();
                     for (flag, key) in [
                         (HealthFlags::FAILED_ACTIVE_HC, "failed_active_health_check"),
@@ -697,7 +679,7 @@ pub fn clusters_json(state: &AdminState) -> Value {
                         }
                     }
                     health.insert("eds_health_status".into(), json!("HEALTHY"));
-                    let counters: Vec<Value> = host_counters(cluster, host)
+                    let counters: Vec<Value> = host_counters(cluster, host.spec.address)
                         .iter()
                         .map(|(name, value)| {
                             let mut stat = serde_json::Map::new();
@@ -723,7 +705,7 @@ pub fn clusters_json(state: &AdminState) -> Value {
                     object.insert("health_status".into(), Value::Object(health));
                     // Proto field order: success_rate (4) between health_status and weight,
                     // local_origin_success_rate (8) after priority; both only when computed.
-                    let rate = host_success_rate(outlier, host, Origin::External);
+                    let rate = host_success_rate(outlier, host.spec.address, Origin::External);
                     if rate >= 0.0 {
                         object.insert("success_rate".into(), json!({"value": proto_double(rate)}));
                     }
@@ -734,7 +716,7 @@ pub fn clusters_json(state: &AdminState) -> Value {
                     if host.spec.priority != 0 {
                         object.insert("priority".into(), json!(host.spec.priority));
                     }
-                    let rate = host_success_rate(outlier, host, Origin::Local);
+                    let rate = host_success_rate(outlier, host.spec.address, Origin::Local);
                     if rate >= 0.0 {
                         object.insert(
                             "local_origin_success_rate".into(),
@@ -804,7 +786,7 @@ pub fn stats(state: &AdminState) -> Vec<(String, i64, StatKind)> {
     for (cluster, snap) in snapshots(state) {
         let prefix = format!("cluster.{}", cluster.name);
         if cluster.health_checked {
-            let s = snap.stats;
+            let s = *snap.stats();
             for (name, value, kind) in [
                 ("attempt", s.attempt as i64, StatKind::Counter),
                 ("degraded", s.degraded, StatKind::Gauge),
@@ -828,10 +810,7 @@ pub fn stats(state: &AdminState) -> Vec<(String, i64, StatKind)> {
         }
         let outlier = outlier_of(&cluster);
         let count = |keep: &dyn Fn(HealthFlags) -> bool| {
-            snap.hosts
-                .iter()
-                .filter(|h| keep(host_flags(outlier, h)))
-                .count() as i64
+            snap.iter().filter(|h| keep(h.flags)).count() as i64
         };
         if let Some(outlier) = outlier {
             for (name, value) in outlier.stats().entries() {
@@ -861,7 +840,7 @@ pub fn stats(state: &AdminState) -> Vec<(String, i64, StatKind)> {
         ));
         out.push((
             format!("{prefix}.membership_total"),
-            snap.hosts.len() as i64,
+            snap.len() as i64,
             StatKind::Gauge,
         ));
         if let Some(upstream) = &cluster.upstream {
@@ -924,9 +903,9 @@ pub fn stats(state: &AdminState) -> Vec<(String, i64, StatKind)> {
             }
         }
         for (name, value) in [
-            ("update_attempt", &cluster.handle.discovery.attempt),
-            ("update_failure", &cluster.handle.discovery.failure),
-            ("update_success", &cluster.handle.discovery.success),
+            ("update_attempt", &cluster.record.handle().discovery.attempt),
+            ("update_failure", &cluster.record.handle().discovery.failure),
+            ("update_success", &cluster.record.handle().discovery.success),
         ] {
             let value = value.load(Ordering::Relaxed) as i64;
             out.push((format!("{prefix}.{name}"), value, StatKind::Counter));
@@ -1131,9 +1110,7 @@ fn history_json(state: &AdminState) -> Value {
     let clusters: Vec<Value> = snapshots(state)
         .iter()
         .map(|(cluster, snap)| {
-            let outlier = outlier_of(cluster);
             let hosts: Vec<Value> = snap
-                .hosts
                 .iter()
                 .map(|host| {
                     let transitions: Vec<Value> = host
@@ -1151,7 +1128,7 @@ fn history_json(state: &AdminState) -> Value {
                     json!({
                         "address": host.spec.address.to_string(),
                         "hostname": host.spec.hostname,
-                        "health_flags": host_flags(outlier, host).to_string(),
+                        "health_flags": host.flags.to_string(),
                         "transitions": transitions,
                     })
                 })
@@ -1165,7 +1142,9 @@ fn history_json(state: &AdminState) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checker::{ClusterSnapshot, DiscoveryCounters, HealthCheckStats, HostSpec};
+    use crate::checker::{
+        ClusterSnapshot, DiscoveryCounters, HealthCheckStats, HostSnapshot, HostSpec,
+    };
     use http_body_util::BodyExt;
 
     fn state(initialized: bool) -> AdminState {
@@ -1201,14 +1180,17 @@ mod tests {
         };
         handle.discovery.attempt.store(3, Ordering::Relaxed);
         AdminState {
-            clusters: Arc::new(ArcSwap::from_pointee(vec![AdminCluster {
-                name: "web_cluster_01".into(),
-                handle,
-                health_checked: true,
-                added_via_api: false,
-                upstream: None,
-                outlier: None,
-            }])),
+            clusters: {
+                let clusters = ClusterRegistry::default();
+                clusters.store(vec![RegisteredCluster {
+                    name: "web_cluster_01".into(),
+                    record: ClusterRecord::from(handle),
+                    health_checked: true,
+                    added_via_api: false,
+                    upstream: None,
+                }]);
+                clusters
+            },
             failing: Arc::default(),
             reload: None,
             config: Arc::new(ArcSwap::from_pointee(ConfigDump {

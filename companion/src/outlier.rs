@@ -3,16 +3,16 @@
 //!
 //! A [`ClusterOutlier`] owns the cluster's detector behind a mutex held only for one call.
 //! The request path feeds it every attempt's result ([`ClusterOutlier::record`], from
-//! [`crate::forward`]); its own task runs the interval sweep ([`ClusterOutlier::run`], every
+//! `forward.rs`); its own task runs the interval sweep ([`ClusterOutlier::run`], every
 //! `interval` with no jitter, re-armed after each sweep as Envoy's `armIntervalTimer` does); the
 //! check loop reports passing active checks ([`ClusterOutlier::on_active_health_check_success`])
 //! and membership ([`ClusterOutlier::set_hosts`]).
 //!
 //! Readers never take the lock: every ejection or un-ejection publishes the set of ejected hosts
-//! (`arc-swap`) and bumps a version counter, which [`crate::upstream::HostPicker`] compares on
-//! every pick, so an ejection made by one request is seen by the very next pick. The hosts' own
-//! snapshot (from the check loop) never carries `/failed_outlier_check`; readers OR it in with
-//! [`ClusterOutlier::flags`].
+//! (`arc-swap`) and bumps a version counter. The cluster's record (`cluster.rs`) merges that set
+//! into the check loop's flags as `/failed_outlier_check` and carries the version in its
+//! generation, which the picker compares on every pick, so an ejection made by one request is
+//! seen by the very next pick.
 //!
 //! Time is tokio's (milliseconds since the detector was made), so tests drive it with paused
 //! time. Random draws (enforcement percentages, ejection jitter) come from a seeded xorshift.
@@ -101,15 +101,6 @@ impl ClusterOutlier {
 
     pub fn is_ejected(&self, host: SocketAddr) -> bool {
         self.ejected.load().contains(&host)
-    }
-
-    /// `flags` with `/failed_outlier_check` added when the host is ejected.
-    pub fn flags(&self, host: SocketAddr, flags: HealthFlags) -> HealthFlags {
-        if self.is_ejected(host) {
-            flags | HealthFlags::FAILED_OUTLIER_CHECK
-        } else {
-            flags
-        }
     }
 
     /// Reports one attempt's result for `host` (an unknown host is ignored, as Envoy ignores a

@@ -4,24 +4,25 @@
 //! vigil can act on. [`Runtime`] runs each plan as a discovery task plus a check loop, and on a
 //! reload keeps every cluster whose plan did not change (its hosts keep their health and their
 //! schedule, as Envoy keeps an unchanged cluster), stops removed or changed ones, and starts new
-//! ones. The admin API sees the current set through an `ArcSwap`.
+//! ones. The admin API and the EDS server see the current set through the [`ClusterRegistry`].
 //!
 //! A cluster with `outlier_detection` also gets a [`ClusterOutlier`], shared by its check loop,
-//! its host picker and the proxy, with its own sweep task. It lives as long as the running
+//! its record (and so its host picker, the admin API and EDS) and the proxy, with its own sweep
+//! task. It lives as long as the running
 //! cluster, so a reload that leaves the cluster unchanged (outlier settings included) keeps every
 //! ejection, counter and multiplier, as Envoy keeps an unchanged cluster.
 //!
 //! A plan carries the cluster's `circuit_breakers` (typed at load); changing them restarts the
 //! cluster, as any other change of its plan does.
 
-use crate::admin::AdminCluster;
 use crate::checker::{ClusterChecker, ClusterHandle, ClusterSpec, HostSpec, ProbeFn};
+use crate::cluster::ClusterRecord;
 use crate::discovery::{self, DiscoveryKind, DiscoverySpec, EndpointSpec};
 use crate::events::OutlierEventLog;
 use crate::forward::Upstream;
 use crate::outlier::ClusterOutlier;
+use crate::registry::{ClusterRegistry, RegisteredCluster};
 use crate::upstream::{EndpointMetadata, HostPicker, LbSettings};
-use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -297,9 +298,10 @@ pub fn plan(bootstrap: &Bootstrap) -> Result<(Vec<ClusterPlan>, Vec<String>), St
 struct RunningCluster {
     plan: ClusterPlan,
     handle: ClusterHandle,
+    /// Its hosts with their final flags (the check loop's snapshot and the outlier detector).
+    record: ClusterRecord,
     /// The traffic side; `None` when the cluster's `lb_policy` cannot be served by the proxy.
     upstream: Option<Arc<Upstream>>,
-    outlier: Option<Arc<ClusterOutlier>>,
     stop: Vec<oneshot::Sender<()>>,
 }
 
@@ -312,8 +314,8 @@ pub struct Runtime {
     replaced: Vec<RunningCluster>,
     /// The clusters started by the last `apply` that replaced a running one.
     warming: Vec<ClusterHandle>,
-    /// What the admin API shows, in config order.
-    pub admin_clusters: Arc<ArcSwap<Vec<AdminCluster>>>,
+    /// The running clusters in config order, for the admin API and the EDS server.
+    pub registry: ClusterRegistry,
     probe: ProbeFn,
     order: Vec<String>,
     seed: u64,
@@ -326,7 +328,7 @@ impl Runtime {
             clusters: BTreeMap::new(),
             replaced: Vec::new(),
             warming: Vec::new(),
-            admin_clusters: Arc::new(ArcSwap::from_pointee(Vec::new())),
+            registry: ClusterRegistry::default(),
             probe,
             order: Vec::new(),
             seed: 0x5eed,
@@ -391,20 +393,19 @@ impl Runtime {
             }
         }
         self.order = plans.iter().map(|p| p.spec.name.clone()).collect();
-        let admin: Vec<AdminCluster> = self
+        let registered: Vec<RegisteredCluster> = self
             .order
             .iter()
             .filter_map(|name| self.clusters.get(name))
-            .map(|running| AdminCluster {
+            .map(|running| RegisteredCluster {
                 name: running.plan.spec.name.clone(),
-                handle: running.handle.clone(),
+                record: running.record.clone(),
                 health_checked: running.plan.spec.check.is_some(),
                 added_via_api: false,
                 upstream: running.upstream.clone(),
-                outlier: running.outlier.clone(),
             })
             .collect();
-        self.admin_clusters.store(Arc::new(admin));
+        self.registry.store(registered);
         (started, stopped)
     }
 
@@ -484,14 +485,11 @@ impl Runtime {
         tokio::spawn(checker.run(hosts_rx, async {
             let _ = rx.await;
         }));
+        let record = ClusterRecord::new(handle.clone(), outlier);
         let mut settings = LbSettings::new(plan.lb_policy);
         settings.priority.healthy_panic_threshold = plan.healthy_panic_threshold;
-        let picker = HostPicker::new(handle.clone(), settings, self.seed)
-            .map(|picker| picker.with_metadata(plan.metadata.clone()))
-            .map(|picker| match &outlier {
-                Some(outlier) => picker.with_outlier(outlier.clone()),
-                None => picker,
-            });
+        let picker = HostPicker::new(record.clone(), settings, self.seed)
+            .map(|picker| picker.with_metadata(plan.metadata.clone()));
         let upstream = match picker {
             Ok(picker) => Some(Arc::new(
                 Upstream::new(
@@ -519,8 +517,8 @@ impl Runtime {
         RunningCluster {
             plan,
             handle,
+            record,
             upstream,
-            outlier,
             stop,
         }
     }

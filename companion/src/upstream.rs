@@ -1,24 +1,23 @@
-//! Choosing the upstream host of a request: `vigil_core::balance` over the check loop's snapshot.
+//! Choosing the upstream host of a request: `vigil_core::balance` over the cluster's record.
 //!
 //! A [`HostPicker`] belongs to one cluster. It keeps one balancer (Envoy runs one per worker; vigil
 //! keeps one per cluster, which is Envoy's `--concurrency 1` behaviour) and refreshes it only when
-//! the snapshot's `hosts_version` moves, that is when hosts, flags, weights or priorities change,
-//! as Envoy refreshes its load balancers on host-set updates. Picks are cheap: a mutex held for one
-//! choice, no allocation on the hot path unless the host set changed.
+//! the record's [`Generation`] moves, that is when hosts, flags, weights or priorities change or
+//! the outlier detector ejects or un-ejects a host, as Envoy refreshes its load balancers on
+//! host-set updates. The generation is compared on every pick, so an ejection made by one request
+//! is seen by the very next pick: ejected hosts carry `/failed_outlier_check` in
+//! [`ClusterRecord::hosts`], leave the healthy lists and count as unhealthy for the panic
+//! threshold, as in Envoy. Picks are cheap: a mutex held for one choice, no allocation on the hot
+//! path unless the host set changed.
 //!
 //! [`HostPicker::members`] gives the same hosts as vigil's routing rules see them
-//! (`vigil_core::rules::Member`): healthy, degraded, or unhealthy (failed checks, EDS health,
-//! draining, excluded, outlier-ejected), rebuilt only when the snapshot or the ejections change.
-//!
-//! With outlier detection ([`HostPicker::with_outlier`]) the picker also compares the detector's
-//! version on every pick and rebuilds when it moved, giving ejected hosts
-//! `/failed_outlier_check`: they leave the healthy lists and count as unhealthy for the panic
-//! threshold, as in Envoy, from the first pick after the ejection.
+//! (`vigil_core::rules::Member`, health by [`member_health`]), rebuilt only when the generation
+//! moves.
 
-use crate::checker::{ClusterHandle, ClusterSnapshot};
+use crate::cluster::{ClusterRecord, Generation, Hosts, member_health};
 use crate::outlier::ClusterOutlier;
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,8 +26,7 @@ use vigil_core::balance::{
     PrioritySet, Random, RingHash, RingHashConfig, RoundRobin,
 };
 use vigil_core::config::{CircuitBreakers, LbPolicy, RoutingPriority};
-use vigil_core::health::{CoarseHealth, HealthFlags};
-use vigil_core::rules::{Member, MemberHealth};
+use vigil_core::rules::Member;
 
 /// The load-balancing settings of a cluster.
 #[derive(Debug, Clone)]
@@ -63,9 +61,8 @@ pub struct Picked {
 }
 
 struct State {
-    version: u64,
-    /// The outlier detector's version the set was built with.
-    outlier_version: u64,
+    /// The record's generation the set was built from.
+    generation: Generation,
     set: PrioritySet,
     balancer: Balancer,
     rng: u64,
@@ -73,10 +70,9 @@ struct State {
 
 /// Picks hosts for one cluster.
 pub struct HostPicker {
-    handle: ClusterHandle,
+    record: ClusterRecord,
     settings: LbSettings,
     state: Mutex<State>,
-    outlier: Option<Arc<ClusterOutlier>>,
     members: Mutex<Option<CachedMembers>>,
     /// Endpoint metadata for the rules' `subset.metadata` (see [`EndpointMetadata`]).
     metadata: Arc<EndpointMetadata>,
@@ -131,21 +127,17 @@ impl EndpointMetadata {
     }
 }
 
-/// The last [`HostPicker::members`]: `(hosts_version, outlier version, members)`.
-type CachedMembers = (u64, u64, Arc<Vec<Member>>);
+/// The last [`HostPicker::members`] and the generation it was built from.
+type CachedMembers = (Generation, Arc<Vec<Member>>);
 
-fn hosts_of(snapshot: &ClusterSnapshot, ejected: &BTreeSet<SocketAddr>) -> Vec<Host> {
-    snapshot
-        .hosts
+/// The balancer's hosts: the record's hosts with their final flags.
+fn balancer_hosts(hosts: &Hosts) -> Vec<Host> {
+    hosts
         .iter()
         .map(|h| {
-            let mut flags = h.flags;
-            if ejected.contains(&h.spec.address) {
-                flags = flags | HealthFlags::FAILED_OUTLIER_CHECK;
-            }
             Host::new(h.spec.address)
                 .with_weight(h.spec.weight)
-                .with_flags(flags)
+                .with_flags(h.flags)
                 .with_priority(h.spec.priority)
                 .with_hostname(h.spec.hostname.clone())
         })
@@ -176,27 +168,27 @@ fn build(settings: &LbSettings, set: &PrioritySet, seed: u64) -> Result<Balancer
 }
 
 impl HostPicker {
-    /// A picker for the cluster behind `handle`. `seed` is the balancer's `seed_` (Envoy draws it
-    /// at random; tests pass a fixed one).
+    /// A picker for the cluster of `record` (a bare check-loop handle is a cluster without
+    /// outlier detection). `seed` is the balancer's `seed_` (Envoy draws it at random; tests pass
+    /// a fixed one).
     pub fn new(
-        handle: ClusterHandle,
+        record: impl Into<ClusterRecord>,
         settings: LbSettings,
         seed: u64,
     ) -> Result<HostPicker, String> {
-        let snapshot = handle.snapshot.load_full();
-        let set = PrioritySet::new(hosts_of(&snapshot, &BTreeSet::new()), settings.priority);
+        let record = record.into();
+        let hosts = record.hosts();
+        let set = PrioritySet::new(balancer_hosts(&hosts), settings.priority);
         let balancer = build(&settings, &set, seed)?;
         Ok(HostPicker {
-            handle,
+            record,
             settings,
             state: Mutex::new(State {
-                version: snapshot.hosts_version,
-                outlier_version: 0,
+                generation: hosts.generation(),
                 set,
                 balancer,
                 rng: seed | 1,
             }),
-            outlier: None,
             members: Mutex::new(None),
             metadata: Arc::default(),
         })
@@ -208,37 +200,24 @@ impl HostPicker {
         self
     }
 
-    /// The cluster's hosts for routing rules, in snapshot order, as `IP:port` with their coarse
-    /// health (outlier-ejected and excluded hosts are unhealthy). Cached until the snapshot or
-    /// the ejections change, so a request costs one lock and an `Arc` clone.
+    /// The cluster's hosts for routing rules, in the record's order, as `IP:port` with their
+    /// health ([`member_health`] of the final flags). Cached until the generation moves, so a
+    /// request costs one lock and an `Arc` clone.
     pub fn members(&self) -> Arc<Vec<Member>> {
-        let snapshot = self.handle.snapshot.load();
-        let outlier_version = self.outlier.as_ref().map_or(0, |o| o.version());
+        let generation = self.record.generation();
         let mut cached = self.members.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((version, outliers, members)) = cached.as_ref() {
-            if *version == snapshot.hosts_version && *outliers == outlier_version {
-                return members.clone();
-            }
+        if let Some((built_from, members)) = cached.as_ref()
+            && *built_from == generation
+        {
+            return members.clone();
         }
-        let ejected = match &self.outlier {
-            Some(outlier) => outlier.ejected(),
-            None => Arc::new(BTreeSet::new()),
-        };
+        let hosts = self.record.hosts();
         let members: Arc<Vec<Member>> = Arc::new(
-            snapshot
-                .hosts
+            hosts
                 .iter()
                 .map(|h| {
-                    let health = if ejected.contains(&h.spec.address) || h.flags.excluded() {
-                        MemberHealth::Unhealthy
-                    } else {
-                        match h.flags.coarse() {
-                            CoarseHealth::Healthy => MemberHealth::Healthy,
-                            CoarseHealth::Degraded => MemberHealth::Degraded,
-                            CoarseHealth::Unhealthy => MemberHealth::Unhealthy,
-                        }
-                    };
-                    let mut member = Member::new(h.spec.address.to_string(), health);
+                    let mut member =
+                        Member::new(h.spec.address.to_string(), member_health(h.flags));
                     if let Some(metadata) = self.metadata.of(h.spec.address, &h.spec.hostname) {
                         member.metadata = metadata.clone();
                     }
@@ -246,39 +225,28 @@ impl HostPicker {
                 })
                 .collect(),
         );
-        *cached = Some((snapshot.hosts_version, outlier_version, members.clone()));
+        *cached = Some((hosts.generation(), members.clone()));
         members
     }
 
     /// Whether `address` is one of the cluster's hosts now.
     pub fn has_host(&self, address: SocketAddr) -> bool {
-        self.handle
-            .snapshot
-            .load()
-            .hosts
-            .iter()
-            .any(|h| h.spec.address == address)
+        self.record.has_host(address)
     }
 
-    /// Takes the cluster's outlier detector into account: its ejected hosts are picked only as
-    /// unhealthy hosts are (in panic).
-    pub fn with_outlier(mut self, outlier: Arc<ClusterOutlier>) -> HostPicker {
-        // Force a rebuild on the next pick whatever the detector's version is.
-        let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
-        state.outlier_version = u64::MAX;
-        self.outlier = Some(outlier);
-        self
+    /// The cluster's record (its hosts with their final flags).
+    pub fn record(&self) -> &ClusterRecord {
+        &self.record
     }
 
     /// The cluster's outlier detector, when it has one.
     pub fn outlier(&self) -> Option<&Arc<ClusterOutlier>> {
-        self.outlier.as_ref()
+        self.record.outlier()
     }
 
     /// One pick. `hash` is the request hash (ring hash and maglev); `active` the active requests
     /// of a host (least request).
     pub fn pick(&self, hash: Option<u64>, active: &dyn Fn(SocketAddr) -> u64) -> Picked {
-        let snapshot = self.handle.snapshot.load();
         // A poisoned lock only means another request panicked mid-pick; the state is still a
         // valid balancer, so keep serving.
         let mut state = self
@@ -286,20 +254,14 @@ impl HostPicker {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let state = &mut *state;
-        // Read the version before the set: an ejection racing with this pick is then seen by
-        // the next one at the latest.
-        let outlier_version = self.outlier.as_ref().map_or(0, |o| o.version());
-        if state.version != snapshot.hosts_version || state.outlier_version != outlier_version {
-            let ejected = match &self.outlier {
-                Some(outlier) => outlier.ejected(),
-                None => Arc::new(BTreeSet::new()),
-            };
-            state.set = state.set.update(hosts_of(&snapshot, &ejected));
+        // Compared on every pick: an ejection made by the previous request moves it.
+        if state.generation != self.record.generation() {
+            let hosts = self.record.hosts();
+            state.set = state.set.update(balancer_hosts(&hosts));
             let set = &state.set;
             let active_by_index = |i: usize| active(set.hosts()[i].address);
             state.balancer.refresh(set, &active_by_index);
-            state.version = snapshot.hosts_version;
-            state.outlier_version = outlier_version;
+            state.generation = hosts.generation();
         }
         let set = &state.set;
         let active_by_index = |i: usize| active(set.hosts()[i].address);
@@ -505,8 +467,11 @@ impl Breakers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checker::{DiscoveryCounters, HealthCheckStats, HostSnapshot, HostSpec};
+    use crate::checker::{
+        ClusterHandle, ClusterSnapshot, DiscoveryCounters, HealthCheckStats, HostSnapshot, HostSpec,
+    };
     use arc_swap::ArcSwap;
+    use vigil_core::health::HealthFlags;
 
     fn host(last: u8, flags: HealthFlags) -> HostSnapshot {
         let address: SocketAddr = format!("127.29.1.{last}:80").parse().unwrap();
