@@ -12,7 +12,7 @@
 //! `cluster.<name>.outlier_detection.*` stat.
 //!
 //! ORIGINAL_DST clusters are served by the proxy's listener set, not the check runtime
-//! ([`crate::proxy::published_stats`]): they appear in `/clusters` (no hosts) and in `/stats` under
+//! ([`AdminState::proxy`]): they appear in `/clusters` (no hosts) and in `/stats` under
 //! `cluster.<name>.*` with the proxy's counters, `original_dst_host_invalid` included, as in
 //! Envoy. The routing rules' decisions of each listener with vigil's rules appear as
 //! `vigil.routing.<listener>.rule.<rule>.{routed,fell_back,local_reply}` and
@@ -39,6 +39,7 @@ use crate::cluster::{ClusterRecord, Hosts};
 use crate::conn_limit::AcceptBackoff;
 use crate::events::rfc3339_millis;
 use crate::outlier::ClusterOutlier;
+use crate::proxy::PublishedStats;
 use crate::registry::{ClusterRegistry, RegisteredCluster};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -75,6 +76,9 @@ pub struct AdminState {
     pub reload: Option<mpsc::Sender<ReloadRequest>>,
     /// The running config as read, for `/config_dump`.
     pub config: Arc<ArcSwap<ConfigDump>>,
+    /// What the proxy's listener set publishes: ORIGINAL_DST clusters, rule and listener
+    /// counters.
+    pub proxy: PublishedStats,
     /// The EDS server's view for `/xds`; `None` when vigil runs without `--xds-address`.
     pub xds: Option<Arc<crate::xds::Registry>>,
     /// When set, every request but GET and HEAD must carry it as a bearer token.
@@ -421,7 +425,7 @@ fn method_not_allowed(allowed: &'static str) -> Response<Body> {
 /// flags read once, so one response shows one generation of each cluster.
 fn snapshots(state: &AdminState) -> Vec<(RegisteredCluster, Hosts)> {
     let mut all = running_snapshots(state);
-    let original_dst = original_dst_clusters(&all);
+    let original_dst = original_dst_clusters(state, &all);
     all.extend(original_dst);
     all
 }
@@ -437,8 +441,13 @@ fn running_snapshots(state: &AdminState) -> Vec<(RegisteredCluster, Hosts)> {
 }
 
 /// The ORIGINAL_DST clusters the proxy serves, as clusters without hosts of their own.
-fn original_dst_clusters(known: &[(RegisteredCluster, Hosts)]) -> Vec<(RegisteredCluster, Hosts)> {
-    crate::proxy::published_stats()
+fn original_dst_clusters(
+    state: &AdminState,
+    known: &[(RegisteredCluster, Hosts)],
+) -> Vec<(RegisteredCluster, Hosts)> {
+    state
+        .proxy
+        .load()
         .original_dst
         .iter()
         .filter(|upstream| !known.iter().any(|(c, _)| c.name == upstream.name))
@@ -911,7 +920,7 @@ pub fn stats(state: &AdminState) -> Vec<(String, i64, StatKind)> {
             out.push((format!("{prefix}.{name}"), value, StatKind::Counter));
         }
     }
-    for (listener, name, value) in routing_counters() {
+    for (listener, name, value) in routing_counters(state) {
         let value = i64::try_from(value).unwrap_or(i64::MAX);
         out.push((
             format!("vigil.routing.{listener}.{name}"),
@@ -919,7 +928,7 @@ pub fn stats(state: &AdminState) -> Vec<(String, i64, StatKind)> {
             StatKind::Counter,
         ));
     }
-    out.extend(listener_stats(&crate::proxy::published_stats()));
+    out.extend(listener_stats(&state.proxy.load()));
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
@@ -987,9 +996,9 @@ fn listener_stats(published: &crate::proxy::ProxyStats) -> Vec<(String, i64, Sta
 
 /// Every listener's routing decision counters: `(listener, stat, value)` with stat
 /// `rule_no_match` or `rule.<rule>.<outcome>`.
-fn routing_counters() -> Vec<(String, String, u64)> {
+fn routing_counters(state: &AdminState) -> Vec<(String, String, u64)> {
     let mut out = Vec::new();
-    for (listener, routing) in &crate::proxy::published_stats().routing {
+    for (listener, routing) in &state.proxy.load().routing {
         out.push((
             listener.clone(),
             "rule_no_match".to_string(),
@@ -1033,7 +1042,7 @@ pub fn prometheus(state: &AdminState) -> String {
                 .push(line);
         }
     }
-    for (address, stat_prefix, _) in &crate::proxy::published_stats().listeners {
+    for (address, stat_prefix, _) in &state.proxy.load().listeners {
         let listener = format!("listener.{}_{}.", address.ip(), address.port());
         let http = format!("http.{stat_prefix}.");
         for (name, value, kind) in &all {
@@ -1066,7 +1075,7 @@ pub fn prometheus(state: &AdminState) -> String {
             }
         }
     }
-    for (listener, name, value) in routing_counters() {
+    for (listener, name, value) in routing_counters(state) {
         let (family, line) = match name.strip_prefix("rule.") {
             Some(rest) => {
                 let Some((rule, outcome)) = rest.rsplit_once('.') else {
@@ -1197,6 +1206,7 @@ mod tests {
                 source: json!({"static_resources": {}}),
                 loaded_at: None,
             })),
+            proxy: PublishedStats::default(),
             xds: None,
             token: None,
         }

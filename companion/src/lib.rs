@@ -38,7 +38,6 @@ pub mod checker;
 pub mod cluster;
 pub mod conn_limit;
 pub mod discovery;
-pub mod dns_client;
 pub mod events;
 pub mod ext_authz;
 pub mod forward;

@@ -383,6 +383,7 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
         failing: health_check_failing,
         reload: Some(reload_tx),
         config: config.clone(),
+        proxy: listeners.published(),
         xds: eds.as_ref().map(xds::run::Running::registry),
         token,
     };

@@ -17,6 +17,7 @@
 //! Time is tokio's (milliseconds since the detector was made), so tests drive it with paused
 //! time. Random draws (enforcement percentages, ejection jitter) come from a seeded xorshift.
 
+use crate::changes::Changes;
 use crate::events::{OutlierEventLog, OutlierLogEntry};
 use arc_swap::ArcSwap;
 use std::collections::BTreeSet;
@@ -45,16 +46,20 @@ pub struct ClusterOutlier {
     ejected: ArcSwap<BTreeSet<SocketAddr>>,
     epoch: Instant,
     event_log: Option<Arc<OutlierEventLog>>,
+    /// Announced after every change of the ejected set.
+    changes: Arc<Changes>,
 }
 
 impl ClusterOutlier {
     /// A detector for `cluster` with no hosts yet; its first sweep is due one interval from now.
-    /// `seed` seeds its random draws; `event_log` is the bootstrap's outlier event log, if any.
+    /// `seed` seeds its random draws; `event_log` is the bootstrap's outlier event log, if any;
+    /// `changes` is announced whenever the ejected set changes.
     pub fn new(
         cluster: &str,
         config: OutlierConfig,
         seed: u64,
         event_log: Option<Arc<OutlierEventLog>>,
+        changes: Arc<Changes>,
     ) -> Arc<ClusterOutlier> {
         Arc::new(ClusterOutlier {
             cluster: cluster.to_string(),
@@ -66,6 +71,7 @@ impl ClusterOutlier {
             ejected: ArcSwap::from_pointee(BTreeSet::new()),
             epoch: Instant::now(),
             event_log,
+            changes,
         })
     }
 
@@ -206,7 +212,7 @@ impl ClusterOutlier {
             .collect();
         self.ejected.store(Arc::new(ejected));
         self.version.fetch_add(1, Ordering::AcqRel);
-        crate::changes::announce();
+        self.changes.announce();
     }
 
     /// Publishes the ejected set when it changed, and logs the events.

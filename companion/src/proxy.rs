@@ -51,7 +51,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::net::TcpListener;
 use vigil_core::balance::hash_policy::{self, RequestView as HashView};
@@ -2878,6 +2878,8 @@ pub struct ListenerSet {
     /// Each listener's connection counters and its connection manager's `stat_prefix`, by
     /// address (kept across reloads, like the rule counters).
     counters: BTreeMap<SocketAddr, (String, Arc<ListenerCounters>)>,
+    /// Where [`ListenerSet::apply`] publishes the counters for the admin API.
+    published: PublishedStats,
     /// The process-wide downstream connection limit every listener shares.
     limit: Arc<ConnectionLimit>,
     /// Whether the clusters are initialized (see [`ServeOptions::initialized`]); listeners
@@ -2899,15 +2901,16 @@ pub struct ProxyStats {
     pub listeners: Vec<(SocketAddr, String, Arc<ListenerCounters>)>,
 }
 
-/// The process's [`ProxyStats`], published by [`ListenerSet::apply`]. Process-wide because the
-/// admin server and the listener set are wired separately by the binary, which runs one
-/// listener set; the admin API reads it with [`published_stats`].
-static PUBLISHED: RwLock<Option<Arc<ProxyStats>>> = RwLock::new(None);
+/// A listener set's [`ProxyStats`] as it last published them ([`ListenerSet::published`]);
+/// the binary hands it to the admin API. Cloning shares it.
+#[derive(Clone, Default)]
+pub struct PublishedStats(Arc<arc_swap::ArcSwap<ProxyStats>>);
 
-/// The counters the running listener set last published (empty before any).
-pub fn published_stats() -> Arc<ProxyStats> {
-    let published = PUBLISHED.read().unwrap_or_else(|p| p.into_inner());
-    published.clone().unwrap_or_default()
+impl PublishedStats {
+    /// The counters last published (empty before any).
+    pub fn load(&self) -> Arc<ProxyStats> {
+        self.0.load_full()
+    }
 }
 
 /// What an ORIGINAL_DST cluster's traffic side is built from.
@@ -3097,7 +3100,7 @@ impl ListenerSet {
         problems
     }
 
-    /// Makes the current counters what [`published_stats`] returns.
+    /// Makes the current counters what [`ListenerSet::published`] shows.
     fn publish(&self) {
         let stats = ProxyStats {
             original_dst: self
@@ -3117,8 +3120,13 @@ impl ListenerSet {
                 .map(|(address, (prefix, counters))| (*address, prefix.clone(), counters.clone()))
                 .collect(),
         };
-        let mut published = PUBLISHED.write().unwrap_or_else(|p| p.into_inner());
-        *published = Some(Arc::new(stats));
+        self.published.0.store(Arc::new(stats));
+    }
+
+    /// Where this set publishes its counters (ORIGINAL_DST clusters, routing rules, listeners)
+    /// for the admin API.
+    pub fn published(&self) -> PublishedStats {
+        self.published.clone()
     }
 
     /// `upstreams` plus the traffic sides of the bootstrap's ORIGINAL_DST clusters (those that

@@ -5,6 +5,7 @@
 //! It sits below both readers so neither imports the other: `admin` and `xds` each take a
 //! [`ClusterRegistry`] from the binary (`main.rs`), which gets it from [`crate::runtime`].
 
+use crate::changes::Changes;
 use crate::cluster::ClusterRecord;
 use crate::forward::Upstream;
 use arc_swap::ArcSwap;
@@ -27,6 +28,8 @@ pub struct RegisteredCluster {
 #[derive(Clone, Default)]
 pub struct ClusterRegistry {
     clusters: Arc<ArcSwap<Vec<RegisteredCluster>>>,
+    /// Announced by the clusters' check loops and outlier detectors whenever they publish.
+    changes: Arc<Changes>,
 }
 
 impl ClusterRegistry {
@@ -34,6 +37,12 @@ impl ClusterRegistry {
     /// new one).
     pub fn load(&self) -> Arc<Vec<RegisteredCluster>> {
         self.clusters.load_full()
+    }
+
+    /// The signal the registered clusters' publishers announce on: what the EDS publisher
+    /// waits for.
+    pub fn changes(&self) -> &Arc<Changes> {
+        &self.changes
     }
 
     /// Makes `clusters` the running set.

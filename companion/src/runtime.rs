@@ -414,8 +414,9 @@ impl Runtime {
             .seed
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
-        let (mut checker, handle) =
+        let (checker, handle) =
             ClusterChecker::new(plan.spec.clone(), self.probe.clone(), self.seed);
+        let mut checker = checker.with_changes(self.registry.changes().clone());
         let mut stop = Vec::new();
         let outlier = plan.outlier.clone().map(|config| {
             let outlier = ClusterOutlier::new(
@@ -423,6 +424,7 @@ impl Runtime {
                 config,
                 self.seed.rotate_left(17),
                 self.outlier_event_log.clone(),
+                self.registry.changes().clone(),
             );
             let (tx, rx) = oneshot::channel::<()>();
             stop.push(tx);
@@ -456,11 +458,13 @@ impl Runtime {
                     stop_signal,
                 ));
             } else {
-                let resolve = crate::dns_client::DnsClient::new(crate::dns_client::DnsConfig::new(
-                    resolvers.clone(),
-                    spec.family,
-                    DNS_QUERY_TIMEOUT,
-                ))
+                let resolve = crate::discovery::dns_client::DnsClient::new(
+                    crate::discovery::dns_client::DnsConfig::new(
+                        resolvers.clone(),
+                        spec.family,
+                        DNS_QUERY_TIMEOUT,
+                    ),
+                )
                 .resolver_with_ttl();
                 tokio::spawn(discovery::run_dns(
                     spec,

@@ -14,6 +14,7 @@
 //! passing. Readiness is latched per running cluster: later failures are news, not a cold start.
 
 use super::assignment::{ClusterInput, EndpointInput};
+use crate::changes::Changes;
 use crate::registry::{ClusterRegistry, RegisteredCluster};
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -28,18 +29,23 @@ pub trait ClusterSource: Send + Sync + 'static {
     fn fingerprint(&self) -> u64;
     /// Every cluster now.
     fn clusters(&self) -> Vec<ClusterInput>;
+    /// Announced whenever [`ClusterSource::fingerprint`] may have changed, so the publisher
+    /// need not wait for its next poll.
+    fn changes(&self) -> Arc<Changes>;
 }
 
 /// Clusters set by hand ([`ManualSource::set`]).
 #[derive(Default)]
 pub struct ManualSource {
     state: Mutex<(u64, Vec<ClusterInput>)>,
+    changes: Arc<Changes>,
 }
 
 impl ManualSource {
     pub fn new(clusters: Vec<ClusterInput>) -> ManualSource {
         ManualSource {
             state: Mutex::new((1, clusters)),
+            changes: Arc::default(),
         }
     }
 
@@ -49,7 +55,7 @@ impl ManualSource {
         state.0 += 1;
         state.1 = clusters;
         drop(state);
-        crate::changes::announce();
+        self.changes.announce();
     }
 }
 
@@ -64,6 +70,10 @@ impl ClusterSource for ManualSource {
             .unwrap_or_else(PoisonError::into_inner)
             .1
             .clone()
+    }
+
+    fn changes(&self) -> Arc<Changes> {
+        self.changes.clone()
     }
 }
 
@@ -157,6 +167,10 @@ impl ClusterSource for RuntimeSource {
                 }
             })
             .collect()
+    }
+
+    fn changes(&self) -> Arc<Changes> {
+        self.clusters.changes().clone()
     }
 }
 
