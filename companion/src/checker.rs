@@ -7,7 +7,8 @@
 //! fail does to a host, and the next delay. This task only sleeps until core's next deadline,
 //! runs due probes concurrently (a slow host never delays another host's schedule), hands each
 //! result back, and publishes an immutable [`ClusterSnapshot`] with `arc-swap` whenever
-//! something changed. Readers (admin, proxy, EDS) only load the snapshot.
+//! something changed. Readers (admin, proxy, EDS) never read it alone: the cluster's record
+//! (`cluster.rs`) merges it with the outlier detector's ejections into the final flags.
 //!
 //! The proxy reports `x-envoy-immediate-health-check-fail` on real responses through
 //! [`HealthReports`] ([`ClusterChecker::health_reports`]); the loop applies each report as

@@ -1,8 +1,11 @@
 //! vigil, the companion: the native shell around `vigil-core` that reads users' Envoy YAML and
 //! does the whole job standalone.
 //!
-//! What lives where (a module only uses modules listed before it, apart from `main.rs` and
-//! `runtime`, which wire everything; no two modules import each other):
+//! What lives where, in dependency order (a module uses only modules listed before it, so no two
+//! modules import each other; `main.rs`, the command line, wires them):
+//! - [`tls`]: TLS on listeners (a chain's `DownstreamTlsContext`: certificates loaded, rustls
+//!   configured, the ClientHello matched against the chain) and to upstreams (a cluster's
+//!   `UpstreamTlsContext`: Envoy's certificate validator, the stream both proxying and checks use).
 //! - [`probe`]: one HTTP / TCP / gRPC health check against one host (the I/O; verdicts in core).
 //! - [`events`]: the JSON-lines health-check and outlier event logs in Envoy's shape.
 //! - [`changes`]: the "some cluster's health changed" signal, a handle publishers announce on and
@@ -15,9 +18,6 @@
 //!   loop's snapshot merged with the detector's ejections ([`cluster::ClusterRecord::hosts`]).
 //! - [`discovery`]: STATIC, STRICT_DNS and LOGICAL_DNS membership, Envoy's failure rules, and
 //!   its UDP DNS client for configured servers ([`discovery::dns_client`]).
-//! - [`tls`]: TLS on listeners (a chain's `DownstreamTlsContext`: certificates loaded, rustls
-//!   configured, the ClientHello matched against the chain) and to upstreams (a cluster's
-//!   `UpstreamTlsContext`: Envoy's certificate validator, the stream both proxying and checks use).
 //! - [`upstream`]: host choice per request ([`upstream::picker`], core's balancers over the
 //!   record) and circuit breakers ([`upstream::breakers`]).
 //! - [`forward`]: one request to a cluster: retries, timeouts, counters.

@@ -41,9 +41,9 @@
 //! - [`query`]: query strings (`form_pairs`, percent-decoding).
 //! - [`clusters`]: `/clusters`, text and JSON, from the registry's records (final flags) and the
 //!   proxy's ORIGINAL_DST clusters.
-//! - [`stats`]: the whole `/stats` catalogue (clusters, outlier detection, circuit breakers,
+//! - [`stats`](mod@stats): the whole `/stats` catalogue (clusters, outlier detection, circuit breakers,
 //!   routing rules, listeners).
-//! - [`prometheus`]: the same stats in Prometheus' text format, with Envoy's names and labels.
+//! - [`prometheus`](mod@prometheus): the same stats in Prometheus' text format, with Envoy's names and labels.
 //! - [`history`]: beyond Envoy, `/hosts/history`, every host's last transitions.
 //!
 //! Tests of the API as a whole (through [`server::route`]) are in `tests.rs` beside this file.
