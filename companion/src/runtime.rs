@@ -8,9 +8,12 @@
 //!
 //! A cluster with `outlier_detection` also gets a [`ClusterOutlier`], shared by its check loop,
 //! its record (and so its host picker, the admin API and EDS) and the proxy, with its own sweep
-//! task. It lives as long as the running
-//! cluster, so a reload that leaves the cluster unchanged (outlier settings included) keeps every
-//! ejection, counter and multiplier, as Envoy keeps an unchanged cluster.
+//! task. It lives as long as the running cluster, so a reload that leaves the cluster unchanged
+//! (outlier settings included) keeps every ejection, counter and multiplier, as Envoy keeps an
+//! unchanged cluster.
+//!
+//! Every check loop and detector announces its publishes on the registry's change signal
+//! ([`crate::changes::Changes`]), which the EDS server waits on.
 //!
 //! A plan carries the cluster's `circuit_breakers` (typed at load); changing them restarts the
 //! cluster, as any other change of its plan does.
