@@ -33,8 +33,9 @@
 //! - [`ext_authz`]: asking an external authorization service (HTTP or gRPC) about a request.
 //! - [`jwt_authn`]: the JWT filter's keys (local, and remote ones fetched through a cluster)
 //!   around core's decision.
-//! - [`proxy`]: the listeners' HTTP servers: route selection, then [`forward`]; the listener set
-//!   publishes its counters for the admin API.
+//! - [`proxy`]: the listeners' HTTP servers ([`proxy::request`]: filters, route selection, then
+//!   [`forward`]); the listener set ([`proxy::listener_set`]) publishes its counters for the admin
+//!   API.
 //! - [`admin`]: the Envoy-compatible admin API over the registry and the proxy's counters.
 //! - [`runtime`]: config to running tasks (discovery + check loop + detector per cluster),
 //!   swapped on reload; it fills the registry.
