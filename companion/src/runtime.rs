@@ -300,7 +300,6 @@ pub fn plan(bootstrap: &Bootstrap) -> Result<(Vec<ClusterPlan>, Vec<String>), St
 
 struct RunningCluster {
     plan: ClusterPlan,
-    handle: ClusterHandle,
     /// Its hosts with their final flags (the check loop's snapshot and the outlier detector).
     record: ClusterRecord,
     /// The traffic side; `None` when the cluster's `lb_policy` cannot be served by the proxy.
@@ -389,7 +388,7 @@ impl Runtime {
                     .iter()
                     .any(|r| r.plan.spec.name == plan.spec.name)
                 {
-                    self.warming.push(running.handle.clone());
+                    self.warming.push(running.record.handle().clone());
                 }
                 self.clusters.insert(plan.spec.name.clone(), running);
                 started += 1;
@@ -523,7 +522,6 @@ impl Runtime {
         };
         RunningCluster {
             plan,
-            handle,
             record,
             upstream,
             stop,
@@ -552,7 +550,11 @@ impl Runtime {
         &self,
         limit: std::time::Duration,
     ) -> impl std::future::Future<Output = bool> + Send + 'static {
-        let handles = self.clusters.values().map(|c| c.handle.clone()).collect();
+        let handles = self
+            .clusters
+            .values()
+            .map(|c| c.record.handle().clone())
+            .collect();
         all_initialized(handles, limit)
     }
 
