@@ -8,11 +8,12 @@
 //!   request's result or its sweep ejects or un-ejects one.
 //!
 //! [`ClusterRecord::hosts`] merges the two when read (`/failed_outlier_check` added to an ejected
-//! host's flags), and every reader uses it: the picker (`upstream.rs`), the admin API
-//! (`admin.rs`) and the EDS source (`xds/source.rs`). Merging at read time rather than making the
-//! check loop republish on every ejection keeps the request path's guarantee: the detector's
-//! version is part of [`ClusterRecord::generation`], which the picker compares on every pick, so
-//! the pick right after an ejection already sees it, with no task hop in between.
+//! host's flags), and every reader uses it: the picker (`upstream/picker.rs`), the admin API
+//! (`admin/clusters.rs`, `admin/stats.rs`, `admin/history.rs`) and the EDS source
+//! (`xds/source.rs`). Merging at read time rather than making the check loop republish on every
+//! ejection keeps the request path's guarantee: the detector's version is part of
+//! [`ClusterRecord::generation`], which the picker compares on every pick, so the pick right after
+//! an ejection already sees it, with no task hop in between.
 //!
 //! The mappings from final flags to what each reader needs live beside it: core's
 //! [`HealthFlags::eds_status`] for EDS, [`HealthFlags::coarse`] and [`HealthFlags::excluded`] for
