@@ -7,7 +7,8 @@
 //! fail does to a host, and the next delay. This task only sleeps until core's next deadline,
 //! runs due probes concurrently (a slow host never delays another host's schedule), hands each
 //! result back, and publishes an immutable [`ClusterSnapshot`] with `arc-swap` whenever
-//! something changed. Readers (admin, proxy, EDS) only load the snapshot.
+//! something changed. Readers (admin, proxy, EDS) never read it alone: the cluster's record
+//! (`cluster.rs`) merges it with the outlier detector's ejections into the final flags.
 //!
 //! The proxy reports `x-envoy-immediate-health-check-fail` on real responses through
 //! [`HealthReports`] ([`ClusterChecker::health_reports`]); the loop applies each report as
@@ -29,6 +30,7 @@
 //! follows; [`COUNTERS_GAP_PER_HOST`] for counters alone). Publishing thus takes a bounded share
 //! of the task's time whatever N is, and a small cluster still publishes at once.
 
+use crate::changes::Changes;
 use crate::outlier::ClusterOutlier;
 use crate::probe::{self, Connection, Finished, ProbeFuture, Target};
 use arc_swap::ArcSwap;
@@ -310,6 +312,8 @@ pub struct ClusterChecker {
     balancing_changed: bool,
     event_log: Option<crate::events::EventLog>,
     outlier: Option<Arc<ClusterOutlier>>,
+    /// Announced after every publish (the EDS publisher waits on it).
+    changes: Arc<Changes>,
     dirty: Dirty,
     last_publish: Option<Instant>,
     /// Publishes so far.
@@ -354,6 +358,7 @@ impl ClusterChecker {
             balancing_changed: false,
             event_log,
             outlier: None,
+            changes: Arc::default(),
             dirty: Dirty::Clean,
             last_publish: None,
             publishes: 0,
@@ -365,6 +370,13 @@ impl ClusterChecker {
             reported: Vec::new(),
         };
         (checker, handle)
+    }
+
+    /// Announces every publish on `changes` (what the EDS publisher waits for); without it
+    /// publishes are announced to no one.
+    pub fn with_changes(mut self, changes: Arc<Changes>) -> ClusterChecker {
+        self.changes = changes;
+        self
     }
 
     /// Keeps `outlier`'s hosts in step with the cluster's and reports passing checks to it.
@@ -674,7 +686,7 @@ impl ClusterChecker {
         let snapshot = Arc::new(snapshot);
         let stored = Arc::as_ptr(&snapshot) as usize;
         let previous = self.handle.snapshot.swap(snapshot);
-        crate::changes::announce();
+        self.changes.announce();
         // Reused only if it is the one this loop stored last and no reader still holds it;
         // otherwise it is freed as before, by its last holder.
         if self.stored == Some(Arc::as_ptr(&previous) as usize)

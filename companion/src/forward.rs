@@ -472,7 +472,7 @@ impl Upstream {
         self.has_traffic.load(Ordering::Relaxed)
     }
 
-    /// The cluster's outlier detector, when it has one (see [`HostPicker::with_outlier`]).
+    /// The cluster's outlier detector, when it has one (part of its record, see [`HostPicker::record`]).
     pub fn outlier(&self) -> Option<&Arc<crate::outlier::ClusterOutlier>> {
         self.picker.outlier()
     }

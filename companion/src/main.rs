@@ -359,13 +359,7 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
     let eds = match options.xds_address {
         None => None,
         Some(at) => {
-            match xds::run::start(
-                at,
-                options.xds_allow_remote,
-                clusters.admin_clusters.clone(),
-            )
-            .await
-            {
+            match xds::run::start(at, options.xds_allow_remote, clusters.registry.clone()).await {
                 Ok(eds) => Some(eds),
                 Err(err) => {
                     listeners.stop_all().await;
@@ -385,10 +379,11 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
         loaded_at: Some(SystemTime::now()),
     }));
     let state = AdminState {
-        clusters: clusters.admin_clusters.clone(),
+        clusters: clusters.registry.clone(),
         failing: health_check_failing,
         reload: Some(reload_tx),
         config: config.clone(),
+        proxy: listeners.published(),
         xds: eds.as_ref().map(xds::run::Running::registry),
         token,
     };

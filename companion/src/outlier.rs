@@ -3,20 +3,21 @@
 //!
 //! A [`ClusterOutlier`] owns the cluster's detector behind a mutex held only for one call.
 //! The request path feeds it every attempt's result ([`ClusterOutlier::record`], from
-//! [`crate::forward`]); its own task runs the interval sweep ([`ClusterOutlier::run`], every
+//! `forward.rs`); its own task runs the interval sweep ([`ClusterOutlier::run`], every
 //! `interval` with no jitter, re-armed after each sweep as Envoy's `armIntervalTimer` does); the
 //! check loop reports passing active checks ([`ClusterOutlier::on_active_health_check_success`])
 //! and membership ([`ClusterOutlier::set_hosts`]).
 //!
 //! Readers never take the lock: every ejection or un-ejection publishes the set of ejected hosts
-//! (`arc-swap`) and bumps a version counter, which [`crate::upstream::HostPicker`] compares on
-//! every pick, so an ejection made by one request is seen by the very next pick. The hosts' own
-//! snapshot (from the check loop) never carries `/failed_outlier_check`; readers OR it in with
-//! [`ClusterOutlier::flags`].
+//! (`arc-swap`) and bumps a version counter. The cluster's record (`cluster.rs`) merges that set
+//! into the check loop's flags as `/failed_outlier_check` and carries the version in its
+//! generation, which the picker compares on every pick, so an ejection made by one request is
+//! seen by the very next pick.
 //!
 //! Time is tokio's (milliseconds since the detector was made), so tests drive it with paused
 //! time. Random draws (enforcement percentages, ejection jitter) come from a seeded xorshift.
 
+use crate::changes::Changes;
 use crate::events::{OutlierEventLog, OutlierLogEntry};
 use arc_swap::ArcSwap;
 use std::collections::BTreeSet;
@@ -45,16 +46,20 @@ pub struct ClusterOutlier {
     ejected: ArcSwap<BTreeSet<SocketAddr>>,
     epoch: Instant,
     event_log: Option<Arc<OutlierEventLog>>,
+    /// Announced after every change of the ejected set.
+    changes: Arc<Changes>,
 }
 
 impl ClusterOutlier {
     /// A detector for `cluster` with no hosts yet; its first sweep is due one interval from now.
-    /// `seed` seeds its random draws; `event_log` is the bootstrap's outlier event log, if any.
+    /// `seed` seeds its random draws; `event_log` is the bootstrap's outlier event log, if any;
+    /// `changes` is announced whenever the ejected set changes.
     pub fn new(
         cluster: &str,
         config: OutlierConfig,
         seed: u64,
         event_log: Option<Arc<OutlierEventLog>>,
+        changes: Arc<Changes>,
     ) -> Arc<ClusterOutlier> {
         Arc::new(ClusterOutlier {
             cluster: cluster.to_string(),
@@ -66,6 +71,7 @@ impl ClusterOutlier {
             ejected: ArcSwap::from_pointee(BTreeSet::new()),
             epoch: Instant::now(),
             event_log,
+            changes,
         })
     }
 
@@ -101,15 +107,6 @@ impl ClusterOutlier {
 
     pub fn is_ejected(&self, host: SocketAddr) -> bool {
         self.ejected.load().contains(&host)
-    }
-
-    /// `flags` with `/failed_outlier_check` added when the host is ejected.
-    pub fn flags(&self, host: SocketAddr, flags: HealthFlags) -> HealthFlags {
-        if self.is_ejected(host) {
-            flags | HealthFlags::FAILED_OUTLIER_CHECK
-        } else {
-            flags
-        }
     }
 
     /// Reports one attempt's result for `host` (an unknown host is ignored, as Envoy ignores a
@@ -215,7 +212,7 @@ impl ClusterOutlier {
             .collect();
         self.ejected.store(Arc::new(ejected));
         self.version.fetch_add(1, Ordering::AcqRel);
-        crate::changes::announce();
+        self.changes.announce();
     }
 
     /// Publishes the ejected set when it changed, and logs the events.

@@ -4,24 +4,28 @@
 //! vigil can act on. [`Runtime`] runs each plan as a discovery task plus a check loop, and on a
 //! reload keeps every cluster whose plan did not change (its hosts keep their health and their
 //! schedule, as Envoy keeps an unchanged cluster), stops removed or changed ones, and starts new
-//! ones. The admin API sees the current set through an `ArcSwap`.
+//! ones. The admin API and the EDS server see the current set through the [`ClusterRegistry`].
 //!
 //! A cluster with `outlier_detection` also gets a [`ClusterOutlier`], shared by its check loop,
-//! its host picker and the proxy, with its own sweep task. It lives as long as the running
-//! cluster, so a reload that leaves the cluster unchanged (outlier settings included) keeps every
-//! ejection, counter and multiplier, as Envoy keeps an unchanged cluster.
+//! its record (and so its host picker, the admin API and EDS) and the proxy, with its own sweep
+//! task. It lives as long as the running cluster, so a reload that leaves the cluster unchanged
+//! (outlier settings included) keeps every ejection, counter and multiplier, as Envoy keeps an
+//! unchanged cluster.
+//!
+//! Every check loop and detector announces its publishes on the registry's change signal
+//! ([`crate::changes::Changes`]), which the EDS server waits on.
 //!
 //! A plan carries the cluster's `circuit_breakers` (typed at load); changing them restarts the
 //! cluster, as any other change of its plan does.
 
-use crate::admin::AdminCluster;
 use crate::checker::{ClusterChecker, ClusterHandle, ClusterSpec, HostSpec, ProbeFn};
+use crate::cluster::ClusterRecord;
 use crate::discovery::{self, DiscoveryKind, DiscoverySpec, EndpointSpec};
 use crate::events::OutlierEventLog;
 use crate::forward::Upstream;
 use crate::outlier::ClusterOutlier;
+use crate::registry::{ClusterRegistry, RegisteredCluster};
 use crate::upstream::{EndpointMetadata, HostPicker, LbSettings};
-use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -296,10 +300,10 @@ pub fn plan(bootstrap: &Bootstrap) -> Result<(Vec<ClusterPlan>, Vec<String>), St
 
 struct RunningCluster {
     plan: ClusterPlan,
-    handle: ClusterHandle,
+    /// Its hosts with their final flags (the check loop's snapshot and the outlier detector).
+    record: ClusterRecord,
     /// The traffic side; `None` when the cluster's `lb_policy` cannot be served by the proxy.
     upstream: Option<Arc<Upstream>>,
-    outlier: Option<Arc<ClusterOutlier>>,
     stop: Vec<oneshot::Sender<()>>,
 }
 
@@ -312,8 +316,8 @@ pub struct Runtime {
     replaced: Vec<RunningCluster>,
     /// The clusters started by the last `apply` that replaced a running one.
     warming: Vec<ClusterHandle>,
-    /// What the admin API shows, in config order.
-    pub admin_clusters: Arc<ArcSwap<Vec<AdminCluster>>>,
+    /// The running clusters in config order, for the admin API and the EDS server.
+    pub registry: ClusterRegistry,
     probe: ProbeFn,
     order: Vec<String>,
     seed: u64,
@@ -326,7 +330,7 @@ impl Runtime {
             clusters: BTreeMap::new(),
             replaced: Vec::new(),
             warming: Vec::new(),
-            admin_clusters: Arc::new(ArcSwap::from_pointee(Vec::new())),
+            registry: ClusterRegistry::default(),
             probe,
             order: Vec::new(),
             seed: 0x5eed,
@@ -384,27 +388,26 @@ impl Runtime {
                     .iter()
                     .any(|r| r.plan.spec.name == plan.spec.name)
                 {
-                    self.warming.push(running.handle.clone());
+                    self.warming.push(running.record.handle().clone());
                 }
                 self.clusters.insert(plan.spec.name.clone(), running);
                 started += 1;
             }
         }
         self.order = plans.iter().map(|p| p.spec.name.clone()).collect();
-        let admin: Vec<AdminCluster> = self
+        let registered: Vec<RegisteredCluster> = self
             .order
             .iter()
             .filter_map(|name| self.clusters.get(name))
-            .map(|running| AdminCluster {
+            .map(|running| RegisteredCluster {
                 name: running.plan.spec.name.clone(),
-                handle: running.handle.clone(),
+                record: running.record.clone(),
                 health_checked: running.plan.spec.check.is_some(),
                 added_via_api: false,
                 upstream: running.upstream.clone(),
-                outlier: running.outlier.clone(),
             })
             .collect();
-        self.admin_clusters.store(Arc::new(admin));
+        self.registry.store(registered);
         (started, stopped)
     }
 
@@ -413,8 +416,9 @@ impl Runtime {
             .seed
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
-        let (mut checker, handle) =
+        let (checker, handle) =
             ClusterChecker::new(plan.spec.clone(), self.probe.clone(), self.seed);
+        let mut checker = checker.with_changes(self.registry.changes().clone());
         let mut stop = Vec::new();
         let outlier = plan.outlier.clone().map(|config| {
             let outlier = ClusterOutlier::new(
@@ -422,6 +426,7 @@ impl Runtime {
                 config,
                 self.seed.rotate_left(17),
                 self.outlier_event_log.clone(),
+                self.registry.changes().clone(),
             );
             let (tx, rx) = oneshot::channel::<()>();
             stop.push(tx);
@@ -455,11 +460,13 @@ impl Runtime {
                     stop_signal,
                 ));
             } else {
-                let resolve = crate::dns_client::DnsClient::new(crate::dns_client::DnsConfig::new(
-                    resolvers.clone(),
-                    spec.family,
-                    DNS_QUERY_TIMEOUT,
-                ))
+                let resolve = crate::discovery::dns_client::DnsClient::new(
+                    crate::discovery::dns_client::DnsConfig::new(
+                        resolvers.clone(),
+                        spec.family,
+                        DNS_QUERY_TIMEOUT,
+                    ),
+                )
                 .resolver_with_ttl();
                 tokio::spawn(discovery::run_dns(
                     spec,
@@ -484,14 +491,11 @@ impl Runtime {
         tokio::spawn(checker.run(hosts_rx, async {
             let _ = rx.await;
         }));
+        let record = ClusterRecord::new(handle.clone(), outlier);
         let mut settings = LbSettings::new(plan.lb_policy);
         settings.priority.healthy_panic_threshold = plan.healthy_panic_threshold;
-        let picker = HostPicker::new(handle.clone(), settings, self.seed)
-            .map(|picker| picker.with_metadata(plan.metadata.clone()))
-            .map(|picker| match &outlier {
-                Some(outlier) => picker.with_outlier(outlier.clone()),
-                None => picker,
-            });
+        let picker = HostPicker::new(record.clone(), settings, self.seed)
+            .map(|picker| picker.with_metadata(plan.metadata.clone()));
         let upstream = match picker {
             Ok(picker) => Some(Arc::new(
                 Upstream::new(
@@ -518,9 +522,8 @@ impl Runtime {
         };
         RunningCluster {
             plan,
-            handle,
+            record,
             upstream,
-            outlier,
             stop,
         }
     }
@@ -547,7 +550,11 @@ impl Runtime {
         &self,
         limit: std::time::Duration,
     ) -> impl std::future::Future<Output = bool> + Send + 'static {
-        let handles = self.clusters.values().map(|c| c.handle.clone()).collect();
+        let handles = self
+            .clusters
+            .values()
+            .map(|c| c.record.handle().clone())
+            .collect();
         all_initialized(handles, limit)
     }
 

@@ -8,10 +8,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use vigil::checker::DiscoveryCounters;
+use vigil::discovery::dns_client::{self, DnsClient, DnsConfig, Resolved};
 use vigil::discovery::{
     self, DiscoveryKind, DiscoverySpec, DnsLookupFamily, EndpointSpec, ResolveError,
 };
-use vigil::dns_client::{self, DnsClient, DnsConfig, Resolved};
 use vigil_core::dns::QueryType;
 use vigil_tests::dns::{Behaviour, DnsServer};
 use vigil_tests::net::fresh_loopback;

@@ -116,7 +116,7 @@ impl Cluster {
 
     fn admin(&self) -> AdminState {
         AdminState {
-            clusters: self.runtime.admin_clusters.clone(),
+            clusters: self.runtime.registry.clone(),
             ..AdminState::default()
         }
     }

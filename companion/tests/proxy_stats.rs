@@ -135,7 +135,10 @@ async fn original_dst_and_rule_counters_show_in_the_admin_api() {
     }
     assert_eq!(get(at, "/", "").await, 200);
 
-    let state = AdminState::default();
+    let state = AdminState {
+        proxy: listeners.published(),
+        ..AdminState::default()
+    };
     let stats = admin::stats(&state);
     let expected = [
         ("cluster.port_override.original_dst_host_invalid", 2),

@@ -3,8 +3,7 @@
 use super::registry::Registry;
 use super::server::EdsServer;
 use super::source::RuntimeSource;
-use crate::admin::AdminCluster;
-use arc_swap::ArcSwap;
+use crate::registry::ClusterRegistry;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,7 +61,7 @@ impl Running {
 pub async fn start(
     address: SocketAddr,
     allow_remote: bool,
-    clusters: Arc<ArcSwap<Vec<AdminCluster>>>,
+    clusters: ClusterRegistry,
 ) -> Result<Running, String> {
     check_address(address, allow_remote)?;
     let listener = TcpListener::bind(address)

@@ -238,18 +238,19 @@ async fn publish(
 ) {
     tokio::pin!(shutdown);
     let mut seen = None;
-    let mut generation = crate::changes::generation();
+    let changes = source.changes();
+    let mut generation = changes.generation();
     let mut first = true;
     loop {
         if !first {
             tokio::select! {
                 _ = &mut shutdown => break,
-                _ = crate::changes::wait_past(generation) => {}
+                _ = changes.wait_past(generation) => {}
                 _ = tokio::time::sleep(POLL) => {}
             }
         }
         first = false;
-        generation = crate::changes::generation();
+        generation = changes.generation();
         let fingerprint = source.fingerprint();
         if seen == Some(fingerprint) {
             continue;

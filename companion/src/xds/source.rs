@@ -1,10 +1,10 @@
-//! Where the EDS server's inputs come from: the companion's own cluster snapshots.
+//! Where the EDS server's inputs come from: the companion's running-cluster records.
 //!
 //! [`ClusterSource`] is the small interface the server needs: the current [`ClusterInput`] of
 //! every cluster, plus a cheap fingerprint that changes whenever they may have. [`RuntimeSource`]
-//! implements it over the running clusters' handles (the same `arc-swap` snapshots the admin API
-//! and the proxy read, with outlier ejections folded in), so EDS never keeps a health store of
-//! its own. [`ManualSource`] is a source set by hand, for tests and tools.
+//! implements it over the [`ClusterRegistry`]: each host's flags are its record's final ones
+//! ([`crate::cluster::ClusterRecord::hosts`], outlier ejections included), the very flags the
+//! admin API shows and the picker balances on, so EDS never keeps a health store of its own. [`ManualSource`] is a source set by hand, for tests and tools.
 //!
 //! Warm start: a cluster is `ready` only once vigil knows its hosts and has checked each of them
 //! once. Before that its assignment is withheld, so a fleet is never told that every host is
@@ -14,8 +14,8 @@
 //! passing. Readiness is latched per running cluster: later failures are news, not a cold start.
 
 use super::assignment::{ClusterInput, EndpointInput};
-use crate::admin::AdminCluster;
-use arc_swap::ArcSwap;
+use crate::changes::Changes;
+use crate::registry::{ClusterRegistry, RegisteredCluster};
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::Ordering;
@@ -29,18 +29,23 @@ pub trait ClusterSource: Send + Sync + 'static {
     fn fingerprint(&self) -> u64;
     /// Every cluster now.
     fn clusters(&self) -> Vec<ClusterInput>;
+    /// Announced whenever [`ClusterSource::fingerprint`] may have changed, so the publisher
+    /// need not wait for its next poll.
+    fn changes(&self) -> Arc<Changes>;
 }
 
 /// Clusters set by hand ([`ManualSource::set`]).
 #[derive(Default)]
 pub struct ManualSource {
     state: Mutex<(u64, Vec<ClusterInput>)>,
+    changes: Arc<Changes>,
 }
 
 impl ManualSource {
     pub fn new(clusters: Vec<ClusterInput>) -> ManualSource {
         ManualSource {
             state: Mutex::new((1, clusters)),
+            changes: Arc::default(),
         }
     }
 
@@ -50,7 +55,7 @@ impl ManualSource {
         state.0 += 1;
         state.1 = clusters;
         drop(state);
-        crate::changes::announce();
+        self.changes.announce();
     }
 }
 
@@ -66,11 +71,15 @@ impl ClusterSource for ManualSource {
             .1
             .clone()
     }
+
+    fn changes(&self) -> Arc<Changes> {
+        self.changes.clone()
+    }
 }
 
-/// The running clusters, as the runtime publishes them for the admin API.
+/// The running clusters, as the runtime registers them.
 pub struct RuntimeSource {
-    clusters: Arc<ArcSwap<Vec<AdminCluster>>>,
+    clusters: ClusterRegistry,
     warm: Mutex<BTreeMap<usize, Warmth>>,
 }
 
@@ -82,7 +91,7 @@ struct Warmth {
 }
 
 impl RuntimeSource {
-    pub fn new(clusters: Arc<ArcSwap<Vec<AdminCluster>>>) -> RuntimeSource {
+    pub fn new(clusters: ClusterRegistry) -> RuntimeSource {
         RuntimeSource {
             clusters,
             warm: Mutex::new(BTreeMap::new()),
@@ -91,8 +100,8 @@ impl RuntimeSource {
 }
 
 /// Identifies one running cluster: a cluster restarted by a reload gets a new handle.
-fn cluster_id(cluster: &AdminCluster) -> usize {
-    Arc::as_ptr(&cluster.handle.snapshot) as usize
+fn cluster_id(cluster: &RegisteredCluster) -> usize {
+    Arc::as_ptr(&cluster.record.handle().snapshot) as usize
 }
 
 impl ClusterSource for RuntimeSource {
@@ -100,19 +109,14 @@ impl ClusterSource for RuntimeSource {
         let list = self.clusters.load();
         let warm = self.warm.lock().unwrap_or_else(PoisonError::into_inner);
         let mut hasher = DefaultHasher::new();
-        (Arc::as_ptr(&*list) as usize).hash(&mut hasher);
+        (Arc::as_ptr(&list) as usize).hash(&mut hasher);
         for cluster in list.iter() {
-            let snapshot = cluster.handle.snapshot.load();
-            // `hosts_version` moves with membership, flags, weights and priorities only, so
-            // the check counters ticking on every probe do not rebuild the assignments.
-            snapshot.hosts_version.hash(&mut hasher);
+            let snapshot = cluster.record.handle().snapshot.load();
+            // The generation moves with membership, flags, weights, priorities and ejections
+            // only, so the check counters ticking on every probe do not rebuild the assignments.
+            cluster.record.generation().hash(&mut hasher);
             snapshot.initialized.hash(&mut hasher);
-            cluster
-                .outlier
-                .as_ref()
-                .map(|o| o.version())
-                .hash(&mut hasher);
-            let discovery = &cluster.handle.discovery;
+            let discovery = &cluster.record.handle().discovery;
             (discovery.success.load(Ordering::Relaxed) + discovery.failure.load(Ordering::Relaxed))
                 .hash(&mut hasher);
             // Until a cluster is warm, finished probes decide when it becomes so.
@@ -129,30 +133,26 @@ impl ClusterSource for RuntimeSource {
         warm.retain(|id, _| list.iter().any(|c| cluster_id(c) == *id));
         list.iter()
             .map(|cluster| {
-                let snapshot = cluster.handle.snapshot.load();
-                let endpoints: Vec<EndpointInput> = snapshot
-                    .hosts
+                let hosts = cluster.record.hosts();
+                let endpoints: Vec<EndpointInput> = hosts
                     .iter()
                     .map(|host| EndpointInput {
                         address: host.spec.address,
                         hostname: host.spec.hostname.clone(),
                         weight: host.spec.weight,
                         priority: host.spec.priority,
-                        flags: match &cluster.outlier {
-                            Some(outlier) => outlier.flags(host.spec.address, host.flags),
-                            None => host.flags,
-                        },
+                        flags: host.flags,
                     })
                     .collect();
-                let discovery = &cluster.handle.discovery;
+                let discovery = &cluster.record.handle().discovery;
                 let resolved = discovery.success.load(Ordering::Relaxed)
                     + discovery.failure.load(Ordering::Relaxed);
                 let facts = WarmFacts {
                     health_checked: cluster.health_checked,
                     dns: discovery.attempt.load(Ordering::Relaxed) > 0,
                     resolved: resolved > 0,
-                    initialized: snapshot.initialized,
-                    finished_probes: snapshot.stats.success + snapshot.stats.failure,
+                    initialized: hosts.initialized(),
+                    finished_probes: hosts.stats().success + hosts.stats().failure,
                     hosts: endpoints.len(),
                     unproven_hosts: endpoints
                         .iter()
@@ -167,6 +167,10 @@ impl ClusterSource for RuntimeSource {
                 }
             })
             .collect()
+    }
+
+    fn changes(&self) -> Arc<Changes> {
+        self.clusters.changes().clone()
     }
 }
 

@@ -8,6 +8,11 @@
 //! - "no such name" / "no data" answers are a successful, empty resolution for STRICT_DNS (the
 //!   check loop then applies the host-removal rules) and a failure for LOGICAL_DNS;
 //! - `dns_lookup_family` filters and orders the answers (AUTO: IPv6 if any, else IPv4).
+//!
+//! With configured `dns_resolvers` the names go to [`dns_client`] instead, vigil's own UDP
+//! client, which also reports TTLs for `respect_dns_ttl`.
+
+pub mod dns_client;
 
 use crate::checker::{DiscoveryCounters, HostSpec};
 use std::future::Future;
@@ -143,7 +148,7 @@ impl Answer for Vec<IpAddr> {
     }
 }
 
-impl Answer for crate::dns_client::Resolved {
+impl Answer for dns_client::Resolved {
     fn addresses(&self) -> &[IpAddr] {
         &self.addresses
     }
@@ -416,7 +421,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn respect_dns_ttl_waits_the_smallest_ttl() {
-        use crate::dns_client::Resolved;
+        use super::dns_client::Resolved;
         let calls = Arc::new(Mutex::new(Vec::new()));
         let start = tokio::time::Instant::now();
         let seen = calls.clone();

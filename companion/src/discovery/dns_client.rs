@@ -15,11 +15,11 @@
 //! Names are queried exactly as written (no search domains, no `ndots`), and an IP literal
 //! resolves to itself without a query.
 //!
-//! Results map onto [`crate::discovery`]'s types, so [`resolver`] plugs in where
+//! Results map onto discovery's types (its parent module), so [`resolver`] plugs in where
 //! `discovery::system_resolve` does; [`DnsClient::resolver_with_ttl`] also reports the smallest
 //! TTL (answers and the CNAMEs leading to them) for `respect_dns_ttl`.
 
-use crate::discovery::{DnsLookupFamily, ResolveError};
+use super::{DnsLookupFamily, ResolveError};
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -33,7 +33,7 @@ use vigil_core::dns::{self, Name, QueryType, Rcode};
 /// Largest datagram read; servers should keep to 512 bytes without EDNS, but some do not.
 const RECEIVE_BUFFER: usize = 4096;
 
-/// A boxed, sendable resolution future, as [`crate::discovery::run_dns`] takes them.
+/// A boxed, sendable resolution future, as [`super::run_dns`] takes them.
 pub type ResolveFuture<T> = Pin<Box<dyn Future<Output = Result<T, ResolveError>> + Send + 'static>>;
 
 /// Where and how to ask.

@@ -1,0 +1,259 @@
+//! The admin server: accepting connections (backing off when `accept` fails), the token check
+//! for changing requests, `POST /reload`, and the routing of every path to its page.
+
+use super::clusters::{clusters_json, clusters_text, initialized};
+use super::history::history_json;
+use super::prometheus::prometheus;
+use super::query::form_pairs;
+use super::stats::stats;
+use super::{AdminState, Body};
+use crate::conn_limit::AcceptBackoff;
+use crate::events::rfc3339_millis;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::{Value, json};
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// Serves the admin API on `listener` until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, state: AdminState, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut backoff = AcceptBackoff::default();
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => accepted,
+        };
+        // A failed accept (e.g. descriptors exhausted) must not stop the admin server, nor spin.
+        let stream = match accepted {
+            Ok((stream, _)) => {
+                backoff.succeeded();
+                stream
+            }
+            Err(err) => {
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = backoff.wait("admin", &err) => continue,
+                }
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, request).await) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Routes one admin request.
+pub async fn handle(state: &AdminState, request: Request<Incoming>) -> Response<Body> {
+    if !authorized(state, request.method(), request.headers()) {
+        return unauthorized();
+    }
+    let path = request.uri().path().to_string();
+    let query = request.uri().query().unwrap_or("").to_string();
+    if path == "/reload" {
+        return reload(state, request.method()).await;
+    }
+    route(state, request.method(), &path, &query)
+}
+
+/// Whether a request may proceed: reads always, anything else only with the admin token when
+/// one is set.
+pub fn authorized(state: &AdminState, method: &Method, headers: &http::HeaderMap) -> bool {
+    match &state.token {
+        None => true,
+        Some(_) if method == Method::GET || method == Method::HEAD => true,
+        Some(token) => token.admits(headers.get(header::AUTHORIZATION)),
+    }
+}
+
+/// `POST /reload`: asks the main loop to re-read the config file; a bad file is refused and the
+/// running config stays.
+pub async fn reload(state: &AdminState, method: &Method) -> Response<Body> {
+    if method != Method::POST {
+        return method_not_allowed("POST");
+    }
+    let Some(requests) = &state.reload else {
+        return text(
+            StatusCode::NOT_IMPLEMENTED,
+            "reload is not available\n".into(),
+        );
+    };
+    let (reply, answer) = oneshot::channel();
+    if requests.send(reply).await.is_err() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
+    }
+    match answer.await {
+        Ok(Ok(summary)) => text(StatusCode::OK, format!("{summary}\n")),
+        Ok(Err(reason)) => text(
+            StatusCode::BAD_REQUEST,
+            format!("reload rejected, the previous config keeps running:\n{reason}\n"),
+        ),
+        Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into()),
+    }
+}
+
+/// The routing itself, separate from hyper so it can be tested directly.
+pub fn route(state: &AdminState, method: &Method, path: &str, query: &str) -> Response<Body> {
+    let params: Vec<(String, String)> = form_pairs(query);
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    match path {
+        "/clusters" | "/stats" | "/stats/prometheus" | "/ready" | "/help" | "/"
+        | "/hosts/history" | "/xds"
+            if method != Method::GET && method != Method::HEAD =>
+        {
+            method_not_allowed("GET")
+        }
+        "/healthcheck/fail" | "/healthcheck/ok" if method != Method::POST => {
+            method_not_allowed("POST")
+        }
+        "/clusters" => match param("format") {
+            Some("json") => json_response(clusters_json(state)),
+            None | Some("text") => text(StatusCode::OK, clusters_text(state)),
+            Some(other) => text(
+                StatusCode::BAD_REQUEST,
+                format!("invalid format '{other}': use format=json or format=text\n"),
+            ),
+        },
+        "/stats" => {
+            let filter = match param("filter").map(regex::Regex::new).transpose() {
+                Ok(filter) => filter,
+                Err(err) => {
+                    return text(
+                        StatusCode::BAD_REQUEST,
+                        format!("invalid regex in filter: {err}\n"),
+                    );
+                }
+            };
+            let mut out = String::new();
+            for (name, value, _) in stats(state) {
+                if filter.as_ref().is_none_or(|re| re.is_match(&name)) {
+                    let _ = writeln!(out, "{name}: {value}");
+                }
+            }
+            text(StatusCode::OK, out)
+        }
+        "/stats/prometheus" => text(StatusCode::OK, prometheus(state)),
+        "/ready" => {
+            if initialized(state) {
+                text(StatusCode::OK, "LIVE\n".into())
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "INITIALIZING\n".into())
+            }
+        }
+        "/healthcheck/fail" => {
+            state.failing.store(true, Ordering::Relaxed);
+            text(StatusCode::OK, "OK\n".into())
+        }
+        "/healthcheck/ok" => {
+            state.failing.store(false, Ordering::Relaxed);
+            text(StatusCode::OK, "OK\n".into())
+        }
+        "/hosts/history" => json_response(history_json(state)),
+        "/xds" => match &state.xds {
+            Some(registry) => json_response(registry.to_json()),
+            None => text(
+                StatusCode::NOT_FOUND,
+                "the xDS server is not running: start vigil with --xds-address\n".into(),
+            ),
+        },
+        "/config_dump" => {
+            let dump = state.config.load();
+            let mut entry = serde_json::Map::new();
+            entry.insert(
+                "@type".into(),
+                json!("type.googleapis.com/envoy.admin.v3.BootstrapConfigDump"),
+            );
+            entry.insert("bootstrap".into(), dump.source.clone());
+            if let Some(at) = dump.loaded_at {
+                entry.insert("last_updated".into(), json!(rfc3339_millis(at)));
+            }
+            json_response(json!({ "configs": [Value::Object(entry)] }))
+        }
+        "/help" | "/" => text(StatusCode::OK, HELP.into()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            format!("invalid path: {path}\n{HELP}"),
+        ),
+    }
+}
+
+const HELP: &str = "admin commands are:
+  /: this text
+  /reload (POST): re-read the config file; a bad file is refused and the running config stays (vigil)
+  /clusters: upstream cluster status (format=json for JSON)
+  /config_dump: the running config as read (BootstrapConfigDump)
+  /healthcheck/fail (POST): cause the server to fail health checks
+  /healthcheck/ok (POST): cause the server to pass health checks
+  /help: this text
+  /hosts/history: the last health transitions of every host, with their reasons (vigil)
+  /ready: print server state, return 200 if LIVE, otherwise 503
+  /stats: print server stats (filter=REGEX)
+  /stats/prometheus: print server stats in prometheus format
+  /xds: the EDS server's connected Envoys, their node ids, and per cluster the versions sent, ACKed and NACKed (vigil, with --xds-address)
+";
+
+pub(super) fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=UTF-8"),
+    );
+    response
+}
+
+pub(super) fn json_response(value: Value) -> Response<Body> {
+    let body = serde_json::to_string_pretty(&value).unwrap_or_else(|_| "{}".into());
+    let mut response = text(StatusCode::OK, body + "\n");
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+pub(super) fn method_not_allowed(allowed: &'static str) -> Response<Body> {
+    let mut response = text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("This endpoint requires {allowed}.\n"),
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allowed));
+    response
+}
+
+/// 401 for a changing request without the admin token.
+pub(super) fn unauthorized() -> Response<Body> {
+    let mut response = text(
+        StatusCode::UNAUTHORIZED,
+        "this admin endpoint requires `Authorization: Bearer <token>` (vigil's admin token)\n"
+            .into(),
+    );
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer realm=\"vigil admin\""),
+    );
+    response
+}
