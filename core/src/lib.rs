@@ -69,6 +69,7 @@ pub mod local_ratelimit;
 pub mod outlier;
 pub mod path_normalize;
 pub mod plugin;
+pub(crate) mod protojson;
 pub mod rbac;
 pub mod route;
 pub mod rules;

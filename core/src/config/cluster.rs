@@ -2,12 +2,12 @@
 //! when it builds a cluster.
 
 use super::circuit_breakers::read_circuit_breakers;
-use super::error::FieldPath;
 use super::health_check;
-use super::reader::{Ctx, KEPT, Obj, ProtoDuration, any, describe, items};
 use super::schema::*;
 use super::tls::RequestServerName;
 use super::types::*;
+use crate::protojson::FieldPath;
+use crate::protojson::{Ctx, KEPT, Obj, ProtoDuration, any, describe, items};
 use serde_json::Value;
 use std::net::IpAddr;
 

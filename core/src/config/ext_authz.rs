@@ -12,9 +12,9 @@
 //! rules, Google gRPC clients (vigil speaks gRPC to clusters only), request bodies packed as
 //! bytes, peer certificates and TLS sessions in the check.
 
-use super::error::FieldPath;
-use super::reader::{Any, Ctx, Enum, Message, Obj, read, reject, warn};
 use super::types::{HeaderAppendAction, HeaderOption, StringMatch};
+use crate::protojson::FieldPath;
+use crate::protojson::{Any, Ctx, Enum, Message, Obj, read, reject, warn};
 use serde_json::Value;
 
 pub(crate) const EXT_AUTHZ_TYPE: &str = "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
@@ -427,7 +427,7 @@ pub(crate) fn ext_authz_per_route(cx: &mut Ctx, typed: &Any) -> Option<ExtAuthzP
                 match v.as_object() {
                     Some(map) => {
                         for (key, value) in map {
-                            if let Some(text) = super::reader::string(cx, &p.key(key), value) {
+                            if let Some(text) = crate::protojson::string(cx, &p.key(key), value) {
                                 context_extensions.push((key.clone(), text));
                             }
                         }

@@ -1,8 +1,6 @@
 //! `health_checks[]` → [`crate::check::HealthCheck`], with the checks Envoy makes when it builds
 //! the health checker (status ranges, payloads, headers, HTTP/2 for gRPC).
 
-use super::error::FieldPath;
-use super::reader::{Ctx, IGNORED, Obj, ProtoDuration, base64, hex, status_ranges};
 use super::schema::*;
 use super::types::{HeaderAppendAction, UpstreamProtocol};
 use crate::check::{
@@ -10,6 +8,8 @@ use crate::check::{
     PayloadMatcher, Protocol, StringMatcher, TcpCheck,
 };
 use crate::health::Policy;
+use crate::protojson::FieldPath;
+use crate::protojson::{Ctx, IGNORED, Obj, ProtoDuration, base64, hex, status_ranges};
 use crate::schedule::{IntervalSettings, Intervals};
 use crate::status::StatusRanges;
 use serde_json::Value;
@@ -246,7 +246,7 @@ fn http_check(cx: &mut Ctx, mut o: Obj) -> Option<HttpCheck> {
 
     let mut request_headers_to_remove: Vec<String> = Vec::new();
     for (p, v) in o.list("request_headers_to_remove") {
-        let Some(name) = super::reader::string(cx, &p, v) else {
+        let Some(name) = crate::protojson::string(cx, &p, v) else {
             continue;
         };
         if !lax_header_ok(&name) {

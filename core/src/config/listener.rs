@@ -5,11 +5,7 @@
 //! written in [`Listener::rest`].
 
 use super::cluster::address;
-use super::error::FieldPath;
 use super::filters::{self, FilterChainMatch, Treatment};
-use super::reader::{
-    Any, Ctx, Obj, ProtoDuration, any as read_any, base64, describe, items, json_name, string,
-};
 use super::schema::*;
 use super::types::{
     AccessLog, AccessLogSink, DEFAULT_ACCESS_LOG_FORMAT, FormatOperator, FormatPiece,
@@ -31,6 +27,10 @@ use super::types::{
 };
 use crate::balance::hash_policy::{CookieAttribute, CookiePolicy};
 use crate::cors::CorsPolicy;
+use crate::protojson::FieldPath;
+use crate::protojson::{
+    Any, Ctx, Obj, ProtoDuration, any as read_any, base64, describe, items, json_name, string,
+};
 use serde_json::{Map, Value};
 
 const HCM_TYPE: &str =
@@ -1070,7 +1070,7 @@ fn is_cors_policy(value: &Value) -> bool {
     match type_name_of(value) {
         CORS_POLICY_TYPE => true,
         ROUTE_FILTER_CONFIG_TYPE => {
-            let disabled = field(value, "disabled").and_then(super::reader::boolean_value);
+            let disabled = field(value, "disabled").and_then(crate::protojson::boolean_value);
             disabled != Some(true)
                 && field(value, "config").is_some_and(|c| type_name_of(c) == CORS_POLICY_TYPE)
         }
@@ -2423,7 +2423,8 @@ fn per_route_type(config: &Value) -> (&str, bool) {
     if type_name_of(config) != ROUTE_FILTER_CONFIG_TYPE {
         return (type_name_of(config), false);
     }
-    let disabled = field(config, "disabled").and_then(super::reader::boolean_value) == Some(true);
+    let disabled =
+        field(config, "disabled").and_then(crate::protojson::boolean_value) == Some(true);
     let inner = field(config, "config").map(type_name_of).unwrap_or("");
     (inner, disabled)
 }
@@ -2784,7 +2785,7 @@ fn retry_policy(cx: &mut Ctx, mut o: Obj) -> Option<RetryPolicy> {
         .list("retriable_status_codes")
         .into_iter()
         .filter_map(|(p, v)| {
-            super::reader::integer(cx, &p, v, "uint32", 0, u32::MAX.into()).map(|n| n as u32)
+            crate::protojson::integer(cx, &p, v, "uint32", 0, u32::MAX.into()).map(|n| n as u32)
         })
         .collect();
     let retry_back_off_ms = match o.message(cx, "retry_back_off", &RETRY_BACK_OFF) {

@@ -20,12 +20,12 @@
 //! `vh_rate_limits`, `max_dynamic_descriptors` and `always_consume_default_token_bucket` change
 //! nothing: they are read and checked, and kept for when descriptors are.
 
-use super::error::FieldPath;
-use super::reader::{Any, Ctx, Enum, Message, Obj, read, reject};
 use super::schema::{
     FRACTIONAL_PERCENT, FRACTIONAL_PERCENT_DENOMINATOR, RUNTIME_FRACTIONAL_PERCENT,
 };
 use super::types::HeaderOption;
+use crate::protojson::FieldPath;
+use crate::protojson::{Any, Ctx, Enum, Message, Obj, read, reject};
 
 /// The filter's `@type`.
 pub(crate) const LOCAL_RATELIMIT_TYPE: &str =
@@ -317,7 +317,7 @@ fn read_config(cx: &mut Ctx, typed: &Any, per_route: bool) -> Option<LocalRateLi
     let rate_limits = o.take("rate_limits");
     #[cfg(feature = "envoy-schema")]
     if let Some((p, v)) = rate_limits {
-        super::validate::field(cx, &p, LOCAL_RATE_LIMIT.name, "rate_limits", v);
+        crate::protojson::validate::field(cx, &p, LOCAL_RATE_LIMIT.name, "rate_limits", v);
     }
     #[cfg(not(feature = "envoy-schema"))]
     let _ = rate_limits;
@@ -472,7 +472,7 @@ mod tests {
         v["@type"] = json!(format!("type.googleapis.com/{LOCAL_RATELIMIT_TYPE}"));
         let mut cx = Ctx::default();
         let path = FieldPath::root().field("typed_config");
-        let typed = super::super::reader::any(&mut cx, &path, &v).expect("any");
+        let typed = crate::protojson::any(&mut cx, &path, &v).expect("any");
         let out = if per_route {
             local_ratelimit_per_route(&mut cx, &typed)
         } else {
@@ -704,7 +704,7 @@ mod vectors {
         let mut v = v.clone();
         v["@type"] = json!(format!("type.googleapis.com/{LOCAL_RATELIMIT_TYPE}"));
         let mut cx = Ctx::default();
-        let typed = super::super::reader::any(&mut cx, &FieldPath::root(), &v).expect("any");
+        let typed = crate::protojson::any(&mut cx, &FieldPath::root(), &v).expect("any");
         let config = if per_route {
             local_ratelimit_per_route(&mut cx, &typed)
         } else {

@@ -51,9 +51,6 @@ mod buffer;
 mod circuit_breakers;
 mod cluster;
 mod csrf;
-#[cfg(feature = "envoy-schema")]
-mod envoy_schema;
-mod error;
 mod ext_authz;
 mod filters;
 mod health_check;
@@ -61,19 +58,15 @@ mod jwt_authn;
 mod listener;
 mod local_ratelimit;
 mod rbac;
-pub(crate) mod reader;
 mod schema;
 mod sds;
 mod tls;
 mod types;
 #[cfg(feature = "envoy-schema")]
-mod validate;
-pub(crate) use reader::base64url;
-#[cfg(feature = "envoy-schema")]
-pub use validate::schema_errors;
+pub use crate::protojson::schema_errors;
 
+pub use crate::protojson::{ConfigError, ConfigErrors, ErrorKind, FieldPath, Location, Warning};
 pub use circuit_breakers::{CircuitBreakers, RetryBudget, RoutingPriority, Thresholds};
-pub use error::{ConfigError, ConfigErrors, ErrorKind, FieldPath, Location, Warning};
 pub use ext_authz::{
     AuthzService, BufferSettings, ExtAuthz, ExtAuthzPerRoute, GrpcService, HttpService,
 };
@@ -85,7 +78,7 @@ pub use tls::{
 };
 pub use types::*;
 
-use reader::{Ctx, IGNORED, Obj};
+use crate::protojson::{Ctx, IGNORED, Obj};
 use schema::{
     ADMIN, BOOTSTRAP, CLUSTER_MANAGER, CLUSTER_MANAGER_OUTLIER_DETECTION, STATIC_RESOURCES,
     TYPED_EXTENSION_CONFIG,
@@ -141,7 +134,7 @@ fn from_value_reading(
     // Envoy's schema once the readers are content (an error there would repeat theirs).
     #[cfg(feature = "envoy-schema")]
     if cx.errors.is_empty() {
-        validate::bootstrap(&mut cx, value);
+        crate::protojson::validate::bootstrap(&mut cx, value);
     }
     if cx.errors.is_empty() {
         Ok(Loaded {

@@ -12,13 +12,13 @@
 //! filter-state matchers, `custom` principals and `uri_template` permissions.
 //! `audit_logging_options` is checked and ignored with a warning: Envoy 1.36 ignores it too.
 
-use super::error::FieldPath;
 use super::listener::{header_matcher, string_match};
-use super::reader::{
-    Any, Ctx, Enum, Message, Obj, boolean, describe, enumeration, integer, read, reject,
-};
 use super::schema::{CIDR_RANGE, HEADER_MATCHER, ROUTE_STRING_MATCHER, TYPED_EXTENSION_CONFIG};
 use crate::config::{HeaderMatcher, StringMatch};
+use crate::protojson::FieldPath;
+use crate::protojson::{
+    Any, Ctx, Enum, Message, Obj, boolean, describe, enumeration, integer, read, reject,
+};
 use crate::rbac::{
     Action, CidrRange, Enforcement, HttpRbac, NetworkRbac, Permission, Policy, Principal, Rules,
 };
@@ -711,7 +711,7 @@ mod tests {
     fn read<T>(value: Value, reader: impl Fn(&mut Ctx, &Any) -> Option<T>) -> (Option<T>, Report) {
         let mut cx = Ctx::default();
         let path = FieldPath::root().field("typed_config");
-        let typed = super::super::reader::any(&mut cx, &path, &value).expect("an Any");
+        let typed = crate::protojson::any(&mut cx, &path, &value).expect("an Any");
         let out = reader(&mut cx, &typed);
         let report = Report {
             errors: cx.errors.iter().map(ToString::to_string).collect(),

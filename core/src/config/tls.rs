@@ -19,9 +19,9 @@
 //! handshakers and certificate selectors, signature algorithm lists and compliance policies,
 //! session ticket keys, other-name SAN matchers.
 
-use super::error::FieldPath;
-use super::reader::{Any, Ctx, Obj, base64, describe, read, reject, warn};
-use super::reader::{Enum, Message};
+use crate::protojson::FieldPath;
+use crate::protojson::{Any, Ctx, Obj, base64, describe, read, reject, warn};
+use crate::protojson::{Enum, Message};
 use serde_json::Value;
 
 pub(crate) const DOWNSTREAM_TLS_TYPE: &str =
@@ -684,7 +684,7 @@ fn alpn_protocols(cx: &mut Ctx, common: &mut Obj) -> Vec<String> {
     common
         .list("alpn_protocols")
         .into_iter()
-        .filter_map(|(p, v)| super::reader::string(cx, &p, v))
+        .filter_map(|(p, v)| crate::protojson::string(cx, &p, v))
         .collect()
 }
 
@@ -723,7 +723,7 @@ fn tls_params(cx: &mut Ctx, common: &mut Obj, default_max: TlsVersion) -> TlsPar
         params
             .list(field)
             .into_iter()
-            .filter_map(|(p, v)| super::reader::string(cx, &p, v))
+            .filter_map(|(p, v)| crate::protojson::string(cx, &p, v))
             .collect()
     };
     out.cipher_suites = strings(cx, &mut params, "cipher_suites");
@@ -775,7 +775,7 @@ fn peer_validation(cx: &mut Ctx, mut o: Obj) -> PeerValidation {
         );
     }
     for (p, v) in o.list("verify_certificate_hash") {
-        let Some(text) = super::reader::string(cx, &p, v) else {
+        let Some(text) = crate::protojson::string(cx, &p, v) else {
             continue;
         };
         let hex: String = if text.len() == 95 {
@@ -789,7 +789,7 @@ fn peer_validation(cx: &mut Ctx, mut o: Obj) -> PeerValidation {
         }
     }
     for (p, v) in o.list("verify_certificate_spki") {
-        let Some(text) = super::reader::string(cx, &p, v) else {
+        let Some(text) = crate::protojson::string(cx, &p, v) else {
             continue;
         };
         match base64(&text).and_then(|b| <[u8; 32]>::try_from(b).ok()) {

@@ -39,10 +39,10 @@
 
 use super::probe::BodyMatch;
 use super::vec_map::VecMap;
-use crate::config::reader::{Ctx, Message, Obj, describe, read, status_ranges};
-use crate::config::{ConfigError, FieldPath};
 use crate::health::Policy;
 use crate::outlier::OutlierConfig;
+use crate::protojson::{ConfigError, FieldPath};
+use crate::protojson::{Ctx, Message, Obj, describe, read, status_ranges};
 use crate::rules::RoutingConfig;
 use crate::schedule::{IntervalSettings, Intervals};
 use crate::status::StatusRanges;
@@ -326,7 +326,7 @@ impl PluginConfig {
         }
         let value: Value = serde_json::from_str(text).map_err(|e| PluginError {
             errors: vec![ConfigError {
-                kind: crate::config::ErrorKind::Syntax,
+                kind: crate::protojson::ErrorKind::Syntax,
                 path: FieldPath::root(),
                 message: format!("the plugin configuration is not JSON: {e}"),
                 location: None,
