@@ -58,6 +58,7 @@
 pub mod backoff;
 pub mod balance;
 pub mod check;
+pub mod cluster_health;
 pub mod config;
 pub mod cors;
 pub mod csrf;

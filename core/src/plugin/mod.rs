@@ -8,7 +8,7 @@
 //! - [`config`]: [`PluginConfig::from_json`], strict, every error with its field path.
 //! - [`probe`]: [`probe::judge`] (HTTP and gRPC health answers), [`probe::BodyMatch`], and
 //!   [`probe::grpc_upstream`] (the `GrpcService` a gRPC probe is dispatched with).
-//! - [`supervisor`]: [`supervisor::Supervisor`], one core [`crate::health::ClusterHealth`] per
+//! - [`supervisor`]: [`supervisor::Supervisor`], one core [`crate::cluster_health::ClusterHealth`] per
 //!   cluster with the filter's parameters, driven by the singleton service.
 //! - [`verdict`]: [`verdict::VerdictTable`] and its versioned text encoding.
 //! - [`observe`]: classifying a real response ([`observe::classify`]) and observation batches.
