@@ -61,9 +61,10 @@ use vigil_core::config::{
     RetryHostPredicate, RetryOn, RetryPolicy as ConfigRetryPolicy, RouteAction,
 };
 use vigil_core::cors;
+use vigil_core::matcher::RequestView;
 use vigil_core::path_normalize::{NormalizedPath, PATH_NORMALIZATION_FAILED};
 use vigil_core::rbac::{self, RbacRequest};
-use vigil_core::route::{RequestView, RouteTable};
+use vigil_core::route::RouteTable;
 use vigil_core::rules::Decision;
 
 /// Envoy's default per-connection buffer limit: the largest request body vigil buffers.
@@ -1392,7 +1393,7 @@ async fn respond(
                 let failing = derived.health_check_failing.load(Ordering::Relaxed);
                 if !headers
                     .iter()
-                    .all(|h| vigil_core::route::header_matches(h, &view))
+                    .all(|h| vigil_core::matcher::header_matches(h, &view))
                 {
                     // While failing, every answer passing the filter says so.
                     if failing {

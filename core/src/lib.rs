@@ -67,6 +67,7 @@ pub mod grpc_health;
 pub mod health;
 pub mod jwt_authn;
 pub mod local_ratelimit;
+pub mod matcher;
 pub mod outlier;
 pub mod path_normalize;
 pub mod plugin;

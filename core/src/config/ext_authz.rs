@@ -12,7 +12,8 @@
 //! rules, Google gRPC clients (vigil speaks gRPC to clusters only), request bodies packed as
 //! bytes, peer certificates and TLS sessions in the check.
 
-use super::types::{HeaderAppendAction, HeaderOption, StringMatch};
+use super::types::{HeaderAppendAction, HeaderOption};
+use crate::matcher::StringMatch;
 use crate::protojson::FieldPath;
 use crate::protojson::{Any, Ctx, Enum, Message, Obj, read, reject, warn};
 use serde_json::Value;

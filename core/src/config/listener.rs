@@ -14,12 +14,11 @@ use super::types::{
 use super::types::{
     Address, ClientCertDetails, ClusterSpecifier, ClusterWeight, CodecType, FilterChainRef,
     FilterOverride, FilterSettings, ForwardAction, ForwardClientCert, HeaderAppendAction,
-    HeaderMatch, HeaderMatcher, HeaderMutations, HeaderOption, HostRewrite, HttpConnectionManager,
-    HttpFilter, HttpFilterKind, HttpProtocolOptions, Listener, PathMatch, QueryMatch,
-    QueryParameterMatcher, Redirect, RedirectPath, Regex, RegexRewrite, RetryHostPredicate,
+    HeaderMutations, HeaderOption, HostRewrite, HttpConnectionManager, HttpFilter, HttpFilterKind,
+    HttpProtocolOptions, Listener, Redirect, RedirectPath, RegexRewrite, RetryHostPredicate,
     RetryOn, RetryPolicy, Route, RouteAction, RouteConfiguration, RouteHashKind, RouteHashPolicy,
-    RouteMatch, ServerHeaderTransformation, SocketProtocol, StringMatch, StringMatchKind,
-    StripPort, VirtualHost, WeightedClusters, WeightedTarget,
+    ServerHeaderTransformation, SocketProtocol, StripPort, VirtualHost, WeightedClusters,
+    WeightedTarget,
 };
 use super::types::{
     DEFAULT_MAX_DIRECT_RESPONSE_BODY_SIZE_BYTES, DEFAULT_MAX_REQUEST_HEADERS_KB,
@@ -27,6 +26,10 @@ use super::types::{
 };
 use crate::balance::hash_policy::{CookieAttribute, CookiePolicy};
 use crate::cors::CorsPolicy;
+use crate::matcher::{
+    HeaderMatch, HeaderMatcher, PathMatch, QueryMatch, QueryParameterMatcher, Regex, RouteMatch,
+    StringMatch, StringMatchKind,
+};
 use crate::protojson::FieldPath;
 use crate::protojson::{
     Any, Ctx, Obj, ProtoDuration, any as read_any, base64, describe, items, json_name, string,

@@ -14,7 +14,7 @@
 
 use super::listener::{header_matcher, string_match};
 use super::schema::{CIDR_RANGE, HEADER_MATCHER, ROUTE_STRING_MATCHER, TYPED_EXTENSION_CONFIG};
-use crate::config::{HeaderMatcher, StringMatch};
+use crate::matcher::{HeaderMatcher, StringMatch};
 use crate::protojson::FieldPath;
 use crate::protojson::{
     Any, Ctx, Enum, Message, Obj, boolean, describe, enumeration, integer, read, reject,
@@ -692,9 +692,10 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
-    use crate::config::{ErrorKind, HeaderMatch, StringMatchKind};
+    use crate::config::ErrorKind;
+    use crate::matcher::RequestView;
+    use crate::matcher::{HeaderMatch, StringMatchKind};
     use crate::rbac::{DENIED_BODY, RbacRequest, TlsPeer};
-    use crate::route::RequestView;
     use serde_json::json;
     use std::net::SocketAddr;
 

@@ -196,7 +196,7 @@ pub struct SubjectAltName {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SanMatcher {
     pub kind: SanType,
-    pub matcher: super::StringMatch,
+    pub matcher: crate::matcher::StringMatch,
 }
 
 impl SanMatcher {
@@ -206,7 +206,9 @@ impl SanMatcher {
             return false;
         }
         match (&self.matcher.kind, self.kind) {
-            (super::StringMatchKind::Exact(name), SanType::Dns) => dns_name_match(name, &san.value),
+            (crate::matcher::StringMatchKind::Exact(name), SanType::Dns) => {
+                dns_name_match(name, &san.value)
+            }
             _ => self.matcher.matches(&san.value),
         }
     }

@@ -23,7 +23,7 @@ pub mod jwks;
 #[cfg(feature = "jwt")]
 pub use engine::{Decision, JwksState, JwksStore, LocalReply, Request};
 
-use crate::config::{RouteMatch, StringMatch};
+use crate::matcher::{RouteMatch, StringMatch};
 use std::collections::BTreeMap;
 
 /// `envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication`, validated.

@@ -37,7 +37,6 @@
 //! [`RoutingConfig::from_json`] so its errors (`routing.rules[0].action: ...`) reject the plugin
 //! configuration like any other field.
 
-use super::probe::BodyMatch;
 use super::vec_map::VecMap;
 use crate::health::Policy;
 use crate::outlier::OutlierConfig;
@@ -140,6 +139,42 @@ pub enum ProbeKind {
     Http(HttpProbe),
     /// `grpc_health_check`: `grpc.health.v1.Health/Check` through `grpc_probe_cluster`.
     Grpc(GrpcProbe),
+}
+
+/// What a probe's body must contain.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BodyMatch {
+    /// `{"contains": "text"}`: the text appears somewhere in the body (bytes, case-sensitive).
+    Contains(String),
+    /// `{"json": {"field": "a.b", "equals": value}}`: the body is a JSON object whose field at
+    /// this path (object keys) equals `value` exactly (type included: `"1"` is not `1`).
+    JsonField { field: Vec<String>, equals: Value },
+}
+
+impl BodyMatch {
+    /// Whether `body` (already cut to `max_body_bytes`) satisfies the match. A body cut in the
+    /// middle of a JSON document does not parse, so it fails a `json` match.
+    pub fn matches(&self, body: &[u8]) -> bool {
+        match self {
+            BodyMatch::Contains(text) => {
+                let needle = text.as_bytes();
+                !needle.is_empty() && body.windows(needle.len()).any(|w| w == needle)
+            }
+            BodyMatch::JsonField { field, equals } => {
+                let Ok(document) = serde_json::from_slice::<Value>(body) else {
+                    return false;
+                };
+                let mut at = &document;
+                for key in field {
+                    match at.get(key.as_str()) {
+                        Some(next) => at = next,
+                        None => return false,
+                    }
+                }
+                at == equals
+            }
+        }
+    }
 }
 
 /// The HTTP probe's fields (exclusive with `grpc_health_check`).

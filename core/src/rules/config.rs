@@ -6,9 +6,8 @@
 //! means unset, booleans may be quoted.
 
 use crate::balance::priority::socket_address_string;
-use crate::config::{
-    ConfigErrors, FieldPath, HeaderMatch, HeaderMatcher, Regex, StringMatch, StringMatchKind,
-};
+use crate::config::{ConfigErrors, FieldPath};
+use crate::matcher::{HeaderMatch, HeaderMatcher, Regex, StringMatch, StringMatchKind};
 use crate::protojson::{Ctx, Message, Obj, describe, distance, read};
 use serde_json::Value;
 use std::collections::BTreeMap;
