@@ -975,9 +975,9 @@ impl Derived {
     /// The bucket of a route's own local rate limit config.
     fn route_bucket(
         &self,
-        config: &vigil_core::config::LocalRateLimit,
+        config: &vigil_core::local_ratelimit::LocalRateLimit,
     ) -> Arc<Mutex<vigil_core::local_ratelimit::RateLimitState>> {
-        let key = config as *const vigil_core::config::LocalRateLimit as usize;
+        let key = config as *const vigil_core::local_ratelimit::LocalRateLimit as usize;
         let mut buckets = self.route_buckets.lock().unwrap_or_else(|p| p.into_inner());
         buckets
             .entry(key)
@@ -2448,10 +2448,10 @@ impl FormatContext<'_> {
 fn mutate(
     headers: &mut HeaderMap,
     remove: &[String],
-    add: &[vigil_core::config::HeaderOption],
+    add: &[vigil_core::base::HeaderOption],
     record: &mut dyn FnMut() -> LogRecord,
 ) {
-    use vigil_core::config::HeaderAppendAction as Action;
+    use vigil_core::base::HeaderAppendAction as Action;
     for name in remove {
         headers.remove(name.as_str());
     }

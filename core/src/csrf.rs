@@ -6,7 +6,7 @@
 //! request_valid}`. The config is read by `config::csrf`; the route's policy, when it has one,
 //! replaces the filter's.
 
-use crate::config::RuntimeFraction;
+use crate::base::RuntimeFraction;
 use crate::matcher::StringMatch;
 
 /// `envoy.extensions.filters.http.csrf.v3.CsrfPolicy`.

@@ -57,6 +57,7 @@
 
 pub mod backoff;
 pub mod balance;
+pub mod base;
 pub mod check;
 pub mod cluster_health;
 pub mod config;
@@ -77,4 +78,5 @@ pub mod route;
 pub mod rules;
 pub mod schedule;
 pub mod status;
+pub mod substitution;
 pub mod xff;

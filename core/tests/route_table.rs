@@ -7,10 +7,11 @@
 
 use std::path::Path;
 use vigil_core::balance::hash_policy::{self, HashPolicyKind};
+use vigil_core::base::HeaderAppendAction;
 use vigil_core::config::{
-    self, ClusterSpecifier, CodecType, FilterChainRef, ForwardAction, HeaderAppendAction,
-    HostRewrite, HttpConnectionManager, HttpFilterKind, RetryHostPredicate, RetryOn, RouteAction,
-    RouteHashKind, SourceType, StripPort, WeightedTarget,
+    self, ClusterSpecifier, CodecType, FilterChainRef, ForwardAction, HostRewrite,
+    HttpConnectionManager, HttpFilterKind, RetryHostPredicate, RetryOn, RouteAction, RouteHashKind,
+    SourceType, StripPort, WeightedTarget,
 };
 use vigil_core::matcher::RequestView;
 use vigil_core::matcher::{HeaderMatch, PathMatch, QueryMatch};

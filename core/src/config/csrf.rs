@@ -41,7 +41,7 @@ pub(crate) fn csrf_policy(cx: &mut Ctx, typed: &Any) -> Option<CsrfPolicy> {
         .into_iter()
         .filter_map(|(p, v)| {
             crate::protojson::Obj::new(cx, p, v, &super::schema::ROUTE_STRING_MATCHER)
-                .and_then(|m| super::listener::string_match(cx, m))
+                .and_then(|m| super::matchers::string_match(cx, m))
         })
         .collect();
     o.finish(cx);

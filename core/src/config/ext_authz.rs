@@ -12,7 +12,7 @@
 //! rules, Google gRPC clients (vigil speaks gRPC to clusters only), request bodies packed as
 //! bytes, peer certificates and TLS sessions in the check.
 
-use super::types::{HeaderAppendAction, HeaderOption};
+use crate::base::{HeaderAppendAction, HeaderOption};
 use crate::matcher::StringMatch;
 use crate::protojson::FieldPath;
 use crate::protojson::{Any, Ctx, Enum, Message, Obj, read, reject, warn};
@@ -490,7 +490,7 @@ fn list_string_matcher(cx: &mut Ctx, o: &mut Obj, field: &str) -> Vec<StringMatc
         .into_iter()
         .filter_map(|(p, v)| {
             Obj::new(cx, p, v, &super::schema::ROUTE_STRING_MATCHER)
-                .and_then(|m| super::listener::string_match(cx, m))
+                .and_then(|m| super::matchers::string_match(cx, m))
         })
         .collect();
     list.finish(cx);
@@ -569,7 +569,7 @@ fn header_value(cx: &mut Ctx, path: FieldPath, value: &Value) -> Option<HeaderOp
         "header": value,
         "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
     });
-    let mut read = super::listener::headers_to_add(cx, vec![(path, &wrapped)]);
+    let mut read = super::headers::headers_to_add(cx, vec![(path, &wrapped)]);
     let mut header = read.pop()?;
     header.action = HeaderAppendAction::OverwriteIfExistsOrAdd;
     header.keep_empty_value = true;

@@ -2,7 +2,8 @@
 //! the health checker (status ranges, payloads, headers, HTTP/2 for gRPC).
 
 use super::schema::*;
-use super::types::{HeaderAppendAction, UpstreamProtocol};
+use super::types::UpstreamProtocol;
+use crate::base::HeaderAppendAction;
 use crate::check::{
     Codec, DEFAULT_RESPONSE_BUFFER_SIZE, GrpcCheck, HeaderToAdd, HealthCheck, HttpCheck, MatchKind,
     PayloadMatcher, Protocol, StringMatcher, TcpCheck,
@@ -404,7 +405,7 @@ fn headers_to_add(
             !formatted
         })
         .collect();
-    for option in super::listener::headers_to_add(cx, list) {
+    for option in super::headers::headers_to_add(cx, list) {
         let exists = present.contains(&option.name);
         let (append, add) = match option.action {
             HeaderAppendAction::AppendIfExistsOrAdd => (true, true),

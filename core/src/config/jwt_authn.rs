@@ -12,7 +12,7 @@
 //! that only write dynamic metadata or tune the JWT cache are accepted with a warning: nothing in
 //! vigil reads metadata, and the cache never changes a verdict.
 
-use super::listener::{route_match, string_match};
+use super::matchers::{route_match, string_match};
 use super::schema::{ROUTE_MATCH, ROUTE_STRING_MATCHER};
 use crate::jwt_authn::{
     AsyncFetch, JwksRetry, JwksSource, JwtAuthn, LocalJwks, Locations, PerRoute, Provider,
@@ -491,7 +491,7 @@ fn nanos(d: ProtoDuration) -> u128 {
 fn local_jwks(cx: &mut Ctx, name: &str, path: &FieldPath, value: &Value) -> Option<LocalJwks> {
     let sourced = super::tls::data_source(cx, path, value)?;
     match sourced.source {
-        super::tls::DataSource::Inline(bytes) => {
+        crate::base::DataSource::Inline(bytes) => {
             let text = String::from_utf8_lossy(&bytes).into_owned();
             if let Ok(Value::Object(doc)) = serde_json::from_str::<Value>(&text) {
                 if !doc.contains_key("keys") && crate::jwt_authn::jwks::is_x509_form(&doc) {

@@ -47,17 +47,24 @@
 //! with each field), `cluster`, `health_check`, `listener` (the typed readers), `filters` (which
 //! filters are enforced, ignored or refused; `filter_chain_match`), `types` (the result), `error`.
 
+mod access_log;
 mod buffer;
 mod circuit_breakers;
 mod cluster;
+mod connection_manager;
 mod csrf;
 mod ext_authz;
 mod filters;
+mod headers;
 mod health_check;
+mod http_filters;
 mod jwt_authn;
 mod listener;
 mod local_ratelimit;
+mod matchers;
 mod rbac;
+mod re2_size;
+mod route_config;
 mod schema;
 mod sds;
 mod tls;
@@ -71,10 +78,9 @@ pub use ext_authz::{
     AuthzService, BufferSettings, ExtAuthz, ExtAuthzPerRoute, GrpcService, HttpService,
 };
 pub use filters::{ChainFacts, FilterChainMatch, SourceType, select_filter_chain};
-pub use local_ratelimit::{LocalRateLimit, RuntimeFraction, TokenBucketSpec, VhRateLimits};
 pub use tls::{
-    DataSource, DownstreamTls, PeerValidation, RequestServerName, SanMatcher, SanType, Sourced,
-    SubjectAltName, TlsParams, TlsVersion, UpstreamTls, dns_name_match,
+    DownstreamTls, PeerValidation, RequestServerName, SanMatcher, SanType, SubjectAltName,
+    TlsParams, TlsVersion, UpstreamTls, dns_name_match,
 };
 pub use types::*;
 

@@ -12,7 +12,7 @@
 //! filter-state matchers, `custom` principals and `uri_template` permissions.
 //! `audit_logging_options` is checked and ignored with a warning: Envoy 1.36 ignores it too.
 
-use super::listener::{header_matcher, string_match};
+use super::matchers::{header_matcher, string_match};
 use super::schema::{CIDR_RANGE, HEADER_MATCHER, ROUTE_STRING_MATCHER, TYPED_EXTENSION_CONFIG};
 use crate::matcher::{HeaderMatcher, StringMatch};
 use crate::protojson::FieldPath;

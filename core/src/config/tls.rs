@@ -19,6 +19,7 @@
 //! handshakers and certificate selectors, signature algorithm lists and compliance policies,
 //! session ticket keys, other-name SAN matchers.
 
+use crate::base::{DataSource, Sourced};
 use crate::protojson::FieldPath;
 use crate::protojson::{Any, Ctx, Obj, base64, describe, read, reject, warn};
 use crate::protojson::{Enum, Message};
@@ -30,24 +31,6 @@ pub(crate) const UPSTREAM_TLS_TYPE: &str =
     "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
 pub(crate) const RAW_BUFFER_TYPE: &str =
     "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
-
-/// Where a certificate or key comes from (`envoy.config.core.v3.DataSource`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DataSource {
-    /// `filename`: read when the companion loads the file (and on every reload).
-    File(String),
-    /// `inline_string` / `inline_bytes`.
-    Inline(Vec<u8>),
-    /// `environment_variable`: the variable's value.
-    Env(String),
-}
-
-/// A data source and the field path that named it (for errors found when loading it).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sourced {
-    pub source: DataSource,
-    pub path: FieldPath,
-}
 
 /// `envoy.extensions.transport_sockets.tls.v3.TlsParameters.TlsProtocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -822,7 +805,7 @@ fn peer_validation(cx: &mut Ctx, mut o: Obj) -> PeerValidation {
         };
         m.string(cx, "oid");
         let matcher = match m.message(cx, "matcher", &super::schema::ROUTE_STRING_MATCHER) {
-            Some(sm) => super::listener::string_match(cx, sm),
+            Some(sm) => super::matchers::string_match(cx, sm),
             None => {
                 cx.invalid(&p.field("matcher"), "value is required");
                 None
@@ -838,7 +821,7 @@ fn peer_validation(cx: &mut Ctx, mut o: Obj) -> PeerValidation {
             continue;
         };
         // Envoy applies a deprecated matcher to each of these kinds.
-        if let Some(matcher) = super::listener::string_match(cx, sm) {
+        if let Some(matcher) = super::matchers::string_match(cx, sm) {
             for kind in [
                 SanType::Dns,
                 SanType::Uri,

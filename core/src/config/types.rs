@@ -4,8 +4,10 @@
 //! values). Parts vigil carries but does not interpret yet stay as raw JSON ([`serde_json::Value`])
 //! exactly as written, with keys as the user wrote them.
 
+use crate::base::HeaderOption;
 use crate::check::HealthCheck;
 use crate::matcher::{HeaderMatcher, Regex, RouteMatch};
+use crate::substitution::FormatPiece;
 use serde_json::{Map, Value};
 
 /// The bootstrap config: the parts of Envoy's `Bootstrap` vigil reads.
@@ -704,68 +706,6 @@ pub const DEFAULT_ACCESS_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% \
      \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \
      \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\"\n";
 
-/// A piece of a format string.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FormatPiece {
-    Literal(String),
-    /// `%OPERATOR%`, `%OPERATOR(args)%`, with an optional `:max_length`.
-    Command {
-        operator: FormatOperator,
-        max_length: Option<usize>,
-    },
-}
-
-/// The command operators vigil evaluates. Envoy knows more; those are refused at load time
-/// (named), unknown names too (Envoy refuses those as well).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FormatOperator {
-    /// `%START_TIME%` (`%Y-%m-%dT%H:%M:%E3SZ`, UTC) or `%START_TIME(strftime)%`.
-    StartTime(Option<String>),
-    /// `%REQ(H?ALT)%` / `%REQUEST_HEADER(...)%`: lowercased names; `:method`, `:path`,
-    /// `:authority`, `:scheme` are the request's own.
-    RequestHeader {
-        name: String,
-        alternative: Option<String>,
-    },
-    /// `%RESP(H?ALT)%` / `%RESPONSE_HEADER(...)%`.
-    ResponseHeader {
-        name: String,
-        alternative: Option<String>,
-    },
-    /// `%TRAILER(...)%` / `%RESPONSE_TRAILER(...)%`: vigil's proxy does not forward trailers,
-    /// so always missing.
-    ResponseTrailer,
-    /// `%PROTOCOL%`: `HTTP/1.1`, `HTTP/2`.
-    Protocol,
-    ResponseCode,
-    ResponseCodeDetails,
-    /// `%RESPONSE_FLAGS%` (short: `UH`, `UF`, `UT`, `NR`, ...).
-    ResponseFlags,
-    /// `%RESPONSE_FLAGS_LONG%` (`NoHealthyUpstream`, ...).
-    ResponseFlagsLong,
-    BytesReceived,
-    BytesSent,
-    /// `%DURATION%`: milliseconds from the first request byte to the last response byte.
-    Duration,
-    /// `%REQUEST_DURATION%`: until the whole request was read.
-    RequestDuration,
-    /// `%RESPONSE_DURATION%`: until the response headers.
-    ResponseDuration,
-    UpstreamHost,
-    UpstreamCluster,
-    /// `%UPSTREAM_TRANSPORT_FAILURE_REASON%`.
-    UpstreamTransportFailureReason,
-    /// `%UPSTREAM_REQUEST_ATTEMPT_COUNT%`.
-    UpstreamRequestAttemptCount,
-    DownstreamRemoteAddress,
-    DownstreamRemoteAddressWithoutPort,
-    DownstreamLocalAddress,
-    DownstreamLocalAddressWithoutPort,
-    RouteName,
-    /// `%HOSTNAME%`: the machine's host name.
-    Hostname,
-}
-
 /// One of `http_filters`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpFilter {
@@ -800,7 +740,7 @@ pub enum HttpFilterKind {
     JwtAuthn(Box<crate::jwt_authn::JwtAuthn>),
     /// `envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit`: the proxy's token
     /// bucket (`crate::local_ratelimit`).
-    LocalRateLimit(Box<crate::config::LocalRateLimit>),
+    LocalRateLimit(Box<crate::local_ratelimit::LocalRateLimit>),
     /// `envoy.extensions.filters.http.csrf.v3.CsrfPolicy`: the origin check of state-changing
     /// requests (`crate::csrf`).
     Csrf(Box<crate::csrf::CsrfPolicy>),
@@ -858,32 +798,6 @@ impl HeaderMutations {
             && self.response_headers_to_add.is_empty()
             && self.response_headers_to_remove.is_empty()
     }
-}
-
-/// One `config.core.v3.HeaderValueOption` of a route table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HeaderOption {
-    /// Lowercased header name (never a pseudo-header or `host`).
-    pub name: String,
-    /// The value, `%%` already turned into `%`, when it has no command; see `format`.
-    pub value: String,
-    /// The value's command operators (`%REQ(x-user)%`, `%DOWNSTREAM_REMOTE_ADDRESS%`, ...), when
-    /// it has any: the value is made per request, as an access log line is.
-    pub format: Option<Vec<FormatPiece>>,
-    pub action: HeaderAppendAction,
-    /// `keep_empty_value` (default false: an empty value adds nothing).
-    pub keep_empty_value: bool,
-}
-
-/// `HeaderValueOption.append_action` (the deprecated `append: true / false` maps to
-/// `AppendIfExistsOrAdd` / `OverwriteIfExistsOrAdd`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum HeaderAppendAction {
-    #[default]
-    AppendIfExistsOrAdd,
-    AddIfAbsent,
-    OverwriteIfExistsOrAdd,
-    OverwriteIfExists,
 }
 
 /// `config.route.v3.VirtualHost`.
@@ -1221,7 +1135,7 @@ pub enum FilterOverride {
     /// jwt_authn's `PerRouteConfig`.
     JwtAuthn(crate::jwt_authn::PerRoute),
     /// A `LocalRateLimit` of the route's own (its own bucket).
-    LocalRateLimit(Box<crate::config::LocalRateLimit>),
+    LocalRateLimit(Box<crate::local_ratelimit::LocalRateLimit>),
     /// A `CsrfPolicy` replacing the filter's.
     Csrf(Box<crate::csrf::CsrfPolicy>),
     /// A `BufferPerRoute`'s own `max_request_bytes`.

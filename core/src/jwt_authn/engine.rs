@@ -13,7 +13,7 @@ use super::crypto;
 use super::jwks::{Jwks, Jwt, parse_jwt};
 use super::{JwksSource, JwtAuthn, LocalJwks, Locations, PerRoute, Provider, Requirement, Status};
 use crate::balance::hash_policy::query_parameter_first;
-use crate::config::Sourced;
+use crate::base::Sourced;
 use crate::matcher::{PathMatch, QueryMatch, RouteMatch};
 use crate::matcher::{RequestView, header_matches, strip_query};
 use serde_json::Value;

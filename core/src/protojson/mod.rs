@@ -33,6 +33,9 @@ use serde_json::{Map, Value};
 #[cfg(feature = "envoy-schema")]
 pub use validate::schema_errors;
 
+/// PGV's message for a string shorter than `min_len: 1`, which many Envoy fields require.
+pub(crate) const MIN_LEN_1: &str = "value length must be at least 1 characters";
+
 /// Errors and warnings collected during one load.
 #[derive(Debug, Default)]
 pub(crate) struct Ctx {
@@ -916,6 +919,11 @@ pub(crate) fn duration_text(value: &Value) -> Result<ProtoDuration, String> {
             describe(other)
         )),
     }
+}
+
+/// A duration field in whole milliseconds, `default` when it is unset.
+pub(crate) fn millis(d: Option<ProtoDuration>, default: u64) -> u64 {
+    d.map_or(default, ProtoDuration::millis)
 }
 
 /// Envoy's checks before it turns a Duration into milliseconds (`validateDuration` and
