@@ -40,12 +40,21 @@
 //!   a mapping: a typo inside it is caught by Envoy, not by vigil yet (`outlier_detection` and
 //!   `circuit_breakers` are typed at load). Which filters vigil enforces, ignores or refuses is
 //!   `filters` (vigil fails closed: a filter that could stop a request is refused by name);
-//! - route regexes are compiled with regex-lite, not RE2 (see [`Regex`]); RE2's program-size
-//!   limit is estimated, from below.
+//! - route regexes are compiled with regex-lite, not RE2 (see [`crate::matcher::Regex`]); RE2's
+//!   program-size limit is estimated, from below.
 //!
-//! Layout: `reader` (proto-JSON reading rules), `schema` (the Envoy messages and what vigil does
-//! with each field), `cluster`, `health_check`, `listener` (the typed readers), `filters` (which
-//! filters are enforced, ignored or refused; `filter_chain_match`), `types` (the result), `error`.
+//! Layout (the proto-JSON reading rules and the error type are `crate::protojson`'s, below):
+//! - `schema`: the Envoy messages vigil reads and what it does with each field;
+//! - `types`: the result, [`Bootstrap`] down to listeners and clusters;
+//! - `cluster`, `circuit_breakers`, `health_check`, `tls`, `sds`: the cluster readers and the TLS
+//!   contexts (with SDS secrets) both sides use;
+//! - `listener` (listeners, filter chains), `connection_manager` (the HTTP connection manager),
+//!   `http_filters` (its filters and their per-route settings), `route_config` (route
+//!   configurations), `access_log`, `headers` (header additions and removals), `matchers` (the
+//!   readers of `crate::matcher`'s types) and `re2_size` (RE2's program-size estimate);
+//! - `filters` (which filters are enforced, ignored or refused; `filter_chain_match`) and one
+//!   reader per filter vigil runs: `buffer`, `csrf`, `ext_authz`, `jwt_authn`, `local_ratelimit`,
+//!   `rbac` (most fill types of the filter's own module: `crate::rbac`, `crate::csrf`, ...).
 
 mod access_log;
 mod buffer;
