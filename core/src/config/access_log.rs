@@ -3,13 +3,71 @@
 //! format when none is given.
 
 use super::schema::*;
-use super::types::{
-    AccessLog, AccessLogSink, DEFAULT_ACCESS_LOG_FORMAT, JsonFormatValue, LogFormat, LogFormatKind,
-};
 use crate::protojson::{Ctx, Obj, base64, describe, string};
 use crate::protojson::{FieldPath, MIN_LEN_1};
+use crate::substitution::FormatPiece;
 use crate::substitution::parse_format;
 use serde_json::{Map, Value};
+
+/// One `access_log` entry of a connection manager (`config.accesslog.v3.AccessLog`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLog {
+    /// `name` (may be empty).
+    pub name: String,
+    pub sink: AccessLogSink,
+    pub format: LogFormat,
+}
+
+/// Where an access log goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogSink {
+    /// `envoy.extensions.access_loggers.file.v3.FileAccessLog`: appended to `path`.
+    File(String),
+    /// `envoy.extensions.access_loggers.stream.v3.StdoutAccessLog`.
+    Stdout,
+    /// `envoy.extensions.access_loggers.stream.v3.StderrAccessLog`.
+    Stderr,
+}
+
+/// A parsed `log_format` (`config.core.v3.SubstitutionFormatString`); Envoy's default text
+/// format ([`DEFAULT_ACCESS_LOG_FORMAT`]) when none is given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogFormat {
+    pub kind: LogFormatKind,
+    /// `omit_empty_values`: a missing value is written as nothing (text) or its key is left out
+    /// (JSON), instead of `-` / `null`.
+    pub omit_empty_values: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogFormatKind {
+    /// `text_format` / `text_format_source` (one line per request; the text carries its own
+    /// newline, as in Envoy).
+    Text(Vec<FormatPiece>),
+    /// `json_format`: one JSON object per line, keys in the order written (or sorted with
+    /// `json_format_options.sort_properties`).
+    Json(Vec<(String, JsonFormatValue)>),
+}
+
+/// One value of a `json_format` dictionary.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JsonFormatValue {
+    /// A string with command operators. A string that is exactly one operator keeps the
+    /// operator's type (numbers stay numbers, a missing value is `null`), as Envoy does.
+    Format(Vec<FormatPiece>),
+    /// Numbers, booleans and `null`: written as given.
+    Literal(Value),
+    /// A nested dictionary.
+    Object(Vec<(String, JsonFormatValue)>),
+}
+
+/// Envoy's access log format when `log_format` is not given (`DEFAULT_FORMAT` in Envoy's
+/// `substitution_format_string.cc`).
+pub const DEFAULT_ACCESS_LOG_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% \
+     %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% \
+     %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \
+     \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \
+     \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\"\n";
 
 const FILE_ACCESS_LOG_TYPE: &str = "envoy.extensions.access_loggers.file.v3.FileAccessLog";
 const STDOUT_ACCESS_LOG_TYPE: &str = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog";

@@ -1,7 +1,7 @@
 //! The buffer filter (`envoy.extensions.filters.http.buffer.v3.Buffer`) and a route's
 //! `BufferPerRoute`, read into the request body limit the proxy enforces.
 
-use super::types::FilterOverride;
+use super::per_filter::FilterOverride;
 use crate::protojson::{Any, Ctx, Message, read};
 
 pub(crate) const BUFFER_TYPE: &str = "envoy.extensions.filters.http.buffer.v3.Buffer";

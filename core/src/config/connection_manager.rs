@@ -3,22 +3,212 @@
 //! configuration, validated as Envoy 1.36 validates them. Its `http_filters` are
 //! [`super::http_filters`]'s, its routes [`super::route_config`]'s.
 
+use super::access_log::AccessLog;
 use super::access_log::access_log;
 use super::filters::{self};
 use super::headers::header_text;
+use super::http_filters::HttpFilter;
 use super::http_filters::http_filters;
+use super::route_config::RouteConfiguration;
 use super::route_config::route_configuration;
 use super::schema::*;
-use super::types::AccessLog;
-use super::types::{
-    ClientCertDetails, CodecType, FilterChainRef, ForwardClientCert, HttpConnectionManager,
-    HttpProtocolOptions, ServerHeaderTransformation, StripPort,
-};
-use super::types::{DEFAULT_MAX_REQUEST_HEADERS_KB, DEFAULT_STREAM_IDLE_TIMEOUT_MS};
 use crate::protojson::MIN_LEN_1;
 use crate::protojson::millis;
 use crate::protojson::{Any, Ctx, Obj, ProtoDuration};
 use serde_json::Value;
+
+/// Which filter chain of a listener an [`HttpConnectionManager`] belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterChainRef {
+    /// `filter_chains[i]`.
+    Index(usize),
+    /// `default_filter_chain`.
+    Default,
+}
+
+/// `HttpConnectionManager.forward_client_cert_details`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardClientCert {
+    /// Removed from every request (Envoy's default).
+    #[default]
+    Sanitize,
+    /// Kept as sent on mutual-TLS connections, removed otherwise.
+    ForwardOnly,
+    /// On mutual-TLS connections, the client certificate's details appended; removed otherwise.
+    AppendForward,
+    /// On mutual-TLS connections, replaced by the client certificate's details; removed
+    /// otherwise.
+    SanitizeSet,
+    /// Kept as sent, whatever the connection.
+    AlwaysForwardOnly,
+}
+
+/// `HttpConnectionManager.set_current_client_cert_details` (the certificate and chain themselves
+/// are refused by vigil).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClientCertDetails {
+    pub subject: bool,
+    pub uri: bool,
+    pub dns: bool,
+}
+
+/// `HttpConnectionManager.codec_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CodecType {
+    /// HTTP/1.1 or HTTP/2 (prior knowledge), told apart by the connection preface.
+    #[default]
+    Auto,
+    Http1,
+    Http2,
+}
+
+/// Which port the connection manager strips from `Host` / `:authority` before routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StripPort {
+    /// Keep the authority as sent (Envoy's default).
+    #[default]
+    None,
+    /// `strip_matching_host_port`: only when the port is the listener's own port.
+    Matching,
+    /// `strip_any_host_port`: any port.
+    Any,
+}
+
+/// `server_header_transformation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServerHeaderTransformation {
+    /// Replace the upstream's `server` header with `server_name` (Envoy's default).
+    #[default]
+    Overwrite,
+    AppendIfAbsent,
+    PassThrough,
+}
+
+/// `config.core.v3.HttpProtocolOptions` (`common_http_protocol_options`), downstream side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpProtocolOptions {
+    /// `idle_timeout`: a connection with no active stream for this long is closed (Envoy's
+    /// downstream default: 1 hour; `0` disables it).
+    pub idle_timeout_ms: u64,
+    /// `max_headers_count` (default 100, at least 1).
+    pub max_headers_count: u32,
+    /// `max_connection_duration`; `None`: unlimited.
+    pub max_connection_duration_ms: Option<u64>,
+    /// `max_stream_duration`; `None`: unlimited.
+    pub max_stream_duration_ms: Option<u64>,
+    /// `max_requests_per_connection`; `None`: unlimited.
+    pub max_requests_per_connection: Option<u32>,
+}
+
+/// Envoy's downstream `idle_timeout` default.
+pub const DEFAULT_DOWNSTREAM_IDLE_TIMEOUT_MS: u64 = 3_600_000;
+
+/// Envoy's `max_headers_count` default.
+pub const DEFAULT_MAX_HEADERS_COUNT: u32 = 100;
+
+/// Envoy's `max_request_headers_kb` default.
+pub const DEFAULT_MAX_REQUEST_HEADERS_KB: u32 = 60;
+
+/// Envoy's `stream_idle_timeout` default.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT_MS: u64 = 300_000;
+
+impl Default for HttpProtocolOptions {
+    fn default() -> Self {
+        HttpProtocolOptions {
+            idle_timeout_ms: DEFAULT_DOWNSTREAM_IDLE_TIMEOUT_MS,
+            max_headers_count: DEFAULT_MAX_HEADERS_COUNT,
+            max_connection_duration_ms: None,
+            max_stream_duration_ms: None,
+            max_requests_per_connection: None,
+        }
+    }
+}
+
+/// `envoy.filters.network.http_connection_manager`
+/// (`envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager`), the
+/// parts vigil reads, defaults applied. Durations are milliseconds; `0` disables a timeout where
+/// Envoy says so.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConnectionManager {
+    /// The filter chain it sits in.
+    pub filter_chain: FilterChainRef,
+    /// That chain's `filter_chain_match`, as written (`None`: matches everything).
+    pub filter_chain_match: Option<Value>,
+    /// The same, typed: connections it does not match are closed, as Envoy closes a
+    /// connection no filter chain matches.
+    pub connection_match: crate::config::FilterChainMatch,
+    /// The chain's `transport_socket` when it is TLS (`DownstreamTlsContext`); `None`: plain
+    /// text.
+    pub tls: Option<crate::config::DownstreamTls>,
+    /// The chain's `envoy.filters.network.rbac` filters (before the connection manager), in
+    /// order: a connection any of them denies is closed.
+    pub network_rbac: Vec<crate::rbac::NetworkRbac>,
+    /// `stat_prefix` (required, non-empty).
+    pub stat_prefix: String,
+    /// `codec_type` (default AUTO).
+    pub codec_type: CodecType,
+    /// `route_config` (inline; `rds` and `scoped_routes` are refused).
+    pub route_config: RouteConfiguration,
+    /// `http_filters`, in order. Envoy accepts an empty list, and then never answers a request
+    /// (it waits for `stream_idle_timeout`).
+    pub http_filters: Vec<HttpFilter>,
+    /// `access_log`: the file / stdout / stderr loggers, formats parsed (Envoy's command
+    /// operators; an unknown operator is a load error). Off when empty, as in Envoy.
+    pub access_log: Vec<AccessLog>,
+    /// The `routing` object of vigil's own wasm filter in `http_filters` (see
+    /// [`VIGIL_ROOT_IDS`]), read with
+    /// [`RoutingConfig::from_json`](crate::rules::RoutingConfig::from_json); `None` when the
+    /// chain has no vigil filter or its configuration has no `routing`. The companion applies it
+    /// before route selection, as the filter does in Envoy.
+    pub vigil_routing: Option<crate::rules::RoutingConfig>,
+    /// The whole configuration of vigil's wasm filter in `http_filters`, read by the filter's
+    /// own reader; the companion applies its `routing` (above) and, for clusters without an
+    /// `outlier_detection` of their own, its clusters' `outlier_detection`.
+    pub vigil_plugin: Option<crate::plugin::PluginConfig>,
+    /// `request_timeout` (default 0: none).
+    pub request_timeout_ms: u64,
+    /// `request_headers_timeout`: `None` when the file does not set it (Envoy then has no
+    /// limit; the companion applies its own bounded default), `Some(0)` when set to 0 (no limit).
+    pub request_headers_timeout_ms: Option<u64>,
+    /// `stream_idle_timeout` (default 5 minutes; 0 disables it).
+    pub stream_idle_timeout_ms: u64,
+    /// `drain_timeout` (default 5 s).
+    pub drain_timeout_ms: u64,
+    /// `delayed_close_timeout` (default 1 s).
+    pub delayed_close_timeout_ms: u64,
+    pub common_http_protocol_options: HttpProtocolOptions,
+    /// `max_request_headers_kb` (default 60, 1 to 8192).
+    pub max_request_headers_kb: u32,
+    /// `use_remote_address` (default false).
+    pub use_remote_address: bool,
+    /// `xff_num_trusted_hops` (default 0).
+    pub xff_num_trusted_hops: u32,
+    /// `skip_xff_append` (default false).
+    pub skip_xff_append: bool,
+    /// `forward_client_cert_details`: what happens to `x-forwarded-client-cert`.
+    pub forward_client_cert: ForwardClientCert,
+    /// `set_current_client_cert_details`: what APPEND_FORWARD / SANITIZE_SET write besides the
+    /// hash (and `By`).
+    pub client_cert_details: ClientCertDetails,
+    /// `via`: the value appended to `via` headers (empty: none).
+    pub via: String,
+    /// `generate_request_id` (default true).
+    pub generate_request_id: bool,
+    /// `preserve_external_request_id` (default false).
+    pub preserve_external_request_id: bool,
+    /// `always_set_request_id_in_response` (default false).
+    pub always_set_request_id_in_response: bool,
+    /// `server_name` (default `envoy`).
+    pub server_name: String,
+    pub server_header_transformation: ServerHeaderTransformation,
+    /// `strip_matching_host_port` / `strip_any_host_port`.
+    pub strip_port: StripPort,
+    /// `strip_trailing_host_dot` (default false).
+    pub strip_trailing_host_dot: bool,
+    /// `normalize_path`, `merge_slashes` and `path_with_escaped_slashes_action` (all off by
+    /// default): what the path becomes before filters, routes and the upstream see it.
+    pub path_normalization: crate::path_normalize::PathNormalization,
+}
 
 pub(super) fn connection_manager(
     cx: &mut Ctx,

@@ -3,12 +3,32 @@
 //! values' substitution-format commands.
 
 use super::schema::*;
-use super::types::HeaderMutations;
 use crate::base::{HeaderAppendAction, HeaderOption};
 use crate::protojson::{Ctx, Obj, string};
 use crate::protojson::{FieldPath, MIN_LEN_1};
 use crate::substitution::parse_format;
 use serde_json::Value;
+
+/// `request_headers_to_add` / `_to_remove`, `response_headers_to_add` / `_to_remove` at one
+/// level (route configuration, virtual host, route or weighted cluster).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeaderMutations {
+    pub request_headers_to_add: Vec<HeaderOption>,
+    /// Lowercased header names.
+    pub request_headers_to_remove: Vec<String>,
+    pub response_headers_to_add: Vec<HeaderOption>,
+    /// Lowercased header names.
+    pub response_headers_to_remove: Vec<String>,
+}
+
+impl HeaderMutations {
+    pub fn is_empty(&self) -> bool {
+        self.request_headers_to_add.is_empty()
+            && self.request_headers_to_remove.is_empty()
+            && self.response_headers_to_add.is_empty()
+            && self.response_headers_to_remove.is_empty()
+    }
+}
 
 /// A string field Envoy constrains to header-value characters (no NUL, CR or LF).
 pub(super) fn header_text(cx: &mut Ctx, o: &mut Obj, field: &str) -> Option<String> {

@@ -4,14 +4,70 @@
 
 use super::filters::{self, Treatment};
 use super::matchers::{header_matcher, runtime_fraction, string_match};
+use super::per_filter::{FilterOverride, FilterSettings};
 use super::schema::*;
-use super::types::{FilterOverride, FilterSettings, HttpFilter, HttpFilterKind};
-use super::types::{VIGIL_ROOT_IDS, VIGIL_WASM_FILE};
 use crate::cors::CorsPolicy;
 use crate::matcher::HeaderMatcher;
 use crate::protojson::{Ctx, Obj, any as read_any, base64, describe, json_name};
 use crate::protojson::{FieldPath, MIN_LEN_1};
 use serde_json::{Map, Value};
+
+/// The plugin `root_id`s that mark an `envoy.filters.http.wasm` filter as vigil's own (the
+/// filter's docs and templates use `vigil_filter`); a plugin whose `vm_config.code.local.filename`
+/// ends in [`VIGIL_WASM_FILE`] is vigil's too, whatever its `root_id`.
+pub const VIGIL_ROOT_IDS: [&str; 2] = ["vigil_filter", "vigil"];
+
+/// The file name of vigil's wasm module.
+pub const VIGIL_WASM_FILE: &str = "vigil_filter.wasm";
+
+/// One of `http_filters`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpFilter {
+    /// `name` (non-empty; names need not be unique).
+    pub name: String,
+    pub kind: HttpFilterKind,
+    /// `is_optional`.
+    pub is_optional: bool,
+    /// `disabled`: off unless a route enables it (per-filter config is not read by vigil).
+    pub disabled: bool,
+}
+
+/// What an HTTP filter is, by its `typed_config` `@type` (as Envoy picks the factory).
+#[derive(Debug, Clone, PartialEq)]
+pub enum HttpFilterKind {
+    /// `envoy.extensions.filters.http.router.v3.Router`: the terminal filter that forwards.
+    Router,
+    /// `envoy.extensions.filters.http.rbac.v3.RBAC`: enforced by the companion's proxy.
+    Rbac(Box<crate::rbac::HttpRbac>),
+    /// `envoy.extensions.filters.http.cors.v3.Cors`: run by the companion's proxy with the
+    /// routes' CORS policies.
+    Cors,
+    /// `envoy.extensions.filters.http.health_check.v3.HealthCheck` without pass-through: a
+    /// request whose headers match is answered by the proxy itself (200, or 503 while the admin
+    /// API's `/healthcheck/fail` is in effect).
+    HealthCheck { headers: Vec<HeaderMatcher> },
+    /// `envoy.extensions.filters.http.ext_authz.v3.ExtAuthz`: the proxy asks the authorization
+    /// service about every request.
+    ExtAuthz(Box<crate::config::ExtAuthz>),
+    /// `envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication`: the proxy verifies the
+    /// request's JWTs (`crate::jwt_authn`).
+    JwtAuthn(Box<crate::jwt_authn::JwtAuthn>),
+    /// `envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit`: the proxy's token
+    /// bucket (`crate::local_ratelimit`).
+    LocalRateLimit(Box<crate::local_ratelimit::LocalRateLimit>),
+    /// `envoy.extensions.filters.http.csrf.v3.CsrfPolicy`: the origin check of state-changing
+    /// requests (`crate::csrf`).
+    Csrf(Box<crate::csrf::CsrfPolicy>),
+    /// `envoy.extensions.filters.http.buffer.v3.Buffer`: the whole request body is read before
+    /// the request goes on; above `max_request_bytes` it is answered 413.
+    Buffer(u32),
+    /// `envoy.extensions.filters.http.wasm.v3.Wasm`: a wasm module (such as vigil's own filter),
+    /// which the companion does not load.
+    Wasm,
+    /// Any other filter, by message name: one vigil may ignore (a warning says so), or one
+    /// disabled that no route turns on.
+    Other(String),
+}
 
 const HTTP_WASM_TYPE: &str = "envoy.extensions.filters.http.wasm.v3.Wasm";
 const ROUTER_TYPE: &str = "envoy.extensions.filters.http.router.v3.Router";

@@ -3,14 +3,38 @@
 //! validated as Envoy 1.36 validates them. Everything else of a listener is kept as written in
 //! [`Listener::rest`].
 
-use super::cluster::address;
+use super::address::address;
+use super::address::{Address, SocketProtocol};
+use super::connection_manager::FilterChainRef;
+use super::connection_manager::HttpConnectionManager;
 use super::connection_manager::connection_manager;
 use super::filters::{self, FilterChainMatch, Treatment};
 use super::schema::*;
-use super::types::{Address, FilterChainRef, HttpConnectionManager, Listener, SocketProtocol};
 use crate::protojson::{Ctx, Obj, items};
 use crate::protojson::{FieldPath, MIN_LEN_1};
 use serde_json::{Map, Value};
+
+/// One of `static_resources.listeners`: its name and address, and the HTTP connection manager of
+/// each filter chain that has one (see [`HttpConnectionManager`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    /// `name` (may be empty: Envoy then names the listener itself).
+    pub name: String,
+    pub address: Option<Address>,
+    /// The `envoy.filters.network.http_connection_manager` filters of `filter_chains` (in order)
+    /// and of `default_filter_chain` (last), one per chain that has one. A listener that has one
+    /// has exactly one filter chain (vigil refuses the others).
+    pub http: Vec<HttpConnectionManager>,
+    /// The matches of the chains without an HTTP connection manager, on a listener that has
+    /// HTTP chains too: a connection Envoy would hand to one of them is closed by vigil.
+    pub unserved_chains: Vec<(FilterChainRef, crate::config::FilterChainMatch)>,
+    /// `bind_to_port` (default true): when false, Envoy accepts no connection on the address
+    /// itself, and neither does vigil.
+    pub bind_to_port: bool,
+    /// Every other top-level field, as written (all keys are known Envoy `Listener` fields);
+    /// `filter_chains` and `default_filter_chain` stay here too, raw.
+    pub rest: Map<String, Value>,
+}
 
 const WASM_NOTE: &str = "the vigil wasm filter (or another wasm module) runs inside Envoy; the \
                          companion does this work natively and does not load wasm";

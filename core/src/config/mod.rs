@@ -45,18 +45,21 @@
 //!
 //! Layout (the proto-JSON reading rules and the error type are `crate::protojson`'s, below):
 //! - `schema`: the Envoy messages vigil reads and what it does with each field;
-//! - `types`: the result, [`Bootstrap`] down to listeners and clusters;
-//! - `cluster`, `circuit_breakers`, `health_check`, `tls`, `sds`: the cluster readers and the TLS
-//!   contexts (with SDS secrets) both sides use;
+//! - `types`: the top of the result, [`Bootstrap`], admin and the cluster types; the other
+//!   files hold their own types beside their readers (all re-exported here);
+//! - `address` (addresses and their reader), `cluster`, `circuit_breakers`, `health_check`, `tls`,
+//!   `sds`: the cluster readers and the TLS contexts (with SDS secrets) both sides use;
 //! - `listener` (listeners, filter chains), `connection_manager` (the HTTP connection manager),
 //!   `http_filters` (its filters and their per-route settings), `route_config` (route
 //!   configurations), `access_log`, `headers` (header additions and removals), `matchers` (the
-//!   readers of `crate::matcher`'s types) and `re2_size` (RE2's program-size estimate);
+//!   readers of `crate::matcher`'s types), `re2_size` (RE2's program-size estimate) and
+//!   `per_filter` (what a route level says to the HTTP filters);
 //! - `filters` (which filters are enforced, ignored or refused; `filter_chain_match`) and one
 //!   reader per filter vigil runs: `buffer`, `csrf`, `ext_authz`, `jwt_authn`, `local_ratelimit`,
 //!   `rbac` (most fill types of the filter's own module: `crate::rbac`, `crate::csrf`, ...).
 
 mod access_log;
+mod address;
 mod buffer;
 mod circuit_breakers;
 mod cluster;
@@ -71,6 +74,7 @@ mod jwt_authn;
 mod listener;
 mod local_ratelimit;
 mod matchers;
+mod per_filter;
 mod rbac;
 mod re2_size;
 mod route_config;
@@ -82,11 +86,31 @@ mod types;
 pub use crate::protojson::schema_errors;
 
 pub use crate::protojson::{ConfigError, ConfigErrors, ErrorKind, FieldPath, Location, Warning};
+pub use access_log::{
+    AccessLog, AccessLogSink, DEFAULT_ACCESS_LOG_FORMAT, JsonFormatValue, LogFormat, LogFormatKind,
+};
+pub use address::{Address, SocketAddress, SocketProtocol};
 pub use circuit_breakers::{CircuitBreakers, RetryBudget, RoutingPriority, Thresholds};
+pub use connection_manager::{
+    ClientCertDetails, CodecType, DEFAULT_DOWNSTREAM_IDLE_TIMEOUT_MS, DEFAULT_MAX_HEADERS_COUNT,
+    DEFAULT_MAX_REQUEST_HEADERS_KB, DEFAULT_STREAM_IDLE_TIMEOUT_MS, FilterChainRef,
+    ForwardClientCert, HttpConnectionManager, HttpProtocolOptions, ServerHeaderTransformation,
+    StripPort,
+};
 pub use ext_authz::{
     AuthzService, BufferSettings, ExtAuthz, ExtAuthzPerRoute, GrpcService, HttpService,
 };
 pub use filters::{ChainFacts, FilterChainMatch, SourceType, select_filter_chain};
+pub use headers::HeaderMutations;
+pub use http_filters::{HttpFilter, HttpFilterKind, VIGIL_ROOT_IDS, VIGIL_WASM_FILE};
+pub use listener::Listener;
+pub use per_filter::{FilterOverride, FilterSettings};
+pub use route_config::{
+    ClusterSpecifier, ClusterWeight, DEFAULT_MAX_DIRECT_RESPONSE_BODY_SIZE_BYTES,
+    DEFAULT_ROUTE_TIMEOUT_MS, ForwardAction, HostRewrite, Redirect, RedirectPath, RegexRewrite,
+    RetryHostPredicate, RetryOn, RetryPolicy, Route, RouteAction, RouteConfiguration,
+    RouteHashKind, RouteHashPolicy, VirtualHost, WeightedClusters, WeightedTarget,
+};
 pub use tls::{
     DownstreamTls, PeerValidation, RequestServerName, SanMatcher, SanType, SubjectAltName,
     TlsParams, TlsVersion, UpstreamTls, dns_name_match,
@@ -467,7 +491,7 @@ fn admin(cx: &mut Ctx, mut o: Obj) -> Admin {
     let profile_path = o.nonempty_string(cx, "profile_path");
     let address = o
         .take("address")
-        .and_then(|(p, v)| cluster::address(cx, &p, v));
+        .and_then(|(p, v)| address::address(cx, &p, v));
     o.finish(cx);
     Admin {
         address,

@@ -3,23 +3,361 @@
 //! response), checked as Envoy 1.36 checks them (`RouteMatcher`'s domain rules, weighted
 //! cluster sums, clusters named by routes, ...).
 
+use super::headers::HeaderMutations;
 use super::headers::header_text;
 use super::headers::{header_mutations, lax_header_ok};
 use super::http_filters::{cors_policy, field, filter_settings};
 use super::matchers::{header_name, regex_matcher, route_match};
+use super::per_filter::FilterSettings;
 use super::schema::*;
-use super::types::{
-    ClusterSpecifier, ClusterWeight, ForwardAction, HostRewrite, Redirect, RedirectPath,
-    RegexRewrite, RetryHostPredicate, RetryOn, RetryPolicy, Route, RouteAction, RouteConfiguration,
-    RouteHashKind, RouteHashPolicy, VirtualHost, WeightedClusters, WeightedTarget,
-};
-use super::types::{DEFAULT_MAX_DIRECT_RESPONSE_BODY_SIZE_BYTES, DEFAULT_ROUTE_TIMEOUT_MS};
 use crate::balance::hash_policy::{CookieAttribute, CookiePolicy};
 use crate::matcher::PathMatch;
+use crate::matcher::{Regex, RouteMatch};
 use crate::protojson::millis;
 use crate::protojson::{Ctx, Obj, ProtoDuration, base64, string};
 use crate::protojson::{FieldPath, MIN_LEN_1};
 use serde_json::Value;
+
+/// Envoy's route `timeout` default.
+pub const DEFAULT_ROUTE_TIMEOUT_MS: u64 = 15_000;
+
+/// Envoy's `max_direct_response_body_size_bytes` default.
+pub const DEFAULT_MAX_DIRECT_RESPONSE_BODY_SIZE_BYTES: u32 = 4_096;
+
+/// `config.route.v3.RouteConfiguration`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfiguration {
+    /// `name` (may be empty).
+    pub name: String,
+    pub virtual_hosts: Vec<VirtualHost>,
+    /// Header changes for every request and response (`request_headers_to_add`, ...).
+    pub headers: HeaderMutations,
+    /// `most_specific_header_mutations_wins` (default false: route-config level wins over
+    /// virtual host over route).
+    pub most_specific_header_mutations_wins: bool,
+    /// `validate_clusters`; `None`: unset (Envoy then checks inline route tables' clusters).
+    pub validate_clusters: Option<bool>,
+    /// `max_direct_response_body_size_bytes` (default 4096).
+    pub max_direct_response_body_size_bytes: u32,
+    /// `ignore_port_in_host_matching` (default false).
+    pub ignore_port_in_host_matching: bool,
+    /// `ignore_path_parameters_in_path_matching` (default false): `;params` are cut off the path
+    /// before path matching.
+    pub ignore_path_parameters_in_path_matching: bool,
+    /// What `typed_per_filter_config` says to the filters.
+    pub filters: FilterSettings,
+}
+
+/// `config.route.v3.VirtualHost`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VirtualHost {
+    /// `name` (non-empty; need not be unique).
+    pub name: String,
+    /// `domains` as written (at least one; unique across the route configuration ignoring case;
+    /// `*` at most once).
+    pub domains: Vec<String>,
+    pub routes: Vec<Route>,
+    /// `retry_policy`: used by routes that have none.
+    pub retry_policy: Option<RetryPolicy>,
+    pub headers: HeaderMutations,
+    /// CORS policies of this virtual host: per filter name (`typed_per_filter_config`), and the
+    /// legacy `cors` field.
+    pub filters: FilterSettings,
+}
+
+/// `config.route.v3.Route`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    /// `name` (may be empty).
+    pub name: String,
+    pub matcher: RouteMatch,
+    pub action: RouteAction,
+    pub headers: HeaderMutations,
+    /// CORS policies of this route: per filter name, and the route action's legacy `cors`.
+    pub filters: FilterSettings,
+}
+
+/// What a route does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RouteAction {
+    /// `route`: forward upstream.
+    Forward(Box<ForwardAction>),
+    /// `direct_response`: answer with this status (200 to 599) and body.
+    DirectResponse { status: u16, body: Option<Vec<u8>> },
+    /// `redirect`: answer with a redirect to a URL built from the request.
+    Redirect(Box<Redirect>),
+}
+
+/// `config.route.v3.RedirectAction`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Redirect {
+    /// `scheme_redirect`, or `https` for `https_redirect`; `None`: the request's scheme.
+    pub scheme: Option<String>,
+    /// `host_redirect` (`None`: the request's host, its port dropped as Envoy drops it).
+    pub host: Option<String>,
+    /// `port_redirect` (`None` or 0: unchanged).
+    pub port: Option<u32>,
+    pub path: RedirectPath,
+    /// `response_code` as a status: 301 (default), 302, 303, 307 or 308.
+    pub status: u16,
+    /// `strip_query`.
+    pub strip_query: bool,
+}
+
+/// `path_rewrite_specifier` of a redirect.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RedirectPath {
+    /// The request's path.
+    Unchanged,
+    /// `path_redirect`: this path (and the request's query unless it has its own).
+    Path(String),
+    /// `prefix_rewrite`: the matched prefix replaced.
+    Prefix(String),
+    /// `regex_rewrite`: the path part rewritten, the query kept.
+    Regex(RegexRewrite),
+}
+
+/// `config.route.v3.RouteAction`, the parts vigil reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForwardAction {
+    pub cluster: ClusterSpecifier,
+    /// `cluster_not_found_response_code` as a status: 503 (default), 404 or 500.
+    pub cluster_not_found_status: u16,
+    /// `prefix_rewrite`: replaces the matched prefix (or the whole matched path).
+    pub prefix_rewrite: Option<String>,
+    /// `regex_rewrite`: replaces every match in the path (without query).
+    pub regex_rewrite: Option<RegexRewrite>,
+    pub host_rewrite: HostRewrite,
+    /// `append_x_forwarded_host` (default false).
+    pub append_x_forwarded_host: bool,
+    /// `timeout` (default 15 s; 0 disables it).
+    pub timeout_ms: u64,
+    /// `idle_timeout` (`None`: the connection manager's `stream_idle_timeout`; 0 disables).
+    pub idle_timeout_ms: Option<u64>,
+    /// `retry_policy`, or else the virtual host's.
+    pub retry_policy: Option<RetryPolicy>,
+    /// `hash_policy`, in order (entries that produce nothing in Envoy, such as
+    /// `connection_properties: {source_ip: false}`, are left out).
+    pub hash_policy: Vec<RouteHashPolicy>,
+    /// `upgrade_configs` with an enabled `CONNECT` and a `connect_config`: a CONNECT request
+    /// is terminated here, its tunnel's bytes carried to a host of the cluster over TCP.
+    pub terminate_connect: bool,
+}
+
+/// The `cluster_specifier` of a route action.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClusterSpecifier {
+    /// `cluster`.
+    Cluster(String),
+    /// `cluster_header`: the cluster named by the first value of this (lowercased) header.
+    Header(String),
+    /// `weighted_clusters`.
+    Weighted(WeightedClusters),
+}
+
+/// `config.route.v3.WeightedCluster`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeightedClusters {
+    pub clusters: Vec<ClusterWeight>,
+    /// The sum of the weights (more than 0, at most `u32::MAX`). The deprecated
+    /// `total_weight` is not checked by Envoy 1.36 and is ignored.
+    pub total_weight: u64,
+    /// `header_name`: take the random value from this (lowercased) request header when it has
+    /// exactly one value that parses as a `u64`.
+    pub random_value_header: Option<String>,
+    /// `use_hash_policy`: pick with the route's request hash when there is one.
+    pub use_hash_policy: bool,
+}
+
+/// One of `weighted_clusters.clusters`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterWeight {
+    pub target: WeightedTarget,
+    /// `weight` (required; may be 0).
+    pub weight: u32,
+    /// `host_rewrite_literal`.
+    pub host_rewrite_literal: Option<String>,
+    pub headers: HeaderMutations,
+}
+
+/// A weighted cluster's `name` or `cluster_header`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WeightedTarget {
+    Name(String),
+    /// Lowercased header name.
+    Header(String),
+}
+
+/// The `host_rewrite_specifier` of a route action.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum HostRewrite {
+    /// Keep the request's authority.
+    #[default]
+    None,
+    /// `host_rewrite_literal`.
+    Literal(String),
+    /// `auto_host_rewrite: true`: the chosen upstream host's hostname (DNS clusters).
+    Auto,
+    /// `host_rewrite_header`: the first value of this (lowercased) request header, if any.
+    Header(String),
+}
+
+/// `config.route.v3.RetryPolicy`, defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// `retry_on`, the conditions Envoy knows (unknown words are ignored, as Envoy does, with a
+    /// warning).
+    pub retry_on: Vec<RetryOn>,
+    /// `num_retries` (default 1).
+    pub num_retries: u32,
+    /// `per_try_timeout` (default 0: the route timeout only).
+    pub per_try_timeout_ms: u64,
+    /// `per_try_idle_timeout` (default 0: none).
+    pub per_try_idle_timeout_ms: u64,
+    /// `retry_host_predicate`: only `previous_hosts` is supported.
+    pub retry_host_predicates: Vec<RetryHostPredicate>,
+    /// `host_selection_retry_max_attempts` (default 1; Envoy keeps 1 for 0).
+    pub host_selection_retry_max_attempts: i64,
+    /// `retriable_status_codes`.
+    pub retriable_status_codes: Vec<u32>,
+    /// `retry_back_off` `(base_interval, max_interval)`; `None`: Envoy's 25 ms base and 10 x
+    /// base maximum.
+    pub retry_back_off_ms: Option<(u64, Option<u64>)>,
+}
+
+/// A `retry_on` condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOn {
+    FiveXx,
+    GatewayError,
+    Reset,
+    ResetBeforeRequest,
+    ConnectFailure,
+    EnvoyRateLimited,
+    Retriable4xx,
+    RefusedStream,
+    RetriableStatusCodes,
+    RetriableHeaders,
+    Http3PostConnectFailure,
+    GrpcCancelled,
+    GrpcDeadlineExceeded,
+    GrpcInternal,
+    GrpcResourceExhausted,
+    GrpcUnavailable,
+}
+
+impl RetryOn {
+    /// Every condition with its `retry_on` word.
+    pub const ALL: [(&'static str, RetryOn); 16] = [
+        ("5xx", RetryOn::FiveXx),
+        ("gateway-error", RetryOn::GatewayError),
+        ("reset", RetryOn::Reset),
+        ("reset-before-request", RetryOn::ResetBeforeRequest),
+        ("connect-failure", RetryOn::ConnectFailure),
+        ("envoy-ratelimited", RetryOn::EnvoyRateLimited),
+        ("retriable-4xx", RetryOn::Retriable4xx),
+        ("refused-stream", RetryOn::RefusedStream),
+        ("retriable-status-codes", RetryOn::RetriableStatusCodes),
+        ("retriable-headers", RetryOn::RetriableHeaders),
+        (
+            "http3-post-connect-failure",
+            RetryOn::Http3PostConnectFailure,
+        ),
+        ("cancelled", RetryOn::GrpcCancelled),
+        ("deadline-exceeded", RetryOn::GrpcDeadlineExceeded),
+        ("internal", RetryOn::GrpcInternal),
+        ("resource-exhausted", RetryOn::GrpcResourceExhausted),
+        ("unavailable", RetryOn::GrpcUnavailable),
+    ];
+
+    /// The `retry_on` word.
+    pub fn name(self) -> &'static str {
+        RetryOn::ALL
+            .iter()
+            .find(|(_, r)| *r == self)
+            .map_or("", |(n, _)| n)
+    }
+}
+
+/// One of `retry_host_predicate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryHostPredicate {
+    /// `envoy.retry_host_predicates.previous_hosts`: avoid hosts already tried.
+    PreviousHosts,
+}
+
+/// One of `hash_policy` (`config.route.v3.RouteAction.HashPolicy`). [`RouteHashPolicy::to_balance`]
+/// gives the [`crate::balance::hash_policy::HashPolicy`] that computes the request hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteHashPolicy {
+    pub kind: RouteHashKind,
+    /// `terminal`.
+    pub terminal: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RouteHashKind {
+    Header {
+        /// Lowercased.
+        name: String,
+        rewrite: Option<RegexRewrite>,
+    },
+    Cookie(crate::balance::hash_policy::CookiePolicy),
+    /// `connection_properties: {source_ip: true}`.
+    SourceIp,
+    QueryParameter {
+        name: String,
+    },
+    FilterState {
+        key: String,
+    },
+}
+
+impl RouteHashPolicy {
+    /// The balancer's form of this policy.
+    pub fn to_balance(&self) -> crate::balance::hash_policy::HashPolicy {
+        use crate::balance::hash_policy::HashPolicy;
+        let policy = match &self.kind {
+            RouteHashKind::Header {
+                name,
+                rewrite: None,
+            } => HashPolicy::header(name),
+            RouteHashKind::Header {
+                name,
+                rewrite: Some(r),
+            } => HashPolicy::header_with_rewrite(name, std::sync::Arc::new(r.clone())),
+            RouteHashKind::Cookie(c) => HashPolicy::cookie(c.clone()),
+            RouteHashKind::SourceIp => HashPolicy::source_ip(),
+            RouteHashKind::QueryParameter { name } => HashPolicy::query_parameter(name),
+            RouteHashKind::FilterState { key } => HashPolicy::filter_state(key),
+        };
+        if self.terminal {
+            policy.terminal()
+        } else {
+            policy
+        }
+    }
+}
+
+/// `type.matcher.v3.RegexMatchAndSubstitute` (`regex_rewrite`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegexRewrite {
+    pub pattern: Regex,
+    /// RE2 rewrite string: `\1` inserts a capture group.
+    pub substitution: String,
+}
+
+impl RegexRewrite {
+    pub fn apply(&self, input: &str) -> String {
+        self.pattern.replace_all(input, &self.substitution)
+    }
+}
+
+impl crate::balance::hash_policy::HeaderRewrite for RegexRewrite {
+    fn rewrite(&self, value: &[u8]) -> Vec<u8> {
+        self.apply(&String::from_utf8_lossy(value)).into_bytes()
+    }
+}
 
 const PREVIOUS_HOSTS_TYPE: &str =
     "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate";
