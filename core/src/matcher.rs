@@ -231,7 +231,7 @@ impl std::fmt::Debug for Regex {
 #[derive(Debug, Clone, Copy)]
 pub struct RequestView<'a> {
     /// `:authority` (the HTTP/1 `Host`), after the connection manager's normalization
-    /// (`route::normalize_authority`); `None` when the request has none.
+    /// ([`crate::route::normalize_authority`]); `None` when the request has none.
     pub authority: Option<&'a str>,
     /// `:path`, with the query.
     pub path: &'a str,

@@ -5,7 +5,7 @@
 
 use super::access_log::AccessLog;
 use super::access_log::access_log;
-use super::filters::{self};
+use super::filters;
 use super::headers::header_text;
 use super::http_filters::HttpFilter;
 use super::http_filters::http_filters;
@@ -156,7 +156,7 @@ pub struct HttpConnectionManager {
     /// operators; an unknown operator is a load error). Off when empty, as in Envoy.
     pub access_log: Vec<AccessLog>,
     /// The `routing` object of vigil's own wasm filter in `http_filters` (see
-    /// [`VIGIL_ROOT_IDS`]), read with
+    /// [`super::VIGIL_ROOT_IDS`]), read with
     /// [`RoutingConfig::from_json`](crate::rules::RoutingConfig::from_json); `None` when the
     /// chain has no vigil filter or its configuration has no `routing`. The companion applies it
     /// before route selection, as the filter does in Envoy.

@@ -1,24 +1,25 @@
 //! Health, as plain data: one host's active health-check session and the one verdict type every
 //! checker produces. The bottom of the health layers: the schedule, the checkers, the outlier
-//! detector and the cluster engine (`cluster_health`) all build on it, and it names none of them.
+//! detector and the cluster engine ([`crate::cluster_health`]) all build on it, and its code uses
+//! none of them.
 //!
 //! What lives where:
 //! - this module: [`HostHealth`], Envoy's per-host session, with [`HealthFlags`] (which also map
 //!   themselves to routing health, [`HealthFlags::coarse`] / [`HealthFlags::excluded`], and to
 //!   the EDS status, [`HealthFlags::eds_status`]);
-//! - [`Verdict`]: what one check concluded (HTTP: `check::HttpCheck::judge`; gRPC:
-//!   `grpc_health::judge`; the filter's probes: `plugin::probe::judge`).
+//! - [`Verdict`]: what one check concluded (HTTP: [`crate::check::HttpCheck::judge`]; gRPC:
+//!   [`crate::grpc_health::judge`]; the filter's probes: [`crate::plugin::probe::judge`]).
 //!
-//! One cluster's engine, `cluster_health::ClusterHealth` (membership with the removal rule as a
-//! parameter, the due-check queue, results, passive immediate fail, outlier feed and sweep, the
-//! final-flags view), sits above this module, driven by the companion's check loop and the
-//! filter's supervisor alike.
+//! One cluster's engine, [`crate::cluster_health::ClusterHealth`] (membership with the removal
+//! rule as a parameter, the due-check queue, results, passive immediate fail, outlier feed and
+//! sweep, the final-flags view), sits above this module, driven by the companion's check loop and
+//! the filter's supervisor alike.
 //!
 //! [`HostHealth`] is one host's health-check session: its [`HealthFlags`] and the counters Envoy
 //! keeps (`num_healthy_`, `num_unhealthy_`, `first_check_`). Each check result goes in
 //! ([`HostHealth::on_success`], [`HostHealth::on_failure`]) and an [`Outcome`] comes out: the
 //! [`Transition`], the events Envoy's event logger would write, and the stat increments. The caller
-//! owns clocks, sockets and timers; `schedule` turns an outcome into the next delay.
+//! owns clocks, sockets and timers; [`crate::schedule`] turns an outcome into the next delay.
 //!
 //! The rules follow Envoy's `HealthCheckerImplBase::ActiveHealthCheckSession` (see
 //! `docs/envoy-hc-semantics.md`):
@@ -30,7 +31,7 @@
 //!   once; network failures, timeouts and retriable statuses count toward `unhealthy_threshold`;
 //! - a passive failure (`x-envoy-immediate-health-check-fail` on real traffic, Envoy's
 //!   `setUnhealthyCrossThread`) is such an immediate failure, counted in `passive_failure`, and
-//!   also excludes the host (`cluster_health::ClusterHealth::passive_immediate_fail`);
+//!   also excludes the host ([`crate::cluster_health::ClusterHealth::passive_immediate_fail`]);
 //! - thresholds are compared with `==` after incrementing, so a threshold of 0 is never reached,
 //!   exactly as in Envoy (which accepts 0).
 
