@@ -3,10 +3,10 @@
 
 use super::address::{Address, SocketAddress, address};
 use super::circuit_breakers::read_circuit_breakers;
+use super::cluster_types::*;
 use super::health_check;
 use super::schema::*;
 use super::tls::RequestServerName;
-use super::types::*;
 use crate::protojson::FieldPath;
 use crate::protojson::{Ctx, KEPT, Obj, ProtoDuration, any, describe, items};
 use serde_json::Value;

@@ -1,8 +1,8 @@
 //! `health_checks[]` → [`crate::check::HealthCheck`], with the checks Envoy makes when it builds
 //! the health checker (status ranges, payloads, headers, HTTP/2 for gRPC).
 
+use super::cluster_types::UpstreamProtocol;
 use super::schema::*;
-use super::types::UpstreamProtocol;
 use crate::base::HeaderAppendAction;
 use crate::check::{
     Codec, DEFAULT_RESPONSE_BUFFER_SIZE, GrpcCheck, HeaderToAdd, HealthCheck, HttpCheck, MatchKind,

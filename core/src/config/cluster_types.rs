@@ -1,48 +1,16 @@
-//! The typed result of loading an Envoy v3 bootstrap at its top: the bootstrap itself, admin
-//! and clusters, defaults applied. A listener's own types are `listener`'s, its HTTP
-//! connection manager's `connection_manager`'s, `http_filters`'s, `route_config`'s and
-//! `access_log`'s, beside their readers; all are re-exported from `config`.
+//! A cluster as vigil acts on it ([`Cluster`]: discovery, load balancing, DNS, endpoints, the
+//! upstream protocol), defaults applied. Apart from its reader (`cluster`) because
+//! `health_check`, which that reader calls, needs [`UpstreamProtocol`] too. The other parts of
+//! the result keep their types beside their readers (`bootstrap`, `listener`,
+//! `connection_manager`, ...); all are re-exported from `config`.
 //!
 //! Durations are whole milliseconds (Envoy truncates to milliseconds wherever it uses these
-//! values). Parts vigil carries but does not interpret yet stay as raw JSON ([`serde_json::Value`])
-//! exactly as written, with keys as the user wrote them.
+//! values). Parts vigil carries but does not interpret yet stay as raw JSON
+//! ([`serde_json::Value`]) exactly as written, with keys as the user wrote them.
 
-use super::address::{Address, SocketAddress};
-use super::listener::Listener;
+use super::address::SocketAddress;
 use crate::check::HealthCheck;
 use serde_json::Value;
-
-/// The bootstrap config: the parts of Envoy's `Bootstrap` vigil reads.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Bootstrap {
-    /// `admin`; `None` when absent (the companion decides whether to serve an admin API).
-    pub admin: Option<Admin>,
-    /// `static_resources.listeners`, in order.
-    pub listeners: Vec<Listener>,
-    /// `static_resources.clusters`, in order; names are unique.
-    pub clusters: Vec<Cluster>,
-    /// `cluster_manager.outlier_detection.event_log_path`: where ejection events are written
-    /// (one JSON object per line, as Envoy writes them); `None` when unset.
-    pub outlier_event_log_path: Option<String>,
-}
-
-impl Bootstrap {
-    /// The cluster named `name`.
-    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
-        self.clusters.iter().find(|c| c.name == name)
-    }
-}
-
-/// `admin`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Admin {
-    /// `address`; `None` when not given.
-    pub address: Option<Address>,
-    /// `access_log_path` (deprecated in Envoy, still accepted).
-    pub access_log_path: Option<String>,
-    /// `profile_path`.
-    pub profile_path: Option<String>,
-}
 
 /// How a cluster finds its hosts.
 ///
