@@ -36,8 +36,9 @@
 //!   plain connection; with TLS, any peer when no `principal_name`, else a URI SAN, a DNS SAN or
 //!   the subject that matches it.
 
-use crate::matcher::{HeaderMatch, HeaderMatcher, StringMatch};
-use crate::matcher::{RequestView, header_matches, strip_query};
+use crate::matcher::{
+    HeaderMatch, HeaderMatcher, RequestView, StringMatch, header_matches, strip_query,
+};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// The status of Envoy's denial of an HTTP request.

@@ -3,10 +3,8 @@
 //! format when none is given.
 
 use super::schema::*;
-use crate::protojson::{Ctx, Obj, base64, describe, string};
-use crate::protojson::{FieldPath, MIN_LEN_1};
-use crate::substitution::FormatPiece;
-use crate::substitution::parse_format;
+use crate::protojson::{Ctx, FieldPath, MIN_LEN_1, Obj, base64, describe, string};
+use crate::substitution::{FormatPiece, parse_format};
 use serde_json::{Map, Value};
 
 /// One `access_log` entry of a connection manager (`config.accesslog.v3.AccessLog`).

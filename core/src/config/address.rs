@@ -2,8 +2,7 @@
 //! DNS resolvers are given, typed and read as Envoy reads them (a port required, at most 65535).
 
 use super::schema::{ADDRESS, PIPE, SOCKET_ADDRESS, SOCKET_PROTOCOL};
-use crate::protojson::Obj;
-use crate::protojson::{Ctx, FieldPath};
+use crate::protojson::{Ctx, FieldPath, Obj};
 use serde_json::Value;
 
 /// `config.core.v3.Address`.

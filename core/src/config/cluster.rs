@@ -7,8 +7,7 @@ use super::cluster_types::*;
 use super::health_check;
 use super::schema::*;
 use super::tls::RequestServerName;
-use crate::protojson::FieldPath;
-use crate::protojson::{Ctx, KEPT, Obj, ProtoDuration, any, describe, items};
+use crate::protojson::{Ctx, FieldPath, KEPT, Obj, ProtoDuration, any, describe, items};
 use serde_json::Value;
 use std::net::IpAddr;
 

@@ -3,18 +3,13 @@
 //! configuration, validated as Envoy 1.36 validates them. Its `http_filters` are
 //! [`super::http_filters`]'s, its routes [`super::route_config`]'s.
 
-use super::access_log::AccessLog;
-use super::access_log::access_log;
+use super::access_log::{AccessLog, access_log};
 use super::filters;
 use super::headers::header_text;
-use super::http_filters::HttpFilter;
-use super::http_filters::http_filters;
-use super::route_config::RouteConfiguration;
-use super::route_config::route_configuration;
+use super::http_filters::{HttpFilter, http_filters};
+use super::route_config::{RouteConfiguration, route_configuration};
 use super::schema::*;
-use crate::protojson::MIN_LEN_1;
-use crate::protojson::millis;
-use crate::protojson::{Any, Ctx, Obj, ProtoDuration};
+use crate::protojson::{Any, Ctx, MIN_LEN_1, Obj, ProtoDuration, millis};
 use serde_json::Value;
 
 /// Which filter chain of a listener an [`HttpConnectionManager`] belongs to.
@@ -476,8 +471,7 @@ pub(super) mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
-    use crate::config::HttpFilterKind;
-    use crate::config::{ErrorKind, from_value};
+    use crate::config::{ErrorKind, HttpFilterKind, from_value};
     use serde_json::json;
 
     const HCM: &str = concat!(

@@ -14,8 +14,7 @@
 
 use crate::base::{HeaderAppendAction, HeaderOption};
 use crate::matcher::StringMatch;
-use crate::protojson::FieldPath;
-use crate::protojson::{Any, Ctx, Enum, Message, Obj, read, reject, warn};
+use crate::protojson::{Any, Ctx, Enum, FieldPath, Message, Obj, read, reject, warn};
 use serde_json::Value;
 
 pub(crate) const EXT_AUTHZ_TYPE: &str = "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";

@@ -15,8 +15,7 @@
 
 use super::rbac::cidr_range;
 use super::schema::{FILTER_CHAIN_MATCH, SOURCE_TYPE};
-use crate::protojson::FieldPath;
-use crate::protojson::{Ctx, Obj, items, json_name};
+use crate::protojson::{Ctx, FieldPath, Obj, items, json_name};
 use crate::rbac::CidrRange;
 use serde_json::Value;
 use std::net::{IpAddr, SocketAddr};

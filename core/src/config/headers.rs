@@ -4,8 +4,7 @@
 
 use super::schema::*;
 use crate::base::{HeaderAppendAction, HeaderOption};
-use crate::protojson::{Ctx, Obj, string};
-use crate::protojson::{FieldPath, MIN_LEN_1};
+use crate::protojson::{Ctx, FieldPath, MIN_LEN_1, Obj, string};
 use crate::substitution::parse_format;
 use serde_json::Value;
 

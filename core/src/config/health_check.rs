@@ -9,8 +9,7 @@ use crate::check::{
     PayloadMatcher, Protocol, StringMatcher, TcpCheck,
 };
 use crate::health::Policy;
-use crate::protojson::FieldPath;
-use crate::protojson::{Ctx, IGNORED, Obj, ProtoDuration, base64, hex, status_ranges};
+use crate::protojson::{Ctx, FieldPath, IGNORED, Obj, ProtoDuration, base64, hex, status_ranges};
 use crate::schedule::{IntervalSettings, Intervals};
 use crate::status::StatusRanges;
 use serde_json::Value;

@@ -8,8 +8,9 @@ use super::per_filter::{FilterOverride, FilterSettings};
 use super::schema::*;
 use crate::cors::CorsPolicy;
 use crate::matcher::HeaderMatcher;
-use crate::protojson::{Ctx, Obj, any as read_any, base64, describe, json_name};
-use crate::protojson::{FieldPath, MIN_LEN_1};
+use crate::protojson::{
+    Ctx, FieldPath, MIN_LEN_1, Obj, any as read_any, base64, describe, json_name,
+};
 use serde_json::{Map, Value};
 
 /// The plugin `root_id`s that mark an `envoy.filters.http.wasm` filter as vigil's own (the

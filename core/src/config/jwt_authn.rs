@@ -18,8 +18,9 @@ use crate::jwt_authn::{
     AsyncFetch, JwksRetry, JwksSource, JwtAuthn, LocalJwks, Locations, PerRoute, Provider,
     RemoteJwks, Requirement, Rule,
 };
-use crate::protojson::FieldPath;
-use crate::protojson::{Any, Ctx, Message, Obj, ProtoDuration, describe, read, string, warn};
+use crate::protojson::{
+    Any, Ctx, FieldPath, Message, Obj, ProtoDuration, describe, read, string, warn,
+};
 use serde_json::Value;
 use std::collections::BTreeMap;
 

@@ -3,15 +3,11 @@
 //! validated as Envoy 1.36 validates them. Everything else of a listener is kept as written in
 //! [`Listener::rest`].
 
-use super::address::address;
-use super::address::{Address, SocketProtocol};
-use super::connection_manager::FilterChainRef;
-use super::connection_manager::HttpConnectionManager;
-use super::connection_manager::connection_manager;
+use super::address::{Address, SocketProtocol, address};
+use super::connection_manager::{FilterChainRef, HttpConnectionManager, connection_manager};
 use super::filters::{self, FilterChainMatch, Treatment};
 use super::schema::*;
-use crate::protojson::{Ctx, Obj, items};
-use crate::protojson::{FieldPath, MIN_LEN_1};
+use crate::protojson::{Ctx, FieldPath, MIN_LEN_1, Obj, items};
 use serde_json::{Map, Value};
 
 /// One of `static_resources.listeners`: its name and address, and the HTTP connection manager of

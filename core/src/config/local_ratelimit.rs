@@ -23,8 +23,7 @@
 use super::schema::{
     FRACTIONAL_PERCENT, FRACTIONAL_PERCENT_DENOMINATOR, RUNTIME_FRACTIONAL_PERCENT,
 };
-use crate::base::HeaderOption;
-use crate::base::RuntimeFraction;
+use crate::base::{HeaderOption, RuntimeFraction};
 use crate::local_ratelimit::{LocalRateLimit, TokenBucketSpec, VhRateLimits};
 use crate::protojson::{Any, Ctx, Enum, Message, Obj, read, reject};
 

@@ -10,8 +10,7 @@ use crate::matcher::{
     HeaderMatch, HeaderMatcher, PathMatch, QueryMatch, QueryParameterMatcher, Regex, RouteMatch,
     StringMatch, StringMatchKind,
 };
-use crate::protojson::{Ctx, Obj};
-use crate::protojson::{FieldPath, MIN_LEN_1};
+use crate::protojson::{Ctx, FieldPath, MIN_LEN_1, Obj};
 
 pub(crate) fn route_match(cx: &mut Ctx, mut o: Obj) -> Option<RouteMatch> {
     let path = o.path.clone();

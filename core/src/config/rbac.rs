@@ -15,9 +15,8 @@
 use super::matchers::{header_matcher, string_match};
 use super::schema::{CIDR_RANGE, HEADER_MATCHER, ROUTE_STRING_MATCHER, TYPED_EXTENSION_CONFIG};
 use crate::matcher::{HeaderMatcher, StringMatch};
-use crate::protojson::FieldPath;
 use crate::protojson::{
-    Any, Ctx, Enum, Message, Obj, boolean, describe, enumeration, integer, read, reject,
+    Any, Ctx, Enum, FieldPath, Message, Obj, boolean, describe, enumeration, integer, read, reject,
 };
 use crate::rbac::{
     Action, CidrRange, Enforcement, HttpRbac, NetworkRbac, Permission, Policy, Principal, Rules,
@@ -693,8 +692,7 @@ mod tests {
 
     use super::*;
     use crate::config::ErrorKind;
-    use crate::matcher::RequestView;
-    use crate::matcher::{HeaderMatch, StringMatchKind};
+    use crate::matcher::{HeaderMatch, RequestView, StringMatchKind};
     use crate::rbac::{DENIED_BODY, RbacRequest, TlsPeer};
     use serde_json::json;
     use std::net::SocketAddr;

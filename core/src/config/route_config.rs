@@ -3,19 +3,14 @@
 //! response), checked as Envoy 1.36 checks them (`RouteMatcher`'s domain rules, weighted
 //! cluster sums, clusters named by routes, ...).
 
-use super::headers::HeaderMutations;
-use super::headers::header_text;
-use super::headers::{header_mutations, lax_header_ok};
+use super::headers::{HeaderMutations, header_mutations, header_text, lax_header_ok};
 use super::http_filters::{cors_policy, field, filter_settings};
 use super::matchers::{header_name, regex_matcher, route_match};
 use super::per_filter::FilterSettings;
 use super::schema::*;
 use crate::balance::hash_policy::{CookieAttribute, CookiePolicy};
-use crate::matcher::PathMatch;
-use crate::matcher::{Regex, RouteMatch};
-use crate::protojson::millis;
-use crate::protojson::{Ctx, Obj, ProtoDuration, base64, string};
-use crate::protojson::{FieldPath, MIN_LEN_1};
+use crate::matcher::{PathMatch, Regex, RouteMatch};
+use crate::protojson::{Ctx, FieldPath, MIN_LEN_1, Obj, ProtoDuration, base64, millis, string};
 use serde_json::Value;
 
 /// Envoy's route `timeout` default.

@@ -20,9 +20,9 @@
 //! session ticket keys, other-name SAN matchers.
 
 use crate::base::{DataSource, Sourced};
-use crate::protojson::FieldPath;
-use crate::protojson::{Any, Ctx, Obj, base64, describe, read, reject, warn};
-use crate::protojson::{Enum, Message};
+use crate::protojson::{
+    Any, Ctx, Enum, FieldPath, Message, Obj, base64, describe, read, reject, warn,
+};
 use serde_json::Value;
 
 pub(crate) const DOWNSTREAM_TLS_TYPE: &str =

@@ -40,8 +40,7 @@
 use super::vec_map::VecMap;
 use crate::health::Policy;
 use crate::outlier::OutlierConfig;
-use crate::protojson::{ConfigError, FieldPath};
-use crate::protojson::{Ctx, Message, Obj, describe, read, status_ranges};
+use crate::protojson::{ConfigError, Ctx, FieldPath, Message, Obj, describe, read, status_ranges};
 use crate::rules::RoutingConfig;
 use crate::schedule::{IntervalSettings, Intervals};
 use crate::status::StatusRanges;

@@ -7,8 +7,7 @@
 
 use crate::balance::priority::socket_address_string;
 use crate::matcher::{HeaderMatch, HeaderMatcher, Regex, StringMatch, StringMatchKind};
-use crate::protojson::{ConfigErrors, FieldPath};
-use crate::protojson::{Ctx, Message, Obj, describe, distance, read};
+use crate::protojson::{ConfigErrors, Ctx, FieldPath, Message, Obj, describe, distance, read};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
