@@ -1,5 +1,6 @@
-//! Envoy's HTTP local rate limit filter (`envoy.filters.http.local_ratelimit`, 1.36.2): the token
-//! bucket and the decision on one request, with virtual time and random draws passed in.
+//! Envoy's HTTP local rate limit filter (`envoy.filters.http.local_ratelimit`, 1.36.2): its
+//! configuration ([`LocalRateLimit`], which `config` reads), the token bucket and the decision on
+//! one request, with virtual time and random draws passed in.
 //!
 //! Where state lives (the shell keeps it; nothing here is global):
 //! - [`RateLimitState`]: one per filter config *instance*: the listener-level config of one
