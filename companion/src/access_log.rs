@@ -26,10 +26,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use vigil_core::config::{
-    AccessLog, AccessLogSink, FormatOperator, FormatPiece, JsonFormatValue, LogFormat,
-    LogFormatKind,
-};
+use vigil_core::config::{AccessLog, AccessLogSink, JsonFormatValue, LogFormat, LogFormatKind};
+use vigil_core::substitution::{FormatOperator, FormatPiece};
 
 use crate::forward::ProxyBody;
 

@@ -1,5 +1,5 @@
 //! The per-cluster health-check loop (one task per cluster, DESIGN.md principle 5): a tokio
-//! driver of core's [`vigil_core::health::ClusterHealth`].
+//! driver of core's [`vigil_core::cluster_health::ClusterHealth`].
 //!
 //! Core decides everything: membership and Envoy's host-removal rule (a host that left DNS but
 //! still passes checks stays, flagged `/pending_dynamic_removal`, unless
@@ -43,13 +43,13 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use vigil_core::check::{HealthCheck, Protocol};
-use vigil_core::health::cluster::{
+use vigil_core::cluster_health::{
     Applied, CheckSettings, ClusterHealth, ClusterSettings, FirstCheck, HostInfo, ProbeToken,
     RemovalRule,
 };
 use vigil_core::health::{HealthFlags, Transition, Verdict};
 
-pub use vigil_core::health::HealthCheckStats;
+pub use vigil_core::cluster_health::HealthCheckStats;
 
 /// How many transitions per host `/hosts/history` keeps.
 pub const HISTORY_LEN: usize = 32;

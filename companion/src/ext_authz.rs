@@ -21,7 +21,8 @@ use http_body_util::BodyExt;
 use prost::Message as _;
 use std::net::SocketAddr;
 use std::time::Duration;
-use vigil_core::config::{AuthzService, ExtAuthz, GrpcService, HttpService, StringMatch};
+use vigil_core::config::{AuthzService, ExtAuthz, GrpcService, HttpService};
+use vigil_core::matcher::StringMatch;
 
 /// The header an HTTP service names request headers to remove with, when it allows.
 const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";

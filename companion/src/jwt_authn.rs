@@ -17,7 +17,7 @@ use http_body_util::BodyExt;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use vigil_core::config::{DataSource, Sourced};
+use vigil_core::base::{DataSource, Sourced};
 use vigil_core::jwt_authn::{
     Decision, JwksSource, JwksState, JwksStore, JwtAuthn, Request, jwks::parse_jwks,
 };

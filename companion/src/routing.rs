@@ -21,7 +21,7 @@ use http::HeaderName;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use vigil_core::route::RequestView;
+use vigil_core::matcher::RequestView;
 use vigil_core::rules::{Action, Decision, HealthView, Member, Router, RoutingConfig};
 
 /// The routing rules of one listener, ready for requests.

@@ -24,9 +24,10 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
+use vigil_core::base::{DataSource, Sourced};
 use vigil_core::config::{
-    DataSource, DownstreamTls, FieldPath, PeerValidation, SanType, Sourced, SubjectAltName,
-    TlsParams, TlsVersion, UpstreamTls,
+    DownstreamTls, FieldPath, PeerValidation, SanType, SubjectAltName, TlsParams, TlsVersion,
+    UpstreamTls,
 };
 
 /// How long a client has for its handshake (Envoy's listener default `transport_socket_connect

@@ -4,7 +4,7 @@
 //! the virtual host), each attribute taken from the first policy that sets it; the answer to a
 //! preflight; and the headers added to every response of an allowed origin.
 
-use crate::config::StringMatch;
+use crate::matcher::StringMatch;
 
 /// `envoy.extensions.filters.http.cors.v3.CorsPolicy` (also the legacy
 /// `envoy.config.route.v3.CorsPolicy`).
@@ -195,7 +195,7 @@ impl<'p> Policies<'p> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::StringMatchKind;
+    use crate::matcher::StringMatchKind;
 
     fn exact(s: &str) -> StringMatch {
         StringMatch {

@@ -6,7 +6,8 @@
 //! request_valid}`. The config is read by `config::csrf`; the route's policy, when it has one,
 //! replaces the filter's.
 
-use crate::config::{RuntimeFraction, StringMatch};
+use crate::base::RuntimeFraction;
+use crate::matcher::StringMatch;
 
 /// `envoy.extensions.filters.http.csrf.v3.CsrfPolicy`.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,7 +112,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
-    use crate::config::StringMatchKind;
+    use crate::matcher::StringMatchKind;
 
     fn always() -> RuntimeFraction {
         RuntimeFraction {

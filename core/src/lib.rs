@@ -5,33 +5,56 @@
 //! proxy-wasm module (`vigil-filter`) and natively in the companion (`vigil`), and be tested with
 //! virtual time on the host.
 //!
+//! The modules form layers, each using only those below it (a test, `tests/module_layers.rs`,
+//! checks that no module reaches back to itself through its imports), bottom to top:
+//! 1. [`status`]; `protojson` (crate-private): reading Envoy's proto-JSON mapping out of a JSON
+//!    tree, every problem recorded with its field path ([`config::ConfigErrors`]), and, with the
+//!    `envoy-schema` feature, the check of what vigil does not read against Envoy's schema;
+//!    [`substitution`] (format strings, parsed with `protojson`'s error reporting);
+//! 2. [`base`] (Envoy's shared `config.core.v3` messages) and [`matcher`] (regexes, string,
+//!    header and route matchers, [`matcher::RequestView`]);
+//! 3. the logic of one concern each, with its own configuration types (in this order among
+//!    themselves, each using only earlier ones): [`health`] (the per-host
+//!    session), [`schedule`], [`check`], [`grpc_health`], [`outlier`], [`cluster_health`],
+//!    [`balance`], [`backoff`], [`dns`], [`xff`], [`path_normalize`], [`cors`], [`csrf`],
+//!    [`rbac`], [`local_ratelimit`], [`jwt_authn`], [`rules`], [`plugin`] (the plugin, rules and
+//!    outlier configs read themselves with `protojson`);
+//! 4. [`config`]: the Envoy bootstrap, typed down to the structures of the layers below;
+//! 5. [`route`]: route selection over a loaded route configuration.
+//!
 //! What lives where:
 //! - [`backoff`]: Envoy's jittered exponential backoff (DNS failure refresh, retries).
 //! - [`balance`]: Envoy's load balancing (host sets, priority and panic, round robin, least
 //!   request, random, ring hash, maglev, the request hash of `hash_policy`), random draws as inputs.
+//! - [`base`]: Envoy's `DataSource` (with its field path), `RuntimeFractionalPercent` without a
+//!   runtime, and `HeaderValueOption`, shared by TLS and several filters.
+//! - [`check`]: one active health check as validated data (HTTP / TCP / gRPC parts) and the
+//!   verdict on what a host answered (status ranges, body payload match, degraded, service name).
+//! - [`cluster_health`]: [`cluster_health::ClusterHealth`], the one cluster-health engine both
+//!   shells drive (membership with the removal rule as a parameter, due-check queue, results,
+//!   passive immediate fail, outlier feed and sweep, a view with the final flags).
 //! - [`config`]: the Envoy v3 bootstrap YAML/JSON users already run, loaded and validated as Envoy
-//!   does (every error names its field path), into the typed structures below; the YAML front end
-//!   is behind the `yaml` feature.
+//!   does (every error names its field path), into the typed structures of the layers below; the
+//!   YAML front end is behind the `yaml` feature.
 //! - [`csrf`]: Envoy's CSRF filter: the origin check of state-changing requests.
 //! - [`cors`]: Envoy's CORS filter: which policies apply, the preflight answer, the response
 //!   headers of an allowed origin.
-//! - [`check`]: one active health check as validated data (HTTP / TCP / gRPC parts) and the
-//!   verdict on what a host answered (status ranges, body payload match, degraded, service name).
 //! - [`dns`]: DNS query/response messages (RFC 1035) for STRICT_DNS / LOGICAL_DNS discovery.
 //! - [`grpc_health`]: the `grpc.health.v1` Check/Watch messages, gRPC length-prefixed framing and
 //!   the gRPC checker's verdict ([`grpc_health::judge`]),
 //!   hand-written (two one-field messages do not justify a protobuf toolchain).
 //! - [`health`]: Envoy's per-host active health-check state machine (flags, thresholds, the
-//!   first-check rule, event-log events, stat deltas), the one check [`health::Verdict`], and
-//!   [`health::ClusterHealth`], the one cluster-health engine both shells drive (membership with
-//!   the removal rule as a parameter, due-check queue, results, passive immediate fail, outlier
-//!   feed and sweep, a view with the final flags).
+//!   first-check rule, event-log events, stat deltas) and the one check [`health::Verdict`].
 //! - [`jwt_authn`]: Envoy's JWT authentication filter: its configuration, JWKS and JWT parsing,
 //!   and (with the `jwt` feature, which adds `ring`) the decision on a request: the token's
 //!   checks, the header changes, the 401 / 403 local reply, the stats.
-//! - [`local_ratelimit`]: Envoy's HTTP local rate limit filter: the continuously refilled token
-//!   bucket, the decision on a request (enabled, limited, enforced), its local reply, the
-//!   `x-ratelimit-*` headers and the counters, with time and random draws as inputs.
+//! - [`local_ratelimit`]: Envoy's HTTP local rate limit filter: its configuration, the
+//!   continuously refilled token bucket, the decision on a request (enabled, limited, enforced),
+//!   its local reply, the `x-ratelimit-*` headers and the counters, with time and random draws as
+//!   inputs.
+//! - [`matcher`]: the request matchers every filter and the routes share: [`matcher::Regex`]
+//!   (RE2 syntax, regex-lite), `StringMatcher`, `HeaderMatcher`, query and path matchers, the
+//!   route match, and [`matcher::RequestView`], what they see of a request.
 //! - [`outlier`]: Envoy's outlier detection (consecutive 5xx / gateway / local-origin failures,
 //!   success rate, failure percentage, ejection backoff, `outlier_detection.*` stats) and its
 //!   `OutlierDetection` config, with virtual time and random draws as inputs.
@@ -41,6 +64,8 @@
 //! - [`plugin`]: the wasm filter's health evaluation (plugin configuration, probe verdicts with
 //!   body / JSON / latency checks, the singleton's supervisor, the shared-data verdict table and
 //!   the observation batches workers queue to the singleton).
+//! - `protojson` (crate-private): Envoy's proto-JSON reading rules, the one error type with field
+//!   paths, warnings, and the check against Envoy's schema.
 //! - [`rbac`]: Envoy's RBAC filters (HTTP and network): policies, the engine, stats, denials.
 //! - [`route`]: Envoy's HTTP route selection over a loaded route configuration (virtual host by
 //!   authority, first matching route, weighted cluster pick, path rewrites), for the companion's
@@ -52,12 +77,16 @@
 //!   intervals, jitter).
 //! - [`status`]: HTTP status ranges as Envoy writes them (`{start, end}`, half-open), used for
 //!   `expected_statuses` / `retriable_statuses`.
+//! - [`substitution`]: Envoy's substitution format strings (`%REQ(x)%`, ...): the command
+//!   operators vigil evaluates and the parser, for access logs and header values.
 //! - [`xff`]: the client address the connection manager trusts, from the peer and
 //!   `x-forwarded-for` (`use_remote_address`, `xff_num_trusted_hops`).
 
 pub mod backoff;
 pub mod balance;
+pub mod base;
 pub mod check;
+pub mod cluster_health;
 pub mod config;
 pub mod cors;
 pub mod csrf;
@@ -66,12 +95,15 @@ pub mod grpc_health;
 pub mod health;
 pub mod jwt_authn;
 pub mod local_ratelimit;
+pub mod matcher;
 pub mod outlier;
 pub mod path_normalize;
 pub mod plugin;
+pub(crate) mod protojson;
 pub mod rbac;
 pub mod route;
 pub mod rules;
 pub mod schedule;
 pub mod status;
+pub mod substitution;
 pub mod xff;

@@ -1,5 +1,6 @@
-//! Envoy's HTTP local rate limit filter (`envoy.filters.http.local_ratelimit`, 1.36.2): the token
-//! bucket and the decision on one request, with virtual time and random draws passed in.
+//! Envoy's HTTP local rate limit filter (`envoy.filters.http.local_ratelimit`, 1.36.2): its
+//! configuration ([`LocalRateLimit`], which `config` reads), the token bucket and the decision on
+//! one request, with virtual time and random draws passed in.
 //!
 //! Where state lives (the shell keeps it; nothing here is global):
 //! - [`RateLimitState`]: one per filter config *instance*: the listener-level config of one
@@ -18,8 +19,70 @@
 //! `x-ratelimit-*` headers are read at response time: `remaining` is the whole tokens left, and
 //! `reset` the whole seconds until the next whole token (0 while one is available).
 
-use crate::config::{HeaderOption, LocalRateLimit, TokenBucketSpec};
+use crate::base::{HeaderOption, RuntimeFraction};
+use crate::protojson::FieldPath;
 use std::time::Duration;
+
+/// The filter's configuration (one listener-level or one per-route config).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalRateLimit {
+    /// `stat_prefix`: the counters are `<stat_prefix>.http_local_rate_limit.<name>`, at the root
+    /// of the stats (not under the connection manager's prefix).
+    pub stat_prefix: String,
+    /// The status of the local reply (`status.code`; 429 when unset or below 400).
+    pub status: u16,
+    /// The token bucket; `None` when the listener-level config has none, or its `fill_interval`
+    /// truncates to 0 ms: every request is then allowed (and still counted).
+    pub token_bucket: Option<TokenBucketSpec>,
+    /// `filter_enabled`; `None` (absent) means never enabled: nothing is counted or limited.
+    pub filter_enabled: Option<RuntimeFraction>,
+    /// `filter_enforced`; `None` (absent) means never enforced.
+    pub filter_enforced: Option<RuntimeFraction>,
+    /// `request_headers_to_add_when_not_enforced`: applied to a limited request that goes on.
+    pub request_headers_to_add_when_not_enforced: Vec<HeaderOption>,
+    /// `response_headers_to_add`: applied to the local reply only.
+    pub response_headers_to_add: Vec<HeaderOption>,
+    /// `enable_x_ratelimit_headers: DRAFT_VERSION_03`: `x-ratelimit-limit`, `-remaining` and
+    /// `-reset` on every response of a request the filter checked against a bucket.
+    pub x_ratelimit_headers: bool,
+    /// `local_rate_limit_per_downstream_connection`: a bucket per connection instead of the
+    /// config's shared one.
+    pub per_connection: bool,
+    /// `rate_limited_as_resource_exhausted`: a gRPC request is answered with grpc-status 8
+    /// (RESOURCE_EXHAUSTED) instead of the one mapped from the HTTP status (14 for 429).
+    pub rate_limited_as_resource_exhausted: bool,
+    /// `stage` (0 to 10): which `rate_limits` make descriptors (no effect without them).
+    pub stage: u32,
+    /// `vh_rate_limits` (no effect without descriptors).
+    pub vh_rate_limits: VhRateLimits,
+    /// `always_consume_default_token_bucket` (default true; no effect without descriptors).
+    pub always_consume_default_token_bucket: bool,
+    /// `max_dynamic_descriptors` (default 20; no effect without descriptors).
+    pub max_dynamic_descriptors: u32,
+    /// Where the config is in the file.
+    pub path: FieldPath,
+}
+
+/// `envoy.type.v3.TokenBucket`, as the filter uses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenBucketSpec {
+    /// `max_tokens` (> 0): the bucket's size, and what it holds when made.
+    pub max_tokens: u32,
+    /// `tokens_per_fill` (default 1, > 0).
+    pub tokens_per_fill: u32,
+    /// `fill_interval`, truncated to milliseconds (>= 50). Envoy 1.36 refills continuously at
+    /// `tokens_per_fill / fill_interval` tokens per second; no timer ticks.
+    pub fill_interval_ms: u64,
+}
+
+/// `envoy.extensions.common.ratelimit.v3.VhRateLimitsOptions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VhRateLimits {
+    #[default]
+    Override,
+    Include,
+    Ignore,
+}
 
 /// The counters of a config, all registered at load: `<stat_prefix>.http_local_rate_limit.<name>`.
 pub const COUNTERS: [&str; 4] = ["enabled", "enforced", "rate_limited", "ok"];
@@ -285,7 +348,8 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
-    use crate::config::{FieldPath, RuntimeFraction, VhRateLimits};
+    use crate::base::RuntimeFraction;
+    use crate::protojson::FieldPath;
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)

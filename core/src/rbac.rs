@@ -36,8 +36,9 @@
 //!   plain connection; with TLS, any peer when no `principal_name`, else a URI SAN, a DNS SAN or
 //!   the subject that matches it.
 
-use crate::config::{HeaderMatch, HeaderMatcher, StringMatch};
-use crate::route::{RequestView, header_matches, strip_query};
+use crate::matcher::{
+    HeaderMatch, HeaderMatcher, RequestView, StringMatch, header_matches, strip_query,
+};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// The status of Envoy's denial of an HTTP request.
@@ -709,7 +710,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
-    use crate::config::{Regex, StringMatchKind};
+    use crate::matcher::{Regex, StringMatchKind};
 
     const HEADERS: &[(&str, &str)] = &[("x-user", "alice"), ("x-multi", "a"), ("x-multi", "b")];
 

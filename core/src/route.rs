@@ -47,80 +47,16 @@
 //! the matched prefix (or the whole matched path for `path` and `safe_regex` routes);
 //! `regex_rewrite` replaces every match in the path, keeping the query.
 //!
-//! Regexes are RE2 in Envoy and regex-lite here: see [`crate::config::Regex`] for the
+//! Regexes are RE2 in Envoy and regex-lite here: see [`crate::matcher::Regex`] for the
 //! differences.
 
 use crate::balance::hash_policy::{HashPolicy, query_parameter_first};
 use crate::config::{
-    ClusterSpecifier, ClusterWeight, HeaderMatch, HeaderMatcher, HeaderMutations, PathMatch,
-    QueryMatch, Redirect, RedirectPath, Route, RouteAction, RouteConfiguration, RouteMatch,
-    StripPort, VirtualHost, WeightedClusters, WeightedTarget,
+    ClusterSpecifier, ClusterWeight, HeaderMutations, Redirect, RedirectPath, Route, RouteAction,
+    RouteConfiguration, StripPort, VirtualHost, WeightedClusters, WeightedTarget,
 };
+use crate::matcher::{PathMatch, QueryMatch, RequestView, RouteMatch, header_matches, strip_query};
 use std::collections::BTreeMap;
-
-/// What route selection sees of a request. Header names are lowercase; values are compared as
-/// given.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestView<'a> {
-    /// `:authority` (the HTTP/1 `Host`), after the connection manager's normalization
-    /// ([`normalize_authority`]); `None` when the request has none.
-    pub authority: Option<&'a str>,
-    /// `:path`, with the query.
-    pub path: &'a str,
-    /// `:method`.
-    pub method: &'a str,
-    /// Every other header, in order (a name may repeat). Other pseudo-headers (`:scheme`) may be
-    /// included.
-    pub headers: &'a [(&'a str, &'a str)],
-    /// The request's random value (Envoy's stream id): `runtime_fraction` and weighted clusters.
-    pub random: u64,
-}
-
-impl<'a> RequestView<'a> {
-    pub fn new(
-        authority: Option<&'a str>,
-        path: &'a str,
-        method: &'a str,
-        headers: &'a [(&'a str, &'a str)],
-    ) -> Self {
-        RequestView {
-            authority,
-            path,
-            method,
-            headers,
-            random: 0,
-        }
-    }
-
-    pub fn with_random(mut self, random: u64) -> Self {
-        self.random = random;
-        self
-    }
-
-    /// Every value of a header, in order; `:authority`, `:path` and `:method` are the request's.
-    /// Allocation-free: this runs for every header matcher of every request.
-    pub fn header_values<'n>(&self, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
-        // Envoy stores an HTTP/1 `Host` as `:authority`, and looks either name up there.
-        let pseudo = match name {
-            ":authority" | "host" => Some(self.authority),
-            ":path" => Some(Some(self.path)),
-            ":method" => Some(Some(self.method)),
-            _ => None,
-        };
-        let others: &'a [(&'a str, &'a str)] = if pseudo.is_some() { &[] } else { self.headers };
-        pseudo.flatten().into_iter().chain(
-            others
-                .iter()
-                .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| *v),
-        )
-    }
-
-    /// The first value of a header.
-    pub fn first(&self, name: &str) -> Option<&'a str> {
-        self.header_values(name).next()
-    }
-}
 
 /// A route configuration ready for lookups: the domain tables built, hash policies converted.
 #[derive(Debug, Clone)]
@@ -590,29 +526,6 @@ fn parse_u64(text: &str) -> Option<u64> {
     t.parse().ok()
 }
 
-/// `absl::SimpleAtoi` for `i64`.
-fn parse_i64(text: &str) -> Option<i64> {
-    let t = text.trim_ascii();
-    let (negative, digits) = match t.as_bytes().first() {
-        Some(b'-') => (true, &t[1..]),
-        Some(b'+') => (false, &t[1..]),
-        _ => (false, t),
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let v: i128 = digits.parse().ok()?;
-    i64::try_from(if negative { -v } else { v }).ok()
-}
-
-/// `PathUtil::removeQueryAndFragment`: the path up to the first `?` or `#`.
-pub fn strip_query(path: &str) -> &str {
-    match path.find(['?', '#']) {
-        Some(at) => &path[..at],
-        None => path,
-    }
-}
-
 /// `Grpc::Common::hasGrpcContentType`.
 pub fn is_grpc(content_type: Option<&str>) -> bool {
     let Some(ct) = content_type else { return false };
@@ -621,43 +534,6 @@ pub fn is_grpc(content_type: Option<&str>) -> bool {
         Some(rest) => rest.starts_with('+') || rest.starts_with(';'),
         None => false,
     }
-}
-
-/// `HeaderUtility::matchHeaders` for one matcher. Several values of the header are joined with
-/// `,` (the only allocation, and only then); a missing header fails every value matcher, even an
-/// inverted one, unless `treat_missing_header_as_empty`.
-pub fn header_matches(h: &HeaderMatcher, request: &RequestView<'_>) -> bool {
-    let mut values = request.header_values(&h.name);
-    let (first, second) = (values.next(), values.next());
-    let is_present = first.is_some() || h.treat_missing_as_empty;
-    let joined;
-    let value: &str = match (first, second) {
-        (None, _) => "",
-        (Some(one), None) => one,
-        (Some(first), Some(second)) => {
-            let mut all = format!("{first},{second}");
-            for more in values {
-                all.push(',');
-                all.push_str(more);
-            }
-            joined = all;
-            &joined
-        }
-    };
-    let matched = match &h.kind {
-        HeaderMatch::Present(present) => return (is_present == *present) != h.invert,
-        _ if !is_present => return false,
-        HeaderMatch::Exact(x) => x.is_empty() || value == x,
-        HeaderMatch::Prefix(x) => value.starts_with(x.as_str()),
-        HeaderMatch::Suffix(x) => value.ends_with(x.as_str()),
-        HeaderMatch::Contains(x) => value.contains(x.as_str()),
-        HeaderMatch::Regex(r) => r.full_match(value),
-        HeaderMatch::Range { start, end } => {
-            parse_i64(value).is_some_and(|v| v >= *start && v < *end)
-        }
-        HeaderMatch::String(sm) => sm.matches(value),
-    };
-    matched != h.invert
 }
 
 /// `HeaderUtility::getPortStart`: where `:port` starts in a host, if it has one (IPv6 literals
@@ -1293,13 +1169,13 @@ mod tests {
 
     #[test]
     fn regex_replace_is_re2_global_replace() {
-        let r = crate::config::Regex::new("o").unwrap();
+        let r = crate::matcher::Regex::new("o").unwrap();
         assert_eq!(r.replace_all("foo boo", "0"), "f00 b00");
-        let r = crate::config::Regex::new("(a)(b)?").unwrap();
+        let r = crate::matcher::Regex::new("(a)(b)?").unwrap();
         assert_eq!(r.replace_all("ab a", "[\\2\\1\\\\]"), "[ba\\] [a\\]");
-        assert!(crate::config::Regex::new("a|ab").unwrap().full_match("ab"));
+        assert!(crate::matcher::Regex::new("a|ab").unwrap().full_match("ab"));
         // RE2 skips an empty match right where the previous match ended.
-        let r = crate::config::Regex::new("x*").unwrap();
+        let r = crate::matcher::Regex::new("x*").unwrap();
         assert_eq!(r.replace_all("/exxy", "-"), "-/-e-y-");
     }
 }

@@ -4,7 +4,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use vigil_core::health::cluster::{
+use vigil_core::cluster_health::{
     CheckSettings, ClusterHealth, ClusterSettings, FirstCheck, HostInfo, RemovalRule,
 };
 use vigil_core::health::{FailureType, HealthFlags, Policy, Verdict};
@@ -322,7 +322,11 @@ fn a_probe_costs_log_n_and_no_allocation_in_steady_state() {
     }
 }
 
-fn steady_round(e: &mut Engine, now: u64, buffer: &mut Vec<vigil_core::health::ProbeToken>) {
+fn steady_round(
+    e: &mut Engine,
+    now: u64,
+    buffer: &mut Vec<vigil_core::cluster_health::ProbeToken>,
+) {
     buffer.clear();
     while let Some(check) = e.pop_due(now) {
         buffer.push(check.token);

@@ -7,12 +7,15 @@
 
 use std::path::Path;
 use vigil_core::balance::hash_policy::{self, HashPolicyKind};
+use vigil_core::base::HeaderAppendAction;
 use vigil_core::config::{
-    self, ClusterSpecifier, CodecType, FilterChainRef, ForwardAction, HeaderAppendAction,
-    HeaderMatch, HostRewrite, HttpConnectionManager, HttpFilterKind, PathMatch, QueryMatch,
-    RetryHostPredicate, RetryOn, RouteAction, RouteHashKind, SourceType, StripPort, WeightedTarget,
+    self, ClusterSpecifier, CodecType, FilterChainRef, ForwardAction, HostRewrite,
+    HttpConnectionManager, HttpFilterKind, RetryHostPredicate, RetryOn, RouteAction, RouteHashKind,
+    SourceType, StripPort, WeightedTarget,
 };
-use vigil_core::route::{RequestView, RouteTable, normalize_authority};
+use vigil_core::matcher::RequestView;
+use vigil_core::matcher::{HeaderMatch, PathMatch, QueryMatch};
+use vigil_core::route::{RouteTable, normalize_authority};
 
 fn load(name: &str) -> Vec<HttpConnectionManager> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -5,7 +5,8 @@
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 use vigil_core::config::StripPort;
-use vigil_core::route::{RequestView, RouteTable, normalize_authority};
+use vigil_core::route::{RouteTable, normalize_authority};
+use vigil_core::matcher::RequestView;
 
 const CONFIG: &str = r#"
 static_resources:

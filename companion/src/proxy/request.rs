@@ -30,7 +30,7 @@ use vigil_core::config::{
 use vigil_core::cors;
 use vigil_core::path_normalize::{NormalizedPath, PATH_NORMALIZATION_FAILED};
 use vigil_core::rbac::{self, RbacRequest};
-use vigil_core::route::RequestView;
+use vigil_core::matcher::RequestView;
 use vigil_core::rules::Decision;
 
 /// What happened to a request besides its response: for the access log and vigil's decision
@@ -363,7 +363,7 @@ async fn respond(
                 let failing = derived.health_check_failing.load(Ordering::Relaxed);
                 if !headers
                     .iter()
-                    .all(|h| vigil_core::route::header_matches(h, &view))
+                    .all(|h| vigil_core::matcher::header_matches(h, &view))
                 {
                     // While failing, every answer passing the filter says so.
                     if failing {
@@ -1418,10 +1418,10 @@ impl FormatContext<'_> {
 fn mutate(
     headers: &mut HeaderMap,
     remove: &[String],
-    add: &[vigil_core::config::HeaderOption],
+    add: &[vigil_core::base::HeaderOption],
     record: &mut dyn FnMut() -> LogRecord,
 ) {
-    use vigil_core::config::HeaderAppendAction as Action;
+    use vigil_core::base::HeaderAppendAction as Action;
     for name in remove {
         headers.remove(name.as_str());
     }

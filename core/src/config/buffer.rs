@@ -1,8 +1,8 @@
 //! The buffer filter (`envoy.extensions.filters.http.buffer.v3.Buffer`) and a route's
 //! `BufferPerRoute`, read into the request body limit the proxy enforces.
 
-use super::reader::{Any, Ctx, Message, read};
-use super::types::FilterOverride;
+use super::per_filter::FilterOverride;
+use crate::protojson::{Any, Ctx, Message, read};
 
 pub(crate) const BUFFER_TYPE: &str = "envoy.extensions.filters.http.buffer.v3.Buffer";
 pub(crate) const BUFFER_PER_ROUTE_TYPE: &str =
@@ -29,7 +29,7 @@ pub(crate) fn buffer(cx: &mut Ctx, typed: &Any) -> Option<u32> {
     limit(cx, o)
 }
 
-fn limit(cx: &mut Ctx, mut o: super::reader::Obj) -> Option<u32> {
+fn limit(cx: &mut Ctx, mut o: crate::protojson::Obj) -> Option<u32> {
     let path = o.path.field("max_request_bytes");
     let bytes = o.u32(cx, "max_request_bytes");
     o.finish(cx);

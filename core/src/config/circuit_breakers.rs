@@ -13,8 +13,7 @@
 //! fields it reads but cannot enforce. [`CircuitBreakers::from_json`] reads the same mapping
 //! outside a whole-config load (the companion re-reads the value the cluster keeps).
 
-use super::error::{ConfigErrors, FieldPath};
-use super::reader::{Ctx, Enum, Message, Obj, items, read};
+use crate::protojson::{ConfigErrors, Ctx, Enum, FieldPath, Message, Obj, items, read};
 use serde_json::Value;
 
 /// Envoy's defaults (`ResourceManagers::load`).

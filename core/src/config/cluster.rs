@@ -1,13 +1,13 @@
 //! `static_resources.clusters[]`: discovery, endpoints, DNS, protocol, and the checks Envoy makes
 //! when it builds a cluster.
 
+use super::address::{Address, SocketAddress, address};
 use super::circuit_breakers::read_circuit_breakers;
-use super::error::FieldPath;
+use super::cluster_types::*;
 use super::health_check;
-use super::reader::{Ctx, KEPT, Obj, ProtoDuration, any, describe, items};
 use super::schema::*;
 use super::tls::RequestServerName;
-use super::types::*;
+use crate::protojson::{Ctx, FieldPath, KEPT, Obj, ProtoDuration, any, describe, items};
 use serde_json::Value;
 use std::net::IpAddr;
 
@@ -929,86 +929,6 @@ fn endpoint_health_check(cx: &mut Ctx, mut o: Obj) -> EndpointHealthCheck {
         address,
         disable_active_health_check,
     }
-}
-
-/// `config.core.v3.Address`.
-pub(crate) fn address(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Address> {
-    let mut o = Obj::new(cx, path.clone(), value, &ADDRESS)?;
-    let result = if let Some((p, v)) = o.take("socket_address") {
-        socket_address(cx, &p, v).map(Address::Socket)
-    } else if let Some(mut pipe) = o.message(cx, "pipe", &PIPE) {
-        let path_value = pipe
-            .required_string(cx, "path", "required: must not be empty")
-            .unwrap_or_default();
-        let mode = pipe.u32(cx, "mode").unwrap_or(0);
-        if mode > 0o777 {
-            cx.invalid(
-                &pipe.path.field("mode"),
-                format!("must be at most 511, found {mode}"),
-            );
-        }
-        pipe.finish(cx);
-        Some(Address::Pipe {
-            path: path_value,
-            mode,
-        })
-    } else if let Some(internal) = o.raw_message(cx, "envoy_internal_address") {
-        Some(Address::Internal(internal))
-    } else {
-        cx.invalid(
-            path,
-            "required: one of socket_address, pipe or envoy_internal_address",
-        );
-        None
-    };
-    o.finish(cx);
-    result
-}
-
-/// `config.core.v3.SocketAddress`; a port is required (Envoy's `port_specifier` oneof).
-pub(crate) fn socket_address(
-    cx: &mut Ctx,
-    path: &FieldPath,
-    value: &Value,
-) -> Option<SocketAddress> {
-    let mut o = Obj::new(cx, path.clone(), value, &SOCKET_ADDRESS)?;
-    let protocol = match o.enumeration(cx, "protocol", &SOCKET_PROTOCOL) {
-        Some(1) => SocketProtocol::Udp,
-        _ => SocketProtocol::Tcp,
-    };
-    let address = o
-        .required_string(cx, "address", "required: the address must not be empty")
-        .unwrap_or_default();
-    let port_path = path.field("port_value");
-    let port = match o.u32(cx, "port_value") {
-        Some(p) => match u16::try_from(p) {
-            Ok(p) => Some(p),
-            Err(_) => {
-                cx.invalid(
-                    &port_path,
-                    format!("a port must be at most 65535, found {p}"),
-                );
-                None
-            }
-        },
-        None => {
-            if !o.has("named_port") && !cx.errors.iter().any(|e| e.path == port_path) {
-                cx.invalid(&port_path, "required: a socket_address needs a port_value");
-            }
-            None
-        }
-    };
-    let ipv4_compat = o.bool(cx, "ipv4_compat").unwrap_or(false);
-    o.finish(cx);
-    if address.is_empty() {
-        return None;
-    }
-    Some(SocketAddress {
-        address,
-        port_value: port?,
-        protocol,
-        ipv4_compat,
-    })
 }
 
 /// `outlier_detection`, read by core's outlier module (its own field list, Envoy's defaults and

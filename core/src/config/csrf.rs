@@ -2,8 +2,8 @@
 //! `typed_config` and a route's `typed_per_filter_config` alike, read into
 //! [`crate::csrf::CsrfPolicy`].
 
-use super::reader::{Any, Ctx, Message, read};
 use crate::csrf::CsrfPolicy;
+use crate::protojson::{Any, Ctx, Message, read};
 
 pub(crate) const CSRF_POLICY_TYPE: &str = "envoy.extensions.filters.http.csrf.v3.CsrfPolicy";
 
@@ -40,8 +40,8 @@ pub(crate) fn csrf_policy(cx: &mut Ctx, typed: &Any) -> Option<CsrfPolicy> {
         .list("additional_origins")
         .into_iter()
         .filter_map(|(p, v)| {
-            super::reader::Obj::new(cx, p, v, &super::schema::ROUTE_STRING_MATCHER)
-                .and_then(|m| super::listener::string_match(cx, m))
+            crate::protojson::Obj::new(cx, p, v, &super::schema::ROUTE_STRING_MATCHER)
+                .and_then(|m| super::matchers::string_match(cx, m))
         })
         .collect();
     o.finish(cx);

@@ -12,9 +12,9 @@
 //! rules, Google gRPC clients (vigil speaks gRPC to clusters only), request bodies packed as
 //! bytes, peer certificates and TLS sessions in the check.
 
-use super::error::FieldPath;
-use super::reader::{Any, Ctx, Enum, Message, Obj, read, reject, warn};
-use super::types::{HeaderAppendAction, HeaderOption, StringMatch};
+use crate::base::{HeaderAppendAction, HeaderOption};
+use crate::matcher::StringMatch;
+use crate::protojson::{Any, Ctx, Enum, FieldPath, Message, Obj, read, reject, warn};
 use serde_json::Value;
 
 pub(crate) const EXT_AUTHZ_TYPE: &str = "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
@@ -427,7 +427,7 @@ pub(crate) fn ext_authz_per_route(cx: &mut Ctx, typed: &Any) -> Option<ExtAuthzP
                 match v.as_object() {
                     Some(map) => {
                         for (key, value) in map {
-                            if let Some(text) = super::reader::string(cx, &p.key(key), value) {
+                            if let Some(text) = crate::protojson::string(cx, &p.key(key), value) {
                                 context_extensions.push((key.clone(), text));
                             }
                         }
@@ -489,7 +489,7 @@ fn list_string_matcher(cx: &mut Ctx, o: &mut Obj, field: &str) -> Vec<StringMatc
         .into_iter()
         .filter_map(|(p, v)| {
             Obj::new(cx, p, v, &super::schema::ROUTE_STRING_MATCHER)
-                .and_then(|m| super::listener::string_match(cx, m))
+                .and_then(|m| super::matchers::string_match(cx, m))
         })
         .collect();
     list.finish(cx);
@@ -568,7 +568,7 @@ fn header_value(cx: &mut Ctx, path: FieldPath, value: &Value) -> Option<HeaderOp
         "header": value,
         "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
     });
-    let mut read = super::listener::headers_to_add(cx, vec![(path, &wrapped)]);
+    let mut read = super::headers::headers_to_add(cx, vec![(path, &wrapped)]);
     let mut header = read.pop()?;
     header.action = HeaderAppendAction::OverwriteIfExistsOrAdd;
     header.keep_empty_value = true;

@@ -13,10 +13,9 @@
 //! - [`FilterChainMatch`]: a chain's `filter_chain_match`, evaluated for every plain-text
 //!   connection the way Envoy matches its one chain.
 
-use super::error::FieldPath;
 use super::rbac::cidr_range;
-use super::reader::{Ctx, Obj, items, json_name};
 use super::schema::{FILTER_CHAIN_MATCH, SOURCE_TYPE};
+use crate::protojson::{Ctx, FieldPath, Obj, items, json_name};
 use crate::rbac::CidrRange;
 use serde_json::Value;
 use std::net::{IpAddr, SocketAddr};
@@ -149,7 +148,7 @@ pub(crate) fn listener_filter(type_name: &str) -> Treatment {
 /// [`crate::jwt_authn::JwtAuthn::decide`].
 pub(crate) fn read_jwt_authn(
     cx: &mut Ctx,
-    typed: &super::reader::Any,
+    typed: &crate::protojson::Any,
 ) -> Option<crate::jwt_authn::JwtAuthn> {
     if !typed.is(super::jwt_authn::JWT_AUTHN_TYPE) {
         return None;
@@ -162,7 +161,7 @@ pub(crate) fn read_jwt_authn(
 #[allow(dead_code)]
 pub(crate) fn read_jwt_per_route(
     cx: &mut Ctx,
-    typed: &super::reader::Any,
+    typed: &crate::protojson::Any,
 ) -> Option<crate::jwt_authn::PerRoute> {
     if !typed.is(super::jwt_authn::JWT_PER_ROUTE_TYPE) {
         return None;
@@ -510,7 +509,7 @@ pub(crate) fn filter_chain_match(
         _ => SourceType::Any,
     };
     for (p, v) in o.list("source_ports") {
-        let port = super::reader::integer(cx, &p, v, "uint32", 0, u32::MAX.into());
+        let port = crate::protojson::integer(cx, &p, v, "uint32", 0, u32::MAX.into());
         match port.map(u16::try_from) {
             Some(Ok(port)) if port >= 1 => out.source_ports.push(port),
             Some(_) => cx.invalid(&p, "value must be inside range [1, 65535]"),
@@ -520,14 +519,14 @@ pub(crate) fn filter_chain_match(
     out.server_names = o
         .list("server_names")
         .into_iter()
-        .filter_map(|(p, v)| super::reader::string(cx, &p, v))
+        .filter_map(|(p, v)| crate::protojson::string(cx, &p, v))
         .map(|name| name.to_ascii_lowercase())
         .collect();
     out.transport_protocol = o.string(cx, "transport_protocol").unwrap_or_default();
     out.application_protocols = o
         .list("application_protocols")
         .into_iter()
-        .filter_map(|(p, v)| super::reader::string(cx, &p, v))
+        .filter_map(|(p, v)| crate::protojson::string(cx, &p, v))
         .collect();
     o.finish(cx);
     Some(out)

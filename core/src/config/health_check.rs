@@ -1,15 +1,15 @@
 //! `health_checks[]` → [`crate::check::HealthCheck`], with the checks Envoy makes when it builds
 //! the health checker (status ranges, payloads, headers, HTTP/2 for gRPC).
 
-use super::error::FieldPath;
-use super::reader::{Ctx, IGNORED, Obj, ProtoDuration, base64, hex, status_ranges};
+use super::cluster_types::UpstreamProtocol;
 use super::schema::*;
-use super::types::{HeaderAppendAction, UpstreamProtocol};
+use crate::base::HeaderAppendAction;
 use crate::check::{
     Codec, DEFAULT_RESPONSE_BUFFER_SIZE, GrpcCheck, HeaderToAdd, HealthCheck, HttpCheck, MatchKind,
     PayloadMatcher, Protocol, StringMatcher, TcpCheck,
 };
 use crate::health::Policy;
+use crate::protojson::{Ctx, FieldPath, IGNORED, Obj, ProtoDuration, base64, hex, status_ranges};
 use crate::schedule::{IntervalSettings, Intervals};
 use crate::status::StatusRanges;
 use serde_json::Value;
@@ -246,7 +246,7 @@ fn http_check(cx: &mut Ctx, mut o: Obj) -> Option<HttpCheck> {
 
     let mut request_headers_to_remove: Vec<String> = Vec::new();
     for (p, v) in o.list("request_headers_to_remove") {
-        let Some(name) = super::reader::string(cx, &p, v) else {
+        let Some(name) = crate::protojson::string(cx, &p, v) else {
             continue;
         };
         if !lax_header_ok(&name) {
@@ -404,7 +404,7 @@ fn headers_to_add(
             !formatted
         })
         .collect();
-    for option in super::listener::headers_to_add(cx, list) {
+    for option in super::headers::headers_to_add(cx, list) {
         let exists = present.contains(&option.name);
         let (append, add) = match option.action {
             HeaderAppendAction::AppendIfExistsOrAdd => (true, true),

@@ -12,13 +12,14 @@
 //! that only write dynamic metadata or tune the JWT cache are accepted with a warning: nothing in
 //! vigil reads metadata, and the cache never changes a verdict.
 
-use super::error::FieldPath;
-use super::listener::{route_match, string_match};
-use super::reader::{Any, Ctx, Message, Obj, ProtoDuration, describe, read, string, warn};
+use super::matchers::{route_match, string_match};
 use super::schema::{ROUTE_MATCH, ROUTE_STRING_MATCHER};
 use crate::jwt_authn::{
     AsyncFetch, JwksRetry, JwksSource, JwtAuthn, LocalJwks, Locations, PerRoute, Provider,
     RemoteJwks, Requirement, Rule,
+};
+use crate::protojson::{
+    Any, Ctx, FieldPath, Message, Obj, ProtoDuration, describe, read, string, warn,
 };
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -286,7 +287,7 @@ pub(crate) fn jwt_per_route(cx: &mut Ctx, typed: &Any) -> Option<PerRoute> {
     let mut o = typed.obj(cx, &PER_ROUTE_CONFIG);
     let path = o.path.clone();
     let out = if let Some((p, v)) = o.take("disabled") {
-        match super::reader::boolean(cx, &p, v) {
+        match crate::protojson::boolean(cx, &p, v) {
             Some(true) => Some(PerRoute::Disabled),
             Some(false) => {
                 cx.invalid(&p, "value must equal true");
@@ -444,7 +445,7 @@ fn provider(cx: &mut Ctx, name: &str, mut o: Obj) -> Option<Provider> {
         }
     }
     if let Some((p, v)) = o.take("clear_route_cache") {
-        if super::reader::boolean(cx, &p, v) == Some(true) {
+        if crate::protojson::boolean(cx, &p, v) == Some(true) {
             cx.unsupported(
                 &p,
                 "clear_route_cache is not implemented by vigil: it picks a request's route once, \
@@ -491,7 +492,7 @@ fn nanos(d: ProtoDuration) -> u128 {
 fn local_jwks(cx: &mut Ctx, name: &str, path: &FieldPath, value: &Value) -> Option<LocalJwks> {
     let sourced = super::tls::data_source(cx, path, value)?;
     match sourced.source {
-        super::tls::DataSource::Inline(bytes) => {
+        crate::base::DataSource::Inline(bytes) => {
             let text = String::from_utf8_lossy(&bytes).into_owned();
             if let Ok(Value::Object(doc)) = serde_json::from_str::<Value>(&text) {
                 if !doc.contains_key("keys") && crate::jwt_authn::jwks::is_x509_form(&doc) {
@@ -539,7 +540,7 @@ fn remote_jwks(cx: &mut Ctx, mut o: Obj) -> Option<RemoteJwks> {
                     &path.field("cache_duration"),
                     "value must be inside range [1ms, 9000000000s)",
                 );
-            } else if d.seconds.saturating_mul(2) > super::reader::MAX_MILLIS_SECONDS {
+            } else if d.seconds.saturating_mul(2) > crate::protojson::MAX_MILLIS_SECONDS {
                 cx.invalid(
                     &path.field("cache_duration"),
                     "Duration out-of-range: twice its seconds must fit in milliseconds",
@@ -605,7 +606,7 @@ fn http_uri(cx: &mut Ctx, mut o: Obj) -> Option<(String, String, u64)> {
 fn retry_policy(cx: &mut Ctx, mut o: Obj) -> Option<JwksRetry> {
     let path = o.path.clone();
     let num_retries = match o.take("num_retries") {
-        Some((p, v)) => super::reader::integer(cx, &p, v, "uint32", 0, u32::MAX.into())
+        Some((p, v)) => crate::protojson::integer(cx, &p, v, "uint32", 0, u32::MAX.into())
             .map(|n| n as u32)
             .unwrap_or(1),
         None => 1,
@@ -791,8 +792,8 @@ mod tests {
         let mut cx = Ctx::default();
         let mut value = config;
         value["@type"] = json!(format!("type.googleapis.com/{JWT_AUTHN_TYPE}"));
-        let typed = super::super::reader::any(&mut cx, &FieldPath::root().field("tc"), &value)
-            .expect("an Any");
+        let typed =
+            crate::protojson::any(&mut cx, &FieldPath::root().field("tc"), &value).expect("an Any");
         let out = jwt_authn(&mut cx, &typed);
         cx.settle();
         let errors = cx
@@ -937,7 +938,7 @@ mod tests {
             let mut cx = Ctx::default();
             let mut value = v;
             value["@type"] = json!(format!("type.googleapis.com/{JWT_PER_ROUTE_TYPE}"));
-            let typed = super::super::reader::any(&mut cx, &FieldPath::root(), &value).unwrap();
+            let typed = crate::protojson::any(&mut cx, &FieldPath::root(), &value).unwrap();
             (jwt_per_route(&mut cx, &typed), cx.errors.len())
         };
         assert_eq!(
@@ -994,7 +995,7 @@ mod vectors {
         let mut filter = data["filter"].clone();
         filter["@type"] = json!(format!("type.googleapis.com/{JWT_AUTHN_TYPE}"));
         let mut cx = Ctx::default();
-        let typed = super::super::reader::any(&mut cx, &FieldPath::root(), &filter).expect("any");
+        let typed = crate::protojson::any(&mut cx, &FieldPath::root(), &filter).expect("any");
         let config = jwt_authn(&mut cx, &typed).expect("the recorded config loads");
         assert!(cx.errors.is_empty(), "{:?}", cx.errors);
         let jwks = config.local_jwks(|_| None);

@@ -20,12 +20,12 @@
 //! `vh_rate_limits`, `max_dynamic_descriptors` and `always_consume_default_token_bucket` change
 //! nothing: they are read and checked, and kept for when descriptors are.
 
-use super::error::FieldPath;
-use super::reader::{Any, Ctx, Enum, Message, Obj, read, reject};
 use super::schema::{
     FRACTIONAL_PERCENT, FRACTIONAL_PERCENT_DENOMINATOR, RUNTIME_FRACTIONAL_PERCENT,
 };
-use super::types::HeaderOption;
+use crate::base::{HeaderOption, RuntimeFraction};
+use crate::local_ratelimit::{LocalRateLimit, TokenBucketSpec, VhRateLimits};
+use crate::protojson::{Any, Ctx, Enum, Message, Obj, read, reject};
 
 /// The filter's `@type`.
 pub(crate) const LOCAL_RATELIMIT_TYPE: &str =
@@ -33,85 +33,6 @@ pub(crate) const LOCAL_RATELIMIT_TYPE: &str =
 
 /// Envoy's answer to a limited request when `status` is unset or below 400.
 const TOO_MANY_REQUESTS: u16 = 429;
-
-/// The filter's configuration (one listener-level or one per-route config).
-#[derive(Debug, Clone, PartialEq)]
-pub struct LocalRateLimit {
-    /// `stat_prefix`: the counters are `<stat_prefix>.http_local_rate_limit.<name>`, at the root
-    /// of the stats (not under the connection manager's prefix).
-    pub stat_prefix: String,
-    /// The status of the local reply (`status.code`; 429 when unset or below 400).
-    pub status: u16,
-    /// The token bucket; `None` when the listener-level config has none, or its `fill_interval`
-    /// truncates to 0 ms: every request is then allowed (and still counted).
-    pub token_bucket: Option<TokenBucketSpec>,
-    /// `filter_enabled`; `None` (absent) means never enabled: nothing is counted or limited.
-    pub filter_enabled: Option<RuntimeFraction>,
-    /// `filter_enforced`; `None` (absent) means never enforced.
-    pub filter_enforced: Option<RuntimeFraction>,
-    /// `request_headers_to_add_when_not_enforced`: applied to a limited request that goes on.
-    pub request_headers_to_add_when_not_enforced: Vec<HeaderOption>,
-    /// `response_headers_to_add`: applied to the local reply only.
-    pub response_headers_to_add: Vec<HeaderOption>,
-    /// `enable_x_ratelimit_headers: DRAFT_VERSION_03`: `x-ratelimit-limit`, `-remaining` and
-    /// `-reset` on every response of a request the filter checked against a bucket.
-    pub x_ratelimit_headers: bool,
-    /// `local_rate_limit_per_downstream_connection`: a bucket per connection instead of the
-    /// config's shared one.
-    pub per_connection: bool,
-    /// `rate_limited_as_resource_exhausted`: a gRPC request is answered with grpc-status 8
-    /// (RESOURCE_EXHAUSTED) instead of the one mapped from the HTTP status (14 for 429).
-    pub rate_limited_as_resource_exhausted: bool,
-    /// `stage` (0 to 10): which `rate_limits` make descriptors (no effect without them).
-    pub stage: u32,
-    /// `vh_rate_limits` (no effect without descriptors).
-    pub vh_rate_limits: VhRateLimits,
-    /// `always_consume_default_token_bucket` (default true; no effect without descriptors).
-    pub always_consume_default_token_bucket: bool,
-    /// `max_dynamic_descriptors` (default 20; no effect without descriptors).
-    pub max_dynamic_descriptors: u32,
-    /// Where the config is in the file.
-    pub path: FieldPath,
-}
-
-/// `envoy.type.v3.TokenBucket`, as the filter uses it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TokenBucketSpec {
-    /// `max_tokens` (> 0): the bucket's size, and what it holds when made.
-    pub max_tokens: u32,
-    /// `tokens_per_fill` (default 1, > 0).
-    pub tokens_per_fill: u32,
-    /// `fill_interval`, truncated to milliseconds (>= 50). Envoy 1.36 refills continuously at
-    /// `tokens_per_fill / fill_interval` tokens per second; no timer ticks.
-    pub fill_interval_ms: u64,
-}
-
-/// A `RuntimeFractionalPercent` without a runtime: its `default_value`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuntimeFraction {
-    pub numerator: u32,
-    /// 100, 10 000 or 1 000 000.
-    pub denominator: u32,
-    /// `runtime_key` as written (may be empty): Envoy reads the fraction from the runtime under
-    /// this key when a runtime layer sets it.
-    pub runtime_key: String,
-}
-
-impl RuntimeFraction {
-    /// Envoy's `featureEnabled` with the key unset: `random % denominator < numerator`.
-    pub fn enabled(&self, random: u64) -> bool {
-        random % u64::from(self.denominator) < u64::from(self.numerator)
-    }
-}
-
-/// `envoy.extensions.common.ratelimit.v3.VhRateLimitsOptions`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum VhRateLimits {
-    #[default]
-    Override,
-    Include,
-    Ignore,
-}
 
 const NO_DESCRIPTORS: &str = "descriptor-based local rate limits are not implemented by vigil: \
      it would let through requests Envoy limits by descriptor";
@@ -317,7 +238,7 @@ fn read_config(cx: &mut Ctx, typed: &Any, per_route: bool) -> Option<LocalRateLi
     let rate_limits = o.take("rate_limits");
     #[cfg(feature = "envoy-schema")]
     if let Some((p, v)) = rate_limits {
-        super::validate::field(cx, &p, LOCAL_RATE_LIMIT.name, "rate_limits", v);
+        crate::protojson::validate::field(cx, &p, LOCAL_RATE_LIMIT.name, "rate_limits", v);
     }
     #[cfg(not(feature = "envoy-schema"))]
     let _ = rate_limits;
@@ -456,7 +377,7 @@ fn headers(cx: &mut Ctx, o: &mut Obj, field: &str) -> Vec<HeaderOption> {
             ),
         );
     }
-    super::listener::headers_to_add(cx, list)
+    super::headers::headers_to_add(cx, list)
 }
 
 #[cfg(test)]
@@ -465,6 +386,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+    use crate::protojson::FieldPath;
     use serde_json::{Value, json};
 
     fn load(v: Value, per_route: bool) -> (Option<LocalRateLimit>, Vec<String>, Vec<String>) {
@@ -472,7 +394,7 @@ mod tests {
         v["@type"] = json!(format!("type.googleapis.com/{LOCAL_RATELIMIT_TYPE}"));
         let mut cx = Ctx::default();
         let path = FieldPath::root().field("typed_config");
-        let typed = super::super::reader::any(&mut cx, &path, &v).expect("any");
+        let typed = crate::protojson::any(&mut cx, &path, &v).expect("any");
         let out = if per_route {
             local_ratelimit_per_route(&mut cx, &typed)
         } else {
@@ -691,6 +613,7 @@ mod vectors {
     use crate::local_ratelimit::{
         BucketUsed, ConnectionLimiter, Decision, Draws, RateLimitState, decide, response_headers,
     };
+    use crate::protojson::FieldPath;
     use serde_json::{Value, json};
     use std::collections::BTreeMap;
     use std::time::Duration;
@@ -704,7 +627,7 @@ mod vectors {
         let mut v = v.clone();
         v["@type"] = json!(format!("type.googleapis.com/{LOCAL_RATELIMIT_TYPE}"));
         let mut cx = Ctx::default();
-        let typed = super::super::reader::any(&mut cx, &FieldPath::root(), &v).expect("any");
+        let typed = crate::protojson::any(&mut cx, &FieldPath::root(), &v).expect("any");
         let config = if per_route {
             local_ratelimit_per_route(&mut cx, &typed)
         } else {

@@ -40,59 +40,91 @@
 //!   a mapping: a typo inside it is caught by Envoy, not by vigil yet (`outlier_detection` and
 //!   `circuit_breakers` are typed at load). Which filters vigil enforces, ignores or refuses is
 //!   `filters` (vigil fails closed: a filter that could stop a request is refused by name);
-//! - route regexes are compiled with regex-lite, not RE2 (see [`Regex`]); RE2's program-size
-//!   limit is estimated, from below.
+//! - route regexes are compiled with regex-lite, not RE2 (see [`crate::matcher::Regex`]); RE2's
+//!   program-size limit is estimated, from below.
 //!
-//! Layout: `reader` (proto-JSON reading rules), `schema` (the Envoy messages and what vigil does
-//! with each field), `cluster`, `health_check`, `listener` (the typed readers), `filters` (which
-//! filters are enforced, ignored or refused; `filter_chain_match`), `types` (the result), `error`.
+//! Layout (the proto-JSON reading rules and the error type are `crate::protojson`'s, below):
+//! - `schema`: the Envoy messages vigil reads and what it does with each field;
+//! - `yaml` (feature `yaml`): the YAML front end, a document's first YAML tree as JSON;
+//! - `bootstrap`: [`Bootstrap`] and its top-level reader, which hands each part to the others;
+//!   every file holds its own types beside its reader (all re-exported here), except
+//!   `cluster_types`, apart from the `cluster` reader because `health_check` needs one of them;
+//! - `address` (addresses and their reader), `cluster`, `circuit_breakers`, `health_check`, `tls`,
+//!   `sds`: the cluster readers and the TLS contexts (with SDS secrets) both sides use;
+//! - `listener` (listeners, filter chains), `connection_manager` (the HTTP connection manager),
+//!   `http_filters` (its filters and their per-route settings), `route_config` (route
+//!   configurations), `access_log`, `headers` (header additions and removals), `matchers` (the
+//!   readers of `crate::matcher`'s types), `re2_size` (RE2's program-size estimate) and
+//!   `per_filter` (what a route level says to the HTTP filters);
+//! - `filters` (which filters are enforced, ignored or refused; `filter_chain_match`) and one
+//!   reader per filter vigil runs: `buffer`, `csrf`, `ext_authz`, `jwt_authn`, `local_ratelimit`,
+//!   `rbac` (most fill types of the filter's own module: `crate::rbac`, `crate::csrf`, ...).
 
+mod access_log;
+mod address;
+mod bootstrap;
 mod buffer;
 mod circuit_breakers;
 mod cluster;
+mod cluster_types;
+mod connection_manager;
 mod csrf;
-#[cfg(feature = "envoy-schema")]
-mod envoy_schema;
-mod error;
 mod ext_authz;
 mod filters;
+mod headers;
 mod health_check;
+mod http_filters;
 mod jwt_authn;
 mod listener;
 mod local_ratelimit;
+mod matchers;
+mod per_filter;
 mod rbac;
-pub(crate) mod reader;
+mod re2_size;
+mod route_config;
 mod schema;
 mod sds;
 mod tls;
-mod types;
+#[cfg(feature = "yaml")]
+mod yaml;
 #[cfg(feature = "envoy-schema")]
-mod validate;
-pub(crate) use reader::base64url;
-#[cfg(feature = "envoy-schema")]
-pub use validate::schema_errors;
+pub use crate::protojson::schema_errors;
 
+pub use crate::protojson::{ConfigError, ConfigErrors, ErrorKind, FieldPath, Location, Warning};
+pub use access_log::{
+    AccessLog, AccessLogSink, DEFAULT_ACCESS_LOG_FORMAT, JsonFormatValue, LogFormat, LogFormatKind,
+};
+pub use address::{Address, SocketAddress, SocketProtocol};
+pub use bootstrap::{Admin, Bootstrap};
 pub use circuit_breakers::{CircuitBreakers, RetryBudget, RoutingPriority, Thresholds};
-pub use error::{ConfigError, ConfigErrors, ErrorKind, FieldPath, Location, Warning};
+pub use cluster_types::*;
+pub use connection_manager::{
+    ClientCertDetails, CodecType, DEFAULT_DOWNSTREAM_IDLE_TIMEOUT_MS, DEFAULT_MAX_HEADERS_COUNT,
+    DEFAULT_MAX_REQUEST_HEADERS_KB, DEFAULT_STREAM_IDLE_TIMEOUT_MS, FilterChainRef,
+    ForwardClientCert, HttpConnectionManager, HttpProtocolOptions, ServerHeaderTransformation,
+    StripPort,
+};
 pub use ext_authz::{
     AuthzService, BufferSettings, ExtAuthz, ExtAuthzPerRoute, GrpcService, HttpService,
 };
 pub use filters::{ChainFacts, FilterChainMatch, SourceType, select_filter_chain};
-pub use local_ratelimit::{LocalRateLimit, RuntimeFraction, TokenBucketSpec, VhRateLimits};
+pub use headers::HeaderMutations;
+pub use http_filters::{HttpFilter, HttpFilterKind, VIGIL_ROOT_IDS, VIGIL_WASM_FILE};
+pub use listener::Listener;
+pub use per_filter::{FilterOverride, FilterSettings};
+pub use route_config::{
+    ClusterSpecifier, ClusterWeight, DEFAULT_MAX_DIRECT_RESPONSE_BODY_SIZE_BYTES,
+    DEFAULT_ROUTE_TIMEOUT_MS, ForwardAction, HostRewrite, Redirect, RedirectPath, RegexRewrite,
+    RetryHostPredicate, RetryOn, RetryPolicy, Route, RouteAction, RouteConfiguration,
+    RouteHashKind, RouteHashPolicy, VirtualHost, WeightedClusters, WeightedTarget,
+};
 pub use tls::{
-    DataSource, DownstreamTls, PeerValidation, RequestServerName, SanMatcher, SanType, Sourced,
-    SubjectAltName, TlsParams, TlsVersion, UpstreamTls, dns_name_match,
+    DownstreamTls, PeerValidation, RequestServerName, SanMatcher, SanType, SubjectAltName,
+    TlsParams, TlsVersion, UpstreamTls, dns_name_match,
 };
-pub use types::*;
 
-use reader::{Ctx, IGNORED, Obj};
-use schema::{
-    ADMIN, BOOTSTRAP, CLUSTER_MANAGER, CLUSTER_MANAGER_OUTLIER_DETECTION, STATIC_RESOURCES,
-    TYPED_EXTENSION_CONFIG,
-};
+use crate::protojson::Ctx;
 use serde_json::Value;
-
-const WASM_SERVICE_TYPE: &str = "envoy.extensions.wasm.v3.WasmService";
 
 /// A loaded config: what vigil acts on, and what it accepted without acting on.
 #[derive(Debug, Clone, PartialEq)]
@@ -135,13 +167,13 @@ fn from_value_reading(
             _ => cx.invalid(&path, message),
         }
     }
-    let bootstrap = bootstrap(&mut cx, value);
+    let bootstrap = bootstrap::bootstrap(&mut cx, value);
     cx.settle();
     // Parts the typed readers take without reading all of them: checked as a whole against
     // Envoy's schema once the readers are content (an error there would repeat theirs).
     #[cfg(feature = "envoy-schema")]
     if cx.errors.is_empty() {
-        validate::bootstrap(&mut cx, value);
+        crate::protojson::validate::bootstrap(&mut cx, value);
     }
     if cx.errors.is_empty() {
         Ok(Loaded {
@@ -183,7 +215,7 @@ fn parse_json_value(text: &str) -> Result<Value, ConfigErrors> {
 /// line and column.
 #[cfg(feature = "yaml")]
 pub fn parse_yaml(text: &str) -> Result<Loaded, ConfigErrors> {
-    let (value, more) = parse_yaml_value(text)?;
+    let (value, more) = yaml::parse_yaml_value(text)?;
     let loaded = from_value(&value)?;
     Ok(with_more_documents(loaded, more))
 }
@@ -199,92 +231,6 @@ fn with_more_documents(mut loaded: Loaded, more: bool) -> Loaded {
         });
     }
     loaded
-}
-
-/// The first YAML document's tree, and whether more documents follow.
-#[cfg(feature = "yaml")]
-fn parse_yaml_value(text: &str) -> Result<(Value, bool), ConfigErrors> {
-    use serde::Deserialize;
-    let syntax = |e: serde_yaml_ng::Error| {
-        ConfigErrors::one(
-            ErrorKind::Syntax,
-            format!("YAML syntax error: {e}"),
-            e.location().map(|l| Location {
-                line: l.line(),
-                column: l.column(),
-            }),
-        )
-    };
-    if let Some(location) = too_deeply_nested(text) {
-        return Err(ConfigErrors::one(
-            ErrorKind::Syntax,
-            format!(
-                "YAML syntax error: brackets nested more than {MAX_FLOW_DEPTH} levels deep; \
-                 no Envoy config needs that (refused before parsing, which would take minutes)"
-            ),
-            Some(location),
-        ));
-    }
-    let mut documents = serde_yaml_ng::Deserializer::from_str(text);
-    let value = match documents.next() {
-        Some(document) => Value::deserialize(document).map_err(syntax)?,
-        None => Value::Null,
-    };
-    let more = documents.next().is_some();
-    Ok((value, more))
-}
-
-/// The YAML parser's own recursion limit: deeper documents fail anyway, but only after the
-/// scanner has spent time quadratic in the depth (100,000 `[` took minutes), so they are refused
-/// by a linear pre-scan first.
-#[cfg(feature = "yaml")]
-const MAX_FLOW_DEPTH: usize = 128;
-
-/// Where flow brackets (`[`, `{`) first nest deeper than [`MAX_FLOW_DEPTH`], skipping quoted
-/// scalars and comments. A bracket inside a plain scalar (`regex: ^a[0-9]$`) is counted too,
-/// which can only over-count by a few; a real config stays far below the limit.
-#[cfg(feature = "yaml")]
-fn too_deeply_nested(text: &str) -> Option<Location> {
-    let (mut depth, mut line, mut column) = (0usize, 1usize, 0usize);
-    let mut quote: Option<char> = None;
-    let mut escaped = false;
-    let mut in_comment = false;
-    let mut previous = '\n';
-    for c in text.chars() {
-        column += 1;
-        if c == '\n' {
-            line += 1;
-            column = 0;
-            in_comment = false;
-            previous = c;
-            continue;
-        }
-        if in_comment {
-            continue;
-        }
-        match quote {
-            Some('"') if escaped => escaped = false,
-            Some('"') if c == '\\' => escaped = true,
-            Some(q) if c == q => quote = None,
-            Some(_) => {}
-            None => match c {
-                '#' if previous.is_whitespace() => in_comment = true,
-                '\'' | '"' if previous.is_whitespace() || "[{,:".contains(previous) => {
-                    quote = Some(c)
-                }
-                '[' | '{' => {
-                    depth += 1;
-                    if depth > MAX_FLOW_DEPTH {
-                        return Some(Location { line, column });
-                    }
-                }
-                ']' | '}' => depth = depth.saturating_sub(1),
-                _ => {}
-            },
-        }
-        previous = c;
-    }
-    None
 }
 
 /// Reads and loads a config file: `.json` files as JSON, anything else as YAML (as Envoy picks by
@@ -329,166 +275,19 @@ pub fn load_file(path: impl AsRef<std::path::Path>) -> Result<Loaded, ConfigErro
     let (value, more) = if is_json {
         (parse_json_value(&text).map_err(with_file)?, false)
     } else {
-        parse_yaml_value(&text).map_err(with_file)?
+        yaml::parse_yaml_value(&text).map_err(with_file)?
     };
     // SDS files named by relative paths are found as Envoy finds them: from its working
     // directory.
     let read = |file: &str| std::fs::read_to_string(file).map_err(|e| e.to_string());
     let parse = |text: &str| {
-        parse_yaml_value(text)
+        yaml::parse_yaml_value(text)
             .map(|(value, _)| value)
             .map_err(|e| e.to_string())
     };
     from_value_reading(&value, &read, &parse)
         .map(|loaded| with_more_documents(loaded, more))
         .map_err(with_file)
-}
-
-fn bootstrap(cx: &mut Ctx, value: &Value) -> Bootstrap {
-    let mut out = Bootstrap {
-        admin: None,
-        listeners: Vec::new(),
-        clusters: Vec::new(),
-        outlier_event_log_path: None,
-    };
-    let root = FieldPath::root();
-    if value.is_null() {
-        cx.invalid(&root, "the config is empty");
-        return out;
-    }
-    let Some(mut o) = Obj::new(cx, root, value, &BOOTSTRAP) else {
-        return out;
-    };
-    out.admin = o.message(cx, "admin", &ADMIN).map(|a| admin(cx, a));
-    if let Some(mut cm) = o.message(cx, "cluster_manager", &CLUSTER_MANAGER) {
-        if let Some(mut od) =
-            cm.message(cx, "outlier_detection", &CLUSTER_MANAGER_OUTLIER_DETECTION)
-        {
-            out.outlier_event_log_path = od.nonempty_string(cx, "event_log_path");
-            od.finish(cx);
-        }
-        cm.finish(cx);
-    }
-    if let Some(mut sr) = o.message(cx, "static_resources", &STATIC_RESOURCES) {
-        // Routes name clusters: the listeners see the clusters as written.
-        let clusters = sr.take("clusters");
-        if let Some((p, v)) = sr.take("listeners") {
-            out.listeners = listener::listeners(cx, &p, v, clusters.as_ref().map(|(_, v)| *v));
-        }
-        if let Some((p, v)) = clusters {
-            out.clusters = cluster::clusters(cx, &p, v);
-        }
-        sr.finish(cx);
-    }
-    for (p, v) in o.list("bootstrap_extensions") {
-        bootstrap_extension(cx, &p, v);
-    }
-    if let Some((path, layered)) = o.peek("layered_runtime") {
-        runtime_layers_against_keys(cx, &path, layered);
-    }
-    o.finish(cx);
-    out
-}
-
-/// vigil applies no runtime layers: it uses each `runtime_key`'s default. That is Envoy's
-/// behaviour only while no layer sets the key, so a static layer that sets one, or a layer whose
-/// values come later (disk, RTDS), refuses the file at the key. The admin layer starts empty and
-/// only Envoy's own admin API fills it.
-fn runtime_layers_against_keys(cx: &mut Ctx, path: &FieldPath, layered: &Value) {
-    fn flatten(prefix: &str, value: &Value, out: &mut Vec<String>) {
-        if let Value::Object(map) = value {
-            for (key, inner) in map {
-                let name = if prefix.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{prefix}.{key}")
-                };
-                out.push(name.clone());
-                flatten(&name, inner, out);
-            }
-        }
-    }
-    if cx.runtime_keys.is_empty() {
-        return;
-    }
-    let layers = layered
-        .get("layers")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let keys = std::mem::take(&mut cx.runtime_keys);
-    for (index, layer) in layers.iter().enumerate() {
-        let name = layer.get("name").and_then(Value::as_str).unwrap_or("");
-        let layer_path = path.field("layers").index(index);
-        if let Some(static_layer) = layer.get("static_layer") {
-            let mut set = Vec::new();
-            flatten("", static_layer, &mut set);
-            for (key_path, key) in &keys {
-                if set.contains(key) {
-                    cx.unsupported(
-                        key_path,
-                        format!(
-                            "runtime key {key} is set by the static runtime layer '{name}' \
-                             ({layer_path}); vigil applies no runtime layers and would use the \
-                             default instead"
-                        ),
-                    );
-                }
-            }
-        }
-        for kind in ["disk_layer", "rtds_layer"] {
-            if layer.get(kind).is_some() {
-                for (key_path, key) in &keys {
-                    cx.unsupported(
-                        key_path,
-                        format!(
-                            "runtime key {key} can be set at any time by the {kind} '{name}' \
-                             ({layer_path}); vigil applies no runtime layers and would use the \
-                             default instead"
-                        ),
-                    );
-                }
-            }
-        }
-    }
-    cx.runtime_keys = keys;
-}
-
-fn admin(cx: &mut Ctx, mut o: Obj) -> Admin {
-    let access_log_path = o.nonempty_string(cx, "access_log_path");
-    let profile_path = o.nonempty_string(cx, "profile_path");
-    let address = o
-        .take("address")
-        .and_then(|(p, v)| cluster::address(cx, &p, v));
-    o.finish(cx);
-    Admin {
-        address,
-        access_log_path,
-        profile_path,
-    }
-}
-
-fn bootstrap_extension(cx: &mut Ctx, path: &FieldPath, value: &Value) {
-    let Some(mut ext) = Obj::new(cx, path.clone(), value, &TYPED_EXTENSION_CONFIG) else {
-        return;
-    };
-    let _name = ext.required_string(cx, "name", "required: must not be empty");
-    let has_typed = ext.has("typed_config");
-    let typed = ext.any(cx, "typed_config");
-    ext.finish(cx);
-    if !has_typed {
-        cx.invalid(&path.field("typed_config"), "required");
-        return;
-    }
-    match typed {
-        Some(t) if t.is(WASM_SERVICE_TYPE) => cx.warn(
-            path,
-            "a wasm service (such as vigil's probing singleton) runs inside Envoy; the companion \
-             does this work natively and does not load wasm",
-        ),
-        Some(_) => cx.warn(path, IGNORED),
-        None => {}
-    }
 }
 
 #[cfg(test)]
@@ -1131,25 +930,5 @@ mod tests {
             "a repeated key keeps its last value"
         );
         assert!(loaded.bootstrap.clusters[0].dns.respect_dns_ttl);
-    }
-
-    #[cfg(feature = "yaml")]
-    #[test]
-    fn deep_flow_nesting_is_refused_before_parsing() {
-        let deep = format!("a: {}{}", "[".repeat(100_000), "]".repeat(100_000));
-        let err = parse_yaml(&deep).unwrap_err();
-        assert!(err.to_string().contains("nested more than 128"), "{err}");
-        assert_eq!(
-            err.first().and_then(|e| e.location).map(|l| l.column),
-            Some(132)
-        );
-        // Brackets in quoted scalars and comments do not count; a few levels are fine.
-        let quoted = format!(
-            "a: '{0}'\nb: \"{0}\\\" {0}\"\n# {0}\nc: [[{{d: [1]}}]]\n",
-            "[".repeat(500)
-        );
-        assert!(too_deeply_nested(&quoted).is_none());
-        assert!(too_deeply_nested(&"[".repeat(128)).is_none());
-        assert!(too_deeply_nested(&"{".repeat(129)).is_some());
     }
 }

@@ -12,13 +12,12 @@
 //! filter-state matchers, `custom` principals and `uri_template` permissions.
 //! `audit_logging_options` is checked and ignored with a warning: Envoy 1.36 ignores it too.
 
-use super::error::FieldPath;
-use super::listener::{header_matcher, string_match};
-use super::reader::{
-    Any, Ctx, Enum, Message, Obj, boolean, describe, enumeration, integer, read, reject,
-};
+use super::matchers::{header_matcher, string_match};
 use super::schema::{CIDR_RANGE, HEADER_MATCHER, ROUTE_STRING_MATCHER, TYPED_EXTENSION_CONFIG};
-use crate::config::{HeaderMatcher, StringMatch};
+use crate::matcher::{HeaderMatcher, StringMatch};
+use crate::protojson::{
+    Any, Ctx, Enum, FieldPath, Message, Obj, boolean, describe, enumeration, integer, read, reject,
+};
 use crate::rbac::{
     Action, CidrRange, Enforcement, HttpRbac, NetworkRbac, Permission, Policy, Principal, Rules,
 };
@@ -692,9 +691,9 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
-    use crate::config::{ErrorKind, HeaderMatch, StringMatchKind};
+    use crate::config::ErrorKind;
+    use crate::matcher::{HeaderMatch, RequestView, StringMatchKind};
     use crate::rbac::{DENIED_BODY, RbacRequest, TlsPeer};
-    use crate::route::RequestView;
     use serde_json::json;
     use std::net::SocketAddr;
 
@@ -711,7 +710,7 @@ mod tests {
     fn read<T>(value: Value, reader: impl Fn(&mut Ctx, &Any) -> Option<T>) -> (Option<T>, Report) {
         let mut cx = Ctx::default();
         let path = FieldPath::root().field("typed_config");
-        let typed = super::super::reader::any(&mut cx, &path, &value).expect("an Any");
+        let typed = crate::protojson::any(&mut cx, &path, &value).expect("an Any");
         let out = reader(&mut cx, &typed);
         let report = Report {
             errors: cx.errors.iter().map(ToString::to_string).collect(),

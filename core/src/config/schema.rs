@@ -5,7 +5,7 @@
 //! warning, or an [`super::ErrorKind::Unsupported`] error where ignoring it would change what a
 //! health check sends or how it is judged.
 
-use super::reader::{Enum, IGNORED, Message, keep, read, reject, warn};
+use crate::protojson::{Enum, IGNORED, Message, keep, read, reject, warn};
 
 const TLS: &str = "TLS and other transport sockets are not implemented by vigil: checks and \
                    traffic would go out in plain text and be judged differently";
@@ -1717,3 +1717,66 @@ pub(crate) static HEALTH_CHECK_FILTER: Message = Message {
     ],
     removed: &[],
 };
+
+/// vigil's own message lists (`schema.rs` and the readers' local ones) agree with the table:
+/// each names an Envoy 1.36.2 message and lists exactly its fields (so the schema check finds
+/// the message of every field vigil leaves).
+#[cfg(all(test, feature = "envoy-schema"))]
+mod agreement {
+    use crate::protojson::envoy_schema::schema;
+
+    const SOURCES: [(&str, &str); 8] = [
+        ("schema.rs", include_str!("schema.rs")),
+        ("jwt_authn.rs", include_str!("jwt_authn.rs")),
+        ("rbac.rs", include_str!("rbac.rs")),
+        ("circuit_breakers.rs", include_str!("circuit_breakers.rs")),
+        ("tls.rs", include_str!("tls.rs")),
+        ("ext_authz.rs", include_str!("ext_authz.rs")),
+        ("local_ratelimit.rs", include_str!("local_ratelimit.rs")),
+        ("csrf.rs", include_str!("csrf.rs")),
+    ];
+
+    /// (file, message name, field names) of each `Message { name: "...", fields: &[...] }`.
+    fn messages() -> Vec<(&'static str, String, Vec<String>)> {
+        let re = regex_lite::Regex::new(
+            r#"(?s)Message \{\s*name: "([^"]+)",\s*fields: &\[(.*?)\],\s*removed"#,
+        )
+        .unwrap();
+        let field = regex_lite::Regex::new(r#"\b(?:read|keep|warn|reject)\(\s*"([^"]+)""#).unwrap();
+        let mut out = Vec::new();
+        for (file, text) in SOURCES {
+            for c in re.captures_iter(text) {
+                let fields = field
+                    .captures_iter(&c[2])
+                    .map(|f| f[1].to_string())
+                    .collect();
+                out.push((file, c[1].to_string(), fields));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn vigils_message_lists_match_envoys() {
+        let all = messages();
+        assert!(all.len() > 90, "{}", all.len());
+        let mut problems = Vec::new();
+        for (file, name, fields) in &all {
+            let Some(m) = schema().message(name) else {
+                problems.push(format!("{file}: {name} is not a message of Envoy 1.36.2"));
+                continue;
+            };
+            for f in fields {
+                if m.fields.iter().all(|g| g.name != *f) {
+                    problems.push(format!("{file}: {name}.{f} is not in Envoy 1.36.2"));
+                }
+            }
+            for g in &m.fields {
+                if !fields.iter().any(|f| f == g.name) {
+                    problems.push(format!("{file}: {name} lacks Envoy's field {}", g.name));
+                }
+            }
+        }
+        assert!(problems.is_empty(), "{problems:#?}");
+    }
+}

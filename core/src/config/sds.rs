@@ -10,7 +10,7 @@
 //! the TLS readers refuse by name. The files read are returned so the companion can reload when
 //! one changes (a rotated certificate is then used for new connections).
 
-use super::error::{ErrorKind, FieldPath};
+use crate::protojson::{ErrorKind, FieldPath};
 use serde_json::{Map, Value};
 
 /// What resolving found: the SDS files read, and the errors (a missing secret or file, a

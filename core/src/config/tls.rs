@@ -19,9 +19,10 @@
 //! handshakers and certificate selectors, signature algorithm lists and compliance policies,
 //! session ticket keys, other-name SAN matchers.
 
-use super::error::FieldPath;
-use super::reader::{Any, Ctx, Obj, base64, describe, read, reject, warn};
-use super::reader::{Enum, Message};
+use crate::base::{DataSource, Sourced};
+use crate::protojson::{
+    Any, Ctx, Enum, FieldPath, Message, Obj, base64, describe, read, reject, warn,
+};
 use serde_json::Value;
 
 pub(crate) const DOWNSTREAM_TLS_TYPE: &str =
@@ -30,24 +31,6 @@ pub(crate) const UPSTREAM_TLS_TYPE: &str =
     "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
 pub(crate) const RAW_BUFFER_TYPE: &str =
     "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
-
-/// Where a certificate or key comes from (`envoy.config.core.v3.DataSource`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DataSource {
-    /// `filename`: read when the companion loads the file (and on every reload).
-    File(String),
-    /// `inline_string` / `inline_bytes`.
-    Inline(Vec<u8>),
-    /// `environment_variable`: the variable's value.
-    Env(String),
-}
-
-/// A data source and the field path that named it (for errors found when loading it).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sourced {
-    pub source: DataSource,
-    pub path: FieldPath,
-}
 
 /// `envoy.extensions.transport_sockets.tls.v3.TlsParameters.TlsProtocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -196,7 +179,7 @@ pub struct SubjectAltName {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SanMatcher {
     pub kind: SanType,
-    pub matcher: super::StringMatch,
+    pub matcher: crate::matcher::StringMatch,
 }
 
 impl SanMatcher {
@@ -206,7 +189,9 @@ impl SanMatcher {
             return false;
         }
         match (&self.matcher.kind, self.kind) {
-            (super::StringMatchKind::Exact(name), SanType::Dns) => dns_name_match(name, &san.value),
+            (crate::matcher::StringMatchKind::Exact(name), SanType::Dns) => {
+                dns_name_match(name, &san.value)
+            }
             _ => self.matcher.matches(&san.value),
         }
     }
@@ -684,7 +669,7 @@ fn alpn_protocols(cx: &mut Ctx, common: &mut Obj) -> Vec<String> {
     common
         .list("alpn_protocols")
         .into_iter()
-        .filter_map(|(p, v)| super::reader::string(cx, &p, v))
+        .filter_map(|(p, v)| crate::protojson::string(cx, &p, v))
         .collect()
 }
 
@@ -723,7 +708,7 @@ fn tls_params(cx: &mut Ctx, common: &mut Obj, default_max: TlsVersion) -> TlsPar
         params
             .list(field)
             .into_iter()
-            .filter_map(|(p, v)| super::reader::string(cx, &p, v))
+            .filter_map(|(p, v)| crate::protojson::string(cx, &p, v))
             .collect()
     };
     out.cipher_suites = strings(cx, &mut params, "cipher_suites");
@@ -775,7 +760,7 @@ fn peer_validation(cx: &mut Ctx, mut o: Obj) -> PeerValidation {
         );
     }
     for (p, v) in o.list("verify_certificate_hash") {
-        let Some(text) = super::reader::string(cx, &p, v) else {
+        let Some(text) = crate::protojson::string(cx, &p, v) else {
             continue;
         };
         let hex: String = if text.len() == 95 {
@@ -789,7 +774,7 @@ fn peer_validation(cx: &mut Ctx, mut o: Obj) -> PeerValidation {
         }
     }
     for (p, v) in o.list("verify_certificate_spki") {
-        let Some(text) = super::reader::string(cx, &p, v) else {
+        let Some(text) = crate::protojson::string(cx, &p, v) else {
             continue;
         };
         match base64(&text).and_then(|b| <[u8; 32]>::try_from(b).ok()) {
@@ -820,7 +805,7 @@ fn peer_validation(cx: &mut Ctx, mut o: Obj) -> PeerValidation {
         };
         m.string(cx, "oid");
         let matcher = match m.message(cx, "matcher", &super::schema::ROUTE_STRING_MATCHER) {
-            Some(sm) => super::listener::string_match(cx, sm),
+            Some(sm) => super::matchers::string_match(cx, sm),
             None => {
                 cx.invalid(&p.field("matcher"), "value is required");
                 None
@@ -836,7 +821,7 @@ fn peer_validation(cx: &mut Ctx, mut o: Obj) -> PeerValidation {
             continue;
         };
         // Envoy applies a deprecated matcher to each of these kinds.
-        if let Some(matcher) = super::listener::string_match(cx, sm) {
+        if let Some(matcher) = super::matchers::string_match(cx, sm) {
             for kind in [
                 SanType::Dns,
                 SanType::Uri,

@@ -1,15 +1,19 @@
-//! Health, as plain data: one host's active health-check session, one cluster's engine, and the
-//! one verdict type every checker produces.
+//! Health, as plain data: one host's active health-check session and the one verdict type every
+//! checker produces. The bottom of the health layers: the schedule, the checkers, the outlier
+//! detector and the cluster engine ([`crate::cluster_health`]) all build on it, and its code uses
+//! none of them.
 //!
 //! What lives where:
 //! - this module: [`HostHealth`], Envoy's per-host session, with [`HealthFlags`] (which also map
 //!   themselves to routing health, [`HealthFlags::coarse`] / [`HealthFlags::excluded`], and to
 //!   the EDS status, [`HealthFlags::eds_status`]);
-//! - [`cluster`]: [`ClusterHealth`], one cluster's engine (membership with the removal rule as a
-//!   parameter, the due-check queue, results, passive immediate fail, outlier feed and sweep, the
-//!   final-flags view), driven by the companion's check loop and the filter's supervisor alike;
 //! - [`Verdict`]: what one check concluded (HTTP: [`crate::check::HttpCheck::judge`]; gRPC:
 //!   [`crate::grpc_health::judge`]; the filter's probes: [`crate::plugin::probe::judge`]).
+//!
+//! One cluster's engine, [`crate::cluster_health::ClusterHealth`] (membership with the removal
+//! rule as a parameter, the due-check queue, results, passive immediate fail, outlier feed and
+//! sweep, the final-flags view), sits above this module, driven by the companion's check loop and
+//! the filter's supervisor alike.
 //!
 //! [`HostHealth`] is one host's health-check session: its [`HealthFlags`] and the counters Envoy
 //! keeps (`num_healthy_`, `num_unhealthy_`, `first_check_`). Each check result goes in
@@ -27,16 +31,14 @@
 //!   once; network failures, timeouts and retriable statuses count toward `unhealthy_threshold`;
 //! - a passive failure (`x-envoy-immediate-health-check-fail` on real traffic, Envoy's
 //!   `setUnhealthyCrossThread`) is such an immediate failure, counted in `passive_failure`, and
-//!   also excludes the host ([`cluster::ClusterHealth::passive_immediate_fail`]);
+//!   also excludes the host ([`crate::cluster_health::ClusterHealth::passive_immediate_fail`]);
 //! - thresholds are compared with `==` after incrementing, so a threshold of 0 is never reached,
 //!   exactly as in Envoy (which accepts 0).
 
 use std::fmt;
 
-pub mod cluster;
 mod verdict;
 
-pub use cluster::{ClusterHealth, ClusterSettings, HealthCheckStats, ProbeToken, RemovalRule};
 pub use verdict::Verdict;
 
 /// Host health flags, with the names and the print order of Envoy's `HEALTH_FLAG_ENUM_VALUES`.

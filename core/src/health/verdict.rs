@@ -1,6 +1,6 @@
 //! The one verdict type on a probe's answer, shared by every checker (HTTP, TCP, gRPC) in both
 //! shells: the companion's network probes and the filter's dispatched calls both end here, and
-//! [`super::cluster::ClusterHealth::on_result`] is the one place a verdict is applied.
+//! [`crate::cluster_health::ClusterHealth::on_result`] is the one place a verdict is applied.
 
 use super::FailureType;
 

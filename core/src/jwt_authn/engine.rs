@@ -9,12 +9,13 @@
 //! token is checked. A `requires_any` stops at its first child that passes, a `requires_all` at
 //! its first that fails; what earlier children changed stays.
 
-use super::crypto;
 use super::jwks::{Jwks, Jwt, parse_jwt};
-use super::{JwksSource, JwtAuthn, LocalJwks, Locations, PerRoute, Provider, Requirement, Status};
+use super::{
+    JwksSource, JwtAuthn, LocalJwks, Locations, PerRoute, Provider, Requirement, Status, crypto,
+};
 use crate::balance::hash_policy::query_parameter_first;
-use crate::config::{PathMatch, QueryMatch, RouteMatch, Sourced};
-use crate::route::{RequestView, header_matches, strip_query};
+use crate::base::Sourced;
+use crate::matcher::{PathMatch, QueryMatch, RequestView, RouteMatch, header_matches, strip_query};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -817,8 +818,8 @@ mod tests {
 #[cfg(test)]
 mod remote_tests {
     use super::*;
-    use crate::config::{PathMatch, RouteMatch};
     use crate::jwt_authn::{RemoteJwks, Rule};
+    use crate::matcher::{PathMatch, RouteMatch};
 
     fn config() -> JwtAuthn {
         let provider = Provider {

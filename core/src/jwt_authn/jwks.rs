@@ -3,7 +3,7 @@
 //! it. Keys are kept as their raw big-endian parts; [`super::crypto`] turns them into `ring` keys.
 
 use super::Status;
-use crate::config::base64url;
+use crate::protojson::base64url;
 use serde_json::{Map, Value};
 
 /// One public key of a JWKS (`Jwks::Pubkey`).

@@ -23,7 +23,7 @@ pub mod jwks;
 #[cfg(feature = "jwt")]
 pub use engine::{Decision, JwksState, JwksStore, LocalReply, Request};
 
-use crate::config::{RouteMatch, StringMatch};
+use crate::matcher::{RouteMatch, StringMatch};
 use std::collections::BTreeMap;
 
 /// `envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication`, validated.
@@ -96,8 +96,8 @@ pub enum JwksSource {
 pub enum LocalJwks {
     /// Inline text.
     Inline(String),
-    /// `filename` / `environment_variable`: the shell reads it ([`crate::config::DataSource`]).
-    Sourced(crate::config::Sourced),
+    /// `filename` / `environment_variable`: the shell reads it ([`crate::base::DataSource`]).
+    Sourced(crate::base::Sourced),
 }
 
 /// `RemoteJwks`: what the shell fetches, and how long a fetched JWKS is used.

@@ -5,7 +5,7 @@
 //! the proto's PGV rules (outlier_detection.proto) plus `DetectorImpl::create`'s check that
 //! `max_ejection_time` is not below `base_ejection_time`. See `docs/envoy-outlier-semantics.md` §1.
 
-use crate::config::reader::{
+use crate::protojson::{
     ProtoDuration, boolean_value, closest_field, describe, duration_text, integer_value, json_name,
     millis_duration,
 };

@@ -37,12 +37,10 @@
 //! [`RoutingConfig::from_json`] so its errors (`routing.rules[0].action: ...`) reject the plugin
 //! configuration like any other field.
 
-use super::probe::BodyMatch;
 use super::vec_map::VecMap;
-use crate::config::reader::{Ctx, Message, Obj, describe, read, status_ranges};
-use crate::config::{ConfigError, FieldPath};
 use crate::health::Policy;
 use crate::outlier::OutlierConfig;
+use crate::protojson::{ConfigError, Ctx, FieldPath, Message, Obj, describe, read, status_ranges};
 use crate::rules::RoutingConfig;
 use crate::schedule::{IntervalSettings, Intervals};
 use crate::status::StatusRanges;
@@ -140,6 +138,42 @@ pub enum ProbeKind {
     Http(HttpProbe),
     /// `grpc_health_check`: `grpc.health.v1.Health/Check` through `grpc_probe_cluster`.
     Grpc(GrpcProbe),
+}
+
+/// What a probe's body must contain.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BodyMatch {
+    /// `{"contains": "text"}`: the text appears somewhere in the body (bytes, case-sensitive).
+    Contains(String),
+    /// `{"json": {"field": "a.b", "equals": value}}`: the body is a JSON object whose field at
+    /// this path (object keys) equals `value` exactly (type included: `"1"` is not `1`).
+    JsonField { field: Vec<String>, equals: Value },
+}
+
+impl BodyMatch {
+    /// Whether `body` (already cut to `max_body_bytes`) satisfies the match. A body cut in the
+    /// middle of a JSON document does not parse, so it fails a `json` match.
+    pub fn matches(&self, body: &[u8]) -> bool {
+        match self {
+            BodyMatch::Contains(text) => {
+                let needle = text.as_bytes();
+                !needle.is_empty() && body.windows(needle.len()).any(|w| w == needle)
+            }
+            BodyMatch::JsonField { field, equals } => {
+                let Ok(document) = serde_json::from_slice::<Value>(body) else {
+                    return false;
+                };
+                let mut at = &document;
+                for key in field {
+                    match at.get(key.as_str()) {
+                        Some(next) => at = next,
+                        None => return false,
+                    }
+                }
+                at == equals
+            }
+        }
+    }
 }
 
 /// The HTTP probe's fields (exclusive with `grpc_health_check`).
@@ -326,7 +360,7 @@ impl PluginConfig {
         }
         let value: Value = serde_json::from_str(text).map_err(|e| PluginError {
             errors: vec![ConfigError {
-                kind: crate::config::ErrorKind::Syntax,
+                kind: crate::protojson::ErrorKind::Syntax,
                 path: FieldPath::root(),
                 message: format!("the plugin configuration is not JSON: {e}"),
                 location: None,

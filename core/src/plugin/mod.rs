@@ -5,11 +5,13 @@
 //! shared queue).
 //!
 //! What lives where:
-//! - [`config`]: [`PluginConfig::from_json`], strict, every error with its field path.
-//! - [`probe`]: [`probe::judge`] (HTTP and gRPC health answers), [`probe::BodyMatch`], and
+//! - [`config`]: [`PluginConfig::from_json`], strict, every error with its field path, and the
+//!   probes' [`config::BodyMatch`].
+//! - [`probe`]: [`probe::judge`] (HTTP and gRPC health answers) and
 //!   [`probe::grpc_upstream`] (the `GrpcService` a gRPC probe is dispatched with).
-//! - [`supervisor`]: [`supervisor::Supervisor`], one core [`crate::health::ClusterHealth`] per
-//!   cluster with the filter's parameters, driven by the singleton service.
+//! - [`supervisor`]: [`supervisor::Supervisor`], one core
+//!   [`crate::cluster_health::ClusterHealth`] per cluster with the filter's parameters, driven by
+//!   the singleton service.
 //! - [`verdict`]: [`verdict::VerdictTable`] and its versioned text encoding.
 //! - [`observe`]: classifying a real response ([`observe::classify`]) and observation batches.
 //! - [`vec_map`]: the small sorted-vector map used instead of `BTreeMap` (code size in wasm).

@@ -20,43 +20,6 @@
 use super::config::{ProbeConfig, ProbeKind};
 use crate::grpc_health::{judge_message, put_bytes};
 use crate::health::FailureType;
-use serde_json::Value;
-
-/// What a probe's body must contain.
-#[derive(Debug, Clone, PartialEq)]
-pub enum BodyMatch {
-    /// `{"contains": "text"}`: the text appears somewhere in the body (bytes, case-sensitive).
-    Contains(String),
-    /// `{"json": {"field": "a.b", "equals": value}}`: the body is a JSON object whose field at
-    /// this path (object keys) equals `value` exactly (type included: `"1"` is not `1`).
-    JsonField { field: Vec<String>, equals: Value },
-}
-
-impl BodyMatch {
-    /// Whether `body` (already cut to `max_body_bytes`) satisfies the match. A body cut in the
-    /// middle of a JSON document does not parse, so it fails a `json` match.
-    pub fn matches(&self, body: &[u8]) -> bool {
-        match self {
-            BodyMatch::Contains(text) => {
-                let needle = text.as_bytes();
-                !needle.is_empty() && body.windows(needle.len()).any(|w| w == needle)
-            }
-            BodyMatch::JsonField { field, equals } => {
-                let Ok(document) = serde_json::from_slice::<Value>(body) else {
-                    return false;
-                };
-                let mut at = &document;
-                for key in field {
-                    match at.get(key.as_str()) {
-                        Some(next) => at = next,
-                        None => return false,
-                    }
-                }
-                at == equals
-            }
-        }
-    }
-}
 
 /// What came back from one probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,6 +169,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+    use crate::plugin::config::BodyMatch;
     use crate::plugin::config::PluginConfig;
     use serde_json::json;
 

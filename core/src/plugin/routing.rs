@@ -6,7 +6,7 @@
 //! filter's per-connection cluster choice ([`TcpChooser`]).
 
 use super::verdict::{Verdict, VerdictTable};
-use crate::route::RequestView;
+use crate::matcher::RequestView;
 use crate::rules::{Decision, HealthView, Member, MemberHealth};
 
 /// How a verdict reads as the routing engine's member health: usable and degraded is

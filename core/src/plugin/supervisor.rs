@@ -27,10 +27,10 @@ use super::observe::Observation;
 use super::probe::{ProbeAnswer, ProbeVerdict, judge};
 use super::vec_map::VecMap;
 use super::verdict::{Verdict, VerdictTable};
-use crate::health::HealthFlags;
-use crate::health::cluster::{
+use crate::cluster_health::{
     CheckSettings, ClusterHealth, ClusterSettings, FirstCheck, HostInfo, RemovalRule,
 };
+use crate::health::HealthFlags;
 use crate::outlier::OutlierEvent;
 
 /// Counters the shell exports as metrics.

@@ -2,14 +2,12 @@
 //! unknown fields (with a "did you mean"), wrong types, bad status codes, empty or duplicate
 //! names and invalid regexes are errors naming their field path, e.g.
 //! `routing.rules[2].match.headers[0].regex: invalid regex: ...`. The proto-JSON reading rules
-//! are the config loader's ([`crate::config`]): lowerCamelCase spellings are accepted, `null`
+//! are the proto-JSON reader's (`crate::protojson`): lowerCamelCase spellings are accepted, `null`
 //! means unset, booleans may be quoted.
 
 use crate::balance::priority::socket_address_string;
-use crate::config::reader::{Ctx, Message, Obj, describe, distance, read};
-use crate::config::{
-    ConfigErrors, FieldPath, HeaderMatch, HeaderMatcher, Regex, StringMatch, StringMatchKind,
-};
+use crate::matcher::{HeaderMatch, HeaderMatcher, Regex, StringMatch, StringMatchKind};
+use crate::protojson::{ConfigErrors, Ctx, FieldPath, Message, Obj, describe, distance, read};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,7 +1,7 @@
 //! vigil's header-based routing rules, shared by the wasm filter and the companion: given a
 //! request and what the shell knows of upstream health, decide which cluster or host gets the
 //! request, or answer locally. Pure and sans-I/O: the shell gathers the request
-//! ([`crate::route::RequestView`]) and a [`HealthView`], calls [`Router::decide`], and applies
+//! ([`crate::matcher::RequestView`]) and a [`HealthView`], calls [`Router::decide`], and applies
 //! the [`Decision`] (request headers to set, or a local reply).
 //!
 //! The configuration ([`RoutingConfig`], read from the `routing` object of the plugin
@@ -14,7 +14,7 @@
 //!   client must never pick a cluster or a host.
 //! - The first rule whose matchers all accept the request wins ([`Decision::NoMatch`] when none
 //!   does). `path_prefix` is case-sensitive on the path without its query; header matchers are
-//!   Envoy's route header matchers ([`crate::config::HeaderMatcher`]).
+//!   Envoy's route header matchers ([`crate::matcher::HeaderMatcher`]).
 //! - `cluster` action: route (write the cluster into `cluster_header`) when the health view has a
 //!   healthy member, or a degraded one when none is healthy; a cluster the health view does not
 //!   know is trusted to Envoy and routed to.
@@ -48,7 +48,7 @@ use crate::balance::hash_policy::{self, HashPolicy};
 use crate::balance::priority::{Host, PriorityConfig, PrioritySet};
 use crate::balance::ring_hash::{Ring, RingHashConfig};
 use crate::balance::thread_aware::NormalizedHosts;
-use crate::route::{RequestView, strip_query};
+use crate::matcher::{RequestView, strip_query};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -426,5 +426,5 @@ fn rule_matches(m: &RuleMatch, request: &RequestView<'_>) -> bool {
     }
     m.headers
         .iter()
-        .all(|h| crate::route::header_matches(h, request))
+        .all(|h| crate::matcher::header_matches(h, request))
 }

@@ -2,7 +2,7 @@
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use super::*;
-use crate::config::HeaderMatch;
+use crate::matcher::HeaderMatch;
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------------

@@ -17,13 +17,24 @@
 //!   and `udpa.type.v1.TypedStruct` wrappers are unwrapped.
 //!
 //! With the `envoy-schema` feature (the companion's), what the typed readers leave is checked
-//! against Envoy 1.36.2's schema ([`super::validate`]) by the same rules: kept and ignored fields
+//! against Envoy 1.36.2's schema ([`validate`]) by the same rules: kept and ignored fields
 //! in [`Obj::finish`], [`Obj::raw_message`], and the content of every `Any` ([`any`]; withdrawn
 //! when a typed reader reads it with [`Any::obj`], reported by [`Ctx::settle`] otherwise).
 
-use super::error::{ConfigError, ErrorKind, FieldPath, Warning};
+#[cfg(feature = "envoy-schema")]
+pub(crate) mod envoy_schema;
+mod error;
+#[cfg(feature = "envoy-schema")]
+pub(crate) mod validate;
+
 use crate::status::{StatusRange, StatusRanges};
+pub use error::{ConfigError, ConfigErrors, ErrorKind, FieldPath, Location, Warning};
 use serde_json::{Map, Value};
+#[cfg(feature = "envoy-schema")]
+pub use validate::schema_errors;
+
+/// PGV's message for a string shorter than `min_len: 1`, which many Envoy fields require.
+pub(crate) const MIN_LEN_1: &str = "value length must be at least 1 characters";
 
 /// Errors and warnings collected during one load.
 #[derive(Debug, Default)]
@@ -377,7 +388,7 @@ impl<'a> Obj<'a> {
         let (path, value) = self.take(name)?;
         if value.is_object() {
             #[cfg(feature = "envoy-schema")]
-            super::validate::field(cx, &path, self.message.name, name, value);
+            validate::field(cx, &path, self.message.name, name, value);
             Some(value.clone())
         } else {
             cx.invalid(
@@ -490,7 +501,7 @@ impl<'a> Obj<'a> {
             let path = self.path.field(entry.field.name);
             #[cfg(feature = "envoy-schema")]
             if matches!(entry.field.treat, Treat::Keep | Treat::Warn(_)) {
-                super::validate::field(cx, &path, self.message.name, entry.field.name, entry.value);
+                validate::field(cx, &path, self.message.name, entry.field.name, entry.value);
             }
             match entry.field.treat {
                 Treat::Read | Treat::Keep => {}
@@ -649,7 +660,7 @@ fn check_any(
     #[cfg(feature = "envoy-schema")]
     {
         let mut found = Ctx::default();
-        super::validate::any_body(&mut found, type_path, path, type_url, map);
+        validate::any_body(&mut found, type_path, path, type_url, map);
         if !found.errors.is_empty() {
             cx.deferred.push((path.clone(), found.errors));
         }
@@ -908,6 +919,11 @@ pub(crate) fn duration_text(value: &Value) -> Result<ProtoDuration, String> {
             describe(other)
         )),
     }
+}
+
+/// A duration field in whole milliseconds, `default` when it is unset.
+pub(crate) fn millis(d: Option<ProtoDuration>, default: u64) -> u64 {
+    d.map_or(default, ProtoDuration::millis)
 }
 
 /// Envoy's checks before it turns a Duration into milliseconds (`validateDuration` and

@@ -1,4 +1,6 @@
-//! One cluster's health, as plain data: the engine both shells drive.
+//! One cluster's health, as plain data: the engine both shells drive, above the per-host
+//! session ([`crate::health`]), the outlier detector ([`crate::outlier`]) and the check schedule
+//! ([`crate::schedule`]).
 //!
 //! [`ClusterHealth`] owns what Envoy's cluster and health checker own together for one cluster:
 //! - **membership** ([`ClusterHealth::set_members`]), with Envoy's host-removal rule as a
@@ -25,7 +27,7 @@
 //! nothing here blocks or allocates per probe in steady state (a probe's [`Outcome`] holds an
 //! empty event list unless the event log has something to say).
 
-use super::{FailureType, HealthFlags, HostHealth, Outcome, Policy, StatDelta, Verdict};
+use crate::health::{FailureType, HealthFlags, HostHealth, Outcome, Policy, StatDelta, Verdict};
 use crate::outlier::{Outcome as Observed, OutlierConfig, OutlierDetector, OutlierEvent};
 use crate::schedule::Intervals;
 use std::borrow::Borrow;

@@ -2,7 +2,7 @@
 //! Envoy's JSON parser and its PGV validation do, for the parts of a config vigil's typed readers
 //! do not read: fields kept or ignored, and the `typed_config` of extensions vigil skips.
 //!
-//! What is checked, with the same reading rules as [`super::reader`] (names in proto or JSON
+//! What is checked, with the same reading rules as [`super`] (names in proto or JSON
 //! form, `null`, a single value for a list, quoted integers, YAML 1.1 booleans, durations,
 //! case-insensitive enum names or defined numbers, `Any` by `@type` with TypedStruct unwrapped,
 //! `Struct`/`Value`, wrappers): unknown fields, wrong types, undefined enum values, two fields
@@ -17,7 +17,7 @@
 
 use super::envoy_schema::{FieldDesc, MessageDesc, Scalar, Ty, schema};
 use super::error::{ConfigError, FieldPath};
-use super::reader::{
+use super::{
     Ctx, ProtoDuration, base64, boolean, closest_field, describe, double, duration, integer,
     integer_value, items, string,
 };
@@ -735,7 +735,7 @@ fn type_rules(cx: &mut Ctx, path: &FieldPath, f: &FieldDesc, value: &Value, kind
         "bool" => {
             if let (Some(c), Some(v)) = (
                 r.get("const").and_then(Value::as_bool),
-                super::reader::boolean_value(value),
+                super::boolean_value(value),
             ) && c != v
             {
                 pgv_error(cx, path, format!("value must equal {c}"));
