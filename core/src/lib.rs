@@ -5,8 +5,9 @@
 //! proxy-wasm module (`vigil-filter`) and natively in the companion (`vigil`), and be tested with
 //! virtual time on the host.
 //!
-//! The modules form layers, each using only those below it (a test, `tests/module_layers.rs`,
-//! checks that no module reaches back to itself through its imports), bottom to top:
+//! The modules form layers, each using only those below it (the workspace test
+//! `tests/tests/module_layers.rs` checks that no module reaches back to itself through its
+//! imports), bottom to top:
 //! 1. [`status`]; `protojson` (crate-private): reading Envoy's proto-JSON mapping out of a JSON
 //!    tree, every problem recorded with its field path ([`config::ConfigErrors`]), and, with the
 //!    `envoy-schema` feature, the check of what vigil does not read against Envoy's schema;

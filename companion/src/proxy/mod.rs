@@ -975,9 +975,9 @@ impl Derived {
     /// The bucket of a route's own local rate limit config.
     fn route_bucket(
         &self,
-        config: &vigil_core::config::LocalRateLimit,
+        config: &vigil_core::local_ratelimit::LocalRateLimit,
     ) -> Arc<Mutex<vigil_core::local_ratelimit::RateLimitState>> {
-        let key = config as *const vigil_core::config::LocalRateLimit as usize;
+        let key = config as *const vigil_core::local_ratelimit::LocalRateLimit as usize;
         let mut buckets = self.route_buckets.lock().unwrap_or_else(|p| p.into_inner());
         buckets
             .entry(key)

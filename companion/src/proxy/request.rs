@@ -28,9 +28,9 @@ use vigil_core::config::{
     RetryPolicy as ConfigRetryPolicy, RouteAction,
 };
 use vigil_core::cors;
+use vigil_core::matcher::RequestView;
 use vigil_core::path_normalize::{NormalizedPath, PATH_NORMALIZATION_FAILED};
 use vigil_core::rbac::{self, RbacRequest};
-use vigil_core::matcher::RequestView;
 use vigil_core::rules::Decision;
 
 /// What happened to a request besides its response: for the access log and vigil's decision
