@@ -17,15 +17,14 @@
 //!
 //! The mappings from final flags to what each reader needs live beside it: core's
 //! [`HealthFlags::eds_status`] for EDS, [`HealthFlags::coarse`] and [`HealthFlags::excluded`] for
-//! the balancer, and [`member_health`] for routing rules.
+//! the balancer, and `MemberHealth::from` (core's rules) for routing rules.
 
 use crate::checker::{ClusterHandle, ClusterSnapshot, HealthCheckStats, HistoryEntry, HostSpec};
 use crate::outlier::ClusterOutlier;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use vigil_core::health::{CoarseHealth, HealthFlags};
-use vigil_core::rules::MemberHealth;
+use vigil_core::health::HealthFlags;
 
 /// A running cluster's health, as every reader sees it: the check loop's snapshot and the
 /// outlier detector's ejections. Cheap to clone (two `Arc`s).
@@ -166,19 +165,5 @@ impl Hosts {
     /// The check loop's `health_check.*` counters.
     pub fn stats(&self) -> &HealthCheckStats {
         &self.snapshot.stats
-    }
-}
-
-/// How routing rules see a host with these final flags: an excluded host is unhealthy, as is an
-/// ejected one; otherwise its coarse health. (A candidate for core, beside
-/// [`HealthFlags::eds_status`].)
-pub fn member_health(flags: HealthFlags) -> MemberHealth {
-    if flags.excluded() {
-        return MemberHealth::Unhealthy;
-    }
-    match flags.coarse() {
-        CoarseHealth::Healthy => MemberHealth::Healthy,
-        CoarseHealth::Degraded => MemberHealth::Degraded,
-        CoarseHealth::Unhealthy => MemberHealth::Unhealthy,
     }
 }

@@ -58,7 +58,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use vigil_core::backoff::Backoff;
-use vigil_core::config::{CircuitBreakers, RoutingPriority};
+use vigil_core::config::{CircuitBreakers, RetryOn as Condition, RoutingPriority};
 use vigil_core::outlier::Outcome;
 
 /// Envoy's default route timeout.
@@ -85,30 +85,24 @@ pub struct RetryOn {
 }
 
 impl RetryOn {
-    /// Parses Envoy's comma-separated `retry_on`; unknown conditions are an error naming them.
-    pub fn parse(text: &str) -> Result<RetryOn, String> {
+    /// The forwarder's view of a route's `retry_on` conditions (read and checked by core's
+    /// route configuration reader).
+    pub fn from_conditions(conditions: &[Condition]) -> RetryOn {
         let mut on = RetryOn::default();
-        for condition in text.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        for condition in conditions {
             match condition {
-                "5xx" => on.five_xx = true,
-                "gateway-error" => on.gateway_error = true,
-                "reset" | "reset-before-request" => on.reset = true,
-                "connect-failure" => on.connect_failure = true,
-                "retriable-4xx" => on.retriable_4xx = true,
-                "retriable-status-codes" => on.retriable_status_codes = true,
-                // HTTP/2 refused streams and gRPC conditions: not produced by vigil's upstreams.
-                "refused-stream"
-                | "http3-post-connect-failure"
-                | "cancelled"
-                | "deadline-exceeded"
-                | "internal"
-                | "resource-exhausted"
-                | "unavailable"
-                | "retriable-headers" => {}
-                other => return Err(format!("unknown retry_on condition '{other}'")),
+                Condition::FiveXx => on.five_xx = true,
+                Condition::GatewayError => on.gateway_error = true,
+                Condition::Reset | Condition::ResetBeforeRequest => on.reset = true,
+                Condition::ConnectFailure => on.connect_failure = true,
+                Condition::Retriable4xx => on.retriable_4xx = true,
+                Condition::RetriableStatusCodes => on.retriable_status_codes = true,
+                // gRPC statuses, refused streams, rate limiting and headers: not produced by
+                // vigil's upstreams.
+                _ => {}
             }
         }
-        Ok(on)
+        on
     }
 }
 

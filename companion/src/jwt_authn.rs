@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vigil_core::base::{DataSource, Sourced};
+use vigil_core::config::RetryOn as Condition;
 use vigil_core::jwt_authn::{
     Decision, JwksSource, JwksState, JwksStore, JwtAuthn, Request, jwks::parse_jwks,
 };
@@ -177,7 +178,12 @@ impl JwtFilter {
         let retry = match &remote.retry {
             None => RetryPolicy::none(),
             Some(r) => RetryPolicy {
-                on: RetryOn::parse("5xx,gateway-error,connect-failure,reset").unwrap_or_default(),
+                on: RetryOn::from_conditions(&[
+                    Condition::FiveXx,
+                    Condition::GatewayError,
+                    Condition::ConnectFailure,
+                    Condition::Reset,
+                ]),
                 num_retries: r.num_retries,
                 ..RetryPolicy::none()
             },

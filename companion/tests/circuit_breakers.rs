@@ -4,7 +4,7 @@
 //! attempt's answer passed through with flag `UO`).
 
 mod common;
-use common::{handle, snapshot, upstream_with};
+use common::{handle, retry_on, snapshot, upstream_with};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Response, StatusCode};
@@ -14,8 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use vigil::forward::{
-    ForwardInfo, Forwarding, Outgoing, ProxyBody, RetryOn, RetryPolicy, Upstream,
-    forward_at_priority,
+    ForwardInfo, Forwarding, Outgoing, ProxyBody, RetryPolicy, Upstream, forward_at_priority,
 };
 use vigil::upstream::{HostPicker, LbSettings};
 use vigil_core::config::{CircuitBreakers, LbPolicy, RoutingPriority};
@@ -131,7 +130,7 @@ async fn max_requests_overflow_per_priority_until_the_body_is_done() {
 
 fn retry_5xx(num_retries: u32) -> RetryPolicy {
     RetryPolicy {
-        on: RetryOn::parse("5xx").unwrap(),
+        on: retry_on("5xx"),
         num_retries,
         ..RetryPolicy::none()
     }

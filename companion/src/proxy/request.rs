@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 use vigil_core::balance::hash_policy::{self, RequestView as HashView};
 use vigil_core::config::HttpFilterKind;
 use vigil_core::config::{
-    ExtAuthzPerRoute, FilterOverride, HostRewrite, RetryHostPredicate, RetryOn,
+    ExtAuthzPerRoute, FilterOverride, HostRewrite, RetryHostPredicate,
     RetryPolicy as ConfigRetryPolicy, RouteAction,
 };
 use vigil_core::cors;
@@ -1476,21 +1476,8 @@ fn is_member(upstreams: &BTreeMap<String, Arc<Upstream>>, address: SocketAddr) -
 
 /// Maps the route's retry policy onto the forwarder's.
 fn retry_policy(policy: &ConfigRetryPolicy) -> RetryPolicy {
-    let mut on = ForwardRetryOn::default();
-    for condition in &policy.retry_on {
-        match condition {
-            RetryOn::FiveXx => on.five_xx = true,
-            RetryOn::GatewayError => on.gateway_error = true,
-            RetryOn::Reset | RetryOn::ResetBeforeRequest => on.reset = true,
-            RetryOn::ConnectFailure => on.connect_failure = true,
-            RetryOn::Retriable4xx => on.retriable_4xx = true,
-            RetryOn::RetriableStatusCodes => on.retriable_status_codes = true,
-            // gRPC statuses, refused streams, rate limiting and headers: not produced here.
-            _ => {}
-        }
-    }
     RetryPolicy {
-        on,
+        on: ForwardRetryOn::from_conditions(&policy.retry_on),
         num_retries: policy.num_retries,
         per_try_timeout: (policy.per_try_timeout_ms > 0)
             .then(|| Duration::from_millis(policy.per_try_timeout_ms)),

@@ -11,10 +11,10 @@
 //! path unless the host set changed.
 //!
 //! [`HostPicker::members`] gives the same hosts as vigil's routing rules see them
-//! (`vigil_core::rules::Member`, health by [`member_health`]), rebuilt only when the generation
+//! (`vigil_core::rules::Member`, health by `MemberHealth::from` the final flags), rebuilt only when the generation
 //! moves.
 
-use crate::cluster::{ClusterRecord, Generation, Hosts, member_health};
+use crate::cluster::{ClusterRecord, Generation, Hosts};
 use crate::outlier::ClusterOutlier;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -25,7 +25,7 @@ use vigil_core::balance::{
     PrioritySet, Random, RingHash, RingHashConfig, RoundRobin,
 };
 use vigil_core::config::LbPolicy;
-use vigil_core::rules::Member;
+use vigil_core::rules::{Member, MemberHealth};
 
 /// The load-balancing settings of a cluster.
 #[derive(Debug, Clone)]
@@ -200,7 +200,7 @@ impl HostPicker {
     }
 
     /// The cluster's hosts for routing rules, in the record's order, as `IP:port` with their
-    /// health ([`member_health`] of the final flags). Cached until the generation moves, so a
+    /// health (`MemberHealth::from` the final flags). Cached until the generation moves, so a
     /// request costs one lock and an `Arc` clone.
     pub fn members(&self) -> Arc<Vec<Member>> {
         let generation = self.record.generation();
@@ -216,7 +216,7 @@ impl HostPicker {
                 .iter()
                 .map(|h| {
                     let mut member =
-                        Member::new(h.spec.address.to_string(), member_health(h.flags));
+                        Member::new(h.spec.address.to_string(), MemberHealth::from(h.flags));
                     if let Some(metadata) = self.metadata.of(h.spec.address, &h.spec.hostname) {
                         member.metadata = metadata.clone();
                     }

@@ -203,3 +203,19 @@ pub async fn serve_state(state: ListenerState) -> (SocketAddr, oneshot::Sender<(
     ));
     (at, stop)
 }
+
+/// The forwarder's retry conditions for Envoy's comma-separated `retry_on` words, read as core's
+/// route reader reads them (unknown words ignored, as Envoy does).
+pub fn retry_on(words: &str) -> vigil::forward::RetryOn {
+    let conditions: Vec<vigil_core::config::RetryOn> = words
+        .split(',')
+        .map(str::trim)
+        .filter_map(|word| {
+            vigil_core::config::RetryOn::ALL
+                .iter()
+                .find(|(name, _)| *name == word)
+                .map(|(_, condition)| *condition)
+        })
+        .collect();
+    vigil::forward::RetryOn::from_conditions(&conditions)
+}

@@ -48,6 +48,7 @@ use crate::balance::hash_policy::{self, HashPolicy};
 use crate::balance::priority::{Host, PriorityConfig, PrioritySet};
 use crate::balance::ring_hash::{Ring, RingHashConfig};
 use crate::balance::thread_aware::NormalizedHosts;
+use crate::health::{CoarseHealth, HealthFlags};
 use crate::matcher::{RequestView, strip_query};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -59,6 +60,22 @@ pub enum MemberHealth {
     /// Usable only when no candidate is healthy.
     Degraded,
     Unhealthy,
+}
+
+impl From<HealthFlags> for MemberHealth {
+    /// How rules see a host with these final flags (active checks, outlier ejection, EDS
+    /// status): excluded (immediate fail, pending removal) is unhealthy, as an ejected host is;
+    /// otherwise the coarse health the load balancer uses.
+    fn from(flags: HealthFlags) -> MemberHealth {
+        if flags.excluded() {
+            return MemberHealth::Unhealthy;
+        }
+        match flags.coarse() {
+            CoarseHealth::Healthy => MemberHealth::Healthy,
+            CoarseHealth::Degraded => MemberHealth::Degraded,
+            CoarseHealth::Unhealthy => MemberHealth::Unhealthy,
+        }
+    }
 }
 
 /// One member (host) of a cluster as the shell sees it.
