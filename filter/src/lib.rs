@@ -82,7 +82,7 @@ impl RootContext for Root {
         let raw = host::plugin_configuration();
         let config = match std::str::from_utf8(&raw)
             .map_err(|_| "the plugin configuration is not UTF-8".to_string())
-            .and_then(|text| PluginConfig::from_json(text).map_err(|e| e.to_string()))
+            .and_then(|text| PluginConfig::from_json(text).map_err(|e| e.one_line()))
         {
             Ok(config) => config,
             Err(reason) => {

@@ -40,12 +40,13 @@
 use super::vec_map::VecMap;
 use crate::health::Policy;
 use crate::outlier::OutlierConfig;
-use crate::protojson::{ConfigError, Ctx, FieldPath, Message, Obj, describe, read, status_ranges};
+use crate::protojson::{
+    ConfigError, ConfigErrors, Ctx, FieldPath, Message, Obj, describe, read, status_ranges,
+};
 use crate::rules::RoutingConfig;
 use crate::schedule::{IntervalSettings, Intervals};
 use crate::status::StatusRanges;
 use serde_json::Value;
-use std::fmt;
 
 /// The default name of the ORIGINAL_DST cluster probes are sent through.
 pub const DEFAULT_PROBE_CLUSTER: &str = "vigil_probe";
@@ -234,26 +235,6 @@ impl ProbeConfig {
     }
 }
 
-/// Every error found in a plugin configuration (at least one), each with its field path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PluginError {
-    pub errors: Vec<ConfigError>,
-}
-
-impl fmt::Display for PluginError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, error) in self.errors.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            write!(f, "{error}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for PluginError {}
-
 static TOP: Message = Message {
     name: "vigil plugin configuration",
     fields: &[
@@ -354,11 +335,12 @@ static JSON_FIELD: Message = Message {
 impl PluginConfig {
     /// Parses and validates the plugin configuration. An empty text (Envoy passes none when the
     /// plugin has no `configuration`) is an empty configuration.
-    pub fn from_json(text: &str) -> Result<PluginConfig, PluginError> {
+    pub fn from_json(text: &str) -> Result<PluginConfig, ConfigErrors> {
         if text.trim().is_empty() {
             return Ok(PluginConfig::empty());
         }
-        let value: Value = serde_json::from_str(text).map_err(|e| PluginError {
+        let value: Value = serde_json::from_str(text).map_err(|e| ConfigErrors {
+            file: None,
             errors: vec![ConfigError {
                 kind: crate::protojson::ErrorKind::Syntax,
                 path: FieldPath::root(),
@@ -370,12 +352,15 @@ impl PluginConfig {
     }
 
     /// [`PluginConfig::from_json`] for an already parsed document.
-    pub fn from_value(value: &Value) -> Result<PluginConfig, PluginError> {
+    pub fn from_value(value: &Value) -> Result<PluginConfig, ConfigErrors> {
         let mut cx = Ctx::default();
         let config = read_top(&mut cx, value);
         match config {
             Some(config) if cx.errors.is_empty() => Ok(config),
-            _ => Err(PluginError { errors: cx.errors }),
+            _ => Err(ConfigErrors {
+                file: None,
+                errors: cx.errors,
+            }),
         }
     }
 

@@ -28,4 +28,4 @@ pub mod supervisor;
 pub mod vec_map;
 pub mod verdict;
 
-pub use config::{PluginConfig, PluginError, TcpConfig};
+pub use config::{PluginConfig, TcpConfig};

@@ -129,6 +129,23 @@ impl ConfigErrors {
         self.errors.first()
     }
 
+    /// Every error on one line, joined by `; `: for logs that take one line per event (the
+    /// filter's plugin-configuration rejections in Envoy's log).
+    pub fn one_line(&self) -> String {
+        let mut line = String::new();
+        for (i, error) in self.errors.iter().enumerate() {
+            if i > 0 {
+                line.push_str("; ");
+            }
+            if let Some(file) = &self.file {
+                line.push_str(file);
+                line.push_str(": ");
+            }
+            line.push_str(&error.to_string());
+        }
+        line
+    }
+
     /// Whether every error is a vigil-only restriction ([`ErrorKind::Unsupported`]).
     pub fn all_unsupported(&self) -> bool {
         self.errors.iter().all(|e| e.kind == ErrorKind::Unsupported)
