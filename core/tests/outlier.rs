@@ -988,11 +988,10 @@ fn max_ejection_time_defaults_to_base_when_base_is_longer() {
     let c = OutlierConfig::from_json(&json!({"base_ejection_time": "400s"})).unwrap();
     assert_eq!(c.max_ejection_time_ms, None);
     assert_eq!(c.effective_max_ejection_time_ms(), 400_000);
-    let errors = OutlierConfig::from_json(&json!({
+    let errors = errors_of(json!({
         "base_ejection_time": "60s",
         "max_ejection_time": "30s"
-    }))
-    .unwrap_err();
+    }));
     assert_eq!(
         errors,
         vec![(
@@ -1003,8 +1002,14 @@ fn max_ejection_time_defaults_to_base_when_base_is_longer() {
     );
 }
 
+/// `(path relative to outlier_detection, message)` of every error.
 fn errors_of(value: serde_json::Value) -> Vec<(String, String)> {
-    OutlierConfig::from_json(&value).unwrap_err()
+    OutlierConfig::from_json(&value)
+        .unwrap_err()
+        .errors
+        .into_iter()
+        .map(|error| (error.path.as_str().to_string(), error.message))
+        .collect()
 }
 
 fn paths(errors: &[(String, String)]) -> Vec<&str> {
@@ -1110,7 +1115,13 @@ fn validate_checks_typed_configs() {
         max_ejection_time_ms: Some(1),
         ..OutlierConfig::default()
     };
-    let errors = bad.validate().unwrap_err();
+    let errors: Vec<(String, String)> = bad
+        .validate()
+        .unwrap_err()
+        .errors
+        .into_iter()
+        .map(|error| (error.path.as_str().to_string(), error.message))
+        .collect();
     assert_eq!(
         paths(&errors),
         vec!["enforcing_success_rate", "max_ejection_time"]

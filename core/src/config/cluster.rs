@@ -941,12 +941,8 @@ fn outlier_detection(
     match crate::outlier::OutlierConfig::from_json(value) {
         Ok(config) => Some(config),
         Err(errors) => {
-            for (relative, message) in errors {
-                let at = relative
-                    .split('.')
-                    .filter(|segment| !segment.is_empty())
-                    .fold(path.clone(), |at, segment| at.field(segment));
-                cx.invalid(&at, message);
+            for error in errors.errors {
+                cx.invalid(&path.join(&error.path), error.message);
             }
             None
         }

@@ -6,13 +6,30 @@
 //! `max_ejection_time` is not below `base_ejection_time`. See `docs/envoy-outlier-semantics.md` §1.
 
 use crate::protojson::{
-    ProtoDuration, boolean_value, closest_field, describe, duration_text, integer_value, json_name,
-    millis_duration,
+    ConfigError, ConfigErrors, ErrorKind, FieldPath, ProtoDuration, boolean_value, closest_field,
+    describe, duration_text, integer_value, json_name, millis_duration,
 };
 use serde_json::Value;
 
-/// Field errors: `(path relative to outlier_detection, message)`.
-pub type FieldErrors = Vec<(String, String)>;
+/// Field errors while reading: `(path relative to outlier_detection, message)`, returned as
+/// [`ConfigErrors`] whose paths are relative to `outlier_detection` (the caller joins them to
+/// where the message sits).
+type FieldErrors = Vec<(String, String)>;
+
+fn config_errors(errors: FieldErrors) -> ConfigErrors {
+    ConfigErrors {
+        file: None,
+        errors: errors
+            .into_iter()
+            .map(|(field, message)| ConfigError {
+                kind: ErrorKind::Invalid,
+                path: FieldPath::root().field(&field),
+                message,
+                location: None,
+            })
+            .collect(),
+    }
+}
 
 /// Envoy's default `interval` (10 s).
 pub const DEFAULT_INTERVAL_MS: u64 = 10_000;
@@ -173,7 +190,7 @@ impl OutlierConfig {
     /// `DetectorImpl::create`'s `max_ejection_time >= base_ejection_time`. (The durations' `gt: 0s`
     /// is checked by [`OutlierConfig::from_json`] on the written value: `"0.0005s"` passes it and
     /// becomes 0 ms, as in Envoy.)
-    pub fn validate(&self) -> Result<(), FieldErrors> {
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut errors = FieldErrors::new();
         for (name, value) in [
             ("max_ejection_percent", self.max_ejection_percent),
@@ -218,7 +235,7 @@ impl OutlierConfig {
         if errors.is_empty() {
             Ok(())
         } else {
-            Err(errors)
+            Err(config_errors(errors))
         }
     }
 
@@ -227,16 +244,16 @@ impl OutlierConfig {
     /// integer, durations as `"10s"` / `"0.25s"` or `{seconds, nanos}`, `null` as unset. Unknown
     /// fields, wrong types, out-of-range values and the cross-field rule are all reported, each
     /// with its path relative to `outlier_detection`.
-    pub fn from_json(value: &Value) -> Result<OutlierConfig, FieldErrors> {
+    pub fn from_json(value: &Value) -> Result<OutlierConfig, ConfigErrors> {
         let mut errors = FieldErrors::new();
         let Value::Object(map) = value else {
-            return Err(vec![(
+            return Err(config_errors(vec![(
                 String::new(),
                 format!(
                     "expected a mapping (envoy.config.cluster.v3.OutlierDetection), found {}",
                     describe(value)
                 ),
-            )]);
+            )]));
         };
         let mut config = OutlierConfig::default();
         // Sorted, so error order does not depend on serde_json's map ordering.
@@ -299,7 +316,7 @@ impl OutlierConfig {
             config.validate()?;
             Ok(config)
         } else {
-            Err(errors)
+            Err(config_errors(errors))
         }
     }
 

@@ -23,7 +23,7 @@ pub mod config;
 
 use std::collections::BTreeMap;
 
-pub use config::{FieldErrors, OutlierConfig};
+pub use config::OutlierConfig;
 
 use crate::health::HealthFlags;
 

@@ -530,13 +530,8 @@ fn read_cluster(cx: &mut Ctx, path: FieldPath, value: &Value) -> Option<ClusterC
             .and_then(|(p, v)| match OutlierConfig::from_json(v) {
                 Ok(config) => Some(config),
                 Err(errors) => {
-                    for (field, message) in errors {
-                        let at = if field.is_empty() {
-                            p.clone()
-                        } else {
-                            p.field(&field)
-                        };
-                        cx.invalid(&at, message);
+                    for error in errors.errors {
+                        cx.invalid(&p.join(&error.path), error.message);
                     }
                     None
                 }
