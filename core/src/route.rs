@@ -1079,7 +1079,7 @@ mod tests {
         assert_eq!(s.hash_policies.len(), 1);
         let hash = crate::balance::hash_policy::generate_hash(
             s.hash_policies,
-            &crate::balance::hash_policy::RequestView::new(&headers),
+            &crate::balance::hash_policy::HashInput::new(&headers),
         )
         .hash
         .unwrap();

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use vigil_core::balance::hash::{u64_to_hex, xxhash64};
 use vigil_core::balance::hash_policy::{
-    CookieAttribute, CookiePolicy, HashPolicy, HeaderRewrite, RequestView, generate_hash,
+    CookieAttribute, CookiePolicy, HashInput, HashPolicy, HeaderRewrite, generate_hash,
 };
 use vigil_core::balance::{
     Availability, Balancer, HealthFlags, Host, HostsSource, LeastRequest, LeastRequestConfig,
@@ -527,21 +527,21 @@ fn terminal_stops_only_once_a_hash_exists() {
     let a = HashPolicy::header("a").terminal();
     let b = HashPolicy::header("b");
     let only_b = [("b", "2")];
-    let out = generate_hash(&[a.clone(), b.clone()], &RequestView::new(&only_b));
+    let out = generate_hash(&[a.clone(), b.clone()], &HashInput::new(&only_b));
     assert_eq!(out.hash, Some(xxhash64(b"2", 0)));
     let both = [("a", "1"), ("b", "2")];
-    let out = generate_hash(&[a, b.clone()], &RequestView::new(&both));
+    let out = generate_hash(&[a, b.clone()], &HashInput::new(&both));
     assert_eq!(out.hash, Some(xxhash64(b"1", 0)));
     // A terminal policy that yields nothing still stops the loop after an earlier value.
     let c = HashPolicy::header("c").terminal();
     let out = generate_hash(
         &[b.clone(), c, HashPolicy::header("a")],
-        &RequestView::new(&both),
+        &HashInput::new(&both),
     );
     assert_eq!(out.hash, Some(xxhash64(b"2", 0)));
     // Nothing at all: no hash.
     let none: [(&str, &str); 0] = [];
-    assert_eq!(generate_hash(&[b], &RequestView::new(&none)).hash, None);
+    assert_eq!(generate_hash(&[b], &HashInput::new(&none)).hash, None);
 }
 
 #[test]
@@ -549,7 +549,7 @@ fn identical_policies_do_not_cancel_out() {
     let h = [("x", "v")];
     let out = generate_hash(
         &[HashPolicy::header("x"), HashPolicy::header("x")],
-        &RequestView::new(&h),
+        &HashInput::new(&h),
     );
     let v = xxhash64(b"v", 0);
     assert_eq!(out.hash, Some(v.rotate_left(1) ^ v));
@@ -559,11 +559,11 @@ fn identical_policies_do_not_cancel_out() {
 #[test]
 fn header_names_match_case_insensitively_and_host_is_not_authority() {
     let h = [("X-User", "alice"), (":authority", "example.com")];
-    let out = generate_hash(&[HashPolicy::header("x-user")], &RequestView::new(&h));
+    let out = generate_hash(&[HashPolicy::header("x-user")], &HashInput::new(&h));
     assert_eq!(out.hash, Some(0x73A3_EA48_5F2E_6049));
-    let out = generate_hash(&[HashPolicy::header("host")], &RequestView::new(&h));
+    let out = generate_hash(&[HashPolicy::header("host")], &HashInput::new(&h));
     assert_eq!(out.hash, None);
-    let out = generate_hash(&[HashPolicy::header(":authority")], &RequestView::new(&h));
+    let out = generate_hash(&[HashPolicy::header(":authority")], &HashInput::new(&h));
     assert_eq!(out.hash, Some(xxhash64(b"example.com", 0)));
 }
 
@@ -584,7 +584,7 @@ impl HeaderRewrite for StripDigits {
 fn header_rewrite_applies_before_sorting() {
     let policy = HashPolicy::header_with_rewrite("x", std::sync::Arc::new(StripDigits));
     let h = [("x", "b1"), ("x", "a2")];
-    let out = generate_hash(&[policy], &RequestView::new(&h));
+    let out = generate_hash(&[policy], &HashInput::new(&h));
     let expected = xxhash64(b"b", xxhash64(b"a", 0));
     assert_eq!(out.hash, Some(expected));
 }
@@ -601,10 +601,7 @@ fn cookie_hash_and_generated_cookie() {
         }],
     });
     let with_cookie = [("cookie", "a=1; session=\"abc\"")];
-    let out = generate_hash(
-        std::slice::from_ref(&policy),
-        &RequestView::new(&with_cookie),
-    );
+    let out = generate_hash(std::slice::from_ref(&policy), &HashInput::new(&with_cookie));
     assert_eq!(out.hash, Some(xxhash64(b"abc", 0)));
     assert!(out.set_cookies.is_empty());
 
@@ -613,7 +610,7 @@ fn cookie_hash_and_generated_cookie() {
     let no_cookie = [(":path", "/")];
     let out = generate_hash(
         std::slice::from_ref(&policy),
-        &RequestView::new(&no_cookie).with_connection(remote, local),
+        &HashInput::new(&no_cookie).with_connection(remote, local),
     );
     let value = u64_to_hex(xxhash64(b"127.0.0.1:50000127.29.1.2:80", 0));
     assert_eq!(out.hash, Some(xxhash64(value.as_bytes(), 0)));
@@ -626,7 +623,7 @@ fn cookie_hash_and_generated_cookie() {
     // Replaying the generated cookie hashes to the same value.
     let cookie = format!("session=\"{value}\"");
     let replay = [("cookie", cookie.as_str())];
-    let again = generate_hash(&[policy], &RequestView::new(&replay));
+    let again = generate_hash(&[policy], &HashInput::new(&replay));
     assert_eq!(again.hash, out.hash);
 
     // Without ttl, a missing cookie yields nothing.
@@ -635,7 +632,7 @@ fn cookie_hash_and_generated_cookie() {
         ..CookiePolicy::default()
     });
     assert_eq!(
-        generate_hash(&[plain], &RequestView::new(&no_cookie)).hash,
+        generate_hash(&[plain], &HashInput::new(&no_cookie)).hash,
         None
     );
 }
@@ -645,16 +642,16 @@ fn query_parameter_and_source_ip_and_filter_state() {
     let q = HashPolicy::query_parameter("u");
     let h = [(":path", "/x?u=%41&v=1")];
     assert_eq!(
-        generate_hash(std::slice::from_ref(&q), &RequestView::new(&h)).hash,
+        generate_hash(std::slice::from_ref(&q), &HashInput::new(&h)).hash,
         Some(xxhash64(b"%41", 0))
     );
     let h = [(":path", "/x?u")];
     assert_eq!(
-        generate_hash(std::slice::from_ref(&q), &RequestView::new(&h)).hash,
+        generate_hash(std::slice::from_ref(&q), &HashInput::new(&h)).hash,
         Some(0xEF46_DB37_51D8_E999)
     );
     let h = [(":path", "/x?v=1")];
-    assert_eq!(generate_hash(&[q], &RequestView::new(&h)).hash, None);
+    assert_eq!(generate_hash(&[q], &HashInput::new(&h)).hash, None);
 
     let ip = HashPolicy::source_ip();
     let none: [(&str, &str); 0] = [];
@@ -662,17 +659,17 @@ fn query_parameter_and_source_ip_and_filter_state() {
     assert_eq!(
         generate_hash(
             std::slice::from_ref(&ip),
-            &RequestView::new(&none).with_source_ip(v6)
+            &HashInput::new(&none).with_source_ip(v6)
         )
         .hash,
         Some(xxhash64(b"2001:db8::1", 0))
     );
-    assert_eq!(generate_hash(&[ip], &RequestView::new(&none)).hash, None);
+    assert_eq!(generate_hash(&[ip], &HashInput::new(&none)).hash, None);
 
     let fs = HashPolicy::filter_state("k");
     let lookup = |key: &str| (key == "k").then_some(77u64);
     assert_eq!(
-        generate_hash(&[fs], &RequestView::new(&none).with_filter_state(&lookup)).hash,
+        generate_hash(&[fs], &HashInput::new(&none).with_filter_state(&lookup)).hash,
         Some(77)
     );
 }

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use vigil_core::balance::hash::{STD_HASH_SEED, murmur_hash2, xxhash64, xxhash64_fold};
-use vigil_core::balance::hash_policy::{HashPolicy, RequestView, generate_hash};
+use vigil_core::balance::hash_policy::{HashInput, HashPolicy, generate_hash};
 use vigil_core::balance::maglev::MaglevTable;
 use vigil_core::balance::thread_aware::{HashTable, NormalizedHosts};
 use vigil_core::balance::{
@@ -71,16 +71,16 @@ fn header_fold_and_combining_vectors() {
 
     // Two x-user lines "b" then "a": sorted, then folded.
     let headers = [("x-user", "b"), ("x-user", "a")];
-    let out = generate_hash(&[HashPolicy::header("x-user")], &RequestView::new(&headers));
+    let out = generate_hash(&[HashPolicy::header("x-user")], &HashInput::new(&headers));
     assert_eq!(out.hash, Some(0x76D9_A191_6DDC_A8E6));
     // One comma-joined line is one value.
     let headers = [("x-user", "a,b")];
-    let out = generate_hash(&[HashPolicy::header("x-user")], &RequestView::new(&headers));
+    let out = generate_hash(&[HashPolicy::header("x-user")], &HashInput::new(&headers));
     assert_eq!(out.hash, Some(xxhash64(b"a,b", 0)));
 
     // header x-user: alice, then source_ip 127.0.0.1.
     let headers = [("x-user", "alice")];
-    let request = RequestView::new(&headers).with_source_ip(IpAddr::from([127, 0, 0, 1]));
+    let request = HashInput::new(&headers).with_source_ip(IpAddr::from([127, 0, 0, 1]));
     let alice = generate_hash(&[HashPolicy::header("x-user")], &request);
     assert_eq!(alice.hash, Some(0x73A3_EA48_5F2E_6049));
     let ip = generate_hash(&[HashPolicy::source_ip()], &request);
@@ -485,7 +485,7 @@ fn lab_header_affinity() {
     ];
     for (user, expected_hash, ring_host, maglev_host) in cases {
         let headers = [("x-user", user)];
-        let h = generate_hash(&policy, &RequestView::new(&headers)).hash;
+        let h = generate_hash(&policy, &HashInput::new(&headers)).hash;
         if let Some(expected) = expected_hash {
             assert_eq!(h, Some(expected), "{user}");
         } else {

@@ -284,11 +284,11 @@ fn the_full_front_config_routes_as_envoy_does() {
     let s = t.select(&req).unwrap();
     let hash = hash_policy::generate_hash(
         s.hash_policies,
-        &hash_policy::RequestView::new(&headers).with_source_ip("10.0.0.1".parse().unwrap()),
+        &hash_policy::HashInput::new(&headers).with_source_ip("10.0.0.1".parse().unwrap()),
     );
     let alone = hash_policy::generate_hash(
         &[hash_policy::HashPolicy::header("x-user-id")],
-        &hash_policy::RequestView::new(&headers),
+        &hash_policy::HashInput::new(&headers),
     );
     assert_eq!(
         hash.hash, alone.hash,

@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
-use vigil_core::balance::hash_policy::{self, RequestView as HashView};
+use vigil_core::balance::hash_policy::{self, HashInput};
 use vigil_core::config::HttpFilterKind;
 use vigil_core::config::{
     ExtAuthzPerRoute, FilterOverride, HostRewrite, RetryHostPredicate,
@@ -1051,7 +1051,7 @@ async fn respond(
     };
     // Scoped: the hash view holds a non-`Sync` lookup and must not live across an await.
     let hash = {
-        let hash_view = HashView::new(&borrowed).with_source_ip(peer.ip());
+        let hash_view = HashInput::new(&borrowed).with_source_ip(peer.ip());
         hash_policy::generate_hash(selected.hash_policies, &hash_view).hash
     };
     let cluster = selected.cluster(&view, hash);

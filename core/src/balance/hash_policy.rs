@@ -144,8 +144,10 @@ impl HashPolicy {
 /// if there is one and it is hashable.
 pub type FilterStateLookup<'a> = &'a dyn Fn(&str) -> Option<u64>;
 
-/// What a hash policy can see of a request.
-pub struct RequestView<'a, N, V> {
+/// What a hash policy can see of a request: its headers (generic over byte types, so the filter
+/// hashes Envoy's header bytes without copying), the source address, the connection, filter
+/// state. Route matching sees a request as [`crate::matcher::RequestView`] instead.
+pub struct HashInput<'a, N, V> {
     /// Request headers in order, Envoy-style (lowercase names, pseudo-headers).
     pub headers: &'a [(N, V)],
     /// The downstream address `source_ip` hashes (the stream's remote address; whether Envoy's
@@ -157,10 +159,10 @@ pub struct RequestView<'a, N, V> {
     pub filter_state: Option<FilterStateLookup<'a>>,
 }
 
-impl<'a, N: AsRef<[u8]>, V: AsRef<[u8]>> RequestView<'a, N, V> {
+impl<'a, N: AsRef<[u8]>, V: AsRef<[u8]>> HashInput<'a, N, V> {
     /// A request with these headers and nothing else.
     pub fn new(headers: &'a [(N, V)]) -> Self {
-        RequestView {
+        HashInput {
             headers,
             source_ip: None,
             connection: None,
@@ -206,7 +208,7 @@ pub struct RequestHash {
 /// `HashPolicyImpl::generateHash`.
 pub fn generate_hash<N: AsRef<[u8]>, V: AsRef<[u8]>>(
     policies: &[HashPolicy],
-    request: &RequestView<'_, N, V>,
+    request: &HashInput<'_, N, V>,
 ) -> RequestHash {
     let mut out = RequestHash::default();
     for policy in policies {
@@ -229,7 +231,7 @@ pub fn combine(previous: Option<u64>, new: u64) -> u64 {
 /// `set_cookies`.
 pub fn evaluate<N: AsRef<[u8]>, V: AsRef<[u8]>>(
     policy: &HashPolicy,
-    request: &RequestView<'_, N, V>,
+    request: &HashInput<'_, N, V>,
     set_cookies: &mut Vec<String>,
 ) -> Option<u64> {
     match &policy.kind {

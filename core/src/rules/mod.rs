@@ -321,7 +321,7 @@ fn route_host(
     let key_hash = state.hash.as_ref().and_then(|policy| {
         hash_policy::evaluate(
             policy,
-            &hash_policy::RequestView::new(request.headers),
+            &hash_policy::HashInput::new(request.headers),
             &mut Vec::new(),
         )
     });

@@ -1019,7 +1019,7 @@ fn the_key_lands_where_envoys_ring_hash_puts_it() {
     let mut r = sticky();
     for user in users(40) {
         let headers = [("x-user", user.as_str())];
-        let hash = generate_hash(&policy, &hash_policy::RequestView::new(&headers))
+        let hash = generate_hash(&policy, &hash_policy::HashInput::new(&headers))
             .hash
             .unwrap();
         let expected = set.hosts()[envoy.choose_hashed(hash, 0).host.unwrap()].address_string();
