@@ -92,9 +92,24 @@ struct Options {
     #[arg(long, value_name = "IP:PORT")]
     xds_address: Option<SocketAddr>,
 
-    /// Let --xds-address be a non-loopback address (the xDS server has no authentication or TLS).
+    /// Let --xds-address be a non-loopback address in plain text (without the three --xds-tls
+    /// files the xDS server has no authentication or TLS).
     #[arg(long)]
     xds_allow_remote: bool,
+
+    /// The xDS server's certificate chain (PEM): serve xDS over TLS. Needs --xds-tls-key and
+    /// --xds-client-ca; clients must then present a certificate the client CA issued.
+    #[arg(long, value_name = "PEM")]
+    xds_tls_cert: Option<PathBuf>,
+
+    /// The private key of --xds-tls-cert (PEM).
+    #[arg(long, value_name = "PEM")]
+    xds_tls_key: Option<PathBuf>,
+
+    /// The CA certificates (PEM) that issue the Envoys' client certificates: an xDS client
+    /// without a valid certificate from them is refused and logged.
+    #[arg(long, value_name = "PEM")]
+    xds_client_ca: Option<PathBuf>,
 
     /// Most downstream connections at once over all listeners; more are accepted and closed at
     /// once (listener.<ip>_<port>.downstream_global_cx_overflow). Default: the overload
@@ -315,8 +330,25 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
     let (max_connections, limit_from) =
         connection_limit(options.max_connections, &loaded.source)
             .map_err(|err| format!("{}: {err}", options.config_path.display()))?;
-    if let Some(at) = options.xds_address {
-        xds::run::check_address(at, options.xds_allow_remote)?;
+    let xds_tls = xds::tls::XdsTlsFiles::from_options(
+        options.xds_tls_cert.as_deref(),
+        options.xds_tls_key.as_deref(),
+        options.xds_client_ca.as_deref(),
+    )?;
+    match options.xds_address {
+        Some(at) => {
+            xds::run::check_address(at, options.xds_allow_remote, xds_tls.is_some())?;
+            if let Some(files) = &xds_tls {
+                // Bad files are reported before anything starts.
+                xds::tls::acceptor(files)?;
+            }
+        }
+        None if xds_tls.is_some() => {
+            return Err(
+                "--xds-tls-cert, --xds-tls-key and --xds-client-ca need --xds-address".into(),
+            );
+        }
+        None => {}
     }
     let listener = TcpListener::bind(admin_at)
         .await
@@ -359,7 +391,14 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
     let eds = match options.xds_address {
         None => None,
         Some(at) => {
-            match xds::run::start(at, options.xds_allow_remote, clusters.registry.clone()).await {
+            match xds::run::start(
+                at,
+                options.xds_allow_remote,
+                xds_tls.as_ref(),
+                clusters.registry.clone(),
+            )
+            .await
+            {
                 Ok(eds) => Some(eds),
                 Err(err) => {
                     listeners.stop_all().await;

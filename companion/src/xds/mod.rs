@@ -12,6 +12,7 @@
 //! - [`server`]: the tonic services (EDS, ADS) and the publisher that feeds the streams.
 //! - [`run`]: starting and stopping it for the binary (`--xds-address`, loopback by default).
 //! - [`rest`]: the REST-JSON variant (`POST /v3/discovery:endpoints`), served on the same port.
+//! - [`tls`]: mTLS for the server (`--xds-tls-cert`, `--xds-tls-key`, `--xds-client-ca`).
 //!
 //! See docs/eds.md for the Envoy side.
 
@@ -22,6 +23,7 @@ pub mod rest;
 pub mod run;
 pub mod server;
 pub mod source;
+pub mod tls;
 
 pub use assignment::{ClusterInput, EndpointInput};
 pub use registry::Registry;

@@ -3,6 +3,7 @@
 use super::registry::Registry;
 use super::server::EdsServer;
 use super::source::RuntimeSource;
+use super::tls::XdsTlsFiles;
 use crate::registry::ClusterRegistry;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,15 +15,20 @@ use tokio::task::JoinHandle;
 /// How long a stop waits for the server to close its streams.
 const STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Refuses a non-loopback address unless `allow_remote`: the server has neither authentication
-/// nor TLS.
-pub fn check_address(address: SocketAddr, allow_remote: bool) -> Result<(), String> {
-    if address.ip().is_loopback() || allow_remote {
+/// Refuses a non-loopback address in plain text unless `allow_remote`: without mTLS the server
+/// has neither authentication nor encryption. With mTLS (`authenticated`) any address is fine.
+pub fn check_address(
+    address: SocketAddr,
+    allow_remote: bool,
+    authenticated: bool,
+) -> Result<(), String> {
+    if address.ip().is_loopback() || allow_remote || authenticated {
         Ok(())
     } else {
         Err(format!(
-            "--xds-address {address} is not a loopback address: the xDS server has no \
-             authentication or TLS, so it listens on loopback unless --xds-allow-remote is given"
+            "--xds-address {address} is not a loopback address: without --xds-tls-cert, \
+             --xds-tls-key and --xds-client-ca the xDS server has no authentication or TLS, so \
+             it listens on loopback unless --xds-allow-remote is given"
         ))
     }
 }
@@ -57,13 +63,16 @@ impl Running {
     }
 }
 
-/// Serves EDS for `clusters` (the runtime's running clusters) on `address`.
+/// Serves EDS for `clusters` (the runtime's running clusters) on `address`, over mTLS when
+/// `tls` names the files.
 pub async fn start(
     address: SocketAddr,
     allow_remote: bool,
+    tls: Option<&XdsTlsFiles>,
     clusters: ClusterRegistry,
 ) -> Result<Running, String> {
-    check_address(address, allow_remote)?;
+    check_address(address, allow_remote, tls.is_some())?;
+    let acceptor = tls.map(super::tls::acceptor).transpose()?;
     let listener = TcpListener::bind(address)
         .await
         .map_err(|err| format!("cannot listen on --xds-address {address}: {err}"))?;
@@ -78,11 +87,22 @@ pub async fn start(
         let stopped = async {
             let _ = server_stopped.await;
         };
-        if let Err(err) = eds.serve(listener, stopped).await {
+        let served = match acceptor {
+            Some(acceptor) => eds.serve_tls(listener, acceptor, stopped).await,
+            None => eds.serve(listener, stopped).await,
+        };
+        if let Err(err) = served {
             log::error!("xds: the server on {address} failed: {err}");
         }
     });
-    log::info!("xds: serving EDS (gRPC, ADS, REST-JSON) on {address}");
+    log::info!(
+        "xds: serving EDS (gRPC, ADS, REST-JSON) on {address}{}",
+        if tls.is_some() {
+            " over mTLS (client certificates required)"
+        } else {
+            ""
+        }
+    );
     Ok(Running {
         registry,
         address,
@@ -100,10 +120,12 @@ mod tests {
         let loopback: SocketAddr = "127.0.0.1:18000".parse().unwrap();
         let v6: SocketAddr = "[::1]:18000".parse().unwrap();
         let remote: SocketAddr = "0.0.0.0:18000".parse().unwrap();
-        assert!(check_address(loopback, false).is_ok());
-        assert!(check_address(v6, false).is_ok());
-        let refused = check_address(remote, false).unwrap_err();
+        assert!(check_address(loopback, false, false).is_ok());
+        assert!(check_address(v6, false, false).is_ok());
+        let refused = check_address(remote, false, false).unwrap_err();
         assert!(refused.contains("--xds-allow-remote"), "{refused}");
-        assert!(check_address(remote, true).is_ok());
+        assert!(check_address(remote, true, false).is_ok());
+        // Authenticated clients over TLS: any address.
+        assert!(check_address(remote, false, true).is_ok());
     }
 }

@@ -115,12 +115,46 @@ impl EdsServer {
         self.resources.borrow().clone()
     }
 
-    /// Serves EDS and ADS on `listener` until `shutdown`.
+    /// Serves EDS and ADS on `listener` (plain text) until `shutdown`.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), tonic::transport::Error> {
+        self.serve_incoming(
+            tonic::transport::server::TcpIncoming::from(listener),
+            shutdown,
+        )
+        .await
+    }
+
+    /// Serves EDS and ADS over mTLS on `listener` until `shutdown`: only clients with a
+    /// certificate from the client CA get past the handshake ([`super::tls`]).
+    pub async fn serve_tls(
+        self,
+        listener: TcpListener,
+        acceptor: tokio_rustls::TlsAcceptor,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error> {
+        self.serve_incoming(super::tls::incoming(listener, acceptor), shutdown)
+            .await
+    }
+
+    async fn serve_incoming<S, IO, E>(
+        self,
+        incoming: S,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error>
+    where
+        S: tokio_stream::Stream<Item = Result<IO, E>> + Send + 'static,
+        IO: tokio::io::AsyncRead
+            + tokio::io::AsyncWrite
+            + tonic::transport::server::Connected
+            + Unpin
+            + Send
+            + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         tonic::transport::Server::builder()
             // Envoy keeps one long-lived stream per management server: keep it alive through
             // idle NATs and notice dead peers.
@@ -134,7 +168,7 @@ impl EdsServer {
                     run: self.run.clone(),
                     ads: AggregatedDiscoveryServiceServer::new(self),
                 },
-                tonic::transport::server::TcpIncoming::from(listener),
+                incoming,
                 shutdown,
             )
             .await
