@@ -310,10 +310,7 @@ fn front_values(
 
 /// Where `./lab build` / `./lab test` put the filter (the process twin loads it from there).
 pub fn local_wasm_path() -> String {
-    crate::paths::workspace_root()
-        .join("target/wasm32-wasip1/wasm/vigil_filter.wasm")
-        .display()
-        .to_string()
+    crate::wasm::filter_wasm_path().display().to_string()
 }
 
 /// Where the compose files mount the filter.

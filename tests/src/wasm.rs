@@ -19,18 +19,25 @@ use std::time::Duration;
 ///
 /// Panics with the fix when it is missing: a filter test that cannot load the filter must fail.
 pub fn filter_wasm() -> PathBuf {
-    if let Some(path) = std::env::var_os("VIGIL_FILTER_WASM") {
-        return PathBuf::from(path);
-    }
-    let path = paths::workspace_root().join("target/wasm32-wasip1/wasm/vigil_filter.wasm");
+    let path = filter_wasm_path();
     if !path.is_file() {
         panic!(
-            "{} is missing: build it with `cargo build -p vigil-filter --target wasm32-wasip1 \
-             --profile wasm` (`./lab test` does), or set VIGIL_FILTER_WASM",
+            "{} is missing: build it with `./lab build` (cargo build -p vigil-filter --target \
+             wasm32-wasip1 --profile wasm, then wasm-opt; `./lab test` does), or set \
+             VIGIL_FILTER_WASM",
             path.display()
         );
     }
     path
+}
+
+/// Where the filter is, whether or not it was built: `$VIGIL_FILTER_WASM`, else the optimized
+/// module `./lab build` leaves in `target/wasm32-wasip1/wasm/`.
+pub fn filter_wasm_path() -> PathBuf {
+    match std::env::var_os("VIGIL_FILTER_WASM") {
+        Some(path) => PathBuf::from(path),
+        None => paths::workspace_root().join("target/wasm32-wasip1/wasm/vigil_filter.wasm"),
+    }
 }
 
 /// Starts Envoy with `config` and `--concurrency workers`, and waits for `/ready`.

@@ -17,7 +17,7 @@ use super::sys::{self, Tools};
 use super::wrk::{self, Load};
 use super::{Cpus, Options};
 use crate::progress::Progress;
-use crate::{http, net, paths, template};
+use crate::{http, net, template};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -288,16 +288,12 @@ pub fn render_config(
 /// The filter `./lab build` makes, or `$VIGIL_FILTER_WASM`; an error naming the build command
 /// when it is missing.
 fn wasm_file() -> Result<PathBuf, String> {
-    if let Some(path) = std::env::var_os("VIGIL_FILTER_WASM") {
-        return Ok(PathBuf::from(path));
-    }
-    let path = paths::workspace_root().join("target/wasm32-wasip1/wasm/vigil_filter.wasm");
+    let path = crate::wasm::filter_wasm_path();
     if path.is_file() {
         Ok(path)
     } else {
         Err(format!(
-            "{} is missing: build it with `cargo build -p vigil-filter --target wasm32-wasip1 \
-             --profile wasm` (or set VIGIL_FILTER_WASM)",
+            "{} is missing: build it with `./lab build` (or set VIGIL_FILTER_WASM)",
             path.display()
         ))
     }
