@@ -24,6 +24,7 @@ fn state(initialized: bool) -> AdminState {
         },
         flags,
         history: vec![],
+        last_check: Default::default(),
     };
     let snapshot = ClusterSnapshot {
         name: "web_cluster_01".into(),

@@ -305,6 +305,7 @@ mod tests {
             },
             flags,
             history: vec![],
+            last_check: Default::default(),
         }
     }
 
