@@ -93,10 +93,9 @@
     } else {
       td.appendChild(el("span", "muted", "not ejected"));
     }
-    const details = "success rate " + percent(outlier.success_rate) +
-      " · ejections " + outlier.num_ejections +
-      " · 5xx in a row " + outlier.consecutive_5xx;
-    td.appendChild(el("div", "muted", details));
+    td.appendChild(el("div", "muted", "success rate " + percent(outlier.success_rate)));
+    td.appendChild(el("div", "muted",
+      "ejections " + outlier.num_ejections + " · 5xx in a row " + outlier.consecutive_5xx));
     return td;
   }
 
