@@ -78,7 +78,9 @@
     }
     td.appendChild(el("span", "result " + (last.passed ? "pass" : "fail"), last.reason));
     const latency = last.latency_ms < 10 ? last.latency_ms.toFixed(2) : last.latency_ms.toFixed(0);
-    td.appendChild(el("div", "muted", latency + " ms · " + ago(now - Date.parse(last.at))));
+    const when = el("div", "muted", latency + " ms · " + ago(now - Date.parse(last.at)));
+    when.title = "checked at " + clock(last.at);
+    td.appendChild(when);
     return td;
   }
 
