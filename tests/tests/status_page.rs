@@ -10,8 +10,9 @@
 //!    `<img src=x onerror=window.pwned=1>`: the live-updated page shows that name as text,
 //!    has no `img` element, and `window.pwned` stays undefined.
 //!
-//! The same page's headers are checked over plain HTTP: the command list for `curl`, the page
-//! with `Content-Security-Policy: default-src 'self'` for a browser.
+//! The same page's headers are checked over plain HTTP (the command list for `curl`, the page
+//! with `Content-Security-Policy: default-src 'self'` for a browser), and `/status.json`, which
+//! the page polls, shows each host's last check.
 
 use std::time::{Duration, Instant};
 use vigil_tests::demoapp::DemoApp;
@@ -61,6 +62,28 @@ async fn the_status_page_updates_live_and_prints_names_as_text() {
         .unwrap();
         assert!(row.text.contains(" ms"), "the latency is shown: {row:?}");
     }
+
+    // What the page polls: vigil's /status.json, with each host's last check.
+    let status = http::get(admin, "/status.json").await.unwrap();
+    assert_eq!(status.headers["content-type"], "application/json");
+    let status: serde_json::Value = serde_json::from_str(&status.body).unwrap();
+    let blue = status["clusters"][0]["hosts"]
+        .as_array()
+        .and_then(|hosts| {
+            hosts
+                .iter()
+                .find(|host| host["address"] == lab.blue.http.to_string())
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("blue in /status.json: {status:#}"));
+    assert_eq!(blue["hostname"], "blue", "{blue:#}");
+    assert_eq!(blue["last_check"]["passed"], true, "{blue:#}");
+    assert!(
+        blue["last_check"]["latency_ms"]
+            .as_f64()
+            .is_some_and(|ms| ms > 0.0 && ms < 1000.0),
+        "{blue:#}"
+    );
 
     let marked = browser
         .execute("window.vigilMarker = 'set before the fault'; return window.vigilMarker;")
