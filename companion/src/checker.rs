@@ -19,6 +19,11 @@
 //! outlier-ejected host (`successful_active_health_check_uneject_host`). The detector itself
 //! stays shared with the request path, which records every attempt synchronously.
 //!
+//! Each probe's verdict, latency and time go into the host's [`LastCheck`], a record of atomics
+//! shared with every snapshot of the host and updated in place (no republish, no allocation:
+//! `last_check.rs`); the admin API reads it on demand. The time is the loop's start time on the
+//! wall clock plus core's clock, so recording it reads no clock beyond the probe's own timing.
+//!
 //! Time is tokio's (milliseconds since the loop was built, core's clock), so tests run the loop
 //! under `start_paused` with scripted probes.
 //!
@@ -31,6 +36,7 @@
 //! of the task's time whatever N is, and a small cluster still publishes at once.
 
 use crate::changes::Changes;
+use crate::last_check::LastCheck;
 use crate::outlier::ClusterOutlier;
 use crate::probe::{self, Connection, Finished, ProbeFuture, Target};
 use arc_swap::ArcSwap;
@@ -38,7 +44,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -164,6 +170,9 @@ pub struct HostSnapshot {
     pub spec: HostSpec,
     pub flags: HealthFlags,
     pub history: Vec<HistoryEntry>,
+    /// The host's last active check, updated in place by the loop (not a copy: every snapshot
+    /// of the host shares the one record).
+    pub last_check: Arc<LastCheck>,
 }
 
 /// An immutable view of a cluster, replaced as a whole on every change.
@@ -272,6 +281,8 @@ enum Dirty {
 struct HostState {
     conn: Option<Connection>,
     history: VecDeque<HistoryEntry>,
+    /// Allocated once when the host joins; each probe's result is stored into it.
+    last_check: Arc<LastCheck>,
     /// The number of the first publish that must show this host's current flags and history.
     changed: u64,
 }
@@ -294,7 +305,8 @@ struct Spare {
     publish: u64,
 }
 
-type ProbeDone = (ProbeToken, Result<Finished, ()>);
+/// A probe's token, its result (`Err` on timeout) and how long it took.
+type ProbeDone = (ProbeToken, Result<Finished, ()>, Duration);
 
 /// The per-cluster task. Build it with [`ClusterChecker::new`], run it with [`ClusterChecker::run`].
 pub struct ClusterChecker {
@@ -302,6 +314,8 @@ pub struct ClusterChecker {
     engine: Engine,
     /// Core's clock: milliseconds since this instant.
     epoch: Instant,
+    /// `epoch` on the wall clock, in milliseconds since the UNIX epoch (the last checks' times).
+    epoch_unix_ms: u64,
     handle: ClusterHandle,
     reports: Arc<HealthReports>,
     probe: ProbeFn,
@@ -349,6 +363,11 @@ impl ClusterChecker {
             engine: ClusterHealth::new(spec.engine_settings(), 0),
             spec,
             epoch: Instant::now(),
+            epoch_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |since| {
+                    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+                }),
             handle: handle.clone(),
             reports: Arc::default(),
             probe,
@@ -431,8 +450,8 @@ impl ClusterChecker {
                     }
                 }
                 Some(joined) = self.inflight.join_next(), if !self.inflight.is_empty() => {
-                    if let Ok((token, finished)) = joined {
-                        self.finish(token, finished, Instant::now());
+                    if let Ok((token, finished, latency)) = joined {
+                        self.finish(token, finished, latency, Instant::now());
                     }
                 }
                 _ = reports.wake.notified() => {
@@ -534,14 +553,21 @@ impl ClusterChecker {
             let conn = self.engine.extra_mut(token).and_then(|s| s.conn.take());
             let probe = (self.probe)(&check.protocol, target, conn, reuse);
             self.inflight.spawn(async move {
+                let started = Instant::now();
                 // A timed-out probe is dropped with its connection, as Envoy closes it.
                 let finished = tokio::time::timeout(timeout, probe).await.map_err(|_| ());
-                (token, finished)
+                (token, finished, started.elapsed())
             });
         }
     }
 
-    fn finish(&mut self, token: ProbeToken, finished: Result<Finished, ()>, now: Instant) {
+    fn finish(
+        &mut self,
+        token: ProbeToken,
+        finished: Result<Finished, ()>,
+        latency: Duration,
+        now: Instant,
+    ) {
         let has_traffic = self.handle.has_traffic.load(Ordering::Relaxed);
         let now_ms = self.now_ms(now);
         let verdict = match finished {
@@ -567,6 +593,10 @@ impl ClusterChecker {
             return; // the host was removed while its probe ran
         };
         CheckerWork::add(&self.work.completions, 1);
+        if let Some(state) = self.engine.extra_mut(token) {
+            let at = self.epoch_unix_ms.saturating_add(now_ms);
+            state.last_check.record(verdict, latency, at);
+        }
         let address = self.engine.key_of(token).copied();
         if verdict.passed()
             && let (Some(outlier), Some(address)) = (&self.outlier, address)
@@ -675,6 +705,7 @@ impl ClusterChecker {
                             spec: view.spec.clone(),
                             flags: view.flags,
                             history: view.extra.history.iter().cloned().collect(),
+                            last_check: view.extra.last_check.clone(),
                         })
                         .collect(),
                     stats,

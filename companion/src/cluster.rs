@@ -20,6 +20,7 @@
 //! the balancer, and `MemberHealth::from` (core's rules) for routing rules.
 
 use crate::checker::{ClusterHandle, ClusterSnapshot, HealthCheckStats, HistoryEntry, HostSpec};
+use crate::last_check::LastCheck;
 use crate::outlier::ClusterOutlier;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -60,6 +61,8 @@ pub struct HostView<'a> {
     /// The check loop's last transitions of the host (outlier ejections are not among them;
     /// the detector logs those).
     pub history: &'a [HistoryEntry],
+    /// The host's last active check, as the loop recorded it in place.
+    pub last_check: &'a LastCheck,
 }
 
 impl ClusterRecord {
@@ -145,6 +148,7 @@ impl Hosts {
                     host.flags
                 },
                 history: &host.history,
+                last_check: &host.last_check,
             }
         })
     }

@@ -12,6 +12,8 @@
 //!   the EDS publisher waits on.
 //! - [`outlier`]: a cluster's outlier detector (core's), fed by the proxy, swept on its interval;
 //!   publishes its ejected set.
+//! - [`last_check`]: each host's last active check (verdict, latency, time), a record of atomics
+//!   the check loop updates in place and the admin API reads on demand.
 //! - [`checker`]: the per-cluster loop that schedules probes, applies results through core's state
 //!   machine, and publishes immutable snapshots.
 //! - [`cluster`]: the running-cluster record, the one place a host's verdict is final: the check
@@ -54,6 +56,7 @@ pub mod ext_authz;
 pub mod forward;
 pub mod h1_guard;
 pub mod jwt_authn;
+pub mod last_check;
 pub mod outlier;
 pub mod probe;
 pub mod proxy;

@@ -249,6 +249,45 @@ async fn active_failure_ejects_at_once_and_recovery_needs_the_threshold() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn each_result_lands_in_the_hosts_last_check_in_place() {
+    let start = Instant::now();
+    let lab = Running::start(
+        spec(lab_settings(), Policy::new(2, 2), 5_000),
+        vec![host(3)],
+        vec![],
+        true,
+    );
+    advance_to(start, 100).await;
+    let first = lab.handle.snapshot.load_full();
+    let passed = first.hosts[0].last_check.read().expect("checked once");
+    assert_eq!(passed.verdict.reason(), "passed");
+    assert_eq!(
+        passed.latency,
+        Duration::from_millis(10),
+        "the answer's delay"
+    );
+    // One network failure of two needed: the flags stay, so nothing the host list shows moves.
+    lab.script(3, vec![Step::Fail(FailureType::Network), Step::Pass]);
+    advance_to(start, 10_100).await;
+    assert_eq!(lab.flags(3), "healthy");
+    let failed = first.hosts[0].last_check.read().expect("still checked");
+    assert_eq!(
+        failed.verdict.reason(),
+        "failure (NETWORK)",
+        "the snapshot read before the probe shows its result: one record, updated in place"
+    );
+    assert_eq!(
+        failed.at.duration_since(passed.at).unwrap(),
+        Duration::from_millis(10_010),
+        "checked at 0 and 10,010 ms, each answered 10 ms later"
+    );
+    assert_eq!(
+        lab.handle.snapshot.load().hosts_version,
+        first.hosts_version
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn network_failures_count_and_pending_ejection_uses_the_edge_interval() {
     let start = Instant::now();
     let settings = IntervalSettings {

@@ -1,7 +1,8 @@
 //! The one builder of test bootstraps: what every process-level test gives Envoy and vigil
 //! alike, so a config shape is written once. [`ListenerSpec`] renders a whole bootstrap (admin,
 //! optional top-level keys, one HTTP listener with a single virtual host, the clusters);
-//! [`cluster_yaml`] one STATIC cluster item, with an optional [`HealthCheck`]; [`route_yaml`]
+//! [`cluster_yaml`] one STATIC cluster item, with an optional [`HealthCheck`] (and endpoint
+//! hostnames: [`cluster_yaml_with_hostnames`]); [`route_yaml`]
 //! and [`retry_policy`] route items; [`clusters_only_config`] a bootstrap without listeners (the
 //! EDS server tests). Configs whose point is their own shape (several filter chains, SDS, the
 //! lab's templates under `envoy/templates/`) are written by their tests.
@@ -181,15 +182,33 @@ pub fn cluster_yaml(
     extra: &str,
     check: Option<&HealthCheck>,
 ) -> String {
+    let hosts: Vec<(SocketAddr, &str)> = hosts.iter().map(|h| (*h, "")).collect();
+    cluster_yaml_with_hostnames(name, &hosts, extra, check)
+}
+
+/// [`cluster_yaml`] with each endpoint's `hostname` (none when empty), written as a quoted
+/// string whatever it holds.
+pub fn cluster_yaml_with_hostnames(
+    name: &str,
+    hosts: &[(SocketAddr, &str)],
+    extra: &str,
+    check: Option<&HealthCheck>,
+) -> String {
     let check_port = check
         .and_then(|check| check.port)
         .map(|port| format!(", health_check_config: {{ port_value: {port} }}"))
         .unwrap_or_default();
     let endpoints: String = hosts
         .iter()
-        .map(|h| {
+        .map(|(h, hostname)| {
+            // A JSON string is a YAML double-quoted scalar.
+            let hostname = if hostname.is_empty() {
+                String::new()
+            } else {
+                format!(", hostname: {}", serde_json::Value::from(*hostname))
+            };
             format!(
-                "\n        - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }}{check_port} }}",
+                "\n        - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }}{check_port}{hostname} }}",
                 h.ip(),
                 h.port()
             )

@@ -29,12 +29,21 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Result<Response, String> {
-    tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        request_inner(addr, method, path, headers, body),
-    )
-    .await
-    .map_err(|_| format!("{method} http://{addr}{path}: no response within {REQUEST_TIMEOUT:?}"))?
+    request_within(addr, method, path, headers, body, REQUEST_TIMEOUT).await
+}
+
+/// [`request`] with its own deadline (a browser starting, a screenshot).
+pub async fn request_within(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    timeout: Duration,
+) -> Result<Response, String> {
+    tokio::time::timeout(timeout, request_inner(addr, method, path, headers, body))
+        .await
+        .map_err(|_| format!("{method} http://{addr}{path}: no response within {timeout:?}"))?
 }
 
 async fn request_inner(

@@ -37,6 +37,10 @@
 //!   status after a delay and count).
 //! - [`soak`]: `vigil-lab soak` (`./lab soak`): long load through vigil and Envoy with livez
 //!   toggles, RSS sampled, a verdict on growth.
+//! - [`webdriver`]: headless Chromium (Debian's `chromium` and `chromium-driver`) driven over
+//!   WebDriver's HTTP JSON protocol: open a page, run a script in it, take a screenshot.
+//! - [`status_page`]: the admin status page's topology (vigil, blue and yellow) and its DOM, for
+//!   its browser test and `./lab screenshot` (`docs/status-page.png`).
 
 pub mod bench;
 pub mod bootstrap;
@@ -55,10 +59,12 @@ pub mod process;
 pub mod progress;
 pub mod raw_upstream;
 pub mod soak;
+pub mod status_page;
 pub mod template;
 pub mod timeline;
 pub mod tls_upstream;
 pub mod wasm;
+pub mod webdriver;
 
 use std::time::{Duration, Instant};
 

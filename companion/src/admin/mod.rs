@@ -3,7 +3,8 @@
 //! `GET /clusters` (text, and `?format=json`), `GET /stats` (`name: value`, `?filter=REGEX`),
 //! `GET /stats/prometheus`, `GET /ready`, `POST /healthcheck/fail` and `/healthcheck/ok`,
 //! `GET /help`, and beyond Envoy `GET /hosts/history` (the last transitions of every host, with
-//! the reason of each). Mutating endpoints answer 405 to anything but POST. The server takes a
+//! the reason of each), `GET /status.json` (every host's flags, last check, outlier state and
+//! transitions) and the live status page a browser gets at `/`. Mutating endpoints answer 405 to anything but POST. The server takes a
 //! bound listener and a shutdown future; it reads only the clusters' published snapshots.
 //!
 //! Clusters with outlier detection show what Envoy shows: `/failed_outlier_check` in the host's
@@ -39,12 +40,15 @@
 //!   every path to its page.
 //! - [`token`]: the bearer token and its constant-time comparison.
 //! - [`query`]: query strings (`form_pairs`, percent-decoding).
+//! - [`reply`]: the plain responses every page uses (text, JSON, 405, 401).
 //! - [`clusters`]: `/clusters`, text and JSON, from the registry's records (final flags) and the
 //!   proxy's ORIGINAL_DST clusters.
 //! - [`stats`](mod@stats): the whole `/stats` catalogue (clusters, outlier detection, circuit breakers,
 //!   routing rules, listeners).
 //! - [`prometheus`](mod@prometheus): the same stats in Prometheus' text format, with Envoy's names and labels.
 //! - [`history`]: beyond Envoy, `/hosts/history`, every host's last transitions.
+//! - [`status`]: beyond Envoy, the live status page (`status.html`, `status.js`, `status.css`
+//!   beside it, compiled in) and `/status.json`, which it polls.
 //!
 //! Tests of the API as a whole (through [`server::route`]) are in `tests.rs` beside this file.
 
@@ -52,13 +56,15 @@ pub mod clusters;
 pub mod history;
 pub mod prometheus;
 pub mod query;
+pub mod reply;
 pub mod server;
 pub mod stats;
+pub mod status;
 pub mod token;
 
 pub use clusters::{clusters_json, clusters_text, format_g};
 pub use prometheus::prometheus;
-pub use server::{authorized, handle, reload, route, serve};
+pub use server::{authorized, handle, reload, route, route_request, serve};
 pub use stats::{StatKind, stats};
 pub use token::AdminToken;
 

@@ -1,17 +1,18 @@
 //! The admin server: accepting connections (backing off when `accept` fails), the token check
-//! for changing requests, `POST /reload`, and the routing of every path to its page.
+//! for changing requests, `POST /reload`, and the routing of every path to its page (`GET /`
+//! from a browser to the status page, by its `Accept` header).
 
 use super::clusters::{clusters_json, clusters_text, initialized};
 use super::history::history_json;
 use super::prometheus::prometheus;
 use super::query::form_pairs;
+use super::reply::{json_response, method_not_allowed, text, unauthorized};
 use super::stats::stats;
+use super::status;
 use super::{AdminState, Body};
 use crate::conn_limit::AcceptBackoff;
 use crate::events::rfc3339_millis;
-use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -69,7 +70,25 @@ pub async fn handle(state: &AdminState, request: Request<Incoming>) -> Response<
     if path == "/reload" {
         return reload(state, request.method()).await;
     }
-    route(state, request.method(), &path, &query)
+    route_request(state, request.method(), &path, &query, request.headers())
+}
+
+/// [`route`], except that `GET /` (or `HEAD`) from a client accepting `text/html` (a browser)
+/// answers the status page instead of the command list.
+pub fn route_request(
+    state: &AdminState,
+    method: &Method,
+    path: &str,
+    query: &str,
+    headers: &http::HeaderMap,
+) -> Response<Body> {
+    if path == "/"
+        && (method == Method::GET || method == Method::HEAD)
+        && status::wants_page(headers)
+    {
+        return status::page();
+    }
+    route(state, method, path, query)
 }
 
 /// Whether a request may proceed: reads always, anything else only with the admin token when
@@ -110,6 +129,9 @@ pub async fn reload(state: &AdminState, method: &Method) -> Response<Body> {
 
 /// The routing itself, separate from hyper so it can be tested directly.
 pub fn route(state: &AdminState, method: &Method, path: &str, query: &str) -> Response<Body> {
+    if let Some(response) = status::route(state, method, path) {
+        return response;
+    }
     let params: Vec<(String, String)> = form_pairs(query);
     let param = |name: &str| {
         params
@@ -210,50 +232,6 @@ const HELP: &str = "admin commands are:
   /ready: print server state, return 200 if LIVE, otherwise 503
   /stats: print server stats (filter=REGEX)
   /stats/prometheus: print server stats in prometheus format
+  /status.json: every cluster's hosts with their flags, last check (result, latency, time), outlier state and transitions, as JSON; a browser's GET / shows them as a live page (vigil)
   /xds: the EDS server's connected Envoys, their node ids, and per cluster the versions sent, ACKed and NACKed (vigil, with --xds-address)
 ";
-
-pub(super) fn text(status: StatusCode, body: String) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=UTF-8"),
-    );
-    response
-}
-
-pub(super) fn json_response(value: Value) -> Response<Body> {
-    let body = serde_json::to_string_pretty(&value).unwrap_or_else(|_| "{}".into());
-    let mut response = text(StatusCode::OK, body + "\n");
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-pub(super) fn method_not_allowed(allowed: &'static str) -> Response<Body> {
-    let mut response = text(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("This endpoint requires {allowed}.\n"),
-    );
-    response
-        .headers_mut()
-        .insert(header::ALLOW, header::HeaderValue::from_static(allowed));
-    response
-}
-
-/// 401 for a changing request without the admin token.
-pub(super) fn unauthorized() -> Response<Body> {
-    let mut response = text(
-        StatusCode::UNAUTHORIZED,
-        "this admin endpoint requires `Authorization: Bearer <token>` (vigil's admin token)\n"
-            .into(),
-    );
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        header::HeaderValue::from_static("Bearer realm=\"vigil admin\""),
-    );
-    response
-}

@@ -1,7 +1,7 @@
 //! The admin API as a whole, through [`route`] and [`handle`].
 
 use super::query::percent_decode;
-use super::server::unauthorized;
+use super::reply::unauthorized;
 use super::token::constant_time_eq;
 use super::*;
 use crate::checker::{
@@ -24,6 +24,7 @@ fn state(initialized: bool) -> AdminState {
         },
         flags,
         history: vec![],
+        last_check: Default::default(),
     };
     let snapshot = ClusterSnapshot {
         name: "web_cluster_01".into(),
@@ -369,4 +370,152 @@ fn percent_decoding_is_total() {
     assert_eq!(percent_decode("%"), "%");
     assert_eq!(percent_decode("%zz"), "%zz");
     assert_eq!(percent_decode("%4"), "%4");
+}
+
+fn accepting(accept: Option<&str>) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    if let Some(accept) = accept {
+        headers.insert(
+            header::ACCEPT,
+            header::HeaderValue::from_str(accept).unwrap(),
+        );
+    }
+    headers
+}
+
+#[test]
+fn a_browser_gets_the_status_page_and_curl_the_command_list() {
+    let s = state(true);
+    let help = body(route(&s, &Method::GET, "/", ""));
+    assert!(help.starts_with("admin commands are:\n"));
+    for accept in [
+        None,
+        Some("*/*"),
+        Some("text/plain"),
+        Some("application/json, */*;q=0.5"),
+        Some("text/html;q=0, */*"),
+    ] {
+        let answer = route_request(&s, &Method::GET, "/", "", &accepting(accept));
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(
+            answer.headers()[header::CONTENT_TYPE],
+            "text/plain; charset=UTF-8"
+        );
+        assert!(
+            answer
+                .headers()
+                .get(header::CONTENT_SECURITY_POLICY)
+                .is_none()
+        );
+        assert_eq!(body(answer), help, "{accept:?} keeps the command list");
+    }
+    let browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+    for method in [Method::GET, Method::HEAD] {
+        let page = route_request(&s, &method, "/", "", &accepting(Some(browser)));
+        assert_eq!(page.status(), StatusCode::OK);
+        assert_eq!(
+            page.headers()[header::CONTENT_TYPE],
+            "text/html; charset=UTF-8"
+        );
+        assert_eq!(
+            page.headers()[header::CONTENT_SECURITY_POLICY],
+            "default-src 'self'"
+        );
+        assert!(body(page).contains("<script src=\"status.js\" defer></script>"));
+    }
+    let posted = route_request(&s, &Method::POST, "/", "", &accepting(Some(browser)));
+    assert_eq!(posted.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert!(
+        help.contains("/status.json:") && help.contains("(vigil)\n"),
+        "/help documents vigil's /status.json"
+    );
+}
+
+#[test]
+fn the_page_has_nothing_inline_and_builds_text_only() {
+    let s = state(true);
+    let page = body(status::page());
+    assert!(!page.contains("<style"), "styles come from /status.css");
+    assert!(!page.contains("style="), "no inline style attributes");
+    assert_eq!(
+        page.matches("<script").count(),
+        page.matches("<script src=").count(),
+        "every script is a file"
+    );
+    for (path, content_type) in [
+        ("/status.js", "text/javascript; charset=UTF-8"),
+        ("/status.css", "text/css; charset=UTF-8"),
+        ("/status.json", "application/json"),
+    ] {
+        let answer = route(&s, &Method::GET, path, "");
+        assert_eq!(answer.status(), StatusCode::OK, "{path}");
+        assert_eq!(answer.headers()[header::CONTENT_TYPE], content_type);
+        assert_eq!(
+            answer.headers()[header::CONTENT_SECURITY_POLICY],
+            "default-src 'self'"
+        );
+        assert_eq!(answer.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        for method in [Method::POST, Method::PUT, Method::DELETE] {
+            let refused = route(&s, &method, path, "");
+            assert_eq!(refused.status(), StatusCode::METHOD_NOT_ALLOWED, "{path}");
+            assert_eq!(refused.headers()[header::ALLOW], "GET");
+        }
+    }
+    let script = body(route(&s, &Method::GET, "/status.js", ""));
+    for sink in [
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "eval(",
+    ] {
+        assert!(!script.contains(sink), "the script never uses {sink}");
+    }
+    assert!(script.contains("textContent"));
+}
+
+#[test]
+fn status_json_has_flags_last_checks_and_membership() {
+    let s = state(true);
+    let view: Value =
+        serde_json::from_str(&body(route(&s, &Method::GET, "/status.json", ""))).unwrap();
+    let cluster = &view["clusters"][0];
+    assert_eq!(cluster["name"], "web_cluster_01");
+    assert_eq!(cluster["health_checked"], true);
+    assert_eq!(cluster["initialized"], true);
+    assert_eq!(
+        cluster["membership"],
+        json!({"total": 2, "healthy": 1, "degraded": 0, "excluded": 0})
+    );
+    assert_eq!(cluster["panic"], Value::Null, "vigil does not balance it");
+    assert_eq!(cluster["outlier"], Value::Null);
+    assert_eq!(cluster["health_check"]["attempt"], 7);
+    let host = &cluster["hosts"][0];
+    assert_eq!(host["address"], "127.29.1.3:80");
+    assert_eq!(host["hostname"], "myservice");
+    assert_eq!(host["health_flags"], "/failed_active_hc");
+    assert_eq!(host["health"], "unhealthy");
+    assert_eq!(host["last_check"], Value::Null, "not checked yet");
+    assert_eq!(cluster["hosts"][1]["health"], "healthy");
+
+    // The loop records into the record every snapshot shares; the admin reads it when asked.
+    let clusters = s.clusters.load();
+    let hosts = clusters[0].record.hosts();
+    let first = hosts.iter().next().unwrap();
+    first.last_check.record(
+        vigil_core::health::Verdict::active(false, false),
+        std::time::Duration::from_micros(1_500),
+        1_700_000_000_250,
+    );
+    let view: Value =
+        serde_json::from_str(&body(route(&s, &Method::GET, "/status.json", ""))).unwrap();
+    assert_eq!(
+        view["clusters"][0]["hosts"][0]["last_check"],
+        json!({
+            "passed": false,
+            "reason": "failure (ACTIVE)",
+            "latency_ms": 1.5,
+            "at": "2023-11-14T22:13:20.250Z",
+        })
+    );
 }

@@ -281,6 +281,17 @@ impl HostPicker {
     pub fn settings(&self) -> &LbSettings {
         &self.settings
     }
+
+    /// Whether a priority that receives load is in panic (Envoy's `healthy_panic_threshold`),
+    /// computed from the record's hosts now, as the next pick would see them. O(hosts): for the
+    /// admin API, not the request path.
+    pub fn in_panic(&self) -> bool {
+        let hosts = self.record.hosts();
+        let set = PrioritySet::new(balancer_hosts(&hosts), self.settings.priority);
+        (0..set.panic().len()).any(|p| {
+            set.panic()[p] && set.healthy_load()[p].saturating_add(set.degraded_load()[p]) > 0
+        })
+    }
 }
 
 /// Shared handle for request tasks.
@@ -305,6 +316,7 @@ mod tests {
             },
             flags,
             history: vec![],
+            last_check: Default::default(),
         }
     }
 
@@ -365,6 +377,7 @@ mod tests {
             vec![4, 4, 4],
             "1 of 2 healthy is 50 %: no panic, only yellow"
         );
+        assert!(!picker.in_panic());
     }
 
     #[test]
@@ -375,9 +388,11 @@ mod tests {
         let idle = |_: SocketAddr| 0;
         let picks: Vec<Picked> = (0..2).map(|_| picker.pick(None, &idle)).collect();
         assert!(picks.iter().all(|p| p.panic && p.host.is_some()));
+        assert!(picker.in_panic());
         let mut no_panic = LbSettings::new(LbPolicy::RoundRobin);
         no_panic.priority.healthy_panic_threshold = 0;
         let strict = HostPicker::new(h.clone(), no_panic, 0).unwrap();
+        assert!(!strict.in_panic());
         assert_eq!(
             strict.pick(None, &idle).host,
             None,

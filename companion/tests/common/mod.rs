@@ -143,6 +143,7 @@ pub fn snapshot(name: &str, hosts: &[(SocketAddr, HealthFlags)], version: u64) -
                 spec: HostSpec::new(*address),
                 flags: *flags,
                 history: vec![],
+                last_check: Default::default(),
             })
             .collect(),
         stats: HealthCheckStats::default(),

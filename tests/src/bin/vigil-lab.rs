@@ -1,6 +1,7 @@
 //! `vigil-lab`: the Rust side of the `./lab` script. It starts the process twin of LAB.md's
 //! topology, plays the scenario, prints a transcript, and stops everything it started, also on
-//! Ctrl-C or SIGTERM (each process is owned by a guard; see `vigil_tests::process`).
+//! Ctrl-C or SIGTERM (each process is owned by a guard; see `vigil_tests::process`). It also
+//! takes the README's screenshot of the admin status page (`screenshot`).
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -41,6 +42,13 @@ enum Command {
     },
     /// Writes the configs docker-compose.yaml mounts (envoy/compose/) from envoy/templates.
     RenderCompose,
+    /// vigil with blue and yellow, blue failed, readmitted and failed again, and its admin
+    /// status page as headless Chromium renders it, written as PNG (the README's picture).
+    Screenshot {
+        /// Where the PNG goes.
+        #[arg(long, default_value = "docs/status-page.png")]
+        out: std::path::PathBuf,
+    },
     /// Long steady load through vigil and Envoy on the same YAML (blue and green with active
     /// checks, blue's /livez toggled now and then), RSS sampled every 5 s; fails when vigil's
     /// clients saw errors or its RSS grew more than 10 % and 8 MiB (first vs last minute).
@@ -72,6 +80,7 @@ fn main() -> ExitCode {
         match options.command {
             Command::Demo => demo().await,
             Command::RenderCompose => render_compose(),
+            Command::Screenshot { out } => screenshot(&out).await,
             Command::Compare { lab } => compare(lab).await,
             Command::Up { lab } => up(lab).await,
             Command::Soak {
@@ -289,4 +298,17 @@ async fn soak(duration: u64, connections: usize) -> Result<(), String> {
     } else {
         Err(format!("soak failed: {}", verdict.reason))
     }
+}
+
+async fn screenshot(out: &std::path::Path) -> Result<(), String> {
+    println!("status page: vigil with blue and yellow on loopback, headless Chromium");
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|err| format!("cannot watch SIGTERM: {err}"))?;
+    let dir = tokio::select! {
+        dir = vigil_tests::status_page::screenshot(out) => dir?,
+        _ = tokio::signal::ctrl_c() => return Err("interrupted; stopping everything it started".to_string()),
+        _ = terminate.recv() => return Err("terminated; stopping everything it started".to_string()),
+    };
+    println!("wrote {} (logs in {})", out.display(), dir.display());
+    Ok(())
 }
