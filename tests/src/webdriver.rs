@@ -193,7 +193,10 @@ impl Browser {
         let encoded = value
             .as_str()
             .ok_or_else(|| format!("the screenshot is not a string: {value}"))?;
-        decode_base64(encoded)
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .map_err(|e| format!("the screenshot is not base64: {e}"))
     }
 }
 
@@ -295,57 +298,4 @@ fn descendants(root: u32) -> Vec<libc::pid_t> {
         }
     }
     found
-}
-
-/// Standard base64 (RFC 4648, with padding; whitespace ignored), as WebDriver sends screenshots.
-pub fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
-    let value = |byte: u8| -> Result<u32, String> {
-        Ok(match byte {
-            b'A'..=b'Z' => byte - b'A',
-            b'a'..=b'z' => byte - b'a' + 26,
-            b'0'..=b'9' => byte - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return Err(format!("not base64: byte {byte:#04x}")),
-        }
-        .into())
-    };
-    let symbols: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    let data = symbols
-        .iter()
-        .rposition(|b| *b != b'=')
-        .map_or(&symbols[..0], |last| &symbols[..=last]);
-    if symbols.len() - data.len() > 2 || data.len() % 4 == 1 {
-        return Err("base64 of a wrong length".to_string());
-    }
-    let mut out = Vec::with_capacity(data.len() * 3 / 4);
-    for chunk in data.chunks(4) {
-        let mut word = 0u32;
-        for (i, byte) in chunk.iter().enumerate() {
-            word |= value(*byte)? << (18 - 6 * i);
-        }
-        let bytes = word.to_be_bytes();
-        out.extend_from_slice(&bytes[1..chunk.len()]);
-    }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::decode_base64;
-
-    #[test]
-    fn base64_decodes_every_padding() {
-        assert_eq!(decode_base64("").unwrap(), b"");
-        assert_eq!(decode_base64("Zg==").unwrap(), b"f");
-        assert_eq!(decode_base64("Zm8=").unwrap(), b"fo");
-        assert_eq!(decode_base64("Zm9v").unwrap(), b"foo");
-        assert_eq!(decode_base64("Zm9vYg==").unwrap(), b"foob");
-        assert_eq!(
-            decode_base64("iVBORw0K\nGgo=").unwrap(),
-            b"\x89PNG\r\n\x1a\n"
-        );
-        assert!(decode_base64("Zm9v!").is_err());
-        assert!(decode_base64("Z").is_err());
-    }
 }
