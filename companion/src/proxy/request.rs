@@ -516,6 +516,14 @@ async fn respond(
                         },
                     };
                 let now = monotonic_now();
+                let descriptors = rate_limit_descriptors(
+                    state,
+                    config,
+                    &parts,
+                    authority.as_deref(),
+                    &path,
+                    peer,
+                );
                 let draws = Draws {
                     enabled: random(),
                     enforced: random(),
@@ -528,12 +536,15 @@ async fn respond(
                         config,
                         &mut limiter,
                         &mut connection,
+                        &descriptors,
                         draws,
                         now,
                     );
                     let bucket = match &decision {
                         Limited::Disabled => None,
-                        Limited::Allow { bucket, .. } | Limited::Deny { bucket, .. } => *bucket,
+                        Limited::Allow { bucket, .. } | Limited::Deny { bucket, .. } => {
+                            bucket.as_ref()
+                        }
                     };
                     let headers = vigil_core::local_ratelimit::response_headers(
                         config,
@@ -1285,6 +1296,65 @@ fn filter_override<'s>(
     let view = RequestView::new(authority, path, parts.method.as_str(), &borrowed);
     let selected = state.routes.select(&view)?;
     selected.filter_override(state.routes.config(), filter)
+}
+
+/// The descriptors of a request for a local rate limit config (none unless it has
+/// `descriptors`): its actions see the request as it is now, the route chosen on it, and the
+/// downstream remote address as the connection manager settles it (the peer, or an address of
+/// `x-forwarded-for` under `use_remote_address` / `xff_num_trusted_hops`, as RBAC sees it).
+fn rate_limit_descriptors(
+    state: &ListenerState,
+    config: &vigil_core::local_ratelimit::LocalRateLimit,
+    parts: &http::request::Parts,
+    authority: Option<&str>,
+    path: &str,
+    peer: std::net::SocketAddr,
+) -> Vec<vigil_core::rate_limit_actions::Descriptor> {
+    use vigil_core::config::{ClusterSpecifier, RouteAction};
+    use vigil_core::local_ratelimit::{RouteRateLimits, request_descriptors};
+    if config.descriptors.is_empty() {
+        return Vec::new();
+    }
+    // Every value, as text (bytes that are not UTF-8 replaced): a header is never taken for
+    // absent because of its bytes.
+    let owned: Vec<(&str, std::borrow::Cow<'_, str>)> = parts
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), String::from_utf8_lossy(v.as_bytes())))
+        .collect();
+    let borrowed: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (*n, v.as_ref())).collect();
+    let view = RequestView::new(authority, path, parts.method.as_str(), &borrowed);
+    let remote = vigil_core::xff::trusted_client_address(
+        peer,
+        parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok()),
+        state.hcm.use_remote_address,
+        state.hcm.xff_num_trusted_hops,
+    );
+    let selected = state.routes.select(&view);
+    let forward = selected.as_ref().and_then(|s| match &s.route.action {
+        RouteAction::Forward(f) => Some((s, f)),
+        _ => None,
+    });
+    // A weighted cluster with a destination_cluster action is refused at load.
+    let cluster = forward.and_then(|(_, f)| match &f.cluster {
+        ClusterSpecifier::Cluster(name) => Some(name.clone()),
+        ClusterSpecifier::Header(h) => Some(view.first(h).unwrap_or_default().to_string()),
+        ClusterSpecifier::Weighted(_) => None,
+    });
+    let facts = vigil_core::rate_limit_actions::RequestFacts {
+        request: &view,
+        remote: Some(remote.ip()),
+        route_cluster: cluster.as_deref(),
+    };
+    let route = forward.map(|(s, f)| RouteRateLimits {
+        route: &f.rate_limits,
+        include_vh_rate_limits: f.include_vh_rate_limits,
+        virtual_host: &s.virtual_host.rate_limits,
+    });
+    request_descriptors(config, route, &facts)
 }
 
 /// A monotonic clock for the filters' token buckets (any fixed origin: only differences count).
