@@ -203,14 +203,15 @@ impl TokenBucket {
         self.tokens(now.as_secs_f64()).floor() as u64
     }
 
-    /// `x-ratelimit-reset`: Envoy counts the milliseconds until the next whole token (rounded
-    /// up), then divides by 1000 in integers, so the seconds are rounded down.
+    /// `x-ratelimit-reset`: the whole milliseconds until the next whole token, divided by 1000
+    /// in integers, so the seconds are rounded down (Envoy 1.36.2 answers 9, not 10, for a
+    /// one-token bucket of a 10 s interval read a fraction of a millisecond after it emptied).
     pub fn reset_seconds(&self, now: Duration) -> u64 {
         let tokens = self.tokens(now.as_secs_f64());
         if tokens >= 1.0 {
             return 0;
         }
-        let millis = ((1.0 - tokens) / self.fill_rate * 1000.0).ceil() as u64;
+        let millis = ((1.0 - tokens) / self.fill_rate * 1000.0) as u64;
         millis / 1000
     }
 }
@@ -574,6 +575,18 @@ pub fn response_headers(
     if !config.x_ratelimit_headers {
         return Vec::new();
     }
+    bucket_headers(state, connection, bucket, now)
+}
+
+/// The `x-ratelimit-*` headers read from the bucket a decision named, at `now` (when the
+/// response goes out); for a config with `enable_x_ratelimit_headers` ([`response_headers`]
+/// checks it).
+pub fn bucket_headers(
+    state: &RateLimitState,
+    connection: &ConnectionLimiter,
+    bucket: Option<&BucketUsed>,
+    now: Duration,
+) -> Vec<(&'static str, String)> {
     let bucket = match bucket {
         None => None,
         Some(BucketUsed::Shared(key)) => state.bucket(key),

@@ -18,8 +18,8 @@ use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use vigil_core::balance::hash_policy::{self, RequestView as HashView};
 use vigil_core::config::HttpFilterKind;
@@ -53,6 +53,12 @@ struct Outcome {
     /// Response headers the filters add (appended) to whatever answer comes (ext_authz's
     /// `allowed_client_headers_on_success`).
     appended_headers: Vec<(String, String)>,
+    /// The local rate limit filters' `x-ratelimit-*` headers, read from the bucket each
+    /// decision named when the response goes out (as Envoy's `encodeHeaders` reads them).
+    rate_limit_headers: Vec<(
+        Arc<Mutex<vigil_core::local_ratelimit::RateLimitState>>,
+        vigil_core::local_ratelimit::BucketUsed,
+    )>,
     /// `x-vigil-upstream` and `x-vigil-decision`, when `decision_headers` is on.
     vigil_upstream: Option<String>,
     vigil_decision: Option<String>,
@@ -110,6 +116,18 @@ pub async fn handle(
     for (name, value) in &outcome.filter_headers {
         if let Ok(value) = HeaderValue::from_str(value) {
             response.headers_mut().insert(*name, value);
+        }
+    }
+    let now = monotonic_now();
+    for (state_lock, bucket) in &outcome.rate_limit_headers {
+        let limiter = state_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let connection = vigil_core::local_ratelimit::ConnectionLimiter::default();
+        for (name, value) in
+            vigil_core::local_ratelimit::bucket_headers(&limiter, &connection, Some(bucket), now)
+        {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                response.headers_mut().append(name, value);
+            }
         }
     }
     for (name, value) in &outcome.appended_headers {
@@ -530,36 +548,32 @@ async fn respond(
                 };
                 // Buckets per connection are refused at load: this one is never used.
                 let mut connection = ConnectionLimiter::default();
-                let (decision, ratelimit_headers) = {
+                let decision = {
                     let mut limiter = state_lock.lock().unwrap_or_else(|p| p.into_inner());
-                    let decision = vigil_core::local_ratelimit::decide(
+                    vigil_core::local_ratelimit::decide(
                         config,
                         &mut limiter,
                         &mut connection,
                         &descriptors,
                         draws,
                         now,
-                    );
-                    let bucket = match &decision {
-                        Limited::Disabled => None,
-                        Limited::Allow { bucket, .. } | Limited::Deny { bucket, .. } => {
-                            bucket.as_ref()
-                        }
-                    };
-                    let headers = vigil_core::local_ratelimit::response_headers(
-                        config,
-                        &limiter,
-                        &connection,
-                        bucket,
-                        now,
-                    );
-                    (decision, headers)
+                    )
                 };
-                outcome.appended_headers.extend(
-                    ratelimit_headers
-                        .into_iter()
-                        .map(|(name, value)| (name.to_string(), value)),
-                );
+                if let Limited::Allow {
+                    bucket: Some(bucket),
+                    ..
+                }
+                | Limited::Deny {
+                    bucket: Some(bucket),
+                    ..
+                } = &decision
+                {
+                    if config.x_ratelimit_headers {
+                        outcome
+                            .rate_limit_headers
+                            .push((state_lock.clone(), bucket.clone()));
+                    }
+                }
                 let context = FormatContext {
                     start: started,
                     downstream,
