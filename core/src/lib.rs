@@ -71,7 +71,7 @@
 //!   paths, warnings, and the check against Envoy's schema.
 //! - [`rate_limit_actions`]: Envoy's rate limit actions (`config.route.v3.RateLimit`) and the
 //!   descriptors they make of a request (remote address, headers, generic keys, header matches,
-//!   the route's cluster, masked addresses), for the local rate limit filter.
+//!   the route's cluster, masked addresses, query parameters), for the local rate limit filter.
 //! - [`rbac`]: Envoy's RBAC filters (HTTP and network): policies, the engine, stats, denials.
 //! - [`route`]: Envoy's HTTP route selection over a loaded route configuration (virtual host by
 //!   authority, first matching route, weighted cluster pick, path rewrites), for the companion's

@@ -10,7 +10,9 @@
 //! not an IP address, no route to name the cluster of) drops the whole descriptor; a missing
 //! header with `skip_if_absent` adds no entry and the others go on.
 
-use crate::matcher::{HeaderMatcher, RequestView, header_matches};
+use crate::matcher::{
+    HeaderMatcher, QueryMatch, QueryParameterMatcher, RequestView, header_matches,
+};
 use crate::protojson::FieldPath;
 use std::net::IpAddr;
 
@@ -62,6 +64,22 @@ pub enum RateLimitAction {
     MaskedRemoteAddress {
         v4_prefix_len: u8,
         v6_prefix_len: u8,
+    },
+    /// `query_parameters`: `(descriptor_key, <the parameter's first value, percent-decoded>)`.
+    QueryParameters {
+        /// Compared with the percent-decoded names of the query, case-sensitively.
+        name: String,
+        descriptor_key: String,
+        skip_if_absent: bool,
+    },
+    /// `query_parameter_value_match`: `(descriptor_key or "query_match", descriptor_value)` when
+    /// all `query_parameters` match (on the percent-decoded first values) is `expect_match`
+    /// (default true).
+    QueryParameterValueMatch {
+        descriptor_key: String,
+        descriptor_value: String,
+        expect_match: bool,
+        query_parameters: Vec<QueryParameterMatcher>,
     },
 }
 
@@ -142,6 +160,39 @@ impl RateLimitAction {
                 };
                 entry(key, descriptor_value)
             }
+            RateLimitAction::QueryParameters {
+                name,
+                descriptor_key,
+                skip_if_absent,
+            } => match decoded_query_first(facts.request.path, name) {
+                Some(value) => entry(descriptor_key, &value),
+                None if *skip_if_absent => Some(None),
+                None => None,
+            },
+            RateLimitAction::QueryParameterValueMatch {
+                descriptor_key,
+                descriptor_value,
+                expect_match,
+                query_parameters,
+            } => {
+                let all = query_parameters.iter().all(|q| {
+                    let value = decoded_query_first(facts.request.path, &q.name);
+                    match (&q.kind, value) {
+                        (QueryMatch::Present(present), v) => v.is_some() == *present,
+                        (QueryMatch::String(m), Some(v)) => m.matches(&v),
+                        (QueryMatch::String(_), None) => false,
+                    }
+                });
+                if all != *expect_match {
+                    return None;
+                }
+                let key = if descriptor_key.is_empty() {
+                    "query_match"
+                } else {
+                    descriptor_key
+                };
+                entry(key, descriptor_value)
+            }
             RateLimitAction::MaskedRemoteAddress {
                 v4_prefix_len,
                 v6_prefix_len,
@@ -151,6 +202,39 @@ impl RateLimitAction {
             }
         }
     }
+}
+
+/// `QueryParamsMulti::parseAndDecodeQueryString(path).getFirstValue(name)`: the text after the
+/// first `?`, split on `&`; `k=v` gives `(k, v)`, a bare `k` gives `(k, "")`; names and values
+/// percent-decoded (`%XX`; a `%` not followed by two hex digits stays, `+` stays); the first
+/// value of the exact name. Decoded bytes that are not UTF-8 are replaced.
+fn decoded_query_first(path: &str, name: &str) -> Option<String> {
+    let (_, query) = path.split_once('?')?;
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+        .find(|(k, _)| percent_decode(k) == name)
+        .map(|(_, v)| percent_decode(v))
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Envoy's `CidrRange::create(address, len).asString()`: the address with the bits past the
@@ -305,6 +389,77 @@ mod tests {
             Some(d(&[("header_match", "v")]))
         );
         assert_eq!(hvm(false).descriptor(&facts), None);
+    }
+
+    #[test]
+    fn query_actions_see_percent_decoded_first_values() {
+        let q = |path: &str, name: &str| decoded_query_first(path, name);
+        assert_eq!(q("/x?q=a%20b", "q").as_deref(), Some("a b"));
+        assert_eq!(q("/x?q=a+b", "q").as_deref(), Some("a+b"));
+        assert_eq!(q("/x?q=a%2Bb", "q").as_deref(), Some("a+b"));
+        assert_eq!(q("/x?q=1&q=2", "q").as_deref(), Some("1"));
+        assert_eq!(q("/x?q", "q").as_deref(), Some(""));
+        assert_eq!(q("/x?q=", "q").as_deref(), Some(""));
+        assert_eq!(q("/x?%71=qq", "q").as_deref(), Some("qq"));
+        assert_eq!(q("/x?q=%zz&r=%4", "q").as_deref(), Some("%zz"));
+        assert_eq!(q("/x?r=%4", "r").as_deref(), Some("%4"));
+        assert_eq!(q("/x?Q=1", "q"), None);
+        assert_eq!(q("/x", "q"), None);
+        let view = RequestView::new(None, "/x?m=a%20b&m=x&s=v", "GET", &[]);
+        let facts = RequestFacts {
+            request: &view,
+            remote: None,
+            route_cluster: None,
+        };
+        let matcher = |name: &str, kind| QueryParameterMatcher {
+            name: name.into(),
+            kind,
+        };
+        let exact = |v: &str| {
+            QueryMatch::String(crate::matcher::StringMatch {
+                kind: crate::matcher::StringMatchKind::Exact(v.into()),
+                ignore_case: false,
+            })
+        };
+        let qvm = |matchers: Vec<QueryParameterMatcher>| {
+            policy(vec![RateLimitAction::QueryParameterValueMatch {
+                descriptor_key: String::new(),
+                descriptor_value: "yes".into(),
+                expect_match: true,
+                query_parameters: matchers,
+            }])
+        };
+        assert_eq!(
+            qvm(vec![matcher("m", exact("a b"))]).descriptor(&facts),
+            Some(d(&[("query_match", "yes")]))
+        );
+        assert_eq!(qvm(vec![matcher("m", exact("x"))]).descriptor(&facts), None);
+        assert_eq!(
+            qvm(vec![matcher("y", QueryMatch::Present(false))]).descriptor(&facts),
+            Some(d(&[("query_match", "yes")]))
+        );
+        let params = |name: &str, skip_if_absent| {
+            policy(vec![
+                RateLimitAction::QueryParameters {
+                    name: name.into(),
+                    descriptor_key: "k".into(),
+                    skip_if_absent,
+                },
+                RateLimitAction::GenericKey {
+                    descriptor_key: String::new(),
+                    descriptor_value: "g".into(),
+                },
+            ])
+        };
+        assert_eq!(
+            params("s", false).descriptor(&facts),
+            Some(d(&[("k", "v"), ("generic_key", "g")]))
+        );
+        assert_eq!(params("t", false).descriptor(&facts), None);
+        assert_eq!(
+            params("t", true).descriptor(&facts),
+            Some(d(&[("generic_key", "g")]))
+        );
     }
 
     #[test]

@@ -850,11 +850,6 @@ mod tests {
                 json!({"metadata": {"descriptor_key": "k", "metadata_key": {"key": "a", "path": [{"key": "b"}]}}}),
                 "metadata",
             ),
-            (
-                json!({"query_parameter_value_match": {"descriptor_value": "v",
-                    "query_parameters": [{"name": "q", "present_match": true}]}}),
-                "query_parameter_value_match",
-            ),
         ] {
             let e = error(with(json!([{"actions": [action.clone()]}])), false);
             assert!(

@@ -4,15 +4,14 @@
 //!
 //! The actions vigil evaluates are read with Envoy's PGV rules. The others (`source_cluster`:
 //! vigil reads no `node.cluster`; `metadata` / `dynamic_metadata`: vigil keeps no metadata;
-//! `extension`, `query_parameters`, `query_parameter_value_match`; and the entry options
-//! `hits_addend` and `apply_on_stream_done`) are checked against Envoy's schema and recorded in
+//! `extension`; and the entry options `hits_addend` and `apply_on_stream_done`) are checked against Envoy's schema and recorded in
 //! [`RateLimitPolicy::unsupported`]: a route's entries only matter to vigil when a local rate
 //! limit filter with descriptors makes descriptors of them (`check_route_rate_limits`, at the
 //! connection manager), and the filter's own only when it has descriptors; there they are
 //! refused by name.
 
-use super::matchers::{header_matcher, header_name};
-use super::schema::HEADER_MATCHER;
+use super::matchers::{header_matcher, header_name, query_matcher};
+use super::schema::{HEADER_MATCHER, QUERY_PARAMETER_MATCHER};
 use crate::protojson::{Ctx, FieldPath, MIN_LEN_1, Message, Obj, read};
 use crate::rate_limit_actions::{RateLimitAction, RateLimitPolicy};
 use serde_json::Value;
@@ -79,6 +78,27 @@ static HEADER_VALUE_MATCH: Message = Message {
 static MASKED_REMOTE_ADDRESS: Message = Message {
     name: "envoy.config.route.v3.RateLimit.Action.MaskedRemoteAddress",
     fields: &[read("v4_prefix_mask_len"), read("v6_prefix_mask_len")],
+    removed: &[],
+};
+
+static QUERY_PARAMETERS: Message = Message {
+    name: "envoy.config.route.v3.RateLimit.Action.QueryParameters",
+    fields: &[
+        read("query_parameter_name"),
+        read("descriptor_key"),
+        read("skip_if_absent"),
+    ],
+    removed: &[],
+};
+
+static QUERY_PARAMETER_VALUE_MATCH: Message = Message {
+    name: "envoy.config.route.v3.RateLimit.Action.QueryParameterValueMatch",
+    fields: &[
+        read("descriptor_key"),
+        read("descriptor_value"),
+        read("expect_match"),
+        read("query_parameters"),
+    ],
     removed: &[],
 };
 
@@ -241,7 +261,7 @@ fn action(
 ) -> Result<Option<RateLimitAction>, (FieldPath, String)> {
     let path = o.path.clone();
     let specified = ACTION.fields.iter().any(|f| o.has(f.name));
-    let not_implemented: [(&str, &str); 6] = [
+    let not_implemented: [(&str, &str); 4] = [
         (
             "source_cluster",
             "the source_cluster action is not implemented by vigil: it names Envoy's \
@@ -260,14 +280,6 @@ fn action(
         (
             "extension",
             "rate limit descriptor extensions are not implemented by vigil",
-        ),
-        (
-            "query_parameters",
-            "the query_parameters action is not implemented by vigil",
-        ),
-        (
-            "query_parameter_value_match",
-            "the query_parameter_value_match action is not implemented by vigil",
         ),
     ];
     for (name, why) in not_implemented {
@@ -330,6 +342,46 @@ fn action(
             descriptor_value: descriptor_value.unwrap_or_default(),
             expect_match,
             headers,
+        })
+    } else if let Some(mut m) = o.message(cx, "query_parameters", &QUERY_PARAMETERS) {
+        let name = m.required_string(cx, "query_parameter_name", MIN_LEN_1);
+        let descriptor_key = m.required_string(cx, "descriptor_key", MIN_LEN_1);
+        let skip_if_absent = m.bool(cx, "skip_if_absent").unwrap_or(false);
+        m.finish(cx);
+        Some(RateLimitAction::QueryParameters {
+            name: name.unwrap_or_default(),
+            descriptor_key: descriptor_key.unwrap_or_default(),
+            skip_if_absent,
+        })
+    } else if let Some(mut m) = o.message(
+        cx,
+        "query_parameter_value_match",
+        &QUERY_PARAMETER_VALUE_MATCH,
+    ) {
+        let descriptor_key = m.string(cx, "descriptor_key").unwrap_or_default();
+        let descriptor_value = m.required_string(cx, "descriptor_value", MIN_LEN_1);
+        let expect_match = wrapped_bool(cx, &mut m, "expect_match").unwrap_or(true);
+        let list = m.list("query_parameters");
+        if list.is_empty() {
+            cx.invalid(
+                &m.path.field("query_parameters"),
+                "value must contain at least 1 item(s)",
+            );
+        }
+        let mut query_parameters = Vec::new();
+        for (p, v) in list {
+            if let Some(q) =
+                Obj::new(cx, p, v, &QUERY_PARAMETER_MATCHER).and_then(|q| query_matcher(cx, q))
+            {
+                query_parameters.push(q);
+            }
+        }
+        m.finish(cx);
+        Some(RateLimitAction::QueryParameterValueMatch {
+            descriptor_key,
+            descriptor_value: descriptor_value.unwrap_or_default(),
+            expect_match,
+            query_parameters,
         })
     } else if let Some(mut m) = o.message(cx, "masked_remote_address", &MASKED_REMOTE_ADDRESS) {
         let len = |cx: &mut Ctx, m: &mut Obj, name: &str, max: u32| {

@@ -21,7 +21,8 @@ route table and engine.
 - Listener `routes` runs a filter with descriptors and no `rate_limits`: the routes' and the
   virtual host's entries make the descriptors (`request_headers` with and without
   `skip_if_absent`, `generic_key`, `header_value_match` with `expect_match` both ways,
-  `destination_cluster`, `masked_remote_address`, a `stage` and a `disable_key` the filter
+  `destination_cluster`, `masked_remote_address`, `query_parameter_value_match` and
+  `query_parameters` (percent-decoded first values), a `stage` and a `disable_key` the filter
   skips, two matched descriptors taken slowest first), the virtual host's entries under
   `OVERRIDE` (the default), and per-route configs with `INCLUDE` and `IGNORE`.
 
@@ -95,6 +96,8 @@ ROUTES_FILTER = {
         desc([("generic_key", "slow")], bucket(2, 20)),
         desc([("destination_cluster", "echo")], bucket(1)),
         desc([("masked_remote_address", "127.0.0.0/24")], bucket(2)),
+        desc([("query_match", "yes")], bucket(1)),
+        desc([("qk", "")], bucket(1)),
     ],
 }
 
@@ -142,6 +145,9 @@ ROUTES = [
     route("/multi", [{"actions": [gk("fast")]}, {"actions": [gk("slow")]}]),
     route("/cluster", [{"actions": [{"destination_cluster": {}}]}]),
     route("/masked", [{"actions": [{"masked_remote_address": {"v4_prefix_mask_len": 24}}]}]),
+    route("/qvm", [{"actions": [{"query_parameter_value_match": {
+        "descriptor_value": "yes", "query_parameters": [{"name": "m", "string_match": {"exact": "a b"}}]}}]}]),
+    route("/qp", [{"actions": [{"query_parameters": {"query_parameter_name": "q", "descriptor_key": "qk"}}]}]),
     route("/override_empty"),
     route("/override_has", [{"actions": [gk("other")]}]),
     route("/include", [{"actions": [gk("route")]}], PER_ROUTE_INCLUDE),
@@ -175,6 +181,12 @@ REQUESTS = (
     + [("routes", "/cluster", "127.0.0.21", [])] * 2
     + [("routes", "/masked", "127.0.0.22", [])]
     + [("routes", "/masked", "127.0.0.23", [])] * 2
+    + [("routes", "/qvm?m=a%20b", "127.0.0.21", [])] * 2
+    + [("routes", "/qvm?m=a+b", "127.0.0.21", [])]
+    + [("routes", "/qp?q=a%20b", "127.0.0.21", [])] * 2
+    + [("routes", "/qp?q=a+b&q=x", "127.0.0.21", [])]
+    + [("routes", "/qp?r=1", "127.0.0.21", [])]
+    + [("routes", "/qp?%71=a%20b", "127.0.0.21", [])]
     + [("routes", "/override_empty", "127.0.0.21", [])] * 2
     + [("routes", "/override_has", "127.0.0.21", [])] * 2
     + [("routes", "/include", "127.0.0.21", [])] * 2
