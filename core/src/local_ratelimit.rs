@@ -240,8 +240,17 @@ pub struct RateLimitState {
 enum DescriptorBuckets {
     /// All values given: one bucket, made full with the limiter.
     Fixed(TokenBucket),
-    /// A wildcard: a bucket per request descriptor it matched, with when it was last used.
-    Dynamic(BTreeMap<Descriptor, (TokenBucket, u64)>),
+    /// A wildcard: a bucket per request descriptor it matched.
+    Dynamic(DynamicBuckets),
+}
+
+/// The buckets of a wildcard descriptor, least recently used first out.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct DynamicBuckets {
+    /// Each request descriptor's bucket, with when it was last used.
+    buckets: BTreeMap<Descriptor, (TokenBucket, u64)>,
+    /// The same descriptors by last use (O(log n) per request, whatever the cap).
+    by_use: BTreeMap<u64, Descriptor>,
 }
 
 impl RateLimitState {
@@ -254,7 +263,7 @@ impl RateLimitState {
                 .iter()
                 .map(|d| {
                     if d.is_wildcard() {
-                        DescriptorBuckets::Dynamic(BTreeMap::new())
+                        DescriptorBuckets::Dynamic(DynamicBuckets::default())
                     } else {
                         DescriptorBuckets::Fixed(TokenBucket::new(&d.token_bucket, now))
                     }
@@ -285,24 +294,24 @@ impl RateLimitState {
         self.tick += 1;
         let tick = self.tick;
         let cap = self.lru_cap;
-        let DescriptorBuckets::Dynamic(map) = self.descriptors.get_mut(i)? else {
+        let DescriptorBuckets::Dynamic(dynamic) = self.descriptors.get_mut(i)? else {
             return None;
         };
-        if let Some(entry) = map.get_mut(request) {
+        if let Some(entry) = dynamic.buckets.get_mut(request) {
+            dynamic.by_use.remove(&entry.1);
             entry.1 = tick;
         } else {
             let spec = self.specs.get(i)?.token_bucket;
-            map.insert(request.clone(), (TokenBucket::new(&spec, now), tick));
-            if map.len() > cap {
-                let oldest = map
-                    .iter()
-                    .min_by_key(|(_, (_, used))| *used)
-                    .map(|(k, _)| k.clone());
-                if let Some(oldest) = oldest {
-                    map.remove(&oldest);
+            dynamic
+                .buckets
+                .insert(request.clone(), (TokenBucket::new(&spec, now), tick));
+            if dynamic.buckets.len() > cap {
+                if let Some((_, oldest)) = dynamic.by_use.pop_first() {
+                    dynamic.buckets.remove(&oldest);
                 }
             }
         }
+        dynamic.by_use.insert(tick, request.clone());
         Some(BucketKey::Dynamic(i, request.clone()))
     }
 
@@ -314,7 +323,7 @@ impl RateLimitState {
                 DescriptorBuckets::Dynamic(_) => None,
             },
             BucketKey::Dynamic(i, d) => match self.descriptors.get(*i)? {
-                DescriptorBuckets::Dynamic(map) => map.get(d).map(|(b, _)| b),
+                DescriptorBuckets::Dynamic(dynamic) => dynamic.buckets.get(d).map(|(b, _)| b),
                 DescriptorBuckets::Fixed(_) => None,
             },
         }
@@ -328,7 +337,7 @@ impl RateLimitState {
                 DescriptorBuckets::Dynamic(_) => None,
             },
             BucketKey::Dynamic(i, d) => match self.descriptors.get_mut(*i)? {
-                DescriptorBuckets::Dynamic(map) => map.get_mut(d).map(|(b, _)| b),
+                DescriptorBuckets::Dynamic(dynamic) => dynamic.buckets.get_mut(d).map(|(b, _)| b),
                 DescriptorBuckets::Fixed(_) => None,
             },
         }

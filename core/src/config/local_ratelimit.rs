@@ -177,8 +177,7 @@ pub(crate) fn local_ratelimit(cx: &mut Ctx, typed: &Any) -> Option<LocalRateLimi
 }
 
 /// A route's, virtual host's or route table's config (`typed_per_filter_config`): the same
-/// message, with a token bucket required. Not read by the connection manager yet: vigil refuses
-/// per-route local rate limits.
+/// message, with a token bucket required.
 #[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn local_ratelimit_per_route(cx: &mut Ctx, typed: &Any) -> Option<LocalRateLimit> {
     read_config(cx, typed, true)
