@@ -35,7 +35,8 @@
 use crate::base::{HeaderOption, RuntimeFraction};
 use crate::protojson::FieldPath;
 use crate::rate_limit_actions::{
-    Descriptor, RateLimitPolicy, RequestFacts, filter_descriptors, route_descriptors,
+    Descriptor, RateLimitPolicy, RequestDescriptor, RequestFacts, filter_descriptors,
+    route_descriptors,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -179,12 +180,19 @@ impl TokenBucket {
 
     /// Takes one token if a whole one is there.
     pub fn consume(&mut self, now: Duration) -> bool {
+        self.consume_n(1, now)
+    }
+
+    /// Takes `n` tokens if they are all there. Taking none (`n == 0`) fails, as Envoy's
+    /// `RateLimitTokenBucket::consume` does (it reports the tokens it took).
+    pub fn consume_n(&mut self, n: u64, now: Duration) -> bool {
         let now = now.as_secs_f64();
         let total = self.tokens(now);
-        if total < 1.0 {
+        let n = n as f64;
+        if n == 0.0 || total < n {
             return false;
         }
-        self.since = now - (total - 1.0) / self.fill_rate;
+        self.since = now - (total - n) / self.fill_rate;
         true
     }
 
@@ -344,25 +352,29 @@ impl RateLimitState {
     }
 
     /// Envoy's `requestAllowed`: whether the request may go, and the bucket to report.
-    fn allowed(&mut self, request: &[Descriptor], now: Duration) -> (bool, Option<BucketKey>) {
-        let mut matched: Vec<(BucketKey, f64)> = Vec::new();
+    fn allowed(
+        &mut self,
+        request: &[RequestDescriptor],
+        now: Duration,
+    ) -> (bool, Option<BucketKey>) {
+        let mut matched: Vec<(BucketKey, f64, u64)> = Vec::new();
         for d in request {
-            if let Some(key) = self.find(d, now) {
+            if let Some(key) = self.find(&d.entries, now) {
                 let rate = self.bucket(&key).map_or(0.0, TokenBucket::fill_rate);
-                matched.push((key, rate));
+                matched.push((key, rate, d.hits));
             }
         }
         // Slowest first; a stable sort keeps the request's order among equals.
         matched.sort_by(|a, b| a.1.total_cmp(&b.1));
-        for (key, _) in &matched {
+        for (key, _, hits) in &matched {
             // A bucket evicted by a later descriptor of the same request is gone here; Envoy
             // still holds it for this request, and it started full.
-            let ok = self.bucket_mut(key).is_none_or(|b| b.consume(now));
+            let ok = self.bucket_mut(key).is_none_or(|b| b.consume_n(*hits, now));
             if !ok {
                 return (false, Some(key.clone()));
             }
         }
-        let first = matched.into_iter().next().map(|(k, _)| k);
+        let first = matched.into_iter().next().map(|(k, _, _)| k);
         if first.is_some() && !self.always_consume_default {
             return (true, first);
         }
@@ -411,7 +423,7 @@ pub fn request_descriptors(
     config: &LocalRateLimit,
     route: Option<RouteRateLimits<'_>>,
     facts: &RequestFacts<'_>,
-) -> Vec<Descriptor> {
+) -> Vec<RequestDescriptor> {
     let mut out = Vec::new();
     if config.descriptors.is_empty() {
         return out;
@@ -512,7 +524,7 @@ pub fn decide<'a>(
     config: &'a LocalRateLimit,
     state: &mut RateLimitState,
     connection: &mut ConnectionLimiter,
-    descriptors: &[Descriptor],
+    descriptors: &[RequestDescriptor],
     draws: Draws,
     now: Duration,
 ) -> Decision<'a> {
@@ -880,7 +892,13 @@ mod tests {
         request: &[&[(&str, &str)]],
         now: Duration,
     ) -> (bool, Option<BucketUsed>) {
-        let request: Vec<Descriptor> = request.iter().map(|d| entries(d)).collect();
+        let request: Vec<RequestDescriptor> = request
+            .iter()
+            .map(|d| RequestDescriptor {
+                entries: entries(d),
+                hits: 1,
+            })
+            .collect();
         let mut conn = ConnectionLimiter::default();
         match decide(c, state, &mut conn, &request, Draws::default(), now) {
             Decision::Allow { bucket, .. } => (true, bucket),
@@ -1031,6 +1049,8 @@ mod tests {
                 descriptor_key: String::new(),
                 descriptor_value: v.into(),
             }],
+            hits_addend: None,
+            apply_on_stream_done: false,
             unsupported: None,
             path: FieldPath::root(),
         };
@@ -1051,7 +1071,7 @@ mod tests {
             };
             request_descriptors(c, Some(levels), &facts)
                 .into_iter()
-                .map(|d| d[0].1.clone())
+                .map(|d| d.entries[0].1.clone())
                 .collect::<Vec<_>>()
         };
         assert_eq!(names(&c, &route, false), vec!["route"]);

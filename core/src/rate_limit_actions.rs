@@ -24,6 +24,12 @@ pub struct RateLimitPolicy {
     /// `disable_key`: the local rate limit filter skips an entry that has one.
     pub disable_key: String,
     pub actions: Vec<RateLimitAction>,
+    /// `hits_addend.number`: the tokens the descriptor takes from its bucket. Only the filter's
+    /// own entries use it (Envoy 1.36.2's local rate limit takes one token for a route's).
+    pub hits_addend: Option<u64>,
+    /// `apply_on_stream_done`: the filter's own entries with it make no descriptor (Envoy 1.36.2's
+    /// local rate limit never applies them); a route's are applied as any other.
+    pub apply_on_stream_done: bool,
     /// The first part vigil cannot evaluate (an action or option of Envoy's it does not
     /// implement), with why. A route's entries are only refused when a local rate limit filter
     /// would make descriptors of them (the router's other users are refused filters).
@@ -83,8 +89,17 @@ pub enum RateLimitAction {
     },
 }
 
-/// One request descriptor: its entries `(key, value)`, in order.
+/// The entries of a descriptor: `(key, value)`, in order.
 pub type Descriptor = Vec<(String, String)>;
+
+/// One descriptor of a request, and the tokens it takes from the bucket it matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestDescriptor {
+    pub entries: Descriptor,
+    /// 1, or the filter's own entry's `hits_addend` (0 takes nothing and is refused, as in
+    /// Envoy).
+    pub hits: u64,
+}
 
 /// What the actions look at besides the request's headers.
 #[derive(Debug, Clone, Copy)]
@@ -271,25 +286,33 @@ pub fn route_descriptors(
     policies: &[RateLimitPolicy],
     stage: u32,
     facts: &RequestFacts<'_>,
-    out: &mut Vec<Descriptor>,
+    out: &mut Vec<RequestDescriptor>,
 ) {
     for policy in policies {
         if policy.stage != stage || !policy.disable_key.is_empty() {
             continue;
         }
-        if let Some(d) = policy.descriptor(facts) {
-            out.push(d);
+        if let Some(entries) = policy.descriptor(facts) {
+            out.push(RequestDescriptor { entries, hits: 1 });
         }
     }
 }
 
-/// The descriptors of the filter's own `rate_limits` (which have no stage nor disable key).
+/// The descriptors of the filter's own `rate_limits` (which have no stage nor disable key):
+/// those without `apply_on_stream_done`, each with its `hits_addend`.
 pub fn filter_descriptors(
     policies: &[RateLimitPolicy],
     facts: &RequestFacts<'_>,
-    out: &mut Vec<Descriptor>,
+    out: &mut Vec<RequestDescriptor>,
 ) {
-    out.extend(policies.iter().filter_map(|p| p.descriptor(facts)));
+    for policy in policies.iter().filter(|p| !p.apply_on_stream_done) {
+        if let Some(entries) = policy.descriptor(facts) {
+            out.push(RequestDescriptor {
+                entries,
+                hits: policy.hits_addend.unwrap_or(1),
+            });
+        }
+    }
 }
 
 #[cfg(test)]
@@ -305,6 +328,8 @@ mod tests {
             stage: 0,
             disable_key: String::new(),
             actions,
+            hits_addend: None,
+            apply_on_stream_done: false,
             unsupported: None,
             path: FieldPath::root(),
         }
@@ -490,13 +515,36 @@ mod tests {
         let plain = policy(vec![generic("three")]);
         let all = [staged, disabled, plain];
         let mut out = Vec::new();
+        let one = |entries| RequestDescriptor { entries, hits: 1 };
         route_descriptors(&all, 0, &facts, &mut out);
-        assert_eq!(out, vec![d(&[("k", "three")])]);
+        assert_eq!(out, vec![one(d(&[("k", "three")]))]);
         out.clear();
         route_descriptors(&all, 1, &facts, &mut out);
-        assert_eq!(out, vec![d(&[("k", "one")])]);
+        assert_eq!(out, vec![one(d(&[("k", "one")]))]);
         out.clear();
-        filter_descriptors(&all[2..], &facts, &mut out);
-        assert_eq!(out, vec![d(&[("k", "three")])]);
+        // The filter's own: hits_addend counts, apply_on_stream_done entries make nothing (a
+        // route's are applied, taking one token).
+        let mut heavy = policy(vec![generic("four")]);
+        heavy.hits_addend = Some(4);
+        let mut late = policy(vec![generic("five")]);
+        late.apply_on_stream_done = true;
+        let own = [all[2].clone(), heavy.clone(), late.clone()];
+        filter_descriptors(&own, &facts, &mut out);
+        assert_eq!(
+            out,
+            vec![
+                one(d(&[("k", "three")])),
+                RequestDescriptor {
+                    entries: d(&[("k", "four")]),
+                    hits: 4
+                }
+            ]
+        );
+        out.clear();
+        route_descriptors(&[heavy, late], 0, &facts, &mut out);
+        assert_eq!(
+            out,
+            vec![one(d(&[("k", "four")])), one(d(&[("k", "five")]))]
+        );
     }
 }

@@ -1323,7 +1323,7 @@ fn rate_limit_descriptors(
     authority: Option<&str>,
     path: &str,
     peer: std::net::SocketAddr,
-) -> Vec<vigil_core::rate_limit_actions::Descriptor> {
+) -> Vec<vigil_core::rate_limit_actions::RequestDescriptor> {
     use vigil_core::config::{ClusterSpecifier, RouteAction};
     use vigil_core::local_ratelimit::{RouteRateLimits, request_descriptors};
     if config.descriptors.is_empty() {

@@ -864,12 +864,34 @@ mod tests {
             assert!(errors.is_empty(), "{errors:?}");
         }
         let e = error(
-            with(json!([{"hits_addend": {"number": 2}, "actions": [{"remote_address": {}}]}])),
+            with(
+                json!([{"hits_addend": {"format": "%REQ(x-n)%"}, "actions": [{"remote_address": {}}]}]),
+            ),
             false,
         );
         assert!(
-            e.starts_with("typed_config.rate_limits[0].hits_addend: hits_addend"),
+            e.starts_with("typed_config.rate_limits[0].hits_addend.format: a hits_addend format"),
             "{e}"
+        );
+        assert_eq!(
+            error(
+                with(json!([{"hits_addend": {}, "actions": [{"remote_address": {}}]}])),
+                false
+            ),
+            "typed_config.rate_limits[0]: hits_addend must contain either a format or a number"
+        );
+        let (c, errors, _) = load(
+            with(
+                json!([{"hits_addend": {"number": 2}, "apply_on_stream_done": true,
+                         "actions": [{"remote_address": {}}]}]),
+            ),
+            false,
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let policy = &c.expect("loads").rate_limits[0];
+        assert_eq!(
+            (policy.hits_addend, policy.apply_on_stream_done),
+            (Some(2), true)
         );
     }
 

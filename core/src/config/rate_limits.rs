@@ -2,9 +2,12 @@
 //! (`crate::rate_limit_actions`): a route's (`route.rate_limits`), a virtual host's
 //! (`rate_limits`) and the local rate limit filter's own (`rate_limits` of its config).
 //!
-//! The actions vigil evaluates are read with Envoy's PGV rules. The others (`source_cluster`:
-//! vigil reads no `node.cluster`; `metadata` / `dynamic_metadata`: vigil keeps no metadata;
-//! `extension`; and the entry options `hits_addend` and `apply_on_stream_done`) are checked against Envoy's schema and recorded in
+//! The actions vigil evaluates are read with Envoy's PGV rules, and so are `hits_addend` (a
+//! number; the local rate limit only uses the filter's own) and `apply_on_stream_done` (the
+//! filter's own such entries are never applied by Envoy 1.36.2's local rate limit, a route's are
+//! applied on the request). The others (`source_cluster`: vigil reads no `node.cluster`;
+//! `metadata` / `dynamic_metadata`: vigil keeps no metadata; `extension`; a `hits_addend`
+//! `format`) are checked against Envoy's schema and recorded in
 //! [`RateLimitPolicy::unsupported`]: a route's entries only matter to vigil when a local rate
 //! limit filter with descriptors makes descriptors of them (`check_route_rate_limits`, at the
 //! connection manager), and the filter's own only when it has descriptors; there they are
@@ -180,35 +183,43 @@ fn rate_limit(cx: &mut Ctx, mut o: Obj, owner: Owner) -> Option<RateLimitPolicy>
     let mut refuse = |p: FieldPath, why: &str| {
         unsupported.get_or_insert((p, why.to_string()));
     };
-    for name in ["limit", "hits_addend"] {
-        if let Some((p, v)) = o.take(name) {
-            schema_check(cx, &p, RATE_LIMIT.name, name, v);
-            match name {
-                // Only the rate limit service's descriptors carry a limit override.
-                "limit" if owner == Owner::Route => {}
-                "limit" => cx.invalid(&p, "'limit' field is not supported"),
-                _ if owner == Owner::Filter && !hits_addend_ok(v) => cx.invalid(
+    if let Some((p, v)) = o.take("limit") {
+        schema_check(cx, &p, RATE_LIMIT.name, "limit", v);
+        // Only the rate limit service's descriptors carry a limit override.
+        if owner == Owner::Filter {
+            cx.invalid(&p, "'limit' field is not supported");
+        }
+    }
+    // Envoy 1.36.2's local rate limit takes one token for a route's entry, whatever its
+    // hits_addend, and applies it on the request even with apply_on_stream_done.
+    let mut hits_addend = None;
+    if let Some((p, v)) = o.take("hits_addend") {
+        schema_check(cx, &p, RATE_LIMIT.name, "hits_addend", v);
+        if owner == Owner::Filter {
+            if !hits_addend_ok(v) {
+                cx.invalid(
                     &path,
                     "hits_addend must contain either a format or a number",
-                ),
-                _ => refuse(
-                    p,
-                    "hits_addend (several tokens per request) is not implemented by vigil: it \
-                     would take one token where Envoy takes more",
-                ),
+                );
+            } else if let Some(n) = v.get("number") {
+                hits_addend =
+                    crate::protojson::integer_value(unwrap(n)).and_then(|n| u64::try_from(n).ok());
+            } else {
+                refuse(
+                    p.field("format"),
+                    "a hits_addend format (tokens taken from a request's value) is not \
+                     implemented by vigil",
+                );
             }
         }
     }
-    if let Some((p, v)) = o.take("apply_on_stream_done") {
-        schema_check(cx, &p, RATE_LIMIT.name, "apply_on_stream_done", v);
-        if crate::protojson::boolean_value(v) == Some(true) {
-            refuse(
-                p,
-                "apply_on_stream_done is not implemented by vigil: Envoy applies the entry when \
-                 the stream ends",
-            );
+    let apply_on_stream_done = match o.take("apply_on_stream_done") {
+        Some((p, v)) => {
+            schema_check(cx, &p, RATE_LIMIT.name, "apply_on_stream_done", v);
+            owner == Owner::Filter && crate::protojson::boolean_value(v) == Some(true)
         }
-    }
+        None => false,
+    };
     if owner == Owner::Filter && (has_stage || !disable_key.is_empty()) {
         cx.invalid(
             &path,
@@ -238,6 +249,8 @@ fn rate_limit(cx: &mut Ctx, mut o: Obj, owner: Owner) -> Option<RateLimitPolicy>
         stage,
         disable_key,
         actions,
+        hits_addend,
+        apply_on_stream_done,
         unsupported,
         path,
     })

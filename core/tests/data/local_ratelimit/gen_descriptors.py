@@ -17,7 +17,8 @@ route table and engine.
 - Listener `own` runs a filter with its own `rate_limits` (`remote_address`) and a wildcard
   `remote_address` descriptor capped at 2 dynamic buckets (`max_dynamic_descriptors`), without
   `always_consume_default_token_bucket`; a client's `x-forwarded-for` names the remote address
-  (`use_remote_address` is false).
+  (`use_remote_address` is false); entries with `hits_addend` 2 and 0 (which refuses every
+  request it matches), and one with `apply_on_stream_done` (never applied).
 - Listener `routes` runs a filter with descriptors and no `rate_limits`: the routes' and the
   virtual host's entries make the descriptors (`request_headers` with and without
   `skip_if_absent`, `generic_key`, `header_value_match` with `expect_match` both ways,
@@ -75,8 +76,18 @@ OWN = {
     "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
     "always_consume_default_token_bucket": False,
     "max_dynamic_descriptors": 2,
-    "descriptors": [desc([("remote_address", "")], bucket(2))],
-    "rate_limits": [{"actions": [{"remote_address": {}}]}],
+    "descriptors": [
+        desc([("remote_address", "")], bucket(2)),
+        desc([("heavy", "yes")], bucket(3)),
+        desc([("zero", "yes")], bucket(5)),
+        desc([("generic_key", "late")], bucket(1)),
+    ],
+    "rate_limits": [
+        {"actions": [{"remote_address": {}}]},
+        {"hits_addend": {"number": 2}, "actions": [{"request_headers": {"header_name": "x-heavy", "descriptor_key": "heavy"}}]},
+        {"hits_addend": {"number": 0}, "actions": [{"request_headers": {"header_name": "x-zero", "descriptor_key": "zero"}}]},
+        {"apply_on_stream_done": True, "actions": [gk("late")]},
+    ],
 }
 
 ROUTES_FILTER = {
@@ -166,6 +177,8 @@ REQUESTS = (
     + [("own", "/x", "127.0.0.11", [])] * 2
     + [("own", "/x", "127.0.0.14", [("x-forwarded-for", "10.9.9.9")])] * 3
     + [("own", "/x", "127.0.0.15", [("x-forwarded-for", "10.9.9.9")])]
+    + [("own", "/x", "127.0.0.16", [("x-heavy", "yes")])] * 2
+    + [("own", "/x", "127.0.0.17", [("x-zero", "yes")])]
     # routes
     + [("routes", "/gk", "127.0.0.21", [])] * 2
     + [("routes", "/user", "127.0.0.21", [("x-user", "alice")])] * 3
