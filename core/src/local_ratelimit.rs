@@ -287,7 +287,14 @@ impl RateLimitState {
     /// The bucket a request descriptor uses, if a configured descriptor matches it: an exact
     /// one first, else the first wildcard (making its bucket, full, and evicting the least
     /// recently used one past the cap).
-    fn find(&mut self, request: &Descriptor, now: Duration) -> Option<BucketKey> {
+    /// A bucket evicted here is pushed on `evicted`: the request that evicted it still takes
+    /// from it, as Envoy's holds it until the request is decided.
+    fn find(
+        &mut self,
+        request: &Descriptor,
+        now: Duration,
+        evicted: &mut Vec<(BucketKey, TokenBucket)>,
+    ) -> Option<BucketKey> {
         let exact = self
             .specs
             .iter()
@@ -315,7 +322,9 @@ impl RateLimitState {
                 .insert(request.clone(), (TokenBucket::new(&spec, now), tick));
             if dynamic.buckets.len() > cap {
                 if let Some((_, oldest)) = dynamic.by_use.pop_first() {
-                    dynamic.buckets.remove(&oldest);
+                    if let Some((bucket, _)) = dynamic.buckets.remove(&oldest) {
+                        evicted.push((BucketKey::Dynamic(i, oldest), bucket));
+                    }
                 }
             }
         }
@@ -358,8 +367,9 @@ impl RateLimitState {
         now: Duration,
     ) -> (bool, Option<BucketKey>) {
         let mut matched: Vec<(BucketKey, f64, u64)> = Vec::new();
+        let mut evicted: Vec<(BucketKey, TokenBucket)> = Vec::new();
         for d in request {
-            if let Some(key) = self.find(&d.entries, now) {
+            if let Some(key) = self.find(&d.entries, now, &mut evicted) {
                 let rate = self.bucket(&key).map_or(0.0, TokenBucket::fill_rate);
                 matched.push((key, rate, d.hits));
             }
@@ -367,9 +377,15 @@ impl RateLimitState {
         // Slowest first; a stable sort keeps the request's order among equals.
         matched.sort_by(|a, b| a.1.total_cmp(&b.1));
         for (key, _, hits) in &matched {
-            // A bucket evicted by a later descriptor of the same request is gone here; Envoy
-            // still holds it for this request, and it started full.
-            let ok = self.bucket_mut(key).is_none_or(|b| b.consume_n(*hits, now));
+            // A bucket evicted by a later descriptor of the same request is taken from all the
+            // same (and then dropped), as in Envoy.
+            let ok = match self.bucket_mut(key) {
+                Some(b) => b.consume_n(*hits, now),
+                None => evicted
+                    .iter_mut()
+                    .find(|(k, _)| k == key)
+                    .is_none_or(|(_, b)| b.consume_n(*hits, now)),
+            };
             if !ok {
                 return (false, Some(key.clone()));
             }
@@ -1033,6 +1049,20 @@ mod tests {
         );
         // Now `b` was the least recently used: still there is `d`.
         assert!(!ask(&c, &mut s, &[d.as_slice()], ms(6)).0);
+        // One request whose descriptors overflow the cap still takes from the bucket it
+        // evicts: `d` is empty, and a new value evicts it within the same request.
+        let mut one = with_descriptors(None, &[(&[("ip", "")], spec(1, 1, 10_000))]);
+        one.max_dynamic_descriptors = 1;
+        let mut s1 = RateLimitState::new(&one, ms(0));
+        assert!(ask(&one, &mut s1, &[d.as_slice()], ms(1)).0);
+        let e = ip("e");
+        assert_eq!(
+            ask(&one, &mut s1, &[d.as_slice(), e.as_slice()], ms(2)),
+            (
+                false,
+                shared(BucketKey::Dynamic(0, entries(&[("ip", "d")])))
+            )
+        );
         // A key that differs, or more entries, matches no wildcard.
         let other: &[(&str, &str)] = &[("port", "a")];
         assert_eq!(ask(&c, &mut s, &[other], ms(7)), (true, None));
