@@ -18,7 +18,7 @@
 //!    themselves, each using only earlier ones): [`health`] (the per-host
 //!    session), [`schedule`], [`check`], [`grpc_health`], [`outlier`], [`cluster_health`],
 //!    [`balance`], [`backoff`], [`dns`], [`xff`], [`path_normalize`], [`cors`], [`csrf`],
-//!    [`rbac`], [`local_ratelimit`], [`jwt_authn`], [`rules`], [`plugin`] (the plugin, rules and
+//!    [`rbac`], [`rate_limit_actions`], [`local_ratelimit`], [`jwt_authn`], [`rules`], [`plugin`] (the plugin, rules and
 //!    outlier configs read themselves with `protojson`);
 //! 4. [`config`]: the Envoy bootstrap, typed down to the structures of the layers below;
 //! 5. [`route`]: route selection over a loaded route configuration.
@@ -50,7 +50,9 @@
 //!   and (with the `jwt` feature, which adds `ring`) the decision on a request: the token's
 //!   checks, the header changes, the 401 / 403 local reply, the stats.
 //! - [`local_ratelimit`]: Envoy's HTTP local rate limit filter: its configuration, the
-//!   continuously refilled token bucket, the decision on a request (enabled, limited, enforced),
+//!   continuously refilled token buckets (the default one, per descriptor, and per value under a
+//!   wildcard descriptor with an LRU cap), the request's descriptors, the decision on a request
+//!   (enabled, limited, enforced),
 //!   its local reply, the `x-ratelimit-*` headers and the counters, with time and random draws as
 //!   inputs.
 //! - [`matcher`]: the request matchers every filter and the routes share: [`matcher::Regex`]
@@ -67,6 +69,9 @@
 //!   the observation batches workers queue to the singleton).
 //! - `protojson` (crate-private): Envoy's proto-JSON reading rules, the one error type with field
 //!   paths, warnings, and the check against Envoy's schema.
+//! - [`rate_limit_actions`]: Envoy's rate limit actions (`config.route.v3.RateLimit`) and the
+//!   descriptors they make of a request (remote address, headers, generic keys, header matches,
+//!   the route's cluster, masked addresses, query parameters), for the local rate limit filter.
 //! - [`rbac`]: Envoy's RBAC filters (HTTP and network): policies, the engine, stats, denials.
 //! - [`route`]: Envoy's HTTP route selection over a loaded route configuration (virtual host by
 //!   authority, first matching route, weighted cluster pick, path rewrites), for the companion's
@@ -101,6 +106,7 @@ pub mod outlier;
 pub mod path_normalize;
 pub mod plugin;
 pub(crate) mod protojson;
+pub mod rate_limit_actions;
 pub mod rbac;
 pub mod route;
 pub mod rules;

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
@@ -46,6 +46,23 @@ pub async fn request_within(
         .map_err(|_| format!("{method} http://{addr}{path}: no response within {timeout:?}"))?
 }
 
+/// [`request`] from a connection bound to `source` (a loopback address), so the proxy sees that
+/// client address.
+pub async fn request_from(
+    source: IpAddr,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Response, String> {
+    tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        request_inner_from(Some(source), addr, method, path, headers, ""),
+    )
+    .await
+    .map_err(|_| format!("{method} http://{addr}{path}: no response within {REQUEST_TIMEOUT:?}"))?
+}
+
 async fn request_inner(
     addr: SocketAddr,
     method: &str,
@@ -53,8 +70,33 @@ async fn request_inner(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Result<Response, String> {
+    request_inner_from(None, addr, method, path, headers, body).await
+}
+
+async fn request_inner_from(
+    source: Option<IpAddr>,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Response, String> {
     let context = |err: &dyn std::fmt::Display| format!("{method} http://{addr}{path}: {err}");
-    let stream = TcpStream::connect(addr).await.map_err(|e| context(&e))?;
+    let stream = match source {
+        None => TcpStream::connect(addr).await.map_err(|e| context(&e))?,
+        Some(ip) => {
+            let socket = if ip.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()
+            } else {
+                tokio::net::TcpSocket::new_v6()
+            }
+            .map_err(|e| context(&e))?;
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .map_err(|e| context(&e))?;
+            socket.connect(addr).await.map_err(|e| context(&e))?
+        }
+    };
     let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| context(&e))?;

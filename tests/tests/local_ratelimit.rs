@@ -4,6 +4,14 @@
 //! limited answers; then the same bucket not enforced, where a limited request goes on with
 //! `request_headers_to_add_when_not_enforced`. A burst of five requests gets the same answers,
 //! headers and counters from both.
+//!
+//! Then descriptors (`descriptors_as_in_envoy`): a wildcard `remote_address` descriptor with at
+//! most two dynamic buckets, fed by a route's `remote_address` action, requests from three client
+//! addresses (the first one's bucket evicted and made anew), a client's `x-forwarded-for` (which
+//! Envoy takes for the remote address without `use_remote_address`); `request_headers` and
+//! `header_value_match` actions; the virtual host's `rate_limits` for a route without its own
+//! (`OVERRIDE`), a route's own config with `vh_rate_limits: INCLUDE`; and a direct response,
+//! which makes no descriptor. The same statuses, `x-ratelimit-*` headers and counters.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -139,4 +147,168 @@ async fn local_rate_limits_as_in_envoy() {
             results[0].0
         );
     }
+}
+
+fn descriptor_config(listen: SocketAddr, admin: SocketAddr, echo: SocketAddr) -> String {
+    let on = "{ runtime_key: rl_on, default_value: { numerator: 100, denominator: HUNDRED } }";
+    let filter = format!(
+        "
+          - name: envoy.filters.http.local_ratelimit
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+              stat_prefix: by_descriptor
+              token_bucket: {{ max_tokens: 50, tokens_per_fill: 1, fill_interval: 10s }}
+              filter_enabled: {on}
+              filter_enforced: {on}
+              enable_x_ratelimit_headers: DRAFT_VERSION_03
+              max_dynamic_descriptors: 2
+              descriptors:
+              - entries: [{{ key: remote_address }}]
+                token_bucket: {{ max_tokens: 2, tokens_per_fill: 1, fill_interval: 10s }}
+              - entries: [{{ key: user }}]
+                token_bucket: {{ max_tokens: 1, tokens_per_fill: 1, fill_interval: 10s }}
+              - entries: [{{ key: header_match, value: admin }}]
+                token_bucket: {{ max_tokens: 1, tokens_per_fill: 1, fill_interval: 10s }}
+              - entries: [{{ key: generic_key, value: vh }}]
+                token_bucket: {{ max_tokens: 2, tokens_per_fill: 1, fill_interval: 20s }}
+              - entries: [{{ key: generic_key, value: own }}]
+                token_bucket: {{ max_tokens: 3, tokens_per_fill: 1, fill_interval: 10s }}"
+    );
+    let routes = format!(
+        "
+              - match: {{ prefix: \"/ip\" }}
+                route:
+                  cluster: echo
+                  rate_limits: [{{ actions: [{{ remote_address: {{}} }}] }}]
+              - match: {{ prefix: \"/user\" }}
+                route:
+                  cluster: echo
+                  rate_limits:
+                  - actions: [{{ request_headers: {{ header_name: x-user, descriptor_key: user }} }}]
+              - match: {{ prefix: \"/admin\" }}
+                route:
+                  cluster: echo
+                  rate_limits:
+                  - actions:
+                    - header_value_match:
+                        descriptor_value: admin
+                        headers: [{{ name: x-admin, present_match: true }}]
+              - match: {{ prefix: \"/include\" }}
+                route:
+                  cluster: echo
+                  rate_limits: [{{ actions: [{{ generic_key: {{ descriptor_value: own }} }}] }}]
+                typed_per_filter_config:
+                  envoy.filters.http.local_ratelimit:
+                    \"@type\": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+                    stat_prefix: included
+                    token_bucket: {{ max_tokens: 50, tokens_per_fill: 1, fill_interval: 10s }}
+                    filter_enabled: {on}
+                    filter_enforced: {on}
+                    enable_x_ratelimit_headers: DRAFT_VERSION_03
+                    vh_rate_limits: INCLUDE
+                    descriptors:
+                    - entries: [{{ key: generic_key, value: vh }}]
+                      token_bucket: {{ max_tokens: 1, tokens_per_fill: 1, fill_interval: 10s }}
+                    - entries: [{{ key: generic_key, value: own }}]
+                      token_bucket: {{ max_tokens: 3, tokens_per_fill: 1, fill_interval: 10s }}
+              - match: {{ prefix: \"/direct\" }}
+                direct_response: {{ status: 200, body: {{ inline_string: direct }} }}
+              - match: {{ prefix: \"/\" }}
+                route: {{ cluster: echo }}
+              rate_limits:
+              - actions: [{{ generic_key: {{ descriptor_value: vh }} }}]"
+    );
+    let mut spec = ListenerSpec::new(
+        "rl_descriptors",
+        &routes,
+        &cluster_yaml("echo", &[echo], "", None),
+    );
+    spec.http_filters = filter;
+    spec.render(listen, admin)
+}
+
+/// (client address, path, request headers) of one request.
+type Step<'a> = (IpAddr, &'a str, &'a [(&'a str, &'a str)]);
+
+async fn descriptor_burst(listen: SocketAddr, clients: &[IpAddr; 3]) -> Vec<String> {
+    let [a, b, c] = *clients;
+    let none: &[(&str, &str)] = &[];
+    let xff: &[(&str, &str)] = &[("x-forwarded-for", "10.20.30.40")];
+    let alice: &[(&str, &str)] = &[("x-user", "alice")];
+    let bob: &[(&str, &str)] = &[("x-user", "bob")];
+    let admin: &[(&str, &str)] = &[("x-admin", "1")];
+    let steps: Vec<Step> = vec![
+        (a, "/ip", none),
+        (a, "/ip", none),
+        (a, "/ip", none),
+        (b, "/ip", none),
+        (c, "/ip", none),
+        // a's bucket was the least recently used: evicted by c's, made anew.
+        (a, "/ip", none),
+        (b, "/ip", xff),
+        (c, "/ip", xff),
+        (c, "/ip", xff),
+        (a, "/user", alice),
+        (a, "/user", alice),
+        (a, "/user", bob),
+        (a, "/user", none),
+        (a, "/admin", admin),
+        (a, "/admin", admin),
+        (a, "/admin", none),
+        (a, "/other", none),
+        (a, "/other", none),
+        (a, "/other", none),
+        (a, "/include", none),
+        (a, "/include", none),
+        (a, "/direct", none),
+    ];
+    let mut out = Vec::new();
+    for (i, (source, path, headers)) in steps.into_iter().enumerate() {
+        let response = http::request_from(source, listen, "GET", path, headers)
+            .await
+            .unwrap_or_else(|err| panic!("GET {path} ({i}): {err}"));
+        let shown: Vec<String> = SHOWN[..3]
+            .iter()
+            .filter_map(|name| {
+                response
+                    .headers
+                    .get(*name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| format!("{name}={v}"))
+            })
+            .collect();
+        out.push(format!(
+            "{i} {path} {} [{}]",
+            response.status,
+            shown.join(", ")
+        ));
+    }
+    out
+}
+
+#[tokio::test]
+async fn descriptors_as_in_envoy() {
+    let dir = paths::scratch_dir("local_ratelimit_descriptors");
+    let echo = EchoUpstream::start(IpAddr::V4(net::fresh_loopback())).await;
+    let echo_at = echo.address;
+    let clients = [
+        IpAddr::V4(net::fresh_loopback()),
+        IpAddr::V4(net::fresh_loopback()),
+        IpAddr::V4(net::fresh_loopback()),
+    ];
+    let procs = start_envoy_and_vigil(&dir, |listen, admin| {
+        descriptor_config(listen, admin, echo_at)
+    })
+    .await
+    .unwrap_or_else(|err| panic!("{err}"));
+    let mut answers = Vec::new();
+    let mut stats = Vec::new();
+    for (_, listen, process) in &procs {
+        answers.push(descriptor_burst(*listen, &clients).await);
+        stats.push(counters(process).await);
+    }
+    vigil_tests::envoy::assert_same_answers(&answers);
+    assert_eq!(stats[0], stats[1], "the counters");
+    let limited = answers[0].iter().filter(|a| a.contains(" 429 ")).count();
+    assert_eq!(limited, 6, "{:#?}", answers[0]);
 }

@@ -18,8 +18,8 @@ use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use vigil_core::balance::hash_policy::{self, HashInput};
 use vigil_core::config::HttpFilterKind;
@@ -53,6 +53,12 @@ struct Outcome {
     /// Response headers the filters add (appended) to whatever answer comes (ext_authz's
     /// `allowed_client_headers_on_success`).
     appended_headers: Vec<(String, String)>,
+    /// The local rate limit filters' `x-ratelimit-*` headers, read from the bucket each
+    /// decision named when the response goes out (as Envoy's `encodeHeaders` reads them).
+    rate_limit_headers: Vec<(
+        Arc<Mutex<vigil_core::local_ratelimit::RateLimitState>>,
+        vigil_core::local_ratelimit::BucketUsed,
+    )>,
     /// `x-vigil-upstream` and `x-vigil-decision`, when `decision_headers` is on.
     vigil_upstream: Option<String>,
     vigil_decision: Option<String>,
@@ -110,6 +116,18 @@ pub async fn handle(
     for (name, value) in &outcome.filter_headers {
         if let Ok(value) = HeaderValue::from_str(value) {
             response.headers_mut().insert(*name, value);
+        }
+    }
+    let now = monotonic_now();
+    for (state_lock, bucket) in &outcome.rate_limit_headers {
+        let limiter = state_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let connection = vigil_core::local_ratelimit::ConnectionLimiter::default();
+        for (name, value) in
+            vigil_core::local_ratelimit::bucket_headers(&limiter, &connection, Some(bucket), now)
+        {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                response.headers_mut().append(name, value);
+            }
         }
     }
     for (name, value) in &outcome.appended_headers {
@@ -516,39 +534,46 @@ async fn respond(
                         },
                     };
                 let now = monotonic_now();
+                let descriptors = rate_limit_descriptors(
+                    state,
+                    config,
+                    &parts,
+                    authority.as_deref(),
+                    &path,
+                    peer,
+                );
                 let draws = Draws {
                     enabled: random(),
                     enforced: random(),
                 };
                 // Buckets per connection are refused at load: this one is never used.
                 let mut connection = ConnectionLimiter::default();
-                let (decision, ratelimit_headers) = {
+                let decision = {
                     let mut limiter = state_lock.lock().unwrap_or_else(|p| p.into_inner());
-                    let decision = vigil_core::local_ratelimit::decide(
+                    vigil_core::local_ratelimit::decide(
                         config,
                         &mut limiter,
                         &mut connection,
+                        &descriptors,
                         draws,
                         now,
-                    );
-                    let bucket = match &decision {
-                        Limited::Disabled => None,
-                        Limited::Allow { bucket, .. } | Limited::Deny { bucket, .. } => *bucket,
-                    };
-                    let headers = vigil_core::local_ratelimit::response_headers(
-                        config,
-                        &limiter,
-                        &connection,
-                        bucket,
-                        now,
-                    );
-                    (decision, headers)
+                    )
                 };
-                outcome.appended_headers.extend(
-                    ratelimit_headers
-                        .into_iter()
-                        .map(|(name, value)| (name.to_string(), value)),
-                );
+                if let Limited::Allow {
+                    bucket: Some(bucket),
+                    ..
+                }
+                | Limited::Deny {
+                    bucket: Some(bucket),
+                    ..
+                } = &decision
+                {
+                    if config.x_ratelimit_headers {
+                        outcome
+                            .rate_limit_headers
+                            .push((state_lock.clone(), bucket.clone()));
+                    }
+                }
                 let context = FormatContext {
                     start: started,
                     downstream,
@@ -1285,6 +1310,65 @@ fn filter_override<'s>(
     let view = RequestView::new(authority, path, parts.method.as_str(), &borrowed);
     let selected = state.routes.select(&view)?;
     selected.filter_override(state.routes.config(), filter)
+}
+
+/// The descriptors of a request for a local rate limit config (none unless it has
+/// `descriptors`): its actions see the request as it is now, the route chosen on it, and the
+/// downstream remote address as the connection manager settles it (the peer, or an address of
+/// `x-forwarded-for` under `use_remote_address` / `xff_num_trusted_hops`, as RBAC sees it).
+fn rate_limit_descriptors(
+    state: &ListenerState,
+    config: &vigil_core::local_ratelimit::LocalRateLimit,
+    parts: &http::request::Parts,
+    authority: Option<&str>,
+    path: &str,
+    peer: std::net::SocketAddr,
+) -> Vec<vigil_core::rate_limit_actions::RequestDescriptor> {
+    use vigil_core::config::{ClusterSpecifier, RouteAction};
+    use vigil_core::local_ratelimit::{RouteRateLimits, request_descriptors};
+    if config.descriptors.is_empty() {
+        return Vec::new();
+    }
+    // Every value, as text (bytes that are not UTF-8 replaced): a header is never taken for
+    // absent because of its bytes.
+    let owned: Vec<(&str, std::borrow::Cow<'_, str>)> = parts
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), String::from_utf8_lossy(v.as_bytes())))
+        .collect();
+    let borrowed: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (*n, v.as_ref())).collect();
+    let view = RequestView::new(authority, path, parts.method.as_str(), &borrowed);
+    let remote = vigil_core::xff::trusted_client_address(
+        peer,
+        parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok()),
+        state.hcm.use_remote_address,
+        state.hcm.xff_num_trusted_hops,
+    );
+    let selected = state.routes.select(&view);
+    let forward = selected.as_ref().and_then(|s| match &s.route.action {
+        RouteAction::Forward(f) => Some((s, f)),
+        _ => None,
+    });
+    // A weighted cluster with a destination_cluster action is refused at load.
+    let cluster = forward.and_then(|(_, f)| match &f.cluster {
+        ClusterSpecifier::Cluster(name) => Some(name.clone()),
+        ClusterSpecifier::Header(h) => Some(view.first(h).unwrap_or_default().to_string()),
+        ClusterSpecifier::Weighted(_) => None,
+    });
+    let facts = vigil_core::rate_limit_actions::RequestFacts {
+        request: &view,
+        remote: Some(remote.ip()),
+        route_cluster: cluster.as_deref(),
+    };
+    let route = forward.map(|(s, f)| RouteRateLimits {
+        route: &f.rate_limits,
+        include_vh_rate_limits: f.include_vh_rate_limits,
+        virtual_host: &s.virtual_host.rate_limits,
+    });
+    request_descriptors(config, route, &facts)
 }
 
 /// A monotonic clock for the filters' token buckets (any fixed origin: only differences count).

@@ -532,8 +532,16 @@ pub(super) fn filter_settings(
         } else if type_name == super::buffer::BUFFER_PER_ROUTE_TYPE {
             super::buffer::buffer_per_route(cx, &typed)
         } else {
-            super::local_ratelimit::local_ratelimit_per_route(cx, &typed)
-                .map(|c| FilterOverride::LocalRateLimit(Box::new(c)))
+            super::local_ratelimit::local_ratelimit_per_route(cx, &typed).map(|c| {
+                if c.per_connection {
+                    cx.unsupported(
+                        &c.path.field("local_rate_limit_per_downstream_connection"),
+                        "a bucket per downstream connection is not implemented by vigil yet: it \
+                         would limit connections differently than Envoy",
+                    );
+                }
+                FilterOverride::LocalRateLimit(Box::new(c))
+            })
         };
         if let Some(setting) = setting {
             out.overrides.push((key.clone(), setting));

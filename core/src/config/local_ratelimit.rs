@@ -13,19 +13,28 @@
 //! while the runtime key is unset. The key is kept ([`RuntimeFraction::runtime_key`]) so the shell
 //! can refuse a bootstrap whose runtime layers set it.
 //!
-//! Refused by name, since ignoring them would let through requests Envoy limits: `descriptors`
-//! (descriptor-based buckets, fed by `rate_limits` actions or the route's rate limit actions, are
-//! not implemented by vigil) and `local_cluster_rate_limit` (the share of the local cluster needs
-//! its membership). Without `descriptors`, Envoy builds no descriptor, so `rate_limits`, `stage`,
-//! `vh_rate_limits`, `max_dynamic_descriptors` and `always_consume_default_token_bucket` change
-//! nothing: they are read and checked, and kept for when descriptors are.
+//! Descriptors (`descriptors`, `always_consume_default_token_bucket`, `max_dynamic_descriptors`)
+//! are read with Envoy's load-time rules: at least one entry, a key, a bucket whose
+//! `fill_interval` is at least 50 ms, no descriptor twice (`duplicate descriptor in the local
+//! rate descriptor: k=v, ...`). So are the filter's own `rate_limits` (`config::rate_limits`;
+//! Envoy's filter-level reader refuses `stage`, `disable_key` and `limit` there), which make the
+//! request's descriptors when there are any; otherwise the route's and virtual host's
+//! `rate_limits` do (checked by the connection manager: `check_route_rate_limits`).
+//!
+//! Refused by name, since ignoring them would let through requests Envoy limits: an action or
+//! option of `rate_limits` vigil does not evaluate, when the filter has descriptors (see
+//! `config::rate_limits`); two wildcard descriptors that can match the same request (Envoy
+//! picks one by hash order); and `local_cluster_rate_limit` (the share of the local cluster
+//! needs its membership). Without `descriptors`, Envoy builds no descriptor, so `rate_limits`,
+//! `stage` and `vh_rate_limits` change nothing: they are read and checked.
 
+use super::rate_limits::{Owner, rate_limits};
 use super::schema::{
     FRACTIONAL_PERCENT, FRACTIONAL_PERCENT_DENOMINATOR, RUNTIME_FRACTIONAL_PERCENT,
 };
 use crate::base::{HeaderOption, RuntimeFraction};
-use crate::local_ratelimit::{LocalRateLimit, TokenBucketSpec, VhRateLimits};
-use crate::protojson::{Any, Ctx, Enum, Message, Obj, read, reject};
+use crate::local_ratelimit::{DescriptorSpec, LocalRateLimit, TokenBucketSpec, VhRateLimits};
+use crate::protojson::{Any, Ctx, Enum, FieldPath, MIN_LEN_1, Message, Obj, read, reject};
 
 /// The filter's `@type`.
 pub(crate) const LOCAL_RATELIMIT_TYPE: &str =
@@ -34,8 +43,6 @@ pub(crate) const LOCAL_RATELIMIT_TYPE: &str =
 /// Envoy's answer to a limited request when `status` is unset or below 400.
 const TOO_MANY_REQUESTS: u16 = 429;
 
-const NO_DESCRIPTORS: &str = "descriptor-based local rate limits are not implemented by vigil: \
-     it would let through requests Envoy limits by descriptor";
 const NO_LOCAL_CLUSTER: &str = "sharing the limit across the local cluster needs its membership, \
      which vigil does not track: each instance would allow the whole limit";
 
@@ -49,7 +56,7 @@ static LOCAL_RATE_LIMIT: Message = Message {
         read("filter_enforced"),
         read("request_headers_to_add_when_not_enforced"),
         read("response_headers_to_add"),
-        reject("descriptors", NO_DESCRIPTORS),
+        read("descriptors"),
         read("stage"),
         read("local_rate_limit_per_downstream_connection"),
         reject("local_cluster_rate_limit", NO_LOCAL_CLUSTER),
@@ -70,6 +77,18 @@ static TOKEN_BUCKET: Message = Message {
         read("tokens_per_fill"),
         read("fill_interval"),
     ],
+    removed: &[],
+};
+
+static LOCAL_RATE_LIMIT_DESCRIPTOR: Message = Message {
+    name: "envoy.extensions.common.ratelimit.v3.LocalRateLimitDescriptor",
+    fields: &[read("entries"), read("token_bucket")],
+    removed: &[],
+};
+
+static DESCRIPTOR_ENTRY: Message = Message {
+    name: "envoy.extensions.common.ratelimit.v3.RateLimitDescriptor.Entry",
+    fields: &[read("key"), read("value")],
     removed: &[],
 };
 
@@ -158,8 +177,7 @@ pub(crate) fn local_ratelimit(cx: &mut Ctx, typed: &Any) -> Option<LocalRateLimi
 }
 
 /// A route's, virtual host's or route table's config (`typed_per_filter_config`): the same
-/// message, with a token bucket required. Not read by the connection manager yet: vigil refuses
-/// per-route local rate limits.
+/// message, with a token bucket required.
 #[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn local_ratelimit_per_route(cx: &mut Ctx, typed: &Any) -> Option<LocalRateLimit> {
     read_config(cx, typed, true)
@@ -233,15 +251,16 @@ fn read_config(cx: &mut Ctx, typed: &Any, per_route: bool) -> Option<LocalRateLi
         Some(n) => n,
         None => 20,
     };
-    // Without descriptors Envoy never evaluates these actions; with the envoy-schema feature
-    // they are still checked against Envoy's schema, so a file Envoy refuses is refused.
-    let rate_limits = o.take("rate_limits");
-    #[cfg(feature = "envoy-schema")]
-    if let Some((p, v)) = rate_limits {
-        crate::protojson::validate::field(cx, &p, LOCAL_RATE_LIMIT.name, "rate_limits", v);
+    let descriptors = descriptors(cx, o.list("descriptors"));
+    let rate_limits = rate_limits(cx, o.list("rate_limits"), Owner::Filter);
+    // Without descriptors Envoy never evaluates the actions.
+    if !descriptors.is_empty() {
+        for policy in &rate_limits {
+            if let Some((p, why)) = &policy.unsupported {
+                cx.unsupported(p, why.clone());
+            }
+        }
     }
-    #[cfg(not(feature = "envoy-schema"))]
-    let _ = rate_limits;
     o.finish(cx);
     (cx.errors.len() == errors).then_some(LocalRateLimit {
         stat_prefix,
@@ -258,7 +277,142 @@ fn read_config(cx: &mut Ctx, typed: &Any, per_route: bool) -> Option<LocalRateLi
         vh_rate_limits,
         always_consume_default_token_bucket,
         max_dynamic_descriptors,
+        descriptors,
+        rate_limits,
         path,
+    })
+}
+
+/// `descriptors`, with Envoy's checks (`LocalRateLimiterImpl`'s constructor among them).
+fn descriptors(cx: &mut Ctx, list: Vec<(FieldPath, &serde_json::Value)>) -> Vec<DescriptorSpec> {
+    let mut out: Vec<(FieldPath, DescriptorSpec)> = Vec::new();
+    for (p, v) in list {
+        let Some(mut o) = Obj::new(cx, p.clone(), v, &LOCAL_RATE_LIMIT_DESCRIPTOR) else {
+            continue;
+        };
+        let errors = cx.errors.len();
+        let entries_list = o.list("entries");
+        if entries_list.is_empty() {
+            cx.invalid(&p.field("entries"), "value must contain at least 1 item(s)");
+        }
+        let mut entries = Vec::new();
+        for (ep, ev) in entries_list {
+            let Some(mut e) = Obj::new(cx, ep, ev, &DESCRIPTOR_ENTRY) else {
+                continue;
+            };
+            let key = e.required_string(cx, "key", MIN_LEN_1);
+            let value = e.string(cx, "value").unwrap_or_default();
+            e.finish(cx);
+            if let Some(key) = key {
+                entries.push((key, value));
+            }
+        }
+        let has_bucket = o.has("token_bucket");
+        let bucket = o
+            .message(cx, "token_bucket", &TOKEN_BUCKET)
+            .and_then(|b| descriptor_token_bucket(cx, b));
+        if !has_bucket {
+            cx.invalid(&p.field("token_bucket"), "value is required");
+        }
+        o.finish(cx);
+        let (Some(token_bucket), true) = (bucket, cx.errors.len() == errors) else {
+            continue;
+        };
+        let spec = DescriptorSpec {
+            entries,
+            token_bucket,
+        };
+        let shown = || {
+            spec.entries
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if out.iter().any(|(_, d)| d.entries == spec.entries) {
+            cx.invalid(
+                &p,
+                format!(
+                    "duplicate descriptor in the local rate descriptor: {}",
+                    shown()
+                ),
+            );
+            continue;
+        }
+        let wildcard = |d: &DescriptorSpec| d.entries.iter().any(|(_, v)| v.is_empty());
+        let overlaps = |d: &DescriptorSpec| {
+            d.entries.len() == spec.entries.len()
+                && d.entries
+                    .iter()
+                    .zip(&spec.entries)
+                    .all(|((k, v), (k2, v2))| k == k2 && (v.is_empty() || v2.is_empty() || v == v2))
+        };
+        if wildcard(&spec) {
+            if let Some((other, _)) = out.iter().find(|(_, d)| wildcard(d) && overlaps(d)) {
+                cx.unsupported(
+                    &p,
+                    format!(
+                        "this wildcard descriptor and {other} can match the same request \
+                         descriptor, and Envoy then picks one of them by hash order: vigil \
+                         refuses the ambiguity"
+                    ),
+                );
+                continue;
+            }
+        }
+        out.push((p, spec));
+    }
+    out.into_iter().map(|(_, d)| d).collect()
+}
+
+/// A descriptor's `token_bucket`: the message's rules, and Envoy's 50 ms floor on the
+/// `fill_interval` truncated to milliseconds.
+fn descriptor_token_bucket(cx: &mut Ctx, mut o: Obj) -> Option<TokenBucketSpec> {
+    let path = o.path.clone();
+    let max_tokens = o.u32(cx, "max_tokens").unwrap_or(0);
+    let tokens_per_fill = o.u32(cx, "tokens_per_fill");
+    let fill_interval = o.duration(cx, "fill_interval");
+    let fill_set = o.has("fill_interval");
+    o.finish(cx);
+    let mut ok = true;
+    if max_tokens == 0 {
+        cx.invalid(&path.field("max_tokens"), "value must be greater than 0");
+        ok = false;
+    }
+    if tokens_per_fill == Some(0) {
+        cx.invalid(
+            &path.field("tokens_per_fill"),
+            "value must be greater than 0",
+        );
+        ok = false;
+    }
+    let fill_interval_ms = match fill_interval {
+        Some(d) if d.is_zero() => {
+            cx.invalid(
+                &path.field("fill_interval"),
+                "value must be greater than 0s",
+            );
+            return None;
+        }
+        Some(d) => d.millis(),
+        None => {
+            if !fill_set {
+                cx.invalid(&path.field("fill_interval"), "value is required");
+            }
+            return None;
+        }
+    };
+    if fill_interval_ms < 50 {
+        cx.invalid(
+            &path.field("fill_interval"),
+            "local rate limit descriptor token bucket fill timer must be >= 50ms",
+        );
+        return None;
+    }
+    ok.then_some(TokenBucketSpec {
+        max_tokens,
+        tokens_per_fill: tokens_per_fill.unwrap_or(1),
+        fill_interval_ms,
     })
 }
 
@@ -580,16 +734,169 @@ mod tests {
     }
 
     #[test]
-    fn descriptors_and_the_local_cluster_share_are_refused_by_name() {
+    fn descriptors_are_read_with_envoys_rules() {
+        let tb = json!({"max_tokens": 2, "tokens_per_fill": 1, "fill_interval": "10s"});
+        let (c, errors, _) = load(
+            json!({"stat_prefix": "a", "descriptors": [
+                {"entries": [{"key": "k", "value": "v"}, {"key": "k2", "value": "v2"}], "token_bucket": tb},
+                {"entries": [{"key": "remote_address"}], "token_bucket": tb}],
+                "rate_limits": [{"actions": [{"remote_address": {}}]}]}),
+            false,
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let c = c.expect("loads");
+        assert_eq!(c.descriptors.len(), 2);
+        assert_eq!(
+            c.descriptors[1].entries,
+            vec![("remote_address".into(), String::new())]
+        );
+        assert_eq!(c.rate_limits.len(), 1);
+        let twice = json!({"entries": [{"key": "k", "value": "v"}, {"key": "k2", "value": "v2"}],
+                           "token_bucket": tb});
+        assert_eq!(
+            error(
+                json!({"stat_prefix": "a", "descriptors": [twice, twice]}),
+                false
+            ),
+            "typed_config.descriptors[1]: duplicate descriptor in the local rate descriptor: k=v, k2=v2"
+        );
+        assert_eq!(
+            error(
+                json!({"stat_prefix": "a", "descriptors": [{"entries": [{"key": "k"}],
+                       "token_bucket": {"max_tokens": 1, "fill_interval": "0.049s"}}]}),
+                false
+            ),
+            "typed_config.descriptors[0].token_bucket.fill_interval: local rate limit descriptor \
+             token bucket fill timer must be >= 50ms"
+        );
+        assert_eq!(
+            error(
+                json!({"stat_prefix": "a", "descriptors": [{"entries": [], "token_bucket": tb}]}),
+                false
+            ),
+            "typed_config.descriptors[0].entries: value must contain at least 1 item(s)"
+        );
+        assert_eq!(
+            error(
+                json!({"stat_prefix": "a", "descriptors": [{"entries": [{"key": "k"}]}]}),
+                false
+            ),
+            "typed_config.descriptors[0].token_bucket: value is required"
+        );
+        assert_eq!(
+            error(
+                json!({"stat_prefix": "a", "descriptors": [{"entries": [{"value": "v"}], "token_bucket": tb}]}),
+                false
+            ),
+            "typed_config.descriptors[0].entries[0].key: value length must be at least 1 characters"
+        );
+        // Two wildcards that can match one request descriptor: Envoy's pick is by hash order.
         let e = error(
-            json!({"stat_prefix": "a", "descriptors": [{"entries": [{"key": "k", "value": "v"}],
-                   "token_bucket": {"max_tokens": 1, "fill_interval": "1s"}}]}),
+            json!({"stat_prefix": "a", "descriptors": [
+                {"entries": [{"key": "a"}, {"key": "b", "value": "x"}], "token_bucket": tb},
+                {"entries": [{"key": "a", "value": "y"}, {"key": "b"}], "token_bucket": tb}]}),
+            false,
+        );
+        assert!(e.starts_with("typed_config.descriptors[1]: this wildcard descriptor and typed_config.descriptors[0]"), "{e}");
+    }
+
+    #[test]
+    fn the_filters_own_rate_limits_follow_envoys_rules() {
+        let tb = json!({"max_tokens": 2, "fill_interval": "10s"});
+        let with = |rate_limits: Value| {
+            json!({"stat_prefix": "a", "rate_limits": rate_limits,
+                   "descriptors": [{"entries": [{"key": "k"}], "token_bucket": tb}]})
+        };
+        assert_eq!(
+            error(
+                with(json!([{"stage": 0, "actions": [{"remote_address": {}}]}])),
+                false
+            ),
+            "typed_config.rate_limits[0]: 'stage' field and 'disable_key' field are not supported"
+        );
+        assert_eq!(
+            error(
+                with(json!([{"disable_key": "x", "actions": [{"remote_address": {}}]}])),
+                false
+            ),
+            "typed_config.rate_limits[0]: 'stage' field and 'disable_key' field are not supported"
+        );
+        assert_eq!(
+            error(
+                with(
+                    json!([{"limit": {"dynamic_metadata": {"metadata_key": {"key": "a", "path": [{"key": "b"}]}}},
+                             "actions": [{"remote_address": {}}]}])
+                ),
+                false
+            ),
+            "typed_config.rate_limits[0].limit: 'limit' field is not supported"
+        );
+        assert_eq!(
+            error(with(json!([{"actions": []}])), false),
+            "typed_config.rate_limits[0].actions: value must contain at least 1 item(s)"
+        );
+        assert_eq!(
+            error(
+                with(json!([{"actions": [{"generic_key": {"descriptor_value": ""}}]}])),
+                false
+            ),
+            "typed_config.rate_limits[0].actions[0].generic_key.descriptor_value: value length must be at least 1 characters"
+        );
+        // Actions vigil does not evaluate are refused by name when descriptors use them...
+        for (action, field) in [
+            (json!({"source_cluster": {}}), "source_cluster"),
+            (
+                json!({"metadata": {"descriptor_key": "k", "metadata_key": {"key": "a", "path": [{"key": "b"}]}}}),
+                "metadata",
+            ),
+        ] {
+            let e = error(with(json!([{"actions": [action.clone()]}])), false);
+            assert!(
+                e.starts_with(&format!("typed_config.rate_limits[0].actions[0].{field}: ")),
+                "{e}"
+            );
+            assert!(e.contains("not implemented by vigil"), "{e}");
+            // ... and accepted when there are none (Envoy never evaluates them then).
+            let (_, errors, _) = load(
+                json!({"stat_prefix": "a", "rate_limits": [{"actions": [action]}]}),
+                false,
+            );
+            assert!(errors.is_empty(), "{errors:?}");
+        }
+        let e = error(
+            with(
+                json!([{"hits_addend": {"format": "%REQ(x-n)%"}, "actions": [{"remote_address": {}}]}]),
+            ),
             false,
         );
         assert!(
-            e.starts_with("typed_config.descriptors: descriptor-based"),
+            e.starts_with("typed_config.rate_limits[0].hits_addend.format: a hits_addend format"),
             "{e}"
         );
+        assert_eq!(
+            error(
+                with(json!([{"hits_addend": {}, "actions": [{"remote_address": {}}]}])),
+                false
+            ),
+            "typed_config.rate_limits[0]: hits_addend must contain either a format or a number"
+        );
+        let (c, errors, _) = load(
+            with(
+                json!([{"hits_addend": {"number": 2}, "apply_on_stream_done": true,
+                         "actions": [{"remote_address": {}}]}]),
+            ),
+            false,
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let policy = &c.expect("loads").rate_limits[0];
+        assert_eq!(
+            (policy.hits_addend, policy.apply_on_stream_done),
+            (Some(2), true)
+        );
+    }
+
+    #[test]
+    fn the_local_cluster_share_is_refused_by_name() {
         let e = error(
             json!({"stat_prefix": "a", "local_cluster_rate_limit": {}}),
             false,
@@ -682,7 +989,7 @@ mod vectors {
                 .entry(r["connection"].as_str().unwrap_or_default().to_string())
                 .or_default();
             // Every recorded fraction is 0 % or 100 %: any draw gives Envoy's answer.
-            let decision = decide(config, state, connection, Draws::default(), now);
+            let decision = decide(config, state, connection, &[], Draws::default(), now);
             // (status, response headers, body of a local reply, headers added upstream, bucket)
             let answer: Answer = match decision {
                 Decision::Disabled => (200, Vec::new(), None, Vec::new(), None),
@@ -730,7 +1037,8 @@ mod vectors {
             // the client saw at `done_ms`.
             let done_us = (r["done_ms"].as_f64().unwrap_or_default() * 1000.0) as u64;
             let done = start + Duration::from_secs(1) + Duration::from_micros(done_us);
-            for (name, value) in response_headers(config, state, connection, bucket, done) {
+            for (name, value) in response_headers(config, state, connection, bucket.as_ref(), done)
+            {
                 headers.push((name.to_string(), value));
             }
             let envoy = &r["envoy"];

@@ -263,7 +263,7 @@ pub(crate) fn string_match(cx: &mut Ctx, mut o: Obj) -> Option<StringMatch> {
     })
 }
 
-fn query_matcher(cx: &mut Ctx, mut o: Obj) -> Option<QueryParameterMatcher> {
+pub(crate) fn query_matcher(cx: &mut Ctx, mut o: Obj) -> Option<QueryParameterMatcher> {
     let path = o.path.clone();
     let name = o.required_string(cx, "name", MIN_LEN_1);
     if name.as_ref().is_some_and(|n| n.len() > 1024) {

@@ -58,7 +58,9 @@
 //!   `per_filter` (what a route level says to the HTTP filters);
 //! - `filters` (which filters are enforced, ignored or refused; `filter_chain_match`) and one
 //!   reader per filter vigil runs: `buffer`, `csrf`, `ext_authz`, `jwt_authn`, `local_ratelimit`,
-//!   `rbac` (most fill types of the filter's own module: `crate::rbac`, `crate::csrf`, ...).
+//!   `rbac` (most fill types of the filter's own module: `crate::rbac`, `crate::csrf`, ...);
+//!   `rate_limits` reads the rate limit actions of routes, virtual hosts and the local rate limit
+//!   filter (`crate::rate_limit_actions`).
 
 mod access_log;
 mod address;
@@ -79,6 +81,7 @@ mod listener;
 mod local_ratelimit;
 mod matchers;
 mod per_filter;
+mod rate_limits;
 mod rbac;
 mod re2_size;
 mod route_config;

@@ -7,10 +7,12 @@ use super::headers::{HeaderMutations, header_mutations, header_text, lax_header_
 use super::http_filters::{cors_policy, field, filter_settings};
 use super::matchers::{header_name, regex_matcher, route_match};
 use super::per_filter::FilterSettings;
+use super::rate_limits::{Owner, rate_limits, wrapped_bool};
 use super::schema::*;
 use crate::balance::hash_policy::{CookieAttribute, CookiePolicy};
 use crate::matcher::{PathMatch, Regex, RouteMatch};
 use crate::protojson::{Ctx, FieldPath, MIN_LEN_1, Obj, ProtoDuration, base64, millis, string};
+use crate::rate_limit_actions::RateLimitPolicy;
 use serde_json::Value;
 
 /// Envoy's route `timeout` default.
@@ -58,6 +60,8 @@ pub struct VirtualHost {
     /// CORS policies of this virtual host: per filter name (`typed_per_filter_config`), and the
     /// legacy `cors` field.
     pub filters: FilterSettings,
+    /// `rate_limits` (for the local rate limit filter's descriptors).
+    pub rate_limits: Vec<RateLimitPolicy>,
 }
 
 /// `config.route.v3.Route`.
@@ -137,6 +141,11 @@ pub struct ForwardAction {
     /// `upgrade_configs` with an enabled `CONNECT` and a `connect_config`: a CONNECT request
     /// is terminated here, its tunnel's bytes carried to a host of the cluster over TCP.
     pub terminate_connect: bool,
+    /// `rate_limits` (for the local rate limit filter's descriptors).
+    pub rate_limits: Vec<RateLimitPolicy>,
+    /// `include_vh_rate_limits` (deprecated; default false): the virtual host's `rate_limits`
+    /// apply too, whatever the local rate limit filter's `vh_rate_limits` says.
+    pub include_vh_rate_limits: bool,
 }
 
 /// The `cluster_specifier` of a route action.
@@ -505,6 +514,7 @@ fn virtual_host(
         .message(cx, "cors", &CORS_POLICY)
         .and_then(|c| cors_policy(cx, c));
     let filters = filter_settings(cx, &mut o, legacy_cors);
+    let rate_limits = rate_limits(cx, o.list("rate_limits"), Owner::Route);
     let mut routes = Vec::new();
     for (p, v) in o.list("routes") {
         if let Some(r) = route(cx, &p, v, retry_policy.as_ref(), rcx) {
@@ -514,6 +524,7 @@ fn virtual_host(
     o.finish(cx);
     Some(VirtualHost {
         filters,
+        rate_limits,
         name: name?,
         domains,
         routes,
@@ -708,9 +719,14 @@ fn route_action(
         }
     }
     let terminate_connect = route_upgrades(cx, &mut o);
+    let rate_limits = rate_limits(cx, o.list("rate_limits"), Owner::Route);
+    let include_vh_rate_limits =
+        wrapped_bool(cx, &mut o, "include_vh_rate_limits").unwrap_or(false);
     o.finish(cx);
     Some(ForwardAction {
         terminate_connect,
+        rate_limits,
+        include_vh_rate_limits,
         cluster: cluster?,
         cluster_not_found_status,
         prefix_rewrite,

@@ -1028,7 +1028,7 @@ pub(crate) static VIRTUAL_HOST: Message = Message {
         ),
         read("require_tls"),
         warn("virtual_clusters", NOT_PROXIED),
-        warn("rate_limits", NOT_PROXIED),
+        read("rate_limits"),
         read("request_headers_to_add"),
         read("request_headers_to_remove"),
         read("response_headers_to_add"),
@@ -1312,8 +1312,8 @@ pub(crate) static ROUTE_ACTION: Message = Message {
         ),
         warn("request_mirror_policies", NOT_PROXIED),
         warn("priority", NOT_PROXIED),
-        warn("rate_limits", NOT_PROXIED),
-        warn("include_vh_rate_limits", NOT_PROXIED),
+        read("rate_limits"),
+        read("include_vh_rate_limits"),
         read("hash_policy"),
         read("cors"),
         warn("max_grpc_timeout", NOT_PROXIED),
@@ -1725,7 +1725,7 @@ pub(crate) static HEALTH_CHECK_FILTER: Message = Message {
 mod agreement {
     use crate::protojson::envoy_schema::schema;
 
-    const SOURCES: [(&str, &str); 8] = [
+    const SOURCES: [(&str, &str); 9] = [
         ("schema.rs", include_str!("schema.rs")),
         ("jwt_authn.rs", include_str!("jwt_authn.rs")),
         ("rbac.rs", include_str!("rbac.rs")),
@@ -1734,6 +1734,7 @@ mod agreement {
         ("ext_authz.rs", include_str!("ext_authz.rs")),
         ("local_ratelimit.rs", include_str!("local_ratelimit.rs")),
         ("csrf.rs", include_str!("csrf.rs")),
+        ("rate_limits.rs", include_str!("rate_limits.rs")),
     ];
 
     /// (file, message name, field names) of each `Message { name: "...", fields: &[...] }`.
