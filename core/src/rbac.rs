@@ -637,25 +637,49 @@ impl HttpRbac {
     /// matched), and the `envoy.filters.http.rbac` fields, named with the stat prefixes in
     /// front (`<shadow_rules_stat_prefix>shadow_engine_result`, ...).
     pub fn decide<'r>(&'r self, request: &RbacRequest<'_>) -> RbacOutcome<'r> {
+        self.decide_on_route(None, request)
+    }
+
+    /// [`HttpRbac::decide`] on a route whose most specific `RBACPerRoute` has `route` as its
+    /// `rbac`, as Envoy 1.36's filter does it: the route's rules and shadow rules replace the
+    /// filter's (a route without `rules` enforces nothing, one without `shadow_rules` shadows
+    /// nothing, even where the filter's own config has them), and so does its
+    /// `track_per_rule_stats`; the counters keep the filter's names (its own stat prefixes:
+    /// Envoy bumps the filter's stats); the metadata fields take the route's stat prefixes
+    /// where they are not empty, the filter's otherwise.
+    pub fn decide_on_route<'r>(
+        &'r self,
+        route: Option<&'r HttpRbac>,
+        request: &RbacRequest<'_>,
+    ) -> RbacOutcome<'r> {
         let names = StatNames::new("", &self.rules_stat_prefix, &self.shadow_rules_stat_prefix);
+        let rules = route.unwrap_or(self);
+        let per_rule_stats = rules.track_per_rule_stats;
+        let metadata_prefix =
+            |own: &'r str, filter: &'r str| if own.is_empty() { filter } else { own };
+        let rules_prefix = metadata_prefix(&rules.rules_stat_prefix, &self.rules_stat_prefix);
+        let shadow_prefix = metadata_prefix(
+            &rules.shadow_rules_stat_prefix,
+            &self.shadow_rules_stat_prefix,
+        );
         let mut stats = Vec::new();
         let mut metadata = Vec::new();
         let count = |verdict: &Verdict<'_>, shadow: bool, stats: &mut Vec<String>| {
             let counter = Counter::of(verdict, shadow);
             stats.push(names.counter(counter));
-            if let (true, Some(policy)) = (self.track_per_rule_stats, verdict.policy_id()) {
+            if let (true, Some(policy)) = (per_rule_stats, verdict.policy_id()) {
                 stats.push(names.per_policy(counter, policy));
             }
         };
-        let shadow = self.shadow_rules.as_ref().map(|r| r.evaluate(request));
+        let shadow = rules.shadow_rules.as_ref().map(|r| r.evaluate(request));
         if let Some(v) = &shadow {
             count(v, true, &mut stats);
-            push_result(&mut metadata, &self.shadow_rules_stat_prefix, "shadow", v);
+            push_result(&mut metadata, shadow_prefix, "shadow", v);
         }
-        let enforced = self.rules.as_ref().map(|r| r.evaluate(request));
+        let enforced = rules.rules.as_ref().map(|r| r.evaluate(request));
         if let Some(v) = &enforced {
             count(v, false, &mut stats);
-            push_result(&mut metadata, &self.rules_stat_prefix, "enforced", v);
+            push_result(&mut metadata, rules_prefix, "enforced", v);
         }
         RbacOutcome {
             enforced,
@@ -979,6 +1003,67 @@ mod tests {
             vec![Permission::DestinationPort(port)],
             vec![Principal::Any],
         )
+    }
+
+    #[test]
+    fn a_route_rbac_replaces_the_filters_rules_but_not_its_counters() {
+        let view = view();
+        let r = request(Some(&view));
+        let filter = HttpRbac {
+            rules: Some(rules(Action::Deny, vec![("all", on_port(8080))])),
+            rules_stat_prefix: "authz.".into(),
+            shadow_rules: Some(rules(Action::Allow, vec![])),
+            shadow_rules_stat_prefix: "dry.".into(),
+            track_per_rule_stats: false,
+        };
+        let out = filter.decide_on_route(None, &r);
+        assert!(!out.allowed());
+        assert_eq!(out, filter.decide(&r));
+        assert_eq!(out.stats, ["rbac.dry.shadow_denied", "rbac.authz.denied"]);
+
+        // An empty RBACPerRoute: nothing enforced, nothing shadowed, no counter, no metadata.
+        let empty = HttpRbac::default();
+        let out = filter.decide_on_route(Some(&empty), &r);
+        assert!(out.allowed());
+        assert_eq!((out.enforced, out.shadow), (None, None));
+        assert!(out.stats.is_empty() && out.metadata.is_empty());
+
+        // The route's rules and per-rule switch; the filter's counter names; the route's
+        // metadata prefix where it has one.
+        let route = HttpRbac {
+            rules: Some(rules(Action::Allow, vec![("port", on_port(8080))])),
+            rules_stat_prefix: "route.".into(),
+            track_per_rule_stats: true,
+            ..HttpRbac::default()
+        };
+        let out = filter.decide_on_route(Some(&route), &r);
+        assert!(out.allowed());
+        assert!(out.shadow.is_none());
+        assert_eq!(
+            out.stats,
+            ["rbac.authz.allowed", "rbac.authz.policy.port.allowed"]
+        );
+        assert_eq!(
+            out.metadata,
+            [
+                ("route.enforced_effective_policy_id".into(), "port".into()),
+                ("route.enforced_engine_result".into(), "allowed".into()),
+            ]
+        );
+        let shadow_only = HttpRbac {
+            shadow_rules: Some(rules(Action::Deny, vec![("port", on_port(8080))])),
+            ..HttpRbac::default()
+        };
+        let out = filter.decide_on_route(Some(&shadow_only), &r);
+        assert!(out.allowed() && out.enforced.is_none());
+        assert_eq!(out.stats, ["rbac.dry.shadow_denied"]);
+        assert_eq!(
+            out.metadata,
+            [
+                ("dry.shadow_effective_policy_id".into(), "port".into()),
+                ("dry.shadow_engine_result".into(), "denied".into()),
+            ]
+        );
     }
 
     #[test]

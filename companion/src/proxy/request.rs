@@ -327,6 +327,15 @@ async fn respond(
         }
         match &filter.kind {
             HttpFilterKind::Rbac(rbac) => {
+                // The most specific RBACPerRoute replaces the filter's rules (Envoy's
+                // `RoleBasedAccessControlFilterConfig::engine`); `disabled: true` skips it.
+                let route_rbac =
+                    match filter_override(state, &parts, authority.as_deref(), &path, &filter.name)
+                    {
+                        Some(FilterOverride::Disabled) => continue,
+                        Some(FilterOverride::Rbac(route_rbac)) => Some(route_rbac.as_ref()),
+                        _ => None,
+                    };
                 let borrowed = pairs(&parts.headers);
                 let view = RequestView::new(
                     authority.as_deref(),
@@ -352,7 +361,7 @@ async fn respond(
                     server_name: downstream.server_name(),
                     tls_peer: downstream.tls_peer(),
                 };
-                let decided = rbac.decide(&request);
+                let decided = rbac.decide_on_route(route_rbac, &request);
                 derived.counters.bump(
                     decided
                         .stats

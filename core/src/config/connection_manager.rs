@@ -626,6 +626,101 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn per_route_rbac_is_read_at_every_level_and_refused_where_vigil_cannot_act() {
+        use crate::config::FilterOverride;
+        let rbac = json!({"name": "envoy.filters.http.rbac", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": {"action": "DENY", "policies": {"all": {
+                "permissions": [{"any": true}], "principals": [{"any": true}]}}}}});
+        const PER_ROUTE: &str =
+            "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute";
+        let mut v = bootstrap(json!({}), vec![rbac.clone()]);
+        let rc = &mut v["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            ["route_config"];
+        rc["typed_per_filter_config"] = json!({"envoy.filters.http.rbac": {
+            "@type": PER_ROUTE, "rbac": {"rules": {"policies": {}}}}});
+        rc["virtual_hosts"][0]["typed_per_filter_config"] = json!({"envoy.filters.http.rbac": {
+            "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": true}});
+        rc["virtual_hosts"][0]["routes"][0]["typed_per_filter_config"] =
+            json!({"envoy.filters.http.rbac": {"@type": PER_ROUTE}});
+        let loaded = from_value(&v).unwrap_or_else(|e| panic!("{e}"));
+        let routes = &loaded.bootstrap.listeners[0].http[0].route_config;
+        let at = |settings: &crate::config::FilterSettings| settings.overrides.clone();
+        let Some((name, FilterOverride::Rbac(top))) = at(&routes.filters).pop() else {
+            panic!("{:?}", routes.filters);
+        };
+        assert_eq!(name, "envoy.filters.http.rbac");
+        assert!(top.rules.as_ref().is_some_and(|r| r.policies().is_empty()));
+        assert_eq!(
+            at(&routes.virtual_hosts[0].filters),
+            [(
+                "envoy.filters.http.rbac".to_string(),
+                FilterOverride::Disabled
+            )]
+        );
+        assert_eq!(
+            at(&routes.virtual_hosts[0].routes[0].filters),
+            [(
+                "envoy.filters.http.rbac".to_string(),
+                FilterOverride::Rbac(Box::default())
+            )]
+        );
+
+        // The filter's own type on a route: Envoy refuses it too, vigil names what it reads.
+        let route_at = format!(
+            "{FILTER_AT}.route_config.virtual_hosts[0].routes[0].typed_per_filter_config\
+             [\"envoy.filters.http.rbac\"]"
+        );
+        let mut v = bootstrap(json!({}), vec![rbac.clone()]);
+        v["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+            ["virtual_hosts"][0]["routes"][0]["typed_per_filter_config"] = json!({
+            "envoy.filters.http.rbac": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"}});
+        let found = errors(&v);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, ErrorKind::Unsupported);
+        assert!(
+            found[0].1.starts_with(&format!(
+                "{route_at}: per-route configuration of 'envoy.filters.http.rbac' is read by \
+                 vigil as a envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
+            )),
+            "{found:?}"
+        );
+        // A route's RBAC in error: the error is at its field.
+        let mut v = bootstrap(json!({}), vec![rbac.clone()]);
+        v["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+            ["virtual_hosts"][0]["routes"][0]["typed_per_filter_config"] = json!({
+            "envoy.filters.http.rbac": {"@type": PER_ROUTE,
+                "rbac": {"rules": {"action": "DENY", "policies": {"p": {
+                    "permissions": [{"any": true}], "principals": []}}}}}});
+        let found = errors(&v);
+        assert_eq!(
+            found,
+            [(
+                ErrorKind::Invalid,
+                format!(
+                    "{route_at}.rbac.rules.policies[\"p\"].principals: value must contain at \
+                     least 1 item(s)"
+                )
+            )]
+        );
+        // A weighted cluster's RBAC (Envoy's most specific level): refused by name.
+        let mut v = bootstrap(json!({}), vec![rbac]);
+        let routes = &mut v["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            ["route_config"]["virtual_hosts"][0]["routes"];
+        routes[0] = json!({"match": {"prefix": "/"}, "route": {"weighted_clusters": {
+            "clusters": [{"name": "a", "weight": 1, "typed_per_filter_config": {
+                "envoy.filters.http.rbac": {"@type": PER_ROUTE}}}]}}});
+        let found = errors(&v);
+        assert!(
+            found.iter().any(|(kind, e)| *kind == ErrorKind::Unsupported
+                && e.contains("weighted_clusters.clusters[0].typed_per_filter_config")
+                && e.contains("a weighted cluster's configuration of 'envoy.filters.http.rbac'")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
     fn client_cert_details_are_read_and_the_certificate_itself_refused() {
         let v = bootstrap(
             json!({"forward_client_cert_details": "SANITIZE_SET",

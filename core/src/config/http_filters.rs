@@ -256,12 +256,10 @@ pub(super) fn http_filters(
                 Treatment::Enforced if typed.is(super::rbac::HTTP_RBAC_TYPE) => {
                     judged.push((
                         name.clone(),
-                        Some(
-                            "per-route RBAC (RBACPerRoute, or turning the filter off on a \
-                             route) is not implemented by vigil: the route would be judged by \
-                             the listener's rules"
-                                .to_string(),
-                        ),
+                        Some(format!(
+                            "{NATIVE_PER_ROUTE}{}",
+                            super::rbac::HTTP_RBAC_PER_ROUTE_TYPE
+                        )),
                     ));
                     if last {
                         cx.invalid(
@@ -395,7 +393,17 @@ pub(super) fn http_filters(
             Some((_, Some(marker))) if marker.starts_with(NATIVE_PER_ROUTE) => {
                 let expected = &marker[NATIVE_PER_ROUTE.len()..];
                 let (found, disables) = per_route_type(config);
-                if !disables && found != expected {
+                if path.to_string().contains(".weighted_clusters.") {
+                    // Envoy's most specific level is the weighted cluster the route picked;
+                    // vigil reads per-filter settings on routes, virtual hosts and route
+                    // configurations only.
+                    cx.unsupported(
+                        path,
+                        format!(
+                            "a weighted cluster's configuration of '{name}' is not implemented                              by vigil (set it on the route, its virtual host or the route                              configuration)"
+                        ),
+                    );
+                } else if !disables && found != expected {
                     cx.unsupported(
                         path,
                         format!(
@@ -516,6 +524,7 @@ pub(super) fn filter_settings(
             super::local_ratelimit::LOCAL_RATELIMIT_TYPE,
             super::csrf::CSRF_POLICY_TYPE,
             super::buffer::BUFFER_PER_ROUTE_TYPE,
+            super::rbac::HTTP_RBAC_PER_ROUTE_TYPE,
         ];
         if !native.contains(&type_name) {
             continue;
@@ -531,6 +540,8 @@ pub(super) fn filter_settings(
             super::csrf::csrf_policy(cx, &typed).map(|p| FilterOverride::Csrf(Box::new(p)))
         } else if type_name == super::buffer::BUFFER_PER_ROUTE_TYPE {
             super::buffer::buffer_per_route(cx, &typed)
+        } else if type_name == super::rbac::HTTP_RBAC_PER_ROUTE_TYPE {
+            super::rbac::http_rbac_per_route(cx, &typed).map(|r| FilterOverride::Rbac(Box::new(r)))
         } else {
             super::local_ratelimit::local_ratelimit_per_route(cx, &typed).map(|c| {
                 if c.per_connection {

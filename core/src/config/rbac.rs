@@ -25,6 +25,8 @@ use serde_json::Value;
 use std::net::Ipv6Addr;
 
 pub(crate) const HTTP_RBAC_TYPE: &str = "envoy.extensions.filters.http.rbac.v3.RBAC";
+pub(crate) const HTTP_RBAC_PER_ROUTE_TYPE: &str =
+    "envoy.extensions.filters.http.rbac.v3.RBACPerRoute";
 pub(crate) const NETWORK_RBAC_TYPE: &str = "envoy.extensions.filters.network.rbac.v3.RBAC";
 
 const MIN_LEN_1: &str = "value length must be at least 1 characters";
@@ -53,6 +55,12 @@ static HTTP_RBAC: Message = Message {
         read("shadow_rules_stat_prefix"),
         read("track_per_rule_stats"),
     ],
+    removed: &[],
+};
+
+static HTTP_RBAC_PER_ROUTE: Message = Message {
+    name: HTTP_RBAC_PER_ROUTE_TYPE,
+    fields: &[read("rbac")],
     removed: &[],
 };
 
@@ -259,7 +267,29 @@ enum Filter {
 /// `envoy.extensions.filters.http.rbac.v3.RBAC`; `None` when anything in it is in error.
 pub(crate) fn http_rbac(cx: &mut Ctx, typed: &Any) -> Option<HttpRbac> {
     let errors = cx.errors.len();
-    let mut o = typed.obj(cx, &HTTP_RBAC);
+    let o = typed.obj(cx, &HTTP_RBAC);
+    http_rbac_fields(cx, o).filter(|_| cx.errors.len() == errors)
+}
+
+/// `envoy.extensions.filters.http.rbac.v3.RBACPerRoute` (a route level's
+/// `typed_per_filter_config` entry for the filter): its `rbac`, read as the filter's own config
+/// is; an absent `rbac` is an empty one (no rules: Envoy then lets every request on the route
+/// through, whatever the filter's own rules say). `None` when anything in it is in error.
+pub(crate) fn http_rbac_per_route(cx: &mut Ctx, typed: &Any) -> Option<HttpRbac> {
+    let errors = cx.errors.len();
+    let mut o = typed.obj(cx, &HTTP_RBAC_PER_ROUTE);
+    let rbac = match o.message(cx, "rbac", &HTTP_RBAC) {
+        Some(r) => http_rbac_fields(cx, r),
+        None => Some(HttpRbac::default()),
+    };
+    o.finish(cx);
+    rbac.filter(|_| cx.errors.len() == errors)
+}
+
+/// The fields of an HTTP `RBAC` message (the filter's `typed_config`, or an `RBACPerRoute`'s
+/// `rbac`).
+fn http_rbac_fields(cx: &mut Ctx, mut o: Obj) -> Option<HttpRbac> {
+    let errors = cx.errors.len();
     let rules = o
         .message(cx, "rules", &RBAC)
         .and_then(|r| read_rules(cx, r, Filter::Http));
@@ -1295,5 +1325,86 @@ mod tests {
             ]
         );
         assert_eq!(DENIED_BODY, "RBAC: access denied");
+    }
+
+    const PER_ROUTE: &str =
+        "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute";
+
+    fn per_route(mut fields: Value) -> (Option<HttpRbac>, Report) {
+        fields["@type"] = json!(PER_ROUTE);
+        read(fields, http_rbac_per_route)
+    }
+
+    #[test]
+    fn a_route_rbac_reads_as_the_filters_own() {
+        // No `rbac`, or an empty one: no rules, no shadow rules (Envoy lets everything through).
+        for empty in [json!({}), json!({"rbac": {}})] {
+            let (cfg, r) = per_route(empty);
+            assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+            assert_eq!(cfg, Some(HttpRbac::default()));
+        }
+        let (cfg, _) = per_route(json!({"rbac": {
+            "rules": {"action": "DENY", "policies": {"p": {
+                "permissions": [{"any": true}], "principals": [{"any": true}]}}},
+            "shadow_rules": {"policies": {}},
+            "rules_stat_prefix": "route.", "shadow_rules_stat_prefix": "dry.",
+            "track_per_rule_stats": true}}));
+        let cfg = cfg.expect("valid");
+        let rules = cfg.rules.as_ref().expect("rules");
+        assert_eq!(rules.action, Action::Deny);
+        assert_eq!(rules.policies().len(), 1);
+        assert!(cfg.shadow_rules.is_some());
+        assert_eq!(
+            (
+                cfg.rules_stat_prefix.as_str(),
+                cfg.shadow_rules_stat_prefix.as_str()
+            ),
+            ("route.", "dry.")
+        );
+        assert!(cfg.track_per_rule_stats);
+    }
+
+    #[test]
+    fn a_route_rbac_in_error_names_the_field() {
+        // Envoy: "RBACPerRouteValidationError.Rbac: embedded message failed validation | caused
+        // by RBACValidationError.Rules: ... | caused by PolicyValidationError.Permissions: value
+        // must contain at least 1 item(s)".
+        let (_, r) = per_route(json!({"rbac": {"rules": {"policies": {"p": {
+            "permissions": [], "principals": [{"any": true}]}}}}}));
+        assert_eq!(
+            r.errors,
+            [format!(
+                "typed_config.rbac.rules.policies[\"p\"].permissions: {MIN_ITEMS_1}"
+            )]
+        );
+        let (_, r) = per_route(json!({"rbac": {"rule": {}}}));
+        assert_eq!(
+            r.errors,
+            ["typed_config.rbac: unknown field \"rule\" (did you mean \"rules\"?)"]
+        );
+        let (_, r) = per_route(json!({"rules": {}}));
+        assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+        assert!(
+            r.errors[0].starts_with("typed_config: unknown field \"rules\""),
+            "{:?}",
+            r.errors
+        );
+        let (_, r) = per_route(json!({"rbac": "allow"}));
+        assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+        assert!(
+            r.errors[0].starts_with("typed_config.rbac: "),
+            "{:?}",
+            r.errors
+        );
+        // The matcher API stays refused by name on a route too.
+        let (_, r) = per_route(json!({"rbac": {"matcher": {}, "shadow_matcher": {}}}));
+        assert_eq!(r.kinds, [ErrorKind::Unsupported, ErrorKind::Unsupported]);
+        assert_eq!(
+            r.errors,
+            [
+                format!("typed_config.rbac.matcher: {MATCHER_API}"),
+                format!("typed_config.rbac.shadow_matcher: {MATCHER_API}"),
+            ]
+        );
     }
 }
