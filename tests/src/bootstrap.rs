@@ -47,6 +47,10 @@ pub struct ListenerSpec {
     /// Top-level bootstrap keys after `admin` (`cluster_manager:` ...), each line starting with
     /// a newline.
     pub bootstrap_fields: String,
+    /// YAML after the virtual host's `routes`, each line starting with a newline: more keys of
+    /// that virtual host (indented by 14), more virtual hosts (list items indented by 12), then
+    /// keys of the route configuration (indented by 12).
+    pub route_config_tail: String,
 }
 
 impl ListenerSpec {
@@ -71,6 +75,7 @@ impl ListenerSpec {
             transport_socket,
             listener_filters,
             bootstrap_fields,
+            route_config_tail,
         } = self;
         let transport_socket = transport_socket
             .as_ref()
@@ -107,7 +112,7 @@ static_resources:
             virtual_hosts:
             - name: {name}
               domains: [\"*\"]
-              routes:{routes}
+              routes:{routes}{route_config_tail}
           http_filters:{http_filters}
           - name: envoy.filters.http.router
             typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}{chain_match}{transport_socket}

@@ -5,6 +5,9 @@
 //!   is closed by both, counted in `listener.<address>.no_filter_chain_match`.
 //! - `x-forwarded-client-cert` from a client on a plain connection is removed by both (Envoy's
 //!   default SANITIZE), and kept with `ALWAYS_FORWARD_ONLY`.
+//! - RBAC (HTTP and network filters) under several connection-manager settings, and per-route
+//!   RBAC (`RBACPerRoute` on routes, virtual hosts and the route configuration, `disabled: true`,
+//!   a disabled filter turned on by a route): answers, counters and response code details agree.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -97,9 +100,28 @@ async fn chain_matches_and_client_cert_headers_as_in_envoy() {
     spec.chain_match = Some(format!(
         "{{ source_prefix_ranges: [{{ address_prefix: \"{allowed}\", prefix_len: 32 }}] }}"
     ));
-    let proxies = start_envoy_and_vigil(&dir, |listen, admin| spec.render(listen, admin))
-        .await
-        .unwrap_or_else(|err| panic!("{err}"));
+    // Each proxy logs every request's response code details (the denying policy's name).
+    let log_of = |listen: SocketAddr| dir.join(format!("details-{}.log", listen.port()));
+    let proxies = start_envoy_and_vigil(&dir, |listen, admin| {
+        let hcm_fields = format!(
+            "          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: \"{}\"
+              log_format:
+                text_format_source:
+                  inline_string: \"%REQ(:METHOD)% %REQ(:AUTHORITY)% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS%\\n\"",
+            log_of(listen).display()
+        );
+        ListenerSpec {
+            hcm_fields,
+            ..spec.clone()
+        }
+        .render(listen, admin)
+    })
+    .await
+    .unwrap_or_else(|err| panic!("{err}"));
     let xfcc = "x-forwarded-client-cert: By=spiffe://example/ns/admin;Hash=00\r\n";
     let mut answers = Vec::new();
     for (name, listener, process) in &proxies {
@@ -144,9 +166,28 @@ async fn client_cert_headers_go_through_with_always_forward_only() {
         &cluster_yaml("echo", &[echo.address], "", None),
     );
     spec.hcm_fields = "          forward_client_cert_details: ALWAYS_FORWARD_ONLY".to_string();
-    let proxies = start_envoy_and_vigil(&dir, |listen, admin| spec.render(listen, admin))
-        .await
-        .unwrap_or_else(|err| panic!("{err}"));
+    // Each proxy logs every request's response code details (the denying policy's name).
+    let log_of = |listen: SocketAddr| dir.join(format!("details-{}.log", listen.port()));
+    let proxies = start_envoy_and_vigil(&dir, |listen, admin| {
+        let hcm_fields = format!(
+            "          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: \"{}\"
+              log_format:
+                text_format_source:
+                  inline_string: \"%REQ(:METHOD)% %REQ(:AUTHORITY)% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS%\\n\"",
+            log_of(listen).display()
+        );
+        ListenerSpec {
+            hcm_fields,
+            ..spec.clone()
+        }
+        .render(listen, admin)
+    })
+    .await
+    .unwrap_or_else(|err| panic!("{err}"));
     let xfcc = "x-forwarded-client-cert: By=spiffe://example/ns/admin;Hash=00\r\n";
     for (name, listener, _) in &proxies {
         let served = exchange(
@@ -474,4 +515,327 @@ async fn rbac_as_in_envoy_with_escaped_slashes_rejected_or_forwarded() {
         "          path_with_escaped_slashes_action: UNESCAPE_AND_FORWARD",
     )
     .await;
+}
+
+/// Per-route RBAC (`RBACPerRoute`, `FilterConfig { disabled: true }`) on one file through
+/// Envoy and vigil: the same raw requests from two client addresses get the same answers, and
+/// the RBAC counters agree. Three RBAC filters:
+///
+/// - `authz` denies everyone (its own shadow rules allow GETs, per-rule stats on); the virtual
+///   host `app` replaces its rules with an ALLOW for the client address, and its routes with:
+///   an empty `RBACPerRoute` (`/open`: nothing enforced or shadowed), `disabled: true` (`/off`),
+///   shadow rules only (`/shadow`), a DENY of `/strict/admin` (`/strict`), a `FilterConfig`
+///   wrapping an `RBACPerRoute` (`/wrapped`); the virtual host `listener.example` has none, so
+///   the filter's own rules deny there; the virtual host `rc.example` turns `gate` off;
+/// - `gate` denies `x-gate: closed` itself, and the route configuration replaces that by a
+///   DENY of `x-gate: rc-closed` everywhere (but `rc.example`);
+/// - `dormant` is disabled in the chain and turned on by `/dormant` with a DENY of
+///   `x-dormant: yes`.
+#[tokio::test]
+async fn per_route_rbac_as_in_envoy() {
+    let dir = paths::scratch_dir("access-control-rbac-per-route");
+    let client: IpAddr = net::fresh_loopback().into();
+    let other: IpAddr = net::fresh_loopback().into();
+    let echo = EchoUpstream::start(net::fresh_loopback().into()).await;
+    let per_route =
+        "\"@type\": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute";
+    let filter_config = "\"@type\": type.googleapis.com/envoy.config.route.v3.FilterConfig";
+    let routes = format!(
+        "
+              - match: {{ prefix: /open }}
+                route: {{ cluster: echo }}
+                typed_per_filter_config:
+                  authz:
+                    {per_route}
+              - match: {{ prefix: /off }}
+                route: {{ cluster: echo }}
+                typed_per_filter_config:
+                  authz:
+                    {filter_config}
+                    disabled: true
+              - match: {{ prefix: /shadow }}
+                route: {{ cluster: echo }}
+                typed_per_filter_config:
+                  authz:
+                    {per_route}
+                    rbac:
+                      shadow_rules_stat_prefix: route_audit_
+                      track_per_rule_stats: true
+                      shadow_rules:
+                        action: DENY
+                        policies:
+                          posts:
+                            permissions: [{{ header: {{ name: \":method\", string_match: {{ exact: POST }} }} }}]
+                            principals: [{{ any: true }}]
+              - match: {{ prefix: /strict }}
+                route: {{ cluster: echo }}
+                typed_per_filter_config:
+                  authz:
+                    {per_route}
+                    rbac:
+                      rules_stat_prefix: strict_
+                      rules:
+                        action: DENY
+                        policies:
+                          strict-admin:
+                            permissions: [{{ url_path: {{ path: {{ prefix: /strict/admin }} }} }}]
+                            principals: [{{ any: true }}]
+              - match: {{ prefix: /wrapped }}
+                route: {{ cluster: echo }}
+                typed_per_filter_config:
+                  authz:
+                    {filter_config}
+                    config:
+                      {per_route}
+                      rbac:
+                        rules:
+                          action: ALLOW
+                          policies:
+                            other-only:
+                              permissions: [{{ any: true }}]
+                              principals: [{{ direct_remote_ip: {{ address_prefix: \"{other}\", prefix_len: 32 }} }}]
+              - match: {{ prefix: /dormant }}
+                route: {{ cluster: echo }}
+                typed_per_filter_config:
+                  dormant:
+                    {per_route}
+                    rbac:
+                      rules:
+                        action: DENY
+                        policies:
+                          dormant-header:
+                            permissions: [{{ header: {{ name: x-dormant, string_match: {{ exact: \"yes\" }} }} }}]
+                            principals: [{{ any: true }}]
+              - match: {{ prefix: / }}
+                route: {{ cluster: echo }}"
+    );
+    let route_config_tail = format!(
+        "
+              typed_per_filter_config:
+                authz:
+                  {per_route}
+                  rbac:
+                    rules_stat_prefix: vh_
+                    track_per_rule_stats: true
+                    rules:
+                      action: ALLOW
+                      policies:
+                        from-client:
+                          permissions: [{{ any: true }}]
+                          principals: [{{ direct_remote_ip: {{ address_prefix: \"{client}\", prefix_len: 32 }} }}]
+            - name: listener
+              domains: [listener.example]
+              routes:
+              - match: {{ prefix: / }}
+                route: {{ cluster: echo }}
+            - name: rc
+              domains: [rc.example]
+              typed_per_filter_config:
+                gate:
+                  {filter_config}
+                  disabled: true
+              routes:
+              - match: {{ prefix: / }}
+                route: {{ cluster: echo }}
+                typed_per_filter_config:
+                  authz:
+                    {per_route}
+            typed_per_filter_config:
+              gate:
+                {per_route}
+                rbac:
+                  rules:
+                    action: DENY
+                    policies:
+                      rc-closed:
+                        permissions: [{{ header: {{ name: x-gate, string_match: {{ exact: rc-closed }} }} }}]
+                        principals: [{{ any: true }}]"
+    );
+    let http_filters = "
+          - name: authz
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules_stat_prefix: authz_
+              shadow_rules_stat_prefix: audit_
+              track_per_rule_stats: true
+              rules:
+                action: DENY
+                policies:
+                  everyone:
+                    permissions: [{ any: true }]
+                    principals: [{ any: true }]
+              shadow_rules:
+                action: ALLOW
+                policies:
+                  gets:
+                    permissions: [{ header: { name: \":method\", string_match: { exact: GET } } }]
+                    principals: [{ any: true }]
+          - name: gate
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules_stat_prefix: gate_
+              rules:
+                action: DENY
+                policies:
+                  closed:
+                    permissions: [{ header: { name: x-gate, string_match: { exact: closed } } }]
+                    principals: [{ any: true }]
+          - name: dormant
+            disabled: true
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules_stat_prefix: dormant_
+              rules:
+                action: DENY
+                policies:
+                  everyone:
+                    permissions: [{ any: true }]
+                    principals: [{ any: true }]"
+        .to_string();
+    let spec = ListenerSpec {
+        http_filters,
+        route_config_tail,
+        ..ListenerSpec::new(
+            "pr",
+            &routes,
+            &cluster_yaml("echo", &[echo.address], "", None),
+        )
+    };
+    // Each proxy logs every request's response code details (the denying policy's name).
+    let log_of = |listen: SocketAddr| dir.join(format!("details-{}.log", listen.port()));
+    let proxies = start_envoy_and_vigil(&dir, |listen, admin| {
+        let hcm_fields = format!(
+            "          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: \"{}\"
+              log_format:
+                text_format_source:
+                  inline_string: \"%REQ(:METHOD)% %REQ(:AUTHORITY)% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS%\\n\"",
+            log_of(listen).display()
+        );
+        ListenerSpec {
+            hcm_fields,
+            ..spec.clone()
+        }
+        .render(listen, admin)
+    })
+    .await
+    .unwrap_or_else(|err| panic!("{err}"));
+
+    let request = |method: &str, host: &str, path: &str, extra: &str| {
+        format!(
+            "{method} {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\ncontent-length: 0\r\n{extra}\r\n"
+        )
+    };
+    let mut requests: Vec<(String, IpAddr, String)> = Vec::new();
+    for (who, from) in [("client", client), ("other", other)] {
+        for (method, host, path, extra) in [
+            // The virtual host's rules: the client address only.
+            ("GET", "app", "/", ""),
+            ("POST", "app", "/anything", ""),
+            // Empty RBACPerRoute: open, nothing counted.
+            ("GET", "app", "/open", ""),
+            ("DELETE", "app", "/open/x", ""),
+            // The filter off on the route.
+            ("GET", "app", "/off", ""),
+            // Shadow rules only on the route.
+            ("GET", "app", "/shadow", ""),
+            ("POST", "app", "/shadow", ""),
+            // The route's own DENY.
+            ("GET", "app", "/strict/admin", ""),
+            ("GET", "app", "/strict/page", ""),
+            // A FilterConfig wrapping an RBACPerRoute.
+            ("GET", "app", "/wrapped", ""),
+            // The filter's own rules: no level configures it on this virtual host.
+            ("GET", "listener.example", "/", ""),
+            ("POST", "listener.example", "/", ""),
+            // gate: the route configuration's rules replace the filter's.
+            ("GET", "app", "/open", "x-gate: closed\r\n"),
+            ("GET", "app", "/open", "x-gate: rc-closed\r\n"),
+            ("GET", "listener.example", "/", "x-gate: rc-closed\r\n"),
+            // gate off on a virtual host; authz emptied on its route.
+            ("GET", "rc.example", "/", "x-gate: rc-closed\r\n"),
+            ("GET", "rc.example", "/", "x-gate: closed\r\n"),
+            // dormant: disabled in the chain, on for /dormant with the route's rules.
+            ("GET", "app", "/dormant", ""),
+            ("GET", "app", "/dormant", "x-dormant: yes\r\n"),
+            ("GET", "app", "/open", "x-dormant: yes\r\n"),
+        ] {
+            requests.push((
+                format!("{who} {method} {host}{path} {}", extra.trim()),
+                from,
+                request(method, host, path, extra),
+            ));
+        }
+    }
+
+    let mut answers: Vec<Vec<String>> = Vec::new();
+    let mut stats: Vec<Vec<(String, String)>> = Vec::new();
+    for (_, listener, process) in &proxies {
+        let mut mine = Vec::new();
+        for (_, from, request) in &requests {
+            mine.push(exchange(*from, *listener, request, &[]).await);
+        }
+        answers.push(mine);
+        let all = process.stats().await.unwrap_or_else(|err| panic!("{err}"));
+        stats.push(
+            all.into_iter()
+                .filter(|(name, _)| name.contains(".rbac."))
+                .collect(),
+        );
+    }
+    // Envoy flushes access log files every 10 s.
+    let mut details: Vec<Vec<String>> = Vec::new();
+    for (_, listener, _) in &proxies {
+        let path = log_of(*listener);
+        let lines = vigil_tests::wait_until("the access log", Duration::from_secs(30), || {
+            let path = path.clone();
+            let count = requests.len();
+            async move {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let lines: Vec<String> = text.lines().map(str::to_string).collect();
+                (lines.len() >= count).then_some(lines)
+            }
+        })
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+        details.push(lines);
+    }
+    let mut differences = Vec::new();
+    let mut report = String::new();
+    for (i, (label, _, _)) in requests.iter().enumerate() {
+        let (envoy, vigil) = (&answers[0][i], &answers[1][i]);
+        report.push_str(&format!("{label:48} envoy: {envoy:40} vigil: {vigil}\n"));
+        let (envoy_log, vigil_log) = (&details[0][i], &details[1][i]);
+        report.push_str(&format!(
+            "{:48} envoy: {envoy_log:40} vigil: {vigil_log}\n",
+            ""
+        ));
+        if envoy_log != vigil_log {
+            differences.push(format!("{label} (access log)"));
+        }
+        if envoy != vigil {
+            differences.push(label.clone());
+        }
+    }
+    report.push_str(&format!(
+        "stats envoy: {:#?}\nstats vigil: {:#?}\n",
+        stats[0], stats[1]
+    ));
+    if std::env::var_os("VIGIL_SHOW_REPORT").is_some() {
+        println!("{report}");
+    }
+    assert!(
+        differences.is_empty(),
+        "answers differ for {differences:?}:\n{report}"
+    );
+    assert_eq!(stats[0], stats[1], "RBAC counters differ:\n{report}");
+    let denied = answers[0]
+        .iter()
+        .filter(|a| a.starts_with("403 RBAC: access denied"))
+        .count();
+    let served = answers[0].iter().filter(|a| a.starts_with("200 ")).count();
+    assert!(denied >= 8 && served >= 8, "{report}");
 }
