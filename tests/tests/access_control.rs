@@ -100,28 +100,9 @@ async fn chain_matches_and_client_cert_headers_as_in_envoy() {
     spec.chain_match = Some(format!(
         "{{ source_prefix_ranges: [{{ address_prefix: \"{allowed}\", prefix_len: 32 }}] }}"
     ));
-    // Each proxy logs every request's response code details (the denying policy's name).
-    let log_of = |listen: SocketAddr| dir.join(format!("details-{}.log", listen.port()));
-    let proxies = start_envoy_and_vigil(&dir, |listen, admin| {
-        let hcm_fields = format!(
-            "          access_log:
-          - name: envoy.access_loggers.file
-            typed_config:
-              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-              path: \"{}\"
-              log_format:
-                text_format_source:
-                  inline_string: \"%REQ(:METHOD)% %REQ(:AUTHORITY)% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS%\\n\"",
-            log_of(listen).display()
-        );
-        ListenerSpec {
-            hcm_fields,
-            ..spec.clone()
-        }
-        .render(listen, admin)
-    })
-    .await
-    .unwrap_or_else(|err| panic!("{err}"));
+    let proxies = start_envoy_and_vigil(&dir, |listen, admin| spec.render(listen, admin))
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
     let xfcc = "x-forwarded-client-cert: By=spiffe://example/ns/admin;Hash=00\r\n";
     let mut answers = Vec::new();
     for (name, listener, process) in &proxies {
@@ -166,28 +147,9 @@ async fn client_cert_headers_go_through_with_always_forward_only() {
         &cluster_yaml("echo", &[echo.address], "", None),
     );
     spec.hcm_fields = "          forward_client_cert_details: ALWAYS_FORWARD_ONLY".to_string();
-    // Each proxy logs every request's response code details (the denying policy's name).
-    let log_of = |listen: SocketAddr| dir.join(format!("details-{}.log", listen.port()));
-    let proxies = start_envoy_and_vigil(&dir, |listen, admin| {
-        let hcm_fields = format!(
-            "          access_log:
-          - name: envoy.access_loggers.file
-            typed_config:
-              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-              path: \"{}\"
-              log_format:
-                text_format_source:
-                  inline_string: \"%REQ(:METHOD)% %REQ(:AUTHORITY)% %REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_CODE_DETAILS%\\n\"",
-            log_of(listen).display()
-        );
-        ListenerSpec {
-            hcm_fields,
-            ..spec.clone()
-        }
-        .render(listen, admin)
-    })
-    .await
-    .unwrap_or_else(|err| panic!("{err}"));
+    let proxies = start_envoy_and_vigil(&dir, |listen, admin| spec.render(listen, admin))
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
     let xfcc = "x-forwarded-client-cert: By=spiffe://example/ns/admin;Hash=00\r\n";
     for (name, listener, _) in &proxies {
         let served = exchange(
