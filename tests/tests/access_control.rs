@@ -487,8 +487,10 @@ async fn rbac_as_in_envoy_with_escaped_slashes_rejected_or_forwarded() {
 ///   host `app` replaces its rules with an ALLOW for the client address, and its routes with:
 ///   an empty `RBACPerRoute` (`/open`: nothing enforced or shadowed), `disabled: true` (`/off`),
 ///   shadow rules only (`/shadow`), a DENY of `/strict/admin` (`/strict`), a `FilterConfig`
-///   wrapping an `RBACPerRoute` (`/wrapped`); the virtual host `listener.example` has none, so
-///   the filter's own rules deny there; the virtual host `rc.example` turns `gate` off;
+///   wrapping an `RBACPerRoute` (`/wrapped`), an ALLOW on a direct response (`/direct`); the
+///   virtual host `listener.example` has none, so the filter's own rules deny there; the virtual
+///   host `unrouted.example` empties it, but a request no route matches gets the filter's own
+///   rules; the virtual host `rc.example` turns `gate` off;
 /// - `gate` denies `x-gate: closed` itself, and the route configuration replaces that by a
 ///   DENY of `x-gate: rc-closed` everywhere (but `rc.example`);
 /// - `dormant` is disabled in the chain and turned on by `/dormant` with a DENY of
@@ -556,6 +558,18 @@ async fn per_route_rbac_as_in_envoy() {
                             other-only:
                               permissions: [{{ any: true }}]
                               principals: [{{ direct_remote_ip: {{ address_prefix: \"{other}\", prefix_len: 32 }} }}]
+              - match: {{ prefix: /direct }}
+                direct_response: {{ status: 200, body: {{ inline_string: direct }} }}
+                typed_per_filter_config:
+                  authz:
+                    {per_route}
+                    rbac:
+                      rules:
+                        action: ALLOW
+                        policies:
+                          other-only:
+                            permissions: [{{ any: true }}]
+                            principals: [{{ direct_remote_ip: {{ address_prefix: \"{other}\", prefix_len: 32 }} }}]
               - match: {{ prefix: /dormant }}
                 route: {{ cluster: echo }}
                 typed_per_filter_config:
@@ -589,6 +603,14 @@ async fn per_route_rbac_as_in_envoy() {
               domains: [listener.example]
               routes:
               - match: {{ prefix: / }}
+                route: {{ cluster: echo }}
+            - name: unrouted
+              domains: [unrouted.example]
+              typed_per_filter_config:
+                authz:
+                  {per_route}
+              routes:
+              - match: {{ prefix: /only }}
                 route: {{ cluster: echo }}
             - name: rc
               domains: [rc.example]
@@ -710,6 +732,11 @@ async fn per_route_rbac_as_in_envoy() {
             ("GET", "app", "/strict/page", ""),
             // A FilterConfig wrapping an RBACPerRoute.
             ("GET", "app", "/wrapped", ""),
+            // A direct response's own RBACPerRoute.
+            ("GET", "app", "/direct", ""),
+            // No route: the filter's own rules, whatever the virtual host says.
+            ("GET", "unrouted.example", "/elsewhere", ""),
+            ("GET", "unrouted.example", "/only", ""),
             // The filter's own rules: no level configures it on this virtual host.
             ("GET", "listener.example", "/", ""),
             ("POST", "listener.example", "/", ""),
