@@ -400,7 +400,9 @@ pub(super) fn http_filters(
                     cx.unsupported(
                         path,
                         format!(
-                            "a weighted cluster's configuration of '{name}' is not implemented                              by vigil (set it on the route, its virtual host or the route                              configuration)"
+                            "a weighted cluster's configuration of '{name}' is not implemented \
+                             by vigil (set it on the route, its virtual host or the route \
+                             configuration)"
                         ),
                     );
                 } else if !disables && found != expected {
