@@ -6,11 +6,14 @@
 //! - this module: the configuration types ([`HttpRbac`], [`NetworkRbac`], [`Rules`], [`Policy`],
 //!   [`Permission`], [`Principal`], [`CidrRange`]), what a decision looks at ([`RbacRequest`]),
 //!   the engine ([`Rules::evaluate`]) and what each filter does with its verdicts
-//!   ([`HttpRbac::decide`], [`NetworkRbac::decide`]: stats, dynamic metadata, the denial's details);
-//! - `config::rbac`: reading the filters' `typed_config` (proto-JSON) into these types, with the
-//!   checks Envoy makes at load time;
-//! - the shell (the companion's proxy): calling `decide` at the right moment, answering 403 or
-//!   closing the connection, bumping the stats it is told to.
+//!   ([`HttpRbac::decide`], [`NetworkRbac::decide`]: stats, dynamic metadata, the denial's details;
+//!   [`HttpRbac::decide_on_route`] with a route's `RBACPerRoute`);
+//! - `config::rbac`: reading the filters' `typed_config` and a route level's `RBACPerRoute`
+//!   (proto-JSON) into these types, with the checks Envoy makes at load time;
+//! - `config::http_filters` / `route`: which route level's `RBACPerRoute` (or `disabled: true`)
+//!   is the most specific for a request;
+//! - the shell (the companion's proxy): calling `decide` at the right moment with the route's
+//!   setting, answering 403 or closing the connection, bumping the stats it is told to.
 //!
 //! # The engine (`RoleBasedAccessControlEngineImpl`, `matchers.cc`)
 //!

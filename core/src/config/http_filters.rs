@@ -29,7 +29,8 @@ pub struct HttpFilter {
     pub kind: HttpFilterKind,
     /// `is_optional`.
     pub is_optional: bool,
-    /// `disabled`: off unless a route enables it (per-filter config is not read by vigil).
+    /// `disabled`: off unless a route level's `typed_per_filter_config` configures it (anything
+    /// but `FilterConfig { disabled: true }`).
     pub disabled: bool,
 }
 

@@ -1,5 +1,6 @@
 //! Reading the RBAC filters' `typed_config` (`envoy.extensions.filters.http.rbac.v3.RBAC`,
-//! `envoy.extensions.filters.network.rbac.v3.RBAC`) into [`crate::rbac`]'s types, with the
+//! `envoy.extensions.filters.network.rbac.v3.RBAC`) and a route level's
+//! `envoy.extensions.filters.http.rbac.v3.RBACPerRoute` into [`crate::rbac`]'s types, with the
 //! checks Envoy 1.36.2 makes when it loads them (`--mode validate`): its proto constraints
 //! (`min_items`, `min_len`, `lte`, required oneofs, `any: true`), the port range and CIDR checks
 //! its matchers make, and the network filter's refusal of `header` rules. Messages use Envoy's
