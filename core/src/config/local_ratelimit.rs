@@ -365,57 +365,6 @@ fn descriptors(cx: &mut Ctx, list: Vec<(FieldPath, &serde_json::Value)>) -> Vec<
     out.into_iter().map(|(_, d)| d).collect()
 }
 
-/// A descriptor's `token_bucket`: the message's rules, and Envoy's 50 ms floor on the
-/// `fill_interval` truncated to milliseconds.
-fn descriptor_token_bucket(cx: &mut Ctx, mut o: Obj) -> Option<TokenBucketSpec> {
-    let path = o.path.clone();
-    let max_tokens = o.u32(cx, "max_tokens").unwrap_or(0);
-    let tokens_per_fill = o.u32(cx, "tokens_per_fill");
-    let fill_interval = o.duration(cx, "fill_interval");
-    let fill_set = o.has("fill_interval");
-    o.finish(cx);
-    let mut ok = true;
-    if max_tokens == 0 {
-        cx.invalid(&path.field("max_tokens"), "value must be greater than 0");
-        ok = false;
-    }
-    if tokens_per_fill == Some(0) {
-        cx.invalid(
-            &path.field("tokens_per_fill"),
-            "value must be greater than 0",
-        );
-        ok = false;
-    }
-    let fill_interval_ms = match fill_interval {
-        Some(d) if d.is_zero() => {
-            cx.invalid(
-                &path.field("fill_interval"),
-                "value must be greater than 0s",
-            );
-            return None;
-        }
-        Some(d) => d.millis(),
-        None => {
-            if !fill_set {
-                cx.invalid(&path.field("fill_interval"), "value is required");
-            }
-            return None;
-        }
-    };
-    if fill_interval_ms < 50 {
-        cx.invalid(
-            &path.field("fill_interval"),
-            "local rate limit descriptor token bucket fill timer must be >= 50ms",
-        );
-        return None;
-    }
-    ok.then_some(TokenBucketSpec {
-        max_tokens,
-        tokens_per_fill: tokens_per_fill.unwrap_or(1),
-        fill_interval_ms,
-    })
-}
-
 /// `status.code`: a defined `StatusCode` other than `Empty`; Envoy answers 429 for one below 400.
 fn http_status(cx: &mut Ctx, mut o: Obj) -> Option<u16> {
     let path = o.path.field("code");
@@ -438,8 +387,11 @@ fn http_status(cx: &mut Ctx, mut o: Obj) -> Option<u16> {
     }
 }
 
-/// `token_bucket`, with the filter's own rules on top of the message's.
-fn token_bucket(cx: &mut Ctx, mut o: Obj) -> Option<TokenBucketSpec> {
+/// The `TokenBucket` message's own rules: `max_tokens` > 0, `tokens_per_fill` > 0 when set,
+/// `fill_interval` required and > 0s. `None` when there is no interval to judge; otherwise the
+/// bucket (its interval truncated to milliseconds, as Envoy does), whether the other fields were
+/// valid, and the interval's path for the caller's floor.
+fn token_bucket_message(cx: &mut Ctx, mut o: Obj) -> Option<(TokenBucketSpec, bool, FieldPath)> {
     let path = o.path.clone();
     let max_tokens = o.u32(cx, "max_tokens").unwrap_or(0);
     let tokens_per_fill = o.u32(cx, "tokens_per_fill");
@@ -474,22 +426,43 @@ fn token_bucket(cx: &mut Ctx, mut o: Obj) -> Option<TokenBucketSpec> {
             return None;
         }
     };
+    let spec = TokenBucketSpec {
+        max_tokens,
+        tokens_per_fill: tokens_per_fill.unwrap_or(1),
+        fill_interval_ms,
+    };
+    Some((spec, ok, path.field("fill_interval")))
+}
+
+/// `token_bucket`, with the filter's own rules on top of the message's.
+fn token_bucket(cx: &mut Ctx, o: Obj) -> Option<TokenBucketSpec> {
+    let (spec, ok, interval) = token_bucket_message(cx, o)?;
     // Envoy truncates to milliseconds; 0 ms leaves the filter without a bucket.
-    if fill_interval_ms == 0 {
+    if spec.fill_interval_ms == 0 {
         return None;
     }
-    if fill_interval_ms < 50 {
+    if spec.fill_interval_ms < 50 {
         cx.invalid(
-            &path.field("fill_interval"),
+            &interval,
             "local rate limit token bucket fill timer must be >= 50ms",
         );
         return None;
     }
-    ok.then_some(TokenBucketSpec {
-        max_tokens,
-        tokens_per_fill: tokens_per_fill.unwrap_or(1),
-        fill_interval_ms,
-    })
+    ok.then_some(spec)
+}
+
+/// A descriptor's `token_bucket`: the message's rules, and Envoy's 50 ms floor on the
+/// `fill_interval` truncated to milliseconds (0 ms included: a descriptor has no "no bucket").
+fn descriptor_token_bucket(cx: &mut Ctx, o: Obj) -> Option<TokenBucketSpec> {
+    let (spec, ok, interval) = token_bucket_message(cx, o)?;
+    if spec.fill_interval_ms < 50 {
+        cx.invalid(
+            &interval,
+            "local rate limit descriptor token bucket fill timer must be >= 50ms",
+        );
+        return None;
+    }
+    ok.then_some(spec)
 }
 
 pub(crate) fn runtime_fraction(cx: &mut Ctx, mut o: Obj) -> Option<RuntimeFraction> {
