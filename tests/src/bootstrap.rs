@@ -4,7 +4,7 @@
 //! [`cluster_yaml`] one STATIC cluster item, with an optional [`HealthCheck`] (and endpoint
 //! hostnames: [`cluster_yaml_with_hostnames`]); [`route_yaml`]
 //! and [`retry_policy`] route items; [`clusters_only_config`] a bootstrap without listeners (the
-//! EDS server tests). Configs whose point is their own shape (several filter chains, SDS, the
+//! EDS server tests); [`EdsFront`] the template of an Envoy on vigil's EDS. Configs whose point is their own shape (several filter chains, SDS, the
 //! lab's templates under `envoy/templates/`) are written by their tests.
 
 use std::net::SocketAddr;
@@ -271,4 +271,37 @@ static_resources:
         admin.ip(),
         admin.port()
     )
+}
+
+/// One Envoy of a fleet on vigil's EDS: `envoy/templates/eds-front.yaml` rendered for a node, its
+/// admin and listener addresses, vigil's xDS address, and how long it waits for its first
+/// assignment.
+pub struct EdsFront<'a> {
+    pub node_id: &'a str,
+    pub node_cluster: &'a str,
+    pub admin: SocketAddr,
+    pub listen: SocketAddr,
+    pub xds: SocketAddr,
+    /// `initial_fetch_timeout`, e.g. `5s`.
+    pub initial_fetch_timeout: &'a str,
+}
+
+impl EdsFront<'_> {
+    pub fn render(&self) -> Result<String, String> {
+        let values = std::collections::BTreeMap::from([
+            ("node_id", self.node_id.to_string()),
+            ("node_cluster", self.node_cluster.to_string()),
+            ("admin_address", self.admin.ip().to_string()),
+            ("admin_port", self.admin.port().to_string()),
+            ("listen_address", self.listen.ip().to_string()),
+            ("listen_port", self.listen.port().to_string()),
+            (
+                "initial_fetch_timeout",
+                self.initial_fetch_timeout.to_string(),
+            ),
+            ("xds_address", self.xds.ip().to_string()),
+            ("xds_port", self.xds.port().to_string()),
+        ]);
+        crate::template::render_file("eds-front.yaml", &values)
+    }
 }

@@ -4,15 +4,15 @@
 //! number of Envoys; vigil restarted mid-test leaves the Envoys serving their last endpoints
 //! (no outage), and they resync with the new vigil.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use vigil_tests::bootstrap::{HealthCheck, cluster_yaml, clusters_only_config};
+use vigil_tests::bootstrap::{EdsFront, HealthCheck, cluster_yaml, clusters_only_config};
 use vigil_tests::demoapp::DemoApp;
 use vigil_tests::envoy::{AdminProcess, READY_TIMEOUT};
 use vigil_tests::process::Child;
-use vigil_tests::{http, net, paths, template, wait_until};
+use vigil_tests::{http, net, paths, wait_until};
 
 const CLUSTER: &str = "web_cluster_01";
 const INTERVAL: Duration = Duration::from_millis(500);
@@ -134,18 +134,16 @@ async fn three_envoys_on_vigils_eds_follow_a_fault_and_survive_a_vigil_restart()
     for index in 0..3 {
         let admin = net::fresh_socket();
         let listen = net::fresh_socket();
-        let values = BTreeMap::from([
-            ("node_id", format!("front-{index}")),
-            ("node_cluster", "fleet".to_string()),
-            ("admin_address", admin.ip().to_string()),
-            ("admin_port", admin.port().to_string()),
-            ("listen_address", listen.ip().to_string()),
-            ("listen_port", listen.port().to_string()),
-            ("initial_fetch_timeout", "5s".to_string()),
-            ("xds_address", xds.ip().to_string()),
-            ("xds_port", xds.port().to_string()),
-        ]);
-        let yaml = template::render_file("eds-front.yaml", &values).unwrap();
+        let yaml = EdsFront {
+            node_id: &format!("front-{index}"),
+            node_cluster: "fleet",
+            admin,
+            listen,
+            xds,
+            initial_fetch_timeout: "5s",
+        }
+        .render()
+        .unwrap();
         let envoy = AdminProcess::start(&format!("envoy-{index}"), &yaml, admin, None, &dir)
             .await
             .unwrap();

@@ -5,19 +5,18 @@
 //! another CA issued, are refused at the handshake and logged by vigil; half the TLS options,
 //! and an unreadable file, stop vigil at start with the reason.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use vigil_tests::bootstrap::{HealthCheck, cluster_yaml, clusters_only_config};
+use vigil_tests::bootstrap::{EdsFront, HealthCheck, cluster_yaml, clusters_only_config};
 use vigil_tests::demoapp::DemoApp;
 use vigil_tests::envoy::{AdminProcess, READY_TIMEOUT};
 use vigil_tests::process::Child;
 use vigil_tests::tls_upstream::{Authority, Identity, Validity, tls_client};
-use vigil_tests::{http, net, paths, template, wait_until};
+use vigil_tests::{http, net, paths, wait_until};
 
 const CLUSTER: &str = "web_cluster_01";
 const STEP: Duration = Duration::from_secs(15);
@@ -33,9 +32,9 @@ async fn flags(process: &AdminProcess, host: SocketAddr) -> String {
 
 /// The front template with the xDS cluster over TLS: Envoy's client certificate, and vigil's
 /// checked against `server_ca` and the xDS address as an IP SAN.
-fn envoy_config(values: &BTreeMap<&str, String>, client: (&str, &str), server_ca: &str) -> String {
-    let yaml = template::render_file("eds-front.yaml", values).expect("eds-front.yaml renders");
-    let xds_ip = &values["xds_address"];
+fn envoy_config(front: &EdsFront, client: (&str, &str), server_ca: &str) -> String {
+    let yaml = front.render().expect("eds-front.yaml renders");
+    let xds_ip = front.xds.ip();
     let transport = format!(
         "  - name: vigil_xds
     transport_socket:
@@ -190,18 +189,15 @@ async fn envoy_gets_its_endpoints_over_mtls_and_strangers_are_refused() {
 
     let admin = net::fresh_socket();
     let listen = net::fresh_socket();
-    let values = BTreeMap::from([
-        ("node_id", "front-0".to_string()),
-        ("node_cluster", "fleet".to_string()),
-        ("admin_address", admin.ip().to_string()),
-        ("admin_port", admin.port().to_string()),
-        ("listen_address", listen.ip().to_string()),
-        ("listen_port", listen.port().to_string()),
-        ("initial_fetch_timeout", "5s".to_string()),
-        ("xds_address", xds.ip().to_string()),
-        ("xds_port", xds.port().to_string()),
-    ]);
-    let yaml = envoy_config(&values, (&client_cert, &client_key), &server_ca_path);
+    let front = EdsFront {
+        node_id: "front-0",
+        node_cluster: "fleet",
+        admin,
+        listen,
+        xds,
+        initial_fetch_timeout: "5s",
+    };
+    let yaml = envoy_config(&front, (&client_cert, &client_key), &server_ca_path);
     let envoy = AdminProcess::start("envoy", &yaml, admin, None, &dir)
         .await
         .unwrap_or_else(|err| panic!("{err}\n{}", vigil.child.log_tail(30)));

@@ -4,15 +4,14 @@
 //! Envoy waits (not ready, vigil's `/xds` lists the cluster as withheld), then receives one
 //! assignment, with the host healthy.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
-use vigil_tests::bootstrap::{HealthCheck, cluster_yaml, clusters_only_config};
+use vigil_tests::bootstrap::{EdsFront, HealthCheck, cluster_yaml, clusters_only_config};
 use vigil_tests::demoapp::DemoApp;
 use vigil_tests::envoy::AdminProcess;
 use vigil_tests::process::Child;
-use vigil_tests::{http, net, paths, template, wait_until};
+use vigil_tests::{http, net, paths, wait_until};
 
 const CLUSTER: &str = "web_cluster_01";
 
@@ -58,18 +57,16 @@ async fn the_first_assignment_waits_for_the_first_round_of_checks() {
 
     let admin = net::fresh_socket();
     let listen = net::fresh_socket();
-    let values = BTreeMap::from([
-        ("node_id", "front-warm".to_string()),
-        ("node_cluster", "fleet".to_string()),
-        ("admin_address", admin.ip().to_string()),
-        ("admin_port", admin.port().to_string()),
-        ("listen_address", listen.ip().to_string()),
-        ("listen_port", listen.port().to_string()),
-        ("initial_fetch_timeout", "10s".to_string()),
-        ("xds_address", xds.ip().to_string()),
-        ("xds_port", xds.port().to_string()),
-    ]);
-    let yaml = template::render_file("eds-front.yaml", &values).unwrap();
+    let yaml = EdsFront {
+        node_id: "front-warm",
+        node_cluster: "fleet",
+        admin,
+        listen,
+        xds,
+        initial_fetch_timeout: "10s",
+    }
+    .render()
+    .unwrap();
     // While vigil's first check is pending, the Envoy is connected and waiting, not ready.
     let waiting = async {
         wait_until(

@@ -13,11 +13,12 @@ use super::proxies;
 use super::report::{EdsRun, Report, Setup};
 use super::sys::Tools;
 use super::{EDS_STOP_STREAK, Options};
+use crate::bootstrap::EdsFront;
 use crate::demoapp::DemoApp;
 use crate::envoy::AdminProcess;
 use crate::process::Child;
 use crate::progress::Progress;
-use crate::{http, net, template, wait_until};
+use crate::{http, net, wait_until};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -159,23 +160,18 @@ impl Fleet {
             let listen = net::fresh_socket();
             let (config, what) = match setup {
                 Setup::OwnChecks => (checked(admin, listen)?, "eds envoy (a)"),
-                Setup::Eds => {
-                    let values = BTreeMap::from([
-                        ("node_id", format!("{label}-{index}")),
-                        ("node_cluster", "bench".to_string()),
-                        ("admin_address", admin.ip().to_string()),
-                        ("admin_port", admin.port().to_string()),
-                        ("listen_address", listen.ip().to_string()),
-                        ("listen_port", listen.port().to_string()),
-                        ("initial_fetch_timeout", "5s".to_string()),
-                        ("xds_address", xds.ip().to_string()),
-                        ("xds_port", xds.port().to_string()),
-                    ]);
-                    (
-                        template::render_file("eds-front.yaml", &values)?,
-                        "eds envoy (b)",
-                    )
-                }
+                Setup::Eds => (
+                    EdsFront {
+                        node_id: &format!("{label}-{index}"),
+                        node_cluster: "bench",
+                        admin,
+                        listen,
+                        xds,
+                        initial_fetch_timeout: "5s",
+                    }
+                    .render()?,
+                    "eds envoy (b)",
+                ),
             };
             let name = format!("{label}-envoy{index}");
             report.note_command(
