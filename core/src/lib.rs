@@ -12,8 +12,9 @@
 //!    tree, every problem recorded with its field path ([`config::ConfigErrors`]), and, with the
 //!    `envoy-schema` feature, the check of what vigil does not read against Envoy's schema;
 //!    [`substitution`] (format strings, parsed with `protojson`'s error reporting);
-//! 2. [`base`] (Envoy's shared `config.core.v3` messages) and [`matcher`] (regexes, string,
-//!    header and route matchers, [`matcher::RequestView`]);
+//! 2. [`base`] (Envoy's shared `config.core.v3` messages), [`matcher`] (regexes, string,
+//!    header and route matchers, [`matcher::RequestView`]) and [`match_tree`] (the unified
+//!    matcher API's trees over them);
 //! 3. the logic of one concern each, with its own configuration types (in this order among
 //!    themselves, each using only earlier ones): [`health`] (the per-host
 //!    session), [`schedule`], [`check`], [`grpc_health`], [`outlier`], [`cluster_health`],
@@ -55,6 +56,9 @@
 //!   (enabled, limited, enforced),
 //!   its local reply, the `x-ratelimit-*` headers and the counters, with time and random draws as
 //!   inputs.
+//! - [`match_tree`]: Envoy's unified matcher API (`xds.type.matcher.v3.Matcher`): predicates
+//!   over request and connection inputs, lists and maps of them, ending in a filter's action
+//!   (RBAC's `matcher`).
 //! - [`matcher`]: the request matchers every filter and the routes share: [`matcher::Regex`]
 //!   (RE2 syntax, regex-lite), `StringMatcher`, `HeaderMatcher`, query and path matchers, the
 //!   route match, and [`matcher::RequestView`], what they see of a request.
@@ -101,6 +105,7 @@ pub mod grpc_health;
 pub mod health;
 pub mod jwt_authn;
 pub mod local_ratelimit;
+pub mod match_tree;
 pub mod matcher;
 pub mod outlier;
 pub mod path_normalize;

@@ -39,9 +39,11 @@
 //!   plain connection; with TLS, any peer when no `principal_name`, else a URI SAN, a DNS SAN or
 //!   the subject that matches it.
 
+use crate::match_tree::{Input, MatchData, Matcher};
 use crate::matcher::{
     HeaderMatch, HeaderMatcher, RequestView, StringMatch, header_matches, strip_query,
 };
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// The status of Envoy's denial of an HTTP request.
@@ -111,12 +113,25 @@ pub enum Action {
     Log,
 }
 
-/// `config.rbac.v3.RBAC`: an action and its policies, kept in evaluation order.
+/// `config.rbac.v3.RBAC`: an action and its policies, kept in evaluation order; or a filter's
+/// `matcher` (the unified matcher API), a match tree ending in [`RbacAction`]s, which Envoy
+/// prefers to `rules` when both are set.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Rules {
+    /// The policies' action (`ALLOW` for a match tree, whose actions carry their own).
     pub action: Action,
     /// Sorted by name (bytes), names unique: the order Envoy's `std::map` iterates in.
     policies: Vec<(String, Policy)>,
+    /// A match tree instead of policies.
+    tree: Option<Box<Matcher<RbacAction>>>,
+}
+
+/// `envoy.config.rbac.v3.Action`, the action of a match tree: the matched node's name is the
+/// effective policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RbacAction {
+    pub name: String,
+    pub action: Action,
 }
 
 /// `config.rbac.v3.Policy`.
@@ -389,11 +404,29 @@ impl Principal {
 }
 
 impl Rules {
-    /// Whether a policy names the TLS peer (see [`Principal::names_the_peer`]).
+    /// Whether a policy names the TLS peer (see [`Principal::names_the_peer`]), or the match
+    /// tree reads the peer certificate.
     pub fn names_the_peer(&self) -> bool {
-        self.policies
-            .iter()
-            .any(|(_, p)| p.principals.iter().any(Principal::names_the_peer))
+        let mut tree_reads_peer = false;
+        if let Some(tree) = &self.tree {
+            tree.for_each_input(&mut |input| {
+                tree_reads_peer |= matches!(input, Input::UriSan | Input::DnsSan | Input::Subject);
+            });
+        }
+        tree_reads_peer
+            || self
+                .policies
+                .iter()
+                .any(|(_, p)| p.principals.iter().any(Principal::names_the_peer))
+    }
+
+    /// Rules that evaluate a match tree (`RoleBasedAccessControlMatcherEngineImpl`).
+    pub fn from_tree(tree: Matcher<RbacAction>) -> Rules {
+        Rules {
+            action: Action::Allow,
+            policies: Vec::new(),
+            tree: Some(Box::new(tree)),
+        }
     }
 
     /// Rules with `policies` put in Envoy's evaluation order (by name); of two policies with
@@ -409,6 +442,7 @@ impl Rules {
         Rules {
             action,
             policies: sorted,
+            tree: None,
         }
     }
 
@@ -417,8 +451,27 @@ impl Rules {
         &self.policies
     }
 
-    /// `RoleBasedAccessControlEngineImpl::handleAction`.
+    /// `RoleBasedAccessControlEngineImpl::handleAction`, or the match tree's
+    /// `RoleBasedAccessControlMatcherEngineImpl::handleAction`: the matched action decides
+    /// (`LOG` allows), and a request nothing matches is denied; the log hint is set only when
+    /// the tree has a `LOG` action somewhere and an action matched.
     pub fn evaluate(&self, request: &RbacRequest<'_>) -> Verdict<'_> {
+        if let Some(tree) = &self.tree {
+            let Some(matched) = tree.evaluate(request) else {
+                return Verdict {
+                    allowed: false,
+                    policy: None,
+                    log_hint: None,
+                };
+            };
+            let mut has_log = false;
+            tree.for_each_action(&mut |a| has_log |= a.action == Action::Log);
+            return Verdict {
+                allowed: matched.action != Action::Deny,
+                policy: Some(matched.name.as_str()),
+                log_hint: has_log.then_some(matched.action == Action::Log),
+            };
+        }
         let policy = self
             .policies
             .iter()
@@ -482,6 +535,48 @@ impl Principal {
             Principal::RemoteIp(range) => range.contains(request.remote.ip()),
             Principal::Header(h) => header(h, request.headers),
             Principal::UrlPath(m) => url_path(m, request.headers),
+        }
+    }
+}
+
+/// The match tree's inputs, as Envoy 1.36's network and SSL inputs read the stream: the source
+/// inputs are the downstream remote address after `x-forwarded-for` handling (port 0 when it
+/// came from the header), the direct source the peer (differential test in
+/// `tests/tests/access_control.rs`).
+impl MatchData for RbacRequest<'_> {
+    fn input(&self, input: &Input) -> Option<Cow<'_, str>> {
+        let joined = |values: &[String]| (!values.is_empty()).then(|| Cow::from(values.join(",")));
+        match input {
+            Input::RequestHeader(name) => {
+                let view = self.headers?;
+                let mut values = view.header_values(name);
+                let first = values.next()?;
+                let rest: Vec<&str> = values.collect();
+                if rest.is_empty() {
+                    Some(Cow::from(first))
+                } else {
+                    let mut all = first.to_string();
+                    for v in rest {
+                        all.push(',');
+                        all.push_str(v);
+                    }
+                    Some(Cow::from(all))
+                }
+            }
+            Input::DestinationIp => Some(Cow::from(self.local.ip().to_string())),
+            Input::DestinationPort => Some(Cow::from(self.local.port().to_string())),
+            Input::SourceIp => Some(Cow::from(self.remote.ip().to_string())),
+            Input::SourcePort => Some(Cow::from(self.remote.port().to_string())),
+            Input::DirectSourceIp => Some(Cow::from(self.direct_remote.ip().to_string())),
+            Input::ServerName => {
+                (!self.server_name.is_empty()).then(|| Cow::from(self.server_name))
+            }
+            Input::UriSan => joined(&self.tls_peer?.uri_sans),
+            Input::DnsSan => joined(&self.tls_peer?.dns_sans),
+            Input::Subject => {
+                let subject = &self.tls_peer?.subject;
+                (!subject.is_empty()).then(|| Cow::from(subject.as_str()))
+            }
         }
     }
 }

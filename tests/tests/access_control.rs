@@ -170,6 +170,11 @@ async fn client_cert_headers_go_through_with_always_forward_only() {
 /// Two HTTP RBAC filters (DENY, then ALLOW with shadow rules) and a network RBAC filter, with a
 /// policy for every permission and principal kind, rendered for the proxy's own listener
 /// address (destination_ip / destination_port rules name it).
+const HEADER_INPUT: &str = "type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput";
+const NETWORK_INPUT: &str =
+    "type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3";
+const RBAC_ACTION: &str = "type.googleapis.com/envoy.config.rbac.v3.Action";
+
 struct RbacLab {
     trusted: IpAddr,
     client: IpAddr,
@@ -198,6 +203,9 @@ impl RbacLab {
             echo,
         } = self;
         let (ip, port) = (listen.ip(), listen.port());
+        let x_tree = format!(
+            "{{ name: t, typed_config: {{ \"@type\": {HEADER_INPUT}, header_name: x-tree }} }}"
+        );
         let routes = "
               - match: { prefix: \"/\" }
                 route: { cluster: echo }";
@@ -224,7 +232,15 @@ impl RbacLab {
             policies:
               only-client:
                 permissions: [{{ destination_port: {port} }}]
-                principals: [{{ source_ip: {{ address_prefix: \"{client}\", prefix_len: 32 }} }}]"
+                principals: [{{ source_ip: {{ address_prefix: \"{client}\", prefix_len: 32 }} }}]
+          # Envoy prefers a match tree to rules (and warns): the tree decides the shadow result.
+          shadow_matcher:
+            matcher_tree:
+              input: {{ name: peer, typed_config: {{ \"@type\": {NETWORK_INPUT}.DirectSourceIPInput }} }}
+              exact_match_map:
+                map:
+                  \"{client}\": {{ action: {{ name: a, typed_config: {{ \"@type\": {RBAC_ACTION}, name: tree-client, action: ALLOW }} }} }}
+            on_no_match: {{ action: {{ name: a, typed_config: {{ \"@type\": {RBAC_ACTION}, name: tree-other, action: DENY }} }} }}"
         );
         spec.http_filters = format!(
             "
@@ -306,7 +322,73 @@ impl RbacLab {
                 policies:
                   audit-public:
                     permissions: [{{ url_path: {{ path: {{ prefix: /public/audit }} }} }}]
-                    principals: [{{ any: true }}]",
+                    principals: [{{ any: true }}]
+          - name: tree
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules_stat_prefix: tree_
+              track_per_rule_stats: true
+              matcher:
+                matcher_list:
+                  matchers:
+                  - predicate:
+                      and_matcher:
+                        predicate:
+                        - single_predicate: {{ input: {x_tree}, value_match: {{ exact: deny }} }}
+                        - single_predicate:
+                            input: {{ name: h, typed_config: {{ \"@type\": {HEADER_INPUT}, header_name: \":path\" }} }}
+                            value_match: {{ prefix: /public }}
+                    on_match: {{ action: {{ name: a, typed_config: {{ \"@type\": {RBAC_ACTION}, name: tree-deny, action: DENY }} }} }}
+                  - predicate:
+                      single_predicate: {{ input: {x_tree}, value_match: {{ exact: nested }} }}
+                    on_match:
+                      matcher:
+                        matcher_tree:
+                          input: {{ name: s, typed_config: {{ \"@type\": {NETWORK_INPUT}.SourceIPInput }} }}
+                          exact_match_map:
+                            map:
+                              \"{client}\": {{ action: {{ name: a, typed_config: {{ \"@type\": {RBAC_ACTION}, name: nested-client, action: DENY }} }} }}
+                  - predicate:
+                      single_predicate: {{ input: {x_tree}, value_match: {{ prefix: nest }} }}
+                    on_match: {{ action: {{ name: a, typed_config: {{ \"@type\": {RBAC_ACTION}, name: nest-fallthrough, action: DENY }} }} }}
+                  - predicate:
+                      and_matcher:
+                        predicate:
+                        - single_predicate: {{ input: {x_tree}, value_match: {{ exact: xff }} }}
+                        - single_predicate:
+                            input: {{ name: s, typed_config: {{ \"@type\": {NETWORK_INPUT}.SourceIPInput }} }}
+                            value_match: {{ exact: \"{trusted}\" }}
+                    on_match: {{ action: {{ name: a, typed_config: {{ \"@type\": {RBAC_ACTION}, name: xff-source, action: DENY }} }} }}
+                  - predicate:
+                      and_matcher:
+                        predicate:
+                        - single_predicate: {{ input: {x_tree}, value_match: {{ exact: sni }} }}
+                        - not_matcher:
+                            single_predicate:
+                              input: {{ name: sni, typed_config: {{ \"@type\": {NETWORK_INPUT}.ServerNameInput }} }}
+                              value_match: {{ safe_regex: {{ google_re2: {{}}, regex: \".*\" }} }}
+                    on_match: {{ action: {{ name: a, typed_config: {{ \"@type\": {RBAC_ACTION}, name: no-sni, action: DENY }} }} }}
+                  - predicate:
+                      not_matcher:
+                        single_predicate:
+                          input: {{ name: m, typed_config: {{ \"@type\": {HEADER_INPUT}, header_name: x-multi }} }}
+                          value_match: {{ exact: \"a,b\" }}
+                    on_match:
+                      matcher:
+                        matcher_tree:
+                          input: {{ name: p, typed_config: {{ \"@type\": {NETWORK_INPUT}.DestinationPortInput }} }}
+                          exact_match_map:
+                            map:
+                              \"{port}\": {{ action: {{ name: a, typed_config: {{ \"@type\": {RBAC_ACTION}, name: port-allow, action: ALLOW }} }} }}
+                        on_no_match: {{ action: {{ name: a, typed_config: {{ \"@type\": {RBAC_ACTION}, name: port-other, action: DENY }} }} }}
+                on_no_match: {{ action: {{ name: a, typed_config: {{ \"@type\": {RBAC_ACTION}, name: multi-logged, action: LOG }} }} }}
+              shadow_matcher:
+                matcher_tree:
+                  input: {{ name: h, typed_config: {{ \"@type\": {HEADER_INPUT}, header_name: \":path\" }} }}
+                  prefix_match_map:
+                    map:
+                      /public: {{ action: {{ name: a, typed_config: {{ \"@type\": {RBAC_ACTION}, name: shadow-public, action: ALLOW }} }} }}
+                      /public/audit: {{ action: {{ name: a, typed_config: {{ \"@type\": {RBAC_ACTION}, name: shadow-audit, action: DENY }} }} }}",
             port + 1
         );
         spec
@@ -364,6 +446,24 @@ impl RbacLab {
             ("xff trusted", get("/admin", &spoof)),
             ("xff trusted then client", get("/admin", &spoof_two)),
             ("range header", get("/only/range", "x-range: 1\r\n")),
+            ("tree deny", get("/public/a", "x-tree: deny\r\n")),
+            (
+                "tree deny elsewhere",
+                get("/only/other", "x-tree: deny\r\n"),
+            ),
+            ("tree nested", get("/public/a", "x-tree: nested\r\n")),
+            ("tree nest", get("/public/a", "x-tree: nest\r\n")),
+            (
+                "tree xff",
+                get("/public/a", &format!("x-tree: xff\r\n{spoof}")),
+            ),
+            ("tree sni", get("/public/a", "x-tree: sni\r\n")),
+            (
+                "tree multi",
+                get("/public/a", "x-multi: a\r\nx-multi: b\r\n"),
+            ),
+            ("tree multi one", get("/public/a", "x-multi: a,b\r\n")),
+            ("tree multi other", get("/public/audit/x", "x-multi: a\r\n")),
             (
                 "delete",
                 "DELETE /public/x HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n".to_string(),
@@ -376,6 +476,13 @@ impl RbacLab {
         ] {
             out.push((format!("client {label}"), c, request));
         }
+        // A nested tree that does not match lets the list go on: from another address the
+        // `nested` request falls through to the `nest` prefix.
+        out.push((
+            "trusted tree nested".to_string(),
+            self.trusted,
+            get("/public/a", "x-tree: nested\r\n"),
+        ));
         out.push((
             "closed GET /public/a".to_string(),
             self.closed,

@@ -79,6 +79,7 @@ mod http_filters;
 mod jwt_authn;
 mod listener;
 mod local_ratelimit;
+mod match_tree;
 mod matchers;
 mod per_filter;
 mod rate_limits;

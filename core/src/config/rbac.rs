@@ -13,6 +13,7 @@
 //! filter-state matchers, `custom` principals and `uri_template` permissions.
 //! `audit_logging_options` is checked and ignored with a warning: Envoy 1.36 ignores it too.
 
+use super::match_tree::{self, InputPolicy, MATCHER};
 use super::matchers::{header_matcher, string_match};
 use super::schema::{CIDR_RANGE, HEADER_MATCHER, ROUTE_STRING_MATCHER, TYPED_EXTENSION_CONFIG};
 use crate::matcher::{HeaderMatcher, StringMatch};
@@ -20,7 +21,8 @@ use crate::protojson::{
     Any, Ctx, Enum, FieldPath, Message, Obj, boolean, describe, enumeration, integer, read, reject,
 };
 use crate::rbac::{
-    Action, CidrRange, Enforcement, HttpRbac, NetworkRbac, Permission, Policy, Principal, Rules,
+    Action, CidrRange, Enforcement, HttpRbac, NetworkRbac, Permission, Policy, Principal,
+    RbacAction, Rules,
 };
 use serde_json::Value;
 use std::net::Ipv6Addr;
@@ -33,8 +35,6 @@ pub(crate) const NETWORK_RBAC_TYPE: &str = "envoy.extensions.filters.network.rba
 const MIN_LEN_1: &str = "value length must be at least 1 characters";
 const MIN_ITEMS_1: &str = "value must contain at least 1 item(s)";
 
-const MATCHER_API: &str = "the matcher API (a match tree of RBAC actions) is not implemented by \
-                           vigil: write the policies in rules / shadow_rules";
 const CEL: &str = "CEL conditions are not implemented by vigil: ignoring one would change which \
                    policies match";
 const METADATA: &str = "metadata matchers are not implemented by vigil (it keeps no dynamic or \
@@ -50,9 +50,9 @@ static HTTP_RBAC: Message = Message {
     fields: &[
         read("rules"),
         read("rules_stat_prefix"),
-        reject("matcher", MATCHER_API),
+        read("matcher"),
         read("shadow_rules"),
-        reject("shadow_matcher", MATCHER_API),
+        read("shadow_matcher"),
         read("shadow_rules_stat_prefix"),
         read("track_per_rule_stats"),
     ],
@@ -69,9 +69,9 @@ static NETWORK_RBAC: Message = Message {
     name: NETWORK_RBAC_TYPE,
     fields: &[
         read("rules"),
-        reject("matcher", MATCHER_API),
+        read("matcher"),
         read("shadow_rules"),
-        reject("shadow_matcher", MATCHER_API),
+        read("shadow_matcher"),
         read("shadow_rules_stat_prefix"),
         read("stat_prefix"),
         read("enforcement_type"),
@@ -291,13 +291,9 @@ pub(crate) fn http_rbac_per_route(cx: &mut Ctx, typed: &Any) -> Option<HttpRbac>
 /// `rbac`).
 fn http_rbac_fields(cx: &mut Ctx, mut o: Obj) -> Option<HttpRbac> {
     let errors = cx.errors.len();
-    let rules = o
-        .message(cx, "rules", &RBAC)
-        .and_then(|r| read_rules(cx, r, Filter::Http));
+    let rules = rules_or_tree(cx, &mut o, "rules", "matcher", Filter::Http);
     let rules_stat_prefix = o.string(cx, "rules_stat_prefix").unwrap_or_default();
-    let shadow_rules = o
-        .message(cx, "shadow_rules", &RBAC)
-        .and_then(|r| read_rules(cx, r, Filter::Http));
+    let shadow_rules = rules_or_tree(cx, &mut o, "shadow_rules", "shadow_matcher", Filter::Http);
     let shadow_rules_stat_prefix = o.string(cx, "shadow_rules_stat_prefix").unwrap_or_default();
     let track_per_rule_stats = o.bool(cx, "track_per_rule_stats").unwrap_or(false);
     o.finish(cx);
@@ -316,12 +312,14 @@ pub(crate) fn network_rbac(cx: &mut Ctx, typed: &Any) -> Option<NetworkRbac> {
     let errors = cx.errors.len();
     let mut o = typed.obj(cx, &NETWORK_RBAC);
     let stat_prefix = o.required_string(cx, "stat_prefix", MIN_LEN_1);
-    let rules = o
-        .message(cx, "rules", &RBAC)
-        .and_then(|r| read_rules(cx, r, Filter::Network));
-    let shadow_rules = o
-        .message(cx, "shadow_rules", &RBAC)
-        .and_then(|r| read_rules(cx, r, Filter::Network));
+    let rules = rules_or_tree(cx, &mut o, "rules", "matcher", Filter::Network);
+    let shadow_rules = rules_or_tree(
+        cx,
+        &mut o,
+        "shadow_rules",
+        "shadow_matcher",
+        Filter::Network,
+    );
     let shadow_rules_stat_prefix = o.string(cx, "shadow_rules_stat_prefix").unwrap_or_default();
     let enforcement = enforcement_type(cx, &mut o);
     // Envoy's PROTOBUF_GET_MS_OR_DEFAULT: whole milliseconds; under 1 ms is 0, an immediate close.
@@ -353,6 +351,81 @@ fn enforcement_type(cx: &mut Ctx, o: &mut Obj) -> Enforcement {
     } else {
         Enforcement::OneTimeOnFirstByte
     }
+}
+
+/// The HTTP filter's match tree inputs (Envoy's `ActionValidationVisitor`).
+static HTTP_INPUTS: InputPolicy = InputPolicy {
+    request_headers: true,
+    refusal: "RBAC HTTP filter cannot match on",
+    unsupported: &[],
+};
+
+/// The network filter's: no request headers; filter state vigil does not keep.
+static NETWORK_INPUTS: InputPolicy = InputPolicy {
+    request_headers: false,
+    refusal: "RBAC network filter cannot match",
+    unsupported: &[(
+        "envoy.extensions.matching.common_inputs.network.v3.FilterStateInput",
+        "filter state inputs are not implemented by vigil (it keeps no filter state)",
+    )],
+};
+
+static RBAC_ACTION_MESSAGE: Message = Message {
+    name: "envoy.config.rbac.v3.Action",
+    fields: &[read("name"), read("action")],
+    removed: &[],
+};
+
+/// `rules` or the `matcher` that replaces them (Envoy builds the match tree when both are set,
+/// and warns that the rules are ignored; both are read and checked).
+fn rules_or_tree(
+    cx: &mut Ctx,
+    o: &mut Obj,
+    rules_field: &str,
+    tree_field: &str,
+    filter: Filter,
+) -> Option<Rules> {
+    let rules = o
+        .message(cx, rules_field, &RBAC)
+        .and_then(|r| read_rules(cx, r, filter));
+    let tree_path = o.path.field(tree_field);
+    let Some(tree) = o.message(cx, tree_field, &MATCHER) else {
+        return rules;
+    };
+    if rules.is_some() {
+        cx.warn(
+            &tree_path,
+            format!("{rules_field} are ignored when {tree_field} is configured (as in Envoy)"),
+        );
+    }
+    let inputs = match filter {
+        Filter::Http => &HTTP_INPUTS,
+        Filter::Network => &NETWORK_INPUTS,
+    };
+    match_tree::matcher(cx, tree, inputs, &mut rbac_action).map(Rules::from_tree)
+}
+
+/// An action of a match tree: `envoy.config.rbac.v3.Action`.
+fn rbac_action(cx: &mut Ctx, typed: &Any) -> Option<RbacAction> {
+    if !typed.is(RBAC_ACTION_MESSAGE.name) {
+        cx.invalid(
+            &typed.path,
+            format!(
+                "an RBAC match tree's actions are envoy.config.rbac.v3.Action, found {}",
+                typed.type_name
+            ),
+        );
+        return None;
+    }
+    let mut o = typed.obj(cx, &RBAC_ACTION_MESSAGE);
+    let name = o.string(cx, "name").unwrap_or_default();
+    let action = match o.enumeration(cx, "action", &RBAC_ACTION) {
+        Some(1) => Action::Deny,
+        Some(2) => Action::Log,
+        _ => Action::Allow,
+    };
+    o.finish(cx);
+    Some(RbacAction { name, action })
 }
 
 /// `config.rbac.v3.RBAC`. `None` (with errors) when a policy is in error.
@@ -827,16 +900,116 @@ mod tests {
     }
 
     #[test]
-    fn what_vigil_does_not_implement_is_refused_by_name() {
-        let (_, r) = http(json!({"matcher": {}, "shadow_matcher": {}}));
-        assert_eq!(r.kinds, [ErrorKind::Unsupported, ErrorKind::Unsupported]);
+    fn match_trees_are_read_with_envoys_rules() {
+        // Envoy's rbac example: deny a request whose referer does not match, allow the rest.
+        let tree = json!({
+            "matcher_list": {"matchers": [{
+                "predicate": {"not_matcher": {"single_predicate": {
+                    "input": {"name": "referer", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput",
+                        "header_name": "Referer"}},
+                    "value_match": {"safe_regex": {"google_re2": {}, "regex": "https?://(www.)?envoyproxy.io/docs/envoy.*"}}}}},
+                "on_match": {"action": {"name": "action", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.config.rbac.v3.Action",
+                    "name": "illegal-referer", "action": "DENY"}}}}]},
+            "on_no_match": {"action": {"name": "action", "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.rbac.v3.Action",
+                "name": "all-pass", "action": "ALLOW"}}}
+        });
+        let (cfg, r) = http(json!({"matcher": tree.clone(), "shadow_matcher": tree}));
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        let cfg = cfg.expect("read");
+        let rules = cfg.rules.expect("a tree");
+        let headers = [("referer", "https://envoyproxy.io/docs/envoy/latest")];
+        let good = RequestView::new(Some("h"), "/", "GET", &headers);
+        let none = RequestView::new(Some("h"), "/", "GET", &[]);
+        let addr: std::net::SocketAddr = "127.0.0.1:1".parse().expect("address");
+        let request = |view| RbacRequest {
+            headers: Some(view),
+            direct_remote: addr,
+            remote: addr,
+            local: addr,
+            server_name: "",
+            tls_peer: None,
+        };
+        let allowed = rules.evaluate(&request(&good));
+        assert!(allowed.allowed);
+        assert_eq!(allowed.policy, Some("all-pass"));
+        let denied = rules.evaluate(&request(&none));
+        assert!(!denied.allowed);
+        assert_eq!(denied.policy, Some("illegal-referer"));
+        assert_eq!(denied.log_hint, None);
+    }
+
+    #[test]
+    fn match_trees_are_checked_as_envoy_checks_them() {
+        let action = json!({"name": "a", "typed_config": {
+            "@type": "type.googleapis.com/envoy.config.rbac.v3.Action", "action": "DENY"}});
+        let input = |t: &str| json!({"name": "i", "typed_config": {"@type": format!("type.googleapis.com/{t}")}});
+        // No matcher_type is allowed (then on_no_match decides); a one-item or_matcher, an
+        // empty map are not.
+        let (cfg, r) = http(json!({"matcher": {"on_no_match": {"action": action}}}));
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert!(cfg.and_then(|c| c.rules).is_some());
+        let single = json!({"single_predicate": {
+            "input": input("envoy.extensions.matching.common_inputs.network.v3.SourceIPInput"),
+            "value_match": {"exact": "127.0.0.1"}}});
+        let (_, r) = http(json!({"matcher": {"matcher_list": {"matchers": [{
+            "predicate": {"or_matcher": {"predicate": [single]}},
+            "on_match": {"action": action}}]}}}));
         assert_eq!(
             r.errors,
             [
-                format!("typed_config.matcher: {MATCHER_API}"),
-                format!("typed_config.shadow_matcher: {MATCHER_API}"),
+                "typed_config.matcher.matcher_list.matchers[0].predicate.or_matcher.predicate: value must contain at least 2 item(s)"
             ]
         );
+        let (_, r) = http(json!({"matcher": {"matcher_tree": {
+            "input": input("envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput"),
+            "exact_match_map": {"map": {}}}}}));
+        assert_eq!(
+            r.errors,
+            [
+                "typed_config.matcher.matcher_tree.exact_match_map.map: value must contain at least 1 pair(s)"
+            ]
+        );
+        // An input the filter does not accept (Envoy's error), and one it accepts that vigil
+        // does not read (refused by name).
+        let tree_on = |t: &str| {
+            json!({"matcher_tree": {"input": input(t),
+            "exact_match_map": {"map": {"x": {"action": action}}}}})
+        };
+        let (_, r) = http(
+            json!({"matcher": tree_on("envoy.extensions.matching.common_inputs.network.v3.TransportProtocolInput")}),
+        );
+        assert_eq!(r.kinds, [ErrorKind::Invalid], "{:?}", r.errors);
+        assert!(r.errors[0].contains("RBAC HTTP filter cannot match on 'type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.TransportProtocolInput'"), "{:?}", r.errors);
+        let (_, r) = network(
+            json!({"stat_prefix": "n", "matcher": tree_on("envoy.type.matcher.v3.HttpRequestHeaderMatchInput")}),
+        );
+        assert_eq!(r.kinds, [ErrorKind::Invalid], "{:?}", r.errors);
+        let (_, r) = network(
+            json!({"stat_prefix": "n", "matcher": tree_on("envoy.extensions.matching.common_inputs.network.v3.FilterStateInput")}),
+        );
+        assert_eq!(r.kinds, [ErrorKind::Unsupported], "{:?}", r.errors);
+        // Custom matchers are refused by name; keep_matching is invalid in RBAC (Envoy).
+        let (_, r) = http(json!({"matcher": {"matcher_tree": {
+            "input": input("envoy.extensions.matching.common_inputs.network.v3.SourceIPInput"),
+            "custom_match": {"name": "ip", "typed_config": {"@type": "type.googleapis.com/xds.type.matcher.v3.IPMatcher"}}}}}));
+        assert_eq!(r.kinds, [ErrorKind::Unsupported], "{:?}", r.errors);
+        let (_, r) = http(json!({"matcher": {"matcher_tree": {
+            "input": input("envoy.extensions.matching.common_inputs.network.v3.SourceIPInput"),
+            "exact_match_map": {"map": {"x": {"action": action, "keep_matching": true}}}}}}));
+        assert_eq!(r.kinds, [ErrorKind::Invalid], "{:?}", r.errors);
+        // An action of another type.
+        let (_, r) = http(json!({"matcher": {"matcher_tree": {
+            "input": input("envoy.extensions.matching.common_inputs.network.v3.SourceIPInput"),
+            "exact_match_map": {"map": {"x": {"action": {"name": "a", "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.route.v3.Route"}}}}}}}}));
+        assert_eq!(r.kinds, [ErrorKind::Invalid], "{:?}", r.errors);
+    }
+
+    #[test]
+    fn what_vigil_does_not_implement_is_refused_by_name() {
         let (_, r) = http(
             json!({"rules": {"policies": {"p": {"permissions": [{"any": true}],
             "principals": [{"any": true}], "condition": {"const_expr": {"bool_value": true}}}}}}),
@@ -1397,15 +1570,13 @@ mod tests {
             "{:?}",
             r.errors
         );
-        // The matcher API stays refused by name on a route too.
-        let (_, r) = per_route(json!({"rbac": {"matcher": {}, "shadow_matcher": {}}}));
-        assert_eq!(r.kinds, [ErrorKind::Unsupported, ErrorKind::Unsupported]);
-        assert_eq!(
-            r.errors,
-            [
-                format!("typed_config.rbac.matcher: {MATCHER_API}"),
-                format!("typed_config.rbac.shadow_matcher: {MATCHER_API}"),
-            ]
-        );
+        // A route's RBAC may be a match tree too.
+        let (cfg, r) = per_route(json!({"rbac": {"matcher": {"matcher_tree": {
+            "input": {"name": "port", "typed_config": {"@type":
+                "type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput"}},
+            "exact_match_map": {"map": {"8080": {"action": {"name": "a", "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.rbac.v3.Action", "name": "p", "action": "ALLOW"}}}}}}}}}));
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert!(cfg.and_then(|c| c.rules).is_some());
     }
 }
