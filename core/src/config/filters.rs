@@ -95,7 +95,11 @@ pub(crate) fn http_filter(type_name: &str) -> Treatment {
         "decompressor" => Refused("decompress request bodies before they reach the upstream"),
         "custom_response" => Refused("replace upstream responses with configured ones"),
         "dynamic_forward_proxy" | "on_demand" => Refused("resolve hosts and clusters per request"),
-        "cache" => Refused("answer requests from a response cache"),
+        "cache" => Ignorable(
+            "it only answers requests with responses the upstream gave before (a miss, \
+             only-if-cached included, goes upstream as Envoy 1.36 sends it); vigil sends every \
+             request upstream and runs every later filter on it, which a cache hit in Envoy skips",
+        ),
         "stateful_session" => Refused("pin requests to hosts named by cookies or headers"),
         "tap" => Refused("copy traffic to a tap sink"),
         "composite" => Refused("run other filters chosen per request"),
