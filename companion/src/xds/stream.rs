@@ -1,0 +1,428 @@
+//! One Envoy's stream, in either variant of the protocol: the task that feeds its requests and
+//! the published resources to its state machine ([`StreamState`] for state of the world,
+//! [`DeltaState`] for delta), sends what that decides, and keeps its admin entry current.
+//!
+//! Every stream has its own bounded outbound queue ([`QUEUE`] responses), and a response is
+//! built only when the queue has room, from the state of that moment: a client that does not
+//! read its stream holds up nobody else (the publisher never waits for a stream, and each
+//! stream waits only for its own queue), and when it reads again it gets the newest state, not
+//! a backlog of stale ones. Such a client is logged once and shown as stalled in `/xds`.
+//!
+//! The same goes for the other faults a client can commit: a malformed request ends its own
+//! stream (logged once); a subscription to a cluster vigil does not run is logged once per name
+//! and listed in `/xds`; a NACK is logged at warn the first time and whenever Envoy's message
+//! changes (debug otherwise: a client that rejects every version would fill the log), and
+//! counted.
+
+use super::delta::{DeltaRequest, DeltaResponse, DeltaState};
+use super::protocol::{self, EDS_TYPE_URL, Event, Resources, StreamState};
+use super::registry::{Mode, Peer, Registry};
+use envoy_types::pb::envoy::config::core::v3::ControlPlane;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::Any;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::sync::{mpsc, watch};
+use tonic::{Status, Streaming};
+
+/// Responses a stream may have waiting for its transport. Envoy reads at once, so this is only
+/// ever reached by a client that does not read; keeping it short bounds the memory such a
+/// client holds and how stale its backlog can be.
+pub const QUEUE: usize = 2;
+
+/// What the publisher hands every stream: the ready resources, and the clusters withheld during
+/// warm start (known, but not to be sent nor removed yet).
+#[derive(Debug, Default, PartialEq)]
+pub struct Published {
+    pub resources: Resources,
+    pub withheld: BTreeSet<String>,
+}
+
+/// The part of a stream that differs between the two variants.
+pub(crate) trait Session: Send + 'static {
+    type Request: prost::Message + Default + Send + 'static;
+    type Response: Send + 'static;
+    const MODE: Mode;
+
+    /// The request's `type_url`.
+    fn type_url(request: &Self::Request) -> &str;
+    /// Applies one request.
+    fn on_request(&mut self, request: &Self::Request) -> Vec<Event>;
+    /// The response due now, if any; recorded as sent.
+    fn next_response(&mut self, published: &Published) -> Option<(Self::Response, u64)>;
+    fn node_id(&self) -> Option<&str>;
+    /// Copies the protocol state into the admin entry.
+    fn show(&self, peer: &mut Peer, published: &Published);
+}
+
+/// State of the world.
+pub(crate) struct Sotw(pub StreamState);
+
+impl Session for Sotw {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const MODE: Mode = Mode::Sotw;
+
+    fn type_url(request: &DiscoveryRequest) -> &str {
+        &request.type_url
+    }
+
+    fn on_request(&mut self, request: &DiscoveryRequest) -> Vec<Event> {
+        self.0.on_request(&to_request(request))
+    }
+
+    fn next_response(&mut self, published: &Published) -> Option<(DiscoveryResponse, u64)> {
+        let response = self.0.next_response(&published.resources)?;
+        let count = response.resources.len() as u64;
+        Some((to_response(response), count))
+    }
+
+    fn node_id(&self) -> Option<&str> {
+        self.0.node_id()
+    }
+
+    fn show(&self, peer: &mut Peer, published: &Published) {
+        let state = &self.0;
+        peer.node_id = state.node_id().map(str::to_string);
+        peer.node_cluster = state.node_cluster().map(str::to_string);
+        peer.initial_version = state.initial_version().map(str::to_string);
+        peer.subscribed = if state.is_wildcard() {
+            None
+        } else {
+            Some(
+                state
+                    .subscribed()
+                    .map(|s| s.iter().cloned().collect())
+                    .unwrap_or_default(),
+            )
+        };
+        peer.unknown = unknown(peer.subscribed.as_deref(), published);
+        peer.clusters = state.status().clone();
+    }
+}
+
+/// Incremental.
+pub(crate) struct Delta(pub DeltaState);
+
+impl Session for Delta {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    const MODE: Mode = Mode::Delta;
+
+    fn type_url(request: &DeltaDiscoveryRequest) -> &str {
+        &request.type_url
+    }
+
+    fn on_request(&mut self, request: &DeltaDiscoveryRequest) -> Vec<Event> {
+        self.0.on_request(&to_delta_request(request))
+    }
+
+    fn next_response(&mut self, published: &Published) -> Option<(DeltaDiscoveryResponse, u64)> {
+        let response = self
+            .0
+            .next_response(&published.resources, &published.withheld)?;
+        let count = (response.resources.len() + response.removed.len()) as u64;
+        Some((to_delta_response(response), count))
+    }
+
+    fn node_id(&self) -> Option<&str> {
+        self.0.node_id()
+    }
+
+    fn show(&self, peer: &mut Peer, published: &Published) {
+        let state = &self.0;
+        peer.node_id = state.node_id().map(str::to_string);
+        peer.node_cluster = state.node_cluster().map(str::to_string);
+        peer.initial_versions = state.initial_versions().clone();
+        peer.subscribed = if state.is_wildcard() {
+            None
+        } else {
+            Some(state.subscribed().iter().cloned().collect())
+        };
+        peer.unknown = state.unknown(&published.resources, &published.withheld);
+        peer.clusters = state.status().clone();
+    }
+}
+
+/// Subscribed names that are neither served nor withheld.
+fn unknown(subscribed: Option<&[String]>, published: &Published) -> Vec<String> {
+    subscribed
+        .unwrap_or_default()
+        .iter()
+        .filter(|n| !published.resources.contains_key(*n) && !published.withheld.contains(*n))
+        .cloned()
+        .collect()
+}
+
+/// Who a stream is, for its log lines: `xds EDS stream 3 (delta)`.
+pub(crate) struct Label {
+    pub api: &'static str,
+    pub mode: Mode,
+    pub stream: u64,
+}
+
+impl std::fmt::Display for Label {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "xds {} stream {} ({})",
+            self.api,
+            self.stream,
+            self.mode.as_str()
+        )
+    }
+}
+
+/// Runs one stream until the client or the server ends it.
+pub(crate) async fn run<S: Session>(
+    label: Label,
+    mut session: S,
+    mut inbound: Streaming<S::Request>,
+    tx: mpsc::Sender<Result<S::Response, Status>>,
+    mut published: watch::Receiver<Arc<Published>>,
+    registry: Arc<Registry>,
+) {
+    let stream = label.stream;
+    let mut ignored_types = BTreeSet::new();
+    let mut unknown_logged = BTreeSet::new();
+    let mut last_nack: Option<String> = None;
+    let mut stall_logged = false;
+    // Whether a response may be due: after a request or a publish, until one is built.
+    let mut due = false;
+    loop {
+        let stalled = due && tx.capacity() == 0;
+        if stalled {
+            registry.with_peer(stream, |peer| {
+                if peer.queue.stalled_since.is_none() {
+                    peer.queue.stalled_since = Some(SystemTime::now());
+                    peer.queue.stalls += 1;
+                }
+                peer.queue.queued = QUEUE - tx.capacity();
+            });
+            if !stall_logged {
+                stall_logged = true;
+                log::warn!(
+                    "{label}: node '{}' is not reading its responses (its queue of \
+                     {QUEUE} is full); it will get the newest state when it reads, the other \
+                     streams are not held up",
+                    session.node_id().unwrap_or("(no node id)")
+                );
+            }
+        }
+        tokio::select! {
+            message = inbound.message() => match message {
+                Ok(Some(request)) => {
+                    let type_url = S::type_url(&request);
+                    if !type_url.is_empty() && type_url != EDS_TYPE_URL {
+                        if ignored_types.insert(type_url.to_string()) {
+                            log::warn!(
+                                "{label}: {type_url} is not served (EDS only); \
+                                 requests for it are ignored"
+                            );
+                        }
+                        continue;
+                    }
+                    let events = session.on_request(&request);
+                    let node = session.node_id().unwrap_or("(no node id)").to_string();
+                    let current = published.borrow().clone();
+                    registry.with_peer(stream, |peer| {
+                        record(&label, &node, events, peer, &mut last_nack);
+                        session.show(peer, &current);
+                        for name in &peer.unknown {
+                            if unknown_logged.insert(name.clone()) {
+                                log::warn!(
+                                    "{label}: node '{node}' subscribes to '{name}', \
+                                     which vigil does not run; nothing is sent for it until a \
+                                     cluster of that name exists"
+                                );
+                            }
+                        }
+                    });
+                    due = true;
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    if status.code() == tonic::Code::Internal
+                        || status.code() == tonic::Code::InvalidArgument
+                    {
+                        log::warn!("{label}: malformed request, stream closed: {status}");
+                    } else {
+                        log::debug!("{label}: closed: {status}");
+                    }
+                    break;
+                }
+            },
+            changed = published.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                if stalled {
+                    registry.with_peer(stream, |peer| peer.queue.coalesced += 1);
+                }
+                due = true;
+            }
+            permit = tx.reserve(), if due => {
+                let Ok(permit) = permit else { break };
+                due = false;
+                let current = published.borrow_and_update().clone();
+                let response = session.next_response(&current);
+                let sent = response.as_ref().map(|(_, count)| *count);
+                if let Some((response, _)) = response {
+                    permit.send(Ok(response));
+                }
+                registry.with_peer(stream, |peer| {
+                    if let Some(count) = sent {
+                        peer.responses += 1;
+                        peer.resources_sent += count;
+                    }
+                    if peer.queue.stalled_since.take().is_some() {
+                        log::info!(
+                            "{label}: node '{}' reads its stream again",
+                            session.node_id().unwrap_or("(no node id)")
+                        );
+                    }
+                    peer.queue.queued = QUEUE - tx.capacity();
+                    session.show(peer, &current);
+                });
+            }
+        }
+    }
+    if let Some(node) = session.node_id() {
+        log::info!("{label}: node '{node}' disconnected");
+    }
+    registry.close(stream);
+}
+
+/// Logs a request's events and counts them in the admin entry.
+fn record(
+    label: &Label,
+    node: &str,
+    events: Vec<Event>,
+    peer: &mut Peer,
+    last_nack: &mut Option<String>,
+) {
+    for event in events {
+        match event {
+            Event::Subscribed(names) => log::info!(
+                "{label}: node '{node}' subscribes to {}",
+                match names {
+                    None => "every cluster".to_string(),
+                    Some(names) => format!("{names:?}"),
+                }
+            ),
+            Event::Acked { version, nonce } => {
+                log::debug!("{label}: node '{node}' ACKed version {version} (nonce {nonce})");
+                peer.acks += 1;
+                peer.last_ack = Some((version, SystemTime::now()));
+            }
+            Event::Nacked {
+                version,
+                nonce,
+                detail,
+            } => {
+                if last_nack.as_deref() != Some(detail.as_str()) {
+                    log::warn!(
+                        "{label}: node '{node}' rejected version {version} (nonce \
+                         {nonce}): {detail}; it keeps its previous assignment, and this version \
+                         is not sent again"
+                    );
+                } else {
+                    log::debug!(
+                        "{label}: node '{node}' rejected version {version} (nonce \
+                         {nonce}) again: {detail}"
+                    );
+                }
+                *last_nack = Some(detail.clone());
+                peer.nacks += 1;
+                peer.last_nack = Some((version, detail, SystemTime::now()));
+            }
+            Event::Stale { nonce } => log::debug!(
+                "{label}: node '{node}' answered stale nonce {nonce}; ignored"
+            ),
+        }
+    }
+}
+
+pub(crate) fn to_request(request: &DiscoveryRequest) -> protocol::Request {
+    protocol::Request {
+        node_id: request.node.as_ref().map(|n| n.id.clone()),
+        node_cluster: request.node.as_ref().map(|n| n.cluster.clone()),
+        version_info: request.version_info.clone(),
+        resource_names: request.resource_names.clone(),
+        response_nonce: request.response_nonce.clone(),
+        error: request
+            .error_detail
+            .as_ref()
+            .map(|s| (s.code, s.message.clone())),
+    }
+}
+
+fn control_plane() -> Option<ControlPlane> {
+    Some(ControlPlane {
+        identifier: "vigil".to_string(),
+    })
+}
+
+pub(crate) fn to_response(response: protocol::Response) -> DiscoveryResponse {
+    DiscoveryResponse {
+        version_info: response.version_info,
+        resources: response
+            .resources
+            .into_iter()
+            .map(|r| Any {
+                type_url: EDS_TYPE_URL.to_string(),
+                value: r.body,
+            })
+            .collect(),
+        type_url: EDS_TYPE_URL.to_string(),
+        nonce: response.nonce,
+        control_plane: control_plane(),
+        ..DiscoveryResponse::default()
+    }
+}
+
+fn to_delta_request(request: &DeltaDiscoveryRequest) -> DeltaRequest {
+    DeltaRequest {
+        node_id: request.node.as_ref().map(|n| n.id.clone()),
+        node_cluster: request.node.as_ref().map(|n| n.cluster.clone()),
+        subscribe: request.resource_names_subscribe.clone(),
+        unsubscribe: request.resource_names_unsubscribe.clone(),
+        initial_versions: request
+            .initial_resource_versions
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        response_nonce: request.response_nonce.clone(),
+        error: request
+            .error_detail
+            .as_ref()
+            .map(|s| (s.code, s.message.clone())),
+    }
+}
+
+fn to_delta_response(response: DeltaResponse) -> DeltaDiscoveryResponse {
+    DeltaDiscoveryResponse {
+        system_version_info: response.system_version_info,
+        resources: response
+            .resources
+            .into_iter()
+            .map(|r| envoy_types::pb::envoy::service::discovery::v3::Resource {
+                name: r.name,
+                version: r.version,
+                resource: Some(Any {
+                    type_url: EDS_TYPE_URL.to_string(),
+                    value: r.body,
+                }),
+                ..Default::default()
+            })
+            .collect(),
+        type_url: EDS_TYPE_URL.to_string(),
+        removed_resources: response.removed,
+        nonce: response.nonce,
+        control_plane: control_plane(),
+        ..DeltaDiscoveryResponse::default()
+    }
+}
