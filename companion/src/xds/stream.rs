@@ -426,3 +426,96 @@ fn to_delta_response(response: DeltaResponse) -> DeltaDiscoveryResponse {
         ..DeltaDiscoveryResponse::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xds::assignment::{ClusterInput, EndpointInput};
+    use crate::xds::server::build_resources;
+    use prost::Message;
+    use std::net::SocketAddr;
+    use vigil_core::health::HealthFlags;
+
+    /// `clusters` clusters of `hosts` hosts each; host 0 of cluster 0 carries `flags`.
+    fn fleet(clusters: u8, hosts: u8, flags: HealthFlags) -> Published {
+        let inputs: Vec<ClusterInput> = (0..clusters)
+            .map(|c| ClusterInput {
+                name: format!("cluster_{c:02}"),
+                ready: true,
+                endpoints: (0..hosts)
+                    .map(|h| EndpointInput {
+                        address: SocketAddr::from(([127, 0, c, h], 8080)),
+                        hostname: format!("host-{c}-{h}.example"),
+                        weight: 1,
+                        priority: 0,
+                        flags: if c == 0 && h == 0 {
+                            flags
+                        } else {
+                            HealthFlags::empty()
+                        },
+                    })
+                    .collect(),
+            })
+            .collect();
+        Published {
+            resources: build_resources(&inputs, None).0,
+            withheld: BTreeSet::new(),
+        }
+    }
+
+    fn every_cluster() -> DiscoveryRequest {
+        DiscoveryRequest {
+            resource_names: vec!["*".into()],
+            type_url: EDS_TYPE_URL.into(),
+            ..DiscoveryRequest::default()
+        }
+    }
+
+    /// What one host's transition costs on an ADS stream subscribed to 20 clusters of 10 hosts:
+    /// the changed assignment only, in both variants, against all twenty (what state of the
+    /// world sent before, and what a fresh stream still gets).
+    #[test]
+    fn one_transition_sends_one_assignment_in_both_variants() {
+        let healthy = fleet(20, 10, HealthFlags::empty());
+        let failed = fleet(20, 10, HealthFlags::FAILED_ACTIVE_HC);
+
+        let mut sotw = Sotw(StreamState::new("s"));
+        sotw.on_request(&every_cluster());
+        let (first, count) = sotw.next_response(&healthy).unwrap();
+        assert_eq!(count, 20);
+        let mut ack = every_cluster();
+        ack.response_nonce = first.nonce.clone();
+        sotw.on_request(&ack);
+        let (update, count) = sotw.next_response(&failed).unwrap();
+        assert_eq!(count, 1);
+        let mut fresh = Sotw(StreamState::new("f"));
+        fresh.on_request(&every_cluster());
+        let (everything, _) = fresh.next_response(&failed).unwrap();
+        assert_eq!(update.version_info, everything.version_info);
+
+        let mut delta = Delta(DeltaState::new("d"));
+        delta.on_request(&DeltaDiscoveryRequest {
+            resource_names_subscribe: vec!["*".into()],
+            type_url: EDS_TYPE_URL.into(),
+            ..DeltaDiscoveryRequest::default()
+        });
+        let (delta_first, count) = delta.next_response(&healthy).unwrap();
+        assert_eq!(count, 20);
+        let (delta_update, count) = delta.next_response(&failed).unwrap();
+        assert_eq!(count, 1);
+        assert_eq!(delta_update.resources[0].name, "cluster_00");
+
+        let (all, one, delta_all, delta_one) = (
+            everything.encoded_len(),
+            update.encoded_len(),
+            delta_first.encoded_len(),
+            delta_update.encoded_len(),
+        );
+        eprintln!(
+            "one transition among 20 clusters x 10 hosts: state of the world {one} bytes \
+             (every assignment: {all}); delta {delta_one} bytes (first response: {delta_all})"
+        );
+        assert!(one * 10 < all, "{one} vs {all}");
+        assert!(delta_one * 10 < delta_all, "{delta_one} vs {delta_all}");
+    }
+}
