@@ -14,9 +14,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use vigil_tests::bootstrap::{
-    EdsFront, HealthCheck, XdsApi, cluster_yaml, clusters_only_config,
-};
+use vigil_tests::bootstrap::{EdsFront, HealthCheck, XdsApi, cluster_yaml, clusters_only_config};
 use vigil_tests::demoapp::DemoApp;
 use vigil_tests::envoy::{AdminProcess, READY_TIMEOUT};
 use vigil_tests::process::Child;
@@ -145,7 +143,11 @@ async fn updates(envoy: &AdminProcess) -> u64 {
 
 async fn fleet(apis: [XdsApi; 3]) {
     let delta = apis[0] != XdsApi::Sotw;
-    let dir = paths::scratch_dir(if delta { "eds-fleet-delta" } else { "eds-fleet" });
+    let dir = paths::scratch_dir(if delta {
+        "eds-fleet-delta"
+    } else {
+        "eds-fleet"
+    });
     let blue_at = net::fresh_socket();
     let yellow_at = net::fresh_socket();
     let blue = DemoApp::start("blue", blue_at, &["--livez-delay", "0"], &dir)

@@ -208,7 +208,7 @@ impl DeltaState {
             };
         };
         // Envoy answers in order: what came before this one was answered already.
-        let sent = self.outstanding.drain(..=index).last();
+        let sent = self.outstanding.drain(..=index).next_back();
         let Some(sent) = sent else {
             return Event::Stale {
                 nonce: nonce.clone(),
@@ -345,7 +345,10 @@ mod tests {
     #[test]
     fn subscribe_sends_the_named_resources_then_only_changes() {
         let mut stream = DeltaState::new("s1");
-        assert_eq!(stream.next_response(&resources(&[("a", "1")]), &none()), None);
+        assert_eq!(
+            stream.next_response(&resources(&[("a", "1")]), &none()),
+            None
+        );
         let events = stream.on_request(&request(&["a"], &[], ""));
         assert_eq!(
             events,
@@ -359,10 +362,7 @@ mod tests {
         assert_eq!(first.nonce, "s1-1");
         let events = stream.on_request(&ack(&first.nonce));
         assert!(matches!(events[..], [Event::Acked { .. }]));
-        assert_eq!(
-            stream.status()["a"].acked,
-            Some(resource_version(b"1"))
-        );
+        assert_eq!(stream.status()["a"].acked, Some(resource_version(b"1")));
         assert_eq!(stream.next_response(&set, &none()), None);
         // b is not subscribed: its change is not this stream's business.
         assert_eq!(

@@ -504,7 +504,10 @@ mod tests {
         );
         // The ACK covers b only; a keeps the version of the response that carried it.
         stream.on_request(&subscribe(&["*"], &second.nonce));
-        assert_eq!(stream.status()["b"].acked, Some(second.version_info.clone()));
+        assert_eq!(
+            stream.status()["b"].acked,
+            Some(second.version_info.clone())
+        );
         assert_eq!(stream.status()["a"].acked, Some(first.version_info.clone()));
         // A cluster leaving: nothing to send in state of the world for EDS.
         assert_eq!(

@@ -199,9 +199,8 @@ impl Registry {
                     }
                     per_cluster.push(Value::Object(entry));
                 }
-                let ago = |at: &SystemTime| {
-                    now.duration_since(*at).map(|d| d.as_secs()).unwrap_or(0)
-                };
+                let ago =
+                    |at: &SystemTime| now.duration_since(*at).map(|d| d.as_secs()).unwrap_or(0);
                 let mut entry = Map::new();
                 entry.insert("stream".into(), json!(peer.stream));
                 entry.insert("api".into(), json!(peer.api));

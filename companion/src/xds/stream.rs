@@ -339,9 +339,9 @@ fn record(
                 peer.nacks += 1;
                 peer.last_nack = Some((version, detail, SystemTime::now()));
             }
-            Event::Stale { nonce } => log::debug!(
-                "{label}: node '{node}' answered stale nonce {nonce}; ignored"
-            ),
+            Event::Stale { nonce } => {
+                log::debug!("{label}: node '{node}' answered stale nonce {nonce}; ignored")
+            }
         }
     }
 }
@@ -409,15 +409,17 @@ fn to_delta_response(response: DeltaResponse) -> DeltaDiscoveryResponse {
         resources: response
             .resources
             .into_iter()
-            .map(|r| envoy_types::pb::envoy::service::discovery::v3::Resource {
-                name: r.name,
-                version: r.version,
-                resource: Some(Any {
-                    type_url: EDS_TYPE_URL.to_string(),
-                    value: r.body,
-                }),
-                ..Default::default()
-            })
+            .map(
+                |r| envoy_types::pb::envoy::service::discovery::v3::Resource {
+                    name: r.name,
+                    version: r.version,
+                    resource: Some(Any {
+                        type_url: EDS_TYPE_URL.to_string(),
+                        value: r.body,
+                    }),
+                    ..Default::default()
+                },
+            )
             .collect(),
         type_url: EDS_TYPE_URL.to_string(),
         removed_resources: response.removed,
