@@ -1,12 +1,13 @@
 //! Who is connected, and what each Envoy did with each cluster: the admin view of the EDS
-//! server (`GET /xds`).
+//! server (`GET /xds`, rendered by [`Registry::to_json`]). The stream tasks ([`super::stream`])
+//! keep their entry current; nothing here blocks a stream for long (one short mutex).
 
 use super::protocol::ResourceStatus;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 /// Which variant of the protocol a stream speaks.
@@ -27,13 +28,25 @@ impl Mode {
     }
 }
 
+/// Reads how many responses a stream's queue holds now (the stream task is not woken for it).
+#[derive(Clone)]
+pub struct QueueProbe(pub Arc<dyn Fn() -> usize + Send + Sync>);
+
+impl std::fmt::Debug for QueueProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QueueProbe({})", (self.0)())
+    }
+}
+
 /// A stream's outbound queue: bounded, and the newest state wins (a response is built only
 /// when the queue has room, from the state of that moment).
 #[derive(Debug, Clone, Default)]
 pub struct QueueState {
     pub capacity: usize,
-    /// Responses built and not yet taken by the transport.
+    /// Responses built and not yet taken by the transport, when the stream last looked.
     pub queued: usize,
+    /// Reads `queued` afresh for the admin view.
+    pub probe: Option<QueueProbe>,
     /// Since when a response has been due with the queue full (the client is not reading).
     pub stalled_since: Option<SystemTime>,
     /// How often the queue was found full with a response due.
@@ -171,8 +184,10 @@ impl Registry {
     }
 
     /// The admin document: served clusters with their versions, withheld clusters, and every
-    /// connected Envoy with, per cluster, the versions sent, ACKed and NACKed (with Envoy's
-    /// error detail).
+    /// connected Envoy with its mode (`sotw` / `delta`), subscriptions (and unknown names),
+    /// counters, last ACK and NACK, queue, and per cluster the versions sent, ACKed and NACKed
+    /// (with Envoy's error detail). State of the world shows response versions per cluster;
+    /// delta shows each resource's own version (its content digest).
     pub fn to_json(&self) -> Value {
         let served = self.served.lock().unwrap_or_else(PoisonError::into_inner);
         let clusters: Vec<Value> = served
@@ -246,7 +261,11 @@ impl Registry {
                 let queue = &peer.queue;
                 let mut queue_entry = Map::new();
                 queue_entry.insert("capacity".into(), json!(queue.capacity));
-                queue_entry.insert("queued".into(), json!(queue.queued));
+                let queued = queue
+                    .probe
+                    .as_ref()
+                    .map_or(queue.queued, |probe| (probe.0)());
+                queue_entry.insert("queued".into(), json!(queued));
                 queue_entry.insert("stalled".into(), json!(queue.stalled_since.is_some()));
                 if let Some(since) = &queue.stalled_since {
                     queue_entry.insert("stalled_seconds".into(), json!(ago(since)));

@@ -1,15 +1,17 @@
-//! The gRPC shell: tonic services for EDS (`EndpointDiscoveryService.StreamEndpoints`) and ADS
-//! (`AggregatedDiscoveryService.StreamAggregatedResources`, EDS resources only), the REST-JSON
-//! path ([`rest`]) on the same port, and the publisher that turns the [`ClusterSource`] into
-//! encoded resources.
+//! The gRPC shell: tonic services for EDS (`EndpointDiscoveryService.StreamEndpoints`, and
+//! `DeltaEndpoints`) and ADS (`AggregatedDiscoveryService.StreamAggregatedResources`, and
+//! `DeltaAggregatedResources`; EDS resources only), the REST-JSON path ([`rest`]) on the same
+//! port, and the publisher that turns the [`ClusterSource`] into encoded resources.
 //!
 //! The publisher wakes when a check loop or an outlier detector announces a change
 //! ([`crate::changes`]), and at least every [`POLL`] (for discovery counters), looks at the
 //! source's fingerprint (a few atomic loads: the snapshots are `arc-swap`ed by the check loops)
 //! and republishes the ready clusters' encoded assignments on a `watch` channel when they
-//! changed. Every stream task waits on that channel and on its Envoy's requests, feeds both to
-//! its [`StreamState`], and sends what it decides; so a health transition reaches every connected
-//! Envoy as soon as its snapshot is stored, with no polling delay.
+//! changed (with the names withheld during warm start, which delta needs to tell "not ready" from
+//! "gone"). Every stream task ([`stream`]) waits on that channel and on its Envoy's requests,
+//! feeds both to its state machine ([`StreamState`] or [`DeltaState`]), and sends what it
+//! decides; so a health transition reaches every connected Envoy as soon as its snapshot is
+//! stored, with no polling delay, and the publisher never waits for any stream.
 
 use super::assignment::{ClusterInput, assignment};
 use super::delta::DeltaState;

@@ -16,7 +16,7 @@
 
 use super::delta::{DeltaRequest, DeltaResponse, DeltaState};
 use super::protocol::{self, EDS_TYPE_URL, Event, Resources, StreamState};
-use super::registry::{Mode, Peer, Registry};
+use super::registry::{Mode, Peer, QueueProbe, Registry};
 use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
@@ -186,6 +186,14 @@ pub(crate) async fn run<S: Session>(
     registry: Arc<Registry>,
 ) {
     let stream = label.stream;
+    let weak = tx.downgrade();
+    registry.with_peer(stream, |peer| {
+        peer.queue.probe = Some(QueueProbe(Arc::new(move || {
+            // A closed stream's queue is empty for the admin view.
+            weak.upgrade()
+                .map_or(0, |tx| tx.max_capacity() - tx.capacity())
+        })));
+    });
     let mut ignored_types = BTreeSet::new();
     let mut unknown_logged = BTreeSet::new();
     let mut last_nack: Option<String> = None;
