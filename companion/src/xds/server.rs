@@ -318,6 +318,7 @@ async fn publish(
         let published = Published {
             resources,
             withheld: withheld.into_iter().collect(),
+            known: true,
         };
         tx.send_if_modified(|current| {
             if **current == published {

@@ -39,6 +39,10 @@ pub const QUEUE: usize = 2;
 pub struct Published {
     pub resources: Resources,
     pub withheld: BTreeSet<String>,
+    /// False only before the publisher's first look at the source: until then an empty set
+    /// means "not known yet", not "every cluster is gone" (a delta client resuming in that
+    /// instant must not be told its clusters were removed).
+    pub known: bool,
 }
 
 /// The part of a stream that differs between the two variants.
@@ -142,13 +146,20 @@ impl Session for Delta {
         } else {
             Some(state.subscribed().iter().cloned().collect())
         };
-        peer.unknown = state.unknown(&published.resources, &published.withheld);
+        peer.unknown = if published.known {
+            state.unknown(&published.resources, &published.withheld)
+        } else {
+            Vec::new()
+        };
         peer.clusters = state.status().clone();
     }
 }
 
-/// Subscribed names that are neither served nor withheld.
+/// Subscribed names that are neither served nor withheld (none before the first publish).
 fn unknown(subscribed: Option<&[String]>, published: &Published) -> Vec<String> {
+    if !published.known {
+        return Vec::new();
+    }
     subscribed
         .unwrap_or_default()
         .iter()
@@ -239,15 +250,7 @@ pub(crate) async fn run<S: Session>(
                     registry.with_peer(stream, |peer| {
                         record(&label, &node, events, peer, &mut last_nack);
                         session.show(peer, &current);
-                        for name in &peer.unknown {
-                            if unknown_logged.insert(name.clone()) {
-                                log::warn!(
-                                    "{label}: node '{node}' subscribes to '{name}', \
-                                     which vigil does not run; nothing is sent for it until a \
-                                     cluster of that name exists"
-                                );
-                            }
-                        }
+                        log_unknown(&label, &node, &peer.unknown, &mut unknown_logged);
                     });
                     due = true;
                 }
@@ -276,7 +279,11 @@ pub(crate) async fn run<S: Session>(
                 let Ok(permit) = permit else { break };
                 due = false;
                 let current = published.borrow_and_update().clone();
-                let response = session.next_response(&current);
+                let response = if current.known {
+                    session.next_response(&current)
+                } else {
+                    None
+                };
                 let sent = response.as_ref().map(|(_, count)| *count);
                 if let Some((response, _)) = response {
                     permit.send(Ok(response));
@@ -294,6 +301,8 @@ pub(crate) async fn run<S: Session>(
                     }
                     peer.queue.queued = QUEUE - tx.capacity();
                     session.show(peer, &current);
+                    let node = session.node_id().unwrap_or("(no node id)");
+                    log_unknown(&label, node, &peer.unknown, &mut unknown_logged);
                 });
             }
         }
@@ -302,6 +311,28 @@ pub(crate) async fn run<S: Session>(
         log::info!("{label}: node '{node}' disconnected");
     }
     registry.close(stream);
+}
+
+/// Logs each subscribed name vigil does not run, once per stream.
+fn log_unknown(label: &Label, node: &str, unknown: &[String], logged: &mut BTreeSet<String>) {
+    for name in unknown {
+        if logged.insert(name.clone()) {
+            log::warn!(
+                "{label}: node '{node}' subscribes to '{name}', which vigil does not run; \
+                 nothing is sent for it until a cluster of that name exists"
+            );
+        }
+    }
+}
+
+/// Whether a NACK's detail is news (the first, or a different message), to log at warn; a
+/// client that rejects every version with the same message is logged once.
+fn nack_is_news(last: &mut Option<String>, detail: &str) -> bool {
+    let news = last.as_deref() != Some(detail);
+    if news {
+        *last = Some(detail.to_string());
+    }
+    news
 }
 
 /// Logs a request's events and counts them in the admin entry.
@@ -331,7 +362,7 @@ fn record(
                 nonce,
                 detail,
             } => {
-                if last_nack.as_deref() != Some(detail.as_str()) {
+                if nack_is_news(last_nack, &detail) {
                     log::warn!(
                         "{label}: node '{node}' rejected version {version} (nonce \
                          {nonce}): {detail}; it keeps its previous assignment, and this version \
@@ -343,7 +374,6 @@ fn record(
                          {nonce}) again: {detail}"
                     );
                 }
-                *last_nack = Some(detail.clone());
                 peer.nacks += 1;
                 peer.last_nack = Some((version, detail, SystemTime::now()));
             }
@@ -470,6 +500,7 @@ mod tests {
         Published {
             resources: build_resources(&inputs, None).0,
             withheld: BTreeSet::new(),
+            known: true,
         }
     }
 
@@ -479,6 +510,34 @@ mod tests {
             type_url: EDS_TYPE_URL.into(),
             ..DiscoveryRequest::default()
         }
+    }
+
+    #[test]
+    fn a_client_that_nacks_everything_with_one_message_is_logged_once() {
+        let mut last = None;
+        assert!(nack_is_news(&mut last, "bad address"));
+        for _ in 0..5 {
+            assert!(!nack_is_news(&mut last, "bad address"));
+        }
+        assert!(nack_is_news(&mut last, "bad port"));
+        assert!(nack_is_news(&mut last, "bad address"));
+    }
+
+    #[test]
+    fn no_name_is_unknown_before_the_first_publish() {
+        let mut delta = Delta(DeltaState::new("d"));
+        delta.on_request(&DeltaDiscoveryRequest {
+            resource_names_subscribe: vec!["cluster_00".into(), "nope".into()],
+            ..DeltaDiscoveryRequest::default()
+        });
+        let registry = Registry::new();
+        let id = registry.open_stream("EDS", Mode::Delta, None, QUEUE);
+        registry.with_peer(id, |peer| delta.show(peer, &Published::default()));
+        assert!(registry.peers()[0].unknown.is_empty());
+        registry.with_peer(id, |peer| {
+            delta.show(peer, &fleet(1, 1, HealthFlags::empty()))
+        });
+        assert_eq!(registry.peers()[0].unknown, ["nope"]);
     }
 
     /// What one host's transition costs on an ADS stream subscribed to 20 clusters of 10 hosts:
