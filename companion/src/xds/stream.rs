@@ -256,9 +256,9 @@ pub(crate) async fn run<S: Session>(
                 }
                 Ok(None) => break,
                 Err(status) => {
-                    if status.code() == tonic::Code::Internal
-                        || status.code() == tonic::Code::InvalidArgument
-                    {
+                    // tonic reports a request that is not the service's message as INTERNAL
+                    // "failed to decode"; a peer that goes away is not news.
+                    if status.message().contains("decode") {
                         log::warn!("{label}: malformed request, stream closed: {status}");
                     } else {
                         log::debug!("{label}: closed: {status}");
