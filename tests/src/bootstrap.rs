@@ -286,8 +286,36 @@ pub struct EdsFront<'a> {
     pub initial_fetch_timeout: &'a str,
 }
 
+/// Which xDS variant an [`EdsFront`] uses to reach vigil.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdsApi {
+    /// State of the world, `api_type: GRPC` (`eds-front.yaml`).
+    Sotw,
+    /// Incremental EDS, `api_type: DELTA_GRPC` (`eds-front-delta.yaml`).
+    Delta,
+    /// Incremental ADS, `ads_config.api_type: DELTA_GRPC` (`eds-front-delta-ads.yaml`).
+    DeltaAds,
+}
+
+impl XdsApi {
+    /// The template of this variant under `envoy/templates/`.
+    pub fn template(self) -> &'static str {
+        match self {
+            XdsApi::Sotw => "eds-front.yaml",
+            XdsApi::Delta => "eds-front-delta.yaml",
+            XdsApi::DeltaAds => "eds-front-delta-ads.yaml",
+        }
+    }
+}
+
 impl EdsFront<'_> {
+    /// The front on state of the world (`eds-front.yaml`).
     pub fn render(&self) -> Result<String, String> {
+        self.render_api(XdsApi::Sotw)
+    }
+
+    /// The front on the given xDS variant.
+    pub fn render_api(&self, api: XdsApi) -> Result<String, String> {
         let values = std::collections::BTreeMap::from([
             ("node_id", self.node_id.to_string()),
             ("node_cluster", self.node_cluster.to_string()),
@@ -302,6 +330,6 @@ impl EdsFront<'_> {
             ("xds_address", self.xds.ip().to_string()),
             ("xds_port", self.xds.port().to_string()),
         ]);
-        crate::template::render_file("eds-front.yaml", &values)
+        crate::template::render_file(api.template(), &values)
     }
 }

@@ -3,12 +3,18 @@
 //! time + 1 s, then readmit it after it recovers; the apps see one prober (vigil's) whatever the
 //! number of Envoys; vigil restarted mid-test leaves the Envoys serving their last endpoints
 //! (no outage), and they resync with the new vigil.
+//!
+//! Run in both variants of the protocol: state of the world (`api_type: GRPC`), and delta, where
+//! two Envoys use incremental EDS (`DELTA_GRPC`) and one delta ADS. On delta, the Envoys
+//! reconnecting to the restarted vigil tell it what they hold, and are sent nothing (their
+//! assignment did not change): vigil's `/xds` counts no response on their new streams, and
+//! Envoy's own `update_success` does not move.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use vigil_tests::bootstrap::{EdsFront, HealthCheck, cluster_yaml, clusters_only_config};
+use vigil_tests::bootstrap::{EdsFront, HealthCheck, XdsApi, cluster_yaml, clusters_only_config};
 use vigil_tests::demoapp::DemoApp;
 use vigil_tests::envoy::{AdminProcess, READY_TIMEOUT};
 use vigil_tests::process::Child;
@@ -116,7 +122,32 @@ async fn wait_synced(vigil: &AdminProcess) {
 
 #[tokio::test]
 async fn three_envoys_on_vigils_eds_follow_a_fault_and_survive_a_vigil_restart() {
-    let dir = paths::scratch_dir("eds-fleet");
+    fleet([XdsApi::Sotw; 3]).await;
+}
+
+#[tokio::test]
+async fn three_envoys_on_delta_eds_and_delta_ads_follow_a_fault_and_resume_without_resends() {
+    fleet([XdsApi::Delta, XdsApi::DeltaAds, XdsApi::Delta]).await;
+}
+
+/// Envoy's count of accepted EDS updates.
+async fn updates(envoy: &AdminProcess) -> u64 {
+    envoy
+        .stats()
+        .await
+        .ok()
+        .and_then(|s| s.get(&format!("cluster.{CLUSTER}.update_success")).cloned())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn fleet(apis: [XdsApi; 3]) {
+    let delta = apis[0] != XdsApi::Sotw;
+    let dir = paths::scratch_dir(if delta {
+        "eds-fleet-delta"
+    } else {
+        "eds-fleet"
+    });
     let blue_at = net::fresh_socket();
     let yellow_at = net::fresh_socket();
     let blue = DemoApp::start("blue", blue_at, &["--livez-delay", "0"], &dir)
@@ -131,7 +162,7 @@ async fn three_envoys_on_vigils_eds_follow_a_fault_and_survive_a_vigil_restart()
     let mut vigil = start_vigil("vigil", &config, vigil_admin, xds).await;
 
     let mut envoys = Vec::new();
-    for index in 0..3 {
+    for (index, api) in apis.into_iter().enumerate() {
         let admin = net::fresh_socket();
         let listen = net::fresh_socket();
         let yaml = EdsFront {
@@ -142,7 +173,7 @@ async fn three_envoys_on_vigils_eds_follow_a_fault_and_survive_a_vigil_restart()
             xds,
             initial_fetch_timeout: "5s",
         }
-        .render()
+        .render_api(api)
         .unwrap();
         let envoy = AdminProcess::start(&format!("envoy-{index}"), &yaml, admin, None, &dir)
             .await
@@ -222,6 +253,10 @@ async fn three_envoys_on_vigils_eds_follow_a_fault_and_survive_a_vigil_restart()
     }
 
     // vigil goes away: the Envoys keep their last endpoints, and serve from both.
+    let mut updates_before = Vec::new();
+    for (envoy, _) in &envoys {
+        updates_before.push(updates(envoy).await);
+    }
     vigil.child.stop();
     // Long enough for the Envoys to notice and fail a reconnect or two.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -242,6 +277,40 @@ async fn three_envoys_on_vigils_eds_follow_a_fault_and_survive_a_vigil_restart()
     // vigil is back: every Envoy reconnects and resyncs; a new fault reaches all of them.
     vigil = start_vigil("vigil-restarted", &config, vigil_admin, xds).await;
     wait_synced(&vigil).await;
+    wait_until("the cluster ready on the new vigil", STEP, || async {
+        (xds_view(&vigil).await["withheld"] == serde_json::json!([])).then_some(())
+    })
+    .await
+    .unwrap();
+    // Let a response that would be due reach the Envoys before counting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let view = xds_view(&vigil).await;
+    for envoy in view["envoys"].as_array().unwrap() {
+        let expected = if delta {
+            // Delta: the Envoy said what it holds, nothing changed, nothing is sent.
+            assert_eq!(envoy["mode"], "delta", "{envoy}");
+            assert!(
+                envoy["initial_versions"][CLUSTER].is_string(),
+                "a reconnecting delta client reports what it holds: {envoy}"
+            );
+            0
+        } else {
+            // State of the world: the assignment is sent again (same version, new nonce).
+            assert_eq!(envoy["mode"], "sotw", "{envoy}");
+            1
+        };
+        assert_eq!(envoy["responses"], expected, "{envoy}");
+    }
+    if delta {
+        for ((envoy, _), before) in envoys.iter().zip(&updates_before) {
+            assert_eq!(
+                updates(envoy).await,
+                *before,
+                "{}: no EDS update after the reconnect",
+                envoy.child.name()
+            );
+        }
+    }
     yellow.set_livez("FAIL").await.unwrap();
     for (envoy, listen) in &envoys {
         wait_until(
@@ -255,4 +324,11 @@ async fn three_envoys_on_vigils_eds_follow_a_fault_and_survive_a_vigil_restart()
     }
     let view = xds_view(&vigil).await;
     assert_eq!(view["withheld"], serde_json::json!([]), "{view}");
+    if delta {
+        // One response per Envoy after the restart: yellow's failure, one resource.
+        for envoy in view["envoys"].as_array().unwrap() {
+            assert_eq!(envoy["responses"], 1, "{envoy}");
+            assert_eq!(envoy["resources_sent"], 1, "{envoy}");
+        }
+    }
 }

@@ -13,7 +13,12 @@
 //!   request, or `*`, subscribes to every resource (legacy and explicit wildcard);
 //! - a response is sent whenever the subscribed, ready resources differ from what was last sent
 //!   (its version is a digest of the resources' own versions), and never again for the same
-//!   content: a NACKed version is not retried, the next change of content is sent instead.
+//!   content: a NACKed version is not retried, the next change of content is sent instead;
+//! - a response carries only the resources that changed since this stream last sent them (a new
+//!   subscription, or new content). EDS is not one of the protocol's "full state" types (only
+//!   Listener and Cluster are): a resource missing from an EDS response is not removed, Envoy
+//!   keeps what it has for it (its EDS cluster ignores an update that does not name it), so
+//!   sending the unchanged assignments again would only cost bytes and CPU on every Envoy.
 //!
 //! Resources not ready (a cluster whose first round of checks has not finished) are simply not
 //! sent: Envoy keeps what it had, or keeps waiting for its first assignment.
@@ -95,7 +100,7 @@ enum Subscription {
 struct Sent {
     version: String,
     nonce: String,
-    /// Resource name to resource version, as sent.
+    /// Resource name to resource version, as sent in this response.
     resources: BTreeMap<String, String>,
 }
 
@@ -110,6 +115,9 @@ pub struct StreamState {
     /// The client's version when the stream opened (a client resuming after a restart).
     initial_version: Option<String>,
     sent: Option<Sent>,
+    /// Per resource, the version of the content this stream last sent (whatever the client
+    /// did with it): what a change is measured against.
+    sent_versions: BTreeMap<String, String>,
     status: BTreeMap<String, ResourceStatus>,
 }
 
@@ -125,6 +133,7 @@ impl StreamState {
             subscription: None,
             initial_version: None,
             sent: None,
+            sent_versions: BTreeMap::new(),
             status: BTreeMap::new(),
         }
     }
@@ -233,14 +242,16 @@ impl StreamState {
             }));
             if let Subscription::Names(names) = &subscription {
                 self.status.retain(|name, _| names.contains(name));
+                // A name dropped and subscribed again later is sent again: the client forgot it.
+                self.sent_versions.retain(|name, _| names.contains(name));
             }
             self.subscription = Some(subscription);
         }
         events
     }
 
-    /// The response due now, if the subscribed, ready resources differ from the last response.
-    /// Records it as sent: call it only when the response will be sent.
+    /// The response due now, if the subscribed, ready resources differ from the last response:
+    /// the changed ones only. Records it as sent: call it only when the response will be sent.
     pub fn next_response(&mut self, resources: &Resources) -> Option<Response> {
         let subscription = self.subscription.as_ref()?;
         let selected: Vec<&Resource> = match subscription {
@@ -250,6 +261,8 @@ impl StreamState {
         if selected.is_empty() {
             return None;
         }
+        // The version names the whole subscribed set, so it is the same on every stream and
+        // every replica with the same content, whichever part of it a response carries.
         let version = set_version(&selected);
         if self
             .sent
@@ -258,14 +271,24 @@ impl StreamState {
         {
             return None;
         }
+        let changed: Vec<&Resource> = selected
+            .into_iter()
+            .filter(|r| self.sent_versions.get(&r.name) != Some(&r.version))
+            .collect();
+        if changed.is_empty() {
+            // Only the set shrank (a cluster left): EDS has no removal in state of the world.
+            return None;
+        }
         self.next_nonce += 1;
         let nonce = format!("{}-{}", self.nonce_prefix, self.next_nonce);
-        let sent_resources: BTreeMap<String, String> = selected
+        let sent_resources: BTreeMap<String, String> = changed
             .iter()
             .map(|r| (r.name.clone(), r.version.clone()))
             .collect();
-        for name in sent_resources.keys() {
+        for (name, resource_version) in &sent_resources {
             self.status.entry(name.clone()).or_default().sent = Some(version.clone());
+            self.sent_versions
+                .insert(name.clone(), resource_version.clone());
         }
         self.sent = Some(Sent {
             version: version.clone(),
@@ -275,7 +298,7 @@ impl StreamState {
         Some(Response {
             version_info: version,
             nonce,
-            resources: selected.into_iter().cloned().collect(),
+            resources: changed.into_iter().cloned().collect(),
         })
     }
 }
@@ -296,8 +319,8 @@ pub fn resource_version(body: &[u8]) -> String {
     format!("{:016x}", digest(body))
 }
 
-/// A response's version: the digest of its resources' names and versions.
-fn set_version(resources: &[&Resource]) -> String {
+/// A response's version: the digest of the subscribed resources' names and versions.
+pub fn set_version(resources: &[&Resource]) -> String {
     let mut text = String::new();
     for resource in resources {
         text.push_str(&resource.name);
@@ -461,6 +484,39 @@ mod tests {
     }
 
     #[test]
+    fn only_changed_resources_are_sent() {
+        let mut stream = StreamState::new("s1");
+        stream.on_request(&subscribe(&["*"], ""));
+        let set = resources(&[("a", "1"), ("b", "1"), ("c", "1")]);
+        let first = stream.next_response(&set).unwrap();
+        assert_eq!(names(&first), ["a", "b", "c"]);
+        stream.on_request(&subscribe(&["*"], &first.nonce));
+        let changed = resources(&[("a", "1"), ("b", "2"), ("c", "1")]);
+        let second = stream.next_response(&changed).unwrap();
+        assert_eq!(names(&second), ["b"]);
+        // The version still names the whole set: a fresh stream sent everything at once gets
+        // the same one.
+        let mut fresh = StreamState::new("s2");
+        fresh.on_request(&subscribe(&["*"], ""));
+        assert_eq!(
+            fresh.next_response(&changed).unwrap().version_info,
+            second.version_info
+        );
+        // The ACK covers b only; a keeps the version of the response that carried it.
+        stream.on_request(&subscribe(&["*"], &second.nonce));
+        assert_eq!(
+            stream.status()["b"].acked,
+            Some(second.version_info.clone())
+        );
+        assert_eq!(stream.status()["a"].acked, Some(first.version_info.clone()));
+        // A cluster leaving: nothing to send in state of the world for EDS.
+        assert_eq!(
+            stream.next_response(&resources(&[("a", "1"), ("b", "2")])),
+            None
+        );
+    }
+
+    #[test]
     fn stale_nonces_are_ignored() {
         let mut stream = StreamState::new("s1");
         stream.on_request(&subscribe(&["a"], ""));
@@ -504,7 +560,8 @@ mod tests {
             Event::Subscribed(Some(BTreeSet::from(["a".into(), "b".into()])))
         );
         let second = stream.next_response(&set).unwrap();
-        assert_eq!(names(&second), ["a", "b"]);
+        // Only the new name: the client holds a already.
+        assert_eq!(names(&second), ["b"]);
         // Dropping "a" forgets its status.
         stream.on_request(&subscribe(&["b"], &second.nonce));
         assert!(!stream.status().contains_key("a"));
@@ -519,10 +576,11 @@ mod tests {
         assert_eq!(stream.next_response(&Resources::new()), None);
         let only_a = stream.next_response(&resources(&[("a", "1")])).unwrap();
         assert_eq!(names(&only_a), ["a"]);
-        let both = stream
+        let then_b = stream
             .next_response(&resources(&[("a", "1"), ("b", "1")]))
             .unwrap();
-        assert_eq!(names(&both), ["a", "b"]);
+        // Only b is new: a is not sent again.
+        assert_eq!(names(&then_b), ["b"]);
     }
 
     #[test]

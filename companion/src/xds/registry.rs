@@ -1,13 +1,59 @@
 //! Who is connected, and what each Envoy did with each cluster: the admin view of the EDS
-//! server (`GET /xds`).
+//! server (`GET /xds`, rendered by [`Registry::to_json`]). The stream tasks ([`super::stream`])
+//! keep their entry current; nothing here blocks a stream for long (one short mutex).
 
-use super::protocol::{ResourceStatus, StreamState};
+use super::protocol::ResourceStatus;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
+
+/// Which variant of the protocol a stream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// State of the world (`StreamEndpoints`, `StreamAggregatedResources`).
+    Sotw,
+    /// Incremental (`DeltaEndpoints`, `DeltaAggregatedResources`; `api_type: DELTA_GRPC`).
+    Delta,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Sotw => "sotw",
+            Mode::Delta => "delta",
+        }
+    }
+}
+
+/// Reads how many responses a stream's queue holds now (the stream task is not woken for it).
+#[derive(Clone)]
+pub struct QueueProbe(pub Arc<dyn Fn() -> usize + Send + Sync>);
+
+impl std::fmt::Debug for QueueProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QueueProbe({})", (self.0)())
+    }
+}
+
+/// A stream's outbound queue: bounded, and the newest state wins (a response is built only
+/// when the queue has room, from the state of that moment).
+#[derive(Debug, Clone, Default)]
+pub struct QueueState {
+    pub capacity: usize,
+    /// Responses built and not yet taken by the transport, when the stream last looked.
+    pub queued: usize,
+    /// Reads `queued` afresh for the admin view.
+    pub probe: Option<QueueProbe>,
+    /// Since when a response has been due with the queue full (the client is not reading).
+    pub stalled_since: Option<SystemTime>,
+    /// How often the queue was found full with a response due.
+    pub stalls: u64,
+    /// Changes published while stalled, folded into the next response instead of queued.
+    pub coalesced: u64,
+}
 
 /// One connected Envoy (one stream).
 #[derive(Debug, Clone)]
@@ -15,17 +61,32 @@ pub struct Peer {
     pub stream: u64,
     /// `EDS` (EndpointDiscoveryService) or `ADS` (AggregatedDiscoveryService).
     pub api: &'static str,
+    pub mode: Mode,
     pub remote: Option<SocketAddr>,
     pub connected_at: SystemTime,
     pub node_id: Option<String>,
     pub node_cluster: Option<String>,
-    /// The version the Envoy held when it connected (resuming after a restart of either side).
+    /// The version the Envoy held when it connected (state of the world, resuming after a
+    /// restart of either side).
     pub initial_version: Option<String>,
+    /// What a delta client held when it connected (`initial_resource_versions`).
+    pub initial_versions: BTreeMap<String, String>,
     /// `None` for a wildcard subscription.
     pub subscribed: Option<Vec<String>>,
+    /// Subscribed names vigil does not serve (and does not withhold): not in its config.
+    pub unknown: Vec<String>,
     pub clusters: BTreeMap<String, ResourceStatus>,
     pub acks: u64,
     pub nacks: u64,
+    /// Responses sent on this stream.
+    pub responses: u64,
+    /// Resources carried by those responses (removals included).
+    pub resources_sent: u64,
+    /// The last ACK: the response's version, and when.
+    pub last_ack: Option<(String, SystemTime)>,
+    /// The last NACK: the response's version, the client's error detail, and when.
+    pub last_nack: Option<(String, String, SystemTime)>,
+    pub queue: QueueState,
 }
 
 /// The EDS server's shared, admin-visible state.
@@ -44,42 +105,54 @@ impl Registry {
         Registry::default()
     }
 
-    /// Registers a new stream; returns its id.
+    /// Registers a new state-of-the-world stream; returns its id.
     pub fn open(&self, api: &'static str, remote: Option<SocketAddr>) -> u64 {
+        self.open_stream(api, Mode::Sotw, remote, 0)
+    }
+
+    /// Registers a new stream whose outbound queue holds `capacity` responses; returns its id.
+    pub fn open_stream(
+        &self,
+        api: &'static str,
+        mode: Mode,
+        remote: Option<SocketAddr>,
+        capacity: usize,
+    ) -> u64 {
         let stream = self.next_stream.fetch_add(1, Ordering::Relaxed) + 1;
         self.lock_peers().insert(
             stream,
             Peer {
                 stream,
                 api,
+                mode,
                 remote,
                 connected_at: SystemTime::now(),
                 node_id: None,
                 node_cluster: None,
                 initial_version: None,
+                initial_versions: BTreeMap::new(),
                 subscribed: None,
+                unknown: Vec::new(),
                 clusters: BTreeMap::new(),
                 acks: 0,
                 nacks: 0,
+                responses: 0,
+                resources_sent: 0,
+                last_ack: None,
+                last_nack: None,
+                queue: QueueState {
+                    capacity,
+                    ..QueueState::default()
+                },
             },
         );
         stream
     }
 
-    /// Copies the stream's protocol state into its entry; `acked` / `nacked` count the answers
-    /// just received.
-    pub fn update(&self, stream: u64, state: &StreamState, acked: u64, nacked: u64) {
+    /// Changes the stream's entry (a no-op once it is closed).
+    pub(crate) fn with_peer(&self, stream: u64, change: impl FnOnce(&mut Peer)) {
         if let Some(peer) = self.lock_peers().get_mut(&stream) {
-            peer.node_id = state.node_id().map(str::to_string);
-            peer.node_cluster = state.node_cluster().map(str::to_string);
-            peer.initial_version = state.initial_version().map(str::to_string);
-            peer.subscribed = state.subscribed().map(|s| s.iter().cloned().collect());
-            if state.subscribed().is_none() && !state.is_wildcard() {
-                peer.subscribed = Some(Vec::new());
-            }
-            peer.clusters = state.status().clone();
-            peer.acks += acked;
-            peer.nacks += nacked;
+            change(peer);
         }
     }
 
@@ -111,8 +184,10 @@ impl Registry {
     }
 
     /// The admin document: served clusters with their versions, withheld clusters, and every
-    /// connected Envoy with, per cluster, the versions sent, ACKed and NACKed (with Envoy's
-    /// error detail).
+    /// connected Envoy with its mode (`sotw` / `delta`), subscriptions (and unknown names),
+    /// counters, last ACK and NACK, queue, and per cluster the versions sent, ACKed and NACKed
+    /// (with Envoy's error detail). State of the world shows response versions per cluster;
+    /// delta shows each resource's own version (its content digest).
     pub fn to_json(&self) -> Value {
         let served = self.served.lock().unwrap_or_else(PoisonError::into_inner);
         let clusters: Vec<Value> = served
@@ -139,25 +214,67 @@ impl Registry {
                     }
                     per_cluster.push(Value::Object(entry));
                 }
-                json!({
-                    "stream": peer.stream,
-                    "api": peer.api,
-                    "remote": peer.remote.map(|r| r.to_string()),
-                    "node_id": peer.node_id,
-                    "node_cluster": peer.node_cluster,
-                    "connected_seconds": now
-                        .duration_since(peer.connected_at)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0),
-                    "initial_version": peer.initial_version,
-                    "subscribed": match &peer.subscribed {
+                let ago =
+                    |at: &SystemTime| now.duration_since(*at).map(|d| d.as_secs()).unwrap_or(0);
+                let mut entry = Map::new();
+                entry.insert("stream".into(), json!(peer.stream));
+                entry.insert("api".into(), json!(peer.api));
+                entry.insert("mode".into(), json!(peer.mode.as_str()));
+                entry.insert("remote".into(), json!(peer.remote.map(|r| r.to_string())));
+                entry.insert("node_id".into(), json!(peer.node_id));
+                entry.insert("node_cluster".into(), json!(peer.node_cluster));
+                entry.insert("connected_seconds".into(), json!(ago(&peer.connected_at)));
+                match peer.mode {
+                    Mode::Sotw => {
+                        entry.insert("initial_version".into(), json!(peer.initial_version));
+                    }
+                    Mode::Delta => {
+                        entry.insert("initial_versions".into(), json!(peer.initial_versions));
+                    }
+                }
+                entry.insert(
+                    "subscribed".into(),
+                    match &peer.subscribed {
                         Some(names) => json!(names),
                         None => json!("*"),
                     },
-                    "acks": peer.acks,
-                    "nacks": peer.nacks,
-                    "clusters": per_cluster,
-                })
+                );
+                if !peer.unknown.is_empty() {
+                    entry.insert("unknown".into(), json!(peer.unknown));
+                }
+                entry.insert("acks".into(), json!(peer.acks));
+                entry.insert("nacks".into(), json!(peer.nacks));
+                entry.insert("responses".into(), json!(peer.responses));
+                entry.insert("resources_sent".into(), json!(peer.resources_sent));
+                if let Some((version, at)) = &peer.last_ack {
+                    entry.insert(
+                        "last_ack".into(),
+                        json!({"version": version, "seconds_ago": ago(at)}),
+                    );
+                }
+                if let Some((version, detail, at)) = &peer.last_nack {
+                    entry.insert(
+                        "last_nack".into(),
+                        json!({"version": version, "detail": detail, "seconds_ago": ago(at)}),
+                    );
+                }
+                let queue = &peer.queue;
+                let mut queue_entry = Map::new();
+                queue_entry.insert("capacity".into(), json!(queue.capacity));
+                let queued = queue
+                    .probe
+                    .as_ref()
+                    .map_or(queue.queued, |probe| (probe.0)());
+                queue_entry.insert("queued".into(), json!(queued));
+                queue_entry.insert("stalled".into(), json!(queue.stalled_since.is_some()));
+                if let Some(since) = &queue.stalled_since {
+                    queue_entry.insert("stalled_seconds".into(), json!(ago(since)));
+                }
+                queue_entry.insert("stalls".into(), json!(queue.stalls));
+                queue_entry.insert("coalesced".into(), json!(queue.coalesced));
+                entry.insert("queue".into(), Value::Object(queue_entry));
+                entry.insert("clusters".into(), json!(per_cluster));
+                Value::Object(entry)
             })
             .collect();
         json!({

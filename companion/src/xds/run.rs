@@ -96,7 +96,7 @@ pub async fn start(
         }
     });
     log::info!(
-        "xds: serving EDS (gRPC, ADS, REST-JSON) on {address}{}",
+        "xds: serving EDS (gRPC and ADS, state of the world and delta; REST-JSON) on {address}{}",
         if tls.is_some() {
             " over mTLS (client certificates required)"
         } else {

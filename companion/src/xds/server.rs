@@ -1,22 +1,25 @@
-//! The gRPC shell: tonic services for EDS (`EndpointDiscoveryService.StreamEndpoints`) and ADS
-//! (`AggregatedDiscoveryService.StreamAggregatedResources`, EDS resources only), the REST-JSON
-//! path ([`rest`]) on the same port, and the publisher that turns the [`ClusterSource`] into
-//! encoded resources.
+//! The gRPC shell: tonic services for EDS (`EndpointDiscoveryService.StreamEndpoints`, and
+//! `DeltaEndpoints`) and ADS (`AggregatedDiscoveryService.StreamAggregatedResources`, and
+//! `DeltaAggregatedResources`; EDS resources only), the REST-JSON path ([`rest`]) on the same
+//! port, and the publisher that turns the [`ClusterSource`] into encoded resources.
 //!
 //! The publisher wakes when a check loop or an outlier detector announces a change
 //! ([`crate::changes`]), and at least every [`POLL`] (for discovery counters), looks at the
 //! source's fingerprint (a few atomic loads: the snapshots are `arc-swap`ed by the check loops)
 //! and republishes the ready clusters' encoded assignments on a `watch` channel when they
-//! changed. Every stream task waits on that channel and on its Envoy's requests, feeds both to
-//! its [`StreamState`], and sends what it decides; so a health transition reaches every connected
-//! Envoy as soon as its snapshot is stored, with no polling delay.
+//! changed (with the names withheld during warm start, which delta needs to tell "not ready" from
+//! "gone"). Every stream task ([`stream`]) waits on that channel and on its Envoy's requests,
+//! feeds both to its state machine ([`StreamState`] or [`DeltaState`]), and sends what it
+//! decides; so a health transition reaches every connected Envoy as soon as its snapshot is
+//! stored, with no polling delay, and the publisher never waits for any stream.
 
 use super::assignment::{ClusterInput, assignment};
-use super::protocol::{self, EDS_TYPE_URL, Event, Resource, Resources, StreamState};
-use super::registry::Registry;
+use super::delta::DeltaState;
+use super::protocol::{self, Resource, Resources, StreamState};
+use super::registry::{Mode, Registry};
 use super::rest;
 use super::source::ClusterSource;
-use envoy_types::pb::envoy::config::core::v3::ControlPlane;
+use super::stream::{self, Delta, Label, Published, QUEUE, Session, Sotw};
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
@@ -27,9 +30,8 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::envoy::service::endpoint::v3::endpoint_discovery_service_server::{
     EndpointDiscoveryService, EndpointDiscoveryServiceServer,
 };
-use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -78,7 +80,7 @@ pub fn build_resources(
 /// The EDS server: a publisher task over a source, and the gRPC services over its output.
 #[derive(Clone)]
 pub struct EdsServer {
-    resources: watch::Receiver<Arc<Resources>>,
+    published: watch::Receiver<Arc<Published>>,
     registry: Arc<Registry>,
     /// Makes nonces unique across runs of the server.
     run: String,
@@ -92,14 +94,14 @@ impl EdsServer {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> EdsServer {
         let registry = Arc::new(Registry::new());
-        let (tx, rx) = watch::channel(Arc::new(Resources::new()));
+        let (tx, rx) = watch::channel(Arc::new(Published::default()));
         tokio::spawn(publish(source, transform, tx, registry.clone(), shutdown));
         let run = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
         EdsServer {
-            resources: rx,
+            published: rx,
             registry,
             run: format!("{:x}", run as u64 ^ u64::from(std::process::id())),
         }
@@ -111,8 +113,8 @@ impl EdsServer {
     }
 
     /// The resources served now.
-    pub fn resources(&self) -> Arc<Resources> {
-        self.resources.borrow().clone()
+    pub fn resources(&self) -> Resources {
+        self.published.borrow().resources.clone()
     }
 
     /// Serves EDS and ADS on `listener` (plain text) until `shutdown`.
@@ -164,7 +166,7 @@ impl EdsServer {
             .serve_with_incoming_shutdown(
                 Router {
                     eds: EndpointDiscoveryServiceServer::new(self.clone()),
-                    rest_resources: self.resources.clone(),
+                    rest_resources: self.published.clone(),
                     run: self.run.clone(),
                     ads: AggregatedDiscoveryServiceServer::new(self),
                 },
@@ -174,23 +176,30 @@ impl EdsServer {
             .await
     }
 
-    fn open(
+    fn open<S: Session>(
         &self,
         api: &'static str,
-        request: tonic::Request<Streaming<DiscoveryRequest>>,
-    ) -> ReceiverStream<Result<DiscoveryResponse, Status>> {
+        request: tonic::Request<Streaming<S::Request>>,
+        session: impl FnOnce(String) -> S,
+    ) -> ReceiverStream<Result<S::Response, Status>> {
         let remote = request.remote_addr();
         let inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(8);
-        let stream = self.registry.open(api, remote);
-        let state = StreamState::new(format!("{}-{stream}", self.run));
-        tokio::spawn(run_stream(
-            api,
-            stream,
-            state,
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let id = self.registry.open_stream(api, S::MODE, remote, QUEUE);
+        let nonce_prefix = match S::MODE {
+            Mode::Sotw => format!("{}-{id}", self.run),
+            Mode::Delta => format!("{}-d{id}", self.run),
+        };
+        tokio::spawn(stream::run(
+            Label {
+                api,
+                mode: S::MODE,
+                stream: id,
+            },
+            session(nonce_prefix),
             inbound,
             tx,
-            self.resources.clone(),
+            self.published.clone(),
             self.registry.clone(),
         ));
         ReceiverStream::new(rx)
@@ -202,7 +211,7 @@ impl EdsServer {
 struct Router {
     eds: EndpointDiscoveryServiceServer<EdsServer>,
     ads: AggregatedDiscoveryServiceServer<EdsServer>,
-    rest_resources: watch::Receiver<Arc<Resources>>,
+    rest_resources: watch::Receiver<Arc<Published>>,
     run: String,
 }
 
@@ -225,12 +234,12 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Router {
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         if request.uri().path() == rest::PATH {
-            let resources = self.rest_resources.borrow().clone();
+            let published = self.rest_resources.borrow().clone();
             let prefix = format!("{}-rest", self.run);
             return Box::pin(async move {
                 let answer = if request.method() == http::Method::POST {
                     match http_body_util::BodyExt::collect(request.into_body()).await {
-                        Ok(body) => rest::answer(&body.to_bytes(), &resources, &prefix),
+                        Ok(body) => rest::answer(&body.to_bytes(), &published.resources, &prefix),
                         Err(err) => rest::RestAnswer {
                             status: 400,
                             body: format!("{{\"error\":\"cannot read the body: {err}\"}}"),
@@ -266,7 +275,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Router {
 async fn publish(
     source: Arc<dyn ClusterSource>,
     transform: Option<Transform>,
-    tx: watch::Sender<Arc<Resources>>,
+    tx: watch::Sender<Arc<Published>>,
     registry: Arc<Registry>,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -304,137 +313,22 @@ async fn publish(
                     (r.name.clone(), (r.version.clone(), count))
                 })
                 .collect(),
-            withheld,
+            withheld.clone(),
         );
+        let published = Published {
+            resources,
+            withheld: withheld.into_iter().collect(),
+            known: true,
+        };
         tx.send_if_modified(|current| {
-            if **current == resources {
+            if **current == published {
                 false
             } else {
-                *current = Arc::new(resources);
+                *current = Arc::new(published);
                 true
             }
         });
     }
-}
-
-fn to_request(request: &DiscoveryRequest) -> protocol::Request {
-    protocol::Request {
-        node_id: request.node.as_ref().map(|n| n.id.clone()),
-        node_cluster: request.node.as_ref().map(|n| n.cluster.clone()),
-        version_info: request.version_info.clone(),
-        resource_names: request.resource_names.clone(),
-        response_nonce: request.response_nonce.clone(),
-        error: request
-            .error_detail
-            .as_ref()
-            .map(|s| (s.code, s.message.clone())),
-    }
-}
-
-fn to_response(response: protocol::Response) -> DiscoveryResponse {
-    DiscoveryResponse {
-        version_info: response.version_info,
-        resources: response
-            .resources
-            .into_iter()
-            .map(|r| Any {
-                type_url: EDS_TYPE_URL.to_string(),
-                value: r.body,
-            })
-            .collect(),
-        type_url: EDS_TYPE_URL.to_string(),
-        nonce: response.nonce,
-        control_plane: Some(ControlPlane {
-            identifier: "vigil".to_string(),
-        }),
-        ..DiscoveryResponse::default()
-    }
-}
-
-/// One Envoy's stream: its requests and the published resources in, responses out.
-async fn run_stream(
-    api: &'static str,
-    stream: u64,
-    mut state: StreamState,
-    mut inbound: Streaming<DiscoveryRequest>,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-    mut resources: watch::Receiver<Arc<Resources>>,
-    registry: Arc<Registry>,
-) {
-    let mut ignored_types = BTreeSet::new();
-    loop {
-        tokio::select! {
-            message = inbound.message() => match message {
-                Ok(Some(request)) => {
-                    if !request.type_url.is_empty() && request.type_url != EDS_TYPE_URL {
-                        if ignored_types.insert(request.type_url.clone()) {
-                            log::warn!(
-                                "xds {api} stream {stream}: {} is not served (EDS only); \
-                                 requests for it are ignored",
-                                request.type_url
-                            );
-                        }
-                        continue;
-                    }
-                    let events = state.on_request(&to_request(&request));
-                    let (mut acked, mut nacked) = (0, 0);
-                    let node = state.node_id().unwrap_or("(no node id)").to_string();
-                    for event in events {
-                        match event {
-                            Event::Subscribed(names) => log::info!(
-                                "xds {api} stream {stream}: node '{node}' subscribes to {}",
-                                match names {
-                                    None => "every cluster".to_string(),
-                                    Some(names) => format!("{names:?}"),
-                                }
-                            ),
-                            Event::Acked { version, nonce } => {
-                                acked += 1;
-                                log::debug!(
-                                    "xds {api} stream {stream}: node '{node}' ACKed version \
-                                     {version} (nonce {nonce})"
-                                );
-                            }
-                            Event::Nacked { version, nonce, detail } => {
-                                nacked += 1;
-                                log::warn!(
-                                    "xds {api} stream {stream}: node '{node}' rejected version \
-                                     {version} (nonce {nonce}): {detail}; it keeps its previous \
-                                     assignment, and this version is not sent again"
-                                );
-                            }
-                            Event::Stale { nonce } => log::debug!(
-                                "xds {api} stream {stream}: node '{node}' answered stale nonce \
-                                 {nonce}; ignored"
-                            ),
-                        }
-                    }
-                    registry.update(stream, &state, acked, nacked);
-                }
-                Ok(None) => break,
-                Err(status) => {
-                    log::debug!("xds {api} stream {stream}: closed: {status}");
-                    break;
-                }
-            },
-            changed = resources.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-            }
-        }
-        let current = resources.borrow_and_update().clone();
-        if let Some(response) = state.next_response(&current) {
-            registry.update(stream, &state, 0, 0);
-            if tx.send(Ok(to_response(response))).await.is_err() {
-                break;
-            }
-        }
-    }
-    if let Some(node) = state.node_id() {
-        log::info!("xds {api} stream {stream}: node '{node}' disconnected");
-    }
-    registry.close(stream);
 }
 
 #[tonic::async_trait]
@@ -446,16 +340,18 @@ impl EndpointDiscoveryService for EdsServer {
         &self,
         request: tonic::Request<Streaming<DiscoveryRequest>>,
     ) -> Result<tonic::Response<Self::StreamEndpointsStream>, Status> {
-        Ok(tonic::Response::new(self.open("EDS", request)))
+        Ok(tonic::Response::new(self.open("EDS", request, |prefix| {
+            Sotw(StreamState::new(prefix))
+        })))
     }
 
     async fn delta_endpoints(
         &self,
-        _request: tonic::Request<Streaming<DeltaDiscoveryRequest>>,
+        request: tonic::Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<tonic::Response<Self::DeltaEndpointsStream>, Status> {
-        Err(Status::unimplemented(
-            "vigil serves EDS state-of-the-world only: use api_type GRPC (StreamEndpoints) or ADS",
-        ))
+        Ok(tonic::Response::new(self.open("EDS", request, |prefix| {
+            Delta(DeltaState::new(prefix))
+        })))
     }
 
     async fn fetch_endpoints(
@@ -467,11 +363,11 @@ impl EndpointDiscoveryService for EdsServer {
         let mut state = StreamState::new(format!("{}-fetch", self.run));
         state.on_request(&protocol::Request {
             response_nonce: String::new(),
-            ..to_request(request.get_ref())
+            ..stream::to_request(request.get_ref())
         });
-        let current = self.resources.borrow().clone();
-        match state.next_response(&current) {
-            Some(response) => Ok(tonic::Response::new(to_response(response))),
+        let current = self.published.borrow().clone();
+        match state.next_response(&current.resources) {
+            Some(response) => Ok(tonic::Response::new(stream::to_response(response))),
             None => Err(Status::unavailable(
                 "no subscribed cluster is ready yet (first round of checks pending)",
             )),
@@ -488,15 +384,17 @@ impl AggregatedDiscoveryService for EdsServer {
         &self,
         request: tonic::Request<Streaming<DiscoveryRequest>>,
     ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Ok(tonic::Response::new(self.open("ADS", request)))
+        Ok(tonic::Response::new(self.open("ADS", request, |prefix| {
+            Sotw(StreamState::new(prefix))
+        })))
     }
 
     async fn delta_aggregated_resources(
         &self,
-        _request: tonic::Request<Streaming<DeltaDiscoveryRequest>>,
+        request: tonic::Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented(
-            "vigil serves EDS state-of-the-world only: use StreamAggregatedResources",
-        ))
+        Ok(tonic::Response::new(self.open("ADS", request, |prefix| {
+            Delta(DeltaState::new(prefix))
+        })))
     }
 }
