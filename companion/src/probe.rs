@@ -2,26 +2,28 @@
 //!
 //! A probe takes the host's kept-alive connection (if any), performs one check, and hands back the
 //! [`ProbeResult`] together with the connection to keep for the next check (`reuse_connection`).
-//! The verdict on what the host answered is decided in `vigil_core::check`; this module only does
-//! the I/O. Timeouts are applied by the caller around the whole probe (connect + request +
+//! The verdict on what the host answered is decided in `vigil_core::check`, and HTTP/1.1 is
+//! spoken by `vigil_core::http1_probe` (the request's bytes, the answer's reader); this module
+//! only does the I/O. Timeouts are applied by the caller around the whole probe (connect + request +
 //! response, as Envoy's timeout timer covers), and a timed-out probe's connection is dropped.
 
 use crate::tls::{UpstreamConnector, UpstreamStream, connect_upstream};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use vigil_core::check::{Codec, GrpcCheck, HttpAnswer, HttpCheck, Protocol, TcpCheck};
 use vigil_core::grpc_health;
+use vigil_core::http1_probe::{self, Progress, ResponseReader};
 
 /// `User-Agent` of every check request, as Envoy sends it.
-pub const USER_AGENT: &str = "Envoy/HC";
+pub use vigil_core::http1_probe::USER_AGENT;
 
 /// What one check concluded: core's one verdict type.
 pub use vigil_core::health::Verdict as ProbeResult;
@@ -43,10 +45,25 @@ pub struct Target {
 
 /// A connection kept between checks of one host.
 pub enum Connection {
-    Http1(http1::SendRequest<Full<Bytes>>),
+    /// HTTP/1.1, spoken by core's [`http1_probe`] over the stream: no client task, and buffers
+    /// kept from one check to the next.
+    Http1(Box<Http1Connection>),
     Http2(http2::SendRequest<Full<Bytes>>),
     Tcp(UpstreamStream),
 }
+
+/// An HTTP/1.1 check connection and what it reuses between checks.
+pub struct Http1Connection {
+    stream: UpstreamStream,
+    /// The check request, encoded once for this host's authority.
+    request: Vec<u8>,
+    /// Bytes read and not yet consumed.
+    input: Vec<u8>,
+    reader: ResponseReader,
+}
+
+/// How much room a read asks for: a check answer usually fits at once.
+const READ_ROOM: usize = 512;
 
 /// One finished probe: the verdict, the connection to keep, and whether the check counted a
 /// `verify_cluster` (HTTP `service_name_matcher`).
@@ -90,15 +107,64 @@ async fn connect(target: &Target) -> Result<UpstreamStream, ProbeResult> {
     .map_err(|_| ProbeResult::network())
 }
 
-async fn http1_connection(target: &Target) -> Result<http1::SendRequest<Full<Bytes>>, ProbeResult> {
+async fn http1_connection(
+    check: &HttpCheck,
+    target: &Target,
+) -> Result<Box<Http1Connection>, ProbeResult> {
     let stream = connect(target).await?;
-    let (sender, connection) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|_| ProbeResult::network())?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(sender)
+    let mut request = Vec::new();
+    http1_probe::encode_request(check, &target.authority, &mut request);
+    Ok(Box::new(Http1Connection {
+        stream,
+        request,
+        input: Vec::with_capacity(READ_ROOM),
+        reader: ResponseReader::new(),
+    }))
+}
+
+/// Whether a kept HTTP/1 connection can carry the next check: the server has not closed it
+/// (or sent anything) while it sat idle. One non-blocking look, as Envoy's event loop would
+/// have seen the close.
+async fn still_open(conn: &mut Http1Connection) -> bool {
+    if !conn.input.is_empty() {
+        return false;
+    }
+    std::future::poll_fn(|cx| {
+        let mut probe = [0u8; 1];
+        let mut buf = tokio::io::ReadBuf::new(&mut probe);
+        std::task::Poll::Ready(matches!(
+            Pin::new(&mut conn.stream).poll_read(cx, &mut buf),
+            std::task::Poll::Pending
+        ))
+    })
+    .await
+}
+
+/// One check over an HTTP/1.1 connection: write the request, read the answer with core's
+/// reader. `Err` is a network failure (the connection is then dropped).
+async fn http1_exchange(conn: &mut Http1Connection, check: &HttpCheck) -> Result<(), ()> {
+    conn.stream.write_all(&conn.request).await.map_err(|_| ())?;
+    conn.reader.start(check);
+    loop {
+        if conn.input.capacity() - conn.input.len() < READ_ROOM {
+            conn.input.reserve(READ_ROOM);
+        }
+        let read = conn
+            .stream
+            .read_buf(&mut conn.input)
+            .await
+            .map_err(|_| ())?;
+        let progress = if read == 0 {
+            conn.reader.end_of_input()
+        } else {
+            conn.reader.read(&mut conn.input)
+        };
+        match progress {
+            Ok(Progress::Done) => return Ok(()),
+            Ok(Progress::More) if read > 0 => {}
+            Ok(Progress::More) | Err(_) => return Err(()),
+        }
+    }
 }
 
 async fn http2_connection(target: &Target) -> Result<http2::SendRequest<Full<Bytes>>, ProbeResult> {
@@ -115,9 +181,9 @@ async fn http2_connection(target: &Target) -> Result<http2::SendRequest<Full<Byt
 /// The kept connection if it can take another request now; `None` if it closed meanwhile.
 async fn reusable(conn: Option<Connection>) -> Option<Connection> {
     match conn? {
-        Connection::Http1(mut sender) => {
-            sender.ready().await.ok().map(|_| Connection::Http1(sender))
-        }
+        Connection::Http1(mut http1) => still_open(&mut http1)
+            .await
+            .then_some(Connection::Http1(http1)),
         Connection::Http2(mut sender) => {
             sender.ready().await.ok().map(|_| Connection::Http2(sender))
         }
@@ -125,20 +191,15 @@ async fn reusable(conn: Option<Connection>) -> Option<Connection> {
     }
 }
 
-fn build_http_request(
+/// An HTTP/2 check request (HTTP/1.1 checks are encoded by core's [`http1_probe`]).
+fn build_http2_request(
     check: &HttpCheck,
     target: &Target,
-    codec: Codec,
 ) -> Result<http::Request<Full<Bytes>>, ProbeResult> {
-    let mut builder = http::Request::builder().method(check.method.as_str());
-    builder = match codec {
-        // HTTP/1 carries the authority in `Host`; HTTP/2 in `:authority` (from an absolute URI).
-        Codec::Http1 => builder
-            .uri(check.path.as_str())
-            .header(http::header::HOST, &target.authority),
-        Codec::Http2 => builder.uri(format!("http://{}{}", target.authority, check.path)),
-    };
-    let mut request = builder
+    // HTTP/2 carries the authority in `:authority`, from an absolute URI.
+    let mut request = http::Request::builder()
+        .method(check.method.as_str())
+        .uri(format!("http://{}{}", target.authority, check.path))
         .header(http::header::USER_AGENT, USER_AGENT)
         .body(Full::new(Bytes::new()))
         .map_err(|_| ProbeResult::active(false, false))?;
@@ -168,37 +229,59 @@ async fn http_probe(
     conn: Option<Connection>,
     reuse: bool,
 ) -> Finished {
-    let request = match build_http_request(&check, &target, check.codec) {
+    match check.codec {
+        Codec::Http1 => http1_probe(check, target, conn, reuse).await,
+        Codec::Http2 => http2_probe(check, target, conn, reuse).await,
+    }
+}
+
+async fn http1_probe(
+    check: HttpCheck,
+    target: Target,
+    conn: Option<Connection>,
+    reuse: bool,
+) -> Finished {
+    let mut connection = match reusable(conn).await {
+        Some(Connection::Http1(connection)) => connection,
+        _ => match http1_connection(&check, &target).await {
+            Ok(connection) => connection,
+            Err(result) => return finished(result, None),
+        },
+    };
+    if http1_exchange(&mut connection, &check).await.is_err() {
+        return finished(ProbeResult::network(), None);
+    }
+    let (result, verify_cluster) = check.judge(&connection.reader.answer());
+    let keep = (reuse && !connection.reader.must_close()).then_some(Connection::Http1(connection));
+    Finished {
+        result,
+        keep,
+        verify_cluster,
+    }
+}
+
+async fn http2_probe(
+    check: HttpCheck,
+    target: Target,
+    conn: Option<Connection>,
+    reuse: bool,
+) -> Finished {
+    let request = match build_http2_request(&check, &target) {
         Ok(request) => request,
         Err(result) => return finished(result, None),
     };
-    let connection = match (check.codec, reusable(conn).await) {
-        (Codec::Http1, Some(connection @ Connection::Http1(_))) => connection,
-        (Codec::Http2, Some(connection @ Connection::Http2(_))) => connection,
-        (Codec::Http1, _) => match http1_connection(&target).await {
-            Ok(sender) => Connection::Http1(sender),
-            Err(result) => return finished(result, None),
-        },
-        (Codec::Http2, _) => match http2_connection(&target).await {
-            Ok(sender) => Connection::Http2(sender),
+    let mut sender = match reusable(conn).await {
+        Some(Connection::Http2(sender)) => sender,
+        _ => match http2_connection(&target).await {
+            Ok(sender) => sender,
             Err(result) => return finished(result, None),
         },
     };
-    let response = match connection {
-        Connection::Http1(mut sender) => sender
-            .send_request(request)
-            .await
-            .map(|r| (r, Connection::Http1(sender))),
-        Connection::Http2(mut sender) => sender
-            .send_request(request)
-            .await
-            .map(|r| (r, Connection::Http2(sender))),
-        Connection::Tcp(_) => return finished(ProbeResult::network(), None),
-    };
-    let (response, connection) = match response {
-        Ok(pair) => pair,
+    let response = match sender.send_request(request).await {
+        Ok(response) => response,
         Err(_) => return finished(ProbeResult::network(), None),
     };
+    let connection = Connection::Http2(sender);
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let close = wants_close(response.version(), &headers);

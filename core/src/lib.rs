@@ -17,7 +17,7 @@
 //!    matcher API's trees over them);
 //! 3. the logic of one concern each, with its own configuration types (in this order among
 //!    themselves, each using only earlier ones): [`health`] (the per-host
-//!    session), [`schedule`], [`check`], [`grpc_health`], [`outlier`], [`cluster_health`],
+//!    session), [`schedule`], [`check`], [`http1_probe`], [`grpc_health`], [`outlier`], [`cluster_health`],
 //!    [`balance`], [`backoff`], [`dns`], [`xff`], [`path_normalize`], [`cors`], [`csrf`],
 //!    [`rbac`], [`rate_limit_actions`], [`local_ratelimit`], [`jwt_authn`], [`rules`], [`plugin`] (the plugin, rules and
 //!    outlier configs read themselves with `protojson`);
@@ -59,6 +59,8 @@
 //! - [`match_tree`]: Envoy's unified matcher API (`xds.type.matcher.v3.Matcher`): predicates
 //!   over request and connection inputs, lists and maps of them, ending in a filter's action
 //!   (RBAC's `matcher`).
+//! - [`http1_probe`]: one HTTP/1.1 health check exchange, sans-I/O: the request's bytes and an
+//!   incremental, allocation-free reader of the answer (what the companion's probes speak).
 //! - [`matcher`]: the request matchers every filter and the routes share: [`matcher::Regex`]
 //!   (RE2 syntax, regex-lite), `StringMatcher`, `HeaderMatcher`, query and path matchers, the
 //!   route match, and [`matcher::RequestView`], what they see of a request.
@@ -103,6 +105,7 @@ pub mod csrf;
 pub mod dns;
 pub mod grpc_health;
 pub mod health;
+pub mod http1_probe;
 pub mod jwt_authn;
 pub mod local_ratelimit;
 pub mod match_tree;
