@@ -191,7 +191,7 @@ pub struct ClusterSnapshot {
 
 /// How a probe is run: the real network probe, or a scripted one in tests.
 pub type ProbeFn =
-    Arc<dyn Fn(&Protocol, Target, Option<Connection>, bool) -> ProbeFuture + Send + Sync>;
+    Arc<dyn Fn(&Arc<Protocol>, Target, Option<Connection>, bool) -> ProbeFuture + Send + Sync>;
 
 /// The real probe.
 pub fn network_probe() -> ProbeFn {
@@ -280,6 +280,8 @@ enum Dirty {
 #[derive(Default)]
 struct HostState {
     conn: Option<Connection>,
+    /// The check's `Host` / `:authority` for this host, worked out at its first check.
+    authority: Option<Arc<str>>,
     history: VecDeque<HistoryEntry>,
     /// Allocated once when the host joins; each probe's result is stored into it.
     last_check: Arc<LastCheck>,
@@ -342,6 +344,23 @@ pub struct ClusterChecker {
     /// Reused buffers: due checks of one wake-up, passive reports of one wake-up.
     ready: Vec<(SocketAddr, ProbeToken)>,
     reported: Vec<SocketAddr>,
+    /// The check's protocol, shared with every probe (`None` without a check).
+    protocol: Option<Arc<Protocol>>,
+}
+
+/// The `Host` / `:authority` of a host's checks (HTTP: Envoy's `getHostname`; gRPC: the host's
+/// `health_check_config.hostname`, else the check's `authority`, else the cluster name).
+fn check_authority(protocol: &Protocol, check_hostname: Option<&str>, cluster: &str) -> Arc<str> {
+    match protocol {
+        Protocol::Http(http) => Arc::from(http.authority(check_hostname, cluster)),
+        Protocol::Grpc(grpc) => Arc::from(
+            check_hostname
+                .filter(|h| !h.is_empty())
+                .or(grpc.authority.as_deref().filter(|a| !a.is_empty()))
+                .unwrap_or(cluster),
+        ),
+        Protocol::Tcp(_) => Arc::from(""),
+    }
 }
 
 impl ClusterChecker {
@@ -359,7 +378,9 @@ impl ClusterChecker {
             .as_ref()
             .and_then(|check| check.event_log_path.as_deref())
             .map(crate::events::EventLog::open);
+        let protocol = spec.check.as_ref().map(|c| Arc::new(c.protocol.clone()));
         let checker = ClusterChecker {
+            protocol,
             engine: ClusterHealth::new(spec.engine_settings(), 0),
             spec,
             epoch: Instant::now(),
@@ -512,7 +533,7 @@ impl ClusterChecker {
     }
 
     fn start_due(&mut self, now: Instant) {
-        let Some(check) = &self.spec.check else {
+        let (Some(check), Some(protocol)) = (&self.spec.check, &self.protocol) else {
             return;
         };
         let now_ms = self.now_ms(now);
@@ -526,32 +547,43 @@ impl ClusterChecker {
         // Started in address order, as a scan of the sessions would.
         self.ready.sort_unstable_by_key(|(address, _)| *address);
         for &(address, token) in &self.ready {
+            if self.engine.host(&address).is_none() {
+                continue;
+            }
+            self.dirty = self.dirty.max(Dirty::Counters);
+            let cached = self
+                .engine
+                .extra_mut(token)
+                .and_then(|state| state.authority.clone());
+            let authority = match cached {
+                Some(authority) => authority,
+                None => {
+                    let Some(session) = self.engine.host(&address) else {
+                        continue;
+                    };
+                    let authority = check_authority(
+                        &check.protocol,
+                        session.spec.check_hostname.as_deref(),
+                        &self.spec.name,
+                    );
+                    if let Some(state) = self.engine.extra_mut(token) {
+                        state.authority = Some(Arc::clone(&authority));
+                    }
+                    authority
+                }
+            };
             let Some(session) = self.engine.host(&address) else {
                 continue;
             };
-            let spec = session.spec;
-            self.dirty = self.dirty.max(Dirty::Counters);
-            let authority = match &check.protocol {
-                Protocol::Http(http) => http
-                    .authority(spec.check_hostname.as_deref(), &self.spec.name)
-                    .to_string(),
-                Protocol::Grpc(grpc) => spec
-                    .check_hostname
-                    .clone()
-                    .filter(|h| !h.is_empty())
-                    .or_else(|| grpc.authority.clone().filter(|a| !a.is_empty()))
-                    .unwrap_or_else(|| self.spec.name.clone()),
-                Protocol::Tcp(_) => String::new(),
-            };
             let target = Target {
-                address: spec.check_address,
+                address: session.spec.check_address,
                 authority,
                 connect_timeout: self.spec.connect_timeout,
                 timeout,
                 tls: self.spec.tls.clone(),
             };
             let conn = self.engine.extra_mut(token).and_then(|s| s.conn.take());
-            let probe = (self.probe)(&check.protocol, target, conn, reuse);
+            let probe = (self.probe)(protocol, target, conn, reuse);
             self.inflight.spawn(async move {
                 let started = Instant::now();
                 // A timed-out probe is dropped with its connection, as Envoy closes it.

@@ -33,8 +33,8 @@ pub use vigil_core::health::Verdict as ProbeResult;
 pub struct Target {
     /// The address checks go to (the endpoint, or its `health_check_config.port_value`).
     pub address: SocketAddr,
-    /// `Host` / `:authority` of HTTP and gRPC checks.
-    pub authority: String,
+    /// `Host` / `:authority` of HTTP and gRPC checks (shared: computed once per host).
+    pub authority: Arc<str>,
     pub connect_timeout: Duration,
     /// The check's `timeout`, announced to gRPC servers as `grpc-timeout`.
     pub timeout: Duration,
@@ -57,13 +57,14 @@ pub struct Http1Connection {
     stream: UpstreamStream,
     /// The check request, encoded once for this host's authority.
     request: Vec<u8>,
-    /// Bytes read and not yet consumed.
-    input: Vec<u8>,
+    /// Bytes of an answer's head or chunk-size line split across reads: empty between checks
+    /// (and unallocated unless an answer was ever split), so an idle host holds no read buffer.
+    pending: Vec<u8>,
     reader: ResponseReader,
 }
 
-/// How much room a read asks for: a check answer usually fits at once.
-const READ_ROOM: usize = 512;
+/// One read's room, on the probe's own (short-lived) stack: a check answer usually fits.
+const READ_CHUNK: usize = 2048;
 
 /// One finished probe: the verdict, the connection to keep, and whether the check counted a
 /// `verify_cluster` (HTTP `service_name_matcher`).
@@ -75,18 +76,22 @@ pub struct Finished {
 
 pub type ProbeFuture = Pin<Box<dyn Future<Output = Finished> + Send>>;
 
-/// Starts one check of `target` with `protocol`, reusing `conn` when it is still usable.
+/// Starts one check of `target` with `protocol`, reusing `conn` when it is still usable. The
+/// protocol is shared, not copied, with the probe.
 pub fn probe(
-    protocol: &Protocol,
+    protocol: &Arc<Protocol>,
     target: Target,
     conn: Option<Connection>,
     reuse: bool,
 ) -> ProbeFuture {
-    match protocol {
-        Protocol::Http(check) => Box::pin(http_probe(check.clone(), target, conn, reuse)),
-        Protocol::Tcp(check) => Box::pin(tcp_probe(check.clone(), target, conn, reuse)),
-        Protocol::Grpc(check) => Box::pin(grpc_probe(check.clone(), target, conn, reuse)),
-    }
+    let protocol = Arc::clone(protocol);
+    Box::pin(async move {
+        match &*protocol {
+            Protocol::Http(check) => http_probe(check, target, conn, reuse).await,
+            Protocol::Tcp(check) => tcp_probe(check, target, conn, reuse).await,
+            Protocol::Grpc(check) => grpc_probe(check, target, conn, reuse).await,
+        }
+    })
 }
 
 fn finished(result: ProbeResult, keep: Option<Connection>) -> Finished {
@@ -117,7 +122,7 @@ async fn http1_connection(
     Ok(Box::new(Http1Connection {
         stream,
         request,
-        input: Vec::with_capacity(READ_ROOM),
+        pending: Vec::new(),
         reader: ResponseReader::new(),
     }))
 }
@@ -126,9 +131,6 @@ async fn http1_connection(
 /// (or sent anything) while it sat idle. One non-blocking look, as Envoy's event loop would
 /// have seen the close.
 async fn still_open(conn: &mut Http1Connection) -> bool {
-    if !conn.input.is_empty() {
-        return false;
-    }
     std::future::poll_fn(|cx| {
         let mut probe = [0u8; 1];
         let mut buf = tokio::io::ReadBuf::new(&mut probe);
@@ -141,28 +143,36 @@ async fn still_open(conn: &mut Http1Connection) -> bool {
 }
 
 /// One check over an HTTP/1.1 connection: write the request, read the answer with core's
-/// reader. `Err` is a network failure (the connection is then dropped).
-async fn http1_exchange(conn: &mut Http1Connection, check: &HttpCheck) -> Result<(), ()> {
+/// reader. `Err` is a network failure (the connection is then dropped); `Ok(false)`: answered,
+/// but with bytes after the answer, so the connection must not carry another check.
+async fn http1_exchange(conn: &mut Http1Connection, check: &HttpCheck) -> Result<bool, ()> {
     conn.stream.write_all(&conn.request).await.map_err(|_| ())?;
     conn.reader.start(check);
+    conn.pending.clear();
+    let mut chunk = [0u8; READ_CHUNK];
     loop {
-        if conn.input.capacity() - conn.input.len() < READ_ROOM {
-            conn.input.reserve(READ_ROOM);
+        let read = conn.stream.read(&mut chunk).await.map_err(|_| ())?;
+        if read == 0 {
+            return match conn.reader.end_of_input() {
+                Ok(Progress::Done) => Ok(true),
+                _ => Err(()),
+            };
         }
-        let read = conn
-            .stream
-            .read_buf(&mut conn.input)
-            .await
-            .map_err(|_| ())?;
-        let progress = if read == 0 {
-            conn.reader.end_of_input()
+        let (progress, unused) = if conn.pending.is_empty() {
+            let (progress, used) = conn.reader.read(&chunk[..read]).map_err(|_| ())?;
+            if progress == Progress::More {
+                conn.pending.extend_from_slice(&chunk[used..read]);
+            }
+            (progress, read - used)
         } else {
-            conn.reader.read(&mut conn.input)
+            conn.pending.extend_from_slice(&chunk[..read]);
+            let (progress, used) = conn.reader.read(&conn.pending).map_err(|_| ())?;
+            conn.pending.drain(..used);
+            (progress, conn.pending.len())
         };
-        match progress {
-            Ok(Progress::Done) => return Ok(()),
-            Ok(Progress::More) if read > 0 => {}
-            Ok(Progress::More) | Err(_) => return Err(()),
+        if progress == Progress::Done {
+            conn.pending.clear();
+            return Ok(unused == 0);
         }
     }
 }
@@ -224,35 +234,36 @@ fn build_http2_request(
 }
 
 async fn http_probe(
-    check: HttpCheck,
+    check: &HttpCheck,
     target: Target,
     conn: Option<Connection>,
     reuse: bool,
 ) -> Finished {
     match check.codec {
-        Codec::Http1 => http1_probe(check, target, conn, reuse).await,
+        Codec::Http1 => http1_probe(check, &target, conn, reuse).await,
         Codec::Http2 => http2_probe(check, target, conn, reuse).await,
     }
 }
 
 async fn http1_probe(
-    check: HttpCheck,
-    target: Target,
+    check: &HttpCheck,
+    target: &Target,
     conn: Option<Connection>,
     reuse: bool,
 ) -> Finished {
     let mut connection = match reusable(conn).await {
         Some(Connection::Http1(connection)) => connection,
-        _ => match http1_connection(&check, &target).await {
+        _ => match http1_connection(check, target).await {
             Ok(connection) => connection,
             Err(result) => return finished(result, None),
         },
     };
-    if http1_exchange(&mut connection, &check).await.is_err() {
+    let Ok(clean) = http1_exchange(&mut connection, check).await else {
         return finished(ProbeResult::network(), None);
-    }
+    };
     let (result, verify_cluster) = check.judge(&connection.reader.answer());
-    let keep = (reuse && !connection.reader.must_close()).then_some(Connection::Http1(connection));
+    let reusable_after = reuse && clean && !connection.reader.must_close();
+    let keep = reusable_after.then_some(Connection::Http1(connection));
     Finished {
         result,
         keep,
@@ -261,12 +272,12 @@ async fn http1_probe(
 }
 
 async fn http2_probe(
-    check: HttpCheck,
+    check: &HttpCheck,
     target: Target,
     conn: Option<Connection>,
     reuse: bool,
 ) -> Finished {
-    let request = match build_http2_request(&check, &target) {
+    let request = match build_http2_request(check, &target) {
         Ok(request) => request,
         Err(result) => return finished(result, None),
     };
@@ -344,7 +355,7 @@ fn wants_close(version: http::Version, headers: &http::HeaderMap) -> bool {
 }
 
 async fn tcp_probe(
-    check: TcpCheck,
+    check: &TcpCheck,
     target: Target,
     conn: Option<Connection>,
     reuse: bool,
@@ -382,7 +393,7 @@ async fn tcp_probe(
 }
 
 async fn grpc_probe(
-    check: GrpcCheck,
+    check: &GrpcCheck,
     target: Target,
     conn: Option<Connection>,
     reuse: bool,

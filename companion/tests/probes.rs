@@ -4,6 +4,7 @@ mod common;
 use common::{demoapp, post};
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -49,7 +50,7 @@ async fn run(
 ) -> (ProbeResult, Option<Connection>) {
     let finished = tokio::time::timeout(
         DEADLINE,
-        probe::probe(protocol, target(address), conn, true),
+        probe::probe(&Arc::new(protocol.clone()), target(address), conn, true),
     )
     .await
     .expect("probe finished");
@@ -134,7 +135,7 @@ async fn tcp_connect_only_and_send_receive() {
     post(app.http, "/tcp", "mode=silent").await;
     let silent = tokio::time::timeout(
         Duration::from_millis(300),
-        probe::probe(&ping, target(app.tcp), None, true),
+        probe::probe(&Arc::new(ping.clone()), target(app.tcp), None, true),
     )
     .await;
     assert!(

@@ -6,9 +6,9 @@
 //! client costs a task, two buffers of several KiB and a copy of the headers per connection. This
 //! reader keeps only what a verdict needs: the status, the three `x-envoy-*` signals, whether the
 //! connection may carry the next check (Envoy's `shouldCloseConnection`), and the first
-//! `response_buffer_size` bytes of the body when the check has `receive` blocks. Its buffers are
-//! the caller's and are reused from one check to the next, so a check in steady state allocates
-//! nothing.
+//! `response_buffer_size` bytes of the body when the check has `receive` blocks. It reads from
+//! the caller's buffer and keeps its own small state from one check to the next, so a check in
+//! steady state allocates nothing.
 //!
 //! What it accepts follows an HTTP/1 client: `1xx` interim answers are skipped (but `101`), a body
 //! is framed by `transfer-encoding: chunked` (which wins over `content-length`), else
@@ -165,12 +165,14 @@ impl ResponseReader {
         self.body.clear();
     }
 
-    /// Consumes what it can of `input` (the consumed bytes are drained from its front).
-    pub fn read(&mut self, input: &mut Vec<u8>) -> Result<Progress, ReadError> {
+    /// Consumes what it can of `input`: how far it got, and how many bytes it consumed. Bytes
+    /// not consumed while [`Progress::More`] (an incomplete head or chunk-size line) must be
+    /// offered again, followed by the next ones; bytes left after [`Progress::Done`] belong to
+    /// no answer (a connection with such bytes cannot carry the next check).
+    pub fn read(&mut self, input: &[u8]) -> Result<(Progress, usize), ReadError> {
         let mut at = 0;
-        let result = self.advance(input, &mut at);
-        input.drain(..at);
-        result
+        let progress = self.advance(input, &mut at)?;
+        Ok((progress, at))
     }
 
     /// The connection ended: a body that runs to the end is complete, anything else is
@@ -463,7 +465,9 @@ mod tests {
         let mut progress = Progress::More;
         for piece in bytes.chunks(step.max(1)) {
             buffer.extend_from_slice(piece);
-            progress = reader.read(&mut buffer)?;
+            let (now, used) = reader.read(&buffer)?;
+            buffer.drain(..used);
+            progress = now;
         }
         if eof && progress == Progress::More {
             progress = reader.end_of_input()?;
@@ -564,9 +568,10 @@ mod tests {
         c.receive = PayloadMatcher::new(vec![b"a".to_vec()]);
         let mut reader = ResponseReader::new();
         reader.start(&c);
-        let mut buffer = b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\naHTTP/1.1".to_vec();
-        assert_eq!(reader.read(&mut buffer), Ok(Progress::Done));
-        assert_eq!(buffer, b"HTTP/1.1");
+        let buffer = b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\naHTTP/1.1";
+        let (progress, used) = reader.read(buffer).expect("an answer");
+        assert_eq!(progress, Progress::Done);
+        assert_eq!(&buffer[used..], b"HTTP/1.1");
         assert_eq!(reader.answer().body, b"a");
     }
 
@@ -599,6 +604,6 @@ mod tests {
         reader.start(&check("GET"));
         let mut huge = b"HTTP/1.1 200 OK\r\nx: ".to_vec();
         huge.resize(MAX_HEAD_BYTES + 10, b'a');
-        assert_eq!(reader.read(&mut huge), Err(ReadError::HeadTooLarge));
+        assert_eq!(reader.read(&huge), Err(ReadError::HeadTooLarge));
     }
 }
