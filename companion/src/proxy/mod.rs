@@ -908,6 +908,8 @@ pub struct Derived {
     /// The buckets of routes' own local rate limits, by the config's address in the state's
     /// route table (made on first use, full).
     route_buckets: Mutex<HashMap<usize, Arc<Mutex<vigil_core::local_ratelimit::RateLimitState>>>>,
+    /// The chain's Lua scripts, loaded with the state (their globals live as long as it does).
+    lua: Option<Arc<crate::lua::LuaRuntime>>,
 }
 
 impl Derived {
@@ -959,7 +961,17 @@ impl Derived {
                 _ => {}
             }
         }
+        // Loading was checked with the file (`vigil -c`, reloads); a script that fails now (a
+        // file changed since) leaves its filter without scripts, logged.
+        let lua = match crate::lua::LuaRuntime::new(&state.hcm) {
+            Ok(lua) => lua.map(Arc::new),
+            Err(err) => {
+                log::error!("{err}");
+                None
+            }
+        };
         Derived {
+            lua,
             routing,
             access_logs: Arc::new(AccessLogs::start(&state.hcm.access_log)),
             owned,

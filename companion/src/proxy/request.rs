@@ -62,6 +62,9 @@ struct Outcome {
     /// `x-vigil-upstream` and `x-vigil-decision`, when `decision_headers` is on.
     vigil_upstream: Option<String>,
     vigil_decision: Option<String>,
+    /// The Lua filters whose request side ran and that have a response hook, in chain order
+    /// (their response sides run in reverse, as Envoy's encoder filters).
+    lua_response: Vec<(Arc<crate::lua::Script>, crate::lua::StreamMeta)>,
 }
 
 impl Outcome {
@@ -113,6 +116,23 @@ pub async fn handle(
         Some(crate::forward::LocalReplyText(text)) if grpc => grpc_form(response, &text),
         _ => response,
     };
+    // The Lua filters' response sides, last filter first, on whatever answer came (the
+    // upstream's, or a local reply of a filter after them, or their own `respond()`).
+    for (script, meta) in outcome.lua_response.iter().rev() {
+        let (mut head, body) = response.into_parts();
+        let changed = crate::lua::on_response(
+            script,
+            meta,
+            head.status,
+            &head.headers,
+            body,
+            lua_upstreams(state),
+        )
+        .await;
+        head.status = changed.status;
+        head.headers = changed.headers;
+        response = Response::from_parts(head, changed.body);
+    }
     for (name, value) in &outcome.filter_headers {
         if let Ok(value) = HeaderValue::from_str(value) {
             response.headers_mut().insert(*name, value);
@@ -232,7 +252,7 @@ async fn respond(
         );
     }
     let mut outcome = Outcome::default();
-    let authority = authority_of(&parts.uri, &parts.headers);
+    let mut authority = authority_of(&parts.uri, &parts.headers);
     // A CONNECT request names an authority and no path; only `connect_matcher` routes take it.
     let connect = parts.method == http::Method::CONNECT;
     if connect && parts.version == http::Version::HTTP_2 {
@@ -318,6 +338,8 @@ async fn respond(
     // Envoy.
     let mut vigil_set: Vec<(String, String)> = Vec::new();
     let mut routed = false;
+    // What the Lua filters' `streamInfo()` shares (dynamic metadata), made on the first one.
+    let mut lua_meta: Option<crate::lua::StreamMeta> = None;
     for (index, filter) in state.hcm.http_filters.iter().enumerate() {
         if filter.disabled
             && !filter_override(state, &parts, authority.as_deref(), &path, &filter.name)
@@ -945,6 +967,83 @@ async fn respond(
                         .insert(http::header::CONTENT_LENGTH, HeaderValue::from(read.len()));
                 }
             }
+            HttpFilterKind::Lua(_) => {
+                let Some(runtime) = &derived.lua else {
+                    continue;
+                };
+                let setting =
+                    filter_override(state, &parts, authority.as_deref(), &path, &filter.name);
+                let Some(selection) = crate::lua::Selection::from_override(setting) else {
+                    continue;
+                };
+                let Some(script) = runtime.script(index, &selection) else {
+                    continue;
+                };
+                let meta = lua_meta
+                    .get_or_insert_with(|| {
+                        crate::lua::meta(
+                            parts.version,
+                            peer,
+                            local,
+                            downstream.server_name(),
+                            downstream.tls.is_some(),
+                        )
+                    })
+                    .clone();
+                if script.has_response_hook() {
+                    outcome.lua_response.push((script.clone(), meta.clone()));
+                }
+                if !script.has_request_hook() {
+                    continue;
+                }
+                // vigil reads every request body whole before forwarding it; the script sees
+                // it whole (Envoy's `body()` waits for the same).
+                let read = match body.whole().await {
+                    Ok(read) => read,
+                    Err(refusal) => return refusal,
+                };
+                let headers = crate::lua::request_headers(
+                    &parts.method,
+                    &path,
+                    authority.as_deref(),
+                    downstream.scheme(),
+                    &parts.headers,
+                );
+                match crate::lua::on_request(&script, &meta, headers, read, lua_upstreams(state))
+                    .await
+                {
+                    crate::lua::RequestOutcome::Continue {
+                        headers,
+                        body: changed,
+                    } => {
+                        let had_host = parts.headers.contains_key(header::HOST);
+                        parts.headers = crate::lua::header_map(&headers);
+                        if let Some(p) = crate::lua::first(&headers, ":path") {
+                            path = String::from_utf8_lossy(p).into_owned();
+                        }
+                        if let Some(method) = crate::lua::first(&headers, ":method")
+                            .and_then(|m| http::Method::from_bytes(m).ok())
+                        {
+                            parts.method = method;
+                        }
+                        if let Some(a) = crate::lua::first(&headers, ":authority") {
+                            let a = String::from_utf8_lossy(a).into_owned();
+                            if had_host {
+                                if let Ok(value) = HeaderValue::from_str(&a) {
+                                    parts.headers.insert(header::HOST, value);
+                                }
+                            }
+                            authority = Some(a);
+                        }
+                        body = RequestBody::Read(changed);
+                    }
+                    crate::lua::RequestOutcome::Respond(reply) => {
+                        outcome.request_headers = Some(parts.headers);
+                        outcome.details = "lua_response".into();
+                        return (lua_reply(reply), outcome);
+                    }
+                }
+            }
             HttpFilterKind::Wasm if !routed => {
                 routed = true;
                 let Some(routing) = &derived.routing else {
@@ -1088,7 +1187,20 @@ async fn respond(
         let hash_view = HashInput::new(&borrowed).with_source_ip(peer.ip());
         hash_policy::generate_hash(selected.hash_policies, &hash_view).hash
     };
-    let cluster = selected.cluster(&view, hash);
+    let mut cluster = selected.cluster(&view, hash);
+    // A Lua cluster specifier's script names the cluster (its default_cluster when it fails).
+    if let (vigil_core::config::ClusterSpecifier::Lua(spec), Some(runtime), Some(picked)) =
+        (&action.cluster, &derived.lua, cluster.as_mut())
+    {
+        let headers = crate::lua::request_headers(
+            &parts.method,
+            &path,
+            authority.as_deref(),
+            downstream.scheme(),
+            &parts.headers,
+        );
+        picked.name = runtime.route_cluster(spec, &headers);
+    }
     outcome.upstream_cluster = cluster.as_ref().map(|c| c.name.clone());
     let Some(upstream) = cluster.as_ref().and_then(|c| state.upstreams.get(&c.name)) else {
         let status = StatusCode::from_u16(action.cluster_not_found_status)
@@ -1241,6 +1353,111 @@ async fn respond(
     (response, outcome)
 }
 
+/// The clusters a Lua script's `httpCall` reaches: the listener's running clusters, through
+/// the same forwarding as routed requests (no retries; the call's own timeout).
+struct LuaUpstreams(BTreeMap<String, Arc<Upstream>>);
+
+fn lua_upstreams(state: &ListenerState) -> Arc<dyn crate::lua::Upstreams> {
+    Arc::new(LuaUpstreams(state.upstreams.clone()))
+}
+
+impl crate::lua::Upstreams for LuaUpstreams {
+    fn call(&self, request: crate::lua::CallRequest) -> Option<crate::lua::CallFuture> {
+        let upstream = self.0.get(&request.cluster)?.clone();
+        Some(Box::pin(async move {
+            let mut method = http::Method::GET;
+            let mut path = "/".to_string();
+            let mut headers = HeaderMap::new();
+            for (name, value) in &request.headers {
+                match name.as_str() {
+                    ":method" => {
+                        method = http::Method::from_bytes(value.as_bytes()).unwrap_or(method);
+                    }
+                    ":path" => path = value.clone(),
+                    ":authority" => {
+                        if let Ok(value) = HeaderValue::from_str(value) {
+                            headers.insert(header::HOST, value);
+                        }
+                    }
+                    other if other.starts_with(':') => {}
+                    other => {
+                        if let (Ok(name), Ok(value)) = (
+                            HeaderName::from_bytes(other.as_bytes()),
+                            HeaderValue::from_str(value),
+                        ) {
+                            headers.append(name, value);
+                        }
+                    }
+                }
+            }
+            let body = request.body.unwrap_or_default();
+            if !body.is_empty() {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            }
+            let retry = RetryPolicy::none();
+            let how = Forwarding {
+                retry: &retry,
+                timeout: request
+                    .timeout
+                    .unwrap_or_else(|| Duration::from_secs(24 * 3600)),
+                hash: None,
+            };
+            let outgoing = Outgoing {
+                method,
+                path_and_query: path,
+                headers,
+                body,
+            };
+            let (response, _) = forward::forward_with_info(&upstream, outgoing, how, None).await;
+            let (head, body) = response.into_parts();
+            let mut headers = vec![(":status".to_string(), head.status.as_str().to_string())];
+            for (name, value) in &head.headers {
+                headers.push((
+                    name.as_str().to_string(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                ));
+            }
+            let body = match body.collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(_) => Bytes::new(),
+            };
+            crate::lua::CallResponse { headers, body }
+        }))
+    }
+}
+
+/// A script's `respond()` as Envoy's local reply: its status and body (plain text unless the
+/// script names a content type), then the script's headers.
+fn lua_reply(reply: crate::lua::LocalReply) -> Response<ProxyBody> {
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+    let mut response = match &reply.body {
+        Some(body) if !body.is_empty() => {
+            let mut response = local_reply(status, &String::from_utf8_lossy(body));
+            *response.body_mut() = Full::new(body.clone())
+                .map_err(|never| match never {})
+                .boxed();
+            response
+        }
+        _ => empty(status),
+    };
+    for (name, value) in &reply.headers {
+        if name.starts_with(':') {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            if name == header::CONTENT_TYPE || name == header::CONTENT_LENGTH {
+                response.headers_mut().insert(name, value);
+            } else {
+                response.headers_mut().append(name, value);
+            }
+        }
+    }
+    response
+}
+
 /// The route's response header changes, level by level (the router's finalizeResponseHeaders):
 /// on upstream answers, direct responses, redirects and the router's own replies alike.
 /// A CONNECT request on a route that terminates it (`upgrade_configs` with `connect_config`):
@@ -1361,11 +1578,12 @@ fn rate_limit_descriptors(
         RouteAction::Forward(f) => Some((s, f)),
         _ => None,
     });
-    // A weighted cluster with a destination_cluster action is refused at load.
+    // A weighted cluster or a Lua cluster specifier with a destination_cluster action is
+    // refused at load.
     let cluster = forward.and_then(|(_, f)| match &f.cluster {
         ClusterSpecifier::Cluster(name) => Some(name.clone()),
         ClusterSpecifier::Header(h) => Some(view.first(h).unwrap_or_default().to_string()),
-        ClusterSpecifier::Weighted(_) => None,
+        ClusterSpecifier::Weighted(_) | ClusterSpecifier::Lua(_) => None,
     });
     let facts = vigil_core::rate_limit_actions::RequestFacts {
         request: &view,

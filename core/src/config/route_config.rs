@@ -157,6 +157,9 @@ pub enum ClusterSpecifier {
     Header(String),
     /// `weighted_clusters`.
     Weighted(WeightedClusters),
+    /// `inline_cluster_specifier_plugin` with the Lua plugin: its script names the cluster
+    /// (the companion runs it; see [`crate::route::Selected::cluster`]).
+    Lua(Box<super::LuaClusterSpecifier>),
 }
 
 /// `config.route.v3.WeightedCluster`.
@@ -646,6 +649,9 @@ fn route_action(
         header_name(cx, &mut o, "cluster_header").map(ClusterSpecifier::Header)
     } else if let Some(w) = o.message(cx, "weighted_clusters", &WEIGHTED_CLUSTER) {
         weighted_clusters(cx, w, route_name, rcx).map(ClusterSpecifier::Weighted)
+    } else if let Some((p, v)) = o.take("inline_cluster_specifier_plugin") {
+        super::lua::inline_cluster_specifier_plugin(cx, &p, v)
+            .map(|lua| ClusterSpecifier::Lua(Box::new(lua)))
     } else {
         None
     };
