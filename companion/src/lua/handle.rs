@@ -83,6 +83,10 @@ struct Inner {
     /// A `pairs()` over the headers is running.
     iterating: bool,
     reply: Option<LocalReply>,
+    /// Bumped at each point where Envoy's script yields (waiting for the body, a chunk, an
+    /// `httpCall`): the wrappers handed out before it no longer work, as Envoy's do not
+    /// survive a yield.
+    generation: u64,
     /// Where the response head goes once known (response side).
     head_tx: Option<oneshot::Sender<Head>>,
     /// Streaming (`bodyChunks()` on the response): where chunks go, and the chunk the script
@@ -117,6 +121,7 @@ impl Stream {
             continued: false,
             iterating: false,
             reply: None,
+            generation: 0,
             head_tx: None,
             chunk_tx: None,
             chunk: None,
@@ -167,6 +172,24 @@ impl Stream {
             headers: std::mem::take(&mut inner.headers),
             body: Bytes::from(inner.body.take().unwrap_or_default()),
         }
+    }
+
+    /// The generation wrappers made now belong to.
+    fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// A yield: every wrapper made so far is dead.
+    fn yielded(&self) {
+        self.lock().generation += 1;
+    }
+
+    /// Envoy's error for a wrapper used after a yield.
+    fn check_alive(&self, generation: u64) -> LuaResult<()> {
+        if self.lock().generation != generation {
+            return Err(error("object used outside of proper scope"));
+        }
+        Ok(())
     }
 
     fn check_modifiable(&self) -> LuaResult<()> {
@@ -428,7 +451,9 @@ struct RouteHandle(Arc<Stream>);
 
 impl UserData for RouteHandle {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method("headers", |_, this, ()| Ok(Headers(this.0.clone())));
+        methods.add_method("headers", |_, this, ()| {
+            Ok(Headers(this.0.clone(), this.0.generation()))
+        });
     }
 }
 
@@ -437,12 +462,18 @@ struct StreamHandle(Arc<Stream>);
 
 impl UserData for StreamHandle {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method("headers", |_, this, ()| Ok(Headers(this.0.clone())));
+        methods.add_method("headers", |_, this, ()| {
+            Ok(Headers(this.0.clone(), this.0.generation()))
+        });
         methods.add_async_method("body", |lua, this, always_wrap: Option<bool>| async move {
             let stream = this.0.clone();
             let has_body = stream.lock().has_body;
             if !has_body && !always_wrap.unwrap_or(false) {
                 return Ok(Value::Nil);
+            }
+            // Envoy's script yields here until the body is in.
+            if has_body {
+                stream.yielded();
             }
             if stream.lock().response {
                 stream.read_whole().await?;
@@ -453,9 +484,11 @@ impl UserData for StreamHandle {
                     inner.body = Some(Vec::new());
                 }
             }
+            let generation = stream.generation();
             lua.create_userdata(Buffer {
                 stream,
                 chunk: None,
+                generation,
             })
             .map(Value::UserData)
         });
@@ -464,20 +497,26 @@ impl UserData for StreamHandle {
             lua.create_async_function(move |lua, ()| {
                 let stream = stream.clone();
                 async move {
+                    // Each chunk is waited for: a yield.
+                    stream.yielded();
                     let response = stream.lock().response;
-                    match stream.next_chunk().await? {
+                    let chunk = stream.next_chunk().await?;
+                    let generation = stream.generation();
+                    match chunk {
                         None => Ok(Value::Nil),
                         // The request's one chunk is its body.
                         Some(_) if !response => lua
                             .create_userdata(Buffer {
                                 stream,
                                 chunk: None,
+                                generation,
                             })
                             .map(Value::UserData),
                         Some(chunk) => lua
                             .create_userdata(Buffer {
                                 stream,
                                 chunk: Some(chunk),
+                                generation,
                             })
                             .map(Value::UserData),
                     }
@@ -581,6 +620,7 @@ impl UserData for StreamHandle {
                     tokio::spawn(call);
                     return Ok((Value::Nil, Value::Nil));
                 }
+                this.0.yielded();
                 let answer = call.await;
                 let table = lua.create_table()?;
                 for (name, value) in &answer.headers {
@@ -594,8 +634,12 @@ impl UserData for StreamHandle {
                 Ok((Value::Table(table), body))
             },
         );
-        methods.add_method("streamInfo", |_, this, ()| Ok(StreamInfo(this.0.clone())));
-        methods.add_method("connection", |_, this, ()| Ok(Connection(this.0.clone())));
+        methods.add_method("streamInfo", |_, this, ()| {
+            Ok(StreamInfo(this.0.clone(), this.0.generation()))
+        });
+        methods.add_method("connection", |_, this, ()| {
+            Ok(Connection(this.0.clone(), this.0.generation()))
+        });
         methods.add_method("metadata", |_, _, ()| -> LuaResult<()> {
             // The route's metadata is not carried by vigil's route table: a script that reads
             // it fails (and the request goes on as after any script error) rather than seeing
@@ -665,11 +709,12 @@ fn base64_encode(bytes: &[u8]) -> String {
 }
 
 /// `headers()`.
-struct Headers(Arc<Stream>);
+struct Headers(Arc<Stream>, u64);
 
 impl UserData for Headers {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         methods.add_method("get", |lua, this, name: mlua::String| {
+            this.0.check_alive(this.1)?;
             let name = name.to_string_lossy().to_ascii_lowercase();
             let inner = this.0.lock();
             let values: Vec<&[u8]> = inner
@@ -686,6 +731,7 @@ impl UserData for Headers {
         methods.add_method(
             "getAtIndex",
             |lua, this, (name, index): (mlua::String, i64)| {
+                this.0.check_alive(this.1)?;
                 let name = name.to_string_lossy().to_ascii_lowercase();
                 let inner = this.0.lock();
                 let value = usize::try_from(index).ok().and_then(|i| {
@@ -703,6 +749,7 @@ impl UserData for Headers {
             },
         );
         methods.add_method("getNumValues", |_, this, name: mlua::String| {
+            this.0.check_alive(this.1)?;
             let name = name.to_string_lossy().to_ascii_lowercase();
             let inner = this.0.lock();
             Ok(inner.headers.iter().filter(|(n, _)| *n == name).count())
@@ -710,6 +757,7 @@ impl UserData for Headers {
         methods.add_method(
             "add",
             |_, this, (name, value): (mlua::String, mlua::String)| {
+                this.0.check_alive(this.1)?;
                 this.0.check_modifiable()?;
                 let name = name.to_string_lossy().to_ascii_lowercase();
                 this.0
@@ -722,6 +770,7 @@ impl UserData for Headers {
         methods.add_method(
             "replace",
             |_, this, (name, value): (mlua::String, mlua::String)| {
+                this.0.check_alive(this.1)?;
                 this.0.check_modifiable()?;
                 let name = name.to_string_lossy().to_ascii_lowercase();
                 let value = value.as_bytes().to_vec();
@@ -731,6 +780,7 @@ impl UserData for Headers {
             },
         );
         methods.add_method("remove", |_, this, name: mlua::String| {
+            this.0.check_alive(this.1)?;
             this.0.check_modifiable()?;
             let name = name.to_string_lossy().to_ascii_lowercase();
             this.0.lock().headers.retain(|(n, _)| *n != name);
@@ -738,9 +788,11 @@ impl UserData for Headers {
         });
         // vigil's HTTP/1 codec sends the standard reason phrase: accepted and ignored.
         methods.add_method("setHttp1ReasonPhrase", |_, this, _: mlua::String| {
+            this.0.check_alive(this.1)?;
             this.0.check_modifiable()
         });
         methods.add_meta_method(MetaMethod::Pairs, |lua, this, ()| {
+            this.0.check_alive(this.1)?;
             let stream = this.0.clone();
             {
                 let mut inner = stream.lock();
@@ -796,23 +848,25 @@ fn replace(headers: &mut Vec<(String, Vec<u8>)>, name: &str, value: Vec<u8>) {
 struct Buffer {
     stream: Arc<Stream>,
     chunk: Option<Arc<Mutex<Vec<u8>>>>,
+    generation: u64,
 }
 
 impl Buffer {
-    fn with<R>(&self, f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
-        match &self.chunk {
+    fn with<R>(&self, f: impl FnOnce(&mut Vec<u8>) -> R) -> LuaResult<R> {
+        self.stream.check_alive(self.generation)?;
+        Ok(match &self.chunk {
             Some(chunk) => f(&mut chunk.lock().unwrap_or_else(|p| p.into_inner())),
             None => {
                 let mut inner = self.stream.lock();
                 f(inner.body.get_or_insert_with(Vec::new))
             }
-        }
+        })
     }
 }
 
 impl UserData for Buffer {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method("length", |_, this, ()| Ok(this.with(|b| b.len())));
+        methods.add_method("length", |_, this, ()| this.with(|b| b.len()));
         methods.add_method("getBytes", |lua, this, (index, length): (i64, i64)| {
             let bytes = this.with(|b| {
                 let (Ok(index), Ok(length)) = (usize::try_from(index), usize::try_from(length))
@@ -821,7 +875,7 @@ impl UserData for Buffer {
                 };
                 let end = index.checked_add(length)?;
                 b.get(index..end).map(<[u8]>::to_vec)
-            });
+            })?;
             match bytes {
                 Some(bytes) => lua.create_string(bytes),
                 None => Err(error(
@@ -832,7 +886,7 @@ impl UserData for Buffer {
         methods.add_method("setBytes", |_, this, bytes: mlua::String| {
             let bytes = bytes.as_bytes().to_vec();
             let length = bytes.len();
-            this.with(|b| *b = bytes);
+            this.with(|b| *b = bytes)?;
             // The whole body's new length is the message's content-length, as Envoy's buffer
             // wrapper sets it (a chunk's change leaves the streamed framing alone).
             if this.chunk.is_none() {
@@ -851,57 +905,72 @@ impl UserData for Buffer {
 }
 
 /// `streamInfo()`.
-struct StreamInfo(Arc<Stream>);
+struct StreamInfo(Arc<Stream>, u64);
 
 impl UserData for StreamInfo {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method("protocol", |_, this, ()| Ok(this.0.meta.protocol));
+        methods.add_method("protocol", |_, this, ()| {
+            this.0.check_alive(this.1)?;
+            Ok(this.0.meta.protocol)
+        });
         methods.add_method("downstreamDirectRemoteAddress", |_, this, ()| {
+            this.0.check_alive(this.1)?;
             Ok(this.0.meta.peer.clone())
         });
         methods.add_method("downstreamLocalAddress", |_, this, ()| {
+            this.0.check_alive(this.1)?;
             Ok(this.0.meta.local.clone())
         });
         methods.add_method("requestedServerName", |_, this, ()| {
+            this.0.check_alive(this.1)?;
             Ok(this.0.meta.server_name.clone())
         });
-        methods.add_method("downstreamSslConnection", |_, this, ()| -> LuaResult<()> {
+        methods.add_method("downstreamSslConnection", |_, this, ()| {
+            this.0.check_alive(this.1)?;
             if this.0.meta.tls {
                 return Err(error(
                     "downstreamSslConnection() over TLS is not supported by vigil",
                 ));
             }
-            Ok(())
+            Ok(Value::Nil)
         });
         methods.add_method("dynamicMetadata", |_, this, ()| {
-            Ok(DynamicMetadata(this.0.meta.dynamic.clone()))
+            this.0.check_alive(this.1)?;
+            Ok(DynamicMetadata(this.0.clone(), this.1))
         });
     }
 }
 
 /// `connection()`.
-struct Connection(Arc<Stream>);
+struct Connection(Arc<Stream>, u64);
 
 impl UserData for Connection {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         // nil in plain text, as Envoy; vigil does not expose TLS details to scripts.
-        methods.add_method("ssl", |_, this, ()| -> LuaResult<()> {
+        methods.add_method("ssl", |_, this, ()| {
+            this.0.check_alive(this.1)?;
             if this.0.meta.tls {
                 return Err(error(
                     "connection():ssl() over TLS is not supported by vigil",
                 ));
             }
-            Ok(())
+            Ok(Value::Nil)
         });
     }
 }
 
 /// `streamInfo():dynamicMetadata()`.
-struct DynamicMetadata(Arc<Mutex<serde_json::Map<String, Json>>>);
+struct DynamicMetadata(Arc<Stream>, u64);
 
 impl DynamicMetadata {
-    fn lock(&self) -> MutexGuard<'_, serde_json::Map<String, Json>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> LuaResult<MutexGuard<'_, serde_json::Map<String, Json>>> {
+        self.0.check_alive(self.1)?;
+        Ok(self
+            .0
+            .meta
+            .dynamic
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -909,7 +978,7 @@ impl UserData for DynamicMetadata {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         methods.add_method("get", |lua, this, filter: mlua::String| {
             let filter = filter.to_string_lossy();
-            match this.lock().get(&filter) {
+            match this.lock()?.get(&filter) {
                 Some(value) => to_lua(lua, value),
                 None => Ok(Value::Nil),
             }
@@ -918,7 +987,7 @@ impl UserData for DynamicMetadata {
             "set",
             |_, this, (filter, key, value): (mlua::String, mlua::String, Value)| {
                 let value = from_lua(&value)?;
-                let mut map = this.lock();
+                let mut map = this.lock()?;
                 let entry = map
                     .entry(filter.to_string_lossy())
                     .or_insert_with(|| Json::Object(serde_json::Map::new()));
@@ -930,7 +999,7 @@ impl UserData for DynamicMetadata {
         );
         methods.add_meta_method(MetaMethod::Pairs, |lua, this, ()| {
             let snapshot: Vec<(String, Json)> = this
-                .lock()
+                .lock()?
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
