@@ -57,8 +57,14 @@ function envoy_on_request(h)
       "ping", 2000)
     headers:add("x-lua-stale", "used after a yield")
   end
-  if path == "/meta" then
+    if path == "/meta" then
     h:streamInfo():dynamicMetadata():set("lua.test", "k", "v1")
+  end
+    if path == "/route-meta" or path == "/canonical-meta" then
+    h:headers():add("x-lua-team", h:metadata():get("team") or "nil")
+    local keys = {}
+    for key, _ in pairs(h:metadata()) do table.insert(keys, key) end
+    h:headers():add("x-lua-meta-keys", table.concat(keys, ","))
   end
   if path == "/info" then
     headers:add("x-lua-proto", h:streamInfo():protocol())
@@ -201,6 +207,17 @@ fn config(
                         source_code:
                           inline_string: |
 {}
+              - match: {{ prefix: \"/route-meta\" }}
+                route: {{ cluster: echo }}
+                metadata:
+                  filter_metadata:
+                    lua-main: {{ team: by-name }}
+                    envoy.filters.http.lua: {{ team: canonical }}
+              - match: {{ prefix: \"/canonical-meta\" }}
+                route: {{ cluster: echo }}
+                metadata:
+                  filter_metadata:
+                    envoy.filters.http.lua: {{ team: canonical }}
               - match: {{ prefix: \"/\" }}
                 route: {{ cluster: echo }}",
         indent(ROUTE_CODE, 24),
@@ -391,6 +408,8 @@ async fn lua_as_in_envoy() {
         ("GET", "/call", vec![], ""),
         ("GET", "/stale", vec![], ""),
         ("GET", "/meta", vec![], ""),
+        ("GET", "/route-meta", vec![], ""),
+        ("GET", "/canonical-meta", vec![], ""),
         (
             "GET",
             "/info",
@@ -442,6 +461,8 @@ async fn lua_as_in_envoy() {
         "x-lua-route-code=yes",
         "side GET /pick",
         "x-lua-lib=hello proxy",
+        "x-lua-team=by-name",
+        "x-lua-team=canonical",
     ] {
         assert!(envoy.contains(expected), "{expected} in\n{envoy}");
     }

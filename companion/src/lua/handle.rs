@@ -31,6 +31,8 @@ pub struct StreamMeta {
     server_name: String,
     tls: bool,
     dynamic: Arc<Mutex<serde_json::Map<String, Json>>>,
+    /// The route's `filter_metadata` entry for this filter (`metadata()`).
+    route_metadata: Arc<Json>,
 }
 
 impl StreamMeta {
@@ -54,6 +56,16 @@ impl StreamMeta {
             server_name: server_name.to_string(),
             tls,
             dynamic: Arc::default(),
+            route_metadata: Arc::new(Json::Null),
+        }
+    }
+
+    /// The same request as a filter sees it whose route metadata is `metadata` (the route's
+    /// `filter_metadata` entry under the filter's name, else `envoy.filters.http.lua`).
+    pub fn with_route_metadata(&self, metadata: Json) -> StreamMeta {
+        StreamMeta {
+            route_metadata: Arc::new(metadata),
+            ..self.clone()
         }
     }
 }
@@ -640,11 +652,8 @@ impl UserData for StreamHandle {
         methods.add_method("connection", |_, this, ()| {
             Ok(Connection(this.0.clone(), this.0.generation()))
         });
-        methods.add_method("metadata", |_, _, ()| -> LuaResult<()> {
-            // The route's metadata is not carried by vigil's route table: a script that reads
-            // it fails (and the request goes on as after any script error) rather than seeing
-            // an empty table Envoy would not show it.
-            Err(error("metadata() is not supported by vigil"))
+        methods.add_method("metadata", |_, this, ()| {
+            Ok(RouteMetadata(this.0.clone(), this.0.generation()))
         });
         methods.add_method("base64Escape", |_, _, text: mlua::String| {
             Ok(base64_encode(&text.as_bytes()))
@@ -900,6 +909,46 @@ impl UserData for Buffer {
                 inner.headers.retain(|(n, _)| n != "transfer-encoding");
             }
             Ok(length)
+        });
+    }
+}
+
+/// `metadata()`: the route's metadata for this filter.
+struct RouteMetadata(Arc<Stream>, u64);
+
+impl UserData for RouteMetadata {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method("get", |lua, this, key: mlua::String| {
+            this.0.check_alive(this.1)?;
+            match this
+                .0
+                .meta
+                .route_metadata
+                .get(key.to_string_lossy().as_str())
+            {
+                Some(value) => to_lua(lua, value),
+                None => Ok(Value::Nil),
+            }
+        });
+        methods.add_meta_method(MetaMethod::Pairs, |lua, this, ()| {
+            this.0.check_alive(this.1)?;
+            let snapshot: Vec<(String, Json)> = match this.0.meta.route_metadata.as_ref() {
+                Json::Object(fields) => {
+                    fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+                }
+                _ => Vec::new(),
+            };
+            let next = Mutex::new(0usize);
+            lua.create_function(move |lua, _: Variadic<Value>| {
+                let mut index = next.lock().unwrap_or_else(|p| p.into_inner());
+                match snapshot.get(*index) {
+                    Some((name, value)) => {
+                        *index += 1;
+                        Ok((Value::String(lua.create_string(name)?), to_lua(lua, value)?))
+                    }
+                    None => Ok((Value::Nil, Value::Nil)),
+                }
+            })
         });
     }
 }

@@ -990,6 +990,13 @@ async fn respond(
                         )
                     })
                     .clone();
+                let meta = meta.with_route_metadata(lua_route_metadata(
+                    state,
+                    &parts,
+                    authority.as_deref(),
+                    &path,
+                    &filter.name,
+                ));
                 if script.has_response_hook() {
                     outcome.lua_response.push((script.clone(), meta.clone()));
                 }
@@ -1351,6 +1358,26 @@ async fn respond(
     );
     outcome.forward = Some(info);
     (response, outcome)
+}
+
+/// What a Lua filter's `metadata()` shows: the request's route's `filter_metadata` entry under
+/// the filter's name, else under `envoy.filters.http.lua` (Envoy's lookup), else nothing.
+fn lua_route_metadata(
+    state: &ListenerState,
+    parts: &http::request::Parts,
+    authority: Option<&str>,
+    path: &str,
+    filter: &str,
+) -> serde_json::Value {
+    let borrowed = pairs(&parts.headers);
+    let view = RequestView::new(authority, path, parts.method.as_str(), &borrowed);
+    state
+        .routes
+        .select(&view)
+        .and_then(|selected| selected.route.filter_metadata.as_ref())
+        .and_then(|m| m.get(filter).or_else(|| m.get("envoy.filters.http.lua")))
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
 }
 
 /// The clusters a Lua script's `httpCall` reaches: the listener's running clusters, through

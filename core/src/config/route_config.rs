@@ -74,6 +74,8 @@ pub struct Route {
     pub headers: HeaderMutations,
     /// CORS policies of this route: per filter name, and the route action's legacy `cors`.
     pub filters: FilterSettings,
+    /// `metadata.filter_metadata` as written (what a Lua script's `metadata()` reads).
+    pub filter_metadata: Option<Value>,
 }
 
 /// What a route does.
@@ -585,6 +587,9 @@ fn route(
     }
     let headers = header_mutations(cx, &mut o, true);
     let filters = filter_settings(cx, &mut o, legacy_cors);
+    let filter_metadata = o
+        .raw_message(cx, "metadata")
+        .and_then(|m| field(&m, "filter_metadata").cloned());
     o.finish(cx);
     let connect_route = matcher
         .as_ref()
@@ -603,6 +608,7 @@ fn route(
         action: action?,
         headers,
         filters,
+        filter_metadata,
     })
 }
 
