@@ -111,7 +111,19 @@ pub(crate) fn lua_filter(cx: &mut Ctx, typed: &Any) -> Option<LuaFilter> {
         }
     }
     let clear_route_cache = match o.take("clear_route_cache") {
-        Some((p, v)) => crate::protojson::boolean(cx, &p, v).unwrap_or(true),
+        Some((p, v)) => {
+            let clear = crate::protojson::boolean(cx, &p, v).unwrap_or(true);
+            if !clear {
+                // vigil chooses the route after the filters, on the request as they left it:
+                // Envoy's route chosen before the script's header changes is not kept.
+                cx.unsupported(
+                    &p,
+                    "clear_route_cache: false is not implemented by vigil (it always routes on \
+                     the headers as the script leaves them)",
+                );
+            }
+            clear
+        }
         None => true,
     };
     o.finish(cx);
@@ -215,4 +227,250 @@ fn lua_cluster_specifier(cx: &mut Ctx, typed: &Any) -> Option<LuaClusterSpecifie
         source: source?,
         default_cluster,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use crate::base::DataSource;
+    use crate::config::{
+        ClusterSpecifier, FilterOverride, HttpConnectionManager, HttpFilterKind, LuaPerRoute,
+        RouteAction, from_value,
+    };
+    use serde_json::{Value, json};
+
+    const LUA: &str = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua";
+    const PER_ROUTE: &str = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute";
+    const SPECIFIER: &str =
+        "type.googleapis.com/envoy.extensions.router.cluster_specifiers.lua.v3.LuaConfig";
+
+    /// A bootstrap with one listener whose connection manager has `lua` (the filter's typed
+    /// config) before the router, and `route` as the one route (with cluster `app`).
+    fn bootstrap(lua: Value, route: Value, route_config_extra: Value) -> Value {
+        let mut route_config = json!({"virtual_hosts": [{
+            "name": "v", "domains": ["*"], "routes": [route]
+        }]});
+        if let (Value::Object(rc), Value::Object(extra)) = (&mut route_config, route_config_extra) {
+            rc.extend(extra);
+        }
+        json!({"static_resources": {
+            "listeners": [{
+                "name": "l",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 10000}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "h",
+                        "route_config": route_config,
+                        "http_filters": [
+                            {"name": "lua", "typed_config": lua},
+                            {"name": "router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+                        ]
+                    }
+                }]}]
+            }],
+            "clusters": [{"name": "app", "load_assignment": {"cluster_name": "app", "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 8080}}}}]}
+            ]}}]
+        }})
+    }
+
+    fn plain_route() -> Value {
+        json!({"match": {"prefix": "/"}, "route": {"cluster": "app"}})
+    }
+
+    fn load(value: &Value) -> Result<HttpConnectionManager, Vec<String>> {
+        match from_value(value) {
+            Ok(loaded) => Ok(loaded.bootstrap.listeners[0].http[0].clone()),
+            Err(e) => Err(e.errors.iter().map(ToString::to_string).collect()),
+        }
+    }
+
+    fn filter(hcm: &HttpConnectionManager) -> &super::LuaFilter {
+        match &hcm.http_filters[0].kind {
+            HttpFilterKind::Lua(config) => config,
+            other => panic!("not a Lua filter: {other:?}"),
+        }
+    }
+
+    fn errors_of(lua: Value, route: Value) -> String {
+        load(&bootstrap(lua, route, json!({})))
+            .expect_err("refused")
+            .join("\n")
+    }
+
+    #[test]
+    fn the_filter_reads_its_scripts() {
+        let hcm = load(&bootstrap(
+            json!({"@type": LUA, "stat_prefix": "s",
+                "default_source_code": {"inline_string": "function envoy_on_request(h) end"},
+                "source_codes": {"a": {"filename": "/etc/a.lua"}, "b": {"inline_bytes": "eD0x"}}}),
+            plain_route(),
+            json!({}),
+        ))
+        .expect("valid");
+        let config = filter(&hcm);
+        assert_eq!(
+            config.default_source.as_ref().map(|s| &s.source),
+            Some(&DataSource::Inline(
+                b"function envoy_on_request(h) end".to_vec()
+            ))
+        );
+        let named: Vec<(&str, &DataSource)> = config
+            .source_codes
+            .iter()
+            .map(|(n, s)| (n.as_str(), &s.source))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("a", &DataSource::File("/etc/a.lua".into())),
+                ("b", &DataSource::Inline(b"x=1".to_vec()))
+            ]
+        );
+        assert!(config.clear_route_cache);
+    }
+
+    #[test]
+    fn the_deprecated_inline_code_is_the_default_script() {
+        let hcm = load(&bootstrap(
+            json!({"@type": LUA, "inline_code": "x = 1"}),
+            plain_route(),
+            json!({}),
+        ))
+        .expect("valid");
+        assert_eq!(
+            filter(&hcm).default_source.as_ref().map(|s| &s.source),
+            Some(&DataSource::Inline(b"x = 1".to_vec()))
+        );
+        // No script at all: a filter that does nothing, as in Envoy.
+        let hcm = load(&bootstrap(json!({"@type": LUA}), plain_route(), json!({}))).expect("valid");
+        assert_eq!(filter(&hcm).default_source, None);
+    }
+
+    #[test]
+    fn bad_filter_configs_are_refused_with_their_paths() {
+        let both = errors_of(
+            json!({"@type": LUA, "inline_code": "x = 1", "default_source_code": {"inline_string": "y = 1"}}),
+            plain_route(),
+        );
+        assert!(
+            both.contains("Only one of `inline_code` or `default_source_code`"),
+            "{both}"
+        );
+        let unknown = errors_of(json!({"@type": LUA, "inline_cod": "x = 1"}), plain_route());
+        assert!(
+            unknown.contains("http_filters[0].typed_config"),
+            "{unknown}"
+        );
+        assert!(unknown.contains("inline_cod"), "{unknown}");
+        let no_specifier = errors_of(
+            json!({"@type": LUA, "default_source_code": {}}),
+            plain_route(),
+        );
+        assert!(
+            no_specifier.contains("default_source_code"),
+            "{no_specifier}"
+        );
+        let not_cleared = errors_of(
+            json!({"@type": LUA, "inline_code": "x = 1", "clear_route_cache": false}),
+            plain_route(),
+        );
+        assert!(not_cleared.contains("clear_route_cache"), "{not_cleared}");
+    }
+
+    #[test]
+    fn per_route_settings_are_read_at_every_level() {
+        let per_route = |v: Value| {
+            let mut entry = json!({"@type": PER_ROUTE});
+            if let (Value::Object(entry), Value::Object(extra)) = (&mut entry, v) {
+                entry.extend(extra);
+            }
+            json!({ "lua": entry })
+        };
+        let mut route = plain_route();
+        route["typed_per_filter_config"] = per_route(json!({"name": "a"}));
+        let value = bootstrap(
+            json!({"@type": LUA, "source_codes": {"a": {"inline_string": "x = 1"}}}),
+            route,
+            json!({"typed_per_filter_config": per_route(json!({"disabled": true}))}),
+        );
+        let hcm = load(&value).expect("valid");
+        let rc = &hcm.route_config;
+        assert_eq!(
+            rc.filters.overrides,
+            [("lua".to_string(), FilterOverride::Disabled)]
+        );
+        assert_eq!(
+            rc.virtual_hosts[0].routes[0].filters.overrides,
+            [(
+                "lua".to_string(),
+                FilterOverride::Lua(LuaPerRoute::Name("a".into()))
+            )]
+        );
+        // A route's own script.
+        let mut route = plain_route();
+        route["typed_per_filter_config"] =
+            per_route(json!({"source_code": {"inline_string": "y = 2"}}));
+        let hcm = load(&bootstrap(json!({"@type": LUA}), route, json!({}))).expect("valid");
+        let overrides = &hcm.route_config.virtual_hosts[0].routes[0]
+            .filters
+            .overrides;
+        assert!(
+            matches!(&overrides[0].1, FilterOverride::Lua(LuaPerRoute::Source(s))
+                if s.source == DataSource::Inline(b"y = 2".to_vec())),
+            "{overrides:?}"
+        );
+    }
+
+    #[test]
+    fn bad_per_route_settings_are_refused() {
+        let mut route = plain_route();
+        route["typed_per_filter_config"] = json!({"lua": {"@type": PER_ROUTE, "disabled": false}});
+        let errors = errors_of(json!({"@type": LUA}), route);
+        assert!(errors.contains("value must equal true"), "{errors}");
+        let mut route = plain_route();
+        route["typed_per_filter_config"] = json!({"lua": {"@type": PER_ROUTE}});
+        let errors = errors_of(json!({"@type": LUA}), route);
+        assert!(
+            errors.contains("one of disabled, name or source_code"),
+            "{errors}"
+        );
+        let mut route = plain_route();
+        route["typed_per_filter_config"] = json!({"lua": {"@type": PER_ROUTE, "name": ""}});
+        let errors = errors_of(json!({"@type": LUA}), route);
+        assert!(errors.contains("name"), "{errors}");
+    }
+
+    #[test]
+    fn the_lua_cluster_specifier_is_read_and_others_are_refused_by_name() {
+        let route = json!({"match": {"prefix": "/"}, "route": {"inline_cluster_specifier_plugin": {
+            "extension": {"name": "envoy.router.cluster_specifier_plugin.lua", "typed_config": {
+                "@type": SPECIFIER, "default_cluster": "app",
+                "source_code": {"inline_string": "function envoy_on_route(r) return 'app' end"}}}}}});
+        let hcm = load(&bootstrap(json!({"@type": LUA}), route, json!({}))).expect("valid");
+        let RouteAction::Forward(action) = &hcm.route_config.virtual_hosts[0].routes[0].action
+        else {
+            panic!("a forwarding route");
+        };
+        let ClusterSpecifier::Lua(lua) = &action.cluster else {
+            panic!("a Lua cluster specifier: {:?}", action.cluster);
+        };
+        assert_eq!(lua.default_cluster, "app");
+        let other = json!({"match": {"prefix": "/"}, "route": {"inline_cluster_specifier_plugin": {
+            "extension": {"name": "m", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.router.cluster_specifiers.matcher.v3.MatcherClusterSpecifier"}}}}});
+        let errors = errors_of(json!({"@type": LUA}), other);
+        assert!(
+            errors.contains("MatcherClusterSpecifier is not supported by vigil"),
+            "{errors}"
+        );
+        let missing = json!({"match": {"prefix": "/"}, "route": {"inline_cluster_specifier_plugin": {
+            "extension": {"name": "l", "typed_config": {"@type": SPECIFIER}}}}});
+        let errors = errors_of(json!({"@type": LUA}), missing);
+        assert!(errors.contains("source_code"), "{errors}");
+    }
 }
