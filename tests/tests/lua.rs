@@ -11,9 +11,11 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use vigil_tests::bootstrap::{ListenerSpec, cluster_yaml};
 use vigil_tests::envoy::{assert_same_answers, start_envoy_and_vigil};
 use vigil_tests::{http, net, paths};
@@ -88,7 +90,7 @@ function envoy_on_response(h)
     local body = h:body()
     body:setBytes(string.upper(body:getBytes(0, body:length())))
   end
-  if path == "/sse" then
+  if string.sub(path, 1, 4) == "/sse" then
     for chunk in h:bodyChunks() do
       if chunk:length() > 0 then
         chunk:setBytes("[" .. chunk:getBytes(0, chunk:length()) .. "]")
@@ -236,7 +238,7 @@ fn config(
 /// An upstream that answers each request with its name, the request line, the `x-lua-*` /
 /// `x-test-*` headers it received (sorted) and the body; `/sse` is answered in three chunks, a
 /// little apart, and `/from-lua` (the scripts' `httpCall`) with `pong`.
-async fn upstream(ip: IpAddr, name: &'static str) -> SocketAddr {
+async fn upstream(ip: IpAddr, name: &'static str, release: Arc<Notify>) -> SocketAddr {
     let listener = TcpListener::bind((ip, 0))
         .await
         .unwrap_or_else(|err| panic!("cannot bind the {name} upstream: {err}"));
@@ -245,7 +247,7 @@ async fn upstream(ip: IpAddr, name: &'static str) -> SocketAddr {
         .unwrap_or_else(|err| panic!("{name} upstream address: {err}"));
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(serve(stream, name));
+            tokio::spawn(serve(stream, name, release.clone()));
         }
     });
     address
@@ -290,7 +292,7 @@ async fn read_request(
     Some((line, headers, body))
 }
 
-async fn serve(mut stream: TcpStream, name: &'static str) {
+async fn serve(mut stream: TcpStream, name: &'static str, release: Arc<Notify>) {
     let mut buf = Vec::new();
     while let Some((line, headers, body)) = read_request(&mut stream, &mut buf).await {
         let path = line.split(' ').nth(1).unwrap_or("/").to_string();
@@ -299,6 +301,24 @@ async fn serve(mut stream: TcpStream, name: &'static str) {
                 "HTTP/1.1 200 OK\r\nx-up: original\r\nx-up-remove: 1\r\nx-up-path: {path}\r\n{extra}"
             )
         };
+        if path == "/sse-held" {
+            // The first event, then nothing until the test has seen it through the proxy: a
+            // proxy that held the response back until its end would never show it.
+            let start =
+                head("content-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n");
+            let first = "data: 1\n\n";
+            let frame = format!("{start}{:x}\r\n{first}\r\n", first.len());
+            if stream.write_all(frame.as_bytes()).await.is_err() {
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(5), release.notified()).await;
+            let last = "data: 2\n\n";
+            let frame = format!("{:x}\r\n{last}\r\n0\r\n\r\n", last.len());
+            if stream.write_all(frame.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        }
         if path == "/sse" {
             let start =
                 head("content-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n");
@@ -345,6 +365,53 @@ async fn serve(mut stream: TcpStream, name: &'static str) {
     }
 }
 
+/// `GET /sse-held` on a raw connection: what had arrived of the body when the first event was
+/// seen (or a note that it was not within 3 s), then the upstream is released and the rest read.
+async fn first_event(listen: SocketAddr, release: &Notify) -> String {
+    let mut stream = TcpStream::connect(listen)
+        .await
+        .unwrap_or_else(|err| panic!("connect {listen}: {err}"));
+    let request = format!("GET /sse-held HTTP/1.1\r\nhost: {listen}\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .unwrap_or_else(|err| panic!("send: {err}"));
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let seen = tokio::time::timeout(Duration::from_secs(3), async {
+        while !String::from_utf8_lossy(&got).contains("[data: 1") {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+        true
+    })
+    .await
+    .unwrap_or(false);
+    release.notify_one();
+    if !seen {
+        return "the first event did not arrive while the upstream held the rest".into();
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        while !String::from_utf8_lossy(&got).contains("[data: 2") {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    // The chunk framing of the events, without the sizes' exact digits mattering.
+    let events: Vec<&str> = body
+        .split("\r\n")
+        .filter(|part| part.starts_with('['))
+        .collect();
+    format!("first event streamed; events {events:?}")
+}
+
 /// The headers compared: those the scripts and the upstream set, and the framing ones.
 fn shown_headers(headers: &::http::HeaderMap) -> String {
     let mut shown: Vec<String> = headers
@@ -363,8 +430,9 @@ fn shown_headers(headers: &::http::HeaderMap) -> String {
 async fn lua_as_in_envoy() {
     let dir = paths::scratch_dir("lua");
     let ip = IpAddr::V4(net::fresh_loopback());
-    let echo = upstream(ip, "echo").await;
-    let side = upstream(ip, "side").await;
+    let release = Arc::new(Notify::new());
+    let echo = upstream(ip, "echo", release.clone()).await;
+    let side = upstream(ip, "side", release.clone()).await;
     // The second filter's script is a file that finds its module on a path of the scratch
     // directory (Envoy's examples `require("lib.mylibrary")` from the working directory).
     let lib_dir = dir.join("lib");
@@ -442,6 +510,12 @@ async fn lua_as_in_envoy() {
         }
         seen.push(answers);
     }
+    // The streamed response goes on chunk by chunk through the response script's
+    // bodyChunks(): its first (rewritten) event arrives while the upstream holds the rest.
+    for (name, listen, _) in &procs {
+        let first = first_event(*listen, &release).await;
+        seen[if *name == "envoy" { 0 } else { 1 }].push(format!("GET /sse-held: {first}"));
+    }
     assert_same_answers(&seen);
     // What the comparison covered, as Envoy answered it.
     let envoy = seen[0].join("\n");
@@ -463,6 +537,7 @@ async fn lua_as_in_envoy() {
         "x-lua-lib=hello proxy",
         "x-lua-team=by-name",
         "x-lua-team=canonical",
+        "first event streamed; events [\"[data: 1\\n\\n]\", \"[data: 2\\n\\n]\"]",
     ] {
         assert!(envoy.contains(expected), "{expected} in\n{envoy}");
     }

@@ -224,9 +224,9 @@ impl LuaRuntime {
 
     fn load_inline(&mut self, source: &Sourced) -> Result<(), String> {
         let code = source_text(source)?;
-        if !self.inline.contains_key(&code) {
-            let script = Arc::new(Script::load(&code)?);
-            self.inline.insert(code, script);
+        if let std::collections::hash_map::Entry::Vacant(entry) = self.inline.entry(code) {
+            let script = Arc::new(Script::load(entry.key())?);
+            entry.insert(script);
         }
         Ok(())
     }
