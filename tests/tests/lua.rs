@@ -36,6 +36,10 @@ function envoy_on_request(h)
   if path == "/deny" then
     h:respond({[":status"] = "403", ["x-lua-denied"] = "yes"}, "denied by lua")
   end
+  if path == "/deny-json" then
+    h:respond({[":status"] = "401", ["content-type"] = "application/json",
+      ["x-lua-multi"] = {"a", "b"}}, "{\"error\": 1}")
+  end
   if path == "/empty-reply" then
     h:respond({[":status"] = "204"})
   end
@@ -220,6 +224,8 @@ fn config(
                 metadata:
                   filter_metadata:
                     envoy.filters.http.lua: {{ team: canonical }}
+              - match: {{ prefix: \"/direct\" }}
+                direct_response: {{ status: 202, body: {{ inline_string: direct }} }}
               - match: {{ prefix: \"/\" }}
                 route: {{ cluster: echo }}",
         indent(ROUTE_CODE, 24),
@@ -442,7 +448,8 @@ async fn lua_as_in_envoy() {
     let second = format!(
         "package.path = \"{}/?.lua;\" .. package.path\n\
          local lib = require(\"lib.mylib\")\n\
-         function envoy_on_request(h)\n  h:headers():add(\"x-lua-lib\", lib.greet(\"proxy\"))\nend\n",
+         function envoy_on_request(h)\n  h:headers():add(\"x-lua-lib\", lib.greet(\"proxy\"))\nend\n\
+         function envoy_on_response(h)\n  h:headers():add(\"x-lua-file-resp\", \"yes\")\nend\n",
         dir.display()
     );
     std::fs::write(&file, second).unwrap_or_else(|err| panic!("{err}"));
@@ -465,6 +472,8 @@ async fn lua_as_in_envoy() {
             "",
         ),
         ("GET", "/deny", vec![], ""),
+        ("GET", "/deny-json", vec![], ""),
+        ("GET", "/direct", vec![], ""),
         ("GET", "/empty-reply", vec![], ""),
         ("GET", "/error", vec![], ""),
         (

@@ -62,9 +62,10 @@ struct Outcome {
     /// `x-vigil-upstream` and `x-vigil-decision`, when `decision_headers` is on.
     vigil_upstream: Option<String>,
     vigil_decision: Option<String>,
-    /// The Lua filters whose request side ran and that have a response hook, in chain order
-    /// (their response sides run in reverse, as Envoy's encoder filters).
-    lua_response: Vec<(Arc<crate::lua::Script>, crate::lua::StreamMeta)>,
+    /// The Lua filters with a response hook, by position in the chain (their response sides
+    /// run in reverse, as Envoy's encoder filters): every one the route runs, whether or not
+    /// the request reached it (Envoy's local replies go through all encoder filters).
+    lua_response: Vec<(usize, Arc<crate::lua::Script>, crate::lua::StreamMeta)>,
 }
 
 impl Outcome {
@@ -118,7 +119,7 @@ pub async fn handle(
     };
     // The Lua filters' response sides, last filter first, on whatever answer came (the
     // upstream's, or a local reply of a filter after them, or their own `respond()`).
-    for (script, meta) in outcome.lua_response.iter().rev() {
+    for (_, script, meta) in outcome.lua_response.iter().rev() {
         let (mut head, body) = response.into_parts();
         let changed = crate::lua::on_response(
             script,
@@ -338,8 +339,32 @@ async fn respond(
     // Envoy.
     let mut vigil_set: Vec<(String, String)> = Vec::new();
     let mut routed = false;
-    // What the Lua filters' `streamInfo()` shares (dynamic metadata), made on the first one.
-    let mut lua_meta: Option<crate::lua::StreamMeta> = None;
+    // What the Lua filters' `streamInfo()` shares (dynamic metadata), and their response sides,
+    // which run on whatever answer comes from here on.
+    let lua_meta = derived.lua.as_ref().map(|_| {
+        crate::lua::meta(
+            parts.version,
+            peer,
+            local,
+            downstream.server_name(),
+            downstream.tls.is_some(),
+        )
+    });
+    if let (Some(runtime), Some(base)) = (&derived.lua, &lua_meta) {
+        for (index, filter) in state.hcm.http_filters.iter().enumerate() {
+            let chosen = LuaChoice {
+                state,
+                runtime,
+                parts: &parts,
+                authority: authority.as_deref(),
+                path: &path,
+            }
+            .script(index, filter, base);
+            if let Some((script, meta)) = chosen.filter(|(s, _)| s.has_response_hook()) {
+                outcome.lua_response.push((index, script, meta));
+            }
+        }
+    }
     for (index, filter) in state.hcm.http_filters.iter().enumerate() {
         if filter.disabled
             && !filter_override(state, &parts, authority.as_deref(), &path, &filter.name)
@@ -968,37 +993,28 @@ async fn respond(
                 }
             }
             HttpFilterKind::Lua(_) => {
-                let Some(runtime) = &derived.lua else {
+                let (Some(runtime), Some(base)) = (&derived.lua, &lua_meta) else {
                     continue;
                 };
-                let setting =
-                    filter_override(state, &parts, authority.as_deref(), &path, &filter.name);
-                let Some(selection) = crate::lua::Selection::from_override(setting) else {
-                    continue;
-                };
-                let Some(script) = runtime.script(index, &selection) else {
-                    continue;
-                };
-                let meta = lua_meta
-                    .get_or_insert_with(|| {
-                        crate::lua::meta(
-                            parts.version,
-                            peer,
-                            local,
-                            downstream.server_name(),
-                            downstream.tls.is_some(),
-                        )
-                    })
-                    .clone();
-                let meta = meta.with_route_metadata(lua_route_metadata(
+                // Chosen again on the request as the filters before left it (its route may
+                // have changed).
+                outcome.lua_response.retain(|(i, ..)| *i != index);
+                let chosen = LuaChoice {
                     state,
-                    &parts,
-                    authority.as_deref(),
-                    &path,
-                    &filter.name,
-                ));
+                    runtime,
+                    parts: &parts,
+                    authority: authority.as_deref(),
+                    path: &path,
+                }
+                .script(index, filter, base);
+                let Some((script, meta)) = chosen else {
+                    continue;
+                };
                 if script.has_response_hook() {
-                    outcome.lua_response.push((script.clone(), meta.clone()));
+                    let at = outcome.lua_response.partition_point(|(i, ..)| *i < index);
+                    outcome
+                        .lua_response
+                        .insert(at, (index, script.clone(), meta.clone()));
                 }
                 if !script.has_request_hook() {
                     continue;
@@ -1358,6 +1374,50 @@ async fn respond(
     );
     outcome.forward = Some(info);
     (response, outcome)
+}
+
+/// Which script a Lua filter runs for a request as it is now.
+struct LuaChoice<'a> {
+    state: &'a ListenerState,
+    runtime: &'a crate::lua::LuaRuntime,
+    parts: &'a http::request::Parts,
+    authority: Option<&'a str>,
+    path: &'a str,
+}
+
+impl LuaChoice<'_> {
+    /// The script of the filter at `index` (none when the filter is off for the route, or has
+    /// no script for it) and what its `streamInfo()` / `metadata()` show.
+    fn script(
+        &self,
+        index: usize,
+        filter: &vigil_core::config::HttpFilter,
+        base: &crate::lua::StreamMeta,
+    ) -> Option<(Arc<crate::lua::Script>, crate::lua::StreamMeta)> {
+        if !matches!(filter.kind, HttpFilterKind::Lua(_)) {
+            return None;
+        }
+        let setting = filter_override(
+            self.state,
+            self.parts,
+            self.authority,
+            self.path,
+            &filter.name,
+        );
+        if filter.disabled && !setting.is_some_and(|s| *s != FilterOverride::Disabled) {
+            return None;
+        }
+        let selection = crate::lua::Selection::from_override(setting)?;
+        let script = self.runtime.script(index, &selection)?;
+        let metadata = lua_route_metadata(
+            self.state,
+            self.parts,
+            self.authority,
+            self.path,
+            &filter.name,
+        );
+        Some((script, base.with_route_metadata(metadata)))
+    }
 }
 
 /// What a Lua filter's `metadata()` shows: the request's route's `filter_metadata` entry under
