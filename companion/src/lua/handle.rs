@@ -1137,3 +1137,36 @@ fn from_lua(value: &Value) -> LuaResult<Json> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_escape_pads_as_envoy() {
+        assert_eq!(base64_encode(b""), "");
+        assert_eq!(base64_encode(b"f"), "Zg==");
+        assert_eq!(base64_encode(b"fo"), "Zm8=");
+        assert_eq!(base64_encode(b"foo"), "Zm9v");
+        assert_eq!(base64_encode(b"hello?>"), "aGVsbG8/Pg==");
+    }
+
+    #[test]
+    fn replace_keeps_the_first_place_and_drops_the_others() {
+        let mut headers = vec![
+            ("a".to_string(), b"1".to_vec()),
+            ("b".to_string(), b"2".to_vec()),
+            ("a".to_string(), b"3".to_vec()),
+        ];
+        replace(&mut headers, "a", b"x".to_vec());
+        assert_eq!(
+            headers,
+            [
+                ("a".to_string(), b"x".to_vec()),
+                ("b".to_string(), b"2".to_vec())
+            ]
+        );
+        replace(&mut headers, "c", b"y".to_vec());
+        assert_eq!(headers.len(), 3);
+    }
+}

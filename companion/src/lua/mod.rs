@@ -412,3 +412,192 @@ pub fn meta(
 ) -> StreamMeta {
     StreamMeta::new(protocol, peer, local, server_name, tls)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A connection manager whose one Lua filter has `script` as its default script.
+    fn hcm(script: &str) -> HttpConnectionManager {
+        let value = json!({"static_resources": {
+            "listeners": [{
+                "name": "l",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 10000}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "h",
+                        "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"],
+                            "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]},
+                        "http_filters": [
+                            {"name": "my-lua", "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                                "default_source_code": {"inline_string": script}}},
+                            {"name": "router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+                        ]
+                    }
+                }]}]
+            }]
+        }});
+        let loaded = vigil_core::config::from_value(&value).unwrap_or_else(|e| panic!("{e}"));
+        loaded.bootstrap.listeners[0].http[0].clone()
+    }
+
+    struct NoCalls;
+
+    impl Upstreams for NoCalls {
+        fn call(&self, _: CallRequest) -> Option<CallFuture> {
+            None
+        }
+    }
+
+    fn meta() -> StreamMeta {
+        super::meta(
+            http::Version::HTTP_11,
+            SocketAddr::from(([127, 0, 0, 1], 5000)),
+            None,
+            "",
+            false,
+        )
+    }
+
+    fn script(source: &str) -> Arc<Script> {
+        let runtime = LuaRuntime::new(&hcm(source))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("a runtime"));
+        runtime
+            .script(0, &Selection::Default)
+            .unwrap_or_else(|| panic!("a default script"))
+    }
+
+    #[test]
+    fn a_script_that_does_not_load_names_the_filter_as_envoy_does() {
+        let err = check(&hcm("function envoy_on_request(h")).expect_err("refused");
+        assert!(
+            err.starts_with("Lua filter my-lua: script load error: [string \""),
+            "{err}"
+        );
+        assert!(err.contains("expected"), "{err}");
+        // Global code runs at load: its error refuses the file too.
+        let err = check(&hcm("error('at load')")).expect_err("refused");
+        assert!(err.contains("at load"), "{err}");
+        assert!(check(&hcm("x = 1")).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_request_script_changes_the_headers_and_body() {
+        let script = script(
+            "function envoy_on_request(h)\n\
+               h:headers():add('x-a', h:headers():get(':path'))\n\
+               h:headers():remove('x-gone')\n\
+               h:headers():replace(':path', '/new')\n\
+               local b = h:body()\n\
+               b:setBytes(string.upper(b:getBytes(0, b:length())))\n\
+             end",
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert("x-gone", http::HeaderValue::from_static("1"));
+        let request = request_headers(&http::Method::POST, "/old", Some("h"), "http", &headers);
+        let outcome = on_request(
+            &script,
+            &meta(),
+            request,
+            Bytes::from_static(b"abc"),
+            Arc::new(NoCalls),
+        )
+        .await;
+        let RequestOutcome::Continue { headers, body } = outcome else {
+            panic!("the request goes on");
+        };
+        assert_eq!(first(&headers, ":path"), Some(&b"/new"[..]));
+        assert_eq!(first(&headers, "x-a"), Some(&b"/old"[..]));
+        assert_eq!(first(&headers, "x-gone"), None);
+        assert_eq!(first(&headers, "content-length"), Some(&b"3"[..]));
+        assert_eq!(body, Bytes::from_static(b"ABC"));
+    }
+
+    #[tokio::test]
+    async fn respond_ends_the_script_and_a_run_time_error_lets_the_request_go_on() {
+        let script = script(
+            "function envoy_on_request(h)\n\
+               if h:headers():get(':path') == '/deny' then\n\
+                 h:respond({[':status'] = '403', ['x-why'] = 'lua'}, 'no')\n\
+                 h:headers():add('x-after', 'never')\n\
+               end\n\
+               h:headers():add('x-before-error', 'kept')\n\
+               error('boom')\n\
+             end",
+        );
+        let request = |path: &str| {
+            request_headers(
+                &http::Method::GET,
+                path,
+                Some("h"),
+                "http",
+                &HeaderMap::new(),
+            )
+        };
+        let denied = on_request(
+            &script,
+            &meta(),
+            request("/deny"),
+            Bytes::new(),
+            Arc::new(NoCalls),
+        )
+        .await;
+        let RequestOutcome::Respond(reply) = denied else {
+            panic!("a local reply");
+        };
+        assert_eq!(reply.status, 403);
+        assert_eq!(reply.body, Some(Bytes::from_static(b"no")));
+        assert!(
+            reply
+                .headers
+                .contains(&("x-why".to_string(), "lua".to_string()))
+        );
+        let failed = on_request(
+            &script,
+            &meta(),
+            request("/"),
+            Bytes::new(),
+            Arc::new(NoCalls),
+        )
+        .await;
+        let RequestOutcome::Continue { headers, .. } = failed else {
+            panic!("the request goes on");
+        };
+        assert_eq!(first(&headers, "x-before-error"), Some(&b"kept"[..]));
+    }
+
+    #[tokio::test]
+    async fn an_unknown_http_call_cluster_is_a_script_error() {
+        let script = script(
+            "function envoy_on_request(h)\n\
+               local ok, err = pcall(function()\n\
+                 return h:httpCall('nope', {[':method'] = 'GET', [':path'] = '/', \
+                   [':authority'] = 'x'}, nil, 100)\n\
+               end)\n\
+               h:headers():add('x-err', tostring(err))\n\
+             end",
+        );
+        let request = request_headers(
+            &http::Method::GET,
+            "/",
+            Some("h"),
+            "http",
+            &HeaderMap::new(),
+        );
+        let RequestOutcome::Continue { headers, .. } =
+            on_request(&script, &meta(), request, Bytes::new(), Arc::new(NoCalls)).await
+        else {
+            panic!("the request goes on");
+        };
+        let err = String::from_utf8_lossy(first(&headers, "x-err").unwrap_or_default());
+        assert!(
+            err.contains("http call cluster invalid. Must be configured"),
+            "{err}"
+        );
+    }
+}

@@ -42,7 +42,7 @@ pub mod request;
 
 pub use listener_set::{ListenerSet, ProxyStats, PublishedStats};
 pub use request::handle;
-use request::{empty, monotonic_now};
+use request::{empty, lua_upstreams, monotonic_now};
 
 use crate::access_log::AccessLogs;
 use crate::conn_limit::{AcceptBackoff, ConnectionLimit, ListenerCounters};
@@ -910,6 +910,8 @@ pub struct Derived {
     route_buckets: Mutex<HashMap<usize, Arc<Mutex<vigil_core::local_ratelimit::RateLimitState>>>>,
     /// The chain's Lua scripts, loaded with the state (their globals live as long as it does).
     lua: Option<Arc<crate::lua::LuaRuntime>>,
+    /// The clusters the scripts' `httpCall` reaches (made once per state, when it has scripts).
+    lua_calls: Option<Arc<dyn crate::lua::Upstreams>>,
 }
 
 impl Derived {
@@ -970,8 +972,10 @@ impl Derived {
                 None
             }
         };
+        let lua_calls = lua.as_ref().map(|_| lua_upstreams(state));
         Derived {
             lua,
+            lua_calls,
             routing,
             access_logs: Arc::new(AccessLogs::start(&state.hcm.access_log)),
             owned,
@@ -1001,9 +1005,27 @@ impl Derived {
             .clone()
     }
 
+    /// What a Lua script's `httpCall` reaches.
+    fn lua_upstreams(&self) -> Arc<dyn crate::lua::Upstreams> {
+        match &self.lua_calls {
+            Some(calls) => calls.clone(),
+            // No scripts, no calls: an empty set of clusters.
+            None => Arc::new(NoLuaCalls),
+        }
+    }
+
     /// Access log lines dropped because a writer fell behind.
     pub fn access_log_dropped(&self) -> u64 {
         self.access_logs.dropped()
+    }
+}
+
+/// The `httpCall` clusters of a state without Lua scripts (never called).
+struct NoLuaCalls;
+
+impl crate::lua::Upstreams for NoLuaCalls {
+    fn call(&self, _: crate::lua::CallRequest) -> Option<crate::lua::CallFuture> {
+        None
     }
 }
 

@@ -127,7 +127,7 @@ pub async fn handle(
             head.status,
             &head.headers,
             body,
-            lua_upstreams(state),
+            derived.lua_upstreams(),
         )
         .await;
         head.status = changed.status;
@@ -1032,7 +1032,7 @@ async fn respond(
                     downstream.scheme(),
                     &parts.headers,
                 );
-                match crate::lua::on_request(&script, &meta, headers, read, lua_upstreams(state))
+                match crate::lua::on_request(&script, &meta, headers, read, derived.lua_upstreams())
                     .await
                 {
                     crate::lua::RequestOutcome::Continue {
@@ -1444,7 +1444,7 @@ fn lua_route_metadata(
 /// the same forwarding as routed requests (no retries; the call's own timeout).
 struct LuaUpstreams(BTreeMap<String, Arc<Upstream>>);
 
-fn lua_upstreams(state: &ListenerState) -> Arc<dyn crate::lua::Upstreams> {
+pub(super) fn lua_upstreams(state: &ListenerState) -> Arc<dyn crate::lua::Upstreams> {
     Arc::new(LuaUpstreams(state.upstreams.clone()))
 }
 
