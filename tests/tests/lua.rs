@@ -188,6 +188,12 @@ fn config(
                   lua-main:
                     \"@type\": type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute
                     name: named
+              - match: {{ prefix: \"/unknown-name\" }}
+                route: {{ cluster: echo }}
+                typed_per_filter_config:
+                  lua-main:
+                    \"@type\": type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute
+                    name: not-a-script
               - match: {{ prefix: \"/disabled\" }}
                 route: {{ cluster: echo }}
                 typed_per_filter_config:
@@ -498,6 +504,7 @@ async fn lua_as_in_envoy() {
         ("GET", "/resperror", vec![], ""),
         ("GET", "/named", vec![], ""),
         ("GET", "/disabled", vec![], ""),
+        ("GET", "/unknown-name", vec![], ""),
         ("GET", "/route-code", vec![], ""),
         ("GET", "/pick", vec![("x-pick", "side")], ""),
         ("GET", "/pick", vec![("x-pick", "err")], ""),

@@ -85,6 +85,16 @@ fn source_text(sourced: &Sourced) -> Result<Vec<u8>, String> {
     }
 }
 
+/// What identifies a route's script: its text, or the file or variable it is read from (read
+/// once, at load: a changed file is picked up on the next reload, as Envoy reads it once).
+fn source_key(source: &Sourced) -> Vec<u8> {
+    match &source.source {
+        DataSource::Inline(code) => [b"inline:".as_slice(), code].concat(),
+        DataSource::File(path) => format!("file:{path}").into_bytes(),
+        DataSource::Env(name) => format!("env:{name}").into_bytes(),
+    }
+}
+
 impl Script {
     /// Loads `code` in a state of its own and runs its global code, as Envoy's `script load`.
     fn load(code: &[u8]) -> Result<Script, String> {
@@ -139,8 +149,8 @@ struct FilterScripts {
 pub struct LuaRuntime {
     /// By the filter's position in `http_filters`.
     filters: HashMap<usize, FilterScripts>,
-    /// Routes' own `LuaPerRoute` scripts and cluster specifiers, by their text (one state per
-    /// distinct script).
+    /// Routes' own `LuaPerRoute` scripts and cluster specifiers, by their source (one state
+    /// per distinct script; see [`source_key`]).
     inline: HashMap<Vec<u8>, Arc<Script>>,
 }
 
@@ -223,20 +233,17 @@ impl LuaRuntime {
     }
 
     fn load_inline(&mut self, source: &Sourced) -> Result<(), String> {
-        let code = source_text(source)?;
-        if let std::collections::hash_map::Entry::Vacant(entry) = self.inline.entry(code) {
-            let script = Arc::new(Script::load(entry.key())?);
+        if let std::collections::hash_map::Entry::Vacant(entry) =
+            self.inline.entry(source_key(source))
+        {
+            let script = Arc::new(Script::load(&source_text(source)?)?);
             entry.insert(script);
         }
         Ok(())
     }
 
     fn inline(&self, source: &Sourced) -> Option<&Arc<Script>> {
-        // Files were read at load: a changed file is picked up on the next reload only.
-        match &source.source {
-            DataSource::Inline(code) => self.inline.get(code),
-            _ => source_text(source).ok().and_then(|c| self.inline.get(&c)),
-        }
+        self.inline.get(&source_key(source))
     }
 
     /// The script the filter at `index` runs with `selection` (`None`: nothing to run; a name
