@@ -58,6 +58,13 @@ function envoy_on_request(h)
     h:headers():add("x-lua-call-status", answer[":status"])
     h:headers():add("x-lua-call-body", body or "nil")
   end
+  if path == "/call-dead" then
+    local answer, body = h:httpCall("dead", {
+      [":method"] = "GET", [":path"] = "/", [":authority"] = "dead"
+    }, nil, 2000)
+    h:headers():add("x-lua-call-status", answer[":status"])
+    h:headers():add("x-lua-call-body", body or "nil")
+  end
   if path == "/stale" then
     h:httpCall("side", {[":method"] = "GET", [":path"] = "/from-lua", [":authority"] = "side"},
       "ping", 2000)
@@ -100,6 +107,9 @@ function envoy_on_response(h)
         chunk:setBytes("[" .. chunk:getBytes(0, chunk:length()) .. "]")
       end
     end
+  end
+  if path == "/respond-in-response" then
+    h:respond({[":status"] = "500"}, "never")
   end
   if path == "/resperror" then
     headers:add("x-lua-before-error", "yes")
@@ -157,6 +167,7 @@ fn config(
     admin: SocketAddr,
     echo: SocketAddr,
     side: SocketAddr,
+    dead: SocketAddr,
     file: &Path,
 ) -> String {
     let filters = format!(
@@ -238,9 +249,10 @@ fn config(
         indent(PICK, 28)
     );
     let clusters = format!(
-        "{}{}",
+        "{}{}{}",
         cluster_yaml("echo", &[echo], "", None),
-        cluster_yaml("side", &[side], "", None)
+        cluster_yaml("side", &[side], "", None),
+        cluster_yaml("dead", &[dead], "", None)
     );
     let mut spec = ListenerSpec::new("lua_lab", &routes, &clusters);
     spec.http_filters = filters;
@@ -441,10 +453,13 @@ fn shown_headers(headers: &::http::HeaderMap) -> String {
 #[tokio::test]
 async fn lua_as_in_envoy() {
     let dir = paths::scratch_dir("lua");
-    let ip = IpAddr::V4(net::fresh_loopback());
+    let v4 = net::fresh_loopback();
+    let ip = IpAddr::V4(v4);
     let release = Arc::new(Notify::new());
     let echo = upstream(ip, "echo", release.clone()).await;
     let side = upstream(ip, "side", release.clone()).await;
+    // A cluster whose one host accepts no connection (a port nothing listens on).
+    let dead = SocketAddr::new(ip, net::free_port_on(&[v4]));
     // The second filter's script is a file that finds its module on a path of the scratch
     // directory (Envoy's examples `require("lib.mylibrary")` from the working directory).
     let lib_dir = dir.join("lib");
@@ -460,7 +475,7 @@ async fn lua_as_in_envoy() {
     );
     std::fs::write(&file, second).unwrap_or_else(|err| panic!("{err}"));
     let procs = start_envoy_and_vigil(&dir, |listen, admin| {
-        config(listen, admin, echo, side, &file)
+        config(listen, admin, echo, side, dead, &file)
     })
     .await
     .unwrap_or_else(|err| panic!("{err}"));
@@ -490,6 +505,8 @@ async fn lua_as_in_envoy() {
         ),
         ("GET", "/call", vec![], ""),
         ("GET", "/stale", vec![], ""),
+        ("GET", "/call-dead", vec![], ""),
+        ("GET", "/respond-in-response", vec![], ""),
         ("GET", "/meta", vec![], ""),
         ("GET", "/route-meta", vec![], ""),
         ("GET", "/canonical-meta", vec![], ""),
