@@ -434,7 +434,7 @@ pub(super) fn run_route(hook: &Function, headers: &[(String, Vec<u8>)]) -> Optio
         "",
         false,
     );
-    let stream = Stream::new(inner, meta, Arc::new(NoUpstreams));
+    let stream = Stream::new(inner, meta, Arc::new(super::NoUpstreams));
     match hook.call::<Option<mlua::String>>(RouteHandle(stream)) {
         Ok(cluster) => cluster.map(|c| c.to_string_lossy()),
         Err(e) => {
@@ -442,20 +442,6 @@ pub(super) fn run_route(hook: &Function, headers: &[(String, Vec<u8>)]) -> Optio
             None
         }
     }
-}
-
-struct NoUpstreams;
-
-impl Upstreams for NoUpstreams {
-    fn call(&self, _: CallRequest) -> Option<super::CallFuture> {
-        None
-    }
-}
-
-/// The globals Envoy's Lua states have besides the standard library: none today (its handle
-/// methods are all on the handle). Kept as the one place a state is prepared.
-pub(super) fn install_globals(_lua: &Lua) -> LuaResult<()> {
-    Ok(())
 }
 
 /// The cluster specifier's `route_handle`.

@@ -58,6 +58,16 @@ pub trait Upstreams: Send + Sync {
     fn call(&self, request: CallRequest) -> Option<CallFuture>;
 }
 
+/// No clusters at all: what a cluster specifier's script (which has no `httpCall`) and a state
+/// without scripts reach.
+pub struct NoUpstreams;
+
+impl Upstreams for NoUpstreams {
+    fn call(&self, _: CallRequest) -> Option<CallFuture> {
+        None
+    }
+}
+
 /// One loaded script: its state (globals shared by the requests it serves) and its hooks.
 pub struct Script {
     /// Kept for the state's lifetime (the hooks belong to it).
@@ -99,7 +109,6 @@ impl Script {
     /// Loads `code` in a state of its own and runs its global code, as Envoy's `script load`.
     fn load(code: &[u8]) -> Result<Script, String> {
         let lua = Lua::new();
-        handle::install_globals(&lua).map_err(|e| format!("script load error: {e}"))?;
         // Lua's own chunk name for a string (`[string "..."]` in messages), as Envoy loads it.
         let name = String::from_utf8_lossy(code).into_owned();
         lua.load(code)
@@ -452,14 +461,6 @@ mod tests {
         loaded.bootstrap.listeners[0].http[0].clone()
     }
 
-    struct NoCalls;
-
-    impl Upstreams for NoCalls {
-        fn call(&self, _: CallRequest) -> Option<CallFuture> {
-            None
-        }
-    }
-
     fn meta() -> StreamMeta {
         super::meta(
             http::Version::HTTP_11,
@@ -512,7 +513,7 @@ mod tests {
             &meta(),
             request,
             Bytes::from_static(b"abc"),
-            Arc::new(NoCalls),
+            Arc::new(NoUpstreams),
         )
         .await;
         let RequestOutcome::Continue { headers, body } = outcome else {
@@ -551,7 +552,7 @@ mod tests {
             &meta(),
             request("/deny"),
             Bytes::new(),
-            Arc::new(NoCalls),
+            Arc::new(NoUpstreams),
         )
         .await;
         let RequestOutcome::Respond(reply) = denied else {
@@ -569,7 +570,7 @@ mod tests {
             &meta(),
             request("/"),
             Bytes::new(),
-            Arc::new(NoCalls),
+            Arc::new(NoUpstreams),
         )
         .await;
         let RequestOutcome::Continue { headers, .. } = failed else {
@@ -596,8 +597,14 @@ mod tests {
             "http",
             &HeaderMap::new(),
         );
-        let RequestOutcome::Continue { headers, .. } =
-            on_request(&script, &meta(), request, Bytes::new(), Arc::new(NoCalls)).await
+        let RequestOutcome::Continue { headers, .. } = on_request(
+            &script,
+            &meta(),
+            request,
+            Bytes::new(),
+            Arc::new(NoUpstreams),
+        )
+        .await
         else {
             panic!("the request goes on");
         };

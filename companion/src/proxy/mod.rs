@@ -1010,22 +1010,13 @@ impl Derived {
         match &self.lua_calls {
             Some(calls) => calls.clone(),
             // No scripts, no calls: an empty set of clusters.
-            None => Arc::new(NoLuaCalls),
+            None => Arc::new(crate::lua::NoUpstreams),
         }
     }
 
     /// Access log lines dropped because a writer fell behind.
     pub fn access_log_dropped(&self) -> u64 {
         self.access_logs.dropped()
-    }
-}
-
-/// The `httpCall` clusters of a state without Lua scripts (never called).
-struct NoLuaCalls;
-
-impl crate::lua::Upstreams for NoLuaCalls {
-    fn call(&self, _: crate::lua::CallRequest) -> Option<crate::lua::CallFuture> {
-        None
     }
 }
 
