@@ -12,8 +12,8 @@ pub struct FilterSettings {
     /// The legacy `cors` field (virtual host, route action).
     pub legacy_cors: Option<crate::cors::CorsPolicy>,
     /// `typed_per_filter_config` entries for the filters vigil runs with per-route settings
-    /// (ext_authz, jwt_authn, local_ratelimit, csrf, buffer, rbac, lua), and `FilterConfig { disabled: true }` for any, by
-    /// filter name.
+    /// (ext_authz, jwt_authn, local_ratelimit, csrf, buffer, rbac, lua), and
+    /// `FilterConfig { disabled: true }` for any, by filter name.
     pub overrides: Vec<(String, FilterOverride)>,
 }
 
