@@ -549,6 +549,16 @@ async fn lua_as_in_envoy() {
         let first = first_event(*listen, &release).await;
         seen[if *name == "envoy" { 0 } else { 1 }].push(format!("GET /sse-held: {first}"));
     }
+    // The filters' error counters (`http.<prefix>.lua[.<stat_prefix>].errors`).
+    for (name, _, process) in &procs {
+        let stats = process.stats().await.unwrap_or_default();
+        let counted: Vec<String> = stats
+            .iter()
+            .filter(|(k, _)| k.contains(".lua.") && k.ends_with(".errors"))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        seen[if *name == "envoy" { 0 } else { 1 }].push(format!("counters: {counted:?}"));
+    }
     assert_same_answers(&seen);
     // What the comparison covered, as Envoy answered it.
     let envoy = seen[0].join("\n");
@@ -570,6 +580,8 @@ async fn lua_as_in_envoy() {
         "x-lua-lib=hello proxy",
         "x-lua-team=by-name",
         "x-lua-team=canonical",
+        "http.lua_lab.lua.main.errors=4",
+        "http.lua_lab.lua.errors=0",
         "first event streamed; events [\"[data: 1\\n\\n]\", \"[data: 2\\n\\n]\"]",
     ] {
         assert!(envoy.contains(expected), "{expected} in\n{envoy}");

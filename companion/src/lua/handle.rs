@@ -370,10 +370,11 @@ fn error(message: &str) -> mlua::Error {
 
 /// Runs a request-side hook to its end or its `respond()`; an error is logged as Envoy logs
 /// it (`script log: ...`), and what the script did before it stands.
-pub(super) async fn run(hook: &Function, stream: &Arc<Stream>) {
+pub(super) async fn run(hook: &Function, stream: &Arc<Stream>, errors: super::ErrorCount) {
     let call = hook.call_async::<()>(StreamHandle(stream.clone()));
     if let Some(e) = drive(call, stream).await {
         log::error!("script log: {}", first_line(&e));
+        errors();
     }
 }
 
@@ -391,7 +392,11 @@ async fn drive(call: impl Future<Output = LuaResult<()>>, stream: &Stream) -> Op
 
 /// Runs a response-side hook in a task of its own, so that a script iterating `bodyChunks()`
 /// streams the response: the head is answered as soon as the script lets it go.
-pub(super) async fn run_response(hook: &Function, stream: Arc<Stream>) -> ResponseOutcome {
+pub(super) async fn run_response(
+    hook: &Function,
+    stream: Arc<Stream>,
+    errors: super::ErrorCount,
+) -> ResponseOutcome {
     let (tx, rx) = oneshot::channel();
     stream.lock().head_tx = Some(tx);
     let hook = hook.clone();
@@ -399,6 +404,7 @@ pub(super) async fn run_response(hook: &Function, stream: Arc<Stream>) -> Respon
         let call = hook.call_async::<()>(StreamHandle(stream.clone()));
         if let Some(e) = drive(call, &stream).await {
             log::error!("script log: {}", first_line(&e));
+            errors();
         }
         stream.finish_response().await;
     });

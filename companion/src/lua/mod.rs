@@ -49,6 +49,9 @@ pub struct CallResponse {
     pub body: Bytes,
 }
 
+/// Counts a script's run-time error (the filter's `errors` counter).
+pub type ErrorCount = Arc<dyn Fn() + Send + Sync>;
+
 /// A future of a [`CallResponse`], owned.
 pub type CallFuture = Pin<Box<dyn Future<Output = CallResponse> + Send>>;
 
@@ -375,12 +378,13 @@ pub async fn on_request(
     headers: Vec<(String, Vec<u8>)>,
     body: Bytes,
     upstreams: Arc<dyn Upstreams>,
+    errors: ErrorCount,
 ) -> RequestOutcome {
     let Some(hook) = &script.on_request else {
         return RequestOutcome::Continue { headers, body };
     };
     let stream = handle::Stream::request(headers, body, meta.clone(), upstreams);
-    handle::run(hook, &stream).await;
+    handle::run(hook, &stream, errors).await;
     stream.into_request_outcome()
 }
 
@@ -401,6 +405,7 @@ pub async fn on_response(
     headers: &HeaderMap,
     body: Body,
     upstreams: Arc<dyn Upstreams>,
+    errors: ErrorCount,
 ) -> ResponseOutcome {
     let Some(hook) = &script.on_response else {
         return ResponseOutcome {
@@ -415,7 +420,7 @@ pub async fn on_response(
         meta.clone(),
         upstreams,
     );
-    handle::run_response(hook, stream).await
+    handle::run_response(hook, stream, errors).await
 }
 
 /// The downstream facts `streamInfo()` and `connection()` give.
@@ -514,6 +519,7 @@ mod tests {
             request,
             Bytes::from_static(b"abc"),
             Arc::new(NoUpstreams),
+            Arc::new(|| {}),
         )
         .await;
         let RequestOutcome::Continue { headers, body } = outcome else {
@@ -553,6 +559,7 @@ mod tests {
             request("/deny"),
             Bytes::new(),
             Arc::new(NoUpstreams),
+            Arc::new(|| {}),
         )
         .await;
         let RequestOutcome::Respond(reply) = denied else {
@@ -571,6 +578,7 @@ mod tests {
             request("/"),
             Bytes::new(),
             Arc::new(NoUpstreams),
+            Arc::new(|| {}),
         )
         .await;
         let RequestOutcome::Continue { headers, .. } = failed else {
@@ -603,6 +611,7 @@ mod tests {
             request,
             Bytes::new(),
             Arc::new(NoUpstreams),
+            Arc::new(|| {}),
         )
         .await
         else {

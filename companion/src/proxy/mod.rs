@@ -810,6 +810,7 @@ fn declare_filter_stats(counters: &ListenerCounters, hcm: &HttpConnectionManager
             HttpFilterKind::Cors => counters.declare(
                 ["origin_valid", "origin_invalid"].map(|c| format!("http.{prefix}.cors.{c}")),
             ),
+            HttpFilterKind::Lua(config) => counters.declare([config.errors_counter(prefix)]),
             HttpFilterKind::Csrf(_) => counters
                 .declare(vigil_core::csrf::COUNTERS.map(|c| format!("http.{prefix}.csrf.{c}"))),
             HttpFilterKind::LocalRateLimit(config) => counters

@@ -65,7 +65,12 @@ struct Outcome {
     /// The Lua filters with a response hook, by position in the chain (their response sides
     /// run in reverse, as Envoy's encoder filters): every one the route runs, whether or not
     /// the request reached it (Envoy's local replies go through all encoder filters).
-    lua_response: Vec<(usize, Arc<crate::lua::Script>, crate::lua::StreamMeta)>,
+    lua_response: Vec<(
+        usize,
+        Arc<crate::lua::Script>,
+        crate::lua::StreamMeta,
+        crate::lua::ErrorCount,
+    )>,
 }
 
 impl Outcome {
@@ -119,7 +124,7 @@ pub async fn handle(
     };
     // The Lua filters' response sides, last filter first, on whatever answer came (the
     // upstream's, or a local reply of a filter after them, or their own `respond()`).
-    for (_, script, meta) in outcome.lua_response.iter().rev() {
+    for (_, script, meta, errors) in outcome.lua_response.iter().rev() {
         let (mut head, body) = response.into_parts();
         let changed = crate::lua::on_response(
             script,
@@ -128,6 +133,7 @@ pub async fn handle(
             &head.headers,
             body,
             derived.lua_upstreams(),
+            errors.clone(),
         )
         .await;
         head.status = changed.status;
@@ -361,7 +367,8 @@ async fn respond(
             }
             .script(index, filter, base);
             if let Some((script, meta)) = chosen.filter(|(s, _)| s.has_response_hook()) {
-                outcome.lua_response.push((index, script, meta));
+                let errors = lua_errors(derived, &state.hcm.stat_prefix, filter);
+                outcome.lua_response.push((index, script, meta, errors));
             }
         }
     }
@@ -1010,11 +1017,12 @@ async fn respond(
                 let Some((script, meta)) = chosen else {
                     continue;
                 };
+                let errors = lua_errors(derived, &state.hcm.stat_prefix, filter);
                 if script.has_response_hook() {
                     let at = outcome.lua_response.partition_point(|(i, ..)| *i < index);
                     outcome
                         .lua_response
-                        .insert(at, (index, script.clone(), meta.clone()));
+                        .insert(at, (index, script.clone(), meta.clone(), errors.clone()));
                 }
                 if !script.has_request_hook() {
                     continue;
@@ -1032,8 +1040,15 @@ async fn respond(
                     downstream.scheme(),
                     &parts.headers,
                 );
-                match crate::lua::on_request(&script, &meta, headers, read, derived.lua_upstreams())
-                    .await
+                match crate::lua::on_request(
+                    &script,
+                    &meta,
+                    headers,
+                    read,
+                    derived.lua_upstreams(),
+                    errors,
+                )
+                .await
                 {
                     crate::lua::RequestOutcome::Continue {
                         headers,
@@ -1374,6 +1389,20 @@ async fn respond(
     );
     outcome.forward = Some(info);
     (response, outcome)
+}
+
+/// Counts a Lua filter's script errors into its `errors` counter.
+fn lua_errors(
+    derived: &Derived,
+    prefix: &str,
+    filter: &vigil_core::config::HttpFilter,
+) -> crate::lua::ErrorCount {
+    let HttpFilterKind::Lua(config) = &filter.kind else {
+        return Arc::new(|| {});
+    };
+    let name = config.errors_counter(prefix);
+    let counters = derived.counters.clone();
+    Arc::new(move || counters.bump([name.clone()]))
 }
 
 /// Which script a Lua filter runs for a request as it is now.

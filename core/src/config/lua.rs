@@ -8,7 +8,7 @@
 use super::per_filter::FilterOverride;
 use super::tls::data_source;
 use crate::base::Sourced;
-use crate::protojson::{Any, Ctx, Message, keep, read};
+use crate::protojson::{Any, Ctx, Message, read};
 
 pub(crate) const LUA_TYPE: &str = "envoy.extensions.filters.http.lua.v3.Lua";
 pub(crate) const LUA_PER_ROUTE_TYPE: &str = "envoy.extensions.filters.http.lua.v3.LuaPerRoute";
@@ -21,8 +21,7 @@ static LUA: Message = Message {
         read("inline_code"),
         read("source_codes"),
         read("default_source_code"),
-        // Stats names only: vigil emits no Lua stats.
-        keep("stat_prefix"),
+        read("stat_prefix"),
         read("clear_route_cache"),
     ],
     removed: &[],
@@ -60,6 +59,22 @@ pub struct LuaFilter {
     pub source_codes: Vec<(String, Sourced)>,
     /// `clear_route_cache` (default true): a script's header change re-selects the route.
     pub clear_route_cache: bool,
+    /// `stat_prefix`: the filter's counters are `http.<connection manager>.lua.<this>.*`.
+    pub stat_prefix: String,
+}
+
+impl LuaFilter {
+    /// The filter's `errors` counter (scripts' run-time errors), as Envoy names it.
+    pub fn errors_counter(&self, connection_manager_prefix: &str) -> String {
+        if self.stat_prefix.is_empty() {
+            format!("http.{connection_manager_prefix}.lua.errors")
+        } else {
+            format!(
+                "http.{connection_manager_prefix}.lua.{}.errors",
+                self.stat_prefix
+            )
+        }
+    }
 }
 
 /// A route level's `LuaPerRoute`, other than `disabled: true` (read as
@@ -110,6 +125,7 @@ pub(crate) fn lua_filter(cx: &mut Ctx, typed: &Any) -> Option<LuaFilter> {
             ),
         }
     }
+    let stat_prefix = o.string(cx, "stat_prefix").unwrap_or_default();
     let clear_route_cache = match o.take("clear_route_cache") {
         Some((p, v)) => {
             let clear = crate::protojson::boolean(cx, &p, v).unwrap_or(true);
@@ -147,6 +163,7 @@ pub(crate) fn lua_filter(cx: &mut Ctx, typed: &Any) -> Option<LuaFilter> {
         default_source,
         source_codes,
         clear_route_cache,
+        stat_prefix,
     })
 }
 
@@ -332,6 +349,10 @@ mod tests {
             ]
         );
         assert!(config.clear_route_cache);
+        assert_eq!(
+            config.errors_counter("ingress"),
+            "http.ingress.lua.s.errors"
+        );
     }
 
     #[test]
