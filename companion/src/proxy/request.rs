@@ -82,6 +82,16 @@ impl Outcome {
             ..Outcome::default()
         }
     }
+
+    /// A refusal of the request's body (too large, broken framing): Envoy's local reply, which
+    /// the Lua filters' response sides still see.
+    fn refused(
+        &mut self,
+        (response, mut outcome): (Response<ProxyBody>, Outcome),
+    ) -> (Response<ProxyBody>, Outcome) {
+        outcome.lua_response = std::mem::take(&mut self.lua_response);
+        (response, outcome)
+    }
 }
 
 /// One request, start to finish: answered, then (when the listener has access logs) logged
@@ -845,7 +855,7 @@ async fn respond(
                     Some(settings) => {
                         let read = match body.whole().await {
                             Ok(read) => read,
-                            Err(refusal) => return refusal,
+                            Err(refusal) => return outcome.refused(refusal),
                         };
                         let max = settings.max_request_bytes as usize;
                         if read.len() > max && !settings.allow_partial_message {
@@ -979,7 +989,7 @@ async fn respond(
                 // A header-only request reads as empty at once, as Envoy's filter continues on it.
                 let read = match body.whole().await {
                     Ok(read) => read,
-                    Err(refusal) => return refusal,
+                    Err(refusal) => return outcome.refused(refusal),
                 };
                 if read.len() > limit as usize {
                     outcome.request_headers = Some(parts.headers);
@@ -1032,7 +1042,7 @@ async fn respond(
                 // it whole (Envoy's `body()` waits for the same).
                 let read = match body.whole().await {
                     Ok(read) => read,
-                    Err(refusal) => return refusal,
+                    Err(refusal) => return outcome.refused(refusal),
                 };
                 let headers = crate::lua::request_headers(
                     &parts.method,
@@ -1129,7 +1139,7 @@ async fn respond(
     }
     let body = match body.whole().await {
         Ok(read) => read,
-        Err(refusal) => return refusal,
+        Err(refusal) => return outcome.refused(refusal),
     };
     outcome.bytes_received = body.len() as u64;
     outcome.request_read = Some(started.elapsed());
