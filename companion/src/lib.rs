@@ -57,6 +57,7 @@ pub mod forward;
 pub mod h1_guard;
 pub mod jwt_authn;
 pub mod last_check;
+pub mod lua;
 pub mod outlier;
 pub mod probe;
 pub mod proxy;

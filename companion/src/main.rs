@@ -275,6 +275,9 @@ fn load(path: &Path) -> Result<Loaded, String> {
         if let Some(tls) = &hcm.tls {
             vigil::tls::server_config(tls).map_err(|err| format!("{}: {err}", path.display()))?;
         }
+        // Lua scripts are loaded (their global code run), as Envoy loads them: one that fails
+        // refuses the file.
+        vigil::lua::check(hcm).map_err(|err| format!("{}: {err}", path.display()))?;
         // So are JWT filters' local JWKS files.
         for filter in &hcm.http_filters {
             if let vigil_core::config::HttpFilterKind::JwtAuthn(config) = &filter.kind {

@@ -284,6 +284,12 @@ impl<'t> Selected<'t> {
                 name: request.first(header).unwrap_or_default().to_string(),
                 weighted: None,
             }),
+            // The core runs no scripts: the companion asks the plugin's script first and uses
+            // this only as its answer when the script fails or returns nil.
+            ClusterSpecifier::Lua(lua) => Some(PickedCluster {
+                name: lua.default_cluster.clone(),
+                weighted: None,
+            }),
             ClusterSpecifier::Weighted(w) => {
                 let value = weighted_value(w, request, hash);
                 let entry = pick_weighted(w, value)?;

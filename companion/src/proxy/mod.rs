@@ -42,7 +42,7 @@ pub mod request;
 
 pub use listener_set::{ListenerSet, ProxyStats, PublishedStats};
 pub use request::handle;
-use request::{empty, monotonic_now};
+use request::{empty, lua_upstreams, monotonic_now};
 
 use crate::access_log::AccessLogs;
 use crate::conn_limit::{AcceptBackoff, ConnectionLimit, ListenerCounters};
@@ -810,6 +810,7 @@ fn declare_filter_stats(counters: &ListenerCounters, hcm: &HttpConnectionManager
             HttpFilterKind::Cors => counters.declare(
                 ["origin_valid", "origin_invalid"].map(|c| format!("http.{prefix}.cors.{c}")),
             ),
+            HttpFilterKind::Lua(config) => counters.declare([config.errors_counter(prefix)]),
             HttpFilterKind::Csrf(_) => counters
                 .declare(vigil_core::csrf::COUNTERS.map(|c| format!("http.{prefix}.csrf.{c}"))),
             HttpFilterKind::LocalRateLimit(config) => counters
@@ -908,6 +909,10 @@ pub struct Derived {
     /// The buckets of routes' own local rate limits, by the config's address in the state's
     /// route table (made on first use, full).
     route_buckets: Mutex<HashMap<usize, Arc<Mutex<vigil_core::local_ratelimit::RateLimitState>>>>,
+    /// The chain's Lua scripts, loaded with the state (their globals live as long as it does).
+    lua: Option<Arc<crate::lua::LuaRuntime>>,
+    /// The clusters the scripts' `httpCall` reaches (made once per state, when it has scripts).
+    lua_calls: Option<Arc<dyn crate::lua::Upstreams>>,
 }
 
 impl Derived {
@@ -959,7 +964,19 @@ impl Derived {
                 _ => {}
             }
         }
+        // Loading was checked with the file (`vigil -c`, reloads); a script that fails now (a
+        // file changed since) leaves its filter without scripts, logged.
+        let lua = match crate::lua::LuaRuntime::new(&state.hcm) {
+            Ok(lua) => lua.map(Arc::new),
+            Err(err) => {
+                log::error!("{err}");
+                None
+            }
+        };
+        let lua_calls = lua.as_ref().map(|_| lua_upstreams(state));
         Derived {
+            lua,
+            lua_calls,
             routing,
             access_logs: Arc::new(AccessLogs::start(&state.hcm.access_log)),
             owned,
@@ -987,6 +1004,15 @@ impl Derived {
                 ))
             })
             .clone()
+    }
+
+    /// What a Lua script's `httpCall` reaches.
+    fn lua_upstreams(&self) -> Arc<dyn crate::lua::Upstreams> {
+        match &self.lua_calls {
+            Some(calls) => calls.clone(),
+            // No scripts, no calls: an empty set of clusters.
+            None => Arc::new(crate::lua::NoUpstreams),
+        }
     }
 
     /// Access log lines dropped because a writer fell behind.

@@ -1,6 +1,7 @@
 //! One request through a listener, start to finish: the HTTP filters (RBAC, CORS, CSRF, ext_authz,
-//! JWT, fault, buffer, header mutations), vigil's routing rules, route selection, forwarding to
-//! the chosen cluster, the response's mutations, and the access log line once its body is done.
+//! JWT, fault, buffer, Lua, header mutations), vigil's routing rules, route selection (a Lua
+//! cluster specifier's script included), forwarding to the chosen cluster, the response's
+//! mutations and the Lua filters' response sides, and the access log line once its body is done.
 
 use super::{
     Derived, Downstream, HOP_BY_HOP, ListenerState, MAX_BODY, ext_authz_stat_middle,
@@ -62,6 +63,15 @@ struct Outcome {
     /// `x-vigil-upstream` and `x-vigil-decision`, when `decision_headers` is on.
     vigil_upstream: Option<String>,
     vigil_decision: Option<String>,
+    /// The Lua filters with a response hook, by position in the chain (their response sides
+    /// run in reverse, as Envoy's encoder filters): every one the route runs, whether or not
+    /// the request reached it (Envoy's local replies go through all encoder filters).
+    lua_response: Vec<(
+        usize,
+        Arc<crate::lua::Script>,
+        crate::lua::StreamMeta,
+        crate::lua::ErrorCount,
+    )>,
 }
 
 impl Outcome {
@@ -71,6 +81,16 @@ impl Outcome {
             details: details.into(),
             ..Outcome::default()
         }
+    }
+
+    /// A refusal of the request's body (too large, broken framing): Envoy's local reply, which
+    /// the Lua filters' response sides still see.
+    fn refused(
+        &mut self,
+        (response, mut outcome): (Response<ProxyBody>, Outcome),
+    ) -> (Response<ProxyBody>, Outcome) {
+        outcome.lua_response = std::mem::take(&mut self.lua_response);
+        (response, outcome)
     }
 }
 
@@ -113,6 +133,24 @@ pub async fn handle(
         Some(crate::forward::LocalReplyText(text)) if grpc => grpc_form(response, &text),
         _ => response,
     };
+    // The Lua filters' response sides, last filter first, on whatever answer came (the
+    // upstream's, or a local reply of a filter after them, or their own `respond()`).
+    for (_, script, meta, errors) in outcome.lua_response.iter().rev() {
+        let (mut head, body) = response.into_parts();
+        let changed = crate::lua::on_response(
+            script,
+            meta,
+            head.status,
+            &head.headers,
+            body,
+            derived.lua_upstreams(),
+            errors.clone(),
+        )
+        .await;
+        head.status = changed.status;
+        head.headers = changed.headers;
+        response = Response::from_parts(head, changed.body);
+    }
     for (name, value) in &outcome.filter_headers {
         if let Ok(value) = HeaderValue::from_str(value) {
             response.headers_mut().insert(*name, value);
@@ -232,7 +270,7 @@ async fn respond(
         );
     }
     let mut outcome = Outcome::default();
-    let authority = authority_of(&parts.uri, &parts.headers);
+    let mut authority = authority_of(&parts.uri, &parts.headers);
     // A CONNECT request names an authority and no path; only `connect_matcher` routes take it.
     let connect = parts.method == http::Method::CONNECT;
     if connect && parts.version == http::Version::HTTP_2 {
@@ -318,6 +356,33 @@ async fn respond(
     // Envoy.
     let mut vigil_set: Vec<(String, String)> = Vec::new();
     let mut routed = false;
+    // What the Lua filters' `streamInfo()` shares (dynamic metadata), and their response sides,
+    // which run on whatever answer comes from here on.
+    let lua_meta = derived.lua.as_ref().map(|_| {
+        crate::lua::meta(
+            parts.version,
+            peer,
+            local,
+            downstream.server_name(),
+            downstream.tls.is_some(),
+        )
+    });
+    if let (Some(runtime), Some(base)) = (&derived.lua, &lua_meta) {
+        for (index, filter) in state.hcm.http_filters.iter().enumerate() {
+            let chosen = LuaChoice {
+                state,
+                runtime,
+                parts: &parts,
+                authority: authority.as_deref(),
+                path: &path,
+            }
+            .script(index, filter, base);
+            if let Some((script, meta)) = chosen.filter(|(s, _)| s.has_response_hook()) {
+                let errors = lua_errors(derived, &state.hcm.stat_prefix, filter);
+                outcome.lua_response.push((index, script, meta, errors));
+            }
+        }
+    }
     for (index, filter) in state.hcm.http_filters.iter().enumerate() {
         if filter.disabled
             && !filter_override(state, &parts, authority.as_deref(), &path, &filter.name)
@@ -790,7 +855,7 @@ async fn respond(
                     Some(settings) => {
                         let read = match body.whole().await {
                             Ok(read) => read,
-                            Err(refusal) => return refusal,
+                            Err(refusal) => return outcome.refused(refusal),
                         };
                         let max = settings.max_request_bytes as usize;
                         if read.len() > max && !settings.allow_partial_message {
@@ -924,7 +989,7 @@ async fn respond(
                 // A header-only request reads as empty at once, as Envoy's filter continues on it.
                 let read = match body.whole().await {
                     Ok(read) => read,
-                    Err(refusal) => return refusal,
+                    Err(refusal) => return outcome.refused(refusal),
                 };
                 if read.len() > limit as usize {
                     outcome.request_headers = Some(parts.headers);
@@ -943,6 +1008,89 @@ async fn respond(
                     parts
                         .headers
                         .insert(http::header::CONTENT_LENGTH, HeaderValue::from(read.len()));
+                }
+            }
+            HttpFilterKind::Lua(_) => {
+                let (Some(runtime), Some(base)) = (&derived.lua, &lua_meta) else {
+                    continue;
+                };
+                // Chosen again on the request as the filters before left it (its route may
+                // have changed).
+                outcome.lua_response.retain(|(i, ..)| *i != index);
+                let chosen = LuaChoice {
+                    state,
+                    runtime,
+                    parts: &parts,
+                    authority: authority.as_deref(),
+                    path: &path,
+                }
+                .script(index, filter, base);
+                let Some((script, meta)) = chosen else {
+                    continue;
+                };
+                let errors = lua_errors(derived, &state.hcm.stat_prefix, filter);
+                if script.has_response_hook() {
+                    let at = outcome.lua_response.partition_point(|(i, ..)| *i < index);
+                    outcome
+                        .lua_response
+                        .insert(at, (index, script.clone(), meta.clone(), errors.clone()));
+                }
+                if !script.has_request_hook() {
+                    continue;
+                }
+                // vigil reads every request body whole before forwarding it; the script sees
+                // it whole (Envoy's `body()` waits for the same).
+                let read = match body.whole().await {
+                    Ok(read) => read,
+                    Err(refusal) => return outcome.refused(refusal),
+                };
+                let headers = crate::lua::request_headers(
+                    &parts.method,
+                    &path,
+                    authority.as_deref(),
+                    downstream.scheme(),
+                    &parts.headers,
+                );
+                match crate::lua::on_request(
+                    &script,
+                    &meta,
+                    headers,
+                    read,
+                    derived.lua_upstreams(),
+                    errors,
+                )
+                .await
+                {
+                    crate::lua::RequestOutcome::Continue {
+                        headers,
+                        body: changed,
+                    } => {
+                        let had_host = parts.headers.contains_key(header::HOST);
+                        parts.headers = crate::lua::header_map(&headers);
+                        if let Some(p) = crate::lua::first(&headers, ":path") {
+                            path = String::from_utf8_lossy(p).into_owned();
+                        }
+                        if let Some(method) = crate::lua::first(&headers, ":method")
+                            .and_then(|m| http::Method::from_bytes(m).ok())
+                        {
+                            parts.method = method;
+                        }
+                        if let Some(a) = crate::lua::first(&headers, ":authority") {
+                            let a = String::from_utf8_lossy(a).into_owned();
+                            if had_host {
+                                if let Ok(value) = HeaderValue::from_str(&a) {
+                                    parts.headers.insert(header::HOST, value);
+                                }
+                            }
+                            authority = Some(a);
+                        }
+                        body = RequestBody::Read(changed);
+                    }
+                    crate::lua::RequestOutcome::Respond(reply) => {
+                        outcome.request_headers = Some(parts.headers);
+                        outcome.details = "lua_response".into();
+                        return (lua_reply(reply), outcome);
+                    }
                 }
             }
             HttpFilterKind::Wasm if !routed => {
@@ -991,7 +1139,7 @@ async fn respond(
     }
     let body = match body.whole().await {
         Ok(read) => read,
-        Err(refusal) => return refusal,
+        Err(refusal) => return outcome.refused(refusal),
     };
     outcome.bytes_received = body.len() as u64;
     outcome.request_read = Some(started.elapsed());
@@ -1088,7 +1236,20 @@ async fn respond(
         let hash_view = HashInput::new(&borrowed).with_source_ip(peer.ip());
         hash_policy::generate_hash(selected.hash_policies, &hash_view).hash
     };
-    let cluster = selected.cluster(&view, hash);
+    let mut cluster = selected.cluster(&view, hash);
+    // A Lua cluster specifier's script names the cluster (its default_cluster when it fails).
+    if let (vigil_core::config::ClusterSpecifier::Lua(spec), Some(runtime), Some(picked)) =
+        (&action.cluster, &derived.lua, cluster.as_mut())
+    {
+        let headers = crate::lua::request_headers(
+            &parts.method,
+            &path,
+            authority.as_deref(),
+            downstream.scheme(),
+            &parts.headers,
+        );
+        picked.name = runtime.route_cluster(spec, &headers);
+    }
     outcome.upstream_cluster = cluster.as_ref().map(|c| c.name.clone());
     let Some(upstream) = cluster.as_ref().and_then(|c| state.upstreams.get(&c.name)) else {
         let status = StatusCode::from_u16(action.cluster_not_found_status)
@@ -1241,6 +1402,189 @@ async fn respond(
     (response, outcome)
 }
 
+/// Counts a Lua filter's script errors into its `errors` counter.
+fn lua_errors(
+    derived: &Derived,
+    prefix: &str,
+    filter: &vigil_core::config::HttpFilter,
+) -> crate::lua::ErrorCount {
+    let HttpFilterKind::Lua(config) = &filter.kind else {
+        return Arc::new(|| {});
+    };
+    let name = config.errors_counter(prefix);
+    let counters = derived.counters.clone();
+    Arc::new(move || counters.bump([name.clone()]))
+}
+
+/// Which script a Lua filter runs for a request as it is now.
+struct LuaChoice<'a> {
+    state: &'a ListenerState,
+    runtime: &'a crate::lua::LuaRuntime,
+    parts: &'a http::request::Parts,
+    authority: Option<&'a str>,
+    path: &'a str,
+}
+
+impl LuaChoice<'_> {
+    /// The script of the filter at `index` (none when the filter is off for the route, or has
+    /// no script for it) and what its `streamInfo()` / `metadata()` show.
+    fn script(
+        &self,
+        index: usize,
+        filter: &vigil_core::config::HttpFilter,
+        base: &crate::lua::StreamMeta,
+    ) -> Option<(Arc<crate::lua::Script>, crate::lua::StreamMeta)> {
+        if !matches!(filter.kind, HttpFilterKind::Lua(_)) {
+            return None;
+        }
+        let setting = filter_override(
+            self.state,
+            self.parts,
+            self.authority,
+            self.path,
+            &filter.name,
+        );
+        if filter.disabled && !setting.is_some_and(|s| *s != FilterOverride::Disabled) {
+            return None;
+        }
+        let selection = crate::lua::Selection::from_override(setting)?;
+        let script = self.runtime.script(index, &selection)?;
+        let metadata = lua_route_metadata(
+            self.state,
+            self.parts,
+            self.authority,
+            self.path,
+            &filter.name,
+        );
+        Some((script, base.with_route_metadata(metadata)))
+    }
+}
+
+/// What a Lua filter's `metadata()` shows: the request's route's `filter_metadata` entry under
+/// the filter's name, else under `envoy.filters.http.lua` (Envoy's lookup), else nothing.
+fn lua_route_metadata(
+    state: &ListenerState,
+    parts: &http::request::Parts,
+    authority: Option<&str>,
+    path: &str,
+    filter: &str,
+) -> serde_json::Value {
+    let borrowed = pairs(&parts.headers);
+    let view = RequestView::new(authority, path, parts.method.as_str(), &borrowed);
+    state
+        .routes
+        .select(&view)
+        .and_then(|selected| selected.route.filter_metadata.as_ref())
+        .and_then(|m| m.get(filter).or_else(|| m.get("envoy.filters.http.lua")))
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// The clusters a Lua script's `httpCall` reaches: the listener's running clusters, through
+/// the same forwarding as routed requests (no retries; the call's own timeout).
+struct LuaUpstreams(BTreeMap<String, Arc<Upstream>>);
+
+pub(super) fn lua_upstreams(state: &ListenerState) -> Arc<dyn crate::lua::Upstreams> {
+    Arc::new(LuaUpstreams(state.upstreams.clone()))
+}
+
+impl crate::lua::Upstreams for LuaUpstreams {
+    fn call(&self, request: crate::lua::CallRequest) -> Option<crate::lua::CallFuture> {
+        let upstream = self.0.get(&request.cluster)?.clone();
+        Some(Box::pin(async move {
+            let mut method = http::Method::GET;
+            let mut path = "/".to_string();
+            let mut headers = HeaderMap::new();
+            for (name, value) in &request.headers {
+                match name.as_str() {
+                    ":method" => {
+                        method = http::Method::from_bytes(value.as_bytes()).unwrap_or(method);
+                    }
+                    ":path" => path = value.clone(),
+                    ":authority" => {
+                        if let Ok(value) = HeaderValue::from_str(value) {
+                            headers.insert(header::HOST, value);
+                        }
+                    }
+                    other if other.starts_with(':') => {}
+                    other => {
+                        if let (Ok(name), Ok(value)) = (
+                            HeaderName::from_bytes(other.as_bytes()),
+                            HeaderValue::from_str(value),
+                        ) {
+                            headers.append(name, value);
+                        }
+                    }
+                }
+            }
+            let body = request.body.unwrap_or_default();
+            if !body.is_empty() {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            }
+            let retry = RetryPolicy::none();
+            let how = Forwarding {
+                retry: &retry,
+                timeout: request
+                    .timeout
+                    .unwrap_or_else(|| Duration::from_secs(24 * 3600)),
+                hash: None,
+            };
+            let outgoing = Outgoing {
+                method,
+                path_and_query: path,
+                headers,
+                body,
+            };
+            let (response, _) = forward::forward_with_info(&upstream, outgoing, how, None).await;
+            let (head, body) = response.into_parts();
+            let mut headers = vec![(":status".to_string(), head.status.as_str().to_string())];
+            for (name, value) in &head.headers {
+                headers.push((
+                    name.as_str().to_string(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                ));
+            }
+            let body = match body.collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(_) => Bytes::new(),
+            };
+            crate::lua::CallResponse { headers, body }
+        }))
+    }
+}
+
+/// A script's `respond()` as Envoy's local reply: its status and body (plain text unless the
+/// script names a content type), then the script's headers.
+fn lua_reply(reply: crate::lua::LocalReply) -> Response<ProxyBody> {
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+    let mut response = match &reply.body {
+        Some(body) if !body.is_empty() => {
+            let mut response = local_reply(status, &String::from_utf8_lossy(body));
+            *response.body_mut() = Full::new(body.clone())
+                .map_err(|never| match never {})
+                .boxed();
+            response
+        }
+        _ => empty(status),
+    };
+    for (name, value) in &reply.headers {
+        if name.starts_with(':') {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            if name == header::CONTENT_TYPE || name == header::CONTENT_LENGTH {
+                response.headers_mut().insert(name, value);
+            } else {
+                response.headers_mut().append(name, value);
+            }
+        }
+    }
+    response
+}
+
 /// The route's response header changes, level by level (the router's finalizeResponseHeaders):
 /// on upstream answers, direct responses, redirects and the router's own replies alike.
 /// A CONNECT request on a route that terminates it (`upgrade_configs` with `connect_config`):
@@ -1361,11 +1705,12 @@ fn rate_limit_descriptors(
         RouteAction::Forward(f) => Some((s, f)),
         _ => None,
     });
-    // A weighted cluster with a destination_cluster action is refused at load.
+    // A weighted cluster or a Lua cluster specifier with a destination_cluster action is
+    // refused at load.
     let cluster = forward.and_then(|(_, f)| match &f.cluster {
         ClusterSpecifier::Cluster(name) => Some(name.clone()),
         ClusterSpecifier::Header(h) => Some(view.first(h).unwrap_or_default().to_string()),
-        ClusterSpecifier::Weighted(_) => None,
+        ClusterSpecifier::Weighted(_) | ClusterSpecifier::Lua(_) => None,
     });
     let facts = vigil_core::rate_limit_actions::RequestFacts {
         request: &view,

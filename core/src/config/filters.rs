@@ -65,7 +65,8 @@ pub(crate) fn http_filter(type_name: &str) -> Treatment {
             Refused("add credentials to upstream requests")
         }
         "ext_proc" => Refused("let an external service change or answer any request"),
-        "lua" => Refused("run a script that can change or answer any request"),
+        // The companion runs the scripts (its `lua` module, LuaJIT as in Envoy).
+        "lua" => Enforced,
         "wasm" => Refused("run a wasm module (not vigil's) that can change or answer any request"),
         "local_ratelimit" => Enforced,
         "ratelimit" | "rate_limit_quota" => Refused("answer 429 to requests over the rate limit"),

@@ -63,6 +63,9 @@ pub enum HttpFilterKind {
     /// `envoy.extensions.filters.http.buffer.v3.Buffer`: the whole request body is read before
     /// the request goes on; above `max_request_bytes` it is answered 413.
     Buffer(u32),
+    /// `envoy.extensions.filters.http.lua.v3.Lua`: scripts the companion's `lua` module runs
+    /// on the request and the response.
+    Lua(Box<crate::config::LuaFilter>),
     /// `envoy.extensions.filters.http.wasm.v3.Wasm`: a wasm module (such as vigil's own filter),
     /// which the companion does not load.
     Wasm,
@@ -314,6 +317,8 @@ pub(super) fn http_filters(
                         "csrf" => super::csrf::csrf_policy(cx, &typed)
                             .map(|policy| HttpFilterKind::Csrf(Box::new(policy))),
                         "buffer" => super::buffer::buffer(cx, &typed).map(HttpFilterKind::Buffer),
+                        "lua" => super::lua::lua_filter(cx, &typed)
+                            .map(|config| HttpFilterKind::Lua(Box::new(config))),
                         _ => super::ext_authz::ext_authz(cx, &typed)
                             .map(|config| HttpFilterKind::ExtAuthz(Box::new(config))),
                     };
@@ -528,6 +533,7 @@ pub(super) fn filter_settings(
             super::csrf::CSRF_POLICY_TYPE,
             super::buffer::BUFFER_PER_ROUTE_TYPE,
             super::rbac::HTTP_RBAC_PER_ROUTE_TYPE,
+            super::lua::LUA_PER_ROUTE_TYPE,
         ];
         if !native.contains(&type_name) {
             continue;
@@ -545,6 +551,8 @@ pub(super) fn filter_settings(
             super::buffer::buffer_per_route(cx, &typed)
         } else if type_name == super::rbac::HTTP_RBAC_PER_ROUTE_TYPE {
             super::rbac::http_rbac_per_route(cx, &typed).map(|r| FilterOverride::Rbac(Box::new(r)))
+        } else if type_name == super::lua::LUA_PER_ROUTE_TYPE {
+            super::lua::lua_per_route(cx, &typed)
         } else {
             super::local_ratelimit::local_ratelimit_per_route(cx, &typed).map(|c| {
                 if c.per_connection {
@@ -786,6 +794,8 @@ fn natively_run(type_name: &str) -> Option<(&'static str, &'static str)> {
         Some(("csrf", super::csrf::CSRF_POLICY_TYPE))
     } else if type_name == super::buffer::BUFFER_TYPE {
         Some(("buffer", super::buffer::BUFFER_PER_ROUTE_TYPE))
+    } else if type_name == super::lua::LUA_TYPE {
+        Some(("lua", super::lua::LUA_PER_ROUTE_TYPE))
     } else {
         None
     }

@@ -79,6 +79,7 @@ mod http_filters;
 mod jwt_authn;
 mod listener;
 mod local_ratelimit;
+mod lua;
 mod match_tree;
 mod matchers;
 mod per_filter;
@@ -115,6 +116,7 @@ pub use filters::{ChainFacts, FilterChainMatch, SourceType, select_filter_chain}
 pub use headers::HeaderMutations;
 pub use http_filters::{HttpFilter, HttpFilterKind, VIGIL_ROOT_IDS, VIGIL_WASM_FILE};
 pub use listener::Listener;
+pub use lua::{LuaClusterSpecifier, LuaFilter, LuaPerRoute};
 pub use per_filter::{FilterOverride, FilterSettings};
 pub use route_config::{
     ClusterSpecifier, ClusterWeight, DEFAULT_MAX_DIRECT_RESPONSE_BODY_SIZE_BYTES,

@@ -463,11 +463,11 @@ pub(crate) fn check_route_rate_limits(
     if configs.is_empty() {
         return;
     }
-    let weighted = |action: &RouteAction| matches!(action, RouteAction::Forward(f) if matches!(f.cluster, ClusterSpecifier::Weighted(_)));
+    let weighted = |action: &RouteAction| matches!(action, RouteAction::Forward(f) if matches!(f.cluster, ClusterSpecifier::Weighted(_) | ClusterSpecifier::Lua(_)));
     let names_cluster =
         |p: &RateLimitPolicy| p.actions.contains(&RateLimitAction::DestinationCluster);
-    const WEIGHTED: &str = "a destination_cluster action with weighted_clusters is not \
-         implemented by vigil: Envoy names the cluster picked when the route is chosen, vigil \
+    const WEIGHTED: &str = "a destination_cluster action with weighted_clusters (or a Lua \
+         cluster specifier) is not implemented by vigil: Envoy names the cluster picked when the route is chosen, vigil \
          picks it after the filters";
     let any_weighted = routes
         .virtual_hosts

@@ -74,6 +74,8 @@ pub struct Route {
     pub headers: HeaderMutations,
     /// CORS policies of this route: per filter name, and the route action's legacy `cors`.
     pub filters: FilterSettings,
+    /// `metadata.filter_metadata` as written (what a Lua script's `metadata()` reads).
+    pub filter_metadata: Option<Value>,
 }
 
 /// What a route does.
@@ -157,6 +159,9 @@ pub enum ClusterSpecifier {
     Header(String),
     /// `weighted_clusters`.
     Weighted(WeightedClusters),
+    /// `inline_cluster_specifier_plugin` with the Lua plugin: its script names the cluster
+    /// (the companion runs it; see [`crate::route::Selected::cluster`]).
+    Lua(Box<super::LuaClusterSpecifier>),
 }
 
 /// `config.route.v3.WeightedCluster`.
@@ -582,6 +587,9 @@ fn route(
     }
     let headers = header_mutations(cx, &mut o, true);
     let filters = filter_settings(cx, &mut o, legacy_cors);
+    let filter_metadata = o
+        .raw_message(cx, "metadata")
+        .and_then(|m| field(&m, "filter_metadata").cloned());
     o.finish(cx);
     let connect_route = matcher
         .as_ref()
@@ -600,6 +608,7 @@ fn route(
         action: action?,
         headers,
         filters,
+        filter_metadata,
     })
 }
 
@@ -646,6 +655,9 @@ fn route_action(
         header_name(cx, &mut o, "cluster_header").map(ClusterSpecifier::Header)
     } else if let Some(w) = o.message(cx, "weighted_clusters", &WEIGHTED_CLUSTER) {
         weighted_clusters(cx, w, route_name, rcx).map(ClusterSpecifier::Weighted)
+    } else if let Some((p, v)) = o.take("inline_cluster_specifier_plugin") {
+        super::lua::inline_cluster_specifier_plugin(cx, &p, v)
+            .map(|lua| ClusterSpecifier::Lua(Box::new(lua)))
     } else {
         None
     };

@@ -1276,11 +1276,8 @@ pub(crate) static ROUTE_ACTION: Message = Message {
             "cluster specifier plugins are not supported by vigil",
         )
         .oneof("cluster_specifier"),
-        reject(
-            "inline_cluster_specifier_plugin",
-            "cluster specifier plugins are not supported by vigil",
-        )
-        .oneof("cluster_specifier"),
+        // The Lua plugin is run by the companion; others are refused by name where it is read.
+        read("inline_cluster_specifier_plugin").oneof("cluster_specifier"),
         read("cluster_not_found_response_code"),
         reject(
             "metadata_match",
