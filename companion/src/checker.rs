@@ -341,8 +341,9 @@ pub struct ClusterChecker {
     stored: Option<usize>,
     spare: Option<Spare>,
     work: Arc<CheckerWork>,
-    /// Reused buffers: due checks of one wake-up, passive reports of one wake-up.
-    ready: Vec<(SocketAddr, ProbeToken)>,
+    /// Reused buffers: due checks of one wake-up (with what each probe takes), passive reports
+    /// of one wake-up.
+    ready: Vec<(SocketAddr, ProbeToken, Target, Option<Connection>)>,
     reported: Vec<SocketAddr>,
     /// The check's protocol, shared with every probe (`None` without a check).
     protocol: Option<Arc<Protocol>>,
@@ -540,49 +541,39 @@ impl ClusterChecker {
         let timeout = Duration::from_millis(check.timeout_ms);
         let reuse = check.reuse_connection;
         self.ready.clear();
+        // Everything a probe needs is taken while the due check is at hand: no lookup by
+        // address afterwards.
         while let Some(due) = self.engine.pop_due(now_ms) {
-            self.ready.push((*due.key, due.token));
-        }
-        self.sync_examined();
-        // Started in address order, as a scan of the sessions would.
-        self.ready.sort_unstable_by_key(|(address, _)| *address);
-        for &(address, token) in &self.ready {
-            if self.engine.host(&address).is_none() {
-                continue;
-            }
-            self.dirty = self.dirty.max(Dirty::Counters);
-            let cached = self
-                .engine
-                .extra_mut(token)
-                .and_then(|state| state.authority.clone());
-            let authority = match cached {
-                Some(authority) => authority,
+            let state = due.extra;
+            let authority = match &state.authority {
+                Some(authority) => Arc::clone(authority),
                 None => {
-                    let Some(session) = self.engine.host(&address) else {
-                        continue;
-                    };
                     let authority = check_authority(
                         &check.protocol,
-                        session.spec.check_hostname.as_deref(),
+                        due.spec.check_hostname.as_deref(),
                         &self.spec.name,
                     );
-                    if let Some(state) = self.engine.extra_mut(token) {
-                        state.authority = Some(Arc::clone(&authority));
-                    }
+                    state.authority = Some(Arc::clone(&authority));
                     authority
                 }
             };
-            let Some(session) = self.engine.host(&address) else {
-                continue;
-            };
             let target = Target {
-                address: session.spec.check_address,
+                address: due.spec.check_address,
                 authority,
                 connect_timeout: self.spec.connect_timeout,
                 timeout,
                 tls: self.spec.tls.clone(),
             };
-            let conn = self.engine.extra_mut(token).and_then(|s| s.conn.take());
+            self.ready
+                .push((*due.key, due.token, target, state.conn.take()));
+        }
+        self.sync_examined();
+        if !self.ready.is_empty() {
+            self.dirty = self.dirty.max(Dirty::Counters);
+        }
+        // Started in address order, as a scan of the sessions would.
+        self.ready.sort_unstable_by_key(|(address, ..)| *address);
+        for (_, token, target, conn) in self.ready.drain(..) {
             let probe = (self.probe)(protocol, target, conn, reuse);
             self.inflight.spawn(async move {
                 let started = Instant::now();

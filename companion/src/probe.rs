@@ -6,6 +6,9 @@
 //! spoken by `vigil_core::http1_probe` (the request's bytes, the answer's reader); this module
 //! only does the I/O. Timeouts are applied by the caller around the whole probe (connect + request +
 //! response, as Envoy's timeout timer covers), and a timed-out probe's connection is dropped.
+//! Without `reuse_connection`, HTTP/1.1 and TCP check connections are closed with a reset
+//! (`SO_LINGER` 0) rather than a FIN, so one connection per check leaves no `TIME_WAIT` behind
+//! (the checked server sees the reset after its answer; the verdict is already taken).
 
 use crate::tls::{UpstreamConnector, UpstreamStream, connect_upstream};
 use bytes::Bytes;
@@ -263,6 +266,9 @@ async fn http1_probe(
     };
     let (result, verify_cluster) = check.judge(&connection.reader.answer());
     let reusable_after = reuse && clean && !connection.reader.must_close();
+    if !reuse {
+        connection.stream.reset_on_close();
+    }
     let keep = reusable_after.then_some(Connection::Http1(connection));
     Finished {
         result,
@@ -367,6 +373,9 @@ async fn tcp_probe(
             Err(result) => return finished(result, None),
         },
     };
+    if !reuse {
+        stream.reset_on_close();
+    }
     if check.receive.is_empty() {
         // Connect-only: a completed connect is a success, and Envoy closes it at once.
         return finished(ProbeResult::Healthy { degraded: false }, None);

@@ -1175,6 +1175,18 @@ pub enum UpstreamStream {
 }
 
 impl UpstreamStream {
+    /// Makes dropping the stream reset the connection (`SO_LINGER` 0): no `TIME_WAIT` is left
+    /// behind. Health checks without `reuse_connection` close one connection per check, which
+    /// at thousands of hosts a second would otherwise fill the port range with `TIME_WAIT`s.
+    pub fn reset_on_close(&self) {
+        let tcp = match self {
+            UpstreamStream::Plain(tcp) => tcp,
+            UpstreamStream::Tls(tls) => tls.get_ref().0,
+        };
+        // Best effort: a socket that refuses it is closed the ordinary way.
+        let _ = tcp.set_zero_linger();
+    }
+
     /// The protocol ALPN chose (`None` in plain text or when the server chose none).
     pub fn alpn(&self) -> Option<&[u8]> {
         match self {

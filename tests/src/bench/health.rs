@@ -8,6 +8,11 @@
 //! so both probers are counted the same way), CPU time per probe (utime + stime from /proc over
 //! the window), resident memory per host, fds held, connections open at the responders, and how
 //! many hosts the prober calls healthy at the end.
+//!
+//! Then one wide row, vigil alone: [`WIDE_FACTOR`] times the hosts with `reuse_connection: false`
+//! (a connection per check, which vigil closes with a reset, so no `TIME_WAIT` piles up): the
+//! open-file limit (20,000 here) allows no kept connection per host at that size, and Envoy,
+//! which keeps one, cannot run it.
 
 use super::proxies::{self, Responder, Started};
 use super::report::{HealthRun, Report};
@@ -27,6 +32,14 @@ pub const PROBERS: [&str; 2] = ["vigil", "envoy"];
 /// the prober per endpoint stay well below the 20,000 open-file limit.
 const ENDPOINTS_PER_RESPONDER: usize = 4_000;
 
+/// The wide row's hosts, as a multiple of `--hosts` (20,000 at the default 10,000).
+pub const WIDE_FACTOR: usize = 2;
+
+/// The wide row's label in the report.
+pub fn wide_label(hosts: usize) -> String {
+    format!("vigil, {hosts} hosts, no reuse (reset)")
+}
+
 pub async fn run(
     tools: &Tools,
     cpus: Cpus,
@@ -35,7 +48,7 @@ pub async fn run(
     report: &mut Report,
     progress: &Progress,
 ) -> Result<(), String> {
-    let endpoints = proxies::endpoints(options.hosts);
+    let endpoints = proxies::endpoints(options.hosts * WIDE_FACTOR);
     let mut responders = Vec::new();
     for (index, share) in endpoints.chunks(ENDPOINTS_PER_RESPONDER).enumerate() {
         let name = format!("responder{index}");
@@ -45,7 +58,83 @@ pub async fn run(
         }
         responders.push(responder);
     }
-    let endpoint_lines: String = endpoints
+    let probers: Vec<_> = proxies::all()
+        .into_iter()
+        .filter(|p| PROBERS.contains(&p.name))
+        .collect();
+    for round in 1..=options.rounds {
+        for prober in &probers {
+            progress.step(&format!("health check, {}, round {round}", prober.name));
+            let hosts = &endpoints[..options.hosts];
+            let config = Prober {
+                name: prober.name,
+                label: prober.name.to_string(),
+                command: prober.command,
+                reuse: true,
+            };
+            let measured = run_one(
+                tools,
+                cpus,
+                &config,
+                hosts,
+                &responders,
+                options,
+                dir,
+                round,
+                report,
+            )
+            .await;
+            report.add_health_run(&config.label, measured?);
+        }
+    }
+    if let Some(vigil) = probers.iter().find(|p| p.name == "vigil") {
+        let hosts = &endpoints[..];
+        let config = Prober {
+            name: "vigil-wide",
+            label: wide_label(hosts.len()),
+            command: vigil.command,
+            reuse: false,
+        };
+        progress.step(&format!("health check, {}", config.label));
+        let measured = run_one(
+            tools,
+            cpus,
+            &config,
+            hosts,
+            &responders,
+            options,
+            dir,
+            1,
+            report,
+        )
+        .await;
+        report.add_health_run(&config.label, measured?);
+    }
+    Ok(())
+}
+
+/// One prober's run: its name (files), its report label, how it starts, whether checks keep
+/// their connection.
+struct Prober {
+    name: &'static str,
+    label: String,
+    command: fn(tools: &Tools, config: &Path) -> (std::path::PathBuf, Vec<String>),
+    reuse: bool,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_one(
+    tools: &Tools,
+    cpus: Cpus,
+    prober: &Prober,
+    hosts: &[SocketAddr],
+    responders: &[Responder],
+    options: &Options,
+    dir: &Path,
+    round: usize,
+    report: &mut Report,
+) -> Result<HealthRun, String> {
+    let endpoint_lines: String = hosts
         .iter()
         .map(|e| {
             format!(
@@ -55,40 +144,32 @@ pub async fn run(
             )
         })
         .collect();
-    let probers: Vec<_> = proxies::all()
-        .into_iter()
-        .filter(|p| PROBERS.contains(&p.name))
-        .collect();
-    for round in 1..=options.rounds {
-        for prober in &probers {
-            progress.step(&format!("health check, {}, round {round}", prober.name));
-            let admin = net::fresh_socket();
-            let mut values = BTreeMap::new();
-            values.insert("admin_address", admin.ip().to_string());
-            values.insert("admin_port", admin.port().to_string());
-            values.insert("hosts", options.hosts.to_string());
-            values.insert("endpoints", endpoint_lines.clone());
-            let config = proxies::render("envoy-hc.yaml", &values)?;
-            let path = dir.join(format!("hc-{}.yaml", prober.name));
-            std::fs::write(&path, config)
-                .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
-            let (program, args) = (prober.command)(tools, &path);
-            let name = format!("hc-{}-r{round}", prober.name);
-            let mut started = proxies::spawn_pinned(tools, cpus.proxy, &name, &program, &args, dir);
-            report.note_command(&format!("hc {}", prober.name), &started.command);
-            let measured = measure(&mut started, admin, &responders, options).await;
-            // Stop before the next prober starts, and let the responders see the connections go.
-            started.child.stop();
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            report.add_health_run(prober.name, measured?);
-        }
-    }
-    Ok(())
+    let admin = net::fresh_socket();
+    let mut values = BTreeMap::new();
+    values.insert("admin_address", admin.ip().to_string());
+    values.insert("admin_port", admin.port().to_string());
+    values.insert("hosts", hosts.len().to_string());
+    values.insert("endpoints", endpoint_lines);
+    values.insert("reuse_connection", prober.reuse.to_string());
+    let config = proxies::render("envoy-hc.yaml", &values)?;
+    let path = dir.join(format!("hc-{}.yaml", prober.name));
+    std::fs::write(&path, config)
+        .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
+    let (program, args) = (prober.command)(tools, &path);
+    let name = format!("hc-{}-r{round}", prober.name);
+    let mut started = proxies::spawn_pinned(tools, cpus.proxy, &name, &program, &args, dir);
+    report.note_command(&format!("hc {}", prober.label), &started.command);
+    let measured = measure(&mut started, admin, hosts.len(), responders, options).await;
+    // Stop before the next prober starts, and let the responders see the connections go.
+    started.child.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    measured
 }
 
 async fn measure(
     started: &mut Started,
     admin: SocketAddr,
+    hosts: usize,
     responders: &[Responder],
     options: &Options,
 ) -> Result<HealthRun, String> {
@@ -147,7 +228,7 @@ async fn measure(
         .saturating_sub(requests_before)
         .saturating_sub(responders.len() as u64);
     Ok(HealthRun {
-        hosts: options.hosts,
+        hosts,
         window_seconds: window.as_secs_f64(),
         probes,
         cpu_seconds: cpu_after - cpu_before,

@@ -539,8 +539,15 @@ impl Report {
         let _ = writeln!(
             out,
             "## Health checking at scale\n\n{} endpoints in one cluster, HTTP check every 1 s (so about {} probes/s when the prober keeps up), \
-             one worker; measured over {} s after a {} s warm-up; median of {} round(s), probers alternating.\n",
-            o.hosts, o.hosts, o.hc_window_seconds, o.hc_warmup_seconds, o.rounds
+             one worker; measured over {} s after a {} s warm-up; median of {} round(s), probers alternating. \
+             The last row is vigil alone on {} endpoints with `reuse_connection: false` (one connection per check, closed with a \
+             reset), one round: the open-file limit allows no kept connection per host at that size.\n",
+            o.hosts,
+            o.hosts,
+            o.hc_window_seconds,
+            o.hc_warmup_seconds,
+            o.rounds,
+            o.hosts * super::health::WIDE_FACTOR
         );
         let _ = writeln!(
             out,
