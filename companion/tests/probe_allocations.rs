@@ -94,7 +94,7 @@ async fn a_kept_http1_check_allocates_only_its_future() {
         tls: None,
     };
     let mut conn = None;
-    let mut check = async |conn: &mut Option<probe::Connection>| {
+    let check = async |conn: &mut Option<probe::Connection>| {
         let finished = probe::probe(&protocol, target.clone(), conn.take(), true).await;
         assert_eq!(finished.result, ProbeResult::Healthy { degraded: false });
         assert!(finished.keep.is_some(), "the connection is kept");
