@@ -67,7 +67,7 @@ pub struct Http1Connection {
 }
 
 /// One read's room, on the probe's own (short-lived) stack: a check answer usually fits.
-const READ_CHUNK: usize = 2048;
+const READ_CHUNK: usize = 512;
 
 /// One finished probe: the verdict, the connection to keep, and whether the check counted a
 /// `verify_cluster` (HTTP `service_name_matcher`).
@@ -92,7 +92,9 @@ pub fn probe(
         match &*protocol {
             Protocol::Http(check) => http_probe(check, target, conn, reuse).await,
             Protocol::Tcp(check) => tcp_probe(check, target, conn, reuse).await,
-            Protocol::Grpc(check) => grpc_probe(check, target, conn, reuse).await,
+            // Boxed, like every connect below: a probe in flight on a kept connection then holds
+            // a small future, not the largest one any step could need (a TLS handshake's, h2's).
+            Protocol::Grpc(check) => Box::pin(grpc_probe(check, target, conn, reuse)).await,
         }
     })
 }
@@ -244,7 +246,7 @@ async fn http_probe(
 ) -> Finished {
     match check.codec {
         Codec::Http1 => http1_probe(check, &target, conn, reuse).await,
-        Codec::Http2 => http2_probe(check, target, conn, reuse).await,
+        Codec::Http2 => Box::pin(http2_probe(check, target, conn, reuse)).await,
     }
 }
 
@@ -256,7 +258,7 @@ async fn http1_probe(
 ) -> Finished {
     let mut connection = match reusable(conn).await {
         Some(Connection::Http1(connection)) => connection,
-        _ => match http1_connection(check, target).await {
+        _ => match Box::pin(http1_connection(check, target)).await {
             Ok(connection) => connection,
             Err(result) => return finished(result, None),
         },
@@ -368,7 +370,7 @@ async fn tcp_probe(
 ) -> Finished {
     let mut stream = match conn {
         Some(Connection::Tcp(stream)) => stream,
-        _ => match connect(&target).await {
+        _ => match Box::pin(connect(&target)).await {
             Ok(stream) => stream,
             Err(result) => return finished(result, None),
         },
@@ -384,7 +386,7 @@ async fn tcp_probe(
         return finished(ProbeResult::network(), None);
     }
     let mut received = Vec::new();
-    let mut chunk = [0u8; 4096];
+    let mut chunk = [0u8; READ_CHUNK];
     loop {
         match stream.read(&mut chunk).await {
             // A close before the blocks matched is a network failure; a mismatch alone is not a

@@ -115,3 +115,25 @@ async fn a_kept_http1_check_allocates_only_its_future() {
         "{per_check} allocations per check; only the boxed probe future is expected"
     );
 }
+
+/// What every probe in flight holds (the checker's task around it adds little): connects, TLS
+/// handshakes and HTTP/2 are boxed when they happen, so a host with a kept connection costs
+/// about its read buffer while checked. At 10,000 hosts a slow second can have thousands in
+/// flight, and their peak stays in the allocator's resident memory.
+#[test]
+fn a_probe_in_flight_holds_little_memory() {
+    let protocol = Arc::new(Protocol::Tcp(vigil_core::check::TcpCheck {
+        send: Vec::new(),
+        receive: PayloadMatcher::default(),
+    }));
+    let target = Target {
+        address: SocketAddr::from(([127, 0, 0, 1], 1)),
+        authority: Arc::from("web"),
+        connect_timeout: Duration::from_secs(2),
+        timeout: Duration::from_secs(2),
+        tls: None,
+    };
+    let future = probe::probe(&protocol, target, None, true);
+    let size = std::mem::size_of_val(&*future);
+    assert!(size <= 1536, "a probe in flight holds {size} bytes");
+}
