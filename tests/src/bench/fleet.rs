@@ -415,7 +415,7 @@ impl Bed {
         };
         // The real Envoys hold every assignment (host 0 healthy) before the base is taken.
         for envoy in &bed.envoys {
-            wait_host0(envoy, &responders.addresses[0], false).await?;
+            wait_host0(envoy, responders.addresses.len(), false).await?;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         bed.rss_base_kib = sys::rss_kib(bed.vigil.child.pid()).unwrap_or(0);
@@ -616,7 +616,7 @@ impl Bed {
             .collect();
         latencies_ms.sort_by(f64::total_cmp);
         for envoy in &self.envoys {
-            wait_host0(envoy, &responders.addresses[0], self.failing).await?;
+            wait_host0(envoy, responders.addresses.len(), self.failing).await?;
         }
         // Let the real Envoys' counters settle, and count any late response to a client.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -652,8 +652,7 @@ impl Bed {
     /// The first real Envoy's bytes received on its xDS connection.
     async fn envoy_rx_bytes(&self) -> Option<u64> {
         let envoy = self.envoys.first()?;
-        envoy
-            .stats()
+        envoy_stats(envoy, "vigil_xds.upstream_cx_rx_bytes_total")
             .await
             .ok()?
             .get("cluster.vigil_xds.upstream_cx_rx_bytes_total")?
@@ -675,7 +674,7 @@ struct EnvoyUpdates {
 
 impl EnvoyUpdates {
     async fn read(envoy: &AdminProcess) -> Result<EnvoyUpdates, String> {
-        let stats = envoy.stats().await?;
+        let stats = envoy_stats(envoy, "update_").await?;
         let mut updates = EnvoyUpdates::default();
         for (name, value) in &stats {
             let Some(rest) = name.strip_prefix("cluster.fleet_") else {
@@ -727,20 +726,39 @@ fn compare(sent: &[(usize, usize)], envoys: &[EnvoyUpdates]) -> Option<String> {
         .map(|index| format!("real Envoy {index}: {:?}, not {expected:?}", envoys[index]))
 }
 
-/// Waits until the real Envoy's `/clusters` shows host 0 of the checked cluster failed (or
-/// healthy).
-async fn wait_host0(envoy: &AdminProcess, host: &SocketAddr, failed: bool) -> Result<(), String> {
-    let expected = if failed {
-        "/failed_eds_health"
-    } else {
-        "healthy"
-    };
+/// The Envoy's stats whose name matches `filter` (a regex without special characters): the
+/// whole `/stats` of 100 clusters is large, and `/clusters` of 10,000 hosts larger still.
+async fn envoy_stats(
+    envoy: &AdminProcess,
+    filter: &str,
+) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let response = http::get(envoy.admin, &format!("/stats?filter={filter}")).await?;
+    if response.status != 200 {
+        return Err(format!(
+            "{}: /stats answered {}",
+            envoy.child.name(),
+            response.status
+        ));
+    }
+    Ok(response
+        .body
+        .lines()
+        .filter_map(|line| line.split_once(": "))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect())
+}
+
+/// Waits until the real Envoy counts host 0 of the checked cluster out of (or back in) its
+/// healthy hosts: `membership_healthy` is every host but one (or every host).
+async fn wait_host0(envoy: &AdminProcess, hosts: usize, failed: bool) -> Result<(), String> {
+    let expected = (hosts - usize::from(failed)).to_string();
+    let name = format!("cluster.{CHECKED}.membership_healthy");
     wait_until(
-        &format!("{} to show host 0 {expected}", envoy.child.name()),
+        &format!("{} to count {expected} healthy hosts", envoy.child.name()),
         CHANGE_TIMEOUT,
         || async {
-            let flags = envoy.health_flags(CHECKED).await.ok()?;
-            (flags.get(&host.to_string())? == expected).then_some(())
+            let stats = envoy_stats(envoy, &name).await.ok()?;
+            (stats.get(&name)? == &expected).then_some(())
         },
     )
     .await
