@@ -154,8 +154,12 @@ pub async fn run(
     let svg = convergence_svg(&runs);
     let path = dir.join("fleet-convergence.svg");
     std::fs::write(&path, svg).map_err(|err| format!("cannot write {}: {err}", path.display()))?;
-    report.fleet = runs;
-    report.fleet_picture = proxies::display_command(&path, &[]);
+    section(
+        options,
+        &runs,
+        &proxies::display_command(&path, &[]),
+        &mut report.fleet_section,
+    );
     Ok(())
 }
 

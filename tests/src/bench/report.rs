@@ -190,9 +190,8 @@ pub struct Report {
     pub health: Vec<(String, Vec<HealthRun>)>,
     /// EDS benchmark runs, in the order measured.
     pub eds: Vec<EdsRun>,
-    /// Fleet-scale runs (`fleet`), and where its convergence picture was written.
-    pub fleet: Vec<super::fleet::FleetRun>,
-    pub fleet_picture: String,
+    /// The fleet-scale section, rendered by `fleet` (which owns its rows and picture).
+    pub fleet_section: String,
     /// The run's scratch directory relative to the checkout, shown as `$RUN` in commands.
     pub run_dir: String,
     /// Load averages when the run started and ended.
@@ -212,8 +211,7 @@ impl Report {
             filter_activity: None,
             health: Vec::new(),
             eds: Vec::new(),
-            fleet: Vec::new(),
-            fleet_picture: String::new(),
+            fleet_section: String::new(),
             run_dir: String::new(),
             load_before: String::new(),
             load_after: String::new(),
@@ -331,7 +329,7 @@ impl Report {
             self.eds_table(&mut out);
         }
         if o.run_fleet {
-            super::fleet::section(o, &self.fleet, &self.fleet_picture, &mut out);
+            out.push_str(&self.fleet_section);
         }
         let _ = writeln!(out, "## Commands\n");
         if !self.run_dir.is_empty() {
