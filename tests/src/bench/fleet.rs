@@ -439,35 +439,48 @@ impl Bed {
         Ok(())
     }
 
-    /// Connects simulated clients up to `clients` and waits until each holds every assignment.
-    async fn grow(&mut self, clients: usize) -> Result<Duration, String> {
+    /// Connects simulated clients up to `clients` and waits until each holds every assignment;
+    /// with `batch` > 0, `batch` clients at a time, each batch synced before the next connects
+    /// (a fleet that starts over some time rather than all at once, as after a failover).
+    async fn grow(&mut self, clients: usize, batch: usize) -> Result<Duration, String> {
         let started = Instant::now();
         while self.clients < clients {
-            let id = self.clients;
-            self.clients += 1;
-            self.holds.push(None);
-            let (xds, mode, names) = (self.xds, self.mode, self.names.clone());
-            let (events, bytes, errors) = (
-                self.events_tx.clone(),
-                self.bytes.clone(),
-                self.errors.clone(),
-            );
-            tokio::spawn(async move {
-                let outcome = match mode {
-                    Mode::Sotw => sotw_client(id, xds, names, events, bytes).await,
-                    Mode::Delta => delta_client(id, xds, names, events, bytes).await,
-                };
-                if let Err(err) = outcome
-                    && let Ok(mut errors) = errors.lock()
-                {
-                    errors.push(format!("client {id}: {err}"));
-                }
-            });
-            // Let connects proceed in small batches, as a fleet that starts over some time.
-            if id % 50 == 49 {
-                tokio::task::yield_now().await;
+            let until = match batch {
+                0 => clients,
+                batch => (self.clients + batch).min(clients),
+            };
+            while self.clients < until {
+                self.connect_one();
             }
+            self.wait_synced().await?;
         }
+        Ok(started.elapsed())
+    }
+
+    fn connect_one(&mut self) {
+        let id = self.clients;
+        self.clients += 1;
+        self.holds.push(None);
+        let (xds, mode, names) = (self.xds, self.mode, self.names.clone());
+        let (events, bytes, errors) = (
+            self.events_tx.clone(),
+            self.bytes.clone(),
+            self.errors.clone(),
+        );
+        tokio::spawn(async move {
+            let outcome = match mode {
+                Mode::Sotw => sotw_client(id, xds, names, events, bytes).await,
+                Mode::Delta => delta_client(id, xds, names, events, bytes).await,
+            };
+            if let Err(err) = outcome
+                && let Ok(mut errors) = errors.lock()
+            {
+                errors.push(format!("client {id}: {err}"));
+            }
+        });
+    }
+
+    async fn wait_synced(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + SYNC_TIMEOUT;
         while self.holds.iter().any(Option::is_none) {
             self.fail_on_errors()?;
@@ -484,7 +497,7 @@ impl Bed {
                 }
             }
         }
-        Ok(started.elapsed())
+        Ok(())
     }
 
     fn apply(&mut self, event: &Event) {
@@ -510,7 +523,7 @@ impl Bed {
         responders: &Responders,
         options: &Options,
     ) -> Result<FleetRun, String> {
-        let sync = self.grow(clients).await?;
+        let sync = self.grow(clients, options.fleet_batch).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let rss_kib = sys::rss_kib(self.vigil.child.pid()).unwrap_or(0);
         let rss_kib_per_client =

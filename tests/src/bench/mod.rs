@@ -72,6 +72,8 @@ pub struct Options {
     pub fleet_changes: usize,
     /// Real Envoys next to the simulated clients.
     pub fleet_envoys: usize,
+    /// Simulated clients connected at a time, each batch synced before the next (0: all at once).
+    pub fleet_batch: usize,
     /// Clusters every client subscribes to, and endpoints per cluster.
     pub fleet_clusters: usize,
     pub fleet_hosts: usize,
@@ -102,6 +104,7 @@ impl Options {
             fleet_clients: vec![10, 100, 1000],
             fleet_changes: 4,
             fleet_envoys: 2,
+            fleet_batch: 0,
             fleet_clusters: 100,
             fleet_hosts: 100,
             run_fleet: true,

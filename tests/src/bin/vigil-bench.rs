@@ -71,6 +71,10 @@ struct Args {
     /// Fleet-scale benchmark: transitions measured per fleet size [default: 4, quick 2].
     #[arg(long)]
     fleet_changes: Option<usize>,
+    /// Fleet-scale benchmark: connect this many simulated clients at a time, each batch synced
+    /// before the next [default: 0, all at once].
+    #[arg(long)]
+    fleet_batch: Option<usize>,
     /// Fleet-scale benchmark: clusters every client subscribes to [default: 100].
     #[arg(long)]
     fleet_clusters: Option<usize>,
@@ -124,6 +128,7 @@ impl Args {
         o.fleet_clients = self.fleet_clients.clone().unwrap_or(o.fleet_clients);
         o.fleet_changes = self.fleet_changes.unwrap_or(o.fleet_changes);
         o.fleet_clusters = self.fleet_clusters.unwrap_or(o.fleet_clusters);
+        o.fleet_batch = self.fleet_batch.unwrap_or(o.fleet_batch);
         o.fleet_hosts = self.fleet_hosts.unwrap_or(o.fleet_hosts);
         if o.rounds == 0 {
             return Err("--rounds must be at least 1".into());
