@@ -3,8 +3,9 @@
 //! the filter actually routing and observing, both probers must check every host of a small
 //! cluster, and a one-Envoy fleet must stop reaching a failed app in both EDS setups (own checks,
 //! vigil's EDS), and ten simulated xDS clients plus a real Envoy must all receive one host's
-//! transition, in both xDS variants, with the simulation agreeing with the Envoy. It fails (never skips) when wrk, haproxy or nginx are missing (`./lab setup`
-//! installs them) or the filter is not built (`./lab build`).
+//! transition, in both xDS variants, with the simulation agreeing with the Envoy. It fails (never
+//! skips) when wrk, haproxy or nginx are missing (`./lab setup` installs them) or the filter is
+//! not built (`./lab build`).
 
 use std::process::Command;
 
