@@ -332,4 +332,40 @@ impl EdsFront<'_> {
         ]);
         crate::template::render_file(api.template(), &values)
     }
+
+    /// The front on vigil replicas (`eds-front-replicas.yaml`): its xDS cluster lists every
+    /// address of `replicas` (`self.xds` is not used), on state of the world or delta EDS.
+    pub fn render_replicas(&self, api: XdsApi, replicas: &[SocketAddr]) -> Result<String, String> {
+        let api_type = match api {
+            XdsApi::Sotw => "GRPC",
+            XdsApi::Delta => "DELTA_GRPC",
+            XdsApi::DeltaAds => return Err("eds-front-replicas.yaml is plain EDS, not ADS".into()),
+        };
+        let endpoints: String = replicas
+            .iter()
+            .map(|at| {
+                format!(
+                    "        - endpoint:\n            address:\n              socket_address: \
+                     {{ address: {}, port_value: {} }}\n",
+                    at.ip(),
+                    at.port()
+                )
+            })
+            .collect();
+        let values = std::collections::BTreeMap::from([
+            ("node_id", self.node_id.to_string()),
+            ("node_cluster", self.node_cluster.to_string()),
+            ("admin_address", self.admin.ip().to_string()),
+            ("admin_port", self.admin.port().to_string()),
+            ("listen_address", self.listen.ip().to_string()),
+            ("listen_port", self.listen.port().to_string()),
+            (
+                "initial_fetch_timeout",
+                self.initial_fetch_timeout.to_string(),
+            ),
+            ("api_type", api_type.to_string()),
+            ("xds_endpoints", endpoints.trim_end().to_string()),
+        ]);
+        crate::template::render_file("eds-front-replicas.yaml", &values)
+    }
 }

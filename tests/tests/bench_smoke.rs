@@ -2,8 +2,10 @@
 //! nonzero throughput and no errors, every mode of the wasm filter's benchmark must serve with
 //! the filter actually routing and observing, both probers must check every host of a small
 //! cluster, and a one-Envoy fleet must stop reaching a failed app in both EDS setups (own checks,
-//! vigil's EDS). It fails (never skips) when wrk, haproxy or nginx are missing (`./lab setup`
-//! installs them) or the filter is not built (`./lab build`).
+//! vigil's EDS), and ten simulated xDS clients plus a real Envoy must all receive one host's
+//! transition, in both xDS variants, with the simulation agreeing with the Envoy. It fails (never
+//! skips) when wrk, haproxy or nginx are missing (`./lab setup` installs them) or the filter is
+//! not built (`./lab build`).
 
 use std::process::Command;
 
@@ -28,6 +30,14 @@ fn quick_bench_reports_every_proxy_and_prober() {
             "0",
             "--eds-window",
             "2s",
+            "--fleet-clients",
+            "10",
+            "--fleet-changes",
+            "1",
+            "--fleet-clusters",
+            "10",
+            "--fleet-hosts",
+            "10",
         ])
         .output()
         .expect("vigil-bench runs");
@@ -176,5 +186,29 @@ fn quick_bench_reports_every_proxy_and_prober() {
             "{setup}: the Envoy kept reaching the failed app: `{row}`"
         );
         assert_eq!(cells[6], "0.00 s", "one Envoy has no spread: `{row}`");
+    }
+    let fleet = stdout
+        .split("## Fleet scale (simulated xDS clients)")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no fleet section\n{stdout}"));
+    for mode in ["SotW", "delta"] {
+        let row = fleet
+            .lines()
+            .find(|l| l.starts_with(&format!("| {mode} | 10 |")))
+            .unwrap_or_else(|| panic!("no fleet row for 10 clients on {mode}\n{stdout}"));
+        let cells = cells(row);
+        let last: f64 = cells[5]
+            .trim_end_matches(" ms")
+            .parse()
+            .unwrap_or_else(|_| panic!("bad max latency in `{row}`"));
+        // One transition reaches ten clients on loopback well within a few seconds, even on a
+        // busy CI machine with debug builds.
+        assert!((0.0..5000.0).contains(&last), "{mode}: `{row}`");
+        let bytes: f64 = cells[7].parse().unwrap_or(0.0);
+        assert!(bytes > 0.0, "{mode}: no bytes per client: `{row}`");
+        assert_eq!(
+            cells[12], "1 agree",
+            "{mode}: the simulation and the Envoy differ: `{row}`"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! vigil's xDS server over mTLS (`--xds-tls-cert`, `--xds-tls-key`, `--xds-client-ca`; docs/eds.md)
-//! with a real Envoy 1.36.2: the Envoy presents a client certificate from the client CA and
-//! checks vigil's against the server CA and its IP SAN, and receives the assignment with both
-//! hosts healthy, then blue's failure; a client with no certificate, and one whose certificate
+//! with a fleet of three real Envoys 1.36.2 (state of the world, delta EDS, delta ADS): each
+//! presents its own client certificate from the client CA and checks vigil's against the server
+//! CA and its IP SAN, and receives the assignment with both hosts healthy, then blue's failure; a client with no certificate, and one whose certificate
 //! another CA issued, are refused at the handshake and logged by vigil; half the TLS options,
 //! and an unreadable file, stop vigil at start with the reason.
 
@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use vigil_tests::bootstrap::{EdsFront, HealthCheck, cluster_yaml, clusters_only_config};
+use vigil_tests::bootstrap::{EdsFront, HealthCheck, XdsApi, cluster_yaml, clusters_only_config};
 use vigil_tests::demoapp::DemoApp;
 use vigil_tests::envoy::{AdminProcess, READY_TIMEOUT};
 use vigil_tests::process::Child;
@@ -32,8 +32,8 @@ async fn flags(process: &AdminProcess, host: SocketAddr) -> String {
 
 /// The front template with the xDS cluster over TLS: Envoy's client certificate, and vigil's
 /// checked against `server_ca` and the xDS address as an IP SAN.
-fn envoy_config(front: &EdsFront, client: (&str, &str), server_ca: &str) -> String {
-    let yaml = front.render().expect("eds-front.yaml renders");
+fn envoy_config(front: &EdsFront, api: XdsApi, client: (&str, &str), server_ca: &str) -> String {
+    let yaml = front.render_api(api).expect("the front template renders");
     let xds_ip = front.xds.ip();
     let transport = format!(
         "  - name: vigil_xds
@@ -107,7 +107,7 @@ async fn answered(xds: SocketAddr, server_ca: &Authority, identity: Option<&Iden
 }
 
 #[tokio::test]
-async fn envoy_gets_its_endpoints_over_mtls_and_strangers_are_refused() {
+async fn a_fleet_of_three_envoys_gets_its_endpoints_over_mtls_and_strangers_are_refused() {
     let dir = paths::scratch_dir("eds-mtls");
     let blue_at = net::fresh_socket();
     let yellow_at = net::fresh_socket();
@@ -122,10 +122,13 @@ async fn envoy_gets_its_endpoints_over_mtls_and_strangers_are_refused() {
     let client_ca = Authority::new("fleet client CA");
     let stranger_ca = Authority::new("some other CA");
     let server = server_ca.issue(&[&xds.ip().to_string()], Validity::Current);
-    let envoy_identity = client_ca.issue(&["front-0.fleet"], Validity::Current);
+    let apis = [XdsApi::Sotw, XdsApi::Delta, XdsApi::DeltaAds];
+    // One client certificate per Envoy, all from the client CA.
+    let identities: Vec<Identity> = (0..apis.len())
+        .map(|index| client_ca.issue(&[&format!("front-{index}.fleet")], Validity::Current))
+        .collect();
     let stranger = stranger_ca.issue(&["front-0.fleet"], Validity::Current);
     let (server_cert, server_key) = server.write(&dir, "xds-server");
-    let (client_cert, client_key) = envoy_identity.write(&dir, "envoy-client");
     let server_ca_path = server_ca.write(&dir, "server-ca");
     let client_ca_path = client_ca.write(&dir, "client-ca");
 
@@ -187,46 +190,74 @@ async fn envoy_gets_its_endpoints_over_mtls_and_strangers_are_refused() {
     .await
     .unwrap_or_else(|err| panic!("{err}\n{}", vigil.child.log_tail(30)));
 
-    let admin = net::fresh_socket();
-    let listen = net::fresh_socket();
-    let front = EdsFront {
-        node_id: "front-0",
-        node_cluster: "fleet",
-        admin,
-        listen,
-        xds,
-        initial_fetch_timeout: "5s",
-    };
-    let yaml = envoy_config(&front, (&client_cert, &client_key), &server_ca_path);
-    let envoy = AdminProcess::start("envoy", &yaml, admin, None, &dir)
-        .await
-        .unwrap_or_else(|err| panic!("{err}\n{}", vigil.child.log_tail(30)));
-    for host in [blue_at, yellow_at] {
-        wait_until(
-            "both hosts healthy on the Envoy, over mTLS",
-            STEP,
-            || async { (flags(&envoy, host).await == "healthy").then_some(()) },
-        )
-        .await
-        .unwrap_or_else(|err| {
-            panic!(
-                "{err}\n{}\n{}",
-                vigil.child.log_tail(30),
-                envoy.child.log_tail(30)
+    let mut envoys = Vec::new();
+    for (index, (api, identity)) in apis.into_iter().zip(&identities).enumerate() {
+        let admin = net::fresh_socket();
+        let node = format!("front-{index}");
+        let front = EdsFront {
+            node_id: &node,
+            node_cluster: "fleet",
+            admin,
+            listen: net::fresh_socket(),
+            xds,
+            initial_fetch_timeout: "5s",
+        };
+        let (client_cert, client_key) = identity.write(&dir, &format!("{node}-client"));
+        let yaml = envoy_config(&front, api, (&client_cert, &client_key), &server_ca_path);
+        let envoy = AdminProcess::start(&format!("envoy-{index}"), &yaml, admin, None, &dir)
+            .await
+            .unwrap_or_else(|err| panic!("{err}\n{}", vigil.child.log_tail(30)));
+        envoys.push(envoy);
+    }
+    for envoy in &envoys {
+        for host in [blue_at, yellow_at] {
+            wait_until(
+                "both hosts healthy on every Envoy, over mTLS",
+                STEP,
+                || async { (flags(envoy, host).await == "healthy").then_some(()) },
             )
-        });
+            .await
+            .unwrap_or_else(|err| {
+                panic!(
+                    "{err}\n{}\n{}",
+                    vigil.child.log_tail(30),
+                    envoy.child.log_tail(30)
+                )
+            });
+        }
     }
     blue.set_livez("FAIL").await.unwrap();
-    wait_until("the Envoy to mark blue failed", STEP, || async {
-        (flags(&envoy, blue_at).await == "/failed_eds_health").then_some(())
-    })
-    .await
-    .unwrap_or_else(|err| panic!("{err}\n{}", vigil.child.log_tail(30)));
+    for envoy in &envoys {
+        wait_until("every Envoy to mark blue failed", STEP, || async {
+            (flags(envoy, blue_at).await == "/failed_eds_health").then_some(())
+        })
+        .await
+        .unwrap_or_else(|err| panic!("{err}\n{}", vigil.child.log_tail(30)));
+    }
     let view = http::get(vigil_admin, "/xds").await.unwrap();
-    assert!(view.body.contains("front-0"), "/xds: {}", view.body);
+    let view: serde_json::Value = serde_json::from_str(&view.body).unwrap();
+    let mut seen: Vec<(String, String, String)> = view["envoys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let text = |key: &str| e[key].as_str().unwrap_or_default().to_string();
+            (text("node_id"), text("api"), text("mode"))
+        })
+        .collect();
+    seen.sort();
+    let expected: Vec<(String, String, String)> = [
+        ("front-0", "EDS", "sotw"),
+        ("front-1", "EDS", "delta"),
+        ("front-2", "ADS", "delta"),
+    ]
+    .iter()
+    .map(|(n, a, m)| (n.to_string(), a.to_string(), m.to_string()))
+    .collect();
+    assert_eq!(seen, expected, "/xds: {view}");
 
     // The same handshake with the right certificate gets an answer; strangers do not.
-    assert!(answered(xds, &server_ca, Some(&envoy_identity)).await);
+    assert!(answered(xds, &server_ca, Some(&identities[0])).await);
     assert!(!answered(xds, &server_ca, None).await, "no certificate");
     assert!(
         !answered(xds, &server_ca, Some(&stranger)).await,

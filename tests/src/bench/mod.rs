@@ -13,10 +13,13 @@
 //!   routing, both), rounds alternating between modes.
 //! - [`health`]: health checking at scale (CPU per probe, RSS per host, fds, probes/s).
 //! - [`eds`]: central health for Envoy fleets (each Envoy checking vs EDS from one vigil).
+//! - [`fleet`]: fleet scale: simulated xDS clients (and a few real Envoys) on 100 clusters of 100
+//!   endpoints; one transition's fan-out time, bytes, CPU and RSS per client.
 //! - [`report`]: medians, ratios and the markdown report.
 
 pub mod eds;
 pub mod filter;
+pub mod fleet;
 pub mod health;
 pub mod proxies;
 pub mod report;
@@ -63,6 +66,18 @@ pub struct Options {
     pub run_filter: bool,
     pub run_health: bool,
     pub run_eds: bool,
+    /// Simulated fleet sizes of the fleet-scale benchmark, each in both xDS variants.
+    pub fleet_clients: Vec<usize>,
+    /// Transitions measured per fleet size.
+    pub fleet_changes: usize,
+    /// Real Envoys next to the simulated clients.
+    pub fleet_envoys: usize,
+    /// Simulated clients connected at a time, each batch synced before the next (0: all at once).
+    pub fleet_batch: usize,
+    /// Clusters every client subscribes to, and endpoints per cluster.
+    pub fleet_clusters: usize,
+    pub fleet_hosts: usize,
+    pub run_fleet: bool,
     /// The `--quick` smoke preset.
     pub quick: bool,
 }
@@ -86,6 +101,13 @@ impl Options {
             run_filter: true,
             run_health: true,
             run_eds: true,
+            fleet_clients: vec![10, 100, 1000],
+            fleet_changes: 4,
+            fleet_envoys: 2,
+            fleet_batch: 0,
+            fleet_clusters: 100,
+            fleet_hosts: 100,
+            run_fleet: true,
             quick: false,
         }
     }
@@ -104,6 +126,9 @@ impl Options {
             eds_fleets: vec![1, 3],
             eds_warmup_seconds: 1,
             eds_window_seconds: 3,
+            fleet_clients: vec![10],
+            fleet_changes: 2,
+            fleet_envoys: 1,
             quick: true,
             ..Options::full()
         }
@@ -156,6 +181,9 @@ pub async fn run(options: &Options) -> Result<report::Report, String> {
     if options.run_eds {
         eds::run(&tools, options, &dir, &mut report, &progress).await?;
     }
+    if options.run_fleet {
+        fleet::run(&tools, cpus, options, &dir, &mut report, &progress).await?;
+    }
     progress.finish();
     report.load_after = sys::load_average();
     Ok(report)
@@ -176,6 +204,9 @@ pub fn steps(options: &Options) -> usize {
     }
     if options.run_eds {
         steps += per_round(options.eds_fleets.len() * eds::SETUPS.len());
+    }
+    if options.run_fleet {
+        steps += options.fleet_clients.len() * fleet::MODES.len();
     }
     steps
 }

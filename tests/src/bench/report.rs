@@ -190,6 +190,8 @@ pub struct Report {
     pub health: Vec<(String, Vec<HealthRun>)>,
     /// EDS benchmark runs, in the order measured.
     pub eds: Vec<EdsRun>,
+    /// The fleet-scale section, rendered by `fleet` (which owns its rows and picture).
+    pub fleet_section: String,
     /// The run's scratch directory relative to the checkout, shown as `$RUN` in commands.
     pub run_dir: String,
     /// Load averages when the run started and ended.
@@ -209,6 +211,7 @@ impl Report {
             filter_activity: None,
             health: Vec::new(),
             eds: Vec::new(),
+            fleet_section: String::new(),
             run_dir: String::new(),
             load_before: String::new(),
             load_after: String::new(),
@@ -324,6 +327,9 @@ impl Report {
         }
         if o.run_eds {
             self.eds_table(&mut out);
+        }
+        if o.run_fleet {
+            out.push_str(&self.fleet_section);
         }
         let _ = writeln!(out, "## Commands\n");
         if !self.run_dir.is_empty() {

@@ -20,6 +20,8 @@ enum Only {
     Health,
     /// The Envoy-fleet benchmark only (own checks vs EDS from vigil).
     Eds,
+    /// The fleet-scale benchmark only (simulated xDS clients, SotW and delta).
+    Fleet,
 }
 
 #[derive(Debug, Parser)]
@@ -62,6 +64,23 @@ struct Args {
     /// Wait between a fleet seeing every app healthy and its window [default: 2s, quick 1s].
     #[arg(long, value_parser = seconds_or_zero)]
     eds_warmup: Option<u64>,
+    /// Fleet-scale benchmark: simulated client counts, comma-separated [default: 10,100,1000,
+    /// quick 10].
+    #[arg(long, value_delimiter = ',')]
+    fleet_clients: Option<Vec<usize>>,
+    /// Fleet-scale benchmark: transitions measured per fleet size [default: 4, quick 2].
+    #[arg(long)]
+    fleet_changes: Option<usize>,
+    /// Fleet-scale benchmark: connect this many simulated clients at a time, each batch synced
+    /// before the next [default: 0, all at once].
+    #[arg(long)]
+    fleet_batch: Option<usize>,
+    /// Fleet-scale benchmark: clusters every client subscribes to [default: 100].
+    #[arg(long)]
+    fleet_clusters: Option<usize>,
+    /// Fleet-scale benchmark: endpoints per cluster [default: 100].
+    #[arg(long)]
+    fleet_hosts: Option<usize>,
     /// Run one benchmark only.
     #[arg(long, value_enum)]
     only: Option<Only>,
@@ -105,6 +124,12 @@ impl Args {
         o.run_filter = self.only.is_none_or(|only| only == Only::Filter);
         o.run_health = self.only.is_none_or(|only| only == Only::Health);
         o.run_eds = self.only.is_none_or(|only| only == Only::Eds);
+        o.run_fleet = self.only.is_none_or(|only| only == Only::Fleet);
+        o.fleet_clients = self.fleet_clients.clone().unwrap_or(o.fleet_clients);
+        o.fleet_changes = self.fleet_changes.unwrap_or(o.fleet_changes);
+        o.fleet_clusters = self.fleet_clusters.unwrap_or(o.fleet_clusters);
+        o.fleet_batch = self.fleet_batch.unwrap_or(o.fleet_batch);
+        o.fleet_hosts = self.fleet_hosts.unwrap_or(o.fleet_hosts);
         if o.rounds == 0 {
             return Err("--rounds must be at least 1".into());
         }
@@ -113,6 +138,18 @@ impl Args {
         }
         if o.hosts == 0 {
             return Err("--hosts must be at least 1".into());
+        }
+        if o.fleet_clients.is_empty()
+            || o.fleet_clients.contains(&0)
+            || o.fleet_changes == 0
+            || o.fleet_clusters == 0
+            || o.fleet_hosts == 0
+        {
+            return Err(
+                "--fleet-clients needs counts above 0; --fleet-changes, --fleet-clusters and \
+                 --fleet-hosts at least 1"
+                    .into(),
+            );
         }
         if o.eds_fleets.is_empty() || o.eds_fleets.contains(&0) {
             return Err("--eds-fleets needs one or more fleet sizes above 0".into());
