@@ -492,6 +492,27 @@ impl RbacLab {
     }
 }
 
+/// Sends every request through each proxy in turn (Envoy first), then reads its counters:
+/// the answers per proxy, and the counters `counted` keeps.
+async fn answers_and_counters(
+    proxies: &[(&'static str, SocketAddr, AdminProcess)],
+    requests: &[(String, IpAddr, String)],
+    counted: impl Fn(&str) -> bool,
+) -> (Vec<Vec<String>>, Vec<Vec<(String, String)>>) {
+    let mut answers = Vec::new();
+    let mut stats = Vec::new();
+    for (_, listener, process) in proxies {
+        let mut mine = Vec::new();
+        for (_, from, request) in requests {
+            mine.push(exchange(*from, *listener, request, &[]).await);
+        }
+        answers.push(mine);
+        let all = process.stats().await.unwrap_or_else(|err| panic!("{err}"));
+        stats.push(all.into_iter().filter(|(name, _)| counted(name)).collect());
+    }
+    (answers, stats)
+}
+
 /// The same requests through Envoy and vigil under one connection-manager setting: every
 /// answer and every RBAC counter agree.
 async fn rbac_agrees_with_envoy(dir_name: &str, hcm_fields: &str) {
@@ -503,21 +524,10 @@ async fn rbac_agrees_with_envoy(dir_name: &str, hcm_fields: &str) {
     .await
     .unwrap_or_else(|err| panic!("{err}"));
     let requests = lab.requests();
-    let mut answers: Vec<Vec<String>> = Vec::new();
-    let mut stats: Vec<Vec<(String, String)>> = Vec::new();
-    for (_, listener, process) in &proxies {
-        let mut mine = Vec::new();
-        for (_, from, request) in &requests {
-            mine.push(exchange(*from, *listener, request, &[]).await);
-        }
-        answers.push(mine);
-        let all = process.stats().await.unwrap_or_else(|err| panic!("{err}"));
-        stats.push(
-            all.into_iter()
-                .filter(|(name, _)| name.contains(".rbac.") || name.starts_with("tcp_rbac."))
-                .collect(),
-        );
-    }
+    let (answers, stats) = answers_and_counters(&proxies, &requests, |name| {
+        name.contains(".rbac.") || name.starts_with("tcp_rbac.")
+    })
+    .await;
     let mut differences = Vec::new();
     let mut report = String::new();
     for (i, (label, _, _)) in requests.iter().enumerate() {
@@ -867,21 +877,8 @@ async fn per_route_rbac_as_in_envoy() {
         }
     }
 
-    let mut answers: Vec<Vec<String>> = Vec::new();
-    let mut stats: Vec<Vec<(String, String)>> = Vec::new();
-    for (_, listener, process) in &proxies {
-        let mut mine = Vec::new();
-        for (_, from, request) in &requests {
-            mine.push(exchange(*from, *listener, request, &[]).await);
-        }
-        answers.push(mine);
-        let all = process.stats().await.unwrap_or_else(|err| panic!("{err}"));
-        stats.push(
-            all.into_iter()
-                .filter(|(name, _)| name.contains(".rbac."))
-                .collect(),
-        );
-    }
+    let (answers, stats) =
+        answers_and_counters(&proxies, &requests, |name| name.contains(".rbac.")).await;
     // Envoy flushes access log files every 10 s.
     let mut details: Vec<Vec<String>> = Vec::new();
     for (_, listener, _) in &proxies {

@@ -9,7 +9,7 @@
 //! the window), resident memory per host, fds held, connections open at the responders, and how
 //! many hosts the prober calls healthy at the end.
 //!
-//! Then one wide row, vigil alone: [`WIDE_FACTOR`] times the hosts with `reuse_connection: false`
+//! Then one wide row, vigil alone: `HEALTH_WIDE_FACTOR` times the hosts with `reuse_connection: false`
 //! (a connection per check, which vigil closes with a reset, so no `TIME_WAIT` piles up): the
 //! open-file limit (20,000 here) allows no kept connection per host at that size, and Envoy,
 //! which keeps one, cannot run it.
@@ -17,7 +17,7 @@
 use super::proxies::{self, Responder, Started};
 use super::report::{HealthRun, Report};
 use super::sys::{self, Tools};
-use super::{Cpus, HEALTH_READY_TIMEOUT, Options};
+use super::{Cpus, HEALTH_READY_TIMEOUT, HEALTH_WIDE_FACTOR, Options};
 use crate::progress::Progress;
 use crate::{envoy, http, net, wait_until};
 use std::collections::BTreeMap;
@@ -32,9 +32,6 @@ pub const PROBERS: [&str; 2] = ["vigil", "envoy"];
 /// the prober per endpoint stay well below the 20,000 open-file limit.
 const ENDPOINTS_PER_RESPONDER: usize = 4_000;
 
-/// The wide row's hosts, as a multiple of `--hosts` (20,000 at the default 10,000).
-pub const WIDE_FACTOR: usize = 2;
-
 /// The wide row's label in the report.
 pub fn wide_label(hosts: usize) -> String {
     format!("vigil, {hosts} hosts, no reuse (reset)")
@@ -48,7 +45,7 @@ pub async fn run(
     report: &mut Report,
     progress: &Progress,
 ) -> Result<(), String> {
-    let endpoints = proxies::endpoints(options.hosts * WIDE_FACTOR);
+    let endpoints = proxies::endpoints(options.hosts * HEALTH_WIDE_FACTOR);
     let mut responders = Vec::new();
     for (index, share) in endpoints.chunks(ENDPOINTS_PER_RESPONDER).enumerate() {
         let name = format!("responder{index}");

@@ -39,6 +39,10 @@ pub const EDS_STOP_STREAK: u32 = 8;
 /// round of checks before it is ready).
 pub const HEALTH_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The health part's wide row: vigil alone on this multiple of `--hosts` (20,000 at the default
+/// 10,000), with `reuse_connection: false`.
+pub const HEALTH_WIDE_FACTOR: usize = 2;
+
 /// What to run and for how long.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {

@@ -553,7 +553,7 @@ impl Report {
             o.hc_window_seconds,
             o.hc_warmup_seconds,
             o.rounds,
-            o.hosts * super::health::WIDE_FACTOR
+            o.hosts * super::HEALTH_WIDE_FACTOR
         );
         let _ = writeln!(
             out,
