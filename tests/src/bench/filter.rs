@@ -1,7 +1,8 @@
 //! The filter benchmark: what vigil's wasm filter costs a stock Envoy. One Envoy
-//! (`--concurrency 1`, pinned to the proxy core) serves six listeners in front of the same nginx
-//! upstream on the load core: no filter, the filter loaded with nothing to do (the cost of the
-//! proxy-wasm machinery alone), with passive observation only, with header routing only (a `host`
+//! (`--concurrency 1`, pinned to the proxy core) serves seven listeners in front of the same nginx
+//! upstream on the load core: no filter, a minimal module (`bench/wasm/minimal_filter.wat`: the
+//! required exports and no per-request callback, the floor any wasm filter pays in this Envoy),
+//! vigil's filter loaded with nothing to do (the cost of the proxy-wasm machinery alone), with passive observation only, with header routing only (a `host`
 //! rule, and for comparison a `cluster` rule), and with both. Every mode runs in the same process, on the same worker, with the
 //! same singleton WasmService probing in the background, so a mode's difference to the no-filter
 //! listener is the filter's per-request cost and nothing else. Rounds alternate between the modes
@@ -28,6 +29,9 @@ use std::time::{Duration, Instant};
 pub enum Mode {
     /// No wasm filter: the baseline.
     None,
+    /// The minimal module (`bench/wasm/minimal_filter.wat`), in a VM of its own: what any wasm
+    /// filter costs in this Envoy, whatever it does.
+    Minimal,
     /// The filter loaded with nothing to do (an empty configuration): its contexts pass every
     /// callback through without a host call, so this is what the proxy-wasm machinery alone
     /// costs per request, the floor no cut of host calls goes below.
@@ -45,8 +49,9 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub const ALL: [Mode; 6] = [
+    pub const ALL: [Mode; 7] = [
         Mode::None,
+        Mode::Minimal,
         Mode::Idle,
         Mode::Observe,
         Mode::Route,
@@ -58,6 +63,7 @@ impl Mode {
     pub fn label(self) -> &'static str {
         match self {
             Mode::None => super::report::NO_FILTER,
+            Mode::Minimal => "minimal module (floor)",
             Mode::Idle => "idle filter",
             Mode::Observe => "observe",
             Mode::Route => "route",
@@ -71,7 +77,7 @@ impl Mode {
     /// `filter/src/http.rs` (docs/bench.md lists them).
     pub fn host_calls(self) -> u32 {
         match self {
-            Mode::None | Mode::Idle => 0,
+            Mode::None | Mode::Minimal | Mode::Idle => 0,
             // xds.cluster_name, upstream.address, response.code.
             Mode::Observe => 3,
             // The host and the cluster header set; the request is not read (the rule matches
@@ -88,6 +94,7 @@ impl Mode {
     fn slug(self) -> &'static str {
         match self {
             Mode::None => "none",
+            Mode::Minimal => "minimal",
             Mode::Idle => "idle",
             Mode::Observe => "observe",
             Mode::Route => "route",
@@ -117,7 +124,7 @@ const WORKER_LAG: Duration = Duration::from_millis(400);
 /// vigil's plugin configuration for `mode` (`None` gives the singleton's: checks and outlier
 /// detection, no routing). Written out by hand so the text does not depend on map order.
 pub fn plugin_config(mode: Mode, upstream: SocketAddr) -> String {
-    if mode == Mode::Idle {
+    if matches!(mode, Mode::Idle | Mode::Minimal) {
         return "{}".to_string();
     }
     let outlier = if mode == Mode::None || mode.observes() {
@@ -223,6 +230,19 @@ const LISTENER: &str = r#"  - name: {{name}}
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
 "#;
 
+/// The minimal module's filter: its own VM (`vm_id`), no configuration.
+const MINIMAL_FILTER: &str = r#"          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: minimal
+                root_id: minimal
+                vm_config:
+                  vm_id: minimal
+                  runtime: envoy.wasm.runtime.v8
+                  code: { local: { filename: "{{minimal_path}}" } }
+"#;
+
 const FILTER: &str = r#"          - name: envoy.filters.http.wasm
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
@@ -238,18 +258,24 @@ const FILTER: &str = r#"          - name: envoy.filters.http.wasm
                   code: { local: { filename: "{{wasm_path}}" } }
 "#;
 
-/// The Envoy config with one listener per `(mode, address)`.
+/// The Envoy config with one listener per `(mode, address)`; `minimal` is the minimal module.
 pub fn render_config(
     listeners: &[(Mode, SocketAddr)],
     admin: SocketAddr,
     upstream: SocketAddr,
     wasm: &Path,
+    minimal: &Path,
 ) -> Result<String, String> {
     let wasm_path = wasm.display().to_string();
     let mut blocks = String::new();
     for &(mode, listen) in listeners {
         let filter = if mode == Mode::None {
             String::new()
+        } else if mode == Mode::Minimal {
+            template::render(
+                MINIMAL_FILTER,
+                &BTreeMap::from([("minimal_path", minimal.display().to_string())]),
+            )?
         } else {
             template::render(
                 FILTER,
@@ -283,6 +309,17 @@ pub fn render_config(
             ("upstream_port", upstream.port().to_string()),
         ]),
     )
+}
+
+/// Compiles `bench/wasm/minimal_filter.wat` into `dir`.
+pub fn minimal_module(dir: &Path) -> Result<PathBuf, String> {
+    let source = crate::paths::workspace_root().join("bench/wasm/minimal_filter.wat");
+    let bytes = wat::parse_file(&source)
+        .map_err(|err| format!("cannot compile {}: {err}", source.display()))?;
+    let path = dir.join("minimal_filter.wasm");
+    std::fs::write(&path, bytes)
+        .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
+    Ok(path)
 }
 
 /// The filter `./lab build` makes, or `$VIGIL_FILTER_WASM`; an error naming the build command
@@ -333,7 +370,8 @@ pub async fn run(
         .map(|&m| (m, net::fresh_socket()))
         .collect();
     let admin = net::fresh_socket();
-    let config = render_config(&listeners, admin, upstream_at, &wasm)?;
+    let minimal = minimal_module(dir)?;
+    let config = render_config(&listeners, admin, upstream_at, &wasm, &minimal)?;
     let path = dir.join("envoy-filter.yaml");
     std::fs::write(&path, config)
         .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
@@ -469,7 +507,7 @@ mod tests {
         for mode in Mode::ALL {
             let text = plugin_config(mode, upstream);
             let config = PluginConfig::from_json(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
-            if mode == Mode::Idle {
+            if matches!(mode, Mode::Idle | Mode::Minimal) {
                 assert!(config.clusters.is_empty() && config.routing.is_none());
                 continue;
             }
@@ -501,9 +539,17 @@ mod tests {
             .zip(1..)
             .map(|(&m, p)| (m, at(p)))
             .collect();
-        let text = render_config(&listeners, at(9901), at(8080), Path::new("f.wasm")).unwrap();
-        assert_eq!(text.matches("http_connection_manager.v3").count(), 6);
-        assert_eq!(text.matches("envoy.filters.http.wasm").count(), 5);
+        let text = render_config(
+            &listeners,
+            at(9901),
+            at(8080),
+            Path::new("f.wasm"),
+            Path::new("m.wasm"),
+        )
+        .unwrap();
+        assert_eq!(text.matches("http_connection_manager.v3").count(), 7);
+        assert_eq!(text.matches("envoy.filters.http.wasm").count(), 6);
+        assert!(text.contains("vm_id: minimal") && text.contains("m.wasm"));
         for root in [
             "vigil_idle",
             "vigil_observe",
@@ -519,7 +565,35 @@ mod tests {
             parsed["static_resources"]["listeners"]
                 .as_sequence()
                 .map(Vec::len),
-            Some(6)
+            Some(7)
+        );
+    }
+
+    #[test]
+    fn the_minimal_module_compiles_and_exports_only_the_required_functions() {
+        let dir = crate::paths::scratch_dir("minimal-module");
+        let bytes = std::fs::read(minimal_module(&dir).unwrap()).unwrap();
+        let mut exports = Vec::new();
+        for payload in wasmparser::Parser::new(0).parse_all(&bytes) {
+            if let wasmparser::Payload::ExportSection(reader) = payload.unwrap() {
+                for export in reader {
+                    exports.push(export.unwrap().name.to_string());
+                }
+            }
+        }
+        exports.sort();
+        assert_eq!(
+            exports,
+            [
+                "memory",
+                "proxy_abi_version_0_2_1",
+                "proxy_on_configure",
+                "proxy_on_context_create",
+                "proxy_on_delete",
+                "proxy_on_done",
+                "proxy_on_memory_allocate",
+                "proxy_on_vm_start"
+            ]
         );
     }
 }
