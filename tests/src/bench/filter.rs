@@ -159,23 +159,7 @@ const CONFIG: &str = r#"# vigil-bench's filter benchmark (tests/src/bench/filter
 admin:
   address:
     socket_address: { address: {{admin_address}}, port_value: {{admin_port}} }
-
-bootstrap_extensions:
-- name: envoy.bootstrap.wasm
-  typed_config:
-    "@type": type.googleapis.com/envoy.extensions.wasm.v3.WasmService
-    singleton: true
-    config:
-      name: vigil_service
-      root_id: vigil_service
-      configuration:
-        "@type": type.googleapis.com/google.protobuf.StringValue
-        value: '{{service_config}}'
-      vm_config:
-        vm_id: vigil
-        runtime: envoy.wasm.runtime.v8
-        code: { local: { filename: "{{wasm_path}}" } }
-
+{{service}}
 static_resources:
   listeners:
 {{listeners}}
@@ -201,6 +185,25 @@ static_resources:
     type: ORIGINAL_DST
     lb_policy: CLUSTER_PROVIDED
     original_dst_lb_config: { use_http_header: true }
+"#;
+
+/// vigil's singleton service (probes, outlier detection), with vigil's filter only.
+const SERVICE: &str = r#"
+bootstrap_extensions:
+- name: envoy.bootstrap.wasm
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.wasm.v3.WasmService
+    singleton: true
+    config:
+      name: vigil_service
+      root_id: vigil_service
+      configuration:
+        "@type": type.googleapis.com/google.protobuf.StringValue
+        value: '{{service_config}}'
+      vm_config:
+        vm_id: vigil
+        runtime: envoy.wasm.runtime.v8
+        code: { local: { filename: "{{wasm_path}}" } }
 "#;
 
 /// One listener; `{{filter}}` is empty for the baseline.
@@ -297,13 +300,26 @@ pub fn render_config(
             ]),
         )?);
     }
+    let uses_vigil = listeners
+        .iter()
+        .any(|(mode, _)| !matches!(mode, Mode::None | Mode::Minimal));
+    let service = if uses_vigil {
+        template::render(
+            SERVICE,
+            &BTreeMap::from([
+                ("service_config", plugin_config(Mode::None, upstream)),
+                ("wasm_path", wasm_path.clone()),
+            ]),
+        )?
+    } else {
+        String::new()
+    };
     template::render(
         CONFIG,
         &BTreeMap::from([
             ("admin_address", admin.ip().to_string()),
             ("admin_port", admin.port().to_string()),
-            ("service_config", plugin_config(Mode::None, upstream)),
-            ("wasm_path", wasm_path),
+            ("service", service),
             ("listeners", blocks),
             ("upstream_address", upstream.ip().to_string()),
             ("upstream_port", upstream.port().to_string()),
@@ -466,7 +482,93 @@ pub async fn run(
         observations: delta("vigil.observations"),
         ejections: delta("vigil.ejections"),
     });
+    envoy.child.stop();
+    report.filter_memory_section =
+        memory(tools, upstream_at, &wasm, &minimal, dir, progress).await?;
     Ok(())
+}
+
+/// Envoy's worker counts the memory rows are measured at.
+pub const MEMORY_CONCURRENCY: [usize; 3] = [1, 2, 4];
+
+/// The modules the memory rows compare: none, the minimal module, vigil's (observe+route, with
+/// its singleton).
+pub const MEMORY_MODES: [Mode; 3] = [Mode::None, Mode::Minimal, Mode::Both];
+
+/// Envoy's resident memory with no module, the minimal module and vigil's, at each of
+/// [`MEMORY_CONCURRENCY`] workers: one Envoy per cell serving one listener, a few requests sent
+/// (every worker instantiates its VM at load anyway), then its RSS. Returns the report section.
+pub async fn memory(
+    tools: &Tools,
+    upstream_at: SocketAddr,
+    wasm: &Path,
+    minimal: &Path,
+    dir: &Path,
+    progress: &Progress,
+) -> Result<String, String> {
+    let mut rows = Vec::new();
+    for concurrency in MEMORY_CONCURRENCY {
+        let mut cells = Vec::new();
+        for mode in MEMORY_MODES {
+            progress.step(&format!(
+                "filter memory, {}, --concurrency {concurrency}",
+                mode.label()
+            ));
+            let listen = net::fresh_socket();
+            let admin = net::fresh_socket();
+            let config = render_config(&[(mode, listen)], admin, upstream_at, wasm, minimal)?;
+            let name = format!("envoy-memory-{}-c{concurrency}", mode.slug());
+            let path = dir.join(format!("{name}.yaml"));
+            std::fs::write(&path, config)
+                .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
+            let args: Vec<String> = vec![
+                "--concurrency".into(),
+                concurrency.to_string(),
+                "--disable-hot-restart".into(),
+                "--log-level".into(),
+                "warn".into(),
+                "-c".into(),
+                path.display().to_string(),
+            ];
+            let mut envoy = proxies::spawn_pinned(tools, 0, &name, &tools.envoy, &args, dir);
+            proxies::wait_serving(&mut envoy.child, listen).await?;
+            for _ in 0..4 {
+                http::get(listen, "/").await?;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let rss = sys::rss_kib(envoy.child.pid()).unwrap_or(0);
+            envoy.child.stop();
+            cells.push(rss);
+        }
+        rows.push((concurrency, cells));
+    }
+    Ok(memory_section(&rows))
+}
+
+/// The memory table: RSS per module and worker count, and vigil's module over the minimal one.
+fn memory_section(rows: &[(usize, Vec<u64>)]) -> String {
+    let mut out = String::from(
+        "### Envoy's memory with a wasm module\n\n\
+         One Envoy per cell, one listener, after a few requests (RSS; vigil's row includes its \
+         singleton service's VM):\n\n\
+         | --concurrency | no module | minimal module | vigil's module | vigil - minimal |\n\
+         |---:|---:|---:|---:|---:|\n",
+    );
+    let mb = |kib: u64| format!("{:.1} MB", kib as f64 / 1024.0);
+    for (concurrency, cells) in rows {
+        let [none, minimal, vigil] = cells[..] else {
+            continue;
+        };
+        out.push_str(&format!(
+            "| {concurrency} | {} | {} | {} | {:+.1} MB |\n",
+            mb(none),
+            mb(minimal),
+            mb(vigil),
+            (vigil as f64 - minimal as f64) / 1024.0
+        ));
+    }
+    out.push('\n');
+    out
 }
 
 /// Waits until the singleton reports the upstream healthy (`vigil.cluster.<c>.healthy_hosts`).
@@ -566,6 +668,28 @@ mod tests {
                 .as_sequence()
                 .map(Vec::len),
             Some(7)
+        );
+        // Without vigil's filter there is no singleton service either.
+        for mode in [Mode::None, Mode::Minimal] {
+            let text = render_config(
+                &[(mode, at(1))],
+                at(9901),
+                at(8080),
+                Path::new("f.wasm"),
+                Path::new("m.wasm"),
+            )
+            .unwrap();
+            assert!(!text.contains("bootstrap_extensions"), "{text}");
+            let _: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_memory_table_compares_vigil_with_the_minimal_module() {
+        let text = memory_section(&[(2, vec![56 * 1024, 72 * 1024, 90 * 1024])]);
+        assert!(
+            text.contains("| 2 | 56.0 MB | 72.0 MB | 90.0 MB | +18.0 MB |"),
+            "{text}"
         );
     }
 

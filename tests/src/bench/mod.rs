@@ -201,10 +201,12 @@ pub fn steps(options: &Options) -> usize {
         steps += per_round(options.connections.len() * proxies::all().len());
     }
     if options.run_filter {
-        steps += per_round(options.connections.len() * filter::Mode::ALL.len());
+        steps += per_round(options.connections.len() * filter::Mode::ALL.len())
+            + filter::MEMORY_CONCURRENCY.len() * filter::MEMORY_MODES.len();
     }
     if options.run_health {
-        steps += per_round(health::PROBERS.len());
+        // The rounds, then the wide row.
+        steps += per_round(health::PROBERS.len()) + 1;
     }
     if options.run_eds {
         steps += per_round(options.eds_fleets.len() * eds::SETUPS.len());

@@ -192,6 +192,8 @@ pub struct Report {
     pub eds: Vec<EdsRun>,
     /// The fleet-scale section, rendered by `fleet` (which owns its rows and picture).
     pub fleet_section: String,
+    /// Envoy's memory with no module, the minimal one and vigil's, rendered by `filter`.
+    pub filter_memory_section: String,
     /// The run's scratch directory relative to the checkout, shown as `$RUN` in commands.
     pub run_dir: String,
     /// Load averages when the run started and ended.
@@ -212,6 +214,7 @@ impl Report {
             health: Vec::new(),
             eds: Vec::new(),
             fleet_section: String::new(),
+            filter_memory_section: String::new(),
             run_dir: String::new(),
             load_before: String::new(),
             load_after: String::new(),
@@ -514,6 +517,7 @@ impl Report {
             "\nEnvoy's RSS (one process, every mode): {}.",
             megabytes(rss)
         );
+        out.push_str(&self.filter_memory_section);
         if let Some(a) = self.filter_activity {
             let _ = writeln!(
                 out,
