@@ -457,10 +457,29 @@ impl ClusterChecker {
         self.publish(now);
         let mut membership_open = true;
         let reports = self.reports.clone();
+        // Two timers kept across iterations (re-armed only when their deadline moves): at
+        // thousands of checks a second a fresh timer per wake-up is a measurable share.
+        let far = || Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        let due_timer = tokio::time::sleep_until(far());
+        let publish_timer = tokio::time::sleep_until(far());
+        tokio::pin!(due_timer, publish_timer);
+        let (mut due_armed, mut publish_armed): (Option<Instant>, Option<Instant>) = (None, None);
         loop {
             let next_due = self.engine.next_check_due().map(|ms| self.instant(ms));
             self.sync_examined();
             let publish_at = self.publish_at();
+            if next_due != due_armed {
+                if let Some(at) = next_due {
+                    due_timer.as_mut().reset(at);
+                }
+                due_armed = next_due;
+            }
+            if publish_at != publish_armed {
+                if let Some(at) = publish_at {
+                    publish_timer.as_mut().reset(at);
+                }
+                publish_armed = publish_at;
+            }
             tokio::select! {
                 _ = &mut shutdown => break,
                 changed = hosts.changed(), if membership_open => {
@@ -472,17 +491,27 @@ impl ClusterChecker {
                     }
                 }
                 Some(joined) = self.inflight.join_next(), if !self.inflight.is_empty() => {
+                    let now = Instant::now();
                     if let Ok((token, finished, latency)) = joined {
-                        self.finish(token, finished, latency, Instant::now());
+                        self.finish(token, finished, latency, now);
+                    }
+                    // Every other probe that finished meanwhile, in the same wake-up.
+                    while let Some(joined) = self.inflight.try_join_next() {
+                        if let Ok((token, finished, latency)) = joined {
+                            self.finish(token, finished, latency, now);
+                        }
                     }
                 }
                 _ = reports.wake.notified() => {
                     self.passive_reports();
                 }
-                _ = sleep_until_opt(next_due), if next_due.is_some() => {
+                _ = &mut due_timer, if due_armed.is_some() => {
+                    due_armed = None;
                     self.start_due(Instant::now());
                 }
-                _ = sleep_until_opt(publish_at), if publish_at.is_some() => {}
+                _ = &mut publish_timer, if publish_armed.is_some() => {
+                    publish_armed = None;
+                }
             }
             let now = Instant::now();
             if self.publish_at().is_some_and(|at| at <= now) {
@@ -776,11 +805,4 @@ fn next_random(state: &mut u64) -> u64 {
     *state ^= *state << 25;
     *state ^= *state >> 27;
     state.wrapping_mul(0x2545_f491_4f6c_dd1d)
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
 }
