@@ -811,6 +811,12 @@ fn declare_filter_stats(counters: &ListenerCounters, hcm: &HttpConnectionManager
                 ["origin_valid", "origin_invalid"].map(|c| format!("http.{prefix}.cors.{c}")),
             ),
             HttpFilterKind::Lua(config) => counters.declare([config.errors_counter(prefix)]),
+            HttpFilterKind::Fault(_) => counters.declare(
+                vigil_core::fault::COUNTERS
+                    .iter()
+                    .chain([&vigil_core::fault::ACTIVE_FAULTS])
+                    .map(|c| vigil_core::fault::stat_name(prefix, c)),
+            ),
             HttpFilterKind::Csrf(_) => counters
                 .declare(vigil_core::csrf::COUNTERS.map(|c| format!("http.{prefix}.csrf.{c}"))),
             HttpFilterKind::LocalRateLimit(config) => counters

@@ -560,6 +560,89 @@ async fn respond(
                     }
                 }
             }
+            HttpFilterKind::Fault(listener_settings) => {
+                // A route's HTTPFault replaces the filter's (`resolveMostSpecificPerFilterConfig`).
+                let settings =
+                    match filter_override(state, &parts, authority.as_deref(), &path, &filter.name)
+                    {
+                        Some(FilterOverride::Disabled) => continue,
+                        Some(FilterOverride::Fault(route_settings)) => route_settings.as_ref(),
+                        _ => listener_settings.as_ref(),
+                    };
+                let prefix = &state.hcm.stat_prefix;
+                let (delay, delay_counters) = {
+                    let borrowed = pairs(&parts.headers);
+                    let view = RequestView::new(
+                        authority.as_deref(),
+                        &path,
+                        parts.method.as_str(),
+                        &borrowed,
+                    );
+                    let route_cluster = state
+                        .routes
+                        .select(&view)
+                        .and_then(|selected| selected.cluster(&view, None))
+                        .map(|c| c.name);
+                    if !settings.applies(&view, route_cluster.as_deref()) {
+                        continue;
+                    }
+                    (
+                        settings.delay(&view, random()),
+                        settings.injected_counters(prefix, &view, "delays_injected"),
+                    )
+                };
+                let mut active = None;
+                if let Some(ms) = delay
+                    && let Some(fault) = ActiveFault::start(&derived.counters, prefix, settings)
+                {
+                    active = Some(fault);
+                    derived.counters.bump(delay_counters);
+                    outcome.flags = "DI";
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                let abort = {
+                    let borrowed = pairs(&parts.headers);
+                    let view = RequestView::new(
+                        authority.as_deref(),
+                        &path,
+                        parts.method.as_str(),
+                        &borrowed,
+                    );
+                    // After a delay the abort is drawn again and needs no further room
+                    // (`postDelayInjection`); without one it must find room (`maybeDoAbort`).
+                    settings.abort(&view, random()).and_then(|abort| {
+                        let room = active.is_some()
+                            || ActiveFault::start(&derived.counters, prefix, settings)
+                                .map(|fault| active = Some(fault))
+                                .is_some();
+                        room.then(|| {
+                            (
+                                abort,
+                                settings.injected_counters(prefix, &view, "aborts_injected"),
+                            )
+                        })
+                    })
+                };
+                let Some((abort, counters)) = abort else {
+                    // A delay that ends without an abort no longer counts as active.
+                    drop(active);
+                    continue;
+                };
+                derived.counters.bump(counters);
+                let status = StatusCode::from_u16(abort.http_status).unwrap_or(StatusCode::OK);
+                let mut response = local_reply(status, vigil_core::fault::ABORT_BODY);
+                if let Some(code) = abort.grpc_status.filter(|_| grpc) {
+                    response
+                        .headers_mut()
+                        .insert("grpc-status", HeaderValue::from(code));
+                }
+                outcome.request_headers = Some(parts.headers);
+                outcome.flags = if outcome.flags == "DI" { "DI,FI" } else { "FI" };
+                outcome.details = vigil_core::fault::ABORT_DETAILS.into();
+                // The fault stays active until the answer is made.
+                drop(active);
+                return (response, outcome);
+            }
             HttpFilterKind::Csrf(listener_policy) => {
                 let policy =
                     match filter_override(state, &parts, authority.as_deref(), &path, &filter.name)
@@ -2011,6 +2094,42 @@ fn grpc_form(mut response: Response<ProxyBody>, text: &str) -> Response<ProxyBod
         .map_err(|never| match never {})
         .boxed();
     response
+}
+
+/// One fault the fault filter holds active (the `active_faults` gauge), released when dropped:
+/// once a delay ends without an abort, or when the request's answer is made (a client gone
+/// mid-delay drops it too, as Envoy's `onDestroy`).
+struct ActiveFault {
+    counters: Arc<crate::conn_limit::ListenerCounters>,
+    gauge: String,
+}
+
+impl ActiveFault {
+    /// `tryIncActiveFaults`: a new active fault, or `None` (counted in `faults_overflow`) when
+    /// `max_active_faults` are already active.
+    fn start(
+        counters: &Arc<crate::conn_limit::ListenerCounters>,
+        prefix: &str,
+        settings: &vigil_core::fault::FaultSettings,
+    ) -> Option<ActiveFault> {
+        let gauge = vigil_core::fault::stat_name(prefix, vigil_core::fault::ACTIVE_FAULTS);
+        // As in Envoy, a fuzzy limit: the check and the step are not one atomic operation.
+        if settings.overflows(counters.value(&gauge)) {
+            counters.bump([vigil_core::fault::stat_name(prefix, "faults_overflow")]);
+            return None;
+        }
+        counters.gauge_step(&gauge, true);
+        Some(ActiveFault {
+            counters: counters.clone(),
+            gauge,
+        })
+    }
+}
+
+impl Drop for ActiveFault {
+    fn drop(&mut self) {
+        self.counters.gauge_step(&self.gauge, false);
+    }
 }
 
 fn random() -> u64 {

@@ -74,7 +74,7 @@ pub(crate) fn http_filter(type_name: &str) -> Treatment {
             Refused("answer 503 to requests when the upstream is overloaded")
         }
         "bandwidth_limit" => Refused("limit request and response bandwidth"),
-        "fault" => Refused("inject aborts and delays into requests"),
+        "fault" => Enforced,
         "buffer" => Enforced,
         "file_system_buffer" => Refused("answer 413 to request bodies above its limit"),
         "health_check" => Enforced,

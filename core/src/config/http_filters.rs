@@ -63,6 +63,9 @@ pub enum HttpFilterKind {
     /// `envoy.extensions.filters.http.buffer.v3.Buffer`: the whole request body is read before
     /// the request goes on; above `max_request_bytes` it is answered 413.
     Buffer(u32),
+    /// `envoy.extensions.filters.http.fault.v3.HTTPFault`: delays and aborts the proxy injects
+    /// (`crate::fault`).
+    Fault(Box<crate::fault::FaultSettings>),
     /// `envoy.extensions.filters.http.lua.v3.Lua`: scripts the companion's `lua` module runs
     /// on the request and the response.
     Lua(Box<crate::config::LuaFilter>),
@@ -319,6 +322,8 @@ pub(super) fn http_filters(
                         "buffer" => super::buffer::buffer(cx, &typed).map(HttpFilterKind::Buffer),
                         "lua" => super::lua::lua_filter(cx, &typed)
                             .map(|config| HttpFilterKind::Lua(Box::new(config))),
+                        "fault" => super::fault::http_fault(cx, &typed)
+                            .map(|settings| HttpFilterKind::Fault(Box::new(settings))),
                         _ => super::ext_authz::ext_authz(cx, &typed)
                             .map(|config| HttpFilterKind::ExtAuthz(Box::new(config))),
                     };
@@ -534,6 +539,7 @@ pub(super) fn filter_settings(
             super::buffer::BUFFER_PER_ROUTE_TYPE,
             super::rbac::HTTP_RBAC_PER_ROUTE_TYPE,
             super::lua::LUA_PER_ROUTE_TYPE,
+            super::fault::FAULT_TYPE,
         ];
         if !native.contains(&type_name) {
             continue;
@@ -553,6 +559,8 @@ pub(super) fn filter_settings(
             super::rbac::http_rbac_per_route(cx, &typed).map(|r| FilterOverride::Rbac(Box::new(r)))
         } else if type_name == super::lua::LUA_PER_ROUTE_TYPE {
             super::lua::lua_per_route(cx, &typed)
+        } else if type_name == super::fault::FAULT_TYPE {
+            super::fault::http_fault(cx, &typed).map(|s| FilterOverride::Fault(Box::new(s)))
         } else {
             super::local_ratelimit::local_ratelimit_per_route(cx, &typed).map(|c| {
                 if c.per_connection {
@@ -796,6 +804,8 @@ fn natively_run(type_name: &str) -> Option<(&'static str, &'static str)> {
         Some(("buffer", super::buffer::BUFFER_PER_ROUTE_TYPE))
     } else if type_name == super::lua::LUA_TYPE {
         Some(("lua", super::lua::LUA_PER_ROUTE_TYPE))
+    } else if type_name == super::fault::FAULT_TYPE {
+        Some(("fault", super::fault::FAULT_TYPE))
     } else {
         None
     }

@@ -72,6 +72,7 @@ mod cluster_types;
 mod connection_manager;
 mod csrf;
 mod ext_authz;
+mod fault;
 mod filters;
 mod headers;
 mod health_check;
