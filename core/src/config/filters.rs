@@ -84,9 +84,9 @@ pub(crate) fn http_filter(type_name: &str) -> Treatment {
         | "header_mutation" | "set_filter_state" => {
             Refused("change request headers or the metadata other filters and routes decide on")
         }
+        "grpc_http1_bridge" => Enforced,
         "grpc_web"
         | "grpc_json_transcoder"
-        | "grpc_http1_bridge"
         | "grpc_http1_reverse_bridge"
         | "connect_grpc_bridge"
         | "grpc_field_extraction"

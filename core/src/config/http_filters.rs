@@ -66,6 +66,9 @@ pub enum HttpFilterKind {
     /// `envoy.extensions.filters.http.fault.v3.HTTPFault`: delays and aborts the proxy injects
     /// (`crate::fault`).
     Fault(Box<crate::fault::FaultSettings>),
+    /// `envoy.extensions.filters.http.grpc_http1_bridge.v3.Config`: HTTP/1.1 gRPC requests
+    /// bridged to gRPC upstreams (`crate::grpc_bridge`).
+    GrpcHttp1Bridge(crate::grpc_bridge::BridgeConfig),
     /// `envoy.extensions.filters.http.lua.v3.Lua`: scripts the companion's `lua` module runs
     /// on the request and the response.
     Lua(Box<crate::config::LuaFilter>),
@@ -322,6 +325,8 @@ pub(super) fn http_filters(
                         "buffer" => super::buffer::buffer(cx, &typed).map(HttpFilterKind::Buffer),
                         "lua" => super::lua::lua_filter(cx, &typed)
                             .map(|config| HttpFilterKind::Lua(Box::new(config))),
+                        "grpc_http1_bridge" => super::grpc_bridge::grpc_bridge(cx, &typed)
+                            .map(HttpFilterKind::GrpcHttp1Bridge),
                         "fault" => super::fault::http_fault(cx, &typed)
                             .map(|settings| HttpFilterKind::Fault(Box::new(settings))),
                         _ => super::ext_authz::ext_authz(cx, &typed)
@@ -806,6 +811,12 @@ fn natively_run(type_name: &str) -> Option<(&'static str, &'static str)> {
         Some(("lua", super::lua::LUA_PER_ROUTE_TYPE))
     } else if type_name == super::fault::FAULT_TYPE {
         Some(("fault", super::fault::FAULT_TYPE))
+    } else if type_name == super::grpc_bridge::GRPC_BRIDGE_TYPE {
+        // The bridge has no per-route config: a route can only turn it off.
+        Some((
+            "grpc_http1_bridge",
+            "(none: only FilterConfig with disabled: true)",
+        ))
     } else {
         None
     }

@@ -74,6 +74,7 @@ mod csrf;
 mod ext_authz;
 mod fault;
 mod filters;
+mod grpc_bridge;
 mod headers;
 mod health_check;
 mod http_filters;
