@@ -81,6 +81,49 @@ pub struct CheckedRequest<'a> {
     pub protocol: &'static str,
     /// The route's `check_settings.context_extensions` (sent with a gRPC check).
     pub context_extensions: &'a [(String, String)],
+    /// The client certificate's URL-encoded PEM (TLS with a client certificate), sent as
+    /// `source.certificate` with `include_peer_certificate`.
+    pub peer_certificate: Option<&'a str>,
+}
+
+/// Envoy's `urlEncodedPemEncodedPeerCertificate`: the certificate as PEM (`PEM_write_bio_X509`:
+/// base64 in lines of 64), with newline, space, `+`, `/` and `=` percent-encoded.
+pub fn url_encoded_pem(der: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut base64 = String::with_capacity(der.len().div_ceil(3) * 4);
+    for chunk in der.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                base64.push(ALPHABET[((n >> shift) & 63) as usize] as char);
+            } else {
+                base64.push('=');
+            }
+        }
+    }
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in base64.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    let mut out = String::with_capacity(pem.len() + 64);
+    for c in pem.chars() {
+        match c {
+            '\n' => out.push_str("%0A"),
+            ' ' => out.push_str("%20"),
+            '+' => out.push_str("%2B"),
+            '/' => out.push_str("%2F"),
+            '=' => out.push_str("%3D"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn matches_any(list: &[StringMatch], name: &str) -> bool {
@@ -490,14 +533,42 @@ fn attributes(
         },
         ..Default::default()
     };
+    let mut source = peer(request.peer);
+    if config.include_peer_certificate
+        && let Some(certificate) = request.peer_certificate
+    {
+        source.certificate = certificate.to_string();
+    }
     envoy_types::pb::envoy::service::auth::v3::AttributeContext {
-        source: Some(peer(request.peer)),
+        source: Some(source),
         destination: Some(peer(request.local)),
         request: Some(Request {
             http: Some(http),
             ..Default::default()
         }),
         context_extensions: request.context_extensions.iter().cloned().collect(),
+        // Envoy always sends the (here empty) metadata context: the namespaces it would fill
+        // are refused at load unless no filter before this one can write them.
+        metadata_context: Some(Default::default()),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_encoded_pem;
+
+    #[test]
+    fn the_peer_certificate_is_url_encoded_pem() {
+        // "Man" is "TWFu"; "Ma" pads to "TWE=".
+        assert_eq!(
+            url_encoded_pem(b"Man"),
+            "-----BEGIN%20CERTIFICATE-----%0ATWFu%0A-----END%20CERTIFICATE-----%0A"
+        );
+        assert!(url_encoded_pem(b"Ma").contains("%0ATWE%3D%0A"));
+        assert!(url_encoded_pem(&[0xfb, 0xff]).contains("%2B%2F8%3D"));
+        // 48 bytes are one line of 64 characters; 49 start a second line.
+        let two_lines = url_encoded_pem(&[0u8; 49]);
+        assert_eq!(two_lines.matches("%0A").count(), 4, "{two_lines}");
     }
 }

@@ -368,7 +368,7 @@ fn describe_check(check: &envoy_types::pb::envoy::service::auth::v3::CheckReques
         .collect();
     extensions.sort();
     format!(
-        "method={} path={} scheme={} protocol={} size={} body={:?} raw_body={:?} id_set={} host_set={} source={} destination={} context=[{}] headers=[{}]",
+        "method={} path={} scheme={} protocol={} size={} body={:?} raw_body={:?} id_set={} host_set={} source={} certificate={:?} destination={} context=[{}] metadata_context={:?} headers=[{}]",
         http.method,
         http.path,
         http.scheme,
@@ -379,8 +379,14 @@ fn describe_check(check: &envoy_types::pb::envoy::service::auth::v3::CheckReques
         !http.id.is_empty(),
         !http.host.is_empty(),
         attributes.source.is_some(),
+        attributes
+            .source
+            .as_ref()
+            .map(|s| s.certificate.clone())
+            .unwrap_or_default(),
         attributes.destination.is_some(),
         extensions.join(", "),
+        attributes.metadata_context,
         headers.join(", ")
     )
 }
@@ -489,15 +495,29 @@ fn grpc_config(
     authz: SocketAddr,
     echo: SocketAddr,
 ) -> String {
-    let filter = "
+    grpc_config_with(listen, admin, authz, echo, "", "")
+}
+
+/// [`grpc_config`] with more fields for the ext_authz filter and filters after it.
+fn grpc_config_with(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    authz: SocketAddr,
+    echo: SocketAddr,
+    extra_fields: &str,
+    after: &str,
+) -> String {
+    let filter = format!(
+        "
           - name: envoy.filters.http.ext_authz
             typed_config:
               \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
               transport_api_version: V3
               grpc_service:
-                envoy_grpc: { cluster_name: grpc_authz }
+                envoy_grpc: {{ cluster_name: grpc_authz }}
                 timeout: 0.5s
-              with_request_body: { max_request_bytes: 100, allow_partial_message: true, pack_as_bytes: true }";
+              with_request_body: {{ max_request_bytes: 100, allow_partial_message: true, pack_as_bytes: true }}{extra_fields}{after}"
+    );
     let routes = "
               - match: { prefix: \"/ctx\" }
                 route: { cluster: echo }
@@ -518,7 +538,7 @@ fn grpc_config(
         cluster_yaml("grpc_authz", &[authz], h2, None)
     );
     let mut spec = ListenerSpec::new("authz_lab", routes, &clusters);
-    spec.http_filters = filter.to_string();
+    spec.http_filters = filter;
     spec.render(listen, admin)
 }
 
@@ -561,4 +581,58 @@ async fn ext_authz_grpc_service_decides_as_in_envoy() {
     assert_eq!(envoy.3, vigil.3, "the ext_authz counters");
     assert_eq!(envoy.1[0].1.status, 200, "{:?}", envoy.1[0]);
     assert_eq!(envoy.1[1].1.status, 401, "{:?}", envoy.1[1]);
+}
+
+/// A real-world gRPC ext_authz config: `include_peer_certificate` (a plain-text listener: no
+/// certificate to send), `metadata_context_namespaces` naming a namespace no filter before it
+/// writes (`tls_inspector` writes none), and a Lua filter after it: the same checks (an empty
+/// `metadata_context`, no `source.certificate`), answers and counters as Envoy.
+#[tokio::test]
+async fn ext_authz_peer_certificate_and_metadata_namespaces_as_in_envoy() {
+    let dir = paths::scratch_dir("ext_authz_metadata");
+    let authz = GrpcAuthz::start(IpAddr::V4(net::fresh_loopback())).await;
+    let echo = EchoUpstream::start(IpAddr::V4(net::fresh_loopback())).await;
+    let (authz_address, echo_address) = (authz.address, echo.address);
+    let extra = "
+              include_peer_certificate: true
+              metadata_context_namespaces: [envoy.filters.listener.tls_inspector]";
+    let after = "
+          - name: envoy.filters.http.lua
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+              default_source_code:
+                inline_string: |
+                  function envoy_on_request(handle)
+                    handle:headers():add(\"x-after-authz\", \"lua\")
+                  end";
+    let procs = start_envoy_and_vigil(&dir, |listen, admin| {
+        grpc_config_with(listen, admin, authz_address, echo_address, extra, after)
+    })
+    .await
+    .unwrap_or_else(|err| panic!("{err}"));
+    let mut results = Vec::new();
+    for (who, listen, process) in &procs {
+        authz.take();
+        let mut seen = Vec::new();
+        for path in ["/allow/a", "/deny/b", "/ctx/allow"] {
+            seen.push((path, hit(*listen, path).await));
+        }
+        seen.push((
+            "/allow/body",
+            send(*listen, "POST", "/allow/body", "hi").await,
+        ));
+        results.push((who, seen, authz.take(), counters(process).await));
+    }
+    let (envoy, vigil) = (&results[0], &results[1]);
+    for ((path, e), (_, v)) in envoy.1.iter().zip(&vigil.1) {
+        assert_eq!(e, v, "{path}: Envoy's answer, then vigil's");
+    }
+    assert_eq!(envoy.2, vigil.2, "the checks the service saw");
+    assert_eq!(envoy.3, vigil.3, "the ext_authz counters");
+    assert_eq!(envoy.1[0].1.status, 200, "{:?}", envoy.1[0]);
+    assert!(
+        envoy.2.iter().all(|c| c.contains("certificate=\"\"")),
+        "{:#?}",
+        envoy.2
+    );
 }

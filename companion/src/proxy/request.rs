@@ -1023,6 +1023,10 @@ async fn respond(
                         "HTTP/1.1"
                     },
                     context_extensions,
+                    peer_certificate: downstream
+                        .tls
+                        .as_ref()
+                        .and_then(|tls| tls.peer_cert_pem.as_deref()),
                 };
                 let context = FormatContext {
                     start: started,

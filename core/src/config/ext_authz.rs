@@ -48,6 +48,13 @@ pub struct ExtAuthz {
     pub disallowed_headers: Vec<StringMatch>,
     /// `max_denied_response_body_bytes` (0: no limit).
     pub max_denied_response_body_bytes: u32,
+    /// `include_peer_certificate`: a gRPC check's `source.certificate` is the client
+    /// certificate's URL-encoded PEM (TLS connections with one).
+    pub include_peer_certificate: bool,
+    /// `metadata_context_namespaces` and `typed_metadata_context_namespaces`, each with where
+    /// it is written: accepted only when no filter before this one can write the namespace
+    /// (see `http_filters`), so the check's `metadata_context` is empty, as in Envoy.
+    pub metadata_namespaces: Vec<(FieldPath, String)>,
     /// Where the filter's `typed_config` is in the file.
     pub path: FieldPath,
 }
@@ -158,17 +165,14 @@ static EXT_AUTHZ: Message = Message {
             "validate_mutations",
             "vigil applies only well-formed header changes from the service anyway",
         ),
-        reject("metadata_context_namespaces", NO_METADATA),
-        reject("typed_metadata_context_namespaces", NO_METADATA),
+        read("metadata_context_namespaces"),
+        read("typed_metadata_context_namespaces"),
         reject("route_metadata_context_namespaces", NO_METADATA),
         reject("route_typed_metadata_context_namespaces", NO_METADATA),
         reject("filter_enabled", NO_RUNTIME),
         reject("filter_enabled_metadata", NO_RUNTIME),
         reject("deny_at_disable", NO_RUNTIME),
-        reject(
-            "include_peer_certificate",
-            "the peer certificate is not sent to the service by vigil",
-        ),
+        read("include_peer_certificate"),
         read("stat_prefix"),
         reject("bootstrap_metadata_labels_key", NO_METADATA),
         read("allowed_headers"),
@@ -376,6 +380,21 @@ pub(crate) fn ext_authz(cx: &mut Ctx, typed: &Any) -> Option<ExtAuthz> {
         .and_then(|b| buffer_settings(cx, b));
     let allowed_headers = list_string_matcher(cx, &mut o, "allowed_headers");
     let disallowed_headers = list_string_matcher(cx, &mut o, "disallowed_headers");
+    let include_peer_certificate = o.bool(cx, "include_peer_certificate").unwrap_or(false);
+    let mut metadata_namespaces = Vec::new();
+    for field in [
+        "metadata_context_namespaces",
+        "typed_metadata_context_namespaces",
+    ] {
+        if let Some((p, v)) = o.take(field) {
+            for (i, item) in crate::protojson::items(v).into_iter().enumerate() {
+                let at = p.index(i);
+                if let Some(name) = crate::protojson::string(cx, &at, item) {
+                    metadata_namespaces.push((at, name));
+                }
+            }
+        }
+    }
     let http = o.message(cx, "http_service", &HTTP_SERVICE);
     let grpc = o.message(cx, "grpc_service", &GRPC_SERVICE);
     o.finish(cx);
@@ -403,6 +422,8 @@ pub(crate) fn ext_authz(cx: &mut Ctx, typed: &Any) -> Option<ExtAuthz> {
         allowed_headers,
         disallowed_headers,
         max_denied_response_body_bytes,
+        include_peer_certificate,
+        metadata_namespaces,
         path,
     })
 }
@@ -621,4 +642,133 @@ fn grpc_service(cx: &mut Ctx, mut o: Obj) -> Option<GrpcService> {
         timeout_ms,
         initial_metadata,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use crate::config::{HttpFilterKind, from_value};
+    use serde_json::{Value, json};
+
+    const AUTHZ: &str = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
+    const LUA: &str = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua";
+    const RBAC: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+
+    fn authz(extra: Value) -> Value {
+        let mut filter = json!({"@type": AUTHZ,
+            "grpc_service": {"envoy_grpc": {"cluster_name": "app"}}});
+        if let (Value::Object(f), Value::Object(extra)) = (&mut filter, extra) {
+            f.extend(extra);
+        }
+        json!({"name": "authz", "typed_config": filter})
+    }
+
+    fn load(filters: Vec<Value>) -> Result<Vec<HttpFilterKind>, String> {
+        let mut chain = filters;
+        chain.push(json!({"name": "router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
+        let value = json!({"static_resources": {
+            "listeners": [{
+                "name": "l",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 10000}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "h",
+                        "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+                            {"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]},
+                        "http_filters": chain
+                    }
+                }]}]
+            }],
+            "clusters": [{"name": "app", "load_assignment": {"cluster_name": "app", "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 8080}}}}]}
+            ]}}]
+        }});
+        match from_value(&value) {
+            Ok(loaded) => Ok(loaded.bootstrap.listeners[0].http[0]
+                .http_filters
+                .iter()
+                .map(|f| f.kind.clone())
+                .collect()),
+            Err(e) => Err(e
+                .errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")),
+        }
+    }
+
+    fn lua() -> Value {
+        json!({"name": "lua", "typed_config": {"@type": LUA,
+            "default_source_code": {"inline_string": "function envoy_on_request(h) end"}}})
+    }
+
+    #[test]
+    fn the_peer_certificate_and_unwritten_namespaces_are_read() {
+        let kinds = load(vec![
+            authz(json!({"include_peer_certificate": true,
+                "metadata_context_namespaces": ["envoy.filters.listener.tls_inspector"],
+                "typed_metadata_context_namespaces": ["envoy.filters.http.rbac"]})),
+            lua(),
+        ])
+        .expect("valid: nothing before the check writes these namespaces");
+        let HttpFilterKind::ExtAuthz(config) = &kinds[0] else {
+            panic!("not ext_authz: {:?}", kinds[0]);
+        };
+        assert!(config.include_peer_certificate);
+        let names: Vec<&str> = config
+            .metadata_namespaces
+            .iter()
+            .map(|(_, n)| n.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "envoy.filters.listener.tls_inspector",
+                "envoy.filters.http.rbac"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_namespace_a_filter_before_writes_is_refused_with_its_path() {
+        let errors = load(vec![
+            lua(),
+            authz(json!({"metadata_context_namespaces": ["anything"]})),
+        ])
+        .expect_err("a Lua filter before can write any namespace");
+        assert!(
+            errors.contains(
+                "http_filters[1].typed_config.metadata_context_namespaces[0]: metadata \
+                 namespace 'anything' is written by 'lua'"
+            ),
+            "{errors}"
+        );
+        let rbac = json!({"name": "rbac", "typed_config": {"@type": RBAC}});
+        let errors = load(vec![
+            rbac.clone(),
+            authz(json!({"typed_metadata_context_namespaces": ["envoy.filters.http.rbac"]})),
+        ])
+        .expect_err("RBAC writes its namespace");
+        assert!(
+            errors.contains("typed_metadata_context_namespaces[0]"),
+            "{errors}"
+        );
+        // RBAC's namespace is not another's.
+        load(vec![
+            rbac,
+            authz(json!({"metadata_context_namespaces": ["envoy.filters.http.jwt_authn"]})),
+        ])
+        .expect("valid");
+        let errors = load(vec![authz(json!({"metadata_context_namespaces": [3]}))])
+            .expect_err("not a string");
+        assert!(
+            errors.contains("metadata_context_namespaces[0]"),
+            "{errors}"
+        );
+    }
 }

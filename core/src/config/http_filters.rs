@@ -388,6 +388,7 @@ pub(super) fn http_filters(
             disabled,
         });
     }
+    metadata_writers(cx, &out);
     for (path, name, config) in per_route {
         match judged.iter().find(|(n, _)| n == name) {
             None => cx.warn(
@@ -443,6 +444,47 @@ pub(super) fn http_filters(
         }
     }
     (out, routing)
+}
+
+/// ext_authz's `metadata_context_namespaces`: vigil keeps no dynamic metadata, so it sends an
+/// empty `metadata_context`. That is Envoy's check too when no filter that runs before the
+/// ext_authz filter can write the namespace (listener filters such as `tls_inspector` write
+/// none into a request's metadata); a namespace one of them can write is refused by name.
+fn metadata_writers(cx: &mut Ctx, filters: &[HttpFilter]) {
+    for (at, filter) in filters.iter().enumerate() {
+        let HttpFilterKind::ExtAuthz(config) = &filter.kind else {
+            continue;
+        };
+        for (path, namespace) in &config.metadata_namespaces {
+            let writer = filters[..at].iter().find_map(|before| {
+                let why = match &before.kind {
+                    HttpFilterKind::Lua(_) => {
+                        "a Lua filter before it can write any namespace (dynamicMetadata():set)"
+                    }
+                    HttpFilterKind::Rbac(_) if namespace == "envoy.filters.http.rbac" => {
+                        "the RBAC filter before it writes its shadow rules' results there"
+                    }
+                    HttpFilterKind::JwtAuthn(_) if namespace == "envoy.filters.http.jwt_authn" => {
+                        "the JWT filter before it can write verified payloads there"
+                    }
+                    HttpFilterKind::ExtAuthz(_) if namespace == "envoy.filters.http.ext_authz" => {
+                        "an ext_authz filter before it writes its service's metadata there"
+                    }
+                    _ => return None,
+                };
+                Some((before.name.as_str(), why))
+            });
+            if let Some((name, why)) = writer {
+                cx.unsupported(
+                    path,
+                    format!(
+                        "metadata namespace '{namespace}' is written by '{name}' ({why}); vigil \
+                         keeps no dynamic metadata, so the check would miss what Envoy sends"
+                    ),
+                );
+            }
+        }
+    }
 }
 
 const CORS_FILTER_TYPE: &str = "envoy.extensions.filters.http.cors.v3.Cors";
