@@ -150,13 +150,59 @@ pub async fn check(
     request: &CheckedRequest<'_>,
     add_headers: impl FnOnce(&mut HeaderMap),
 ) -> Decision {
-    let Some(upstream) = upstream else {
-        return Decision::Error;
-    };
-    match &config.service {
-        AuthzService::Http(http) => check_http(config, http, upstream, request, add_headers).await,
-        AuthzService::Grpc(grpc) => check_grpc(config, grpc, upstream, request).await,
+    match (&config.service, upstream) {
+        // A Google gRPC target is reached directly, without a cluster.
+        (AuthzService::Grpc(grpc), _) if grpc.google_target.is_some() => {
+            check_grpc(config, grpc, None, request).await
+        }
+        (_, None) => Decision::Error,
+        (AuthzService::Http(http), Some(upstream)) => {
+            check_http(config, http, upstream, request, add_headers).await
+        }
+        (AuthzService::Grpc(grpc), Some(upstream)) => {
+            check_grpc(config, grpc, Some(upstream), request).await
+        }
     }
+}
+
+/// One gRPC call straight to `target` over plain-text HTTP/2 (a Google gRPC target with
+/// insecure or local credentials): its answer, or `None` when the connection, the call or the
+/// deadline fails.
+async fn call_direct(
+    target: std::net::SocketAddr,
+    headers: HeaderMap,
+    body: Bytes,
+    timeout: Duration,
+) -> Option<(http::response::Parts, http_body_util::Collected<Bytes>)> {
+    let call = async move {
+        let stream = tokio::net::TcpStream::connect(target).await.ok()?;
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), {
+                hyper_util::rt::TokioIo::new(stream)
+            })
+            .await
+            .ok()?;
+        // The connection lives as long as this call (Envoy keeps one per filter; a fresh one per
+        // check changes nothing the service sees of the check).
+        tokio::spawn(connection);
+        let uri = http::Uri::builder()
+            .scheme("http")
+            .authority(target.to_string())
+            .path_and_query("/envoy.service.auth.v3.Authorization/Check")
+            .build()
+            .ok()?;
+        let mut request = http::Request::new(http_body_util::Full::new(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = uri;
+        *request.version_mut() = http::Version::HTTP_2;
+        *request.headers_mut() = headers;
+        request.headers_mut().remove(http::header::HOST);
+        let response = sender.send_request(request).await.ok()?;
+        let (parts, body) = response.into_parts();
+        let collected = body.collect().await.ok()?;
+        Some((parts, collected))
+    };
+    tokio::time::timeout(timeout, call).await.ok().flatten()
 }
 
 async fn check_http(
@@ -283,7 +329,7 @@ fn limit(body: Bytes, max: u32) -> Bytes {
 async fn check_grpc(
     config: &ExtAuthz,
     service: &GrpcService,
-    upstream: &Upstream,
+    upstream: Option<&Upstream>,
     request: &CheckedRequest<'_>,
 ) -> Decision {
     use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
@@ -326,28 +372,39 @@ async fn check_grpc(
             headers.append(n, v);
         }
     }
-    let response = crate::forward::forward(
-        upstream,
-        Outgoing {
-            method: Method::POST,
-            path_and_query: "/envoy.service.auth.v3.Authorization/Check".into(),
-            headers,
-            body: Bytes::from(frame),
-        },
-        Forwarding {
-            retry: &RetryPolicy::none(),
-            timeout: Duration::from_millis(millis),
-            hash: None,
-        },
-    )
-    .await;
-    if response.status() != http::StatusCode::OK {
-        return Decision::Error;
-    }
-    let (parts, body) = response.into_parts();
-    let Ok(collected) = body.collect().await else {
+    let timeout = Duration::from_millis(millis);
+    let answer = match (upstream, service.google_target) {
+        (_, Some(target)) => call_direct(target, headers, Bytes::from(frame), timeout).await,
+        (Some(upstream), None) => {
+            let response = crate::forward::forward(
+                upstream,
+                Outgoing {
+                    method: Method::POST,
+                    path_and_query: "/envoy.service.auth.v3.Authorization/Check".into(),
+                    headers,
+                    body: Bytes::from(frame),
+                },
+                Forwarding {
+                    retry: &RetryPolicy::none(),
+                    timeout,
+                    hash: None,
+                },
+            )
+            .await;
+            let (parts, body) = response.into_parts();
+            body.collect()
+                .await
+                .ok()
+                .map(|collected| (parts, collected))
+        }
+        (None, None) => None,
+    };
+    let Some((parts, collected)) = answer else {
         return Decision::Error;
     };
+    if parts.status != http::StatusCode::OK {
+        return Decision::Error;
+    }
     let grpc_status = collected
         .trailers()
         .and_then(|t| t.get("grpc-status"))

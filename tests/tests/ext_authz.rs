@@ -498,6 +498,21 @@ fn grpc_config(
     grpc_config_with(listen, admin, authz, echo, "", "")
 }
 
+/// [`grpc_config`] with the check going to the service through a Google gRPC target (no
+/// cluster) with `credentials`.
+fn google_grpc_config(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    authz: SocketAddr,
+    echo: SocketAddr,
+    credentials: &str,
+) -> String {
+    grpc_config_with(listen, admin, authz, echo, "", "").replace(
+        "envoy_grpc: { cluster_name: grpc_authz }",
+        &format!("google_grpc: {{ target_uri: \"{authz}\", stat_prefix: authz{credentials} }}"),
+    )
+}
+
 /// [`grpc_config`] with more fields for the ext_authz filter and filters after it.
 fn grpc_config_with(
     listen: SocketAddr,
@@ -635,4 +650,44 @@ async fn ext_authz_peer_certificate_and_metadata_namespaces_as_in_envoy() {
         "{:#?}",
         envoy.2
     );
+}
+
+/// `grpc_service.google_grpc` with insecure channel credentials (none): the check goes straight
+/// to `target_uri`, and both proxies send the service the same checks and answer alike. (Local
+/// credentials are refused: Envoy failed every check with them to a loopback TCP target.)
+#[tokio::test]
+async fn ext_authz_google_grpc_target_as_in_envoy() {
+    let dir = paths::scratch_dir("ext_authz_google_grpc");
+    let authz = GrpcAuthz::start(IpAddr::V4(net::fresh_loopback())).await;
+    let echo = EchoUpstream::start(IpAddr::V4(net::fresh_loopback())).await;
+    let (authz_address, echo_address) = (authz.address, echo.address);
+    {
+        let credentials = "";
+        let procs = start_envoy_and_vigil(&dir, |listen, admin| {
+            google_grpc_config(listen, admin, authz_address, echo_address, credentials)
+        })
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+        let mut results = Vec::new();
+        for (who, listen, process) in &procs {
+            authz.take();
+            let mut seen = Vec::new();
+            for path in ["/allow/a?x=1", "/deny/b", "/ctx/allow"] {
+                seen.push((path, hit(*listen, path).await));
+            }
+            results.push((who, seen, authz.take(), counters(process).await));
+        }
+        let (envoy, vigil) = (&results[0], &results[1]);
+        for ((path, e), (_, v)) in envoy.1.iter().zip(&vigil.1) {
+            assert_eq!(e, v, "{credentials} {path}: Envoy's answer, then vigil's");
+        }
+        assert_eq!(
+            envoy.2, vigil.2,
+            "{credentials}: the checks the service saw"
+        );
+        assert_eq!(envoy.3, vigil.3, "{credentials}: the ext_authz counters");
+        assert_eq!(envoy.1[0].1.status, 200, "{:?}", envoy.1[0]);
+        assert_eq!(envoy.1[1].1.status, 401, "{:?}", envoy.1[1]);
+        assert_eq!(envoy.2.len(), 3, "{:#?}", envoy.2);
+    }
 }
