@@ -40,7 +40,7 @@ impl BridgeConfig {
     /// The plan for a request: `http1` is whether it came over HTTP/1.x.
     pub fn request(&self, http1: bool, content_type: Option<&str>, path: &str) -> RequestPlan {
         let upgrade = self.upgrade_protobuf_to_grpc && content_type == Some(PROTOBUF);
-        let grpc = upgrade || crate::route::is_grpc(content_type);
+        let grpc = upgrade || is_grpc(content_type);
         let bridging = http1 && grpc;
         let path = (bridging && self.ignore_query_parameters)
             .then(|| path.find('?').map(|at| path[..at].to_string()))
@@ -51,6 +51,15 @@ impl BridgeConfig {
             framing: upgrade && bridging,
             path,
         }
+    }
+}
+
+/// `Grpc::Common::isGrpcRequestHeaders`: `application/grpc`, or it followed by `+` or `;`.
+/// (The same test as `route::is_grpc`, kept here so that this module stays below `config`.)
+fn is_grpc(content_type: Option<&str>) -> bool {
+    match content_type.and_then(|ct| ct.strip_prefix("application/grpc")) {
+        Some(rest) => rest.is_empty() || rest.starts_with('+') || rest.starts_with(';'),
+        None => false,
     }
 }
 

@@ -306,6 +306,15 @@ static GOOGLE_GRPC: Message = Message {
             "channel_args",
             "gRPC channel arguments are not implemented by vigil",
         ),
+        reject(
+            "channel_credentials_plugin",
+            "channel credential plugins are not implemented by vigil",
+        ),
+        reject(
+            "call_credentials_plugin",
+            "call credential plugins are not implemented by vigil: the service would see checks \
+             without them",
+        ),
     ],
     removed: &[],
 };
