@@ -130,13 +130,24 @@ fn matches_any(list: &[StringMatch], name: &str) -> bool {
     list.iter().any(|m| m.matches(name))
 }
 
+/// The connection-level headers Envoy's connection manager removes from every request.
+const HOP_BY_HOP: [&str; 4] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+];
+
 /// The request headers the check may carry (`allowed_headers`, `disallowed_headers`).
 fn carried<'h>(config: &ExtAuthz, headers: &'h HeaderMap) -> Vec<(&'h str, &'h [u8])> {
     headers
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_bytes()))
         .filter(|(name, _)| {
-            (config.allowed_headers.is_empty() || matches_any(&config.allowed_headers, name))
+            // Envoy's connection manager removes these before any filter runs
+            // (`mutateRequestHeaders`), so no check carries them.
+            !HOP_BY_HOP.contains(name)
+                && (config.allowed_headers.is_empty() || matches_any(&config.allowed_headers, name))
                 && !matches_any(&config.disallowed_headers, name)
         })
         .collect()
