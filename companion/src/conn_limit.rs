@@ -124,6 +124,26 @@ impl ListenerCounters {
         }
     }
 
+    /// Moves a named gauge (such as the fault filter's `active_faults`) up or down by one, and
+    /// returns its value before: gauges share the counters' names and their listing.
+    pub fn gauge_step(&self, name: &str, up: bool) -> u64 {
+        let mut named = self.named.lock().unwrap_or_else(|p| p.into_inner());
+        let value = named.entry(name.to_string()).or_default();
+        let before = *value;
+        *value = if up {
+            before.saturating_add(1)
+        } else {
+            before.saturating_sub(1)
+        };
+        before
+    }
+
+    /// The value of one named counter or gauge (0 when never counted).
+    pub fn value(&self, name: &str) -> u64 {
+        let named = self.named.lock().unwrap_or_else(|p| p.into_inner());
+        named.get(name).copied().unwrap_or(0)
+    }
+
     /// The named counters and their values.
     pub fn named(&self) -> Vec<(String, u64)> {
         let named = self.named.lock().unwrap_or_else(|p| p.into_inner());

@@ -81,11 +81,62 @@ pub struct CheckedRequest<'a> {
     pub protocol: &'static str,
     /// The route's `check_settings.context_extensions` (sent with a gRPC check).
     pub context_extensions: &'a [(String, String)],
+    /// The client certificate's URL-encoded PEM (TLS with a client certificate), sent as
+    /// `source.certificate` with `include_peer_certificate`.
+    pub peer_certificate: Option<&'a str>,
+}
+
+/// Envoy's `urlEncodedPemEncodedPeerCertificate`: the certificate as PEM (`PEM_write_bio_X509`:
+/// base64 in lines of 64), with newline, space, `+`, `/` and `=` percent-encoded.
+pub fn url_encoded_pem(der: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut base64 = String::with_capacity(der.len().div_ceil(3) * 4);
+    for chunk in der.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                base64.push(ALPHABET[((n >> shift) & 63) as usize] as char);
+            } else {
+                base64.push('=');
+            }
+        }
+    }
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in base64.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    let mut out = String::with_capacity(pem.len() + 64);
+    for c in pem.chars() {
+        match c {
+            '\n' => out.push_str("%0A"),
+            ' ' => out.push_str("%20"),
+            '+' => out.push_str("%2B"),
+            '/' => out.push_str("%2F"),
+            '=' => out.push_str("%3D"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn matches_any(list: &[StringMatch], name: &str) -> bool {
     list.iter().any(|m| m.matches(name))
 }
+
+/// The connection-level headers Envoy's connection manager removes from every request.
+const HOP_BY_HOP: [&str; 4] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+];
 
 /// The request headers the check may carry (`allowed_headers`, `disallowed_headers`).
 fn carried<'h>(config: &ExtAuthz, headers: &'h HeaderMap) -> Vec<(&'h str, &'h [u8])> {
@@ -93,7 +144,10 @@ fn carried<'h>(config: &ExtAuthz, headers: &'h HeaderMap) -> Vec<(&'h str, &'h [
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_bytes()))
         .filter(|(name, _)| {
-            (config.allowed_headers.is_empty() || matches_any(&config.allowed_headers, name))
+            // Envoy's connection manager removes these before any filter runs
+            // (`mutateRequestHeaders`), so no check carries them.
+            !HOP_BY_HOP.contains(name)
+                && (config.allowed_headers.is_empty() || matches_any(&config.allowed_headers, name))
                 && !matches_any(&config.disallowed_headers, name)
         })
         .collect()
@@ -107,13 +161,59 @@ pub async fn check(
     request: &CheckedRequest<'_>,
     add_headers: impl FnOnce(&mut HeaderMap),
 ) -> Decision {
-    let Some(upstream) = upstream else {
-        return Decision::Error;
-    };
-    match &config.service {
-        AuthzService::Http(http) => check_http(config, http, upstream, request, add_headers).await,
-        AuthzService::Grpc(grpc) => check_grpc(config, grpc, upstream, request).await,
+    match (&config.service, upstream) {
+        // A Google gRPC target is reached directly, without a cluster.
+        (AuthzService::Grpc(grpc), _) if grpc.google_target.is_some() => {
+            check_grpc(config, grpc, None, request).await
+        }
+        (_, None) => Decision::Error,
+        (AuthzService::Http(http), Some(upstream)) => {
+            check_http(config, http, upstream, request, add_headers).await
+        }
+        (AuthzService::Grpc(grpc), Some(upstream)) => {
+            check_grpc(config, grpc, Some(upstream), request).await
+        }
     }
+}
+
+/// One gRPC call straight to `target` over plain-text HTTP/2 (a Google gRPC target with
+/// insecure or local credentials): its answer, or `None` when the connection, the call or the
+/// deadline fails.
+async fn call_direct(
+    target: std::net::SocketAddr,
+    headers: HeaderMap,
+    body: Bytes,
+    timeout: Duration,
+) -> Option<(http::response::Parts, http_body_util::Collected<Bytes>)> {
+    let call = async move {
+        let stream = tokio::net::TcpStream::connect(target).await.ok()?;
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), {
+                hyper_util::rt::TokioIo::new(stream)
+            })
+            .await
+            .ok()?;
+        // The connection lives as long as this call (Envoy keeps one per filter; a fresh one per
+        // check changes nothing the service sees of the check).
+        tokio::spawn(connection);
+        let uri = http::Uri::builder()
+            .scheme("http")
+            .authority(target.to_string())
+            .path_and_query("/envoy.service.auth.v3.Authorization/Check")
+            .build()
+            .ok()?;
+        let mut request = http::Request::new(http_body_util::Full::new(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = uri;
+        *request.version_mut() = http::Version::HTTP_2;
+        *request.headers_mut() = headers;
+        request.headers_mut().remove(http::header::HOST);
+        let response = sender.send_request(request).await.ok()?;
+        let (parts, body) = response.into_parts();
+        let collected = body.collect().await.ok()?;
+        Some((parts, collected))
+    };
+    tokio::time::timeout(timeout, call).await.ok().flatten()
 }
 
 async fn check_http(
@@ -240,7 +340,7 @@ fn limit(body: Bytes, max: u32) -> Bytes {
 async fn check_grpc(
     config: &ExtAuthz,
     service: &GrpcService,
-    upstream: &Upstream,
+    upstream: Option<&Upstream>,
     request: &CheckedRequest<'_>,
 ) -> Decision {
     use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
@@ -283,28 +383,39 @@ async fn check_grpc(
             headers.append(n, v);
         }
     }
-    let response = crate::forward::forward(
-        upstream,
-        Outgoing {
-            method: Method::POST,
-            path_and_query: "/envoy.service.auth.v3.Authorization/Check".into(),
-            headers,
-            body: Bytes::from(frame),
-        },
-        Forwarding {
-            retry: &RetryPolicy::none(),
-            timeout: Duration::from_millis(millis),
-            hash: None,
-        },
-    )
-    .await;
-    if response.status() != http::StatusCode::OK {
-        return Decision::Error;
-    }
-    let (parts, body) = response.into_parts();
-    let Ok(collected) = body.collect().await else {
+    let timeout = Duration::from_millis(millis);
+    let answer = match (upstream, service.google_target) {
+        (_, Some(target)) => call_direct(target, headers, Bytes::from(frame), timeout).await,
+        (Some(upstream), None) => {
+            let response = crate::forward::forward(
+                upstream,
+                Outgoing {
+                    method: Method::POST,
+                    path_and_query: "/envoy.service.auth.v3.Authorization/Check".into(),
+                    headers,
+                    body: Bytes::from(frame),
+                },
+                Forwarding {
+                    retry: &RetryPolicy::none(),
+                    timeout,
+                    hash: None,
+                },
+            )
+            .await;
+            let (parts, body) = response.into_parts();
+            body.collect()
+                .await
+                .ok()
+                .map(|collected| (parts, collected))
+        }
+        (None, None) => None,
+    };
+    let Some((parts, collected)) = answer else {
         return Decision::Error;
     };
+    if parts.status != http::StatusCode::OK {
+        return Decision::Error;
+    }
     let grpc_status = collected
         .trailers()
         .and_then(|t| t.get("grpc-status"))
@@ -490,14 +601,42 @@ fn attributes(
         },
         ..Default::default()
     };
+    let mut source = peer(request.peer);
+    if config.include_peer_certificate
+        && let Some(certificate) = request.peer_certificate
+    {
+        source.certificate = certificate.to_string();
+    }
     envoy_types::pb::envoy::service::auth::v3::AttributeContext {
-        source: Some(peer(request.peer)),
+        source: Some(source),
         destination: Some(peer(request.local)),
         request: Some(Request {
             http: Some(http),
             ..Default::default()
         }),
         context_extensions: request.context_extensions.iter().cloned().collect(),
+        // Envoy always sends the (here empty) metadata context: the namespaces it would fill
+        // are refused at load unless no filter before this one can write them.
+        metadata_context: Some(Default::default()),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_encoded_pem;
+
+    #[test]
+    fn the_peer_certificate_is_url_encoded_pem() {
+        // "Man" is "TWFu"; "Ma" pads to "TWE=".
+        assert_eq!(
+            url_encoded_pem(b"Man"),
+            "-----BEGIN%20CERTIFICATE-----%0ATWFu%0A-----END%20CERTIFICATE-----%0A"
+        );
+        assert!(url_encoded_pem(b"Ma").contains("%0ATWE%3D%0A"));
+        assert!(url_encoded_pem(&[0xfb, 0xff]).contains("%2B%2F8%3D"));
+        // 48 bytes are one line of 64 characters; 49 start a second line.
+        let two_lines = url_encoded_pem(&[0u8; 49]);
+        assert_eq!(two_lines.matches("%0A").count(), 4, "{two_lines}");
     }
 }

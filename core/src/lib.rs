@@ -42,6 +42,10 @@
 //! - [`cors`]: Envoy's CORS filter: which policies apply, the preflight answer, the response
 //!   headers of an allowed origin.
 //! - [`dns`]: DNS query/response messages (RFC 1035) for STRICT_DNS / LOGICAL_DNS discovery.
+//! - [`fault`]: Envoy's fault injection filter: which requests it applies to, the delays and
+//!   aborts it injects (random draws as inputs).
+//! - [`grpc_bridge`]: Envoy's gRPC HTTP/1.1 bridge: which requests are bridged, the framing,
+//!   the answer's status from the trailers.
 //! - [`grpc_health`]: the `grpc.health.v1` Check/Watch messages, gRPC length-prefixed framing and
 //!   the gRPC checker's verdict ([`grpc_health::judge`]),
 //!   hand-written (two one-field messages do not justify a protobuf toolchain).
@@ -103,6 +107,8 @@ pub mod config;
 pub mod cors;
 pub mod csrf;
 pub mod dns;
+pub mod fault;
+pub mod grpc_bridge;
 pub mod grpc_health;
 pub mod health;
 pub mod http1_probe;

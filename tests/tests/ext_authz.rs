@@ -368,7 +368,7 @@ fn describe_check(check: &envoy_types::pb::envoy::service::auth::v3::CheckReques
         .collect();
     extensions.sort();
     format!(
-        "method={} path={} scheme={} protocol={} size={} body={:?} raw_body={:?} id_set={} host_set={} source={} destination={} context=[{}] headers=[{}]",
+        "method={} path={} scheme={} protocol={} size={} body={:?} raw_body={:?} id_set={} host_set={} source={} certificate={:?} destination={} context=[{}] metadata_context={:?} headers=[{}]",
         http.method,
         http.path,
         http.scheme,
@@ -379,8 +379,14 @@ fn describe_check(check: &envoy_types::pb::envoy::service::auth::v3::CheckReques
         !http.id.is_empty(),
         !http.host.is_empty(),
         attributes.source.is_some(),
+        attributes
+            .source
+            .as_ref()
+            .map(|s| s.certificate.clone())
+            .unwrap_or_default(),
         attributes.destination.is_some(),
         extensions.join(", "),
+        attributes.metadata_context,
         headers.join(", ")
     )
 }
@@ -489,15 +495,45 @@ fn grpc_config(
     authz: SocketAddr,
     echo: SocketAddr,
 ) -> String {
-    let filter = "
+    grpc_config_with(listen, admin, authz, echo, "", "", None)
+}
+
+/// [`grpc_config`] with the check going to the service through a Google gRPC target (no
+/// cluster) with `credentials`.
+fn google_grpc_config(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    authz: SocketAddr,
+    echo: SocketAddr,
+    credentials: &str,
+) -> String {
+    grpc_config_with(listen, admin, authz, echo, "", "", None).replace(
+        "envoy_grpc: { cluster_name: grpc_authz }",
+        &format!("google_grpc: {{ target_uri: \"{authz}\", stat_prefix: authz{credentials} }}"),
+    )
+}
+
+/// [`grpc_config`] with more fields for the ext_authz filter and filters after it.
+fn grpc_config_with(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    authz: SocketAddr,
+    echo: SocketAddr,
+    extra_fields: &str,
+    after: &str,
+    transport_socket: Option<&str>,
+) -> String {
+    let filter = format!(
+        "
           - name: envoy.filters.http.ext_authz
             typed_config:
               \"@type\": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
               transport_api_version: V3
               grpc_service:
-                envoy_grpc: { cluster_name: grpc_authz }
+                envoy_grpc: {{ cluster_name: grpc_authz }}
                 timeout: 0.5s
-              with_request_body: { max_request_bytes: 100, allow_partial_message: true, pack_as_bytes: true }";
+              with_request_body: {{ max_request_bytes: 100, allow_partial_message: true, pack_as_bytes: true }}{extra_fields}{after}"
+    );
     let routes = "
               - match: { prefix: \"/ctx\" }
                 route: { cluster: echo }
@@ -518,7 +554,8 @@ fn grpc_config(
         cluster_yaml("grpc_authz", &[authz], h2, None)
     );
     let mut spec = ListenerSpec::new("authz_lab", routes, &clusters);
-    spec.http_filters = filter.to_string();
+    spec.http_filters = filter;
+    spec.transport_socket = transport_socket.map(str::to_string);
     spec.render(listen, admin)
 }
 
@@ -561,4 +598,210 @@ async fn ext_authz_grpc_service_decides_as_in_envoy() {
     assert_eq!(envoy.3, vigil.3, "the ext_authz counters");
     assert_eq!(envoy.1[0].1.status, 200, "{:?}", envoy.1[0]);
     assert_eq!(envoy.1[1].1.status, 401, "{:?}", envoy.1[1]);
+}
+
+/// A real-world gRPC ext_authz config: `include_peer_certificate` (a plain-text listener: no
+/// certificate to send), `metadata_context_namespaces` naming a namespace no filter before it
+/// writes (`tls_inspector` writes none), and a Lua filter after it: the same checks (an empty
+/// `metadata_context`, no `source.certificate`), answers and counters as Envoy.
+#[tokio::test]
+async fn ext_authz_peer_certificate_and_metadata_namespaces_as_in_envoy() {
+    let dir = paths::scratch_dir("ext_authz_metadata");
+    let authz = GrpcAuthz::start(IpAddr::V4(net::fresh_loopback())).await;
+    let echo = EchoUpstream::start(IpAddr::V4(net::fresh_loopback())).await;
+    let (authz_address, echo_address) = (authz.address, echo.address);
+    let extra = "
+              include_peer_certificate: true
+              metadata_context_namespaces: [envoy.filters.listener.tls_inspector]";
+    let after = "
+          - name: envoy.filters.http.lua
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+              default_source_code:
+                inline_string: |
+                  function envoy_on_request(handle)
+                    handle:headers():add(\"x-after-authz\", \"lua\")
+                  end";
+    let procs = start_envoy_and_vigil(&dir, |listen, admin| {
+        grpc_config_with(
+            listen,
+            admin,
+            authz_address,
+            echo_address,
+            extra,
+            after,
+            None,
+        )
+    })
+    .await
+    .unwrap_or_else(|err| panic!("{err}"));
+    let mut results = Vec::new();
+    for (who, listen, process) in &procs {
+        authz.take();
+        let mut seen = Vec::new();
+        for path in ["/allow/a", "/deny/b", "/ctx/allow"] {
+            seen.push((path, hit(*listen, path).await));
+        }
+        seen.push((
+            "/allow/body",
+            send(*listen, "POST", "/allow/body", "hi").await,
+        ));
+        results.push((who, seen, authz.take(), counters(process).await));
+    }
+    let (envoy, vigil) = (&results[0], &results[1]);
+    for ((path, e), (_, v)) in envoy.1.iter().zip(&vigil.1) {
+        assert_eq!(e, v, "{path}: Envoy's answer, then vigil's");
+    }
+    assert_eq!(envoy.2, vigil.2, "the checks the service saw");
+    assert_eq!(envoy.3, vigil.3, "the ext_authz counters");
+    assert_eq!(envoy.1[0].1.status, 200, "{:?}", envoy.1[0]);
+    assert!(
+        envoy.2.iter().all(|c| c.contains("certificate=\"\"")),
+        "{:#?}",
+        envoy.2
+    );
+}
+
+/// `grpc_service.google_grpc` with insecure channel credentials (none): the check goes straight
+/// to `target_uri`, and both proxies send the service the same checks and answer alike. (Local
+/// credentials are refused: Envoy failed every check with them to a loopback TCP target.)
+#[tokio::test]
+async fn ext_authz_google_grpc_target_as_in_envoy() {
+    let dir = paths::scratch_dir("ext_authz_google_grpc");
+    let authz = GrpcAuthz::start(IpAddr::V4(net::fresh_loopback())).await;
+    let echo = EchoUpstream::start(IpAddr::V4(net::fresh_loopback())).await;
+    let (authz_address, echo_address) = (authz.address, echo.address);
+    {
+        let credentials = "";
+        let procs = start_envoy_and_vigil(&dir, |listen, admin| {
+            google_grpc_config(listen, admin, authz_address, echo_address, credentials)
+        })
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+        let mut results = Vec::new();
+        for (who, listen, process) in &procs {
+            authz.take();
+            let mut seen = Vec::new();
+            for path in ["/allow/a?x=1", "/deny/b", "/ctx/allow"] {
+                seen.push((path, hit(*listen, path).await));
+            }
+            results.push((who, seen, authz.take(), counters(process).await));
+        }
+        let (envoy, vigil) = (&results[0], &results[1]);
+        for ((path, e), (_, v)) in envoy.1.iter().zip(&vigil.1) {
+            assert_eq!(e, v, "{credentials} {path}: Envoy's answer, then vigil's");
+        }
+        assert_eq!(
+            envoy.2, vigil.2,
+            "{credentials}: the checks the service saw"
+        );
+        assert_eq!(envoy.3, vigil.3, "{credentials}: the ext_authz counters");
+        assert_eq!(envoy.1[0].1.status, 200, "{:?}", envoy.1[0]);
+        assert_eq!(envoy.1[1].1.status, 401, "{:?}", envoy.1[1]);
+        assert_eq!(envoy.2.len(), 3, "{:#?}", envoy.2);
+    }
+}
+
+/// `include_peer_certificate` over mutual TLS: the client certificate reaches the service as
+/// URL-encoded PEM in `source.certificate`, byte for byte as Envoy sends it.
+#[tokio::test]
+async fn ext_authz_sends_the_peer_certificate_as_envoy_does() {
+    use rustls::pki_types::ServerName;
+    use tokio::io::AsyncReadExt;
+    let dir = paths::scratch_dir("ext_authz_peer_cert");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|err| panic!("scratch dir: {err}"));
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    // A name of its own: with rcgen's default name on every certificate, BoringSSL takes the
+    // client certificate for self-signed and Envoy refuses the handshake.
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "vigil ext_authz test CA");
+    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = rcgen::KeyPair::generate().expect("server key");
+    let server = rcgen::CertificateParams::new(vec!["authz.example".to_string()])
+        .expect("server params")
+        .signed_by(&server_key, &issuer)
+        .expect("server certificate");
+    let client_key = rcgen::KeyPair::generate().expect("client key");
+    let client = rcgen::CertificateParams::new(vec!["client.example".to_string()])
+        .expect("client params")
+        .signed_by(&client_key, &issuer)
+        .expect("client certificate");
+    let write = |name: &str, text: String| {
+        let file = dir.join(name);
+        std::fs::write(&file, text).unwrap_or_else(|err| panic!("write {name}: {err}"));
+        file.display().to_string()
+    };
+    let (ca_file, cert_file, key_file) = (
+        write("ca.pem", ca.pem()),
+        write("server.pem", server.pem()),
+        write("server.key", server_key.serialize_pem()),
+    );
+    let transport = format!(
+        "{{ name: envoy.transport_sockets.tls, typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext, require_client_certificate: true, common_tls_context: {{ tls_certificates: [{{ certificate_chain: {{ filename: \"{cert_file}\" }}, private_key: {{ filename: \"{key_file}\" }} }}], validation_context: {{ trusted_ca: {{ filename: \"{ca_file}\" }} }} }} }} }}"
+    );
+    let authz = GrpcAuthz::start(IpAddr::V4(net::fresh_loopback())).await;
+    let echo = EchoUpstream::start(IpAddr::V4(net::fresh_loopback())).await;
+    let (authz_address, echo_address) = (authz.address, echo.address);
+    let extra = "
+              include_peer_certificate: true";
+    let procs = start_envoy_and_vigil(&dir, |listen, admin| {
+        grpc_config_with(
+            listen,
+            admin,
+            authz_address,
+            echo_address,
+            extra,
+            "",
+            Some(&transport),
+        )
+    })
+    .await
+    .unwrap_or_else(|err| panic!("{err}"));
+    let config = vigil_tests::tls_upstream::tls_client(
+        ca.der(),
+        Some((client.der(), client_key.serialize_der().as_slice())),
+        &[],
+    );
+    let mut results = Vec::new();
+    for (_, listen, _) in &procs {
+        authz.take();
+        let exchange = async {
+            let tcp = tokio::net::TcpStream::connect(listen).await.ok()?;
+            let name = ServerName::try_from("authz.example").ok()?;
+            let mut tls = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(name, tcp)
+                .await
+                .ok()?;
+            tls.write_all(
+                b"GET /allow/a HTTP/1.1\r\nhost: authz.example\r\nconnection: close\r\n\r\n",
+            )
+            .await
+            .ok()?;
+            let mut answer = Vec::new();
+            let _ = tls.read_to_end(&mut answer).await;
+            Some(String::from_utf8_lossy(&answer).lines().next()?.to_string())
+        };
+        let status = tokio::time::timeout(Duration::from_secs(5), exchange)
+            .await
+            .ok()
+            .flatten();
+        results.push((status, authz.take()));
+    }
+    assert_eq!(
+        results[0], results[1],
+        "Envoy's status and checks, then vigil's"
+    );
+    // The comparison means something: a check was made, carrying the certificate.
+    assert!(
+        results[0]
+            .1
+            .iter()
+            .any(|c| c.contains("certificate=\"-----BEGIN%20CERTIFICATE-----%0A")),
+        "{:#?}",
+        results[0]
+    );
 }

@@ -533,6 +533,8 @@ impl Connections {
                             sni,
                             peer: crate::tls::peer_identity(peer_cert),
                             peer_cert_sha256: peer_cert.map(crate::tls::sha256_hex),
+                            peer_cert_pem: peer_cert
+                                .map(|cert| crate::ext_authz::url_encoded_pem(cert.as_ref())),
                             local_uri_sans: tls.local_uri_sans.clone(),
                         }),
                     };
@@ -701,6 +703,8 @@ pub struct DownstreamTls {
     pub peer_cert_sha256: Option<String>,
     /// The served certificate's URI names.
     pub local_uri_sans: Arc<[String]>,
+    /// The client certificate's URL-encoded PEM (ext_authz's `include_peer_certificate`).
+    pub peer_cert_pem: Option<String>,
 }
 
 /// What serving HTTP on one accepted (and, for TLS, handshaken) connection needs.
@@ -811,6 +815,12 @@ fn declare_filter_stats(counters: &ListenerCounters, hcm: &HttpConnectionManager
                 ["origin_valid", "origin_invalid"].map(|c| format!("http.{prefix}.cors.{c}")),
             ),
             HttpFilterKind::Lua(config) => counters.declare([config.errors_counter(prefix)]),
+            HttpFilterKind::Fault(_) => counters.declare(
+                vigil_core::fault::COUNTERS
+                    .iter()
+                    .chain([&vigil_core::fault::ACTIVE_FAULTS])
+                    .map(|c| vigil_core::fault::stat_name(prefix, c)),
+            ),
             HttpFilterKind::Csrf(_) => counters
                 .declare(vigil_core::csrf::COUNTERS.map(|c| format!("http.{prefix}.csrf.{c}"))),
             HttpFilterKind::LocalRateLimit(config) => counters

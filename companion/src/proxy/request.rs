@@ -72,6 +72,9 @@ struct Outcome {
         crate::lua::StreamMeta,
         crate::lua::ErrorCount,
     )>,
+    /// The gRPC HTTP/1.1 bridge that took the request, by position in the chain: its plan
+    /// says how the answer is turned back into HTTP/1.1.
+    grpc_bridge: Option<(usize, vigil_core::grpc_bridge::RequestPlan)>,
 }
 
 impl Outcome {
@@ -134,8 +137,14 @@ pub async fn handle(
         _ => response,
     };
     // The Lua filters' response sides, last filter first, on whatever answer came (the
-    // upstream's, or a local reply of a filter after them, or their own `respond()`).
-    for (_, script, meta, errors) in outcome.lua_response.iter().rev() {
+    // upstream's, or a local reply of a filter after them, or their own `respond()`); the gRPC
+    // bridge at its own place among them (encoder filters run in reverse chain order).
+    let mut bridge = outcome.grpc_bridge.as_ref();
+    for (index, script, meta, errors) in outcome.lua_response.iter().rev() {
+        if let Some((_, plan)) = bridge.filter(|(at, _)| at > index) {
+            response = bridge_answer(response, plan).await;
+            bridge = None;
+        }
         let (mut head, body) = response.into_parts();
         let changed = crate::lua::on_response(
             script,
@@ -150,6 +159,9 @@ pub async fn handle(
         head.status = changed.status;
         head.headers = changed.headers;
         response = Response::from_parts(head, changed.body);
+    }
+    if let Some((_, plan)) = bridge {
+        response = bridge_answer(response, plan).await;
     }
     for (name, value) in &outcome.filter_headers {
         if let Ok(value) = HeaderValue::from_str(value) {
@@ -560,6 +572,129 @@ async fn respond(
                     }
                 }
             }
+            HttpFilterKind::Fault(listener_settings) => {
+                // A route's HTTPFault replaces the filter's (`resolveMostSpecificPerFilterConfig`).
+                let settings =
+                    match filter_override(state, &parts, authority.as_deref(), &path, &filter.name)
+                    {
+                        Some(FilterOverride::Disabled) => continue,
+                        Some(FilterOverride::Fault(route_settings)) => route_settings.as_ref(),
+                        _ => listener_settings.as_ref(),
+                    };
+                let prefix = &state.hcm.stat_prefix;
+                let (delay, delay_counters) = {
+                    let borrowed = pairs(&parts.headers);
+                    let view = RequestView::new(
+                        authority.as_deref(),
+                        &path,
+                        parts.method.as_str(),
+                        &borrowed,
+                    );
+                    let route_cluster = state
+                        .routes
+                        .select(&view)
+                        .and_then(|selected| selected.cluster(&view, None))
+                        .map(|c| c.name);
+                    if !settings.applies(&view, route_cluster.as_deref()) {
+                        continue;
+                    }
+                    (
+                        settings.delay(&view, random()),
+                        settings.injected_counters(prefix, &view, "delays_injected"),
+                    )
+                };
+                let mut active = None;
+                if let Some(ms) = delay
+                    && let Some(fault) = ActiveFault::start(&derived.counters, prefix, settings)
+                {
+                    active = Some(fault);
+                    derived.counters.bump(delay_counters);
+                    outcome.flags = "DI";
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                let abort = {
+                    let borrowed = pairs(&parts.headers);
+                    let view = RequestView::new(
+                        authority.as_deref(),
+                        &path,
+                        parts.method.as_str(),
+                        &borrowed,
+                    );
+                    // After a delay the abort is drawn again and needs no further room
+                    // (`postDelayInjection`); without one it must find room (`maybeDoAbort`).
+                    settings.abort(&view, random()).and_then(|abort| {
+                        let room = active.is_some()
+                            || ActiveFault::start(&derived.counters, prefix, settings)
+                                .map(|fault| active = Some(fault))
+                                .is_some();
+                        room.then(|| {
+                            (
+                                abort,
+                                settings.injected_counters(prefix, &view, "aborts_injected"),
+                            )
+                        })
+                    })
+                };
+                let Some((abort, counters)) = abort else {
+                    // A delay that ends without an abort no longer counts as active.
+                    drop(active);
+                    continue;
+                };
+                derived.counters.bump(counters);
+                let status = StatusCode::from_u16(abort.http_status).unwrap_or(StatusCode::OK);
+                let mut response = local_reply(status, vigil_core::fault::ABORT_BODY);
+                if let Some(code) = abort.grpc_status.filter(|_| grpc) {
+                    response
+                        .headers_mut()
+                        .insert("grpc-status", HeaderValue::from(code));
+                }
+                outcome.request_headers = Some(parts.headers);
+                outcome.flags = if outcome.flags == "DI" { "DI,FI" } else { "FI" };
+                outcome.details = vigil_core::fault::ABORT_DETAILS.into();
+                // The fault stays active until the answer is made.
+                drop(active);
+                return (response, outcome);
+            }
+            HttpFilterKind::GrpcHttp1Bridge(config) => {
+                if let Some(FilterOverride::Disabled) =
+                    filter_override(state, &parts, authority.as_deref(), &path, &filter.name)
+                {
+                    continue;
+                }
+                let plan = config.request(
+                    parts.version < http::Version::HTTP_2,
+                    parts
+                        .headers
+                        .get(header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok()),
+                    &path,
+                );
+                if plan.upgrade {
+                    parts.headers.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/grpc"),
+                    );
+                    // The message's length is in its gRPC frame.
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                }
+                if let Some(stripped) = &plan.path {
+                    path.clone_from(stripped);
+                }
+                if plan.framing {
+                    let read = match body.whole().await {
+                        Ok(read) => read,
+                        Err(refusal) => return outcome.refused(refusal),
+                    };
+                    // A request without a body has no message to frame (Envoy's decodeData
+                    // never runs for it).
+                    if !read.is_empty() {
+                        body = RequestBody::Read(vigil_core::grpc_bridge::frame(&read).into());
+                    }
+                }
+                if plan.bridging {
+                    outcome.grpc_bridge = Some((index, plan));
+                }
+            }
             HttpFilterKind::Csrf(listener_policy) => {
                 let policy =
                     match filter_override(state, &parts, authority.as_deref(), &path, &filter.name)
@@ -888,6 +1023,10 @@ async fn respond(
                         "HTTP/1.1"
                     },
                     context_extensions,
+                    peer_certificate: downstream
+                        .tls
+                        .as_ref()
+                        .and_then(|tls| tls.peer_cert_pem.as_deref()),
                 };
                 let context = FormatContext {
                     start: started,
@@ -2011,6 +2150,108 @@ fn grpc_form(mut response: Response<ProxyBody>, text: &str) -> Response<ProxyBod
         .map_err(|never| match never {})
         .boxed();
     response
+}
+
+/// The gRPC HTTP/1.1 bridge's answer (`encodeHeaders` ... `encodeTrailers`): the upstream's
+/// answer is read whole; when it ends with trailers, their `grpc-status` sets the status (503
+/// unless 0) and with `grpc-message` becomes a header, the body gets a `content-length` (and
+/// loses the frame header of an upgraded protobuf request). A local reply (a header-only gRPC
+/// answer in Envoy) and an answer without trailers pass unchanged.
+async fn bridge_answer(
+    response: Response<ProxyBody>,
+    plan: &vigil_core::grpc_bridge::RequestPlan,
+) -> Response<ProxyBody> {
+    if response
+        .extensions()
+        .get::<crate::forward::LocalReplyText>()
+        .is_some()
+    {
+        return response;
+    }
+    let (mut head, body) = response.into_parts();
+    let collected = match body.collect().await {
+        Ok(collected) => collected,
+        // The upstream reset mid-answer: the client sees its answer broken off, as in Envoy.
+        Err(err) => return Response::from_parts(head, FailedBody(Some(err)).boxed()),
+    };
+    let trailers = collected.trailers().cloned();
+    let mut bytes = collected.to_bytes();
+    let text = |name: &str| {
+        trailers
+            .as_ref()
+            .and_then(|t| t.get(name))
+            .and_then(|v| v.to_str().ok())
+    };
+    let grpc = trailers
+        .as_ref()
+        .map(|_| (text("grpc-status"), text("grpc-message")));
+    if let Some(bridged) =
+        vigil_core::grpc_bridge::response(plan, head.status.as_u16(), grpc, bytes.len())
+    {
+        head.status = StatusCode::from_u16(bridged.status).unwrap_or(head.status);
+        for (name, value) in bridged.set_headers {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                head.headers.insert(name, value);
+            }
+        }
+        head.headers.remove(header::TRANSFER_ENCODING);
+        bytes = bytes.slice(bridged.drain..);
+    }
+    Response::from_parts(
+        head,
+        Full::new(bytes).map_err(|never| match never {}).boxed(),
+    )
+}
+
+/// A body that fails with the error its source failed with.
+struct FailedBody(Option<hyper::Error>);
+
+impl hyper::body::Body for FailedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        std::task::Poll::Ready(self.0.take().map(Err))
+    }
+}
+
+/// One fault the fault filter holds active (the `active_faults` gauge), released when dropped:
+/// once a delay ends without an abort, or when the request's answer is made (a client gone
+/// mid-delay drops it too, as Envoy's `onDestroy`).
+struct ActiveFault {
+    counters: Arc<crate::conn_limit::ListenerCounters>,
+    gauge: String,
+}
+
+impl ActiveFault {
+    /// `tryIncActiveFaults`: a new active fault, or `None` (counted in `faults_overflow`) when
+    /// `max_active_faults` are already active.
+    fn start(
+        counters: &Arc<crate::conn_limit::ListenerCounters>,
+        prefix: &str,
+        settings: &vigil_core::fault::FaultSettings,
+    ) -> Option<ActiveFault> {
+        let gauge = vigil_core::fault::stat_name(prefix, vigil_core::fault::ACTIVE_FAULTS);
+        // As in Envoy, a fuzzy limit: the check and the step are not one atomic operation.
+        if settings.overflows(counters.value(&gauge)) {
+            counters.bump([vigil_core::fault::stat_name(prefix, "faults_overflow")]);
+            return None;
+        }
+        counters.gauge_step(&gauge, true);
+        Some(ActiveFault {
+            counters: counters.clone(),
+            gauge,
+        })
+    }
+}
+
+impl Drop for ActiveFault {
+    fn drop(&mut self) {
+        self.counters.gauge_step(&self.gauge, false);
+    }
 }
 
 fn random() -> u64 {

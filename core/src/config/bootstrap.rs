@@ -126,8 +126,8 @@ fn runtime_layers_against_keys(cx: &mut Ctx, path: &FieldPath, layered: &Value) 
         if let Some(static_layer) = layer.get("static_layer") {
             let mut set = Vec::new();
             flatten("", static_layer, &mut set);
-            for (key_path, key) in &keys {
-                if set.contains(key) {
+            for (key_path, pattern) in &keys {
+                for key in set.iter().filter(|k| runtime_key_matches(pattern, k)) {
                     cx.unsupported(
                         key_path,
                         format!(
@@ -155,6 +155,18 @@ fn runtime_layers_against_keys(cx: &mut Ctx, path: &FieldPath, layered: &Value) 
         }
     }
     cx.runtime_keys = keys;
+}
+
+/// Whether a static layer's `key` is the runtime key `pattern` a filter reads: the same name,
+/// or, for a pattern with one `*` (a key named per request, such as the fault filter's
+/// `fault.http.<downstream cluster>.abort.abort_percent`), any non-empty text in its place.
+fn runtime_key_matches(pattern: &str, key: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == key,
+        Some((head, tail)) => {
+            key.len() > head.len() + tail.len() && key.starts_with(head) && key.ends_with(tail)
+        }
+    }
 }
 
 fn admin(cx: &mut Ctx, mut o: Obj) -> Admin {

@@ -14,7 +14,7 @@
 
 use crate::base::{HeaderAppendAction, HeaderOption};
 use crate::matcher::StringMatch;
-use crate::protojson::{Any, Ctx, Enum, FieldPath, Message, Obj, read, reject, warn};
+use crate::protojson::{Any, Ctx, Enum, FieldPath, Message, Obj, keep, read, reject, warn};
 use serde_json::Value;
 
 pub(crate) const EXT_AUTHZ_TYPE: &str = "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
@@ -48,6 +48,13 @@ pub struct ExtAuthz {
     pub disallowed_headers: Vec<StringMatch>,
     /// `max_denied_response_body_bytes` (0: no limit).
     pub max_denied_response_body_bytes: u32,
+    /// `include_peer_certificate`: a gRPC check's `source.certificate` is the client
+    /// certificate's URL-encoded PEM (TLS connections with one).
+    pub include_peer_certificate: bool,
+    /// `metadata_context_namespaces` and `typed_metadata_context_namespaces`, each with where
+    /// it is written: accepted only when no filter before this one can write the namespace
+    /// (see `http_filters`), so the check's `metadata_context` is empty, as in Envoy.
+    pub metadata_namespaces: Vec<(FieldPath, String)>,
     /// Where the filter's `typed_config` is in the file.
     pub path: FieldPath,
 }
@@ -102,7 +109,11 @@ pub struct HttpService {
 /// `grpc_service` with `envoy_grpc`: `envoy.service.auth.v3.Authorization/Check` on a cluster.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GrpcService {
+    /// `envoy_grpc.cluster_name` (empty for a Google gRPC target).
     pub cluster: String,
+    /// `google_grpc.target_uri`, an IP address and port: the check goes there directly over
+    /// plain-text HTTP/2 (insecure channel credentials), as Envoy's Google gRPC client.
+    pub google_target: Option<std::net::SocketAddr>,
     /// `envoy_grpc.authority` (empty: the cluster's name).
     pub authority: String,
     /// `timeout` (default 200 ms).
@@ -158,17 +169,14 @@ static EXT_AUTHZ: Message = Message {
             "validate_mutations",
             "vigil applies only well-formed header changes from the service anyway",
         ),
-        reject("metadata_context_namespaces", NO_METADATA),
-        reject("typed_metadata_context_namespaces", NO_METADATA),
+        read("metadata_context_namespaces"),
+        read("typed_metadata_context_namespaces"),
         reject("route_metadata_context_namespaces", NO_METADATA),
         reject("route_typed_metadata_context_namespaces", NO_METADATA),
         reject("filter_enabled", NO_RUNTIME),
         reject("filter_enabled_metadata", NO_RUNTIME),
         reject("deny_at_disable", NO_RUNTIME),
-        reject(
-            "include_peer_certificate",
-            "the peer certificate is not sent to the service by vigil",
-        ),
+        read("include_peer_certificate"),
         read("stat_prefix"),
         reject("bootstrap_metadata_labels_key", NO_METADATA),
         read("allowed_headers"),
@@ -263,17 +271,74 @@ static GRPC_SERVICE: Message = Message {
     name: "envoy.config.core.v3.GrpcService",
     fields: &[
         read("envoy_grpc").oneof("target_specifier"),
-        reject(
-            "google_grpc",
-            "the Google gRPC client is not implemented by vigil: name a cluster with envoy_grpc",
-        )
-        .oneof("target_specifier"),
+        read("google_grpc").oneof("target_specifier"),
         read("timeout"),
         read("initial_metadata"),
         reject(
             "retry_policy",
             "retrying the check is not implemented by vigil",
         ),
+    ],
+    removed: &[],
+};
+
+static GOOGLE_GRPC: Message = Message {
+    name: "envoy.config.core.v3.GrpcService.GoogleGrpc",
+    fields: &[
+        read("target_uri"),
+        read("channel_credentials"),
+        reject(
+            "call_credentials",
+            "call credentials (tokens, IAM, STS, ...) are not sent by vigil's gRPC client: the \
+             service would see checks without them",
+        ),
+        read("stat_prefix"),
+        reject(
+            "credentials_factory_name",
+            "credentials factories are not implemented by vigil",
+        ),
+        keep("config"),
+        warn(
+            "per_stream_buffer_limit_bytes",
+            "vigil buffers the whole check answer",
+        ),
+        reject(
+            "channel_args",
+            "gRPC channel arguments are not implemented by vigil",
+        ),
+        reject(
+            "channel_credentials_plugin",
+            "channel credential plugins are not implemented by vigil",
+        ),
+        reject(
+            "call_credentials_plugin",
+            "call credential plugins are not implemented by vigil: the service would see checks \
+             without them",
+        ),
+    ],
+    removed: &[],
+};
+
+static CHANNEL_CREDENTIALS: Message = Message {
+    name: "envoy.config.core.v3.GrpcService.GoogleGrpc.ChannelCredentials",
+    fields: &[
+        reject(
+            "ssl_credentials",
+            "TLS to a Google gRPC target is not implemented by vigil yet: name a cluster with \
+             a TLS transport socket with envoy_grpc",
+        )
+        .oneof("credential_specifier"),
+        reject(
+            "google_default",
+            "Google default credentials are not implemented by vigil",
+        )
+        .oneof("credential_specifier"),
+        reject(
+            "local_credentials",
+            "local channel credentials are not implemented by vigil (Envoy 1.36.2 failed every \
+             check over them to a loopback TCP target, measured): use no channel_credentials",
+        )
+        .oneof("credential_specifier"),
     ],
     removed: &[],
 };
@@ -376,6 +441,21 @@ pub(crate) fn ext_authz(cx: &mut Ctx, typed: &Any) -> Option<ExtAuthz> {
         .and_then(|b| buffer_settings(cx, b));
     let allowed_headers = list_string_matcher(cx, &mut o, "allowed_headers");
     let disallowed_headers = list_string_matcher(cx, &mut o, "disallowed_headers");
+    let include_peer_certificate = o.bool(cx, "include_peer_certificate").unwrap_or(false);
+    let mut metadata_namespaces = Vec::new();
+    for field in [
+        "metadata_context_namespaces",
+        "typed_metadata_context_namespaces",
+    ] {
+        if let Some((p, v)) = o.take(field) {
+            for (i, item) in crate::protojson::items(v).into_iter().enumerate() {
+                let at = p.index(i);
+                if let Some(name) = crate::protojson::string(cx, &at, item) {
+                    metadata_namespaces.push((at, name));
+                }
+            }
+        }
+    }
     let http = o.message(cx, "http_service", &HTTP_SERVICE);
     let grpc = o.message(cx, "grpc_service", &GRPC_SERVICE);
     o.finish(cx);
@@ -403,8 +483,46 @@ pub(crate) fn ext_authz(cx: &mut Ctx, typed: &Any) -> Option<ExtAuthz> {
         allowed_headers,
         disallowed_headers,
         max_denied_response_body_bytes,
+        include_peer_certificate,
+        metadata_namespaces,
         path,
     })
+}
+
+/// A `GoogleGrpc` target vigil reaches itself: `target_uri` an IP address and port, with
+/// `stat_prefix` (required), insecure channel credentials (none).
+fn google_grpc(cx: &mut Ctx, mut o: Obj) -> Option<std::net::SocketAddr> {
+    let path = o.path.clone();
+    let target = o.required_string(
+        cx,
+        "target_uri",
+        "value length must be at least 1 characters",
+    );
+    let stat_prefix = o.required_string(
+        cx,
+        "stat_prefix",
+        "value length must be at least 1 characters",
+    );
+    if let Some(credentials) = o.message(cx, "channel_credentials", &CHANNEL_CREDENTIALS) {
+        credentials.finish(cx);
+    }
+    o.finish(cx);
+    let (target, _) = (target?, stat_prefix?);
+    // gRPC's default scheme is dns:; vigil resolves no names for the check.
+    let address = target.strip_prefix("ipv4:").unwrap_or(&target);
+    match address.parse::<std::net::SocketAddr>() {
+        Ok(address) => Some(address),
+        Err(_) => {
+            cx.unsupported(
+                &path.field("target_uri"),
+                format!(
+                    "target_uri '{target}': vigil's gRPC client reaches an IP address and port \
+                     (such as 127.0.0.1:9191) only; name a cluster with envoy_grpc instead"
+                ),
+            );
+            None
+        }
+    }
 }
 
 /// A route's `ExtAuthzPerRoute`.
@@ -594,7 +712,18 @@ fn grpc_service(cx: &mut Ctx, mut o: Obj) -> Option<GrpcService> {
         }
     }
     let envoy = o.message(cx, "envoy_grpc", &ENVOY_GRPC);
+    let google = o.message(cx, "google_grpc", &GOOGLE_GRPC);
     o.finish(cx);
+    if let Some(google) = google {
+        let target = google_grpc(cx, google)?;
+        return Some(GrpcService {
+            cluster: String::new(),
+            google_target: Some(target),
+            authority: target.to_string(),
+            timeout_ms,
+            initial_metadata,
+        });
+    }
     let Some(mut envoy) = envoy else {
         if !cx
             .errors
@@ -617,8 +746,184 @@ fn grpc_service(cx: &mut Ctx, mut o: Obj) -> Option<GrpcService> {
     envoy.finish(cx);
     Some(GrpcService {
         cluster: cluster?,
+        google_target: None,
         authority,
         timeout_ms,
         initial_metadata,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use crate::config::{HttpFilterKind, from_value};
+    use serde_json::{Value, json};
+
+    const AUTHZ: &str = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz";
+    const LUA: &str = "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua";
+    const RBAC: &str = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC";
+
+    fn authz(extra: Value) -> Value {
+        let mut filter = json!({"@type": AUTHZ,
+            "grpc_service": {"envoy_grpc": {"cluster_name": "app"}}});
+        if let (Value::Object(f), Value::Object(extra)) = (&mut filter, extra) {
+            f.extend(extra);
+        }
+        json!({"name": "authz", "typed_config": filter})
+    }
+
+    fn load(filters: Vec<Value>) -> Result<Vec<HttpFilterKind>, String> {
+        let mut chain = filters;
+        chain.push(json!({"name": "router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
+        let value = json!({"static_resources": {
+            "listeners": [{
+                "name": "l",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 10000}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "h",
+                        "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+                            {"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]},
+                        "http_filters": chain
+                    }
+                }]}]
+            }],
+            "clusters": [{"name": "app", "load_assignment": {"cluster_name": "app", "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 8080}}}}]}
+            ]}}]
+        }});
+        match from_value(&value) {
+            Ok(loaded) => Ok(loaded.bootstrap.listeners[0].http[0]
+                .http_filters
+                .iter()
+                .map(|f| f.kind.clone())
+                .collect()),
+            Err(e) => Err(e
+                .errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")),
+        }
+    }
+
+    fn lua() -> Value {
+        json!({"name": "lua", "typed_config": {"@type": LUA,
+            "default_source_code": {"inline_string": "function envoy_on_request(h) end"}}})
+    }
+
+    #[test]
+    fn the_peer_certificate_and_unwritten_namespaces_are_read() {
+        let kinds = load(vec![
+            authz(json!({"include_peer_certificate": true,
+                "metadata_context_namespaces": ["envoy.filters.listener.tls_inspector"],
+                "typed_metadata_context_namespaces": ["envoy.filters.http.rbac"]})),
+            lua(),
+        ])
+        .expect("valid: nothing before the check writes these namespaces");
+        let HttpFilterKind::ExtAuthz(config) = &kinds[0] else {
+            panic!("not ext_authz: {:?}", kinds[0]);
+        };
+        assert!(config.include_peer_certificate);
+        let names: Vec<&str> = config
+            .metadata_namespaces
+            .iter()
+            .map(|(_, n)| n.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "envoy.filters.listener.tls_inspector",
+                "envoy.filters.http.rbac"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_namespace_a_filter_before_writes_is_refused_with_its_path() {
+        let errors = load(vec![
+            lua(),
+            authz(json!({"metadata_context_namespaces": ["anything"]})),
+        ])
+        .expect_err("a Lua filter before can write any namespace");
+        assert!(
+            errors.contains(
+                "http_filters[1].typed_config.metadata_context_namespaces[0]: metadata \
+                 namespace 'anything' is written by 'lua'"
+            ),
+            "{errors}"
+        );
+        let rbac = json!({"name": "rbac", "typed_config": {"@type": RBAC}});
+        let errors = load(vec![
+            rbac.clone(),
+            authz(json!({"typed_metadata_context_namespaces": ["envoy.filters.http.rbac"]})),
+        ])
+        .expect_err("RBAC writes its namespace");
+        assert!(
+            errors.contains("typed_metadata_context_namespaces[0]"),
+            "{errors}"
+        );
+        // RBAC's namespace is not another's.
+        load(vec![
+            rbac,
+            authz(json!({"metadata_context_namespaces": ["envoy.filters.http.jwt_authn"]})),
+        ])
+        .expect("valid");
+        let errors = load(vec![authz(json!({"metadata_context_namespaces": [3]}))])
+            .expect_err("not a string");
+        assert!(
+            errors.contains("metadata_context_namespaces[0]"),
+            "{errors}"
+        );
+    }
+
+    #[test]
+    fn a_google_grpc_target_is_reached_directly() {
+        let google = |fields: Value| authz(json!({"grpc_service": {"google_grpc": fields}}));
+        let kinds = load(vec![google(
+            json!({"target_uri": "127.0.0.1:9191", "stat_prefix": "authz"}),
+        )])
+        .expect("valid");
+        let HttpFilterKind::ExtAuthz(config) = &kinds[0] else {
+            panic!("not ext_authz: {:?}", kinds[0]);
+        };
+        let crate::config::AuthzService::Grpc(grpc) = &config.service else {
+            panic!("not gRPC: {:?}", config.service);
+        };
+        assert_eq!(grpc.google_target, Some(([127, 0, 0, 1], 9191).into()));
+        assert_eq!(grpc.cluster, "");
+        let cases = [
+            (
+                json!({"target_uri": "authz.example:9191", "stat_prefix": "a"}),
+                "grpc_service.google_grpc.target_uri: target_uri 'authz.example:9191'",
+            ),
+            (
+                json!({"target_uri": "127.0.0.1:9191"}),
+                "grpc_service.google_grpc.stat_prefix",
+            ),
+            (
+                json!({"target_uri": "127.0.0.1:9191", "stat_prefix": "a",
+                    "channel_credentials": {"ssl_credentials": {}}}),
+                "google_grpc.channel_credentials.ssl_credentials: TLS to a Google gRPC target",
+            ),
+            (
+                json!({"target_uri": "127.0.0.1:9191", "stat_prefix": "a",
+                    "channel_credentials": {"local_credentials": {}}}),
+                "google_grpc.channel_credentials.local_credentials",
+            ),
+            (
+                json!({"target_uri": "127.0.0.1:9191", "stat_prefix": "a",
+                    "call_credentials": [{"access_token": "t"}]}),
+                "google_grpc.call_credentials: call credentials",
+            ),
+        ];
+        for (fields, expected) in cases {
+            let errors = load(vec![google(fields.clone())]).expect_err("refused");
+            assert!(errors.contains(expected), "{fields}: {errors}");
+        }
+    }
 }

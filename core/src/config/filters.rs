@@ -74,7 +74,7 @@ pub(crate) fn http_filter(type_name: &str) -> Treatment {
             Refused("answer 503 to requests when the upstream is overloaded")
         }
         "bandwidth_limit" => Refused("limit request and response bandwidth"),
-        "fault" => Refused("inject aborts and delays into requests"),
+        "fault" => Enforced,
         "buffer" => Enforced,
         "file_system_buffer" => Refused("answer 413 to request bodies above its limit"),
         "health_check" => Enforced,
@@ -84,9 +84,9 @@ pub(crate) fn http_filter(type_name: &str) -> Treatment {
         | "header_mutation" | "set_filter_state" => {
             Refused("change request headers or the metadata other filters and routes decide on")
         }
+        "grpc_http1_bridge" => Enforced,
         "grpc_web"
         | "grpc_json_transcoder"
-        | "grpc_http1_bridge"
         | "grpc_http1_reverse_bridge"
         | "connect_grpc_bridge"
         | "grpc_field_extraction"

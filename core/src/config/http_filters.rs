@@ -63,6 +63,12 @@ pub enum HttpFilterKind {
     /// `envoy.extensions.filters.http.buffer.v3.Buffer`: the whole request body is read before
     /// the request goes on; above `max_request_bytes` it is answered 413.
     Buffer(u32),
+    /// `envoy.extensions.filters.http.fault.v3.HTTPFault`: delays and aborts the proxy injects
+    /// (`crate::fault`).
+    Fault(Box<crate::fault::FaultSettings>),
+    /// `envoy.extensions.filters.http.grpc_http1_bridge.v3.Config`: HTTP/1.1 gRPC requests
+    /// bridged to gRPC upstreams (`crate::grpc_bridge`).
+    GrpcHttp1Bridge(crate::grpc_bridge::BridgeConfig),
     /// `envoy.extensions.filters.http.lua.v3.Lua`: scripts the companion's `lua` module runs
     /// on the request and the response.
     Lua(Box<crate::config::LuaFilter>),
@@ -319,6 +325,10 @@ pub(super) fn http_filters(
                         "buffer" => super::buffer::buffer(cx, &typed).map(HttpFilterKind::Buffer),
                         "lua" => super::lua::lua_filter(cx, &typed)
                             .map(|config| HttpFilterKind::Lua(Box::new(config))),
+                        "grpc_http1_bridge" => super::grpc_bridge::grpc_bridge(cx, &typed)
+                            .map(HttpFilterKind::GrpcHttp1Bridge),
+                        "fault" => super::fault::http_fault(cx, &typed)
+                            .map(|settings| HttpFilterKind::Fault(Box::new(settings))),
                         _ => super::ext_authz::ext_authz(cx, &typed)
                             .map(|config| HttpFilterKind::ExtAuthz(Box::new(config))),
                     };
@@ -378,6 +388,7 @@ pub(super) fn http_filters(
             disabled,
         });
     }
+    metadata_writers(cx, &out);
     for (path, name, config) in per_route {
         match judged.iter().find(|(n, _)| n == name) {
             None => cx.warn(
@@ -433,6 +444,47 @@ pub(super) fn http_filters(
         }
     }
     (out, routing)
+}
+
+/// ext_authz's `metadata_context_namespaces`: vigil keeps no dynamic metadata, so it sends an
+/// empty `metadata_context`. That is Envoy's check too when no filter that runs before the
+/// ext_authz filter can write the namespace (listener filters such as `tls_inspector` write
+/// none into a request's metadata); a namespace one of them can write is refused by name.
+fn metadata_writers(cx: &mut Ctx, filters: &[HttpFilter]) {
+    for (at, filter) in filters.iter().enumerate() {
+        let HttpFilterKind::ExtAuthz(config) = &filter.kind else {
+            continue;
+        };
+        for (path, namespace) in &config.metadata_namespaces {
+            let writer = filters[..at].iter().find_map(|before| {
+                let why = match &before.kind {
+                    HttpFilterKind::Lua(_) => {
+                        "a Lua filter before it can write any namespace (dynamicMetadata():set)"
+                    }
+                    HttpFilterKind::Rbac(_) if namespace == "envoy.filters.http.rbac" => {
+                        "the RBAC filter before it writes its shadow rules' results there"
+                    }
+                    HttpFilterKind::JwtAuthn(_) if namespace == "envoy.filters.http.jwt_authn" => {
+                        "the JWT filter before it can write verified payloads there"
+                    }
+                    HttpFilterKind::ExtAuthz(_) if namespace == "envoy.filters.http.ext_authz" => {
+                        "an ext_authz filter before it writes its service's metadata there"
+                    }
+                    _ => return None,
+                };
+                Some((before.name.as_str(), why))
+            });
+            if let Some((name, why)) = writer {
+                cx.unsupported(
+                    path,
+                    format!(
+                        "metadata namespace '{namespace}' is written by '{name}' ({why}); vigil \
+                         keeps no dynamic metadata, so the check would miss what Envoy sends"
+                    ),
+                );
+            }
+        }
+    }
 }
 
 const CORS_FILTER_TYPE: &str = "envoy.extensions.filters.http.cors.v3.Cors";
@@ -534,6 +586,7 @@ pub(super) fn filter_settings(
             super::buffer::BUFFER_PER_ROUTE_TYPE,
             super::rbac::HTTP_RBAC_PER_ROUTE_TYPE,
             super::lua::LUA_PER_ROUTE_TYPE,
+            super::fault::FAULT_TYPE,
         ];
         if !native.contains(&type_name) {
             continue;
@@ -553,6 +606,8 @@ pub(super) fn filter_settings(
             super::rbac::http_rbac_per_route(cx, &typed).map(|r| FilterOverride::Rbac(Box::new(r)))
         } else if type_name == super::lua::LUA_PER_ROUTE_TYPE {
             super::lua::lua_per_route(cx, &typed)
+        } else if type_name == super::fault::FAULT_TYPE {
+            super::fault::http_fault(cx, &typed).map(|s| FilterOverride::Fault(Box::new(s)))
         } else {
             super::local_ratelimit::local_ratelimit_per_route(cx, &typed).map(|c| {
                 if c.per_connection {
@@ -796,6 +851,14 @@ fn natively_run(type_name: &str) -> Option<(&'static str, &'static str)> {
         Some(("buffer", super::buffer::BUFFER_PER_ROUTE_TYPE))
     } else if type_name == super::lua::LUA_TYPE {
         Some(("lua", super::lua::LUA_PER_ROUTE_TYPE))
+    } else if type_name == super::fault::FAULT_TYPE {
+        Some(("fault", super::fault::FAULT_TYPE))
+    } else if type_name == super::grpc_bridge::GRPC_BRIDGE_TYPE {
+        // The bridge has no per-route config: a route can only turn it off.
+        Some((
+            "grpc_http1_bridge",
+            "(none: only FilterConfig with disabled: true)",
+        ))
     } else {
         None
     }

@@ -12,7 +12,7 @@ pub struct FilterSettings {
     /// The legacy `cors` field (virtual host, route action).
     pub legacy_cors: Option<crate::cors::CorsPolicy>,
     /// `typed_per_filter_config` entries for the filters vigil runs with per-route settings
-    /// (ext_authz, jwt_authn, local_ratelimit, csrf, buffer, rbac, lua), and
+    /// (ext_authz, jwt_authn, local_ratelimit, csrf, buffer, rbac, lua, fault), and
     /// `FilterConfig { disabled: true }` for any, by filter name.
     pub overrides: Vec<(String, FilterOverride)>,
 }
@@ -35,6 +35,8 @@ pub enum FilterOverride {
     /// An `RBACPerRoute`'s `rbac` (empty when absent): its rules and shadow rules replace the
     /// filter's (see [`crate::rbac::HttpRbac::decide_on_route`]).
     Rbac(Box<crate::rbac::HttpRbac>),
+    /// An `HTTPFault` replacing the filter's.
+    Fault(Box<crate::fault::FaultSettings>),
     /// A `LuaPerRoute` naming a script of the filter's or giving one of its own.
     Lua(crate::config::LuaPerRoute),
 }
