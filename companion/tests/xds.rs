@@ -1,6 +1,9 @@
 //! The EDS server over real gRPC on loopback, with a tonic client playing Envoy: subscriptions,
 //! ACK / NACK, immediate pushes, warm start, reconnects, ADS, and the admin view.
 
+mod common;
+
+use common::start_xds;
 use envoy_types::pb::envoy::config::core::v3::{Address, HealthStatus, Node, address};
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
@@ -11,10 +14,10 @@ use prost::Message;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use vigil::xds::protocol::EDS_TYPE_URL;
-use vigil::xds::{ClusterInput, EdsServer, EndpointInput, ManualSource, Transform};
+use vigil::xds::{ClusterInput, EndpointInput, ManualSource, Transform};
 use vigil_core::health::HealthFlags;
 
 const STEP: Duration = Duration::from_secs(5);
@@ -34,30 +37,6 @@ fn cluster(name: &str, ready: bool, hosts: Vec<EndpointInput>) -> ClusterInput {
         name: name.into(),
         ready,
         endpoints: hosts,
-    }
-}
-
-struct Server {
-    address: SocketAddr,
-    eds: EdsServer,
-    _stop: Vec<oneshot::Sender<()>>,
-}
-
-async fn start(source: Arc<ManualSource>, transform: Option<Transform>) -> Server {
-    let (stop_publisher, publisher_stopped) = oneshot::channel::<()>();
-    let eds = EdsServer::spawn(source, transform, async {
-        let _ = publisher_stopped.await;
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let (stop_server, server_stopped) = oneshot::channel::<()>();
-    tokio::spawn(eds.clone().serve(listener, async {
-        let _ = server_stopped.await;
-    }));
-    Server {
-        address,
-        eds,
-        _stop: vec![stop_publisher, stop_server],
     }
 }
 
@@ -176,7 +155,7 @@ async fn subscribe_ack_push_and_nack_without_retry() {
         ),
         cluster("other", true, vec![host(9, HealthFlags::empty())]),
     ]));
-    let server = start(source.clone(), None).await;
+    let server = start_xds(source.clone(), None).await;
     let mut client = Client::eds(server.address).await;
     client.send(&["web"], "", "", None).await;
     let first = client.next().await;
@@ -276,7 +255,7 @@ async fn warm_start_withholds_until_ready_and_new_subscriptions_are_answered() {
         cluster("web", false, vec![host(2, HealthFlags::FAILED_ACTIVE_HC)]),
         cluster("api", true, vec![host(5, HealthFlags::empty())]),
     ]));
-    let server = start(source.clone(), None).await;
+    let server = start_xds(source.clone(), None).await;
     let mut client = Client::eds(server.address).await;
     client.send(&["web"], "", "", None).await;
     // Not ready: the client is told nothing (Envoy keeps waiting or keeps what it had).
@@ -314,7 +293,7 @@ async fn a_client_reconnecting_to_a_restarted_server_resyncs() {
         true,
         vec![host(2, HealthFlags::empty())],
     )]));
-    let server = start(source.clone(), None).await;
+    let server = start_xds(source.clone(), None).await;
     let mut client = Client::eds(server.address).await;
     client.send(&["web"], "", "", None).await;
     let before = client.next().await;
@@ -325,7 +304,7 @@ async fn a_client_reconnecting_to_a_restarted_server_resyncs() {
     drop(server);
 
     // A new server (a restarted vigil) with the same content: same version, new nonce.
-    let server = start(source.clone(), None).await;
+    let server = start_xds(source.clone(), None).await;
     let mut client = Client::eds(server.address).await;
     client
         .send(&["web"], &before.version_info, &before.nonce, None)
@@ -352,7 +331,7 @@ async fn ads_serves_eds_and_ignores_other_types() {
         true,
         vec![host(2, HealthFlags::DEGRADED_ACTIVE_HC)],
     )]));
-    let server = start(source, None).await;
+    let server = start_xds(source, None).await;
     let mut client = Client::ads(server.address).await;
     client
         .tx
@@ -382,7 +361,7 @@ async fn the_test_hook_rewrites_assignments() {
     let transform: Transform = Arc::new(|cla: &mut ClusterLoadAssignment| {
         cla.endpoints.clear();
     });
-    let server = start(source, Some(transform)).await;
+    let server = start_xds(source, Some(transform)).await;
     let mut client = Client::eds(server.address).await;
     client.send(&["web"], "", "", None).await;
     let response = client.next().await;

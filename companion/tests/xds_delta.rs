@@ -3,6 +3,10 @@
 //! cluster that leaves the config, unknown names, a reconnect with `initial_resource_versions`
 //! answered with nothing, and delta ADS ignoring other types.
 
+mod common;
+
+use common::start_xds;
+
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
@@ -16,10 +20,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use vigil::xds::protocol::EDS_TYPE_URL;
-use vigil::xds::{ClusterInput, EdsServer, EndpointInput, ManualSource};
+use vigil::xds::{ClusterInput, EndpointInput, ManualSource};
 use vigil_core::health::HealthFlags;
 
 const STEP: Duration = Duration::from_secs(5);
@@ -35,30 +39,6 @@ fn cluster(name: &str, flags: HealthFlags) -> ClusterInput {
             priority: 0,
             flags,
         }],
-    }
-}
-
-struct Server {
-    address: SocketAddr,
-    eds: EdsServer,
-    _stop: Vec<oneshot::Sender<()>>,
-}
-
-async fn start(source: Arc<ManualSource>) -> Server {
-    let (stop_publisher, publisher_stopped) = oneshot::channel::<()>();
-    let eds = EdsServer::spawn(source, None, async {
-        let _ = publisher_stopped.await;
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let (stop_server, server_stopped) = oneshot::channel::<()>();
-    tokio::spawn(eds.clone().serve(listener, async {
-        let _ = server_stopped.await;
-    }));
-    Server {
-        address,
-        eds,
-        _stop: vec![stop_publisher, stop_server],
     }
 }
 
@@ -172,7 +152,7 @@ async fn delta_subscribe_push_nack_unsubscribe_and_removal() {
         cluster("web", healthy),
         cluster("api", healthy),
     ]));
-    let server = start(source.clone()).await;
+    let server = start_xds(source.clone(), None).await;
     let mut client = Client::eds(server.address).await;
     client.subscribe(&["web", "api", "ghost"]).await;
     let first = client.next().await;
@@ -230,7 +210,7 @@ async fn a_delta_client_resuming_on_a_restarted_server_gets_only_what_changed() 
         cluster("web", HealthFlags::empty()),
         cluster("api", HealthFlags::empty()),
     ]));
-    let server = start(source.clone()).await;
+    let server = start_xds(source.clone(), None).await;
     let mut client = Client::eds(server.address).await;
     client.subscribe(&["web", "api"]).await;
     let first = client.next().await;
@@ -240,7 +220,7 @@ async fn a_delta_client_resuming_on_a_restarted_server_gets_only_what_changed() 
     drop(server);
 
     // A restarted server, same content: the client says what it holds and gets nothing.
-    let server = start(source.clone()).await;
+    let server = start_xds(source.clone(), None).await;
     let mut client = Client::eds(server.address).await;
     client
         .send(DeltaDiscoveryRequest {
@@ -272,7 +252,7 @@ async fn delta_ads_serves_eds_and_ignores_other_types() {
         "web",
         HealthFlags::empty(),
     )]));
-    let server = start(source).await;
+    let server = start_xds(source, None).await;
     let mut client = Client::ads(server.address).await;
     client
         .tx

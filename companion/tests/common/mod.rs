@@ -1,7 +1,8 @@
 //! Fixtures shared by the companion's in-process tests: a demo app on 127.0.0.1 (HTTP, gRPC health
 //! with `my_service`, TCP ping/pong), a form POST to its control endpoints, a raw HTTP/1.1
 //! exchange, and the traffic side of a cluster (health snapshot, handle, balanced upstream) plus a
-//! listener serving a `ListenerState`, built the way the runtime builds them.
+//! listener serving a `ListenerState`, built the way the runtime builds them; and an xDS server
+//! on 127.0.0.1 over a scripted source.
 
 // Each test binary uses a part of these fixtures.
 #![allow(dead_code)]
@@ -219,4 +220,34 @@ pub fn retry_on(words: &str) -> vigil::forward::RetryOn {
         })
         .collect();
     vigil::forward::RetryOn::from_conditions(&conditions)
+}
+
+/// An xDS server on 127.0.0.1 over a scripted source; stops when dropped.
+pub struct XdsServer {
+    pub address: SocketAddr,
+    pub eds: vigil::xds::EdsServer,
+    _stop: Vec<oneshot::Sender<()>>,
+}
+
+/// Starts the EDS / ADS server (its publisher and its gRPC listener) over `source`, with an
+/// optional `transform` of every assignment sent.
+pub async fn start_xds(
+    source: Arc<vigil::xds::ManualSource>,
+    transform: Option<vigil::xds::Transform>,
+) -> XdsServer {
+    let (stop_publisher, publisher_stopped) = oneshot::channel::<()>();
+    let eds = vigil::xds::EdsServer::spawn(source, transform, async {
+        let _ = publisher_stopped.await;
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop_server, server_stopped) = oneshot::channel::<()>();
+    tokio::spawn(eds.clone().serve(listener, async {
+        let _ = server_stopped.await;
+    }));
+    XdsServer {
+        address,
+        eds,
+        _stop: vec![stop_publisher, stop_server],
+    }
 }
