@@ -244,3 +244,75 @@ fn the_module_needs_only_reviewed_wasm_2_features() {
         "wasm features not reviewed against Envoy 1.30 (check them, then add them to REVIEWED_FEATURES): {new:?}"
     );
 }
+
+/// `filter/exports.txt`: the exports `./lab build` keeps, one name per line (`#` comments).
+fn kept_exports() -> BTreeSet<String> {
+    let path = vigil_tests::paths::workspace_root().join("filter/exports.txt");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_module_exports_exactly_the_kept_callbacks() {
+    let (_, exports) = imports_and_exports(&module());
+    assert_eq!(
+        exports,
+        kept_exports(),
+        "vigil_filter.wasm's exports differ from filter/exports.txt (built by ./lab build?)"
+    );
+}
+
+/// A callback the shell implements but whose export `./lab build` removes would never run:
+/// Envoy skips a callback the module does not export. Each SDK trait method the filter may
+/// override, with the export that reaches it.
+#[test]
+fn every_callback_the_filter_implements_stays_exported() {
+    const CALLBACKS: [(&str, &str); 17] = [
+        ("on_http_request_headers", "proxy_on_request_headers"),
+        ("on_http_request_body", "proxy_on_request_body"),
+        ("on_http_request_trailers", "proxy_on_request_trailers"),
+        ("on_http_response_headers", "proxy_on_response_headers"),
+        ("on_http_response_body", "proxy_on_response_body"),
+        ("on_http_response_trailers", "proxy_on_response_trailers"),
+        ("on_log", "proxy_on_log"),
+        ("on_new_connection", "proxy_on_new_connection"),
+        ("on_downstream_data", "proxy_on_downstream_data"),
+        ("on_upstream_data", "proxy_on_upstream_data"),
+        (
+            "on_downstream_close",
+            "proxy_on_downstream_connection_close",
+        ),
+        ("on_upstream_close", "proxy_on_upstream_connection_close"),
+        ("on_http_call_response", "proxy_on_http_call_response"),
+        ("on_grpc_call_response", "proxy_on_grpc_receive"),
+        (
+            "on_grpc_call_response_headers",
+            "proxy_on_grpc_receive_initial_metadata",
+        ),
+        (
+            "on_grpc_call_response_trailers",
+            "proxy_on_grpc_receive_trailing_metadata",
+        ),
+        ("on_grpc_stream_message", "proxy_on_grpc_receive"),
+    ];
+    let kept = kept_exports();
+    let src = vigil_tests::paths::workspace_root().join("filter/src");
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(&src).unwrap_or_else(|e| panic!("{}: {e}", src.display())) {
+        let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+        for (method, export) in CALLBACKS {
+            if text.contains(&format!("fn {method}(")) && !kept.contains(export) {
+                missing.push(format!(
+                    "{} implements {method}, but {export} is not kept",
+                    path.display()
+                ));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "add to filter/exports.txt: {missing:?}");
+}
