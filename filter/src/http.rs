@@ -1,5 +1,5 @@
 //! The HTTP filter side, one [`FilterRoot`] per worker VM: header routing decisions on the
-//! request path, passive observation in the log phase.
+//! request path, passive observation when the response headers pass.
 //!
 //! The worker's copy of the verdict table is refreshed on the worker's tick (100 ms): one small
 //! shared-data read of the generation, and the table itself read and decoded (into the health
@@ -15,11 +15,12 @@
 //!   decision's `set`s replace whatever a client sent, and each owned header the decision does
 //!   not set is removed blindly (a host decision: 2 calls in all; a cluster decision: 2; a local
 //!   reply: 1; an `envoy` fallback: 2).
-//! - response headers, only with `decision_headers` and a matched rule: 1 or 2 `set`s.
-//! - log phase: `xds.cluster_name` (skipped when the decision already named the cluster, and
-//!   the whole phase skipped after a local reply), and only for a supervised cluster with
-//!   outlier detection, `upstream.address` and `response.code` (plus `response.flags` for a 5xx,
-//!   to tell Envoy's local connect-failure / reset / timeout replies from the upstream's own 5xx).
+//! - response headers: with `decision_headers` and a matched rule, 1 or 2 `set`s; then the
+//!   observation: `xds.cluster_name` (skipped when the decision already named the cluster, and
+//!   the whole observation skipped after the filter's own local reply), and only for a
+//!   supervised cluster with outlier detection, `upstream.address` and `response.code` (plus
+//!   `response.flags` for a 5xx, to tell Envoy's local connect-failure / reset / timeout replies
+//!   from the upstream's own 5xx).
 //!
 //! Decision counters are summed per worker and added to Envoy's counters on the tick, so they
 //! cost no host call per request (and lag by at most one tick).
@@ -241,7 +242,7 @@ struct Stream {
     /// With `decision_headers`: (`x-vigil-upstream`, `x-vigil-decision`) for the response.
     tell: Option<(Option<String>, String)>,
     /// The cluster the decision sent the request to (the host action's cluster for a host), so
-    /// the log phase observes it without asking Envoy, and attributes a host routed through the
+    /// the observation need not ask Envoy, and attributes a host routed through the
     /// ORIGINAL_DST cluster to the cluster it is a member of.
     routed_to: Option<String>,
     /// The filter answered locally: nothing reached an upstream.
@@ -412,10 +413,17 @@ impl HttpContext for Stream {
                 Some(&label),
             );
         }
+        self.observe();
         Action::Continue
     }
+}
 
-    fn on_log(&mut self) {
+impl Stream {
+    /// Observes the response for outlier detection: its status (and, for a local 5xx, Envoy's
+    /// flags) on the host that answered, as Envoy's router reports each response to its outlier
+    /// detector when the response headers arrive. Done here rather than in the log phase so the
+    /// module need not export `proxy_on_log`: one VM entry less for every request.
+    fn observe(&mut self) {
         if self.observed.is_empty() || self.replied {
             return;
         }
