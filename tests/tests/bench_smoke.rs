@@ -4,7 +4,7 @@
 //! cluster, and a one-Envoy fleet must stop reaching a failed app in both EDS setups (own checks,
 //! vigil's EDS), and ten simulated xDS clients plus a real Envoy must all receive one host's
 //! transition, in both xDS variants, with the simulation agreeing with the Envoy. It fails (never
-//! skips) when wrk, haproxy or nginx are missing (`./lab setup` installs them) or the filter is
+//! skips) when wrk, h2load, haproxy or nginx are missing (`./lab setup` installs them) or the filter is
 //! not built (`./lab build`).
 
 use std::process::Command;
@@ -135,6 +135,47 @@ fn quick_bench_reports_every_proxy_and_prober() {
         matches!(numbers[..], [routed, 0, observed, _] if routed > 0 && observed > 0),
         "`{activity}`"
     );
+    // Both fixed-rate sections: every proxy and every filter mode served the paced load
+    // without errors, and its p99 is a latency.
+    let throughput = stdout
+        .split("## Proxy throughput")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .unwrap_or_else(|| panic!("no proxy section\n{stdout}"));
+    for (section, paths) in [
+        (throughput, &["vigil", "envoy", "haproxy", "nginx"][..]),
+        (
+            filter,
+            &[
+                "no filter",
+                "minimal module (floor)",
+                "idle filter",
+                "observe+route",
+            ][..],
+        ),
+    ] {
+        let paced = section
+            .split("### At a fixed offered rate")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no fixed-rate section\n{stdout}"));
+        for path in paths {
+            let row = paced
+                .lines()
+                .find(|l| l.starts_with(&format!("| {path} |")))
+                .unwrap_or_else(|| panic!("no fixed-rate row for {path}\n{stdout}"));
+            let cells = cells(row);
+            let achieved: f64 = cells[1].parse().unwrap_or(0.0);
+            assert!(
+                achieved > 0.0,
+                "{path} served nothing at the fixed rate: `{row}`"
+            );
+            assert!(cells[3].ends_with(" ms"), "{path}: no p99: `{row}`");
+            assert_eq!(
+                cells[5], "0",
+                "{path} had errors at the fixed rate: `{row}`"
+            );
+        }
+    }
     let health = stdout
         .split("## Health checking at scale")
         .nth(1)

@@ -7,11 +7,14 @@
 //! same singleton WasmService probing in the background, so a mode's difference to the no-filter
 //! listener is the filter's per-request cost and nothing else. Rounds alternate between the modes
 //! (none, idle, observe, route, route with a cluster rule, both, none, ...) as the proxy benchmark does between proxies.
+//! Then each mode again at a fixed offered rate (half the no-filter throughput, paced by
+//! h2load: `super::h2load`), for the p99 the filter adds below saturation.
 //!
 //! The plugin configurations follow the labs' (`tests/src/lab.rs`): a `/livez` check every second
 //! and `consecutive_5xx` outlier detection on the upstream's cluster, and one rule sending every
 //! request to a healthy host of it through the ORIGINAL_DST cluster `vigil_original_dst`.
 
+use super::h2load::{self, PacedLoad, PacedRow};
 use super::proxies::{self, Responder, Started};
 use super::report::{FilterMeasured, Report};
 use super::sys::{self, Tools};
@@ -468,6 +471,7 @@ pub async fn run(
             }
         }
     }
+    paced(tools, cpus, options, &listeners, dir, report, progress).await?;
     let after = vigil_counters(admin).await?;
     let delta = |name: &str| {
         after
@@ -485,6 +489,76 @@ pub async fn run(
     envoy.child.stop();
     report.filter_memory_section =
         memory(tools, upstream_at, &wasm, &minimal, dir, progress).await?;
+    Ok(())
+}
+
+/// Each mode at a fixed offered rate, half the no-filter throughput wrk measured at the first
+/// connection count, rounds alternating between the modes: the latency the filter adds when
+/// Envoy is not saturated (issue goal: observe+route adds at most 0.3 ms to p99).
+async fn paced(
+    tools: &Tools,
+    cpus: Cpus,
+    options: &Options,
+    listeners: &[(Mode, SocketAddr)],
+    dir: &Path,
+    report: &mut Report,
+    progress: &Progress,
+) -> Result<(), String> {
+    let connections = options.connections.first().copied().unwrap_or(32);
+    let Some(base) = report
+        .filter_rows
+        .iter()
+        .find(|r| r.mode == Mode::None.label() && r.connections == connections)
+        .map(|r| r.median_rps())
+        .filter(|rps| *rps >= 2.0)
+    else {
+        return Err("the filter benchmark's no-filter rows measured nothing to pace at".into());
+    };
+    let mut rows: Vec<PacedRow> = listeners
+        .iter()
+        .map(|(mode, _)| PacedRow {
+            name: mode.label().to_string(),
+            rounds: Vec::new(),
+        })
+        .collect();
+    let mut load = PacedLoad {
+        target: listeners[0].1,
+        connections,
+        rate: (base / 2.0) as u32,
+        seconds: options.seconds,
+        cpu: cpus.load,
+    };
+    report.note_command(
+        "h2load (filter benchmark, fixed rate)",
+        &format!(
+            "taskset -c {} h2load {} --log-file=$RUN/<label>.requests.tsv",
+            cpus.load,
+            load.args()
+                .join(" ")
+                .replace(&load.target.to_string(), "<listener>")
+        ),
+    );
+    for round in 1..=options.rounds {
+        for (row, &(mode, listen)) in rows.iter_mut().zip(listeners) {
+            let label = format!("filter-paced-{}-r{round}", mode.slug());
+            progress.step(&label);
+            load.target = listen;
+            row.rounds
+                .push(h2load::run(tools, &load, &label, dir).await?);
+        }
+    }
+    report.filter_paced_section = h2load::section(
+        "At a fixed offered rate",
+        &format!(
+            "h2load --h1 -c{connections}, each mode paced at half the no-filter throughput of the \
+             wrk rounds above, {} s per run, modes alternating within each round; median of {} \
+             round(s).",
+            options.seconds, options.rounds
+        ),
+        load.offered(),
+        Mode::None.label(),
+        &rows,
+    );
     Ok(())
 }
 

@@ -20,6 +20,7 @@
 pub mod eds;
 pub mod filter;
 pub mod fleet;
+pub mod h2load;
 pub mod health;
 pub mod proxies;
 pub mod report;
@@ -198,10 +199,12 @@ pub fn steps(options: &Options) -> usize {
     let per_round = |parts: usize| options.rounds * parts;
     let mut steps = 0;
     if options.run_throughput {
-        steps += per_round(options.connections.len() * proxies::all().len());
+        // The wrk rounds at each connection count, then the paced rounds.
+        steps += per_round((options.connections.len() + 1) * proxies::all().len());
     }
     if options.run_filter {
-        steps += per_round(options.connections.len() * filter::Mode::ALL.len())
+        // The wrk rounds at each connection count, the paced rounds, the memory cells.
+        steps += per_round((options.connections.len() + 1) * filter::Mode::ALL.len())
             + filter::MEMORY_CONCURRENCY.len() * filter::MEMORY_MODES.len();
     }
     if options.run_health {

@@ -194,6 +194,10 @@ pub struct Report {
     pub fleet_section: String,
     /// Envoy's memory with no module, the minimal one and vigil's, rendered by `filter`.
     pub filter_memory_section: String,
+    /// The filter's modes at a fixed offered rate (`h2load`), rendered by `filter`.
+    pub filter_paced_section: String,
+    /// The proxies at a fixed offered rate (`h2load`), rendered by `throughput`.
+    pub proxy_paced_section: String,
     /// The run's scratch directory relative to the checkout, shown as `$RUN` in commands.
     pub run_dir: String,
     /// Load averages when the run started and ended.
@@ -215,6 +219,8 @@ impl Report {
             eds: Vec::new(),
             fleet_section: String::new(),
             filter_memory_section: String::new(),
+            filter_paced_section: String::new(),
+            proxy_paced_section: String::new(),
             run_dir: String::new(),
             load_before: String::new(),
             load_after: String::new(),
@@ -433,6 +439,7 @@ impl Report {
             }
             let _ = writeln!(out);
         }
+        out.push_str(&self.proxy_paced_section);
     }
 
     fn filter_table(&self, out: &mut String) {
@@ -517,6 +524,7 @@ impl Report {
             "\nEnvoy's RSS (one process, every mode): {}.",
             megabytes(rss)
         );
+        out.push_str(&self.filter_paced_section);
         out.push_str(&self.filter_memory_section);
         if let Some(a) = self.filter_activity {
             let _ = writeln!(

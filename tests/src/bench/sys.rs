@@ -10,6 +10,8 @@ use std::process::Command;
 #[derive(Debug, Clone)]
 pub struct Tools {
     pub wrk: PathBuf,
+    /// Paced load for latency at a fixed offered rate (`h2load.rs`).
+    pub h2load: PathBuf,
     pub haproxy: PathBuf,
     pub nginx: PathBuf,
     pub taskset: PathBuf,
@@ -28,6 +30,7 @@ impl Tools {
             })
         };
         let wrk = find("wrk", "wrk");
+        let h2load = find("h2load", "nghttp2-client");
         let haproxy = find("haproxy", "haproxy");
         let nginx = find("nginx", "nginx-light");
         let taskset = find("taskset", "util-linux");
@@ -42,6 +45,7 @@ impl Tools {
         let vigil = crate::paths::workspace_binary("vigil");
         Ok(Tools {
             wrk,
+            h2load,
             haproxy,
             nginx,
             taskset,

@@ -1,8 +1,11 @@
 //! The proxy benchmark: an nginx upstream on the load core, every proxy under test in front of
 //! it on the proxy core, and `wrk` on the load core. Each round runs every proxy once per
 //! connection count, in turn (A B C D, A B C D, ...), so slow drifts of the machine spread over
-//! all proxies instead of landing on one.
+//! all proxies instead of landing on one. Then every proxy again at a fixed offered rate (half
+//! HAProxy's throughput at the first connection count, paced by h2load), for p99 below
+//! saturation.
 
+use super::h2load::{self, PacedLoad, PacedRow};
 use super::proxies::{self, ProxyUnderTest, Responder, Started};
 use super::report::{Measured, Report};
 use super::sys::{self, Tools};
@@ -91,6 +94,79 @@ pub async fn run(
             }
         }
     }
+    paced(tools, cpus, options, &running, dir, report, progress).await
+}
+
+/// The proxy HAProxy's p99 is judged against at the fixed rate (and whose throughput sets it).
+const PACE_SETTER: &str = "haproxy";
+
+/// Every proxy at half HAProxy's median wrk throughput (first connection count), rounds
+/// alternating between the proxies.
+async fn paced(
+    tools: &Tools,
+    cpus: Cpus,
+    options: &Options,
+    running: &[Running],
+    dir: &Path,
+    report: &mut Report,
+    progress: &Progress,
+) -> Result<(), String> {
+    let connections = options.connections.first().copied().unwrap_or(32);
+    let Some(base) = report
+        .proxy_rows
+        .iter()
+        .find(|r| r.proxy == PACE_SETTER && r.connections == connections)
+        .map(|r| r.median_rps())
+        .filter(|rps| *rps >= 2.0)
+    else {
+        return Err(format!(
+            "the proxy benchmark measured no {PACE_SETTER} throughput to pace at"
+        ));
+    };
+    let mut rows: Vec<PacedRow> = running
+        .iter()
+        .map(|r| PacedRow {
+            name: r.proxy.name.to_string(),
+            rounds: Vec::new(),
+        })
+        .collect();
+    let mut load = PacedLoad {
+        target: running[0].listen,
+        connections,
+        rate: (base / 2.0) as u32,
+        seconds: options.seconds,
+        cpu: cpus.load,
+    };
+    report.note_command(
+        "h2load (proxy benchmark, fixed rate)",
+        &format!(
+            "taskset -c {} h2load {} --log-file=$RUN/<label>.requests.tsv",
+            cpus.load,
+            load.args()
+                .join(" ")
+                .replace(&load.target.to_string(), "<proxy>")
+        ),
+    );
+    for round in 1..=options.rounds {
+        for (row, proxy) in rows.iter_mut().zip(running) {
+            let label = format!("{}-paced-r{round}", proxy.proxy.name);
+            progress.step(&label);
+            load.target = proxy.listen;
+            row.rounds
+                .push(h2load::run(tools, &load, &label, dir).await?);
+        }
+    }
+    report.proxy_paced_section = h2load::section(
+        "At a fixed offered rate",
+        &format!(
+            "h2load --h1 -c{connections}, every proxy paced at half {PACE_SETTER}'s wrk throughput \
+             above, {} s per run, proxies alternating within each round; median of {} round(s).",
+            options.seconds, options.rounds
+        ),
+        load.offered(),
+        PACE_SETTER,
+        &rows,
+    );
     Ok(())
 }
 
