@@ -611,34 +611,66 @@ pub async fn memory(
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
             let rss = sys::rss_kib(envoy.child.pid()).unwrap_or(0);
+            let allocated = tcmalloc_allocated(admin).await;
             envoy.child.stop();
-            cells.push(rss);
+            cells.push(MemoryCell { rss, allocated });
         }
         rows.push((concurrency, cells));
     }
     Ok(memory_section(&rows))
 }
 
-/// The memory table: RSS per module and worker count, and vigil's module over the minimal one.
-fn memory_section(rows: &[(usize, Vec<u64>)]) -> String {
+/// One Envoy's memory: its RSS, and what its allocator (tcmalloc) has handed out and not freed.
+#[derive(Debug, Clone, Copy)]
+struct MemoryCell {
+    rss: u64,
+    /// Bytes, from the admin API's `/memory` (`allocated`); `None` if it did not answer.
+    allocated: Option<u64>,
+}
+
+/// `allocated` from Envoy's `/memory` (a JSON object of decimal strings).
+async fn tcmalloc_allocated(admin: SocketAddr) -> Option<u64> {
+    let response = http::get(admin, "/memory").await.ok()?;
+    let value: serde_json::Value = serde_json::from_str(&response.body).ok()?;
+    value.get("allocated")?.as_str()?.parse().ok()
+}
+
+/// The memory table: RSS per module and worker count, vigil's module over the minimal one, and
+/// the same for the bytes Envoy's allocator holds allocated.
+fn memory_section(rows: &[(usize, Vec<MemoryCell>)]) -> String {
     let mut out = String::from(
         "### Envoy's memory with a wasm module\n\n\
          One Envoy per cell, one listener, after a few requests (RSS; vigil's row includes its \
-         singleton service's VM):\n\n\
-         | --concurrency | no module | minimal module | vigil's module | vigil - minimal |\n\
-         |---:|---:|---:|---:|---:|\n",
+         singleton service's VM). **allocated** is tcmalloc's count of live allocations \
+         (Envoy's `/memory`): proxy-wasm's V8 compiles a module with TurboFan only (Liftoff off), \
+         eagerly, and the compiler's transient memory stays in tcmalloc's free lists and caches \
+         after it is freed, so RSS grows with the module's code size even where the memory in \
+         use does not.\n\n\
+         | --concurrency | no module | minimal module | vigil's module | vigil - minimal | allocated: no module / minimal / vigil | allocated: vigil - minimal |\n\
+         |---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let mb = |kib: u64| format!("{:.1} MB", kib as f64 / 1024.0);
+    let allocated_mb = |cell: &MemoryCell| {
+        cell.allocated
+            .map_or("-".to_string(), |b| format!("{:.1}", b as f64 / 1048576.0))
+    };
     for (concurrency, cells) in rows {
-        let [none, minimal, vigil] = cells[..] else {
+        let [none, minimal, vigil] = &cells[..] else {
             continue;
         };
+        let allocated_delta = match (vigil.allocated, minimal.allocated) {
+            (Some(v), Some(m)) => format!("{:+.1} MB", (v as f64 - m as f64) / 1048576.0),
+            _ => "-".to_string(),
+        };
         out.push_str(&format!(
-            "| {concurrency} | {} | {} | {} | {:+.1} MB |\n",
-            mb(none),
-            mb(minimal),
-            mb(vigil),
-            (vigil as f64 - minimal as f64) / 1024.0
+            "| {concurrency} | {} | {} | {} | {:+.1} MB | {} / {} / {} MB | {allocated_delta} |\n",
+            mb(none.rss),
+            mb(minimal.rss),
+            mb(vigil.rss),
+            (vigil.rss as f64 - minimal.rss as f64) / 1024.0,
+            allocated_mb(none),
+            allocated_mb(minimal),
+            allocated_mb(vigil),
         ));
     }
     out.push('\n');
@@ -760,11 +792,22 @@ mod tests {
 
     #[test]
     fn the_memory_table_compares_vigil_with_the_minimal_module() {
-        let text = memory_section(&[(2, vec![56 * 1024, 72 * 1024, 90 * 1024])]);
+        let cell = |mb: u64, allocated: Option<u64>| MemoryCell {
+            rss: mb * 1024,
+            allocated: allocated.map(|a| a * 1048576),
+        };
+        let text = memory_section(&[(
+            2,
+            vec![cell(56, Some(8)), cell(72, Some(8)), cell(90, Some(12))],
+        )]);
         assert!(
-            text.contains("| 2 | 56.0 MB | 72.0 MB | 90.0 MB | +18.0 MB |"),
+            text.contains(
+                "| 2 | 56.0 MB | 72.0 MB | 90.0 MB | +18.0 MB | 8.0 / 8.0 / 12.0 MB | +4.0 MB |"
+            ),
             "{text}"
         );
+        let text = memory_section(&[(1, vec![cell(56, None), cell(72, None), cell(90, None)])]);
+        assert!(text.contains("| - / - / - MB | - |"), "{text}");
     }
 
     #[test]
