@@ -39,6 +39,7 @@
 
 pub mod listener_set;
 pub mod request;
+pub mod udp;
 
 pub use listener_set::{ListenerSet, ProxyStats, PublishedStats};
 pub use request::handle;
