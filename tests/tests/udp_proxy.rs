@@ -443,3 +443,246 @@ async fn vigil_proxies_udp_as_envoy_does() {
         );
     }
 }
+
+/// The second scenario's YAML: per-packet balancing, a cluster limited to one connection (one
+/// session) and a host whose UDP port is closed.
+fn per_packet_config(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    limited_ports: [u16; 2],
+    dead_port: u16,
+    pool: &[SocketAddr],
+    limited: SocketAddr,
+    dead: SocketAddr,
+) -> String {
+    let limited_cluster = cluster("limited", &[limited], 50).replace(
+        "    lb_policy: ROUND_ROBIN\n",
+        "    lb_policy: ROUND_ROBIN\n    circuit_breakers: { thresholds: [{ max_connections: 1 }] }\n",
+    );
+    let clusters = [
+        cluster("pool", pool, 50),
+        limited_cluster,
+        cluster("dead", &[dead], 50),
+    ]
+    .concat();
+    format!(
+        "admin:
+  address: {{ socket_address: {{ address: {admin_ip}, port_value: {admin_port} }} }}
+static_resources:
+  listeners:
+  - name: udp
+    address: {{ socket_address: {{ protocol: UDP, address: {ip}, port_value: {port} }} }}
+    listener_filters:
+    - name: envoy.filters.udp_listener.udp_proxy
+      typed_config:
+        \"@type\": type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig
+        stat_prefix: pp
+        idle_timeout: 30s
+        use_per_packet_load_balancing: true
+        matcher:
+          matcher_tree:
+            input:
+              name: port
+              typed_config:
+                \"@type\": type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.SourcePortInput
+            exact_match_map:
+              map:
+                \"{l1}\": {limited_route}
+                \"{l2}\": {limited_route}
+                \"{dead_port}\": {dead_route}
+          on_no_match: {pool_route}
+  clusters:{clusters}
+",
+        admin_ip = admin.ip(),
+        admin_port = admin.port(),
+        ip = listen.ip(),
+        port = listen.port(),
+        l1 = limited_ports[0],
+        l2 = limited_ports[1],
+        limited_route = route("limited"),
+        dead_route = route("dead"),
+        pool_route = route("pool"),
+    )
+}
+
+#[tokio::test]
+async fn per_packet_balancing_the_session_limit_and_upstream_errors_as_envoy() {
+    let dir = paths::scratch_dir("udp_proxy_per_packet");
+    let one = Upstream::start("one").await;
+    let two = Upstream::start("two").await;
+    let limited = Upstream::start("limited").await;
+    let dead = Upstream::start("dead").await;
+    // Its health check passes, but nothing reads its UDP port: the kernel answers ICMP port
+    // unreachable.
+    dead.udp.abort();
+    let (l1, l1_port) = client_on_port().await;
+    let (l2, l2_port) = client_on_port().await;
+    let (d, dead_port) = client_on_port().await;
+    let pool = [one.address, two.address];
+    let procs = start_envoy_and_vigil(&dir, |listen, admin| {
+        per_packet_config(
+            listen,
+            admin,
+            [l1_port, l2_port],
+            dead_port,
+            &pool,
+            limited.address,
+            dead.address,
+        )
+    })
+    .await
+    .expect("both proxies start");
+    for (_, _, process) in &procs {
+        wait_for_flags(process, "pool", one.address, "healthy").await;
+        wait_for_flags(process, "pool", two.address, "healthy").await;
+        wait_for_flags(process, "dead", dead.address, "healthy").await;
+    }
+    let mut observed = Vec::new();
+    for (name, listen, process) in &procs {
+        let p = client().await;
+        let mut hosts = Vec::new();
+        for i in 0..4u8 {
+            hosts.push(
+                ask(&p, *listen, &[b'p', b'0' + i])
+                    .await
+                    .unwrap_or_default(),
+            );
+        }
+        // Each datagram picks: the hosts alternate, a session per (client, host).
+        let first = hosts[0].clone();
+        let roles: Vec<&str> = hosts
+            .iter()
+            .map(|h| if *h == first { "first" } else { "second" })
+            .collect();
+        let mut steps = vec![("one client, four datagrams".to_string(), roles.join(","))];
+        let mut step = |what: &str, outcome: Option<String>| {
+            steps.push((what.to_string(), outcome.unwrap_or_else(|| "none".into())))
+        };
+        step(
+            "the limited cluster's first session",
+            ask(&l1, *listen, b"l1").await,
+        );
+        step(
+            "a second session over max_connections",
+            ask(&l2, *listen, b"l2").await,
+        );
+        step("the first session again", ask(&l1, *listen, b"l1").await);
+        step(
+            "a host with its UDP port closed",
+            ask(&d, *listen, b"d").await,
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let seen = Observed {
+            steps,
+            counters: udp_counters(process).await,
+        };
+        eprintln!("{name}: {seen:#?}");
+        observed.push(seen);
+    }
+    let (envoy, vigil) = (&observed[0], &observed[1]);
+    assert_eq!(envoy.steps, vigil.steps, "the same outcomes step by step");
+    assert_eq!(
+        envoy.steps[0].1, "first,second,first,second",
+        "per-packet round robin"
+    );
+    for (name, value) in &vigil.counters {
+        let name = name.replace("udp.svc.", "udp.pp.");
+        assert_eq!(
+            envoy.counters.get(&name),
+            Some(value),
+            "{name}: vigil shows {value}, Envoy {:?}",
+            envoy.counters.get(&name)
+        );
+    }
+    for name in envoy.counters.keys() {
+        assert!(
+            vigil.counters.contains_key(name),
+            "{name}: Envoy has it, vigil does not"
+        );
+    }
+}
+
+/// vigil alone (Envoy does not re-read its file): a reload that keeps the UDP proxy keeps its
+/// sessions; one that changes it ends them (and a new stat_prefix starts its own counters).
+#[tokio::test]
+async fn a_reload_keeps_or_replaces_the_udp_proxy() {
+    let dir = paths::scratch_dir("udp_proxy_reload");
+    let one = Upstream::start("one").await;
+    let two = Upstream::start("two").await;
+    let special = Upstream::start("special").await;
+    let mut down = Upstream::start("down").await;
+    down.close_health_port();
+    let ports = Ports {
+        special: 1,
+        ghost: 2,
+        down: 3,
+    };
+    let pool = [one.address, two.address];
+    let ip = net::fresh_loopback();
+    let listen = SocketAddr::new(IpAddr::V4(ip), net::free_port_on(&[ip]));
+    let mut admin = SocketAddr::new(IpAddr::V4(ip), net::free_port_on(&[ip]));
+    while admin.port() == listen.port() {
+        admin = SocketAddr::new(IpAddr::V4(ip), net::free_port_on(&[ip]));
+    }
+    let render = |idle: &str| {
+        config(
+            listen,
+            admin,
+            &ports,
+            &pool,
+            special.address,
+            down.address,
+            idle,
+        )
+    };
+    let vigil = AdminProcess::start_vigil("vigil", &render("30s"), admin, None, &dir)
+        .await
+        .expect("vigil starts");
+    wait_for_flags(&vigil, "pool", one.address, "healthy").await;
+    wait_for_flags(&vigil, "pool", two.address, "healthy").await;
+    let a = client().await;
+    let host = ask(&a, listen, b"a1").await.expect("a reply");
+    let reload = |yaml: String| {
+        let file = dir.join("vigil.yaml");
+        async move {
+            std::fs::write(&file, yaml).expect("write the file");
+            let reply = vigil_tests::http::request(admin, "POST", "/reload", &[], "")
+                .await
+                .expect("POST /reload");
+            assert_eq!(reply.status, 200, "{}", reply.body);
+        }
+    };
+    let total = |stats: &BTreeMap<String, String>, prefix: &str| {
+        stats
+            .get(&format!("udp.{prefix}.downstream_sess_total"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    // The same proxy (the file rewritten with another cluster's change): the session stays.
+    reload(render("30s").replace(
+        "healthy_panic_threshold: { value: 0 }",
+        "healthy_panic_threshold: { value: 1 }",
+    ))
+    .await;
+    assert_eq!(ask(&a, listen, b"a2").await.as_deref(), Some(host.as_str()));
+    let stats = vigil.stats().await.expect("/stats");
+    assert_eq!(total(&stats, "svc"), "1", "the session was kept");
+    // A changed proxy: its sessions end, the next datagram makes a new one.
+    reload(render("20s")).await;
+    assert!(ask(&a, listen, b"a3").await.is_some());
+    let stats = vigil.stats().await.expect("/stats");
+    assert_eq!(total(&stats, "svc"), "2", "a new session after the change");
+    assert_eq!(
+        stats
+            .get("udp.svc.downstream_sess_active")
+            .map(String::as_str),
+        Some("1"),
+        "the old session ended"
+    );
+    // A new stat_prefix: counters of its own.
+    reload(render("20s").replace("stat_prefix: svc", "stat_prefix: renamed")).await;
+    assert!(ask(&a, listen, b"a4").await.is_some());
+    let stats = vigil.stats().await.expect("/stats");
+    assert_eq!(total(&stats, "renamed"), "1");
+    assert!(!stats.contains_key("udp.svc.downstream_sess_total"));
+}

@@ -308,12 +308,20 @@ impl ListenerSet {
                     clusters.insert(cluster.clone(), stats);
                 }
             });
+            // The counters stay while the stat_prefix does (Envoy's scope is named by it).
+            let kept = self.udp.get(&address).and_then(|running| {
+                let same = running.state.borrow().proxy.stat_prefix == proxy.stat_prefix;
+                same.then(|| running.stats.clone())
+            });
+            let stats = kept.unwrap_or_default();
             let state = Arc::new(UdpState {
                 proxy,
                 upstreams: upstreams.clone(),
                 clusters,
+                stats: stats.clone(),
             });
-            if let Some(running) = self.udp.get(&address) {
+            if let Some(running) = self.udp.get_mut(&address) {
+                running.stats = stats;
                 running.state.send_replace(state);
                 continue;
             }
@@ -321,11 +329,9 @@ impl ListenerSet {
                 Ok(socket) => {
                     let (sender, receiver) = tokio::sync::watch::channel(state);
                     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-                    let stats = Arc::new(UdpListenerStats::default());
                     let task = tokio::spawn(serve_udp(
                         Arc::new(socket),
                         receiver,
-                        stats.clone(),
                         self.initialized.clone(),
                         async {
                             let _ = stopped.await;

@@ -164,6 +164,8 @@ pub struct UdpState {
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     /// The UDP counters of the clusters the proxy routes to.
     pub clusters: BTreeMap<String, Arc<UdpClusterStats>>,
+    /// The proxy's counters (kept across reloads while its `stat_prefix` stays).
+    pub stats: Arc<UdpListenerStats>,
 }
 
 /// The addresses of one datagram, as the matcher's inputs read them.
@@ -219,7 +221,6 @@ impl Drop for Session {
 pub async fn serve_udp(
     socket: Arc<UdpSocket>,
     mut state: watch::Receiver<Arc<UdpState>>,
-    stats: Arc<UdpListenerStats>,
     initialized: Option<watch::Receiver<bool>>,
     stop: impl Future<Output = ()>,
 ) {
@@ -237,11 +238,12 @@ pub async fn serve_udp(
             return;
         }
     };
+    let current = state.borrow_and_update().clone();
     let mut proxy = Proxy {
         socket,
         local,
-        state: state.borrow_and_update().clone(),
-        stats,
+        stats: current.stats.clone(),
+        state: current,
         sessions: HashMap::new(),
         start: Instant::now(),
         next_sweep: None,
@@ -262,6 +264,7 @@ pub async fn serve_udp(
                     proxy.sessions.clear();
                     buffer = vec![0u8; next.proxy.downstream_max_rx_datagram_size + 1];
                 }
+                proxy.stats = next.stats.clone();
                 proxy.state = next;
             }
             received = proxy.socket.recv_from(&mut buffer) => match received {
