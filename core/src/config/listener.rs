@@ -168,6 +168,31 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
         for (p, v) in listener_filters {
             udp_listener_filter(cx, &p, v, &mut proxy, downstream_max_rx);
         }
+        if proxy.is_none() {
+            cx.warn(
+                &path.field("listener_filters"),
+                "a UDP listener without the UDP proxy: Envoy drops its datagrams; not served by \
+                 vigil",
+            );
+        }
+        let wildcard = address
+            .as_ref()
+            .and_then(|a| a.socket())
+            .and_then(|s| s.address.parse::<std::net::IpAddr>().ok())
+            .is_some_and(|ip| ip.is_unspecified());
+        if let Some(Some(udp)) = &proxy {
+            let mut reads_destination_ip = false;
+            udp.routes.for_each_input(&mut |input| {
+                reads_destination_ip |= *input == crate::match_tree::Input::DestinationIp;
+            });
+            if wildcard && reads_destination_ip {
+                cx.unsupported(
+                    &path.field("address"),
+                    "a UDP proxy on a wildcard address that routes on DestinationIPInput: Envoy \
+                     reads each datagram's own destination address, vigil only the listener's",
+                );
+            }
+        }
         let mut rest: Map<String, Value> = value.as_object().cloned().unwrap_or_default();
         rest.remove("name");
         rest.remove("address");
