@@ -1,7 +1,8 @@
 //! The `/stats` catalogue: every stat vigil shows, under Envoy's names, as `(name, value, kind)`.
 //! Per cluster: `health_check.*`, `outlier_detection.*`, `membership_*` (from the record's final
 //! flags), the proxy's `upstream_*` counters, `circuit_breakers.*`, `ssl.*` and discovery's
-//! `update_*`; then the routing rules' decisions and the listeners' connection counters.
+//! `update_*`; then the routing rules' decisions, the listeners' connection counters and the UDP
+//! proxies' `udp.*` counters (with their clusters' `udp.*` and byte counters).
 
 use super::AdminState;
 use super::clusters::{PRIORITIES, outlier_of, snapshots};
