@@ -686,3 +686,69 @@ async fn a_reload_keeps_or_replaces_the_udp_proxy() {
     assert_eq!(total(&stats, "renamed"), "1");
     assert!(!stats.contains_key("udp.svc.downstream_sess_total"));
 }
+
+/// A ring hash cluster with `hash_policies: [{ source_ip: true }]`: clients on eight addresses
+/// land on the same hosts as in Envoy (the same ring over the same hosts, the same hash of the
+/// peer's IP text), and each client always on the same host.
+#[tokio::test]
+async fn the_source_ip_hash_picks_the_hosts_envoy_picks() {
+    let dir = paths::scratch_dir("udp_proxy_hash");
+    let upstreams = [
+        Upstream::start("one").await,
+        Upstream::start("two").await,
+        Upstream::start("three").await,
+    ];
+    let hosts: Vec<SocketAddr> = upstreams.iter().map(|u| u.address).collect();
+    let ring =
+        cluster("ring", &hosts, 50).replace("lb_policy: ROUND_ROBIN", "lb_policy: RING_HASH");
+    let procs = start_envoy_and_vigil(&dir, |listen, admin| {
+        format!(
+            "admin:
+  address: {{ socket_address: {{ address: {}, port_value: {} }} }}
+static_resources:
+  listeners:
+  - name: udp
+    address: {{ socket_address: {{ protocol: UDP, address: {}, port_value: {} }} }}
+    listener_filters:
+    - name: envoy.filters.udp_listener.udp_proxy
+      typed_config:
+        \"@type\": type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig
+        stat_prefix: hashed
+        cluster: ring
+        hash_policies: [{{ source_ip: true }}]
+  clusters:{ring}
+",
+            admin.ip(),
+            admin.port(),
+            listen.ip(),
+            listen.port()
+        )
+    })
+    .await
+    .expect("both proxies start");
+    for (_, _, process) in &procs {
+        for host in &hosts {
+            wait_for_flags(process, "ring", *host, "healthy").await;
+        }
+    }
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(client().await);
+    }
+    let mut picked = Vec::new();
+    for (name, listen, _) in &procs {
+        let mut hosts = Vec::new();
+        for c in &clients {
+            let first = ask(c, *listen, b"h1").await.unwrap_or_default();
+            let again = ask(c, *listen, b"h2").await.unwrap_or_default();
+            assert_eq!(first, again, "{name}: a client stays on its host");
+            hosts.push(first);
+        }
+        eprintln!("{name}: {hosts:?}");
+        picked.push(hosts);
+    }
+    assert_eq!(
+        picked[0], picked[1],
+        "the same host for each client address"
+    );
+}
