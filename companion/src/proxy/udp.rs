@@ -480,6 +480,7 @@ impl Proxy {
         let last_activity = Arc::new(AtomicU64::new(self.now_ms()));
         let reader = tokio::spawn(forward_replies(Replies {
             upstream: reading,
+            max_datagram: self.state.proxy.upstream_max_rx_datagram_size,
             downstream: self.socket.clone(),
             peer,
             start: self.start,
@@ -576,6 +577,8 @@ fn connected_socket(host: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 /// What a session's reply task needs.
 struct Replies {
     upstream: UdpSocket,
+    /// The read buffer's size (64 KiB: Envoy's upstream GRO default, so nothing is cut).
+    max_datagram: usize,
     downstream: Arc<UdpSocket>,
     peer: SocketAddr,
     start: Instant,
@@ -587,7 +590,7 @@ struct Replies {
 /// Forwards the host's datagrams to the downstream peer from the listener's socket, until the
 /// session is dropped (which aborts this task).
 async fn forward_replies(r: Replies) {
-    let mut buffer = vec![0u8; vigil_core::config::GRO_RX_DATAGRAM_SIZE];
+    let mut buffer = vec![0u8; r.max_datagram];
     loop {
         let received = r.upstream.recv(&mut buffer).await;
         // As Envoy re-arms the idle timer on every read event, errors included.

@@ -1,7 +1,8 @@
 //! `static_resources.listeners[]`: name, address, listener filters and filter chains (each
 //! chain's match and its HTTP connection manager, read by [`super::connection_manager`]),
-//! validated as Envoy 1.36 validates them. Everything else of a listener is kept as written in
-//! [`Listener::rest`].
+//! validated as Envoy 1.36 validates them; a connection-less UDP listener (a UDP address without
+//! QUIC) has no filter chains and its UDP proxy listener filter is read by [`super::udp_proxy`].
+//! Everything else of a listener is kept as written in [`Listener::rest`].
 
 use super::address::{Address, SocketProtocol, address};
 use super::connection_manager::{FilterChainRef, HttpConnectionManager, connection_manager};
