@@ -442,6 +442,7 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
         .addresses()
         .iter()
         .map(ToString::to_string)
+        .chain(listeners.udp_addresses().iter().map(|a| format!("udp:{a}")))
         .collect();
     println!(
         "vigil ready admin={admin_at} clusters={started} listeners={}",

@@ -1,7 +1,8 @@
 //! The `/stats` catalogue: every stat vigil shows, under Envoy's names, as `(name, value, kind)`.
 //! Per cluster: `health_check.*`, `outlier_detection.*`, `membership_*` (from the record's final
 //! flags), the proxy's `upstream_*` counters, `circuit_breakers.*`, `ssl.*` and discovery's
-//! `update_*`; then the routing rules' decisions and the listeners' connection counters.
+//! `update_*`; then the routing rules' decisions, the listeners' connection counters and the UDP
+//! proxies' `udp.*` counters (with their clusters' `udp.*` and byte counters).
 
 use super::AdminState;
 use super::clusters::{PRIORITIES, outlier_of, snapshots};
@@ -155,6 +156,7 @@ pub fn stats(state: &AdminState) -> Vec<(String, i64, StatKind)> {
         ));
     }
     out.extend(listener_stats(&state.proxy.load()));
+    out.extend(udp_stats(&state.proxy.load()));
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
@@ -213,6 +215,50 @@ fn listener_stats(published: &crate::proxy::ProxyStats) -> Vec<(String, i64, Sta
             entry.0 = entry
                 .0
                 .saturating_add(i64::try_from(value).unwrap_or(i64::MAX));
+        }
+    }
+    out.into_iter()
+        .map(|(name, (value, kind))| (name, value, kind))
+        .collect()
+}
+
+/// The UDP proxies' counters: `udp.<stat_prefix>.*` (summed over the listeners sharing a
+/// prefix, as Envoy's scope is), `listener.<address>.udp.downstream_rx_datagram_dropped`, and
+/// per cluster they route to `cluster.<name>.udp.*`, `upstream_cx_{rx,tx}_bytes_total` and
+/// `upstream_cx_overflow`.
+fn udp_stats(published: &crate::proxy::ProxyStats) -> Vec<(String, i64, StatKind)> {
+    let mut out: std::collections::BTreeMap<String, (i64, StatKind)> = Default::default();
+    let value = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    for (address, stat_prefix, stats) in &published.udp_listeners {
+        for (name, v, gauge) in stats.entries() {
+            let kind = if gauge {
+                StatKind::Gauge
+            } else {
+                StatKind::Counter
+            };
+            let entry = out
+                .entry(format!("udp.{stat_prefix}.{name}"))
+                .or_insert((0, kind));
+            entry.0 = entry.0.saturating_add(value(v));
+        }
+        out.insert(
+            format!(
+                "listener.{}_{}.udp.downstream_rx_datagram_dropped",
+                address.ip(),
+                address.port()
+            ),
+            (
+                value(stats.downstream_rx_datagram_dropped.load(Ordering::Relaxed)),
+                StatKind::Counter,
+            ),
+        );
+    }
+    for (cluster, stats) in &published.udp_clusters {
+        for (name, v) in stats.entries() {
+            out.insert(
+                format!("cluster.{cluster}.{name}"),
+                (value(v), StatKind::Counter),
+            );
         }
     }
     out.into_iter()

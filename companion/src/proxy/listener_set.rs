@@ -3,6 +3,7 @@
 //! across reloads while their settings stay; and the counters the admin API shows, published as
 //! a [`PublishedStats`] handle the binary passes to it.
 
+use super::udp::{UdpClusterStats, UdpListenerStats, UdpState, bind_udp, serve_udp};
 use super::{
     ListenerState, ServeOptions, bind_listener, declare_filter_stats, enable_reuse_port, serve_with,
 };
@@ -38,6 +39,18 @@ pub struct ListenerSet {
     initialized: Option<tokio::sync::watch::Receiver<bool>>,
     /// The admin API's `/healthcheck/fail` state (see [`ServeOptions::health_check_failing`]).
     health_check_failing: Arc<std::sync::atomic::AtomicBool>,
+    /// The running UDP proxies, by address (UDP ports are apart from TCP's).
+    udp: BTreeMap<SocketAddr, RunningUdp>,
+    /// The UDP proxies' counters of each cluster they route to, kept across reloads.
+    udp_clusters: BTreeMap<String, Arc<UdpClusterStats>>,
+}
+
+/// One UDP listener's task: its state (swapped on reload), counters and stop signal.
+struct RunningUdp {
+    state: tokio::sync::watch::Sender<Arc<UdpState>>,
+    stats: Arc<UdpListenerStats>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// What the running listeners count that the admin API shows besides the running clusters:
@@ -50,6 +63,10 @@ pub struct ProxyStats {
     pub routing: Vec<(String, Arc<RoutingStats>)>,
     /// `(address, connection manager stat_prefix, counters)` of every listener.
     pub listeners: Vec<(SocketAddr, String, Arc<ListenerCounters>)>,
+    /// `(address, UDP proxy stat_prefix, counters)` of every UDP listener.
+    pub udp_listeners: Vec<(SocketAddr, String, Arc<UdpListenerStats>)>,
+    /// `(cluster, counters)` of the clusters UDP proxies route to.
+    pub udp_clusters: Vec<(String, Arc<UdpClusterStats>)>,
 }
 
 /// A listener set's [`ProxyStats`] as it last published them ([`ListenerSet::published`]);
@@ -113,6 +130,7 @@ impl ListenerSet {
         let mut wanted: BTreeMap<SocketAddr, ListenerState> = BTreeMap::new();
         let mut names: BTreeMap<SocketAddr, String> = BTreeMap::new();
         let mut reuse_ports: BTreeMap<SocketAddr, bool> = BTreeMap::new();
+        let mut wanted_udp: BTreeMap<SocketAddr, vigil_core::config::UdpProxy> = BTreeMap::new();
         for listener in &bootstrap.listeners {
             let label = if listener.name.is_empty() {
                 "(unnamed)"
@@ -132,16 +150,20 @@ impl ListenerSet {
                 ));
                 continue;
             };
-            if listener.http.is_empty() {
-                problems.push(format!(
-                    "listener {label}: no HTTP connection manager; not served"
-                ));
-                continue;
-            }
             if !listener.bind_to_port {
                 problems.push(format!(
                     "listener {label}: bind_to_port is false; not served (Envoy accepts no \
                      connection on it either)"
+                ));
+                continue;
+            }
+            if let Some(proxy) = &listener.udp_proxy {
+                wanted_udp.insert(SocketAddr::new(ip, socket.port_value), proxy.clone());
+                continue;
+            }
+            if listener.http.is_empty() {
+                problems.push(format!(
+                    "listener {label}: no HTTP connection manager; not served"
                 ));
                 continue;
             }
@@ -247,8 +269,88 @@ impl ListenerSet {
                 }
             }
         }
+        self.apply_udp(wanted_udp, upstreams, &mut problems);
         self.publish();
         problems
+    }
+
+    /// Runs the UDP proxies of `wanted`: a running one gets its new state (its sessions end if
+    /// its proxy changed, see [`serve_udp`]), new addresses are bound, gone ones stopped.
+    fn apply_udp(
+        &mut self,
+        wanted: BTreeMap<SocketAddr, vigil_core::config::UdpProxy>,
+        upstreams: &BTreeMap<String, Arc<Upstream>>,
+        problems: &mut Vec<String>,
+    ) {
+        let gone: Vec<SocketAddr> = self
+            .udp
+            .keys()
+            .filter(|a| !wanted.contains_key(a))
+            .copied()
+            .collect();
+        for address in gone {
+            if let Some(running) = self.udp.remove(&address) {
+                let _ = running.stop.send(());
+            }
+        }
+        let mut previous = std::mem::take(&mut self.udp_clusters);
+        for (address, proxy) in wanted {
+            let mut clusters = BTreeMap::new();
+            proxy.routes.for_each_action(&mut |cluster: &String| {
+                if upstreams.contains_key(cluster) {
+                    let stats = self
+                        .udp_clusters
+                        .get(cluster)
+                        .cloned()
+                        .or_else(|| previous.remove(cluster))
+                        .unwrap_or_default();
+                    self.udp_clusters.insert(cluster.clone(), stats.clone());
+                    clusters.insert(cluster.clone(), stats);
+                }
+            });
+            // The counters stay while the stat_prefix does (Envoy's scope is named by it).
+            let kept = self.udp.get(&address).and_then(|running| {
+                let same = running.state.borrow().proxy.stat_prefix == proxy.stat_prefix;
+                same.then(|| running.stats.clone())
+            });
+            let stats = kept.unwrap_or_default();
+            let state = Arc::new(UdpState {
+                proxy,
+                upstreams: upstreams.clone(),
+                clusters,
+                stats: stats.clone(),
+            });
+            if let Some(running) = self.udp.get_mut(&address) {
+                running.stats = stats;
+                running.state.send_replace(state);
+                continue;
+            }
+            match bind_udp(address) {
+                Ok(socket) => {
+                    let (sender, receiver) = tokio::sync::watch::channel(state);
+                    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                    let task = tokio::spawn(serve_udp(
+                        Arc::new(socket),
+                        receiver,
+                        self.initialized.clone(),
+                        async {
+                            let _ = stopped.await;
+                        },
+                    ));
+                    log::info!("UDP listener on {address}");
+                    self.udp.insert(
+                        address,
+                        RunningUdp {
+                            state: sender,
+                            stats,
+                            stop,
+                            task,
+                        },
+                    );
+                }
+                Err(err) => problems.push(format!("cannot listen on UDP {address}: {err}")),
+            }
+        }
     }
 
     /// Makes the current counters what [`ListenerSet::published`] shows.
@@ -269,6 +371,19 @@ impl ListenerSet {
                 .counters
                 .iter()
                 .map(|(address, (prefix, counters))| (*address, prefix.clone(), counters.clone()))
+                .collect(),
+            udp_listeners: self
+                .udp
+                .iter()
+                .map(|(address, running)| {
+                    let prefix = running.state.borrow().proxy.stat_prefix.clone();
+                    (*address, prefix, running.stats.clone())
+                })
+                .collect(),
+            udp_clusters: self
+                .udp_clusters
+                .iter()
+                .map(|(name, stats)| (name.clone(), stats.clone()))
                 .collect(),
         };
         self.published.0.store(Arc::new(stats));
@@ -349,15 +464,24 @@ impl ListenerSet {
         all
     }
 
-    /// The addresses being served.
+    /// The addresses being served (TCP).
     pub fn addresses(&self) -> Vec<SocketAddr> {
         self.running.keys().copied().collect()
+    }
+
+    /// The UDP addresses being served.
+    pub fn udp_addresses(&self) -> Vec<SocketAddr> {
+        self.udp.keys().copied().collect()
     }
 
     /// Stops every listener and waits for each to drain (each bounded by its drain timeout).
     pub async fn stop_all(&mut self) {
         let running = std::mem::take(&mut self.running);
         let mut tasks = Vec::new();
+        for (_, udp) in std::mem::take(&mut self.udp) {
+            let _ = udp.stop.send(());
+            tasks.push(udp.task);
+        }
         for (_, listener) in running {
             let _ = listener.stop.send(());
             tasks.push(listener.task);

@@ -33,12 +33,14 @@
 //!
 //! What lives where: this file serves one listener (accepting, connection limits, the HTTP/1
 //! guard, the per-chain settings each request is served with); [`request`] answers one request
-//! (filters, routing, forwarding, access log); [`listener_set`] runs every listener of the
-//! config, swaps them on reload, serves the ORIGINAL_DST clusters' traffic sides and publishes
-//! the counters the admin API shows ([`PublishedStats`]). Unit tests are at the end of each file.
+//! (filters, routing, forwarding, access log); [`udp`] runs the UDP proxy of a connection-less
+//! UDP listener (`docs/udp.md`); [`listener_set`] runs every listener of the config (TCP and
+//! UDP), swaps them on reload, serves the ORIGINAL_DST clusters' traffic sides and publishes the
+//! counters the admin API shows ([`PublishedStats`]). Unit tests are at the end of each file.
 
 pub mod listener_set;
 pub mod request;
+pub mod udp;
 
 pub use listener_set::{ListenerSet, ProxyStats, PublishedStats};
 pub use request::handle;

@@ -1,12 +1,17 @@
 //! `static_resources.listeners[]`: name, address, listener filters and filter chains (each
 //! chain's match and its HTTP connection manager, read by [`super::connection_manager`]),
-//! validated as Envoy 1.36 validates them. Everything else of a listener is kept as written in
-//! [`Listener::rest`].
+//! validated as Envoy 1.36 validates them; a connection-less UDP listener (a UDP address without
+//! QUIC) has no filter chains and its UDP proxy listener filter is read by [`super::udp_proxy`].
+//! Everything else of a listener is kept as written in [`Listener::rest`].
 
 use super::address::{Address, SocketProtocol, address};
 use super::connection_manager::{FilterChainRef, HttpConnectionManager, connection_manager};
 use super::filters::{self, FilterChainMatch, Treatment};
 use super::schema::*;
+use super::udp_proxy::{
+    DEFAULT_MAX_RX_DATAGRAM_SIZE, UDP_LISTENER_CONFIG, UDP_PROXY_TYPE, UDP_SOCKET_CONFIG, UdpProxy,
+    socket_config, udp_proxy,
+};
 use crate::protojson::{Ctx, FieldPath, MIN_LEN_1, Obj, items};
 use serde_json::{Map, Value};
 
@@ -27,6 +32,9 @@ pub struct Listener {
     /// `bind_to_port` (default true): when false, Envoy accepts no connection on the address
     /// itself, and neither does vigil.
     pub bind_to_port: bool,
+    /// The UDP proxy of a connection-less UDP listener (a UDP address without QUIC), when its
+    /// listener filters have one.
+    pub udp_proxy: Option<UdpProxy>,
     /// Every other top-level field, as written (all keys are known Envoy `Listener` fields);
     /// `filter_chains` and `default_filter_chain` stay here too, raw.
     pub rest: Map<String, Value>,
@@ -69,6 +77,22 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
         .iter()
         .any(|f| o.has(f));
     let udp = matches!(&address, Some(Address::Socket(s)) if s.protocol == SocketProtocol::Udp);
+    // A UDP listener without QUIC options is connection-less: its listener filters (the UDP
+    // proxy) get the datagrams, and it has no filter chains.
+    let quic = o
+        .peek("udp_listener_config")
+        .is_some_and(|(_, v)| v.get("quic_options").is_some() || v.get("quicOptions").is_some());
+    let connectionless = udp && !quic;
+    let mut downstream_max_rx = DEFAULT_MAX_RX_DATAGRAM_SIZE;
+    if connectionless {
+        if let Some(mut config) = o.message(cx, "udp_listener_config", &UDP_LISTENER_CONFIG) {
+            if let Some(socket) = config.message(cx, "downstream_socket_config", &UDP_SOCKET_CONFIG)
+            {
+                downstream_max_rx = socket_config(cx, socket, false).unwrap_or(downstream_max_rx);
+            }
+            config.finish(cx);
+        }
+    }
     let listener_filters = o.list("listener_filters");
     let use_original_dst = o
         .bool(cx, "use_original_dst")
@@ -78,9 +102,17 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
     let mut http = Vec::new();
     let mut unserved = Vec::new();
     let mut matchers: Vec<(FieldPath, String, Value)> = Vec::new();
-    let chains = o.list("filter_chains");
+    let mut chains = o.list("filter_chains");
     let chain_count = chains.len() + usize::from(o.has("default_filter_chain"));
     let has_chains = chain_count > 0;
+    if connectionless && has_chains {
+        cx.invalid(
+            path,
+            format!("{chain_count} filter chain(s) specified for connection-less UDP listener"),
+        );
+        chains.clear();
+        o.take("default_filter_chain");
+    }
     for (i, (p, v)) in chains.into_iter().enumerate() {
         let which = FilterChainRef::Index(i);
         if let Some((chain_name, chain_match)) = filter_chain(
@@ -129,8 +161,51 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
             "required: a listener needs an address",
         );
     }
-    if !has_chains && !special {
+    if !has_chains && !special && !connectionless {
         cx.invalid(path, "no filter chains specified");
+    }
+    if connectionless {
+        let mut proxy = None;
+        for (p, v) in listener_filters {
+            udp_listener_filter(cx, &p, v, &mut proxy, downstream_max_rx);
+        }
+        if proxy.is_none() {
+            cx.warn(
+                &path.field("listener_filters"),
+                "a UDP listener without the UDP proxy: Envoy drops its datagrams; not served by \
+                 vigil",
+            );
+        }
+        let wildcard = address
+            .as_ref()
+            .and_then(|a| a.socket())
+            .and_then(|s| s.address.parse::<std::net::IpAddr>().ok())
+            .is_some_and(|ip| ip.is_unspecified());
+        if let Some(Some(udp)) = &proxy {
+            let mut reads_destination_ip = false;
+            udp.routes.for_each_input(&mut |input| {
+                reads_destination_ip |= *input == crate::match_tree::Input::DestinationIp;
+            });
+            if wildcard && reads_destination_ip {
+                cx.unsupported(
+                    &path.field("address"),
+                    "a UDP proxy on a wildcard address that routes on DestinationIPInput: Envoy \
+                     reads each datagram's own destination address, vigil only the listener's",
+                );
+            }
+        }
+        let mut rest: Map<String, Value> = value.as_object().cloned().unwrap_or_default();
+        rest.remove("name");
+        rest.remove("address");
+        return Some(Listener {
+            name,
+            address,
+            http: Vec::new(),
+            unserved_chains: Vec::new(),
+            bind_to_port,
+            udp_proxy: proxy.flatten(),
+            rest,
+        });
     }
     // What follows only matters for a listener vigil serves: one with an HTTP connection
     // manager. The others are not served at all, so nothing of theirs can let traffic through.
@@ -199,6 +274,7 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
         http,
         unserved_chains: if served { unserved } else { Vec::new() },
         bind_to_port,
+        udp_proxy: None,
         rest,
     })
 }
@@ -217,6 +293,11 @@ fn listener_filter(cx: &mut Ctx, path: &FieldPath, value: &Value, served: bool) 
         return false;
     };
     let inspector = typed.is("envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector");
+    if typed.type_name.starts_with("envoy.extensions.filters.udp.") {
+        // A UDP listener filter: Envoy's TCP listener filter registry does not have it.
+        cx.invalid(&typed_path, not_registered(&name, &typed.type_name));
+        return false;
+    }
     match filters::listener_filter(&typed.type_name) {
         _ if !served => cx.warn(
             &typed_path,
@@ -235,6 +316,58 @@ fn listener_filter(cx: &mut Ctx, path: &FieldPath, value: &Value, served: bool) 
         ),
     }
     inspector
+}
+
+/// Envoy's error for a filter its registry for this kind of listener does not have.
+fn not_registered(name: &str, type_name: &str) -> String {
+    format!("Didn't find a registered implementation for '{name}' with type URL: '{type_name}'")
+}
+
+/// One listener filter of a connection-less UDP listener. The first UDP proxy is read into
+/// `proxy` (`Some(None)` when it is in error); the other UDP listener filters Envoy has are
+/// refused by name, and any other filter is not one Envoy registers for UDP listeners.
+fn udp_listener_filter(
+    cx: &mut Ctx,
+    path: &FieldPath,
+    value: &Value,
+    proxy: &mut Option<Option<UdpProxy>>,
+    downstream_max_rx: usize,
+) {
+    let Some(mut f) = Obj::new(cx, path.clone(), value, &LISTENER_FILTER) else {
+        return;
+    };
+    let name = f.required_string(cx, "name", MIN_LEN_1).unwrap_or_default();
+    let has_typed = f.has("typed_config") || f.has("config_discovery");
+    let typed = f.any(cx, "typed_config");
+    f.finish(cx);
+    let typed_path = path.field("typed_config");
+    let Some(typed) = typed else {
+        if !has_typed {
+            cx.invalid(&typed_path, not_registered(&name, ""));
+        }
+        return;
+    };
+    if typed.is(UDP_PROXY_TYPE) {
+        if proxy.is_some() {
+            cx.unsupported(
+                &typed_path,
+                "a second UDP proxy on one listener: Envoy builds it (its udp.<stat_prefix>. \
+                 stats) but the first proxy keeps every datagram; vigil serves one per listener",
+            );
+            return;
+        }
+        *proxy = Some(udp_proxy(cx, &typed, downstream_max_rx));
+    } else if typed.type_name.starts_with("envoy.extensions.filters.udp.") {
+        cx.unsupported(
+            &typed_path,
+            format!(
+                "UDP listener filter '{name}' ({}) is not run by vigil: only the UDP proxy is",
+                typed.type_name
+            ),
+        );
+    } else {
+        cx.invalid(&typed_path, not_registered(&name, &typed.type_name));
+    }
 }
 
 /// One filter chain: its HTTP connection manager goes to `out`. Returns the chain's name and

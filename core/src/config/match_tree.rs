@@ -19,7 +19,18 @@ pub(crate) struct InputPolicy {
     pub refusal: &'static str,
     /// Inputs Envoy accepts in this filter and vigil does not read (by message name), with why.
     pub unsupported: &'static [(&'static str, &'static str)],
+    /// The UDP proxy's: only the inputs Envoy registers for datagrams (source and destination IP
+    /// and port); any other is not found (`Didn't find a registered implementation`).
+    pub udp: bool,
 }
+
+/// The inputs Envoy registers for `Network::UdpMatchingData`.
+const UDP_INPUTS: [Input; 4] = [
+    Input::DestinationIp,
+    Input::DestinationPort,
+    Input::SourceIp,
+    Input::SourcePort,
+];
 
 const HEADER_INPUT: &str = "envoy.type.matcher.v3.HttpRequestHeaderMatchInput";
 
@@ -494,6 +505,24 @@ fn match_map<A>(
 fn input(cx: &mut Ctx, path: &FieldPath, value: &Value, inputs: &InputPolicy) -> Option<Input> {
     let typed = extension(cx, path, value)?;
     let typed_path = path.field("typed_config");
+    if inputs.udp {
+        let found = EMPTY_INPUTS
+            .iter()
+            .find(|(input, m)| typed.is(m.name) && UDP_INPUTS.contains(input));
+        if let Some((input, message)) = found {
+            typed.obj(cx, message).finish(cx);
+            return Some(input.clone());
+        }
+        let name = value.get("name").and_then(Value::as_str).unwrap_or("");
+        cx.invalid(
+            &typed_path,
+            format!(
+                "Didn't find a registered implementation for '{name}' with type URL: '{}'",
+                typed.type_name
+            ),
+        );
+        return None;
+    }
     if typed.is(HEADER_INPUT) && inputs.request_headers {
         // HTTP_HEADER_NAME, not strict, and no min_len: an empty name is accepted (and never
         // present).

@@ -92,6 +92,7 @@ mod route_config;
 mod schema;
 mod sds;
 mod tls;
+mod udp_proxy;
 #[cfg(feature = "yaml")]
 mod yaml;
 #[cfg(feature = "envoy-schema")]
@@ -129,6 +130,10 @@ pub use route_config::{
 pub use tls::{
     DownstreamTls, PeerValidation, RequestServerName, SanMatcher, SanType, SubjectAltName,
     TlsParams, TlsVersion, UpstreamTls, dns_name_match,
+};
+pub use udp_proxy::{
+    DEFAULT_MAX_RX_DATAGRAM_SIZE, DEFAULT_UDP_IDLE_TIMEOUT_MS, GRO_RX_DATAGRAM_SIZE, UdpHashPolicy,
+    UdpProxy,
 };
 
 use crate::protojson::Ctx;

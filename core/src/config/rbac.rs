@@ -358,6 +358,7 @@ static HTTP_INPUTS: InputPolicy = InputPolicy {
     request_headers: true,
     refusal: "RBAC HTTP filter cannot match on",
     unsupported: &[],
+    udp: false,
 };
 
 /// The network filter's: no request headers; filter state vigil does not keep.
@@ -368,6 +369,7 @@ static NETWORK_INPUTS: InputPolicy = InputPolicy {
         "envoy.extensions.matching.common_inputs.network.v3.FilterStateInput",
         "filter state inputs are not implemented by vigil (it keeps no filter state)",
     )],
+    udp: false,
 };
 
 static RBAC_ACTION_MESSAGE: Message = Message {
