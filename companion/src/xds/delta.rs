@@ -23,8 +23,10 @@
 //!   one of them is its ACK, or its NACK with `error_detail`. A NACK changes nothing here: the
 //!   rejected content counts as sent, so it is not retried (the client keeps its previous
 //!   version); the next change of content is sent as usual.
+//! - A large set of changes (a first sync) goes out in several responses of at most
+//!   [`super::protocol::RESPONSE_BUDGET`] bytes of resources each, as in state of the world.
 
-use super::protocol::{Event, Resource, ResourceStatus, Resources, set_version};
+use super::protocol::{Event, Resource, ResourceStatus, Resources, set_version, within_budget};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// How many unanswered responses a stream remembers, to attribute late ACKs. Envoy answers each
@@ -255,10 +257,13 @@ impl DeltaState {
         if !self.started {
             return None;
         }
-        let changed: Vec<&Resource> = resources
-            .values()
-            .filter(|r| self.wants(&r.name) && self.held.get(&r.name) != Some(&r.version))
-            .collect();
+        // A large set (a first sync) goes out in parts, as in state of the world (why: see
+        // `protocol::RESPONSE_BUDGET`); the rest is still changed on the next call.
+        let changed: Vec<&Resource> = within_budget(
+            resources
+                .values()
+                .filter(|r| self.wants(&r.name) && self.held.get(&r.name) != Some(&r.version)),
+        );
         let removed: Vec<String> = self
             .held
             .keys()

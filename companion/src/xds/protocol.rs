@@ -5,10 +5,12 @@
 //! ([`StreamState::next_response`]). It follows the xDS protocol's rules for versions and
 //! nonces:
 //! - a request carrying the nonce of the last response is that response's ACK, or its NACK when
-//!   it has `error_detail`; a request with any other non-empty nonce is stale and ignored
-//!   (Envoy always answers the latest nonce it has seen, so nothing is lost), except on a
-//!   stream that has sent nothing yet, where it can only come from an earlier stream and is
-//!   read as a subscription;
+//!   it has `error_detail`; a request with any other non-empty nonce is stale and its resource
+//!   names are ignored (Envoy always answers the latest nonce it has seen, so nothing is lost),
+//!   but when it answers an earlier response of this stream that is still outstanding (one part
+//!   of a set sent in several responses, see below) its ACK or NACK is recorded for the
+//!   resources that response carried; a nonce on a stream that has sent nothing yet can only
+//!   come from an earlier stream and is read as a subscription;
 //! - the resource names of each request replace the subscription; an empty list on the first
 //!   request, or `*`, subscribes to every resource (legacy and explicit wildcard);
 //! - a response is sent whenever the subscribed, ready resources differ from what was last sent
@@ -19,11 +21,47 @@
 //!   Listener and Cluster are): a resource missing from an EDS response is not removed, Envoy
 //!   keeps what it has for it (its EDS cluster ignores an update that does not name it), so
 //!   sending the unchanged assignments again would only cost bytes and CPU on every Envoy.
+//!   For the same reason a large set (a new stream's first sync) goes out in parts of at most
+//!   [`RESPONSE_BUDGET`] bytes of resources (always at least one resource), one response each:
+//!   the gRPC encoder keeps a buffer as large as the largest message it ever encoded for as long
+//!   as the stream lives, so one response with every assignment would cost every connected
+//!   Envoy that much memory in vigil for good.
 //!
 //! Resources not ready (a cluster whose first round of checks has not finished) are simply not
 //! sent: Envoy keeps what it had, or keeps waiting for its first assignment.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+/// At most this many bytes of resources, encoded, go into one response (a single larger
+/// resource goes alone): with the response's own fields and gRPC's 5-byte frame header, a part
+/// fits the gRPC encoder's initial 8 KiB buffer, so a sync in parts leaves every stream with
+/// no more than it holds anyway.
+pub const RESPONSE_BUDGET: usize = 8 * 1024 - 512;
+
+/// Responses whose answers are still awaited, per stream; older ones are forgotten (their
+/// answers are then stale).
+const OUTSTANDING: usize = 16;
+
+/// What wraps each resource in a response besides its body: the `Any`'s `type_url` (68 bytes)
+/// and field tags, and in delta the resource's name and version.
+const PER_RESOURCE_OVERHEAD: usize = 128;
+
+/// The longest prefix of `changed` that fits in [`RESPONSE_BUDGET`] once encoded, and at least
+/// one resource.
+pub fn within_budget<'a>(changed: impl IntoIterator<Item = &'a Resource>) -> Vec<&'a Resource> {
+    let mut taken = Vec::new();
+    let mut bytes = 0usize;
+    for resource in changed {
+        bytes = bytes
+            .saturating_add(resource.body.len())
+            .saturating_add(PER_RESOURCE_OVERHEAD);
+        if !taken.is_empty() && bytes > RESPONSE_BUDGET {
+            break;
+        }
+        taken.push(resource);
+    }
+    taken
+}
 
 /// `type_url` of EDS resources.
 pub const EDS_TYPE_URL: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
@@ -114,7 +152,11 @@ pub struct StreamState {
     subscription: Option<Subscription>,
     /// The client's version when the stream opened (a client resuming after a restart).
     initial_version: Option<String>,
-    sent: Option<Sent>,
+    /// The responses sent and not yet superseded, oldest first: those not answered yet, and the
+    /// newest (answered or not), whose nonce Envoy's later requests carry.
+    outstanding: std::collections::VecDeque<Sent>,
+    /// Whether this stream ever sent a response.
+    sent_any: bool,
     /// Per resource, the version of the content this stream last sent (whatever the client
     /// did with it): what a change is measured against.
     sent_versions: BTreeMap<String, String>,
@@ -132,7 +174,8 @@ impl StreamState {
             node_cluster: None,
             subscription: None,
             initial_version: None,
-            sent: None,
+            outstanding: std::collections::VecDeque::new(),
+            sent_any: false,
             sent_versions: BTreeMap::new(),
             status: BTreeMap::new(),
         }
@@ -171,9 +214,35 @@ impl StreamState {
         &self.status
     }
 
-    /// The nonce of the response the client has not answered yet, if any.
+    /// The nonce of the newest response the client has not answered yet, if any.
     pub fn outstanding_nonce(&self) -> Option<&str> {
-        self.sent.as_ref().map(|s| s.nonce.as_str())
+        self.outstanding.back().map(|s| s.nonce.as_str())
+    }
+
+    /// Records the ACK or NACK `request` carries for `sent`.
+    fn record_answer(&mut self, sent: &Sent, request: &Request) -> Event {
+        match &request.error {
+            Some((_, detail)) => {
+                for name in sent.resources.keys() {
+                    self.status.entry(name.clone()).or_default().nacked =
+                        Some((sent.version.clone(), detail.clone()));
+                }
+                Event::Nacked {
+                    version: sent.version.clone(),
+                    nonce: sent.nonce.clone(),
+                    detail: detail.clone(),
+                }
+            }
+            None => {
+                for name in sent.resources.keys() {
+                    self.status.entry(name.clone()).or_default().acked = Some(sent.version.clone());
+                }
+                Event::Acked {
+                    version: sent.version.clone(),
+                    nonce: sent.nonce.clone(),
+                }
+            }
+        }
     }
 
     /// Applies one request.
@@ -189,39 +258,31 @@ impl StreamState {
         let mut events = Vec::new();
         // A nonce on a stream that has sent nothing answers an earlier stream (a client
         // resuming after a restart): it still carries the subscription.
-        if !request.response_nonce.is_empty() && self.sent.is_some() {
-            let Some(sent) = self
-                .sent
-                .as_ref()
-                .filter(|sent| sent.nonce == request.response_nonce)
+        if !request.response_nonce.is_empty() && self.sent_any {
+            let Some(index) = self
+                .outstanding
+                .iter()
+                .position(|sent| sent.nonce == request.response_nonce)
             else {
                 return vec![Event::Stale {
                     nonce: request.response_nonce.clone(),
                 }];
             };
-            match &request.error {
-                Some((_, detail)) => {
-                    for name in sent.resources.keys() {
-                        self.status.entry(name.clone()).or_default().nacked =
-                            Some((sent.version.clone(), detail.clone()));
-                    }
-                    events.push(Event::Nacked {
-                        version: sent.version.clone(),
-                        nonce: sent.nonce.clone(),
-                        detail: detail.clone(),
-                    });
-                }
-                None => {
-                    for name in sent.resources.keys() {
-                        self.status.entry(name.clone()).or_default().acked =
-                            Some(sent.version.clone());
-                    }
-                    events.push(Event::Acked {
-                        version: sent.version.clone(),
-                        nonce: sent.nonce.clone(),
-                    });
-                }
+            let latest = index + 1 == self.outstanding.len();
+            let sent = self.outstanding[index].clone();
+            events.push(self.record_answer(&sent, request));
+            if !latest {
+                // An answer to one part of a set sent in several responses: its ACK counts,
+                // its resource names are stale (the newest answer will carry them). Envoy
+                // answers in order, so the responses before it were answered already.
+                self.outstanding.drain(..=index);
+                events.push(Event::Stale {
+                    nonce: request.response_nonce.clone(),
+                });
+                return events;
             }
+            // The newest stays: Envoy's later requests (a new subscription) carry its nonce.
+            self.outstanding.drain(..index);
         }
         let wildcard = request.resource_names.iter().any(|n| n == "*")
             || (first && request.resource_names.is_empty());
@@ -264,19 +325,14 @@ impl StreamState {
         // The version names the whole subscribed set, so it is the same on every stream and
         // every replica with the same content, whichever part of it a response carries.
         let version = set_version(&selected);
-        if self
-            .sent
-            .as_ref()
-            .is_some_and(|sent| sent.version == version)
-        {
-            return None;
-        }
-        let changed: Vec<&Resource> = selected
-            .into_iter()
-            .filter(|r| self.sent_versions.get(&r.name) != Some(&r.version))
-            .collect();
+        let changed = within_budget(
+            selected
+                .into_iter()
+                .filter(|r| self.sent_versions.get(&r.name) != Some(&r.version)),
+        );
         if changed.is_empty() {
-            // Only the set shrank (a cluster left): EDS has no removal in state of the world.
+            // Nothing new (or only the set shrank: a cluster left; EDS has no removal in state
+            // of the world).
             return None;
         }
         self.next_nonce += 1;
@@ -290,11 +346,15 @@ impl StreamState {
             self.sent_versions
                 .insert(name.clone(), resource_version.clone());
         }
-        self.sent = Some(Sent {
+        self.sent_any = true;
+        self.outstanding.push_back(Sent {
             version: version.clone(),
             nonce: nonce.clone(),
             resources: sent_resources,
         });
+        if self.outstanding.len() > OUTSTANDING {
+            self.outstanding.pop_front();
+        }
         Some(Response {
             version_info: version,
             nonce,
@@ -522,19 +582,30 @@ mod tests {
         stream.on_request(&subscribe(&["a"], ""));
         let first = stream.next_response(&resources(&[("a", "1")])).unwrap();
         let second = stream.next_response(&resources(&[("a", "2")])).unwrap();
-        // The ACK of the first arrives after the second was sent: stale, changes nothing.
+        // The ACK of the first arrives after the second was sent: it records what the client
+        // accepted then, but its resource names are stale and change nothing.
         let events = stream.on_request(&subscribe(&["a", "b"], &first.nonce));
         assert_eq!(
             events,
-            vec![Event::Stale {
-                nonce: first.nonce.clone()
-            }]
+            vec![
+                Event::Acked {
+                    version: first.version_info.clone(),
+                    nonce: first.nonce.clone()
+                },
+                Event::Stale {
+                    nonce: first.nonce.clone()
+                }
+            ]
         );
-        assert_eq!(stream.status()["a"].acked, None);
+        assert_eq!(stream.status()["a"].acked, Some(first.version_info.clone()));
         assert_eq!(
             stream.subscribed(),
             Some(&BTreeSet::from(["a".to_string()]))
         );
+        // Answered once, it is forgotten: the same nonce again is stale and records nothing.
+        let events = stream.on_request(&nack(&["a"], &first.nonce, "late"));
+        assert!(matches!(events[..], [Event::Stale { .. }]));
+        assert_eq!(stream.status()["a"].nacked, None);
         // A NACK with a nonce from another run of the server is stale too.
         let events = stream.on_request(&nack(&["a"], "old-run-7", "whatever"));
         assert!(matches!(events[..], [Event::Stale { .. }]));
@@ -544,6 +615,64 @@ mod tests {
             stream.status()["a"].acked,
             Some(second.version_info.clone())
         );
+    }
+
+    #[test]
+    fn a_large_set_goes_out_in_parts_within_the_budget() {
+        // 12 clusters of 2 KiB each: four parts of three (3 x (2 KiB + overhead) <= 8 KiB).
+        let body = "x".repeat(2048);
+        let cluster_names: Vec<String> = (0..12).map(|i| format!("c{i:02}")).collect();
+        let set: Resources = cluster_names
+            .iter()
+            .map(|n| (n.clone(), resource(n, &format!("{n}{body}"))))
+            .collect();
+        let mut stream = StreamState::new("s1");
+        stream.on_request(&subscribe(&["*"], ""));
+        let mut parts = Vec::new();
+        while let Some(part) = stream.next_response(&set) {
+            parts.push(part);
+        }
+        let sizes: Vec<usize> = parts.iter().map(|p| p.resources.len()).collect();
+        assert_eq!(sizes, [3, 3, 3, 3]);
+        let sent: Vec<&str> = parts.iter().flat_map(names).collect();
+        assert_eq!(
+            sent,
+            cluster_names.iter().map(String::as_str).collect::<Vec<_>>()
+        );
+        // Every part names the whole set's version and has its own nonce.
+        assert!(
+            parts
+                .iter()
+                .all(|p| p.version_info == parts[0].version_info)
+        );
+        // Envoy answers each part in order: each ACK counts for the resources it carried, the
+        // older ones' names are stale, the newest keeps the subscription current.
+        for (index, part) in parts.iter().enumerate() {
+            let events = stream.on_request(&subscribe(&["*"], &part.nonce));
+            let newest = index + 1 == parts.len();
+            match &events[..] {
+                [Event::Acked { nonce, .. }] if newest => assert_eq!(nonce, &part.nonce),
+                [Event::Acked { nonce, .. }, Event::Stale { .. }] if !newest => {
+                    assert_eq!(nonce, &part.nonce)
+                }
+                other => panic!("part {index}: {other:?}"),
+            }
+        }
+        assert!(
+            stream
+                .status()
+                .values()
+                .all(|s| s.acked == Some(parts[0].version_info.clone()))
+        );
+        // A resource larger than the budget goes alone.
+        let big = resources(&[("huge", &"y".repeat(20_000)), ("small", "s")]);
+        let mut stream = StreamState::new("s2");
+        stream.on_request(&subscribe(&["huge", "small"], ""));
+        let first = stream.next_response(&big).unwrap();
+        assert_eq!(names(&first), ["huge"]);
+        let second = stream.next_response(&big).unwrap();
+        assert_eq!(names(&second), ["small"]);
+        assert_eq!(stream.next_response(&big), None);
     }
 
     #[test]

@@ -471,6 +471,7 @@ fn to_delta_response(response: DeltaResponse) -> DeltaDiscoveryResponse {
 mod tests {
     use super::*;
     use crate::xds::assignment::{ClusterInput, EndpointInput};
+    use crate::xds::protocol::RESPONSE_BUDGET;
     use crate::xds::server::build_resources;
     use prost::Message;
     use std::net::SocketAddr;
@@ -548,19 +549,42 @@ mod tests {
         let healthy = fleet(20, 10, HealthFlags::empty());
         let failed = fleet(20, 10, HealthFlags::FAILED_ACTIVE_HC);
 
+        // The first sync: every assignment, in parts of at most RESPONSE_BUDGET bytes of
+        // resources each. Returns the responses' total encoded size.
+        fn sync<S: Session>(session: &mut S, published: &Published) -> usize
+        where
+            S::Response: prost::Message,
+        {
+            let (mut assignments, mut bytes, mut parts) = (0, 0, 0);
+            while let Some((response, count)) = session.next_response(published) {
+                assignments += count;
+                bytes += response.encoded_len();
+                parts += 1;
+                // At least one assignment (~400 bytes here) and within the budget, apart from
+                // the response's own fields (version, nonce, type, control plane).
+                assert!(count >= 1 && response.encoded_len() <= RESPONSE_BUDGET + 256);
+            }
+            assert_eq!(assignments, 20);
+            assert!(parts > 1, "20 assignments of 10 hosts fit in one part?");
+            bytes
+        }
+
         let mut sotw = Sotw(StreamState::new("s"));
         sotw.on_request(&every_cluster());
-        let (first, count) = sotw.next_response(&healthy).unwrap();
-        assert_eq!(count, 20);
+        sync(&mut sotw, &healthy);
         let mut ack = every_cluster();
-        ack.response_nonce = first.nonce.clone();
+        ack.response_nonce = sotw.0.outstanding_nonce().unwrap_or_default().to_string();
         sotw.on_request(&ack);
         let (update, count) = sotw.next_response(&failed).unwrap();
         assert_eq!(count, 1);
         let mut fresh = Sotw(StreamState::new("f"));
         fresh.on_request(&every_cluster());
-        let (everything, _) = fresh.next_response(&failed).unwrap();
-        assert_eq!(update.version_info, everything.version_info);
+        let (fresh_first, _) = fresh.next_response(&failed).unwrap();
+        // The version names the whole set, whichever part a response carries.
+        assert_eq!(update.version_info, fresh_first.version_info);
+        let mut fresh = Sotw(StreamState::new("f2"));
+        fresh.on_request(&every_cluster());
+        let all = sync(&mut fresh, &failed);
 
         let mut delta = Delta(DeltaState::new("d"));
         delta.on_request(&DeltaDiscoveryRequest {
@@ -568,18 +592,12 @@ mod tests {
             type_url: EDS_TYPE_URL.into(),
             ..DeltaDiscoveryRequest::default()
         });
-        let (delta_first, count) = delta.next_response(&healthy).unwrap();
-        assert_eq!(count, 20);
+        let delta_all = sync(&mut delta, &healthy);
         let (delta_update, count) = delta.next_response(&failed).unwrap();
         assert_eq!(count, 1);
         assert_eq!(delta_update.resources[0].name, "cluster_00");
 
-        let (all, one, delta_all, delta_one) = (
-            everything.encoded_len(),
-            update.encoded_len(),
-            delta_first.encoded_len(),
-            delta_update.encoded_len(),
-        );
+        let (one, delta_one) = (update.encoded_len(), delta_update.encoded_len());
         eprintln!(
             "one transition among 20 clusters x 10 hosts: state of the world {one} bytes \
              (every assignment: {all}); delta {delta_one} bytes (first response: {delta_all})"

@@ -299,6 +299,8 @@ struct Bed {
     names: Arc<Vec<String>>,
     /// Per client: unhealthy endpoints of the checked cluster it holds.
     holds: Vec<Option<usize>>,
+    /// Per client: assignments received so far (a sync may come in several responses).
+    received: Vec<usize>,
     errors: Arc<Mutex<Vec<String>>>,
     /// What host 0 is now: the state each change moves to is the other one.
     failing: bool,
@@ -414,6 +416,7 @@ impl Bed {
             bytes: Arc::new(AtomicU64::new(0)),
             names,
             holds: Vec::new(),
+            received: Vec::new(),
             errors: Arc::new(Mutex::new(Vec::new())),
             failing: false,
         };
@@ -461,6 +464,7 @@ impl Bed {
         let id = self.clients;
         self.clients += 1;
         self.holds.push(None);
+        self.received.push(0);
         let (xds, mode, names) = (self.xds, self.mode, self.names.clone());
         let (events, bytes, errors) = (
             self.events_tx.clone(),
@@ -482,14 +486,14 @@ impl Bed {
 
     async fn wait_synced(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + SYNC_TIMEOUT;
-        while self.holds.iter().any(Option::is_none) {
+        while self.unsynced() > 0 {
             self.fail_on_errors()?;
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, self.events.recv()).await {
                 Ok(Some(event)) => self.apply(&event),
                 Ok(None) => return Err("the simulated clients' channel closed".into()),
                 Err(_) => {
-                    let missing = self.holds.iter().filter(|h| h.is_none()).count();
+                    let missing = self.unsynced();
                     return Err(format!(
                         "{missing} of {} simulated clients not synced within {SYNC_TIMEOUT:?}",
                         self.clients
@@ -500,7 +504,20 @@ impl Bed {
         Ok(())
     }
 
+    /// Clients that do not hold every assignment yet: the checked cluster's state, and as many
+    /// assignments as they subscribed to (vigil sends a first sync in several parts).
+    fn unsynced(&self) -> usize {
+        self.holds
+            .iter()
+            .zip(&self.received)
+            .filter(|(hold, received)| hold.is_none() || **received < self.names.len())
+            .count()
+    }
+
     fn apply(&mut self, event: &Event) {
+        if let Some(received) = self.received.get_mut(event.client) {
+            *received += event.resources;
+        }
         if let (Some(unhealthy), Some(hold)) = (event.unhealthy, self.holds.get_mut(event.client)) {
             *hold = Some(unhealthy);
         }
