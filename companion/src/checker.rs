@@ -119,6 +119,9 @@ pub struct ClusterSpec {
     pub connect_timeout: Duration,
     /// The cluster's TLS client, when its hosts speak TLS: checks go through it too.
     pub tls: Option<Arc<crate::tls::UpstreamConnector>>,
+    /// The cluster's upstream PROXY protocol, when its connections start with a header: checks'
+    /// connections do too.
+    pub proxy_protocol: Option<Arc<vigil_core::config::UpstreamProxyProtocol>>,
     pub ignore_new_hosts_until_first_hc: bool,
     pub ignore_health_on_host_removal: bool,
 }
@@ -592,6 +595,7 @@ impl ClusterChecker {
                 connect_timeout: self.spec.connect_timeout,
                 timeout,
                 tls: self.spec.tls.clone(),
+                proxy_protocol: self.spec.proxy_protocol.clone(),
             };
             self.ready
                 .push((*due.key, due.token, target, state.conn.take()));

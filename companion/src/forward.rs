@@ -15,6 +15,12 @@
 //! pooled per address and closed after `cleanup_interval` idle (Envoy drops an unused
 //! original-dst host after the same interval).
 //!
+//! A cluster with the upstream PROXY protocol ([`Upstream::with_proxy_protocol`]) starts each new
+//! connection with its header: a request's connections carry its downstream connection's
+//! addresses ([`forward_from`]), and, as Envoy keys its pools by them (the transport socket
+//! options' hash), each downstream address pair has a pool of its own: a client's connection
+//! is reused for that client's requests, never for another's.
+//!
 //! [`forward_with_info`] also reports what the access log needs: the host, the attempts, Envoy's
 //! response flags and response code details.
 //!
@@ -58,7 +64,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use vigil_core::backoff::Backoff;
-use vigil_core::config::{CircuitBreakers, RetryOn as Condition, RoutingPriority};
+use vigil_core::config::{
+    CircuitBreakers, RetryOn as Condition, RoutingPriority, UpstreamProxyProtocol,
+};
 use vigil_core::outlier::Outcome;
 
 /// Envoy's default route timeout.
@@ -255,9 +263,12 @@ pub struct Upstream {
     client: Client<CountingConnector, ProxyBody>,
     /// How `client` was built: the pools of request server names are built alike.
     client_builder: hyper_util::client::legacy::Builder,
-    /// `auto_sni` / `auto_san_validation`: a pool per (SNI, name to verify), as Envoy keys its
-    /// pools by the transport socket options. Bounded: the names come from clients.
-    named_clients: Mutex<HashMap<RequestName, PoolClient>>,
+    /// `auto_sni` / `auto_san_validation`: a pool per (SNI, name to verify), and under the
+    /// PROXY protocol a pool per downstream address pair, as Envoy keys its pools by the
+    /// transport socket options. Bounded: the names and addresses come from clients.
+    named_clients: Mutex<HashMap<PoolKey, PoolClient>>,
+    /// The cluster's upstream PROXY protocol, when its connections start with a header.
+    proxy_protocol: Option<Arc<UpstreamProxyProtocol>>,
     /// `https` when the hosts speak TLS (HTTP/2's `:scheme`), else `http`.
     scheme: http::uri::Scheme,
     /// The cluster's TLS client (shared with the connector), for its counters.
@@ -351,6 +362,7 @@ impl Upstream {
             traffic: traffic.clone(),
             hosts: hosts.clone(),
             has_traffic: has_traffic.clone(),
+            proxy_protocol: None,
         };
         let mut builder = Client::builder(TokioExecutor::new());
         builder.pool_idle_timeout(idle);
@@ -366,6 +378,7 @@ impl Upstream {
             client: builder.build(connector),
             client_builder: builder,
             named_clients: Mutex::default(),
+            proxy_protocol: None,
             scheme,
             client_tls,
             connect,
@@ -373,6 +386,26 @@ impl Upstream {
             breakers: Breakers::default(),
             health_reports: None,
         }
+    }
+
+    /// Starts every new connection to the hosts with the PROXY protocol header of `config` (the
+    /// cluster's upstream PROXY protocol transport socket), when given.
+    pub fn with_proxy_protocol(mut self, config: Option<Arc<UpstreamProxyProtocol>>) -> Upstream {
+        let Some(config) = config else {
+            return self;
+        };
+        self.proxy_protocol = Some(config.clone());
+        self.client = self.client_builder.build(CountingConnector {
+            connect: self.connect.clone(),
+            traffic: self.traffic.clone(),
+            hosts: self.hosts.clone(),
+            has_traffic: self.has_traffic.clone(),
+            proxy_protocol: Some(ProxyProtocolFor {
+                config,
+                downstream: None,
+            }),
+        });
+        self
     }
 
     /// Reports `x-envoy-immediate-health-check-fail` on real responses to the cluster's check
@@ -406,9 +439,12 @@ impl Upstream {
 
     /// A host for a tunnel (a terminated CONNECT): picked as a request's would be, counted as a
     /// connection of the cluster's.
+    /// `downstream`: the `(client, listener)` addresses of the tunnel's downstream connection,
+    /// for the PROXY protocol header.
     pub async fn open_tunnel(
         &self,
         hash: Option<u64>,
+        downstream: Option<DownstreamAddresses>,
     ) -> Result<(SocketAddr, UpstreamStream), Option<String>> {
         let how = Forwarding {
             retry: &RetryPolicy::none(),
@@ -427,7 +463,17 @@ impl Upstream {
         self.has_traffic.store(true, Ordering::Relaxed);
         let counters = self.host(host);
         counters.cx_total.fetch_add(1, Ordering::Relaxed);
-        match connect_upstream(host, self.connect.timeout, self.connect.tls.as_deref()).await {
+        let header = self
+            .proxy_protocol
+            .as_ref()
+            .map(|config| config.plan(host, downstream));
+        let connecting = connect_upstream(
+            host,
+            self.connect.timeout,
+            self.connect.tls.as_deref(),
+            header.as_ref(),
+        );
+        match connecting.await {
             Ok(stream) => Ok((host, stream)),
             Err(err) => {
                 self.traffic
@@ -545,6 +591,13 @@ type PoolClient = Client<CountingConnector, ProxyBody>;
 /// A request's server name and the name its server's certificate must carry.
 type RequestName = (Option<String>, Option<String>);
 
+/// A downstream connection's addresses: the client's, then the one it connected to.
+pub type DownstreamAddresses = (SocketAddr, SocketAddr);
+
+/// What picks a pool other than the cluster's: the request's server name, the downstream
+/// address pair (PROXY protocol).
+type PoolKey = (Option<RequestName>, Option<DownstreamAddresses>);
+
 /// At most this many request server names keep a pool of their own; then all are dropped.
 const MAX_NAMED_POOLS: usize = 1024;
 
@@ -552,16 +605,54 @@ impl Upstream {
     /// The pool a request goes through: the cluster's, or under `auto_sni` /
     /// `auto_san_validation` the one of the request's server name, taken as Envoy's router
     /// takes it (the host after the route's rewrite, or `override_auto_sni_header`'s values
-    /// when it has any; no SNI for an IP address).
-    fn client_for(&self, headers: &HeaderMap) -> PoolClient {
-        let Some((tls, rule)) = self
-            .connect
-            .tls
-            .as_ref()
-            .and_then(|tls| Some((tls, tls.request_name.as_ref()?)))
-        else {
+    /// when it has any; no SNI for an IP address); under the PROXY protocol, the one of the
+    /// request's downstream address pair.
+    fn client_for(
+        &self,
+        headers: &HeaderMap,
+        downstream: Option<DownstreamAddresses>,
+    ) -> PoolClient {
+        let name = self.request_name(headers);
+        let downstream = downstream.filter(|_| self.proxy_protocol.is_some());
+        if name.is_none() && downstream.is_none() {
             return self.client.clone();
+        }
+        let mut named = self.named_clients.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (name, downstream);
+        if let Some(client) = named.get(&key) {
+            return client.clone();
+        }
+        if named.len() >= MAX_NAMED_POOLS {
+            named.clear();
+        }
+        let tls = match (&self.connect.tls, &key.0) {
+            (Some(tls), Some((sni, san))) => Some(Arc::new(
+                tls.for_request_name(sni.as_deref(), san.as_deref()),
+            )),
+            (tls, _) => tls.clone(),
         };
+        let connect = ConnectSettings {
+            tls,
+            ..(*self.connect).clone()
+        };
+        let client = self.client_builder.build(CountingConnector {
+            connect: Arc::new(connect),
+            traffic: self.traffic.clone(),
+            hosts: self.hosts.clone(),
+            has_traffic: self.has_traffic.clone(),
+            proxy_protocol: self.proxy_protocol.as_ref().map(|config| ProxyProtocolFor {
+                config: config.clone(),
+                downstream,
+            }),
+        });
+        named.insert(key, client.clone());
+        client
+    }
+
+    /// The request's server name and the name to verify, under `auto_sni` /
+    /// `auto_san_validation`; `None` when the cluster's own apply.
+    fn request_name(&self, headers: &HeaderMap) -> Option<RequestName> {
+        let rule = self.connect.tls.as_ref()?.request_name.as_ref()?;
         let mut value = headers
             .get(http::header::HOST)
             .and_then(|v| v.to_str().ok())
@@ -582,30 +673,9 @@ impl Upstream {
         let sni = (rule.sni && !is_ip).then(|| host.to_string());
         let san = rule.san_validation.then(|| host.to_string());
         if sni.is_none() && san.is_none() {
-            return self.client.clone();
+            return None;
         }
-        let mut named = self.named_clients.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (sni, san);
-        if let Some(client) = named.get(&key) {
-            return client.clone();
-        }
-        if named.len() >= MAX_NAMED_POOLS {
-            named.clear();
-        }
-        let connect = ConnectSettings {
-            tls: Some(Arc::new(
-                tls.for_request_name(key.0.as_deref(), key.1.as_deref()),
-            )),
-            ..(*self.connect).clone()
-        };
-        let client = self.client_builder.build(CountingConnector {
-            connect: Arc::new(connect),
-            traffic: self.traffic.clone(),
-            hosts: self.hosts.clone(),
-            has_traffic: self.has_traffic.clone(),
-        });
-        named.insert(key, client.clone());
-        client
+        Some((sni, san))
     }
 }
 
@@ -669,13 +739,46 @@ pub async fn forward_with_info(
     forward_at_priority(upstream, request, how, fixed, RoutingPriority::Default).await
 }
 
+/// [`forward_with_info`] for a request of a downstream connection whose addresses are
+/// `downstream` (`(client, listener)`): a cluster with the PROXY protocol sends them in its
+/// header and pools connections per pair, as Envoy's router does.
+pub async fn forward_from(
+    upstream: &Upstream,
+    request: Outgoing,
+    how: Forwarding<'_>,
+    fixed: Option<SocketAddr>,
+    downstream: Option<DownstreamAddresses>,
+) -> (Response<ProxyBody>, ForwardInfo) {
+    forward_request(
+        upstream,
+        request,
+        how,
+        fixed,
+        RoutingPriority::Default,
+        downstream,
+    )
+    .await
+}
+
 /// [`forward_with_info`] at the route's `priority`: which circuit-breaker thresholds apply.
 pub async fn forward_at_priority(
+    upstream: &Upstream,
+    request: Outgoing,
+    how: Forwarding<'_>,
+    fixed: Option<SocketAddr>,
+    priority: RoutingPriority,
+) -> (Response<ProxyBody>, ForwardInfo) {
+    forward_request(upstream, request, how, fixed, priority, None).await
+}
+
+/// Forwarding itself, for the entry points above.
+async fn forward_request(
     upstream: &Upstream,
     mut request: Outgoing,
     how: Forwarding<'_>,
     fixed: Option<SocketAddr>,
     priority: RoutingPriority,
+    downstream: Option<DownstreamAddresses>,
 ) -> (Response<ProxyBody>, ForwardInfo) {
     // The retry slot of the attempt in flight, if it is a retry (Envoy's armed retry callback).
     let mut retry_slot: Option<Slot> = None;
@@ -733,13 +836,15 @@ pub async fn forward_at_priority(
             .per_try_timeout
             .map_or(remaining, |t| t.min(remaining));
         let last = attempt >= how.retry.num_retries;
-        let send = upstream.client_for(&request.headers).request(build_request(
-            &mut request,
-            &upstream.scheme,
-            host,
-            how.timeout,
-            last,
-        ));
+        let send = upstream
+            .client_for(&request.headers, downstream)
+            .request(build_request(
+                &mut request,
+                &upstream.scheme,
+                host,
+                how.timeout,
+                last,
+            ));
         let result = tokio::time::timeout(per_try, send).await;
         drop(active);
         let outcome = match result {
@@ -1072,6 +1177,16 @@ struct CountingConnector {
     traffic: Arc<ClusterTraffic>,
     hosts: Arc<Mutex<HashMap<SocketAddr, Arc<HostTraffic>>>>,
     has_traffic: Arc<AtomicBool>,
+    /// The cluster's PROXY protocol and the downstream addresses of this pool, if any.
+    proxy_protocol: Option<ProxyProtocolFor>,
+}
+
+/// The PROXY protocol of a pool's connections: the cluster's settings and the downstream
+/// address pair the pool is for (`None`: requests without a downstream connection).
+#[derive(Clone)]
+struct ProxyProtocolFor {
+    config: Arc<UpstreamProxyProtocol>,
+    downstream: Option<DownstreamAddresses>,
 }
 
 impl tower_service::Service<Uri> for CountingConnector {
@@ -1088,6 +1203,7 @@ impl tower_service::Service<Uri> for CountingConnector {
             .authority()
             .and_then(|a| a.as_str().parse::<SocketAddr>().ok());
         let connect = self.connect.clone();
+        let proxy_protocol = self.proxy_protocol.clone();
         let connecting = async move {
             let Some(address) = host else {
                 return Err(ConnectFailure::Tcp(std::io::Error::new(
@@ -1095,7 +1211,14 @@ impl tower_service::Service<Uri> for CountingConnector {
                     "upstream address is not IP:port",
                 )));
             };
-            connect_upstream(address, connect.timeout, connect.tls.as_deref()).await
+            let header = proxy_protocol.map(|p| p.config.plan(address, p.downstream));
+            connect_upstream(
+                address,
+                connect.timeout,
+                connect.tls.as_deref(),
+                header.as_ref(),
+            )
+            .await
         };
         let traffic = self.traffic.clone();
         let hosts = self.hosts.clone();

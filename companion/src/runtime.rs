@@ -94,6 +94,7 @@ impl PartialEq for ClusterPlan {
         a.name == b.name
             && a.check == b.check
             && a.connect_timeout == b.connect_timeout
+            && a.proxy_protocol == b.proxy_protocol
             && a.ignore_new_hosts_until_first_hc == b.ignore_new_hosts_until_first_hc
             && a.ignore_health_on_host_removal == b.ignore_health_on_host_removal
             && self.source == other.source
@@ -279,6 +280,7 @@ pub fn plan(bootstrap: &Bootstrap) -> Result<(Vec<ClusterPlan>, Vec<String>), St
                 check: cluster.health_check.clone(),
                 connect_timeout: Duration::from_millis(cluster.connect_timeout_ms),
                 tls,
+                proxy_protocol: cluster.proxy_protocol.clone().map(Arc::new),
                 ignore_new_hosts_until_first_hc: cluster
                     .common_lb_config
                     .ignore_new_hosts_until_first_hc,
@@ -509,6 +511,7 @@ impl Runtime {
                         tls: plan.spec.tls.clone(),
                     },
                 )
+                .with_proxy_protocol(plan.spec.proxy_protocol.clone())
                 .with_circuit_breakers(plan.circuit_breakers.clone())
                 .with_health_reports(health_reports),
             )),

@@ -135,11 +135,37 @@ fn cluster(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Cluster> {
     let cleanup_interval_ms =
         positive_ms(cx, &mut o, "cleanup_interval", 0).unwrap_or(DEFAULT_CLEANUP_INTERVAL_MS);
 
-    let has_transport_socket = o.has("transport_socket");
-    let mut tls = o
+    let transport = o
         .take("transport_socket")
-        .and_then(|(ts_path, ts)| super::tls::upstream(cx, &ts_path, ts));
-    if upstream_protocol == UpstreamProtocol::Auto && !has_transport_socket {
+        .map(|(ts_path, ts)| super::proxy_protocol::cluster_transport(cx, &ts_path, ts))
+        .unwrap_or_default();
+    let mut tls = transport.tls;
+    let mut proxy_protocol = transport.proxy_protocol;
+    if is_original_dst && proxy_protocol.is_some() {
+        cx.unsupported(
+            &path.field("transport_socket"),
+            "the upstream PROXY protocol is implemented by vigil on clusters with listed hosts: \
+             not on ORIGINAL_DST clusters",
+        );
+    }
+    if let Some(proxy_protocol) = &mut proxy_protocol {
+        let endpoints_path = path.field("load_assignment").field("endpoints");
+        let endpoints =
+            load_assignment
+                .endpoints
+                .iter()
+                .enumerate()
+                .flat_map(|(i, locality)| {
+                    let locality_path = endpoints_path.index(i).field("lb_endpoints");
+                    locality.lb_endpoints.iter().enumerate().map(move |(j, e)| {
+                        (locality_path.index(j), &e.address, e.metadata.as_ref())
+                    })
+                });
+        proxy_protocol.per_host =
+            super::proxy_protocol::per_host_tlvs(cx, endpoints, discovery == Discovery::Static);
+    }
+    // Raw buffer (alone or under the PROXY protocol) negotiates nothing, as Envoy says.
+    if upstream_protocol == UpstreamProtocol::Auto && tls.is_none() {
         cx.invalid(
             &path.field("typed_extension_protocol_options"),
             format!(
@@ -216,6 +242,7 @@ fn cluster(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Cluster> {
         health_check,
         upstream_protocol,
         tls,
+        proxy_protocol,
         per_connection_buffer_limit_bytes,
         cleanup_interval_ms,
         lb_config,

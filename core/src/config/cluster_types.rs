@@ -321,6 +321,10 @@ pub struct Cluster {
     /// `transport_socket` when it is TLS (`UpstreamTlsContext`): proxied requests and health
     /// checks alike go over TLS. `None`: plain text.
     pub tls: Option<crate::config::UpstreamTls>,
+    /// `transport_socket` when it is the upstream PROXY protocol
+    /// (`ProxyProtocolUpstreamTransport`): every new connection to a host starts with the header,
+    /// then speaks plain text or `tls`.
+    pub proxy_protocol: Option<crate::config::UpstreamProxyProtocol>,
     /// `per_connection_buffer_limit_bytes` (Envoy's default when `None`: 1 MiB).
     pub per_connection_buffer_limit_bytes: Option<u32>,
     /// `cleanup_interval` (ORIGINAL_DST clusters; default 5000 ms).
