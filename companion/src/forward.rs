@@ -45,7 +45,8 @@
 //! 5xx (`split_external_local_origin_errors`) is the detector's business.
 
 use crate::tls::{
-    ConnectFailure, TlsConnectError, UpstreamConnector, UpstreamStream, connect_upstream,
+    ConnectFailure, HostTransports, TlsConnectError, Transport, UpstreamConnector, UpstreamStream,
+    connect_upstream,
 };
 use crate::upstream::{BreakerGauges, Breakers, HostPicker, Slot};
 use bytes::Bytes;
@@ -269,6 +270,8 @@ pub struct Upstream {
     named_clients: Mutex<HashMap<PoolKey, PoolClient>>,
     /// The cluster's upstream PROXY protocol, when its connections start with a header.
     proxy_protocol: Option<Arc<UpstreamProxyProtocol>>,
+    /// `transport_socket_matches`: the hosts on another socket than the cluster's.
+    host_transports: Option<Arc<HostTransports>>,
     /// `https` when the hosts speak TLS (HTTP/2's `:scheme`), else `http`.
     scheme: http::uri::Scheme,
     /// The cluster's TLS client (shared with the connector), for its counters.
@@ -363,6 +366,8 @@ impl Upstream {
             hosts: hosts.clone(),
             has_traffic: has_traffic.clone(),
             proxy_protocol: None,
+            host_transports: None,
+            downstream: None,
         };
         let mut builder = Client::builder(TokioExecutor::new());
         builder.pool_idle_timeout(idle);
@@ -379,6 +384,7 @@ impl Upstream {
             client_builder: builder,
             named_clients: Mutex::default(),
             proxy_protocol: None,
+            host_transports: None,
             scheme,
             client_tls,
             connect,
@@ -394,18 +400,79 @@ impl Upstream {
         let Some(config) = config else {
             return self;
         };
-        self.proxy_protocol = Some(config.clone());
-        self.client = self.client_builder.build(CountingConnector {
-            connect: self.connect.clone(),
+        self.proxy_protocol = Some(config);
+        self.client = self
+            .client_builder
+            .build(self.connector(&self.connect, None));
+        self
+    }
+
+    /// Connects to the hosts `transports` lists with their own socket (the cluster's
+    /// `transport_socket_matches`), when given.
+    pub fn with_host_transports(mut self, transports: Option<Arc<HostTransports>>) -> Upstream {
+        let Some(transports) = transports else {
+            return self;
+        };
+        // The HTTP pool offers its protocols over ALPN on every TLS socket alike.
+        let offered: &[&[u8]] = if self.connect.alpn_auto {
+            &[b"h2", b"http/1.1"]
+        } else if self.connect.http2 {
+            &[b"h2"]
+        } else {
+            &[b"http/1.1"]
+        };
+        let mut transports = (*transports).clone();
+        for transport in transports.by_host.values_mut() {
+            transport.tls = transport.tls.take().map(|tls| tls.for_http_pool(offered));
+        }
+        self.host_transports = Some(Arc::new(transports));
+        self.client = self
+            .client_builder
+            .build(self.connector(&self.connect, None));
+        self
+    }
+
+    /// A connector of this cluster's pools: `connect`'s settings, the hosts' own sockets, the
+    /// downstream address pair a PROXY protocol header carries.
+    fn connector(
+        &self,
+        connect: &Arc<ConnectSettings>,
+        downstream: Option<DownstreamAddresses>,
+    ) -> CountingConnector {
+        CountingConnector {
+            connect: connect.clone(),
             traffic: self.traffic.clone(),
             hosts: self.hosts.clone(),
             has_traffic: self.has_traffic.clone(),
-            proxy_protocol: Some(ProxyProtocolFor {
-                config,
-                downstream: None,
-            }),
-        });
-        self
+            proxy_protocol: self.proxy_protocol.clone(),
+            host_transports: self.host_transports.clone(),
+            downstream,
+        }
+    }
+
+    /// The socket connecting to `host`: its own, or the cluster's.
+    fn transport_for(&self, host: SocketAddr) -> Transport {
+        match self
+            .host_transports
+            .as_ref()
+            .and_then(|t| t.by_host.get(&host))
+        {
+            Some(transport) => transport.clone(),
+            None => Transport {
+                tls: self.connect.tls.clone(),
+                proxy_protocol: self.proxy_protocol.clone(),
+            },
+        }
+    }
+
+    /// Whether a pool is kept per downstream address pair: some host's socket writes a PROXY
+    /// protocol header.
+    fn keys_by_downstream(&self) -> bool {
+        self.proxy_protocol.is_some()
+            || self
+                .host_transports
+                .as_ref()
+                .is_some_and(|t| t.any_proxy_protocol())
     }
 
     /// Reports `x-envoy-immediate-health-check-fail` on real responses to the cluster's check
@@ -463,14 +530,15 @@ impl Upstream {
         self.has_traffic.store(true, Ordering::Relaxed);
         let counters = self.host(host);
         counters.cx_total.fetch_add(1, Ordering::Relaxed);
-        let header = self
+        let transport = self.transport_for(host);
+        let header = transport
             .proxy_protocol
             .as_ref()
             .map(|config| config.plan(host, downstream));
         let connecting = connect_upstream(
             host,
             self.connect.timeout,
-            self.connect.tls.as_deref(),
+            transport.tls.as_deref(),
             header.as_ref(),
         );
         match connecting.await {
@@ -613,7 +681,7 @@ impl Upstream {
         downstream: Option<DownstreamAddresses>,
     ) -> PoolClient {
         let name = self.request_name(headers);
-        let downstream = downstream.filter(|_| self.proxy_protocol.is_some());
+        let downstream = downstream.filter(|_| self.keys_by_downstream());
         if name.is_none() && downstream.is_none() {
             return self.client.clone();
         }
@@ -635,16 +703,9 @@ impl Upstream {
             tls,
             ..(*self.connect).clone()
         };
-        let client = self.client_builder.build(CountingConnector {
-            connect: Arc::new(connect),
-            traffic: self.traffic.clone(),
-            hosts: self.hosts.clone(),
-            has_traffic: self.has_traffic.clone(),
-            proxy_protocol: self.proxy_protocol.as_ref().map(|config| ProxyProtocolFor {
-                config: config.clone(),
-                downstream,
-            }),
-        });
+        let client = self
+            .client_builder
+            .build(self.connector(&Arc::new(connect), downstream));
         named.insert(key, client.clone());
         client
     }
@@ -1177,15 +1238,12 @@ struct CountingConnector {
     traffic: Arc<ClusterTraffic>,
     hosts: Arc<Mutex<HashMap<SocketAddr, Arc<HostTraffic>>>>,
     has_traffic: Arc<AtomicBool>,
-    /// The cluster's PROXY protocol and the downstream addresses of this pool, if any.
-    proxy_protocol: Option<ProxyProtocolFor>,
-}
-
-/// The PROXY protocol of a pool's connections: the cluster's settings and the downstream
-/// address pair the pool is for (`None`: requests without a downstream connection).
-#[derive(Clone)]
-struct ProxyProtocolFor {
-    config: Arc<UpstreamProxyProtocol>,
+    /// The cluster's PROXY protocol, if any.
+    proxy_protocol: Option<Arc<UpstreamProxyProtocol>>,
+    /// The hosts on another socket than the cluster's (`transport_socket_matches`).
+    host_transports: Option<Arc<HostTransports>>,
+    /// The downstream address pair this pool is for (`None`: requests without a downstream
+    /// connection, or a cluster without the PROXY protocol).
     downstream: Option<DownstreamAddresses>,
 }
 
@@ -1204,6 +1262,8 @@ impl tower_service::Service<Uri> for CountingConnector {
             .and_then(|a| a.as_str().parse::<SocketAddr>().ok());
         let connect = self.connect.clone();
         let proxy_protocol = self.proxy_protocol.clone();
+        let host_transports = self.host_transports.clone();
+        let downstream = self.downstream;
         let connecting = async move {
             let Some(address) = host else {
                 return Err(ConnectFailure::Tcp(std::io::Error::new(
@@ -1211,14 +1271,15 @@ impl tower_service::Service<Uri> for CountingConnector {
                     "upstream address is not IP:port",
                 )));
             };
-            let header = proxy_protocol.map(|p| p.config.plan(address, p.downstream));
-            connect_upstream(
-                address,
-                connect.timeout,
-                connect.tls.as_deref(),
-                header.as_ref(),
-            )
-            .await
+            let own = host_transports
+                .as_ref()
+                .and_then(|t| t.by_host.get(&address));
+            let (tls, proxy_protocol) = match own {
+                Some(t) => (t.tls.as_deref(), t.proxy_protocol.as_ref()),
+                None => (connect.tls.as_deref(), proxy_protocol.as_ref()),
+            };
+            let header = proxy_protocol.map(|config| config.plan(address, downstream));
+            connect_upstream(address, connect.timeout, tls, header.as_ref()).await
         };
         let traffic = self.traffic.clone();
         let hosts = self.hosts.clone();

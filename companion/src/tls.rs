@@ -1169,6 +1169,33 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
+/// A transport socket of a cluster: its TLS client (when TLS) and PROXY protocol (when any).
+#[derive(Debug, Clone, Default)]
+pub struct Transport {
+    pub tls: Option<Arc<UpstreamConnector>>,
+    pub proxy_protocol: Option<Arc<vigil_core::config::UpstreamProxyProtocol>>,
+}
+
+/// A cluster's `transport_socket_matches` put to use: the hosts whose socket is another than
+/// the cluster's `transport_socket`, and the socket of health check connections when the check's
+/// `transport_socket_match_criteria` chose one.
+#[derive(Debug, Clone, Default)]
+pub struct HostTransports {
+    pub by_host: std::collections::HashMap<std::net::SocketAddr, Transport>,
+    /// Every check connection's socket; `None`: each host's own.
+    pub check: Option<Transport>,
+}
+
+impl HostTransports {
+    /// Whether any of these sockets writes a PROXY protocol header.
+    pub fn any_proxy_protocol(&self) -> bool {
+        self.by_host
+            .values()
+            .chain(self.check.iter())
+            .any(|t| t.proxy_protocol.is_some())
+    }
+}
+
 /// The TCP connection to an upstream host, with the cluster's PROXY protocol header (if any)
 /// pending ahead of the first bytes written.
 pub type UpstreamTcp = crate::upstream::proxy_protocol::HeaderFirst<TcpStream>;

@@ -149,20 +149,21 @@ fn cluster(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Cluster> {
         );
     }
     if let Some(proxy_protocol) = &mut proxy_protocol {
-        let endpoints_path = path.field("load_assignment").field("endpoints");
-        let endpoints =
-            load_assignment
-                .endpoints
-                .iter()
-                .enumerate()
-                .flat_map(|(i, locality)| {
-                    let locality_path = endpoints_path.index(i).field("lb_endpoints");
-                    locality.lb_endpoints.iter().enumerate().map(move |(j, e)| {
-                        (locality_path.index(j), &e.address, e.metadata.as_ref())
-                    })
-                });
-        proxy_protocol.per_host =
-            super::proxy_protocol::per_host_tlvs(cx, endpoints, discovery == Discovery::Static);
+        proxy_protocol.per_host = super::proxy_protocol::per_host_tlvs(
+            cx,
+            endpoint_paths(path, &load_assignment),
+            discovery == Discovery::Static,
+        );
+    }
+    let mut matches = super::transport_match::read_matches(cx, &mut o);
+    for m in &mut matches {
+        if let Some(proxy_protocol) = &mut m.entry.proxy_protocol {
+            proxy_protocol.per_host = super::proxy_protocol::per_host_tlvs(
+                cx,
+                endpoint_paths(path, &load_assignment),
+                discovery == Discovery::Static,
+            );
+        }
     }
     // Raw buffer (alone or under the PROXY protocol) negotiates nothing, as Envoy says.
     if upstream_protocol == UpstreamProtocol::Auto && tls.is_none() {
@@ -189,6 +190,23 @@ fn cluster(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Cluster> {
             ),
         );
     }
+    let criteria = checks.first().and_then(|(p, v)| {
+        let criteria_path = p.field("transport_socket_match_criteria");
+        match v.get("transport_socket_match_criteria")? {
+            Value::Object(criteria) => Some((criteria_path, criteria.clone())),
+            Value::Null => None,
+            other => {
+                cx.invalid(
+                    &criteria_path,
+                    format!(
+                        "expected a mapping (google.protobuf.Struct), found {}",
+                        describe(other)
+                    ),
+                );
+                None
+            }
+        }
+    });
     let health_check = checks
         .first()
         .and_then(|(p, v)| health_check::health_check(cx, p, v, &name, upstream_protocol));
@@ -229,7 +247,7 @@ fn cluster(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Cluster> {
     let metadata = o.raw_message(cx, "metadata");
     o.finish(cx);
 
-    Some(Cluster {
+    let mut cluster = Cluster {
         name,
         alt_stat_name,
         discovery,
@@ -243,6 +261,8 @@ fn cluster(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Cluster> {
         upstream_protocol,
         tls,
         proxy_protocol,
+        transport_socket_matches: Vec::new(),
+        health_check_transport: None,
         per_connection_buffer_limit_bytes,
         cleanup_interval_ms,
         lb_config,
@@ -253,7 +273,29 @@ fn cluster(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Cluster> {
         upstream_connection_options,
         track_cluster_stats,
         metadata,
-    })
+    };
+    super::transport_match::settle(cx, path, &mut cluster, matches, criteria);
+    Some(cluster)
+}
+
+/// Each listed endpoint of `load_assignment` with its path, address and metadata.
+fn endpoint_paths<'a>(
+    path: &FieldPath,
+    load_assignment: &'a LoadAssignment,
+) -> impl Iterator<Item = (FieldPath, &'a SocketAddress, Option<&'a Value>)> {
+    let endpoints_path = path.field("load_assignment").field("endpoints");
+    load_assignment
+        .endpoints
+        .iter()
+        .enumerate()
+        .flat_map(move |(i, locality)| {
+            let locality_path = endpoints_path.index(i).field("lb_endpoints");
+            locality
+                .lb_endpoints
+                .iter()
+                .enumerate()
+                .map(move |(j, e)| (locality_path.index(j), &e.address, e.metadata.as_ref()))
+        })
 }
 
 /// `original_dst_lb_config` of an ORIGINAL_DST cluster: Envoy's checks
@@ -880,6 +922,7 @@ fn lb_endpoint(cx: &mut Ctx, o: &mut Obj, discovery: &Discovery) -> Option<LbEnd
         load_balancing_weight,
         health_status,
         metadata,
+        transport: TransportChoice::Default,
     })
 }
 

@@ -93,6 +93,7 @@ mod route_config;
 mod schema;
 mod sds;
 mod tls;
+mod transport_match;
 #[cfg(feature = "yaml")]
 mod yaml;
 #[cfg(feature = "envoy-schema")]
@@ -132,6 +133,7 @@ pub use tls::{
     DownstreamTls, PeerValidation, RequestServerName, SanMatcher, SanType, SubjectAltName,
     TlsParams, TlsVersion, UpstreamTls, dns_name_match,
 };
+pub use transport_match::TRANSPORT_SOCKET_MATCH_KEY;
 
 use crate::protojson::Ctx;
 use serde_json::Value;
