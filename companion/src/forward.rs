@@ -555,7 +555,18 @@ impl Upstream {
 
     /// Envoy's `ssl.*` counters of the cluster's TLS connections, when its hosts speak TLS.
     pub fn ssl_stats(&self) -> Option<&crate::tls::SslStats> {
-        self.client_tls.as_deref().map(|tls| tls.stats.as_ref())
+        // Hosts on their own TLS sockets share the cluster's counters (see the runtime).
+        let own = || {
+            self.host_transports
+                .as_ref()?
+                .by_host
+                .values()
+                .find_map(|t| t.tls.as_deref())
+        };
+        self.client_tls
+            .as_deref()
+            .or_else(own)
+            .map(|tls| tls.stats.as_ref())
     }
 
     /// The host selection settings when this is an ORIGINAL_DST cluster.

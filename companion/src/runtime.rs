@@ -344,11 +344,21 @@ fn host_transports(
     if cluster.transport_socket_matches.is_empty() {
         return Ok(None);
     }
+    // Envoy's TLS sockets of one cluster count into the same `cluster.<name>.ssl.*`.
+    let shared_stats = default
+        .tls
+        .as_ref()
+        .map(|tls| tls.stats.clone())
+        .unwrap_or_default();
     let mut sockets = Vec::new();
     for entry in &cluster.transport_socket_matches {
         let tls = match &entry.tls {
             None => None,
-            Some(tls) => Some(Arc::new(crate::tls::UpstreamConnector::new(tls)?)),
+            Some(tls) => {
+                let mut connector = crate::tls::UpstreamConnector::new(tls)?;
+                connector.stats = shared_stats.clone();
+                Some(Arc::new(connector))
+            }
         };
         sockets.push(crate::tls::Transport {
             tls,

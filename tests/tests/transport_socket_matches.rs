@@ -5,7 +5,8 @@
 //!
 //! - `mixed`: one plain-text host (no metadata: the cluster's `raw_buffer`) and one HTTPS host
 //!   (`filter_metadata["envoy.transport_socket_match"] = {tls: true}`): both healthy by HTTP
-//!   checks, both serve proxied requests; the TLS host saw the SNI of its entry;
+//!   checks, both serve proxied requests; the TLS host saw the SNI of its entry, and its
+//!   handshakes count in `cluster.mixed.ssl.*`;
 //! - `by_locality`: the HTTPS host is selected by its locality's metadata, the plain one by its
 //!   own (`{plain: true}`, an entry whose socket is `raw_buffer`) over a locality that says TLS;
 //! - `check_criteria`: an HTTPS host without metadata (proxied in plain text, which it refuses)
@@ -210,8 +211,18 @@ async fn each_host_is_reached_through_its_matched_socket_as_in_envoy() {
         "by_locality: tls=2 plain=2".to_string(),
         "check_criteria: 502".to_string(),
     ];
-    for ((who, _, _), seen) in procs.iter().zip(&answers) {
+    for ((who, _, process), seen) in procs.iter().zip(&answers) {
         assert_eq!(seen, &expected, "{who}");
+        // A match's TLS socket counts into the cluster's `ssl.*`, whose default is plain text.
+        let stats = process.stats().await.unwrap_or_default();
+        let handshakes: u64 = stats
+            .get("cluster.mixed.ssl.handshake")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            handshakes >= 1,
+            "{who}: cluster.mixed.ssl.handshake is {handshakes}"
+        );
     }
 }
 

@@ -141,13 +141,6 @@ fn cluster(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Cluster> {
         .unwrap_or_default();
     let mut tls = transport.tls;
     let mut proxy_protocol = transport.proxy_protocol;
-    if is_original_dst && proxy_protocol.is_some() {
-        cx.unsupported(
-            &path.field("transport_socket"),
-            "the upstream PROXY protocol is implemented by vigil on clusters with listed hosts: \
-             not on ORIGINAL_DST clusters",
-        );
-    }
     if let Some(proxy_protocol) = &mut proxy_protocol {
         proxy_protocol.per_host = super::proxy_protocol::per_host_tlvs(
             cx,
@@ -275,6 +268,14 @@ fn cluster(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Cluster> {
         metadata,
     };
     super::transport_match::settle(cx, path, &mut cluster, matches, criteria);
+    // The socket may come from a match that applies to every host.
+    if is_original_dst && cluster.proxy_protocol.is_some() {
+        cx.unsupported(
+            &path.field("transport_socket"),
+            "the upstream PROXY protocol is implemented by vigil on clusters with listed hosts: \
+             not on ORIGINAL_DST clusters",
+        );
+    }
     Some(cluster)
 }
 
