@@ -12,6 +12,9 @@
 //!   connection, another client's over another connection;
 //! - HTTP health checks: version 1 with the check connection's own addresses (`v1`), version 2
 //!   `LOCAL` without TLVs (`v2`, and before the TLS handshake on `tls`);
+//! - hosts of one cluster on different PROXY protocol sockets by `transport_socket_matches`
+//!   (`matched`: version 1 to one, version 2 with a TLV to the other): each host's connection
+//!   carries its own socket's header;
 //! - TCP health checks: `LOCAL` then the check's bytes (`tcp`); a connect-only check writes
 //!   nothing, so no header either (`tcp_connect`).
 
@@ -322,7 +325,7 @@ async fn upstreams(dir: &std::path::Path, who: &str) -> Upstreams {
     let ca = Authority::new("vigil test CA");
     let identity = ca.issue(&["backend.example"], Validity::Current);
     let mut by_cluster = BTreeMap::new();
-    for name in ["v1", "v2", "v2host", "tcp", "tcp_connect"] {
+    for name in ["v1", "v2", "v2host", "tcp", "tcp_connect", "m1", "m2"] {
         by_cluster.insert(name, Upstream::start(None).await);
     }
     by_cluster.insert("tls", Upstream::start(Some(server_config(&identity))).await);
@@ -442,8 +445,50 @@ fn config(lab: &Upstreams, listen: SocketAddr, admin: SocketAddr) -> String {
         ),
         tcp_check("{}")
     ));
+    // Two hosts on different PROXY protocol sockets by their metadata
+    // (`transport_socket_matches`); the cluster's own socket is plain text.
+    let endpoint = |name: &str, label: &str| {
+        let address = address(name);
+        format!(
+            "
+        - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }}
+          metadata: {{ filter_metadata: {{ envoy.transport_socket_match: {{ pp: {label} }} }} }}",
+            address.ip(),
+            address.port()
+        )
+    };
+    let socket = |config: &str| {
+        format!(
+            "
+      transport_socket:
+        name: envoy.transport_sockets.upstream_proxy_protocol
+        typed_config:
+          \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.proxy_protocol.v3.ProxyProtocolUpstreamTransport
+          config: {config}
+          transport_socket: {RAW}"
+        )
+    };
+    clusters.push_str(&format!(
+        "
+  - name: matched
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: matched
+      endpoints:
+      - lb_endpoints:{}{}
+    transport_socket_matches:
+    - name: one
+      match: {{ pp: one }}{}
+    - name: two
+      match: {{ pp: two }}{}",
+        endpoint("m1", "one"),
+        endpoint("m2", "two"),
+        socket("{ version: V1 }"),
+        socket("{ version: V2, added_tlvs: [{ type: 0xE0, value: dHdv }] }"),
+    ));
     let mut routes = String::new();
-    for name in ["v1", "v2", "v2host", "tls"] {
+    for name in ["v1", "v2", "v2host", "tls", "matched"] {
         routes.push_str(&route_yaml(&format!("/{name}/"), name, ""));
     }
     ListenerSpec::new("proxy_protocol", &routes, &clusters).render(listen, admin)
@@ -609,6 +654,32 @@ async fn check_proxy(
                     connection.header, want
                 ));
             }
+        }
+    }
+    // Round robin over the two matched hosts: each gets two of the client's requests, over one
+    // connection, whose header is its own socket's.
+    for i in 0..4 {
+        let path = format!("/matched/matched-r{i}");
+        let status = first.get(&path).await;
+        if status != "HTTP/1.1 200 OK" {
+            wrong.push(format!("{who}: GET {path}: {status}"));
+        }
+    }
+    for (name, want) in [
+        ("m1", v1(first.address, listen)),
+        ("m2", v2(first.address, listen, &[(0xE0, b"two")])),
+    ] {
+        let used: Vec<Connection> = lab.by_cluster[name]
+            .connections()
+            .into_iter()
+            .filter(|c| c.requests.iter().any(|r| r.starts_with("/matched-")))
+            .collect();
+        match used.as_slice() {
+            [c] if c.header == want && c.requests.len() == 2 => {}
+            _ => wrong.push(format!(
+                "{who}: matched host {name}: {used:?}, expected one connection with two \
+                 requests and header {want:?}"
+            )),
         }
     }
     wrong
