@@ -10,6 +10,8 @@
 //!   `PerHostConfig` overrides a cluster TLV (`v2host`: the host's TLVs first, each type once),
 //!   version 2 then TLS (`tls`); a second request of the same client goes over the same upstream
 //!   connection, another client's over another connection;
+//! - a CONNECT the proxy terminates (`connect_config`): the tunnel's upstream connection carries
+//!   the downstream addresses too;
 //! - HTTP health checks: version 1 with the check connection's own addresses (`v1`), version 2
 //!   `LOCAL` without TLVs (`v2`, and before the TLS handshake on `tls`);
 //! - hosts of one cluster on different PROXY protocol sockets by `transport_socket_matches`
@@ -487,11 +489,17 @@ fn config(lab: &Upstreams, listen: SocketAddr, admin: SocketAddr) -> String {
         socket("{ version: V1 }"),
         socket("{ version: V2, added_tlvs: [{ type: 0xE0, value: dHdv }] }"),
     ));
-    let mut routes = String::new();
+    // A CONNECT terminated by the proxy: the tunnel's connection carries the header too.
+    let mut routes = "
+              - match: { connect_matcher: {} }
+                route: { cluster: v2, upgrade_configs: [{ upgrade_type: CONNECT, connect_config: {} }] }"
+        .to_string();
     for name in ["v1", "v2", "v2host", "tls", "matched"] {
         routes.push_str(&route_yaml(&format!("/{name}/"), name, ""));
     }
-    ListenerSpec::new("proxy_protocol", &routes, &clusters).render(listen, admin)
+    let mut spec = ListenerSpec::new("proxy_protocol", &routes, &clusters);
+    spec.hcm_fields = "          upgrade_configs: [{ upgrade_type: CONNECT }]".to_string();
+    spec.render(listen, admin)
 }
 
 /// A client connection of its own (its address is what the header must carry).
@@ -507,6 +515,36 @@ impl Client {
             .expect("connect to the proxy");
         let address = stream.local_addr().expect("client address");
         Client { stream, address }
+    }
+
+    /// Writes `bytes`, then reads an answer's head (and its body when `body`, by its
+    /// `content-length`): its status line.
+    async fn exchange(&mut self, bytes: &[u8], body: bool) -> String {
+        if self.stream.write_all(bytes).await.is_err() {
+            return "write failed".into();
+        }
+        let mut answer = Vec::new();
+        let reading = async {
+            if body {
+                http::read_response(&mut self.stream, &mut answer).await;
+                return;
+            }
+            let mut byte = [0u8; 1];
+            while !answer.ends_with(b"\r\n\r\n") {
+                match self.stream.read(&mut byte).await {
+                    Ok(1) => answer.push(byte[0]),
+                    _ => return,
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), reading)
+            .await
+            .is_err()
+        {
+            return "no answer".into();
+        }
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        answer.lines().next().unwrap_or("").to_string()
     }
 
     async fn get(&mut self, path: &str) -> String {
@@ -656,6 +694,33 @@ async fn check_proxy(
             }
         }
     }
+    // A tunnel: the CONNECT's answer, then a request through it to the v2 upstream.
+    let mut tunnel = Client::connect(listen).await;
+    let connected = tunnel
+        .exchange(
+            b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n",
+            false,
+        )
+        .await;
+    if connected.starts_with("HTTP/1.1 200") {
+        let through = tunnel
+            .exchange(b"GET /v2-tunnel HTTP/1.1\r\nhost: backend\r\n\r\n", true)
+            .await;
+        let want = v2(
+            tunnel.address,
+            listen,
+            &[(0xE0, b"abc"), (0xE1, b"cluster")],
+        );
+        match lab.by_cluster["v2"].carrying("/v2-tunnel") {
+            Some((_, c)) if c.header == want && through.starts_with("HTTP/1.1 200") => {}
+            other => wrong.push(format!(
+                "{who}: tunnel: {through:?}, connection {other:?}, expected header {want:?}"
+            )),
+        }
+    } else {
+        wrong.push(format!("{who}: CONNECT answered {connected:?}"));
+    }
+
     // Round robin over the two matched hosts: each gets two of the client's requests, over one
     // connection, whose header is its own socket's.
     for i in 0..4 {
