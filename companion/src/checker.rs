@@ -119,6 +119,11 @@ pub struct ClusterSpec {
     pub connect_timeout: Duration,
     /// The cluster's TLS client, when its hosts speak TLS: checks go through it too.
     pub tls: Option<Arc<crate::tls::UpstreamConnector>>,
+    /// The cluster's upstream PROXY protocol, when its connections start with a header: checks'
+    /// connections do too.
+    pub proxy_protocol: Option<Arc<vigil_core::config::UpstreamProxyProtocol>>,
+    /// `transport_socket_matches`: hosts (or checks) on another socket than the cluster's.
+    pub transports: Option<Arc<crate::tls::HostTransports>>,
     pub ignore_new_hosts_until_first_hc: bool,
     pub ignore_health_on_host_removal: bool,
 }
@@ -586,12 +591,24 @@ impl ClusterChecker {
                     authority
                 }
             };
+            // Envoy's `createHealthCheckConnection`: the check's criteria choose the socket, or
+            // else the host's own.
+            let transport = self.spec.transports.as_ref().and_then(|t| {
+                t.check
+                    .as_ref()
+                    .or_else(|| t.by_host.get(&due.spec.address))
+            });
+            let (tls, proxy_protocol) = match transport {
+                Some(t) => (t.tls.clone(), t.proxy_protocol.clone()),
+                None => (self.spec.tls.clone(), self.spec.proxy_protocol.clone()),
+            };
             let target = Target {
                 address: due.spec.check_address,
                 authority,
                 connect_timeout: self.spec.connect_timeout,
                 timeout,
-                tls: self.spec.tls.clone(),
+                tls,
+                proxy_protocol,
             };
             self.ready
                 .push((*due.key, due.token, target, state.conn.take()));

@@ -15,6 +15,12 @@
 //! pooled per address and closed after `cleanup_interval` idle (Envoy drops an unused
 //! original-dst host after the same interval).
 //!
+//! A cluster with the upstream PROXY protocol ([`Upstream::with_proxy_protocol`]) starts each new
+//! connection with its header: a request's connections carry its downstream connection's
+//! addresses ([`forward_from`]), and, as Envoy keys its pools by them (the transport socket
+//! options' hash), each downstream address pair has a pool of its own: a client's connection
+//! is reused for that client's requests, never for another's.
+//!
 //! [`forward_with_info`] also reports what the access log needs: the host, the attempts, Envoy's
 //! response flags and response code details.
 //!
@@ -39,7 +45,8 @@
 //! 5xx (`split_external_local_origin_errors`) is the detector's business.
 
 use crate::tls::{
-    ConnectFailure, TlsConnectError, UpstreamConnector, UpstreamStream, connect_upstream,
+    ConnectFailure, HostTransports, TlsConnectError, Transport, UpstreamConnector, UpstreamStream,
+    connect_upstream,
 };
 use crate::upstream::{BreakerGauges, Breakers, HostPicker, Slot};
 use bytes::Bytes;
@@ -58,7 +65,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use vigil_core::backoff::Backoff;
-use vigil_core::config::{CircuitBreakers, RetryOn as Condition, RoutingPriority};
+use vigil_core::config::{
+    CircuitBreakers, RetryOn as Condition, RoutingPriority, UpstreamProxyProtocol,
+};
 use vigil_core::outlier::Outcome;
 
 /// Envoy's default route timeout.
@@ -255,9 +264,14 @@ pub struct Upstream {
     client: Client<CountingConnector, ProxyBody>,
     /// How `client` was built: the pools of request server names are built alike.
     client_builder: hyper_util::client::legacy::Builder,
-    /// `auto_sni` / `auto_san_validation`: a pool per (SNI, name to verify), as Envoy keys its
-    /// pools by the transport socket options. Bounded: the names come from clients.
-    named_clients: Mutex<HashMap<RequestName, PoolClient>>,
+    /// `auto_sni` / `auto_san_validation`: a pool per (SNI, name to verify), and under the
+    /// PROXY protocol a pool per downstream address pair, as Envoy keys its pools by the
+    /// transport socket options. Bounded: the names and addresses come from clients.
+    named_clients: Mutex<HashMap<PoolKey, PoolClient>>,
+    /// The cluster's upstream PROXY protocol, when its connections start with a header.
+    proxy_protocol: Option<Arc<UpstreamProxyProtocol>>,
+    /// `transport_socket_matches`: the hosts on another socket than the cluster's.
+    host_transports: Option<Arc<HostTransports>>,
     /// `https` when the hosts speak TLS (HTTP/2's `:scheme`), else `http`.
     scheme: http::uri::Scheme,
     /// The cluster's TLS client (shared with the connector), for its counters.
@@ -351,6 +365,9 @@ impl Upstream {
             traffic: traffic.clone(),
             hosts: hosts.clone(),
             has_traffic: has_traffic.clone(),
+            proxy_protocol: None,
+            host_transports: None,
+            downstream: None,
         };
         let mut builder = Client::builder(TokioExecutor::new());
         builder.pool_idle_timeout(idle);
@@ -366,6 +383,8 @@ impl Upstream {
             client: builder.build(connector),
             client_builder: builder,
             named_clients: Mutex::default(),
+            proxy_protocol: None,
+            host_transports: None,
             scheme,
             client_tls,
             connect,
@@ -373,6 +392,87 @@ impl Upstream {
             breakers: Breakers::default(),
             health_reports: None,
         }
+    }
+
+    /// Starts every new connection to the hosts with the PROXY protocol header of `config` (the
+    /// cluster's upstream PROXY protocol transport socket), when given.
+    pub fn with_proxy_protocol(mut self, config: Option<Arc<UpstreamProxyProtocol>>) -> Upstream {
+        let Some(config) = config else {
+            return self;
+        };
+        self.proxy_protocol = Some(config);
+        self.client = self
+            .client_builder
+            .build(self.connector(&self.connect, None));
+        self
+    }
+
+    /// Connects to the hosts `transports` lists with their own socket (the cluster's
+    /// `transport_socket_matches`), when given.
+    pub fn with_host_transports(mut self, transports: Option<Arc<HostTransports>>) -> Upstream {
+        let Some(transports) = transports else {
+            return self;
+        };
+        // The HTTP pool offers its protocols over ALPN on every TLS socket alike.
+        let offered: &[&[u8]] = if self.connect.alpn_auto {
+            &[b"h2", b"http/1.1"]
+        } else if self.connect.http2 {
+            &[b"h2"]
+        } else {
+            &[b"http/1.1"]
+        };
+        let mut transports = (*transports).clone();
+        for transport in transports.by_host.values_mut() {
+            transport.tls = transport.tls.take().map(|tls| tls.for_http_pool(offered));
+        }
+        self.host_transports = Some(Arc::new(transports));
+        self.client = self
+            .client_builder
+            .build(self.connector(&self.connect, None));
+        self
+    }
+
+    /// A connector of this cluster's pools: `connect`'s settings, the hosts' own sockets, the
+    /// downstream address pair a PROXY protocol header carries.
+    fn connector(
+        &self,
+        connect: &Arc<ConnectSettings>,
+        downstream: Option<DownstreamAddresses>,
+    ) -> CountingConnector {
+        CountingConnector {
+            connect: connect.clone(),
+            traffic: self.traffic.clone(),
+            hosts: self.hosts.clone(),
+            has_traffic: self.has_traffic.clone(),
+            proxy_protocol: self.proxy_protocol.clone(),
+            host_transports: self.host_transports.clone(),
+            downstream,
+        }
+    }
+
+    /// The socket connecting to `host`: its own, or the cluster's.
+    fn transport_for(&self, host: SocketAddr) -> Transport {
+        match self
+            .host_transports
+            .as_ref()
+            .and_then(|t| t.by_host.get(&host))
+        {
+            Some(transport) => transport.clone(),
+            None => Transport {
+                tls: self.connect.tls.clone(),
+                proxy_protocol: self.proxy_protocol.clone(),
+            },
+        }
+    }
+
+    /// Whether a pool is kept per downstream address pair: some host's socket writes a PROXY
+    /// protocol header.
+    fn keys_by_downstream(&self) -> bool {
+        self.proxy_protocol.is_some()
+            || self
+                .host_transports
+                .as_ref()
+                .is_some_and(|t| t.any_proxy_protocol())
     }
 
     /// Reports `x-envoy-immediate-health-check-fail` on real responses to the cluster's check
@@ -406,9 +506,12 @@ impl Upstream {
 
     /// A host for a tunnel (a terminated CONNECT): picked as a request's would be, counted as a
     /// connection of the cluster's.
+    /// `downstream`: the `(client, listener)` addresses of the tunnel's downstream connection,
+    /// for the PROXY protocol header.
     pub async fn open_tunnel(
         &self,
         hash: Option<u64>,
+        downstream: Option<DownstreamAddresses>,
     ) -> Result<(SocketAddr, UpstreamStream), Option<String>> {
         let how = Forwarding {
             retry: &RetryPolicy::none(),
@@ -427,7 +530,18 @@ impl Upstream {
         self.has_traffic.store(true, Ordering::Relaxed);
         let counters = self.host(host);
         counters.cx_total.fetch_add(1, Ordering::Relaxed);
-        match connect_upstream(host, self.connect.timeout, self.connect.tls.as_deref()).await {
+        let transport = self.transport_for(host);
+        let header = transport
+            .proxy_protocol
+            .as_ref()
+            .map(|config| config.plan(host, downstream));
+        let connecting = connect_upstream(
+            host,
+            self.connect.timeout,
+            transport.tls.as_deref(),
+            header.as_ref(),
+        );
+        match connecting.await {
             Ok(stream) => Ok((host, stream)),
             Err(err) => {
                 self.traffic
@@ -441,7 +555,18 @@ impl Upstream {
 
     /// Envoy's `ssl.*` counters of the cluster's TLS connections, when its hosts speak TLS.
     pub fn ssl_stats(&self) -> Option<&crate::tls::SslStats> {
-        self.client_tls.as_deref().map(|tls| tls.stats.as_ref())
+        // Hosts on their own TLS sockets share the cluster's counters (see the runtime).
+        let own = || {
+            self.host_transports
+                .as_ref()?
+                .by_host
+                .values()
+                .find_map(|t| t.tls.as_deref())
+        };
+        self.client_tls
+            .as_deref()
+            .or_else(own)
+            .map(|tls| tls.stats.as_ref())
     }
 
     /// The host selection settings when this is an ORIGINAL_DST cluster.
@@ -545,6 +670,13 @@ type PoolClient = Client<CountingConnector, ProxyBody>;
 /// A request's server name and the name its server's certificate must carry.
 type RequestName = (Option<String>, Option<String>);
 
+/// A downstream connection's addresses: the client's, then the one it connected to.
+pub type DownstreamAddresses = (SocketAddr, SocketAddr);
+
+/// What picks a pool other than the cluster's: the request's server name, the downstream
+/// address pair (PROXY protocol).
+type PoolKey = (Option<RequestName>, Option<DownstreamAddresses>);
+
 /// At most this many request server names keep a pool of their own; then all are dropped.
 const MAX_NAMED_POOLS: usize = 1024;
 
@@ -552,16 +684,47 @@ impl Upstream {
     /// The pool a request goes through: the cluster's, or under `auto_sni` /
     /// `auto_san_validation` the one of the request's server name, taken as Envoy's router
     /// takes it (the host after the route's rewrite, or `override_auto_sni_header`'s values
-    /// when it has any; no SNI for an IP address).
-    fn client_for(&self, headers: &HeaderMap) -> PoolClient {
-        let Some((tls, rule)) = self
-            .connect
-            .tls
-            .as_ref()
-            .and_then(|tls| Some((tls, tls.request_name.as_ref()?)))
-        else {
+    /// when it has any; no SNI for an IP address); under the PROXY protocol, the one of the
+    /// request's downstream address pair.
+    fn client_for(
+        &self,
+        headers: &HeaderMap,
+        downstream: Option<DownstreamAddresses>,
+    ) -> PoolClient {
+        let name = self.request_name(headers);
+        let downstream = downstream.filter(|_| self.keys_by_downstream());
+        if name.is_none() && downstream.is_none() {
             return self.client.clone();
+        }
+        let mut named = self.named_clients.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (name, downstream);
+        if let Some(client) = named.get(&key) {
+            return client.clone();
+        }
+        if named.len() >= MAX_NAMED_POOLS {
+            named.clear();
+        }
+        let tls = match (&self.connect.tls, &key.0) {
+            (Some(tls), Some((sni, san))) => Some(Arc::new(
+                tls.for_request_name(sni.as_deref(), san.as_deref()),
+            )),
+            (tls, _) => tls.clone(),
         };
+        let connect = ConnectSettings {
+            tls,
+            ..(*self.connect).clone()
+        };
+        let client = self
+            .client_builder
+            .build(self.connector(&Arc::new(connect), downstream));
+        named.insert(key, client.clone());
+        client
+    }
+
+    /// The request's server name and the name to verify, under `auto_sni` /
+    /// `auto_san_validation`; `None` when the cluster's own apply.
+    fn request_name(&self, headers: &HeaderMap) -> Option<RequestName> {
+        let rule = self.connect.tls.as_ref()?.request_name.as_ref()?;
         let mut value = headers
             .get(http::header::HOST)
             .and_then(|v| v.to_str().ok())
@@ -582,30 +745,9 @@ impl Upstream {
         let sni = (rule.sni && !is_ip).then(|| host.to_string());
         let san = rule.san_validation.then(|| host.to_string());
         if sni.is_none() && san.is_none() {
-            return self.client.clone();
+            return None;
         }
-        let mut named = self.named_clients.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (sni, san);
-        if let Some(client) = named.get(&key) {
-            return client.clone();
-        }
-        if named.len() >= MAX_NAMED_POOLS {
-            named.clear();
-        }
-        let connect = ConnectSettings {
-            tls: Some(Arc::new(
-                tls.for_request_name(key.0.as_deref(), key.1.as_deref()),
-            )),
-            ..(*self.connect).clone()
-        };
-        let client = self.client_builder.build(CountingConnector {
-            connect: Arc::new(connect),
-            traffic: self.traffic.clone(),
-            hosts: self.hosts.clone(),
-            has_traffic: self.has_traffic.clone(),
-        });
-        named.insert(key, client.clone());
-        client
+        Some((sni, san))
     }
 }
 
@@ -669,13 +811,46 @@ pub async fn forward_with_info(
     forward_at_priority(upstream, request, how, fixed, RoutingPriority::Default).await
 }
 
+/// [`forward_with_info`] for a request of a downstream connection whose addresses are
+/// `downstream` (`(client, listener)`): a cluster with the PROXY protocol sends them in its
+/// header and pools connections per pair, as Envoy's router does.
+pub async fn forward_from(
+    upstream: &Upstream,
+    request: Outgoing,
+    how: Forwarding<'_>,
+    fixed: Option<SocketAddr>,
+    downstream: Option<DownstreamAddresses>,
+) -> (Response<ProxyBody>, ForwardInfo) {
+    forward_request(
+        upstream,
+        request,
+        how,
+        fixed,
+        RoutingPriority::Default,
+        downstream,
+    )
+    .await
+}
+
 /// [`forward_with_info`] at the route's `priority`: which circuit-breaker thresholds apply.
 pub async fn forward_at_priority(
+    upstream: &Upstream,
+    request: Outgoing,
+    how: Forwarding<'_>,
+    fixed: Option<SocketAddr>,
+    priority: RoutingPriority,
+) -> (Response<ProxyBody>, ForwardInfo) {
+    forward_request(upstream, request, how, fixed, priority, None).await
+}
+
+/// Forwarding itself, for the entry points above.
+async fn forward_request(
     upstream: &Upstream,
     mut request: Outgoing,
     how: Forwarding<'_>,
     fixed: Option<SocketAddr>,
     priority: RoutingPriority,
+    downstream: Option<DownstreamAddresses>,
 ) -> (Response<ProxyBody>, ForwardInfo) {
     // The retry slot of the attempt in flight, if it is a retry (Envoy's armed retry callback).
     let mut retry_slot: Option<Slot> = None;
@@ -733,13 +908,15 @@ pub async fn forward_at_priority(
             .per_try_timeout
             .map_or(remaining, |t| t.min(remaining));
         let last = attempt >= how.retry.num_retries;
-        let send = upstream.client_for(&request.headers).request(build_request(
-            &mut request,
-            &upstream.scheme,
-            host,
-            how.timeout,
-            last,
-        ));
+        let send = upstream
+            .client_for(&request.headers, downstream)
+            .request(build_request(
+                &mut request,
+                &upstream.scheme,
+                host,
+                how.timeout,
+                last,
+            ));
         let result = tokio::time::timeout(per_try, send).await;
         drop(active);
         let outcome = match result {
@@ -1072,6 +1249,13 @@ struct CountingConnector {
     traffic: Arc<ClusterTraffic>,
     hosts: Arc<Mutex<HashMap<SocketAddr, Arc<HostTraffic>>>>,
     has_traffic: Arc<AtomicBool>,
+    /// The cluster's PROXY protocol, if any.
+    proxy_protocol: Option<Arc<UpstreamProxyProtocol>>,
+    /// The hosts on another socket than the cluster's (`transport_socket_matches`).
+    host_transports: Option<Arc<HostTransports>>,
+    /// The downstream address pair this pool is for (`None`: requests without a downstream
+    /// connection, or a cluster without the PROXY protocol).
+    downstream: Option<DownstreamAddresses>,
 }
 
 impl tower_service::Service<Uri> for CountingConnector {
@@ -1088,6 +1272,9 @@ impl tower_service::Service<Uri> for CountingConnector {
             .authority()
             .and_then(|a| a.as_str().parse::<SocketAddr>().ok());
         let connect = self.connect.clone();
+        let proxy_protocol = self.proxy_protocol.clone();
+        let host_transports = self.host_transports.clone();
+        let downstream = self.downstream;
         let connecting = async move {
             let Some(address) = host else {
                 return Err(ConnectFailure::Tcp(std::io::Error::new(
@@ -1095,7 +1282,15 @@ impl tower_service::Service<Uri> for CountingConnector {
                     "upstream address is not IP:port",
                 )));
             };
-            connect_upstream(address, connect.timeout, connect.tls.as_deref()).await
+            let own = host_transports
+                .as_ref()
+                .and_then(|t| t.by_host.get(&address));
+            let (tls, proxy_protocol) = match own {
+                Some(t) => (t.tls.as_deref(), t.proxy_protocol.as_ref()),
+                None => (connect.tls.as_deref(), proxy_protocol.as_ref()),
+            };
+            let header = proxy_protocol.map(|config| config.plan(address, downstream));
+            connect_upstream(address, connect.timeout, tls, header.as_ref()).await
         };
         let traffic = self.traffic.clone();
         let hosts = self.hosts.clone();

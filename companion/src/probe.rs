@@ -44,6 +44,10 @@ pub struct Target {
     /// The cluster's TLS client, when its hosts speak TLS (Envoy checks through the cluster's
     /// transport socket: a failed handshake is a network failure).
     pub tls: Option<Arc<UpstreamConnector>>,
+    /// The cluster's upstream PROXY protocol: check connections start with its header too (in
+    /// Envoy, for lack of a downstream connection: version 1 with the check connection's own
+    /// addresses, version 2 `LOCAL`).
+    pub proxy_protocol: Option<Arc<vigil_core::config::UpstreamProxyProtocol>>,
 }
 
 /// A connection kept between checks of one host.
@@ -108,10 +112,15 @@ fn finished(result: ProbeResult, keep: Option<Connection>) -> Finished {
 }
 
 async fn connect(target: &Target) -> Result<UpstreamStream, ProbeResult> {
+    let header = target
+        .proxy_protocol
+        .as_ref()
+        .map(|config| config.plan(target.address, None));
     connect_upstream(
         target.address,
         target.connect_timeout,
         target.tls.as_deref(),
+        header.as_ref(),
     )
     .await
     .map_err(|_| ProbeResult::network())

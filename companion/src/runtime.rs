@@ -86,6 +86,19 @@ pub struct ClusterPlan {
     pub circuit_breakers: CircuitBreakers,
     /// The cluster's TLS context as configured (its client is [`ClusterSpec::tls`]).
     pub tls: Option<vigil_core::config::UpstreamTls>,
+    /// `transport_socket_matches` as configured, with the socket each endpoint resolved to
+    /// (their clients are [`ClusterSpec::transports`]).
+    pub transport_socket_matches: ConfiguredMatches,
+}
+
+/// A cluster's `transport_socket_matches` as configured and resolved: what a reload compares.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfiguredMatches {
+    pub entries: Vec<vigil_core::config::TransportSocketMatch>,
+    /// Each endpoint (address, port) and the socket it resolved to.
+    pub endpoints: Vec<(String, u16, vigil_core::config::TransportChoice)>,
+    /// The health check's socket, when its criteria chose one.
+    pub check: Option<vigil_core::config::TransportChoice>,
 }
 
 impl PartialEq for ClusterPlan {
@@ -94,6 +107,8 @@ impl PartialEq for ClusterPlan {
         a.name == b.name
             && a.check == b.check
             && a.connect_timeout == b.connect_timeout
+            && a.proxy_protocol == b.proxy_protocol
+            && self.transport_socket_matches == other.transport_socket_matches
             && a.ignore_new_hosts_until_first_hc == b.ignore_new_hosts_until_first_hc
             && a.ignore_health_on_host_removal == b.ignore_health_on_host_removal
             && self.source == other.source
@@ -273,12 +288,22 @@ pub fn plan(bootstrap: &Bootstrap) -> Result<(Vec<ClusterPlan>, Vec<String>), St
             None => None,
             Some(tls) => Some(Arc::new(crate::tls::UpstreamConnector::new(tls)?)),
         };
+        let proxy_protocol = cluster.proxy_protocol.clone().map(Arc::new);
+        let transports = host_transports(
+            cluster,
+            &crate::tls::Transport {
+                tls: tls.clone(),
+                proxy_protocol: proxy_protocol.clone(),
+            },
+        )?;
         plans.push(ClusterPlan {
             spec: ClusterSpec {
                 name: cluster.name.clone(),
                 check: cluster.health_check.clone(),
                 connect_timeout: Duration::from_millis(cluster.connect_timeout_ms),
                 tls,
+                proxy_protocol,
+                transports,
                 ignore_new_hosts_until_first_hc: cluster
                     .common_lb_config
                     .ignore_new_hosts_until_first_hc,
@@ -293,9 +318,79 @@ pub fn plan(bootstrap: &Bootstrap) -> Result<(Vec<ClusterPlan>, Vec<String>), St
             metadata,
             circuit_breakers,
             tls: cluster.tls.clone(),
+            transport_socket_matches: ConfiguredMatches {
+                entries: cluster.transport_socket_matches.clone(),
+                endpoints: cluster
+                    .load_assignment
+                    .endpoints
+                    .iter()
+                    .flat_map(|l| &l.lb_endpoints)
+                    .map(|e| (e.address.address.clone(), e.address.port_value, e.transport))
+                    .collect(),
+                check: cluster.health_check_transport,
+            },
         });
     }
     Ok((plans, notes))
+}
+
+/// The clients of a cluster's `transport_socket_matches` (`None` without any): the hosts whose
+/// socket is another than the cluster's `default`, and the health check's socket.
+fn host_transports(
+    cluster: &Cluster,
+    default: &crate::tls::Transport,
+) -> Result<Option<Arc<crate::tls::HostTransports>>, String> {
+    use vigil_core::config::TransportChoice;
+    if cluster.transport_socket_matches.is_empty() {
+        return Ok(None);
+    }
+    // Envoy's TLS sockets of one cluster count into the same `cluster.<name>.ssl.*`.
+    let shared_stats = default
+        .tls
+        .as_ref()
+        .map(|tls| tls.stats.clone())
+        .unwrap_or_default();
+    let mut sockets = Vec::new();
+    for entry in &cluster.transport_socket_matches {
+        let tls = match &entry.tls {
+            None => None,
+            Some(tls) => {
+                let mut connector = crate::tls::UpstreamConnector::new(tls)?;
+                connector.stats = shared_stats.clone();
+                Some(Arc::new(connector))
+            }
+        };
+        sockets.push(crate::tls::Transport {
+            tls,
+            proxy_protocol: entry.proxy_protocol.clone().map(Arc::new),
+        });
+    }
+    let socket = |choice: TransportChoice| match choice {
+        TransportChoice::Default => default.clone(),
+        TransportChoice::Match(i) => sockets.get(i).cloned().unwrap_or_default(),
+    };
+    let mut transports = crate::tls::HostTransports {
+        check: cluster.health_check_transport.map(socket),
+        ..Default::default()
+    };
+    for endpoint in cluster
+        .load_assignment
+        .endpoints
+        .iter()
+        .flat_map(|l| &l.lb_endpoints)
+    {
+        // The core resolves per endpoint only for STATIC clusters, whose addresses are IPs.
+        let Ok(ip) = endpoint.address.address.parse::<std::net::IpAddr>() else {
+            continue;
+        };
+        if endpoint.transport != TransportChoice::Default {
+            transports.by_host.insert(
+                std::net::SocketAddr::new(ip, endpoint.address.port_value),
+                socket(endpoint.transport),
+            );
+        }
+    }
+    Ok(Some(Arc::new(transports)))
 }
 
 struct RunningCluster {
@@ -509,6 +604,8 @@ impl Runtime {
                         tls: plan.spec.tls.clone(),
                     },
                 )
+                .with_proxy_protocol(plan.spec.proxy_protocol.clone())
+                .with_host_transports(plan.spec.transports.clone())
                 .with_circuit_breakers(plan.circuit_breakers.clone())
                 .with_health_reports(health_reports),
             )),

@@ -9,7 +9,8 @@
 //!
 //! Upstream, [`UpstreamConnector`] is a cluster's TLS client (`UpstreamTlsContext`) and
 //! [`connect_upstream`] the one way proxied requests and health checks reach a host, over TCP
-//! or TLS; the peer's certificate is judged by Envoy's default validator on both sides.
+//! or TLS, with the cluster's PROXY protocol header first when it has one; the peer's
+//! certificate is judged by Envoy's default validator on both sides.
 
 use rustls::ServerConfig;
 use rustls::crypto::{CryptoProvider, SupportedKxGroup, ring};
@@ -29,6 +30,7 @@ use vigil_core::config::{
     DownstreamTls, FieldPath, PeerValidation, SanType, SubjectAltName, TlsParams, TlsVersion,
     UpstreamTls,
 };
+use vigil_core::proxy_protocol::HeaderPlan;
 
 /// How long a client has for its handshake (Envoy's listener default `transport_socket_connect
 /// _timeout` is unset, but a connection that never completes a handshake must not hold a slot
@@ -498,9 +500,9 @@ impl UpstreamConnector {
     /// The TLS handshake over a connected socket to `address`.
     pub async fn handshake(
         &self,
-        tcp: TcpStream,
+        tcp: UpstreamTcp,
         address: std::net::SocketAddr,
-    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, TlsConnectError> {
+    ) -> Result<tokio_rustls::client::TlsStream<UpstreamTcp>, TlsConnectError> {
         // Without `sni` the name is the address: rustls sends no SNI for it, and the verifier
         // ignores names (Envoy checks none unless matchers are configured).
         let name = self
@@ -1167,11 +1169,42 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
+/// A transport socket of a cluster: its TLS client (when TLS) and PROXY protocol (when any).
+#[derive(Debug, Clone, Default)]
+pub struct Transport {
+    pub tls: Option<Arc<UpstreamConnector>>,
+    pub proxy_protocol: Option<Arc<vigil_core::config::UpstreamProxyProtocol>>,
+}
+
+/// A cluster's `transport_socket_matches` put to use: the hosts whose socket is another than
+/// the cluster's `transport_socket`, and the socket of health check connections when the check's
+/// `transport_socket_match_criteria` chose one.
+#[derive(Debug, Clone, Default)]
+pub struct HostTransports {
+    pub by_host: std::collections::HashMap<std::net::SocketAddr, Transport>,
+    /// Every check connection's socket; `None`: each host's own.
+    pub check: Option<Transport>,
+}
+
+impl HostTransports {
+    /// Whether any of these sockets writes a PROXY protocol header.
+    pub fn any_proxy_protocol(&self) -> bool {
+        self.by_host
+            .values()
+            .chain(self.check.iter())
+            .any(|t| t.proxy_protocol.is_some())
+    }
+}
+
+/// The TCP connection to an upstream host, with the cluster's PROXY protocol header (if any)
+/// pending ahead of the first bytes written.
+pub type UpstreamTcp = crate::upstream::proxy_protocol::HeaderFirst<TcpStream>;
+
 /// A connection to an upstream host: plain TCP, or TLS over it when the cluster has a TLS
 /// context. Proxied requests and health checks both connect through [`connect_upstream`].
 pub enum UpstreamStream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Plain(UpstreamTcp),
+    Tls(Box<tokio_rustls::client::TlsStream<UpstreamTcp>>),
 }
 
 impl UpstreamStream {
@@ -1180,8 +1213,8 @@ impl UpstreamStream {
     /// at thousands of hosts a second would otherwise fill the port range with `TIME_WAIT`s.
     pub fn reset_on_close(&self) {
         let tcp = match self {
-            UpstreamStream::Plain(tcp) => tcp,
-            UpstreamStream::Tls(tls) => tls.get_ref().0,
+            UpstreamStream::Plain(tcp) => tcp.get_ref(),
+            UpstreamStream::Tls(tls) => tls.get_ref().0.get_ref(),
         };
         // Best effort: a socket that refuses it is closed the ordinary way.
         let _ = tcp.set_zero_linger();
@@ -1224,17 +1257,25 @@ impl std::error::Error for ConnectFailure {
 }
 
 /// Connects to `address` within `timeout` (TCP and, as in Envoy, the TLS handshake: Envoy's
-/// connect timeout covers the transport socket's handshake too) with `TCP_NODELAY`.
+/// connect timeout covers the transport socket's handshake too) with `TCP_NODELAY`. With
+/// `proxy_protocol`, the header it plans (for this connection's own addresses when it has no
+/// downstream ones) goes out ahead of the first bytes written, TLS's included.
 pub async fn connect_upstream(
     address: std::net::SocketAddr,
     timeout: Duration,
     tls: Option<&UpstreamConnector>,
+    proxy_protocol: Option<&HeaderPlan>,
 ) -> Result<UpstreamStream, ConnectFailure> {
     let connecting = async {
         let tcp = TcpStream::connect(address)
             .await
             .map_err(ConnectFailure::Tcp)?;
         let _ = tcp.set_nodelay(true);
+        let header = match proxy_protocol {
+            None => Vec::new(),
+            Some(plan) => plan.encode(tcp.local_addr().map_err(ConnectFailure::Tcp)?, address),
+        };
+        let tcp = UpstreamTcp::new(tcp, header);
         match tls {
             None => Ok(UpstreamStream::Plain(tcp)),
             Some(connector) => connector

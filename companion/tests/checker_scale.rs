@@ -75,6 +75,8 @@ fn spec() -> ClusterSpec {
         }),
         connect_timeout: Duration::from_millis(250),
         tls: None,
+        proxy_protocol: None,
+        transports: None,
         ignore_new_hosts_until_first_hc: false,
         ignore_health_on_host_removal: false,
     }

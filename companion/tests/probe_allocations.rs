@@ -92,6 +92,7 @@ async fn a_kept_http1_check_allocates_only_its_future() {
         connect_timeout: Duration::from_secs(2),
         timeout: Duration::from_secs(2),
         tls: None,
+        proxy_protocol: None,
     };
     let mut conn = None;
     let check = async |conn: &mut Option<probe::Connection>| {
@@ -132,6 +133,7 @@ fn a_probe_in_flight_holds_little_memory() {
         connect_timeout: Duration::from_secs(2),
         timeout: Duration::from_secs(2),
         tls: None,
+        proxy_protocol: None,
     };
     let future = probe::probe(&protocol, target, None, true);
     let size = std::mem::size_of_val(&*future);

@@ -23,6 +23,7 @@ fn target(address: SocketAddr) -> Target {
         authority: "web_cluster_01".into(),
         connect_timeout: Duration::from_millis(250),
         tls: None,
+        proxy_protocol: None,
         timeout: Duration::from_secs(1),
     }
 }

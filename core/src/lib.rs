@@ -18,7 +18,7 @@
 //! 3. the logic of one concern each, with its own configuration types (in this order among
 //!    themselves, each using only earlier ones): [`health`] (the per-host
 //!    session), [`schedule`], [`check`], [`http1_probe`], [`grpc_health`], [`outlier`], [`cluster_health`],
-//!    [`balance`], [`backoff`], [`dns`], [`xff`], [`path_normalize`], [`cors`], [`csrf`],
+//!    [`balance`], [`backoff`], [`dns`], [`proxy_protocol`], [`xff`], [`path_normalize`], [`cors`], [`csrf`],
 //!    [`rbac`], [`rate_limit_actions`], [`local_ratelimit`], [`jwt_authn`], [`rules`], [`plugin`] (the plugin, rules and
 //!    outlier configs read themselves with `protojson`);
 //! 4. [`config`]: the Envoy bootstrap, typed down to the structures of the layers below;
@@ -77,6 +77,8 @@
 //! - [`plugin`]: the wasm filter's health evaluation (plugin configuration, probe verdicts with
 //!   body / JSON / latency checks, the singleton's supervisor, the shared-data verdict table and
 //!   the observation batches workers queue to the singleton).
+//! - [`proxy_protocol`]: the PROXY protocol header (versions 1 and 2, TLVs) Envoy's upstream
+//!   transport socket writes ahead of a connection, and which addresses and TLVs go in it.
 //! - `protojson` (crate-private): Envoy's proto-JSON reading rules, the one error type with field
 //!   paths, warnings, and the check against Envoy's schema.
 //! - [`rate_limit_actions`]: Envoy's rate limit actions (`config.route.v3.RateLimit`) and the
@@ -120,6 +122,7 @@ pub mod outlier;
 pub mod path_normalize;
 pub mod plugin;
 pub(crate) mod protojson;
+pub mod proxy_protocol;
 pub mod rate_limit_actions;
 pub mod rbac;
 pub mod route;

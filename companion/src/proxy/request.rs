@@ -1400,7 +1400,16 @@ async fn respond(
     };
     if connect {
         drop(borrowed);
-        return connect_tunnel(upstream, action.terminate_connect, hash, parts, outcome).await;
+        let addresses = downstream.local.map(|local| (peer, local));
+        return connect_tunnel(
+            upstream,
+            action.terminate_connect,
+            hash,
+            addresses,
+            parts,
+            outcome,
+        )
+        .await;
     }
     let upstream_path = selected
         .rewritten_path(&path)
@@ -1528,7 +1537,10 @@ async fn respond(
         timeout,
         hash,
     };
-    let (mut response, info) = forward::forward_with_info(upstream, outgoing, how, target).await;
+    // A PROXY protocol header carries the downstream connection's addresses.
+    let addresses = downstream.local.map(|local| (peer, local));
+    let (mut response, info) =
+        forward::forward_from(upstream, outgoing, how, target, addresses).await;
     // The route's response header changes apply to the upstream's answer and to the router's
     // own replies (Envoy's router finalizes the headers of its local replies too).
     let status = response.status().as_u16();
@@ -1734,6 +1746,7 @@ async fn connect_tunnel(
     upstream: &Upstream,
     terminate: bool,
     hash: Option<u64>,
+    downstream: Option<forward::DownstreamAddresses>,
     mut parts: http::request::Parts,
     mut outcome: Outcome,
 ) -> (Response<ProxyBody>, Outcome) {
@@ -1746,7 +1759,7 @@ async fn connect_tunnel(
         outcome.details = "upgrade_failed".into();
         return (empty(StatusCode::FORBIDDEN), outcome);
     };
-    match upstream.open_tunnel(hash).await {
+    match upstream.open_tunnel(hash, downstream).await {
         Ok((host, mut stream)) => {
             tokio::spawn(async move {
                 if let Ok(upgraded) = upgrade.await {

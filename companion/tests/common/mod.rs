@@ -47,6 +47,8 @@ pub fn tcp_check_spec(
         }),
         connect_timeout: CONNECT_TIMEOUT,
         tls: None,
+        proxy_protocol: None,
+        transports: None,
         ignore_new_hosts_until_first_hc: false,
         ignore_health_on_host_removal: false,
     }

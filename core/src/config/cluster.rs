@@ -135,11 +135,31 @@ fn cluster(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Cluster> {
     let cleanup_interval_ms =
         positive_ms(cx, &mut o, "cleanup_interval", 0).unwrap_or(DEFAULT_CLEANUP_INTERVAL_MS);
 
-    let has_transport_socket = o.has("transport_socket");
-    let mut tls = o
+    let transport = o
         .take("transport_socket")
-        .and_then(|(ts_path, ts)| super::tls::upstream(cx, &ts_path, ts));
-    if upstream_protocol == UpstreamProtocol::Auto && !has_transport_socket {
+        .map(|(ts_path, ts)| super::proxy_protocol::cluster_transport(cx, &ts_path, ts))
+        .unwrap_or_default();
+    let mut tls = transport.tls;
+    let mut proxy_protocol = transport.proxy_protocol;
+    if let Some(proxy_protocol) = &mut proxy_protocol {
+        proxy_protocol.per_host = super::proxy_protocol::per_host_tlvs(
+            cx,
+            endpoint_paths(path, &load_assignment),
+            discovery == Discovery::Static,
+        );
+    }
+    let mut matches = super::transport_match::read_matches(cx, &mut o);
+    for m in &mut matches {
+        if let Some(proxy_protocol) = &mut m.entry.proxy_protocol {
+            proxy_protocol.per_host = super::proxy_protocol::per_host_tlvs(
+                cx,
+                endpoint_paths(path, &load_assignment),
+                discovery == Discovery::Static,
+            );
+        }
+    }
+    // Raw buffer (alone or under the PROXY protocol) negotiates nothing, as Envoy says.
+    if upstream_protocol == UpstreamProtocol::Auto && tls.is_none() {
         cx.invalid(
             &path.field("typed_extension_protocol_options"),
             format!(
@@ -163,6 +183,23 @@ fn cluster(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Cluster> {
             ),
         );
     }
+    let criteria = checks.first().and_then(|(p, v)| {
+        let criteria_path = p.field("transport_socket_match_criteria");
+        match v.get("transport_socket_match_criteria")? {
+            Value::Object(criteria) => Some((criteria_path, criteria.clone())),
+            Value::Null => None,
+            other => {
+                cx.invalid(
+                    &criteria_path,
+                    format!(
+                        "expected a mapping (google.protobuf.Struct), found {}",
+                        describe(other)
+                    ),
+                );
+                None
+            }
+        }
+    });
     let health_check = checks
         .first()
         .and_then(|(p, v)| health_check::health_check(cx, p, v, &name, upstream_protocol));
@@ -203,7 +240,7 @@ fn cluster(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Cluster> {
     let metadata = o.raw_message(cx, "metadata");
     o.finish(cx);
 
-    Some(Cluster {
+    let mut cluster = Cluster {
         name,
         alt_stat_name,
         discovery,
@@ -216,6 +253,9 @@ fn cluster(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Cluster> {
         health_check,
         upstream_protocol,
         tls,
+        proxy_protocol,
+        transport_socket_matches: Vec::new(),
+        health_check_transport: None,
         per_connection_buffer_limit_bytes,
         cleanup_interval_ms,
         lb_config,
@@ -226,7 +266,37 @@ fn cluster(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Cluster> {
         upstream_connection_options,
         track_cluster_stats,
         metadata,
-    })
+    };
+    super::transport_match::settle(cx, path, &mut cluster, matches, criteria);
+    // The socket may come from a match that applies to every host.
+    if is_original_dst && cluster.proxy_protocol.is_some() {
+        cx.unsupported(
+            &path.field("transport_socket"),
+            "the upstream PROXY protocol is implemented by vigil on clusters with listed hosts: \
+             not on ORIGINAL_DST clusters",
+        );
+    }
+    Some(cluster)
+}
+
+/// Each listed endpoint of `load_assignment` with its path, address and metadata.
+fn endpoint_paths<'a>(
+    path: &FieldPath,
+    load_assignment: &'a LoadAssignment,
+) -> impl Iterator<Item = (FieldPath, &'a SocketAddress, Option<&'a Value>)> {
+    let endpoints_path = path.field("load_assignment").field("endpoints");
+    load_assignment
+        .endpoints
+        .iter()
+        .enumerate()
+        .flat_map(move |(i, locality)| {
+            let locality_path = endpoints_path.index(i).field("lb_endpoints");
+            locality
+                .lb_endpoints
+                .iter()
+                .enumerate()
+                .map(move |(j, e)| (locality_path.index(j), &e.address, e.metadata.as_ref()))
+        })
 }
 
 /// `original_dst_lb_config` of an ORIGINAL_DST cluster: Envoy's checks
@@ -853,6 +923,7 @@ fn lb_endpoint(cx: &mut Ctx, o: &mut Obj, discovery: &Discovery) -> Option<LbEnd
         load_balancing_weight,
         health_status,
         metadata,
+        transport: TransportChoice::Default,
     })
 }
 

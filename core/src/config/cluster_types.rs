@@ -272,6 +272,28 @@ pub struct LbEndpoint {
     pub health_status: HealthStatus,
     /// `metadata`, as written.
     pub metadata: Option<Value>,
+    /// The transport socket connecting to it, when the cluster's `transport_socket_matches` put
+    /// its hosts on different ones ([`Cluster::transport_socket_matches`]).
+    pub transport: TransportChoice,
+}
+
+/// Which of a cluster's transport sockets connects to a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransportChoice {
+    /// The cluster's `transport_socket` (`tls`, `proxy_protocol`).
+    #[default]
+    Default,
+    /// That entry of `transport_socket_matches`.
+    Match(usize),
+}
+
+/// One entry of a cluster's `transport_socket_matches`: its socket, read as a cluster's
+/// `transport_socket` is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransportSocketMatch {
+    pub name: String,
+    pub tls: Option<crate::config::UpstreamTls>,
+    pub proxy_protocol: Option<crate::config::UpstreamProxyProtocol>,
 }
 
 /// One of `load_assignment.endpoints`.
@@ -321,6 +343,18 @@ pub struct Cluster {
     /// `transport_socket` when it is TLS (`UpstreamTlsContext`): proxied requests and health
     /// checks alike go over TLS. `None`: plain text.
     pub tls: Option<crate::config::UpstreamTls>,
+    /// `transport_socket` when it is the upstream PROXY protocol
+    /// (`ProxyProtocolUpstreamTransport`): every new connection to a host starts with the header,
+    /// then speaks plain text or `tls`.
+    pub proxy_protocol: Option<crate::config::UpstreamProxyProtocol>,
+    /// `transport_socket_matches`, when they put the hosts on different sockets (each endpoint's
+    /// [`LbEndpoint::transport`] says which); empty when every host uses `tls` /
+    /// `proxy_protocol` (a match that applies to all of them is folded into those).
+    pub transport_socket_matches: Vec<TransportSocketMatch>,
+    /// The socket of health check connections when the check's
+    /// `transport_socket_match_criteria` chose one other than the hosts' own (with
+    /// `transport_socket_matches` only); `None`: each host's own.
+    pub health_check_transport: Option<TransportChoice>,
     /// `per_connection_buffer_limit_bytes` (Envoy's default when `None`: 1 MiB).
     pub per_connection_buffer_limit_bytes: Option<u32>,
     /// `cleanup_interval` (ORIGINAL_DST clusters; default 5000 ms).

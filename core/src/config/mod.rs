@@ -85,6 +85,7 @@ mod lua;
 mod match_tree;
 mod matchers;
 mod per_filter;
+mod proxy_protocol;
 mod rate_limits;
 mod rbac;
 mod re2_size;
@@ -92,6 +93,7 @@ mod route_config;
 mod schema;
 mod sds;
 mod tls;
+mod transport_match;
 mod udp_proxy;
 #[cfg(feature = "yaml")]
 mod yaml;
@@ -121,6 +123,7 @@ pub use http_filters::{HttpFilter, HttpFilterKind, VIGIL_ROOT_IDS, VIGIL_WASM_FI
 pub use listener::Listener;
 pub use lua::{LuaClusterSpecifier, LuaFilter, LuaPerRoute};
 pub use per_filter::{FilterOverride, FilterSettings};
+pub use proxy_protocol::{PER_HOST_METADATA_KEY, UpstreamProxyProtocol};
 pub use route_config::{
     ClusterSpecifier, ClusterWeight, DEFAULT_MAX_DIRECT_RESPONSE_BODY_SIZE_BYTES,
     DEFAULT_ROUTE_TIMEOUT_MS, ForwardAction, HostRewrite, Redirect, RedirectPath, RegexRewrite,
@@ -131,6 +134,7 @@ pub use tls::{
     DownstreamTls, PeerValidation, RequestServerName, SanMatcher, SanType, SubjectAltName,
     TlsParams, TlsVersion, UpstreamTls, dns_name_match,
 };
+pub use transport_match::TRANSPORT_SOCKET_MATCH_KEY;
 pub use udp_proxy::{
     DEFAULT_MAX_RX_DATAGRAM_SIZE, DEFAULT_UDP_IDLE_TIMEOUT_MS, GRO_RX_DATAGRAM_SIZE, UdpHashPolicy,
     UdpProxy,

@@ -7,9 +7,6 @@
 
 use crate::protojson::{Enum, IGNORED, Message, keep, read, reject, warn};
 
-const TLS: &str = "TLS and other transport sockets are not implemented by vigil: checks and \
-                   traffic would go out in plain text and be judged differently";
-
 pub(crate) static BOOTSTRAP: Message = Message {
     name: "envoy.config.bootstrap.v3.Bootstrap",
     fields: &[
@@ -200,7 +197,7 @@ pub(crate) static LISTENER: Message = Message {
 pub(crate) static CLUSTER: Message = Message {
     name: "envoy.config.cluster.v3.Cluster",
     fields: &[
-        reject("transport_socket_matches", TLS),
+        read("transport_socket_matches"),
         read("name"),
         read("alt_stat_name"),
         read("type").oneof("cluster_discovery_type"),
@@ -637,10 +634,8 @@ pub(crate) static HEALTH_CHECK: Message = Message {
             "tls_options",
             "ignored: vigil checks in plain text (TLS is not implemented)",
         ),
-        warn(
-            "transport_socket_match_criteria",
-            "ignored: vigil checks in plain text (transport socket matches are not implemented)",
-        ),
+        // Read by the cluster, which resolves the check's transport socket.
+        keep("transport_socket_match_criteria"),
     ],
     removed: &[],
 };

@@ -577,14 +577,28 @@ fn downstream_tls(cx: &mut Ctx, typed: &Any) -> Option<DownstreamTls> {
     })
 }
 
-/// A cluster's `transport_socket`: `None` for plain text (`raw_buffer`), the TLS context
-/// otherwise; any other transport socket is refused.
-pub(crate) fn upstream(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<UpstreamTls> {
+/// A `TransportSocket` (at `path`): its `name` and `typed_config`, for the reader of its type.
+pub(crate) fn transport_socket<'a>(
+    cx: &mut Ctx,
+    path: &FieldPath,
+    value: &'a Value,
+) -> Option<(String, Any<'a>)> {
     let mut ts = Obj::new(cx, path.clone(), value, &TRANSPORT_SOCKET)?;
     let name = ts.string(cx, "name").unwrap_or_default();
     let typed = ts.any(cx, "typed_config");
     ts.finish(cx);
-    let typed = typed?;
+    Some((name, typed?))
+}
+
+/// A cluster's `transport_socket`: `None` for plain text (`raw_buffer`), the TLS context
+/// otherwise; any other transport socket is refused.
+pub(crate) fn upstream(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<UpstreamTls> {
+    let (name, typed) = transport_socket(cx, path, value)?;
+    upstream_typed(cx, &name, &typed)
+}
+
+/// [`upstream`] once the socket's `name` and `typed_config` are read.
+pub(crate) fn upstream_typed(cx: &mut Ctx, name: &str, typed: &Any) -> Option<UpstreamTls> {
     if typed.is(RAW_BUFFER_TYPE) {
         return None;
     }
