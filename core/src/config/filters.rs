@@ -69,7 +69,8 @@ pub(crate) fn http_filter(type_name: &str) -> Treatment {
         "lua" => Enforced,
         "wasm" => Refused("run a wasm module (not vigil's) that can change or answer any request"),
         "local_ratelimit" => Enforced,
-        "ratelimit" | "rate_limit_quota" => Refused("answer 429 to requests over the rate limit"),
+        "ratelimit" => Enforced,
+        "rate_limit_quota" => Refused("answer 429 to requests over the rate limit"),
         "admission_control" | "adaptive_concurrency" => {
             Refused("answer 503 to requests when the upstream is overloaded")
         }

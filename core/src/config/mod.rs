@@ -86,6 +86,7 @@ mod match_tree;
 mod matchers;
 mod per_filter;
 mod rate_limits;
+mod ratelimit;
 mod rbac;
 mod re2_size;
 mod route_config;
@@ -120,6 +121,7 @@ pub use http_filters::{HttpFilter, HttpFilterKind, VIGIL_ROOT_IDS, VIGIL_WASM_FI
 pub use listener::Listener;
 pub use lua::{LuaClusterSpecifier, LuaFilter, LuaPerRoute};
 pub use per_filter::{FilterOverride, FilterSettings};
+pub use ratelimit::{RateLimitFilter, RateLimitPerRoute};
 pub use route_config::{
     ClusterSpecifier, ClusterWeight, DEFAULT_MAX_DIRECT_RESPONSE_BODY_SIZE_BYTES,
     DEFAULT_ROUTE_TIMEOUT_MS, ForwardAction, HostRewrite, Redirect, RedirectPath, RegexRewrite,
