@@ -24,8 +24,8 @@ pub struct RateLimitPolicy {
     /// `disable_key`: the local rate limit filter skips an entry that has one.
     pub disable_key: String,
     pub actions: Vec<RateLimitAction>,
-    /// `hits_addend.number`: the tokens the descriptor takes from its bucket (the rate limit
-    /// service gets it with the descriptor). Only the local rate limit filter's own entries use it (Envoy 1.36.2's local rate limit takes one token for a route's).
+    /// `hits_addend.number`: the tokens the descriptor takes from its bucket (a filter-level
+    /// entry's; a route's is never read, as in Envoy 1.36.2). Only the filter's own entries use it (Envoy 1.36.2's local rate limit takes one token for a route's).
     pub hits_addend: Option<u64>,
     /// `apply_on_stream_done`: the filter's own entries with it make no descriptor (Envoy 1.36.2's
     /// local rate limit never applies them); a route's are applied as any other.
@@ -35,7 +35,7 @@ pub struct RateLimitPolicy {
     /// would make descriptors of them (the router's other users are refused filters).
     pub unsupported: Option<(FieldPath, String)>,
     /// What of a route's entry only the rate limit service would get and vigil does not send
-    /// (a `limit` override, a `hits_addend` format, `apply_on_stream_done`'s second call): refused
+    /// (a `limit` override, `apply_on_stream_done`'s second call): refused
     /// when a rate limit filter sends the entry (the local rate limit never looks at these).
     pub unsupported_by_service: Option<(FieldPath, String)>,
     /// Where the entry is in the file.

@@ -838,6 +838,143 @@ async fn respond(
                     }
                 }
             }
+            HttpFilterKind::RateLimit(config) => {
+                let per_route =
+                    match filter_override(state, &parts, authority.as_deref(), &path, &filter.name)
+                    {
+                        Some(FilterOverride::Disabled) => continue,
+                        Some(FilterOverride::RateLimit(per_route)) => Some(per_route.as_ref()),
+                        _ => None,
+                    };
+                // `filter_enabled`, or the runtime key's default of 100%.
+                if config
+                    .filter_enabled
+                    .as_ref()
+                    .is_some_and(|f| !f.enabled(random()))
+                {
+                    continue;
+                }
+                let Some((cluster, descriptors)) = service_request(
+                    state,
+                    config,
+                    per_route,
+                    &parts,
+                    authority.as_deref(),
+                    &path,
+                    peer,
+                ) else {
+                    continue;
+                };
+                let domain = per_route
+                    .map(|p| p.domain.as_str())
+                    .filter(|d| !d.is_empty())
+                    .unwrap_or(&config.domain);
+                let verdict = crate::ratelimit::should_rate_limit(
+                    config,
+                    state
+                        .upstreams
+                        .get(&config.service.cluster)
+                        .map(Arc::as_ref),
+                    domain,
+                    &descriptors,
+                )
+                .await;
+                let count = |name: &str| [config.counter_name(&cluster, name)];
+                let (over_limit, mut answer) = match verdict {
+                    crate::ratelimit::Verdict::Ok(answer) => {
+                        derived.counters.bump(count("ok"));
+                        (false, answer)
+                    }
+                    crate::ratelimit::Verdict::OverLimit(answer) => {
+                        derived.counters.bump(count("over_limit"));
+                        (true, answer)
+                    }
+                    crate::ratelimit::Verdict::Error => {
+                        derived.counters.bump(count("error"));
+                        if config.failure_mode_deny {
+                            outcome.request_headers = Some(parts.headers);
+                            outcome.flags = "RLSE";
+                            outcome.details = "rate_limiter_error".into();
+                            let status = StatusCode::from_u16(config.status_on_error)
+                                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                            return (empty(status), outcome);
+                        }
+                        derived.counters.bump(count("failure_mode_allowed"));
+                        continue;
+                    }
+                };
+                // The headers the answer adds, in Envoy's order: the service's, then
+                // `x-envoy-ratelimited` (over the limit), then the `X-RateLimit-*` headers.
+                let mut response_headers = std::mem::take(&mut answer.response_headers);
+                if over_limit && config.x_envoy_ratelimited_header {
+                    response_headers.retain(|(name, _)| name != "x-envoy-ratelimited");
+                    response_headers.push(("x-envoy-ratelimited".into(), "true".into()));
+                }
+                response_headers.append(&mut answer.x_ratelimit);
+                let enforced = config
+                    .filter_enforced
+                    .as_ref()
+                    .is_none_or(|f| f.enabled(random()));
+                if over_limit && enforced {
+                    let status = StatusCode::from_u16(config.rate_limited_status)
+                        .unwrap_or(StatusCode::TOO_MANY_REQUESTS);
+                    let text = String::from_utf8_lossy(&answer.body).into_owned();
+                    let mut response = local_reply(status, &text);
+                    if text.is_empty() {
+                        // Envoy's local reply names a content type only for a body.
+                        response.headers_mut().remove(header::CONTENT_TYPE);
+                    }
+                    // The service's content type wins over the local reply's.
+                    if response_headers
+                        .iter()
+                        .any(|(name, _)| name == "content-type")
+                    {
+                        response.headers_mut().remove(header::CONTENT_TYPE);
+                    }
+                    for (name, value) in &response_headers {
+                        if let (Ok(name), Ok(value)) = (
+                            HeaderName::from_bytes(name.as_bytes()),
+                            HeaderValue::from_str(value),
+                        ) {
+                            response.headers_mut().append(name, value);
+                        }
+                    }
+                    if config.rate_limited_as_resource_exhausted && grpc {
+                        response
+                            .headers_mut()
+                            .insert("grpc-status", HeaderValue::from(8u16));
+                    }
+                    let context = FormatContext {
+                        start: started,
+                        downstream,
+                        method: &parts.method,
+                        path: &path,
+                        authority: authority.as_deref(),
+                        version: parts.version,
+                        route_name: "",
+                        cluster: None,
+                    };
+                    mutate(
+                        response.headers_mut(),
+                        &[],
+                        &config.response_headers_to_add,
+                        &mut || context.record(&parts.headers, Some(status.as_u16()), None),
+                    );
+                    outcome.request_headers = Some(parts.headers);
+                    outcome.flags = "RL";
+                    outcome.details = "request_rate_limited".into();
+                    return (response, outcome);
+                }
+                for (name, value) in answer.request_headers {
+                    if let (Ok(name), Ok(value)) = (
+                        HeaderName::from_bytes(name.as_bytes()),
+                        HeaderValue::from_str(&value),
+                    ) {
+                        parts.headers.append(name, value);
+                    }
+                }
+                outcome.appended_headers.extend(response_headers);
+            }
             HttpFilterKind::JwtAuthn(_) => {
                 let Some(jwt) = derived.jwt.get(&index) else {
                     continue;
@@ -1805,9 +1942,7 @@ fn filter_override<'s>(
 }
 
 /// The descriptors of a request for a local rate limit config (none unless it has
-/// `descriptors`): its actions see the request as it is now, the route chosen on it, and the
-/// downstream remote address as the connection manager settles it (the peer, or an address of
-/// `x-forwarded-for` under `use_remote_address` / `xff_num_trusted_hops`, as RBAC sees it).
+/// `descriptors`).
 fn rate_limit_descriptors(
     state: &ListenerState,
     config: &vigil_core::local_ratelimit::LocalRateLimit,
@@ -1816,11 +1951,39 @@ fn rate_limit_descriptors(
     path: &str,
     peer: std::net::SocketAddr,
 ) -> Vec<vigil_core::rate_limit_actions::RequestDescriptor> {
-    use vigil_core::config::{ClusterSpecifier, RouteAction};
     use vigil_core::local_ratelimit::{RouteRateLimits, request_descriptors};
     if config.descriptors.is_empty() {
         return Vec::new();
     }
+    with_rate_limit_facts(state, parts, authority, path, peer, |facts, forward| {
+        let route = forward.map(|(s, f)| RouteRateLimits {
+            route: &f.rate_limits,
+            include_vh_rate_limits: f.include_vh_rate_limits,
+            virtual_host: &s.virtual_host.rate_limits,
+        });
+        request_descriptors(config, route, facts)
+    })
+}
+
+/// What rate limit actions see of a request, handed to `with`: the request as it is now, the
+/// route chosen on it (when it forwards: the route and its action), the cluster it names, and
+/// the downstream remote address as the connection manager settles it (the peer, or an address
+/// of `x-forwarded-for` under `use_remote_address` / `xff_num_trusted_hops`, as RBAC sees it).
+fn with_rate_limit_facts<T>(
+    state: &ListenerState,
+    parts: &http::request::Parts,
+    authority: Option<&str>,
+    path: &str,
+    peer: std::net::SocketAddr,
+    with: impl FnOnce(
+        &vigil_core::rate_limit_actions::RequestFacts<'_>,
+        Option<(
+            &vigil_core::route::Selected<'_>,
+            &vigil_core::config::ForwardAction,
+        )>,
+    ) -> T,
+) -> T {
+    use vigil_core::config::{ClusterSpecifier, RouteAction};
     // Every value, as text (bytes that are not UTF-8 replaced): a header is never taken for
     // absent because of its bytes.
     let owned: Vec<(&str, std::borrow::Cow<'_, str>)> = parts
@@ -1841,7 +2004,7 @@ fn rate_limit_descriptors(
     );
     let selected = state.routes.select(&view);
     let forward = selected.as_ref().and_then(|s| match &s.route.action {
-        RouteAction::Forward(f) => Some((s, f)),
+        RouteAction::Forward(f) => Some((s, f.as_ref())),
         _ => None,
     });
     // A weighted cluster or a Lua cluster specifier with a destination_cluster action is
@@ -1856,12 +2019,61 @@ fn rate_limit_descriptors(
         remote: Some(remote.ip()),
         route_cluster: cluster.as_deref(),
     };
-    let route = forward.map(|(s, f)| RouteRateLimits {
-        route: &f.rate_limits,
-        include_vh_rate_limits: f.include_vh_rate_limits,
-        virtual_host: &s.virtual_host.rate_limits,
-    });
-    request_descriptors(config, route, &facts)
+    with(&facts, forward)
+}
+
+/// The rate limit filter's request to the service (`populateRateLimitDescriptors`): the route's
+/// target cluster (its counters' home) and the descriptors, or `None` when Envoy makes no call
+/// (no forwarding route, a cluster that does not exist, no descriptor). The descriptors are the
+/// route level's `RateLimitPerRoute.rate_limits` when set, else the filter's own `rate_limits`,
+/// else the route's entries of the filter's stage with the virtual host's: always with the
+/// route's `include_vh_rate_limits` or `vh_rate_limits: INCLUDE`, never with `IGNORE`, and with
+/// `OVERRIDE` (the default) only when the route has no entries at all.
+fn service_request(
+    state: &ListenerState,
+    config: &vigil_core::config::RateLimitFilter,
+    per_route: Option<&vigil_core::config::RateLimitPerRoute>,
+    parts: &http::request::Parts,
+    authority: Option<&str>,
+    path: &str,
+    peer: std::net::SocketAddr,
+) -> Option<(
+    String,
+    Vec<vigil_core::rate_limit_actions::ServiceDescriptor>,
+)> {
+    use vigil_core::local_ratelimit::VhRateLimits;
+    use vigil_core::rate_limit_actions::service_descriptors;
+    with_rate_limit_facts(state, parts, authority, path, peer, |facts, forward| {
+        let (selected, action) = forward?;
+        let view = facts.request;
+        let cluster = selected.cluster(view, None)?.name;
+        if !state.upstreams.contains_key(&cluster) {
+            return None;
+        }
+        let mut out = Vec::new();
+        if let Some(own) = per_route.filter(|p| !p.rate_limits.is_empty()) {
+            service_descriptors(&own.rate_limits, None, facts, &mut out);
+        } else if !config.rate_limits.is_empty() {
+            service_descriptors(&config.rate_limits, None, facts, &mut out);
+        } else {
+            let stage = Some(config.stage);
+            service_descriptors(&action.rate_limits, stage, facts, &mut out);
+            let vh = if action.include_vh_rate_limits {
+                VhRateLimits::Include
+            } else {
+                per_route.map_or(VhRateLimits::Override, |p| p.vh_rate_limits)
+            };
+            let with_vh = match vh {
+                VhRateLimits::Include => true,
+                VhRateLimits::Ignore => false,
+                VhRateLimits::Override => action.rate_limits.is_empty(),
+            };
+            if with_vh {
+                service_descriptors(&selected.virtual_host.rate_limits, stage, facts, &mut out);
+            }
+        }
+        (!out.is_empty()).then_some((cluster, out))
+    })
 }
 
 /// A monotonic clock for the filters' token buckets (any fixed origin: only differences count).

@@ -199,29 +199,14 @@ fn rate_limit(cx: &mut Ctx, mut o: Obj, owner: Owner) -> Option<RateLimitPolicy>
         }
     }
     // Envoy 1.36.2's local rate limit takes one token for a route's entry, whatever its
-    // hits_addend, and applies it on the request even with apply_on_stream_done; the rate limit
-    // filter sends a route entry's number with its descriptor.
+    // hits_addend, and applies it on the request even with apply_on_stream_done.
     let mut hits_addend = None;
     if let Some((p, v)) = o.take("hits_addend") {
         schema_check(cx, &p, RATE_LIMIT.name, "hits_addend", v);
+        // Envoy 1.36.2's router reads neither part of a route entry's: the rate limit service
+        // gets no hits_addend with its descriptor either (measured).
         if owner == Owner::Route {
-            // The rate limit service gets a route entry's number with its descriptor.
-            if let Some(n) = v.get("number") {
-                hits_addend =
-                    crate::protojson::integer_value(unwrap(n)).and_then(|n| u64::try_from(n).ok());
-            }
-            if v
-                .get("format")
-                .and_then(Value::as_str)
-                .is_some_and(|f| !f.is_empty())
-            {
-                unsupported_by_service.get_or_insert((
-                    p.field("format"),
-                    "a hits_addend format (hits taken from a request's value) is not implemented \
-                     by vigil"
-                        .to_string(),
-                ));
-            }
+            // Checked against the schema only.
         } else if !hits_addend_ok(v) {
             cx.invalid(
                 &path,
