@@ -1,7 +1,8 @@
 //! One request through a listener, start to finish: the HTTP filters (RBAC, CORS, CSRF, ext_authz,
-//! JWT, fault, buffer, Lua, header mutations), vigil's routing rules, route selection (a Lua
-//! cluster specifier's script included), forwarding to the chosen cluster, the response's
-//! mutations and the Lua filters' response sides, and the access log line once its body is done.
+//! JWT, local and global rate limits, fault, buffer, Lua, header mutations), vigil's routing
+//! rules, route selection (a Lua cluster specifier's script included), forwarding to the chosen
+//! cluster, the response's mutations and the Lua filters' response sides, and the access log line
+//! once its body is done.
 
 use super::{
     Derived, Downstream, HOP_BY_HOP, ListenerState, MAX_BODY, ext_authz_stat_middle,
