@@ -2,8 +2,8 @@
 //! async gRPC client makes it for ext_authz's check and the rate limit filter's
 //! `ShouldRateLimit`: over the named cluster's HTTP/2 connections through [`crate::forward`]
 //! (its hosts, health and pool), or straight to a Google gRPC IP target over plain-text HTTP/2.
-//! The request carries `content-type: application/grpc`, `te: trailers`, `x-envoy-internal`,
-//! the authority (the cluster's name unless `envoy_grpc.authority` says otherwise),
+//! The request carries `content-type: application/grpc`, `te: trailers`, `x-envoy-internal`
+//! (through a cluster only, as Envoy's own client), the authority (the cluster's name unless `envoy_grpc.authority` says otherwise),
 //! `grpc-timeout` and the service's `initial_metadata`.
 
 use crate::forward::{Forwarding, Outgoing, RetryPolicy, Upstream};
@@ -38,7 +38,10 @@ pub async fn unary(
         HeaderValue::from_static("application/grpc"),
     );
     headers.insert("te", HeaderValue::from_static("trailers"));
-    headers.insert("x-envoy-internal", HeaderValue::from_static("true"));
+    // Envoy's own gRPC client marks its calls internal; the Google gRPC library does not.
+    if service.google_target.is_none() {
+        headers.insert("x-envoy-internal", HeaderValue::from_static("true"));
+    }
     let authority = if service.authority.is_empty() {
         &service.cluster
     } else {

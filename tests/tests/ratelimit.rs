@@ -59,12 +59,24 @@ impl RateLimitService {
                                 .headers()
                                 .iter()
                                 // What differs and tells the service nothing: the framing
-                                // (`content-length`), Envoy's own address in `x-forwarded-for`.
+                                // (`content-length`), Envoy's own address in `x-forwarded-for`,
+                                // the Google gRPC library's name and codings.
                                 .filter(|(n, _)| {
-                                    !["content-length", "x-forwarded-for", "host"]
-                                        .contains(&n.as_str())
+                                    ![
+                                        "content-length",
+                                        "x-forwarded-for",
+                                        "host",
+                                        "user-agent",
+                                        "grpc-accept-encoding",
+                                    ]
+                                    .contains(&n.as_str())
                                 })
-                                .map(|(n, v)| format!("{n}={}", v.to_str().unwrap_or("?")))
+                                .map(|(n, v)| match n.as_str() {
+                                    // The time left (the Google gRPC library counts it down);
+                                    // the `slow` case shows both give up alike.
+                                    "grpc-timeout" => n.to_string(),
+                                    _ => format!("{n}={}", v.to_str().unwrap_or("?")),
+                                })
                                 .collect();
                             headers.sort();
                             let body = request
@@ -274,6 +286,14 @@ fn config(
                 transport_api_version: V3
                 grpc_service: {{ envoy_grpc: {{ cluster_name: {rls_cluster} }} }}{fields}"
     );
+    // `google:` names no cluster: the service is reached straight at its address.
+    let filter = match rls_cluster {
+        "google" => filter.replace(
+            "envoy_grpc: { cluster_name: google }",
+            &format!("google_grpc: {{ target_uri: \"{rls}\", stat_prefix: rls }}"),
+        ),
+        _ => filter,
+    };
     let routes = "
               - match: { prefix: \"/off\" }
                 route: { cluster: echo, rate_limits: [{ actions: [{ generic_key: { descriptor_value: turned-off } }] }] }
@@ -485,7 +505,7 @@ async fn compare(name: &str, fields: &str, rls_cluster: &str, service_down: bool
     );
     assert_eq!(envoy.3, vigil.3, "{name}: the ratelimit counters");
     // The cases are what they claim to be.
-    if !service_down && rls_cluster == "rls" {
+    if !service_down && rls_cluster != "missing" {
         assert_eq!(
             envoy.1[0].2.body, "x-rl-request: from-rls",
             "{:?}",
@@ -536,6 +556,11 @@ async fn ratelimit_failure_mode_deny_and_custom_statuses_as_in_envoy() {
         false,
     )
     .await;
+}
+
+#[tokio::test]
+async fn ratelimit_google_grpc_target_as_in_envoy() {
+    compare("ratelimit_google", "", "google", false).await;
 }
 
 #[tokio::test]
