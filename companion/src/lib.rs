@@ -50,6 +50,7 @@ pub mod changes;
 pub mod checker;
 pub mod cluster;
 pub mod conn_limit;
+pub mod decompressor;
 pub mod discovery;
 pub mod events;
 pub mod ext_authz;

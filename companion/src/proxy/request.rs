@@ -76,6 +76,12 @@ struct Outcome {
     /// The gRPC HTTP/1.1 bridge that took the request, by position in the chain: its plan
     /// says how the answer is turned back into HTTP/1.1.
     grpc_bridge: Option<(usize, vigil_core::grpc_bridge::RequestPlan)>,
+    /// The decompressor filter the route runs, by position in the chain: its response side
+    /// inflates whatever answer comes.
+    decompressor: Option<(usize, Box<vigil_core::decompress::Decompressor>)>,
+    /// The request body's length as the client sent it, when a filter changed the body
+    /// (`%BYTES_RECEIVED%` counts the wire).
+    wire_bytes: Option<u64>,
 }
 
 impl Outcome {
@@ -140,12 +146,13 @@ pub async fn handle(
     // The Lua filters' response sides, last filter first, on whatever answer came (the
     // upstream's, or a local reply of a filter after them, or their own `respond()`); the gRPC
     // bridge at its own place among them (encoder filters run in reverse chain order).
-    let mut bridge = outcome.grpc_bridge.as_ref();
+    let mut steps = ResponseSteps {
+        bridge: outcome.grpc_bridge.as_ref(),
+        decompressor: outcome.decompressor.as_ref(),
+    };
+    let prefix = &state.hcm.stat_prefix;
     for (index, script, meta, errors) in outcome.lua_response.iter().rev() {
-        if let Some((_, plan)) = bridge.filter(|(at, _)| at > index) {
-            response = bridge_answer(response, plan).await;
-            bridge = None;
-        }
+        response = steps.run(response, Some(*index), derived, prefix).await;
         let (mut head, body) = response.into_parts();
         let changed = crate::lua::on_response(
             script,
@@ -161,9 +168,7 @@ pub async fn handle(
         head.headers = changed.headers;
         response = Response::from_parts(head, changed.body);
     }
-    if let Some((_, plan)) = bridge {
-        response = bridge_answer(response, plan).await;
-    }
+    response = steps.run(response, None, derived, prefix).await;
     for (name, value) in &outcome.filter_headers {
         if let Ok(value) = HeaderValue::from_str(value) {
             response.headers_mut().insert(*name, value);
@@ -839,6 +844,76 @@ async fn respond(
                     }
                 }
             }
+            HttpFilterKind::Decompressor(config) => {
+                use vigil_core::decompress::{add_accept_encoding, remaining_codings};
+                if let Some(FilterOverride::Disabled) =
+                    filter_override(state, &parts, authority.as_deref(), &path, &filter.name)
+                {
+                    continue;
+                }
+                let prefix = &state.hcm.stat_prefix;
+                outcome.decompressor = Some((index, config.clone()));
+                if config.response.enabled && config.advertise_accept_encoding {
+                    let advertised =
+                        add_accept_encoding(joined(&parts.headers, "accept-encoding").as_deref());
+                    if let Ok(value) = HeaderValue::from_str(&advertised) {
+                        parts.headers.insert(header::ACCEPT_ENCODING, value);
+                    }
+                }
+                // A request without a body is never decompressed (nor counted).
+                let has_body = match &body {
+                    RequestBody::Unread(incoming) => !incoming.is_end_stream(),
+                    RequestBody::Read(read) => !read.is_empty(),
+                };
+                if !has_body {
+                    continue;
+                }
+                let content_encoding = joined(&parts.headers, "content-encoding");
+                if !config.decides(
+                    &config.request,
+                    joined(&parts.headers, "cache-control").as_deref(),
+                    content_encoding.as_deref(),
+                ) {
+                    derived
+                        .counters
+                        .bump([config.stat_name(prefix, "request.not_decompressed")]);
+                    continue;
+                }
+                derived
+                    .counters
+                    .bump([config.stat_name(prefix, "request.decompressed")]);
+                // Its length unknown, Envoy streams the request on chunked.
+                parts.headers.remove(header::CONTENT_LENGTH);
+                parts.headers.insert(
+                    header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                );
+                match content_encoding.as_deref().and_then(remaining_codings) {
+                    Some(rest) => {
+                        if let Ok(value) = HeaderValue::from_str(&rest) {
+                            parts.headers.insert(header::CONTENT_ENCODING, value);
+                        }
+                    }
+                    None => {
+                        parts.headers.remove(header::CONTENT_ENCODING);
+                    }
+                }
+                // vigil holds the whole request body anyway: it is one data frame.
+                let read = match body.whole().await {
+                    Ok(read) => read,
+                    Err(refusal) => return outcome.refused(refusal),
+                };
+                outcome.wire_bytes.get_or_insert(read.len() as u64);
+                let mut inflater = crate::decompressor::Inflater::new(config);
+                let inflated = crate::decompressor::inflate_counted(
+                    &mut inflater,
+                    &read,
+                    derived.counters.as_ref(),
+                    &config.stat_name(prefix, "request."),
+                    &config.stat_name(prefix, "decompressor_library."),
+                );
+                body = RequestBody::Read(inflated);
+            }
             HttpFilterKind::RateLimit(config) => {
                 let per_route =
                     match filter_override(state, &parts, authority.as_deref(), &path, &filter.name)
@@ -1418,7 +1493,7 @@ async fn respond(
         Ok(read) => read,
         Err(refusal) => return outcome.refused(refusal),
     };
-    outcome.bytes_received = body.len() as u64;
+    outcome.bytes_received = outcome.wire_bytes.unwrap_or(body.len() as u64);
     outcome.request_read = Some(started.elapsed());
     let borrowed = pairs(&parts.headers);
     let view = RequestView::new(
@@ -1925,6 +2000,103 @@ async fn connect_tunnel(
             )
         }
     }
+}
+
+/// A header's values joined with `,` (as Envoy's header map holds an inline header given
+/// several times), or `None` without one.
+fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
+    let values: Vec<String> = headers
+        .get_all(name)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    (!values.is_empty()).then(|| values.join(","))
+}
+
+/// The response sides of the gRPC bridge and the decompressor, each by its position in the
+/// chain, still to run among the Lua filters' (encoder filters run last in the chain first).
+struct ResponseSteps<'o> {
+    bridge: Option<&'o (usize, vigil_core::grpc_bridge::RequestPlan)>,
+    decompressor: Option<&'o (usize, Box<vigil_core::decompress::Decompressor>)>,
+}
+
+impl ResponseSteps<'_> {
+    /// Runs the steps after position `before` in the chain (all that remain with `None`), the
+    /// later one first.
+    async fn run(
+        &mut self,
+        mut response: Response<ProxyBody>,
+        before: Option<usize>,
+        derived: &Derived,
+        prefix: &str,
+    ) -> Response<ProxyBody> {
+        let after = |at: usize| before.is_none_or(|b| at > b);
+        loop {
+            let bridge = self.bridge.filter(|(at, _)| after(*at));
+            let decompressor = self.decompressor.filter(|(at, _)| after(*at));
+            match (bridge, decompressor) {
+                (Some((b, _)), Some((d, config))) if d > b => {
+                    response = decompress_response(response, config, derived, prefix);
+                    self.decompressor = None;
+                }
+                (Some((_, plan)), _) => {
+                    response = bridge_answer(response, plan).await;
+                    self.bridge = None;
+                }
+                (None, Some((_, config))) => {
+                    response = decompress_response(response, config, derived, prefix);
+                    self.decompressor = None;
+                }
+                (None, None) => return response,
+            }
+        }
+    }
+}
+
+/// The decompressor's response side (`encodeHeaders` / `encodeData`): an answer with a body
+/// whose first coding is gzip is inflated frame by frame, losing `content-length` and that
+/// coding; any other answer with a body is counted as not decompressed.
+fn decompress_response(
+    mut response: Response<ProxyBody>,
+    config: &vigil_core::decompress::Decompressor,
+    derived: &Derived,
+    prefix: &str,
+) -> Response<ProxyBody> {
+    use vigil_core::decompress::remaining_codings;
+    if response.body().is_end_stream() {
+        return response;
+    }
+    let content_encoding = joined(response.headers(), "content-encoding");
+    if !config.decides(
+        &config.response,
+        joined(response.headers(), "cache-control").as_deref(),
+        content_encoding.as_deref(),
+    ) {
+        derived
+            .counters
+            .bump([config.stat_name(prefix, "response.not_decompressed")]);
+        return response;
+    }
+    derived
+        .counters
+        .bump([config.stat_name(prefix, "response.decompressed")]);
+    let headers = response.headers_mut();
+    headers.remove(header::CONTENT_LENGTH);
+    match content_encoding.as_deref().and_then(remaining_codings) {
+        Some(rest) => {
+            if let Ok(value) = HeaderValue::from_str(&rest) {
+                headers.insert(header::CONTENT_ENCODING, value);
+            }
+        }
+        None => {
+            headers.remove(header::CONTENT_ENCODING);
+        }
+    }
+    let counters: Arc<dyn crate::decompressor::Counting> = derived.counters.clone();
+    response.map(|body| {
+        crate::decompressor::DecompressedBody::new(body, config, prefix, "response", counters)
+            .boxed()
+    })
 }
 
 /// The setting the request's route gives the filter named `filter` (the most specific level's),

@@ -94,7 +94,7 @@ pub(crate) fn http_filter(type_name: &str) -> Treatment {
         | "proto_message_extraction" => {
             Refused("translate requests into another protocol before they are routed")
         }
-        "decompressor" => Refused("decompress request bodies before they reach the upstream"),
+        "decompressor" => Enforced,
         "custom_response" => Refused("replace upstream responses with configured ones"),
         "dynamic_forward_proxy" | "on_demand" => Refused("resolve hosts and clusters per request"),
         "cache" => Ignorable(

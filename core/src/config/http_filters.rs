@@ -60,6 +60,9 @@ pub enum HttpFilterKind {
     /// `envoy.extensions.filters.http.ratelimit.v3.RateLimit`: the proxy asks the rate limit
     /// service about the request's descriptors (`companion/src/ratelimit.rs`).
     RateLimit(Box<crate::config::RateLimitFilter>),
+    /// `envoy.extensions.filters.http.decompressor.v3.Decompressor` with the gzip library:
+    /// request and response bodies inflated (`crate::decompress`).
+    Decompressor(Box<crate::decompress::Decompressor>),
     /// `envoy.extensions.filters.http.csrf.v3.CsrfPolicy`: the origin check of state-changing
     /// requests (`crate::csrf`).
     Csrf(Box<crate::csrf::CsrfPolicy>),
@@ -330,6 +333,8 @@ pub(super) fn http_filters(
                             .map(|config| HttpFilterKind::Lua(Box::new(config))),
                         "grpc_http1_bridge" => super::grpc_bridge::grpc_bridge(cx, &typed)
                             .map(HttpFilterKind::GrpcHttp1Bridge),
+                        "decompressor" => super::decompressor::decompressor(cx, &typed)
+                            .map(|config| HttpFilterKind::Decompressor(Box::new(config))),
                         "ratelimit" => super::ratelimit::ratelimit(cx, &typed)
                             .map(|config| HttpFilterKind::RateLimit(Box::new(config))),
                         "fault" => super::fault::http_fault(cx, &typed)
@@ -862,6 +867,12 @@ fn natively_run(type_name: &str) -> Option<(&'static str, &'static str)> {
         Some(("lua", super::lua::LUA_PER_ROUTE_TYPE))
     } else if type_name == super::fault::FAULT_TYPE {
         Some(("fault", super::fault::FAULT_TYPE))
+    } else if type_name == super::decompressor::DECOMPRESSOR_TYPE {
+        // No per-route config: a route can only turn it off.
+        Some((
+            "decompressor",
+            "(none: only FilterConfig with disabled: true)",
+        ))
     } else if type_name == super::ratelimit::RATELIMIT_TYPE {
         Some(("ratelimit", super::ratelimit::RATELIMIT_PER_ROUTE_TYPE))
     } else if type_name == super::grpc_bridge::GRPC_BRIDGE_TYPE {

@@ -71,6 +71,7 @@ mod cluster;
 mod cluster_types;
 mod connection_manager;
 mod csrf;
+mod decompressor;
 mod ext_authz;
 mod fault;
 mod filters;
