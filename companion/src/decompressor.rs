@@ -250,22 +250,54 @@ pub struct DecompressedBody<B> {
     /// `http.<prefix>.decompressor.<name>.gzip.` and the direction (`response.`).
     direction_prefix: String,
     library_prefix: String,
+    /// The byte totals' trailer names (`x-envoy-decompressor-<name>-compressed-bytes`,
+    /// `-uncompressed-bytes`) when the body ends with trailers (an HTTP/2 client; Envoy's
+    /// HTTP/1 codec drops trailers), with the totals so far; `None` once sent.
+    trailers: Option<(String, String)>,
+    compressed: u64,
+    uncompressed: u64,
 }
 
 impl<B> DecompressedBody<B> {
+    /// `with_trailers`: the answer goes to an HTTP/2 client, which gets Envoy's byte totals as
+    /// trailers.
     pub fn new(
         inner: B,
         config: &vigil_core::decompress::Decompressor,
         hcm_prefix: &str,
         direction: &str,
         counters: Arc<dyn Counting>,
+        with_trailers: bool,
     ) -> DecompressedBody<B> {
+        let name = &config.library_name;
         DecompressedBody {
             inner,
             inflater: Inflater::new(config),
             counters,
             direction_prefix: config.stat_name(hcm_prefix, &format!("{direction}.")),
             library_prefix: config.stat_name(hcm_prefix, "decompressor_library."),
+            trailers: with_trailers.then(|| {
+                (
+                    format!("x-envoy-decompressor-{name}-compressed-bytes"),
+                    format!("x-envoy-decompressor-{name}-uncompressed-bytes"),
+                )
+            }),
+            compressed: 0,
+            uncompressed: 0,
+        }
+    }
+
+    /// `ByteTracker::reportTotalBytes`: the totals appended to `trailers` (once).
+    fn report(&mut self, trailers: &mut http::HeaderMap) {
+        if let Some((compressed, uncompressed)) = self.trailers.take() {
+            for (name, total) in [
+                (compressed, self.compressed),
+                (uncompressed, self.uncompressed),
+            ] {
+                if let Ok(name) = http::HeaderName::from_bytes(name.as_bytes()) {
+                    trailers.append(name, http::HeaderValue::from(total));
+                }
+            }
         }
     }
 }
@@ -318,16 +350,30 @@ where
                         &this.direction_prefix,
                         &this.library_prefix,
                     );
+                    this.compressed += data.len() as u64;
+                    this.uncompressed += out.len() as u64;
                     Poll::Ready(Some(Ok(Frame::data(out))))
                 }
-                Err(other) => Poll::Ready(Some(Ok(other))),
+                Err(other) => match other.into_trailers() {
+                    Ok(mut trailers) => {
+                        this.report(&mut trailers);
+                        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                    }
+                    Err(other) => Poll::Ready(Some(Ok(other))),
+                },
             },
+            // The body ends without trailers: Envoy adds its own.
+            Poll::Ready(None) if this.trailers.is_some() => {
+                let mut trailers = http::HeaderMap::new();
+                this.report(&mut trailers);
+                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+            }
             other => other,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.trailers.is_none() && self.inner.is_end_stream()
     }
 }
 

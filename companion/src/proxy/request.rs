@@ -128,6 +128,7 @@ pub async fn handle(
         record.downstream_local = local;
         record
     });
+    let version = request.version();
     let grpc = vigil_core::route::is_grpc(
         request
             .headers()
@@ -149,6 +150,7 @@ pub async fn handle(
     let mut steps = ResponseSteps {
         bridge: outcome.grpc_bridge.as_ref(),
         decompressor: outcome.decompressor.as_ref(),
+        h2: version == http::Version::HTTP_2,
     };
     let prefix = &state.hcm.stat_prefix;
     for (index, script, meta, errors) in outcome.lua_response.iter().rev() {
@@ -2018,6 +2020,8 @@ fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
 struct ResponseSteps<'o> {
     bridge: Option<&'o (usize, vigil_core::grpc_bridge::RequestPlan)>,
     decompressor: Option<&'o (usize, Box<vigil_core::decompress::Decompressor>)>,
+    /// The client speaks HTTP/2 (inflated answers end with Envoy's byte-total trailers).
+    h2: bool,
 }
 
 impl ResponseSteps<'_> {
@@ -2036,7 +2040,7 @@ impl ResponseSteps<'_> {
             let decompressor = self.decompressor.filter(|(at, _)| after(*at));
             match (bridge, decompressor) {
                 (Some((b, _)), Some((d, config))) if d > b => {
-                    response = decompress_response(response, config, derived, prefix);
+                    response = decompress_response(response, config, derived, prefix, self.h2);
                     self.decompressor = None;
                 }
                 (Some((_, plan)), _) => {
@@ -2044,7 +2048,7 @@ impl ResponseSteps<'_> {
                     self.bridge = None;
                 }
                 (None, Some((_, config))) => {
-                    response = decompress_response(response, config, derived, prefix);
+                    response = decompress_response(response, config, derived, prefix, self.h2);
                     self.decompressor = None;
                 }
                 (None, None) => return response,
@@ -2061,6 +2065,7 @@ fn decompress_response(
     config: &vigil_core::decompress::Decompressor,
     derived: &Derived,
     prefix: &str,
+    h2_client: bool,
 ) -> Response<ProxyBody> {
     use vigil_core::decompress::remaining_codings;
     if response.body().is_end_stream() {
@@ -2094,8 +2099,10 @@ fn decompress_response(
     }
     let counters: Arc<dyn crate::decompressor::Counting> = derived.counters.clone();
     response.map(|body| {
-        crate::decompressor::DecompressedBody::new(body, config, prefix, "response", counters)
-            .boxed()
+        crate::decompressor::DecompressedBody::new(
+            body, config, prefix, "response", counters, h2_client,
+        )
+        .boxed()
     })
 }
 
