@@ -150,11 +150,11 @@ pub(crate) fn decompressor(cx: &mut Ctx, typed: &Any) -> Option<Decompressor> {
     };
     let max_inflate_ratio = match gzip.u32(cx, "max_inflate_ratio") {
         None => 100,
-        Some(ratio) if (1..=10000).contains(&ratio) => ratio,
+        Some(ratio) if (1..=1032).contains(&ratio) => ratio,
         Some(_) => {
             cx.invalid(
                 &gzip_path.field("max_inflate_ratio"),
-                "value must be inside range [1, 10000]",
+                "value must be inside range [1, 1032]",
             );
             100
         }
@@ -171,24 +171,153 @@ pub(crate) fn decompressor(cx: &mut Ctx, typed: &Any) -> Option<Decompressor> {
 }
 
 /// A `CommonDirectionConfig`: `enabled` (a `RuntimeFeatureFlag`: its default value; its runtime
-/// key is refused when a runtime layer sets it, as vigil refuses every runtime key it does not
-/// apply) and `ignore_no_transform_header`.
+/// key, when named, is refused when a runtime layer sets it, as vigil refuses every runtime key
+/// it does not apply) and `ignore_no_transform_header`. Without `enabled`, the direction is on.
 fn direction(cx: &mut Ctx, mut o: Obj) -> Direction {
     let mut out = Direction::default();
     if let Some(mut flag) = o.message(cx, "enabled", &RUNTIME_FEATURE_FLAG) {
         let flag_path = flag.path.clone();
         let default = flag.bool(cx, "default_value");
-        let key = flag.required_string(cx, "runtime_key", MIN_LEN_1);
+        let key = flag.string(cx, "runtime_key").unwrap_or_default();
         flag.finish(cx);
         match default {
             Some(enabled) => out.enabled = enabled,
             None => cx.invalid(&flag_path.field("default_value"), "value is required"),
         }
-        if let Some(key) = key {
+        if !key.is_empty() {
             cx.runtime_keys.push((flag_path.field("runtime_key"), key));
         }
     }
     out.ignore_no_transform_header = o.bool(cx, "ignore_no_transform_header").unwrap_or(false);
     o.finish(cx);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use crate::config::{HttpFilterKind, from_value};
+    use serde_json::{Value, json};
+
+    const GZIP: &str = "type.googleapis.com/envoy.extensions.compression.gzip.decompressor.v3.Gzip";
+
+    fn load(fields: Value, gzip: Value) -> Result<crate::decompress::Decompressor, String> {
+        let mut library = json!({"@type": GZIP});
+        if let (Value::Object(l), Value::Object(g)) = (&mut library, gzip) {
+            l.extend(g);
+        }
+        let mut typed = json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.decompressor.v3.Decompressor",
+            "decompressor_library": {"name": "gz", "typed_config": library}});
+        if let (Value::Object(t), Value::Object(f)) = (&mut typed, fields) {
+            t.extend(f);
+        }
+        let value = json!({"static_resources": {"listeners": [{
+            "name": "l",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 10000}},
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "h",
+                    "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"],
+                        "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]},
+                    "http_filters": [
+                        {"name": "envoy.filters.http.decompressor", "typed_config": typed},
+                        {"name": "router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+                    ]
+                }
+            }]}]
+        }]}});
+        match from_value(&value) {
+            Ok(loaded) => match &loaded.bootstrap.listeners[0].http[0].http_filters[0].kind {
+                HttpFilterKind::Decompressor(d) => Ok((**d).clone()),
+                other => Err(format!("not the decompressor: {other:?}")),
+            },
+            Err(e) => Err(e
+                .errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")),
+        }
+    }
+
+    const AT: &str = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.\
+                      http_filters[0].typed_config";
+
+    #[test]
+    fn the_filter_is_read_with_envoys_defaults() {
+        let d = load(json!({}), json!({})).expect("valid");
+        assert_eq!(
+            (d.library_name.as_str(), d.chunk_size, d.max_inflate_ratio),
+            ("gz", 4096, 100)
+        );
+        assert!(d.request.enabled && d.response.enabled && d.advertise_accept_encoding);
+        let d = load(
+            json!({
+                "request_direction_config": {"common_config": {"ignore_no_transform_header": true},
+                    "advertise_accept_encoding": false},
+                "response_direction_config": {"common_config":
+                    {"enabled": {"default_value": false, "runtime_key": "k"}}}}),
+            json!({"window_bits": 15, "chunk_size": 8192, "max_inflate_ratio": 1032}),
+        )
+        .expect("valid");
+        assert!(d.request.enabled && d.request.ignore_no_transform_header);
+        assert!(!d.response.enabled && !d.advertise_accept_encoding);
+        assert_eq!((d.chunk_size, d.max_inflate_ratio), (8192, 1032));
+    }
+
+    #[test]
+    fn errors_name_their_field() {
+        let lib = format!("{AT}.decompressor_library.typed_config");
+        let cases = [
+            (
+                json!({}),
+                json!({"window_bits": 8}),
+                format!("{lib}.window_bits: value must be inside range [9, 15]"),
+            ),
+            (
+                json!({}),
+                json!({"window_bits": 12}),
+                format!("{lib}.window_bits: window_bits 12:"),
+            ),
+            (
+                json!({}),
+                json!({"chunk_size": 100}),
+                format!("{lib}.chunk_size: value must be inside range [4096, 65536]"),
+            ),
+            (
+                json!({}),
+                json!({"max_inflate_ratio": 0}),
+                format!("{lib}.max_inflate_ratio: value must be inside range [1, 1032]"),
+            ),
+            (
+                json!({"response_direction_config": {"common_config": {"enabled": {"runtime_key": "k"}}}}),
+                json!({}),
+                format!(
+                    "{AT}.response_direction_config.common_config.enabled.default_value: value is required"
+                ),
+            ),
+            (
+                json!({"decompressor_library": null}),
+                json!({}),
+                format!("{AT}.decompressor_library: value is required"),
+            ),
+            (
+                json!({"decompressor_library": {"name": "br", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.compression.brotli.decompressor.v3.Brotli"}}}),
+                json!({}),
+                format!(
+                    "{AT}.decompressor_library.typed_config: decompressor library envoy.extensions.compression.brotli.decompressor.v3.Brotli: only the gzip library"
+                ),
+            ),
+        ];
+        for (fields, gzip, expected) in cases {
+            let errors = load(fields.clone(), gzip.clone()).expect_err(&format!("{fields} {gzip}"));
+            assert!(errors.contains(&expected), "{fields} {gzip}: {errors}");
+        }
+    }
 }
