@@ -247,8 +247,15 @@ async fn send(
 }
 
 fn config(listen: SocketAddr, admin: SocketAddr, upstream: SocketAddr, fields: &str) -> String {
+    // A fault filter before it answers `x-abort` requests itself: the local reply still passes
+    // the decompressor's response side.
     let filter = format!(
         "
+          - name: envoy.filters.http.fault
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+              abort: {{ http_status: 503, percentage: {{ numerator: 100 }} }}
+              headers: [{{ name: x-abort, present_match: true }}]
           - name: envoy.filters.http.decompressor
             typed_config:
               \"@type\": type.googleapis.com/envoy.extensions.filters.http.decompressor.v3.Decompressor
@@ -408,6 +415,12 @@ async fn compare(name: &str, fields: &str) -> (Vec<Seen>, BTreeMap<String, Strin
         ("GET", "/gz/br_gzip", vec![], Vec::new()),
         ("GET", "/gz-nt", vec![], Vec::new()),
         ("GET", "/broken", vec![], Vec::new()),
+        (
+            "POST",
+            "/echo",
+            vec![("x-abort", "1"), ("content-encoding", "gzip")],
+            gzipped.clone(),
+        ),
     ];
     let mut results = Vec::new();
     for (who, listen, process) in &procs {
@@ -457,13 +470,14 @@ async fn decompressor_inflates_as_in_envoy() {
             .unwrap_or_default()
     };
     assert_eq!(count("request.decompressed"), "5", "{counters:?}");
+    assert_eq!(seen[15].status, 503, "{:?}", seen[15]);
     assert_eq!(count("response.decompressed"), "4", "{counters:?}");
     assert!(
-        seen[15]
+        seen[16]
             .body
             .contains("x-envoy-decompressor-lab-uncompressed-bytes: 400"),
         "{:?}",
-        seen[15]
+        seen[16]
     );
     assert_eq!(
         count("decompressor_library.zlib_data_error"),

@@ -76,9 +76,10 @@ struct Outcome {
     /// The gRPC HTTP/1.1 bridge that took the request, by position in the chain: its plan
     /// says how the answer is turned back into HTTP/1.1.
     grpc_bridge: Option<(usize, vigil_core::grpc_bridge::RequestPlan)>,
-    /// The decompressor filter the route runs, by position in the chain: its response side
-    /// inflates whatever answer comes.
-    decompressor: Option<(usize, Box<vigil_core::decompress::Decompressor>)>,
+    /// The decompressor filters the route runs, by position in the chain: their response sides
+    /// inflate whatever answer comes (a local reply of any filter included, as in Envoy, where
+    /// every encoder filter of the stream sees it).
+    decompressors: Vec<(usize, Box<vigil_core::decompress::Decompressor>)>,
     /// The request body's length as the client sent it, when a filter changed the body
     /// (`%BYTES_RECEIVED%` counts the wire).
     wire_bytes: Option<u64>,
@@ -149,7 +150,7 @@ pub async fn handle(
     // bridge at its own place among them (encoder filters run in reverse chain order).
     let mut steps = ResponseSteps {
         bridge: outcome.grpc_bridge.as_ref(),
-        decompressor: outcome.decompressor.as_ref(),
+        decompressors: outcome.decompressors.iter().collect(),
         h2: version == http::Version::HTTP_2,
     };
     let prefix = &state.hcm.stat_prefix;
@@ -400,6 +401,20 @@ async fn respond(
             if let Some((script, meta)) = chosen.filter(|(s, _)| s.has_response_hook()) {
                 let errors = lua_errors(derived, &state.hcm.stat_prefix, filter);
                 outcome.lua_response.push((index, script, meta, errors));
+            }
+        }
+    }
+    // The decompressors' response sides, for every filter the route runs.
+    for (index, filter) in state.hcm.http_filters.iter().enumerate() {
+        if let HttpFilterKind::Decompressor(config) = &filter.kind {
+            let setting = filter_override(state, &parts, authority.as_deref(), &path, &filter.name);
+            let runs = match setting {
+                Some(FilterOverride::Disabled) => false,
+                Some(_) => true,
+                None => !filter.disabled,
+            };
+            if runs {
+                outcome.decompressors.push((index, config.clone()));
             }
         }
     }
@@ -854,7 +869,6 @@ async fn respond(
                     continue;
                 }
                 let prefix = &state.hcm.stat_prefix;
-                outcome.decompressor = Some((index, config.clone()));
                 if config.response.enabled && config.advertise_accept_encoding {
                     let advertised =
                         add_accept_encoding(joined(&parts.headers, "accept-encoding").as_deref());
@@ -2015,11 +2029,11 @@ fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
     (!values.is_empty()).then(|| values.join(","))
 }
 
-/// The response sides of the gRPC bridge and the decompressor, each by its position in the
+/// The response sides of the gRPC bridge and the decompressors, each by its position in the
 /// chain, still to run among the Lua filters' (encoder filters run last in the chain first).
 struct ResponseSteps<'o> {
     bridge: Option<&'o (usize, vigil_core::grpc_bridge::RequestPlan)>,
-    decompressor: Option<&'o (usize, Box<vigil_core::decompress::Decompressor>)>,
+    decompressors: Vec<&'o (usize, Box<vigil_core::decompress::Decompressor>)>,
     /// The client speaks HTTP/2 (inflated answers end with Envoy's byte-total trailers).
     h2: bool,
 }
@@ -2036,20 +2050,27 @@ impl ResponseSteps<'_> {
     ) -> Response<ProxyBody> {
         let after = |at: usize| before.is_none_or(|b| at > b);
         loop {
-            let bridge = self.bridge.filter(|(at, _)| after(*at));
-            let decompressor = self.decompressor.filter(|(at, _)| after(*at));
+            let bridge = self.bridge.map(|(at, _)| *at).filter(|at| after(*at));
+            let decompressor = self
+                .decompressors
+                .iter()
+                .enumerate()
+                .filter(|(_, (at, _))| after(*at))
+                .max_by_key(|(_, (at, _))| *at)
+                .map(|(slot, (at, _))| (slot, *at));
             match (bridge, decompressor) {
-                (Some((b, _)), Some((d, config))) if d > b => {
+                (Some(b), Some((slot, d))) if d > b => {
+                    let (_, config) = self.decompressors.remove(slot);
                     response = decompress_response(response, config, derived, prefix, self.h2);
-                    self.decompressor = None;
                 }
-                (Some((_, plan)), _) => {
-                    response = bridge_answer(response, plan).await;
-                    self.bridge = None;
+                (Some(_), _) => {
+                    if let Some((_, plan)) = self.bridge.take() {
+                        response = bridge_answer(response, plan).await;
+                    }
                 }
-                (None, Some((_, config))) => {
+                (None, Some((slot, _))) => {
+                    let (_, config) = self.decompressors.remove(slot);
                     response = decompress_response(response, config, derived, prefix, self.h2);
-                    self.decompressor = None;
                 }
                 (None, None) => return response,
             }
