@@ -40,6 +40,9 @@ pub struct Inflater {
     pending: Vec<u8>,
     chunk_size: usize,
     max_inflate_ratio: u64,
+    /// The most output a frame may make before inflating stops short (`Inflated::over_limit`):
+    /// a bound on what vigil holds, for a body it holds whole.
+    max_output: Option<usize>,
 }
 
 /// What one frame gave.
@@ -48,6 +51,8 @@ pub struct Inflated {
     pub output: Vec<u8>,
     /// `zlib_data_error`s counted.
     pub data_errors: u64,
+    /// The output passed the inflater's `max_output`: inflating stopped, the output is partial.
+    pub over_limit: bool,
 }
 
 /// Why a gzip header is not one zlib reads.
@@ -68,7 +73,14 @@ impl Inflater {
             pending: Vec::new(),
             chunk_size: config.chunk_size as usize,
             max_inflate_ratio: u64::from(config.max_inflate_ratio),
+            max_output: None,
         }
+    }
+
+    /// An inflater that stops once a frame's output passes `max_output` bytes.
+    pub fn with_max_output(mut self, max_output: usize) -> Inflater {
+        self.max_output = Some(max_output);
+        self
     }
 
     /// One data frame through zlib's loop (`ZlibDecompressorImpl::decompress`).
@@ -113,6 +125,13 @@ impl Inflater {
                     self.crc.update(&chunk[..written]);
                     self.pending.extend_from_slice(&chunk[..written]);
                     rest = &rest[consumed..];
+                    if self
+                        .max_output
+                        .is_some_and(|max| out.output.len() + self.pending.len() > max)
+                    {
+                        out.over_limit = true;
+                        return out;
+                    }
                     match result {
                         Err(_) => {
                             self.stage = Stage::Broken;
@@ -311,9 +330,26 @@ pub fn inflate_counted(
     library_prefix: &str,
 ) -> Bytes {
     let inflated = inflater.frame(input);
+    inflated_counted(
+        inflated,
+        input.len(),
+        counters,
+        direction_prefix,
+        library_prefix,
+    )
+}
+
+/// Counts a frame's inflating (`DecompressorFilter::decompress`) and hands its output out.
+pub fn inflated_counted(
+    inflated: Inflated,
+    input_len: usize,
+    counters: &dyn Counting,
+    direction_prefix: &str,
+    library_prefix: &str,
+) -> Bytes {
     counters.add(
         format!("{direction_prefix}total_compressed_bytes"),
-        input.len() as u64,
+        input_len as u64,
     );
     counters.add(
         format!("{direction_prefix}total_uncompressed_bytes"),
@@ -422,7 +458,8 @@ mod tests {
             inflater.frame(b"not gzip at all"),
             Inflated {
                 output: Vec::new(),
-                data_errors: 1
+                data_errors: 1,
+                over_limit: false,
             }
         );
         assert_eq!(inflater.frame(b"more").data_errors, 1);
@@ -454,5 +491,10 @@ mod tests {
         assert_eq!(inflated.data_errors, 1);
         let inflated = Inflater::new(&config(4096, 10000)).frame(&compressed);
         assert_eq!(inflated.output.len(), zeros.len());
+        // What vigil holds is bounded before the ratio is reached.
+        let inflated = Inflater::new(&config(4096, 10000))
+            .with_max_output(10_000)
+            .frame(&compressed);
+        assert!(inflated.over_limit && inflated.output.len() <= 10_000 + 4096);
     }
 }

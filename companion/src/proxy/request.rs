@@ -920,10 +920,22 @@ async fn respond(
                     Err(refusal) => return outcome.refused(refusal),
                 };
                 outcome.wire_bytes.get_or_insert(read.len() as u64);
-                let mut inflater = crate::decompressor::Inflater::new(config);
-                let inflated = crate::decompressor::inflate_counted(
-                    &mut inflater,
-                    &read,
+                // vigil holds what it forwards: an inflated body past its buffer limit is
+                // answered as a body past that limit is (Envoy would stream it on).
+                let inflated = crate::decompressor::Inflater::new(config)
+                    .with_max_output(MAX_BODY)
+                    .frame(&read);
+                if inflated.over_limit {
+                    outcome.request_headers = Some(parts.headers);
+                    outcome.details = "request_payload_too_large".into();
+                    return (
+                        local_reply(StatusCode::PAYLOAD_TOO_LARGE, "payload too large"),
+                        outcome,
+                    );
+                }
+                let inflated = crate::decompressor::inflated_counted(
+                    inflated,
+                    read.len(),
                     derived.counters.as_ref(),
                     &config.stat_name(prefix, "request."),
                     &config.stat_name(prefix, "decompressor_library."),
