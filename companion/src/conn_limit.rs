@@ -116,6 +116,13 @@ impl ListenerCounters {
         }
     }
 
+    /// Adds `amount` to the counter `name` (byte totals).
+    pub fn add(&self, name: String, amount: u64) {
+        let mut named = self.named.lock().unwrap_or_else(|p| p.into_inner());
+        let value = named.entry(name).or_default();
+        *value = value.saturating_add(amount);
+    }
+
     /// Makes each of `names` show (at 0) before anything counts it, as Envoy's stats do.
     pub fn declare(&self, names: impl IntoIterator<Item = String>) {
         let mut named = self.named.lock().unwrap_or_else(|p| p.into_inner());

@@ -176,46 +176,6 @@ pub async fn check(
     }
 }
 
-/// One gRPC call straight to `target` over plain-text HTTP/2 (a Google gRPC target with
-/// insecure or local credentials): its answer, or `None` when the connection, the call or the
-/// deadline fails.
-async fn call_direct(
-    target: std::net::SocketAddr,
-    headers: HeaderMap,
-    body: Bytes,
-    timeout: Duration,
-) -> Option<(http::response::Parts, http_body_util::Collected<Bytes>)> {
-    let call = async move {
-        let stream = tokio::net::TcpStream::connect(target).await.ok()?;
-        let (mut sender, connection) =
-            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), {
-                hyper_util::rt::TokioIo::new(stream)
-            })
-            .await
-            .ok()?;
-        // The connection lives as long as this call (Envoy keeps one per filter; a fresh one per
-        // check changes nothing the service sees of the check).
-        tokio::spawn(connection);
-        let uri = http::Uri::builder()
-            .scheme("http")
-            .authority(target.to_string())
-            .path_and_query("/envoy.service.auth.v3.Authorization/Check")
-            .build()
-            .ok()?;
-        let mut request = http::Request::new(http_body_util::Full::new(body));
-        *request.method_mut() = Method::POST;
-        *request.uri_mut() = uri;
-        *request.version_mut() = http::Version::HTTP_2;
-        *request.headers_mut() = headers;
-        request.headers_mut().remove(http::header::HOST);
-        let response = sender.send_request(request).await.ok()?;
-        let (parts, body) = response.into_parts();
-        let collected = body.collect().await.ok()?;
-        Some((parts, collected))
-    };
-    tokio::time::timeout(timeout, call).await.ok().flatten()
-}
-
 async fn check_http(
     config: &ExtAuthz,
     service: &HttpService,
@@ -347,89 +307,17 @@ async fn check_grpc(
     let check = CheckRequest {
         attributes: Some(attributes(config, request)),
     };
-    let encoded = check.encode_to_vec();
-    let mut frame = Vec::with_capacity(encoded.len() + 5);
-    frame.push(0);
-    frame.extend_from_slice(
-        &u32::try_from(encoded.len())
-            .unwrap_or(u32::MAX)
-            .to_be_bytes(),
-    );
-    frame.extend_from_slice(&encoded);
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    headers.insert("te", HeaderValue::from_static("trailers"));
-    headers.insert("x-envoy-internal", HeaderValue::from_static("true"));
-    let authority = if service.authority.is_empty() {
-        &service.cluster
-    } else {
-        &service.authority
-    };
-    if let Ok(host) = HeaderValue::from_str(authority) {
-        headers.insert(http::header::HOST, host);
-    }
-    let millis = service.timeout_ms;
-    if let Ok(timeout) = HeaderValue::from_str(&format!("{millis}m")) {
-        headers.insert("grpc-timeout", timeout);
-    }
-    for (name, value) in &service.initial_metadata {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(value),
-        ) {
-            headers.append(n, v);
-        }
-    }
-    let timeout = Duration::from_millis(millis);
-    let answer = match (upstream, service.google_target) {
-        (_, Some(target)) => call_direct(target, headers, Bytes::from(frame), timeout).await,
-        (Some(upstream), None) => {
-            let response = crate::forward::forward(
-                upstream,
-                Outgoing {
-                    method: Method::POST,
-                    path_and_query: "/envoy.service.auth.v3.Authorization/Check".into(),
-                    headers,
-                    body: Bytes::from(frame),
-                },
-                Forwarding {
-                    retry: &RetryPolicy::none(),
-                    timeout,
-                    hash: None,
-                },
-            )
-            .await;
-            let (parts, body) = response.into_parts();
-            body.collect()
-                .await
-                .ok()
-                .map(|collected| (parts, collected))
-        }
-        (None, None) => None,
-    };
-    let Some((parts, collected)) = answer else {
+    let Some(message) = crate::grpc_call::unary(
+        service,
+        upstream,
+        "/envoy.service.auth.v3.Authorization/Check",
+        &check,
+    )
+    .await
+    else {
         return Decision::Error;
     };
-    if parts.status != http::StatusCode::OK {
-        return Decision::Error;
-    }
-    let grpc_status = collected
-        .trailers()
-        .and_then(|t| t.get("grpc-status"))
-        .or_else(|| parts.headers.get("grpc-status"))
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.parse::<i32>().ok());
-    if grpc_status != Some(0) {
-        return Decision::Error;
-    }
-    let bytes = collected.to_bytes();
-    let Some(message) = bytes.get(5..) else {
-        return Decision::Error;
-    };
-    let Ok(answer) = CheckResponse::decode(message) else {
+    let Ok(answer) = CheckResponse::decode(message.as_ref()) else {
         return Decision::Error;
     };
     decide_grpc(config, answer)

@@ -108,6 +108,7 @@ pub mod cluster_health;
 pub mod config;
 pub mod cors;
 pub mod csrf;
+pub mod decompress;
 pub mod dns;
 pub mod fault;
 pub mod grpc_bridge;

@@ -1082,6 +1082,7 @@ mod tests {
             hits_addend: None,
             apply_on_stream_done: false,
             unsupported: None,
+            unsupported_by_service: None,
             path: FieldPath::root(),
         };
         let view = RequestView::new(None, "/", "GET", &[]);

@@ -24,8 +24,8 @@ pub struct RateLimitPolicy {
     /// `disable_key`: the local rate limit filter skips an entry that has one.
     pub disable_key: String,
     pub actions: Vec<RateLimitAction>,
-    /// `hits_addend.number`: the tokens the descriptor takes from its bucket. Only the filter's
-    /// own entries use it (Envoy 1.36.2's local rate limit takes one token for a route's).
+    /// `hits_addend.number`: the tokens the descriptor takes from its bucket (a filter-level
+    /// entry's; a route's is never read, as in Envoy 1.36.2). Only the filter's own entries use it (Envoy 1.36.2's local rate limit takes one token for a route's).
     pub hits_addend: Option<u64>,
     /// `apply_on_stream_done`: the filter's own entries with it make no descriptor (Envoy 1.36.2's
     /// local rate limit never applies them); a route's are applied as any other.
@@ -34,6 +34,10 @@ pub struct RateLimitPolicy {
     /// implement), with why. A route's entries are only refused when a local rate limit filter
     /// would make descriptors of them (the router's other users are refused filters).
     pub unsupported: Option<(FieldPath, String)>,
+    /// What of a route's entry only the rate limit service would get and vigil does not send
+    /// (a `limit` override, `apply_on_stream_done`'s second call): refused
+    /// when a rate limit filter sends the entry (the local rate limit never looks at these).
+    pub unsupported_by_service: Option<(FieldPath, String)>,
     /// Where the entry is in the file.
     pub path: FieldPath,
 }
@@ -315,6 +319,39 @@ pub fn filter_descriptors(
     }
 }
 
+/// One descriptor for the rate limit service, with its entry's `hits_addend` (sent only when
+/// set).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceDescriptor {
+    pub entries: Descriptor,
+    pub hits_addend: Option<u64>,
+}
+
+/// The descriptors the rate limit filter sends of a list of entries (its
+/// `populateRateLimitDescriptorsForPolicy` over `getApplicableRateLimit(stage)`): a route's or
+/// virtual host's entries of `stage` (`Some`), or a filter-level list (`None`: they have no
+/// stage). Unlike the local rate limit, an entry with a `disable_key` is sent (its runtime key,
+/// `ratelimit.<key>.http_filter_enabled`, defaults to enabled); entries with
+/// `apply_on_stream_done` are not sent with the request.
+pub fn service_descriptors(
+    policies: &[RateLimitPolicy],
+    stage: Option<u32>,
+    facts: &RequestFacts<'_>,
+    out: &mut Vec<ServiceDescriptor>,
+) {
+    for policy in policies {
+        if stage.is_some_and(|stage| policy.stage != stage) || policy.apply_on_stream_done {
+            continue;
+        }
+        if let Some(entries) = policy.descriptor(facts) {
+            out.push(ServiceDescriptor {
+                entries,
+                hits_addend: policy.hits_addend,
+            });
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[cfg(target_arch = "wasm32")]
@@ -331,6 +368,7 @@ mod tests {
             hits_addend: None,
             apply_on_stream_done: false,
             unsupported: None,
+            unsupported_by_service: None,
             path: FieldPath::root(),
         }
     }

@@ -839,6 +839,7 @@ fn declare_filter_stats(counters: &ListenerCounters, hcm: &HttpConnectionManager
                 ]
                 .map(|c| config.counter_name(prefix, c)),
             ),
+            HttpFilterKind::Decompressor(config) => counters.declare(config.counters(prefix)),
             HttpFilterKind::ExtAuthz(config) => {
                 let middle = ext_authz_stat_middle(config);
                 counters.declare(

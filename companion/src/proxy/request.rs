@@ -1,7 +1,8 @@
 //! One request through a listener, start to finish: the HTTP filters (RBAC, CORS, CSRF, ext_authz,
-//! JWT, fault, buffer, Lua, header mutations), vigil's routing rules, route selection (a Lua
-//! cluster specifier's script included), forwarding to the chosen cluster, the response's
-//! mutations and the Lua filters' response sides, and the access log line once its body is done.
+//! JWT, local and global rate limits, fault, buffer, Lua, header mutations), vigil's routing
+//! rules, route selection (a Lua cluster specifier's script included), forwarding to the chosen
+//! cluster, the response's mutations and the Lua filters' response sides, and the access log line
+//! once its body is done.
 
 use super::{
     Derived, Downstream, HOP_BY_HOP, ListenerState, MAX_BODY, ext_authz_stat_middle,
@@ -75,6 +76,13 @@ struct Outcome {
     /// The gRPC HTTP/1.1 bridge that took the request, by position in the chain: its plan
     /// says how the answer is turned back into HTTP/1.1.
     grpc_bridge: Option<(usize, vigil_core::grpc_bridge::RequestPlan)>,
+    /// The decompressor filters the route runs, by position in the chain: their response sides
+    /// inflate whatever answer comes (a local reply of any filter included, as in Envoy, where
+    /// every encoder filter of the stream sees it).
+    decompressors: Vec<(usize, Box<vigil_core::decompress::Decompressor>)>,
+    /// The request body's length as the client sent it, when a filter changed the body
+    /// (`%BYTES_RECEIVED%` counts the wire).
+    wire_bytes: Option<u64>,
 }
 
 impl Outcome {
@@ -121,6 +129,7 @@ pub async fn handle(
         record.downstream_local = local;
         record
     });
+    let version = request.version();
     let grpc = vigil_core::route::is_grpc(
         request
             .headers()
@@ -139,12 +148,14 @@ pub async fn handle(
     // The Lua filters' response sides, last filter first, on whatever answer came (the
     // upstream's, or a local reply of a filter after them, or their own `respond()`); the gRPC
     // bridge at its own place among them (encoder filters run in reverse chain order).
-    let mut bridge = outcome.grpc_bridge.as_ref();
+    let mut steps = ResponseSteps {
+        bridge: outcome.grpc_bridge.as_ref(),
+        decompressors: outcome.decompressors.iter().collect(),
+        h2: version == http::Version::HTTP_2,
+    };
+    let prefix = &state.hcm.stat_prefix;
     for (index, script, meta, errors) in outcome.lua_response.iter().rev() {
-        if let Some((_, plan)) = bridge.filter(|(at, _)| at > index) {
-            response = bridge_answer(response, plan).await;
-            bridge = None;
-        }
+        response = steps.run(response, Some(*index), derived, prefix).await;
         let (mut head, body) = response.into_parts();
         let changed = crate::lua::on_response(
             script,
@@ -160,9 +171,7 @@ pub async fn handle(
         head.headers = changed.headers;
         response = Response::from_parts(head, changed.body);
     }
-    if let Some((_, plan)) = bridge {
-        response = bridge_answer(response, plan).await;
-    }
+    response = steps.run(response, None, derived, prefix).await;
     for (name, value) in &outcome.filter_headers {
         if let Ok(value) = HeaderValue::from_str(value) {
             response.headers_mut().insert(*name, value);
@@ -392,6 +401,20 @@ async fn respond(
             if let Some((script, meta)) = chosen.filter(|(s, _)| s.has_response_hook()) {
                 let errors = lua_errors(derived, &state.hcm.stat_prefix, filter);
                 outcome.lua_response.push((index, script, meta, errors));
+            }
+        }
+    }
+    // The decompressors' response sides, for every filter the route runs.
+    for (index, filter) in state.hcm.http_filters.iter().enumerate() {
+        if let HttpFilterKind::Decompressor(config) = &filter.kind {
+            let setting = filter_override(state, &parts, authority.as_deref(), &path, &filter.name);
+            let runs = match setting {
+                Some(FilterOverride::Disabled) => false,
+                Some(_) => true,
+                None => !filter.disabled,
+            };
+            if runs {
+                outcome.decompressors.push((index, config.clone()));
             }
         }
     }
@@ -838,6 +861,224 @@ async fn respond(
                     }
                 }
             }
+            HttpFilterKind::Decompressor(config) => {
+                use vigil_core::decompress::{add_accept_encoding, remaining_codings};
+                if let Some(FilterOverride::Disabled) =
+                    filter_override(state, &parts, authority.as_deref(), &path, &filter.name)
+                {
+                    continue;
+                }
+                let prefix = &state.hcm.stat_prefix;
+                if config.response.enabled && config.advertise_accept_encoding {
+                    let advertised =
+                        add_accept_encoding(joined(&parts.headers, "accept-encoding").as_deref());
+                    if let Ok(value) = HeaderValue::from_str(&advertised) {
+                        parts.headers.insert(header::ACCEPT_ENCODING, value);
+                    }
+                }
+                // A request without a body is never decompressed (nor counted).
+                let has_body = match &body {
+                    RequestBody::Unread(incoming) => !incoming.is_end_stream(),
+                    RequestBody::Read(read) => !read.is_empty(),
+                };
+                if !has_body {
+                    continue;
+                }
+                let content_encoding = joined(&parts.headers, "content-encoding");
+                if !config.decides(
+                    &config.request,
+                    joined(&parts.headers, "cache-control").as_deref(),
+                    content_encoding.as_deref(),
+                ) {
+                    derived
+                        .counters
+                        .bump([config.stat_name(prefix, "request.not_decompressed")]);
+                    continue;
+                }
+                derived
+                    .counters
+                    .bump([config.stat_name(prefix, "request.decompressed")]);
+                // Its length unknown, Envoy streams the request on chunked.
+                parts.headers.remove(header::CONTENT_LENGTH);
+                parts.headers.insert(
+                    header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                );
+                match content_encoding.as_deref().and_then(remaining_codings) {
+                    Some(rest) => {
+                        if let Ok(value) = HeaderValue::from_str(&rest) {
+                            parts.headers.insert(header::CONTENT_ENCODING, value);
+                        }
+                    }
+                    None => {
+                        parts.headers.remove(header::CONTENT_ENCODING);
+                    }
+                }
+                // vigil holds the whole request body anyway: it is one data frame.
+                let read = match body.whole().await {
+                    Ok(read) => read,
+                    Err(refusal) => return outcome.refused(refusal),
+                };
+                outcome.wire_bytes.get_or_insert(read.len() as u64);
+                // vigil holds what it forwards: an inflated body past its buffer limit is
+                // answered as a body past that limit is (Envoy would stream it on).
+                let inflated = crate::decompressor::Inflater::new(config)
+                    .with_max_output(MAX_BODY)
+                    .frame(&read);
+                if inflated.over_limit {
+                    outcome.request_headers = Some(parts.headers);
+                    outcome.details = "request_payload_too_large".into();
+                    return (
+                        local_reply(StatusCode::PAYLOAD_TOO_LARGE, "payload too large"),
+                        outcome,
+                    );
+                }
+                let inflated = crate::decompressor::inflated_counted(
+                    inflated,
+                    read.len(),
+                    derived.counters.as_ref(),
+                    &config.stat_name(prefix, "request."),
+                    &config.stat_name(prefix, "decompressor_library."),
+                );
+                body = RequestBody::Read(inflated);
+            }
+            HttpFilterKind::RateLimit(config) => {
+                let per_route =
+                    match filter_override(state, &parts, authority.as_deref(), &path, &filter.name)
+                    {
+                        Some(FilterOverride::Disabled) => continue,
+                        Some(FilterOverride::RateLimit(per_route)) => Some(per_route.as_ref()),
+                        _ => None,
+                    };
+                // `filter_enabled`, or the runtime key's default of 100%.
+                if config
+                    .filter_enabled
+                    .as_ref()
+                    .is_some_and(|f| !f.enabled(random()))
+                {
+                    continue;
+                }
+                let Some((cluster, descriptors)) = service_request(
+                    state,
+                    config,
+                    per_route,
+                    &parts,
+                    authority.as_deref(),
+                    &path,
+                    peer,
+                ) else {
+                    continue;
+                };
+                let domain = per_route
+                    .map(|p| p.domain.as_str())
+                    .filter(|d| !d.is_empty())
+                    .unwrap_or(&config.domain);
+                let verdict = crate::ratelimit::should_rate_limit(
+                    config,
+                    state
+                        .upstreams
+                        .get(&config.service.cluster)
+                        .map(Arc::as_ref),
+                    domain,
+                    &descriptors,
+                )
+                .await;
+                let count = |name: &str| [config.counter_name(&cluster, name)];
+                let (over_limit, mut answer) = match verdict {
+                    crate::ratelimit::Verdict::Ok(answer) => {
+                        derived.counters.bump(count("ok"));
+                        (false, answer)
+                    }
+                    crate::ratelimit::Verdict::OverLimit(answer) => {
+                        derived.counters.bump(count("over_limit"));
+                        (true, answer)
+                    }
+                    crate::ratelimit::Verdict::Error => {
+                        derived.counters.bump(count("error"));
+                        if config.failure_mode_deny {
+                            outcome.request_headers = Some(parts.headers);
+                            outcome.flags = "RLSE";
+                            outcome.details = "rate_limiter_error".into();
+                            let status = StatusCode::from_u16(config.status_on_error)
+                                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                            return (empty(status), outcome);
+                        }
+                        derived.counters.bump(count("failure_mode_allowed"));
+                        continue;
+                    }
+                };
+                // The headers the answer adds, in Envoy's order: the service's, then
+                // `x-envoy-ratelimited` (over the limit), then the `X-RateLimit-*` headers.
+                let mut response_headers = std::mem::take(&mut answer.response_headers);
+                if over_limit && config.x_envoy_ratelimited_header {
+                    response_headers.retain(|(name, _)| name != "x-envoy-ratelimited");
+                    response_headers.push(("x-envoy-ratelimited".into(), "true".into()));
+                }
+                response_headers.append(&mut answer.x_ratelimit);
+                let enforced = config
+                    .filter_enforced
+                    .as_ref()
+                    .is_none_or(|f| f.enabled(random()));
+                if over_limit && enforced {
+                    let status = StatusCode::from_u16(config.rate_limited_status)
+                        .unwrap_or(StatusCode::TOO_MANY_REQUESTS);
+                    let text = String::from_utf8_lossy(&answer.body).into_owned();
+                    let mut response = local_reply(status, &text);
+                    if text.is_empty() {
+                        // Envoy's local reply names a content type only for a body.
+                        response.headers_mut().remove(header::CONTENT_TYPE);
+                    }
+                    // The service's content type wins over the local reply's.
+                    if response_headers
+                        .iter()
+                        .any(|(name, _)| name == "content-type")
+                    {
+                        response.headers_mut().remove(header::CONTENT_TYPE);
+                    }
+                    for (name, value) in &response_headers {
+                        if let (Ok(name), Ok(value)) = (
+                            HeaderName::from_bytes(name.as_bytes()),
+                            HeaderValue::from_str(value),
+                        ) {
+                            response.headers_mut().append(name, value);
+                        }
+                    }
+                    if config.rate_limited_as_resource_exhausted && grpc {
+                        response
+                            .headers_mut()
+                            .insert("grpc-status", HeaderValue::from(8u16));
+                    }
+                    let context = FormatContext {
+                        start: started,
+                        downstream,
+                        method: &parts.method,
+                        path: &path,
+                        authority: authority.as_deref(),
+                        version: parts.version,
+                        route_name: "",
+                        cluster: None,
+                    };
+                    mutate(
+                        response.headers_mut(),
+                        &[],
+                        &config.response_headers_to_add,
+                        &mut || context.record(&parts.headers, Some(status.as_u16()), None),
+                    );
+                    outcome.request_headers = Some(parts.headers);
+                    outcome.flags = "RL";
+                    outcome.details = "request_rate_limited".into();
+                    return (response, outcome);
+                }
+                for (name, value) in answer.request_headers {
+                    if let (Ok(name), Ok(value)) = (
+                        HeaderName::from_bytes(name.as_bytes()),
+                        HeaderValue::from_str(&value),
+                    ) {
+                        parts.headers.append(name, value);
+                    }
+                }
+                outcome.appended_headers.extend(response_headers);
+            }
             HttpFilterKind::JwtAuthn(_) => {
                 let Some(jwt) = derived.jwt.get(&index) else {
                     continue;
@@ -1280,7 +1521,7 @@ async fn respond(
         Ok(read) => read,
         Err(refusal) => return outcome.refused(refusal),
     };
-    outcome.bytes_received = body.len() as u64;
+    outcome.bytes_received = outcome.wire_bytes.unwrap_or(body.len() as u64);
     outcome.request_read = Some(started.elapsed());
     let borrowed = pairs(&parts.headers);
     let view = RequestView::new(
@@ -1802,6 +2043,115 @@ async fn connect_tunnel(
     }
 }
 
+/// A header's values joined with `,` (as Envoy's header map holds an inline header given
+/// several times), or `None` without one.
+fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
+    let values: Vec<String> = headers
+        .get_all(name)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect();
+    (!values.is_empty()).then(|| values.join(","))
+}
+
+/// The response sides of the gRPC bridge and the decompressors, each by its position in the
+/// chain, still to run among the Lua filters' (encoder filters run last in the chain first).
+struct ResponseSteps<'o> {
+    bridge: Option<&'o (usize, vigil_core::grpc_bridge::RequestPlan)>,
+    decompressors: Vec<&'o (usize, Box<vigil_core::decompress::Decompressor>)>,
+    /// The client speaks HTTP/2 (inflated answers end with Envoy's byte-total trailers).
+    h2: bool,
+}
+
+impl ResponseSteps<'_> {
+    /// Runs the steps after position `before` in the chain (all that remain with `None`), the
+    /// later one first.
+    async fn run(
+        &mut self,
+        mut response: Response<ProxyBody>,
+        before: Option<usize>,
+        derived: &Derived,
+        prefix: &str,
+    ) -> Response<ProxyBody> {
+        let after = |at: usize| before.is_none_or(|b| at > b);
+        loop {
+            let bridge = self.bridge.map(|(at, _)| *at).filter(|at| after(*at));
+            let decompressor = self
+                .decompressors
+                .iter()
+                .enumerate()
+                .filter(|(_, (at, _))| after(*at))
+                .max_by_key(|(_, (at, _))| *at)
+                .map(|(slot, (at, _))| (slot, *at));
+            match (bridge, decompressor) {
+                (Some(b), Some((slot, d))) if d > b => {
+                    let (_, config) = self.decompressors.remove(slot);
+                    response = decompress_response(response, config, derived, prefix, self.h2);
+                }
+                (Some(_), _) => {
+                    if let Some((_, plan)) = self.bridge.take() {
+                        response = bridge_answer(response, plan).await;
+                    }
+                }
+                (None, Some((slot, _))) => {
+                    let (_, config) = self.decompressors.remove(slot);
+                    response = decompress_response(response, config, derived, prefix, self.h2);
+                }
+                (None, None) => return response,
+            }
+        }
+    }
+}
+
+/// The decompressor's response side (`encodeHeaders` / `encodeData`): an answer with a body
+/// whose first coding is gzip is inflated frame by frame, losing `content-length` and that
+/// coding; any other answer with a body is counted as not decompressed.
+fn decompress_response(
+    mut response: Response<ProxyBody>,
+    config: &vigil_core::decompress::Decompressor,
+    derived: &Derived,
+    prefix: &str,
+    h2_client: bool,
+) -> Response<ProxyBody> {
+    use vigil_core::decompress::remaining_codings;
+    if response.body().is_end_stream() {
+        return response;
+    }
+    let content_encoding = joined(response.headers(), "content-encoding");
+    if !config.decides(
+        &config.response,
+        joined(response.headers(), "cache-control").as_deref(),
+        content_encoding.as_deref(),
+    ) {
+        derived
+            .counters
+            .bump([config.stat_name(prefix, "response.not_decompressed")]);
+        return response;
+    }
+    derived
+        .counters
+        .bump([config.stat_name(prefix, "response.decompressed")]);
+    let headers = response.headers_mut();
+    headers.remove(header::CONTENT_LENGTH);
+    match content_encoding.as_deref().and_then(remaining_codings) {
+        Some(rest) => {
+            if let Ok(value) = HeaderValue::from_str(&rest) {
+                headers.insert(header::CONTENT_ENCODING, value);
+            }
+        }
+        None => {
+            headers.remove(header::CONTENT_ENCODING);
+        }
+    }
+    let counters: Arc<dyn crate::decompressor::Counting> = derived.counters.clone();
+    response.map(|body| {
+        crate::decompressor::DecompressedBody::new(
+            body, config, prefix, "response", counters, h2_client,
+        )
+        .boxed()
+    })
+}
+
 /// The setting the request's route gives the filter named `filter` (the most specific level's),
 /// if any: the route is chosen on the request as it is now.
 fn filter_override<'s>(
@@ -1818,9 +2168,7 @@ fn filter_override<'s>(
 }
 
 /// The descriptors of a request for a local rate limit config (none unless it has
-/// `descriptors`): its actions see the request as it is now, the route chosen on it, and the
-/// downstream remote address as the connection manager settles it (the peer, or an address of
-/// `x-forwarded-for` under `use_remote_address` / `xff_num_trusted_hops`, as RBAC sees it).
+/// `descriptors`).
 fn rate_limit_descriptors(
     state: &ListenerState,
     config: &vigil_core::local_ratelimit::LocalRateLimit,
@@ -1829,11 +2177,39 @@ fn rate_limit_descriptors(
     path: &str,
     peer: std::net::SocketAddr,
 ) -> Vec<vigil_core::rate_limit_actions::RequestDescriptor> {
-    use vigil_core::config::{ClusterSpecifier, RouteAction};
     use vigil_core::local_ratelimit::{RouteRateLimits, request_descriptors};
     if config.descriptors.is_empty() {
         return Vec::new();
     }
+    with_rate_limit_facts(state, parts, authority, path, peer, |facts, forward| {
+        let route = forward.map(|(s, f)| RouteRateLimits {
+            route: &f.rate_limits,
+            include_vh_rate_limits: f.include_vh_rate_limits,
+            virtual_host: &s.virtual_host.rate_limits,
+        });
+        request_descriptors(config, route, facts)
+    })
+}
+
+/// What rate limit actions see of a request, handed to `with`: the request as it is now, the
+/// route chosen on it (when it forwards: the route and its action), the cluster it names, and
+/// the downstream remote address as the connection manager settles it (the peer, or an address
+/// of `x-forwarded-for` under `use_remote_address` / `xff_num_trusted_hops`, as RBAC sees it).
+fn with_rate_limit_facts<T>(
+    state: &ListenerState,
+    parts: &http::request::Parts,
+    authority: Option<&str>,
+    path: &str,
+    peer: std::net::SocketAddr,
+    with: impl FnOnce(
+        &vigil_core::rate_limit_actions::RequestFacts<'_>,
+        Option<(
+            &vigil_core::route::Selected<'_>,
+            &vigil_core::config::ForwardAction,
+        )>,
+    ) -> T,
+) -> T {
+    use vigil_core::config::{ClusterSpecifier, RouteAction};
     // Every value, as text (bytes that are not UTF-8 replaced): a header is never taken for
     // absent because of its bytes.
     let owned: Vec<(&str, std::borrow::Cow<'_, str>)> = parts
@@ -1854,7 +2230,7 @@ fn rate_limit_descriptors(
     );
     let selected = state.routes.select(&view);
     let forward = selected.as_ref().and_then(|s| match &s.route.action {
-        RouteAction::Forward(f) => Some((s, f)),
+        RouteAction::Forward(f) => Some((s, f.as_ref())),
         _ => None,
     });
     // A weighted cluster or a Lua cluster specifier with a destination_cluster action is
@@ -1869,12 +2245,61 @@ fn rate_limit_descriptors(
         remote: Some(remote.ip()),
         route_cluster: cluster.as_deref(),
     };
-    let route = forward.map(|(s, f)| RouteRateLimits {
-        route: &f.rate_limits,
-        include_vh_rate_limits: f.include_vh_rate_limits,
-        virtual_host: &s.virtual_host.rate_limits,
-    });
-    request_descriptors(config, route, &facts)
+    with(&facts, forward)
+}
+
+/// The rate limit filter's request to the service (`populateRateLimitDescriptors`): the route's
+/// target cluster (its counters' home) and the descriptors, or `None` when Envoy makes no call
+/// (no forwarding route, a cluster that does not exist, no descriptor). The descriptors are the
+/// route level's `RateLimitPerRoute.rate_limits` when set, else the filter's own `rate_limits`,
+/// else the route's entries of the filter's stage with the virtual host's: always with the
+/// route's `include_vh_rate_limits` or `vh_rate_limits: INCLUDE`, never with `IGNORE`, and with
+/// `OVERRIDE` (the default) only when the route has no entries at all.
+fn service_request(
+    state: &ListenerState,
+    config: &vigil_core::config::RateLimitFilter,
+    per_route: Option<&vigil_core::config::RateLimitPerRoute>,
+    parts: &http::request::Parts,
+    authority: Option<&str>,
+    path: &str,
+    peer: std::net::SocketAddr,
+) -> Option<(
+    String,
+    Vec<vigil_core::rate_limit_actions::ServiceDescriptor>,
+)> {
+    use vigil_core::local_ratelimit::VhRateLimits;
+    use vigil_core::rate_limit_actions::service_descriptors;
+    with_rate_limit_facts(state, parts, authority, path, peer, |facts, forward| {
+        let (selected, action) = forward?;
+        let view = facts.request;
+        let cluster = selected.cluster(view, None)?.name;
+        if !state.upstreams.contains_key(&cluster) {
+            return None;
+        }
+        let mut out = Vec::new();
+        if let Some(own) = per_route.filter(|p| !p.rate_limits.is_empty()) {
+            service_descriptors(&own.rate_limits, None, facts, &mut out);
+        } else if !config.rate_limits.is_empty() {
+            service_descriptors(&config.rate_limits, None, facts, &mut out);
+        } else {
+            let stage = Some(config.stage);
+            service_descriptors(&action.rate_limits, stage, facts, &mut out);
+            let vh = if action.include_vh_rate_limits {
+                VhRateLimits::Include
+            } else {
+                per_route.map_or(VhRateLimits::Override, |p| p.vh_rate_limits)
+            };
+            let with_vh = match vh {
+                VhRateLimits::Include => true,
+                VhRateLimits::Ignore => false,
+                VhRateLimits::Override => action.rate_limits.is_empty(),
+            };
+            if with_vh {
+                service_descriptors(&selected.virtual_host.rate_limits, stage, facts, &mut out);
+            }
+        }
+        (!out.is_empty()).then_some((cluster, out))
+    })
 }
 
 /// A monotonic clock for the filters' token buckets (any fixed origin: only differences count).

@@ -251,6 +251,7 @@ pub(super) fn connection_manager(
     let (http_filters, vigil_plugin) = http_filters(cx, o.list("http_filters"), &per_route);
     if let Some(routes) = &route_config {
         super::rate_limits::check_route_rate_limits(cx, routes, &http_filters);
+        super::ratelimit::check_route_entries(cx, routes, &http_filters);
     }
     let vigil_routing = vigil_plugin.as_ref().and_then(|p| p.routing.clone());
     let access_log: Vec<AccessLog> = o

@@ -267,7 +267,7 @@ static BUFFER_SETTINGS: Message = Message {
     removed: &[],
 };
 
-static GRPC_SERVICE: Message = Message {
+pub(super) static GRPC_SERVICE: Message = Message {
     name: "envoy.config.core.v3.GrpcService",
     fields: &[
         read("envoy_grpc").oneof("target_specifier"),
@@ -693,7 +693,7 @@ fn header_value(cx: &mut Ctx, path: FieldPath, value: &Value) -> Option<HeaderOp
     Some(header)
 }
 
-fn grpc_service(cx: &mut Ctx, mut o: Obj) -> Option<GrpcService> {
+pub(super) fn grpc_service(cx: &mut Ctx, mut o: Obj) -> Option<GrpcService> {
     let path = o.path.clone();
     let timeout_ms = o
         .duration(cx, "timeout")

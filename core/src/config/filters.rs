@@ -69,7 +69,8 @@ pub(crate) fn http_filter(type_name: &str) -> Treatment {
         "lua" => Enforced,
         "wasm" => Refused("run a wasm module (not vigil's) that can change or answer any request"),
         "local_ratelimit" => Enforced,
-        "ratelimit" | "rate_limit_quota" => Refused("answer 429 to requests over the rate limit"),
+        "ratelimit" => Enforced,
+        "rate_limit_quota" => Refused("answer 429 to requests over the rate limit"),
         "admission_control" | "adaptive_concurrency" => {
             Refused("answer 503 to requests when the upstream is overloaded")
         }
@@ -93,7 +94,7 @@ pub(crate) fn http_filter(type_name: &str) -> Treatment {
         | "proto_message_extraction" => {
             Refused("translate requests into another protocol before they are routed")
         }
-        "decompressor" => Refused("decompress request bodies before they reach the upstream"),
+        "decompressor" => Enforced,
         "custom_response" => Refused("replace upstream responses with configured ones"),
         "dynamic_forward_proxy" | "on_demand" => Refused("resolve hosts and clusters per request"),
         "cache" => Ignorable(

@@ -57,6 +57,12 @@ pub enum HttpFilterKind {
     /// `envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit`: the proxy's token
     /// bucket (`crate::local_ratelimit`).
     LocalRateLimit(Box<crate::local_ratelimit::LocalRateLimit>),
+    /// `envoy.extensions.filters.http.ratelimit.v3.RateLimit`: the proxy asks the rate limit
+    /// service about the request's descriptors (`companion/src/ratelimit.rs`).
+    RateLimit(Box<crate::config::RateLimitFilter>),
+    /// `envoy.extensions.filters.http.decompressor.v3.Decompressor` with the gzip library:
+    /// request and response bodies inflated (`crate::decompress`).
+    Decompressor(Box<crate::decompress::Decompressor>),
     /// `envoy.extensions.filters.http.csrf.v3.CsrfPolicy`: the origin check of state-changing
     /// requests (`crate::csrf`).
     Csrf(Box<crate::csrf::CsrfPolicy>),
@@ -327,6 +333,10 @@ pub(super) fn http_filters(
                             .map(|config| HttpFilterKind::Lua(Box::new(config))),
                         "grpc_http1_bridge" => super::grpc_bridge::grpc_bridge(cx, &typed)
                             .map(HttpFilterKind::GrpcHttp1Bridge),
+                        "decompressor" => super::decompressor::decompressor(cx, &typed)
+                            .map(|config| HttpFilterKind::Decompressor(Box::new(config))),
+                        "ratelimit" => super::ratelimit::ratelimit(cx, &typed)
+                            .map(|config| HttpFilterKind::RateLimit(Box::new(config))),
                         "fault" => super::fault::http_fault(cx, &typed)
                             .map(|settings| HttpFilterKind::Fault(Box::new(settings))),
                         _ => super::ext_authz::ext_authz(cx, &typed)
@@ -587,6 +597,7 @@ pub(super) fn filter_settings(
             super::rbac::HTTP_RBAC_PER_ROUTE_TYPE,
             super::lua::LUA_PER_ROUTE_TYPE,
             super::fault::FAULT_TYPE,
+            super::ratelimit::RATELIMIT_PER_ROUTE_TYPE,
         ];
         if !native.contains(&type_name) {
             continue;
@@ -608,6 +619,9 @@ pub(super) fn filter_settings(
             super::lua::lua_per_route(cx, &typed)
         } else if type_name == super::fault::FAULT_TYPE {
             super::fault::http_fault(cx, &typed).map(|s| FilterOverride::Fault(Box::new(s)))
+        } else if type_name == super::ratelimit::RATELIMIT_PER_ROUTE_TYPE {
+            super::ratelimit::ratelimit_per_route(cx, &typed)
+                .map(|p| FilterOverride::RateLimit(Box::new(p)))
         } else {
             super::local_ratelimit::local_ratelimit_per_route(cx, &typed).map(|c| {
                 if c.per_connection {
@@ -853,6 +867,14 @@ fn natively_run(type_name: &str) -> Option<(&'static str, &'static str)> {
         Some(("lua", super::lua::LUA_PER_ROUTE_TYPE))
     } else if type_name == super::fault::FAULT_TYPE {
         Some(("fault", super::fault::FAULT_TYPE))
+    } else if type_name == super::decompressor::DECOMPRESSOR_TYPE {
+        // No per-route config: a route can only turn it off.
+        Some((
+            "decompressor",
+            "(none: only FilterConfig with disabled: true)",
+        ))
+    } else if type_name == super::ratelimit::RATELIMIT_TYPE {
+        Some(("ratelimit", super::ratelimit::RATELIMIT_PER_ROUTE_TYPE))
     } else if type_name == super::grpc_bridge::GRPC_BRIDGE_TYPE {
         // The bridge has no per-route config: a route can only turn it off.
         Some((

@@ -194,10 +194,7 @@ fn read_config(cx: &mut Ctx, typed: &Any, per_route: bool) -> Option<LocalRateLi
             "value length must be at least 1 characters",
         )
         .unwrap_or_default();
-    let status = o
-        .message(cx, "status", &HTTP_STATUS)
-        .and_then(|s| http_status(cx, s))
-        .unwrap_or(TOO_MANY_REQUESTS);
+    let status = http_status_or(cx, &mut o, "status", TOO_MANY_REQUESTS);
     let has_bucket = o.has("token_bucket");
     let token_bucket = o
         .message(cx, "token_bucket", &TOKEN_BUCKET)
@@ -365,8 +362,17 @@ fn descriptors(cx: &mut Ctx, list: Vec<(FieldPath, &serde_json::Value)>) -> Vec<
     out.into_iter().map(|(_, d)| d).collect()
 }
 
-/// `status.code`: a defined `StatusCode` other than `Empty`; Envoy answers 429 for one below 400.
-fn http_status(cx: &mut Ctx, mut o: Obj) -> Option<u16> {
+/// An `HttpStatus` field (`status`, the rate limit filter's `rate_limited_status` and
+/// `status_on_error`): `fallback` when unset or invalid, or for a code below 400 (Envoy's
+/// `toErrorCode`: a limited or failed request is never answered with a success).
+pub(super) fn http_status_or(cx: &mut Ctx, o: &mut Obj, field: &str, fallback: u16) -> u16 {
+    o.message(cx, field, &HTTP_STATUS)
+        .and_then(|s| http_status(cx, s, fallback))
+        .unwrap_or(fallback)
+}
+
+/// `status.code`: a defined `StatusCode` other than `Empty`; `fallback` for one below 400.
+fn http_status(cx: &mut Ctx, mut o: Obj, fallback: u16) -> Option<u16> {
     let path = o.path.field("code");
     let code = o.enumeration(cx, "code", &STATUS_CODE);
     let set = o.has("code");
@@ -381,8 +387,7 @@ fn http_status(cx: &mut Ctx, mut o: Obj) -> Option<u16> {
             None
         }
         None => None,
-        // Envoy's `toErrorCode`: a limited request is never answered with a success.
-        Some(code) if code < 400 => Some(TOO_MANY_REQUESTS),
+        Some(code) if code < 400 => Some(fallback),
         Some(code) => u16::try_from(code).ok(),
     }
 }

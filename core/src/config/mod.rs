@@ -71,6 +71,7 @@ mod cluster;
 mod cluster_types;
 mod connection_manager;
 mod csrf;
+mod decompressor;
 mod ext_authz;
 mod fault;
 mod filters;
@@ -87,6 +88,7 @@ mod matchers;
 mod per_filter;
 mod proxy_protocol;
 mod rate_limits;
+mod ratelimit;
 mod rbac;
 mod re2_size;
 mod route_config;
@@ -124,6 +126,7 @@ pub use listener::Listener;
 pub use lua::{LuaClusterSpecifier, LuaFilter, LuaPerRoute};
 pub use per_filter::{FilterOverride, FilterSettings};
 pub use proxy_protocol::{PER_HOST_METADATA_KEY, UpstreamProxyProtocol};
+pub use ratelimit::{RateLimitFilter, RateLimitPerRoute};
 pub use route_config::{
     ClusterSpecifier, ClusterWeight, DEFAULT_MAX_DIRECT_RESPONSE_BODY_SIZE_BYTES,
     DEFAULT_ROUTE_TIMEOUT_MS, ForwardAction, HostRewrite, Redirect, RedirectPath, RegexRewrite,

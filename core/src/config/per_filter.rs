@@ -37,6 +37,8 @@ pub enum FilterOverride {
     Rbac(Box<crate::rbac::HttpRbac>),
     /// An `HTTPFault` replacing the filter's.
     Fault(Box<crate::fault::FaultSettings>),
+    /// A `RateLimitPerRoute`.
+    RateLimit(Box<crate::config::RateLimitPerRoute>),
     /// A `LuaPerRoute` naming a script of the filter's or giving one of its own.
     Lua(crate::config::LuaPerRoute),
 }

@@ -183,11 +183,19 @@ fn rate_limit(cx: &mut Ctx, mut o: Obj, owner: Owner) -> Option<RateLimitPolicy>
     let mut refuse = |p: FieldPath, why: &str| {
         unsupported.get_or_insert((p, why.to_string()));
     };
+    let mut unsupported_by_service: Option<(FieldPath, String)> = None;
     if let Some((p, v)) = o.take("limit") {
         schema_check(cx, &p, RATE_LIMIT.name, "limit", v);
         // Only the rate limit service's descriptors carry a limit override.
         if owner == Owner::Filter {
             cx.invalid(&p, "'limit' field is not supported");
+        } else {
+            unsupported_by_service.get_or_insert((
+                p,
+                "a limit override (from dynamic metadata) is not sent by vigil's rate limit \
+                 filter: vigil keeps no dynamic metadata"
+                    .to_string(),
+            ));
         }
     }
     // Envoy 1.36.2's local rate limit takes one token for a route's entry, whatever its
@@ -195,28 +203,39 @@ fn rate_limit(cx: &mut Ctx, mut o: Obj, owner: Owner) -> Option<RateLimitPolicy>
     let mut hits_addend = None;
     if let Some((p, v)) = o.take("hits_addend") {
         schema_check(cx, &p, RATE_LIMIT.name, "hits_addend", v);
-        if owner == Owner::Filter {
-            if !hits_addend_ok(v) {
-                cx.invalid(
-                    &path,
-                    "hits_addend must contain either a format or a number",
-                );
-            } else if let Some(n) = v.get("number") {
-                hits_addend =
-                    crate::protojson::integer_value(unwrap(n)).and_then(|n| u64::try_from(n).ok());
-            } else {
-                refuse(
-                    p.field("format"),
-                    "a hits_addend format (tokens taken from a request's value) is not \
-                     implemented by vigil",
-                );
-            }
+        // Envoy 1.36.2's router reads neither part of a route entry's: the rate limit service
+        // gets no hits_addend with its descriptor either (measured).
+        if owner == Owner::Route {
+            // Checked against the schema only.
+        } else if !hits_addend_ok(v) {
+            cx.invalid(
+                &path,
+                "hits_addend must contain either a format or a number",
+            );
+        } else if let Some(n) = v.get("number") {
+            hits_addend =
+                crate::protojson::integer_value(unwrap(n)).and_then(|n| u64::try_from(n).ok());
+        } else {
+            refuse(
+                p.field("format"),
+                "a hits_addend format (tokens taken from a request's value) is not implemented \
+                 by vigil",
+            );
         }
     }
     let apply_on_stream_done = match o.take("apply_on_stream_done") {
         Some((p, v)) => {
             schema_check(cx, &p, RATE_LIMIT.name, "apply_on_stream_done", v);
-            owner == Owner::Filter && crate::protojson::boolean_value(v) == Some(true)
+            let on = crate::protojson::boolean_value(v) == Some(true);
+            if owner == Owner::Route && on {
+                unsupported_by_service.get_or_insert((
+                    p,
+                    "apply_on_stream_done is not implemented by vigil's rate limit filter: Envoy \
+                     asks the service when the stream ends, vigil would not count those hits"
+                        .to_string(),
+                ));
+            }
+            owner == Owner::Filter && on
         }
         None => false,
     };
@@ -252,6 +271,7 @@ fn rate_limit(cx: &mut Ctx, mut o: Obj, owner: Owner) -> Option<RateLimitPolicy>
         hits_addend,
         apply_on_stream_done,
         unsupported,
+        unsupported_by_service,
         path,
     })
 }
