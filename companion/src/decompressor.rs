@@ -68,7 +68,9 @@ impl Inflater {
     pub fn new(config: &vigil_core::decompress::Decompressor) -> Inflater {
         Inflater {
             stage: Stage::Header(Vec::new()),
-            inflate: Decompress::new(false),
+            // Raw deflate (the gzip framing is read here) with the library's window, as
+            // Envoy's zlib inflates with `window_bits`: a stream reaching further back fails.
+            inflate: Decompress::new_with_window_bits(false, config.window_bits.clamp(9, 15)),
             crc: flate2::Crc::new(),
             pending: Vec::new(),
             chunk_size: config.chunk_size as usize,
@@ -423,6 +425,7 @@ mod tests {
             library_name: "gz".into(),
             chunk_size,
             max_inflate_ratio: ratio,
+            window_bits: 15,
             request: Direction::default(),
             response: Direction::default(),
             advertise_accept_encoding: true,

@@ -19,6 +19,9 @@ pub struct Decompressor {
     /// The gzip library's `max_inflate_ratio` (100): output bigger than this many times a data
     /// frame's input stops the frame's inflating (a decompression bomb).
     pub max_inflate_ratio: u32,
+    /// The gzip library's `window_bits` (15, in 9..=15): zlib's window; a stream whose
+    /// back-references reach further fails, as in Envoy.
+    pub window_bits: u8,
     pub request: Direction,
     pub response: Direction,
     /// `request_direction_config.advertise_accept_encoding` (true): with response decompression
@@ -147,6 +150,7 @@ mod tests {
             library_name: "gz".into(),
             chunk_size: 4096,
             max_inflate_ratio: 100,
+            window_bits: 15,
             request: Direction::default(),
             response: Direction::default(),
             advertise_accept_encoding: true,

@@ -343,6 +343,20 @@ async fn compare(name: &str, fields: &str) -> (Vec<Seen>, BTreeMap<String, Strin
     let text = b"hello world, this is the request body".repeat(3);
     let gzipped = gzip(&text);
     let truncated = gzipped[..gzipped.len() / 2].to_vec();
+    // 3,000 bytes of noise twice: the second copy is a back-reference 3,000 bytes away that
+    // crosses zlib's 4 KiB output chunk, so it is read from the window: past a window of 9 bits
+    // (512 bytes), which zlib then refuses (within one output chunk zlib needs no window).
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let block: Vec<u8> = (0..3000)
+        .map(|_| {
+            // xorshift64: no run repeats within the block.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect();
+    let far = gzip(&[block.clone(), block].concat());
     let cases: Vec<Case> = vec![
         (
             "POST",
@@ -421,6 +435,7 @@ async fn compare(name: &str, fields: &str) -> (Vec<Seen>, BTreeMap<String, Strin
             vec![("x-abort", "1"), ("content-encoding", "gzip")],
             gzipped.clone(),
         ),
+        ("POST", "/echo", vec![("content-encoding", "gzip")], far),
     ];
     let mut results = Vec::new();
     for (who, listen, process) in &procs {
@@ -469,21 +484,41 @@ async fn decompressor_inflates_as_in_envoy() {
             .cloned()
             .unwrap_or_default()
     };
-    assert_eq!(count("request.decompressed"), "5", "{counters:?}");
+    assert_eq!(count("request.decompressed"), "6", "{counters:?}");
     assert_eq!(seen[15].status, 503, "{:?}", seen[15]);
     assert_eq!(count("response.decompressed"), "4", "{counters:?}");
     assert!(
-        seen[16]
+        seen[17]
             .body
             .contains("x-envoy-decompressor-lab-uncompressed-bytes: 400"),
         "{:?}",
-        seen[16]
+        seen[17]
     );
     assert_eq!(
         count("decompressor_library.zlib_data_error"),
         "2",
         "{counters:?}"
     );
+}
+
+/// `window_bits: 9`: zlib's 512-byte window, as Envoy's gzip library sets it; the body whose
+/// back-reference reaches past it from the next output chunk fails in both, the short ones
+/// inflate in both.
+#[tokio::test]
+async fn decompressor_window_bits_as_in_envoy() {
+    let (seen, counters) = compare(
+        "decompressor_window",
+        "
+                  window_bits: 9",
+    )
+    .await;
+    assert!(seen[0].body.contains("body: hello world"), "{:?}", seen[0]);
+    let errors = counters
+        .get("http.decompress_lab.decompressor.lab.gzip.decompressor_library.zlib_data_error")
+        .cloned()
+        .unwrap_or_default();
+    // The two broken bodies of the default window, and the far back-reference.
+    assert_eq!(errors, "3", "{counters:?}");
 }
 
 #[tokio::test]

@@ -6,9 +6,9 @@
 //! and the library's output chunk and inflate ratio. The header rules are in
 //! [`crate::decompress`]; the companion's proxy inflates the bodies.
 //!
-//! Refused by name: the brotli and zstd libraries (vigil has no inflater for them) and a gzip
-//! `window_bits` below 15 (Envoy's zlib then fails streams whose back-references reach further
-//! than the window; vigil's inflater always keeps 32 KiB).
+//! Refused by name: the brotli and zstd libraries (vigil has no inflater for them). The gzip
+//! `window_bits` (9-15) is zlib's window, as in Envoy: a stream whose back-references reach
+//! further than it fails.
 
 use crate::decompress::{Decompressor, Direction};
 use crate::protojson::{Any, Ctx, MIN_LEN_1, Message, Obj, read};
@@ -122,21 +122,17 @@ pub(crate) fn decompressor(cx: &mut Ctx, typed: &Any) -> Option<Decompressor> {
     }
     let mut gzip = typed_library.obj(cx, &GZIP);
     let gzip_path = gzip.path.clone();
-    match gzip.u32(cx, "window_bits") {
-        None | Some(15) => {}
-        Some(bits) if (9..=15).contains(&bits) => cx.unsupported(
-            &gzip_path.field("window_bits"),
-            format!(
-                "window_bits {bits}: Envoy's zlib fails streams whose back-references reach \
-                 further than its window; vigil's inflater always keeps 32 KiB, so only 15 (the \
-                 default) is implemented"
-            ),
-        ),
-        Some(_) => cx.invalid(
-            &gzip_path.field("window_bits"),
-            "value must be inside range [9, 15]",
-        ),
-    }
+    let window_bits = match gzip.u32(cx, "window_bits") {
+        None => 15,
+        Some(bits) if (9..=15).contains(&bits) => bits as u8,
+        Some(_) => {
+            cx.invalid(
+                &gzip_path.field("window_bits"),
+                "value must be inside range [9, 15]",
+            );
+            15
+        }
+    };
     let chunk_size = match gzip.u32(cx, "chunk_size") {
         None => 4096,
         Some(size) if (4096..=65536).contains(&size) => size,
@@ -164,6 +160,7 @@ pub(crate) fn decompressor(cx: &mut Ctx, typed: &Any) -> Option<Decompressor> {
         library_name: name?,
         chunk_size,
         max_inflate_ratio,
+        window_bits,
         request,
         response,
         advertise_accept_encoding,
@@ -268,6 +265,9 @@ mod tests {
         assert!(d.request.enabled && d.request.ignore_no_transform_header);
         assert!(!d.response.enabled && !d.advertise_accept_encoding);
         assert_eq!((d.chunk_size, d.max_inflate_ratio), (8192, 1032));
+        assert_eq!(d.window_bits, 15);
+        let d = load(json!({}), json!({"window_bits": 9})).expect("valid");
+        assert_eq!(d.window_bits, 9);
     }
 
     #[test]
@@ -278,11 +278,6 @@ mod tests {
                 json!({}),
                 json!({"window_bits": 8}),
                 format!("{lib}.window_bits: value must be inside range [9, 15]"),
-            ),
-            (
-                json!({}),
-                json!({"window_bits": 12}),
-                format!("{lib}.window_bits: window_bits 12:"),
             ),
             (
                 json!({}),

@@ -250,8 +250,9 @@ fn tlv_type(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<u8> {
 
 /// The endpoints' own TLVs (`PerHostConfig` in their metadata), for a cluster with the PROXY
 /// protocol: `endpoints` are `(path of the lb_endpoint, address, metadata)`. `by_address`:
-/// whether the cluster's hosts are the listed addresses (STATIC); per-host TLVs elsewhere are
-/// refused by name.
+/// whether the cluster's hosts are the listed addresses (STATIC); elsewhere per-host TLVs are
+/// kept for endpoints written as IP addresses (a DNS cluster resolves those to themselves) and
+/// refused by name on endpoints named by DNS.
 pub(crate) fn per_host_tlvs<'a>(
     cx: &mut Ctx,
     endpoints: impl Iterator<Item = (FieldPath, &'a super::SocketAddress, Option<&'a Value>)>,
@@ -286,18 +287,18 @@ pub(crate) fn per_host_tlvs<'a>(
         let mut o = typed.obj(cx, &PER_HOST_CONFIG);
         let tlvs = tlv_list(cx, &mut o, "added_tlvs");
         o.finish(cx);
-        if !by_address {
-            cx.unsupported(
-                &path,
-                "per-host PROXY protocol TLVs are implemented by vigil for STATIC clusters only",
-            );
-            continue;
-        }
+        // A DNS cluster's endpoint written as an IP address resolves to that address alone,
+        // so its host is known here as in a STATIC cluster.
         match address.address.parse::<IpAddr>() {
             Ok(ip) => out.push((SocketAddr::new(ip, address.port_value), tlvs)),
-            Err(_) => cx.unsupported(
+            Err(_) if by_address => cx.unsupported(
                 &path,
                 "per-host PROXY protocol TLVs need the endpoint's address to be an IP address",
+            ),
+            Err(_) => cx.unsupported(
+                &path,
+                "per-host PROXY protocol TLVs on an endpoint named by DNS are not implemented \
+                 by vigil (only on endpoints written as IP addresses)",
             ),
         }
     }
@@ -453,7 +454,7 @@ mod tests {
     }
 
     #[test]
-    fn per_host_tlvs_need_a_static_cluster() {
+    fn per_host_tlvs_on_dns_clusters_need_endpoints_written_as_ip_addresses() {
         let mut doc = cluster_with(
             proxy_protocol(json!({"version": "V2"}), raw_buffer()),
             Some(
@@ -463,10 +464,14 @@ mod tests {
             ),
         );
         doc["static_resources"]["clusters"][0]["type"] = json!("STRICT_DNS");
+        // 127.0.0.1 resolves to itself: the host, and so its TLVs, are known.
+        load(&doc).expect("an IP endpoint of a DNS cluster keeps its TLVs");
+        doc["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"]
+            [0]["endpoint"]["address"]["socket_address"]["address"] = json!("backend.internal");
         let err = load(&doc).expect_err("refused");
         assert!(
             err.contains(
-                "static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].metadata.typed_filter_metadata[\"envoy.transport_sockets.proxy_protocol\"]: per-host PROXY protocol TLVs are implemented by vigil for STATIC clusters only"
+                "static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].metadata.typed_filter_metadata[\"envoy.transport_sockets.proxy_protocol\"]: per-host PROXY protocol TLVs on an endpoint named by DNS are not implemented by vigil"
             ),
             "{err}"
         );
