@@ -85,6 +85,7 @@ mod lua;
 mod match_tree;
 mod matchers;
 mod per_filter;
+mod proxy_protocol;
 mod rate_limits;
 mod rbac;
 mod re2_size;
@@ -121,6 +122,7 @@ pub use http_filters::{HttpFilter, HttpFilterKind, VIGIL_ROOT_IDS, VIGIL_WASM_FI
 pub use listener::Listener;
 pub use lua::{LuaClusterSpecifier, LuaFilter, LuaPerRoute};
 pub use per_filter::{FilterOverride, FilterSettings};
+pub use proxy_protocol::{DEFAULT_LISTENER_FILTERS_TIMEOUT_MS, ProxyProtocolListener};
 pub use route_config::{
     ClusterSpecifier, ClusterWeight, DEFAULT_MAX_DIRECT_RESPONSE_BODY_SIZE_BYTES,
     DEFAULT_ROUTE_TIMEOUT_MS, ForwardAction, HostRewrite, Redirect, RedirectPath, RegexRewrite,
