@@ -430,6 +430,7 @@ impl Connections {
             peer,
             direct_peer: peer,
             local,
+            socket_local: local,
         };
         let Some(config) = proxy_protocol else {
             dispatch(top, serving, counters, stream, accepted, permit);
@@ -451,6 +452,7 @@ impl Connections {
                         peer: client,
                         direct_peer: peer,
                         local,
+                        socket_local: stream.local_addr().ok(),
                     };
                     dispatch(top, serving, counters, stream, accepted, permit);
                 }
@@ -468,6 +470,8 @@ struct Accepted {
     direct_peer: SocketAddr,
     /// The local address: the PROXY protocol header's destination, else the socket's.
     local: Option<SocketAddr>,
+    /// The socket's own local address: the listener's, which names its stats.
+    socket_local: Option<SocketAddr>,
 }
 
 /// Chooses the connection's filter chain (after the TLS inspector, if the listener has it) and
@@ -484,6 +488,7 @@ fn dispatch(
         peer,
         direct_peer,
         local,
+        socket_local,
     } = accepted;
     let plain_facts = move |local: SocketAddr| vigil_core::config::ChainFacts {
         local,
@@ -503,7 +508,7 @@ fn dispatch(
             .ok()
             .and_then(|i| ListenerState::chain(&top, i).map(|s| (i, s)))
         else {
-            count_unserved(&counters, local, chain.err());
+            count_unserved(&counters, socket_local, chain.err());
             return;
         };
         serving.chain = index;
@@ -533,12 +538,12 @@ fn dispatch(
         };
         let refused = |why: crate::tls::Refused| match why {
             crate::tls::Refused::NoChainMatch | crate::tls::Refused::Unserved => {
-                count_unserved(&counters, local, Some(why));
+                count_unserved(&counters, socket_local, Some(why));
             }
             crate::tls::Refused::Handshake => {
                 counters.bump([format!(
                     "listener.{}.ssl.connection_error",
-                    stat_address(local)
+                    stat_address(socket_local)
                 )]);
             }
         };
