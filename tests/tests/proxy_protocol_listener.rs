@@ -107,6 +107,11 @@ static_resources:
 /// The strict listener: chain `b` for the header's destination port 8443, chain `a` (with the
 /// RBAC policy) for header sources in 10/8 and 2001:db8::/32, `c` for everything else.
 fn strict_listener() -> String {
+    strict_listener_with(false)
+}
+
+/// [`strict_listener`], the default chain `c` with the RBAC policy too when `rbac_on_c`.
+fn strict_listener_with(rbac_on_c: bool) -> String {
     format!(
         "
     listener_filters_timeout: 1s
@@ -125,7 +130,7 @@ fn strict_listener() -> String {
       filters:{}",
         hcm("b", false),
         hcm("a", true),
-        hcm("c", false)
+        hcm("c", rbac_on_c)
     )
 }
 
@@ -394,6 +399,13 @@ async fn headers_addresses_and_errors_as_in_envoy() {
                 ]))],
             ),
             (
+                "v1 TCP6 with IPv4-mapped addresses",
+                vec![Write(cat(&[
+                    b"PROXY TCP6 ::ffff:10.1.2.3 ::ffff:192.0.2.10 40000 80\r\n",
+                    &get("/4m", true),
+                ]))],
+            ),
+            (
                 "v1 UNKNOWN keeps the connection's addresses",
                 vec![Write(cat(&[b"PROXY UNKNOWN\r\n", &get("/5", true)]))],
             ),
@@ -488,14 +500,14 @@ async fn headers_addresses_and_errors_as_in_envoy() {
         "{envoy:#?}"
     );
     assert!(envoy[1].ends_with(": 403"), "{envoy:#?}");
-    assert!(envoy[6].contains("200 chain=b xff=10.1.2.3"), "{envoy:#?}");
+    assert!(envoy[7].contains("200 chain=b xff=10.1.2.3"), "{envoy:#?}");
     assert!(
-        envoy[8]
+        envoy[9]
             .ends_with("200 chain=c xff=(loopback client) remote=127.0.0.1:PORT local=LISTENER"),
         "{envoy:#?}"
     );
     assert!(
-        envoy[14].contains("closed (reset) without an answer"),
+        envoy[15].contains("closed (reset) without an answer"),
         "{envoy:#?}"
     );
     assert_eq!(
@@ -560,6 +572,47 @@ async fn without_a_header_and_on_the_timeout_as_in_envoy() {
             .ends_with("200 chain=c xff=10.1.2.3 remote=10.1.2.3:40000 local=192.0.2.10:80"),
         "{:#?}",
         answers[0]
+    );
+}
+
+/// An IPv4-mapped IPv6 address in a header stays IPv6 in Envoy (no 10/8 chain, RBAC's
+/// `remote_ip: 10.1.2.3/32` does not match it) while vigil's RBAC would read it as IPv4: vigil
+/// closes such a connection on a chain with RBAC (never allowing what Envoy denies), and serves
+/// it as Envoy does on a chain without.
+#[tokio::test]
+async fn ipv4_mapped_header_addresses_are_never_judged_as_ipv4() {
+    let dir = paths::scratch_dir("proxy-protocol-listener-mapped");
+    let echo = EchoUpstream::start(IpAddr::from(net::fresh_loopback())).await;
+    let listener = strict_listener_with(true);
+    let proxies = start_envoy_and_vigil(&dir, |listen, admin| {
+        bootstrap(listen, admin, &listener, echo.address)
+    })
+    .await
+    .unwrap_or_else(|err| panic!("{err}"));
+    let mut answers: Vec<Vec<String>> = Vec::new();
+    for (_, listen, _) in &proxies {
+        let to = *listen;
+        let mapped = |port: u16, path: &str| {
+            vec![Write(cat(&[
+                format!("PROXY TCP6 ::ffff:10.1.2.3 ::ffff:192.0.2.10 40000 {port}\r\n").as_bytes(),
+                &get(path, true),
+            ]))]
+        };
+        answers.push(vec![
+            normalized(&exchange(to, mapped(8443, "/b")).await, to),
+            normalized(&exchange(to, mapped(80, "/c")).await, to),
+        ]);
+    }
+    let report = format!("envoy: {:#?}\nvigil: {:#?}", answers[0], answers[1]);
+    assert_eq!(answers[0][0], answers[1][0], "{report}");
+    assert!(
+        answers[0][0].starts_with("200 chain=b xff=::ffff:10.1.2.3"),
+        "{report}"
+    );
+    assert_eq!(answers[0][1], "403", "{report}");
+    assert_eq!(
+        answers[1][1], "closed (reset) without an answer",
+        "{report}"
     );
 }
 

@@ -431,6 +431,7 @@ impl Connections {
             direct_peer: peer,
             local,
             socket_local: local,
+            from_header: false,
         };
         let Some(config) = proxy_protocol else {
             dispatch(top, serving, counters, stream, accepted, permit);
@@ -446,6 +447,7 @@ impl Connections {
                 proxy_protocol::Verdict::Serve {
                     peer: client,
                     local,
+                    from_header,
                 } => {
                     counters.downstream_cx_total.fetch_add(1, Ordering::Relaxed);
                     let accepted = Accepted {
@@ -453,6 +455,7 @@ impl Connections {
                         direct_peer: peer,
                         local,
                         socket_local: stream.local_addr().ok(),
+                        from_header,
                     };
                     dispatch(top, serving, counters, stream, accepted, permit);
                 }
@@ -472,6 +475,28 @@ struct Accepted {
     local: Option<SocketAddr>,
     /// The socket's own local address: the listener's, which names its stats.
     socket_local: Option<SocketAddr>,
+    /// `peer` and `local` are a PROXY protocol header's.
+    from_header: bool,
+}
+
+impl Accepted {
+    /// Whether the chain `state` must close the connection rather than serve it (see
+    /// [`proxy_protocol::refuses_mapped_address`]); counted when so.
+    fn refused_by(&self, state: &ListenerState, counters: &ListenerCounters) -> bool {
+        let refused = proxy_protocol::refuses_mapped_address(
+            &state.hcm,
+            self.from_header,
+            self.peer,
+            self.local,
+        );
+        if refused {
+            counters.bump([format!(
+                "listener.{}.vigil.proxy_proto_mapped_address",
+                stat_address(self.socket_local)
+            )]);
+        }
+        refused
+    }
 }
 
 /// Chooses the connection's filter chain (after the TLS inspector, if the listener has it) and
@@ -489,6 +514,7 @@ fn dispatch(
         direct_peer,
         local,
         socket_local,
+        from_header: _,
     } = accepted;
     let plain_facts = move |local: SocketAddr| vigil_core::config::ChainFacts {
         local,
@@ -511,6 +537,9 @@ fn dispatch(
             count_unserved(&counters, socket_local, chain.err());
             return;
         };
+        if accepted.refused_by(&state, &counters) {
+            return;
+        }
         serving.chain = index;
         let plain = Downstream {
             peer,
@@ -576,6 +605,9 @@ fn dispatch(
         let Some(state) = ListenerState::chain(&top, index) else {
             return refused(crate::tls::Refused::NoChainMatch);
         };
+        if accepted.refused_by(&state, &counters) {
+            return;
+        }
         serving.chain = index;
         match (&state.tls, hello, stream) {
             (None, None, Some(stream)) => {

@@ -31,6 +31,8 @@ pub(super) enum Verdict {
     Serve {
         peer: SocketAddr,
         local: Option<SocketAddr>,
+        /// The addresses are the header's.
+        from_header: bool,
     },
     /// Close it (already counted).
     Close,
@@ -84,7 +86,11 @@ pub(super) async fn run(
             Err(_) => {
                 counters.bump([format!("listener.{stat_address}.downstream_pre_cx_timeout")]);
                 return if config.continue_on_timeout {
-                    Verdict::Serve { peer, local }
+                    Verdict::Serve {
+                        peer,
+                        local,
+                        from_header: false,
+                    }
                 } else {
                     Verdict::Close
                 };
@@ -118,7 +124,11 @@ pub(super) async fn run(
         counters.bump([LEGACY_ERROR.to_string()]);
     }
     match inspection {
-        Inspection::NotFound => Verdict::Serve { peer, local },
+        Inspection::NotFound => Verdict::Serve {
+            peer,
+            local,
+            from_header: false,
+        },
         Inspection::Found(header) => {
             if consume(stream, header.length).await.is_err() {
                 return Verdict::Close;
@@ -127,8 +137,13 @@ pub(super) async fn run(
                 Some(addresses) => Verdict::Serve {
                     peer: addresses.source,
                     local: Some(addresses.destination),
+                    from_header: true,
                 },
-                None => Verdict::Serve { peer, local },
+                None => Verdict::Serve {
+                    peer,
+                    local,
+                    from_header: false,
+                },
             }
         }
         Inspection::Denied(_) | Inspection::Error(_) | Inspection::NeedMore { .. } => {
@@ -186,4 +201,27 @@ async fn read_header(stream: &TcpStream, config: &ProxyProtocolListener) -> Read
 async fn consume(stream: &mut TcpStream, length: usize) -> std::io::Result<()> {
     let mut header = vec![0u8; length];
     stream.read_exact(&mut header).await.map(|_| ())
+}
+
+/// Whether a connection the filter gave `accepted`'s addresses must be closed by the chain
+/// `hcm` instead of served: a header's IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) stays IPv6
+/// in Envoy, while vigil's RBAC reads such an address as IPv4 (Envoy's rule for its own
+/// dual-stack sockets), so a chain with RBAC could allow what Envoy denies. Counted in the
+/// listener's `vigil.proxy_proto_mapped_address`.
+pub(super) fn refuses_mapped_address(
+    hcm: &vigil_core::config::HttpConnectionManager,
+    from_header: bool,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+) -> bool {
+    let mapped = |address: SocketAddr| match address {
+        SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped().is_some(),
+        SocketAddr::V4(_) => false,
+    };
+    let judged = !hcm.network_rbac.is_empty()
+        || hcm
+            .http_filters
+            .iter()
+            .any(|f| matches!(f.kind, vigil_core::config::HttpFilterKind::Rbac(_)));
+    from_header && judged && (mapped(peer) || local.is_some_and(mapped))
 }
