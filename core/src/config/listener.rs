@@ -272,6 +272,14 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
                  client; use remote_ip, or a network RBAC filter",
             );
         }
+        if let Some(at) = super::proxy_protocol::lua_reading_direct_peer(path, value) {
+            cx.unsupported(
+                &at,
+                "a Lua script that may read downstreamDirectRemoteAddress() (or one read from a \
+                 file) behind the PROXY protocol filter: Envoy gives it the physical peer, \
+                 vigil's Lua the PROXY header's client",
+            );
+        }
     }
     if http_inspector {
         for hcm in http

@@ -151,46 +151,77 @@ fn listener_timeout(listener: &Value) -> (Option<u64>, bool) {
 /// peer while the rest of the request sees the header's client, a split vigil's HTTP RBAC does
 /// not make.
 pub(crate) fn rbac_reading_direct_peer(path: &FieldPath, listener: &Value) -> Option<FieldPath> {
-    let chains = ["filter_chains", "default_filter_chain"];
-    for key in chains {
-        let Some(value) = listener.get(key) else {
-            continue;
-        };
-        if let Some(found) = find_in_rbac(&path.field(key), value, false) {
-            return Some(found);
-        }
-    }
-    None
+    find_in_chains(
+        path,
+        listener,
+        "envoy.extensions.filters.http.rbac.",
+        &|key, child| {
+            matches!(
+                key,
+                "direct_remote_ip" | "directRemoteIp" | "source_ip" | "sourceIp"
+            ) || child
+                .as_str()
+                .is_some_and(|s| s.ends_with("DirectSourceIPInput"))
+        },
+    )
 }
 
-fn find_in_rbac(path: &FieldPath, value: &Value, inside_rbac: bool) -> Option<FieldPath> {
+/// Where a Lua filter of the listener's chains may read the direct peer: a script calling
+/// `downstreamDirectRemoteAddress()` (Envoy's physical peer; vigil's Lua gives it the header's
+/// client), or one read from a file, which vigil cannot look into when it reads the listener.
+pub(crate) fn lua_reading_direct_peer(path: &FieldPath, listener: &Value) -> Option<FieldPath> {
+    find_in_chains(
+        path,
+        listener,
+        "envoy.extensions.filters.http.lua.",
+        &|key, child| {
+            key == "filename"
+                || child
+                    .as_str()
+                    .is_some_and(|s| s.contains("downstreamDirectRemoteAddress"))
+        },
+    )
+}
+
+/// The first field under an `Any` of a type starting with `type_prefix`, in the listener's
+/// chains, for which `hit(key, value)` holds.
+fn find_in_chains(
+    path: &FieldPath,
+    listener: &Value,
+    type_prefix: &str,
+    hit: &dyn Fn(&str, &Value) -> bool,
+) -> Option<FieldPath> {
+    ["filter_chains", "default_filter_chain"]
+        .iter()
+        .filter_map(|key| Some((path.field(key), listener.get(*key)?)))
+        .find_map(|(p, v)| find_inside(&p, v, type_prefix, false, hit))
+}
+
+fn find_inside(
+    path: &FieldPath,
+    value: &Value,
+    type_prefix: &str,
+    inside: bool,
+    hit: &dyn Fn(&str, &Value) -> bool,
+) -> Option<FieldPath> {
     match value {
         Value::Object(map) => {
-            let inside_rbac = inside_rbac
+            let inside = inside
                 || map
                     .get("@type")
                     .and_then(Value::as_str)
-                    .is_some_and(|t| t.contains("envoy.extensions.filters.http.rbac."));
-            for (key, child) in map {
-                let direct = matches!(
-                    key.as_str(),
-                    "direct_remote_ip" | "directRemoteIp" | "source_ip" | "sourceIp"
-                ) || child
-                    .as_str()
-                    .is_some_and(|s| s.ends_with("DirectSourceIPInput"));
-                if inside_rbac && direct {
+                    .is_some_and(|t| t.contains(type_prefix));
+            map.iter().find_map(|(key, child)| {
+                if inside && hit(key, child) {
                     return Some(path.field(key));
                 }
-                if let Some(found) = find_in_rbac(&path.field(key), child, inside_rbac) {
-                    return Some(found);
-                }
-            }
-            None
+                find_inside(&path.field(key), child, type_prefix, inside, hit)
+            })
         }
         Value::Array(items) => items
             .iter()
             .enumerate()
-            .find_map(|(i, item)| find_in_rbac(&path.index(i), item, inside_rbac)),
+            .find_map(|(i, item)| find_inside(&path.index(i), item, type_prefix, inside, hit)),
         _ => None,
     }
 }
@@ -384,6 +415,31 @@ mod tests {
                  after another listener filter: Envoy lets the filters before it look at the \
                  PROXY header's bytes as if they were the client's; vigil reads the header \
                  first, so it must be the first listener filter"
+            ]
+        );
+    }
+
+    #[test]
+    fn lua_reading_the_direct_peer_is_refused_behind_the_filter() {
+        let lua = |code: &str| {
+            json!([{"name": "envoy.filters.http.lua", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": {"inline_string": code}}},
+            {"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}])
+        };
+        let reads = "function envoy_on_request(h) \
+                     h:logInfo(h:streamInfo():downstreamDirectRemoteAddress()) end";
+        let other = "function envoy_on_request(h) h:logInfo('hi') end";
+        assert!(read(&listener(json!([pp(json!({}))]), lua(other), json!({}))).is_some());
+        assert_eq!(
+            errors(&listener(json!([pp(json!({}))]), lua(reads), json!({}))),
+            vec![
+                "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.\
+                 http_filters[0].typed_config.default_source_code.inline_string: a Lua script \
+                 that may read downstreamDirectRemoteAddress() (or one read from a file) behind \
+                 the PROXY protocol filter: Envoy gives it the physical peer, vigil's Lua the \
+                 PROXY header's client"
             ]
         );
     }
