@@ -452,10 +452,9 @@ impl Connections {
                     counters.downstream_cx_total.fetch_add(1, Ordering::Relaxed);
                     let accepted = Accepted {
                         peer: client,
-                        direct_peer: peer,
                         local,
-                        socket_local: stream.local_addr().ok(),
                         from_header,
+                        ..accepted
                     };
                     dispatch(top, serving, counters, stream, accepted, permit);
                 }
