@@ -114,6 +114,7 @@ static_resources:
         )]),
         other_chains: Vec::new(),
         unserved_chains: Vec::new(),
+        proxy_protocol: None,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let at = listener.local_addr().unwrap();

@@ -87,6 +87,7 @@ async fn proxy(blue: &App, yellow: &App) -> (SocketAddr, oneshot::Sender<()>) {
         upstreams,
         other_chains: Vec::new(),
         unserved_chains: Vec::new(),
+        proxy_protocol: None,
     };
     serve_state(state).await
 }

@@ -219,6 +219,7 @@ async fn proxy(blue: &App, yellow: &App) -> Proxy {
         upstreams,
         other_chains: Vec::new(),
         unserved_chains: Vec::new(),
+        proxy_protocol: None,
     };
     let (at, stop) = serve_state(state).await;
     Proxy {

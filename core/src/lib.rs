@@ -18,7 +18,8 @@
 //! 3. the logic of one concern each, with its own configuration types (in this order among
 //!    themselves, each using only earlier ones): [`health`] (the per-host
 //!    session), [`schedule`], [`check`], [`http1_probe`], [`grpc_health`], [`outlier`], [`cluster_health`],
-//!    [`balance`], [`backoff`], [`dns`], [`proxy_protocol`], [`xff`], [`path_normalize`], [`cors`], [`csrf`],
+//!    [`balance`], [`backoff`], [`dns`], [`proxy_protocol`], [`proxy_protocol_header`], [`xff`],
+//!    [`path_normalize`], [`cors`], [`csrf`],
 //!    [`rbac`], [`rate_limit_actions`], [`local_ratelimit`], [`jwt_authn`], [`rules`], [`plugin`] (the plugin, rules and
 //!    outlier configs read themselves with `protojson`);
 //! 4. [`config`]: the Envoy bootstrap, typed down to the structures of the layers below;
@@ -97,6 +98,8 @@
 //!   `expected_statuses` / `retriable_statuses`.
 //! - [`substitution`]: Envoy's substitution format strings (`%REQ(x)%`, ...): the command
 //!   operators vigil evaluates and the parser, for access logs and header values.
+//! - [`proxy_protocol_header`]: the downstream PROXY protocol header (v1 and v2) as Envoy's
+//!   listener filter reads it: wait, found (length, addresses, TLVs), denied or error.
 //! - [`xff`]: the client address the connection manager trusts, from the peer and
 //!   `x-forwarded-for` (`use_remote_address`, `xff_num_trusted_hops`).
 
@@ -124,6 +127,7 @@ pub mod path_normalize;
 pub mod plugin;
 pub(crate) mod protojson;
 pub mod proxy_protocol;
+pub mod proxy_protocol_header;
 pub mod rate_limit_actions;
 pub mod rbac;
 pub mod route;

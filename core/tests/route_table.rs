@@ -316,6 +316,7 @@ fn chains_canary_matchers_and_direct_responses() {
         let facts = vigil_core::config::ChainFacts {
             local: sock(local),
             peer: sock(peer),
+            direct_peer: sock(peer),
             transport_protocol: "raw_buffer",
             server_name: "",
             application_protocols: &[],

@@ -180,6 +180,7 @@ impl ListenerSet {
                         upstreams: upstreams.clone(),
                         other_chains: Vec::new(),
                         unserved_chains: Vec::new(),
+                        proxy_protocol: None,
                     }),
                     Err(err) => failed = Some(err),
                 }
@@ -194,6 +195,7 @@ impl ListenerSet {
             };
             state.other_chains = chains.map(Arc::new).collect();
             state.unserved_chains = listener.unserved_chains.clone();
+            state.proxy_protocol = listener.proxy_protocol.clone().map(Arc::new);
             names.insert(SocketAddr::new(ip, socket.port_value), label.to_string());
             reuse_ports.insert(
                 SocketAddr::new(ip, socket.port_value),
@@ -232,6 +234,13 @@ impl ListenerSet {
                 .insert(address, (state.hcm.stat_prefix.clone(), counters.clone()));
             for chain in state.chains() {
                 declare_filter_stats(&counters, &chain.hcm);
+            }
+            if let Some(config) = &state.proxy_protocol {
+                super::proxy_protocol::declare_stats(
+                    &counters,
+                    config,
+                    &super::stat_address(Some(address)),
+                );
             }
             if let Some(running) = self.running.get(&address) {
                 running.state.store(Arc::new(state));

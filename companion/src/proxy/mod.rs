@@ -34,11 +34,14 @@
 //! What lives where: this file serves one listener (accepting, connection limits, the HTTP/1
 //! guard, the per-chain settings each request is served with); [`request`] answers one request
 //! (filters, routing, forwarding, access log); [`udp`] runs the UDP proxy of a connection-less
-//! UDP listener (`docs/udp.md`); [`listener_set`] runs every listener of the config (TCP and
+//! UDP listener (`docs/udp.md`); [`proxy_protocol`] reads the PROXY protocol header of a
+//! listener that has Envoy's PROXY protocol listener filter before anything else
+//! (`docs/proxy_protocol_listener.md`); [`listener_set`] runs every listener of the config (TCP and
 //! UDP), swaps them on reload, serves the ORIGINAL_DST clusters' traffic sides and publishes the
 //! counters the admin API shows ([`PublishedStats`]). Unit tests are at the end of each file.
 
 pub mod listener_set;
+mod proxy_protocol;
 pub mod request;
 pub mod udp;
 
@@ -106,6 +109,9 @@ pub struct ListenerState {
         vigil_core::config::FilterChainRef,
         vigil_core::config::FilterChainMatch,
     )>,
+    /// The listener's PROXY protocol filter (on the first chain's state only): read before
+    /// anything else on each connection.
+    pub proxy_protocol: Option<Arc<vigil_core::config::ProxyProtocolListener>>,
 }
 
 impl ListenerState {
@@ -386,12 +392,21 @@ impl Connections {
     }
 
     /// Serves one accepted connection in its own task (or closes it at once beyond the
-    /// process's connection limit).
+    /// process's connection limit). A listener with the PROXY protocol filter reads the header
+    /// first ([`proxy_protocol::run`]): the connection is counted and dispatched to a chain
+    /// only once it passed, as in Envoy.
     fn serve(&mut self, stream: tokio::net::TcpStream, peer: SocketAddr) {
         let counters = &self.options.counters;
-        counters.downstream_cx_total.fetch_add(1, Ordering::Relaxed);
+        let top = self.state.load_full();
+        let proxy_protocol = top.proxy_protocol.clone();
+        if proxy_protocol.is_none() {
+            counters.downstream_cx_total.fetch_add(1, Ordering::Relaxed);
+        }
         let Some(permit) = self.options.limit.try_acquire() else {
             // Envoy's answer to a connection beyond the global limit: accepted, then closed.
+            if proxy_protocol.is_some() {
+                counters.downstream_cx_total.fetch_add(1, Ordering::Relaxed);
+            }
             counters
                 .downstream_global_cx_overflow
                 .fetch_add(1, Ordering::Relaxed);
@@ -400,8 +415,7 @@ impl Connections {
         };
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().ok();
-        let top = self.state.load_full();
-        let mut serving = HttpServing {
+        let serving = HttpServing {
             state: self.state.clone(),
             chain: 0,
             derived: self.derived.clone(),
@@ -411,147 +425,246 @@ impl Connections {
             watcher: self.graceful.watcher(),
             open: self.open.clone(),
         };
-        let plain_facts = move |local: SocketAddr| vigil_core::config::ChainFacts {
-            local,
-            peer,
-            transport_protocol: "raw_buffer",
-            server_name: "",
-            application_protocols: &[],
-        };
-        if !top.tls_inspector() {
-            // Nothing is learnt from the first bytes: the chain is chosen now.
-            let chain = match local {
-                Some(local) => top.select_chain(&plain_facts(local)),
-                None => Ok(0),
-            };
-            let Some((index, state)) = chain
-                .ok()
-                .and_then(|i| ListenerState::chain(&top, i).map(|s| (i, s)))
-            else {
-                count_unserved(counters, local, chain.err());
-                return;
-            };
-            serving.chain = index;
-            let plain = Downstream {
-                peer,
-                local,
-                tls: None,
-            };
-            if state.tls.is_none() {
-                if let Some(delay) = network_rbac_denies(&state.hcm, &plain, counters) {
-                    // Envoy's network RBAC judges a connection on its first bytes, then closes
-                    // it (after `delay_deny`, if set); nothing of it reaches the connection
-                    // manager.
-                    tokio::spawn(close_when_readable(stream, delay, permit));
-                    return;
-                }
-                serving.run(stream, plain, Box::new(permit));
-                return;
-            }
-        }
-        // The TLS inspector's view (or a TLS chain's handshake) needs the first bytes: the rest
-        // runs in the connection's own task, which counts as open (for the drain) from now on.
         let counters = counters.clone();
+        let accepted = Accepted {
+            peer,
+            direct_peer: peer,
+            local,
+            socket_local: local,
+            from_header: false,
+        };
+        let Some(config) = proxy_protocol else {
+            dispatch(top, serving, counters, stream, accepted, permit);
+            return;
+        };
+        // The header is read in the connection's own task, which counts as open (for the
+        // drain) from now on.
         tokio::spawn(async move {
-            let Some(local_address) = local else {
-                return;
-            };
-            let refused = |why: crate::tls::Refused| match why {
-                crate::tls::Refused::NoChainMatch | crate::tls::Refused::Unserved => {
-                    count_unserved(&counters, local, Some(why));
-                }
-                crate::tls::Refused::Handshake => {
-                    counters.bump([format!(
-                        "listener.{}.ssl.connection_error",
-                        stat_address(local)
-                    )]);
-                }
-            };
-            let tls_seen = top.tls_inspector() && crate::tls::looks_like_tls(&stream).await;
-            let (index, hello, stream) = if tls_seen {
-                let hello = match crate::tls::client_hello(stream).await {
-                    Ok(hello) => hello,
-                    Err(why) => return refused(why),
-                };
-                let facts = vigil_core::config::ChainFacts {
-                    local: local_address,
-                    peer,
-                    transport_protocol: "tls",
-                    server_name: hello.sni.as_deref().unwrap_or(""),
-                    application_protocols: &hello.alpn,
-                };
-                let index = match top.select_chain(&facts) {
-                    Ok(index) => index,
-                    Err(why) => return refused(why),
-                };
-                (index, Some(hello), None)
-            } else {
-                let index = match top.select_chain(&plain_facts(local_address)) {
-                    Ok(index) => index,
-                    Err(why) => return refused(why),
-                };
-                (index, None, Some(stream))
-            };
-            let Some(state) = ListenerState::chain(&top, index) else {
-                return refused(crate::tls::Refused::NoChainMatch);
-            };
-            serving.chain = index;
-            match (&state.tls, hello, stream) {
-                (None, None, Some(stream)) => {
-                    let plain = Downstream {
-                        peer,
+            let mut stream = stream;
+            let stats = stat_address(local);
+            match proxy_protocol::run(&mut stream, &config, &counters, &stats, peer, local).await {
+                proxy_protocol::Verdict::Close => drop((stream, permit)),
+                proxy_protocol::Verdict::Serve {
+                    peer: client,
+                    local,
+                    from_header,
+                } => {
+                    counters.downstream_cx_total.fetch_add(1, Ordering::Relaxed);
+                    let accepted = Accepted {
+                        peer: client,
                         local,
-                        tls: None,
+                        from_header,
+                        ..accepted
                     };
-                    if let Some(delay) = network_rbac_denies(&state.hcm, &plain, &counters) {
-                        close_when_readable(stream, delay, permit).await;
-                        return;
-                    }
-                    serving.run(stream, plain, Box::new(permit));
+                    dispatch(top, serving, counters, stream, accepted, permit);
                 }
-                (Some(tls), hello, stream) => {
-                    let hello = match (hello, stream) {
-                        (Some(hello), _) => hello,
-                        (None, Some(stream)) => match crate::tls::client_hello(stream).await {
-                            Ok(hello) => hello,
-                            Err(why) => return refused(why),
-                        },
-                        (None, None) => return,
-                    };
-                    let sni = hello.sni.clone();
-                    let stream = match crate::tls::finish(hello, tls).await {
-                        Ok(stream) => stream,
-                        Err(why) => return refused(why),
-                    };
-                    let peer_cert = stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|certs| certs.first());
-                    let downstream = Downstream {
-                        peer,
-                        local,
-                        tls: Some(DownstreamTls {
-                            sni,
-                            peer: crate::tls::peer_identity(peer_cert),
-                            peer_cert_sha256: peer_cert.map(crate::tls::sha256_hex),
-                            peer_cert_pem: peer_cert
-                                .map(|cert| crate::ext_authz::url_encoded_pem(cert.as_ref())),
-                            local_uri_sans: tls.local_uri_sans.clone(),
-                        }),
-                    };
-                    if let Some(delay) = network_rbac_denies(&state.hcm, &downstream, &counters) {
-                        close_when_readable(stream, delay, permit).await;
-                        return;
-                    }
-                    serving.run(stream, downstream, Box::new(permit));
-                }
-                // A TLS ClientHello for a plain-text chain: Envoy's connection manager would
-                // read it as a broken HTTP request; closed.
-                (None, _, _) => refused(crate::tls::Refused::Handshake),
             }
         });
     }
+}
+
+/// A connection's addresses once the listener filters are done with it.
+#[derive(Debug, Clone, Copy)]
+struct Accepted {
+    /// The client: the PROXY protocol header's source, else the peer.
+    peer: SocketAddr,
+    /// The physical peer.
+    direct_peer: SocketAddr,
+    /// The local address: the PROXY protocol header's destination, else the socket's.
+    local: Option<SocketAddr>,
+    /// The socket's own local address: the listener's, which names its stats.
+    socket_local: Option<SocketAddr>,
+    /// `peer` and `local` are a PROXY protocol header's.
+    from_header: bool,
+}
+
+impl Accepted {
+    /// Whether the chain `state` must close the connection rather than serve it (see
+    /// [`proxy_protocol::refuses_mapped_address`]); counted when so.
+    fn refused_by(&self, state: &ListenerState, counters: &ListenerCounters) -> bool {
+        let refused = proxy_protocol::refuses_mapped_address(
+            &state.hcm,
+            self.from_header,
+            self.peer,
+            self.local,
+        );
+        if refused {
+            counters.bump([format!(
+                "listener.{}.vigil.proxy_proto_mapped_address",
+                stat_address(self.socket_local)
+            )]);
+        }
+        refused
+    }
+}
+
+/// Chooses the connection's filter chain (after the TLS inspector, if the listener has it) and
+/// serves it there.
+fn dispatch(
+    top: Arc<ListenerState>,
+    mut serving: HttpServing,
+    counters: Arc<ListenerCounters>,
+    stream: tokio::net::TcpStream,
+    accepted: Accepted,
+    permit: crate::conn_limit::ConnectionPermit,
+) {
+    let Accepted {
+        peer,
+        direct_peer,
+        local,
+        socket_local,
+        from_header: _,
+    } = accepted;
+    let plain_facts = move |local: SocketAddr| vigil_core::config::ChainFacts {
+        local,
+        peer,
+        direct_peer,
+        transport_protocol: "raw_buffer",
+        server_name: "",
+        application_protocols: &[],
+    };
+    if !top.tls_inspector() {
+        // Nothing is learnt from the first bytes: the chain is chosen now.
+        let chain = match local {
+            Some(local) => top.select_chain(&plain_facts(local)),
+            None => Ok(0),
+        };
+        let Some((index, state)) = chain
+            .ok()
+            .and_then(|i| ListenerState::chain(&top, i).map(|s| (i, s)))
+        else {
+            count_unserved(&counters, socket_local, chain.err());
+            return;
+        };
+        if accepted.refused_by(&state, &counters) {
+            return;
+        }
+        serving.chain = index;
+        let plain = Downstream {
+            peer,
+            direct_peer,
+            local,
+            tls: None,
+        };
+        if state.tls.is_none() {
+            if let Some(delay) = network_rbac_denies(&state.hcm, &plain, &counters) {
+                // Envoy's network RBAC judges a connection on its first bytes, then closes
+                // it (after `delay_deny`, if set); nothing of it reaches the connection
+                // manager.
+                tokio::spawn(close_when_readable(stream, delay, permit));
+                return;
+            }
+            serving.run(stream, plain, Box::new(permit));
+            return;
+        }
+    }
+    // The TLS inspector's view (or a TLS chain's handshake) needs the first bytes: the rest
+    // runs in the connection's own task, which counts as open (for the drain) from now on.
+    tokio::spawn(async move {
+        let Some(local_address) = local else {
+            return;
+        };
+        let refused = |why: crate::tls::Refused| match why {
+            crate::tls::Refused::NoChainMatch | crate::tls::Refused::Unserved => {
+                count_unserved(&counters, socket_local, Some(why));
+            }
+            crate::tls::Refused::Handshake => {
+                counters.bump([format!(
+                    "listener.{}.ssl.connection_error",
+                    stat_address(socket_local)
+                )]);
+            }
+        };
+        let tls_seen = top.tls_inspector() && crate::tls::looks_like_tls(&stream).await;
+        let (index, hello, stream) = if tls_seen {
+            let hello = match crate::tls::client_hello(stream).await {
+                Ok(hello) => hello,
+                Err(why) => return refused(why),
+            };
+            let facts = vigil_core::config::ChainFacts {
+                local: local_address,
+                peer,
+                direct_peer,
+                transport_protocol: "tls",
+                server_name: hello.sni.as_deref().unwrap_or(""),
+                application_protocols: &hello.alpn,
+            };
+            let index = match top.select_chain(&facts) {
+                Ok(index) => index,
+                Err(why) => return refused(why),
+            };
+            (index, Some(hello), None)
+        } else {
+            let index = match top.select_chain(&plain_facts(local_address)) {
+                Ok(index) => index,
+                Err(why) => return refused(why),
+            };
+            (index, None, Some(stream))
+        };
+        let Some(state) = ListenerState::chain(&top, index) else {
+            return refused(crate::tls::Refused::NoChainMatch);
+        };
+        if accepted.refused_by(&state, &counters) {
+            return;
+        }
+        serving.chain = index;
+        match (&state.tls, hello, stream) {
+            (None, None, Some(stream)) => {
+                let plain = Downstream {
+                    peer,
+                    direct_peer,
+                    local,
+                    tls: None,
+                };
+                if let Some(delay) = network_rbac_denies(&state.hcm, &plain, &counters) {
+                    close_when_readable(stream, delay, permit).await;
+                    return;
+                }
+                serving.run(stream, plain, Box::new(permit));
+            }
+            (Some(tls), hello, stream) => {
+                let hello = match (hello, stream) {
+                    (Some(hello), _) => hello,
+                    (None, Some(stream)) => match crate::tls::client_hello(stream).await {
+                        Ok(hello) => hello,
+                        Err(why) => return refused(why),
+                    },
+                    (None, None) => return,
+                };
+                let sni = hello.sni.clone();
+                let stream = match crate::tls::finish(hello, tls).await {
+                    Ok(stream) => stream,
+                    Err(why) => return refused(why),
+                };
+                let peer_cert = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|certs| certs.first());
+                let downstream = Downstream {
+                    peer,
+                    direct_peer,
+                    local,
+                    tls: Some(DownstreamTls {
+                        sni,
+                        peer: crate::tls::peer_identity(peer_cert),
+                        peer_cert_sha256: peer_cert.map(crate::tls::sha256_hex),
+                        peer_cert_pem: peer_cert
+                            .map(|cert| crate::ext_authz::url_encoded_pem(cert.as_ref())),
+                        local_uri_sans: tls.local_uri_sans.clone(),
+                    }),
+                };
+                if let Some(delay) = network_rbac_denies(&state.hcm, &downstream, &counters) {
+                    close_when_readable(stream, delay, permit).await;
+                    return;
+                }
+                serving.run(stream, downstream, Box::new(permit));
+            }
+            // A TLS ClientHello for a plain-text chain: Envoy's connection manager would
+            // read it as a broken HTTP request; closed.
+            (None, _, _) => refused(crate::tls::Refused::Handshake),
+        }
+    });
 }
 
 /// A connection no served filter chain takes: Envoy's `no_filter_chain_match` when no chain
@@ -597,7 +710,12 @@ fn stat_address(local: Option<SocketAddr>) -> String {
 /// Who is at the other end of a downstream connection.
 #[derive(Debug, Clone)]
 pub struct Downstream {
+    /// The client: the PROXY protocol header's source when the listener has the PROXY protocol
+    /// filter, else the peer. What `x-forwarded-for`, RBAC's `remote_ip` and the access log's
+    /// `%DOWNSTREAM_REMOTE_ADDRESS%` see.
     pub peer: SocketAddr,
+    /// The physical peer (network RBAC's `direct_remote_ip`).
+    pub direct_peer: SocketAddr,
     pub local: Option<SocketAddr>,
     /// Set when the connection is TLS.
     pub tls: Option<DownstreamTls>,
@@ -881,9 +999,10 @@ fn network_rbac_denies(
         return None;
     }
     let peer = rbac::envoy_socket_address(downstream.peer);
+    let direct_peer = rbac::envoy_socket_address(downstream.direct_peer);
     let request = RbacRequest {
         headers: None,
-        direct_remote: peer,
+        direct_remote: direct_peer,
         remote: peer,
         local: rbac::envoy_socket_address(downstream.local.unwrap_or(peer)),
         server_name: downstream.server_name(),
@@ -1177,6 +1296,7 @@ static_resources:
             upstreams: BTreeMap::new(),
             other_chains: Vec::new(),
             unserved_chains: Vec::new(),
+            proxy_protocol: None,
         }))
     }
 

@@ -139,10 +139,8 @@ pub(crate) fn listener_filter(type_name: &str) -> Treatment {
             "it only detects the HTTP version for filter_chain_match; vigil refuses chains that \
              match on application_protocols",
         ),
-        "proxy_protocol" => Refused(
-            "read the PROXY protocol header (the client address rules and logs see) and close \
-             connections without one",
-        ),
+        // Read by `super::proxy_protocol`, run before anything else on a connection.
+        "proxy_protocol" => Enforced,
         "original_dst" => Refused("match filter chains on the connection's original destination"),
         "original_src" => Refused("connect upstream from the client's own address"),
         "local_ratelimit" => Refused("close connections over the rate limit"),
@@ -251,8 +249,8 @@ pub struct FilterChainMatch {
     pub direct_source_prefix_ranges: Vec<CidrRange>,
     /// `source_type`.
     pub source_type: SourceType,
-    /// `source_prefix_ranges`: the peer's address (no PROXY protocol in vigil, so the same as
-    /// the direct source).
+    /// `source_prefix_ranges`: the client's address (the PROXY protocol header's source when
+    /// the listener has the PROXY protocol filter, else the peer).
     pub source_prefix_ranges: Vec<CidrRange>,
     /// `source_ports`.
     pub source_ports: Vec<u16>,
@@ -289,8 +287,12 @@ impl FilterChainMatch {
 /// What Envoy knows of a connection when it picks its filter chain.
 #[derive(Debug, Clone, Copy)]
 pub struct ChainFacts<'a> {
+    /// The connection's local address (the PROXY protocol header's destination, if any).
     pub local: SocketAddr,
+    /// The client (the PROXY protocol header's source, if any): source IP, type and port.
     pub peer: SocketAddr,
+    /// The physical peer: `direct_source_prefix_ranges`.
+    pub direct_peer: SocketAddr,
     /// `tls` when the TLS inspector saw a ClientHello, else `raw_buffer`.
     pub transport_protocol: &'a str,
     /// The ClientHello's server name, lowercased (empty: none).
@@ -434,7 +436,7 @@ pub fn select_filter_chain(chains: &[&FilterChainMatch], facts: &ChainFacts) -> 
     if !narrow(
         &mut candidates,
         |i| ranges(&chains[i].direct_source_prefix_ranges),
-        longest_prefix(facts.peer.ip()),
+        longest_prefix(facts.direct_peer.ip()),
     ) {
         return None;
     }
@@ -565,6 +567,7 @@ mod tests {
         ChainFacts {
             local: local.parse().unwrap(),
             peer: peer.parse().unwrap(),
+            direct_peer: peer.parse().unwrap(),
             transport_protocol: transport,
             server_name: sni,
             application_protocols: alpn,
@@ -823,8 +826,12 @@ mod tests {
             network_filter("envoy.extensions.filters.network.rbac.v3.RBAC"),
             Treatment::Enforced
         );
-        assert!(matches!(
+        assert_eq!(
             listener_filter("envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol"),
+            Treatment::Enforced
+        );
+        assert!(matches!(
+            listener_filter("envoy.extensions.filters.listener.original_dst.v3.OriginalDst"),
             Treatment::Refused(_)
         ));
         assert!(matches!(

@@ -2,11 +2,14 @@
 //! chain's match and its HTTP connection manager, read by [`super::connection_manager`]),
 //! validated as Envoy 1.36 validates them; a connection-less UDP listener (a UDP address without
 //! QUIC) has no filter chains and its UDP proxy listener filter is read by [`super::udp_proxy`].
-//! Everything else of a listener is kept as written in [`Listener::rest`].
+//! The PROXY protocol listener filter is read by [`super::proxy_protocol`] into
+//! [`Listener::proxy_protocol`]. Everything else of a listener is kept as written in
+//! [`Listener::rest`].
 
 use super::address::{Address, SocketProtocol, address};
 use super::connection_manager::{FilterChainRef, HttpConnectionManager, connection_manager};
 use super::filters::{self, FilterChainMatch, Treatment};
+use super::proxy_protocol_listener::{PROXY_PROTOCOL_TYPE, ProxyProtocolListener, proxy_protocol};
 use super::schema::*;
 use super::udp_proxy::{
     DEFAULT_MAX_RX_DATAGRAM_SIZE, UDP_LISTENER_CONFIG, UDP_PROXY_TYPE, UDP_SOCKET_CONFIG, UdpProxy,
@@ -35,6 +38,9 @@ pub struct Listener {
     /// The UDP proxy of a connection-less UDP listener (a UDP address without QUIC), when its
     /// listener filters have one.
     pub udp_proxy: Option<UdpProxy>,
+    /// The PROXY protocol listener filter (`envoy.filters.listener.proxy_protocol`) of a served
+    /// listener, always its first listener filter: the header is read before anything else.
+    pub proxy_protocol: Option<ProxyProtocolListener>,
     /// Every other top-level field, as written (all keys are known Envoy `Listener` fields);
     /// `filter_chains` and `default_filter_chain` stay here too, raw.
     pub rest: Map<String, Value>,
@@ -204,6 +210,7 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
             unserved_chains: Vec::new(),
             bind_to_port,
             udp_proxy: proxy.flatten(),
+            proxy_protocol: None,
             rest,
         });
     }
@@ -241,8 +248,38 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
             || v.get("name").and_then(Value::as_str)
                 == Some("envoy.filters.listener.http_inspector")
     });
-    for (p, v) in listener_filters {
-        tls_inspector |= listener_filter(cx, &p, v, served);
+    let mut proxy_protocol_filter = None;
+    for (i, (p, v)) in listener_filters.into_iter().enumerate() {
+        match listener_filter(cx, &p, v, served, value) {
+            Seen::TlsInspector => tls_inspector = true,
+            Seen::ProxyProtocol(read) if i == 0 => proxy_protocol_filter = read,
+            Seen::ProxyProtocol(_) => cx.unsupported(
+                &p,
+                "the PROXY protocol filter after another listener filter: Envoy lets the \
+                 filters before it look at the PROXY header's bytes as if they were the \
+                 client's; vigil reads the header first, so it must be the first listener filter",
+            ),
+            Seen::Other => {}
+        }
+    }
+    if served && proxy_protocol_filter.is_some() {
+        if let Some(at) = super::proxy_protocol_listener::rbac_reading_direct_peer(path, value) {
+            cx.unsupported(
+                &at,
+                "an HTTP RBAC rule on the direct peer (direct_remote_ip, source_ip or \
+                 DirectSourceIPInput) behind the PROXY protocol filter: Envoy judges the \
+                 physical peer there while vigil's HTTP RBAC would judge the PROXY header's \
+                 client; use remote_ip, or a network RBAC filter",
+            );
+        }
+        if let Some(at) = super::proxy_protocol_listener::lua_reading_direct_peer(path, value) {
+            cx.unsupported(
+                &at,
+                "a Lua script that may read downstreamDirectRemoteAddress() (or one read from a \
+                 file) behind the PROXY protocol filter: Envoy gives it the physical peer, \
+                 vigil's Lua the PROXY header's client",
+            );
+        }
     }
     if http_inspector {
         for hcm in http
@@ -275,28 +312,50 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
         unserved_chains: if served { unserved } else { Vec::new() },
         bind_to_port,
         udp_proxy: None,
+        proxy_protocol: proxy_protocol_filter.filter(|_| served),
         rest,
     })
 }
 
+/// What one of a served listener's `listener_filters` is, for the listener's reading.
+enum Seen {
+    TlsInspector,
+    /// The PROXY protocol filter, read (`None` when in error or not served).
+    ProxyProtocol(Option<ProxyProtocolListener>),
+    Other,
+}
+
 /// One of `listener_filters`: refused when it could close or redirect a connection of a
-/// listener vigil serves ([`filters::listener_filter`]). True for the TLS inspector.
-fn listener_filter(cx: &mut Ctx, path: &FieldPath, value: &Value, served: bool) -> bool {
+/// listener vigil serves ([`filters::listener_filter`]). `listener` is the listener as
+/// written (the PROXY protocol filter reads its timeout settings).
+fn listener_filter(
+    cx: &mut Ctx,
+    path: &FieldPath,
+    value: &Value,
+    served: bool,
+    listener: &Value,
+) -> Seen {
     let Some(mut f) = Obj::new(cx, path.clone(), value, &LISTENER_FILTER) else {
-        return false;
+        return Seen::Other;
     };
     let name = f.required_string(cx, "name", MIN_LEN_1).unwrap_or_default();
     let typed = f.any(cx, "typed_config");
     f.finish(cx);
     let typed_path = path.field("typed_config");
     let Some(typed) = typed.filter(|t| !t.is_empty()) else {
-        return false;
+        return Seen::Other;
     };
-    let inspector = typed.is("envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector");
+    let seen = if typed.is("envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector") {
+        Seen::TlsInspector
+    } else if typed.is(PROXY_PROTOCOL_TYPE) {
+        Seen::ProxyProtocol(proxy_protocol(cx, &typed, listener).filter(|_| served))
+    } else {
+        Seen::Other
+    };
     if typed.type_name.starts_with("envoy.extensions.filters.udp.") {
         // A UDP listener filter: Envoy's TCP listener filter registry does not have it.
         cx.invalid(&typed_path, not_registered(&name, &typed.type_name));
-        return false;
+        return Seen::Other;
     }
     match filters::listener_filter(&typed.type_name) {
         _ if !served => cx.warn(
@@ -315,7 +374,7 @@ fn listener_filter(cx: &mut Ctx, path: &FieldPath, value: &Value, served: bool) 
             filters::refused_message("listener", &name, &typed.type_name, why),
         ),
     }
-    inspector
+    seen
 }
 
 /// Envoy's error for a filter its registry for this kind of listener does not have.

@@ -87,6 +87,7 @@ mod match_tree;
 mod matchers;
 mod per_filter;
 mod proxy_protocol;
+mod proxy_protocol_listener;
 mod rate_limits;
 mod ratelimit;
 mod rbac;
@@ -126,6 +127,7 @@ pub use listener::Listener;
 pub use lua::{LuaClusterSpecifier, LuaFilter, LuaPerRoute};
 pub use per_filter::{FilterOverride, FilterSettings};
 pub use proxy_protocol::{PER_HOST_METADATA_KEY, UpstreamProxyProtocol};
+pub use proxy_protocol_listener::{DEFAULT_LISTENER_FILTERS_TIMEOUT_MS, ProxyProtocolListener};
 pub use ratelimit::{RateLimitFilter, RateLimitPerRoute};
 pub use route_config::{
     ClusterSpecifier, ClusterWeight, DEFAULT_MAX_DIRECT_RESPONSE_BODY_SIZE_BYTES,
