@@ -30,6 +30,8 @@
 //!   answers to request smuggling and malformed heads, the header (slowloris) timeout.
 //! - [`conn_limit`]: the process-wide downstream connection limit (`--max-connections`, Envoy's
 //!   global connection limit monitor, or from the open-file limit) and accept back-off.
+//! - [`local_address`]: the server's own address as Envoy's `LocalInfo` holds it (what
+//!   `x-forwarded-for` gets for a loopback client).
 //! - [`routing`]: vigil's routing rules on a listener, and their counters.
 //! - [`access_log`]: the connection manager's access logs.
 //! - [`ext_authz`]: asking an external authorization service (HTTP or gRPC) about a request.
@@ -59,6 +61,7 @@ pub mod grpc_call;
 pub mod h1_guard;
 pub mod jwt_authn;
 pub mod last_check;
+pub mod local_address;
 pub mod lua;
 pub mod outlier;
 pub mod probe;

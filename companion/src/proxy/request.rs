@@ -2525,10 +2525,17 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Appends the client to `x-forwarded-for` under `use_remote_address`; a loopback client is
+/// appended as the server's own address, as Envoy's connection manager does.
 fn append_xff(headers: &mut HeaderMap, peer: SocketAddr) {
+    let client = if crate::local_address::is_loopback(peer.ip()) {
+        crate::local_address::local_address()
+    } else {
+        peer.ip()
+    };
     let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(existing) => format!("{existing},{}", peer.ip()),
-        None => peer.ip().to_string(),
+        Some(existing) => format!("{existing},{client}"),
+        None => client.to_string(),
     };
     if let Ok(value) = HeaderValue::from_str(&value) {
         headers.insert("x-forwarded-for", value);
@@ -2755,10 +2762,14 @@ mod tests {
     }
 
     #[test]
-    fn xff_is_appended() {
+    fn xff_is_appended_with_the_server_address_for_a_loopback_client() {
         let mut headers = HeaderMap::new();
-        append_xff(&mut headers, "127.0.0.9:5".parse().unwrap());
+        append_xff(&mut headers, "10.0.0.9:5".parse().unwrap());
         append_xff(&mut headers, "127.0.0.1:6".parse().unwrap());
-        assert_eq!(headers["x-forwarded-for"], "127.0.0.9,127.0.0.1");
+        let local = crate::local_address::local_address();
+        assert_eq!(
+            headers["x-forwarded-for"],
+            format!("10.0.0.9,{local}").as_str()
+        );
     }
 }
