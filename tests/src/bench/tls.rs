@@ -240,6 +240,28 @@ pub struct TlsResults {
     pub handshake_connections: u32,
     pub keep_alive: Vec<KeepAliveRow>,
     pub handshakes: Vec<HandshakeRow>,
+    /// Handshake runs with errors or without a single handshake, each with its first error:
+    /// the run goes on (the other proxies' rows still mean something) and the report says so.
+    pub failures: Vec<String>,
+}
+
+/// Notes `run` among the failures when it had errors or completed nothing.
+fn note_failures(
+    failures: &mut Vec<String>,
+    label: &str,
+    run: &HandshakeRun,
+    first: Option<String>,
+) {
+    if run.errors > 0 || run.handshakes == 0 {
+        failures.push(format!(
+            "{label}: {} handshakes, {} errors; the first: {}",
+            run.handshakes,
+            run.errors,
+            first
+                .as_deref()
+                .unwrap_or("none (every connection was still open at the end)")
+        ));
+    }
 }
 
 pub async fn run(
@@ -292,6 +314,7 @@ pub async fn run(
         warmup_seconds: options.warmup_seconds,
         handshake_connections,
         keep_alive: Vec::new(),
+        failures: Vec::new(),
         handshakes: running
             .iter()
             .map(|r| HandshakeRow {
@@ -358,10 +381,18 @@ pub async fn run(
                 proxy_pid: proxy.started.child.pid(),
             };
             if options.warmup_seconds > 0 {
-                run_handshakes(&load, &client).await?;
+                let (warmup, first_error) = run_handshakes(&load, &client).await?;
+                note_failures(
+                    &mut results.failures,
+                    &format!("{label}-warmup"),
+                    &warmup,
+                    first_error,
+                );
             }
             load.seconds = options.seconds;
-            row.rounds.push(run_handshakes(&load, &client).await?);
+            let (measured, first_error) = run_handshakes(&load, &client).await?;
+            note_failures(&mut results.failures, &label, &measured, first_error);
+            row.rounds.push(measured);
             still_running(&mut proxy.started.child, &label)?;
         }
     }
@@ -622,7 +653,7 @@ struct Tally {
 async fn run_handshakes(
     load: &HandshakeLoad,
     client: &HandshakeClient,
-) -> Result<HandshakeRun, String> {
+) -> Result<(HandshakeRun, Option<String>), String> {
     let (done, result) = tokio::sync::oneshot::channel();
     let (load, client) = (*load, client.clone());
     std::thread::Builder::new()
@@ -631,19 +662,16 @@ async fn run_handshakes(
             let _ = done.send(handshake_thread(load, client));
         })
         .map_err(|err| format!("cannot start the handshake client thread: {err}"))?;
-    let run = result
+    result
         .await
-        .map_err(|_| "the handshake client thread died".to_string())??;
-    if run.handshakes == 0 {
-        return Err(format!(
-            "no handshake completed against {} in {} s",
-            load.target, load.seconds
-        ));
-    }
-    Ok(run)
+        .map_err(|_| "the handshake client thread died".to_string())?
 }
 
-fn handshake_thread(load: HandshakeLoad, client: HandshakeClient) -> Result<HandshakeRun, String> {
+/// The run, and the first error a connection met (if any).
+fn handshake_thread(
+    load: HandshakeLoad,
+    client: HandshakeClient,
+) -> Result<(HandshakeRun, Option<String>), String> {
     pin_this_thread(load.cpu)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -680,16 +708,9 @@ fn handshake_thread(load: HandshakeLoad, client: HandshakeClient) -> Result<Hand
     let client_cpu_seconds = thread_cpu_seconds() - client_before;
     let proxy_core_busy = busy_share(proxy_core_before, core_ticks(load.proxy_cpu));
     let load_core_busy = busy_share(load_core_before, core_ticks(load.cpu));
-    if let Some(error) = &tally.first_error {
-        log::warn!(
-            "handshakes to {}: {} errors, the first: {error}",
-            load.target,
-            tally.errors
-        );
-    }
     let mut durations = tally.durations_us;
     durations.sort_unstable();
-    Ok(HandshakeRun {
+    let run = HandshakeRun {
         handshakes: tally.handshakes,
         errors: tally.errors,
         window_seconds,
@@ -699,7 +720,8 @@ fn handshake_thread(load: HandshakeLoad, client: HandshakeClient) -> Result<Hand
         proxy_cpu_seconds,
         proxy_core_busy,
         load_core_busy,
-    })
+    };
+    Ok((run, tally.first_error))
 }
 
 /// `(busy, total)` clock ticks of `cpu` so far, from `/proc/stat`.
@@ -964,6 +986,9 @@ fn handshake_table(results: &TlsResults, cpus: Cpus, out: &mut String) {
         );
     }
     let _ = writeln!(out);
+    for failure in &results.failures {
+        let _ = writeln!(out, "**FLAGGED: {failure}**\n");
+    }
     if !load_bound.is_empty() {
         let _ = writeln!(
             out,
@@ -1238,6 +1263,7 @@ mod tests {
             seconds: 10,
             warmup_seconds: 2,
             handshake_connections: 32,
+            failures: Vec::new(),
             keep_alive: vec![
                 row("vigil", 27_000.0, 40_000.0),
                 row("envoy", 20_000.0, 25_000.0),
