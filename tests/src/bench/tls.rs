@@ -4,15 +4,15 @@
 //! Every proxy runs one process with two listeners on the same route: plain text and TLS. Each
 //! round runs, per connection count and per proxy in turn, `wrk` over the plain listener and then
 //! over the TLS one (keep-alive req/s, so the TLS-vs-plain ratios come from one run), and then
-//! every proxy once under [`handshake load`](run_handshakes): new connections only, each a full
+//! every proxy once under handshake load: new connections only, each a full
 //! handshake, one GET, close. Medians over rounds, as in `throughput.rs`.
 //!
 //! What lives where here:
 //! - [`Pki`]: the run's certificate, made with rcgen into the run directory (never checked in).
-//! - [`run`]: the rounds; [`start`] renders a proxy's `*-tls` template and waits for both
+//! - [`run`]: the rounds; `start` renders a proxy's `*-tls` template and waits for both
 //!   listeners.
-//! - [`run_wrk_https`]: `wrk` over `https://` (wrk links OpenSSL), read by [`wrk::parse`].
-//! - [`run_handshakes`]: the bench's own handshake client (tokio-rustls, resumption off) on a
+//! - `run_wrk_https`: `wrk` over `https://` (wrk links OpenSSL), read by [`wrk::parse`].
+//! - [`HandshakeClient`] and `run_handshakes`: the bench's own handshake client (tokio-rustls, resumption off) on a
 //!   thread pinned to the load core, and the proxy's CPU time over the run from `/proc`.
 //! - [`section`]: the markdown section, with the goals' ratios (reported, not asserted).
 
@@ -83,7 +83,7 @@ pub fn runs_per_round(options: &Options) -> usize {
     (options.connections.len() * 2 + 1) * proxies().len()
 }
 
-/// The run's server certificate: a self-signed ECDSA P-256 certificate for [`SERVER_NAME`], as
+/// The run's server certificate: a self-signed ECDSA P-256 certificate for `SERVER_NAME`, as
 /// PEM files in the run directory.
 pub struct Pki {
     pub certificate: CertificateDer<'static>,
