@@ -15,6 +15,8 @@
 //! - [`eds`]: central health for Envoy fleets (each Envoy checking vs EDS from one vigil).
 //! - [`fleet`]: fleet scale: simulated xDS clients (and a few real Envoys) on 100 clusters of 100
 //!   endpoints; one transition's fan-out time, bytes, CPU and RSS per client.
+//! - [`tls`]: TLS termination (TLS 1.3, ECDSA P-256): full handshakes/s from the bench's own
+//!   client and keep-alive req/s over TLS next to plain text, per proxy (`--only tls`).
 //! - [`report`]: medians, ratios and the markdown report.
 
 pub mod eds;
@@ -26,6 +28,7 @@ pub mod proxies;
 pub mod report;
 pub mod sys;
 pub mod throughput;
+pub mod tls;
 pub mod wrk;
 
 use crate::progress::Progress;
@@ -83,13 +86,18 @@ pub struct Options {
     pub fleet_clusters: usize,
     pub fleet_hosts: usize,
     pub run_fleet: bool,
+    /// The TLS benchmark (`--only tls`); not part of the default run, see [`Options::full`].
+    pub run_tls: bool,
     /// The `--quick` smoke preset.
     pub quick: bool,
 }
 
 impl Options {
     /// The full benchmark: 3 rounds of 10 s (2 s warm-up) at -c32 and -c256, 10,000 hosts,
-    /// fleets of 1, 3 and 10 Envoys with a 10 s probe window.
+    /// fleets of 1, 3 and 10 Envoys with a 10 s probe window. The TLS benchmark is not in it: at
+    /// these settings it adds 60 measured runs (about 12 minutes) to a run that is already long,
+    /// its plain-text rows repeat the proxy benchmark's, and it needs its own run anyway for
+    /// its TLS-vs-plain ratios to come from one set of rounds; `--only tls` runs it.
     pub fn full() -> Options {
         Options {
             rounds: 3,
@@ -113,6 +121,7 @@ impl Options {
             fleet_clusters: 100,
             fleet_hosts: 100,
             run_fleet: true,
+            run_tls: false,
             quick: false,
         }
     }
@@ -189,6 +198,9 @@ pub async fn run(options: &Options) -> Result<report::Report, String> {
     if options.run_fleet {
         fleet::run(&tools, cpus, options, &dir, &mut report, &progress).await?;
     }
+    if options.run_tls {
+        tls::run(&tools, cpus, options, &dir, &mut report, &progress).await?;
+    }
     progress.finish();
     report.load_after = sys::load_average();
     Ok(report)
@@ -216,6 +228,10 @@ pub fn steps(options: &Options) -> usize {
     }
     if options.run_fleet {
         steps += options.fleet_clients.len() * fleet::MODES.len();
+    }
+    if options.run_tls {
+        // Plain and TLS wrk rounds at each connection count, then the handshake rounds.
+        steps += per_round(tls::runs_per_round(options));
     }
     steps
 }

@@ -198,6 +198,8 @@ pub struct Report {
     pub filter_paced_section: String,
     /// The proxies at a fixed offered rate (`h2load`), rendered by `throughput`.
     pub proxy_paced_section: String,
+    /// TLS termination (handshakes, keep-alive over TLS, the goals), rendered by `tls`.
+    pub tls_section: String,
     /// The run's scratch directory relative to the checkout, shown as `$RUN` in commands.
     pub run_dir: String,
     /// Load averages when the run started and ended.
@@ -221,6 +223,7 @@ impl Report {
             filter_memory_section: String::new(),
             filter_paced_section: String::new(),
             proxy_paced_section: String::new(),
+            tls_section: String::new(),
             run_dir: String::new(),
             load_before: String::new(),
             load_after: String::new(),
@@ -340,6 +343,9 @@ impl Report {
         if o.run_fleet {
             out.push_str(&self.fleet_section);
         }
+        if o.run_tls {
+            out.push_str(&self.tls_section);
+        }
         let _ = writeln!(out, "## Commands\n");
         if !self.run_dir.is_empty() {
             let _ = writeln!(
@@ -372,6 +378,12 @@ impl Report {
                 out,
                 "EDS fleets: (a) Envoys and (b)'s vigil run `bench/templates/eds-checked.yaml`; \
                  (b)'s Envoys run `envoy/templates/eds-front.yaml`."
+            );
+        }
+        if o.run_tls {
+            let _ = writeln!(
+                out,
+                "TLS benchmark: `bench/templates/*-tls.*`, with the run's certificate in `$RUN/tls-server.pem`."
             );
         }
         out

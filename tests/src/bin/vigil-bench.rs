@@ -1,6 +1,7 @@
 //! `vigil-bench`: the Rust side of `./lab bench`. It measures vigil's proxy against Envoy,
 //! HAProxy and nginx, what vigil's wasm filter costs Envoy, its health checker against Envoy's at scale, and Envoy fleets checking
-//! on their own against fleets on EDS from one vigil, prints a markdown report
+//! on their own against fleets on EDS from one vigil (and, with `--only tls`, TLS termination),
+//! prints a markdown report
 //! and writes it to `bench/results/<date>-<commit>.md` (see `docs/bench.md`). Every process it
 //! starts is owned by a guard and stopped by PID, also on Ctrl-C or SIGTERM.
 
@@ -22,6 +23,9 @@ enum Only {
     Eds,
     /// The fleet-scale benchmark only (simulated xDS clients, SotW and delta).
     Fleet,
+    /// TLS termination only (full handshakes/s, keep-alive req/s over TLS); not in the default
+    /// run.
+    Tls,
 }
 
 #[derive(Debug, Parser)]
@@ -125,6 +129,7 @@ impl Args {
         o.run_health = self.only.is_none_or(|only| only == Only::Health);
         o.run_eds = self.only.is_none_or(|only| only == Only::Eds);
         o.run_fleet = self.only.is_none_or(|only| only == Only::Fleet);
+        o.run_tls = self.only == Some(Only::Tls);
         o.fleet_clients = self.fleet_clients.clone().unwrap_or(o.fleet_clients);
         o.fleet_changes = self.fleet_changes.unwrap_or(o.fleet_changes);
         o.fleet_clusters = self.fleet_clusters.unwrap_or(o.fleet_clusters);
