@@ -806,16 +806,14 @@ async fn respond(
                             .push((state_lock.clone(), bucket.clone()));
                     }
                 }
-                let context = FormatContext {
-                    start: started,
+                let context = FormatContext::before_routing(
+                    started,
                     downstream,
-                    method: &parts.method,
-                    path: &path,
-                    authority: authority.as_deref(),
-                    version: parts.version,
-                    route_name: "",
-                    cluster: None,
-                };
+                    &parts.method,
+                    parts.version,
+                    &path,
+                    authority.as_deref(),
+                );
                 match decision {
                     Limited::Disabled => {}
                     Limited::Allow {
@@ -1048,16 +1046,14 @@ async fn respond(
                             .headers_mut()
                             .insert("grpc-status", HeaderValue::from(8u16));
                     }
-                    let context = FormatContext {
-                        start: started,
+                    let context = FormatContext::before_routing(
+                        started,
                         downstream,
-                        method: &parts.method,
-                        path: &path,
-                        authority: authority.as_deref(),
-                        version: parts.version,
-                        route_name: "",
-                        cluster: None,
-                    };
+                        &parts.method,
+                        parts.version,
+                        &path,
+                        authority.as_deref(),
+                    );
                     mutate(
                         response.headers_mut(),
                         &[],
@@ -1269,16 +1265,14 @@ async fn respond(
                         .as_ref()
                         .and_then(|tls| tls.peer_cert_pem.as_deref()),
                 };
-                let context = FormatContext {
-                    start: started,
+                let context = FormatContext::before_routing(
+                    started,
                     downstream,
-                    method: &parts.method,
-                    path: &path,
-                    authority: authority.as_deref(),
-                    version: parts.version,
-                    route_name: "",
-                    cluster: None,
-                };
+                    &parts.method,
+                    parts.version,
+                    &path,
+                    authority.as_deref(),
+                );
                 let to_add = match &config.service {
                     vigil_core::config::AuthzService::Http(http) => http.headers_to_add.as_slice(),
                     vigil_core::config::AuthzService::Grpc(_) => &[],
@@ -2402,7 +2396,29 @@ struct FormatContext<'a> {
     cluster: Option<&'a str>,
 }
 
-impl FormatContext<'_> {
+impl<'a> FormatContext<'a> {
+    /// The context of a reply a filter makes before any route is chosen (no route name, no
+    /// cluster): the local and global rate limits' and external authorization's answers.
+    fn before_routing(
+        start: Instant,
+        downstream: &'a Downstream,
+        method: &'a http::Method,
+        version: http::Version,
+        path: &'a str,
+        authority: Option<&'a str>,
+    ) -> FormatContext<'a> {
+        FormatContext {
+            start,
+            downstream,
+            method,
+            path,
+            authority,
+            version,
+            route_name: "",
+            cluster: None,
+        }
+    }
+
     fn record(
         &self,
         request_headers: &HeaderMap,
