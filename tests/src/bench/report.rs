@@ -712,7 +712,8 @@ fn percent_change(ratio: f64) -> String {
     format!("{:+.1} %", (ratio - 1.0) * 100.0)
 }
 
-fn thousands(value: f64) -> String {
+/// Requests per second as the tables print them (`49.0k`).
+pub(crate) fn thousands(value: f64) -> String {
     if value >= 1000.0 {
         format!("{:.1}k", value / 1000.0)
     } else {
@@ -720,7 +721,8 @@ fn thousands(value: f64) -> String {
     }
 }
 
-fn latency(us: f64) -> String {
+/// A latency as the tables print them (`775 us`, `3.34 ms`).
+pub(crate) fn latency(us: f64) -> String {
     if us >= 1000.0 {
         format!("{:.2} ms", us / 1000.0)
     } else {

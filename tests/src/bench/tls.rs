@@ -17,7 +17,7 @@
 //! - [`section`]: the markdown section, with the goals' ratios (reported, not asserted).
 
 use super::proxies::{self, ProxyUnderTest, Responder, Started};
-use super::report::{Report, median};
+use super::report::{Report, latency, median, thousands};
 use super::sys::{self, Tools};
 use super::wrk::{self, Load, WrkResult};
 use super::{Cpus, Options};
@@ -1198,22 +1198,6 @@ fn errors(count: u64) -> String {
         "0".into()
     } else {
         format!("**{count} FLAGGED**")
-    }
-}
-
-fn thousands(value: f64) -> String {
-    if value >= 1000.0 {
-        format!("{:.1}k", value / 1000.0)
-    } else {
-        format!("{value:.0}")
-    }
-}
-
-fn latency(us: f64) -> String {
-    if us >= 1000.0 {
-        format!("{:.2} ms", us / 1000.0)
-    } else {
-        format!("{us:.0} us")
     }
 }
 
