@@ -18,7 +18,7 @@
 //! 3. the logic of one concern each, with its own configuration types (in this order among
 //!    themselves, each using only earlier ones): [`health`] (the per-host
 //!    session), [`schedule`], [`check`], [`http1_probe`], [`grpc_health`], [`outlier`], [`cluster_health`],
-//!    [`balance`], [`backoff`], [`dns`], [`proxy_protocol`], [`proxy_protocol_header`], [`xff`],
+//!    [`balance`], [`backoff`], [`dns`], [`proxy_protocol_header`], [`proxy_protocol`], [`xff`],
 //!    [`path_normalize`], [`cors`], [`csrf`],
 //!    [`rbac`], [`rate_limit_actions`], [`local_ratelimit`], [`jwt_authn`], [`rules`], [`plugin`] (the plugin, rules and
 //!    outlier configs read themselves with `protojson`);

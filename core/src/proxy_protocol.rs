@@ -15,6 +15,8 @@
 //! metadata's `PerHostConfig`) first, then the cluster's, a type written once (the first one
 //! wins, a host's before the cluster's).
 
+// The version 2 signature is the one the listener filter's parser looks for.
+use crate::proxy_protocol_header::V2_SIGNATURE;
 use std::net::{IpAddr, SocketAddr};
 
 /// `ProxyProtocolConfig.Version`.
@@ -32,8 +34,6 @@ pub struct Tlv {
     pub value: Vec<u8>,
 }
 
-/// The version 2 signature.
-const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 /// Version 2, command PROXY.
 const V2_PROXY: u8 = 0x21;
 /// Version 2, command LOCAL.
