@@ -312,15 +312,7 @@ pub async fn serve_with(
         }
     }
     // Take what the kernel already queued, then close right away (see above).
-    let queued = std::future::poll_fn(|cx| {
-        let mut queued = Vec::new();
-        while let std::task::Poll::Ready(Ok(accepted)) = listener.poll_accept(cx) {
-            queued.push(accepted);
-        }
-        std::task::Poll::Ready(queued)
-    })
-    .await;
-    drop(listener);
+    let queued = take_accept_queue(listener);
     let started = Instant::now();
     let drain = Duration::from_millis(state.load().hcm.drain_timeout_ms.max(1));
     log::info!(
@@ -347,6 +339,47 @@ pub async fn serve_with(
     {
         log::warn!("{what}: drain timeout ({drain:?}) reached with requests still in flight");
     }
+}
+
+/// Accepts every connection the kernel has queued on `listener` and closes it. The accepts are
+/// direct non-blocking syscalls until `EAGAIN`: tokio's `poll_accept` would first consult the
+/// readiness the reactor last saw, and miss connections queued since its last turn (milliseconds
+/// on a loaded machine), which the close would then reset.
+fn take_accept_queue(listener: TcpListener) -> Vec<(tokio::net::TcpStream, SocketAddr)> {
+    let listener = match listener.into_std() {
+        Ok(listener) => listener,
+        Err(err) => {
+            log::warn!("listener: cannot take the accept queue before closing: {err}");
+            return Vec::new();
+        }
+    };
+    if let Err(err) = listener.set_nonblocking(true) {
+        log::warn!("listener: cannot take the accept queue before closing: {err}");
+        return Vec::new();
+    }
+    let mut queued = Vec::new();
+    loop {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                let adopted = stream
+                    .set_nonblocking(true)
+                    .and_then(|()| tokio::net::TcpStream::from_std(stream));
+                match adopted {
+                    Ok(stream) => queued.push((stream, peer)),
+                    Err(err) => log::warn!("listener: queued connection from {peer} lost: {err}"),
+                }
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
+            // ECONNABORTED and the like end one queued connection, not the queue.
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionAborted => {}
+            Err(err) => {
+                log::warn!("listener: taking the accept queue stopped early: {err}");
+                break;
+            }
+        }
+    }
+    queued
 }
 
 /// The connections one listener serves, and what it needs to drain them.
