@@ -3,13 +3,13 @@
 //! ...) and hands each part to its own reader.
 
 use super::address::Address;
+use super::bootstrap_extensions::BootstrapExtensions;
 use super::cluster_types::Cluster;
 use super::listener::Listener;
 use super::schema::{
     ADMIN, BOOTSTRAP, CLUSTER_MANAGER, CLUSTER_MANAGER_OUTLIER_DETECTION, STATIC_RESOURCES,
-    TYPED_EXTENSION_CONFIG,
 };
-use crate::protojson::{Ctx, FieldPath, IGNORED, Obj};
+use crate::protojson::{Ctx, FieldPath, Obj};
 use serde_json::Value;
 
 /// The bootstrap config: the parts of Envoy's `Bootstrap` vigil reads.
@@ -24,6 +24,8 @@ pub struct Bootstrap {
     /// `cluster_manager.outlier_detection.event_log_path`: where ejection events are written
     /// (one JSON object per line, as Envoy writes them); `None` when unset.
     pub outlier_event_log_path: Option<String>,
+    /// What `bootstrap_extensions` configure that vigil acts on.
+    pub extensions: BootstrapExtensions,
 }
 
 impl Bootstrap {
@@ -44,14 +46,13 @@ pub struct Admin {
     pub profile_path: Option<String>,
 }
 
-const WASM_SERVICE_TYPE: &str = "envoy.extensions.wasm.v3.WasmService";
-
 pub(super) fn bootstrap(cx: &mut Ctx, value: &Value) -> Bootstrap {
     let mut out = Bootstrap {
         admin: None,
         listeners: Vec::new(),
         clusters: Vec::new(),
         outlier_event_log_path: None,
+        extensions: BootstrapExtensions::default(),
     };
     let root = FieldPath::root();
     if value.is_null() {
@@ -84,7 +85,7 @@ pub(super) fn bootstrap(cx: &mut Ctx, value: &Value) -> Bootstrap {
         sr.finish(cx);
     }
     for (p, v) in o.list("bootstrap_extensions") {
-        bootstrap_extension(cx, &p, v);
+        super::bootstrap_extensions::read(cx, &p, v, &mut out.extensions);
     }
     if let Some((path, layered)) = o.peek("layered_runtime") {
         runtime_layers_against_keys(cx, &path, layered);
@@ -180,28 +181,5 @@ fn admin(cx: &mut Ctx, mut o: Obj) -> Admin {
         address,
         access_log_path,
         profile_path,
-    }
-}
-
-fn bootstrap_extension(cx: &mut Ctx, path: &FieldPath, value: &Value) {
-    let Some(mut ext) = Obj::new(cx, path.clone(), value, &TYPED_EXTENSION_CONFIG) else {
-        return;
-    };
-    let _name = ext.required_string(cx, "name", "required: must not be empty");
-    let has_typed = ext.has("typed_config");
-    let typed = ext.any(cx, "typed_config");
-    ext.finish(cx);
-    if !has_typed {
-        cx.invalid(&path.field("typed_config"), "required");
-        return;
-    }
-    match typed {
-        Some(t) if t.is(WASM_SERVICE_TYPE) => cx.warn(
-            path,
-            "a wasm service (such as vigil's probing singleton) runs inside Envoy; the companion \
-             does this work natively and does not load wasm",
-        ),
-        Some(_) => cx.warn(path, IGNORED),
-        None => {}
     }
 }

@@ -46,7 +46,8 @@
 //! Layout (the proto-JSON reading rules and the error type are `crate::protojson`'s, below):
 //! - `schema`: the Envoy messages vigil reads and what it does with each field;
 //! - `yaml` (feature `yaml`): the YAML front end, a document's first YAML tree as JSON;
-//! - `bootstrap`: [`Bootstrap`] and its top-level reader, which hands each part to the others;
+//! - `bootstrap`: [`Bootstrap`] and its top-level reader, which hands each part to the others
+//!   (`bootstrap_extensions` reads the bootstrap extensions);
 //!   every file holds its own types beside its reader (all re-exported here), except
 //!   `cluster_types`, apart from the `cluster` reader because `health_check` needs one of them;
 //! - `address` (addresses and their reader), `cluster`, `circuit_breakers`, `health_check`, `tls`,
@@ -65,6 +66,7 @@
 mod access_log;
 mod address;
 mod bootstrap;
+mod bootstrap_extensions;
 mod buffer;
 mod circuit_breakers;
 mod cluster;
@@ -109,6 +111,7 @@ pub use access_log::{
 };
 pub use address::{Address, SocketAddress, SocketProtocol};
 pub use bootstrap::{Admin, Bootstrap};
+pub use bootstrap_extensions::BootstrapExtensions;
 pub use circuit_breakers::{CircuitBreakers, RetryBudget, RoutingPriority, Thresholds};
 pub use cluster_types::*;
 pub use connection_manager::{
