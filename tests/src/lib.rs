@@ -19,6 +19,8 @@
 //! - [`http`]: a minimal HTTP/1.1 client (one connection per request) for driving the topology.
 //! - [`envoy`]: starting Envoy and reading its admin API (`/ready`, `/clusters`, `/stats`).
 //! - [`demoapp`]: starting the demo app and toggling it.
+//! - [`grpc_service`]: a unary gRPC service over h2c standing in for the external services
+//!   Envoy calls (ext_authz, rate limit), and the framing of its answers.
 //! - [`timeline`]: polling several admin APIs and recording health transitions to compare.
 //! - [`compare`]: `./lab compare`: each lab with every path (native Envoy, the companion) side by
 //!   side on the same demo apps, the lab's fault applied and removed, and a table of reactions.
@@ -48,6 +50,7 @@ pub mod compare;
 pub mod demoapp;
 pub mod dns;
 pub mod envoy;
+pub mod grpc_service;
 pub mod http;
 pub mod lab;
 pub mod load;

@@ -22,6 +22,7 @@ use vigil_tests::bootstrap::{ListenerSpec, cluster_yaml};
 use vigil_tests::envoy::{AdminProcess, start_envoy_and_vigil};
 use vigil_tests::raw_upstream::{EchoUpstream, read_head};
 
+use vigil_tests::grpc_service::{self, GrpcBody, UnaryCall};
 use vigil_tests::{http, net, paths};
 
 /// The authorization service: answers by the check's path, records each check's head.
@@ -293,46 +294,22 @@ struct GrpcAuthz {
 impl GrpcAuthz {
     async fn start(ip: IpAddr) -> GrpcAuthz {
         use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
-        use http_body_util::BodyExt;
         use prost::Message;
-        let listener = TcpListener::bind((ip, 0)).await.expect("bind grpc authz");
-        let address = listener.local_addr().expect("grpc authz address");
         let seen: Arc<Mutex<Vec<String>>> = Arc::default();
         let log = seen.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let log = log.clone();
-                let service = hyper::service::service_fn(
-                    move |request: hyper::Request<hyper::body::Incoming>| {
-                        let log = log.clone();
-                        async move {
-                            let path = request.uri().path().to_string();
-                            let body = request
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            let check = body
-                                .get(5..)
-                                .and_then(|m| CheckRequest::decode(m).ok())
-                                .unwrap_or_default();
-                            log.lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .push(format!("{path} {}", describe_check(&check)));
-                            Ok::<_, std::convert::Infallible>(grpc_answer(&check))
-                        }
-                    },
-                );
-                tokio::spawn(async move {
-                    let _ = hyper::server::conn::http2::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-                });
+        let address = grpc_service::serve(ip, move |call: UnaryCall| {
+            let log = log.clone();
+            async move {
+                let check = CheckRequest::decode(call.message).unwrap_or_default();
+                log.lock().unwrap_or_else(|p| p.into_inner()).push(format!(
+                    "{} {}",
+                    call.path,
+                    describe_check(&check)
+                ));
+                grpc_answer(&check)
             }
-        });
+        })
+        .await;
         GrpcAuthz { address, seen }
     }
 
@@ -391,12 +368,6 @@ fn describe_check(check: &envoy_types::pb::envoy::service::auth::v3::CheckReques
     )
 }
 
-/// A gRPC answer's body: the message, then the trailers with `grpc-status`.
-type GrpcBody = http_body_util::combinators::WithTrailers<
-    http_body_util::Full<bytes::Bytes>,
-    std::future::Ready<Option<Result<::http::HeaderMap, std::convert::Infallible>>>,
->;
-
 fn grpc_answer(
     check: &envoy_types::pb::envoy::service::auth::v3::CheckRequest,
 ) -> hyper::Response<GrpcBody> {
@@ -407,8 +378,6 @@ fn grpc_answer(
     };
     use envoy_types::pb::envoy::r#type::v3::HttpStatus;
     use envoy_types::pb::google::rpc::Status;
-    use http_body_util::BodyExt;
-    use prost::Message;
     let path = check
         .attributes
         .as_ref()
@@ -468,25 +437,7 @@ fn grpc_answer(
     } else {
         (13, None)
     };
-    let mut frame = Vec::new();
-    if let Some(answer) = answer {
-        let encoded = answer.encode_to_vec();
-        frame.push(0);
-        frame.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
-        frame.extend_from_slice(&encoded);
-    }
-    let mut trailers = ::http::HeaderMap::new();
-    trailers.insert(
-        "grpc-status",
-        ::http::HeaderValue::from_str(&grpc_status.to_string()).expect("status"),
-    );
-    hyper::Response::builder()
-        .header("content-type", "application/grpc")
-        .body(
-            http_body_util::Full::new(bytes::Bytes::from(frame))
-                .with_trailers(std::future::ready(Some(Ok(trailers)))),
-        )
-        .expect("grpc answer")
+    grpc_service::answer(grpc_status, answer)
 }
 
 fn grpc_config(

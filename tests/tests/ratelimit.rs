@@ -21,11 +21,11 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::TcpListener;
 use vigil_tests::bootstrap::{ListenerSpec, cluster_yaml};
 use vigil_tests::envoy::{AdminProcess, start_envoy_and_vigil};
 use vigil_tests::raw_upstream::EchoUpstream;
 
+use vigil_tests::grpc_service::{self, GrpcBody, UnaryCall};
 use vigil_tests::{http, net, paths};
 
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
@@ -39,78 +39,53 @@ struct RateLimitService {
 
 impl RateLimitService {
     async fn start(ip: IpAddr) -> RateLimitService {
-        use http_body_util::BodyExt;
         use prost::Message;
-        let listener = TcpListener::bind((ip, 0)).await.expect("bind rls");
-        let address = listener.local_addr().expect("rls address");
         let seen: Arc<Mutex<Vec<String>>> = Arc::default();
         let log = seen.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let log = log.clone();
-                let service = hyper::service::service_fn(
-                    move |request: hyper::Request<hyper::body::Incoming>| {
-                        let log = log.clone();
-                        async move {
-                            // The authority differs (Envoy's is the cluster's name, vigil's the
-                            // host's address) and tells the service nothing.
-                            let path = request.uri().path().to_string();
-                            let mut headers: Vec<String> = request
-                                .headers()
-                                .iter()
-                                // What differs and tells the service nothing: the framing
-                                // (`content-length`), Envoy's own address in `x-forwarded-for`,
-                                // the Google gRPC library's name and codings.
-                                .filter(|(n, _)| {
-                                    ![
-                                        "content-length",
-                                        "x-forwarded-for",
-                                        "host",
-                                        "user-agent",
-                                        "grpc-accept-encoding",
-                                    ]
-                                    .contains(&n.as_str())
-                                })
-                                .map(|(n, v)| match n.as_str() {
-                                    // The time left (the Google gRPC library counts it down);
-                                    // the `slow` case shows both give up alike.
-                                    "grpc-timeout" => n.to_string(),
-                                    _ => format!("{n}={}", v.to_str().unwrap_or("?")),
-                                })
-                                .collect();
-                            headers.sort();
-                            let body = request
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            let asked = body
-                                .get(5..)
-                                .and_then(|m| RateLimitRequest::decode(m).ok())
-                                .unwrap_or_default();
-                            log.lock().unwrap_or_else(|p| p.into_inner()).push(format!(
-                                "{path} {} headers=[{}]",
-                                describe(&asked),
-                                headers.join(", ")
-                            ));
-                            let case = case_of(&asked);
-                            if case == "slow" {
-                                tokio::time::sleep(Duration::from_millis(600)).await;
-                            }
-                            Ok::<_, std::convert::Infallible>(answer(&case))
-                        }
-                    },
-                );
-                tokio::spawn(async move {
-                    let _ = hyper::server::conn::http2::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-                });
+        let address = grpc_service::serve(ip, move |call: UnaryCall| {
+            let log = log.clone();
+            async move {
+                // The authority differs (Envoy's is the cluster's name, vigil's the host's
+                // address) and tells the service nothing.
+                let mut headers: Vec<String> = call
+                    .headers
+                    .iter()
+                    // What differs and tells the service nothing: the framing
+                    // (`content-length`), Envoy's own address in `x-forwarded-for`, the Google
+                    // gRPC library's name and codings.
+                    .filter(|(n, _)| {
+                        ![
+                            "content-length",
+                            "x-forwarded-for",
+                            "host",
+                            "user-agent",
+                            "grpc-accept-encoding",
+                        ]
+                        .contains(&n.as_str())
+                    })
+                    .map(|(n, v)| match n.as_str() {
+                        // The time left (the Google gRPC library counts it down); the `slow`
+                        // case shows both give up alike.
+                        "grpc-timeout" => n.to_string(),
+                        _ => format!("{n}={}", v.to_str().unwrap_or("?")),
+                    })
+                    .collect();
+                headers.sort();
+                let asked = RateLimitRequest::decode(call.message).unwrap_or_default();
+                log.lock().unwrap_or_else(|p| p.into_inner()).push(format!(
+                    "{} {} headers=[{}]",
+                    call.path,
+                    describe(&asked),
+                    headers.join(", ")
+                ));
+                let case = case_of(&asked);
+                if case == "slow" {
+                    tokio::time::sleep(Duration::from_millis(600)).await;
+                }
+                answer(&case)
             }
-        });
+        })
+        .await;
         RateLimitService { address, seen }
     }
 
@@ -157,19 +132,11 @@ fn case_of(request: &RateLimitRequest) -> String {
         .unwrap_or_default()
 }
 
-/// A gRPC answer's body: the message, then the trailers with `grpc-status`.
-type GrpcBody = http_body_util::combinators::WithTrailers<
-    http_body_util::Full<bytes::Bytes>,
-    std::future::Ready<Option<Result<::http::HeaderMap, std::convert::Infallible>>>,
->;
-
 fn answer(case: &str) -> hyper::Response<GrpcBody> {
     use envoy_types::pb::envoy::config::core::v3::HeaderValue;
     use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
         DescriptorStatus, RateLimit,
     };
-    use http_body_util::BodyExt;
-    use prost::Message;
     let header = |key: &str, value: &str| HeaderValue {
         key: key.into(),
         value: value.into(),
@@ -244,25 +211,7 @@ fn answer(case: &str) -> hyper::Response<GrpcBody> {
             }),
         ),
     };
-    let mut frame = Vec::new();
-    if let Some(message) = message {
-        let encoded = message.encode_to_vec();
-        frame.push(0);
-        frame.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
-        frame.extend_from_slice(&encoded);
-    }
-    let mut trailers = ::http::HeaderMap::new();
-    trailers.insert(
-        "grpc-status",
-        ::http::HeaderValue::from_str(&grpc_status.to_string()).expect("status"),
-    );
-    hyper::Response::builder()
-        .header("content-type", "application/grpc")
-        .body(
-            http_body_util::Full::new(bytes::Bytes::from(frame))
-                .with_trailers(std::future::ready(Some(Ok(trailers)))),
-        )
-        .expect("rls answer")
+    grpc_service::answer(grpc_status, message)
 }
 
 /// The listener: the rate limit filter (with `fields`) before the router, routes with entries
