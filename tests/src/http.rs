@@ -170,6 +170,44 @@ fn encode(text: &str) -> String {
     out
 }
 
+/// One response read off a raw connection by [`raw_exchange`]: the status (`"closed"` when the
+/// proxy closed without answering), the head (status line and headers) and the body.
+pub struct RawAnswer {
+    pub status: String,
+    pub head: String,
+    pub body: String,
+}
+
+/// Writes `request` (a whole HTTP/1.1 request as text) on a new connection to `to` and reads one
+/// response with [`read_response`], within 5 s. The error says what failed, as text a
+/// differential test can compare (both proxies failing alike compare equal).
+pub async fn raw_exchange(to: SocketAddr, request: &str) -> Result<RawAnswer, String> {
+    use tokio::io::AsyncWriteExt;
+    let run = async {
+        let mut tcp = TcpStream::connect(to).await.map_err(|e| e.to_string())?;
+        tcp.write_all(request.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut answer = Vec::new();
+        read_response(&mut tcp, &mut answer).await;
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("closed")
+            .to_string();
+        Ok(RawAnswer {
+            status,
+            head: head.to_string(),
+            body: body.to_string(),
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .unwrap_or_else(|_| Err("no answer within 5 s".into()))
+}
+
 /// Reads one response off a raw connection into `answer`: its head and `content-length` bytes
 /// of body, or to the end of the stream (a proxy that closes without answering leaves `answer`
 /// empty). Not waiting for the close keeps Envoy's delayed close (1 s after a local reply) out

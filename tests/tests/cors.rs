@@ -5,9 +5,6 @@
 //! `cors.origin_valid` / `cors.origin_invalid` counters.
 
 use std::net::SocketAddr;
-use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use vigil_tests::bootstrap::{ListenerSpec, cluster_yaml};
 use vigil_tests::envoy::{AdminProcess, start_envoy_and_vigil};
 use vigil_tests::raw_upstream::EchoUpstream;
@@ -57,40 +54,25 @@ fn with_vhost_policy(yaml: &str) -> String {
 
 /// Status, the `access-control-*` response headers, and whether the upstream saw the request.
 async fn ask(to: SocketAddr, method: &str, path: &str, extra: &str) -> String {
-    let run = async {
-        let mut tcp = TcpStream::connect(to).await.map_err(|e| e.to_string())?;
-        let request =
-            format!("{method} {path} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n{extra}\r\n");
-        tcp.write_all(request.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut answer = Vec::new();
-        http::read_response(&mut tcp, &mut answer).await;
-        let text = String::from_utf8_lossy(&answer).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or("closed")
-            .to_string();
-        let mut cors: Vec<String> = head
-            .lines()
-            .map(str::to_ascii_lowercase)
-            .filter(|l| l.starts_with("access-control-"))
-            .collect();
-        cors.sort();
-        let upstream = if body.starts_with(method) {
-            "upstream"
-        } else {
-            "local"
-        };
-        Ok::<_, String>(format!("{status} {upstream} [{}]", cors.join(" | ")))
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n{extra}\r\n");
+    let answer = match http::raw_exchange(to, &request).await {
+        Ok(answer) => answer,
+        Err(why) => return why,
     };
-    match tokio::time::timeout(Duration::from_secs(5), run).await {
-        Ok(Ok(text)) => text,
-        Ok(Err(why)) => why,
-        Err(_) => "no answer within 5 s".into(),
-    }
+    let mut cors: Vec<String> = answer
+        .head
+        .lines()
+        .map(str::to_ascii_lowercase)
+        .filter(|l| l.starts_with("access-control-"))
+        .collect();
+    cors.sort();
+    let upstream = if answer.body.starts_with(method) {
+        "upstream"
+    } else {
+        "local"
+    };
+    format!("{} {upstream} [{}]", answer.status, cors.join(" | "))
 }
 
 async fn counter(process: &AdminProcess, name: &str) -> String {

@@ -5,9 +5,6 @@
 //! header a client sends that the file removes never reaches the upstream through either.
 
 use std::net::SocketAddr;
-use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use vigil_tests::bootstrap::{ListenerSpec, cluster_yaml};
 use vigil_tests::envoy::start_envoy_and_vigil;
 use vigil_tests::raw_upstream::EchoUpstream;
@@ -17,42 +14,26 @@ use vigil_tests::{http, net, paths};
 /// The headers named `x-*` (sorted, one per line) that the upstream received and that the
 /// client got back, and the status.
 async fn exchange(to: SocketAddr, path: &str, extra: &str) -> String {
-    let run = async {
-        let mut tcp = TcpStream::connect(to).await.map_err(|e| e.to_string())?;
-        let request =
-            format!("GET {path} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n{extra}\r\n");
-        tcp.write_all(request.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut answer = Vec::new();
-        http::read_response(&mut tcp, &mut answer).await;
-        let text = String::from_utf8_lossy(&answer).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or("closed")
-            .to_string();
-        let pick = |block: &str| {
-            let mut lines: Vec<String> = block
-                .lines()
-                .filter(|l| l.to_ascii_lowercase().starts_with("x-t"))
-                .map(|l| l.to_ascii_lowercase())
-                .collect();
-            lines.sort();
-            lines.join(" | ")
-        };
-        Ok::<_, String>(format!(
-            "{status}\n  upstream got: {}\n  client got: {}",
-            pick(body),
-            pick(head)
-        ))
+    let request = format!("GET {path} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n{extra}\r\n");
+    let answer = match http::raw_exchange(to, &request).await {
+        Ok(answer) => answer,
+        Err(why) => return why,
     };
-    match tokio::time::timeout(Duration::from_secs(5), run).await {
-        Ok(Ok(text)) => text,
-        Ok(Err(why)) => why,
-        Err(_) => "no answer within 5 s".into(),
-    }
+    let pick = |block: &str| {
+        let mut lines: Vec<String> = block
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with("x-t"))
+            .map(|l| l.to_ascii_lowercase())
+            .collect();
+        lines.sort();
+        lines.join(" | ")
+    };
+    format!(
+        "{}\n  upstream got: {}\n  client got: {}",
+        answer.status,
+        pick(&answer.body),
+        pick(&answer.head)
+    )
 }
 
 fn spec(echo: SocketAddr) -> ListenerSpec {

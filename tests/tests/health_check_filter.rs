@@ -4,9 +4,6 @@
 //! API's `/healthcheck/fail` is in effect), every other request goes upstream.
 
 use std::net::SocketAddr;
-use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use vigil_tests::bootstrap::{ListenerSpec, cluster_yaml};
 use vigil_tests::envoy::start_envoy_and_vigil;
 use vigil_tests::raw_upstream::EchoUpstream;
@@ -22,43 +19,26 @@ const FILTER: &str = "
 
 /// Status, the `x-envoy-*` response headers, and whether the upstream saw the request.
 async fn ask(to: SocketAddr, path: &str, extra: &str) -> String {
-    let run = async {
-        let mut tcp = TcpStream::connect(to).await.map_err(|e| e.to_string())?;
-        let request =
-            format!("GET {path} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n{extra}\r\n");
-        tcp.write_all(request.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut answer = Vec::new();
-        http::read_response(&mut tcp, &mut answer).await;
-        let text = String::from_utf8_lossy(&answer).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or("closed")
-            .to_string();
-        let mut envoy: Vec<String> = head
-            .lines()
-            .map(str::to_ascii_lowercase)
-            .filter(|l| {
-                l.starts_with("x-envoy-immediate")
-                    || l.starts_with("x-envoy-upstream-healthchecked")
-            })
-            .collect();
-        envoy.sort();
-        let upstream = if body.starts_with("GET") {
-            "upstream"
-        } else {
-            "local"
-        };
-        Ok::<_, String>(format!("{status} {upstream} [{}]", envoy.join(" | ")))
+    let request = format!("GET {path} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n{extra}\r\n");
+    let answer = match http::raw_exchange(to, &request).await {
+        Ok(answer) => answer,
+        Err(why) => return why,
     };
-    match tokio::time::timeout(Duration::from_secs(5), run).await {
-        Ok(Ok(text)) => text,
-        Ok(Err(why)) => why,
-        Err(_) => "no answer within 5 s".into(),
-    }
+    let mut envoy: Vec<String> = answer
+        .head
+        .lines()
+        .map(str::to_ascii_lowercase)
+        .filter(|l| {
+            l.starts_with("x-envoy-immediate") || l.starts_with("x-envoy-upstream-healthchecked")
+        })
+        .collect();
+    envoy.sort();
+    let upstream = if answer.body.starts_with("GET") {
+        "upstream"
+    } else {
+        "local"
+    };
+    format!("{} {upstream} [{}]", answer.status, envoy.join(" | "))
 }
 
 #[tokio::test]
