@@ -20,10 +20,7 @@ import hmac
 import http.client
 import json
 import os
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +30,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(ROOT))
+import envoy_run  # noqa: E402  (core/tests/data/envoy_run.py)
 OUT = os.path.join(ROOT, "vectors.json")
 ENVOY = sys.argv[1] if len(sys.argv) > 1 else ".venv/bin/envoy"
 
@@ -45,13 +44,6 @@ def int_b64u(n: int, length=None) -> str:
     length = length or (n.bit_length() + 7) // 8
     return b64u(n.to_bytes(length, "big"))
 
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 # ---- keys ----------------------------------------------------------------------------------
@@ -370,7 +362,7 @@ class Echo(BaseHTTPRequestHandler):
 
 
 def main():
-    echo_port, listen_port, admin_port = free_port(), free_port(), free_port()
+    echo_port, listen_port, admin_port = (envoy_run.free_port() for _ in range(3))
     echo = ThreadingHTTPServer(("127.0.0.1", echo_port), Echo)
     threading.Thread(target=echo.serve_forever, daemon=True).start()
     route = lambda prefix, extra=None: dict({"match": {"prefix": prefix}, "route": {"cluster": "echo"}}, **(extra or {}))
@@ -379,57 +371,12 @@ def main():
         routes.append(route(prefix, {"typed_per_filter_config": {"jwt": dict(cfg, **{
             "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig"})}}))
     routes.append(route("/"))
-    bootstrap = {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-        "static_resources": {
-            "listeners": [{
-                "name": "l",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "ingress",
-                        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
-                        "http_filters": [
-                            {"name": "jwt", "typed_config": dict(FILTER, **{
-                                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"})},
-                            {"name": "envoy.filters.http.router", "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
-                        ],
-                    },
-                }]}],
-            }],
-            "clusters": [{
-                "name": "echo", "type": "STATIC", "connect_timeout": "1s",
-                "load_assignment": {"cluster_name": "echo", "endpoints": [{"lb_endpoints": [{"endpoint": {
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": echo_port}}}}]}]},
-            }],
-        },
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "envoy.yaml")
-        with open(path, "w") as f:
-            json.dump(bootstrap, f)
-        log = open(os.path.join(tmp, "envoy.log"), "w")
-        proc = subprocess.Popen([ENVOY, "-c", path, "--concurrency", "1", "--base-id",
-                                 str(os.getpid() % 60000 + 1000), "--log-level", "warn"],
-                                stdout=log, stderr=subprocess.STDOUT)
+    jwt = dict(FILTER, **{"@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"})
+    vhosts = [{"name": "all", "domains": ["*"], "routes": routes}]
+    bootstrap = envoy_run.bootstrap(
+        admin_port, [envoy_run.listener("l", listen_port, envoy_run.hcm("ingress", vhosts, "jwt", jwt))], echo_port)
+    with envoy_run.running_envoy(ENVOY, bootstrap, admin_port, 1, "envoy.yaml"):
         try:
-            deadline = time.time() + 30
-            while True:
-                try:
-                    c = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=1)
-                    c.request("GET", "/ready")
-                    if c.getresponse().status == 200:
-                        break
-                except OSError:
-                    pass
-                if time.time() > deadline or proc.poll() is not None:
-                    log.flush()
-                    print(open(os.path.join(tmp, "envoy.log")).read())
-                    sys.exit("envoy did not start")
-                time.sleep(0.2)
             now = int(time.time())
             results = []
             for c in CASES:
@@ -450,12 +397,8 @@ def main():
                     out["body"] = body
                 conn.close()
                 results.append(dict(c, envoy=out))
-            c = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=5)
-            c.request("GET", "/stats?filter=jwt_authn")
-            stats = dict(line.split(": ", 1) for line in c.getresponse().read().decode().splitlines() if ": " in line)
+            stats = envoy_run.stats(admin_port, "jwt_authn")
         finally:
-            proc.terminate()
-            proc.wait()
             echo.shutdown()
     with open(OUT, "w") as f:
         json.dump({"envoy": "1.36.2", "now": now, "generated_at": NOW, "filter": FILTER,

@@ -23,26 +23,17 @@ milliseconds cannot change an answer.
 import http.client
 import json
 import os
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(ROOT))
+import envoy_run  # noqa: E402  (core/tests/data/envoy_run.py)
 OUT = os.path.join(ROOT, "vectors.json")
 ENVOY = sys.argv[1] if len(sys.argv) > 1 else ".venv/bin/envoy"
 TYPE = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def pct(n, d="HUNDRED"):
@@ -161,7 +152,7 @@ class Echo(BaseHTTPRequestHandler):
 
 
 def main():
-    echo_port, listen_port, admin_port = free_port(), free_port(), free_port()
+    echo_port, listen_port, admin_port = (envoy_run.free_port() for _ in range(3))
     echo = ThreadingHTTPServer(("127.0.0.1", echo_port), Echo)
     threading.Thread(target=echo.serve_forever, daemon=True).start()
     routes = []
@@ -170,56 +161,11 @@ def main():
                        "typed_per_filter_config": {"envoy.filters.http.local_ratelimit": dict(cfg, **{"@type": TYPE})}})
     routes.append({"match": {"path": "/direct"}, "direct_response": {"status": 200, "body": {"inline_string": "hello"}}})
     routes.append({"match": {"prefix": "/"}, "route": {"cluster": "echo"}})
-    bootstrap = {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-        "static_resources": {
-            "listeners": [{
-                "name": "l",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "ingress",
-                        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
-                        "http_filters": [
-                            {"name": "envoy.filters.http.local_ratelimit", "typed_config": dict(FILTER, **{"@type": TYPE})},
-                            {"name": "envoy.filters.http.router", "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
-                        ],
-                    },
-                }]}],
-            }],
-            "clusters": [{
-                "name": "echo", "type": "STATIC", "connect_timeout": "1s",
-                "load_assignment": {"cluster_name": "echo", "endpoints": [{"lb_endpoints": [{"endpoint": {
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": echo_port}}}}]}]},
-            }],
-        },
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "envoy.yaml")
-        with open(path, "w") as f:
-            json.dump(bootstrap, f)
-        log = open(os.path.join(tmp, "envoy.log"), "w")
-        proc = subprocess.Popen([ENVOY, "-c", path, "--concurrency", "2", "--base-id",
-                                 str(os.getpid() % 60000 + 1000), "--log-level", "warn"],
-                                stdout=log, stderr=subprocess.STDOUT)
+    vhosts = [{"name": "all", "domains": ["*"], "routes": routes}]
+    manager = envoy_run.hcm("ingress", vhosts, "envoy.filters.http.local_ratelimit", dict(FILTER, **{"@type": TYPE}))
+    bootstrap = envoy_run.bootstrap(admin_port, [envoy_run.listener("l", listen_port, manager)], echo_port)
+    with envoy_run.running_envoy(ENVOY, bootstrap, admin_port, 2, "envoy.yaml"):
         try:
-            deadline = time.time() + 30
-            while True:
-                try:
-                    c = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=1)
-                    c.request("GET", "/ready")
-                    if c.getresponse().status == 200:
-                        break
-                except OSError:
-                    pass
-                if time.time() > deadline or proc.poll() is not None:
-                    log.flush()
-                    print(open(os.path.join(tmp, "envoy.log")).read())
-                    sys.exit("envoy did not start")
-                time.sleep(0.2)
             conns = {}
             results = []
             start = time.monotonic()
@@ -248,12 +194,8 @@ def main():
                         out["body"] = body
                     results.append({"at_ms": round(t * 1000, 3), "done_ms": round(done * 1000, 3), "path": route, "connection": conn_name,
                                     "headers": headers, "envoy": out})
-            c = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=5)
-            c.request("GET", "/stats?filter=http_local_rate_limit")
-            stats = dict(line.split(": ", 1) for line in c.getresponse().read().decode().splitlines() if ": " in line)
+            stats = envoy_run.stats(admin_port, "http_local_rate_limit")
         finally:
-            proc.terminate()
-            proc.wait()
             echo.shutdown()
     with open(OUT, "w") as f:
         json.dump({"envoy": "1.36.2", "filter": FILTER, "per_route": PER_ROUTE, "stats": stats,

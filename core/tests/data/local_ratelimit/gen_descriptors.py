@@ -33,27 +33,18 @@ Every bucket refills slowly (10 s or more) except one, so the burst sees no refi
 import http.client
 import json
 import os
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(ROOT))
+import envoy_run  # noqa: E402  (core/tests/data/envoy_run.py)
 OUT = os.path.join(ROOT, "descriptors.json")
 ENVOY = sys.argv[1] if len(sys.argv) > 1 else ".venv/bin/envoy"
 TYPE = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
 ON = {"default_value": {"numerator": 100}, "runtime_key": "rl_unset"}
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def bucket(n, seconds=10, per_fill=1):
@@ -228,69 +219,21 @@ class Echo(BaseHTTPRequestHandler):
 
 
 def hcm(name, filter_config, vhost):
-    return {
-        "name": "envoy.filters.network.http_connection_manager",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-            "stat_prefix": name,
-            "route_config": {"virtual_hosts": [vhost]},
-            "http_filters": [
-                {"name": "envoy.filters.http.local_ratelimit", "typed_config": dict(filter_config, **{"@type": TYPE})},
-                {"name": "envoy.filters.http.router", "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
-            ],
-        },
-    }
+    return envoy_run.hcm(name, [vhost], "envoy.filters.http.local_ratelimit", dict(filter_config, **{"@type": TYPE}))
 
 
 def main():
-    echo_port, own_port, routes_port, admin_port = free_port(), free_port(), free_port(), free_port()
+    echo_port, own_port, routes_port, admin_port = (envoy_run.free_port() for _ in range(4))
     echo = ThreadingHTTPServer(("127.0.0.1", echo_port), Echo)
     threading.Thread(target=echo.serve_forever, daemon=True).start()
     ports = {"own": own_port, "routes": routes_port}
     vh_own = {"name": "own", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "echo"}}]}
     vh_routes = {"name": "routes", "domains": ["*"], "routes": ROUTES, "rate_limits": VH_RATE_LIMITS}
-    listeners = []
-    for name, cfg, vh in [("own", OWN, vh_own), ("routes", ROUTES_FILTER, vh_routes)]:
-        listeners.append({
-            "name": name,
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": ports[name]}},
-            "filter_chains": [{"filters": [hcm(name, cfg, vh)]}],
-        })
-    bootstrap = {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-        "static_resources": {
-            "listeners": listeners,
-            "clusters": [{
-                "name": "echo", "type": "STATIC", "connect_timeout": "1s",
-                "load_assignment": {"cluster_name": "echo", "endpoints": [{"lb_endpoints": [{"endpoint": {
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": echo_port}}}}]}]},
-            }],
-        },
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "envoy.json")
-        with open(path, "w") as f:
-            json.dump(bootstrap, f)
-        log = open(os.path.join(tmp, "envoy.log"), "w")
-        proc = subprocess.Popen([ENVOY, "-c", path, "--concurrency", "2", "--base-id",
-                                 str(os.getpid() % 60000 + 1000), "--log-level", "warn"],
-                                stdout=log, stderr=subprocess.STDOUT)
+    listeners = [envoy_run.listener(name, ports[name], hcm(name, cfg, vh))
+                 for name, cfg, vh in [("own", OWN, vh_own), ("routes", ROUTES_FILTER, vh_routes)]]
+    bootstrap = envoy_run.bootstrap(admin_port, listeners, echo_port)
+    with envoy_run.running_envoy(ENVOY, bootstrap, admin_port, 2, "envoy.json"):
         try:
-            deadline = time.time() + 30
-            while True:
-                try:
-                    c = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=1)
-                    c.request("GET", "/ready")
-                    if c.getresponse().status == 200:
-                        break
-                except OSError:
-                    pass
-                if time.time() > deadline or proc.poll() is not None:
-                    log.flush()
-                    print(open(os.path.join(tmp, "envoy.log")).read())
-                    sys.exit("envoy did not start")
-                time.sleep(0.2)
             results = []
             start = time.monotonic()
             for listener, route_path, source, headers in REQUESTS:
@@ -313,12 +256,8 @@ def main():
                 results.append({"at_ms": round(t * 1000, 3), "done_ms": round(done * 1000, 3),
                                 "listener": listener, "path": route_path, "source": source,
                                 "headers": headers, "envoy": out})
-            c = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=5)
-            c.request("GET", "/stats?filter=http_local_rate_limit")
-            stats = dict(line.split(": ", 1) for line in c.getresponse().read().decode().splitlines() if ": " in line)
+            stats = envoy_run.stats(admin_port, "http_local_rate_limit")
         finally:
-            proc.terminate()
-            proc.wait()
             echo.shutdown()
     with open(OUT, "w") as f:
         json.dump({"envoy": "1.36.2", "bootstrap": bootstrap, "stats": stats, "requests": results}, f, indent=1)
