@@ -5,6 +5,9 @@
 //! with any lost throughput; at a fixed rate below every proxy's capacity, p99 shows the latency
 //! a proxy adds when it is not saturated. h2load paces each connection (`--rps` is per client),
 //! so the offered rate is `connections x rps`.
+//!
+//! [`parse_summary`] reads the closed-loop summary (req/s, failures, status classes) of the
+//! HTTP/2 benchmark's runs (`h2.rs`).
 
 use crate::process::Child;
 use std::net::SocketAddr;
@@ -55,7 +58,7 @@ pub struct PacedResult {
     pub achieved: f64,
     pub p50_us: f64,
     pub p99_us: f64,
-    /// Responses outside 2xx/3xx, plus requests h2load counts as failed.
+    /// Responses outside 2xx/3xx, or h2load's failed requests (which include them) if more.
     pub errors: u64,
 }
 
@@ -96,7 +99,9 @@ pub async fn run(
         .map_err(|err| format!("h2load ({label}): cannot read {}: {err}", log.display()))?;
     let mut result = parse_log(&text, load.seconds)
         .map_err(|err| format!("h2load ({label}): {err}\n{}", child.log_tail(20)))?;
-    result.errors += failed_requests(&child.stdout());
+    // h2load's failed count already includes the answers outside 2xx/3xx that the log shows, and
+    // adds the requests that got no answer: the larger of the two, not their sum.
+    result.errors = result.errors.max(failed_requests(&child.stdout()));
     Ok(result)
 }
 
@@ -196,6 +201,55 @@ pub fn section(
     out
 }
 
+/// What h2load's summary says of a closed-loop run.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Summary {
+    /// `finished in ..., N req/s`: completed requests over the measured time.
+    pub requests_per_second: f64,
+    /// Requests that got an answer (any status).
+    pub succeeded: u64,
+    /// Failed requests: h2load's count, which includes the errored and timed-out ones and the
+    /// answers outside 2xx/3xx (the 4xx and 5xx of `status codes:` when it is missing).
+    pub errors: u64,
+}
+
+/// Reads h2load's summary: the `finished in` line's req/s, the `requests:` line's succeeded
+/// and failed counts, and the `status codes:` line's 4xx and 5xx.
+pub fn parse_summary(stdout: &str) -> Result<Summary, String> {
+    let mut summary = Summary::default();
+    let mut saw_rate = false;
+    let (mut failed, mut bad_status) = (0, 0);
+    let count = |text: &str, suffix: &str| -> Option<u64> {
+        text.split(',')
+            .map(str::trim)
+            .find_map(|part| part.strip_suffix(suffix))
+            .and_then(|n| n.trim().parse().ok())
+    };
+    for line in stdout.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("finished in") {
+            let rate = rest
+                .split(',')
+                .map(str::trim)
+                .find_map(|part| part.strip_suffix(" req/s"))
+                .ok_or_else(|| format!("no req/s in `{line}`"))?;
+            summary.requests_per_second = rate
+                .parse()
+                .map_err(|_| format!("bad req/s `{rate}` in `{line}`"))?;
+            saw_rate = true;
+        } else if let Some(rest) = line.strip_prefix("requests:") {
+            summary.succeeded = count(rest, " succeeded").unwrap_or(0);
+            failed = count(rest, " failed").unwrap_or(0);
+        } else if let Some(rest) = line.strip_prefix("status codes:") {
+            bad_status = count(rest, " 4xx").unwrap_or(0) + count(rest, " 5xx").unwrap_or(0);
+        }
+    }
+    if !saw_rate {
+        return Err("no `finished in ... req/s` line in h2load's output".into());
+    }
+    summary.errors = failed.max(bad_status);
+    Ok(summary)
+}
+
 /// Nearest-rank percentile of sorted values.
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     let rank = (q * sorted.len() as f64).ceil() as usize;
@@ -235,6 +289,18 @@ mod tests {
         assert_eq!(result.achieved, 50.0);
         assert!(parse_log("1\t200\n", 1).is_err());
         assert!(parse_log("", 1).is_err());
+    }
+
+    #[test]
+    fn the_closed_loop_summary_gives_rate_and_errors() {
+        let out = "finished in 10.00s, 48390.30 req/s, 2.12MB/s\n\
+                   requests: 483903 total, 483913 started, 483903 done, 483890 succeeded, 13 failed, 3 errored, 0 timeout\n\
+                   status codes: 483890 2xx, 0 3xx, 4 4xx, 6 5xx\n";
+        let summary = parse_summary(out).expect("parses");
+        assert_eq!(summary.requests_per_second, 48390.30);
+        assert_eq!(summary.succeeded, 483890);
+        assert_eq!(summary.errors, 13);
+        assert!(parse_summary("requests: 1 total\n").is_err());
     }
 
     #[test]

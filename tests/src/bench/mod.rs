@@ -8,7 +8,11 @@
 //! - [`proxies`]: the proxies under test as data (name, config template, command), the nginx
 //!   upstream / responder, and template rendering from `bench/templates/`.
 //! - [`wrk`]: running `wrk` and parsing its report.
-//! - [`throughput`]: the proxy benchmark (rounds alternating between proxies, median of rounds).
+//! - [`throughput`]: the proxy benchmark (rounds alternating between proxies, median of rounds),
+//!   with the production feature set on the path ([`Features::Full`]) or without it.
+//! - [`h2`]: the HTTP/2 benchmark (`--only proxy-h2`): h2c and gRPC unary calls through every
+//!   proxy to h2c upstreams, driven by h2load, each run judged by the proxy's and the load core's
+//!   CPU.
 //! - [`filter`]: vigil's wasm filter against the same Envoy without it, per mode (observation,
 //!   routing, both), rounds alternating between modes.
 //! - [`health`]: health checking at scale (CPU per probe, RSS per host, fds, probes/s).
@@ -22,6 +26,7 @@
 pub mod eds;
 pub mod filter;
 pub mod fleet;
+pub mod h2;
 pub mod h2load;
 pub mod health;
 pub mod proxies;
@@ -47,6 +52,25 @@ pub const HEALTH_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// 10,000), with `reuse_connection: false`.
 pub const HEALTH_WIDE_FACTOR: usize = 2;
 
+/// What the proxy benchmark's configs carry on the request path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Features {
+    /// One route, one cluster, nothing else: the plain configs (`envoy-proxy.yaml`, ...).
+    Minimal,
+    /// Non-matching routes before the matching one, retries, an active health check and outlier
+    /// detection (or each proxy's nearest equivalent): `envoy-proxy-full.yaml`, ...
+    Full,
+}
+
+impl Features {
+    pub fn name(self) -> &'static str {
+        match self {
+            Features::Minimal => "minimal",
+            Features::Full => "full",
+        }
+    }
+}
+
 /// What to run and for how long.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
@@ -71,6 +95,13 @@ pub struct Options {
     /// Seconds of the EDS probe-counting window.
     pub eds_window_seconds: u64,
     pub run_throughput: bool,
+    /// The proxy benchmark's feature set.
+    pub features: Features,
+    /// The HTTP/2 benchmark (`--only proxy-h2`); not part of the default run.
+    pub run_proxy_h2: bool,
+    /// h2load connections, and streams in flight on each, in the HTTP/2 benchmark.
+    pub h2_connections: u32,
+    pub h2_streams: u32,
     pub run_filter: bool,
     pub run_health: bool,
     pub run_eds: bool,
@@ -111,6 +142,10 @@ impl Options {
             eds_warmup_seconds: 2,
             eds_window_seconds: 10,
             run_throughput: true,
+            features: Features::Full,
+            run_proxy_h2: false,
+            h2_connections: 32,
+            h2_streams: 10,
             run_filter: true,
             run_health: true,
             run_eds: true,
@@ -169,9 +204,9 @@ impl Cpus {
 /// Runs what `options` asks for and returns the report (not yet written anywhere).
 pub async fn run(options: &Options) -> Result<report::Report, String> {
     let tools = sys::Tools::find()?;
-    if options.run_eds {
+    if options.run_eds || options.run_proxy_h2 {
         // Panics with the fix when missing, like vigil's lookup: before anything runs, not after
-        // the other benchmarks have.
+        // the other benchmarks have (the EDS fleets' apps, the HTTP/2 benchmark's gRPC upstream).
         crate::paths::workspace_binary("demoapp");
     }
     let cores = sys::cores();
@@ -197,6 +232,9 @@ pub async fn run(options: &Options) -> Result<report::Report, String> {
     }
     if options.run_fleet {
         fleet::run(&tools, cpus, options, &dir, &mut report, &progress).await?;
+    }
+    if options.run_proxy_h2 {
+        h2::run(&tools, cpus, options, &dir, &mut report, &progress).await?;
     }
     if options.run_tls {
         tls::run(&tools, cpus, options, &dir, &mut report, &progress).await?;
@@ -228,6 +266,9 @@ pub fn steps(options: &Options) -> usize {
     }
     if options.run_fleet {
         steps += options.fleet_clients.len() * fleet::MODES.len();
+    }
+    if options.run_proxy_h2 {
+        steps += per_round(h2::Workload::ALL.len() * proxies::all().len());
     }
     if options.run_tls {
         // Plain and TLS wrk rounds at each connection count, then the handshake rounds.

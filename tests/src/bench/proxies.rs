@@ -2,9 +2,11 @@
 //!
 //! A [`ProxyUnderTest`] is data: a name, a config template under `bench/templates/`, and how to
 //! build its command line from the rendered config. Adding a variant (say Envoy with vigil's wasm
-//! filter) is one more entry in [`all`] plus its template. Every proxy is started pinned to the
+//! filter) is one more entry in [`all`] plus its template. [`with_features`] swaps in the
+//! templates that carry the production feature set (`--features full`). Every proxy is started pinned to the
 //! proxy core with one worker, and is ready once a request through it answers 200.
 
+use super::Features;
 use super::sys::Tools;
 use crate::process::Child;
 use crate::{http, net, paths, template};
@@ -72,6 +74,23 @@ pub fn all() -> Vec<ProxyUnderTest> {
             command: |tools, config| (tools.nginx.clone(), nginx_args(config)),
         },
     ]
+}
+
+/// The proxies of [`all`] with the templates of `features`: for [`Features::Full`], each one's
+/// `*-full` template (the same listener and upstream, plus routes, retries and health checking).
+pub fn with_features(features: Features) -> Vec<ProxyUnderTest> {
+    let mut proxies = all();
+    if features == Features::Full {
+        for proxy in &mut proxies {
+            proxy.template = match proxy.template {
+                "envoy-proxy.yaml" => "envoy-proxy-full.yaml",
+                "haproxy.cfg" => "haproxy-full.cfg",
+                "nginx-proxy.conf" => "nginx-proxy-full.conf",
+                other => other,
+            };
+        }
+    }
+    proxies
 }
 
 fn args(fixed: &[&str], config: &Path) -> Vec<String> {
@@ -278,9 +297,11 @@ mod tests {
         ] {
             values.insert(key, "1".to_string());
         }
-        for proxy in all() {
+        let full = with_features(Features::Full);
+        for proxy in all().iter().chain(&full) {
             let text = render(proxy.template, &values).unwrap();
             assert!(!text.contains("{{"), "{}", proxy.template);
         }
+        assert!(full.iter().all(|p| p.template.contains("-full.")));
     }
 }

@@ -200,6 +200,8 @@ pub struct Report {
     pub proxy_paced_section: String,
     /// TLS termination (handshakes, keep-alive over TLS, the goals), rendered by `tls`.
     pub tls_section: String,
+    /// h2c and gRPC unary through every proxy, rendered by `h2`.
+    pub proxy_h2_section: String,
     /// The run's scratch directory relative to the checkout, shown as `$RUN` in commands.
     pub run_dir: String,
     /// Load averages when the run started and ended.
@@ -224,6 +226,7 @@ impl Report {
             filter_paced_section: String::new(),
             proxy_paced_section: String::new(),
             tls_section: String::new(),
+            proxy_h2_section: String::new(),
             run_dir: String::new(),
             load_before: String::new(),
             load_after: String::new(),
@@ -343,6 +346,9 @@ impl Report {
         if o.run_fleet {
             out.push_str(&self.fleet_section);
         }
+        if o.run_proxy_h2 {
+            out.push_str(&self.proxy_h2_section);
+        }
         if o.run_tls {
             out.push_str(&self.tls_section);
         }
@@ -380,6 +386,13 @@ impl Report {
                  (b)'s Envoys run `envoy/templates/eds-front.yaml`."
             );
         }
+        if o.run_proxy_h2 {
+            let _ = writeln!(
+                out,
+                "HTTP/2 benchmark: `bench/templates/*-h2.*` (vigil and Envoy run `envoy-proxy-h2.yaml`), \
+                 the upstream `nginx-upstream-h2.conf`, the gRPC request in `$RUN/grpc-check.bin`."
+            );
+        }
         if o.run_tls {
             let _ = writeln!(
                 out,
@@ -395,8 +408,31 @@ impl Report {
             out,
             "## Proxy throughput\n\nwrk -t1 for {} s after a {} s warm-up, rounds alternating between proxies; \
              median of {} round(s) per cell; RSS of the proxy after the run \
-             (proxies stay up across rounds, so from the first -c256 run on it includes what that left behind).\n",
-            o.seconds, o.warmup_seconds, o.rounds
+             (proxies stay up across rounds, so from the first -c256 run on it includes what that left behind).\n\n\
+             Feature set: **{}** (`--features {}`). {}\n",
+            o.seconds,
+            o.warmup_seconds,
+            o.rounds,
+            o.features.name(),
+            o.features.name(),
+            match o.features {
+                super::Features::Full => {
+                    "Every proxy carries seven non-matching routes before the one that matches \
+                     `GET /`, retries on 5xx and connection failures, an active health check of the \
+                     upstream every second on `/healthz` and passive failure detection: vigil and \
+                     Envoy `envoy-proxy-full.yaml` (`retry_policy`, `health_checks`, \
+                     `outlier_detection`), HAProxy `haproxy-full.cfg` (`use_backend` rules, \
+                     `retry-on` / `retries 2`, `option httpchk` with `check inter 1s`, `observe \
+                     layer7`), nginx `nginx-proxy-full.conf` (prefix locations and a `map`, \
+                     `proxy_next_upstream` / `max_fails`). Open-source nginx has no active health \
+                     check (NGINX Plus's `health_check`), so nginx does less work here than the \
+                     other three."
+                }
+                super::Features::Minimal => {
+                    "One route, one cluster, no retries and no health checking (`envoy-proxy.yaml`, \
+                     `haproxy.cfg`, `nginx-proxy.conf`)."
+                }
+            }
         );
         let _ = writeln!(
             out,

@@ -109,6 +109,30 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// `(busy, total)` jiffies of core `cpu` since boot, from `/proc/stat`: everything but idle and
+/// iowait counts as busy, whoever ran. Two readings give the core's busy share in between.
+pub fn core_jiffies(cpu: usize) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_core_jiffies(&stat, cpu)
+}
+
+fn parse_core_jiffies(stat: &str, cpu: usize) -> Option<(u64, u64)> {
+    let name = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some(name.as_str()))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice]: guest time is already
+    // counted in user, so only the first eight add up to the total.
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
 /// Open file descriptors of `pid` (entries of `/proc/PID/fd`).
 pub fn fd_count(pid: u32) -> Option<usize> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -154,6 +178,15 @@ mod tests {
     fn reads_cpu_ticks_past_a_name_with_spaces_and_parens() {
         let stat = "4242 (we (ird) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 37 0 0 20 0 1 0";
         assert_eq!(parse_cpu_ticks(stat), Some(287));
+    }
+
+    #[test]
+    fn reads_one_core_of_proc_stat() {
+        let stat = "cpu  10 0 10 80 0 0 0 0 0 0\ncpu0 5 1 4 40 10 0 0 0 0 0\ncpu1 50 0 20 30 0 0 0 0 7 0\nintr 1\n";
+        assert_eq!(parse_core_jiffies(stat, 0), Some((10, 60)));
+        assert_eq!(parse_core_jiffies(stat, 1), Some((70, 100)));
+        assert_eq!(parse_core_jiffies(stat, 2), None);
+        assert!(core_jiffies(0).is_some_and(|(busy, total)| busy <= total));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! connection count, in turn (A B C D, A B C D, ...), so slow drifts of the machine spread over
 //! all proxies instead of landing on one. Then every proxy again at a fixed offered rate (half
 //! HAProxy's throughput at the first connection count, paced by h2load), for p99 below
-//! saturation.
+//! saturation. `options.features` picks the configs: the production feature set on the path
+//! (`*-full` templates, the default) or the plain one-route configs.
 
 use super::h2load::{self, PacedLoad, PacedRow};
 use super::proxies::{self, ProxyUnderTest, Responder, Started};
@@ -39,7 +40,7 @@ pub async fn run(
     proxies::wait_serving(&mut upstream.started.child, upstream_at).await?;
 
     let mut running = Vec::new();
-    for proxy in proxies::all() {
+    for proxy in proxies::with_features(options.features) {
         let started = start(tools, cpus, &proxy, upstream_at, dir).await?;
         report.note_command(proxy.name, &started.0.command);
         running.push(Running {

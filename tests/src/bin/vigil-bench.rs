@@ -1,6 +1,7 @@
 //! `vigil-bench`: the Rust side of `./lab bench`. It measures vigil's proxy against Envoy,
 //! HAProxy and nginx, what vigil's wasm filter costs Envoy, its health checker against Envoy's at scale, and Envoy fleets checking
-//! on their own against fleets on EDS from one vigil (and, with `--only tls`, TLS termination),
+//! on their own against fleets on EDS from one vigil (and, with `--only tls`, TLS termination;
+//! with `--only proxy-h2`, h2c and gRPC unary calls),
 //! prints a markdown report
 //! and writes it to `bench/results/<date>-<commit>.md` (see `docs/bench.md`). Every process it
 //! starts is owned by a guard and stopped by PID, also on Ctrl-C or SIGTERM.
@@ -8,13 +9,16 @@
 use clap::{Parser, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vigil_tests::bench::{self, Options, sys};
+use vigil_tests::bench::{self, Features, Options, sys};
 use vigil_tests::paths;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Only {
     /// The proxy benchmark only.
     Proxy,
+    /// HTTP/2 only: h2c and gRPC unary calls through every proxy to h2c upstreams (h2load); not
+    /// in the default run.
+    ProxyH2,
     /// vigil's wasm filter against the same Envoy without it only.
     Filter,
     /// The health-check benchmark only.
@@ -26,6 +30,16 @@ enum Only {
     /// TLS termination only (full handshakes/s, keep-alive req/s over TLS); not in the default
     /// run.
     Tls,
+}
+
+/// `--features`: what the proxy benchmark's configs carry on the request path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FeatureSet {
+    /// One route, one cluster: the plain configs.
+    Minimal,
+    /// Non-matching routes first, retries, active health check, outlier detection (or each
+    /// proxy's equivalent).
+    Full,
 }
 
 #[derive(Debug, Parser)]
@@ -85,9 +99,19 @@ struct Args {
     /// Fleet-scale benchmark: endpoints per cluster [default: 100].
     #[arg(long)]
     fleet_hosts: Option<usize>,
-    /// Run one benchmark only.
+    /// The proxy benchmark's configs: the production feature set on the path, or one plain route
+    /// [default: full].
     #[arg(long, value_enum)]
-    only: Option<Only>,
+    features: Option<FeatureSet>,
+    /// HTTP/2 benchmark: h2load connections [default: 32].
+    #[arg(long)]
+    h2_connections: Option<u32>,
+    /// HTTP/2 benchmark: streams in flight per connection (h2load -m) [default: 10].
+    #[arg(long)]
+    h2_streams: Option<u32>,
+    /// Run only these benchmarks, comma-separated (`--only proxy,proxy-h2`).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Only>,
     /// Write the report here [default: bench/results/<date>-<commit>.md; with --quick, nowhere].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -124,12 +148,22 @@ impl Args {
         o.eds_fleets = self.eds_fleets.clone().unwrap_or(o.eds_fleets);
         o.eds_window_seconds = self.eds_window.unwrap_or(o.eds_window_seconds);
         o.eds_warmup_seconds = self.eds_warmup.unwrap_or(o.eds_warmup_seconds);
-        o.run_throughput = self.only.is_none_or(|only| only == Only::Proxy);
-        o.run_filter = self.only.is_none_or(|only| only == Only::Filter);
-        o.run_health = self.only.is_none_or(|only| only == Only::Health);
-        o.run_eds = self.only.is_none_or(|only| only == Only::Eds);
-        o.run_fleet = self.only.is_none_or(|only| only == Only::Fleet);
-        o.run_tls = self.only == Some(Only::Tls);
+        // The default run (no --only) is every benchmark but the TLS and HTTP/2 ones.
+        let default_or = |part: Only| self.only.is_empty() || self.only.contains(&part);
+        o.run_throughput = default_or(Only::Proxy);
+        o.run_filter = default_or(Only::Filter);
+        o.run_health = default_or(Only::Health);
+        o.run_eds = default_or(Only::Eds);
+        o.run_fleet = default_or(Only::Fleet);
+        o.run_tls = self.only.contains(&Only::Tls);
+        o.run_proxy_h2 = self.only.contains(&Only::ProxyH2);
+        o.features = match self.features {
+            Some(FeatureSet::Minimal) => Features::Minimal,
+            Some(FeatureSet::Full) => Features::Full,
+            None => o.features,
+        };
+        o.h2_connections = self.h2_connections.unwrap_or(o.h2_connections);
+        o.h2_streams = self.h2_streams.unwrap_or(o.h2_streams);
         o.fleet_clients = self.fleet_clients.clone().unwrap_or(o.fleet_clients);
         o.fleet_changes = self.fleet_changes.unwrap_or(o.fleet_changes);
         o.fleet_clusters = self.fleet_clusters.unwrap_or(o.fleet_clusters);
@@ -140,6 +174,9 @@ impl Args {
         }
         if o.connections.is_empty() || o.connections.contains(&0) {
             return Err("--connections needs one or more counts above 0".into());
+        }
+        if o.h2_connections == 0 || o.h2_streams == 0 {
+            return Err("--h2-connections and --h2-streams must be at least 1".into());
         }
         if o.hosts == 0 {
             return Err("--hosts must be at least 1".into());
