@@ -62,6 +62,7 @@ fn state(initialized: bool) -> AdminState {
         },
         failing: Arc::default(),
         reload: None,
+        runtime: Arc::default(),
         config: Arc::new(ArcSwap::from_pointee(ConfigDump {
             source: json!({"static_resources": {}}),
             loaded_at: None,
