@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use vigil_tests::bootstrap::{ListenerSpec, cluster_yaml};
-use vigil_tests::envoy::{AdminProcess, start_envoy_and_vigil};
+use vigil_tests::envoy::start_envoy_and_vigil;
 use vigil_tests::raw_upstream::EchoUpstream;
 use vigil_tests::{http, net, paths};
 
