@@ -356,8 +356,20 @@ fn an_rtds_layer_is_refused_by_name() {
         "  - name: admin_layer_0\n    admin_layer: {}",
         "  - name: rtds\n    rtds_layer:\n      name: rtds\n      rtds_config:\n        resource_api_version: V3\n        ads: {}",
     );
+    // Envoy's RTDS needs a node.
+    let yaml = format!("{yaml}node: {{ id: node-1, cluster: edge }}\n");
     let file = dir.join("rtds.yaml");
     std::fs::write(&file, yaml).unwrap_or_else(|err| panic!("{err}"));
+    let envoy = std::process::Command::new(paths::envoy_binary())
+        .args(["--mode", "validate", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|err| panic!("envoy: {err}"));
+    assert!(
+        envoy.status.success(),
+        "Envoy accepts the file: {}",
+        String::from_utf8_lossy(&envoy.stderr)
+    );
     let output = std::process::Command::new(paths::workspace_binary("vigil"))
         .args(["--mode", "validate", "-c"])
         .arg(&file)
