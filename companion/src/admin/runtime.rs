@@ -6,7 +6,7 @@
 //! undone and the answer says why (Envoy, whose change cannot fail, answers `OK`).
 
 use super::query::form_pairs;
-use super::reply::{json_response, method_not_allowed, text};
+use super::reply::{json_response, post_required, text};
 use super::{AdminState, Body};
 use http::{Method, Response, StatusCode};
 use tokio::sync::oneshot;
@@ -29,7 +29,7 @@ pub(super) async fn runtime_modify(
     form: Option<&str>,
 ) -> Response<Body> {
     if method != Method::POST {
-        return method_not_allowed("POST");
+        return post_required(method);
     }
     let mut params = form_pairs(query);
     if params.is_empty()

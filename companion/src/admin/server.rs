@@ -7,7 +7,7 @@ use super::clusters::{clusters_json, clusters_text, initialized};
 use super::history::history_json;
 use super::prometheus::prometheus;
 use super::query::form_pairs;
-use super::reply::{json_response, method_not_allowed, text, unauthorized};
+use super::reply::{json_response, method_not_allowed, post_required, text, unauthorized};
 use super::stats::stats;
 use super::status;
 use super::{AdminState, Body};
@@ -129,7 +129,7 @@ pub fn authorized(state: &AdminState, method: &Method, headers: &http::HeaderMap
 /// running config stays.
 pub async fn reload(state: &AdminState, method: &Method) -> Response<Body> {
     if method != Method::POST {
-        return method_not_allowed("POST");
+        return post_required(method);
     }
     let Some(requests) = &state.reload else {
         return text(
@@ -165,14 +165,12 @@ pub fn route(state: &AdminState, method: &Method, path: &str, query: &str) -> Re
     };
     match path {
         "/clusters" | "/stats" | "/stats/prometheus" | "/ready" | "/help" | "/"
-        | "/hosts/history" | "/xds" | "/runtime"
+        | "/hosts/history" | "/xds"
             if method != Method::GET && method != Method::HEAD =>
         {
             method_not_allowed("GET")
         }
-        "/healthcheck/fail" | "/healthcheck/ok" if method != Method::POST => {
-            method_not_allowed("POST")
-        }
+        "/healthcheck/fail" | "/healthcheck/ok" if method != Method::POST => post_required(method),
         "/clusters" => match param("format") {
             Some("json") => json_response(clusters_json(state)),
             None | Some("text") => text(StatusCode::OK, clusters_text(state)),
