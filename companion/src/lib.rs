@@ -43,6 +43,8 @@
 //! - [`admin`]: the Envoy-compatible admin API over the registry and the proxy's counters.
 //! - [`runtime`]: config to running tasks (discovery + check loop + detector per cluster),
 //!   swapped on reload; it fills the registry.
+//! - [`runtime_layers`]: the runtime's admin layer values (`/runtime_modify`), the layers in
+//!   force (`/runtime`), and the watch on disk layers' symlink roots that reloads on a swap.
 //!
 //! `main.rs` holds the command line.
 
@@ -70,6 +72,7 @@ pub mod ratelimit;
 pub mod registry;
 pub mod routing;
 pub mod runtime;
+pub mod runtime_layers;
 pub mod tls;
 pub mod upstream;
 pub mod xds;

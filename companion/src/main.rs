@@ -41,6 +41,7 @@ use vigil::checker::network_probe;
 use vigil::conn_limit::{self, ConnectionLimit};
 use vigil::proxy::ListenerSet;
 use vigil::runtime::{self, ClusterPlan, Runtime};
+use vigil::runtime_layers::{DiskWatch, RuntimeState};
 use vigil::xds;
 use vigil_core::config::{self, Address, Bootstrap};
 
@@ -169,7 +170,8 @@ fn main() -> ExitCode {
     let options = Options::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(&options.log_level))
         .init();
-    let loaded = match load(&options.config_path) {
+    let runtime_state = Arc::new(RuntimeState::default());
+    let loaded = match load(&options.config_path, &runtime_state) {
         Ok(loaded) => loaded,
         Err(report) => {
             eprintln!("{report}");
@@ -187,7 +189,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(serve(options, loaded)) {
+    match runtime.block_on(serve(options, loaded, runtime_state)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("vigil: {err}");
@@ -244,6 +246,22 @@ struct Loaded {
     sds_files: Vec<String>,
 }
 
+/// What the main loop watches between reloads: the SDS files, and the runtime's disk layers'
+/// `symlink_root`s (a swap reloads, see [`vigil::runtime_layers`]).
+struct Watches {
+    sds: SdsWatch,
+    disk: DiskWatch,
+}
+
+impl Watches {
+    fn new(bootstrap: &Bootstrap, sds_files: &[String]) -> Watches {
+        Watches {
+            sds: SdsWatch::new(sds_files),
+            disk: DiskWatch::new(&bootstrap.runtime.disk_roots),
+        }
+    }
+}
+
 /// The SDS files and when each last changed, to notice a rotation.
 #[derive(Default)]
 struct SdsWatch(Vec<(String, Option<SystemTime>)>);
@@ -263,11 +281,17 @@ fn modified(file: &str) -> Option<SystemTime> {
     std::fs::metadata(file).and_then(|m| m.modified()).ok()
 }
 
-/// Loads, validates and plans `path`, logging warnings; the error is the full report to print.
-fn load(path: &Path) -> Result<Loaded, String> {
-    let loaded = config::load_file(path).map_err(|errors| format!("{errors}"))?;
+/// Loads, validates and plans `path` with the runtime's admin layer values, logging warnings;
+/// the error is the full report to print.
+fn load(path: &Path, runtime_state: &RuntimeState) -> Result<Loaded, String> {
+    let loaded = config::load_file_with(path, &runtime_state.admin_values())
+        .map_err(|errors| format!("{errors}"))?;
     for warning in &loaded.warnings {
         log::warn!("{}: {warning}", path.display());
+    }
+    // Envoy leaves a disk layer it cannot read out of the snapshot (`runtime.load_error`).
+    for problem in &loaded.bootstrap.runtime.disk_errors {
+        log::warn!("{}: {problem}: the layer is left out", path.display());
     }
     // Certificates and keys are read now, so a missing file, a malformed PEM or a key that does
     // not match refuses the file (at start, or a reload keeps the running config).
@@ -324,7 +348,11 @@ fn admin_address(options: &Options, bootstrap: &Bootstrap) -> Result<SocketAddr,
     }
 }
 
-async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
+async fn serve(
+    options: Options,
+    loaded: Loaded,
+    runtime_state: Arc<RuntimeState>,
+) -> Result<(), String> {
     let admin_at = admin_address(&options, &loaded.bootstrap)?;
     let token = admin_token(
         options.admin_token_file.as_deref(),
@@ -414,7 +442,9 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
     let (reload_tx, mut reload_rx) = mpsc::channel(4);
     // SDS files are looked at every second, as Envoy watches them: a rotated certificate is
     // loaded (through a reload, so a bad one keeps the running config) for new connections.
-    let mut sds = SdsWatch::new(&loaded.sds_files);
+    // So are the runtime's disk layers' symlink roots: a swap reloads with the new values.
+    let mut watches = Watches::new(&loaded.bootstrap, &loaded.sds_files);
+    runtime_state.publish(&loaded.bootstrap.runtime);
     let mut sds_tick = tokio::time::interval(Duration::from_secs(1));
     let config = Arc::new(ArcSwap::from_pointee(ConfigDump {
         source: loaded.source,
@@ -424,6 +454,7 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
         clusters: clusters.registry.clone(),
         failing: health_check_failing,
         reload: Some(reload_tx),
+        runtime: runtime_state.clone(),
         config: config.clone(),
         proxy: listeners.published(),
         xds: eds.as_ref().map(xds::run::Running::registry),
@@ -464,18 +495,26 @@ async fn serve(options: Options, loaded: Loaded) -> Result<(), String> {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = hangup.recv() => {
-                let _ = reload(&options.config_path, &mut clusters, &mut listeners, &config, &mut sds).await;
+                let _ = reload(&options.config_path, &mut clusters, &mut listeners, &config, &mut watches, &runtime_state).await;
             }
             Some(reply) = reload_rx.recv() => {
-                let _ = reply.send(reload(&options.config_path, &mut clusters, &mut listeners, &config, &mut sds).await);
+                let _ = reply.send(reload(&options.config_path, &mut clusters, &mut listeners, &config, &mut watches, &runtime_state).await);
             }
             _ = sds_tick.tick() => {
-                if sds.changed() {
-                    log::info!("an SDS file changed: reloading");
-                    let reloaded = reload(&options.config_path, &mut clusters, &mut listeners, &config, &mut sds).await;
+                let sds_changed = watches.sds.changed();
+                let disk_changed = watches.disk.changed();
+                if sds_changed || disk_changed {
+                    if sds_changed {
+                        log::info!("an SDS file changed: reloading");
+                    }
+                    if disk_changed {
+                        log::info!("a runtime disk layer's symlink_root was swapped: reloading");
+                    }
+                    let reloaded = reload(&options.config_path, &mut clusters, &mut listeners, &config, &mut watches, &runtime_state).await;
                     if reloaded.is_err() {
                         // A bad file is not tried again until it changes once more.
-                        sds = SdsWatch(sds.0.iter().map(|(f, _)| (f.clone(), modified(f))).collect());
+                        watches.sds = SdsWatch(watches.sds.0.iter().map(|(f, _)| (f.clone(), modified(f))).collect());
+                        watches.disk = watches.disk.refreshed();
                     }
                 }
             }
@@ -508,11 +547,13 @@ async fn reload(
     clusters: &mut Runtime,
     listeners: &mut ListenerSet,
     config: &ArcSwap<ConfigDump>,
-    sds: &mut SdsWatch,
+    watches: &mut Watches,
+    runtime_state: &RuntimeState,
 ) -> Result<String, String> {
-    match load(path) {
+    match load(path, runtime_state) {
         Ok(loaded) => {
-            *sds = SdsWatch::new(&loaded.sds_files);
+            *watches = Watches::new(&loaded.bootstrap, &loaded.sds_files);
+            runtime_state.publish(&loaded.bootstrap.runtime);
             clusters.set_outlier_event_log(loaded.bootstrap.outlier_event_log_path.as_deref());
             let (started, stopped) = clusters.apply(loaded.plans);
             // As Envoy warms a changed cluster: the listeners keep the replaced cluster until

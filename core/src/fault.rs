@@ -6,14 +6,18 @@
 //!
 //! Pure: the shell hands in the request's headers, the random draws Envoy makes
 //! (`featureEnabled` draws one per fault kind looked at) and the `active_faults` gauge; it
-//! sleeps and answers. vigil applies no runtime layer, so every runtime key takes the value
-//! the configuration gives (the config reader refuses a layer that sets one of the filter's
-//! keys). `response_rate_limit` is refused at load. Counters: `http.<prefix>.fault.{
+//! sleeps and answers. The runtime values of the filter's keys are resolved at load into
+//! [`FaultRuntime`] (a reload follows a runtime change), combined per request as
+//! `fault_filter.cc` combines them: a request naming its downstream cluster
+//! (`x-envoy-downstream-service-cluster`, even empty) reads the `fault.http.<cluster>.` keys
+//! for the percentages and statuses instead of the filter's own keys, and its duration key
+//! after the filter's. `response_rate_limit` is refused at load. Counters: `http.<prefix>.fault.{
 //! aborts_injected, delays_injected, faults_overflow, response_rl_injected}`, the gauge
 //! `http.<prefix>.fault.active_faults`, and `http.<prefix>.fault.<downstream cluster>.{
 //! aborts_injected, delays_injected}` for a request naming its `x-envoy-downstream-service-cluster`.
 
 use crate::matcher::{HeaderMatcher, RequestView, header_matches};
+use std::collections::BTreeMap;
 
 /// The local reply's body.
 pub const ABORT_BODY: &str = "fault filter abort";
@@ -130,6 +134,48 @@ pub struct FaultSettings {
     pub downstream_nodes: Vec<String>,
     pub max_active_faults: Option<u32>,
     pub disable_downstream_cluster_stats: bool,
+    /// The runtime values of the keys the filter reads.
+    pub runtime: FaultRuntime,
+}
+
+/// The runtime values of the filter's keys, where a layer sets them (`None`: the configured
+/// value stands). A percentage is a [`Percentage`] as `featureEnabled` reads the key (an
+/// integer is a percentage, one above 100 always on).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FaultRuntime {
+    /// `abort_percent_runtime` (`fault.http.abort.abort_percent`).
+    pub abort_percent: Option<Percentage>,
+    /// `delay_percent_runtime` (`fault.http.delay.fixed_delay_percent`).
+    pub delay_percent: Option<Percentage>,
+    /// `delay_duration_runtime` (`fault.http.delay.fixed_duration_ms`).
+    pub delay_ms: Option<u64>,
+    /// `abort_http_status_runtime` (`fault.http.abort.http_status`).
+    pub http_status: Option<u16>,
+    /// `abort_grpc_status_runtime` (`fault.http.abort.grpc_status`).
+    pub grpc_status: Option<u64>,
+    /// `max_active_faults_runtime` (`fault.http.max_active_faults`).
+    pub max_active_faults: Option<u64>,
+    /// `fault.http.<cluster>.…` by downstream cluster.
+    pub clusters: BTreeMap<String, ClusterFaultRuntime>,
+}
+
+/// The `fault.http.<downstream cluster>.…` keys' values.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ClusterFaultRuntime {
+    pub abort_percent: Option<Percentage>,
+    pub delay_percent: Option<Percentage>,
+    pub delay_ms: Option<u64>,
+    pub http_status: Option<u16>,
+    pub grpc_status: Option<u64>,
+}
+
+impl FaultRuntime {
+    /// The downstream cluster's values when the request names one (an empty name too), else
+    /// `None`: then the filter's own keys apply.
+    fn cluster(&self, request: &RequestView<'_>) -> Option<ClusterFaultRuntime> {
+        let name = request.first(DOWNSTREAM_CLUSTER)?;
+        Some(self.clusters.get(name).cloned().unwrap_or_default())
+    }
 }
 
 /// The abort to answer with: `http_status`, and the gRPC status a gRPC request gets.
@@ -160,19 +206,29 @@ impl FaultSettings {
     /// value `isDelayEnabled` draws (one whenever a delay is configured).
     pub fn delay(&self, request: &RequestView<'_>, draw: u64) -> Option<u64> {
         let delay = self.delay?;
-        let percentage = match delay.kind {
+        let configured = match delay.kind {
             DelayKind::Fixed(_) => delay.percentage,
             DelayKind::Header => delay
                 .percentage
                 .capped_by(request.first(DELAY_PERCENTAGE_HEADER)),
         };
+        let cluster = self.runtime.cluster(request);
+        // `isDelayEnabled`: the cluster's key when the request names one, else the filter's.
+        let percentage = match &cluster {
+            Some(c) => c.delay_percent,
+            None => self.runtime.delay_percent,
+        }
+        .unwrap_or(configured);
         if !percentage.hits(draw) {
             return None;
         }
-        let ms = match delay.kind {
+        let configured_ms = match delay.kind {
             DelayKind::Fixed(ms) => ms,
             DelayKind::Header => request.first(DELAY_HEADER).and_then(parse_unsigned)?,
         };
+        // `delayDuration`: the filter's key, then the cluster's over it.
+        let ms = self.runtime.delay_ms.unwrap_or(configured_ms);
+        let ms = cluster.and_then(|c| c.delay_ms).unwrap_or(ms);
         // Only a positive delay is injected.
         (ms > 0).then_some(ms)
     }
@@ -182,47 +238,68 @@ impl FaultSettings {
     /// a gRPC one; a gRPC status alone answers 200.
     pub fn abort(&self, request: &RequestView<'_>, draw: u64) -> Option<Abort> {
         let abort = self.abort?;
-        let percentage = match abort.kind {
+        let configured = match abort.kind {
             AbortKind::Header => abort
                 .percentage
                 .capped_by(request.first(ABORT_PERCENTAGE_HEADER)),
             _ => abort.percentage,
         };
+        let cluster = self.runtime.cluster(request);
+        // `isAbortEnabled`: the cluster's key when the request names one, else the filter's.
+        let percentage = match &cluster {
+            Some(c) => c.abort_percent,
+            None => self.runtime.abort_percent,
+        }
+        .unwrap_or(configured);
         if !percentage.hits(draw) {
             return None;
         }
-        match abort.kind {
-            AbortKind::Http(status) => Some(Abort {
-                http_status: status,
-                grpc_status: None,
-            }),
-            AbortKind::Grpc(code) => Some(Abort {
-                http_status: 200,
-                grpc_status: Some(code.into()),
-            }),
+        let (http, grpc) = match abort.kind {
+            AbortKind::Http(status) => (Some(status), None),
+            AbortKind::Grpc(code) => (None, Some(u64::from(code))),
             AbortKind::Header => {
                 let http = request
                     .first(ABORT_HEADER)
                     .and_then(parse_unsigned)
-                    .filter(|code| (200..600).contains(code));
-                if let Some(code) = http {
-                    return Some(Abort {
-                        http_status: code as u16,
-                        grpc_status: None,
-                    });
-                }
-                let grpc = request.first(ABORT_GRPC_HEADER).and_then(parse_unsigned)?;
-                Some(Abort {
-                    http_status: 200,
-                    grpc_status: Some(grpc),
-                })
+                    .filter(|code| (200..600).contains(code))
+                    .map(|code| code as u16);
+                let grpc = match http {
+                    Some(_) => None,
+                    None => request.first(ABORT_GRPC_HEADER).and_then(parse_unsigned),
+                };
+                (http, grpc)
             }
+        };
+        // `abortHttpStatus` / `abortGrpcStatus`: the configured status is the default of the
+        // cluster's key when the request names one, else of the filter's key (the two are not
+        // chained). An HTTP status wins; a gRPC status alone answers 200.
+        if let Some(default) = http {
+            let status = match &cluster {
+                Some(c) => c.http_status,
+                None => self.runtime.http_status,
+            }
+            .unwrap_or(default);
+            return Some(Abort {
+                http_status: status,
+                grpc_status: None,
+            });
         }
+        let default = grpc?;
+        let code = match &cluster {
+            Some(c) => c.grpc_status,
+            None => self.runtime.grpc_status,
+        }
+        .unwrap_or(default);
+        Some(Abort {
+            http_status: 200,
+            grpc_status: Some(code),
+        })
     }
 
     /// `faultOverflow`: whether `active` faults (the gauge) leave no room for another.
     pub fn overflows(&self, active: u64) -> bool {
-        active >= self.max_active_faults.map_or(u64::MAX, u64::from)
+        let configured = self.max_active_faults.map_or(u64::MAX, u64::from);
+        active >= self.runtime.max_active_faults.unwrap_or(configured)
     }
 
     /// The full names of the counters to bump for `counter` (`aborts_injected` or
@@ -412,5 +489,52 @@ mod tests {
             settings.injected_counters("in", &view(&headers), "aborts_injected"),
             ["http.in.fault.aborts_injected"]
         );
+    }
+
+    #[test]
+    fn runtime_values_combine_as_the_filter_reads_them() {
+        let mut settings = FaultSettings {
+            delay: Some(FaultDelay {
+                kind: DelayKind::Fixed(20),
+                percentage: Percentage::default(),
+            }),
+            abort: Some(FaultAbort {
+                kind: AbortKind::Http(503),
+                percentage: Percentage::default(),
+            }),
+            ..FaultSettings::default()
+        };
+        settings.runtime.abort_percent = Some(ALL);
+        settings.runtime.http_status = Some(429);
+        settings.runtime.delay_percent = Some(ALL);
+        settings.runtime.delay_ms = Some(30);
+        settings.runtime.clusters.insert(
+            "web".into(),
+            ClusterFaultRuntime {
+                delay_ms: Some(40),
+                http_status: Some(500),
+                abort_percent: Some(ALL),
+                ..ClusterFaultRuntime::default()
+            },
+        );
+        let v = view(&[]);
+        assert_eq!(settings.delay(&v, 0), Some(30));
+        assert_eq!(settings.abort(&v, 0).map(|a| a.http_status), Some(429));
+        // A downstream cluster reads its own keys, falling back to the configured values,
+        // not to the filter's keys; its duration key applies over the filter's.
+        let web = [(DOWNSTREAM_CLUSTER, "web")];
+        assert_eq!(settings.delay(&view(&web), 0), None);
+        assert_eq!(
+            settings.abort(&view(&web), 0).map(|a| a.http_status),
+            Some(500)
+        );
+        let other = [(DOWNSTREAM_CLUSTER, "other")];
+        assert_eq!(settings.abort(&view(&other), 0), None);
+        if let Some(web) = settings.runtime.clusters.get_mut("web") {
+            web.delay_percent = Some(ALL);
+        }
+        assert_eq!(settings.delay(&view(&web), 0), Some(40));
+        settings.runtime.max_active_faults = Some(0);
+        assert!(settings.overflows(0));
     }
 }

@@ -8,7 +8,7 @@
 //! The modules form layers, each using only those below it (the workspace test
 //! `tests/tests/module_layers.rs` checks that no module reaches back to itself through its
 //! imports), bottom to top:
-//! 1. [`status`]; `protojson` (crate-private): reading Envoy's proto-JSON mapping out of a JSON
+//! 1. [`status`], [`runtime_layers`]; `protojson` (crate-private): reading Envoy's proto-JSON mapping out of a JSON
 //!    tree, every problem recorded with its field path ([`config::ConfigErrors`]), and, with the
 //!    `envoy-schema` feature, the check of what vigil does not read against Envoy's schema;
 //!    [`substitution`] (format strings, parsed with `protojson`'s error reporting);
@@ -92,6 +92,8 @@
 //! - [`rules`]: vigil's own header-based routing rules (match headers and path, then pick a
 //!   healthy cluster, a healthy host through an ORIGINAL_DST cluster, sticky by a header, or
 //!   answer locally, with fallbacks), over a health view the shell provides.
+//! - [`runtime_layers`]: Envoy's layered runtime (static, disk and admin layers, their merge,
+//!   the typed lookups), which the config reader resolves the runtime keys it reads against.
 //! - [`schedule`]: when the next check runs (Envoy's interval choice, edge and no-traffic
 //!   intervals, jitter).
 //! - [`status`]: HTTP status ranges as Envoy writes them (`{start, end}`, half-open), used for
@@ -132,6 +134,7 @@ pub mod rate_limit_actions;
 pub mod rbac;
 pub mod route;
 pub mod rules;
+pub mod runtime_layers;
 pub mod schedule;
 pub mod status;
 pub mod substitution;

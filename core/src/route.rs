@@ -18,8 +18,8 @@
 //!
 //! # Route (`VirtualHostImpl::getRouteFromRoutes`): the first that matches, in order
 //!
-//! - `runtime_fraction`: `random % denominator < numerator` (the default value; runtime
-//!   overrides are not applied);
+//! - `runtime_fraction`: `random % denominator < numerator` (the runtime key's value, resolved
+//!   when the config was loaded, else the default value);
 //! - `grpc`: `content-type` is `application/grpc`, or starts with it followed by `+` or `;`;
 //! - `headers`: all of them. A header with several values is matched on the values joined by
 //!   `,`. A missing header fails every matcher (inverted or not) except `present_match`, which

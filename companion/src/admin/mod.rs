@@ -2,7 +2,7 @@
 //!
 //! `GET /clusters` (text, and `?format=json`), `GET /stats` (`name: value`, `?filter=REGEX`),
 //! `GET /stats/prometheus`, `GET /ready`, `POST /healthcheck/fail` and `/healthcheck/ok`,
-//! `GET /help`, and beyond Envoy `GET /hosts/history` (the last transitions of every host, with
+//! `GET /runtime`, `POST /runtime_modify`, `GET /help`, and beyond Envoy `GET /hosts/history` (the last transitions of every host, with
 //! the reason of each), `GET /status.json` (every host's flags, last check, outlier state and
 //! transitions) and the live status page a browser gets at `/`. Mutating endpoints answer 405 to anything but POST. The server takes a
 //! bound listener and a shutdown future; it reads only the clusters' published snapshots.
@@ -38,6 +38,7 @@
 //! What lives where:
 //! - [`server`]: accepting connections, the token check, `POST /reload`, and the routing of
 //!   every path to its page.
+//! - [`runtime`](mod@runtime): `/runtime` and `/runtime_modify`, as Envoy answers them.
 //! - [`token`]: the bearer token and its constant-time comparison.
 //! - [`query`]: query strings (`form_pairs`, percent-decoding).
 //! - [`reply`]: the plain responses every page uses (text, JSON, 405, 401).
@@ -57,6 +58,7 @@ pub mod history;
 pub mod prometheus;
 pub mod query;
 pub mod reply;
+pub mod runtime;
 pub mod server;
 pub mod stats;
 pub mod status;
@@ -88,8 +90,12 @@ pub struct AdminState {
     pub clusters: ClusterRegistry,
     /// Set by `POST /healthcheck/fail`, cleared by `POST /healthcheck/ok`.
     pub failing: Arc<AtomicBool>,
-    /// Where `POST /reload` sends its request; `None` when reloading is not offered.
+    /// Where `POST /reload` (and `/runtime_modify`) sends its request; `None` when reloading
+    /// is not offered.
     pub reload: Option<mpsc::Sender<ReloadRequest>>,
+    /// The runtime's admin layer values and the layers in force (`/runtime`,
+    /// `/runtime_modify`).
+    pub runtime: Arc<crate::runtime_layers::RuntimeState>,
     /// The running config as read, for `/config_dump`.
     pub config: Arc<ArcSwap<ConfigDump>>,
     /// What the proxy's listener set publishes: ORIGINAL_DST clusters, rule and listener

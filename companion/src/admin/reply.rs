@@ -26,6 +26,18 @@ pub(super) fn json_response(value: Value) -> Response<Body> {
     response
 }
 
+/// Envoy's answer to a request that changes state sent with another method than POST.
+pub(super) fn post_required(method: &http::Method) -> Response<Body> {
+    let mut response = text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("Method {method} not allowed, POST required."),
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+    response
+}
+
 pub(super) fn method_not_allowed(allowed: &'static str) -> Response<Body> {
     let mut response = text(
         StatusCode::METHOD_NOT_ALLOWED,

@@ -1,12 +1,13 @@
 //! The admin server: accepting connections (backing off when `accept` fails), the token check
-//! for changing requests, `POST /reload`, and the routing of every path to its page (`GET /`
+//! for changing requests, `POST /reload` and `POST /runtime_modify` (which wait for a reload),
+//! and the routing of every path to its page (`GET /`
 //! from a browser to the status page, by its `Accept` header).
 
 use super::clusters::{clusters_json, clusters_text, initialized};
 use super::history::history_json;
 use super::prometheus::prometheus;
 use super::query::form_pairs;
-use super::reply::{json_response, method_not_allowed, text, unauthorized};
+use super::reply::{json_response, method_not_allowed, post_required, text, unauthorized};
 use super::stats::stats;
 use super::status;
 use super::{AdminState, Body};
@@ -70,6 +71,29 @@ pub async fn handle(state: &AdminState, request: Request<Incoming>) -> Response<
     if path == "/reload" {
         return reload(state, request.method()).await;
     }
+    if path == "/runtime_modify" {
+        let method = request.method().clone();
+        let form = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes() == b"application/x-www-form-urlencoded");
+        // The body is read only when it can hold the parameters (bounded: a form of keys).
+        let body = if form && query.is_empty() && method == Method::POST {
+            let limited = http_body_util::Limited::new(request.into_body(), 64 * 1024);
+            match http_body_util::BodyExt::collect(limited).await {
+                Ok(collected) => Some(String::from_utf8_lossy(&collected.to_bytes()).into_owned()),
+                Err(_) => {
+                    return text(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "the form is larger than 64 KiB\n".into(),
+                    );
+                }
+            }
+        } else {
+            None
+        };
+        return super::runtime::runtime_modify(state, &method, &query, body.as_deref()).await;
+    }
     route_request(state, request.method(), &path, &query, request.headers())
 }
 
@@ -105,7 +129,7 @@ pub fn authorized(state: &AdminState, method: &Method, headers: &http::HeaderMap
 /// running config stays.
 pub async fn reload(state: &AdminState, method: &Method) -> Response<Body> {
     if method != Method::POST {
-        return method_not_allowed("POST");
+        return post_required(method);
     }
     let Some(requests) = &state.reload else {
         return text(
@@ -146,9 +170,7 @@ pub fn route(state: &AdminState, method: &Method, path: &str, query: &str) -> Re
         {
             method_not_allowed("GET")
         }
-        "/healthcheck/fail" | "/healthcheck/ok" if method != Method::POST => {
-            method_not_allowed("POST")
-        }
+        "/healthcheck/fail" | "/healthcheck/ok" if method != Method::POST => post_required(method),
         "/clusters" => match param("format") {
             Some("json") => json_response(clusters_json(state)),
             None | Some("text") => text(StatusCode::OK, clusters_text(state)),
@@ -192,6 +214,7 @@ pub fn route(state: &AdminState, method: &Method, path: &str, query: &str) -> Re
             text(StatusCode::OK, "OK\n".into())
         }
         "/hosts/history" => json_response(history_json(state)),
+        "/runtime" => super::runtime::runtime(state),
         "/xds" => match &state.xds {
             Some(registry) => json_response(registry.to_json()),
             None => text(
@@ -228,6 +251,8 @@ const HELP: &str = "admin commands are:
   /healthcheck/fail (POST): cause the server to fail health checks
   /healthcheck/ok (POST): cause the server to pass health checks
   /help: this text
+  /runtime: the runtime layers and every key's value in each
+  /runtime_modify (POST): set runtime keys in the admin layer (key=value; an empty value removes one)
   /hosts/history: the last health transitions of every host, with their reasons (vigil)
   /ready: print server state, return 200 if LIVE, otherwise 503
   /stats: print server stats (filter=REGEX)

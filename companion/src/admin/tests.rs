@@ -62,6 +62,7 @@ fn state(initialized: bool) -> AdminState {
         },
         failing: Arc::default(),
         reload: None,
+        runtime: Arc::default(),
         config: Arc::new(ArcSwap::from_pointee(ConfigDump {
             source: json!({"static_resources": {}}),
             loaded_at: None,
@@ -518,4 +519,38 @@ fn status_json_has_flags_last_checks_and_membership() {
             "at": "2023-11-14T22:13:20.250Z",
         })
     );
+}
+
+#[test]
+fn runtime_endpoints_answer_as_envoy() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    use vigil_core::config::RuntimeLayers;
+    use vigil_core::runtime_layers::{Snapshot, static_layer};
+    let s = state(true);
+    let values = static_layer(&json!({"fault": {"http": {"abort": {"http_status": 418}}}}))
+        .unwrap_or_default();
+    s.runtime.publish(&RuntimeLayers {
+        snapshot: Snapshot::new(vec![("static_layer_0".into(), values)]),
+        ..RuntimeLayers::default()
+    });
+    let dump: serde_json::Value =
+        serde_json::from_str(&body(route(&s, &Method::GET, "/runtime", ""))).unwrap_or_default();
+    assert_eq!(
+        dump,
+        json!({"layers": ["static_layer_0"], "entries": {"fault.http.abort.http_status":
+            {"final_value": "418", "layer_values": ["418"]}}})
+    );
+    let get = rt.block_on(runtime::runtime_modify(&s, &Method::GET, "a=1", None));
+    assert_eq!(get.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(body(get), "Method GET not allowed, POST required.");
+    let empty = rt.block_on(runtime::runtime_modify(&s, &Method::POST, "", None));
+    assert_eq!(empty.status(), StatusCode::BAD_REQUEST);
+    assert!(body(empty).starts_with("usage: /runtime_modify?key1=value1"));
+    // The layers have no admin layer: Envoy's exception text, 503.
+    let no_admin = rt.block_on(runtime::runtime_modify(&s, &Method::POST, "", Some("a=1")));
+    assert_eq!(no_admin.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body(no_admin), "No admin layer specified");
+    assert!(s.runtime.admin_values().is_empty());
 }

@@ -1,6 +1,9 @@
 //! The bootstrap's top level: [`Bootstrap`] and [`Admin`], and the reader that walks the document
 //! (`admin`, `static_resources`, `cluster_manager`, `layered_runtime`, `bootstrap_extensions`,
-//! ...) and hands each part to its own reader.
+//! ...) and hands each part to its own reader. `layered_runtime` is read first
+//! ([`RuntimeLayers`], with the disk and admin layers' values from [`RuntimeInputs`]): the
+//! filters resolve their runtime keys against its values at load; a layer vigil cannot read
+//! (RTDS), or one setting a key a reader does not resolve, refuses the file at the key.
 
 use super::address::Address;
 use super::bootstrap_extensions::BootstrapExtensions;
@@ -10,7 +13,9 @@ use super::schema::{
     ADMIN, BOOTSTRAP, CLUSTER_MANAGER, CLUSTER_MANAGER_OUTLIER_DETECTION, STATIC_RESOURCES,
 };
 use crate::protojson::{Ctx, FieldPath, Obj};
+use crate::runtime_layers::{self, Snapshot};
 use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The bootstrap config: the parts of Envoy's `Bootstrap` vigil reads.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +31,8 @@ pub struct Bootstrap {
     pub outlier_event_log_path: Option<String>,
     /// What `bootstrap_extensions` configure that vigil acts on.
     pub extensions: BootstrapExtensions,
+    /// `layered_runtime`: the layers and the values in force when the config was read.
+    pub runtime: RuntimeLayers,
 }
 
 impl Bootstrap {
@@ -53,6 +60,7 @@ pub(super) fn bootstrap(cx: &mut Ctx, value: &Value) -> Bootstrap {
         clusters: Vec::new(),
         outlier_event_log_path: None,
         extensions: BootstrapExtensions::default(),
+        runtime: RuntimeLayers::default(),
     };
     let root = FieldPath::root();
     if value.is_null() {
@@ -89,73 +97,192 @@ pub(super) fn bootstrap(cx: &mut Ctx, value: &Value) -> Bootstrap {
     }
     if let Some((path, layered)) = o.peek("layered_runtime") {
         runtime_layers_against_keys(cx, &path, layered);
+    } else {
+        // Envoy's default layers (a static one, an admin one) set nothing vigil cannot apply.
+        cx.runtime_keys.clear();
     }
     o.finish(cx);
     out
 }
 
-/// vigil applies no runtime layers: it uses each `runtime_key`'s default. That is Envoy's
-/// behaviour only while no layer sets the key, so a static layer that sets one, or a layer whose
-/// values come later (disk, RTDS), refuses the file at the key. The admin layer starts empty and
-/// only Envoy's own admin API fills it.
-fn runtime_layers_against_keys(cx: &mut Ctx, path: &FieldPath, layered: &Value) {
-    fn flatten(prefix: &str, value: &Value, out: &mut Vec<String>) {
-        if let Value::Object(map) = value {
-            for (key, inner) in map {
-                let name = if prefix.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{prefix}.{key}")
-                };
-                out.push(name.clone());
-                flatten(&name, inner, out);
-            }
+/// What the runtime layers read from outside the config document.
+pub struct RuntimeInputs<'a> {
+    /// A disk layer's directory as [`crate::runtime_layers::disk_layer`] takes it: `Ok(None)`
+    /// when it is not a directory, `Err` when reading it fails.
+    pub disk: &'a dyn Fn(&str) -> DiskTree,
+    /// The admin layer's values (`POST /runtime_modify`).
+    pub admin: &'a BTreeMap<String, String>,
+}
+
+/// A disk layer's files (path relative to the layer's directory, content), if a directory.
+pub type DiskTree = Result<Option<Vec<(String, String)>>, String>;
+
+impl RuntimeInputs<'_> {
+    /// No disk (every disk layer's directory missing) and an empty admin layer.
+    pub fn none() -> RuntimeInputs<'static> {
+        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+        RuntimeInputs {
+            disk: &|_| Ok(None),
+            admin: &EMPTY,
         }
     }
-    if cx.runtime_keys.is_empty() {
-        return;
+}
+
+/// `layered_runtime` as vigil runs it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RuntimeLayers {
+    /// The values in force when the config was read.
+    pub snapshot: Snapshot,
+    /// Each disk layer's `symlink_root`, which Envoy watches for a new snapshot.
+    pub disk_roots: Vec<String>,
+    /// The admin layer's name; `None` when there is none (`/runtime_modify` answers 503).
+    pub admin: Option<String>,
+    /// Disk layers left out because reading them failed (Envoy's `runtime.load_error`).
+    pub disk_errors: Vec<String>,
+}
+
+/// Reads `layered_runtime` into the values in force (before the rest of the document, whose
+/// readers resolve their runtime keys against them). Without `layered_runtime`, Envoy's
+/// default: an empty static layer `base` and an admin layer `admin`.
+pub(super) fn runtime_layers(
+    cx: &mut Ctx,
+    value: &Value,
+    inputs: &RuntimeInputs<'_>,
+) -> RuntimeLayers {
+    let mut out = RuntimeLayers::default();
+    let path = FieldPath::root().field("layered_runtime");
+    let Some(layered) = value.get("layered_runtime") else {
+        out.admin = Some("admin".into());
+        out.snapshot = Snapshot::new(vec![
+            ("base".into(), Default::default()),
+            ("admin".into(), runtime_layers::admin_layer(inputs.admin)),
+        ]);
+        cx.runtime = out.snapshot.clone();
+        return out;
+    };
+    let service_cluster = value
+        .pointer("/node/cluster")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let layers = layered
+        .get("layers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut names = BTreeSet::new();
+    let mut in_force = Vec::new();
+    for (index, layer) in layers.iter().enumerate() {
+        let name = layer.get("name").and_then(Value::as_str).unwrap_or("");
+        let layer_path = path.field("layers").index(index);
+        if !names.insert(name.to_string()) {
+            cx.invalid(&layer_path, format!("Duplicate layer name: {name}"));
+            continue;
+        }
+        if let Some(values) = layer.get("static_layer") {
+            match runtime_layers::static_layer(values) {
+                Ok(values) => in_force.push((name.to_string(), values)),
+                Err(e) => cx.invalid(&layer_path.field("static_layer"), e),
+            }
+        } else if let Some(disk) = layer.get("disk_layer") {
+            let root = disk
+                .get("symlink_root")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let sub = disk
+                .get("subdirectory")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let mut dir = format!("{root}/{sub}");
+            if disk.get("append_service_cluster").and_then(Value::as_bool) == Some(true) {
+                dir = format!("{dir}/{service_cluster}");
+            }
+            out.disk_roots.push(root.to_string());
+            match (inputs.disk)(&dir) {
+                Ok(Some(files)) => {
+                    in_force.push((name.to_string(), runtime_layers::disk_layer(&files)));
+                }
+                // A missing directory is no layer at all, as in Envoy.
+                Ok(None) => {}
+                Err(e) => out
+                    .disk_errors
+                    .push(format!("runtime disk layer '{name}' ({dir}): {e}")),
+            }
+        } else if layer.get("admin_layer").is_some() {
+            if out.admin.is_some() {
+                cx.invalid(
+                    &layer_path,
+                    "Too many admin layers specified in LayeredRuntime, at most one may be \
+                     specified",
+                );
+                continue;
+            }
+            out.admin = Some(name.to_string());
+            in_force.push((name.to_string(), runtime_layers::admin_layer(inputs.admin)));
+        }
+        // An RTDS layer holds nothing vigil can read: refused below for the keys it could set.
     }
+    out.snapshot = Snapshot::new(in_force);
+    cx.runtime = out.snapshot.clone();
+    out
+}
+
+/// Refuses the layers vigil cannot act on for the runtime keys the document's readers read:
+/// an RTDS layer (vigil has no RTDS client) for any of them, and any layer that sets or can set
+/// a key a reader does not resolve against the runtime.
+fn runtime_layers_against_keys(cx: &mut Ctx, path: &FieldPath, layered: &Value) {
     let layers = layered
         .get("layers")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
     let keys = std::mem::take(&mut cx.runtime_keys);
+    let applied = std::mem::take(&mut cx.runtime_applied);
     for (index, layer) in layers.iter().enumerate() {
         let name = layer.get("name").and_then(Value::as_str).unwrap_or("");
         let layer_path = path.field("layers").index(index);
         if let Some(static_layer) = layer.get("static_layer") {
-            let mut set = Vec::new();
-            flatten("", static_layer, &mut set);
+            let set: Vec<String> = runtime_layers::static_layer(static_layer)
+                .map(|values| values.into_keys().collect())
+                .unwrap_or_default();
             for (key_path, pattern) in &keys {
                 for key in set.iter().filter(|k| runtime_key_matches(pattern, k)) {
                     cx.unsupported(
                         key_path,
                         format!(
                             "runtime key {key} is set by the static runtime layer '{name}' \
-                             ({layer_path}); vigil applies no runtime layers and would use the \
-                             default instead"
+                             ({layer_path}); vigil does not apply runtime values to this key and \
+                             would use the default instead"
                         ),
                     );
                 }
             }
         }
-        for kind in ["disk_layer", "rtds_layer"] {
-            if layer.get(kind).is_some() {
-                for (key_path, key) in &keys {
-                    cx.unsupported(
-                        key_path,
-                        format!(
-                            "runtime key {key} can be set at any time by the {kind} '{name}' \
-                             ({layer_path}); vigil applies no runtime layers and would use the \
-                             default instead"
-                        ),
-                    );
-                }
+        if layer.get("disk_layer").is_some() {
+            for (key_path, key) in &keys {
+                cx.unsupported(
+                    key_path,
+                    format!(
+                        "runtime key {key} can be set at any time by the disk_layer '{name}' \
+                         ({layer_path}); vigil does not apply runtime values to this key and \
+                         would use the default instead"
+                    ),
+                );
+            }
+        }
+        if layer.get("rtds_layer").is_some() {
+            for (key_path, key) in keys.iter().chain(&applied) {
+                cx.unsupported(
+                    key_path,
+                    format!(
+                        "runtime key {key} can be set at any time by the rtds_layer '{name}' \
+                         ({layer_path}); vigil has no RTDS client and would not see the value"
+                    ),
+                );
             }
         }
     }
     cx.runtime_keys = keys;
+    cx.runtime_applied = applied;
 }
 
 /// Whether a static layer's `key` is the runtime key `pattern` a filter reads: the same name,

@@ -167,9 +167,9 @@ pub(crate) fn decompressor(cx: &mut Ctx, typed: &Any) -> Option<Decompressor> {
     })
 }
 
-/// A `CommonDirectionConfig`: `enabled` (a `RuntimeFeatureFlag`: its default value; its runtime
-/// key, when named, is refused when a runtime layer sets it, as vigil refuses every runtime key
-/// it does not apply) and `ignore_no_transform_header`. Without `enabled`, the direction is on.
+/// A `CommonDirectionConfig`: `enabled` (a `RuntimeFeatureFlag`: its runtime key's boolean
+/// when a layer sets one, `getBoolean`, else its default value) and
+/// `ignore_no_transform_header`. Without `enabled`, the direction is on.
 fn direction(cx: &mut Ctx, mut o: Obj) -> Direction {
     let mut out = Direction::default();
     if let Some(mut flag) = o.message(cx, "enabled", &RUNTIME_FEATURE_FLAG) {
@@ -178,11 +178,12 @@ fn direction(cx: &mut Ctx, mut o: Obj) -> Direction {
         let key = flag.string(cx, "runtime_key").unwrap_or_default();
         flag.finish(cx);
         match default {
-            Some(enabled) => out.enabled = enabled,
+            Some(enabled) => out.enabled = cx.runtime.boolean(&key).unwrap_or(enabled),
             None => cx.invalid(&flag_path.field("default_value"), "value is required"),
         }
         if !key.is_empty() {
-            cx.runtime_keys.push((flag_path.field("runtime_key"), key));
+            cx.runtime_applied
+                .push((flag_path.field("runtime_key"), key));
         }
     }
     out.ignore_no_transform_header = o.bool(cx, "ignore_no_transform_header").unwrap_or(false);

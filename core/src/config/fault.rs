@@ -2,12 +2,18 @@
 //! filter's `typed_config` and a route's `typed_per_filter_config` alike, read into
 //! [`crate::fault::FaultSettings`] with Envoy's constraints. `response_rate_limit` (a response
 //! bandwidth limit) and `filter_metadata` (dynamic metadata, which vigil keeps none of) are
-//! refused by name. Every runtime key the filter reads is recorded so that a runtime layer
-//! setting one refuses the file (vigil applies no runtime layer).
+//! refused by name. The runtime keys the filter reads are resolved against the runtime layers'
+//! values at load into [`FaultRuntime`] (the `fault.http.<downstream cluster>.` keys into a map
+//! by cluster); a runtime HTTP status outside [200, 600) refuses the file (vigil will not answer
+//! a status Envoy's codec might not). The keys are recorded so that an RTDS layer, which vigil
+//! cannot read, refuses the file.
 
 use super::matchers::header_matcher;
 use super::schema::{FRACTIONAL_PERCENT, FRACTIONAL_PERCENT_DENOMINATOR, HEADER_MATCHER};
-use crate::fault::{AbortKind, DelayKind, FaultAbort, FaultDelay, FaultSettings, Percentage};
+use crate::fault::{
+    AbortKind, ClusterFaultRuntime, DelayKind, FaultAbort, FaultDelay, FaultRuntime, FaultSettings,
+    Percentage,
+};
 use crate::protojson::{Any, Ctx, FieldPath, Message, Obj, items, read, reject};
 
 pub(crate) const FAULT_TYPE: &str = "envoy.extensions.filters.http.fault.v3.HTTPFault";
@@ -76,8 +82,9 @@ static HEADER_DELAY: Message = Message {
     removed: &[],
 };
 
-/// The runtime keys the filter reads, with their defaults (`fault_filter.h`'s `RuntimeKeys`).
-const RUNTIME_KEYS: [(&str, &str); 7] = [
+/// The runtime keys the filter reads, with their defaults (`fault_filter.h`'s `RuntimeKeys`);
+/// the response rate limit's is never read (`response_rate_limit` is refused).
+const RUNTIME_KEYS: [(&str, &str); 6] = [
     (
         "delay_percent_runtime",
         "fault.http.delay.fixed_delay_percent",
@@ -90,13 +97,10 @@ const RUNTIME_KEYS: [(&str, &str); 7] = [
     ("abort_http_status_runtime", "fault.http.abort.http_status"),
     ("abort_grpc_status_runtime", "fault.http.abort.grpc_status"),
     ("max_active_faults_runtime", "fault.http.max_active_faults"),
-    (
-        "response_rate_limit_percent_runtime",
-        "fault.http.rate_limit.response_percent",
-    ),
 ];
 
-/// The keys Envoy reads for a request naming its downstream cluster (`*` is the cluster).
+/// The keys Envoy reads for a request naming its downstream cluster (`*` is the cluster), for
+/// the refusal of an RTDS layer.
 const DOWNSTREAM_CLUSTER_KEYS: [&str; 5] = [
     "fault.http.*.delay.fixed_delay_percent",
     "fault.http.*.abort.abort_percent",
@@ -133,6 +137,7 @@ pub(crate) fn http_fault(cx: &mut Ctx, typed: &Any) -> Option<FaultSettings> {
             .collect(),
     };
     let max_active_faults = o.u32(cx, "max_active_faults");
+    let mut keys = Vec::new();
     for (field, default) in RUNTIME_KEYS {
         let key = o.string(cx, field).filter(|k| !k.is_empty());
         let key_path = if key.is_some() {
@@ -140,12 +145,16 @@ pub(crate) fn http_fault(cx: &mut Ctx, typed: &Any) -> Option<FaultSettings> {
         } else {
             path.clone()
         };
-        cx.runtime_keys
-            .push((key_path, key.unwrap_or_else(|| default.to_string())));
+        let key = key.unwrap_or_else(|| default.to_string());
+        keys.push((key_path.clone(), key.clone()));
+        cx.runtime_applied.push((key_path, key));
     }
     for key in DOWNSTREAM_CLUSTER_KEYS {
-        cx.runtime_keys.push((path.clone(), key.to_string()));
+        cx.runtime_applied.push((path.clone(), key.to_string()));
     }
+    let runtime = fault_runtime(cx, &keys);
+    // Only read with `response_rate_limit`, which is refused.
+    let _ = o.string(cx, "response_rate_limit_percent_runtime");
     let disable_downstream_cluster_stats = o
         .bool(cx, "disable_downstream_cluster_stats")
         .unwrap_or(false);
@@ -158,7 +167,75 @@ pub(crate) fn http_fault(cx: &mut Ctx, typed: &Any) -> Option<FaultSettings> {
         downstream_nodes,
         max_active_faults,
         disable_downstream_cluster_stats,
+        runtime,
     })
+}
+
+/// The runtime values of the filter's keys (`keys` in [`RUNTIME_KEYS`]' order, with where each
+/// is written) and of every `fault.http.<cluster>.` key a layer sets.
+fn fault_runtime(cx: &mut Ctx, keys: &[(FieldPath, String)]) -> FaultRuntime {
+    let snapshot = cx.runtime.clone();
+    let percent = |key: &str| {
+        snapshot
+            .fraction(key)
+            .map(|(numerator, denominator)| Percentage {
+                numerator,
+                denominator,
+            })
+    };
+    let status = |cx: &mut Ctx, path: &FieldPath, key: &str| -> Option<u16> {
+        let value = snapshot.integer(key)?;
+        match u16::try_from(value).ok().filter(|s| (200..600).contains(s)) {
+            Some(s) => Some(s),
+            None => {
+                cx.unsupported(
+                    path,
+                    format!(
+                        "runtime key {key} is {value}: vigil answers a fault abort's HTTP status \
+                         only in [200, 600)"
+                    ),
+                );
+                None
+            }
+        }
+    };
+    let key = |i: usize| keys[i].1.as_str();
+    let mut out = FaultRuntime {
+        delay_percent: percent(key(0)),
+        abort_percent: percent(key(1)),
+        delay_ms: snapshot.integer(key(2)),
+        http_status: status(cx, &keys[3].0, key(3)),
+        grpc_status: snapshot.integer(key(4)),
+        max_active_faults: snapshot.integer(key(5)),
+        clusters: Default::default(),
+    };
+    let path = keys[0].0.clone();
+    for name in snapshot.keys() {
+        let Some(rest) = name.strip_prefix("fault.http.") else {
+            continue;
+        };
+        for suffix in [
+            ".delay.fixed_delay_percent",
+            ".abort.abort_percent",
+            ".delay.fixed_duration_ms",
+            ".abort.http_status",
+            ".abort.grpc_status",
+        ] {
+            let Some(cluster) = rest.strip_suffix(suffix) else {
+                continue;
+            };
+            let entry: &mut ClusterFaultRuntime =
+                out.clusters.entry(cluster.to_string()).or_default();
+            match suffix {
+                ".delay.fixed_delay_percent" => entry.delay_percent = percent(name),
+                ".abort.abort_percent" => entry.abort_percent = percent(name),
+                ".delay.fixed_duration_ms" => entry.delay_ms = snapshot.integer(name),
+                ".abort.http_status" => entry.http_status = status(cx, &path, name),
+                _ => entry.grpc_status = snapshot.integer(name),
+            }
+        }
+    }
+    out
 }
 
 fn abort(cx: &mut Ctx, mut o: Obj) -> Option<FaultAbort> {
@@ -250,7 +327,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use crate::config::{FilterOverride, HttpConnectionManager, HttpFilterKind, from_value};
-    use crate::fault::{AbortKind, DelayKind, Percentage};
+    use crate::fault::{AbortKind, DelayKind, FaultSettings, Percentage};
     use serde_json::{Value, json};
 
     const FAULT: &str = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault";
@@ -401,35 +478,68 @@ mod tests {
     }
 
     #[test]
-    fn a_runtime_layer_setting_a_fault_key_is_refused() {
+    fn runtime_layers_set_the_fault_keys() {
         let layered = |layer: Value| json!({"layered_runtime": {"layers": [{"name": "static", "static_layer": layer}]}});
-        let fault = json!({"@type": FAULT, "abort": {"http_status": 503}});
-        let errors = load(&bootstrap(
-            fault.clone(),
-            route(),
-            layered(json!({"fault.http.abort.abort_percent": 100})),
-        ))
-        .expect_err("refused");
-        assert!(
-            errors.contains("fault.http.abort.abort_percent"),
-            "{errors}"
-        );
-        let errors = load(&bootstrap(
-            fault.clone(),
-            route(),
-            layered(json!({"fault": {"http": {"web": {"abort": {"http_status": 500}}}}})),
-        ))
-        .expect_err("refused");
-        assert!(
-            errors.contains("fault.http.web.abort.http_status"),
-            "{errors}"
-        );
-        // An unrelated key is fine.
-        load(&bootstrap(
-            fault,
-            route(),
-            layered(json!({"upstream.use_http2": true})),
-        ))
+        let fault = json!({"@type": FAULT, "abort": {"http_status": 503}, "delay": {"fixed_delay": "1s"},
+            "abort_percent_runtime": "my.abort"});
+        let settings = |layer: Value| -> Result<FaultSettings, String> {
+            let hcm = load(&bootstrap(fault.clone(), route(), layered(layer)))?;
+            match &hcm.http_filters[0].kind {
+                HttpFilterKind::Fault(s) => Ok(s.as_ref().clone()),
+                other => Err(format!("not the fault filter: {other:?}")),
+            }
+        };
+        let s = settings(json!({
+            "my.abort": 100,
+            "fault": {"http": {
+                "abort": {"abort_percent": 5, "http_status": 429},
+                "delay": {"fixed_delay_percent": {"numerator": 2, "denominator": "TEN_THOUSAND"},
+                          "fixed_duration_ms": 20},
+                "max_active_faults": 3,
+                "web": {"abort": {"http_status": 500, "abort_percent": 1}},
+                "a.b": {"delay": {"fixed_duration_ms": 7}}
+            }}
+        }))
         .expect("valid");
+        let runtime = &s.runtime;
+        // The filter names its own abort key: the default one is not read.
+        assert_eq!(
+            runtime.abort_percent,
+            Some(Percentage {
+                numerator: 100,
+                denominator: 100
+            })
+        );
+        assert_eq!(
+            runtime.delay_percent,
+            Some(Percentage {
+                numerator: 2,
+                denominator: 10_000
+            })
+        );
+        assert_eq!(runtime.delay_ms, Some(20));
+        assert_eq!(runtime.http_status, Some(429));
+        assert_eq!(runtime.max_active_faults, Some(3));
+        assert_eq!(runtime.clusters["web"].http_status, Some(500));
+        assert_eq!(
+            runtime.clusters["web"].abort_percent,
+            Some(Percentage {
+                numerator: 1,
+                denominator: 100
+            })
+        );
+        assert_eq!(runtime.clusters["a.b"].delay_ms, Some(7));
+        let errors = settings(json!({"fault.http.abort.http_status": 700})).expect_err("refused");
+        assert!(
+            errors.contains("runtime key fault.http.abort.http_status is 700"),
+            "{errors}"
+        );
+        // An RTDS layer could set any of them: refused.
+        let rtds = json!({"layered_runtime": {"layers": [{"name": "r", "rtds_layer": {"name": "r", "rtds_config": {"ads": {}}}}]}});
+        let errors = load(&bootstrap(fault.clone(), route(), rtds)).expect_err("refused");
+        assert!(
+            errors.contains("runtime key my.abort can be set at any time by the rtds_layer 'r'"),
+            "{errors}"
+        );
     }
 }

@@ -91,10 +91,15 @@ pub(crate) fn route_match(cx: &mut Ctx, mut o: Obj) -> Option<RouteMatch> {
     })
 }
 
+/// A `RuntimeFractionalPercent` as `(numerator, denominator)`: the runtime key's value when a
+/// layer sets one (`featureEnabled`: a fraction as written, an integer a percentage, above 100
+/// always), else `default_value`.
 pub(super) fn runtime_fraction(cx: &mut Ctx, mut o: Obj) -> Option<(u32, u32)> {
     let path = o.path.clone();
-    if let Some(key) = o.nonempty_string(cx, "runtime_key") {
-        cx.runtime_keys.push((path.field("runtime_key"), key));
+    let key = o.nonempty_string(cx, "runtime_key");
+    let from_runtime = key.as_deref().and_then(|k| cx.runtime.fraction(k));
+    if let Some(key) = key {
+        cx.runtime_applied.push((path.field("runtime_key"), key));
     }
     let default = o.message(cx, "default_value", &FRACTIONAL_PERCENT);
     o.finish(cx);
@@ -109,7 +114,7 @@ pub(super) fn runtime_fraction(cx: &mut Ctx, mut o: Obj) -> Option<(u32, u32)> {
         _ => 100,
     };
     d.finish(cx);
-    Some((numerator, denominator))
+    Some(from_runtime.unwrap_or((numerator, denominator)))
 }
 
 /// A `RegexMatcher`: `regex` (non-empty), compiled.

@@ -110,7 +110,7 @@ pub use access_log::{
     AccessLog, AccessLogSink, DEFAULT_ACCESS_LOG_FORMAT, JsonFormatValue, LogFormat, LogFormatKind,
 };
 pub use address::{Address, SocketAddress, SocketProtocol};
-pub use bootstrap::{Admin, Bootstrap};
+pub use bootstrap::{Admin, Bootstrap, DiskTree, RuntimeInputs, RuntimeLayers};
 pub use bootstrap_extensions::BootstrapExtensions;
 pub use circuit_breakers::{CircuitBreakers, RetryBudget, RoutingPriority, Thresholds};
 pub use cluster_types::*;
@@ -164,15 +164,24 @@ pub struct Loaded {
 
 /// Loads a bootstrap config from its JSON tree (Envoy's own YAML loader produces the same tree).
 /// Secrets come from `static_resources.secrets` only: SDS files are read by [`load_file`].
+/// Runtime disk layers' directories count as missing and the admin layer as empty.
 pub fn from_value(value: &Value) -> Result<Loaded, ConfigErrors> {
+    from_value_with(value, &RuntimeInputs::none())
+}
+
+/// [`from_value`] with the runtime's disk and admin layers' values from `runtime`.
+pub fn from_value_with(value: &Value, runtime: &RuntimeInputs<'_>) -> Result<Loaded, ConfigErrors> {
     let no_files = |file: &str| -> Result<String, String> {
         Err(format!(
             "{file}: SDS files are read when the config is loaded from a file"
         ))
     };
-    from_value_reading(value, &no_files, &|text| {
-        serde_json::from_str(text).map_err(|e| e.to_string())
-    })
+    from_value_reading(
+        value,
+        &no_files,
+        &|text| serde_json::from_str(text).map_err(|e| e.to_string()),
+        runtime,
+    )
 }
 
 /// [`from_value`], reading SDS files with `read` and parsing them with `parse`.
@@ -180,6 +189,7 @@ fn from_value_reading(
     value: &Value,
     read: &dyn Fn(&str) -> Result<String, String>,
     parse: &dyn Fn(&str) -> Result<Value, String>,
+    runtime: &RuntimeInputs<'_>,
 ) -> Result<Loaded, ConfigErrors> {
     let written = value;
     let mut resolved_value = value.clone();
@@ -192,7 +202,10 @@ fn from_value_reading(
             _ => cx.invalid(&path, message),
         }
     }
-    let bootstrap = bootstrap::bootstrap(&mut cx, value);
+    // The runtime's values first: the readers resolve their runtime keys against them.
+    let runtime = bootstrap::runtime_layers(&mut cx, value, runtime);
+    let mut bootstrap = bootstrap::bootstrap(&mut cx, value);
+    bootstrap.runtime = runtime;
     cx.settle();
     // Parts the typed readers take without reading all of them: checked as a whole against
     // Envoy's schema once the readers are content (an error there would repeat theirs).
@@ -263,6 +276,17 @@ fn with_more_documents(mut loaded: Loaded, more: bool) -> Loaded {
 /// errors too.
 #[cfg(feature = "yaml")]
 pub fn load_file(path: impl AsRef<std::path::Path>) -> Result<Loaded, ConfigErrors> {
+    let empty = std::collections::BTreeMap::new();
+    load_file_with(path, &empty)
+}
+
+/// [`load_file`] with the runtime's admin layer holding `admin` (disk layers are read from
+/// the file system).
+#[cfg(feature = "yaml")]
+pub fn load_file_with(
+    path: impl AsRef<std::path::Path>,
+    admin: &std::collections::BTreeMap<String, String>,
+) -> Result<Loaded, ConfigErrors> {
     let path = path.as_ref();
     let name = path.display().to_string();
     let with_file = |mut e: ConfigErrors| {
@@ -310,7 +334,9 @@ pub fn load_file(path: impl AsRef<std::path::Path>) -> Result<Loaded, ConfigErro
             .map(|(value, _)| value)
             .map_err(|e| e.to_string())
     };
-    from_value_reading(&value, &read, &parse)
+    let disk = |dir: &str| crate::runtime_layers::read_tree(std::path::Path::new(dir));
+    let runtime = RuntimeInputs { disk: &disk, admin };
+    from_value_reading(&value, &read, &parse, &runtime)
         .map(|loaded| with_more_documents(loaded, more))
         .map_err(with_file)
 }
@@ -745,7 +771,7 @@ mod tests {
     }
 
     #[test]
-    fn runtime_layers_that_can_set_a_read_key_refuse_the_file() {
+    fn runtime_layers_set_the_keys_read_and_rtds_layers_refuse_the_file() {
         let with_layers = |layers: Value| {
             json!({
                 "layered_runtime": {"layers": layers},
@@ -762,35 +788,89 @@ mod tests {
                             "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]}]}
             })
         };
-        // Layers that cannot set the key: served (with the usual warning).
-        for layers in [
-            json!([{"name": "base", "static_layer": {"routing": {"other": 1}}}]),
-            json!([{"name": "admin", "admin_layer": {}}]),
-        ] {
-            assert!(from_value(&with_layers(layers.clone())).is_ok(), "{layers}");
-        }
-        for (layers, wanted) in [
-            (
-                json!([{"name": "base", "static_layer": {"routing": {"canary": 100}}}]),
-                "runtime key routing.canary is set by the static runtime layer 'base'",
+        let fraction = |layers: Value, admin: &[(&str, &str)], disk: Option<&str>| {
+            let admin: std::collections::BTreeMap<String, String> = admin
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let read = |_: &str| -> DiskTree {
+                Ok(disk.map(|v| vec![("routing/canary".to_string(), v.to_string())]))
+            };
+            let inputs = RuntimeInputs {
+                disk: &read,
+                admin: &admin,
+            };
+            let loaded = from_value_with(&with_layers(layers), &inputs).expect("valid");
+            loaded.bootstrap.listeners[0].http[0]
+                .route_config
+                .virtual_hosts[0]
+                .routes[0]
+                .matcher
+                .runtime_fraction
+        };
+        let base = json!({"name": "base", "static_layer": {"routing": {"canary": 100}}});
+        let disk = json!({"name": "disk", "disk_layer": {"symlink_root": "/srv/runtime"}});
+        let admin = json!({"name": "admin", "admin_layer": {}});
+        assert_eq!(fraction(json!([]), &[], None), Some((50, 100)));
+        assert_eq!(fraction(json!([base]), &[], None), Some((100, 100)));
+        assert_eq!(
+            fraction(
+                json!([{"name": "b", "static_layer": {"routing.canary": {"numerator": 3, "denominator": "TEN_THOUSAND"}}}]),
+                &[],
+                None
             ),
-            (
-                json!([{"name": "base", "static_layer": {"routing.canary": 100}}]),
-                "runtime key routing.canary is set by the static runtime layer 'base'",
+            Some((3, 10_000))
+        );
+        assert_eq!(
+            fraction(json!([base, disk]), &[], Some("# off\n0\n")),
+            Some((0, 100))
+        );
+        // A missing directory is no layer.
+        assert_eq!(fraction(json!([base, disk]), &[], None), Some((100, 100)));
+        assert_eq!(
+            fraction(
+                json!([base, disk, admin]),
+                &[("routing.canary", "7")],
+                Some("0")
             ),
-            (
-                json!([{"name": "disk", "disk_layer": {"symlink_root": "/srv/runtime"}}]),
-                "runtime key routing.canary can be set at any time by the disk_layer 'disk'",
+            Some((7, 100))
+        );
+        // A value that is no number or fraction leaves the default.
+        assert_eq!(
+            fraction(
+                json!([{"name": "b", "static_layer": {"routing.canary": "many"}}]),
+                &[],
+                None
             ),
-        ] {
-            let found = errors(&with_layers(layers));
-            assert!(
-                found
-                    .iter()
-                    .any(|e| e.contains("runtime_fraction.runtime_key: ") && e.contains(wanted)),
-                "{found:?}"
-            );
-        }
+            Some((50, 100))
+        );
+        let found = errors(&with_layers(json!([{"name": "r", "rtds_layer": {
+            "name": "r", "rtds_config": {"ads": {}}}}])));
+        assert!(
+            found
+                .iter()
+                .any(|e| e.contains("runtime_fraction.runtime_key: ")
+                    && e.contains(
+                        "runtime key routing.canary can be set at any time by the rtds_layer 'r'"
+                    )),
+            "{found:?}"
+        );
+        let found = errors(&with_layers(json!([base, base])));
+        assert!(
+            found
+                .iter()
+                .any(|e| e.contains("Duplicate layer name: base")),
+            "{found:?}"
+        );
+        let found = errors(&with_layers(
+            json!([{"name": "b", "static_layer": {"a": [1]}}]),
+        ));
+        assert!(
+            found
+                .iter()
+                .any(|e| e.contains("Invalid runtime entry value for a")),
+            "{found:?}"
+        );
     }
 
     #[test]

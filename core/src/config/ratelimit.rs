@@ -59,9 +59,10 @@ pub struct RateLimitFilter {
     /// `stat_prefix`: counters are `cluster.<route cluster>.ratelimit.<stat_prefix>.ok` and so
     /// on (no middle part when empty).
     pub stat_prefix: String,
-    /// `filter_enabled` (else the runtime key `ratelimit.http_filter_enabled`, 100%).
+    /// `filter_enabled`, else the runtime key `ratelimit.http_filter_enabled` as a percentage
+    /// when a runtime layer sets it; `None`: 100 %.
     pub filter_enabled: Option<RuntimeFraction>,
-    /// `filter_enforced` (else the runtime key `ratelimit.http_filter_enforcing`, 100%).
+    /// `filter_enforced`, else the runtime key `ratelimit.http_filter_enforcing` likewise.
     pub filter_enforced: Option<RuntimeFraction>,
     /// `rate_limits`: when set, they replace the routes' and virtual hosts' entries.
     pub rate_limits: Vec<RateLimitPolicy>,
@@ -217,20 +218,27 @@ pub(crate) fn ratelimit(cx: &mut Ctx, typed: &Any) -> Option<RateLimitFilter> {
         super::headers::headers_to_add(cx, list)
     };
     let stat_prefix = o.string(cx, "stat_prefix").unwrap_or_default();
-    let filter_enabled = o
+    let mut filter_enabled = o
         .message(cx, "filter_enabled", &RUNTIME_FRACTIONAL_PERCENT)
         .and_then(|f| runtime_fraction(cx, f));
-    let filter_enforced = o
+    let mut filter_enforced = o
         .message(cx, "filter_enforced", &RUNTIME_FRACTIONAL_PERCENT)
         .and_then(|f| runtime_fraction(cx, f));
-    // Without a fraction of their own, Envoy reads these runtime keys (100% by default).
-    if filter_enabled.is_none() {
-        cx.runtime_keys
-            .push((path.clone(), "ratelimit.http_filter_enabled".to_string()));
-    }
-    if filter_enforced.is_none() {
-        cx.runtime_keys
-            .push((path.clone(), "ratelimit.http_filter_enforcing".to_string()));
+    // Without a fraction of their own, Envoy reads these runtime keys (`featureEnabled(key,
+    // 100)`: the key's integer, capped at 100, as a percentage; 100 % when unset), resolved
+    // here against the runtime layers.
+    for (slot, key) in [
+        (&mut filter_enabled, "ratelimit.http_filter_enabled"),
+        (&mut filter_enforced, "ratelimit.http_filter_enforcing"),
+    ] {
+        if slot.is_none() {
+            *slot = cx.runtime.integer(key).map(|n| RuntimeFraction {
+                numerator: n.min(100) as u32,
+                denominator: 100,
+                runtime_key: String::new(),
+            });
+            cx.runtime_applied.push((path.clone(), key.to_string()));
+        }
     }
     let own = rate_limits(cx, o.list("rate_limits"), Owner::Filter);
     refuse_unevaluated(cx, &own);
@@ -384,6 +392,7 @@ mod tests {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
+    use crate::base::RuntimeFraction;
     use crate::config::{FilterOverride, HttpFilterKind, from_value};
     use serde_json::{Value, json};
 
@@ -471,6 +480,24 @@ mod tests {
         assert_eq!((c.rate_limited_status, c.status_on_error), (429, 503));
         assert!(!c.x_envoy_ratelimited_header && c.x_ratelimit_headers);
         assert_eq!(c.counter_name("app", "ok"), "cluster.app.ratelimit.p.ok");
+    }
+
+    #[test]
+    fn the_runtime_keys_set_the_fractions_the_filter_leaves_out() {
+        let mut value = config(json!({}), json!({}));
+        value["layered_runtime"] = json!({"layers": [{"name": "s", "static_layer": {
+            "ratelimit": {"http_filter_enabled": 30, "http_filter_enforcing": 250}}}]});
+        let loaded = from_value(&value).expect("valid");
+        let HttpFilterKind::RateLimit(c) =
+            &loaded.bootstrap.listeners[0].http[0].http_filters[0].kind
+        else {
+            panic!("not the rate limit filter");
+        };
+        let fraction =
+            |f: &Option<RuntimeFraction>| f.as_ref().map(|f| (f.numerator, f.denominator));
+        assert_eq!(fraction(&c.filter_enabled), Some((30, 100)));
+        // `featureEnabled(key, 100)` caps the integer at 100.
+        assert_eq!(fraction(&c.filter_enforced), Some((100, 100)));
     }
 
     #[test]

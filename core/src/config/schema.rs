@@ -31,7 +31,9 @@ pub(crate) static BOOTSTRAP: Message = Message {
         warn("tracing", IGNORED),
         warn(
             "layered_runtime",
-            "not implemented by vigil: runtime overrides (e.g. health_check.min_interval) are not applied",
+            "runtime values apply only to the keys of the fault, decompressor and rate limit \
+             filters, CORS policies and routes' runtime_fraction (docs/runtime.md); others \
+             (e.g. health_check.min_interval) are not applied",
         ),
         read("admin"),
         warn(

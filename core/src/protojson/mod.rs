@@ -41,9 +41,14 @@ pub(crate) const MIN_LEN_1: &str = "value length must be at least 1 characters";
 pub(crate) struct Ctx {
     pub errors: Vec<ConfigError>,
     pub warnings: Vec<Warning>,
-    /// Every `runtime_key` vigil reads a default for, where it is written: a runtime layer that
-    /// can set one refuses the file (vigil applies no runtime layers).
+    /// Every runtime key vigil reads but does not resolve against the runtime, where it is
+    /// written: a runtime layer that can set one refuses the file.
     pub runtime_keys: Vec<(FieldPath, String)>,
+    /// Every runtime key vigil resolves against [`Ctx::runtime`] at load (`*` standing for a
+    /// per-request part): only a layer vigil cannot read (RTDS) refuses the file for them.
+    pub runtime_applied: Vec<(FieldPath, String)>,
+    /// The runtime layers' values in force while the config is read.
+    pub runtime: crate::runtime_layers::Snapshot,
     /// What Envoy's schema found in the content of each `Any` (by the content's path), held
     /// back until the end of the load ([`Ctx::settle`]): a typed reader that reads the content
     /// itself ([`Any::obj`]) withdraws them and reports what it reads in its own words.
