@@ -1347,6 +1347,14 @@ pub async fn connect_upstream(
     tls: Option<&UpstreamConnector>,
     proxy_protocol: Option<&HeaderPlan>,
 ) -> Result<UpstreamStream, ConnectFailure> {
+    if vigil_core::config::is_internal_stand_in(address) {
+        // An `envoy_internal_address` host: vigil serves no internal listener yet, so the
+        // connection fails at once, as Envoy's to an internal listener it does not have.
+        return Err(ConnectFailure::Tcp(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "internal listeners are not served by vigil",
+        )));
+    }
     let connecting = async {
         let tcp = TcpStream::connect(address)
             .await

@@ -275,6 +275,57 @@ pub struct LbEndpoint {
     /// The transport socket connecting to it, when the cluster's `transport_socket_matches` put
     /// its hosts on different ones ([`Cluster::transport_socket_matches`]).
     pub transport: TransportChoice,
+    /// `endpoint.address.envoy_internal_address`: the host is an internal listener of this
+    /// process; `address` is then its stand-in ([`InternalAddress::stand_in`]).
+    pub internal: Option<InternalAddress>,
+}
+
+/// `config.core.v3.EnvoyInternalAddress`: an internal listener, by name, and the endpoint id
+/// that tells apart hosts reaching the same listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InternalAddress {
+    /// `server_listener_name`.
+    pub server_listener_name: String,
+    /// `endpoint_id` (may be empty).
+    pub endpoint_id: String,
+}
+
+impl InternalAddress {
+    /// How Envoy prints it (`envoy://<listener>/<endpoint id>`).
+    pub fn envoy_name(&self) -> String {
+        format!("envoy://{}/{}", self.server_listener_name, self.endpoint_id)
+    }
+
+    /// The socket address that stands for this host where vigil keys hosts by socket address
+    /// (picking, counters, `/clusters`): an address of the IPv6 discard-only prefix `100::/64`
+    /// (RFC 6666, never routed anywhere) with port 0, from a stable 64-bit hash of the name
+    /// and id. vigil never opens a socket to it: connecting to such a host fails (see
+    /// [`is_internal_stand_in`]).
+    pub fn stand_in(&self) -> std::net::SocketAddr {
+        // FNV-1a: stable across runs and builds, unlike the std hasher.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let bytes = self
+            .server_listener_name
+            .bytes()
+            .chain([0])
+            .chain(self.endpoint_id.bytes());
+        for byte in bytes {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        let ip = std::net::Ipv6Addr::from((0x0100_u128 << 112) | u128::from(hash));
+        std::net::SocketAddr::new(ip.into(), 0)
+    }
+}
+
+/// Whether `address` is the stand-in of an internal address ([`InternalAddress::stand_in`]).
+pub fn is_internal_stand_in(address: std::net::SocketAddr) -> bool {
+    match address {
+        std::net::SocketAddr::V6(v6) => {
+            v6.port() == 0 && (u128::from(*v6.ip()) >> 64) == (0x0100_u128 << 48)
+        }
+        std::net::SocketAddr::V4(_) => false,
+    }
 }
 
 /// Which of a cluster's transport sockets connects to a host.
