@@ -1317,6 +1317,9 @@ pub enum ConnectFailure {
     Tcp(std::io::Error),
     /// The TLS handshake failed.
     Tls(TlsConnectError),
+    /// The host is an internal listener (`envoy_internal_address`): Envoy's transport failure
+    /// reason (see [`crate::upstream::internal`]).
+    Internal(String),
 }
 
 impl std::fmt::Display for ConnectFailure {
@@ -1324,6 +1327,7 @@ impl std::fmt::Display for ConnectFailure {
         match self {
             ConnectFailure::Tcp(e) => e.fmt(f),
             ConnectFailure::Tls(e) => e.fmt(f),
+            ConnectFailure::Internal(reason) => reason.fmt(f),
         }
     }
 }
@@ -1333,6 +1337,7 @@ impl std::error::Error for ConnectFailure {
         match self {
             ConnectFailure::Tcp(e) => Some(e),
             ConnectFailure::Tls(e) => Some(e),
+            ConnectFailure::Internal(_) => None,
         }
     }
 }
@@ -1350,10 +1355,9 @@ pub async fn connect_upstream(
     if vigil_core::config::is_internal_stand_in(address) {
         // An `envoy_internal_address` host: vigil serves no internal listener yet, so the
         // connection fails at once, as Envoy's to an internal listener it does not have.
-        return Err(ConnectFailure::Tcp(std::io::Error::new(
-            std::io::ErrorKind::ConnectionRefused,
-            "internal listeners are not served by vigil",
-        )));
+        return Err(ConnectFailure::Internal(
+            crate::upstream::internal::connect_failure(address),
+        ));
     }
     let connecting = async {
         let tcp = TcpStream::connect(address)

@@ -168,7 +168,7 @@ mod tests {
         let stand_in = internal.stand_in();
         assert!(is_internal_stand_in(stand_in));
         assert_eq!(endpoint.address.address, stand_in.ip().to_string());
-        assert_eq!(endpoint.address.port_value, 0);
+        assert_eq!(endpoint.address.port_value, stand_in.port());
         // Another id, another host; a real address is never a stand-in.
         let other = InternalAddress {
             server_listener_name: "encap".into(),
