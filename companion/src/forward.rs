@@ -631,6 +631,11 @@ fn connect_failure_reason(err: &(dyn std::error::Error + 'static)) -> String {
         if let Some(tls) = current.downcast_ref::<TlsConnectError>() {
             return tls.0.clone();
         }
+        if let Some(crate::tls::ConnectFailure::Internal(reason)) =
+            current.downcast_ref::<crate::tls::ConnectFailure>()
+        {
+            return reason.clone();
+        }
         if let Some(io) = current.downcast_ref::<std::io::Error>() {
             let text = io.to_string();
             let text = text.split(" (os error").next().unwrap_or(&text);

@@ -138,6 +138,9 @@ fn endpoints(cluster: &Cluster) -> Vec<EndpointSpec> {
     let mut out = Vec::new();
     for locality in &cluster.load_assignment.endpoints {
         for endpoint in &locality.lb_endpoints {
+            if let Some(internal) = &endpoint.internal {
+                crate::upstream::internal::register_host(internal);
+            }
             out.push(EndpointSpec {
                 address: endpoint.address.address.clone(),
                 port: endpoint.address.port_value,

@@ -54,6 +54,9 @@ pub struct ListenerTls {
 pub enum Refused {
     /// The handshake failed or timed out (`ssl.connection_error`).
     Handshake,
+    /// The client's certificate failed verification: BoringSSL's `CERTIFICATE_VERIFY_FAILED`,
+    /// which Envoy does not count as a `ssl.connection_error` (its validator counted why).
+    VerifyFailed,
     /// The ClientHello matched no filter chain (`no_filter_chain_match`).
     NoChainMatch,
     /// The connection chose a filter chain vigil does not serve (no HTTP connection manager).
@@ -113,7 +116,24 @@ pub async fn finish(hello: Hello, tls: &ListenerTls) -> Result<TlsStream<TcpStre
     )
     .await
     .map_err(|_| Refused::Handshake)?
-    .map_err(|_| Refused::Handshake)
+    .map_err(|e| {
+        if verify_failed(&e) {
+            Refused::VerifyFailed
+        } else {
+            Refused::Handshake
+        }
+    })
+}
+
+/// Whether a handshake failed because this side's verifier refused the peer's certificate
+/// (BoringSSL's `CERTIFICATE_VERIFY_FAILED`, which Envoy's error-queue drain does not count as
+/// a `ssl.connection_error`).
+fn verify_failed(err: &std::io::Error) -> bool {
+    matches!(
+        err.get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::InvalidCertificate(_))
+    )
 }
 
 /// The listener's TLS from its context: every file read, every PEM parsed, the key checked
@@ -322,6 +342,14 @@ fn load(sourced: &Sourced) -> Result<Vec<u8>, String> {
     }
 }
 
+/// How Envoy names a data source in its messages: the file's path, else `<inline>`.
+fn source_name(sourced: &Sourced) -> &str {
+    match &sourced.source {
+        DataSource::File(path) => path,
+        _ => "<inline>",
+    }
+}
+
 fn at(sourced: &Sourced, message: impl std::fmt::Display) -> String {
     format!("{}: {message}", sourced.path)
 }
@@ -515,7 +543,7 @@ impl UpstreamConnector {
                 if !self.names_verified(stream.get_ref().1.peer_certificates()) {
                     self.stats.fail_verify_san.fetch_add(1, Ordering::Relaxed);
                     if !self.accept_untrusted {
-                        self.stats.connection_error.fetch_add(1, Ordering::Relaxed);
+                        // A verification failure: counted as such, not as a connection error.
                         return Err(TlsConnectError(boringssl_reason(
                             125,
                             "CERTIFICATE_VERIFY_FAILED",
@@ -529,7 +557,9 @@ impl UpstreamConnector {
                 Ok(stream)
             }
             Err(e) => {
-                self.stats.connection_error.fetch_add(1, Ordering::Relaxed);
+                if !verify_failed(&e) {
+                    self.stats.connection_error.fetch_add(1, Ordering::Relaxed);
+                }
                 Err(TlsConnectError(failure_reason(&e)))
             }
         }
@@ -765,6 +795,9 @@ struct EnvoyClientVerifier {
     chain: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
     judge: PeerJudge,
     mandatory: bool,
+    /// Revocation is checked but there is no list at all (a `crl` holding none): every chain
+    /// fails, see [`no_list_covers`].
+    unlisted: bool,
     provider: Arc<CryptoProvider>,
 }
 
@@ -774,7 +807,11 @@ impl EnvoyClientVerifier {
         require_client_certificate: bool,
         provider: Arc<CryptoProvider>,
     ) -> Result<EnvoyClientVerifier, String> {
-        let chain = match (Trust::load(peer)?, &peer.trusted_ca) {
+        let trust = Trust::load(peer)?;
+        let unlisted = trust
+            .as_ref()
+            .is_some_and(|t| t.crl_check && t.crls.is_empty());
+        let chain = match (trust, &peer.trusted_ca) {
             (Some(trust), Some(ca)) => {
                 let mut builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
                     trust.roots.clone(),
@@ -804,6 +841,7 @@ impl EnvoyClientVerifier {
                 stats: Arc::default(),
             },
             mandatory: require_client_certificate || (names_or_pins && !peer.accept_untrusted),
+            unlisted,
             provider,
         })
     }
@@ -832,13 +870,19 @@ impl rustls::server::danger::ClientCertVerifier for EnvoyClientVerifier {
         now: rustls_pki_types::UnixTime,
     ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
         let verify = |at| {
-            self.chain
+            let chain = self
+                .chain
                 .as_ref()
                 .map(|c| {
                     c.verify_client_cert(end_entity, intermediates, at)
                         .map(|_| ())
                 })
-                .unwrap_or(Ok(()))
+                .unwrap_or(Ok(()));
+            if self.unlisted {
+                no_list_covers(chain)
+            } else {
+                chain
+            }
         };
         let chain: Option<&dyn Fn(rustls_pki_types::UnixTime) -> Result<(), rustls::Error>> =
             self.chain.is_some().then_some(&verify);
@@ -889,13 +933,20 @@ impl rustls::client::danger::ServerCertVerifier for EnvoyServerVerifier {
                 algorithms,
                 self.judge.peer.allow_expired,
             ),
-            Some(trust) => rustls::client::verify_server_cert_signed_by_trust_anchor(
-                &rustls::server::ParsedCertificate::try_from(end_entity)?,
-                &trust.roots,
-                intermediates,
-                at,
-                algorithms,
-            ),
+            Some(trust) => {
+                let chain = rustls::client::verify_server_cert_signed_by_trust_anchor(
+                    &rustls::server::ParsedCertificate::try_from(end_entity)?,
+                    &trust.roots,
+                    intermediates,
+                    at,
+                    algorithms,
+                );
+                if trust.crl_check {
+                    no_list_covers(chain)
+                } else {
+                    chain
+                }
+            }
             None => Ok(()),
         };
         let chain: Option<&dyn Fn(rustls_pki_types::UnixTime) -> Result<(), rustls::Error>> =
@@ -945,6 +996,22 @@ fn handshake_signature(
     }
 }
 
+/// The verdict on a chain when revocation is checked and no list exists at all (a `crl` that
+/// holds none): BoringSSL checks revocation after building the chain and before its validity
+/// periods, so a chain that reaches an anchor fails with "unable to get certificate CRL"
+/// (whose alert is unknown_ca), expired or not; one that does not fails as it would anyway.
+fn no_list_covers(chain: Result<(), rustls::Error>) -> Result<(), rustls::Error> {
+    match chain {
+        Ok(()) => Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownRevocationStatus,
+        )),
+        Err(rustls::Error::InvalidCertificate(e)) if is_time_error(&e) => Err(
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownRevocationStatus),
+        ),
+        Err(e) => Err(e),
+    }
+}
+
 fn is_time_error(e: &rustls::CertificateError) -> bool {
     use rustls::CertificateError as E;
     matches!(
@@ -960,6 +1027,9 @@ struct Trust {
     roots: Arc<rustls::RootCertStore>,
     crls: Vec<webpki::CertRevocationList<'static>>,
     crl_ders: Vec<rustls_pki_types::CertificateRevocationListDer<'static>>,
+    /// Whether revocation is checked (BoringSSL's `X509_V_FLAG_CRL_CHECK`): with lists, or with
+    /// a non-empty `crl` that holds none, when every chain fails.
+    crl_check: bool,
     /// `only_verify_leaf_cert_crl`.
     leaf_only: bool,
 }
@@ -968,18 +1038,27 @@ impl Trust {
     /// `None` without `trusted_ca` (Envoy then checks no chain, and no CRL either).
     fn load(peer: &PeerValidation) -> Result<Option<Trust>, String> {
         let mut crl_ders = Vec::new();
+        // Envoy's `X509_V_FLAG_CRL_CHECK`: set by a non-empty `crl` even when it holds no list
+        // (BoringSSL's PEM reader skips what is not a CRL, a certificate or text alike), and
+        // then no certificate is covered by any list and every peer fails; an empty `crl` is no
+        // `crl` at all.
+        let mut crl_check = false;
         if let Some(crl) = &peer.crl {
             let pem = load(crl)?;
+            if !pem.is_empty() {
+                if peer.trusted_ca.is_none() {
+                    return Err(at(
+                        crl,
+                        format!(
+                            "Failed to load CRL from {} without trusted CA",
+                            source_name(crl)
+                        ),
+                    ));
+                }
+                crl_check = true;
+            }
             for der in rustls_pki_types::CertificateRevocationListDer::pem_slice_iter(&pem) {
                 crl_ders.push(der.map_err(|e| at(crl, format!("Failed to load CRL: {e}")))?);
-            }
-            if crl_ders.is_empty() {
-                // Envoy loads such a file and then refuses every peer (no list covers any
-                // certificate); refusing the file says why.
-                return Err(at(
-                    crl,
-                    "Failed to load CRL: no PEM CRL (-----BEGIN X509 CRL-----) found",
-                ));
             }
         }
         let Some(ca) = &peer.trusted_ca else {
@@ -1000,6 +1079,7 @@ impl Trust {
             })?;
             crls.push(webpki::CertRevocationList::from(parsed));
         }
+        crl_check |= !crls.is_empty();
         if !crls.is_empty() && !peer.crl_leaf_only {
             // BoringSSL checks the revocation of the certificate the chain ends at too; for an
             // intermediate listed as an anchor that needs its issuer's list, which the path
@@ -1022,6 +1102,7 @@ impl Trust {
             roots: Arc::new(roots),
             crls,
             crl_ders,
+            crl_check,
             leaf_only: peer.crl_leaf_only,
         }))
     }
@@ -1236,6 +1317,9 @@ pub enum ConnectFailure {
     Tcp(std::io::Error),
     /// The TLS handshake failed.
     Tls(TlsConnectError),
+    /// The host is an internal listener (`envoy_internal_address`): Envoy's transport failure
+    /// reason (see [`crate::upstream::internal`]).
+    Internal(String),
 }
 
 impl std::fmt::Display for ConnectFailure {
@@ -1243,6 +1327,7 @@ impl std::fmt::Display for ConnectFailure {
         match self {
             ConnectFailure::Tcp(e) => e.fmt(f),
             ConnectFailure::Tls(e) => e.fmt(f),
+            ConnectFailure::Internal(reason) => reason.fmt(f),
         }
     }
 }
@@ -1252,6 +1337,7 @@ impl std::error::Error for ConnectFailure {
         match self {
             ConnectFailure::Tcp(e) => Some(e),
             ConnectFailure::Tls(e) => Some(e),
+            ConnectFailure::Internal(_) => None,
         }
     }
 }
@@ -1266,6 +1352,13 @@ pub async fn connect_upstream(
     tls: Option<&UpstreamConnector>,
     proxy_protocol: Option<&HeaderPlan>,
 ) -> Result<UpstreamStream, ConnectFailure> {
+    if vigil_core::config::is_internal_stand_in(address) {
+        // An `envoy_internal_address` host: vigil serves no internal listener yet, so the
+        // connection fails at once, as Envoy's to an internal listener it does not have.
+        return Err(ConnectFailure::Internal(
+            crate::upstream::internal::connect_failure(address),
+        ));
+    }
     let connecting = async {
         let tcp = TcpStream::connect(address)
             .await

@@ -7,7 +7,10 @@
 //!   client is refused; with `allow_expired_certificate` the expired list is used as if current;
 //! - upstream: a cluster with `trusted_ca` and `crl` refuses the server whose certificate is on
 //!   the list (Envoy's 503 with a TLS transport failure) and serves the other;
-//! - bad input: a `crl` file without a list refuses the file, naming the field.
+//! - a `crl` that holds no list (text, a certificate) loads, as in Envoy, and then every peer
+//!   fails verification (client and upstream certificates alike, with the same counters); an
+//!   empty one (file or `inline_string`) is no `crl`; a non-empty one without `trusted_ca` is
+//!   refused at load, by both.
 
 use rustls::pki_types::ServerName;
 use std::net::{IpAddr, SocketAddr};
@@ -17,7 +20,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use vigil_tests::bootstrap::{ListenerSpec, cluster_yaml, route_yaml};
-use vigil_tests::envoy::start_envoy_and_vigil;
+use vigil_tests::envoy::{start_envoy_and_vigil, validate};
 use vigil_tests::raw_upstream::EchoUpstream;
 
 use vigil_tests::tls_upstream::{
@@ -233,15 +236,186 @@ async fn revoked_upstream_certificates_are_refused_as_in_envoy() {
     assert_eq!(seen[0], vec![(200, false), (503, true)], "{seen:?}");
 }
 
+/// The contents of a `crl` that holds no list, as public configs have them: text, a
+/// certificate (a copy of the CA file), nothing at all; and `inline_string: ""`.
+fn listless_crls(dir: &std::path::Path, ca: &Authority) -> Vec<(&'static str, String)> {
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write");
+        format!("{{ filename: \"{}\" }}", path.display())
+    };
+    vec![
+        ("text", write("text.crl", "not a list\n")),
+        ("certificate", write("certificate.crl", &ca.pem)),
+        ("empty-file", write("empty.crl", "")),
+        ("empty-inline", "{ inline_string: \"\" }".to_string()),
+    ]
+}
+
+/// The sum over `stats` of the counters named `<prefix>…<suffix>`, 0 when there is none.
+fn counter_sum(
+    stats: &std::collections::BTreeMap<String, String>,
+    prefix: &str,
+    suffix: &str,
+) -> u64 {
+    stats
+        .iter()
+        .filter(|(k, _)| k.starts_with(prefix) && k.ends_with(suffix))
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_crl_without_a_list_refuses_every_client_as_in_envoy() {
+    let dir = paths::scratch_dir("tls-crl-listless-listener");
+    let ca = Authority::new("vigil test CA");
+    let server = ca.issue(&["app.example"], Validity::Current);
+    let (server_cert, server_key) = server.write(&dir, "server");
+    let client = ca.issue_numbered(&["client.example"], Validity::Current, Some(1001));
+    let ca_file = ca.write(&dir, "ca");
+    let echo = EchoUpstream::start(IpAddr::from(net::fresh_loopback())).await;
+
+    let mut rows = Vec::new();
+    for (case, crl) in listless_crls(&dir, &ca) {
+        let mut spec = ListenerSpec::new(
+            case,
+            "
+              - match: { prefix: \"/\" }
+                route: { cluster: echo }",
+            &cluster_yaml("echo", &[echo.address], "", None),
+        );
+        spec.transport_socket = Some(format!(
+            "{{ name: envoy.transport_sockets.tls, typed_config: {{ \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext, require_client_certificate: true, common_tls_context: {{ tls_certificates: [{{ certificate_chain: {{ filename: \"{server_cert}\" }}, private_key: {{ filename: \"{server_key}\" }} }}], validation_context: {{ trusted_ca: {{ filename: \"{ca_file}\" }}, crl: {crl} }} }} }} }}"
+        ));
+        let case_dir = dir.join(case);
+        std::fs::create_dir_all(&case_dir).expect("dir");
+        let proxies = start_envoy_and_vigil(&case_dir, |listen, admin| spec.render(listen, admin))
+            .await
+            .unwrap_or_else(|err| panic!("{case}: {err}"));
+        let mut seen = Vec::new();
+        let mut envoy_verify_failures = 0;
+        for (name, listener, process) in &proxies {
+            let answer = status_over_tls(*listener, client_config(&ca, &client)).await;
+            // Counters move once the proxy has handled the refusal; give it a moment.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let stats = process
+                .stats()
+                .await
+                .unwrap_or_else(|err| panic!("{case}: {name} /stats: {err}"));
+            if *name == "envoy" {
+                envoy_verify_failures = counter_sum(&stats, "listener.", ".ssl.fail_verify_error");
+            }
+            // A refused certificate is not a connection error (Envoy counts it under
+            // `fail_verify_error`, which vigil does not report per listener).
+            let errors = counter_sum(&stats, "listener.", ".ssl.connection_error");
+            seen.push((answer, errors));
+        }
+        assert_eq!(seen[0], seen[1], "{case}: Envoy, then vigil");
+        rows.push((case, seen.swap_remove(0).0, envoy_verify_failures));
+    }
+    assert_eq!(
+        rows,
+        [
+            ("text", "closed".to_string(), 1),
+            ("certificate", "closed".to_string(), 1),
+            ("empty-file", "200".to_string(), 0),
+            ("empty-inline", "200".to_string(), 0),
+        ],
+        "(case, answer, Envoy's listener ssl.fail_verify_error)"
+    );
+}
+
+#[tokio::test]
+async fn a_crl_without_a_list_refuses_every_upstream_as_in_envoy() {
+    let dir = paths::scratch_dir("tls-crl-listless-upstream");
+    let ca = Authority::new("vigil test CA");
+    let backend = ca.issue_numbered(&["backend.example"], Validity::Current, Some(7));
+    let options = ServerOptions {
+        alpn: vec![],
+        client_ca: None,
+    };
+    let server = TlsUpstream::start(&backend, options).await;
+    let ca_file = ca.write(&dir, "ca");
+    let cases = listless_crls(&dir, &ca);
+    let mut clusters = String::new();
+    let mut routes = String::new();
+    for (case, crl) in &cases {
+        let socket = format!(
+            "
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        common_tls_context: {{ validation_context: {{ trusted_ca: {{ filename: \"{ca_file}\" }}, crl: {crl} }} }}"
+        );
+        clusters.push_str(&cluster_yaml(case, &[server.address], &socket, None));
+        routes.push_str(&route_yaml(&format!("/{case}/"), case, ""));
+    }
+    let spec = ListenerSpec::new("crl", &routes, &clusters);
+    let proxies = start_envoy_and_vigil(&dir, |listen, admin| spec.render(listen, admin))
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
+    let mut seen = Vec::new();
+    for (name, listener, process) in &proxies {
+        let mut answers = Vec::new();
+        for (case, _) in &cases {
+            let path = format!("/{case}/v");
+            let response = http::get(*listener, &path)
+                .await
+                .unwrap_or_else(|err| panic!("{name}: GET {path}: {err}"));
+            let tls_failure = response
+                .body
+                .contains("transport failure reason: TLS_error:");
+            answers.push(format!("{case}: {} {tls_failure}", response.status));
+        }
+        let stats = process
+            .stats()
+            .await
+            .unwrap_or_else(|err| panic!("{name} /stats: {err}"));
+        for (case, _) in &cases {
+            for counter in ["connection_error", "fail_verify_error", "handshake"] {
+                let key = format!("cluster.{case}.ssl.{counter}");
+                answers.push(format!(
+                    "{key}: {}",
+                    stats.get(&key).map_or("absent", String::as_str)
+                ));
+            }
+        }
+        seen.push(answers);
+    }
+    vigil_tests::envoy::assert_same_answers(&seen);
+    for wanted in [
+        "text: 503 true",
+        "certificate: 503 true",
+        "empty-file: 200 false",
+        "empty-inline: 200 false",
+        "cluster.text.ssl.fail_verify_error: 1",
+        "cluster.empty-file.ssl.fail_verify_error: 0",
+        "cluster.empty-file.ssl.handshake: 1",
+    ] {
+        assert!(
+            seen[0].iter().any(|a| a == wanted),
+            "{wanted}: {:?}",
+            seen[0]
+        );
+    }
+}
+
 #[test]
-fn a_crl_file_without_a_list_refuses_the_file() {
-    let dir = paths::scratch_dir("tls-crl-bad");
+fn a_crl_without_a_trusted_ca_is_refused_as_in_envoy() {
+    let dir = paths::scratch_dir("tls-crl-no-ca");
     let ca = Authority::new("vigil test CA");
     let ca_file = ca.write(&dir, "ca");
-    let empty = dir.join("empty.crl");
-    std::fs::write(&empty, "not a list\n").expect("write");
-    let yaml = format!(
-        "static_resources:
+    let mut rows = Vec::new();
+    for (case, crl) in listless_crls(&dir, &ca) {
+        for with_ca in [false, true] {
+            let trusted = if with_ca {
+                format!("trusted_ca: {{ filename: \"{ca_file}\" }}, ")
+            } else {
+                String::new()
+            };
+            let yaml = format!(
+                "static_resources:
   clusters:
   - name: c
     connect_timeout: 1s
@@ -252,22 +426,47 @@ fn a_crl_file_without_a_list_refuses_the_file() {
       name: envoy.transport_sockets.tls
       typed_config:
         \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
-        common_tls_context: {{ validation_context: {{ trusted_ca: {{ filename: \"{ca_file}\" }}, crl: {{ filename: \"{}\" }} }} }}
-",
-        empty.display()
-    );
-    let file = dir.join("bad-crl.yaml");
-    std::fs::write(&file, yaml).expect("write");
-    let out = Command::new(paths::workspace_binary("vigil"))
-        .args(["--mode", "validate", "-c"])
-        .arg(&file)
-        .output()
-        .expect("run vigil");
-    let text =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "{text}");
-    assert!(
-        text.contains("validation_context.crl") && text.contains("no PEM CRL"),
-        "{text}"
+        common_tls_context: {{ validation_context: {{ {trusted}crl: {crl} }} }}
+"
+            );
+            let file = dir.join(format!("{case}-{with_ca}.yaml"));
+            std::fs::write(&file, yaml).expect("write");
+            let (envoy_ok, envoy_says) = validate(&paths::envoy_binary(), &file, &dir);
+            let out = Command::new(paths::workspace_binary("vigil"))
+                .args(["--mode", "validate", "-c"])
+                .arg(&file)
+                .output()
+                .expect("run vigil");
+            let vigil_says = String::from_utf8_lossy(&out.stderr).to_string()
+                + &String::from_utf8_lossy(&out.stdout);
+            assert_eq!(
+                envoy_ok,
+                out.status.success(),
+                "{case} (trusted_ca {with_ca}): envoy {envoy_says:?}, vigil {vigil_says}"
+            );
+            if !envoy_ok {
+                assert!(envoy_says.contains("without trusted CA"), "{envoy_says}");
+                assert!(
+                    vigil_says.contains("validation_context.crl: Failed to load CRL from")
+                        && vigil_says.contains("without trusted CA"),
+                    "{vigil_says}"
+                );
+            }
+            rows.push((case, with_ca, envoy_ok));
+        }
+    }
+    // Only a crl with something in it needs a trusted CA.
+    assert_eq!(
+        rows,
+        [
+            ("text", false, false),
+            ("text", true, true),
+            ("certificate", false, false),
+            ("certificate", true, true),
+            ("empty-file", false, true),
+            ("empty-file", true, true),
+            ("empty-inline", false, true),
+            ("empty-inline", true, true),
+        ]
     );
 }

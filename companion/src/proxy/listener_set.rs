@@ -131,7 +131,22 @@ impl ListenerSet {
         let mut names: BTreeMap<SocketAddr, String> = BTreeMap::new();
         let mut reuse_ports: BTreeMap<SocketAddr, bool> = BTreeMap::new();
         let mut wanted_udp: BTreeMap<SocketAddr, vigil_core::config::UdpProxy> = BTreeMap::new();
+        crate::upstream::internal::set_listeners(
+            bootstrap
+                .listeners
+                .iter()
+                .filter(|l| l.internal)
+                .map(|l| l.name.clone()),
+        );
         for listener in &bootstrap.listeners {
+            if listener.internal {
+                problems.push(format!(
+                    "listener {}: an internal listener; not served by vigil yet (connections \
+                     to its hosts fail)",
+                    listener.name
+                ));
+                continue;
+            }
             let label = if listener.name.is_empty() {
                 "(unnamed)"
             } else {

@@ -601,6 +601,9 @@ fn dispatch(
             crate::tls::Refused::NoChainMatch | crate::tls::Refused::Unserved => {
                 count_unserved(&counters, socket_local, Some(why));
             }
+            // Counted by the validator, as in Envoy (`ssl.fail_verify_*`), which vigil does
+            // not report per listener yet.
+            crate::tls::Refused::VerifyFailed => {}
             crate::tls::Refused::Handshake => {
                 counters.bump([format!(
                     "listener.{}.ssl.connection_error",

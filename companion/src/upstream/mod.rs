@@ -8,8 +8,11 @@
 //! - [`breakers`]: the circuit breakers (active requests, retries, retry budgets) and their gauges.
 //! - [`proxy_protocol`]: the stream that writes a PROXY protocol header ahead of a connection's
 //!   first bytes (the cluster's upstream PROXY protocol transport socket).
+//! - [`internal`]: hosts that are internal listeners (`envoy_internal_address`), which vigil
+//!   does not serve yet: why connecting to one fails.
 
 pub mod breakers;
+pub mod internal;
 pub mod picker;
 pub mod proxy_protocol;
 

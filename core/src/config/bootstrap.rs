@@ -95,6 +95,15 @@ pub(super) fn bootstrap(cx: &mut Ctx, value: &Value) -> Bootstrap {
     for (p, v) in o.list("bootstrap_extensions") {
         super::bootstrap_extensions::read(cx, &p, v, &mut out.extensions);
     }
+    let listeners_path = FieldPath::root()
+        .field("static_resources")
+        .field("listeners");
+    super::bootstrap_extensions::check_internal_listeners(
+        cx,
+        &listeners_path,
+        &out.listeners,
+        &out.extensions,
+    );
     if let Some((path, layered)) = o.peek("layered_runtime") {
         runtime_layers_against_keys(cx, &path, layered);
     } else {

@@ -203,6 +203,18 @@ fn cluster(cx: &mut Ctx, path: &FieldPath, value: &Value) -> Option<Cluster> {
     let health_check = checks
         .first()
         .and_then(|(p, v)| health_check::health_check(cx, p, v, &name, upstream_protocol));
+    let internal_hosts = load_assignment
+        .endpoints
+        .iter()
+        .flat_map(|l| &l.lb_endpoints)
+        .any(|e| e.internal.is_some());
+    if internal_hosts && !checks.is_empty() {
+        // Envoy 1.36.2 aborts ("panic: not implemented") checking such a host.
+        cx.unsupported(
+            &path.field("health_checks"),
+            "health checks of envoy_internal_address endpoints are not supported by vigil",
+        );
+    }
 
     let kept = |o: &mut Obj, cx: &mut Ctx, field: &str| {
         let value = o.raw_message(cx, field);
@@ -905,8 +917,9 @@ fn lb_endpoint(cx: &mut Ctx, o: &mut Obj, discovery: &Discovery) -> Option<LbEnd
         Some(hc) => endpoint_health_check(cx, hc),
         None => EndpointHealthCheck::default(),
     };
+    let mut internal = None;
     let address = match e.take("address") {
-        Some((p, v)) => endpoint_address(cx, &p, v, discovery),
+        Some((p, v)) => endpoint_address(cx, &p, v, discovery, &mut internal),
         None => {
             cx.invalid(
                 &e.path.field("address"),
@@ -924,6 +937,7 @@ fn lb_endpoint(cx: &mut Ctx, o: &mut Obj, discovery: &Discovery) -> Option<LbEnd
         health_status,
         metadata,
         transport: TransportChoice::Default,
+        internal,
     })
 }
 
@@ -932,6 +946,7 @@ fn endpoint_address(
     path: &FieldPath,
     value: &Value,
     discovery: &Discovery,
+    internal: &mut Option<InternalAddress>,
 ) -> Option<SocketAddress> {
     let socket = match address(cx, path, value)? {
         Address::Socket(s) => s,
@@ -942,12 +957,35 @@ fn endpoint_address(
             );
             return None;
         }
-        Address::Internal(_) => {
-            cx.unsupported(
+        Address::Internal(value) => {
+            let text = |field: &str| {
+                value
+                    .get(field)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let found = InternalAddress {
+                server_listener_name: text("server_listener_name"),
+                endpoint_id: text("endpoint_id"),
+            };
+            let stand_in = found.stand_in();
+            cx.warn(
                 path,
-                "envoy_internal_address endpoints are not supported by vigil",
+                format!(
+                    "{}: an internal listener; vigil does not serve internal listeners yet, so \
+                     connections to this host fail (Envoy's answer for a listener it does not \
+                     have)",
+                    found.envoy_name()
+                ),
             );
-            return None;
+            *internal = Some(found);
+            return Some(SocketAddress {
+                address: stand_in.ip().to_string(),
+                port_value: stand_in.port(),
+                protocol: super::address::SocketProtocol::Tcp,
+                ipv4_compat: false,
+            });
         }
     };
     if *discovery == Discovery::Static && socket.address.parse::<IpAddr>().is_err() {

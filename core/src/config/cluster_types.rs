@@ -275,6 +275,56 @@ pub struct LbEndpoint {
     /// The transport socket connecting to it, when the cluster's `transport_socket_matches` put
     /// its hosts on different ones ([`Cluster::transport_socket_matches`]).
     pub transport: TransportChoice,
+    /// `endpoint.address.envoy_internal_address`: the host is an internal listener of this
+    /// process; `address` is then its stand-in ([`InternalAddress::stand_in`]).
+    pub internal: Option<InternalAddress>,
+}
+
+/// `config.core.v3.EnvoyInternalAddress`: an internal listener, by name, and the endpoint id
+/// that tells apart hosts reaching the same listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InternalAddress {
+    /// `server_listener_name`.
+    pub server_listener_name: String,
+    /// `endpoint_id` (may be empty).
+    pub endpoint_id: String,
+}
+
+impl InternalAddress {
+    /// How Envoy prints it (`envoy://<listener>/<endpoint id>`).
+    pub fn envoy_name(&self) -> String {
+        format!("envoy://{}/{}", self.server_listener_name, self.endpoint_id)
+    }
+
+    /// The socket address that stands for this host where vigil keys hosts by socket address
+    /// (picking, counters, `/clusters`): an IPv4 address of `0.0.0.0/8` ("this network", which
+    /// no connection can be made to) other than `0.0.0.0`, with a port, from a stable hash of
+    /// the name and id (IPv4 so that `/clusters`, whose fields `::` separates, stays readable).
+    /// vigil never opens a socket to it: connecting to such a host fails (see
+    /// [`is_internal_stand_in`]).
+    pub fn stand_in(&self) -> std::net::SocketAddr {
+        // FNV-1a: stable across runs and builds, unlike the std hasher.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let name = self.server_listener_name.bytes();
+        for byte in name.chain([0]).chain(self.endpoint_id.bytes()) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        let [a, b, c, d, e, ..] = hash.to_le_bytes();
+        // Never 0.0.0.0 (the local host to connect(2)) nor port 0.
+        let ip = std::net::Ipv4Addr::new(0, a.max(1), b, c);
+        let port = u16::from_le_bytes([d, e]).max(1);
+        std::net::SocketAddr::new(ip.into(), port)
+    }
+}
+
+/// Whether `address` is the stand-in of an internal address ([`InternalAddress::stand_in`]):
+/// any address of `0.0.0.0/8` but `0.0.0.0` (a socket address vigil could not connect to).
+pub fn is_internal_stand_in(address: std::net::SocketAddr) -> bool {
+    match address {
+        std::net::SocketAddr::V4(v4) => v4.ip().octets()[0] == 0 && !v4.ip().is_unspecified(),
+        std::net::SocketAddr::V6(_) => false,
+    }
 }
 
 /// Which of a cluster's transport sockets connects to a host.

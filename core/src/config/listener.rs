@@ -35,6 +35,11 @@ pub struct Listener {
     /// `bind_to_port` (default true): when false, Envoy accepts no connection on the address
     /// itself, and neither does vigil.
     pub bind_to_port: bool,
+    /// `internal_listener`: a listener without a socket, which clusters reach in-process
+    /// through `envoy_internal_address` endpoints (it needs the internal listener bootstrap
+    /// extension, see [`super::bootstrap_extensions`]). vigil does not serve internal
+    /// listeners yet: connections to them fail (see `docs/internal_listener.md`).
+    pub internal: bool,
     /// The UDP proxy of a connection-less UDP listener (a UDP address without QUIC), when its
     /// listener filters have one.
     pub udp_proxy: Option<UdpProxy>,
@@ -82,6 +87,18 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
     let special = ["api_listener", "udp_listener_config", "internal_listener"]
         .iter()
         .any(|f| o.has(f));
+    let internal = o.has("internal_listener");
+    if internal {
+        internal_listener_fields(cx, path, &o, &name, value);
+    } else if matches!(address, Some(Address::Internal(_))) {
+        cx.invalid(
+            path,
+            format!(
+                "error adding listener named '{name}': use internal_listener field instead of \
+                 address for internal listeners"
+            ),
+        );
+    }
     let udp = matches!(&address, Some(Address::Socket(s)) if s.protocol == SocketProtocol::Udp);
     // A UDP listener without QUIC options is connection-less: its listener filters (the UDP
     // proxy) get the datagrams, and it has no filter chains.
@@ -209,6 +226,7 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
             http: Vec::new(),
             unserved_chains: Vec::new(),
             bind_to_port,
+            internal,
             udp_proxy: proxy.flatten(),
             proxy_protocol: None,
             rest,
@@ -311,10 +329,63 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
         http,
         unserved_chains: if served { unserved } else { Vec::new() },
         bind_to_port,
+        internal,
         udp_proxy: None,
         proxy_protocol: proxy_protocol_filter.filter(|_| served),
         rest,
     })
+}
+
+/// Envoy's rules for the fields of an internal listener (`ListenerImpl::buildInternalListener`):
+/// it has no address, none of the TCP socket's features and no socket options.
+fn internal_listener_fields(cx: &mut Ctx, path: &FieldPath, o: &Obj, name: &str, value: &Value) {
+    let set = |field: &str| value.get(field).is_some_and(|v| !v.is_null());
+    let on = |field: &str| {
+        value.get(field).is_some_and(|v| {
+            v.as_bool() == Some(true) || v.get("value") == Some(&Value::Bool(true))
+        })
+    };
+    let additional = value
+        .get("additional_addresses")
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty());
+    if o.has("address") || additional {
+        cx.invalid(
+            path,
+            format!(
+                "error adding listener '{name}': address should not be used when an internal \
+                 listener config is provided"
+            ),
+        );
+        return;
+    }
+    let exact_balance = value
+        .get("connection_balance_config")
+        .is_some_and(|c| c.get("exact_balance").is_some());
+    if exact_balance
+        || on("enable_mptcp")
+        || set("enable_reuse_port")
+        || on("freebind")
+        || set("tcp_backlog_size")
+        || set("tcp_fast_open_queue_length")
+        || on("transparent")
+    {
+        cx.invalid(
+            path,
+            format!("error adding listener named '{name}': has unsupported tcp listener feature"),
+        );
+        return;
+    }
+    let options = value
+        .get("socket_options")
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty());
+    if options {
+        cx.invalid(
+            path,
+            format!("error adding listener named '{name}': does not support socket option"),
+        );
+    }
 }
 
 /// What one of a served listener's `listener_filters` is, for the listener's reading.

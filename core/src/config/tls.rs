@@ -857,6 +857,12 @@ fn peer_validation(cx: &mut Ctx, mut o: Obj) -> PeerValidation {
              allowed",
         );
     }
+    if out.allow_expired && out.trusted_ca.is_none() {
+        cx.invalid(
+            &path,
+            "Certificate validity period is always ignored without trusted CA",
+        );
+    }
     out
 }
 
@@ -1064,6 +1070,10 @@ mod tests {
             (
                 json!({"common_tls_context": {"tls_params": {"tls_maximum_protocol_version": "TLSv1_1"}}}),
                 "TLS 1.0 and 1.1 are not offered by vigil",
+            ),
+            (
+                json!({"common_tls_context": {"validation_context": {"allow_expired_certificate": true}}}),
+                "validation_context: Certificate validity period is always ignored without trusted CA",
             ),
         ] {
             let errors = cluster_with(context.clone()).expect_err("refused");
