@@ -59,7 +59,7 @@ pub fn answer(body: &[u8], resources: &Resources, nonce_prefix: &str) -> RestAns
         resource_names: names,
         ..protocol::Request::default()
     });
-    let Some(response) = state.next_response(resources) else {
+    let Some(response) = state.whole_response(resources) else {
         return RestAnswer {
             status: 503,
             body: json!({"error": "no requested cluster is ready yet (first round of checks pending)"})
@@ -78,7 +78,7 @@ pub fn answer(body: &[u8], resources: &Resources, nonce_prefix: &str) -> RestAns
         .map(|r| match ClusterLoadAssignment::decode(r.body.as_slice()) {
             Ok(cla) => assignment_json(&cla),
             // Only bytes this server encoded are ever stored; keep the name if that breaks.
-            Err(_) => json!({"@type": EDS_TYPE_URL, "cluster_name": r.name}),
+            Err(_) => json!({"@type": EDS_TYPE_URL, "cluster_name": r.name.as_str()}),
         })
         .collect();
     RestAnswer {

@@ -68,8 +68,8 @@ pub fn build_resources(
         resources.insert(
             cluster.name.clone(),
             Resource {
-                name: cluster.name.clone(),
-                version: protocol::resource_version(&body),
+                name: Arc::new(cluster.name.clone()),
+                version: Arc::new(protocol::resource_version(&body)),
                 body,
             },
         );
@@ -310,7 +310,7 @@ async fn publish(
                 .values()
                 .map(|r| {
                     let count = counts.get(r.name.as_str()).copied().unwrap_or(0);
-                    (r.name.clone(), (r.version.clone(), count))
+                    (r.name.to_string(), (r.version.to_string(), count))
                 })
                 .collect(),
             withheld.clone(),
@@ -366,7 +366,7 @@ impl EndpointDiscoveryService for EdsServer {
             ..stream::to_request(request.get_ref())
         });
         let current = self.published.borrow().clone();
-        match state.next_response(&current.resources) {
+        match state.whole_response(&current.resources) {
             Some(response) => Ok(tonic::Response::new(stream::to_response(response))),
             None => Err(Status::unavailable(
                 "no subscribed cluster is ready yet (first round of checks pending)",
