@@ -15,6 +15,7 @@
 
 use super::assignment::{ClusterInput, assignment};
 use super::delta::DeltaState;
+use super::grpc;
 use super::protocol::{self, Resource, Resources, StreamState};
 use super::registry::{Mode, Registry};
 use super::rest;
@@ -165,6 +166,7 @@ impl EdsServer {
             .accept_http1(true)
             .serve_with_incoming_shutdown(
                 Router {
+                    server: self.clone(),
                     eds: EndpointDiscoveryServiceServer::new(self.clone()),
                     rest_resources: self.published.clone(),
                     run: self.run.clone(),
@@ -176,12 +178,18 @@ impl EdsServer {
             .await
     }
 
+    /// Opens one stream: its task ([`stream::run`]) and the response that carries what it
+    /// sends ([`grpc`]).
     fn open<S: Session>(
         &self,
         api: &'static str,
-        request: tonic::Request<Streaming<S::Request>>,
+        request: http::Request<tonic::body::Body>,
         session: impl FnOnce(String) -> S,
-    ) -> ReceiverStream<Result<S::Response, Status>> {
+    ) -> http::Response<tonic::body::Body> {
+        let request = match grpc::requests::<S::Request>(request) {
+            Ok(request) => request,
+            Err(status) => return status.into_http(),
+        };
         let remote = request.remote_addr();
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -202,13 +210,16 @@ impl EdsServer {
             self.published.clone(),
             self.registry.clone(),
         ));
-        ReceiverStream::new(rx)
+        grpc::response(rx)
     }
 }
 
 /// Dispatches by gRPC service name (tonic's own router needs its `router` feature, i.e. axum).
 #[derive(Clone)]
 struct Router {
+    /// The streaming methods ([`EdsServer::open`]).
+    server: EdsServer,
+    /// The unary fetch, and UNIMPLEMENTED for what vigil does not serve.
     eds: EndpointDiscoveryServiceServer<EdsServer>,
     ads: AggregatedDiscoveryServiceServer<EdsServer>,
     rest_resources: watch::Receiver<Arc<Published>>,
@@ -216,6 +227,12 @@ struct Router {
 }
 
 const ADS_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/";
+const ADS_SOTW: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+const ADS_DELTA: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+const EDS_SOTW: &str = "/envoy.service.endpoint.v3.EndpointDiscoveryService/StreamEndpoints";
+const EDS_DELTA: &str = "/envoy.service.endpoint.v3.EndpointDiscoveryService/DeltaEndpoints";
 
 impl tower_service::Service<http::Request<tonic::body::Body>> for Router {
     type Response = http::Response<tonic::body::Body>;
@@ -262,6 +279,25 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Router {
                 );
                 Ok(response)
             });
+        }
+        // The streams (every Envoy's one long-lived call) are framed here ([`grpc`]); the
+        // generated services answer the rest.
+        let stream = match request.uri().path() {
+            ADS_SOTW => Some(("ADS", false)),
+            ADS_DELTA => Some(("ADS", true)),
+            EDS_SOTW => Some(("EDS", false)),
+            EDS_DELTA => Some(("EDS", true)),
+            _ => None,
+        };
+        if let Some((api, delta)) = stream {
+            let response = if delta {
+                self.server
+                    .open(api, request, |prefix| Delta(DeltaState::new(prefix)))
+            } else {
+                self.server
+                    .open(api, request, |prefix| Sotw(StreamState::new(prefix)))
+            };
+            return Box::pin(async move { Ok(response) });
         }
         if request.uri().path().starts_with(ADS_PATH) {
             self.ads.call(request)
@@ -331,6 +367,12 @@ async fn publish(
     }
 }
 
+/// The generated services' streaming methods are never called: the router hands those calls to
+/// [`EdsServer::open`] first.
+fn never_here() -> Status {
+    Status::internal("the xDS streams are served by the router's own framing (xds::grpc)")
+}
+
 #[tonic::async_trait]
 impl EndpointDiscoveryService for EdsServer {
     type StreamEndpointsStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
@@ -340,18 +382,16 @@ impl EndpointDiscoveryService for EdsServer {
         &self,
         request: tonic::Request<Streaming<DiscoveryRequest>>,
     ) -> Result<tonic::Response<Self::StreamEndpointsStream>, Status> {
-        Ok(tonic::Response::new(self.open("EDS", request, |prefix| {
-            Sotw(StreamState::new(prefix))
-        })))
+        let _ = request;
+        Err(never_here())
     }
 
     async fn delta_endpoints(
         &self,
         request: tonic::Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<tonic::Response<Self::DeltaEndpointsStream>, Status> {
-        Ok(tonic::Response::new(self.open("EDS", request, |prefix| {
-            Delta(DeltaState::new(prefix))
-        })))
+        let _ = request;
+        Err(never_here())
     }
 
     async fn fetch_endpoints(
@@ -384,17 +424,15 @@ impl AggregatedDiscoveryService for EdsServer {
         &self,
         request: tonic::Request<Streaming<DiscoveryRequest>>,
     ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Ok(tonic::Response::new(self.open("ADS", request, |prefix| {
-            Sotw(StreamState::new(prefix))
-        })))
+        let _ = request;
+        Err(never_here())
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: tonic::Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Ok(tonic::Response::new(self.open("ADS", request, |prefix| {
-            Delta(DeltaState::new(prefix))
-        })))
+        let _ = request;
+        Err(never_here())
     }
 }

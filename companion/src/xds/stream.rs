@@ -15,8 +15,10 @@
 //! counted.
 
 use super::delta::{DeltaRequest, DeltaResponse, DeltaState};
+use super::grpc;
 use super::protocol::{self, EDS_TYPE_URL, Event, Resources, Shared, StreamState};
 use super::registry::{Mode, Peer, QueueProbe, Registry, ViewProbe};
+use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
@@ -26,7 +28,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 use tokio::sync::{mpsc, watch};
-use tonic::{Status, Streaming};
+use tonic::Streaming;
 
 /// Responses a stream may have waiting for its transport. Envoy reads at once, so this is only
 /// ever reached by a client that does not read; keeping it short bounds the memory such a
@@ -48,7 +50,7 @@ pub struct Published {
 /// The part of a stream that differs between the two variants.
 pub(crate) trait Session: Send + 'static {
     type Request: prost::Message + Default + Send + 'static;
-    type Response: Send + 'static;
+    type Response: prost::Message + Send + 'static;
     const MODE: Mode;
 
     /// The request's `type_url`.
@@ -202,7 +204,7 @@ pub(crate) async fn run<S: Session>(
     label: Label,
     session: S,
     mut inbound: Streaming<S::Request>,
-    tx: mpsc::Sender<Result<S::Response, Status>>,
+    tx: mpsc::Sender<Bytes>,
     mut published: watch::Receiver<Arc<Published>>,
     registry: Arc<Registry>,
 ) {
@@ -329,7 +331,11 @@ pub(crate) async fn run<S: Session>(
                 };
                 let sent = response.as_ref().map(|(_, count)| *count);
                 if let Some((response, _)) = response {
-                    permit.send(Ok(response));
+                    match grpc::frame(&response) {
+                        Some(frame) => permit.send(frame),
+                        // Over 4 GiB: not a response vigil builds (an assignment per frame).
+                        None => log::error!("{label}: a response too large to frame; not sent"),
+                    }
                 }
                 let mut reads_again = false;
                 registry.with_peer(stream, |peer| {
