@@ -176,8 +176,9 @@ impl Registry {
         self.lock_peers().remove(&stream);
     }
 
-    /// The connected Envoys, oldest stream first, with their protocol state read now (outside
-    /// the registry's lock: a stream task takes its own state's lock, then this one).
+    /// The connected Envoys, oldest stream first, with their protocol state read now, outside
+    /// the registry's lock (a stream task never takes one of the two locks while holding the
+    /// other either).
     pub fn peers(&self) -> Vec<Peer> {
         let mut peers: Vec<Peer> = self.lock_peers().values().cloned().collect();
         for peer in &mut peers {

@@ -201,6 +201,35 @@ mod tests {
         );
     }
 
+    /// A set larger than a stream's response budget (20 clusters of 20 hosts, ~16 KiB) comes
+    /// whole: a REST poll has no stream to get the other parts on.
+    #[test]
+    fn a_large_set_is_answered_whole() {
+        let clusters: Vec<ClusterInput> = (0..20u8)
+            .map(|c| ClusterInput {
+                name: format!("c{c:02}"),
+                ready: true,
+                endpoints: (0..20u8)
+                    .map(|h| EndpointInput {
+                        address: SocketAddr::from(([127, 0, c, h], 8080)),
+                        hostname: format!("host-{c}-{h}.example"),
+                        weight: 1,
+                        priority: 0,
+                        flags: HealthFlags::empty(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let (resources, _) = build_resources(&clusters, None);
+        let bytes: usize = resources.values().map(|r| r.body.len()).sum();
+        assert!(bytes > crate::xds::protocol::RESPONSE_BUDGET, "{bytes}");
+        let request = json!({"resource_names": ["*"], "type_url": EDS_TYPE_URL});
+        let whole = answer(request.to_string().as_bytes(), &resources, "r");
+        assert_eq!(whole.status, 200, "{}", whole.body);
+        let body: Value = serde_json::from_str(&whole.body).unwrap();
+        assert_eq!(body["resources"].as_array().unwrap().len(), 20);
+    }
+
     #[test]
     fn withheld_unknown_and_bad_requests() {
         let withheld = json!({"resource_names": ["web"]});

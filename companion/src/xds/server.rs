@@ -1,7 +1,9 @@
-//! The gRPC shell: tonic services for EDS (`EndpointDiscoveryService.StreamEndpoints`, and
-//! `DeltaEndpoints`) and ADS (`AggregatedDiscoveryService.StreamAggregatedResources`, and
-//! `DeltaAggregatedResources`; EDS resources only), the REST-JSON path ([`rest`]) on the same
-//! port, and the publisher that turns the [`ClusterSource`] into encoded resources.
+//! The gRPC shell: EDS (`EndpointDiscoveryService.StreamEndpoints`, and `DeltaEndpoints`) and
+//! ADS (`AggregatedDiscoveryService.StreamAggregatedResources`, and `DeltaAggregatedResources`;
+//! EDS resources only), whose streams the router frames itself ([`grpc`]: less memory per
+//! Envoy), with tonic's generated services for the unary `FetchEndpoints` and for UNIMPLEMENTED;
+//! the REST-JSON path ([`rest`]) on the same port; and the publisher that turns the
+//! [`ClusterSource`] into encoded resources.
 //!
 //! The publisher wakes when a check loop or an outlier detector announces a change
 //! ([`crate::changes`]), and at least every [`POLL`] (for discovery counters), looks at the

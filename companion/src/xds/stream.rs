@@ -1,6 +1,8 @@
 //! One Envoy's stream, in either variant of the protocol: the task that feeds its requests and
 //! the published resources to its state machine ([`StreamState`] for state of the world,
-//! [`DeltaState`] for delta), sends what that decides, and keeps its admin entry current.
+//! [`DeltaState`] for delta), sends what that decides (as gRPC frames, [`grpc::frame`]), keeps
+//! its admin entry's counters current, and lends the admin view its protocol state on demand
+//! (the entry's [`ViewProbe`]: nothing of it is copied per request).
 //!
 //! Every stream has its own bounded outbound queue ([`QUEUE`] responses), and a response is
 //! built only when the queue has room, from the state of that moment: a client that does not
