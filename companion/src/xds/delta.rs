@@ -88,7 +88,10 @@ pub struct DeltaState {
     /// versions, then what was sent, accepted or not: a rejected version is not retried), and
     /// the resource versions sent, accepted (or held on reconnect) and rejected.
     slots: Slots,
-    initial_versions: BTreeMap<String, String>,
+    /// What the client said it held when the stream opened, by name (sorted), sharing the
+    /// published names and, where they are current, versions (a fleet resuming after a restart
+    /// of vigil holds one copy of them, not one per Envoy).
+    initial_versions: Vec<(Shared, Shared)>,
     outstanding: VecDeque<Sent>,
 }
 
@@ -104,7 +107,7 @@ impl DeltaState {
             wildcard: false,
             names: Vec::new(),
             slots: Slots::default(),
-            initial_versions: BTreeMap::new(),
+            initial_versions: Vec::new(),
             outstanding: VecDeque::new(),
         }
     }
@@ -118,8 +121,11 @@ impl DeltaState {
     }
 
     /// What the client said it held when the stream opened.
-    pub fn initial_versions(&self) -> &BTreeMap<String, String> {
-        &self.initial_versions
+    pub fn initial_versions(&self) -> BTreeMap<String, String> {
+        self.initial_versions
+            .iter()
+            .map(|(name, version)| (name.to_string(), version.to_string()))
+            .collect()
     }
 
     /// The names subscribed by name (a wildcard stream may have some too).
@@ -169,7 +175,20 @@ impl DeltaState {
             if request.subscribe.is_empty() && request.unsubscribe.is_empty() {
                 self.wildcard = true;
             }
-            self.initial_versions = request.initial_versions.clone();
+            // A BTreeMap: already sorted by name.
+            self.initial_versions = request
+                .initial_versions
+                .iter()
+                .map(|(name, version)| {
+                    // The client's version shares the published copy when it is current (a
+                    // client resuming with unchanged content, the usual case).
+                    let shared_version = match known.get(name.as_str()) {
+                        Some(resource) if *resource.version == *version => resource.version.clone(),
+                        _ => Arc::new(version.clone()),
+                    };
+                    (share(name, known), shared_version)
+                })
+                .collect();
         }
         for name in &request.subscribe {
             if name == WILDCARD {
@@ -192,15 +211,9 @@ impl DeltaState {
             }
         }
         if first {
-            for (name, version) in &request.initial_versions {
+            for (name, version) in &self.initial_versions {
                 if self.wildcard || contains(&self.names, name) {
-                    // The client's version shares the published copy when it is current (a
-                    // client resuming with unchanged content, the usual case).
-                    let shared_version = match known.get(name.as_str()) {
-                        Some(resource) if *resource.version == *version => resource.version.clone(),
-                        _ => Arc::new(version.clone()),
-                    };
-                    self.slots.record_held(&share(name, known), &shared_version);
+                    self.slots.record_held(name, version);
                 }
             }
         }
@@ -515,7 +528,7 @@ mod tests {
             ..request(&["a", "b"], &[], "")
         };
         after.on_request(&resume);
-        assert_eq!(after.initial_versions(), &held);
+        assert_eq!(after.initial_versions(), held);
         assert_eq!(after.status()["a"].acked, Some(resource_version(b"1")));
         assert_eq!(after.next_response(&set, &none()), None);
         // Only what changed meanwhile is sent.

@@ -148,7 +148,7 @@ impl Session for Delta {
         let state = &self.0;
         peer.node_id = state.node_id().map(str::to_string);
         peer.node_cluster = state.node_cluster().map(str::to_string);
-        peer.initial_versions = state.initial_versions().clone();
+        peer.initial_versions = state.initial_versions();
         peer.subscribed = if state.is_wildcard() {
             None
         } else {
