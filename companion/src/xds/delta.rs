@@ -26,8 +26,12 @@
 //! - A large set of changes (a first sync) goes out in several responses of at most
 //!   [`super::protocol::RESPONSE_BUDGET`] bytes of resources each, as in state of the world.
 
-use super::protocol::{Event, Resource, ResourceStatus, Resources, set_version, within_budget};
+use super::protocol::{
+    Event, Resource, ResourceStatus, Resources, Shared, Slots, contains, insert_sorted, name_set,
+    remove_sorted, set_version, share, within_budget,
+};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 /// How many unanswered responses a stream remembers, to attribute late ACKs. Envoy answers each
 /// response in order; one that answers none of these is stale.
@@ -66,7 +70,7 @@ struct Sent {
     nonce: String,
     system_version: String,
     /// Name to resource version, as sent.
-    resources: BTreeMap<String, String>,
+    resources: Vec<(Shared, Shared)>,
 }
 
 /// One delta stream's protocol state for one resource type.
@@ -78,13 +82,17 @@ pub struct DeltaState {
     node_id: Option<String>,
     node_cluster: Option<String>,
     wildcard: bool,
-    names: BTreeSet<String>,
-    /// What the client holds, as far as this stream knows: its initial versions, then what was
-    /// sent (accepted or not: a rejected version is not retried).
-    held: BTreeMap<String, String>,
-    initial_versions: BTreeMap<String, String>,
+    /// Sorted, without duplicates.
+    names: Vec<Shared>,
+    /// Per resource: the version the client holds, as far as this stream knows (its initial
+    /// versions, then what was sent, accepted or not: a rejected version is not retried), and
+    /// the resource versions sent, accepted (or held on reconnect) and rejected.
+    slots: Slots,
+    /// What the client said it held when the stream opened, by name (sorted), sharing the
+    /// published names and, where they are current, versions (a fleet resuming after a restart
+    /// of vigil holds one copy of them, not one per Envoy).
+    initial_versions: Vec<(Shared, Shared)>,
     outstanding: VecDeque<Sent>,
-    status: BTreeMap<String, ResourceStatus>,
 }
 
 impl DeltaState {
@@ -97,11 +105,10 @@ impl DeltaState {
             node_id: None,
             node_cluster: None,
             wildcard: false,
-            names: BTreeSet::new(),
-            held: BTreeMap::new(),
-            initial_versions: BTreeMap::new(),
+            names: Vec::new(),
+            slots: Slots::default(),
+            initial_versions: Vec::new(),
             outstanding: VecDeque::new(),
-            status: BTreeMap::new(),
         }
     }
 
@@ -114,35 +121,45 @@ impl DeltaState {
     }
 
     /// What the client said it held when the stream opened.
-    pub fn initial_versions(&self) -> &BTreeMap<String, String> {
-        &self.initial_versions
+    pub fn initial_versions(&self) -> BTreeMap<String, String> {
+        self.initial_versions
+            .iter()
+            .map(|(name, version)| (name.to_string(), version.to_string()))
+            .collect()
     }
 
     /// The names subscribed by name (a wildcard stream may have some too).
-    pub fn subscribed(&self) -> &BTreeSet<String> {
-        &self.names
+    pub fn subscribed(&self) -> BTreeSet<String> {
+        name_set(&self.names)
     }
 
     pub fn is_wildcard(&self) -> bool {
         self.wildcard
     }
 
-    /// Per resource: the resource versions sent, accepted (or held on reconnect) and rejected.
-    pub fn status(&self) -> &BTreeMap<String, ResourceStatus> {
-        &self.status
+    /// Per resource: the resource versions sent, accepted (or held on reconnect) and rejected
+    /// (built on demand).
+    pub fn status(&self) -> BTreeMap<String, ResourceStatus> {
+        self.slots.status()
     }
 
     /// Subscribed names that are neither served nor withheld: clusters vigil does not run.
     pub fn unknown(&self, resources: &Resources, withheld: &BTreeSet<String>) -> Vec<String> {
         self.names
             .iter()
-            .filter(|n| !resources.contains_key(*n) && !withheld.contains(*n))
-            .cloned()
+            .filter(|n| !resources.contains_key(n.as_str()) && !withheld.contains(n.as_str()))
+            .map(|n| n.to_string())
             .collect()
     }
 
     /// Applies one request.
     pub fn on_request(&mut self, request: &DeltaRequest) -> Vec<Event> {
+        self.on_request_sharing(request, &Resources::new())
+    }
+
+    /// Applies one request; the names it subscribes to share the copies of `known` (the
+    /// published resources) where those have them.
+    pub fn on_request_sharing(&mut self, request: &DeltaRequest, known: &Resources) -> Vec<Event> {
         let first = !self.started;
         self.started = true;
         if self.node_id.is_none() {
@@ -158,44 +175,56 @@ impl DeltaState {
             if request.subscribe.is_empty() && request.unsubscribe.is_empty() {
                 self.wildcard = true;
             }
-            self.initial_versions = request.initial_versions.clone();
+            // A BTreeMap: already sorted by name.
+            self.initial_versions = request
+                .initial_versions
+                .iter()
+                .map(|(name, version)| {
+                    // The client's version shares the published copy when it is current (a
+                    // client resuming with unchanged content, the usual case).
+                    let shared_version = match known.get(name.as_str()) {
+                        Some(resource) if *resource.version == *version => resource.version.clone(),
+                        _ => Arc::new(version.clone()),
+                    };
+                    (share(name, known), shared_version)
+                })
+                .collect();
         }
         for name in &request.subscribe {
             if name == WILDCARD {
                 self.wildcard = true;
                 continue;
             }
-            self.names.insert(name.clone());
+            if !contains(&self.names, name) {
+                insert_sorted(&mut self.names, share(name, known));
+            }
             if !first {
                 // Subscribed again: the client may have lost it, send it again.
-                self.held.remove(name);
+                self.slots.forget_held(name);
             }
         }
         for name in &request.unsubscribe {
             if name == WILDCARD {
                 self.wildcard = false;
             } else {
-                self.names.remove(name);
+                remove_sorted(&mut self.names, name);
             }
         }
         if first {
-            for (name, version) in &request.initial_versions {
-                if self.wildcard || self.names.contains(name) {
-                    self.held.insert(name.clone(), version.clone());
-                    self.status.entry(name.clone()).or_default().acked = Some(version.clone());
+            for (name, version) in &self.initial_versions {
+                if self.wildcard || contains(&self.names, name) {
+                    self.slots.record_held(name, version);
                 }
             }
         }
         if !self.wildcard {
-            let names = &self.names;
-            self.held.retain(|name, _| names.contains(name));
-            self.status.retain(|name, _| names.contains(name));
+            self.slots.keep_only(&self.names);
         }
-        if before != (self.wildcard, self.names.clone()) {
+        if before.0 != self.wildcard || before.1 != self.names {
             events.push(Event::Subscribed(if self.wildcard {
                 None
             } else {
-                Some(self.names.clone())
+                Some(name_set(&self.names))
             }));
         }
         events
@@ -216,35 +245,25 @@ impl DeltaState {
                 nonce: nonce.clone(),
             };
         };
-        match &request.error {
-            Some((_, detail)) => {
-                for (name, version) in &sent.resources {
-                    if let Some(status) = self.status.get_mut(name) {
-                        status.nacked = Some((version.clone(), detail.clone()));
-                    }
-                }
-                Event::Nacked {
-                    version: sent.system_version,
-                    nonce: sent.nonce,
-                    detail: detail.clone(),
-                }
-            }
-            None => {
-                for (name, version) in &sent.resources {
-                    if let Some(status) = self.status.get_mut(name) {
-                        status.acked = Some(version.clone());
-                    }
-                }
-                Event::Acked {
-                    version: sent.system_version,
-                    nonce: sent.nonce,
-                }
-            }
+        let detail = request.error.as_ref().map(|(_, detail)| detail.as_str());
+        for (name, version) in &sent.resources {
+            self.slots.record_answer(name, version, detail, false);
+        }
+        match detail {
+            Some(detail) => Event::Nacked {
+                version: sent.system_version,
+                nonce: sent.nonce,
+                detail: detail.to_string(),
+            },
+            None => Event::Acked {
+                version: sent.system_version,
+                nonce: sent.nonce,
+            },
         }
     }
 
     fn wants(&self, name: &str) -> bool {
-        self.wildcard || self.names.contains(name)
+        self.wildcard || contains(&self.names, name)
     }
 
     /// The response due now, if any subscribed resource differs from what the client holds or
@@ -259,16 +278,17 @@ impl DeltaState {
         }
         // A large set (a first sync) goes out in parts, as in state of the world (why: see
         // `protocol::RESPONSE_BUDGET`); the rest is still changed on the next call.
-        let changed: Vec<&Resource> = within_budget(
-            resources
-                .values()
-                .filter(|r| self.wants(&r.name) && self.held.get(&r.name) != Some(&r.version)),
-        );
+        let changed: Vec<&Resource> = within_budget(resources.values().filter(|r| {
+            self.wants(&r.name) && self.slots.held(&r.name) != Some(r.version.as_str())
+        }));
         let removed: Vec<String> = self
-            .held
-            .keys()
-            .filter(|name| !resources.contains_key(*name) && !withheld.contains(*name))
-            .cloned()
+            .slots
+            .held_list()
+            .into_iter()
+            .filter(|name| {
+                !resources.contains_key(name.as_str()) && !withheld.contains(name.as_str())
+            })
+            .map(|name| name.to_string())
             .collect();
         if changed.is_empty() && removed.is_empty() {
             return None;
@@ -277,17 +297,14 @@ impl DeltaState {
         let system_version = set_version(&served);
         self.next_nonce += 1;
         let nonce = format!("{}-{}", self.nonce_prefix, self.next_nonce);
-        let mut sent = BTreeMap::new();
+        let mut sent = Vec::with_capacity(changed.len());
         for resource in &changed {
-            self.held
-                .insert(resource.name.clone(), resource.version.clone());
-            self.status.entry(resource.name.clone()).or_default().sent =
-                Some(resource.version.clone());
-            sent.insert(resource.name.clone(), resource.version.clone());
+            self.slots
+                .record_sent(&resource.name, &resource.version, &resource.version);
+            sent.push((resource.name.clone(), resource.version.clone()));
         }
         for name in &removed {
-            self.held.remove(name);
-            self.status.remove(name);
+            self.slots.forget(name);
         }
         self.outstanding.push_back(Sent {
             nonce: nonce.clone(),
@@ -313,8 +330,8 @@ mod tests {
 
     fn resource(name: &str, content: &str) -> Resource {
         Resource {
-            name: name.to_string(),
-            version: resource_version(content.as_bytes()),
+            name: Arc::new(name.to_string()),
+            version: Arc::new(resource_version(content.as_bytes())),
             body: content.as_bytes().to_vec(),
         }
     }
@@ -362,7 +379,7 @@ mod tests {
         let set = resources(&[("a", "1"), ("b", "1")]);
         let first = stream.next_response(&set, &none()).unwrap();
         assert_eq!(names(&first), ["a"]);
-        assert_eq!(first.resources[0].version, resource_version(b"1"));
+        assert_eq!(*first.resources[0].version, resource_version(b"1"));
         assert!(first.removed.is_empty());
         assert_eq!(first.nonce, "s1-1");
         let events = stream.on_request(&ack(&first.nonce));
@@ -502,7 +519,7 @@ mod tests {
         let held: BTreeMap<String, String> = sent
             .resources
             .iter()
-            .map(|r| (r.name.clone(), r.version.clone()))
+            .map(|r| (r.name.to_string(), r.version.to_string()))
             .collect();
         // Reconnect (to a restarted server): the same content gives the same versions.
         let mut after = DeltaState::new("run2-s1");
@@ -511,7 +528,7 @@ mod tests {
             ..request(&["a", "b"], &[], "")
         };
         after.on_request(&resume);
-        assert_eq!(after.initial_versions(), &held);
+        assert_eq!(after.initial_versions(), held);
         assert_eq!(after.status()["a"].acked, Some(resource_version(b"1")));
         assert_eq!(after.next_response(&set, &none()), None);
         // Only what changed meanwhile is sent.

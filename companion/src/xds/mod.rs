@@ -13,6 +13,8 @@
 //! - [`registry`]: connected Envoys and what each ACKed or NACKed, for the admin API.
 //! - [`server`]: the tonic services (EDS, ADS; state of the world and delta) and the publisher
 //!   that feeds the streams.
+//! - [`grpc`]: the gRPC framing of the streaming methods (requests decoded, responses encoded
+//!   once into their own frame), small per stream.
 //! - [`stream`]: one Envoy's stream task in either variant, with its bounded outbound queue
 //!   (the newest state wins; a client that does not read holds up nobody else).
 //! - [`run`]: starting and stopping it for the binary (`--xds-address`, loopback by default).
@@ -23,6 +25,7 @@
 
 pub mod assignment;
 pub mod delta;
+pub mod grpc;
 pub mod protocol;
 pub mod registry;
 pub mod rest;

@@ -31,6 +31,7 @@
 //! sent: Envoy keeps what it had, or keeps waiting for its first assignment.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// At most this many bytes of resources, encoded, go into one response (a single larger
 /// resource goes alone): with the response's own fields and gRPC's 5-byte frame header, a part
@@ -66,12 +67,27 @@ pub fn within_budget<'a>(changed: impl IntoIterator<Item = &'a Resource>) -> Vec
 /// `type_url` of EDS resources.
 pub const EDS_TYPE_URL: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 
+/// A name or a version held by the published resources and by every stream that deals with
+/// them: one allocation, shared (a thin pointer, 8 bytes a copy). A fleet of a thousand Envoys
+/// subscribed to the same hundred clusters holds one copy of each name and version, not a
+/// thousand.
+pub type Shared = Arc<String>;
+
+/// `text` as a [`Shared`]: the published resource's own copy when one has that name, else a
+/// new one (a name vigil does not serve, or a version from elsewhere).
+pub fn share(text: &str, known: &Resources) -> Shared {
+    match known.get(text) {
+        Some(resource) => resource.name.clone(),
+        None => Arc::new(text.to_string()),
+    }
+}
+
 /// One resource ready to be served: its name, the version of its content, and its bytes
 /// (the encoded message, opaque here).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resource {
-    pub name: String,
-    pub version: String,
+    pub name: Shared,
+    pub version: Shared,
     pub body: Vec<u8>,
 }
 
@@ -118,6 +134,7 @@ pub enum Event {
 
 /// What the client did with one resource (one cluster), for the admin view. Versions are the
 /// `version_info` of the responses that carried the resource (what Envoy's config dump shows).
+/// Built on demand from a stream's [`Slots`] (nothing holds these per stream).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResourceStatus {
     /// The version last sent on this stream.
@@ -128,18 +145,215 @@ pub struct ResourceStatus {
     pub nacked: Option<(String, String)>,
 }
 
+/// What one stream knows of one resource. Every field is a [`Shared`] pointer: the names and
+/// resource versions are the published ones, a state-of-the-world response version is one
+/// allocation for every resource that response carried.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    name: Shared,
+    /// The resource version the client holds as far as this stream knows (state of the world:
+    /// the one last sent, what a change is measured against; delta: its initial version, then
+    /// what was sent, accepted or not).
+    held: Option<Shared>,
+    sent: Option<Shared>,
+    acked: Option<Shared>,
+    /// Rare: boxed, so a slot without it costs one pointer.
+    nacked: Option<Box<(Shared, String)>>,
+}
+
+impl Slot {
+    fn has_status(&self) -> bool {
+        self.sent.is_some() || self.acked.is_some() || self.nacked.is_some()
+    }
+}
+
+/// A stream's slots, sorted by name (a vector: a hundred slots of five pointers each, with no
+/// tree nodes around them).
+#[derive(Debug, Clone, Default)]
+pub struct Slots(Vec<Slot>);
+
+impl Slots {
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|slot| slot.name.as_str().cmp(name))
+    }
+
+    fn get_mut(&mut self, name: &str) -> Option<&mut Slot> {
+        let index = self.find(name).ok()?;
+        self.0.get_mut(index)
+    }
+
+    /// The slot of `name`, created empty if missing.
+    fn entry(&mut self, name: &Shared) -> &mut Slot {
+        let index = match self.find(name) {
+            Ok(index) => index,
+            Err(index) => {
+                self.0.insert(
+                    index,
+                    Slot {
+                        name: name.clone(),
+                        held: None,
+                        sent: None,
+                        acked: None,
+                        nacked: None,
+                    },
+                );
+                index
+            }
+        };
+        &mut self.0[index]
+    }
+
+    /// The version the client holds of `name`.
+    pub fn held(&self, name: &str) -> Option<&str> {
+        let index = self.find(name).ok()?;
+        self.0[index].held.as_deref().map(String::as_str)
+    }
+
+    /// The names the client holds.
+    fn held_names(&self) -> impl Iterator<Item = &Shared> {
+        self.0
+            .iter()
+            .filter(|slot| slot.held.is_some())
+            .map(|slot| &slot.name)
+    }
+
+    fn retain(&mut self, keep: impl FnMut(&Slot) -> bool) {
+        self.0.retain(keep);
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Ok(index) = self.find(name) {
+            self.0.remove(index);
+        }
+    }
+
+    /// Per resource, for the admin view: what was sent, accepted and rejected.
+    pub fn status(&self) -> BTreeMap<String, ResourceStatus> {
+        let text = |s: &Option<Shared>| s.as_deref().cloned();
+        self.0
+            .iter()
+            .filter(|slot| slot.has_status())
+            .map(|slot| {
+                (
+                    slot.name.to_string(),
+                    ResourceStatus {
+                        sent: text(&slot.sent),
+                        acked: text(&slot.acked),
+                        nacked: slot
+                            .nacked
+                            .as_ref()
+                            .map(|nacked| (nacked.0.to_string(), nacked.1.clone())),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Records what a response carried: `name` at resource version `held`, sent as `sent`.
+    pub(crate) fn record_sent(&mut self, name: &Shared, held: &Shared, sent: &Shared) {
+        let slot = self.entry(name);
+        slot.held = Some(held.clone());
+        slot.sent = Some(sent.clone());
+    }
+
+    /// Records a client's ACK (`detail` `None`) or NACK of `version` for `name`; with `create`,
+    /// also for a name this stream no longer tracks.
+    pub(crate) fn record_answer(
+        &mut self,
+        name: &Shared,
+        version: &Shared,
+        detail: Option<&str>,
+        create: bool,
+    ) {
+        let slot = if create {
+            Some(self.entry(name))
+        } else {
+            self.get_mut(name)
+        };
+        if let Some(slot) = slot {
+            match detail {
+                Some(detail) => {
+                    slot.nacked = Some(Box::new((version.clone(), detail.to_string())));
+                }
+                None => slot.acked = Some(version.clone()),
+            }
+        }
+    }
+
+    /// The client holds `name` at `version` (delta: a reconnecting client's initial versions).
+    pub(crate) fn record_held(&mut self, name: &Shared, version: &Shared) {
+        let slot = self.entry(name);
+        slot.held = Some(version.clone());
+        slot.acked = Some(version.clone());
+    }
+
+    /// Forgets that the client holds `name` (it subscribed again: it may have lost it).
+    pub(crate) fn forget_held(&mut self, name: &str) {
+        if let Some(slot) = self.get_mut(name) {
+            slot.held = None;
+            if !slot.has_status() {
+                self.remove(name);
+            }
+        }
+    }
+
+    /// Keeps the slots of `names` (sorted) only.
+    pub(crate) fn keep_only(&mut self, names: &[Shared]) {
+        self.retain(|slot| contains(names, &slot.name));
+    }
+
+    pub(crate) fn forget(&mut self, name: &str) {
+        self.remove(name);
+    }
+
+    pub(crate) fn held_list(&self) -> Vec<Shared> {
+        self.held_names().cloned().collect()
+    }
+}
+
+/// Whether sorted `names` holds `name`.
+pub fn contains(names: &[Shared], name: &str) -> bool {
+    names
+        .binary_search_by(|candidate| candidate.as_str().cmp(name))
+        .is_ok()
+}
+
+/// Inserts `name` into sorted `names` unless there; returns whether it was inserted.
+pub fn insert_sorted(names: &mut Vec<Shared>, name: Shared) -> bool {
+    match names.binary_search_by(|candidate| candidate.as_str().cmp(name.as_str())) {
+        Ok(_) => false,
+        Err(index) => {
+            names.insert(index, name);
+            true
+        }
+    }
+}
+
+/// Removes `name` from sorted `names`.
+pub fn remove_sorted(names: &mut Vec<Shared>, name: &str) {
+    if let Ok(index) = names.binary_search_by(|candidate| candidate.as_str().cmp(name)) {
+        names.remove(index);
+    }
+}
+
+/// `names` as a set of owned names (for events and the admin view).
+pub fn name_set(names: &[Shared]) -> BTreeSet<String> {
+    names.iter().map(|name| name.to_string()).collect()
+}
+
 #[derive(Debug, Clone)]
 enum Subscription {
     Wildcard,
-    Names(BTreeSet<String>),
+    /// Sorted, without duplicates.
+    Names(Vec<Shared>),
 }
 
 #[derive(Debug, Clone)]
 struct Sent {
-    version: String,
+    version: Shared,
     nonce: String,
     /// Resource name to resource version, as sent in this response.
-    resources: BTreeMap<String, String>,
+    resources: Vec<(Shared, Shared)>,
 }
 
 /// One stream's protocol state for one resource type.
@@ -157,10 +371,9 @@ pub struct StreamState {
     outstanding: std::collections::VecDeque<Sent>,
     /// Whether this stream ever sent a response.
     sent_any: bool,
-    /// Per resource, the version of the content this stream last sent (whatever the client
-    /// did with it): what a change is measured against.
-    sent_versions: BTreeMap<String, String>,
-    status: BTreeMap<String, ResourceStatus>,
+    /// Per resource: the resource version last sent (whatever the client did with it: what a
+    /// change is measured against), and the response versions sent, ACKed and NACKed.
+    slots: Slots,
 }
 
 impl StreamState {
@@ -176,8 +389,7 @@ impl StreamState {
             initial_version: None,
             outstanding: std::collections::VecDeque::new(),
             sent_any: false,
-            sent_versions: BTreeMap::new(),
-            status: BTreeMap::new(),
+            slots: Slots::default(),
         }
     }
 
@@ -197,7 +409,15 @@ impl StreamState {
     }
 
     /// The subscribed names; `None` for a wildcard or before the first request.
-    pub fn subscribed(&self) -> Option<&BTreeSet<String>> {
+    pub fn subscribed(&self) -> Option<BTreeSet<String>> {
+        match &self.subscription {
+            Some(Subscription::Names(names)) => Some(name_set(names)),
+            _ => None,
+        }
+    }
+
+    /// The subscribed names, sorted; `None` for a wildcard or before the first request.
+    pub fn subscribed_names(&self) -> Option<&[Shared]> {
         match &self.subscription {
             Some(Subscription::Names(names)) => Some(names),
             _ => None,
@@ -209,9 +429,9 @@ impl StreamState {
         matches!(self.subscription, Some(Subscription::Wildcard))
     }
 
-    /// Per resource: what was sent, accepted and rejected.
-    pub fn status(&self) -> &BTreeMap<String, ResourceStatus> {
-        &self.status
+    /// Per resource: what was sent, accepted and rejected (built on demand).
+    pub fn status(&self) -> BTreeMap<String, ResourceStatus> {
+        self.slots.status()
     }
 
     /// The nonce of the newest response the client has not answered yet, if any.
@@ -221,32 +441,31 @@ impl StreamState {
 
     /// Records the ACK or NACK `request` carries for `sent`.
     fn record_answer(&mut self, sent: &Sent, request: &Request) -> Event {
-        match &request.error {
-            Some((_, detail)) => {
-                for name in sent.resources.keys() {
-                    self.status.entry(name.clone()).or_default().nacked =
-                        Some((sent.version.clone(), detail.clone()));
-                }
-                Event::Nacked {
-                    version: sent.version.clone(),
-                    nonce: sent.nonce.clone(),
-                    detail: detail.clone(),
-                }
-            }
-            None => {
-                for name in sent.resources.keys() {
-                    self.status.entry(name.clone()).or_default().acked = Some(sent.version.clone());
-                }
-                Event::Acked {
-                    version: sent.version.clone(),
-                    nonce: sent.nonce.clone(),
-                }
-            }
+        let detail = request.error.as_ref().map(|(_, detail)| detail.as_str());
+        for (name, _) in &sent.resources {
+            self.slots.record_answer(name, &sent.version, detail, true);
+        }
+        match detail {
+            Some(detail) => Event::Nacked {
+                version: sent.version.to_string(),
+                nonce: sent.nonce.clone(),
+                detail: detail.to_string(),
+            },
+            None => Event::Acked {
+                version: sent.version.to_string(),
+                nonce: sent.nonce.clone(),
+            },
         }
     }
 
     /// Applies one request.
     pub fn on_request(&mut self, request: &Request) -> Vec<Event> {
+        self.on_request_sharing(request, &Resources::new())
+    }
+
+    /// Applies one request; the names it subscribes to share the copies of `known` (the
+    /// published resources) where those have them.
+    pub fn on_request_sharing(&mut self, request: &Request, known: &Resources) -> Vec<Event> {
         let first = self.subscription.is_none();
         if self.node_id.is_none() {
             self.node_id = request.node_id.clone().filter(|id| !id.is_empty());
@@ -286,25 +505,35 @@ impl StreamState {
         }
         let wildcard = request.resource_names.iter().any(|n| n == "*")
             || (first && request.resource_names.is_empty());
-        let subscription = if wildcard {
-            Subscription::Wildcard
-        } else {
-            Subscription::Names(request.resource_names.iter().cloned().collect())
-        };
-        let changed = match (&self.subscription, &subscription) {
-            (Some(Subscription::Wildcard), Subscription::Wildcard) => false,
-            (Some(Subscription::Names(old)), Subscription::Names(new)) => old != new,
+        let changed = match (&self.subscription, wildcard) {
+            (Some(Subscription::Wildcard), true) => false,
+            (Some(Subscription::Names(old)), false) => {
+                let mut new: Vec<&str> =
+                    request.resource_names.iter().map(String::as_str).collect();
+                new.sort_unstable();
+                new.dedup();
+                old.len() != new.len() || old.iter().zip(&new).any(|(a, b)| a.as_str() != *b)
+            }
             _ => true,
         };
         if changed {
+            let subscription = if wildcard {
+                Subscription::Wildcard
+            } else {
+                let mut names = Vec::with_capacity(request.resource_names.len());
+                for name in &request.resource_names {
+                    insert_sorted(&mut names, share(name, known));
+                }
+                names.shrink_to_fit();
+                Subscription::Names(names)
+            };
             events.push(Event::Subscribed(match &subscription {
                 Subscription::Wildcard => None,
-                Subscription::Names(names) => Some(names.clone()),
+                Subscription::Names(names) => Some(name_set(names)),
             }));
             if let Subscription::Names(names) = &subscription {
-                self.status.retain(|name, _| names.contains(name));
                 // A name dropped and subscribed again later is sent again: the client forgot it.
-                self.sent_versions.retain(|name, _| names.contains(name));
+                self.slots.keep_only(names);
             }
             self.subscription = Some(subscription);
         }
@@ -317,7 +546,10 @@ impl StreamState {
         let subscription = self.subscription.as_ref()?;
         let selected: Vec<&Resource> = match subscription {
             Subscription::Wildcard => resources.values().collect(),
-            Subscription::Names(names) => names.iter().filter_map(|n| resources.get(n)).collect(),
+            Subscription::Names(names) => names
+                .iter()
+                .filter_map(|n| resources.get(n.as_str()))
+                .collect(),
         };
         if selected.is_empty() {
             return None;
@@ -328,7 +560,7 @@ impl StreamState {
         let changed = within_budget(
             selected
                 .into_iter()
-                .filter(|r| self.sent_versions.get(&r.name) != Some(&r.version)),
+                .filter(|r| self.slots.held(&r.name) != Some(r.version.as_str())),
         );
         if changed.is_empty() {
             // Nothing new (or only the set shrank: a cluster left; EDS has no removal in state
@@ -337,18 +569,23 @@ impl StreamState {
         }
         self.next_nonce += 1;
         let nonce = format!("{}-{}", self.nonce_prefix, self.next_nonce);
-        let sent_resources: BTreeMap<String, String> = changed
+        // One allocation for the version, shared by every slot it is recorded in (the parts of
+        // one sync carry the same version: the previous part's copy serves).
+        let shared_version = match self.outstanding.back() {
+            Some(previous) if *previous.version == version => previous.version.clone(),
+            _ => Arc::new(version.clone()),
+        };
+        let sent_resources: Vec<(Shared, Shared)> = changed
             .iter()
             .map(|r| (r.name.clone(), r.version.clone()))
             .collect();
         for (name, resource_version) in &sent_resources {
-            self.status.entry(name.clone()).or_default().sent = Some(version.clone());
-            self.sent_versions
-                .insert(name.clone(), resource_version.clone());
+            self.slots
+                .record_sent(name, resource_version, &shared_version);
         }
         self.sent_any = true;
         self.outstanding.push_back(Sent {
-            version: version.clone(),
+            version: shared_version,
             nonce: nonce.clone(),
             resources: sent_resources,
         });
@@ -360,6 +597,18 @@ impl StreamState {
             nonce,
             resources: changed.into_iter().cloned().collect(),
         })
+    }
+}
+
+impl StreamState {
+    /// Every part of the response due now, in one response: for one-shot answers (REST, the
+    /// unary fetch), which have no stream to send parts on and no buffer kept per client.
+    pub fn whole_response(&mut self, resources: &Resources) -> Option<Response> {
+        let mut whole = self.next_response(resources)?;
+        while let Some(part) = self.next_response(resources) {
+            whole.resources.extend(part.resources);
+        }
+        Some(whole)
     }
 }
 
@@ -397,8 +646,8 @@ mod tests {
 
     fn resource(name: &str, content: &str) -> Resource {
         Resource {
-            name: name.to_string(),
-            version: resource_version(content.as_bytes()),
+            name: Arc::new(name.to_string()),
+            version: Arc::new(resource_version(content.as_bytes())),
             body: content.as_bytes().to_vec(),
         }
     }
@@ -598,10 +847,7 @@ mod tests {
             ]
         );
         assert_eq!(stream.status()["a"].acked, Some(first.version_info.clone()));
-        assert_eq!(
-            stream.subscribed(),
-            Some(&BTreeSet::from(["a".to_string()]))
-        );
+        assert_eq!(stream.subscribed(), Some(BTreeSet::from(["a".to_string()])));
         // Answered once, it is forgotten: the same nonce again is stale and records nothing.
         let events = stream.on_request(&nack(&["a"], &first.nonce, "late"));
         assert!(matches!(events[..], [Event::Stale { .. }]));
@@ -728,7 +974,7 @@ mod tests {
         named.on_request(&subscribe(&["a"], ""));
         let response = named.next_response(&set).unwrap();
         named.on_request(&subscribe(&[], &response.nonce));
-        assert_eq!(named.subscribed(), Some(&BTreeSet::new()));
+        assert_eq!(named.subscribed(), Some(BTreeSet::new()));
         assert_eq!(named.next_response(&set), None);
     }
 

@@ -38,6 +38,17 @@ impl std::fmt::Debug for QueueProbe {
     }
 }
 
+/// Fills in what a stream's protocol state says about it (node, subscriptions, unknown names,
+/// per-cluster versions) when the admin view asks: nothing of it is copied per request.
+#[derive(Clone)]
+pub struct ViewProbe(pub Arc<dyn Fn(&mut Peer) + Send + Sync>);
+
+impl std::fmt::Debug for ViewProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ViewProbe")
+    }
+}
+
 /// A stream's outbound queue: bounded, and the newest state wins (a response is built only
 /// when the queue has room, from the state of that moment).
 #[derive(Debug, Clone, Default)]
@@ -55,7 +66,8 @@ pub struct QueueState {
     pub coalesced: u64,
 }
 
-/// One connected Envoy (one stream).
+/// One connected Envoy (one stream). The fields from `node_id` to `clusters` are the stream's
+/// protocol state, filled in by its [`ViewProbe`] when [`Registry::peers`] reads them.
 #[derive(Debug, Clone)]
 pub struct Peer {
     pub stream: u64,
@@ -87,6 +99,8 @@ pub struct Peer {
     /// The last NACK: the response's version, the client's error detail, and when.
     pub last_nack: Option<(String, String, SystemTime)>,
     pub queue: QueueState,
+    /// Reads the stream's protocol state into the fields above.
+    pub view: Option<ViewProbe>,
 }
 
 /// The EDS server's shared, admin-visible state.
@@ -144,6 +158,7 @@ impl Registry {
                     capacity,
                     ..QueueState::default()
                 },
+                view: None,
             },
         );
         stream
@@ -161,9 +176,17 @@ impl Registry {
         self.lock_peers().remove(&stream);
     }
 
-    /// The connected Envoys, oldest stream first.
+    /// The connected Envoys, oldest stream first, with their protocol state read now, outside
+    /// the registry's lock (a stream task never takes one of the two locks while holding the
+    /// other either).
     pub fn peers(&self) -> Vec<Peer> {
-        self.lock_peers().values().cloned().collect()
+        let mut peers: Vec<Peer> = self.lock_peers().values().cloned().collect();
+        for peer in &mut peers {
+            if let Some(view) = peer.view.clone() {
+                (view.0)(peer);
+            }
+        }
+        peers
     }
 
     pub(crate) fn set_published(

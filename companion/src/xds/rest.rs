@@ -59,7 +59,7 @@ pub fn answer(body: &[u8], resources: &Resources, nonce_prefix: &str) -> RestAns
         resource_names: names,
         ..protocol::Request::default()
     });
-    let Some(response) = state.next_response(resources) else {
+    let Some(response) = state.whole_response(resources) else {
         return RestAnswer {
             status: 503,
             body: json!({"error": "no requested cluster is ready yet (first round of checks pending)"})
@@ -78,7 +78,7 @@ pub fn answer(body: &[u8], resources: &Resources, nonce_prefix: &str) -> RestAns
         .map(|r| match ClusterLoadAssignment::decode(r.body.as_slice()) {
             Ok(cla) => assignment_json(&cla),
             // Only bytes this server encoded are ever stored; keep the name if that breaks.
-            Err(_) => json!({"@type": EDS_TYPE_URL, "cluster_name": r.name}),
+            Err(_) => json!({"@type": EDS_TYPE_URL, "cluster_name": r.name.as_str()}),
         })
         .collect();
     RestAnswer {
@@ -199,6 +199,35 @@ mod tests {
             answer(again.to_string().as_bytes(), &resources(), "r").status,
             304
         );
+    }
+
+    /// A set larger than a stream's response budget (20 clusters of 20 hosts, ~16 KiB) comes
+    /// whole: a REST poll has no stream to get the other parts on.
+    #[test]
+    fn a_large_set_is_answered_whole() {
+        let clusters: Vec<ClusterInput> = (0..20u8)
+            .map(|c| ClusterInput {
+                name: format!("c{c:02}"),
+                ready: true,
+                endpoints: (0..20u8)
+                    .map(|h| EndpointInput {
+                        address: SocketAddr::from(([127, 0, c, h], 8080)),
+                        hostname: format!("host-{c}-{h}.example"),
+                        weight: 1,
+                        priority: 0,
+                        flags: HealthFlags::empty(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let (resources, _) = build_resources(&clusters, None);
+        let bytes: usize = resources.values().map(|r| r.body.len()).sum();
+        assert!(bytes > crate::xds::protocol::RESPONSE_BUDGET, "{bytes}");
+        let request = json!({"resource_names": ["*"], "type_url": EDS_TYPE_URL});
+        let whole = answer(request.to_string().as_bytes(), &resources, "r");
+        assert_eq!(whole.status, 200, "{}", whole.body);
+        let body: Value = serde_json::from_str(&whole.body).unwrap();
+        assert_eq!(body["resources"].as_array().unwrap().len(), 20);
     }
 
     #[test]

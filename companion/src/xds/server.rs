@@ -1,7 +1,9 @@
-//! The gRPC shell: tonic services for EDS (`EndpointDiscoveryService.StreamEndpoints`, and
-//! `DeltaEndpoints`) and ADS (`AggregatedDiscoveryService.StreamAggregatedResources`, and
-//! `DeltaAggregatedResources`; EDS resources only), the REST-JSON path ([`rest`]) on the same
-//! port, and the publisher that turns the [`ClusterSource`] into encoded resources.
+//! The gRPC shell: EDS (`EndpointDiscoveryService.StreamEndpoints`, and `DeltaEndpoints`) and
+//! ADS (`AggregatedDiscoveryService.StreamAggregatedResources`, and `DeltaAggregatedResources`;
+//! EDS resources only), whose streams the router frames itself ([`grpc`]: less memory per
+//! Envoy), with tonic's generated services for the unary `FetchEndpoints` and for UNIMPLEMENTED;
+//! the REST-JSON path ([`rest`]) on the same port; and the publisher that turns the
+//! [`ClusterSource`] into encoded resources.
 //!
 //! The publisher wakes when a check loop or an outlier detector announces a change
 //! ([`crate::changes`]), and at least every [`POLL`] (for discovery counters), looks at the
@@ -15,6 +17,7 @@
 
 use super::assignment::{ClusterInput, assignment};
 use super::delta::DeltaState;
+use super::grpc;
 use super::protocol::{self, Resource, Resources, StreamState};
 use super::registry::{Mode, Registry};
 use super::rest;
@@ -68,8 +71,8 @@ pub fn build_resources(
         resources.insert(
             cluster.name.clone(),
             Resource {
-                name: cluster.name.clone(),
-                version: protocol::resource_version(&body),
+                name: Arc::new(cluster.name.clone()),
+                version: Arc::new(protocol::resource_version(&body)),
                 body,
             },
         );
@@ -165,6 +168,7 @@ impl EdsServer {
             .accept_http1(true)
             .serve_with_incoming_shutdown(
                 Router {
+                    server: self.clone(),
                     eds: EndpointDiscoveryServiceServer::new(self.clone()),
                     rest_resources: self.published.clone(),
                     run: self.run.clone(),
@@ -176,12 +180,18 @@ impl EdsServer {
             .await
     }
 
+    /// Opens one stream: its task ([`stream::run`]) and the response that carries what it
+    /// sends ([`grpc`]).
     fn open<S: Session>(
         &self,
         api: &'static str,
-        request: tonic::Request<Streaming<S::Request>>,
+        request: http::Request<tonic::body::Body>,
         session: impl FnOnce(String) -> S,
-    ) -> ReceiverStream<Result<S::Response, Status>> {
+    ) -> http::Response<tonic::body::Body> {
+        let request = match grpc::requests::<S::Request>(request) {
+            Ok(request) => request,
+            Err(status) => return status.into_http(),
+        };
         let remote = request.remote_addr();
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -202,13 +212,16 @@ impl EdsServer {
             self.published.clone(),
             self.registry.clone(),
         ));
-        ReceiverStream::new(rx)
+        grpc::response(rx)
     }
 }
 
 /// Dispatches by gRPC service name (tonic's own router needs its `router` feature, i.e. axum).
 #[derive(Clone)]
 struct Router {
+    /// The streaming methods ([`EdsServer::open`]).
+    server: EdsServer,
+    /// The unary fetch, and UNIMPLEMENTED for what vigil does not serve.
     eds: EndpointDiscoveryServiceServer<EdsServer>,
     ads: AggregatedDiscoveryServiceServer<EdsServer>,
     rest_resources: watch::Receiver<Arc<Published>>,
@@ -216,6 +229,12 @@ struct Router {
 }
 
 const ADS_PATH: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/";
+const ADS_SOTW: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+const ADS_DELTA: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+const EDS_SOTW: &str = "/envoy.service.endpoint.v3.EndpointDiscoveryService/StreamEndpoints";
+const EDS_DELTA: &str = "/envoy.service.endpoint.v3.EndpointDiscoveryService/DeltaEndpoints";
 
 impl tower_service::Service<http::Request<tonic::body::Body>> for Router {
     type Response = http::Response<tonic::body::Body>;
@@ -262,6 +281,25 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Router {
                 );
                 Ok(response)
             });
+        }
+        // The streams (every Envoy's one long-lived call) are framed here ([`grpc`]); the
+        // generated services answer the rest.
+        let stream = match request.uri().path() {
+            ADS_SOTW => Some(("ADS", false)),
+            ADS_DELTA => Some(("ADS", true)),
+            EDS_SOTW => Some(("EDS", false)),
+            EDS_DELTA => Some(("EDS", true)),
+            _ => None,
+        };
+        if let Some((api, delta)) = stream {
+            let response = if delta {
+                self.server
+                    .open(api, request, |prefix| Delta(DeltaState::new(prefix)))
+            } else {
+                self.server
+                    .open(api, request, |prefix| Sotw(StreamState::new(prefix)))
+            };
+            return Box::pin(async move { Ok(response) });
         }
         if request.uri().path().starts_with(ADS_PATH) {
             self.ads.call(request)
@@ -310,7 +348,7 @@ async fn publish(
                 .values()
                 .map(|r| {
                     let count = counts.get(r.name.as_str()).copied().unwrap_or(0);
-                    (r.name.clone(), (r.version.clone(), count))
+                    (r.name.to_string(), (r.version.to_string(), count))
                 })
                 .collect(),
             withheld.clone(),
@@ -331,6 +369,12 @@ async fn publish(
     }
 }
 
+/// The generated services' streaming methods are never called: the router hands those calls to
+/// [`EdsServer::open`] first.
+fn never_here() -> Status {
+    Status::internal("the xDS streams are served by the router's own framing (xds::grpc)")
+}
+
 #[tonic::async_trait]
 impl EndpointDiscoveryService for EdsServer {
     type StreamEndpointsStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
@@ -340,18 +384,16 @@ impl EndpointDiscoveryService for EdsServer {
         &self,
         request: tonic::Request<Streaming<DiscoveryRequest>>,
     ) -> Result<tonic::Response<Self::StreamEndpointsStream>, Status> {
-        Ok(tonic::Response::new(self.open("EDS", request, |prefix| {
-            Sotw(StreamState::new(prefix))
-        })))
+        let _ = request;
+        Err(never_here())
     }
 
     async fn delta_endpoints(
         &self,
         request: tonic::Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<tonic::Response<Self::DeltaEndpointsStream>, Status> {
-        Ok(tonic::Response::new(self.open("EDS", request, |prefix| {
-            Delta(DeltaState::new(prefix))
-        })))
+        let _ = request;
+        Err(never_here())
     }
 
     async fn fetch_endpoints(
@@ -366,7 +408,7 @@ impl EndpointDiscoveryService for EdsServer {
             ..stream::to_request(request.get_ref())
         });
         let current = self.published.borrow().clone();
-        match state.next_response(&current.resources) {
+        match state.whole_response(&current.resources) {
             Some(response) => Ok(tonic::Response::new(stream::to_response(response))),
             None => Err(Status::unavailable(
                 "no subscribed cluster is ready yet (first round of checks pending)",
@@ -384,17 +426,15 @@ impl AggregatedDiscoveryService for EdsServer {
         &self,
         request: tonic::Request<Streaming<DiscoveryRequest>>,
     ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Ok(tonic::Response::new(self.open("ADS", request, |prefix| {
-            Sotw(StreamState::new(prefix))
-        })))
+        let _ = request;
+        Err(never_here())
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: tonic::Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Ok(tonic::Response::new(self.open("ADS", request, |prefix| {
-            Delta(DeltaState::new(prefix))
-        })))
+        let _ = request;
+        Err(never_here())
     }
 }

@@ -1,6 +1,8 @@
 //! One Envoy's stream, in either variant of the protocol: the task that feeds its requests and
 //! the published resources to its state machine ([`StreamState`] for state of the world,
-//! [`DeltaState`] for delta), sends what that decides, and keeps its admin entry current.
+//! [`DeltaState`] for delta), sends what that decides (as gRPC frames, [`grpc::frame`]), keeps
+//! its admin entry's counters current, and lends the admin view its protocol state on demand
+//! (the entry's [`ViewProbe`]: nothing of it is copied per request).
 //!
 //! Every stream has its own bounded outbound queue ([`QUEUE`] responses), and a response is
 //! built only when the queue has room, from the state of that moment: a client that does not
@@ -15,18 +17,20 @@
 //! counted.
 
 use super::delta::{DeltaRequest, DeltaResponse, DeltaState};
-use super::protocol::{self, EDS_TYPE_URL, Event, Resources, StreamState};
-use super::registry::{Mode, Peer, QueueProbe, Registry};
+use super::grpc;
+use super::protocol::{self, EDS_TYPE_URL, Event, Resources, Shared, StreamState};
+use super::registry::{Mode, Peer, QueueProbe, Registry, ViewProbe};
+use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::google::protobuf::Any;
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 use tokio::sync::{mpsc, watch};
-use tonic::{Status, Streaming};
+use tonic::Streaming;
 
 /// Responses a stream may have waiting for its transport. Envoy reads at once, so this is only
 /// ever reached by a client that does not read; keeping it short bounds the memory such a
@@ -48,18 +52,20 @@ pub struct Published {
 /// The part of a stream that differs between the two variants.
 pub(crate) trait Session: Send + 'static {
     type Request: prost::Message + Default + Send + 'static;
-    type Response: Send + 'static;
+    type Response: prost::Message + Send + 'static;
     const MODE: Mode;
 
     /// The request's `type_url`.
     fn type_url(request: &Self::Request) -> &str;
-    /// Applies one request.
-    fn on_request(&mut self, request: &Self::Request) -> Vec<Event>;
+    /// Applies one request; the names it subscribes to share the copies of `known`.
+    fn on_request(&mut self, request: &Self::Request, known: &Resources) -> Vec<Event>;
     /// The response due now, if any; recorded as sent.
     fn next_response(&mut self, published: &Published) -> Option<(Self::Response, u64)>;
     fn node_id(&self) -> Option<&str>;
-    /// Copies the protocol state into the admin entry.
+    /// Copies the protocol state into the admin entry (when the admin view reads it).
     fn show(&self, peer: &mut Peer, published: &Published);
+    /// Subscribed names that are neither served nor withheld.
+    fn unknown(&self, published: &Published) -> Vec<String>;
 }
 
 /// State of the world.
@@ -74,8 +80,8 @@ impl Session for Sotw {
         &request.type_url
     }
 
-    fn on_request(&mut self, request: &DiscoveryRequest) -> Vec<Event> {
-        self.0.on_request(&to_request(request))
+    fn on_request(&mut self, request: &DiscoveryRequest, known: &Resources) -> Vec<Event> {
+        self.0.on_request_sharing(&to_request(request), known)
     }
 
     fn next_response(&mut self, published: &Published) -> Option<(DiscoveryResponse, u64)> {
@@ -96,15 +102,17 @@ impl Session for Sotw {
         peer.subscribed = if state.is_wildcard() {
             None
         } else {
-            Some(
-                state
-                    .subscribed()
-                    .map(|s| s.iter().cloned().collect())
-                    .unwrap_or_default(),
-            )
+            Some(state.subscribed().unwrap_or_default().into_iter().collect())
         };
-        peer.unknown = unknown(peer.subscribed.as_deref(), published);
-        peer.clusters = state.status().clone();
+        peer.unknown = self.unknown(published);
+        peer.clusters = state.status();
+    }
+
+    fn unknown(&self, published: &Published) -> Vec<String> {
+        match self.0.subscribed_names() {
+            Some(names) => unknown(names, published),
+            None => Vec::new(),
+        }
     }
 }
 
@@ -120,8 +128,8 @@ impl Session for Delta {
         &request.type_url
     }
 
-    fn on_request(&mut self, request: &DeltaDiscoveryRequest) -> Vec<Event> {
-        self.0.on_request(&to_delta_request(request))
+    fn on_request(&mut self, request: &DeltaDiscoveryRequest, known: &Resources) -> Vec<Event> {
+        self.0.on_request_sharing(&to_delta_request(request), known)
     }
 
     fn next_response(&mut self, published: &Published) -> Option<(DeltaDiscoveryResponse, u64)> {
@@ -140,31 +148,37 @@ impl Session for Delta {
         let state = &self.0;
         peer.node_id = state.node_id().map(str::to_string);
         peer.node_cluster = state.node_cluster().map(str::to_string);
-        peer.initial_versions = state.initial_versions().clone();
+        peer.initial_versions = state.initial_versions();
         peer.subscribed = if state.is_wildcard() {
             None
         } else {
-            Some(state.subscribed().iter().cloned().collect())
+            Some(state.subscribed().into_iter().collect())
         };
-        peer.unknown = if published.known {
-            state.unknown(&published.resources, &published.withheld)
+        peer.unknown = self.unknown(published);
+        peer.clusters = state.status();
+    }
+
+    fn unknown(&self, published: &Published) -> Vec<String> {
+        if published.known {
+            self.0.unknown(&published.resources, &published.withheld)
         } else {
             Vec::new()
-        };
-        peer.clusters = state.status().clone();
+        }
     }
 }
 
 /// Subscribed names that are neither served nor withheld (none before the first publish).
-fn unknown(subscribed: Option<&[String]>, published: &Published) -> Vec<String> {
+fn unknown(subscribed: &[Shared], published: &Published) -> Vec<String> {
     if !published.known {
         return Vec::new();
     }
     subscribed
-        .unwrap_or_default()
         .iter()
-        .filter(|n| !published.resources.contains_key(*n) && !published.withheld.contains(*n))
-        .cloned()
+        .filter(|n| {
+            !published.resources.contains_key(n.as_str())
+                && !published.withheld.contains(n.as_str())
+        })
+        .map(|n| n.to_string())
         .collect()
 }
 
@@ -190,25 +204,45 @@ impl std::fmt::Display for Label {
 /// Runs one stream until the client or the server ends it.
 pub(crate) async fn run<S: Session>(
     label: Label,
-    mut session: S,
+    session: S,
     mut inbound: Streaming<S::Request>,
-    tx: mpsc::Sender<Result<S::Response, Status>>,
+    tx: mpsc::Sender<Bytes>,
     mut published: watch::Receiver<Arc<Published>>,
     registry: Arc<Registry>,
 ) {
     let stream = label.stream;
+    // The protocol state lives here, not copied into the admin entry after every request: the
+    // admin view reads it through the entry's probe when asked. Only this task and that probe
+    // take the lock, neither while holding the registry's.
+    let session = Arc::new(Mutex::new(session));
     let weak = tx.downgrade();
+    let view_session = Arc::downgrade(&session);
+    let view_published = published.clone();
     registry.with_peer(stream, |peer| {
         peer.queue.probe = Some(QueueProbe(Arc::new(move || {
             // A closed stream's queue is empty for the admin view.
             weak.upgrade()
                 .map_or(0, |tx| tx.max_capacity() - tx.capacity())
         })));
+        peer.view = Some(ViewProbe(Arc::new(move |peer: &mut Peer| {
+            let current = view_published.borrow().clone();
+            if let Some(session) = view_session.upgrade() {
+                lock(&session).show(peer, &current);
+            }
+        })));
     });
+    let node = |session: &Arc<Mutex<S>>| {
+        lock(session)
+            .node_id()
+            .unwrap_or("(no node id)")
+            .to_string()
+    };
     let mut ignored_types = BTreeSet::new();
     let mut unknown_logged = BTreeSet::new();
     let mut last_nack: Option<String> = None;
     let mut stall_logged = false;
+    // The publish whose unknown names were last looked for (after a request, looked again).
+    let mut unknown_checked: Option<Arc<Published>> = None;
     // Whether a response may be due: after a request or a publish, until one is built.
     let mut due = false;
     loop {
@@ -227,7 +261,7 @@ pub(crate) async fn run<S: Session>(
                     "{label}: node '{}' is not reading its responses (its queue of \
                      {QUEUE} is full); it will get the newest state when it reads, the other \
                      streams are not held up",
-                    session.node_id().unwrap_or("(no node id)")
+                    node(&session)
                 );
             }
         }
@@ -244,14 +278,18 @@ pub(crate) async fn run<S: Session>(
                         }
                         continue;
                     }
-                    let events = session.on_request(&request);
-                    let node = session.node_id().unwrap_or("(no node id)").to_string();
                     let current = published.borrow().clone();
+                    let (events, node, unknown) = {
+                        let mut session = lock(&session);
+                        let events = session.on_request(&request, &current.resources);
+                        let node = session.node_id().unwrap_or("(no node id)").to_string();
+                        (events, node, session.unknown(&current))
+                    };
+                    unknown_checked = Some(current);
                     registry.with_peer(stream, |peer| {
                         record(&label, &node, events, peer, &mut last_nack);
-                        session.show(peer, &current);
-                        log_unknown(&label, &node, &peer.unknown, &mut unknown_logged);
                     });
+                    log_unknown(&label, &node, &unknown, &mut unknown_logged);
                     due = true;
                 }
                 Ok(None) => break,
@@ -279,38 +317,57 @@ pub(crate) async fn run<S: Session>(
                 let Ok(permit) = permit else { break };
                 due = false;
                 let current = published.borrow_and_update().clone();
-                let response = if current.known {
-                    session.next_response(&current)
-                } else {
-                    None
+                let (response, unknown) = {
+                    let mut session = lock(&session);
+                    let response = if current.known {
+                        session.next_response(&current)
+                    } else {
+                        None
+                    };
+                    // Names unknown to the new publish (a cluster gone on a reload): looked
+                    // for once per publish, not per response.
+                    let fresh = unknown_checked
+                        .as_ref()
+                        .is_none_or(|checked| !Arc::ptr_eq(checked, &current));
+                    (response, fresh.then(|| session.unknown(&current)))
                 };
                 let sent = response.as_ref().map(|(_, count)| *count);
                 if let Some((response, _)) = response {
-                    permit.send(Ok(response));
+                    match grpc::frame(&response) {
+                        Some(frame) => permit.send(frame),
+                        // Over 4 GiB: not a response vigil builds (an assignment per frame).
+                        None => log::error!("{label}: a response too large to frame; not sent"),
+                    }
                 }
+                let mut reads_again = false;
                 registry.with_peer(stream, |peer| {
                     if let Some(count) = sent {
                         peer.responses += 1;
                         peer.resources_sent += count;
                     }
-                    if peer.queue.stalled_since.take().is_some() {
-                        log::info!(
-                            "{label}: node '{}' reads its stream again",
-                            session.node_id().unwrap_or("(no node id)")
-                        );
-                    }
+                    reads_again = peer.queue.stalled_since.take().is_some();
                     peer.queue.queued = QUEUE - tx.capacity();
-                    session.show(peer, &current);
-                    let node = session.node_id().unwrap_or("(no node id)");
-                    log_unknown(&label, node, &peer.unknown, &mut unknown_logged);
                 });
+                if reads_again {
+                    log::info!("{label}: node '{}' reads its stream again", node(&session));
+                }
+                if let Some(unknown) = unknown {
+                    log_unknown(&label, &node(&session), &unknown, &mut unknown_logged);
+                    unknown_checked = Some(current);
+                }
             }
         }
     }
-    if let Some(node) = session.node_id() {
+    if let Some(node) = lock(&session).node_id() {
         log::info!("{label}: node '{node}' disconnected");
     }
     registry.close(stream);
+}
+
+/// The stream's protocol state (a poisoned lock still holds it: nothing panics while holding it
+/// half-changed).
+fn lock<S>(session: &Mutex<S>) -> std::sync::MutexGuard<'_, S> {
+    session.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Logs each subscribed name vigil does not run, once per stream.
@@ -449,8 +506,8 @@ fn to_delta_response(response: DeltaResponse) -> DeltaDiscoveryResponse {
             .into_iter()
             .map(
                 |r| envoy_types::pb::envoy::service::discovery::v3::Resource {
-                    name: r.name,
-                    version: r.version,
+                    name: r.name.to_string(),
+                    version: r.version.to_string(),
                     resource: Some(Any {
                         type_url: EDS_TYPE_URL.to_string(),
                         value: r.body,
@@ -527,10 +584,13 @@ mod tests {
     #[test]
     fn no_name_is_unknown_before_the_first_publish() {
         let mut delta = Delta(DeltaState::new("d"));
-        delta.on_request(&DeltaDiscoveryRequest {
-            resource_names_subscribe: vec!["cluster_00".into(), "nope".into()],
-            ..DeltaDiscoveryRequest::default()
-        });
+        delta.on_request(
+            &DeltaDiscoveryRequest {
+                resource_names_subscribe: vec!["cluster_00".into(), "nope".into()],
+                ..DeltaDiscoveryRequest::default()
+            },
+            &Resources::new(),
+        );
         let registry = Registry::new();
         let id = registry.open_stream("EDS", Mode::Delta, None, QUEUE);
         registry.with_peer(id, |peer| delta.show(peer, &Published::default()));
@@ -570,28 +630,31 @@ mod tests {
         }
 
         let mut sotw = Sotw(StreamState::new("s"));
-        sotw.on_request(&every_cluster());
+        sotw.on_request(&every_cluster(), &Resources::new());
         sync(&mut sotw, &healthy);
         let mut ack = every_cluster();
         ack.response_nonce = sotw.0.outstanding_nonce().unwrap_or_default().to_string();
-        sotw.on_request(&ack);
+        sotw.on_request(&ack, &Resources::new());
         let (update, count) = sotw.next_response(&failed).unwrap();
         assert_eq!(count, 1);
         let mut fresh = Sotw(StreamState::new("f"));
-        fresh.on_request(&every_cluster());
+        fresh.on_request(&every_cluster(), &Resources::new());
         let (fresh_first, _) = fresh.next_response(&failed).unwrap();
         // The version names the whole set, whichever part a response carries.
         assert_eq!(update.version_info, fresh_first.version_info);
         let mut fresh = Sotw(StreamState::new("f2"));
-        fresh.on_request(&every_cluster());
+        fresh.on_request(&every_cluster(), &Resources::new());
         let all = sync(&mut fresh, &failed);
 
         let mut delta = Delta(DeltaState::new("d"));
-        delta.on_request(&DeltaDiscoveryRequest {
-            resource_names_subscribe: vec!["*".into()],
-            type_url: EDS_TYPE_URL.into(),
-            ..DeltaDiscoveryRequest::default()
-        });
+        delta.on_request(
+            &DeltaDiscoveryRequest {
+                resource_names_subscribe: vec!["*".into()],
+                type_url: EDS_TYPE_URL.into(),
+                ..DeltaDiscoveryRequest::default()
+            },
+            &Resources::new(),
+        );
         let delta_all = sync(&mut delta, &healthy);
         let (delta_update, count) = delta.next_response(&failed).unwrap();
         assert_eq!(count, 1);
