@@ -368,6 +368,7 @@ impl Upstream {
             proxy_protocol: None,
             host_transports: None,
             downstream: None,
+            host: None,
         };
         let mut builder = Client::builder(TokioExecutor::new());
         builder.pool_idle_timeout(idle);
@@ -403,7 +404,7 @@ impl Upstream {
         self.proxy_protocol = Some(config);
         self.client = self
             .client_builder
-            .build(self.connector(&self.connect, None));
+            .build(self.connector(&self.connect, None, None));
         self
     }
 
@@ -428,7 +429,7 @@ impl Upstream {
         self.host_transports = Some(Arc::new(transports));
         self.client = self
             .client_builder
-            .build(self.connector(&self.connect, None));
+            .build(self.connector(&self.connect, None, None));
         self
     }
 
@@ -438,8 +439,10 @@ impl Upstream {
         &self,
         connect: &Arc<ConnectSettings>,
         downstream: Option<DownstreamAddresses>,
+        host: Option<SocketAddr>,
     ) -> CountingConnector {
         CountingConnector {
+            host,
             connect: connect.clone(),
             traffic: self.traffic.clone(),
             hosts: self.hosts.clone(),
@@ -680,7 +683,11 @@ pub type DownstreamAddresses = (SocketAddr, SocketAddr);
 
 /// What picks a pool other than the cluster's: the request's server name, the downstream
 /// address pair (PROXY protocol).
-type PoolKey = (Option<RequestName>, Option<DownstreamAddresses>);
+type PoolKey = (
+    Option<RequestName>,
+    Option<DownstreamAddresses>,
+    Option<SocketAddr>,
+);
 
 /// At most this many request server names keep a pool of their own; then all are dropped.
 const MAX_NAMED_POOLS: usize = 1024;
@@ -695,14 +702,18 @@ impl Upstream {
         &self,
         headers: &HeaderMap,
         downstream: Option<DownstreamAddresses>,
+        host: SocketAddr,
     ) -> PoolClient {
         let name = self.request_name(headers);
         let downstream = downstream.filter(|_| self.keys_by_downstream());
-        if name.is_none() && downstream.is_none() {
+        // HTTP/2 requests carry the client's authority (`build_request`), so the URI cannot
+        // name the host as it does for the shared pool: each host gets a pool of its own.
+        let fixed_host = self.connect.http2.then_some(host);
+        if name.is_none() && downstream.is_none() && fixed_host.is_none() {
             return self.client.clone();
         }
         let mut named = self.named_clients.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (name, downstream);
+        let key = (name, downstream, fixed_host);
         if let Some(client) = named.get(&key) {
             return client.clone();
         }
@@ -719,9 +730,9 @@ impl Upstream {
             tls,
             ..(*self.connect).clone()
         };
-        let client = self
-            .client_builder
-            .build(self.connector(&Arc::new(connect), downstream));
+        let client =
+            self.client_builder
+                .build(self.connector(&Arc::new(connect), downstream, fixed_host));
         named.insert(key, client.clone());
         client
     }
@@ -914,13 +925,14 @@ async fn forward_request(
             .map_or(remaining, |t| t.min(remaining));
         let last = attempt >= how.retry.num_retries;
         let send = upstream
-            .client_for(&request.headers, downstream)
+            .client_for(&request.headers, downstream, host)
             .request(build_request(
                 &mut request,
                 &upstream.scheme,
                 host,
                 how.timeout,
                 last,
+                upstream.connect.http2,
             ));
         let result = tokio::time::timeout(per_try, send).await;
         drop(active);
@@ -1161,10 +1173,24 @@ fn build_request(
     host: SocketAddr,
     timeout: Duration,
     last: bool,
+    http2: bool,
 ) -> Request<ProxyBody> {
+    // Over HTTP/2 the request's authority is the client's, as Envoy sends it: `:authority`
+    // from the `host` header, and no `host` header beside it (servers such as nginx refuse a
+    // request with both). Over HTTP/1.1 the URI names the host the shared pool connects to and
+    // the `host` header is the client's.
+    let authority = if http2 {
+        request
+            .headers
+            .get(http::header::HOST)
+            .and_then(|value| http::uri::Authority::try_from(value.as_bytes()).ok())
+            .map_or_else(|| host.to_string(), |authority| authority.to_string())
+    } else {
+        host.to_string()
+    };
     let uri = Uri::builder()
         .scheme(scheme.clone())
-        .authority(host.to_string())
+        .authority(authority)
         .path_and_query(request.path_and_query.as_str())
         .build()
         .unwrap_or_else(|_| Uri::from_static("/"));
@@ -1181,6 +1207,9 @@ fn build_request(
     } else {
         request.headers.clone()
     };
+    if http2 {
+        upstream.headers_mut().remove(http::header::HOST);
+    }
     let millis = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
     upstream
         .headers_mut()
@@ -1261,6 +1290,9 @@ struct CountingConnector {
     /// The downstream address pair this pool is for (`None`: requests without a downstream
     /// connection, or a cluster without the PROXY protocol).
     downstream: Option<DownstreamAddresses>,
+    /// The one host this pool connects to, whatever the URI's authority (an HTTP/2 cluster's
+    /// pools, whose URIs carry the client's authority); `None`: the URI names the host.
+    host: Option<SocketAddr>,
 }
 
 impl tower_service::Service<Uri> for CountingConnector {
@@ -1273,9 +1305,10 @@ impl tower_service::Service<Uri> for CountingConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let host = uri
-            .authority()
-            .and_then(|a| a.as_str().parse::<SocketAddr>().ok());
+        let host = self.host.or_else(|| {
+            uri.authority()
+                .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
+        });
         let connect = self.connect.clone();
         let proxy_protocol = self.proxy_protocol.clone();
         let host_transports = self.host_transports.clone();

@@ -19,6 +19,8 @@ pub type GrpcBody = http_body_util::combinators::WithTrailers<
 pub struct UnaryCall {
     /// `/package.Service/Method`.
     pub path: String,
+    /// The request's `:authority` (over HTTP/2 the URI's authority).
+    pub authority: Option<String>,
     pub headers: ::http::HeaderMap,
     /// The request message (the 5-byte gRPC frame prefix removed); empty when the body was not
     /// one whole frame.
@@ -42,6 +44,7 @@ where
                     let handler = handler.clone();
                     async move {
                         let path = request.uri().path().to_string();
+                        let authority = request.uri().authority().map(|a| a.to_string());
                         let (parts, body) = request.into_parts();
                         let body = body
                             .collect()
@@ -55,6 +58,7 @@ where
                         };
                         let call = UnaryCall {
                             path,
+                            authority,
                             headers: parts.headers,
                             message,
                         };

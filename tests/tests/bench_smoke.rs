@@ -301,13 +301,7 @@ fn h2_bench_reports_h2c_and_grpc_through_every_proxy() {
                 .parse()
                 .unwrap_or_else(|_| panic!("bad req/s in `{row}`"));
             assert!(rps > 0.0, "{proxy} served nothing: `{row}`");
-            // vigil's HTTP/2 upstream requests carry `:authority` set to the upstream's address
-            // and the client's `host` header next to it (Envoy sends the client's authority
-            // only); nginx answers that with 400 ("duplicate host header"), and the section flags
-            // it. Until the companion is fixed that row may have errors; every other must not.
-            if !(proxy == "vigil" && workload == "h2c GET") {
-                assert_eq!(cells[3], "0", "{proxy} had errors: `{row}`");
-            }
+            assert_eq!(cells[3], "0", "{proxy} had errors: `{row}`");
             // The validity check's inputs were read (their verdict depends on the machine).
             for cell in &cells[6..=8] {
                 assert!(cell.ends_with(" %"), "{proxy}: no CPU reading: `{row}`");

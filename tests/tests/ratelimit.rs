@@ -45,8 +45,6 @@ impl RateLimitService {
         let address = grpc_service::serve(ip, move |call: UnaryCall| {
             let log = log.clone();
             async move {
-                // The authority differs (Envoy's is the cluster's name, vigil's the host's
-                // address) and tells the service nothing.
                 let mut headers: Vec<String> = call
                     .headers
                     .iter()
@@ -73,8 +71,9 @@ impl RateLimitService {
                 headers.sort();
                 let asked = RateLimitRequest::decode(call.message).unwrap_or_default();
                 log.lock().unwrap_or_else(|p| p.into_inner()).push(format!(
-                    "{} {} headers=[{}]",
+                    "{} authority={} {} headers=[{}]",
                     call.path,
+                    call.authority.as_deref().unwrap_or("-"),
                     describe(&asked),
                     headers.join(", ")
                 ));
