@@ -4,7 +4,8 @@
 //! servers run on the same thread and answer from a static buffer), and the path keeps the
 //! future path's verdicts: a refused connect and a silent server are failures (network and
 //! timeout), a server that closes its idle kept connection costs no failure (the next check
-//! connects again), and without `reuse_connection` every check has its own connection.
+//! connects again); and without `reuse_connection` (checks that keep the future path) every
+//! check still has its own connection.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -262,4 +263,12 @@ async fn without_reuse_every_plain_check_has_its_own_connection() {
         connections >= checks,
         "{connections} connections for {checks} checks"
     );
+}
+
+#[test]
+fn a_hosts_plain_probe_state_is_small() {
+    let size = size_of::<vigil::probe::PlainHttp1>();
+    // Printed for docs/scale.md: what each checked host holds besides its socket and request.
+    println!("size_of::<PlainHttp1>() = {size}");
+    assert!(size <= 256, "a host's plain probe state holds {size} bytes");
 }
