@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use vigil_core::check::{Codec, GrpcCheck, HttpAnswer, HttpCheck, Protocol, TcpCheck};
 use vigil_core::grpc_health;
 use vigil_core::http1_probe::{self, Progress, ResponseReader};
@@ -484,4 +484,349 @@ async fn judge_grpc(response: http::Response<hyper::body::Incoming>) -> Result<P
         }
     }
     Ok(grpc_health::judge(status, grpc_status.as_deref(), &data))
+}
+
+/// A plain-TCP HTTP/1.1 probe kept in the host's state and driven by the checker's task
+/// directly, without a future per check: the checker calls [`PlainHttp1::start`] when the check
+/// is due and [`PlainHttp1::resume`] when the host's waker fires, and applies the verdict when
+/// one of them returns [`Step::Done`]. Timeouts are the checker's (a deadline queue), not a
+/// timer per probe. The syscalls of a check on a kept connection are one `sendto` and one
+/// `recvfrom` when the answer fits a read (readiness comes from the runtime's shared `epoll`);
+/// a check without a kept connection adds `socket`, `setsockopt`, a non-blocking `connect` and
+/// the close. TLS and PROXY-protocol checks keep the future path ([`probe`]): they need
+/// `tls::connect_upstream`.
+pub struct PlainHttp1 {
+    stream: Option<tokio::net::TcpStream>,
+    /// The check request, encoded once for this host's authority.
+    request: Vec<u8>,
+    /// As in [`Http1Connection`]: bytes of a head or chunk-size line split across reads.
+    pending: Vec<u8>,
+    reader: ResponseReader,
+    /// Wakes the checker's task for this host (built once per host, cloned into the socket's
+    /// registration without allocating).
+    waker: std::task::Waker,
+    phase: Phase,
+    /// Request bytes written so far in this check.
+    written: u32,
+    /// Numbers checks, so a deadline queued for an earlier one is recognised as stale.
+    seq: u32,
+    /// When the check in flight started (its latency).
+    started: tokio::time::Instant,
+}
+
+/// Where a [`PlainHttp1`] check is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    /// The non-blocking connect is under way (the connect timeout applies).
+    Connecting,
+    Writing,
+    Reading,
+}
+
+/// What driving a [`PlainHttp1`] check came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Waiting for the socket: the host's waker fires when it is ready.
+    Pending,
+    /// The check is over: its verdict, and whether it counted a `verify_cluster`.
+    Done(ProbeResult, bool),
+}
+
+impl PlainHttp1 {
+    /// A host's probe state, with its request encoded for `authority`; `waker` names the host to
+    /// the checker.
+    pub fn new(check: &HttpCheck, authority: &str, waker: std::task::Waker) -> PlainHttp1 {
+        let mut request = Vec::new();
+        http1_probe::encode_request(check, authority, &mut request);
+        PlainHttp1 {
+            stream: None,
+            request,
+            pending: Vec::new(),
+            reader: ResponseReader::new(),
+            waker,
+            phase: Phase::Idle,
+            written: 0,
+            seq: 0,
+            started: tokio::time::Instant::now(),
+        }
+    }
+
+    /// When the check in flight (or the last one) started.
+    pub fn started(&self) -> tokio::time::Instant {
+        self.started
+    }
+
+    /// The number of the check in flight, if one is.
+    pub fn in_flight(&self) -> Option<u32> {
+        (self.phase != Phase::Idle).then_some(self.seq)
+    }
+
+    /// Whether the check in flight is still connecting.
+    pub fn connecting(&self) -> bool {
+        self.phase == Phase::Connecting
+    }
+
+    /// Whether a connection is kept for the next check.
+    pub fn has_connection(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// Ends the check in flight without a verdict (its timeout): the connection is dropped, as
+    /// Envoy closes it.
+    pub fn abort(&mut self) {
+        self.stream = None;
+        self.phase = Phase::Idle;
+    }
+
+    /// Starts one check of `address`, on the kept connection when it is still open, else on a
+    /// new one (closed with a reset when `reuse` is off: no `TIME_WAIT`).
+    pub fn start(
+        &mut self,
+        check: &HttpCheck,
+        address: SocketAddr,
+        reuse: bool,
+        now: tokio::time::Instant,
+    ) -> Step {
+        self.seq = self.seq.wrapping_add(1);
+        self.started = now;
+        self.written = 0;
+        let waker = self.waker.clone();
+        let mut cx = std::task::Context::from_waker(&waker);
+        if let Some(stream) = &mut self.stream
+            && !kept_open(stream, &mut cx)
+        {
+            self.stream = None;
+        }
+        if self.stream.is_some() {
+            self.phase = Phase::Writing;
+        } else {
+            match connect_nonblocking(address, reuse) {
+                Ok(stream) => {
+                    self.stream = Some(stream);
+                    self.phase = Phase::Connecting;
+                }
+                Err(_) => return Step::Done(ProbeResult::network(), false),
+            }
+        }
+        self.drive(check, reuse, &mut cx)
+    }
+
+    /// Continues the check in flight after the host's waker fired (a wake with no check in
+    /// flight is stale and does nothing).
+    pub fn resume(&mut self, check: &HttpCheck, reuse: bool) -> Step {
+        if self.phase == Phase::Idle {
+            return Step::Pending;
+        }
+        let waker = self.waker.clone();
+        let mut cx = std::task::Context::from_waker(&waker);
+        self.drive(check, reuse, &mut cx)
+    }
+
+    fn drive(&mut self, check: &HttpCheck, reuse: bool, cx: &mut std::task::Context<'_>) -> Step {
+        use std::task::Poll;
+        let step = loop {
+            let Some(stream) = self.stream.as_mut() else {
+                break Step::Done(ProbeResult::network(), false);
+            };
+            match self.phase {
+                Phase::Idle => return Step::Pending,
+                Phase::Connecting | Phase::Writing => {
+                    let from = self.written as usize;
+                    // The first write also learns the connect's outcome: a refused connect
+                    // fails it, so no `SO_ERROR` look is needed.
+                    match Pin::new(stream).poll_write(cx, &self.request[from..]) {
+                        Poll::Pending => return Step::Pending,
+                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                            break Step::Done(ProbeResult::network(), false);
+                        }
+                        Poll::Ready(Ok(n)) => {
+                            self.phase = Phase::Writing;
+                            self.written = u32::try_from(from + n).unwrap_or(u32::MAX);
+                            if from + n >= self.request.len() {
+                                self.phase = Phase::Reading;
+                                self.reader.start(check);
+                                self.pending.clear();
+                            }
+                        }
+                    }
+                }
+                Phase::Reading => {
+                    match read_answer(stream, &mut self.reader, &mut self.pending, cx) {
+                        Poll::Pending => return Step::Pending,
+                        Poll::Ready(Err(())) => break Step::Done(ProbeResult::network(), false),
+                        Poll::Ready(Ok(clean)) => {
+                            let (result, verify_cluster) = check.judge(&self.reader.answer());
+                            if !(reuse && clean && !self.reader.must_close()) {
+                                self.stream = None;
+                            }
+                            self.phase = Phase::Idle;
+                            return Step::Done(result, verify_cluster);
+                        }
+                    }
+                }
+            }
+        };
+        self.abort();
+        step
+    }
+}
+
+/// Reads a [`PlainHttp1`] check's answer as [`http1_exchange`] does: `Ok(clean)` once it is
+/// complete.
+fn read_answer(
+    stream: &mut tokio::net::TcpStream,
+    reader: &mut ResponseReader,
+    pending: &mut Vec<u8>,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<Result<bool, ()>> {
+    use std::task::Poll;
+    let mut chunk = [0u8; READ_CHUNK];
+    loop {
+        let mut buf = tokio::io::ReadBuf::new(&mut chunk);
+        // `poll_read` (not `try_read`): a short read clears the cached readiness, so the
+        // next check's look at the idle connection costs no syscall.
+        match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
+            Poll::Ready(Ok(())) => {}
+        }
+        let read = buf.filled().len();
+        if read == 0 {
+            return Poll::Ready(match reader.end_of_input() {
+                Ok(Progress::Done) => Ok(true),
+                _ => Err(()),
+            });
+        }
+        let (progress, unused) = if pending.is_empty() {
+            let Ok((progress, used)) = reader.read(&chunk[..read]) else {
+                return Poll::Ready(Err(()));
+            };
+            if progress == Progress::More {
+                pending.extend_from_slice(&chunk[used..read]);
+            }
+            (progress, read - used)
+        } else {
+            pending.extend_from_slice(&chunk[..read]);
+            let Ok((progress, used)) = reader.read(pending) else {
+                return Poll::Ready(Err(()));
+            };
+            pending.drain(..used);
+            (progress, pending.len())
+        };
+        if progress == Progress::Done {
+            pending.clear();
+            return Poll::Ready(Ok(unused == 0));
+        }
+    }
+}
+
+/// Whether a kept connection can carry the next check, as [`still_open`] decides; the look
+/// costs no syscall unless the runtime saw the socket become readable while it sat idle.
+fn kept_open(stream: &mut tokio::net::TcpStream, cx: &mut std::task::Context<'_>) -> bool {
+    let mut probe = [0u8; 1];
+    let mut buf = tokio::io::ReadBuf::new(&mut probe);
+    Pin::new(stream).poll_read(cx, &mut buf).is_pending()
+}
+
+/// A non-blocking connect to `address` registered with the runtime: `socket` (non-blocking
+/// from the start), the socket option, `connect` (which returns `EINPROGRESS`), and the
+/// runtime's `epoll` registration; the first write learns the outcome. A kept connection gets
+/// `TCP_NODELAY` as the proxy's upstream connections do; a connection for one check gets
+/// `SO_LINGER` 0 instead (its request is one segment, which Nagle never holds back), so its
+/// close is a reset and leaves no `TIME_WAIT`.
+fn connect_nonblocking(address: SocketAddr, reuse: bool) -> std::io::Result<tokio::net::TcpStream> {
+    use std::os::fd::FromRawFd;
+    let (family, storage, len) = sockaddr(address);
+    // SAFETY: plain socket(2); the result is checked before use.
+    let fd = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket this function owns; the std stream closes it on every path.
+    let std_stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    let set = |level, name, value: *const libc::c_void, size: usize| {
+        // SAFETY: `value` points to `size` readable bytes for the duration of the call.
+        unsafe { libc::setsockopt(fd, level, name, value, size as libc::socklen_t) }
+    };
+    if reuse {
+        let one: libc::c_int = 1;
+        // Best effort, as the proxy's `set_nodelay`.
+        set(
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            std::ptr::from_ref(&one).cast(),
+            size_of::<libc::c_int>(),
+        );
+    } else {
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // Best effort: a socket that refuses it is closed the ordinary way.
+        set(
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::from_ref(&linger).cast(),
+            size_of::<libc::linger>(),
+        );
+    }
+    // SAFETY: `storage` holds a valid sockaddr of `len` bytes for `family`.
+    let connected = unsafe { libc::connect(fd, std::ptr::from_ref(&storage).cast(), len) };
+    if connected != 0 {
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(error);
+        }
+    }
+    tokio::net::TcpStream::from_std(std_stream)
+}
+
+/// `address` as a C socket address: family, storage, length.
+fn sockaddr(address: SocketAddr) -> (libc::c_int, libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid `sockaddr_storage`.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    match address {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: `sockaddr_in` fits in `sockaddr_storage`, which is suitably aligned.
+            unsafe { std::ptr::write(std::ptr::from_mut(&mut storage).cast(), sin) };
+            (
+                libc::AF_INET,
+                storage,
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: v6.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: v6.scope_id(),
+            };
+            // SAFETY: `sockaddr_in6` fits in `sockaddr_storage`, which is suitably aligned.
+            unsafe { std::ptr::write(std::ptr::from_mut(&mut storage).cast(), sin6) };
+            (
+                libc::AF_INET6,
+                storage,
+                size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            )
+        }
+    }
 }
