@@ -7,7 +7,7 @@
 
 use crate::protojson::{
     ConfigError, ConfigErrors, ErrorKind, FieldPath, ProtoDuration, boolean_value, closest_field,
-    describe, duration_text, integer_value, json_name, millis_duration,
+    describe, duration_text, integer_value, json_name, millis_duration, sorted_entries,
 };
 use serde_json::Value;
 
@@ -257,8 +257,7 @@ impl OutlierConfig {
         };
         let mut config = OutlierConfig::default();
         // Sorted, so error order does not depend on serde_json's map ordering.
-        let mut keys: Vec<(&String, &Value)> = map.iter().collect();
-        keys.sort_by(|a, b| a.0.cmp(b.0));
+        let keys = sorted_entries(map);
         let mut seen: Vec<(&'static str, &str)> = Vec::new();
         for (key, value) in keys {
             let Some(&(name, kind)) = FIELDS
@@ -411,10 +410,7 @@ fn duration_ms(value: &Value) -> Result<(u64, bool), (Option<&'static str>, Stri
         Value::Object(map) => {
             let mut seconds: i64 = 0;
             let mut nanos: i32 = 0;
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            for key in keys {
-                let v = &map[key];
+            for (key, v) in sorted_entries(map) {
                 match key.as_str() {
                     "seconds" => {
                         seconds = signed(v, i64::MIN.into(), i64::MAX.into())

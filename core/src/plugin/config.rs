@@ -41,7 +41,8 @@ use super::vec_map::VecMap;
 use crate::health::Policy;
 use crate::outlier::OutlierConfig;
 use crate::protojson::{
-    ConfigError, ConfigErrors, Ctx, FieldPath, Message, Obj, describe, read, status_ranges,
+    ConfigError, ConfigErrors, Ctx, FieldPath, Message, Obj, describe, read, sorted_entries,
+    status_ranges,
 };
 use crate::rules::RoutingConfig;
 use crate::schedule::{IntervalSettings, Intervals};
@@ -447,15 +448,13 @@ fn read_top(cx: &mut Ctx, value: &Value) -> Option<PluginConfig> {
     if let Some((path, clusters)) = o.take("clusters") {
         match clusters {
             Value::Object(map) => {
-                let mut names: Vec<&String> = map.keys().collect();
-                names.sort();
-                for name in names {
+                for (name, cluster) in sorted_entries(map) {
                     let p = path.key(name);
                     if name.is_empty() || name.chars().any(char::is_whitespace) {
                         cx.invalid(&p, "a cluster name must be non-empty, without whitespace");
                         continue;
                     }
-                    if let Some(cluster) = read_cluster(cx, p, &map[name]) {
+                    if let Some(cluster) = read_cluster(cx, p, cluster) {
                         config.clusters.insert(name.clone(), cluster);
                     }
                 }

@@ -37,12 +37,15 @@ impl VerdictHealth {
         table: &VerdictTable,
         supervised: impl IntoIterator<Item = &'a str>,
     ) -> VerdictHealth {
-        let mut clusters: Vec<(String, Vec<Member>)> = supervised
-            .into_iter()
-            .map(|name| (name.to_string(), Vec::new()))
-            .collect();
-        clusters.sort_by(|a, b| a.0.cmp(&b.0));
-        clusters.dedup_by(|a, b| a.0 == b.0);
+        // Kept sorted by inserting each name where it belongs, not with `sort_by`: every
+        // `sort_by` is its own copy of the standard library's sort (kilobytes of wasm in the
+        // module each worker instantiates), and a filter supervises a handful of clusters.
+        let mut clusters: Vec<(String, Vec<Member>)> = Vec::new();
+        for name in supervised {
+            if let Err(i) = clusters.binary_search_by(|(c, _)| c.as_str().cmp(name)) {
+                clusters.insert(i, (name.to_string(), Vec::new()));
+            }
+        }
         for ((cluster, address), verdict) in &table.hosts {
             if let Ok(i) = clusters.binary_search_by(|(c, _)| c.as_str().cmp(cluster)) {
                 clusters[i]
