@@ -296,7 +296,12 @@ async fn runtime_layers_drive_faults_and_routes_as_in_envoy() {
         let (status, body) = admin_call(process.admin, "GET", "/runtime").await;
         let value: serde_json::Value = serde_json::from_str(&body)
             .unwrap_or_else(|err| panic!("/runtime is not JSON ({err}): {body}"));
-        record(&mut seen, i, "/runtime", format!("{status} {value}"));
+        record(
+            &mut seen,
+            i,
+            "/runtime",
+            format!("{status} {}", sorted_keys(value)),
+        );
     }
     // An empty value removes the admin layer's key.
     for (i, (_, _, process)) in procs.iter().enumerate() {
@@ -381,4 +386,25 @@ fn an_rtds_layer_is_refused_by_name() {
         text.contains("runtime key fault.http.abort.abort_percent can be set at any time by the rtds_layer 'rtds'"),
         "{text}"
     );
+}
+
+/// `value` with every object's keys in order: Envoy writes `/runtime` from hash maps, so its
+/// key order changes from run to run, and only the content is compared.
+fn sorted_keys(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<(String, serde_json::Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            serde_json::Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(key, inner)| (key, sorted_keys(inner)))
+                    .collect(),
+            )
+        }
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.into_iter().map(sorted_keys).collect())
+        }
+        other => other,
+    }
 }
