@@ -247,17 +247,7 @@ pub async fn run(
         values.insert("grpc_address", grpc.ip().to_string());
         values.insert("grpc_port", grpc.port().to_string());
         values.insert("dir", dir.display().to_string());
-        let config = proxies::render(proxy.template, &values)?;
-        let extension = Path::new(proxy.template)
-            .extension()
-            .and_then(|e| e.to_str())
-            .unwrap_or("conf");
-        let path = dir.join(format!("{}-h2.{extension}", proxy.name));
-        std::fs::write(&path, config)
-            .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
-        let (program, args) = (proxy.command)(tools, &path);
-        let name = format!("{}-h2", proxy.name);
-        let mut started = proxies::spawn_pinned(tools, cpus.proxy, &name, &program, &args, dir);
+        let mut started = proxies::launch(tools, cpus.proxy, &proxy, &values, "-h2", dir)?;
         report.note_command(&format!("{} (HTTP/2)", proxy.name), &started.command);
         let status = wait_h2(&mut started.child, listen, false).await?;
         if status != 200 {

@@ -150,6 +150,30 @@ pub struct Started {
     pub command: String,
 }
 
+/// Renders `proxy`'s template with `values` into `dir` as `<name><suffix>.<extension>` and
+/// starts the proxy on it pinned to `cpu`, logging as `<name><suffix>` (the suffix tells apart
+/// the runs of one proxy in several bench parts: `-tls`, `-h2`, or none).
+pub fn launch(
+    tools: &Tools,
+    cpu: usize,
+    proxy: &ProxyUnderTest,
+    values: &BTreeMap<&str, String>,
+    suffix: &str,
+    dir: &Path,
+) -> Result<Started, String> {
+    let config = render(proxy.template, values)?;
+    let extension = Path::new(proxy.template)
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("conf");
+    let path = dir.join(format!("{}{suffix}.{extension}", proxy.name));
+    std::fs::write(&path, config)
+        .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
+    let (program, args) = (proxy.command)(tools, &path);
+    let name = format!("{}{suffix}", proxy.name);
+    Ok(spawn_pinned(tools, cpu, &name, &program, &args, dir))
+}
+
 /// Starts `program args` pinned to `cpu`, logging into `dir` as `name`.
 pub fn spawn_pinned(
     tools: &Tools,

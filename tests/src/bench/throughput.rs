@@ -190,16 +190,7 @@ async fn start(
     values.insert("upstream_address", upstream.ip().to_string());
     values.insert("upstream_port", upstream.port().to_string());
     values.insert("dir", dir.display().to_string());
-    let config = proxies::render(proxy.template, &values)?;
-    let extension = Path::new(proxy.template)
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("conf");
-    let path = dir.join(format!("{}.{extension}", proxy.name));
-    std::fs::write(&path, config)
-        .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
-    let (program, args) = (proxy.command)(tools, &path);
-    let mut started = proxies::spawn_pinned(tools, cpus.proxy, proxy.name, &program, &args, dir);
+    let mut started = proxies::launch(tools, cpus.proxy, proxy, &values, "", dir)?;
     proxies::wait_serving(&mut started.child, listen).await?;
     Ok((started, listen))
 }

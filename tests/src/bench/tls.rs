@@ -455,17 +455,7 @@ async fn start(
     values.insert("key_file", pki.key_file.clone());
     values.insert("cert_key_file", pki.cert_key_file.clone());
     values.insert("dir", dir.display().to_string());
-    let config = proxies::render(proxy.template, &values)?;
-    let extension = Path::new(proxy.template)
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("conf");
-    let path = dir.join(format!("{}-tls.{extension}", proxy.name));
-    std::fs::write(&path, config)
-        .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
-    let (program, args) = (proxy.command)(tools, &path);
-    let name = format!("{}-tls", proxy.name);
-    let mut started = proxies::spawn_pinned(tools, cpus.proxy, &name, &program, &args, dir);
+    let mut started = proxies::launch(tools, cpus.proxy, proxy, &values, "-tls", dir)?;
     proxies::wait_serving(&mut started.child, plain).await?;
     let deadline = Instant::now() + proxies::START_TIMEOUT;
     loop {
