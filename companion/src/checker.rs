@@ -175,7 +175,7 @@ pub struct HistoryEntry {
     pub at: SystemTime,
     pub from: HealthFlags,
     pub to: HealthFlags,
-    pub reason: String,
+    pub reason: &'static str,
 }
 
 /// One host as readers see it.
@@ -942,7 +942,13 @@ impl ClusterChecker {
     }
 
     /// Publishes, logs and records what a result did.
-    fn record(&mut self, token: ProbeToken, address: SocketAddr, applied: &Applied, reason: &str) {
+    fn record(
+        &mut self,
+        token: ProbeToken,
+        address: SocketAddr,
+        applied: &Applied,
+        reason: &'static str,
+    ) {
         let initialized = self.engine.initialized();
         // Until the cluster is initialised any first result may complete it (`/ready`).
         self.dirty = self.dirty.max(if applied.changed() || !initialized {
@@ -955,11 +961,16 @@ impl ClusterChecker {
             let publish = self.publishes + 1;
             if let Some(state) = self.engine.extra_mut(token) {
                 state.changed = publish;
+                // Most hosts change once (their first check) and never again: room for one
+                // entry, not the four a first push reserves.
+                if state.history.capacity() == 0 {
+                    state.history.reserve_exact(1);
+                }
                 state.history.push_back(HistoryEntry {
                     at: SystemTime::now(),
                     from: applied.before,
                     to: applied.after,
-                    reason: reason.to_string(),
+                    reason,
                 });
                 while state.history.len() > HISTORY_LEN {
                     state.history.pop_front();
@@ -1010,16 +1021,18 @@ impl ClusterChecker {
                     name: self.spec.name.clone(),
                     initialized,
                     hosts_version: self.hosts_version,
-                    hosts: self
-                        .engine
-                        .hosts()
-                        .map(|view| HostSnapshot {
+                    hosts: {
+                        // Sized once: collected from the engine's filtering walk, the vector
+                        // would grow by doubling and keep up to half of it unused.
+                        let mut hosts = Vec::with_capacity(self.engine.len());
+                        hosts.extend(self.engine.hosts().map(|view| HostSnapshot {
                             spec: view.spec.clone(),
                             flags: view.flags,
                             history: view.extra.history.iter().cloned().collect(),
                             last_check: view.extra.last_check.clone(),
-                        })
-                        .collect(),
+                        }));
+                        hosts
+                    },
                     stats,
                 }
             }

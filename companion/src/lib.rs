@@ -61,6 +61,7 @@ pub mod ext_authz;
 pub mod forward;
 pub mod grpc_call;
 pub mod h1_guard;
+pub mod heap;
 pub mod jwt_authn;
 pub mod last_check;
 pub mod local_address;

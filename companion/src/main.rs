@@ -446,10 +446,15 @@ async fn serve(
     let mut watches = Watches::new(&loaded.bootstrap, &loaded.sds_files);
     runtime_state.publish(&loaded.bootstrap.runtime);
     let mut sds_tick = tokio::time::interval(Duration::from_secs(1));
-    let config = Arc::new(ArcSwap::from_pointee(ConfigDump {
-        source: loaded.source,
-        loaded_at: Some(SystemTime::now()),
-    }));
+    let config = Arc::new(ArcSwap::from_pointee(ConfigDump::new(
+        &loaded.source,
+        Some(SystemTime::now()),
+    )));
+    // What the running parts need was taken from the loaded config; the rest (the document,
+    // every endpoint as read) is not kept for the life of the process.
+    drop(loaded.source);
+    drop(loaded.bootstrap);
+    vigil::heap::release_freed();
     let state = AdminState {
         clusters: clusters.registry.clone(),
         failing: health_check_failing,
@@ -569,11 +574,14 @@ async fn reload(
             {
                 log::warn!("{problem}");
             }
-            config.store(Arc::new(ConfigDump {
-                source: loaded.source,
-                loaded_at: Some(SystemTime::now()),
-            }));
+            config.store(Arc::new(ConfigDump::new(
+                &loaded.source,
+                Some(SystemTime::now()),
+            )));
+            drop(loaded.source);
+            drop(loaded.bootstrap);
             clusters.retire_replaced();
+            vigil::heap::release_freed();
             let summary = format!(
                 "reloaded {}: {started} cluster(s) started, {stopped} stopped, the rest unchanged",
                 path.display()

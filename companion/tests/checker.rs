@@ -236,14 +236,14 @@ async fn active_failure_ejects_at_once_and_recovery_needs_the_threshold() {
     let history = lab.handle.snapshot.load().hosts[0].history.clone();
     let reasons: Vec<_> = history
         .iter()
-        .map(|h| (h.to.to_string(), h.reason.clone()))
+        .map(|h| (h.to.to_string(), h.reason))
         .collect();
     assert_eq!(
         reasons,
         vec![
-            ("healthy".into(), "passed".into()),
-            ("/failed_active_hc".into(), "failure (ACTIVE)".into()),
-            ("healthy".into(), "passed".into())
+            ("healthy".into(), "passed"),
+            ("/failed_active_hc".into(), "failure (ACTIVE)"),
+            ("healthy".into(), "passed")
         ]
     );
 }

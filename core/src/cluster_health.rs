@@ -348,7 +348,17 @@ impl<K: Ord + Clone, S: PartialEq, X: Default> ClusterHealth<K, S, X> {
         let mut change = MembershipChange::default();
         let old_order = std::mem::take(&mut self.order);
         let previous_order = old_order.clone();
-        let mut listed: Vec<u32> = Vec::new();
+        let members = members.into_iter();
+        // Room for every member at once: vectors grown by doubling keep up to half of their
+        // room unused for as long as the membership lasts (2 MB of slots at 10,000 hosts).
+        let expected = members.size_hint().0;
+        let mut listed: Vec<u32> = Vec::with_capacity(expected);
+        if let Some(more) = expected.checked_sub(self.slots.len()) {
+            self.slots.reserve_exact(more);
+        }
+        if let Some(more) = expected.checked_sub(self.index.len()) {
+            self.index.reserve_exact(more);
+        }
         let mut seen = vec![false; self.slots.len()];
         for (key, info, spec) in members {
             if let Some(slot) = self.slot_of(&key) {

@@ -224,12 +224,21 @@ pub fn route(state: &AdminState, method: &Method, path: &str, query: &str) -> Re
         },
         "/config_dump" => {
             let dump = state.config.load();
+            let source = match dump.source() {
+                Ok(source) => source,
+                Err(err) => {
+                    return text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("the config in force cannot be read back: {err}\n"),
+                    );
+                }
+            };
             let mut entry = serde_json::Map::new();
             entry.insert(
                 "@type".into(),
                 json!("type.googleapis.com/envoy.admin.v3.BootstrapConfigDump"),
             );
-            entry.insert("bootstrap".into(), dump.source.clone());
+            entry.insert("bootstrap".into(), source);
             if let Some(at) = dump.loaded_at {
                 entry.insert("last_updated".into(), json!(rfc3339_millis(at)));
             }

@@ -63,10 +63,10 @@ fn state(initialized: bool) -> AdminState {
         failing: Arc::default(),
         reload: None,
         runtime: Arc::default(),
-        config: Arc::new(ArcSwap::from_pointee(ConfigDump {
-            source: json!({"static_resources": {}}),
-            loaded_at: None,
-        })),
+        config: Arc::new(ArcSwap::from_pointee(ConfigDump::new(
+            &json!({"static_resources": {}}),
+            None,
+        ))),
         proxy: PublishedStats::default(),
         xds: None,
         token: None,
@@ -553,4 +553,19 @@ fn runtime_endpoints_answer_as_envoy() {
     assert_eq!(no_admin.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body(no_admin), "No admin layer specified");
     assert!(s.runtime.admin_values().is_empty());
+}
+
+#[test]
+fn the_config_dump_keeps_the_document_as_written_in_its_field_order() {
+    let document = json!({
+        "static_resources": {"clusters": [{"name": "b", "connect_timeout": "0.25s",
+            "type": "STATIC", "weight": 1.5, "big": 18446744073709551615u64}]},
+        "admin": {"address": {"socket_address": {"port_value": 9901, "address": "127.0.0.1"}}}
+    });
+    let dump = ConfigDump::new(&document, None);
+    let read_back = dump.source().unwrap_or_default();
+    assert_eq!(read_back, document);
+    // preserve_order: the text, not only the content, is the document's.
+    assert_eq!(read_back.to_string(), document.to_string());
+    assert!(read_back.to_string().starts_with(r#"{"static_resources""#));
 }
