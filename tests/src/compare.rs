@@ -9,7 +9,11 @@
 //! while the lab's fault is applied to blue and then removed:
 //! - HTTP: `livez=FAIL` posted through blue's sidecar, then `livez=OK`;
 //! - TCP: blue's sidecar stopped, then started again on the same config;
-//! - gRPC: blue's `my_service` set NOT_SERVING, then SERVING.
+//! - gRPC: blue's `my_service` set NOT_SERVING, then SERVING;
+//! - HTTPS: as HTTP, with the sidecars terminating TLS (certificates of a CA made into the run's
+//!   directory, [`LabTls`]) and every path checking and proxying over TLS: the front's
+//!   web_cluster_01 and the filter's probe cluster verify the sidecars against that CA; the
+//!   fault is posted over TLS too.
 //!
 //! For each path the report gives when blue was ejected and readmitted (first `/clusters` poll
 //! showing it, measured from the fault and from the fix), how many requests still reached blue
@@ -19,8 +23,8 @@
 use crate::demoapp::{DemoApp, expect_ok};
 use crate::envoy::{AdminProcess, Envoy};
 use crate::lab::{
-    Backend, FRONT_CLUSTER, GRPC_SERVICE, LabKind, Layout, SERVICE_NAME, Timings, render_lab_front,
-    sidecar_config, start_apps,
+    Backend, FRONT_CLUSTER, GRPC_SERVICE, LabKind, LabTls, Layout, SERVICE_NAME, Timings,
+    render_lab_front, sidecar_config, start_apps,
 };
 use crate::names::Names;
 use crate::picture::{self, Host, PathTrace, Recording, Tick};
@@ -102,6 +106,8 @@ pub struct Topology {
     _apps: Vec<DemoApp>,
     /// The hosts file the front Envoy and the companion resolve `myservice` with.
     _names: Names,
+    /// The https lab's certificates (its files live in `dir`).
+    tls: Option<LabTls>,
     dir: PathBuf,
 }
 
@@ -119,22 +125,41 @@ impl Topology {
         dir: &Path,
     ) -> Result<Topology, String> {
         let lab = layout.lab;
+        let tls = if kind.is_tls() {
+            Some(LabTls::create(dir)?)
+        } else {
+            None
+        };
         let apps = start_apps(&lab, &timings, dir).await?;
         let mut sidecars = BTreeMap::new();
         for backend in [Backend::Blue, Backend::Yellow] {
             sidecars.insert(
                 backend.name(),
-                Some(start_sidecar(&lab, backend, dir).await?),
+                Some(start_sidecar(&lab, backend, tls.as_ref(), dir).await?),
             );
         }
         let names = Names::new(dir, &[(SERVICE_NAME, lab.blue), (SERVICE_NAME, lab.yellow)]);
         let front_admin = socket(lab.front, lab.admin_port);
         let front_listen = socket(lab.front, lab.service_port);
-        let config = render_lab_front(kind, &lab, &timings, front_listen, front_admin)?;
+        let config = render_lab_front(
+            kind,
+            &lab,
+            &timings,
+            front_listen,
+            front_admin,
+            tls.as_ref(),
+        )?;
         let front = Envoy::start("front-envoy", &config, front_admin, Some(&names), dir).await?;
         let companion_admin = socket(layout.companion, lab.admin_port);
         let companion_listen = socket(layout.companion, lab.service_port);
-        let config = render_lab_front(kind, &lab, &timings, companion_listen, companion_admin)?;
+        let config = render_lab_front(
+            kind,
+            &lab,
+            &timings,
+            companion_listen,
+            companion_admin,
+            tls.as_ref(),
+        )?;
         let companion =
             AdminProcess::start_vigil("vigil", &config, companion_admin, Some(&names), dir).await?;
         let backends = vec![
@@ -176,6 +201,7 @@ impl Topology {
             sidecars,
             _apps: apps,
             _names: names,
+            tls,
             dir: dir.to_path_buf(),
         };
         let warmup = timings.livez_delay
@@ -232,9 +258,14 @@ impl Topology {
         }
         for backend in [Backend::Blue, Backend::Yellow] {
             let ip = self.backend_ip(backend);
+            let tls = if self.tls.is_some() {
+                format!(" TLS as `{}`", backend.name())
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 out,
-                "  {:<7} sidecar {}:{} (gRPC :{}, admin :{}) -> demoapp {}:{} (gRPC :{})",
+                "  {:<7} sidecar {}:{}{tls} (gRPC :{}, admin :{}) -> demoapp {}:{} (gRPC :{})",
                 backend.name(),
                 ip,
                 lab.service_port,
@@ -243,6 +274,13 @@ impl Topology {
                 ip,
                 lab.app_port,
                 lab.app_grpc_port
+            );
+        }
+        if let Some(tls) = &self.tls {
+            let _ = writeln!(
+                out,
+                "  the front checks and proxies over TLS (SNI {SERVICE_NAME}), trusting {}",
+                tls.ca.display()
             );
         }
         let _ = write!(out, "  logs and configs in {}", self.dir.display());
@@ -273,6 +311,23 @@ impl Topology {
             });
         }
         match self.kind {
+            LabKind::Https => {
+                let value = if broken { "FAIL" } else { "OK" };
+                let sidecar = socket(ip, lab.service_port);
+                let tls = self
+                    .tls
+                    .as_ref()
+                    .ok_or("the https lab has no certificates")?;
+                expect_ok(
+                    tls.post_form(sidecar, backend, "/livez", &[("livez", value)])
+                        .await?,
+                )?;
+                Ok(format!(
+                    "curl --cacert lab-ca.pem --resolve {name}:{port}:{ip} -X POST -d 'livez={value}' https://{name}:{port}/livez",
+                    name = backend.name(),
+                    port = lab.service_port,
+                ))
+            }
             LabKind::Http => {
                 let value = if broken { "FAIL" } else { "OK" };
                 let sidecar = socket(ip, lab.service_port);
@@ -292,7 +347,8 @@ impl Topology {
                     }
                     Ok(format!("stopped {}'s sidecar", backend.name()))
                 } else {
-                    *slot = Some(start_sidecar(&lab, backend, &self.dir).await?);
+                    let tls = self.tls.as_ref();
+                    *slot = Some(start_sidecar(&lab, backend, tls, &self.dir).await?);
                     Ok(format!("started {}'s sidecar again", backend.name()))
                 }
             }
@@ -315,12 +371,17 @@ impl Topology {
     }
 }
 
-async fn start_sidecar(lab: &Layout, backend: Backend, dir: &Path) -> Result<Envoy, String> {
+async fn start_sidecar(
+    lab: &Layout,
+    backend: Backend,
+    tls: Option<&LabTls>,
+    dir: &Path,
+) -> Result<Envoy, String> {
     let ip = match backend {
         Backend::Blue => lab.blue,
         Backend::Yellow => lab.yellow,
     };
-    let config = sidecar_config(lab, ip)?;
+    let config = sidecar_config(lab, ip, tls.map(|tls| tls.sidecar(backend)))?;
     Envoy::start(
         &format!("{}-sidecar", backend.name()),
         &config,

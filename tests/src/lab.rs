@@ -9,15 +9,25 @@
 //!
 //! `./lab demo` runs [`HttpLab::start`] with [`Layout::lab`] and the shortened [`Timings::demo`],
 //! then [`play_http_scenario`]; the process-level test runs the same with [`Layout::fresh`].
+//!
+//! The labs ([`LabKind`]) differ in the front's health check, and the https lab in TLS between
+//! the front and the sidecars: [`LabTls`] makes its CA and the sidecars' certificates at run time
+//! (never checked in), and the templates' `upstream_tls` / `downstream_tls` sections use them.
 
 use crate::demoapp::{DemoApp, expect_ok};
 use crate::envoy::{AdminProcess, Envoy};
 use crate::names::Names;
+use crate::tls_upstream::{Authority, Validity};
 use crate::{http, net, template};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, ServerName};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The cluster of the front proxy, as LAB.md names it.
@@ -201,7 +211,8 @@ pub fn envoy_duration(d: Duration) -> String {
     format!("{}s", d.as_secs_f64())
 }
 
-/// The three labs of LAB.md: they differ only in the front proxy's health check.
+/// The three labs of LAB.md, which differ only in the front proxy's health check, and the HTTP
+/// lab over TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LabKind {
     /// HTTP check on `/livez`, expected 200-399; the fault is `livez=FAIL` on blue.
@@ -211,27 +222,42 @@ pub enum LabKind {
     /// grpc.health.v1 check of `my_service` on the sidecars' gRPC port, HTTP/2 to the sidecars;
     /// the fault is blue's `my_service` set NOT_SERVING.
     Grpc,
+    /// The HTTP lab with TLS between the front and the sidecars: the sidecars terminate TLS with
+    /// certificates of the lab's CA ([`LabTls`]), the front checks `/livez` and proxies over TLS,
+    /// verifying them; the same fault as the HTTP lab, posted over TLS.
+    Https,
 }
 
 /// The gRPC service the gRPC lab checks (LAB.md: `service_name: "my_service"`).
 pub const GRPC_SERVICE: &str = "my_service";
 
 impl LabKind {
-    pub const ALL: [LabKind; 3] = [LabKind::Http, LabKind::Tcp, LabKind::Grpc];
+    /// Every lab, in the order `./lab compare` plays them.
+    pub const ALL: [LabKind; 4] = [LabKind::Http, LabKind::Tcp, LabKind::Grpc, LabKind::Https];
+
+    /// The labs `docker-compose.yaml` runs (envoy/compose/). Not the https lab: its certificates
+    /// are made at run time into the run's directory, which a compose file cannot do.
+    pub const COMPOSE: [LabKind; 3] = [LabKind::Http, LabKind::Tcp, LabKind::Grpc];
 
     pub fn name(self) -> &'static str {
         match self {
             LabKind::Http => "http",
             LabKind::Tcp => "tcp",
             LabKind::Grpc => "grpc",
+            LabKind::Https => "https",
         }
+    }
+
+    /// Whether the front talks TLS to the sidecars ([`LabTls`]).
+    pub fn is_tls(self) -> bool {
+        self == LabKind::Https
     }
 
     pub fn parse(text: &str) -> Result<LabKind, String> {
         LabKind::ALL
             .into_iter()
             .find(|kind| kind.name() == text)
-            .ok_or_else(|| format!("unknown lab `{text}`: expected http, tcp or grpc"))
+            .ok_or_else(|| format!("unknown lab `{text}`: expected http, tcp, grpc or https"))
     }
 
     /// The latest the lab's fault can take to eject blue. HTTP (`livez=FAIL`: a 506, not
@@ -240,7 +266,7 @@ impl LabKind {
     /// needs `unhealthy_threshold` probes in a row.
     pub fn ejection_bound(self, timings: &Timings) -> Duration {
         match self {
-            LabKind::Http | LabKind::Grpc => timings.ejection_bound(),
+            LabKind::Http | LabKind::Https | LabKind::Grpc => timings.ejection_bound(),
             LabKind::Tcp => timings.interval * UNHEALTHY_THRESHOLD + timings.timeout,
         }
     }
@@ -249,7 +275,7 @@ impl LabKind {
     /// at the end of a line of the template (so an empty value adds nothing).
     fn front_blocks(self, layout: &Layout) -> [(&'static str, String); 3] {
         let (health_check, cluster_protocol, endpoint_health_check) = match self {
-            LabKind::Http => (
+            LabKind::Http | LabKind::Https => (
                 "http_health_check: { path: /livez, expected_statuses: { start: 200, end: 399 } }"
                     .to_string(),
                 String::new(),
@@ -285,7 +311,8 @@ fn front_values(
     timings: &Timings,
     listen: SocketAddr,
     admin: SocketAddr,
-) -> BTreeMap<&'static str, String> {
+    tls_ca: Option<&Path>,
+) -> Result<BTreeMap<&'static str, String>, String> {
     let mut values = BTreeMap::from([
         ("admin_address", admin.ip().to_string()),
         ("admin_port", admin.port().to_string()),
@@ -305,7 +332,27 @@ fn front_values(
     values.insert("plugin_config", plugin_config(kind, layout, timings));
     values.insert("wasm_path", local_wasm_path());
     values.insert("admin_connect_address", admin.ip().to_string());
-    values
+    match (kind.is_tls(), tls_ca) {
+        (true, Some(ca)) => {
+            values.insert("upstream_tls", "true".to_string());
+            values.insert("tls_sni", SERVICE_NAME.to_string());
+            values.insert("tls_trusted_ca", ca.display().to_string());
+            values.insert("tls_subject_alt_names", LabTls::subject_alt_names());
+        }
+        (false, None) => {
+            values.insert("upstream_tls", "false".to_string());
+        }
+        (true, None) => {
+            return Err(format!(
+                "the {} lab's front needs the lab's certificates (LabTls::create)",
+                kind.name()
+            ));
+        }
+        (false, Some(_)) => {
+            return Err(format!("the {} lab's front has no TLS", kind.name()));
+        }
+    }
+    Ok(values)
 }
 
 /// Where `./lab build` / `./lab test` put the filter (the process twin loads it from there).
@@ -332,7 +379,7 @@ pub const FILTER_EJECTION_INTERVALS: u32 = 5;
 /// is). Written out by hand, so its text does not depend on serde_json's map order.
 pub fn plugin_config(kind: LabKind, layout: &Layout, timings: &Timings) -> String {
     let check = match kind {
-        LabKind::Http | LabKind::Tcp => {
+        LabKind::Http | LabKind::Https | LabKind::Tcp => {
             r#""path": "/livez", "expected_statuses": [{"start": 200, "end": 399}]"#.to_string()
         }
         LabKind::Grpc => format!(
@@ -368,20 +415,28 @@ pub fn render_front(
     listen: SocketAddr,
     admin: SocketAddr,
 ) -> Result<String, String> {
-    render_lab_front(LabKind::Http, layout, timings, listen, admin)
+    render_lab_front(LabKind::Http, layout, timings, listen, admin, None)
 }
 
-/// The front config of lab `kind`.
+/// The front config of lab `kind`; `tls` is the https lab's certificates (`None` for the others).
 pub fn render_lab_front(
     kind: LabKind,
     layout: &Layout,
     timings: &Timings,
     listen: SocketAddr,
     admin: SocketAddr,
+    tls: Option<&LabTls>,
 ) -> Result<String, String> {
     template::render_file(
         "front.yaml",
-        &front_values(kind, layout, timings, listen, admin),
+        &front_values(
+            kind,
+            layout,
+            timings,
+            listen,
+            admin,
+            tls.map(|t| t.ca.as_path()),
+        )?,
     )
 }
 
@@ -409,13 +464,26 @@ pub async fn start_apps(
     Ok(apps)
 }
 
-/// The sidecar config of the backend at `ip` in the process twin.
-pub fn sidecar_config(layout: &Layout, ip: Ipv4Addr) -> Result<String, String> {
-    template::render_file("sidecar.yaml", &sidecar_values(layout, ip))
+/// The sidecar config of the backend at `ip` in the process twin; with `tls` (the https lab) its
+/// listener terminates TLS with that certificate.
+pub fn sidecar_config(
+    layout: &Layout,
+    ip: Ipv4Addr,
+    tls: Option<&SidecarCertificate>,
+) -> Result<String, String> {
+    let mut values = sidecar_values(layout, ip);
+    if let Some(tls) = tls {
+        values.insert("downstream_tls", "true".to_string());
+        values.insert("tls_certificate", tls.certificate.display().to_string());
+        values.insert("tls_private_key", tls.private_key.display().to_string());
+    }
+    template::render_file("sidecar.yaml", &values)
 }
 
+/// The sidecar's values without TLS (`downstream_tls` false; [`sidecar_config`] turns it on).
 fn sidecar_values(layout: &Layout, ip: Ipv4Addr) -> BTreeMap<&'static str, String> {
     BTreeMap::from([
+        ("downstream_tls", "false".to_string()),
         ("admin_address", ip.to_string()),
         ("admin_port", layout.admin_port.to_string()),
         ("listen_address", ip.to_string()),
@@ -436,14 +504,15 @@ pub fn compose_configs() -> Result<Vec<(String, String)>, String> {
     let layout = Layout::lab();
     let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
     let mut out = Vec::new();
-    for kind in LabKind::ALL {
+    for kind in LabKind::COMPOSE {
         let mut values = front_values(
             kind,
             &layout,
             &Timings::lab(),
             SocketAddr::new(any, layout.service_port),
             SocketAddr::new(any, layout.admin_port),
-        );
+            None,
+        )?;
         values.insert("service_name", SERVICE_NAME.to_string());
         values.insert("wasm_path", COMPOSE_WASM_PATH.to_string());
         // The admin listens on 0.0.0.0; the filter reaches it inside the container.
@@ -468,25 +537,180 @@ fn compose_header(config: &str) -> String {
     )
 }
 
+/// A sidecar's TLS identity in the https lab: its certificate (issued by the lab's CA for the
+/// sidecar's name) and key, as files.
+#[derive(Debug, Clone)]
+pub struct SidecarCertificate {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+}
+
+/// The https lab's certificates, made at run time into the run's directory (never checked in):
+/// a CA (`lab-ca.pem`), and for each sidecar a certificate whose only SAN is its name (`blue`,
+/// `yellow`) with its key (`blue.pem` / `blue.key`, ...). The front trusts the CA alone, sends
+/// SNI `myservice` (one name resolves to both sidecars, so there is one SNI per cluster) and
+/// accepts a certificate for blue or for yellow ([`LabTls::subject_alt_names`]).
+pub struct LabTls {
+    /// The CA certificate the front (and the fault's client) trusts.
+    pub ca: PathBuf,
+    ca_der: CertificateDer<'static>,
+    blue: SidecarCertificate,
+    yellow: SidecarCertificate,
+}
+
+impl LabTls {
+    /// Makes the CA and both sidecars' certificates and writes them into `dir`.
+    pub fn create(dir: &Path) -> Result<LabTls, String> {
+        let write = |name: &str, content: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, content)
+                .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
+            Ok::<PathBuf, String>(path)
+        };
+        let authority = Authority::new("vigil https lab CA");
+        let ca = write("lab-ca.pem", &authority.pem)?;
+        let issue = |backend: Backend| {
+            let identity = authority.issue(&[backend.name()], Validity::Current);
+            Ok::<SidecarCertificate, String>(SidecarCertificate {
+                certificate: write(&format!("{}.pem", backend.name()), &identity.cert_pem)?,
+                private_key: write(&format!("{}.key", backend.name()), &identity.key_pem)?,
+            })
+        };
+        let blue = issue(Backend::Blue)?;
+        let yellow = issue(Backend::Yellow)?;
+        Ok(LabTls {
+            ca,
+            ca_der: authority.der.clone(),
+            blue,
+            yellow,
+        })
+    }
+
+    /// The certificate `backend`'s sidecar presents.
+    pub fn sidecar(&self, backend: Backend) -> &SidecarCertificate {
+        match backend {
+            Backend::Blue => &self.blue,
+            Backend::Yellow => &self.yellow,
+        }
+    }
+
+    /// The front's `match_typed_subject_alt_names` (a flow list): blue's or yellow's name.
+    pub fn subject_alt_names() -> String {
+        let names: Vec<String> = [Backend::Blue, Backend::Yellow]
+            .iter()
+            .map(|b| format!("{{ san_type: DNS, matcher: {{ exact: {} }} }}", b.name()))
+            .collect();
+        format!("[{}]", names.join(", "))
+    }
+
+    /// `POST path` with a form body to `backend`'s sidecar at `addr` over TLS, verifying the
+    /// sidecar's certificate against the lab's CA for the sidecar's name (as LAB.md's curl, with
+    /// `--cacert lab-ca.pem` and the name resolved to `addr`).
+    pub async fn post_form(
+        &self,
+        addr: SocketAddr,
+        backend: Backend,
+        path: &str,
+        fields: &[(&str, &str)],
+    ) -> Result<http::Response, String> {
+        let context = |err: &dyn std::fmt::Display| {
+            format!("POST https://{}{path} (at {addr}): {err}", backend.name())
+        };
+        // Form encoding: every byte but the unreserved ones percent-encoded.
+        let encode = |text: &str| {
+            text.bytes()
+                .map(|byte| {
+                    if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+                        (byte as char).to_string()
+                    } else {
+                        format!("%{byte:02X}")
+                    }
+                })
+                .collect::<String>()
+        };
+        let body = fields
+            .iter()
+            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der.clone()).map_err(|e| context(&e))?;
+        #[expect(deprecated, reason = "ring offers no post-quantum key exchange")]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| context(&e))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from(backend.name().to_string()).map_err(|e| context(&e))?;
+        let exchange = async {
+            let tcp = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| context(&e))?;
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+                .map_err(|e| context(&e))?;
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| context(&e))?;
+            tokio::spawn(connection);
+            let request = ::http::Request::builder()
+                .method("POST")
+                .uri(path)
+                .header("host", backend.name())
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(Full::new(Bytes::from(body)))
+                .map_err(|e| context(&e))?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| context(&e))?;
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| context(&e))?
+                .to_bytes();
+            Ok(http::Response {
+                status,
+                headers,
+                body: String::from_utf8_lossy(&bytes).into_owned(),
+            })
+        };
+        tokio::time::timeout(http::REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| context(&format!("no response within {:?}", http::REQUEST_TIMEOUT)))?
+    }
+}
+
 /// Every template with a full set of values, so a test can check they render.
 pub fn template_values_for_check() -> Vec<(&'static str, BTreeMap<&'static str, String>)> {
     let layout = Layout::lab();
+    // Rendering only: the https lab's files need not exist.
+    let ca = Path::new("/etc/vigil/lab-ca.pem");
     let mut all: Vec<_> = LabKind::ALL
         .into_iter()
-        .map(|kind| {
-            (
-                "front.yaml",
-                front_values(
-                    kind,
-                    &layout,
-                    &Timings::lab(),
-                    Layout::socket(layout.front, layout.service_port),
-                    Layout::socket(layout.front, layout.admin_port),
-                ),
-            )
+        .filter_map(|kind| {
+            let values = front_values(
+                kind,
+                &layout,
+                &Timings::lab(),
+                Layout::socket(layout.front, layout.service_port),
+                Layout::socket(layout.front, layout.admin_port),
+                kind.is_tls().then_some(ca),
+            );
+            Some(("front.yaml", values.ok()?))
         })
         .collect();
     all.push(("sidecar.yaml", sidecar_values(&layout, layout.blue)));
+    let mut tls_sidecar = sidecar_values(&layout, layout.blue);
+    tls_sidecar.insert("downstream_tls", "true".to_string());
+    tls_sidecar.insert("tls_certificate", "/etc/vigil/blue.pem".to_string());
+    tls_sidecar.insert("tls_private_key", "/etc/vigil/blue.key".to_string());
+    all.push(("sidecar.yaml", tls_sidecar));
     all
 }
 
@@ -538,7 +762,7 @@ impl HttpLab {
         let blue_app = apps.pop().ok_or("blue app missing")?;
         let mut sidecars = Vec::new();
         for (name, ip) in [("blue", layout.blue), ("yellow", layout.yellow)] {
-            let config = sidecar_config(&layout, ip)?;
+            let config = sidecar_config(&layout, ip, None)?;
             let admin = Layout::socket(ip, layout.admin_port);
             sidecars
                 .push(Envoy::start(&format!("{name}-sidecar"), &config, admin, None, dir).await?);

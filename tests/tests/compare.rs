@@ -1,4 +1,4 @@
-//! `./lab compare` as a test: each lab (HTTP, TCP, gRPC) with every path side by side on the same
+//! `./lab compare` as a test: each lab (HTTP, TCP, gRPC, HTTPS) with every path side by side on the same
 //! demo apps: the front Envoy's native checks, the front Envoy's listener with vigil's wasm filter,
 //! and the companion on the same file (its plain listener and the one where it applies the
 //! filter's routing rules). Every path must eject blue within the lab's bound after the fault and
@@ -10,6 +10,10 @@
 //! asserted so it cannot change unnoticed: Envoy's native path keeps reaching blue for up to
 //! `update_merge_window` (1 s by default) after its `/clusters` shows the ejection: its workers
 //! get health-only host updates merged.
+//!
+//! The HTTPS lab must give the HTTP lab's verdicts with every check and request over TLS; that
+//! TLS is real is checked too: the sidecars refuse plain HTTP, so a path that skipped TLS would
+//! never see blue or yellow healthy.
 
 use std::time::Duration;
 use vigil_tests::compare::{self, CompareLayout, Fault, Topology};
@@ -19,12 +23,31 @@ use vigil_tests::paths;
 /// Admin polling and scheduling jitter on a busy 2-core machine.
 const SLACK: Duration = Duration::from_millis(700);
 
+/// A whole lab's run (start, scenario, checks) ends within this, or fails; dropping the run
+/// stops every process it started. Its scenario is about 14 s with the test timings.
+const LAB_DEADLINE: Duration = Duration::from_secs(120);
+
 async fn compare_lab(kind: LabKind) {
+    tokio::time::timeout(LAB_DEADLINE, compare_lab_unbounded(kind))
+        .await
+        .unwrap_or_else(|_| panic!("the {} lab took over {LAB_DEADLINE:?}", kind.name()));
+}
+
+async fn compare_lab_unbounded(kind: LabKind) {
     let timings = Timings::test();
     let dir = paths::scratch_dir(&format!("compare-{}", kind.name()));
-    let mut topology = Topology::start(kind, CompareLayout::fresh(), timings, &dir)
+    let layout = CompareLayout::fresh();
+    let mut topology = Topology::start(kind, layout, timings, &dir)
         .await
         .unwrap_or_else(|err| panic!("{} lab did not start: {err}", kind.name()));
+    if kind.is_tls() {
+        let sidecar = std::net::SocketAddr::from((layout.lab.blue, layout.lab.service_port));
+        let plain = vigil_tests::http::get(sidecar, "/livez").await;
+        assert!(
+            plain.is_err(),
+            "blue's sidecar answers plain HTTP in the https lab: {plain:?}"
+        );
+    }
     let result = compare::play(&mut topology, Fault::Lab, &mut |line| println!("{line}"))
         .await
         .unwrap_or_else(|err| panic!("{} scenario failed: {err}", kind.name()));
@@ -128,6 +151,11 @@ async fn tcp_lab_every_path_side_by_side() {
 #[tokio::test]
 async fn grpc_lab_every_path_side_by_side() {
     compare_lab(LabKind::Grpc).await;
+}
+
+#[tokio::test]
+async fn https_lab_every_path_side_by_side() {
+    compare_lab(LabKind::Https).await;
 }
 
 /// The fault Envoy's native check cannot see: blue's `/` answers 503 while `/livez` stays OK.

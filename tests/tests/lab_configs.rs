@@ -4,7 +4,10 @@
 //! configs must have the same shape as the compose ones (only addresses, ports and timings differ),
 //! the filter must check each lab's hosts as the native check does (the same probe, port,
 //! timings and thresholds; gRPC through an ORIGINAL_DST HTTP/2 cluster), and
-//! `docker-compose.yaml` must pass `docker-compose config` for every lab.
+//! `docker-compose.yaml` must pass `docker-compose config` for every lab. The https lab has no
+//! compose files (its certificates are made at run time): its process-twin front and sidecars,
+//! with real certificates, must pass both validations, differ from the HTTP lab's files only by
+//! their TLS, and its filter must probe through a cluster with the same TLS as web_cluster_01.
 
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -13,7 +16,7 @@ use std::process::Command;
 use vigil_core::plugin::PluginConfig;
 use vigil_core::plugin::config::ProbeKind;
 use vigil_tests::envoy::validate;
-use vigil_tests::lab::{self, LabKind, Layout, Timings};
+use vigil_tests::lab::{self, Backend, LabKind, LabTls, Layout, Timings};
 use vigil_tests::paths;
 
 #[test]
@@ -90,13 +93,14 @@ fn shape(yaml: &str) -> BTreeSet<String> {
 fn the_process_twin_renders_the_same_shape_as_compose() {
     let compose = lab::compose_configs().unwrap();
     let layout = Layout::fresh();
-    for kind in LabKind::ALL {
+    for kind in LabKind::COMPOSE {
         let twin = lab::render_lab_front(
             kind,
             &layout,
             &Timings::test(),
             SocketAddr::from((layout.front, layout.service_port)),
             SocketAddr::from((layout.front, layout.admin_port)),
+            None,
         )
         .unwrap();
         let name = format!("envoy/compose/{}-front.yaml", kind.name());
@@ -105,15 +109,148 @@ fn the_process_twin_renders_the_same_shape_as_compose() {
     }
 }
 
+/// The https lab's files in the process twin, rendered into `dir` with real certificates:
+/// (front, blue's sidecar, yellow's sidecar).
+fn https_lab_configs(dir: &std::path::Path) -> (String, String, String) {
+    let layout = Layout::fresh();
+    let tls = LabTls::create(dir).unwrap();
+    let front = lab::render_lab_front(
+        LabKind::Https,
+        &layout,
+        &Timings::test(),
+        SocketAddr::from((layout.front, layout.service_port)),
+        SocketAddr::from((layout.front, layout.admin_port)),
+        Some(&tls),
+    )
+    .unwrap();
+    let blue = lab::sidecar_config(&layout, layout.blue, Some(tls.sidecar(Backend::Blue))).unwrap();
+    let yellow =
+        lab::sidecar_config(&layout, layout.yellow, Some(tls.sidecar(Backend::Yellow))).unwrap();
+    (front, blue, yellow)
+}
+
+#[test]
+fn the_https_lab_configs_pass_envoy_and_vigil_validation() {
+    let envoy = paths::envoy_binary();
+    let vigil = paths::workspace_binary("vigil");
+    let scratch = paths::scratch_dir("lab-configs-https");
+    let (front, blue, yellow) = https_lab_configs(&scratch);
+    let mut failures = Vec::new();
+    for (name, content) in [
+        ("https-front.yaml", &front),
+        ("https-blue-sidecar.yaml", &blue),
+        ("https-yellow-sidecar.yaml", &yellow),
+    ] {
+        let path = scratch.join(name);
+        std::fs::write(&path, content).unwrap();
+        let (accepted, reason) = validate(&envoy, &path, &scratch);
+        if !accepted {
+            failures.push(format!("envoy rejects {name}: {reason}"));
+        }
+        // The companion runs the front file (and serves TLS like a sidecar would).
+        let (accepted, reason) = validate(&vigil, &path, &scratch);
+        if !accepted {
+            failures.push(format!("vigil rejects {name}: {reason}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Validation must have read the certificates: the same front with the CA missing is refused.
+    std::fs::remove_file(scratch.join("lab-ca.pem")).unwrap();
+    let path = scratch.join("https-front.yaml");
+    for binary in [&envoy, &vigil] {
+        let (accepted, _) = validate(binary, &path, &scratch);
+        assert!(
+            !accepted,
+            "{} accepts a front whose CA file is missing",
+            binary.display()
+        );
+    }
+}
+
+#[test]
+fn the_https_lab_differs_from_the_http_lab_only_by_tls() {
+    let scratch = paths::scratch_dir("lab-configs-https-shape");
+    let (front, blue, _) = https_lab_configs(&scratch);
+    let layout = Layout::fresh();
+    let http_front = lab::render_lab_front(
+        LabKind::Http,
+        &layout,
+        &Timings::test(),
+        SocketAddr::from((layout.front, layout.service_port)),
+        SocketAddr::from((layout.front, layout.admin_port)),
+        None,
+    )
+    .unwrap();
+    let http_sidecar = lab::sidecar_config(&layout, layout.blue, None).unwrap();
+    let added = |tls: &str, plain: &str| {
+        let (tls, plain) = (shape(tls), shape(plain));
+        assert!(plain.is_subset(&tls), "the TLS variant lost fields");
+        tls.difference(&plain).cloned().collect::<Vec<String>>()
+    };
+    let front_added = added(&front, &http_front);
+    let clusters: Vec<&str> = front_added
+        .iter()
+        .map(|path| {
+            path.split_once(".transport_socket.")
+                .unwrap_or_else(|| panic!("the https front adds {path}, not TLS"))
+                .0
+        })
+        .collect();
+    let doc: Value = serde_yaml_ng::from_str(&front).unwrap();
+    let named = |prefix: &str| {
+        let index: usize = prefix
+            .trim_start_matches(".static_resources.clusters[")
+            .trim_end_matches(']')
+            .parse()
+            .unwrap_or_else(|_| panic!("TLS outside a cluster: {prefix}"));
+        doc["static_resources"]["clusters"][index]["name"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let with_tls: BTreeSet<String> = clusters.iter().map(|c| named(c)).collect();
+    assert_eq!(
+        with_tls,
+        BTreeSet::from([
+            lab::FRONT_CLUSTER.to_string(),
+            "vigil_original_dst".to_string()
+        ])
+    );
+    let tls = &doc["static_resources"]["clusters"][0]["transport_socket"]["typed_config"];
+    assert_eq!(tls["sni"], lab::SERVICE_NAME);
+    let sans = tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"]
+        .as_array()
+        .unwrap();
+    let names: Vec<&Value> = sans.iter().map(|san| &san["matcher"]["exact"]).collect();
+    assert_eq!(names, ["blue", "yellow"]);
+    for path in added(&blue, &http_sidecar) {
+        assert!(
+            path.starts_with(".static_resources.listeners[0].filter_chains[0].transport_socket."),
+            "the https sidecar adds {path}, not listener_0's TLS"
+        );
+    }
+}
+
+/// The labs' fronts the filter runs in: the compose files, and the https lab's twin front.
+fn lab_fronts() -> Vec<(String, LabKind, String)> {
+    let mut fronts: Vec<(String, LabKind, String)> = lab::compose_configs()
+        .unwrap()
+        .into_iter()
+        .filter_map(|(relative, content)| {
+            let kind = LabKind::COMPOSE
+                .into_iter()
+                .find(|k| relative == format!("envoy/compose/{}-front.yaml", k.name()))?;
+            Some((relative, kind, content))
+        })
+        .collect();
+    let (front, _, _) = https_lab_configs(&paths::scratch_dir("lab-configs-https-probes"));
+    fronts.push(("the https lab's front".to_string(), LabKind::Https, front));
+    fronts
+}
+
 #[test]
 fn the_filter_probes_each_lab_as_its_native_check_does() {
-    for (relative, content) in lab::compose_configs().unwrap() {
-        let Some(kind) = LabKind::ALL
-            .into_iter()
-            .find(|k| relative == format!("envoy/compose/{}-front.yaml", k.name()))
-        else {
-            continue;
-        };
+    for (relative, kind, content) in lab_fronts() {
         let doc: Value = serde_yaml_ng::from_str(&content).unwrap();
         let plugin =
             doc["bootstrap_extensions"][0]["typed_config"]["config"]["configuration"]["value"]
@@ -155,8 +292,21 @@ fn the_filter_probes_each_lab_as_its_native_check_does() {
             .as_u64();
         assert_eq!(probe.port.map(u64::from), native_port, "{relative}");
         match (&probe.kind, kind) {
-            (ProbeKind::Http(http), LabKind::Http | LabKind::Tcp) => {
+            (ProbeKind::Http(http), LabKind::Http | LabKind::Https | LabKind::Tcp) => {
                 assert_eq!(http.path, "/livez", "{relative}");
+                // The probes go over the same transport as the native checks (TLS in the https
+                // lab, verified the same way).
+                let via = cluster(&plugin.probe_cluster);
+                assert_eq!(via["type"], "ORIGINAL_DST", "{relative}");
+                assert_eq!(
+                    via["transport_socket"], web["transport_socket"],
+                    "{relative}: the filter's probes and the native checks differ in TLS"
+                );
+                assert_eq!(
+                    via["transport_socket"].is_null(),
+                    !kind.is_tls(),
+                    "{relative}"
+                );
             }
             (ProbeKind::Grpc(grpc), LabKind::Grpc) => {
                 assert_eq!(

@@ -27,7 +27,7 @@ enum Command {
     /// The HTTP lab of LAB.md: front Envoy with native /livez checks, blue and yellow behind
     /// sidecars; blue's /livez is set to FAIL, then OK.
     Demo,
-    /// Each lab (or one: --lab http|tcp|grpc) with every path side by side — the front Envoy's
+    /// Each lab (or one: --lab http|tcp|grpc|https) with every path side by side — the front Envoy's
     /// native checks and the companion on the same file — its fault applied to blue and removed,
     /// and a table of when each path ejected and readmitted blue.
     Compare {
