@@ -253,6 +253,22 @@ struct Loaded {
     sds_files: Vec<String>,
     /// Its gRPC SDS subscriptions.
     grpc_sds: config::GrpcSds,
+    /// The listeners left out until a secret from their SDS server arrives.
+    listeners_waiting: Vec<String>,
+}
+
+impl Loaded {
+    /// Says which listeners wait for their secrets (once a config is taken, not while a
+    /// received secret is tried).
+    fn log_waiting_listeners(&self, path: &Path) {
+        for listener in &self.listeners_waiting {
+            log::warn!(
+                "{}: listener '{listener}' waits for a secret from its SDS server: not served \
+                 until it arrives",
+                path.display()
+            );
+        }
+    }
 }
 
 /// Why a config did not load: the report to print, and whether the only trouble is secrets
@@ -343,15 +359,7 @@ fn load(
     for warning in &loaded.warnings {
         log::warn!("{}: {warning}", path.display());
     }
-    if matches!(grpc, GrpcSecrets::Received(_)) {
-        for listener in &loaded.listeners_waiting {
-            log::warn!(
-                "{}: listener '{listener}' waits for a secret from its SDS server: not served \
-                 until it arrives",
-                path.display()
-            );
-        }
-    }
+
     // Envoy leaves a disk layer it cannot read out of the snapshot (`runtime.load_error`).
     for problem in &loaded.bootstrap.runtime.disk_errors {
         log::warn!("{}: {problem}: the layer is left out", path.display());
@@ -384,6 +392,7 @@ fn load(
         source: loaded.source,
         sds_files: loaded.sds_files,
         grpc_sds: loaded.grpc_sds,
+        listeners_waiting: loaded.listeners_waiting,
     })
 }
 
@@ -466,7 +475,10 @@ async fn first_secrets(
     }
     loop {
         match load(path, runtime_state, &GrpcSecrets::Received(&sds.received)) {
-            Ok(loaded) => return Ok(loaded),
+            Ok(loaded) => {
+                loaded.log_waiting_listeners(path);
+                return Ok(loaded);
+            }
             Err(failure) if failure.only_waiting_for_secrets => {
                 log::warn!(
                     "{}: waiting for secrets from SDS servers before starting:\n{}",
@@ -736,6 +748,7 @@ async fn reload(
 ) -> Result<String, LoadFailure> {
     match load(path, runtime_state, &GrpcSecrets::Received(&sds.received)) {
         Ok(loaded) => {
+            loaded.log_waiting_listeners(path);
             sds.client.follow(&loaded.grpc_sds);
             *watches = Watches::new(&loaded.bootstrap, &loaded.sds_files);
             runtime_state.publish(&loaded.bootstrap.runtime);

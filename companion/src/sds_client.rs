@@ -17,9 +17,9 @@ use envoy_types::pb::envoy::config::core::v3::{DataSource, Node, data_source::Sp
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, Secret, SubjectAltNameMatcher, TlsCertificate, secret,
 };
-use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
 use envoy_types::pb::google::rpc::Status;
 use prost::Message;
 use serde_json::{Map, Value, json};
@@ -197,7 +197,11 @@ impl Subscription {
         };
         let mut client = SecretDiscoveryServiceClient::new(channel);
         let (requests, requests_rx) = mpsc::channel::<DiscoveryRequest>(4);
-        if requests.send(self.request(accepted, "", None)).await.is_err() {
+        if requests
+            .send(self.request(accepted, "", None))
+            .await
+            .is_err()
+        {
             return Ended::Stopped;
         }
         let outgoing = tokio_stream::wrappers::ReceiverStream::new(requests_rx);
@@ -303,7 +307,9 @@ fn backoff(failures: u32) -> Duration {
     let jitter = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    let millis = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX).max(1);
+    let millis = u64::try_from(interval.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
     Duration::from_millis((u64::from(jitter) % millis).max(50))
 }
 
@@ -335,7 +341,9 @@ pub fn secret_json(secret: &Secret) -> Result<Value, String> {
             return Err("session ticket keys are not implemented by vigil".into());
         }
         Some(secret::Type::GenericSecret(_)) => {
-            return Err("a generic secret cannot be a TLS certificate or validation context".into());
+            return Err(
+                "a generic secret cannot be a TLS certificate or validation context".into(),
+            );
         }
         None => return Err(format!("the secret '{}' holds nothing", secret.name)),
     }
@@ -383,7 +391,10 @@ fn validation_context(context: &CertificateValidationContext) -> Result<Value, S
             .iter()
             .map(san_matcher)
             .collect::<Result<Vec<_>, _>>()?;
-        out.insert("match_typed_subject_alt_names".into(), Value::Array(matchers));
+        out.insert(
+            "match_typed_subject_alt_names".into(),
+            Value::Array(matchers),
+        );
     }
     if std::mem::take(&mut rest.allow_expired_certificate) {
         out.insert("allow_expired_certificate".into(), json!(true));
@@ -485,7 +496,8 @@ impl tower_service::Service<http::Uri> for Connector {
             let mut last = std::io::Error::other("the SDS cluster has no endpoints");
             for endpoint in endpoints.iter() {
                 let connected = match endpoint {
-                    SdsEndpoint::Tcp { address, port } => match address.parse::<std::net::IpAddr>() {
+                    SdsEndpoint::Tcp { address, port } => match address.parse::<std::net::IpAddr>()
+                    {
                         Ok(ip) => TcpStream::connect((ip, *port)).await.map(ServerStream::Tcp),
                         Err(_) => Err(std::io::Error::other(format!(
                             "{address} is not an IP address"
@@ -595,18 +607,20 @@ mod tests {
         );
         let ca = Secret {
             name: "ca".into(),
-            r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
-                trusted_ca: inline("CA"),
-                match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
-                    san_type: SanType::Dns as i32,
-                    matcher: Some(StringMatcher {
-                        match_pattern: Some(MatchPattern::Exact("backend.test".into())),
-                        ignore_case: false,
-                    }),
-                    oid: String::new(),
-                }],
-                ..CertificateValidationContext::default()
-            })),
+            r#type: Some(secret::Type::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: inline("CA"),
+                    match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
+                        san_type: SanType::Dns as i32,
+                        matcher: Some(StringMatcher {
+                            match_pattern: Some(MatchPattern::Exact("backend.test".into())),
+                            ignore_case: false,
+                        }),
+                        oid: String::new(),
+                    }],
+                    ..CertificateValidationContext::default()
+                },
+            )),
         };
         assert_eq!(
             secret_json(&ca).unwrap(),
@@ -636,7 +650,9 @@ mod tests {
             let ceiling = BACKOFF_BASE
                 .saturating_mul(2u32.saturating_pow(failures.min(16)))
                 .min(BACKOFF_MAX);
-            assert!(wait >= Duration::from_millis(50) && wait <= ceiling.max(Duration::from_millis(50)));
+            assert!(
+                wait >= Duration::from_millis(50) && wait <= ceiling.max(Duration::from_millis(50))
+            );
         }
     }
 }
