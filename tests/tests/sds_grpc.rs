@@ -409,3 +409,65 @@ async fn a_listener_whose_sds_server_is_down_at_start_serves_nothing_until_it_co
     }
     drop(procs);
 }
+
+/// `vigil --mode validate` connects nowhere (the SDS servers here do not exist) and checks the
+/// references' shape, naming the field of a bad one.
+#[test]
+fn validate_checks_grpc_sds_references_without_connecting() {
+    let dir = paths::scratch_dir("sds_grpc_validate");
+    let places = SdsPlaces {
+        socket: dir.join("nobody-listens.sock"),
+        ca_server: Some("127.0.0.1:9".parse().expect("address")),
+    };
+    let yaml = config(
+        "127.0.0.1:10000".parse().expect("address"),
+        "127.0.0.1:9901".parse().expect("address"),
+        &places,
+        "127.0.0.1:8443".parse().expect("address"),
+        Path::new("/nonexistent-ca.pem"),
+    );
+    let validate = |yaml: &str, name: &str| {
+        let file = dir.join(name);
+        std::fs::write(&file, yaml).expect("write config");
+        let started = std::time::Instant::now();
+        let output = std::process::Command::new(paths::workspace_binary("vigil"))
+            .args(["--mode", "validate", "-c"])
+            .arg(&file)
+            .output()
+            .expect("run vigil");
+        // Waiting for a server (initial_fetch_timeout is 1 s) would show here.
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "{name}: validate waited"
+        );
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
+    };
+    let (ok, stderr) = validate(&yaml, "good.yaml");
+    assert!(ok, "{stderr}");
+    let (ok, stderr) = validate(
+        &yaml.replacen("cluster_name: sds_tcp }", "cluster_name: sds_typo }", 1),
+        "typo.yaml",
+    );
+    assert!(
+        !ok,
+        "vigil accepted an SDS server's cluster that does not exist"
+    );
+    assert!(
+        stderr.contains(
+            "validation_context_sds_secret_config.sds_config.api_config_source.grpc_services[0]\
+             .envoy_grpc.cluster_name"
+        ) && stderr.contains("'sds_typo' does not exist"),
+        "{stderr}"
+    );
+    let (ok, stderr) = validate(
+        &yaml.replacen("api_type: GRPC", "api_type: GRCP", 1),
+        "api.yaml",
+    );
+    assert!(
+        !ok && stderr.contains("unknown api_type 'GRCP'"),
+        "{stderr}"
+    );
+}

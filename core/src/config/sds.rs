@@ -518,7 +518,9 @@ fn grpc_secret(
                 ErrorKind::Invalid,
                 format!("the secret '{name}' {NOT_ARRIVED} (cluster '{cluster}')"),
             ));
-            None
+            // The config is refused by the error above; the reference is dropped so that it is
+            // the only error (the companion waits when nothing else is wrong).
+            Some(Value::Null)
         }
     }
 }
@@ -943,6 +945,48 @@ mod tests {
         assert_eq!(resolved.listeners_waiting, ["tls"]);
         let common = &doc["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]["common_tls_context"];
         assert_eq!(common, &json!({}));
+    }
+
+    /// The corpus's gRPC SDS bootstrap, loaded whole with `received`: what did not arrive is
+    /// the only error (so the companion knows to wait), or the listener is left out.
+    #[cfg(feature = "yaml")]
+    #[test]
+    fn a_whole_config_fails_only_for_a_clusters_secret_that_has_not_arrived() {
+        let text = include_str!("../../tests/configs/good/sds-grpc.yaml");
+        let (doc, _) = super::super::yaml::parse_yaml_value(text).unwrap();
+        let load = |received: &ReceivedSecrets| {
+            super::super::from_value_reading(
+                &doc,
+                &no_files,
+                &parse,
+                &super::super::RuntimeInputs::none(),
+                &GrpcSecrets::Received(received),
+            )
+        };
+        let certificate = json!({"name": "server_cert", "tls_certificate": {
+            "certificate_chain": {"inline_string": "CHAIN"}, "private_key": {"inline_string": "KEY"}}});
+        let ca = json!({"name": "backend_ca", "validation_context": {
+            "trusted_ca": {"inline_string": "CA"}}});
+        let mut received = ReceivedSecrets::new();
+        received.insert(key("spire_agent", "server_cert"), certificate);
+        let errors = load(&received).unwrap_err();
+        assert!(
+            errors
+                .errors
+                .iter()
+                .all(|e| e.message.contains(NOT_ARRIVED)),
+            "{errors}"
+        );
+        received.insert(key("sds_server", "backend_ca"), ca.clone());
+        let loaded = load(&received).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(loaded.bootstrap.listeners.len(), 1);
+        assert!(loaded.listeners_waiting.is_empty());
+        // The CA alone: the listener waits, the config loads.
+        let only_ca: ReceivedSecrets = [(key("sds_server", "backend_ca"), ca)].into();
+        let loaded = load(&only_ca).unwrap_or_else(|e| panic!("{e}"));
+        assert!(loaded.bootstrap.listeners.is_empty());
+        assert_eq!(loaded.listeners_waiting, ["tls"]);
+        assert_eq!(loaded.grpc_sds.references.len(), 2);
     }
 
     #[test]
