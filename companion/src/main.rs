@@ -15,6 +15,10 @@
 //! everything, proxy and health checks, on one current-thread runtime: one thread does all the
 //! work, as one Envoy worker does, without the hand-offs of a one-worker thread pool.
 //!
+//! Secrets from SDS servers over gRPC ([`vigil::sds_client`]) are waited for before the first
+//! load (each up to its `initial_fetch_timeout`, as Envoy's initialization waits); each secret
+//! received later is a reload with it, ACKed when the config loads and NACKed otherwise.
+//!
 //! `--xds-address IP:PORT` also serves the clusters' endpoints and vigil's verdicts to Envoy
 //! fleets over EDS (docs/eds.md); loopback only unless `--xds-allow-remote`.
 //!

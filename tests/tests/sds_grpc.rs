@@ -382,6 +382,8 @@ async fn a_listener_whose_sds_server_is_down_at_start_serves_nothing_until_it_co
             "{who} served without its certificate: {answer}"
         );
         let plain = ask_in_plain_text(*listen).await;
+        // Envoy accepts and fails the handshake; vigil has not bound the listener yet.
+        eprintln!("{who} before the secret: TLS: {answer}; plain text: {plain:?}");
         assert!(
             !plain.starts_with("HTTP/"),
             "{who} answered in plain text: {plain}"
