@@ -629,6 +629,41 @@ fn grpc_shape(
                 .into(),
         ));
     }
+    // What would change the calls (headers a server may need, another authority) is refused
+    // rather than left out.
+    for (field, present) in [
+        (
+            service_at.field("initial_metadata"),
+            service
+                .get("initial_metadata")
+                .and_then(Value::as_array)
+                .is_some_and(|m| !m.is_empty()),
+        ),
+        (
+            service_at.field("envoy_grpc").field("authority"),
+            service
+                .get("envoy_grpc")
+                .and_then(|g| g.get("authority"))
+                .and_then(Value::as_str)
+                .is_some_and(|a| !a.is_empty()),
+        ),
+        (
+            service_at.field("envoy_grpc").field("retry_policy"),
+            service
+                .get("envoy_grpc")
+                .and_then(|g| g.get("retry_policy"))
+                .is_some(),
+        ),
+    ] {
+        if present {
+            return Err(unsupported(
+                field,
+                "not implemented by vigil's SDS client: it would call the SDS server otherwise \
+                 than Envoy"
+                    .into(),
+            ));
+        }
+    }
     let cluster = service
         .get("envoy_grpc")
         .and_then(|g| g.get("cluster_name"))
@@ -1061,6 +1096,16 @@ mod tests {
             &format!("{api}.grpc_services[0].google_grpc"),
             ErrorKind::Unsupported,
             "Google gRPC",
+        );
+        check(
+            &set(
+                "/api_config_source/grpc_services/0",
+                json!({"envoy_grpc": {"cluster_name": "sds_tcp"},
+                       "initial_metadata": [{"key": "authorization", "value": "Bearer x"}]}),
+            ),
+            &format!("{api}.grpc_services[0].initial_metadata"),
+            ErrorKind::Unsupported,
+            "SDS client",
         );
         check(
             &|doc: &mut Value| {
