@@ -3,7 +3,8 @@
 //! unix socket, answers each `StreamSecrets` stream's subscription with the secrets it holds
 //! (each change is pushed, with a new version and nonce, to the streams subscribed to that name),
 //! and records every request each stream sent, so a test can check the node, the names asked
-//! for and the ACKs and NACKs (`error_detail`) of each client.
+//! for and the ACKs and NACKs (`error_detail`) of each client. Dropping it closes its
+//! connections, as a server that goes away does.
 
 use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source::Specifier};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
@@ -56,6 +57,29 @@ pub struct SdsServer {
     state: Arc<Mutex<State>>,
     changed: broadcast::Sender<String>,
     task: JoinHandle<()>,
+    /// A copy of each accepted connection's socket, shut down when the server is dropped
+    /// (tonic's connection tasks outlive the server's own, and a client must see it go).
+    connections: Arc<Mutex<Vec<Closer>>>,
+}
+
+/// A socket to shut down.
+enum Closer {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Closer {
+    fn shut_down(&self) {
+        let _ = match self {
+            Closer::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+            Closer::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+        };
+    }
+}
+
+/// A copy of `socket`'s descriptor (the same socket), if the system gives one.
+fn copy_of(socket: &impl std::os::fd::AsFd) -> Option<std::os::fd::OwnedFd> {
+    socket.as_fd().try_clone_to_owned().ok()
 }
 
 /// Where the server listens.
@@ -74,6 +98,11 @@ impl SdsServer {
             changed: changed.clone(),
         };
         let (connections, incoming) = mpsc::channel(16);
+        let accepted: Arc<Mutex<Vec<Closer>>> = Arc::default();
+        let keep = accepted.clone();
+        let remember = move |closer: Closer| {
+            keep.lock().unwrap_or_else(|p| p.into_inner()).push(closer);
+        };
         let accept = match at {
             Listen::Tcp(address) => {
                 let listener = tokio::net::TcpListener::bind(address)
@@ -81,6 +110,9 @@ impl SdsServer {
                     .unwrap_or_else(|e| panic!("SDS server: bind {address}: {e}"));
                 tokio::spawn(async move {
                     while let Ok((stream, _)) = listener.accept().await {
+                        if let Some(fd) = copy_of(&stream) {
+                            remember(Closer::Tcp(std::net::TcpStream::from(fd)));
+                        }
                         if connections
                             .send(Ok::<_, std::io::Error>(Io::Tcp(stream)))
                             .await
@@ -97,6 +129,9 @@ impl SdsServer {
                     .unwrap_or_else(|e| panic!("SDS server: bind {}: {e}", path.display()));
                 tokio::spawn(async move {
                     while let Ok((stream, _)) = listener.accept().await {
+                        if let Some(fd) = copy_of(&stream) {
+                            remember(Closer::Unix(std::os::unix::net::UnixStream::from(fd)));
+                        }
                         if connections.send(Ok(Io::Unix(stream))).await.is_err() {
                             return;
                         }
@@ -117,6 +152,7 @@ impl SdsServer {
             state,
             changed,
             task,
+            connections: accepted,
         }
     }
 
@@ -148,6 +184,14 @@ impl SdsServer {
 impl Drop for SdsServer {
     fn drop(&mut self) {
         self.task.abort();
+        for connection in self
+            .connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            connection.shut_down();
+        }
     }
 }
 

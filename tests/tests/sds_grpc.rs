@@ -9,7 +9,9 @@
 //! 3.   The server pushes a rotated certificate: both present it to new connections (and ACK).
 //! 4.   The server pushes a malformed certificate: both keep the rotated one and NACK it (the
 //!      last good version, the response's nonce, an error detail).
-//! 5.   The listener's SDS server is down at start (initial_fetch_timeout 1 s): neither serves
+//! 5.   The listener's SDS server goes away: both keep serving the last certificate, reconnect
+//!      to a new server (resuming with the last accepted version) and serve its certificate.
+//! 6.   The listener's SDS server is down at start (initial_fetch_timeout 1 s): neither serves
 //!      (no TLS handshake with a certificate, no plain-text answer) and, once the server comes
 //!      up, both serve its certificate.
 
@@ -346,6 +348,49 @@ async fn secrets_from_sds_servers_over_grpc_as_in_envoy() {
             "{who} keeps the good one"
         );
     }
+
+    // 5: the listener's SDS server goes away: the last good certificate stays in use; a new
+    // server on the same socket is reconnected to (with backoff) and its certificate used.
+    drop(unix_servers);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (who, listen, _) in &procs {
+        assert_eq!(
+            ask(*listen).await,
+            "cert-two HTTP/1.1 200 OK",
+            "{who} without its server"
+        );
+    }
+    let mut restarted = Vec::new();
+    for place in &places {
+        let server = SdsServer::start(Listen::Unix(place.socket.clone())).await;
+        server.set(&certificate_secret(
+            "server_cert",
+            &one.cert_pem,
+            &one.key_pem,
+        ));
+        restarted.push(server);
+    }
+    for (who, listen, _) in &procs {
+        let back = wait_until(
+            &format!("{who} reconnects to its SDS server"),
+            Duration::from_secs(30),
+            || async { (ask(*listen).await == "cert-one HTTP/1.1 200 OK").then_some(()) },
+        )
+        .await;
+        assert!(back.is_ok(), "{who}: {}", ask(*listen).await);
+    }
+    // The reconnected stream's first request carries the last version each accepted.
+    let resumed: Vec<String> = restarted
+        .iter()
+        .map(|server| {
+            requests_for(&server.seen(), "server_cert")
+                .first()
+                .map(|r| r.version_info.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+    eprintln!("first requests after the reconnection: {resumed:?}");
+    assert_eq!(resumed[0], resumed[1], "Envoy, then vigil");
     drop(procs);
 }
 
