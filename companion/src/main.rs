@@ -370,8 +370,20 @@ fn load(
     }
     // Certificates and keys are read now, so a missing file, a malformed PEM or a key that does
     // not match refuses the file (at start, or a reload keeps the running config).
-    for hcm in loaded.bootstrap.listeners.iter().flat_map(|l| &l.http) {
-        if let Some(tls) = &hcm.tls {
+    // (Not those of listeners whose secrets come from an SDS server when they were not fetched:
+    // their certificates are placeholders then, and such a config is only validated.)
+    let placeholders = |listener: &config::Listener| {
+        matches!(grpc, GrpcSecrets::ShapeOnly) && loaded.listeners_waiting.contains(&listener.name)
+    };
+    for (listener, hcm) in loaded
+        .bootstrap
+        .listeners
+        .iter()
+        .flat_map(|l| l.http.iter().map(move |hcm| (l, hcm)))
+    {
+        if let Some(tls) = &hcm.tls
+            && !placeholders(listener)
+        {
             vigil::tls::server_config(tls).map_err(|err| format!("{}: {err}", path.display()))?;
         }
         // Lua scripts are loaded (their global code run), as Envoy loads them: one that fails

@@ -509,6 +509,16 @@ fn validate_checks_grpc_sds_references_without_connecting() {
         ) && stderr.contains("'sds_typo' does not exist"),
         "{stderr}"
     );
+    // The listener waiting for its certificate is still read whole.
+    let (ok, stderr) = validate(
+        &yaml.replacen(
+            "stat_prefix: sds_grpc_lab",
+            "stat_prefix: sds_grpc_lab\n          no_such_field: 1",
+            1,
+        ),
+        "listener.yaml",
+    );
+    assert!(!ok && stderr.contains("no_such_field"), "{stderr}");
     let (ok, stderr) = validate(
         &yaml.replacen("api_type: GRPC", "api_type: GRCP", 1),
         "api.yaml",

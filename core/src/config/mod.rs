@@ -139,8 +139,8 @@ pub use route_config::{
     RouteHashKind, RouteHashPolicy, VirtualHost, WeightedClusters, WeightedTarget,
 };
 pub use sds::{
-    GrpcSds, GrpcSdsReference, GrpcSecrets, NOT_ARRIVED, ReceivedSecrets, SECRET_TYPE, SdsEndpoint,
-    SecretKey, grpc_sds,
+    GrpcSds, GrpcSdsReference, GrpcSecrets, NOT_ARRIVED, PLACEHOLDER, ReceivedSecrets, SECRET_TYPE,
+    SdsEndpoint, SecretKey, grpc_sds,
 };
 pub use tls::{
     DownstreamTls, PeerValidation, RequestServerName, SanMatcher, SanType, SubjectAltName,
@@ -166,7 +166,8 @@ pub struct Loaded {
     pub sds_files: Vec<String>,
     /// Its gRPC SDS references and servers (the companion subscribes to them).
     pub grpc_sds: GrpcSds,
-    /// The listeners left out because a gRPC secret they need has not arrived.
+    /// The listeners that wait for a gRPC secret: left out when the secrets received were
+    /// given, read with placeholder secrets (not to be loaded) when they were not.
     pub listeners_waiting: Vec<String>,
 }
 

@@ -17,8 +17,9 @@
 //! arrives (Envoy serves it and fails its handshakes; neither serves without the certificate),
 //! and a cluster's reference that has not arrived is an error ([`NOT_ARRIVED`]), so the config
 //! is not loaded (vigil keeps the running one, or waits at start). Without secrets fetched
-//! ([`GrpcSecrets::ShapeOnly`], `--mode validate`) the references are checked for shape only
-//! and their listeners left out the same way. The SDS servers' clusters are the SDS client's:
+//! ([`GrpcSecrets::ShapeOnly`], `--mode validate`) the references are checked for shape only:
+//! a listener's secret is a [`PLACEHOLDER`] (the rest of the listener is read as usual, and the
+//! companion does not load those certificates), a cluster's reference is dropped. The SDS servers' clusters are the SDS client's:
 //! they are taken out of the config the proxy reads (so a unix `pipe` endpoint is fine there).
 //! DELTA_GRPC, REST, `google_grpc` targets and ADS are left as written, and refused by name.
 
@@ -32,7 +33,9 @@ use std::collections::BTreeMap;
 pub struct Resolved {
     pub files: Vec<String>,
     pub errors: Vec<(FieldPath, ErrorKind, String)>,
-    /// The names of the listeners left out because a gRPC secret they need has not arrived.
+    /// The listeners that wait for a gRPC secret: left out of the document when secrets were
+    /// received ([`GrpcSecrets::Received`]), read with [`PLACEHOLDER`] secrets when only checked
+    /// for shape ([`GrpcSecrets::ShapeOnly`]).
     pub listeners_waiting: Vec<String>,
 }
 
@@ -72,7 +75,7 @@ pub type ReceivedSecrets = BTreeMap<SecretKey, Value>;
 #[derive(Debug, Clone, Copy)]
 pub enum GrpcSecrets<'a> {
     /// Nothing fetched (`--mode validate`, or a document loaded without the companion): the
-    /// references are checked for shape, their listeners left out.
+    /// references are checked for shape, a listener's secrets are placeholders.
     ShapeOnly,
     /// The secrets received so far.
     Received(&'a ReceivedSecrets),
@@ -218,10 +221,25 @@ fn resolve(
         &mut out,
         &mut walked,
     );
+    // Listeners read with placeholders are named, so the companion does not load those.
+    let mut checked_only = walked.listeners_checked_only.clone();
+    checked_only.sort_unstable();
+    checked_only.dedup();
+    if let Some(Value::Array(listeners)) = document
+        .get("static_resources")
+        .and_then(|s| s.get("listeners"))
+    {
+        for index in checked_only {
+            if let Some(listener) = listeners.get(index) {
+                out.listeners_waiting.push(listener_name(listener, index));
+            }
+        }
+    }
     // Listeners whose gRPC secrets have not arrived are left out (never served without them).
     let mut waiting = walked.listeners_waiting;
     waiting.sort_unstable();
     waiting.dedup();
+    let mut left_out = Vec::new();
     if let Some(Value::Array(listeners)) = document
         .get_mut("static_resources")
         .and_then(|s| s.get_mut("listeners"))
@@ -229,15 +247,11 @@ fn resolve(
         for index in waiting.iter().rev() {
             if *index < listeners.len() {
                 let removed = listeners.remove(*index);
-                out.listeners_waiting.push(
-                    removed
-                        .get("name")
-                        .and_then(Value::as_str)
-                        .map_or_else(|| format!("listeners[{index}]"), str::to_string),
-                );
+                left_out.push(listener_name(&removed, *index));
             }
         }
-        out.listeners_waiting.reverse();
+        left_out.reverse();
+        out.listeners_waiting.extend(left_out);
     }
     // The SDS servers' clusters are the SDS client's, not the proxy's.
     if !walked.servers.is_empty()
@@ -258,13 +272,36 @@ fn resolve(
     out
 }
 
-/// What the walk gathered besides the resolution: the gRPC references, their servers, and the
-/// listeners (by index) to leave out.
+/// What the walk gathered besides the resolution: the gRPC references, their servers, the
+/// listeners (by index) to leave out, and those read with placeholder secrets.
 #[derive(Default)]
 struct Walked {
     references: Vec<GrpcSdsReference>,
     servers: BTreeMap<String, Vec<SdsEndpoint>>,
     listeners_waiting: Vec<usize>,
+    listeners_checked_only: Vec<usize>,
+}
+
+/// What stands for a listener's gRPC secret when the config is only checked: text in place of
+/// the PEM, which the readers take as written (the companion never serves such a config, and
+/// does not load these certificates when validating).
+pub const PLACEHOLDER: &str = "(a secret from an SDS server, not fetched when validating)";
+
+fn placeholder(api: &str) -> Value {
+    let text = serde_json::json!({ "inline_string": PLACEHOLDER });
+    if api == "TlsCertificateSdsApi" {
+        serde_json::json!({"tls_certificate": {"certificate_chain": text, "private_key": text}})
+    } else {
+        serde_json::json!({"validation_context": {"trusted_ca": text}})
+    }
+}
+
+/// A static listener's name, as the readers know it.
+fn listener_name(listener: &Value, index: usize) -> String {
+    listener
+        .get("name")
+        .and_then(Value::as_str)
+        .map_or_else(|| format!("listeners[{index}]"), str::to_string)
 }
 
 fn walk(
@@ -507,8 +544,16 @@ fn grpc_secret(
         return Some(secret.clone());
     }
     if let Some(index) = listener_index(path) {
-        walked.listeners_waiting.push(index);
-        return None;
+        return match sources.grpc {
+            GrpcSecrets::Received(_) => {
+                walked.listeners_waiting.push(index);
+                None
+            }
+            GrpcSecrets::ShapeOnly => {
+                walked.listeners_checked_only.push(index);
+                Some(placeholder(api))
+            }
+        };
     }
     match sources.grpc {
         GrpcSecrets::ShapeOnly => Some(Value::Null),
@@ -976,11 +1021,24 @@ mod tests {
                 .starts_with("static_resources.clusters[2]")
         );
 
-        // Checked for shape only: the listener is left out and the cluster's reference dropped.
+        // Checked for shape only: the listener's certificate is a placeholder (the listener is
+        // read whole) and the cluster's reference dropped.
         let mut doc = grpc_doc();
         let resolved = inline_secrets(&mut doc, &no_files, &parse, &GrpcSecrets::ShapeOnly);
         assert!(resolved.errors.is_empty(), "{:?}", resolved.errors);
         assert_eq!(resolved.listeners_waiting, ["tls"]);
+        assert_eq!(
+            doc["static_resources"]["listeners"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            doc["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"]["typed_config"]
+                ["common_tls_context"]["tls_certificates"][0]["private_key"]["inline_string"],
+            PLACEHOLDER
+        );
         let common = &doc["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]["common_tls_context"];
         assert_eq!(common, &json!({}));
     }
