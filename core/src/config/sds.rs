@@ -254,7 +254,7 @@ fn resolve(
         out.listeners_waiting.extend(left_out);
     }
     // The SDS servers' clusters are the SDS client's, not the proxy's.
-    if !walked.servers.is_empty()
+    if !walked.sds_clusters.is_empty()
         && let Some(Value::Array(clusters)) = document
             .get_mut("static_resources")
             .and_then(|s| s.get_mut("clusters"))
@@ -262,7 +262,7 @@ fn resolve(
         clusters.retain(|c| {
             !c.get("name")
                 .and_then(Value::as_str)
-                .is_some_and(|n| walked.servers.contains_key(n))
+                .is_some_and(|n| walked.sds_clusters.contains(n))
         });
     }
     if let Some(found) = found {
@@ -280,6 +280,9 @@ struct Walked {
     servers: BTreeMap<String, Vec<SdsEndpoint>>,
     listeners_waiting: Vec<usize>,
     listeners_checked_only: Vec<usize>,
+    /// Every cluster a gRPC reference names (those of [`Walked::servers`] and those of wrong
+    /// references).
+    sds_clusters: std::collections::BTreeSet<String>,
 }
 
 /// What stands for a listener's gRPC secret when the config is only checked: text in place of
@@ -519,11 +522,33 @@ fn grpc_secret(
     api: &'static str,
 ) -> Option<Value> {
     let at = path.field("sds_config");
+    // The clusters named are the SDS client's, even when the reference is wrong (then the one
+    // error is the reference's, not the cluster's).
+    for service in api_source
+        .get("grpc_services")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(cluster) = service
+            .get("envoy_grpc")
+            .and_then(|g| g.get("cluster_name"))
+            .and_then(Value::as_str)
+        {
+            walked.sds_clusters.insert(cluster.to_string());
+        }
+    }
     let (cluster, wait, endpoints) = match grpc_shape(source, api_source, &at, sources, api) {
         Ok(shape) => shape,
         Err(error) => {
             out.errors.push(error);
-            return None;
+            // The config is refused by the error above; what stands in for the secret keeps the
+            // TLS readers from adding another.
+            return Some(if listener_index(path).is_some() {
+                placeholder(api)
+            } else {
+                Value::Null
+            });
         }
     };
     let key = SecretKey {
@@ -614,7 +639,9 @@ fn grpc_shape(
         None => {
             return Err(invalid(
                 api_at.field("api_type"),
-                "api_type is required (GRPC for an SDS server)".into(),
+                "REST_LEGACY no longer a supported ApiConfigSource. Please specify an explicit \
+                 supported api_type (GRPC for an SDS server)"
+                    .into(),
             ));
         }
         Some(other) => {
@@ -626,20 +653,19 @@ fn grpc_shape(
             ));
         }
     }
-    let is_v3 =
-        |v: Option<&Value>| v.is_some_and(|v| v.as_str() == Some("V3") || v.as_i64() == Some(2));
-    if !is_v3(api_source.get("transport_api_version")) {
+    // Unset (AUTO) is taken as V3 by Envoy 1.36; V2 is refused.
+    let is_v2 =
+        |v: Option<&Value>| v.is_some_and(|v| v.as_str() == Some("V2") || v.as_i64() == Some(1));
+    if is_v2(api_source.get("transport_api_version")) {
         return Err(invalid(
             api_at.field("transport_api_version"),
-            "V2 (and AUTO) xDS transport protocol versions are deprecated: set \
-             transport_api_version: V3"
-                .into(),
+            "V2 xDS transport protocol version is deprecated: set transport_api_version: V3".into(),
         ));
     }
-    if source.get("resource_api_version").is_some() && !is_v3(source.get("resource_api_version")) {
-        return Err(invalid(
+    if is_v2(source.get("resource_api_version")) {
+        return Err(unsupported(
             at.field("resource_api_version"),
-            "V2 (and AUTO) xDS resource versions are deprecated: set resource_api_version: V3"
+            "V2 resources are not implemented by vigil's SDS client: set resource_api_version: V3"
                 .into(),
         ));
     }
@@ -659,10 +685,15 @@ fn grpc_shape(
     let [service] = services else {
         return Err(invalid(
             api_at.field("grpc_services"),
-            format!(
-                "API configs must have a single gRPC service specified ({} given)",
-                services.len()
-            ),
+            if services.is_empty() {
+                "API configs must have either a gRPC service or a cluster name defined".into()
+            } else {
+                format!(
+                    "ApiConfigSource::GRPC must have no more than 1 gRPC services specified ({} \
+                     given)",
+                    services.len()
+                )
+            },
         ));
     };
     let service_at = api_at.field("grpc_services").index(0);
@@ -726,7 +757,8 @@ fn grpc_shape(
         .iter()
         .find(|c| c.get("name").and_then(Value::as_str) == Some(cluster))
     else {
-        return Err(invalid(
+        // Envoy 1.36 starts with such a reference (and never gets the secret): refused here.
+        return Err(unsupported(
             cluster_at,
             format!(
                 "ConfigSource must have a statically defined non-EDS cluster: '{cluster}' does \
@@ -746,7 +778,8 @@ fn grpc_shape(
         )));
     }
     if !is_http2(definition) {
-        return Err(invalid(
+        // Envoy starts with it too, and its gRPC calls then fail: refused here.
+        return Err(unsupported(
             cluster_at,
             format!(
                 "the SDS cluster '{cluster}' is not HTTP/2: gRPC needs http2_protocol_options \
@@ -1083,6 +1116,26 @@ mod tests {
         assert!(loaded.bootstrap.listeners.is_empty());
         assert_eq!(loaded.listeners_waiting, ["tls"]);
         assert_eq!(loaded.grpc_sds.references.len(), 2);
+
+        // Checked for shape only: no transport_api_version is Envoy's AUTO (V3), and a wrong
+        // reference is the one error (not its SDS cluster's pipe, nor a leftover reference).
+        let check = |text: &str| {
+            let (doc, _) = super::super::yaml::parse_yaml_value(text).unwrap();
+            super::super::from_value_reading(
+                &doc,
+                &no_files,
+                &parse,
+                &super::super::RuntimeInputs::none(),
+                &GrpcSecrets::ShapeOnly,
+            )
+        };
+        let auto = text.replacen("                  transport_api_version: V3\n", "", 1);
+        assert_ne!(auto, text);
+        assert!(check(&auto).is_ok());
+        let delta = text.replacen("api_type: GRPC", "api_type: DELTA_GRPC", 1);
+        let errors = check(&delta).unwrap_err();
+        assert_eq!(errors.errors.len(), 1, "{errors}");
+        assert!(errors.errors[0].message.contains("DELTA_GRPC"), "{errors}");
     }
 
     #[test]
@@ -1116,7 +1169,7 @@ mod tests {
                 json!("nope"),
             ),
             &cluster_name,
-            ErrorKind::Invalid,
+            ErrorKind::Unsupported,
             "'nope' does not exist",
         );
         check(
@@ -1125,7 +1178,7 @@ mod tests {
                 json!("app"),
             ),
             &cluster_name,
-            ErrorKind::Invalid,
+            ErrorKind::Unsupported,
             "is not HTTP/2",
         );
         check(
