@@ -53,7 +53,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// The subscriptions' streams, started and stopped as configs come and go.
 pub struct SdsClient {
     updates: mpsc::Sender<SecretUpdate>,
-    streams: BTreeMap<SecretKey, tokio::task::JoinHandle<()>>,
+    /// Each subscription's task and the endpoints it connects to.
+    streams: BTreeMap<SecretKey, (tokio::task::JoinHandle<()>, Vec<SdsEndpoint>)>,
 }
 
 impl SdsClient {
@@ -76,11 +77,12 @@ impl SdsClient {
                 (key, endpoints)
             })
             .collect();
-        self.streams.retain(|key, task| {
-            let keep = wanted.contains_key(key);
+        self.streams.retain(|key, (task, endpoints)| {
+            let keep = wanted.get(key) == Some(endpoints);
             if !keep {
                 log::info!(
-                    "SDS: secret '{}' from cluster '{}' is no longer used: unsubscribing",
+                    "SDS: secret '{}' from cluster '{}' is no longer used, or its server moved: \
+                     unsubscribing",
                     key.name,
                     key.cluster
                 );
@@ -100,19 +102,19 @@ impl SdsClient {
             }
             let subscription = Subscription {
                 key: key.clone(),
-                endpoints: Arc::new(endpoints),
+                endpoints: Arc::new(endpoints.clone()),
                 node: node.clone(),
                 updates: self.updates.clone(),
             };
-            self.streams
-                .insert(key, tokio::spawn(subscription.run_forever()));
+            let task = tokio::spawn(subscription.run_forever());
+            self.streams.insert(key, (task, endpoints));
         }
     }
 }
 
 impl Drop for SdsClient {
     fn drop(&mut self) {
-        for task in self.streams.values() {
+        for (task, _) in self.streams.values() {
             task.abort();
         }
     }
