@@ -19,9 +19,11 @@
 //! is not loaded (vigil keeps the running one, or waits at start). Without secrets fetched
 //! ([`GrpcSecrets::ShapeOnly`], `--mode validate`) the references are checked for shape only:
 //! a listener's secret is a [`PLACEHOLDER`] (the rest of the listener is read as usual, and the
-//! companion does not load those certificates), a cluster's reference is dropped. The SDS servers' clusters are the SDS client's:
-//! they are taken out of the config the proxy reads (so a unix `pipe` endpoint is fine there).
-//! DELTA_GRPC, REST, `google_grpc` targets and ADS are left as written, and refused by name.
+//! companion does not load those certificates), a cluster's reference is dropped. The SDS
+//! servers' clusters are the SDS client's: they are taken out of the config the proxy reads (so
+//! a unix `pipe` endpoint is fine there). DELTA_GRPC, REST, `google_grpc` targets (and what
+//! would change the calls: `initial_metadata`, `authority`) are refused by name at the
+//! reference; ADS is left as written, which the TLS readers refuse by name.
 
 use crate::protojson::{ErrorKind, FieldPath, duration_text, millis_duration};
 use serde_json::{Map, Value};
