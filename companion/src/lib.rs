@@ -43,6 +43,8 @@
 //! - [`admin`]: the Envoy-compatible admin API over the registry and the proxy's counters.
 //! - [`runtime`]: config to running tasks (discovery + check loop + detector per cluster),
 //!   swapped on reload; it fills the registry.
+//! - [`sds_client`]: secrets from SDS servers over gRPC (one `StreamSecrets` stream per
+//!   subscription, ACK / NACK, reconnection), handed to `main.rs`'s loop to load.
 //! - [`runtime_layers`]: the runtime's admin layer values (`/runtime_modify`), the layers in
 //!   force (`/runtime`), and the watch on disk layers' symlink roots that reloads on a swap.
 //!
@@ -74,6 +76,7 @@ pub mod registry;
 pub mod routing;
 pub mod runtime;
 pub mod runtime_layers;
+pub mod sds_client;
 pub mod tls;
 pub mod upstream;
 pub mod xds;

@@ -15,6 +15,10 @@
 //! everything, proxy and health checks, on one current-thread runtime: one thread does all the
 //! work, as one Envoy worker does, without the hand-offs of a one-worker thread pool.
 //!
+//! Secrets from SDS servers over gRPC ([`vigil::sds_client`]) are waited for before the first
+//! load (each up to its `initial_fetch_timeout`, as Envoy's initialization waits); each secret
+//! received later is a reload with it, ACKed when the config loads and NACKed otherwise.
+//!
 //! `--xds-address IP:PORT` also serves the clusters' endpoints and vigil's verdicts to Envoy
 //! fleets over EDS (docs/eds.md); loopback only unless `--xds-allow-remote`.
 //!
@@ -42,8 +46,9 @@ use vigil::conn_limit::{self, ConnectionLimit};
 use vigil::proxy::ListenerSet;
 use vigil::runtime::{self, ClusterPlan, Runtime};
 use vigil::runtime_layers::{DiskWatch, RuntimeState};
+use vigil::sds_client::{SdsClient, SecretUpdate};
 use vigil::xds;
-use vigil_core::config::{self, Address, Bootstrap};
+use vigil_core::config::{self, Address, Bootstrap, GrpcSecrets, ReceivedSecrets};
 
 /// The admin address when the config has no `admin` block: loopback, Envoy's usual port.
 const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
@@ -171,10 +176,16 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(&options.log_level))
         .init();
     let runtime_state = Arc::new(RuntimeState::default());
-    let loaded = match load(&options.config_path, &runtime_state) {
+    // Secrets from SDS servers are not fetched yet: their references are checked for shape (as
+    // `envoy --mode validate` does; it connects nowhere either).
+    let loaded = match load(
+        &options.config_path,
+        &runtime_state,
+        &GrpcSecrets::ShapeOnly,
+    ) {
         Ok(loaded) => loaded,
-        Err(report) => {
-            eprintln!("{report}");
+        Err(failure) => {
+            eprintln!("{}", failure.report);
             return ExitCode::from(1);
         }
     };
@@ -244,6 +255,58 @@ struct Loaded {
     source: serde_json::Value,
     /// The SDS files its secrets came from: a change in one reloads (certificate rotation).
     sds_files: Vec<String>,
+    /// Its gRPC SDS subscriptions.
+    grpc_sds: config::GrpcSds,
+    /// The listeners left out until a secret from their SDS server arrives.
+    listeners_waiting: Vec<String>,
+}
+
+impl Loaded {
+    /// Says which listeners wait for their secrets (once a config is taken, not while a
+    /// received secret is tried).
+    fn log_waiting_listeners(&self, path: &Path) {
+        for listener in &self.listeners_waiting {
+            log::warn!(
+                "{}: listener '{listener}' waits for a secret from its SDS server: not served \
+                 until it arrives",
+                path.display()
+            );
+        }
+    }
+}
+
+/// Why a config did not load: the report to print, and whether the only trouble is secrets
+/// from SDS servers that have not arrived (then it is worth trying again when they do).
+struct LoadFailure {
+    report: String,
+    only_waiting_for_secrets: bool,
+}
+
+impl From<String> for LoadFailure {
+    fn from(report: String) -> LoadFailure {
+        LoadFailure {
+            report,
+            only_waiting_for_secrets: false,
+        }
+    }
+}
+
+/// The secrets from SDS servers: the subscriptions and what they delivered.
+struct GrpcSecretState {
+    client: SdsClient,
+    updates: mpsc::Receiver<SecretUpdate>,
+    received: ReceivedSecrets,
+}
+
+impl GrpcSecretState {
+    fn new() -> GrpcSecretState {
+        let (updates_tx, updates) = mpsc::channel(16);
+        GrpcSecretState {
+            client: SdsClient::new(updates_tx),
+            updates,
+            received: ReceivedSecrets::new(),
+        }
+    }
 }
 
 /// What the main loop watches between reloads: the SDS files, and the runtime's disk layers'
@@ -281,22 +344,46 @@ fn modified(file: &str) -> Option<SystemTime> {
     std::fs::metadata(file).and_then(|m| m.modified()).ok()
 }
 
-/// Loads, validates and plans `path` with the runtime's admin layer values, logging warnings;
-/// the error is the full report to print.
-fn load(path: &Path, runtime_state: &RuntimeState) -> Result<Loaded, String> {
-    let loaded = config::load_file_with(path, &runtime_state.admin_values())
-        .map_err(|errors| format!("{errors}"))?;
+/// Loads, validates and plans `path` with the runtime's admin layer values and the secrets
+/// from SDS servers in `grpc`, logging warnings; the error holds the full report to print.
+fn load(
+    path: &Path,
+    runtime_state: &RuntimeState,
+    grpc: &GrpcSecrets<'_>,
+) -> Result<Loaded, LoadFailure> {
+    let loaded = config::load_file_receiving(path, &runtime_state.admin_values(), grpc).map_err(
+        |errors| LoadFailure {
+            report: format!("{errors}"),
+            only_waiting_for_secrets: errors
+                .errors
+                .iter()
+                .all(|e| e.message.contains(config::NOT_ARRIVED)),
+        },
+    )?;
     for warning in &loaded.warnings {
         log::warn!("{}: {warning}", path.display());
     }
+
     // Envoy leaves a disk layer it cannot read out of the snapshot (`runtime.load_error`).
     for problem in &loaded.bootstrap.runtime.disk_errors {
         log::warn!("{}: {problem}: the layer is left out", path.display());
     }
     // Certificates and keys are read now, so a missing file, a malformed PEM or a key that does
     // not match refuses the file (at start, or a reload keeps the running config).
-    for hcm in loaded.bootstrap.listeners.iter().flat_map(|l| &l.http) {
-        if let Some(tls) = &hcm.tls {
+    // (Not those of listeners whose secrets come from an SDS server when they were not fetched:
+    // their certificates are placeholders then, and such a config is only validated.)
+    let placeholders = |listener: &config::Listener| {
+        matches!(grpc, GrpcSecrets::ShapeOnly) && loaded.listeners_waiting.contains(&listener.name)
+    };
+    for (listener, hcm) in loaded
+        .bootstrap
+        .listeners
+        .iter()
+        .flat_map(|l| l.http.iter().map(move |hcm| (l, hcm)))
+    {
+        if let Some(tls) = &hcm.tls
+            && !placeholders(listener)
+        {
             vigil::tls::server_config(tls).map_err(|err| format!("{}: {err}", path.display()))?;
         }
         // Lua scripts are loaded (their global code run), as Envoy loads them: one that fails
@@ -320,6 +407,8 @@ fn load(path: &Path, runtime_state: &RuntimeState) -> Result<Loaded, String> {
         plans,
         source: loaded.source,
         sds_files: loaded.sds_files,
+        grpc_sds: loaded.grpc_sds,
+        listeners_waiting: loaded.listeners_waiting,
     })
 }
 
@@ -348,11 +437,110 @@ fn admin_address(options: &Options, bootstrap: &Bootstrap) -> Result<SocketAddr,
     }
 }
 
+/// Subscribes to the config's SDS servers and waits for the first secrets as Envoy's
+/// initialization waits: each subscription up to its `initial_fetch_timeout` (0: no limit).
+/// Then loads with what arrived: a listener whose secret is missing is left out until it
+/// arrives; a cluster's missing secret keeps the config from loading, so vigil waits on.
+async fn first_secrets(
+    path: &Path,
+    runtime_state: &RuntimeState,
+    loaded: Loaded,
+    sds: &mut GrpcSecretState,
+) -> Result<Loaded, String> {
+    if loaded.grpc_sds.references.is_empty() {
+        return Ok(loaded);
+    }
+    sds.client.follow(&loaded.grpc_sds);
+    let start = tokio::time::Instant::now();
+    let mut pending: Vec<_> = loaded
+        .grpc_sds
+        .subscriptions()
+        .into_iter()
+        .map(|(key, wait)| (key, wait.map(|ms| start + Duration::from_millis(ms))))
+        .collect();
+    loop {
+        let now = tokio::time::Instant::now();
+        pending.retain(|(key, deadline)| {
+            let waiting = !sds.received.contains_key(key);
+            if waiting && deadline.is_some_and(|d| now >= d) {
+                log::warn!(
+                    "SDS: secret '{}' from cluster '{}' did not arrive within its \
+                     initial_fetch_timeout: starting without it",
+                    key.name,
+                    key.cluster
+                );
+                return false;
+            }
+            waiting
+        });
+        if pending.is_empty() {
+            break;
+        }
+        let next_deadline = pending.iter().filter_map(|(_, d)| *d).min();
+        let update = match next_deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, sds.updates.recv()).await {
+                Ok(update) => update,
+                Err(_) => continue,
+            },
+            None => sds.updates.recv().await,
+        };
+        let Some(update) = update else {
+            return Err("the SDS client stopped".into());
+        };
+        try_secret_before_start(path, runtime_state, sds, update);
+    }
+    loop {
+        match load(path, runtime_state, &GrpcSecrets::Received(&sds.received)) {
+            Ok(loaded) => {
+                loaded.log_waiting_listeners(path);
+                return Ok(loaded);
+            }
+            Err(failure) if failure.only_waiting_for_secrets => {
+                log::warn!(
+                    "{}: waiting for secrets from SDS servers before starting:\n{}",
+                    path.display(),
+                    failure.report
+                );
+                let Some(update) = sds.updates.recv().await else {
+                    return Err("the SDS client stopped".into());
+                };
+                try_secret_before_start(path, runtime_state, sds, update);
+            }
+            Err(failure) => return Err(failure.report),
+        }
+    }
+}
+
+/// A secret received before the first load: in use (ACK) when the config loads with it, or
+/// fails only for secrets still to come; else refused (NACK) with the config's errors.
+fn try_secret_before_start(
+    path: &Path,
+    runtime_state: &RuntimeState,
+    sds: &mut GrpcSecretState,
+    update: SecretUpdate,
+) {
+    let mut candidate = sds.received.clone();
+    candidate.insert(update.key, update.secret);
+    let verdict = match load(path, runtime_state, &GrpcSecrets::Received(&candidate)) {
+        Ok(_) => Ok(()),
+        Err(failure) if failure.only_waiting_for_secrets => Ok(()),
+        Err(failure) => Err(failure.report),
+    };
+    if verdict.is_ok() {
+        sds.received = candidate;
+    }
+    let _ = update.verdict.send(verdict);
+}
+
 async fn serve(
     options: Options,
     loaded: Loaded,
     runtime_state: Arc<RuntimeState>,
 ) -> Result<(), String> {
+    let mut sds = GrpcSecretState::new();
+    let loaded = first_secrets(&options.config_path, &runtime_state, loaded, &mut sds)
+        .await
+        .map_err(|report| format!("{}\n", report.trim_end()))?;
     let admin_at = admin_address(&options, &loaded.bootstrap)?;
     let token = admin_token(
         options.admin_token_file.as_deref(),
@@ -500,10 +688,32 @@ async fn serve(
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = hangup.recv() => {
-                let _ = reload(&options.config_path, &mut clusters, &mut listeners, &config, &mut watches, &runtime_state).await;
+                let _ = reload(&options.config_path, &mut clusters, &mut listeners, &config, &mut watches, &runtime_state, &mut sds).await;
             }
             Some(reply) = reload_rx.recv() => {
-                let _ = reply.send(reload(&options.config_path, &mut clusters, &mut listeners, &config, &mut watches, &runtime_state).await);
+                let reloaded = reload(&options.config_path, &mut clusters, &mut listeners, &config, &mut watches, &runtime_state, &mut sds).await;
+                let _ = reply.send(reloaded.map_err(|failure| failure.report));
+            }
+            Some(update) = sds.updates.recv() => {
+                // A new or rotated secret is a reload with it, as an SDS file change is: in use
+                // (ACK) when the config loads, else the running config stays (NACK).
+                let mut candidate = sds.received.clone();
+                candidate.insert(update.key.clone(), update.secret.clone());
+                let verdict = if candidate == sds.received {
+                    Ok(())
+                } else {
+                    log::info!("SDS: secret '{}' from cluster '{}' changed: reloading", update.key.name, update.key.cluster);
+                    let previous = std::mem::replace(&mut sds.received, candidate);
+                    match reload(&options.config_path, &mut clusters, &mut listeners, &config, &mut watches, &runtime_state, &mut sds).await {
+                        Ok(_) => Ok(()),
+                        Err(failure) if failure.only_waiting_for_secrets => Ok(()),
+                        Err(failure) => {
+                            sds.received = previous;
+                            Err(failure.report)
+                        }
+                    }
+                };
+                let _ = update.verdict.send(verdict);
             }
             _ = sds_tick.tick() => {
                 let sds_changed = watches.sds.changed();
@@ -515,7 +725,7 @@ async fn serve(
                     if disk_changed {
                         log::info!("a runtime disk layer's symlink_root was swapped: reloading");
                     }
-                    let reloaded = reload(&options.config_path, &mut clusters, &mut listeners, &config, &mut watches, &runtime_state).await;
+                    let reloaded = reload(&options.config_path, &mut clusters, &mut listeners, &config, &mut watches, &runtime_state, &mut sds).await;
                     if reloaded.is_err() {
                         // A bad file is not tried again until it changes once more.
                         watches.sds = SdsWatch(watches.sds.0.iter().map(|(f, _)| (f.clone(), modified(f))).collect());
@@ -546,7 +756,8 @@ async fn serve(
 /// its timeout, a resolution by the resolver's).
 const WARMING_LIMIT: Duration = Duration::from_secs(10);
 
-/// Re-reads the config; on any error the running clusters stay as they are.
+/// Re-reads the config with the secrets `sds` received (and subscribes to the SDS servers it
+/// names anew); on any error the running clusters stay as they are.
 async fn reload(
     path: &Path,
     clusters: &mut Runtime,
@@ -554,9 +765,12 @@ async fn reload(
     config: &ArcSwap<ConfigDump>,
     watches: &mut Watches,
     runtime_state: &RuntimeState,
-) -> Result<String, String> {
-    match load(path, runtime_state) {
+    sds: &mut GrpcSecretState,
+) -> Result<String, LoadFailure> {
+    match load(path, runtime_state, &GrpcSecrets::Received(&sds.received)) {
         Ok(loaded) => {
+            loaded.log_waiting_listeners(path);
+            sds.client.follow(&loaded.grpc_sds);
             *watches = Watches::new(&loaded.bootstrap, &loaded.sds_files);
             runtime_state.publish(&loaded.bootstrap.runtime);
             clusters.set_outlier_event_log(loaded.bootstrap.outlier_event_log_path.as_deref());
@@ -589,9 +803,19 @@ async fn reload(
             log::info!("{summary}");
             Ok(summary)
         }
-        Err(report) => {
-            log::error!("reload rejected, the previous config keeps running:\n{report}");
-            Err(report)
+        Err(failure) => {
+            if failure.only_waiting_for_secrets {
+                // The new file names secrets not subscribed to yet: subscribe, so their arrival
+                // reloads it.
+                if let Ok(shape) = load(path, runtime_state, &GrpcSecrets::ShapeOnly) {
+                    sds.client.follow(&shape.grpc_sds);
+                }
+            }
+            log::error!(
+                "reload rejected, the previous config keeps running:\n{}",
+                failure.report
+            );
+            Err(failure)
         }
     }
 }

@@ -21,6 +21,8 @@
 //! - [`demoapp`]: starting the demo app and toggling it.
 //! - [`grpc_service`]: a unary gRPC service over h2c standing in for the external services
 //!   Envoy calls (ext_authz, rate limit), and the framing of its answers.
+//! - [`sds_server`]: a small SDS server (StreamSecrets, state of the world) on TCP or a unix
+//!   socket, pushing secrets and recording each client's requests, ACKs and NACKs.
 //! - [`timeline`]: polling several admin APIs and recording health transitions to compare.
 //! - [`compare`]: `./lab compare`: each lab with every path (native Envoy, the companion) side by
 //!   side on the same demo apps, the lab's fault applied and removed, and a table of reactions.
@@ -61,6 +63,7 @@ pub mod picture;
 pub mod process;
 pub mod progress;
 pub mod raw_upstream;
+pub mod sds_server;
 pub mod soak;
 pub mod status_page;
 pub mod template;

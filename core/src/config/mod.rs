@@ -138,6 +138,10 @@ pub use route_config::{
     RetryHostPredicate, RetryOn, RetryPolicy, Route, RouteAction, RouteConfiguration,
     RouteHashKind, RouteHashPolicy, VirtualHost, WeightedClusters, WeightedTarget,
 };
+pub use sds::{
+    GrpcSds, GrpcSdsReference, GrpcSecrets, NOT_ARRIVED, PLACEHOLDER, ReceivedSecrets, SECRET_TYPE,
+    SdsEndpoint, SecretKey, grpc_sds,
+};
 pub use tls::{
     DownstreamTls, PeerValidation, RequestServerName, SanMatcher, SanType, SubjectAltName,
     TlsParams, TlsVersion, UpstreamTls, dns_name_match,
@@ -160,6 +164,11 @@ pub struct Loaded {
     pub source: Value,
     /// The SDS files its TLS contexts' secrets came from (a change in one is a reload).
     pub sds_files: Vec<String>,
+    /// Its gRPC SDS references and servers (the companion subscribes to them).
+    pub grpc_sds: GrpcSds,
+    /// The listeners that wait for a gRPC secret: left out when the secrets received were
+    /// given, read with placeholder secrets (not to be loaded) when they were not.
+    pub listeners_waiting: Vec<String>,
 }
 
 /// Loads a bootstrap config from its JSON tree (Envoy's own YAML loader produces the same tree).
@@ -181,6 +190,7 @@ pub fn from_value_with(value: &Value, runtime: &RuntimeInputs<'_>) -> Result<Loa
         &no_files,
         &|text| serde_json::from_str(text).map_err(|e| e.to_string()),
         runtime,
+        &GrpcSecrets::ShapeOnly,
     )
 }
 
@@ -190,10 +200,11 @@ fn from_value_reading(
     read: &dyn Fn(&str) -> Result<String, String>,
     parse: &dyn Fn(&str) -> Result<Value, String>,
     runtime: &RuntimeInputs<'_>,
+    grpc: &GrpcSecrets<'_>,
 ) -> Result<Loaded, ConfigErrors> {
     let written = value;
     let mut resolved_value = value.clone();
-    let resolved = sds::inline_secrets(&mut resolved_value, read, parse);
+    let resolved = sds::inline_secrets(&mut resolved_value, read, parse, grpc);
     let value = &resolved_value;
     let mut cx = Ctx::default();
     for (path, kind, message) in resolved.errors {
@@ -219,6 +230,8 @@ fn from_value_reading(
             warnings: cx.warnings,
             source: written.clone(),
             sds_files: resolved.files,
+            grpc_sds: sds::grpc_sds(written),
+            listeners_waiting: resolved.listeners_waiting,
         })
     } else {
         Err(ConfigErrors {
@@ -287,6 +300,17 @@ pub fn load_file_with(
     path: impl AsRef<std::path::Path>,
     admin: &std::collections::BTreeMap<String, String>,
 ) -> Result<Loaded, ConfigErrors> {
+    load_file_receiving(path, admin, &GrpcSecrets::ShapeOnly)
+}
+
+/// [`load_file_with`], the gRPC SDS references resolving from `grpc` (the secrets the
+/// companion received).
+#[cfg(feature = "yaml")]
+pub fn load_file_receiving(
+    path: impl AsRef<std::path::Path>,
+    admin: &std::collections::BTreeMap<String, String>,
+    grpc: &GrpcSecrets<'_>,
+) -> Result<Loaded, ConfigErrors> {
     let path = path.as_ref();
     let name = path.display().to_string();
     let with_file = |mut e: ConfigErrors| {
@@ -336,7 +360,7 @@ pub fn load_file_with(
     };
     let disk = |dir: &str| crate::runtime_layers::read_tree(std::path::Path::new(dir));
     let runtime = RuntimeInputs { disk: &disk, admin };
-    from_value_reading(&value, &read, &parse, &runtime)
+    from_value_reading(&value, &read, &parse, &runtime, grpc)
         .map(|loaded| with_more_documents(loaded, more))
         .map_err(with_file)
 }

@@ -14,7 +14,9 @@
 //! presented, and `sni`, ALPN and session resumption (`max_session_keys`) follow Envoy.
 //!
 //! What is refused by name, since acting without it would let a peer through that Envoy stops
-//! or send or serve something else than Envoy would: SDS over gRPC, rotation from watched directories,
+//! or send or serve something else than Envoy would: secrets from ADS or over DELTA_GRPC, REST or
+//! a Google gRPC target (SDS from files and from a gRPC SDS server are resolved before these
+//! readers run, `sds.rs`), rotation from watched directories,
 //! several certificates, encrypted keys, OCSP stapling, private key providers, custom
 //! handshakers and certificate selectors, signature algorithm lists and compliance policies,
 //! session ticket keys, other-name SAN matchers.
@@ -235,13 +237,13 @@ fn label_wildcard_match(label: &str, pattern: &str) -> bool {
     pattern.len() <= label.len() + 1 && label.starts_with(prefix) && label.ends_with(suffix)
 }
 
-const NO_SDS_VALIDATION: &str = "validation contexts from an SDS server (gRPC, ADS) or \
-     certificate providers are not implemented by vigil yet: static secrets and SDS files are";
+const NO_SDS_VALIDATION: &str = "validation contexts from ADS or certificate providers are not \
+     implemented by vigil yet: static secrets, SDS files and SDS servers over gRPC are";
 const NO_CLIENT_CERTS: &str = "client certificates (mutual TLS) are implemented by vigil only with \
      a validation_context's trusted_ca: serving without checking them as Envoy would let in peers \
      Envoy refuses";
-const NO_SDS: &str = "certificates from an SDS server (gRPC, ADS) are not implemented by vigil \
-     yet: static secrets and SDS files are";
+const NO_SDS: &str = "certificates from ADS are not implemented by vigil yet: static secrets, \
+     SDS files and SDS servers over gRPC are";
 const NOT_SERVED: &str = "not implemented by vigil's TLS: it would serve something else than Envoy";
 
 static TRANSPORT_SOCKET: Message = Message {
@@ -262,7 +264,11 @@ static DOWNSTREAM_TLS_CONTEXT: Message = Message {
              makes its own)",
         )
         .oneof("session_ticket_keys_type"),
-        reject("session_ticket_keys_sds_secret_config", NO_SDS).oneof("session_ticket_keys_type"),
+        reject(
+            "session_ticket_keys_sds_secret_config",
+            "session ticket keys (from SDS or not) are not implemented by vigil",
+        )
+        .oneof("session_ticket_keys_type"),
         read("disable_stateless_session_resumption").oneof("session_ticket_keys_type"),
         read("disable_stateful_session_resumption"),
         warn(
