@@ -7,6 +7,8 @@
 //! - each redirected request reaches the address the client connected to (`/`), or that
 //!   address with the cluster's `upstream_port_override` (`/override`); the upstream sees
 //!   `%DOWNSTREAM_LOCAL_ADDRESS%` as the original destination;
+//! - an HTTP RBAC policy judges the original destination (`destination_ip`,
+//!   `destination_port`): `/denied` is refused at B's address only;
 //! - the filter chain is chosen on the original destination (`prefix_ranges`), and a connection
 //!   made to the listener itself (not redirected) goes to the default chain;
 //! - the access logs print the same `%DOWNSTREAM_LOCAL_ADDRESS%` and `%UPSTREAM_HOST%`;
@@ -116,6 +118,20 @@ static_resources:
               request_headers_to_add:
               - {{ header: {{ key: x-local, value: \"%DOWNSTREAM_LOCAL_ADDRESS%\" }} }}
           http_filters:
+          - name: envoy.filters.http.rbac
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules:
+                action: DENY
+                policies:
+                  b-denied:
+                    permissions:
+                    - and_rules:
+                        rules:
+                        - destination_ip: {{ address_prefix: 127.0.0.6, prefix_len: 32 }}
+                        - destination_port: 8080
+                        - url_path: {{ path: {{ prefix: /denied }} }}
+                    principals: [{{ any: true }}]
           - name: envoy.filters.http.router
             typed_config: {{ \"@type\": {ROUTER} }}
     default_filter_chain:
@@ -238,6 +254,17 @@ async fn redirected_connections_reach_their_original_destination_as_in_envoy() {
                 response.body
             );
         }
+        // RBAC sees the original destination: denied at B's address, not at A's.
+        for (to, expected) in [(UPSTREAM_B, 403), (UPSTREAM_A, 200)] {
+            let response = http::request_from(source, address(to), "GET", "/denied", &[])
+                .await
+                .unwrap_or_else(|err| panic!("{name}: GET {to}/denied: {err}"));
+            assert_eq!(
+                response.status, expected,
+                "{name}: {to}/denied: {}",
+                response.body
+            );
+        }
         // Straight to the listener: not redirected, the default chain answers.
         let listener = SocketAddr::from(([127, 0, 0, 1], proxy.listen));
         let response = http::request_from(source, listener, "GET", "/", &[])
@@ -279,7 +306,7 @@ async fn redirected_connections_reach_their_original_destination_as_in_envoy() {
     for proxy in &proxies {
         let (path, listen) = (&proxy.log, proxy.listen);
         let lines = wait_until(
-            &format!("{}'s four access log lines", proxy.name),
+            &format!("{}'s six access log lines", proxy.name),
             Duration::from_secs(10),
             || async move {
                 let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -287,7 +314,7 @@ async fn redirected_connections_reach_their_original_destination_as_in_envoy() {
                     .lines()
                     .map(|l| l.replace(&format!(":{listen} "), ":LISTENER "))
                     .collect();
-                (lines.len() >= 4).then_some(lines)
+                (lines.len() >= 6).then_some(lines)
             },
         )
         .await
@@ -300,6 +327,8 @@ async fn redirected_connections_reach_their_original_destination_as_in_envoy() {
             format!("redirected {UPSTREAM_A} {UPSTREAM_A} 200"),
             format!("redirected {UPSTREAM_B} {UPSTREAM_B} 200"),
             format!("redirected {UPSTREAM_B} {UPSTREAM_C} 200"),
+            format!("redirected {UPSTREAM_B} - 403"),
+            format!("redirected {UPSTREAM_A} {UPSTREAM_A} 200"),
             "direct 127.0.0.1:LISTENER - 200".to_string(),
         ],
         "Envoy's access log"
