@@ -12,7 +12,8 @@
 //! - the filter chain is chosen on the original destination (`prefix_ranges`), and a connection
 //!   made to the listener itself (not redirected) goes to the default chain;
 //! - the access logs print the same `%DOWNSTREAM_LOCAL_ADDRESS%` and `%UPSTREAM_HOST%`;
-//! - `/clusters` lists the hosts made on demand, and drops them once unused for
+//! - `/clusters` lists the hosts made on demand, with the same lines (name, flags, counters),
+//!   and drops them once unused for
 //!   `cleanup_interval` (3 s; the upstreams close their connections, so no pool keeps them).
 //!
 //! The test fails, never skips, when the namespace cannot be made.
@@ -227,6 +228,8 @@ async fn redirected_connections_reach_their_original_destination_as_in_envoy() {
         });
     }
 
+    // Each proxy's /clusters lines of its original-dst hosts, right after its requests.
+    let mut host_lines = Vec::new();
     for proxy in &proxies {
         let name = proxy.name;
         let source = IpAddr::V4(proxy.client);
@@ -299,7 +302,39 @@ async fn redirected_connections_reach_their_original_destination_as_in_envoy() {
                 panic!("{err}: {now:?}");
             }
         }
+        let listed = process
+            .clusters()
+            .await
+            .unwrap_or_else(|err| panic!("{name}: /clusters: {err}"));
+        host_lines.push(
+            listed
+                .into_iter()
+                .filter(|h| h.cluster.starts_with("original"))
+                .collect::<Vec<_>>(),
+        );
     }
+
+    // Every line of those hosts alike: hostname (Envoy's `<cluster><address>`), health flags,
+    // weight, and the per-host request and connection counters.
+    let by_host = |lines: &[vigil_tests::envoy::HostStats]| {
+        lines
+            .iter()
+            .map(|h| (format!("{}::{}", h.cluster, h.address), h.values.clone()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    assert_eq!(
+        by_host(&host_lines[0]),
+        by_host(&host_lines[1]),
+        "/clusters of the original-dst hosts: Envoy's, then vigil's"
+    );
+    assert_eq!(
+        host_lines[0]
+            .iter()
+            .find(|h| h.address == UPSTREAM_A)
+            .map(|h| h.values.get("rq_total").cloned()),
+        Some(Some("2".to_string())),
+        "Envoy counted both requests to A"
+    );
 
     // The same access log lines (the listener's port named alike).
     let mut logs = Vec::new();

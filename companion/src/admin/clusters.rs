@@ -56,6 +56,8 @@ fn original_dst_clusters(
                 .map(|address| HostSnapshot {
                     spec: HostSpec {
                         dynamic: true,
+                        // Envoy names the host it makes: the cluster's name, then the address.
+                        hostname: format!("{}{address}", upstream.name),
                         ..HostSpec::new(address)
                     },
                     flags: HealthFlags::default(),
