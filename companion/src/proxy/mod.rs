@@ -14,9 +14,11 @@
 //! `docs/rules.md`): the headers vigil owns are removed from the client's request, the routing
 //! rules of vigil's filter in the YAML decide over the running clusters' health, and the decision
 //! is applied (request headers set, or a local reply). A route to an ORIGINAL_DST cluster then
-//! goes to the `IP:port` in that cluster's header only when vigil's rules wrote it for this
-//! request and it is a host of a running cluster; otherwise Envoy's answer for an original-dst
-//! cluster without a valid host (503 `no healthy upstream`) and `original_dst_host_invalid`.
+//! goes to the `IP:port` in that cluster's header (with `use_http_header`) only when vigil's
+//! rules wrote it for this request and it is a host of a running cluster (any other value:
+//! `original_dst_host_invalid`); without that header, to the connection's original destination
+//! when the listener's original destination filter restored it ([`original_dst`]); otherwise
+//! Envoy's answer for an original-dst cluster without a host (503 `no healthy upstream`).
 //!
 //! Access logs ([`crate::access_log`]) are written when the connection manager has them, one line
 //! per request when its response body is done.
@@ -35,11 +37,12 @@
 //! guard, the per-chain settings each request is served with); [`request`] answers one request
 //! (filters, routing, forwarding, access log); [`udp`] runs the UDP proxy of a connection-less
 //! UDP listener (`docs/udp.md`); [`original_dst`] reads a redirected connection's original
-//! destination (Envoy's original destination listener filter); [`proxy_protocol`] reads the PROXY protocol header of a
-//! listener that has Envoy's PROXY protocol listener filter before anything else
-//! (`docs/proxy_protocol_listener.md`); [`listener_set`] runs every listener of the config (TCP and
-//! UDP), swaps them on reload, serves the ORIGINAL_DST clusters' traffic sides and publishes the
-//! counters the admin API shows ([`PublishedStats`]). Unit tests are at the end of each file.
+//! destination (Envoy's original destination listener filter); [`proxy_protocol`] reads the
+//! PROXY protocol header of a listener that has Envoy's PROXY protocol listener filter before
+//! anything else (`docs/proxy_protocol_listener.md`); [`listener_set`] runs every listener of
+//! the config (TCP and UDP), swaps them on reload, serves the ORIGINAL_DST clusters' traffic
+//! sides and publishes the counters the admin API shows ([`PublishedStats`]). Unit tests are at
+//! the end of each file.
 
 pub mod listener_set;
 mod original_dst;

@@ -4,8 +4,8 @@
 //! QUIC) has no filter chains and its UDP proxy listener filter is read by [`super::udp_proxy`].
 //! The PROXY protocol listener filter is read by [`super::proxy_protocol`] into
 //! [`Listener::proxy_protocol`]. The original destination listener filter
-//! (`envoy.filters.listener.original_dst`) sets [`Listener::original_dst`]. Everything else of a listener is kept as written in
-//! [`Listener::rest`].
+//! (`envoy.filters.listener.original_dst`) sets [`Listener::original_dst`]. Everything else of
+//! a listener is kept as written in [`Listener::rest`].
 
 use super::address::{Address, SocketProtocol, address};
 use super::connection_manager::{FilterChainRef, HttpConnectionManager, connection_manager};
