@@ -11,9 +11,13 @@
 //! counted once, when made.
 //!
 //! An ORIGINAL_DST cluster ([`Upstream::original_dst`]) has no hosts of its own: the proxy
-//! hands [`forward_with_info`] the one address vigil's routing rules chose, and connections are
-//! pooled per address and closed after `cleanup_interval` idle (Envoy drops an unused
-//! original-dst host after the same interval).
+//! hands [`forward_with_info`] the one address chosen for the request (the one vigil's routing
+//! rules wrote in the cluster's header, else the connection's original destination), and
+//! connections are pooled per address and closed after `cleanup_interval` idle. Each address
+//! becomes a host of the cluster on first use ([`Upstream::original_dst_hosts`], shown by
+//! `/clusters`) and is dropped as Envoy's `OriginalDstCluster::cleanup` drops it: a timer every
+//! `cleanup_interval` keeps a host chosen since the last tick or with a connection open
+//! ([`OriginalDstHosts::sweep`]).
 //!
 //! A cluster with the upstream PROXY protocol ([`Upstream::with_proxy_protocol`]) starts each new
 //! connection with its header: a request's connections carry its downstream connection's
@@ -218,12 +222,12 @@ pub struct ClusterTraffic {
     pub original_dst_host_invalid: AtomicU64,
 }
 
-/// The host selection of an ORIGINAL_DST cluster (`use_http_header: true`).
+/// The host selection of an ORIGINAL_DST cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OriginalDstSettings {
-    /// The request header holding `IP:port` (lowercase).
-    pub header: String,
-    /// `upstream_port_override`: replaces the header's port.
+    /// The request header holding `IP:port` (lowercase), when `use_http_header` is true.
+    pub header: Option<String>,
+    /// `upstream_port_override`: replaces the chosen address's port.
     pub port_override: Option<u16>,
 }
 
@@ -231,11 +235,53 @@ impl OriginalDstSettings {
     /// The address a header value names, with the port override applied; `None` when the value
     /// is not an `IP:port` literal (Envoy's rule: no name resolution).
     pub fn target(&self, value: &str) -> Option<SocketAddr> {
-        let mut address: SocketAddr = value.trim().parse().ok()?;
+        let address: SocketAddr = value.trim().parse().ok()?;
+        Some(self.overridden(address))
+    }
+
+    /// `address` with the port override applied (a header's address, or the connection's
+    /// original destination).
+    pub fn overridden(&self, mut address: SocketAddr) -> SocketAddr {
         if let Some(port) = self.port_override {
             address.set_port(port);
         }
-        Some(address)
+        address
+    }
+}
+
+/// The hosts an ORIGINAL_DST cluster created on demand, each with Envoy's `used_` mark: set
+/// when a request is sent to it, cleared by the next sweep.
+#[derive(Debug, Default)]
+pub struct OriginalDstHosts {
+    hosts: Mutex<std::collections::BTreeMap<SocketAddr, bool>>,
+}
+
+impl OriginalDstHosts {
+    /// A request goes to `host`: it is a host of the cluster (added if new), marked used.
+    pub fn chosen(&self, host: SocketAddr) {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        hosts.insert(host, true);
+    }
+
+    /// Envoy's `OriginalDstCluster::cleanup`: a host marked used is kept and unmarked; an
+    /// unmarked one is kept only while `in_use` says a connection to it is open (Envoy's
+    /// `original_dst_rely_on_idle_timeout`), else removed.
+    pub fn sweep(&self, in_use: impl Fn(SocketAddr) -> bool) {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        hosts.retain(|host, used| {
+            if *used {
+                *used = false;
+                true
+            } else {
+                in_use(*host)
+            }
+        });
+    }
+
+    /// The hosts, in address order.
+    pub fn list(&self) -> Vec<SocketAddr> {
+        let hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        hosts.keys().copied().collect()
     }
 }
 
@@ -279,6 +325,8 @@ pub struct Upstream {
     /// How connections are made (tunnels connect with it too).
     connect: Arc<ConnectSettings>,
     original_dst: Option<OriginalDstSettings>,
+    /// An ORIGINAL_DST cluster's hosts (empty for the others).
+    original_hosts: Arc<OriginalDstHosts>,
     breakers: Breakers,
     /// Where `x-envoy-immediate-health-check-fail` on a real response is reported (the
     /// cluster's check loop), when the cluster is health checked.
@@ -323,14 +371,39 @@ impl Upstream {
             crate::upstream::LbSettings::new(vigil_core::config::LbPolicy::RoundRobin),
             0,
         )?;
-        Ok(Self::build(
+        let cleanup_interval = cleanup_interval.max(Duration::from_millis(1));
+        let upstream = Self::build(
             name,
             picker,
             handle.has_traffic,
             connect,
-            cleanup_interval.max(Duration::from_millis(1)),
+            cleanup_interval,
             Some(settings),
-        ))
+        );
+        // Envoy's cleanup timer, for as long as the cluster lives (outside a runtime, as in
+        // unit tests, hosts are never swept).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let hosts = Arc::downgrade(&upstream.original_hosts);
+            let traffic = Arc::downgrade(&upstream.hosts);
+            runtime.spawn(async move {
+                let mut tick = tokio::time::interval(cleanup_interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.tick().await; // the first tick is at once
+                loop {
+                    tick.tick().await;
+                    let (Some(hosts), Some(traffic)) = (hosts.upgrade(), traffic.upgrade()) else {
+                        return;
+                    };
+                    let traffic = traffic.lock().unwrap_or_else(|p| p.into_inner());
+                    hosts.sweep(|host| {
+                        traffic
+                            .get(&host)
+                            .is_some_and(|t| t.cx_active.load(Ordering::Relaxed) > 0)
+                    });
+                }
+            });
+        }
+        Ok(upstream)
     }
 
     fn build(
@@ -390,6 +463,7 @@ impl Upstream {
             client_tls,
             connect,
             original_dst,
+            original_hosts: Arc::default(),
             breakers: Breakers::default(),
             health_reports: None,
         }
@@ -575,6 +649,11 @@ impl Upstream {
     /// The host selection settings when this is an ORIGINAL_DST cluster.
     pub fn original_dst_settings(&self) -> Option<&OriginalDstSettings> {
         self.original_dst.as_ref()
+    }
+
+    /// An ORIGINAL_DST cluster's hosts: the addresses requests went to, until swept.
+    pub fn original_dst_hosts(&self) -> Vec<SocketAddr> {
+        self.original_hosts.list()
     }
 
     /// The counters of `host` (created on first use).
@@ -894,6 +973,10 @@ async fn forward_request(
             );
         };
         tried.push(host);
+        if upstream.original_dst.is_some() {
+            // Envoy's load balancer creates the host when it chooses it, before connecting.
+            upstream.original_hosts.chosen(host);
+        }
         info.host = Some(host);
         info.attempts = attempt + 1;
         // Envoy's HTTP/1.1 pool checks `max_requests` when it attaches the stream, before the
@@ -1425,6 +1508,28 @@ impl hyper::rt::Write for Counted {
 #[cfg(test)]
 mod tests {
     use super::authority_host;
+
+    #[test]
+    fn original_dst_hosts_are_swept_as_envoy_sweeps_them() {
+        use super::OriginalDstHosts;
+        let hosts = OriginalDstHosts::default();
+        let (a, b) = (
+            "127.0.0.5:80".parse().unwrap(),
+            "127.0.0.6:80".parse().unwrap(),
+        );
+        hosts.chosen(a);
+        hosts.chosen(b);
+        // Chosen since the last sweep: kept (and unmarked).
+        hosts.sweep(|_| false);
+        assert_eq!(hosts.list(), [a, b]);
+        // Unmarked: kept only while a connection to it is open.
+        hosts.sweep(|host| host == b);
+        assert_eq!(hosts.list(), [b]);
+        hosts.chosen(a);
+        hosts.sweep(|_| false);
+        hosts.sweep(|_| false);
+        assert!(hosts.list().is_empty());
+    }
 
     #[test]
     fn the_host_of_an_authority_as_envoy_parses_it() {

@@ -209,11 +209,18 @@ pub fn plan(bootstrap: &Bootstrap) -> Result<(Vec<ClusterPlan>, Vec<String>), St
                 let header = cluster
                     .original_dst
                     .as_ref()
-                    .map_or("", |o| o.http_header_name.as_str());
+                    .and_then(|o| o.http_header_name.as_deref());
+                let how = match header {
+                    Some(header) => format!(
+                        "to the host vigil's routing rules write into {header}, when that host \
+                         belongs to a running cluster, else to the connection's original \
+                         destination"
+                    ),
+                    None => "to the connection's original destination".to_string(),
+                };
                 notes.push(format!(
                     "cluster '{}': ORIGINAL_DST: not health-checked; the proxy sends its requests \
-                     to the host vigil's routing rules write into {header}, when that host \
-                     belongs to a running cluster",
+                     {how}",
                     cluster.name
                 ));
                 continue;

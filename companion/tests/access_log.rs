@@ -127,6 +127,7 @@ async fn requests_are_logged_in_envoys_formats() {
         other_chains: Vec::new(),
         unserved_chains: Vec::new(),
         proxy_protocol: None,
+        original_dst: false,
     };
     let (at, _stop) = serve_state(state).await;
 

@@ -115,6 +115,7 @@ static_resources:
         other_chains: Vec::new(),
         unserved_chains: Vec::new(),
         proxy_protocol: None,
+        original_dst: false,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let at = listener.local_addr().unwrap();

@@ -88,6 +88,7 @@ async fn proxy(blue: &App, yellow: &App) -> (SocketAddr, oneshot::Sender<()>) {
         other_chains: Vec::new(),
         unserved_chains: Vec::new(),
         proxy_protocol: None,
+        original_dst: false,
     };
     serve_state(state).await
 }

@@ -6,6 +6,8 @@
 //!   fix when it is missing), and per-run scratch directories.
 //! - [`net`]: a fresh 127.x.y.z address per simulated host and free ports on it, so concurrent
 //!   tests (nextest runs each in its own process) never collide and never use fixed ports.
+//! - [`netns`]: a private network namespace for one test's thread and the processes it starts,
+//!   with NAT rules of its own (iptables `REDIRECT` for transparent proxying).
 //! - [`process`]: [`process::Child`], a spawned process whose output goes to log files, that is
 //!   killed when dropped (also on panic, and when the harness itself dies: `PR_SET_PDEATHSIG`),
 //!   and whose logs are printed when a test fails.
@@ -58,6 +60,7 @@ pub mod lab;
 pub mod load;
 pub mod names;
 pub mod net;
+pub mod netns;
 pub mod paths;
 pub mod picture;
 pub mod process;

@@ -1,10 +1,10 @@
 //! Envoy's `/clusters`, text and `?format=json`: every running cluster from the registry, each
 //! host with its record's final flags (outlier ejections included), the outlier success rates,
 //! circuit-breaker limits and the proxy's per-host counters; then the proxy's ORIGINAL_DST
-//! clusters, which have no hosts of their own.
+//! clusters, with the hosts their requests created (until swept, as Envoy lists them).
 
 use super::AdminState;
-use crate::checker::{ClusterHandle, ClusterSnapshot};
+use crate::checker::{ClusterHandle, ClusterSnapshot, HostSnapshot, HostSpec};
 use crate::cluster::{ClusterRecord, Hosts};
 use crate::outlier::ClusterOutlier;
 use crate::registry::RegisteredCluster;
@@ -37,7 +37,8 @@ pub(super) fn running_snapshots(state: &AdminState) -> Vec<(RegisteredCluster, H
         .collect()
 }
 
-/// The ORIGINAL_DST clusters the proxy serves, as clusters without hosts of their own.
+/// The ORIGINAL_DST clusters the proxy serves, each with the hosts it created on demand
+/// (Envoy's hosts of such a cluster: healthy, weight 1, not health checked).
 fn original_dst_clusters(
     state: &AdminState,
     known: &[(RegisteredCluster, Hosts)],
@@ -49,9 +50,25 @@ fn original_dst_clusters(
         .iter()
         .filter(|upstream| !known.iter().any(|(c, _)| c.name == upstream.name))
         .map(|upstream| {
+            let hosts = upstream
+                .original_dst_hosts()
+                .into_iter()
+                .map(|address| HostSnapshot {
+                    spec: HostSpec {
+                        dynamic: true,
+                        // Envoy names the host it makes: the cluster's name, then the address.
+                        hostname: format!("{}{address}", upstream.name),
+                        ..HostSpec::new(address)
+                    },
+                    flags: HealthFlags::default(),
+                    history: Vec::new(),
+                    last_check: Arc::default(),
+                })
+                .collect();
             let snapshot = ClusterSnapshot {
                 name: upstream.name.clone(),
                 initialized: true,
+                hosts,
                 ..ClusterSnapshot::default()
             };
             let record = ClusterRecord::from(ClusterHandle {

@@ -196,6 +196,7 @@ impl ListenerSet {
                         other_chains: Vec::new(),
                         unserved_chains: Vec::new(),
                         proxy_protocol: None,
+                        original_dst: false,
                     }),
                     Err(err) => failed = Some(err),
                 }
@@ -211,6 +212,7 @@ impl ListenerSet {
             state.other_chains = chains.map(Arc::new).collect();
             state.unserved_chains = listener.unserved_chains.clone();
             state.proxy_protocol = listener.proxy_protocol.clone().map(Arc::new);
+            state.original_dst = listener.original_dst;
             names.insert(SocketAddr::new(ip, socket.port_value), label.to_string());
             reuse_ports.insert(
                 SocketAddr::new(ip, socket.port_value),

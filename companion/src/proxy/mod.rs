@@ -14,9 +14,11 @@
 //! `docs/rules.md`): the headers vigil owns are removed from the client's request, the routing
 //! rules of vigil's filter in the YAML decide over the running clusters' health, and the decision
 //! is applied (request headers set, or a local reply). A route to an ORIGINAL_DST cluster then
-//! goes to the `IP:port` in that cluster's header only when vigil's rules wrote it for this
-//! request and it is a host of a running cluster; otherwise Envoy's answer for an original-dst
-//! cluster without a valid host (503 `no healthy upstream`) and `original_dst_host_invalid`.
+//! goes to the `IP:port` in that cluster's header (with `use_http_header`) only when vigil's
+//! rules wrote it for this request and it is a host of a running cluster (any other value:
+//! `original_dst_host_invalid`); without that header, to the connection's original destination
+//! when the listener's original destination filter restored it ([`original_dst`]); otherwise
+//! Envoy's answer for an original-dst cluster without a host (503 `no healthy upstream`).
 //!
 //! Access logs ([`crate::access_log`]) are written when the connection manager has them, one line
 //! per request when its response body is done.
@@ -34,13 +36,16 @@
 //! What lives where: this file serves one listener (accepting, connection limits, the HTTP/1
 //! guard, the per-chain settings each request is served with); [`request`] answers one request
 //! (filters, routing, forwarding, access log); [`udp`] runs the UDP proxy of a connection-less
-//! UDP listener (`docs/udp.md`); [`proxy_protocol`] reads the PROXY protocol header of a
-//! listener that has Envoy's PROXY protocol listener filter before anything else
-//! (`docs/proxy_protocol_listener.md`); [`listener_set`] runs every listener of the config (TCP and
-//! UDP), swaps them on reload, serves the ORIGINAL_DST clusters' traffic sides and publishes the
-//! counters the admin API shows ([`PublishedStats`]). Unit tests are at the end of each file.
+//! UDP listener (`docs/udp.md`); [`original_dst`] reads a redirected connection's original
+//! destination (Envoy's original destination listener filter); [`proxy_protocol`] reads the
+//! PROXY protocol header of a listener that has Envoy's PROXY protocol listener filter before
+//! anything else (`docs/proxy_protocol_listener.md`); [`listener_set`] runs every listener of
+//! the config (TCP and UDP), swaps them on reload, serves the ORIGINAL_DST clusters' traffic
+//! sides and publishes the counters the admin API shows ([`PublishedStats`]). Unit tests are at
+//! the end of each file.
 
 pub mod listener_set;
+mod original_dst;
 mod proxy_protocol;
 pub mod request;
 pub mod udp;
@@ -112,6 +117,9 @@ pub struct ListenerState {
     /// The listener's PROXY protocol filter (on the first chain's state only): read before
     /// anything else on each connection.
     pub proxy_protocol: Option<Arc<vigil_core::config::ProxyProtocolListener>>,
+    /// The listener has the original destination filter (on the first chain's state only):
+    /// each connection's local address becomes its original destination.
+    pub original_dst: bool,
 }
 
 impl ListenerState {
@@ -447,7 +455,15 @@ impl Connections {
             return;
         };
         let _ = stream.set_nodelay(true);
-        let local = stream.local_addr().ok();
+        let socket_local = stream.local_addr().ok();
+        // Envoy's original destination filter: the local address is restored to the original
+        // destination the kernel knows, before the filter chain is chosen.
+        let restored_local = if top.original_dst {
+            original_dst::original_destination(&stream)
+        } else {
+            None
+        };
+        let local = restored_local.or(socket_local);
         let serving = HttpServing {
             state: self.state.clone(),
             chain: 0,
@@ -463,7 +479,8 @@ impl Connections {
             peer,
             direct_peer: peer,
             local,
-            socket_local: local,
+            socket_local,
+            restored_local,
             from_header: false,
         };
         let Some(config) = proxy_protocol else {
@@ -507,6 +524,8 @@ struct Accepted {
     local: Option<SocketAddr>,
     /// The socket's own local address: the listener's, which names its stats.
     socket_local: Option<SocketAddr>,
+    /// The original destination the original destination filter restored (then also `local`).
+    restored_local: Option<SocketAddr>,
     /// `peer` and `local` are a PROXY protocol header's.
     from_header: bool,
 }
@@ -546,6 +565,7 @@ fn dispatch(
         direct_peer,
         local,
         socket_local,
+        restored_local,
         from_header: _,
     } = accepted;
     let plain_facts = move |local: SocketAddr| vigil_core::config::ChainFacts {
@@ -577,6 +597,7 @@ fn dispatch(
             peer,
             direct_peer,
             local,
+            restored_local,
             tls: None,
         };
         if state.tls.is_none() {
@@ -650,6 +671,7 @@ fn dispatch(
                     peer,
                     direct_peer,
                     local,
+                    restored_local,
                     tls: None,
                 };
                 if let Some(delay) = network_rbac_denies(&state.hcm, &plain, &counters) {
@@ -681,6 +703,7 @@ fn dispatch(
                     peer,
                     direct_peer,
                     local,
+                    restored_local,
                     tls: Some(DownstreamTls {
                         sni,
                         peer: crate::tls::peer_identity(peer_cert),
@@ -753,6 +776,9 @@ pub struct Downstream {
     /// The physical peer (network RBAC's `direct_remote_ip`).
     pub direct_peer: SocketAddr,
     pub local: Option<SocketAddr>,
+    /// The local address as the original destination filter restored it (Envoy's
+    /// `localAddressRestored()`): where an ORIGINAL_DST cluster sends the connection's requests.
+    pub restored_local: Option<SocketAddr>,
     /// Set when the connection is TLS.
     pub tls: Option<DownstreamTls>,
 }
@@ -1101,8 +1127,11 @@ impl Derived {
             .map(ListenerRouting::owned_headers)
             .unwrap_or_default();
         for upstream in state.upstreams.values() {
-            if let Some(settings) = upstream.original_dst_settings() {
-                if let Ok(name) = HeaderName::from_bytes(settings.header.as_bytes()) {
+            if let Some(header) = upstream
+                .original_dst_settings()
+                .and_then(|s| s.header.as_ref())
+            {
+                if let Ok(name) = HeaderName::from_bytes(header.as_bytes()) {
                     owned.push(name);
                 }
             }
@@ -1333,6 +1362,7 @@ static_resources:
             other_chains: Vec::new(),
             unserved_chains: Vec::new(),
             proxy_protocol: None,
+            original_dst: false,
         }))
     }
 

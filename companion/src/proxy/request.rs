@@ -1732,22 +1732,29 @@ async fn respond(
     if logging {
         outcome.request_headers = Some(parts.headers);
     }
-    // An ORIGINAL_DST cluster goes to the host vigil's rules chose for this very request, and
-    // only to a host of a running cluster: never to an address a client wrote.
+    // An ORIGINAL_DST cluster goes where Envoy's original-dst load balancer sends it (see
+    // `original_dst_target`); a header value only counts when vigil's rules wrote it for this
+    // very request and it is a host of a running cluster: never an address a client wrote.
     let target = match upstream.original_dst_settings() {
         None => None,
         Some(settings) => {
-            let target = vigil_set
-                .iter()
-                .find(|(name, _)| *name == settings.header)
-                .and_then(|(_, value)| settings.target(value))
-                .filter(|address| is_member(&state.upstreams, *address));
-            if target.is_none() {
-                let traffic = &upstream.traffic;
-                traffic.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
+            let written = settings.header.as_ref().and_then(|header| {
+                vigil_set
+                    .iter()
+                    .find(|(name, _)| name == header)
+                    .map(|(_, value)| value.as_str())
+            });
+            let choice = original_dst_target(settings, written, downstream.restored_local, |a| {
+                is_member(&state.upstreams, a)
+            });
+            let traffic = &upstream.traffic;
+            if choice.invalid_header {
                 traffic
                     .original_dst_host_invalid
                     .fetch_add(1, Ordering::Relaxed);
+            }
+            if choice.host.is_none() {
+                traffic.upstream_rq_total.fetch_add(1, Ordering::Relaxed);
                 traffic
                     .upstream_cx_none_healthy
                     .fetch_add(1, Ordering::Relaxed);
@@ -1758,7 +1765,7 @@ async fn respond(
                     outcome,
                 );
             }
-            target
+            choice.host
         }
     };
     let outgoing = Outgoing {
@@ -1786,6 +1793,39 @@ async fn respond(
     );
     outcome.forward = Some(info);
     (response, outcome)
+}
+
+/// Where an ORIGINAL_DST cluster sends a request, and whether its header was invalid (Envoy's
+/// `original_dst_host_invalid`).
+#[derive(Debug, PartialEq, Eq)]
+struct OriginalDstChoice {
+    host: Option<SocketAddr>,
+    invalid_header: bool,
+}
+
+/// Envoy's `OriginalDstCluster::LoadBalancer::chooseHost` for vigil: the cluster's header when
+/// it reads one and the request has it (`written`: the value vigil's rules set; an invalid
+/// value, or one naming no host of a running cluster (`is_member`), gives no host and counts as
+/// invalid, as Envoy counts a value it cannot parse); else the connection's local address when
+/// the original destination filter restored it (`restored_local`); else no host. The port
+/// override applies to either address.
+fn original_dst_target(
+    settings: &crate::forward::OriginalDstSettings,
+    written: Option<&str>,
+    restored_local: Option<SocketAddr>,
+    is_member: impl Fn(SocketAddr) -> bool,
+) -> OriginalDstChoice {
+    if let Some(value) = written {
+        let host = settings.target(value).filter(|a| is_member(*a));
+        return OriginalDstChoice {
+            host,
+            invalid_header: host.is_none(),
+        };
+    }
+    OriginalDstChoice {
+        host: restored_local.map(|local| settings.overridden(local)),
+        invalid_header: false,
+    }
 }
 
 /// Counts a Lua filter's script errors into its `errors` counter.
@@ -2749,6 +2789,58 @@ fn request_id() -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_original_dst_cluster_chooses_its_host_in_envoys_order() {
+        use crate::forward::OriginalDstSettings;
+        let a: SocketAddr = "127.0.0.5:8080".parse().unwrap();
+        let restored: SocketAddr = "10.0.0.7:443".parse().unwrap();
+        let header = OriginalDstSettings {
+            header: Some("x-envoy-original-dst-host".into()),
+            port_override: None,
+        };
+        let members = |address: SocketAddr| address == a;
+        // A value vigil's rules wrote wins over the connection's destination.
+        assert_eq!(
+            original_dst_target(&header, Some("127.0.0.5:8080"), Some(restored), members),
+            OriginalDstChoice {
+                host: Some(a),
+                invalid_header: false
+            }
+        );
+        // An invalid value, or one naming no running host, gives no host and counts.
+        for value in ["not an address", "127.0.0.9:1"] {
+            assert_eq!(
+                original_dst_target(&header, Some(value), Some(restored), members),
+                OriginalDstChoice {
+                    host: None,
+                    invalid_header: true
+                },
+                "{value}"
+            );
+        }
+        // Without the header: the restored local address, with the port override.
+        assert_eq!(
+            original_dst_target(&header, None, Some(restored), members).host,
+            Some(restored)
+        );
+        let overridden = OriginalDstSettings {
+            header: None,
+            port_override: Some(81),
+        };
+        assert_eq!(
+            original_dst_target(&overridden, None, Some(restored), members).host,
+            Some("10.0.0.7:81".parse().unwrap())
+        );
+        // A connection whose local address was not restored has no host.
+        assert_eq!(
+            original_dst_target(&overridden, None, None, members),
+            OriginalDstChoice {
+                host: None,
+                invalid_header: false
+            }
+        );
+    }
 
     #[test]
     fn request_ids_are_v4_uuids() {

@@ -312,13 +312,22 @@ fn endpoint_paths<'a>(
 }
 
 /// `original_dst_lb_config` of an ORIGINAL_DST cluster: Envoy's checks
-/// (`OriginalDstClusterFactory::createClusterImpl`, the proto's `lte: 65535`), then vigil's
-/// own: only a host named by a request header can be honoured.
+/// (`OriginalDstClusterFactory::createClusterImpl`, the proto's `lte: 65535`). `metadata_key`
+/// is refused: Envoy takes the host from dynamic metadata other filters write, which vigil's
+/// filters do not write as Envoy's do.
 fn original_dst(cx: &mut Ctx, o: &mut Obj) -> Option<OriginalDst> {
     let config_path = o.path.field("original_dst_lb_config");
     let (use_http_header, header_name, port_override) =
         match o.message(cx, "original_dst_lb_config", &ORIGINAL_DST_LB_CONFIG) {
             Some(mut c) => {
+                if let Some((at, _)) = c.take("metadata_key") {
+                    cx.unsupported(
+                        &at,
+                        "an ORIGINAL_DST cluster's metadata_key takes the host from the \
+                         request's or connection's dynamic metadata, which vigil does not keep \
+                         as Envoy does; not supported by vigil",
+                    );
+                }
                 let use_http_header = c.bool(cx, "use_http_header").unwrap_or(false);
                 let header_name = c.string(cx, "http_header_name").unwrap_or_default();
                 let port = c.u32(cx, "upstream_port_override");
@@ -348,24 +357,13 @@ fn original_dst(cx: &mut Ctx, o: &mut Obj) -> Option<OriginalDst> {
         );
         return None;
     }
-    if !use_http_header {
-        if cx.errors.iter().any(|e| e.path == config_path) {
-            return None; // not a mapping, or a typo in it: that error says enough
+    let http_header_name = use_http_header.then(|| {
+        if header_name.is_empty() {
+            DEFAULT_ORIGINAL_DST_HEADER.to_string()
+        } else {
+            header_name.to_ascii_lowercase()
         }
-        cx.unsupported(
-            &config_path.field("use_http_header"),
-            "an ORIGINAL_DST cluster without use_http_header: true sends each request to the \
-             original destination of its downstream connection (or to a filter-state or \
-             metadata override), which vigil cannot see; vigil needs the host in a request \
-             header: set original_dst_lb_config.use_http_header: true",
-        );
-        return None;
-    }
-    let http_header_name = if header_name.is_empty() {
-        DEFAULT_ORIGINAL_DST_HEADER.to_string()
-    } else {
-        header_name.to_ascii_lowercase()
-    };
+    });
     Some(OriginalDst {
         http_header_name,
         upstream_port_override: port_override,

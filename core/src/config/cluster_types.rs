@@ -146,15 +146,18 @@ pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_ORIGINAL_DST_HEADER: &str = "x-envoy-original-dst-host";
 
 /// How an ORIGINAL_DST cluster (`lb_policy: CLUSTER_PROVIDED`) picks its host, from
-/// `original_dst_lb_config` with `use_http_header: true` (the only form vigil accepts): the
-/// first value of a request header, an `IP:port` literal (Envoy creates the host on first use
-/// and drops it after `cleanup_interval` unused). A value that is not an `IP:port` literal, or
-/// a missing header, gives no host (Envoy answers 503 and counts `original_dst_host_invalid`).
+/// `original_dst_lb_config`, in Envoy's order (`OriginalDstCluster::LoadBalancer::chooseHost`):
+/// with `use_http_header: true`, the first value of a request header when it is present (an
+/// `IP:port` literal; any other value gives no host, Envoy answers 503 and counts
+/// `original_dst_host_invalid`); else the downstream connection's local address when a listener
+/// filter restored it (`envoy.filters.listener.original_dst`); else no host (503). Envoy
+/// creates the host on first use and drops it after `cleanup_interval` unused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OriginalDst {
-    /// `http_header_name`, lowercased (default `x-envoy-original-dst-host`).
-    pub http_header_name: String,
-    /// `upstream_port_override`: replaces the header's port.
+    /// `http_header_name`, lowercased (default `x-envoy-original-dst-host`), when
+    /// `use_http_header` is true; `None` when the header is not read.
+    pub http_header_name: Option<String>,
+    /// `upstream_port_override`: replaces the chosen address's port.
     pub upstream_port_override: Option<u16>,
 }
 

@@ -141,7 +141,9 @@ pub(crate) fn listener_filter(type_name: &str) -> Treatment {
         ),
         // Read by `super::proxy_protocol`, run before anything else on a connection.
         "proxy_protocol" => Enforced,
-        "original_dst" => Refused("match filter chains on the connection's original destination"),
+        // Read by `super::listener`: the connection's local address becomes its original
+        // destination, before filter chains are matched.
+        "original_dst" => Enforced,
         "original_src" => Refused("connect upstream from the client's own address"),
         "local_ratelimit" => Refused("close connections over the rate limit"),
         _ => Refused("run a listener filter vigil does not implement, which may close connections"),
@@ -830,10 +832,10 @@ mod tests {
             listener_filter("envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol"),
             Treatment::Enforced
         );
-        assert!(matches!(
+        assert_eq!(
             listener_filter("envoy.extensions.filters.listener.original_dst.v3.OriginalDst"),
-            Treatment::Refused(_)
-        ));
+            Treatment::Enforced
+        );
         assert!(matches!(
             listener_filter("envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"),
             Treatment::Ignorable(_)

@@ -3,8 +3,9 @@
 //! validated as Envoy 1.36 validates them; a connection-less UDP listener (a UDP address without
 //! QUIC) has no filter chains and its UDP proxy listener filter is read by [`super::udp_proxy`].
 //! The PROXY protocol listener filter is read by [`super::proxy_protocol`] into
-//! [`Listener::proxy_protocol`]. Everything else of a listener is kept as written in
-//! [`Listener::rest`].
+//! [`Listener::proxy_protocol`]. The original destination listener filter
+//! (`envoy.filters.listener.original_dst`) sets [`Listener::original_dst`]. Everything else of
+//! a listener is kept as written in [`Listener::rest`].
 
 use super::address::{Address, SocketProtocol, address};
 use super::connection_manager::{FilterChainRef, HttpConnectionManager, connection_manager};
@@ -46,6 +47,10 @@ pub struct Listener {
     /// The PROXY protocol listener filter (`envoy.filters.listener.proxy_protocol`) of a served
     /// listener, always its first listener filter: the header is read before anything else.
     pub proxy_protocol: Option<ProxyProtocolListener>,
+    /// The listener has the original destination filter (`envoy.filters.listener.original_dst`)
+    /// and is served: each connection's local address becomes its original destination
+    /// (`SO_ORIGINAL_DST`) when the kernel knows one, as Envoy restores it.
+    pub original_dst: bool,
     /// Every other top-level field, as written (all keys are known Envoy `Listener` fields);
     /// `filter_chains` and `default_filter_chain` stay here too, raw.
     pub rest: Map<String, Value>,
@@ -229,6 +234,7 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
             internal,
             udp_proxy: proxy.flatten(),
             proxy_protocol: None,
+            original_dst: false,
             rest,
         });
     }
@@ -267,9 +273,11 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
                 == Some("envoy.filters.listener.http_inspector")
     });
     let mut proxy_protocol_filter = None;
+    let mut original_dst_at: Option<FieldPath> = None;
     for (i, (p, v)) in listener_filters.into_iter().enumerate() {
         match listener_filter(cx, &p, v, served, value) {
             Seen::TlsInspector => tls_inspector = true,
+            Seen::OriginalDst => original_dst_at = Some(p.field("typed_config")),
             Seen::ProxyProtocol(read) if i == 0 => proxy_protocol_filter = read,
             Seen::ProxyProtocol(_) => cx.unsupported(
                 &p,
@@ -279,6 +287,9 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
             ),
             Seen::Other => {}
         }
+    }
+    if let Some(at) = original_dst_at.as_ref().filter(|_| served) {
+        original_dst_limits(cx, at, address.as_ref(), proxy_protocol_filter.is_some());
     }
     if served && proxy_protocol_filter.is_some() {
         if let Some(at) = super::proxy_protocol_listener::rbac_reading_direct_peer(path, value) {
@@ -332,6 +343,7 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
         internal,
         udp_proxy: None,
         proxy_protocol: proxy_protocol_filter.filter(|_| served),
+        original_dst: served && original_dst_at.is_some(),
         rest,
     })
 }
@@ -393,6 +405,8 @@ enum Seen {
     TlsInspector,
     /// The PROXY protocol filter, read (`None` when in error or not served).
     ProxyProtocol(Option<ProxyProtocolListener>),
+    /// The original destination filter (`envoy.filters.listener.original_dst`).
+    OriginalDst,
     Other,
 }
 
@@ -420,6 +434,8 @@ fn listener_filter(
         Seen::TlsInspector
     } else if typed.is(PROXY_PROTOCOL_TYPE) {
         Seen::ProxyProtocol(proxy_protocol(cx, &typed, listener).filter(|_| served))
+    } else if typed.is(ORIGINAL_DST_TYPE) {
+        Seen::OriginalDst
     } else {
         Seen::Other
     };
@@ -446,6 +462,37 @@ fn listener_filter(
         ),
     }
     seen
+}
+
+/// The original destination filter's type (its config message has no fields).
+const ORIGINAL_DST_TYPE: &str = "envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
+
+/// What vigil refuses of a served listener's original destination filter at `at` (its
+/// `typed_config`): an IPv6 or unnamed address (vigil reads `SO_ORIGINAL_DST` of IPv4 sockets
+/// only, the one family its tests cover), and the filter together with the PROXY protocol
+/// filter (Envoy then replaces the header's destination by the socket's original one, in the
+/// filters' order; vigil reads the header first).
+fn original_dst_limits(cx: &mut Ctx, at: &FieldPath, address: Option<&Address>, proxy: bool) {
+    let ipv4 = address
+        .and_then(|a| a.socket())
+        .and_then(|s| s.address.parse::<std::net::IpAddr>().ok())
+        .is_some_and(|ip| ip.is_ipv4());
+    if !ipv4 {
+        cx.unsupported(
+            at,
+            "the original destination filter on a listener whose address is not an IPv4 \
+             literal: vigil reads the original destination (SO_ORIGINAL_DST) of IPv4 \
+             connections only",
+        );
+    }
+    if proxy {
+        cx.unsupported(
+            at,
+            "the original destination filter together with the PROXY protocol filter: Envoy \
+             lets the later of the two set the connection's local address; vigil does not \
+             combine them",
+        );
+    }
 }
 
 /// Envoy's error for a filter its registry for this kind of listener does not have.

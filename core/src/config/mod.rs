@@ -619,7 +619,7 @@ mod tests {
         assert_eq!(
             c.original_dst,
             Some(OriginalDst {
-                http_header_name: "x-pin".into(),
+                http_header_name: Some("x-pin".into()),
                 upstream_port_override: Some(8080)
             })
         );
@@ -640,7 +640,10 @@ mod tests {
         .clusters
         .remove(0);
         let od = c.original_dst.unwrap();
-        assert_eq!(od.http_header_name, DEFAULT_ORIGINAL_DST_HEADER);
+        assert_eq!(
+            od.http_header_name.as_deref(),
+            Some(DEFAULT_ORIGINAL_DST_HEADER)
+        );
         assert_eq!(od.upstream_port_override, None);
         assert_eq!(c.cleanup_interval_ms, DEFAULT_CLEANUP_INTERVAL_MS);
 
@@ -653,11 +656,17 @@ mod tests {
             "the cluster_type form is the same cluster"
         );
 
-        let loaded = from_value(&original_dst(json!({"original_dst_lb_config": {
+        let err = from_value(&original_dst(json!({"original_dst_lb_config": {
             "use_http_header": true, "metadata_key": {"key": "k", "path": [{"key": "p"}]}}})))
-        .unwrap();
-        assert!(loaded.warnings.iter().any(|w| w.path.as_str()
-            == "static_resources.clusters[0].original_dst_lb_config.metadata_key"));
+        .unwrap_err();
+        assert!(err.all_unsupported(), "{err}");
+        assert_eq!(
+            err.errors
+                .iter()
+                .map(|e| e.path.as_str())
+                .collect::<Vec<_>>(),
+            ["static_resources.clusters[0].original_dst_lb_config.metadata_key"]
+        );
 
         // Other clusters keep the field as written, and have no original_dst.
         let mut v = lab();
@@ -714,25 +723,92 @@ mod tests {
     }
 
     #[test]
-    fn original_dst_without_a_request_header_is_refused() {
+    fn original_dst_without_a_request_header_takes_the_connections_destination() {
         for lb_config in [
             json!({}),
             json!({"original_dst_lb_config": {}}),
-            json!({"original_dst_lb_config": {"use_http_header": false}}),
+            json!({"original_dst_lb_config": {"use_http_header": false,
+                                               "upstream_port_override": 81}}),
         ] {
-            let err = from_value(&original_dst(lb_config)).unwrap_err();
-            assert!(err.all_unsupported(), "{err}");
-            assert_eq!(err.errors.len(), 1, "{err}");
-            assert_eq!(
-                err.errors[0].path.as_str(),
-                "static_resources.clusters[0].original_dst_lb_config.use_http_header"
-            );
-            assert!(
-                err.errors[0]
-                    .message
-                    .contains("set original_dst_lb_config.use_http_header: true")
-            );
+            let loaded = from_value(&original_dst(lb_config.clone())).unwrap();
+            let od = loaded.bootstrap.clusters[0].original_dst.clone();
+            let od = od.unwrap_or_else(|| panic!("{lb_config}: no original_dst"));
+            assert_eq!(od.http_header_name, None, "{lb_config}");
         }
+        let loaded = from_value(&original_dst(
+            json!({"original_dst_lb_config": {"upstream_port_override": 81}}),
+        ))
+        .unwrap();
+        assert_eq!(
+            loaded.bootstrap.clusters[0].original_dst,
+            Some(OriginalDst {
+                http_header_name: None,
+                upstream_port_override: Some(81)
+            })
+        );
+    }
+
+    fn listener_with_filters(address: &str, filters: Value) -> Value {
+        json!({"static_resources": {
+            "listeners": [{"name": "l", "address": {"socket_address": {"address": address,
+                "port_value": 10000}},
+                "listener_filters": filters,
+                "filter_chains": [{"filters": [{"name": "hcm", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "in", "route_config": {"virtual_hosts": [{"name": "a",
+                        "domains": ["*"], "routes": [{"match": {"prefix": "/"},
+                        "route": {"cluster": "dst"}}]}]},
+                    "http_filters": [{"name": "router", "typed_config": {"@type":
+                        "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]}],
+            "clusters": [{"name": "dst", "type": "ORIGINAL_DST",
+                          "lb_policy": "CLUSTER_PROVIDED"}]}})
+    }
+
+    fn original_dst_filter() -> Value {
+        json!({"name": "envoy.filters.listener.original_dst", "typed_config": {"@type":
+            "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"}})
+    }
+
+    #[test]
+    fn the_original_dst_listener_filter_is_served_on_ipv4_listeners() {
+        let loaded = from_value(&listener_with_filters(
+            "0.0.0.0",
+            json!([original_dst_filter()]),
+        ))
+        .unwrap();
+        assert!(loaded.bootstrap.listeners[0].original_dst);
+        let loaded = from_value(&listener_with_filters("127.0.0.1", json!([]))).unwrap();
+        assert!(!loaded.bootstrap.listeners[0].original_dst);
+
+        let err =
+            from_value(&listener_with_filters("::", json!([original_dst_filter()]))).unwrap_err();
+        assert!(err.all_unsupported(), "{err}");
+        assert_eq!(
+            err.errors[0].path.as_str(),
+            "static_resources.listeners[0].listener_filters[0].typed_config"
+        );
+        assert!(err.errors[0].message.contains("IPv4"), "{err}");
+
+        let proxy = json!({"name": "envoy.filters.listener.proxy_protocol", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol"}});
+        let err = from_value(&listener_with_filters(
+            "127.0.0.1",
+            json!([proxy, original_dst_filter()]),
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err.errors[0].path.as_str(),
+            "static_resources.listeners[0].listener_filters[1].typed_config"
+        );
+        assert!(err.errors[0].message.contains("PROXY protocol"), "{err}");
+
+        let mut v = listener_with_filters("127.0.0.1", json!([original_dst_filter()]));
+        v["static_resources"]["listeners"][0]["use_original_dst"] = json!(true);
+        let err = from_value(&v).unwrap_err();
+        assert_eq!(
+            err.errors[0].path.as_str(),
+            "static_resources.listeners[0].use_original_dst"
+        );
     }
 
     #[test]
