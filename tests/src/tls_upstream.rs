@@ -398,3 +398,46 @@ impl rustls::client::danger::ServerCertVerifier for SeeAny {
             .supported_schemes()
     }
 }
+
+/// One `GET /` over TLS to `to` with `server_name` as SNI and `host`: which of `markers` the
+/// certificate the proxy presented carried (see [`SeeAny`]) and the answer's status line, or
+/// why there was none (`connect: ...`, `handshake: ...`, or no answer within 5 s).
+pub async fn presented_and_status(to: SocketAddr, markers: &[&str], server_name: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let run = async {
+        let tcp = tokio::net::TcpStream::connect(to)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let seen = Arc::new(SeeAny::new(markers));
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(seen.clone())
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+            .map_err(|e| e.to_string())?;
+        let mut stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let request = format!("GET / HTTP/1.1\r\nhost: {server_name}\r\nconnection: close\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        let text = String::from_utf8_lossy(&answer);
+        Ok::<_, String>(format!(
+            "{} {}",
+            seen.seen(),
+            text.lines().next().unwrap_or("")
+        ))
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(5), run).await {
+        Ok(Ok(text)) => text,
+        Ok(Err(why)) => why,
+        Err(_) => "no answer within 5 s".into(),
+    }
+}

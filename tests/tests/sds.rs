@@ -6,19 +6,15 @@
 //! another certificate, and both present the new one to new connections. Bad input: an SDS file
 //! without the secret refuses the file in `vigil --mode validate`, naming the reference.
 
-use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use vigil_tests::bootstrap::{ListenerSpec, cluster_yaml};
 use vigil_tests::envoy::start_envoy_and_vigil;
 
 use vigil_tests::tls_upstream::{
-    Authority, Identity, SeeAny, ServerOptions, TlsUpstream, Validity,
+    Authority, Identity, ServerOptions, TlsUpstream, Validity, presented_and_status,
 };
 use vigil_tests::{paths, wait_until};
 
@@ -81,42 +77,10 @@ static_resources:
     )
 }
 
-/// One GET over TLS: the certificate marker the proxy presented and the answer's status line.
+/// One GET over TLS: the certificate marker the proxy presented and the answer's status line,
+/// or why there was none.
 async fn ask(to: SocketAddr) -> String {
-    let run = async {
-        let tcp = TcpStream::connect(to).await.map_err(|e| e.to_string())?;
-        let seen = Arc::new(SeeAny::new(&["cert-one", "cert-two"]));
-        #[expect(deprecated, reason = "ring offers no post-quantum key exchange")]
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .dangerous()
-            .with_custom_certificate_verifier(seen.clone())
-            .with_no_client_auth();
-        let name = ServerName::try_from("app.example").map_err(|e| e.to_string())?;
-        let mut stream = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nhost: app.example\r\nconnection: close\r\n\r\n")
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut answer = Vec::new();
-        let _ = stream.read_to_end(&mut answer).await;
-        let text = String::from_utf8_lossy(&answer);
-        Ok::<_, String>(format!(
-            "{} {}",
-            seen.seen(),
-            text.lines().next().unwrap_or("")
-        ))
-    };
-    match tokio::time::timeout(Duration::from_secs(5), run).await {
-        Ok(Ok(text)) => text,
-        Ok(Err(why)) => why,
-        Err(_) => "no answer within 5 s".into(),
-    }
+    presented_and_status(to, &["cert-one", "cert-two"], "app.example").await
 }
 
 #[tokio::test]

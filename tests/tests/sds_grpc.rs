@@ -15,10 +15,8 @@
 //!      (no TLS handshake with a certificate, no plain-text answer) and, once the server comes
 //!      up, both serve its certificate.
 
-use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,7 +26,9 @@ use vigil_tests::envoy::start_envoy_and_vigil;
 use vigil_tests::sds_server::{
     Listen, SdsServer, SeenRequest, certificate_secret, trusted_ca_secret,
 };
-use vigil_tests::tls_upstream::{Authority, SeeAny, ServerOptions, TlsUpstream, Validity};
+use vigil_tests::tls_upstream::{
+    Authority, ServerOptions, TlsUpstream, Validity, presented_and_status,
+};
 use vigil_tests::{net, paths, wait_until};
 
 const NODE_ID: &str = "sds-grpc-test";
@@ -131,42 +131,7 @@ fn config(
 /// One GET over TLS: the certificate marker the proxy presented and the answer's status line,
 /// or why there was none.
 async fn ask(to: SocketAddr) -> String {
-    let run = async {
-        let tcp = TcpStream::connect(to)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let seen = Arc::new(SeeAny::new(&["cert-one", "cert-two"]));
-        #[expect(deprecated, reason = "ring offers no post-quantum key exchange")]
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .dangerous()
-            .with_custom_certificate_verifier(seen.clone())
-            .with_no_client_auth();
-        let name = ServerName::try_from("app.example").map_err(|e| e.to_string())?;
-        let mut stream = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nhost: app.example\r\nconnection: close\r\n\r\n")
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut answer = Vec::new();
-        let _ = stream.read_to_end(&mut answer).await;
-        let text = String::from_utf8_lossy(&answer);
-        Ok::<_, String>(format!(
-            "{} {}",
-            seen.seen(),
-            text.lines().next().unwrap_or("")
-        ))
-    };
-    match tokio::time::timeout(Duration::from_secs(5), run).await {
-        Ok(Ok(text)) => text,
-        Ok(Err(why)) => why,
-        Err(_) => "no answer within 5 s".into(),
-    }
+    presented_and_status(to, &["cert-one", "cert-two"], "app.example").await
 }
 
 /// A plain-text request: the first line of whatever came back (empty when nothing did).
