@@ -5,7 +5,7 @@
 //! Listeners, one per behaviour: bytes both ways with half-close; a cluster whose first host
 //! refuses connections with `max_connect_attempts: 2`; a health-checked cluster
 //! (`tcp_health_check`) with one host down; `idle_timeout`; `weighted_clusters`; a network RBAC
-//! filter denying one client. Both proxies must answer every client the same, close the idle
+//! filter denying one client; `max_downstream_connection_duration`. Both proxies must answer every client the same, close the idle
 //! connection at about the same time, split the weighted connections within a tolerance and
 //! agree on `tcp.<prefix>.downstream_cx_total` and `cluster.<c>.upstream_cx_total`.
 
@@ -75,7 +75,9 @@ struct Upstreams {
 }
 
 /// The listeners' ports, in the order of [`config`]'s listeners.
-const LISTENERS: [&str; 6] = ["echo", "retry", "checked", "idle", "weighted", "rbac"];
+const LISTENERS: [&str; 7] = [
+    "echo", "retry", "checked", "idle", "weighted", "rbac", "capped",
+];
 
 fn endpoint(a: SocketAddr) -> String {
     format!(
@@ -180,6 +182,14 @@ static_resources:
         ),
     );
     out += &listener(5, &format!("{rbac}{}", tcp("guarded", "cluster: echo", "")));
+    out += &listener(
+        6,
+        &tcp(
+            "capped",
+            "cluster: echo",
+            "\n          idle_timeout: 10s\n          max_downstream_connection_duration: 1s",
+        ),
+    );
     out += "  clusters:\n";
     out += &cluster("echo", &[up.echo], "");
     out += &cluster("retry", &[up.down, up.echo], "");
@@ -313,6 +323,10 @@ async fn tcp_proxy_chains_behave_as_envoys() {
                 .await
                 .unwrap_or_else(|why| panic!("{name}: idle connection: {why}"));
             idle_times.push(idle);
+            let capped = idle_close_after(at("capped"))
+                .await
+                .unwrap_or_else(|why| panic!("{name}: capped connection: {why}"));
+            idle_times.push(capped);
             let stats = process.stats().await.unwrap_or_default();
             for counter in [
                 "tcp.echo.downstream_cx_total",
@@ -324,10 +338,12 @@ async fn tcp_proxy_chains_behave_as_envoys() {
             ] {
                 seen.push(format!("{counter}: {:?}", stats.get(counter)));
             }
-            seen.push(format!(
-                "tcp.idle.idle_timeout: {:?}",
-                stats.get("tcp.idle.idle_timeout")
-            ));
+            for counter in [
+                "tcp.idle.idle_timeout",
+                "tcp.capped.max_downstream_connection_duration",
+            ] {
+                seen.push(format!("{counter}: {:?}", stats.get(counter)));
+            }
             answers.push(seen);
         }
         vigil_tests::envoy::assert_same_answers(&answers);
@@ -337,6 +353,9 @@ async fn tcp_proxy_chains_behave_as_envoys() {
             "retry 0: got \"again\"",
             "checked 3: got \"healthy only\"",
             "rbac allowed: got \"let in\"",
+            "tcp.echo.downstream_cx_total: Some(\"1\")",
+            "tcp.idle.idle_timeout: Some(\"1\")",
+            "tcp.capped.max_downstream_connection_duration: Some(\"1\")",
         ] {
             assert!(envoy.contains(wanted), "{wanted} in:\n{envoy}");
         }
@@ -344,10 +363,13 @@ async fn tcp_proxy_chains_behave_as_envoys() {
             !envoy.contains("rbac denied: got \"keep out\""),
             "the denied client got through:\n{envoy}"
         );
-        for (name, idle) in ["envoy", "vigil"].iter().zip(&idle_times) {
+        // Each proxy's idle connection (idle_timeout 1 s), then its capped one
+        // (max_downstream_connection_duration 1 s, idle_timeout 10 s).
+        let labels = ["envoy idle", "envoy capped", "vigil idle", "vigil capped"];
+        for (label, open) in labels.iter().zip(&idle_times) {
             assert!(
-                *idle >= Duration::from_millis(800) && *idle <= Duration::from_millis(3000),
-                "{name} closed the idle connection after {idle:?} (idle_timeout 1 s)"
+                *open >= Duration::from_millis(800) && *open <= Duration::from_millis(3000),
+                "{label}: closed after {open:?} (1 s wanted)"
             );
         }
     };

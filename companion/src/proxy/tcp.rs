@@ -9,6 +9,8 @@
 //!   healthy; [`crate::forward::Upstream::open_tunnel`]), with the cluster's TLS and PROXY
 //!   protocol settings per host. A failed connect is tried again on a newly picked host, up to
 //!   `max_connect_attempts` in all; a cluster without a usable host closes the connection.
+//! - The cluster's `max_connections` circuit breaker (default priority) bounds the TCP proxy's
+//!   open upstream connections; beyond it the connection is closed.
 //! - Bytes are copied both ways. An end of stream from one side is passed on as a half-close
 //!   to the other, and the connection ends once both directions ended, as Envoy's half-close
 //!   handling does. `idle_timeout` (no byte either way for that long) and
@@ -72,6 +74,10 @@ impl TcpConnection {
         let cluster = proxy.route.cluster(super::request::random());
         let Some(upstream) = self.upstreams.get(cluster) else {
             counters.bump([format!("tcp.{prefix}.downstream_cx_no_route")]);
+            return;
+        };
+        // Envoy's TCP pool refuses a connection beyond the cluster's `max_connections`.
+        let Some(_connection_slot) = upstream.breakers().tcp_connection() else {
             return;
         };
         let mut stream = None;
