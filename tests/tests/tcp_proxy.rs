@@ -5,11 +5,13 @@
 //! Listeners, one per behaviour: bytes both ways with half-close; a cluster whose first host
 //! refuses connections with `max_connect_attempts: 2`; a health-checked cluster
 //! (`tcp_health_check`) with one host down; `idle_timeout`; `weighted_clusters`; a network RBAC
-//! filter denying one client; `max_downstream_connection_duration`. Both proxies must answer every client the same, close the idle
+//! filter denying one client; `max_downstream_connection_duration`; a cluster whose only host
+//! refuses connections. Two listeners write access logs, which must be the same lines. Both proxies must answer every client the same, close the idle
 //! connection at about the same time, split the weighted connections within a tolerance and
 //! agree on `tcp.<prefix>.downstream_cx_total` and `cluster.<c>.upstream_cx_total`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -75,9 +77,16 @@ struct Upstreams {
 }
 
 /// The listeners' ports, in the order of [`config`]'s listeners.
-const LISTENERS: [&str; 7] = [
-    "echo", "retry", "checked", "idle", "weighted", "rbac", "capped",
+const LISTENERS: [&str; 8] = [
+    "echo", "retry", "checked", "idle", "weighted", "rbac", "capped", "refused",
 ];
+
+/// The access log lines' format (the duration last, dropped before comparing).
+const LOG_FORMAT: &str = "%UPSTREAM_CLUSTER% %UPSTREAM_HOST% %BYTES_RECEIVED% %BYTES_SENT% \
+                          %RESPONSE_FLAGS% %RESPONSE_CODE% %PROTOCOL% %REQ(:PATH)% %DURATION%";
+/// The same without the upstream host (which vigil does not log for a failed connect).
+const FAILED_LOG_FORMAT: &str = "%UPSTREAM_CLUSTER% %BYTES_RECEIVED% %BYTES_SENT% \
+                                 %RESPONSE_FLAGS% %RESPONSE_CODE% %PROTOCOL% %DURATION%";
 
 fn endpoint(a: SocketAddr) -> String {
     format!(
@@ -87,12 +96,26 @@ fn endpoint(a: SocketAddr) -> String {
     )
 }
 
+fn access_log(path: &Path, format: &str) -> String {
+    format!(
+        "
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {}
+              log_format: {{ text_format_source: {{ inline_string: \"{format}\\n\" }} }}",
+        path.display()
+    )
+}
+
 fn config(
     ip: Ipv4Addr,
     ports: &[u16],
     admin: SocketAddr,
     up: &Upstreams,
     denied: IpAddr,
+    log: &Path,
 ) -> String {
     let listener = |i: usize, filters: &str| {
         format!(
@@ -159,7 +182,10 @@ static_resources:
         admin.ip(),
         admin.port()
     );
-    out += &listener(0, &tcp("echo", "cluster: echo", ""));
+    out += &listener(
+        0,
+        &tcp("echo", "cluster: echo", &access_log(log, LOG_FORMAT)),
+    );
     out += &listener(
         1,
         &tcp(
@@ -190,10 +216,19 @@ static_resources:
             "\n          idle_timeout: 10s\n          max_downstream_connection_duration: 1s",
         ),
     );
+    out += &listener(
+        7,
+        &tcp(
+            "refused",
+            "cluster: down",
+            &access_log(log, FAILED_LOG_FORMAT),
+        ),
+    );
     out += "  clusters:\n";
     out += &cluster("echo", &[up.echo], "");
     out += &cluster("retry", &[up.down, up.echo], "");
     out += &cluster("checked", &[up.down, up.echo], health);
+    out += &cluster("down", &[up.down], "");
     out += &cluster("a", &[up.a], "");
     out += &cluster("b", &[up.b], "");
     out
@@ -264,9 +299,10 @@ async fn tcp_proxy_chains_behave_as_envoys() {
                 }
             }
             let admin = SocketAddr::from((ip, ports[LISTENERS.len()]));
-            let yaml = config(ip, &ports, admin, &upstreams, denied);
             let case = dir.join(name);
             std::fs::create_dir_all(&case).expect("scratch dir");
+            let log = case.join("access.log");
+            let yaml = config(ip, &ports, admin, &upstreams, denied, &log);
             let process = if name == "envoy" {
                 AdminProcess::start(name, &yaml, admin, None, &case).await
             } else {
@@ -286,6 +322,10 @@ async fn tcp_proxy_chains_behave_as_envoys() {
             seen.push(format!(
                 "echo: {}",
                 exchange(at("echo"), None, b"hello both ways").await
+            ));
+            seen.push(format!(
+                "refused: {}",
+                exchange(at("refused"), None, b"").await
             ));
             for i in 0..4 {
                 seen.push(format!(
@@ -344,6 +384,30 @@ async fn tcp_proxy_chains_behave_as_envoys() {
             ] {
                 seen.push(format!("{counter}: {:?}", stats.get(counter)));
             }
+            // The access log: one line per connection of the two logged listeners, the
+            // duration (last) checked to be a number and dropped.
+            let lines = vigil_tests::wait_until(
+                &format!("{name}'s two access log lines"),
+                Duration::from_secs(15),
+                || async {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+                    (lines.len() >= 2).then_some(lines)
+                },
+            )
+            .await
+            .unwrap_or_else(|err| panic!("{err}"));
+            let mut lines: Vec<String> = lines
+                .iter()
+                .map(|line| match line.rsplit_once(' ') {
+                    Some((rest, duration)) if duration.parse::<u64>().is_ok() => {
+                        format!("log: {rest} DURATION")
+                    }
+                    _ => format!("log: {line}"),
+                })
+                .collect();
+            lines.sort();
+            seen.extend(lines);
             answers.push(seen);
         }
         vigil_tests::envoy::assert_same_answers(&answers);
@@ -353,6 +417,7 @@ async fn tcp_proxy_chains_behave_as_envoys() {
             "retry 0: got \"again\"",
             "checked 3: got \"healthy only\"",
             "rbac allowed: got \"let in\"",
+            "refused: got \"\"",
             "tcp.echo.downstream_cx_total: Some(\"1\")",
             "tcp.idle.idle_timeout: Some(\"1\")",
             "tcp.capped.max_downstream_connection_duration: Some(\"1\")",

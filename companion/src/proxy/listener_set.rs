@@ -217,7 +217,11 @@ impl ListenerSet {
             };
             state.other_chains = chains.map(Arc::new).collect();
             state.unserved_chains = listener.unserved_chains.clone();
-            state.tcp_chains = listener.tcp.iter().cloned().map(Arc::new).collect();
+            state.tcp_chains = listener
+                .tcp
+                .iter()
+                .map(|chain| Arc::new(super::tcp::TcpServing::new(chain.clone())))
+                .collect();
             state.proxy_protocol = listener.proxy_protocol.clone().map(Arc::new);
             state.original_dst = listener.original_dst;
             names.insert(SocketAddr::new(ip, socket.port_value), label.to_string());
@@ -266,11 +270,11 @@ impl ListenerSet {
             for chain in state.http_chains() {
                 declare_filter_stats(&counters, &chain.hcm);
             }
-            for chain in &state.tcp_chains {
-                for filter in &chain.network_rbac {
+            for serving in &state.tcp_chains {
+                for filter in &serving.chain.network_rbac {
                     counters.declare(filter.declared_stats());
                 }
-                counters.declare(super::tcp::declared_stats(chain));
+                counters.declare(super::tcp::declared_stats(&serving.chain));
             }
             if let Some(config) = &state.proxy_protocol {
                 super::proxy_protocol::declare_stats(

@@ -49,7 +49,7 @@ pub mod listener_set;
 mod original_dst;
 mod proxy_protocol;
 pub mod request;
-mod tcp;
+pub mod tcp;
 pub mod udp;
 
 pub use listener_set::{ListenerSet, ProxyStats, PublishedStats};
@@ -111,7 +111,7 @@ pub struct ListenerState {
     /// The listener's other filter chains (`default_filter_chain` last), in the file's order.
     pub other_chains: Vec<Arc<ListenerState>>,
     /// The listener's TCP proxy chains (on the first chain's state only).
-    pub tcp_chains: Vec<Arc<vigil_core::config::tcp_proxy::TcpChain>>,
+    pub tcp_chains: Vec<Arc<tcp::TcpServing>>,
     /// The listener has TCP proxy chains only: this state's connection manager is a stand-in
     /// no connection is handed to ([`tcp::stand_in_connection_manager`]).
     pub tcp_only: bool,
@@ -166,8 +166,8 @@ impl ListenerState {
             self.tcp_chains
                 .iter()
                 .enumerate()
-                .filter(|(_, c)| c.filter_chain != FilterChainRef::Default)
-                .map(|(i, c)| (Some(Chosen::Tcp(i)), &c.connection_match)),
+                .filter(|(_, c)| c.chain.filter_chain != FilterChainRef::Default)
+                .map(|(i, c)| (Some(Chosen::Tcp(i)), &c.chain.connection_match)),
         );
         candidates.extend(
             self.unserved_chains
@@ -189,7 +189,7 @@ impl ListenerState {
                 .or_else(|| {
                     self.tcp_chains
                         .iter()
-                        .position(|c| c.filter_chain == FilterChainRef::Default)
+                        .position(|c| c.chain.filter_chain == FilterChainRef::Default)
                         .map(Chosen::Tcp)
                 })
                 .ok_or_else(|| {
@@ -820,7 +820,7 @@ fn serve_tcp(
     accepted: Accepted,
     permit: crate::conn_limit::ConnectionPermit,
 ) {
-    let Some(chain) = top.tcp_chains.get(index).cloned() else {
+    let Some(serving_chain) = top.tcp_chains.get(index).cloned() else {
         return;
     };
     let downstream = Downstream {
@@ -830,9 +830,9 @@ fn serve_tcp(
         restored_local: accepted.restored_local,
         tls: None,
     };
-    let denied = network_rbac_denies(&chain.network_rbac, &downstream, &counters);
+    let denied = network_rbac_denies(&serving_chain.chain.network_rbac, &downstream, &counters);
     let connection = tcp::TcpConnection {
-        chain,
+        serving: serving_chain,
         upstreams: top.upstreams.clone(),
         counters,
         peer: accepted.peer,

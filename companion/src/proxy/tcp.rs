@@ -15,6 +15,9 @@
 //!   to the other, and the connection ends once both directions ended, as Envoy's half-close
 //!   handling does. `idle_timeout` (no byte either way for that long) and
 //!   `max_downstream_connection_duration` close both sides.
+//! - `access_log`: one line per connection when it closes ([`crate::access_log`], the HTTP
+//!   operators empty), with Envoy's flags `NC` (no such cluster), `UO` (`max_connections`),
+//!   `UH` (no usable host) and `UF,URX` (every connect attempt failed).
 //! - The network RBAC filters before the TCP proxy judge the connection, as in Envoy once the
 //!   upstream connection was opened (on the new connection): a denied one has its first bytes
 //!   read and is closed, and nothing reaches the upstream.
@@ -31,9 +34,23 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use vigil_core::config::tcp_proxy::TcpChain;
 
+/// A TCP proxy chain as a listener serves it: its configuration and its running access logs.
+pub struct TcpServing {
+    pub chain: TcpChain,
+    pub access_logs: crate::access_log::AccessLogs,
+}
+
+impl TcpServing {
+    /// Starts the chain's access log writers.
+    pub fn new(chain: TcpChain) -> TcpServing {
+        let access_logs = crate::access_log::AccessLogs::start(&chain.proxy.access_log);
+        TcpServing { chain, access_logs }
+    }
+}
+
 /// One connection handed to a TCP proxy chain.
 pub(super) struct TcpConnection {
-    pub chain: Arc<TcpChain>,
+    pub serving: Arc<TcpServing>,
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     pub counters: Arc<ListenerCounters>,
     /// The client (the PROXY protocol header's, else the peer).
@@ -66,44 +83,79 @@ impl TcpConnection {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let proxy = &self.chain.proxy;
+        let started = std::time::SystemTime::now();
+        let accepted = Instant::now();
+        let mut record = crate::access_log::LogRecord::new(started, self.peer);
+        record.tcp = true;
+        record.downstream_local = Some(self.local);
+        self.proxy(downstream, &mut record, accepted).await;
+        record.duration = accepted.elapsed();
+        self.serving.access_logs.log(&record);
+    }
+
+    /// [`TcpConnection::run`] without its access log line, which `record` gathers.
+    async fn proxy<S>(
+        &self,
+        downstream: S,
+        record: &mut crate::access_log::LogRecord,
+        accepted: Instant,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let proxy = &self.serving.chain.proxy;
         let prefix = &proxy.stat_prefix;
         let counters = &self.counters;
         counters.bump([format!("tcp.{prefix}.downstream_cx_total")]);
-        let accepted = Instant::now();
         let cluster = proxy.route.cluster(super::request::random());
         let Some(upstream) = self.upstreams.get(cluster) else {
             counters.bump([format!("tcp.{prefix}.downstream_cx_no_route")]);
+            record.response_flags = "NC".into();
             return;
         };
+        record.upstream_cluster = Some(cluster.to_string());
         // Envoy's TCP pool refuses a connection beyond the cluster's `max_connections`.
         let Some(_connection_slot) = upstream.breakers().tcp_connection() else {
+            record.response_flags = "UO".into();
             return;
         };
         let mut stream = None;
         for _ in 0..proxy.max_connect_attempts {
+            record.attempts += 1;
             match upstream
                 .open_tunnel(None, Some((self.peer, self.local)))
                 .await
             {
-                Ok((_, connected)) => {
+                Ok((host, connected)) => {
+                    record.upstream_host = Some(host);
+                    record.response_flags.clear();
+                    record.transport_failure = None;
                     stream = Some(connected);
                     break;
                 }
                 // No usable host: Envoy closes the connection (`UH`) without trying again.
-                Err(None) => break,
+                Err(None) => {
+                    record.response_flags = "UH".into();
+                    break;
+                }
                 // A failed connect (`UF`): another host is picked, while attempts remain.
-                Err(Some(_)) => {}
+                Err(Some(reason)) => {
+                    record.response_flags = "UF".into();
+                    record.transport_failure = Some(reason);
+                }
             }
         }
         let Some(upstream_stream) = stream else {
+            if record.response_flags == "UF" {
+                // Every attempt failed: Envoy adds its retry-limit flag.
+                record.response_flags = "UF,URX".into();
+            }
             return;
         };
         if let Some(delay) = self.denied {
             // Envoy's network RBAC judges on the first bytes, after the TCP proxy connected
             // upstream on the new connection: those bytes are read (the close is then a clean
             // one) and go nowhere.
-            deny(downstream, delay).await;
+            record.bytes_received = deny(downstream, delay).await;
             drop(upstream_stream);
             return;
         }
@@ -160,6 +212,8 @@ impl TcpConnection {
                 counters.bump([format!("tcp.{prefix}.max_downstream_connection_duration")])
             }
         }
+        record.bytes_received = client.read_bytes;
+        record.bytes_sent = server.read_bytes;
         counters.add(
             format!("tcp.{prefix}.downstream_cx_rx_bytes_total"),
             client.read_bytes,
@@ -257,13 +311,15 @@ pub(super) async fn peek_client_hello(
 }
 
 /// Reads the first bytes of a connection the network RBAC denied, waits `delay`, and closes it.
-async fn deny<S: AsyncRead + Unpin>(mut downstream: S, delay: Option<Duration>) {
+/// Returns how many bytes were read.
+async fn deny<S: AsyncRead + Unpin>(mut downstream: S, delay: Option<Duration>) -> u64 {
     use tokio::io::AsyncReadExt;
     let mut first = [0u8; 16 * 1024];
-    let _ = downstream.read(&mut first).await;
+    let read = downstream.read(&mut first).await.unwrap_or(0);
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
     }
+    read as u64
 }
 
 /// How a proxied connection ended.

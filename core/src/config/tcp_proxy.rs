@@ -5,13 +5,15 @@
 //!
 //! Read and applied: `stat_prefix` (required), `cluster` or `weighted_clusters` (one of them is
 //! required), `idle_timeout` (default 1 hour; `0s` disables it), `max_connect_attempts`
-//! (default 1) and `max_downstream_connection_duration`. `downstream_idle_timeout` and
+//! (default 1), `max_downstream_connection_duration` and `access_log` (one line per connection
+//! when it closes). `downstream_idle_timeout` and
 //! `upstream_idle_timeout` are not implemented by Envoy either (hidden in its API) and only warn.
 //!
 //! Refused by name, since vigil does not do what Envoy would: `on_demand`, `metadata_match` (also
 //! per weighted cluster), `hash_policy`, `tunneling_config`, `backoff_options`,
 //! `max_downstream_connection_duration_jitter_percentage`, `proxy_protocol_tlvs` and the access
-//! logs (`access_log`, `access_log_options` and the deprecated flush settings).
+//! log settings that write lines while a connection is open (`access_log_options` and the
+//! deprecated flush settings).
 
 use crate::protojson::{Any, Ctx, MIN_LEN_1, Message, Obj, read, reject, warn};
 use std::time::Duration;
@@ -37,6 +39,8 @@ pub struct TcpProxy {
     /// `max_downstream_connection_duration`: a connection is closed this long after it was
     /// accepted, busy or not.
     pub max_downstream_connection_duration: Option<Duration>,
+    /// `access_log`: written once per connection, when it closes.
+    pub access_log: Vec<super::access_log::AccessLog>,
 }
 
 /// A filter chain whose terminal filter is the TCP proxy.
@@ -83,8 +87,9 @@ impl TcpRoute {
     }
 }
 
-const NOT_LOGGED: &str = "TCP proxy access logs are not written by vigil yet: the logs Envoy \
-                          would write would be missing";
+const NOT_LOGGED: &str = "vigil writes a TCP proxy's access log lines when each connection \
+                          closes only: the lines Envoy would write while it is open would be \
+                          missing";
 
 static TCP_PROXY: Message = Message {
     name: TCP_PROXY_TYPE,
@@ -110,7 +115,7 @@ static TCP_PROXY: Message = Message {
             "upstream_idle_timeout",
             "not implemented by Envoy 1.36 either (hidden in its API); ignored",
         ),
-        reject("access_log", NOT_LOGGED),
+        read("access_log"),
         read("max_connect_attempts"),
         reject(
             "backoff_options",
@@ -208,6 +213,11 @@ pub(crate) fn tcp_proxy(cx: &mut Ctx, typed: &Any) -> Option<TcpProxy> {
             other => other,
         },
     };
+    let access_log = o
+        .list("access_log")
+        .into_iter()
+        .filter_map(|(p, v)| super::access_log::access_log(cx, p, v))
+        .collect();
     o.finish(cx);
     if cx.errors.len() != errors {
         return None;
@@ -218,6 +228,7 @@ pub(crate) fn tcp_proxy(cx: &mut Ctx, typed: &Any) -> Option<TcpProxy> {
         idle_timeout: idle_timeout?,
         max_connect_attempts: max_connect_attempts?,
         max_downstream_connection_duration,
+        access_log,
     })
 }
 
@@ -296,6 +307,19 @@ mod tests {
         assert_eq!(proxy.idle_timeout, Some(Duration::from_secs(3600)));
         assert_eq!(proxy.max_connect_attempts, 1);
         assert_eq!(proxy.max_downstream_connection_duration, None);
+        assert!(proxy.access_log.is_empty());
+    }
+
+    #[test]
+    fn access_logs_are_read() {
+        let (proxy, cx) = read_config(json!({
+            "stat_prefix": "t", "cluster": "c",
+            "access_log": [{"name": "out", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
+            }}]
+        }));
+        assert!(cx.errors.is_empty(), "{:?}", cx.errors);
+        assert_eq!(proxy.expect("read").access_log.len(), 1);
     }
 
     #[test]
@@ -352,7 +376,7 @@ mod tests {
             json!({"metadata_match": {"filter_metadata": {}}}),
             json!({"hash_policy": [{"source_ip": {}}]}),
             json!({"tunneling_config": {"hostname": "h"}}),
-            json!({"access_log": []}),
+            json!({"access_log_options": {"flush_access_log_on_connected": true}}),
             json!({"backoff_options": {"base_interval": "1s"}}),
             json!({"proxy_protocol_tlvs": [{"type": 1, "value": "eA=="}]}),
         ] {
