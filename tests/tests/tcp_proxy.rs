@@ -6,7 +6,8 @@
 //! refuses connections with `max_connect_attempts: 2`; a health-checked cluster
 //! (`tcp_health_check`) with one host down; `idle_timeout`; `weighted_clusters`; a network RBAC
 //! filter denying one client; `max_downstream_connection_duration`; a cluster whose only host
-//! refuses connections. Two listeners write access logs, which must be the same lines. Both proxies must answer every client the same, close the idle
+//! refuses connections; a `source_ip` hash policy on a ring hash cluster (each client IP to the
+//! same host in both). Two listeners write access logs, which must be the same lines. Both proxies must answer every client the same, close the idle
 //! connection at about the same time, split the weighted connections within a tolerance and
 //! agree on `tcp.<prefix>.downstream_cx_total` and `cluster.<c>.upstream_cx_total`.
 
@@ -77,8 +78,8 @@ struct Upstreams {
 }
 
 /// The listeners' ports, in the order of [`config`]'s listeners.
-const LISTENERS: [&str; 8] = [
-    "echo", "retry", "checked", "idle", "weighted", "rbac", "capped", "refused",
+const LISTENERS: [&str; 9] = [
+    "echo", "retry", "checked", "idle", "weighted", "rbac", "capped", "refused", "hashed",
 ];
 
 /// The access log lines' format (the duration last, dropped before comparing).
@@ -224,11 +225,20 @@ static_resources:
             &access_log(log, FAILED_LOG_FORMAT),
         ),
     );
+    out += &listener(
+        8,
+        &tcp(
+            "hashed",
+            "cluster: ring",
+            "\n          hash_policy: [{ source_ip: {} }]",
+        ),
+    );
     out += "  clusters:\n";
     out += &cluster("echo", &[up.echo], "");
     out += &cluster("retry", &[up.down, up.echo], "");
     out += &cluster("checked", &[up.down, up.echo], health);
     out += &cluster("down", &[up.down], "");
+    out += &cluster("ring", &[up.a, up.b], "").replace("ROUND_ROBIN", "RING_HASH");
     out += &cluster("a", &[up.a], "");
     out += &cluster("b", &[up.b], "");
     out
@@ -287,6 +297,8 @@ async fn tcp_proxy_chains_behave_as_envoys() {
         };
         let denied = IpAddr::V4(net::fresh_loopback());
         let allowed = IpAddr::V4(net::fresh_loopback());
+        let hashed_clients: Vec<IpAddr> =
+            (0..8).map(|_| IpAddr::V4(net::fresh_loopback())).collect();
         let mut answers: Vec<Vec<String>> = Vec::new();
         let mut idle_times = Vec::new();
         for name in ["envoy", "vigil"] {
@@ -323,6 +335,12 @@ async fn tcp_proxy_chains_behave_as_envoys() {
                 "echo: {}",
                 exchange(at("echo"), None, b"hello both ways").await
             ));
+            for client in &hashed_clients {
+                seen.push(format!(
+                    "hashed from {client}: {}",
+                    exchange(at("hashed"), Some(*client), b"").await
+                ));
+            }
             seen.push(format!(
                 "refused: {}",
                 exchange(at("refused"), None, b"").await

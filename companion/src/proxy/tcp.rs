@@ -6,7 +6,8 @@
 //!   weight. A name no running cluster has closes the connection
 //!   (`tcp.<stat_prefix>.downstream_cx_no_route`).
 //! - The host is picked by the cluster's own picker (health-aware, panic mode when no host is
-//!   healthy; [`crate::forward::Upstream::open_tunnel`]), with the cluster's TLS and PROXY
+//!   healthy; [`crate::forward::Upstream::open_tunnel`]; hashed by the client's IP with a
+//!   `source_ip` hash policy), with the cluster's TLS and PROXY
 //!   protocol settings per host. A failed connect is tried again on a newly picked host, up to
 //!   `max_connect_attempts` in all; a cluster without a usable host closes the connection.
 //! - The cluster's `max_connections` circuit breaker (default priority) bounds the TCP proxy's
@@ -122,7 +123,7 @@ impl TcpConnection {
         for _ in 0..proxy.max_connect_attempts {
             record.attempts += 1;
             match upstream
-                .open_tunnel(None, Some((self.peer, self.local)))
+                .open_tunnel(proxy.hash(self.peer.ip()), Some((self.peer, self.local)))
                 .await
             {
                 Ok((host, connected)) => {

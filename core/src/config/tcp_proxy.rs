@@ -5,12 +5,13 @@
 //!
 //! Read and applied: `stat_prefix` (required), `cluster` or `weighted_clusters` (one of them is
 //! required), `idle_timeout` (default 1 hour; `0s` disables it), `max_connect_attempts`
-//! (default 1), `max_downstream_connection_duration` and `access_log` (one line per connection
-//! when it closes). `downstream_idle_timeout` and
+//! (default 1), `max_downstream_connection_duration`, `access_log` (one line per connection
+//! when it closes) and `hash_policy` with `source_ip` (the hash ring hash and Maglev clusters
+//! pick with). `downstream_idle_timeout` and
 //! `upstream_idle_timeout` are not implemented by Envoy either (hidden in its API) and only warn.
 //!
 //! Refused by name, since vigil does not do what Envoy would: `on_demand`, `metadata_match` (also
-//! per weighted cluster), `hash_policy`, `tunneling_config`, `backoff_options`,
+//! per weighted cluster), a `filter_state` hash policy, `tunneling_config`, `backoff_options`,
 //! `max_downstream_connection_duration_jitter_percentage`, `proxy_protocol_tlvs` and the access
 //! log settings that write lines while a connection is open (`access_log_options` and the
 //! deprecated flush settings).
@@ -41,6 +42,18 @@ pub struct TcpProxy {
     pub max_downstream_connection_duration: Option<Duration>,
     /// `access_log`: written once per connection, when it closes.
     pub access_log: Vec<super::access_log::AccessLog>,
+    /// `hash_policy` is `source_ip`: connections are hashed by the client's IP.
+    pub hash_source_ip: bool,
+}
+
+impl TcpProxy {
+    /// The hash a connection from `client` is picked a host with, as Envoy's
+    /// `SourceIpHashMethod` computes it (xxHash64 of the IP as text, seed 0); `None` without a
+    /// hash policy.
+    pub fn hash(&self, client: std::net::IpAddr) -> Option<u64> {
+        self.hash_source_ip
+            .then(|| crate::balance::hash::xxhash64(client.to_string().as_bytes(), 0))
+    }
 }
 
 /// A filter chain whose terminal filter is the TCP proxy.
@@ -121,10 +134,7 @@ static TCP_PROXY: Message = Message {
             "backoff_options",
             "a back-off between connect attempts is not implemented by vigil's TCP proxy",
         ),
-        reject(
-            "hash_policy",
-            "hashing connections onto hosts is not implemented by vigil's TCP proxy",
-        ),
+        read("hash_policy"),
         reject(
             "tunneling_config",
             "tunneling TCP over HTTP (CONNECT or POST) is not implemented by vigil",
@@ -141,6 +151,20 @@ static TCP_PROXY: Message = Message {
             "proxy_protocol_tlvs",
             "PROXY protocol TLVs added by the TCP proxy are not sent by vigil",
         ),
+    ],
+    removed: &[],
+};
+
+static HASH_POLICY: Message = Message {
+    name: "envoy.type.v3.HashPolicy",
+    fields: &[
+        read("source_ip").oneof("policy_specifier"),
+        reject(
+            "filter_state",
+            "hashing on filter state is not implemented by vigil (no network filter of vigil's \
+             sets any)",
+        )
+        .oneof("policy_specifier"),
     ],
     removed: &[],
 };
@@ -213,6 +237,29 @@ pub(crate) fn tcp_proxy(cx: &mut Ctx, typed: &Any) -> Option<TcpProxy> {
             other => other,
         },
     };
+    let hash_policies = o.list("hash_policy");
+    if hash_policies.len() > 1 {
+        cx.invalid(
+            &path.field("hash_policy"),
+            "value must contain no more than 1 item(s)",
+        );
+    }
+    let mut hash_source_ip = false;
+    for (p, v) in hash_policies {
+        let Some(mut h) = Obj::new(cx, p.clone(), v, &HASH_POLICY) else {
+            continue;
+        };
+        if h.take("source_ip").is_some() {
+            hash_source_ip = true;
+        } else if !h.has("filter_state") {
+            cx.invalid(
+                &p.field("policy_specifier"),
+                "value is required (one of the fields of oneof policy_specifier: source_ip, \
+                 filter_state)",
+            );
+        }
+        h.finish(cx);
+    }
     let access_log = o
         .list("access_log")
         .into_iter()
@@ -229,6 +276,7 @@ pub(crate) fn tcp_proxy(cx: &mut Ctx, typed: &Any) -> Option<TcpProxy> {
         max_connect_attempts: max_connect_attempts?,
         max_downstream_connection_duration,
         access_log,
+        hash_source_ip,
     })
 }
 
@@ -311,6 +359,31 @@ mod tests {
     }
 
     #[test]
+    fn a_source_ip_hash_policy_hashes_the_client_ip_text() {
+        let (proxy, cx) = read_config(json!({
+            "stat_prefix": "t", "cluster": "c", "hash_policy": [{"source_ip": {}}]
+        }));
+        assert!(cx.errors.is_empty(), "{:?}", cx.errors);
+        let proxy = proxy.expect("read");
+        let ip: std::net::IpAddr = [10, 0, 0, 1].into();
+        assert_eq!(
+            proxy.hash(ip),
+            Some(crate::balance::hash::xxhash64(b"10.0.0.1", 0))
+        );
+        let (proxy, _) = read_config(json!({"stat_prefix": "t", "cluster": "c"}));
+        assert_eq!(proxy.expect("read").hash(ip), None);
+        let (_, cx) = read_config(json!({
+            "stat_prefix": "t", "cluster": "c",
+            "hash_policy": [{"source_ip": {}}, {"source_ip": {}}]
+        }));
+        assert!(
+            error_paths(&cx).iter().any(|p| p.ends_with("hash_policy")),
+            "{:?}",
+            cx.errors
+        );
+    }
+
+    #[test]
     fn access_logs_are_read() {
         let (proxy, cx) = read_config(json!({
             "stat_prefix": "t", "cluster": "c",
@@ -374,7 +447,7 @@ mod tests {
         for field in [
             json!({"on_demand": {}}),
             json!({"metadata_match": {"filter_metadata": {}}}),
-            json!({"hash_policy": [{"source_ip": {}}]}),
+            json!({"hash_policy": [{"filter_state": {"key": "k"}}]}),
             json!({"tunneling_config": {"hostname": "h"}}),
             json!({"access_log_options": {"flush_access_log_on_connected": true}}),
             json!({"backoff_options": {"base_interval": "1s"}}),
@@ -390,7 +463,7 @@ mod tests {
             let (proxy, cx) = read_config(v);
             assert!(proxy.is_none(), "{name} accepted");
             assert!(
-                error_paths(&cx).iter().any(|p| p.ends_with(&name)),
+                error_paths(&cx).iter().any(|p| p.contains(&name)),
                 "{name}: {:?}",
                 cx.errors
             );
