@@ -6,7 +6,7 @@
 //! refuses connections with `max_connect_attempts: 2`; a health-checked cluster
 //! (`tcp_health_check`) with one host down; `idle_timeout`; `weighted_clusters`; a network RBAC
 //! filter denying one client; `max_downstream_connection_duration`; a cluster whose only host
-//! refuses connections; a `source_ip` hash policy on a ring hash cluster (each client IP to the
+//! refuses connections; a cluster no one defines; a `source_ip` hash policy on a ring hash cluster (each client IP to the
 //! same host in both). Two listeners write access logs, which must be the same lines. Both proxies must answer every client the same, close the idle
 //! connection at about the same time, split the weighted connections within a tolerance and
 //! agree on `tcp.<prefix>.downstream_cx_total` and `cluster.<c>.upstream_cx_total`.
@@ -78,8 +78,9 @@ struct Upstreams {
 }
 
 /// The listeners' ports, in the order of [`config`]'s listeners.
-const LISTENERS: [&str; 9] = [
+const LISTENERS: [&str; 10] = [
     "echo", "retry", "checked", "idle", "weighted", "rbac", "capped", "refused", "hashed",
+    "nowhere",
 ];
 
 /// The access log lines' format (the duration last, dropped before comparing).
@@ -233,6 +234,7 @@ static_resources:
             "\n          hash_policy: [{ source_ip: {} }]",
         ),
     );
+    out += &listener(9, &tcp("nowhere", "cluster: missing", ""));
     out += "  clusters:\n";
     out += &cluster("echo", &[up.echo], "");
     out += &cluster("retry", &[up.down, up.echo], "");
@@ -342,6 +344,10 @@ async fn tcp_proxy_chains_behave_as_envoys() {
                 ));
             }
             seen.push(format!(
+                "nowhere: {}",
+                exchange(at("nowhere"), None, b"").await
+            ));
+            seen.push(format!(
                 "refused: {}",
                 exchange(at("refused"), None, b"").await
             ));
@@ -399,6 +405,7 @@ async fn tcp_proxy_chains_behave_as_envoys() {
             for counter in [
                 "tcp.idle.idle_timeout",
                 "tcp.capped.max_downstream_connection_duration",
+                "tcp.nowhere.downstream_cx_no_route",
             ] {
                 seen.push(format!("{counter}: {:?}", stats.get(counter)));
             }
@@ -436,6 +443,8 @@ async fn tcp_proxy_chains_behave_as_envoys() {
             "checked 3: got \"healthy only\"",
             "rbac allowed: got \"let in\"",
             "refused: got \"\"",
+            "nowhere: got \"\"",
+            "tcp.nowhere.downstream_cx_no_route: Some(\"1\")",
             "tcp.echo.downstream_cx_total: Some(\"1\")",
             "tcp.idle.idle_timeout: Some(\"1\")",
             "tcp.capped.max_downstream_connection_duration: Some(\"1\")",
