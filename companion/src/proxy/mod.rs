@@ -1410,6 +1410,93 @@ fn refusal_response(why: Rejection, server: Option<&HeaderValue>) -> Response<Pr
 mod tests {
     use super::*;
 
+    /// The state of a listener read from `chains` (its `filter_chains` and
+    /// `default_filter_chain` YAML), as the listener set builds it.
+    fn listener_state(chains: &str) -> ListenerState {
+        let yaml = format!(
+            r#"
+static_resources:
+  listeners:
+  - name: l
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}
+{chains}
+  clusters:
+  - name: c
+    load_assignment: {{cluster_name: c, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 2}}}}}}}}]}}]}}
+"#
+        );
+        let loaded = vigil_core::config::parse_yaml(&yaml).unwrap_or_else(|e| panic!("{e}"));
+        let listener = &loaded.bootstrap.listeners[0];
+        let tcp_only = listener.http.is_empty();
+        let hcm = listener
+            .http
+            .first()
+            .cloned()
+            .unwrap_or_else(tcp::stand_in_connection_manager);
+        ListenerState {
+            tls: None,
+            routes: RouteTable::new(hcm.route_config.clone()),
+            hcm,
+            upstreams: BTreeMap::new(),
+            other_chains: Vec::new(),
+            tcp_chains: listener
+                .tcp
+                .iter()
+                .map(|chain| Arc::new(tcp::TcpServing::new(chain.clone())))
+                .collect(),
+            tcp_only,
+            unserved_chains: listener.unserved_chains.clone(),
+            proxy_protocol: None,
+            original_dst: false,
+        }
+    }
+
+    const TCP_FILTER: &str = r#"
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: t, cluster: c}"#;
+    const HCM_FILTER: &str = r#"
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: h
+          route_config: {}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}"#;
+
+    fn plain_facts(local_port: u16) -> vigil_core::config::ChainFacts<'static> {
+        let peer: SocketAddr = ([127, 0, 0, 9], 40000).into();
+        vigil_core::config::ChainFacts {
+            local: ([127, 0, 0, 1], local_port).into(),
+            peer,
+            direct_peer: peer,
+            transport_protocol: "raw_buffer",
+            server_name: "",
+            application_protocols: &[],
+        }
+    }
+
+    #[test]
+    fn tcp_proxy_chains_are_chosen_like_http_chains() {
+        let mixed = listener_state(&format!(
+            "    filter_chains:\n    - filter_chain_match: {{destination_port: 1}}\n      \
+             filters:{HCM_FILTER}\n    default_filter_chain:\n      filters:{TCP_FILTER}"
+        ));
+        assert_eq!(mixed.select_chain(&plain_facts(1)), Ok(Chosen::Http(0)));
+        assert_eq!(mixed.select_chain(&plain_facts(7)), Ok(Chosen::Tcp(0)));
+        let tcp_only = listener_state(&format!(
+            "    filter_chains:\n    - filter_chain_match: {{destination_port: 1}}\n      \
+             filters:{TCP_FILTER}"
+        ));
+        assert!(tcp_only.tcp_only);
+        assert_eq!(tcp_only.select_chain(&plain_facts(1)), Ok(Chosen::Tcp(0)));
+        // The stand-in connection manager is never chosen.
+        assert_eq!(
+            tcp_only.select_chain(&plain_facts(7)),
+            Err(crate::tls::Refused::NoChainMatch)
+        );
+    }
+
     #[test]
     fn the_header_timeout_is_bounded_unless_explicitly_off() {
         let loaded = vigil_core::config::parse_yaml(
