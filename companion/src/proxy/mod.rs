@@ -208,7 +208,12 @@ impl ListenerState {
 
     /// Whether the listener has Envoy's TLS inspector (what lets chains match on the SNI).
     fn tls_inspector(&self) -> bool {
+        // A listener with TCP proxy chains only has a stand-in connection manager.
         self.hcm.connection_match.tls_inspector
+            || self
+                .tcp_chains
+                .iter()
+                .any(|c| c.chain.connection_match.tls_inspector)
     }
 }
 
@@ -1489,6 +1494,17 @@ static_resources:
              filters:{TCP_FILTER}"
         ));
         assert!(tcp_only.tcp_only);
+        assert!(!tcp_only.tls_inspector());
+        let inspected = listener_state(&format!(
+            "    listener_filters:\n    - name: envoy.filters.listener.tls_inspector\n      \
+             typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.listener.\
+             tls_inspector.v3.TlsInspector}}\n    filter_chains:\n    - filter_chain_match: \
+             {{server_names: [db.example]}}\n      filters:{TCP_FILTER}"
+        ));
+        assert!(
+            inspected.tls_inspector(),
+            "a TCP-only listener keeps its TLS inspector"
+        );
         assert_eq!(tcp_only.select_chain(&plain_facts(1)), Ok(Chosen::Tcp(0)));
         // The stand-in connection manager is never chosen.
         assert_eq!(

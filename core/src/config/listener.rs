@@ -341,6 +341,9 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
     for hcm in &mut http {
         hcm.connection_match.tls_inspector = tls_inspector;
     }
+    for chain in &mut tcp {
+        chain.connection_match.tls_inspector = tls_inspector;
+    }
     let mut rest: Map<String, Value> = value.as_object().cloned().unwrap_or_default();
     rest.remove("name");
     rest.remove("address");
