@@ -6,7 +6,8 @@
 //! refuses connections with `max_connect_attempts: 2`; a health-checked cluster
 //! (`tcp_health_check`) with one host down; `idle_timeout`; `weighted_clusters`; a network RBAC
 //! filter denying one client; `max_downstream_connection_duration`; a cluster whose only host
-//! refuses connections; a cluster no one defines; a `source_ip` hash policy on a ring hash cluster (each client IP to the
+//! refuses connections; a cluster no one defines; a cluster whose only host fails its checks
+//! (panic mode); a `source_ip` hash policy on a ring hash cluster (each client IP to the
 //! same host in both). Two listeners write access logs, which must be the same lines. Both proxies must answer every client the same, close the idle
 //! connection at about the same time, split the weighted connections within a tolerance and
 //! agree on `tcp.<prefix>.downstream_cx_total` and `cluster.<c>.upstream_cx_total`.
@@ -78,9 +79,9 @@ struct Upstreams {
 }
 
 /// The listeners' ports, in the order of [`config`]'s listeners.
-const LISTENERS: [&str; 10] = [
+const LISTENERS: [&str; 11] = [
     "echo", "retry", "checked", "idle", "weighted", "rbac", "capped", "refused", "hashed",
-    "nowhere",
+    "nowhere", "panicky",
 ];
 
 /// The access log lines' format (the duration last, dropped before comparing).
@@ -235,11 +236,19 @@ static_resources:
         ),
     );
     out += &listener(9, &tcp("nowhere", "cluster: missing", ""));
+    out += &listener(10, &tcp("panicky", "cluster: panicky", ""));
     out += "  clusters:\n";
     out += &cluster("echo", &[up.echo], "");
     out += &cluster("retry", &[up.down, up.echo], "");
     out += &cluster("checked", &[up.down, up.echo], health);
     out += &cluster("down", &[up.down], "");
+    // The echo answers "ping" to the check's "ping", never the "pong" it expects: its only host
+    // is unhealthy, and the cluster in panic mode still uses it.
+    let failing = health.replace(
+        "tcp_health_check: {}",
+        "tcp_health_check: { send: { text: \"70696e67\" }, receive: [{ text: \"706f6e67\" }] }",
+    );
+    out += &cluster("panicky", &[up.echo], &failing);
     out += &cluster("ring", &[up.a, up.b], "").replace("ROUND_ROBIN", "RING_HASH");
     out += &cluster("a", &[up.a], "");
     out += &cluster("b", &[up.b], "");
@@ -343,6 +352,15 @@ async fn tcp_proxy_chains_behave_as_envoys() {
                     exchange(at("hashed"), Some(*client), b"").await
                 ));
             }
+            let flags = process.health_flags("panicky").await.unwrap_or_default();
+            seen.push(format!(
+                "panicky health: {:?}",
+                flags.values().collect::<Vec<_>>()
+            ));
+            seen.push(format!(
+                "panicky: {}",
+                exchange(at("panicky"), None, b"in panic").await
+            ));
             seen.push(format!(
                 "nowhere: {}",
                 exchange(at("nowhere"), None, b"").await
@@ -444,6 +462,8 @@ async fn tcp_proxy_chains_behave_as_envoys() {
             "rbac allowed: got \"let in\"",
             "refused: got \"\"",
             "nowhere: got \"\"",
+            "panicky: got \"in panic\"",
+            "panicky health: [\"/failed_active_hc/active_hc_timeout\"]",
             "tcp.nowhere.downstream_cx_no_route: Some(\"1\")",
             "tcp.echo.downstream_cx_total: Some(\"1\")",
             "tcp.idle.idle_timeout: Some(\"1\")",
