@@ -4,7 +4,7 @@
 //! is given).
 //!
 //! What lives here:
-//! - [`LogRecord`]: what one request did, gathered by the proxy.
+//! - [`LogRecord`]: what one request (or one TCP proxy connection) did, gathered by the proxy.
 //! - [`format_line`]: a record through a format, as Envoy writes it (`-` for a missing value in
 //!   text, `null` in JSON, where a value made of one operator keeps its type).
 //! - [`AccessLogs`]: the loggers of one listener. Lines go through a bounded channel to one
@@ -68,6 +68,9 @@ pub struct LogRecord {
     pub downstream_remote: SocketAddr,
     pub downstream_local: Option<SocketAddr>,
     pub route_name: Option<String>,
+    /// A TCP proxy's connection rather than a request: the HTTP operators have no value
+    /// (`-`), and the response code is 0, as Envoy logs a TCP connection.
+    pub tcp: bool,
 }
 
 impl LogRecord {
@@ -96,6 +99,7 @@ impl LogRecord {
             downstream_remote,
             downstream_local: None,
             route_name: None,
+            tcp: false,
         }
     }
 }
@@ -138,6 +142,16 @@ fn evaluate(operator: &FormatOperator, record: &LogRecord) -> Val {
     let text = |s: Option<String>| s.filter(|s| !s.is_empty()).map_or(Val::Missing, Val::Text);
     match operator {
         F::StartTime(format) => Val::Text(format_time(record.start, format.as_deref())),
+        F::RequestHeader { .. }
+        | F::ResponseHeader { .. }
+        | F::Protocol
+        | F::ResponseCodeDetails
+        | F::RequestDuration
+        | F::ResponseDuration
+            if record.tcp =>
+        {
+            Val::Missing
+        }
         F::RequestHeader { name, alternative } => {
             text(request_header(record, name).or_else(|| {
                 alternative

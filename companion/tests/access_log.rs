@@ -125,6 +125,8 @@ async fn requests_are_logged_in_envoys_formats() {
             upstream("web", &all_healthy(&[blue.http])),
         )]),
         other_chains: Vec::new(),
+        tcp_chains: Vec::new(),
+        tcp_only: false,
         unserved_chains: Vec::new(),
         proxy_protocol: None,
         original_dst: false,

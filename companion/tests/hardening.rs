@@ -113,6 +113,8 @@ static_resources:
             upstream("up", &all_healthy(&[upstream_at])),
         )]),
         other_chains: Vec::new(),
+        tcp_chains: Vec::new(),
+        tcp_only: false,
         unserved_chains: Vec::new(),
         proxy_protocol: None,
         original_dst: false,

@@ -218,6 +218,8 @@ async fn proxy(blue: &App, yellow: &App) -> Proxy {
         hcm,
         upstreams,
         other_chains: Vec::new(),
+        tcp_chains: Vec::new(),
+        tcp_only: false,
         unserved_chains: Vec::new(),
         proxy_protocol: None,
         original_dst: false,

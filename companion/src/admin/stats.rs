@@ -205,6 +205,10 @@ fn listener_stats(published: &crate::proxy::ProxyStats) -> Vec<(String, i64, Sta
                 get(&c.downstream_rq_header_timeout),
             ),
         ] {
+            // An empty prefix: a listener with TCP proxy chains only, without `http.` stats.
+            if stat_prefix.is_empty() {
+                continue;
+            }
             let entry = out
                 .entry(format!("http.{stat_prefix}.{name}"))
                 .or_insert((0, StatKind::Counter));

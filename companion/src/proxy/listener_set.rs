@@ -176,9 +176,9 @@ impl ListenerSet {
                 wanted_udp.insert(SocketAddr::new(ip, socket.port_value), proxy.clone());
                 continue;
             }
-            if listener.http.is_empty() {
+            if listener.http.is_empty() && listener.tcp.is_empty() {
                 problems.push(format!(
-                    "listener {label}: no HTTP connection manager; not served"
+                    "listener {label}: no HTTP connection manager nor TCP proxy; not served"
                 ));
                 continue;
             }
@@ -186,7 +186,11 @@ impl ListenerSet {
             // `vigil -c` and reloads check this first (`load` in main.rs).
             let mut chains = Vec::new();
             let mut failed = None;
-            for hcm in &listener.http {
+            let tcp_only = listener.http.is_empty();
+            // A listener with TCP proxy chains only is served through a stand-in connection
+            // manager no connection is handed to (it carries the listener-wide settings).
+            let stand_in = tcp_only.then(super::tcp::stand_in_connection_manager);
+            for hcm in listener.http.iter().chain(stand_in.iter()) {
                 match hcm.tls.as_ref().map(crate::tls::server_config).transpose() {
                     Ok(tls) => chains.push(ListenerState {
                         routes: RouteTable::new(hcm.route_config.clone()),
@@ -194,6 +198,8 @@ impl ListenerSet {
                         tls: tls.map(Arc::new),
                         upstreams: upstreams.clone(),
                         other_chains: Vec::new(),
+                        tcp_chains: Vec::new(),
+                        tcp_only,
                         unserved_chains: Vec::new(),
                         proxy_protocol: None,
                         original_dst: false,
@@ -211,6 +217,11 @@ impl ListenerSet {
             };
             state.other_chains = chains.map(Arc::new).collect();
             state.unserved_chains = listener.unserved_chains.clone();
+            state.tcp_chains = listener
+                .tcp
+                .iter()
+                .map(|chain| Arc::new(super::tcp::TcpServing::new(chain.clone())))
+                .collect();
             state.proxy_protocol = listener.proxy_protocol.clone().map(Arc::new);
             state.original_dst = listener.original_dst;
             names.insert(SocketAddr::new(ip, socket.port_value), label.to_string());
@@ -243,14 +254,27 @@ impl ListenerSet {
             };
             self.routing_stats
                 .insert(address, (name, routed, stats.clone()));
+            // A listener with TCP proxy chains only has no `http.` stats (its connection
+            // manager is a stand-in): an empty prefix says so.
+            let http_stat_prefix = if state.tcp_only {
+                String::new()
+            } else {
+                state.hcm.stat_prefix.clone()
+            };
             let counters = match self.counters.remove(&address) {
                 Some((_, counters)) => counters,
                 None => Arc::default(),
             };
             self.counters
-                .insert(address, (state.hcm.stat_prefix.clone(), counters.clone()));
-            for chain in state.chains() {
+                .insert(address, (http_stat_prefix, counters.clone()));
+            for chain in state.http_chains() {
                 declare_filter_stats(&counters, &chain.hcm);
+            }
+            for serving in &state.tcp_chains {
+                for filter in &serving.chain.network_rbac {
+                    counters.declare(filter.declared_stats());
+                }
+                counters.declare(super::tcp::declared_stats(&serving.chain));
             }
             if let Some(config) = &state.proxy_protocol {
                 super::proxy_protocol::declare_stats(

@@ -37,7 +37,8 @@
 //! guard, the per-chain settings each request is served with); [`request`] answers one request
 //! (filters, routing, forwarding, access log); [`udp`] runs the UDP proxy of a connection-less
 //! UDP listener (`docs/udp.md`); [`original_dst`] reads a redirected connection's original
-//! destination (Envoy's original destination listener filter); [`proxy_protocol`] reads the
+//! destination (Envoy's original destination listener filter); [`tcp`] serves the chains whose
+//! terminal filter is the TCP proxy; [`proxy_protocol`] reads the
 //! PROXY protocol header of a listener that has Envoy's PROXY protocol listener filter before
 //! anything else (`docs/proxy_protocol_listener.md`); [`listener_set`] runs every listener of
 //! the config (TCP and UDP), swaps them on reload, serves the ORIGINAL_DST clusters' traffic
@@ -48,6 +49,7 @@ pub mod listener_set;
 mod original_dst;
 mod proxy_protocol;
 pub mod request;
+pub mod tcp;
 pub mod udp;
 
 pub use listener_set::{ListenerSet, ProxyStats, PublishedStats};
@@ -108,8 +110,13 @@ pub struct ListenerState {
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     /// The listener's other filter chains (`default_filter_chain` last), in the file's order.
     pub other_chains: Vec<Arc<ListenerState>>,
-    /// The listener's chains without an HTTP connection manager (on the first chain's state
-    /// only): connections Envoy hands to them are closed.
+    /// The listener's TCP proxy chains (on the first chain's state only).
+    pub tcp_chains: Vec<Arc<tcp::TcpServing>>,
+    /// The listener has TCP proxy chains only: this state's connection manager is a stand-in
+    /// no connection is handed to ([`tcp::stand_in_connection_manager`]).
+    pub tcp_only: bool,
+    /// The listener's chains with neither an HTTP connection manager nor a TCP proxy (on the
+    /// first chain's state only): connections Envoy hands to them are closed.
     pub unserved_chains: Vec<(
         vigil_core::config::FilterChainRef,
         vigil_core::config::FilterChainMatch,
@@ -135,21 +142,33 @@ impl ListenerState {
         std::iter::once(self).chain(self.other_chains.iter().map(|c| c.as_ref()))
     }
 
-    /// Envoy's choice of filter chain for a connection (an index for [`ListenerState::chain`]):
-    /// the most specific `filter_chain_match`, else the `default_filter_chain`, else none. A
-    /// connection Envoy would hand to a chain vigil does not serve gets none too.
+    /// The HTTP chains (none on a listener with TCP proxy chains only).
+    fn http_chains(&self) -> impl Iterator<Item = &ListenerState> {
+        self.chains().filter(|_| !self.tcp_only)
+    }
+
+    /// Envoy's choice of filter chain for a connection: the most specific
+    /// `filter_chain_match`, else the `default_filter_chain`, else none. A connection Envoy
+    /// would hand to a chain vigil does not serve gets none too.
     fn select_chain(
         &self,
         facts: &vigil_core::config::ChainFacts,
-    ) -> Result<usize, crate::tls::Refused> {
+    ) -> Result<Chosen, crate::tls::Refused> {
         use vigil_core::config::FilterChainRef;
-        // (served chain index or None for an unserved one, its match)
-        let mut candidates: Vec<(Option<usize>, &vigil_core::config::FilterChainMatch)> = self
-            .chains()
+        // (the served chain, or None for an unserved one; its match)
+        let mut candidates: Vec<(Option<Chosen>, &vigil_core::config::FilterChainMatch)> = self
+            .http_chains()
             .enumerate()
             .filter(|(_, c)| c.hcm.filter_chain != FilterChainRef::Default)
-            .map(|(i, c)| (Some(i), &c.hcm.connection_match))
+            .map(|(i, c)| (Some(Chosen::Http(i)), &c.hcm.connection_match))
             .collect();
+        candidates.extend(
+            self.tcp_chains
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.chain.filter_chain != FilterChainRef::Default)
+                .map(|(i, c)| (Some(Chosen::Tcp(i)), &c.chain.connection_match)),
+        );
         candidates.extend(
             self.unserved_chains
                 .iter()
@@ -164,16 +183,47 @@ impl ListenerState {
                 .and_then(|(served, _)| *served)
                 .ok_or(crate::tls::Refused::Unserved),
             None => self
-                .chains()
+                .http_chains()
                 .position(|c| c.hcm.filter_chain == FilterChainRef::Default)
-                .ok_or(crate::tls::Refused::NoChainMatch),
+                .map(Chosen::Http)
+                .or_else(|| {
+                    self.tcp_chains
+                        .iter()
+                        .position(|c| c.chain.filter_chain == FilterChainRef::Default)
+                        .map(Chosen::Tcp)
+                })
+                .ok_or_else(|| {
+                    if self
+                        .unserved_chains
+                        .iter()
+                        .any(|(which, _)| *which == FilterChainRef::Default)
+                    {
+                        crate::tls::Refused::Unserved
+                    } else {
+                        crate::tls::Refused::NoChainMatch
+                    }
+                }),
         }
     }
 
     /// Whether the listener has Envoy's TLS inspector (what lets chains match on the SNI).
     fn tls_inspector(&self) -> bool {
+        // A listener with TCP proxy chains only has a stand-in connection manager.
         self.hcm.connection_match.tls_inspector
+            || self
+                .tcp_chains
+                .iter()
+                .any(|c| c.chain.connection_match.tls_inspector)
     }
+}
+
+/// The chain [`ListenerState::select_chain`] chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chosen {
+    /// An HTTP chain, an index for [`ListenerState::chain`].
+    Http(usize),
+    /// A TCP proxy chain, an index into [`ListenerState::tcp_chains`].
+    Tcp(usize),
 }
 
 /// Serves HTTP on `listener` until `shutdown`, then drains (bounded by `drain_timeout`); `state`
@@ -580,7 +630,16 @@ fn dispatch(
         // Nothing is learnt from the first bytes: the chain is chosen now.
         let chain = match local {
             Some(local) => top.select_chain(&plain_facts(local)),
-            None => Ok(0),
+            None if top.tcp_only => Err(crate::tls::Refused::NoChainMatch),
+            None => Ok(Chosen::Http(0)),
+        };
+        let chain = match chain {
+            Ok(Chosen::Tcp(i)) => {
+                serve_tcp(&top, i, &serving, counters, stream, accepted, permit);
+                return;
+            }
+            Ok(Chosen::Http(i)) => Ok(i),
+            Err(why) => Err(why),
         };
         let Some((index, state)) = chain
             .ok()
@@ -601,7 +660,7 @@ fn dispatch(
             tls: None,
         };
         if state.tls.is_none() {
-            if let Some(delay) = network_rbac_denies(&state.hcm, &plain, &counters) {
+            if let Some(delay) = network_rbac_denies(&state.hcm.network_rbac, &plain, &counters) {
                 // Envoy's network RBAC judges a connection on its first bytes, then closes
                 // it (after `delay_deny`, if set); nothing of it reaches the connection
                 // manager.
@@ -633,6 +692,25 @@ fn dispatch(
             }
         };
         let tls_seen = top.tls_inspector() && crate::tls::looks_like_tls(&stream).await;
+        if tls_seen && !top.tcp_chains.is_empty() {
+            // A TCP proxy chain passes the TLS bytes through: the ClientHello is looked at
+            // without being consumed, and the connection handed over when it picks such a chain.
+            let Some((sni, alpn)) = tcp::peek_client_hello(&stream).await else {
+                return refused(crate::tls::Refused::Handshake);
+            };
+            let facts = vigil_core::config::ChainFacts {
+                local: local_address,
+                peer,
+                direct_peer,
+                transport_protocol: "tls",
+                server_name: sni.as_deref().unwrap_or(""),
+                application_protocols: &alpn,
+            };
+            if let Ok(Chosen::Tcp(i)) = top.select_chain(&facts) {
+                serve_tcp(&top, i, &serving, counters, stream, accepted, permit);
+                return;
+            }
+        }
         let (index, hello, stream) = if tls_seen {
             let hello = match crate::tls::client_hello(stream).await {
                 Ok(hello) => hello,
@@ -647,13 +725,20 @@ fn dispatch(
                 application_protocols: &hello.alpn,
             };
             let index = match top.select_chain(&facts) {
-                Ok(index) => index,
+                Ok(Chosen::Http(index)) => index,
+                // A TLS connection handed to a TCP proxy chain: vigil does not pass TLS
+                // through (refused at load with the TLS inspector).
+                Ok(Chosen::Tcp(_)) => return refused(crate::tls::Refused::Unserved),
                 Err(why) => return refused(why),
             };
             (index, Some(hello), None)
         } else {
             let index = match top.select_chain(&plain_facts(local_address)) {
-                Ok(index) => index,
+                Ok(Chosen::Http(index)) => index,
+                Ok(Chosen::Tcp(i)) => {
+                    serve_tcp(&top, i, &serving, counters, stream, accepted, permit);
+                    return;
+                }
                 Err(why) => return refused(why),
             };
             (index, None, Some(stream))
@@ -674,7 +759,8 @@ fn dispatch(
                     restored_local,
                     tls: None,
                 };
-                if let Some(delay) = network_rbac_denies(&state.hcm, &plain, &counters) {
+                if let Some(delay) = network_rbac_denies(&state.hcm.network_rbac, &plain, &counters)
+                {
                     close_when_readable(stream, delay, permit).await;
                     return;
                 }
@@ -713,7 +799,9 @@ fn dispatch(
                         local_uri_sans: tls.local_uri_sans.clone(),
                     }),
                 };
-                if let Some(delay) = network_rbac_denies(&state.hcm, &downstream, &counters) {
+                if let Some(delay) =
+                    network_rbac_denies(&state.hcm.network_rbac, &downstream, &counters)
+                {
                     close_when_readable(stream, delay, permit).await;
                     return;
                 }
@@ -723,6 +811,43 @@ fn dispatch(
             // read it as a broken HTTP request; closed.
             (None, _, _) => refused(crate::tls::Refused::Handshake),
         }
+    });
+}
+
+/// Hands a plain-text connection to the listener's TCP proxy chain `index` (its network RBAC
+/// filters first), in the connection's own task, which counts as open for the drain.
+fn serve_tcp(
+    top: &ListenerState,
+    index: usize,
+    serving: &HttpServing,
+    counters: Arc<ListenerCounters>,
+    stream: tokio::net::TcpStream,
+    accepted: Accepted,
+    permit: crate::conn_limit::ConnectionPermit,
+) {
+    let Some(serving_chain) = top.tcp_chains.get(index).cloned() else {
+        return;
+    };
+    let downstream = Downstream {
+        peer: accepted.peer,
+        direct_peer: accepted.direct_peer,
+        local: accepted.local,
+        restored_local: accepted.restored_local,
+        tls: None,
+    };
+    let denied = network_rbac_denies(&serving_chain.chain.network_rbac, &downstream, &counters);
+    let connection = tcp::TcpConnection {
+        serving: serving_chain,
+        upstreams: top.upstreams.clone(),
+        counters,
+        peer: accepted.peer,
+        local: accepted.local.unwrap_or(accepted.peer),
+        denied,
+    };
+    let open = serving.open.clone();
+    tokio::spawn(async move {
+        connection.run(stream).await;
+        drop((permit, open));
     });
 }
 
@@ -1053,11 +1178,11 @@ fn ext_authz_stat_middle(config: &vigil_core::config::ExtAuthz) -> String {
 /// The chain's network RBAC filters on a new connection, in order, counting their stats: `None`
 /// when every one allows it, else `Some(delay before closing)`.
 fn network_rbac_denies(
-    hcm: &HttpConnectionManager,
+    filters: &[rbac::NetworkRbac],
     downstream: &Downstream,
     counters: &ListenerCounters,
 ) -> Option<Option<Duration>> {
-    if hcm.network_rbac.is_empty() {
+    if filters.is_empty() {
         return None;
     }
     let peer = rbac::envoy_socket_address(downstream.peer);
@@ -1070,7 +1195,7 @@ fn network_rbac_denies(
         server_name: downstream.server_name(),
         tls_peer: downstream.tls_peer(),
     };
-    for filter in &hcm.network_rbac {
+    for filter in filters {
         let decided = filter.decide(&request);
         counters.bump(decided.stats.iter().cloned());
         if !decided.allowed() {
@@ -1290,6 +1415,104 @@ fn refusal_response(why: Rejection, server: Option<&HeaderValue>) -> Response<Pr
 mod tests {
     use super::*;
 
+    /// The state of a listener read from `chains` (its `filter_chains` and
+    /// `default_filter_chain` YAML), as the listener set builds it.
+    fn listener_state(chains: &str) -> ListenerState {
+        let yaml = format!(
+            r#"
+static_resources:
+  listeners:
+  - name: l
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 1}}}}
+{chains}
+  clusters:
+  - name: c
+    load_assignment: {{cluster_name: c, endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: 2}}}}}}}}]}}]}}
+"#
+        );
+        let loaded = vigil_core::config::parse_yaml(&yaml).unwrap_or_else(|e| panic!("{e}"));
+        let listener = &loaded.bootstrap.listeners[0];
+        let tcp_only = listener.http.is_empty();
+        let hcm = listener
+            .http
+            .first()
+            .cloned()
+            .unwrap_or_else(tcp::stand_in_connection_manager);
+        ListenerState {
+            tls: None,
+            routes: RouteTable::new(hcm.route_config.clone()),
+            hcm,
+            upstreams: BTreeMap::new(),
+            other_chains: Vec::new(),
+            tcp_chains: listener
+                .tcp
+                .iter()
+                .map(|chain| Arc::new(tcp::TcpServing::new(chain.clone())))
+                .collect(),
+            tcp_only,
+            unserved_chains: listener.unserved_chains.clone(),
+            proxy_protocol: None,
+            original_dst: false,
+        }
+    }
+
+    const TCP_FILTER: &str = r#"
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: t, cluster: c}"#;
+    const HCM_FILTER: &str = r#"
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: h
+          route_config: {}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}"#;
+
+    fn plain_facts(local_port: u16) -> vigil_core::config::ChainFacts<'static> {
+        let peer: SocketAddr = ([127, 0, 0, 9], 40000).into();
+        vigil_core::config::ChainFacts {
+            local: ([127, 0, 0, 1], local_port).into(),
+            peer,
+            direct_peer: peer,
+            transport_protocol: "raw_buffer",
+            server_name: "",
+            application_protocols: &[],
+        }
+    }
+
+    #[test]
+    fn tcp_proxy_chains_are_chosen_like_http_chains() {
+        let mixed = listener_state(&format!(
+            "    filter_chains:\n    - filter_chain_match: {{destination_port: 1}}\n      \
+             filters:{HCM_FILTER}\n    default_filter_chain:\n      filters:{TCP_FILTER}"
+        ));
+        assert_eq!(mixed.select_chain(&plain_facts(1)), Ok(Chosen::Http(0)));
+        assert_eq!(mixed.select_chain(&plain_facts(7)), Ok(Chosen::Tcp(0)));
+        let tcp_only = listener_state(&format!(
+            "    filter_chains:\n    - filter_chain_match: {{destination_port: 1}}\n      \
+             filters:{TCP_FILTER}"
+        ));
+        assert!(tcp_only.tcp_only);
+        assert!(!tcp_only.tls_inspector());
+        let inspected = listener_state(&format!(
+            "    listener_filters:\n    - name: envoy.filters.listener.tls_inspector\n      \
+             typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.listener.\
+             tls_inspector.v3.TlsInspector}}\n    filter_chains:\n    - filter_chain_match: \
+             {{server_names: [db.example]}}\n      filters:{TCP_FILTER}"
+        ));
+        assert!(
+            inspected.tls_inspector(),
+            "a TCP-only listener keeps its TLS inspector"
+        );
+        assert_eq!(tcp_only.select_chain(&plain_facts(1)), Ok(Chosen::Tcp(0)));
+        // The stand-in connection manager is never chosen.
+        assert_eq!(
+            tcp_only.select_chain(&plain_facts(7)),
+            Err(crate::tls::Refused::NoChainMatch)
+        );
+    }
+
     #[test]
     fn the_header_timeout_is_bounded_unless_explicitly_off() {
         let loaded = vigil_core::config::parse_yaml(
@@ -1360,6 +1583,8 @@ static_resources:
             hcm,
             upstreams: BTreeMap::new(),
             other_chains: Vec::new(),
+            tcp_chains: Vec::new(),
+            tcp_only: false,
             unserved_chains: Vec::new(),
             proxy_protocol: None,
             original_dst: false,

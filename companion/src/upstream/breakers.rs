@@ -14,10 +14,11 @@ use vigil_core::config::{CircuitBreakers, RoutingPriority};
 /// judges the retried attempt or the request ends, as Envoy's `RetryStateImpl` holds the
 /// `retries()` resource from `shouldRetry` to the next `shouldRetry` or its destructor.
 ///
-/// `max_connections` and `max_pending_requests` are kept for `/clusters` but not enforced:
-/// hyper's HTTP/1.1 pool opens a connection per concurrent request and never queues, so vigil
-/// has no pending requests (`rq_pending_open` stays 0) and limits connections only through
-/// `max_requests`.
+/// `max_connections` and `max_pending_requests` are kept for `/clusters` but not enforced for
+/// HTTP: hyper's HTTP/1.1 pool opens a connection per concurrent request and never queues, so
+/// vigil has no pending requests (`rq_pending_open` stays 0) and limits connections only
+/// through `max_requests`. The TCP proxy's connections are held to `max_connections` (of the
+/// default priority, the one Envoy's TCP proxy uses), as Envoy's TCP connection pool does.
 #[derive(Debug, Default)]
 pub struct Breakers {
     config: CircuitBreakers,
@@ -29,6 +30,22 @@ pub struct Breakers {
 struct Resources {
     requests: AtomicU64,
     retries: AtomicU64,
+    /// The TCP proxy's open upstream connections.
+    tcp_connections: AtomicU64,
+}
+
+/// One TCP proxy connection counted against `max_connections`; freed on drop.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    resources: Arc<Resources>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.resources
+            .tcp_connections
+            .fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// One unit of a circuit-breaker resource (an active request or a retry); freed on drop.
@@ -126,6 +143,20 @@ impl Breakers {
         })
     }
 
+    /// A slot for one TCP proxy connection (default priority); `None` when `max_connections`
+    /// are open (Envoy's TCP pool overflows: `upstream_cx_overflow`).
+    pub fn tcp_connection(&self) -> Option<ConnectionSlot> {
+        let resources = self.resources(RoutingPriority::Default);
+        let limit = u64::from(
+            self.config
+                .thresholds(RoutingPriority::Default)
+                .max_connections,
+        );
+        take(&resources.tcp_connections, limit).then(|| ConnectionSlot {
+            resources: resources.clone(),
+        })
+    }
+
     /// A slot for one retry at `priority`; `None` when the retry breaker is open.
     pub fn retry(&self, priority: RoutingPriority) -> Option<Slot> {
         let resources = self.resources(priority);
@@ -189,6 +220,19 @@ mod tests {
 
     fn breakers(yaml: serde_json::Value) -> Breakers {
         Breakers::new(CircuitBreakers::from_json(Some(&yaml)).unwrap())
+    }
+
+    #[test]
+    fn tcp_connections_are_held_to_max_connections() {
+        let b = breakers(serde_json::json!({"thresholds": [{"max_connections": 1}]}));
+        let first = b.tcp_connection();
+        assert!(first.is_some());
+        assert!(
+            b.tcp_connection().is_none(),
+            "a second connection overflows"
+        );
+        drop(first);
+        assert!(b.tcp_connection().is_some(), "freed on drop");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `static_resources.listeners[]`: name, address, listener filters and filter chains (each
 //! chain's match and its HTTP connection manager, read by [`super::connection_manager`]),
-//! validated as Envoy 1.36 validates them; a connection-less UDP listener (a UDP address without
+//! validated as Envoy 1.36 validates them; a chain whose terminal filter is the TCP proxy is read
+//! by [`super::tcp_proxy`] into [`Listener::tcp`]; a connection-less UDP listener (a UDP address without
 //! QUIC) has no filter chains and its UDP proxy listener filter is read by [`super::udp_proxy`].
 //! The PROXY protocol listener filter is read by [`super::proxy_protocol`] into
 //! [`Listener::proxy_protocol`]. The original destination listener filter
@@ -12,6 +13,7 @@ use super::connection_manager::{FilterChainRef, HttpConnectionManager, connectio
 use super::filters::{self, FilterChainMatch, Treatment};
 use super::proxy_protocol_listener::{PROXY_PROTOCOL_TYPE, ProxyProtocolListener, proxy_protocol};
 use super::schema::*;
+use super::tcp_proxy::{TCP_PROXY_TYPE, TcpChain, tcp_proxy};
 use super::udp_proxy::{
     DEFAULT_MAX_RX_DATAGRAM_SIZE, UDP_LISTENER_CONFIG, UDP_PROXY_TYPE, UDP_SOCKET_CONFIG, UdpProxy,
     socket_config, udp_proxy,
@@ -30,8 +32,11 @@ pub struct Listener {
     /// and of `default_filter_chain` (last), one per chain that has one. A listener that has one
     /// has exactly one filter chain (vigil refuses the others).
     pub http: Vec<HttpConnectionManager>,
-    /// The matches of the chains without an HTTP connection manager, on a listener that has
-    /// HTTP chains too: a connection Envoy would hand to one of them is closed by vigil.
+    /// The chains whose terminal filter is the TCP proxy (`envoy.filters.network.tcp_proxy`),
+    /// in the file's order (`default_filter_chain` last).
+    pub tcp: Vec<TcpChain>,
+    /// The matches of the chains with neither an HTTP connection manager nor a TCP proxy, on a
+    /// listener vigil serves: a connection Envoy would hand to one of them is closed by vigil.
     pub unserved_chains: Vec<(FilterChainRef, crate::config::FilterChainMatch)>,
     /// `bind_to_port` (default true): when false, Envoy accepts no connection on the address
     /// itself, and neither does vigil.
@@ -128,6 +133,7 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
         .map(|_| path.field("use_original_dst"));
     let bind_to_port = o.bool(cx, "bind_to_port").unwrap_or(true);
     let mut http = Vec::new();
+    let mut tcp = Vec::new();
     let mut unserved = Vec::new();
     let mut matchers: Vec<(FieldPath, String, Value)> = Vec::new();
     let mut chains = o.list("filter_chains");
@@ -152,6 +158,7 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
             clusters,
             ChainSinks {
                 http: &mut http,
+                tcp: &mut tcp,
                 unserved: &mut unserved,
             },
         ) {
@@ -178,6 +185,7 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
             clusters,
             ChainSinks {
                 http: &mut http,
+                tcp: &mut tcp,
                 unserved: &mut unserved,
             },
         );
@@ -229,6 +237,7 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
             name,
             address,
             http: Vec::new(),
+            tcp: Vec::new(),
             unserved_chains: Vec::new(),
             bind_to_port,
             internal,
@@ -239,15 +248,16 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
         });
     }
     // What follows only matters for a listener vigil serves: one with an HTTP connection
-    // manager. The others are not served at all, so nothing of theirs can let traffic through.
-    let served = !http.is_empty();
+    // manager or a TCP proxy. The others are not served at all, so nothing of theirs can let
+    // traffic through.
+    let served = !http.is_empty() || !tcp.is_empty();
     if served && !unserved.is_empty() {
         cx.warn(
             &path.field("filter_chains"),
             format!(
-                "{} of this listener's filter chains run no HTTP connection manager (a \
-                 tcp_proxy, ...): vigil serves the HTTP chains and closes the connections Envoy \
-                 would hand to the others",
+                "{} of this listener's filter chains run neither an HTTP connection manager nor \
+                 a TCP proxy: vigil serves the others and closes the connections Envoy would \
+                 hand to these",
                 unserved.len()
             ),
         );
@@ -331,6 +341,9 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
     for hcm in &mut http {
         hcm.connection_match.tls_inspector = tls_inspector;
     }
+    for chain in &mut tcp {
+        chain.connection_match.tls_inspector = tls_inspector;
+    }
     let mut rest: Map<String, Value> = value.as_object().cloned().unwrap_or_default();
     rest.remove("name");
     rest.remove("address");
@@ -338,6 +351,7 @@ fn listener(cx: &mut Ctx, path: &FieldPath, value: &Value, clusters: &[&str]) ->
         name,
         address,
         http,
+        tcp,
         unserved_chains: if served { unserved } else { Vec::new() },
         bind_to_port,
         internal,
@@ -448,7 +462,8 @@ fn listener_filter(
         _ if !served => cx.warn(
             &typed_path,
             format!(
-                "{}: this listener is not served by vigil (no HTTP connection manager); ignored",
+                "{}: this listener is not served by vigil (no HTTP connection manager nor TCP \
+                 proxy); ignored",
                 typed.type_name
             ),
         ),
@@ -553,6 +568,7 @@ fn udp_listener_filter(
 /// chain vigil does not serve).
 struct ChainSinks<'a> {
     http: &'a mut Vec<HttpConnectionManager>,
+    tcp: &'a mut Vec<TcpChain>,
     unserved: &'a mut Vec<(FilterChainRef, FilterChainMatch)>,
 }
 
@@ -567,6 +583,7 @@ fn filter_chain(
 ) -> Option<(String, Option<Value>)> {
     let ChainSinks {
         http: out,
+        tcp: tcp_out,
         unserved,
     } = out;
     let mut o = Obj::new(cx, path.clone(), value, &FILTER_CHAIN)?;
@@ -588,6 +605,7 @@ fn filter_chain(
     let mut before: Vec<(FieldPath, String, String)> = Vec::new();
     let mut network_rbac = Vec::new();
     let mut served = false;
+    let mut tcp = None;
     for (k, (p, v)) in chain_filters.into_iter().enumerate() {
         let Some(mut f) = Obj::new(cx, p.clone(), v, &NETWORK_FILTER) else {
             continue;
@@ -631,6 +649,19 @@ fn filter_chain(
                 hcm.connection_match = connection_match.clone();
                 out.push(hcm);
             }
+        } else if typed.is(TCP_PROXY_TYPE) {
+            if k + 1 != count {
+                cx.invalid(
+                    &p,
+                    format!(
+                        "terminal filter named {filter_name} of type \
+                         envoy.filters.network.tcp_proxy must be the last filter in a network \
+                         filter chain"
+                    ),
+                );
+            }
+            served = true;
+            tcp = Some(tcp_proxy(cx, &typed));
         } else {
             if typed.is(super::rbac::NETWORK_RBAC_TYPE) {
                 network_rbac.extend(super::rbac::network_rbac(cx, &typed));
@@ -638,7 +669,22 @@ fn filter_chain(
             before.push((typed_path, filter_name, typed.type_name.clone()));
         }
     }
-    if served {
+    if let Some(proxy) = tcp {
+        if tls.is_some() {
+            cx.unsupported(
+                &path.field("transport_socket"),
+                "TLS termination on a TCP proxy chain is not implemented by vigil",
+            );
+        }
+        if let Some(proxy) = proxy {
+            tcp_out.push(TcpChain {
+                filter_chain: which,
+                connection_match: connection_match.clone(),
+                network_rbac,
+                proxy,
+            });
+        }
+    } else if served {
         if let Some(hcm) = out.last_mut() {
             hcm.network_rbac = network_rbac;
             hcm.tls = tls;
@@ -652,7 +698,8 @@ fn filter_chain(
             let note = if type_name == NETWORK_WASM_TYPE {
                 WASM_NOTE
             } else {
-                "this chain has no HTTP connection manager, so vigil does not serve it"
+                "this chain has neither an HTTP connection manager nor a TCP proxy, so vigil does not \
+                 serve it"
             };
             cx.warn(&typed_path, format!("{type_name}: {note}; ignored"));
             continue;

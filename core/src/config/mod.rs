@@ -97,6 +97,7 @@ mod re2_size;
 mod route_config;
 mod schema;
 mod sds;
+pub mod tcp_proxy;
 mod tls;
 mod transport_match;
 mod udp_proxy;
