@@ -92,7 +92,15 @@ pub async fn client_hello(stream: TcpStream) -> Result<Hello, Refused> {
     .await
     .map_err(|_| Refused::Handshake)?
     .map_err(|_| Refused::Handshake)?;
-    let hello = start.client_hello();
+    let (sni, alpn) = server_name_and_alpn(&start.client_hello());
+    Ok(Hello { start, sni, alpn })
+}
+
+/// What a ClientHello offers for filter chain matching, as Envoy's TLS inspector reads it: the
+/// server name (lowercase) and the ALPN protocols in the client's order.
+pub fn server_name_and_alpn(
+    hello: &rustls::server::ClientHello<'_>,
+) -> (Option<String>, Vec<String>) {
     let sni = hello.server_name().map(|s| s.to_ascii_lowercase());
     let alpn = hello
         .alpn()
@@ -102,7 +110,7 @@ pub async fn client_hello(stream: TcpStream) -> Result<Hello, Refused> {
                 .collect()
         })
         .unwrap_or_default();
-    Ok(Hello { start, sni, alpn })
+    (sni, alpn)
 }
 
 /// Completes the handshake with the chosen chain's TLS (its `require_sni` applied).

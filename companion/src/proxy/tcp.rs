@@ -285,17 +285,7 @@ pub(super) async fn peek_client_hello(
             acceptor.read_tls(&mut peeked).ok()?;
             match acceptor.accept() {
                 Ok(Some(accepted)) => {
-                    let hello = accepted.client_hello();
-                    let sni = hello.server_name().map(|s| s.to_ascii_lowercase());
-                    let alpn = hello
-                        .alpn()
-                        .map(|protocols| {
-                            protocols
-                                .map(|p| String::from_utf8_lossy(p).into_owned())
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    return Some((sni, alpn));
+                    return Some(crate::tls::server_name_and_alpn(&accepted.client_hello()));
                 }
                 // More of the ClientHello is still to come: peek again once it may have.
                 Ok(None) if n < buf.len() => {
